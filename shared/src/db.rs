@@ -1,0 +1,96 @@
+//! Database connection and migrations at start-up, for SQLite (the embedded
+//! default: one file per service, created on first start) and PostgreSQL.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_migration::MigratorTrait;
+
+use crate::settings::{DatabaseSettings, redact_urls};
+
+/// Connects to the configured database, creating a SQLite file (and its
+/// folder) if it does not exist, and applies the service's migrations.
+pub async fn connect_and_migrate<M: MigratorTrait>(
+    settings: &DatabaseSettings,
+) -> anyhow::Result<DatabaseConnection> {
+    let database = connect(settings).await?;
+    M::up(&database, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("database migration failed: {}", redact_urls(&e.to_string())))?;
+    Ok(database)
+}
+
+/// Connects without migrating.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    let url = if settings.is_sqlite() {
+        prepare_sqlite(&settings.url)?
+    } else {
+        settings.url.clone()
+    };
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        // Statements are traced by our own spans; sqlx's per-statement logs
+        // would sit on the hot path.
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            // WAL lets readers run beside the writer; NORMAL sync is durable
+            // across process crashes in WAL mode. Writers wait for the lock
+            // rather than failing at once.
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    Database::connect(options).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to {}: {}",
+            redact_urls(&settings.url),
+            redact_urls(&e.to_string())
+        )
+    })
+}
+
+/// Creates the SQLite file's folder and asks sqlx to create the file.
+fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(parent) = std::path::Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_the_file() {
+        let dir = std::env::temp_dir().join(format!("cascade-db-{}", std::process::id()));
+        let url = format!("sqlite://{}/sub/x.db", dir.display());
+        let prepared = prepare_sqlite(&url).expect("prepared");
+        assert_eq!(prepared, format!("{url}?mode=rwc"));
+        assert!(dir.join("sub").is_dir());
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            prepare_sqlite("sqlite::memory:").expect("memory"),
+            "sqlite://:memory:?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Domain vocabulary used by more than one service: stages, customer type,
+//! money. Plain types with no I/O; conversions to the protobuf enums and to the
+//! text stored in the database live here so every service agrees on them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use cascade_proto::common::v1 as pb;
+
+/// Generates the string and protobuf conversions of a plain domain enum.
+macro_rules! domain_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident => $proto:ident {
+            $($variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration (funnel) order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stored and displayed name, e.g. `PRIORITIZED`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// From the protobuf enum number; `None` for UNSPECIFIED or unknown.
+            pub fn from_proto(value: i32) -> Option<Self> {
+                match pb::$proto::try_from(value).ok()? {
+                    $(pb::$proto::$variant => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// The protobuf enum number.
+            pub fn to_proto(self) -> i32 {
+                match self {
+                    $($name::$variant => pb::$proto::$variant as i32,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownValue(s.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+/// A stored value that names no known variant (a newer schema, or corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown value {0:?}")]
+pub struct UnknownValue(pub String);
+
+domain_enum! {
+    /// Where an account stands in the revenue waterfall, in funnel order.
+    AccountStage => AccountStage {
+        Targeted = "TARGETED",
+        Detected = "DETECTED",
+        Engaged = "ENGAGED",
+        Prioritized = "PRIORITIZED",
+        Qualified = "QUALIFIED",
+        Pipeline = "PIPELINE",
+        Implement = "IMPLEMENT",
+        Expand = "EXPAND",
+        Advocate = "ADVOCATE",
+    }
+}
+
+domain_enum! {
+    /// The commercial relationship with an account.
+    CustomerType => CustomerType {
+        Prospect = "PROSPECT",
+        Customer = "CUSTOMER",
+        ReProspect = "RE_PROSPECT",
+    }
+}
+
+domain_enum! {
+    /// Person-level stage of a contact.
+    ContactStage => ContactStage {
+        Anonymous = "ANONYMOUS",
+        Suspect = "SUSPECT",
+        Engaged = "ENGAGED",
+        MarketingQualified = "MARKETING_QUALIFIED",
+        SalesQualified = "SALES_QUALIFIED",
+        Opportunity = "OPPORTUNITY",
+        Customer = "CUSTOMER",
+        Evangelist = "EVANGELIST",
+        Disqualified = "DISQUALIFIED",
+        Other = "OTHER",
+    }
+}
+
+impl ContactStage {
+    /// Stages that only people set (the others move by themselves).
+    pub fn is_manual(self) -> bool {
+        matches!(
+            self,
+            ContactStage::MarketingQualified
+                | ContactStage::SalesQualified
+                | ContactStage::Evangelist
+                | ContactStage::Disqualified
+                | ContactStage::Other
+        )
+    }
+}
+
+/// An amount of money: whole units and nano units of an ISO 4217 currency.
+/// Kept as integers so sums are exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Money {
+    pub currency: [u8; 3],
+    /// The amount in nano units (10^-9 of the currency unit).
+    pub nanos: i128,
+}
+
+const NANOS_PER_UNIT: i128 = 1_000_000_000;
+
+impl Money {
+    /// From the protobuf message; `Err` names what is wrong.
+    pub fn from_proto(money: &pb::Money) -> Result<Self, &'static str> {
+        let code = money.currency_code.as_bytes();
+        if code.len() != 3 || !code.iter().all(u8::is_ascii_uppercase) {
+            return Err("currency_code must be a three-letter ISO 4217 code, e.g. USD");
+        }
+        if money.nanos.unsigned_abs() >= 1_000_000_000 {
+            return Err("nanos must be between -999,999,999 and 999,999,999");
+        }
+        if (money.units > 0 && money.nanos < 0) || (money.units < 0 && money.nanos > 0) {
+            return Err("units and nanos must have the same sign");
+        }
+        Ok(Self {
+            currency: [code[0], code[1], code[2]],
+            nanos: i128::from(money.units) * NANOS_PER_UNIT + i128::from(money.nanos),
+        })
+    }
+
+    pub fn to_proto(self) -> pb::Money {
+        pb::Money {
+            currency_code: self.currency_code().to_owned(),
+            // Amounts come from i64 units, so the quotient fits.
+            units: i64::try_from(self.nanos / NANOS_PER_UNIT).unwrap_or(i64::MAX),
+            nanos: (self.nanos % NANOS_PER_UNIT) as i32,
+        }
+    }
+
+    pub fn currency_code(&self) -> &str {
+        std::str::from_utf8(&self.currency).unwrap_or("XXX")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip_through_text_and_proto() {
+        for stage in AccountStage::ALL {
+            assert_eq!(stage.as_str().parse::<AccountStage>().ok(), Some(*stage));
+            assert_eq!(AccountStage::from_proto(stage.to_proto()), Some(*stage));
+        }
+        for stage in ContactStage::ALL {
+            assert_eq!(stage.as_str().parse::<ContactStage>().ok(), Some(*stage));
+            assert_eq!(ContactStage::from_proto(stage.to_proto()), Some(*stage));
+        }
+        for kind in CustomerType::ALL {
+            assert_eq!(kind.as_str().parse::<CustomerType>().ok(), Some(*kind));
+            assert_eq!(CustomerType::from_proto(kind.to_proto()), Some(*kind));
+        }
+        assert_eq!(AccountStage::from_proto(0), None);
+        assert_eq!(AccountStage::from_proto(99), None);
+    }
+
+    #[test]
+    fn account_stages_are_in_funnel_order() {
+        assert!(AccountStage::Targeted < AccountStage::Prioritized);
+        assert!(AccountStage::Pipeline < AccountStage::Advocate);
+    }
+
+    #[test]
+    fn money_checks_currency_and_sign() {
+        let ok = pb::Money {
+            currency_code: "USD".into(),
+            units: 12,
+            nanos: 500_000_000,
+        };
+        let money = Money::from_proto(&ok).expect("valid");
+        assert_eq!(money.nanos, 12_500_000_000);
+        assert_eq!(money.to_proto(), ok);
+        let mixed = pb::Money {
+            units: 1,
+            nanos: -1,
+            ..ok.clone()
+        };
+        assert!(Money::from_proto(&mixed).is_err());
+        let bad_code = pb::Money {
+            currency_code: "usd".into(),
+            ..ok
+        };
+        assert!(Money::from_proto(&bad_code).is_err());
+    }
+}

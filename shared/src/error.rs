@@ -1,0 +1,317 @@
+//! The one error type of every Cascade handler, and its mapping to gRPC
+//! status codes with google.rpc error details. Handlers return
+//! `Result<_, ServiceError>`; nothing else builds a `tonic::Status`.
+
+use std::fmt;
+use std::time::Duration;
+
+use sea_orm::DbErr;
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// A field of the request that was refused (google.rpc.BadRequest.FieldViolation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, e.g. `account.name`.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// A precondition that does not hold (google.rpc.PreconditionFailure.Violation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreconditionViolation {
+    /// Kind of precondition, e.g. `STAGE` or `MISSING_FIELD`.
+    pub kind: String,
+    /// What it is about, e.g. `account/0192...` or `close_date`.
+    pub subject: String,
+    /// What does not hold and what would make it hold.
+    pub description: String,
+}
+
+impl PreconditionViolation {
+    pub fn new(
+        kind: impl Into<String>,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            subject: subject.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Every way a Cascade request can fail, each mapped to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// INVALID_ARGUMENT with a BadRequest listing each offending field.
+    #[error("invalid argument: {}", join_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// NOT_FOUND with a ResourceInfo naming the resource.
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    /// ALREADY_EXISTS with a ResourceInfo naming the resource.
+    #[error("{message}")]
+    AlreadyExists {
+        resource: &'static str,
+        id: String,
+        message: String,
+    },
+    /// FAILED_PRECONDITION with a PreconditionFailure listing what does not hold.
+    #[error("{message}")]
+    FailedPrecondition {
+        message: String,
+        violations: Vec<PreconditionViolation>,
+    },
+    /// ABORTED: a concurrent change won; the caller may retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// UNAVAILABLE: a dependency (database, another service) is down; retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// UNAUTHENTICATED: missing or bad credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// PERMISSION_DENIED: valid credentials, not allowed.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// RESOURCE_EXHAUSTED with RetryInfo when a retry delay is known.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// INTERNAL: a bug or an unexpected storage error. The cause is logged,
+    /// never sent to the caller.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+fn join_violations(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ServiceError {
+    /// INVALID_ARGUMENT for a single field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            resource,
+            id: id.into(),
+        }
+    }
+
+    pub fn already_exists(
+        resource: &'static str,
+        id: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::AlreadyExists {
+            resource,
+            id: id.into(),
+            message: message.into(),
+        }
+    }
+
+    /// FAILED_PRECONDITION with one violation.
+    pub fn precondition(
+        kind: impl Into<String>,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        let violation = PreconditionViolation::new(kind, subject, description);
+        Self::FailedPrecondition {
+            message: violation.description.clone(),
+            violations: vec![violation],
+        }
+    }
+
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(error.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Self::Aborted(_) => Code::Aborted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+const ERROR_DOMAIN: &str = "cascade";
+
+impl From<ServiceError> for tonic::Status {
+    fn from(error: ServiceError) -> Self {
+        let code = error.code();
+        let message = error.to_string();
+        let details = match &error {
+            ServiceError::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                details
+            }
+            ServiceError::NotFound { resource, id } => {
+                ErrorDetails::with_resource_info(*resource, id.clone(), "", "not found")
+            }
+            ServiceError::AlreadyExists {
+                resource,
+                id,
+                message,
+            } => ErrorDetails::with_resource_info(*resource, id.clone(), "", message.clone()),
+            ServiceError::FailedPrecondition { violations, .. } => {
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_precondition_failure_violation(
+                        v.kind.clone(),
+                        v.subject.clone(),
+                        v.description.clone(),
+                    );
+                }
+                details
+            }
+            ServiceError::ResourceExhausted {
+                retry_after: Some(delay),
+                ..
+            } => ErrorDetails::with_retry_info(Some(*delay)),
+            ServiceError::Unavailable(_) => ErrorDetails::with_error_info(
+                "DEPENDENCY_UNAVAILABLE",
+                ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            ),
+            ServiceError::Internal(cause) => {
+                // The cause stays in the log: it may name tables, hosts or values.
+                tracing::error!(error = ?cause, "internal error");
+                ErrorDetails::new()
+            }
+            _ => ErrorDetails::new(),
+        };
+        tonic::Status::with_error_details(code, message, details)
+    }
+}
+
+impl From<DbErr> for ServiceError {
+    fn from(error: DbErr) -> Self {
+        if is_connection_error(&error) {
+            tracing::warn!(error = %RedactedDbErr(&error), "database unavailable");
+            return Self::Unavailable("the database is unavailable; retry later".into());
+        }
+        Self::Internal(anyhow::Error::new(error))
+    }
+}
+
+/// Whether a storage error means "the database cannot be reached" (retryable,
+/// UNAVAILABLE) rather than a problem with the statement.
+pub fn is_connection_error(error: &DbErr) -> bool {
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => matches!(
+            e.as_ref(),
+            sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
+    }
+}
+
+/// Displays a storage error without any connection URL it may carry.
+struct RedactedDbErr<'a>(&'a DbErr);
+
+impl fmt::Display for RedactedDbErr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::settings::redact_urls(&self.0.to_string()).fmt(f)
+    }
+}
+
+/// Whether a storage error is a unique-constraint violation.
+pub fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(
+        error.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_each_field_violation() {
+        let error = ServiceError::InvalidArgument(vec![
+            FieldViolation::new("account.name", "is required"),
+            FieldViolation::new("account.domain", "is not a domain name"),
+        ]);
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("account.name: is required"));
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("BadRequest detail present");
+        let fields: Vec<_> = bad_request
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["account.name", "account.domain"]);
+    }
+
+    #[test]
+    fn failed_precondition_carries_violations() {
+        let status = tonic::Status::from(ServiceError::precondition(
+            "STAGE",
+            "account/1",
+            "account is TARGETED; Qualify needs PRIORITIZED",
+        ));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let failure = status
+            .get_details_precondition_failure()
+            .expect("PreconditionFailure detail present");
+        assert_eq!(failure.violations[0].r#type, "STAGE");
+        assert_eq!(failure.violations[0].subject, "account/1");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let status = tonic::Status::from(ServiceError::internal(anyhow::anyhow!(
+            "relation accounts at postgres://admin:hunter2@db does not exist"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn pool_timeouts_are_unavailable() {
+        let error = DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout);
+        assert_eq!(ServiceError::from(error).code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,25 @@
+//! Cascade's shared crate: the domain vocabulary used by more than one
+//! service, and the chassis every service is built on (one error type, one
+//! settings loader, one telemetry set-up, one server bootstrap).
+
+pub mod context;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod ids;
+pub mod page;
+pub mod server;
+pub mod settings;
+pub mod telemetry;
+pub mod time;
+pub mod trace;
+pub mod validate;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use context::{RequestContext, TenantId};
+pub use error::{FieldViolation, PreconditionViolation, ServiceError};
+
+/// The result of every handler and repository call.
+pub type ServiceResult<T> = Result<T, ServiceError>;

@@ -1,0 +1,278 @@
+//! The one server bootstrap of the three services: listener, gRPC health and
+//! reflection, tower layers (request context, tracing span, concurrency limit,
+//! timeout), a database health probe, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use sea_orm::DatabaseConnection;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Service;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::context::RequestContextLayer;
+use crate::settings::ServerSettings;
+use crate::trace::RpcTraceLayer;
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+/// The overall health entry: Kubernetes' gRPC probe asks for it.
+const OVERALL: &str = "";
+
+/// A bound, not yet running gRPC server for one Cascade service.
+pub struct Application {
+    service_name: &'static str,
+    settings: ServerSettings,
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    health: HealthReporter,
+    database: Option<DatabaseConnection>,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port) for a service whose
+    /// fully-qualified gRPC name is `service_name`.
+    pub async fn bind(settings: &ServerSettings, service_name: &'static str) -> anyhow::Result<Self> {
+        let address: SocketAddr = format!("{}:{}", settings.host, settings.port)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("server.host/server.port: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        let local_addr = listener.local_addr()?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = reflection_for(service_name)
+            .build_v1()
+            .map_err(|e| anyhow::anyhow!("reflection: {e}"))?;
+        let reflection_v1alpha = reflection_for(service_name)
+            .build_v1alpha()
+            .map_err(|e| anyhow::anyhow!("reflection: {e}"))?;
+        // Health answers NOT_SERVING until `run` has checked the database.
+        health
+            .set_service_status(OVERALL, ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(service_name, ServingStatus::NotServing)
+            .await;
+        let routes = Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        Ok(Self {
+            service_name,
+            settings: settings.clone(),
+            listener,
+            local_addr,
+            routes,
+            health,
+            database: None,
+        })
+    }
+
+    /// Adds the service's gRPC server.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Makes health follow the database: NOT_SERVING while it cannot be reached.
+    pub fn with_database_health(mut self, database: DatabaseConnection) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// The address actually bound (tests bind port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes. Then health turns NOT_SERVING, after
+    /// `drain_delay` the listener closes, and in-flight requests get up to
+    /// `shutdown_grace` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            service_name,
+            settings,
+            listener,
+            local_addr,
+            routes,
+            health,
+            database,
+        } = self;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let probe = match database {
+            Some(database) => {
+                let status = database_status(&database).await;
+                set_status(&health, service_name, status).await;
+                Some(tokio::spawn(probe_database(
+                    database,
+                    health.clone(),
+                    service_name,
+                    settings.health_check_interval(),
+                    stopping.clone(),
+                )))
+            }
+            None => {
+                set_status(&health, service_name, ServingStatus::Serving).await;
+                None
+            }
+        };
+
+        let layers = tower::ServiceBuilder::new()
+            .layer(RpcTraceLayer)
+            .layer(RequestContextLayer)
+            .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
+            .into_inner();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .timeout(settings.request_timeout())
+            // Detect dead peers so idle connections do not pin resources.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                listener_stopped.await.ok();
+            });
+        tokio::pin!(server);
+        tracing::info!(service = service_name, address = %local_addr, "serving gRPC");
+
+        tokio::select! {
+            result = &mut server => {
+                stopping.store(true, Ordering::SeqCst);
+                result?;
+                return Ok(());
+            }
+            () = shutdown => {}
+        }
+
+        tracing::info!(service = service_name, "shutting down: health is NOT_SERVING");
+        stopping.store(true, Ordering::SeqCst);
+        if let Some(probe) = probe {
+            probe.abort();
+        }
+        set_status(&health, service_name, ServingStatus::NotServing).await;
+        tokio::time::sleep(settings.drain_delay()).await;
+        stop_listener.send(()).ok();
+        match tokio::time::timeout(settings.shutdown_grace(), server).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                grace_ms = settings.shutdown_grace_ms,
+                "shutdown grace elapsed; closing remaining connections"
+            ),
+        }
+        tracing::info!(service = service_name, "stopped");
+        Ok(())
+    }
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reflection lists only this service's own API (the descriptor set holds all
+/// three), plus health and reflection.
+fn reflection_for(service_name: &'static str) -> tonic_reflection::server::Builder<'static> {
+    reflection()
+        .with_service_name(service_name)
+        .with_service_name(HEALTH_SERVICE)
+        .with_service_name(REFLECTION_V1)
+        .with_service_name(REFLECTION_V1ALPHA)
+}
+
+async fn set_status(health: &HealthReporter, service_name: &str, status: ServingStatus) {
+    health.set_service_status(OVERALL, status).await;
+    health.set_service_status(service_name, status).await;
+}
+
+async fn database_status(database: &DatabaseConnection) -> ServingStatus {
+    match database.ping().await {
+        Ok(()) => ServingStatus::Serving,
+        Err(error) => {
+            tracing::warn!(error = %crate::settings::redact_urls(&error.to_string()), "database unreachable");
+            ServingStatus::NotServing
+        }
+    }
+}
+
+async fn probe_database(
+    database: DatabaseConnection,
+    health: HealthReporter,
+    service_name: &'static str,
+    interval: Duration,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut last = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let status = database_status(&database).await;
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if last != Some(status) {
+            if status == ServingStatus::Serving && last.is_some() {
+                tracing::info!("database reachable again");
+            }
+            set_status(&health, service_name, status).await;
+            last = Some(status);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

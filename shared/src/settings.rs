@@ -1,0 +1,426 @@
+//! Settings loading, shared by the three services: defaults, then an optional
+//! TOML file, then environment variables `CASCADE_<SERVICE>__<SECTION>__<KEY>`.
+//! An unknown key or a bad value stops start-up with a message naming it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+/// Environment variable naming an optional settings file (also `--config PATH`).
+pub const CONFIG_FILE_ENV: &str = "CASCADE_CONFIG_FILE";
+
+/// The listener and the request-handling limits of a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// Longest a request may run before DEADLINE_EXCEEDED / CANCELLED.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once across all connections; more wait.
+    pub concurrency_limit: usize,
+    /// After SIGTERM: how long health reports NOT_SERVING before the listener
+    /// closes, so load balancers stop sending new calls.
+    pub drain_delay_ms: u64,
+    /// After the listener closes: how long in-flight requests may finish.
+    pub shutdown_grace_ms: u64,
+    /// How often the database is checked for the health status.
+    pub health_check_interval_ms: u64,
+}
+
+impl ServerSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+
+    /// Defaults for a service on `port`.
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port,
+            request_timeout_ms: 30_000,
+            concurrency_limit: 1024,
+            drain_delay_ms: 0,
+            shutdown_grace_ms: 20_000,
+            health_check_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Where a service keeps its data.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`.
+    pub url: String,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long to wait for a connection before answering UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn sqlite_file(path: &Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: 8,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+// The URL may carry a password: never print it.
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_urls(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs (traces go over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `info,cascade_lifecycle=debug`;
+    /// `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A settings file or value that cannot be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(String);
+
+impl SettingsError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Which service is loading, for its env prefix and defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceIdentity {
+    /// `lifecycle`, `scoring` or `opportunity`.
+    pub name: &'static str,
+    pub default_port: u16,
+}
+
+impl ServiceIdentity {
+    /// `CASCADE_LIFECYCLE` for lifecycle.
+    pub fn env_prefix(&self) -> String {
+        format!("CASCADE_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+/// The built-in defaults of the shared sections; a service's own sections
+/// carry `#[serde(default)]`.
+#[derive(Serialize)]
+struct Defaults {
+    server: ServerSettings,
+    database: DatabaseSettings,
+    telemetry: TelemetrySettings,
+}
+
+/// Loads a service's settings: built-in defaults, then the file from
+/// `--config PATH` or `CASCADE_CONFIG_FILE` if given, then the environment.
+pub fn load<T: DeserializeOwned>(identity: ServiceIdentity) -> Result<T, SettingsError> {
+    let file = config_file_from_args(std::env::args()).or_else(|| {
+        std::env::var_os(CONFIG_FILE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    load_from(identity, file.as_deref(), None)
+}
+
+/// As [`load`], with the file and (for tests) the environment given.
+pub fn load_from<T: DeserializeOwned>(
+    identity: ServiceIdentity,
+    file: Option<&Path>,
+    environment: Option<config::Map<String, String>>,
+) -> Result<T, SettingsError> {
+    let defaults = Defaults {
+        server: ServerSettings::with_port(identity.default_port),
+        database: DatabaseSettings {
+            url: format!("sqlite://data/{}.db", identity.name),
+            max_connections: 8,
+            acquire_timeout_ms: 5_000,
+        },
+        telemetry: TelemetrySettings::default(),
+    };
+    let defaults = Config::try_from(&defaults).map_err(|e| SettingsError::new(e.to_string()))?;
+    let mut builder = Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+    }
+    let env = Environment::with_prefix(&identity.env_prefix())
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(environment);
+    let config = builder
+        .add_source(env)
+        .build()
+        .map_err(|e| SettingsError::new(redact_urls(&e.to_string())))?;
+    let settings: T = config.try_deserialize().map_err(|e| {
+        SettingsError::new(format!(
+            "{} (environment variables: {}__<SECTION>__<KEY>)",
+            redact_urls(&e.to_string()),
+            identity.env_prefix()
+        ))
+    })?;
+    Ok(settings)
+}
+
+/// Checks the shared sections; services call it from their own validation.
+pub fn validate_common(
+    server: &ServerSettings,
+    database: &DatabaseSettings,
+    telemetry: &TelemetrySettings,
+) -> Result<(), SettingsError> {
+    if server.host.parse::<std::net::IpAddr>().is_err() {
+        return Err(SettingsError::new(format!(
+            "server.host: {:?} is not an IP address (use 0.0.0.0 to listen on all interfaces)",
+            server.host
+        )));
+    }
+    if server.request_timeout_ms == 0 {
+        return Err(SettingsError::new(
+            "server.request_timeout_ms: must be greater than 0",
+        ));
+    }
+    if server.concurrency_limit == 0 {
+        return Err(SettingsError::new(
+            "server.concurrency_limit: must be greater than 0",
+        ));
+    }
+    if server.health_check_interval_ms == 0 {
+        return Err(SettingsError::new(
+            "server.health_check_interval_ms: must be greater than 0",
+        ));
+    }
+    let scheme_ok = ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| database.url.starts_with(p));
+    if !scheme_ok {
+        return Err(SettingsError::new(format!(
+            "database.url: {:?} must start with sqlite:, postgres:// or postgresql://",
+            redact_urls(&database.url)
+        )));
+    }
+    if database.max_connections == 0 {
+        return Err(SettingsError::new(
+            "database.max_connections: must be greater than 0",
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&telemetry.log_level).is_err() {
+        return Err(SettingsError::new(format!(
+            "telemetry.log_level: {:?} is not a tracing filter such as \"info\"",
+            telemetry.log_level
+        )));
+    }
+    Ok(())
+}
+
+fn config_file_from_args(args: impl Iterator<Item = String>) -> Option<PathBuf> {
+    let mut args = args.skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+/// Replaces the password of every `scheme://user:password@` in `text`.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        server: ServerSettings,
+        database: DatabaseSettings,
+        #[allow(dead_code)]
+        telemetry: TelemetrySettings,
+    }
+
+    const ID: ServiceIdentity = ServiceIdentity {
+        name: "lifecycle",
+        default_port: 50051,
+    };
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_then_environment() {
+        let s: Example = load_from(ID, None, env(&[])).expect("defaults load");
+        assert_eq!(s.server.port, 50051);
+        assert_eq!(s.database.url, "sqlite://data/lifecycle.db");
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[
+                ("CASCADE_LIFECYCLE__SERVER__PORT", "6000"),
+                ("CASCADE_LIFECYCLE__DATABASE__URL", "postgres://u:p@h/db"),
+            ]),
+        )
+        .expect("env loads");
+        assert_eq!(s.server.port, 6000);
+        assert_eq!(s.database.url, "postgres://u:p@h/db");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("cascade-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("lifecycle.toml");
+        std::fs::write(&path, "[server]\nport = 7000\nhost = \"0.0.0.0\"\n").expect("write");
+        let s: Example = load_from(ID, Some(&path), env(&[])).expect("file loads");
+        assert_eq!((s.server.port, s.server.host.as_str()), (7000, "0.0.0.0"));
+        let s: Example = load_from(
+            ID,
+            Some(&path),
+            env(&[("CASCADE_LIFECYCLE__SERVER__PORT", "7001")]),
+        )
+        .expect("env wins");
+        assert_eq!(s.server.port, 7001);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = load_from::<Example>(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__SERVER__PORT", "not-a-port")]),
+        )
+        .expect_err("bad port refused");
+        assert!(err.to_string().contains("server.port"), "{err}");
+
+        let err = load_from::<Example>(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__SERVER__PROT", "1")]),
+        )
+        .expect_err("unknown key refused");
+        assert!(err.to_string().contains("prot"), "{err}");
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__DATABASE__URL", "mysql://u:secret@h/db")]),
+        )
+        .expect("loads");
+        let err = validate_common(&s.server, &s.database, &TelemetrySettings::default())
+            .expect_err("scheme refused");
+        assert!(err.to_string().contains("database.url"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_urls("connect postgres://app:s3cret@db:5432/cascade failed"),
+            "connect postgres://app:***@db:5432/cascade failed"
+        );
+        assert_eq!(redact_urls("sqlite://data/x.db"), "sqlite://data/x.db");
+        let settings = DatabaseSettings {
+            url: "postgres://app:s3cret@db/cascade".into(),
+            max_connections: 1,
+            acquire_timeout_ms: 1,
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn config_flag_is_found() {
+        let args = ["bin", "--config", "x.toml"].map(String::from);
+        assert_eq!(
+            config_file_from_args(args.into_iter()),
+            Some(PathBuf::from("x.toml"))
+        );
+        let args = ["bin", "--config=y.toml"].map(String::from);
+        assert_eq!(
+            config_file_from_args(args.into_iter()),
+            Some(PathBuf::from("y.toml"))
+        );
+    }
+}

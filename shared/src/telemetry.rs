@@ -1,0 +1,80 @@
+//! Logs and traces. Logs go to stderr (text by default, JSON when asked);
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over
+//! OTLP/gRPC, and W3C trace context is read from and written to calls.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::settings::{LogFormat, TelemetrySettings};
+
+/// Flushes and stops the trace exporter when dropped (at the end of `main`).
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("trace exporter did not shut down cleanly: {error}");
+        }
+    }
+}
+
+/// Installs the global log subscriber and, if configured, the OTLP exporter.
+pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
+        _ => EnvFilter::try_new(&settings.log_level)?,
+    };
+    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(tracer_provider(service_name)?),
+        _ => None,
+    };
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer().with_tracer(p.tracer(format!("cascade-{service_name}")))
+    });
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_target(true)), None),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text.map(|l| l.with_writer(std::io::stderr)))
+        .with(json.map(|l| l.with_writer(std::io::stderr)))
+        .with(otel_layer)
+        .try_init()?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(TelemetryGuard { provider })
+}
+
+fn tracer_provider(service_name: &str) -> anyhow::Result<SdkTracerProvider> {
+    // Endpoint, headers and timeout come from the standard OTEL_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let resource = Resource::builder()
+        .with_service_name(format!("cascade-{service_name}"))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}

@@ -1,0 +1,205 @@
+//! Request validation helpers. A [`Validator`] collects every field violation
+//! of a request so the caller learns all that is wrong in one answer.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{FieldViolation, ServiceError};
+
+/// Collects field violations; `finish` turns them into INVALID_ARGUMENT.
+#[derive(Debug, Default)]
+pub struct Validator {
+    violations: Vec<FieldViolation>,
+}
+
+impl Validator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.violations
+            .push(FieldViolation::new(field, description));
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// A required text field: trimmed, non-empty, at most `max` characters.
+    pub fn required_text(&mut self, field: &str, value: &str, max: usize) -> String {
+        let value = value.trim();
+        if value.is_empty() {
+            self.add(field, "is required");
+        } else {
+            self.max_len(field, value, max);
+        }
+        value.to_owned()
+    }
+
+    /// An optional text field: trimmed, at most `max` characters; `None` when empty.
+    pub fn optional_text(&mut self, field: &str, value: &str, max: usize) -> Option<String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        self.max_len(field, value, max);
+        Some(value.to_owned())
+    }
+
+    fn max_len(&mut self, field: &str, value: &str, max: usize) {
+        let len = value.chars().count();
+        if len > max {
+            self.add(
+                field,
+                format!("must be at most {max} characters (got {len})"),
+            );
+        }
+        if value.chars().any(char::is_control) {
+            self.add(field, "must not contain control characters");
+        }
+    }
+
+    /// A required server-assigned id (a UUID).
+    pub fn required_id(&mut self, field: &str, value: &str) -> String {
+        let value = value.trim();
+        if value.is_empty() {
+            self.add(field, "is required");
+        } else if uuid::Uuid::try_parse(value).is_err() {
+            self.add(field, "must be an id returned by this service (a UUID)");
+        }
+        value.to_ascii_lowercase()
+    }
+
+    /// An optional caller request id for idempotent creates.
+    pub fn request_id(&mut self, field: &str, value: &str) -> Option<String> {
+        self.optional_text(field, value, 128)
+    }
+
+    /// An optional internet domain name, lower-cased.
+    pub fn optional_domain(&mut self, field: &str, value: &str) -> Option<String> {
+        let value = value.trim().trim_end_matches('.').to_ascii_lowercase();
+        if value.is_empty() {
+            return None;
+        }
+        if !is_domain(&value) {
+            self.add(field, "must be a domain name such as example.com");
+        }
+        Some(value)
+    }
+
+    /// An optional email address, lower-cased.
+    pub fn optional_email(&mut self, field: &str, value: &str) -> Option<String> {
+        let value = value.trim().to_ascii_lowercase();
+        if value.is_empty() {
+            return None;
+        }
+        if value.len() > 254 || email_domain(&value).is_none() {
+            self.add(field, "must be an email address such as jane@example.com");
+        }
+        Some(value)
+    }
+
+    /// A required timestamp that a human could have meant (years 1970..=9999).
+    pub fn required_time(
+        &mut self,
+        field: &str,
+        value: Option<&prost_types::Timestamp>,
+    ) -> Option<DateTime<Utc>> {
+        match value {
+            None => {
+                self.add(field, "is required");
+                None
+            }
+            Some(ts) => match crate::time::from_timestamp(ts) {
+                Some(time) => Some(time),
+                None => {
+                    self.add(
+                        field,
+                        "must be a valid time between 1970-01-01 and 9999-12-31",
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    pub fn finish(self) -> Result<(), ServiceError> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::InvalidArgument(self.violations))
+        }
+    }
+}
+
+/// The domain of an email address, if the address is well formed.
+pub fn email_domain(email: &str) -> Option<&str> {
+    let (local, domain) = email.rsplit_once('@')?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '@' && c != ',');
+    (local_ok && is_domain(domain)).then_some(domain)
+}
+
+fn is_domain(value: &str) -> bool {
+    value.len() <= 253
+        && value.contains('.')
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_every_violation() {
+        let mut v = Validator::new();
+        v.required_text("account.name", "   ", 10);
+        v.required_text("account.owner_id", "far too long a value", 10);
+        v.optional_domain("account.domain", "not a domain");
+        let error = v.finish().expect_err("three violations");
+        let ServiceError::InvalidArgument(violations) = error else {
+            panic!("wrong kind")
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["account.name", "account.owner_id", "account.domain"]
+        );
+    }
+
+    #[test]
+    fn emails_and_domains() {
+        assert_eq!(email_domain("jane@acme.com"), Some("acme.com"));
+        assert_eq!(email_domain("jane@sub.acme.co.uk"), Some("sub.acme.co.uk"));
+        for bad in ["jane", "@acme.com", "jane@", "jane@acme", "ja ne@acme.com"] {
+            assert_eq!(email_domain(bad), None, "{bad}");
+        }
+        let mut v = Validator::new();
+        assert_eq!(
+            v.optional_domain("d", " Acme.COM. "),
+            Some("acme.com".to_owned())
+        );
+        assert_eq!(v.optional_email("e", ""), None);
+        assert!(v.is_valid());
+    }
+
+    #[test]
+    fn ids_must_be_uuids() {
+        let mut v = Validator::new();
+        v.required_id("account_id", "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10");
+        assert!(v.is_valid());
+        v.required_id("account_id", "42");
+        assert!(!v.is_valid());
+    }
+}
