@@ -8,6 +8,9 @@ const PROTOS: &[&str] = &[
     "cascade/lifecycle/v1/lifecycle_service.proto",
     "cascade/scoring/v1/scoring_service.proto",
     "cascade/opportunity/v1/opportunity_service.proto",
+    // Vendored from googleapis (Apache-2.0) only so reflection can describe
+    // the error details Cascade sends; grpcurl then prints them readably.
+    "google/rpc/error_details.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

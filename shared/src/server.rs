@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -21,7 +22,7 @@ use tower::Service;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::context::RequestContextLayer;
-use crate::settings::ServerSettings;
+use crate::settings::{ServerSettings, ServiceIdentity, ServiceSettings};
 use crate::trace::RpcTraceLayer;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -29,6 +30,53 @@ const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 /// The overall health entry: Kubernetes' gRPC probe asks for it.
 const OVERALL: &str = "";
+
+/// The `main` of every service: load settings, start telemetry, connect and
+/// migrate the database, build the gRPC service, serve until SIGTERM/SIGINT.
+pub async fn run_service<M, S, F, Fut>(identity: ServiceIdentity, make_service: F) -> anyhow::Result<()>
+where
+    M: MigratorTrait,
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = anyhow::Result<S>>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let settings = ServiceSettings::load(identity)?;
+    let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
+    tracing::info!(database = ?settings.database, "starting {}", identity.name);
+    build::<M, S, F, Fut>(&settings, make_service)
+        .await?
+        .run_until_stopped()
+        .await
+}
+
+/// Connects to and migrates the service's database, builds its gRPC service
+/// with `make_service`, and binds the server (tests call this with port 0).
+pub async fn build<M, S, F, Fut>(settings: &ServiceSettings, make_service: F) -> anyhow::Result<Application>
+where
+    M: MigratorTrait,
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = anyhow::Result<S>>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let database = crate::db::connect_and_migrate::<M>(&settings.database).await?;
+    let service = make_service(database.clone()).await?;
+    Ok(Application::bind(&settings.server, S::NAME)
+        .await?
+        .add_service(service)
+        .with_database_health(database))
+}
 
 /// A bound, not yet running gRPC server for one Cascade service.
 pub struct Application {

@@ -128,6 +128,37 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// The settings every service has. A service with sections of its own
+/// defines its own struct with these three fields plus its sections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl ServiceSettings {
+    /// Loads and validates a service's settings (see [`load`]).
+    pub fn load(identity: ServiceIdentity) -> Result<Self, SettingsError> {
+        let settings: Self = load(identity)?;
+        validate_common(&settings.server, &settings.database, &settings.telemetry)?;
+        Ok(settings)
+    }
+
+    /// Settings for tests: an ephemeral port on 127.0.0.1 and the given database.
+    pub fn for_tests(database: DatabaseSettings) -> Self {
+        let mut server = ServerSettings::with_port(0);
+        server.shutdown_grace_ms = 5_000;
+        server.health_check_interval_ms = 500;
+        Self {
+            server,
+            database,
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
 /// A settings file or value that cannot be used. The message names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid settings: {0}")]

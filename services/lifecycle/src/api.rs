@@ -1,0 +1,359 @@
+//! gRPC handlers: validate and translate requests, call the repository, and
+//! translate the answer. No rules live here.
+
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleService;
+use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+use cascade_shared::page::PageRequest;
+use cascade_shared::time::to_timestamp;
+use cascade_shared::validate::Validator;
+use cascade_shared::{RequestContext, ServiceError, ServiceResult};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Account, AccountChanges, Contact, ContactChanges, NewAccount, NewContact};
+use crate::storage::{AccountFilter, ContactFilter, Repository};
+
+const MAX_NAME: usize = 200;
+const MAX_OWNER: usize = 200;
+const MAX_PERSON_NAME: usize = 100;
+const MAX_TITLE: usize = 200;
+
+pub struct LifecycleApi {
+    repository: Repository,
+}
+
+impl LifecycleApi {
+    pub fn new(repository: Repository) -> Self {
+        Self { repository }
+    }
+}
+
+#[tonic::async_trait]
+impl LifecycleService for LifecycleApi {
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let mut v = Validator::new();
+        let account = request.account.unwrap_or_default();
+        let new = NewAccount {
+            name: v.required_text("account.name", &account.name, MAX_NAME),
+            domain: v.optional_domain("account.domain", &account.domain),
+            owner_id: v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER),
+        };
+        let request_id = v.request_id("request_id", &request.request_id);
+        v.finish()?;
+        let account = self
+            .repository
+            .create_account(&context.tenant, new, request_id)
+            .await?;
+        Ok(Response::new(pb::CreateAccountResponse {
+            account: Some(account_to_proto(account)),
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let account_id = required_id("account_id", &request.get_ref().account_id)?;
+        let account = self
+            .repository
+            .get_account(&context.tenant, &account_id)
+            .await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_to_proto(account)),
+        }))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let mut v = Validator::new();
+        let filter = AccountFilter {
+            stage: optional_enum(&mut v, "stage", request.stage, AccountStage::from_proto),
+            customer_type: optional_enum(
+                &mut v,
+                "customer_type",
+                request.customer_type,
+                CustomerType::from_proto,
+            ),
+            owner_id: v.optional_text("owner_id", &request.owner_id, MAX_OWNER),
+        };
+        v.finish()?;
+        let (accounts, next_page_token) = self
+            .repository
+            .list_accounts(&context.tenant, &filter, &page)
+            .await?;
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.into_iter().map(account_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<pb::UpdateAccountRequest>,
+    ) -> Result<Response<pb::UpdateAccountResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let account = request.account.unwrap_or_default();
+        let account_id = required_id("account.account_id", &account.account_id)?;
+        let mut v = Validator::new();
+        let mut changes = AccountChanges::default();
+        for path in mask_paths(request.update_mask.as_ref())? {
+            match path.as_str() {
+                "name" => {
+                    changes.name = Some(v.required_text("account.name", &account.name, MAX_NAME));
+                }
+                "domain" => {
+                    changes.domain = Some(v.optional_domain("account.domain", &account.domain));
+                }
+                "owner_id" => {
+                    changes.owner_id =
+                        Some(v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER));
+                }
+                "stage" | "customer_type" => v.add(
+                    "update_mask",
+                    format!(
+                        "{path} is not writable here: it moves only through the lifecycle rules \
+                         (QualifyAccount, DisqualifyAccount, NurtureAccount, AdvanceAccount, scores \
+                         and opportunities)"
+                    ),
+                ),
+                other => v.add(
+                    "update_mask",
+                    format!("unknown or read-only field {other:?}; writable: name, domain, owner_id"),
+                ),
+            }
+        }
+        v.finish()?;
+        let account = self
+            .repository
+            .update_account(&context.tenant, &account_id, changes)
+            .await?;
+        Ok(Response::new(pb::UpdateAccountResponse {
+            account: Some(account_to_proto(account)),
+        }))
+    }
+
+    async fn create_contact(
+        &self,
+        request: Request<pb::CreateContactRequest>,
+    ) -> Result<Response<pb::CreateContactResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let contact = request.contact.unwrap_or_default();
+        let mut v = Validator::new();
+        let new = NewContact {
+            account_id: v.required_id("contact.account_id", &contact.account_id),
+            email: v.optional_email("contact.email", &contact.email),
+            first_name: v
+                .optional_text("contact.first_name", &contact.first_name, MAX_PERSON_NAME)
+                .unwrap_or_default(),
+            last_name: v
+                .optional_text("contact.last_name", &contact.last_name, MAX_PERSON_NAME)
+                .unwrap_or_default(),
+            title: v
+                .optional_text("contact.title", &contact.title, MAX_TITLE)
+                .unwrap_or_default(),
+        };
+        let request_id = v.request_id("request_id", &request.request_id);
+        v.finish()?;
+        let contact = self
+            .repository
+            .create_contact(&context.tenant, new, request_id)
+            .await?;
+        Ok(Response::new(pb::CreateContactResponse {
+            contact: Some(contact_to_proto(contact)),
+        }))
+    }
+
+    async fn get_contact(
+        &self,
+        request: Request<pb::GetContactRequest>,
+    ) -> Result<Response<pb::GetContactResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let contact_id = required_id("contact_id", &request.get_ref().contact_id)?;
+        let contact = self
+            .repository
+            .get_contact(&context.tenant, &contact_id)
+            .await?;
+        Ok(Response::new(pb::GetContactResponse {
+            contact: Some(contact_to_proto(contact)),
+        }))
+    }
+
+    async fn list_contacts(
+        &self,
+        request: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let mut v = Validator::new();
+        let account_id = (!request.account_id.trim().is_empty())
+            .then(|| v.required_id("account_id", &request.account_id));
+        let filter = ContactFilter {
+            account_id,
+            stage: optional_enum(&mut v, "stage", request.stage, ContactStage::from_proto),
+            email: v.optional_email("email", &request.email),
+        };
+        v.finish()?;
+        let (contacts, next_page_token) = self
+            .repository
+            .list_contacts(&context.tenant, &filter, &page)
+            .await?;
+        Ok(Response::new(pb::ListContactsResponse {
+            contacts: contacts.into_iter().map(contact_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_contact(
+        &self,
+        request: Request<pb::UpdateContactRequest>,
+    ) -> Result<Response<pb::UpdateContactResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let contact = request.contact.unwrap_or_default();
+        let contact_id = required_id("contact.contact_id", &contact.contact_id)?;
+        let mut v = Validator::new();
+        let mut changes = ContactChanges::default();
+        for path in mask_paths(request.update_mask.as_ref())? {
+            match path.as_str() {
+                "email" => changes.email = Some(v.optional_email("contact.email", &contact.email)),
+                "first_name" => {
+                    changes.first_name = Some(
+                        v.optional_text("contact.first_name", &contact.first_name, MAX_PERSON_NAME)
+                            .unwrap_or_default(),
+                    );
+                }
+                "last_name" => {
+                    changes.last_name = Some(
+                        v.optional_text("contact.last_name", &contact.last_name, MAX_PERSON_NAME)
+                            .unwrap_or_default(),
+                    );
+                }
+                "title" => {
+                    changes.title = Some(
+                        v.optional_text("contact.title", &contact.title, MAX_TITLE)
+                            .unwrap_or_default(),
+                    );
+                }
+                "stage" => match ContactStage::from_proto(contact.stage) {
+                    Some(stage) => changes.stage = Some(stage),
+                    None => v.add("contact.stage", "must be a contact stage"),
+                },
+                "account_id" => v.add(
+                    "update_mask",
+                    "account_id cannot be changed: a contact belongs to one account",
+                ),
+                other => v.add(
+                    "update_mask",
+                    format!(
+                        "unknown or read-only field {other:?}; writable: email, first_name, \
+                         last_name, title, stage"
+                    ),
+                ),
+            }
+        }
+        v.finish()?;
+        let contact = self
+            .repository
+            .update_contact(&context.tenant, &contact_id, changes)
+            .await?;
+        Ok(Response::new(pb::UpdateContactResponse {
+            contact: Some(contact_to_proto(contact)),
+        }))
+    }
+}
+
+/// A required id field, or INVALID_ARGUMENT naming it.
+fn required_id(field: &str, value: &str) -> ServiceResult<String> {
+    let mut v = Validator::new();
+    let id = v.required_id(field, value);
+    v.finish()?;
+    Ok(id)
+}
+
+/// An optional enum filter: UNSPECIFIED means no filter; unknown numbers are refused.
+fn optional_enum<T>(
+    v: &mut Validator,
+    field: &str,
+    value: i32,
+    parse: impl Fn(i32) -> Option<T>,
+) -> Option<T> {
+    if value == 0 {
+        return None;
+    }
+    let parsed = parse(value);
+    if parsed.is_none() {
+        v.add(field, format!("unknown value {value}"));
+    }
+    parsed
+}
+
+/// The paths of a required, non-empty update mask, without duplicates.
+fn mask_paths(mask: Option<&prost_types::FieldMask>) -> ServiceResult<Vec<String>> {
+    let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(ServiceError::invalid(
+            "update_mask",
+            "is required: name the fields to change",
+        ));
+    }
+    let mut unique = Vec::with_capacity(paths.len());
+    for path in paths {
+        if !unique.contains(&path) {
+            unique.push(path);
+        }
+    }
+    Ok(unique)
+}
+
+fn account_to_proto(account: Account) -> pb::Account {
+    pb::Account {
+        account_id: account.account_id,
+        name: account.name,
+        domain: account.domain.unwrap_or_default(),
+        owner_id: account.owner_id.unwrap_or_default(),
+        stage: account.stage.to_proto(),
+        customer_type: account.customer_type.to_proto(),
+        stage_entered_time: Some(to_timestamp(account.stage_entered_at)),
+        // Every account starts at TARGETED when created.
+        stages_reached: vec![pb::StageReached {
+            stage: AccountStage::Targeted.to_proto(),
+            first_reached_time: Some(to_timestamp(account.created_at)),
+        }],
+        recycle_summary: None,
+        engagement_score: account.engagement_score,
+        average_engagement_score: account.average_engagement_score,
+        intent_score: account.intent_score,
+        create_time: Some(to_timestamp(account.created_at)),
+        update_time: Some(to_timestamp(account.updated_at)),
+    }
+}
+
+fn contact_to_proto(contact: Contact) -> pb::Contact {
+    pb::Contact {
+        contact_id: contact.contact_id,
+        account_id: contact.account_id,
+        email: contact.email.unwrap_or_default(),
+        first_name: contact.first_name,
+        last_name: contact.last_name,
+        title: contact.title,
+        stage: contact.stage.to_proto(),
+        stage_entered_time: Some(to_timestamp(contact.stage_entered_at)),
+        engagement_score: contact.engagement_score,
+        create_time: Some(to_timestamp(contact.created_at)),
+        update_time: Some(to_timestamp(contact.updated_at)),
+    }
+}

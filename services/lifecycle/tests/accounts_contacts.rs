@@ -1,0 +1,570 @@
+//! Accounts and contacts over real gRPC, on SQLite and on PostgreSQL.
+
+use cascade_proto::common::v1::{AccountStage, ContactStage, CustomerType};
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_shared::on_each_database;
+use cascade_shared::settings::ServiceSettings;
+use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+type Client = LifecycleServiceClient<Channel>;
+
+async fn start(db: &TestDatabase) -> (TestServer, Client) {
+    let app = cascade_lifecycle::build(&ServiceSettings::for_tests(db.settings.clone()))
+        .await
+        .expect("lifecycle builds");
+    let server = TestServer::start(app);
+    let client = LifecycleServiceClient::new(server.channel());
+    (server, client)
+}
+
+fn account(name: &str, domain: &str, owner: &str) -> pb::Account {
+    pb::Account {
+        name: name.into(),
+        domain: domain.into(),
+        owner_id: owner.into(),
+        ..Default::default()
+    }
+}
+
+async fn create_account(client: &mut Client, tenant: &str, account: pb::Account) -> pb::Account {
+    client
+        .create_account(request_for(
+            tenant,
+            pb::CreateAccountRequest {
+                account: Some(account),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("account created")
+        .into_inner()
+        .account
+        .expect("account in response")
+}
+
+async fn create_contact(
+    client: &mut Client,
+    tenant: &str,
+    account_id: &str,
+    email: &str,
+) -> Result<pb::Contact, tonic::Status> {
+    client
+        .create_contact(request_for(
+            tenant,
+            pb::CreateContactRequest {
+                contact: Some(pb::Contact {
+                    account_id: account_id.into(),
+                    email: email.into(),
+                    first_name: "Pat".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().contact.expect("contact in response"))
+}
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+async fn accounts_round_trip(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let created = create_account(&mut client, "t1", account("Acme", "Acme.com", "jane")).await;
+    assert_eq!(created.name, "Acme");
+    assert_eq!(created.domain, "acme.com", "domains are stored lower-case");
+    assert_eq!(created.stage, AccountStage::Targeted as i32);
+    assert_eq!(created.customer_type, CustomerType::Prospect as i32);
+    assert!(uuid_v7(&created.account_id), "{}", created.account_id);
+    assert_eq!(created.stages_reached.len(), 1);
+    assert_eq!(created.stages_reached[0].stage, AccountStage::Targeted as i32);
+
+    let fetched = client
+        .get_account(request_for(
+            "t1",
+            pb::GetAccountRequest {
+                account_id: created.account_id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(fetched, created);
+
+    let updated = client
+        .update_account(request_for(
+            "t1",
+            pb::UpdateAccountRequest {
+                account: Some(pb::Account {
+                    account_id: created.account_id.clone(),
+                    name: "Acme Corp".into(),
+                    owner_id: "ignored: not in the mask".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["name"]),
+            },
+        ))
+        .await
+        .expect("update")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(updated.name, "Acme Corp");
+    assert_eq!(updated.owner_id, "jane", "fields outside the mask stay");
+    assert_eq!(updated.domain, "acme.com");
+
+    // Stage and customer type move only through the lifecycle rules.
+    let refused = client
+        .update_account(request_for(
+            "t1",
+            pb::UpdateAccountRequest {
+                account: Some(pb::Account {
+                    account_id: created.account_id.clone(),
+                    stage: AccountStage::Pipeline as i32,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["stage"]),
+            },
+        ))
+        .await
+        .expect_err("stage is not writable");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&refused), ["update_mask"]);
+    assert!(refused.message().contains("lifecycle rules"), "{}", refused.message());
+
+    let no_mask = client
+        .update_account(request_for(
+            "t1",
+            pb::UpdateAccountRequest {
+                account: Some(pb::Account {
+                    account_id: created.account_id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+        ))
+        .await
+        .expect_err("mask required");
+    assert_eq!(violated_fields(&no_mask), ["update_mask"]);
+
+    let missing = client
+        .get_account(request_for(
+            "t1",
+            pb::GetAccountRequest {
+                account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10".into(),
+            },
+        ))
+        .await
+        .expect_err("unknown id");
+    assert_eq!(missing.code(), Code::NotFound);
+    server.stop().await;
+}
+
+async fn list_accounts_filters_and_pages(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let owner = if i % 2 == 0 { "even" } else { "odd" };
+        let created =
+            create_account(&mut client, "t1", account(&format!("A{i}"), "", owner)).await;
+        ids.push(created.account_id);
+    }
+    create_account(&mut client, "t2", account("Other tenant", "", "even")).await;
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_accounts(request_for(
+                "t1",
+                pb::ListAccountsRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        pages += 1;
+        assert!(page.accounts.len() <= 2);
+        seen.extend(page.accounts.into_iter().map(|a| a.account_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ids, "every account once, in creation order");
+    assert_eq!(pages, 3);
+
+    let even = client
+        .list_accounts(request_for(
+            "t1",
+            pb::ListAccountsRequest {
+                owner_id: "even".into(),
+                stage: AccountStage::Targeted as i32,
+                customer_type: CustomerType::Prospect as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(even.accounts.len(), 3);
+    let engaged = client
+        .list_accounts(request_for(
+            "t1",
+            pb::ListAccountsRequest {
+                stage: AccountStage::Engaged as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(engaged.accounts.is_empty());
+
+    let bad = client
+        .list_accounts(request_for(
+            "t1",
+            pb::ListAccountsRequest {
+                page_size: 100_000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("page too large");
+    assert_eq!(violated_fields(&bad), ["page_size"]);
+    let bad = client
+        .list_accounts(request_for(
+            "t1",
+            pb::ListAccountsRequest {
+                page_token: "not-a-token".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(violated_fields(&bad), ["page_token"]);
+    server.stop().await;
+}
+
+async fn create_account_validates_and_is_idempotent(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let bad = client
+        .create_account(request_for(
+            "t1",
+            pb::CreateAccountRequest {
+                account: Some(account("  ", "not a domain", "")),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("empty name refused");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad), ["account.name", "account.domain"]);
+
+    let request = pb::CreateAccountRequest {
+        account: Some(account("Globex", "globex.com", "")),
+        request_id: "import-42".into(),
+    };
+    let first = client
+        .create_account(request_for("t1", request.clone()))
+        .await
+        .expect("first")
+        .into_inner()
+        .account
+        .expect("account");
+    let again = client
+        .create_account(request_for("t1", request))
+        .await
+        .expect("retry answers the same account")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(first.account_id, again.account_id);
+
+    let listed = client
+        .list_accounts(request_for("t1", pb::ListAccountsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.accounts.len(), 1, "the retry created nothing");
+
+    let duplicate = client
+        .create_account(request_for(
+            "t1",
+            pb::CreateAccountRequest {
+                account: Some(account("Globex again", "GLOBEX.com", "")),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("domain taken");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    // The same domain in another tenant is a different account.
+    create_account(&mut client, "t2", account("Globex", "globex.com", "")).await;
+    server.stop().await;
+}
+
+async fn contacts_follow_their_rules(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let acme = create_account(&mut client, "t1", account("Acme", "acme.com", "")).await;
+
+    let anonymous = create_contact(&mut client, "t1", &acme.account_id, "")
+        .await
+        .expect("anonymous contact");
+    assert_eq!(anonymous.stage, ContactStage::Anonymous as i32);
+    let suspect = create_contact(&mut client, "t1", &acme.account_id, "Pat@Acme.com")
+        .await
+        .expect("contact with email");
+    assert_eq!(suspect.stage, ContactStage::Suspect as i32);
+    assert_eq!(suspect.email, "pat@acme.com");
+
+    let taken = create_contact(&mut client, "t1", &acme.account_id, "pat@acme.com")
+        .await
+        .expect_err("email unique in tenant");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+
+    let orphan = create_contact(
+        &mut client,
+        "t1",
+        "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10",
+        "x@acme.com",
+    )
+    .await
+    .expect_err("account must exist");
+    assert_eq!(orphan.code(), Code::NotFound);
+
+    let bad = create_contact(&mut client, "t1", "", "not-an-email")
+        .await
+        .expect_err("bad fields");
+    assert_eq!(
+        violated_fields(&bad),
+        ["contact.account_id", "contact.email"]
+    );
+
+    // Adding an email to an ANONYMOUS contact makes it SUSPECT.
+    let identified = client
+        .update_contact(request_for(
+            "t1",
+            pb::UpdateContactRequest {
+                contact: Some(pb::Contact {
+                    contact_id: anonymous.contact_id.clone(),
+                    email: "sam@acme.com".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["email"]),
+            },
+        ))
+        .await
+        .expect("email added")
+        .into_inner()
+        .contact
+        .expect("contact");
+    assert_eq!(identified.stage, ContactStage::Suspect as i32);
+    assert_eq!(identified.email, "sam@acme.com");
+    assert_eq!(identified.first_name, "Pat", "unmasked fields stay");
+
+    // People set the manual stages; the automatic ones are refused.
+    let qualified = client
+        .update_contact(request_for(
+            "t1",
+            pb::UpdateContactRequest {
+                contact: Some(pb::Contact {
+                    contact_id: identified.contact_id.clone(),
+                    stage: ContactStage::SalesQualified as i32,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["stage"]),
+            },
+        ))
+        .await
+        .expect("manual stage")
+        .into_inner()
+        .contact
+        .expect("contact");
+    assert_eq!(qualified.stage, ContactStage::SalesQualified as i32);
+    let automatic = client
+        .update_contact(request_for(
+            "t1",
+            pb::UpdateContactRequest {
+                contact: Some(pb::Contact {
+                    contact_id: identified.contact_id.clone(),
+                    stage: ContactStage::Customer as i32,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["stage"]),
+            },
+        ))
+        .await
+        .expect_err("automatic stage refused");
+    assert_eq!(automatic.code(), Code::FailedPrecondition);
+    let failure = automatic
+        .get_details_precondition_failure()
+        .expect("precondition detail");
+    assert!(failure.violations[0].description.contains("CUSTOMER"));
+
+    let listed = client
+        .list_contacts(request_for(
+            "t1",
+            pb::ListContactsRequest {
+                account_id: acme.account_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.contacts.len(), 2);
+    let by_email = client
+        .list_contacts(request_for(
+            "t1",
+            pb::ListContactsRequest {
+                email: "PAT@acme.com".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(by_email.contacts.len(), 1);
+    assert_eq!(by_email.contacts[0].contact_id, suspect.contact_id);
+    server.stop().await;
+}
+
+async fn tenants_never_see_each_other(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let theirs = create_account(&mut client, "tenant-b", account("B's", "b.com", "")).await;
+    let their_contact = create_contact(&mut client, "tenant-b", &theirs.account_id, "x@b.com")
+        .await
+        .expect("contact");
+
+    let get = client
+        .get_account(request_for(
+            "tenant-a",
+            pb::GetAccountRequest {
+                account_id: theirs.account_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("hidden");
+    assert_eq!(get.code(), Code::NotFound);
+    let update = client
+        .update_account(request_for(
+            "tenant-a",
+            pb::UpdateAccountRequest {
+                account: Some(pb::Account {
+                    account_id: theirs.account_id.clone(),
+                    name: "hijacked".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["name"]),
+            },
+        ))
+        .await
+        .expect_err("hidden");
+    assert_eq!(update.code(), Code::NotFound);
+    let contact = create_contact(&mut client, "tenant-a", &theirs.account_id, "")
+        .await
+        .expect_err("cannot attach to another tenant's account");
+    assert_eq!(contact.code(), Code::NotFound);
+    let get_contact = client
+        .get_contact(request_for(
+            "tenant-a",
+            pb::GetContactRequest {
+                contact_id: their_contact.contact_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("hidden");
+    assert_eq!(get_contact.code(), Code::NotFound);
+    let listed = client
+        .list_accounts(request_for("tenant-a", pb::ListAccountsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.accounts.is_empty());
+    let listed = client
+        .list_contacts(request_for("tenant-a", pb::ListContactsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.contacts.is_empty());
+
+    // Nothing of tenant-b changed.
+    let unchanged = client
+        .get_account(request_for(
+            "tenant-b",
+            pb::GetAccountRequest {
+                account_id: theirs.account_id.clone(),
+            },
+        ))
+        .await
+        .expect("visible to its tenant")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(unchanged, theirs);
+
+    let bad_tenant = client
+        .list_accounts(request_for("Not Valid", pb::ListAccountsRequest::default()))
+        .await
+        .expect_err("malformed tenant");
+    assert_eq!(bad_tenant.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad_tenant), ["x-tenant-id"]);
+    server.stop().await;
+}
+
+async fn data_survives_a_restart(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let created = create_account(&mut client, "t1", account("Durable", "", "")).await;
+    server.stop().await;
+
+    let (server, mut client) = start(&db).await;
+    let fetched = client
+        .get_account(request_for(
+            "t1",
+            pb::GetAccountRequest {
+                account_id: created.account_id.clone(),
+            },
+        ))
+        .await
+        .expect("still there")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(fetched, created);
+    server.stop().await;
+}
+
+fn uuid_v7(id: &str) -> bool {
+    id.len() == 36 && id.as_bytes()[14] == b'7'
+}
+
+on_each_database!(
+    accounts_round_trip,
+    list_accounts_filters_and_pages,
+    create_account_validates_and_is_idempotent,
+    contacts_follow_their_rules,
+    tenants_never_see_each_other,
+    data_survives_a_restart,
+);

@@ -1,0 +1,3 @@
+//! Storage of the opportunity service.
+
+pub mod migration;

@@ -1,0 +1,3 @@
+//! Storage of the scoring service.
+
+pub mod migration;
