@@ -77,12 +77,13 @@ impl RequestContext {
 
     /// Reads the development-mode context from HTTP headers.
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, ServiceError> {
-        let tenant = match headers.get(TENANT_HEADER) {
-            None => TenantId(DEFAULT_TENANT.to_owned()),
-            Some(value) => TenantId::parse(value.to_str().map_err(|_| {
-                ServiceError::invalid(TENANT_HEADER, "must be printable ASCII")
-            })?)?,
-        };
+        let tenant =
+            match headers.get(TENANT_HEADER) {
+                None => TenantId(DEFAULT_TENANT.to_owned()),
+                Some(value) => TenantId::parse(value.to_str().map_err(|_| {
+                    ServiceError::invalid(TENANT_HEADER, "must be printable ASCII")
+                })?)?,
+            };
         let actor = match headers.get(ACTOR_HEADER) {
             None => "anonymous".to_owned(),
             Some(value) => {
@@ -129,10 +130,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        std::future::Ready<Result<Self::Response, Self::Error>>,
-    >;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -15,9 +15,9 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
     settings: &DatabaseSettings,
 ) -> anyhow::Result<DatabaseConnection> {
     let database = connect(settings).await?;
-    M::up(&database, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("database migration failed: {}", redact_urls(&e.to_string())))?;
+    M::up(&database, None).await.map_err(|e| {
+        anyhow::anyhow!("database migration failed: {}", redact_urls(&e.to_string()))
+    })?;
     Ok(database)
 }
 
@@ -58,13 +58,12 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
 fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(parent) = std::path::Path::new(path).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
-        }
+    if path != ":memory:"
+        && let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
     }
     let query = if query.contains("mode=") {
         query.to_owned()

@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn sizes_default_and_cap() {
-        assert_eq!(PageRequest::parse(0, "").expect("ok").size, DEFAULT_PAGE_SIZE);
+        assert_eq!(
+            PageRequest::parse(0, "").expect("ok").size,
+            DEFAULT_PAGE_SIZE
+        );
         assert_eq!(PageRequest::parse(7, "").expect("ok").size, 7);
         assert!(PageRequest::parse(-1, "").is_err());
         assert!(PageRequest::parse(501, "").is_err());

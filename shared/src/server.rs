@@ -33,7 +33,10 @@ const OVERALL: &str = "";
 
 /// The `main` of every service: load settings, start telemetry, connect and
 /// migrate the database, build the gRPC service, serve until SIGTERM/SIGINT.
-pub async fn run_service<M, S, F, Fut>(identity: ServiceIdentity, make_service: F) -> anyhow::Result<()>
+pub async fn run_service<M, S, F, Fut>(
+    identity: ServiceIdentity,
+    make_service: F,
+) -> anyhow::Result<()>
 where
     M: MigratorTrait,
     F: FnOnce(DatabaseConnection) -> Fut,
@@ -57,7 +60,10 @@ where
 
 /// Connects to and migrates the service's database, builds its gRPC service
 /// with `make_service`, and binds the server (tests call this with port 0).
-pub async fn build<M, S, F, Fut>(settings: &ServiceSettings, make_service: F) -> anyhow::Result<Application>
+pub async fn build<M, S, F, Fut>(
+    settings: &ServiceSettings,
+    make_service: F,
+) -> anyhow::Result<Application>
 where
     M: MigratorTrait,
     F: FnOnce(DatabaseConnection) -> Fut,
@@ -92,7 +98,10 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free port) for a service whose
     /// fully-qualified gRPC name is `service_name`.
-    pub async fn bind(settings: &ServerSettings, service_name: &'static str) -> anyhow::Result<Self> {
+    pub async fn bind(
+        settings: &ServerSettings,
+        service_name: &'static str,
+    ) -> anyhow::Result<Self> {
         let address: SocketAddr = format!("{}:{}", settings.host, settings.port)
             .parse()
             .map_err(|e| anyhow::anyhow!("server.host/server.port: {e}"))?;
@@ -223,7 +232,10 @@ impl Application {
             () = shutdown => {}
         }
 
-        tracing::info!(service = service_name, "shutting down: health is NOT_SERVING");
+        tracing::info!(
+            service = service_name,
+            "shutting down: health is NOT_SERVING"
+        );
         stopping.store(true, Ordering::SeqCst);
         if let Some(probe) = probe {
             probe.abort();

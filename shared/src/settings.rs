@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Environment variable naming an optional settings file (also `--config PATH`).
 pub const CONFIG_FILE_ENV: &str = "CASCADE_CONFIG_FILE";
@@ -406,12 +406,8 @@ mod tests {
         .expect_err("bad port refused");
         assert!(err.to_string().contains("server.port"), "{err}");
 
-        let err = load_from::<Example>(
-            ID,
-            None,
-            env(&[("CASCADE_LIFECYCLE__SERVER__PROT", "1")]),
-        )
-        .expect_err("unknown key refused");
+        let err = load_from::<Example>(ID, None, env(&[("CASCADE_LIFECYCLE__SERVER__PROT", "1")]))
+            .expect_err("unknown key refused");
         assert!(err.to_string().contains("prot"), "{err}");
 
         let s: Example = load_from(

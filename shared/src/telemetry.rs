@@ -42,7 +42,10 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         tracing_opentelemetry::layer().with_tracer(p.tracer(format!("cascade-{service_name}")))
     });
     let (text, json) = match settings.log_format {
-        LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_target(true)), None),
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_target(true)),
+            None,
+        ),
         LogFormat::Json => (
             None,
             Some(

@@ -35,13 +35,28 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_timestamps() {
-        let ok = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 };
+        let ok = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
         assert_eq!(from_timestamp(&ok).map(to_timestamp), Some(ok));
         for bad in [
-            prost_types::Timestamp { seconds: -1, nanos: 0 },
-            prost_types::Timestamp { seconds: MAX_SECONDS + 1, nanos: 0 },
-            prost_types::Timestamp { seconds: 0, nanos: -1 },
-            prost_types::Timestamp { seconds: 0, nanos: 1_000_000_000 },
+            prost_types::Timestamp {
+                seconds: -1,
+                nanos: 0,
+            },
+            prost_types::Timestamp {
+                seconds: MAX_SECONDS + 1,
+                nanos: 0,
+            },
+            prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1,
+            },
+            prost_types::Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            },
         ] {
             assert_eq!(from_timestamp(&bad), None, "{bad:?}");
         }

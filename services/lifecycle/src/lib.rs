@@ -16,7 +16,9 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50051,
 };
 
-async fn service(database: DatabaseConnection) -> anyhow::Result<LifecycleServiceServer<api::LifecycleApi>> {
+async fn service(
+    database: DatabaseConnection,
+) -> anyhow::Result<LifecycleServiceServer<api::LifecycleApi>> {
     Ok(LifecycleServiceServer::new(api::LifecycleApi::new(
         storage::Repository::new(database),
     )))

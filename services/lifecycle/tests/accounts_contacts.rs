@@ -91,7 +91,10 @@ async fn accounts_round_trip(db: TestDatabase) {
     assert_eq!(created.customer_type, CustomerType::Prospect as i32);
     assert!(uuid_v7(&created.account_id), "{}", created.account_id);
     assert_eq!(created.stages_reached.len(), 1);
-    assert_eq!(created.stages_reached[0].stage, AccountStage::Targeted as i32);
+    assert_eq!(
+        created.stages_reached[0].stage,
+        AccountStage::Targeted as i32
+    );
 
     let fetched = client
         .get_account(request_for(
@@ -146,7 +149,11 @@ async fn accounts_round_trip(db: TestDatabase) {
         .expect_err("stage is not writable");
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&refused), ["update_mask"]);
-    assert!(refused.message().contains("lifecycle rules"), "{}", refused.message());
+    assert!(
+        refused.message().contains("lifecycle rules"),
+        "{}",
+        refused.message()
+    );
 
     let no_mask = client
         .update_account(request_for(
@@ -181,8 +188,7 @@ async fn list_accounts_filters_and_pages(db: TestDatabase) {
     let mut ids = Vec::new();
     for i in 0..5 {
         let owner = if i % 2 == 0 { "even" } else { "odd" };
-        let created =
-            create_account(&mut client, "t1", account(&format!("A{i}"), "", owner)).await;
+        let created = create_account(&mut client, "t1", account(&format!("A{i}"), "", owner)).await;
         ids.push(created.account_id);
     }
     create_account(&mut client, "t2", account("Other tenant", "", "even")).await;

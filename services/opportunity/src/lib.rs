@@ -7,7 +7,9 @@
 
 pub mod storage;
 
-use cascade_proto::opportunity::v1::opportunity_service_server::{OpportunityService, OpportunityServiceServer};
+use cascade_proto::opportunity::v1::opportunity_service_server::{
+    OpportunityService, OpportunityServiceServer,
+};
 use cascade_shared::server::Application;
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
@@ -23,7 +25,9 @@ pub struct OpportunityApi;
 
 impl OpportunityService for OpportunityApi {}
 
-async fn service(_database: DatabaseConnection) -> anyhow::Result<OpportunityServiceServer<OpportunityApi>> {
+async fn service(
+    _database: DatabaseConnection,
+) -> anyhow::Result<OpportunityServiceServer<OpportunityApi>> {
     Ok(OpportunityServiceServer::new(OpportunityApi))
 }
 

@@ -23,7 +23,9 @@ pub struct ScoringApi;
 
 impl ScoringService for ScoringApi {}
 
-async fn service(_database: DatabaseConnection) -> anyhow::Result<ScoringServiceServer<ScoringApi>> {
+async fn service(
+    _database: DatabaseConnection,
+) -> anyhow::Result<ScoringServiceServer<ScoringApi>> {
     Ok(ScoringServiceServer::new(ScoringApi))
 }
 

@@ -65,32 +65,97 @@ impl MigrationTrait for AccountsAndContacts {
                 Table::create()
                     .table(Accounts::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(Accounts::AccountId).string_len(36).not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Accounts::AccountId)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Accounts::TenantId).string_len(64).not_null())
                     .col(ColumnDef::new(Accounts::Name).string_len(200).not_null())
                     .col(ColumnDef::new(Accounts::Domain).string_len(253).null())
                     .col(ColumnDef::new(Accounts::OwnerId).string_len(200).null())
                     .col(ColumnDef::new(Accounts::Stage).string_len(32).not_null())
-                    .col(ColumnDef::new(Accounts::CustomerType).string_len(32).not_null())
-                    .col(ColumnDef::new(Accounts::StageEnteredAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Accounts::EngagementScore).double().not_null().default(0.0))
-                    .col(ColumnDef::new(Accounts::AverageEngagementScore).double().not_null().default(0.0))
-                    .col(ColumnDef::new(Accounts::IntentScore).double().not_null().default(0.0))
-                    .col(ColumnDef::new(Accounts::CreateRequestId).string_len(128).null())
-                    .col(ColumnDef::new(Accounts::CreatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Accounts::UpdatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Accounts::Version).big_integer().not_null().default(1))
+                    .col(
+                        ColumnDef::new(Accounts::CustomerType)
+                            .string_len(32)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::StageEnteredAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::EngagementScore)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::AverageEngagementScore)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::IntentScore)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::CreateRequestId)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Accounts::Version)
+                            .big_integer()
+                            .not_null()
+                            .default(1),
+                    )
                     .to_owned(),
             )
             .await?;
         // NULLs are distinct in unique indexes on both backends, so accounts
         // without a domain or request id do not collide.
         for (name, columns, unique) in [
-            ("ux_accounts_tenant_domain", vec![Accounts::TenantId, Accounts::Domain], true),
-            ("ux_accounts_tenant_request", vec![Accounts::TenantId, Accounts::CreateRequestId], true),
-            ("ix_accounts_tenant_id", vec![Accounts::TenantId, Accounts::AccountId], false),
-            ("ix_accounts_tenant_stage", vec![Accounts::TenantId, Accounts::Stage, Accounts::AccountId], false),
-            ("ix_accounts_tenant_owner", vec![Accounts::TenantId, Accounts::OwnerId, Accounts::AccountId], false),
+            (
+                "ux_accounts_tenant_domain",
+                vec![Accounts::TenantId, Accounts::Domain],
+                true,
+            ),
+            (
+                "ux_accounts_tenant_request",
+                vec![Accounts::TenantId, Accounts::CreateRequestId],
+                true,
+            ),
+            (
+                "ix_accounts_tenant_id",
+                vec![Accounts::TenantId, Accounts::AccountId],
+                false,
+            ),
+            (
+                "ix_accounts_tenant_stage",
+                vec![Accounts::TenantId, Accounts::Stage, Accounts::AccountId],
+                false,
+            ),
+            (
+                "ix_accounts_tenant_owner",
+                vec![Accounts::TenantId, Accounts::OwnerId, Accounts::AccountId],
+                false,
+            ),
         ] {
             let mut index = Index::create();
             index.name(name).table(Accounts::Table).if_not_exists();
@@ -108,19 +173,57 @@ impl MigrationTrait for AccountsAndContacts {
                 Table::create()
                     .table(Contacts::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(Contacts::ContactId).string_len(36).not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Contacts::ContactId)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Contacts::TenantId).string_len(64).not_null())
-                    .col(ColumnDef::new(Contacts::AccountId).string_len(36).not_null())
+                    .col(
+                        ColumnDef::new(Contacts::AccountId)
+                            .string_len(36)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Contacts::Email).string_len(254).null())
-                    .col(ColumnDef::new(Contacts::FirstName).string_len(100).not_null())
-                    .col(ColumnDef::new(Contacts::LastName).string_len(100).not_null())
+                    .col(
+                        ColumnDef::new(Contacts::FirstName)
+                            .string_len(100)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::LastName)
+                            .string_len(100)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Contacts::Title).string_len(200).not_null())
                     .col(ColumnDef::new(Contacts::Stage).string_len(32).not_null())
-                    .col(ColumnDef::new(Contacts::StageEnteredAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Contacts::EngagementScore).double().not_null().default(0.0))
-                    .col(ColumnDef::new(Contacts::CreateRequestId).string_len(128).null())
-                    .col(ColumnDef::new(Contacts::CreatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Contacts::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(
+                        ColumnDef::new(Contacts::StageEnteredAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::EngagementScore)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::CreateRequestId)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_contacts_account")
@@ -131,10 +234,26 @@ impl MigrationTrait for AccountsAndContacts {
             )
             .await?;
         for (name, columns, unique) in [
-            ("ux_contacts_tenant_email", vec![Contacts::TenantId, Contacts::Email], true),
-            ("ux_contacts_tenant_request", vec![Contacts::TenantId, Contacts::CreateRequestId], true),
-            ("ix_contacts_tenant_id", vec![Contacts::TenantId, Contacts::ContactId], false),
-            ("ix_contacts_tenant_account", vec![Contacts::TenantId, Contacts::AccountId, Contacts::ContactId], false),
+            (
+                "ux_contacts_tenant_email",
+                vec![Contacts::TenantId, Contacts::Email],
+                true,
+            ),
+            (
+                "ux_contacts_tenant_request",
+                vec![Contacts::TenantId, Contacts::CreateRequestId],
+                true,
+            ),
+            (
+                "ix_contacts_tenant_id",
+                vec![Contacts::TenantId, Contacts::ContactId],
+                false,
+            ),
+            (
+                "ix_contacts_tenant_account",
+                vec![Contacts::TenantId, Contacts::AccountId, Contacts::ContactId],
+                false,
+            ),
         ] {
             let mut index = Index::create();
             index.name(name).table(Contacts::Table).if_not_exists();

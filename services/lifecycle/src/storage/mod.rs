@@ -340,7 +340,11 @@ impl Repository {
         }
         if let Some(target) = changes.stage {
             stage = domain::set_manual_contact_stage(stage, target).map_err(|refusal| {
-                ServiceError::precondition("CONTACT_STAGE", format!("contact/{contact_id}"), refusal.0)
+                ServiceError::precondition(
+                    "CONTACT_STAGE",
+                    format!("contact/{contact_id}"),
+                    refusal.0,
+                )
             })?;
         }
         let now = time::now();
@@ -404,7 +408,10 @@ fn corrupt(column: &str, error: impl std::fmt::Display) -> ServiceError {
 
 fn account_from_model(model: account::Model) -> ServiceResult<Account> {
     Ok(Account {
-        stage: model.stage.parse().map_err(|e| corrupt("accounts.stage", e))?,
+        stage: model
+            .stage
+            .parse()
+            .map_err(|e| corrupt("accounts.stage", e))?,
         customer_type: model
             .customer_type
             .parse()
@@ -424,7 +431,10 @@ fn account_from_model(model: account::Model) -> ServiceResult<Account> {
 
 fn contact_from_model(model: contact::Model) -> ServiceResult<Contact> {
     Ok(Contact {
-        stage: model.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+        stage: model
+            .stage
+            .parse()
+            .map_err(|e| corrupt("contacts.stage", e))?,
         contact_id: model.contact_id,
         account_id: model.account_id,
         email: model.email,

@@ -1,0 +1,64 @@
+# Cascade: make help lists the targets.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+BUF ?= node_modules/.bin/buf
+GRPCURL ?= .venv/bin/grpcurl
+SERVICES := -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build the three service binaries (release)
+	$(CARGO) build --release $(SERVICES)
+
+.PHONY: run
+run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLite under ./data (Ctrl-C stops all)
+	scripts/run-suite.sh
+
+.PHONY: test
+test: ## Run every test (PostgreSQL variants too when CASCADE_TEST_POSTGRES_URL is set)
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --all-features --no-fail-fast
+else
+	$(CARGO) test --workspace --all-features --no-fail-fast
+endif
+
+.PHONY: lint
+lint: tools-buf ## rustfmt check, clippy with warnings denied, buf lint
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	$(BUF) lint proto
+
+.PHONY: proto-breaking
+proto-breaking: tools-buf ## Compare the contracts with main: does a change break callers?
+	$(BUF) breaking proto --against '.git#branch=main,subdir=proto'
+
+.PHONY: smoke
+smoke: build tools-grpcurl ## Start the release binaries and check them with grpcurl
+	GRPCURL=$(GRPCURL) scripts/smoke.sh
+
+.PHONY: fmt
+fmt: ## Format the Rust code
+	$(CARGO) fmt --all
+
+.PHONY: tools
+tools: tools-buf tools-grpcurl ## Install buf (npm) and grpcurl (pip, in .venv)
+
+.PHONY: tools-buf
+tools-buf:
+	@[ -x $(BUF) ] || npm ci --no-audit --no-fund
+
+.PHONY: tools-grpcurl
+tools-grpcurl:
+	@[ -x $(GRPCURL) ] || (python3 -m venv .venv && .venv/bin/pip install --quiet -r requirements-tools.txt)
+
+.PHONY: clean
+clean: ## Remove build output and local data
+	$(CARGO) clean
+	rm -rf data

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Starts the three release binaries on a fresh SQLite folder and checks them
+# with grpcurl the way a person would: each lists its service, reports
+# SERVING, and an account round-trips. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+grpcurl=${GRPCURL:-$(command -v grpcurl || echo .venv/bin/grpcurl)}
+data=$(mktemp -d)
+log="$data/suite.log"
+export CASCADE_DATA_DIR="$data"
+export LIFECYCLE_PORT=${LIFECYCLE_PORT:-51051} SCORING_PORT=${SCORING_PORT:-51052} OPPORTUNITY_PORT=${OPPORTUNITY_PORT:-51053}
+
+scripts/run-suite.sh >"$log" 2>&1 &
+suite=$!
+cleanup() {
+  kill -TERM "$suite" 2>/dev/null || true
+  wait "$suite" 2>/dev/null || true
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "SMOKE FAILED: $*" >&2
+  echo "--- suite log ---" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+check_service() {
+  local port=$1 service=$2
+  for _ in $(seq 1 100); do
+    if "$grpcurl" -plaintext "localhost:$port" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
+      break
+    fi
+    sleep 0.1
+  done
+  "$grpcurl" -plaintext "localhost:$port" list | grep -qx "$service" || fail "$service not listed on $port"
+  "$grpcurl" -plaintext "localhost:$port" list | grep -qx "grpc.health.v1.Health" || fail "health not listed on $port"
+  "$grpcurl" -plaintext "localhost:$port" list | grep -qx "grpc.reflection.v1.ServerReflection" || fail "reflection not listed on $port"
+  "$grpcurl" -plaintext "localhost:$port" grpc.health.v1.Health/Check | grep -q '"SERVING"' || fail "$port overall health not SERVING"
+  "$grpcurl" -plaintext -d "{\"service\":\"$service\"}" "localhost:$port" grpc.health.v1.Health/Check \
+    | grep -q '"SERVING"' || fail "$service health not SERVING"
+  echo "ok   $service on :$port lists its service and is SERVING"
+}
+
+check_service "$LIFECYCLE_PORT" cascade.lifecycle.v1.LifecycleService
+check_service "$SCORING_PORT" cascade.scoring.v1.ScoringService
+check_service "$OPPORTUNITY_PORT" cascade.opportunity.v1.OpportunityService
+
+created=$("$grpcurl" -plaintext -H 'x-tenant-id: smoke' \
+  -d '{"account":{"name":"Smoke Test Inc","domain":"smoke.example"},"request_id":"smoke-1"}' \
+  "localhost:$LIFECYCLE_PORT" cascade.lifecycle.v1.LifecycleService/CreateAccount) || fail "CreateAccount"
+id=$(printf '%s' "$created" | sed -n 's/.*"accountId": "\([^"]*\)".*/\1/p')
+[ -n "$id" ] || fail "no accountId in $created"
+fetched=$("$grpcurl" -plaintext -H 'x-tenant-id: smoke' -d "{\"account_id\":\"$id\"}" \
+  "localhost:$LIFECYCLE_PORT" cascade.lifecycle.v1.LifecycleService/GetAccount) || fail "GetAccount"
+printf '%s' "$fetched" | grep -q '"name": "Smoke Test Inc"' || fail "GetAccount returned $fetched"
+printf '%s' "$fetched" | grep -q '"stage": "ACCOUNT_STAGE_TARGETED"' || fail "new account not TARGETED"
+echo "ok   account $id round-trips"
+
+if "$grpcurl" -plaintext -d '{"account":{"name":""}}' "localhost:$LIFECYCLE_PORT" \
+  cascade.lifecycle.v1.LifecycleService/CreateAccount >"$data/err.txt" 2>&1; then
+  fail "an empty name was accepted"
+fi
+grep -q 'InvalidArgument' "$data/err.txt" && grep -q '"field":"account.name"' "$data/err.txt" \
+  || fail "empty name did not give a readable field violation: $(cat "$data/err.txt")"
+echo "ok   an empty name answers INVALID_ARGUMENT naming account.name"
+echo "smoke test: all checks passed"
