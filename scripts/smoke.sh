@@ -66,4 +66,27 @@ fi
 grep -q 'InvalidArgument' "$data/err.txt" && grep -q '"field":"account.name"' "$data/err.txt" \
   || fail "empty name did not give a readable field violation: $(cat "$data/err.txt")"
 echo "ok   an empty name answers INVALID_ARGUMENT naming account.name"
+# The README's grpcurl examples, run as written (ports mapped to the smoke ports).
+export PATH="$(cd "$(dirname "$grpcurl")" && pwd):$PATH"
+examples=0
+while IFS= read -r line; do
+  [[ -z "$line" || "$line" == \#* || "$line" == '```'* ]] && continue
+  line=${line//localhost:50051/localhost:$LIFECYCLE_PORT}
+  line=${line//localhost:50052/localhost:$SCORING_PORT}
+  line=${line//localhost:50053/localhost:$OPPORTUNITY_PORT}
+  examples=$((examples + 1))
+  if [[ "$line" == *"  # fails: "* ]]; then
+    expected=${line##*  # fails: }
+    command=${line%%  # fails: *}
+    if output=$(eval "$command" 2>&1); then
+      fail "README example should fail with $expected but succeeded: $command"
+    fi
+    grep -q "$expected" <<<"$output" || fail "README example did not fail with $expected: $output"
+  else
+    eval "$line" >"$data/example.out" 2>&1 || fail "README example failed: $line
+$(cat "$data/example.out")"
+  fi
+done < <(sed -n '/<!-- readme-examples:start -->/,/<!-- readme-examples:end -->/p' README.md | sed '1d;$d')
+[ "$examples" -ge 10 ] || fail "found only $examples README examples"
+echo "ok   $examples README grpcurl examples work as written"
 echo "smoke test: all checks passed"

@@ -2,6 +2,8 @@
 //! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over
 //! OTLP/gRPC, and W3C trace context is read from and written to calls.
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -43,7 +45,12 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
     });
     let (text, json) = match settings.log_format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_target(true)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    // Colour only for a person at a terminal, not in log files.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            ),
             None,
         ),
         LogFormat::Json => (

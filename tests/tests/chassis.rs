@@ -13,13 +13,13 @@ use cascade_shared::testing::{TestDatabase, TestServer, request_for};
 use futures::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const LIFECYCLE: &str = "cascade.lifecycle.v1.LifecycleService";
 const SCORING: &str = "cascade.scoring.v1.ScoringService";
@@ -71,10 +71,14 @@ async fn listed_services(channel: Channel) -> Vec<String> {
 async fn every_service_serves_health_and_its_own_reflection() {
     for service in [LIFECYCLE, SCORING, OPPORTUNITY] {
         let db = TestDatabase::sqlite();
-        let server = TestServer::start(build(service, &ServiceSettings::for_tests(db.settings.clone())).await);
+        let server = TestServer::start(
+            build(service, &ServiceSettings::for_tests(db.settings.clone())).await,
+        );
         for name in ["", service] {
             assert_eq!(
-                health(server.channel(), name).await.expect("health answers"),
+                health(server.channel(), name)
+                    .await
+                    .expect("health answers"),
                 ServingStatus::Serving as i32,
                 "{service}: health of {name:?}"
             );
@@ -91,7 +95,11 @@ async fn every_service_serves_health_and_its_own_reflection() {
             service.to_owned(),
         ];
         expected.sort();
-        assert_eq!(listed_services(server.channel()).await, expected, "{service}");
+        assert_eq!(
+            listed_services(server.channel()).await,
+            expected,
+            "{service}"
+        );
         server.stop().await;
     }
 }
@@ -104,26 +112,39 @@ async fn rpcs_of_later_issues_answer_unimplemented_not_success() {
     let status = lifecycle::lifecycle_service_client::LifecycleServiceClient::new(
         lifecycle_server.channel(),
     )
-    .qualify_account(request_for("t1", lifecycle::QualifyAccountRequest::default()))
+    .qualify_account(request_for(
+        "t1",
+        lifecycle::QualifyAccountRequest::default(),
+    ))
     .await
     .expect_err("not built yet");
     assert_eq!(status.code(), Code::Unimplemented);
 
     let db = TestDatabase::sqlite();
-    let scoring_server = TestServer::start(build(SCORING, &ServiceSettings::for_tests(db.settings.clone())).await);
-    let status = scoring::scoring_service_client::ScoringServiceClient::new(scoring_server.channel())
-        .record_activity(request_for("t1", scoring::RecordActivityRequest::default()))
-        .await
-        .expect_err("not built yet");
+    let scoring_server =
+        TestServer::start(build(SCORING, &ServiceSettings::for_tests(db.settings.clone())).await);
+    let status =
+        scoring::scoring_service_client::ScoringServiceClient::new(scoring_server.channel())
+            .record_activity(request_for("t1", scoring::RecordActivityRequest::default()))
+            .await
+            .expect_err("not built yet");
     assert_eq!(status.code(), Code::Unimplemented);
 
     let db = TestDatabase::sqlite();
-    let opportunity_server =
-        TestServer::start(build(OPPORTUNITY, &ServiceSettings::for_tests(db.settings.clone())).await);
+    let opportunity_server = TestServer::start(
+        build(
+            OPPORTUNITY,
+            &ServiceSettings::for_tests(db.settings.clone()),
+        )
+        .await,
+    );
     let status = opportunity::opportunity_service_client::OpportunityServiceClient::new(
         opportunity_server.channel(),
     )
-    .create_opportunity(request_for("t1", opportunity::CreateOpportunityRequest::default()))
+    .create_opportunity(request_for(
+        "t1",
+        opportunity::CreateOpportunityRequest::default(),
+    ))
     .await
     .expect_err("not built yet");
     assert_eq!(status.code(), Code::Unimplemented);
@@ -165,7 +186,9 @@ async fn shutdown_reports_not_serving_before_the_listener_closes() {
     assert_eq!(next.status, ServingStatus::NotServing as i32);
 
     // Still draining: new calls are answered, and say NOT_SERVING.
-    let during_drain = health(channel.clone(), "").await.expect("answered while draining");
+    let during_drain = health(channel.clone(), "")
+        .await
+        .expect("answered while draining");
     assert_eq!(during_drain, ServingStatus::NotServing as i32);
     let list = lifecycle::lifecycle_service_client::LifecycleServiceClient::new(channel)
         .list_accounts(request_for("t1", lifecycle::ListAccountsRequest::default()))
