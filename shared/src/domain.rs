@@ -2,16 +2,16 @@
 //! money. Plain types with no I/O; conversions to the protobuf enums and to the
 //! text stored in the database live here so every service agrees on them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use cascade_proto::common::v1 as pb;
 
-/// Generates the string and protobuf conversions of a plain domain enum.
+/// Generates a plain domain enum with its stored text (`as_str`, `FromStr`)
+/// and its protobuf number (`from_proto`, `to_proto`). Services use it for
+/// their own enums too, so every enum converts the same way.
+#[macro_export]
 macro_rules! domain_enum {
     (
         $(#[$meta:meta])*
-        $name:ident => $proto:ident {
+        $name:ident => $proto:path {
             $($variant:ident = $text:literal,)+
         }
     ) => {
@@ -34,33 +34,35 @@ macro_rules! domain_enum {
 
             /// From the protobuf enum number; `None` for UNSPECIFIED or unknown.
             pub fn from_proto(value: i32) -> Option<Self> {
-                match pb::$proto::try_from(value).ok()? {
-                    $(pb::$proto::$variant => Some($name::$variant),)+
+                type P = $proto;
+                match P::try_from(value).ok()? {
+                    $(P::$variant => Some($name::$variant),)+
                     _ => None,
                 }
             }
 
             /// The protobuf enum number.
             pub fn to_proto(self) -> i32 {
+                type P = $proto;
                 match self {
-                    $($name::$variant => pb::$proto::$variant as i32,)+
+                    $($name::$variant => P::$variant as i32,)+
                 }
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownValue;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::domain::UnknownValue;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownValue(s.to_owned())),
+                    _ => Err($crate::domain::UnknownValue(s.to_owned())),
                 }
             }
         }
@@ -74,7 +76,7 @@ pub struct UnknownValue(pub String);
 
 domain_enum! {
     /// Where an account stands in the revenue waterfall, in funnel order.
-    AccountStage => AccountStage {
+    AccountStage => pb::AccountStage {
         Targeted = "TARGETED",
         Detected = "DETECTED",
         Engaged = "ENGAGED",
@@ -89,7 +91,7 @@ domain_enum! {
 
 domain_enum! {
     /// The commercial relationship with an account.
-    CustomerType => CustomerType {
+    CustomerType => pb::CustomerType {
         Prospect = "PROSPECT",
         Customer = "CUSTOMER",
         ReProspect = "RE_PROSPECT",
@@ -98,7 +100,7 @@ domain_enum! {
 
 domain_enum! {
     /// Person-level stage of a contact.
-    ContactStage => ContactStage {
+    ContactStage => pb::ContactStage {
         Anonymous = "ANONYMOUS",
         Suspect = "SUSPECT",
         Engaged = "ENGAGED",

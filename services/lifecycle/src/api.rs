@@ -355,5 +355,6 @@ fn contact_to_proto(contact: Contact) -> pb::Contact {
         engagement_score: contact.engagement_score,
         create_time: Some(to_timestamp(contact.created_at)),
         update_time: Some(to_timestamp(contact.updated_at)),
+        stages_reached: Vec::new(),
     }
 }

@@ -195,7 +195,7 @@ impl Repository {
             return Ok(existing);
         }
         let now = time::now();
-        let stage = domain::new_contact_stage(new.email.is_some());
+        let stage = domain::contact_rules::new_contact_stage(new.email.is_some());
         let email = new.email.clone();
         let tenant_id = tenant.as_str().to_owned();
         let create_request_id = request_id.clone();
@@ -326,7 +326,7 @@ impl Repository {
         let mut stage = current.stage;
         let mut model = existing.into_active_model();
         if let Some(email) = changes.email.clone() {
-            stage = domain::contact_stage_after_email_change(stage, email.is_some());
+            stage = domain::contact_rules::after_email_change(stage, email.is_some());
             model.email = Set(email);
         }
         if let Some(first_name) = changes.first_name {
@@ -339,7 +339,7 @@ impl Repository {
             model.title = Set(title);
         }
         if let Some(target) = changes.stage {
-            stage = domain::set_manual_contact_stage(stage, target).map_err(|refusal| {
+            stage = domain::contact_rules::set_by_person(stage, target).map_err(|refusal| {
                 ServiceError::precondition(
                     "CONTACT_STAGE",
                     format!("contact/{contact_id}"),

@@ -1,0 +1,176 @@
+//! The contact (person) stage rules (DESIGN.md "Contact (person) stages"):
+//! ANONYMOUS, SUSPECT, ENGAGED, OPPORTUNITY and CUSTOMER move by themselves, a
+//! hand-raise makes a contact MARKETING_QUALIFIED, the rest are set by people.
+
+use cascade_shared::domain::ContactStage;
+
+use super::Refusal;
+
+/// A new contact is ANONYMOUS without an email and SUSPECT with one.
+pub fn new_contact_stage(has_email: bool) -> ContactStage {
+    if has_email {
+        ContactStage::Suspect
+    } else {
+        ContactStage::Anonymous
+    }
+}
+
+/// The contact's stage after its email is set or cleared: an ANONYMOUS
+/// contact that gains an email becomes SUSPECT, and a SUSPECT one that loses
+/// it becomes ANONYMOUS again. Later stages are about behaviour, not contact
+/// details, and stay.
+pub fn after_email_change(current: ContactStage, has_email: bool) -> ContactStage {
+    match (current, has_email) {
+        (ContactStage::Anonymous, true) => ContactStage::Suspect,
+        (ContactStage::Suspect, false) => ContactStage::Anonymous,
+        (stage, _) => stage,
+    }
+}
+
+/// A stage set by a person. Only the manual stages may be set; the automatic
+/// ones follow the contact's data and activity.
+pub fn set_by_person(current: ContactStage, target: ContactStage) -> Result<ContactStage, Refusal> {
+    if target.is_manual() {
+        return Ok(target);
+    }
+    let manual: Vec<_> = ContactStage::ALL
+        .iter()
+        .filter(|s| s.is_manual())
+        .map(|s| s.as_str())
+        .collect();
+    Err(Refusal(format!(
+        "contact stage {target} is set automatically and cannot be written (the contact is {current}); \
+         a person may set {}",
+        manual.join(", ")
+    )))
+}
+
+/// Something that happened to a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactEvent {
+    /// Inbound activity; `hand_raise` when one of its types is a hand-raise.
+    Activity { hand_raise: bool },
+    /// The contact is in the buying group of a newly opened opportunity.
+    JoinedOpenOpportunity,
+    /// An opportunity with the contact in its buying group was won.
+    OpportunityWon,
+    /// The contact's last open opportunity was lost.
+    LeftOpenOpportunities { has_email: bool, has_activity: bool },
+}
+
+/// The contact's stage after an event. Automatic moves never undo a person's
+/// decision (SALES_QUALIFIED, EVANGELIST, DISQUALIFIED, OTHER stay on
+/// activity) and never move a customer back.
+pub fn after_event(current: ContactStage, event: ContactEvent) -> ContactStage {
+    use ContactStage as C;
+    match event {
+        ContactEvent::Activity { hand_raise } => match current {
+            C::Anonymous | C::Suspect | C::Engaged if hand_raise => C::MarketingQualified,
+            C::Anonymous | C::Suspect => C::Engaged,
+            other => other,
+        },
+        ContactEvent::JoinedOpenOpportunity => match current {
+            C::Customer | C::Evangelist => current,
+            _ => C::Opportunity,
+        },
+        ContactEvent::OpportunityWon => match current {
+            C::Evangelist => current,
+            _ => C::Customer,
+        },
+        ContactEvent::LeftOpenOpportunities {
+            has_email,
+            has_activity,
+        } => match current {
+            C::Opportunity if has_activity => C::Engaged,
+            C::Opportunity => new_contact_stage(has_email),
+            other => other,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContactStage as C;
+
+    #[test]
+    fn new_contact_stage_follows_email() {
+        assert_eq!(new_contact_stage(false), C::Anonymous);
+        assert_eq!(new_contact_stage(true), C::Suspect);
+    }
+
+    #[test]
+    fn email_changes_move_only_anonymous_and_suspect() {
+        for &stage in C::ALL {
+            for has_email in [false, true] {
+                let expected = match (stage, has_email) {
+                    (C::Anonymous, true) => C::Suspect,
+                    (C::Suspect, false) => C::Anonymous,
+                    _ => stage,
+                };
+                assert_eq!(
+                    after_email_change(stage, has_email),
+                    expected,
+                    "{stage} email={has_email}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_manual_stages_can_be_set_by_people() {
+        for &current in C::ALL {
+            for &target in C::ALL {
+                match set_by_person(current, target) {
+                    Ok(stage) => {
+                        assert!(target.is_manual(), "{target} accepted");
+                        assert_eq!(stage, target);
+                    }
+                    Err(Refusal(reason)) => {
+                        assert!(!target.is_manual(), "{target} refused");
+                        assert!(reason.contains(target.as_str()), "{reason}");
+                        assert!(reason.contains("MARKETING_QUALIFIED"), "{reason}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every stage against every event, with the expected stage.
+    #[test]
+    fn every_stage_against_every_event() {
+        let left = |has_email, has_activity| ContactEvent::LeftOpenOpportunities {
+            has_email,
+            has_activity,
+        };
+        let events = [
+            ContactEvent::Activity { hand_raise: false },
+            ContactEvent::Activity { hand_raise: true },
+            ContactEvent::JoinedOpenOpportunity,
+            ContactEvent::OpportunityWon,
+            left(true, true),
+            left(true, false),
+            left(false, false),
+        ];
+        #[rustfmt::skip]
+        let table: [(C, [C; 7]); 10] = [
+            //            activity  hand-raise               joined           won          left(e,a)    left(e,-)     left(-,-)
+            (C::Anonymous, [C::Engaged, C::MarketingQualified, C::Opportunity, C::Customer, C::Anonymous, C::Anonymous, C::Anonymous]),
+            (C::Suspect, [C::Engaged, C::MarketingQualified, C::Opportunity, C::Customer, C::Suspect, C::Suspect, C::Suspect]),
+            (C::Engaged, [C::Engaged, C::MarketingQualified, C::Opportunity, C::Customer, C::Engaged, C::Engaged, C::Engaged]),
+            (C::MarketingQualified, [C::MarketingQualified, C::MarketingQualified, C::Opportunity, C::Customer, C::MarketingQualified, C::MarketingQualified, C::MarketingQualified]),
+            (C::SalesQualified, [C::SalesQualified, C::SalesQualified, C::Opportunity, C::Customer, C::SalesQualified, C::SalesQualified, C::SalesQualified]),
+            (C::Opportunity, [C::Opportunity, C::Opportunity, C::Opportunity, C::Customer, C::Engaged, C::Suspect, C::Anonymous]),
+            (C::Customer, [C::Customer, C::Customer, C::Customer, C::Customer, C::Customer, C::Customer, C::Customer]),
+            (C::Evangelist, [C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist]),
+            (C::Disqualified, [C::Disqualified, C::Disqualified, C::Opportunity, C::Customer, C::Disqualified, C::Disqualified, C::Disqualified]),
+            (C::Other, [C::Other, C::Other, C::Opportunity, C::Customer, C::Other, C::Other, C::Other]),
+        ];
+        assert_eq!(table.len(), C::ALL.len(), "every stage is in the table");
+        for (stage, expected) in table {
+            for (event, want) in events.iter().zip(expected) {
+                assert_eq!(after_event(stage, *event), want, "{stage} on {event:?}");
+            }
+        }
+    }
+}

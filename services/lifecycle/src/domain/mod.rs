@@ -1,0 +1,87 @@
+//! The lifecycle rules, as plain functions over plain types (no I/O), and
+//! the plain types they work on.
+
+pub mod account_rules;
+pub mod contact_rules;
+pub mod settings;
+
+use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+use chrono::{DateTime, Utc};
+
+/// An account as the rules and the API see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub account_id: String,
+    pub name: String,
+    pub domain: Option<String>,
+    pub owner_id: Option<String>,
+    pub stage: AccountStage,
+    pub customer_type: CustomerType,
+    pub stage_entered_at: DateTime<Utc>,
+    pub engagement_score: f64,
+    pub average_engagement_score: f64,
+    pub intent_score: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields a caller supplies for a new account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAccount {
+    pub name: String,
+    pub domain: Option<String>,
+    pub owner_id: Option<String>,
+}
+
+/// Changes to an account's descriptive fields; `None` leaves a field as is,
+/// `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountChanges {
+    pub name: Option<String>,
+    pub domain: Option<Option<String>>,
+    pub owner_id: Option<Option<String>>,
+}
+
+/// A contact as the rules and the API see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub contact_id: String,
+    pub account_id: String,
+    pub email: Option<String>,
+    pub first_name: String,
+    pub last_name: String,
+    pub title: String,
+    pub stage: ContactStage,
+    pub stage_entered_at: DateTime<Utc>,
+    pub engagement_score: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields a caller supplies for a new contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewContact {
+    pub account_id: String,
+    pub email: Option<String>,
+    pub first_name: String,
+    pub last_name: String,
+    pub title: String,
+}
+
+/// Changes to a contact; `None` leaves a field as is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContactChanges {
+    pub email: Option<Option<String>>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub title: Option<String>,
+    pub stage: Option<ContactStage>,
+}
+
+/// A rule refused a change; the text says why and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// Every new account starts at TARGETED as a PROSPECT.
+pub const NEW_ACCOUNT_STAGE: (AccountStage, CustomerType) =
+    (AccountStage::Targeted, CustomerType::Prospect);
