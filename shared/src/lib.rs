@@ -7,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod ids;
+pub mod outbox;
 pub mod page;
 pub mod server;
 pub mod settings;

@@ -1,0 +1,533 @@
+//! The one outbox of every service: messages written in the same database
+//! transaction as the change that caused them, then delivered by a background
+//! deliverer with retries and backoff, surviving restarts.
+//!
+//! - Order: within a topic, messages with the same partition key (an account)
+//!   are delivered in the order they were written; only the oldest pending
+//!   message of a partition can be claimed, so replicas never deliver one
+//!   partition out of order.
+//! - Replicas: a claim is a lease written with a conditional UPDATE, so two
+//!   deliverers on one PostgreSQL database never hold the same message.
+//! - Delivery is at least once; a message is marked delivered only after the
+//!   sink accepts it. Receivers drop repeats by message id.
+//! - The W3C trace context of the writing request travels with the message,
+//!   so the delivery joins the same trace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, Value};
+use sea_orm_migration::prelude::*;
+use tokio::sync::Notify;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const PENDING: &str = "PENDING";
+const DELIVERED: &str = "DELIVERED";
+
+/// One message, as a sink receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// UUIDv7, unique: receivers use it to drop repeats.
+    pub id: String,
+    pub tenant_id: String,
+    pub topic: String,
+    pub partition_key: String,
+    pub payload: Vec<u8>,
+    /// Failed attempts so far.
+    pub attempts: i32,
+    /// `traceparent` (and `tracestate`) of the request that wrote it.
+    pub trace_context: Option<String>,
+}
+
+/// Why a delivery did not go through. Every failure is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryError(pub String);
+
+/// Where a topic's messages go.
+#[tonic::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers a run of pending messages of one partition, oldest first.
+    /// Returns how many were delivered; an error after `n` messages marks the
+    /// first `n` delivered and retries the rest.
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)>;
+}
+
+/// Writes a message in the caller's transaction.
+pub async fn enqueue(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    topic: &str,
+    partition_key: &str,
+    payload: Vec<u8>,
+) -> Result<String, DbErr> {
+    let id = crate::ids::new_id();
+    let now = now_ms();
+    let sql = "INSERT INTO outbox (id, tenant_id, topic, partition_key, payload, trace_context, \
+               state, attempts, created_at_ms, next_attempt_at_ms) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)";
+    conn.execute_raw(Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        sql,
+        [
+            id.clone().into(),
+            tenant_id.into(),
+            topic.into(),
+            partition_key.into(),
+            payload.into(),
+            current_trace_context().into(),
+            PENDING.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    Ok(id)
+}
+
+/// Tuning of a deliverer.
+#[derive(Debug, Clone)]
+pub struct DelivererConfig {
+    /// How long a claim lasts; an unfinished claim is taken over after it.
+    pub lease: Duration,
+    /// How often to look for due messages when not woken.
+    pub poll_interval: Duration,
+    /// Partitions claimed per round.
+    pub batch_size: u32,
+    /// Messages of one partition handed to the sink at once.
+    pub run_size: u32,
+    /// Backoff between attempts of one message.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Delivered messages are deleted after this long.
+    pub retention: Duration,
+}
+
+impl Default for DelivererConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            batch_size: 64,
+            run_size: 256,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A background task delivering one topic's messages to a sink.
+pub struct Deliverer {
+    db: DatabaseConnection,
+    topic: &'static str,
+    sink: Arc<dyn Sink>,
+    config: DelivererConfig,
+    wake: Arc<Notify>,
+    owner: String,
+}
+
+impl Deliverer {
+    pub fn new(
+        db: DatabaseConnection,
+        topic: &'static str,
+        sink: Arc<dyn Sink>,
+        config: DelivererConfig,
+    ) -> Self {
+        Self {
+            db,
+            topic,
+            sink,
+            config,
+            wake: Arc::new(Notify::new()),
+            owner: crate::ids::new_id(),
+        }
+    }
+
+    /// A handle whose `notify_one` makes the deliverer look right away (call
+    /// it after committing a message).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until the task is aborted.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run().await })
+    }
+
+    async fn run(self) {
+        let mut rounds: u64 = 0;
+        loop {
+            let delivered_any = match self.round().await {
+                Ok(n) => n > 0,
+                Err(error) => {
+                    tracing::warn!(topic = self.topic, error = %crate::settings::redact_urls(&error.to_string()), "outbox round failed");
+                    false
+                }
+            };
+            rounds += 1;
+            if rounds % 1000 == 0
+                && let Err(error) = self.prune().await
+            {
+                tracing::warn!(topic = self.topic, %error, "outbox prune failed");
+            }
+            if !delivered_any {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+        }
+    }
+
+    /// Claims due partition heads, delivers their runs; returns how many
+    /// messages were delivered.
+    pub async fn round(&self) -> Result<usize, DbErr> {
+        let heads = self.claim().await?;
+        let mut delivered = 0;
+        for head in heads {
+            delivered += self.deliver_partition(head).await?;
+        }
+        Ok(delivered)
+    }
+
+    async fn claim(&self) -> Result<Vec<Entry>, DbErr> {
+        let now = now_ms();
+        let lease_until = now + self.config.lease.as_millis() as i64;
+        // Only the oldest pending message of a partition may be claimed; the
+        // outer conditions are re-checked under the row lock on PostgreSQL,
+        // so a message claimed by another replica meanwhile is skipped.
+        let sql = "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2 \
+                   WHERE id IN ( \
+                     SELECT o.id FROM outbox o \
+                     WHERE o.topic = $3 AND o.state = $4 AND o.next_attempt_at_ms <= $5 \
+                       AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) \
+                       AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.topic = o.topic \
+                         AND p.partition_key = o.partition_key AND p.state = $4 AND p.id < o.id) \
+                     ORDER BY o.id LIMIT $6) \
+                   AND state = $4 AND (lease_until_ms IS NULL OR lease_until_ms < $5) \
+                   RETURNING id, tenant_id, topic, partition_key, payload, attempts, trace_context";
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                sql,
+                [
+                    self.owner.clone().into(),
+                    lease_until.into(),
+                    self.topic.into(),
+                    PENDING.into(),
+                    now.into(),
+                    i64::from(self.config.batch_size).into(),
+                ],
+            ))
+            .await?;
+        let mut entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(entries)
+    }
+
+    async fn deliver_partition(&self, head: Entry) -> Result<usize, DbErr> {
+        // The head is ours; the messages after it in its partition cannot be
+        // claimed by anyone else until it is delivered.
+        let mut run = vec![head.clone()];
+        if self.config.run_size > 1 {
+            let sql = "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context \
+                       FROM outbox WHERE topic = $1 AND partition_key = $2 AND state = $3 AND id > $4 \
+                       ORDER BY id LIMIT $5";
+            let rows = self
+                .db
+                .query_all_raw(Statement::from_sql_and_values(
+                    self.db.get_database_backend(),
+                    sql,
+                    [
+                        self.topic.into(),
+                        head.partition_key.clone().into(),
+                        PENDING.into(),
+                        head.id.clone().into(),
+                        i64::from(self.config.run_size - 1).into(),
+                    ],
+                ))
+                .await?;
+            for row in &rows {
+                run.push(entry_from_row(row)?);
+            }
+        }
+
+        let span = tracing::info_span!(
+            "outbox.deliver",
+            otel.kind = "producer",
+            messaging.destination.name = self.topic,
+            messaging.batch.message_count = run.len(),
+            outbox.partition = %head.partition_key,
+        );
+        if let Some(context) = &head.trace_context {
+            let _ = span.set_parent(extract_trace_context(context));
+        }
+        let result = self.sink.deliver(&run).instrument(span).await;
+        let (delivered, failure) = match result {
+            Ok(n) => (n.min(run.len()), None),
+            Err((n, error)) => (n.min(run.len()), Some(error)),
+        };
+        let now = now_ms();
+        if delivered > 0 {
+            let ids: Vec<Value> = run[..delivered]
+                .iter()
+                .map(|e| e.id.clone().into())
+                .collect();
+            let placeholders = (0..ids.len())
+                .map(|i| format!("${}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE outbox SET state = $1, delivered_at_ms = $2, lease_owner = NULL, \
+                 lease_until_ms = NULL WHERE id IN ({placeholders})"
+            );
+            let mut values: Vec<Value> = vec![DELIVERED.into(), now.into()];
+            values.extend(ids);
+            self.db
+                .execute_raw(Statement::from_sql_and_values(
+                    self.db.get_database_backend(),
+                    sql,
+                    values,
+                ))
+                .await?;
+        }
+        if let Some(error) = failure
+            && let Some(failed) = run.get(delivered)
+        {
+            let attempts = failed.attempts + 1;
+            let delay = self.backoff(attempts);
+            tracing::warn!(
+                topic = self.topic,
+                message = %failed.id,
+                attempts,
+                retry_in_ms = delay.as_millis() as u64,
+                %error,
+                "outbox delivery failed; will retry"
+            );
+            let sql = "UPDATE outbox SET attempts = $1, next_attempt_at_ms = $2, last_error = $3, \
+                       lease_owner = NULL, lease_until_ms = NULL WHERE id = $4";
+            self.db
+                .execute_raw(Statement::from_sql_and_values(
+                    self.db.get_database_backend(),
+                    sql,
+                    [
+                        attempts.into(),
+                        (now + delay.as_millis() as i64).into(),
+                        truncate(&error.0, 1000).into(),
+                        failed.id.clone().into(),
+                    ],
+                ))
+                .await?;
+        } else if delivered < run.len() {
+            // The sink took fewer than offered without an error: release the rest.
+            self.release(&run[delivered]).await?;
+        }
+        Ok(delivered)
+    }
+
+    async fn release(&self, entry: &Entry) -> Result<(), DbErr> {
+        let sql = "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_owner = $2";
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                sql,
+                [entry.id.clone().into(), self.owner.clone().into()],
+            ))
+            .await
+            .map(|_| ())
+    }
+
+    fn backoff(&self, attempts: i32) -> Duration {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let n = usize::try_from(Ord::max(attempts, 1) - 1).unwrap_or(0);
+        let n = Ord::min(n, 64);
+        delays.nth(n).unwrap_or(self.config.max_backoff)
+    }
+
+    async fn prune(&self) -> Result<(), DbErr> {
+        let cutoff = now_ms() - self.config.retention.as_millis() as i64;
+        let sql = "DELETE FROM outbox WHERE topic = $1 AND state = $2 AND delivered_at_ms < $3";
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                sql,
+                [self.topic.into(), DELIVERED.into(), cutoff.into()],
+            ))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Pending (not yet delivered) messages of a topic, for tests and health.
+pub async fn pending_count(conn: &impl ConnectionTrait, topic: &str) -> Result<i64, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM outbox WHERE topic = $1 AND state = $2",
+            [topic.into(), PENDING.into()],
+        ))
+        .await?;
+    row.map_or(Ok(0), |r| r.try_get::<i64>("", "n"))
+}
+
+fn entry_from_row(row: &sea_orm::QueryResult) -> Result<Entry, DbErr> {
+    Ok(Entry {
+        id: row.try_get("", "id")?,
+        tenant_id: row.try_get("", "tenant_id")?,
+        topic: row.try_get("", "topic")?,
+        partition_key: row.try_get("", "partition_key")?,
+        payload: row.try_get("", "payload")?,
+        attempts: row.try_get("", "attempts")?,
+        trace_context: row.try_get("", "trace_context")?,
+    })
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+fn now_ms() -> i64 {
+    crate::time::now().timestamp_millis()
+}
+
+/// The current span's W3C trace context as `key=value` lines, if any.
+fn current_trace_context() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    if carrier.is_empty() {
+        return None;
+    }
+    let mut pairs: Vec<_> = carrier
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pairs.sort();
+    Some(pairs.join("\n"))
+}
+
+fn extract_trace_context(stored: &str) -> opentelemetry::Context {
+    let carrier: HashMap<String, String> = stored
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+}
+
+/// The outbox table; every service that uses the outbox lists this migration.
+pub struct OutboxMigration;
+
+impl MigrationName for OutboxMigration {
+    fn name(&self) -> &str {
+        "m20261124_100000_outbox"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Id,
+    TenantId,
+    Topic,
+    PartitionKey,
+    Payload,
+    TraceContext,
+    State,
+    Attempts,
+    CreatedAtMs,
+    NextAttemptAtMs,
+    LeaseOwner,
+    LeaseUntilMs,
+    DeliveredAtMs,
+    LastError,
+}
+
+#[tonic::async_trait]
+impl MigrationTrait for OutboxMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Outbox::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Outbox::Id)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Outbox::TenantId).string_len(64).not_null())
+                    .col(ColumnDef::new(Outbox::Topic).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Outbox::PartitionKey)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Outbox::Payload).blob().not_null())
+                    .col(ColumnDef::new(Outbox::TraceContext).text().null())
+                    .col(ColumnDef::new(Outbox::State).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(Outbox::Attempts)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(ColumnDef::new(Outbox::CreatedAtMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Outbox::NextAttemptAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Outbox::LeaseOwner).string_len(36).null())
+                    .col(ColumnDef::new(Outbox::LeaseUntilMs).big_integer().null())
+                    .col(ColumnDef::new(Outbox::DeliveredAtMs).big_integer().null())
+                    .col(ColumnDef::new(Outbox::LastError).text().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_outbox_partition")
+                    .table(Outbox::Table)
+                    .col(Outbox::Topic)
+                    .col(Outbox::State)
+                    .col(Outbox::PartitionKey)
+                    .col(Outbox::Id)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_outbox_due")
+                    .table(Outbox::Table)
+                    .col(Outbox::Topic)
+                    .col(Outbox::State)
+                    .col(Outbox::NextAttemptAtMs)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Outbox::Table).to_owned())
+            .await
+    }
+}
