@@ -168,7 +168,7 @@ impl Deliverer {
                 }
             };
             rounds += 1;
-            if rounds % 1000 == 0
+            if rounds.is_multiple_of(1000)
                 && let Err(error) = self.prune().await
             {
                 tracing::warn!(topic = self.topic, %error, "outbox prune failed");

@@ -31,6 +31,26 @@ const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 /// The overall health entry: Kubernetes' gRPC probe asks for it.
 const OVERALL: &str = "";
 
+/// Background tasks of a service (outbox deliverers), stopped with it.
+#[derive(Clone, Default)]
+pub struct Background(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl Background {
+    pub fn add(&self, task: tokio::task::JoinHandle<()>) {
+        if let Ok(mut tasks) = self.0.lock() {
+            tasks.push(task);
+        }
+    }
+
+    fn abort_all(&self) {
+        if let Ok(mut tasks) = self.0.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
 /// The `main` of every service: load settings, start telemetry, connect and
 /// migrate the database, build the gRPC service, serve until SIGTERM/SIGINT.
 pub async fn run_service<M, S, F, Fut>(
@@ -39,7 +59,7 @@ pub async fn run_service<M, S, F, Fut>(
 ) -> anyhow::Result<()>
 where
     M: MigratorTrait,
-    F: FnOnce(DatabaseConnection) -> Fut,
+    F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + NamedService
@@ -66,7 +86,7 @@ pub async fn build<M, S, F, Fut>(
 ) -> anyhow::Result<Application>
 where
     M: MigratorTrait,
-    F: FnOnce(DatabaseConnection) -> Fut,
+    F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + NamedService
@@ -77,11 +97,14 @@ where
     S::Future: Send + 'static,
 {
     let database = crate::db::connect_and_migrate::<M>(&settings.database).await?;
-    let service = make_service(database.clone()).await?;
-    Ok(Application::bind(&settings.server, S::NAME)
+    let background = Background::default();
+    let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
+    let mut app = Application::bind(&settings.server, S::NAME)
         .await?
         .add_service(service)
-        .with_database_health(database))
+        .with_database_health(database);
+    app.background = background;
+    Ok(app)
 }
 
 /// A bound, not yet running gRPC server for one Cascade service.
@@ -93,6 +116,7 @@ pub struct Application {
     routes: Routes,
     health: HealthReporter,
     database: Option<DatabaseConnection>,
+    background: Background,
 }
 
 impl Application {
@@ -135,6 +159,7 @@ impl Application {
             routes,
             health,
             database: None,
+            background: Background::default(),
         })
     }
 
@@ -181,6 +206,7 @@ impl Application {
             routes,
             health,
             database,
+            background,
         } = self;
         let stopping = Arc::new(AtomicBool::new(false));
         let probe = match database {
@@ -226,6 +252,7 @@ impl Application {
         tokio::select! {
             result = &mut server => {
                 stopping.store(true, Ordering::SeqCst);
+                background.abort_all();
                 result?;
                 return Ok(());
             }
@@ -250,6 +277,7 @@ impl Application {
                 "shutdown grace elapsed; closing remaining connections"
             ),
         }
+        background.abort_all();
         tracing::info!(service = service_name, "stopped");
         Ok(())
     }

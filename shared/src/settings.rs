@@ -99,6 +99,43 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
+/// How outbox messages are delivered to other services and webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// How often to look for due messages when nothing woke the deliverer.
+    pub poll_interval_ms: u64,
+    /// First retry delay after a failed delivery; doubles per attempt.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay.
+    pub max_backoff_ms: u64,
+    /// How long a deliverer holds a claimed message before another may take it.
+    pub lease_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 500,
+            min_backoff_ms: 200,
+            max_backoff_ms: 60_000,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+impl OutboxSettings {
+    pub fn deliverer_config(&self) -> crate::outbox::DelivererConfig {
+        crate::outbox::DelivererConfig {
+            lease: Duration::from_millis(self.lease_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            min_backoff: Duration::from_millis(self.min_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            ..crate::outbox::DelivererConfig::default()
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,6 +173,7 @@ pub struct ServiceSettings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub telemetry: TelemetrySettings,
+    pub outbox: OutboxSettings,
 }
 
 impl ServiceSettings {
@@ -143,6 +181,17 @@ impl ServiceSettings {
     pub fn load(identity: ServiceIdentity) -> Result<Self, SettingsError> {
         let settings: Self = load(identity)?;
         validate_common(&settings.server, &settings.database, &settings.telemetry)?;
+        let outbox = &settings.outbox;
+        if outbox.poll_interval_ms == 0 || outbox.min_backoff_ms == 0 || outbox.lease_ms == 0 {
+            return Err(SettingsError::new(
+                "outbox.poll_interval_ms, outbox.min_backoff_ms and outbox.lease_ms must be greater than 0",
+            ));
+        }
+        if outbox.max_backoff_ms < outbox.min_backoff_ms {
+            return Err(SettingsError::new(
+                "outbox.max_backoff_ms: must be at least outbox.min_backoff_ms",
+            ));
+        }
         Ok(settings)
     }
 
@@ -155,6 +204,12 @@ impl ServiceSettings {
             server,
             database,
             telemetry: TelemetrySettings::default(),
+            outbox: OutboxSettings {
+                poll_interval_ms: 50,
+                min_backoff_ms: 50,
+                max_backoff_ms: 300,
+                lease_ms: 5_000,
+            },
         }
     }
 }
@@ -192,6 +247,7 @@ struct Defaults {
     server: ServerSettings,
     database: DatabaseSettings,
     telemetry: TelemetrySettings,
+    outbox: OutboxSettings,
 }
 
 /// Loads a service's settings: built-in defaults, then the file from
@@ -219,6 +275,7 @@ pub fn load_from<T: DeserializeOwned>(
             acquire_timeout_ms: 5_000,
         },
         telemetry: TelemetrySettings::default(),
+        outbox: OutboxSettings::default(),
     };
     let defaults = Config::try_from(&defaults).map_err(|e| SettingsError::new(e.to_string()))?;
     let mut builder = Config::builder().add_source(defaults);
@@ -336,14 +393,7 @@ pub fn redact_urls(text: &str) -> String {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Example {
-        server: ServerSettings,
-        database: DatabaseSettings,
-        #[allow(dead_code)]
-        telemetry: TelemetrySettings,
-    }
+    type Example = ServiceSettings;
 
     const ID: ServiceIdentity = ServiceIdentity {
         name: "lifecycle",

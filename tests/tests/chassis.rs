@@ -107,20 +107,6 @@ async fn every_service_serves_health_and_its_own_reflection() {
 #[tokio::test]
 async fn rpcs_of_later_issues_answer_unimplemented_not_success() {
     let db = TestDatabase::sqlite();
-    let settings = ServiceSettings::for_tests(db.settings.clone());
-    let lifecycle_server = TestServer::start(build(LIFECYCLE, &settings).await);
-    let status = lifecycle::lifecycle_service_client::LifecycleServiceClient::new(
-        lifecycle_server.channel(),
-    )
-    .qualify_account(request_for(
-        "t1",
-        lifecycle::QualifyAccountRequest::default(),
-    ))
-    .await
-    .expect_err("not built yet");
-    assert_eq!(status.code(), Code::Unimplemented);
-
-    let db = TestDatabase::sqlite();
     let scoring_server =
         TestServer::start(build(SCORING, &ServiceSettings::for_tests(db.settings.clone())).await);
     let status =

@@ -2,11 +2,16 @@
 //! history, lifecycle settings, notifications and the funnel report.
 
 pub mod api;
+pub mod convert;
 pub mod domain;
 pub mod storage;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
-use cascade_shared::server::Application;
+use cascade_shared::outbox::Deliverer;
+use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
 
@@ -16,11 +21,26 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50051,
 };
 
+/// How long a webhook receiver may take to answer.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn service(
     database: DatabaseConnection,
+    background: Background,
+    settings: ServiceSettings,
 ) -> anyhow::Result<LifecycleServiceServer<api::LifecycleApi>> {
+    let sink = storage::WebhookSink::new(database.clone(), WEBHOOK_TIMEOUT)?;
+    let deliverer = Deliverer::new(
+        database.clone(),
+        storage::NOTIFICATION_TOPIC,
+        Arc::new(sink),
+        settings.outbox.deliverer_config(),
+    );
+    let mut repository = storage::Repository::new(database);
+    repository.set_notification_waker(deliverer.waker());
+    background.add(deliverer.spawn());
     Ok(LifecycleServiceServer::new(api::LifecycleApi::new(
-        storage::Repository::new(database),
+        repository,
     )))
 }
 

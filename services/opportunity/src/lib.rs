@@ -10,7 +10,7 @@ pub mod storage;
 use cascade_proto::opportunity::v1::opportunity_service_server::{
     OpportunityService, OpportunityServiceServer,
 };
-use cascade_shared::server::Application;
+use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
 
@@ -27,6 +27,8 @@ impl OpportunityService for OpportunityApi {}
 
 async fn service(
     _database: DatabaseConnection,
+    _background: Background,
+    _settings: ServiceSettings,
 ) -> anyhow::Result<OpportunityServiceServer<OpportunityApi>> {
     Ok(OpportunityServiceServer::new(OpportunityApi))
 }

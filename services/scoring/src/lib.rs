@@ -8,7 +8,7 @@
 pub mod storage;
 
 use cascade_proto::scoring::v1::scoring_service_server::{ScoringService, ScoringServiceServer};
-use cascade_shared::server::Application;
+use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
 
@@ -25,6 +25,8 @@ impl ScoringService for ScoringApi {}
 
 async fn service(
     _database: DatabaseConnection,
+    _background: Background,
+    _settings: ServiceSettings,
 ) -> anyhow::Result<ScoringServiceServer<ScoringApi>> {
     Ok(ScoringServiceServer::new(ScoringApi))
 }

@@ -23,6 +23,48 @@ pub struct Account {
     pub intent_score: f64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub disqualify_count: i32,
+    pub nurture_count: i32,
+    /// The first time the account reached each stage.
+    pub stages_reached: Vec<(AccountStage, DateTime<Utc>)>,
+    /// The most recent Disqualify or Nurture (by a person or a lost deal).
+    pub last_recycle: Option<Transition>,
+}
+
+/// One recorded stage change of an account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub transition_id: String,
+    pub account_id: String,
+    pub from_stage: AccountStage,
+    pub to_stage: AccountStage,
+    pub from_customer_type: CustomerType,
+    pub to_customer_type: CustomerType,
+    pub cause: account_rules::TransitionCause,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub event_id: Option<String>,
+    pub settings_version: i64,
+    pub occurred_at: DateTime<Utc>,
+}
+
+cascade_shared::domain_enum! {
+    /// Why an account owner is notified.
+    NotificationReason => cascade_proto::lifecycle::v1::NotificationReason {
+        Prioritized = "PRIORITIZED",
+        HandRaise = "HAND_RAISE",
+    }
+}
+
+/// A message to an account owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub notification_id: String,
+    pub account_id: String,
+    pub owner_id: String,
+    pub reason: NotificationReason,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Fields a caller supplies for a new account.
@@ -56,6 +98,8 @@ pub struct Contact {
     pub engagement_score: f64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The first time the contact reached each stage.
+    pub stages_reached: Vec<(ContactStage, DateTime<Utc>)>,
 }
 
 /// Fields a caller supplies for a new contact.

@@ -7,7 +7,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(AccountsAndContacts)]
+        vec![
+            Box::new(AccountsAndContacts),
+            Box::new(cascade_shared::outbox::OutboxMigration),
+            Box::new(super::migration_stage_engine::StageEngine),
+        ]
     }
 }
 

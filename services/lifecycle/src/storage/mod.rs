@@ -1,22 +1,38 @@
-//! Storage of accounts and contacts. Every query is scoped by tenant; a row
+//! Storage of the lifecycle service. Every query is scoped by tenant; a row
 //! of another tenant is indistinguishable from a missing one.
 
+mod engine;
 mod entities;
+mod history;
 pub mod migration;
+mod migration_stage_engine;
+mod notifications;
+mod records;
+mod settings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
-use cascade_shared::error::is_unique_violation;
-use cascade_shared::page::PageRequest;
-use cascade_shared::{ServiceError, ServiceResult, TenantId, ids, time};
+use cascade_shared::{ServiceError, ServiceResult};
+use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    Statement,
 };
+use tokio::sync::Notify;
 
-use crate::domain::{
-    self, Account, AccountChanges, Contact, ContactChanges, NewAccount, NewContact,
+use crate::domain::{Account, Contact, Transition};
+use entities::{account, contact, stage_first, transition};
+
+pub use engine::{
+    ApplyOutcome, ContactEngagementIn, Mutation, MutationResult, OpportunityEventKind,
 };
-use entities::{account, contact};
+pub use history::{FunnelRow, WatchedEvent};
+pub use notifications::{
+    NOTIFICATION_ID_HEADER, NOTIFICATION_TOPIC, SIGNATURE_HEADER, WebhookSink, signature,
+};
+pub use settings::StoredSettings;
 
 /// Filters of ListAccounts.
 #[derive(Debug, Clone, Default)]
@@ -34,416 +50,243 @@ pub struct ContactFilter {
     pub email: Option<String>,
 }
 
+/// The lifecycle service's storage. Cheap to clone.
 #[derive(Clone)]
 pub struct Repository {
     db: DatabaseConnection,
+    /// Woken after a commit that wrote watch events (WatchAccountEvents).
+    events_written: Arc<Notify>,
+    /// Woken after a commit that wrote notifications (the webhook deliverer).
+    notifications_written: Arc<Notify>,
 }
 
 impl Repository {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
-    }
-
-    pub async fn create_account(
-        &self,
-        tenant: &TenantId,
-        new: NewAccount,
-        request_id: Option<String>,
-    ) -> ServiceResult<Account> {
-        if let Some(request_id) = &request_id
-            && let Some(existing) = self.account_by_request(tenant, request_id).await?
-        {
-            return Ok(existing);
-        }
-        let now = time::now();
-        let (stage, customer_type) = domain::NEW_ACCOUNT_STAGE;
-        let model = account::ActiveModel {
-            account_id: Set(ids::new_id()),
-            tenant_id: Set(tenant.as_str().to_owned()),
-            name: Set(new.name),
-            domain: Set(new.domain.clone()),
-            owner_id: Set(new.owner_id),
-            stage: Set(stage.as_str().to_owned()),
-            customer_type: Set(customer_type.as_str().to_owned()),
-            stage_entered_at: Set(now),
-            engagement_score: Set(0.0),
-            average_engagement_score: Set(0.0),
-            intent_score: Set(0.0),
-            create_request_id: Set(request_id.clone()),
-            created_at: Set(now),
-            updated_at: Set(now),
-            version: Set(1),
-        };
-        match model.insert(&self.db).await {
-            Ok(model) => account_from_model(model),
-            Err(error) if is_unique_violation(&error) => {
-                // Either the same request raced us (return its account) or
-                // the domain belongs to another account.
-                if let Some(request_id) = &request_id
-                    && let Some(existing) = self.account_by_request(tenant, request_id).await?
-                {
-                    return Ok(existing);
-                }
-                Err(domain_taken(new.domain.as_deref()))
-            }
-            Err(error) => Err(error.into()),
+        Self {
+            db,
+            events_written: Arc::new(Notify::new()),
+            notifications_written: Arc::new(Notify::new()),
         }
     }
 
-    async fn account_by_request(
-        &self,
-        tenant: &TenantId,
-        request_id: &str,
-    ) -> ServiceResult<Option<Account>> {
-        account::Entity::find()
-            .filter(account::Column::TenantId.eq(tenant.as_str()))
-            .filter(account::Column::CreateRequestId.eq(request_id))
-            .one(&self.db)
-            .await?
-            .map(account_from_model)
-            .transpose()
+    /// Wakes this notify after committing notifications (the deliverer's waker).
+    pub fn set_notification_waker(&mut self, waker: Arc<Notify>) {
+        self.notifications_written = waker;
     }
 
-    pub async fn get_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<Account> {
-        account_from_model(self.account_model(tenant, account_id).await?)
-    }
-
-    async fn account_model(
-        &self,
-        tenant: &TenantId,
-        account_id: &str,
-    ) -> ServiceResult<account::Model> {
-        account::Entity::find_by_id(account_id)
-            .filter(account::Column::TenantId.eq(tenant.as_str()))
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("account", account_id))
-    }
-
-    pub async fn list_accounts(
-        &self,
-        tenant: &TenantId,
-        filter: &AccountFilter,
-        page: &PageRequest,
-    ) -> ServiceResult<(Vec<Account>, String)> {
-        let mut query = account::Entity::find()
-            .filter(account::Column::TenantId.eq(tenant.as_str()))
-            .order_by_asc(account::Column::AccountId)
-            .limit(page.fetch_limit());
-        if let Some(stage) = filter.stage {
-            query = query.filter(account::Column::Stage.eq(stage.as_str()));
-        }
-        if let Some(customer_type) = filter.customer_type {
-            query = query.filter(account::Column::CustomerType.eq(customer_type.as_str()));
-        }
-        if let Some(owner_id) = &filter.owner_id {
-            query = query.filter(account::Column::OwnerId.eq(owner_id.as_str()));
-        }
-        if let Some(after) = &page.after {
-            query = query.filter(account::Column::AccountId.gt(after.as_str()));
-        }
-        let rows = query
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(account_from_model)
-            .collect::<ServiceResult<Vec<_>>>()?;
-        Ok(page.finish(rows, |a| a.account_id.clone()))
-    }
-
-    pub async fn update_account(
-        &self,
-        tenant: &TenantId,
-        account_id: &str,
-        changes: AccountChanges,
-    ) -> ServiceResult<Account> {
-        let existing = self.account_model(tenant, account_id).await?;
-        let version = existing.version;
-        let mut model = existing.into_active_model();
-        if let Some(name) = changes.name {
-            model.name = Set(name);
-        }
-        if let Some(domain) = changes.domain.clone() {
-            model.domain = Set(domain);
-        }
-        if let Some(owner_id) = changes.owner_id {
-            model.owner_id = Set(owner_id);
-        }
-        model.updated_at = Set(time::now());
-        model.version = Set(version + 1);
-        // Only the changed columns are written, so a concurrent stage change
-        // is not overwritten; the version records that the row changed.
-        match model.update(&self.db).await {
-            Ok(model) => account_from_model(model),
-            Err(error) if is_unique_violation(&error) => {
-                Err(domain_taken(changes.domain.flatten().as_deref()))
-            }
-            Err(DbErr::RecordNotUpdated) => Err(ServiceError::not_found("account", account_id)),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    pub async fn create_contact(
-        &self,
-        tenant: &TenantId,
-        new: NewContact,
-        request_id: Option<String>,
-    ) -> ServiceResult<Contact> {
-        if let Some(request_id) = &request_id
-            && let Some(existing) = self.contact_by_request(tenant, request_id).await?
-        {
-            return Ok(existing);
-        }
-        let now = time::now();
-        let stage = domain::contact_rules::new_contact_stage(new.email.is_some());
-        let email = new.email.clone();
-        let tenant_id = tenant.as_str().to_owned();
-        let create_request_id = request_id.clone();
-        let inserted = self
-            .db
-            .transaction::<_, contact::Model, ServiceError>(|txn| {
-                Box::pin(async move {
-                    // The account must exist in this tenant; the read and the
-                    // insert share a transaction so a contact never dangles.
-                    let exists = account::Entity::find_by_id(new.account_id.as_str())
-                        .filter(account::Column::TenantId.eq(tenant_id.as_str()))
-                        .select_only()
-                        .column(account::Column::AccountId)
-                        .into_tuple::<String>()
-                        .one(txn)
-                        .await?;
-                    if exists.is_none() {
-                        return Err(ServiceError::not_found("account", new.account_id));
-                    }
-                    let model = contact::ActiveModel {
-                        contact_id: Set(ids::new_id()),
-                        tenant_id: Set(tenant_id),
-                        account_id: Set(new.account_id),
-                        email: Set(new.email),
-                        first_name: Set(new.first_name),
-                        last_name: Set(new.last_name),
-                        title: Set(new.title),
-                        stage: Set(stage.as_str().to_owned()),
-                        stage_entered_at: Set(now),
-                        engagement_score: Set(0.0),
-                        create_request_id: Set(create_request_id),
-                        created_at: Set(now),
-                        updated_at: Set(now),
-                    };
-                    model.insert(txn).await.map_err(|error| {
-                        if is_unique_violation(&error) {
-                            ServiceError::Aborted(UNIQUE_CONFLICT.into())
-                        } else {
-                            error.into()
-                        }
-                    })
-                })
-            })
-            .await;
-        match inserted.map_err(unwrap_transaction_error) {
-            Ok(model) => contact_from_model(model),
-            Err(ServiceError::Aborted(reason)) if reason == UNIQUE_CONFLICT => {
-                if let Some(request_id) = &request_id
-                    && let Some(existing) = self.contact_by_request(tenant, request_id).await?
-                {
-                    return Ok(existing);
-                }
-                Err(email_taken(email.as_deref()))
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    async fn contact_by_request(
-        &self,
-        tenant: &TenantId,
-        request_id: &str,
-    ) -> ServiceResult<Option<Contact>> {
-        contact::Entity::find()
-            .filter(contact::Column::TenantId.eq(tenant.as_str()))
-            .filter(contact::Column::CreateRequestId.eq(request_id))
-            .one(&self.db)
-            .await?
-            .map(contact_from_model)
-            .transpose()
-    }
-
-    pub async fn get_contact(&self, tenant: &TenantId, contact_id: &str) -> ServiceResult<Contact> {
-        contact_from_model(self.contact_model(tenant, contact_id).await?)
-    }
-
-    async fn contact_model(
-        &self,
-        tenant: &TenantId,
-        contact_id: &str,
-    ) -> ServiceResult<contact::Model> {
-        contact::Entity::find_by_id(contact_id)
-            .filter(contact::Column::TenantId.eq(tenant.as_str()))
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("contact", contact_id))
-    }
-
-    pub async fn list_contacts(
-        &self,
-        tenant: &TenantId,
-        filter: &ContactFilter,
-        page: &PageRequest,
-    ) -> ServiceResult<(Vec<Contact>, String)> {
-        let mut query = contact::Entity::find()
-            .filter(contact::Column::TenantId.eq(tenant.as_str()))
-            .order_by_asc(contact::Column::ContactId)
-            .limit(page.fetch_limit());
-        if let Some(account_id) = &filter.account_id {
-            query = query.filter(contact::Column::AccountId.eq(account_id.as_str()));
-        }
-        if let Some(stage) = filter.stage {
-            query = query.filter(contact::Column::Stage.eq(stage.as_str()));
-        }
-        if let Some(email) = &filter.email {
-            query = query.filter(contact::Column::Email.eq(email.as_str()));
-        }
-        if let Some(after) = &page.after {
-            query = query.filter(contact::Column::ContactId.gt(after.as_str()));
-        }
-        let rows = query
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(contact_from_model)
-            .collect::<ServiceResult<Vec<_>>>()?;
-        Ok(page.finish(rows, |c| c.contact_id.clone()))
-    }
-
-    pub async fn update_contact(
-        &self,
-        tenant: &TenantId,
-        contact_id: &str,
-        changes: ContactChanges,
-    ) -> ServiceResult<Contact> {
-        let existing = self.contact_model(tenant, contact_id).await?;
-        let current = contact_from_model(existing.clone())?;
-        let mut stage = current.stage;
-        let mut model = existing.into_active_model();
-        if let Some(email) = changes.email.clone() {
-            stage = domain::contact_rules::after_email_change(stage, email.is_some());
-            model.email = Set(email);
-        }
-        if let Some(first_name) = changes.first_name {
-            model.first_name = Set(first_name);
-        }
-        if let Some(last_name) = changes.last_name {
-            model.last_name = Set(last_name);
-        }
-        if let Some(title) = changes.title {
-            model.title = Set(title);
-        }
-        if let Some(target) = changes.stage {
-            stage = domain::contact_rules::set_by_person(stage, target).map_err(|refusal| {
-                ServiceError::precondition(
-                    "CONTACT_STAGE",
-                    format!("contact/{contact_id}"),
-                    refusal.0,
-                )
-            })?;
-        }
-        let now = time::now();
-        if stage != current.stage {
-            model.stage = Set(stage.as_str().to_owned());
-            model.stage_entered_at = Set(now);
-        }
-        model.updated_at = Set(now);
-        // The stage is written only if it is still the one the rule saw, so a
-        // concurrent automatic move is not overwritten by a stale decision.
-        let result = contact::Entity::update_many()
-            .set(model)
-            .filter(contact::Column::TenantId.eq(tenant.as_str()))
-            .filter(contact::Column::ContactId.eq(contact_id))
-            .filter(contact::Column::Stage.eq(current.stage.as_str()))
-            .exec(&self.db)
-            .await;
-        match result {
-            Ok(outcome) if outcome.rows_affected == 1 => self.get_contact(tenant, contact_id).await,
-            Ok(_) => Err(ServiceError::Aborted(
-                "the contact changed while it was being updated; read it again and retry".into(),
-            )),
-            Err(error) if is_unique_violation(&error) => {
-                Err(email_taken(changes.email.flatten().as_deref()))
-            }
-            Err(error) => Err(error.into()),
-        }
+    pub fn events_written(&self) -> Arc<Notify> {
+        self.events_written.clone()
     }
 }
 
-const UNIQUE_CONFLICT: &str = "unique conflict";
-
-fn unwrap_transaction_error(error: sea_orm::TransactionError<ServiceError>) -> ServiceError {
-    match error {
-        sea_orm::TransactionError::Connection(error) => error.into(),
-        sea_orm::TransactionError::Transaction(error) => error,
-    }
+pub(crate) fn ms(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
 }
 
-fn domain_taken(domain: Option<&str>) -> ServiceError {
-    let domain = domain.unwrap_or_default();
-    ServiceError::already_exists(
-        "account",
-        domain,
-        format!("another account of this tenant already has the domain {domain}"),
-    )
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-fn email_taken(email: Option<&str>) -> ServiceError {
-    let email = email.unwrap_or_default();
-    ServiceError::already_exists(
-        "contact",
-        email,
-        format!("another contact of this tenant already has the email {email}"),
-    )
-}
-
-fn corrupt(column: &str, error: impl std::fmt::Display) -> ServiceError {
+pub(crate) fn corrupt(column: &str, error: impl std::fmt::Display) -> ServiceError {
     ServiceError::internal(anyhow::anyhow!("stored {column} is unreadable: {error}"))
 }
 
-fn account_from_model(model: account::Model) -> ServiceResult<Account> {
-    Ok(Account {
-        stage: model
-            .stage
-            .parse()
-            .map_err(|e| corrupt("accounts.stage", e))?,
-        customer_type: model
-            .customer_type
-            .parse()
-            .map_err(|e| corrupt("accounts.customer_type", e))?,
-        account_id: model.account_id,
-        name: model.name,
-        domain: model.domain,
-        owner_id: model.owner_id,
-        stage_entered_at: model.stage_entered_at,
-        engagement_score: model.engagement_score,
-        average_engagement_score: model.average_engagement_score,
-        intent_score: model.intent_score,
-        created_at: model.created_at,
-        updated_at: model.updated_at,
-    })
+fn statement(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Statement {
+    Statement::from_sql_and_values(conn.get_database_backend(), sql, values)
 }
 
-fn contact_from_model(model: contact::Model) -> ServiceResult<Contact> {
-    Ok(Contact {
-        stage: model
-            .stage
-            .parse()
-            .map_err(|e| corrupt("contacts.stage", e))?,
-        contact_id: model.contact_id,
-        account_id: model.account_id,
-        email: model.email,
-        first_name: model.first_name,
-        last_name: model.last_name,
-        title: model.title,
-        stage_entered_at: model.stage_entered_at,
-        engagement_score: model.engagement_score,
-        created_at: model.created_at,
-        updated_at: model.updated_at,
-    })
+/// Keeps the first time a subject (account or contact) reached a stage.
+pub(crate) async fn record_first(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    subject_id: &str,
+    stage: &str,
+    at_ms: i64,
+) -> Result<(), DbErr> {
+    conn.execute_raw(statement(
+        conn,
+        "INSERT INTO stage_firsts (subject_id, stage, tenant_id, first_reached_at_ms) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (subject_id, stage) DO NOTHING",
+        [
+            subject_id.into(),
+            stage.into(),
+            tenant_id.into(),
+            at_ms.into(),
+        ],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Locks an account row for the rest of the transaction, so changes to one
+/// account never interleave (across replicas too). PostgreSQL: a row lock;
+/// SQLite: the database write lock, taken up front so the transaction never
+/// has to upgrade a read lock.
+pub(crate) async fn lock_account(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_id: &str,
+) -> ServiceResult<account::Model> {
+    let query =
+        account::Entity::find_by_id(account_id).filter(account::Column::TenantId.eq(tenant_id));
+    let found = match conn.get_database_backend() {
+        DbBackend::Postgres => {
+            use sea_orm::QuerySelect;
+            query.lock_exclusive().one(conn).await?
+        }
+        _ => {
+            conn.execute_raw(statement(
+                conn,
+                "UPDATE accounts SET version = version WHERE account_id = $1 AND tenant_id = $2",
+                [account_id.into(), tenant_id.into()],
+            ))
+            .await?;
+            query.one(conn).await?
+        }
+    };
+    found.ok_or_else(|| ServiceError::not_found("account", account_id))
+}
+
+async fn firsts_of(
+    conn: &impl ConnectionTrait,
+    subject_ids: Vec<String>,
+) -> Result<HashMap<String, Vec<(String, i64)>>, DbErr> {
+    let mut map: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    if subject_ids.is_empty() {
+        return Ok(map);
+    }
+    for row in stage_first::Entity::find()
+        .filter(stage_first::Column::SubjectId.is_in(subject_ids))
+        .all(conn)
+        .await?
+    {
+        map.entry(row.subject_id)
+            .or_default()
+            .push((row.stage, row.first_reached_at_ms));
+    }
+    Ok(map)
+}
+
+fn parse_firsts<S: std::str::FromStr + Ord + Copy>(
+    rows: Vec<(String, i64)>,
+) -> ServiceResult<Vec<(S, DateTime<Utc>)>>
+where
+    S::Err: std::fmt::Display,
+{
+    let mut firsts = rows
+        .into_iter()
+        .map(|(stage, at)| {
+            let stage = stage
+                .parse::<S>()
+                .map_err(|e| corrupt("stage_firsts.stage", e))?;
+            Ok((stage, from_ms(at)))
+        })
+        .collect::<ServiceResult<Vec<_>>>()?;
+    firsts.sort_by_key(|(stage, at)| (*at, *stage));
+    Ok(firsts)
+}
+
+/// Accounts with their first-reached dates and last recycle action.
+pub(crate) async fn hydrate_accounts(
+    conn: &impl ConnectionTrait,
+    models: Vec<account::Model>,
+) -> ServiceResult<Vec<Account>> {
+    let mut firsts = firsts_of(conn, models.iter().map(|m| m.account_id.clone()).collect()).await?;
+    let recycle_ids: Vec<String> = models
+        .iter()
+        .filter_map(|m| m.last_recycle_transition_id.clone())
+        .collect();
+    let mut recycles: HashMap<String, Transition> = HashMap::new();
+    if !recycle_ids.is_empty() {
+        for row in transition::Entity::find()
+            .filter(transition::Column::TransitionId.is_in(recycle_ids))
+            .all(conn)
+            .await?
+        {
+            let t = history::transition_from_model(row)?;
+            recycles.insert(t.transition_id.clone(), t);
+        }
+    }
+    models
+        .into_iter()
+        .map(|m| {
+            let stages_reached = parse_firsts(firsts.remove(&m.account_id).unwrap_or_default())?;
+            let last_recycle = m
+                .last_recycle_transition_id
+                .as_ref()
+                .and_then(|id| recycles.get(id).cloned());
+            Ok(Account {
+                stage: m.stage.parse().map_err(|e| corrupt("accounts.stage", e))?,
+                customer_type: m
+                    .customer_type
+                    .parse()
+                    .map_err(|e| corrupt("accounts.customer_type", e))?,
+                account_id: m.account_id,
+                name: m.name,
+                domain: m.domain,
+                owner_id: m.owner_id,
+                stage_entered_at: m.stage_entered_at,
+                engagement_score: m.engagement_score,
+                average_engagement_score: m.average_engagement_score,
+                intent_score: m.intent_score,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+                disqualify_count: m.disqualify_count,
+                nurture_count: m.nurture_count,
+                stages_reached,
+                last_recycle,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn hydrate_account(
+    conn: &impl ConnectionTrait,
+    model: account::Model,
+) -> ServiceResult<Account> {
+    let mut accounts = hydrate_accounts(conn, vec![model]).await?;
+    accounts
+        .pop()
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("hydrated no account")))
+}
+
+/// Contacts with their first-reached dates.
+pub(crate) async fn hydrate_contacts(
+    conn: &impl ConnectionTrait,
+    models: Vec<contact::Model>,
+) -> ServiceResult<Vec<Contact>> {
+    let mut firsts = firsts_of(conn, models.iter().map(|m| m.contact_id.clone()).collect()).await?;
+    models
+        .into_iter()
+        .map(|m| {
+            Ok(Contact {
+                stage: m.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+                stages_reached: parse_firsts(firsts.remove(&m.contact_id).unwrap_or_default())?,
+                contact_id: m.contact_id,
+                account_id: m.account_id,
+                email: m.email,
+                first_name: m.first_name,
+                last_name: m.last_name,
+                title: m.title,
+                stage_entered_at: m.stage_entered_at,
+                engagement_score: m.engagement_score,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn hydrate_contact(
+    conn: &impl ConnectionTrait,
+    model: contact::Model,
+) -> ServiceResult<Contact> {
+    let mut contacts = hydrate_contacts(conn, vec![model]).await?;
+    contacts
+        .pop()
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("hydrated no contact")))
 }

@@ -5,12 +5,14 @@ use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleService;
 use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
 use cascade_shared::page::PageRequest;
-use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::Validator;
 use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Account, AccountChanges, Contact, ContactChanges, NewAccount, NewContact};
+mod stages;
+
+use crate::convert;
+use crate::domain::{AccountChanges, ContactChanges, NewAccount, NewContact};
 use crate::storage::{AccountFilter, ContactFilter, Repository};
 
 const MAX_NAME: usize = 200;
@@ -19,7 +21,7 @@ const MAX_PERSON_NAME: usize = 100;
 const MAX_TITLE: usize = 200;
 
 pub struct LifecycleApi {
-    repository: Repository,
+    pub(crate) repository: Repository,
 }
 
 impl LifecycleApi {
@@ -50,7 +52,7 @@ impl LifecycleService for LifecycleApi {
             .create_account(&context.tenant, new, request_id)
             .await?;
         Ok(Response::new(pb::CreateAccountResponse {
-            account: Some(account_to_proto(account)),
+            account: Some(convert::account(account)),
         }))
     }
 
@@ -65,7 +67,7 @@ impl LifecycleService for LifecycleApi {
             .get_account(&context.tenant, &account_id)
             .await?;
         Ok(Response::new(pb::GetAccountResponse {
-            account: Some(account_to_proto(account)),
+            account: Some(convert::account(account)),
         }))
     }
 
@@ -93,7 +95,7 @@ impl LifecycleService for LifecycleApi {
             .list_accounts(&context.tenant, &filter, &page)
             .await?;
         Ok(Response::new(pb::ListAccountsResponse {
-            accounts: accounts.into_iter().map(account_to_proto).collect(),
+            accounts: accounts.into_iter().map(convert::account).collect(),
             next_page_token,
         }))
     }
@@ -140,7 +142,7 @@ impl LifecycleService for LifecycleApi {
             .update_account(&context.tenant, &account_id, changes)
             .await?;
         Ok(Response::new(pb::UpdateAccountResponse {
-            account: Some(account_to_proto(account)),
+            account: Some(convert::account(account)),
         }))
     }
 
@@ -172,7 +174,7 @@ impl LifecycleService for LifecycleApi {
             .create_contact(&context.tenant, new, request_id)
             .await?;
         Ok(Response::new(pb::CreateContactResponse {
-            contact: Some(contact_to_proto(contact)),
+            contact: Some(convert::contact(contact)),
         }))
     }
 
@@ -187,7 +189,7 @@ impl LifecycleService for LifecycleApi {
             .get_contact(&context.tenant, &contact_id)
             .await?;
         Ok(Response::new(pb::GetContactResponse {
-            contact: Some(contact_to_proto(contact)),
+            contact: Some(convert::contact(contact)),
         }))
     }
 
@@ -212,7 +214,7 @@ impl LifecycleService for LifecycleApi {
             .list_contacts(&context.tenant, &filter, &page)
             .await?;
         Ok(Response::new(pb::ListContactsResponse {
-            contacts: contacts.into_iter().map(contact_to_proto).collect(),
+            contacts: contacts.into_iter().map(convert::contact).collect(),
             next_page_token,
         }))
     }
@@ -271,13 +273,104 @@ impl LifecycleService for LifecycleApi {
             .update_contact(&context.tenant, &contact_id, changes)
             .await?;
         Ok(Response::new(pb::UpdateContactResponse {
-            contact: Some(contact_to_proto(contact)),
+            contact: Some(convert::contact(contact)),
         }))
+    }
+
+    async fn resolve_contact(
+        &self,
+        request: Request<pb::ResolveContactRequest>,
+    ) -> Result<Response<pb::ResolveContactResponse>, Status> {
+        stages::resolve_contact(self, request).await
+    }
+
+    async fn qualify_account(
+        &self,
+        request: Request<pb::QualifyAccountRequest>,
+    ) -> Result<Response<pb::QualifyAccountResponse>, Status> {
+        stages::qualify_account(self, request).await
+    }
+
+    async fn disqualify_account(
+        &self,
+        request: Request<pb::DisqualifyAccountRequest>,
+    ) -> Result<Response<pb::DisqualifyAccountResponse>, Status> {
+        stages::disqualify_account(self, request).await
+    }
+
+    async fn nurture_account(
+        &self,
+        request: Request<pb::NurtureAccountRequest>,
+    ) -> Result<Response<pb::NurtureAccountResponse>, Status> {
+        stages::nurture_account(self, request).await
+    }
+
+    async fn advance_account(
+        &self,
+        request: Request<pb::AdvanceAccountRequest>,
+    ) -> Result<Response<pb::AdvanceAccountResponse>, Status> {
+        stages::advance_account(self, request).await
+    }
+
+    async fn list_account_transitions(
+        &self,
+        request: Request<pb::ListAccountTransitionsRequest>,
+    ) -> Result<Response<pb::ListAccountTransitionsResponse>, Status> {
+        stages::list_account_transitions(self, request).await
+    }
+
+    async fn get_account_stage_at(
+        &self,
+        request: Request<pb::GetAccountStageAtRequest>,
+    ) -> Result<Response<pb::GetAccountStageAtResponse>, Status> {
+        stages::get_account_stage_at(self, request).await
+    }
+
+    async fn apply_engagement_score(
+        &self,
+        request: Request<pb::ApplyEngagementScoreRequest>,
+    ) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
+        stages::apply_engagement_score(self, request).await
+    }
+
+    async fn apply_opportunity_event(
+        &self,
+        request: Request<pb::ApplyOpportunityEventRequest>,
+    ) -> Result<Response<pb::ApplyOpportunityEventResponse>, Status> {
+        stages::apply_opportunity_event(self, request).await
+    }
+
+    async fn get_funnel_report(
+        &self,
+        request: Request<pb::GetFunnelReportRequest>,
+    ) -> Result<Response<pb::GetFunnelReportResponse>, Status> {
+        stages::get_funnel_report(self, request).await
+    }
+
+    async fn get_lifecycle_settings(
+        &self,
+        request: Request<pb::GetLifecycleSettingsRequest>,
+    ) -> Result<Response<pb::GetLifecycleSettingsResponse>, Status> {
+        stages::get_lifecycle_settings(self, request).await
+    }
+
+    async fn update_lifecycle_settings(
+        &self,
+        request: Request<pb::UpdateLifecycleSettingsRequest>,
+    ) -> Result<Response<pb::UpdateLifecycleSettingsResponse>, Status> {
+        stages::update_lifecycle_settings(self, request).await
+    }
+
+    async fn watch_account_events(
+        &self,
+        request: Request<pb::WatchAccountEventsRequest>,
+    ) -> Result<Response<stages::WatchStream>, Status> {
+        stages::watch_account_events(self, request).await
     }
 }
 
 /// A required id field, or INVALID_ARGUMENT naming it.
-fn required_id(field: &str, value: &str) -> ServiceResult<String> {
+pub(crate) fn required_id(field: &str, value: &str) -> ServiceResult<String> {
     let mut v = Validator::new();
     let id = v.required_id(field, value);
     v.finish()?;
@@ -285,7 +378,7 @@ fn required_id(field: &str, value: &str) -> ServiceResult<String> {
 }
 
 /// An optional enum filter: UNSPECIFIED means no filter; unknown numbers are refused.
-fn optional_enum<T>(
+pub(crate) fn optional_enum<T>(
     v: &mut Validator,
     field: &str,
     value: i32,
@@ -302,7 +395,7 @@ fn optional_enum<T>(
 }
 
 /// The paths of a required, non-empty update mask, without duplicates.
-fn mask_paths(mask: Option<&prost_types::FieldMask>) -> ServiceResult<Vec<String>> {
+pub(crate) fn mask_paths(mask: Option<&prost_types::FieldMask>) -> ServiceResult<Vec<String>> {
     let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();
     if paths.is_empty() {
         return Err(ServiceError::invalid(
@@ -317,44 +410,4 @@ fn mask_paths(mask: Option<&prost_types::FieldMask>) -> ServiceResult<Vec<String
         }
     }
     Ok(unique)
-}
-
-fn account_to_proto(account: Account) -> pb::Account {
-    pb::Account {
-        account_id: account.account_id,
-        name: account.name,
-        domain: account.domain.unwrap_or_default(),
-        owner_id: account.owner_id.unwrap_or_default(),
-        stage: account.stage.to_proto(),
-        customer_type: account.customer_type.to_proto(),
-        stage_entered_time: Some(to_timestamp(account.stage_entered_at)),
-        // Every account starts at TARGETED when created.
-        stages_reached: vec![pb::StageReached {
-            stage: AccountStage::Targeted.to_proto(),
-            first_reached_time: Some(to_timestamp(account.created_at)),
-        }],
-        recycle_summary: None,
-        engagement_score: account.engagement_score,
-        average_engagement_score: account.average_engagement_score,
-        intent_score: account.intent_score,
-        create_time: Some(to_timestamp(account.created_at)),
-        update_time: Some(to_timestamp(account.updated_at)),
-    }
-}
-
-fn contact_to_proto(contact: Contact) -> pb::Contact {
-    pb::Contact {
-        contact_id: contact.contact_id,
-        account_id: contact.account_id,
-        email: contact.email.unwrap_or_default(),
-        first_name: contact.first_name,
-        last_name: contact.last_name,
-        title: contact.title,
-        stage: contact.stage.to_proto(),
-        stage_entered_time: Some(to_timestamp(contact.stage_entered_at)),
-        engagement_score: contact.engagement_score,
-        create_time: Some(to_timestamp(contact.created_at)),
-        update_time: Some(to_timestamp(contact.updated_at)),
-        stages_reached: Vec::new(),
-    }
 }

@@ -1,0 +1,346 @@
+//! The stage history: transitions, the stage at a past time, the funnel
+//! report (computed in SQL from the history table), and the watch feed.
+
+use cascade_shared::domain::{AccountStage, CustomerType};
+use cascade_shared::page::PageRequest;
+use cascade_shared::{ServiceError, ServiceResult, TenantId};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::entities::transition;
+use super::records::account_model;
+use super::{Repository, corrupt, from_ms, ms, statement};
+use crate::domain::Transition;
+
+pub(crate) fn transition_from_model(m: transition::Model) -> ServiceResult<Transition> {
+    Ok(Transition {
+        from_stage: m
+            .from_stage
+            .parse()
+            .map_err(|e| corrupt("transitions.from_stage", e))?,
+        to_stage: m
+            .to_stage
+            .parse()
+            .map_err(|e| corrupt("transitions.to_stage", e))?,
+        from_customer_type: m
+            .from_customer_type
+            .parse()
+            .map_err(|e| corrupt("transitions.from_customer_type", e))?,
+        to_customer_type: m
+            .to_customer_type
+            .parse()
+            .map_err(|e| corrupt("transitions.to_customer_type", e))?,
+        cause: m
+            .cause
+            .parse()
+            .map_err(|e| corrupt("transitions.cause", e))?,
+        transition_id: m.transition_id,
+        account_id: m.account_id,
+        actor: m.actor,
+        reason: m.reason,
+        event_id: m.event_id,
+        settings_version: m.settings_version,
+        occurred_at: from_ms(m.occurred_at_ms),
+    })
+}
+
+/// Position of a stage in the funnel, stored with each transition so SQL can
+/// tell forward from backward moves.
+pub(crate) fn rank(stage: AccountStage) -> i32 {
+    AccountStage::ALL
+        .iter()
+        .position(|s| *s == stage)
+        .map_or(0, |i| i as i32 + 1)
+}
+
+/// Funnel figures of one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelRow {
+    pub stage: AccountStage,
+    pub entered: i64,
+    pub moved_forward: i64,
+    pub moved_back: i64,
+    pub stayed: i64,
+    /// Stays that ended in the window went to PIPELINE (for QUALIFIED).
+    pub to_pipeline: i64,
+    pub median_ms: Option<i64>,
+}
+
+/// One event of the watch feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchedEvent {
+    pub seq: i64,
+    pub account_id: String,
+    pub to_stage: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// Appends events to a tenant's feed. The counter row is locked until the
+/// transaction commits, so sequence numbers become visible in order and a
+/// watcher resuming after `seq` never misses an earlier one.
+pub(crate) async fn append_events(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    events: Vec<(String, Option<String>, Vec<u8>)>,
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len() as i64;
+    let row = conn
+        .query_one_raw(statement(
+            conn,
+            "INSERT INTO tenant_event_counters (tenant_id, last_seq) VALUES ($1, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET last_seq = tenant_event_counters.last_seq + $2 \
+             RETURNING last_seq",
+            [tenant_id.into(), n.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("event counter returned nothing".into()))?;
+    let last: i64 = row.try_get("", "last_seq")?;
+    for (i, (account_id, to_stage, payload)) in events.into_iter().enumerate() {
+        conn.execute_raw(statement(
+            conn,
+            "INSERT INTO account_events (tenant_id, seq, account_id, to_stage, payload, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            [
+                tenant_id.into(),
+                (last - n + 1 + i as i64).into(),
+                account_id.into(),
+                to_stage.into(),
+                payload.into(),
+                now_ms.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+impl Repository {
+    pub async fn list_transitions(
+        &self,
+        tenant: &TenantId,
+        account_id: &str,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Transition>, String)> {
+        account_model(&self.db, tenant, account_id).await?;
+        let mut query = transition::Entity::find()
+            .filter(transition::Column::TenantId.eq(tenant.as_str()))
+            .filter(transition::Column::AccountId.eq(account_id))
+            .order_by_asc(transition::Column::Seq)
+            .limit(page.fetch_limit());
+        if let Some(after) = &page.after {
+            let after: i64 = after.parse().map_err(|_| {
+                ServiceError::invalid("page_token", "is not a token returned by this list")
+            })?;
+            query = query.filter(transition::Column::Seq.gt(after));
+        }
+        let (rows, token) = page.finish(query.all(&self.db).await?, |t| t.seq.to_string());
+        let transitions = rows
+            .into_iter()
+            .map(transition_from_model)
+            .collect::<ServiceResult<Vec<_>>>()?;
+        Ok((transitions, token))
+    }
+
+    /// The stage and customer type at `at_ms`, and the transition that set
+    /// them (none while the account was still as created).
+    pub async fn stage_at(
+        &self,
+        tenant: &TenantId,
+        account_id: &str,
+        at_ms: i64,
+    ) -> ServiceResult<(AccountStage, CustomerType, Option<Transition>)> {
+        let account = account_model(&self.db, tenant, account_id).await?;
+        if at_ms < ms(account.created_at) {
+            return Err(ServiceError::NotFound {
+                resource: "account",
+                id: format!("{account_id} (it did not exist yet at that time)"),
+            });
+        }
+        let last = transition::Entity::find()
+            .filter(transition::Column::TenantId.eq(tenant.as_str()))
+            .filter(transition::Column::AccountId.eq(account_id))
+            .filter(transition::Column::OccurredAtMs.lte(at_ms))
+            .order_by_desc(transition::Column::Seq)
+            .one(&self.db)
+            .await?;
+        match last {
+            Some(model) => {
+                let t = transition_from_model(model)?;
+                Ok((t.to_stage, t.to_customer_type, Some(t)))
+            }
+            None => {
+                let (stage, customer_type) = crate::domain::NEW_ACCOUNT_STAGE;
+                Ok((stage, customer_type, None))
+            }
+        }
+    }
+
+    /// Funnel figures for `[start_ms, end_ms)`, per stage. A stay is one entry
+    /// into a stage (account creation enters TARGETED); it moved forward or
+    /// back if the account's next transition came before the window's end,
+    /// and stayed otherwise.
+    pub async fn funnel(
+        &self,
+        tenant: &TenantId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> ServiceResult<Vec<FunnelRow>> {
+        // Stays: transitions plus account creations, each with the account's
+        // next transition (LEAD over the account's history, in order).
+        let stays = "WITH entries AS ( \
+               SELECT account_id, seq, to_stage AS stage, to_rank AS stage_rank, occurred_at_ms AS entered_ms \
+               FROM account_transitions WHERE tenant_id = $1 AND occurred_at_ms >= $2 \
+               UNION ALL \
+               SELECT account_id, 0 AS seq, 'TARGETED' AS stage, 1 AS stage_rank, created_at_ms AS entered_ms \
+               FROM accounts WHERE tenant_id = $1 AND created_at_ms >= $2 \
+             ), stays AS ( \
+               SELECT stage, stage_rank, entered_ms, \
+                 LEAD(stage) OVER (PARTITION BY account_id ORDER BY seq) AS next_stage, \
+                 LEAD(stage_rank) OVER (PARTITION BY account_id ORDER BY seq) AS next_rank, \
+                 LEAD(entered_ms) OVER (PARTITION BY account_id ORDER BY seq) AS exit_ms \
+               FROM entries \
+             )";
+        let sql = format!(
+            "{stays} SELECT stage, COUNT(*) AS entered, \
+               SUM(CASE WHEN exit_ms < $3 AND next_rank > stage_rank THEN 1 ELSE 0 END) AS moved_forward, \
+               SUM(CASE WHEN exit_ms < $3 AND next_rank < stage_rank THEN 1 ELSE 0 END) AS moved_back, \
+               SUM(CASE WHEN exit_ms IS NULL OR exit_ms >= $3 THEN 1 ELSE 0 END) AS stayed, \
+               SUM(CASE WHEN exit_ms < $3 AND next_stage = 'PIPELINE' THEN 1 ELSE 0 END) AS to_pipeline, \
+               SUM(CASE WHEN exit_ms < $3 THEN 1 ELSE 0 END) AS ended \
+             FROM stays WHERE entered_ms >= $2 AND entered_ms < $3 GROUP BY stage"
+        );
+        let rows = self
+            .db
+            .query_all_raw(statement(
+                &self.db,
+                &sql,
+                [tenant.as_str().into(), start_ms.into(), end_ms.into()],
+            ))
+            .await?;
+        let mut report = Vec::new();
+        for stage in AccountStage::ALL {
+            let row = rows.iter().find(|r| {
+                r.try_get::<String>("", "stage")
+                    .is_ok_and(|s| s == stage.as_str())
+            });
+            let get = |name: &str| -> ServiceResult<i64> {
+                match row {
+                    Some(r) => Ok(r.try_get::<Option<i64>>("", name)?.unwrap_or(0)),
+                    None => Ok(0),
+                }
+            };
+            let ended = get("ended")?;
+            let median_ms = if ended > 0 {
+                Some(
+                    self.median_stay(stays, tenant, *stage, start_ms, end_ms, ended)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            report.push(FunnelRow {
+                stage: *stage,
+                entered: get("entered")?,
+                moved_forward: get("moved_forward")?,
+                moved_back: get("moved_back")?,
+                stayed: get("stayed")?,
+                to_pipeline: get("to_pipeline")?,
+                median_ms,
+            });
+        }
+        Ok(report)
+    }
+
+    /// The median length of the `ended` stays of a stage, found by the
+    /// database (ORDER BY ... OFFSET), not by loading them.
+    async fn median_stay(
+        &self,
+        stays: &str,
+        tenant: &TenantId,
+        stage: AccountStage,
+        start_ms: i64,
+        end_ms: i64,
+        ended: i64,
+    ) -> ServiceResult<i64> {
+        let sql = format!(
+            "{stays} SELECT exit_ms - entered_ms AS duration FROM stays \
+             WHERE entered_ms >= $2 AND entered_ms < $3 AND exit_ms < $3 AND stage = $4 \
+             ORDER BY duration LIMIT $5 OFFSET $6"
+        );
+        // The two middle values (the same one when the count is odd).
+        let take = if ended % 2 == 0 { 2_i64 } else { 1 };
+        let rows = self
+            .db
+            .query_all_raw(statement(
+                &self.db,
+                &sql,
+                [
+                    tenant.as_str().into(),
+                    start_ms.into(),
+                    end_ms.into(),
+                    stage.as_str().into(),
+                    take.into(),
+                    ((ended - 1) / 2).into(),
+                ],
+            ))
+            .await?;
+        let values = rows
+            .iter()
+            .map(|r| r.try_get::<i64>("", "duration"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(values.iter().sum::<i64>() / values.len().max(1) as i64)
+    }
+
+    /// Events of a tenant's feed after `after_seq`, oldest first.
+    pub async fn events_after(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: u64,
+    ) -> ServiceResult<Vec<WatchedEvent>> {
+        let rows = self
+            .db
+            .query_all_raw(statement(
+                &self.db,
+                "SELECT seq, account_id, to_stage, payload FROM account_events \
+                 WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                [
+                    tenant.as_str().into(),
+                    after_seq.into(),
+                    (limit as i64).into(),
+                ],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WatchedEvent {
+                    seq: r.try_get("", "seq")?,
+                    account_id: r.try_get("", "account_id")?,
+                    to_stage: r.try_get("", "to_stage")?,
+                    payload: r.try_get("", "payload")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest sequence number of a tenant's feed (0 when empty).
+    pub async fn latest_event_seq(&self, tenant: &TenantId) -> ServiceResult<i64> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                &self.db,
+                "SELECT last_seq FROM tenant_event_counters WHERE tenant_id = $1",
+                [tenant.as_str().into()],
+            ))
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64>("", "last_seq"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+}

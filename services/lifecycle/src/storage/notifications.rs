@@ -1,0 +1,211 @@
+//! Notifications to account owners: recorded in the transaction of the
+//! change that raised them, delivered through the outbox to the tenant's
+//! webhook as a Microsoft Teams message card, signed with HMAC-SHA256.
+
+use std::time::Duration;
+
+use cascade_shared::outbox::{self, DeliveryError, Entry, Sink};
+use cascade_shared::{ServiceResult, ids};
+use hmac::{Hmac, Mac};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
+use sha2::Sha256;
+
+use super::entities::notification;
+use super::{from_ms, settings, statement};
+use crate::domain::{Notification, NotificationReason};
+
+/// Outbox topic of notifications; the partition is the account.
+pub const NOTIFICATION_TOPIC: &str = "notifications";
+/// Header carrying `sha256=<hex HMAC of the body>` when the tenant set a secret.
+pub const SIGNATURE_HEADER: &str = "x-cascade-signature";
+/// Header carrying the notification id, so receivers can drop repeats.
+pub const NOTIFICATION_ID_HEADER: &str = "x-cascade-notification-id";
+
+const PENDING: &str = "PENDING";
+const DELIVERED: &str = "DELIVERED";
+const NO_WEBHOOK: &str = "NO_WEBHOOK";
+
+/// Records a notification and queues its delivery, in the caller's transaction.
+pub(crate) async fn record(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_id: &str,
+    owner_id: &str,
+    reason: NotificationReason,
+    text: String,
+    now_ms: i64,
+) -> Result<Notification, DbErr> {
+    let notification_id = ids::new_id();
+    conn.execute_raw(statement(
+        conn,
+        "INSERT INTO notifications (notification_id, tenant_id, account_id, owner_id, reason, text, \
+         created_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            notification_id.clone().into(),
+            tenant_id.into(),
+            account_id.into(),
+            owner_id.into(),
+            reason.as_str().into(),
+            text.clone().into(),
+            now_ms.into(),
+            PENDING.into(),
+        ],
+    ))
+    .await?;
+    outbox::enqueue(
+        conn,
+        tenant_id,
+        NOTIFICATION_TOPIC,
+        account_id,
+        notification_id.clone().into_bytes(),
+    )
+    .await?;
+    Ok(Notification {
+        notification_id,
+        account_id: account_id.to_owned(),
+        owner_id: owner_id.to_owned(),
+        reason,
+        text,
+        created_at: from_ms(now_ms),
+    })
+}
+
+/// Delivers notifications to each tenant's webhook.
+pub struct WebhookSink {
+    db: DatabaseConnection,
+    http: reqwest::Client,
+}
+
+impl WebhookSink {
+    pub fn new(db: DatabaseConnection, timeout: Duration) -> ServiceResult<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent("cascade-lifecycle")
+            .build()
+            .map_err(cascade_shared::ServiceError::internal)?;
+        Ok(Self { db, http })
+    }
+
+    async fn deliver_one(&self, entry: &Entry) -> Result<(), DeliveryError> {
+        let id = String::from_utf8_lossy(&entry.payload).into_owned();
+        let row = notification::Entity::find_by_id(id.as_str())
+            .one(&self.db)
+            .await
+            .map_err(|e| DeliveryError(format!("reading notification: {e}")))?;
+        let Some(row) = row else {
+            tracing::warn!(notification = %id, "notification row missing; nothing to send");
+            return Ok(());
+        };
+        if row.state != PENDING {
+            return Ok(());
+        }
+        let stored = settings::current(&self.db, &row.tenant_id)
+            .await
+            .map_err(|e| DeliveryError(format!("reading settings: {e}")))?;
+        let Some(url) = stored.settings.webhook_url else {
+            self.mark(&row.notification_id, NO_WEBHOOK).await?;
+            return Ok(());
+        };
+        let body = teams_card(&row);
+        let mut request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header(NOTIFICATION_ID_HEADER, &row.notification_id);
+        if let Some(secret) = &stored.settings.webhook_secret {
+            request = request.header(SIGNATURE_HEADER, signature(secret, &body));
+        }
+        // The URL can carry a token (Teams webhooks do): never log it.
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| DeliveryError(format!("webhook unreachable: {}", e.without_url())))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(DeliveryError(format!("webhook answered {status}")));
+        }
+        self.mark(&row.notification_id, DELIVERED).await
+    }
+
+    async fn mark(&self, notification_id: &str, state: &str) -> Result<(), DeliveryError> {
+        self.db
+            .execute_raw(statement(
+                &self.db,
+                "UPDATE notifications SET state = $1, delivered_at_ms = $2 WHERE notification_id = $3",
+                [
+                    state.into(),
+                    cascade_shared::time::now().timestamp_millis().into(),
+                    notification_id.into(),
+                ],
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|e| DeliveryError(format!("recording delivery: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl Sink for WebhookSink {
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
+        for (i, entry) in run.iter().enumerate() {
+            self.deliver_one(entry).await.map_err(|e| (i, e))?;
+        }
+        Ok(run.len())
+    }
+}
+
+/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &str, body: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A Microsoft Teams incoming-webhook message card, with Cascade's own
+/// fields alongside for other receivers.
+fn teams_card(row: &notification::Model) -> String {
+    let title = match row.reason.as_str() {
+        "PRIORITIZED" => "Account prioritized: time to connect",
+        _ => "A contact raised a hand",
+    };
+    serde_json::json!({
+        "@type": "MessageCard",
+        "@context": "https://schema.org/extensions",
+        "summary": title,
+        "themeColor": "0076D7",
+        "title": title,
+        "text": row.text,
+        "sections": [{
+            "facts": [
+                {"name": "Account", "value": row.account_id},
+                {"name": "Owner", "value": row.owner_id},
+                {"name": "Reason", "value": row.reason},
+            ]
+        }],
+        "cascade": {
+            "notificationId": row.notification_id,
+            "tenantId": row.tenant_id,
+            "accountId": row.account_id,
+            "ownerId": row.owner_id,
+            "reason": row.reason,
+            "createdAtMs": row.created_at_ms,
+        }
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", "what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

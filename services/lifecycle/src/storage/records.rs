@@ -1,0 +1,455 @@
+//! Accounts and contacts as records: create, read, list, update.
+
+use cascade_shared::error::is_unique_violation;
+use cascade_shared::page::PageRequest;
+use cascade_shared::validate::email_domain;
+use cascade_shared::{ServiceError, ServiceResult, TenantId, ids, time};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::entities::{account, contact};
+use super::{
+    AccountFilter, ContactFilter, Repository, hydrate_account, hydrate_accounts, hydrate_contact,
+    hydrate_contacts, lock_account, ms, record_first,
+};
+use crate::domain::contact_rules;
+use crate::domain::{
+    Account, AccountChanges, Contact, ContactChanges, NEW_ACCOUNT_STAGE, NewAccount, NewContact,
+};
+
+impl Repository {
+    pub async fn create_account(
+        &self,
+        tenant: &TenantId,
+        new: NewAccount,
+        request_id: Option<String>,
+    ) -> ServiceResult<Account> {
+        if let Some(request_id) = &request_id
+            && let Some(existing) = self.account_by_request(tenant, request_id).await?
+        {
+            return Ok(existing);
+        }
+        let now = time::now();
+        let (stage, customer_type) = NEW_ACCOUNT_STAGE;
+        let model = account::ActiveModel {
+            account_id: Set(ids::new_id()),
+            tenant_id: Set(tenant.as_str().to_owned()),
+            name: Set(new.name),
+            domain: Set(new.domain.clone()),
+            owner_id: Set(new.owner_id),
+            stage: Set(stage.as_str().to_owned()),
+            customer_type: Set(customer_type.as_str().to_owned()),
+            stage_entered_at: Set(now),
+            engagement_score: Set(0.0),
+            average_engagement_score: Set(0.0),
+            intent_score: Set(0.0),
+            create_request_id: Set(request_id.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            version: Set(1),
+            score_sequence: Set(0),
+            score_baseline: Set(0.0),
+            disqualify_count: Set(0),
+            nurture_count: Set(0),
+            last_recycle_transition_id: Set(None),
+            transition_count: Set(0),
+            created_at_ms: Set(ms(now)),
+        };
+        let txn = self.db.begin().await?;
+        let inserted = match model.insert(&txn).await {
+            Ok(model) => model,
+            Err(error) if is_unique_violation(&error) => {
+                drop(txn);
+                // Either the same request raced us (return its account) or
+                // the domain belongs to another account.
+                if let Some(request_id) = &request_id
+                    && let Some(existing) = self.account_by_request(tenant, request_id).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(domain_taken(new.domain.as_deref()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        record_first(
+            &txn,
+            tenant.as_str(),
+            &inserted.account_id,
+            stage.as_str(),
+            ms(now),
+        )
+        .await?;
+        let account = hydrate_account(&txn, inserted).await?;
+        txn.commit().await?;
+        Ok(account)
+    }
+
+    async fn account_by_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> ServiceResult<Option<Account>> {
+        match account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .filter(account::Column::CreateRequestId.eq(request_id))
+            .one(&self.db)
+            .await?
+        {
+            Some(model) => Ok(Some(hydrate_account(&self.db, model).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<Account> {
+        let model = account_model(&self.db, tenant, account_id).await?;
+        hydrate_account(&self.db, model).await
+    }
+
+    pub async fn list_accounts(
+        &self,
+        tenant: &TenantId,
+        filter: &AccountFilter,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Account>, String)> {
+        let mut query = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(account::Column::AccountId)
+            .limit(page.fetch_limit());
+        if let Some(stage) = filter.stage {
+            query = query.filter(account::Column::Stage.eq(stage.as_str()));
+        }
+        if let Some(customer_type) = filter.customer_type {
+            query = query.filter(account::Column::CustomerType.eq(customer_type.as_str()));
+        }
+        if let Some(owner_id) = &filter.owner_id {
+            query = query.filter(account::Column::OwnerId.eq(owner_id.as_str()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(account::Column::AccountId.gt(after.as_str()));
+        }
+        let (models, token) = page.finish(query.all(&self.db).await?, |m| m.account_id.clone());
+        Ok((hydrate_accounts(&self.db, models).await?, token))
+    }
+
+    pub async fn update_account(
+        &self,
+        tenant: &TenantId,
+        account_id: &str,
+        changes: AccountChanges,
+    ) -> ServiceResult<Account> {
+        let txn = self.db.begin().await?;
+        let existing = lock_account(&txn, tenant.as_str(), account_id).await?;
+        let version = existing.version;
+        let mut model = existing.into_active_model();
+        if let Some(name) = changes.name {
+            model.name = Set(name);
+        }
+        if let Some(domain) = changes.domain.clone() {
+            model.domain = Set(domain);
+        }
+        if let Some(owner_id) = changes.owner_id {
+            model.owner_id = Set(owner_id);
+        }
+        model.updated_at = Set(time::now());
+        model.version = Set(version + 1);
+        let updated = match model.update(&txn).await {
+            Ok(model) => model,
+            Err(error) if is_unique_violation(&error) => {
+                return Err(domain_taken(changes.domain.flatten().as_deref()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let account = hydrate_account(&txn, updated).await?;
+        txn.commit().await?;
+        Ok(account)
+    }
+
+    pub async fn create_contact(
+        &self,
+        tenant: &TenantId,
+        new: NewContact,
+        request_id: Option<String>,
+    ) -> ServiceResult<Contact> {
+        if let Some(request_id) = &request_id
+            && let Some(existing) = self.contact_by_request(tenant, request_id).await?
+        {
+            return Ok(existing);
+        }
+        let email = new.email.clone();
+        let txn = self.db.begin().await?;
+        // The account must exist in this tenant; the check and the insert
+        // share a transaction so a contact never dangles.
+        account_model(&txn, tenant, &new.account_id).await?;
+        match insert_contact(&txn, tenant, new, request_id.clone()).await {
+            Ok(contact) => {
+                txn.commit().await?;
+                Ok(contact)
+            }
+            Err(ServiceError::AlreadyExists { .. }) => {
+                drop(txn);
+                if let Some(request_id) = &request_id
+                    && let Some(existing) = self.contact_by_request(tenant, request_id).await?
+                {
+                    return Ok(existing);
+                }
+                Err(email_taken(email.as_deref()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The contact with `email`, or a new one under the account whose domain
+    /// matches the email's domain. Returns whether it was created.
+    pub async fn resolve_contact(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+    ) -> ServiceResult<(Contact, bool)> {
+        if let Some(existing) = self.contact_by_email(tenant, email).await? {
+            return Ok((existing, false));
+        }
+        let domain = email_domain(email)
+            .ok_or_else(|| ServiceError::invalid("email", "must be an email address"))?;
+        let account = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .filter(account::Column::Domain.eq(domain))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                resource: "account",
+                id: format!("domain {domain}"),
+            })?;
+        let new = NewContact {
+            account_id: account.account_id,
+            email: Some(email.to_owned()),
+            first_name: String::new(),
+            last_name: String::new(),
+            title: String::new(),
+        };
+        let txn = self.db.begin().await?;
+        match insert_contact(&txn, tenant, new, None).await {
+            Ok(contact) => {
+                txn.commit().await?;
+                Ok((contact, true))
+            }
+            Err(ServiceError::AlreadyExists { .. }) => {
+                // Another resolve of the same email won the race.
+                drop(txn);
+                let existing = self
+                    .contact_by_email(tenant, email)
+                    .await?
+                    .ok_or_else(|| ServiceError::Aborted("contact changed; retry".into()))?;
+                Ok((existing, false))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn contact_by_email(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+    ) -> ServiceResult<Option<Contact>> {
+        match contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.as_str()))
+            .filter(contact::Column::Email.eq(email))
+            .one(&self.db)
+            .await?
+        {
+            Some(model) => Ok(Some(hydrate_contact(&self.db, model).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn contact_by_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> ServiceResult<Option<Contact>> {
+        match contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.as_str()))
+            .filter(contact::Column::CreateRequestId.eq(request_id))
+            .one(&self.db)
+            .await?
+        {
+            Some(model) => Ok(Some(hydrate_contact(&self.db, model).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_contact(&self, tenant: &TenantId, contact_id: &str) -> ServiceResult<Contact> {
+        let model = contact_model(&self.db, tenant, contact_id).await?;
+        hydrate_contact(&self.db, model).await
+    }
+
+    pub async fn list_contacts(
+        &self,
+        tenant: &TenantId,
+        filter: &ContactFilter,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Contact>, String)> {
+        let mut query = contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(contact::Column::ContactId)
+            .limit(page.fetch_limit());
+        if let Some(account_id) = &filter.account_id {
+            query = query.filter(contact::Column::AccountId.eq(account_id.as_str()));
+        }
+        if let Some(stage) = filter.stage {
+            query = query.filter(contact::Column::Stage.eq(stage.as_str()));
+        }
+        if let Some(email) = &filter.email {
+            query = query.filter(contact::Column::Email.eq(email.as_str()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(contact::Column::ContactId.gt(after.as_str()));
+        }
+        let (models, token) = page.finish(query.all(&self.db).await?, |m| m.contact_id.clone());
+        Ok((hydrate_contacts(&self.db, models).await?, token))
+    }
+
+    pub async fn update_contact(
+        &self,
+        tenant: &TenantId,
+        contact_id: &str,
+        changes: ContactChanges,
+    ) -> ServiceResult<Contact> {
+        let txn = self.db.begin().await?;
+        let existing = contact_model(&txn, tenant, contact_id).await?;
+        // Changes to a contact serialize on its account, like the engine's.
+        lock_account(&txn, tenant.as_str(), &existing.account_id).await?;
+        let existing = contact_model(&txn, tenant, contact_id).await?;
+        let current = existing
+            .stage
+            .parse()
+            .map_err(|e| super::corrupt("contacts.stage", e))?;
+        let mut stage = current;
+        let mut model = existing.into_active_model();
+        if let Some(email) = changes.email.clone() {
+            stage = contact_rules::after_email_change(stage, email.is_some());
+            model.email = Set(email);
+        }
+        if let Some(first_name) = changes.first_name {
+            model.first_name = Set(first_name);
+        }
+        if let Some(last_name) = changes.last_name {
+            model.last_name = Set(last_name);
+        }
+        if let Some(title) = changes.title {
+            model.title = Set(title);
+        }
+        if let Some(target) = changes.stage {
+            stage = contact_rules::set_by_person(stage, target).map_err(|refusal| {
+                ServiceError::precondition(
+                    "CONTACT_STAGE",
+                    format!("contact/{contact_id}"),
+                    refusal.0,
+                )
+            })?;
+        }
+        let now = time::now();
+        if stage != current {
+            model.stage = Set(stage.as_str().to_owned());
+            model.stage_entered_at = Set(now);
+            record_first(&txn, tenant.as_str(), contact_id, stage.as_str(), ms(now)).await?;
+        }
+        model.updated_at = Set(now);
+        let updated = match model.update(&txn).await {
+            Ok(model) => model,
+            Err(error) if is_unique_violation(&error) => {
+                return Err(email_taken(changes.email.flatten().as_deref()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let contact = hydrate_contact(&txn, updated).await?;
+        txn.commit().await?;
+        Ok(contact)
+    }
+}
+
+async fn insert_contact(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    new: NewContact,
+    request_id: Option<String>,
+) -> ServiceResult<Contact> {
+    let now = time::now();
+    let stage = contact_rules::new_contact_stage(new.email.is_some());
+    let email = new.email.clone();
+    let model = contact::ActiveModel {
+        contact_id: Set(ids::new_id()),
+        tenant_id: Set(tenant.as_str().to_owned()),
+        account_id: Set(new.account_id),
+        email: Set(new.email),
+        first_name: Set(new.first_name),
+        last_name: Set(new.last_name),
+        title: Set(new.title),
+        stage: Set(stage.as_str().to_owned()),
+        stage_entered_at: Set(now),
+        engagement_score: Set(0.0),
+        create_request_id: Set(request_id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        has_activity: Set(false),
+    };
+    let inserted = model.insert(conn).await.map_err(|error| {
+        if is_unique_violation(&error) {
+            email_taken(email.as_deref())
+        } else {
+            error.into()
+        }
+    })?;
+    record_first(
+        conn,
+        tenant.as_str(),
+        &inserted.contact_id,
+        stage.as_str(),
+        ms(now),
+    )
+    .await?;
+    hydrate_contact(conn, inserted).await
+}
+
+pub(crate) async fn account_model(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    account_id: &str,
+) -> ServiceResult<account::Model> {
+    account::Entity::find_by_id(account_id)
+        .filter(account::Column::TenantId.eq(tenant.as_str()))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("account", account_id))
+}
+
+async fn contact_model(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact_id: &str,
+) -> ServiceResult<contact::Model> {
+    contact::Entity::find_by_id(contact_id)
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("contact", contact_id))
+}
+
+fn domain_taken(domain: Option<&str>) -> ServiceError {
+    let domain = domain.unwrap_or_default();
+    ServiceError::already_exists(
+        "account",
+        domain,
+        format!("another account of this tenant already has the domain {domain}"),
+    )
+}
+
+fn email_taken(email: Option<&str>) -> ServiceError {
+    let email = email.unwrap_or_default();
+    ServiceError::already_exists(
+        "contact",
+        email,
+        format!("another contact of this tenant already has the email {email}"),
+    )
+}

@@ -1,0 +1,128 @@
+//! Versioned lifecycle settings per tenant. Version 1 is the built-in
+//! defaults; each update stores the next version, and old ones stay readable.
+
+use cascade_shared::error::is_unique_violation;
+use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder,
+};
+
+use super::entities::settings;
+use super::{Repository, corrupt, ms};
+use crate::domain::settings::LifecycleSettings;
+
+/// Settings as stored, with who changed them and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSettings {
+    pub settings: LifecycleSettings,
+    pub updated_at_ms: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+/// The settings in force for a tenant.
+pub(crate) async fn current(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+) -> ServiceResult<StoredSettings> {
+    let latest = settings::Entity::find()
+        .filter(settings::Column::TenantId.eq(tenant_id))
+        .order_by_desc(settings::Column::Version)
+        .one(conn)
+        .await?;
+    latest.map_or_else(|| Ok(defaults()), from_model)
+}
+
+fn defaults() -> StoredSettings {
+    StoredSettings {
+        settings: LifecycleSettings::default(),
+        updated_at_ms: None,
+        updated_by: None,
+    }
+}
+
+fn from_model(model: settings::Model) -> ServiceResult<StoredSettings> {
+    Ok(StoredSettings {
+        settings: LifecycleSettings {
+            version: model.version,
+            engaged_threshold: model.engaged_threshold,
+            prioritized_threshold: model.prioritized_threshold,
+            qualified_stage_enabled: model.qualified_stage_enabled,
+            on_lost_action: model
+                .on_lost_action
+                .parse()
+                .map_err(|e| corrupt("lifecycle_settings.on_lost_action", e))?,
+            hand_raise_activity_types: model
+                .hand_raise_activity_types
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            renotify_on_hand_raise: model.renotify_on_hand_raise,
+            webhook_url: model.webhook_url,
+            webhook_secret: model.webhook_secret,
+        },
+        updated_at_ms: Some(model.updated_at_ms),
+        updated_by: Some(model.updated_by),
+    })
+}
+
+impl Repository {
+    /// The current settings, or the given version.
+    pub async fn get_settings(
+        &self,
+        tenant: &TenantId,
+        version: Option<i64>,
+    ) -> ServiceResult<StoredSettings> {
+        let Some(version) = version else {
+            return current(&self.db, tenant.as_str()).await;
+        };
+        let stored = settings::Entity::find_by_id((tenant.as_str().to_owned(), version))
+            .one(&self.db)
+            .await?;
+        match stored {
+            Some(model) => from_model(model),
+            None if version == 1 => Ok(defaults()),
+            None => Err(ServiceError::not_found(
+                "lifecycle settings version",
+                version.to_string(),
+            )),
+        }
+    }
+
+    /// Stores `change(current)` as the next version. Two concurrent updates
+    /// cannot both become the same version: the loser gets ABORTED.
+    pub async fn update_settings(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        change: impl FnOnce(&mut LifecycleSettings) -> ServiceResult<()>,
+    ) -> ServiceResult<StoredSettings> {
+        let mut next = current(&self.db, tenant.as_str()).await?.settings;
+        change(&mut next)?;
+        next.version += 1;
+        let now = ms(time::now());
+        let model = settings::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            version: Set(next.version),
+            engaged_threshold: Set(next.engaged_threshold),
+            prioritized_threshold: Set(next.prioritized_threshold),
+            qualified_stage_enabled: Set(next.qualified_stage_enabled),
+            on_lost_action: Set(next.on_lost_action.as_str().to_owned()),
+            hand_raise_activity_types: Set(next.hand_raise_activity_types.join("\n")),
+            renotify_on_hand_raise: Set(next.renotify_on_hand_raise),
+            webhook_url: Set(next.webhook_url.clone()),
+            webhook_secret: Set(next.webhook_secret.clone()),
+            updated_at_ms: Set(now),
+            updated_by: Set(actor.to_owned()),
+        };
+        match model.insert(&self.db).await {
+            Ok(model) => from_model(model),
+            Err(error) if is_unique_violation(&error) => Err(ServiceError::Aborted(
+                "the settings were changed by another call at the same time; read them again and retry"
+                    .into(),
+            )),
+            Err(error) => Err(error.into()),
+        }
+    }
+}

@@ -1,0 +1,1092 @@
+//! The stage engine over real gRPC, on SQLite and PostgreSQL: the TekStack
+//! walk-through, recycling, the stage at a past time, idempotent Apply*
+//! calls, the funnel, notifications that survive a receiver outage and a
+//! restart, concurrency, settings and the watch stream.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType};
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
+use cascade_proto::lifecycle::v1::TransitionCause as Cause;
+use cascade_shared::on_each_database;
+use cascade_shared::testing::TestDatabase;
+use common::*;
+use futures::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn stage_path(transitions: &[pb::AccountTransition]) -> Vec<(i32, i32, i32)> {
+    transitions
+        .iter()
+        .map(|t| (t.from_stage, t.to_stage, t.cause))
+        .collect()
+}
+
+fn reached(account: &pb::Account) -> Vec<i32> {
+    let mut stages: Vec<i32> = account.stages_reached.iter().map(|s| s.stage).collect();
+    stages.sort();
+    stages
+}
+
+async fn tekstack_walkthrough(db: TestDatabase) {
+    let receiver = WebhookReceiver::start(true).await;
+    let (server, mut client) = start(&db).await;
+    set_settings(
+        &mut client,
+        pb::LifecycleSettings {
+            webhook_url: receiver.url.clone(),
+            webhook_secret: "s3cret-signing-key".into(),
+            ..Default::default()
+        },
+        &["webhook_url", "webhook_secret"],
+    )
+    .await;
+
+    let account = create_account(&mut client, "Initech", "peter@seller.example").await;
+    let id = account.account_id.clone();
+    let ann = create_contact(&mut client, &id, "ann@initech.example").await;
+    let bob = create_contact(&mut client, &id, "bob@initech.example").await;
+
+    // Anonymous intent: TARGETED -> DETECTED.
+    let detected = score(&mut client, &id, "score-1", 1, 0.0, 12.0, vec![]).await;
+    assert_eq!(
+        detected.account.as_ref().map(|a| a.stage),
+        Some(S::Detected as i32)
+    );
+
+    // Ann opens emails and attends a webinar: ENGAGED (account and contact).
+    let engaged = score(
+        &mut client,
+        &id,
+        "score-2",
+        2,
+        27.0,
+        12.0,
+        vec![(
+            ann.contact_id.clone(),
+            27.0,
+            vec!["email_open", "webinar_attended"],
+        )],
+    )
+    .await;
+    assert_eq!(
+        engaged.account.as_ref().map(|a| a.stage),
+        Some(S::Engaged as i32)
+    );
+    assert_eq!(
+        get_contact(&mut client, &ann.contact_id).await.stage,
+        C::Engaged as i32
+    );
+
+    // Bob visits pricing and asks for a demo: 27 + 93 = 120 >= 100.
+    let prioritized = score(
+        &mut client,
+        &id,
+        "score-3",
+        3,
+        120.0,
+        12.0,
+        vec![(
+            bob.contact_id.clone(),
+            93.0,
+            vec!["pricing_page_visit", "demo_request"],
+        )],
+    )
+    .await;
+    let after = prioritized.account.expect("account");
+    assert_eq!(after.stage, S::Prioritized as i32);
+    assert_eq!(after.engagement_score, 120.0);
+    let bob_now = get_contact(&mut client, &bob.contact_id).await;
+    assert_eq!(
+        bob_now.stage,
+        C::MarketingQualified as i32,
+        "a demo request is a hand-raise"
+    );
+
+    // The owner is told once, signed.
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received.len(), 1);
+    let hook = &received[0];
+    let body: serde_json::Value = serde_json::from_str(&hook.body).expect("json body");
+    assert_eq!(body["@type"], "MessageCard");
+    assert_eq!(body["cascade"]["accountId"], id.as_str());
+    assert_eq!(body["cascade"]["ownerId"], "peter@seller.example");
+    assert_eq!(body["cascade"]["reason"], "PRIORITIZED");
+    assert!(body["text"].as_str().expect("text").contains("Initech"));
+    assert_eq!(
+        hook.header("x-cascade-signature"),
+        Some(cascade_lifecycle::storage::signature("s3cret-signing-key", &hook.body).as_str())
+    );
+    assert_eq!(
+        hook.header("x-cascade-notification-id"),
+        body["cascade"]["notificationId"].as_str()
+    );
+
+    // Business development hands it to sales.
+    let qualified = client
+        .qualify_account(req(
+            "bdr@seller.example",
+            pb::QualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "budget confirmed".into(),
+            },
+        ))
+        .await
+        .expect("qualify")
+        .into_inner();
+    assert_eq!(
+        qualified.account.map(|a| a.stage),
+        Some(S::Qualified as i32)
+    );
+
+    let deal = new_id();
+    let buying_group = [ann.contact_id.as_str(), bob.contact_id.as_str()];
+    let opened = opportunity(
+        &mut client,
+        &id,
+        "opp-1-opened",
+        &deal,
+        Opp::Opened,
+        &buying_group,
+        0,
+    )
+    .await;
+    assert_eq!(opened.account.map(|a| a.stage), Some(S::Pipeline as i32));
+    assert_eq!(
+        get_contact(&mut client, &ann.contact_id).await.stage,
+        C::Opportunity as i32
+    );
+
+    let won = opportunity(
+        &mut client,
+        &id,
+        "opp-1-won",
+        &deal,
+        Opp::Won,
+        &buying_group,
+        0,
+    )
+    .await;
+    let won_account = won.account.expect("account");
+    assert_eq!(won_account.stage, S::Implement as i32);
+    assert_eq!(won_account.customer_type, CustomerType::Customer as i32);
+    for contact in [&ann, &bob] {
+        assert_eq!(
+            get_contact(&mut client, &contact.contact_id).await.stage,
+            C::Customer as i32
+        );
+    }
+
+    for to in [S::Expand, S::Advocate] {
+        let moved = client
+            .advance_account(req(
+                "csm@seller.example",
+                pb::AdvanceAccountRequest {
+                    account_id: id.clone(),
+                    to_stage: to as i32,
+                    reason: String::new(),
+                },
+            ))
+            .await
+            .expect("advance")
+            .into_inner();
+        assert_eq!(moved.account.map(|a| a.stage), Some(to as i32));
+    }
+    let refused = client
+        .advance_account(req(
+            "csm@seller.example",
+            pb::AdvanceAccountRequest {
+                account_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("nothing after ADVOCATE");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("ADVOCATE"),
+        "{}",
+        refused.message()
+    );
+    let failure = refused.get_details_precondition_failure().expect("detail");
+    assert_eq!(failure.violations[0].subject, format!("account/{id}"));
+
+    let history = transitions(&mut client, &id).await;
+    assert_eq!(
+        stage_path(&history),
+        vec![
+            (S::Targeted as i32, S::Detected as i32, Cause::Intent as i32),
+            (S::Detected as i32, S::Engaged as i32, Cause::Score as i32),
+            (
+                S::Engaged as i32,
+                S::Prioritized as i32,
+                Cause::Score as i32
+            ),
+            (
+                S::Prioritized as i32,
+                S::Qualified as i32,
+                Cause::Qualify as i32
+            ),
+            (
+                S::Qualified as i32,
+                S::Pipeline as i32,
+                Cause::OpportunityOpened as i32
+            ),
+            (
+                S::Pipeline as i32,
+                S::Implement as i32,
+                Cause::OpportunityWon as i32
+            ),
+            (S::Implement as i32, S::Expand as i32, Cause::Manual as i32),
+            (S::Expand as i32, S::Advocate as i32, Cause::Manual as i32),
+        ]
+    );
+    assert_eq!(history[0].event_id, "score-1");
+    assert_eq!(history[0].actor, "scoring");
+    assert_eq!(history[3].actor, "bdr@seller.example");
+    assert_eq!(history[3].reason, "budget confirmed");
+    assert_eq!(history[5].to_customer_type, CustomerType::Customer as i32);
+    assert!(
+        history.iter().all(|t| t.settings_version == 2),
+        "settings v2 was in force"
+    );
+    let times: Vec<_> = history
+        .iter()
+        .map(|t| t.transition_time.expect("time"))
+        .map(|t| (t.seconds, t.nanos))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "history in time order"
+    );
+
+    let final_account = get_account(&mut client, &id).await;
+    assert_eq!(final_account.stage, S::Advocate as i32);
+    assert_eq!(
+        reached(&final_account),
+        (1..=9).collect::<Vec<_>>(),
+        "all nine stages reached"
+    );
+    let bob_final = get_contact(&mut client, &bob.contact_id).await;
+    let bob_reached: Vec<i32> = bob_final.stages_reached.iter().map(|s| s.stage).collect();
+    for stage in [
+        C::Suspect,
+        C::MarketingQualified,
+        C::Opportunity,
+        C::Customer,
+    ] {
+        assert!(
+            bob_reached.contains(&(stage as i32)),
+            "bob reached {stage:?}"
+        );
+    }
+    assert_eq!(receiver.accepted().len(), 1, "exactly one notification");
+    server.stop().await;
+}
+
+async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
+    let receiver = WebhookReceiver::start(true).await;
+    let (server, mut client) = start(&db).await;
+    set_settings(
+        &mut client,
+        pb::LifecycleSettings {
+            webhook_url: receiver.url.clone(),
+            ..Default::default()
+        },
+        &["webhook_url"],
+    )
+    .await;
+    let account = create_account(&mut client, "Globex", "hank@seller.example").await;
+    let id = account.account_id.clone();
+    score(&mut client, &id, "s1", 1, 150.0, 0.0, vec![]).await;
+    assert_eq!(
+        get_account(&mut client, &id).await.stage,
+        S::Prioritized as i32
+    );
+
+    let no_reason = client
+        .nurture_account(req(
+            "ae",
+            pb::NurtureAccountRequest {
+                account_id: id.clone(),
+                reason: "  ".into(),
+            },
+        ))
+        .await
+        .expect_err("reason required");
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    assert_eq!(
+        no_reason
+            .get_details_bad_request()
+            .expect("detail")
+            .field_violations[0]
+            .field,
+        "reason"
+    );
+
+    let nurtured = client
+        .nurture_account(req(
+            "ae",
+            pb::NurtureAccountRequest {
+                account_id: id.clone(),
+                reason: "not ready until next fiscal year".into(),
+            },
+        ))
+        .await
+        .expect("nurture")
+        .into_inner();
+    let nurtured_account = nurtured.account.expect("account");
+    assert_eq!(nurtured_account.stage, S::Engaged as i32);
+    assert_eq!(
+        nurtured_account.customer_type,
+        CustomerType::Prospect as i32
+    );
+    let summary = nurtured_account.recycle_summary.clone().expect("summary");
+    assert_eq!((summary.nurture_count, summary.disqualify_count), (1, 0));
+    assert_eq!(
+        summary.last_action.expect("last").reason,
+        "not ready until next fiscal year"
+    );
+    assert!(
+        reached(&nurtured_account).contains(&(S::Prioritized as i32)),
+        "first PRIORITIZED kept"
+    );
+
+    // 50 new points since the nurture are not enough; 110 are.
+    score(&mut client, &id, "s2", 2, 200.0, 0.0, vec![]).await;
+    assert_eq!(get_account(&mut client, &id).await.stage, S::Engaged as i32);
+    score(&mut client, &id, "s3", 3, 260.0, 0.0, vec![]).await;
+    assert_eq!(
+        get_account(&mut client, &id).await.stage,
+        S::Prioritized as i32
+    );
+    receiver.wait_for(2).await;
+
+    let disqualified = client
+        .disqualify_account(req(
+            "ae",
+            pb::DisqualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "no budget".into(),
+            },
+        ))
+        .await
+        .expect("disqualify")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(disqualified.stage, S::Detected as i32);
+    assert_eq!(disqualified.customer_type, CustomerType::ReProspect as i32);
+    let summary = disqualified.recycle_summary.expect("summary");
+    assert_eq!((summary.nurture_count, summary.disqualify_count), (1, 1));
+
+    let again = client
+        .disqualify_account(req(
+            "ae",
+            pb::DisqualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "still no budget".into(),
+            },
+        ))
+        .await
+        .expect_err("already DETECTED");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let violation = &again
+        .get_details_precondition_failure()
+        .expect("detail")
+        .violations[0];
+    assert!(
+        violation.description.contains("DETECTED"),
+        "{}",
+        violation.description
+    );
+    assert!(
+        violation.description.contains("PRIORITIZED, QUALIFIED"),
+        "{}",
+        violation.description
+    );
+
+    // Re-engagement after Disqualify climbs back and notifies again.
+    score(&mut client, &id, "s4", 4, 380.0, 0.0, vec![]).await;
+    let back = get_account(&mut client, &id).await;
+    assert_eq!(back.stage, S::Prioritized as i32);
+    assert_eq!(back.customer_type, CustomerType::ReProspect as i32);
+    receiver.wait_for(3).await;
+
+    // With the QUALIFIED stage off, Qualify is refused with the reason.
+    set_settings(
+        &mut client,
+        pb::LifecycleSettings {
+            qualified_stage_enabled: false,
+            ..Default::default()
+        },
+        &["qualified_stage_enabled"],
+    )
+    .await;
+    let off = client
+        .qualify_account(req(
+            "bdr",
+            pb::QualifyAccountRequest {
+                account_id: id.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect_err("stage turned off");
+    assert!(
+        off.message().contains("qualified_stage_enabled"),
+        "{}",
+        off.message()
+    );
+
+    let history = transitions(&mut client, &id).await;
+    let causes: Vec<i32> = history.iter().map(|t| t.cause).collect();
+    assert_eq!(
+        causes,
+        [
+            Cause::Score,
+            Cause::Score,
+            Cause::Nurture,
+            Cause::Score,
+            Cause::Disqualify,
+            Cause::Score,
+            Cause::Score
+        ]
+        .map(|c| c as i32)
+    );
+    server.stop().await;
+}
+
+async fn stage_at_answers_between_transitions(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let account = create_account(&mut client, "Hooli", "").await;
+    let id = account.account_id.clone();
+    let created = account.create_time.expect("create time");
+    // Distinct timestamps between steps (history is kept in milliseconds).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    score(&mut client, &id, "a", 1, 10.0, 0.0, vec![]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let between = cascade_shared::time::to_timestamp(cascade_shared::time::now());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    score(&mut client, &id, "b", 2, 100.0, 0.0, vec![]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client
+        .disqualify_account(req(
+            "ae",
+            pb::DisqualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "wrong region".into(),
+            },
+        ))
+        .await
+        .expect("disqualify");
+    let history = transitions(&mut client, &id).await;
+    assert_eq!(history.len(), 3);
+
+    let at = |time: prost_types::Timestamp| pb::GetAccountStageAtRequest {
+        account_id: id.clone(),
+        time: Some(time),
+    };
+    let mut ask = async |time: prost_types::Timestamp| {
+        client
+            .get_account_stage_at(req("test", at(time)))
+            .await
+            .map(|r| r.into_inner())
+    };
+    let before = prost_types::Timestamp {
+        seconds: created.seconds - 60,
+        nanos: 0,
+    };
+    assert_eq!(
+        ask(before).await.expect_err("not yet").code(),
+        Code::NotFound
+    );
+    let initial = ask(created).await.expect("at creation");
+    assert_eq!(
+        (initial.stage, initial.customer_type),
+        (S::Targeted as i32, CustomerType::Prospect as i32)
+    );
+    assert!(initial.last_transition.is_none());
+    let engaged = ask(between).await.expect("between");
+    assert_eq!(engaged.stage, S::Engaged as i32);
+    assert_eq!(
+        engaged.last_transition.map(|t| t.event_id),
+        Some("a".to_owned())
+    );
+    let prioritized_time = history[1].transition_time.expect("time");
+    assert_eq!(
+        ask(prioritized_time).await.expect("at").stage,
+        S::Prioritized as i32
+    );
+    let now = cascade_shared::time::to_timestamp(cascade_shared::time::now());
+    let latest = ask(now).await.expect("now");
+    assert_eq!(
+        (latest.stage, latest.customer_type),
+        (S::Detected as i32, CustomerType::ReProspect as i32)
+    );
+    server.stop().await;
+}
+
+async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let id = create_account(&mut client, "Umbrella", "").await.account_id;
+    let first = score(&mut client, &id, "e1", 5, 40.0, 0.0, vec![]).await;
+    assert_eq!(first.outcome, pb::ApplyOutcome::Applied as i32);
+    assert_eq!(first.transitions.len(), 1);
+
+    let repeat = score(&mut client, &id, "e1", 5, 40.0, 0.0, vec![]).await;
+    assert_eq!(repeat.outcome, pb::ApplyOutcome::Duplicate as i32);
+    assert!(repeat.transitions.is_empty());
+
+    // An older sequence arriving late changes nothing, even with a new id.
+    let stale = score(&mut client, &id, "e0", 4, 500.0, 0.0, vec![]).await;
+    assert_eq!(stale.outcome, pb::ApplyOutcome::Stale as i32);
+    let account = get_account(&mut client, &id).await;
+    assert_eq!(
+        (account.stage, account.engagement_score),
+        (S::Engaged as i32, 40.0)
+    );
+
+    let deal = new_id();
+    let opened = opportunity(&mut client, &id, "o1", &deal, Opp::Opened, &[], 0).await;
+    assert_eq!(opened.outcome, pb::ApplyOutcome::Applied as i32);
+    let opened_again = opportunity(&mut client, &id, "o1", &deal, Opp::Opened, &[], 0).await;
+    assert_eq!(opened_again.outcome, pb::ApplyOutcome::Duplicate as i32);
+    assert_eq!(transitions(&mut client, &id).await.len(), 2);
+
+    let bad = client
+        .apply_engagement_score(req(
+            "scoring",
+            pb::ApplyEngagementScoreRequest {
+                event_id: String::new(),
+                account_id: id.clone(),
+                sequence: 0,
+                engagement_score: f64::NAN,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad delivery");
+    let fields: Vec<String> = bad
+        .get_details_bad_request()
+        .expect("detail")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["event_id", "sequence", "engagement_score"]);
+    server.stop().await;
+}
+
+async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let id = create_account(&mut client, "Soylent", "").await.account_id;
+    let pat = create_contact(&mut client, &id, "pat@soylent.example").await;
+    score(
+        &mut client,
+        &id,
+        "s",
+        1,
+        120.0,
+        0.0,
+        vec![(pat.contact_id.clone(), 120.0, vec!["webinar_attended"])],
+    )
+    .await;
+    let (a, b) = (new_id(), new_id());
+    opportunity(
+        &mut client,
+        &id,
+        "a-open",
+        &a,
+        Opp::Opened,
+        &[&pat.contact_id],
+        0,
+    )
+    .await;
+    opportunity(
+        &mut client,
+        &id,
+        "b-open",
+        &b,
+        Opp::Opened,
+        &[&pat.contact_id],
+        1,
+    )
+    .await;
+    assert_eq!(
+        get_account(&mut client, &id).await.stage,
+        S::Pipeline as i32
+    );
+
+    // While another deal is open, a Disqualify is refused and a loss keeps PIPELINE.
+    let refused = client
+        .disqualify_account(req(
+            "ae",
+            pb::DisqualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "x".into(),
+            },
+        ))
+        .await
+        .expect_err("open deals");
+    assert!(
+        refused.message().contains("2 open opportunities"),
+        "{}",
+        refused.message()
+    );
+    opportunity(
+        &mut client,
+        &id,
+        "a-lost",
+        &a,
+        Opp::Lost,
+        &[&pat.contact_id],
+        1,
+    )
+    .await;
+    assert_eq!(
+        get_account(&mut client, &id).await.stage,
+        S::Pipeline as i32
+    );
+    assert_eq!(
+        get_contact(&mut client, &pat.contact_id).await.stage,
+        C::Opportunity as i32
+    );
+
+    // The last one lost: the on-lost action (NURTURE) applies.
+    let lost = opportunity(
+        &mut client,
+        &id,
+        "b-lost",
+        &b,
+        Opp::Lost,
+        &[&pat.contact_id],
+        0,
+    )
+    .await;
+    let account = lost.account.expect("account");
+    assert_eq!(account.stage, S::Engaged as i32);
+    assert_eq!(lost.transitions[0].cause, Cause::OpportunityLost as i32);
+    assert_eq!(account.recycle_summary.expect("summary").nurture_count, 1);
+    assert_eq!(
+        get_contact(&mut client, &pat.contact_id).await.stage,
+        C::Engaged as i32
+    );
+    server.stop().await;
+}
+
+async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let start_time = cascade_shared::time::to_timestamp(
+        cascade_shared::time::now() - chrono::Duration::seconds(1),
+    );
+    let a = create_account(&mut client, "A", "").await.account_id;
+    let b = create_account(&mut client, "B", "").await.account_id;
+    let c = create_account(&mut client, "C", "").await.account_id;
+    let _d = create_account(&mut client, "D", "").await.account_id;
+    score(&mut client, &a, "a1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
+    client
+        .qualify_account(req(
+            "bdr",
+            pb::QualifyAccountRequest {
+                account_id: a.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect("qualify");
+    opportunity(&mut client, &a, "a-open", &new_id(), Opp::Opened, &[], 0).await; // PIPELINE
+    score(&mut client, &b, "b1", 1, 50.0, 0.0, vec![]).await; // ENGAGED
+    score(&mut client, &c, "c1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
+    client
+        .nurture_account(req(
+            "ae",
+            pb::NurtureAccountRequest {
+                account_id: c.clone(),
+                reason: "later".into(),
+            },
+        ))
+        .await
+        .expect("nurture"); // back to ENGAGED
+    let end_time = cascade_shared::time::to_timestamp(
+        cascade_shared::time::now() + chrono::Duration::hours(1),
+    );
+
+    let report = client
+        .get_funnel_report(req(
+            "dashboard",
+            pb::GetFunnelReportRequest {
+                start_time: Some(start_time),
+                end_time: Some(end_time),
+            },
+        ))
+        .await
+        .expect("funnel")
+        .into_inner();
+    let by_stage: HashMap<i32, &pb::FunnelStage> =
+        report.stages.iter().map(|s| (s.stage, s)).collect();
+    let row = |stage: S| {
+        let r = by_stage[&(stage as i32)];
+        (r.entered, r.moved_forward, r.moved_back, r.stayed)
+    };
+    // Hand-computed: entries, forward, back, stayed.
+    assert_eq!(row(S::Targeted), (4, 3, 0, 1));
+    assert_eq!(row(S::Detected), (0, 0, 0, 0));
+    assert_eq!(row(S::Engaged), (4, 2, 0, 2));
+    assert_eq!(row(S::Prioritized), (2, 1, 1, 0));
+    assert_eq!(row(S::Qualified), (1, 1, 0, 0));
+    assert_eq!(row(S::Pipeline), (1, 0, 0, 1));
+    assert_eq!(row(S::Implement), (0, 0, 0, 0));
+    assert_eq!(by_stage[&(S::Targeted as i32)].conversion_rate, 0.75);
+    assert_eq!(by_stage[&(S::Engaged as i32)].conversion_rate, 0.5);
+    assert_eq!(report.qualified_to_pipeline_rate, 1.0);
+    assert!(
+        by_stage[&(S::Prioritized as i32)]
+            .median_time_in_stage
+            .is_some()
+    );
+    assert!(
+        by_stage[&(S::Pipeline as i32)]
+            .median_time_in_stage
+            .is_none(),
+        "no stay ended"
+    );
+
+    // A window before anything happened is empty.
+    let early = client
+        .get_funnel_report(req(
+            "dashboard",
+            pb::GetFunnelReportRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: start_time.seconds - 7200,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: start_time.seconds - 3600,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await
+        .expect("funnel")
+        .into_inner();
+    assert!(early.stages.iter().all(|s| s.entered == 0));
+    let inverted = client
+        .get_funnel_report(req(
+            "dashboard",
+            pb::GetFunnelReportRequest {
+                start_time: Some(start_time),
+                end_time: Some(start_time),
+            },
+        ))
+        .await
+        .expect_err("inverted window");
+    assert_eq!(inverted.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+async fn notifications_survive_receiver_outage_and_restart(db: TestDatabase) {
+    let receiver = WebhookReceiver::start(false).await;
+    let (server, mut client) = start(&db).await;
+    set_settings(
+        &mut client,
+        pb::LifecycleSettings {
+            webhook_url: receiver.url.clone(),
+            ..Default::default()
+        },
+        &["webhook_url"],
+    )
+    .await;
+    let mut expected = Vec::new();
+    for name in ["One", "Two", "Three"] {
+        let id = create_account(&mut client, name, "owner").await.account_id;
+        score(
+            &mut client,
+            &id,
+            &format!("{name}-s"),
+            1,
+            100.0,
+            0.0,
+            vec![],
+        )
+        .await;
+        expected.push(id);
+    }
+    // The receiver is down: deliveries fail and are retried.
+    receiver.wait_for_refusals(3).await;
+    server.stop().await;
+
+    receiver.set_up(true);
+    let (server, _client) = start(&db).await;
+    receiver.wait_for(3).await;
+    // Give any duplicate a chance to arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = receiver.accepted();
+    let mut ids: Vec<String> = received
+        .iter()
+        .map(|r| {
+            r.header("x-cascade-notification-id")
+                .expect("id")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "every notification delivered once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "no notification delivered twice");
+    let mut accounts: Vec<String> = received
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+            body["cascade"]["accountId"]
+                .as_str()
+                .expect("account")
+                .to_owned()
+        })
+        .collect();
+    accounts.sort();
+    expected.sort();
+    assert_eq!(accounts, expected);
+    server.stop().await;
+}
+
+async fn concurrent_actions_do_not_interleave(db: TestDatabase) {
+    let (server, client) = start(&db).await;
+    let mut c = client.clone();
+    let id = create_account(&mut c, "Contested", "").await.account_id;
+    score(&mut c, &id, "s", 1, 100.0, 0.0, vec![]).await;
+
+    let nurture = |reason: &'static str| {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .nurture_account(req(
+                    "ae",
+                    pb::NurtureAccountRequest {
+                        account_id: id,
+                        reason: reason.into(),
+                    },
+                ))
+                .await
+        }
+    };
+    let (first, second) = tokio::join!(nurture("one"), nurture("two"));
+    let outcomes = [first.is_ok(), second.is_ok()];
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one Nurture wins"
+    );
+    let loser = first.err().or(second.err()).expect("one refused");
+    assert_eq!(loser.code(), Code::FailedPrecondition);
+
+    // A score racing a Disqualify: whatever the order, history replays to the stage.
+    score(&mut c, &id, "s2", 2, 300.0, 0.0, vec![]).await;
+    let mut disqualifier = client.clone();
+    let mut scorer = client.clone();
+    let did = id.clone();
+    let sid = id.clone();
+    let (_, _) = tokio::join!(
+        async move {
+            disqualifier
+                .disqualify_account(req(
+                    "ae",
+                    pb::DisqualifyAccountRequest {
+                        account_id: did,
+                        reason: "x".into(),
+                    },
+                ))
+                .await
+        },
+        async move { score(&mut scorer, &sid, "s3", 3, 420.0, 0.0, vec![]).await }
+    );
+    let account = get_account(&mut c, &id).await;
+    let history = transitions(&mut c, &id).await;
+    assert_eq!(
+        history.last().map(|t| t.to_stage),
+        Some(account.stage),
+        "history ends at the stage"
+    );
+    for pair in history.windows(2) {
+        assert_eq!(
+            pair[0].to_stage, pair[1].from_stage,
+            "each move starts where the last ended"
+        );
+    }
+    server.stop().await;
+}
+
+async fn settings_are_versioned(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let get = async |client: &mut Client, version: i64| {
+        client
+            .get_lifecycle_settings(req("admin", pb::GetLifecycleSettingsRequest { version }))
+            .await
+            .map(|r| r.into_inner().settings.expect("settings"))
+    };
+    let defaults = get(&mut client, 0).await.expect("defaults");
+    assert_eq!(defaults.version, 1);
+    assert_eq!(
+        (defaults.engaged_threshold, defaults.prioritized_threshold),
+        (0.0, 100.0)
+    );
+    assert!(defaults.qualified_stage_enabled);
+    assert_eq!(defaults.on_lost_action, pb::OnLostAction::Nurture as i32);
+    assert_eq!(defaults.hand_raise_activity_types, ["demo_request"]);
+
+    set_settings(
+        &mut client,
+        pb::LifecycleSettings {
+            prioritized_threshold: 80.0,
+            webhook_secret: "hunter2".into(),
+            ..Default::default()
+        },
+        &["prioritized_threshold", "webhook_secret"],
+    )
+    .await;
+    let current = get(&mut client, 0).await.expect("current");
+    assert_eq!((current.version, current.prioritized_threshold), (2, 80.0));
+    assert!(current.webhook_secret_set);
+    assert!(
+        current.webhook_secret.is_empty(),
+        "secrets are never returned"
+    );
+    assert_eq!(current.updated_by, "admin");
+    assert_eq!(
+        get(&mut client, 1).await.expect("v1").prioritized_threshold,
+        100.0
+    );
+    assert_eq!(
+        get(&mut client, 9).await.expect_err("no v9").code(),
+        Code::NotFound
+    );
+
+    let bad = client
+        .update_lifecycle_settings(req(
+            "admin",
+            pb::UpdateLifecycleSettingsRequest {
+                settings: Some(pb::LifecycleSettings {
+                    engaged_threshold: 90.0,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["engaged_threshold".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("engaged above prioritized");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(get(&mut client, 0).await.expect("unchanged").version, 2);
+
+    // The new threshold applies to the next score; existing accounts did not move.
+    let id = create_account(&mut client, "Threshold", "")
+        .await
+        .account_id;
+    score(&mut client, &id, "t", 1, 85.0, 0.0, vec![]).await;
+    assert_eq!(
+        get_account(&mut client, &id).await.stage,
+        S::Prioritized as i32
+    );
+    server.stop().await;
+}
+
+async fn watch_streams_and_resumes(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let id = create_account(&mut client, "Watched", "owner")
+        .await
+        .account_id;
+    let mut live = client
+        .watch_account_events(req("dashboard", pb::WatchAccountEventsRequest::default()))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut prioritized_only = client
+        .watch_account_events(req(
+            "dashboard",
+            pb::WatchAccountEventsRequest {
+                stages: vec![S::Prioritized as i32],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    score(&mut client, &id, "w1", 1, 120.0, 0.0, vec![]).await;
+
+    let next = async |stream: &mut tonic::Streaming<pb::WatchAccountEventsResponse>| {
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("event in time")
+            .expect("stream open")
+            .expect("ok")
+    };
+    let e1 = next(&mut live).await;
+    let e2 = next(&mut live).await;
+    let e3 = next(&mut live).await;
+    let to_stage = |e: &pb::WatchAccountEventsResponse| match &e.event {
+        Some(pb::watch_account_events_response::Event::Transition(t)) => Some(t.to_stage),
+        _ => None,
+    };
+    assert_eq!(to_stage(&e1), Some(S::Engaged as i32));
+    assert_eq!(to_stage(&e2), Some(S::Prioritized as i32));
+    assert!(matches!(
+        e3.event,
+        Some(pb::watch_account_events_response::Event::Notification(_))
+    ));
+
+    let f1 = next(&mut prioritized_only).await;
+    assert_eq!(
+        to_stage(&f1),
+        Some(S::Prioritized as i32),
+        "ENGAGED filtered out"
+    );
+
+    // Resume after the first event: the rest arrive again, in order.
+    drop(live);
+    let mut resumed = client
+        .watch_account_events(req(
+            "dashboard",
+            pb::WatchAccountEventsRequest {
+                cursor: e1.cursor.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(next(&mut resumed).await, e2);
+    assert_eq!(next(&mut resumed).await, e3);
+    let bad = client
+        .watch_account_events(req(
+            "dashboard",
+            pb::WatchAccountEventsRequest {
+                cursor: "yesterday".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad cursor");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    drop(resumed);
+    drop(prioritized_only);
+    server.stop().await;
+}
+
+on_each_database!(
+    tekstack_walkthrough,
+    disqualify_and_nurture_keep_history,
+    stage_at_answers_between_transitions,
+    apply_calls_are_idempotent_and_ordered,
+    lost_deal_nurtures_only_when_last_open,
+    funnel_matches_a_hand_computed_scenario,
+    notifications_survive_receiver_outage_and_restart,
+    concurrent_actions_do_not_interleave,
+    settings_are_versioned,
+    watch_streams_and_resumes,
+);
