@@ -15,6 +15,7 @@ impl MigrationName for StageEngine {
 #[derive(DeriveIden)]
 enum Accounts {
     Table,
+    TenantId,
     ScoreSequence,
     ScoreBaseline,
     DisqualifyCount,
@@ -250,6 +251,17 @@ impl MigrationTrait for StageEngine {
         )
         .await?;
         backfill_created_at_ms(manager).await?;
+        // The funnel reads creations as entries into TARGETED.
+        index(
+            manager,
+            "ix_accounts_tenant_created",
+            Accounts::Table,
+            vec![
+                Accounts::TenantId.into_iden(),
+                Accounts::CreatedAtMs.into_iden(),
+            ],
+        )
+        .await?;
         add_column(
             manager,
             Contacts::Table,
