@@ -28,19 +28,23 @@ fail() {
 }
 
 check_service() {
-  local port=$1 service=$2
+  local port=$1 service=$2 list health
   for _ in $(seq 1 100); do
-    if "$grpcurl" -plaintext "localhost:$port" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
-      break
-    fi
+    health=$("$grpcurl" -plaintext "localhost:$port" grpc.health.v1.Health/Check 2>/dev/null || true)
+    [[ "$health" == *'"SERVING"'* ]] && break
     sleep 0.1
   done
-  "$grpcurl" -plaintext "localhost:$port" list | grep -qx "$service" || fail "$service not listed on $port"
-  "$grpcurl" -plaintext "localhost:$port" list | grep -qx "grpc.health.v1.Health" || fail "health not listed on $port"
-  "$grpcurl" -plaintext "localhost:$port" list | grep -qx "grpc.reflection.v1.ServerReflection" || fail "reflection not listed on $port"
-  "$grpcurl" -plaintext "localhost:$port" grpc.health.v1.Health/Check | grep -q '"SERVING"' || fail "$port overall health not SERVING"
-  "$grpcurl" -plaintext -d "{\"service\":\"$service\"}" "localhost:$port" grpc.health.v1.Health/Check \
-    | grep -q '"SERVING"' || fail "$service health not SERVING"
+  # Output is captured first: `grpcurl | grep -q` can fail under pipefail
+  # when grep exits before grpcurl has written everything.
+  list=$("$grpcurl" -plaintext "localhost:$port" list) || fail "grpcurl list on $port"
+  grep -qx "$service" <<<"$list" || fail "$service not listed on $port: $list"
+  grep -qx "grpc.health.v1.Health" <<<"$list" || fail "health not listed on $port"
+  grep -qx "grpc.reflection.v1.ServerReflection" <<<"$list" || fail "reflection not listed on $port"
+  health=$("$grpcurl" -plaintext "localhost:$port" grpc.health.v1.Health/Check) || fail "health check on $port"
+  [[ "$health" == *'"SERVING"'* ]] || fail "$port overall health not SERVING: $health"
+  health=$("$grpcurl" -plaintext -d "{\"service\":\"$service\"}" "localhost:$port" grpc.health.v1.Health/Check) \
+    || fail "health check of $service"
+  [[ "$health" == *'"SERVING"'* ]] || fail "$service health not SERVING: $health"
   echo "ok   $service on :$port lists its service and is SERVING"
 }
 
@@ -55,8 +59,8 @@ id=$(printf '%s' "$created" | sed -n 's/.*"accountId": "\([^"]*\)".*/\1/p')
 [ -n "$id" ] || fail "no accountId in $created"
 fetched=$("$grpcurl" -plaintext -H 'x-tenant-id: smoke' -d "{\"account_id\":\"$id\"}" \
   "localhost:$LIFECYCLE_PORT" cascade.lifecycle.v1.LifecycleService/GetAccount) || fail "GetAccount"
-printf '%s' "$fetched" | grep -q '"name": "Smoke Test Inc"' || fail "GetAccount returned $fetched"
-printf '%s' "$fetched" | grep -q '"stage": "ACCOUNT_STAGE_TARGETED"' || fail "new account not TARGETED"
+[[ "$fetched" == *'"name": "Smoke Test Inc"'* ]] || fail "GetAccount returned $fetched"
+[[ "$fetched" == *'"stage": "ACCOUNT_STAGE_TARGETED"'* ]] || fail "new account not TARGETED"
 echo "ok   account $id round-trips"
 
 if "$grpcurl" -plaintext -d '{"account":{"name":""}}' "localhost:$LIFECYCLE_PORT" \

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 
 use crate::settings::{DatabaseSettings, redact_urls};
@@ -52,6 +55,20 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
             redact_urls(&e.to_string())
         )
     })
+}
+
+/// Begins a transaction that holds the write lock from its first statement.
+/// On SQLite a transaction that reads first and writes later can fail with
+/// SQLITE_BUSY when another writer commits in between; taking the lock up
+/// front makes it wait (busy timeout) instead. PostgreSQL needs nothing.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        // A write statement takes the lock even when it matches no row.
+        txn.execute_unprepared("UPDATE seaql_migrations SET version = version WHERE 1 = 0")
+            .await?;
+    }
+    Ok(txn)
 }
 
 /// Creates the SQLite file's folder and asks sqlx to create the file.

@@ -2,6 +2,7 @@
 //! service, and the chassis every service is built on (one error type, one
 //! settings loader, one telemetry set-up, one server bootstrap).
 
+pub mod client;
 pub mod context;
 pub mod db;
 pub mod domain;

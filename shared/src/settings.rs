@@ -136,6 +136,25 @@ impl OutboxSettings {
     }
 }
 
+/// How scoring and opportunity reach the lifecycle service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleClientSettings {
+    /// `http://host:port` of lifecycle (a headless Service name in Kubernetes).
+    pub url: String,
+    /// Deadline of each call to lifecycle.
+    pub timeout_ms: u64,
+}
+
+impl Default for LifecycleClientSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:50051".into(),
+            timeout_ms: 5_000,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +193,8 @@ pub struct ServiceSettings {
     pub database: DatabaseSettings,
     pub telemetry: TelemetrySettings,
     pub outbox: OutboxSettings,
+    /// Used by scoring and opportunity; lifecycle ignores it.
+    pub lifecycle: LifecycleClientSettings,
 }
 
 impl ServiceSettings {
@@ -186,6 +207,14 @@ impl ServiceSettings {
             return Err(SettingsError::new(
                 "outbox.poll_interval_ms, outbox.min_backoff_ms and outbox.lease_ms must be greater than 0",
             ));
+        }
+        if settings.lifecycle.url.parse::<http::Uri>().is_err()
+            || !settings.lifecycle.url.starts_with("http")
+        {
+            return Err(SettingsError::new(format!(
+                "lifecycle.url: {:?} is not an http:// or https:// URL",
+                settings.lifecycle.url
+            )));
         }
         if outbox.max_backoff_ms < outbox.min_backoff_ms {
             return Err(SettingsError::new(
@@ -209,6 +238,11 @@ impl ServiceSettings {
                 min_backoff_ms: 50,
                 max_backoff_ms: 300,
                 lease_ms: 5_000,
+            },
+            lifecycle: LifecycleClientSettings {
+                // Tests that talk to lifecycle set the URL of theirs.
+                url: "http://127.0.0.1:9".into(),
+                timeout_ms: 2_000,
             },
         }
     }
@@ -248,6 +282,7 @@ struct Defaults {
     database: DatabaseSettings,
     telemetry: TelemetrySettings,
     outbox: OutboxSettings,
+    lifecycle: LifecycleClientSettings,
 }
 
 /// Loads a service's settings: built-in defaults, then the file from
@@ -276,6 +311,7 @@ pub fn load_from<T: DeserializeOwned>(
         },
         telemetry: TelemetrySettings::default(),
         outbox: OutboxSettings::default(),
+        lifecycle: LifecycleClientSettings::default(),
     };
     let defaults = Config::try_from(&defaults).map_err(|e| SettingsError::new(e.to_string()))?;
     let mut builder = Config::builder().add_source(defaults);

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::opportunity::v1 as opportunity;
-use cascade_proto::scoring::v1 as scoring;
 use cascade_shared::server::Application;
 use cascade_shared::settings::ServiceSettings;
 use cascade_shared::testing::{TestDatabase, TestServer, request_for};
@@ -106,16 +105,6 @@ async fn every_service_serves_health_and_its_own_reflection() {
 
 #[tokio::test]
 async fn rpcs_of_later_issues_answer_unimplemented_not_success() {
-    let db = TestDatabase::sqlite();
-    let scoring_server =
-        TestServer::start(build(SCORING, &ServiceSettings::for_tests(db.settings.clone())).await);
-    let status =
-        scoring::scoring_service_client::ScoringServiceClient::new(scoring_server.channel())
-            .record_activity(request_for("t1", scoring::RecordActivityRequest::default()))
-            .await
-            .expect_err("not built yet");
-    assert_eq!(status.code(), Code::Unimplemented);
-
     let db = TestDatabase::sqlite();
     let opportunity_server = TestServer::start(
         build(

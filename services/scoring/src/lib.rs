@@ -1,13 +1,16 @@
-//! Cascade scoring service: activities, scoring models, contact and account
-//! engagement scores, the score ledger and model simulation.
-//!
-//! Its RPCs are defined in the contract and answer UNIMPLEMENTED until the
-//! scoring issue lands; the service already starts, migrates its database and
-//! serves health and reflection like the others.
+//! Cascade scoring service: activities, versioned scoring models, contact
+//! and account engagement scores, the score ledger, model simulation, and the
+//! delivery of score changes to lifecycle through the outbox.
 
+pub mod api;
+pub mod delivery;
+pub mod domain;
 pub mod storage;
 
-use cascade_proto::scoring::v1::scoring_service_server::{ScoringService, ScoringServiceServer};
+use std::sync::Arc;
+
+use cascade_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
+use cascade_shared::outbox::Deliverer;
 use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
@@ -18,17 +21,26 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50052,
 };
 
-/// The gRPC handlers (every RPC answers UNIMPLEMENTED for now).
-pub struct ScoringApi;
-
-impl ScoringService for ScoringApi {}
-
 async fn service(
-    _database: DatabaseConnection,
-    _background: Background,
-    _settings: ServiceSettings,
-) -> anyhow::Result<ScoringServiceServer<ScoringApi>> {
-    Ok(ScoringServiceServer::new(ScoringApi))
+    database: DatabaseConnection,
+    background: Background,
+    settings: ServiceSettings,
+) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
+    let lifecycle = cascade_shared::client::lifecycle_channel(&settings.lifecycle)?;
+    let mut repository = storage::Repository::new(database.clone());
+    let sink = delivery::LifecycleScoreSink::new(repository.clone(), lifecycle.clone());
+    let deliverer = Deliverer::new(
+        database,
+        storage::SCORE_TOPIC,
+        Arc::new(sink),
+        settings.outbox.deliverer_config(),
+    );
+    repository.set_delivery_waker(deliverer.waker());
+    background.add(deliverer.spawn());
+    Ok(
+        ScoringServiceServer::new(api::ScoringApi::new(repository, lifecycle))
+            .max_decoding_message_size(16 * 1024 * 1024),
+    )
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

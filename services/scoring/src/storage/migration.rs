@@ -1,5 +1,4 @@
-//! Schema of the scoring service's own database. Its tables arrive with the
-//! scoring issue; until then the service only records the migration state.
+//! Schema of the scoring service's own database.
 
 use sea_orm_migration::prelude::*;
 
@@ -8,6 +7,102 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![
+            Box::new(cascade_shared::outbox::OutboxMigration),
+            Box::new(Scoring),
+        ]
+    }
+}
+
+struct Scoring;
+
+impl MigrationName for Scoring {
+    fn name(&self) -> &str {
+        "m20261124_200001_scoring"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Scoring {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Plain SQL that both backends accept keeps the schema easy to read.
+        let double = match manager.get_database_backend() {
+            sea_orm::DbBackend::Postgres => "DOUBLE PRECISION",
+            _ => "DOUBLE",
+        };
+        let statements = [
+            "CREATE TABLE IF NOT EXISTS scoring_models (
+                tenant_id VARCHAR(64) NOT NULL,
+                version BIGINT NOT NULL,
+                rules TEXT NOT NULL,
+                decay_half_life_days DOUBLE_T NOT NULL,
+                intent_activity_types TEXT NOT NULL,
+                created_at_ms BIGINT NOT NULL,
+                created_by VARCHAR(200) NOT NULL,
+                PRIMARY KEY (tenant_id, version))",
+            "CREATE TABLE IF NOT EXISTS activities (
+                tenant_id VARCHAR(64) NOT NULL,
+                event_id VARCHAR(128) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                contact_id VARCHAR(36) NULL,
+                activity_type VARCHAR(64) NOT NULL,
+                occurred_at_ms BIGINT NOT NULL,
+                model_version BIGINT NOT NULL,
+                rule_points INTEGER NOT NULL,
+                counted_points INTEGER NOT NULL,
+                capped BOOLEAN NOT NULL,
+                intent BOOLEAN NOT NULL,
+                recorded_at_ms BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, event_id))",
+            "CREATE INDEX IF NOT EXISTS ix_activities_ledger ON activities (tenant_id, account_id, occurred_at_ms, event_id)",
+            "CREATE INDEX IF NOT EXISTS ix_activities_window ON activities (tenant_id, occurred_at_ms)",
+            "CREATE TABLE IF NOT EXISTS rule_usage (
+                tenant_id VARCHAR(64) NOT NULL,
+                subject VARCHAR(80) NOT NULL,
+                activity_type VARCHAR(64) NOT NULL,
+                period BIGINT NOT NULL,
+                points BIGINT NOT NULL,
+                occurrences BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, subject, activity_type, period))",
+            "CREATE TABLE IF NOT EXISTS score_buckets (
+                tenant_id VARCHAR(64) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                contact_id VARCHAR(36) NOT NULL,
+                activity_type VARCHAR(64) NOT NULL,
+                intent BOOLEAN NOT NULL,
+                day BIGINT NOT NULL,
+                points BIGINT NOT NULL,
+                activity_count BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, account_id, contact_id, activity_type, intent, day))",
+            "CREATE TABLE IF NOT EXISTS account_scores (
+                tenant_id VARCHAR(64) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                engagement_score DOUBLE_T NOT NULL,
+                intent_score DOUBLE_T NOT NULL,
+                engaged_contacts INTEGER NOT NULL,
+                computed_day BIGINT NOT NULL,
+                delivery_seq BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, account_id))",
+            "CREATE INDEX IF NOT EXISTS ix_account_scores_top ON account_scores (tenant_id, engagement_score, account_id)",
+            "CREATE TABLE IF NOT EXISTS contact_scores (
+                tenant_id VARCHAR(64) NOT NULL,
+                contact_id VARCHAR(36) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                engagement_score DOUBLE_T NOT NULL,
+                computed_day BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, contact_id))",
+        ];
+        let conn = manager.get_connection();
+        for statement in statements {
+            conn.execute_unprepared(&statement.replace("DOUBLE_T", double))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the scoring migration is not reversible: it would drop activities".into(),
+        ))
     }
 }

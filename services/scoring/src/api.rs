@@ -1,0 +1,774 @@
+//! gRPC handlers of the scoring service: validate and translate requests,
+//! resolve emails through lifecycle, call the repository.
+
+use std::collections::HashMap;
+
+use cascade_proto::common::v1::FieldViolation as PbViolation;
+use cascade_proto::lifecycle::v1 as lifecycle;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_proto::scoring::v1 as pb;
+use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
+use cascade_shared::client::outgoing;
+use cascade_shared::page::PageRequest;
+use cascade_shared::time::to_timestamp;
+use cascade_shared::validate::Validator;
+use cascade_shared::{FieldViolation, RequestContext, ServiceError, ServiceResult};
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::domain::simulate::Thresholds;
+use crate::domain::{self, ScoringModel, ScoringRule};
+use crate::storage::{NewActivity, Recorded, Repository, Totals};
+
+/// Largest batch (RecordActivities) or stream chunk (StreamActivities).
+pub const MAX_BATCH: usize = 1000;
+/// How far in the future an activity's time may be (clock skew).
+const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+pub struct ScoringApi {
+    repository: Repository,
+    lifecycle: LifecycleServiceClient<Channel>,
+}
+
+impl ScoringApi {
+    pub fn new(repository: Repository, lifecycle: Channel) -> Self {
+        Self {
+            repository,
+            lifecycle: LifecycleServiceClient::new(lifecycle),
+        }
+    }
+}
+
+/// Who an activity is about, as given.
+enum Who {
+    Ids {
+        account_id: String,
+        contact_id: Option<String>,
+    },
+    Email(String),
+}
+
+struct Pending {
+    event_id: String,
+    activity_type: String,
+    occurred_at_ms: i64,
+    who: Who,
+}
+
+/// Checks one activity; violations are named under `prefix`.
+fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViolation>> {
+    let mut v = Validator::new();
+    let field = |name: &str| format!("{prefix}{name}");
+    let event_id = v.required_text(&field("event_id"), &activity.event_id, 128);
+    let activity_type = activity.activity_type.trim().to_owned();
+    if !domain::valid_activity_type(&activity_type) {
+        v.add(
+            field("activity_type"),
+            "is required: 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
+        );
+    }
+    let occurred = v.required_time(&field("occur_time"), activity.occur_time.as_ref());
+    if let Some(time) = occurred
+        && time.timestamp_millis() > cascade_shared::time::now().timestamp_millis() + MAX_FUTURE_MS
+    {
+        v.add(
+            field("occur_time"),
+            "must not be more than 5 minutes in the future",
+        );
+    }
+    let has_account = !activity.account_id.trim().is_empty();
+    let has_email = !activity.contact_email.trim().is_empty();
+    let who = match (has_account, has_email) {
+        (true, false) => {
+            let account_id = v.required_id(&field("account_id"), &activity.account_id);
+            let contact_id = (!activity.contact_id.trim().is_empty())
+                .then(|| v.required_id(&field("contact_id"), &activity.contact_id));
+            Some(Who::Ids {
+                account_id,
+                contact_id,
+            })
+        }
+        (false, true) => {
+            if !activity.contact_id.trim().is_empty() {
+                v.add(
+                    field("contact_id"),
+                    "give either contact_email or account_id with contact_id, not both",
+                );
+            }
+            v.optional_email(&field("contact_email"), &activity.contact_email)
+                .map(Who::Email)
+        }
+        (true, true) => {
+            v.add(
+                field("contact_email"),
+                "give either account_id (with an optional contact_id) or contact_email, not both",
+            );
+            None
+        }
+        (false, false) => {
+            v.add(field("account_id"), "is required (or give contact_email)");
+            None
+        }
+    };
+    match (v.finish(), who, occurred) {
+        (Ok(()), Some(who), Some(time)) => Ok(Pending {
+            event_id,
+            activity_type,
+            occurred_at_ms: time.timestamp_millis(),
+            who,
+        }),
+        (Err(ServiceError::InvalidArgument(violations)), _, _) => Err(violations),
+        _ => Err(vec![FieldViolation::new(field("activity"), "is invalid")]),
+    }
+}
+
+/// Why an email could not be resolved.
+enum Unresolved {
+    NotFound(String),
+    Unavailable(String),
+}
+
+/// The outcome of one submitted activity.
+enum ItemOutcome {
+    Rejected(Vec<FieldViolation>),
+    Done {
+        account_id: String,
+        contact_id: Option<String>,
+        recorded: Recorded,
+    },
+}
+
+impl ScoringApi {
+    async fn resolve(
+        &self,
+        context: &RequestContext,
+        email: &str,
+    ) -> Result<(String, String), Unresolved> {
+        let mut client = self.lifecycle.clone();
+        match client
+            .resolve_contact(outgoing(
+                context.tenant.as_str(),
+                &context.actor,
+                lifecycle::ResolveContactRequest {
+                    email: email.to_owned(),
+                },
+            ))
+            .await
+        {
+            Ok(response) => {
+                let contact = response.into_inner().contact.unwrap_or_default();
+                Ok((contact.account_id, contact.contact_id))
+            }
+            Err(status) if status.code() == Code::NotFound => Err(Unresolved::NotFound(format!(
+                "no contact has the email {email} and no account has its domain"
+            ))),
+            Err(status) if status.code() == Code::InvalidArgument => Err(Unresolved::NotFound(
+                format!("lifecycle refused the email: {}", status.message()),
+            )),
+            Err(status) => Err(Unresolved::Unavailable(format!(
+                "could not resolve the email: lifecycle answered {:?}; retry",
+                status.code()
+            ))),
+        }
+    }
+
+    /// Validates, resolves and records a batch; one outcome per item.
+    async fn process(
+        &self,
+        context: &RequestContext,
+        activities: &[pb::Activity],
+    ) -> ServiceResult<Vec<ItemOutcome>> {
+        let mut outcomes: Vec<Option<ItemOutcome>> = (0..activities.len()).map(|_| None).collect();
+        let mut ready: Vec<(usize, NewActivity)> = Vec::new();
+        let mut resolved: HashMap<String, Result<(String, String), String>> = HashMap::new();
+        for (i, activity) in activities.iter().enumerate() {
+            let pending = match check(activity, &format!("activities[{i}].")) {
+                Ok(pending) => pending,
+                Err(violations) => {
+                    outcomes[i] = Some(ItemOutcome::Rejected(violations));
+                    continue;
+                }
+            };
+            let (account_id, contact_id) = match pending.who {
+                Who::Ids {
+                    account_id,
+                    contact_id,
+                } => (account_id, contact_id),
+                Who::Email(email) => {
+                    if !resolved.contains_key(&email) {
+                        let answer = match self.resolve(context, &email).await {
+                            Ok(ids) => Ok(ids),
+                            Err(Unresolved::NotFound(m) | Unresolved::Unavailable(m)) => Err(m),
+                        };
+                        resolved.insert(email.clone(), answer);
+                    }
+                    match &resolved[&email] {
+                        Ok((account_id, contact_id)) => {
+                            (account_id.clone(), Some(contact_id.clone()))
+                        }
+                        Err(message) => {
+                            outcomes[i] = Some(ItemOutcome::Rejected(vec![FieldViolation::new(
+                                format!("activities[{i}].contact_email"),
+                                message.clone(),
+                            )]));
+                            continue;
+                        }
+                    }
+                }
+            };
+            ready.push((
+                i,
+                NewActivity {
+                    event_id: pending.event_id,
+                    activity_type: pending.activity_type,
+                    occurred_at_ms: pending.occurred_at_ms,
+                    account_id,
+                    contact_id,
+                },
+            ));
+        }
+        let items: Vec<NewActivity> = ready.iter().map(|(_, a)| a.clone()).collect();
+        let recorded = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.repository.record(&context.tenant, &items).await?
+        };
+        for ((i, item), recorded) in ready.into_iter().zip(recorded) {
+            let (account_id, contact_id) = match &recorded {
+                Recorded::Duplicate {
+                    account_id,
+                    contact_id,
+                    ..
+                } => (account_id.clone(), contact_id.clone()),
+                Recorded::New { .. } => (item.account_id, item.contact_id),
+            };
+            outcomes[i] = Some(ItemOutcome::Done {
+                account_id,
+                contact_id,
+                recorded,
+            });
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(ItemOutcome::Rejected(vec![FieldViolation::new(
+                    "activities",
+                    "not processed",
+                )]))
+            })
+            .collect())
+    }
+}
+
+fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
+    match outcome {
+        ItemOutcome::Rejected(violations) => pb::ActivityResult {
+            event_id: activity.event_id.clone(),
+            status: pb::ActivityStatus::Rejected as i32,
+            violations: violations
+                .into_iter()
+                .map(|v| PbViolation {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect(),
+            ..Default::default()
+        },
+        ItemOutcome::Done {
+            account_id,
+            contact_id,
+            recorded,
+        } => {
+            let (status, points) = match recorded {
+                Recorded::New { counted_points } => (pb::ActivityStatus::Recorded, counted_points),
+                Recorded::Duplicate { counted_points, .. } => {
+                    (pb::ActivityStatus::Duplicate, counted_points)
+                }
+            };
+            pb::ActivityResult {
+                event_id: activity.event_id.trim().to_owned(),
+                status: status as i32,
+                points: f64::from(points),
+                account_id,
+                contact_id: contact_id.unwrap_or_default(),
+                violations: Vec::new(),
+            }
+        }
+    }
+}
+
+fn check_batch_size(n: usize, field: &str) -> ServiceResult<()> {
+    if n == 0 {
+        return Err(ServiceError::invalid(
+            field,
+            "must contain at least one activity",
+        ));
+    }
+    if n > MAX_BATCH {
+        return Err(ServiceError::invalid(
+            field,
+            format!("at most {MAX_BATCH} activities (got {n})"),
+        ));
+    }
+    Ok(())
+}
+
+fn score_to_proto(account_id: String, totals: &Totals) -> pb::AccountScore {
+    pb::AccountScore {
+        account_id,
+        engagement_score: totals.engagement,
+        average_engagement_score: totals.average(),
+        engaged_contact_count: totals.engaged_contacts,
+        intent_score: totals.intent,
+        breakdown: breakdown(totals),
+        compute_time: Some(to_timestamp(cascade_shared::time::now())),
+    }
+}
+
+fn breakdown(totals: &Totals) -> Vec<pb::ActivityTypeScore> {
+    totals
+        .breakdown
+        .iter()
+        .map(|(activity_type, (count, points))| pb::ActivityTypeScore {
+            activity_type: activity_type.clone(),
+            activity_count: *count,
+            points: *points,
+        })
+        .collect()
+}
+
+fn model_to_proto(model: ScoringModel) -> pb::ScoringModel {
+    pb::ScoringModel {
+        version: model.version,
+        rules: model
+            .rules
+            .into_iter()
+            .map(|r| pb::ScoringRule {
+                activity_type: r.activity_type,
+                points: r.points,
+                daily_cap_per_contact: r.daily_cap_per_contact,
+                first_occurrence_only: r.first_occurrence_only,
+            })
+            .collect(),
+        decay_half_life_days: model.decay_half_life_days,
+        intent_activity_types: model.intent_activity_types,
+        create_time: model
+            .created_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(to_timestamp),
+        created_by: model.created_by.unwrap_or_default(),
+    }
+}
+
+fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult<ScoringModel> {
+    let Some(model) = model else {
+        return Err(ServiceError::invalid("model", "is required"));
+    };
+    let model = ScoringModel {
+        version: 0,
+        rules: model
+            .rules
+            .into_iter()
+            .map(|r| ScoringRule {
+                activity_type: r.activity_type.trim().to_owned(),
+                points: r.points,
+                daily_cap_per_contact: r.daily_cap_per_contact,
+                first_occurrence_only: r.first_occurrence_only,
+            })
+            .collect(),
+        decay_half_life_days: model.decay_half_life_days,
+        intent_activity_types: model
+            .intent_activity_types
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .collect(),
+        created_at_ms: None,
+        created_by: None,
+    };
+    let problems = domain::check_model(&model);
+    if !problems.is_empty() {
+        return Err(ServiceError::InvalidArgument(
+            problems
+                .into_iter()
+                .map(|(f, d)| FieldViolation::new(f, d))
+                .collect(),
+        ));
+    }
+    Ok(model)
+}
+
+#[tonic::async_trait]
+impl ScoringService for ScoringApi {
+    async fn record_activity(
+        &self,
+        request: Request<pb::RecordActivityRequest>,
+    ) -> Result<Response<pb::RecordActivityResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let activity = request.into_inner().activity.unwrap_or_default();
+        let pending = check(&activity, "activity.").map_err(ServiceError::InvalidArgument)?;
+        let (account_id, contact_id) = match pending.who {
+            Who::Ids {
+                account_id,
+                contact_id,
+            } => (account_id, contact_id),
+            Who::Email(email) => match self.resolve(&context, &email).await {
+                Ok((account_id, contact_id)) => (account_id, Some(contact_id)),
+                Err(Unresolved::NotFound(message)) => {
+                    return Err(ServiceError::NotFound {
+                        resource: "contact",
+                        id: message,
+                    }
+                    .into());
+                }
+                Err(Unresolved::Unavailable(message)) => {
+                    return Err(ServiceError::Unavailable(message).into());
+                }
+            },
+        };
+        let item = NewActivity {
+            event_id: pending.event_id,
+            activity_type: pending.activity_type,
+            occurred_at_ms: pending.occurred_at_ms,
+            account_id,
+            contact_id,
+        };
+        let recorded = self
+            .repository
+            .record(&context.tenant, std::slice::from_ref(&item))
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no result for the activity")))?;
+        let (account_id, contact_id) = match &recorded {
+            Recorded::Duplicate {
+                account_id,
+                contact_id,
+                ..
+            } => (account_id.clone(), contact_id.clone()),
+            Recorded::New { .. } => (item.account_id, item.contact_id),
+        };
+        Ok(Response::new(pb::RecordActivityResponse {
+            result: Some(result_of(
+                &activity,
+                ItemOutcome::Done {
+                    account_id,
+                    contact_id,
+                    recorded,
+                },
+            )),
+        }))
+    }
+
+    async fn record_activities(
+        &self,
+        request: Request<pb::RecordActivitiesRequest>,
+    ) -> Result<Response<pb::RecordActivitiesResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let activities = request.into_inner().activities;
+        check_batch_size(activities.len(), "activities")?;
+        let outcomes = self.process(&context, &activities).await?;
+        let results: Vec<pb::ActivityResult> = activities
+            .iter()
+            .zip(outcomes)
+            .map(|(a, o)| result_of(a, o))
+            .collect();
+        let count =
+            |s: pb::ActivityStatus| results.iter().filter(|r| r.status == s as i32).count() as i32;
+        Ok(Response::new(pb::RecordActivitiesResponse {
+            recorded_count: count(pb::ActivityStatus::Recorded),
+            duplicate_count: count(pb::ActivityStatus::Duplicate),
+            rejected_count: count(pb::ActivityStatus::Rejected),
+            results,
+        }))
+    }
+
+    async fn stream_activities(
+        &self,
+        request: Request<Streaming<pb::StreamActivitiesRequest>>,
+    ) -> Result<Response<pb::StreamActivitiesResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let mut stream = request.into_inner();
+        let mut response = pb::StreamActivitiesResponse::default();
+        while let Some(chunk) = stream.next().await {
+            let activities = chunk?.activities;
+            if activities.is_empty() {
+                continue;
+            }
+            check_batch_size(activities.len(), "activities")?;
+            let outcomes = self.process(&context, &activities).await?;
+            for (activity, outcome) in activities.iter().zip(outcomes) {
+                let result = result_of(activity, outcome);
+                match pb::ActivityStatus::try_from(result.status) {
+                    Ok(pb::ActivityStatus::Recorded) => response.recorded_count += 1,
+                    Ok(pb::ActivityStatus::Duplicate) => response.duplicate_count += 1,
+                    _ => {
+                        response.rejected_count += 1;
+                        if response.rejected.len() < MAX_BATCH {
+                            response.rejected.push(result);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn get_account_score(
+        &self,
+        request: Request<pb::GetAccountScoreRequest>,
+    ) -> Result<Response<pb::GetAccountScoreResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let mut v = Validator::new();
+        let account_id = v.required_id("account_id", &request.get_ref().account_id);
+        v.finish()?;
+        let totals = self
+            .repository
+            .account_totals(&context.tenant, &account_id)
+            .await?;
+        Ok(Response::new(pb::GetAccountScoreResponse {
+            score: Some(score_to_proto(account_id, &totals)),
+        }))
+    }
+
+    async fn get_contact_score(
+        &self,
+        request: Request<pb::GetContactScoreRequest>,
+    ) -> Result<Response<pb::GetContactScoreResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let mut v = Validator::new();
+        let contact_id = v.required_id("contact_id", &request.get_ref().contact_id);
+        v.finish()?;
+        let (account_id, totals) = self
+            .repository
+            .contact_totals(&context.tenant, &contact_id)
+            .await?;
+        Ok(Response::new(pb::GetContactScoreResponse {
+            score: Some(pb::ContactScore {
+                contact_id,
+                account_id,
+                engagement_score: totals.engagement,
+                breakdown: breakdown(&totals),
+                compute_time: Some(to_timestamp(cascade_shared::time::now())),
+            }),
+        }))
+    }
+
+    async fn list_top_accounts(
+        &self,
+        request: Request<pb::ListTopAccountsRequest>,
+    ) -> Result<Response<pb::ListTopAccountsResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let (accounts, next_page_token) =
+            self.repository.top_accounts(&context.tenant, &page).await?;
+        Ok(Response::new(pb::ListTopAccountsResponse {
+            accounts: accounts
+                .into_iter()
+                .map(|(id, t)| score_to_proto(id, &t))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn explain_account_score(
+        &self,
+        request: Request<pb::ExplainAccountScoreRequest>,
+    ) -> Result<Response<pb::ExplainAccountScoreResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let mut v = Validator::new();
+        let account_id = v.required_id("account_id", &request.account_id);
+        v.finish()?;
+        let size = if request.page_size == 0 {
+            100
+        } else {
+            request.page_size
+        };
+        let page = PageRequest::parse(size, &request.page_token)?;
+        let totals = self
+            .repository
+            .account_totals(&context.tenant, &account_id)
+            .await?;
+        let (lines, next_page_token) = self
+            .repository
+            .ledger(&context.tenant, &account_id, &page)
+            .await?;
+        let entries = lines
+            .into_iter()
+            .map(|l| pb::LedgerEntry {
+                event_id: l.event_id,
+                activity_type: l.activity_type,
+                contact_id: l.contact_id.unwrap_or_default(),
+                occur_time: chrono::DateTime::from_timestamp_millis(l.occurred_at_ms)
+                    .map(to_timestamp),
+                model_version: l.model_version,
+                rule_points: l.rule_points,
+                counted_points: l.counted_points,
+                capped: l.capped,
+                decay_factor: l.decay_factor,
+                points: f64::from(l.counted_points) * l.decay_factor,
+                intent: l.intent,
+            })
+            .collect();
+        Ok(Response::new(pb::ExplainAccountScoreResponse {
+            score: Some(score_to_proto(account_id, &totals)),
+            entries,
+            next_page_token,
+        }))
+    }
+
+    async fn get_scoring_model(
+        &self,
+        request: Request<pb::GetScoringModelRequest>,
+    ) -> Result<Response<pb::GetScoringModelResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let version = request.get_ref().version;
+        let model = match version {
+            v if v < 0 => {
+                return Err(ServiceError::invalid("version", "must not be negative").into());
+            }
+            0 => self.repository.current_model(&context.tenant).await?,
+            v => self.repository.model_version(&context.tenant, v).await?,
+        };
+        Ok(Response::new(pb::GetScoringModelResponse {
+            model: Some(model_to_proto(model)),
+        }))
+    }
+
+    async fn update_scoring_model(
+        &self,
+        request: Request<pb::UpdateScoringModelRequest>,
+    ) -> Result<Response<pb::UpdateScoringModelResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let model = model_from_proto(request.into_inner().model)?;
+        let stored = self
+            .repository
+            .update_model(&context.tenant, &context.actor, model)
+            .await?;
+        Ok(Response::new(pb::UpdateScoringModelResponse {
+            model: Some(model_to_proto(stored)),
+        }))
+    }
+
+    async fn simulate_scoring_model(
+        &self,
+        request: Request<pb::SimulateScoringModelRequest>,
+    ) -> Result<Response<pb::SimulateScoringModelResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let proposed = model_from_proto(request.model)?;
+        let mut v = Validator::new();
+        let thresholds = match request.thresholds {
+            Some(t) if t.engaged_threshold.is_finite() && t.prioritized_threshold.is_finite() => {
+                if t.prioritized_threshold <= t.engaged_threshold {
+                    v.add(
+                        "thresholds.prioritized_threshold",
+                        "must be greater than thresholds.engaged_threshold",
+                    );
+                }
+                Thresholds {
+                    engaged: t.engaged_threshold,
+                    prioritized: t.prioritized_threshold,
+                }
+            }
+            Some(_) => {
+                v.add("thresholds", "must be finite numbers");
+                Thresholds {
+                    engaged: 0.0,
+                    prioritized: 0.0,
+                }
+            }
+            None => {
+                v.add("thresholds", "is required");
+                Thresholds {
+                    engaged: 0.0,
+                    prioritized: 0.0,
+                }
+            }
+        };
+        let start = request
+            .start_time
+            .as_ref()
+            .map(|t| v.required_time("start_time", Some(t)));
+        let end = request
+            .end_time
+            .as_ref()
+            .map(|t| v.required_time("end_time", Some(t)));
+        if request.sample_size < 0 || request.sample_size > 1000 {
+            v.add("sample_size", "must be between 0 and 1000");
+        }
+        v.finish()?;
+        let window = (
+            start.flatten().map_or(i64::MIN, |t| t.timestamp_millis()),
+            end.flatten().map_or(i64::MAX, |t| t.timestamp_millis()),
+        );
+        // The comparison is with the current model under lifecycle's current thresholds.
+        let mut client = self.lifecycle.clone();
+        let settings = client
+            .get_lifecycle_settings(outgoing(
+                context.tenant.as_str(),
+                &context.actor,
+                lifecycle::GetLifecycleSettingsRequest { version: 0 },
+            ))
+            .await
+            .map_err(|s| {
+                ServiceError::Unavailable(format!(
+                    "cannot read the current thresholds from lifecycle ({:?}); retry",
+                    s.code()
+                ))
+            })?
+            .into_inner()
+            .settings
+            .unwrap_or_default();
+        let current = (
+            self.repository.current_model(&context.tenant).await?,
+            Thresholds {
+                engaged: settings.engaged_threshold,
+                prioritized: settings.prioritized_threshold,
+            },
+        );
+        let sample = if request.sample_size == 0 {
+            20
+        } else {
+            request.sample_size as usize
+        };
+        let result = self
+            .repository
+            .simulate(
+                &context.tenant,
+                current,
+                (proposed, thresholds),
+                window,
+                sample,
+            )
+            .await?;
+        let counts =
+            |counts: &std::collections::BTreeMap<cascade_shared::domain::AccountStage, i64>| {
+                counts
+                    .iter()
+                    .map(|(stage, n)| pb::StageCount {
+                        stage: stage.to_proto(),
+                        account_count: *n,
+                    })
+                    .collect()
+            };
+        Ok(Response::new(pb::SimulateScoringModelResponse {
+            current_counts: counts(&result.current_counts),
+            proposed_counts: counts(&result.proposed_counts),
+            changed_account_count: result.changed,
+            sample: result
+                .sample
+                .into_iter()
+                .map(|c| pb::SimulatedAccountChange {
+                    account_id: c.account_id,
+                    current_score: c.current_score,
+                    proposed_score: c.proposed_score,
+                    current_stage: c.current_stage.to_proto(),
+                    proposed_stage: c.proposed_stage.to_proto(),
+                })
+                .collect(),
+            activity_count: result.activities,
+        }))
+    }
+}

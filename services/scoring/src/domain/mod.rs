@@ -1,0 +1,403 @@
+//! Engagement scoring rules (DESIGN.md "Engagement scoring"), as plain
+//! functions over plain types: the model, points with caps, decay, and the
+//! score-driven stage used by simulation.
+
+pub mod simulate;
+
+use std::collections::HashMap;
+
+use cascade_shared::domain::AccountStage;
+
+/// Points for one activity type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScoringRule {
+    pub activity_type: String,
+    /// May be negative (an unsubscribe).
+    pub points: i32,
+    /// At most this many points of the type per contact per UTC day; 0: no cap.
+    pub daily_cap_per_contact: i32,
+    /// Count only the contact's first activity of the type.
+    pub first_occurrence_only: bool,
+}
+
+/// A versioned scoring model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoringModel {
+    /// Version 1 is the built-in default model.
+    pub version: i64,
+    pub rules: Vec<ScoringRule>,
+    /// 0: no decay.
+    pub decay_half_life_days: f64,
+    /// Activity types that count as anonymous intent even with a contact.
+    pub intent_activity_types: Vec<String>,
+    pub created_at_ms: Option<i64>,
+    pub created_by: Option<String>,
+}
+
+/// The default points, from TekStack's engagement-scoring table.
+pub const DEFAULT_POINTS: [(&str, i32); 10] = [
+    ("demo_request", 100),
+    ("webinar_attended", 25),
+    ("case_study_download", 10),
+    ("email_open", 2),
+    ("email_click", 2),
+    ("link_click", 2),
+    ("web_page_visit", 4),
+    ("pricing_page_visit", 50),
+    ("meeting_agreed", 50),
+    ("appointment_attended", 50),
+];
+
+impl Default for ScoringModel {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            rules: DEFAULT_POINTS
+                .iter()
+                .map(|(activity_type, points)| ScoringRule {
+                    activity_type: (*activity_type).to_owned(),
+                    points: *points,
+                    daily_cap_per_contact: 0,
+                    first_occurrence_only: false,
+                })
+                .collect(),
+            decay_half_life_days: 0.0,
+            intent_activity_types: Vec::new(),
+            created_at_ms: None,
+            created_by: None,
+        }
+    }
+}
+
+impl ScoringModel {
+    pub fn rule(&self, activity_type: &str) -> Option<&ScoringRule> {
+        self.rules.iter().find(|r| r.activity_type == activity_type)
+    }
+
+    /// Anonymous intent: no identified contact, or an intent activity type.
+    pub fn is_intent(&self, activity_type: &str, has_contact: bool) -> bool {
+        !has_contact
+            || self
+                .intent_activity_types
+                .iter()
+                .any(|t| t == activity_type)
+    }
+
+    pub fn decays(&self) -> bool {
+        self.decay_half_life_days > 0.0
+    }
+}
+
+/// Whether an activity type name is acceptable: 1 to 64 of `a-z 0-9 _ - .`.
+pub fn valid_activity_type(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        })
+}
+
+/// Checks a proposed model; each problem as (field, description).
+pub fn check_model(model: &ScoringModel) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if model.rules.len() > 500 {
+        problems.push(("model.rules".into(), "at most 500 rules".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, rule) in model.rules.iter().enumerate() {
+        if !valid_activity_type(&rule.activity_type) {
+            problems.push((
+                format!("model.rules[{i}].activity_type"),
+                "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'".into(),
+            ));
+        } else if !seen.insert(rule.activity_type.as_str()) {
+            problems.push((
+                format!("model.rules[{i}].activity_type"),
+                format!("{} has another rule in this model", rule.activity_type),
+            ));
+        }
+        if !(-10_000..=10_000).contains(&rule.points) {
+            problems.push((
+                format!("model.rules[{i}].points"),
+                "must be between -10000 and 10000".into(),
+            ));
+        }
+        if rule.daily_cap_per_contact < 0 {
+            problems.push((
+                format!("model.rules[{i}].daily_cap_per_contact"),
+                "must not be negative".into(),
+            ));
+        }
+    }
+    let h = model.decay_half_life_days;
+    if !h.is_finite() || h < 0.0 || (h > 0.0 && h < 1.0) || h > 3650.0 {
+        problems.push((
+            "model.decay_half_life_days".into(),
+            "must be 0 (no decay) or between 1 and 3650 days".into(),
+        ));
+    }
+    for (i, t) in model.intent_activity_types.iter().enumerate() {
+        if !valid_activity_type(t) {
+            problems.push((
+                format!("model.intent_activity_types[{i}]"),
+                "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'".into(),
+            ));
+        }
+    }
+    problems
+}
+
+/// What a rule gives one activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scored {
+    /// The rule's points (0 for an unknown type).
+    pub rule_points: i32,
+    /// Points counted after the cap or first-occurrence rule.
+    pub counted_points: i32,
+    /// True when a cap or first-occurrence rule reduced the points.
+    pub capped: bool,
+    pub intent: bool,
+}
+
+/// How much of a rule a subject (contact) has used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Points counted so far (in the period).
+    pub points: i64,
+    /// Activities counted so far (in the period).
+    pub occurrences: i64,
+}
+
+/// A key of rule usage: the contact (or the account's anonymous visitors),
+/// the activity type, and the period (`day` number, or `LIFETIME`).
+pub type UsageKey = (String, String, i64);
+
+/// Period of first-occurrence rules.
+pub const LIFETIME: i64 = -1;
+
+/// The usage keys an activity needs, so storage can load (and lock) them.
+pub fn usage_keys(
+    model: &ScoringModel,
+    subject: &str,
+    activity_type: &str,
+    day: i64,
+) -> Vec<UsageKey> {
+    let mut keys = Vec::new();
+    if let Some(rule) = model.rule(activity_type) {
+        if rule.daily_cap_per_contact > 0 {
+            keys.push((subject.to_owned(), activity_type.to_owned(), day));
+        }
+        if rule.first_occurrence_only {
+            keys.push((subject.to_owned(), activity_type.to_owned(), LIFETIME));
+        }
+    }
+    keys
+}
+
+/// Scores one activity and records its use of capped rules in `usage`.
+pub fn score_activity(
+    model: &ScoringModel,
+    subject: &str,
+    activity_type: &str,
+    has_contact: bool,
+    day: i64,
+    usage: &mut HashMap<UsageKey, Usage>,
+) -> Scored {
+    let intent = model.is_intent(activity_type, has_contact);
+    let Some(rule) = model.rule(activity_type) else {
+        return Scored {
+            rule_points: 0,
+            counted_points: 0,
+            capped: false,
+            intent,
+        };
+    };
+    let mut counted = rule.points;
+    if rule.first_occurrence_only {
+        let lifetime = usage
+            .entry((subject.to_owned(), activity_type.to_owned(), LIFETIME))
+            .or_default();
+        if lifetime.occurrences > 0 {
+            counted = 0;
+        }
+        lifetime.occurrences += 1;
+    }
+    if rule.daily_cap_per_contact > 0 && counted > 0 {
+        let today = usage
+            .entry((subject.to_owned(), activity_type.to_owned(), day))
+            .or_default();
+        let room = (i64::from(rule.daily_cap_per_contact) - today.points).max(0);
+        counted = i32::try_from(i64::from(counted).min(room)).unwrap_or(0);
+        today.points += i64::from(counted);
+        today.occurrences += 1;
+    }
+    Scored {
+        rule_points: rule.points,
+        counted_points: counted,
+        capped: counted != rule.points,
+        intent,
+    }
+}
+
+/// The UTC day number (days since 1970-01-01) of a time in milliseconds.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// The share of an activity's points left after decay: halves every
+/// `half_life_days`, counted in whole UTC days (activities of the same day
+/// decay together, so a score changes only at midnight).
+pub fn decay_factor(half_life_days: f64, activity_day: i64, today: i64) -> f64 {
+    if half_life_days <= 0.0 {
+        return 1.0;
+    }
+    let age = (today - activity_day).max(0) as f64;
+    0.5_f64.powf(age / half_life_days)
+}
+
+/// The stage a score alone would put an account in (what simulation counts).
+pub fn score_stage(
+    engagement: f64,
+    intent: f64,
+    engaged_threshold: f64,
+    prioritized_threshold: f64,
+) -> AccountStage {
+    if engagement >= prioritized_threshold {
+        AccountStage::Prioritized
+    } else if engagement > engaged_threshold {
+        AccountStage::Engaged
+    } else if intent > 0.0 {
+        AccountStage::Detected
+    } else {
+        AccountStage::Targeted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(rules: Vec<ScoringRule>) -> ScoringModel {
+        ScoringModel {
+            rules,
+            ..ScoringModel::default()
+        }
+    }
+
+    fn rule(t: &str, points: i32, cap: i32, first: bool) -> ScoringRule {
+        ScoringRule {
+            activity_type: t.into(),
+            points,
+            daily_cap_per_contact: cap,
+            first_occurrence_only: first,
+        }
+    }
+
+    #[test]
+    fn default_points_come_from_the_source_table() {
+        let m = ScoringModel::default();
+        let mut usage = HashMap::new();
+        let mut points = |t: &str| score_activity(&m, "c", t, true, 0, &mut usage).counted_points;
+        assert_eq!(points("demo_request"), 100);
+        assert_eq!(points("webinar_attended"), 25);
+        assert_eq!(points("case_study_download"), 10);
+        assert_eq!(points("email_open"), 2);
+        assert_eq!(points("link_click"), 2);
+        assert_eq!(points("web_page_visit"), 4);
+        assert_eq!(points("pricing_page_visit"), 50);
+        assert_eq!(points("meeting_agreed"), 50);
+        assert_eq!(points("unknown_thing"), 0, "unknown types score 0");
+    }
+
+    #[test]
+    fn daily_caps_limit_points_per_contact_per_day() {
+        let m = model(vec![rule("email_open", 2, 5, false)]);
+        let mut usage = HashMap::new();
+        let day1: Vec<_> = (0..4)
+            .map(|_| score_activity(&m, "ann", "email_open", true, 100, &mut usage))
+            .map(|s| (s.counted_points, s.capped))
+            .collect();
+        assert_eq!(day1, [(2, false), (2, false), (1, true), (0, true)]);
+        // Another contact, and the next day, start afresh.
+        assert_eq!(
+            score_activity(&m, "bob", "email_open", true, 100, &mut usage).counted_points,
+            2
+        );
+        assert_eq!(
+            score_activity(&m, "ann", "email_open", true, 101, &mut usage).counted_points,
+            2
+        );
+    }
+
+    #[test]
+    fn first_occurrence_only_counts_once() {
+        let m = model(vec![rule("webinar_attended", 25, 0, true)]);
+        let mut usage = HashMap::new();
+        let first = score_activity(&m, "ann", "webinar_attended", true, 1, &mut usage);
+        let second = score_activity(&m, "ann", "webinar_attended", true, 9, &mut usage);
+        assert_eq!((first.counted_points, first.capped), (25, false));
+        assert_eq!((second.counted_points, second.capped), (0, true));
+    }
+
+    #[test]
+    fn negative_points_are_not_capped() {
+        let m = model(vec![rule("unsubscribe", -20, 5, false)]);
+        let mut usage = HashMap::new();
+        let s = score_activity(&m, "ann", "unsubscribe", true, 1, &mut usage);
+        assert_eq!((s.counted_points, s.capped), (-20, false));
+    }
+
+    #[test]
+    fn intent_without_contact_or_by_type() {
+        let m = ScoringModel {
+            intent_activity_types: vec!["intent_surge".into()],
+            ..ScoringModel::default()
+        };
+        assert!(m.is_intent("web_page_visit", false));
+        assert!(!m.is_intent("web_page_visit", true));
+        assert!(m.is_intent("intent_surge", true));
+    }
+
+    #[test]
+    fn decay_halves_per_half_life_in_whole_days() {
+        assert_eq!(decay_factor(0.0, 0, 1000), 1.0);
+        assert_eq!(decay_factor(10.0, 100, 100), 1.0);
+        assert_eq!(decay_factor(10.0, 100, 110), 0.5);
+        assert_eq!(decay_factor(10.0, 100, 120), 0.25);
+        assert_eq!(decay_factor(10.0, 120, 100), 1.0, "future days do not grow");
+        assert_eq!(day_of(86_400_000 * 3 + 5), 3);
+        assert_eq!(day_of(-1), -1);
+    }
+
+    #[test]
+    fn score_stage_follows_thresholds() {
+        assert_eq!(score_stage(0.0, 0.0, 0.0, 100.0), AccountStage::Targeted);
+        assert_eq!(score_stage(0.0, 3.0, 0.0, 100.0), AccountStage::Detected);
+        assert_eq!(score_stage(1.0, 0.0, 0.0, 100.0), AccountStage::Engaged);
+        assert_eq!(
+            score_stage(100.0, 0.0, 0.0, 100.0),
+            AccountStage::Prioritized
+        );
+    }
+
+    #[test]
+    fn models_are_checked() {
+        let mut m = model(vec![
+            rule("a", 1, -1, false),
+            rule("a", 1, 0, false),
+            rule("Bad!", 1, 0, false),
+        ]);
+        m.decay_half_life_days = 0.5;
+        let fields: Vec<String> = check_model(&m).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "model.rules[0].daily_cap_per_contact",
+                "model.rules[1].activity_type",
+                "model.rules[2].activity_type",
+                "model.decay_half_life_days"
+            ]
+        );
+        assert!(check_model(&ScoringModel::default()).is_empty());
+    }
+}

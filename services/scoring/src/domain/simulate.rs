@@ -1,0 +1,228 @@
+//! Replaying stored activities through two models at once (the current one
+//! and a proposed one), one account at a time, in a single pass.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cascade_shared::domain::AccountStage;
+
+use super::{ScoringModel, Usage, UsageKey, decay_factor, score_activity, score_stage};
+
+/// Score thresholds of the score-driven stages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub engaged: f64,
+    pub prioritized: f64,
+}
+
+/// One stored activity, as the replay needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayActivity<'a> {
+    pub contact_id: Option<&'a str>,
+    pub activity_type: &'a str,
+    pub day: i64,
+}
+
+/// An account whose score-driven stage differs between the models.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub account_id: String,
+    pub current_score: f64,
+    pub proposed_score: f64,
+    pub current_stage: AccountStage,
+    pub proposed_stage: AccountStage,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SimulationResult {
+    pub current_counts: BTreeMap<AccountStage, i64>,
+    pub proposed_counts: BTreeMap<AccountStage, i64>,
+    pub changed: i64,
+    pub sample: Vec<Change>,
+    pub activities: i64,
+}
+
+struct Run {
+    model: ScoringModel,
+    thresholds: Thresholds,
+    usage: HashMap<UsageKey, Usage>,
+    engagement: f64,
+    intent: f64,
+}
+
+impl Run {
+    fn add(&mut self, account_id: &str, a: &ReplayActivity<'_>, today: i64) {
+        let subject = a
+            .contact_id
+            .map_or_else(|| format!("account:{account_id}"), str::to_owned);
+        let scored = score_activity(
+            &self.model,
+            &subject,
+            a.activity_type,
+            a.contact_id.is_some(),
+            a.day,
+            &mut self.usage,
+        );
+        let points = f64::from(scored.counted_points)
+            * decay_factor(self.model.decay_half_life_days, a.day, today);
+        if scored.intent {
+            self.intent += points;
+        } else {
+            self.engagement += points;
+        }
+    }
+
+    fn take(&mut self) -> (f64, AccountStage) {
+        let stage = score_stage(
+            self.engagement,
+            self.intent,
+            self.thresholds.engaged,
+            self.thresholds.prioritized,
+        );
+        let score = self.engagement;
+        self.usage.clear();
+        self.engagement = 0.0;
+        self.intent = 0.0;
+        (score, stage)
+    }
+}
+
+/// Feed it activities ordered by account; `finish` gives the result.
+pub struct Simulation {
+    current: Run,
+    proposed: Run,
+    today: i64,
+    sample_size: usize,
+    account: Option<String>,
+    result: SimulationResult,
+}
+
+impl Simulation {
+    pub fn new(
+        current: (ScoringModel, Thresholds),
+        proposed: (ScoringModel, Thresholds),
+        today: i64,
+        sample_size: usize,
+    ) -> Self {
+        let run = |(model, thresholds): (ScoringModel, Thresholds)| Run {
+            model,
+            thresholds,
+            usage: HashMap::new(),
+            engagement: 0.0,
+            intent: 0.0,
+        };
+        Self {
+            current: run(current),
+            proposed: run(proposed),
+            today,
+            sample_size,
+            account: None,
+            result: SimulationResult::default(),
+        }
+    }
+
+    pub fn push(&mut self, account_id: &str, activity: ReplayActivity<'_>) {
+        if self.account.as_deref() != Some(account_id) {
+            self.close_account();
+            self.account = Some(account_id.to_owned());
+        }
+        self.current.add(account_id, &activity, self.today);
+        self.proposed.add(account_id, &activity, self.today);
+        self.result.activities += 1;
+    }
+
+    fn close_account(&mut self) {
+        let Some(account_id) = self.account.take() else {
+            return;
+        };
+        let (current_score, current_stage) = self.current.take();
+        let (proposed_score, proposed_stage) = self.proposed.take();
+        *self.result.current_counts.entry(current_stage).or_default() += 1;
+        *self
+            .result
+            .proposed_counts
+            .entry(proposed_stage)
+            .or_default() += 1;
+        if current_stage != proposed_stage {
+            self.result.changed += 1;
+            if self.result.sample.len() < self.sample_size {
+                self.result.sample.push(Change {
+                    account_id,
+                    current_score,
+                    proposed_score,
+                    current_stage,
+                    proposed_stage,
+                });
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> SimulationResult {
+        self.close_account();
+        self.result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ScoringRule;
+
+    #[test]
+    fn counts_and_changes_per_account() {
+        let current = ScoringModel::default();
+        let mut proposed = ScoringModel::default();
+        proposed.rules.push(ScoringRule {
+            activity_type: "email_open".into(),
+            points: 40,
+            daily_cap_per_contact: 0,
+            first_occurrence_only: false,
+        });
+        proposed
+            .rules
+            .retain(|r| r.activity_type != "email_open" || r.points == 40);
+        let t = Thresholds {
+            engaged: 0.0,
+            prioritized: 100.0,
+        };
+        let mut sim = Simulation::new((current, t), (proposed, t), 10, 10);
+        let open = |c| ReplayActivity {
+            contact_id: Some(c),
+            activity_type: "email_open",
+            day: 10,
+        };
+        // a: 3 opens = 6 now, 120 proposed -> ENGAGED vs PRIORITIZED
+        for _ in 0..3 {
+            sim.push("a", open("ann"));
+        }
+        // b: anonymous visit only -> DETECTED under both
+        sim.push(
+            "b",
+            ReplayActivity {
+                contact_id: None,
+                activity_type: "web_page_visit",
+                day: 10,
+            },
+        );
+        // c: a demo request -> PRIORITIZED under both
+        sim.push(
+            "c",
+            ReplayActivity {
+                contact_id: Some("cy"),
+                activity_type: "demo_request",
+                day: 10,
+            },
+        );
+        let r = sim.finish();
+        assert_eq!(r.activities, 5);
+        assert_eq!(r.current_counts.get(&AccountStage::Engaged), Some(&1));
+        assert_eq!(r.current_counts.get(&AccountStage::Detected), Some(&1));
+        assert_eq!(r.current_counts.get(&AccountStage::Prioritized), Some(&1));
+        assert_eq!(r.proposed_counts.get(&AccountStage::Prioritized), Some(&2));
+        assert_eq!(r.changed, 1);
+        assert_eq!(r.sample[0].account_id, "a");
+        assert_eq!(
+            (r.sample[0].current_score, r.sample[0].proposed_score),
+            (6.0, 120.0)
+        );
+    }
+}

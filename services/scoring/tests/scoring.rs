@@ -1,0 +1,815 @@
+//! Scoring over real gRPC with a real lifecycle service, on SQLite and
+//! PostgreSQL: the source document's example, duplicates, caps and decay,
+//! batches with bad items, email resolution, the ledger, simulation,
+//! delivery while lifecycle is down, and two scoring replicas.
+
+use std::time::Duration;
+
+use cascade_proto::common::v1::AccountStage as S;
+use cascade_proto::lifecycle::v1 as lc;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_proto::scoring::v1 as pb;
+use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use cascade_shared::on_each_database;
+use cascade_shared::settings::ServiceSettings;
+use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const T: &str = "acme";
+
+type Lifecycle = LifecycleServiceClient<Channel>;
+type Scoring = ScoringServiceClient<Channel>;
+
+/// Each test gets its own lifecycle database next to scoring's.
+struct Suite {
+    lifecycle_db: TestDatabase,
+    lifecycle: Option<TestServer>,
+    lifecycle_port: u16,
+    scoring: Vec<TestServer>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Suite {
+    async fn start(scoring_db: &TestDatabase, backend_like: &TestDatabase) -> Self {
+        let lifecycle_db = if backend_like.settings.is_sqlite() {
+            TestDatabase::sqlite()
+        } else {
+            TestDatabase::postgres().await.expect("postgres configured")
+        };
+        let mut suite = Self {
+            lifecycle_db,
+            lifecycle: None,
+            lifecycle_port: free_port(),
+            scoring: Vec::new(),
+        };
+        suite.start_lifecycle().await;
+        suite.start_scoring(scoring_db).await;
+        suite
+    }
+
+    async fn start_lifecycle(&mut self) {
+        let mut settings = ServiceSettings::for_tests(self.lifecycle_db.settings.clone());
+        settings.server.port = self.lifecycle_port;
+        let app = cascade_lifecycle::build(&settings)
+            .await
+            .expect("lifecycle builds");
+        self.lifecycle = Some(TestServer::start(app));
+    }
+
+    async fn stop_lifecycle(&mut self) {
+        if let Some(server) = self.lifecycle.take() {
+            server.stop().await;
+        }
+    }
+
+    async fn start_scoring(&mut self, db: &TestDatabase) {
+        let mut settings = ServiceSettings::for_tests(db.settings.clone());
+        settings.lifecycle.url = format!("http://127.0.0.1:{}", self.lifecycle_port);
+        let app = cascade_scoring::build(&settings)
+            .await
+            .expect("scoring builds");
+        self.scoring.push(TestServer::start(app));
+    }
+
+    async fn stop_scoring(&mut self) {
+        for server in self.scoring.drain(..) {
+            server.stop().await;
+        }
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://127.0.0.1:{}",
+            self.lifecycle_port
+        ))
+        .expect("url")
+        .connect_lazy();
+        LifecycleServiceClient::new(channel)
+    }
+
+    fn scoring(&self, n: usize) -> Scoring {
+        ScoringServiceClient::new(self.scoring[n].channel())
+    }
+
+    async fn stop(mut self) {
+        self.stop_scoring().await;
+        self.stop_lifecycle().await;
+    }
+}
+
+async fn account(lifecycle: &mut Lifecycle, name: &str, domain: &str) -> String {
+    lifecycle
+        .create_account(request_for(
+            T,
+            lc::CreateAccountRequest {
+                account: Some(lc::Account {
+                    name: name.into(),
+                    domain: domain.into(),
+                    owner_id: "owner@seller.example".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id
+}
+
+async fn contact(lifecycle: &mut Lifecycle, account_id: &str, email: &str) -> String {
+    lifecycle
+        .create_contact(request_for(
+            T,
+            lc::CreateContactRequest {
+                contact: Some(lc::Contact {
+                    account_id: account_id.into(),
+                    email: email.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("contact")
+        .into_inner()
+        .contact
+        .expect("contact")
+        .contact_id
+}
+
+fn now_minus_days(days: i64) -> prost_types::Timestamp {
+    cascade_shared::time::to_timestamp(cascade_shared::time::now() - chrono::Duration::days(days))
+}
+
+fn activity(event_id: &str, kind: &str, account_id: &str, contact_id: &str) -> pb::Activity {
+    pb::Activity {
+        event_id: event_id.into(),
+        activity_type: kind.into(),
+        occur_time: Some(now_minus_days(0)),
+        account_id: account_id.into(),
+        contact_id: contact_id.into(),
+        contact_email: String::new(),
+    }
+}
+
+async fn record(
+    scoring: &mut Scoring,
+    activities: Vec<pb::Activity>,
+) -> pb::RecordActivitiesResponse {
+    scoring
+        .record_activities(request_for(T, pb::RecordActivitiesRequest { activities }))
+        .await
+        .expect("batch accepted")
+        .into_inner()
+}
+
+async fn score(scoring: &mut Scoring, account_id: &str) -> pb::AccountScore {
+    scoring
+        .get_account_score(request_for(
+            T,
+            pb::GetAccountScoreRequest {
+                account_id: account_id.into(),
+            },
+        ))
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("score")
+}
+
+/// Waits (bounded) until lifecycle shows the account at `stage`.
+async fn wait_for_stage(lifecycle: &mut Lifecycle, account_id: &str, stage: S) -> lc::Account {
+    let mut last = None;
+    for _ in 0..300 {
+        if let Ok(response) = lifecycle
+            .get_account(request_for(
+                T,
+                lc::GetAccountRequest {
+                    account_id: account_id.into(),
+                },
+            ))
+            .await
+        {
+            let account = response.into_inner().account.expect("account");
+            if account.stage == stage as i32 {
+                return account;
+            }
+            last = Some(account.stage);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("account never reached {stage:?}; last stage {last:?}");
+}
+
+async fn source_example_prioritizes_the_account(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Initech", "initech.example").await;
+    let ann = contact(&mut lifecycle, &id, "ann@initech.example").await;
+    let bob = contact(&mut lifecycle, &id, "bob@initech.example").await;
+    let cy = contact(&mut lifecycle, &id, "cy@initech.example").await;
+    // Individually under 100 (37, 54, 25); together 116.
+    let batch = vec![
+        activity("e1", "webinar_attended", &id, &ann),
+        activity("e2", "case_study_download", &id, &ann),
+        activity("e3", "email_open", &id, &ann),
+        activity("e4", "pricing_page_visit", &id, &bob),
+        activity("e5", "web_page_visit", &id, &bob),
+        activity("e6", "webinar_attended", &id, &cy),
+    ];
+    let response = record(&mut scoring, batch).await;
+    assert_eq!(
+        (
+            response.recorded_count,
+            response.duplicate_count,
+            response.rejected_count
+        ),
+        (6, 0, 0)
+    );
+    let points: Vec<f64> = response.results.iter().map(|r| r.points).collect();
+    assert_eq!(points, [25.0, 10.0, 2.0, 50.0, 4.0, 25.0]);
+
+    let total = score(&mut scoring, &id).await;
+    assert_eq!(total.engagement_score, 116.0);
+    assert_eq!(total.engaged_contact_count, 3);
+    assert!((total.average_engagement_score - 116.0 / 3.0).abs() < 1e-9);
+    let webinar = total
+        .breakdown
+        .iter()
+        .find(|b| b.activity_type == "webinar_attended")
+        .expect("type");
+    assert_eq!((webinar.activity_count, webinar.points), (2, 50.0));
+    for (contact_id, expected) in [(&ann, 37.0), (&bob, 54.0), (&cy, 25.0)] {
+        let s = scoring
+            .get_contact_score(request_for(
+                T,
+                pb::GetContactScoreRequest {
+                    contact_id: contact_id.clone(),
+                },
+            ))
+            .await
+            .expect("contact score")
+            .into_inner()
+            .score
+            .expect("score");
+        assert_eq!(s.engagement_score, expected);
+        assert!(s.engagement_score < 100.0);
+    }
+
+    let prioritized = wait_for_stage(&mut lifecycle, &id, S::Prioritized).await;
+    assert_eq!(prioritized.engagement_score, 116.0);
+    let ann_in_lifecycle = lifecycle
+        .get_contact(request_for(
+            T,
+            lc::GetContactRequest {
+                contact_id: ann.clone(),
+            },
+        ))
+        .await
+        .expect("contact")
+        .into_inner()
+        .contact
+        .expect("contact");
+    assert_eq!(ann_in_lifecycle.engagement_score, 37.0);
+    suite.stop().await;
+}
+
+async fn duplicates_are_counted_once(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Dup", "").await;
+    let ann = contact(&mut lifecycle, &id, "ann@dup.example").await;
+    let first = record(
+        &mut scoring,
+        vec![
+            activity("d1", "webinar_attended", &id, &ann),
+            activity("d1", "webinar_attended", &id, &ann),
+        ],
+    )
+    .await;
+    assert_eq!((first.recorded_count, first.duplicate_count), (1, 1));
+    let again = scoring
+        .record_activity(request_for(
+            T,
+            pb::RecordActivityRequest {
+                activity: Some(activity("d1", "webinar_attended", &id, &ann)),
+            },
+        ))
+        .await
+        .expect("accepted")
+        .into_inner()
+        .result
+        .expect("result");
+    assert_eq!(again.status, pb::ActivityStatus::Duplicate as i32);
+    assert_eq!(
+        (again.account_id.as_str(), again.points),
+        (id.as_str(), 25.0)
+    );
+    assert_eq!(score(&mut scoring, &id).await.engagement_score, 25.0);
+    suite.stop().await;
+}
+
+async fn caps_and_decay_follow_the_model(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Capped", "").await;
+    let ann = contact(&mut lifecycle, &id, "ann@capped.example").await;
+    let mut model = scoring
+        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
+        .await
+        .expect("model")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(model.version, 1);
+    for rule in &mut model.rules {
+        match rule.activity_type.as_str() {
+            "email_open" => rule.daily_cap_per_contact = 3,
+            "webinar_attended" => rule.first_occurrence_only = true,
+            _ => {}
+        }
+    }
+    model.rules.push(pb::ScoringRule {
+        activity_type: "unsubscribe".into(),
+        points: -5,
+        daily_cap_per_contact: 0,
+        first_occurrence_only: false,
+    });
+    model.decay_half_life_days = 10.0;
+    let updated = scoring
+        .update_scoring_model(request_for(
+            T,
+            pb::UpdateScoringModelRequest { model: Some(model) },
+        ))
+        .await
+        .expect("model updated")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(updated.version, 2);
+
+    let mut old_demo = activity("old", "demo_request", &id, &ann);
+    old_demo.occur_time = Some(now_minus_days(20));
+    let response = record(
+        &mut scoring,
+        vec![
+            activity("o1", "email_open", &id, &ann),
+            activity("o2", "email_open", &id, &ann),
+            activity("o3", "email_open", &id, &ann),
+            activity("w1", "webinar_attended", &id, &ann),
+            activity("w2", "webinar_attended", &id, &ann),
+            activity("u1", "unsubscribe", &id, &ann),
+            old_demo,
+        ],
+    )
+    .await;
+    let points: Vec<f64> = response.results.iter().map(|r| r.points).collect();
+    assert_eq!(
+        points,
+        [2.0, 1.0, 0.0, 25.0, 0.0, -5.0, 100.0],
+        "cap 3/day; first webinar only"
+    );
+    // 2 + 1 + 25 - 5 today, and 100 from 20 days ago at half-life 10: 25.
+    let total = score(&mut scoring, &id).await;
+    assert_eq!(total.engagement_score, 48.0);
+
+    let ledger = scoring
+        .explain_account_score(request_for(
+            T,
+            pb::ExplainAccountScoreRequest {
+                account_id: id.clone(),
+                page_size: 100,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .expect("ledger")
+        .into_inner();
+    let demo = ledger
+        .entries
+        .iter()
+        .find(|e| e.event_id == "old")
+        .expect("old demo");
+    assert_eq!(
+        (demo.decay_factor, demo.points, demo.model_version),
+        (0.25, 25.0, 2)
+    );
+    let third = ledger
+        .entries
+        .iter()
+        .find(|e| e.event_id == "o3")
+        .expect("third open");
+    assert!(third.capped);
+    assert_eq!((third.rule_points, third.counted_points), (2, 0));
+    suite.stop().await;
+}
+
+async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Globex", "globex.example").await;
+    let known = contact(&mut lifecycle, &id, "known@globex.example").await;
+    let mut no_type = activity("b2", "", &id, "");
+    no_type.activity_type = String::new();
+    let mut future = activity("b3", "email_open", &id, &known);
+    future.occur_time = Some(prost_types::Timestamp {
+        seconds: 4_000_000_000,
+        nanos: 0,
+    });
+    let mut both = activity("b4", "email_open", &id, "");
+    both.contact_email = "x@globex.example".into();
+    let mut unknown_domain = activity("b5", "email_open", "", "");
+    unknown_domain.contact_email = "who@nowhere.example".into();
+    let mut by_email = activity("b6", "webinar_attended", "", "");
+    by_email.contact_email = "known@globex.example".into();
+    let mut new_person = activity("b7", "email_open", "", "");
+    new_person.contact_email = "new.person@globex.example".into();
+    let response = record(
+        &mut scoring,
+        vec![
+            activity("b1", "email_open", &id, &known),
+            no_type,
+            future,
+            both,
+            unknown_domain,
+            by_email,
+            new_person,
+        ],
+    )
+    .await;
+    let statuses: Vec<i32> = response.results.iter().map(|r| r.status).collect();
+    let (ok, rejected) = (
+        pb::ActivityStatus::Recorded as i32,
+        pb::ActivityStatus::Rejected as i32,
+    );
+    assert_eq!(
+        statuses,
+        [ok, rejected, rejected, rejected, rejected, ok, ok]
+    );
+    let field = |i: usize| response.results[i].violations[0].field.clone();
+    assert_eq!(field(1), "activities[1].activity_type");
+    assert_eq!(field(2), "activities[2].occur_time");
+    assert_eq!(field(3), "activities[3].contact_email");
+    assert_eq!(field(4), "activities[4].contact_email");
+    assert!(
+        response.results[4].violations[0]
+            .description
+            .contains("nowhere.example")
+    );
+    // Email resolution: the known contact, and a new one under the matching domain.
+    assert_eq!(response.results[5].contact_id, known);
+    let created = &response.results[6];
+    assert_eq!(created.account_id, id);
+    let person = lifecycle
+        .get_contact(request_for(
+            T,
+            lc::GetContactRequest {
+                contact_id: created.contact_id.clone(),
+            },
+        ))
+        .await
+        .expect("created in lifecycle")
+        .into_inner()
+        .contact
+        .expect("contact");
+    assert_eq!(person.email, "new.person@globex.example");
+    assert_eq!(
+        score(&mut scoring, &id).await.engagement_score,
+        2.0 + 25.0 + 2.0
+    );
+
+    let empty = scoring
+        .record_activities(request_for(
+            T,
+            pb::RecordActivitiesRequest { activities: vec![] },
+        ))
+        .await
+        .expect_err("empty batch");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let oversized = scoring
+        .record_activities(request_for(
+            T,
+            pb::RecordActivitiesRequest {
+                activities: (0..1001)
+                    .map(|i| activity(&format!("x{i}"), "email_open", &id, ""))
+                    .collect(),
+            },
+        ))
+        .await
+        .expect_err("oversized batch");
+    assert_eq!(oversized.code(), Code::InvalidArgument);
+    suite.stop().await;
+}
+
+async fn the_ledger_sums_to_the_score(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Ledger", "").await;
+    let ann = contact(&mut lifecycle, &id, "ann@ledger.example").await;
+    let bob = contact(&mut lifecycle, &id, "bob@ledger.example").await;
+    let mut batch = vec![
+        activity("l1", "demo_request", &id, &ann),
+        activity("l2", "email_open", &id, &bob),
+        activity("l3", "web_page_visit", &id, ""), // anonymous intent
+        activity("l4", "meeting_agreed", &id, &bob),
+        activity("l5", "something_new", &id, &ann), // unknown: 0 points, kept
+    ];
+    batch[1].occur_time = Some(now_minus_days(3));
+    record(&mut scoring, batch).await;
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    let score = loop {
+        let page = scoring
+            .explain_account_score(request_for(
+                T,
+                pb::ExplainAccountScoreRequest {
+                    account_id: id.clone(),
+                    page_size: 2,
+                    page_token: token,
+                },
+            ))
+            .await
+            .expect("ledger page")
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break page.score.expect("score");
+        }
+        token = page.next_page_token;
+    };
+    assert_eq!(entries.len(), 5);
+    assert_eq!(entries[0].event_id, "l2", "oldest activity first");
+    let engagement: f64 = entries.iter().filter(|e| !e.intent).map(|e| e.points).sum();
+    let intent: f64 = entries.iter().filter(|e| e.intent).map(|e| e.points).sum();
+    assert_eq!(engagement, score.engagement_score);
+    assert_eq!(intent, score.intent_score);
+    assert_eq!((score.engagement_score, score.intent_score), (152.0, 4.0));
+    suite.stop().await;
+}
+
+async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let a = account(&mut lifecycle, "A", "").await;
+    let b = account(&mut lifecycle, "B", "").await;
+    let c = account(&mut lifecycle, "C", "").await;
+    let ann = contact(&mut lifecycle, &a, "ann@a.example").await;
+    let bea = contact(&mut lifecycle, &b, "bea@b.example").await;
+    record(
+        &mut scoring,
+        vec![
+            activity("s1", "email_open", &a, &ann),
+            activity("s2", "email_open", &a, &ann),
+            activity("s3", "email_open", &a, &ann),
+            activity("s4", "demo_request", &b, &bea),
+            activity("s5", "web_page_visit", &c, ""),
+        ],
+    )
+    .await;
+    let mut proposed = scoring
+        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
+        .await
+        .expect("model")
+        .into_inner()
+        .model
+        .expect("model");
+    for rule in &mut proposed.rules {
+        if rule.activity_type == "email_open" {
+            rule.points = 40;
+        }
+    }
+    let result = scoring
+        .simulate_scoring_model(request_for(
+            T,
+            pb::SimulateScoringModelRequest {
+                model: Some(proposed),
+                thresholds: Some(pb::SimulationThresholds {
+                    engaged_threshold: 0.0,
+                    prioritized_threshold: 100.0,
+                }),
+                start_time: None,
+                end_time: None,
+                sample_size: 10,
+            },
+        ))
+        .await
+        .expect("simulation")
+        .into_inner();
+    let counts = |counts: &[pb::StageCount]| {
+        let mut v: Vec<(i32, i64)> = counts.iter().map(|c| (c.stage, c.account_count)).collect();
+        v.sort();
+        v
+    };
+    // Now: A 6 (ENGAGED), B 100 (PRIORITIZED), C intent only (DETECTED).
+    assert_eq!(
+        counts(&result.current_counts),
+        [
+            (S::Detected as i32, 1),
+            (S::Engaged as i32, 1),
+            (S::Prioritized as i32, 1)
+        ]
+    );
+    // Proposed: A 120 (PRIORITIZED).
+    assert_eq!(
+        counts(&result.proposed_counts),
+        [(S::Detected as i32, 1), (S::Prioritized as i32, 2)]
+    );
+    assert_eq!(
+        (result.changed_account_count, result.activity_count),
+        (1, 5)
+    );
+    let change = &result.sample[0];
+    assert_eq!(
+        (
+            change.account_id.as_str(),
+            change.current_score,
+            change.proposed_score
+        ),
+        (a.as_str(), 6.0, 120.0)
+    );
+    // It changed nothing.
+    assert_eq!(score(&mut scoring, &a).await.engagement_score, 6.0);
+    let model = scoring
+        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
+        .await
+        .expect("model")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(model.version, 1);
+    suite.stop().await;
+}
+
+async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
+    let mut suite = Suite::start(&db, &db).await;
+    let mut lifecycle = suite.lifecycle();
+    let mut accounts = Vec::new();
+    for name in ["L1", "L2"] {
+        let id = account(&mut lifecycle, name, "").await;
+        let c = contact(
+            &mut lifecycle,
+            &id,
+            &format!("p@{}.example", name.to_lowercase()),
+        )
+        .await;
+        accounts.push((id, c));
+    }
+    suite.stop_lifecycle().await;
+
+    // Lifecycle is down: activities are still accepted.
+    let mut scoring = suite.scoring(0);
+    for (i, (id, c)) in accounts.iter().enumerate() {
+        let response = record(
+            &mut scoring,
+            vec![activity(&format!("a{i}"), "webinar_attended", id, c)],
+        )
+        .await;
+        assert_eq!(response.recorded_count, 1);
+    }
+    // Scoring restarts in between; the pending deliveries are in its database.
+    suite.stop_scoring().await;
+    suite.start_scoring(&db).await;
+    let mut scoring = suite.scoring(0);
+    for (i, (id, c)) in accounts.iter().enumerate() {
+        record(
+            &mut scoring,
+            vec![activity(&format!("b{i}"), "demo_request", id, c)],
+        )
+        .await;
+    }
+    suite.start_lifecycle().await;
+    let mut lifecycle = suite.lifecycle();
+    for (id, _) in &accounts {
+        let account = wait_for_stage(&mut lifecycle, id, S::Prioritized).await;
+        assert_eq!(account.engagement_score, 125.0);
+        let transitions = lifecycle
+            .list_account_transitions(request_for(
+                T,
+                lc::ListAccountTransitionsRequest {
+                    account_id: id.clone(),
+                    page_size: 100,
+                    page_token: String::new(),
+                },
+            ))
+            .await
+            .expect("history")
+            .into_inner()
+            .transitions;
+        let stages: Vec<i32> = transitions.iter().map(|t| t.to_stage).collect();
+        assert_eq!(
+            stages,
+            [S::Engaged as i32, S::Prioritized as i32],
+            "each move once"
+        );
+    }
+    suite.stop().await;
+}
+
+async fn two_replicas_count_like_one(db: TestDatabase) {
+    let mut suite = Suite::start(&db, &db).await;
+    suite.start_scoring(&db).await;
+    let mut lifecycle = suite.lifecycle();
+    let id = account(&mut lifecycle, "Replicated", "").await;
+    let mut contacts = Vec::new();
+    for n in 0..4 {
+        contacts.push(contact(&mut lifecycle, &id, &format!("p{n}@replicated.example")).await);
+    }
+    let batch: Vec<pb::Activity> = (0..200)
+        .map(|i| {
+            activity(
+                &format!("r{i}"),
+                if i % 2 == 0 {
+                    "email_open"
+                } else {
+                    "web_page_visit"
+                },
+                &id,
+                &contacts[i % 4],
+            )
+        })
+        .collect();
+    let (mut one, mut two) = (suite.scoring(0), suite.scoring(1));
+    let mut tasks = Vec::new();
+    for chunk in batch.chunks(50) {
+        let (a, b, chunk_a, chunk_b) = (one.clone(), two.clone(), chunk.to_vec(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let (mut a, mut b) = (a, b);
+            tokio::join!(record(&mut a, chunk_a), record(&mut b, chunk_b))
+        }));
+    }
+    let mut recorded = 0;
+    for task in tasks {
+        let (x, y) = task.await.expect("task");
+        recorded += x.recorded_count + y.recorded_count;
+        assert_eq!(
+            x.recorded_count + x.duplicate_count + y.recorded_count + y.duplicate_count,
+            100
+        );
+    }
+    assert_eq!(
+        recorded, 200,
+        "each activity stored once across both replicas"
+    );
+    // 100 opens x 2 + 100 visits x 4.
+    assert_eq!(score(&mut one, &id).await.engagement_score, 600.0);
+    assert_eq!(score(&mut two, &id).await.engagement_score, 600.0);
+    let account = wait_for_stage(&mut lifecycle, &id, S::Prioritized).await;
+    for _ in 0..100 {
+        let a = lifecycle
+            .get_account(request_for(
+                T,
+                lc::GetAccountRequest {
+                    account_id: id.clone(),
+                },
+            ))
+            .await
+            .expect("account")
+            .into_inner()
+            .account
+            .expect("account");
+        if a.engagement_score == 600.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let final_account = lifecycle
+        .get_account(request_for(
+            T,
+            lc::GetAccountRequest {
+                account_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(
+        final_account.engagement_score, 600.0,
+        "lifecycle got the final totals"
+    );
+    assert_eq!(account.stage, S::Prioritized as i32);
+    suite.stop().await;
+}
+
+on_each_database!(
+    source_example_prioritizes_the_account,
+    duplicates_are_counted_once,
+    caps_and_decay_follow_the_model,
+    a_batch_with_bad_items_keeps_the_good_ones,
+    the_ledger_sums_to_the_score,
+    simulation_matches_a_hand_computed_scenario,
+    nothing_is_lost_while_lifecycle_is_down,
+    two_replicas_count_like_one,
+);
