@@ -803,7 +803,64 @@ async fn two_replicas_count_like_one(db: TestDatabase) {
     suite.stop().await;
 }
 
+async fn streaming_ingests_chunks(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Streamed", "").await;
+    let ann = contact(&mut lifecycle, &id, "ann@streamed.example").await;
+    let chunks: Vec<pb::StreamActivitiesRequest> = (0..3)
+        .map(|c| pb::StreamActivitiesRequest {
+            activities: (0..10)
+                .map(|i| {
+                    let mut a = activity(&format!("st{c}-{i}"), "web_page_visit", &id, &ann);
+                    if c == 2 && i == 9 {
+                        a.event_id = String::new(); // one bad item
+                    }
+                    a
+                })
+                .collect(),
+        })
+        .collect();
+    // The first chunk again at the end: all duplicates.
+    let mut all = chunks.clone();
+    all.push(chunks[0].clone());
+    let response = scoring
+        .stream_activities(request_for(T, tokio_stream::iter(all)))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    assert_eq!(
+        (
+            response.recorded_count,
+            response.duplicate_count,
+            response.rejected_count
+        ),
+        (29, 10, 1)
+    );
+    assert_eq!(
+        response.rejected[0].violations[0].field,
+        "activities[9].event_id"
+    );
+    assert_eq!(score(&mut scoring, &id).await.engagement_score, 29.0 * 4.0);
+
+    // A unary call naming an unknown email is NOT_FOUND.
+    let mut unknown = activity("u", "email_open", "", "");
+    unknown.contact_email = "nobody@unknown.example".into();
+    let status = scoring
+        .record_activity(request_for(
+            T,
+            pb::RecordActivityRequest {
+                activity: Some(unknown),
+            },
+        ))
+        .await
+        .expect_err("unknown email");
+    assert_eq!(status.code(), Code::NotFound);
+    suite.stop().await;
+}
+
 on_each_database!(
+    streaming_ingests_chunks,
     source_example_prioritizes_the_account,
     duplicates_are_counted_once,
     caps_and_decay_follow_the_model,
