@@ -56,6 +56,19 @@ macro_rules! domain_enum {
             }
         }
 
+        impl $crate::__serde::Serialize for $name {
+            fn serialize<S: $crate::__serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> $crate::__serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <String as $crate::__serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(<D::Error as $crate::__serde::de::Error>::custom)
+            }
+        }
+
         impl ::std::str::FromStr for $name {
             type Err = $crate::domain::UnknownValue;
 
@@ -130,7 +143,7 @@ impl ContactStage {
 
 /// An amount of money: whole units and nano units of an ISO 4217 currency.
 /// Kept as integers so sums are exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Money {
     pub currency: [u8; 3],
     /// The amount in nano units (10^-9 of the currency unit).

@@ -23,5 +23,8 @@ pub mod testing;
 pub use context::{RequestContext, TenantId};
 pub use error::{FieldViolation, PreconditionViolation, ServiceError};
 
+#[doc(hidden)]
+pub use serde as __serde;
+
 /// The result of every handler and repository call.
 pub type ServiceResult<T> = Result<T, ServiceError>;

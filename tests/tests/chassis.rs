@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_proto::opportunity::v1 as opportunity;
 use cascade_shared::server::Application;
 use cascade_shared::settings::ServiceSettings;
 use cascade_shared::testing::{TestDatabase, TestServer, request_for};
@@ -101,28 +100,6 @@ async fn every_service_serves_health_and_its_own_reflection() {
         );
         server.stop().await;
     }
-}
-
-#[tokio::test]
-async fn rpcs_of_later_issues_answer_unimplemented_not_success() {
-    let db = TestDatabase::sqlite();
-    let opportunity_server = TestServer::start(
-        build(
-            OPPORTUNITY,
-            &ServiceSettings::for_tests(db.settings.clone()),
-        )
-        .await,
-    );
-    let status = opportunity::opportunity_service_client::OpportunityServiceClient::new(
-        opportunity_server.channel(),
-    )
-    .create_opportunity(request_for(
-        "t1",
-        opportunity::CreateOpportunityRequest::default(),
-    ))
-    .await
-    .expect_err("not built yet");
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 /// On shutdown, health turns NOT_SERVING first; during the drain delay the

@@ -1,15 +1,17 @@
-//! Cascade opportunity service: opportunities, their steps and required
-//! information, stakeholders, line items, contracts, won and lost.
-//!
-//! Its RPCs are defined in the contract and answer UNIMPLEMENTED until the
-//! opportunity issue lands; the service already starts, migrates its database and
-//! serves health and reflection like the others.
+//! Cascade opportunity service: opportunities through the Discover /
+//! Qualify / Propose / Win process with the minimum information each step
+//! requires, won and lost, the pipeline report, and opportunity events for
+//! lifecycle through the outbox.
 
+pub mod api;
+pub mod delivery;
+pub mod domain;
 pub mod storage;
 
-use cascade_proto::opportunity::v1::opportunity_service_server::{
-    OpportunityService, OpportunityServiceServer,
-};
+use std::sync::Arc;
+
+use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityServiceServer;
+use cascade_shared::outbox::Deliverer;
 use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
@@ -20,17 +22,24 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50053,
 };
 
-/// The gRPC handlers (every RPC answers UNIMPLEMENTED for now).
-pub struct OpportunityApi;
-
-impl OpportunityService for OpportunityApi {}
-
 async fn service(
-    _database: DatabaseConnection,
-    _background: Background,
-    _settings: ServiceSettings,
-) -> anyhow::Result<OpportunityServiceServer<OpportunityApi>> {
-    Ok(OpportunityServiceServer::new(OpportunityApi))
+    database: DatabaseConnection,
+    background: Background,
+    settings: ServiceSettings,
+) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
+    let lifecycle = cascade_shared::client::lifecycle_channel(&settings.lifecycle)?;
+    let deliverer = Deliverer::new(
+        database.clone(),
+        storage::EVENT_TOPIC,
+        Arc::new(delivery::LifecycleEventSink::new(lifecycle.clone())),
+        settings.outbox.deliverer_config(),
+    );
+    let mut repository = storage::Repository::new(database);
+    repository.set_event_waker(deliverer.waker());
+    background.add(deliverer.spawn());
+    Ok(OpportunityServiceServer::new(api::OpportunityApi::new(
+        repository, lifecycle,
+    )))
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

@@ -1,5 +1,4 @@
-//! Schema of the opportunity service's own database. Its tables arrive with the
-//! opportunity issue; until then the service only records the migration state.
+//! Schema of the opportunity service's own database.
 
 use sea_orm_migration::prelude::*;
 
@@ -8,6 +7,64 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![
+            Box::new(cascade_shared::outbox::OutboxMigration),
+            Box::new(Opportunities),
+        ]
+    }
+}
+
+struct Opportunities;
+
+impl MigrationName for Opportunities {
+    fn name(&self) -> &str {
+        "m20261124_300001_opportunities"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Opportunities {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // The opportunity itself is one JSON document (`data`); the columns
+        // beside it are what lists and the pipeline report filter and sum.
+        let statements = [
+            "CREATE TABLE IF NOT EXISTS opportunities (
+                opportunity_id VARCHAR(36) NOT NULL PRIMARY KEY,
+                tenant_id VARCHAR(64) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                owner_id VARCHAR(200) NOT NULL,
+                step VARCHAR(16) NOT NULL,
+                status VARCHAR(16) NOT NULL,
+                value_currency VARCHAR(3) NULL,
+                value_units BIGINT NULL,
+                value_nanos BIGINT NULL,
+                closed_at_ms BIGINT NULL,
+                create_request_id VARCHAR(128) NULL,
+                data TEXT NOT NULL,
+                version BIGINT NOT NULL)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS ux_opportunities_request ON opportunities (tenant_id, create_request_id)",
+            "CREATE INDEX IF NOT EXISTS ix_opportunities_account ON opportunities (tenant_id, account_id, status)",
+            "CREATE INDEX IF NOT EXISTS ix_opportunities_owner ON opportunities (tenant_id, owner_id)",
+            "CREATE INDEX IF NOT EXISTS ix_opportunities_pipeline ON opportunities (tenant_id, status, step)",
+            "CREATE INDEX IF NOT EXISTS ix_opportunities_closed ON opportunities (tenant_id, closed_at_ms)",
+            "CREATE TABLE IF NOT EXISTS opportunity_settings (
+                tenant_id VARCHAR(64) NOT NULL,
+                version BIGINT NOT NULL,
+                data TEXT NOT NULL,
+                updated_at_ms BIGINT NOT NULL,
+                updated_by VARCHAR(200) NOT NULL,
+                PRIMARY KEY (tenant_id, version))",
+        ];
+        let conn = manager.get_connection();
+        for statement in statements {
+            conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the opportunity migration is not reversible: it would drop opportunities".into(),
+        ))
     }
 }

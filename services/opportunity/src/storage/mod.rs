@@ -1,3 +1,499 @@
-//! Storage of the opportunity service.
+//! Storage of opportunities and opportunity settings, and the outbox of
+//! opportunity events for lifecycle. Every query is scoped by tenant.
 
 pub mod migration;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cascade_shared::db::begin_write;
+use cascade_shared::domain::Money;
+use cascade_shared::error::is_unique_violation;
+use cascade_shared::page::PageRequest;
+use cascade_shared::{ServiceError, ServiceResult, TenantId, outbox, time};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::domain::{Opportunity, Settings, Status, Step, pipeline_value};
+
+/// Outbox topic of opportunity events for lifecycle; the partition is the account.
+pub const EVENT_TOPIC: &str = "opportunity_events";
+
+/// What lifecycle is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Opened,
+    Won,
+    Lost,
+}
+
+/// An opportunity event as it travels through the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPayload {
+    pub kind: EventKind,
+    pub opportunity_id: String,
+    pub buying_group: Vec<String>,
+    /// Other open opportunities of the account when this happened.
+    pub other_open: i32,
+}
+
+/// Filters of ListOpportunities.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub account_id: Option<String>,
+    pub owner_id: Option<String>,
+    pub step: Option<Step>,
+    pub status: Option<Status>,
+}
+
+/// Sums of one currency for the pipeline report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CurrencySums {
+    /// Per open step: (count, total nanos).
+    pub open: BTreeMap<Step, (i64, i128)>,
+    pub won: (i64, i128),
+    pub lost: (i64, i128),
+}
+
+#[derive(Clone)]
+pub struct Repository {
+    db: DatabaseConnection,
+    events_written: Arc<Notify>,
+}
+
+fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(conn.get_database_backend(), sql, values)
+}
+
+fn money_columns(money: Option<Money>) -> (Value, Value, Value) {
+    match money {
+        Some(m) => (
+            m.currency_code().to_owned().into(),
+            i64::try_from(m.nanos.div_euclid(1_000_000_000))
+                .unwrap_or(i64::MAX)
+                .into(),
+            i64::try_from(m.nanos.rem_euclid(1_000_000_000))
+                .unwrap_or(0)
+                .into(),
+        ),
+        None => (
+            Option::<String>::None.into(),
+            Option::<i64>::None.into(),
+            Option::<i64>::None.into(),
+        ),
+    }
+}
+
+fn parse(data: &str) -> ServiceResult<Opportunity> {
+    serde_json::from_str(data)
+        .map_err(|e| ServiceError::internal(anyhow::anyhow!("stored opportunity unreadable: {e}")))
+}
+
+impl Repository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            events_written: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes this notify after committing events (the deliverer's waker).
+    pub fn set_event_waker(&mut self, waker: Arc<Notify>) {
+        self.events_written = waker;
+    }
+
+    pub async fn by_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> ServiceResult<Option<Opportunity>> {
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                &self.db,
+                "SELECT data FROM opportunities WHERE tenant_id = $1 AND create_request_id = $2",
+                vec![tenant.as_str().into(), request_id.into()],
+            ))
+            .await?;
+        row.map(|r| {
+            r.try_get::<String>("", "data")
+                .map_err(ServiceError::from)
+                .and_then(|d| parse(&d))
+        })
+        .transpose()
+    }
+
+    /// Stores a new opportunity and queues OPENED for lifecycle.
+    pub async fn create(
+        &self,
+        tenant: &TenantId,
+        opportunity: Opportunity,
+        request_id: Option<String>,
+    ) -> ServiceResult<Opportunity> {
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        let (currency, units, nanos) = money_columns(pipeline_value(&opportunity));
+        let data = serde_json::to_string(&opportunity).map_err(ServiceError::internal)?;
+        let inserted = txn
+            .execute_raw(stmt(
+                &txn,
+                "INSERT INTO opportunities (opportunity_id, tenant_id, account_id, owner_id, step, status, \
+                 value_currency, value_units, value_nanos, closed_at_ms, create_request_id, data, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11, 1)",
+                vec![
+                    opportunity.opportunity_id.clone().into(),
+                    t.into(),
+                    opportunity.account_id.clone().into(),
+                    opportunity.owner_id.clone().into(),
+                    opportunity.step.as_str().into(),
+                    opportunity.status.as_str().into(),
+                    currency,
+                    units,
+                    nanos,
+                    request_id.clone().into(),
+                    data.into(),
+                ],
+            ))
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                drop(txn);
+                // The same request raced us: answer what it created.
+                if let Some(request_id) = &request_id
+                    && let Some(existing) = self.by_request(tenant, request_id).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(ServiceError::Aborted(
+                    "a conflicting opportunity was created; retry".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.enqueue(&txn, t, &opportunity, EventKind::Opened)
+            .await?;
+        txn.commit().await?;
+        self.events_written.notify_one();
+        Ok(opportunity)
+    }
+
+    async fn enqueue(
+        &self,
+        conn: &impl ConnectionTrait,
+        tenant_id: &str,
+        opportunity: &Opportunity,
+        kind: EventKind,
+    ) -> ServiceResult<()> {
+        let row = conn
+            .query_one_raw(stmt(
+                conn,
+                "SELECT COUNT(*) AS n FROM opportunities WHERE tenant_id = $1 AND account_id = $2 \
+                 AND status = $3 AND opportunity_id <> $4",
+                vec![
+                    tenant_id.into(),
+                    opportunity.account_id.clone().into(),
+                    Status::Open.as_str().into(),
+                    opportunity.opportunity_id.clone().into(),
+                ],
+            ))
+            .await?;
+        let other_open = row
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        let payload = EventPayload {
+            kind,
+            opportunity_id: opportunity.opportunity_id.clone(),
+            buying_group: opportunity.buying_group.clone(),
+            other_open: i32::try_from(other_open).unwrap_or(i32::MAX),
+        };
+        let bytes = serde_json::to_vec(&payload).map_err(ServiceError::internal)?;
+        outbox::enqueue(conn, tenant_id, EVENT_TOPIC, &opportunity.account_id, bytes).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, tenant: &TenantId, opportunity_id: &str) -> ServiceResult<Opportunity> {
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                &self.db,
+                "SELECT data FROM opportunities WHERE tenant_id = $1 AND opportunity_id = $2",
+                vec![tenant.as_str().into(), opportunity_id.into()],
+            ))
+            .await?
+            .ok_or_else(|| ServiceError::not_found("opportunity", opportunity_id))?;
+        parse(&row.try_get::<String>("", "data")?)
+    }
+
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &Filter,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Opportunity>, String)> {
+        let mut sql =
+            String::from("SELECT opportunity_id, data FROM opportunities WHERE tenant_id = $1");
+        let mut values: Vec<Value> = vec![tenant.as_str().into()];
+        let mut add = |column: &str, value: Value, sql: &mut String| {
+            values.push(value);
+            sql.push_str(&format!(" AND {column} ${}", values.len()));
+        };
+        if let Some(account) = &filter.account_id {
+            add("account_id =", account.clone().into(), &mut sql);
+        }
+        if let Some(owner) = &filter.owner_id {
+            add("owner_id =", owner.clone().into(), &mut sql);
+        }
+        if let Some(step) = filter.step {
+            add("step =", step.as_str().into(), &mut sql);
+        }
+        if let Some(status) = filter.status {
+            add("status =", status.as_str().into(), &mut sql);
+        }
+        if let Some(after) = &page.after {
+            add("opportunity_id >", after.clone().into(), &mut sql);
+        }
+        values.push((page.fetch_limit() as i64).into());
+        sql.push_str(&format!(" ORDER BY opportunity_id LIMIT ${}", values.len()));
+        let rows = self.db.query_all_raw(stmt(&self.db, &sql, values)).await?;
+        let opportunities = rows
+            .iter()
+            .map(|r| parse(&r.try_get::<String>("", "data")?))
+            .collect::<ServiceResult<Vec<_>>>()?;
+        Ok(page.finish(opportunities, |o| o.opportunity_id.clone()))
+    }
+
+    /// Changes an opportunity under a lock: `change` may refuse, edit it, and
+    /// name an event for lifecycle; everything is written in one transaction.
+    pub async fn modify(
+        &self,
+        tenant: &TenantId,
+        opportunity_id: &str,
+        change: impl FnOnce(&mut Opportunity, &Settings) -> ServiceResult<Option<EventKind>>,
+    ) -> ServiceResult<Opportunity> {
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        let lock = if txn.get_database_backend() == DbBackend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let row = txn
+            .query_one_raw(stmt(
+                &txn,
+                &format!("SELECT data, version FROM opportunities WHERE tenant_id = $1 AND opportunity_id = $2{lock}"),
+                vec![t.into(), opportunity_id.into()],
+            ))
+            .await?
+            .ok_or_else(|| ServiceError::not_found("opportunity", opportunity_id))?;
+        let mut opportunity = parse(&row.try_get::<String>("", "data")?)?;
+        let version: i64 = row.try_get("", "version")?;
+        let settings = current_settings(&txn, t).await?;
+        let event = change(&mut opportunity, &settings)?;
+        opportunity.updated_at_ms = time::now().timestamp_millis();
+        let (currency, units, nanos) = money_columns(pipeline_value(&opportunity));
+        let data = serde_json::to_string(&opportunity).map_err(ServiceError::internal)?;
+        txn.execute_raw(stmt(
+            &txn,
+            "UPDATE opportunities SET owner_id = $1, step = $2, status = $3, value_currency = $4, \
+             value_units = $5, value_nanos = $6, closed_at_ms = $7, data = $8, version = $9 \
+             WHERE tenant_id = $10 AND opportunity_id = $11",
+            vec![
+                opportunity.owner_id.clone().into(),
+                opportunity.step.as_str().into(),
+                opportunity.status.as_str().into(),
+                currency,
+                units,
+                nanos,
+                opportunity.closed_at_ms.into(),
+                data.into(),
+                (version + 1).into(),
+                t.into(),
+                opportunity_id.into(),
+            ],
+        ))
+        .await?;
+        if let Some(kind) = event {
+            self.enqueue(&txn, t, &opportunity, kind).await?;
+        }
+        txn.commit().await?;
+        if event.is_some() {
+            self.events_written.notify_one();
+        }
+        Ok(opportunity)
+    }
+
+    pub async fn settings(
+        &self,
+        tenant: &TenantId,
+        version: Option<i64>,
+    ) -> ServiceResult<Settings> {
+        let Some(version) = version else {
+            return current_settings(&self.db, tenant.as_str()).await;
+        };
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                &self.db,
+                "SELECT * FROM opportunity_settings WHERE tenant_id = $1 AND version = $2",
+                vec![tenant.as_str().into(), version.into()],
+            ))
+            .await?;
+        match row {
+            Some(row) => settings_from_row(&row),
+            None if version == 1 => Ok(Settings::default()),
+            None => Err(ServiceError::not_found(
+                "opportunity settings version",
+                version.to_string(),
+            )),
+        }
+    }
+
+    /// Stores `change(current)` as the next version.
+    pub async fn update_settings(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        change: impl FnOnce(&mut Settings) -> ServiceResult<()>,
+    ) -> ServiceResult<Settings> {
+        let mut next = current_settings(&self.db, tenant.as_str()).await?;
+        change(&mut next)?;
+        next.version += 1;
+        let now = time::now().timestamp_millis();
+        let data =
+            serde_json::to_string(&StoredSettings::from(&next)).map_err(ServiceError::internal)?;
+        let result = self
+            .db
+            .execute_raw(stmt(
+                &self.db,
+                "INSERT INTO opportunity_settings (tenant_id, version, data, updated_at_ms, updated_by) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                vec![tenant.as_str().into(), next.version.into(), data.into(), now.into(), actor.into()],
+            ))
+            .await;
+        match result {
+            Ok(_) => {
+                next.updated_at_ms = Some(now);
+                next.updated_by = Some(actor.to_owned());
+                Ok(next)
+            }
+            Err(e) if is_unique_violation(&e) => Err(ServiceError::Aborted(
+                "the settings were changed by another call at the same time; read them again and retry".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sums per currency: open opportunities per step, and won / lost ones
+    /// closed in `[start_ms, end_ms)`. Summed by the database.
+    pub async fn pipeline(
+        &self,
+        tenant: &TenantId,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> ServiceResult<BTreeMap<String, CurrencySums>> {
+        let t = tenant.as_str();
+        let mut sums: BTreeMap<String, CurrencySums> = BTreeMap::new();
+        let open = self
+            .db
+            .query_all_raw(stmt(
+                &self.db,
+                "SELECT value_currency, step, COUNT(*) AS n, CAST(SUM(value_units) AS BIGINT) AS units, CAST(SUM(value_nanos) AS BIGINT) AS nanos \
+                 FROM opportunities WHERE tenant_id = $1 AND status = $2 AND value_currency IS NOT NULL \
+                 GROUP BY value_currency, step",
+                vec![t.into(), Status::Open.as_str().into()],
+            ))
+            .await?;
+        for row in open {
+            let currency: String = row.try_get("", "value_currency")?;
+            let step: String = row.try_get("", "step")?;
+            let step: Step = step
+                .parse()
+                .map_err(|e| ServiceError::internal(anyhow::anyhow!("{e}")))?;
+            let total = sum_nanos(&row)?;
+            let n: i64 = row.try_get("", "n")?;
+            sums.entry(currency)
+                .or_default()
+                .open
+                .insert(step, (n, total));
+        }
+        let closed = self
+            .db
+            .query_all_raw(stmt(
+                &self.db,
+                "SELECT value_currency, status, COUNT(*) AS n, CAST(SUM(value_units) AS BIGINT) AS units, CAST(SUM(value_nanos) AS BIGINT) AS nanos \
+                 FROM opportunities WHERE tenant_id = $1 AND status <> $2 AND closed_at_ms >= $3 \
+                 AND closed_at_ms < $4 AND value_currency IS NOT NULL GROUP BY value_currency, status",
+                vec![t.into(), Status::Open.as_str().into(), start_ms.into(), end_ms.into()],
+            ))
+            .await?;
+        for row in closed {
+            let currency: String = row.try_get("", "value_currency")?;
+            let status: String = row.try_get("", "status")?;
+            let entry = sums.entry(currency).or_default();
+            let figures = (row.try_get::<i64>("", "n")?, sum_nanos(&row)?);
+            if status == Status::Won.as_str() {
+                entry.won = figures;
+            } else {
+                entry.lost = figures;
+            }
+        }
+        Ok(sums)
+    }
+}
+
+/// The summed amount of a row (`units` and `nanos`, both cast to BIGINT:
+/// PostgreSQL sums BIGINT into NUMERIC).
+fn sum_nanos(row: &sea_orm::QueryResult) -> ServiceResult<i128> {
+    let units: Option<i64> = row.try_get("", "units")?;
+    let nanos: Option<i64> = row.try_get("", "nanos")?;
+    Ok(i128::from(units.unwrap_or(0)) * 1_000_000_000 + i128::from(nanos.unwrap_or(0)))
+}
+
+async fn current_settings(conn: &impl ConnectionTrait, tenant_id: &str) -> ServiceResult<Settings> {
+    let row = conn
+        .query_one_raw(stmt(
+            conn,
+            "SELECT * FROM opportunity_settings WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1",
+            vec![tenant_id.into()],
+        ))
+        .await?;
+    row.map_or_else(|| Ok(Settings::default()), |r| settings_from_row(&r))
+}
+
+/// Settings as stored (JSON).
+#[derive(Serialize, Deserialize)]
+struct StoredSettings {
+    large_deal_threshold: Money,
+    discover_display_name: String,
+    probabilities: [i32; 4],
+    currency: String,
+}
+
+impl From<&Settings> for StoredSettings {
+    fn from(s: &Settings) -> Self {
+        Self {
+            large_deal_threshold: s.large_deal_threshold,
+            discover_display_name: s.discover_display_name.clone(),
+            probabilities: s.probabilities,
+            currency: s.currency.clone(),
+        }
+    }
+}
+
+fn settings_from_row(row: &sea_orm::QueryResult) -> ServiceResult<Settings> {
+    let data: String = row.try_get("", "data")?;
+    let stored: StoredSettings = serde_json::from_str(&data)
+        .map_err(|e| ServiceError::internal(anyhow::anyhow!("stored settings unreadable: {e}")))?;
+    Ok(Settings {
+        version: row.try_get("", "version")?,
+        large_deal_threshold: stored.large_deal_threshold,
+        discover_display_name: stored.discover_display_name,
+        probabilities: stored.probabilities,
+        currency: stored.currency,
+        updated_at_ms: Some(row.try_get("", "updated_at_ms")?),
+        updated_by: Some(row.try_get("", "updated_by")?),
+    })
+}

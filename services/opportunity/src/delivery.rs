@@ -1,0 +1,82 @@
+//! Delivers opportunity events to lifecycle through the outbox, one at a
+//! time and in order per account (OPENED before WON or LOST).
+
+use cascade_proto::lifecycle::v1 as lifecycle;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_shared::client::outgoing;
+use cascade_shared::outbox::{DeliveryError, Entry, Sink};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::storage::{EventKind, EventPayload};
+
+/// The actor lifecycle records for opportunity-driven moves.
+pub const ACTOR: &str = "opportunity-service";
+
+pub struct LifecycleEventSink {
+    client: LifecycleServiceClient<Channel>,
+}
+
+impl LifecycleEventSink {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: LifecycleServiceClient::new(channel),
+        }
+    }
+
+    async fn deliver_one(&self, entry: &Entry) -> Result<(), DeliveryError> {
+        let payload: EventPayload = match serde_json::from_slice(&entry.payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(message = %entry.id, %error, "unreadable opportunity event dropped");
+                return Ok(());
+            }
+        };
+        let kind = match payload.kind {
+            EventKind::Opened => lifecycle::OpportunityEventType::Opened,
+            EventKind::Won => lifecycle::OpportunityEventType::Won,
+            EventKind::Lost => lifecycle::OpportunityEventType::Lost,
+        };
+        let request = lifecycle::ApplyOpportunityEventRequest {
+            event_id: entry.id.clone(),
+            account_id: entry.partition_key.clone(),
+            opportunity_id: payload.opportunity_id,
+            r#type: kind as i32,
+            buying_group_contact_ids: payload.buying_group,
+            other_open_opportunities: payload.other_open,
+            occur_time: None,
+        };
+        let mut client = self.client.clone();
+        match client
+            .apply_opportunity_event(outgoing(&entry.tenant_id, ACTOR, request))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Lifecycle will never accept these; retrying would block the account.
+            Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                tracing::warn!(
+                    account = %entry.partition_key,
+                    code = ?status.code(),
+                    message = status.message(),
+                    "lifecycle refused an opportunity event; dropped"
+                );
+                Ok(())
+            }
+            Err(status) => Err(DeliveryError(format!(
+                "lifecycle answered {:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Sink for LifecycleEventSink {
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
+        for (i, entry) in run.iter().enumerate() {
+            self.deliver_one(entry).await.map_err(|e| (i, e))?;
+        }
+        Ok(run.len())
+    }
+}

@@ -1,0 +1,384 @@
+//! The opportunity process (DESIGN.md "Opportunity process"), as plain types
+//! and pure functions: what each step requires, whether a move is allowed,
+//! and the money arithmetic of the pipeline.
+
+use cascade_proto::opportunity::v1 as pb;
+use cascade_shared::domain::Money;
+use cascade_shared::domain_enum;
+
+domain_enum! {
+    /// The steps of the process, in order.
+    Step => pb::OpportunityStep {
+        Discover = "DISCOVER",
+        Qualify = "QUALIFY",
+        Propose = "PROPOSE",
+        Win = "WIN",
+    }
+}
+
+domain_enum! {
+    /// Whether an opportunity is still being worked.
+    Status => pb::OpportunityStatus {
+        Open = "OPEN",
+        Won = "WON",
+        Lost = "LOST",
+    }
+}
+
+impl Step {
+    pub fn next(self) -> Option<Step> {
+        match self {
+            Step::Discover => Some(Step::Qualify),
+            Step::Qualify => Some(Step::Propose),
+            Step::Propose => Some(Step::Win),
+            Step::Win => None,
+        }
+    }
+}
+
+/// A calendar date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Date {
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+}
+
+/// A person in the buying decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stakeholder {
+    pub contact_id: Option<String>,
+    pub name: String,
+    /// The protobuf StakeholderRole number (validated on input).
+    pub role: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Competitor {
+    pub name: String,
+    pub notes: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LineItem {
+    pub product: String,
+    /// The protobuf LineItemKind number.
+    pub kind: i32,
+    pub quantity: i64,
+    pub currency: String,
+    pub unit_price_nanos: i128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contract {
+    pub document_ref: String,
+    pub signed: bool,
+    pub sign_time_ms: Option<i64>,
+}
+
+/// An opportunity as the rules see it (and as storage keeps it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Opportunity {
+    pub opportunity_id: String,
+    pub account_id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub step: Step,
+    pub status: Status,
+    pub estimated_deal_size: Option<Money>,
+    pub amount: Option<Money>,
+    pub amount_from_line_items: bool,
+    pub close_date: Option<Date>,
+    pub current_situation: String,
+    pub needs: String,
+    pub buying_group: Vec<String>,
+    pub stakeholders: Vec<Stakeholder>,
+    pub competitors: Vec<Competitor>,
+    pub line_items: Vec<LineItem>,
+    pub new_reality: String,
+    pub contract: Option<Contract>,
+    pub lost_reason: String,
+    /// (step, time in ms) each step was entered.
+    pub step_entries: Vec<(Step, i64)>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+}
+
+/// A tenant's opportunity settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub version: i64,
+    /// Deals with an amount at or above this (same currency) are large.
+    pub large_deal_threshold: Money,
+    pub discover_display_name: String,
+    /// Percent per step: DISCOVER, QUALIFY, PROPOSE, WIN.
+    pub probabilities: [i32; 4],
+    pub currency: String,
+    pub updated_at_ms: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            large_deal_threshold: Money {
+                currency: *b"USD",
+                nanos: 100_000 * 1_000_000_000,
+            },
+            discover_display_name: "Discover".into(),
+            probabilities: [10, 25, 50, 90],
+            currency: "USD".into(),
+            updated_at_ms: None,
+            updated_by: None,
+        }
+    }
+}
+
+impl Settings {
+    pub fn display_name(&self, step: Step) -> String {
+        match step {
+            Step::Discover => self.discover_display_name.clone(),
+            Step::Qualify => "Qualify".into(),
+            Step::Propose => "Propose".into(),
+            Step::Win => "Win".into(),
+        }
+    }
+
+    pub fn probability(&self, step: Step) -> i32 {
+        let index = Step::ALL.iter().position(|s| *s == step).unwrap_or(0);
+        self.probabilities[index]
+    }
+}
+
+/// Completeness of one section of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionProgress {
+    pub section: &'static str,
+    pub missing: Vec<&'static str>,
+}
+
+impl SectionProgress {
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// Completeness of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepProgress {
+    pub step: Step,
+    pub sections: Vec<SectionProgress>,
+}
+
+impl StepProgress {
+    pub fn complete(&self) -> bool {
+        self.sections.iter().all(SectionProgress::complete)
+    }
+
+    pub fn missing(&self) -> Vec<&'static str> {
+        self.sections
+            .iter()
+            .flat_map(|s| s.missing.iter().copied())
+            .collect()
+    }
+}
+
+fn section(section: &'static str, checks: &[(&'static str, bool)]) -> SectionProgress {
+    SectionProgress {
+        section,
+        missing: checks
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(f, _)| *f)
+            .collect(),
+    }
+}
+
+/// A deal is large when its amount reaches the tenant's threshold in the
+/// same currency (amounts in another currency cannot be compared).
+pub fn is_large(opportunity: &Opportunity, settings: &Settings) -> bool {
+    opportunity.amount.is_some_and(|amount| {
+        amount.currency == settings.large_deal_threshold.currency
+            && amount.nanos >= settings.large_deal_threshold.nanos
+    })
+}
+
+/// What each step requires, and what is still missing.
+pub fn step_progress(opportunity: &Opportunity, settings: &Settings, step: Step) -> StepProgress {
+    let o = opportunity;
+    let filled = |s: &str| !s.trim().is_empty();
+    let sections = match step {
+        Step::Discover => vec![section(
+            "deal_size",
+            &[("estimated_deal_size", o.estimated_deal_size.is_some())],
+        )],
+        Step::Qualify => {
+            let mut sections = vec![
+                section(
+                    "timing_and_value",
+                    &[
+                        ("close_date", o.close_date.is_some()),
+                        ("amount", o.amount.is_some()),
+                    ],
+                ),
+                section(
+                    "situation",
+                    &[
+                        ("current_situation", filled(&o.current_situation)),
+                        ("needs", filled(&o.needs)),
+                    ],
+                ),
+                section(
+                    "buying_group",
+                    &[("buying_group_contact_ids", !o.buying_group.is_empty())],
+                ),
+            ];
+            if is_large(o, settings) {
+                sections.push(section(
+                    "stakeholders",
+                    &[("stakeholders", !o.stakeholders.is_empty())],
+                ));
+                sections.push(section(
+                    "competitors",
+                    &[("competitors", !o.competitors.is_empty())],
+                ));
+            }
+            sections
+        }
+        Step::Propose => vec![section(
+            "solution",
+            &[
+                ("line_items", !o.line_items.is_empty()),
+                ("new_reality", filled(&o.new_reality)),
+            ],
+        )],
+        Step::Win => {
+            let contract = o.contract.as_ref();
+            vec![section(
+                "contract",
+                &[
+                    (
+                        "contract.document_ref",
+                        contract.is_some_and(|c| filled(&c.document_ref)),
+                    ),
+                    ("contract.signed", contract.is_some_and(|c| c.signed)),
+                ],
+            )]
+        }
+    };
+    StepProgress { step, sections }
+}
+
+/// Why a move was refused: a message and the missing fields, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub missing: Vec<&'static str>,
+}
+
+impl Refusal {
+    fn plain(message: String) -> Self {
+        Self {
+            message,
+            missing: Vec::new(),
+        }
+    }
+}
+
+fn check_open(o: &Opportunity) -> Result<(), Refusal> {
+    if o.status != Status::Open {
+        return Err(Refusal::plain(format!(
+            "the opportunity is closed ({}); a closed opportunity cannot change",
+            o.status
+        )));
+    }
+    Ok(())
+}
+
+/// Moves one step forward when the current step is complete.
+pub fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result<Step, Refusal> {
+    check_open(o)?;
+    let Some(next) = o.step.next() else {
+        return Err(Refusal::plain(
+            "the opportunity is at WIN, the last step; close it as won or lost".into(),
+        ));
+    };
+    if let Some(to) = to
+        && to != next
+    {
+        return Err(Refusal::plain(format!(
+            "the opportunity is at {}; its next step is {next}, not {to}",
+            o.step
+        )));
+    }
+    let progress = step_progress(o, settings, o.step);
+    if !progress.complete() {
+        let missing = progress.missing();
+        return Err(Refusal {
+            message: format!(
+                "the {} step is incomplete; missing: {}",
+                settings.display_name(o.step),
+                missing.join(", ")
+            ),
+            missing,
+        });
+    }
+    Ok(next)
+}
+
+/// Closing as won needs the WIN step complete.
+pub fn close_won(o: &Opportunity, settings: &Settings) -> Result<(), Refusal> {
+    check_open(o)?;
+    if o.step != Step::Win {
+        return Err(Refusal::plain(format!(
+            "the opportunity is at {}; it can be won only at WIN",
+            o.step
+        )));
+    }
+    let progress = step_progress(o, settings, Step::Win);
+    if !progress.complete() {
+        let missing = progress.missing();
+        return Err(Refusal {
+            message: format!(
+                "the Win step is incomplete; missing: {}",
+                missing.join(", ")
+            ),
+            missing,
+        });
+    }
+    Ok(())
+}
+
+/// Closing as lost needs the opportunity open (the reason is checked on input).
+pub fn close_lost(o: &Opportunity) -> Result<(), Refusal> {
+    check_open(o)
+}
+
+/// Any change to an opportunity needs it open.
+pub fn check_changeable(o: &Opportunity) -> Result<(), Refusal> {
+    check_open(o)
+}
+
+/// The sum of the line items, if they are all in one currency.
+pub fn line_items_total(items: &[LineItem]) -> Option<Money> {
+    let first = items.first()?;
+    if items.iter().any(|i| i.currency != first.currency) {
+        return None;
+    }
+    let code = first.currency.as_bytes();
+    let currency = [*code.first()?, *code.get(1)?, *code.get(2)?];
+    let nanos = items.iter().try_fold(0_i128, |sum, i| {
+        sum.checked_add(i.unit_price_nanos.checked_mul(i128::from(i.quantity))?)
+    })?;
+    Some(Money { currency, nanos })
+}
+
+/// The value of an opportunity in the pipeline: its amount, or its estimate.
+pub fn pipeline_value(o: &Opportunity) -> Option<Money> {
+    o.amount.or(o.estimated_deal_size)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! Table-driven tests of the step requirements: every step with each of its
+//! fields missing, for small and large deals.
+
+use super::*;
+
+fn usd(units: i128) -> Money {
+    Money {
+        currency: *b"USD",
+        nanos: units * 1_000_000_000,
+    }
+}
+
+/// An opportunity with every field of every step filled in.
+fn complete(step: Step, amount: i128) -> Opportunity {
+    Opportunity {
+        opportunity_id: "o".into(),
+        account_id: "a".into(),
+        name: "Deal".into(),
+        owner_id: "seller".into(),
+        step,
+        status: Status::Open,
+        estimated_deal_size: Some(usd(amount)),
+        amount: Some(usd(amount)),
+        amount_from_line_items: false,
+        close_date: Some(Date {
+            year: 2027,
+            month: 3,
+            day: 31,
+        }),
+        current_situation: "spreadsheets".into(),
+        needs: "one place for the pipeline".into(),
+        buying_group: vec!["c1".into()],
+        stakeholders: vec![Stakeholder {
+            contact_id: None,
+            name: "Dana".into(),
+            role: 1,
+        }],
+        competitors: vec![Competitor {
+            name: "Rival".into(),
+            notes: String::new(),
+        }],
+        line_items: vec![LineItem {
+            product: "Platform".into(),
+            kind: 1,
+            quantity: 1,
+            currency: "USD".into(),
+            unit_price_nanos: amount * 1_000_000_000,
+        }],
+        new_reality: "one source of truth".into(),
+        contract: Some(Contract {
+            document_ref: "doc-1".into(),
+            signed: true,
+            sign_time_ms: Some(1),
+        }),
+        lost_reason: String::new(),
+        step_entries: vec![(Step::Discover, 0)],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        closed_at_ms: None,
+    }
+}
+
+/// Removes one field; returns whether the field belongs to the table.
+fn remove(o: &mut Opportunity, field: &str) {
+    match field {
+        "estimated_deal_size" => o.estimated_deal_size = None,
+        "close_date" => o.close_date = None,
+        "amount" => o.amount = None,
+        "current_situation" => o.current_situation = " ".into(),
+        "needs" => o.needs = String::new(),
+        "buying_group_contact_ids" => o.buying_group.clear(),
+        "stakeholders" => o.stakeholders.clear(),
+        "competitors" => o.competitors.clear(),
+        "line_items" => o.line_items.clear(),
+        "new_reality" => o.new_reality = String::new(),
+        "contract.document_ref" => {
+            if let Some(c) = &mut o.contract {
+                c.document_ref = String::new();
+            }
+        }
+        "contract.signed" => {
+            if let Some(c) = &mut o.contract {
+                c.signed = false;
+            }
+        }
+        other => panic!("unknown field {other}"),
+    }
+}
+
+#[test]
+fn every_step_with_each_field_missing() {
+    let settings = Settings::default(); // large from 100,000 USD
+    #[rustfmt::skip]
+    let table: [(Step, i128, &[&str]); 8] = [
+        (Step::Discover, 5_000, &["estimated_deal_size"]),
+        (Step::Discover, 500_000, &["estimated_deal_size"]),
+        (Step::Qualify, 5_000, &["close_date", "amount", "current_situation", "needs", "buying_group_contact_ids"]),
+        (Step::Qualify, 500_000, &["close_date", "current_situation", "needs", "buying_group_contact_ids", "stakeholders", "competitors"]),
+        (Step::Propose, 5_000, &["line_items", "new_reality"]),
+        (Step::Propose, 500_000, &["line_items", "new_reality"]),
+        (Step::Win, 5_000, &["contract.document_ref", "contract.signed"]),
+        (Step::Win, 500_000, &["contract.document_ref", "contract.signed"]),
+    ];
+    for (step, amount, fields) in table {
+        let full = complete(step, amount);
+        let progress = step_progress(&full, &settings, step);
+        assert!(
+            progress.complete(),
+            "{step} {amount}: complete when everything is filled"
+        );
+        if step != Step::Win {
+            assert_eq!(
+                advance(&full, &settings, None),
+                Ok(step.next().expect("next"))
+            );
+        } else {
+            assert_eq!(close_won(&full, &settings), Ok(()));
+        }
+        for field in fields {
+            let mut o = complete(step, amount);
+            remove(&mut o, field);
+            let refusal = if step == Step::Win {
+                close_won(&o, &settings).expect_err("incomplete WIN")
+            } else {
+                advance(&o, &settings, None).expect_err("incomplete step")
+            };
+            assert_eq!(refusal.missing, [*field], "{step} {amount} without {field}");
+            assert!(refusal.message.contains(field), "{}", refusal.message);
+        }
+    }
+}
+
+#[test]
+fn a_large_deal_also_needs_stakeholders_and_competitors() {
+    let settings = Settings::default();
+    let mut small = complete(Step::Qualify, 99_999);
+    small.stakeholders.clear();
+    small.competitors.clear();
+    assert!(!is_large(&small, &settings));
+    assert!(advance(&small, &settings, None).is_ok());
+    let mut large = complete(Step::Qualify, 100_000);
+    large.stakeholders.clear();
+    large.competitors.clear();
+    assert!(is_large(&large, &settings), "at the threshold is large");
+    let refusal = advance(&large, &settings, None).expect_err("large needs more");
+    assert_eq!(refusal.missing, ["stakeholders", "competitors"]);
+    // Another currency cannot be compared with the threshold.
+    let mut euros = complete(Step::Qualify, 500_000);
+    euros.amount = Some(Money {
+        currency: *b"EUR",
+        nanos: 500_000 * 1_000_000_000,
+    });
+    euros.stakeholders.clear();
+    assert!(!is_large(&euros, &settings));
+}
+
+#[test]
+fn moves_need_an_open_opportunity_and_the_right_step() {
+    let settings = Settings::default();
+    let at_win = complete(Step::Win, 10);
+    assert!(
+        advance(&at_win, &settings, None)
+            .expect_err("last step")
+            .message
+            .contains("WIN")
+    );
+    let at_propose = complete(Step::Propose, 10);
+    assert!(close_won(&at_propose, &settings).is_err());
+    let guard = advance(
+        &complete(Step::Discover, 10),
+        &settings,
+        Some(Step::Propose),
+    )
+    .expect_err("guard");
+    assert!(
+        guard.message.contains("next step is QUALIFY"),
+        "{}",
+        guard.message
+    );
+    for status in [Status::Won, Status::Lost] {
+        let mut closed = complete(Step::Win, 10);
+        closed.status = status;
+        assert!(close_lost(&closed).is_err());
+        assert!(close_won(&closed, &settings).is_err());
+        assert!(check_changeable(&closed).is_err());
+    }
+}
+
+#[test]
+fn line_items_total_in_one_currency() {
+    let item = |q: i64, units: i128, currency: &str| LineItem {
+        product: "p".into(),
+        kind: 1,
+        quantity: q,
+        currency: currency.into(),
+        unit_price_nanos: units * 1_000_000_000,
+    };
+    assert_eq!(
+        line_items_total(&[item(2, 100, "USD"), item(1, 50, "USD")]),
+        Some(usd(250))
+    );
+    assert_eq!(
+        line_items_total(&[item(1, 1, "USD"), item(1, 1, "EUR")]),
+        None
+    );
+    assert_eq!(line_items_total(&[]), None);
+}
+
+#[test]
+fn discover_display_name_and_probabilities_are_settings() {
+    let settings = Settings {
+        discover_display_name: "Explore".into(),
+        ..Settings::default()
+    };
+    assert_eq!(settings.display_name(Step::Discover), "Explore");
+    assert_eq!(settings.probability(Step::Propose), 50);
+    let refusal = advance(
+        &{
+            let mut o = complete(Step::Discover, 10);
+            o.estimated_deal_size = None;
+            o
+        },
+        &settings,
+        None,
+    )
+    .expect_err("missing estimate");
+    assert!(
+        refusal.message.contains("Explore step"),
+        "{}",
+        refusal.message
+    );
+}

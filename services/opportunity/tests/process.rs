@@ -1,0 +1,737 @@
+//! The opportunity process over real gRPC with a real lifecycle service, on
+//! SQLite and PostgreSQL: the source document's walk from DISCOVER to won,
+//! lost deals, the pipeline report, and the checks against lifecycle.
+
+use std::time::Duration;
+
+use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date, Money};
+use cascade_proto::lifecycle::v1 as lc;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_proto::opportunity::v1 as pb;
+use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
+use cascade_shared::on_each_database;
+use cascade_shared::settings::ServiceSettings;
+use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+const T: &str = "acme";
+
+type Lifecycle = LifecycleServiceClient<Channel>;
+type Opportunities = OpportunityServiceClient<Channel>;
+
+struct Suite {
+    _lifecycle_db: TestDatabase,
+    lifecycle: TestServer,
+    opportunity: TestServer,
+}
+
+impl Suite {
+    async fn start(db: &TestDatabase) -> Self {
+        let lifecycle_db = if db.settings.is_sqlite() {
+            TestDatabase::sqlite()
+        } else {
+            TestDatabase::postgres().await.expect("postgres configured")
+        };
+        let lifecycle = TestServer::start(
+            cascade_lifecycle::build(&ServiceSettings::for_tests(lifecycle_db.settings.clone()))
+                .await
+                .expect("lifecycle builds"),
+        );
+        let mut settings = ServiceSettings::for_tests(db.settings.clone());
+        settings.lifecycle.url = lifecycle.url();
+        let opportunity = TestServer::start(
+            cascade_opportunity::build(&settings)
+                .await
+                .expect("opportunity builds"),
+        );
+        Self {
+            _lifecycle_db: lifecycle_db,
+            lifecycle,
+            opportunity,
+        }
+    }
+
+    fn clients(&self) -> (Lifecycle, Opportunities) {
+        (
+            LifecycleServiceClient::new(self.lifecycle.channel()),
+            OpportunityServiceClient::new(self.opportunity.channel()),
+        )
+    }
+
+    async fn stop(self) {
+        self.opportunity.stop().await;
+        self.lifecycle.stop().await;
+    }
+}
+
+fn usd(units: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        units,
+        nanos: 0,
+    })
+}
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+async fn account(lifecycle: &mut Lifecycle, name: &str) -> String {
+    lifecycle
+        .create_account(request_for(
+            T,
+            lc::CreateAccountRequest {
+                account: Some(lc::Account {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id
+}
+
+async fn contact(lifecycle: &mut Lifecycle, account_id: &str, email: &str) -> String {
+    lifecycle
+        .create_contact(request_for(
+            T,
+            lc::CreateContactRequest {
+                contact: Some(lc::Contact {
+                    account_id: account_id.into(),
+                    email: email.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("contact")
+        .into_inner()
+        .contact
+        .expect("contact")
+        .contact_id
+}
+
+async fn create(
+    opps: &mut Opportunities,
+    opportunity: pb::Opportunity,
+) -> Result<pb::Opportunity, tonic::Status> {
+    opps.create_opportunity(request_for(
+        T,
+        pb::CreateOpportunityRequest {
+            opportunity: Some(opportunity),
+            request_id: String::new(),
+        },
+    ))
+    .await
+    .map(|r| r.into_inner().opportunity.expect("opportunity"))
+}
+
+async fn update(
+    opps: &mut Opportunities,
+    id: &str,
+    fields: pb::Opportunity,
+    paths: &[&str],
+) -> Result<pb::Opportunity, tonic::Status> {
+    opps.update_opportunity(request_for(
+        T,
+        pb::UpdateOpportunityRequest {
+            opportunity: Some(pb::Opportunity {
+                opportunity_id: id.into(),
+                ..fields
+            }),
+            update_mask: mask(paths),
+        },
+    ))
+    .await
+    .map(|r| r.into_inner().opportunity.expect("opportunity"))
+}
+
+async fn advance(opps: &mut Opportunities, id: &str) -> Result<pb::Opportunity, tonic::Status> {
+    opps.advance_opportunity(request_for(
+        T,
+        pb::AdvanceOpportunityRequest {
+            opportunity_id: id.into(),
+            to_step: 0,
+        },
+    ))
+    .await
+    .map(|r| r.into_inner().opportunity.expect("opportunity"))
+}
+
+fn missing_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_precondition_failure()
+        .map(|f| f.violations.into_iter().map(|v| v.subject).collect())
+        .unwrap_or_default()
+}
+
+async fn lifecycle_account(lifecycle: &mut Lifecycle, id: &str) -> lc::Account {
+    lifecycle
+        .get_account(request_for(
+            T,
+            lc::GetAccountRequest {
+                account_id: id.into(),
+            },
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+}
+
+async fn wait_for(lifecycle: &mut Lifecycle, id: &str, stage: S) -> lc::Account {
+    for _ in 0..300 {
+        let account = lifecycle_account(lifecycle, id).await;
+        if account.stage == stage as i32 {
+            return account;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("account {id} never reached {stage:?}");
+}
+
+async fn contact_stage(lifecycle: &mut Lifecycle, id: &str) -> i32 {
+    lifecycle
+        .get_contact(request_for(
+            T,
+            lc::GetContactRequest {
+                contact_id: id.into(),
+            },
+        ))
+        .await
+        .expect("contact")
+        .into_inner()
+        .contact
+        .expect("contact")
+        .stage
+}
+
+async fn wait_for_contact(lifecycle: &mut Lifecycle, id: &str, stage: C) {
+    for _ in 0..300 {
+        if contact_stage(lifecycle, id).await == stage as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("contact {id} never reached {stage:?}");
+}
+
+/// Everything a deal needs from QUALIFY on (a large one with stakeholders).
+fn qualify_fields(amount: i64, buying_group: Vec<String>) -> pb::Opportunity {
+    pb::Opportunity {
+        close_date: Some(Date {
+            year: 2027,
+            month: 3,
+            day: 31,
+        }),
+        amount: usd(amount),
+        current_situation: "pipeline kept in spreadsheets".into(),
+        needs: "one place for the revenue lifecycle".into(),
+        buying_group_contact_ids: buying_group,
+        ..Default::default()
+    }
+}
+
+async fn the_source_process_from_discover_to_won(db: TestDatabase) {
+    let suite = Suite::start(&db).await;
+    let (mut lifecycle, mut opps) = suite.clients();
+    let id = account(&mut lifecycle, "Initech").await;
+    let ann = contact(&mut lifecycle, &id, "ann@initech.example").await;
+    let bob = contact(&mut lifecycle, &id, "bob@initech.example").await;
+
+    let created = create(
+        &mut opps,
+        pb::Opportunity {
+            account_id: id.clone(),
+            name: "Initech platform".into(),
+            owner_id: "peter@seller.example".into(),
+            buying_group_contact_ids: vec![ann.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("created");
+    let oid = created.opportunity_id.clone();
+    assert_eq!(
+        (created.step, created.status),
+        (
+            pb::OpportunityStep::Discover as i32,
+            pb::OpportunityStatus::Open as i32
+        )
+    );
+    assert_eq!(created.progress[0].display_name, "Discover");
+    assert!(!created.progress[0].complete);
+    wait_for(&mut lifecycle, &id, S::Pipeline).await;
+    wait_for_contact(&mut lifecycle, &ann, C::Opportunity).await;
+
+    // DISCOVER needs an estimated deal size.
+    let refused = advance(&mut opps, &oid).await.expect_err("no estimate");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(missing_fields(&refused), ["estimated_deal_size"]);
+    update(
+        &mut opps,
+        &oid,
+        pb::Opportunity {
+            estimated_deal_size: usd(250_000),
+            ..Default::default()
+        },
+        &["estimated_deal_size"],
+    )
+    .await
+    .expect("estimate");
+    let qualify = advance(&mut opps, &oid).await.expect("to QUALIFY");
+    assert_eq!(qualify.step, pb::OpportunityStep::Qualify as i32);
+
+    // QUALIFY: a large deal also needs stakeholders and a competitor. Bob joins the buying group.
+    let filled = update(
+        &mut opps,
+        &oid,
+        qualify_fields(250_000, vec![ann.clone(), bob.clone()]),
+        &[
+            "close_date",
+            "amount",
+            "current_situation",
+            "needs",
+            "buying_group_contact_ids",
+        ],
+    )
+    .await
+    .expect("qualify fields");
+    let qualify_progress = &filled.progress[1];
+    assert!(!qualify_progress.complete);
+    let refused = advance(&mut opps, &oid).await.expect_err("large deal");
+    assert_eq!(missing_fields(&refused), ["stakeholders", "competitors"]);
+    wait_for_contact(&mut lifecycle, &bob, C::Opportunity).await;
+    update(
+        &mut opps,
+        &oid,
+        pb::Opportunity {
+            stakeholders: vec![
+                pb::Stakeholder {
+                    contact_id: ann.clone(),
+                    name: String::new(),
+                    role: pb::StakeholderRole::DecisionMaker as i32,
+                },
+                pb::Stakeholder {
+                    contact_id: String::new(),
+                    name: "Lena Legal".into(),
+                    role: pb::StakeholderRole::Legal as i32,
+                },
+            ],
+            competitors: vec![pb::Competitor {
+                name: "Rival CRM".into(),
+                notes: "incumbent".into(),
+            }],
+            ..Default::default()
+        },
+        &["stakeholders", "competitors"],
+    )
+    .await
+    .expect("stakeholders");
+    advance(&mut opps, &oid).await.expect("to PROPOSE");
+
+    // PROPOSE: line items and the new reality; the amount follows the items.
+    let refused = advance(&mut opps, &oid).await.expect_err("no proposal");
+    assert_eq!(missing_fields(&refused), ["line_items", "new_reality"]);
+    let proposed = update(
+        &mut opps,
+        &oid,
+        pb::Opportunity {
+            line_items: vec![
+                pb::LineItem {
+                    product: "Platform".into(),
+                    kind: pb::LineItemKind::Product as i32,
+                    quantity: 2,
+                    unit_price: usd(100_000),
+                },
+                pb::LineItem {
+                    product: "Onboarding".into(),
+                    kind: pb::LineItemKind::Service as i32,
+                    quantity: 1,
+                    unit_price: usd(30_000),
+                },
+            ],
+            amount_from_line_items: true,
+            new_reality: "one source of truth for every account".into(),
+            ..Default::default()
+        },
+        &["line_items", "amount_from_line_items", "new_reality"],
+    )
+    .await
+    .expect("proposal");
+    assert_eq!(proposed.amount, usd(230_000));
+    advance(&mut opps, &oid).await.expect("to WIN");
+
+    // WIN: a contract attached and marked signed by a person.
+    let refused = opps
+        .close_opportunity_won(request_for(
+            T,
+            pb::CloseOpportunityWonRequest {
+                opportunity_id: oid.clone(),
+            },
+        ))
+        .await
+        .expect_err("no contract");
+    assert_eq!(
+        missing_fields(&refused),
+        ["contract.document_ref", "contract.signed"]
+    );
+    update(
+        &mut opps,
+        &oid,
+        pb::Opportunity {
+            contract: Some(pb::Contract {
+                document_ref: "dms://contracts/initech-2027".into(),
+                signed: true,
+                sign_time: None,
+            }),
+            ..Default::default()
+        },
+        &["contract"],
+    )
+    .await
+    .expect("contract");
+    let won = opps
+        .close_opportunity_won(request_for(
+            T,
+            pb::CloseOpportunityWonRequest {
+                opportunity_id: oid.clone(),
+            },
+        ))
+        .await
+        .expect("won")
+        .into_inner()
+        .opportunity
+        .expect("opportunity");
+    assert_eq!(won.status, pb::OpportunityStatus::Won as i32);
+    assert!(won.close_time.is_some());
+    let steps: Vec<i32> = won.step_entries.iter().map(|e| e.step).collect();
+    assert_eq!(steps, [1, 2, 3, 4], "every step entered once, in order");
+
+    let customer = wait_for(&mut lifecycle, &id, S::Implement).await;
+    assert_eq!(customer.customer_type, CustomerType::Customer as i32);
+    wait_for_contact(&mut lifecycle, &ann, C::Customer).await;
+    wait_for_contact(&mut lifecycle, &bob, C::Customer).await;
+
+    let closed = update(
+        &mut opps,
+        &oid,
+        pb::Opportunity {
+            name: "renamed".into(),
+            ..Default::default()
+        },
+        &["name"],
+    )
+    .await
+    .expect_err("closed");
+    assert_eq!(closed.code(), Code::FailedPrecondition);
+    suite.stop().await;
+}
+
+async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabase) {
+    let suite = Suite::start(&db).await;
+    let (mut lifecycle, mut opps) = suite.clients();
+    let id = account(&mut lifecycle, "Globex").await;
+    let new = |name: &str| pb::Opportunity {
+        account_id: id.clone(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let first = create(&mut opps, new("First"))
+        .await
+        .expect("first")
+        .opportunity_id;
+    let second = create(&mut opps, new("Second"))
+        .await
+        .expect("second")
+        .opportunity_id;
+    wait_for(&mut lifecycle, &id, S::Pipeline).await;
+
+    let closer = opps.clone();
+    let lose = |oid: String| {
+        let mut opps = closer.clone();
+        async move {
+            opps.close_opportunity_lost(request_for(
+                T,
+                pb::CloseOpportunityLostRequest {
+                    opportunity_id: oid,
+                    reason: "budget cut".into(),
+                },
+            ))
+            .await
+        }
+    };
+    let no_reason = opps
+        .close_opportunity_lost(request_for(
+            T,
+            pb::CloseOpportunityLostRequest {
+                opportunity_id: first.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect_err("reason required");
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    lose(first).await.expect("first lost");
+    // Give the delivery time to arrive, then check it did not nurture.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        lifecycle_account(&mut lifecycle, &id).await.stage,
+        S::Pipeline as i32
+    );
+    lose(second).await.expect("second lost");
+    let nurtured = wait_for(&mut lifecycle, &id, S::Engaged).await;
+    assert_eq!(nurtured.recycle_summary.expect("summary").nurture_count, 1);
+
+    // Creating for an unknown account is NOT_FOUND.
+    let unknown = create(
+        &mut opps,
+        pb::Opportunity {
+            account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10".into(),
+            name: "x".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("unknown account");
+    assert_eq!(unknown.code(), Code::NotFound);
+    suite.stop().await;
+}
+
+async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) {
+    let suite = Suite::start(&db).await;
+    let (mut lifecycle, mut opps) = suite.clients();
+    let id = account(&mut lifecycle, "Pipeline Inc").await;
+    let ann = contact(&mut lifecycle, &id, "ann@pipeline.example").await;
+    let start = cascade_shared::time::to_timestamp(
+        cascade_shared::time::now() - chrono::Duration::seconds(5),
+    );
+    let new = |name: &str, estimate: Option<Money>| pb::Opportunity {
+        account_id: id.clone(),
+        name: name.into(),
+        estimated_deal_size: estimate,
+        ..Default::default()
+    };
+    // o1: DISCOVER, estimate 10,000 USD.
+    create(&mut opps, new("o1", usd(10_000))).await.expect("o1");
+    // o2: QUALIFY, amount 40,000 USD.
+    let o2 = create(&mut opps, new("o2", usd(40_000)))
+        .await
+        .expect("o2")
+        .opportunity_id;
+    advance(&mut opps, &o2).await.expect("o2 to QUALIFY");
+    update(
+        &mut opps,
+        &o2,
+        pb::Opportunity {
+            amount: usd(40_000),
+            ..Default::default()
+        },
+        &["amount"],
+    )
+    .await
+    .expect("o2 amount");
+    // o3: QUALIFY, 20,000 EUR: reported apart.
+    let eur = Some(Money {
+        currency_code: "EUR".into(),
+        units: 20_000,
+        nanos: 0,
+    });
+    let o3 = create(&mut opps, new("o3", eur))
+        .await
+        .expect("o3")
+        .opportunity_id;
+    advance(&mut opps, &o3).await.expect("o3 to QUALIFY");
+    // o4: won, 50,000 USD.
+    let o4 = create(&mut opps, new("o4", usd(50_000)))
+        .await
+        .expect("o4")
+        .opportunity_id;
+    advance(&mut opps, &o4).await.expect("o4 to QUALIFY");
+    update(
+        &mut opps,
+        &o4,
+        qualify_fields(50_000, vec![ann.clone()]),
+        &[
+            "close_date",
+            "amount",
+            "current_situation",
+            "needs",
+            "buying_group_contact_ids",
+        ],
+    )
+    .await
+    .expect("o4 qualify");
+    advance(&mut opps, &o4).await.expect("o4 to PROPOSE");
+    update(
+        &mut opps,
+        &o4,
+        pb::Opportunity {
+            line_items: vec![pb::LineItem {
+                product: "Platform".into(),
+                kind: 1,
+                quantity: 1,
+                unit_price: usd(50_000),
+            }],
+            new_reality: "done".into(),
+            contract: Some(pb::Contract {
+                document_ref: "doc".into(),
+                signed: true,
+                sign_time: None,
+            }),
+            ..Default::default()
+        },
+        &["line_items", "new_reality", "contract"],
+    )
+    .await
+    .expect("o4 proposal");
+    advance(&mut opps, &o4).await.expect("o4 to WIN");
+    opps.close_opportunity_won(request_for(
+        T,
+        pb::CloseOpportunityWonRequest { opportunity_id: o4 },
+    ))
+    .await
+    .expect("o4 won");
+    // o5: lost, estimate 5,000 USD.
+    let o5 = create(&mut opps, new("o5", usd(5_000)))
+        .await
+        .expect("o5")
+        .opportunity_id;
+    opps.close_opportunity_lost(request_for(
+        T,
+        pb::CloseOpportunityLostRequest {
+            opportunity_id: o5,
+            reason: "no fit".into(),
+        },
+    ))
+    .await
+    .expect("o5 lost");
+    let end = cascade_shared::time::to_timestamp(
+        cascade_shared::time::now() + chrono::Duration::seconds(5),
+    );
+
+    let report = opps
+        .get_pipeline_report(request_for(
+            T,
+            pb::GetPipelineReportRequest {
+                start_time: Some(start),
+                end_time: Some(end),
+            },
+        ))
+        .await
+        .expect("report")
+        .into_inner();
+    let usd_pipeline = report.pipeline.expect("tenant currency");
+    assert_eq!(usd_pipeline.currency_code, "USD");
+    let row = |p: &pb::CurrencyPipeline, i: usize| {
+        let s = &p.steps[i];
+        (
+            s.open_count,
+            s.total_amount.as_ref().map_or(0, |m| m.units),
+            s.weighted_amount.as_ref().map_or(0, |m| m.units),
+        )
+    };
+    assert_eq!(row(&usd_pipeline, 0), (1, 10_000, 1_000), "DISCOVER at 10%");
+    assert_eq!(row(&usd_pipeline, 1), (1, 40_000, 10_000), "QUALIFY at 25%");
+    assert_eq!(row(&usd_pipeline, 2), (0, 0, 0));
+    assert_eq!(row(&usd_pipeline, 3), (0, 0, 0));
+    assert_eq!(
+        (
+            usd_pipeline.won_count,
+            usd_pipeline.won_amount.map(|m| m.units)
+        ),
+        (1, Some(50_000))
+    );
+    assert_eq!(
+        (
+            usd_pipeline.lost_count,
+            usd_pipeline.lost_amount.map(|m| m.units)
+        ),
+        (1, Some(5_000))
+    );
+    assert_eq!(report.other_currencies.len(), 1);
+    let eur_pipeline = &report.other_currencies[0];
+    assert_eq!(eur_pipeline.currency_code, "EUR");
+    assert_eq!(row(eur_pipeline, 1), (1, 20_000, 5_000));
+    suite.stop().await;
+}
+
+async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
+    let suite = Suite::start(&db).await;
+    let (mut lifecycle, mut opps) = suite.clients();
+    let updated = opps
+        .update_opportunity_settings(request_for(
+            T,
+            pb::UpdateOpportunitySettingsRequest {
+                settings: Some(pb::OpportunitySettings {
+                    discover_step_display_name: "Explore".into(),
+                    large_deal_threshold: usd(1_000),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["discover_step_display_name", "large_deal_threshold"]),
+            },
+        ))
+        .await
+        .expect("settings")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert_eq!(
+        (updated.version, updated.discover_step_display_name.as_str()),
+        (2, "Explore")
+    );
+    let id = account(&mut lifecycle, "Small").await;
+    let ann = contact(&mut lifecycle, &id, "ann@small.example").await;
+    let o = create(
+        &mut opps,
+        pb::Opportunity {
+            account_id: id,
+            name: "tiny".into(),
+            estimated_deal_size: usd(2_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("created");
+    assert_eq!(o.progress[0].display_name, "Explore");
+    advance(&mut opps, &o.opportunity_id)
+        .await
+        .expect("to QUALIFY");
+    update(
+        &mut opps,
+        &o.opportunity_id,
+        qualify_fields(2_000, vec![ann]),
+        &[
+            "close_date",
+            "amount",
+            "current_situation",
+            "needs",
+            "buying_group_contact_ids",
+        ],
+    )
+    .await
+    .expect("fields");
+    let refused = advance(&mut opps, &o.opportunity_id)
+        .await
+        .expect_err("large at 1,000");
+    assert_eq!(missing_fields(&refused), ["stakeholders", "competitors"]);
+    suite.stop().await;
+}
+
+on_each_database!(
+    the_source_process_from_discover_to_won,
+    a_lost_deal_nurtures_only_when_it_was_the_last_open_one,
+    the_pipeline_report_matches_a_hand_computed_scenario,
+    settings_change_the_discover_name_and_the_threshold,
+);
