@@ -31,6 +31,31 @@ const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 /// The overall health entry: Kubernetes' gRPC probe asks for it.
 const OVERALL: &str = "";
 
+/// A generated gRPC server, as the bootstrap needs it.
+pub trait GrpcService:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Background tasks of a service (outbox deliverers), stopped with it.
 #[derive(Clone, Default)]
 pub struct Background(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
@@ -61,13 +86,7 @@ where
     M: MigratorTrait,
     F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     let settings = ServiceSettings::load(identity)?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
@@ -88,13 +107,7 @@ where
     M: MigratorTrait,
     F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     let database = crate::db::connect_and_migrate::<M>(&settings.database).await?;
     let background = Background::default();
@@ -166,13 +179,7 @@ impl Application {
     /// Adds the service's gRPC server.
     pub fn add_service<S>(mut self, service: S) -> Self
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
+        S: GrpcService,
     {
         self.routes = self.routes.add_service(service);
         self
