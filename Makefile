@@ -23,6 +23,7 @@ run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLi
 
 .PHONY: test
 test: ## Run every test (PostgreSQL variants too when CASCADE_TEST_POSTGRES_URL is set)
+	$(CARGO) build --workspace --bins
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --all-features --no-fail-fast
 else
