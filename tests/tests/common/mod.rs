@@ -49,6 +49,24 @@ pub struct Process {
 }
 
 impl Process {
+    /// A service binary not yet started; its log goes to `log_dir`.
+    pub fn new(
+        name: &'static str,
+        database_url: &str,
+        lifecycle_url: &str,
+        log_dir: &std::path::Path,
+    ) -> Self {
+        Self {
+            name,
+            port: free_port(),
+            database_url: database_url.to_owned(),
+            lifecycle_url: lifecycle_url.to_owned(),
+            extra_env: Vec::new(),
+            child: None,
+            log: log_dir.join(format!("{name}-{}.log", cascade_shared::ids::new_id())),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -350,5 +368,69 @@ impl WebhookReceiver {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("webhook got {} of {n} notifications", self.accepted().len());
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to
+/// make the database unreachable without stopping the shared server.
+pub struct DatabaseProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DatabaseProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up2, generation2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let my_generation = generation2.load(Ordering::SeqCst);
+                let generation = generation2.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let cut = async {
+                        while generation.load(Ordering::SeqCst) == my_generation {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut cr, &mut sw) => {}
+                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
