@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
@@ -14,10 +15,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::settings::{LogFormat, TelemetrySettings};
 
-/// Flushes and stops the trace exporter when dropped (at the end of `main`).
-#[must_use = "dropping the guard stops trace export"]
+/// Flushes and stops the exporters when dropped (at the end of `main`).
+#[must_use = "dropping the guard stops trace and metric export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -26,6 +28,11 @@ impl Drop for TelemetryGuard {
             && let Err(error) = provider.shutdown()
         {
             eprintln!("trace exporter did not shut down cleanly: {error}");
+        }
+        if let Some(meters) = self.meters.take()
+            && let Err(error) = meters.shutdown()
+        {
+            eprintln!("metric exporter did not shut down cleanly: {error}");
         }
     }
 }
@@ -36,9 +43,12 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(&settings.log_level)?,
     };
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(tracer_provider(service_name)?),
-        _ => None,
+    let (provider, meters) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => (
+            Some(tracer_provider(service_name)?),
+            Some(meter_provider(service_name)?),
+        ),
+        _ => (None, None),
     };
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer().with_tracer(p.tracer(format!("cascade-{service_name}")))
@@ -70,7 +80,27 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         .with(otel_layer)
         .try_init()?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
+}
+
+fn resource(service_name: &str) -> Resource {
+    Resource::builder()
+        .with_service_name(format!("cascade-{service_name}"))
+        .build()
+}
+
+fn meter_provider(service_name: &str) -> anyhow::Result<SdkMeterProvider> {
+    // Interval and endpoint come from OTEL_METRIC_EXPORT_INTERVAL and OTEL_EXPORTER_OTLP_*.
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .build()?;
+    let reader = PeriodicReader::builder(exporter).build();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(resource(service_name))
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    Ok(provider)
 }
 
 fn tracer_provider(service_name: &str) -> anyhow::Result<SdkTracerProvider> {
@@ -78,12 +108,9 @@ fn tracer_provider(service_name: &str) -> anyhow::Result<SdkTracerProvider> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()?;
-    let resource = Resource::builder()
-        .with_service_name(format!("cascade-{service_name}"))
-        .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_resource(resource(service_name))
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(provider)

@@ -1,13 +1,16 @@
 //! One tracing span per RPC, named and attributed per the OpenTelemetry RPC
 //! semantic conventions, joined to the caller's trace through W3C trace
-//! context headers.
+//! context headers; and the RPC metrics (count and duration per method).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{HeaderMap, Request, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::propagation::Extractor;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -67,6 +70,7 @@ where
         let _ = span.set_parent(parent);
 
         let started = Instant::now();
+        let (service, method) = (service.to_owned(), method.to_owned());
         let future = self.inner.call(request);
         let record_span = span.clone();
         Box::pin(
@@ -84,6 +88,7 @@ where
                             .and_then(|v| v.parse::<i32>().ok())
                             .unwrap_or(0);
                         record_span.record("rpc.grpc.status_code", code);
+                        record_metrics(&service, &method, code, elapsed_ms);
                         if is_server_fault(code) {
                             record_span.record("otel.status_code", "ERROR");
                             tracing::warn!(code, elapsed_ms, "rpc failed");
@@ -101,6 +106,44 @@ where
             .instrument(span),
         )
     }
+}
+
+/// Request count and duration per RPC (`rpc.server.requests`,
+/// `rpc.server.duration` in milliseconds). Bound to the global meter provider
+/// on first use, which `telemetry::init` sets before any request arrives.
+struct RpcMetrics {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+}
+
+fn rpc_metrics() -> &'static RpcMetrics {
+    static METRICS: OnceLock<RpcMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("cascade");
+        RpcMetrics {
+            requests: meter
+                .u64_counter("rpc.server.requests")
+                .with_description("RPCs handled")
+                .build(),
+            duration: meter
+                .f64_histogram("rpc.server.duration")
+                .with_unit("ms")
+                .with_description("Duration of RPCs")
+                .build(),
+        }
+    })
+}
+
+fn record_metrics(service: &str, method: &str, code: i32, elapsed_ms: f64) {
+    let attributes = [
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+        KeyValue::new("rpc.grpc.status_code", i64::from(code)),
+    ];
+    let metrics = rpc_metrics();
+    metrics.requests.add(1, &attributes);
+    metrics.duration.record(elapsed_ms, &attributes);
 }
 
 /// Codes that mean the server (not the caller) has a problem: UNKNOWN,

@@ -1,0 +1,396 @@
+//! One trace across services: the real binaries export spans and metrics
+//! over OTLP to a collector started by this test. An activity that
+//! prioritizes an account produces scoring's and lifecycle's spans under one
+//! trace id, through the delayed outbox delivery; so does a won opportunity.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cascade_proto::common::v1::{AccountStage as S, Date, Money};
+use cascade_proto::lifecycle::v1 as lc;
+use cascade_proto::opportunity::v1 as op;
+use cascade_proto::scoring::v1 as sc;
+use cascade_shared::testing::{TestDatabase, request_for};
+use common::System;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+const T: &str = "traced";
+
+/// A span as the collector received it.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    attributes: Vec<KeyValue>,
+}
+
+impl Span {
+    fn attribute(&self, key: &str) -> Option<String> {
+        self.attributes.iter().find(|a| a.key == key).and_then(|a| {
+            match a.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                Value::IntValue(i) => Some(i.to_string()),
+                other => Some(format!("{other:?}")),
+            }
+        })
+    }
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    metrics: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+fn service_name(attributes: &[KeyValue]) -> String {
+    attributes
+        .iter()
+        .find(|a| a.key == "service.name")
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .map(|r| service_name(&r.attributes))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push(Span {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        attributes: span.attributes,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.metrics.lock().expect("lock");
+        for resource in request.into_inner().resource_metrics {
+            let service = resource
+                .resource
+                .as_ref()
+                .map(|r| service_name(&r.attributes))
+                .unwrap_or_default();
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    metrics.push((service.clone(), metric.name));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    fn spans(&self) -> Vec<Span> {
+        self.spans.lock().expect("lock").clone()
+    }
+
+    /// Waits (bounded) for a span of `service` named `name`.
+    async fn wait_span(&self, service: &str, name: &str, trace: Option<&[u8]>) -> Span {
+        for _ in 0..200 {
+            if let Some(span) = self.spans().into_iter().find(|s| {
+                s.service == service && s.name == name && trace.is_none_or(|t| s.trace_id == t)
+            }) {
+                return span;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen: Vec<_> = self
+            .spans()
+            .into_iter()
+            .map(|s| format!("{}:{}", s.service, s.name))
+            .collect();
+        panic!("no span {service}:{name} in the expected trace; seen {seen:?}");
+    }
+}
+
+fn usd(units: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        units,
+        nanos: 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_from_activity_to_stage_change() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind collector");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let db = TestDatabase::sqlite();
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+        ("OTEL_METRIC_EXPORT_INTERVAL".to_owned(), "300".to_owned()),
+    ];
+    let system = System::start_with(&db, 1, env).await;
+    let (mut lifecycle, mut scoring, mut opps) = (
+        system.lifecycle(0),
+        system.scoring(0),
+        system.opportunity(0),
+    );
+    let id = lifecycle
+        .create_account(request_for(
+            T,
+            lc::CreateAccountRequest {
+                account: Some(lc::Account {
+                    name: "Traced".into(),
+                    domain: "traced.example".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id;
+
+    let recorded = scoring
+        .record_activity(request_for(
+            T,
+            sc::RecordActivityRequest {
+                activity: Some(sc::Activity {
+                    event_id: "trace-1".into(),
+                    activity_type: "demo_request".into(),
+                    occur_time: Some(cascade_shared::time::to_timestamp(
+                        cascade_shared::time::now(),
+                    )),
+                    account_id: String::new(),
+                    contact_id: String::new(),
+                    contact_email: "tess@traced.example".into(),
+                }),
+            },
+        ))
+        .await
+        .expect("recorded")
+        .into_inner()
+        .result
+        .expect("result");
+    let contact = recorded.contact_id.clone();
+
+    let ingest = collector
+        .wait_span(
+            "cascade-scoring",
+            "cascade.scoring.v1.ScoringService/RecordActivity",
+            None,
+        )
+        .await;
+    assert_eq!(ingest.attribute("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        ingest.attribute("rpc.service").as_deref(),
+        Some("cascade.scoring.v1.ScoringService")
+    );
+    assert_eq!(
+        ingest.attribute("rpc.method").as_deref(),
+        Some("RecordActivity")
+    );
+    assert_eq!(
+        ingest.attribute("rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    let trace = ingest.trace_id.clone();
+    // Email resolution, the delayed delivery and the stage change: one trace.
+    collector
+        .wait_span(
+            "cascade-lifecycle",
+            "cascade.lifecycle.v1.LifecycleService/ResolveContact",
+            Some(&trace),
+        )
+        .await;
+    collector
+        .wait_span("cascade-scoring", "outbox.deliver", Some(&trace))
+        .await;
+    let applied = collector
+        .wait_span(
+            "cascade-lifecycle",
+            "cascade.lifecycle.v1.LifecycleService/ApplyEngagementScore",
+            Some(&trace),
+        )
+        .await;
+    assert_eq!(
+        applied.attribute("rpc.method").as_deref(),
+        Some("ApplyEngagementScore")
+    );
+
+    // An opportunity won: its outbox delivery joins the CloseOpportunityWon trace.
+    let oid = opps
+        .create_opportunity(request_for(
+            T,
+            op::CreateOpportunityRequest {
+                opportunity: Some(op::Opportunity {
+                    account_id: id.clone(),
+                    name: "Traced deal".into(),
+                    estimated_deal_size: usd(1_000),
+                    close_date: Some(Date {
+                        year: 2027,
+                        month: 1,
+                        day: 1,
+                    }),
+                    amount: usd(1_000),
+                    current_situation: "x".into(),
+                    needs: "y".into(),
+                    buying_group_contact_ids: vec![contact],
+                    line_items: vec![op::LineItem {
+                        product: "p".into(),
+                        kind: 1,
+                        quantity: 1,
+                        unit_price: usd(1_000),
+                    }],
+                    new_reality: "z".into(),
+                    contract: Some(op::Contract {
+                        document_ref: "doc".into(),
+                        signed: true,
+                        sign_time: None,
+                    }),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("opportunity")
+        .into_inner()
+        .opportunity
+        .expect("opportunity")
+        .opportunity_id;
+    for _ in 0..3 {
+        opps.advance_opportunity(request_for(
+            T,
+            op::AdvanceOpportunityRequest {
+                opportunity_id: oid.clone(),
+                to_step: 0,
+            },
+        ))
+        .await
+        .expect("advance");
+    }
+    opps.close_opportunity_won(request_for(
+        T,
+        op::CloseOpportunityWonRequest {
+            opportunity_id: oid,
+        },
+    ))
+    .await
+    .expect("won");
+    let won = collector
+        .wait_span(
+            "cascade-opportunity",
+            "cascade.opportunity.v1.OpportunityService/CloseOpportunityWon",
+            None,
+        )
+        .await;
+    collector
+        .wait_span("cascade-opportunity", "outbox.deliver", Some(&won.trace_id))
+        .await;
+    collector
+        .wait_span(
+            "cascade-lifecycle",
+            "cascade.lifecycle.v1.LifecycleService/ApplyOpportunityEvent",
+            Some(&won.trace_id),
+        )
+        .await;
+    for _ in 0..100 {
+        let account = lifecycle
+            .get_account(request_for(
+                T,
+                lc::GetAccountRequest {
+                    account_id: id.clone(),
+                },
+            ))
+            .await
+            .expect("account")
+            .into_inner()
+            .account
+            .expect("account");
+        if account.stage == S::Implement as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Metrics per RPC arrive the same way.
+    let mut metric_names = Vec::new();
+    for _ in 0..100 {
+        metric_names = collector.metrics.lock().expect("lock").clone();
+        let has =
+            |service: &str, name: &str| metric_names.iter().any(|(s, n)| s == service && n == name);
+        if has("cascade-scoring", "rpc.server.duration")
+            && has("cascade-lifecycle", "rpc.server.requests")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metric_names
+            .iter()
+            .any(|(s, n)| s == "cascade-scoring" && n == "rpc.server.duration"),
+        "{metric_names:?}"
+    );
+    assert!(
+        metric_names
+            .iter()
+            .any(|(s, n)| s == "cascade-lifecycle" && n == "rpc.server.requests"),
+        "{metric_names:?}"
+    );
+    println!(
+        "trace: {} spans exported; activity trace and won-deal trace each cross scoring/opportunity, the outbox and lifecycle",
+        collector.spans().len()
+    );
+    system.stop().await;
+}
