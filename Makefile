@@ -21,6 +21,10 @@ build: ## Build the three service binaries (release)
 run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLite under ./data (Ctrl-C stops all)
 	scripts/run-suite.sh
 
+.PHONY: demo
+demo: ## Play the source documents' story against `make run` (in another terminal)
+	$(CARGO) run --quiet --release -p cascade-tests --bin cascade-demo
+
 .PHONY: test
 test: ## Run every test (PostgreSQL variants too when CASCADE_TEST_POSTGRES_URL is set)
 	$(CARGO) build --workspace --bins
@@ -41,7 +45,8 @@ proto-breaking: tools-buf ## Compare the contracts with main: does a change brea
 	$(BUF) breaking proto --against '.git#branch=main,subdir=proto'
 
 .PHONY: smoke
-smoke: build tools-grpcurl ## Start the release binaries and check them with grpcurl
+smoke: build tools-grpcurl ## Start the release binaries, check them with grpcurl, run the demo
+	$(CARGO) build --release -p cascade-tests --bin cascade-demo
 	GRPCURL=$(GRPCURL) scripts/smoke.sh
 
 .PHONY: fmt

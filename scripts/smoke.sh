@@ -93,4 +93,15 @@ $(cat "$data/example.out")"
 done < <(sed -n '/<!-- readme-examples:start -->/,/<!-- readme-examples:end -->/p' README.md | sed '1d;$d')
 [ "$examples" -ge 10 ] || fail "found only $examples README examples"
 echo "ok   $examples README grpcurl examples work as written"
+# The demo plays the whole story against the same suite.
+demo=${CASCADE_DEMO_BIN:-target/release/cascade-demo}
+if [ -x "$demo" ]; then
+  CASCADE_DEMO_LIFECYCLE="http://127.0.0.1:$LIFECYCLE_PORT" \
+  CASCADE_DEMO_SCORING="http://127.0.0.1:$SCORING_PORT" \
+  CASCADE_DEMO_OPPORTUNITY="http://127.0.0.1:$OPPORTUNITY_PORT" \
+    "$demo" >"$data/demo.out" 2>&1 || fail "the demo failed: $(cat "$data/demo.out")"
+  grep -q "stage EXPAND → ADVOCATE" "$data/demo.out" || fail "the demo did not reach ADVOCATE: $(cat "$data/demo.out")"
+  grep -q "missing estimated_deal_size" "$data/demo.out" || fail "the demo did not show the refused advance"
+  echo "ok   the demo plays the whole story (TARGETED to ADVOCATE)"
+fi
 echo "smoke test: all checks passed"

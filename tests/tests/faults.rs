@@ -284,74 +284,68 @@ on_each_database!(
     scoring_killed_mid_batch
 );
 
-/// PostgreSQL unreachable for a while (a proxy cut between lifecycle and the
-/// server): requests answer UNAVAILABLE, health turns NOT_SERVING, and
-/// lifecycle recovers by itself when the database returns.
+/// PostgreSQL unreachable for a while (a proxy cut between the three
+/// services and the server): requests answer UNAVAILABLE, health turns
+/// NOT_SERVING, and every service recovers by itself when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_is_unavailable_then_recovers() {
-    let Some(db) = TestDatabase::postgres().await else {
+    let Some(first) = TestDatabase::postgres().await else {
         return;
     };
-    let url = db.settings.url.clone();
+    let (Some(second), Some(third)) = (
+        TestDatabase::postgres().await,
+        TestDatabase::postgres().await,
+    ) else {
+        return;
+    };
+    let url = first.settings.url.clone();
     let host_port = url
         .split('@')
         .nth(1)
         .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5432");
-    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port)
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned();
+    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port.as_str())
         .await
         .expect("resolve database host")
         .next()
         .expect("an address");
     let proxy = DatabaseProxy::start(upstream).await;
-    let proxied = url.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let proxied = |db: &TestDatabase| {
+        db.settings
+            .url
+            .replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1)
+    };
     let dir = TempDir(
         std::env::temp_dir().join(format!("cascade-outage-{}", cascade_shared::ids::new_id())),
     );
     std::fs::create_dir_all(&dir.0).expect("dir");
-    let mut lifecycle_process = Process::new("lifecycle", &proxied, "http://127.0.0.1:9", &dir.0);
+    let mut lifecycle_process =
+        Process::new("lifecycle", &proxied(&first), "http://127.0.0.1:9", &dir.0);
     lifecycle_process.start().await;
+    let lifecycle_url = lifecycle_process.url();
+    let mut scoring_process = Process::new("scoring", &proxied(&second), &lifecycle_url, &dir.0);
+    let mut opportunity_process =
+        Process::new("opportunity", &proxied(&third), &lifecycle_url, &dir.0);
+    scoring_process.start().await;
+    opportunity_process.start().await;
     let mut lifecycle =
         cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
             lifecycle_process.channel(),
         );
+    let mut scoring = cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient::new(
+        scoring_process.channel(),
+    );
+    let mut opps =
+        cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient::new(
+            opportunity_process.channel(),
+        );
     let id = create_account(&mut lifecycle, "outage").await;
 
-    proxy.cut();
-    // The proxy notices the cut within 20 ms.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut unavailable = 0;
-    let mut not_serving = false;
-    for _ in 0..100 {
-        match lifecycle
-            .get_account(request_for(
-                T,
-                lc::GetAccountRequest {
-                    account_id: id.clone(),
-                },
-            ))
-            .await
-        {
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                unavailable += 1;
-            }
-            Ok(answer) => panic!("an answer from a database that is down: {answer:?}"),
-        }
-        if !lifecycle_process.serving().await {
-            not_serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(unavailable > 0, "requests answered UNAVAILABLE");
-    assert!(not_serving, "health turned NOT_SERVING");
-
-    proxy.restore();
-    let mut recovered = false;
-    for _ in 0..100 {
-        if lifecycle_process.serving().await
-            && lifecycle
+    // One call per service that needs its database; Err(code) when refused.
+    let mut probe = async || -> [Result<(), Code>; 3] {
+        [
+            lifecycle
                 .get_account(request_for(
                     T,
                     lc::GetAccountRequest {
@@ -359,8 +353,59 @@ async fn database_outage_is_unavailable_then_recovers() {
                     },
                 ))
                 .await
-                .is_ok()
-        {
+                .map(|_| ())
+                .map_err(|s| s.code()),
+            scoring
+                .get_scoring_model(request_for(T, sc::GetScoringModelRequest { version: 0 }))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code()),
+            opps.get_opportunity_settings(request_for(
+                T,
+                cascade_proto::opportunity::v1::GetOpportunitySettingsRequest { version: 0 },
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code()),
+        ]
+    };
+    assert_eq!(probe().await, [Ok(()), Ok(()), Ok(())]);
+
+    proxy.cut();
+    // The proxy notices the cut within 20 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        probe().await,
+        [
+            Err(Code::Unavailable),
+            Err(Code::Unavailable),
+            Err(Code::Unavailable)
+        ]
+    );
+    let processes = [&lifecycle_process, &scoring_process, &opportunity_process];
+    let mut not_serving = [false; 3];
+    for _ in 0..100 {
+        for (n, p) in processes.iter().enumerate() {
+            not_serving[n] |= !p.serving().await;
+        }
+        if not_serving.iter().all(|x| *x) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        not_serving, [true; 3],
+        "health turned NOT_SERVING on every service"
+    );
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..100 {
+        let mut serving = true;
+        for p in processes {
+            serving &= p.serving().await;
+        }
+        if serving && probe().await == [Ok(()), Ok(()), Ok(())] {
             recovered = true;
             break;
         }
@@ -368,11 +413,13 @@ async fn database_outage_is_unavailable_then_recovers() {
     }
     assert!(
         recovered,
-        "lifecycle recovered without a restart; log:\n{}",
+        "the services recovered without a restart; log:\n{}",
         lifecycle_process.log_text()
     );
     println!(
-        "database outage: {unavailable} requests answered UNAVAILABLE, health NOT_SERVING, recovered without restart"
+        "database outage: 3 services answered UNAVAILABLE and turned NOT_SERVING, then recovered without restart"
     );
+    opportunity_process.terminate().await;
+    scoring_process.terminate().await;
     lifecycle_process.terminate().await;
 }
