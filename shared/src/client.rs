@@ -1,27 +1,134 @@
 //! Calls from one Cascade service to another: a channel that connects lazily
-//! (a service starts even when its peer is down), and requests that carry
-//! the tenant, the actor and the W3C trace context of the current span.
+//! (a service starts even when its peer is down) and spreads calls over every
+//! address the peer's name resolves to, following DNS changes (a headless
+//! Service in Kubernetes); and requests that carry the tenant, the actor and
+//! the W3C trace context of the current span.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::context::{ACTOR_HEADER, TENANT_HEADER};
 use crate::settings::LifecycleClientSettings;
 
+/// How often a peer's name is resolved again.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Turns a host name into addresses. The system resolver in production;
+/// tests give their own.
+pub trait Resolver: Send + Sync + 'static {
+    fn resolve(
+        &self,
+        host: String,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+}
+
+/// The system resolver (getaddrinfo, so also /etc/hosts and cluster DNS).
+pub struct SystemDns;
+
+impl Resolver for SystemDns {
+    fn resolve(
+        &self,
+        host: String,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
+    }
+}
+
 /// A channel to lifecycle; it connects on first use and reconnects after failures.
 pub fn lifecycle_channel(settings: &LifecycleClientSettings) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(settings.url.clone())
+    balanced_channel(
+        &settings.url,
+        Duration::from_millis(settings.timeout_ms),
+        Arc::new(SystemDns),
+        RESOLVE_INTERVAL,
+    )
+}
+
+fn endpoint(url: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())
         .map_err(|e| anyhow::anyhow!("lifecycle.url: {e}"))?
-        .connect_timeout(Duration::from_millis(settings.timeout_ms))
-        .timeout(Duration::from_millis(settings.timeout_ms))
+        .connect_timeout(timeout)
+        .timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+/// A channel that balances over every address `url`'s host resolves to,
+/// resolving again every `interval` and adding or removing addresses as they
+/// come and go. An IP address in the URL gives a plain channel.
+pub fn balanced_channel(
+    url: &str,
+    timeout: Duration,
+    resolver: Arc<dyn Resolver>,
+    interval: Duration,
+) -> anyhow::Result<Channel> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("lifecycle.url: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("lifecycle.url: no host in {url}"))?;
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    if host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        return Ok(endpoint(url, timeout)?.connect_lazy());
+    }
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let host = host.to_owned();
+    tokio::spawn(async move {
+        let mut current: HashSet<SocketAddr> = HashSet::new();
+        loop {
+            match resolver.resolve(host.clone(), port).await {
+                Ok(addresses) if !addresses.is_empty() => {
+                    let found: HashSet<SocketAddr> = addresses.into_iter().collect();
+                    for gone in current.difference(&found) {
+                        if changes.send(Change::Remove(*gone)).await.is_err() {
+                            return;
+                        }
+                    }
+                    for new in found.difference(&current) {
+                        let Ok(endpoint) = endpoint(&format!("{scheme}://{new}"), timeout) else {
+                            continue;
+                        };
+                        if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+                            return;
+                        }
+                    }
+                    current = found;
+                }
+                // Keep the last known addresses while the name does not resolve.
+                Ok(_) => tracing::warn!(%host, "peer name resolved to no address"),
+                Err(error) => tracing::warn!(%host, %error, "cannot resolve peer name"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = changes.closed() => return,
+            }
+        }
+    });
+    Ok(channel)
 }
 
 /// A request to another service on behalf of `tenant`, acting as `actor`,
