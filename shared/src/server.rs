@@ -90,6 +90,12 @@ where
 {
     let settings = ServiceSettings::load(identity)?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
+    if std::env::args().any(|a| a == "--migrate") {
+        tracing::info!(database = ?settings.database, "migrating {}", identity.name);
+        crate::db::connect_and_migrate::<M>(&settings.database).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
     tracing::info!(database = ?settings.database, "starting {}", identity.name);
     build::<M, S, F, Fut>(&settings, make_service)
         .await?
@@ -109,7 +115,11 @@ where
     Fut: Future<Output = anyhow::Result<S>>,
     S: GrpcService,
 {
-    let database = crate::db::connect_and_migrate::<M>(&settings.database).await?;
+    let database = if settings.database.run_migrations {
+        crate::db::connect_and_migrate::<M>(&settings.database).await?
+    } else {
+        crate::db::connect(&settings.database).await?
+    };
     let background = Background::default();
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = Application::bind(&settings.server, S::NAME)

@@ -72,6 +72,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long to wait for a connection before answering UNAVAILABLE.
     pub acquire_timeout_ms: u64,
+    /// Apply migrations at start-up. Off when a separate step runs them
+    /// once (`<binary> --migrate`, a Kubernetes Job) before replicas start.
+    pub run_migrations: bool,
 }
 
 impl DatabaseSettings {
@@ -80,6 +83,7 @@ impl DatabaseSettings {
             url: format!("sqlite://{}", path.display()),
             max_connections: 8,
             acquire_timeout_ms: 5_000,
+            run_migrations: true,
         }
     }
 
@@ -95,6 +99,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("url", &redact_urls(&self.url))
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("run_migrations", &self.run_migrations)
             .finish()
     }
 }
@@ -308,6 +313,7 @@ pub fn load_from<T: DeserializeOwned>(
             url: format!("sqlite://data/{}.db", identity.name),
             max_connections: 8,
             acquire_timeout_ms: 5_000,
+            run_migrations: true,
         },
         telemetry: TelemetrySettings::default(),
         outbox: OutboxSettings::default(),
@@ -519,6 +525,7 @@ mod tests {
             url: "postgres://app:s3cret@db/cascade".into(),
             max_connections: 1,
             acquire_timeout_ms: 1,
+            run_migrations: true,
         };
         assert!(!format!("{settings:?}").contains("s3cret"));
     }

@@ -63,6 +63,7 @@ impl TestDatabase {
                 url,
                 max_connections: 8,
                 acquire_timeout_ms: 5_000,
+                run_migrations: true,
             },
             cleanup: Cleanup::PostgresDatabase { admin_url, name },
         })
