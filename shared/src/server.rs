@@ -236,6 +236,7 @@ impl Application {
                     service_name,
                     settings.health_check_interval(),
                     stopping.clone(),
+                    status,
                 )))
             }
             None => {
@@ -337,20 +338,22 @@ async fn probe_database(
     service_name: &'static str,
     interval: Duration,
     stopping: Arc<AtomicBool>,
+    initial: ServingStatus,
 ) {
-    let mut last = None;
+    // Only changes are published: health watchers see each transition once.
+    let mut last = initial;
     loop {
         tokio::time::sleep(interval).await;
         let status = database_status(&database).await;
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        if last != Some(status) {
-            if status == ServingStatus::Serving && last.is_some() {
+        if last != status {
+            if status == ServingStatus::Serving {
                 tracing::info!("database reachable again");
             }
             set_status(&health, service_name, status).await;
-            last = Some(status);
+            last = status;
         }
     }
 }

@@ -1,0 +1,26 @@
+# One image with the three service binaries; each Deployment picks its
+# binary with `command`. Build: docker build -t REGISTRY/cascade:TAG .
+#
+# Stage 1 builds release binaries with the pinned toolchain and Cargo.lock.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity \
+ && mkdir /out \
+ && cp target/release/cascade-lifecycle target/release/cascade-scoring target/release/cascade-opportunity /out/
+
+# Stage 2: distroless (glibc, CA certificates, no shell, no package manager),
+# running as the image's unprivileged user.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/ /usr/local/bin/
+ENV CASCADE_LIFECYCLE__SERVER__HOST=0.0.0.0 \
+    CASCADE_SCORING__SERVER__HOST=0.0.0.0 \
+    CASCADE_OPPORTUNITY__SERVER__HOST=0.0.0.0 \
+    CASCADE_LIFECYCLE__TELEMETRY__LOG_FORMAT=json \
+    CASCADE_SCORING__TELEMETRY__LOG_FORMAT=json \
+    CASCADE_OPPORTUNITY__TELEMETRY__LOG_FORMAT=json
+USER 65532:65532
+EXPOSE 50051 50052 50053
+ENTRYPOINT ["/usr/local/bin/cascade-lifecycle"]
