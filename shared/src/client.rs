@@ -19,6 +19,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::context::{ACTOR_HEADER, TENANT_HEADER};
 use crate::settings::LifecycleClientSettings;
 
+/// Deadline sent with every call to another service (`grpc-timeout`).
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// How often a peer's name is resolved again.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -131,10 +134,26 @@ pub fn balanced_channel(
     Ok(channel)
 }
 
+/// Runs a call to another service with a deadline. The deadline also covers
+/// waiting for a reachable address (a balanced channel with none waits), and
+/// is sent along (`grpc-timeout`) so the callee stops when the caller has.
+pub async fn with_deadline<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        )))
+    })
+}
+
 /// A request to another service on behalf of `tenant`, acting as `actor`,
 /// joined to the current trace.
 pub fn outgoing<T>(tenant: &str, actor: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_DEADLINE);
     let metadata = request.metadata_mut();
     if let Ok(value) = MetadataValue::try_from(tenant) {
         metadata.insert(TENANT_HEADER, value);

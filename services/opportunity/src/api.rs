@@ -6,7 +6,7 @@ use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as pb;
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityService;
-use cascade_shared::client::outgoing;
+use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
 use cascade_shared::domain::Money;
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
@@ -386,16 +386,14 @@ impl OpportunityApi {
         account_id: &str,
     ) -> ServiceResult<()> {
         let mut client = self.lifecycle.clone();
-        match client
-            .get_account(outgoing(
-                context.tenant.as_str(),
-                &context.actor,
-                lifecycle::GetAccountRequest {
-                    account_id: account_id.to_owned(),
-                },
-            ))
-            .await
-        {
+        let call = client.get_account(outgoing(
+            context.tenant.as_str(),
+            &context.actor,
+            lifecycle::GetAccountRequest {
+                account_id: account_id.to_owned(),
+            },
+        ));
+        match with_deadline(CALL_DEADLINE, call).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::NotFound => {
                 Err(ServiceError::not_found("account", account_id))

@@ -3,7 +3,7 @@
 
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::client::outgoing;
+use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -47,10 +47,8 @@ impl LifecycleEventSink {
             occur_time: None,
         };
         let mut client = self.client.clone();
-        match client
-            .apply_opportunity_event(outgoing(&entry.tenant_id, ACTOR, request))
-            .await
-        {
+        let call = client.apply_opportunity_event(outgoing(&entry.tenant_id, ACTOR, request));
+        match with_deadline(CALL_DEADLINE, call).await {
             Ok(_) => Ok(()),
             // Lifecycle will never accept these; retrying would block the account.
             Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {

@@ -8,7 +8,7 @@ use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
-use cascade_shared::client::outgoing;
+use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::Validator;
@@ -705,12 +705,12 @@ impl ScoringService for ScoringApi {
         );
         // The comparison is with the current model under lifecycle's current thresholds.
         let mut client = self.lifecycle.clone();
-        let settings = client
-            .get_lifecycle_settings(outgoing(
-                context.tenant.as_str(),
-                &context.actor,
-                lifecycle::GetLifecycleSettingsRequest { version: 0 },
-            ))
+        let call = client.get_lifecycle_settings(outgoing(
+            context.tenant.as_str(),
+            &context.actor,
+            lifecycle::GetLifecycleSettingsRequest { version: 0 },
+        ));
+        let settings = with_deadline(CALL_DEADLINE, call)
             .await
             .map_err(|s| {
                 ServiceError::Unavailable(format!(

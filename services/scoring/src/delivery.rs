@@ -4,7 +4,7 @@
 
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::client::outgoing;
+use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -79,10 +79,8 @@ impl Sink for LifecycleScoreSink {
             )),
         };
         let mut client = self.client.clone();
-        match client
-            .apply_engagement_score(outgoing(&last.tenant_id, ACTOR, request))
-            .await
-        {
+        let call = client.apply_engagement_score(outgoing(&last.tenant_id, ACTOR, request));
+        match with_deadline(CALL_DEADLINE, call).await {
             Ok(_) => Ok(run.len()),
             // Lifecycle will never accept these: an unknown account, or a
             // delivery it finds malformed. Retrying would block the account.
