@@ -18,10 +18,35 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
     settings: &DatabaseSettings,
 ) -> anyhow::Result<DatabaseConnection> {
     let database = connect(settings).await?;
-    M::up(&database, None).await.map_err(|e| {
+    migrate::<M>(&database).await.map_err(|e| {
         anyhow::anyhow!("database migration failed: {}", redact_urls(&e.to_string()))
     })?;
     Ok(database)
+}
+
+/// Key of the PostgreSQL advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x0CA5_CADE;
+
+/// Applies pending migrations in one transaction that first takes a lock
+/// (PostgreSQL: an advisory lock; SQLite: the write lock): processes starting
+/// together apply them once, one after the other, and a failed migration
+/// leaves nothing half-applied.
+pub async fn migrate<M: MigratorTrait>(database: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = if database.get_database_backend() == DbBackend::Postgres {
+        let txn = database.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        txn
+    } else {
+        // The migrations table may not exist yet: take the lock with a
+        // statement that needs no table.
+        let txn = database.begin().await?;
+        txn.execute_unprepared("CREATE TABLE IF NOT EXISTS cascade_migration_lock (id INTEGER)")
+            .await?;
+        txn
+    };
+    M::up(&txn, None).await?;
+    txn.commit().await
 }
 
 /// Connects without migrating.

@@ -179,7 +179,30 @@ async fn a_rolled_back_change_sends_nothing(db: TestDatabase) {
     );
 }
 
+/// Replicas starting together on one database migrate it once, without errors.
+async fn concurrent_migrations_apply_once(db: TestDatabase) {
+    let first = cascade_shared::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    let second = cascade_shared::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    let (a, b) = tokio::join!(
+        cascade_shared::db::migrate::<Migrator>(&first),
+        cascade_shared::db::migrate::<Migrator>(&second)
+    );
+    a.expect("first migrates");
+    b.expect("second migrates");
+    assert_eq!(
+        outbox::pending_count(&first, "test")
+            .await
+            .expect("table exists"),
+        0
+    );
+}
+
 on_each_database!(
+    concurrent_migrations_apply_once,
     delivers_everything_in_order_after_failures,
     two_deliverers_never_deliver_twice,
     a_rolled_back_change_sends_nothing,
