@@ -1,5 +1,6 @@
 //! Accounts and contacts as records: create, read, list, update.
 
+use cascade_shared::db::begin_write;
 use cascade_shared::error::is_unique_violation;
 use cascade_shared::page::PageRequest;
 use cascade_shared::validate::email_domain;
@@ -178,7 +179,8 @@ impl Repository {
             return Ok(existing);
         }
         let email = new.email.clone();
-        let txn = self.db.begin().await?;
+        // Reads before it writes: take the write lock first (SQLite).
+        let txn = begin_write(&self.db).await?;
         // The account must exist in this tenant; the check and the insert
         // share a transaction so a contact never dangles.
         account_model(&txn, tenant, &new.account_id).await?;
@@ -316,7 +318,8 @@ impl Repository {
         contact_id: &str,
         changes: ContactChanges,
     ) -> ServiceResult<Contact> {
-        let txn = self.db.begin().await?;
+        // Reads before it writes: take the write lock first (SQLite).
+        let txn = begin_write(&self.db).await?;
         let existing = contact_model(&txn, tenant, contact_id).await?;
         // Changes to a contact serialize on its account, like the engine's.
         lock_account(&txn, tenant.as_str(), &existing.account_id).await?;
