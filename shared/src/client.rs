@@ -11,13 +11,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::auth::{AUTHORIZATION, ServiceCredentials};
 use crate::context::{ACTOR_HEADER, TENANT_HEADER};
-use crate::settings::LifecycleClientSettings;
+use crate::settings::ServiceSettings;
 
 /// Deadline sent with every call to another service (`grpc-timeout`).
 pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
@@ -52,24 +56,83 @@ impl Resolver for SystemDns {
     }
 }
 
-/// A channel to lifecycle; it connects on first use and reconnects after failures.
-pub fn lifecycle_channel(settings: &LifecycleClientSettings) -> anyhow::Result<Channel> {
-    balanced_channel(
-        &settings.url,
-        Duration::from_millis(settings.timeout_ms),
-        Arc::new(SystemDns),
-        RESOLVE_INTERVAL,
-    )
+/// Adds this service's own bearer token to each call it makes (jwt mode).
+#[derive(Clone, Debug)]
+pub struct ServiceAuth(Arc<ServiceCredentials>);
+
+impl Interceptor for ServiceAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        match self.0.token() {
+            Ok(None) => {}
+            Ok(Some(token)) => {
+                let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    tonic::Status::unauthenticated("the service token is not valid ASCII")
+                })?;
+                request.metadata_mut().insert(AUTHORIZATION, value);
+            }
+            Err(error) => {
+                tracing::error!(%error, "no service token for a call to another service");
+                return Err(tonic::Status::unauthenticated(
+                    "this service has no usable service token",
+                ));
+            }
+        }
+        Ok(request)
+    }
 }
 
-fn endpoint(url: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_owned())
+/// A client of lifecycle, as scoring and opportunity hold it.
+pub type LifecycleClient = LifecycleServiceClient<InterceptedService<Channel, ServiceAuth>>;
+
+/// A client of lifecycle for service `name`: it connects on first use,
+/// reconnects after failures, speaks TLS when the URL is `https://`, and
+/// carries the service's credentials.
+pub fn lifecycle_client(settings: &ServiceSettings, name: &str) -> anyhow::Result<LifecycleClient> {
+    let credentials = ServiceCredentials::from_settings(name, &settings.auth)?;
+    let tls = if settings.lifecycle.url.starts_with("https://") {
+        let uri: http::Uri = settings
+            .lifecycle
+            .url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("lifecycle.url: {e}"))?;
+        Some(settings.tls.client_config(uri.host().unwrap_or_default())?)
+    } else {
+        None
+    };
+    let channel = balanced_channel(
+        &settings.lifecycle.url,
+        Duration::from_millis(settings.lifecycle.timeout_ms),
+        tls,
+        Arc::new(SystemDns),
+        RESOLVE_INTERVAL,
+    )?;
+    Ok(LifecycleServiceClient::with_interceptor(
+        channel,
+        ServiceAuth(Arc::new(credentials)),
+    ))
+}
+
+fn endpoint(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| anyhow::anyhow!("lifecycle.url: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+    }
+    Ok(endpoint)
 }
 
 /// A channel that balances over every address `url`'s host resolves to,
@@ -78,6 +141,7 @@ fn endpoint(url: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
 pub fn balanced_channel(
     url: &str,
     timeout: Duration,
+    tls: Option<ClientTlsConfig>,
     resolver: Arc<dyn Resolver>,
     interval: Duration,
 ) -> anyhow::Result<Channel> {
@@ -96,7 +160,7 @@ pub fn balanced_channel(
         .parse::<std::net::IpAddr>()
         .is_ok()
     {
-        return Ok(endpoint(url, timeout)?.connect_lazy());
+        return Ok(endpoint(url, timeout, tls.as_ref())?.connect_lazy());
     }
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     let host = host.to_owned();
@@ -112,7 +176,8 @@ pub fn balanced_channel(
                         }
                     }
                     for new in found.difference(&current) {
-                        let Ok(endpoint) = endpoint(&format!("{scheme}://{new}"), timeout) else {
+                        let address = format!("{scheme}://{new}");
+                        let Ok(endpoint) = endpoint(&address, timeout, tls.as_ref()) else {
                             continue;
                         };
                         if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
@@ -149,6 +214,15 @@ pub async fn with_deadline<T>(
     })
 }
 
+/// A request to another service made while handling a request with
+/// `context`: same tenant and actor, and a deadline no later than the
+/// caller's own, so the callee stops when nobody waits any more.
+pub fn outgoing_for<T>(context: &crate::RequestContext, message: T) -> tonic::Request<T> {
+    let mut request = outgoing(context.tenant.as_str(), &context.actor, message);
+    request.set_timeout(context.call_budget(CALL_DEADLINE));
+    request
+}
+
 /// A request to another service on behalf of `tenant`, acting as `actor`,
 /// joined to the current trace.
 pub fn outgoing<T>(tenant: &str, actor: &str, message: T) -> tonic::Request<T> {
@@ -173,4 +247,47 @@ pub fn outgoing<T>(tenant: &str, actor: &str, message: T) -> tonic::Request<T> {
         }
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_timeout<T>(request: &tonic::Request<T>) -> Duration {
+        let value = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .expect("grpc-timeout sent")
+            .to_owned();
+        let (digits, unit) = value.split_at(value.len() - 1);
+        let amount: u64 = digits.parse().expect("digits");
+        match unit {
+            "S" => Duration::from_secs(amount),
+            "m" => Duration::from_millis(amount),
+            "u" => Duration::from_micros(amount),
+            "n" => Duration::from_nanos(amount),
+            other => panic!("unexpected unit {other}"),
+        }
+    }
+
+    #[test]
+    fn calls_carry_the_callers_remaining_deadline() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", "200m".parse().expect("header"));
+        let context = crate::RequestContext::from_headers(&headers).expect("context");
+        let sent = sent_timeout(&outgoing_for(&context, ()));
+        assert!(
+            sent <= Duration::from_millis(200) && sent > Duration::from_millis(100),
+            "{sent:?}"
+        );
+        // Without a caller deadline, the call still has one.
+        let context = crate::RequestContext::from_headers(&http::HeaderMap::new()).expect("context");
+        assert_eq!(sent_timeout(&outgoing_for(&context, ())), CALL_DEADLINE);
+        // A caller that allows more than the service-to-service limit gets the limit.
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", "1H".parse().expect("header"));
+        let context = crate::RequestContext::from_headers(&headers).expect("context");
+        assert_eq!(sent_timeout(&outgoing_for(&context, ())), CALL_DEADLINE);
+    }
 }

@@ -3,15 +3,18 @@
 //! This is the one place the tenant is decided. `RequestContextLayer` reads it
 //! from request metadata before any handler runs and stores a
 //! [`RequestContext`] in the request's extensions; handlers only ever read that.
-//! Authentication replaces this layer with one that takes the tenant from a
-//! verified token.
+//! In `jwt` mode the [`Authenticator`] takes the tenant and actor from a
+//! verified token instead, and checks the caller's roles.
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use crate::auth::Authenticator;
 use crate::error::ServiceError;
 
 /// Metadata key naming the tenant while authentication is disabled.
@@ -62,6 +65,8 @@ pub struct RequestContext {
     pub tenant: TenantId,
     /// Recorded as the actor of changes; `anonymous` when the caller names none.
     pub actor: String,
+    /// When the caller stops waiting (its `grpc-timeout`), if it said.
+    pub deadline: Option<Instant>,
 }
 
 impl RequestContext {
@@ -100,26 +105,74 @@ impl RequestContext {
                 actor.to_owned()
             }
         };
-        Ok(Self { tenant, actor })
+        let deadline = headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|timeout| Instant::now() + timeout);
+        Ok(Self {
+            tenant,
+            actor,
+            deadline,
+        })
+    }
+
+    /// How long a call to another service made for this request may take:
+    /// `limit`, or less when the caller's own deadline is nearer.
+    pub fn call_budget(&self, limit: Duration) -> Duration {
+        self.deadline.map_or(limit, |deadline| {
+            limit.min(deadline.saturating_duration_since(Instant::now()))
+        })
     }
 }
 
-/// Tower layer that attaches a [`RequestContext`] to every request, or answers
-/// INVALID_ARGUMENT when the metadata is malformed.
-#[derive(Debug, Clone, Default)]
-pub struct RequestContextLayer;
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Tower layer that attaches a [`RequestContext`] to every Cascade RPC, or
+/// answers INVALID_ARGUMENT (malformed metadata), UNAUTHENTICATED or
+/// PERMISSION_DENIED before any handler runs.
+#[derive(Debug, Clone)]
+pub struct RequestContextLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl RequestContextLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        Self { auth }
+    }
+}
 
 impl<S> Layer<S> for RequestContextLayer {
     type Service = RequestContextService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContextService { inner }
+        RequestContextService {
+            inner,
+            auth: self.auth.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RequestContextService<S> {
     inner: S,
+    auth: Arc<Authenticator>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for RequestContextService<S>
@@ -142,7 +195,10 @@ where
         if !request.uri().path().starts_with("/cascade.") {
             return futures::future::Either::Left(self.inner.call(request));
         }
-        match RequestContext::from_headers(request.headers()) {
+        match self
+            .auth
+            .authenticate(request.uri().path(), request.headers())
+        {
             Ok(context) => {
                 request.extensions_mut().insert(context);
                 futures::future::Either::Left(self.inner.call(request))
@@ -176,5 +232,24 @@ mod tests {
         for bad in ["", "Acme", "a b", "x/../y", &"a".repeat(65)] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "123456789S", "10x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", "100m".parse().expect("header"));
+        let context = RequestContext::from_headers(&headers).expect("context");
+        assert!(context.call_budget(Duration::from_secs(5)) <= Duration::from_millis(100));
+        let none = RequestContext::from_headers(&http::HeaderMap::new()).expect("context");
+        assert_eq!(
+            none.call_budget(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
     }
 }

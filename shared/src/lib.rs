@@ -2,18 +2,21 @@
 //! service, and the chassis every service is built on (one error type, one
 //! settings loader, one telemetry set-up, one server bootstrap).
 
+pub mod auth;
 pub mod client;
 pub mod context;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod ids;
+pub mod limit;
 pub mod outbox;
 pub mod page;
 pub mod server;
 pub mod settings;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod trace;
 pub mod validate;
 

@@ -20,7 +20,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::auth::{AuthMode, Authenticator};
 use crate::context::RequestContextLayer;
 use crate::settings::{ServerSettings, ServiceIdentity, ServiceSettings};
 use crate::trace::RpcTraceLayer;
@@ -90,6 +92,13 @@ where
 {
     let settings = ServiceSettings::load(identity)?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
+    if settings.auth.mode == AuthMode::Disabled {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED: any caller can act for any tenant by sending x-tenant-id. \
+             Development only; set auth.mode = \"jwt\" (CASCADE_{}__AUTH__MODE=jwt) anywhere else",
+            identity.name.to_ascii_uppercase()
+        );
+    }
     if std::env::args().any(|a| a == "--migrate") {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
         crate::db::connect_and_migrate::<M>(&settings.database).await?;
@@ -122,7 +131,7 @@ where
     };
     let background = Background::default();
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
-    let mut app = Application::bind(&settings.server, S::NAME)
+    let mut app = Application::bind(settings, S::NAME)
         .await?
         .add_service(service)
         .with_database_health(database);
@@ -134,6 +143,8 @@ where
 pub struct Application {
     service_name: &'static str,
     settings: ServerSettings,
+    auth: Arc<Authenticator>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     routes: Routes,
@@ -146,9 +157,12 @@ impl Application {
     /// Binds the listener (port 0 picks a free port) for a service whose
     /// fully-qualified gRPC name is `service_name`.
     pub async fn bind(
-        settings: &ServerSettings,
+        service_settings: &ServiceSettings,
         service_name: &'static str,
     ) -> anyhow::Result<Self> {
+        let settings = &service_settings.server;
+        let auth = Arc::new(Authenticator::from_settings(&service_settings.auth)?);
+        let tls = service_settings.tls.server_config()?;
         let address: SocketAddr = format!("{}:{}", settings.host, settings.port)
             .parse()
             .map_err(|e| anyhow::anyhow!("server.host/server.port: {e}"))?;
@@ -177,6 +191,8 @@ impl Application {
         Ok(Self {
             service_name,
             settings: settings.clone(),
+            auth,
+            tls,
             listener,
             local_addr,
             routes,
@@ -218,6 +234,8 @@ impl Application {
         let Self {
             service_name,
             settings,
+            auth,
+            tls,
             listener,
             local_addr,
             routes,
@@ -246,19 +264,32 @@ impl Application {
         };
 
         let layers = tower::ServiceBuilder::new()
+            // A panic in a handler answers INTERNAL on that call only,
+            // instead of tearing down the connection and its other calls.
+            .layer(CatchPanicLayer::custom(panic_response))
             .layer(RpcTraceLayer)
-            .layer(RequestContextLayer)
+            .layer(RequestContextLayer::new(auth))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
             .into_inner();
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
         let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        }
+        let server = builder
             .timeout(settings.request_timeout())
             // Detect dead peers so idle connections do not pin resources.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(settings.max_concurrent_streams))
+            .max_connection_age(settings.max_connection_age())
+            // Metadata is small; a client may not make the server buffer megabytes of headers.
+            .http2_max_header_list_size(Some(64 * 1024))
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
@@ -299,6 +330,17 @@ impl Application {
         tracing::info!(service = service_name, "stopped");
         Ok(())
     }
+}
+
+/// The answer to a call whose handler panicked: INTERNAL, as for any bug.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %detail, "handler panicked");
+    tonic::Status::internal("internal error").into_http()
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

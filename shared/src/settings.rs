@@ -10,6 +10,9 @@ use config::{Config, Environment, File, FileFormat};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthSettings, Authenticator};
+use crate::tls::TlsSettings;
+
 /// Environment variable naming an optional settings file (also `--config PATH`).
 pub const CONFIG_FILE_ENV: &str = "CASCADE_CONFIG_FILE";
 
@@ -32,6 +35,18 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
     /// How often the database is checked for the health status.
     pub health_check_interval_ms: u64,
+    /// Largest request message accepted, in bytes; larger ones get
+    /// RESOURCE_EXHAUSTED before they are decoded.
+    pub max_message_bytes: usize,
+    /// Streams (calls) one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Connections are closed (gracefully) after this long, so no client
+    /// pins a replica forever and load spreads after scaling.
+    pub max_connection_age_ms: u64,
+    /// Ingested events (activities) a tenant may send per second; 0: no limit.
+    pub ingest_rate_per_tenant: u32,
+    /// Events a tenant may send at once above its rate (at least the largest batch).
+    pub ingest_burst_per_tenant: u32,
 }
 
 impl ServerSettings {
@@ -58,7 +73,16 @@ impl ServerSettings {
             drain_delay_ms: 0,
             shutdown_grace_ms: 20_000,
             health_check_interval_ms: 5_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_connection_age_ms: 30 * 60 * 1000,
+            ingest_rate_per_tenant: 200_000,
+            ingest_burst_per_tenant: 400_000,
         }
+    }
+
+    pub fn max_connection_age(&self) -> Duration {
+        Duration::from_millis(self.max_connection_age_ms)
     }
 }
 
@@ -200,6 +224,8 @@ pub struct ServiceSettings {
     pub outbox: OutboxSettings,
     /// Used by scoring and opportunity; lifecycle ignores it.
     pub lifecycle: LifecycleClientSettings,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
 }
 
 impl ServiceSettings {
@@ -220,6 +246,14 @@ impl ServiceSettings {
                 "lifecycle.url: {:?} is not an http:// or https:// URL",
                 settings.lifecycle.url
             )));
+        }
+        // Keys and certificates are read now so a bad path stops start-up.
+        Authenticator::from_settings(&settings.auth)?;
+        settings.tls.server_config()?;
+        if settings.lifecycle.url.starts_with("https://") && settings.tls.ca_file.is_empty() {
+            return Err(SettingsError::new(
+                "lifecycle.url is https:// but tls.ca_file (the CA lifecycle's certificate chains to) is not set",
+            ));
         }
         if outbox.max_backoff_ms < outbox.min_backoff_ms {
             return Err(SettingsError::new(
@@ -249,6 +283,8 @@ impl ServiceSettings {
                 url: "http://127.0.0.1:9".into(),
                 timeout_ms: 2_000,
             },
+            auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -288,6 +324,8 @@ struct Defaults {
     telemetry: TelemetrySettings,
     outbox: OutboxSettings,
     lifecycle: LifecycleClientSettings,
+    auth: AuthSettings,
+    tls: TlsSettings,
 }
 
 /// Loads a service's settings: built-in defaults, then the file from
@@ -318,6 +356,8 @@ pub fn load_from<T: DeserializeOwned>(
         telemetry: TelemetrySettings::default(),
         outbox: OutboxSettings::default(),
         lifecycle: LifecycleClientSettings::default(),
+        auth: AuthSettings::default(),
+        tls: TlsSettings::default(),
     };
     let defaults = Config::try_from(&defaults).map_err(|e| SettingsError::new(e.to_string()))?;
     let mut builder = Config::builder().add_source(defaults);
@@ -364,6 +404,19 @@ pub fn validate_common(
         return Err(SettingsError::new(
             "server.concurrency_limit: must be greater than 0",
         ));
+    }
+    if server.max_message_bytes < 1024 || server.max_concurrent_streams == 0 {
+        return Err(SettingsError::new(
+            "server.max_message_bytes must be at least 1024 and server.max_concurrent_streams greater than 0",
+        ));
+    }
+    if server.ingest_rate_per_tenant > 0
+        && (server.ingest_burst_per_tenant as usize) < crate::limit::LARGEST_BATCH
+    {
+        return Err(SettingsError::new(format!(
+            "server.ingest_burst_per_tenant: must be at least {} (the largest batch)",
+            crate::limit::LARGEST_BATCH
+        )));
     }
     if server.health_check_interval_ms == 0 {
         return Err(SettingsError::new(

@@ -65,6 +65,7 @@ async fn calls_spread_over_every_resolved_instance_and_follow_changes() {
     let channel = balanced_channel(
         "http://lifecycle-headless.cascade.svc:50051",
         Duration::from_secs(2),
+        None,
         Arc::new(StaticDns(answer.clone())),
         Duration::from_millis(100),
     )

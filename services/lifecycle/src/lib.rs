@@ -39,9 +39,10 @@ async fn service(
     let mut repository = storage::Repository::new(database);
     repository.set_notification_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    Ok(LifecycleServiceServer::new(api::LifecycleApi::new(
-        repository,
-    )))
+    Ok(
+        LifecycleServiceServer::new(api::LifecycleApi::new(repository))
+            .max_decoding_message_size(settings.server.max_message_bytes),
+    )
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

@@ -3,10 +3,9 @@
 
 use cascade_proto::common::v1 as common;
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as pb;
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityService;
-use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
+use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
 use cascade_shared::domain::Money;
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
@@ -14,7 +13,6 @@ use cascade_shared::validate::Validator;
 use cascade_shared::{
     PreconditionViolation, RequestContext, ServiceError, ServiceResult, ids, time,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::domain::{
@@ -48,14 +46,14 @@ const WRITABLE: [&str; 14] = [
 
 pub struct OpportunityApi {
     repository: Repository,
-    lifecycle: LifecycleServiceClient<Channel>,
+    lifecycle: LifecycleClient,
 }
 
 impl OpportunityApi {
-    pub fn new(repository: Repository, lifecycle: Channel) -> Self {
+    pub fn new(repository: Repository, lifecycle: LifecycleClient) -> Self {
         Self {
             repository,
-            lifecycle: LifecycleServiceClient::new(lifecycle),
+            lifecycle: lifecycle,
         }
     }
 }
@@ -386,14 +384,13 @@ impl OpportunityApi {
         account_id: &str,
     ) -> ServiceResult<()> {
         let mut client = self.lifecycle.clone();
-        let call = client.get_account(outgoing(
-            context.tenant.as_str(),
-            &context.actor,
+        let call = client.get_account(outgoing_for(
+            context,
             lifecycle::GetAccountRequest {
                 account_id: account_id.to_owned(),
             },
         ));
-        match with_deadline(CALL_DEADLINE, call).await {
+        match with_deadline(context.call_budget(CALL_DEADLINE), call).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::NotFound => {
                 Err(ServiceError::not_found("account", account_id))

@@ -2,11 +2,9 @@
 //! time and in order per account (OPENED before WON or LOST).
 
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
+use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::storage::{EventKind, EventPayload};
 
@@ -14,14 +12,12 @@ use crate::storage::{EventKind, EventPayload};
 pub const ACTOR: &str = "opportunity-service";
 
 pub struct LifecycleEventSink {
-    client: LifecycleServiceClient<Channel>,
+    client: LifecycleClient,
 }
 
 impl LifecycleEventSink {
-    pub fn new(channel: Channel) -> Self {
-        Self {
-            client: LifecycleServiceClient::new(channel),
-        }
+    pub fn new(client: LifecycleClient) -> Self {
+        Self { client }
     }
 
     async fn deliver_one(&self, entry: &Entry) -> Result<(), DeliveryError> {

@@ -27,7 +27,7 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
-    let lifecycle = cascade_shared::client::lifecycle_channel(&settings.lifecycle)?;
+    let lifecycle = cascade_shared::client::lifecycle_client(&settings, IDENTITY.name)?;
     let deliverer = Deliverer::new(
         database.clone(),
         storage::EVENT_TOPIC,
@@ -37,9 +37,10 @@ async fn service(
     let mut repository = storage::Repository::new(database);
     repository.set_event_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    Ok(OpportunityServiceServer::new(api::OpportunityApi::new(
-        repository, lifecycle,
-    )))
+    Ok(
+        OpportunityServiceServer::new(api::OpportunityApi::new(repository, lifecycle))
+            .max_decoding_message_size(settings.server.max_message_bytes),
+    )
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

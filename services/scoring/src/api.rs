@@ -5,16 +5,15 @@ use std::collections::HashMap;
 
 use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
-use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
+use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
+use cascade_shared::limit::TenantRateLimiter;
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::Validator;
 use cascade_shared::{FieldViolation, RequestContext, ServiceError, ServiceResult};
 use futures::StreamExt;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::domain::simulate::Thresholds;
@@ -22,20 +21,26 @@ use crate::domain::{self, ScoringModel, ScoringRule};
 use crate::storage::{NewActivity, Recorded, Repository, Totals};
 
 /// Largest batch (RecordActivities) or stream chunk (StreamActivities).
-pub const MAX_BATCH: usize = 1000;
+pub const MAX_BATCH: usize = cascade_shared::limit::LARGEST_BATCH;
 /// How far in the future an activity's time may be (clock skew).
 const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 
 pub struct ScoringApi {
     repository: Repository,
-    lifecycle: LifecycleServiceClient<Channel>,
+    lifecycle: LifecycleClient,
+    ingest_limit: TenantRateLimiter,
 }
 
 impl ScoringApi {
-    pub fn new(repository: Repository, lifecycle: Channel) -> Self {
+    pub fn new(
+        repository: Repository,
+        lifecycle: LifecycleClient,
+        ingest_limit: TenantRateLimiter,
+    ) -> Self {
         Self {
             repository,
-            lifecycle: LifecycleServiceClient::new(lifecycle),
+            lifecycle,
+            ingest_limit,
         }
     }
 }
@@ -147,9 +152,8 @@ impl ScoringApi {
     ) -> Result<(String, String), Unresolved> {
         let mut client = self.lifecycle.clone();
         match client
-            .resolve_contact(outgoing(
-                context.tenant.as_str(),
-                &context.actor,
+            .resolve_contact(outgoing_for(
+                context,
                 lifecycle::ResolveContactRequest {
                     email: email.to_owned(),
                 },
@@ -405,6 +409,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
         let context = RequestContext::of(&request)?;
+        self.ingest_limit.check(&context.tenant, 1)?;
         let activity = request.into_inner().activity.unwrap_or_default();
         let pending = check(&activity, "activity.").map_err(ServiceError::InvalidArgument)?;
         let (account_id, contact_id) = match pending.who {
@@ -466,6 +471,7 @@ impl ScoringService for ScoringApi {
         let context = RequestContext::of(&request)?;
         let activities = request.into_inner().activities;
         check_batch_size(activities.len(), "activities")?;
+        self.ingest_limit.check(&context.tenant, activities.len())?;
         let outcomes = self.process(&context, &activities).await?;
         let results: Vec<pb::ActivityResult> = activities
             .iter()
@@ -495,6 +501,19 @@ impl ScoringService for ScoringApi {
                 continue;
             }
             check_batch_size(activities.len(), "activities")?;
+            // A stream over its tenant's rate is slowed down, not failed:
+            // reading stops until the allowance refills (the request
+            // timeout still bounds the whole stream).
+            loop {
+                match self.ingest_limit.check(&context.tenant, activities.len()) {
+                    Ok(()) => break,
+                    Err(ServiceError::ResourceExhausted {
+                        retry_after: Some(wait),
+                        ..
+                    }) => tokio::time::sleep(wait).await,
+                    Err(error) => return Err(error.into()),
+                }
+            }
             let outcomes = self.process(&context, &activities).await?;
             for (activity, outcome) in activities.iter().zip(outcomes) {
                 let result = result_of(activity, outcome);
@@ -705,12 +724,11 @@ impl ScoringService for ScoringApi {
         );
         // The comparison is with the current model under lifecycle's current thresholds.
         let mut client = self.lifecycle.clone();
-        let call = client.get_lifecycle_settings(outgoing(
-            context.tenant.as_str(),
-            &context.actor,
+        let call = client.get_lifecycle_settings(outgoing_for(
+            &context,
             lifecycle::GetLifecycleSettingsRequest { version: 0 },
         ));
-        let settings = with_deadline(CALL_DEADLINE, call)
+        let settings = with_deadline(context.call_budget(CALL_DEADLINE), call)
             .await
             .map_err(|s| {
                 ServiceError::Unavailable(format!(

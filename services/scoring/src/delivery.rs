@@ -3,11 +3,9 @@
 //! totals at delivery time and the newest sequence number.
 
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::client::{CALL_DEADLINE, outgoing, with_deadline};
+use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::storage::{DeliveryPayload, Repository};
 
@@ -16,15 +14,12 @@ pub const ACTOR: &str = "scoring-service";
 
 pub struct LifecycleScoreSink {
     repository: Repository,
-    client: LifecycleServiceClient<Channel>,
+    client: LifecycleClient,
 }
 
 impl LifecycleScoreSink {
-    pub fn new(repository: Repository, channel: Channel) -> Self {
-        Self {
-            repository,
-            client: LifecycleServiceClient::new(channel),
-        }
+    pub fn new(repository: Repository, client: LifecycleClient) -> Self {
+        Self { repository, client }
     }
 }
 

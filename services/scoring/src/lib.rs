@@ -10,6 +10,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use cascade_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
+use cascade_shared::limit::TenantRateLimiter;
 use cascade_shared::outbox::Deliverer;
 use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
@@ -26,7 +27,7 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
-    let lifecycle = cascade_shared::client::lifecycle_channel(&settings.lifecycle)?;
+    let lifecycle = cascade_shared::client::lifecycle_client(&settings, IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
     let sink = delivery::LifecycleScoreSink::new(repository.clone(), lifecycle.clone());
     let deliverer = Deliverer::new(
@@ -37,10 +38,16 @@ async fn service(
     );
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    Ok(
-        ScoringServiceServer::new(api::ScoringApi::new(repository, lifecycle))
-            .max_decoding_message_size(16 * 1024 * 1024),
-    )
+    Ok(ScoringServiceServer::new(api::ScoringApi::new(
+        repository,
+        lifecycle,
+        TenantRateLimiter::new(
+            settings.server.ingest_rate_per_tenant,
+            settings.server.ingest_burst_per_tenant,
+            "activity",
+        ),
+    ))
+    .max_decoding_message_size(settings.server.max_message_bytes))
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

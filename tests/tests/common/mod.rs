@@ -16,7 +16,7 @@ use cascade_shared::settings::DatabaseSettings;
 use cascade_shared::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -44,6 +44,8 @@ pub struct Process {
     database_url: String,
     lifecycle_url: String,
     extra_env: Vec<(String, String)>,
+    /// Set when the service serves TLS: how this test's client connects.
+    tls: Option<ClientTlsConfig>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -62,6 +64,7 @@ impl Process {
             database_url: database_url.to_owned(),
             lifecycle_url: lifecycle_url.to_owned(),
             extra_env: Vec::new(),
+            tls: None,
             child: None,
             log: log_dir.join(format!("{name}-{}.log", cascade_shared::ids::new_id())),
         }
@@ -69,6 +72,12 @@ impl Process {
 
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The test's clients (and the readiness check) connect with `tls`.
+    pub fn with_client_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -86,13 +95,16 @@ impl Process {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .expect("url")
-            .connect_lazy()
+        let mut endpoint = Endpoint::from_shared(self.url()).expect("url");
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).expect("tls config");
+        }
+        endpoint.connect_lazy()
     }
 
     /// Starts (or restarts) the binary and waits until it is SERVING.
@@ -226,6 +238,25 @@ impl System {
         replicas: usize,
         extra_env: Vec<(String, String)>,
     ) -> Self {
+        Self::start_full(backend, replicas, extra_env, None).await
+    }
+
+    /// One replica each, with `password` in PostgreSQL database URLs
+    /// (trust authentication accepts any), to check it is never printed.
+    pub async fn start_with_password(
+        backend: &TestDatabase,
+        extra_env: Vec<(String, String)>,
+        password: &str,
+    ) -> Self {
+        Self::start_full(backend, 1, extra_env, Some(password)).await
+    }
+
+    async fn start_full(
+        backend: &TestDatabase,
+        replicas: usize,
+        extra_env: Vec<(String, String)>,
+        password: Option<&str>,
+    ) -> Self {
         let sqlite = backend.settings.is_sqlite();
         let dir = TempDir(
             std::env::temp_dir().join(format!("cascade-e2e-{}", cascade_shared::ids::new_id())),
@@ -241,9 +272,16 @@ impl System {
         let make = |name: &'static str, db: &DatabaseSettings, port: u16, n: usize| Process {
             name,
             port,
-            database_url: db.url.clone(),
+            database_url: match password {
+                Some(password) if !sqlite => {
+                    db.url
+                        .replacen("://postgres@", &format!("://postgres:{password}@"), 1)
+                }
+                _ => db.url.clone(),
+            },
             lifecycle_url: lifecycle_url.clone(),
             extra_env: extra_env.clone(),
+            tls: None,
             child: None,
             log: dir.0.join(format!("{name}-{n}.log")),
         };

@@ -1,0 +1,797 @@
+//! Authentication and authorisation, shared by the three services.
+//!
+//! Two modes. `disabled` (development, the default of `make run`) trusts the
+//! `x-tenant-id` header. `jwt` requires `authorization: Bearer <token>` on
+//! every Cascade RPC: the signature (HS256 with a shared secret, RS256 or
+//! ES256 with public keys from files), issuer, audience and expiry are checked
+//! by the `jsonwebtoken` crate, and the tenant and roles come from the claims.
+//! Each RPC needs one [`Permission`]; each [`Role`] grants a set of them.
+//! Health and reflection stay open so probes and grpcurl's `list` work.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::context::{ACTOR_HEADER, RequestContext, TENANT_HEADER, TenantId};
+use crate::error::ServiceError;
+use crate::settings::SettingsError;
+
+/// Metadata key carrying the bearer token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Shortest accepted HS256 secret, in bytes (RFC 7518 §3.2: at least the hash size).
+const MIN_SECRET_BYTES: usize = 32;
+/// Lifetime of the tokens a service mints for its own calls.
+const SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+/// A minted or file token is replaced when it is this close to expiry, or
+/// (for files) this old, so rotated files are picked up.
+const SERVICE_TOKEN_REFRESH: Duration = Duration::from_secs(120);
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Development only: the tenant comes from `x-tenant-id`, every role is granted.
+    Disabled,
+    /// Bearer JWTs on every Cascade RPC.
+    Jwt,
+}
+
+/// The `[auth]` section of every service's settings.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// File holding the HS256 shared secret (a Kubernetes Secret mount).
+    pub hs256_secret_file: String,
+    /// The HS256 secret itself, for development; prefer the file.
+    pub hs256_secret: String,
+    /// Comma-separated PEM files of RS256 / ES256 public keys (rotation: list old and new).
+    pub public_key_files: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// File holding the token this service sends on its calls to other
+    /// services (re-read when it changes). Without it, a service holding the
+    /// HS256 secret mints its own short-lived service token.
+    pub service_token_file: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Disabled,
+            issuer: "cascade".into(),
+            audience: "cascade".into(),
+            hs256_secret_file: String::new(),
+            hs256_secret: String::new(),
+            public_key_files: String::new(),
+            leeway_seconds: 30,
+            service_token_file: String::new(),
+        }
+    }
+}
+
+// The secret must never reach a log line, even at debug level.
+impl fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("hs256_secret_file", &self.hs256_secret_file)
+            .field(
+                "hs256_secret",
+                &if self.hs256_secret.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("public_key_files", &self.public_key_files)
+            .field("leeway_seconds", &self.leeway_seconds)
+            .field("service_token_file", &self.service_token_file)
+            .finish()
+    }
+}
+
+impl AuthSettings {
+    /// The HS256 secret from the file or the value, if one is configured.
+    fn secret(&self) -> Result<Option<Vec<u8>>, SettingsError> {
+        let secret = if !self.hs256_secret_file.is_empty() {
+            std::fs::read(&self.hs256_secret_file)
+                .map_err(|e| {
+                    SettingsError::new(format!(
+                        "auth.hs256_secret_file: cannot read {}: {e}",
+                        self.hs256_secret_file
+                    ))
+                })
+                .map(|mut bytes| {
+                    // Files written by `echo` end in a newline that is not part of the secret.
+                    while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+                        bytes.pop();
+                    }
+                    bytes
+                })?
+        } else {
+            self.hs256_secret.as_bytes().to_vec()
+        };
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(SettingsError::new(format!(
+                "auth.hs256_secret: must be at least {MIN_SECRET_BYTES} bytes (got {})",
+                secret.len()
+            )));
+        }
+        Ok(Some(secret))
+    }
+}
+
+/// What an RPC needs the caller to be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Get, List, reports, scores, explanations, watch.
+    Read,
+    /// Create and update accounts, contacts, opportunities; record activities.
+    Write,
+    /// Find or create a contact by email (writers and the scoring service).
+    Resolve,
+    /// The manual lifecycle actions: qualify, disqualify, nurture, advance.
+    Act,
+    /// Change settings and scoring models, and simulate models.
+    Admin,
+    /// The internal Apply* RPCs, called by other Cascade services only.
+    Apply,
+}
+
+/// A role named in a token's `roles` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Reader,
+    Writer,
+    Operator,
+    Admin,
+    Service,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Reader,
+        Role::Writer,
+        Role::Operator,
+        Role::Admin,
+        Role::Service,
+    ];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Writer => "writer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn grants(self, permission: Permission) -> bool {
+        use Permission as P;
+        match self {
+            Role::Reader => matches!(permission, P::Read),
+            Role::Writer => matches!(permission, P::Read | P::Write | P::Resolve),
+            Role::Operator => matches!(permission, P::Read | P::Act),
+            Role::Admin => !matches!(permission, P::Apply),
+            Role::Service => matches!(permission, P::Read | P::Resolve | P::Apply),
+        }
+    }
+}
+
+/// The permission each Cascade RPC needs, by its gRPC path
+/// (`/cascade.lifecycle.v1.LifecycleService/GetAccount`). `None` for a path
+/// that names no Cascade RPC: refused in `jwt` mode, so a new RPC cannot be
+/// reachable before it is given a permission here.
+pub fn required_permission(path: &str) -> Option<Permission> {
+    use Permission as P;
+    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    let permission = match (service, method) {
+        ("cascade.lifecycle.v1.LifecycleService", method) => match method {
+            "GetAccount"
+            | "ListAccounts"
+            | "GetContact"
+            | "ListContacts"
+            | "ListAccountTransitions"
+            | "GetAccountStageAt"
+            | "GetFunnelReport"
+            | "GetLifecycleSettings"
+            | "WatchAccountEvents" => P::Read,
+            "CreateAccount" | "UpdateAccount" | "CreateContact" | "UpdateContact" => P::Write,
+            "ResolveContact" => P::Resolve,
+            "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
+            "UpdateLifecycleSettings" => P::Admin,
+            "ApplyEngagementScore" | "ApplyOpportunityEvent" => P::Apply,
+            _ => return None,
+        },
+        ("cascade.scoring.v1.ScoringService", method) => match method {
+            "GetAccountScore"
+            | "GetContactScore"
+            | "ListTopAccounts"
+            | "ExplainAccountScore"
+            | "GetScoringModel" => P::Read,
+            "RecordActivity" | "RecordActivities" | "StreamActivities" => P::Write,
+            // Simulation changes nothing but scans every stored activity.
+            "UpdateScoringModel" | "SimulateScoringModel" => P::Admin,
+            _ => return None,
+        },
+        ("cascade.opportunity.v1.OpportunityService", method) => match method {
+            "GetOpportunity"
+            | "ListOpportunities"
+            | "GetPipelineReport"
+            | "GetOpportunitySettings" => P::Read,
+            "CreateOpportunity"
+            | "UpdateOpportunity"
+            | "AdvanceOpportunity"
+            | "CloseOpportunityWon"
+            | "CloseOpportunityLost" => P::Write,
+            "UpdateOpportunitySettings" => P::Admin,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(permission)
+}
+
+/// The claims Cascade reads from a token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The person or system; recorded as the actor of changes.
+    pub sub: String,
+    /// The tenant; absent on service tokens, which act for the tenant named
+    /// in `x-tenant-id` by the calling service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub iss: String,
+    pub aud: String,
+    pub exp: u64,
+}
+
+/// A verification key and the algorithm it is for.
+struct VerifyingKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Decides who is calling, from request headers.
+pub struct Authenticator {
+    mode: AuthMode,
+    keys: Vec<VerifyingKey>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Development mode: the tenant header is trusted.
+    pub fn disabled() -> Self {
+        Self {
+            mode: AuthMode::Disabled,
+            keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: 0,
+        }
+    }
+
+    /// Loads the keys the settings name; a missing or unreadable key stops start-up.
+    pub fn from_settings(settings: &AuthSettings) -> Result<Self, SettingsError> {
+        if settings.mode == AuthMode::Disabled {
+            return Ok(Self::disabled());
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = settings.secret()? {
+            keys.push(VerifyingKey {
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(&secret),
+            });
+        }
+        for path in settings
+            .public_key_files
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            keys.push(read_public_key(Path::new(path))?);
+        }
+        if keys.is_empty() {
+            return Err(SettingsError::new(
+                "auth.mode = \"jwt\" needs auth.hs256_secret_file (or auth.hs256_secret) or auth.public_key_files",
+            ));
+        }
+        if settings.issuer.is_empty() || settings.audience.is_empty() {
+            return Err(SettingsError::new(
+                "auth.issuer and auth.audience must not be empty in jwt mode",
+            ));
+        }
+        Ok(Self {
+            mode: AuthMode::Jwt,
+            keys,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            leeway: settings.leeway_seconds,
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// The context of a request to the Cascade RPC at `path`, or why it is refused.
+    pub fn authenticate(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<RequestContext, ServiceError> {
+        let mut context = RequestContext::from_headers(headers)?;
+        if self.mode == AuthMode::Disabled {
+            return Ok(context);
+        }
+        let token = bearer_token(headers)?;
+        let claims = self.verify(token)?;
+        let roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        let method = path.rsplit('/').next().unwrap_or(path);
+        let permission = required_permission(path).ok_or_else(|| {
+            ServiceError::PermissionDenied(format!("{method} is not open to any role"))
+        })?;
+        if !roles.iter().any(|role| role.grants(permission)) {
+            let held: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+            let needed: Vec<&str> = Role::ALL
+                .iter()
+                .filter(|r| r.grants(permission))
+                .map(|r| r.name())
+                .collect();
+            return Err(ServiceError::PermissionDenied(format!(
+                "{method} needs one of the roles [{}]; the token has [{}]",
+                needed.join(", "),
+                held.join(", ")
+            )));
+        }
+        let is_service = roles.contains(&Role::Service);
+        match claims.tenant.as_deref() {
+            // A person's token is bound to its tenant; a header may only repeat it.
+            Some(tenant) => {
+                let tenant = TenantId::parse(tenant).map_err(|_| {
+                    ServiceError::Unauthenticated(
+                        "the token's tenant claim is not a valid tenant id".into(),
+                    )
+                })?;
+                if headers.contains_key(TENANT_HEADER) && context.tenant != tenant {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "the token is for tenant {tenant}, not {}",
+                        context.tenant
+                    )));
+                }
+                context.tenant = tenant;
+            }
+            // A service token acts for the tenant its caller names.
+            None if is_service && headers.contains_key(TENANT_HEADER) => {}
+            None => {
+                return Err(ServiceError::Unauthenticated(
+                    "the token has no tenant claim (only service tokens may name the tenant in x-tenant-id)"
+                        .into(),
+                ));
+            }
+        }
+        // Changes are recorded against the token's subject; a service relays
+        // the actor it acts for.
+        if !(is_service && headers.contains_key(ACTOR_HEADER)) {
+            context.actor = claims.sub;
+        }
+        Ok(context)
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, ServiceError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ServiceError::Unauthenticated("the bearer token is not a JWT".into()))?;
+        let mut last = None;
+        for key in self.keys.iter().filter(|k| k.algorithm == header.alg) {
+            let mut validation = Validation::new(key.algorithm);
+            validation.set_issuer(&[&self.issuer]);
+            validation.set_audience(&[&self.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation.leeway = self.leeway;
+            validation.validate_nbf = true;
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(error) => last = Some(error),
+            }
+        }
+        // Only the kind of failure is told: never the token or the key.
+        let reason = match last.as_ref().map(jsonwebtoken::errors::Error::kind) {
+            None => format!("tokens signed with {:?} are not accepted", header.alg),
+            Some(ErrorKind::ExpiredSignature) => "the token has expired".into(),
+            Some(ErrorKind::ImmatureSignature) => "the token is not valid yet (nbf)".into(),
+            Some(ErrorKind::InvalidIssuer) => "the token's issuer is not accepted".into(),
+            Some(ErrorKind::InvalidAudience) => "the token's audience is not accepted".into(),
+            Some(ErrorKind::InvalidSignature) => "the token's signature does not verify".into(),
+            Some(ErrorKind::MissingRequiredClaim(claim)) => {
+                format!("the token has no {claim} claim")
+            }
+            Some(_) => "the token is malformed".into(),
+        };
+        Err(ServiceError::Unauthenticated(reason))
+    }
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, ServiceError> {
+    let value = headers.get(AUTHORIZATION).ok_or_else(|| {
+        ServiceError::Unauthenticated(
+            "missing credentials: send authorization: Bearer <token>".into(),
+        )
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ServiceError::Unauthenticated(
+                "the authorization header must be \"Bearer <token>\"".into(),
+            )
+        })
+}
+
+fn read_public_key(path: &Path) -> Result<VerifyingKey, SettingsError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        SettingsError::new(format!(
+            "auth.public_key_files: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        return Ok(VerifyingKey {
+            algorithm: Algorithm::ES256,
+            key,
+        });
+    }
+    DecodingKey::from_rsa_pem(&pem)
+        .map(|key| VerifyingKey {
+            algorithm: Algorithm::RS256,
+            key,
+        })
+        .map_err(|_| {
+            SettingsError::new(format!(
+                "auth.public_key_files: {} is not a PEM RSA or EC (P-256) public key",
+                path.display()
+            ))
+        })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Where a service's own token for calls to other services comes from.
+enum TokenSource {
+    None,
+    File(String),
+    Minted {
+        key: EncodingKey,
+        subject: String,
+        issuer: String,
+        audience: String,
+    },
+}
+
+/// The token a service sends on its calls to other services, cached and
+/// renewed before it expires (minted) or re-read periodically (file).
+pub struct ServiceCredentials {
+    source: TokenSource,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+impl fmt::Debug for ServiceCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            TokenSource::None => "none",
+            TokenSource::File(_) => "file",
+            TokenSource::Minted { .. } => "minted",
+        };
+        f.debug_struct("ServiceCredentials")
+            .field("source", &source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceCredentials {
+    /// No credentials: development mode.
+    pub fn none() -> Self {
+        Self {
+            source: TokenSource::None,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The credentials of service `name` under `settings`. In jwt mode a
+    /// service that calls others needs a token file or the HS256 secret.
+    pub fn from_settings(name: &str, settings: &AuthSettings) -> Result<Self, SettingsError> {
+        let source = if settings.mode == AuthMode::Disabled {
+            TokenSource::None
+        } else if !settings.service_token_file.is_empty() {
+            TokenSource::File(settings.service_token_file.clone())
+        } else if let Some(secret) = settings.secret()? {
+            TokenSource::Minted {
+                key: EncodingKey::from_secret(&secret),
+                subject: format!("service:{name}"),
+                issuer: settings.issuer.clone(),
+                audience: settings.audience.clone(),
+            }
+        } else {
+            return Err(SettingsError::new(format!(
+                "{name} calls other services: in jwt mode set auth.service_token_file or auth.hs256_secret_file"
+            )));
+        };
+        let credentials = Self {
+            source,
+            cached: Mutex::new(None),
+        };
+        // Fail at start-up, not on the first call.
+        credentials.token().map_err(SettingsError::new)?;
+        Ok(credentials)
+    }
+
+    /// The bearer token to send, if any.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let mut cached = self
+            .cached
+            .lock()
+            .map_err(|_| "service credentials lock poisoned".to_owned())?;
+        if let Some((token, renew_at)) = cached.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(Some(token.clone()));
+        }
+        let fresh = match &self.source {
+            TokenSource::None => return Ok(None),
+            TokenSource::File(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("auth.service_token_file: cannot read {path}: {e}"))?
+                    .trim()
+                    .to_owned();
+                (token, Instant::now() + SERVICE_TOKEN_REFRESH)
+            }
+            TokenSource::Minted {
+                key,
+                subject,
+                issuer,
+                audience,
+            } => {
+                let claims = Claims {
+                    sub: subject.clone(),
+                    tenant: None,
+                    roles: vec![Role::Service.name().to_owned()],
+                    iss: issuer.clone(),
+                    aud: audience.clone(),
+                    exp: unix_now() + SERVICE_TOKEN_LIFETIME.as_secs(),
+                };
+                let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+                    .map_err(|e| format!("cannot mint the service token: {e}"))?;
+                (
+                    token,
+                    Instant::now() + SERVICE_TOKEN_LIFETIME - SERVICE_TOKEN_REFRESH,
+                )
+            }
+        };
+        let token = fresh.0.clone();
+        *cached = Some(fresh);
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            mode: AuthMode::Jwt,
+            hs256_secret: SECRET.into(),
+            ..AuthSettings::default()
+        }
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("encode")
+    }
+
+    fn headers(token: &str, tenant: Option<&str>) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        if let Some(tenant) = tenant {
+            headers.insert(TENANT_HEADER, tenant.parse().expect("header"));
+        }
+        headers
+    }
+
+    const GET: &str = "/cascade.lifecycle.v1.LifecycleService/GetAccount";
+    const QUALIFY: &str = "/cascade.lifecycle.v1.LifecycleService/QualifyAccount";
+    const APPLY: &str = "/cascade.lifecycle.v1.LifecycleService/ApplyEngagementScore";
+
+    fn claims(roles: &[&str], tenant: Option<&str>, exp: u64) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "sub": "jane@acme.test", "roles": roles, "iss": "cascade", "aud": "cascade", "exp": exp,
+        });
+        if let Some(tenant) = tenant {
+            value["tenant"] = tenant.into();
+        }
+        value
+    }
+
+    #[test]
+    fn tokens_are_verified_and_roles_enforced() {
+        let auth = Authenticator::from_settings(&settings()).expect("auth");
+        let later = unix_now() + 600;
+        let reader = token(claims(&["reader"], Some("acme"), later), SECRET);
+        let context = auth
+            .authenticate(GET, &headers(&reader, None))
+            .expect("reader may read");
+        assert_eq!(context.tenant.as_str(), "acme");
+        assert_eq!(context.actor, "jane@acme.test");
+
+        let refused = |path: &str, headers: &http::HeaderMap| {
+            auth.authenticate(path, headers)
+                .expect_err("refused")
+                .code()
+        };
+        use tonic::Code;
+        assert_eq!(
+            refused(QUALIFY, &headers(&reader, None)),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            refused(GET, &headers(&reader, Some("other"))),
+            Code::PermissionDenied
+        );
+        assert_eq!(refused(GET, &http::HeaderMap::new()), Code::Unauthenticated);
+        let expired = token(claims(&["admin"], Some("acme"), unix_now() - 3600), SECRET);
+        assert_eq!(
+            refused(GET, &headers(&expired, None)),
+            Code::Unauthenticated
+        );
+        let forged = token(
+            claims(&["admin"], Some("acme"), later),
+            &SECRET.replace('0', "1"),
+        );
+        assert_eq!(refused(GET, &headers(&forged, None)), Code::Unauthenticated);
+        let mut wrong_issuer = claims(&["admin"], Some("acme"), later);
+        wrong_issuer["iss"] = "someone-else".into();
+        assert_eq!(
+            refused(GET, &headers(&token(wrong_issuer, SECRET), None)),
+            Code::Unauthenticated
+        );
+        let admin = token(claims(&["admin"], Some("acme"), later), SECRET);
+        assert_eq!(
+            refused(APPLY, &headers(&admin, None)),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            refused(
+                "/cascade.lifecycle.v1.LifecycleService/Nope",
+                &headers(&admin, None)
+            ),
+            Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn service_tokens_act_for_the_named_tenant() {
+        let settings = settings();
+        let auth = Authenticator::from_settings(&settings).expect("auth");
+        let credentials = ServiceCredentials::from_settings("scoring", &settings).expect("creds");
+        let minted = credentials.token().expect("token").expect("some token");
+        assert_eq!(credentials.token().expect("cached"), Some(minted.clone()));
+        let context = auth
+            .authenticate(APPLY, &headers(&minted, Some("acme")))
+            .expect("service may apply");
+        assert_eq!(context.tenant.as_str(), "acme");
+        assert_eq!(context.actor, "service:scoring");
+        // Without a tenant header a service token names no tenant.
+        assert_eq!(
+            auth.authenticate(APPLY, &headers(&minted, None))
+                .expect_err("no tenant")
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.authenticate(QUALIFY, &headers(&minted, Some("acme")))
+                .expect_err("no act")
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn every_rpc_has_a_permission() {
+        let pool = prost_reflect_free_method_paths();
+        assert!(pool.len() >= 40, "found only {} RPCs", pool.len());
+        for path in pool {
+            assert!(
+                required_permission(&path).is_some(),
+                "{path} has no permission"
+            );
+        }
+    }
+
+    /// Every RPC path in the API's descriptor set.
+    fn prost_reflect_free_method_paths() -> Vec<String> {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(cascade_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let mut paths = Vec::new();
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            if !package.starts_with("cascade.") {
+                continue;
+            }
+            for service in file.service {
+                for method in service.method {
+                    paths.push(format!(
+                        "/{package}.{}/{}",
+                        service.name.as_deref().unwrap_or_default(),
+                        method.name.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn short_secrets_and_missing_keys_stop_start_up() {
+        let mut s = settings();
+        s.hs256_secret = "short".into();
+        assert!(Authenticator::from_settings(&s).is_err());
+        s.hs256_secret.clear();
+        assert!(Authenticator::from_settings(&s).is_err());
+        let s = settings();
+        assert!(!format!("{s:?}").contains(SECRET));
+    }
+}

@@ -1,0 +1,800 @@
+//! Security of the real binaries: JWT authentication and roles, service
+//! tokens between services, TLS and mTLS with certificates made at test
+//! time, request limits, and secrets kept out of logs and errors.
+
+mod common;
+
+use std::time::Duration;
+
+use cascade_proto::common::v1::AccountStage as S;
+use cascade_proto::lifecycle::v1 as lc;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_proto::opportunity::v1 as op;
+use cascade_proto::scoring::v1 as sc;
+use cascade_shared::testing::{TestDatabase, request_for};
+use common::{Process, System, TempDir, WebhookReceiver};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+const SECRET: &str = "test-only-hs256-secret-0123456789abcdef";
+const SERVICES: [&str; 3] = ["LIFECYCLE", "SCORING", "OPPORTUNITY"];
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn claims(sub: &str, tenant: Option<&str>, roles: &[&str]) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "sub": sub, "roles": roles, "iss": "cascade", "aud": "cascade", "exp": unix_now() + 600,
+    });
+    if let Some(tenant) = tenant {
+        claims["tenant"] = tenant.into();
+    }
+    claims
+}
+
+fn hs256(claims: &serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+fn token(tenant: &str, roles: &[&str]) -> String {
+    hs256(&claims("jane@acme.test", Some(tenant), roles), SECRET)
+}
+
+/// A request with a bearer token (and no tenant header: the token names it).
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+fn jwt_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for service in SERVICES {
+        env.push((format!("CASCADE_{service}__AUTH__MODE"), "jwt".to_owned()));
+        env.push((
+            format!("CASCADE_{service}__AUTH__HS256_SECRET"),
+            SECRET.to_owned(),
+        ));
+        for (key, value) in extra {
+            env.push((format!("CASCADE_{service}__{key}"), (*value).to_owned()));
+        }
+    }
+    env
+}
+
+fn new_account(name: &str, domain: &str) -> lc::CreateAccountRequest {
+    lc::CreateAccountRequest {
+        account: Some(lc::Account {
+            name: name.into(),
+            domain: domain.into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
+fn get(id: &str) -> lc::GetAccountRequest {
+    lc::GetAccountRequest {
+        account_id: id.into(),
+    }
+}
+
+fn by_email(event_id: &str, kind: &str, email: &str) -> sc::Activity {
+    sc::Activity {
+        event_id: event_id.into(),
+        activity_type: kind.into(),
+        occur_time: Some(cascade_shared::time::to_timestamp(
+            cascade_shared::time::now(),
+        )),
+        contact_email: email.into(),
+        ..Default::default()
+    }
+}
+
+/// Activities by email that take a fresh account at `domain` to PRIORITIZED:
+/// scoring resolves each email through lifecycle and delivers the score.
+fn prioritizing_batch(domain: &str) -> Vec<sc::Activity> {
+    vec![
+        by_email("s1", "webinar_attended", &format!("ann@{domain}")),
+        by_email("s2", "case_study_download", &format!("ann@{domain}")),
+        by_email("s3", "pricing_page_visit", &format!("bob@{domain}")),
+        by_email("s4", "webinar_attended", &format!("cy@{domain}")),
+    ]
+}
+
+async fn wait_for_stage(
+    lifecycle: &mut LifecycleServiceClient<Channel>,
+    token: &str,
+    id: &str,
+    stage: S,
+) {
+    for _ in 0..400 {
+        let account = lifecycle
+            .get_account(authed(token, get(id)))
+            .await
+            .expect("get account")
+            .into_inner()
+            .account
+            .expect("account");
+        if account.stage == stage as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("account {id} never reached {stage:?}");
+}
+
+#[tokio::test]
+async fn jwt_mode_checks_tokens_roles_and_tenants() {
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("cascade-jwt-{}", cascade_shared::ids::new_id())),
+    );
+    std::fs::create_dir_all(&dir.0).expect("dir");
+    // An ES256 key pair, as an identity provider would hold it.
+    let es_key = KeyPair::generate().expect("P-256 key");
+    let public_pem = dir.0.join("issuer-es256.pub.pem");
+    std::fs::write(&public_pem, es_key.public_key_pem()).expect("write key");
+    let public_path = public_pem.display().to_string();
+    let system = System::start_with(
+        &TestDatabase::sqlite(),
+        1,
+        jwt_env(&[("AUTH__PUBLIC_KEY_FILES", &public_path)]),
+    )
+    .await;
+    let mut lifecycle = system.lifecycle(0);
+    let mut scoring = system.scoring(0);
+    let mut opportunity = system.opportunity(0);
+
+    // No credentials, or bad ones: UNAUTHENTICATED, and the message says why.
+    let missing = lifecycle
+        .list_accounts(request_for("acme", lc::ListAccountsRequest::default()))
+        .await
+        .expect_err("no token");
+    assert_eq!(missing.code(), Code::Unauthenticated, "{missing:?}");
+    assert!(
+        missing.message().contains("Bearer"),
+        "{}",
+        missing.message()
+    );
+    let mut expired = claims("jane", Some("acme"), &["admin"]);
+    expired["exp"] = (unix_now() - 3600).into();
+    let mut wrong_audience = claims("jane", Some("acme"), &["admin"]);
+    wrong_audience["aud"] = "another-system".into();
+    let bad_tokens = [
+        ("expired", hs256(&expired, SECRET), "expired"),
+        (
+            "forged",
+            hs256(
+                &claims("jane", Some("acme"), &["admin"]),
+                "an-attackers-secret-0123456789abcdef",
+            ),
+            "signature",
+        ),
+        ("wrong audience", hs256(&wrong_audience, SECRET), "audience"),
+        ("garbage", "not.a.jwt".to_owned(), "not a JWT"),
+    ];
+    for (what, bad, reason) in &bad_tokens {
+        let status = scoring
+            .get_scoring_model(authed(bad, sc::GetScoringModelRequest::default()))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(
+            status.message().contains(reason),
+            "{what}: {}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains(bad.as_str()),
+            "{what}: token echoed"
+        );
+    }
+    // Health stays open for probes.
+    assert!(system.lifecycle[0].serving().await);
+
+    // Roles: each RPC needs its permission.
+    let reader = token("acme", &["reader"]);
+    let writer = token("acme", &["writer"]);
+    let operator = token("acme", &["operator"]);
+    let admin = token("acme", &["admin"]);
+    let denied = lifecycle
+        .create_account(authed(&reader, new_account("Initech", "initech.example")))
+        .await
+        .expect_err("reader cannot write");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("writer"), "{}", denied.message());
+    let account = lifecycle
+        .create_account(authed(&writer, new_account("Initech", "initech.example")))
+        .await
+        .expect("writer creates")
+        .into_inner()
+        .account
+        .expect("account");
+    let id = account.account_id;
+    let account = lifecycle
+        .get_account(authed(&reader, get(&id)))
+        .await
+        .expect("reader reads")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(account.name, "Initech");
+    let qualify = |token: &str| {
+        authed(
+            token,
+            lc::QualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "security test".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let denied = lifecycle
+        .qualify_account(qualify(&writer))
+        .await
+        .expect_err("writer cannot act");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // The operator passes authorisation; the stage rules then decide (the
+    // account is TARGETED, so qualifying it is refused by the rules, not by auth).
+    let ruled = lifecycle.qualify_account(qualify(&operator)).await;
+    assert!(
+        ruled
+            .as_ref()
+            .err()
+            .is_none_or(|s| s.code() == Code::FailedPrecondition),
+        "{ruled:?}"
+    );
+    let denied = scoring
+        .update_scoring_model(authed(&writer, sc::UpdateScoringModelRequest::default()))
+        .await
+        .expect_err("writer cannot change the model");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = opportunity
+        .update_opportunity_settings(authed(
+            &operator,
+            op::UpdateOpportunitySettingsRequest::default(),
+        ))
+        .await
+        .expect_err("operator cannot change settings");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let settings = lifecycle
+        .get_lifecycle_settings(authed(&admin, lc::GetLifecycleSettingsRequest::default()))
+        .await
+        .expect("admin reads settings");
+    assert!(settings.into_inner().settings.is_some());
+    // Only services may call the internal Apply* RPCs; not even an admin.
+    let apply = lc::ApplyEngagementScoreRequest {
+        event_id: "forged-score".into(),
+        account_id: id.clone(),
+        sequence: 1,
+        engagement_score: 500.0,
+        average_engagement_score: 500.0,
+        ..Default::default()
+    };
+    let denied = lifecycle
+        .apply_engagement_score(authed(&admin, apply))
+        .await
+        .expect_err("admin cannot apply");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // Tenants come from the token: another tenant's token sees nothing, and
+    // a header cannot switch a person's token to another tenant.
+    let other = token("globex", &["admin"]);
+    let hidden = lifecycle
+        .get_account(authed(&other, get(&id)))
+        .await
+        .expect_err("other tenant");
+    assert_eq!(hidden.code(), Code::NotFound);
+    let mut switched = authed(&reader, get(&id));
+    switched
+        .metadata_mut()
+        .insert("x-tenant-id", "globex".parse().expect("ascii"));
+    let denied = lifecycle
+        .get_account(switched)
+        .await
+        .expect_err("tenant switch");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // ES256 tokens verify against the configured public key.
+    let es256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims("idp-user", Some("acme"), &["reader"]),
+        &EncodingKey::from_ec_pem(es_key.serialize_pem().as_bytes()).expect("ec key"),
+    )
+    .expect("es256 token");
+    lifecycle
+        .get_account(authed(&es256, get(&id)))
+        .await
+        .expect("ES256 token accepted");
+
+    // Service to service: scoring resolves emails through lifecycle and
+    // delivers scores with its own minted service token; opportunity checks
+    // the account with its token.
+    let recorded = scoring
+        .record_activities(authed(
+            &writer,
+            sc::RecordActivitiesRequest {
+                activities: prioritizing_batch("initech.example"),
+            },
+        ))
+        .await
+        .expect("writer records")
+        .into_inner();
+    assert_eq!(recorded.recorded_count, 4, "{:?}", recorded.results);
+    wait_for_stage(&mut lifecycle, &reader, &id, S::Prioritized).await;
+    lifecycle
+        .qualify_account(qualify(&operator))
+        .await
+        .expect("the operator qualifies a PRIORITIZED account");
+    let opened = opportunity
+        .create_opportunity(authed(
+            &writer,
+            op::CreateOpportunityRequest {
+                opportunity: Some(op::Opportunity {
+                    account_id: id.clone(),
+                    name: "Initech platform".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await;
+    assert!(opened.is_ok(), "{opened:?}");
+    wait_for_stage(&mut lifecycle, &reader, &id, S::Pipeline).await;
+    // The history records the token's subject as the actor.
+    let transitions = lifecycle
+        .list_account_transitions(authed(
+            &reader,
+            lc::ListAccountTransitionsRequest {
+                account_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("history")
+        .into_inner()
+        .transitions;
+    assert!(
+        transitions
+            .iter()
+            .any(|t| t.actor == "jane@acme.test" && t.to_stage == S::Qualified as i32),
+        "{transitions:?}"
+    );
+    system.stop().await;
+}
+
+/// A CA, and certificates it signs for `localhost` / 127.0.0.1.
+struct Pki {
+    dir: TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("cascade-pki-{}", cascade_shared::ids::new_id())),
+        );
+        std::fs::create_dir_all(&dir.0).expect("dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Cascade test CA");
+        let ca =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+        std::fs::write(dir.0.join("ca.pem"), ca.pem()).expect("write ca");
+        Self { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).display().to_string()
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` and returns their PEM text.
+    fn issue(&self, name: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        std::fs::write(self.path(&format!("{name}.pem")), &cert).expect("write");
+        std::fs::write(self.path(&format!("{name}.key")), &key).expect("write");
+        (cert, key)
+    }
+
+    fn client_tls(&self, identity: Option<(String, String)>) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(self.ca.pem()));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        tls
+    }
+
+    fn server_env(&self, service: &str, name: &str) -> Vec<(String, String)> {
+        [
+            ("CERT_FILE", self.path(&format!("{name}.pem"))),
+            ("KEY_FILE", self.path(&format!("{name}.key"))),
+            ("CA_FILE", self.path("ca.pem")),
+            ("REQUIRE_CLIENT_CERT", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("CASCADE_{service}__TLS__{k}"), v))
+        .collect()
+    }
+}
+
+/// The codes a client sees when the server drops it during or right after
+/// the TLS handshake (which one depends on when the client notices): the
+/// call never reached a handler, which would have answered otherwise.
+fn is_transport_refusal(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
+#[tokio::test]
+async fn mtls_between_callers_and_services() {
+    let pki = Pki::new();
+    let client_identity = pki.issue("test-client");
+    pki.issue("lifecycle");
+    pki.issue("scoring");
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("cascade-tls-{}", cascade_shared::ids::new_id())),
+    );
+    std::fs::create_dir_all(&dir.0).expect("dir");
+    let lifecycle_db = TestDatabase::sqlite();
+    let scoring_db = TestDatabase::sqlite();
+
+    let mut lifecycle = Process::new(
+        "lifecycle",
+        &lifecycle_db.settings.url,
+        "http://127.0.0.1:9",
+        &dir.0,
+    )
+    .with_client_tls(pki.client_tls(Some(client_identity.clone())));
+    for (k, v) in pki.server_env("LIFECYCLE", "lifecycle") {
+        lifecycle = lifecycle.with_env(&k, &v);
+    }
+    lifecycle.start().await;
+    // Scoring calls lifecycle over https, presenting its own certificate.
+    let lifecycle_url = format!("https://localhost:{}", lifecycle.port);
+    let mut scoring = Process::new("scoring", &scoring_db.settings.url, &lifecycle_url, &dir.0)
+        .with_client_tls(pki.client_tls(Some(client_identity.clone())));
+    for (k, v) in pki.server_env("SCORING", "scoring") {
+        scoring = scoring.with_env(&k, &v);
+    }
+    scoring.start().await;
+
+    // Plaintext, and TLS without a client certificate, get nowhere.
+    let plaintext = Channel::from_shared(format!("http://127.0.0.1:{}", lifecycle.port))
+        .expect("url")
+        .connect_lazy();
+    let refused = LifecycleServiceClient::new(plaintext)
+        .list_accounts(request_for("acme", lc::ListAccountsRequest::default()))
+        .await
+        .expect_err("plaintext refused");
+    assert!(is_transport_refusal(refused.code()), "{refused:?}");
+    let anonymous = Channel::from_shared(format!("https://127.0.0.1:{}", lifecycle.port))
+        .expect("url")
+        .tls_config(pki.client_tls(None))
+        .expect("tls")
+        .connect_lazy();
+    let refused = LifecycleServiceClient::new(anonymous)
+        .list_accounts(request_for("acme", lc::ListAccountsRequest::default()))
+        .await
+        .expect_err("no client certificate refused");
+    assert!(is_transport_refusal(refused.code()), "{refused:?}");
+    // A certificate from another CA is refused too.
+    let stranger = Pki::new();
+    let stranger_identity = stranger.issue("stranger");
+    let mut foreign = pki.client_tls(None);
+    foreign = foreign.identity(Identity::from_pem(stranger_identity.0, stranger_identity.1));
+    let foreign = Channel::from_shared(format!("https://127.0.0.1:{}", lifecycle.port))
+        .expect("url")
+        .tls_config(foreign)
+        .expect("tls")
+        .connect_lazy();
+    let refused = LifecycleServiceClient::new(foreign)
+        .list_accounts(request_for("acme", lc::ListAccountsRequest::default()))
+        .await
+        .expect_err("a certificate from another CA was accepted");
+    assert!(is_transport_refusal(refused.code()), "{refused:?}");
+
+    // With the certificate: calls work, and scoring reaches lifecycle over mTLS.
+    let mut client = LifecycleServiceClient::new(lifecycle.channel());
+    let id = client
+        .create_account(request_for(
+            "acme",
+            new_account("Initech", "initech.example"),
+        ))
+        .await
+        .expect("mTLS call")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id;
+    let recorded = cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient::new(
+        scoring.channel(),
+    )
+    .record_activities(request_for(
+        "acme",
+        sc::RecordActivitiesRequest {
+            activities: prioritizing_batch("initech.example"),
+        },
+    ))
+    .await
+    .expect("scoring over mTLS")
+    .into_inner();
+    assert_eq!(recorded.recorded_count, 4, "{:?}", recorded.results);
+    let mut prioritized = false;
+    for _ in 0..400 {
+        let account = client
+            .get_account(request_for("acme", get(&id)))
+            .await
+            .expect("get")
+            .into_inner()
+            .account
+            .expect("account");
+        if account.stage == S::Prioritized as i32 {
+            prioritized = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(prioritized, "scores did not reach lifecycle over mTLS");
+    scoring.terminate().await;
+    lifecycle.terminate().await;
+}
+
+#[tokio::test]
+async fn limits_answer_with_clear_statuses() {
+    let mut env = Vec::new();
+    for service in SERVICES {
+        env.push((
+            format!("CASCADE_{service}__SERVER__MAX_MESSAGE_BYTES"),
+            "262144".to_owned(),
+        ));
+        env.push((
+            format!("CASCADE_{service}__SERVER__INGEST_RATE_PER_TENANT"),
+            "10".to_owned(),
+        ));
+        env.push((
+            format!("CASCADE_{service}__SERVER__INGEST_BURST_PER_TENANT"),
+            "1000".to_owned(),
+        ));
+    }
+    let system = System::start_with(&TestDatabase::sqlite(), 1, env).await;
+    let mut lifecycle = system.lifecycle(0);
+    let mut scoring = system.scoring(0);
+
+    // Oversized message: refused before decoding.
+    let huge = lifecycle
+        .create_account(request_for(
+            "acme",
+            new_account(&"x".repeat(300_000), "big.example"),
+        ))
+        .await
+        .expect_err("oversized");
+    // tonic's code for a message over the decoding limit.
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+    assert!(huge.message().contains("too large"), "{}", huge.message());
+    // Too long a field, too large a page: INVALID_ARGUMENT naming the field.
+    let long = lifecycle
+        .create_account(request_for(
+            "acme",
+            new_account(&"x".repeat(1_000), "long.example"),
+        ))
+        .await
+        .expect_err("name too long");
+    assert_eq!(long.code(), Code::InvalidArgument);
+    assert!(
+        long.message().contains("account.name"),
+        "{}",
+        long.message()
+    );
+    let page = lifecycle
+        .list_accounts(request_for(
+            "acme",
+            lc::ListAccountsRequest {
+                page_size: 100_000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("page too large");
+    assert_eq!(page.code(), Code::InvalidArgument);
+    assert!(page.message().contains("page_size"), "{}", page.message());
+
+    // Ingestion rate per tenant: the burst passes, the next batch waits.
+    let id = lifecycle
+        .create_account(request_for(
+            "acme",
+            new_account("Initech", "initech.example"),
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id;
+    let batch = |prefix: &str, n: usize| sc::RecordActivitiesRequest {
+        activities: (0..n)
+            .map(|i| sc::Activity {
+                account_id: id.clone(),
+                ..by_email(&format!("{prefix}-{i}"), "email_open", "")
+            })
+            .collect(),
+    };
+    let too_big = scoring
+        .record_activities(request_for("acme", batch("big", 1001)))
+        .await
+        .expect_err("batch too large");
+    assert_eq!(too_big.code(), Code::InvalidArgument);
+    scoring
+        .record_activities(request_for("acme", batch("a", 1000)))
+        .await
+        .expect("the burst passes");
+    let limited = scoring
+        .record_activities(request_for("acme", batch("b", 50)))
+        .await
+        .expect_err("over the rate");
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    let retry = limited
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(6),
+        "{retry:?}"
+    );
+    // Another tenant has its own allowance.
+    let other = lifecycle
+        .create_account(request_for(
+            "globex",
+            new_account("Globex", "globex.example"),
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id;
+    scoring
+        .record_activities(request_for(
+            "globex",
+            sc::RecordActivitiesRequest {
+                activities: vec![sc::Activity {
+                    account_id: other,
+                    ..by_email("g-1", "email_open", "")
+                }],
+            },
+        ))
+        .await
+        .expect("another tenant is not limited");
+    // After the advised delay, the tenant may send again.
+    tokio::time::sleep(retry).await;
+    scoring
+        .record_activities(request_for("acme", batch("c", 5)))
+        .await
+        .expect("allowed again after RetryInfo's delay");
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_errors() {
+    let database_password = "db-password-never-logged";
+    // PostgreSQL (trust auth ignores the password) when configured, so a
+    // real password sits in the database URL; SQLite otherwise.
+    let backend = match TestDatabase::postgres().await {
+        Some(db) => db,
+        None => TestDatabase::sqlite(),
+    };
+    let mut env = jwt_env(&[]);
+    env.push(("RUST_LOG".to_owned(), "debug".to_owned()));
+    let system = System::start_with_password(&backend, env, database_password).await;
+    let webhook_secret = "webhook-secret-never-logged";
+    let receiver = WebhookReceiver::start().await;
+    let mut lifecycle = system.lifecycle(0);
+    let mut scoring = system.scoring(0);
+    let admin = token("acme", &["admin"]);
+    let writer = token("acme", &["writer"]);
+    let bad_token = hs256(
+        &claims("mallory", Some("acme"), &["admin"]),
+        "mallorys-own-secret-0123456789abcdef",
+    );
+
+    lifecycle
+        .update_lifecycle_settings(authed(
+            &admin,
+            lc::UpdateLifecycleSettingsRequest {
+                settings: Some(lc::LifecycleSettings {
+                    webhook_url: receiver.url.clone(),
+                    webhook_secret: webhook_secret.into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["webhook_url".into(), "webhook_secret".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("settings");
+    let read_back = lifecycle
+        .get_lifecycle_settings(authed(&admin, lc::GetLifecycleSettingsRequest::default()))
+        .await
+        .expect("settings")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert!(read_back.webhook_secret.is_empty() && read_back.webhook_secret_set);
+    let refused = lifecycle
+        .list_accounts(authed(&bad_token, lc::ListAccountsRequest::default()))
+        .await
+        .expect_err("bad token");
+    assert!(!format!("{refused:?}").contains(&bad_token));
+    let id = lifecycle
+        .create_account(authed(&writer, new_account("Initech", "initech.example")))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id;
+    scoring
+        .record_activities(authed(
+            &writer,
+            sc::RecordActivitiesRequest {
+                activities: prioritizing_batch("initech.example"),
+            },
+        ))
+        .await
+        .expect("activities");
+    wait_for_stage(&mut lifecycle, &writer, &id, S::Prioritized).await;
+    // The signed notification went out: the secret was used, not printed.
+    let delivered = receiver.wait_for(1).await;
+    assert!(!delivered[0].body.contains(webhook_secret));
+
+    let logs: String = system
+        .lifecycle
+        .iter()
+        .chain(&system.scoring)
+        .chain(&system.opportunity)
+        .map(Process::log_text)
+        .collect();
+    assert!(
+        logs.contains("DEBUG"),
+        "the services did not log at debug level"
+    );
+    for secret in [
+        SECRET,
+        &admin,
+        &writer,
+        &bad_token,
+        webhook_secret,
+        database_password,
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a secret appears in the logs: {secret}"
+        );
+    }
+    system.stop().await;
+}
