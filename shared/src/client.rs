@@ -282,7 +282,8 @@ mod tests {
             "{sent:?}"
         );
         // Without a caller deadline, the call still has one.
-        let context = crate::RequestContext::from_headers(&http::HeaderMap::new()).expect("context");
+        let context =
+            crate::RequestContext::from_headers(&http::HeaderMap::new()).expect("context");
         assert_eq!(sent_timeout(&outgoing_for(&context, ())), CALL_DEADLINE);
         // A caller that allows more than the service-to-service limit gets the limit.
         let mut headers = http::HeaderMap::new();

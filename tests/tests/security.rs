@@ -240,7 +240,6 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
             lc::QualifyAccountRequest {
                 account_id: id.clone(),
                 reason: "security test".into(),
-                ..Default::default()
             },
         )
     };

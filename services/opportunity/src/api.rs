@@ -53,7 +53,7 @@ impl OpportunityApi {
     pub fn new(repository: Repository, lifecycle: LifecycleClient) -> Self {
         Self {
             repository,
-            lifecycle: lifecycle,
+            lifecycle,
         }
     }
 }
