@@ -92,18 +92,18 @@ where
 {
     let settings = ServiceSettings::load(identity)?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
+    if std::env::args().any(|a| a == "--migrate") {
+        tracing::info!(database = ?settings.database, "migrating {}", identity.name);
+        crate::db::connect_and_migrate::<M>(&settings.database).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
     if settings.auth.mode == AuthMode::Disabled {
         tracing::warn!(
             "AUTHENTICATION IS DISABLED: any caller can act for any tenant by sending x-tenant-id. \
              Development only; set auth.mode = \"jwt\" (CASCADE_{}__AUTH__MODE=jwt) anywhere else",
             identity.name.to_ascii_uppercase()
         );
-    }
-    if std::env::args().any(|a| a == "--migrate") {
-        tracing::info!(database = ?settings.database, "migrating {}", identity.name);
-        crate::db::connect_and_migrate::<M>(&settings.database).await?;
-        tracing::info!("migrations applied");
-        return Ok(());
     }
     tracing::info!(database = ?settings.database, "starting {}", identity.name);
     build::<M, S, F, Fut>(&settings, make_service)
