@@ -2,10 +2,12 @@
 //! transaction as the change that caused them, then delivered by a background
 //! deliverer with retries and backoff, surviving restarts.
 //!
-//! - Order: within a topic, messages with the same partition key (an account)
-//!   are delivered in the order they were written; only the oldest pending
-//!   message of a partition can be claimed, so replicas never deliver one
-//!   partition out of order.
+//! - Order: within a topic, messages of one tenant with the same partition
+//!   key (an account) are delivered in the order they were written; only the
+//!   oldest pending message of a partition can be claimed, so replicas never
+//!   deliver one partition out of order. The tenant is part of the partition:
+//!   a run handed to a sink never mixes tenants (another tenant may use the
+//!   same key, e.g. record activities for an account id it does not have).
 //! - Replicas: a claim is a lease written with a conditional UPDATE, so two
 //!   deliverers on one PostgreSQL database never hold the same message.
 //! - Delivery is at least once; a message is marked delivered only after the
@@ -205,7 +207,8 @@ impl Deliverer {
                      WHERE o.topic = $3 AND o.state = $4 AND o.next_attempt_at_ms <= $5 \
                        AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) \
                        AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.topic = o.topic \
-                         AND p.partition_key = o.partition_key AND p.state = $4 AND p.id < o.id) \
+                         AND p.tenant_id = o.tenant_id AND p.partition_key = o.partition_key \
+                         AND p.state = $4 AND p.id < o.id) \
                      ORDER BY o.id LIMIT $6) \
                    AND state = $4 AND (lease_until_ms IS NULL OR lease_until_ms < $5) \
                    RETURNING id, tenant_id, topic, partition_key, payload, attempts, trace_context";
@@ -238,8 +241,8 @@ impl Deliverer {
         let mut run = vec![head.clone()];
         if self.config.run_size > 1 {
             let sql = "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context \
-                       FROM outbox WHERE topic = $1 AND partition_key = $2 AND state = $3 AND id > $4 \
-                       ORDER BY id LIMIT $5";
+                       FROM outbox WHERE topic = $1 AND tenant_id = $2 AND partition_key = $3 \
+                       AND state = $4 AND id > $5 ORDER BY id LIMIT $6";
             let rows = self
                 .db
                 .query_all_raw(Statement::from_sql_and_values(
@@ -247,6 +250,7 @@ impl Deliverer {
                     sql,
                     [
                         self.topic.into(),
+                        head.tenant_id.clone().into(),
                         head.partition_key.clone().into(),
                         PENDING.into(),
                         head.id.clone().into(),

@@ -1,0 +1,1698 @@
+//! Tenant isolation, end to end: tenant B fills all three services through
+//! their APIs, then a caller of tenant A tries every RPC with B's ids and
+//! keys. A must never see, change or even learn of B's records: a lookup of a
+//! B record fails exactly like a lookup of an id that never existed, A's lists,
+//! reports and streams hold nothing of B's, and B reads everything back
+//! unchanged afterwards. On SQLite and PostgreSQL.
+
+mod common;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, Money};
+use cascade_proto::lifecycle::v1 as lc;
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_proto::lifecycle::v1::watch_account_events_response::Event;
+use cascade_proto::opportunity::v1 as op;
+use cascade_proto::scoring::v1 as sc;
+use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use cascade_shared::ids::new_id;
+use cascade_shared::on_each_database;
+use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_shared::time::{now, to_timestamp};
+use common::System;
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status, Streaming};
+use tonic_types::StatusExt;
+
+/// The tenant that probes.
+const A: &str = "tenant-a";
+/// The tenant whose records must stay out of A's reach.
+const B: &str = "tenant-b";
+
+type Lifecycle = LifecycleServiceClient<Channel>;
+type Scoring = ScoringServiceClient<Channel>;
+
+// ----- the oracle -----
+
+/// Asserts that A's call about B's record (`about_b`) failed exactly like the
+/// same call about a record that never existed (`about_fresh`): NOT_FOUND,
+/// with the same message and error details once B's id text is swapped for
+/// the fresh one. Success, FAILED_PRECONDITION or any other difference tells
+/// A that B's record exists.
+fn assert_hidden<T: Debug>(
+    what: &str,
+    about_b: Result<Response<T>, Status>,
+    b_text: &str,
+    about_fresh: Result<Response<T>, Status>,
+    fresh_text: &str,
+) {
+    let about_b = match about_b {
+        Ok(response) => panic!("{what}: A reached B's {b_text}: {response:?}"),
+        Err(status) => status,
+    };
+    let about_fresh = match about_fresh {
+        Ok(response) => panic!("{what}: a never-existing {fresh_text} answered {response:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(
+        about_fresh.code(),
+        Code::NotFound,
+        "{what}: a never-existing id answers NOT_FOUND: {about_fresh:?}"
+    );
+    assert_eq!(
+        about_b.code(),
+        about_fresh.code(),
+        "{what}: B's {b_text} answers A differently from a missing one: {about_b:?}"
+    );
+    assert_eq!(
+        about_b.message().replace(b_text, fresh_text),
+        about_fresh.message(),
+        "{what}: the message tells B's {b_text} from a missing one"
+    );
+    assert_eq!(
+        format!("{:?}", about_b.get_error_details()).replace(b_text, fresh_text),
+        format!("{:?}", about_fresh.get_error_details()),
+        "{what}: the error details tell B's {b_text} from a missing one"
+    );
+}
+
+/// Makes the same call as A with B's id (or key) and with a fresh one.
+async fn check_hidden<T: Debug, Fut>(
+    what: &str,
+    b_text: &str,
+    fresh_text: &str,
+    call: impl Fn(String) -> Fut,
+) where
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
+    let about_b = call(b_text.to_owned()).await;
+    let about_fresh = call(fresh_text.to_owned()).await;
+    assert_hidden(what, about_b, b_text, about_fresh, fresh_text);
+}
+
+/// `hidden!("Rpc", client, b_id, |id| rpc(Request { field: id }))`: A's
+/// call with B's id must answer like the call with a freshly generated id.
+/// `hidden!(..., b_text => fresh_text, ...)` swaps other text (a domain, a
+/// version number) instead.
+macro_rules! hidden {
+    ($what:literal, $client:expr, $b:expr $(=> $fresh:expr)?, |$id:ident| { $rpc:ident($message:expr) }) => {
+        hidden!($what, $client, $b $(=> $fresh)?, |$id| $rpc($message))
+    };
+    ($what:literal, $client:expr, $b:expr => $fresh:expr, |$id:ident| $rpc:ident($message:expr)) => {
+        check_hidden($what, &$b, &$fresh, |$id: String| {
+            let mut client = $client.clone();
+            async move { client.$rpc(request_for(A, $message)).await }
+        })
+        .await
+    };
+    ($what:literal, $client:expr, $b:expr, |$id:ident| $rpc:ident($message:expr)) => {
+        hidden!($what, $client, $b => new_id(), |$id| $rpc($message))
+    };
+}
+
+// ----- small helpers -----
+
+fn usd(units: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        units,
+        nanos: 0,
+    })
+}
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+fn activity(event_id: &str, kind: &str, account_id: &str, contact_id: &str) -> sc::Activity {
+    sc::Activity {
+        event_id: event_id.into(),
+        activity_type: kind.into(),
+        occur_time: Some(to_timestamp(now())),
+        account_id: account_id.into(),
+        contact_id: contact_id.into(),
+        contact_email: String::new(),
+    }
+}
+
+fn by_email(event_id: &str, kind: &str, email: &str) -> sc::Activity {
+    sc::Activity {
+        contact_email: email.into(),
+        ..activity(event_id, kind, "", "")
+    }
+}
+
+/// A fresh domain for "a domain nobody has".
+fn fresh_domain() -> String {
+    format!("d{}.example", &new_id()[..8])
+}
+
+async fn get_account(lifecycle: &mut Lifecycle, tenant: &str, id: &str) -> lc::Account {
+    lifecycle
+        .get_account(request_for(
+            tenant,
+            lc::GetAccountRequest {
+                account_id: id.into(),
+            },
+        ))
+        .await
+        .expect("account")
+        .into_inner()
+        .account
+        .expect("account")
+}
+
+async fn get_contact(lifecycle: &mut Lifecycle, tenant: &str, id: &str) -> lc::Contact {
+    lifecycle
+        .get_contact(request_for(
+            tenant,
+            lc::GetContactRequest {
+                contact_id: id.into(),
+            },
+        ))
+        .await
+        .expect("contact")
+        .into_inner()
+        .contact
+        .expect("contact")
+}
+
+/// Polls an account until `ready` holds (10 s at most).
+async fn wait_account(
+    lifecycle: &mut Lifecycle,
+    tenant: &str,
+    id: &str,
+    what: &str,
+    ready: impl Fn(&lc::Account) -> bool,
+) -> lc::Account {
+    for _ in 0..400 {
+        let account = get_account(lifecycle, tenant, id).await;
+        if ready(&account) {
+            return account;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{tenant}'s account {id} never got {what}: {:?}",
+        get_account(lifecycle, tenant, id).await
+    );
+}
+
+async fn wait_contact_stage(lifecycle: &mut Lifecycle, tenant: &str, id: &str, stage: C) {
+    for _ in 0..400 {
+        if get_contact(lifecycle, tenant, id).await.stage == stage as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{tenant}'s contact {id} never reached {stage:?}");
+}
+
+async fn create_account(
+    lifecycle: &mut Lifecycle,
+    tenant: &str,
+    name: &str,
+    domain: &str,
+    request_id: &str,
+) -> lc::Account {
+    lifecycle
+        .create_account(request_for(
+            tenant,
+            lc::CreateAccountRequest {
+                account: Some(lc::Account {
+                    name: name.into(),
+                    domain: domain.into(),
+                    owner_id: format!("owner@{tenant}.example"),
+                    ..Default::default()
+                }),
+                request_id: request_id.into(),
+            },
+        ))
+        .await
+        .expect("account created")
+        .into_inner()
+        .account
+        .expect("account")
+}
+
+async fn create_contact(
+    lifecycle: &mut Lifecycle,
+    tenant: &str,
+    account_id: &str,
+    email: &str,
+    request_id: &str,
+) -> lc::Contact {
+    lifecycle
+        .create_contact(request_for(
+            tenant,
+            lc::CreateContactRequest {
+                contact: Some(lc::Contact {
+                    account_id: account_id.into(),
+                    email: email.into(),
+                    first_name: "Pat".into(),
+                    ..Default::default()
+                }),
+                request_id: request_id.into(),
+            },
+        ))
+        .await
+        .expect("contact created")
+        .into_inner()
+        .contact
+        .expect("contact")
+}
+
+async fn record(scoring: &mut Scoring, tenant: &str, activity: sc::Activity) -> sc::ActivityResult {
+    scoring
+        .record_activity(request_for(
+            tenant,
+            sc::RecordActivityRequest {
+                activity: Some(activity),
+            },
+        ))
+        .await
+        .expect("activity accepted")
+        .into_inner()
+        .result
+        .expect("result")
+}
+
+async fn apply_opportunity_event(
+    lifecycle: &mut Lifecycle,
+    tenant: &str,
+    account_id: &str,
+    opportunity_id: &str,
+    kind: lc::OpportunityEventType,
+    buying_group: Vec<String>,
+) -> Result<Response<lc::ApplyOpportunityEventResponse>, Status> {
+    lifecycle
+        .apply_opportunity_event(request_for(
+            tenant,
+            lc::ApplyOpportunityEventRequest {
+                event_id: new_id(),
+                account_id: account_id.into(),
+                opportunity_id: opportunity_id.into(),
+                r#type: kind as i32,
+                buying_group_contact_ids: buying_group,
+                other_open_opportunities: 0,
+                occur_time: Some(to_timestamp(now())),
+            },
+        ))
+        .await
+}
+
+/// The window every report of the test asks about.
+fn window() -> (
+    Option<prost_types::Timestamp>,
+    Option<prost_types::Timestamp>,
+) {
+    let now = now();
+    (
+        Some(to_timestamp(now - chrono::Duration::hours(1))),
+        Some(to_timestamp(now + chrono::Duration::hours(1))),
+    )
+}
+
+fn simulation() -> sc::SimulateScoringModelRequest {
+    sc::SimulateScoringModelRequest {
+        model: Some(sc::ScoringModel {
+            rules: vec![sc::ScoringRule {
+                activity_type: "demo_request".into(),
+                points: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        thresholds: Some(sc::SimulationThresholds {
+            engaged_threshold: 0.0,
+            prioritized_threshold: 100.0,
+        }),
+        sample_size: 1000,
+        ..Default::default()
+    }
+}
+
+// ----- tenant B's records -----
+
+/// Everything tenant B created, by id and by key.
+struct TenantB {
+    /// PRIORITIZED by a demo request (Qualify, Disqualify, Nurture would all
+    /// move it).
+    acme: String,
+    acme_domain: String,
+    acme_request_id: String,
+    /// IMPLEMENT / CUSTOMER (Advance would move it).
+    initech: String,
+    /// PIPELINE with B's open opportunity.
+    globex: String,
+    globex_domain: String,
+    /// Moved to PRIORITIZED while the watch streams listened.
+    hooli: String,
+    /// MARKETING_QUALIFIED contact of acme, with a score.
+    ann: String,
+    ann_email: String,
+    ann_request_id: String,
+    /// OPPORTUNITY contact of globex (buying group of B's opportunity).
+    bob: String,
+    /// B's opportunity on globex, at DISCOVER and complete enough to advance.
+    deal: String,
+    deal_request_id: String,
+    /// The event id of B's demo request.
+    demo_event_id: String,
+    lifecycle_settings_version: i64,
+    scoring_model_version: i64,
+    opportunity_settings_version: i64,
+}
+
+impl TenantB {
+    fn account_ids(&self) -> [&str; 4] {
+        [&self.acme, &self.initech, &self.globex, &self.hooli]
+    }
+
+    fn contact_ids(&self) -> [&str; 2] {
+        [&self.ann, &self.bob]
+    }
+}
+
+/// B sets up one of each kind of record, through the APIs.
+async fn populate_b(system: &System) -> TenantB {
+    let (mut lifecycle, mut scoring, mut opps) = (
+        system.lifecycle(0),
+        system.scoring(0),
+        system.opportunity(0),
+    );
+
+    // Settings of all three services, each a new version.
+    let lifecycle_settings_version = lifecycle
+        .update_lifecycle_settings(request_for(
+            B,
+            lc::UpdateLifecycleSettingsRequest {
+                settings: Some(lc::LifecycleSettings {
+                    hand_raise_activity_types: vec![
+                        "demo_request".into(),
+                        "b_secret_hand_raise".into(),
+                    ],
+                    renotify_on_hand_raise: true,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["hand_raise_activity_types", "renotify_on_hand_raise"]),
+            },
+        ))
+        .await
+        .expect("B's lifecycle settings")
+        .into_inner()
+        .settings
+        .expect("settings")
+        .version;
+    let mut model = scoring
+        .get_scoring_model(request_for(B, sc::GetScoringModelRequest { version: 0 }))
+        .await
+        .expect("B's model")
+        .into_inner()
+        .model
+        .expect("model");
+    model.rules.push(sc::ScoringRule {
+        activity_type: "b_secret_activity".into(),
+        points: 7,
+        ..Default::default()
+    });
+    let scoring_model_version = scoring
+        .update_scoring_model(request_for(
+            B,
+            sc::UpdateScoringModelRequest { model: Some(model) },
+        ))
+        .await
+        .expect("B's model change")
+        .into_inner()
+        .model
+        .expect("model")
+        .version;
+    let opportunity_settings_version = opps
+        .update_opportunity_settings(request_for(
+            B,
+            op::UpdateOpportunitySettingsRequest {
+                settings: Some(op::OpportunitySettings {
+                    discover_step_display_name: "B's discovery".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["discover_step_display_name"]),
+            },
+        ))
+        .await
+        .expect("B's opportunity settings")
+        .into_inner()
+        .settings
+        .expect("settings")
+        .version;
+
+    // acme: anonymous intent, then a demo request from a known contact.
+    let acme_domain = "acme-b.example".to_owned();
+    let acme_request_id = "b-create-acme".to_owned();
+    let acme = create_account(
+        &mut lifecycle,
+        B,
+        "Acme (B)",
+        &acme_domain,
+        &acme_request_id,
+    )
+    .await
+    .account_id;
+    let ann_email = format!("ann@{acme_domain}");
+    let ann_request_id = "b-create-ann".to_owned();
+    let ann = create_contact(&mut lifecycle, B, &acme, &ann_email, &ann_request_id)
+        .await
+        .contact_id;
+    let demo_event_id = "b-demo-1".to_owned();
+    record(
+        &mut scoring,
+        B,
+        activity("b-intent-1", "web_page_visit", &acme, ""),
+    )
+    .await;
+    record(
+        &mut scoring,
+        B,
+        activity(&demo_event_id, "demo_request", &acme, &ann),
+    )
+    .await;
+    wait_account(&mut lifecycle, B, &acme, "PRIORITIZED with intent", |a| {
+        a.stage == S::Prioritized as i32 && a.intent_score > 0.0
+    })
+    .await;
+    wait_contact_stage(&mut lifecycle, B, &ann, C::MarketingQualified).await;
+
+    // initech: a customer (won deal, applied directly as opportunity does).
+    let initech = create_account(&mut lifecycle, B, "Initech (B)", "initech-b.example", "")
+        .await
+        .account_id;
+    let won_deal = new_id();
+    for kind in [
+        lc::OpportunityEventType::Opened,
+        lc::OpportunityEventType::Won,
+    ] {
+        apply_opportunity_event(&mut lifecycle, B, &initech, &won_deal, kind, Vec::new())
+            .await
+            .expect("B's opportunity event");
+    }
+    assert_eq!(
+        get_account(&mut lifecycle, B, &initech).await.stage,
+        S::Implement as i32
+    );
+
+    // globex: an open opportunity with a buying group.
+    let globex_domain = "globex-b.example".to_owned();
+    let globex = create_account(&mut lifecycle, B, "Globex (B)", &globex_domain, "")
+        .await
+        .account_id;
+    let bob_email = format!("bob@{globex_domain}");
+    let bob = create_contact(&mut lifecycle, B, &globex, &bob_email, "")
+        .await
+        .contact_id;
+    record(
+        &mut scoring,
+        B,
+        activity("b-webinar-1", "webinar_attended", &globex, &bob),
+    )
+    .await;
+    wait_account(&mut lifecycle, B, &globex, "ENGAGED", |a| {
+        a.stage == S::Engaged as i32
+    })
+    .await;
+    let deal_request_id = "b-create-deal".to_owned();
+    let deal = opps
+        .create_opportunity(request_for(
+            B,
+            op::CreateOpportunityRequest {
+                opportunity: Some(op::Opportunity {
+                    account_id: globex.clone(),
+                    name: "Globex expansion (B)".into(),
+                    owner_id: "seller@b.example".into(),
+                    estimated_deal_size: usd(50_000),
+                    buying_group_contact_ids: vec![bob.clone()],
+                    ..Default::default()
+                }),
+                request_id: deal_request_id.clone(),
+            },
+        ))
+        .await
+        .expect("B's opportunity")
+        .into_inner()
+        .opportunity
+        .expect("opportunity")
+        .opportunity_id;
+    wait_account(&mut lifecycle, B, &globex, "PIPELINE", |a| {
+        a.stage == S::Pipeline as i32
+    })
+    .await;
+    wait_contact_stage(&mut lifecycle, B, &bob, C::Opportunity).await;
+
+    TenantB {
+        acme,
+        acme_domain,
+        acme_request_id,
+        initech,
+        globex,
+        globex_domain,
+        hooli: String::new(),
+        ann,
+        ann_email,
+        ann_request_id,
+        bob,
+        deal,
+        deal_request_id,
+        demo_event_id,
+        lifecycle_settings_version,
+        scoring_model_version,
+        opportunity_settings_version,
+    }
+}
+
+/// Everything B can read back about its records. Score compute times are
+/// cleared: they are the time of the call, not data.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    accounts: Vec<lc::Account>,
+    account_list: Vec<lc::Account>,
+    transitions: Vec<Vec<lc::AccountTransition>>,
+    contacts: Vec<lc::Contact>,
+    contact_list: Vec<lc::Contact>,
+    account_scores: Vec<sc::AccountScore>,
+    ledgers: Vec<Vec<sc::LedgerEntry>>,
+    contact_scores: Vec<sc::ContactScore>,
+    top_accounts: Vec<sc::AccountScore>,
+    opportunity: op::Opportunity,
+    opportunity_list: Vec<op::Opportunity>,
+    lifecycle_settings: lc::LifecycleSettings,
+    scoring_model: sc::ScoringModel,
+    opportunity_settings: op::OpportunitySettings,
+}
+
+fn timeless(mut score: sc::AccountScore) -> sc::AccountScore {
+    score.compute_time = None;
+    score
+}
+
+async fn snapshot_b(system: &System, b: &TenantB) -> Snapshot {
+    let (mut lifecycle, mut scoring, mut opps) = (
+        system.lifecycle(0),
+        system.scoring(0),
+        system.opportunity(0),
+    );
+    let mut accounts = Vec::new();
+    let mut transitions = Vec::new();
+    for id in b.account_ids() {
+        accounts.push(get_account(&mut lifecycle, B, id).await);
+        transitions.push(
+            lifecycle
+                .list_account_transitions(request_for(
+                    B,
+                    lc::ListAccountTransitionsRequest {
+                        account_id: id.into(),
+                        page_size: 500,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("B's transitions")
+                .into_inner()
+                .transitions,
+        );
+    }
+    let mut contacts = Vec::new();
+    let mut contact_scores = Vec::new();
+    for id in b.contact_ids() {
+        contacts.push(get_contact(&mut lifecycle, B, id).await);
+        let mut score = scoring
+            .get_contact_score(request_for(
+                B,
+                sc::GetContactScoreRequest {
+                    contact_id: id.into(),
+                },
+            ))
+            .await
+            .expect("B's contact score")
+            .into_inner()
+            .score
+            .expect("score");
+        score.compute_time = None;
+        contact_scores.push(score);
+    }
+    let mut account_scores = Vec::new();
+    let mut ledgers = Vec::new();
+    for id in [&b.acme, &b.globex, &b.hooli] {
+        let explained = scoring
+            .explain_account_score(request_for(
+                B,
+                sc::ExplainAccountScoreRequest {
+                    account_id: id.clone(),
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("B's ledger")
+            .into_inner();
+        account_scores.push(timeless(explained.score.expect("score")));
+        ledgers.push(explained.entries);
+    }
+    Snapshot {
+        accounts,
+        account_list: lifecycle
+            .list_accounts(request_for(
+                B,
+                lc::ListAccountsRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("B's accounts")
+            .into_inner()
+            .accounts,
+        transitions,
+        contacts,
+        contact_list: lifecycle
+            .list_contacts(request_for(
+                B,
+                lc::ListContactsRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("B's contacts")
+            .into_inner()
+            .contacts,
+        account_scores,
+        ledgers,
+        contact_scores,
+        top_accounts: scoring
+            .list_top_accounts(request_for(
+                B,
+                sc::ListTopAccountsRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("B's top accounts")
+            .into_inner()
+            .accounts
+            .into_iter()
+            .map(timeless)
+            .collect(),
+        opportunity: opps
+            .get_opportunity(request_for(
+                B,
+                op::GetOpportunityRequest {
+                    opportunity_id: b.deal.clone(),
+                },
+            ))
+            .await
+            .expect("B's opportunity")
+            .into_inner()
+            .opportunity
+            .expect("opportunity"),
+        opportunity_list: opps
+            .list_opportunities(request_for(
+                B,
+                op::ListOpportunitiesRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("B's opportunities")
+            .into_inner()
+            .opportunities,
+        lifecycle_settings: lifecycle
+            .get_lifecycle_settings(request_for(B, lc::GetLifecycleSettingsRequest::default()))
+            .await
+            .expect("B's settings")
+            .into_inner()
+            .settings
+            .expect("settings"),
+        scoring_model: scoring
+            .get_scoring_model(request_for(B, sc::GetScoringModelRequest::default()))
+            .await
+            .expect("B's model")
+            .into_inner()
+            .model
+            .expect("model"),
+        opportunity_settings: opps
+            .get_opportunity_settings(request_for(B, op::GetOpportunitySettingsRequest::default()))
+            .await
+            .expect("B's opportunity settings")
+            .into_inner()
+            .settings
+            .expect("settings"),
+    }
+}
+
+// ----- watch streams -----
+
+async fn watch(
+    lifecycle: &mut Lifecycle,
+    tenant: &str,
+    request: lc::WatchAccountEventsRequest,
+) -> Streaming<lc::WatchAccountEventsResponse> {
+    lifecycle
+        .watch_account_events(request_for(tenant, request))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// Asserts that a stream delivers nothing within half a second.
+async fn assert_silent(what: &str, stream: &mut Streaming<lc::WatchAccountEventsResponse>) {
+    match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+        Err(_elapsed) => {}
+        Ok(got) => panic!("{what}: A's watch stream got {got:?}"),
+    }
+}
+
+/// A subscribes to the event stream (live, replayed from the start, and
+/// filtered on B's account) and B to its own; B moves an account to
+/// PRIORITIZED. B's stream gets the transition and the owner's notification;
+/// A's streams get nothing.
+async fn b_events_do_not_reach_a(system: &System, b: &mut TenantB) {
+    let (mut lifecycle, mut scoring) = (system.lifecycle(0), system.scoring(0));
+    let mut b_live = watch(&mut lifecycle, B, Default::default()).await;
+    let mut a_live = watch(&mut lifecycle, A, Default::default()).await;
+    let mut a_replay = watch(
+        &mut lifecycle,
+        A,
+        lc::WatchAccountEventsRequest {
+            cursor: "0".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let hooli = create_account(&mut lifecycle, B, "Hooli (B)", "hooli-b.example", "")
+        .await
+        .account_id;
+    let mut a_on_hooli = watch(
+        &mut lifecycle,
+        A,
+        lc::WatchAccountEventsRequest {
+            account_id: hooli.clone(),
+            cursor: "0".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let gavin = create_contact(&mut lifecycle, B, &hooli, "gavin@hooli-b.example", "")
+        .await
+        .contact_id;
+    record(
+        &mut scoring,
+        B,
+        activity("b-hooli-demo", "demo_request", &hooli, &gavin),
+    )
+    .await;
+
+    let (mut prioritized, mut notified) = (false, false);
+    while !(prioritized && notified) {
+        let event = tokio::time::timeout(Duration::from_secs(10), b_live.message())
+            .await
+            .expect("B's stream gets B's events")
+            .expect("B's stream")
+            .expect("B's stream open");
+        match event.event {
+            Some(Event::Transition(t)) if t.account_id == hooli => {
+                prioritized |= t.to_stage == S::Prioritized as i32;
+            }
+            Some(Event::Notification(n)) if n.account_id == hooli => notified = true,
+            _ => {}
+        }
+    }
+    assert_silent("live", &mut a_live).await;
+    assert_silent("replayed from cursor 0", &mut a_replay).await;
+    assert_silent("filtered on B's account", &mut a_on_hooli).await;
+    b.hooli = hooli;
+}
+
+// ----- A's attempts -----
+
+/// Every single-record RPC of the three services, called by A with B's ids
+/// (and keys), answers like a record that never existed; writes that name a
+/// B record are refused the same way.
+async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
+    let (lifecycle, scoring, opps) = (
+        system.lifecycle(0),
+        system.scoring(0),
+        system.opportunity(0),
+    );
+
+    // cascade.lifecycle.v1.LifecycleService
+    hidden!("GetAccount", lifecycle, b.acme, |id| get_account(
+        lc::GetAccountRequest { account_id: id }
+    ));
+    hidden!("UpdateAccount", lifecycle, b.acme, |id| update_account(
+        lc::UpdateAccountRequest {
+            account: Some(lc::Account {
+                account_id: id,
+                name: "taken over by A".into(),
+                owner_id: "a@a.example".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name", "owner_id"]),
+        }
+    ));
+    hidden!("CreateContact in B's account", lifecycle, b.acme, |id| {
+        create_contact(lc::CreateContactRequest {
+            contact: Some(lc::Contact {
+                account_id: id,
+                email: "spy@a.example".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+    });
+    hidden!("GetContact", lifecycle, b.ann, |id| get_contact(
+        lc::GetContactRequest { contact_id: id }
+    ));
+    hidden!("UpdateContact", lifecycle, b.ann, |id| update_contact(
+        lc::UpdateContactRequest {
+            contact: Some(lc::Contact {
+                contact_id: id,
+                title: "taken over by A".into(),
+                stage: C::Disqualified as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["title", "stage"]),
+        }
+    ));
+    // A has no account with B's domain yet: B's contact's email resolves to
+    // nothing, like an email at a domain nobody has.
+    let fresh = fresh_domain();
+    hidden!("ResolveContact", lifecycle, b.acme_domain => fresh, |domain| resolve_contact(
+        lc::ResolveContactRequest { email: format!("ann@{domain}") }
+    ));
+    hidden!("QualifyAccount", lifecycle, b.acme, |id| qualify_account(
+        lc::QualifyAccountRequest {
+            account_id: id,
+            reason: "A says so".into(),
+        }
+    ));
+    hidden!("DisqualifyAccount", lifecycle, b.acme, |id| {
+        disqualify_account(lc::DisqualifyAccountRequest {
+            account_id: id,
+            reason: "A says so".into(),
+        })
+    });
+    hidden!("NurtureAccount", lifecycle, b.acme, |id| nurture_account(
+        lc::NurtureAccountRequest {
+            account_id: id,
+            reason: "A says so".into(),
+        }
+    ));
+    hidden!(
+        "AdvanceAccount",
+        lifecycle,
+        b.initech,
+        |id| advance_account(lc::AdvanceAccountRequest {
+            account_id: id,
+            to_stage: S::Expand as i32,
+            reason: "A says so".into(),
+        })
+    );
+    hidden!("ListAccountTransitions", lifecycle, b.acme, |id| {
+        list_account_transitions(lc::ListAccountTransitionsRequest {
+            account_id: id,
+            ..Default::default()
+        })
+    });
+    hidden!("GetAccountStageAt", lifecycle, b.acme, |id| {
+        get_account_stage_at(lc::GetAccountStageAtRequest {
+            account_id: id,
+            time: Some(to_timestamp(now())),
+        })
+    });
+    hidden!("ApplyEngagementScore", lifecycle, b.acme, |id| {
+        apply_engagement_score(lc::ApplyEngagementScoreRequest {
+            event_id: new_id(),
+            account_id: id,
+            sequence: 1_000_000,
+            engagement_score: 0.0,
+            average_engagement_score: 0.0,
+            intent_score: 0.0,
+            contacts: vec![lc::ContactEngagement {
+                contact_id: b.ann.clone(),
+                engagement_score: 0.0,
+                new_activity_types: vec!["demo_request".into()],
+            }],
+            compute_time: Some(to_timestamp(now())),
+        })
+    });
+    for (account, kind) in [
+        (&b.globex, lc::OpportunityEventType::Lost),
+        (&b.acme, lc::OpportunityEventType::Opened),
+        (&b.acme, lc::OpportunityEventType::Won),
+    ] {
+        hidden!("ApplyOpportunityEvent", lifecycle, *account, |id| {
+            apply_opportunity_event(lc::ApplyOpportunityEventRequest {
+                event_id: new_id(),
+                account_id: id,
+                opportunity_id: b.deal.clone(),
+                r#type: kind as i32,
+                buying_group_contact_ids: vec![b.bob.clone()],
+                other_open_opportunities: 0,
+                occur_time: Some(to_timestamp(now())),
+            })
+        });
+    }
+    // B's settings versions exist only for B; A has only version 1 (the
+    // defaults), so B's version numbers answer like any unknown version.
+    let b_version = b.lifecycle_settings_version.to_string();
+    assert_ne!(b_version, "1", "B's settings changed");
+    hidden!("GetLifecycleSettings", lifecycle, b_version => "9", |v| get_lifecycle_settings(
+        lc::GetLifecycleSettingsRequest { version: v.parse().expect("number") }
+    ));
+
+    // cascade.scoring.v1.ScoringService
+    hidden!("GetAccountScore", scoring, b.acme, |id| get_account_score(
+        sc::GetAccountScoreRequest { account_id: id }
+    ));
+    hidden!("GetContactScore", scoring, b.ann, |id| get_contact_score(
+        sc::GetContactScoreRequest { contact_id: id }
+    ));
+    hidden!("ExplainAccountScore", scoring, b.acme, |id| {
+        explain_account_score(sc::ExplainAccountScoreRequest {
+            account_id: id,
+            ..Default::default()
+        })
+    });
+    let b_version = b.scoring_model_version.to_string();
+    assert_ne!(b_version, "1", "B's model changed");
+    hidden!("GetScoringModel", scoring, b_version => "9", |v| get_scoring_model(
+        sc::GetScoringModelRequest { version: v.parse().expect("number") }
+    ));
+    // An activity naming B's contact by email: resolved through lifecycle
+    // as A, so not found, like an email at a domain nobody has.
+    let fresh = fresh_domain();
+    hidden!("RecordActivity by B's email", scoring, b.acme_domain => fresh, |domain| {
+        record_activity(sc::RecordActivityRequest {
+            activity: Some(by_email(&new_id(), "demo_request", &format!("ann@{domain}"))),
+        })
+    });
+    // Batches and streams refuse such items one by one, with the same words.
+    let fresh = fresh_domain();
+    let batch = |domain: &str| sc::RecordActivitiesRequest {
+        activities: vec![by_email(
+            &new_id(),
+            "demo_request",
+            &format!("bob@{domain}"),
+        )],
+    };
+    let mut client = scoring.clone();
+    let about_b = client
+        .record_activities(request_for(A, batch(&b.globex_domain)))
+        .await
+        .expect("batch")
+        .into_inner();
+    let about_fresh = client
+        .record_activities(request_for(A, batch(&fresh)))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(about_b.rejected_count, 1, "{about_b:?}");
+    assert_eq!(
+        format!("{:?}", about_b.results[0].violations).replace(&b.globex_domain, &fresh),
+        format!("{:?}", about_fresh.results[0].violations),
+        "RecordActivities: the refusal tells B's email from an unknown one"
+    );
+    let about_b = client
+        .stream_activities(request_for(
+            A,
+            futures::stream::iter(vec![sc::StreamActivitiesRequest {
+                activities: batch(&b.globex_domain).activities,
+            }]),
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    let about_fresh = client
+        .stream_activities(request_for(
+            A,
+            futures::stream::iter(vec![sc::StreamActivitiesRequest {
+                activities: batch(&fresh).activities,
+            }]),
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(
+        (about_b.recorded_count, about_b.rejected_count),
+        (0, 1),
+        "{about_b:?}"
+    );
+    assert_eq!(
+        format!("{:?}", about_b.rejected[0].violations).replace(&b.globex_domain, &fresh),
+        format!("{:?}", about_fresh.rejected[0].violations),
+        "StreamActivities: the refusal tells B's email from an unknown one"
+    );
+
+    // cascade.opportunity.v1.OpportunityService
+    hidden!("CreateOpportunity on B's account", opps, b.globex, |id| {
+        create_opportunity(op::CreateOpportunityRequest {
+            opportunity: Some(op::Opportunity {
+                account_id: id,
+                name: "A's deal".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+    });
+    hidden!("GetOpportunity", opps, b.deal, |id| get_opportunity(
+        op::GetOpportunityRequest { opportunity_id: id }
+    ));
+    hidden!("UpdateOpportunity", opps, b.deal, |id| update_opportunity(
+        op::UpdateOpportunityRequest {
+            opportunity: Some(op::Opportunity {
+                opportunity_id: id,
+                name: "taken over by A".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        }
+    ));
+    hidden!(
+        "AdvanceOpportunity",
+        opps,
+        b.deal,
+        |id| advance_opportunity(op::AdvanceOpportunityRequest {
+            opportunity_id: id,
+            to_step: op::OpportunityStep::Qualify as i32,
+        })
+    );
+    hidden!("CloseOpportunityWon", opps, b.deal, |id| {
+        close_opportunity_won(op::CloseOpportunityWonRequest { opportunity_id: id })
+    });
+    hidden!("CloseOpportunityLost", opps, b.deal, |id| {
+        close_opportunity_lost(op::CloseOpportunityLostRequest {
+            opportunity_id: id,
+            reason: "A says so".into(),
+        })
+    });
+    let b_version = b.opportunity_settings_version.to_string();
+    assert_ne!(b_version, "1", "B's opportunity settings changed");
+    hidden!("GetOpportunitySettings", opps, b_version => "9", |v| get_opportunity_settings(
+        op::GetOpportunitySettingsRequest { version: v.parse().expect("number") }
+    ));
+}
+
+/// A's lists, reports, simulations and current settings hold nothing of
+/// B's, while B's own hold B's records (so each check can fail).
+async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
+    let (mut lifecycle, mut scoring, mut opps) = (
+        system.lifecycle(0),
+        system.scoring(0),
+        system.opportunity(0),
+    );
+    let b_accounts = b.account_ids();
+
+    // ListAccounts: unfiltered and on B's owner.
+    for (tenant, owner_id) in [(A, ""), (A, "owner@tenant-b.example"), (B, "")] {
+        let ids: Vec<String> = lifecycle
+            .list_accounts(request_for(
+                tenant,
+                lc::ListAccountsRequest {
+                    page_size: 500,
+                    owner_id: owner_id.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("ListAccounts")
+            .into_inner()
+            .accounts
+            .into_iter()
+            .map(|a| a.account_id)
+            .collect();
+        if tenant == A {
+            assert!(
+                ids.is_empty(),
+                "ListAccounts for A (owner {owner_id:?}): {ids:?}"
+            );
+        } else {
+            assert!(b_accounts.iter().all(|id| ids.iter().any(|i| i == id)));
+        }
+    }
+    // ListContacts: unfiltered, on B's account, on B's email.
+    for (tenant, account_id, email) in [
+        (A, "", ""),
+        (A, b.acme.as_str(), ""),
+        (A, "", b.ann_email.as_str()),
+        (B, b.acme.as_str(), b.ann_email.as_str()),
+    ] {
+        let ids: Vec<String> = lifecycle
+            .list_contacts(request_for(
+                tenant,
+                lc::ListContactsRequest {
+                    page_size: 500,
+                    account_id: account_id.into(),
+                    email: email.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("ListContacts")
+            .into_inner()
+            .contacts
+            .into_iter()
+            .map(|c| c.contact_id)
+            .collect();
+        if tenant == A {
+            assert!(ids.is_empty(), "ListContacts for A: {ids:?}");
+        } else {
+            assert_eq!(ids, vec![b.ann.clone()]);
+        }
+    }
+    // GetFunnelReport: nothing entered any stage for A.
+    for tenant in [A, B] {
+        let (start_time, end_time) = window();
+        let entered: i64 = lifecycle
+            .get_funnel_report(request_for(
+                tenant,
+                lc::GetFunnelReportRequest {
+                    start_time,
+                    end_time,
+                },
+            ))
+            .await
+            .expect("funnel")
+            .into_inner()
+            .stages
+            .iter()
+            .map(|s| s.entered)
+            .sum();
+        assert_eq!(
+            entered == 0,
+            tenant == A,
+            "{tenant}'s funnel: {entered} entered"
+        );
+    }
+    // GetLifecycleSettings: A's current settings are the defaults, not B's.
+    let a_settings = lifecycle
+        .get_lifecycle_settings(request_for(A, lc::GetLifecycleSettingsRequest::default()))
+        .await
+        .expect("A's settings")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert_eq!(a_settings.version, 1, "{a_settings:?}");
+    assert_eq!(a_settings.hand_raise_activity_types, vec!["demo_request"]);
+    assert!(!a_settings.renotify_on_hand_raise);
+
+    // ListTopAccounts.
+    for tenant in [A, B] {
+        let ids: Vec<String> = scoring
+            .list_top_accounts(request_for(
+                tenant,
+                sc::ListTopAccountsRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("top accounts")
+            .into_inner()
+            .accounts
+            .into_iter()
+            .map(|a| a.account_id)
+            .collect();
+        let of_b = ids.iter().filter(|id| b_accounts.contains(&id.as_str()));
+        assert_eq!(
+            of_b.count() == 0,
+            tenant == A,
+            "{tenant}'s top accounts: {ids:?}"
+        );
+    }
+    // SimulateScoringModel replays only the caller's activities.
+    for tenant in [A, B] {
+        let simulated = scoring
+            .simulate_scoring_model(request_for(tenant, simulation()))
+            .await
+            .expect("simulation")
+            .into_inner();
+        let counted: i64 = simulated
+            .current_counts
+            .iter()
+            .chain(&simulated.proposed_counts)
+            .map(|c| c.account_count)
+            .sum();
+        if tenant == A {
+            assert_eq!(simulated.activity_count, 0, "{simulated:?}");
+            assert_eq!(counted, 0, "{simulated:?}");
+            assert!(simulated.sample.is_empty(), "{simulated:?}");
+        } else {
+            assert!(simulated.activity_count > 0 && counted > 0, "{simulated:?}");
+            assert!(
+                simulated
+                    .sample
+                    .iter()
+                    .all(|s| b_accounts.contains(&s.account_id.as_str())),
+                "{simulated:?}"
+            );
+        }
+    }
+    // GetScoringModel: A's current model is the default, without B's rule.
+    let a_model = scoring
+        .get_scoring_model(request_for(A, sc::GetScoringModelRequest::default()))
+        .await
+        .expect("A's model")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(a_model.version, 1, "{a_model:?}");
+    assert!(
+        a_model
+            .rules
+            .iter()
+            .all(|r| r.activity_type != "b_secret_activity"),
+        "{a_model:?}"
+    );
+
+    // ListOpportunities: unfiltered and on B's account.
+    for (tenant, account_id) in [(A, ""), (A, b.globex.as_str()), (B, b.globex.as_str())] {
+        let ids: Vec<String> = opps
+            .list_opportunities(request_for(
+                tenant,
+                op::ListOpportunitiesRequest {
+                    page_size: 500,
+                    account_id: account_id.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("opportunities")
+            .into_inner()
+            .opportunities
+            .into_iter()
+            .map(|o| o.opportunity_id)
+            .collect();
+        if tenant == A {
+            assert!(ids.is_empty(), "ListOpportunities for A: {ids:?}");
+        } else {
+            assert_eq!(ids, vec![b.deal.clone()]);
+        }
+    }
+    // GetPipelineReport: nothing open for A.
+    for tenant in [A, B] {
+        let (start_time, end_time) = window();
+        let report = opps
+            .get_pipeline_report(request_for(
+                tenant,
+                op::GetPipelineReportRequest {
+                    start_time,
+                    end_time,
+                },
+            ))
+            .await
+            .expect("pipeline")
+            .into_inner();
+        let open: i64 = report
+            .pipeline
+            .iter()
+            .chain(&report.other_currencies)
+            .flat_map(|p| &p.steps)
+            .map(|s| s.open_count)
+            .sum();
+        assert_eq!(open == 0, tenant == A, "{tenant}'s pipeline: {report:?}");
+    }
+    // GetOpportunitySettings: A's current settings are the defaults.
+    let a_opp_settings = opps
+        .get_opportunity_settings(request_for(A, op::GetOpportunitySettingsRequest::default()))
+        .await
+        .expect("A's opportunity settings")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert_eq!(a_opp_settings.version, 1, "{a_opp_settings:?}");
+    assert_ne!(a_opp_settings.discover_step_display_name, "B's discovery");
+}
+
+/// A's own writes that reuse B's keys (domain, email, request ids, event id)
+/// or point at B's ids are stored under A only. The APIs accept these
+/// legitimately: domains, emails, request ids and event ids are unique per
+/// tenant, scoring does not own accounts (it records activities for any
+/// account id; lifecycle refuses the delivery for an account A does not
+/// have), and opportunity does not check buying-group contact ids (lifecycle
+/// moves only contacts of the event's account). Whether B was touched is
+/// checked by the snapshot afterwards.
+async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
+    let (mut lifecycle, mut scoring, mut opps) = (
+        system.lifecycle(0),
+        system.scoring(0),
+        system.opportunity(0),
+    );
+
+    // CreateAccount with B's domain and B's request id: a new account of A,
+    // not B's account back (no ALREADY_EXISTS either).
+    let twin = create_account(
+        &mut lifecycle,
+        A,
+        "A's twin of Acme",
+        &b.acme_domain,
+        &b.acme_request_id,
+    )
+    .await;
+    assert_ne!(twin.account_id, b.acme, "A got B's account back");
+    assert_eq!(twin.name, "A's twin of Acme");
+    assert_eq!(twin.stage, S::Targeted as i32);
+    // CreateContact with B's email and B's request id.
+    let a_ann = create_contact(
+        &mut lifecycle,
+        A,
+        &twin.account_id,
+        &b.ann_email,
+        &b.ann_request_id,
+    )
+    .await;
+    assert_ne!(a_ann.contact_id, b.ann, "A got B's contact back");
+    assert_eq!(a_ann.account_id, twin.account_id);
+    // ResolveContact of that email now finds A's contact, not B's.
+    let resolved = lifecycle
+        .resolve_contact(request_for(
+            A,
+            lc::ResolveContactRequest {
+                email: b.ann_email.clone(),
+            },
+        ))
+        .await
+        .expect("A's contact")
+        .into_inner();
+    assert_eq!(
+        resolved.contact.map(|c| c.contact_id),
+        Some(a_ann.contact_id.clone())
+    );
+    // ApplyEngagementScore and ApplyOpportunityEvent on A's own account
+    // naming B's contacts: applied to A's account; B's contacts are not A's
+    // to move.
+    let applied = lifecycle
+        .apply_engagement_score(request_for(
+            A,
+            lc::ApplyEngagementScoreRequest {
+                event_id: new_id(),
+                account_id: twin.account_id.clone(),
+                sequence: 1,
+                engagement_score: 5.0,
+                average_engagement_score: 5.0,
+                intent_score: 0.0,
+                contacts: vec![
+                    lc::ContactEngagement {
+                        contact_id: b.ann.clone(),
+                        engagement_score: 5.0,
+                        new_activity_types: vec!["demo_request".into()],
+                    },
+                    lc::ContactEngagement {
+                        contact_id: b.bob.clone(),
+                        engagement_score: 5.0,
+                        new_activity_types: vec!["demo_request".into()],
+                    },
+                ],
+                compute_time: Some(to_timestamp(now())),
+            },
+        ))
+        .await
+        .expect("A's score applied")
+        .into_inner();
+    assert_eq!(
+        applied.account.map(|a| a.stage),
+        Some(S::Engaged as i32),
+        "A's account moved"
+    );
+    apply_opportunity_event(
+        &mut lifecycle,
+        A,
+        &twin.account_id,
+        &b.deal,
+        lc::OpportunityEventType::Opened,
+        vec![b.ann.clone(), b.bob.clone()],
+    )
+    .await
+    .expect("A's opportunity event");
+    apply_opportunity_event(
+        &mut lifecycle,
+        A,
+        &twin.account_id,
+        &b.deal,
+        lc::OpportunityEventType::Won,
+        vec![b.ann.clone(), b.bob.clone()],
+    )
+    .await
+    .expect("A's opportunity event");
+    // UpdateAccount / AdvanceAccount on A's own customer work as usual.
+    lifecycle
+        .advance_account(request_for(
+            A,
+            lc::AdvanceAccountRequest {
+                account_id: twin.account_id.clone(),
+                to_stage: S::Expand as i32,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect("A advances its own customer");
+    // UpdateLifecycleSettings changes A's settings only.
+    lifecycle
+        .update_lifecycle_settings(request_for(
+            A,
+            lc::UpdateLifecycleSettingsRequest {
+                settings: Some(lc::LifecycleSettings {
+                    hand_raise_activity_types: vec!["webinar_attended".into()],
+                    qualified_stage_enabled: false,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["hand_raise_activity_types", "qualified_stage_enabled"]),
+            },
+        ))
+        .await
+        .expect("A's settings");
+
+    // Scoring: activities naming B's account and contacts, with B's event id.
+    // Stored under A: RECORDED, never DUPLICATE (that would reveal B's event
+    // and its account).
+    let first = record(
+        &mut scoring,
+        A,
+        activity(&b.demo_event_id, "demo_request", &b.acme, &b.ann),
+    )
+    .await;
+    assert_eq!(
+        first.status,
+        sc::ActivityStatus::Recorded as i32,
+        "A's activity with B's event id: {first:?}"
+    );
+    let batch = scoring
+        .record_activities(request_for(
+            A,
+            sc::RecordActivitiesRequest {
+                activities: vec![
+                    activity("b-webinar-1", "webinar_attended", &b.globex, &b.bob),
+                    activity("a-intent", "b_secret_activity", &b.hooli, ""),
+                ],
+            },
+        ))
+        .await
+        .expect("A's batch")
+        .into_inner();
+    assert_eq!(batch.recorded_count, 2, "{batch:?}");
+    let streamed = scoring
+        .stream_activities(request_for(
+            A,
+            futures::stream::iter(vec![sc::StreamActivitiesRequest {
+                activities: vec![activity("b-intent-1", "web_page_visit", &b.acme, "")],
+            }]),
+        ))
+        .await
+        .expect("A's stream")
+        .into_inner();
+    assert_eq!(streamed.recorded_count, 1, "{streamed:?}");
+    // A's own scored account, last: when its delivery has landed, the
+    // deliveries written before it (for B's account ids) have been tried.
+    let scored = create_account(&mut lifecycle, A, "A's scored", "", "").await;
+    record(
+        &mut scoring,
+        A,
+        activity("a-demo", "demo_request", &scored.account_id, &b.ann),
+    )
+    .await;
+    wait_account(&mut lifecycle, A, &scored.account_id, "PRIORITIZED", |a| {
+        a.stage == S::Prioritized as i32
+    })
+    .await;
+    // UpdateScoringModel changes A's model only.
+    scoring
+        .update_scoring_model(request_for(
+            A,
+            sc::UpdateScoringModelRequest {
+                model: Some(sc::ScoringModel {
+                    rules: vec![sc::ScoringRule {
+                        activity_type: "demo_request".into(),
+                        points: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("A's model");
+
+    // Opportunity: B's request id and B's contacts in the buying group.
+    let a_deal = opps
+        .create_opportunity(request_for(
+            A,
+            op::CreateOpportunityRequest {
+                opportunity: Some(op::Opportunity {
+                    account_id: scored.account_id.clone(),
+                    name: "A's deal".into(),
+                    estimated_deal_size: usd(10),
+                    buying_group_contact_ids: vec![b.ann.clone(), b.bob.clone()],
+                    ..Default::default()
+                }),
+                request_id: b.deal_request_id.clone(),
+            },
+        ))
+        .await
+        .expect("A's opportunity")
+        .into_inner()
+        .opportunity
+        .expect("opportunity");
+    assert_ne!(a_deal.opportunity_id, b.deal, "A got B's opportunity back");
+    assert_eq!(a_deal.name, "A's deal");
+    opps.update_opportunity_settings(request_for(
+        A,
+        op::UpdateOpportunitySettingsRequest {
+            settings: Some(op::OpportunitySettings {
+                discover_step_display_name: "A's discovery".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["discover_step_display_name"]),
+        },
+    ))
+    .await
+    .expect("A's opportunity settings");
+    opps.close_opportunity_lost(request_for(
+        A,
+        op::CloseOpportunityLostRequest {
+            opportunity_id: a_deal.opportunity_id.clone(),
+            reason: "A's own".into(),
+        },
+    ))
+    .await
+    .expect("A closes its own deal");
+    // Both opportunity events delivered: opened (PIPELINE), then lost (the
+    // default on-lost action nurtures back to ENGAGED).
+    wait_account(
+        &mut lifecycle,
+        A,
+        &scored.account_id,
+        "ENGAGED after PIPELINE",
+        |a| {
+            a.stage == S::Engaged as i32
+                && a.stages_reached
+                    .iter()
+                    .any(|r| r.stage == S::Pipeline as i32)
+        },
+    )
+    .await;
+}
+
+/// Tenant B's records, then every RPC of the three services as tenant A.
+async fn tenant_a_cannot_see_or_change_tenant_b(db: TestDatabase) {
+    let system = System::start(&db, 1).await;
+    let mut b = populate_b(&system).await;
+    b_events_do_not_reach_a(&system, &mut b).await;
+    let before = snapshot_b(&system, &b).await;
+
+    a_cannot_reach_b_records(&system, &b).await;
+    a_lists_and_reports_hold_nothing_of_b(&system, &b).await;
+    a_writes_stay_in_a(&system, &b).await;
+
+    let after = snapshot_b(&system, &b).await;
+    assert_eq!(before, after, "B's records changed while A probed them");
+    // The snapshot holds what it should (so the comparison means something).
+    let stages: Vec<i32> = after.accounts.iter().map(|a| a.stage).collect();
+    assert_eq!(
+        stages,
+        [S::Prioritized, S::Implement, S::Pipeline, S::Prioritized].map(|s| s as i32)
+    );
+    let contact_stages: Vec<i32> = after.contacts.iter().map(|c| c.stage).collect();
+    assert_eq!(
+        contact_stages,
+        [C::MarketingQualified, C::Opportunity].map(|s| s as i32)
+    );
+    assert_eq!(after.account_scores[0].engagement_score, 100.0);
+    system.stop().await;
+}
+
+/// Score deliveries of two tenants for the same account id never merge: A
+/// may record activities for any account id (scoring does not own
+/// accounts), and while lifecycle is down A's and B's deliveries for B's
+/// account id wait in scoring's outbox together. When lifecycle is back, B's
+/// account gets B's totals, and A's demo request naming B's contact does not
+/// make that contact a hand-raiser in B.
+async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
+    let mut system = System::start(&db, 1).await;
+    let (mut lifecycle, mut scoring) = (system.lifecycle(0), system.scoring(0));
+    let acme = create_account(&mut lifecycle, B, "Acme (B)", "acme-b.example", "")
+        .await
+        .account_id;
+    let ann = create_contact(&mut lifecycle, B, &acme, "ann@acme-b.example", "")
+        .await
+        .contact_id;
+    record(
+        &mut scoring,
+        B,
+        activity("b-open", "email_open", &acme, &ann),
+    )
+    .await;
+    wait_account(&mut lifecycle, B, &acme, "score 2", |a| {
+        a.engagement_score == 2.0
+    })
+    .await;
+    wait_contact_stage(&mut lifecycle, B, &ann, C::Engaged).await;
+
+    system.lifecycle[0].kill().await;
+    let a_demo = record(
+        &mut scoring,
+        A,
+        activity("a-demo", "demo_request", &acme, &ann),
+    )
+    .await;
+    assert_eq!(a_demo.status, sc::ActivityStatus::Recorded as i32);
+    record(
+        &mut scoring,
+        B,
+        activity("b-visit", "web_page_visit", &acme, &ann),
+    )
+    .await;
+    system.lifecycle[0].start().await;
+
+    let account = wait_account(&mut lifecycle, B, &acme, "score 6 (B's own)", |a| {
+        a.engagement_score == 6.0
+    })
+    .await;
+    assert_eq!(account.stage, S::Engaged as i32, "{account:?}");
+    let ann_now = get_contact(&mut lifecycle, B, &ann).await;
+    assert_eq!(
+        ann_now.stage,
+        C::Engaged as i32,
+        "A's demo request reached B's contact: {ann_now:?}"
+    );
+    system.stop().await;
+}
+
+on_each_database!(
+    tenant_a_cannot_see_or_change_tenant_b,
+    score_deliveries_of_two_tenants_stay_apart
+);
