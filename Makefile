@@ -5,6 +5,8 @@ CARGO ?= cargo
 BUF ?= node_modules/.bin/buf
 GRPCURL ?= .venv/bin/grpcurl
 SERVICES := -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity
+FUZZ_SECONDS ?= 20
+FUZZ_SEED ?=
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := help
@@ -33,6 +35,11 @@ ifeq ($(NEXTEST),yes)
 else
 	$(CARGO) test --workspace --all-features --no-fail-fast
 endif
+
+.PHONY: fuzz
+fuzz: ## Send hostile inputs to every RPC for FUZZ_SECONDS (default 20); FUZZ_SEED=N replays a run
+	CASCADE_FUZZ_SECONDS=$(FUZZ_SECONDS) CASCADE_FUZZ_SEED=$(FUZZ_SEED) \
+		$(CARGO) test -p cascade-tests --test fuzz -- --nocapture
 
 .PHONY: lint
 lint: tools-buf ## rustfmt check, clippy with warnings denied, buf lint

@@ -99,11 +99,46 @@ pub enum ServiceError {
 }
 
 fn join_violations(violations: &[FieldViolation]) -> String {
-    violations
+    let mut joined = violations
         .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
+        .take(MAX_REPORTED_VIOLATIONS)
+        .map(|v| format!("{}: {}", bounded(&v.field), bounded(&v.description)))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > MAX_REPORTED_VIOLATIONS {
+        joined.push_str(&format!(
+            "; and {} more",
+            violations.len() - MAX_REPORTED_VIOLATIONS
+        ));
+    }
+    joined
+}
+
+// A status travels in HTTP/2 trailers (grpc-message, and the details in
+// grpc-status-details-bin, base64). gRPC implementations refuse metadata over
+// 8 KiB (grpc-core's default; hyper's client resets the stream), so a request
+// with a thousand bad items, or one 100k-character value echoed back, would
+// get a protocol error instead of its INVALID_ARGUMENT. These bounds keep
+// every status well under that: at most 10 violations (the rest counted), at
+// most 128 bytes per reported text, at most 1 KiB of message.
+const MAX_REPORTED_VIOLATIONS: usize = 10;
+const MAX_REPORTED_TEXT: usize = 128;
+const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `MAX_REPORTED_TEXT` bytes, on a character boundary.
+fn bounded(text: &str) -> String {
+    truncate(text, MAX_REPORTED_TEXT)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 impl ServiceError {
@@ -169,30 +204,30 @@ const ERROR_DOMAIN: &str = "cascade";
 impl From<ServiceError> for tonic::Status {
     fn from(error: ServiceError) -> Self {
         let code = error.code();
-        let message = error.to_string();
+        let message = truncate(&error.to_string(), MAX_MESSAGE);
         let details = match &error {
             ServiceError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                for v in violations.iter().take(MAX_REPORTED_VIOLATIONS) {
+                    details.add_bad_request_violation(bounded(&v.field), bounded(&v.description));
                 }
                 details
             }
             ServiceError::NotFound { resource, id } => {
-                ErrorDetails::with_resource_info(*resource, id.clone(), "", "not found")
+                ErrorDetails::with_resource_info(*resource, bounded(id), "", "not found")
             }
             ServiceError::AlreadyExists {
                 resource,
                 id,
                 message,
-            } => ErrorDetails::with_resource_info(*resource, id.clone(), "", message.clone()),
+            } => ErrorDetails::with_resource_info(*resource, bounded(id), "", bounded(message)),
             ServiceError::FailedPrecondition { violations, .. } => {
                 let mut details = ErrorDetails::new();
-                for v in violations {
+                for v in violations.iter().take(MAX_REPORTED_VIOLATIONS) {
                     details.add_precondition_failure_violation(
-                        v.kind.clone(),
-                        v.subject.clone(),
-                        v.description.clone(),
+                        bounded(&v.kind),
+                        bounded(&v.subject),
+                        bounded(&v.description),
                     );
                 }
                 details
@@ -283,6 +318,46 @@ mod tests {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["account.name", "account.domain"]);
+    }
+
+    #[test]
+    fn a_status_stays_small_whatever_the_input() {
+        let long = "é".repeat(50_000);
+        let violations = (0..5000)
+            .map(|i| FieldViolation::new(format!("items[{i}].{long}"), long.clone()))
+            .collect();
+        let status = tonic::Status::from(ServiceError::InvalidArgument(violations));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() <= MAX_MESSAGE);
+        let bad_request = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad_request.field_violations.len(), MAX_REPORTED_VIOLATIONS);
+        assert!(
+            status.details().len() < 4096,
+            "{} bytes",
+            status.details().len()
+        );
+        assert!(status.message().starts_with("invalid argument: items[0]."));
+    }
+
+    #[test]
+    fn a_short_list_is_reported_whole() {
+        let violations = (0..3)
+            .map(|i| FieldViolation::new(format!("items[{i}]"), "is bad"))
+            .collect();
+        let status = tonic::Status::from(ServiceError::InvalidArgument(violations));
+        assert_eq!(
+            status.message(),
+            "invalid argument: items[0]: is bad; items[1]: is bad; items[2]: is bad"
+        );
+        let many = (0..12)
+            .map(|i| FieldViolation::new(format!("items[{i}]"), "is bad"))
+            .collect();
+        let status = tonic::Status::from(ServiceError::InvalidArgument(many));
+        assert!(
+            status.message().ends_with("; and 2 more"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
