@@ -538,6 +538,19 @@ impl Repository {
         tenant: &TenantId,
         page: &PageRequest,
     ) -> ServiceResult<(Vec<(String, Totals)>, String)> {
+        // A bad token is refused before the stale scores are refreshed.
+        let (after_score, after_id) = match &page.after {
+            Some(token) => {
+                let (score, id) = token
+                    .split_once('|')
+                    .and_then(|(s, id)| Some((s.parse::<f64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| {
+                        ServiceError::invalid("page_token", "is not a token returned by this list")
+                    })?;
+                (Some(score), id)
+            }
+            None => (None, String::new()),
+        };
         let t = tenant.as_str();
         let model = current_model(&self.db, t).await?;
         let today = today();
@@ -563,18 +576,6 @@ impl Repository {
                     .await?;
             }
         }
-        let (after_score, after_id) = match &page.after {
-            Some(token) => {
-                let (score, id) = token
-                    .split_once('|')
-                    .and_then(|(s, id)| Some((s.parse::<f64>().ok()?, id.to_owned())))
-                    .ok_or_else(|| {
-                        ServiceError::invalid("page_token", "is not a token returned by this list")
-                    })?;
-                (Some(score), id)
-            }
-            None => (None, String::new()),
-        };
         let sql = if after_score.is_some() {
             "SELECT account_id FROM account_scores WHERE tenant_id = $1 AND \
              (engagement_score < $2 OR (engagement_score = $2 AND account_id > $3)) \
