@@ -785,6 +785,43 @@ mod tests {
     }
 
     #[test]
+    fn rs256_tokens_verify_against_a_public_key_file() {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
+        let public_pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("public pem");
+        let private_pem = private.to_pkcs8_pem(LineEnding::LF).expect("private pem");
+        let path = std::env::temp_dir().join(format!("cascade-rs256-{}.pem", std::process::id()));
+        std::fs::write(&path, public_pem).expect("write key");
+        let settings = AuthSettings {
+            mode: AuthMode::Jwt,
+            public_key_files: path.display().to_string(),
+            ..AuthSettings::default()
+        };
+        let auth = Authenticator::from_settings(&settings).expect("auth");
+        std::fs::remove_file(&path).ok();
+        let sign = |claims: &serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::RS256),
+                claims,
+                &EncodingKey::from_rsa_pem(private_pem.as_bytes()).expect("encoding key"),
+            )
+            .expect("rs256 token")
+        };
+        let good = sign(&claims(&["reader"], Some("acme"), unix_now() + 600));
+        let context = auth.authenticate(GET, &headers(&good, None)).expect("RS256 accepted");
+        assert_eq!(context.tenant.as_str(), "acme");
+        // Without an HS256 secret configured, an HS256 token is refused
+        // (the keys decide the algorithms, not the token's header).
+        let hs = token(claims(&["reader"], Some("acme"), unix_now() + 600), SECRET);
+        let error = auth.authenticate(GET, &headers(&hs, None)).expect_err("HS256 refused");
+        assert_eq!(error.code(), tonic::Code::Unauthenticated);
+        assert!(error.to_string().contains("HS256"), "{error}");
+    }
+
+    #[test]
     fn short_secrets_and_missing_keys_stop_start_up() {
         let mut s = settings();
         s.hs256_secret = "short".into();
