@@ -811,12 +811,16 @@ mod tests {
             .expect("rs256 token")
         };
         let good = sign(&claims(&["reader"], Some("acme"), unix_now() + 600));
-        let context = auth.authenticate(GET, &headers(&good, None)).expect("RS256 accepted");
+        let context = auth
+            .authenticate(GET, &headers(&good, None))
+            .expect("RS256 accepted");
         assert_eq!(context.tenant.as_str(), "acme");
         // Without an HS256 secret configured, an HS256 token is refused
         // (the keys decide the algorithms, not the token's header).
         let hs = token(claims(&["reader"], Some("acme"), unix_now() + 600), SECRET);
-        let error = auth.authenticate(GET, &headers(&hs, None)).expect_err("HS256 refused");
+        let error = auth
+            .authenticate(GET, &headers(&hs, None))
+            .expect_err("HS256 refused");
         assert_eq!(error.code(), tonic::Code::Unauthenticated);
         assert!(error.to_string().contains("HS256"), "{error}");
     }

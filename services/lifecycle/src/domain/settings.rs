@@ -45,7 +45,10 @@ impl std::fmt::Debug for LifecycleSettings {
             .field("hand_raise_activity_types", &self.hand_raise_activity_types)
             .field("renotify_on_hand_raise", &self.renotify_on_hand_raise)
             .field("webhook_url", &self.webhook_url)
-            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "***"))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "***"),
+            )
             .finish()
     }
 }
