@@ -7,6 +7,8 @@ GRPCURL ?= .venv/bin/grpcurl
 SERVICES := -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity
 FUZZ_SECONDS ?= 20
 FUZZ_SEED ?=
+BENCH_SECONDS ?= 10
+BENCH_DATABASE_URL ?=
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := help
@@ -40,6 +42,15 @@ endif
 fuzz: ## Send hostile inputs to every RPC for FUZZ_SECONDS (default 20); FUZZ_SEED=N replays a run
 	CASCADE_FUZZ_SECONDS=$(FUZZ_SECONDS) CASCADE_FUZZ_SEED=$(FUZZ_SEED) \
 		$(CARGO) test -p cascade-tests --test fuzz -- --nocapture
+
+.PHONY: bench
+bench: ## Load-test the release binaries (BENCH_SECONDS per scenario, BENCH_DATABASE_URL=postgres://... for PostgreSQL); writes build/bench/report.md
+	$(CARGO) build --release $(SERVICES) -p cascade-tests --bin cascade-load
+	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) scripts/bench.sh
+
+.PHONY: bench-smoke
+bench-smoke: ## make bench with 2 s per scenario, no targets asserted (CI)
+	$(MAKE) bench BENCH_SECONDS=2
 
 .PHONY: lint
 lint: tools-buf ## rustfmt check, clippy with warnings denied, buf lint

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# `make bench`: starts the three release binaries on fresh databases, runs
+# the load generator's scenarios for BENCH_SECONDS each, samples each
+# service's peak RSS, restarts them once on the now-filled databases to time
+# start-up, measures the raw INSERT ceiling, and writes
+# build/bench/report.md and report.json (docs/performance.md).
+#
+#   BENCH_SECONDS=10          seconds per scenario (2 for a smoke run)
+#   BENCH_DATABASE_URL=...    a PostgreSQL server URL, e.g.
+#                             postgres://postgres@127.0.0.1:5432/postgres:
+#                             fresh databases are created there (psql);
+#                             SQLite files in a temporary folder otherwise
+#   BENCH_OUT=build/bench     where the report (and the services' logs) go
+#   BENCH_PORT_BASE=50161     lifecycle on it, scoring +1, opportunity +2
+#
+# The per-tenant ingest limit (200k/s by default) is turned off for the run:
+# the bench measures what the services can take, not the limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${BENCH_SECONDS:-10}
+db_server=${BENCH_DATABASE_URL:-}
+out=${BENCH_OUT:-build/bench}
+bin=${CARGO_TARGET_DIR:-target}/release
+base=${BENCH_PORT_BASE:-50161}
+load="$bin/cascade-load"
+
+for b in cascade-lifecycle cascade-scoring cascade-opportunity cascade-load; do
+  [[ -x $bin/$b ]] || { echo "bench: $bin/$b is missing; run make bench (it builds them)" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/report.md
+
+declare -A ports=([lifecycle]=$base [scoring]=$((base + 1)) [opportunity]=$((base + 2)))
+declare -A pids=() urls=() fresh_ms=() existing_ms=() rss_mib=()
+services=(lifecycle scoring opportunity)
+run_tag=$(date +%s)
+databases=()
+
+if [[ -n $db_server ]]; then
+  database=postgres
+  server=${db_server%%\?*}
+  server=${server%/*}
+  for s in "${services[@]}"; do
+    name="cascade_bench_${run_tag}_$s"
+    psql -q "$db_server" -c "CREATE DATABASE $name" >/dev/null
+    databases+=("$name")
+    urls[$s]="$server/$name"
+  done
+  raw_url=$db_server
+  raw_concurrency=4
+else
+  database=sqlite
+  for s in "${services[@]}"; do urls[$s]="sqlite://$work/$s.db"; done
+  raw_url="sqlite://$work/raw-insert.db"
+  # SQLite has one writer: more connections only wait for the lock.
+  raw_concurrency=1
+fi
+
+stop_all() {
+  for s in "${services[@]}"; do
+    [[ -n ${pids[$s]:-} ]] && kill -TERM "${pids[$s]}" 2>/dev/null || true
+  done
+  for s in "${services[@]}"; do
+    [[ -n ${pids[$s]:-} ]] && wait "${pids[$s]}" 2>/dev/null || true
+    pids[$s]=""
+  done
+}
+
+cleanup() {
+  stop_all
+  for name in "${databases[@]}"; do
+    psql -q "$db_server" -c "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1 || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts one service and sets `serving_ms` to the milliseconds from just
+# before the process started to its health reporting SERVING.
+start() {
+  local s=$1 upper=${1^^} t0
+  t0=$(date +%s%N)
+  env "CASCADE_${upper}__SERVER__PORT=${ports[$s]}" \
+      "CASCADE_${upper}__DATABASE__URL=${urls[$s]}" \
+      "CASCADE_${upper}__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
+      "CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0" \
+      "$bin/cascade-$s" >>"$out/logs/$s.log" 2>&1 &
+  pids[$s]=$!
+  serving_ms=$("$load" --scenario wait-serving --target "http://127.0.0.1:${ports[$s]}" --since-unix-ns "$t0")
+}
+
+mkdir -p "$out/logs"
+rm -f "$out"/logs/*.log
+for s in "${services[@]}"; do start "$s"; fresh_ms[$s]=$serving_ms; done
+echo "bench: $database, ${seconds}s per scenario; SERVING after ${fresh_ms[lifecycle]} / ${fresh_ms[scoring]} / ${fresh_ms[opportunity]} ms" >&2
+
+common=(--duration "$seconds" --lifecycle "http://127.0.0.1:${ports[lifecycle]}"
+        --scoring "http://127.0.0.1:${ports[scoring]}" --fixture "$work/fixture.json")
+bench() {
+  local label=$1; shift
+  "$load" --label "$label" --json "$out/$label.json" "${common[@]}" "$@"
+}
+
+bench baseline-closed   --scenario baseline --concurrency 32
+bench baseline-open     --scenario baseline --rate 2000
+bench record-activity   --scenario record-activity --concurrency 32
+bench record-activities --scenario record-activities --concurrency 8 --batch 500
+bench stream-activities --scenario stream-activities --concurrency 4 --batch 500
+bench mixed             --scenario mixed --concurrency 16 --batch 50
+bench get-account       --scenario get-account --rate 2000
+bench get-account-score --scenario get-account-score --rate 2000
+bench crossing-latency  --scenario crossing-latency --rate 1000 --batch 10 --probe-interval-ms 100
+bench simulate          --scenario simulate --concurrency 4 --batch 1000 --activities 1000000
+
+# Peak RSS over the whole run, before the restart.
+for s in "${services[@]}"; do
+  kib=$(awk '/^VmHWM:/ {print $2}' "/proc/${pids[$s]}/status")
+  rss_mib[$s]=$(awk -v k="$kib" 'BEGIN {printf "%.1f", k / 1024}')
+done
+stop_all
+
+# Start-up on the databases the run filled.
+for s in "${services[@]}"; do start "$s"; existing_ms[$s]=$serving_ms; done
+stop_all
+
+bench raw-insert --scenario raw-insert --database-url "$raw_url" --batch 500 --concurrency "$raw_concurrency"
+
+{
+  printf '{"database": "%s", "bench_seconds": %s, "services": {' "$database" "$seconds"
+  sep=""
+  for s in "${services[@]}"; do
+    printf '%s"%s": {"rss_peak_mib": %s, "serving_ms_fresh": %s, "serving_ms_existing": %s}' \
+      "$sep" "$s" "${rss_mib[$s]}" "${fresh_ms[$s]}" "${existing_ms[$s]}"
+    sep=", "
+  done
+  printf '}, "note": "%s"}\n' "Services ran with auth disabled and CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0 (no per-tenant ingest limit); load generator and services share the machine."
+} >"$out/services.json"
+
+"$load" --scenario report --dir "$out" >/dev/null
+echo "bench: wrote $out/report.md and $out/report.json" >&2

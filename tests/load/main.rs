@@ -1,0 +1,265 @@
+//! `cascade-load`: the load generator behind `make bench`
+//! (docs/performance.md). One scenario per run; prints its numbers and
+//! writes them as JSON.
+
+mod raw_insert;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const USAGE: &str = "\
+usage: cascade-load --scenario NAME [options]
+
+scenarios:
+  baseline            grpc.health.v1 Check on a server inside this process (transport only)
+  record-activity     unary RecordActivity, one activity per call
+  record-activities   RecordActivities, --batch activities per call
+  stream-activities   StreamActivities, 10 messages of --batch activities per call
+  get-account         lifecycle GetAccount
+  get-account-score   scoring GetAccountScore
+  mixed               8/10 batches of the default activity mix (half on 5 % hot accounts), 2/10 GetAccount
+  crossing-latency    --rate events/s in the background; every --probe-interval-ms a fresh account
+                      gets a demo_request, timed until lifecycle reports it PRIORITIZED
+  simulate            store up to --activities activities (at most --duration s), time SimulateScoringModel
+  raw-insert          the same rows straight into a fresh database (--database-url): the ceiling
+  wait-serving        poll --target's health until SERVING; print ms since --since-unix-ns
+  report              gather DIR/*.json into DIR/report.md and report.json (--dir DIR)
+
+options:
+  --duration SECS        how long to apply load (default 10)
+  --rate N               open loop: N requests/s, latency from each intended send time
+  --concurrency N        closed loop: N workers back to back (default 8; the default loop)
+  --channels N           HTTP/2 connections per service (default 2)
+  --batch N              activities per call (default 100)
+  --lifecycle URL        default http://127.0.0.1:50051
+  --scoring URL          default http://127.0.0.1:50052
+  --tenant T             x-tenant-id (default bench)
+  --accounts N           accounts made for the run (default 200)
+  --contacts N           contacts per account (default 10)
+  --fixture FILE         reuse (or save) the accounts made for this tenant
+  --json FILE            write the result there
+  --label NAME           name of the run in the report (default: the scenario)
+  --database-url URL     raw-insert: sqlite://FILE or a PostgreSQL server URL (a fresh database is created)
+  --activities N         simulate: how many stored activities to aim for (default 1000000)
+  --probe-interval-ms N  crossing-latency: time between probes (default 100)
+";
+
+pub struct Args {
+    scenario: String,
+    label: Option<String>,
+    duration: f64,
+    rate: Option<f64>,
+    concurrency: usize,
+    channels: usize,
+    batch: usize,
+    lifecycle: String,
+    scoring: String,
+    tenant: String,
+    accounts: usize,
+    contacts: usize,
+    fixture: Option<PathBuf>,
+    json: Option<PathBuf>,
+    database_url: Option<String>,
+    activities: u64,
+    probe_interval_ms: u64,
+    target: Option<String>,
+    since_unix_ns: Option<u128>,
+    dir: Option<PathBuf>,
+    /// Makes event ids, request ids and domains unique to this run.
+    run_id: String,
+}
+
+fn parse() -> Result<Args> {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let mut args = Args {
+        scenario: String::new(),
+        label: None,
+        duration: 10.0,
+        rate: None,
+        concurrency: 8,
+        channels: 2,
+        batch: 100,
+        lifecycle: "http://127.0.0.1:50051".into(),
+        scoring: "http://127.0.0.1:50052".into(),
+        tenant: "bench".into(),
+        accounts: 200,
+        contacts: 10,
+        fixture: None,
+        json: None,
+        database_url: None,
+        activities: 1_000_000,
+        probe_interval_ms: 100,
+        target: None,
+        since_unix_ns: None,
+        dir: None,
+        run_id: format!("r{unix_ms}-{}", std::process::id()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--scenario" => args.scenario = value,
+            "--label" => args.label = Some(value),
+            "--duration" => args.duration = value.parse().map_err(|e| bad(&e))?,
+            "--rate" => args.rate = Some(value.parse().map_err(|e| bad(&e))?),
+            "--concurrency" => args.concurrency = value.parse().map_err(|e| bad(&e))?,
+            "--channels" => args.channels = value.parse().map_err(|e| bad(&e))?,
+            "--batch" => args.batch = value.parse().map_err(|e| bad(&e))?,
+            "--lifecycle" => args.lifecycle = value,
+            "--scoring" => args.scoring = value,
+            "--tenant" => args.tenant = value,
+            "--accounts" => args.accounts = value.parse().map_err(|e| bad(&e))?,
+            "--contacts" => args.contacts = value.parse().map_err(|e| bad(&e))?,
+            "--fixture" => args.fixture = Some(value.into()),
+            "--json" => args.json = Some(value.into()),
+            "--database-url" => args.database_url = Some(value),
+            "--activities" => args.activities = value.parse().map_err(|e| bad(&e))?,
+            "--probe-interval-ms" => args.probe_interval_ms = value.parse().map_err(|e| bad(&e))?,
+            "--target" => args.target = Some(value),
+            "--since-unix-ns" => args.since_unix_ns = Some(value.parse().map_err(|e| bad(&e))?),
+            "--dir" => args.dir = Some(value.into()),
+            _ => return Err(format!("unknown option {flag}\n\n{USAGE}").into()),
+        }
+    }
+    if args.scenario.is_empty() {
+        return Err(format!("--scenario is required\n\n{USAGE}").into());
+    }
+    if args.accounts == 0 || args.contacts == 0 || args.channels == 0 {
+        return Err("--accounts, --contacts and --channels must be at least 1".into());
+    }
+    Ok(args)
+}
+
+fn mode(args: &Args) -> stats::Mode {
+    match args.rate {
+        Some(rate) => stats::Mode::Open { rate },
+        None => stats::Mode::Closed {
+            concurrency: args.concurrency,
+        },
+    }
+}
+
+async fn scenario(args: &Args) -> Result<Value> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let mut result = match args.scenario.as_str() {
+        "baseline" => {
+            let op = scenarios::baseline_op(args).await?;
+            let (stats, elapsed) = stats::run(op, mode(args), duration).await;
+            stats.summary(elapsed)
+        }
+        "raw-insert" => raw_insert::run(args).await?,
+        name => {
+            let clients = scenarios::Clients::connect(args).await?;
+            let fixture = scenarios::fixture(&clients, args).await?;
+            match name {
+                "crossing-latency" => scenarios::crossing_latency(args, &clients, &fixture).await?,
+                "simulate" => scenarios::simulate(args, &clients, &fixture).await?,
+                _ => {
+                    let op = scenarios::op(name, args, &clients, &fixture).await?;
+                    let (stats, elapsed) = stats::run(op, mode(args), duration).await;
+                    let mut summary = stats.summary(elapsed);
+                    if stats.events > 0 {
+                        summary["lifecycle"] = scenarios::lifecycle_sync(&clients, &fixture).await;
+                    }
+                    summary
+                }
+            }
+        }
+    };
+    result["scenario"] = json!(args.scenario);
+    result["label"] = json!(args.label.as_deref().unwrap_or(&args.scenario));
+    result["duration_s"] = json!(args.duration);
+    result["channels"] = json!(args.channels);
+    if matches!(
+        args.scenario.as_str(),
+        "record-activities"
+            | "stream-activities"
+            | "mixed"
+            | "crossing-latency"
+            | "simulate"
+            | "raw-insert"
+    ) {
+        result["batch"] = json!(args.batch);
+    }
+    result["tenant"] = json!(args.tenant);
+    if result.get("load").is_none() {
+        result["load"] = match args.scenario.as_str() {
+            "crossing-latency" => {
+                json!({"loop": "open", "rate_per_s": args.rate.unwrap_or(1000.0)})
+            }
+            _ => mode(args).describe(),
+        };
+    }
+    Ok(result)
+}
+
+fn print(result: &Value) {
+    let label = result["label"].as_str().unwrap_or("");
+    let l = &result["latency_ms"];
+    println!(
+        "{label:<20} {:>10} req/s {:>11} events/s   p50 {} p90 {} p99 {} p99.9 {} max {} ms   errors {}",
+        result["requests_per_s"],
+        result["events_per_s"],
+        l["p50"],
+        l["p90"],
+        l["p99"],
+        l["p99_9"],
+        l["max"],
+        result["errors"]
+    );
+}
+
+async fn main_result() -> Result<()> {
+    let args = parse()?;
+    match args.scenario.as_str() {
+        "report" => {
+            let dir = args.dir.as_ref().ok_or("report needs --dir")?;
+            report::write(dir)?;
+            println!("{}", dir.join("report.md").display());
+            return Ok(());
+        }
+        "wait-serving" => {
+            let target = args
+                .target
+                .as_deref()
+                .ok_or("wait-serving needs --target")?;
+            let since = args
+                .since_unix_ns
+                .ok_or("wait-serving needs --since-unix-ns")?;
+            let ms = scenarios::wait_serving(target, since).await?;
+            println!("{ms:.1}");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let result = scenario(&args).await?;
+    print(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(error) = main_result().await {
+        eprintln!("cascade-load: {error}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,357 @@
+//! `--scenario report --dir DIR`: gathers the scenario JSON files of one
+//! bench run (and the script's services.json) into report.md and
+//! report.json, every target with its measured value, whether it is
+//! reached, and the ratio.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::Result;
+use crate::stats::round3;
+
+fn f(value: &Value, path: &[&str]) -> Option<f64> {
+    let mut v = value;
+    for key in path {
+        v = v.get(key)?;
+    }
+    v.as_f64()
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024);
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu,
+        "memory_mib": memory_mib,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+struct Target {
+    name: String,
+    measured: Option<f64>,
+    goal: f64,
+    unit: &'static str,
+    higher_is_better: bool,
+    note: String,
+}
+
+impl Target {
+    fn reached(&self) -> Option<bool> {
+        self.measured.map(|m| {
+            if self.higher_is_better {
+                m >= self.goal
+            } else {
+                m <= self.goal
+            }
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "target": self.name,
+            "measured": self.measured.map(round3),
+            "goal": self.goal,
+            "unit": self.unit,
+            "higher_is_better": self.higher_is_better,
+            "reached": self.reached(),
+            "ratio_to_goal": self.measured.map(|m| round3(m / self.goal)),
+            "note": self.note,
+        })
+    }
+}
+
+pub fn write(dir: &Path) -> Result<()> {
+    let mut runs: BTreeMap<String, Value> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "json") && !name.starts_with("report") {
+            let text = std::fs::read_to_string(&path)?;
+            runs.insert(name.to_owned(), serde_json::from_str(&text)?);
+        }
+    }
+    let services = runs.remove("services").unwrap_or(Value::Null);
+    runs.remove("fixture");
+    let database = services
+        .get("database")
+        .and_then(Value::as_str)
+        .unwrap_or("sqlite")
+        .to_owned();
+    let run = |label: &str| runs.get(label).cloned().unwrap_or(Value::Null);
+
+    let ingest = ["record-activities", "stream-activities"]
+        .iter()
+        .filter_map(|l| f(&run(l), &["events_per_s"]).map(|v| (*l, v)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let raw = f(&run("raw-insert"), &["rows_per_s"]);
+    let baseline_closed = f(&run("baseline-closed"), &["requests_per_s"]);
+    let baseline_open_p50 = f(&run("baseline-open"), &["latency_ms", "p50"]);
+    let baseline_open_p99 = f(&run("baseline-open"), &["latency_ms", "p99"]);
+
+    let mut targets = vec![
+        Target {
+            name: format!("batched ingest, events/s ({database})"),
+            measured: ingest.map(|i| i.1),
+            goal: if database == "postgres" {
+                50_000.0
+            } else {
+                100_000.0
+            },
+            unit: "events/s",
+            higher_is_better: true,
+            note: ingest
+                .map(|i| format!("best of RecordActivities / StreamActivities: {}", i.0))
+                .unwrap_or_default(),
+        },
+        Target {
+            name: "batched ingest / raw INSERT ceiling".into(),
+            measured: ingest.zip(raw).map(|(i, r)| i.1 / r),
+            goal: 0.5,
+            unit: "ratio",
+            higher_is_better: true,
+            note: raw
+                .map(|r| format!("raw INSERT ceiling {r:.0} rows/s"))
+                .unwrap_or_default(),
+        },
+        Target {
+            name: "GetAccount p99 at 2,000 req/s open loop".into(),
+            measured: f(&run("get-account"), &["latency_ms", "p99"]),
+            goal: 2.0,
+            unit: "ms",
+            higher_is_better: false,
+            note: format!(
+                "achieved {} req/s, {} errors",
+                f(&run("get-account"), &["requests_per_s"]).unwrap_or(0.0),
+                f(&run("get-account"), &["errors_total"]).unwrap_or(0.0)
+            ),
+        },
+        Target {
+            name: "threshold crossing visible as PRIORITIZED, p99, under 1,000 events/s".into(),
+            measured: f(&run("crossing-latency"), &["latency_ms", "p99"]),
+            goal: 100.0,
+            unit: "ms",
+            higher_is_better: false,
+            note: format!(
+                "{} probes, {} missed",
+                f(&run("crossing-latency"), &["requests"]).unwrap_or(0.0),
+                f(&run("crossing-latency"), &["errors_total"]).unwrap_or(0.0)
+            ),
+        },
+        Target {
+            name: "SimulateScoringModel over 1,000,000 activities".into(),
+            measured: f(&run("simulate"), &["simulate_s_per_million"]),
+            goal: 10.0,
+            unit: "s",
+            higher_is_better: false,
+            note: format!(
+                "median {} s over {} stored activities, scaled linearly to 1M",
+                f(&run("simulate"), &["simulate_s_median"]).unwrap_or(0.0),
+                f(&run("simulate"), &["activity_count"]).unwrap_or(0.0)
+            ),
+        },
+    ];
+    for service in ["lifecycle", "scoring", "opportunity"] {
+        targets.push(Target {
+            name: format!("{service} peak RSS (VmHWM) over the whole run"),
+            measured: f(&services, &["services", service, "rss_peak_mib"]),
+            goal: 64.0,
+            unit: "MiB",
+            higher_is_better: false,
+            note: String::new(),
+        });
+    }
+    for service in ["lifecycle", "scoring", "opportunity"] {
+        targets.push(Target {
+            name: format!("{service} start to SERVING on an existing database"),
+            measured: f(&services, &["services", service, "serving_ms_existing"]),
+            goal: 500.0,
+            unit: "ms",
+            higher_is_better: false,
+            note: format!(
+                "fresh database: {} ms",
+                f(&services, &["services", service, "serving_ms_fresh"]).unwrap_or(f64::NAN)
+            ),
+        });
+    }
+
+    let mut ratios = BTreeMap::new();
+    if let (Some(i), Some(r)) = (ingest, raw) {
+        ratios.insert("ingest_to_raw_insert", round3(i.1 / r));
+    }
+    if let (Some(req), Some(b)) = (
+        f(&run("record-activity"), &["requests_per_s"]),
+        baseline_closed,
+    ) {
+        ratios.insert("record_activity_req_s_to_baseline_req_s", round3(req / b));
+    }
+    if let (Some(p), Some(b)) = (
+        f(&run("get-account"), &["latency_ms", "p50"]),
+        baseline_open_p50,
+    ) {
+        ratios.insert("get_account_p50_to_baseline_p50", round3(p / b));
+    }
+    if let (Some(p), Some(b)) = (
+        f(&run("get-account"), &["latency_ms", "p99"]),
+        baseline_open_p99,
+    ) {
+        ratios.insert("get_account_p99_to_baseline_p99", round3(p / b));
+    }
+
+    let report = json!({
+        "generated_at": cascade_shared::time::now().to_rfc3339(),
+        "database": database,
+        "machine": machine(),
+        "services": services,
+        "targets": targets.iter().map(Target::to_json).collect::<Vec<_>>(),
+        "ratios": ratios,
+        "scenarios": runs,
+    });
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(dir.join("report.md"), markdown(&report, &targets, &runs))?;
+    Ok(())
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v}"))
+}
+
+fn markdown(report: &Value, targets: &[Target], runs: &BTreeMap<String, Value>) -> String {
+    let mut md = String::new();
+    let machine = &report["machine"];
+    let _ = writeln!(md, "# Cascade benchmark report\n");
+    let _ = writeln!(
+        md,
+        "{} · database **{}** · {} CPUs ({}) · {} MiB RAM · kernel {}\n",
+        report["generated_at"].as_str().unwrap_or(""),
+        report["database"].as_str().unwrap_or(""),
+        machine["cpus"],
+        machine["cpu_model"].as_str().unwrap_or(""),
+        machine["memory_mib"],
+        machine["kernel"].as_str().unwrap_or(""),
+    );
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(
+        md,
+        "| target | measured | goal | reached | measured / goal | note |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|:---:|---:|---|");
+    for t in targets {
+        let reached = match t.reached() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} {} | {} {} | {} | {} | {} |",
+            t.name,
+            cell(t.measured.map(round3)),
+            t.unit,
+            if t.higher_is_better { "≥" } else { "≤" },
+            t.goal,
+            reached,
+            cell(t.measured.map(|m| round3(m / t.goal))),
+            t.note
+        );
+    }
+    let _ = writeln!(md, "\n## Scenarios, side by side\n");
+    let _ = writeln!(
+        md,
+        "Latency in ms; open-loop latencies are measured from each request's intended send time.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | load | batch | req/s | events/s | p50 | p90 | p99 | p99.9 | max | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (label, r) in runs {
+        let load = match r["load"]["loop"].as_str() {
+            Some("open") => format!("open {} req/s", r["load"]["rate_per_s"]),
+            Some("closed") => format!("closed ×{}", r["load"]["concurrency"]),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {load} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(r["batch"].as_f64()),
+            cell(r["requests_per_s"].as_f64()),
+            cell(r["events_per_s"].as_f64()),
+            cell(f(r, &["latency_ms", "p50"])),
+            cell(f(r, &["latency_ms", "p90"])),
+            cell(f(r, &["latency_ms", "p99"])),
+            cell(f(r, &["latency_ms", "p99_9"])),
+            cell(f(r, &["latency_ms", "max"])),
+            r["errors"]
+        );
+    }
+    let _ = writeln!(md, "\n## Ingest reaching lifecycle\n");
+    let _ = writeln!(
+        md,
+        "Share of the bench accounts whose engagement score in lifecycle equals scoring's right after the load stopped, and how long until all did.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | events/s stored and scored | in sync at end | catch-up (s) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for (label, r) in runs {
+        if let Some(sync) = r.get("lifecycle") {
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} |",
+                cell(r["events_per_s"].as_f64()),
+                cell(sync["lifecycle_in_sync_share_at_end"].as_f64()),
+                cell(sync["lifecycle_catch_up_s"].as_f64()),
+            );
+        }
+    }
+    let _ = writeln!(md, "\n## Ratios\n");
+    for (k, v) in report["ratios"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "- {k}: {v}");
+    }
+    let _ = writeln!(md, "\n## Services\n");
+    let _ = writeln!(
+        md,
+        "| service | peak RSS (MiB) | start → SERVING, fresh DB (ms) | start → SERVING, existing DB (ms) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for service in ["lifecycle", "scoring", "opportunity"] {
+        let s = &report["services"]["services"][service];
+        let _ = writeln!(
+            md,
+            "| {service} | {} | {} | {} |",
+            cell(s["rss_peak_mib"].as_f64()),
+            cell(s["serving_ms_fresh"].as_f64()),
+            cell(s["serving_ms_existing"].as_f64()),
+        );
+    }
+    if let Some(note) = report["services"]["note"].as_str() {
+        let _ = writeln!(md, "\n{note}");
+    }
+    md
+}
