@@ -41,11 +41,12 @@ endif
 .PHONY: fuzz
 fuzz: ## Send hostile inputs to every RPC for FUZZ_SECONDS (default 20); FUZZ_SEED=N replays a run
 	CASCADE_FUZZ_SECONDS=$(FUZZ_SECONDS) CASCADE_FUZZ_SEED=$(FUZZ_SEED) \
-		$(CARGO) test -p cascade-tests --test fuzz -- --nocapture
+		$(CARGO) test --workspace --all-features --test fuzz -- --nocapture
 
 .PHONY: bench
 bench: ## Load-test the release binaries (BENCH_SECONDS per scenario, BENCH_DATABASE_URL=postgres://... for PostgreSQL); writes build/bench/report.md
-	$(CARGO) build --release $(SERVICES) -p cascade-tests --bin cascade-load
+	$(CARGO) build --release $(SERVICES)
+	$(CARGO) build --release -p cascade-tests --bin cascade-load
 	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) scripts/bench.sh
 
 .PHONY: bench-smoke
