@@ -278,10 +278,8 @@ struct VerifyingKey {
 /// Decides who is calling, from request headers.
 pub struct Authenticator {
     mode: AuthMode,
-    keys: Vec<VerifyingKey>,
-    issuer: String,
-    audience: String,
-    leeway: u64,
+    /// Each key with the checks its tokens must pass, built once.
+    keys: Vec<(VerifyingKey, Validation)>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -299,9 +297,6 @@ impl Authenticator {
         Self {
             mode: AuthMode::Disabled,
             keys: Vec::new(),
-            issuer: String::new(),
-            audience: String::new(),
-            leeway: 0,
         }
     }
 
@@ -335,12 +330,21 @@ impl Authenticator {
                 "auth.issuer and auth.audience must not be empty in jwt mode",
             ));
         }
+        let keys = keys
+            .into_iter()
+            .map(|key| {
+                let mut validation = Validation::new(key.algorithm);
+                validation.set_issuer(&[&settings.issuer]);
+                validation.set_audience(&[&settings.audience]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                validation.leeway = settings.leeway_seconds;
+                validation.validate_nbf = true;
+                (key, validation)
+            })
+            .collect();
         Ok(Self {
             mode: AuthMode::Jwt,
             keys,
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
-            leeway: settings.leeway_seconds,
         })
     }
 
@@ -416,14 +420,8 @@ impl Authenticator {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ServiceError::Unauthenticated("the bearer token is not a JWT".into()))?;
         let mut last = None;
-        for key in self.keys.iter().filter(|k| k.algorithm == header.alg) {
-            let mut validation = Validation::new(key.algorithm);
-            validation.set_issuer(&[&self.issuer]);
-            validation.set_audience(&[&self.audience]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            validation.leeway = self.leeway;
-            validation.validate_nbf = true;
-            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+        for (key, validation) in self.keys.iter().filter(|(k, _)| k.algorithm == header.alg) {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(error) => last = Some(error),
             }

@@ -254,21 +254,12 @@ mod tests {
     use super::*;
 
     fn sent_timeout<T>(request: &tonic::Request<T>) -> Duration {
-        let value = request
+        request
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .expect("grpc-timeout sent")
-            .to_owned();
-        let (digits, unit) = value.split_at(value.len() - 1);
-        let amount: u64 = digits.parse().expect("digits");
-        match unit {
-            "S" => Duration::from_secs(amount),
-            "m" => Duration::from_millis(amount),
-            "u" => Duration::from_micros(amount),
-            "n" => Duration::from_nanos(amount),
-            other => panic!("unexpected unit {other}"),
-        }
+            .and_then(crate::context::parse_grpc_timeout)
+            .expect("a valid grpc-timeout sent")
     }
 
     #[test]

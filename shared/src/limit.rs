@@ -17,7 +17,7 @@ pub const LARGEST_BATCH: usize = 1000;
 /// Admits up to `per_second` events a second per tenant, with bursts of up
 /// to `burst`; beyond that, RESOURCE_EXHAUSTED with RetryInfo saying when.
 pub struct TenantRateLimiter {
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    limiter: Option<DefaultKeyedRateLimiter<TenantId>>,
     what: &'static str,
 }
 
@@ -48,7 +48,7 @@ impl TenantRateLimiter {
         let Some(n) = u32::try_from(events).ok().and_then(NonZeroU32::new) else {
             return Ok(());
         };
-        match limiter.check_key_n(&tenant.as_str().to_owned(), n) {
+        match limiter.check_key_n(tenant, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
