@@ -190,6 +190,10 @@ struct RawFrame {
     /// Exactly the frames a well-behaved client sends (one uncompressed,
     /// correctly sized frame per message, no encoding headers).
     well_formed: bool,
+    /// The body holds more than one whole message before it ends or breaks
+    /// ("trailing partial frame", "messages repeated"): a client stream may
+    /// store the leading chunks before it is refused, like a multi-chunk stream.
+    several_chunks: bool,
     description: &'static str,
 }
 
@@ -759,10 +763,13 @@ impl Generator {
                     (two, vec![], client_streaming, "messages repeated")
                 }
             };
+        let several_chunks = matches!(description, "trailing partial frame" | "messages repeated")
+            || messages.len() > 1;
         RawFrame {
             body: Bytes::from(body),
             headers,
             well_formed,
+            several_chunks,
             description,
         }
     }
@@ -1364,7 +1371,9 @@ async fn fuzz_service(
             // contract), so a stream of several chunks rejected at a later one
             // may have stored the earlier ones: only single-chunk streams are
             // held to "unchanged"; the others are counted and reported.
-            let partial = method.is_client_streaming() && input.messages.len() > 1;
+            let partial = method.is_client_streaming()
+                && (input.messages.len() > 1
+                    || input.frame.as_ref().is_some_and(|f| f.several_chunks));
             if partial {
                 stats.partial_streams += 1;
             } else {
