@@ -6,7 +6,7 @@ use std::time::Duration;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, TransactionTrait,
+    DbErr, Statement, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -82,6 +82,58 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
     })
 }
 
+/// A statement written with PostgreSQL's `$1` placeholders, for either
+/// backend. SQLite gets anonymous `?` placeholders, with the values in the
+/// order they appear: SQLite takes `$12` as a *named* parameter and finds
+/// each name by a linear search, when parsing and again (through sqlx) when
+/// binding, so a 6,000-value INSERT spent most of its time there (profile in
+/// docs/performance.md). `$` inside a quoted literal is left alone.
+pub fn statement(
+    backend: DbBackend,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Statement {
+    if backend != DbBackend::Sqlite {
+        return Statement::from_sql_and_values(backend, sql, values);
+    }
+    let bytes = sql.as_bytes();
+    let mut values: Vec<Option<Value>> = values.into_iter().map(Some).collect();
+    // Where each value went on its first use, for a second use to copy.
+    let mut first_use: Vec<usize> = vec![0; values.len()];
+    let mut taken: Vec<Value> = Vec::with_capacity(values.len());
+    let mut text = String::with_capacity(sql.len());
+    let (mut copied, mut i, mut quoted) = (0, 0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'$' if !quoted => {
+                let end = i + 1 + bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                let index = sql[i + 1..end].parse::<usize>().ok().and_then(|n| n.checked_sub(1));
+                if let Some(slot) = index.filter(|&k| k < values.len()) {
+                    // The usual single use moves the value; a second one copies it.
+                    let value = match values[slot].take() {
+                        Some(value) => {
+                            first_use[slot] = taken.len();
+                            value
+                        }
+                        None => taken[first_use[slot]].clone(),
+                    };
+                    text.push_str(&sql[copied..i]);
+                    text.push('?');
+                    taken.push(value);
+                    copied = end;
+                    i = end;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    text.push_str(&sql[copied..]);
+    Statement::from_sql_and_values(backend, text, taken)
+}
+
 /// Begins a transaction that holds the write lock from its first statement.
 /// On SQLite a transaction that reads first and writes later can fail with
 /// SQLITE_BUSY when another writer commits in between; taking the lock up
@@ -133,5 +185,43 @@ mod tests {
             prepare_sqlite("sqlite::memory:").expect("memory"),
             "sqlite://:memory:?mode=rwc"
         );
+    }
+
+    #[test]
+    fn sqlite_statements_get_positional_placeholders_in_use_order() {
+        let values: Vec<Value> = vec![1_i64.into(), "two".into(), 3_i64.into()];
+        let sql = "SELECT '$1 stays', $2 WHERE a = $1 AND b = $3 OR c = $1 AND d = $10";
+        let s = statement(DbBackend::Sqlite, sql, values.clone());
+        assert_eq!(
+            s.sql,
+            "SELECT '$1 stays', ? WHERE a = ? AND b = ? OR c = ? AND d = $10"
+        );
+        let expected: Vec<Value> = vec![
+            "two".into(),
+            1_i64.into(),
+            3_i64.into(),
+            1_i64.into(),
+        ];
+        assert_eq!(s.values.expect("values").0, expected);
+
+        let pg = statement(DbBackend::Postgres, sql, values.clone());
+        assert_eq!(pg.sql, sql);
+        assert_eq!(pg.values.expect("values").0, values);
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_the_rewritten_statement() {
+        let db = Database::connect("sqlite::memory:").await.expect("connect");
+        let row = db
+            .query_one_raw(statement(
+                DbBackend::Sqlite,
+                "SELECT $2 - $1 AS d, $1 + $1 AS twice",
+                vec![10_i64.into(), 52_i64.into()],
+            ))
+            .await
+            .expect("query")
+            .expect("row");
+        assert_eq!(row.try_get::<i64>("", "d").expect("d"), 42);
+        assert_eq!(row.try_get::<i64>("", "twice").expect("twice"), 20);
     }
 }

@@ -258,6 +258,12 @@ impl From<DbErr> for ServiceError {
             tracing::warn!(error = %RedactedDbErr(&error), "database unavailable");
             return Self::Unavailable("the database is unavailable; retry later".into());
         }
+        if is_contention(&error) {
+            tracing::warn!(error = %RedactedDbErr(&error), "database busy");
+            return Self::Unavailable(
+                "the database is busy with other writes; nothing was written, retry".into(),
+            );
+        }
         Self::Internal(anyhow::Error::new(error))
     }
 }
@@ -276,6 +282,27 @@ pub fn is_connection_error(error: &DbErr) -> bool {
                 | sea_orm::sqlx::Error::WorkerCrashed
         ),
         _ => false,
+    }
+}
+
+/// Whether a statement lost a race for a lock: SQLite still busy after its
+/// busy timeout, or a PostgreSQL deadlock, serialization failure or lock
+/// timeout. The transaction is rolled back, so a retry is safe.
+pub fn is_contention(error: &DbErr) -> bool {
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = error
+    else {
+        return false;
+    };
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else {
+        return false;
+    };
+    match code.as_ref() {
+        // PostgreSQL's five-character SQLSTATEs.
+        "40001" | "40P01" | "55P03" => true,
+        c if c.len() == 5 => false,
+        // SQLite's (extended) result codes: SQLITE_BUSY and SQLITE_LOCKED.
+        c => c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
     }
 }
 
@@ -388,5 +415,42 @@ mod tests {
     fn pool_timeouts_are_unavailable() {
         let error = DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout);
         assert_eq!(ServiceError::from(error).code(), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_busy_database_is_unavailable_not_internal() {
+        use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let path = std::env::temp_dir().join(format!("cascade-busy-{}.db", std::process::id()));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let pool = || async {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .expect("pool");
+            sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+        };
+        let (a, b) = (pool().await, pool().await);
+        a.execute_unprepared("CREATE TABLE t (x INTEGER)")
+            .await
+            .expect("table");
+        let txn = a.begin().await.expect("begin");
+        txn.execute_unprepared("INSERT INTO t VALUES (1)")
+            .await
+            .expect("first writer");
+        let error = b
+            .execute_unprepared("INSERT INTO t VALUES (2)")
+            .await
+            .expect_err("the second writer finds the database locked");
+        assert!(is_contention(&error), "{error}");
+        let status = tonic::Status::from(ServiceError::from(error));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("retry"), "{}", status.message());
+        txn.rollback().await.expect("rollback");
+        std::fs::remove_file(&path).ok();
     }
 }

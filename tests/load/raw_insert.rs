@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cascade_shared::settings::DatabaseSettings;
 use futures::FutureExt;
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
 use serde_json::{Value as Json, json};
 use tonic::Status;
 
@@ -123,7 +123,7 @@ pub async fn run(args: &Args) -> Result<Json> {
             }
             let failed = |e: sea_orm::DbErr| Status::internal(e.to_string());
             let txn = db.begin().await.map_err(failed)?;
-            txn.execute_raw(Statement::from_sql_and_values(backend, &*sql, values))
+            txn.execute_raw(cascade_shared::db::statement(backend, &sql, values))
                 .await
                 .map_err(failed)?;
             txn.commit().await.map_err(failed)?;

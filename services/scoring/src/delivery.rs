@@ -47,9 +47,10 @@ impl Sink for LifecycleScoreSink {
             }
         }
         let account_id = &last.partition_key;
+        let contacts: Vec<&str> = merged.contacts.keys().map(String::as_str).collect();
         let totals = self
             .repository
-            .delivery_totals(&last.tenant_id, account_id)
+            .delivery_totals(&last.tenant_id, account_id, &contacts)
             .await
             .map_err(|e| (0, DeliveryError(format!("computing totals: {e}"))))?;
         let request = lifecycle::ApplyEngagementScoreRequest {

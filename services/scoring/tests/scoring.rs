@@ -412,7 +412,68 @@ async fn caps_and_decay_follow_the_model(db: TestDatabase) {
         .expect("third open");
     assert!(third.capped);
     assert_eq!((third.rule_points, third.counted_points), (2, 0));
+    wait_for_score(&mut lifecycle, &id, 48.0, 48.0).await;
+
+    // A second batch the same day adds to the stored score: what lifecycle
+    // receives matches what the buckets give.
+    let bob = contact(&mut lifecycle, &id, "bob@capped.example").await;
+    record(
+        &mut scoring,
+        vec![
+            activity("d2", "demo_request", &id, &ann),
+            activity("k1", "email_click", &id, &bob),
+        ],
+    )
+    .await;
+    let total = score(&mut scoring, &id).await;
+    assert_eq!(
+        (total.engagement_score, total.engaged_contact_count),
+        (150.0, 2)
+    );
+    wait_for_score(&mut lifecycle, &id, 150.0, 75.0).await;
+
+    // Without decay the old demo counts in full again: the stored scores
+    // were computed with the old half-life, so the next batch recomputes.
+    let mut model = updated;
+    model.decay_half_life_days = 0.0;
+    scoring
+        .update_scoring_model(request_for(
+            T,
+            pb::UpdateScoringModelRequest { model: Some(model) },
+        ))
+        .await
+        .expect("model updated");
+    assert_eq!(score(&mut scoring, &id).await.engagement_score, 225.0);
+    record(&mut scoring, vec![activity("k2", "email_click", &id, &bob)]).await;
+    assert_eq!(score(&mut scoring, &id).await.engagement_score, 227.0);
+    wait_for_score(&mut lifecycle, &id, 227.0, 113.5).await;
     suite.stop().await;
+}
+
+/// Waits (bounded) until lifecycle shows the account with these scores.
+async fn wait_for_score(lifecycle: &mut Lifecycle, account_id: &str, engagement: f64, average: f64) {
+    let mut last = None;
+    for _ in 0..300 {
+        let account = lifecycle
+            .get_account(request_for(
+                T,
+                lc::GetAccountRequest {
+                    account_id: account_id.into(),
+                },
+            ))
+            .await
+            .expect("account")
+            .into_inner()
+            .account
+            .expect("account");
+        let seen = (account.engagement_score, account.average_engagement_score);
+        if seen == (engagement, average) {
+            return;
+        }
+        last = Some(seen);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("lifecycle never showed scores ({engagement}, {average}); last {last:?}");
 }
 
 async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {

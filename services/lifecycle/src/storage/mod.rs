@@ -96,7 +96,7 @@ fn statement(
     sql: &str,
     values: impl IntoIterator<Item = sea_orm::Value>,
 ) -> Statement {
-    Statement::from_sql_and_values(conn.get_database_backend(), sql, values)
+    cascade_shared::db::statement(conn.get_database_backend(), sql, values)
 }
 
 /// Keeps the first time a subject (account or contact) reached a stage.

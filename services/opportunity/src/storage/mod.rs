@@ -63,7 +63,7 @@ pub struct Repository {
 }
 
 fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(conn.get_database_backend(), sql, values)
+    cascade_shared::db::statement(conn.get_database_backend(), sql, values)
 }
 
 fn money_columns(money: Option<Money>) -> (Value, Value, Value) {

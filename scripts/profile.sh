@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Profiles scoring (and lifecycle) with perf while cascade-load runs one ingest
+# scenario against fresh SQLite databases; prints the hottest symbols and the
+# share per library.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${CARGO_TARGET_DIR:-target}/release
+out=${PROFILE_OUT:-build/profile}
+seconds=${PROFILE_SECONDS:-10}
+scenario=${PROFILE_SCENARIO:-record-activities}
+base=${PROFILE_PORT_BASE:-50171}
+work=$(mktemp -d)
+mkdir -p "$out"
+pids=()
+trap 'kill ${pids[@]} 2>/dev/null || true; rm -rf "$work"' EXIT
+start() {
+  local s=$1 port=$2 upper=${1^^}
+  env "CASCADE_${upper}__SERVER__PORT=$port" "CASCADE_${upper}__DATABASE__URL=sqlite://$work/$s.db" \
+      "CASCADE_${upper}__LIFECYCLE__URL=http://127.0.0.1:$base" \
+      "CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0" \
+      "$bin/cascade-$s" >>"$out/$s.log" 2>&1 &
+  pids+=($!)
+  "$bin/cascade-load" --scenario wait-serving --target "http://127.0.0.1:$port" --since-unix-ns "$(date +%s%N)" >/dev/null
+}
+start lifecycle "$base"
+start scoring $((base + 1))
+scoring_pid=${pids[1]}; lifecycle_pid=${pids[0]}
+common=(--lifecycle "http://127.0.0.1:$base" --scoring "http://127.0.0.1:$((base + 1))" --fixture "$work/fixture.json")
+# Fixture first, so the profile holds the scenario only.
+"$bin/cascade-load" "${common[@]}" --scenario get-account --rate 10 --duration 1 >/dev/null
+perf record -F 499 -p "$scoring_pid" -o "$out/scoring.perf" -- sleep "$seconds" 2>/dev/null &
+p1=$!
+perf record -F 499 -p "$lifecycle_pid" -o "$out/lifecycle.perf" -- sleep "$seconds" 2>/dev/null &
+p2=$!
+"$bin/cascade-load" "${common[@]}" --scenario "$scenario" --concurrency 8 --batch 500 --duration "$seconds" --json "$out/$scenario.json" || true
+wait $p1 $p2
+for s in scoring lifecycle; do
+  echo "== $s: share per library"
+  perf report -i "$out/$s.perf" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+  echo "== $s: hottest symbols"
+  perf report -i "$out/$s.perf" --stdio --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+done | tee "$out/summary.txt"
