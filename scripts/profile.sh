@@ -28,15 +28,20 @@ scoring_pid=${pids[1]}; lifecycle_pid=${pids[0]}
 common=(--lifecycle "http://127.0.0.1:$base" --scoring "http://127.0.0.1:$((base + 1))" --fixture "$work/fixture.json")
 # Fixture first, so the profile holds the scenario only.
 "$bin/cascade-load" "${common[@]}" --scenario get-account --rate 10 --duration 1 >/dev/null
-perf record -F 499 -p "$scoring_pid" -o "$out/scoring.perf" -- sleep "$seconds" 2>/dev/null &
+# System-wide, so threads started during the run (sqlx's SQLite workers)
+# are sampled too; the report splits by process.
+perf record -a -F 499 -o "$out/all.perf" -- sleep "$seconds" 2>/dev/null &
 p1=$!
-perf record -F 499 -p "$lifecycle_pid" -o "$out/lifecycle.perf" -- sleep "$seconds" 2>/dev/null &
-p2=$!
 "$bin/cascade-load" "${common[@]}" --scenario "$scenario" --concurrency 8 --batch 500 --duration "$seconds" --json "$out/$scenario.json" || true
-wait $p1 $p2
-for s in scoring lifecycle; do
-  echo "== $s: share per library"
-  perf report -i "$out/$s.perf" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
-  echo "== $s: hottest symbols"
-  perf report -i "$out/$s.perf" --stdio --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
-done | tee "$out/summary.txt"
+wait $p1
+{
+  echo "== CPU per process (share of all samples, 2 CPUs = 100 %)"
+  perf report -i "$out/all.perf" --stdio --sort pid 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+  for s in scoring lifecycle; do
+    pid=$scoring_pid; [[ $s == lifecycle ]] && pid=$lifecycle_pid
+    echo "== $s: share per library"
+    perf report -i "$out/all.perf" --pid "$pid" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -6
+    echo "== $s: hottest symbols"
+    perf report -i "$out/all.perf" --pid "$pid" --stdio --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30
+  done
+} | tee "$out/summary.txt"

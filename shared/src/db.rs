@@ -82,6 +82,30 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
     })
 }
 
+/// Bound values per statement at most (SQLite allows 32,766, PostgreSQL 65,535).
+pub const MAX_BINDS: usize = 30_000;
+
+/// Splits rows for multi-row statements of `width` values per row into
+/// chunks of 1,024, 256, 64, 16, 4 or 1 rows. Statements are cached per
+/// connection by their text; with a few fixed sizes the texts repeat, so a
+/// batch reuses prepared statements instead of parsing (and caching) one
+/// statement per batch size, which had scoring hold hundreds of MiB.
+pub fn statement_chunks<T>(rows: &[T], width: usize) -> Vec<&[T]> {
+    let fits = (MAX_BINDS / width.max(1)).max(1);
+    let mut chunks = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = [1024, 256, 64, 16, 4, 1]
+            .into_iter()
+            .find(|&size| size <= rest.len() && size <= fits)
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
 /// A statement written with PostgreSQL's `$1` placeholders, for either
 /// backend. SQLite gets anonymous `?` placeholders, with the values in the
 /// order they appear: SQLite takes `$12` as a *named* parameter and finds
@@ -185,6 +209,18 @@ mod tests {
             prepare_sqlite("sqlite::memory:").expect("memory"),
             "sqlite://:memory:?mode=rwc"
         );
+    }
+
+    #[test]
+    fn chunks_take_a_few_fixed_sizes() {
+        let rows: Vec<u32> = (0..1_500).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows, 12).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [1024, 256, 64, 64, 64, 16, 4, 4, 4]);
+        assert_eq!(sizes.iter().sum::<usize>(), 1_500);
+        // Wide rows: never more than MAX_BINDS values in one statement.
+        let sizes: Vec<usize> = statement_chunks(&rows[..300], 200).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [64, 64, 64, 64, 16, 16, 4, 4, 4]);
+        assert!(statement_chunks(&rows[..0], 3).is_empty());
     }
 
     #[test]

@@ -91,20 +91,31 @@ pub async fn enqueue_many(
     messages: Vec<Message>,
 ) -> Result<Vec<String>, DbErr> {
     const WIDTH: usize = 8;
-    const ROWS: usize = 30_000 / WIDTH;
     let now = now_ms();
     let trace_context = current_trace_context();
+    let sizes: Vec<usize> = crate::db::statement_chunks(&messages, WIDTH)
+        .iter()
+        .map(|c| c.len())
+        .collect();
     let mut ids = Vec::with_capacity(messages.len());
-    let mut messages = messages.into_iter().peekable();
-    while messages.peek().is_some() {
-        let mut values: Vec<Value> = Vec::with_capacity(ROWS * WIDTH);
-        let mut tuples = Vec::with_capacity(ROWS);
-        for (n, message) in messages.by_ref().take(ROWS).enumerate() {
+    let mut messages = messages.into_iter();
+    for size in sizes {
+        let mut values: Vec<Value> = Vec::with_capacity(size * WIDTH);
+        let mut tuples = Vec::with_capacity(size);
+        for (n, message) in messages.by_ref().take(size).enumerate() {
             let id = crate::ids::new_id();
             let p = n * WIDTH;
             tuples.push(format!(
                 "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
-                p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 8
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8,
+                p + 8
             ));
             values.extend([
                 id.clone().into(),

@@ -8,7 +8,7 @@ pub mod migration;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use cascade_shared::db::begin_write;
+use cascade_shared::db::{begin_write, statement_chunks};
 use cascade_shared::page::PageRequest;
 use cascade_shared::{ServiceError, ServiceResult, TenantId, outbox, time};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, TransactionTrait, Value};
@@ -343,17 +343,64 @@ impl Repository {
 
     // ----- reads -----
 
-    /// An account's totals today, or NOT_FOUND without any activity.
+    /// An account's totals today, or NOT_FOUND without any activity. The
+    /// buckets are summed per type and day in the database (a read returns
+    /// tens of rows, not one per contact, type and day); `per_contact` is
+    /// left empty.
     pub async fn account_totals(
         &self,
         tenant: &TenantId,
         account_id: &str,
     ) -> ServiceResult<Totals> {
-        let model = current_model(&self.db, tenant.as_str()).await?;
-        let totals = compute(&self.db, tenant.as_str(), account_id, &model, today()).await?;
+        let t = tenant.as_str();
+        let model = current_model(&self.db, t).await?;
+        let today = today();
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                &self.db,
+                // PostgreSQL sums BIGINTs as NUMERIC; the cast keeps them integers.
+                "SELECT activity_type, intent, day, CAST(SUM(points) AS BIGINT) AS points, \
+                 CAST(SUM(activity_count) AS BIGINT) AS activity_count FROM score_buckets \
+                 WHERE tenant_id = $1 AND account_id = $2 GROUP BY activity_type, intent, day",
+                vec![t.into(), account_id.into()],
+            ))
+            .await?;
+        let mut totals = Totals::default();
+        for row in rows {
+            let activity_type: String = row.try_get_by_index(0)?;
+            let intent: bool = row.try_get_by_index(1)?;
+            let day: i64 = row.try_get_by_index(2)?;
+            let points: i64 = row.try_get_by_index(3)?;
+            let count: i64 = row.try_get_by_index(4)?;
+            let value = points as f64 * domain::decay_factor(model.decay_half_life_days, day, today);
+            totals.activities += count;
+            if intent {
+                totals.intent += value;
+            } else {
+                totals.engagement += value;
+                let entry = totals.breakdown.entry(activity_type).or_default();
+                entry.0 += count;
+                entry.1 += value;
+            }
+        }
         if totals.activities == 0 {
             return Err(ServiceError::not_found("account score", account_id));
         }
+        let engaged = self
+            .db
+            .query_one_raw(stmt(
+                &self.db,
+                "SELECT COUNT(DISTINCT contact_id) AS n FROM score_buckets \
+                 WHERE tenant_id = $1 AND account_id = $2 AND intent = $3",
+                vec![t.into(), account_id.into(), false.into()],
+            ))
+            .await?;
+        let engaged: i64 = match engaged {
+            Some(row) => row.try_get_by_index(0)?,
+            None => 0,
+        };
+        totals.engaged_contacts = i32::try_from(engaged).unwrap_or(i32::MAX);
         Ok(totals)
     }
 
@@ -621,7 +668,7 @@ impl Repository {
                 ..Totals::default()
             };
             let mut current = 0;
-            for chunk in contacts.chunks(rows_per_statement(1)) {
+            for chunk in statement_chunks(&contacts, 1) {
                 let sql = format!(
                     "SELECT contact_id, engagement_score FROM contact_scores WHERE tenant_id = $1 \
                      AND account_id = $2 AND computed_day = $3 AND contact_id IN ({})",
@@ -720,15 +767,6 @@ async fn rescore(
     Ok(result)
 }
 
-/// At most this many bound values per statement (SQLite allows 32,766 and
-/// PostgreSQL 65,535); larger inputs are split into chunks of rows.
-const MAX_BINDS: usize = 30_000;
-
-/// Rows of `width` values that fit in one statement.
-fn rows_per_statement(width: usize) -> usize {
-    MAX_BINDS / width
-}
-
 /// `($start, ...), (...)`: `rows` tuples of `width` placeholders.
 fn tuples(start: usize, rows: usize, width: usize) -> String {
     use std::fmt::Write;
@@ -759,7 +797,7 @@ async fn stored_before(
     items: &[NewActivity],
 ) -> Result<HashMap<String, Recorded>, DbErr> {
     let mut stored = HashMap::new();
-    for chunk in items.chunks(rows_per_statement(1)) {
+    for chunk in statement_chunks(&items, 1) {
         let sql = format!(
             "SELECT event_id, account_id, contact_id, counted_points FROM activities \
              WHERE tenant_id = $1 AND event_id IN ({})",
@@ -833,7 +871,7 @@ async fn lock_usage(
     let keys: Vec<&UsageKey> = keys.iter().collect();
     let postgres = conn.get_database_backend() == sea_orm::DbBackend::Postgres;
     let mut usage = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(rows_per_statement(6)) {
+    for chunk in statement_chunks(&keys, 6) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
         for (subject, kind, period) in chunk {
             values.extend([
@@ -904,7 +942,7 @@ async fn write_usage(
         .filter(|(_, d)| d.points != 0 || d.occurrences != 0)
         .collect();
     deltas.sort_by(|a, b| a.0.cmp(b.0));
-    for chunk in deltas.chunks(rows_per_statement(6)) {
+    for chunk in statement_chunks(&deltas, 6) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
         for ((subject, kind, period), delta) in chunk {
             values.extend([
@@ -940,7 +978,7 @@ async fn insert_activities(
     let mut rows: Vec<&ScoredActivity<'_>> = scored.iter().collect();
     rows.sort_by(|a, b| a.item.event_id.cmp(&b.item.event_id));
     let mut inserted = 0;
-    for chunk in rows.chunks(rows_per_statement(12)) {
+    for chunk in statement_chunks(&rows, 12) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 12);
         for s in chunk {
             values.extend([
@@ -982,7 +1020,7 @@ async fn engaged_pairs(
         .flat_map(|(account, add)| add.contact_points.keys().map(move |c| (account, c)))
         .collect();
     let mut engaged = BTreeSet::new();
-    for chunk in pairs.chunks(rows_per_statement(2)) {
+    for chunk in statement_chunks(&pairs, 2) {
         let mut values: Vec<Value> = vec![t.into(), false.into()];
         for (account, contact) in chunk {
             values.extend([(*account).clone().into(), (*contact).clone().into()]);
@@ -1021,7 +1059,7 @@ async fn upsert_buckets(
         entry.1 += 1;
     }
     let buckets: Vec<_> = buckets.into_iter().collect();
-    for chunk in buckets.chunks(rows_per_statement(8)) {
+    for chunk in statement_chunks(&buckets, 8) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
         for ((account, contact, kind, intent, day), (points, count)) in chunk {
             values.extend([
@@ -1059,7 +1097,7 @@ async fn lock_account_scores<'a>(
     let accounts: Vec<&String> = accounts.collect();
     let postgres = conn.get_database_backend() == sea_orm::DbBackend::Postgres;
     let mut stored = HashMap::with_capacity(accounts.len());
-    for chunk in accounts.chunks(rows_per_statement(7)) {
+    for chunk in statement_chunks(&accounts, 7) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
         for account_id in chunk {
             values.extend([
@@ -1110,7 +1148,7 @@ async fn stored_contact_scores<'a>(
 ) -> Result<HashMap<String, (String, i64, f64)>, DbErr> {
     let contacts: Vec<&str> = contacts.collect();
     let mut stored = HashMap::with_capacity(contacts.len());
-    for chunk in contacts.chunks(rows_per_statement(1)) {
+    for chunk in statement_chunks(&contacts, 1) {
         let sql = format!(
             "SELECT contact_id, account_id, computed_day, engagement_score FROM contact_scores \
              WHERE tenant_id = $1 AND contact_id IN ({})",
@@ -1141,7 +1179,7 @@ async fn upsert_account_scores(
 ) -> Result<HashMap<String, i64>, DbErr> {
     let rows: Vec<(&String, &Totals)> = scores.iter().collect();
     let mut sequences = HashMap::with_capacity(rows.len());
-    for chunk in rows.chunks(rows_per_statement(7)) {
+    for chunk in statement_chunks(&rows, 7) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
         for (account_id, totals) in chunk {
             values.extend([
@@ -1188,7 +1226,7 @@ async fn upsert_contact_scores(
         }
     }
     let rows: Vec<(&String, &String, f64)> = rows.into_iter().map(|(c, (a, s))| (c, a, s)).collect();
-    for chunk in rows.chunks(rows_per_statement(5)) {
+    for chunk in statement_chunks(&rows, 5) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
         for (contact, account, score) in chunk {
             values.extend([
@@ -1254,7 +1292,7 @@ async fn bucket_rows_of(
     accounts: &[&str],
 ) -> Result<BTreeMap<String, Vec<BucketRow>>, DbErr> {
     let mut rows: BTreeMap<String, Vec<BucketRow>> = BTreeMap::new();
-    for chunk in accounts.chunks(rows_per_statement(1)) {
+    for chunk in statement_chunks(&accounts, 1) {
         let sql = format!(
             "SELECT account_id, contact_id, activity_type, intent, day, points, activity_count \
              FROM score_buckets WHERE tenant_id = $1 AND account_id IN ({})",
