@@ -130,6 +130,9 @@ where
         crate::db::connect(&settings.database).await?
     };
     let background = Background::default();
+    if let Some(checkpointer) = crate::db::spawn_wal_checkpointer(&database) {
+        background.add(checkpointer);
+    }
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = Application::bind(settings, S::NAME)
         .await?
