@@ -49,6 +49,12 @@ bench: ## Load-test the release binaries (BENCH_SECONDS per scenario, BENCH_DATA
 	$(CARGO) build --release -p cascade-tests --bin cascade-load
 	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) scripts/bench.sh
 
+.PHONY: profile
+profile: ## perf profile of scoring and lifecycle under ingest (PROFILE_SCENARIO, PROFILE_SECONDS); writes build/profile/summary.txt
+	$(CARGO) build --release $(SERVICES)
+	$(CARGO) build --release -p cascade-tests --bin cascade-load
+	scripts/profile.sh
+
 .PHONY: bench-smoke
 bench-smoke: ## make bench with 2 s per scenario, no targets asserted (CI)
 	$(MAKE) bench BENCH_SECONDS=2

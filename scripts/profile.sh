@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles scoring (and lifecycle) with perf while cascade-load runs one ingest
-# scenario against fresh SQLite databases; prints the hottest symbols and the
-# share per library.
+# scenario against fresh SQLite databases; prints the CPU per thread and each
+# service's hottest symbols (docs/performance.md, "How to reproduce").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -9,6 +9,7 @@ out=${PROFILE_OUT:-build/profile}
 seconds=${PROFILE_SECONDS:-10}
 scenario=${PROFILE_SCENARIO:-record-activities}
 base=${PROFILE_PORT_BASE:-50171}
+command -v perf >/dev/null || { echo "profile: needs perf (linux-perf / linux-tools)" >&2; exit 1; }
 work=$(mktemp -d)
 mkdir -p "$out"
 pids=()

@@ -84,29 +84,51 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
 
 /// How often the SQLite write-ahead log is folded back into the database.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How long a checkpoint waits for readers (holding writers back meanwhile).
+const WAL_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
 
 /// On SQLite, a task that checkpoints the write-ahead log every 2 s and
 /// truncates it. SQLite's own automatic checkpoint is passive: under a
 /// steady mix of reads and writes some reader always holds an older
 /// snapshot, the log is never restarted, and it grew past 200 MB in a 10 s
 /// ingest run, slowing every later read (each page is looked up in the
-/// log's index first). A TRUNCATE checkpoint waits (busy timeout) for the
-/// readers of the moment, then restarts the log. None on PostgreSQL.
-pub fn spawn_wal_checkpointer(db: &DatabaseConnection) -> Option<tokio::task::JoinHandle<()>> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return None;
+/// log's index first). The checkpoint runs on a connection of its own with
+/// a 50 ms busy timeout: it waits that long for the readers of the moment,
+/// else gives up until the next tick, so writers are never held back for
+/// the pool's 10 s. None on PostgreSQL or an in-memory database.
+pub fn spawn_wal_checkpointer(
+    settings: &DatabaseSettings,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    use sea_orm::sqlx::{ConnectOptions as _, Executor as _};
+    if !settings.url.starts_with("sqlite:") || settings.url.contains(":memory:") {
+        return Ok(None);
     }
-    let db = db.clone();
-    Some(tokio::spawn(async move {
+    let options: SqliteConnectOptions = prepare_sqlite(&settings.url)?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("database.url: {}", redact_urls(&format!("{e}"))))?;
+    // The same journal settings as the pool's connections (connect()).
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(WAL_CHECKPOINT_PATIENCE);
+    Ok(Some(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(WAL_CHECKPOINT_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connection = None;
         loop {
             ticks.tick().await;
-            if let Err(error) = db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)").await {
-                tracing::debug!(error = %redact_urls(&error.to_string()), "WAL checkpoint skipped");
+            if connection.is_none() {
+                connection = options.connect().await.ok();
+            }
+            let Some(conn) = connection.as_mut() else {
+                continue;
+            };
+            if let Err(error) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await {
+                tracing::debug!(%error, "WAL checkpoint skipped");
             }
         }
-    }))
+    })))
 }
 
 /// Bound values per statement at most (SQLite allows 32,766, PostgreSQL 65,535).
@@ -159,8 +181,16 @@ pub fn statement(
         match bytes[i] {
             b'\'' => quoted = !quoted,
             b'$' if !quoted => {
-                let end = i + 1 + bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
-                let index = sql[i + 1..end].parse::<usize>().ok().and_then(|n| n.checked_sub(1));
+                let end = i
+                    + 1
+                    + bytes[i + 1..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
+                let index = sql[i + 1..end]
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| n.checked_sub(1));
                 if let Some(slot) = index.filter(|&k| k < values.len()) {
                     // The usual single use moves the value; a second one copies it.
                     let value = match values[slot].take() {
@@ -242,11 +272,17 @@ mod tests {
     #[test]
     fn chunks_take_a_few_fixed_sizes() {
         let rows: Vec<u32> = (0..1_500).collect();
-        let sizes: Vec<usize> = statement_chunks(&rows, 12).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows, 12)
+            .iter()
+            .map(|c| c.len())
+            .collect();
         assert_eq!(sizes, [256, 256, 256, 256, 256, 64, 64, 64, 16, 4, 4, 4]);
         assert_eq!(sizes.iter().sum::<usize>(), 1_500);
         // Wide rows: never more than MAX_BINDS values in one statement.
-        let sizes: Vec<usize> = statement_chunks(&rows[..300], 200).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows[..300], 200)
+            .iter()
+            .map(|c| c.len())
+            .collect();
         assert_eq!(sizes, [64, 64, 64, 64, 16, 16, 4, 4, 4]);
         assert!(statement_chunks(&rows[..0], 3).is_empty());
     }
@@ -260,12 +296,7 @@ mod tests {
             s.sql,
             "SELECT '$1 stays', ? WHERE a = ? AND b = ? OR c = ? AND d = $10"
         );
-        let expected: Vec<Value> = vec![
-            "two".into(),
-            1_i64.into(),
-            3_i64.into(),
-            1_i64.into(),
-        ];
+        let expected: Vec<Value> = vec!["two".into(), 1_i64.into(), 3_i64.into(), 1_i64.into()];
         assert_eq!(s.values.expect("values").0, expected);
 
         let pg = statement(DbBackend::Postgres, sql, values.clone());

@@ -130,7 +130,7 @@ where
         crate::db::connect(&settings.database).await?
     };
     let background = Background::default();
-    if let Some(checkpointer) = crate::db::spawn_wal_checkpointer(&database) {
+    if let Some(checkpointer) = crate::db::spawn_wal_checkpointer(&settings.database)? {
         background.add(checkpointer);
     }
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;

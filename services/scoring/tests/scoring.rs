@@ -451,7 +451,12 @@ async fn caps_and_decay_follow_the_model(db: TestDatabase) {
 }
 
 /// Waits (bounded) until lifecycle shows the account with these scores.
-async fn wait_for_score(lifecycle: &mut Lifecycle, account_id: &str, engagement: f64, average: f64) {
+async fn wait_for_score(
+    lifecycle: &mut Lifecycle,
+    account_id: &str,
+    engagement: f64,
+    average: f64,
+) {
     let mut last = None;
     for _ in 0..300 {
         let account = lifecycle

@@ -368,7 +368,11 @@ pub fn add_batch(
     previous: impl Fn(&str) -> f64,
     was_engaged: impl Fn(&str) -> bool,
 ) -> Totals {
-    let newly_engaged = add.contact_points.keys().filter(|c| !was_engaged(c)).count();
+    let newly_engaged = add
+        .contact_points
+        .keys()
+        .filter(|c| !was_engaged(c))
+        .count();
     let mut per_contact = BTreeMap::new();
     for contact in add.new_types.keys().chain(add.contact_points.keys()) {
         let added = add.contact_points.get(contact).copied().unwrap_or(0.0);

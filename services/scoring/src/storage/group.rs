@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cascade_shared::{ServiceError, ServiceResult, TenantId};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::{NewActivity, Recorded, Repository};
 
@@ -19,6 +20,9 @@ use super::{NewActivity, Recorded, Repository};
 const MAX_GROUP_ACTIVITIES: usize = 5_000;
 
 struct Job {
+    /// The caller's span: the group's transaction (and the outbox messages
+    /// it writes) continue the first caller's trace.
+    span: tracing::Span,
     tenant: TenantId,
     items: Vec<NewActivity>,
     reply: oneshot::Sender<ServiceResult<Vec<Recorded>>>,
@@ -43,7 +47,9 @@ impl Queue {
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
         // A panic while holding the lock leaves the queue itself consistent.
-        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn try_lead(&self) -> bool {
@@ -96,6 +102,7 @@ impl Repository {
     ) -> ServiceResult<Vec<Recorded>> {
         let (reply, answer) = oneshot::channel();
         self.group.jobs().push_back(Job {
+            span: tracing::Span::current(),
             tenant: tenant.clone(),
             items: items.to_vec(),
             reply,
@@ -121,7 +128,8 @@ impl Repository {
                     if group.is_empty() {
                         break;
                     }
-                    self.commit_group(group).await;
+                    let span = group[0].span.clone();
+                    self.commit_group(group).instrument(span).await;
                 }
             }
             // A job queued after the last take found no free leader place.

@@ -15,8 +15,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, Transaction
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::domain::simulate::{ReplayActivity, Simulation, SimulationResult, Thresholds};
 pub use crate::domain::Totals;
+use crate::domain::simulate::{ReplayActivity, Simulation, SimulationResult, Thresholds};
 use crate::domain::{self, ScoringModel, ScoringRule, Usage, UsageKey};
 
 /// Outbox topic of score deliveries to lifecycle; the partition is the account.
@@ -373,7 +373,8 @@ impl Repository {
             let day: i64 = row.try_get_by_index(2)?;
             let points: i64 = row.try_get_by_index(3)?;
             let count: i64 = row.try_get_by_index(4)?;
-            let value = points as f64 * domain::decay_factor(model.decay_half_life_days, day, today);
+            let value =
+                points as f64 * domain::decay_factor(model.decay_half_life_days, day, today);
             totals.activities += count;
             if intent {
                 totals.intent += value;
@@ -678,9 +679,10 @@ impl Repository {
                     vec![tenant_id.into(), account_id.into(), today.into()];
                 values.extend(chunk.iter().map(|c| Value::from(*c)));
                 for row in self.db.query_all_raw(stmt(&self.db, &sql, values)).await? {
-                    totals
-                        .per_contact
-                        .insert(row.try_get("", "contact_id")?, row.try_get("", "engagement_score")?);
+                    totals.per_contact.insert(
+                        row.try_get("", "contact_id")?,
+                        row.try_get("", "engagement_score")?,
+                    );
                     current += 1;
                 }
             }
@@ -738,7 +740,9 @@ async fn rescore(
     let mut result = BTreeMap::new();
     let mut recompute = Vec::new();
     for (account_id, add) in &batch.accounts {
-        let current = accounts.get(account_id).filter(|row| row.computed_day == today);
+        let current = accounts
+            .get(account_id)
+            .filter(|row| row.computed_day == today);
         // Each contact's stored score must be this account's, of today, or
         // absent (then it has no buckets here either).
         let contacts_current = add.new_types.keys().all(|c| {
@@ -774,7 +778,12 @@ fn tuples(start: usize, rows: usize, width: usize) -> String {
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
         for c in 0..width {
-            let _ = write!(sql, "{}${}", if c == 0 { "" } else { ", " }, start + r * width + c);
+            let _ = write!(
+                sql,
+                "{}${}",
+                if c == 0 { "" } else { ", " },
+                start + r * width + c
+            );
         }
         sql.push(')');
     }
@@ -843,14 +852,10 @@ fn results(
                 stored.get(&item.event_id).cloned().unwrap_or_else(|| {
                     let first = first.get(item.event_id.as_str());
                     Recorded::Duplicate {
-                        account_id: first.map_or_else(
-                            || item.account_id.clone(),
-                            |f| f.item.account_id.clone(),
-                        ),
-                        contact_id: first.map_or_else(
-                            || item.contact_id.clone(),
-                            |f| f.item.contact_id.clone(),
-                        ),
+                        account_id: first
+                            .map_or_else(|| item.account_id.clone(), |f| f.item.account_id.clone()),
+                        contact_id: first
+                            .map_or_else(|| item.contact_id.clone(), |f| f.item.contact_id.clone()),
                         counted_points: first.map_or(0, |f| f.scored.counted_points),
                     }
                 })
@@ -1032,7 +1037,10 @@ async fn engaged_pairs(
             tuples(3, chunk.len(), 2)
         );
         for row in conn.query_all_raw(stmt(conn, &sql, values)).await? {
-            engaged.insert((row.try_get("", "account_id")?, row.try_get("", "contact_id")?));
+            engaged.insert((
+                row.try_get("", "account_id")?,
+                row.try_get("", "contact_id")?,
+            ));
         }
     }
     Ok(engaged)
@@ -1201,7 +1209,10 @@ async fn upsert_account_scores(
             tuples(1, chunk.len(), 7)
         );
         for row in conn.query_all_raw(stmt(conn, &sql, values)).await? {
-            sequences.insert(row.try_get("", "account_id")?, row.try_get("", "delivery_seq")?);
+            sequences.insert(
+                row.try_get("", "account_id")?,
+                row.try_get("", "delivery_seq")?,
+            );
         }
     }
     Ok(sequences)
@@ -1221,11 +1232,15 @@ async fn upsert_contact_scores(
     for (account, add) in &batch.accounts {
         let per_contact = scores.get(account).map(|s| &s.per_contact);
         for contact in add.new_types.keys() {
-            let score = per_contact.and_then(|p| p.get(contact)).copied().unwrap_or(0.0);
+            let score = per_contact
+                .and_then(|p| p.get(contact))
+                .copied()
+                .unwrap_or(0.0);
             rows.insert(contact, (account, score));
         }
     }
-    let rows: Vec<(&String, &String, f64)> = rows.into_iter().map(|(c, (a, s))| (c, a, s)).collect();
+    let rows: Vec<(&String, &String, f64)> =
+        rows.into_iter().map(|(c, (a, s))| (c, a, s)).collect();
     for chunk in statement_chunks(&rows, 5) {
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
         for (contact, account, score) in chunk {
@@ -1362,7 +1377,12 @@ mod tests {
         let mut rows: BTreeMap<(String, String, bool, i64), (i64, i64)> = BTreeMap::new();
         for (contact, kind, intent, day, points) in activities {
             let entry = rows
-                .entry((contact.unwrap_or_default().to_owned(), (*kind).to_owned(), *intent, *day))
+                .entry((
+                    contact.unwrap_or_default().to_owned(),
+                    (*kind).to_owned(),
+                    *intent,
+                    *day,
+                ))
                 .or_default();
             entry.0 += i64::from(*points);
             entry.1 += 1;
@@ -1374,14 +1394,16 @@ mod tests {
 
     fn addition(activities: &[Activity], model: &ScoringModel, today: i64) -> AccountAddition {
         let batch = BatchScores::of(
-            activities.iter().map(|(contact, kind, intent, day, points)| BatchActivity {
-                account_id: "a",
-                contact_id: *contact,
-                activity_type: kind,
-                day: *day,
-                points: *points,
-                intent: *intent,
-            }),
+            activities
+                .iter()
+                .map(|(contact, kind, intent, day, points)| BatchActivity {
+                    account_id: "a",
+                    contact_id: *contact,
+                    activity_type: kind,
+                    day: *day,
+                    points: *points,
+                    intent: *intent,
+                }),
             model,
             today,
         );
@@ -1433,9 +1455,15 @@ mod tests {
                 |c| engaged_before.contains(c),
             );
             let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-            assert!(close(got.engagement, expected.engagement), "{half_life}: {got:?} vs {expected:?}");
+            assert!(
+                close(got.engagement, expected.engagement),
+                "{half_life}: {got:?} vs {expected:?}"
+            );
             assert!(close(got.intent, expected.intent), "{half_life}");
-            assert_eq!(got.engaged_contacts, expected.engaged_contacts, "{half_life}");
+            assert_eq!(
+                got.engaged_contacts, expected.engaged_contacts,
+                "{half_life}"
+            );
             for contact in ["c1", "c2", "c4", "c5", ""] {
                 assert!(
                     close(
@@ -1448,7 +1476,10 @@ mod tests {
             if half_life == 0.0 {
                 // Whole points: exactly equal, so delivered and read scores match.
                 assert_eq!(got.engagement, expected.engagement);
-                assert_eq!(got.engagement, 1.0 + 2.0 + 2.0 - 5.0 + 1.0 + 100.0 + 1.0 + 2.0);
+                assert_eq!(
+                    got.engagement,
+                    1.0 + 2.0 + 2.0 - 5.0 + 1.0 + 100.0 + 1.0 + 2.0
+                );
                 assert_eq!(got.intent, 20.0);
                 // c1, c2, c3, c5 and the activities without a contact.
                 assert_eq!(got.engaged_contacts, 5);
