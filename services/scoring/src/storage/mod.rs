@@ -669,7 +669,7 @@ impl Repository {
                 ..Totals::default()
             };
             let mut current = 0;
-            for chunk in statement_chunks(&contacts, 1) {
+            for chunk in statement_chunks(contacts, 1) {
                 let sql = format!(
                     "SELECT contact_id, engagement_score FROM contact_scores WHERE tenant_id = $1 \
                      AND account_id = $2 AND computed_day = $3 AND contact_id IN ({})",
@@ -806,7 +806,7 @@ async fn stored_before(
     items: &[NewActivity],
 ) -> Result<HashMap<String, Recorded>, DbErr> {
     let mut stored = HashMap::new();
-    for chunk in statement_chunks(&items, 1) {
+    for chunk in statement_chunks(items, 1) {
         let sql = format!(
             "SELECT event_id, account_id, contact_id, counted_points FROM activities \
              WHERE tenant_id = $1 AND event_id IN ({})",
@@ -1307,7 +1307,7 @@ async fn bucket_rows_of(
     accounts: &[&str],
 ) -> Result<BTreeMap<String, Vec<BucketRow>>, DbErr> {
     let mut rows: BTreeMap<String, Vec<BucketRow>> = BTreeMap::new();
-    for chunk in statement_chunks(&accounts, 1) {
+    for chunk in statement_chunks(accounts, 1) {
         let sql = format!(
             "SELECT account_id, contact_id, activity_type, intent, day, points, activity_count \
              FROM score_buckets WHERE tenant_id = $1 AND account_id IN ({})",
