@@ -108,6 +108,7 @@ bench baseline-closed   --scenario baseline --concurrency 32
 bench baseline-open     --scenario baseline --rate 2000
 bench record-activity   --scenario record-activity --concurrency 32
 bench record-activities --scenario record-activities --concurrency 8 --batch 500
+bench record-activities-by-email --scenario record-activities-by-email --concurrency 8 --batch 500
 bench stream-activities --scenario stream-activities --concurrency 4 --batch 500
 bench mixed             --scenario mixed --concurrency 16 --batch 50
 bench get-account       --scenario get-account --rate 2000

@@ -218,7 +218,7 @@ pub fn required_permission(path: &str) -> Option<Permission> {
             | "GetLifecycleSettings"
             | "WatchAccountEvents" => P::Read,
             "CreateAccount" | "UpdateAccount" | "CreateContact" | "UpdateContact" => P::Write,
-            "ResolveContact" => P::Resolve,
+            "ResolveContact" | "BatchResolveContacts" => P::Resolve,
             "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
             "UpdateLifecycleSettings" => P::Admin,
             "ApplyEngagementScore" | "ApplyOpportunityEvent" => P::Apply,

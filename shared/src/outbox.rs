@@ -267,16 +267,20 @@ impl Deliverer {
         // Only the oldest pending message of a partition may be claimed; the
         // outer conditions are re-checked under the row lock on PostgreSQL,
         // so a message claimed by another replica meanwhile is skipped.
+        // `state = 'PENDING'` is written as a literal so that the partial
+        // indexes over pending messages match even in a cached generic plan:
+        // with a parameter, PostgreSQL's generic plan scanned the delivered
+        // messages kept for `retention` too (127 ms per claim at 72k rows).
         let sql = "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2 \
                    WHERE id IN ( \
                      SELECT o.id FROM outbox o \
-                     WHERE o.topic = $3 AND o.state = $4 AND o.next_attempt_at_ms <= $5 \
-                       AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) \
+                     WHERE o.topic = $3 AND o.state = 'PENDING' AND o.next_attempt_at_ms <= $4 \
+                       AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $4) \
                        AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.topic = o.topic \
                          AND p.tenant_id = o.tenant_id AND p.partition_key = o.partition_key \
-                         AND p.state = $4 AND p.id < o.id) \
-                     ORDER BY o.id LIMIT $6) \
-                   AND state = $4 AND (lease_until_ms IS NULL OR lease_until_ms < $5) \
+                         AND p.state = 'PENDING' AND p.id < o.id) \
+                     ORDER BY o.id LIMIT $5) \
+                   AND state = 'PENDING' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
                    RETURNING id, tenant_id, topic, partition_key, payload, attempts, trace_context";
         let rows = self
             .db
@@ -287,7 +291,6 @@ impl Deliverer {
                     self.owner.clone().into(),
                     lease_until.into(),
                     self.topic.into(),
-                    PENDING.into(),
                     now.into(),
                     i64::from(self.config.batch_size).into(),
                 ],
@@ -308,7 +311,7 @@ impl Deliverer {
         if self.config.run_size > 1 {
             let sql = "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context \
                        FROM outbox WHERE topic = $1 AND tenant_id = $2 AND partition_key = $3 \
-                       AND state = $4 AND id > $5 ORDER BY id LIMIT $6";
+                       AND state = 'PENDING' AND id > $4 ORDER BY id LIMIT $5";
             let rows = self
                 .db
                 .query_all_raw(crate::db::statement(
@@ -318,7 +321,6 @@ impl Deliverer {
                         self.topic.into(),
                         head.tenant_id.clone().into(),
                         head.partition_key.clone().into(),
-                        PENDING.into(),
                         head.id.clone().into(),
                         i64::from(self.config.run_size - 1).into(),
                     ],
@@ -503,6 +505,45 @@ pub struct OutboxMigration;
 impl MigrationName for OutboxMigration {
     fn name(&self) -> &str {
         "m20261124_100000_outbox"
+    }
+}
+
+/// Partial indexes over pending messages only: the claim and the run read
+/// touch the few pending rows, not the delivered ones kept for `retention`.
+pub struct OutboxPendingIndexMigration;
+
+impl MigrationName for OutboxPendingIndexMigration {
+    fn name(&self) -> &str {
+        "m20261201_000000_outbox_pending_indexes"
+    }
+}
+
+#[tonic::async_trait]
+impl MigrationTrait for OutboxPendingIndexMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Raw SQL: sea-query's index builder has no WHERE clause; this form is
+        // the same on PostgreSQL and SQLite.
+        let db = manager.get_connection();
+        db.execute_unprepared(
+            "CREATE INDEX IF NOT EXISTS ix_outbox_pending_partition \
+             ON outbox (topic, tenant_id, partition_key, id) WHERE state = 'PENDING'",
+        )
+        .await?;
+        db.execute_unprepared(
+            "CREATE INDEX IF NOT EXISTS ix_outbox_pending_order \
+             ON outbox (topic, id) WHERE state = 'PENDING'",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP INDEX IF EXISTS ix_outbox_pending_partition")
+            .await?;
+        db.execute_unprepared("DROP INDEX IF EXISTS ix_outbox_pending_order")
+            .await?;
+        Ok(())
     }
 }
 

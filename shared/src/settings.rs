@@ -173,6 +173,14 @@ pub struct LifecycleClientSettings {
     pub url: String,
     /// Deadline of each call to lifecycle.
     pub timeout_ms: u64,
+    /// Scoring: how many checked (account, contact) pairs and resolved
+    /// emails it remembers, so that a batch naming people it has seen needs
+    /// no call to lifecycle (0: ask lifecycle for every batch).
+    pub directory_cache_entries: u64,
+    /// Scoring: how long a resolved email is trusted (an email can be given
+    /// to another contact). Checked id pairs do not expire: a contact never
+    /// changes account.
+    pub email_cache_ttl_ms: u64,
 }
 
 impl Default for LifecycleClientSettings {
@@ -180,6 +188,8 @@ impl Default for LifecycleClientSettings {
         Self {
             url: "http://127.0.0.1:50051".into(),
             timeout_ms: 5_000,
+            directory_cache_entries: 100_000,
+            email_cache_ttl_ms: 60_000,
         }
     }
 }
@@ -282,6 +292,7 @@ impl ServiceSettings {
                 // Tests that talk to lifecycle set the URL of theirs.
                 url: "http://127.0.0.1:9".into(),
                 timeout_ms: 2_000,
+                ..LifecycleClientSettings::default()
             },
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),

@@ -16,7 +16,10 @@ struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(outbox::OutboxMigration)]
+        vec![
+            Box::new(outbox::OutboxMigration),
+            Box::new(outbox::OutboxPendingIndexMigration),
+        ]
     }
 }
 

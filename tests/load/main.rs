@@ -21,6 +21,8 @@ scenarios:
   baseline            grpc.health.v1 Check on a server inside this process (transport only)
   record-activity     unary RecordActivity, one activity per call
   record-activities   RecordActivities, --batch activities per call
+  record-activities-by-email
+                      the same, each activity naming only a contact's email (1 in 100 a new person)
   stream-activities   StreamActivities, 10 messages of --batch activities per call
   get-account         lifecycle GetAccount
   get-account-score   scoring GetAccountScore
@@ -189,6 +191,7 @@ async fn scenario(args: &Args) -> Result<Value> {
     if matches!(
         args.scenario.as_str(),
         "record-activities"
+            | "record-activities-by-email"
             | "stream-activities"
             | "mixed"
             | "crossing-latency"

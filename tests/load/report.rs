@@ -126,6 +126,19 @@ pub fn write(dir: &Path) -> Result<()> {
                 .unwrap_or_default(),
         },
         Target {
+            name: "batched ingest by email / by ids".into(),
+            measured: f(&run("record-activities-by-email"), &["events_per_s"])
+                .zip(f(&run("record-activities"), &["events_per_s"]))
+                .map(|(email, ids)| email / ids),
+            goal: 0.7,
+            unit: "ratio",
+            higher_is_better: true,
+            note: format!(
+                "RecordActivities naming contacts by email: {} events/s",
+                f(&run("record-activities-by-email"), &["events_per_s"]).unwrap_or(0.0)
+            ),
+        },
+        Target {
             name: "batched ingest / raw INSERT ceiling".into(),
             measured: ingest.zip(raw).map(|(i, r)| i.1 / r),
             goal: 0.5,

@@ -129,14 +129,16 @@ impl Clients {
 #[derive(Clone, Debug)]
 pub struct Fixture {
     pub accounts: Vec<(String, Vec<String>)>,
+    /// Each account's domain (its contacts are `c{n}@domain`), in the same order.
+    pub domains: Vec<String>,
 }
 
 impl Fixture {
     fn to_json(&self, tenant: &str) -> Value {
         json!({
             "tenant": tenant,
-            "accounts": self.accounts.iter()
-                .map(|(a, cs)| json!({"account_id": a, "contacts": cs}))
+            "accounts": self.accounts.iter().zip(&self.domains)
+                .map(|((a, cs), d)| json!({"account_id": a, "domain": d, "contacts": cs}))
                 .collect::<Vec<_>>(),
         })
     }
@@ -145,27 +147,37 @@ impl Fixture {
         if value.get("tenant")?.as_str()? != tenant {
             return None;
         }
-        let accounts = value
+        let (accounts, domains) = value
             .get("accounts")?
             .as_array()?
             .iter()
-            .filter_map(|a| {
+            .map(|a| {
                 let id = a.get("account_id")?.as_str()?.to_owned();
+                let domain = a.get("domain")?.as_str()?.to_owned();
                 let contacts = a
                     .get("contacts")?
                     .as_array()?
                     .iter()
                     .filter_map(|c| c.as_str().map(str::to_owned))
                     .collect();
-                Some((id, contacts))
+                Some(((id, contacts), domain))
             })
-            .collect();
-        Some(Self { accounts })
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        Some(Self { accounts, domains })
     }
 
     /// An account and one of its contacts, `hot` of the time among the
     /// first 5 % of accounts (the few that cross thresholds quickly).
     fn pick(&self, seed: u64, hot_percent: u64) -> (&str, &str) {
+        let (index, c) = self.pick_index(seed, hot_percent);
+        let (account, contacts) = &self.accounts[index];
+        (account, &contacts[c])
+    }
+
+    /// The account's index and the contact's index within it.
+    fn pick_index(&self, seed: u64, hot_percent: u64) -> (usize, usize) {
         let n = self.accounts.len() as u64;
         let r = mix(seed);
         let index = if (r >> 40) % 100 < hot_percent {
@@ -173,9 +185,14 @@ impl Fixture {
         } else {
             (r % n) as usize
         };
-        let (account, contacts) = &self.accounts[index];
-        let contact = &contacts[((r >> 20) % contacts.len() as u64) as usize];
-        (account, contact)
+        let contacts = self.accounts[index].1.len() as u64;
+        (index, ((r >> 20) % contacts) as usize)
+    }
+
+    /// The email of the contact `pick` would give (`c{n}@domain`).
+    fn pick_email(&self, seed: u64) -> String {
+        let (index, c) = self.pick_index(seed, 0);
+        format!("c{c}@{}", self.domains[index])
     }
 }
 
@@ -227,17 +244,19 @@ pub async fn create_accounts(
                         .ok_or_else(|| Status::internal("CreateContact answered no contact"))?;
                     ids.push(contact.contact_id);
                 }
-                Ok::<_, Status>((account.account_id, ids))
+                Ok::<_, Status>(((account.account_id, ids), domain))
             }
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    let accounts = made
+    let (accounts, domains) = made
         .into_iter()
         .collect::<std::result::Result<Vec<_>, Status>>()
-        .map_err(|s| format!("setup failed: {:?} {}", s.code(), s.message()))?;
-    Ok(Fixture { accounts })
+        .map_err(|s| format!("setup failed: {:?} {}", s.code(), s.message()))?
+        .into_iter()
+        .unzip();
+    Ok(Fixture { accounts, domains })
 }
 
 /// The shared accounts of a bench run: read from `--fixture` when it was
@@ -294,7 +313,39 @@ fn activities(
         .collect()
 }
 
-fn ingest_op(clients: &Clients, fixture: &Fixture, args: &Args, hot_percent: u64) -> Op {
+/// Like `activities`, but each names only the contact's email, as a
+/// marketing-automation system would: known contacts of the fixture, and one
+/// in a hundred a new person at a known domain (created on the way in).
+fn activities_by_email(run: &str, fixture: &Fixture, i: u64, batch: usize) -> Vec<sc::Activity> {
+    let occur_time = Some(now_timestamp());
+    (0..batch as u64)
+        .map(|k| {
+            let seed = i.wrapping_mul(1_000_003).wrapping_add(k);
+            let email = if mix(seed ^ 0x5A5A).is_multiple_of(100) {
+                let (index, _) = fixture.pick_index(seed, 0);
+                format!("new-{run}-{i}-{k}@{}", fixture.domains[index])
+            } else {
+                fixture.pick_email(seed)
+            };
+            sc::Activity {
+                event_id: format!("{run}-{i}-{k}"),
+                activity_type: activity_type(mix(seed ^ 0xA5A5)).into(),
+                occur_time,
+                account_id: String::new(),
+                contact_id: String::new(),
+                contact_email: email,
+            }
+        })
+        .collect()
+}
+
+fn ingest_op(
+    clients: &Clients,
+    fixture: &Fixture,
+    args: &Args,
+    hot_percent: u64,
+    by_email: bool,
+) -> Op {
     let (clients, fixture, run, batch) = (
         clients.clone(),
         Arc::new(fixture.clone()),
@@ -304,7 +355,11 @@ fn ingest_op(clients: &Clients, fixture: &Fixture, args: &Args, hot_percent: u64
     Arc::new(move |i| {
         let (clients, fixture, run) = (clients.clone(), fixture.clone(), run.clone());
         async move {
-            let items = activities(&run, &fixture, i, batch, hot_percent);
+            let items = if by_email {
+                activities_by_email(&run, &fixture, i, batch)
+            } else {
+                activities(&run, &fixture, i, batch, hot_percent)
+            };
             let answer = clients
                 .scoring(i)
                 .record_activities(
@@ -341,7 +396,8 @@ pub async fn op(name: &str, args: &Args, clients: &Clients, fixture: &Fixture) -
             }
             .boxed()
         }),
-        "record-activities" => ingest_op(&clients, &fixture, args, 0),
+        "record-activities" => ingest_op(&clients, &fixture, args, 0, false),
+        "record-activities-by-email" => ingest_op(&clients, &fixture, args, 0, true),
         "stream-activities" => {
             // One call streams `STREAM_CHUNKS` messages of `batch` activities.
             const STREAM_CHUNKS: u64 = 10;
@@ -394,7 +450,7 @@ pub async fn op(name: &str, args: &Args, clients: &Clients, fixture: &Fixture) -
         "mixed" => {
             // 8 in 10 requests are activity batches, half of their events on
             // the hottest 5 % of accounts; 2 in 10 read an account.
-            let ingest = ingest_op(&clients, &fixture, args, 50);
+            let ingest = ingest_op(&clients, &fixture, args, 50, false);
             Arc::new(move |i| {
                 if mix(i ^ 0x5EED) % 10 < 2 {
                     let (clients, fixture) = (clients.clone(), fixture.clone());
@@ -543,7 +599,7 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
 
     let rate = args.rate.unwrap_or(1000.0) / args.batch.max(1) as f64;
     let background = tokio::spawn(stats::run(
-        ingest_op(clients, fixture, args, 0),
+        ingest_op(clients, fixture, args, 0, false),
         Mode::Open { rate },
         duration,
     ));
@@ -635,7 +691,7 @@ pub async fn simulate(args: &Args, clients: &Clients, fixture: &Fixture) -> Resu
     let mut fill = Value::Null;
     if wanted > 0 {
         let stored = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let inner = ingest_op(clients, fixture, args, 0);
+        let inner = ingest_op(clients, fixture, args, 0, false);
         let counted = stored.clone();
         let op: Op = Arc::new(move |i| {
             let (inner, counted) = (inner.clone(), counted.clone());

@@ -1478,18 +1478,33 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         .expect("A's settings");
 
     // Scoring: activities naming B's account and contacts, with B's event id.
-    // Stored under A: RECORDED, never DUPLICATE (that would reveal B's event
-    // and its account).
-    let first = record(
-        &mut scoring,
-        A,
-        activity(&b.demo_event_id, "demo_request", &b.acme, &b.ann),
-    )
-    .await;
+    // Refused NOT_FOUND exactly as for ids that exist nowhere (never
+    // DUPLICATE, which would reveal B's event and its account).
+    let nowhere = new_id();
+    let one = |event: &str, account: &str, contact: &str| {
+        request_for(
+            A,
+            sc::RecordActivityRequest {
+                activity: Some(activity(event, "demo_request", account, contact)),
+            },
+        )
+    };
+    let with_b = scoring
+        .record_activity(one(&b.demo_event_id, &b.acme, &b.ann))
+        .await
+        .expect_err("B's ids are not A's");
+    let with_random = scoring
+        .record_activity(one(&b.demo_event_id, &nowhere, &b.ann))
+        .await
+        .expect_err("ids of nobody");
+    assert_eq!(with_b.code(), Code::NotFound, "{with_b:?}");
     assert_eq!(
-        first.status,
-        sc::ActivityStatus::Recorded as i32,
-        "A's activity with B's event id: {first:?}"
+        (with_b.code(), with_b.message().replace(&b.acme, "ID")),
+        (
+            with_random.code(),
+            with_random.message().replace(&nowhere, "ID")
+        ),
+        "B's account id answers like an id of nobody"
     );
     let batch = scoring
         .record_activities(request_for(
@@ -1504,7 +1519,18 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         .await
         .expect("A's batch")
         .into_inner();
-    assert_eq!(batch.recorded_count, 2, "{batch:?}");
+    assert_eq!(
+        (batch.recorded_count, batch.rejected_count),
+        (0, 2),
+        "{batch:?}"
+    );
+    assert!(
+        batch
+            .results
+            .iter()
+            .all(|r| r.status == sc::ActivityStatus::NotFound as i32),
+        "{batch:?}"
+    );
     let streamed = scoring
         .stream_activities(request_for(
             A,
@@ -1515,14 +1541,27 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         .await
         .expect("A's stream")
         .into_inner();
-    assert_eq!(streamed.recorded_count, 1, "{streamed:?}");
-    // A's own scored account, last: when its delivery has landed, the
-    // deliveries written before it (for B's account ids) have been tried.
+    assert_eq!(
+        (streamed.recorded_count, streamed.rejected_count),
+        (0, 1),
+        "{streamed:?}"
+    );
+    // A's own scored account and contact, last: when its delivery has
+    // landed, lifecycle has applied everything scoring had for A.
     let scored = create_account(&mut lifecycle, A, "A's scored", "", "").await;
+    let pat = create_contact(
+        &mut lifecycle,
+        A,
+        &scored.account_id,
+        "pat@a-scored.example",
+        "",
+    )
+    .await
+    .contact_id;
     record(
         &mut scoring,
         A,
-        activity("a-demo", "demo_request", &scored.account_id, &b.ann),
+        activity("a-demo", "demo_request", &scored.account_id, &pat),
     )
     .await;
     wait_account(&mut lifecycle, A, &scored.account_id, "PRIORITIZED", |a| {
@@ -1635,12 +1674,12 @@ async fn tenant_a_cannot_see_or_change_tenant_b(db: TestDatabase) {
     system.stop().await;
 }
 
-/// Score deliveries of two tenants for the same account id never merge: A
-/// may record activities for any account id (scoring does not own
-/// accounts), and while lifecycle is down A's and B's deliveries for B's
-/// account id wait in scoring's outbox together. When lifecycle is back, B's
-/// account gets B's totals, and A's demo request naming B's contact does not
-/// make that contact a hand-raiser in B.
+/// Score deliveries of two tenants for the same account id never merge.
+/// Scoring checks every account and contact with lifecycle for the caller's
+/// tenant, so A cannot record under B's ids at all: not while lifecycle is
+/// down (UNAVAILABLE: what scoring remembers of B is B's), nor after
+/// (NOT_FOUND). B's own deliveries wait in the outbox and arrive with B's
+/// totals, and B's contact is not made a hand-raiser by A.
 async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
     let mut system = System::start(&db, 1).await;
     let (mut lifecycle, mut scoring) = (system.lifecycle(0), system.scoring(0));
@@ -1663,13 +1702,22 @@ async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
     wait_contact_stage(&mut lifecycle, B, &ann, C::Engaged).await;
 
     system.lifecycle[0].kill().await;
-    let a_demo = record(
-        &mut scoring,
-        A,
-        activity("a-demo", "demo_request", &acme, &ann),
-    )
-    .await;
-    assert_eq!(a_demo.status, sc::ActivityStatus::Recorded as i32);
+    // A names B's ids while lifecycle is down: scoring cannot check them for
+    // A (what it remembers of B is B's), so nothing is stored for A ...
+    let a_demo = |event: &str| {
+        request_for(
+            A,
+            sc::RecordActivityRequest {
+                activity: Some(activity(event, "demo_request", &acme, &ann)),
+            },
+        )
+    };
+    let refused = scoring
+        .record_activity(a_demo("a-demo"))
+        .await
+        .expect_err("A's use of B's ids cannot be checked");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // ... while B's own activity for people it was checked for goes in.
     record(
         &mut scoring,
         B,
@@ -1689,6 +1737,13 @@ async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
         C::Engaged as i32,
         "A's demo request reached B's contact: {ann_now:?}"
     );
+    // With lifecycle back, A's retry is told B's account does not exist for A,
+    // exactly as for an id that exists nowhere.
+    let refused = scoring
+        .record_activity(a_demo("a-demo"))
+        .await
+        .expect_err("B's account is not A's");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
     system.stop().await;
 }
 

@@ -248,7 +248,7 @@ async fn one_trace_from_activity_to_stage_change() {
     collector
         .wait_span(
             "cascade-lifecycle",
-            "cascade.lifecycle.v1.LifecycleService/ResolveContact",
+            "cascade.lifecycle.v1.LifecycleService/BatchResolveContacts",
             Some(&trace),
         )
         .await;

@@ -1,8 +1,6 @@
 //! gRPC handlers of the scoring service: validate and translate requests,
 //! resolve emails through lifecycle, call the repository.
 
-use std::collections::HashMap;
-
 use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::scoring::v1 as pb;
@@ -10,12 +8,14 @@ use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
 use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
 use cascade_shared::limit::TenantRateLimiter;
 use cascade_shared::page::PageRequest;
+use cascade_shared::settings::LifecycleClientSettings;
 use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::Validator;
 use cascade_shared::{FieldViolation, RequestContext, ServiceError, ServiceResult};
 use futures::StreamExt;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::directory::{Checked, Directory, Person};
 use crate::domain::simulate::Thresholds;
 use crate::domain::{self, ScoringModel, ScoringRule};
 use crate::storage::{NewActivity, Recorded, Repository, Totals};
@@ -28,6 +28,7 @@ const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 pub struct ScoringApi {
     repository: Repository,
     lifecycle: LifecycleClient,
+    directory: Directory,
     ingest_limit: TenantRateLimiter,
 }
 
@@ -35,30 +36,23 @@ impl ScoringApi {
     pub fn new(
         repository: Repository,
         lifecycle: LifecycleClient,
+        directory_settings: &LifecycleClientSettings,
         ingest_limit: TenantRateLimiter,
     ) -> Self {
         Self {
             repository,
+            directory: Directory::new(lifecycle.clone(), directory_settings),
             lifecycle,
             ingest_limit,
         }
     }
 }
 
-/// Who an activity is about, as given.
-enum Who {
-    Ids {
-        account_id: String,
-        contact_id: Option<String>,
-    },
-    Email(String),
-}
-
 struct Pending {
     event_id: String,
     activity_type: String,
     occurred_at_ms: i64,
-    who: Who,
+    who: Person,
 }
 
 /// Checks one activity; violations are named under `prefix`.
@@ -89,7 +83,7 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
             let account_id = v.required_id(&field("account_id"), &activity.account_id);
             let contact_id = (!activity.contact_id.trim().is_empty())
                 .then(|| v.required_id(&field("contact_id"), &activity.contact_id));
-            Some(Who::Ids {
+            Some(Person::Ids {
                 account_id,
                 contact_id,
             })
@@ -102,7 +96,7 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
                 );
             }
             v.optional_email(&field("contact_email"), &activity.contact_email)
-                .map(Who::Email)
+                .map(Person::Email)
         }
         (true, true) => {
             v.add(
@@ -128,15 +122,13 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
     }
 }
 
-/// Why an email could not be resolved.
-enum Unresolved {
-    NotFound(String),
-    Unavailable(String),
-}
-
 /// The outcome of one submitted activity.
 enum ItemOutcome {
+    /// Bad input: the activity itself is malformed, or names a contact under
+    /// an account it does not belong to.
     Rejected(Vec<FieldViolation>),
+    /// An id or email that names nothing in the tenant.
+    NotFound(Vec<FieldViolation>),
     Done {
         account_id: String,
         contact_id: Option<String>,
@@ -145,92 +137,57 @@ enum ItemOutcome {
 }
 
 impl ScoringApi {
-    async fn resolve(
-        &self,
-        context: &RequestContext,
-        email: &str,
-    ) -> Result<(String, String), Unresolved> {
-        let mut client = self.lifecycle.clone();
-        match client
-            .resolve_contact(outgoing_for(
-                context,
-                lifecycle::ResolveContactRequest {
-                    email: email.to_owned(),
-                },
-            ))
-            .await
-        {
-            Ok(response) => {
-                let contact = response.into_inner().contact.unwrap_or_default();
-                Ok((contact.account_id, contact.contact_id))
-            }
-            Err(status) if status.code() == Code::NotFound => Err(Unresolved::NotFound(format!(
-                "no contact has the email {email} and no account has its domain"
-            ))),
-            Err(status) if status.code() == Code::InvalidArgument => Err(Unresolved::NotFound(
-                format!("lifecycle refused the email: {}", status.message()),
-            )),
-            Err(status) => Err(Unresolved::Unavailable(format!(
-                "could not resolve the email: lifecycle answered {:?}; retry",
-                status.code()
-            ))),
-        }
-    }
-
-    /// Validates, resolves and records a batch; one outcome per item.
+    /// Validates, checks and records a batch; one outcome per item.
     async fn process(
         &self,
         context: &RequestContext,
         activities: &[pb::Activity],
+        prefix: fn(usize) -> String,
     ) -> ServiceResult<Vec<ItemOutcome>> {
         let mut outcomes: Vec<Option<ItemOutcome>> = (0..activities.len()).map(|_| None).collect();
-        let mut ready: Vec<(usize, NewActivity)> = Vec::new();
-        let mut resolved: HashMap<String, Result<(String, String), String>> = HashMap::new();
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
         for (i, activity) in activities.iter().enumerate() {
-            let pending = match check(activity, &format!("activities[{i}].")) {
-                Ok(pending) => pending,
-                Err(violations) => {
-                    outcomes[i] = Some(ItemOutcome::Rejected(violations));
-                    continue;
-                }
-            };
-            let (account_id, contact_id) = match pending.who {
-                Who::Ids {
+            match check(activity, &prefix(i)) {
+                Ok(item) => pending.push((i, item)),
+                Err(violations) => outcomes[i] = Some(ItemOutcome::Rejected(violations)),
+            }
+        }
+        let people: Vec<&Person> = pending.iter().map(|(_, p)| &p.who).collect();
+        let resolutions = if people.is_empty() {
+            Vec::new()
+        } else {
+            self.directory.check(context, &people).await?
+        };
+        let mut ready: Vec<(usize, NewActivity)> = Vec::new();
+        for ((i, item), resolution) in pending.into_iter().zip(resolutions) {
+            let at = |field: &str| format!("{}{field}", prefix(i));
+            match resolution {
+                Checked::Found {
                     account_id,
                     contact_id,
-                } => (account_id, contact_id),
-                Who::Email(email) => {
-                    if !resolved.contains_key(&email) {
-                        let answer = match self.resolve(context, &email).await {
-                            Ok(ids) => Ok(ids),
-                            Err(Unresolved::NotFound(m) | Unresolved::Unavailable(m)) => Err(m),
-                        };
-                        resolved.insert(email.clone(), answer);
-                    }
-                    match &resolved[&email] {
-                        Ok((account_id, contact_id)) => {
-                            (account_id.clone(), Some(contact_id.clone()))
-                        }
-                        Err(message) => {
-                            outcomes[i] = Some(ItemOutcome::Rejected(vec![FieldViolation::new(
-                                format!("activities[{i}].contact_email"),
-                                message.clone(),
-                            )]));
-                            continue;
-                        }
-                    }
+                } => ready.push((
+                    i,
+                    NewActivity {
+                        event_id: item.event_id,
+                        activity_type: item.activity_type,
+                        occurred_at_ms: item.occurred_at_ms,
+                        account_id,
+                        contact_id,
+                    },
+                )),
+                Checked::NotFound { field, description } => {
+                    outcomes[i] = Some(ItemOutcome::NotFound(vec![FieldViolation::new(
+                        at(field),
+                        description,
+                    )]));
                 }
-            };
-            ready.push((
-                i,
-                NewActivity {
-                    event_id: pending.event_id,
-                    activity_type: pending.activity_type,
-                    occurred_at_ms: pending.occurred_at_ms,
-                    account_id,
-                    contact_id,
-                },
-            ));
+                Checked::Mismatch { field, description } => {
+                    outcomes[i] = Some(ItemOutcome::Rejected(vec![FieldViolation::new(
+                        at(field),
+                        description,
+                    )]));
+                }
+            }
         }
         let items: Vec<NewActivity> = ready.iter().map(|(_, a)| a.clone()).collect();
         let recorded = if items.is_empty() {
@@ -267,18 +224,12 @@ impl ScoringApi {
 
 fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
     match outcome {
-        ItemOutcome::Rejected(violations) => pb::ActivityResult {
-            event_id: activity.event_id.clone(),
-            status: pb::ActivityStatus::Rejected as i32,
-            violations: violations
-                .into_iter()
-                .map(|v| PbViolation {
-                    field: v.field,
-                    description: v.description,
-                })
-                .collect(),
-            ..Default::default()
-        },
+        ItemOutcome::Rejected(violations) => {
+            refused(activity, pb::ActivityStatus::Rejected, violations)
+        }
+        ItemOutcome::NotFound(violations) => {
+            refused(activity, pb::ActivityStatus::NotFound, violations)
+        }
         ItemOutcome::Done {
             account_id,
             contact_id,
@@ -299,6 +250,29 @@ fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResul
                 violations: Vec::new(),
             }
         }
+    }
+}
+
+fn batch_prefix(i: usize) -> String {
+    format!("activities[{i}].")
+}
+
+fn refused(
+    activity: &pb::Activity,
+    status: pb::ActivityStatus,
+    violations: Vec<FieldViolation>,
+) -> pb::ActivityResult {
+    pb::ActivityResult {
+        event_id: activity.event_id.clone(),
+        status: status as i32,
+        violations: violations
+            .into_iter()
+            .map(|v| PbViolation {
+                field: v.field,
+                description: v.description,
+            })
+            .collect(),
+        ..Default::default()
     }
 }
 
@@ -411,57 +385,45 @@ impl ScoringService for ScoringApi {
         let context = RequestContext::of(&request)?;
         self.ingest_limit.check(&context.tenant, 1)?;
         let activity = request.into_inner().activity.unwrap_or_default();
-        let pending = check(&activity, "activity.").map_err(ServiceError::InvalidArgument)?;
-        let (account_id, contact_id) = match pending.who {
-            Who::Ids {
-                account_id,
-                contact_id,
-            } => (account_id, contact_id),
-            Who::Email(email) => match self.resolve(&context, &email).await {
-                Ok((account_id, contact_id)) => (account_id, Some(contact_id)),
-                Err(Unresolved::NotFound(message)) => {
-                    return Err(ServiceError::NotFound {
-                        resource: "contact",
-                        id: message,
-                    }
-                    .into());
-                }
-                Err(Unresolved::Unavailable(message)) => {
-                    return Err(ServiceError::Unavailable(message).into());
-                }
-            },
-        };
-        let item = NewActivity {
-            event_id: pending.event_id,
-            activity_type: pending.activity_type,
-            occurred_at_ms: pending.occurred_at_ms,
-            account_id,
-            contact_id,
-        };
-        let recorded = self
-            .repository
-            .record(&context.tenant, std::slice::from_ref(&item))
+        let outcome = self
+            .process(&context, std::slice::from_ref(&activity), |_| {
+                "activity.".to_owned()
+            })
             .await?
-            .pop()
-            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no result for the activity")))?;
-        let (account_id, contact_id) = match &recorded {
-            Recorded::Duplicate {
-                account_id,
-                contact_id,
-                ..
-            } => (account_id.clone(), contact_id.clone()),
-            Recorded::New { .. } => (item.account_id, item.contact_id),
-        };
-        Ok(Response::new(pb::RecordActivityResponse {
-            result: Some(result_of(
-                &activity,
-                ItemOutcome::Done {
-                    account_id,
-                    contact_id,
-                    recorded,
-                },
-            )),
-        }))
+            .pop();
+        match outcome {
+            Some(outcome @ ItemOutcome::Done { .. }) => {
+                Ok(Response::new(pb::RecordActivityResponse {
+                    result: Some(result_of(&activity, outcome)),
+                }))
+            }
+            Some(ItemOutcome::Rejected(violations)) => {
+                Err(ServiceError::InvalidArgument(violations).into())
+            }
+            Some(ItemOutcome::NotFound(violations)) => {
+                let field = violations
+                    .first()
+                    .map(|v| v.field.as_str())
+                    .unwrap_or_default();
+                let (resource, id) = if field.ends_with("contact_email") {
+                    (
+                        "contact",
+                        format!(
+                            "with email {} (nor an account with its domain)",
+                            activity.contact_email.trim()
+                        ),
+                    )
+                } else if field.ends_with("contact_id") {
+                    ("contact", activity.contact_id.trim().to_owned())
+                } else {
+                    ("account", activity.account_id.trim().to_owned())
+                };
+                Err(ServiceError::NotFound { resource, id }.into())
+            }
+            None => {
+                Err(ServiceError::internal(anyhow::anyhow!("no result for the activity")).into())
+            }
+        }
     }
 
     async fn record_activities(
@@ -472,7 +434,7 @@ impl ScoringService for ScoringApi {
         let activities = request.into_inner().activities;
         check_batch_size(activities.len(), "activities")?;
         self.ingest_limit.check(&context.tenant, activities.len())?;
-        let outcomes = self.process(&context, &activities).await?;
+        let outcomes = self.process(&context, &activities, batch_prefix).await?;
         let results: Vec<pb::ActivityResult> = activities
             .iter()
             .zip(outcomes)
@@ -483,7 +445,8 @@ impl ScoringService for ScoringApi {
         Ok(Response::new(pb::RecordActivitiesResponse {
             recorded_count: count(pb::ActivityStatus::Recorded),
             duplicate_count: count(pb::ActivityStatus::Duplicate),
-            rejected_count: count(pb::ActivityStatus::Rejected),
+            rejected_count: count(pb::ActivityStatus::Rejected)
+                + count(pb::ActivityStatus::NotFound),
             results,
         }))
     }
@@ -514,7 +477,7 @@ impl ScoringService for ScoringApi {
                     Err(error) => return Err(error.into()),
                 }
             }
-            let outcomes = self.process(&context, &activities).await?;
+            let outcomes = self.process(&context, &activities, batch_prefix).await?;
             for (activity, outcome) in activities.iter().zip(outcomes) {
                 let result = result_of(activity, outcome);
                 match pb::ActivityStatus::try_from(result.status) {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod delivery;
+pub mod directory;
 pub mod domain;
 pub mod storage;
 
@@ -41,6 +42,7 @@ async fn service(
     Ok(ScoringServiceServer::new(api::ScoringApi::new(
         repository,
         lifecycle,
+        &settings.lifecycle,
         TenantRateLimiter::new(
             settings.server.ingest_rate_per_tenant,
             settings.server.ingest_burst_per_tenant,

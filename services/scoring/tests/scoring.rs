@@ -515,14 +515,17 @@ async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
     )
     .await;
     let statuses: Vec<i32> = response.results.iter().map(|r| r.status).collect();
-    let (ok, rejected) = (
+    let (ok, rejected, not_found) = (
         pb::ActivityStatus::Recorded as i32,
         pb::ActivityStatus::Rejected as i32,
+        pb::ActivityStatus::NotFound as i32,
     );
+    // Malformed items are REJECTED; an email of no known domain is NOT_FOUND.
     assert_eq!(
         statuses,
-        [ok, rejected, rejected, rejected, rejected, ok, ok]
+        [ok, rejected, rejected, rejected, not_found, ok, ok]
     );
+    assert_eq!(response.rejected_count, 4);
     let field = |i: usize| response.results[i].violations[0].field.clone();
     assert_eq!(field(1), "activities[1].activity_type");
     assert_eq!(field(2), "activities[2].occur_time");
@@ -731,10 +734,45 @@ async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
         .await;
         accounts.push((id, c));
     }
+    // Scoring checks each person with lifecycle once and remembers them: an
+    // activity type of no points introduces them without moving any stage.
+    let mut scoring = suite.scoring(0);
+    for (i, (id, c)) in accounts.iter().enumerate() {
+        let response = record(
+            &mut scoring,
+            vec![activity(&format!("intro{i}"), "no_points_here", id, c)],
+        )
+        .await;
+        assert_eq!(response.recorded_count, 1);
+    }
     suite.stop_lifecycle().await;
 
-    // Lifecycle is down: activities are still accepted.
-    let mut scoring = suite.scoring(0);
+    // Lifecycle is down: a person scoring has never checked cannot be
+    // recorded, and the batch says retry rather than calling it bad input.
+    let refused = scoring
+        .record_activities(request_for(
+            T,
+            pb::RecordActivitiesRequest {
+                activities: vec![
+                    activity(
+                        "unchecked",
+                        "demo_request",
+                        &accounts[0].0,
+                        "0190a5a0-0000-7000-8000-000000000000",
+                    ),
+                    activity("checked", "demo_request", &accounts[0].0, &accounts[0].1),
+                ],
+            },
+        ))
+        .await
+        .expect_err("an unchecked person while lifecycle is down");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("nothing was written"),
+        "{refused:?}"
+    );
+
+    // People already checked: activities are still accepted.
     for (i, (id, c)) in accounts.iter().enumerate() {
         let response = record(
             &mut scoring,
@@ -743,19 +781,36 @@ async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
         .await;
         assert_eq!(response.recorded_count, 1);
     }
-    // Scoring restarts in between; the pending deliveries are in its database.
+    // Scoring restarts in between; the pending deliveries are in its
+    // database. What it remembered of people is not: with lifecycle still
+    // down, new activities are refused UNAVAILABLE (the client retries).
     suite.stop_scoring().await;
     suite.start_scoring(&db).await;
     let mut scoring = suite.scoring(0);
+    let (id, c) = &accounts[0];
+    let refused = scoring
+        .record_activities(request_for(
+            T,
+            pb::RecordActivitiesRequest {
+                activities: vec![activity("b0", "demo_request", id, c)],
+            },
+        ))
+        .await
+        .expect_err("nobody checked since the restart");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    suite.start_lifecycle().await;
+    let mut lifecycle = suite.lifecycle();
     for (i, (id, c)) in accounts.iter().enumerate() {
+        // The deliveries kept across the restart arrive ...
+        let account = wait_for_stage(&mut lifecycle, id, S::Engaged).await;
+        assert_eq!(account.engagement_score, 25.0);
+        // ... and the retried batch is recorded once lifecycle answers.
         record(
             &mut scoring,
             vec![activity(&format!("b{i}"), "demo_request", id, c)],
         )
         .await;
     }
-    suite.start_lifecycle().await;
-    let mut lifecycle = suite.lifecycle();
     for (id, _) in &accounts {
         let account = wait_for_stage(&mut lifecycle, id, S::Prioritized).await;
         assert_eq!(account.engagement_score, 125.0);
@@ -779,6 +834,249 @@ async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
             "each move once"
         );
     }
+    suite.stop().await;
+}
+
+const NO_SUCH_ID: &str = "0190a5a0-0000-7000-8000-00000000dead";
+
+/// Every account and contact an activity names must exist in the tenant and
+/// belong together; what does not is refused per item and leaves no trace.
+async fn ids_are_checked_per_item(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let a = account(&mut lifecycle, "Alpha", "alpha.example").await;
+    let b = account(&mut lifecycle, "Beta", "").await;
+    let ca = contact(&mut lifecycle, &a, "ca@alpha.example").await;
+    let response = record(
+        &mut scoring,
+        vec![
+            activity("ok", "email_open", &a, &ca),
+            // A's contact under B (which has none): must not make B PRIORITIZED.
+            activity("mismatch", "demo_request", &b, &ca),
+            activity("no-account", "demo_request", NO_SUCH_ID, ""),
+            activity("no-account-with-contact", "demo_request", NO_SUCH_ID, &ca),
+            activity("no-contact", "demo_request", &a, NO_SUCH_ID),
+        ],
+    )
+    .await;
+    let outcome: Vec<(i32, String)> = response
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.status,
+                r.violations
+                    .first()
+                    .map(|v| v.field.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let (ok, rejected, not_found) = (
+        pb::ActivityStatus::Recorded as i32,
+        pb::ActivityStatus::Rejected as i32,
+        pb::ActivityStatus::NotFound as i32,
+    );
+    assert_eq!(
+        outcome,
+        [
+            (ok, String::new()),
+            (rejected, "activities[1].contact_id".into()),
+            (not_found, "activities[2].account_id".into()),
+            (not_found, "activities[3].account_id".into()),
+            (not_found, "activities[4].contact_id".into()),
+        ]
+    );
+    assert!(
+        response.results[1].violations[0]
+            .description
+            .contains("another account"),
+        "{:?}",
+        response.results[1]
+    );
+    assert_eq!((response.recorded_count, response.rejected_count), (1, 4));
+
+    // Nothing of the refused items is stored, scored or delivered.
+    let a_score = score(&mut scoring, &a).await;
+    assert_eq!(
+        (a_score.engagement_score, a_score.engaged_contact_count),
+        (2.0, 1)
+    );
+    for missing in [&b, NO_SUCH_ID] {
+        let status = scoring
+            .get_account_score(request_for(
+                T,
+                pb::GetAccountScoreRequest {
+                    account_id: missing.to_string(),
+                },
+            ))
+            .await
+            .expect_err("no score for a refused account");
+        assert_eq!(status.code(), Code::NotFound, "{missing}");
+    }
+    let top = scoring
+        .list_top_accounts(request_for(
+            T,
+            pb::ListTopAccountsRequest {
+                page_size: 50,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .expect("top accounts")
+        .into_inner()
+        .accounts;
+    let listed: Vec<&str> = top.iter().map(|s| s.account_id.as_str()).collect();
+    assert_eq!(listed, [a.as_str()]);
+    let explained = scoring
+        .explain_account_score(request_for(
+            T,
+            pb::ExplainAccountScoreRequest {
+                account_id: a.clone(),
+                page_size: 100,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .expect("ledger")
+        .into_inner()
+        .entries;
+    assert_eq!(explained.len(), 1);
+    wait_for_stage(&mut lifecycle, &a, S::Engaged).await;
+    let b_account = wait_for_stage(&mut lifecycle, &b, S::Targeted).await;
+    assert_eq!(b_account.engagement_score, 0.0);
+
+    // One at a time: NOT_FOUND for what does not exist, INVALID_ARGUMENT
+    // naming the field for a contact under another account.
+    let one = |a: pb::Activity| request_for(T, pb::RecordActivityRequest { activity: Some(a) });
+    let unknown = scoring
+        .record_activity(one(activity("u1", "demo_request", NO_SUCH_ID, "")))
+        .await
+        .expect_err("unknown account");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert!(unknown.message().contains(NO_SUCH_ID), "{unknown:?}");
+    let unknown = scoring
+        .record_activity(one(activity("u2", "demo_request", &a, NO_SUCH_ID)))
+        .await
+        .expect_err("unknown contact");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert!(unknown.message().contains("contact"), "{unknown:?}");
+    let mismatch = scoring
+        .record_activity(one(activity("u3", "demo_request", &b, &ca)))
+        .await
+        .expect_err("a contact of another account");
+    assert_eq!(mismatch.code(), Code::InvalidArgument, "{mismatch:?}");
+    let details = tonic_types::StatusExt::get_error_details(&mismatch);
+    let fields: Vec<String> = details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, ["activity.contact_id"]);
+    assert_eq!(score(&mut scoring, &a).await.engagement_score, 2.0);
+    suite.stop().await;
+}
+
+/// Lifecycle down: an emailed batch is refused whole and retryable, never
+/// reported as bad input, and goes through once lifecycle is back.
+async fn emails_while_lifecycle_is_down_are_retryable(db: TestDatabase) {
+    let mut suite = Suite::start(&db, &db).await;
+    let mut lifecycle = suite.lifecycle();
+    let id = account(&mut lifecycle, "Gamma", "gamma.example").await;
+    contact(&mut lifecycle, &id, "known@gamma.example").await;
+    suite.stop_lifecycle().await;
+    let by_email = |event: &str, email: &str| pb::Activity {
+        contact_email: email.into(),
+        ..activity(event, "webinar_attended", "", "")
+    };
+    let batch = vec![
+        by_email("m1", "known@gamma.example"),
+        by_email("m2", "new.person@gamma.example"),
+    ];
+    let mut scoring = suite.scoring(0);
+    for _ in 0..2 {
+        let status = scoring
+            .record_activities(request_for(
+                T,
+                pb::RecordActivitiesRequest {
+                    activities: batch.clone(),
+                },
+            ))
+            .await
+            .expect_err("lifecycle is down");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("retry"), "{status:?}");
+    }
+    let status = scoring
+        .get_account_score(request_for(
+            T,
+            pb::GetAccountScoreRequest {
+                account_id: id.clone(),
+            },
+        ))
+        .await
+        .expect_err("nothing was written");
+    assert_eq!(status.code(), Code::NotFound);
+    suite.start_lifecycle().await;
+    let response = record(&mut scoring, batch).await;
+    assert_eq!(response.recorded_count, 2, "{response:?}");
+    assert!(response.results.iter().all(|r| r.account_id == id));
+    assert_eq!(score(&mut scoring, &id).await.engagement_score, 50.0);
+    suite.stop().await;
+}
+
+/// Lifecycle frozen (it accepts connections and never answers): a batch with
+/// new emails answers UNAVAILABLE within the caller's deadline rather than
+/// running into the server's request timeout.
+async fn a_frozen_lifecycle_is_bounded_by_the_callers_deadline(db: TestDatabase) {
+    let mut suite = Suite::start(&db, &db).await;
+    let mut lifecycle = suite.lifecycle();
+    let id = account(&mut lifecycle, "Delta", "delta.example").await;
+    let known = contact(&mut lifecycle, &id, "known@delta.example").await;
+    suite.stop_lifecycle().await;
+    let frozen = tokio::net::TcpListener::bind(("127.0.0.1", suite.lifecycle_port))
+        .await
+        .expect("the lifecycle port again");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = frozen.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut scoring = suite.scoring(0);
+    let batch: Vec<pb::Activity> = (0..5)
+        .map(|i| pb::Activity {
+            contact_email: format!("new{i}@delta.example"),
+            ..activity(&format!("f{i}"), "email_open", "", "")
+        })
+        .chain([activity("f-ids", "email_open", &id, &known)])
+        .collect();
+    for deadline in [Duration::from_millis(1500), Duration::from_secs(3)] {
+        let mut request = request_for(
+            T,
+            pb::RecordActivitiesRequest {
+                activities: batch.clone(),
+            },
+        );
+        request.set_timeout(deadline);
+        let status = scoring
+            .record_activities(request)
+            .await
+            .expect_err("lifecycle never answers");
+        // Had the server not answered in time, the client would see its own
+        // DEADLINE_EXCEEDED or CANCELLED instead.
+        assert_eq!(status.code(), Code::Unavailable, "{deadline:?}: {status:?}");
+    }
+    let status = scoring
+        .get_account_score(request_for(
+            T,
+            pb::GetAccountScoreRequest {
+                account_id: id.clone(),
+            },
+        ))
+        .await
+        .expect_err("nothing was written");
+    assert_eq!(status.code(), Code::NotFound);
+    holder.abort();
     suite.stop().await;
 }
 
@@ -935,4 +1233,7 @@ on_each_database!(
     simulation_matches_a_hand_computed_scenario,
     nothing_is_lost_while_lifecycle_is_down,
     two_replicas_count_like_one,
+    ids_are_checked_per_item,
+    emails_while_lifecycle_is_down_are_retryable,
+    a_frozen_lifecycle_is_bounded_by_the_callers_deadline,
 );

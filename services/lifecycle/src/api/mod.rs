@@ -284,6 +284,13 @@ impl LifecycleService for LifecycleApi {
         stages::resolve_contact(self, request).await
     }
 
+    async fn batch_resolve_contacts(
+        &self,
+        request: Request<pb::BatchResolveContactsRequest>,
+    ) -> Result<Response<pb::BatchResolveContactsResponse>, Status> {
+        stages::batch_resolve_contacts(self, request).await
+    }
+
     async fn qualify_account(
         &self,
         request: Request<pb::QualifyAccountRequest>,

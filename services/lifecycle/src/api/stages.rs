@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::{LifecycleApi, mask_paths, optional_enum, required_id};
 use crate::convert;
 use crate::domain::account_rules::AccountEvent;
+use crate::domain::resolve::{Reference, Resolution};
 use crate::domain::settings::{LifecycleSettings, OnLostAction};
 use crate::storage::{
     ApplyOutcome, ContactEngagementIn, Mutation, MutationResult, OpportunityEventKind,
@@ -180,6 +181,89 @@ pub(super) async fn resolve_contact(
         contact: Some(convert::contact(contact)),
         created,
     }))
+}
+
+pub(super) async fn batch_resolve_contacts(
+    api: &LifecycleApi,
+    request: Request<pb::BatchResolveContactsRequest>,
+) -> Result<Response<pb::BatchResolveContactsResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let references = request.into_inner().references;
+    let largest = cascade_shared::limit::LARGEST_BATCH;
+    if references.is_empty() || references.len() > largest {
+        return Err(ServiceError::invalid(
+            "references",
+            format!("1 to {largest} references (got {})", references.len()),
+        )
+        .into());
+    }
+    let mut v = Validator::new();
+    let references: Vec<Reference> = references
+        .iter()
+        .enumerate()
+        .map(|(i, r)| reference_of(&mut v, i, r))
+        .collect();
+    v.finish()?;
+    let (resolutions, created) = api
+        .repository
+        .resolve_references(&context.tenant, &references)
+        .await?;
+    let resolutions = resolutions
+        .into_iter()
+        .map(|resolution| match resolution {
+            Resolution::Resolved {
+                account_id,
+                contact_id,
+            } => pb::ContactResolution {
+                status: pb::ResolutionStatus::Resolved as i32,
+                account_id,
+                contact_id: contact_id.unwrap_or_default(),
+                ..Default::default()
+            },
+            Resolution::Create { account_id, email } => pb::ContactResolution {
+                status: pb::ResolutionStatus::Created as i32,
+                account_id,
+                contact_id: created.get(&email).cloned().unwrap_or_default(),
+                ..Default::default()
+            },
+            Resolution::NotFound { field, description } => pb::ContactResolution {
+                status: pb::ResolutionStatus::NotFound as i32,
+                field: field.to_owned(),
+                description,
+                ..Default::default()
+            },
+            Resolution::Mismatch { field, description } => pb::ContactResolution {
+                status: pb::ResolutionStatus::Mismatch as i32,
+                field: field.to_owned(),
+                description,
+                ..Default::default()
+            },
+        })
+        .collect();
+    Ok(Response::new(pb::BatchResolveContactsResponse {
+        resolutions,
+    }))
+}
+
+/// Validates one reference; violations are named `references[i].<field>`.
+fn reference_of(v: &mut Validator, i: usize, r: &pb::ContactReference) -> Reference {
+    let field = |name: &str| format!("references[{i}].{name}");
+    let has_ids = !r.account_id.trim().is_empty() || !r.contact_id.trim().is_empty();
+    match (has_ids, r.email.trim().is_empty()) {
+        (true, false) => {
+            v.add(field("email"), "give either ids or an email, not both");
+            Reference::Email(String::new())
+        }
+        (false, false) => Reference::Email(
+            v.optional_email(&field("email"), &r.email)
+                .unwrap_or_default(),
+        ),
+        _ => Reference::Ids {
+            account_id: v.required_id(&field("account_id"), &r.account_id),
+            contact_id: (!r.contact_id.trim().is_empty())
+                .then(|| v.required_id(&field("contact_id"), &r.contact_id)),
+        },
+    }
 }
 
 pub(super) async fn list_account_transitions(

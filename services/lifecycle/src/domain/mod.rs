@@ -3,6 +3,7 @@
 
 pub mod account_rules;
 pub mod contact_rules;
+pub mod resolve;
 pub mod settings;
 
 use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(AccountsAndContacts),
             Box::new(cascade_shared::outbox::OutboxMigration),
             Box::new(super::migration_stage_engine::StageEngine),
+            Box::new(cascade_shared::outbox::OutboxPendingIndexMigration),
         ]
     }
 }

@@ -1,5 +1,7 @@
 //! Accounts and contacts as records: create, read, list, update.
 
+use std::collections::{HashMap, HashSet};
+
 use cascade_shared::db::begin_write;
 use cascade_shared::error::is_unique_violation;
 use cascade_shared::page::PageRequest;
@@ -16,6 +18,7 @@ use super::{
     hydrate_contacts, lock_account, ms, record_first,
 };
 use crate::domain::contact_rules;
+use crate::domain::resolve::{self, Directory, Reference, Resolution};
 use crate::domain::{
     Account, AccountChanges, Contact, ContactChanges, NEW_ACCOUNT_STAGE, NewAccount, NewContact,
 };
@@ -249,6 +252,137 @@ impl Repository {
         }
     }
 
+    /// Resolves a batch of references in a handful of statements, whatever
+    /// its size: one read per kind of key, then one transaction creating the
+    /// contacts of new emails. Returns each reference's resolution and the
+    /// ids of the contacts created, by email.
+    pub async fn resolve_references(
+        &self,
+        tenant: &TenantId,
+        references: &[Reference],
+    ) -> ServiceResult<(Vec<Resolution>, HashMap<String, String>)> {
+        let mut account_ids = HashSet::new();
+        let mut contact_ids = HashSet::new();
+        let mut emails = HashSet::new();
+        for reference in references {
+            match reference {
+                Reference::Ids {
+                    account_id,
+                    contact_id,
+                } => {
+                    account_ids.insert(account_id.clone());
+                    contact_ids.extend(contact_id.iter().cloned());
+                }
+                Reference::Email(email) => {
+                    emails.insert(email.clone());
+                }
+            }
+        }
+        let mut directory = Directory::default();
+        if !account_ids.is_empty() {
+            directory.accounts = account::Entity::find()
+                .select_only()
+                .column(account::Column::AccountId)
+                .filter(account::Column::TenantId.eq(tenant.as_str()))
+                .filter(account::Column::AccountId.is_in(account_ids))
+                .into_tuple::<String>()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .collect();
+        }
+        if !contact_ids.is_empty() {
+            directory.contact_accounts = contact::Entity::find()
+                .select_only()
+                .columns([contact::Column::ContactId, contact::Column::AccountId])
+                .filter(contact::Column::TenantId.eq(tenant.as_str()))
+                .filter(contact::Column::ContactId.is_in(contact_ids))
+                .into_tuple::<(String, String)>()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .collect();
+        }
+        if !emails.is_empty() {
+            directory.by_email = contacts_by_email(&self.db, tenant, emails).await?;
+        }
+        let domains = resolve::domains_to_match(references, &directory);
+        if !domains.is_empty() {
+            directory.by_domain = account::Entity::find()
+                .select_only()
+                .columns([account::Column::Domain, account::Column::AccountId])
+                .filter(account::Column::TenantId.eq(tenant.as_str()))
+                .filter(account::Column::Domain.is_in(domains))
+                .into_tuple::<(Option<String>, String)>()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .filter_map(|(domain, account_id)| Some((domain?, account_id)))
+                .collect();
+        }
+        let resolutions: Vec<Resolution> = references
+            .iter()
+            .map(|r| resolve::resolve(r, &directory))
+            .collect();
+        let to_create: HashMap<&str, &str> = resolutions
+            .iter()
+            .filter_map(|r| match r {
+                Resolution::Create { account_id, email } => {
+                    Some((email.as_str(), account_id.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        let created = if to_create.is_empty() {
+            HashMap::new()
+        } else {
+            self.create_contacts_for(tenant, to_create).await?
+        };
+        Ok((resolutions, created))
+    }
+
+    /// Creates a contact for each new email under its account, in one
+    /// transaction. An email another call created meanwhile is read back
+    /// instead (each insert runs under a savepoint, so a unique violation
+    /// does not abort the others).
+    async fn create_contacts_for(
+        &self,
+        tenant: &TenantId,
+        to_create: HashMap<&str, &str>,
+    ) -> ServiceResult<HashMap<String, String>> {
+        let mut created = HashMap::new();
+        let mut raced = HashSet::new();
+        let txn = begin_write(&self.db).await?;
+        for (email, account_id) in to_create {
+            let new = NewContact {
+                account_id: account_id.to_owned(),
+                email: Some(email.to_owned()),
+                first_name: String::new(),
+                last_name: String::new(),
+                title: String::new(),
+            };
+            let savepoint = txn.begin().await?;
+            match insert_contact(&savepoint, tenant, new, None).await {
+                Ok(contact) => {
+                    savepoint.commit().await?;
+                    created.insert(email.to_owned(), contact.contact_id);
+                }
+                Err(ServiceError::AlreadyExists { .. }) => {
+                    savepoint.rollback().await?;
+                    raced.insert(email.to_owned());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        txn.commit().await?;
+        if !raced.is_empty() {
+            for (email, (_, contact_id)) in contacts_by_email(&self.db, tenant, raced).await? {
+                created.insert(email, contact_id);
+            }
+        }
+        Ok(created)
+    }
+
     async fn contact_by_email(
         &self,
         tenant: &TenantId,
@@ -413,6 +547,29 @@ async fn insert_contact(
     )
     .await?;
     hydrate_contact(conn, inserted).await
+}
+
+/// Contacts with one of `emails`: email -> (account, contact).
+async fn contacts_by_email(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    emails: HashSet<String>,
+) -> ServiceResult<HashMap<String, (String, String)>> {
+    Ok(contact::Entity::find()
+        .select_only()
+        .columns([
+            contact::Column::Email,
+            contact::Column::AccountId,
+            contact::Column::ContactId,
+        ])
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Email.is_in(emails))
+        .into_tuple::<(Option<String>, String, String)>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .filter_map(|(email, account_id, contact_id)| Some((email?, (account_id, contact_id))))
+        .collect())
 }
 
 pub(crate) async fn account_model(

@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(cascade_shared::outbox::OutboxMigration),
             Box::new(Opportunities),
+            Box::new(cascade_shared::outbox::OutboxPendingIndexMigration),
         ]
     }
 }

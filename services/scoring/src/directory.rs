@@ -1,0 +1,342 @@
+//! Who an activity is about, checked with lifecycle, which owns accounts and
+//! contacts: every account and contact an activity names must exist in the
+//! caller's tenant and belong together, and an email must name a contact (or
+//! a new one is created under the account of its domain).
+//!
+//! A batch costs at most one call to lifecycle (BatchResolveContacts), and
+//! none when every person in it was checked before: checked (account,
+//! contact) pairs are remembered without expiry, since a contact never
+//! changes account, and resolved emails for `email_cache_ttl_ms`, since an
+//! email can be given to another contact. Both sit in one bounded cache
+//! (`directory_cache_entries`). docs/decisions.md has the trade-offs.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cascade_proto::lifecycle::v1 as lifecycle;
+use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
+use cascade_shared::settings::LifecycleClientSettings;
+use cascade_shared::{RequestContext, ServiceError, ServiceResult};
+use quick_cache::sync::Cache;
+
+/// Who an activity is about, as the caller gave it (validated).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Person {
+    Ids {
+        account_id: String,
+        contact_id: Option<String>,
+    },
+    Email(String),
+}
+
+/// What the directory says of one person.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked {
+    Found {
+        account_id: String,
+        contact_id: Option<String>,
+    },
+    /// Names nothing in the tenant; `field` is the activity's field at fault
+    /// (`account_id`, `contact_id` or `contact_email`).
+    NotFound {
+        field: &'static str,
+        description: String,
+    },
+    /// A contact named under an account it does not belong to.
+    Mismatch {
+        field: &'static str,
+        description: String,
+    },
+}
+
+#[derive(Clone)]
+enum Remembered {
+    /// An (account, contact) pair lifecycle confirmed.
+    Pair,
+    /// What an email resolved to, and when.
+    Email {
+        account_id: String,
+        contact_id: String,
+        at: Instant,
+    },
+}
+
+pub struct Directory {
+    lifecycle: LifecycleClient,
+    cache: Option<Cache<String, Remembered>>,
+    email_ttl: Duration,
+}
+
+impl Directory {
+    pub fn new(lifecycle: LifecycleClient, settings: &LifecycleClientSettings) -> Self {
+        let entries = usize::try_from(settings.directory_cache_entries).unwrap_or(usize::MAX);
+        Self {
+            lifecycle,
+            cache: (entries > 0).then(|| Cache::new(entries)),
+            email_ttl: Duration::from_millis(settings.email_cache_ttl_ms),
+        }
+    }
+
+    /// Checks `people` (one answer each, in order) with at most one call to
+    /// lifecycle, bounded by the caller's deadline. When lifecycle cannot
+    /// answer, the whole check fails UNAVAILABLE: a person that could not be
+    /// checked is never reported as unknown.
+    pub async fn check(
+        &self,
+        context: &RequestContext,
+        people: &[&Person],
+    ) -> ServiceResult<Vec<Checked>> {
+        let tenant = context.tenant.as_str();
+        let mut answers: Vec<Option<Checked>> = people
+            .iter()
+            .map(|person| self.remembered(tenant, person))
+            .collect();
+        // The people to ask about, each once.
+        let mut asked: HashMap<&Person, usize> = HashMap::new();
+        let mut references = Vec::new();
+        for (person, answer) in people.iter().zip(&answers) {
+            if answer.is_none() && !asked.contains_key(*person) {
+                asked.insert(person, references.len());
+                references.push(reference_of(person));
+            }
+        }
+        if references.is_empty() {
+            return Ok(answers.into_iter().flatten().collect());
+        }
+        let resolutions = self.ask(context, references).await?;
+        for (person, answer) in people.iter().zip(answers.iter_mut()) {
+            if answer.is_none() {
+                let checked = checked(&resolutions[asked[*person]]);
+                self.remember(tenant, person, &checked);
+                *answer = Some(checked);
+            }
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    async fn ask(
+        &self,
+        context: &RequestContext,
+        references: Vec<lifecycle::ContactReference>,
+    ) -> ServiceResult<Vec<lifecycle::ContactResolution>> {
+        let count = references.len();
+        let budget = answer_budget(context);
+        let mut request = outgoing_for(
+            context,
+            lifecycle::BatchResolveContactsRequest { references },
+        );
+        request.set_timeout(budget);
+        let mut client = self.lifecycle.clone();
+        let resolutions = match with_deadline(budget, client.batch_resolve_contacts(request)).await
+        {
+            Ok(response) => response.into_inner().resolutions,
+            Err(status) => {
+                tracing::warn!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "lifecycle could not check a batch's people"
+                );
+                return Err(ServiceError::Unavailable(format!(
+                    "lifecycle could not check the activities' accounts and contacts \
+                     ({:?}: {}); nothing was written; retry",
+                    status.code(),
+                    status.message()
+                )));
+            }
+        };
+        if resolutions.len() != count {
+            return Err(ServiceError::Unavailable(format!(
+                "lifecycle answered {} resolutions for {count} references; nothing was written; retry",
+                resolutions.len()
+            )));
+        }
+        Ok(resolutions)
+    }
+
+    fn remembered(&self, tenant: &str, person: &Person) -> Option<Checked> {
+        let cache = self.cache.as_ref()?;
+        match (person, cache.get(&key(tenant, person))?) {
+            (
+                Person::Ids {
+                    account_id,
+                    contact_id,
+                },
+                Remembered::Pair,
+            ) => Some(Checked::Found {
+                account_id: account_id.clone(),
+                contact_id: contact_id.clone(),
+            }),
+            (
+                Person::Email(_),
+                Remembered::Email {
+                    account_id,
+                    contact_id,
+                    at,
+                },
+            ) if at.elapsed() < self.email_ttl => Some(Checked::Found {
+                account_id,
+                contact_id: Some(contact_id),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Only what exists is remembered: an unknown id may be created a moment
+    /// later.
+    fn remember(&self, tenant: &str, person: &Person, checked: &Checked) {
+        let (
+            Some(cache),
+            Checked::Found {
+                account_id,
+                contact_id,
+            },
+        ) = (&self.cache, checked)
+        else {
+            return;
+        };
+        let value = match person {
+            Person::Ids { .. } => Remembered::Pair,
+            Person::Email(_) => match contact_id {
+                Some(contact_id) => Remembered::Email {
+                    account_id: account_id.clone(),
+                    contact_id: contact_id.clone(),
+                    at: Instant::now(),
+                },
+                None => return,
+            },
+        };
+        cache.insert(key(tenant, person), value);
+    }
+}
+
+fn key(tenant: &str, person: &Person) -> String {
+    match person {
+        Person::Ids {
+            account_id,
+            contact_id,
+        } => format!(
+            "{tenant}\u{1f}{account_id}\u{1f}{}",
+            contact_id.as_deref().unwrap_or_default()
+        ),
+        Person::Email(email) => format!("{tenant}\u{1f}@{email}"),
+    }
+}
+
+fn reference_of(person: &Person) -> lifecycle::ContactReference {
+    match person {
+        Person::Ids {
+            account_id,
+            contact_id,
+        } => lifecycle::ContactReference {
+            account_id: account_id.clone(),
+            contact_id: contact_id.clone().unwrap_or_default(),
+            email: String::new(),
+        },
+        Person::Email(email) => lifecycle::ContactReference {
+            email: email.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Lifecycle's answer in the activity's terms (its `email` is the
+/// activity's `contact_email`).
+fn checked(resolution: &lifecycle::ContactResolution) -> Checked {
+    use lifecycle::ResolutionStatus as S;
+    let field = match resolution.field.as_str() {
+        "email" => "contact_email",
+        "contact_id" => "contact_id",
+        _ => "account_id",
+    };
+    let description = resolution.description.clone();
+    match S::try_from(resolution.status) {
+        Ok(S::Resolved | S::Created) if !resolution.account_id.is_empty() => Checked::Found {
+            account_id: resolution.account_id.clone(),
+            contact_id: (!resolution.contact_id.is_empty()).then(|| resolution.contact_id.clone()),
+        },
+        Ok(S::Mismatch) => Checked::Mismatch { field, description },
+        Ok(S::NotFound) => Checked::NotFound { field, description },
+        // An answer this version does not know: treated as unknown, so
+        // nothing is stored on it.
+        _ => Checked::NotFound {
+            field,
+            description: "lifecycle gave no usable answer for this reference".into(),
+        },
+    }
+}
+
+/// How long the call to lifecycle may take: the service-to-service limit, or
+/// less, so that the answer reaches a caller with a nearer deadline before
+/// it expires (a tenth of what is left, at most 100 ms, is kept for that).
+fn answer_budget(context: &RequestContext) -> Duration {
+    let budget = context.call_budget(CALL_DEADLINE);
+    if context.deadline.is_none() {
+        return budget;
+    }
+    budget.saturating_sub((budget / 10).min(Duration::from_millis(100)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolution(
+        status: lifecycle::ResolutionStatus,
+        field: &str,
+    ) -> lifecycle::ContactResolution {
+        lifecycle::ContactResolution {
+            status: status as i32,
+            account_id: if field.is_empty() {
+                "a1".into()
+            } else {
+                String::new()
+            },
+            contact_id: if field.is_empty() {
+                "c1".into()
+            } else {
+                String::new()
+            },
+            field: field.into(),
+            description: "why".into(),
+        }
+    }
+
+    #[test]
+    fn lifecycle_fields_map_onto_the_activitys() {
+        use lifecycle::ResolutionStatus as S;
+        let found = Checked::Found {
+            account_id: "a1".into(),
+            contact_id: Some("c1".into()),
+        };
+        assert_eq!(checked(&resolution(S::Resolved, "")), found);
+        assert_eq!(checked(&resolution(S::Created, "")), found);
+        let cases = [
+            (S::NotFound, "email", "contact_email", false),
+            (S::NotFound, "account_id", "account_id", false),
+            (S::NotFound, "contact_id", "contact_id", false),
+            (S::Mismatch, "contact_id", "contact_id", true),
+        ];
+        for (status, field, expected, mismatch) in cases {
+            match checked(&resolution(status, field)) {
+                Checked::NotFound { field, .. } if !mismatch => assert_eq!(field, expected),
+                Checked::Mismatch { field, .. } if mismatch => assert_eq!(field, expected),
+                other => panic!("{status:?} {field}: {other:?}"),
+            }
+        }
+        // A status this version does not know stores nothing.
+        assert!(matches!(
+            checked(&resolution(S::Unspecified, "")),
+            Checked::NotFound { .. }
+        ));
+    }
+
+    #[test]
+    fn keys_keep_tenants_and_kinds_apart() {
+        let ids = Person::Ids {
+            account_id: "a".into(),
+            contact_id: None,
+        };
+        assert_ne!(key("t1", &ids), key("t2", &ids));
+        assert_ne!(key("t1", &ids), key("t1", &Person::Email("a".into())));
+    }
+}
