@@ -55,6 +55,12 @@ profile: ## perf profile of scoring and lifecycle under ingest (PROFILE_SCENARIO
 	$(CARGO) build --release -p cascade-tests --bin cascade-load
 	scripts/profile.sh
 
+.PHONY: pg-profile
+pg-profile: ## Where PostgreSQL spends an ingest run (pg_stat_statements, backend states, CPU); PG_PROFILE_URL, PROFILE_SCENARIO; writes build/pg-profile/summary.txt
+	$(CARGO) build --release $(SERVICES)
+	$(CARGO) build --release -p cascade-tests --bin cascade-load
+	scripts/pg-profile.sh
+
 .PHONY: bench-smoke
 bench-smoke: ## make bench with 2 s per scenario, no targets asserted (CI)
 	$(MAKE) bench BENCH_SECONDS=2

@@ -112,6 +112,9 @@ bench record-activities-by-email --scenario record-activities-by-email --concurr
 bench stream-activities --scenario stream-activities --concurrency 4 --batch 500
 bench mixed             --scenario mixed --concurrency 16 --batch 50
 bench get-account       --scenario get-account --rate 2000
+# Reads while ingest runs at half the rate record-activities reached.
+half_rate=$(python3 -c 'import json,sys; print(max(100, round(json.load(open(sys.argv[1]))["events_per_s"] / 2)))' "$out/record-activities.json")
+bench get-account-under-ingest --scenario get-account --rate 2000 --ingest-rate "$half_rate" --batch 500
 bench get-account-score --scenario get-account-score --rate 2000
 bench crossing-latency  --scenario crossing-latency --rate 1000 --batch 10 --probe-interval-ms 100
 bench simulate          --scenario simulate --concurrency 4 --batch 1000 --activities 1000000
@@ -128,6 +131,8 @@ for s in "${services[@]}"; do start "$s"; existing_ms[$s]=$serving_ms; done
 stop_all
 
 bench raw-insert --scenario raw-insert --database-url "$raw_url" --batch 500 --concurrency "$raw_concurrency"
+[[ $database == sqlite ]] && raw_url="sqlite://$work/raw-insert-bare.db"
+bench raw-insert-bare --scenario raw-insert --raw-table bare --database-url "$raw_url" --batch 500 --concurrency "$raw_concurrency"
 
 {
   printf '{"database": "%s", "bench_seconds": %s, "services": {' "$database" "$seconds"

@@ -188,7 +188,7 @@ impl Default for LifecycleClientSettings {
         Self {
             url: "http://127.0.0.1:50051".into(),
             timeout_ms: 5_000,
-            directory_cache_entries: 100_000,
+            directory_cache_entries: 50_000,
             email_cache_ttl_ms: 60_000,
         }
     }

@@ -49,8 +49,12 @@ options:
   --json FILE            write the result there
   --label NAME           name of the run in the report (default: the scenario)
   --database-url URL     raw-insert: sqlite://FILE or a PostgreSQL server URL (a fresh database is created)
+  --raw-table T          raw-insert: `scoring` (scoring's activities table and its indexes, the default)
+                         or `bare` (the same columns, primary key only)
   --activities N         simulate: how many stored activities to aim for (default 1000000)
   --probe-interval-ms N  crossing-latency: time between probes (default 100)
+  --ingest-rate N        load scenarios: RecordActivities at N events/s (open loop, --batch per call)
+                         in the background while the scenario runs
 ";
 
 pub struct Args {
@@ -69,8 +73,10 @@ pub struct Args {
     fixture: Option<PathBuf>,
     json: Option<PathBuf>,
     database_url: Option<String>,
+    raw_table: String,
     activities: u64,
     probe_interval_ms: u64,
+    ingest_rate: Option<f64>,
     target: Option<String>,
     since_unix_ns: Option<u128>,
     dir: Option<PathBuf>,
@@ -98,8 +104,10 @@ fn parse() -> Result<Args> {
         fixture: None,
         json: None,
         database_url: None,
+        raw_table: "scoring".into(),
         activities: 1_000_000,
         probe_interval_ms: 100,
+        ingest_rate: None,
         target: None,
         since_unix_ns: None,
         dir: None,
@@ -131,8 +139,10 @@ fn parse() -> Result<Args> {
             "--fixture" => args.fixture = Some(value.into()),
             "--json" => args.json = Some(value.into()),
             "--database-url" => args.database_url = Some(value),
+            "--raw-table" if value == "scoring" || value == "bare" => args.raw_table = value,
             "--activities" => args.activities = value.parse().map_err(|e| bad(&e))?,
             "--probe-interval-ms" => args.probe_interval_ms = value.parse().map_err(|e| bad(&e))?,
+            "--ingest-rate" => args.ingest_rate = Some(value.parse().map_err(|e| bad(&e))?),
             "--target" => args.target = Some(value),
             "--since-unix-ns" => args.since_unix_ns = Some(value.parse().map_err(|e| bad(&e))?),
             "--dir" => args.dir = Some(value.into()),
@@ -174,8 +184,15 @@ async fn scenario(args: &Args) -> Result<Value> {
                 "simulate" => scenarios::simulate(args, &clients, &fixture).await?,
                 _ => {
                     let op = scenarios::op(name, args, &clients, &fixture).await?;
+                    let background = args
+                        .ingest_rate
+                        .map(|rate| scenarios::background_ingest(args, &clients, &fixture, rate));
                     let (stats, elapsed) = stats::run(op, mode(args), duration).await;
                     let mut summary = stats.summary(elapsed);
+                    if let Some(background) = background {
+                        let (ingest, ingest_elapsed) = background.await?;
+                        summary["background_ingest"] = ingest.summary(ingest_elapsed);
+                    }
                     if stats.events > 0 {
                         summary["lifecycle"] = scenarios::lifecycle_sync(&clients, &fixture).await;
                     }

@@ -2,6 +2,10 @@
 //! multi-row INSERTs of `--batch` rows, one transaction per batch, into a
 //! fresh database with scoring's own schema and connection settings. No
 //! duplicate check, no scoring, no outbox: what the database alone does.
+//! `--raw-table bare` inserts into a table of the same columns with only the
+//! primary key: what the database does for these rows without scoring's
+//! secondary indexes (the ledger index costs most of the difference; see
+//! docs/performance.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,11 +72,24 @@ pub async fn run(args: &Args) -> Result<Json> {
     let db = cascade_shared::db::connect(&settings(&url, args.concurrency)).await?;
     cascade_shared::db::migrate::<cascade_scoring::storage::migration::Migrator>(&db).await?;
     let backend = db.get_database_backend();
+    let table = if args.raw_table == "bare" {
+        db.execute_unprepared(
+            "CREATE TABLE activities_bare AS SELECT * FROM activities WHERE 1 = 0",
+        )
+        .await?;
+        db.execute_unprepared(
+            "CREATE UNIQUE INDEX ix_activities_bare_key ON activities_bare (tenant_id, event_id)",
+        )
+        .await?;
+        "activities_bare"
+    } else {
+        "activities"
+    };
     let db = Arc::new(db);
     let pool = db.clone();
     let batch = args.batch.max(1);
     let sql = format!(
-        "INSERT INTO activities ({COLUMNS}) VALUES {}",
+        "INSERT INTO {table} ({COLUMNS}) VALUES {}",
         (0..batch)
             .map(|r| {
                 let cells: Vec<String> = (1..=PER_ROW)
@@ -145,6 +162,7 @@ pub async fn run(args: &Args) -> Result<Json> {
         DbBackend::Postgres => "postgres",
         _ => "sqlite",
     });
+    summary["table"] = json!(table);
     summary["rows"] = json!(rows.load(Ordering::Relaxed));
     summary["rows_per_s"] = summary["events_per_s"].clone();
     let _ = pool.close_by_ref().await;

@@ -559,6 +559,23 @@ pub async fn baseline_op(args: &Args) -> Result<Op> {
     }))
 }
 
+/// RecordActivities at `rate` events/s (open loop, `--batch` per call) for
+/// the scenario's duration, beside another scenario.
+pub fn background_ingest(
+    args: &Args,
+    clients: &Clients,
+    fixture: &Fixture,
+    rate: f64,
+) -> tokio::task::JoinHandle<(stats::Stats, Duration)> {
+    tokio::spawn(stats::run(
+        ingest_op(clients, fixture, args, 0, false),
+        Mode::Open {
+            rate: rate / args.batch.max(1) as f64,
+        },
+        Duration::from_secs_f64(args.duration),
+    ))
+}
+
 /// Background ingest at `--rate` events/s in batches of `--batch`; every
 /// `--probe-interval-ms` one demo_request (100 points, the default
 /// PRIORITIZED threshold) on a fresh account, timed until lifecycle's

@@ -1,5 +1,6 @@
 //! gRPC handlers of the scoring service: validate and translate requests,
-//! resolve emails through lifecycle, call the repository.
+//! check who activities name (the directory, backed by lifecycle), call the
+//! repository.
 
 use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::lifecycle::v1 as lifecycle;

@@ -188,6 +188,31 @@ async fn score(scoring: &mut Scoring, account_id: &str) -> pb::AccountScore {
         .expect("score")
 }
 
+/// Asserts scoring stored nothing for the account (its score is NOT_FOUND).
+async fn assert_no_score(scoring: &mut Scoring, account_id: &str) {
+    let status = scoring
+        .get_account_score(request_for(
+            T,
+            pb::GetAccountScoreRequest {
+                account_id: account_id.into(),
+            },
+        ))
+        .await
+        .expect_err("nothing stored for the account");
+    assert_eq!(status.code(), Code::NotFound, "{account_id}: {status:?}");
+}
+
+/// A batch the service refuses whole; its status.
+async fn refused_batch(
+    scoring: &mut Scoring,
+    request: tonic::Request<pb::RecordActivitiesRequest>,
+) -> tonic::Status {
+    scoring
+        .record_activities(request)
+        .await
+        .expect_err("the batch is refused whole")
+}
+
 /// Waits (bounded) until lifecycle shows the account at `stage`.
 async fn wait_for_stage(lifecycle: &mut Lifecycle, account_id: &str, stage: S) -> lc::Account {
     let mut last = None;
@@ -749,23 +774,19 @@ async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
 
     // Lifecycle is down: a person scoring has never checked cannot be
     // recorded, and the batch says retry rather than calling it bad input.
-    let refused = scoring
-        .record_activities(request_for(
+    let refused = refused_batch(
+        &mut scoring,
+        request_for(
             T,
             pb::RecordActivitiesRequest {
                 activities: vec![
-                    activity(
-                        "unchecked",
-                        "demo_request",
-                        &accounts[0].0,
-                        "0190a5a0-0000-7000-8000-000000000000",
-                    ),
+                    activity("unchecked", "demo_request", &accounts[0].0, NO_SUCH_ID),
                     activity("checked", "demo_request", &accounts[0].0, &accounts[0].1),
                 ],
             },
-        ))
-        .await
-        .expect_err("an unchecked person while lifecycle is down");
+        ),
+    )
+    .await;
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(
         refused.message().contains("nothing was written"),
@@ -788,15 +809,16 @@ async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
     suite.start_scoring(&db).await;
     let mut scoring = suite.scoring(0);
     let (id, c) = &accounts[0];
-    let refused = scoring
-        .record_activities(request_for(
+    let refused = refused_batch(
+        &mut scoring,
+        request_for(
             T,
             pb::RecordActivitiesRequest {
                 activities: vec![activity("b0", "demo_request", id, c)],
             },
-        ))
-        .await
-        .expect_err("nobody checked since the restart");
+        ),
+    )
+    .await;
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     suite.start_lifecycle().await;
     let mut lifecycle = suite.lifecycle();
@@ -903,16 +925,7 @@ async fn ids_are_checked_per_item(db: TestDatabase) {
         (2.0, 1)
     );
     for missing in [&b, NO_SUCH_ID] {
-        let status = scoring
-            .get_account_score(request_for(
-                T,
-                pb::GetAccountScoreRequest {
-                    account_id: missing.to_string(),
-                },
-            ))
-            .await
-            .expect_err("no score for a refused account");
-        assert_eq!(status.code(), Code::NotFound, "{missing}");
+        assert_no_score(&mut scoring, missing).await;
     }
     let top = scoring
         .list_top_accounts(request_for(
@@ -994,28 +1007,17 @@ async fn emails_while_lifecycle_is_down_are_retryable(db: TestDatabase) {
     ];
     let mut scoring = suite.scoring(0);
     for _ in 0..2 {
-        let status = scoring
-            .record_activities(request_for(
-                T,
-                pb::RecordActivitiesRequest {
-                    activities: batch.clone(),
-                },
-            ))
-            .await
-            .expect_err("lifecycle is down");
+        let request = request_for(
+            T,
+            pb::RecordActivitiesRequest {
+                activities: batch.clone(),
+            },
+        );
+        let status = refused_batch(&mut scoring, request).await;
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains("retry"), "{status:?}");
     }
-    let status = scoring
-        .get_account_score(request_for(
-            T,
-            pb::GetAccountScoreRequest {
-                account_id: id.clone(),
-            },
-        ))
-        .await
-        .expect_err("nothing was written");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_no_score(&mut scoring, &id).await;
     suite.start_lifecycle().await;
     let response = record(&mut scoring, batch).await;
     assert_eq!(response.recorded_count, 2, "{response:?}");
@@ -1058,24 +1060,12 @@ async fn a_frozen_lifecycle_is_bounded_by_the_callers_deadline(db: TestDatabase)
             },
         );
         request.set_timeout(deadline);
-        let status = scoring
-            .record_activities(request)
-            .await
-            .expect_err("lifecycle never answers");
+        let status = refused_batch(&mut scoring, request).await;
         // Had the server not answered in time, the client would see its own
         // DEADLINE_EXCEEDED or CANCELLED instead.
         assert_eq!(status.code(), Code::Unavailable, "{deadline:?}: {status:?}");
     }
-    let status = scoring
-        .get_account_score(request_for(
-            T,
-            pb::GetAccountScoreRequest {
-                account_id: id.clone(),
-            },
-        ))
-        .await
-        .expect_err("nothing was written");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_no_score(&mut scoring, &id).await;
     holder.abort();
     suite.stop().await;
 }
