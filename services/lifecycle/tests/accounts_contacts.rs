@@ -566,6 +566,93 @@ fn uuid_v7(id: &str) -> bool {
     id.len() == 36 && id.as_bytes()[14] == b'7'
 }
 
+/// Concurrent BatchResolveContacts calls creating the same new emails: none
+/// fails (no deadlock, no unique violation reaches the caller), every call
+/// gets the same contact for an email, and exactly one contact per email is
+/// stored, under the account of its domain.
+async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
+    let (_server, mut client) = start(&db).await;
+    let t = "race";
+    let acme = create_account(&mut client, t, account("Acme", "acme.example", "")).await;
+    let references: Vec<pb::ContactReference> = (0..20)
+        .map(|i| pb::ContactReference {
+            email: format!("person{i}@acme.example"),
+            ..Default::default()
+        })
+        .collect();
+    let calls = (0..4).map(|n| {
+        let mut client = client.clone();
+        // Each call names the emails in another order.
+        let mut references = references.clone();
+        references.rotate_left(n * 5);
+        async move {
+            client
+                .batch_resolve_contacts(request_for(
+                    t,
+                    pb::BatchResolveContactsRequest { references },
+                ))
+                .await
+                .map(|r| r.into_inner().resolutions)
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut by_email: std::collections::HashMap<String, String> = Default::default();
+    for (n, answer) in answers.into_iter().enumerate() {
+        let mut resolutions = answer.expect("no call fails");
+        resolutions.rotate_right(n * 5);
+        for (reference, resolution) in references.iter().zip(resolutions) {
+            assert!(
+                resolution.status == pb::ResolutionStatus::Created as i32
+                    || resolution.status == pb::ResolutionStatus::Resolved as i32,
+                "{resolution:?}"
+            );
+            assert_eq!(resolution.account_id, acme.account_id);
+            let first = by_email
+                .entry(reference.email.clone())
+                .or_insert_with(|| resolution.contact_id.clone());
+            assert_eq!(*first, resolution.contact_id, "{}", reference.email);
+        }
+    }
+    let listed = client
+        .list_contacts(request_for(
+            t,
+            pb::ListContactsRequest {
+                account_id: acme.account_id.clone(),
+                page_size: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("contacts")
+        .into_inner()
+        .contacts;
+    assert_eq!(listed.len(), 20);
+    // Ids checked in the same call: the created contacts belong to Acme.
+    let checked = client
+        .batch_resolve_contacts(request_for(
+            t,
+            pb::BatchResolveContactsRequest {
+                references: listed
+                    .iter()
+                    .map(|c| pb::ContactReference {
+                        account_id: acme.account_id.clone(),
+                        contact_id: c.contact_id.clone(),
+                        email: String::new(),
+                    })
+                    .collect(),
+            },
+        ))
+        .await
+        .expect("check")
+        .into_inner()
+        .resolutions;
+    assert!(
+        checked
+            .iter()
+            .all(|r| r.status == pb::ResolutionStatus::Resolved as i32)
+    );
+}
+
 on_each_database!(
     accounts_round_trip,
     list_accounts_filters_and_pages,
@@ -573,4 +660,5 @@ on_each_database!(
     contacts_follow_their_rules,
     tenants_never_see_each_other,
     data_survives_a_restart,
+    concurrent_batch_resolves_create_each_contact_once,
 );

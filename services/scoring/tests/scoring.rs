@@ -789,7 +789,7 @@ async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
     .await;
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(
-        refused.message().contains("nothing was written"),
+        refused.message().contains("no activity was written"),
         "{refused:?}"
     );
 

@@ -204,45 +204,60 @@ pub(super) async fn batch_resolve_contacts(
         .map(|(i, r)| reference_of(&mut v, i, r))
         .collect();
     v.finish()?;
-    let (resolutions, created) = api
+    let resolutions = api
         .repository
         .resolve_references(&context.tenant, &references)
         .await?;
     let resolutions = resolutions
         .into_iter()
-        .map(|resolution| match resolution {
-            Resolution::Resolved {
-                account_id,
-                contact_id,
-            } => pb::ContactResolution {
-                status: pb::ResolutionStatus::Resolved as i32,
-                account_id,
-                contact_id: contact_id.unwrap_or_default(),
-                ..Default::default()
-            },
-            Resolution::Create { account_id, email } => pb::ContactResolution {
-                status: pb::ResolutionStatus::Created as i32,
-                account_id,
-                contact_id: created.get(&email).cloned().unwrap_or_default(),
-                ..Default::default()
-            },
-            Resolution::NotFound { field, description } => pb::ContactResolution {
-                status: pb::ResolutionStatus::NotFound as i32,
-                field: field.to_owned(),
-                description,
-                ..Default::default()
-            },
-            Resolution::Mismatch { field, description } => pb::ContactResolution {
-                status: pb::ResolutionStatus::Mismatch as i32,
-                field: field.to_owned(),
-                description,
-                ..Default::default()
-            },
-        })
-        .collect();
+        .map(resolution_to_proto)
+        .collect::<ServiceResult<Vec<_>>>()?;
     Ok(Response::new(pb::BatchResolveContactsResponse {
         resolutions,
     }))
+}
+
+fn resolution_to_proto(resolution: Resolution) -> ServiceResult<pb::ContactResolution> {
+    let refused =
+        |status: pb::ResolutionStatus, field: &str, description: String| pb::ContactResolution {
+            status: status as i32,
+            field: field.to_owned(),
+            description,
+            ..Default::default()
+        };
+    Ok(match resolution {
+        Resolution::Resolved {
+            account_id,
+            contact_id,
+        } => pb::ContactResolution {
+            status: pb::ResolutionStatus::Resolved as i32,
+            account_id,
+            contact_id: contact_id.unwrap_or_default(),
+            ..Default::default()
+        },
+        Resolution::Created {
+            account_id,
+            contact_id,
+        } => pb::ContactResolution {
+            status: pb::ResolutionStatus::Created as i32,
+            account_id,
+            contact_id,
+            ..Default::default()
+        },
+        // Storage carries out every Create: one left over is our fault, never
+        // something to report as an unknown email.
+        Resolution::Create { email, .. } => {
+            return Err(ServiceError::internal(anyhow::anyhow!(
+                "the contact for {email} was decided but not created"
+            )));
+        }
+        Resolution::NotFound { field, description } => {
+            refused(pb::ResolutionStatus::NotFound, field, description)
+        }
+        Resolution::Mismatch { field, description } => {
+            refused(pb::ResolutionStatus::Mismatch, field, description)
+        }
+    })
 }
 
 /// Validates one reference; violations are named `references[i].<field>`.

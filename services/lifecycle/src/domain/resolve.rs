@@ -43,6 +43,11 @@ pub enum Resolution {
     },
     /// A new contact with `email` is to be created under `account_id`.
     Create { account_id: String, email: String },
+    /// Storage's outcome of a `Create`: the contact was made.
+    Created {
+        account_id: String,
+        contact_id: String,
+    },
     NotFound {
         field: &'static str,
         description: String,

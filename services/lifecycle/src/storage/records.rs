@@ -1,6 +1,6 @@
 //! Accounts and contacts as records: create, read, list, update.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cascade_shared::db::begin_write;
 use cascade_shared::error::is_unique_violation;
@@ -254,13 +254,14 @@ impl Repository {
 
     /// Resolves a batch of references in a handful of statements, whatever
     /// its size: one read per kind of key, then one transaction creating the
-    /// contacts of new emails. Returns each reference's resolution and the
-    /// ids of the contacts created, by email.
+    /// contacts of new emails. Returns each reference's resolution, with
+    /// every `Create` carried out (`Created`, or `Resolved` when another
+    /// call created that email first).
     pub async fn resolve_references(
         &self,
         tenant: &TenantId,
         references: &[Reference],
-    ) -> ServiceResult<(Vec<Resolution>, HashMap<String, String>)> {
+    ) -> ServiceResult<Vec<Resolution>> {
         let mut account_ids = HashSet::new();
         let mut contact_ids = HashSet::new();
         let mut emails = HashSet::new();
@@ -320,43 +321,51 @@ impl Repository {
                 .filter_map(|(domain, account_id)| Some((domain?, account_id)))
                 .collect();
         }
-        let resolutions: Vec<Resolution> = references
+        let mut resolutions: Vec<Resolution> = references
             .iter()
             .map(|r| resolve::resolve(r, &directory))
             .collect();
-        let to_create: HashMap<&str, &str> = resolutions
+        // Sorted, so concurrent batches creating the same emails take the
+        // unique-index locks in the same order (no deadlock on PostgreSQL).
+        let to_create: BTreeMap<String, String> = resolutions
             .iter()
             .filter_map(|r| match r {
                 Resolution::Create { account_id, email } => {
-                    Some((email.as_str(), account_id.as_str()))
+                    Some((email.clone(), account_id.clone()))
                 }
                 _ => None,
             })
             .collect();
-        let created = if to_create.is_empty() {
-            HashMap::new()
-        } else {
-            self.create_contacts_for(tenant, to_create).await?
-        };
-        Ok((resolutions, created))
+        if !to_create.is_empty() {
+            let made = self.create_contacts_for(tenant, &to_create).await?;
+            for resolution in &mut resolutions {
+                if let Resolution::Create { email, .. } = resolution
+                    && let Some(outcome) = made.get(email.as_str())
+                {
+                    *resolution = outcome.clone();
+                }
+            }
+        }
+        Ok(resolutions)
     }
 
     /// Creates a contact for each new email under its account, in one
-    /// transaction. An email another call created meanwhile is read back
-    /// instead (each insert runs under a savepoint, so a unique violation
-    /// does not abort the others).
+    /// transaction; answers `Created` for each. An email another call gave
+    /// a contact meanwhile is read back instead (each insert runs under a
+    /// savepoint, so a unique violation does not abort the others) and
+    /// answers `Resolved` with that contact's own account.
     async fn create_contacts_for(
         &self,
         tenant: &TenantId,
-        to_create: HashMap<&str, &str>,
-    ) -> ServiceResult<HashMap<String, String>> {
-        let mut created = HashMap::new();
+        to_create: &BTreeMap<String, String>,
+    ) -> ServiceResult<HashMap<String, Resolution>> {
+        let mut made = HashMap::new();
         let mut raced = HashSet::new();
         let txn = begin_write(&self.db).await?;
         for (email, account_id) in to_create {
             let new = NewContact {
-                account_id: account_id.to_owned(),
-                email: Some(email.to_owned()),
+                account_id: account_id.clone(),
+                email: Some(email.clone()),
                 first_name: String::new(),
                 last_name: String::new(),
                 title: String::new(),
@@ -365,22 +374,40 @@ impl Repository {
             match insert_contact(&savepoint, tenant, new, None).await {
                 Ok(contact) => {
                     savepoint.commit().await?;
-                    created.insert(email.to_owned(), contact.contact_id);
+                    made.insert(
+                        email.clone(),
+                        Resolution::Created {
+                            account_id: contact.account_id,
+                            contact_id: contact.contact_id,
+                        },
+                    );
                 }
                 Err(ServiceError::AlreadyExists { .. }) => {
                     savepoint.rollback().await?;
-                    raced.insert(email.to_owned());
+                    raced.insert(email.clone());
                 }
                 Err(error) => return Err(error),
             }
         }
         txn.commit().await?;
         if !raced.is_empty() {
-            for (email, (_, contact_id)) in contacts_by_email(&self.db, tenant, raced).await? {
-                created.insert(email, contact_id);
+            let found = contacts_by_email(&self.db, tenant, raced.clone()).await?;
+            for email in raced {
+                let (account_id, contact_id) = found.get(&email).cloned().ok_or_else(|| {
+                    ServiceError::Aborted(format!(
+                        "the contact with email {email} changed while it was being created; retry"
+                    ))
+                })?;
+                made.insert(
+                    email,
+                    Resolution::Resolved {
+                        account_id,
+                        contact_id: Some(contact_id),
+                    },
+                );
             }
         }
-        Ok(created)
+        Ok(made)
     }
 
     async fn contact_by_email(
