@@ -221,7 +221,7 @@ pub fn required_permission(path: &str) -> Option<Permission> {
             "ResolveContact" | "BatchResolveContacts" => P::Resolve,
             "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
             "UpdateLifecycleSettings" => P::Admin,
-            "ApplyEngagementScore" | "ApplyOpportunityEvent" => P::Apply,
+            "ApplyEngagementScore" | "ApplyEngagementScores" | "ApplyOpportunityEvent" => P::Apply,
             _ => return None,
         },
         ("cascade.scoring.v1.ScoringService", method) => match method {

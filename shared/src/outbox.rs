@@ -15,7 +15,7 @@
 //! - The W3C trace context of the writing request travels with the message,
 //!   so the delivery joins the same trace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub struct Entry {
 }
 
 /// Why a delivery did not go through. Every failure is retried with backoff.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct DeliveryError(pub String);
 
@@ -56,6 +56,27 @@ pub trait Sink: Send + Sync + 'static {
     /// Returns how many were delivered; an error after `n` messages marks the
     /// first `n` delivered and retries the rest.
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)>;
+
+    /// How many partitions' runs one `deliver_many` call may carry. A sink
+    /// whose receiver takes many partitions in one request (lifecycle's
+    /// ApplyEngagementScores) says so; the default is one at a time.
+    fn partitions_per_call(&self) -> usize {
+        1
+    }
+
+    /// Delivers the runs of several partitions of one tenant (at most
+    /// `partitions_per_call`), returning one result per run, each as
+    /// `deliver` would. The default delivers the runs one after another.
+    async fn deliver_many(
+        &self,
+        runs: &[Vec<Entry>],
+    ) -> Vec<Result<usize, (usize, DeliveryError)>> {
+        let mut results = Vec::with_capacity(runs.len());
+        for run in runs {
+            results.push(self.deliver(run).await);
+        }
+        results
+    }
 }
 
 /// A message to enqueue.
@@ -247,10 +268,25 @@ impl Deliverer {
     pub async fn round(&self) -> Result<usize, DbErr> {
         use futures::StreamExt;
         let heads = self.claim().await?;
-        // Partitions are independent: several in flight hide the sink's
-        // latency; within one partition the order stays the claim's.
-        let results: Vec<Result<usize, DbErr>> = futures::stream::iter(heads)
-            .map(|head| self.deliver_partition(head))
+        if heads.is_empty() {
+            return Ok(0);
+        }
+        let runs = self.runs(heads).await?;
+        // Calls carry runs of one tenant, up to what the sink takes at once.
+        let per_call = self.sink.partitions_per_call().max(1);
+        let mut calls: Vec<Vec<Vec<Entry>>> = Vec::new();
+        for run in runs {
+            match calls.last_mut() {
+                Some(call) if call.len() < per_call && call[0][0].tenant_id == run[0].tenant_id => {
+                    call.push(run);
+                }
+                _ => calls.push(vec![run]),
+            }
+        }
+        // Partitions are independent: several calls in flight hide the
+        // sink's latency; within one partition the order stays the claim's.
+        let results: Vec<Result<usize, DbErr>> = futures::stream::iter(calls)
+            .map(|call| self.deliver_call(call))
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
@@ -311,55 +347,134 @@ impl Deliverer {
         Ok(entries)
     }
 
-    async fn deliver_partition(&self, head: Entry) -> Result<usize, DbErr> {
-        // The head is ours; the messages after it in its partition cannot be
-        // claimed by anyone else until it is delivered.
-        let mut run = vec![head.clone()];
-        if self.config.run_size > 1 {
-            let sql = "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context \
-                       FROM outbox WHERE topic = $1 AND tenant_id = $2 AND partition_key = $3 \
-                       AND state = 'PENDING' AND id > $4 ORDER BY id LIMIT $5";
-            let rows = self
-                .db
-                .query_all_raw(crate::db::statement(
-                    self.db.get_database_backend(),
-                    sql,
-                    [
-                        self.topic.into(),
-                        head.tenant_id.clone().into(),
-                        head.partition_key.clone().into(),
-                        head.id.clone().into(),
-                        i64::from(self.config.run_size - 1).into(),
-                    ],
-                ))
-                .await?;
-            for row in &rows {
-                run.push(entry_from_row(row)?);
+    /// Each claimed head with the pending messages after it in its
+    /// partition, up to `run_size`, grouped by tenant: one read per tenant.
+    /// The heads are ours; the messages after them cannot be claimed by
+    /// anyone else until the heads are delivered.
+    async fn runs(&self, heads: Vec<Entry>) -> Result<Vec<Vec<Entry>>, DbErr> {
+        let mut by_tenant: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        for head in heads {
+            by_tenant
+                .entry(head.tenant_id.clone())
+                .or_default()
+                .push(head);
+        }
+        let mut runs = Vec::new();
+        for (tenant_id, heads) in by_tenant {
+            if self.config.run_size <= 1 {
+                runs.extend(heads.into_iter().map(|head| vec![head]));
+                continue;
+            }
+            let mut followers: HashMap<String, Vec<Entry>> = HashMap::new();
+            for chunk in crate::db::statement_chunks(&heads, 1) {
+                let keys = (0..chunk.len())
+                    .map(|i| format!("${}", i + 4))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // The window keeps a long backlog of one partition from
+                // being read whole.
+                let sql = format!(
+                    "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context \
+                     FROM (SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context, \
+                       ROW_NUMBER() OVER (PARTITION BY partition_key ORDER BY id) AS n \
+                       FROM outbox WHERE topic = $1 AND tenant_id = $2 AND state = 'PENDING' \
+                       AND partition_key IN ({keys})) r \
+                     WHERE n <= $3 ORDER BY partition_key, id"
+                );
+                let mut values: Vec<Value> = vec![
+                    self.topic.into(),
+                    tenant_id.clone().into(),
+                    i64::from(self.config.run_size).into(),
+                ];
+                values.extend(chunk.iter().map(|h| Value::from(h.partition_key.clone())));
+                let rows = self
+                    .db
+                    .query_all_raw(crate::db::statement(
+                        self.db.get_database_backend(),
+                        &sql,
+                        values,
+                    ))
+                    .await?;
+                for row in &rows {
+                    let entry = entry_from_row(row)?;
+                    followers
+                        .entry(entry.partition_key.clone())
+                        .or_default()
+                        .push(entry);
+                }
+            }
+            for head in heads {
+                let mut run = vec![head];
+                if let Some(rest) = followers.remove(&run[0].partition_key) {
+                    let head_id = run[0].id.clone();
+                    run.extend(rest.into_iter().filter(|e| e.id > head_id));
+                }
+                runs.push(run);
             }
         }
+        Ok(runs)
+    }
 
+    /// Hands runs of one tenant to the sink in one call, then marks what it
+    /// delivered and schedules the retry of what it did not.
+    async fn deliver_call(&self, runs: Vec<Vec<Entry>>) -> Result<usize, DbErr> {
+        let messages: usize = runs.iter().map(Vec::len).sum();
         let span = tracing::info_span!(
             "outbox.deliver",
             otel.kind = "producer",
             messaging.destination.name = self.topic,
-            messaging.batch.message_count = run.len(),
-            outbox.partition = %head.partition_key,
+            messaging.batch.message_count = messages,
+            outbox.partition = %runs[0][0].partition_key,
+            outbox.partitions = runs.len(),
         );
-        if let Some(context) = &head.trace_context {
+        // The call joins the trace of its oldest message's request.
+        if let Some(context) = runs
+            .iter()
+            .map(|run| &run[0])
+            .min_by(|a, b| a.id.cmp(&b.id))
+            .and_then(|head| head.trace_context.as_ref())
+        {
             let _ = span.set_parent(extract_trace_context(context));
         }
-        let result = self.sink.deliver(&run).instrument(span).await;
-        let (delivered, failure) = match result {
-            Ok(n) => (n.min(run.len()), None),
-            Err((n, error)) => (n.min(run.len()), Some(error)),
+        let results = if runs.len() == 1 {
+            vec![self.sink.deliver(&runs[0]).instrument(span).await]
+        } else {
+            self.sink.deliver_many(&runs).instrument(span).await
         };
         let now = now_ms();
-        if delivered > 0 {
-            let ids: Vec<Value> = run[..delivered]
-                .iter()
-                .map(|e| e.id.clone().into())
-                .collect();
-            let placeholders = (0..ids.len())
+        // Heads are marked last: while a head is pending (and leased by us)
+        // its partition cannot be claimed, so no one sees a follower as the
+        // new head between the statements below.
+        let (mut followers, mut heads): (Vec<Value>, Vec<Value>) = (Vec::new(), Vec::new());
+        let mut total = 0;
+        for (i, run) in runs.iter().enumerate() {
+            let result = results.get(i).cloned().unwrap_or_else(|| {
+                Err((
+                    0,
+                    DeliveryError("the sink returned no result for this run".into()),
+                ))
+            });
+            let (delivered, failure) = match result {
+                Ok(n) => (n.min(run.len()), None),
+                Err((n, error)) => (n.min(run.len()), Some(error)),
+            };
+            total += delivered;
+            if delivered > 0 {
+                heads.push(run[0].id.clone().into());
+                followers.extend(run[1..delivered].iter().map(|e| Value::from(e.id.clone())));
+            }
+            if let Some(error) = failure
+                && let Some(failed) = run.get(delivered)
+            {
+                self.retry_later(failed, &error, now).await?;
+            } else if delivered < run.len() {
+                // The sink took fewer than offered without an error: release the rest.
+                self.release(&run[delivered]).await?;
+            }
+        }
+        followers.append(&mut heads);
+        for chunk in crate::db::statement_chunks(&followers, 1) {
+            let placeholders = (0..chunk.len())
                 .map(|i| format!("${}", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -368,7 +483,7 @@ impl Deliverer {
                  lease_until_ms = NULL WHERE id IN ({placeholders})"
             );
             let mut values: Vec<Value> = vec![DELIVERED.into(), now.into()];
-            values.extend(ids);
+            values.extend(chunk.iter().cloned());
             self.db
                 .execute_raw(crate::db::statement(
                     self.db.get_database_backend(),
@@ -377,38 +492,40 @@ impl Deliverer {
                 ))
                 .await?;
         }
-        if let Some(error) = failure
-            && let Some(failed) = run.get(delivered)
-        {
-            let attempts = failed.attempts + 1;
-            let delay = self.backoff(attempts);
-            tracing::warn!(
-                topic = self.topic,
-                message = %failed.id,
-                attempts,
-                retry_in_ms = delay.as_millis() as u64,
-                %error,
-                "outbox delivery failed; will retry"
-            );
-            let sql = "UPDATE outbox SET attempts = $1, next_attempt_at_ms = $2, last_error = $3, \
-                       lease_owner = NULL, lease_until_ms = NULL WHERE id = $4";
-            self.db
-                .execute_raw(crate::db::statement(
-                    self.db.get_database_backend(),
-                    sql,
-                    [
-                        attempts.into(),
-                        (now + delay.as_millis() as i64).into(),
-                        truncate(&error.0, 1000).into(),
-                        failed.id.clone().into(),
-                    ],
-                ))
-                .await?;
-        } else if delivered < run.len() {
-            // The sink took fewer than offered without an error: release the rest.
-            self.release(&run[delivered]).await?;
-        }
-        Ok(delivered)
+        Ok(total)
+    }
+
+    async fn retry_later(
+        &self,
+        failed: &Entry,
+        error: &DeliveryError,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        let attempts = failed.attempts + 1;
+        let delay = self.backoff(attempts);
+        tracing::warn!(
+            topic = self.topic,
+            message = %failed.id,
+            attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            %error,
+            "outbox delivery failed; will retry"
+        );
+        let sql = "UPDATE outbox SET attempts = $1, next_attempt_at_ms = $2, last_error = $3, \
+                   lease_owner = NULL, lease_until_ms = NULL WHERE id = $4";
+        self.db
+            .execute_raw(crate::db::statement(
+                self.db.get_database_backend(),
+                sql,
+                [
+                    attempts.into(),
+                    (now + delay.as_millis() as i64).into(),
+                    truncate(&error.0, 1000).into(),
+                    failed.id.clone().into(),
+                ],
+            ))
+            .await
+            .map(|_| ())
     }
 
     async fn release(&self, entry: &Entry) -> Result<(), DbErr> {

@@ -204,9 +204,74 @@ async fn concurrent_migrations_apply_once(db: TestDatabase) {
     );
 }
 
+/// Takes up to four partitions per call; the first run of partition `p2` it
+/// sees fails after its first message.
+#[derive(Default)]
+struct BatchingSink {
+    inner: RecordingSink,
+    /// Partitions per call, in call order.
+    calls: Mutex<Vec<usize>>,
+    failed_p2: Mutex<bool>,
+}
+
+#[tonic::async_trait]
+impl Sink for BatchingSink {
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
+        self.calls.lock().expect("lock").push(1);
+        self.inner.deliver(run).await
+    }
+
+    fn partitions_per_call(&self) -> usize {
+        4
+    }
+
+    async fn deliver_many(
+        &self,
+        runs: &[Vec<Entry>],
+    ) -> Vec<Result<usize, (usize, DeliveryError)>> {
+        self.calls.lock().expect("lock").push(runs.len());
+        let mut results = Vec::new();
+        for run in runs {
+            let fail = run[0].partition_key == "p2" && {
+                let mut failed = self.failed_p2.lock().expect("lock");
+                !std::mem::replace(&mut *failed, true)
+            };
+            if fail {
+                let _ = self.inner.deliver(&run[..1]).await;
+                results.push(Err((1, DeliveryError("p2's receiver hiccup".into()))));
+            } else {
+                results.push(self.inner.deliver(run).await);
+            }
+        }
+        results
+    }
+}
+
+async fn many_partitions_per_call_keep_order_and_retry_alone(db: TestDatabase) {
+    let conn = connect(&db).await;
+    write(&conn, 6, 5).await;
+    let sink = Arc::new(BatchingSink::default());
+    let deliverer = Deliverer::new(conn.clone(), "test", sink.clone(), fast());
+    drain(&[&deliverer], &conn).await;
+    let delivered = sink.inner.delivered.lock().expect("lock").clone();
+    assert_eq!(delivered.len(), 30, "every message once");
+    assert_in_order(&delivered, 6, 5);
+    let calls = sink.calls.lock().expect("lock").clone();
+    assert!(
+        calls.iter().all(|&n| n <= 4),
+        "at most 4 partitions per call: {calls:?}"
+    );
+    assert_eq!(calls[0], 4, "the first call carries 4 of the 6 partitions");
+    assert!(
+        *sink.failed_p2.lock().expect("lock"),
+        "p2's run failed once"
+    );
+}
+
 on_each_database!(
     concurrent_migrations_apply_once,
     delivers_everything_in_order_after_failures,
     two_deliverers_never_deliver_twice,
     a_rolled_back_change_sends_nothing,
+    many_partitions_per_call_keep_order_and_retry_alone,
 );

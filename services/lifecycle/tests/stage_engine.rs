@@ -1078,6 +1078,189 @@ async fn watch_streams_and_resumes(db: TestDatabase) {
     server.stop().await;
 }
 
+/// One ApplyEngagementScores call: each item gets the answer the unary call
+/// would give, one item's problem does not stop the others, and the applied
+/// items change accounts and contacts exactly as one call each would.
+async fn batched_scores_answer_per_item(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let hot = create_account(&mut client, "Hot", "owner@seller.example")
+        .await
+        .account_id;
+    let warm = create_account(&mut client, "Warm", "").await.account_id;
+    let done = create_account(&mut client, "Done", "").await.account_id;
+    let ann = create_contact(&mut client, &hot, "ann@hot.example").await;
+    let other = create_contact(&mut client, &warm, "other@warm.example").await;
+    let again = create_account(&mut client, "Again", "").await.account_id;
+    score(&mut client, &done, "done-1", 5, 30.0, 0.0, vec![]).await;
+    score(&mut client, &again, "again-1", 5, 30.0, 0.0, vec![]).await;
+
+    let item = |event_id: &str, account_id: &str, sequence: i64, engagement: f64| {
+        pb::ApplyEngagementScoreRequest {
+            event_id: event_id.into(),
+            account_id: account_id.into(),
+            sequence,
+            engagement_score: engagement,
+            average_engagement_score: engagement,
+            ..Default::default()
+        }
+    };
+    let mut hot_item = item("b-hot", &hot, 1, 150.0);
+    hot_item.contacts = vec![
+        pb::ContactEngagement {
+            contact_id: ann.contact_id.clone(),
+            engagement_score: 150.0,
+            new_activity_types: vec!["webinar_attended".into()],
+        },
+        // Another account's contact is not this delivery's to change.
+        pb::ContactEngagement {
+            contact_id: other.contact_id.clone(),
+            engagement_score: 999.0,
+            new_activity_types: vec!["webinar_attended".into()],
+        },
+    ];
+    let mut bad = item("", &new_id(), 0, f64::NAN);
+    bad.contacts = vec![pb::ContactEngagement {
+        contact_id: String::new(),
+        engagement_score: 1.0,
+        new_activity_types: vec!["Not A Type".into()],
+    }];
+    let items = vec![
+        hot_item,
+        item("b-warm", &warm, 1, 20.0),
+        item("b-missing", &new_id(), 1, 20.0),
+        bad,
+        item("b-done-old", &done, 4, 500.0),
+        item("again-1", &again, 9, 500.0),
+    ];
+    let results = client
+        .apply_engagement_scores(req(
+            "scoring",
+            pb::ApplyEngagementScoresRequest {
+                items: items.clone(),
+            },
+        ))
+        .await
+        .expect("batch applied")
+        .into_inner()
+        .results;
+    let outcomes: Vec<i32> = results.iter().map(|r| r.outcome).collect();
+    use pb::ApplyOutcome as O;
+    assert_eq!(
+        outcomes,
+        [
+            O::Applied as i32,
+            O::Applied as i32,
+            O::NotFound as i32,
+            O::Rejected as i32,
+            O::Stale as i32,
+            O::Duplicate as i32,
+        ]
+    );
+    let accounts: Vec<&str> = results.iter().map(|r| r.account_id.as_str()).collect();
+    let sent: Vec<&str> = items.iter().map(|i| i.account_id.as_str()).collect();
+    assert_eq!(accounts, sent, "results in request order");
+    assert_eq!(
+        stage_path(&results[0].transitions),
+        vec![
+            (S::Targeted as i32, S::Engaged as i32, Cause::Score as i32),
+            (
+                S::Engaged as i32,
+                S::Prioritized as i32,
+                Cause::Score as i32
+            ),
+        ]
+    );
+    let fields: Vec<&str> = results[3]
+        .violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "items[3].event_id",
+            "items[3].sequence",
+            "items[3].engagement_score",
+            "items[3].average_engagement_score",
+            "items[3].contacts[0].contact_id",
+            "items[3].contacts[0].new_activity_types[0]",
+        ]
+    );
+
+    let hot_now = get_account(&mut client, &hot).await;
+    assert_eq!(
+        (hot_now.stage, hot_now.engagement_score),
+        (S::Prioritized as i32, 150.0)
+    );
+    assert_eq!(
+        reached(&hot_now),
+        [S::Targeted as i32, S::Engaged as i32, S::Prioritized as i32]
+    );
+    let ann_now = get_contact(&mut client, &ann.contact_id).await;
+    assert_eq!(
+        (ann_now.stage, ann_now.engagement_score),
+        (C::Engaged as i32, 150.0)
+    );
+    let other_now = get_contact(&mut client, &other.contact_id).await;
+    assert_eq!(
+        (other_now.stage, other_now.engagement_score),
+        (C::Suspect as i32, 0.0),
+        "a contact of another account is left alone"
+    );
+    let warm_now = get_account(&mut client, &warm).await;
+    assert_eq!(
+        (warm_now.stage, warm_now.engagement_score),
+        (S::Engaged as i32, 20.0)
+    );
+    let done_now = get_account(&mut client, &done).await;
+    assert_eq!(
+        done_now.engagement_score, 30.0,
+        "stale and duplicate change nothing"
+    );
+    assert_eq!(transitions(&mut client, &hot).await.len(), 2);
+
+    // The same call again: every applied item is now a duplicate.
+    let again = client
+        .apply_engagement_scores(req(
+            "scoring",
+            pb::ApplyEngagementScoresRequest {
+                items: items[..2].to_vec(),
+            },
+        ))
+        .await
+        .expect("repeat")
+        .into_inner()
+        .results;
+    assert!(again.iter().all(|r| r.outcome == O::Duplicate as i32));
+    assert_eq!(transitions(&mut client, &hot).await.len(), 2);
+
+    // Whole-call problems: none, too many, or one account twice.
+    for (items, field) in [
+        (Vec::new(), "items"),
+        (vec![item("x", &warm, 7, 1.0); 501], "items"),
+        (
+            vec![item("y1", &warm, 7, 1.0), item("y2", &warm, 8, 1.0)],
+            "items[1].account_id",
+        ),
+    ] {
+        let status = client
+            .apply_engagement_scores(req("scoring", pb::ApplyEngagementScoresRequest { items }))
+            .await
+            .expect_err("refused whole");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .expect("detail")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, [field]);
+    }
+    assert_eq!(get_account(&mut client, &warm).await.engagement_score, 20.0);
+    server.stop().await;
+}
+
 on_each_database!(
     tekstack_walkthrough,
     disqualify_and_nurture_keep_history,
@@ -1089,4 +1272,5 @@ on_each_database!(
     concurrent_actions_do_not_interleave,
     settings_are_versioned,
     watch_streams_and_resumes,
+    batched_scores_answer_per_item,
 );

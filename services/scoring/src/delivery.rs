@@ -1,16 +1,23 @@
 //! Delivers score changes to lifecycle through the outbox. Several pending
-//! changes of one account are coalesced into one call carrying the account's
-//! totals at delivery time and the newest sequence number.
+//! changes of one account are coalesced into one delivery carrying the
+//! account's totals at delivery time and the newest sequence number, and the
+//! deliveries of many accounts of a tenant go in one ApplyEngagementScores
+//! call, which lifecycle applies in one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
 
-use crate::storage::{DeliveryPayload, Repository};
+use crate::storage::{DeliveryPayload, Repository, Totals};
 
 /// The actor lifecycle records for score-driven moves.
 pub const ACTOR: &str = "scoring-service";
+
+/// Accounts per ApplyEngagementScores call (lifecycle takes up to 500).
+pub const ACCOUNTS_PER_CALL: usize = 500;
 
 pub struct LifecycleScoreSink {
     repository: Repository,
@@ -23,70 +30,131 @@ impl LifecycleScoreSink {
     }
 }
 
+/// A run of one account's messages, merged.
+struct Merged {
+    /// The newest message's id: a retry of this delivery is a duplicate.
+    event_id: String,
+    account_id: String,
+    sequence: i64,
+    contacts: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn merge(run: &[Entry]) -> Option<Merged> {
+    let last = run.last()?;
+    let mut merged = Merged {
+        event_id: last.id.clone(),
+        account_id: last.partition_key.clone(),
+        sequence: 0,
+        contacts: BTreeMap::new(),
+    };
+    for entry in run {
+        let payload: DeliveryPayload = match serde_json::from_slice(&entry.payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(message = %entry.id, %error, "unreadable score delivery dropped");
+                continue;
+            }
+        };
+        merged.sequence = merged.sequence.max(payload.sequence);
+        for (contact, types) in payload.contacts {
+            merged.contacts.entry(contact).or_default().extend(types);
+        }
+    }
+    Some(merged)
+}
+
+fn request(merged: Merged, totals: &Totals) -> lifecycle::ApplyEngagementScoreRequest {
+    lifecycle::ApplyEngagementScoreRequest {
+        event_id: merged.event_id,
+        sequence: merged.sequence,
+        engagement_score: totals.engagement,
+        average_engagement_score: totals.average(),
+        intent_score: totals.intent,
+        contacts: merged
+            .contacts
+            .into_iter()
+            .map(|(contact_id, types)| lifecycle::ContactEngagement {
+                engagement_score: totals.per_contact.get(&contact_id).copied().unwrap_or(0.0),
+                contact_id,
+                new_activity_types: types.into_iter().collect(),
+            })
+            .collect(),
+        compute_time: Some(cascade_shared::time::to_timestamp(
+            cascade_shared::time::now(),
+        )),
+        account_id: merged.account_id,
+    }
+}
+
+/// Lifecycle will never accept these: an unknown account, or a delivery it
+/// finds malformed. Retrying would block the account, so they are dropped.
+fn refused(account_id: &str, code: impl std::fmt::Debug, message: &str) {
+    tracing::warn!(
+        account = %account_id,
+        ?code,
+        message,
+        "lifecycle refused a score delivery; dropped"
+    );
+}
+
+impl LifecycleScoreSink {
+    /// The requests for `runs`, in order (`None` for a run with nothing to say).
+    async fn requests(
+        &self,
+        runs: &[Vec<Entry>],
+    ) -> Result<Vec<Option<lifecycle::ApplyEngagementScoreRequest>>, DeliveryError> {
+        let merged: Vec<Option<Merged>> = runs.iter().map(|run| merge(run)).collect();
+        let Some(tenant_id) = runs
+            .first()
+            .and_then(|run| run.first())
+            .map(|e| &e.tenant_id)
+        else {
+            return Ok(Vec::new());
+        };
+        let wanted: Vec<(&str, Vec<&str>)> = merged
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.account_id.as_str(),
+                    m.contacts.keys().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let totals = self
+            .repository
+            .delivery_totals(tenant_id, &wanted)
+            .await
+            .map_err(|e| DeliveryError(format!("computing totals: {e}")))?;
+        Ok(merged
+            .into_iter()
+            .map(|m| {
+                let m = m?;
+                let totals = totals.get(&m.account_id).cloned().unwrap_or_default();
+                Some(request(m, &totals))
+            })
+            .collect())
+    }
+}
+
 #[tonic::async_trait]
 impl Sink for LifecycleScoreSink {
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
-        let Some(last) = run.last() else {
-            return Ok(0);
+        let runs = [run.to_vec()];
+        let request = match self.requests(&runs).await {
+            Ok(mut requests) => requests.pop().flatten(),
+            Err(error) => return Err((0, error)),
         };
-        let mut merged = DeliveryPayload {
-            sequence: 0,
-            contacts: Default::default(),
+        let (Some(request), Some(last)) = (request, run.last()) else {
+            return Ok(run.len());
         };
-        for entry in run {
-            let payload: DeliveryPayload = match serde_json::from_slice(&entry.payload) {
-                Ok(payload) => payload,
-                Err(error) => {
-                    tracing::error!(message = %entry.id, %error, "unreadable score delivery dropped");
-                    continue;
-                }
-            };
-            merged.sequence = merged.sequence.max(payload.sequence);
-            for (contact, types) in payload.contacts {
-                merged.contacts.entry(contact).or_default().extend(types);
-            }
-        }
-        let account_id = &last.partition_key;
-        let contacts: Vec<&str> = merged.contacts.keys().map(String::as_str).collect();
-        let totals = self
-            .repository
-            .delivery_totals(&last.tenant_id, account_id, &contacts)
-            .await
-            .map_err(|e| (0, DeliveryError(format!("computing totals: {e}"))))?;
-        let request = lifecycle::ApplyEngagementScoreRequest {
-            // The newest message's id: a retry of this delivery is a duplicate.
-            event_id: last.id.clone(),
-            account_id: account_id.clone(),
-            sequence: merged.sequence,
-            engagement_score: totals.engagement,
-            average_engagement_score: totals.average(),
-            intent_score: totals.intent,
-            contacts: merged
-                .contacts
-                .into_iter()
-                .map(|(contact_id, types)| lifecycle::ContactEngagement {
-                    engagement_score: totals.per_contact.get(&contact_id).copied().unwrap_or(0.0),
-                    contact_id,
-                    new_activity_types: types.into_iter().collect(),
-                })
-                .collect(),
-            compute_time: Some(cascade_shared::time::to_timestamp(
-                cascade_shared::time::now(),
-            )),
-        };
+        let account_id = request.account_id.clone();
         let mut client = self.client.clone();
         let call = client.apply_engagement_score(outgoing(&last.tenant_id, ACTOR, request));
         match with_deadline(CALL_DEADLINE, call).await {
             Ok(_) => Ok(run.len()),
-            // Lifecycle will never accept these: an unknown account, or a
-            // delivery it finds malformed. Retrying would block the account.
             Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                tracing::warn!(
-                    account = %account_id,
-                    code = ?status.code(),
-                    message = status.message(),
-                    "lifecycle refused a score delivery; dropped"
-                );
+                refused(&account_id, status.code(), status.message());
                 Ok(run.len())
             }
             Err(status) => Err((
@@ -98,5 +166,100 @@ impl Sink for LifecycleScoreSink {
                 )),
             )),
         }
+    }
+
+    fn partitions_per_call(&self) -> usize {
+        ACCOUNTS_PER_CALL
+    }
+
+    async fn deliver_many(
+        &self,
+        runs: &[Vec<Entry>],
+    ) -> Vec<Result<usize, (usize, DeliveryError)>> {
+        let fail_all =
+            |error: DeliveryError| runs.iter().map(|_| Err((0, error.clone()))).collect();
+        let requests = match self.requests(runs).await {
+            Ok(requests) => requests,
+            Err(error) => return fail_all(error),
+        };
+        let Some(tenant_id) = runs
+            .first()
+            .and_then(|run| run.first())
+            .map(|e| e.tenant_id.clone())
+        else {
+            return Vec::new();
+        };
+        // Which run each item of the call came from.
+        let mut sent = Vec::new();
+        let mut items = Vec::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            if let Some(request) = request {
+                sent.push(i);
+                items.push(request);
+            }
+        }
+        let mut results: Vec<Result<usize, (usize, DeliveryError)>> =
+            runs.iter().map(|run| Ok(run.len())).collect();
+        if items.is_empty() {
+            return results;
+        }
+        let mut client = self.client.clone();
+        let call = client.apply_engagement_scores(outgoing(
+            &tenant_id,
+            ACTOR,
+            lifecycle::ApplyEngagementScoresRequest { items },
+        ));
+        let answer = match with_deadline(CALL_DEADLINE, call).await {
+            Ok(answer) => answer.into_inner(),
+            // A lifecycle older than this scoring: one call per account.
+            Err(status) if status.code() == Code::Unimplemented => {
+                let mut results = Vec::with_capacity(runs.len());
+                for run in runs {
+                    results.push(self.deliver(run).await);
+                }
+                return results;
+            }
+            Err(status) => {
+                return fail_all(DeliveryError(format!(
+                    "lifecycle answered {:?}: {}",
+                    status.code(),
+                    status.message()
+                )));
+            }
+        };
+        if answer.results.len() != sent.len() {
+            return fail_all(DeliveryError(format!(
+                "lifecycle answered {} results for {} deliveries",
+                answer.results.len(),
+                sent.len()
+            )));
+        }
+        for (result, &run) in answer.results.iter().zip(&sent) {
+            let outcome = lifecycle::ApplyOutcome::try_from(result.outcome)
+                .unwrap_or(lifecycle::ApplyOutcome::Unspecified);
+            match outcome {
+                lifecycle::ApplyOutcome::Applied
+                | lifecycle::ApplyOutcome::Duplicate
+                | lifecycle::ApplyOutcome::Stale => {}
+                lifecycle::ApplyOutcome::NotFound | lifecycle::ApplyOutcome::Rejected => {
+                    let why: Vec<String> = result
+                        .violations
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect();
+                    refused(&result.account_id, outcome, &why.join("; "));
+                }
+                lifecycle::ApplyOutcome::Unspecified => {
+                    results[run] = Err((
+                        0,
+                        DeliveryError(format!(
+                            "lifecycle answered no outcome for account {}",
+                            result.account_id
+                        )),
+                    ));
+                }
+            }
+        }
+        results
     }
 }

@@ -31,12 +31,10 @@ async fn service(
     let lifecycle = cascade_shared::client::lifecycle_client(&settings, IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
     let sink = delivery::LifecycleScoreSink::new(repository.clone(), lifecycle.clone());
-    let deliverer = Deliverer::new(
-        database,
-        storage::SCORE_TOPIC,
-        Arc::new(sink),
-        settings.outbox.deliverer_config(),
-    );
+    // A round claims as many accounts as one ApplyEngagementScores call takes.
+    let mut config = settings.outbox.deliverer_config();
+    config.batch_size = u32::try_from(delivery::ACCOUNTS_PER_CALL).unwrap_or(u32::MAX);
+    let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
     Ok(ScoringServiceServer::new(api::ScoringApi::new(

@@ -340,6 +340,13 @@ impl LifecycleService for LifecycleApi {
         stages::apply_engagement_score(self, request).await
     }
 
+    async fn apply_engagement_scores(
+        &self,
+        request: Request<pb::ApplyEngagementScoresRequest>,
+    ) -> Result<Response<pb::ApplyEngagementScoresResponse>, Status> {
+        stages::apply_engagement_scores(self, request).await
+    }
+
     async fn apply_opportunity_event(
         &self,
         request: Request<pb::ApplyOpportunityEventRequest>,

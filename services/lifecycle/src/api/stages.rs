@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::domain::AccountStage;
+use cascade_shared::error::FieldViolation;
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::Validator;
@@ -18,10 +19,9 @@ use super::{LifecycleApi, mask_paths, optional_enum, required_id};
 use crate::convert;
 use crate::domain::account_rules::AccountEvent;
 use crate::domain::resolve::{Reference, Resolution};
+use crate::domain::scores::{ContactEngagement, ScoreDelivery};
 use crate::domain::settings::{LifecycleSettings, OnLostAction};
-use crate::storage::{
-    ApplyOutcome, ContactEngagementIn, Mutation, MutationResult, OpportunityEventKind,
-};
+use crate::storage::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind, ScoreApplied};
 
 /// The stream type of WatchAccountEvents.
 pub type WatchStream =
@@ -30,6 +30,8 @@ pub type WatchStream =
 const MAX_REASON: usize = 1000;
 const MAX_EVENT_ID: usize = 128;
 const MAX_CONTACTS_PER_DELIVERY: usize = 1000;
+/// Deliveries per ApplyEngagementScores call.
+const MAX_SCORE_ITEMS: usize = 500;
 const MAX_ACTIVITY_TYPE: usize = 64;
 const MAX_HAND_RAISE_TYPES: usize = 50;
 /// How often a watcher looks for events written by other replicas.
@@ -352,61 +354,58 @@ fn activity_type_ok(value: &str) -> bool {
         })
 }
 
-pub(super) async fn apply_engagement_score(
-    api: &LifecycleApi,
-    request: Request<pb::ApplyEngagementScoreRequest>,
-) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
-    let context = RequestContext::of(&request)?;
-    let request = request.into_inner();
+/// Checks one score delivery; violations are named under `prefix` (empty
+/// for the unary call, `items[i].` in a batch).
+fn score_delivery(
+    request: &pb::ApplyEngagementScoreRequest,
+    prefix: &str,
+) -> Result<(String, ScoreDelivery), Vec<FieldViolation>> {
+    let field = |name: &str| format!("{prefix}{name}");
     let mut v = Validator::new();
-    let event_id = v.required_text("event_id", &request.event_id, MAX_EVENT_ID);
-    let account_id = v.required_id("account_id", &request.account_id);
+    let event_id = v.required_text(&field("event_id"), &request.event_id, MAX_EVENT_ID);
+    let account_id = v.required_id(&field("account_id"), &request.account_id);
     if request.sequence <= 0 {
-        v.add("sequence", "must be greater than 0");
+        v.add(field("sequence"), "must be greater than 0");
     }
-    let engagement_score = finite(&mut v, "engagement_score", request.engagement_score);
+    let engagement_score = finite(&mut v, &field("engagement_score"), request.engagement_score);
     let average = finite(
         &mut v,
-        "average_engagement_score",
+        &field("average_engagement_score"),
         request.average_engagement_score,
     );
-    let intent_score = finite(&mut v, "intent_score", request.intent_score);
+    let intent_score = finite(&mut v, &field("intent_score"), request.intent_score);
     if request.contacts.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
-            "contacts",
+            field("contacts"),
             format!("at most {MAX_CONTACTS_PER_DELIVERY} per delivery"),
         );
     }
     let mut contacts = Vec::with_capacity(request.contacts.len());
     for (i, c) in request.contacts.iter().enumerate() {
-        let contact_id = v.required_id(&format!("contacts[{i}].contact_id"), &c.contact_id);
+        let contact_id = v.required_id(&field(&format!("contacts[{i}].contact_id")), &c.contact_id);
         let score = finite(
             &mut v,
-            &format!("contacts[{i}].engagement_score"),
+            &field(&format!("contacts[{i}].engagement_score")),
             c.engagement_score,
         );
         for (j, t) in c.new_activity_types.iter().enumerate() {
             if !activity_type_ok(t) {
                 v.add(
-                    format!("contacts[{i}].new_activity_types[{j}]"),
+                    field(&format!("contacts[{i}].new_activity_types[{j}]")),
                     "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
                 );
             }
         }
-        contacts.push(ContactEngagementIn {
+        contacts.push(ContactEngagement {
             contact_id,
             engagement_score: score,
             new_activity_types: c.new_activity_types.clone(),
         });
     }
-    v.finish()?;
-    let result = api
-        .repository
-        .mutate(
-            &context.tenant,
-            &context.actor,
-            &account_id,
-            Mutation::Score {
+    match v.finish() {
+        Ok(()) => Ok((
+            account_id,
+            ScoreDelivery {
                 event_id,
                 sequence: request.sequence,
                 engagement_score,
@@ -414,14 +413,119 @@ pub(super) async fn apply_engagement_score(
                 intent_score,
                 contacts,
             },
-        )
+        )),
+        Err(ServiceError::InvalidArgument(violations)) => Err(violations),
+        Err(_) => Err(vec![FieldViolation::new(field("event_id"), "is invalid")]),
+    }
+}
+
+fn score_outcome(applied: &ScoreApplied) -> (i32, Vec<pb::AccountTransition>) {
+    match applied {
+        ScoreApplied::NotFound => (pb::ApplyOutcome::NotFound as i32, Vec::new()),
+        ScoreApplied::Duplicate => (pb::ApplyOutcome::Duplicate as i32, Vec::new()),
+        ScoreApplied::Stale => (pb::ApplyOutcome::Stale as i32, Vec::new()),
+        ScoreApplied::Applied { transitions } => (
+            pb::ApplyOutcome::Applied as i32,
+            transitions.iter().map(convert::transition).collect(),
+        ),
+    }
+}
+
+pub(super) async fn apply_engagement_score(
+    api: &LifecycleApi,
+    request: Request<pb::ApplyEngagementScoreRequest>,
+) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let delivery = score_delivery(request.get_ref(), "").map_err(ServiceError::InvalidArgument)?;
+    let account_id = delivery.0.clone();
+    let mut results = api
+        .repository
+        .apply_scores(&context.tenant, &context.actor, &[delivery], true)
         .await?;
-    let (account, outcome, transitions) = applied(result);
+    let result = results
+        .pop()
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no result for the delivery")))?;
+    if result.applied == ScoreApplied::NotFound {
+        return Err(ServiceError::not_found("account", &account_id).into());
+    }
+    let (outcome, transitions) = score_outcome(&result.applied);
     Ok(Response::new(pb::ApplyEngagementScoreResponse {
-        account,
+        account: result.account.map(convert::account),
         outcome,
         transitions,
     }))
+}
+
+pub(super) async fn apply_engagement_scores(
+    api: &LifecycleApi,
+    request: Request<pb::ApplyEngagementScoresRequest>,
+) -> Result<Response<pb::ApplyEngagementScoresResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let items = &request.get_ref().items;
+    if items.is_empty() || items.len() > MAX_SCORE_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!("must hold 1 to {MAX_SCORE_ITEMS} deliveries"),
+        )
+        .into());
+    }
+    let mut deliveries = Vec::with_capacity(items.len());
+    // Where each item's result comes from: its index among the deliveries,
+    // or its violations.
+    let mut slots: Vec<Result<usize, Vec<FieldViolation>>> = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        match score_delivery(item, &format!("items[{i}].")) {
+            Ok(delivery) => {
+                // Two deliveries of one account in a call would have no order.
+                if !seen.insert(delivery.0.clone()) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].account_id"),
+                        "repeats an account of an earlier item; send one delivery per account",
+                    )
+                    .into());
+                }
+                slots.push(Ok(deliveries.len()));
+                deliveries.push(delivery);
+            }
+            Err(violations) => slots.push(Err(violations)),
+        }
+    }
+    let applied = if deliveries.is_empty() {
+        Vec::new()
+    } else {
+        api.repository
+            .apply_scores(&context.tenant, &context.actor, &deliveries, false)
+            .await?
+    };
+    let results = items
+        .iter()
+        .zip(slots)
+        .map(|(item, slot)| match slot {
+            Ok(index) => {
+                let (outcome, transitions) = score_outcome(&applied[index].applied);
+                pb::ApplyEngagementScoreResult {
+                    account_id: item.account_id.clone(),
+                    outcome,
+                    transitions,
+                    violations: Vec::new(),
+                }
+            }
+            Err(violations) => pb::ApplyEngagementScoreResult {
+                account_id: item.account_id.clone(),
+                outcome: pb::ApplyOutcome::Rejected as i32,
+                transitions: Vec::new(),
+                violations: violations
+                    .into_iter()
+                    .map(|v| cascade_proto::common::v1::FieldViolation {
+                        field: v.field,
+                        description: v.description,
+                    })
+                    .collect(),
+            },
+        })
+        .collect();
+    Ok(Response::new(pb::ApplyEngagementScoresResponse { results }))
 }
 
 pub(super) async fn apply_opportunity_event(

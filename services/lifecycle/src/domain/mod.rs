@@ -4,6 +4,7 @@
 pub mod account_rules;
 pub mod contact_rules;
 pub mod resolve;
+pub mod scores;
 pub mod settings;
 
 use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};

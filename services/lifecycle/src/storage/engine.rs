@@ -25,18 +25,10 @@ use super::{
 use crate::convert;
 use crate::domain::account_rules::{self, AccountEvent, AccountState, TransitionCause};
 use crate::domain::contact_rules::{self, ContactEvent};
-use crate::domain::settings::LifecycleSettings;
+use crate::domain::scores::prioritized_text;
 use crate::domain::{Account, Notification, NotificationReason, Transition};
 
 const OPEN: &str = "OPEN";
-
-/// A contact's engagement delivered by scoring.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContactEngagementIn {
-    pub contact_id: String,
-    pub engagement_score: f64,
-    pub new_activity_types: Vec<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpportunityEventKind {
@@ -45,22 +37,14 @@ pub enum OpportunityEventKind {
     Lost,
 }
 
-/// A change to apply to an account.
+/// A change to apply to an account. (Score deliveries from scoring are
+/// applied many accounts at a time, by `scores.rs`.)
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// Qualify, Disqualify, Nurture or Advance, by a person.
     Manual {
         event: AccountEvent,
         reason: Option<String>,
-    },
-    /// New totals from scoring.
-    Score {
-        event_id: String,
-        sequence: i64,
-        engagement_score: f64,
-        average_engagement_score: f64,
-        intent_score: f64,
-        contacts: Vec<ContactEngagementIn>,
     },
     /// An opportunity opened, won or lost.
     Opportunity {
@@ -76,9 +60,7 @@ impl Mutation {
     fn event_id(&self) -> Option<&str> {
         match self {
             Mutation::Manual { .. } => None,
-            Mutation::Score { event_id, .. } | Mutation::Opportunity { event_id, .. } => {
-                Some(event_id)
-            }
+            Mutation::Opportunity { event_id, .. } => Some(event_id),
         }
     }
 }
@@ -127,11 +109,6 @@ impl Repository {
         {
             return unchanged(txn, model, ApplyOutcome::Duplicate).await;
         }
-        if let Mutation::Score { sequence, .. } = &mutation
-            && *sequence <= model.score_sequence
-        {
-            return unchanged(txn, model, ApplyOutcome::Stale).await;
-        }
 
         let settings = settings::current(&txn, tenant.as_str()).await?.settings;
         let now = time::now();
@@ -155,14 +132,6 @@ impl Repository {
         };
         let event = match &mutation {
             Mutation::Manual { event, .. } => event.clone(),
-            Mutation::Score {
-                engagement_score,
-                intent_score,
-                ..
-            } => AccountEvent::Engagement {
-                engagement_score: *engagement_score,
-                intent_score: *intent_score,
-            },
             Mutation::Opportunity {
                 kind, other_open, ..
             } => match kind {
@@ -178,39 +147,24 @@ impl Repository {
             ServiceError::precondition("ACCOUNT_STAGE", format!("account/{account_id}"), refusal.0)
         })?;
 
-        // Contacts first: a hand-raise may ask for a notification.
-        let hand_raises = match &mutation {
-            Mutation::Score { contacts, .. } => {
-                apply_engagement_to_contacts(
-                    &txn,
-                    tenant.as_str(),
-                    account_id,
-                    contacts,
-                    &settings,
-                    now_ms,
-                )
-                .await?
-            }
-            Mutation::Opportunity {
+        if let Mutation::Opportunity {
+            opportunity_id,
+            kind,
+            buying_group,
+            ..
+        } = &mutation
+        {
+            apply_opportunity_to_contacts(
+                &txn,
+                tenant.as_str(),
+                account_id,
                 opportunity_id,
-                kind,
+                *kind,
                 buying_group,
-                ..
-            } => {
-                apply_opportunity_to_contacts(
-                    &txn,
-                    tenant.as_str(),
-                    account_id,
-                    opportunity_id,
-                    *kind,
-                    buying_group,
-                    now_ms,
-                )
-                .await?;
-                Vec::new()
-            }
-            Mutation::Manual { .. } => Vec::new(),
-        };
+                now_ms,
+            )
+            .await?;
+        }
 
         let mut writes = Writes {
             transitions: Vec::new(),
@@ -260,21 +214,7 @@ impl Repository {
             am.stage_entered_at = Set(now);
             am.transition_count = Set(seq);
         }
-        let mut current_score = previous_score;
-        if let Mutation::Score {
-            sequence,
-            engagement_score,
-            average_engagement_score,
-            intent_score,
-            ..
-        } = &mutation
-        {
-            am.engagement_score = Set(*engagement_score);
-            am.average_engagement_score = Set(*average_engagement_score);
-            am.intent_score = Set(*intent_score);
-            am.score_sequence = Set(*sequence);
-            current_score = *engagement_score;
-        }
+        let current_score = previous_score;
         if outcome.reset_baseline {
             am.score_baseline = Set(current_score);
         }
@@ -300,11 +240,8 @@ impl Repository {
         let updated = am.update(&txn).await?;
 
         if outcome.notify_prioritized {
-            let text = format!(
-                "{account_name} reached PRIORITIZED with an engagement score of {current_score:.0} \
-                 (threshold {:.0}): it is ready for direct outreach.",
-                settings.prioritized_threshold
-            );
+            let text =
+                prioritized_text(&account_name, current_score, settings.prioritized_threshold);
             writes.notifications.push(
                 notifications::record(
                     &txn,
@@ -312,25 +249,6 @@ impl Repository {
                     account_id,
                     &owner,
                     NotificationReason::Prioritized,
-                    text,
-                    now_ms,
-                )
-                .await?,
-            );
-        } else if settings.renotify_on_hand_raise
-            && stage >= AccountStage::Prioritized
-            && let Some((contact_label, activity_type)) = hand_raises.first()
-        {
-            let text = format!(
-                "{contact_label} raised a hand ({activity_type}) on {account_name}, which is {stage}."
-            );
-            writes.notifications.push(
-                notifications::record(
-                    &txn,
-                    tenant.as_str(),
-                    account_id,
-                    &owner,
-                    NotificationReason::HandRaise,
                     text,
                     now_ms,
                 )
@@ -482,61 +400,6 @@ async fn account_contact(
         .filter(contact::Column::AccountId.eq(account_id))
         .one(conn)
         .await?)
-}
-
-/// Updates contacts' scores and stages; returns the hand-raises seen, as
-/// (who, activity type).
-async fn apply_engagement_to_contacts(
-    conn: &impl ConnectionTrait,
-    tenant_id: &str,
-    account_id: &str,
-    contacts: &[ContactEngagementIn],
-    settings: &LifecycleSettings,
-    now_ms: i64,
-) -> ServiceResult<Vec<(String, String)>> {
-    let mut hand_raises = Vec::new();
-    for c in contacts {
-        // A contact of another account or tenant is not this delivery's to change.
-        let Some(model) = account_contact(conn, tenant_id, account_id, &c.contact_id).await? else {
-            tracing::warn!(contact = %c.contact_id, account = %account_id, "score for an unknown contact ignored");
-            continue;
-        };
-        let raised = c
-            .new_activity_types
-            .iter()
-            .find(|t| settings.is_hand_raise(t));
-        if let Some(activity_type) = raised {
-            let who = model
-                .email
-                .clone()
-                .unwrap_or_else(|| model.contact_id.clone());
-            hand_raises.push((who, activity_type.clone()));
-        }
-        conn.execute_raw(statement(
-            conn,
-            "UPDATE contacts SET engagement_score = $1, has_activity = $2 WHERE contact_id = $3",
-            [
-                c.engagement_score.into(),
-                (model.has_activity || !c.new_activity_types.is_empty()).into(),
-                model.contact_id.clone().into(),
-            ],
-        ))
-        .await?;
-        if !c.new_activity_types.is_empty() {
-            let current: ContactStage = model
-                .stage
-                .parse()
-                .map_err(|e| corrupt("contacts.stage", e))?;
-            let next = contact_rules::after_event(
-                current,
-                ContactEvent::Activity {
-                    hand_raise: raised.is_some(),
-                },
-            );
-            set_contact_stage(conn, tenant_id, &model, next, now_ms).await?;
-        }
-    }
-    Ok(hand_raises)
 }
 
 /// Keeps lifecycle's view of the account's opportunities and moves the

@@ -8,6 +8,7 @@ pub mod migration;
 mod migration_stage_engine;
 mod notifications;
 mod records;
+mod scores;
 mod settings;
 
 use std::collections::HashMap;
@@ -25,13 +26,12 @@ use tokio::sync::Notify;
 use crate::domain::{Account, Contact, Transition};
 use entities::{account, contact, stage_first, transition};
 
-pub use engine::{
-    ApplyOutcome, ContactEngagementIn, Mutation, MutationResult, OpportunityEventKind,
-};
+pub use engine::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind};
 pub use history::{FunnelRow, WatchedEvent};
 pub use notifications::{
     NOTIFICATION_ID_HEADER, NOTIFICATION_TOPIC, SIGNATURE_HEADER, WebhookSink, signature,
 };
+pub use scores::{ScoreApplied, ScoreResult};
 pub use settings::StoredSettings;
 
 /// Filters of ListAccounts.

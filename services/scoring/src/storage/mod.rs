@@ -641,57 +641,82 @@ impl Repository {
         Ok(simulation.finish())
     }
 
-    /// The totals to deliver for an account now, with decay applied: the
-    /// scores its last batch stored (what GetAccountScore computes from the
-    /// buckets, without reading them), or recomputed when those are stale.
-    /// `per_contact` holds `contacts` only.
+    /// The totals to deliver for accounts now, with decay applied: the
+    /// scores their last batch stored (what GetAccountScore computes from the
+    /// buckets, without reading them), or recomputed for an account whose
+    /// stored scores are stale. Each account's `per_contact` holds the
+    /// contacts asked for only. Two reads for all the accounts, whatever
+    /// their number, plus one per stale account.
     pub async fn delivery_totals(
         &self,
         tenant_id: &str,
-        account_id: &str,
-        contacts: &[&str],
-    ) -> ServiceResult<Totals> {
+        accounts: &[(&str, Vec<&str>)],
+    ) -> ServiceResult<HashMap<String, Totals>> {
         let today = today();
-        let row = self
-            .db
-            .query_one_raw(stmt(
-                &self.db,
-                "SELECT engagement_score, intent_score, engaged_contacts FROM account_scores \
-                 WHERE tenant_id = $1 AND account_id = $2 AND computed_day = $3",
-                vec![tenant_id.into(), account_id.into(), today.into()],
-            ))
-            .await?;
-        if let Some(row) = row {
-            let mut totals = Totals {
-                engagement: row.try_get("", "engagement_score")?,
-                intent: row.try_get("", "intent_score")?,
-                engaged_contacts: row.try_get("", "engaged_contacts")?,
-                ..Totals::default()
-            };
-            let mut current = 0;
-            for chunk in statement_chunks(contacts, 1) {
-                let sql = format!(
-                    "SELECT contact_id, engagement_score FROM contact_scores WHERE tenant_id = $1 \
-                     AND account_id = $2 AND computed_day = $3 AND contact_id IN ({})",
-                    placeholders(4, chunk.len())
+        let mut found: HashMap<String, Totals> = HashMap::with_capacity(accounts.len());
+        let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
+        for chunk in statement_chunks(&ids, 1) {
+            let sql = format!(
+                "SELECT account_id, engagement_score, intent_score, engaged_contacts FROM account_scores \
+                 WHERE tenant_id = $1 AND computed_day = $2 AND account_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut values: Vec<Value> = vec![tenant_id.into(), today.into()];
+            values.extend(chunk.iter().map(|id| Value::from(*id)));
+            for row in self.db.query_all_raw(stmt(&self.db, &sql, values)).await? {
+                found.insert(
+                    row.try_get("", "account_id")?,
+                    Totals {
+                        engagement: row.try_get("", "engagement_score")?,
+                        intent: row.try_get("", "intent_score")?,
+                        engaged_contacts: row.try_get("", "engaged_contacts")?,
+                        ..Totals::default()
+                    },
                 );
-                let mut values: Vec<Value> =
-                    vec![tenant_id.into(), account_id.into(), today.into()];
-                values.extend(chunk.iter().map(|c| Value::from(*c)));
-                for row in self.db.query_all_raw(stmt(&self.db, &sql, values)).await? {
+            }
+        }
+        let contacts: Vec<&str> = accounts
+            .iter()
+            .filter(|(id, _)| found.contains_key(*id))
+            .flat_map(|(_, contacts)| contacts.iter().copied())
+            .collect();
+        for chunk in statement_chunks(&contacts, 1) {
+            let sql = format!(
+                "SELECT account_id, contact_id, engagement_score FROM contact_scores \
+                 WHERE tenant_id = $1 AND computed_day = $2 AND contact_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut values: Vec<Value> = vec![tenant_id.into(), today.into()];
+            values.extend(chunk.iter().map(|c| Value::from(*c)));
+            for row in self.db.query_all_raw(stmt(&self.db, &sql, values)).await? {
+                let account_id: String = row.try_get("", "account_id")?;
+                if let Some(totals) = found.get_mut(&account_id) {
                     totals.per_contact.insert(
                         row.try_get("", "contact_id")?,
                         row.try_get("", "engagement_score")?,
                     );
-                    current += 1;
                 }
             }
-            if current == contacts.len() {
-                return Ok(totals);
-            }
         }
-        let model = current_model(&self.db, tenant_id).await?;
-        compute(&self.db, tenant_id, account_id, &model, today).await
+        // Stale: no row for today, or a contact without today's score.
+        let mut model = None;
+        for (account_id, contacts) in accounts {
+            let fresh = found
+                .get(*account_id)
+                .is_some_and(|totals| contacts.iter().all(|c| totals.per_contact.contains_key(*c)));
+            if fresh {
+                continue;
+            }
+            if model.is_none() {
+                model = Some(current_model(&self.db, tenant_id).await?);
+            }
+            let model = model.as_ref().ok_or_else(|| {
+                ServiceError::internal(anyhow::anyhow!("the scoring model was not loaded"))
+            })?;
+            let totals = compute(&self.db, tenant_id, account_id, model, today).await?;
+            found.insert((*account_id).to_owned(), totals);
+        }
+        Ok(found)
     }
 }
 

@@ -1,0 +1,396 @@
+//! What a delivery of new engagement totals from scoring does to an account,
+//! decided from a snapshot of the account and the delivery's contacts without
+//! any I/O. Storage loads the snapshots of many deliveries at once, calls
+//! [`decide`] for each, and writes all the decisions in one transaction.
+
+use std::collections::HashMap;
+
+use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+
+use super::account_rules::{self, AccountEvent, AccountState, Step};
+use super::contact_rules::{self, ContactEvent};
+use super::settings::LifecycleSettings;
+use super::{NotificationReason, Refusal};
+
+/// A contact's engagement delivered by scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactEngagement {
+    pub contact_id: String,
+    pub engagement_score: f64,
+    /// Distinct activity types recorded since the previous delivery.
+    pub new_activity_types: Vec<String>,
+}
+
+/// New totals of one account, as scoring delivers them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreDelivery {
+    pub event_id: String,
+    /// Per-account, increasing: an older delivery arriving late is stale.
+    pub sequence: i64,
+    pub engagement_score: f64,
+    pub average_engagement_score: f64,
+    pub intent_score: f64,
+    pub contacts: Vec<ContactEngagement>,
+}
+
+/// What the decision needs to know about the account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSnapshot {
+    pub account_id: String,
+    pub name: String,
+    pub owner_id: Option<String>,
+    pub state: AccountState,
+    /// The sequence of the last delivery applied.
+    pub score_sequence: i64,
+    /// Whether this delivery's event id was applied before.
+    pub applied_before: bool,
+}
+
+/// What the decision needs to know about a contact named in the delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactSnapshot {
+    pub contact_id: String,
+    /// The account the contact belongs to.
+    pub account_id: String,
+    pub email: Option<String>,
+    pub stage: ContactStage,
+    pub has_activity: bool,
+}
+
+/// A contact's new score, activity flag and, when it moves, stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactUpdate {
+    pub contact_id: String,
+    pub engagement_score: f64,
+    pub has_activity: bool,
+    /// `Some` only when the stage changes.
+    pub stage: Option<ContactStage>,
+}
+
+/// A message to the account's owner, before it has an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationDraft {
+    pub reason: NotificationReason,
+    pub text: String,
+}
+
+/// The changes a delivery makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreChanges {
+    /// Account stage changes, in order.
+    pub steps: Vec<Step>,
+    /// Stage and customer type after the steps.
+    pub stage: AccountStage,
+    pub customer_type: CustomerType,
+    /// The account's score baseline becomes the delivered engagement score.
+    pub reset_baseline: bool,
+    pub contacts: Vec<ContactUpdate>,
+    /// Contacts named in the delivery that are not the account's (another
+    /// account's, or unknown): left alone.
+    pub ignored_contacts: Vec<String>,
+    pub notification: Option<NotificationDraft>,
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScoreDecision {
+    /// Its event id was applied before: nothing changes.
+    Duplicate,
+    /// A delivery with a higher sequence was applied: nothing changes.
+    Stale,
+    Apply(ScoreChanges),
+}
+
+/// Decides what `delivery` does to `account`. `contacts` holds the stored
+/// contacts the delivery names (missing ones are unknown).
+pub fn decide(
+    account: &AccountSnapshot,
+    contacts: &HashMap<String, ContactSnapshot>,
+    delivery: &ScoreDelivery,
+    settings: &LifecycleSettings,
+) -> Result<ScoreDecision, Refusal> {
+    if account.applied_before {
+        return Ok(ScoreDecision::Duplicate);
+    }
+    if delivery.sequence <= account.score_sequence {
+        return Ok(ScoreDecision::Stale);
+    }
+    let outcome = account_rules::apply(
+        &account.state,
+        &AccountEvent::Engagement {
+            engagement_score: delivery.engagement_score,
+            intent_score: delivery.intent_score,
+        },
+        settings,
+    )?;
+    let (stage, customer_type) = outcome.final_state(&account.state);
+
+    let mut updates = Vec::with_capacity(delivery.contacts.len());
+    let mut ignored = Vec::new();
+    // (who, activity type) of the first hand-raise seen.
+    let mut hand_raise: Option<(String, String)> = None;
+    for engagement in &delivery.contacts {
+        let Some(contact) = contacts
+            .get(&engagement.contact_id)
+            .filter(|c| c.account_id == account.account_id)
+        else {
+            ignored.push(engagement.contact_id.clone());
+            continue;
+        };
+        let raised = engagement
+            .new_activity_types
+            .iter()
+            .find(|t| settings.is_hand_raise(t));
+        if let (None, Some(activity_type)) = (&hand_raise, raised) {
+            let who = contact
+                .email
+                .clone()
+                .unwrap_or_else(|| contact.contact_id.clone());
+            hand_raise = Some((who, activity_type.clone()));
+        }
+        let active = !engagement.new_activity_types.is_empty();
+        let next = if active {
+            contact_rules::after_event(
+                contact.stage,
+                ContactEvent::Activity {
+                    hand_raise: raised.is_some(),
+                },
+            )
+        } else {
+            contact.stage
+        };
+        updates.push(ContactUpdate {
+            contact_id: contact.contact_id.clone(),
+            engagement_score: engagement.engagement_score,
+            has_activity: contact.has_activity || active,
+            stage: (next != contact.stage).then_some(next),
+        });
+    }
+
+    let notification = if outcome.notify_prioritized {
+        Some(NotificationDraft {
+            reason: NotificationReason::Prioritized,
+            text: prioritized_text(
+                &account.name,
+                delivery.engagement_score,
+                settings.prioritized_threshold,
+            ),
+        })
+    } else if settings.renotify_on_hand_raise && stage >= AccountStage::Prioritized {
+        hand_raise.map(|(who, activity_type)| NotificationDraft {
+            reason: NotificationReason::HandRaise,
+            text: format!(
+                "{who} raised a hand ({activity_type}) on {}, which is {stage}.",
+                account.name
+            ),
+        })
+    } else {
+        None
+    };
+
+    Ok(ScoreDecision::Apply(ScoreChanges {
+        steps: outcome.steps,
+        stage,
+        customer_type,
+        reset_baseline: outcome.reset_baseline,
+        contacts: updates,
+        ignored_contacts: ignored,
+        notification,
+    }))
+}
+
+/// The owner's message when an account enters PRIORITIZED.
+pub fn prioritized_text(account_name: &str, engagement_score: f64, threshold: f64) -> String {
+    format!(
+        "{account_name} reached PRIORITIZED with an engagement score of {engagement_score:.0} \
+         (threshold {threshold:.0}): it is ready for direct outreach."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::account_rules::TransitionCause;
+
+    fn settings() -> LifecycleSettings {
+        LifecycleSettings {
+            engaged_threshold: 10.0,
+            prioritized_threshold: 50.0,
+            hand_raise_activity_types: vec!["demo_request".into()],
+            renotify_on_hand_raise: true,
+            ..LifecycleSettings::default()
+        }
+    }
+
+    fn account(stage: AccountStage) -> AccountSnapshot {
+        AccountSnapshot {
+            account_id: "acc".into(),
+            name: "Acme".into(),
+            owner_id: Some("owner".into()),
+            state: AccountState {
+                stage,
+                customer_type: CustomerType::Prospect,
+                score_baseline: 0.0,
+                open_opportunities: 0,
+            },
+            score_sequence: 3,
+            applied_before: false,
+        }
+    }
+
+    fn contact(id: &str, account_id: &str, stage: ContactStage) -> (String, ContactSnapshot) {
+        (
+            id.to_owned(),
+            ContactSnapshot {
+                contact_id: id.into(),
+                account_id: account_id.into(),
+                email: Some(format!("{id}@acme.test")),
+                stage,
+                has_activity: false,
+            },
+        )
+    }
+
+    fn delivery(score: f64, contacts: &[(&str, &[&str])]) -> ScoreDelivery {
+        ScoreDelivery {
+            event_id: "e1".into(),
+            sequence: 4,
+            engagement_score: score,
+            average_engagement_score: score,
+            intent_score: 0.0,
+            contacts: contacts
+                .iter()
+                .map(|(id, types)| ContactEngagement {
+                    contact_id: (*id).into(),
+                    engagement_score: score,
+                    new_activity_types: types.iter().map(|t| (*t).to_owned()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn changes(decision: Result<ScoreDecision, Refusal>) -> ScoreChanges {
+        match decision.expect("a score is never refused") {
+            ScoreDecision::Apply(changes) => changes,
+            other => panic!("expected changes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_repeated_or_older_delivery_changes_nothing() {
+        let mut a = account(AccountStage::Targeted);
+        let d = delivery(100.0, &[]);
+        a.applied_before = true;
+        assert_eq!(
+            decide(&a, &HashMap::new(), &d, &settings()),
+            Ok(ScoreDecision::Duplicate)
+        );
+        a.applied_before = false;
+        for sequence in [2, 3] {
+            let old = ScoreDelivery {
+                sequence,
+                ..d.clone()
+            };
+            assert_eq!(
+                decide(&a, &HashMap::new(), &old, &settings()),
+                Ok(ScoreDecision::Stale),
+                "sequence {sequence} after 3"
+            );
+        }
+    }
+
+    #[test]
+    fn crossing_both_thresholds_passes_through_engaged_and_notifies_once() {
+        let c = changes(decide(
+            &account(AccountStage::Detected),
+            &HashMap::new(),
+            &delivery(60.0, &[]),
+            &settings(),
+        ));
+        let stages: Vec<_> = c.steps.iter().map(|s| (s.to_stage, s.cause)).collect();
+        assert_eq!(
+            stages,
+            vec![
+                (AccountStage::Engaged, TransitionCause::Score),
+                (AccountStage::Prioritized, TransitionCause::Score)
+            ]
+        );
+        assert_eq!(c.stage, AccountStage::Prioritized);
+        let n = c.notification.expect("the owner is told");
+        assert_eq!(n.reason, NotificationReason::Prioritized);
+        assert_eq!(
+            n.text,
+            "Acme reached PRIORITIZED with an engagement score of 60 (threshold 50): it is ready \
+             for direct outreach."
+        );
+    }
+
+    #[test]
+    fn contacts_of_the_account_move_others_are_ignored() {
+        let contacts: HashMap<_, _> = [
+            contact("quiet", "acc", ContactStage::Suspect),
+            contact("active", "acc", ContactStage::Suspect),
+            contact("raiser", "acc", ContactStage::Engaged),
+            contact("elsewhere", "other", ContactStage::Suspect),
+        ]
+        .into_iter()
+        .collect();
+        let c = changes(decide(
+            &account(AccountStage::Targeted),
+            &contacts,
+            &delivery(
+                5.0,
+                &[
+                    ("quiet", &[]),
+                    ("active", &["web_visit"]),
+                    ("raiser", &["demo_request"]),
+                    ("elsewhere", &["web_visit"]),
+                    ("nobody", &["web_visit"]),
+                ],
+            ),
+            &settings(),
+        ));
+        assert_eq!(c.ignored_contacts, vec!["elsewhere", "nobody"]);
+        let by_id: HashMap<_, _> = c
+            .contacts
+            .iter()
+            .map(|u| (u.contact_id.as_str(), u))
+            .collect();
+        assert_eq!(by_id["quiet"].stage, None, "no new activity, no move");
+        assert!(!by_id["quiet"].has_activity);
+        assert_eq!(by_id["active"].stage, Some(ContactStage::Engaged));
+        assert!(by_id["active"].has_activity);
+        assert_eq!(
+            by_id["raiser"].stage,
+            Some(ContactStage::MarketingQualified)
+        );
+        assert!(c.steps.is_empty(), "5 points is below both thresholds");
+        assert_eq!(
+            c.notification, None,
+            "a hand-raise below PRIORITIZED is not a notification"
+        );
+    }
+
+    #[test]
+    fn a_hand_raise_on_a_prioritized_account_notifies_only_when_the_tenant_wants_it() {
+        let contacts: HashMap<_, _> = [contact("raiser", "acc", ContactStage::Engaged)]
+            .into_iter()
+            .collect();
+        let d = delivery(70.0, &[("raiser", &["demo_request"])]);
+        let a = account(AccountStage::Prioritized);
+        let c = changes(decide(&a, &contacts, &d, &settings()));
+        let n = c.notification.expect("re-notified");
+        assert_eq!(n.reason, NotificationReason::HandRaise);
+        assert_eq!(
+            n.text,
+            "raiser@acme.test raised a hand (demo_request) on Acme, which is PRIORITIZED."
+        );
+        let quiet = LifecycleSettings {
+            renotify_on_hand_raise: false,
+            ..settings()
+        };
+        let c = changes(decide(&a, &contacts, &d, &quiet));
+        assert_eq!(c.notification, None);
+        assert!(c.steps.is_empty(), "scores never move past PRIORITIZED");
+    }
+}

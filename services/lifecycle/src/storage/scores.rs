@@ -1,0 +1,563 @@
+//! Applies score deliveries from scoring: many accounts of a tenant in one
+//! transaction. The snapshots of all of them are loaded with a few set-based
+//! reads, each delivery is decided by the pure `domain::scores::decide`, and
+//! the decisions are written with a few set-based statements. One delivery per
+//! account per transaction used to cost 22 statements and a commit each, and
+//! that was most of PostgreSQL's CPU during ingest (docs/performance.md).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::db::{begin_write, statement_chunks, update_from_values};
+use cascade_shared::{ServiceError, ServiceResult, TenantId, ids, time};
+use prost::Message;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Value,
+};
+
+use super::entities::{
+    account, account_opportunity, applied_event, contact, stage_first, transition,
+};
+use super::history::{append_events, rank};
+use super::{Repository, corrupt, from_ms, hydrate_accounts, ms, notifications, settings};
+use crate::convert;
+use crate::domain::account_rules::AccountState;
+use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
+use crate::domain::{Account, Transition};
+
+const OPEN: &str = "OPEN";
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScoreApplied {
+    /// No such account in the tenant; nothing changed.
+    NotFound,
+    /// Its event id was applied before.
+    Duplicate,
+    /// A newer delivery was applied before.
+    Stale,
+    Applied {
+        transitions: Vec<Transition>,
+    },
+}
+
+/// A delivery's result and, when asked for, the account after the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreResult {
+    pub applied: ScoreApplied,
+    pub account: Option<Account>,
+}
+
+impl Repository {
+    /// Applies deliveries of distinct accounts of one tenant in one
+    /// transaction; results are in the order of `deliveries`. With
+    /// `with_accounts`, each result carries its account as stored after the
+    /// call (the unary ApplyEngagementScore returns it).
+    pub async fn apply_scores(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        deliveries: &[(String, ScoreDelivery)],
+        with_accounts: bool,
+    ) -> ServiceResult<Vec<ScoreResult>> {
+        let t = tenant.as_str();
+        // SQLite: the write lock from the start (the accounts are locked by it).
+        let txn = begin_write(&self.db).await?;
+        let account_ids: Vec<&str> = deliveries.iter().map(|(id, _)| id.as_str()).collect();
+        let mut models = lock_accounts(&txn, t, &account_ids).await?;
+        let event_ids: Vec<&str> = deliveries
+            .iter()
+            .map(|(_, d)| d.event_id.as_str())
+            .collect();
+        let applied_before = applied_events(&txn, t, &event_ids).await?;
+        let settings = settings::current(&txn, t).await?.settings;
+        let open = open_opportunities(&txn, t, &account_ids).await?;
+        let contact_ids: Vec<&str> = deliveries
+            .iter()
+            .flat_map(|(_, d)| d.contacts.iter().map(|c| c.contact_id.as_str()))
+            .collect();
+        let contacts = load_contacts(&txn, t, &contact_ids).await?;
+
+        let now = time::now();
+        let now_ms = ms(now);
+        let mut writes = Writes::default();
+        let mut results = Vec::with_capacity(deliveries.len());
+        for (account_id, delivery) in deliveries {
+            let Some(model) = models.get_mut(account_id) else {
+                results.push(ScoreApplied::NotFound);
+                continue;
+            };
+            let snapshot = AccountSnapshot {
+                account_id: account_id.clone(),
+                name: model.name.clone(),
+                owner_id: model.owner_id.clone(),
+                state: AccountState {
+                    stage: model
+                        .stage
+                        .parse()
+                        .map_err(|e| corrupt("accounts.stage", e))?,
+                    customer_type: model
+                        .customer_type
+                        .parse()
+                        .map_err(|e| corrupt("accounts.customer_type", e))?,
+                    score_baseline: model.score_baseline,
+                    open_opportunities: open.get(account_id.as_str()).copied().unwrap_or(0),
+                },
+                score_sequence: model.score_sequence,
+                applied_before: applied_before.contains(delivery.event_id.as_str()),
+            };
+            let decision =
+                scores::decide(&snapshot, &contacts, delivery, &settings).map_err(|refusal| {
+                    ServiceError::precondition(
+                        "ACCOUNT_STAGE",
+                        format!("account/{account_id}"),
+                        refusal.0,
+                    )
+                })?;
+            let changes = match decision {
+                ScoreDecision::Duplicate => {
+                    results.push(ScoreApplied::Duplicate);
+                    continue;
+                }
+                ScoreDecision::Stale => {
+                    results.push(ScoreApplied::Stale);
+                    continue;
+                }
+                ScoreDecision::Apply(changes) => changes,
+            };
+            for ignored in &changes.ignored_contacts {
+                tracing::warn!(contact = %ignored, account = %account_id, "score for a contact not of this account ignored");
+            }
+
+            // The account row as it will be stored.
+            let mut transitions = Vec::with_capacity(changes.steps.len());
+            for step in &changes.steps {
+                model.transition_count += 1;
+                let transition = Transition {
+                    transition_id: ids::new_id(),
+                    account_id: account_id.clone(),
+                    from_stage: step.from_stage,
+                    to_stage: step.to_stage,
+                    from_customer_type: step.from_customer_type,
+                    to_customer_type: step.to_customer_type,
+                    cause: step.cause,
+                    actor: actor.to_owned(),
+                    reason: None,
+                    event_id: Some(delivery.event_id.clone()),
+                    settings_version: settings.version,
+                    occurred_at: now,
+                };
+                writes
+                    .firsts
+                    .push((account_id.clone(), step.to_stage.as_str()));
+                writes
+                    .transitions
+                    .push((model.transition_count, transition.clone()));
+                transitions.push(transition);
+            }
+            if !changes.steps.is_empty() {
+                model.stage = changes.stage.as_str().to_owned();
+                model.customer_type = changes.customer_type.as_str().to_owned();
+                model.stage_entered_at = now;
+            }
+            model.engagement_score = delivery.engagement_score;
+            model.average_engagement_score = delivery.average_engagement_score;
+            model.intent_score = delivery.intent_score;
+            model.score_sequence = delivery.sequence;
+            if changes.reset_baseline {
+                model.score_baseline = delivery.engagement_score;
+            }
+            model.version += 1;
+            model.updated_at = now;
+            writes.accounts.push(account_id.clone());
+
+            for update in changes.contacts {
+                let Some(stored) = contacts.get(&update.contact_id) else {
+                    continue;
+                };
+                if let Some(stage) = update.stage {
+                    writes
+                        .firsts
+                        .push((update.contact_id.clone(), stage.as_str()));
+                }
+                writes.contacts.insert(
+                    update.contact_id.clone(),
+                    ContactRow {
+                        engagement_score: update.engagement_score,
+                        has_activity: update.has_activity,
+                        stage: update.stage.unwrap_or(stored.stage).as_str(),
+                        moved: update.stage.is_some(),
+                    },
+                );
+            }
+            // Watchers see the moves, then the message about them.
+            for transition in &transitions {
+                writes.events.push((
+                    account_id.clone(),
+                    Some(transition.to_stage.as_str().to_owned()),
+                    watch_event(pb::watch_account_events_response::Event::Transition(
+                        convert::transition(transition),
+                    )),
+                ));
+            }
+            if let Some(draft) = changes.notification {
+                let owner = model.owner_id.clone().unwrap_or_default();
+                let notification = notifications::record(
+                    &txn,
+                    t,
+                    account_id,
+                    &owner,
+                    draft.reason,
+                    draft.text,
+                    now_ms,
+                )
+                .await?;
+                writes.events.push((
+                    account_id.clone(),
+                    None,
+                    watch_event(pb::watch_account_events_response::Event::Notification(
+                        convert::notification(&notification),
+                    )),
+                ));
+                writes.notified = true;
+            }
+            writes
+                .applied
+                .push((delivery.event_id.clone(), account_id.clone()));
+            results.push(ScoreApplied::Applied { transitions });
+        }
+
+        writes.persist(&txn, t, &models, now_ms).await?;
+        let accounts = if with_accounts {
+            let touched: Vec<account::Model> = deliveries
+                .iter()
+                .filter_map(|(id, _)| models.get(id).cloned())
+                .collect();
+            let mut hydrated: HashMap<String, Account> = hydrate_accounts(&txn, touched)
+                .await?
+                .into_iter()
+                .map(|a| (a.account_id.clone(), a))
+                .collect();
+            deliveries
+                .iter()
+                .map(|(id, _)| hydrated.remove(id))
+                .collect()
+        } else {
+            vec![None; deliveries.len()]
+        };
+        txn.commit().await?;
+        if writes.notified {
+            self.notifications_written.notify_one();
+        }
+        if !writes.events.is_empty() {
+            self.events_written.notify_waiters();
+        }
+        Ok(results
+            .into_iter()
+            .zip(accounts)
+            .map(|(applied, account)| ScoreResult { applied, account })
+            .collect())
+    }
+}
+
+/// A contact's row after the deliveries of the transaction.
+struct ContactRow {
+    engagement_score: f64,
+    has_activity: bool,
+    stage: &'static str,
+    moved: bool,
+}
+
+/// Everything the transaction writes, gathered while deciding.
+#[derive(Default)]
+struct Writes {
+    /// Accounts whose row changed (scores at least).
+    accounts: Vec<String>,
+    contacts: BTreeMap<String, ContactRow>,
+    /// (transition count after it, transition).
+    transitions: Vec<(i64, Transition)>,
+    /// (subject, stage) reached now; kept only if first.
+    firsts: Vec<(String, &'static str)>,
+    /// (event id, account) applied.
+    applied: Vec<(String, String)>,
+    events: Vec<(String, Option<String>, Vec<u8>)>,
+    notified: bool,
+}
+
+impl Writes {
+    async fn persist(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        tenant_id: &str,
+        models: &HashMap<String, account::Model>,
+        now_ms: i64,
+    ) -> ServiceResult<()> {
+        if !self.accounts.is_empty() {
+            let rows = self
+                .accounts
+                .iter()
+                .filter_map(|id| models.get(id))
+                .map(|m| {
+                    vec![
+                        Value::from(m.account_id.clone()),
+                        m.stage.clone().into(),
+                        m.customer_type.clone().into(),
+                        m.stage_entered_at.into(),
+                        m.transition_count.into(),
+                        m.engagement_score.into(),
+                        m.average_engagement_score.into(),
+                        m.intent_score.into(),
+                        m.score_sequence.into(),
+                        m.score_baseline.into(),
+                        m.updated_at.into(),
+                    ]
+                })
+                .collect();
+            update_from_values(
+                conn,
+                "accounts",
+                tenant_id,
+                "account_id",
+                &[
+                    "stage",
+                    "customer_type",
+                    "stage_entered_at",
+                    "transition_count",
+                    "engagement_score",
+                    "average_engagement_score",
+                    "intent_score",
+                    "score_sequence",
+                    "score_baseline",
+                    "updated_at",
+                ],
+                Some("version = accounts.version + 1"),
+                rows,
+            )
+            .await?;
+        }
+        let now = from_ms(now_ms);
+        let (moved, still): (Vec<_>, Vec<_>) = self.contacts.iter().partition(|(_, r)| r.moved);
+        if !still.is_empty() {
+            // A score alone leaves the contact's stage and update time as they are.
+            let rows = still
+                .iter()
+                .map(|(id, r)| {
+                    vec![
+                        Value::from((*id).clone()),
+                        r.engagement_score.into(),
+                        r.has_activity.into(),
+                    ]
+                })
+                .collect();
+            update_from_values(
+                conn,
+                "contacts",
+                tenant_id,
+                "contact_id",
+                &["engagement_score", "has_activity"],
+                None,
+                rows,
+            )
+            .await?;
+        }
+        if !moved.is_empty() {
+            let rows = moved
+                .iter()
+                .map(|(id, r)| {
+                    vec![
+                        Value::from((*id).clone()),
+                        r.engagement_score.into(),
+                        r.has_activity.into(),
+                        r.stage.into(),
+                        now.into(),
+                        now.into(),
+                    ]
+                })
+                .collect();
+            update_from_values(
+                conn,
+                "contacts",
+                tenant_id,
+                "contact_id",
+                &[
+                    "engagement_score",
+                    "has_activity",
+                    "stage",
+                    "stage_entered_at",
+                    "updated_at",
+                ],
+                None,
+                rows,
+            )
+            .await?;
+        }
+        for chunk in statement_chunks(&self.transitions, 16) {
+            transition::Entity::insert_many(chunk.iter().map(|(seq, t)| transition::ActiveModel {
+                transition_id: sea_orm::Set(t.transition_id.clone()),
+                tenant_id: sea_orm::Set(tenant_id.to_owned()),
+                account_id: sea_orm::Set(t.account_id.clone()),
+                seq: sea_orm::Set(*seq),
+                from_stage: sea_orm::Set(t.from_stage.as_str().to_owned()),
+                to_stage: sea_orm::Set(t.to_stage.as_str().to_owned()),
+                from_rank: sea_orm::Set(rank(t.from_stage)),
+                to_rank: sea_orm::Set(rank(t.to_stage)),
+                from_customer_type: sea_orm::Set(t.from_customer_type.as_str().to_owned()),
+                to_customer_type: sea_orm::Set(t.to_customer_type.as_str().to_owned()),
+                cause: sea_orm::Set(t.cause.as_str().to_owned()),
+                actor: sea_orm::Set(t.actor.clone()),
+                reason: sea_orm::Set(t.reason.clone()),
+                event_id: sea_orm::Set(t.event_id.clone()),
+                settings_version: sea_orm::Set(t.settings_version),
+                occurred_at_ms: sea_orm::Set(ms(t.occurred_at)),
+            }))
+            .exec_without_returning(conn)
+            .await?;
+        }
+        for chunk in statement_chunks(&self.firsts, 4) {
+            stage_first::Entity::insert_many(chunk.iter().map(|(subject, stage)| {
+                stage_first::ActiveModel {
+                    subject_id: sea_orm::Set(subject.clone()),
+                    stage: sea_orm::Set((*stage).to_owned()),
+                    tenant_id: sea_orm::Set(tenant_id.to_owned()),
+                    first_reached_at_ms: sea_orm::Set(now_ms),
+                }
+            }))
+            .on_conflict(
+                OnConflict::columns([stage_first::Column::SubjectId, stage_first::Column::Stage])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await?;
+        }
+        for chunk in statement_chunks(&self.applied, 4) {
+            applied_event::Entity::insert_many(chunk.iter().map(|(event_id, account_id)| {
+                applied_event::ActiveModel {
+                    tenant_id: sea_orm::Set(tenant_id.to_owned()),
+                    event_id: sea_orm::Set(event_id.clone()),
+                    account_id: sea_orm::Set(account_id.clone()),
+                    applied_at_ms: sea_orm::Set(now_ms),
+                }
+            }))
+            .exec_without_returning(conn)
+            .await?;
+        }
+        // Last: the feed's counter row stays locked until commit.
+        append_events(conn, tenant_id, std::mem::take(&mut self.events), now_ms).await?;
+        Ok(())
+    }
+}
+
+fn watch_event(event: pb::watch_account_events_response::Event) -> Vec<u8> {
+    pb::WatchAccountEventsResponse {
+        cursor: String::new(),
+        event: Some(event),
+    }
+    .encode_to_vec()
+}
+
+/// Locks the accounts' rows for the rest of the transaction, in account id
+/// order so that two transactions never wait for each other in a cycle.
+/// PostgreSQL: row locks; SQLite: the transaction already holds the
+/// database's write lock (`begin_write`).
+async fn lock_accounts(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_ids: &[&str],
+) -> ServiceResult<HashMap<String, account::Model>> {
+    let mut sorted: Vec<&str> = account_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut found = HashMap::with_capacity(sorted.len());
+    for chunk in statement_chunks(&sorted, 1) {
+        let query = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant_id))
+            .filter(account::Column::AccountId.is_in(chunk.iter().copied()))
+            .order_by_asc(account::Column::AccountId);
+        let models = match conn.get_database_backend() {
+            DbBackend::Postgres => query.lock_exclusive().all(conn).await?,
+            _ => query.all(conn).await?,
+        };
+        found.extend(models.into_iter().map(|m| (m.account_id.clone(), m)));
+    }
+    Ok(found)
+}
+
+async fn applied_events(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    event_ids: &[&str],
+) -> ServiceResult<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in statement_chunks(event_ids, 1) {
+        found.extend(
+            applied_event::Entity::find()
+                .select_only()
+                .column(applied_event::Column::EventId)
+                .filter(applied_event::Column::TenantId.eq(tenant_id))
+                .filter(applied_event::Column::EventId.is_in(chunk.iter().copied()))
+                .into_tuple::<String>()
+                .all(conn)
+                .await?,
+        );
+    }
+    Ok(found)
+}
+
+/// Open opportunities lifecycle knows of, per account (absent: none).
+async fn open_opportunities(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_ids: &[&str],
+) -> ServiceResult<HashMap<String, u32>> {
+    let mut open = HashMap::new();
+    for chunk in statement_chunks(account_ids, 1) {
+        let rows = account_opportunity::Entity::find()
+            .select_only()
+            .column(account_opportunity::Column::AccountId)
+            .column_as(account_opportunity::Column::OpportunityId.count(), "n")
+            .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+            .filter(account_opportunity::Column::Status.eq(OPEN))
+            .filter(account_opportunity::Column::AccountId.is_in(chunk.iter().copied()))
+            .group_by(account_opportunity::Column::AccountId)
+            .into_tuple::<(String, i64)>()
+            .all(conn)
+            .await?;
+        open.extend(
+            rows.into_iter()
+                .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX))),
+        );
+    }
+    Ok(open)
+}
+
+async fn load_contacts(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    contact_ids: &[&str],
+) -> ServiceResult<HashMap<String, ContactSnapshot>> {
+    let mut sorted: Vec<&str> = contact_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut found = HashMap::with_capacity(sorted.len());
+    for chunk in statement_chunks(&sorted, 1) {
+        for m in contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(contact::Column::ContactId.is_in(chunk.iter().copied()))
+            .all(conn)
+            .await?
+        {
+            let snapshot = ContactSnapshot {
+                stage: m.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+                contact_id: m.contact_id.clone(),
+                account_id: m.account_id,
+                email: m.email,
+                has_activity: m.has_activity,
+            };
+            found.insert(m.contact_id, snapshot);
+        }
+    }
+    Ok(found)
+}
