@@ -19,6 +19,9 @@ pub const ACTOR: &str = "scoring-service";
 /// Accounts per ApplyEngagementScores call (lifecycle takes up to 500).
 pub const ACCOUNTS_PER_CALL: usize = 500;
 
+/// Bytes of items per call, well under lifecycle's 4 MiB message limit.
+const CALL_BYTES: usize = 1024 * 1024;
+
 pub struct LifecycleScoreSink {
     repository: Repository,
     client: LifecycleClient,
@@ -98,6 +101,75 @@ fn refused(account_id: &str, code: impl std::fmt::Debug, message: &str) {
 }
 
 impl LifecycleScoreSink {
+    /// One ApplyEngagementScores call for the runs at `sent`; sets their
+    /// results (an error: the whole call failed and is retried).
+    async fn apply(
+        &self,
+        tenant_id: &str,
+        runs: &[Vec<Entry>],
+        sent: &[usize],
+        items: Vec<lifecycle::ApplyEngagementScoreRequest>,
+        results: &mut [Result<usize, (usize, DeliveryError)>],
+    ) -> Result<(), DeliveryError> {
+        let mut client = self.client.clone();
+        let call = client.apply_engagement_scores(outgoing(
+            tenant_id,
+            ACTOR,
+            lifecycle::ApplyEngagementScoresRequest { items },
+        ));
+        let answer = match with_deadline(CALL_DEADLINE, call).await {
+            Ok(answer) => answer.into_inner(),
+            // A lifecycle older than this scoring: one call per account.
+            Err(status) if status.code() == Code::Unimplemented => {
+                for &run in sent {
+                    results[run] = self.deliver(&runs[run]).await;
+                }
+                return Ok(());
+            }
+            Err(status) => {
+                return Err(DeliveryError(format!(
+                    "lifecycle answered {:?}: {}",
+                    status.code(),
+                    status.message()
+                )));
+            }
+        };
+        if answer.results.len() != sent.len() {
+            return Err(DeliveryError(format!(
+                "lifecycle answered {} results for {} deliveries",
+                answer.results.len(),
+                sent.len()
+            )));
+        }
+        for (result, &run) in answer.results.iter().zip(sent) {
+            let outcome = lifecycle::ApplyOutcome::try_from(result.outcome)
+                .unwrap_or(lifecycle::ApplyOutcome::Unspecified);
+            match outcome {
+                lifecycle::ApplyOutcome::Applied
+                | lifecycle::ApplyOutcome::Duplicate
+                | lifecycle::ApplyOutcome::Stale => {}
+                lifecycle::ApplyOutcome::NotFound | lifecycle::ApplyOutcome::Rejected => {
+                    let why: Vec<String> = result
+                        .violations
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect();
+                    refused(&result.account_id, outcome, &why.join("; "));
+                }
+                lifecycle::ApplyOutcome::Unspecified => {
+                    results[run] = Err((
+                        0,
+                        DeliveryError(format!(
+                            "lifecycle answered no outcome for account {}",
+                            result.account_id
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The requests for `runs`, in order (`None` for a run with nothing to say).
     async fn requests(
         &self,
@@ -189,74 +261,34 @@ impl Sink for LifecycleScoreSink {
         else {
             return Vec::new();
         };
-        // Which run each item of the call came from.
-        let mut sent = Vec::new();
-        let mut items = Vec::new();
-        for (i, request) in requests.into_iter().enumerate() {
-            if let Some(request) = request {
-                sent.push(i);
-                items.push(request);
-            }
-        }
         let mut results: Vec<Result<usize, (usize, DeliveryError)>> =
             runs.iter().map(|run| Ok(run.len())).collect();
-        if items.is_empty() {
-            return results;
-        }
-        let mut client = self.client.clone();
-        let call = client.apply_engagement_scores(outgoing(
-            &tenant_id,
-            ACTOR,
-            lifecycle::ApplyEngagementScoresRequest { items },
-        ));
-        let answer = match with_deadline(CALL_DEADLINE, call).await {
-            Ok(answer) => answer.into_inner(),
-            // A lifecycle older than this scoring: one call per account.
-            Err(status) if status.code() == Code::Unimplemented => {
-                let mut results = Vec::with_capacity(runs.len());
-                for run in runs {
-                    results.push(self.deliver(run).await);
+        // Calls of at most CALL_BYTES each (lifecycle refuses messages over
+        // its `max_message_bytes`, 4 MiB by default): (run index, item).
+        let mut calls: Vec<Vec<(usize, lifecycle::ApplyEngagementScoreRequest)>> = Vec::new();
+        let mut bytes = 0;
+        for (i, request) in requests.into_iter().enumerate() {
+            let Some(request) = request else { continue };
+            let size = prost::Message::encoded_len(&request) + 8;
+            match calls.last_mut() {
+                Some(call) if bytes + size <= CALL_BYTES && call.len() < ACCOUNTS_PER_CALL => {
+                    bytes += size;
+                    call.push((i, request));
                 }
-                return results;
-            }
-            Err(status) => {
-                return fail_all(DeliveryError(format!(
-                    "lifecycle answered {:?}: {}",
-                    status.code(),
-                    status.message()
-                )));
-            }
-        };
-        if answer.results.len() != sent.len() {
-            return fail_all(DeliveryError(format!(
-                "lifecycle answered {} results for {} deliveries",
-                answer.results.len(),
-                sent.len()
-            )));
-        }
-        for (result, &run) in answer.results.iter().zip(&sent) {
-            let outcome = lifecycle::ApplyOutcome::try_from(result.outcome)
-                .unwrap_or(lifecycle::ApplyOutcome::Unspecified);
-            match outcome {
-                lifecycle::ApplyOutcome::Applied
-                | lifecycle::ApplyOutcome::Duplicate
-                | lifecycle::ApplyOutcome::Stale => {}
-                lifecycle::ApplyOutcome::NotFound | lifecycle::ApplyOutcome::Rejected => {
-                    let why: Vec<String> = result
-                        .violations
-                        .iter()
-                        .map(|v| format!("{}: {}", v.field, v.description))
-                        .collect();
-                    refused(&result.account_id, outcome, &why.join("; "));
+                _ => {
+                    bytes = size;
+                    calls.push(vec![(i, request)]);
                 }
-                lifecycle::ApplyOutcome::Unspecified => {
-                    results[run] = Err((
-                        0,
-                        DeliveryError(format!(
-                            "lifecycle answered no outcome for account {}",
-                            result.account_id
-                        )),
-                    ));
+            }
+        }
+        for call in calls {
+            let (sent, items): (Vec<usize>, Vec<_>) = call.into_iter().unzip();
+            if let Err(error) = self
+                .apply(&tenant_id, runs, &sent, items, &mut results)
+                .await
+            {
+                for &run in &sent {
+                    results[run] = Err((0, error.clone()));
                 }
             }
         }
