@@ -243,6 +243,15 @@ impl Repository {
         // only write lock, so its length is the service's ingest ceiling.
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // Plan each statement for the table as it is now. A generic plan
+            // cached while the tables were nearly empty (a new database)
+            // reads every activity of the tenant to check 256 event ids, and
+            // stays cached until an ANALYZE: measured 3.3 s per batch after
+            // 25 s of ingest. Custom plans cost ~1 ms of planning each.
+            txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+                .await?;
+        }
         let model = current_model(&txn, t).await?;
         let stored = stored_before(&txn, t, items).await?;
 
