@@ -44,10 +44,13 @@ fuzz: ## Send hostile inputs to every RPC for FUZZ_SECONDS (default 20); FUZZ_SE
 		$(CARGO) test --workspace --all-features --test fuzz -- --nocapture
 
 .PHONY: bench
-bench: ## Load-test the release binaries (BENCH_SECONDS per scenario, BENCH_DATABASE_URL=postgres://... for PostgreSQL); writes build/bench/report.md
+bench: ## Load-test the release binaries on SQLite, and on PostgreSQL too with BENCH_DATABASE_URL=postgres://... (BENCH_SECONDS per scenario); writes build/bench/{sqlite,postgres}/report.md
 	$(CARGO) build --release $(SERVICES)
 	$(CARGO) build --release -p cascade-tests --bin cascade-load
-	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) scripts/bench.sh
+	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL= BENCH_OUT=build/bench/sqlite scripts/bench.sh
+	if [ -n "$(BENCH_DATABASE_URL)" ]; then \
+		BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) BENCH_OUT=build/bench/postgres scripts/bench.sh; \
+	fi
 
 .PHONY: profile
 profile: ## perf profile of scoring and lifecycle under ingest (PROFILE_SCENARIO, PROFILE_SECONDS); writes build/profile/summary.txt
@@ -63,7 +66,7 @@ pg-profile: ## Where PostgreSQL spends an ingest run (pg_stat_statements, backen
 
 .PHONY: bench-smoke
 bench-smoke: ## make bench with 2 s per scenario, no targets asserted (CI)
-	$(MAKE) bench BENCH_SECONDS=2
+	$(MAKE) bench BENCH_SECONDS=2 BENCH_DATABASE_URL=$(BENCH_DATABASE_URL)
 
 .PHONY: lint
 lint: tools-buf ## rustfmt check, clippy with warnings denied, buf lint
