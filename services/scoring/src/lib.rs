@@ -31,9 +31,9 @@ async fn service(
     let lifecycle = cascade_shared::client::lifecycle_client(&settings, IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
     let sink = delivery::LifecycleScoreSink::new(repository.clone(), lifecycle.clone());
-    // A round claims as many accounts as one ApplyEngagementScores call takes.
+    // A round claims enough accounts for several ApplyEngagementScores calls.
     let mut config = settings.outbox.deliverer_config();
-    config.batch_size = u32::try_from(delivery::ACCOUNTS_PER_CALL).unwrap_or(u32::MAX);
+    config.batch_size = delivery::CLAIM_PER_ROUND;
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());

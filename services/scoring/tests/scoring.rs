@@ -342,6 +342,38 @@ async fn duplicates_are_counted_once(db: TestDatabase) {
         (id.as_str(), 25.0)
     );
     assert_eq!(score(&mut scoring, &id).await.engagement_score, 25.0);
+
+    // A batch mixing a stored id with new ones: the first attempt's insert
+    // finds the stored one, is rolled back, and the retry checks first. The
+    // stored one counts nothing twice; the new ones are scored as if alone
+    // (the second webinar of the day is capped like any repeat).
+    let mixed = record(
+        &mut scoring,
+        vec![
+            activity("d2", "webinar_attended", &id, &ann),
+            activity("d1", "webinar_attended", &id, &ann),
+            activity("d3", "email_open", &id, &ann),
+        ],
+    )
+    .await;
+    assert_eq!((mixed.recorded_count, mixed.duplicate_count), (2, 1));
+    let statuses: Vec<i32> = mixed.results.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            pb::ActivityStatus::Recorded as i32,
+            pb::ActivityStatus::Duplicate as i32,
+            pb::ActivityStatus::Recorded as i32
+        ]
+    );
+    let added: f64 = [&mixed.results[0], &mixed.results[2]]
+        .iter()
+        .map(|r| r.points)
+        .sum();
+    assert_eq!(
+        score(&mut scoring, &id).await.engagement_score,
+        25.0 + added
+    );
     suite.stop().await;
 }
 

@@ -215,10 +215,15 @@ impl Repository {
         tenant: &TenantId,
         items: &[NewActivity],
     ) -> ServiceResult<Vec<Recorded>> {
-        // A concurrent replica may insert some of the same event ids between
-        // our check and our insert; then we retry and see them as stored.
-        for _ in 0..3 {
-            match self.try_record(tenant, items).await? {
+        // The first attempt does not look for stored ids: the insert itself
+        // (ON CONFLICT DO NOTHING) says whether any was stored before, and
+        // then the attempt is rolled back and the next ones check first.
+        // Repeats are rare (a client's retry), and the check was a quarter
+        // of PostgreSQL's time per batch (docs/performance.md). A concurrent
+        // replica may also insert some of the same ids between a check and
+        // the insert; then the next attempt sees them as stored.
+        for attempt in 0..4 {
+            match self.try_record(tenant, items, attempt > 0).await? {
                 Some(result) => {
                     if result.iter().any(|r| matches!(r, Recorded::New { .. })) {
                         self.deliveries_written.notify_one();
@@ -237,6 +242,7 @@ impl Repository {
         &self,
         tenant: &TenantId,
         items: &[NewActivity],
+        check_stored: bool,
     ) -> ServiceResult<Option<Vec<Recorded>>> {
         // Every step below is one statement per chunk of rows, never one per
         // activity, account or contact: on SQLite the transaction holds the
@@ -253,7 +259,11 @@ impl Repository {
                 .await?;
         }
         let model = current_model(&txn, t).await?;
-        let stored = stored_before(&txn, t, items).await?;
+        let stored = if check_stored {
+            stored_before(&txn, t, items).await?
+        } else {
+            HashMap::new()
+        };
 
         // The new ones, first occurrence of each id only.
         let mut fresh: Vec<(usize, &NewActivity)> = Vec::new();
@@ -304,7 +314,8 @@ impl Repository {
         }
 
         if insert_activities(&txn, t, model.version, &scored).await? != scored.len() {
-            // A concurrent call stored some of these ids first.
+            // Some of these ids were stored before (by an earlier call, or a
+            // concurrent one meanwhile): try again, checking first.
             txn.rollback().await?;
             return Ok(None);
         }
