@@ -19,11 +19,11 @@ use super::entities::{
 };
 use super::history::{append_events, rank};
 use super::{
-    Repository, corrupt, hydrate_account, lock_account, ms, notifications, record_first, settings,
-    statement,
+    Repository, account_state, corrupt, hydrate_account, lock_account, ms, notifications,
+    record_first, settings, statement,
 };
 use crate::convert;
-use crate::domain::account_rules::{self, AccountEvent, AccountState, TransitionCause};
+use crate::domain::account_rules::{self, AccountEvent, TransitionCause};
 use crate::domain::contact_rules::{self, ContactEvent};
 use crate::domain::scores::prioritized_text;
 use crate::domain::{Account, Notification, NotificationReason, Transition};
@@ -118,18 +118,7 @@ impl Repository {
             _ => None,
         };
         let open = open_opportunities(&txn, tenant.as_str(), account_id, excluded).await?;
-        let state = AccountState {
-            stage: model
-                .stage
-                .parse()
-                .map_err(|e| corrupt("accounts.stage", e))?,
-            customer_type: model
-                .customer_type
-                .parse()
-                .map_err(|e| corrupt("accounts.customer_type", e))?,
-            score_baseline: model.score_baseline,
-            open_opportunities: open,
-        };
+        let state = account_state(&model, open)?;
         let event = match &mutation {
             Mutation::Manual { event, .. } => event.clone(),
             Mutation::Opportunity {

@@ -23,6 +23,7 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
+use crate::domain::account_rules::AccountState;
 use crate::domain::{Account, Contact, Transition};
 use entities::{account, contact, stage_first, transition};
 
@@ -120,6 +121,25 @@ pub(crate) async fn record_first(
     ))
     .await
     .map(|_| ())
+}
+
+/// What the stage rules need to know of a stored account.
+pub(crate) fn account_state(
+    model: &account::Model,
+    open_opportunities: u32,
+) -> ServiceResult<AccountState> {
+    Ok(AccountState {
+        stage: model
+            .stage
+            .parse()
+            .map_err(|e| corrupt("accounts.stage", e))?,
+        customer_type: model
+            .customer_type
+            .parse()
+            .map_err(|e| corrupt("accounts.customer_type", e))?,
+        score_baseline: model.score_baseline,
+        open_opportunities,
+    })
 }
 
 /// Locks an account row for the rest of the transaction, so changes to one

@@ -21,9 +21,10 @@ use super::entities::{
     account, account_opportunity, applied_event, contact, stage_first, transition,
 };
 use super::history::{append_events, rank};
-use super::{Repository, corrupt, from_ms, hydrate_accounts, ms, notifications, settings};
+use super::{
+    Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications, settings,
+};
 use crate::convert;
-use crate::domain::account_rules::AccountState;
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
 use crate::domain::{Account, Transition};
 
@@ -93,18 +94,7 @@ impl Repository {
                 account_id: account_id.clone(),
                 name: model.name.clone(),
                 owner_id: model.owner_id.clone(),
-                state: AccountState {
-                    stage: model
-                        .stage
-                        .parse()
-                        .map_err(|e| corrupt("accounts.stage", e))?,
-                    customer_type: model
-                        .customer_type
-                        .parse()
-                        .map_err(|e| corrupt("accounts.customer_type", e))?,
-                    score_baseline: model.score_baseline,
-                    open_opportunities: open.get(account_id.as_str()).copied().unwrap_or(0),
-                },
+                state: account_state(model, open.get(account_id.as_str()).copied().unwrap_or(0))?,
                 score_sequence: model.score_sequence,
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
@@ -337,57 +327,46 @@ impl Writes {
             )
             .await?;
         }
+        // A score alone leaves a contact's stage and update time as they are;
+        // a move sets both.
         let now = from_ms(now_ms);
-        let (moved, still): (Vec<_>, Vec<_>) = self.contacts.iter().partition(|(_, r)| r.moved);
-        if !still.is_empty() {
-            // A score alone leaves the contact's stage and update time as they are.
-            let rows = still
+        for moved in [false, true] {
+            let rows: Vec<Vec<Value>> = self
+                .contacts
                 .iter()
+                .filter(|(_, r)| r.moved == moved)
                 .map(|(id, r)| {
-                    vec![
-                        Value::from((*id).clone()),
+                    let mut row = vec![
+                        Value::from(id.clone()),
                         r.engagement_score.into(),
                         r.has_activity.into(),
-                    ]
+                    ];
+                    if moved {
+                        row.extend([r.stage.into(), now.into(), now.into()]);
+                    }
+                    row
                 })
                 .collect();
-            update_from_values(
-                conn,
-                "contacts",
-                tenant_id,
-                "contact_id",
-                &["engagement_score", "has_activity"],
-                None,
-                rows,
-            )
-            .await?;
-        }
-        if !moved.is_empty() {
-            let rows = moved
-                .iter()
-                .map(|(id, r)| {
-                    vec![
-                        Value::from((*id).clone()),
-                        r.engagement_score.into(),
-                        r.has_activity.into(),
-                        r.stage.into(),
-                        now.into(),
-                        now.into(),
-                    ]
-                })
-                .collect();
-            update_from_values(
-                conn,
-                "contacts",
-                tenant_id,
-                "contact_id",
+            if rows.is_empty() {
+                continue;
+            }
+            let columns: &[&str] = if moved {
                 &[
                     "engagement_score",
                     "has_activity",
                     "stage",
                     "stage_entered_at",
                     "updated_at",
-                ],
+                ]
+            } else {
+                &["engagement_score", "has_activity"]
+            };
+            update_from_values(
+                conn,
+                "contacts",
+                tenant_id,
+                "contact_id",
+                columns,
                 None,
                 rows,
             )
