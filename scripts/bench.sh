@@ -3,7 +3,8 @@
 # the load generator's scenarios for BENCH_SECONDS each, samples each
 # service's peak RSS, restarts them once on the now-filled databases to time
 # start-up, measures the raw INSERT ceiling, and writes
-# build/bench/report.md and report.json (docs/performance.md).
+# $BENCH_OUT/report.md and report.json (docs/performance.md); `make bench`
+# runs it once per backend.
 #
 #   BENCH_SECONDS=10          seconds per scenario (2 for a smoke run)
 #   BENCH_DATABASE_URL=...    a PostgreSQL server URL, e.g.
