@@ -50,6 +50,34 @@ pub struct Transition {
     pub occurred_at: DateTime<Utc>,
 }
 
+impl Transition {
+    /// The record of one step the rules decided, with a new id.
+    pub fn of_step(
+        step: &account_rules::Step,
+        account_id: &str,
+        actor: &str,
+        reason: Option<String>,
+        event_id: Option<String>,
+        settings_version: i64,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            transition_id: cascade_shared::ids::new_id(),
+            account_id: account_id.to_owned(),
+            from_stage: step.from_stage,
+            to_stage: step.to_stage,
+            from_customer_type: step.from_customer_type,
+            to_customer_type: step.to_customer_type,
+            cause: step.cause,
+            actor: actor.to_owned(),
+            reason,
+            event_id,
+            settings_version,
+            occurred_at,
+        }
+    }
+}
+
 cascade_shared::domain_enum! {
     /// Why an account owner is notified.
     NotificationReason => cascade_proto::lifecycle::v1::NotificationReason {

@@ -7,17 +7,15 @@ use std::collections::BTreeSet;
 
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::domain::{AccountStage, ContactStage};
-use cascade_shared::{ServiceError, ServiceResult, TenantId, ids, time};
+use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
 use prost::Message;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
     EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, TransactionTrait,
 };
 
-use super::entities::{
-    account, account_opportunity, applied_event, contact, opportunity_contact, transition,
-};
-use super::history::{append_events, rank};
+use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
+use super::history::{append_events, transition_row};
 use super::{
     Repository, account_state, corrupt, hydrate_account, lock_account, ms, notifications,
     record_first, settings, statement,
@@ -166,21 +164,18 @@ impl Repository {
         let mut seq = model.transition_count;
         for step in &outcome.steps {
             seq += 1;
-            let t = Transition {
-                transition_id: ids::new_id(),
-                account_id: account_id.to_owned(),
-                from_stage: step.from_stage,
-                to_stage: step.to_stage,
-                from_customer_type: step.from_customer_type,
-                to_customer_type: step.to_customer_type,
-                cause: step.cause,
-                actor: actor.to_owned(),
-                reason: reason.clone(),
-                event_id: mutation.event_id().map(str::to_owned),
-                settings_version: settings.version,
-                occurred_at: now,
-            };
-            insert_transition(&txn, tenant.as_str(), seq, &t).await?;
+            let t = Transition::of_step(
+                step,
+                account_id,
+                actor,
+                reason.clone(),
+                mutation.event_id().map(str::to_owned),
+                settings.version,
+                now,
+            );
+            transition_row(tenant.as_str(), seq, &t)
+                .insert(&txn)
+                .await?;
             record_first(
                 &txn,
                 tenant.as_str(),
@@ -326,35 +321,6 @@ async fn open_opportunities(
         query = query.filter(account_opportunity::Column::OpportunityId.ne(opportunity_id));
     }
     Ok(u32::try_from(query.count(conn).await?).unwrap_or(u32::MAX))
-}
-
-async fn insert_transition(
-    conn: &impl ConnectionTrait,
-    tenant_id: &str,
-    seq: i64,
-    t: &Transition,
-) -> ServiceResult<()> {
-    transition::ActiveModel {
-        transition_id: Set(t.transition_id.clone()),
-        tenant_id: Set(tenant_id.to_owned()),
-        account_id: Set(t.account_id.clone()),
-        seq: Set(seq),
-        from_stage: Set(t.from_stage.as_str().to_owned()),
-        to_stage: Set(t.to_stage.as_str().to_owned()),
-        from_rank: Set(rank(t.from_stage)),
-        to_rank: Set(rank(t.to_stage)),
-        from_customer_type: Set(t.from_customer_type.as_str().to_owned()),
-        to_customer_type: Set(t.to_customer_type.as_str().to_owned()),
-        cause: Set(t.cause.as_str().to_owned()),
-        actor: Set(t.actor.clone()),
-        reason: Set(t.reason.clone()),
-        event_id: Set(t.event_id.clone()),
-        settings_version: Set(t.settings_version),
-        occurred_at_ms: Set(ms(t.occurred_at)),
-    }
-    .insert(conn)
-    .await?;
-    Ok(())
 }
 
 /// Moves a contact to `stage` (if different) and keeps its first-reached date.

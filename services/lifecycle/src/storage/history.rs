@@ -76,6 +76,29 @@ pub struct WatchedEvent {
     pub payload: Vec<u8>,
 }
 
+/// A transition as its stored row; `seq` is its number in the account's history.
+pub(crate) fn transition_row(tenant_id: &str, seq: i64, t: &Transition) -> transition::ActiveModel {
+    use sea_orm::ActiveValue::Set;
+    transition::ActiveModel {
+        transition_id: Set(t.transition_id.clone()),
+        tenant_id: Set(tenant_id.to_owned()),
+        account_id: Set(t.account_id.clone()),
+        seq: Set(seq),
+        from_stage: Set(t.from_stage.as_str().to_owned()),
+        to_stage: Set(t.to_stage.as_str().to_owned()),
+        from_rank: Set(rank(t.from_stage)),
+        to_rank: Set(rank(t.to_stage)),
+        from_customer_type: Set(t.from_customer_type.as_str().to_owned()),
+        to_customer_type: Set(t.to_customer_type.as_str().to_owned()),
+        cause: Set(t.cause.as_str().to_owned()),
+        actor: Set(t.actor.clone()),
+        reason: Set(t.reason.clone()),
+        event_id: Set(t.event_id.clone()),
+        settings_version: Set(t.settings_version),
+        occurred_at_ms: Set(ms(t.occurred_at)),
+    }
+}
+
 /// Appends events to a tenant's feed. The counter row is locked until the
 /// transaction commits, so sequence numbers become visible in order and a
 /// watcher resuming after `seq` never misses an earlier one.

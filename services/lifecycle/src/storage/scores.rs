@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::db::{begin_write, statement_chunks, update_from_values};
-use cascade_shared::{ServiceError, ServiceResult, TenantId, ids, time};
+use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
 use prost::Message;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -20,7 +20,7 @@ use sea_orm::{
 use super::entities::{
     account, account_opportunity, applied_event, contact, stage_first, transition,
 };
-use super::history::{append_events, rank};
+use super::history::{append_events, transition_row};
 use super::{
     Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications, settings,
 };
@@ -125,20 +125,15 @@ impl Repository {
             let mut transitions = Vec::with_capacity(changes.steps.len());
             for step in &changes.steps {
                 model.transition_count += 1;
-                let transition = Transition {
-                    transition_id: ids::new_id(),
-                    account_id: account_id.clone(),
-                    from_stage: step.from_stage,
-                    to_stage: step.to_stage,
-                    from_customer_type: step.from_customer_type,
-                    to_customer_type: step.to_customer_type,
-                    cause: step.cause,
-                    actor: actor.to_owned(),
-                    reason: None,
-                    event_id: Some(delivery.event_id.clone()),
-                    settings_version: settings.version,
-                    occurred_at: now,
-                };
+                let transition = Transition::of_step(
+                    step,
+                    account_id,
+                    actor,
+                    None,
+                    Some(delivery.event_id.clone()),
+                    settings.version,
+                    now,
+                );
                 writes
                     .firsts
                     .push((account_id.clone(), step.to_stage.as_str()));
@@ -373,24 +368,11 @@ impl Writes {
             .await?;
         }
         for chunk in statement_chunks(&self.transitions, 16) {
-            transition::Entity::insert_many(chunk.iter().map(|(seq, t)| transition::ActiveModel {
-                transition_id: sea_orm::Set(t.transition_id.clone()),
-                tenant_id: sea_orm::Set(tenant_id.to_owned()),
-                account_id: sea_orm::Set(t.account_id.clone()),
-                seq: sea_orm::Set(*seq),
-                from_stage: sea_orm::Set(t.from_stage.as_str().to_owned()),
-                to_stage: sea_orm::Set(t.to_stage.as_str().to_owned()),
-                from_rank: sea_orm::Set(rank(t.from_stage)),
-                to_rank: sea_orm::Set(rank(t.to_stage)),
-                from_customer_type: sea_orm::Set(t.from_customer_type.as_str().to_owned()),
-                to_customer_type: sea_orm::Set(t.to_customer_type.as_str().to_owned()),
-                cause: sea_orm::Set(t.cause.as_str().to_owned()),
-                actor: sea_orm::Set(t.actor.clone()),
-                reason: sea_orm::Set(t.reason.clone()),
-                event_id: sea_orm::Set(t.event_id.clone()),
-                settings_version: sea_orm::Set(t.settings_version),
-                occurred_at_ms: sea_orm::Set(ms(t.occurred_at)),
-            }))
+            transition::Entity::insert_many(
+                chunk
+                    .iter()
+                    .map(|(seq, t)| transition_row(tenant_id, *seq, t)),
+            )
             .exec_without_returning(conn)
             .await?;
         }
