@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, Statement, TransactionTrait, Value,
+    ActiveModelTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, Iterable, Statement,
+    TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -141,19 +143,84 @@ pub const MAX_BINDS: usize = 30_000;
 /// batch size, which had scoring hold hundreds of MiB. Larger statements
 /// saved little time and cost memory in every connection's cache.
 pub fn statement_chunks<T>(rows: &[T], width: usize) -> Vec<&[T]> {
-    let fits = (MAX_BINDS / width.max(1)).max(1);
     let mut chunks = Vec::new();
     let mut rest = rows;
-    while !rest.is_empty() {
-        let size = [256, 64, 16, 4, 1]
-            .into_iter()
-            .find(|&size| size <= rest.len() && size <= fits)
-            .unwrap_or(1);
+    for size in chunk_sizes(rows.len(), width) {
         let (chunk, tail) = rest.split_at(size);
         chunks.push(chunk);
         rest = tail;
     }
     chunks
+}
+
+/// The sizes `statement_chunks` cuts `rows` rows into.
+fn chunk_sizes(mut rows: usize, width: usize) -> Vec<usize> {
+    let fits = (MAX_BINDS / width.max(1)).max(1);
+    let mut sizes = Vec::new();
+    while rows > 0 {
+        let size = [256, 64, 16, 4, 1]
+            .into_iter()
+            .find(|&size| size <= rows && size <= fits)
+            .unwrap_or(1);
+        sizes.push(size);
+        rows -= size;
+    }
+    sizes
+}
+
+/// Inserts `rows` with one multi-row INSERT per chunk (`statement_chunks`
+/// sizes, so the statement texts repeat), each with `on_conflict` when
+/// given. Returns the rows written (on a conflict, what the clause did:
+/// with DO NOTHING, only the new rows count).
+pub async fn insert_chunks<A>(
+    conn: &impl ConnectionTrait,
+    rows: Vec<A>,
+    on_conflict: Option<&OnConflict>,
+) -> Result<u64, DbErr>
+where
+    A: ActiveModelTrait,
+{
+    let mut written = 0;
+    for chunk in chunks_of(rows) {
+        let mut insert = A::Entity::insert_many(chunk);
+        if let Some(on_conflict) = on_conflict {
+            insert = insert.on_conflict(on_conflict.clone());
+        }
+        written += insert.exec_without_returning(conn).await?;
+    }
+    Ok(written)
+}
+
+/// `insert_chunks` that returns the rows as written (`RETURNING`): for
+/// upserts whose result the caller needs, such as a counter it increments.
+pub async fn insert_chunks_returning<A>(
+    conn: &impl ConnectionTrait,
+    rows: Vec<A>,
+    on_conflict: Option<&OnConflict>,
+) -> Result<Vec<<A::Entity as EntityTrait>::Model>, DbErr>
+where
+    A: ActiveModelTrait,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+{
+    let mut written = Vec::with_capacity(rows.len());
+    for chunk in chunks_of(rows) {
+        let mut insert = A::Entity::insert_many(chunk);
+        if let Some(on_conflict) = on_conflict {
+            insert = insert.on_conflict(on_conflict.clone());
+        }
+        written.extend(insert.exec_with_returning(conn).await?);
+    }
+    Ok(written)
+}
+
+/// Active models in `statement_chunks` sizes, one value per column and row.
+fn chunks_of<A: ActiveModelTrait>(rows: Vec<A>) -> Vec<Vec<A>> {
+    let width = <A::Entity as EntityTrait>::Column::iter().count();
+    let mut rows = rows.into_iter();
+    chunk_sizes(rows.len(), width)
+        .into_iter()
+        .map(|size| rows.by_ref().take(size).collect())
+        .collect()
 }
 
 /// A statement written with PostgreSQL's `$1` placeholders, for either

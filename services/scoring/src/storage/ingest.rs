@@ -1,0 +1,496 @@
+//! Storing and scoring a batch of activities in one transaction: a fixed
+//! number of statements per chunk of rows, never one per activity, account
+//! or contact. On SQLite the transaction holds the only write lock, so its
+//! length is the service's ingest ceiling (docs/performance.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use cascade_shared::db::{begin_write, insert_chunks, statement_chunks};
+use cascade_shared::{ServiceError, ServiceResult, TenantId, outbox, time};
+use sea_orm::sea_query::{
+    Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, ValueTuple,
+};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, Iterable,
+    QueryFilter, QuerySelect,
+};
+
+use super::entities::{activity, rule_usage, score_bucket};
+use super::models::current_model;
+use super::{DeliveryPayload, NewActivity, Recorded, Repository, SCORE_TOPIC, scores, today};
+use crate::domain::{self, Usage, UsageKey};
+
+/// A fresh activity of a batch with its score.
+pub(super) struct ScoredActivity<'a> {
+    /// Position in the request.
+    index: usize,
+    pub(super) item: &'a NewActivity,
+    pub(super) scored: domain::Scored,
+    pub(super) day: i64,
+}
+
+/// Who caps count against: the contact, or the account for activities
+/// without one.
+fn subject(account_id: &str, contact_id: Option<&str>) -> String {
+    contact_id.map_or_else(|| format!("account:{account_id}"), str::to_owned)
+}
+
+impl Repository {
+    /// Stores and scores a batch in one transaction (see `group`).
+    pub(super) async fn record_now(
+        &self,
+        tenant: &TenantId,
+        items: &[NewActivity],
+    ) -> ServiceResult<Vec<Recorded>> {
+        // The first attempt does not look for stored ids: the insert itself
+        // (ON CONFLICT DO NOTHING) says whether any was stored before, and
+        // then the attempt is rolled back and the next ones check first.
+        // Repeats are rare (a client's retry), and the check was a quarter
+        // of PostgreSQL's time per batch (docs/performance.md). A concurrent
+        // replica may also insert some of the same ids between a check and
+        // the insert; then the next attempt sees them as stored.
+        for attempt in 0..4 {
+            match self.try_record(tenant, items, attempt > 0).await? {
+                Some(result) => {
+                    if result.iter().any(|r| matches!(r, Recorded::New { .. })) {
+                        self.deliveries_written.notify_one();
+                    }
+                    return Ok(result);
+                }
+                None => continue,
+            }
+        }
+        Err(ServiceError::Aborted(
+            "these activities are being recorded by another call; retry".into(),
+        ))
+    }
+
+    async fn try_record(
+        &self,
+        tenant: &TenantId,
+        items: &[NewActivity],
+        check_stored: bool,
+    ) -> ServiceResult<Option<Vec<Recorded>>> {
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // Plan each statement for the table as it is now. A generic plan
+            // cached while the tables were nearly empty (a new database)
+            // reads every activity of the tenant to check 256 event ids, and
+            // stays cached until an ANALYZE: measured 3.3 s per batch after
+            // 25 s of ingest. Custom plans cost ~1 ms of planning each.
+            txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+                .await?;
+        }
+        let model = current_model(&txn, t).await?;
+        let stored = if check_stored {
+            stored_before(&txn, t, items).await?
+        } else {
+            HashMap::new()
+        };
+
+        // The new ones, first occurrence of each id only.
+        let mut fresh: Vec<(usize, &NewActivity)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, item) in items.iter().enumerate() {
+            if !stored.contains_key(&item.event_id) && seen.insert(item.event_id.as_str()) {
+                fresh.push((i, item));
+            }
+        }
+        if fresh.is_empty() {
+            txn.commit().await?;
+            return Ok(Some(results(items, &stored, &[])));
+        }
+
+        // Load (and on PostgreSQL lock) the rule usage the new ones need.
+        let mut keys: BTreeSet<UsageKey> = BTreeSet::new();
+        for (_, item) in &fresh {
+            let subject = subject(&item.account_id, item.contact_id.as_deref());
+            keys.extend(domain::usage_keys(
+                &model,
+                &subject,
+                &item.activity_type,
+                domain::day_of(item.occurred_at_ms),
+            ));
+        }
+        let mut usage = lock_usage(&txn, t, &keys).await?;
+        let before = usage.clone();
+
+        // Score in request order.
+        let mut scored = Vec::with_capacity(fresh.len());
+        for (i, item) in &fresh {
+            let subject = subject(&item.account_id, item.contact_id.as_deref());
+            let day = domain::day_of(item.occurred_at_ms);
+            let s = domain::score_activity(
+                &model,
+                &subject,
+                &item.activity_type,
+                item.contact_id.is_some(),
+                day,
+                &mut usage,
+            );
+            scored.push(ScoredActivity {
+                index: *i,
+                item,
+                scored: s,
+                day,
+            });
+        }
+
+        if insert_activities(&txn, t, model.version, &scored).await? != scored.len() as u64 {
+            // Some of these ids were stored before (by an earlier call, or a
+            // concurrent one meanwhile): try again, checking first.
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        write_usage(&txn, t, &usage, &before).await?;
+
+        let today = today();
+        let batch = domain::BatchScores::of(
+            scored.iter().map(|s| domain::BatchActivity {
+                account_id: &s.item.account_id,
+                contact_id: s.item.contact_id.as_deref(),
+                activity_type: &s.item.activity_type,
+                day: s.day,
+                points: s.scored.counted_points,
+                intent: s.scored.intent,
+            }),
+            &model,
+            today,
+        );
+        let accounts = scores::lock_account_scores(&txn, t, batch.accounts.keys()).await?;
+        // Which contacts already counted as engaged, before this batch's buckets.
+        let engaged_before = scores::engaged_pairs(&txn, t, &batch).await?;
+        upsert_buckets(&txn, t, &scored).await?;
+        let new_scores =
+            scores::rescore(&txn, t, (&model, today), &batch, &accounts, &engaged_before).await?;
+        let sequences = scores::upsert_account_scores(&txn, t, today, &new_scores).await?;
+        scores::upsert_contact_scores(&txn, t, today, &batch, &new_scores).await?;
+
+        let mut messages = Vec::with_capacity(batch.accounts.len());
+        for (account_id, account) in &batch.accounts {
+            let sequence = sequences.get(account_id.as_str()).copied().ok_or_else(|| {
+                DbErr::Custom(format!("no delivery sequence for account {account_id}"))
+            })?;
+            let payload = DeliveryPayload {
+                sequence,
+                contacts: account.new_types.clone(),
+            };
+            messages.push(outbox::Message {
+                partition_key: account_id.clone(),
+                payload: serde_json::to_vec(&payload).map_err(ServiceError::internal)?,
+            });
+        }
+        outbox::enqueue_many(&txn, t, SCORE_TOPIC, messages).await?;
+        txn.commit().await?;
+        Ok(Some(results(items, &stored, &scored)))
+    }
+}
+
+/// Ids of `items` stored before, with what they were stored as.
+async fn stored_before(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    items: &[NewActivity],
+) -> Result<HashMap<String, Recorded>, DbErr> {
+    let mut stored = HashMap::new();
+    for chunk in statement_chunks(items, 1) {
+        let rows: Vec<(String, String, Option<String>, i32)> = activity::Entity::find()
+            .select_only()
+            .columns([
+                activity::Column::EventId,
+                activity::Column::AccountId,
+                activity::Column::ContactId,
+                activity::Column::CountedPoints,
+            ])
+            .filter(activity::Column::TenantId.eq(t))
+            .filter(activity::Column::EventId.is_in(chunk.iter().map(|i| i.event_id.as_str())))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        for (event_id, account_id, contact_id, counted_points) in rows {
+            stored.insert(
+                event_id,
+                Recorded::Duplicate {
+                    account_id,
+                    contact_id,
+                    counted_points,
+                },
+            );
+        }
+    }
+    Ok(stored)
+}
+
+/// One result per item, in request order.
+fn results(
+    items: &[NewActivity],
+    stored: &HashMap<String, Recorded>,
+    scored: &[ScoredActivity<'_>],
+) -> Vec<Recorded> {
+    let mut result: Vec<Option<Recorded>> = vec![None; items.len()];
+    let mut first: HashMap<&str, &ScoredActivity<'_>> = HashMap::with_capacity(scored.len());
+    for s in scored {
+        result[s.index] = Some(Recorded::New {
+            counted_points: s.scored.counted_points,
+        });
+        first.insert(s.item.event_id.as_str(), s);
+    }
+    items
+        .iter()
+        .zip(result)
+        .map(|(item, recorded)| {
+            // Otherwise stored before, or an earlier item of this batch had the id.
+            recorded.unwrap_or_else(|| {
+                stored.get(&item.event_id).cloned().unwrap_or_else(|| {
+                    let first = first.get(item.event_id.as_str());
+                    Recorded::Duplicate {
+                        account_id: first
+                            .map_or_else(|| item.account_id.clone(), |f| f.item.account_id.clone()),
+                        contact_id: first
+                            .map_or_else(|| item.contact_id.clone(), |f| f.item.contact_id.clone()),
+                        counted_points: first.map_or(0, |f| f.scored.counted_points),
+                    }
+                })
+            })
+        })
+        .collect()
+}
+
+/// The usage rows of `keys`, created at zero where missing, and locked until
+/// commit on PostgreSQL (SQLite's transaction already holds the write lock).
+/// Rows are created and locked in key order, so concurrent batches queue
+/// rather than deadlock.
+async fn lock_usage(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    keys: &BTreeSet<UsageKey>,
+) -> Result<HashMap<UsageKey, Usage>, DbErr> {
+    let keys: Vec<&UsageKey> = keys.iter().collect();
+    let key_columns = [
+        rule_usage::Column::TenantId,
+        rule_usage::Column::Subject,
+        rule_usage::Column::ActivityType,
+        rule_usage::Column::Period,
+    ];
+    let mut usage = HashMap::with_capacity(keys.len());
+    for chunk in statement_chunks(&keys, rule_usage::Column::iter().count()) {
+        // Keys are sorted, so rows are created (and locked) in key order.
+        let zeros = chunk
+            .iter()
+            .map(|(subject, kind, period)| rule_usage::ActiveModel {
+                tenant_id: Set(t.to_owned()),
+                subject: Set(subject.clone()),
+                activity_type: Set(kind.clone()),
+                period: Set(*period),
+                points: Set(0),
+                occurrences: Set(0),
+            });
+        insert_chunks(
+            conn,
+            zeros.collect(),
+            Some(&OnConflict::columns(key_columns).do_nothing().to_owned()),
+        )
+        .await?;
+        // Joined from the keys so each is one index lookup.
+        let k = Alias::new("k");
+        let on = |column: rule_usage::Column, value: &str| {
+            Expr::col((rule_usage::Entity, column)).equals((k.clone(), Alias::new(value)))
+        };
+        let query = Query::select()
+            .columns(rule_usage::Column::iter().map(|c| (rule_usage::Entity, c)))
+            .from_values(
+                chunk.iter().map(|(subject, kind, period)| {
+                    ValueTuple::Three(
+                        subject.as_str().into(),
+                        kind.as_str().into(),
+                        (*period).into(),
+                    )
+                }),
+                k.clone(),
+            )
+            .inner_join(
+                rule_usage::Entity,
+                Condition::all()
+                    .add(Expr::col((rule_usage::Entity, rule_usage::Column::TenantId)).eq(t))
+                    .add(on(rule_usage::Column::Subject, "column1"))
+                    .add(on(rule_usage::Column::ActivityType, "column2"))
+                    .add(on(rule_usage::Column::Period, "column3")),
+            )
+            .order_by_columns(
+                [
+                    rule_usage::Column::Subject,
+                    rule_usage::Column::ActivityType,
+                    rule_usage::Column::Period,
+                ]
+                .map(|c| ((rule_usage::Entity, c), sea_orm::Order::Asc)),
+            )
+            .lock_with_tables(LockType::Update, [rule_usage::Entity])
+            .to_owned();
+        for row in conn.query_all(&query).await? {
+            let row = rule_usage::Model::from_query_result(&row, "")?;
+            usage.insert(
+                (row.subject, row.activity_type, row.period),
+                Usage {
+                    points: row.points,
+                    occurrences: row.occurrences,
+                },
+            );
+        }
+    }
+    if usage.len() != keys.len() {
+        return Err(DbErr::Custom("rule usage rows missing".into()));
+    }
+    Ok(usage)
+}
+
+/// Adds what the batch used to the (locked) usage rows.
+async fn write_usage(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    after: &HashMap<UsageKey, Usage>,
+    before: &HashMap<UsageKey, Usage>,
+) -> Result<(), DbErr> {
+    let mut deltas: Vec<(&UsageKey, Usage)> = after
+        .iter()
+        .map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or_default();
+            let delta = Usage {
+                points: a.points - b.points,
+                occurrences: a.occurrences - b.occurrences,
+            };
+            (k, delta)
+        })
+        .filter(|(_, d)| d.points != 0 || d.occurrences != 0)
+        .collect();
+    deltas.sort_by(|a, b| a.0.cmp(b.0));
+    let rows = deltas
+        .into_iter()
+        .map(|((subject, kind, period), delta)| rule_usage::ActiveModel {
+            tenant_id: Set(t.to_owned()),
+            subject: Set(subject.clone()),
+            activity_type: Set(kind.clone()),
+            period: Set(*period),
+            points: Set(delta.points),
+            occurrences: Set(delta.occurrences),
+        })
+        .collect();
+    let add = OnConflict::columns([
+        rule_usage::Column::TenantId,
+        rule_usage::Column::Subject,
+        rule_usage::Column::ActivityType,
+        rule_usage::Column::Period,
+    ])
+    .value(
+        rule_usage::Column::Points,
+        added(rule_usage::Entity, rule_usage::Column::Points),
+    )
+    .value(
+        rule_usage::Column::Occurrences,
+        added(rule_usage::Entity, rule_usage::Column::Occurrences),
+    )
+    .to_owned();
+    insert_chunks(conn, rows, Some(&add)).await?;
+    Ok(())
+}
+
+/// `table.column + excluded.column`: an upsert that adds to the stored row.
+pub(super) fn added<T, C>(table: T, column: C) -> Expr
+where
+    T: sea_orm::sea_query::IntoIden,
+    C: sea_orm::sea_query::IntoIden + Copy,
+{
+    Expr::col((table, column)).add(Expr::col((Alias::new("excluded"), column)))
+}
+
+/// Inserts the scored activities (in event id order, so concurrent batches
+/// lock in the same order); returns how many were new.
+async fn insert_activities(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    model_version: i64,
+    scored: &[ScoredActivity<'_>],
+) -> Result<u64, DbErr> {
+    let now = time::now().timestamp_millis();
+    let mut sorted: Vec<&ScoredActivity<'_>> = scored.iter().collect();
+    sorted.sort_by(|a, b| a.item.event_id.cmp(&b.item.event_id));
+    let rows = sorted
+        .into_iter()
+        .map(|s| activity::ActiveModel {
+            tenant_id: Set(t.to_owned()),
+            event_id: Set(s.item.event_id.clone()),
+            account_id: Set(s.item.account_id.clone()),
+            contact_id: Set(s.item.contact_id.clone()),
+            activity_type: Set(s.item.activity_type.clone()),
+            occurred_at_ms: Set(s.item.occurred_at_ms),
+            model_version: Set(model_version),
+            rule_points: Set(s.scored.rule_points),
+            counted_points: Set(s.scored.counted_points),
+            capped: Set(s.scored.capped),
+            intent: Set(s.scored.intent),
+            recorded_at_ms: Set(now),
+        })
+        .collect();
+    let new_only = OnConflict::columns([activity::Column::TenantId, activity::Column::EventId])
+        .do_nothing()
+        .to_owned();
+    insert_chunks(conn, rows, Some(&new_only)).await
+}
+
+/// Adds the batch to the per-day buckets, aggregated per key first.
+async fn upsert_buckets(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    scored: &[ScoredActivity<'_>],
+) -> Result<(), DbErr> {
+    /// (account, contact or "", activity type, intent, day) of a bucket.
+    type BucketKey = (String, String, String, bool, i64);
+    let mut buckets: BTreeMap<BucketKey, (i64, i64)> = BTreeMap::new();
+    for s in scored {
+        let entry = buckets
+            .entry((
+                s.item.account_id.clone(),
+                s.item.contact_id.clone().unwrap_or_default(),
+                s.item.activity_type.clone(),
+                s.scored.intent,
+                s.day,
+            ))
+            .or_default();
+        entry.0 += i64::from(s.scored.counted_points);
+        entry.1 += 1;
+    }
+    let rows = buckets
+        .into_iter()
+        .map(
+            |((account, contact, kind, intent, day), (points, count))| score_bucket::ActiveModel {
+                tenant_id: Set(t.to_owned()),
+                account_id: Set(account),
+                contact_id: Set(contact),
+                activity_type: Set(kind),
+                intent: Set(intent),
+                day: Set(day),
+                points: Set(points),
+                activity_count: Set(count),
+            },
+        )
+        .collect();
+    let add = OnConflict::columns([
+        score_bucket::Column::TenantId,
+        score_bucket::Column::AccountId,
+        score_bucket::Column::ContactId,
+        score_bucket::Column::ActivityType,
+        score_bucket::Column::Intent,
+        score_bucket::Column::Day,
+    ])
+    .value(
+        score_bucket::Column::Points,
+        added(score_bucket::Entity, score_bucket::Column::Points),
+    )
+    .value(
+        score_bucket::Column::ActivityCount,
+        added(score_bucket::Entity, score_bucket::Column::ActivityCount),
+    )
+    .to_owned();
+    insert_chunks(conn, rows, Some(&add)).await?;
+    Ok(())
+}

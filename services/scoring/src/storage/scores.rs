@@ -1,0 +1,579 @@
+//! Scores: the per-account and per-contact scores each batch stores (so
+//! deliveries and the top list need not read every bucket), the reads that
+//! compute totals from the buckets, and what a delivery carries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use cascade_shared::db::{insert_chunks, insert_chunks_returning, statement_chunks};
+use cascade_shared::page::PageRequest;
+use cascade_shared::{ServiceError, ServiceResult, TenantId};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, IntoCondition, OnConflict, Query, ValueTuple};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::entities::{account_score, contact_score, score_bucket};
+use super::models::current_model;
+use super::{Repository, STALE_DAY, Totals, today};
+use crate::domain::{self, Bucket, ScoringModel, StoredScore};
+
+impl Repository {
+    /// An account's totals today, or NOT_FOUND without any activity. The
+    /// buckets are summed per type and day in the database (a read returns
+    /// tens of rows, not one per contact, type and day); `per_contact` is
+    /// left empty.
+    pub async fn account_totals(
+        &self,
+        tenant: &TenantId,
+        account_id: &str,
+    ) -> ServiceResult<Totals> {
+        let t = tenant.as_str();
+        let model = current_model(&self.db, t).await?;
+        // PostgreSQL sums BIGINTs as NUMERIC; the cast keeps them integers.
+        let sum = |c: score_bucket::Column| Expr::col(c).sum().cast_as("BIGINT");
+        let sums: Vec<(String, bool, i64, i64, i64)> = score_bucket::Entity::find()
+            .select_only()
+            .columns([
+                score_bucket::Column::ActivityType,
+                score_bucket::Column::Intent,
+                score_bucket::Column::Day,
+            ])
+            .column_as(sum(score_bucket::Column::Points), "points")
+            .column_as(sum(score_bucket::Column::ActivityCount), "activity_count")
+            .filter(score_bucket::Column::TenantId.eq(t))
+            .filter(score_bucket::Column::AccountId.eq(account_id))
+            .group_by(score_bucket::Column::ActivityType)
+            .group_by(score_bucket::Column::Intent)
+            .group_by(score_bucket::Column::Day)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let buckets = sums
+            .into_iter()
+            .map(|(activity_type, intent, day, points, activities)| Bucket {
+                contact_id: String::new(),
+                activity_type,
+                intent,
+                day,
+                points,
+                activities,
+            });
+        let mut totals = domain::totals_of(buckets, &model, today());
+        if totals.activities == 0 {
+            return Err(ServiceError::not_found("account score", account_id));
+        }
+        let engaged: Option<i64> = score_bucket::Entity::find()
+            .select_only()
+            .column_as(
+                Expr::col(score_bucket::Column::ContactId).count_distinct(),
+                "n",
+            )
+            .filter(score_bucket::Column::TenantId.eq(t))
+            .filter(score_bucket::Column::AccountId.eq(account_id))
+            .filter(score_bucket::Column::Intent.eq(false))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        totals.engaged_contacts = i32::try_from(engaged.unwrap_or(0)).unwrap_or(i32::MAX);
+        totals.per_contact.clear();
+        Ok(totals)
+    }
+
+    /// A contact's score today and its breakdown, or NOT_FOUND.
+    pub async fn contact_totals(
+        &self,
+        tenant: &TenantId,
+        contact_id: &str,
+    ) -> ServiceResult<(String, Totals)> {
+        let t = tenant.as_str();
+        let account_id: String = contact_score::Entity::find()
+            .select_only()
+            .column(contact_score::Column::AccountId)
+            .filter(contact_score::Column::TenantId.eq(t))
+            .filter(contact_score::Column::ContactId.eq(contact_id))
+            .into_tuple()
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("contact score", contact_id))?;
+        let model = current_model(&self.db, t).await?;
+        let buckets = buckets_of(
+            &self.db,
+            t,
+            score_bucket::Column::AccountId.eq(&account_id),
+            Some(contact_id),
+        )
+        .await?;
+        let totals = domain::totals_of(buckets.into_values().flatten(), &model, today());
+        Ok((account_id, totals))
+    }
+
+    /// Accounts by engagement score, highest first. With decay on, scores
+    /// computed on an earlier day are brought up to today first.
+    pub async fn top_accounts(
+        &self,
+        tenant: &TenantId,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<(String, Totals)>, String)> {
+        // A bad token is refused before the stale scores are refreshed.
+        let after = match &page.after {
+            Some(token) => Some(
+                token
+                    .split_once('|')
+                    .and_then(|(s, id)| Some((s.parse::<f64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| {
+                        ServiceError::invalid("page_token", "is not a token returned by this list")
+                    })?,
+            ),
+            None => None,
+        };
+        let t = tenant.as_str();
+        let model = current_model(&self.db, t).await?;
+        let today = today();
+        // Scores of an earlier day miss that day's decay; marked ones follow
+        // a model change. Each is recomputed unless a batch did it meanwhile.
+        let stale_before = if model.decays() { today } else { 0 };
+        let stale: Vec<(String, i64)> = account_score::Entity::find()
+            .select_only()
+            .columns([
+                account_score::Column::AccountId,
+                account_score::Column::ComputedDay,
+            ])
+            .filter(account_score::Column::TenantId.eq(t))
+            .filter(account_score::Column::ComputedDay.lt(stale_before))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (account_id, computed_day) in stale {
+            let totals = compute(&self.db, t, &account_id, &model, today).await?;
+            account_score::Entity::update_many()
+                .col_expr(
+                    account_score::Column::EngagementScore,
+                    Expr::value(totals.engagement),
+                )
+                .col_expr(
+                    account_score::Column::IntentScore,
+                    Expr::value(totals.intent),
+                )
+                .col_expr(
+                    account_score::Column::EngagedContacts,
+                    Expr::value(totals.engaged_contacts),
+                )
+                .col_expr(account_score::Column::ComputedDay, Expr::value(today))
+                .filter(account_score::Column::TenantId.eq(t))
+                .filter(account_score::Column::AccountId.eq(&account_id))
+                .filter(account_score::Column::ComputedDay.eq(computed_day))
+                .exec(&self.db)
+                .await?;
+        }
+        let mut query = account_score::Entity::find()
+            .select_only()
+            .column(account_score::Column::AccountId)
+            .filter(account_score::Column::TenantId.eq(t));
+        if let Some((score, id)) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(account_score::Column::EngagementScore.lt(score))
+                    .add(
+                        Condition::all()
+                            .add(account_score::Column::EngagementScore.eq(score))
+                            .add(account_score::Column::AccountId.gt(id)),
+                    ),
+            );
+        }
+        let ids: Vec<String> = query
+            .order_by_desc(account_score::Column::EngagementScore)
+            .order_by_asc(account_score::Column::AccountId)
+            .limit(page.fetch_limit())
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in ids {
+            let totals = compute(&self.db, t, &id, &model, today).await?;
+            accounts.push((id, totals));
+        }
+        Ok(page.finish(accounts, |(id, totals)| {
+            format!("{:?}|{id}", totals.engagement)
+        }))
+    }
+
+    /// The totals to deliver for accounts now, with decay applied: the
+    /// scores their last batch stored (what GetAccountScore computes from the
+    /// buckets, without reading them), or recomputed for an account whose
+    /// stored scores are stale. Each account's `per_contact` holds the
+    /// contacts asked for only. Two reads for all the accounts, whatever
+    /// their number, plus one per stale account.
+    pub async fn delivery_totals(
+        &self,
+        tenant_id: &str,
+        accounts: &[(&str, Vec<&str>)],
+    ) -> ServiceResult<HashMap<String, Totals>> {
+        let today = today();
+        let mut found: HashMap<String, Totals> = HashMap::with_capacity(accounts.len());
+        let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
+        for chunk in statement_chunks(&ids, 1) {
+            let rows = account_score::Entity::find()
+                .filter(account_score::Column::TenantId.eq(tenant_id))
+                .filter(account_score::Column::ComputedDay.eq(today))
+                .filter(account_score::Column::AccountId.is_in(chunk.iter().copied()))
+                .all(&self.db)
+                .await?;
+            for row in rows {
+                found.insert(
+                    row.account_id,
+                    Totals {
+                        engagement: row.engagement_score,
+                        intent: row.intent_score,
+                        engaged_contacts: row.engaged_contacts,
+                        ..Totals::default()
+                    },
+                );
+            }
+        }
+        let contacts: Vec<&str> = accounts
+            .iter()
+            .filter(|(id, _)| found.contains_key(*id))
+            .flat_map(|(_, contacts)| contacts.iter().copied())
+            .collect();
+        for chunk in statement_chunks(&contacts, 1) {
+            let rows = contact_score::Entity::find()
+                .filter(contact_score::Column::TenantId.eq(tenant_id))
+                .filter(contact_score::Column::ComputedDay.eq(today))
+                .filter(contact_score::Column::ContactId.is_in(chunk.iter().copied()))
+                .all(&self.db)
+                .await?;
+            for row in rows {
+                if let Some(totals) = found.get_mut(&row.account_id) {
+                    totals
+                        .per_contact
+                        .insert(row.contact_id, row.engagement_score);
+                }
+            }
+        }
+        // Stale: no row for today, or a contact without today's score.
+        let mut model = None;
+        for (account_id, contacts) in accounts {
+            let fresh = found
+                .get(*account_id)
+                .is_some_and(|totals| contacts.iter().all(|c| totals.per_contact.contains_key(*c)));
+            if fresh {
+                continue;
+            }
+            if model.is_none() {
+                model = Some(current_model(&self.db, tenant_id).await?);
+            }
+            let model = model.as_ref().ok_or_else(|| {
+                ServiceError::internal(anyhow::anyhow!("the scoring model was not loaded"))
+            })?;
+            let totals = compute(&self.db, tenant_id, account_id, model, today).await?;
+            found.insert((*account_id).to_owned(), totals);
+        }
+        Ok(found)
+    }
+}
+
+/// The stored scores of these accounts, locked until commit on PostgreSQL so
+/// concurrent batches of one account add up rather than overwrite each
+/// other. A missing row is created first as a stale placeholder (a second
+/// batch waits for it), which makes the caller compute it from the buckets.
+pub(super) async fn lock_account_scores<'a>(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    accounts: impl Iterator<Item = &'a String>,
+) -> Result<HashMap<String, StoredScore>, DbErr> {
+    let accounts: Vec<&String> = accounts.collect();
+    let placeholders = accounts
+        .iter()
+        .map(|account_id| account_score::ActiveModel {
+            tenant_id: Set(t.to_owned()),
+            account_id: Set((*account_id).clone()),
+            engagement_score: Set(0.0),
+            intent_score: Set(0.0),
+            engaged_contacts: Set(0),
+            computed_day: Set(STALE_DAY),
+            delivery_seq: Set(0),
+        })
+        .collect();
+    insert_chunks(
+        conn,
+        placeholders,
+        Some(&account_key().do_nothing().to_owned()),
+    )
+    .await?;
+    let mut stored = HashMap::with_capacity(accounts.len());
+    for chunk in statement_chunks(&accounts, 1) {
+        let rows = account_score::Entity::find()
+            .filter(account_score::Column::TenantId.eq(t))
+            .filter(account_score::Column::AccountId.is_in(chunk.iter().map(|a| a.as_str())))
+            .order_by_asc(account_score::Column::AccountId)
+            .lock_exclusive()
+            .all(conn)
+            .await?;
+        for row in rows {
+            stored.insert(
+                row.account_id,
+                StoredScore {
+                    engagement: row.engagement_score,
+                    intent: row.intent_score,
+                    engaged_contacts: row.engaged_contacts,
+                    computed_day: row.computed_day,
+                },
+            );
+        }
+    }
+    Ok(stored)
+}
+
+fn account_key() -> OnConflict {
+    OnConflict::columns([
+        account_score::Column::TenantId,
+        account_score::Column::AccountId,
+    ])
+}
+
+/// The (account, contact or "") pairs of the batch's engagement that had
+/// engagement buckets before it: those contacts were already engaged.
+pub(super) async fn engaged_pairs(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    batch: &domain::BatchScores,
+) -> Result<BTreeSet<(String, String)>, DbErr> {
+    let pairs: Vec<(&String, &String)> = batch
+        .accounts
+        .iter()
+        .flat_map(|(account, add)| add.contact_points.keys().map(move |c| (account, c)))
+        .collect();
+    let k = Alias::new("k");
+    let (account, contact) = (
+        (k.clone(), Alias::new("column1")),
+        (k.clone(), Alias::new("column2")),
+    );
+    let mut engaged = BTreeSet::new();
+    for chunk in statement_chunks(&pairs, 2) {
+        // One index probe per pair, however many buckets each has.
+        let query = Query::select()
+            .column(account.clone())
+            .column(contact.clone())
+            .from_values(
+                chunk
+                    .iter()
+                    .map(|(a, c)| ValueTuple::Two(a.as_str().into(), c.as_str().into())),
+                k.clone(),
+            )
+            .and_where(Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from(score_bucket::Entity)
+                    .and_where(Expr::col(score_bucket::Column::TenantId).eq(t))
+                    .and_where(Expr::col(score_bucket::Column::AccountId).equals(account.clone()))
+                    .and_where(Expr::col(score_bucket::Column::ContactId).equals(contact.clone()))
+                    .and_where(Expr::col(score_bucket::Column::Intent).eq(false))
+                    .to_owned(),
+            ))
+            .to_owned();
+        for row in conn.query_all(&query).await? {
+            engaged.insert((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
+        }
+    }
+    Ok(engaged)
+}
+
+/// Each touched account's new stored score: the stored one plus the batch
+/// while it is from today, or recomputed from the buckets (already holding
+/// the batch) when it is new, misses a day's decay, or follows a model change.
+pub(super) async fn rescore(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    (model, today): (&ScoringModel, i64),
+    batch: &domain::BatchScores,
+    accounts: &HashMap<String, StoredScore>,
+    engaged_before: &BTreeSet<(String, String)>,
+) -> ServiceResult<BTreeMap<String, Totals>> {
+    let contacts = stored_contact_scores(conn, t, batch.contacts()).await?;
+    let mut result = BTreeMap::new();
+    let mut recompute = Vec::new();
+    for (account_id, add) in &batch.accounts {
+        let current = accounts
+            .get(account_id)
+            .filter(|row| row.computed_day == today);
+        // Each contact's stored score must be this account's, of today, or
+        // absent (then it has no buckets here either).
+        let contacts_current = add.new_types.keys().all(|c| {
+            contacts
+                .get(c.as_str())
+                .is_none_or(|row| &row.account_id == account_id && row.computed_day == today)
+        });
+        match current {
+            Some(current) if contacts_current => {
+                let previous = |contact: &str| {
+                    contacts
+                        .get(contact)
+                        .map_or(0.0, |row| row.engagement_score)
+                };
+                let was_engaged = |contact: &str| {
+                    engaged_before.contains(&(account_id.clone(), contact.to_owned()))
+                };
+                result.insert(
+                    account_id.clone(),
+                    domain::add_batch(current, add, previous, was_engaged),
+                );
+            }
+            _ => recompute.push(account_id.as_str()),
+        }
+    }
+    for chunk in statement_chunks(&recompute, 1) {
+        let accounts = score_bucket::Column::AccountId.is_in(chunk.iter().copied());
+        for (account_id, buckets) in buckets_of(conn, t, accounts, None).await? {
+            result.insert(account_id, domain::totals_of(buckets, model, today));
+        }
+    }
+    Ok(result)
+}
+
+/// Stored contact scores, by contact.
+async fn stored_contact_scores<'a>(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    contacts: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, contact_score::Model>, DbErr> {
+    let contacts: Vec<&str> = contacts.collect();
+    let mut stored = HashMap::with_capacity(contacts.len());
+    for chunk in statement_chunks(&contacts, 1) {
+        let rows = contact_score::Entity::find()
+            .filter(contact_score::Column::TenantId.eq(t))
+            .filter(contact_score::Column::ContactId.is_in(chunk.iter().copied()))
+            .all(conn)
+            .await?;
+        stored.extend(rows.into_iter().map(|row| (row.contact_id.clone(), row)));
+    }
+    Ok(stored)
+}
+
+/// Writes the accounts' scores; returns each account's new delivery sequence.
+pub(super) async fn upsert_account_scores(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    today: i64,
+    scores: &BTreeMap<String, Totals>,
+) -> Result<HashMap<String, i64>, DbErr> {
+    let rows = scores
+        .iter()
+        .map(|(account_id, totals)| account_score::ActiveModel {
+            tenant_id: Set(t.to_owned()),
+            account_id: Set(account_id.clone()),
+            engagement_score: Set(totals.engagement),
+            intent_score: Set(totals.intent),
+            engaged_contacts: Set(totals.engaged_contacts),
+            computed_day: Set(today),
+            delivery_seq: Set(1),
+        })
+        .collect();
+    let upsert = account_key()
+        .update_columns([
+            account_score::Column::EngagementScore,
+            account_score::Column::IntentScore,
+            account_score::Column::EngagedContacts,
+            account_score::Column::ComputedDay,
+        ])
+        .value(
+            account_score::Column::DeliverySeq,
+            Expr::col((account_score::Entity, account_score::Column::DeliverySeq)).add(1),
+        )
+        .to_owned();
+    Ok(insert_chunks_returning(conn, rows, Some(&upsert))
+        .await?
+        .into_iter()
+        .map(|row| (row.account_id, row.delivery_seq))
+        .collect())
+}
+
+/// Writes the scores of the batch's contacts.
+pub(super) async fn upsert_contact_scores(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    today: i64,
+    batch: &domain::BatchScores,
+    scores: &BTreeMap<String, Totals>,
+) -> Result<(), DbErr> {
+    // A contact seen under two accounts in one batch is written once (one
+    // statement cannot update a row twice): the last account wins.
+    let mut latest: BTreeMap<&String, (&String, f64)> = BTreeMap::new();
+    for (account, add) in &batch.accounts {
+        let per_contact = scores.get(account).map(|s| &s.per_contact);
+        for contact in add.new_types.keys() {
+            let score = per_contact
+                .and_then(|p| p.get(contact))
+                .copied()
+                .unwrap_or(0.0);
+            latest.insert(contact, (account, score));
+        }
+    }
+    let rows = latest
+        .into_iter()
+        .map(|(contact, (account, score))| contact_score::ActiveModel {
+            tenant_id: Set(t.to_owned()),
+            contact_id: Set(contact.clone()),
+            account_id: Set(account.clone()),
+            engagement_score: Set(score),
+            computed_day: Set(today),
+        })
+        .collect();
+    let upsert = OnConflict::columns([
+        contact_score::Column::TenantId,
+        contact_score::Column::ContactId,
+    ])
+    .update_columns([
+        contact_score::Column::AccountId,
+        contact_score::Column::EngagementScore,
+        contact_score::Column::ComputedDay,
+    ])
+    .to_owned();
+    insert_chunks(conn, rows, Some(&upsert)).await?;
+    Ok(())
+}
+
+/// The buckets of the accounts `accounts` selects, by account; only one
+/// contact's when `contact_id` is given.
+async fn buckets_of(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    accounts: impl IntoCondition,
+    contact_id: Option<&str>,
+) -> Result<BTreeMap<String, Vec<Bucket>>, DbErr> {
+    let mut query = score_bucket::Entity::find()
+        .filter(score_bucket::Column::TenantId.eq(t))
+        .filter(accounts);
+    if let Some(contact) = contact_id {
+        query = query.filter(score_bucket::Column::ContactId.eq(contact));
+    }
+    let mut buckets: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
+    for row in query.all(conn).await? {
+        buckets.entry(row.account_id).or_default().push(Bucket {
+            contact_id: row.contact_id,
+            activity_type: row.activity_type,
+            intent: row.intent,
+            day: row.day,
+            points: row.points,
+            activities: row.activity_count,
+        });
+    }
+    Ok(buckets)
+}
+
+/// An account's totals at `today` from its buckets.
+async fn compute(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_id: &str,
+    model: &ScoringModel,
+    today: i64,
+) -> ServiceResult<Totals> {
+    let accounts = score_bucket::Column::AccountId.eq(account_id);
+    let buckets = buckets_of(conn, tenant_id, accounts, None).await?;
+    Ok(domain::totals_of(
+        buckets.into_values().flatten(),
+        model,
+        today,
+    ))
+}
