@@ -133,6 +133,70 @@ pub fn spawn_wal_checkpointer(
     })))
 }
 
+/// Tables whose statistics are this far behind get an ANALYZE: more than
+/// `ANALYZE_MIN_CHANGES` rows changed, and more than `ANALYZE_GROWTH` of the
+/// rows the last statistics counted.
+const ANALYZE_MIN_CHANGES: f64 = 1_000.0;
+const ANALYZE_GROWTH: f64 = 0.2;
+
+/// PostgreSQL: every `database.analyze_interval_ms`, ANALYZEs this
+/// database's tables that changed a lot since their statistics were taken.
+///
+/// PostgreSQL plans with the statistics it has. A new database has none:
+/// the planner then thinks each tenant has a row or two, and plans a batch's
+/// `contact_id IN (...)` as "all rows of the tenant, filtered" instead of one
+/// index probe per id, which grows with the table (measured: 15-35 ms per
+/// statement after seconds of ingest, and a fifth of PostgreSQL's CPU).
+/// Autovacuum fixes that, but only on its next round for the database
+/// (`autovacuum_naptime`, one minute by default), which is the whole first
+/// minute of a new deployment or tenant import, and of every benchmark. With
+/// a threshold of 20 % growth this runs a few times while tables are young
+/// and seldom after (autovacuum's own 10 % comes first on a mature table).
+/// None on SQLite (its planner reads no such statistics unless asked) or
+/// when the interval is 0.
+pub fn spawn_statistics_keeper(
+    db: &DatabaseConnection,
+    settings: &DatabaseSettings,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if db.get_database_backend() != DbBackend::Postgres || settings.analyze_interval_ms == 0 {
+        return None;
+    }
+    let db = db.clone();
+    let every = Duration::from_millis(settings.analyze_interval_ms);
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = analyze_changed_tables(&db).await {
+                tracing::debug!(%error, "statistics check skipped");
+            }
+        }
+    }))
+}
+
+/// One round of `spawn_statistics_keeper`; returns the tables analyzed.
+pub async fn analyze_changed_tables(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let stale = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT format('%I.%I', s.schemaname, s.relname) AS name FROM pg_stat_user_tables s \
+             JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.n_mod_since_analyze > $1 + $2 * GREATEST(c.reltuples, 0)",
+            [ANALYZE_MIN_CHANGES.into(), ANALYZE_GROWTH.into()],
+        ))
+        .await?;
+    let mut analyzed = Vec::with_capacity(stale.len());
+    for row in stale {
+        let name: String = row.try_get("", "name")?;
+        // The name comes from the catalog, quoted by format('%I').
+        db.execute_unprepared(&format!("ANALYZE {name}")).await?;
+        tracing::debug!(table = %name, "statistics refreshed");
+        analyzed.push(name);
+    }
+    Ok(analyzed)
+}
+
 /// Bound values per statement at most (SQLite allows 32,766, PostgreSQL 65,535).
 pub const MAX_BINDS: usize = 30_000;
 

@@ -133,6 +133,9 @@ where
     if let Some(checkpointer) = crate::db::spawn_wal_checkpointer(&settings.database)? {
         background.add(checkpointer);
     }
+    if let Some(keeper) = crate::db::spawn_statistics_keeper(&database, &settings.database) {
+        background.add(keeper);
+    }
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = Application::bind(settings, S::NAME)
         .await?

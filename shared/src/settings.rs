@@ -86,6 +86,9 @@ impl ServerSettings {
     }
 }
 
+/// `database.analyze_interval_ms` by default.
+pub const DEFAULT_ANALYZE_INTERVAL_MS: u64 = 2_000;
+
 /// Where a service keeps its data.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +102,9 @@ pub struct DatabaseSettings {
     /// Apply migrations at start-up. Off when a separate step runs them
     /// once (`<binary> --migrate`, a Kubernetes Job) before replicas start.
     pub run_migrations: bool,
+    /// PostgreSQL: how often to look for tables that grew a lot since their
+    /// statistics were gathered, and ANALYZE them (0: leave it to autovacuum).
+    pub analyze_interval_ms: u64,
 }
 
 impl DatabaseSettings {
@@ -108,6 +114,7 @@ impl DatabaseSettings {
             max_connections: 8,
             acquire_timeout_ms: 5_000,
             run_migrations: true,
+            analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
         }
     }
 
@@ -124,6 +131,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .field("run_migrations", &self.run_migrations)
+            .field("analyze_interval_ms", &self.analyze_interval_ms)
             .finish()
     }
 }
@@ -363,6 +371,7 @@ pub fn load_from<T: DeserializeOwned>(
             max_connections: 8,
             acquire_timeout_ms: 5_000,
             run_migrations: true,
+            analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
         },
         telemetry: TelemetrySettings::default(),
         outbox: OutboxSettings::default(),
@@ -590,6 +599,7 @@ mod tests {
             max_connections: 1,
             acquire_timeout_ms: 1,
             run_migrations: true,
+            analyze_interval_ms: 0,
         };
         assert!(!format!("{settings:?}").contains("s3cret"));
     }

@@ -64,6 +64,7 @@ impl TestDatabase {
                 max_connections: 8,
                 acquire_timeout_ms: 5_000,
                 run_migrations: true,
+                analyze_interval_ms: crate::settings::DEFAULT_ANALYZE_INTERVAL_MS,
             },
             cleanup: Cleanup::PostgresDatabase { admin_url, name },
         })

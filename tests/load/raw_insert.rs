@@ -59,6 +59,8 @@ fn settings(url: &str, connections: usize) -> DatabaseSettings {
         max_connections: connections.max(1) as u32,
         acquire_timeout_ms: 30_000,
         run_migrations: true,
+        // Inserts only: no plans to keep current.
+        analyze_interval_ms: 0,
     }
 }
 

@@ -1,0 +1,78 @@
+//! The statistics keeper: a table that grew since its statistics were taken
+//! is analyzed (PostgreSQL), so batch lookups are planned as index probes.
+
+use std::time::{Duration, Instant};
+
+use cascade_shared::db;
+use cascade_shared::testing::TestDatabase;
+use sea_orm::{ConnectionTrait, Statement};
+
+async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> String {
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect("query");
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0).expect("text column"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn postgres_tables_that_grew_are_analyzed_and_planned_as_probes() {
+    let Some(test) = TestDatabase::postgres().await else {
+        return;
+    };
+    let conn = db::connect(&test.settings).await.expect("connect");
+    // Autovacuum off for this table: the keeper, not autovacuum, must do it.
+    conn.execute_unprepared(
+        "CREATE TABLE t (tenant_id TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (tenant_id, id)) \
+         WITH (autovacuum_enabled = false)",
+    )
+    .await
+    .expect("create");
+    conn.execute_unprepared("INSERT INTO t SELECT 'one', g::text FROM generate_series(1, 20000) g")
+        .await
+        .expect("insert");
+    let explain = "EXPLAIN SELECT * FROM t WHERE tenant_id = 'one' AND id IN ('1', '2', '3')";
+    let before = scalar(&conn, explain).await;
+
+    // Backends report their changes asynchronously: poll.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let analyzed = db::analyze_changed_tables(&conn).await.expect("round");
+        if analyzed.iter().any(|t| t == "public.t") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "t was never analyzed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counted = scalar(
+        &conn,
+        "SELECT reltuples::bigint::text FROM pg_class WHERE relname = 't'",
+    )
+    .await;
+    assert_eq!(counted, "20000");
+    // Up to date now: the next round leaves it alone.
+    let again = db::analyze_changed_tables(&conn).await.expect("round");
+    assert!(!again.iter().any(|t| t == "public.t"), "{again:?}");
+    // With statistics, the ids are index conditions, not a filter over the
+    // tenant's rows (which is what the plan without them did).
+    let after = scalar(&conn, explain).await;
+    assert!(
+        after.contains("Index Cond") && after.contains("id = ANY"),
+        "after ANALYZE: {after}"
+    );
+    assert!(
+        !after.contains("Filter"),
+        "after ANALYZE the ids filter nothing: {after}"
+    );
+    assert_ne!(before, after, "the plan did not change");
+}
+
+#[tokio::test]
+async fn sqlite_has_no_keeper() {
+    let test = TestDatabase::sqlite();
+    let conn = db::connect(&test.settings).await.expect("connect");
+    assert!(db::spawn_statistics_keeper(&conn, &test.settings).is_none());
+}
