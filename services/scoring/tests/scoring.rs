@@ -507,6 +507,83 @@ async fn caps_and_decay_follow_the_model(db: TestDatabase) {
     suite.stop().await;
 }
 
+/// The stored scores each batch adds to (what lifecycle is sent) count a
+/// contact as engaged once, whatever the batches: a contact with intent
+/// activity only is not engaged until it has engagement (activities without
+/// a contact are intent), and every step agrees with the score computed
+/// from all the activities (GetAccountScore).
+async fn engaged_contacts_follow_batches(db: TestDatabase) {
+    let suite = Suite::start(&db, &db).await;
+    let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
+    let id = account(&mut lifecycle, "Engaged", "").await;
+    let ann = contact(&mut lifecycle, &id, "ann@engaged.example").await;
+    let bob = contact(&mut lifecycle, &id, "bob@engaged.example").await;
+    let cy = contact(&mut lifecycle, &id, "cy@engaged.example").await;
+    let mut model = scoring
+        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
+        .await
+        .expect("model")
+        .into_inner()
+        .model
+        .expect("model");
+    model.rules.push(pb::ScoringRule {
+        activity_type: "web_research".into(),
+        points: 10,
+        daily_cap_per_contact: 0,
+        first_occurrence_only: false,
+    });
+    model.intent_activity_types = vec!["web_research".into()];
+    scoring
+        .update_scoring_model(request_for(
+            T,
+            pb::UpdateScoringModelRequest { model: Some(model) },
+        ))
+        .await
+        .expect("model updated");
+
+    let batches = [
+        // (batch, engagement, engaged contacts)
+        (vec![activity("b1", "email_open", &id, &ann)], 2.0, 1),
+        (
+            vec![
+                activity("b2", "email_open", &id, &ann),
+                activity("b3", "web_research", &id, &bob),
+                activity("b4", "web_page_visit", &id, ""),
+            ],
+            4.0,
+            1,
+        ),
+        (
+            vec![
+                activity("b5", "pricing_page_visit", &id, &bob),
+                activity("b6", "web_page_visit", &id, ""),
+                activity("b7", "web_research", &id, &cy),
+            ],
+            54.0,
+            2,
+        ),
+        (vec![activity("b8", "email_open", &id, &ann)], 56.0, 2),
+    ];
+    for (batch, engagement, engaged) in batches {
+        let response = record(&mut scoring, batch).await;
+        assert_eq!(response.rejected_count, 0, "{response:?}");
+        let computed = score(&mut scoring, &id).await;
+        assert_eq!(
+            (computed.engagement_score, computed.engaged_contact_count),
+            (engagement, engaged)
+        );
+        wait_for_score(
+            &mut lifecycle,
+            &id,
+            engagement,
+            engagement / f64::from(engaged),
+        )
+        .await;
+    }
+    assert_eq!(score(&mut scoring, &id).await.intent_score, 28.0);
+    suite.stop().await;
+}
+
 /// Waits (bounded) until lifecycle shows the account with these scores.
 async fn wait_for_score(
     lifecycle: &mut Lifecycle,
@@ -1258,4 +1335,5 @@ on_each_database!(
     ids_are_checked_per_item,
     emails_while_lifecycle_is_down_are_retryable,
     a_frozen_lifecycle_is_bounded_by_the_callers_deadline,
+    engaged_contacts_follow_batches,
 );

@@ -148,6 +148,8 @@ pub mod contact_score {
         pub account_id: String,
         pub engagement_score: f64,
         pub computed_day: i64,
+        /// The contact has engagement activities under `account_id`.
+        pub engaged: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -159,11 +159,8 @@ impl Repository {
             today,
         );
         let accounts = scores::lock_account_scores(&txn, t, batch.accounts.keys()).await?;
-        // Which contacts already counted as engaged, before this batch's buckets.
-        let engaged_before = scores::engaged_pairs(&txn, t, &batch).await?;
         upsert_buckets(&txn, t, &scored).await?;
-        let new_scores =
-            scores::rescore(&txn, t, (&model, today), &batch, &accounts, &engaged_before).await?;
+        let new_scores = scores::rescore(&txn, t, (&model, today), &batch, &accounts).await?;
         let sequences = scores::upsert_account_scores(&txn, t, today, &new_scores).await?;
         scores::upsert_contact_scores(&txn, t, today, &batch, &new_scores).await?;
 

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_shared::outbox::OutboxMigration),
             Box::new(Scoring),
             Box::new(cascade_shared::outbox::OutboxPendingIndexMigration),
+            Box::new(EngagedFlags),
         ]
     }
 }
@@ -104,6 +105,40 @@ impl MigrationTrait for Scoring {
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         Err(DbErr::Migration(
             "the scoring migration is not reversible: it would drop activities".into(),
+        ))
+    }
+}
+
+/// Whether a contact has engagement under its account, kept on the score
+/// row a batch reads anyway, instead of a probe of the buckets per contact
+/// and batch, which grew with the history (docs/performance.md).
+struct EngagedFlags;
+
+impl MigrationName for EngagedFlags {
+    fn name(&self) -> &str {
+        "m20261201_100001_scores_engaged_flags"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for EngagedFlags {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let statements = [
+            "ALTER TABLE contact_scores ADD COLUMN engaged BOOLEAN NOT NULL DEFAULT FALSE",
+            "UPDATE contact_scores SET engaged = TRUE WHERE EXISTS (SELECT 1 FROM score_buckets b \
+             WHERE b.tenant_id = contact_scores.tenant_id AND b.account_id = contact_scores.account_id \
+             AND b.contact_id = contact_scores.contact_id AND b.intent = FALSE)",
+        ];
+        let conn = manager.get_connection();
+        for statement in statements {
+            conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the engaged flags migration is not reversible".into(),
         ))
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use cascade_shared::db::{insert_chunks, insert_chunks_returning, statement_chunks};
 use cascade_shared::page::PageRequest;
 use cascade_shared::{ServiceError, ServiceResult, TenantId};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, IntoCondition, OnConflict, Query, ValueTuple};
+use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -332,64 +332,26 @@ fn account_key() -> OnConflict {
     ])
 }
 
-/// The (account, contact or "") pairs of the batch's engagement that had
-/// engagement buckets before it: those contacts were already engaged.
-pub(super) async fn engaged_pairs(
-    conn: &impl ConnectionTrait,
-    t: &str,
-    batch: &domain::BatchScores,
-) -> Result<BTreeSet<(String, String)>, DbErr> {
-    let pairs: Vec<(&String, &String)> = batch
-        .accounts
-        .iter()
-        .flat_map(|(account, add)| add.contact_points.keys().map(move |c| (account, c)))
-        .collect();
-    let k = Alias::new("k");
-    let (account, contact) = (
-        (k.clone(), Alias::new("column1")),
-        (k.clone(), Alias::new("column2")),
-    );
-    let mut engaged = BTreeSet::new();
-    for chunk in statement_chunks(&pairs, 2) {
-        // One index probe per pair, however many buckets each has.
-        let query = Query::select()
-            .column(account.clone())
-            .column(contact.clone())
-            .from_values(
-                chunk
-                    .iter()
-                    .map(|(a, c)| ValueTuple::Two(a.as_str().into(), c.as_str().into())),
-                k.clone(),
-            )
-            .and_where(Expr::exists(
-                Query::select()
-                    .expr(Expr::val(1))
-                    .from(score_bucket::Entity)
-                    .and_where(Expr::col(score_bucket::Column::TenantId).eq(t))
-                    .and_where(Expr::col(score_bucket::Column::AccountId).equals(account.clone()))
-                    .and_where(Expr::col(score_bucket::Column::ContactId).equals(contact.clone()))
-                    .and_where(Expr::col(score_bucket::Column::Intent).eq(false))
-                    .to_owned(),
-            ))
-            .to_owned();
-        for row in conn.query_all(&query).await? {
-            engaged.insert((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
-        }
-    }
-    Ok(engaged)
+/// An account's score after a batch, and which of the batch's contacts
+/// have engagement in it now.
+pub(super) struct NewScore {
+    pub(super) totals: Totals,
+    pub(super) engaged: BTreeSet<String>,
 }
 
 /// Each touched account's new stored score: the stored one plus the batch
 /// while it is from today, or recomputed from the buckets (already holding
 /// the batch) when it is new, misses a day's decay, or follows a model change.
+/// Whether a contact was engaged before the batch is its score row's
+/// `engaged` (kept consistent by the account lock); a recomputed account
+/// takes it from its buckets.
 pub(super) async fn rescore(
     conn: &impl ConnectionTrait,
     t: &str,
     (model, today): (&ScoringModel, i64),
     batch: &domain::BatchScores,
     accounts: &HashMap<String, StoredScore>,
-    engaged_before: &BTreeSet<(String, String)>,
-) -> ServiceResult<BTreeMap<String, Totals>> {
+) -> ServiceResult<BTreeMap<String, NewScore>> {
     let contacts = stored_contact_scores(conn, t, batch.contacts()).await?;
     let mut result = BTreeMap::new();
     let mut recompute = Vec::new();
@@ -411,13 +373,18 @@ pub(super) async fn rescore(
                         .get(contact)
                         .map_or(0.0, |row| row.engagement_score)
                 };
-                let was_engaged = |contact: &str| {
-                    engaged_before.contains(&(account_id.clone(), contact.to_owned()))
-                };
-                result.insert(
-                    account_id.clone(),
-                    domain::add_batch(current, add, previous, was_engaged),
-                );
+                // Activities without a contact are intent (`is_intent`), so
+                // "" is never among `contact_points` and needs no flag.
+                let was_engaged =
+                    |contact: &str| contacts.get(contact).is_some_and(|row| row.engaged);
+                let totals = domain::add_batch(current, add, previous, was_engaged);
+                let engaged = add
+                    .new_types
+                    .keys()
+                    .filter(|c| was_engaged(c) || add.contact_points.contains_key(*c))
+                    .cloned()
+                    .collect();
+                result.insert(account_id.clone(), NewScore { totals, engaged });
             }
             _ => recompute.push(account_id.as_str()),
         }
@@ -425,7 +392,10 @@ pub(super) async fn rescore(
     for chunk in statement_chunks(&recompute, 1) {
         let accounts = score_bucket::Column::AccountId.is_in(chunk.iter().copied());
         for (account_id, buckets) in buckets_of(conn, t, accounts, None).await? {
-            result.insert(account_id, domain::totals_of(buckets, model, today));
+            let totals = domain::totals_of(buckets, model, today);
+            // Only engagement buckets put a contact in `per_contact`.
+            let engaged = totals.per_contact.keys().cloned().collect();
+            result.insert(account_id, NewScore { totals, engaged });
         }
     }
     Ok(result)
@@ -455,16 +425,16 @@ pub(super) async fn upsert_account_scores(
     conn: &impl ConnectionTrait,
     t: &str,
     today: i64,
-    scores: &BTreeMap<String, Totals>,
+    scores: &BTreeMap<String, NewScore>,
 ) -> Result<HashMap<String, i64>, DbErr> {
     let rows = scores
         .iter()
-        .map(|(account_id, totals)| account_score::ActiveModel {
+        .map(|(account_id, new)| account_score::ActiveModel {
             tenant_id: Set(t.to_owned()),
             account_id: Set(account_id.clone()),
-            engagement_score: Set(totals.engagement),
-            intent_score: Set(totals.intent),
-            engaged_contacts: Set(totals.engaged_contacts),
+            engagement_score: Set(new.totals.engagement),
+            intent_score: Set(new.totals.intent),
+            engaged_contacts: Set(new.totals.engaged_contacts),
             computed_day: Set(today),
             delivery_seq: Set(1),
         })
@@ -494,30 +464,34 @@ pub(super) async fn upsert_contact_scores(
     t: &str,
     today: i64,
     batch: &domain::BatchScores,
-    scores: &BTreeMap<String, Totals>,
+    scores: &BTreeMap<String, NewScore>,
 ) -> Result<(), DbErr> {
     // A contact seen under two accounts in one batch is written once (one
     // statement cannot update a row twice): the last account wins.
-    let mut latest: BTreeMap<&String, (&String, f64)> = BTreeMap::new();
+    let mut latest: BTreeMap<&String, (&String, f64, bool)> = BTreeMap::new();
     for (account, add) in &batch.accounts {
-        let per_contact = scores.get(account).map(|s| &s.per_contact);
+        let new = scores.get(account);
         for contact in add.new_types.keys() {
-            let score = per_contact
-                .and_then(|p| p.get(contact))
+            let score = new
+                .and_then(|n| n.totals.per_contact.get(contact))
                 .copied()
                 .unwrap_or(0.0);
-            latest.insert(contact, (account, score));
+            let engaged = new.is_some_and(|n| n.engaged.contains(contact));
+            latest.insert(contact, (account, score, engaged));
         }
     }
     let rows = latest
         .into_iter()
-        .map(|(contact, (account, score))| contact_score::ActiveModel {
-            tenant_id: Set(t.to_owned()),
-            contact_id: Set(contact.clone()),
-            account_id: Set(account.clone()),
-            engagement_score: Set(score),
-            computed_day: Set(today),
-        })
+        .map(
+            |(contact, (account, score, engaged))| contact_score::ActiveModel {
+                tenant_id: Set(t.to_owned()),
+                contact_id: Set(contact.clone()),
+                account_id: Set(account.clone()),
+                engagement_score: Set(score),
+                computed_day: Set(today),
+                engaged: Set(engaged),
+            },
+        )
         .collect();
     let upsert = OnConflict::columns([
         contact_score::Column::TenantId,
@@ -527,6 +501,7 @@ pub(super) async fn upsert_contact_scores(
         contact_score::Column::AccountId,
         contact_score::Column::EngagementScore,
         contact_score::Column::ComputedDay,
+        contact_score::Column::Engaged,
     ])
     .to_owned();
     insert_chunks(conn, rows, Some(&upsert)).await?;
