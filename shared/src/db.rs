@@ -60,7 +60,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
     };
     let mut options = ConnectOptions::new(url);
     options
-        .max_connections(settings.max_connections)
+        .max_connections(settings.pool_size())
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         // Statements are traced by our own spans; sqlx's per-statement logs

@@ -95,8 +95,9 @@ pub const DEFAULT_ANALYZE_INTERVAL_MS: u64 = 2_000;
 pub struct DatabaseSettings {
     /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`.
     pub url: String,
-    /// Largest number of pooled connections.
-    pub max_connections: u32,
+    /// Largest number of pooled connections; unset: the service's SQLite
+    /// default (`ServiceIdentity`) or 8.
+    pub max_connections: Option<u32>,
     /// How long to wait for a connection before answering UNAVAILABLE.
     pub acquire_timeout_ms: u64,
     /// Apply migrations at start-up. Off when a separate step runs them
@@ -108,10 +109,24 @@ pub struct DatabaseSettings {
 }
 
 impl DatabaseSettings {
+    /// `max_connections`, or 8 when unset.
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections.unwrap_or(8)
+    }
+
+    /// Sets `max_connections` to the service's SQLite default
+    /// (`ServiceIdentity::sqlite_connections`) when it is unset and the
+    /// database is SQLite.
+    pub fn default_pool(&mut self, sqlite_connections: u32) {
+        if self.max_connections.is_none() && self.is_sqlite() {
+            self.max_connections = Some(sqlite_connections);
+        }
+    }
+
     pub fn sqlite_file(path: &Path) -> Self {
         Self {
             url: format!("sqlite://{}", path.display()),
-            max_connections: 8,
+            max_connections: None,
             acquire_timeout_ms: 5_000,
             run_migrations: true,
             analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
@@ -249,7 +264,8 @@ pub struct ServiceSettings {
 impl ServiceSettings {
     /// Loads and validates a service's settings (see [`load`]).
     pub fn load(identity: ServiceIdentity) -> Result<Self, SettingsError> {
-        let settings: Self = load(identity)?;
+        let mut settings: Self = load(identity)?;
+        settings.database.default_pool(identity.sqlite_connections);
         validate_common(&settings.server, &settings.database, &settings.telemetry)?;
         let outbox = &settings.outbox;
         if outbox.poll_interval_ms == 0 || outbox.min_backoff_ms == 0 || outbox.lease_ms == 0 {
@@ -325,6 +341,14 @@ pub struct ServiceIdentity {
     /// `lifecycle`, `scoring` or `opportunity`.
     pub name: &'static str,
     pub default_port: u16,
+    /// Pool size on SQLite unless `database.max_connections` is set. A
+    /// service whose writes queue in process (scoring's group commit) needs
+    /// few: SQLite writes one transaction at a time and each connection keeps
+    /// its own cache and prepared statements (~5 MiB each in scoring). One
+    /// whose concurrent writers wait for SQLite's lock while holding a
+    /// connection (lifecycle) needs more, or its reads wait behind them
+    /// (docs/performance.md).
+    pub sqlite_connections: u32,
 }
 
 impl ServiceIdentity {
@@ -368,7 +392,7 @@ pub fn load_from<T: DeserializeOwned>(
         server: ServerSettings::with_port(identity.default_port),
         database: DatabaseSettings {
             url: format!("sqlite://data/{}.db", identity.name),
-            max_connections: 8,
+            max_connections: None,
             acquire_timeout_ms: 5_000,
             run_migrations: true,
             analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
@@ -452,7 +476,7 @@ pub fn validate_common(
             redact_urls(&database.url)
         )));
     }
-    if database.max_connections == 0 {
+    if database.max_connections == Some(0) {
         return Err(SettingsError::new(
             "database.max_connections: must be greater than 0",
         ));
@@ -513,6 +537,7 @@ mod tests {
     const ID: ServiceIdentity = ServiceIdentity {
         name: "lifecycle",
         default_port: 50051,
+        sqlite_connections: 8,
     };
 
     fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
@@ -529,6 +554,13 @@ mod tests {
         let s: Example = load_from(ID, None, env(&[])).expect("defaults load");
         assert_eq!(s.server.port, 50051);
         assert_eq!(s.database.url, "sqlite://data/lifecycle.db");
+        assert_eq!(
+            (s.database.max_connections, s.database.pool_size()),
+            (None, 8)
+        );
+        let mut scoring_like = s.database.clone();
+        scoring_like.default_pool(4);
+        assert_eq!(scoring_like.pool_size(), 4);
 
         let s: Example = load_from(
             ID,
@@ -541,6 +573,19 @@ mod tests {
         .expect("env loads");
         assert_eq!(s.server.port, 6000);
         assert_eq!(s.database.url, "postgres://u:p@h/db");
+        let mut database = s.database.clone();
+        database.default_pool(4);
+        assert_eq!(database.pool_size(), 8, "the SQLite default is for SQLite");
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__DATABASE__MAX_CONNECTIONS", "12")]),
+        )
+        .expect("env loads");
+        let mut database = s.database.clone();
+        database.default_pool(4);
+        assert_eq!(database.pool_size(), 12, "an explicit size wins");
     }
 
     #[test]
@@ -596,7 +641,7 @@ mod tests {
         assert_eq!(redact_urls("sqlite://data/x.db"), "sqlite://data/x.db");
         let settings = DatabaseSettings {
             url: "postgres://app:s3cret@db/cascade".into(),
-            max_connections: 1,
+            max_connections: Some(1),
             acquire_timeout_ms: 1,
             run_migrations: true,
             analyze_interval_ms: 0,

@@ -61,7 +61,7 @@ impl TestDatabase {
         Some(Self {
             settings: DatabaseSettings {
                 url,
-                max_connections: 8,
+                max_connections: None,
                 acquire_timeout_ms: 5_000,
                 run_migrations: true,
                 analyze_interval_ms: crate::settings::DEFAULT_ANALYZE_INTERVAL_MS,

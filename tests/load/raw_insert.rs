@@ -56,7 +56,7 @@ async fn drop_database(url: &str, name: &str) -> Result<()> {
 fn settings(url: &str, connections: usize) -> DatabaseSettings {
     DatabaseSettings {
         url: url.to_owned(),
-        max_connections: connections.max(1) as u32,
+        max_connections: Some(connections.max(1) as u32),
         acquire_timeout_ms: 30_000,
         run_migrations: true,
         // Inserts only: no plans to keep current.

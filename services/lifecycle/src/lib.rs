@@ -19,6 +19,7 @@ use sea_orm::DatabaseConnection;
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     name: "lifecycle",
     default_port: 50051,
+    sqlite_connections: 8,
 };
 
 /// How long a webhook receiver may take to answer.

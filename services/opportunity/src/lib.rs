@@ -20,6 +20,7 @@ use sea_orm::DatabaseConnection;
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     name: "opportunity",
     default_port: 50053,
+    sqlite_connections: 8,
 };
 
 async fn service(

@@ -21,6 +21,7 @@ use sea_orm::DatabaseConnection;
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     name: "scoring",
     default_port: 50052,
+    sqlite_connections: 4,
 };
 
 async fn service(

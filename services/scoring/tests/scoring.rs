@@ -188,6 +188,36 @@ async fn score(scoring: &mut Scoring, account_id: &str) -> pb::AccountScore {
         .expect("score")
 }
 
+/// The tenant's current scoring model.
+async fn current_model(scoring: &mut Scoring) -> pb::ScoringModel {
+    scoring
+        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
+        .await
+        .expect("model")
+        .into_inner()
+        .model
+        .expect("model")
+}
+
+/// The current model, changed by `change`, stored as the next version.
+async fn change_model(
+    scoring: &mut Scoring,
+    change: impl FnOnce(&mut pb::ScoringModel),
+) -> pb::ScoringModel {
+    let mut model = current_model(scoring).await;
+    change(&mut model);
+    scoring
+        .update_scoring_model(request_for(
+            T,
+            pb::UpdateScoringModelRequest { model: Some(model) },
+        ))
+        .await
+        .expect("model updated")
+        .into_inner()
+        .model
+        .expect("model")
+}
+
 /// Asserts scoring stored nothing for the account (its score is NOT_FOUND).
 async fn assert_no_score(scoring: &mut Scoring, account_id: &str) {
     let status = scoring
@@ -382,38 +412,24 @@ async fn caps_and_decay_follow_the_model(db: TestDatabase) {
     let (mut lifecycle, mut scoring) = (suite.lifecycle(), suite.scoring(0));
     let id = account(&mut lifecycle, "Capped", "").await;
     let ann = contact(&mut lifecycle, &id, "ann@capped.example").await;
-    let mut model = scoring
-        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
-        .await
-        .expect("model")
-        .into_inner()
-        .model
-        .expect("model");
-    assert_eq!(model.version, 1);
-    for rule in &mut model.rules {
-        match rule.activity_type.as_str() {
-            "email_open" => rule.daily_cap_per_contact = 3,
-            "webinar_attended" => rule.first_occurrence_only = true,
-            _ => {}
+    let updated = change_model(&mut scoring, |model| {
+        assert_eq!(model.version, 1);
+        for rule in &mut model.rules {
+            match rule.activity_type.as_str() {
+                "email_open" => rule.daily_cap_per_contact = 3,
+                "webinar_attended" => rule.first_occurrence_only = true,
+                _ => {}
+            }
         }
-    }
-    model.rules.push(pb::ScoringRule {
-        activity_type: "unsubscribe".into(),
-        points: -5,
-        daily_cap_per_contact: 0,
-        first_occurrence_only: false,
-    });
-    model.decay_half_life_days = 10.0;
-    let updated = scoring
-        .update_scoring_model(request_for(
-            T,
-            pb::UpdateScoringModelRequest { model: Some(model) },
-        ))
-        .await
-        .expect("model updated")
-        .into_inner()
-        .model
-        .expect("model");
+        model.rules.push(pb::ScoringRule {
+            activity_type: "unsubscribe".into(),
+            points: -5,
+            daily_cap_per_contact: 0,
+            first_occurrence_only: false,
+        });
+        model.decay_half_life_days = 10.0;
+    })
+    .await;
     assert_eq!(updated.version, 2);
 
     let mut old_demo = activity("old", "demo_request", &id, &ann);
@@ -519,27 +535,16 @@ async fn engaged_contacts_follow_batches(db: TestDatabase) {
     let ann = contact(&mut lifecycle, &id, "ann@engaged.example").await;
     let bob = contact(&mut lifecycle, &id, "bob@engaged.example").await;
     let cy = contact(&mut lifecycle, &id, "cy@engaged.example").await;
-    let mut model = scoring
-        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
-        .await
-        .expect("model")
-        .into_inner()
-        .model
-        .expect("model");
-    model.rules.push(pb::ScoringRule {
-        activity_type: "web_research".into(),
-        points: 10,
-        daily_cap_per_contact: 0,
-        first_occurrence_only: false,
-    });
-    model.intent_activity_types = vec!["web_research".into()];
-    scoring
-        .update_scoring_model(request_for(
-            T,
-            pb::UpdateScoringModelRequest { model: Some(model) },
-        ))
-        .await
-        .expect("model updated");
+    change_model(&mut scoring, |model| {
+        model.rules.push(pb::ScoringRule {
+            activity_type: "web_research".into(),
+            points: 10,
+            daily_cap_per_contact: 0,
+            first_occurrence_only: false,
+        });
+        model.intent_activity_types = vec!["web_research".into()];
+    })
+    .await;
 
     let batches = [
         // (batch, engagement, engaged contacts)
@@ -780,13 +785,7 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
         ],
     )
     .await;
-    let mut proposed = scoring
-        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
-        .await
-        .expect("model")
-        .into_inner()
-        .model
-        .expect("model");
+    let mut proposed = current_model(&mut scoring).await;
     for rule in &mut proposed.rules {
         if rule.activity_type == "email_open" {
             rule.points = 40;
@@ -843,14 +842,7 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
     );
     // It changed nothing.
     assert_eq!(score(&mut scoring, &a).await.engagement_score, 6.0);
-    let model = scoring
-        .get_scoring_model(request_for(T, pb::GetScoringModelRequest { version: 0 }))
-        .await
-        .expect("model")
-        .into_inner()
-        .model
-        .expect("model");
-    assert_eq!(model.version, 1);
+    assert_eq!(current_model(&mut scoring).await.version, 1);
     suite.stop().await;
 }
 
