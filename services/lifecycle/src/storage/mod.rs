@@ -215,7 +215,17 @@ pub(crate) async fn hydrate_accounts(
     conn: &impl ConnectionTrait,
     models: Vec<account::Model>,
 ) -> ServiceResult<Vec<Account>> {
-    let mut firsts = firsts_of(conn, models.iter().map(|m| m.account_id.clone()).collect()).await?;
+    let firsts = firsts_of(conn, models.iter().map(|m| m.account_id.clone()).collect()).await?;
+    hydrate_accounts_with(conn, models, firsts).await
+}
+
+/// `hydrate_accounts` with the first-reached dates already read (account
+/// id -> (stage, first reached at ms)).
+pub(crate) async fn hydrate_accounts_with(
+    conn: &impl ConnectionTrait,
+    models: Vec<account::Model>,
+    mut firsts: HashMap<String, Vec<(String, i64)>>,
+) -> ServiceResult<Vec<Account>> {
     let recycle_ids: Vec<String> = models
         .iter()
         .filter_map(|m| m.last_recycle_transition_id.clone())
