@@ -264,12 +264,6 @@ async fn lock_usage(
     keys: &BTreeSet<UsageKey>,
 ) -> Result<HashMap<UsageKey, Usage>, DbErr> {
     let keys: Vec<&UsageKey> = keys.iter().collect();
-    let key_columns = [
-        rule_usage::Column::TenantId,
-        rule_usage::Column::Subject,
-        rule_usage::Column::ActivityType,
-        rule_usage::Column::Period,
-    ];
     let mut usage = HashMap::with_capacity(keys.len());
     for chunk in statement_chunks(&keys, rule_usage::Column::iter().count()) {
         // Keys are sorted, so rows are created (and locked) in key order.
@@ -286,7 +280,7 @@ async fn lock_usage(
         insert_chunks(
             conn,
             zeros.collect(),
-            Some(&OnConflict::columns(key_columns).do_nothing().to_owned()),
+            Some(&usage_key().do_nothing().to_owned()),
         )
         .await?;
         // Joined from the keys so each is one index lookup.
@@ -372,23 +366,28 @@ async fn write_usage(
             occurrences: Set(delta.occurrences),
         })
         .collect();
-    let add = OnConflict::columns([
+    let add = usage_key()
+        .value(
+            rule_usage::Column::Points,
+            added(rule_usage::Entity, rule_usage::Column::Points),
+        )
+        .value(
+            rule_usage::Column::Occurrences,
+            added(rule_usage::Entity, rule_usage::Column::Occurrences),
+        )
+        .to_owned();
+    insert_chunks(conn, rows, Some(&add)).await?;
+    Ok(())
+}
+
+/// The conflict target of `rule_usage`: its primary key.
+fn usage_key() -> OnConflict {
+    OnConflict::columns([
         rule_usage::Column::TenantId,
         rule_usage::Column::Subject,
         rule_usage::Column::ActivityType,
         rule_usage::Column::Period,
     ])
-    .value(
-        rule_usage::Column::Points,
-        added(rule_usage::Entity, rule_usage::Column::Points),
-    )
-    .value(
-        rule_usage::Column::Occurrences,
-        added(rule_usage::Entity, rule_usage::Column::Occurrences),
-    )
-    .to_owned();
-    insert_chunks(conn, rows, Some(&add)).await?;
-    Ok(())
 }
 
 /// `table.column + excluded.column`: an upsert that adds to the stored row.
