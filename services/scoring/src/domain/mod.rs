@@ -203,40 +203,63 @@ pub fn score_activity(
     day: i64,
     usage: &mut HashMap<UsageKey, Usage>,
 ) -> Scored {
+    let (rule_points, counted, intent) =
+        score_activities(model, subject, activity_type, has_contact, day, 1, usage);
+    // One activity never counts more than its rule's points, so it fits.
+    let counted_points = i32::try_from(counted).unwrap_or(0);
+    Scored {
+        rule_points,
+        counted_points,
+        capped: counted_points != rule_points,
+        intent,
+    }
+}
+
+/// Scores `count` activities of one subject, type and day together, exactly
+/// as `count` calls of [`score_activity`] in a row would (simulation replays
+/// stored activities grouped this way). Answers the rule's points, the points
+/// counted for all of them, and whether they are intent.
+pub fn score_activities(
+    model: &ScoringModel,
+    subject: &str,
+    activity_type: &str,
+    has_contact: bool,
+    day: i64,
+    count: i64,
+    usage: &mut HashMap<UsageKey, Usage>,
+) -> (i32, i64, bool) {
     let intent = model.is_intent(activity_type, has_contact);
     let Some(rule) = model.rule(activity_type) else {
-        return Scored {
-            rule_points: 0,
-            counted_points: 0,
-            capped: false,
-            intent,
-        };
+        return (0, 0, intent);
     };
-    let mut counted = rule.points;
+    if count <= 0 {
+        return (rule.points, 0, intent);
+    }
+    let points = i64::from(rule.points);
+    // How many of them earn the rule's points before the daily cap.
+    let mut earning = count;
     if rule.first_occurrence_only {
         let lifetime = usage
             .entry((subject.to_owned(), activity_type.to_owned(), LIFETIME))
             .or_default();
-        if lifetime.occurrences > 0 {
-            counted = 0;
-        }
-        lifetime.occurrences += 1;
+        earning = if lifetime.occurrences > 0 {
+            0
+        } else {
+            count.min(1)
+        };
+        lifetime.occurrences += count;
     }
+    let mut counted = earning * points;
     if rule.daily_cap_per_contact > 0 && counted > 0 {
         let today = usage
             .entry((subject.to_owned(), activity_type.to_owned(), day))
             .or_default();
         let room = (i64::from(rule.daily_cap_per_contact) - today.points).max(0);
-        counted = i32::try_from(i64::from(counted).min(room)).unwrap_or(0);
-        today.points += i64::from(counted);
-        today.occurrences += 1;
+        counted = counted.min(room);
+        today.points += counted;
+        today.occurrences += earning;
     }
-    Scored {
-        rule_points: rule.points,
-        counted_points: counted,
-        capped: counted != rule.points,
-        intent,
-    }
+    (rule.points, counted, intent)
 }
 
 /// The UTC day number (days since 1970-01-01) of a time in milliseconds.
@@ -485,6 +508,51 @@ mod tests {
         assert_eq!(points("pricing_page_visit"), 50);
         assert_eq!(points("meeting_agreed"), 50);
         assert_eq!(points("unknown_thing"), 0, "unknown types score 0");
+    }
+
+    /// Grouped scoring (simulation) must equal scoring one at a time (ingest)
+    /// for every kind of rule, from fresh and from partly used caps.
+    #[test]
+    fn scoring_a_group_equals_scoring_its_activities_one_by_one() {
+        let rules = [
+            rule("t", 2, 0, false),
+            rule("t", 2, 5, false),
+            rule("t", 3, 3, false),
+            rule("t", 10, 0, true),
+            rule("t", 10, 4, true),
+            rule("t", -5, 0, false),
+            rule("t", -5, 3, false),
+            rule("t", 0, 2, false),
+        ];
+        for r in rules {
+            let m = model(vec![r.clone()]);
+            for before in 0..3 {
+                for count in 0..8 {
+                    let mut one = HashMap::new();
+                    let mut many = HashMap::new();
+                    // Earlier use of the rule the same day (and over the lifetime).
+                    for _ in 0..before {
+                        score_activity(&m, "ann", "t", true, 7, &mut one);
+                        score_activity(&m, "ann", "t", true, 7, &mut many);
+                    }
+                    let single: i64 = (0..count)
+                        .map(|_| {
+                            i64::from(
+                                score_activity(&m, "ann", "t", true, 7, &mut one).counted_points,
+                            )
+                        })
+                        .sum();
+                    let (points, grouped, intent) =
+                        score_activities(&m, "ann", "t", true, 7, count, &mut many);
+                    assert_eq!(
+                        (points, grouped, intent),
+                        (r.points, single, false),
+                        "{r:?} after {before}, {count} at once"
+                    );
+                    assert_eq!(one, many, "{r:?} after {before}, {count}: usage differs");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Replaying stored activities through two models at once (the current one
-//! and a proposed one), one account at a time, in a single pass.
+//! and a proposed one), one account at a time, in a single pass. Activities
+//! come grouped by (contact, type, day): a rule treats those alike, so a group
+//! is scored at once (`score_activities`) and the cost follows the number of
+//! groups, not of activities.
 
 use std::collections::{BTreeMap, HashMap};
 
 use cascade_shared::domain::AccountStage;
 
-use super::{ScoringModel, Usage, UsageKey, decay_factor, score_activity, score_stage};
+use super::{ScoringModel, Usage, UsageKey, decay_factor, score_activities, score_stage};
 
 /// Score thresholds of the score-driven stages.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,12 +17,16 @@ pub struct Thresholds {
     pub prioritized: f64,
 }
 
-/// One stored activity, as the replay needs it.
+/// Stored activities of one account, contact, type and day, as the replay
+/// needs them. Pushed in day order within an account (first-occurrence rules
+/// count the earliest).
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayActivity<'a> {
     pub contact_id: Option<&'a str>,
     pub activity_type: &'a str,
     pub day: i64,
+    /// How many activities the group holds.
+    pub count: i64,
 }
 
 /// An account whose score-driven stage differs between the models.
@@ -54,17 +61,17 @@ impl Run {
         let subject = a
             .contact_id
             .map_or_else(|| format!("account:{account_id}"), str::to_owned);
-        let scored = score_activity(
+        let (_, counted, intent) = score_activities(
             &self.model,
             &subject,
             a.activity_type,
             a.contact_id.is_some(),
             a.day,
+            a.count,
             &mut self.usage,
         );
-        let points = f64::from(scored.counted_points)
-            * decay_factor(self.model.decay_half_life_days, a.day, today);
-        if scored.intent {
+        let points = counted as f64 * decay_factor(self.model.decay_half_life_days, a.day, today);
+        if intent {
             self.intent += points;
         } else {
             self.engagement += points;
@@ -127,7 +134,7 @@ impl Simulation {
         }
         self.current.add(account_id, &activity, self.today);
         self.proposed.add(account_id, &activity, self.today);
-        self.result.activities += 1;
+        self.result.activities += activity.count;
     }
 
     fn close_account(&mut self) {
@@ -185,15 +192,15 @@ mod tests {
             prioritized: 100.0,
         };
         let mut sim = Simulation::new((current, t), (proposed, t), 10, 10);
-        let open = |c| ReplayActivity {
+        let open = |c, count| ReplayActivity {
             contact_id: Some(c),
             activity_type: "email_open",
             day: 10,
+            count,
         };
         // a: 3 opens = 6 now, 120 proposed -> ENGAGED vs PRIORITIZED
-        for _ in 0..3 {
-            sim.push("a", open("ann"));
-        }
+        sim.push("a", open("ann", 1));
+        sim.push("a", open("ann", 2));
         // b: anonymous visit only -> DETECTED under both
         sim.push(
             "b",
@@ -201,6 +208,7 @@ mod tests {
                 contact_id: None,
                 activity_type: "web_page_visit",
                 day: 10,
+                count: 1,
             },
         );
         // c: a demo request -> PRIORITIZED under both
@@ -210,6 +218,7 @@ mod tests {
                 contact_id: Some("cy"),
                 activity_type: "demo_request",
                 day: 10,
+                count: 1,
             },
         );
         let r = sim.finish();
