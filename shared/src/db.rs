@@ -1,14 +1,17 @@
 //! Database connection and migrations at start-up, for SQLite (the embedded
 //! default: one file per service, created on first start) and PostgreSQL.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, Iterable, Statement,
-    TransactionTrait, Value,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExecResult, IntoActiveModel, Iterable,
+    QueryResult, Statement, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -72,7 +75,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
             // rather than failing at once.
             opts.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
     Database::connect(options).await.map_err(|e| {
@@ -347,18 +350,113 @@ pub fn statement(
     Statement::from_sql_and_values(backend, text, taken)
 }
 
+/// How long a SQLite writer waits for the file's write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writers of one SQLite file, queued in this process (see `begin_write`).
+type WriterQueue = Arc<tokio::sync::Mutex<()>>;
+
+static SQLITE_WRITERS: LazyLock<std::sync::Mutex<HashMap<PathBuf, WriterQueue>>> =
+    LazyLock::new(Default::default);
+
+/// The queue of the SQLite file `db` writes to (`None` on PostgreSQL, and for
+/// in-memory databases, which are private to one connection).
+fn sqlite_writers(db: &DatabaseConnection) -> Option<WriterQueue> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let file = options.get_filename();
+    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+        return None;
+    }
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut queues = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    Some(queues.entry(file).or_default().clone())
+}
+
+/// A turn to write to `db`'s SQLite file, for a write outside `begin_write`
+/// (an autocommit statement): hold it until the statement is done. `None` on
+/// PostgreSQL. Waiting longer than SQLite's own busy timeout is reported as
+/// the database being unavailable (retryable), as a busy file would be.
+pub async fn write_turn(
+    db: &DatabaseConnection,
+) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, DbErr> {
+    let Some(queue) = sqlite_writers(db) else {
+        return Ok(None);
+    };
+    tokio::time::timeout(SQLITE_BUSY_TIMEOUT, queue.lock_owned())
+        .await
+        .map(Some)
+        .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
+}
+
+/// A transaction that holds the write lock from its first statement (see
+/// `begin_write`); use it as any connection, then `commit`.
+pub struct WriteTransaction {
+    // Field order matters: the transaction ends (rolls back if not
+    // committed) before the next writer of the file is let in.
+    txn: DatabaseTransaction,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.txn.rollback().await
+    }
+
+    /// A nested transaction (a savepoint) inside this one.
+    pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.txn.begin().await
+    }
+}
+
+#[sea_orm::prelude::async_trait::async_trait]
+impl ConnectionTrait for WriteTransaction {
+    fn get_database_backend(&self) -> DbBackend {
+        self.txn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.txn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.txn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.txn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.txn.query_all_raw(stmt).await
+    }
+}
+
 /// Begins a transaction that holds the write lock from its first statement.
 /// On SQLite a transaction that reads first and writes later can fail with
 /// SQLITE_BUSY when another writer commits in between; taking the lock up
-/// front makes it wait (busy timeout) instead. PostgreSQL needs nothing.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+/// front makes it wait instead. Writers of the file in this process first
+/// queue in the process (FIFO), before taking a pool connection: SQLite's
+/// own wait (the busy timeout) polls with sleeps of up to 100 ms, leaving the
+/// lock idle after each commit, and each waiter would hold a connection the
+/// readers need. PostgreSQL needs neither. (The outbox's short autocommit
+/// statements do not queue: measured, queuing them beside ingest's
+/// transactions cost ingest 15-25 %; see docs/performance.md.)
+pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
+    let turn = write_turn(db).await?;
     let txn = db.begin().await?;
     if txn.get_database_backend() == DbBackend::Sqlite {
         // A write statement takes the lock even when it matches no row.
         txn.execute_unprepared("UPDATE seaql_migrations SET version = version WHERE 1 = 0")
             .await?;
     }
-    Ok(txn)
+    Ok(WriteTransaction { txn, _turn: turn })
 }
 
 /// Creates the SQLite file's folder and asks sqlx to create the file.

@@ -6,12 +6,13 @@
 use std::collections::BTreeSet;
 
 use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::db::{WriteTransaction, begin_write};
 use cascade_shared::domain::{AccountStage, ContactStage};
 use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
 use prost::Message;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter,
 };
 
 use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
@@ -96,7 +97,7 @@ impl Repository {
         account_id: &str,
         mutation: Mutation,
     ) -> ServiceResult<MutationResult> {
-        let txn = self.db.begin().await?;
+        let txn = begin_write(&self.db).await?;
         let model = lock_account(&txn, tenant.as_str(), account_id).await?;
 
         if let Some(event_id) = mutation.event_id()
@@ -294,7 +295,7 @@ impl Repository {
 }
 
 async fn unchanged(
-    txn: DatabaseTransaction,
+    txn: WriteTransaction,
     model: account::Model,
     outcome: ApplyOutcome,
 ) -> ServiceResult<MutationResult> {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cascade_shared::db::write_turn;
 use cascade_shared::outbox::{self, DeliveryError, Entry, Sink};
 use cascade_shared::{ServiceResult, ids};
 use hmac::{Hmac, Mac};
@@ -129,6 +130,9 @@ impl WebhookSink {
     }
 
     async fn mark(&self, notification_id: &str, state: &str) -> Result<(), DeliveryError> {
+        let _turn = write_turn(&self.db)
+            .await
+            .map_err(|e| DeliveryError(format!("recording delivery: {e}")))?;
         self.db
             .execute_raw(statement(
                 &self.db,

@@ -11,7 +11,6 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
     FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    TransactionTrait,
 };
 
 use super::entities::{account, contact, stage_first};
@@ -63,7 +62,7 @@ impl Repository {
             transition_count: Set(0),
             created_at_ms: Set(ms(now)),
         };
-        let txn = self.db.begin().await?;
+        let txn = begin_write(&self.db).await?;
         let inserted = match model.insert(&txn).await {
             Ok(model) => model,
             Err(error) if is_unique_violation(&error) => {
@@ -190,7 +189,7 @@ impl Repository {
         account_id: &str,
         changes: AccountChanges,
     ) -> ServiceResult<Account> {
-        let txn = self.db.begin().await?;
+        let txn = begin_write(&self.db).await?;
         let existing = lock_account(&txn, tenant.as_str(), account_id).await?;
         let version = existing.version;
         let mut model = existing.into_active_model();
@@ -280,7 +279,7 @@ impl Repository {
             last_name: String::new(),
             title: String::new(),
         };
-        let txn = self.db.begin().await?;
+        let txn = begin_write(&self.db).await?;
         match insert_contact(&txn, tenant, new, None).await {
             Ok(contact) => {
                 txn.commit().await?;

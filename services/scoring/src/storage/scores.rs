@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_shared::db::{insert_chunks, insert_chunks_returning, statement_chunks};
+use cascade_shared::db::{insert_chunks, insert_chunks_returning, statement_chunks, write_turn};
 use cascade_shared::page::PageRequest;
 use cascade_shared::{ServiceError, ServiceResult, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
@@ -146,6 +146,7 @@ impl Repository {
             .await?;
         for (account_id, computed_day) in stale {
             let totals = compute(&self.db, t, &account_id, &model, today).await?;
+            let _turn = write_turn(&self.db).await?;
             account_score::Entity::update_many()
                 .col_expr(
                     account_score::Column::EngagementScore,
