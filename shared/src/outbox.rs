@@ -241,8 +241,19 @@ impl Deliverer {
     async fn run(self) {
         let mut rounds: u64 = 0;
         loop {
+            let started = std::time::Instant::now();
             let delivered_any = match self.round().await {
-                Ok(n) => n > 0,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(
+                            topic = self.topic,
+                            delivered = n,
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "outbox round"
+                        );
+                    }
+                    n > 0
+                }
                 Err(error) => {
                     tracing::warn!(topic = self.topic, error = %crate::settings::redact_urls(&error.to_string()), "outbox round failed");
                     false

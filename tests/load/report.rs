@@ -195,9 +195,19 @@ pub fn write(dir: &Path) -> Result<()> {
             unit: "ms",
             higher_is_better: false,
             note: format!(
-                "{} probes, {} missed",
+                "{} probes, {} missed; the probe's RecordActivities itself p50 {} / p99 {} ms",
                 f(&run("crossing-latency"), &["requests"]).unwrap_or(0.0),
-                f(&run("crossing-latency"), &["errors_total"]).unwrap_or(0.0)
+                f(&run("crossing-latency"), &["errors_total"]).unwrap_or(0.0),
+                f(
+                    &run("crossing-latency"),
+                    &["probe_recorded", "latency_ms", "p50"]
+                )
+                .unwrap_or(0.0),
+                f(
+                    &run("crossing-latency"),
+                    &["probe_recorded", "latency_ms", "p99"]
+                )
+                .unwrap_or(0.0)
             ),
         },
         Target {

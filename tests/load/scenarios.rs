@@ -621,6 +621,9 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
         duration,
     ));
     let mut ticks = tokio::time::interval(Duration::from_millis(args.probe_interval_ms));
+    // How long the probe's RecordActivities took: the rest of a crossing is
+    // delivery to lifecycle and its watch stream.
+    let mut recorded = Stats::new();
     for (n, (account, contacts)) in fresh.accounts.iter().enumerate() {
         ticks.tick().await;
         let activity = sc::Activity {
@@ -635,14 +638,16 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(account.clone(), Instant::now());
-        if let Err(status) = clients
+        let sent = Instant::now();
+        match clients
             .scoring(n as u64)
             .record_activities(clients.request(sc::RecordActivitiesRequest {
                 activities: vec![activity],
             }))
             .await
         {
-            stats::lock(&crossings).error(format!("{:?}", status.code()));
+            Ok(_) => recorded.record_latency(sent.elapsed()),
+            Err(status) => stats::lock(&crossings).error(format!("{:?}", status.code())),
         }
     }
     let (background, background_elapsed) = background.await?;
@@ -671,6 +676,7 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
     summary["probes"] = json!(probes);
     summary["background"] = background.summary(background_elapsed);
     summary["background_rate_events_per_s"] = json!(args.rate.unwrap_or(1000.0));
+    summary["probe_recorded"] = recorded.summary(duration);
     Ok(summary)
 }
 

@@ -214,6 +214,8 @@ impl Repository {
             results.push(ScoreApplied::Applied { transitions });
         }
 
+        // `persist` takes the events; watchers are woken after the commit.
+        let wrote_events = !writes.events.is_empty();
         writes.persist(&txn, t, &models, now_ms).await?;
         let accounts = if with_accounts {
             let touched: Vec<account::Model> = deliveries
@@ -236,7 +238,7 @@ impl Repository {
         if writes.notified {
             self.notifications_written.notify_one();
         }
-        if !writes.events.is_empty() {
+        if wrote_events {
             self.events_written.notify_waiters();
         }
         Ok(results
@@ -521,4 +523,66 @@ async fn load_contacts(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use cascade_shared::db;
+    use cascade_shared::testing::TestDatabase;
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::domain::NewAccount;
+    use crate::domain::scores::ContactEngagement;
+
+    /// Watchers wait on `events_written` and poll only as a fallback (every
+    /// 500 ms): a delivery that moves an account must wake them itself.
+    #[tokio::test]
+    async fn a_delivery_that_moves_an_account_wakes_the_watchers() {
+        let test = TestDatabase::sqlite();
+        let conn = db::connect_and_migrate::<super::super::migration::Migrator>(&test.settings)
+            .await
+            .expect("database");
+        let repository = Repository::new(conn);
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let account = repository
+            .create_account(
+                &tenant,
+                NewAccount {
+                    name: "Woken".into(),
+                    domain: None,
+                    owner_id: None,
+                },
+                None,
+            )
+            .await
+            .expect("account");
+        let written = repository.events_written();
+        let woken = written.notified();
+        let delivery = ScoreDelivery {
+            event_id: "e1".into(),
+            sequence: 1,
+            engagement_score: 150.0,
+            average_engagement_score: 150.0,
+            intent_score: 0.0,
+            contacts: Vec::<ContactEngagement>::new(),
+        };
+        let results = repository
+            .apply_scores(
+                &tenant,
+                "test",
+                &[(account.account_id.clone(), delivery)],
+                false,
+            )
+            .await
+            .expect("applied");
+        let ScoreApplied::Applied { transitions } = &results[0].applied else {
+            panic!("not applied: {:?}", results[0].applied);
+        };
+        assert!(!transitions.is_empty(), "150 points move a new account");
+        assert!(
+            woken.now_or_never().is_some(),
+            "the watchers were not woken by the delivery's events"
+        );
+    }
 }
