@@ -18,6 +18,11 @@
 # the bench measures what the services can take, not the limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# glibc gives each thread that contends for malloc an arena of its own and
+# keeps freed memory in them; two arenas took scoring's peak RSS under ingest
+# from 74 to 64 MiB and lifecycle's from 66 to 42 MiB on SQLite at the same
+# ingest rate (docs/performance.md, round 4). The image sets it too.
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 
 seconds=${BENCH_SECONDS:-10}
 db_server=${BENCH_DATABASE_URL:-}
