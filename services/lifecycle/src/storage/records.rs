@@ -407,8 +407,13 @@ impl Repository {
     ) -> ServiceResult<HashMap<String, Resolution>> {
         let mut made = HashMap::new();
         let mut raced = HashSet::new();
+        // In account order: each insert takes a key-share lock on its account
+        // (the foreign key), and score deliveries lock accounts in id order;
+        // inserting in email order deadlocked with them on PostgreSQL.
+        let mut ordered: Vec<(&String, &String)> = to_create.iter().collect();
+        ordered.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
         let txn = begin_write(&self.db).await?;
-        for (email, account_id) in to_create {
+        for (email, account_id) in ordered {
             let new = NewContact {
                 account_id: account_id.clone(),
                 email: Some(email.clone()),
