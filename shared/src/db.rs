@@ -370,9 +370,13 @@ fn sqlite_writers(db: &DatabaseConnection) -> Option<WriterQueue> {
     if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
         return None;
     }
-    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    // Keyed by the path the pool opened (no filesystem call on this hot
+    // path): one service's pool always names its file the same way.
     let mut queues = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
-    Some(queues.entry(file).or_default().clone())
+    if let Some(queue) = queues.get(file) {
+        return Some(queue.clone());
+    }
+    Some(queues.entry(file.to_path_buf()).or_default().clone())
 }
 
 /// A turn to write to `db`'s SQLite file, for a write outside `begin_write`

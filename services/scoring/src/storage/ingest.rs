@@ -366,16 +366,11 @@ async fn write_usage(
             occurrences: Set(delta.occurrences),
         })
         .collect();
-    let add = usage_key()
-        .value(
-            rule_usage::Column::Points,
-            added(rule_usage::Entity, rule_usage::Column::Points),
-        )
-        .value(
-            rule_usage::Column::Occurrences,
-            added(rule_usage::Entity, rule_usage::Column::Occurrences),
-        )
-        .to_owned();
+    let add = adding(
+        usage_key(),
+        rule_usage::Entity,
+        [rule_usage::Column::Points, rule_usage::Column::Occurrences],
+    );
     insert_chunks(conn, rows, Some(&add)).await?;
     Ok(())
 }
@@ -390,13 +385,24 @@ fn usage_key() -> OnConflict {
     ])
 }
 
-/// `table.column + excluded.column`: an upsert that adds to the stored row.
-pub(super) fn added<T, C>(table: T, column: C) -> Expr
+/// `target` with `column = table.column + excluded.column` for each of
+/// `columns`: an upsert that adds to the stored row.
+fn adding<T, C>(
+    mut target: OnConflict,
+    table: T,
+    columns: impl IntoIterator<Item = C>,
+) -> OnConflict
 where
-    T: sea_orm::sea_query::IntoIden,
+    T: sea_orm::sea_query::IntoIden + Copy,
     C: sea_orm::sea_query::IntoIden + Copy,
 {
-    Expr::col((table, column)).add(Expr::col((Alias::new("excluded"), column)))
+    for column in columns {
+        target.value(
+            column,
+            Expr::col((table, column)).add(Expr::col((Alias::new("excluded"), column))),
+        );
+    }
+    target
 }
 
 /// Inserts the scored activities (in event id order, so concurrent batches
@@ -470,23 +476,21 @@ async fn upsert_buckets(
             },
         )
         .collect();
-    let add = OnConflict::columns([
-        score_bucket::Column::TenantId,
-        score_bucket::Column::AccountId,
-        score_bucket::Column::ContactId,
-        score_bucket::Column::ActivityType,
-        score_bucket::Column::Intent,
-        score_bucket::Column::Day,
-    ])
-    .value(
-        score_bucket::Column::Points,
-        added(score_bucket::Entity, score_bucket::Column::Points),
-    )
-    .value(
-        score_bucket::Column::ActivityCount,
-        added(score_bucket::Entity, score_bucket::Column::ActivityCount),
-    )
-    .to_owned();
+    let add = adding(
+        OnConflict::columns([
+            score_bucket::Column::TenantId,
+            score_bucket::Column::AccountId,
+            score_bucket::Column::ContactId,
+            score_bucket::Column::ActivityType,
+            score_bucket::Column::Intent,
+            score_bucket::Column::Day,
+        ]),
+        score_bucket::Entity,
+        [
+            score_bucket::Column::Points,
+            score_bucket::Column::ActivityCount,
+        ],
+    );
     insert_chunks(conn, rows, Some(&add)).await?;
     Ok(())
 }
