@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use sea_orm_migration::prelude::*;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -114,6 +114,31 @@ pub async fn enqueue_many(
     const WIDTH: usize = 8;
     let now = now_ms();
     let trace_context = current_trace_context();
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let ids: Vec<String> = messages.iter().map(|_| crate::ids::new_id()).collect();
+        let mut keys = Vec::with_capacity(messages.len());
+        let mut payloads = Vec::with_capacity(messages.len());
+        for message in messages {
+            keys.push(message.partition_key);
+            payloads.push(message.payload);
+        }
+        let values: Vec<Value> = vec![
+            tenant_id.into(),
+            topic.into(),
+            trace_context.into(),
+            now.into(),
+            ids.clone().into(),
+            keys.into(),
+            payloads.into(),
+        ];
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            include_str!("sql/outbox_enqueue.pg.sql"),
+            values,
+        ))
+        .await?;
+        return Ok(ids);
+    }
     let sizes: Vec<usize> = crate::db::statement_chunks(&messages, WIDTH)
         .iter()
         .map(|c| c.len())

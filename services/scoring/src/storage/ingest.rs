@@ -11,8 +11,8 @@ use sea_orm::sea_query::{
     Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, ValueTuple,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, Iterable,
-    QueryFilter, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    Iterable, QueryFilter, QuerySelect, Statement, Value,
 };
 
 use super::entities::{activity, rule_usage, score_bucket};
@@ -158,8 +158,15 @@ impl Repository {
             &model,
             today,
         );
-        let accounts = scores::lock_account_scores(&txn, t, batch.accounts.keys()).await?;
         upsert_buckets(&txn, t, &scored).await?;
+        // The account rows are locked last, held only by the few statements
+        // that read and write the scores: two group transactions on the same
+        // accounts store their activities and buckets side by side and queue
+        // only here (locked at the start, the second waited for the first's
+        // whole transaction: the top wait on PostgreSQL, docs/performance.md).
+        // Every transaction takes buckets, then accounts, then contacts, each
+        // in key order, so they queue rather than deadlock.
+        let accounts = scores::lock_account_scores(&txn, t, batch.accounts.keys()).await?;
         let new_scores = scores::rescore(&txn, t, (&model, today), &batch, &accounts).await?;
         let sequences = scores::upsert_account_scores(&txn, t, today, &new_scores).await?;
         scores::upsert_contact_scores(&txn, t, today, &batch, &new_scores).await?;
@@ -416,6 +423,9 @@ async fn insert_activities(
     let now = time::now().timestamp_millis();
     let mut sorted: Vec<&ScoredActivity<'_>> = scored.iter().collect();
     sorted.sort_by(|a, b| a.item.event_id.cmp(&b.item.event_id));
+    if conn.get_database_backend() == DbBackend::Postgres {
+        return insert_activities_unnest(conn, t, model_version, now, &sorted).await;
+    }
     let rows = sorted
         .into_iter()
         .map(|s| activity::ActiveModel {
@@ -439,6 +449,46 @@ async fn insert_activities(
     insert_chunks(conn, rows, Some(&new_only)).await
 }
 
+/// PostgreSQL: `insert_activities` as one statement of column arrays.
+async fn insert_activities_unnest(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    model_version: i64,
+    now: i64,
+    sorted: &[&ScoredActivity<'_>],
+) -> Result<u64, DbErr> {
+    let text = |f: fn(&ScoredActivity<'_>) -> String| -> Value {
+        sorted.iter().map(|s| f(s)).collect::<Vec<String>>().into()
+    };
+    let flag = |f: fn(&ScoredActivity<'_>) -> bool| -> Value {
+        sorted.iter().map(|s| f(s)).collect::<Vec<bool>>().into()
+    };
+    let points = |f: fn(&ScoredActivity<'_>) -> i32| -> Value {
+        sorted.iter().map(|s| f(s)).collect::<Vec<i32>>().into()
+    };
+    let occurred: Vec<i64> = sorted.iter().map(|s| s.item.occurred_at_ms).collect();
+    let values: Vec<Value> = vec![
+        t.into(),
+        model_version.into(),
+        now.into(),
+        text(|s| s.item.event_id.clone()),
+        text(|s| s.item.account_id.clone()),
+        text(|s| s.item.contact_id.clone().unwrap_or_default()),
+        text(|s| s.item.activity_type.clone()),
+        occurred.into(),
+        points(|s| s.scored.rule_points),
+        points(|s| s.scored.counted_points),
+        flag(|s| s.scored.capped),
+        flag(|s| s.scored.intent),
+    ];
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        include_str!("sql/insert_activities.pg.sql"),
+        values,
+    );
+    Ok(conn.execute_raw(statement).await?.rows_affected())
+}
+
 /// Adds the batch to the per-day buckets, aggregated per key first.
 async fn upsert_buckets(
     conn: &impl ConnectionTrait,
@@ -460,6 +510,35 @@ async fn upsert_buckets(
             .or_default();
         entry.0 += i64::from(s.scored.counted_points);
         entry.1 += 1;
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for ((account, contact, kind, intent, day), (points, count)) in buckets {
+            columns.0.push(account);
+            columns.1.push(contact);
+            columns.2.push(kind);
+            columns.3.push(intent);
+            columns.4.push(day);
+            columns.5.push(points);
+            columns.6.push(count);
+        }
+        let values: Vec<Value> = vec![
+            t.into(),
+            columns.0.into(),
+            columns.1.into(),
+            columns.2.into(),
+            columns.3.into(),
+            columns.4.into(),
+            columns.5.into(),
+            columns.6.into(),
+        ];
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            include_str!("sql/add_to_buckets.pg.sql"),
+            values,
+        );
+        conn.execute_raw(statement).await?;
+        return Ok(());
     }
     let rows = buckets
         .into_iter()

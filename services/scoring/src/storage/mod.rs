@@ -95,12 +95,13 @@ fn today() -> i64 {
 
 impl Repository {
     pub fn new(db: DatabaseConnection) -> Self {
-        // SQLite has one writer; PostgreSQL takes a few group transactions
-        // at once (on different accounts they do not wait for each other).
-        let leaders = match db.get_database_backend() {
-            sea_orm::DbBackend::Postgres => 2,
-            _ => 1,
-        };
+        // One group transaction at a time per replica on both backends:
+        // SQLite has one writer, and on PostgreSQL a second leader's group
+        // shares the first's buckets and accounts and waits for its commit
+        // anyway; two leaders measured no faster and cost PostgreSQL 15 %
+        // more CPU (docs/performance.md, round 5). Replicas still run
+        // groups side by side, hence the lock order in `ingest`.
+        let leaders = 1;
         Self {
             db,
             deliveries_written: Arc::new(Notify::new()),

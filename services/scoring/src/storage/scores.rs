@@ -9,8 +9,8 @@ use cascade_shared::page::PageRequest;
 use cascade_shared::{ServiceError, ServiceResult, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, Value,
 };
 
 use super::entities::{account_score, contact_score, score_bucket};
@@ -480,6 +480,30 @@ pub(super) async fn upsert_contact_scores(
             let engaged = new.is_some_and(|n| n.engaged.contains(contact));
             latest.insert(contact, (account, score, engaged));
         }
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let mut columns = (vec![], vec![], vec![], vec![]);
+        for (contact, (account, score, engaged)) in latest {
+            columns.0.push(contact.clone());
+            columns.1.push(account.clone());
+            columns.2.push(score);
+            columns.3.push(engaged);
+        }
+        let values: Vec<Value> = vec![
+            t.into(),
+            today.into(),
+            columns.0.into(),
+            columns.1.into(),
+            columns.2.into(),
+            columns.3.into(),
+        ];
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            include_str!("sql/upsert_contact_scores.pg.sql"),
+            values,
+        ))
+        .await?;
+        return Ok(());
     }
     let rows = latest
         .into_iter()
