@@ -214,6 +214,48 @@ pub async fn with_deadline<T>(
     })
 }
 
+/// What a failed call to another service means for our caller. The peer
+/// down, slow or overloaded is retryable (UNAVAILABLE, with `consequence`,
+/// e.g. "nothing was written"); a peer without the RPC (an upgrade done in
+/// the wrong order) is a precondition a retry will not fix; anything else is
+/// a fault on our side (INTERNAL). Never the caller's bad input.
+pub fn peer_failure(
+    peer: &str,
+    doing: &str,
+    consequence: &str,
+    status: &tonic::Status,
+) -> crate::ServiceError {
+    use tonic::Code;
+    tracing::warn!(
+        peer,
+        code = ?status.code(),
+        message = status.message(),
+        "a call to {peer} failed while trying to {doing}"
+    );
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::ResourceExhausted
+        | Code::Cancelled
+        | Code::Unknown => crate::ServiceError::Unavailable(format!(
+            "{peer} could not {doing} ({:?}: {}); {consequence}; retry",
+            status.code(),
+            status.message()
+        )),
+        Code::Unimplemented => crate::ServiceError::precondition(
+            format!("{}_VERSION", peer.to_uppercase()),
+            peer,
+            format!("{peer} is older than this service: upgrade {peer} first"),
+        ),
+        _ => crate::ServiceError::internal(anyhow::anyhow!(
+            "{peer} refused to {doing}: {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+    }
+}
+
 /// A request to another service made while handling a request with
 /// `context`: same tenant and actor, and a deadline no later than the
 /// caller's own, so the callee stops when nobody waits any more.

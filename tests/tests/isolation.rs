@@ -1340,13 +1340,11 @@ async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
 }
 
 /// A's own writes that reuse B's keys (domain, email, request ids, event id)
-/// or point at B's ids are stored under A only. The APIs accept these
-/// legitimately: domains, emails, request ids and event ids are unique per
-/// tenant, scoring does not own accounts (it records activities for any
-/// account id; lifecycle refuses the delivery for an account A does not
-/// have), and opportunity does not check buying-group contact ids (lifecycle
-/// moves only contacts of the event's account). Whether B was touched is
-/// checked by the snapshot afterwards.
+/// are stored under A only: domains, emails, request ids and event ids are
+/// unique per tenant. Writes that point at B's ids (activities of B's
+/// accounts, B's contacts in A's buying group) are refused exactly like ids
+/// that exist nowhere. Whether B was touched is checked by the snapshot
+/// afterwards.
 async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     let (mut lifecycle, mut scoring, mut opps) = (
         system.lifecycle(0),
@@ -1586,21 +1584,47 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         .await
         .expect("A's model");
 
-    // Opportunity: B's request id and B's contacts in the buying group.
-    let a_deal = opps
-        .create_opportunity(request_for(
-            A,
-            op::CreateOpportunityRequest {
-                opportunity: Some(op::Opportunity {
-                    account_id: scored.account_id.clone(),
-                    name: "A's deal".into(),
-                    estimated_deal_size: usd(10),
-                    buying_group_contact_ids: vec![b.ann.clone(), b.bob.clone()],
-                    ..Default::default()
-                }),
-                request_id: b.deal_request_id.clone(),
-            },
-        ))
+    // Opportunity: B's contacts in the buying group are refused exactly like
+    // contacts that never existed (INVALID_ARGUMENT naming each field).
+    let deal_with = |buying_group: Vec<String>| {
+        let mut opps = opps.clone();
+        let account_id = scored.account_id.clone();
+        let request_id = b.deal_request_id.clone();
+        async move {
+            opps.create_opportunity(request_for(
+                A,
+                op::CreateOpportunityRequest {
+                    opportunity: Some(op::Opportunity {
+                        account_id,
+                        name: "A's deal".into(),
+                        estimated_deal_size: usd(10),
+                        buying_group_contact_ids: buying_group,
+                        ..Default::default()
+                    }),
+                    request_id,
+                },
+            ))
+            .await
+        }
+    };
+    let (fresh_ann, fresh_bob) = (new_id(), new_id());
+    let about_b = deal_with(vec![b.ann.clone(), b.bob.clone()])
+        .await
+        .expect_err("B's contacts in A's buying group");
+    let about_fresh = deal_with(vec![fresh_ann.clone(), fresh_bob.clone()])
+        .await
+        .expect_err("never-existing contacts");
+    assert_eq!(about_fresh.code(), Code::InvalidArgument, "{about_fresh:?}");
+    assert_eq!(about_b.code(), about_fresh.code(), "{about_b:?}");
+    let swapped = |text: String| text.replace(&b.ann, &fresh_ann).replace(&b.bob, &fresh_bob);
+    assert_eq!(swapped(about_b.message().to_owned()), about_fresh.message());
+    assert_eq!(
+        swapped(format!("{:?}", about_b.get_error_details())),
+        format!("{:?}", about_fresh.get_error_details()),
+        "the error details tell B's contacts from missing ones"
+    );
+    // B's request id with A's own (empty) buying group: a new deal of A.
+    let a_deal = deal_with(Vec::new())
         .await
         .expect("A's opportunity")
         .into_inner()

@@ -377,29 +377,113 @@ fn id_of(v: &mut Validator, field: &str, value: &str) -> String {
     v.required_id(field, value)
 }
 
+/// The contact ids `input` names in the fields `written` selects, each with
+/// its exact field path: the buying group and the stakeholders' contacts.
+fn named_contacts(
+    input: &pb::Opportunity,
+    written: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    let mut named = Vec::new();
+    if written("buying_group_contact_ids") {
+        for (i, id) in input.buying_group_contact_ids.iter().enumerate() {
+            named.push((
+                format!("opportunity.buying_group_contact_ids[{i}]"),
+                id.trim().to_owned(),
+            ));
+        }
+    }
+    if written("stakeholders") {
+        for (i, s) in input.stakeholders.iter().enumerate() {
+            if !s.contact_id.trim().is_empty() {
+                named.push((
+                    format!("opportunity.stakeholders[{i}].contact_id"),
+                    s.contact_id.trim().to_owned(),
+                ));
+            }
+        }
+    }
+    named
+}
+
 impl OpportunityApi {
-    async fn account_exists(
+    /// The account exists in the caller's tenant, and every contact in
+    /// `contacts` (field path, contact id) exists and belongs to it: one call
+    /// to lifecycle whatever their number. Unknown or foreign contacts are
+    /// INVALID_ARGUMENT naming each field; lifecycle unreachable is
+    /// UNAVAILABLE, never bad input.
+    async fn check_people(
         &self,
         context: &RequestContext,
         account_id: &str,
+        contacts: &[(String, String)],
     ) -> ServiceResult<()> {
         let mut client = self.lifecycle.clone();
-        let call = client.get_account(outgoing_for(
-            context,
-            lifecycle::GetAccountRequest {
-                account_id: account_id.to_owned(),
-            },
-        ));
-        match with_deadline(context.call_budget(CALL_DEADLINE), call).await {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == Code::NotFound => {
-                Err(ServiceError::not_found("account", account_id))
-            }
-            Err(status) => Err(ServiceError::Unavailable(format!(
-                "cannot check the account with lifecycle ({:?}); retry",
-                status.code()
-            ))),
+        let budget = context.call_budget(CALL_DEADLINE);
+        let failure = |status: &Status| {
+            cascade_shared::client::peer_failure(
+                "lifecycle",
+                "check the opportunity's account and contacts",
+                "nothing was written",
+                status,
+            )
+        };
+        if contacts.is_empty() {
+            let call = client.get_account(outgoing_for(
+                context,
+                lifecycle::GetAccountRequest {
+                    account_id: account_id.to_owned(),
+                },
+            ));
+            return match with_deadline(budget, call).await {
+                Ok(_) => Ok(()),
+                Err(status) if status.code() == Code::NotFound => {
+                    Err(ServiceError::not_found("account", account_id))
+                }
+                Err(status) => Err(failure(&status)),
+            };
         }
+        let references = contacts
+            .iter()
+            .map(|(_, contact_id)| lifecycle::ContactReference {
+                account_id: account_id.to_owned(),
+                contact_id: contact_id.clone(),
+                email: String::new(),
+            })
+            .collect();
+        let call = client.batch_resolve_contacts(outgoing_for(
+            context,
+            lifecycle::BatchResolveContactsRequest { references },
+        ));
+        let resolutions = match with_deadline(budget, call).await {
+            Ok(response) => response.into_inner().resolutions,
+            Err(status) => return Err(failure(&status)),
+        };
+        if resolutions.len() != contacts.len() {
+            return Err(ServiceError::Unavailable(format!(
+                "lifecycle answered {} resolutions for {} contacts; nothing was written; retry",
+                resolutions.len(),
+                contacts.len()
+            )));
+        }
+        let mut v = Validator::new();
+        for ((field, contact_id), resolution) in contacts.iter().zip(resolutions) {
+            use lifecycle::ResolutionStatus as R;
+            match R::try_from(resolution.status) {
+                Ok(R::Resolved) => {}
+                Ok(R::NotFound) if resolution.field == "account_id" => {
+                    return Err(ServiceError::not_found("account", account_id));
+                }
+                Ok(R::Mismatch) => v.add(
+                    field.as_str(),
+                    format!("contact {contact_id} belongs to another account than {account_id}"),
+                ),
+                _ => v.add(
+                    field.as_str(),
+                    format!("contact {contact_id} does not exist"),
+                ),
+            }
+        }
+        v.finish()
     }
 
     async fn respond(
@@ -468,7 +552,8 @@ impl OpportunityService for OpportunityApi {
                 opportunity: Some(self.respond(&context, existing).await?),
             }));
         }
-        self.account_exists(&context, &account_id).await?;
+        self.check_people(&context, &account_id, &named_contacts(&input, |_| true))
+            .await?;
         let created = self
             .repository
             .create(&context.tenant, o, request_id)
@@ -549,6 +634,22 @@ impl OpportunityService for OpportunityApi {
             v.add("update_mask", "is required: name the fields to change");
         }
         v.finish()?;
+        let contacts = named_contacts(&input, |field| paths.iter().any(|p| p == field));
+        if !contacts.is_empty() {
+            // Checked against the opportunity's account before the write (a
+            // contact moving accounts in between is not caught: lifecycle
+            // moves only contacts of the event's account anyway). The input
+            // is validated first, so a malformed id is not sent to lifecycle.
+            let current = self.repository.get(&context.tenant, &id).await?;
+            let mut scratch = current.clone();
+            let mut v = Validator::new();
+            for path in &paths {
+                apply_field(&mut scratch, &input, path, &mut v);
+            }
+            v.finish()?;
+            self.check_people(&context, &current.account_id, &contacts)
+                .await?;
+        }
         let updated = self
             .repository
             .modify(&context.tenant, &id, |o, _settings| {

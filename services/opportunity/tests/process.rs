@@ -729,7 +729,167 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
     suite.stop().await;
 }
 
+/// Field paths and descriptions of an INVALID_ARGUMENT's BadRequest.
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn opportunities_of(opps: &mut Opportunities, account_id: &str) -> Vec<pb::Opportunity> {
+    opps.list_opportunities(request_for(
+        T,
+        pb::ListOpportunitiesRequest {
+            account_id: account_id.into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("list")
+    .into_inner()
+    .opportunities
+}
+
+/// Buying-group and stakeholder contacts must be contacts of the
+/// opportunity's account: an unknown id or another account's contact is
+/// refused per field, nothing is stored and the account does not move; with
+/// lifecycle down the same calls are UNAVAILABLE, not bad input.
+async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
+    let suite = Suite::start(&db).await;
+    let (mut lifecycle, mut opps) = suite.clients();
+    let acme = account(&mut lifecycle, "Acme").await;
+    let globex = account(&mut lifecycle, "Globex").await;
+    let ann = contact(&mut lifecycle, &acme, "ann@acme.example").await;
+    let gus = contact(&mut lifecycle, &globex, "gus@globex.example").await;
+    let made_up = cascade_shared::ids::new_id();
+    let deal = |buying_group: Vec<String>, stakeholders: Vec<pb::Stakeholder>| pb::Opportunity {
+        account_id: acme.clone(),
+        name: "Acme platform".into(),
+        estimated_deal_size: usd(20_000),
+        buying_group_contact_ids: buying_group,
+        stakeholders,
+        ..Default::default()
+    };
+    let stakeholder = |contact_id: &str| pb::Stakeholder {
+        contact_id: contact_id.into(),
+        name: String::new(),
+        role: pb::StakeholderRole::Champion as i32,
+    };
+
+    let refused = create(
+        &mut opps,
+        deal(
+            vec![ann.clone(), gus.clone(), made_up.clone()],
+            vec![stakeholder(&gus)],
+        ),
+    )
+    .await
+    .expect_err("another account's contact and a made-up id");
+    assert_eq!(
+        violations(&refused),
+        [
+            (
+                "opportunity.buying_group_contact_ids[1]".to_owned(),
+                format!("contact {gus} belongs to another account than {acme}")
+            ),
+            (
+                "opportunity.buying_group_contact_ids[2]".to_owned(),
+                format!("contact {made_up} does not exist")
+            ),
+            (
+                "opportunity.stakeholders[0].contact_id".to_owned(),
+                format!("contact {gus} belongs to another account than {acme}")
+            ),
+        ]
+    );
+    assert!(
+        opportunities_of(&mut opps, &acme).await.is_empty(),
+        "nothing stored"
+    );
+    assert_eq!(
+        lifecycle_account(&mut lifecycle, &acme).await.stage,
+        S::Targeted as i32,
+        "the account did not move to PIPELINE"
+    );
+
+    let o = create(&mut opps, deal(vec![ann.clone()], vec![stakeholder(&ann)]))
+        .await
+        .expect("the account's own contacts");
+    assert_eq!(o.buying_group_contact_ids, [ann.clone()]);
+
+    // The QUALIFY gate cannot be passed with someone else's contact.
+    let refused = update(
+        &mut opps,
+        &o.opportunity_id,
+        pb::Opportunity {
+            buying_group_contact_ids: vec![made_up.clone(), ann.clone()],
+            ..Default::default()
+        },
+        &["buying_group_contact_ids"],
+    )
+    .await
+    .expect_err("a made-up id");
+    assert_eq!(
+        violations(&refused),
+        [(
+            "opportunity.buying_group_contact_ids[0]".to_owned(),
+            format!("contact {made_up} does not exist")
+        )]
+    );
+    let refused = update(
+        &mut opps,
+        &o.opportunity_id,
+        pb::Opportunity {
+            stakeholders: vec![stakeholder(&ann), stakeholder(&gus)],
+            ..Default::default()
+        },
+        &["stakeholders"],
+    )
+    .await
+    .expect_err("another account's stakeholder");
+    assert_eq!(
+        violations(&refused)[0].0,
+        "opportunity.stakeholders[1].contact_id"
+    );
+    let stored = &opportunities_of(&mut opps, &acme).await[0];
+    assert_eq!(stored.buying_group_contact_ids, [ann.clone()], "unchanged");
+    assert_eq!(stored.stakeholders.len(), 1, "unchanged");
+
+    // Lifecycle down: the contacts cannot be checked, which is not bad input.
+    let Suite {
+        _lifecycle_db,
+        lifecycle: lifecycle_server,
+        opportunity,
+    } = suite;
+    lifecycle_server.stop().await;
+    let down = create(&mut opps, deal(vec![ann.clone()], vec![]))
+        .await
+        .expect_err("lifecycle is down");
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    let down = update(
+        &mut opps,
+        &o.opportunity_id,
+        pb::Opportunity {
+            buying_group_contact_ids: vec![ann.clone()],
+            ..Default::default()
+        },
+        &["buying_group_contact_ids"],
+    )
+    .await
+    .expect_err("lifecycle is down");
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    opportunity.stop().await;
+}
+
 on_each_database!(
+    buying_group_and_stakeholder_contacts_are_checked,
     the_source_process_from_discover_to_won,
     a_lost_deal_nurtures_only_when_it_was_the_last_open_one,
     the_pipeline_report_matches_a_hand_computed_scenario,

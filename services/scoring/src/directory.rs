@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
+use cascade_shared::client::{
+    CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
+};
 use cascade_shared::settings::LifecycleClientSettings;
 use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use quick_cache::sync::Cache;
@@ -130,7 +132,14 @@ impl Directory {
         let resolutions = match with_deadline(budget, client.batch_resolve_contacts(request)).await
         {
             Ok(response) => response.into_inner().resolutions,
-            Err(status) => return Err(lifecycle_failure(&status)),
+            Err(status) => {
+                return Err(peer_failure(
+                    "lifecycle",
+                    "check the activities' accounts and contacts",
+                    "no activity was written",
+                    &status,
+                ));
+            }
         };
         if resolutions.len() != count {
             return Err(ServiceError::Unavailable(format!(
@@ -194,42 +203,6 @@ impl Directory {
             },
         };
         cache.insert(key(tenant, person), value);
-    }
-}
-
-/// What a failed check means for the caller. Lifecycle down, slow or
-/// overloaded is retryable (UNAVAILABLE); a lifecycle without the RPC (an
-/// upgrade done in the wrong order: lifecycle goes first) or one that refuses
-/// scoring's credentials is not, and retrying would only repeat it.
-fn lifecycle_failure(status: &tonic::Status) -> ServiceError {
-    use tonic::Code;
-    tracing::warn!(
-        code = ?status.code(),
-        message = status.message(),
-        "lifecycle could not check a batch's people"
-    );
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::ResourceExhausted
-        | Code::Cancelled
-        | Code::Unknown => ServiceError::Unavailable(format!(
-            "lifecycle could not check the activities' accounts and contacts ({:?}: {}); \
-             no activity was written; retry",
-            status.code(),
-            status.message()
-        )),
-        Code::Unimplemented => ServiceError::precondition(
-            "LIFECYCLE_VERSION",
-            "lifecycle",
-            "lifecycle does not offer BatchResolveContacts: upgrade lifecycle before scoring",
-        ),
-        _ => ServiceError::internal(anyhow::anyhow!(
-            "lifecycle refused to check people: {:?}: {}",
-            status.code(),
-            status.message()
-        )),
     }
 }
 
