@@ -293,6 +293,30 @@ pub fn outgoing<T>(tenant: &str, actor: &str, message: T) -> tonic::Request<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_faults_a_retry_can_cure_are_unavailable() {
+        use tonic::Code;
+        let cases = [
+            (Code::Unavailable, Code::Unavailable),
+            (Code::DeadlineExceeded, Code::Unavailable),
+            (Code::ResourceExhausted, Code::Unavailable),
+            (Code::Aborted, Code::Unavailable),
+            (Code::Unimplemented, Code::FailedPrecondition),
+            (Code::PermissionDenied, Code::Internal),
+            (Code::Unauthenticated, Code::Internal),
+            (Code::InvalidArgument, Code::Internal),
+        ];
+        for (from_lifecycle, to_caller) in cases {
+            let error = peer_failure(
+                "lifecycle",
+                "check people",
+                "nothing was written",
+                &tonic::Status::new(from_lifecycle, "x"),
+            );
+            assert_eq!(error.code(), to_caller, "{from_lifecycle:?}");
+        }
+    }
+
     use super::*;
 
     fn sent_timeout<T>(request: &tonic::Request<T>) -> Duration {

@@ -152,6 +152,11 @@ pub struct Money {
 
 const NANOS_PER_UNIT: i128 = 1_000_000_000;
 
+/// The largest amount Cascade accepts, in whole units of any currency (a
+/// trillion: above any real deal, and small enough that sums of millions of
+/// them stay exact in 64-bit units; see `Money::sum_to_proto`).
+pub const MAX_MONEY_UNITS: i64 = 1_000_000_000_000;
+
 impl Money {
     /// From the protobuf message; `Err` names what is wrong.
     pub fn from_proto(money: &pb::Money) -> Result<Self, &'static str> {
@@ -165,19 +170,40 @@ impl Money {
         if (money.units > 0 && money.nanos < 0) || (money.units < 0 && money.nanos > 0) {
             return Err("units and nanos must have the same sign");
         }
-        Ok(Self {
+        let money = Self {
             currency: [code[0], code[1], code[2]],
             nanos: i128::from(money.units) * NANOS_PER_UNIT + i128::from(money.nanos),
+        };
+        if !money.within_limit() {
+            return Err("units must be at most 1,000,000,000,000 (a trillion) either way");
+        }
+        Ok(money)
+    }
+
+    /// At most `MAX_MONEY_UNITS` either way (what one amount may be).
+    pub fn within_limit(&self) -> bool {
+        self.nanos.abs() <= i128::from(MAX_MONEY_UNITS) * NANOS_PER_UNIT
+    }
+
+    /// An amount within `MAX_MONEY_UNITS` as the protobuf message.
+    pub fn to_proto(self) -> pb::Money {
+        Self::sum_to_proto(self.currency, self.nanos).unwrap_or_else(|| pb::Money {
+            currency_code: self.currency_code().to_owned(),
+            units: if self.nanos < 0 { i64::MIN } else { i64::MAX },
+            nanos: 0,
         })
     }
 
-    pub fn to_proto(self) -> pb::Money {
-        pb::Money {
-            currency_code: self.currency_code().to_owned(),
-            // Amounts come from i64 units, so the quotient fits.
-            units: i64::try_from(self.nanos / NANOS_PER_UNIT).unwrap_or(i64::MAX),
-            nanos: (self.nanos % NANOS_PER_UNIT) as i32,
-        }
+    /// A sum of amounts as the protobuf message, or `None` when it is beyond
+    /// what the message can carry (9.2 * 10^18 units: more than nine million
+    /// deals at the largest amount); callers answer OUT_OF_RANGE then rather
+    /// than a wrong figure.
+    pub fn sum_to_proto(currency: [u8; 3], nanos: i128) -> Option<pb::Money> {
+        Some(pb::Money {
+            currency_code: std::str::from_utf8(&currency).unwrap_or("XXX").to_owned(),
+            units: i64::try_from(nanos / NANOS_PER_UNIT).ok()?,
+            nanos: i32::try_from(nanos % NANOS_PER_UNIT).ok()?,
+        })
     }
 
     pub fn currency_code(&self) -> &str {
@@ -234,5 +260,29 @@ mod tests {
             ..ok
         };
         assert!(Money::from_proto(&bad_code).is_err());
+    }
+
+    #[test]
+    fn money_has_a_largest_amount_and_sums_are_checked() {
+        let units = |units: i64, nanos: i32| pb::Money {
+            currency_code: "EUR".into(),
+            units,
+            nanos,
+        };
+        assert!(Money::from_proto(&units(MAX_MONEY_UNITS, 0)).is_ok());
+        assert!(Money::from_proto(&units(-MAX_MONEY_UNITS, 0)).is_ok());
+        assert!(Money::from_proto(&units(MAX_MONEY_UNITS, 1)).is_err());
+        assert!(Money::from_proto(&units(i64::MAX, 999_999_999)).is_err());
+        assert!(Money::from_proto(&units(i64::MIN, -999_999_999)).is_err());
+        // A sum of nine million deals at the largest amount still fits...
+        let largest = i128::from(MAX_MONEY_UNITS) * NANOS_PER_UNIT;
+        let sum = Money::sum_to_proto(*b"EUR", largest * 9_000_000).expect("fits");
+        assert_eq!(sum.units, 9_000_000_000_000_000_000);
+        // ...beyond what the message carries, the caller is told.
+        assert_eq!(Money::sum_to_proto(*b"EUR", largest * 10_000_000), None);
+        assert_eq!(
+            Money::sum_to_proto(*b"EUR", -12_500_000_000),
+            Some(units(-12, -500_000_000))
+        );
     }
 }

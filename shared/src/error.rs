@@ -92,6 +92,10 @@ pub enum ServiceError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// OUT_OF_RANGE: a result beyond what the API can carry (a report sum
+    /// past 64-bit money units), rather than a wrong figure.
+    #[error("{0}")]
+    OutOfRange(String),
     /// INTERNAL: a bug or an unexpected storage error. The cause is logged,
     /// never sent to the caller.
     #[error("internal error")]
@@ -194,6 +198,7 @@ impl ServiceError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::OutOfRange(_) => Code::OutOfRange,
             Self::Internal(_) => Code::Internal,
         }
     }

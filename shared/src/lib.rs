@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod ids;
 pub mod limit;
+pub mod malformed;
 pub mod outbox;
 pub mod page;
 pub mod server;

@@ -274,6 +274,8 @@ impl Application {
             // instead of tearing down the connection and its other calls.
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(RpcTraceLayer)
+            // Inside the trace layer, so spans and metrics see the final code.
+            .layer(crate::malformed::MalformedRequestLayer)
             .layer(RequestContextLayer::new(auth))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
             .into_inner();

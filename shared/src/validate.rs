@@ -77,10 +77,16 @@ impl Validator {
 
     /// An optional internet domain name, lower-cased.
     pub fn optional_domain(&mut self, field: &str, value: &str) -> Option<String> {
-        let value = value.trim().trim_end_matches('.').to_ascii_lowercase();
+        let value = value.trim();
         if value.is_empty() {
             return None;
         }
+        // One trailing dot is the DNS root ("example.com."); "." or ".."
+        // are not domains, and are refused rather than stored empty.
+        let value = value
+            .strip_suffix('.')
+            .unwrap_or(value)
+            .to_ascii_lowercase();
         if !is_domain(&value) {
             self.add(field, "must be a domain name such as example.com");
         }
@@ -120,6 +126,39 @@ impl Validator {
                     None
                 }
             },
+        }
+    }
+
+    /// An optional timestamp: absent, or valid as `required_time` says.
+    pub fn optional_time(
+        &mut self,
+        field: &str,
+        value: Option<&prost_types::Timestamp>,
+    ) -> Option<DateTime<Utc>> {
+        value.and_then(|ts| self.required_time(field, Some(ts)))
+    }
+
+    /// A number that must be finite (not NaN or infinite).
+    pub fn finite(&mut self, field: &str, value: f64) -> f64 {
+        if !value.is_finite() {
+            self.add(field, "must be a finite number");
+        }
+        value
+    }
+
+    /// Stage thresholds: each finite, and `prioritized` above `engaged`
+    /// (the same rule, and the same answer, wherever thresholds are given).
+    /// `prefix` is the message holding both (`settings.`, `thresholds.`).
+    pub fn thresholds(&mut self, prefix: &str, engaged: f64, prioritized: f64) {
+        let engaged_ok = engaged.is_finite();
+        let prioritized_ok = prioritized.is_finite();
+        self.finite(&format!("{prefix}engaged_threshold"), engaged);
+        self.finite(&format!("{prefix}prioritized_threshold"), prioritized);
+        if engaged_ok && prioritized_ok && prioritized <= engaged {
+            self.add(
+                format!("{prefix}prioritized_threshold"),
+                format!("must be greater than the engaged threshold ({engaged})"),
+            );
         }
     }
 

@@ -1042,12 +1042,13 @@ fn decodable(method: &MethodDescriptor, input: &Input) -> bool {
 }
 
 /// Oracle 2. UNKNOWN (a panic or an unmapped error) and DATA_LOSS are never
-/// right. INTERNAL is what gRPC prescribes for a request body the transport
-/// cannot decode (a protobuf parse error or a broken frame; tonic and every
-/// other gRPC implementation answer so, before any handler runs), so it is
-/// accepted exactly when this harness, decoding on its own, agrees that the
-/// bytes are undecodable or the frame broken; for a well-formed, decodable
-/// request INTERNAL is a failure. A hand-made request must get a grpc-status.
+/// right. INTERNAL is right only where gRPC prescribes it: a frame whose
+/// compression flag or encoding is broken. A body that is not valid protobuf
+/// for the method (as this harness, decoding on its own, finds), a frame cut
+/// short or a unary call without a message is the caller's bad input: never
+/// INTERNAL (the services answer
+/// INVALID_ARGUMENT, unless the metadata was refused first). A hand-made
+/// request must get a grpc-status.
 fn allowed(outcome: Outcome, method: &MethodDescriptor, input: &Input) -> Result<(), String> {
     match outcome {
         // Only a caller that set a deadline may see it expire: the server's
@@ -1062,9 +1063,16 @@ fn allowed(outcome: Outcome, method: &MethodDescriptor, input: &Input) -> Result
             Err(format!("status {}", outcome.label()))
         }
         Outcome::Status(Code::Internal) => {
-            let broken_frame = input.frame.as_ref().is_some_and(|f| !f.well_formed);
-            if broken_frame || !decodable(method, input) {
+            let broken_compression = input
+                .frame
+                .as_ref()
+                .is_some_and(|f| !f.well_formed && COMPRESSION_FAULTS.contains(&f.description));
+            if broken_compression {
                 Ok(())
+            } else if !decodable(method, input)
+                || input.frame.as_ref().is_some_and(|f| !f.well_formed)
+            {
+                Err("INTERNAL for an undecodable body or a frame cut short (bad input: INVALID_ARGUMENT)".into())
             } else {
                 Err("INTERNAL for a well-formed, decodable request".into())
             }
@@ -1072,6 +1080,15 @@ fn allowed(outcome: Outcome, method: &MethodDescriptor, input: &Input) -> Result
         Outcome::Status(_) => Ok(()),
     }
 }
+
+/// Broken frames for which gRPC prescribes INTERNAL (the compressed-flag
+/// rules of the gRPC wire format); `RawFrame::description`s.
+const COMPRESSION_FAULTS: [&str; 4] = [
+    "compressed flag, no grpc-encoding",
+    "unknown flag byte",
+    "gzip flag over plain bytes",
+    "unsupported encoding",
+];
 
 /// CANCELLED or DEADLINE_EXCEEDED for a call that carried a grpc-timeout.
 fn deadline_expired(outcome: Outcome, input: &Input) -> bool {
@@ -1596,20 +1613,8 @@ fn field_names(pool: &DescriptorPool) -> Vec<String> {
     names
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
-    count_panics();
-    let seconds: u64 = std::env::var(SECONDS_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SECONDS);
-    let seed: u64 = std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("fuzz: seed {seed} ({SEED_ENV}={seed} replays it), {seconds} s");
-
-    // Three services, each on its own fresh SQLite database.
+/// The three services, each on its own fresh SQLite database, healthy.
+async fn start_services() -> ([TestDatabase; 3], [TestServer; 3]) {
     let dbs = [
         TestDatabase::sqlite(),
         TestDatabase::sqlite(),
@@ -1644,6 +1649,114 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    (dbs, [lifecycle, scoring, opportunity])
+}
+
+/// Every RPC of every service, unary and streaming, answers a body that is
+/// not valid protobuf (a varint cut short) and a frame cut short with
+/// INVALID_ARGUMENT: the caller's bad input, not INTERNAL (issue 15).
+#[tokio::test]
+async fn undecodable_bodies_answer_invalid_argument_on_every_rpc() {
+    let (_dbs, servers) = start_services().await;
+    let pool = DescriptorPool::decode(cascade_proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    // Field 1, length-delimited, its length a varint that never ends: no
+    // request type of any RPC decodes it.
+    let undecodable = Bytes::from_static(&[0x0a, 0xff]);
+    let mut checked = 0;
+    for (service, server) in SERVICES.iter().zip(&servers) {
+        for method in pool
+            .get_service_by_name(service)
+            .expect("service")
+            .methods()
+        {
+            let what = format!("{service}/{}", method.name());
+            assert!(
+                !decodable(&method, &input_of(vec![undecodable.clone()], None)),
+                "{what}"
+            );
+            let mut message = String::new();
+            let outcome = call(
+                &server.channel(),
+                &method,
+                &input_of(vec![undecodable.clone()], None),
+                &mut Vec::new(),
+                &mut message,
+            )
+            .await
+            .expect("an answer");
+            assert_eq!(
+                outcome,
+                Outcome::Status(Code::InvalidArgument),
+                "{what}: {message}"
+            );
+            assert!(
+                message.contains("failed to decode Protobuf message"),
+                "{what}: the decoder's reason is kept: {message}"
+            );
+            // A frame whose length runs past the end of the body.
+            let mut body = vec![0u8];
+            body.extend_from_slice(&12u32.to_be_bytes());
+            body.extend_from_slice(&[0x0a, 0x00]);
+            let cut_short = RawFrame {
+                body: Bytes::from(body),
+                headers: vec![],
+                well_formed: false,
+                several_chunks: false,
+                description: "length beyond the body",
+            };
+            let outcome = call(
+                &server.channel(),
+                &method,
+                &input_of(Vec::new(), Some(cut_short)),
+                &mut Vec::new(),
+                &mut message,
+            )
+            .await
+            .expect("an answer");
+            assert_eq!(
+                outcome,
+                Outcome::Status(Code::InvalidArgument),
+                "{what}, frame cut short"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "every RPC of the three services: {checked}");
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+/// A call of tenant `acme` with these bodies (or this hand-made frame).
+fn input_of(messages: Vec<Bytes>, frame: Option<RawFrame>) -> Input {
+    Input {
+        mode: if frame.is_some() {
+            Mode::RawFrame
+        } else {
+            Mode::Random
+        },
+        messages,
+        tenant: Some(b"acme".to_vec()),
+        actor: Some(b"fuzz".to_vec()),
+        frame,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
+    count_panics();
+    let seconds: u64 = std::env::var(SECONDS_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SECONDS);
+    let seed: u64 = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("fuzz: seed {seed} ({SEED_ENV}={seed} replays it), {seconds} s");
+
+    let (dbs, [lifecycle, scoring, opportunity]) = start_services().await;
 
     // Tenant A (the caller) and tenant B (the bystander) get real records.
     let mut lc_client = LifecycleServiceClient::new(lifecycle.channel());

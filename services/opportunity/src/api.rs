@@ -244,13 +244,52 @@ fn derive_amount(o: &mut Opportunity, v: &mut Validator) {
         return;
     }
     match domain::line_items_total(&o.line_items) {
-        Some(total) => o.amount = Some(total),
-        None if o.line_items.is_empty() => o.amount = None,
-        None => v.add(
-            "opportunity.line_items",
-            "must all be in one currency when amount_from_line_items is set",
-        ),
+        Ok(total) => o.amount = total,
+        Err(problem) => v.add("opportunity.line_items", problem),
     }
+}
+
+/// One currency's part of the pipeline report. A sum beyond what Money
+/// carries is OUT_OF_RANGE, never a wrong figure.
+fn currency_figures(
+    settings: &Settings,
+    currency: &str,
+    sums: &crate::storage::CurrencySums,
+) -> ServiceResult<pb::CurrencyPipeline> {
+    let code: [u8; 3] = currency.as_bytes().try_into().map_err(|_| {
+        ServiceError::internal(anyhow::anyhow!(
+            "stored currency {currency:?} is not a code"
+        ))
+    })?;
+    let amount = |what: &str, nanos: i128| {
+        Money::sum_to_proto(code, nanos).map(Some).ok_or_else(|| {
+            ServiceError::OutOfRange(format!(
+                "the {what} in {currency} is beyond 9.2 * 10^18 units and cannot be reported"
+            ))
+        })
+    };
+    let mut steps = Vec::with_capacity(Step::ALL.len());
+    for step in Step::ALL {
+        let (count, total) = sums.open.get(step).copied().unwrap_or((0, 0));
+        steps.push(pb::StepPipeline {
+            step: step.to_proto(),
+            display_name: settings.display_name(*step),
+            open_count: count,
+            total_amount: amount("open pipeline", total)?,
+            weighted_amount: amount(
+                "weighted pipeline",
+                total * i128::from(settings.probability(*step)) / 100,
+            )?,
+        });
+    }
+    Ok(pb::CurrencyPipeline {
+        currency_code: currency.to_owned(),
+        steps,
+        won_count: sums.won.0,
+        won_amount: amount("won amount", sums.won.1)?,
+        lost_count: sums.lost.0,
+        lost_amount: amount("lost amount", sums.lost.1)?,
+    })
 }
 
 fn money_to_proto(m: Option<Money>) -> Option<common::Money> {
@@ -763,7 +802,7 @@ impl OpportunityService for OpportunityApi {
         }
         v.finish()?;
         let settings = self.repository.settings(&context.tenant, None).await?;
-        let sums = self
+        let report = self
             .repository
             .pipeline(
                 &context.tenant,
@@ -771,47 +810,40 @@ impl OpportunityService for OpportunityApi {
                 end.map_or(0, |t| t.timestamp_millis()),
             )
             .await?;
-        let amount = |currency: &str, nanos: i128| {
-            let code = currency.as_bytes();
-            let currency = [code[0], code[1], code[2]];
-            Some(Money { currency, nanos }.to_proto())
-        };
-        let figures = |currency: &str, s: &crate::storage::CurrencySums| pb::CurrencyPipeline {
-            currency_code: currency.to_owned(),
+        let empty = crate::storage::CurrencySums::default();
+        let pipeline = currency_figures(
+            &settings,
+            &settings.currency,
+            report.by_currency.get(&settings.currency).unwrap_or(&empty),
+        )?;
+        let other_currencies = report
+            .by_currency
+            .iter()
+            .filter(|(c, _)| **c != settings.currency && c.len() == 3)
+            .map(|(c, s)| currency_figures(&settings, c, s))
+            .collect::<ServiceResult<_>>()?;
+        let counts = pb::PipelineCounts {
             steps: Step::ALL
                 .iter()
                 .map(|step| {
-                    let (count, total) = s.open.get(step).copied().unwrap_or((0, 0));
-                    pb::StepPipeline {
+                    let (open, without) = report.open.get(step).copied().unwrap_or((0, 0));
+                    pb::StepCount {
                         step: step.to_proto(),
                         display_name: settings.display_name(*step),
-                        open_count: count,
-                        total_amount: amount(currency, total),
-                        weighted_amount: amount(
-                            currency,
-                            total * i128::from(settings.probability(*step)) / 100,
-                        ),
+                        open_count: open,
+                        without_amount_count: without,
                     }
                 })
                 .collect(),
-            won_count: s.won.0,
-            won_amount: amount(currency, s.won.1),
-            lost_count: s.lost.0,
-            lost_amount: amount(currency, s.lost.1),
+            won_count: report.won.0,
+            won_without_amount_count: report.won.1,
+            lost_count: report.lost.0,
+            lost_without_amount_count: report.lost.1,
         };
-        let empty = crate::storage::CurrencySums::default();
-        let pipeline = figures(
-            &settings.currency,
-            sums.get(&settings.currency).unwrap_or(&empty),
-        );
-        let other_currencies = sums
-            .iter()
-            .filter(|(c, _)| **c != settings.currency && c.len() == 3)
-            .map(|(c, s)| figures(c, s))
-            .collect();
         Ok(Response::new(pb::GetPipelineReportResponse {
             pipeline: Some(pipeline),
             other_currencies,
+            counts: Some(counts),
         }))
     }
 

@@ -617,6 +617,22 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     ))
     .await
     .expect("o5 lost");
+    // o6: DISCOVER without any money yet; o7: lost without money. Counted,
+    // in no currency's sums.
+    create(&mut opps, new("o6", None)).await.expect("o6");
+    let o7 = create(&mut opps, new("o7", None))
+        .await
+        .expect("o7")
+        .opportunity_id;
+    opps.close_opportunity_lost(request_for(
+        T,
+        pb::CloseOpportunityLostRequest {
+            opportunity_id: o7,
+            reason: "went quiet".into(),
+        },
+    ))
+    .await
+    .expect("o7 lost");
     let end = cascade_shared::time::to_timestamp(
         cascade_shared::time::now() + chrono::Duration::seconds(5),
     );
@@ -664,6 +680,117 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     let eur_pipeline = &report.other_currencies[0];
     assert_eq!(eur_pipeline.currency_code, "EUR");
     assert_eq!(row(eur_pipeline, 1), (1, 20_000, 5_000));
+    // Every deal counted, valued or not.
+    let counts = report.counts.expect("counts");
+    let open: Vec<(i64, i64)> = counts
+        .steps
+        .iter()
+        .map(|s| (s.open_count, s.without_amount_count))
+        .collect();
+    assert_eq!(open, [(2, 1), (2, 0), (0, 0), (0, 0)], "o1+o6, o2+o3");
+    assert_eq!(counts.steps[0].step, pb::OpportunityStep::Discover as i32);
+    assert_eq!(
+        (
+            counts.won_count,
+            counts.won_without_amount_count,
+            counts.lost_count,
+            counts.lost_without_amount_count
+        ),
+        (1, 0, 2, 1)
+    );
+    suite.stop().await;
+}
+
+/// Amounts have a documented largest value: larger ones, and line items
+/// totalling more, are refused per field; sums of the largest amounts are
+/// reported exactly (they overflowed 64-bit SUMs before, answering INTERNAL).
+async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
+    let suite = Suite::start(&db).await;
+    let (mut lifecycle, mut opps) = suite.clients();
+    let id = account(&mut lifecycle, "Big Deals").await;
+    let deal = |estimate: Money| pb::Opportunity {
+        account_id: id.clone(),
+        name: "huge".into(),
+        estimated_deal_size: Some(estimate),
+        ..Default::default()
+    };
+    let jpy = |units: i64, nanos: i32| Money {
+        currency_code: "JPY".into(),
+        units,
+        nanos,
+    };
+    for (units, nanos) in [
+        (1_000_000_000_000, 1),
+        (i64::MAX, 999_999_999),
+        (i64::MAX / 2 + 1, 0),
+    ] {
+        let refused = create(&mut opps, deal(jpy(units, nanos)))
+            .await
+            .expect_err("beyond the largest amount");
+        assert_eq!(
+            violations(&refused),
+            [(
+                "opportunity.estimated_deal_size".to_owned(),
+                "units must be at most 1,000,000,000,000 (a trillion) either way".to_owned()
+            )]
+        );
+    }
+    let refused = create(
+        &mut opps,
+        pb::Opportunity {
+            amount_from_line_items: true,
+            line_items: vec![pb::LineItem {
+                product: "everything".into(),
+                kind: 1,
+                quantity: 1_000_000_000,
+                unit_price: Some(jpy(1_000_000_000_000, 0)),
+            }],
+            ..deal(jpy(1, 0))
+        },
+    )
+    .await
+    .expect_err("line items beyond the largest amount");
+    assert_eq!(
+        violations(&refused),
+        [(
+            "opportunity.line_items".to_owned(),
+            "total more than the largest amount, 1,000,000,000,000 units".to_owned()
+        )]
+    );
+    assert!(
+        opportunities_of(&mut opps, &id).await.is_empty(),
+        "nothing stored"
+    );
+
+    // Three deals just under the largest amount, in one step: exact to the nano.
+    for _ in 0..3 {
+        create(&mut opps, deal(jpy(999_999_999_999, 999_999_999)))
+            .await
+            .expect("the largest amount is accepted");
+    }
+    let now = cascade_shared::time::now();
+    let report = opps
+        .get_pipeline_report(request_for(
+            T,
+            pb::GetPipelineReportRequest {
+                start_time: Some(cascade_shared::time::to_timestamp(
+                    now - chrono::Duration::hours(1),
+                )),
+                end_time: Some(cascade_shared::time::to_timestamp(
+                    now + chrono::Duration::hours(1),
+                )),
+            },
+        ))
+        .await
+        .expect("the report sums them")
+        .into_inner();
+    let yen = &report.other_currencies[0];
+    assert_eq!(yen.currency_code, "JPY");
+    assert_eq!(yen.steps[0].open_count, 3);
+    assert_eq!(
+        yen.steps[0].total_amount,
+        Some(jpy(2_999_999_999_999, 999_999_997))
+    );
     suite.stop().await;
 }
 
@@ -822,7 +949,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
     let o = create(&mut opps, deal(vec![ann.clone()], vec![stakeholder(&ann)]))
         .await
         .expect("the account's own contacts");
-    assert_eq!(o.buying_group_contact_ids, [ann.clone()]);
+    assert_eq!(o.buying_group_contact_ids, vec![ann.clone()]);
 
     // The QUALIFY gate cannot be passed with someone else's contact.
     let refused = update(
@@ -859,7 +986,11 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
         "opportunity.stakeholders[1].contact_id"
     );
     let stored = &opportunities_of(&mut opps, &acme).await[0];
-    assert_eq!(stored.buying_group_contact_ids, [ann.clone()], "unchanged");
+    assert_eq!(
+        stored.buying_group_contact_ids,
+        vec![ann.clone()],
+        "unchanged"
+    );
     assert_eq!(stored.stakeholders.len(), 1, "unchanged");
 
     // Lifecycle down: the contacts cannot be checked, which is not bad input.
@@ -890,6 +1021,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
 
 on_each_database!(
     buying_group_and_stakeholder_contacts_are_checked,
+    amounts_have_a_limit_and_report_sums_stay_exact,
     the_source_process_from_discover_to_won,
     a_lost_deal_nurtures_only_when_it_was_the_last_open_one,
     the_pipeline_report_matches_a_hand_computed_scenario,

@@ -6,7 +6,9 @@ use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
+use cascade_shared::client::{
+    CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
+};
 use cascade_shared::limit::TenantRateLimiter;
 use cascade_shared::page::PageRequest;
 use cascade_shared::settings::LifecycleClientSettings;
@@ -643,23 +645,11 @@ impl ScoringService for ScoringApi {
         let proposed = model_from_proto(request.model)?;
         let mut v = Validator::new();
         let thresholds = match request.thresholds {
-            Some(t) if t.engaged_threshold.is_finite() && t.prioritized_threshold.is_finite() => {
-                if t.prioritized_threshold <= t.engaged_threshold {
-                    v.add(
-                        "thresholds.prioritized_threshold",
-                        "must be greater than thresholds.engaged_threshold",
-                    );
-                }
+            Some(t) => {
+                v.thresholds("thresholds.", t.engaged_threshold, t.prioritized_threshold);
                 Thresholds {
                     engaged: t.engaged_threshold,
                     prioritized: t.prioritized_threshold,
-                }
-            }
-            Some(_) => {
-                v.add("thresholds", "must be finite numbers");
-                Thresholds {
-                    engaged: 0.0,
-                    prioritized: 0.0,
                 }
             }
             None => {
@@ -670,21 +660,20 @@ impl ScoringService for ScoringApi {
                 }
             }
         };
-        let start = request
-            .start_time
-            .as_ref()
-            .map(|t| v.required_time("start_time", Some(t)));
-        let end = request
-            .end_time
-            .as_ref()
-            .map(|t| v.required_time("end_time", Some(t)));
+        let start = v.optional_time("start_time", request.start_time.as_ref());
+        let end = v.optional_time("end_time", request.end_time.as_ref());
+        if let (Some(start), Some(end)) = (start, end)
+            && start >= end
+        {
+            v.add("end_time", "must be after start_time");
+        }
         if request.sample_size < 0 || request.sample_size > 1000 {
             v.add("sample_size", "must be between 0 and 1000");
         }
         v.finish()?;
         let window = (
-            start.flatten().map_or(i64::MIN, |t| t.timestamp_millis()),
-            end.flatten().map_or(i64::MAX, |t| t.timestamp_millis()),
+            start.map_or(i64::MIN, |t| t.timestamp_millis()),
+            end.map_or(i64::MAX, |t| t.timestamp_millis()),
         );
         // The comparison is with the current model under lifecycle's current thresholds.
         let mut client = self.lifecycle.clone();
@@ -694,11 +683,13 @@ impl ScoringService for ScoringApi {
         ));
         let settings = with_deadline(context.call_budget(CALL_DEADLINE), call)
             .await
-            .map_err(|s| {
-                ServiceError::Unavailable(format!(
-                    "cannot read the current thresholds from lifecycle ({:?}); retry",
-                    s.code()
-                ))
+            .map_err(|status| {
+                peer_failure(
+                    "lifecycle",
+                    "give the current thresholds",
+                    "nothing was simulated",
+                    &status,
+                )
             })?
             .into_inner()
             .settings

@@ -328,25 +328,6 @@ mod tests {
     }
 
     #[test]
-    fn only_faults_a_retry_can_cure_are_unavailable() {
-        use tonic::Code;
-        let cases = [
-            (Code::Unavailable, Code::Unavailable),
-            (Code::DeadlineExceeded, Code::Unavailable),
-            (Code::ResourceExhausted, Code::Unavailable),
-            (Code::Aborted, Code::Unavailable),
-            (Code::Unimplemented, Code::FailedPrecondition),
-            (Code::PermissionDenied, Code::Internal),
-            (Code::Unauthenticated, Code::Internal),
-            (Code::InvalidArgument, Code::Internal),
-        ];
-        for (from_lifecycle, to_caller) in cases {
-            let error = lifecycle_failure(&tonic::Status::new(from_lifecycle, "x"));
-            assert_eq!(error.code(), to_caller, "{from_lifecycle:?}");
-        }
-    }
-
-    #[test]
     fn keys_keep_tenants_and_kinds_apart() {
         let ids = Person::Ids {
             account_id: "a".into(),

@@ -324,10 +324,7 @@ pub(super) async fn get_account_stage_at(
 }
 
 fn finite(v: &mut Validator, field: &str, value: f64) -> f64 {
-    if !value.is_finite() {
-        v.add(field, "must be a finite number");
-    }
-    value
+    v.finite(field, value)
 }
 
 fn outcome_to_proto(outcome: ApplyOutcome) -> i32 {
@@ -367,6 +364,7 @@ fn score_delivery(
     if request.sequence <= 0 {
         v.add(field("sequence"), "must be greater than 0");
     }
+    v.optional_time(&field("compute_time"), request.compute_time.as_ref());
     let engagement_score = finite(&mut v, &field("engagement_score"), request.engagement_score);
     let average = finite(
         &mut v,
@@ -550,6 +548,7 @@ pub(super) async fn apply_opportunity_event(
     if request.other_open_opportunities < 0 {
         v.add("other_open_opportunities", "must not be negative");
     }
+    v.optional_time("occur_time", request.occur_time.as_ref());
     if request.buying_group_contact_ids.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
             "buying_group_contact_ids",
@@ -785,16 +784,9 @@ fn settings_change(
             s.webhook_secret = x;
         }
         // The thresholds are checked together, against the values in force.
-        if s.prioritized_threshold <= s.engaged_threshold {
-            return Err(ServiceError::invalid(
-                "settings.prioritized_threshold",
-                format!(
-                    "must be greater than the engaged threshold ({})",
-                    s.engaged_threshold
-                ),
-            ));
-        }
-        Ok(())
+        let mut v = Validator::new();
+        v.thresholds("settings.", s.engaged_threshold, s.prioritized_threshold);
+        v.finish()
     })
 }
 

@@ -362,17 +362,27 @@ pub fn check_changeable(o: &Opportunity) -> Result<(), Refusal> {
 }
 
 /// The sum of the line items, if they are all in one currency.
-pub fn line_items_total(items: &[LineItem]) -> Option<Money> {
-    let first = items.first()?;
+pub fn line_items_total(items: &[LineItem]) -> Result<Option<Money>, &'static str> {
+    let Some(first) = items.first() else {
+        return Ok(None);
+    };
     if items.iter().any(|i| i.currency != first.currency) {
-        return None;
+        return Err("must all be in one currency when amount_from_line_items is set");
     }
     let code = first.currency.as_bytes();
-    let currency = [*code.first()?, *code.get(1)?, *code.get(2)?];
+    let currency = match code {
+        [a, b, c] => [*a, *b, *c],
+        _ => return Err("must all be in one currency when amount_from_line_items is set"),
+    };
+    // Prices and quantities are bounded, so this cannot overflow i128; the
+    // total must still be an amount Cascade accepts.
     let nanos = items.iter().try_fold(0_i128, |sum, i| {
         sum.checked_add(i.unit_price_nanos.checked_mul(i128::from(i.quantity))?)
-    })?;
-    Some(Money { currency, nanos })
+    });
+    match nanos.map(|nanos| Money { currency, nanos }) {
+        Some(total) if total.within_limit() => Ok(Some(total)),
+        _ => Err("total more than the largest amount, 1,000,000,000,000 units"),
+    }
 }
 
 /// The value of an opportunity in the pipeline: its amount, or its estimate.

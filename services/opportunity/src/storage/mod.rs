@@ -47,13 +47,25 @@ pub struct Filter {
     pub status: Option<Status>,
 }
 
-/// Sums of one currency for the pipeline report.
+/// Sums of one currency for the pipeline report: the deals valued in it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CurrencySums {
     /// Per open step: (count, total nanos).
     pub open: BTreeMap<Step, (i64, i128)>,
     pub won: (i64, i128),
     pub lost: (i64, i128),
+}
+
+/// The pipeline report's figures: every deal counted, valued or not, and
+/// the sums per currency of the deals that have an amount or estimate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pipeline {
+    /// Every open deal per step: (count, of which without amount or estimate).
+    pub open: BTreeMap<Step, (i64, i64)>,
+    /// Every deal won / lost in the window: (count, of which without money).
+    pub won: (i64, i64),
+    pub lost: (i64, i64),
+    pub by_currency: BTreeMap<String, CurrencySums>,
 }
 
 #[derive(Clone)]
@@ -393,63 +405,103 @@ impl Repository {
         tenant: &TenantId,
         start_ms: i64,
         end_ms: i64,
-    ) -> ServiceResult<BTreeMap<String, CurrencySums>> {
+    ) -> ServiceResult<Pipeline> {
         let t = tenant.as_str();
-        let mut sums: BTreeMap<String, CurrencySums> = BTreeMap::new();
+        let mut pipeline = Pipeline::default();
+        // Deals without an amount or estimate have no currency: they are
+        // counted (currency NULL) and in no currency's sums.
         let open = self
             .db
             .query_all_raw(stmt(
                 &self.db,
-                "SELECT value_currency, step, COUNT(*) AS n, CAST(SUM(value_units) AS BIGINT) AS units, CAST(SUM(value_nanos) AS BIGINT) AS nanos \
-                 FROM opportunities WHERE tenant_id = $1 AND status = $2 AND value_currency IS NOT NULL \
-                 GROUP BY value_currency, step",
+                &format!(
+                    "SELECT value_currency, step, COUNT(*) AS n, {SUMS} FROM opportunities \
+                     WHERE tenant_id = $1 AND status = $2 GROUP BY value_currency, step"
+                ),
                 vec![t.into(), Status::Open.as_str().into()],
             ))
             .await?;
         for row in open {
-            let currency: String = row.try_get("", "value_currency")?;
+            let currency: Option<String> = row.try_get("", "value_currency")?;
             let step: String = row.try_get("", "step")?;
             let step: Step = step
                 .parse()
                 .map_err(|e| ServiceError::internal(anyhow::anyhow!("{e}")))?;
-            let total = sum_nanos(&row)?;
             let n: i64 = row.try_get("", "n")?;
-            sums.entry(currency)
-                .or_default()
-                .open
-                .insert(step, (n, total));
+            let counts = pipeline.open.entry(step).or_default();
+            counts.0 += n;
+            match currency {
+                Some(currency) => {
+                    let total = sum_nanos(&row)?;
+                    pipeline
+                        .by_currency
+                        .entry(currency)
+                        .or_default()
+                        .open
+                        .insert(step, (n, total));
+                }
+                None => counts.1 += n,
+            }
         }
         let closed = self
             .db
             .query_all_raw(stmt(
                 &self.db,
-                "SELECT value_currency, status, COUNT(*) AS n, CAST(SUM(value_units) AS BIGINT) AS units, CAST(SUM(value_nanos) AS BIGINT) AS nanos \
-                 FROM opportunities WHERE tenant_id = $1 AND status <> $2 AND closed_at_ms >= $3 \
-                 AND closed_at_ms < $4 AND value_currency IS NOT NULL GROUP BY value_currency, status",
-                vec![t.into(), Status::Open.as_str().into(), start_ms.into(), end_ms.into()],
+                &format!(
+                    "SELECT value_currency, status, COUNT(*) AS n, {SUMS} FROM opportunities \
+                     WHERE tenant_id = $1 AND status <> $2 AND closed_at_ms >= $3 \
+                     AND closed_at_ms < $4 GROUP BY value_currency, status"
+                ),
+                vec![
+                    t.into(),
+                    Status::Open.as_str().into(),
+                    start_ms.into(),
+                    end_ms.into(),
+                ],
             ))
             .await?;
         for row in closed {
-            let currency: String = row.try_get("", "value_currency")?;
-            let status: String = row.try_get("", "status")?;
-            let entry = sums.entry(currency).or_default();
-            let figures = (row.try_get::<i64>("", "n")?, sum_nanos(&row)?);
-            if status == Status::Won.as_str() {
+            let currency: Option<String> = row.try_get("", "value_currency")?;
+            let won = row.try_get::<String>("", "status")? == Status::Won.as_str();
+            let n: i64 = row.try_get("", "n")?;
+            let counts = if won {
+                &mut pipeline.won
+            } else {
+                &mut pipeline.lost
+            };
+            counts.0 += n;
+            let Some(currency) = currency else {
+                counts.1 += n;
+                continue;
+            };
+            let figures = (n, sum_nanos(&row)?);
+            let entry = pipeline.by_currency.entry(currency).or_default();
+            if won {
                 entry.won = figures;
             } else {
                 entry.lost = figures;
             }
         }
-        Ok(sums)
+        Ok(pipeline)
     }
 }
 
-/// The summed amount of a row (`units` and `nanos`, both cast to BIGINT:
-/// PostgreSQL sums BIGINT into NUMERIC).
+/// The sums of a group's amounts, split so that no accepted input can
+/// overflow a 64-bit SUM on either backend: units at most 10^12 each, so
+/// the millions part is at most 10^6 and the rest below 10^6 per deal (SUM
+/// overflows after 9 * 10^12 deals, not after 9 million largest ones);
+/// cast because PostgreSQL sums BIGINT into NUMERIC.
+const SUMS: &str = "CAST(SUM(value_units / 1000000) AS BIGINT) AS millions, \
+                    CAST(SUM(value_units % 1000000) AS BIGINT) AS units, \
+                    CAST(SUM(value_nanos) AS BIGINT) AS nanos";
+
+/// The summed amount of a row (see `SUMS`), in nanos.
 fn sum_nanos(row: &sea_orm::QueryResult) -> ServiceResult<i128> {
+    let millions: Option<i64> = row.try_get("", "millions")?;
     let units: Option<i64> = row.try_get("", "units")?;
     let nanos: Option<i64> = row.try_get("", "nanos")?;
-    Ok(i128::from(units.unwrap_or(0)) * 1_000_000_000 + i128::from(nanos.unwrap_or(0)))
+    let units = i128::from(millions.unwrap_or(0)) * 1_000_000 + i128::from(units.unwrap_or(0));
+    Ok(units * 1_000_000_000 + i128::from(nanos.unwrap_or(0)))
 }
 
 async fn current_settings(conn: &impl ConnectionTrait, tenant_id: &str) -> ServiceResult<Settings> {
