@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "cascade/common/v1/types.proto",
     "cascade/lifecycle/v1/lifecycle_service.proto",
+    "cascade/lifecycle/v1/lifecycle_internal_service.proto",
     "cascade/scoring/v1/scoring_service.proto",
     "cascade/opportunity/v1/opportunity_service.proto",
     // Vendored from googleapis (Apache-2.0) only so reflection can describe

@@ -221,9 +221,13 @@ pub fn required_permission(path: &str) -> Option<Permission> {
             "ResolveContact" | "BatchResolveContacts" => P::Resolve,
             "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
             "UpdateLifecycleSettings" => P::Admin,
-            "ApplyEngagementScore" | "ApplyEngagementScores" | "ApplyOpportunityEvent" => P::Apply,
             _ => return None,
         },
+        // Only the other Cascade services deliver into lifecycle.
+        (
+            "cascade.lifecycle.v1.LifecycleInternalService",
+            "ApplyEngagementScore" | "ApplyEngagementScores" | "ApplyOpportunityEvent",
+        ) => P::Apply,
         ("cascade.scoring.v1.ScoringService", method) => match method {
             "GetAccountScore"
             | "GetContactScore"
@@ -651,7 +655,7 @@ mod tests {
 
     const GET: &str = "/cascade.lifecycle.v1.LifecycleService/GetAccount";
     const QUALIFY: &str = "/cascade.lifecycle.v1.LifecycleService/QualifyAccount";
-    const APPLY: &str = "/cascade.lifecycle.v1.LifecycleService/ApplyEngagementScore";
+    const APPLY: &str = "/cascade.lifecycle.v1.LifecycleInternalService/ApplyEngagementScore";
 
     fn claims(roles: &[&str], tenant: Option<&str>, exp: u64) -> serde_json::Value {
         let mut value = serde_json::json!({

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::service::Interceptor;
@@ -86,11 +87,18 @@ impl Interceptor for ServiceAuth {
 
 /// A client of lifecycle, as scoring and opportunity hold it.
 pub type LifecycleClient = LifecycleServiceClient<InterceptedService<Channel, ServiceAuth>>;
+/// Lifecycle's internal service (score and opportunity deliveries).
+pub type LifecycleInternalClient =
+    LifecycleInternalServiceClient<InterceptedService<Channel, ServiceAuth>>;
 
-/// A client of lifecycle for service `name`: it connects on first use,
-/// reconnects after failures, speaks TLS when the URL is `https://`, and
-/// carries the service's credentials.
-pub fn lifecycle_client(settings: &ServiceSettings, name: &str) -> anyhow::Result<LifecycleClient> {
+/// Clients of lifecycle's public and internal services for service `name`,
+/// over one channel: it connects on first use, reconnects after failures,
+/// speaks TLS when the URL is `https://`, and carries the service's
+/// credentials.
+pub fn lifecycle_clients(
+    settings: &ServiceSettings,
+    name: &str,
+) -> anyhow::Result<(LifecycleClient, LifecycleInternalClient)> {
     let credentials = ServiceCredentials::from_settings(name, &settings.auth)?;
     let tls = if settings.lifecycle.url.starts_with("https://") {
         let uri: http::Uri = settings
@@ -109,9 +117,10 @@ pub fn lifecycle_client(settings: &ServiceSettings, name: &str) -> anyhow::Resul
         Arc::new(SystemDns),
         RESOLVE_INTERVAL,
     )?;
-    Ok(LifecycleServiceClient::with_interceptor(
-        channel,
-        ServiceAuth(Arc::new(credentials)),
+    let channel = InterceptedService::new(channel, ServiceAuth(Arc::new(credentials)));
+    Ok((
+        LifecycleServiceClient::new(channel.clone()),
+        LifecycleInternalServiceClient::new(channel),
     ))
 }
 

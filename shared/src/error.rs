@@ -102,20 +102,44 @@ pub enum ServiceError {
     Internal(#[source] anyhow::Error),
 }
 
+/// The message of an INVALID_ARGUMENT: the reported violations in order,
+/// whole (never cut mid-text), as many as fit in `MAX_MESSAGE`, and how many
+/// more there are (all of `reported` are in the details).
 fn join_violations(violations: &[FieldViolation]) -> String {
-    let mut joined = violations
-        .iter()
-        .take(MAX_REPORTED_VIOLATIONS)
-        .map(|v| format!("{}: {}", bounded(&v.field), bounded(&v.description)))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if violations.len() > MAX_REPORTED_VIOLATIONS {
-        joined.push_str(&format!(
-            "; and {} more",
-            violations.len() - MAX_REPORTED_VIOLATIONS
-        ));
+    let mut joined = String::new();
+    let mut shown = 0;
+    for v in reported(violations) {
+        let part = format!("{}: {}", bounded(&v.field), described(&v.description));
+        // Room for the separator and the "and N more" tail.
+        if shown > 0 && joined.len() + part.len() + 40 > MAX_MESSAGE {
+            break;
+        }
+        if shown > 0 {
+            joined.push_str("; ");
+        }
+        joined.push_str(&part);
+        shown += 1;
+    }
+    if violations.len() > shown {
+        joined.push_str(&format!("; and {} more", violations.len() - shown));
     }
     joined
+}
+
+/// The violations a status carries in its details: in order, at most
+/// `MAX_REPORTED_VIOLATIONS` and `DETAILS_BUDGET` bytes of text (at least
+/// one).
+fn reported(violations: &[FieldViolation]) -> &[FieldViolation] {
+    let mut used = 0;
+    let mut count = 0;
+    for v in violations.iter().take(MAX_REPORTED_VIOLATIONS) {
+        used += bounded(&v.field).len() + described(&v.description).len();
+        if count > 0 && used > DETAILS_BUDGET {
+            break;
+        }
+        count += 1;
+    }
+    &violations[..count]
 }
 
 // A status travels in HTTP/2 trailers (grpc-message, and the details in
@@ -123,11 +147,21 @@ fn join_violations(violations: &[FieldViolation]) -> String {
 // 8 KiB (grpc-core's default; hyper's client resets the stream), so a request
 // with a thousand bad items, or one 100k-character value echoed back, would
 // get a protocol error instead of its INVALID_ARGUMENT. These bounds keep
-// every status well under that: at most 10 violations (the rest counted), at
-// most 128 bytes per reported text, at most 1 KiB of message.
+// every status well under that (about 3 KiB of details in base64, at most 1
+// KiB of message): at most 10 violations and 2 KiB of their text (the rest
+// counted), field paths cut at 128 bytes and descriptions at 400 (the
+// service's own descriptions are shorter, and quote caller text briefly:
+// `validate::shown`), the message made of whole violations.
 const MAX_REPORTED_VIOLATIONS: usize = 10;
 const MAX_REPORTED_TEXT: usize = 128;
+const MAX_DESCRIPTION: usize = 400;
+const DETAILS_BUDGET: usize = 2048;
 const MAX_MESSAGE: usize = 1024;
+
+/// A description cut to at most `MAX_DESCRIPTION` bytes.
+fn described(text: &str) -> String {
+    truncate(text, MAX_DESCRIPTION)
+}
 
 /// `text` cut to at most `MAX_REPORTED_TEXT` bytes, on a character boundary.
 fn bounded(text: &str) -> String {
@@ -213,8 +247,8 @@ impl From<ServiceError> for tonic::Status {
         let details = match &error {
             ServiceError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in violations.iter().take(MAX_REPORTED_VIOLATIONS) {
-                    details.add_bad_request_violation(bounded(&v.field), bounded(&v.description));
+                for v in reported(violations) {
+                    details.add_bad_request_violation(bounded(&v.field), described(&v.description));
                 }
                 details
             }
@@ -232,7 +266,7 @@ impl From<ServiceError> for tonic::Status {
                     details.add_precondition_failure_violation(
                         bounded(&v.kind),
                         bounded(&v.subject),
-                        bounded(&v.description),
+                        described(&v.description),
                     );
                 }
                 details
@@ -362,13 +396,46 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().len() <= MAX_MESSAGE);
         let bad_request = status.get_details_bad_request().expect("BadRequest");
-        assert_eq!(bad_request.field_violations.len(), MAX_REPORTED_VIOLATIONS);
+        assert!((1..=MAX_REPORTED_VIOLATIONS).contains(&bad_request.field_violations.len()));
         assert!(
-            status.details().len() < 4096,
+            status.details().len() < 3072,
             "{} bytes",
             status.details().len()
         );
         assert!(status.message().starts_with("invalid argument: items[0]."));
+        assert!(status.message().ends_with(" more"), "{}", status.message());
+    }
+
+    #[test]
+    fn the_services_own_words_are_not_cut() {
+        // A description of the service's own (a list of writable fields)
+        // longer than a field path may be: reported whole, in the details
+        // and in the message.
+        let own = format!(
+            "\"x\" is not a writable field; writable: {}",
+            [
+                "engaged_threshold",
+                "prioritized_threshold",
+                "qualified_stage_enabled"
+            ]
+            .repeat(5)
+            .join(", ")
+        );
+        assert!(own.len() > 300 && own.len() < MAX_DESCRIPTION);
+        let violations = vec![
+            FieldViolation::new("update_mask.paths[0]", own.clone()),
+            FieldViolation::new("update_mask.paths[1]", own.clone()),
+        ];
+        let status = tonic::Status::from(ServiceError::InvalidArgument(violations));
+        let bad_request = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad_request.field_violations.len(), 2);
+        assert!(
+            bad_request
+                .field_violations
+                .iter()
+                .all(|v| v.description == own)
+        );
+        assert!(status.message().ends_with(&own), "{}", status.message());
     }
 
     #[test]

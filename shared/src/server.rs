@@ -58,6 +58,36 @@ impl<S> GrpcService for S where
 {
 }
 
+/// What a service's `make_service` builds: its public gRPC service, or
+/// that and an internal one for the other Cascade services (`WithInternal`),
+/// served on the same port and listed apart by reflection.
+pub trait Served: Send + 'static {
+    /// The public service's fully-qualified gRPC name (health, logs).
+    const NAME: &'static str;
+    fn add_to(self, app: Application) -> Application;
+}
+
+impl<S: GrpcService> Served for S {
+    const NAME: &'static str = <S as NamedService>::NAME;
+    fn add_to(self, app: Application) -> Application {
+        app.add_service(self)
+    }
+}
+
+/// A public service and an internal one, served together.
+pub struct WithInternal<P, I> {
+    pub public: P,
+    pub internal: I,
+}
+
+impl<P: GrpcService, I: GrpcService> Served for WithInternal<P, I> {
+    const NAME: &'static str = <P as NamedService>::NAME;
+    fn add_to(self, app: Application) -> Application {
+        app.add_service(self.public)
+            .add_internal_service(self.internal)
+    }
+}
+
 /// Background tasks of a service (outbox deliverers), stopped with it.
 #[derive(Clone, Default)]
 pub struct Background(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
@@ -88,7 +118,7 @@ where
     M: MigratorTrait,
     F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
-    S: GrpcService,
+    S: Served,
 {
     let settings = ServiceSettings::load(identity)?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
@@ -122,7 +152,7 @@ where
     M: MigratorTrait,
     F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
-    S: GrpcService,
+    S: Served,
 {
     let database = if settings.database.run_migrations {
         crate::db::connect_and_migrate::<M>(&settings.database).await?
@@ -137,9 +167,8 @@ where
         background.add(keeper);
     }
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
-    let mut app = Application::bind(settings, S::NAME)
-        .await?
-        .add_service(service)
+    let mut app = service
+        .add_to(Application::bind(settings, S::NAME).await?)
         .with_database_health(database);
     app.background = background;
     Ok(app)
@@ -148,6 +177,8 @@ where
 /// A bound, not yet running gRPC server for one Cascade service.
 pub struct Application {
     service_name: &'static str,
+    /// Internal services served next to it (reflection lists them apart).
+    internal: Vec<&'static str>,
     settings: ServerSettings,
     auth: Arc<Authenticator>,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -178,12 +209,6 @@ impl Application {
         let local_addr = listener.local_addr()?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = reflection_for(service_name)
-            .build_v1()
-            .map_err(|e| anyhow::anyhow!("reflection: {e}"))?;
-        let reflection_v1alpha = reflection_for(service_name)
-            .build_v1alpha()
-            .map_err(|e| anyhow::anyhow!("reflection: {e}"))?;
         // Health answers NOT_SERVING until `run` has checked the database.
         health
             .set_service_status(OVERALL, ServingStatus::NotServing)
@@ -191,11 +216,11 @@ impl Application {
         health
             .set_service_status(service_name, ServingStatus::NotServing)
             .await;
-        let routes = Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        // Reflection is added by `run`, once every service is known.
+        let routes = Routes::new(health_service);
         Ok(Self {
             service_name,
+            internal: Vec::new(),
             settings: settings.clone(),
             auth,
             tls,
@@ -213,6 +238,17 @@ impl Application {
     where
         S: GrpcService,
     {
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Adds an internal gRPC server (for the other Cascade services), on the
+    /// same port; its RPCs' permissions are in `auth::required_permission`.
+    pub fn add_internal_service<S>(mut self, service: S) -> Self
+    where
+        S: GrpcService,
+    {
+        self.internal.push(S::NAME);
         self.routes = self.routes.add_service(service);
         self
     }
@@ -239,6 +275,7 @@ impl Application {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             service_name,
+            internal,
             settings,
             auth,
             tls,
@@ -249,6 +286,17 @@ impl Application {
             database,
             background,
         } = self;
+        let routes = routes
+            .add_service(
+                reflection_for(service_name, &internal)
+                    .build_v1()
+                    .map_err(|e| anyhow::anyhow!("reflection: {e}"))?,
+            )
+            .add_service(
+                reflection_for(service_name, &internal)
+                    .build_v1alpha()
+                    .map_err(|e| anyhow::anyhow!("reflection: {e}"))?,
+            );
         let stopping = Arc::new(AtomicBool::new(false));
         let probe = match database {
             Some(database) => {
@@ -359,8 +407,15 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// Reflection lists only this service's own API (the descriptor set holds all
 /// three), plus health and reflection.
-fn reflection_for(service_name: &'static str) -> tonic_reflection::server::Builder<'static> {
-    reflection()
+fn reflection_for(
+    service_name: &'static str,
+    internal: &[&'static str],
+) -> tonic_reflection::server::Builder<'static> {
+    internal
+        .iter()
+        .fold(reflection(), |builder, name| {
+            builder.with_service_name(*name)
+        })
         .with_service_name(service_name)
         .with_service_name(HEALTH_SERVICE)
         .with_service_name(REFLECTION_V1)

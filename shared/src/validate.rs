@@ -129,6 +129,22 @@ impl Validator {
         }
     }
 
+    /// `mask_paths`, reporting a missing mask with the request's other
+    /// violations.
+    pub fn mask_paths(&mut self, mask: Option<&prost_types::FieldMask>) -> Vec<(usize, String)> {
+        let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
+        if paths.is_empty() {
+            self.add("update_mask", "is required: name the fields to change");
+        }
+        let mut unique: Vec<(usize, String)> = Vec::with_capacity(paths.len());
+        for (i, path) in paths.iter().enumerate() {
+            if !unique.iter().any(|(_, p)| p == path) {
+                unique.push((i, path.clone()));
+            }
+        }
+        unique
+    }
+
     /// An optional timestamp: absent, or valid as `required_time` says.
     pub fn optional_time(
         &mut self,
@@ -168,6 +184,43 @@ impl Validator {
         } else {
             Err(ServiceError::InvalidArgument(self.violations))
         }
+    }
+}
+
+/// The paths of a required, non-empty update mask, each once, with its
+/// position in the request: a violation about a path names it exactly
+/// (`mask_path(i)`).
+pub fn mask_paths(
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<Vec<(usize, String)>, ServiceError> {
+    let mut v = Validator::new();
+    let paths = v.mask_paths(mask);
+    v.finish()?;
+    Ok(paths)
+}
+
+/// The exact field path of the `index`th path of `update_mask`.
+pub fn mask_path(index: usize) -> String {
+    format!("update_mask.paths[{index}]")
+}
+
+/// The description for a mask path that names no writable field: the
+/// caller's text shown briefly, so the list of writable fields is never cut.
+pub fn not_writable(path: &str, writable: &[&str]) -> String {
+    format!(
+        "{:?} is not a writable field; writable: {}",
+        shown(path),
+        writable.join(", ")
+    )
+}
+
+/// Caller text quoted in a description: at most 64 characters (the
+/// status stays small, and the service's own words around it stay whole).
+pub fn shown(text: &str) -> String {
+    const MAX_SHOWN: usize = 64;
+    match text.char_indices().nth(MAX_SHOWN) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
     }
 }
 

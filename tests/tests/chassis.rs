@@ -92,6 +92,10 @@ async fn every_service_serves_health_and_its_own_reflection() {
             "grpc.reflection.v1alpha.ServerReflection".to_owned(),
             service.to_owned(),
         ];
+        // Lifecycle also serves its internal service (deliveries), listed apart.
+        if service == LIFECYCLE {
+            expected.push("cascade.lifecycle.v1.LifecycleInternalService".to_owned());
+        }
         expected.sort();
         assert_eq!(
             listed_services(server.channel()).await,

@@ -172,6 +172,32 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
         );
     }
 
+    // A mask path that names nothing writable: its exact place in the mask,
+    // the caller's text quoted briefly, the whole list of writable fields.
+    let long_path = "x".repeat(10_000);
+    let mut request = settings(20.0, 50.0);
+    request.get_mut().update_mask = Some(prost_types::FieldMask {
+        paths: vec!["engaged_threshold".into(), long_path],
+    });
+    let refused = violations(lifecycle.update_lifecycle_settings(request).await);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "update_mask.paths[1]");
+    assert!(
+        refused[0].1.starts_with(&format!(
+            "\"{}...\" is not a writable field",
+            "x".repeat(64)
+        )),
+        "{}",
+        refused[0].1
+    );
+    assert!(
+        refused[0]
+            .1
+            .ends_with("renotify_on_hand_raise, webhook_url, webhook_secret"),
+        "the list is whole: {}",
+        refused[0].1
+    );
+
     // A window that ends before it starts: the simulation refuses it as the
     // reports do.
     let backwards = |start: i64, end: i64| {
@@ -202,7 +228,8 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
 
     // Timestamps outside the protobuf range on the internal RPCs.
     let account = rooted.account_id;
-    let refused = lifecycle
+    let mut internal = system.lifecycle_internal(0);
+    let refused = internal
         .apply_engagement_score(request_for(
             T,
             lc::ApplyEngagementScoreRequest {
@@ -222,7 +249,7 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
             "must be a valid time between 1970-01-01 and 9999-12-31"
         )]
     );
-    let refused = lifecycle
+    let refused = internal
         .apply_opportunity_event(request_for(
             T,
             lc::ApplyOpportunityEventRequest {

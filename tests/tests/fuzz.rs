@@ -69,10 +69,14 @@ const HEALTH_EVERY: usize = 16;
 const TENANT_A: &str = "fuzz-a";
 const TENANT_B: &str = "fuzz-b";
 
-const SERVICES: [&str; 3] = [
-    "cascade.lifecycle.v1.LifecycleService",
-    "cascade.scoring.v1.ScoringService",
-    "cascade.opportunity.v1.OpportunityService",
+const SERVICES: [&[&str]; 3] = [
+    // Lifecycle serves its internal service (deliveries) on the same port.
+    &[
+        "cascade.lifecycle.v1.LifecycleService",
+        "cascade.lifecycle.v1.LifecycleInternalService",
+    ],
+    &["cascade.scoring.v1.ScoringService"],
+    &["cascade.opportunity.v1.OpportunityService"],
 ];
 
 /// Ten bytes the byte-level mutator swaps for ten bytes of invalid UTF-8,
@@ -1261,7 +1265,7 @@ fn changed_tables(before: &Digest, after: &Digest) -> Vec<String> {
 
 struct Target {
     name: &'static str,
-    service: &'static str,
+    services: &'static [&'static str],
     channel: Channel,
     probe: Probe,
 }
@@ -1307,10 +1311,16 @@ async fn fuzz_service(
     budget: Duration,
     stats: &mut Stats,
 ) -> Result<(), Box<Failure>> {
-    let service = pool
-        .get_service_by_name(target.service)
-        .expect("service in descriptor set");
-    let methods: Vec<MethodDescriptor> = service.methods().collect();
+    let methods: Vec<MethodDescriptor> = target
+        .services
+        .iter()
+        .flat_map(|name| {
+            pool.get_service_by_name(name)
+                .expect("service in descriptor set")
+                .methods()
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut generator = Generator {
         rng: StdRng::seed_from_u64(seed),
         pools: pools.clone(),
@@ -1664,7 +1674,11 @@ async fn undecodable_bodies_answer_invalid_argument_on_every_rpc() {
     // request type of any RPC decodes it.
     let undecodable = Bytes::from_static(&[0x0a, 0xff]);
     let mut checked = 0;
-    for (service, server) in SERVICES.iter().zip(&servers) {
+    let served = SERVICES
+        .iter()
+        .zip(&servers)
+        .flat_map(|(services, server)| services.iter().map(move |service| (service, server)));
+    for (service, server) in served {
         for method in pool
             .get_service_by_name(service)
             .expect("service")
@@ -1807,11 +1821,16 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     };
     let method_counts: Vec<usize> = SERVICES
         .iter()
-        .map(|s| {
-            pool.get_service_by_name(s)
-                .expect("service")
-                .methods()
-                .len()
+        .map(|services| {
+            services
+                .iter()
+                .map(|s| {
+                    pool.get_service_by_name(s)
+                        .expect("service")
+                        .methods()
+                        .len()
+                })
+                .sum()
         })
         .collect();
     let all_methods: usize = method_counts.iter().sum();
@@ -1820,19 +1839,19 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     let targets = [
         Target {
             name: "lifecycle",
-            service: SERVICES[0],
+            services: SERVICES[0],
             channel: lifecycle.channel(),
             probe: p0,
         },
         Target {
             name: "scoring",
-            service: SERVICES[1],
+            services: SERVICES[1],
             channel: scoring.channel(),
             probe: p1,
         },
         Target {
             name: "opportunity",
-            service: SERVICES[2],
+            services: SERVICES[2],
             channel: opportunity.channel(),
             probe: p2,
         },

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, Money};
 use cascade_proto::lifecycle::v1 as lc;
+use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::lifecycle::v1::watch_account_events_response::Event;
 use cascade_proto::opportunity::v1 as op;
@@ -33,6 +34,7 @@ const A: &str = "tenant-a";
 const B: &str = "tenant-b";
 
 type Lifecycle = LifecycleServiceClient<Channel>;
+type LifecycleInternal = LifecycleInternalServiceClient<Channel>;
 type Scoring = ScoringServiceClient<Channel>;
 
 // ----- the oracle -----
@@ -283,14 +285,14 @@ async fn record(scoring: &mut Scoring, tenant: &str, activity: sc::Activity) -> 
 }
 
 async fn apply_opportunity_event(
-    lifecycle: &mut Lifecycle,
+    internal: &mut LifecycleInternal,
     tenant: &str,
     account_id: &str,
     opportunity_id: &str,
     kind: lc::OpportunityEventType,
     buying_group: Vec<String>,
 ) -> Result<Response<lc::ApplyOpportunityEventResponse>, Status> {
-    lifecycle
+    internal
         .apply_opportunity_event(request_for(
             tenant,
             lc::ApplyOpportunityEventRequest {
@@ -495,9 +497,16 @@ async fn populate_b(system: &System) -> TenantB {
         lc::OpportunityEventType::Opened,
         lc::OpportunityEventType::Won,
     ] {
-        apply_opportunity_event(&mut lifecycle, B, &initech, &won_deal, kind, Vec::new())
-            .await
-            .expect("B's opportunity event");
+        apply_opportunity_event(
+            &mut system.lifecycle_internal(0),
+            B,
+            &initech,
+            &won_deal,
+            kind,
+            Vec::new(),
+        )
+        .await
+        .expect("B's opportunity event");
     }
     assert_eq!(
         get_account(&mut lifecycle, B, &initech).await.stage,
@@ -935,7 +944,9 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
             time: Some(to_timestamp(now())),
         })
     });
-    hidden!("ApplyEngagementScore", lifecycle, b.acme, |id| {
+    // cascade.lifecycle.v1.LifecycleInternalService
+    let internal = system.lifecycle_internal(0);
+    hidden!("ApplyEngagementScore", internal, b.acme, |id| {
         apply_engagement_score(lc::ApplyEngagementScoreRequest {
             event_id: new_id(),
             account_id: id,
@@ -956,7 +967,7 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
         (&b.acme, lc::OpportunityEventType::Opened),
         (&b.acme, lc::OpportunityEventType::Won),
     ] {
-        hidden!("ApplyOpportunityEvent", lifecycle, *account, |id| {
+        hidden!("ApplyOpportunityEvent", internal, *account, |id| {
             apply_opportunity_event(lc::ApplyOpportunityEventRequest {
                 event_id: new_id(),
                 account_id: id,
@@ -1394,7 +1405,8 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     // ApplyEngagementScore and ApplyOpportunityEvent on A's own account
     // naming B's contacts: applied to A's account; B's contacts are not A's
     // to move.
-    let applied = lifecycle
+    let mut internal = system.lifecycle_internal(0);
+    let applied = internal
         .apply_engagement_score(request_for(
             A,
             lc::ApplyEngagementScoreRequest {
@@ -1428,7 +1440,7 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         "A's account moved"
     );
     apply_opportunity_event(
-        &mut lifecycle,
+        &mut internal,
         A,
         &twin.account_id,
         &b.deal,
@@ -1438,7 +1450,7 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     .await
     .expect("A's opportunity event");
     apply_opportunity_event(
-        &mut lifecycle,
+        &mut internal,
         A,
         &twin.account_id,
         &b.deal,

@@ -285,7 +285,8 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
         average_engagement_score: 500.0,
         ..Default::default()
     };
-    let denied = lifecycle
+    let mut internal = system.lifecycle_internal(0);
+    let denied = internal
         .apply_engagement_score(authed(&admin, apply))
         .await
         .expect_err("admin cannot apply");

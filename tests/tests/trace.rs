@@ -258,7 +258,7 @@ async fn one_trace_from_activity_to_stage_change() {
     let applied = collector
         .wait_span(
             "cascade-lifecycle",
-            "cascade.lifecycle.v1.LifecycleService/ApplyEngagementScore",
+            "cascade.lifecycle.v1.LifecycleInternalService/ApplyEngagementScore",
             Some(&trace),
         )
         .await;
@@ -340,7 +340,7 @@ async fn one_trace_from_activity_to_stage_change() {
     collector
         .wait_span(
             "cascade-lifecycle",
-            "cascade.lifecycle.v1.LifecycleService/ApplyOpportunityEvent",
+            "cascade.lifecycle.v1.LifecycleInternalService/ApplyOpportunityEvent",
             Some(&won.trace_id),
         )
         .await;

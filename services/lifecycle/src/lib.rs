@@ -9,9 +9,10 @@ pub mod storage;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cascade_proto::lifecycle::v1::lifecycle_internal_service_server::LifecycleInternalServiceServer;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
 use cascade_shared::outbox::Deliverer;
-use cascade_shared::server::{Application, Background};
+use cascade_shared::server::{Application, Background, WithInternal};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
 
@@ -29,7 +30,12 @@ async fn service(
     database: DatabaseConnection,
     background: Background,
     settings: ServiceSettings,
-) -> anyhow::Result<LifecycleServiceServer<api::LifecycleApi>> {
+) -> anyhow::Result<
+    WithInternal<
+        LifecycleServiceServer<api::LifecycleApi>,
+        LifecycleInternalServiceServer<api::LifecycleInternalApi>,
+    >,
+> {
     let sink = storage::WebhookSink::new(database.clone(), WEBHOOK_TIMEOUT)?;
     let deliverer = Deliverer::new(
         database.clone(),
@@ -40,10 +46,13 @@ async fn service(
     let mut repository = storage::Repository::new(database);
     repository.set_notification_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    Ok(
-        LifecycleServiceServer::new(api::LifecycleApi::new(repository))
-            .max_decoding_message_size(settings.server.max_message_bytes),
-    )
+    let limit = settings.server.max_message_bytes;
+    Ok(WithInternal {
+        public: LifecycleServiceServer::new(api::LifecycleApi::new(repository.clone()))
+            .max_decoding_message_size(limit),
+        internal: LifecycleInternalServiceServer::new(api::LifecycleInternalApi::new(repository))
+            .max_decoding_message_size(limit),
+    })
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

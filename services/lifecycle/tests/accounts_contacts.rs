@@ -148,7 +148,7 @@ async fn accounts_round_trip(db: TestDatabase) {
         .await
         .expect_err("stage is not writable");
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert_eq!(violated_fields(&refused), ["update_mask"]);
+    assert_eq!(violated_fields(&refused), ["update_mask.paths[0]"]);
     assert!(
         refused.message().contains("lifecycle rules"),
         "{}",

@@ -559,6 +559,7 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
     assert_eq!(transitions(&mut client, &id).await.len(), 2);
 
     let bad = client
+        .internal
         .apply_engagement_score(req(
             "scoring",
             pb::ApplyEngagementScoreRequest {
@@ -1133,6 +1134,7 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
         item("again-1", &again, 9, 500.0),
     ];
     let results = client
+        .internal
         .apply_engagement_scores(req(
             "scoring",
             pb::ApplyEngagementScoresRequest {
@@ -1221,6 +1223,7 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
 
     // The same call again: every applied item is now a duplicate.
     let again = client
+        .internal
         .apply_engagement_scores(req(
             "scoring",
             pb::ApplyEngagementScoresRequest {
@@ -1244,6 +1247,7 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
         ),
     ] {
         let status = client
+            .internal
             .apply_engagement_scores(req("scoring", pb::ApplyEngagementScoresRequest { items }))
             .await
             .expect_err("refused whole");

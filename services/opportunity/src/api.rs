@@ -9,7 +9,7 @@ use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_
 use cascade_shared::domain::Money;
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
-use cascade_shared::validate::Validator;
+use cascade_shared::validate::{Validator, mask_path, not_writable};
 use cascade_shared::{
     PreconditionViolation, RequestContext, ServiceError, ServiceResult, ids, time,
 };
@@ -98,7 +98,15 @@ fn refusal(opportunity_id: &str, refusal: Refusal) -> ServiceError {
 }
 
 /// Writes one field of `input` onto `o`.
-fn apply_field(o: &mut Opportunity, input: &pb::Opportunity, path: &str, v: &mut Validator) {
+/// `at` is the violation's field for a path that cannot be written (its
+/// place in the update mask).
+fn apply_field(
+    o: &mut Opportunity,
+    input: &pb::Opportunity,
+    path: &str,
+    at: &str,
+    v: &mut Validator,
+) {
     let f = |name: &str| format!("opportunity.{name}");
     match path {
         "name" => o.name = v.required_text(&f("name"), &input.name, MAX_NAME),
@@ -231,10 +239,10 @@ fn apply_field(o: &mut Opportunity, input: &pb::Opportunity, path: &str, v: &mut
             o.contract = Some(contract);
         }
         "step" | "status" | "lost_reason" | "step_entries" | "progress" | "account_id" | "opportunity_id" => v.add(
-            "update_mask",
+            at,
             format!("{path} is not writable: steps move through AdvanceOpportunity, status through CloseOpportunityWon / Lost"),
         ),
-        other => v.add("update_mask", format!("unknown field {other:?}; writable: {}", WRITABLE.join(", "))),
+        other => v.add(at, not_writable(other, &WRITABLE)),
     }
 }
 
@@ -574,7 +582,7 @@ impl OpportunityService for OpportunityApi {
             closed_at_ms: None,
         };
         for path in WRITABLE {
-            apply_field(&mut o, &input, path, &mut v);
+            apply_field(&mut o, &input, path, "opportunity", &mut v);
         }
         if input.contract.is_none() {
             o.contract = None;
@@ -668,12 +676,9 @@ impl OpportunityService for OpportunityApi {
         let input = request.opportunity.unwrap_or_default();
         let mut v = Validator::new();
         let id = id_of(&mut v, "opportunity.opportunity_id", &input.opportunity_id);
-        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-        if paths.is_empty() {
-            v.add("update_mask", "is required: name the fields to change");
-        }
+        let paths = v.mask_paths(request.update_mask.as_ref());
         v.finish()?;
-        let contacts = named_contacts(&input, |field| paths.iter().any(|p| p == field));
+        let contacts = named_contacts(&input, |field| paths.iter().any(|(_, p)| p == field));
         if !contacts.is_empty() {
             // Checked against the opportunity's account before the write (a
             // contact moving accounts in between is not caught: lifecycle
@@ -682,8 +687,8 @@ impl OpportunityService for OpportunityApi {
             let current = self.repository.get(&context.tenant, &id).await?;
             let mut scratch = current.clone();
             let mut v = Validator::new();
-            for path in &paths {
-                apply_field(&mut scratch, &input, path, &mut v);
+            for (i, path) in &paths {
+                apply_field(&mut scratch, &input, path, &mask_path(*i), &mut v);
             }
             v.finish()?;
             self.check_people(&context, &current.account_id, &contacts)
@@ -695,8 +700,8 @@ impl OpportunityService for OpportunityApi {
                 domain::check_changeable(o).map_err(|r| refusal(&id, r))?;
                 let before = o.buying_group.clone();
                 let mut v = Validator::new();
-                for path in &paths {
-                    apply_field(o, &input, path, &mut v);
+                for (i, path) in &paths {
+                    apply_field(o, &input, path, &mask_path(*i), &mut v);
                 }
                 derive_amount(o, &mut v);
                 v.finish()?;
@@ -872,32 +877,45 @@ impl OpportunityService for OpportunityApi {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
         let input = request.settings.unwrap_or_default();
-        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut v = Validator::new();
-        if paths.is_empty() {
-            v.add("update_mask", "is required: name the fields to change");
-        }
+        let paths = v.mask_paths(request.update_mask.as_ref());
         let mut threshold = None;
         let mut display = None;
         let mut probabilities = Vec::new();
         let mut currency = None;
-        for path in &paths {
+        for (i, path) in &paths {
             match path.as_str() {
                 "large_deal_threshold" => {
-                    threshold = money(&mut v, "settings.large_deal_threshold", input.large_deal_threshold.as_ref());
+                    threshold = money(
+                        &mut v,
+                        "settings.large_deal_threshold",
+                        input.large_deal_threshold.as_ref(),
+                    );
                     if input.large_deal_threshold.is_none() {
                         v.add("settings.large_deal_threshold", "is required");
                     }
                 }
                 "discover_step_display_name" => {
-                    display = Some(v.required_text("settings.discover_step_display_name", &input.discover_step_display_name, 40));
+                    display = Some(v.required_text(
+                        "settings.discover_step_display_name",
+                        &input.discover_step_display_name,
+                        40,
+                    ));
                 }
                 "step_probabilities" => {
                     for (i, p) in input.step_probabilities.iter().enumerate() {
                         match Step::from_proto(p.step) {
-                            Some(step) if (0..=100).contains(&p.percent) => probabilities.push((step, p.percent)),
-                            Some(_) => v.add(format!("settings.step_probabilities[{i}].percent"), "must be between 0 and 100"),
-                            None => v.add(format!("settings.step_probabilities[{i}].step"), "must be a step"),
+                            Some(step) if (0..=100).contains(&p.percent) => {
+                                probabilities.push((step, p.percent))
+                            }
+                            Some(_) => v.add(
+                                format!("settings.step_probabilities[{i}].percent"),
+                                "must be between 0 and 100",
+                            ),
+                            None => v.add(
+                                format!("settings.step_probabilities[{i}].step"),
+                                "must be a step",
+                            ),
                         }
                     }
                 }
@@ -906,12 +924,23 @@ impl OpportunityService for OpportunityApi {
                     if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
                         currency = Some(code.to_owned());
                     } else {
-                        v.add("settings.currency_code", "must be a three-letter ISO 4217 code, e.g. USD");
+                        v.add(
+                            "settings.currency_code",
+                            "must be a three-letter ISO 4217 code, e.g. USD",
+                        );
                     }
                 }
                 other => v.add(
-                    "update_mask",
-                    format!("unknown or read-only field {other:?}; writable: large_deal_threshold, discover_step_display_name, step_probabilities, currency_code"),
+                    mask_path(*i),
+                    not_writable(
+                        other,
+                        &[
+                            "large_deal_threshold",
+                            "discover_step_display_name",
+                            "step_probabilities",
+                            "currency_code",
+                        ],
+                    ),
                 ),
             }
         }

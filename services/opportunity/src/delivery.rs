@@ -2,7 +2,7 @@
 //! time and in order per account (OPENED before WON or LOST).
 
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing, with_deadline};
+use cascade_shared::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
 
@@ -12,11 +12,11 @@ use crate::storage::{EventKind, EventPayload};
 pub const ACTOR: &str = "opportunity-service";
 
 pub struct LifecycleEventSink {
-    client: LifecycleClient,
+    client: LifecycleInternalClient,
 }
 
 impl LifecycleEventSink {
-    pub fn new(client: LifecycleClient) -> Self {
+    pub fn new(client: LifecycleInternalClient) -> Self {
         Self { client }
     }
 

@@ -28,11 +28,12 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
-    let lifecycle = cascade_shared::client::lifecycle_client(&settings, IDENTITY.name)?;
+    let (lifecycle, internal) =
+        cascade_shared::client::lifecycle_clients(&settings, IDENTITY.name)?;
     let deliverer = Deliverer::new(
         database.clone(),
         storage::EVENT_TOPIC,
-        Arc::new(delivery::LifecycleEventSink::new(lifecycle.clone())),
+        Arc::new(delivery::LifecycleEventSink::new(internal)),
         settings.outbox.deliverer_config(),
     );
     let mut repository = storage::Repository::new(database);

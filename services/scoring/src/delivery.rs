@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing, with_deadline};
+use cascade_shared::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
 use cascade_shared::outbox::{DeliveryError, Entry, Sink};
 use tonic::Code;
 
@@ -32,11 +32,11 @@ const CALL_BYTES: usize = 1024 * 1024;
 
 pub struct LifecycleScoreSink {
     repository: Repository,
-    client: LifecycleClient,
+    client: LifecycleInternalClient,
 }
 
 impl LifecycleScoreSink {
-    pub fn new(repository: Repository, client: LifecycleClient) -> Self {
+    pub fn new(repository: Repository, client: LifecycleInternalClient) -> Self {
         Self { repository, client }
     }
 }

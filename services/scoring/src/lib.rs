@@ -29,9 +29,10 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
-    let lifecycle = cascade_shared::client::lifecycle_client(&settings, IDENTITY.name)?;
+    let (lifecycle, internal) =
+        cascade_shared::client::lifecycle_clients(&settings, IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
-    let sink = delivery::LifecycleScoreSink::new(repository.clone(), lifecycle.clone());
+    let sink = delivery::LifecycleScoreSink::new(repository.clone(), internal);
     // A round claims enough accounts for several ApplyEngagementScores calls.
     let mut config = settings.outbox.deliverer_config();
     config.batch_size = delivery::CLAIM_PER_ROUND;

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
@@ -313,6 +314,11 @@ impl System {
 
     pub fn lifecycle(&self, n: usize) -> LifecycleServiceClient<Channel> {
         LifecycleServiceClient::new(self.lifecycle[n].channel())
+    }
+
+    /// Lifecycle's internal service (what scoring and opportunity call).
+    pub fn lifecycle_internal(&self, n: usize) -> LifecycleInternalServiceClient<Channel> {
+        LifecycleInternalServiceClient::new(self.lifecycle[n].channel())
     }
 
     pub fn scoring(&self, n: usize) -> ScoringServiceClient<Channel> {

@@ -2,11 +2,12 @@
 //! translate the answer. No rules live here.
 
 use cascade_proto::lifecycle::v1 as pb;
+use cascade_proto::lifecycle::v1::lifecycle_internal_service_server::LifecycleInternalService;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleService;
 use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
 use cascade_shared::page::PageRequest;
-use cascade_shared::validate::Validator;
-use cascade_shared::{RequestContext, ServiceError, ServiceResult};
+use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
+use cascade_shared::{RequestContext, ServiceResult};
 use tonic::{Request, Response, Status};
 
 mod stages;
@@ -27,6 +28,40 @@ pub struct LifecycleApi {
 impl LifecycleApi {
     pub fn new(repository: Repository) -> Self {
         Self { repository }
+    }
+}
+
+/// The internal service: deliveries from scoring and opportunity, on the
+/// same repository (and port) as the public one.
+pub struct LifecycleInternalApi(LifecycleApi);
+
+impl LifecycleInternalApi {
+    pub fn new(repository: Repository) -> Self {
+        Self(LifecycleApi::new(repository))
+    }
+}
+
+#[tonic::async_trait]
+impl LifecycleInternalService for LifecycleInternalApi {
+    async fn apply_engagement_score(
+        &self,
+        request: Request<pb::ApplyEngagementScoreRequest>,
+    ) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
+        stages::apply_engagement_score(&self.0, request).await
+    }
+
+    async fn apply_engagement_scores(
+        &self,
+        request: Request<pb::ApplyEngagementScoresRequest>,
+    ) -> Result<Response<pb::ApplyEngagementScoresResponse>, Status> {
+        stages::apply_engagement_scores(&self.0, request).await
+    }
+
+    async fn apply_opportunity_event(
+        &self,
+        request: Request<pb::ApplyOpportunityEventRequest>,
+    ) -> Result<Response<pb::ApplyOpportunityEventResponse>, Status> {
+        stages::apply_opportunity_event(&self.0, request).await
     }
 }
 
@@ -110,7 +145,7 @@ impl LifecycleService for LifecycleApi {
         let account_id = required_id("account.account_id", &account.account_id)?;
         let mut v = Validator::new();
         let mut changes = AccountChanges::default();
-        for path in mask_paths(request.update_mask.as_ref())? {
+        for (i, path) in mask_paths(request.update_mask.as_ref())? {
             match path.as_str() {
                 "name" => {
                     changes.name = Some(v.required_text("account.name", &account.name, MAX_NAME));
@@ -123,7 +158,7 @@ impl LifecycleService for LifecycleApi {
                         Some(v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER));
                 }
                 "stage" | "customer_type" => v.add(
-                    "update_mask",
+                    mask_path(i),
                     format!(
                         "{path} is not writable here: it moves only through the lifecycle rules \
                          (QualifyAccount, DisqualifyAccount, NurtureAccount, AdvanceAccount, scores \
@@ -131,8 +166,8 @@ impl LifecycleService for LifecycleApi {
                     ),
                 ),
                 other => v.add(
-                    "update_mask",
-                    format!("unknown or read-only field {other:?}; writable: name, domain, owner_id"),
+                    mask_path(i),
+                    not_writable(other, &["name", "domain", "owner_id"]),
                 ),
             }
         }
@@ -229,7 +264,7 @@ impl LifecycleService for LifecycleApi {
         let contact_id = required_id("contact.contact_id", &contact.contact_id)?;
         let mut v = Validator::new();
         let mut changes = ContactChanges::default();
-        for path in mask_paths(request.update_mask.as_ref())? {
+        for (i, path) in mask_paths(request.update_mask.as_ref())? {
             match path.as_str() {
                 "email" => changes.email = Some(v.optional_email("contact.email", &contact.email)),
                 "first_name" => {
@@ -255,14 +290,14 @@ impl LifecycleService for LifecycleApi {
                     None => v.add("contact.stage", "must be a contact stage"),
                 },
                 "account_id" => v.add(
-                    "update_mask",
+                    mask_path(i),
                     "account_id cannot be changed: a contact belongs to one account",
                 ),
                 other => v.add(
-                    "update_mask",
-                    format!(
-                        "unknown or read-only field {other:?}; writable: email, first_name, \
-                         last_name, title, stage"
+                    mask_path(i),
+                    not_writable(
+                        other,
+                        &["email", "first_name", "last_name", "title", "stage"],
                     ),
                 ),
             }
@@ -333,27 +368,6 @@ impl LifecycleService for LifecycleApi {
         stages::get_account_stage_at(self, request).await
     }
 
-    async fn apply_engagement_score(
-        &self,
-        request: Request<pb::ApplyEngagementScoreRequest>,
-    ) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
-        stages::apply_engagement_score(self, request).await
-    }
-
-    async fn apply_engagement_scores(
-        &self,
-        request: Request<pb::ApplyEngagementScoresRequest>,
-    ) -> Result<Response<pb::ApplyEngagementScoresResponse>, Status> {
-        stages::apply_engagement_scores(self, request).await
-    }
-
-    async fn apply_opportunity_event(
-        &self,
-        request: Request<pb::ApplyOpportunityEventRequest>,
-    ) -> Result<Response<pb::ApplyOpportunityEventResponse>, Status> {
-        stages::apply_opportunity_event(self, request).await
-    }
-
     async fn get_funnel_report(
         &self,
         request: Request<pb::GetFunnelReportRequest>,
@@ -406,22 +420,4 @@ pub(crate) fn optional_enum<T>(
         v.add(field, format!("unknown value {value}"));
     }
     parsed
-}
-
-/// The paths of a required, non-empty update mask, without duplicates.
-pub(crate) fn mask_paths(mask: Option<&prost_types::FieldMask>) -> ServiceResult<Vec<String>> {
-    let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();
-    if paths.is_empty() {
-        return Err(ServiceError::invalid(
-            "update_mask",
-            "is required: name the fields to change",
-        ));
-    }
-    let mut unique = Vec::with_capacity(paths.len());
-    for path in paths {
-        if !unique.contains(&path) {
-            unique.push(path);
-        }
-    }
-    Ok(unique)
 }

@@ -9,13 +9,13 @@ use cascade_shared::domain::AccountStage;
 use cascade_shared::error::FieldViolation;
 use cascade_shared::page::PageRequest;
 use cascade_shared::time::to_timestamp;
-use cascade_shared::validate::Validator;
+use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
 use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{LifecycleApi, mask_paths, optional_enum, required_id};
+use super::{LifecycleApi, optional_enum, required_id};
 use crate::convert;
 use crate::domain::account_rules::AccountEvent;
 use crate::domain::resolve::{Reference, Resolution};
@@ -680,7 +680,7 @@ pub(super) async fn get_lifecycle_settings(
 /// Validates the masked fields and returns the change to apply.
 fn settings_change(
     input: &pb::LifecycleSettings,
-    paths: &[String],
+    paths: &[(usize, String)],
 ) -> ServiceResult<impl FnOnce(&mut LifecycleSettings) -> ServiceResult<()> + use<>> {
     let mut v = Validator::new();
     let mut engaged = None;
@@ -691,10 +691,14 @@ fn settings_change(
     let mut renotify = None;
     let mut webhook_url = None;
     let mut webhook_secret = None;
-    for path in paths {
+    for (i, path) in paths {
         match path.as_str() {
             "engaged_threshold" => {
-                engaged = Some(finite(&mut v, "settings.engaged_threshold", input.engaged_threshold));
+                engaged = Some(finite(
+                    &mut v,
+                    "settings.engaged_threshold",
+                    input.engaged_threshold,
+                ));
             }
             "prioritized_threshold" => {
                 prioritized = Some(finite(
@@ -706,12 +710,18 @@ fn settings_change(
             "qualified_stage_enabled" => qualified = Some(input.qualified_stage_enabled),
             "on_lost_action" => match OnLostAction::from_proto(input.on_lost_action) {
                 Some(action) => on_lost = Some(action),
-                None => v.add("settings.on_lost_action", "must be NURTURE, DISQUALIFY or STAY"),
+                None => v.add(
+                    "settings.on_lost_action",
+                    "must be NURTURE, DISQUALIFY or STAY",
+                ),
             },
             "hand_raise_activity_types" => {
                 let types = &input.hand_raise_activity_types;
                 if types.len() > MAX_HAND_RAISE_TYPES {
-                    v.add("settings.hand_raise_activity_types", format!("at most {MAX_HAND_RAISE_TYPES}"));
+                    v.add(
+                        "settings.hand_raise_activity_types",
+                        format!("at most {MAX_HAND_RAISE_TYPES}"),
+                    );
                 }
                 for (i, t) in types.iter().enumerate() {
                     if !activity_type_ok(t) {
@@ -735,7 +745,10 @@ fn settings_change(
                     || !(url.starts_with("https://") || url.starts_with("http://"))
                     || reqwest::Url::parse(url).is_err()
                 {
-                    v.add("settings.webhook_url", "must be an http:// or https:// URL of at most 2048 characters");
+                    v.add(
+                        "settings.webhook_url",
+                        "must be an http:// or https:// URL of at most 2048 characters",
+                    );
                 } else {
                     webhook_url = Some(Some(url.to_owned()));
                 }
@@ -748,11 +761,19 @@ fn settings_change(
                 webhook_secret = Some((!secret.is_empty()).then(|| secret.clone()));
             }
             other => v.add(
-                "update_mask",
-                format!(
-                    "unknown or read-only field {other:?}; writable: engaged_threshold, prioritized_threshold, \
-                     qualified_stage_enabled, on_lost_action, hand_raise_activity_types, \
-                     renotify_on_hand_raise, webhook_url, webhook_secret"
+                mask_path(*i),
+                not_writable(
+                    other,
+                    &[
+                        "engaged_threshold",
+                        "prioritized_threshold",
+                        "qualified_stage_enabled",
+                        "on_lost_action",
+                        "hand_raise_activity_types",
+                        "renotify_on_hand_raise",
+                        "webhook_url",
+                        "webhook_secret",
+                    ],
                 ),
             ),
         }

@@ -101,6 +101,9 @@ pub enum ScoreDecision {
     Apply(ScoreChanges),
 }
 
+/// How far past the last applied sequence a delivery may be.
+pub const MAX_SEQUENCE_JUMP: i64 = 1_000_000_000;
+
 /// Decides what `delivery` does to `account`. `contacts` holds the stored
 /// contacts the delivery names (missing ones are unknown).
 pub fn decide(
@@ -114,6 +117,15 @@ pub fn decide(
     }
     if delivery.sequence <= account.score_sequence {
         return Ok(ScoreDecision::Stale);
+    }
+    // Scoring counts an account's sequence up by one per batch; a far jump
+    // would make every real delivery after it STALE (the score frozen).
+    if delivery.sequence - account.score_sequence > MAX_SEQUENCE_JUMP {
+        return Err(Refusal(format!(
+            "sequence {} is more than {MAX_SEQUENCE_JUMP} past the last applied one ({}): \
+             not a delivery of scoring's",
+            delivery.sequence, account.score_sequence
+        )));
     }
     let outcome = account_rules::apply(
         &account.state,
@@ -274,6 +286,19 @@ mod tests {
             ScoreDecision::Apply(changes) => changes,
             other => panic!("expected changes, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_sequence_far_past_the_last_is_refused() {
+        let a = account(AccountStage::Targeted);
+        let mut d = delivery(100.0, &[]);
+        d.sequence = a.score_sequence + MAX_SEQUENCE_JUMP + 1;
+        assert!(decide(&a, &HashMap::new(), &d, &settings()).is_err());
+        d.sequence = a.score_sequence + MAX_SEQUENCE_JUMP;
+        assert!(matches!(
+            decide(&a, &HashMap::new(), &d, &settings()),
+            Ok(ScoreDecision::Apply(_))
+        ));
     }
 
     #[test]

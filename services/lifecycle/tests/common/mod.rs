@@ -7,13 +7,42 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cascade_proto::lifecycle::v1 as pb;
+use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_shared::settings::ServiceSettings;
 use cascade_shared::testing::{TestDatabase, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
-pub type Client = LifecycleServiceClient<Channel>;
+/// Lifecycle's public client, with the internal one (deliveries) beside
+/// it: `client.create_account(..)`, `client.internal.apply_engagement_score(..)`.
+#[derive(Clone)]
+pub struct Client {
+    public: LifecycleServiceClient<Channel>,
+    pub internal: LifecycleInternalServiceClient<Channel>,
+}
+
+impl Client {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            public: LifecycleServiceClient::new(channel.clone()),
+            internal: LifecycleInternalServiceClient::new(channel),
+        }
+    }
+}
+
+impl std::ops::Deref for Client {
+    type Target = LifecycleServiceClient<Channel>;
+    fn deref(&self) -> &Self::Target {
+        &self.public
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.public
+    }
+}
 
 pub const TENANT: &str = "acme";
 
@@ -22,7 +51,7 @@ pub async fn start(db: &TestDatabase) -> (TestServer, Client) {
         .await
         .expect("lifecycle builds");
     let server = TestServer::start(app);
-    let client = LifecycleServiceClient::new(server.channel());
+    let client = Client::new(server.channel());
     (server, client)
 }
 
@@ -116,6 +145,7 @@ pub async fn score(
     contacts: Vec<(String, f64, Vec<&str>)>,
 ) -> pb::ApplyEngagementScoreResponse {
     client
+        .internal
         .apply_engagement_score(req(
             "scoring",
             pb::ApplyEngagementScoreRequest {
@@ -151,6 +181,7 @@ pub async fn opportunity(
     other_open: i32,
 ) -> pb::ApplyOpportunityEventResponse {
     client
+        .internal
         .apply_opportunity_event(req(
             "opportunity",
             pb::ApplyOpportunityEventRequest {
