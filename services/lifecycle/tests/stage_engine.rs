@@ -742,6 +742,12 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     assert_eq!(row(S::Qualified), (1, 1, 0, 0));
     assert_eq!(row(S::Pipeline), (1, 0, 0, 1));
     assert_eq!(row(S::Implement), (0, 0, 0, 0));
+    // Entries against accounts: C entered ENGAGED twice (nurtured back).
+    let accounts = |stage: S| by_stage[&(stage as i32)].accounts_entered;
+    assert_eq!(
+        [S::Targeted, S::Engaged, S::Prioritized, S::Qualified].map(accounts),
+        [4, 3, 2, 1]
+    );
     assert_eq!(by_stage[&(S::Targeted as i32)].conversion_rate, 0.75);
     assert_eq!(by_stage[&(S::Engaged as i32)].conversion_rate, 0.5);
     assert_eq!(report.qualified_to_pipeline_rate, 1.0);

@@ -621,6 +621,7 @@ pub(super) async fn get_funnel_report(
         .map(|r| pb::FunnelStage {
             stage: r.stage.to_proto(),
             entered: r.entered,
+            accounts_entered: r.accounts,
             moved_forward: r.moved_forward,
             moved_back: r.moved_back,
             stayed: r.stayed,

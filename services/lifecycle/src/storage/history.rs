@@ -58,7 +58,10 @@ pub(crate) fn rank(stage: AccountStage) -> i32 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunnelRow {
     pub stage: AccountStage,
+    /// Stays that began in the window (an account entering twice counts twice).
     pub entered: i64,
+    /// Distinct accounts among them.
+    pub accounts: i64,
     pub moved_forward: i64,
     pub moved_back: i64,
     pub stayed: i64,
@@ -222,14 +225,14 @@ impl Repository {
                SELECT account_id, 0 AS seq, 'TARGETED' AS stage, 1 AS stage_rank, created_at_ms AS entered_ms \
                FROM accounts WHERE tenant_id = $1 AND created_at_ms >= $2 \
              ), stays AS ( \
-               SELECT stage, stage_rank, entered_ms, \
+               SELECT account_id, stage, stage_rank, entered_ms, \
                  LEAD(stage) OVER (PARTITION BY account_id ORDER BY seq) AS next_stage, \
                  LEAD(stage_rank) OVER (PARTITION BY account_id ORDER BY seq) AS next_rank, \
                  LEAD(entered_ms) OVER (PARTITION BY account_id ORDER BY seq) AS exit_ms \
                FROM entries \
              )";
         let sql = format!(
-            "{stays} SELECT stage, COUNT(*) AS entered, \
+            "{stays} SELECT stage, COUNT(*) AS entered, COUNT(DISTINCT account_id) AS accounts, \
                SUM(CASE WHEN exit_ms < $3 AND next_rank > stage_rank THEN 1 ELSE 0 END) AS moved_forward, \
                SUM(CASE WHEN exit_ms < $3 AND next_rank < stage_rank THEN 1 ELSE 0 END) AS moved_back, \
                SUM(CASE WHEN exit_ms IS NULL OR exit_ms >= $3 THEN 1 ELSE 0 END) AS stayed, \
@@ -269,6 +272,7 @@ impl Repository {
             report.push(FunnelRow {
                 stage: *stage,
                 entered: get("entered")?,
+                accounts: get("accounts")?,
                 moved_forward: get("moved_forward")?,
                 moved_back: get("moved_back")?,
                 stayed: get("stayed")?,
