@@ -323,10 +323,6 @@ pub(super) async fn get_account_stage_at(
     }))
 }
 
-fn finite(v: &mut Validator, field: &str, value: f64) -> f64 {
-    v.finite(field, value)
-}
-
 fn outcome_to_proto(outcome: ApplyOutcome) -> i32 {
     match outcome {
         ApplyOutcome::Applied => pb::ApplyOutcome::Applied as i32,
@@ -365,13 +361,12 @@ fn score_delivery(
         v.add(field("sequence"), "must be greater than 0");
     }
     v.optional_time(&field("compute_time"), request.compute_time.as_ref());
-    let engagement_score = finite(&mut v, &field("engagement_score"), request.engagement_score);
-    let average = finite(
-        &mut v,
+    let engagement_score = v.finite(&field("engagement_score"), request.engagement_score);
+    let average = v.finite(
         &field("average_engagement_score"),
         request.average_engagement_score,
     );
-    let intent_score = finite(&mut v, &field("intent_score"), request.intent_score);
+    let intent_score = v.finite(&field("intent_score"), request.intent_score);
     if request.contacts.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
             field("contacts"),
@@ -381,8 +376,7 @@ fn score_delivery(
     let mut contacts = Vec::with_capacity(request.contacts.len());
     for (i, c) in request.contacts.iter().enumerate() {
         let contact_id = v.required_id(&field(&format!("contacts[{i}].contact_id")), &c.contact_id);
-        let score = finite(
-            &mut v,
+        let score = v.finite(
             &field(&format!("contacts[{i}].engagement_score")),
             c.engagement_score,
         );
@@ -695,15 +689,10 @@ fn settings_change(
     for (i, path) in paths {
         match path.as_str() {
             "engaged_threshold" => {
-                engaged = Some(finite(
-                    &mut v,
-                    "settings.engaged_threshold",
-                    input.engaged_threshold,
-                ));
+                engaged = Some(v.finite("settings.engaged_threshold", input.engaged_threshold));
             }
             "prioritized_threshold" => {
-                prioritized = Some(finite(
-                    &mut v,
+                prioritized = Some(v.finite(
                     "settings.prioritized_threshold",
                     input.prioritized_threshold,
                 ));
