@@ -213,6 +213,8 @@ pub fn required_permission(path: &str) -> Option<Permission> {
             | "GetContact"
             | "ListContacts"
             | "ListAccountTransitions"
+            | "ListContactTransitions"
+            | "ListNotifications"
             | "GetAccountStageAt"
             | "GetFunnelReport"
             | "GetLifecycleSettings"

@@ -22,11 +22,12 @@ pub fn to_timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// Now, truncated to microseconds: the precision PostgreSQL stores, so a time
-/// read back equals the time written on every backend.
+/// Now, truncated to milliseconds: the precision of every time Cascade
+/// records (the histories store epoch milliseconds), so the times of one
+/// change read back equal on every backend and in every field.
 pub fn now() -> DateTime<Utc> {
     let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -938,6 +938,18 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
             ..Default::default()
         })
     });
+    hidden!("ListContactTransitions", lifecycle, b.ann, |id| {
+        list_contact_transitions(lc::ListContactTransitionsRequest {
+            contact_id: id,
+            ..Default::default()
+        })
+    });
+    hidden!("ListNotifications", lifecycle, b.acme, |id| {
+        list_notifications(lc::ListNotificationsRequest {
+            account_id: id,
+            ..Default::default()
+        })
+    });
     hidden!("GetAccountStageAt", lifecycle, b.acme, |id| {
         get_account_stage_at(lc::GetAccountStageAtRequest {
             account_id: id,

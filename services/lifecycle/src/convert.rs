@@ -4,7 +4,7 @@
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::time::to_timestamp;
 
-use crate::domain::{Account, Contact, Notification, Transition};
+use crate::domain::{Account, Contact, ContactTransition, Notification, Transition};
 
 pub fn account(account: Account) -> pb::Account {
     let recycle_summary =
@@ -35,6 +35,7 @@ pub fn account(account: Account) -> pb::Account {
         intent_score: account.intent_score,
         create_time: Some(to_timestamp(account.created_at)),
         update_time: Some(to_timestamp(account.updated_at)),
+        engagement_since_recycle: account.engagement_since_recycle,
     }
 }
 
@@ -87,5 +88,24 @@ pub fn notification(n: &Notification) -> pb::Notification {
         reason: n.reason.to_proto(),
         text: n.text.clone(),
         create_time: Some(to_timestamp(n.created_at)),
+        delivery_state: n.delivery.state.to_proto(),
+        failed_attempts: n.delivery.failed_attempts,
+        last_error: n.delivery.last_error.clone().unwrap_or_default(),
+        last_attempt_time: n.delivery.last_attempt_at.map(to_timestamp),
+        settle_time: n.delivery.settled_at.map(to_timestamp),
+    }
+}
+
+pub fn contact_transition(t: &ContactTransition) -> pb::ContactTransition {
+    pb::ContactTransition {
+        transition_id: t.transition_id.clone(),
+        contact_id: t.contact_id.clone(),
+        account_id: t.account_id.clone(),
+        from_stage: t.from_stage.to_proto(),
+        to_stage: t.to_stage.to_proto(),
+        cause: t.cause.to_proto(),
+        actor: t.actor.clone(),
+        event_id: t.event_id.clone().unwrap_or_default(),
+        transition_time: Some(to_timestamp(t.occurred_at)),
     }
 }

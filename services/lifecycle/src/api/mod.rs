@@ -305,7 +305,7 @@ impl LifecycleService for LifecycleApi {
         v.finish()?;
         let contact = self
             .repository
-            .update_contact(&context.tenant, &contact_id, changes)
+            .update_contact(&context.tenant, &context.actor, &contact_id, changes)
             .await?;
         Ok(Response::new(pb::UpdateContactResponse {
             contact: Some(convert::contact(contact)),
@@ -359,6 +359,20 @@ impl LifecycleService for LifecycleApi {
         request: Request<pb::ListAccountTransitionsRequest>,
     ) -> Result<Response<pb::ListAccountTransitionsResponse>, Status> {
         stages::list_account_transitions(self, request).await
+    }
+
+    async fn list_contact_transitions(
+        &self,
+        request: Request<pb::ListContactTransitionsRequest>,
+    ) -> Result<Response<pb::ListContactTransitionsResponse>, Status> {
+        stages::list_contact_transitions(self, request).await
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        stages::list_notifications(self, request).await
     }
 
     async fn get_account_stage_at(

@@ -17,11 +17,14 @@ use tonic::{Request, Response, Status};
 
 use super::{LifecycleApi, optional_enum, required_id};
 use crate::convert;
+use crate::domain::DeliveryState;
 use crate::domain::account_rules::AccountEvent;
 use crate::domain::resolve::{Reference, Resolution};
 use crate::domain::scores::{ContactEngagement, ScoreDelivery};
 use crate::domain::settings::{LifecycleSettings, OnLostAction};
-use crate::storage::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind, ScoreApplied};
+use crate::storage::{
+    ApplyOutcome, Mutation, MutationResult, NotificationFilter, OpportunityEventKind, ScoreApplied,
+};
 
 /// The stream type of WatchAccountEvents.
 pub type WatchStream =
@@ -297,6 +300,56 @@ pub(super) async fn list_account_transitions(
         .await?;
     Ok(Response::new(pb::ListAccountTransitionsResponse {
         transitions: transitions.iter().map(convert::transition).collect(),
+        next_page_token,
+    }))
+}
+
+pub(super) async fn list_contact_transitions(
+    api: &LifecycleApi,
+    request: Request<pb::ListContactTransitionsRequest>,
+) -> Result<Response<pb::ListContactTransitionsResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let contact_id = required_id("contact_id", &request.contact_id)?;
+    let page = PageRequest::parse(request.page_size, &request.page_token)?;
+    let (transitions, next_page_token) = api
+        .repository
+        .list_contact_transitions(&context.tenant, &contact_id, &page)
+        .await?;
+    Ok(Response::new(pb::ListContactTransitionsResponse {
+        transitions: transitions
+            .iter()
+            .map(convert::contact_transition)
+            .collect(),
+        next_page_token,
+    }))
+}
+
+pub(super) async fn list_notifications(
+    api: &LifecycleApi,
+    request: Request<pb::ListNotificationsRequest>,
+) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let page = PageRequest::parse(request.page_size, &request.page_token)?;
+    let mut v = Validator::new();
+    let filter = NotificationFilter {
+        account_id: (!request.account_id.trim().is_empty())
+            .then(|| v.required_id("account_id", &request.account_id)),
+        state: optional_enum(
+            &mut v,
+            "delivery_state",
+            request.delivery_state,
+            DeliveryState::from_proto,
+        ),
+    };
+    v.finish()?;
+    let (notifications, next_page_token) = api
+        .repository
+        .list_notifications(&context.tenant, filter, &page)
+        .await?;
+    Ok(Response::new(pb::ListNotificationsResponse {
+        notifications: notifications.iter().map(convert::notification).collect(),
         next_page_token,
     }))
 }

@@ -37,6 +37,12 @@ pub struct AccountState {
     pub open_opportunities: u32,
 }
 
+/// The engagement the thresholds are compared with: what was earned since
+/// the account was last sent back (the whole score if it never was).
+pub fn earned_since_recycle(engagement_score: f64, score_baseline: f64) -> f64 {
+    engagement_score - score_baseline
+}
+
 /// Something that may move an account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccountEvent {
@@ -125,7 +131,7 @@ pub fn apply(
             engagement_score,
             intent_score,
         } => {
-            let earned = engagement_score - state.score_baseline;
+            let earned = earned_since_recycle(*engagement_score, state.score_baseline);
             if state.stage < S::Prioritized && earned >= settings.prioritized_threshold {
                 if state.stage < S::Engaged {
                     push(&mut out, S::Engaged, kind, TransitionCause::Score);

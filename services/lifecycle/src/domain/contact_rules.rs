@@ -2,9 +2,43 @@
 //! ANONYMOUS, SUSPECT, ENGAGED, OPPORTUNITY and CUSTOMER move by themselves, a
 //! hand-raise makes a contact MARKETING_QUALIFIED, the rest are set by people.
 
+use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::domain::ContactStage;
+use cascade_shared::domain_enum;
 
 use super::Refusal;
+
+domain_enum! {
+    /// Why a contact changed stage.
+    ContactTransitionCause => pb::ContactTransitionCause {
+        Activity = "ACTIVITY",
+        HandRaise = "HAND_RAISE",
+        OpportunityOpened = "OPPORTUNITY_OPENED",
+        OpportunityWon = "OPPORTUNITY_WON",
+        OpportunityLost = "OPPORTUNITY_LOST",
+        EmailChanged = "EMAIL_CHANGED",
+        Manual = "MANUAL",
+    }
+}
+
+/// A stage change the rules decided, before it is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactMove {
+    pub from: ContactStage,
+    pub to: ContactStage,
+    pub cause: ContactTransitionCause,
+}
+
+impl ContactMove {
+    /// The move from `from` to `to`, or `None` when the stage stays.
+    pub fn between(
+        from: ContactStage,
+        to: ContactStage,
+        cause: ContactTransitionCause,
+    ) -> Option<Self> {
+        (from != to).then_some(Self { from, to, cause })
+    }
+}
 
 /// A new contact is ANONYMOUS without an email and SUSPECT with one.
 pub fn new_contact_stage(has_email: bool) -> ContactStage {
@@ -56,6 +90,24 @@ pub enum ContactEvent {
     OpportunityWon,
     /// The contact's last open opportunity was lost.
     LeftOpenOpportunities { has_email: bool, has_activity: bool },
+}
+
+impl ContactEvent {
+    /// The cause a move made by this event is recorded with.
+    pub fn cause(self) -> ContactTransitionCause {
+        match self {
+            ContactEvent::Activity { hand_raise: true } => ContactTransitionCause::HandRaise,
+            ContactEvent::Activity { hand_raise: false } => ContactTransitionCause::Activity,
+            ContactEvent::JoinedOpenOpportunity => ContactTransitionCause::OpportunityOpened,
+            ContactEvent::OpportunityWon => ContactTransitionCause::OpportunityWon,
+            ContactEvent::LeftOpenOpportunities { .. } => ContactTransitionCause::OpportunityLost,
+        }
+    }
+}
+
+/// The move an event makes, if the contact's stage changes.
+pub fn move_on(current: ContactStage, event: ContactEvent) -> Option<ContactMove> {
+    ContactMove::between(current, after_event(current, event), event.cause())
 }
 
 /// The contact's stage after an event. Automatic moves never undo a person's
@@ -134,6 +186,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn moves_carry_the_cause_of_their_event_and_only_real_changes_move() {
+        assert_eq!(
+            move_on(C::Suspect, ContactEvent::Activity { hand_raise: false }),
+            Some(ContactMove {
+                from: C::Suspect,
+                to: C::Engaged,
+                cause: ContactTransitionCause::Activity
+            })
+        );
+        assert_eq!(
+            move_on(C::Engaged, ContactEvent::Activity { hand_raise: true })
+                .map(|m| (m.to, m.cause)),
+            Some((C::MarketingQualified, ContactTransitionCause::HandRaise))
+        );
+        assert_eq!(
+            move_on(C::Engaged, ContactEvent::JoinedOpenOpportunity).map(|m| m.cause),
+            Some(ContactTransitionCause::OpportunityOpened)
+        );
+        assert_eq!(
+            move_on(C::Opportunity, ContactEvent::OpportunityWon).map(|m| m.cause),
+            Some(ContactTransitionCause::OpportunityWon)
+        );
+        assert_eq!(
+            move_on(
+                C::Opportunity,
+                ContactEvent::LeftOpenOpportunities {
+                    has_email: true,
+                    has_activity: false
+                }
+            )
+            .map(|m| (m.to, m.cause)),
+            Some((C::Suspect, ContactTransitionCause::OpportunityLost))
+        );
+        // A person's decision stays on activity: no move, nothing recorded.
+        assert_eq!(
+            move_on(
+                C::SalesQualified,
+                ContactEvent::Activity { hand_raise: true }
+            ),
+            None
+        );
     }
 
     /// Every stage against every event, with the expected stage.

@@ -31,6 +31,46 @@ pub struct Account {
     pub stages_reached: Vec<(AccountStage, DateTime<Utc>)>,
     /// The most recent Disqualify or Nurture (by a person or a lost deal).
     pub last_recycle: Option<Transition>,
+    /// Engagement earned since the last recycle: what the thresholds see.
+    pub engagement_since_recycle: f64,
+}
+
+/// One recorded stage change of a contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactTransition {
+    pub transition_id: String,
+    pub contact_id: String,
+    pub account_id: String,
+    pub from_stage: ContactStage,
+    pub to_stage: ContactStage,
+    pub cause: contact_rules::ContactTransitionCause,
+    pub actor: String,
+    pub event_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl ContactTransition {
+    /// The record of a move the rules decided, with a new id.
+    pub fn of_move(
+        change: &contact_rules::ContactMove,
+        contact_id: &str,
+        account_id: &str,
+        actor: &str,
+        event_id: Option<String>,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            transition_id: cascade_shared::ids::new_id(),
+            contact_id: contact_id.to_owned(),
+            account_id: account_id.to_owned(),
+            from_stage: change.from,
+            to_stage: change.to,
+            cause: change.cause,
+            actor: actor.to_owned(),
+            event_id,
+            occurred_at,
+        }
+    }
 }
 
 /// One recorded stage change of an account.
@@ -86,6 +126,15 @@ cascade_shared::domain_enum! {
     }
 }
 
+cascade_shared::domain_enum! {
+    /// Where a notification's webhook delivery stands.
+    DeliveryState => cascade_proto::lifecycle::v1::NotificationDeliveryState {
+        Pending = "PENDING",
+        Delivered = "DELIVERED",
+        NoWebhook = "NO_WEBHOOK",
+    }
+}
+
 /// A message to an account owner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
@@ -95,6 +144,31 @@ pub struct Notification {
     pub reason: NotificationReason,
     pub text: String,
     pub created_at: DateTime<Utc>,
+    pub delivery: Delivery,
+}
+
+/// A notification's webhook delivery so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub state: DeliveryState,
+    pub failed_attempts: i32,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// Delivered, or set aside for want of a webhook.
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+impl Delivery {
+    /// A notification just raised.
+    pub fn pending() -> Self {
+        Self {
+            state: DeliveryState::Pending,
+            failed_attempts: 0,
+            last_error: None,
+            last_attempt_at: None,
+            settled_at: None,
+        }
+    }
 }
 
 /// Fields a caller supplies for a new account.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
 
 use super::account_rules::{self, AccountEvent, AccountState, Step};
-use super::contact_rules::{self, ContactEvent};
+use super::contact_rules::{self, ContactEvent, ContactMove};
 use super::settings::LifecycleSettings;
 use super::{NotificationReason, Refusal};
 
@@ -64,7 +64,7 @@ pub struct ContactUpdate {
     pub engagement_score: f64,
     pub has_activity: bool,
     /// `Some` only when the stage changes.
-    pub stage: Option<ContactStage>,
+    pub moved: Option<ContactMove>,
 }
 
 /// A message to the account's owner, before it has an id.
@@ -161,21 +161,21 @@ pub fn decide(
             hand_raise = Some((who, activity_type.clone()));
         }
         let active = !engagement.new_activity_types.is_empty();
-        let next = if active {
-            contact_rules::after_event(
+        let moved = if active {
+            contact_rules::move_on(
                 contact.stage,
                 ContactEvent::Activity {
                     hand_raise: raised.is_some(),
                 },
             )
         } else {
-            contact.stage
+            None
         };
         updates.push(ContactUpdate {
             contact_id: contact.contact_id.clone(),
             engagement_score: engagement.engagement_score,
             has_activity: contact.has_activity || active,
-            stage: (next != contact.stage).then_some(next),
+            moved,
         });
     }
 
@@ -223,6 +223,7 @@ pub fn prioritized_text(account_name: &str, engagement_score: f64, threshold: f6
 mod tests {
     use super::*;
     use crate::domain::account_rules::TransitionCause;
+    use crate::domain::contact_rules::ContactTransitionCause;
 
     fn settings() -> LifecycleSettings {
         LifecycleSettings {
@@ -381,13 +382,20 @@ mod tests {
             .iter()
             .map(|u| (u.contact_id.as_str(), u))
             .collect();
-        assert_eq!(by_id["quiet"].stage, None, "no new activity, no move");
+        let to = |id: &str| by_id[id].moved.map(|m| (m.to, m.cause));
+        assert_eq!(to("quiet"), None, "no new activity, no move");
         assert!(!by_id["quiet"].has_activity);
-        assert_eq!(by_id["active"].stage, Some(ContactStage::Engaged));
+        assert_eq!(
+            to("active"),
+            Some((ContactStage::Engaged, ContactTransitionCause::Activity))
+        );
         assert!(by_id["active"].has_activity);
         assert_eq!(
-            by_id["raiser"].stage,
-            Some(ContactStage::MarketingQualified)
+            to("raiser"),
+            Some((
+                ContactStage::MarketingQualified,
+                ContactTransitionCause::HandRaise
+            ))
         );
         assert!(c.steps.is_empty(), "5 points is below both thresholds");
         assert_eq!(

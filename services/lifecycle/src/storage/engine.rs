@@ -16,16 +16,17 @@ use sea_orm::{
 };
 
 use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
-use super::history::{append_events, transition_row};
+use super::history::{append_events, insert_contact_transitions, transition_row};
 use super::{
     Repository, account_state, corrupt, hydrate_account, lock_account, ms, notifications,
     record_first, settings, statement,
 };
 use crate::convert;
 use crate::domain::account_rules::{self, AccountEvent, TransitionCause};
-use crate::domain::contact_rules::{self, ContactEvent};
+use crate::domain::contact_rules::{self, ContactEvent, ContactMove};
 use crate::domain::scores::prioritized_text;
-use crate::domain::{Account, Notification, NotificationReason, Transition};
+use crate::domain::{Account, ContactTransition, Notification, NotificationReason, Transition};
+use chrono::{DateTime, Utc};
 
 const OPEN: &str = "OPEN";
 
@@ -136,6 +137,7 @@ impl Repository {
         })?;
 
         if let Mutation::Opportunity {
+            event_id,
             opportunity_id,
             kind,
             buying_group,
@@ -144,12 +146,16 @@ impl Repository {
         {
             apply_opportunity_to_contacts(
                 &txn,
-                tenant.as_str(),
-                account_id,
-                opportunity_id,
-                *kind,
+                OpportunityChange {
+                    tenant_id: tenant.as_str(),
+                    account_id,
+                    opportunity_id,
+                    kind: *kind,
+                    actor,
+                    event_id,
+                },
                 buying_group,
-                now_ms,
+                now,
             )
             .await?;
         }
@@ -324,25 +330,49 @@ async fn open_opportunities(
     Ok(u32::try_from(query.count(conn).await?).unwrap_or(u32::MAX))
 }
 
-/// Moves a contact to `stage` (if different) and keeps its first-reached date.
-async fn set_contact_stage(
+/// Moves a contact, records the move in its history and keeps its
+/// first-reached date.
+async fn move_contact(
     conn: &impl ConnectionTrait,
-    tenant_id: &str,
-    model: &contact::Model,
-    stage: ContactStage,
-    now_ms: i64,
+    change: &OpportunityChange<'_>,
+    contact_id: &str,
+    moved: &ContactMove,
+    now: DateTime<Utc>,
 ) -> ServiceResult<()> {
-    if model.stage == stage.as_str() {
-        return Ok(());
-    }
     conn.execute_raw(statement(
         conn,
         "UPDATE contacts SET stage = $1, stage_entered_at = $2, updated_at = $2 WHERE contact_id = $3",
-        [stage.as_str().into(), super::from_ms(now_ms).into(), model.contact_id.clone().into()],
+        [moved.to.as_str().into(), now.into(), contact_id.into()],
     ))
     .await?;
-    record_first(conn, tenant_id, &model.contact_id, stage.as_str(), now_ms).await?;
+    let transition = ContactTransition::of_move(
+        moved,
+        contact_id,
+        change.account_id,
+        change.actor,
+        Some(change.event_id.to_owned()),
+        now,
+    );
+    insert_contact_transitions(conn, change.tenant_id, &[transition]).await?;
+    record_first(
+        conn,
+        change.tenant_id,
+        contact_id,
+        moved.to.as_str(),
+        ms(now),
+    )
+    .await?;
     Ok(())
+}
+
+/// An opportunity event as the buying group's contacts see it.
+struct OpportunityChange<'a> {
+    tenant_id: &'a str,
+    account_id: &'a str,
+    opportunity_id: &'a str,
+    kind: OpportunityEventKind,
+    actor: &'a str,
+    event_id: &'a str,
 }
 
 async fn account_contact(
@@ -362,13 +392,17 @@ async fn account_contact(
 /// buying group's contacts.
 async fn apply_opportunity_to_contacts(
     conn: &impl ConnectionTrait,
-    tenant_id: &str,
-    account_id: &str,
-    opportunity_id: &str,
-    kind: OpportunityEventKind,
+    change: OpportunityChange<'_>,
     buying_group: &[String],
-    now_ms: i64,
+    now: DateTime<Utc>,
 ) -> ServiceResult<()> {
+    let OpportunityChange {
+        tenant_id,
+        account_id,
+        opportunity_id,
+        kind,
+        ..
+    } = change;
     let status = match kind {
         OpportunityEventKind::Opened => OPEN,
         OpportunityEventKind::Won => "WON",
@@ -419,8 +453,9 @@ async fn apply_opportunity_to_contacts(
                 }
             }
         };
-        let next = contact_rules::after_event(current, event);
-        set_contact_stage(conn, tenant_id, &model, next, now_ms).await?;
+        if let Some(moved) = contact_rules::move_on(current, event) {
+            move_contact(conn, &change, contact_id, &moved, now).await?;
+        }
     }
     Ok(())
 }

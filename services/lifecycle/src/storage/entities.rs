@@ -97,6 +97,31 @@ pub mod transition {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod contact_transition {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "contact_transitions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub transition_id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub account_id: String,
+        pub from_stage: String,
+        pub to_stage: String,
+        pub cause: String,
+        pub actor: String,
+        pub event_id: Option<String>,
+        pub occurred_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod stage_first {
     use sea_orm::entity::prelude::*;
 
@@ -221,7 +246,11 @@ pub mod notification {
         pub text: String,
         pub created_at_ms: i64,
         pub state: String,
+        /// When it was delivered, or set aside for want of a webhook.
         pub delivered_at_ms: Option<i64>,
+        pub failed_attempts: i32,
+        pub last_error: Option<String>,
+        pub last_attempt_at_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

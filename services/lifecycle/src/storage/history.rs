@@ -8,10 +8,10 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entities::transition;
-use super::records::account_model;
+use super::entities::{contact_transition, transition};
+use super::records::{account_model, contact_model};
 use super::{Repository, corrupt, from_ms, ms, statement};
-use crate::domain::Transition;
+use crate::domain::{ContactTransition, Transition};
 
 pub(crate) fn transition_from_model(m: transition::Model) -> ServiceResult<Transition> {
     Ok(Transition {
@@ -145,7 +145,82 @@ pub(crate) async fn append_events(
     Ok(())
 }
 
+/// Records contacts' stage changes, in the caller's transaction.
+pub(crate) async fn insert_contact_transitions(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    transitions: &[ContactTransition],
+) -> Result<(), DbErr> {
+    use sea_orm::ActiveValue::Set;
+    for chunk in cascade_shared::db::statement_chunks(transitions, 10) {
+        contact_transition::Entity::insert_many(chunk.iter().map(|t| {
+            contact_transition::ActiveModel {
+                transition_id: Set(t.transition_id.clone()),
+                tenant_id: Set(tenant_id.to_owned()),
+                contact_id: Set(t.contact_id.clone()),
+                account_id: Set(t.account_id.clone()),
+                from_stage: Set(t.from_stage.as_str().to_owned()),
+                to_stage: Set(t.to_stage.as_str().to_owned()),
+                cause: Set(t.cause.as_str().to_owned()),
+                actor: Set(t.actor.clone()),
+                event_id: Set(t.event_id.clone()),
+                occurred_at_ms: Set(ms(t.occurred_at)),
+            }
+        }))
+        .exec_without_returning(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn contact_transition_from_model(m: contact_transition::Model) -> ServiceResult<ContactTransition> {
+    Ok(ContactTransition {
+        from_stage: m
+            .from_stage
+            .parse()
+            .map_err(|e| corrupt("contact_transitions.from_stage", e))?,
+        to_stage: m
+            .to_stage
+            .parse()
+            .map_err(|e| corrupt("contact_transitions.to_stage", e))?,
+        cause: m
+            .cause
+            .parse()
+            .map_err(|e| corrupt("contact_transitions.cause", e))?,
+        transition_id: m.transition_id,
+        contact_id: m.contact_id,
+        account_id: m.account_id,
+        actor: m.actor,
+        event_id: m.event_id,
+        occurred_at: from_ms(m.occurred_at_ms),
+    })
+}
+
 impl Repository {
+    /// A contact's stage changes, oldest first (ids are UUIDv7).
+    pub async fn list_contact_transitions(
+        &self,
+        tenant: &TenantId,
+        contact_id: &str,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<ContactTransition>, String)> {
+        contact_model(&self.db, tenant, contact_id).await?;
+        let mut query = contact_transition::Entity::find()
+            .filter(contact_transition::Column::TenantId.eq(tenant.as_str()))
+            .filter(contact_transition::Column::ContactId.eq(contact_id))
+            .order_by_asc(contact_transition::Column::TransitionId)
+            .limit(page.fetch_limit());
+        if let Some(after) = &page.after {
+            query = query.filter(contact_transition::Column::TransitionId.gt(after.as_str()));
+        }
+        let (rows, token) = page.finish(query.all(&self.db).await?, |t| t.transition_id.clone());
+        let transitions = rows
+            .into_iter()
+            .map(contact_transition_from_model)
+            .collect::<ServiceResult<Vec<_>>>()?;
+        Ok((transitions, token))
+    }
+
     pub async fn list_transitions(
         &self,
         tenant: &TenantId,

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_shared::outbox::OutboxMigration),
             Box::new(super::migration_stage_engine::StageEngine),
             Box::new(cascade_shared::outbox::OutboxPendingIndexMigration),
+            Box::new(super::migration_histories::ContactHistoryAndDeliveries),
         ]
     }
 }

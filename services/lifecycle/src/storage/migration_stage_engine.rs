@@ -136,7 +136,7 @@ enum TenantEventCounters {
     LastSeq,
 }
 
-async fn add_column(
+pub(super) async fn add_column(
     manager: &SchemaManager<'_>,
     table: impl IntoTableRef,
     column: &mut ColumnDef,
@@ -171,7 +171,7 @@ async fn backfill_created_at_ms(manager: &SchemaManager<'_>) -> Result<(), DbErr
     Ok(())
 }
 
-async fn index(
+pub(super) async fn index(
     manager: &SchemaManager<'_>,
     name: &str,
     table: impl IntoTableRef,

@@ -5,6 +5,7 @@ mod engine;
 mod entities;
 mod history;
 pub mod migration;
+mod migration_histories;
 mod migration_stage_engine;
 mod notifications;
 mod records;
@@ -23,14 +24,15 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
-use crate::domain::account_rules::AccountState;
+use crate::domain::account_rules::{self, AccountState};
 use crate::domain::{Account, Contact, Transition};
 use entities::{account, contact, stage_first, transition};
 
 pub use engine::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind};
 pub use history::{FunnelRow, WatchedEvent};
 pub use notifications::{
-    NOTIFICATION_ID_HEADER, NOTIFICATION_TOPIC, SIGNATURE_HEADER, WebhookSink, signature,
+    NOTIFICATION_ID_HEADER, NOTIFICATION_TOPIC, NotificationFilter, SIGNATURE_HEADER, WebhookSink,
+    signature,
 };
 pub use scores::{ScoreApplied, ScoreResult};
 pub use settings::StoredSettings;
@@ -269,6 +271,10 @@ pub(crate) async fn hydrate_accounts_with(
                 nurture_count: m.nurture_count,
                 stages_reached,
                 last_recycle,
+                engagement_since_recycle: account_rules::earned_since_recycle(
+                    m.engagement_score,
+                    m.score_baseline,
+                ),
             })
         })
         .collect()

@@ -6,14 +6,19 @@ use std::time::Duration;
 
 use cascade_shared::db::write_turn;
 use cascade_shared::outbox::{self, DeliveryError, Entry, Sink};
-use cascade_shared::{ServiceResult, ids};
+use cascade_shared::page::PageRequest;
+use cascade_shared::{ServiceResult, TenantId, ids};
 use hmac::{Hmac, Mac};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use sha2::Sha256;
 
 use super::entities::notification;
-use super::{from_ms, settings, statement};
-use crate::domain::{Notification, NotificationReason};
+use super::records::account_model;
+use super::{Repository, corrupt, from_ms, settings, statement};
+use crate::domain::{Delivery, DeliveryState, Notification, NotificationReason};
 
 /// Outbox topic of notifications; the partition is the account.
 pub const NOTIFICATION_TOPIC: &str = "notifications";
@@ -21,10 +26,6 @@ pub const NOTIFICATION_TOPIC: &str = "notifications";
 pub const SIGNATURE_HEADER: &str = "x-cascade-signature";
 /// Header carrying the notification id, so receivers can drop repeats.
 pub const NOTIFICATION_ID_HEADER: &str = "x-cascade-notification-id";
-
-const PENDING: &str = "PENDING";
-const DELIVERED: &str = "DELIVERED";
-const NO_WEBHOOK: &str = "NO_WEBHOOK";
 
 /// Records a notification and queues its delivery, in the caller's transaction.
 pub(crate) async fn record(
@@ -49,7 +50,7 @@ pub(crate) async fn record(
             reason.as_str().into(),
             text.clone().into(),
             now_ms.into(),
-            PENDING.into(),
+            DeliveryState::Pending.as_str().into(),
         ],
     ))
     .await?;
@@ -68,7 +69,70 @@ pub(crate) async fn record(
         reason,
         text,
         created_at: from_ms(now_ms),
+        delivery: Delivery::pending(),
     })
+}
+
+fn from_model(m: notification::Model) -> ServiceResult<Notification> {
+    Ok(Notification {
+        reason: m
+            .reason
+            .parse()
+            .map_err(|e| corrupt("notifications.reason", e))?,
+        delivery: Delivery {
+            state: m
+                .state
+                .parse()
+                .map_err(|e| corrupt("notifications.state", e))?,
+            failed_attempts: m.failed_attempts,
+            last_error: m.last_error,
+            last_attempt_at: m.last_attempt_at_ms.map(from_ms),
+            settled_at: m.delivered_at_ms.map(from_ms),
+        },
+        notification_id: m.notification_id,
+        account_id: m.account_id,
+        owner_id: m.owner_id,
+        text: m.text,
+        created_at: from_ms(m.created_at_ms),
+    })
+}
+
+/// Filters of ListNotifications.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    pub account_id: Option<String>,
+    pub state: Option<DeliveryState>,
+}
+
+impl Repository {
+    /// A tenant's notifications, newest first.
+    pub async fn list_notifications(
+        &self,
+        tenant: &TenantId,
+        filter: NotificationFilter,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Notification>, String)> {
+        let mut query = notification::Entity::find()
+            .filter(notification::Column::TenantId.eq(tenant.as_str()))
+            .order_by_desc(notification::Column::NotificationId)
+            .limit(page.fetch_limit());
+        if let Some(account_id) = &filter.account_id {
+            account_model(&self.db, tenant, account_id).await?;
+            query = query.filter(notification::Column::AccountId.eq(account_id.as_str()));
+        }
+        if let Some(state) = filter.state {
+            query = query.filter(notification::Column::State.eq(state.as_str()));
+        }
+        if let Some(before) = &page.after {
+            query = query.filter(notification::Column::NotificationId.lt(before.as_str()));
+        }
+        let (rows, token) = page.finish(query.all(&self.db).await?, |n| n.notification_id.clone());
+        let notifications = rows
+            .into_iter()
+            .map(from_model)
+            .collect::<ServiceResult<Vec<_>>>()?;
+        Ok((notifications, token))
+    }
 }
 
 /// Delivers notifications to each tenant's webhook.
@@ -97,14 +161,15 @@ impl WebhookSink {
             tracing::warn!(notification = %id, "notification row missing; nothing to send");
             return Ok(());
         };
-        if row.state != PENDING {
+        if row.state != DeliveryState::Pending.as_str() {
             return Ok(());
         }
         let stored = settings::current(&self.db, &row.tenant_id)
             .await
             .map_err(|e| DeliveryError(format!("reading settings: {e}")))?;
         let Some(url) = stored.settings.webhook_url else {
-            self.mark(&row.notification_id, NO_WEBHOOK).await?;
+            self.mark(&row.notification_id, DeliveryState::NoWebhook)
+                .await?;
             return Ok(());
         };
         let body = teams_card(&row);
@@ -126,10 +191,11 @@ impl WebhookSink {
         if !status.is_success() {
             return Err(DeliveryError(format!("webhook answered {status}")));
         }
-        self.mark(&row.notification_id, DELIVERED).await
+        self.mark(&row.notification_id, DeliveryState::Delivered)
+            .await
     }
 
-    async fn mark(&self, notification_id: &str, state: &str) -> Result<(), DeliveryError> {
+    async fn mark(&self, notification_id: &str, state: DeliveryState) -> Result<(), DeliveryError> {
         let _turn = write_turn(&self.db)
             .await
             .map_err(|e| DeliveryError(format!("recording delivery: {e}")))?;
@@ -138,7 +204,7 @@ impl WebhookSink {
                 &self.db,
                 "UPDATE notifications SET state = $1, delivered_at_ms = $2 WHERE notification_id = $3",
                 [
-                    state.into(),
+                    state.as_str().into(),
                     cascade_shared::time::now().timestamp_millis().into(),
                     notification_id.into(),
                 ],
@@ -149,11 +215,41 @@ impl WebhookSink {
     }
 }
 
+impl WebhookSink {
+    /// Keeps the failure on the notification, for ListNotifications (the
+    /// outbox retries it; its own row is pruned once delivered).
+    async fn record_failure(&self, entry: &Entry, error: &DeliveryError) {
+        let id = String::from_utf8_lossy(&entry.payload);
+        let recorded = async {
+            let _turn = write_turn(&self.db).await?;
+            self.db
+                .execute_raw(statement(
+                    &self.db,
+                    "UPDATE notifications SET failed_attempts = failed_attempts + 1, \
+                     last_error = $1, last_attempt_at_ms = $2 WHERE notification_id = $3",
+                    [
+                        error.0.chars().take(1000).collect::<String>().into(),
+                        cascade_shared::time::now().timestamp_millis().into(),
+                        id.as_ref().into(),
+                    ],
+                ))
+                .await
+        }
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(notification = %id, error = %e, "could not record a failed delivery");
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
         for (i, entry) in run.iter().enumerate() {
-            self.deliver_one(entry).await.map_err(|e| (i, e))?;
+            if let Err(error) = self.deliver_one(entry).await {
+                self.record_failure(entry, &error).await;
+                return Err((i, error));
+            }
         }
         Ok(run.len())
     }

@@ -14,14 +14,16 @@ use sea_orm::{
 };
 
 use super::entities::{account, contact, stage_first};
+use super::history::insert_contact_transitions;
 use super::{
     AccountFilter, ContactFilter, Repository, hydrate_account, hydrate_accounts,
     hydrate_accounts_with, hydrate_contact, hydrate_contacts, lock_account, ms, record_first,
 };
-use crate::domain::contact_rules;
+use crate::domain::contact_rules::{self, ContactMove, ContactTransitionCause};
 use crate::domain::resolve::{self, Directory, Reference, Resolution};
 use crate::domain::{
-    Account, AccountChanges, Contact, ContactChanges, NEW_ACCOUNT_STAGE, NewAccount, NewContact,
+    Account, AccountChanges, Contact, ContactChanges, ContactTransition, NEW_ACCOUNT_STAGE,
+    NewAccount, NewContact,
 };
 
 impl Repository {
@@ -527,6 +529,7 @@ impl Repository {
     pub async fn update_contact(
         &self,
         tenant: &TenantId,
+        actor: &str,
         contact_id: &str,
         changes: ContactChanges,
     ) -> ServiceResult<Contact> {
@@ -541,9 +544,17 @@ impl Repository {
             .parse()
             .map_err(|e| super::corrupt("contacts.stage", e))?;
         let mut stage = current;
+        let mut moves = Vec::new();
+        let account_id = existing.account_id.clone();
         let mut model = existing.into_active_model();
         if let Some(email) = changes.email.clone() {
-            stage = contact_rules::after_email_change(stage, email.is_some());
+            let next = contact_rules::after_email_change(stage, email.is_some());
+            moves.extend(ContactMove::between(
+                stage,
+                next,
+                ContactTransitionCause::EmailChanged,
+            ));
+            stage = next;
             model.email = Set(email);
         }
         if let Some(first_name) = changes.first_name {
@@ -556,19 +567,34 @@ impl Repository {
             model.title = Set(title);
         }
         if let Some(target) = changes.stage {
-            stage = contact_rules::set_by_person(stage, target).map_err(|refusal| {
+            let next = contact_rules::set_by_person(stage, target).map_err(|refusal| {
                 ServiceError::precondition(
                     "CONTACT_STAGE",
                     format!("contact/{contact_id}"),
                     refusal.0,
                 )
             })?;
+            moves.extend(ContactMove::between(
+                stage,
+                next,
+                ContactTransitionCause::Manual,
+            ));
+            stage = next;
         }
         let now = time::now();
         if stage != current {
             model.stage = Set(stage.as_str().to_owned());
             model.stage_entered_at = Set(now);
-            record_first(&txn, tenant.as_str(), contact_id, stage.as_str(), ms(now)).await?;
+        }
+        // Each step is history (an email added, then MQL set by a person),
+        // even when the last one returns to where the contact was.
+        let transitions: Vec<ContactTransition> = moves
+            .iter()
+            .map(|m| ContactTransition::of_move(m, contact_id, &account_id, actor, None, now))
+            .collect();
+        insert_contact_transitions(&txn, tenant.as_str(), &transitions).await?;
+        for m in &moves {
+            record_first(&txn, tenant.as_str(), contact_id, m.to.as_str(), ms(now)).await?;
         }
         model.updated_at = Set(now);
         let updated = match model.update(&txn).await {
@@ -662,7 +688,7 @@ pub(crate) async fn account_model(
         .ok_or_else(|| ServiceError::not_found("account", account_id))
 }
 
-async fn contact_model(
+pub(crate) async fn contact_model(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     contact_id: &str,

@@ -20,13 +20,13 @@ use sea_orm::{
 use super::entities::{
     account, account_opportunity, applied_event, contact, stage_first, transition,
 };
-use super::history::{append_events, transition_row};
+use super::history::{append_events, insert_contact_transitions, transition_row};
 use super::{
     Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications, settings,
 };
 use crate::convert;
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
-use crate::domain::{Account, Transition};
+use crate::domain::{Account, ContactTransition, Transition};
 
 const OPEN: &str = "OPEN";
 
@@ -162,18 +162,26 @@ impl Repository {
                 let Some(stored) = contacts.get(&update.contact_id) else {
                     continue;
                 };
-                if let Some(stage) = update.stage {
+                if let Some(moved) = &update.moved {
                     writes
                         .firsts
-                        .push((update.contact_id.clone(), stage.as_str()));
+                        .push((update.contact_id.clone(), moved.to.as_str()));
+                    writes.contact_transitions.push(ContactTransition::of_move(
+                        moved,
+                        &update.contact_id,
+                        account_id,
+                        actor,
+                        Some(delivery.event_id.clone()),
+                        now,
+                    ));
                 }
                 writes.contacts.insert(
                     update.contact_id.clone(),
                     ContactRow {
                         engagement_score: update.engagement_score,
                         has_activity: update.has_activity,
-                        stage: update.stage.unwrap_or(stored.stage).as_str(),
-                        moved: update.stage.is_some(),
+                        stage: update.moved.map_or(stored.stage, |m| m.to).as_str(),
+                        moved: update.moved.is_some(),
                     },
                 );
             }
@@ -265,6 +273,7 @@ struct Writes {
     contacts: BTreeMap<String, ContactRow>,
     /// (transition count after it, transition).
     transitions: Vec<(i64, Transition)>,
+    contact_transitions: Vec<ContactTransition>,
     /// (subject, stage) reached now; kept only if first.
     firsts: Vec<(String, &'static str)>,
     /// (event id, account) applied.
@@ -378,6 +387,7 @@ impl Writes {
             .exec_without_returning(conn)
             .await?;
         }
+        insert_contact_transitions(conn, tenant_id, &self.contact_transitions).await?;
         for chunk in statement_chunks(&self.firsts, 4) {
             stage_first::Entity::insert_many(chunk.iter().map(|(subject, stage)| {
                 stage_first::ActiveModel {

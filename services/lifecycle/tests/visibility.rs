@@ -1,0 +1,543 @@
+//! What a client can see of the engine's work, over real gRPC on SQLite and
+//! PostgreSQL: a contact's stage history, notifications with their webhook
+//! delivery state, the engagement the thresholds see after a recycle, and
+//! the times of one change agreeing to the millisecond.
+
+mod common;
+
+use std::time::Duration;
+
+use cascade_proto::common::v1::{AccountStage as S, ContactStage as C};
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_proto::lifecycle::v1::ContactTransitionCause as Why;
+use cascade_proto::lifecycle::v1::NotificationDeliveryState as Delivery;
+use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
+use cascade_shared::on_each_database;
+use cascade_shared::testing::{TestDatabase, request_for};
+use common::*;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+async fn contact_history(
+    client: &mut Client,
+    contact_id: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<pb::ListContactTransitionsResponse, tonic::Status> {
+    client
+        .list_contact_transitions(req(
+            "reader",
+            pb::ListContactTransitionsRequest {
+                contact_id: contact_id.into(),
+                page_size,
+                page_token: page_token.into(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn update_contact(client: &mut Client, actor: &str, contact: pb::Contact, paths: &[&str]) {
+    client
+        .update_contact(req(
+            actor,
+            pb::UpdateContactRequest {
+                contact: Some(contact),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| p.to_string()).collect(),
+                }),
+            },
+        ))
+        .await
+        .expect("contact updated");
+}
+
+async fn contacts_keep_a_stage_history(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let account = create_account(&mut client, "Umbrella", "owner@seller.example").await;
+    let id = account.account_id.clone();
+    let jill = create_contact(&mut client, &id, "").await;
+    let jill_id = jill.contact_id.clone();
+    assert_eq!(jill.stage, C::Anonymous as i32);
+    let fresh = contact_history(&mut client, &jill_id, 0, "")
+        .await
+        .expect("history");
+    assert!(
+        fresh.transitions.is_empty(),
+        "creation is not a change: {:?}",
+        fresh.transitions
+    );
+
+    // Every way a contact moves, in order.
+    update_contact(
+        &mut client,
+        "marketing-ops",
+        pb::Contact {
+            contact_id: jill_id.clone(),
+            email: "jill@umbrella.example".into(),
+            ..Default::default()
+        },
+        &["email"],
+    )
+    .await;
+    score(
+        &mut client,
+        &id,
+        "score-1",
+        1,
+        10.0,
+        0.0,
+        vec![(jill_id.clone(), 10.0, vec!["email_open"])],
+    )
+    .await;
+    score(
+        &mut client,
+        &id,
+        "score-2",
+        2,
+        30.0,
+        0.0,
+        vec![(jill_id.clone(), 30.0, vec!["demo_request"])],
+    )
+    .await;
+    // Activity that changes nothing leaves no entry.
+    score(
+        &mut client,
+        &id,
+        "score-3",
+        3,
+        35.0,
+        0.0,
+        vec![(jill_id.clone(), 35.0, vec!["email_open"])],
+    )
+    .await;
+    let deal = new_id();
+    opportunity(
+        &mut client,
+        &id,
+        "opp-open",
+        &deal,
+        Opp::Opened,
+        &[&jill_id],
+        0,
+    )
+    .await;
+    opportunity(&mut client, &id, "opp-lost", &deal, Opp::Lost, &[], 0).await;
+    update_contact(
+        &mut client,
+        "sdr@seller.example",
+        pb::Contact {
+            contact_id: jill_id.clone(),
+            stage: C::SalesQualified as i32,
+            ..Default::default()
+        },
+        &["stage"],
+    )
+    .await;
+
+    let history = contact_history(&mut client, &jill_id, 0, "")
+        .await
+        .expect("history");
+    let path: Vec<(i32, i32, i32, &str, &str)> = history
+        .transitions
+        .iter()
+        .map(|t| {
+            (
+                t.from_stage,
+                t.to_stage,
+                t.cause,
+                t.actor.as_str(),
+                t.event_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        path,
+        vec![
+            (
+                C::Anonymous as i32,
+                C::Suspect as i32,
+                Why::EmailChanged as i32,
+                "marketing-ops",
+                ""
+            ),
+            (
+                C::Suspect as i32,
+                C::Engaged as i32,
+                Why::Activity as i32,
+                "scoring",
+                "score-1"
+            ),
+            (
+                C::Engaged as i32,
+                C::MarketingQualified as i32,
+                Why::HandRaise as i32,
+                "scoring",
+                "score-2"
+            ),
+            (
+                C::MarketingQualified as i32,
+                C::Opportunity as i32,
+                Why::OpportunityOpened as i32,
+                "opportunity",
+                "opp-open"
+            ),
+            (
+                C::Opportunity as i32,
+                C::Engaged as i32,
+                Why::OpportunityLost as i32,
+                "opportunity",
+                "opp-lost"
+            ),
+            (
+                C::Engaged as i32,
+                C::SalesQualified as i32,
+                Why::Manual as i32,
+                "sdr@seller.example",
+                ""
+            ),
+        ]
+    );
+    assert!(history.next_page_token.is_empty());
+    for t in &history.transitions {
+        assert_eq!(t.contact_id, jill_id);
+        assert_eq!(t.account_id, id);
+        assert!(!t.transition_id.is_empty());
+    }
+    // The last move is the contact's current stage, entered at its time.
+    let now = get_contact(&mut client, &jill_id).await;
+    let last = history.transitions.last().expect("a last move");
+    assert_eq!(now.stage, C::SalesQualified as i32);
+    assert_eq!(now.stage_entered_time, last.transition_time);
+
+    // Pages of two, continuing where the last one stopped.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = contact_history(&mut client, &jill_id, 2, &token)
+            .await
+            .expect("page");
+        assert!(page.transitions.len() <= 2);
+        paged.extend(page.transitions);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, history.transitions);
+
+    // Ids are checked: missing, unknown, and another tenant's.
+    let missing = contact_history(&mut client, " ", 0, "")
+        .await
+        .expect_err("contact_id is required");
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert_eq!(
+        missing
+            .get_details_bad_request()
+            .expect("detail")
+            .field_violations[0]
+            .field,
+        "contact_id"
+    );
+    let unknown = contact_history(&mut client, &new_id(), 0, "")
+        .await
+        .expect_err("unknown contact");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let foreign = client
+        .list_contact_transitions(request_for(
+            "globex",
+            pb::ListContactTransitionsRequest {
+                contact_id: jill_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("another tenant's contact");
+    assert_eq!(foreign.code(), Code::NotFound);
+    let bad_token = contact_history(&mut client, &jill_id, 0, "not-a-token")
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad_token.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+async fn list_notifications(
+    client: &mut Client,
+    request: pb::ListNotificationsRequest,
+) -> Result<pb::ListNotificationsResponse, tonic::Status> {
+    client
+        .list_notifications(req("ops", request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls (bounded) until the account's only notification satisfies `done`.
+async fn notification_of(
+    client: &mut Client,
+    account_id: &str,
+    done: impl Fn(&pb::Notification) -> bool,
+) -> pb::Notification {
+    let mut last = None;
+    for _ in 0..400 {
+        let listed = list_notifications(
+            client,
+            pb::ListNotificationsRequest {
+                account_id: account_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert_eq!(listed.notifications.len(), 1, "{listed:?}");
+        let n = listed.notifications[0].clone();
+        if done(&n) {
+            return n;
+        }
+        last = Some(n);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("notification never reached the expected state: {last:?}");
+}
+
+async fn notifications_show_their_delivery_state(db: TestDatabase) {
+    let receiver = WebhookReceiver::start(false).await;
+    let (server, mut client) = start(&db).await;
+
+    // No webhook yet: the notification is set aside, not retried.
+    let quiet = create_account(&mut client, "Quiet Co", "quinn").await;
+    score(&mut client, &quiet.account_id, "q-1", 1, 120.0, 0.0, vec![]).await;
+    let set_aside = notification_of(&mut client, &quiet.account_id, |n| {
+        n.delivery_state == Delivery::NoWebhook as i32
+    })
+    .await;
+    assert_eq!(set_aside.failed_attempts, 0);
+    assert!(set_aside.settle_time.is_some());
+    assert_eq!(set_aside.owner_id, "quinn");
+    assert_eq!(set_aside.reason, pb::NotificationReason::Prioritized as i32);
+
+    // A webhook that is down: pending, with the failures counted.
+    set_settings(
+        &mut client,
+        pb::LifecycleSettings {
+            webhook_url: receiver.url.clone(),
+            ..Default::default()
+        },
+        &["webhook_url"],
+    )
+    .await;
+    let loud = create_account(&mut client, "Loud Co", "lou").await;
+    score(&mut client, &loud.account_id, "l-1", 1, 150.0, 0.0, vec![]).await;
+    receiver.wait_for_refusals(2).await;
+    let failing = notification_of(&mut client, &loud.account_id, |n| n.failed_attempts >= 2).await;
+    assert_eq!(failing.delivery_state, Delivery::Pending as i32);
+    assert!(
+        failing.last_error.contains("503"),
+        "last error: {}",
+        failing.last_error
+    );
+    assert!(failing.last_attempt_time.is_some());
+    assert!(failing.settle_time.is_none());
+    let pending = list_notifications(
+        &mut client,
+        pb::ListNotificationsRequest {
+            delivery_state: Delivery::Pending as i32,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("pending ones");
+    assert_eq!(
+        pending
+            .notifications
+            .iter()
+            .map(|n| n.account_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![loud.account_id.as_str()]
+    );
+
+    // The webhook comes back: delivered, and the failures stay on record.
+    receiver.set_up(true);
+    let delivered = notification_of(&mut client, &loud.account_id, |n| {
+        n.delivery_state == Delivery::Delivered as i32
+    })
+    .await;
+    assert!(delivered.failed_attempts >= 2);
+    assert!(delivered.settle_time.is_some());
+    assert_eq!(
+        receiver.accepted()[0].header("x-cascade-notification-id"),
+        Some(delivered.notification_id.as_str())
+    );
+
+    // Newest first, in pages.
+    let first = list_notifications(
+        &mut client,
+        pb::ListNotificationsRequest {
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("first page");
+    assert_eq!(first.notifications[0].account_id, loud.account_id);
+    let second = list_notifications(
+        &mut client,
+        pb::ListNotificationsRequest {
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("second page");
+    assert_eq!(second.notifications[0].account_id, quiet.account_id);
+    assert!(second.next_page_token.is_empty());
+
+    // Bad filters name their field; another tenant sees none of them.
+    let bad_state = list_notifications(
+        &mut client,
+        pb::ListNotificationsRequest {
+            delivery_state: 42,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("unknown state");
+    assert_eq!(bad_state.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad_state
+            .get_details_bad_request()
+            .expect("detail")
+            .field_violations[0]
+            .field,
+        "delivery_state"
+    );
+    let unknown_account = list_notifications(
+        &mut client,
+        pb::ListNotificationsRequest {
+            account_id: new_id(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("unknown account");
+    assert_eq!(unknown_account.code(), Code::NotFound);
+    let foreign = client
+        .list_notifications(request_for(
+            "globex",
+            pb::ListNotificationsRequest::default(),
+        ))
+        .await
+        .expect("another tenant lists its own")
+        .into_inner();
+    assert!(foreign.notifications.is_empty());
+    server.stop().await;
+}
+
+async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let id = create_account(&mut client, "Hooli", "gavin")
+        .await
+        .account_id;
+    score(&mut client, &id, "h-1", 1, 150.0, 0.0, vec![]).await;
+    let prioritized = get_account(&mut client, &id).await;
+    assert_eq!(prioritized.stage, S::Prioritized as i32);
+    assert_eq!(
+        prioritized.engagement_since_recycle, 150.0,
+        "never recycled"
+    );
+
+    client
+        .nurture_account(req(
+            "ae",
+            pb::NurtureAccountRequest {
+                account_id: id.clone(),
+                reason: "next quarter".into(),
+            },
+        ))
+        .await
+        .expect("nurture");
+    let nurtured = get_account(&mut client, &id).await;
+    assert_eq!(nurtured.engagement_score, 150.0);
+    assert_eq!(nurtured.engagement_since_recycle, 0.0);
+
+    // 90 earned since: below the threshold of 100, so still ENGAGED.
+    score(&mut client, &id, "h-2", 2, 240.0, 0.0, vec![]).await;
+    let climbing = get_account(&mut client, &id).await;
+    assert_eq!(climbing.engagement_since_recycle, 90.0);
+    assert_eq!(climbing.stage, S::Engaged as i32);
+    score(&mut client, &id, "h-3", 3, 250.0, 0.0, vec![]).await;
+    let back = get_account(&mut client, &id).await;
+    assert_eq!(back.engagement_since_recycle, 100.0);
+    assert_eq!(back.stage, S::Prioritized as i32);
+
+    // The score can fall below where it stood at the recycle.
+    client
+        .disqualify_account(req(
+            "ae",
+            pb::DisqualifyAccountRequest {
+                account_id: id.clone(),
+                reason: "no budget".into(),
+            },
+        ))
+        .await
+        .expect("disqualify");
+    score(&mut client, &id, "h-4", 4, 200.0, 0.0, vec![]).await;
+    let fallen = get_account(&mut client, &id).await;
+    assert_eq!(fallen.engagement_since_recycle, -50.0);
+    assert_eq!(fallen.stage, S::Detected as i32);
+    server.stop().await;
+}
+
+fn first_reached(account: &pb::Account, stage: S) -> Option<prost_types::Timestamp> {
+    account
+        .stages_reached
+        .iter()
+        .find(|s| s.stage == stage as i32)
+        .and_then(|s| s.first_reached_time)
+}
+
+async fn times_of_one_change_are_equal(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let created = create_account(&mut client, "Pied Piper", "richard").await;
+    assert!(created.create_time.is_some());
+    assert_eq!(created.stage_entered_time, created.create_time);
+    assert_eq!(first_reached(&created, S::Targeted), created.create_time);
+    let stored = get_account(&mut client, &created.account_id).await;
+    assert_eq!(
+        stored.create_time, created.create_time,
+        "read back as written"
+    );
+    assert_eq!(first_reached(&stored, S::Targeted), stored.create_time);
+    let millis = |t: &prost_types::Timestamp| t.nanos % 1_000_000;
+    assert_eq!(millis(&stored.create_time.expect("time")), 0);
+
+    let contact = create_contact(&mut client, &created.account_id, "dinesh@piper.example").await;
+    assert_eq!(contact.stage_entered_time, contact.create_time);
+    assert_eq!(
+        contact
+            .stages_reached
+            .iter()
+            .find(|s| s.stage == C::Suspect as i32)
+            .and_then(|s| s.first_reached_time),
+        contact.create_time
+    );
+
+    let engaged = score(&mut client, &created.account_id, "p-1", 1, 5.0, 0.0, vec![])
+        .await
+        .account
+        .expect("account");
+    assert_eq!(engaged.stage, S::Engaged as i32);
+    let moves = transitions(&mut client, &created.account_id).await;
+    let last = moves.last().expect("a transition");
+    assert_eq!(engaged.stage_entered_time, last.transition_time);
+    assert_eq!(first_reached(&engaged, S::Engaged), last.transition_time);
+    assert_eq!(engaged.update_time, last.transition_time);
+    server.stop().await;
+}
+
+on_each_database!(
+    contacts_keep_a_stage_history,
+    notifications_show_their_delivery_state,
+    engagement_since_recycle_is_what_the_thresholds_see,
+    times_of_one_change_are_equal,
+);
