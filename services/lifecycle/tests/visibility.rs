@@ -226,6 +226,43 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     }
     assert_eq!(paged, history.transitions);
 
+    // A delivery naming a contact twice is refused whole: each entry would be
+    // judged against the stored stage, and the history would show moves
+    // that never happened.
+    let entry = |types: &[&str]| pb::ContactEngagement {
+        contact_id: jill_id.clone(),
+        engagement_score: 50.0,
+        new_activity_types: types.iter().map(|t| t.to_string()).collect(),
+    };
+    let twice = client
+        .internal
+        .apply_engagement_score(req(
+            "scoring",
+            pb::ApplyEngagementScoreRequest {
+                event_id: "score-twice".into(),
+                account_id: id.clone(),
+                sequence: 9,
+                engagement_score: 50.0,
+                contacts: vec![entry(&["email_open"]), entry(&[])],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("a contact twice in one delivery");
+    assert_eq!(twice.code(), Code::InvalidArgument);
+    assert_eq!(
+        twice
+            .get_details_bad_request()
+            .expect("detail")
+            .field_violations[0]
+            .field,
+        "contacts[1].contact_id"
+    );
+    let unchanged = contact_history(&mut client, &jill_id, 0, "")
+        .await
+        .expect("history");
+    assert_eq!(unchanged.transitions, history.transitions);
+
     // Ids are checked: missing, unknown, and another tenant's.
     let missing = contact_history(&mut client, " ", 0, "")
         .await

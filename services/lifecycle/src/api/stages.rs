@@ -427,8 +427,17 @@ fn score_delivery(
         );
     }
     let mut contacts = Vec::with_capacity(request.contacts.len());
+    let mut seen = std::collections::HashSet::new();
     for (i, c) in request.contacts.iter().enumerate() {
         let contact_id = v.required_id(&field(&format!("contacts[{i}].contact_id")), &c.contact_id);
+        // One entry per contact: two would each be judged against the stored
+        // stage, and the history would show moves that never happened.
+        if !contact_id.is_empty() && !seen.insert(contact_id.clone()) {
+            v.add(
+                field(&format!("contacts[{i}].contact_id")),
+                "repeats a contact of an earlier entry; send one entry per contact",
+            );
+        }
         let score = v.finite(
             &field(&format!("contacts[{i}].engagement_score")),
             c.engagement_score,

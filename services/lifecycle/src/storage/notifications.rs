@@ -182,14 +182,17 @@ impl WebhookSink {
             request = request.header(SIGNATURE_HEADER, signature(secret, &body));
         }
         // The URL can carry a token (Teams webhooks do): never log it.
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| DeliveryError(format!("webhook unreachable: {}", e.without_url())))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(DeliveryError(format!("webhook answered {status}")));
+        let failure = match request.body(body).send().await {
+            Err(e) => Some(format!("webhook unreachable: {}", e.without_url())),
+            Ok(response) if !response.status().is_success() => {
+                Some(format!("webhook answered {}", response.status()))
+            }
+            Ok(_) => None,
+        };
+        if let Some(failure) = failure {
+            let error = DeliveryError(failure);
+            self.record_failed_call(&row.notification_id, &error).await;
+            return Err(error);
         }
         self.mark(&row.notification_id, DeliveryState::Delivered)
             .await
@@ -216,21 +219,23 @@ impl WebhookSink {
 }
 
 impl WebhookSink {
-    /// Keeps the failure on the notification, for ListNotifications (the
-    /// outbox retries it; its own row is pruned once delivered).
-    async fn record_failure(&self, entry: &Entry, error: &DeliveryError) {
-        let id = String::from_utf8_lossy(&entry.payload);
+    /// Keeps a failed webhook call on the notification, for
+    /// ListNotifications (the outbox retries it; its own row is pruned once
+    /// delivered). Our own storage errors are not the webhook's failures.
+    async fn record_failed_call(&self, id: &str, error: &DeliveryError) {
         let recorded = async {
             let _turn = write_turn(&self.db).await?;
             self.db
                 .execute_raw(statement(
                     &self.db,
                     "UPDATE notifications SET failed_attempts = failed_attempts + 1, \
-                     last_error = $1, last_attempt_at_ms = $2 WHERE notification_id = $3",
+                     last_error = $1, last_attempt_at_ms = $2 \
+                     WHERE notification_id = $3 AND state = $4",
                     [
                         error.0.chars().take(1000).collect::<String>().into(),
                         cascade_shared::time::now().timestamp_millis().into(),
-                        id.as_ref().into(),
+                        id.into(),
+                        DeliveryState::Pending.as_str().into(),
                     ],
                 ))
                 .await
@@ -246,10 +251,7 @@ impl WebhookSink {
 impl Sink for WebhookSink {
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
         for (i, entry) in run.iter().enumerate() {
-            if let Err(error) = self.deliver_one(entry).await {
-                self.record_failure(entry, &error).await;
-                return Err((i, error));
-            }
+            self.deliver_one(entry).await.map_err(|e| (i, e))?;
         }
         Ok(run.len())
     }
