@@ -223,6 +223,34 @@ pub fn statement_chunks<T>(rows: &[T], width: usize) -> Vec<&[T]> {
     chunks
 }
 
+/// `column` among `keys`, in as few conditions as the backend allows, one
+/// per statement: on PostgreSQL one `column = ANY($1)` taking an array (one
+/// statement and one plan however many keys: a group's reads were ~16
+/// IN-list statements each, planned one by one), on SQLite IN lists of the
+/// `statement_chunks` sizes.
+pub fn among<C: sea_orm::ColumnTrait>(
+    backend: DbBackend,
+    column: C,
+    keys: &[&str],
+) -> Vec<sea_orm::sea_query::SimpleExpr> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    if backend == DbBackend::Postgres {
+        let array: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        use sea_orm::sea_query::extension::postgres::PgFunc;
+        use sea_orm::sea_query::{Expr, ExprTrait};
+        return vec![ExprTrait::eq(
+            Expr::col(column.as_column_ref()),
+            PgFunc::any(Expr::val(array)),
+        )];
+    }
+    statement_chunks(keys, 1)
+        .into_iter()
+        .map(|chunk| column.is_in(chunk.iter().copied()))
+        .collect()
+}
+
 /// The sizes `statement_chunks` cuts `rows` rows into.
 fn chunk_sizes(mut rows: usize, width: usize) -> Vec<usize> {
     let fits = (MAX_BINDS / width.max(1)).max(1);
@@ -487,9 +515,10 @@ fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
     Ok(format!("sqlite://{path}?{query}"))
 }
 
-/// Updates many rows of one tenant with one statement per chunk of rows:
-/// `WITH v (key, columns...) AS (VALUES ...) UPDATE table SET column =
-/// v.column ... FROM v`. Each row of `rows` holds the key's value, then one
+/// Updates many rows of one tenant: `WITH v (key, columns...) AS (...)
+/// UPDATE table SET column = v.column ... FROM v`, where `v` is one UNNEST of
+/// column arrays on PostgreSQL (one statement) and VALUES lists of the
+/// `statement_chunks` sizes on SQLite. Each row of `rows` holds the key's value, then one
 /// value per column. `also` is added to the SET list as written (for example
 /// `version = accounts.version + 1`). One statement for hundreds of rows
 /// instead of one per row: on PostgreSQL each statement is a round trip and
@@ -512,6 +541,38 @@ pub async fn update_from_values(
         .chain(columns.iter().copied())
         .collect::<Vec<_>>()
         .join(", ");
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // One statement taking one array per column, however many rows: the
+        // chunked VALUES form was up to five statements, each parsed, bound
+        // value by value and planned (docs/performance.md, round 6).
+        let mut arrays: Vec<Vec<Value>> = vec![Vec::with_capacity(rows.len()); width];
+        for row in rows {
+            debug_assert_eq!(row.len(), width, "one value per column and the key");
+            for (column, value) in arrays.iter_mut().zip(row) {
+                column.push(value);
+            }
+        }
+        let params = (0..width)
+            .map(|c| format!("${}", c + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH v ({names}) AS (SELECT * FROM UNNEST({params})) UPDATE {table} SET {sets} FROM v \
+             WHERE {table}.tenant_id = $1 AND {table}.{key} = v.{key}"
+        );
+        let mut values: Vec<Value> = Vec::with_capacity(1 + width);
+        values.push(tenant_id.into());
+        for column in arrays {
+            let kind = column[0].array_type();
+            values.push(Value::Array(kind, Some(Box::new(column))));
+        }
+        conn.execute_raw(statement(DbBackend::Postgres, &sql, values))
+            .await?;
+        return Ok(());
+    }
     for chunk in statement_chunks(&rows, width) {
         let tuples = (0..chunk.len())
             .map(|r| {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::db::{begin_write, statement_chunks, update_from_values};
+use cascade_shared::db::{among, begin_write, statement_chunks, update_from_values};
 use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
 use prost::Message;
 use sea_orm::sea_query::OnConflict;
@@ -444,10 +444,14 @@ async fn lock_accounts(
     sorted.sort_unstable();
     sorted.dedup();
     let mut found = HashMap::with_capacity(sorted.len());
-    for chunk in statement_chunks(&sorted, 1) {
+    for ids in among(
+        conn.get_database_backend(),
+        account::Column::AccountId,
+        &sorted,
+    ) {
         let query = account::Entity::find()
             .filter(account::Column::TenantId.eq(tenant_id))
-            .filter(account::Column::AccountId.is_in(chunk.iter().copied()))
+            .filter(ids)
             .order_by_asc(account::Column::AccountId);
         let models = match conn.get_database_backend() {
             DbBackend::Postgres => query.lock_exclusive().all(conn).await?,
@@ -464,13 +468,17 @@ async fn applied_events(
     event_ids: &[&str],
 ) -> ServiceResult<HashSet<String>> {
     let mut found = HashSet::new();
-    for chunk in statement_chunks(event_ids, 1) {
+    for ids in among(
+        conn.get_database_backend(),
+        applied_event::Column::EventId,
+        event_ids,
+    ) {
         found.extend(
             applied_event::Entity::find()
                 .select_only()
                 .column(applied_event::Column::EventId)
                 .filter(applied_event::Column::TenantId.eq(tenant_id))
-                .filter(applied_event::Column::EventId.is_in(chunk.iter().copied()))
+                .filter(ids)
                 .into_tuple::<String>()
                 .all(conn)
                 .await?,
@@ -486,14 +494,18 @@ async fn open_opportunities(
     account_ids: &[&str],
 ) -> ServiceResult<HashMap<String, u32>> {
     let mut open = HashMap::new();
-    for chunk in statement_chunks(account_ids, 1) {
+    for ids in among(
+        conn.get_database_backend(),
+        account_opportunity::Column::AccountId,
+        account_ids,
+    ) {
         let rows = account_opportunity::Entity::find()
             .select_only()
             .column(account_opportunity::Column::AccountId)
             .column_as(account_opportunity::Column::OpportunityId.count(), "n")
             .filter(account_opportunity::Column::TenantId.eq(tenant_id))
             .filter(account_opportunity::Column::Status.eq(OPEN))
-            .filter(account_opportunity::Column::AccountId.is_in(chunk.iter().copied()))
+            .filter(ids)
             .group_by(account_opportunity::Column::AccountId)
             .into_tuple::<(String, i64)>()
             .all(conn)
@@ -515,10 +527,14 @@ async fn load_contacts(
     sorted.sort_unstable();
     sorted.dedup();
     let mut found = HashMap::with_capacity(sorted.len());
-    for chunk in statement_chunks(&sorted, 1) {
+    for ids in among(
+        conn.get_database_backend(),
+        contact::Column::ContactId,
+        &sorted,
+    ) {
         for m in contact::Entity::find()
             .filter(contact::Column::TenantId.eq(tenant_id))
-            .filter(contact::Column::ContactId.is_in(chunk.iter().copied()))
+            .filter(ids)
             .all(conn)
             .await?
         {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_shared::db::{insert_chunks, insert_chunks_returning, statement_chunks, write_turn};
+use cascade_shared::db::{among, insert_chunks, insert_chunks_returning, write_turn};
 use cascade_shared::page::PageRequest;
 use cascade_shared::{ServiceError, ServiceResult, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
@@ -213,11 +213,12 @@ impl Repository {
         let today = today();
         let mut found: HashMap<String, Totals> = HashMap::with_capacity(accounts.len());
         let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
-        for chunk in statement_chunks(&ids, 1) {
+        let backend = self.db.get_database_backend();
+        for ids in among(backend, account_score::Column::AccountId, &ids) {
             let rows = account_score::Entity::find()
                 .filter(account_score::Column::TenantId.eq(tenant_id))
                 .filter(account_score::Column::ComputedDay.eq(today))
-                .filter(account_score::Column::AccountId.is_in(chunk.iter().copied()))
+                .filter(ids)
                 .all(&self.db)
                 .await?;
             for row in rows {
@@ -237,11 +238,11 @@ impl Repository {
             .filter(|(id, _)| found.contains_key(*id))
             .flat_map(|(_, contacts)| contacts.iter().copied())
             .collect();
-        for chunk in statement_chunks(&contacts, 1) {
+        for ids in among(backend, contact_score::Column::ContactId, &contacts) {
             let rows = contact_score::Entity::find()
                 .filter(contact_score::Column::TenantId.eq(tenant_id))
                 .filter(contact_score::Column::ComputedDay.eq(today))
-                .filter(contact_score::Column::ContactId.is_in(chunk.iter().copied()))
+                .filter(ids)
                 .all(&self.db)
                 .await?;
             for row in rows {
@@ -303,10 +304,15 @@ pub(super) async fn lock_account_scores<'a>(
     )
     .await?;
     let mut stored = HashMap::with_capacity(accounts.len());
-    for chunk in statement_chunks(&accounts, 1) {
+    let ids: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
+    for ids in among(
+        conn.get_database_backend(),
+        account_score::Column::AccountId,
+        &ids,
+    ) {
         let rows = account_score::Entity::find()
             .filter(account_score::Column::TenantId.eq(t))
-            .filter(account_score::Column::AccountId.is_in(chunk.iter().map(|a| a.as_str())))
+            .filter(ids)
             .order_by_asc(account_score::Column::AccountId)
             .lock_exclusive()
             .all(conn)
@@ -390,8 +396,11 @@ pub(super) async fn rescore(
             _ => recompute.push(account_id.as_str()),
         }
     }
-    for chunk in statement_chunks(&recompute, 1) {
-        let accounts = score_bucket::Column::AccountId.is_in(chunk.iter().copied());
+    for accounts in among(
+        conn.get_database_backend(),
+        score_bucket::Column::AccountId,
+        &recompute,
+    ) {
         for (account_id, buckets) in buckets_of(conn, t, accounts, None).await? {
             let totals = domain::totals_of(buckets, model, today);
             // Only engagement buckets put a contact in `per_contact`.
@@ -410,10 +419,14 @@ async fn stored_contact_scores<'a>(
 ) -> Result<HashMap<String, contact_score::Model>, DbErr> {
     let contacts: Vec<&str> = contacts.collect();
     let mut stored = HashMap::with_capacity(contacts.len());
-    for chunk in statement_chunks(&contacts, 1) {
+    for ids in among(
+        conn.get_database_backend(),
+        contact_score::Column::ContactId,
+        &contacts,
+    ) {
         let rows = contact_score::Entity::find()
             .filter(contact_score::Column::TenantId.eq(t))
-            .filter(contact_score::Column::ContactId.is_in(chunk.iter().copied()))
+            .filter(ids)
             .all(conn)
             .await?;
         stored.extend(rows.into_iter().map(|row| (row.contact_id.clone(), row)));
