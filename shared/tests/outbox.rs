@@ -268,7 +268,67 @@ async fn many_partitions_per_call_keep_order_and_retry_alone(db: TestDatabase) {
     );
 }
 
+/// Refuses every run of partition `stuck`; delivers the others.
+#[derive(Default)]
+struct StuckSink {
+    delivered: Mutex<Vec<String>>,
+}
+
+#[tonic::async_trait]
+impl Sink for StuckSink {
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
+        if run[0].partition_key == "stuck" {
+            return Err((0, DeliveryError("receiver hangs".into())));
+        }
+        let mut delivered = self.delivered.lock().expect("lock");
+        delivered.extend(run.iter().map(|e| e.partition_key.clone()));
+        Ok(run.len())
+    }
+}
+
+/// A long backlog of one partition that cannot be delivered must not hide
+/// the head of a partition behind it (a claim that looked only at the
+/// oldest pending messages would; one was tried, docs/performance.md).
+async fn a_partition_behind_a_long_backlog_is_still_claimed(db: TestDatabase) {
+    let conn = connect(&db).await;
+    let backlog: Vec<outbox::Message> = (0..4_200)
+        .map(|i| outbox::Message {
+            partition_key: "stuck".into(),
+            payload: format!("{i}").into_bytes(),
+        })
+        .collect();
+    let txn = conn.begin().await.expect("begin");
+    outbox::enqueue_many(&txn, "t1", "test", backlog)
+        .await
+        .expect("backlog");
+    outbox::enqueue(&txn, "t1", "test", "late", b"late".to_vec())
+        .await
+        .expect("late");
+    txn.commit().await.expect("commit");
+
+    let sink = Arc::new(StuckSink::default());
+    let config = DelivererConfig {
+        min_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(60),
+        ..fast()
+    };
+    let deliverer = Deliverer::new(conn.clone(), "test", sink.clone(), config);
+    for _ in 0..3 {
+        deliverer.round().await.expect("round");
+    }
+    assert_eq!(
+        *sink.delivered.lock().expect("lock"),
+        vec!["late".to_owned()],
+        "the partition behind the backlog was delivered; the stuck one waits"
+    );
+    assert_eq!(
+        outbox::pending_count(&conn, "test").await.expect("count"),
+        4_200
+    );
+}
+
 on_each_database!(
+    a_partition_behind_a_long_backlog_is_still_claimed,
     concurrent_migrations_apply_once,
     delivers_everything_in_order_after_failures,
     two_deliverers_never_deliver_twice,
