@@ -1271,7 +1271,84 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
     server.stop().await;
 }
 
+/// A sequence implausibly far past the last applied one (a forged or broken
+/// delivery) is refused: alone with FAILED_PRECONDITION, in a batch as that
+/// item's REJECTED while the others apply; the account's score is not frozen.
+async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
+    let (server, mut client) = start(&db).await;
+    let frozen = create_account(&mut client, "Frozen Co", "fran")
+        .await
+        .account_id;
+    let fine = create_account(&mut client, "Fine Co", "finn")
+        .await
+        .account_id;
+    let delivery =
+        |account_id: &str, event_id: &str, sequence: i64| pb::ApplyEngagementScoreRequest {
+            event_id: event_id.into(),
+            account_id: account_id.into(),
+            sequence,
+            engagement_score: 10.0,
+            ..Default::default()
+        };
+
+    let alone = client
+        .internal
+        .apply_engagement_score(req("scoring", delivery(&frozen, "far-1", 1_000_000_001)))
+        .await
+        .expect_err("a far jump");
+    assert_eq!(alone.code(), Code::FailedPrecondition);
+    let violation = &alone
+        .get_details_precondition_failure()
+        .expect("detail")
+        .violations[0];
+    assert_eq!(violation.r#type, "SCORE_SEQUENCE");
+    assert!(
+        violation.description.contains("1000000000"),
+        "{}",
+        violation.description
+    );
+
+    let batch = client
+        .internal
+        .apply_engagement_scores(req(
+            "scoring",
+            pb::ApplyEngagementScoresRequest {
+                items: vec![
+                    delivery(&frozen, "far-2", 2_000_000_000),
+                    delivery(&fine, "ok-1", 1),
+                ],
+            },
+        ))
+        .await
+        .expect("the call itself succeeds")
+        .into_inner();
+    let outcomes: Vec<i32> = batch.results.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            pb::ApplyOutcome::Rejected as i32,
+            pb::ApplyOutcome::Applied as i32
+        ]
+    );
+    assert_eq!(batch.results[0].violations[0].field, "items[0].sequence");
+    assert_eq!(get_account(&mut client, &fine).await.engagement_score, 10.0);
+
+    // Nothing of the refused deliveries was stored: a real one still applies.
+    assert_eq!(
+        get_account(&mut client, &frozen).await.engagement_score,
+        0.0
+    );
+    let real = score(&mut client, &frozen, "real-1", 1, 20.0, 0.0, vec![]).await;
+    assert_eq!(real.outcome, pb::ApplyOutcome::Applied as i32);
+    assert_eq!(
+        get_account(&mut client, &frozen).await.engagement_score,
+        20.0
+    );
+    server.stop().await;
+}
+
 on_each_database!(
+    a_far_sequence_jump_is_refused_per_delivery,
     tekstack_walkthrough,
     disqualify_and_nurture_keep_history,
     stage_at_answers_between_transitions,

@@ -482,6 +482,7 @@ fn score_outcome(applied: &ScoreApplied) -> (i32, Vec<pb::AccountTransition>) {
             pb::ApplyOutcome::Applied as i32,
             transitions.iter().map(convert::transition).collect(),
         ),
+        ScoreApplied::Refused { .. } => (pb::ApplyOutcome::Rejected as i32, Vec::new()),
     }
 }
 
@@ -499,8 +500,19 @@ pub(super) async fn apply_engagement_score(
     let result = results
         .pop()
         .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no result for the delivery")))?;
-    if result.applied == ScoreApplied::NotFound {
-        return Err(ServiceError::not_found("account", &account_id).into());
+    match &result.applied {
+        ScoreApplied::NotFound => {
+            return Err(ServiceError::not_found("account", &account_id).into());
+        }
+        ScoreApplied::Refused { reason } => {
+            return Err(ServiceError::precondition(
+                "SCORE_SEQUENCE",
+                format!("account/{account_id}"),
+                reason.clone(),
+            )
+            .into());
+        }
+        _ => {}
     }
     let (outcome, transitions) = score_outcome(&result.applied);
     Ok(Response::new(pb::ApplyEngagementScoreResponse {
@@ -555,14 +567,26 @@ pub(super) async fn apply_engagement_scores(
     let results = items
         .iter()
         .zip(slots)
-        .map(|(item, slot)| match slot {
+        .enumerate()
+        .map(|(i, (item, slot))| match slot {
             Ok(index) => {
                 let (outcome, transitions) = score_outcome(&applied[index].applied);
+                // A refusal is about the item's sequence, the only rule a
+                // score delivery can break once it is well-formed.
+                let violations = match &applied[index].applied {
+                    ScoreApplied::Refused { reason } => {
+                        vec![cascade_proto::common::v1::FieldViolation {
+                            field: format!("items[{i}].sequence"),
+                            description: reason.clone(),
+                        }]
+                    }
+                    _ => Vec::new(),
+                };
                 pb::ApplyEngagementScoreResult {
                     account_id: item.account_id.clone(),
                     outcome,
                     transitions,
-                    violations: Vec::new(),
+                    violations,
                 }
             }
             Err(violations) => pb::ApplyEngagementScoreResult {

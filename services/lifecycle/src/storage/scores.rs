@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::db::{among, begin_write, statement_chunks, update_from_values};
-use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
+use cascade_shared::{ServiceResult, TenantId, time};
 use prost::Message;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -41,6 +41,11 @@ pub enum ScoreApplied {
     Stale,
     Applied {
         transitions: Vec<Transition>,
+    },
+    /// The rules refused it (a sequence far past the last applied one);
+    /// nothing of it was written, the others of the call were.
+    Refused {
+        reason: String,
     },
 }
 
@@ -98,14 +103,13 @@ impl Repository {
                 score_sequence: model.score_sequence,
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
-            let decision =
-                scores::decide(&snapshot, &contacts, delivery, &settings).map_err(|refusal| {
-                    ServiceError::precondition(
-                        "ACCOUNT_STAGE",
-                        format!("account/{account_id}"),
-                        refusal.0,
-                    )
-                })?;
+            let decision = match scores::decide(&snapshot, &contacts, delivery, &settings) {
+                Ok(decision) => decision,
+                Err(refusal) => {
+                    results.push(ScoreApplied::Refused { reason: refusal.0 });
+                    continue;
+                }
+            };
             let changes = match decision {
                 ScoreDecision::Duplicate => {
                     results.push(ScoreApplied::Duplicate);
