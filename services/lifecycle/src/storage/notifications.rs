@@ -9,6 +9,7 @@ use cascade_shared::outbox::{self, DeliveryError, Entry, Sink};
 use cascade_shared::page::PageRequest;
 use cascade_shared::{ServiceResult, TenantId, ids};
 use hmac::{Hmac, Mac};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -199,51 +200,46 @@ impl WebhookSink {
     }
 
     async fn mark(&self, notification_id: &str, state: DeliveryState) -> Result<(), DeliveryError> {
-        let _turn = write_turn(&self.db)
+        let settled = notification::Entity::update_many()
+            .col_expr(notification::Column::State, Expr::value(state.as_str()))
+            .col_expr(
+                notification::Column::DeliveredAtMs,
+                Expr::value(cascade_shared::time::now().timestamp_millis()),
+            )
+            .filter(notification::Column::NotificationId.eq(notification_id));
+        self.write(settled)
             .await
-            .map_err(|e| DeliveryError(format!("recording delivery: {e}")))?;
-        self.db
-            .execute_raw(statement(
-                &self.db,
-                "UPDATE notifications SET state = $1, delivered_at_ms = $2 WHERE notification_id = $3",
-                [
-                    state.as_str().into(),
-                    cascade_shared::time::now().timestamp_millis().into(),
-                    notification_id.into(),
-                ],
-            ))
-            .await
-            .map(|_| ())
             .map_err(|e| DeliveryError(format!("recording delivery: {e}")))
     }
-}
 
-impl WebhookSink {
     /// Keeps a failed webhook call on the notification, for
     /// ListNotifications (the outbox retries it; its own row is pruned once
     /// delivered). Our own storage errors are not the webhook's failures.
     async fn record_failed_call(&self, id: &str, error: &DeliveryError) {
-        let recorded = async {
-            let _turn = write_turn(&self.db).await?;
-            self.db
-                .execute_raw(statement(
-                    &self.db,
-                    "UPDATE notifications SET failed_attempts = failed_attempts + 1, \
-                     last_error = $1, last_attempt_at_ms = $2 \
-                     WHERE notification_id = $3 AND state = $4",
-                    [
-                        error.0.chars().take(1000).collect::<String>().into(),
-                        cascade_shared::time::now().timestamp_millis().into(),
-                        id.into(),
-                        DeliveryState::Pending.as_str().into(),
-                    ],
-                ))
-                .await
-        }
-        .await;
-        if let Err(e) = recorded {
+        let failed = notification::Entity::update_many()
+            .col_expr(
+                notification::Column::FailedAttempts,
+                Expr::col(notification::Column::FailedAttempts).add(1),
+            )
+            .col_expr(
+                notification::Column::LastError,
+                Expr::value(error.0.chars().take(1000).collect::<String>()),
+            )
+            .col_expr(
+                notification::Column::LastAttemptAtMs,
+                Expr::value(cascade_shared::time::now().timestamp_millis()),
+            )
+            .filter(notification::Column::NotificationId.eq(id))
+            .filter(notification::Column::State.eq(DeliveryState::Pending.as_str()));
+        if let Err(e) = self.write(failed).await {
             tracing::warn!(notification = %id, error = %e, "could not record a failed delivery");
         }
+    }
+
+    /// One update of a notification row, in its turn for the SQLite writer.
+    async fn write(&self, update: sea_orm::UpdateMany<notification::Entity>) -> Result<(), DbErr> {
+        let _turn = write_turn(&self.db).await?;
+        update.exec(&self.db).await.map(|_| ())
     }
 }
 
