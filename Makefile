@@ -9,6 +9,11 @@ FUZZ_SECONDS ?= 20
 FUZZ_SEED ?=
 BENCH_SECONDS ?= 10
 BENCH_DATABASE_URL ?=
+# One release build for every target that runs release binaries: the services
+# and the load, demo and token tools in one cargo invocation, so features are
+# resolved once and SQLx and SeaORM are compiled once (built in two
+# invocations they were compiled twice: five minutes of a CI run).
+RELEASE_BUILD := $(CARGO) build --release $(SERVICES) -p cascade-tests --bins
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := help
@@ -18,8 +23,8 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## Build the three service binaries (release)
-	$(CARGO) build --release $(SERVICES)
+build: ## Build the three service binaries and the load/demo/token tools (release)
+	$(RELEASE_BUILD)
 
 .PHONY: run
 run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLite under ./data (Ctrl-C stops all)
@@ -27,11 +32,14 @@ run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLi
 
 .PHONY: demo
 demo: ## Play the source documents' story against `make run` (in another terminal)
-	$(CARGO) run --quiet --release -p cascade-tests --bin cascade-demo
+	$(RELEASE_BUILD) --quiet
+	target/release/cascade-demo
 
 .PHONY: test
+# Building the tests builds every binary too (each package with binaries has
+# integration tests), with the tests' features: a separate `cargo build`
+# first compiled the whole tree a second time with other features.
 test: ## Run every test (PostgreSQL variants too when CASCADE_TEST_POSTGRES_URL is set)
-	$(CARGO) build --workspace --bins
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --all-features --no-fail-fast
 else
@@ -45,8 +53,7 @@ fuzz: ## Send hostile inputs to every RPC for FUZZ_SECONDS (default 20); FUZZ_SE
 
 .PHONY: bench
 bench: ## Load-test the release binaries on SQLite, and on PostgreSQL too with BENCH_DATABASE_URL=postgres://... (BENCH_SECONDS per scenario); writes build/bench/{sqlite,postgres}/report.md
-	$(CARGO) build --release $(SERVICES)
-	$(CARGO) build --release -p cascade-tests --bin cascade-load
+	$(RELEASE_BUILD)
 	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL= BENCH_OUT=build/bench/sqlite scripts/bench.sh
 	if [ -n "$(BENCH_DATABASE_URL)" ]; then \
 		BENCH_SECONDS=$(BENCH_SECONDS) BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) BENCH_OUT=build/bench/postgres scripts/bench.sh; \
@@ -54,14 +61,12 @@ bench: ## Load-test the release binaries on SQLite, and on PostgreSQL too with B
 
 .PHONY: profile
 profile: ## perf profile of scoring and lifecycle under ingest (PROFILE_SCENARIO, PROFILE_SECONDS); writes build/profile/summary.txt
-	$(CARGO) build --release $(SERVICES)
-	$(CARGO) build --release -p cascade-tests --bin cascade-load
+	$(RELEASE_BUILD)
 	scripts/profile.sh
 
 .PHONY: pg-profile
 pg-profile: ## Where PostgreSQL spends an ingest run (pg_stat_statements, backend states, CPU); PG_PROFILE_URL, PROFILE_SCENARIO; writes build/pg-profile/summary.txt
-	$(CARGO) build --release $(SERVICES)
-	$(CARGO) build --release -p cascade-tests --bin cascade-load
+	$(RELEASE_BUILD)
 	scripts/pg-profile.sh
 
 .PHONY: bench-smoke
@@ -80,7 +85,6 @@ proto-breaking: tools-buf ## Compare the contracts with main: does a change brea
 
 .PHONY: smoke
 smoke: build tools-grpcurl ## Start the release binaries, check them with grpcurl, run the demo
-	$(CARGO) build --release -p cascade-tests --bin cascade-demo
 	GRPCURL=$(GRPCURL) scripts/smoke.sh
 
 .PHONY: k8s-check

@@ -93,8 +93,12 @@ pg0=$(pg_cpu)
 sampler=$!
 
 # PROFILE_ARGS adds options, e.g. "--rate 1000 --batch 10" for crossing-latency.
+# The generator's own CPU too (it shares the two cores): GNU time when present.
+timer=()
+[[ -x /usr/bin/time ]] && timer=(/usr/bin/time -o "$out/load.cpu" -f '%U %S')
+rm -f "$out/load.cpu"
 # shellcheck disable=SC2086
-"$load" --scenario "$scenario" --concurrency "${PROFILE_CONCURRENCY:-8}" --batch "${PROFILE_BATCH:-500}" \
+"${timer[@]}" "$load" --scenario "$scenario" --concurrency "${PROFILE_CONCURRENCY:-8}" --batch "${PROFILE_BATCH:-500}" \
   --duration "$seconds" --json "$out/load.json" "${common[@]}" ${PROFILE_ARGS:-} | tee "$out/load.txt"
 wait "$sampler" || true
 # Let deliveries drain a little so their statements are counted too.
@@ -110,6 +114,9 @@ hz=$(getconf CLK_TCK)
     printf '%-12s %6.2f\n' "$s" "$(awk -v a="$(cpu "${pids[$s]}")" -v b="${cpu0[$s]}" -v hz="$hz" 'BEGIN {print (a - b) / hz}')"
   done
   printf '%-12s %6.2f\n' postgres "$(awk -v a="$(pg_cpu)" -v b="$pg0" -v hz="$hz" 'BEGIN {print (a - b) / hz}')"
+  if [[ -s $out/load.cpu ]]; then
+    printf '%-12s %6.2f\n' generator "$(awk '{print $1 + $2}' "$out/load.cpu")"
+  fi
   echo
   echo "## Backend states sampled every 20 ms (database, state, wait type, wait event: share of samples)"
   sort "$out/activity.txt" | uniq -c | sort -rn | awk -v n="$(wc -l <"$out/activity.txt")" \
