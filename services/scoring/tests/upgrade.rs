@@ -4,18 +4,25 @@
 use cascade_scoring::storage::migration::Migrator;
 use cascade_shared::on_each_database;
 use cascade_shared::testing::TestDatabase;
-use sea_orm::{ConnectionTrait, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
+
+/// Applies the migrations before the one named `name`.
+async fn up_to(conn: &DatabaseConnection, name: &str) {
+    let before = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no migration {name}"));
+    Migrator::up(conn, Some(u32::try_from(before).expect("few migrations")))
+        .await
+        .expect("older schema");
+}
 
 async fn engaged_flags_are_filled_from_the_buckets(db: TestDatabase) {
     let conn = cascade_shared::db::connect(&db.settings)
         .await
         .expect("connect");
-    // The schema before the engaged flags: every migration but the last.
-    let before = Migrator::migrations().len() as u32 - 1;
-    Migrator::up(&conn, Some(before))
-        .await
-        .expect("older schema");
+    up_to(&conn, "m20261201_100001_scores_engaged_flags").await;
     for sql in [
         // ann has engagement, bob intent only, cy engagement under another account.
         "INSERT INTO score_buckets VALUES ('t', 'a1', 'ann', 'email_open', FALSE, 1, 2, 1)",
