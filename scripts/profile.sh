@@ -36,13 +36,19 @@ p1=$!
 "$bin/cascade-load" "${common[@]}" --scenario "$scenario" --concurrency 8 --batch 500 --duration "$seconds" --json "$out/$scenario.json" || true
 wait $p1
 {
+  echo "== $scenario: $(grep -o '"events_per_s": *[0-9.]*' "$out/$scenario.json" | head -1)"
+  for s in scoring lifecycle; do
+    pid=$scoring_pid; [[ $s == lifecycle ]] && pid=$lifecycle_pid
+    echo "== $s peak RSS: $(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$pid/status")"
+  done
   echo "== CPU per process (share of all samples, 2 CPUs = 100 %)"
-  perf report -i "$out/all.perf" --stdio --sort pid 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+  # head closes the pipe early; perf's SIGPIPE is not a failure here.
+  perf report -i "$out/all.perf" --stdio --sort pid 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8 || true
   for s in scoring lifecycle; do
     pid=$scoring_pid; [[ $s == lifecycle ]] && pid=$lifecycle_pid
     echo "== $s: share per library"
-    perf report -i "$out/all.perf" --pid "$pid" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -6
+    perf report -i "$out/all.perf" --pid "$pid" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -6 || true
     echo "== $s: hottest symbols"
-    perf report -i "$out/all.perf" --pid "$pid" --stdio --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30
+    perf report -i "$out/all.perf" --pid "$pid" --stdio --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30 || true
   done
 } | tee "$out/summary.txt"
