@@ -49,6 +49,49 @@ pub struct Entry {
 #[error("{0}")]
 pub struct DeliveryError(pub String);
 
+impl DeliveryError {
+    /// A peer service's failure to take a delivery: retried.
+    pub fn from_peer(peer: &str, status: &tonic::Status) -> Self {
+        Self(format!(
+            "{peer} answered {:?}: {}",
+            status.code(),
+            status.message()
+        ))
+    }
+}
+
+/// How a sink reads a peer's answer to the delivery of one partition's
+/// message (`what`, for the log). NOT_FOUND and INVALID_ARGUMENT are final:
+/// the peer will never take this message, and retrying it would hold its
+/// partition back forever, so it is dropped with a warning. Any other
+/// failure (the peer down, slow, overloaded or failing) is retried.
+pub fn settle_peer_answer<T>(
+    peer: &str,
+    what: &str,
+    partition: &str,
+    answer: Result<T, tonic::Status>,
+) -> Result<(), DeliveryError> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::InvalidArgument
+            ) =>
+        {
+            tracing::warn!(
+                partition,
+                peer,
+                code = ?status.code(),
+                message = status.message(),
+                "{peer} refused {what}; dropped"
+            );
+            Ok(())
+        }
+        Err(status) => Err(DeliveryError::from_peer(peer, &status)),
+    }
+}
+
 /// Where a topic's messages go.
 #[tonic::async_trait]
 pub trait Sink: Send + Sync + 'static {
@@ -794,5 +837,38 @@ impl MigrationTrait for OutboxMigration {
         manager
             .drop_table(Table::drop().table(Outbox::Table).to_owned())
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_peer_refusing_for_good_drops_the_message_and_anything_else_is_retried() {
+        let answer = |code: Code| {
+            settle_peer_answer::<()>(
+                "lifecycle",
+                "a delivery",
+                "a1",
+                Err(Status::new(code, "no")),
+            )
+        };
+        assert!(settle_peer_answer("lifecycle", "a delivery", "a1", Ok(())).is_ok());
+        for dropped in [Code::NotFound, Code::InvalidArgument] {
+            assert!(answer(dropped).is_ok(), "{dropped:?} is dropped");
+        }
+        for retried in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+        ] {
+            let error = answer(retried).expect_err("retried");
+            assert_eq!(error.0, format!("lifecycle answered {retried:?}: no"));
+        }
     }
 }

@@ -3,8 +3,7 @@
 
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_shared::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
-use cascade_shared::outbox::{DeliveryError, Entry, Sink};
-use tonic::Code;
+use cascade_shared::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 
 use crate::storage::{EventKind, EventPayload};
 
@@ -44,24 +43,12 @@ impl LifecycleEventSink {
         };
         let mut client = self.client.clone();
         let call = client.apply_opportunity_event(outgoing(&entry.tenant_id, ACTOR, request));
-        match with_deadline(CALL_DEADLINE, call).await {
-            Ok(_) => Ok(()),
-            // Lifecycle will never accept these; retrying would block the account.
-            Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                tracing::warn!(
-                    account = %entry.partition_key,
-                    code = ?status.code(),
-                    message = status.message(),
-                    "lifecycle refused an opportunity event; dropped"
-                );
-                Ok(())
-            }
-            Err(status) => Err(DeliveryError(format!(
-                "lifecycle answered {:?}: {}",
-                status.code(),
-                status.message()
-            ))),
-        }
+        settle_peer_answer(
+            "lifecycle",
+            "an opportunity event",
+            &entry.partition_key,
+            with_deadline(CALL_DEADLINE, call).await,
+        )
     }
 }
 

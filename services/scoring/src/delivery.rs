@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_shared::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
-use cascade_shared::outbox::{DeliveryError, Entry, Sink};
+use cascade_shared::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use tonic::Code;
 
 use crate::storage::{DeliveryPayload, Repository, Totals};
@@ -134,13 +134,7 @@ impl LifecycleScoreSink {
                 }
                 return Ok(());
             }
-            Err(status) => {
-                return Err(DeliveryError(format!(
-                    "lifecycle answered {:?}: {}",
-                    status.code(),
-                    status.message()
-                )));
-            }
+            Err(status) => return Err(DeliveryError::from_peer("lifecycle", &status)),
         };
         if answer.results.len() != sent.len() {
             return Err(DeliveryError(format!(
@@ -231,21 +225,14 @@ impl Sink for LifecycleScoreSink {
         let account_id = request.account_id.clone();
         let mut client = self.client.clone();
         let call = client.apply_engagement_score(outgoing(&last.tenant_id, ACTOR, request));
-        match with_deadline(CALL_DEADLINE, call).await {
-            Ok(_) => Ok(run.len()),
-            Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                refused(&account_id, status.code(), status.message());
-                Ok(run.len())
-            }
-            Err(status) => Err((
-                0,
-                DeliveryError(format!(
-                    "lifecycle answered {:?}: {}",
-                    status.code(),
-                    status.message()
-                )),
-            )),
-        }
+        settle_peer_answer(
+            "lifecycle",
+            "a score delivery",
+            &account_id,
+            with_deadline(CALL_DEADLINE, call).await,
+        )
+        .map(|()| run.len())
+        .map_err(|error| (0, error))
     }
 
     fn partitions_per_call(&self) -> usize {
