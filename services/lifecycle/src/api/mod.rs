@@ -10,7 +10,13 @@ use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
 use cascade_shared::{RequestContext, ServiceResult};
 use tonic::{Request, Response, Status};
 
-mod stages;
+mod actions;
+mod apply;
+mod history;
+mod reports;
+mod resolve;
+mod settings;
+mod watch;
 
 use crate::convert;
 use crate::domain::{AccountChanges, ContactChanges, NewAccount, NewContact};
@@ -20,6 +26,16 @@ const MAX_NAME: usize = 200;
 const MAX_OWNER: usize = 200;
 const MAX_PERSON_NAME: usize = 100;
 const MAX_TITLE: usize = 200;
+const MAX_ACTIVITY_TYPE: usize = 64;
+
+/// An activity type's syntax (score deliveries' types, hand-raise types).
+fn activity_type_ok(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_ACTIVITY_TYPE
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
+        })
+}
 
 pub struct LifecycleApi {
     pub(crate) repository: Repository,
@@ -47,21 +63,21 @@ impl LifecycleInternalService for LifecycleInternalApi {
         &self,
         request: Request<pb::ApplyEngagementScoreRequest>,
     ) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
-        stages::apply_engagement_score(&self.0, request).await
+        apply::apply_engagement_score(&self.0, request).await
     }
 
     async fn apply_engagement_scores(
         &self,
         request: Request<pb::ApplyEngagementScoresRequest>,
     ) -> Result<Response<pb::ApplyEngagementScoresResponse>, Status> {
-        stages::apply_engagement_scores(&self.0, request).await
+        apply::apply_engagement_scores(&self.0, request).await
     }
 
     async fn apply_opportunity_event(
         &self,
         request: Request<pb::ApplyOpportunityEventRequest>,
     ) -> Result<Response<pb::ApplyOpportunityEventResponse>, Status> {
-        stages::apply_opportunity_event(&self.0, request).await
+        apply::apply_opportunity_event(&self.0, request).await
     }
 }
 
@@ -316,98 +332,98 @@ impl LifecycleService for LifecycleApi {
         &self,
         request: Request<pb::ResolveContactRequest>,
     ) -> Result<Response<pb::ResolveContactResponse>, Status> {
-        stages::resolve_contact(self, request).await
+        resolve::resolve_contact(self, request).await
     }
 
     async fn batch_resolve_contacts(
         &self,
         request: Request<pb::BatchResolveContactsRequest>,
     ) -> Result<Response<pb::BatchResolveContactsResponse>, Status> {
-        stages::batch_resolve_contacts(self, request).await
+        resolve::batch_resolve_contacts(self, request).await
     }
 
     async fn qualify_account(
         &self,
         request: Request<pb::QualifyAccountRequest>,
     ) -> Result<Response<pb::QualifyAccountResponse>, Status> {
-        stages::qualify_account(self, request).await
+        actions::qualify_account(self, request).await
     }
 
     async fn disqualify_account(
         &self,
         request: Request<pb::DisqualifyAccountRequest>,
     ) -> Result<Response<pb::DisqualifyAccountResponse>, Status> {
-        stages::disqualify_account(self, request).await
+        actions::disqualify_account(self, request).await
     }
 
     async fn nurture_account(
         &self,
         request: Request<pb::NurtureAccountRequest>,
     ) -> Result<Response<pb::NurtureAccountResponse>, Status> {
-        stages::nurture_account(self, request).await
+        actions::nurture_account(self, request).await
     }
 
     async fn advance_account(
         &self,
         request: Request<pb::AdvanceAccountRequest>,
     ) -> Result<Response<pb::AdvanceAccountResponse>, Status> {
-        stages::advance_account(self, request).await
+        actions::advance_account(self, request).await
     }
 
     async fn list_account_transitions(
         &self,
         request: Request<pb::ListAccountTransitionsRequest>,
     ) -> Result<Response<pb::ListAccountTransitionsResponse>, Status> {
-        stages::list_account_transitions(self, request).await
+        history::list_account_transitions(self, request).await
     }
 
     async fn list_contact_transitions(
         &self,
         request: Request<pb::ListContactTransitionsRequest>,
     ) -> Result<Response<pb::ListContactTransitionsResponse>, Status> {
-        stages::list_contact_transitions(self, request).await
+        history::list_contact_transitions(self, request).await
     }
 
     async fn list_notifications(
         &self,
         request: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
-        stages::list_notifications(self, request).await
+        history::list_notifications(self, request).await
     }
 
     async fn get_account_stage_at(
         &self,
         request: Request<pb::GetAccountStageAtRequest>,
     ) -> Result<Response<pb::GetAccountStageAtResponse>, Status> {
-        stages::get_account_stage_at(self, request).await
+        history::get_account_stage_at(self, request).await
     }
 
     async fn get_funnel_report(
         &self,
         request: Request<pb::GetFunnelReportRequest>,
     ) -> Result<Response<pb::GetFunnelReportResponse>, Status> {
-        stages::get_funnel_report(self, request).await
+        reports::get_funnel_report(self, request).await
     }
 
     async fn get_lifecycle_settings(
         &self,
         request: Request<pb::GetLifecycleSettingsRequest>,
     ) -> Result<Response<pb::GetLifecycleSettingsResponse>, Status> {
-        stages::get_lifecycle_settings(self, request).await
+        settings::get_lifecycle_settings(self, request).await
     }
 
     async fn update_lifecycle_settings(
         &self,
         request: Request<pb::UpdateLifecycleSettingsRequest>,
     ) -> Result<Response<pb::UpdateLifecycleSettingsResponse>, Status> {
-        stages::update_lifecycle_settings(self, request).await
+        settings::update_lifecycle_settings(self, request).await
     }
 
     async fn watch_account_events(
         &self,
         request: Request<pb::WatchAccountEventsRequest>,
-    ) -> Result<Response<stages::WatchStream>, Status> {
-        stages::watch_account_events(self, request).await
+    ) -> Result<Response<watch::WatchStream>, Status> {
+        watch::watch_account_events(self, request).await
     }
 }
 

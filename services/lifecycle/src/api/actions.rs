@@ -1,0 +1,140 @@
+//! Manual stage actions: qualify, disqualify, nurture, advance.
+
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::domain::AccountStage;
+use cascade_shared::validate::Validator;
+use cascade_shared::{RequestContext, ServiceError, ServiceResult};
+use tonic::{Request, Response, Status};
+
+use super::{LifecycleApi, optional_enum};
+use crate::convert;
+use crate::domain::account_rules::AccountEvent;
+use crate::storage::Mutation;
+
+const MAX_REASON: usize = 1000;
+
+fn reason(v: &mut Validator, value: &str, required: bool) -> Option<String> {
+    if required {
+        Some(v.required_text("reason", value, MAX_REASON))
+    } else {
+        v.optional_text("reason", value, MAX_REASON)
+    }
+}
+
+async fn manual(
+    api: &LifecycleApi,
+    context: &RequestContext,
+    account_id: &str,
+    event: AccountEvent,
+    reason: Option<String>,
+) -> ServiceResult<(pb::Account, pb::AccountTransition)> {
+    let result = api
+        .repository
+        .mutate(
+            &context.tenant,
+            &context.actor,
+            account_id,
+            Mutation::Manual { event, reason },
+        )
+        .await?;
+    let transition = result
+        .transitions
+        .first()
+        .map(convert::transition)
+        .ok_or_else(|| {
+            ServiceError::internal(anyhow::anyhow!("a manual action recorded no transition"))
+        })?;
+    Ok((convert::account(result.account), transition))
+}
+
+pub(super) async fn qualify_account(
+    api: &LifecycleApi,
+    request: Request<pb::QualifyAccountRequest>,
+) -> Result<Response<pb::QualifyAccountResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let mut v = Validator::new();
+    let account_id = v.required_id("account_id", &request.account_id);
+    let reason = reason(&mut v, &request.reason, false);
+    v.finish()?;
+    let (account, transition) =
+        manual(api, &context, &account_id, AccountEvent::Qualify, reason).await?;
+    Ok(Response::new(pb::QualifyAccountResponse {
+        account: Some(account),
+        transition: Some(transition),
+    }))
+}
+
+pub(super) async fn disqualify_account(
+    api: &LifecycleApi,
+    request: Request<pb::DisqualifyAccountRequest>,
+) -> Result<Response<pb::DisqualifyAccountResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let mut v = Validator::new();
+    let account_id = v.required_id("account_id", &request.account_id);
+    let reason = reason(&mut v, &request.reason, true);
+    v.finish()?;
+    let (account, transition) =
+        manual(api, &context, &account_id, AccountEvent::Disqualify, reason).await?;
+    Ok(Response::new(pb::DisqualifyAccountResponse {
+        account: Some(account),
+        transition: Some(transition),
+    }))
+}
+
+pub(super) async fn nurture_account(
+    api: &LifecycleApi,
+    request: Request<pb::NurtureAccountRequest>,
+) -> Result<Response<pb::NurtureAccountResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let mut v = Validator::new();
+    let account_id = v.required_id("account_id", &request.account_id);
+    let reason = reason(&mut v, &request.reason, true);
+    v.finish()?;
+    let (account, transition) =
+        manual(api, &context, &account_id, AccountEvent::Nurture, reason).await?;
+    Ok(Response::new(pb::NurtureAccountResponse {
+        account: Some(account),
+        transition: Some(transition),
+    }))
+}
+
+pub(super) async fn advance_account(
+    api: &LifecycleApi,
+    request: Request<pb::AdvanceAccountRequest>,
+) -> Result<Response<pb::AdvanceAccountResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let mut v = Validator::new();
+    let account_id = v.required_id("account_id", &request.account_id);
+    let to = optional_enum(
+        &mut v,
+        "to_stage",
+        request.to_stage,
+        AccountStage::from_proto,
+    );
+    if let Some(to) = to
+        && !matches!(to, AccountStage::Expand | AccountStage::Advocate)
+    {
+        v.add(
+            "to_stage",
+            "must be ACCOUNT_STAGE_EXPAND or ACCOUNT_STAGE_ADVOCATE",
+        );
+    }
+    let reason = reason(&mut v, &request.reason, false);
+    v.finish()?;
+    let (account, transition) = manual(
+        api,
+        &context,
+        &account_id,
+        AccountEvent::Advance { to },
+        reason,
+    )
+    .await?;
+    Ok(Response::new(pb::AdvanceAccountResponse {
+        account: Some(account),
+        transition: Some(transition),
+    }))
+}

@@ -1,0 +1,297 @@
+//! Deliveries from scoring and opportunity: Apply* handlers.
+
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::error::FieldViolation;
+use cascade_shared::validate::Validator;
+use cascade_shared::{RequestContext, ServiceError};
+use tonic::{Request, Response, Status};
+
+use super::{LifecycleApi, activity_type_ok};
+use crate::convert;
+use crate::domain::scores::{ContactEngagement, ScoreDelivery};
+use crate::storage::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind, ScoreApplied};
+
+const MAX_EVENT_ID: usize = 128;
+const MAX_CONTACTS_PER_DELIVERY: usize = 1000;
+/// Deliveries per ApplyEngagementScores call.
+const MAX_SCORE_ITEMS: usize = 500;
+
+fn outcome_to_proto(outcome: ApplyOutcome) -> i32 {
+    match outcome {
+        ApplyOutcome::Applied => pb::ApplyOutcome::Applied as i32,
+        ApplyOutcome::Duplicate => pb::ApplyOutcome::Duplicate as i32,
+        ApplyOutcome::Stale => pb::ApplyOutcome::Stale as i32,
+    }
+}
+
+fn applied(result: MutationResult) -> (Option<pb::Account>, i32, Vec<pb::AccountTransition>) {
+    (
+        Some(convert::account(result.account)),
+        outcome_to_proto(result.outcome),
+        result.transitions.iter().map(convert::transition).collect(),
+    )
+}
+/// Checks one score delivery; violations are named under `prefix` (empty
+/// for the unary call, `items[i].` in a batch).
+fn score_delivery(
+    request: &pb::ApplyEngagementScoreRequest,
+    prefix: &str,
+) -> Result<(String, ScoreDelivery), Vec<FieldViolation>> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let mut v = Validator::new();
+    let event_id = v.required_text(&field("event_id"), &request.event_id, MAX_EVENT_ID);
+    let account_id = v.required_id(&field("account_id"), &request.account_id);
+    if request.sequence <= 0 {
+        v.add(field("sequence"), "must be greater than 0");
+    }
+    v.optional_time(&field("compute_time"), request.compute_time.as_ref());
+    let engagement_score = v.finite(&field("engagement_score"), request.engagement_score);
+    let average = v.finite(
+        &field("average_engagement_score"),
+        request.average_engagement_score,
+    );
+    let intent_score = v.finite(&field("intent_score"), request.intent_score);
+    if request.contacts.len() > MAX_CONTACTS_PER_DELIVERY {
+        v.add(
+            field("contacts"),
+            format!("at most {MAX_CONTACTS_PER_DELIVERY} per delivery"),
+        );
+    }
+    let mut contacts = Vec::with_capacity(request.contacts.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in request.contacts.iter().enumerate() {
+        let contact_id = v.required_id(&field(&format!("contacts[{i}].contact_id")), &c.contact_id);
+        // One entry per contact: two would each be judged against the stored
+        // stage, and the history would show moves that never happened.
+        if !contact_id.is_empty() && !seen.insert(contact_id.clone()) {
+            v.add(
+                field(&format!("contacts[{i}].contact_id")),
+                "repeats a contact of an earlier entry; send one entry per contact",
+            );
+        }
+        let score = v.finite(
+            &field(&format!("contacts[{i}].engagement_score")),
+            c.engagement_score,
+        );
+        for (j, t) in c.new_activity_types.iter().enumerate() {
+            if !activity_type_ok(t) {
+                v.add(
+                    field(&format!("contacts[{i}].new_activity_types[{j}]")),
+                    "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
+                );
+            }
+        }
+        contacts.push(ContactEngagement {
+            contact_id,
+            engagement_score: score,
+            new_activity_types: c.new_activity_types.clone(),
+        });
+    }
+    match v.finish() {
+        Ok(()) => Ok((
+            account_id,
+            ScoreDelivery {
+                event_id,
+                sequence: request.sequence,
+                engagement_score,
+                average_engagement_score: average,
+                intent_score,
+                contacts,
+            },
+        )),
+        Err(ServiceError::InvalidArgument(violations)) => Err(violations),
+        Err(_) => Err(vec![FieldViolation::new(field("event_id"), "is invalid")]),
+    }
+}
+
+fn score_outcome(applied: &ScoreApplied) -> (i32, Vec<pb::AccountTransition>) {
+    match applied {
+        ScoreApplied::NotFound => (pb::ApplyOutcome::NotFound as i32, Vec::new()),
+        ScoreApplied::Duplicate => (pb::ApplyOutcome::Duplicate as i32, Vec::new()),
+        ScoreApplied::Stale => (pb::ApplyOutcome::Stale as i32, Vec::new()),
+        ScoreApplied::Applied { transitions } => (
+            pb::ApplyOutcome::Applied as i32,
+            transitions.iter().map(convert::transition).collect(),
+        ),
+        ScoreApplied::Refused { .. } => (pb::ApplyOutcome::Rejected as i32, Vec::new()),
+    }
+}
+
+pub(super) async fn apply_engagement_score(
+    api: &LifecycleApi,
+    request: Request<pb::ApplyEngagementScoreRequest>,
+) -> Result<Response<pb::ApplyEngagementScoreResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let delivery = score_delivery(request.get_ref(), "").map_err(ServiceError::InvalidArgument)?;
+    let account_id = delivery.0.clone();
+    let mut results = api
+        .repository
+        .apply_scores(&context.tenant, &context.actor, &[delivery], true)
+        .await?;
+    let result = results
+        .pop()
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no result for the delivery")))?;
+    match &result.applied {
+        ScoreApplied::NotFound => {
+            return Err(ServiceError::not_found("account", &account_id).into());
+        }
+        ScoreApplied::Refused { reason } => {
+            return Err(ServiceError::precondition(
+                "SCORE_SEQUENCE",
+                format!("account/{account_id}"),
+                reason.clone(),
+            )
+            .into());
+        }
+        _ => {}
+    }
+    let (outcome, transitions) = score_outcome(&result.applied);
+    Ok(Response::new(pb::ApplyEngagementScoreResponse {
+        account: result.account.map(convert::account),
+        outcome,
+        transitions,
+    }))
+}
+
+pub(super) async fn apply_engagement_scores(
+    api: &LifecycleApi,
+    request: Request<pb::ApplyEngagementScoresRequest>,
+) -> Result<Response<pb::ApplyEngagementScoresResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let items = &request.get_ref().items;
+    if items.is_empty() || items.len() > MAX_SCORE_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!("must hold 1 to {MAX_SCORE_ITEMS} deliveries"),
+        )
+        .into());
+    }
+    let mut deliveries = Vec::with_capacity(items.len());
+    // Where each item's result comes from: its index among the deliveries,
+    // or its violations.
+    let mut slots: Vec<Result<usize, Vec<FieldViolation>>> = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        match score_delivery(item, &format!("items[{i}].")) {
+            Ok(delivery) => {
+                // Two deliveries of one account in a call would have no order.
+                if !seen.insert(delivery.0.clone()) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].account_id"),
+                        "repeats an account of an earlier item; send one delivery per account",
+                    )
+                    .into());
+                }
+                slots.push(Ok(deliveries.len()));
+                deliveries.push(delivery);
+            }
+            Err(violations) => slots.push(Err(violations)),
+        }
+    }
+    let applied = if deliveries.is_empty() {
+        Vec::new()
+    } else {
+        api.repository
+            .apply_scores(&context.tenant, &context.actor, &deliveries, false)
+            .await?
+    };
+    let results = items
+        .iter()
+        .zip(slots)
+        .enumerate()
+        .map(|(i, (item, slot))| match slot {
+            Ok(index) => {
+                let (outcome, transitions) = score_outcome(&applied[index].applied);
+                // A refusal is about the item's sequence, the only rule a
+                // score delivery can break once it is well-formed.
+                let violations = match &applied[index].applied {
+                    ScoreApplied::Refused { reason } => {
+                        vec![cascade_proto::common::v1::FieldViolation {
+                            field: format!("items[{i}].sequence"),
+                            description: reason.clone(),
+                        }]
+                    }
+                    _ => Vec::new(),
+                };
+                pb::ApplyEngagementScoreResult {
+                    account_id: item.account_id.clone(),
+                    outcome,
+                    transitions,
+                    violations,
+                }
+            }
+            Err(violations) => pb::ApplyEngagementScoreResult {
+                account_id: item.account_id.clone(),
+                outcome: pb::ApplyOutcome::Rejected as i32,
+                transitions: Vec::new(),
+                violations: violations
+                    .into_iter()
+                    .map(|v| cascade_proto::common::v1::FieldViolation {
+                        field: v.field,
+                        description: v.description,
+                    })
+                    .collect(),
+            },
+        })
+        .collect();
+    Ok(Response::new(pb::ApplyEngagementScoresResponse { results }))
+}
+
+pub(super) async fn apply_opportunity_event(
+    api: &LifecycleApi,
+    request: Request<pb::ApplyOpportunityEventRequest>,
+) -> Result<Response<pb::ApplyOpportunityEventResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let mut v = Validator::new();
+    let event_id = v.required_text("event_id", &request.event_id, MAX_EVENT_ID);
+    let account_id = v.required_id("account_id", &request.account_id);
+    let opportunity_id = v.required_id("opportunity_id", &request.opportunity_id);
+    let kind = match pb::OpportunityEventType::try_from(request.r#type) {
+        Ok(pb::OpportunityEventType::Opened) => Some(OpportunityEventKind::Opened),
+        Ok(pb::OpportunityEventType::Won) => Some(OpportunityEventKind::Won),
+        Ok(pb::OpportunityEventType::Lost) => Some(OpportunityEventKind::Lost),
+        _ => {
+            v.add("type", "must be OPENED, WON or LOST");
+            None
+        }
+    };
+    if request.other_open_opportunities < 0 {
+        v.add("other_open_opportunities", "must not be negative");
+    }
+    v.optional_time("occur_time", request.occur_time.as_ref());
+    if request.buying_group_contact_ids.len() > MAX_CONTACTS_PER_DELIVERY {
+        v.add(
+            "buying_group_contact_ids",
+            format!("at most {MAX_CONTACTS_PER_DELIVERY}"),
+        );
+    }
+    let buying_group: Vec<String> = request
+        .buying_group_contact_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| v.required_id(&format!("buying_group_contact_ids[{i}]"), id))
+        .collect();
+    v.finish()?;
+    let result = api
+        .repository
+        .mutate(
+            &context.tenant,
+            &context.actor,
+            &account_id,
+            Mutation::Opportunity {
+                event_id,
+                opportunity_id,
+                kind: kind.unwrap_or(OpportunityEventKind::Opened),
+                buying_group,
+                other_open: u32::try_from(request.other_open_opportunities).unwrap_or(0),
+            },
+        )
+        .await?;
+    let (account, outcome, transitions) = applied(result);
+    Ok(Response::new(pb::ApplyOpportunityEventResponse {
+        account,
+        outcome,
+        transitions,
+    }))
+}

@@ -1,0 +1,199 @@
+//! The tenant's lifecycle settings: read and update.
+
+use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::time::to_timestamp;
+use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
+use cascade_shared::{RequestContext, ServiceError, ServiceResult};
+use tonic::{Request, Response, Status};
+
+use super::{LifecycleApi, activity_type_ok};
+use crate::domain::settings::{LifecycleSettings, OnLostAction};
+
+const MAX_HAND_RAISE_TYPES: usize = 50;
+
+fn settings_to_proto(stored: crate::storage::StoredSettings) -> pb::LifecycleSettings {
+    let s = stored.settings;
+    pb::LifecycleSettings {
+        version: s.version,
+        engaged_threshold: s.engaged_threshold,
+        prioritized_threshold: s.prioritized_threshold,
+        qualified_stage_enabled: s.qualified_stage_enabled,
+        on_lost_action: s.on_lost_action.to_proto(),
+        hand_raise_activity_types: s.hand_raise_activity_types,
+        renotify_on_hand_raise: s.renotify_on_hand_raise,
+        webhook_url: s.webhook_url.unwrap_or_default(),
+        // Write-only: never returned.
+        webhook_secret: String::new(),
+        webhook_secret_set: s.webhook_secret.is_some(),
+        update_time: stored
+            .updated_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(to_timestamp),
+        updated_by: stored.updated_by.unwrap_or_default(),
+    }
+}
+
+pub(super) async fn get_lifecycle_settings(
+    api: &LifecycleApi,
+    request: Request<pb::GetLifecycleSettingsRequest>,
+) -> Result<Response<pb::GetLifecycleSettingsResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let version = request.get_ref().version;
+    if version < 0 {
+        return Err(ServiceError::invalid("version", "must not be negative").into());
+    }
+    let stored = api
+        .repository
+        .get_settings(&context.tenant, (version > 0).then_some(version))
+        .await?;
+    Ok(Response::new(pb::GetLifecycleSettingsResponse {
+        settings: Some(settings_to_proto(stored)),
+    }))
+}
+
+/// Validates the masked fields and returns the change to apply.
+fn settings_change(
+    input: &pb::LifecycleSettings,
+    paths: &[(usize, String)],
+) -> ServiceResult<impl FnOnce(&mut LifecycleSettings) -> ServiceResult<()> + use<>> {
+    let mut v = Validator::new();
+    let mut engaged = None;
+    let mut prioritized = None;
+    let mut qualified = None;
+    let mut on_lost = None;
+    let mut hand_raise = None;
+    let mut renotify = None;
+    let mut webhook_url = None;
+    let mut webhook_secret = None;
+    for (i, path) in paths {
+        match path.as_str() {
+            "engaged_threshold" => {
+                engaged = Some(v.finite("settings.engaged_threshold", input.engaged_threshold));
+            }
+            "prioritized_threshold" => {
+                prioritized = Some(v.finite(
+                    "settings.prioritized_threshold",
+                    input.prioritized_threshold,
+                ));
+            }
+            "qualified_stage_enabled" => qualified = Some(input.qualified_stage_enabled),
+            "on_lost_action" => match OnLostAction::from_proto(input.on_lost_action) {
+                Some(action) => on_lost = Some(action),
+                None => v.add(
+                    "settings.on_lost_action",
+                    "must be NURTURE, DISQUALIFY or STAY",
+                ),
+            },
+            "hand_raise_activity_types" => {
+                let types = &input.hand_raise_activity_types;
+                if types.len() > MAX_HAND_RAISE_TYPES {
+                    v.add(
+                        "settings.hand_raise_activity_types",
+                        format!("at most {MAX_HAND_RAISE_TYPES}"),
+                    );
+                }
+                for (i, t) in types.iter().enumerate() {
+                    if !activity_type_ok(t) {
+                        v.add(
+                            format!("settings.hand_raise_activity_types[{i}]"),
+                            "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
+                        );
+                    }
+                }
+                let mut unique = types.clone();
+                unique.sort();
+                unique.dedup();
+                hand_raise = Some(unique);
+            }
+            "renotify_on_hand_raise" => renotify = Some(input.renotify_on_hand_raise),
+            "webhook_url" => {
+                let url = input.webhook_url.trim();
+                if url.is_empty() {
+                    webhook_url = Some(None);
+                } else if url.len() > 2048
+                    || !(url.starts_with("https://") || url.starts_with("http://"))
+                    || reqwest::Url::parse(url).is_err()
+                {
+                    v.add(
+                        "settings.webhook_url",
+                        "must be an http:// or https:// URL of at most 2048 characters",
+                    );
+                } else {
+                    webhook_url = Some(Some(url.to_owned()));
+                }
+            }
+            "webhook_secret" => {
+                let secret = &input.webhook_secret;
+                if secret.len() > 512 {
+                    v.add("settings.webhook_secret", "must be at most 512 characters");
+                }
+                webhook_secret = Some((!secret.is_empty()).then(|| secret.clone()));
+            }
+            other => v.add(
+                mask_path(*i),
+                not_writable(
+                    other,
+                    &[
+                        "engaged_threshold",
+                        "prioritized_threshold",
+                        "qualified_stage_enabled",
+                        "on_lost_action",
+                        "hand_raise_activity_types",
+                        "renotify_on_hand_raise",
+                        "webhook_url",
+                        "webhook_secret",
+                    ],
+                ),
+            ),
+        }
+    }
+    v.finish()?;
+    Ok(move |s: &mut LifecycleSettings| {
+        if let Some(x) = engaged {
+            s.engaged_threshold = x;
+        }
+        if let Some(x) = prioritized {
+            s.prioritized_threshold = x;
+        }
+        if let Some(x) = qualified {
+            s.qualified_stage_enabled = x;
+        }
+        if let Some(x) = on_lost {
+            s.on_lost_action = x;
+        }
+        if let Some(x) = hand_raise {
+            s.hand_raise_activity_types = x;
+        }
+        if let Some(x) = renotify {
+            s.renotify_on_hand_raise = x;
+        }
+        if let Some(x) = webhook_url {
+            s.webhook_url = x;
+        }
+        if let Some(x) = webhook_secret {
+            s.webhook_secret = x;
+        }
+        // The thresholds are checked together, against the values in force.
+        let mut v = Validator::new();
+        v.thresholds("settings.", s.engaged_threshold, s.prioritized_threshold);
+        v.finish()
+    })
+}
+
+pub(super) async fn update_lifecycle_settings(
+    api: &LifecycleApi,
+    request: Request<pb::UpdateLifecycleSettingsRequest>,
+) -> Result<Response<pb::UpdateLifecycleSettingsResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let request = request.into_inner();
+    let paths = mask_paths(request.update_mask.as_ref())?;
+    let input = request.settings.unwrap_or_default();
+    let change = settings_change(&input, &paths)?;
+    let stored = api
+        .repository
+        .update_settings(&context.tenant, &context.actor, change)
+        .await?;
+    Ok(Response::new(pb::UpdateLifecycleSettingsResponse {
+        settings: Some(settings_to_proto(stored)),
+    }))
+}
