@@ -47,21 +47,34 @@ async fn manual(
     Ok((convert::account(result.account), transition))
 }
 
+/// Checks an action that names an account and a reason, and runs it.
+async fn action_with_reason<R>(
+    api: &LifecycleApi,
+    request: Request<R>,
+    fields: fn(&R) -> (&str, &str),
+    event: AccountEvent,
+    reason_required: bool,
+) -> Result<(Option<pb::Account>, Option<pb::AccountTransition>), Status> {
+    let context = RequestContext::of(&request)?;
+    let (account_id, reason_text) = fields(request.get_ref());
+    let mut v = Validator::new();
+    let account_id = v.required_id("account_id", account_id);
+    let reason = reason(&mut v, reason_text, reason_required);
+    v.finish()?;
+    let (account, transition) = manual(api, &context, &account_id, event, reason).await?;
+    Ok((Some(account), Some(transition)))
+}
+
 pub(super) async fn qualify_account(
     api: &LifecycleApi,
     request: Request<pb::QualifyAccountRequest>,
 ) -> Result<Response<pb::QualifyAccountResponse>, Status> {
-    let context = RequestContext::of(&request)?;
-    let request = request.into_inner();
-    let mut v = Validator::new();
-    let account_id = v.required_id("account_id", &request.account_id);
-    let reason = reason(&mut v, &request.reason, false);
-    v.finish()?;
+    let fields: fn(&pb::QualifyAccountRequest) -> (&str, &str) = |r| (&r.account_id, &r.reason);
     let (account, transition) =
-        manual(api, &context, &account_id, AccountEvent::Qualify, reason).await?;
+        action_with_reason(api, request, fields, AccountEvent::Qualify, false).await?;
     Ok(Response::new(pb::QualifyAccountResponse {
-        account: Some(account),
-        transition: Some(transition),
+        account,
+        transition,
     }))
 }
 
@@ -69,17 +82,12 @@ pub(super) async fn disqualify_account(
     api: &LifecycleApi,
     request: Request<pb::DisqualifyAccountRequest>,
 ) -> Result<Response<pb::DisqualifyAccountResponse>, Status> {
-    let context = RequestContext::of(&request)?;
-    let request = request.into_inner();
-    let mut v = Validator::new();
-    let account_id = v.required_id("account_id", &request.account_id);
-    let reason = reason(&mut v, &request.reason, true);
-    v.finish()?;
+    let fields: fn(&pb::DisqualifyAccountRequest) -> (&str, &str) = |r| (&r.account_id, &r.reason);
     let (account, transition) =
-        manual(api, &context, &account_id, AccountEvent::Disqualify, reason).await?;
+        action_with_reason(api, request, fields, AccountEvent::Disqualify, true).await?;
     Ok(Response::new(pb::DisqualifyAccountResponse {
-        account: Some(account),
-        transition: Some(transition),
+        account,
+        transition,
     }))
 }
 
@@ -87,17 +95,12 @@ pub(super) async fn nurture_account(
     api: &LifecycleApi,
     request: Request<pb::NurtureAccountRequest>,
 ) -> Result<Response<pb::NurtureAccountResponse>, Status> {
-    let context = RequestContext::of(&request)?;
-    let request = request.into_inner();
-    let mut v = Validator::new();
-    let account_id = v.required_id("account_id", &request.account_id);
-    let reason = reason(&mut v, &request.reason, true);
-    v.finish()?;
+    let fields: fn(&pb::NurtureAccountRequest) -> (&str, &str) = |r| (&r.account_id, &r.reason);
     let (account, transition) =
-        manual(api, &context, &account_id, AccountEvent::Nurture, reason).await?;
+        action_with_reason(api, request, fields, AccountEvent::Nurture, true).await?;
     Ok(Response::new(pb::NurtureAccountResponse {
-        account: Some(account),
-        transition: Some(transition),
+        account,
+        transition,
     }))
 }
 
