@@ -1,0 +1,244 @@
+//! Reading a request's fields: what a caller may write, money, dates,
+//! contacts, and applying one field of the update mask.
+
+use cascade_proto::common::v1 as common;
+use cascade_proto::opportunity::v1 as pb;
+use cascade_shared::domain::Money;
+use cascade_shared::time;
+use cascade_shared::validate::{Validator, not_writable};
+
+use crate::domain::{self, Competitor, Contract, Date, LineItem, Opportunity, Stakeholder};
+
+pub(super) const MAX_NAME: usize = 200;
+const MAX_TEXT: usize = 10_000;
+const MAX_LIST: usize = 100;
+const MAX_LINE_ITEMS: usize = 200;
+
+/// Fields a caller may write, on create and through the update mask.
+pub(super) const WRITABLE: [&str; 14] = [
+    "name",
+    "owner_id",
+    "estimated_deal_size",
+    "amount",
+    "amount_from_line_items",
+    "close_date",
+    "current_situation",
+    "needs",
+    "buying_group_contact_ids",
+    "stakeholders",
+    "competitors",
+    "line_items",
+    "new_reality",
+    "contract",
+];
+
+pub(super) fn money(
+    v: &mut Validator,
+    field: &str,
+    value: Option<&common::Money>,
+) -> Option<Money> {
+    let value = value?;
+    match Money::from_proto(value) {
+        Ok(m) if m.nanos < 0 => {
+            v.add(field, "must not be negative");
+            None
+        }
+        Ok(m) => Some(m),
+        Err(problem) => {
+            v.add(field, problem);
+            None
+        }
+    }
+}
+
+/// Writes one field of `input` onto `o`.
+/// `at` is the violation's field for a path that cannot be written (its
+/// place in the update mask).
+pub(super) fn apply_field(
+    o: &mut Opportunity,
+    input: &pb::Opportunity,
+    path: &str,
+    at: &str,
+    v: &mut Validator,
+) {
+    let f = |name: &str| format!("opportunity.{name}");
+    match path {
+        "name" => o.name = v.required_text(&f("name"), &input.name, MAX_NAME),
+        "owner_id" => o.owner_id = v.optional_text(&f("owner_id"), &input.owner_id, MAX_NAME).unwrap_or_default(),
+        "estimated_deal_size" => o.estimated_deal_size = money(v, &f("estimated_deal_size"), input.estimated_deal_size.as_ref()),
+        "amount" => o.amount = money(v, &f("amount"), input.amount.as_ref()),
+        "amount_from_line_items" => o.amount_from_line_items = input.amount_from_line_items,
+        "close_date" => {
+            o.close_date = input.close_date.as_ref().and_then(|d| {
+                let valid = u32::try_from(d.month).ok().zip(u32::try_from(d.day).ok()).and_then(|(m, day)| {
+                    chrono::NaiveDate::from_ymd_opt(d.year, m, day).filter(|_| (1..=9999).contains(&d.year))
+                });
+                match valid {
+                    Some(_) => Some(Date { year: d.year, month: d.month as u32, day: d.day as u32 }),
+                    None => {
+                        v.add(f("close_date"), "must be a valid calendar date");
+                        None
+                    }
+                }
+            });
+        }
+        "current_situation" => {
+            o.current_situation = v.optional_text(&f("current_situation"), &input.current_situation, MAX_TEXT).unwrap_or_default();
+        }
+        "needs" => o.needs = v.optional_text(&f("needs"), &input.needs, MAX_TEXT).unwrap_or_default(),
+        "new_reality" => o.new_reality = v.optional_text(&f("new_reality"), &input.new_reality, MAX_TEXT).unwrap_or_default(),
+        "buying_group_contact_ids" => {
+            if input.buying_group_contact_ids.len() > MAX_LIST {
+                v.add(f("buying_group_contact_ids"), format!("at most {MAX_LIST}"));
+            }
+            let mut ids: Vec<String> = input
+                .buying_group_contact_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| v.required_id(&format!("opportunity.buying_group_contact_ids[{i}]"), id))
+                .collect();
+            ids.dedup();
+            o.buying_group = ids;
+        }
+        "stakeholders" => {
+            if input.stakeholders.len() > MAX_LIST {
+                v.add(f("stakeholders"), format!("at most {MAX_LIST}"));
+            }
+            o.stakeholders = input
+                .stakeholders
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let field = |n: &str| format!("opportunity.stakeholders[{i}].{n}");
+                    let contact_id = (!s.contact_id.trim().is_empty()).then(|| v.required_id(&field("contact_id"), &s.contact_id));
+                    let name = v.optional_text(&field("name"), &s.name, MAX_NAME).unwrap_or_default();
+                    if contact_id.is_none() && name.is_empty() {
+                        v.add(field("name"), "is required when there is no contact_id");
+                    }
+                    if pb::StakeholderRole::try_from(s.role).map_or(true, |r| r == pb::StakeholderRole::Unspecified) {
+                        v.add(field("role"), "is required: DECISION_MAKER, CHAMPION, INFLUENCER, LEGAL, PROCUREMENT, SECURITY, IT or OTHER");
+                    }
+                    Stakeholder { contact_id, name, role: s.role }
+                })
+                .collect();
+        }
+        "competitors" => {
+            if input.competitors.len() > MAX_LIST {
+                v.add(f("competitors"), format!("at most {MAX_LIST}"));
+            }
+            o.competitors = input
+                .competitors
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Competitor {
+                    name: v.required_text(&format!("opportunity.competitors[{i}].name"), &c.name, MAX_NAME),
+                    notes: v.optional_text(&format!("opportunity.competitors[{i}].notes"), &c.notes, 2000).unwrap_or_default(),
+                })
+                .collect();
+        }
+        "line_items" => {
+            if input.line_items.len() > MAX_LINE_ITEMS {
+                v.add(f("line_items"), format!("at most {MAX_LINE_ITEMS}"));
+            }
+            o.line_items = input
+                .line_items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let field = |n: &str| format!("opportunity.line_items[{i}].{n}");
+                    let product = v.required_text(&field("product"), &item.product, MAX_NAME);
+                    if !(1..=1_000_000_000).contains(&item.quantity) {
+                        v.add(field("quantity"), "must be between 1 and 1,000,000,000");
+                    }
+                    let kind = match pb::LineItemKind::try_from(item.kind) {
+                        Ok(pb::LineItemKind::Unspecified) => pb::LineItemKind::Product as i32,
+                        Ok(k) => k as i32,
+                        Err(_) => {
+                            v.add(field("kind"), "must be PRODUCT or SERVICE");
+                            0
+                        }
+                    };
+                    let price = money(v, &field("unit_price"), item.unit_price.as_ref());
+                    if item.unit_price.is_none() {
+                        v.add(field("unit_price"), "is required");
+                    }
+                    LineItem {
+                        product,
+                        kind,
+                        quantity: item.quantity,
+                        currency: price.map(|p| p.currency_code().to_owned()).unwrap_or_default(),
+                        unit_price_nanos: price.map_or(0, |p| p.nanos),
+                    }
+                })
+                .collect();
+        }
+        "contract" | "contract.document_ref" | "contract.signed" | "contract.sign_time" => {
+            let given = input.contract.clone().unwrap_or_default();
+            let mut contract = o.contract.clone().unwrap_or(Contract { document_ref: String::new(), signed: false, sign_time_ms: None });
+            if matches!(path, "contract" | "contract.document_ref") {
+                contract.document_ref = v.optional_text("opportunity.contract.document_ref", &given.document_ref, 2000).unwrap_or_default();
+            }
+            if matches!(path, "contract" | "contract.signed" | "contract.sign_time") {
+                let sign_time = given.sign_time.as_ref().and_then(|t| v.required_time("opportunity.contract.sign_time", Some(t)));
+                if path != "contract.sign_time" {
+                    // A person marks it signed; nothing detects a signature.
+                    contract.signed = given.signed;
+                }
+                contract.sign_time_ms = if contract.signed {
+                    sign_time.map(|t| t.timestamp_millis()).or(contract.sign_time_ms).or(Some(time::now().timestamp_millis()))
+                } else {
+                    None
+                };
+            }
+            o.contract = Some(contract);
+        }
+        "step" | "status" | "lost_reason" | "step_entries" | "progress" | "account_id" | "opportunity_id" => v.add(
+            at,
+            format!("{path} is not writable: steps move through AdvanceOpportunity, status through CloseOpportunityWon / Lost"),
+        ),
+        other => v.add(at, not_writable(other, &WRITABLE)),
+    }
+}
+
+/// The amount follows the line items when asked to.
+pub(super) fn derive_amount(o: &mut Opportunity, v: &mut Validator) {
+    if !o.amount_from_line_items {
+        return;
+    }
+    match domain::line_items_total(&o.line_items) {
+        Ok(total) => o.amount = total,
+        Err(problem) => v.add("opportunity.line_items", problem),
+    }
+}
+
+pub(super) fn id_of(v: &mut Validator, field: &str, value: &str) -> String {
+    v.required_id(field, value)
+}
+
+/// The contact ids `input` names in the fields `written` selects, each with
+/// its exact field path: the buying group and the stakeholders' contacts.
+pub(super) fn named_contacts(
+    input: &pb::Opportunity,
+    written: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    let mut named = Vec::new();
+    if written("buying_group_contact_ids") {
+        for (i, id) in input.buying_group_contact_ids.iter().enumerate() {
+            named.push((
+                format!("opportunity.buying_group_contact_ids[{i}]"),
+                id.trim().to_owned(),
+            ));
+        }
+    }
+    if written("stakeholders") {
+        for (i, s) in input.stakeholders.iter().enumerate() {
+            if !s.contact_id.trim().is_empty() {
+                named.push((
+                    format!("opportunity.stakeholders[{i}].contact_id"),
+                    s.contact_id.trim().to_owned(),
+                ));
+            }
+        }
+    }
+    named
+}
