@@ -1,0 +1,93 @@
+//! Scores and scoring models as the API shows them, and a model from a
+//! request.
+
+use cascade_proto::scoring::v1 as pb;
+use cascade_shared::time::to_timestamp;
+use cascade_shared::{FieldViolation, ServiceError, ServiceResult};
+
+use crate::domain::{self, ScoringModel, ScoringRule};
+use crate::storage::Totals;
+
+pub(super) fn score_to_proto(account_id: String, totals: &Totals) -> pb::AccountScore {
+    pb::AccountScore {
+        account_id,
+        engagement_score: totals.engagement,
+        average_engagement_score: totals.average(),
+        engaged_contact_count: totals.engaged_contacts,
+        intent_score: totals.intent,
+        breakdown: breakdown(totals),
+        compute_time: Some(to_timestamp(cascade_shared::time::now())),
+    }
+}
+
+pub(super) fn breakdown(totals: &Totals) -> Vec<pb::ActivityTypeScore> {
+    totals
+        .breakdown
+        .iter()
+        .map(|(activity_type, (count, points))| pb::ActivityTypeScore {
+            activity_type: activity_type.clone(),
+            activity_count: *count,
+            points: *points,
+        })
+        .collect()
+}
+
+pub(super) fn model_to_proto(model: ScoringModel) -> pb::ScoringModel {
+    pb::ScoringModel {
+        version: model.version,
+        rules: model
+            .rules
+            .into_iter()
+            .map(|r| pb::ScoringRule {
+                activity_type: r.activity_type,
+                points: r.points,
+                daily_cap_per_contact: r.daily_cap_per_contact,
+                first_occurrence_only: r.first_occurrence_only,
+            })
+            .collect(),
+        decay_half_life_days: model.decay_half_life_days,
+        intent_activity_types: model.intent_activity_types,
+        create_time: model
+            .created_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(to_timestamp),
+        created_by: model.created_by.unwrap_or_default(),
+    }
+}
+
+pub(super) fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult<ScoringModel> {
+    let Some(model) = model else {
+        return Err(ServiceError::invalid("model", "is required"));
+    };
+    let model = ScoringModel {
+        version: 0,
+        rules: model
+            .rules
+            .into_iter()
+            .map(|r| ScoringRule {
+                activity_type: r.activity_type.trim().to_owned(),
+                points: r.points,
+                daily_cap_per_contact: r.daily_cap_per_contact,
+                first_occurrence_only: r.first_occurrence_only,
+            })
+            .collect(),
+        decay_half_life_days: model.decay_half_life_days,
+        intent_activity_types: model
+            .intent_activity_types
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .collect(),
+        created_at_ms: None,
+        created_by: None,
+    };
+    let problems = domain::check_model(&model);
+    if !problems.is_empty() {
+        return Err(ServiceError::InvalidArgument(
+            problems
+                .into_iter()
+                .map(|(f, d)| FieldViolation::new(f, d))
+                .collect(),
+        ));
+    }
+    Ok(model)
+}

@@ -1,0 +1,260 @@
+//! Checking and recording activities: one item, a batch or a stream; each
+//! item's result, and the reasons an item is refused.
+
+use cascade_proto::common::v1::FieldViolation as PbViolation;
+use cascade_proto::scoring::v1 as pb;
+use cascade_shared::validate::Validator;
+use cascade_shared::{FieldViolation, RequestContext, ServiceError, ServiceResult};
+
+use crate::directory::{Checked, Person};
+use crate::domain;
+use crate::storage::{NewActivity, Recorded};
+
+use super::{MAX_BATCH, ScoringApi};
+
+/// How far in the future an activity's time may be (clock skew).
+const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+struct Pending {
+    event_id: String,
+    activity_type: String,
+    occurred_at_ms: i64,
+    who: Person,
+}
+
+/// Checks one activity; violations are named under `prefix`.
+fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViolation>> {
+    let mut v = Validator::new();
+    let field = |name: &str| format!("{prefix}{name}");
+    let event_id = v.required_text(&field("event_id"), &activity.event_id, 128);
+    let activity_type = activity.activity_type.trim().to_owned();
+    if !domain::valid_activity_type(&activity_type) {
+        v.add(
+            field("activity_type"),
+            "is required: 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
+        );
+    }
+    let occurred = v.required_time(&field("occur_time"), activity.occur_time.as_ref());
+    if let Some(time) = occurred
+        && time.timestamp_millis() > cascade_shared::time::now().timestamp_millis() + MAX_FUTURE_MS
+    {
+        v.add(
+            field("occur_time"),
+            "must not be more than 5 minutes in the future",
+        );
+    }
+    let has_account = !activity.account_id.trim().is_empty();
+    let has_email = !activity.contact_email.trim().is_empty();
+    let who = match (has_account, has_email) {
+        (true, false) => {
+            let account_id = v.required_id(&field("account_id"), &activity.account_id);
+            let contact_id = (!activity.contact_id.trim().is_empty())
+                .then(|| v.required_id(&field("contact_id"), &activity.contact_id));
+            Some(Person::Ids {
+                account_id,
+                contact_id,
+            })
+        }
+        (false, true) => {
+            if !activity.contact_id.trim().is_empty() {
+                v.add(
+                    field("contact_id"),
+                    "give either contact_email or account_id with contact_id, not both",
+                );
+            }
+            v.optional_email(&field("contact_email"), &activity.contact_email)
+                .map(Person::Email)
+        }
+        (true, true) => {
+            v.add(
+                field("contact_email"),
+                "give either account_id (with an optional contact_id) or contact_email, not both",
+            );
+            None
+        }
+        (false, false) => {
+            v.add(field("account_id"), "is required (or give contact_email)");
+            None
+        }
+    };
+    match (v.finish(), who, occurred) {
+        (Ok(()), Some(who), Some(time)) => Ok(Pending {
+            event_id,
+            activity_type,
+            occurred_at_ms: time.timestamp_millis(),
+            who,
+        }),
+        (Err(ServiceError::InvalidArgument(violations)), _, _) => Err(violations),
+        _ => Err(vec![FieldViolation::new(field("activity"), "is invalid")]),
+    }
+}
+
+/// The outcome of one submitted activity.
+pub(super) enum ItemOutcome {
+    /// Bad input: the activity itself is malformed, or names a contact under
+    /// an account it does not belong to.
+    Rejected(Vec<FieldViolation>),
+    /// An id or email that names nothing in the tenant.
+    NotFound(Vec<FieldViolation>),
+    Done {
+        account_id: String,
+        contact_id: Option<String>,
+        recorded: Recorded,
+    },
+}
+
+impl ScoringApi {
+    /// Validates, checks and records a batch; one outcome per item.
+    pub(super) async fn process(
+        &self,
+        context: &RequestContext,
+        activities: &[pb::Activity],
+        prefix: fn(usize) -> String,
+    ) -> ServiceResult<Vec<ItemOutcome>> {
+        let mut outcomes: Vec<Option<ItemOutcome>> = (0..activities.len()).map(|_| None).collect();
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
+        for (i, activity) in activities.iter().enumerate() {
+            match check(activity, &prefix(i)) {
+                Ok(item) => pending.push((i, item)),
+                Err(violations) => outcomes[i] = Some(ItemOutcome::Rejected(violations)),
+            }
+        }
+        let people: Vec<&Person> = pending.iter().map(|(_, p)| &p.who).collect();
+        let resolutions = if people.is_empty() {
+            Vec::new()
+        } else {
+            self.directory.check(context, &people).await?
+        };
+        let mut ready: Vec<(usize, NewActivity)> = Vec::new();
+        for ((i, item), resolution) in pending.into_iter().zip(resolutions) {
+            let at = |field: &str| format!("{}{field}", prefix(i));
+            match resolution {
+                Checked::Found {
+                    account_id,
+                    contact_id,
+                } => ready.push((
+                    i,
+                    NewActivity {
+                        event_id: item.event_id,
+                        activity_type: item.activity_type,
+                        occurred_at_ms: item.occurred_at_ms,
+                        account_id,
+                        contact_id,
+                    },
+                )),
+                Checked::NotFound { field, description } => {
+                    outcomes[i] = Some(ItemOutcome::NotFound(vec![FieldViolation::new(
+                        at(field),
+                        description,
+                    )]));
+                }
+                Checked::Mismatch { field, description } => {
+                    outcomes[i] = Some(ItemOutcome::Rejected(vec![FieldViolation::new(
+                        at(field),
+                        description,
+                    )]));
+                }
+            }
+        }
+        let items: Vec<NewActivity> = ready.iter().map(|(_, a)| a.clone()).collect();
+        let recorded = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.repository.record(&context.tenant, &items).await?
+        };
+        for ((i, item), recorded) in ready.into_iter().zip(recorded) {
+            let (account_id, contact_id) = match &recorded {
+                Recorded::Duplicate {
+                    account_id,
+                    contact_id,
+                    ..
+                } => (account_id.clone(), contact_id.clone()),
+                Recorded::New { .. } => (item.account_id, item.contact_id),
+            };
+            outcomes[i] = Some(ItemOutcome::Done {
+                account_id,
+                contact_id,
+                recorded,
+            });
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(ItemOutcome::Rejected(vec![FieldViolation::new(
+                    "activities",
+                    "not processed",
+                )]))
+            })
+            .collect())
+    }
+}
+
+pub(super) fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
+    match outcome {
+        ItemOutcome::Rejected(violations) => {
+            refused(activity, pb::ActivityStatus::Rejected, violations)
+        }
+        ItemOutcome::NotFound(violations) => {
+            refused(activity, pb::ActivityStatus::NotFound, violations)
+        }
+        ItemOutcome::Done {
+            account_id,
+            contact_id,
+            recorded,
+        } => {
+            let (status, points) = match recorded {
+                Recorded::New { counted_points } => (pb::ActivityStatus::Recorded, counted_points),
+                Recorded::Duplicate { counted_points, .. } => {
+                    (pb::ActivityStatus::Duplicate, counted_points)
+                }
+            };
+            pb::ActivityResult {
+                event_id: activity.event_id.trim().to_owned(),
+                status: status as i32,
+                points: f64::from(points),
+                account_id,
+                contact_id: contact_id.unwrap_or_default(),
+                violations: Vec::new(),
+            }
+        }
+    }
+}
+
+pub(super) fn batch_prefix(i: usize) -> String {
+    format!("activities[{i}].")
+}
+
+fn refused(
+    activity: &pb::Activity,
+    status: pb::ActivityStatus,
+    violations: Vec<FieldViolation>,
+) -> pb::ActivityResult {
+    pb::ActivityResult {
+        event_id: activity.event_id.clone(),
+        status: status as i32,
+        violations: violations
+            .into_iter()
+            .map(|v| PbViolation {
+                field: v.field,
+                description: v.description,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn check_batch_size(n: usize, field: &str) -> ServiceResult<()> {
+    if n == 0 {
+        return Err(ServiceError::invalid(
+            field,
+            "must contain at least one activity",
+        ));
+    }
+    if n > MAX_BATCH {
+        return Err(ServiceError::invalid(
+            field,
+            format!("at most {MAX_BATCH} activities (got {n})"),
+        ));
+    }
+    Ok(())
+}
