@@ -211,8 +211,40 @@ impl Money {
     }
 }
 
+/// Longest activity type name.
+pub const MAX_ACTIVITY_TYPE: usize = 64;
+
+/// Whether an activity type name is acceptable: 1 to 64 of `a-z 0-9 _ - .`.
+/// Scoring's rules and recorded activities, lifecycle's score deliveries and
+/// hand-raise settings all name types, and must agree on what a name is.
+pub fn valid_activity_type(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_ACTIVITY_TYPE
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn activity_type_names_are_short_lowercase_words() {
+        use super::valid_activity_type as ok;
+        for good in ["email_open", "web-page.visit", "a", "x9", &"a".repeat(64)] {
+            assert!(ok(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Email",
+            "email open",
+            "é",
+            "demo/request",
+            &"a".repeat(65),
+        ] {
+            assert!(!ok(bad), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -1,12 +1,13 @@
 //! Deliveries from scoring and opportunity: Apply* handlers.
 
 use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::domain::valid_activity_type;
 use cascade_shared::error::FieldViolation;
 use cascade_shared::validate::Validator;
 use cascade_shared::{RequestContext, ServiceError};
 use tonic::{Request, Response, Status};
 
-use super::{LifecycleApi, activity_type_ok};
+use super::LifecycleApi;
 use crate::convert;
 use crate::domain::scores::{ContactEngagement, ScoreDelivery};
 use crate::storage::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind, ScoreApplied};
@@ -74,7 +75,7 @@ fn score_delivery(
             c.engagement_score,
         );
         for (j, t) in c.new_activity_types.iter().enumerate() {
-            if !activity_type_ok(t) {
+            if !valid_activity_type(t) {
                 v.add(
                     field(&format!("contacts[{i}].new_activity_types[{j}]")),
                     "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",

@@ -26,16 +26,6 @@ const MAX_NAME: usize = 200;
 const MAX_OWNER: usize = 200;
 const MAX_PERSON_NAME: usize = 100;
 const MAX_TITLE: usize = 200;
-const MAX_ACTIVITY_TYPE: usize = 64;
-
-/// An activity type's syntax (score deliveries' types, hand-raise types).
-fn activity_type_ok(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= MAX_ACTIVITY_TYPE
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
-        })
-}
 
 pub struct LifecycleApi {
     pub(crate) repository: Repository,

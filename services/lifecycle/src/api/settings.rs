@@ -1,12 +1,13 @@
 //! The tenant's lifecycle settings: read and update.
 
 use cascade_proto::lifecycle::v1 as pb;
+use cascade_shared::domain::valid_activity_type;
 use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
 use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use tonic::{Request, Response, Status};
 
-use super::{LifecycleApi, activity_type_ok};
+use super::LifecycleApi;
 use crate::domain::settings::{LifecycleSettings, OnLostAction};
 
 const MAX_HAND_RAISE_TYPES: usize = 50;
@@ -93,7 +94,7 @@ fn settings_change(
                     );
                 }
                 for (i, t) in types.iter().enumerate() {
-                    if !activity_type_ok(t) {
+                    if !valid_activity_type(t) {
                         v.add(
                             format!("settings.hand_raise_activity_types[{i}]"),
                             "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",

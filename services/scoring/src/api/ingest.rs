@@ -3,11 +3,11 @@
 
 use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::scoring::v1 as pb;
+use cascade_shared::domain::valid_activity_type;
 use cascade_shared::validate::Validator;
 use cascade_shared::{FieldViolation, RequestContext, ServiceError, ServiceResult};
 
 use crate::directory::{Checked, Person};
-use crate::domain;
 use crate::storage::{NewActivity, Recorded};
 
 use super::{MAX_BATCH, ScoringApi};
@@ -28,7 +28,7 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
     let field = |name: &str| format!("{prefix}{name}");
     let event_id = v.required_text(&field("event_id"), &activity.event_id, 128);
     let activity_type = activity.activity_type.trim().to_owned();
-    if !domain::valid_activity_type(&activity_type) {
+    if !valid_activity_type(&activity_type) {
         v.add(
             field("activity_type"),
             "is required: 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",

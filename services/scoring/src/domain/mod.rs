@@ -6,7 +6,7 @@ pub mod simulate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_shared::domain::AccountStage;
+use cascade_shared::domain::{AccountStage, valid_activity_type};
 
 /// Points for one activity type.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -86,15 +86,6 @@ impl ScoringModel {
     pub fn decays(&self) -> bool {
         self.decay_half_life_days > 0.0
     }
-}
-
-/// Whether an activity type name is acceptable: 1 to 64 of `a-z 0-9 _ - .`.
-pub fn valid_activity_type(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= 64
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
-        })
 }
 
 /// Checks a proposed model; each problem as (field, description).
