@@ -33,7 +33,7 @@ run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLi
 .PHONY: demo
 demo: ## Play the source documents' story against `make run` (in another terminal)
 	$(RELEASE_BUILD) --quiet
-	target/release/cascade-demo
+	$${CARGO_TARGET_DIR:-target}/release/cascade-demo
 
 .PHONY: test
 # Building the tests builds every binary too (each package with binaries has
