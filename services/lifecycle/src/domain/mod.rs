@@ -3,6 +3,7 @@
 
 pub mod account_rules;
 pub mod contact_rules;
+pub mod mutation;
 pub mod resolve;
 pub mod scores;
 pub mod settings;
@@ -133,6 +134,13 @@ cascade_shared::domain_enum! {
         Delivered = "DELIVERED",
         NoWebhook = "NO_WEBHOOK",
     }
+}
+
+/// A message to the account's owner, before it has an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationDraft {
+    pub reason: NotificationReason,
+    pub text: String,
 }
 
 /// A message to an account owner.

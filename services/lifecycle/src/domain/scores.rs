@@ -10,7 +10,7 @@ use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
 use super::account_rules::{self, AccountEvent, AccountState, Step};
 use super::contact_rules::{self, ContactEvent, ContactMove};
 use super::settings::LifecycleSettings;
-use super::{NotificationReason, Refusal};
+use super::{NotificationDraft, NotificationReason, Refusal};
 
 /// A contact's engagement delivered by scoring.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,13 +65,6 @@ pub struct ContactUpdate {
     pub has_activity: bool,
     /// `Some` only when the stage changes.
     pub moved: Option<ContactMove>,
-}
-
-/// A message to the account's owner, before it has an id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NotificationDraft {
-    pub reason: NotificationReason,
-    pub text: String,
 }
 
 /// The changes a delivery makes.

@@ -11,7 +11,10 @@ use sea_orm::{
 use super::entities::{contact_transition, transition};
 use super::records::{account_model, contact_model};
 use super::{Repository, corrupt, from_ms, ms, statement};
-use crate::domain::{ContactTransition, Transition};
+use crate::convert;
+use crate::domain::{ContactTransition, Notification, Transition};
+use cascade_proto::lifecycle::v1 as pb;
+use prost::Message;
 
 pub(crate) fn transition_from_model(m: transition::Model) -> ServiceResult<Transition> {
     Ok(Transition {
@@ -102,13 +105,56 @@ pub(crate) fn transition_row(tenant_id: &str, seq: i64, t: &Transition) -> trans
     }
 }
 
+/// One entry of a tenant's watch feed, stored as the message
+/// WatchAccountEvents sends (so a resumed watch replays it as it was).
+pub(crate) struct FeedEntry {
+    account_id: String,
+    /// Set for a transition: the stage filter of a watch matches on it.
+    to_stage: Option<String>,
+    payload: Vec<u8>,
+}
+
+impl FeedEntry {
+    pub(crate) fn transition(t: &Transition) -> Self {
+        Self::of(
+            &t.account_id,
+            Some(t.to_stage.as_str().to_owned()),
+            pb::watch_account_events_response::Event::Transition(convert::transition(t)),
+        )
+    }
+
+    pub(crate) fn notification(n: &Notification) -> Self {
+        Self::of(
+            &n.account_id,
+            None,
+            pb::watch_account_events_response::Event::Notification(convert::notification(n)),
+        )
+    }
+
+    fn of(
+        account_id: &str,
+        to_stage: Option<String>,
+        event: pb::watch_account_events_response::Event,
+    ) -> Self {
+        let message = pb::WatchAccountEventsResponse {
+            cursor: String::new(),
+            event: Some(event),
+        };
+        Self {
+            account_id: account_id.to_owned(),
+            to_stage,
+            payload: message.encode_to_vec(),
+        }
+    }
+}
+
 /// Appends events to a tenant's feed. The counter row is locked until the
 /// transaction commits, so sequence numbers become visible in order and a
 /// watcher resuming after `seq` never misses an earlier one.
 pub(crate) async fn append_events(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
-    events: Vec<(String, Option<String>, Vec<u8>)>,
+    events: Vec<FeedEntry>,
     now_ms: i64,
 ) -> Result<(), DbErr> {
     if events.is_empty() {
@@ -126,7 +172,15 @@ pub(crate) async fn append_events(
         .await?
         .ok_or_else(|| DbErr::Custom("event counter returned nothing".into()))?;
     let last: i64 = row.try_get("", "last_seq")?;
-    for (i, (account_id, to_stage, payload)) in events.into_iter().enumerate() {
+    for (
+        i,
+        FeedEntry {
+            account_id,
+            to_stage,
+            payload,
+        },
+    ) in events.into_iter().enumerate()
+    {
         conn.execute_raw(statement(
             conn,
             "INSERT INTO account_events (tenant_id, seq, account_id, to_stage, payload, created_at_ms) \

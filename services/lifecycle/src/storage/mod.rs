@@ -37,6 +37,10 @@ pub use notifications::{
 pub use scores::{ScoreApplied, ScoreResult};
 pub use settings::StoredSettings;
 
+/// An opportunity lifecycle knows to be open (`account_opportunities.status`;
+/// the others are WON and LOST).
+const OPEN: &str = "OPEN";
+
 /// Filters of ListAccounts.
 #[derive(Debug, Clone, Default)]
 pub struct AccountFilter {

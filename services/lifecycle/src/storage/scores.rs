@@ -7,10 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::db::{among, begin_write, statement_chunks, update_from_values};
 use cascade_shared::{ServiceResult, TenantId, time};
-use prost::Message;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -20,15 +18,13 @@ use sea_orm::{
 use super::entities::{
     account, account_opportunity, applied_event, contact, stage_first, transition,
 };
-use super::history::{append_events, insert_contact_transitions, transition_row};
+use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
-    Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications, settings,
+    OPEN, Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications,
+    settings,
 };
-use crate::convert;
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
 use crate::domain::{Account, ContactTransition, Transition};
-
-const OPEN: &str = "OPEN";
 
 /// What happened to one delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,15 +186,9 @@ impl Repository {
                 );
             }
             // Watchers see the moves, then the message about them.
-            for transition in &transitions {
-                writes.events.push((
-                    account_id.clone(),
-                    Some(transition.to_stage.as_str().to_owned()),
-                    watch_event(pb::watch_account_events_response::Event::Transition(
-                        convert::transition(transition),
-                    )),
-                ));
-            }
+            writes
+                .events
+                .extend(transitions.iter().map(FeedEntry::transition));
             if let Some(draft) = changes.notification {
                 let owner = model.owner_id.clone().unwrap_or_default();
                 let notification = notifications::record(
@@ -211,13 +201,7 @@ impl Repository {
                     now_ms,
                 )
                 .await?;
-                writes.events.push((
-                    account_id.clone(),
-                    None,
-                    watch_event(pb::watch_account_events_response::Event::Notification(
-                        convert::notification(&notification),
-                    )),
-                ));
+                writes.events.push(FeedEntry::notification(&notification));
                 writes.notified = true;
             }
             writes
@@ -282,7 +266,7 @@ struct Writes {
     firsts: Vec<(String, &'static str)>,
     /// (event id, account) applied.
     applied: Vec<(String, String)>,
-    events: Vec<(String, Option<String>, Vec<u8>)>,
+    events: Vec<FeedEntry>,
     notified: bool,
 }
 
@@ -425,14 +409,6 @@ impl Writes {
         append_events(conn, tenant_id, std::mem::take(&mut self.events), now_ms).await?;
         Ok(())
     }
-}
-
-fn watch_event(event: pb::watch_account_events_response::Event) -> Vec<u8> {
-    pb::WatchAccountEventsResponse {
-        cursor: String::new(),
-        event: Some(event),
-    }
-    .encode_to_vec()
 }
 
 /// Locks the accounts' rows for the rest of the transaction, in account id

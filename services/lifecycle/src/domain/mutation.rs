@@ -1,0 +1,556 @@
+//! What a person's action (Qualify, Disqualify, Nurture, Advance) or an
+//! opportunity event (opened, won, lost) does to an account and to the
+//! contacts of the opportunity's buying group, decided from a snapshot
+//! without any I/O. Storage locks the account, loads the snapshot, calls
+//! [`decide`] and writes the decision in the same transaction
+//! (`storage::engine`). Score deliveries have their own decision (`scores`).
+
+use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+use chrono::{DateTime, Utc};
+
+use super::account_rules::{self, AccountEvent, AccountState, Step, TransitionCause};
+use super::contact_rules::{self, ContactEvent};
+use super::scores::prioritized_text;
+use super::settings::LifecycleSettings;
+use super::{ContactTransition, NotificationDraft, NotificationReason, Refusal, Transition};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpportunityEventKind {
+    Opened,
+    Won,
+    Lost,
+}
+
+/// A change to apply to one account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Qualify, Disqualify, Nurture or Advance, by a person.
+    Manual {
+        event: AccountEvent,
+        reason: Option<String>,
+    },
+    /// An opportunity opened, won or lost, as the opportunity service tells it.
+    Opportunity {
+        event_id: String,
+        opportunity_id: String,
+        kind: OpportunityEventKind,
+        buying_group: Vec<String>,
+        /// Other open deals of the account the opportunity service knows of.
+        other_open: u32,
+    },
+}
+
+impl Mutation {
+    /// The id that makes a redelivered event a duplicate.
+    pub fn event_id(&self) -> Option<&str> {
+        match self {
+            Mutation::Manual { .. } => None,
+            Mutation::Opportunity { event_id, .. } => Some(event_id),
+        }
+    }
+
+    pub fn opportunity_id(&self) -> Option<&str> {
+        match self {
+            Mutation::Manual { .. } => None,
+            Mutation::Opportunity { opportunity_id, .. } => Some(opportunity_id),
+        }
+    }
+}
+
+/// What the decision needs to know about the account, read under its lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSnapshot {
+    pub account_id: String,
+    pub name: String,
+    /// Its stage, type, baseline and the open opportunities lifecycle knows
+    /// of, not counting the event's own opportunity.
+    pub state: AccountState,
+    pub engagement_score: f64,
+    pub disqualify_count: i32,
+    pub nurture_count: i32,
+    /// Whether the mutation's event id was applied before.
+    pub applied_before: bool,
+}
+
+/// A contact of the account in the opportunity's buying group (the members
+/// lifecycle knew of before and the ones the event names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberSnapshot {
+    pub contact_id: String,
+    pub stage: ContactStage,
+    pub has_email: bool,
+    pub has_activity: bool,
+    /// In the buying group of another opportunity that is still open.
+    pub in_other_open_opportunity: bool,
+}
+
+/// Who acts, under which settings, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub actor: &'a str,
+    pub settings: &'a LifecycleSettings,
+    pub now: DateTime<Utc>,
+}
+
+/// The counters of an account sent back by Disqualify or Nurture (by a
+/// person or by a lost deal), and the transition that sent it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recycle {
+    pub disqualify_count: i32,
+    pub nurture_count: i32,
+    pub transition_id: String,
+}
+
+/// The changes a mutation makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    /// The account's stage changes in order, as they are recorded.
+    pub transitions: Vec<Transition>,
+    /// Stage and customer type after the transitions.
+    pub stage: AccountStage,
+    pub customer_type: CustomerType,
+    /// The new score baseline when the account is sent back: thresholds then
+    /// count only engagement earned from here on.
+    pub score_baseline: Option<f64>,
+    pub recycle: Option<Recycle>,
+    /// Stage changes of the buying group's contacts.
+    pub contact_moves: Vec<ContactTransition>,
+    pub notification: Option<NotificationDraft>,
+}
+
+/// What to do with a mutation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Its event id was applied before: nothing changes.
+    Duplicate,
+    Apply(Changes),
+}
+
+/// Decides what `mutation` does. `members` are the buying group's contacts
+/// that belong to the account (empty for a person's action). `Err` is the
+/// stage rules' refusal, naming the account's stage and what is allowed.
+pub fn decide(
+    account: &AccountSnapshot,
+    members: &[MemberSnapshot],
+    mutation: &Mutation,
+    cx: Context<'_>,
+) -> Result<Decision, Refusal> {
+    if account.applied_before {
+        return Ok(Decision::Duplicate);
+    }
+    let state = &account.state;
+    let (event, reason) = match mutation {
+        Mutation::Manual { event, reason } => (event.clone(), reason.clone()),
+        Mutation::Opportunity {
+            kind, other_open, ..
+        } => (opportunity_event(*kind, *other_open, state), None),
+    };
+    let outcome = account_rules::apply(state, &event, cx.settings)?;
+    let (stage, customer_type) = outcome.final_state(state);
+
+    let transitions: Vec<Transition> = outcome
+        .steps
+        .iter()
+        .map(|step| {
+            Transition::of_step(
+                step,
+                &account.account_id,
+                cx.actor,
+                reason.clone(),
+                mutation.event_id().map(str::to_owned),
+                cx.settings.version,
+                cx.now,
+            )
+        })
+        .collect();
+    // The rules send an account back at most once per event.
+    let recycle = outcome
+        .steps
+        .iter()
+        .zip(&transitions)
+        .rev()
+        .find_map(|(step, t)| recycled(step).map(|kind| (kind, t)))
+        .map(|(kind, t)| Recycle {
+            disqualify_count: account.disqualify_count + i32::from(kind == Recycled::Disqualified),
+            nurture_count: account.nurture_count + i32::from(kind == Recycled::Nurtured),
+            transition_id: t.transition_id.clone(),
+        });
+    let contact_moves = match mutation {
+        Mutation::Opportunity { event_id, kind, .. } => {
+            buying_group_moves(account, members, *kind, event_id, cx)
+        }
+        Mutation::Manual { .. } => Vec::new(),
+    };
+    let notification = outcome.notify_prioritized.then(|| NotificationDraft {
+        reason: NotificationReason::Prioritized,
+        text: prioritized_text(
+            &account.name,
+            account.engagement_score,
+            cx.settings.prioritized_threshold,
+        ),
+    });
+
+    Ok(Decision::Apply(Changes {
+        transitions,
+        stage,
+        customer_type,
+        score_baseline: outcome.reset_baseline.then_some(account.engagement_score),
+        recycle,
+        contact_moves,
+        notification,
+    }))
+}
+
+/// The account event an opportunity event is. A lost deal sends the account
+/// back only when it was the last open one; either side may know of another.
+fn opportunity_event(
+    kind: OpportunityEventKind,
+    other_open: u32,
+    state: &AccountState,
+) -> AccountEvent {
+    match kind {
+        OpportunityEventKind::Opened => AccountEvent::OpportunityOpened,
+        OpportunityEventKind::Won => AccountEvent::OpportunityWon,
+        OpportunityEventKind::Lost => AccountEvent::OpportunityLost {
+            other_open: other_open.max(state.open_opportunities),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recycled {
+    Disqualified,
+    Nurtured,
+}
+
+/// Whether a step sends the account back, and how: a person's Disqualify or
+/// Nurture, or a lost deal doing the same under the tenant's setting.
+fn recycled(step: &Step) -> Option<Recycled> {
+    match (step.cause, step.to_stage) {
+        (TransitionCause::Disqualify, _)
+        | (TransitionCause::OpportunityLost, AccountStage::Detected) => {
+            Some(Recycled::Disqualified)
+        }
+        (TransitionCause::Nurture, _)
+        | (TransitionCause::OpportunityLost, AccountStage::Engaged) => Some(Recycled::Nurtured),
+        _ => None,
+    }
+}
+
+/// The buying group follows the deal: contacts join OPPORTUNITY when it
+/// opens and become CUSTOMER when it is won; when it is lost, a contact still
+/// in another open deal stays, the others fall back by their data.
+fn buying_group_moves(
+    account: &AccountSnapshot,
+    members: &[MemberSnapshot],
+    kind: OpportunityEventKind,
+    event_id: &str,
+    cx: Context<'_>,
+) -> Vec<ContactTransition> {
+    members
+        .iter()
+        .filter_map(|m| {
+            let event = match kind {
+                OpportunityEventKind::Opened => ContactEvent::JoinedOpenOpportunity,
+                OpportunityEventKind::Won => ContactEvent::OpportunityWon,
+                OpportunityEventKind::Lost if m.in_other_open_opportunity => return None,
+                OpportunityEventKind::Lost => ContactEvent::LeftOpenOpportunities {
+                    has_email: m.has_email,
+                    has_activity: m.has_activity,
+                },
+            };
+            contact_rules::move_on(m.stage, event).map(|moved| {
+                ContactTransition::of_move(
+                    &moved,
+                    &m.contact_id,
+                    &account.account_id,
+                    cx.actor,
+                    Some(event_id.to_owned()),
+                    cx.now,
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::settings::OnLostAction;
+    use AccountStage as S;
+    use ContactStage as C;
+
+    fn settings() -> LifecycleSettings {
+        LifecycleSettings {
+            engaged_threshold: 10.0,
+            prioritized_threshold: 50.0,
+            ..LifecycleSettings::default()
+        }
+    }
+
+    fn account(stage: AccountStage, open_opportunities: u32) -> AccountSnapshot {
+        AccountSnapshot {
+            account_id: "acc".into(),
+            name: "Acme".into(),
+            state: AccountState {
+                stage,
+                customer_type: if stage >= S::Implement {
+                    CustomerType::Customer
+                } else {
+                    CustomerType::Prospect
+                },
+                score_baseline: 5.0,
+                open_opportunities,
+            },
+            engagement_score: 70.0,
+            disqualify_count: 2,
+            nurture_count: 1,
+            applied_before: false,
+        }
+    }
+
+    fn member(id: &str, stage: ContactStage, in_other_open: bool) -> MemberSnapshot {
+        MemberSnapshot {
+            contact_id: id.into(),
+            stage,
+            has_email: true,
+            has_activity: true,
+            in_other_open_opportunity: in_other_open,
+        }
+    }
+
+    fn opportunity(kind: OpportunityEventKind, other_open: u32) -> Mutation {
+        Mutation::Opportunity {
+            event_id: "ev1".into(),
+            opportunity_id: "opp1".into(),
+            kind,
+            buying_group: vec!["c1".into()],
+            other_open,
+        }
+    }
+
+    fn manual(event: AccountEvent) -> Mutation {
+        Mutation::Manual {
+            event,
+            reason: Some("budget cut".into()),
+        }
+    }
+
+    fn changes(
+        account: &AccountSnapshot,
+        members: &[MemberSnapshot],
+        mutation: &Mutation,
+        settings: &LifecycleSettings,
+    ) -> Changes {
+        let cx = Context {
+            actor: "user:1",
+            settings,
+            now: DateTime::UNIX_EPOCH,
+        };
+        match decide(account, members, mutation, cx) {
+            Ok(Decision::Apply(changes)) => changes,
+            other => panic!("expected changes, got {other:?}"),
+        }
+    }
+
+    fn moves(c: &Changes) -> Vec<(&str, ContactStage, ContactStage)> {
+        c.contact_moves
+            .iter()
+            .map(|m| (m.contact_id.as_str(), m.from_stage, m.to_stage))
+            .collect()
+    }
+
+    #[test]
+    fn a_redelivered_event_changes_nothing() {
+        let mut a = account(S::Prioritized, 0);
+        a.applied_before = true;
+        let cx = Context {
+            actor: "opportunity",
+            settings: &settings(),
+            now: DateTime::UNIX_EPOCH,
+        };
+        let d = decide(&a, &[], &opportunity(OpportunityEventKind::Opened, 0), cx);
+        assert_eq!(d, Ok(Decision::Duplicate));
+    }
+
+    #[test]
+    fn a_refusal_names_the_stage() {
+        let cx = Context {
+            actor: "user:1",
+            settings: &settings(),
+            now: DateTime::UNIX_EPOCH,
+        };
+        let refusal = decide(
+            &account(S::Engaged, 0),
+            &[],
+            &manual(AccountEvent::Qualify),
+            cx,
+        )
+        .expect_err("Qualify from ENGAGED is refused");
+        assert!(refusal.0.contains("ENGAGED"), "{}", refusal.0);
+    }
+
+    /// Each recycle: which counter goes up, the baseline, and the records.
+    #[test]
+    fn recycles_count_and_reset_the_baseline() {
+        let cases = [
+            (
+                "disqualify",
+                manual(AccountEvent::Disqualify),
+                S::Prioritized,
+                OnLostAction::Nurture,
+                Some((3, 1)),
+                S::Detected,
+            ),
+            (
+                "nurture",
+                manual(AccountEvent::Nurture),
+                S::Qualified,
+                OnLostAction::Nurture,
+                Some((2, 2)),
+                S::Engaged,
+            ),
+            (
+                "lost, nurture",
+                opportunity(OpportunityEventKind::Lost, 0),
+                S::Pipeline,
+                OnLostAction::Nurture,
+                Some((2, 2)),
+                S::Engaged,
+            ),
+            (
+                "lost, disqualify",
+                opportunity(OpportunityEventKind::Lost, 0),
+                S::Pipeline,
+                OnLostAction::Disqualify,
+                Some((3, 1)),
+                S::Detected,
+            ),
+            (
+                "lost, stay",
+                opportunity(OpportunityEventKind::Lost, 0),
+                S::Pipeline,
+                OnLostAction::Stay,
+                None,
+                S::Pipeline,
+            ),
+            (
+                "advance",
+                manual(AccountEvent::Advance { to: None }),
+                S::Implement,
+                OnLostAction::Nurture,
+                None,
+                S::Expand,
+            ),
+        ];
+        for (name, mutation, stage, on_lost, counters, to) in cases {
+            let settings = LifecycleSettings {
+                on_lost_action: on_lost,
+                ..settings()
+            };
+            let c = changes(&account(stage, 0), &[], &mutation, &settings);
+            assert_eq!(c.stage, to, "{name}");
+            let got = c
+                .recycle
+                .as_ref()
+                .map(|r| (r.disqualify_count, r.nurture_count));
+            assert_eq!(got, counters, "{name}");
+            assert_eq!(
+                c.score_baseline,
+                counters.map(|_| 70.0),
+                "{name}: the baseline becomes the current score"
+            );
+            if let Some(r) = &c.recycle {
+                assert_eq!(r.transition_id, c.transitions[0].transition_id, "{name}");
+            }
+            let reason = match mutation {
+                Mutation::Manual { .. } => Some("budget cut".to_owned()),
+                Mutation::Opportunity { .. } => None,
+            };
+            for t in &c.transitions {
+                assert_eq!(t.reason, reason, "{name}");
+                assert_eq!(t.event_id.as_deref(), mutation.event_id(), "{name}");
+                assert_eq!(t.actor, "user:1", "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_deal_with_another_open_one_leaves_the_account() {
+        // Known to the opportunity service only, to lifecycle only, to both.
+        for (other_open, known_here) in [(1, 0), (0, 1), (1, 1)] {
+            let c = changes(
+                &account(S::Pipeline, known_here),
+                &[],
+                &opportunity(OpportunityEventKind::Lost, other_open),
+                &settings(),
+            );
+            assert!(c.transitions.is_empty(), "{other_open}/{known_here}");
+            assert_eq!(c.recycle, None);
+        }
+    }
+
+    #[test]
+    fn the_buying_group_follows_the_deal() {
+        let members = [
+            member("c1", C::Engaged, false),
+            member("c2", C::Evangelist, false),
+            member("c3", C::Opportunity, true),
+            member("c4", C::Opportunity, false),
+        ];
+        let opened = changes(
+            &account(S::Prioritized, 0),
+            &members,
+            &opportunity(OpportunityEventKind::Opened, 0),
+            &settings(),
+        );
+        assert_eq!(opened.stage, S::Pipeline);
+        assert_eq!(moves(&opened), [("c1", C::Engaged, C::Opportunity)]);
+        assert!(
+            opened
+                .contact_moves
+                .iter()
+                .all(|m| m.event_id.as_deref() == Some("ev1") && m.account_id == "acc")
+        );
+
+        let won = changes(
+            &account(S::Pipeline, 0),
+            &members,
+            &opportunity(OpportunityEventKind::Won, 0),
+            &settings(),
+        );
+        assert_eq!(
+            (won.stage, won.customer_type),
+            (S::Implement, CustomerType::Customer)
+        );
+        assert_eq!(
+            moves(&won),
+            [
+                ("c1", C::Engaged, C::Customer),
+                ("c3", C::Opportunity, C::Customer),
+                ("c4", C::Opportunity, C::Customer),
+            ]
+        );
+
+        // c3 is still in another open deal; c4 falls back to ENGAGED.
+        let lost = changes(
+            &account(S::Pipeline, 0),
+            &members,
+            &opportunity(OpportunityEventKind::Lost, 0),
+            &settings(),
+        );
+        assert_eq!(moves(&lost), [("c4", C::Opportunity, C::Engaged)]);
+    }
+
+    #[test]
+    fn only_entering_prioritized_notifies() {
+        let c = changes(
+            &account(S::Prioritized, 0),
+            &[],
+            &manual(AccountEvent::Qualify),
+            &settings(),
+        );
+        assert_eq!(c.stage, S::Qualified);
+        assert_eq!(c.notification, None);
+    }
+}
