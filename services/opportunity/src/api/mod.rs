@@ -12,8 +12,8 @@ use cascade_shared::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::domain::{self, Opportunity, Refusal, Status as OppStatus, Step};
-use crate::storage::{EventKind, Filter, Repository};
+use crate::domain::{self, Action, Opportunity, Refusal, Status as OppStatus, Step};
+use crate::storage::{Filter, Repository};
 
 mod convert;
 mod fields;
@@ -138,6 +138,24 @@ impl OpportunityApi {
             }
         }
         v.finish()
+    }
+
+    /// Locks the opportunity, lets the process rules decide, and saves.
+    async fn act(
+        &self,
+        context: &RequestContext,
+        id: &str,
+        action: Action,
+    ) -> ServiceResult<Opportunity> {
+        let locked = self.repository.lock(&context.tenant, id).await?;
+        let decision = domain::decide(
+            &locked.opportunity,
+            action,
+            &locked.settings,
+            time::now().timestamp_millis(),
+        )
+        .map_err(|r| refusal(id, r))?;
+        locked.save(decision).await
     }
 
     async fn respond(
@@ -301,21 +319,23 @@ impl OpportunityService for OpportunityApi {
             self.check_people(&context, &current.account_id, &contacts)
                 .await?;
         }
-        let updated = self
-            .repository
-            .modify(&context.tenant, &id, |o, _settings| {
-                domain::check_changeable(o).map_err(|r| refusal(&id, r))?;
-                let before = o.buying_group.clone();
-                let mut v = Validator::new();
-                for (i, path) in &paths {
-                    apply_field(o, &input, path, &mask_path(*i), &mut v);
-                }
-                derive_amount(o, &mut v);
-                v.finish()?;
-                // New members of the buying group join the open opportunity in lifecycle.
-                Ok((o.buying_group != before).then_some(EventKind::Opened))
-            })
-            .await?;
+        let locked = self.repository.lock(&context.tenant, &id).await?;
+        domain::check_changeable(&locked.opportunity).map_err(|r| refusal(&id, r))?;
+        let mut edited = locked.opportunity.clone();
+        let mut v = Validator::new();
+        for (i, path) in &paths {
+            apply_field(&mut edited, &input, path, &mask_path(*i), &mut v);
+        }
+        derive_amount(&mut edited, &mut v);
+        v.finish()?;
+        let decision = domain::decide(
+            &locked.opportunity,
+            Action::Edit(Box::new(edited)),
+            &locked.settings,
+            time::now().timestamp_millis(),
+        )
+        .map_err(|r| refusal(&id, r))?;
+        let updated = locked.save(decision).await?;
         Ok(Response::new(pb::UpdateOpportunityResponse {
             opportunity: Some(self.respond(&context, updated).await?),
         }))
@@ -337,15 +357,7 @@ impl OpportunityService for OpportunityApi {
             }),
         };
         v.finish()?;
-        let updated = self
-            .repository
-            .modify(&context.tenant, &id, |o, settings| {
-                let next = domain::advance(o, settings, to).map_err(|r| refusal(&id, r))?;
-                o.step = next;
-                o.step_entries.push((next, time::now().timestamp_millis()));
-                Ok(None)
-            })
-            .await?;
+        let updated = self.act(&context, &id, Action::Advance { to }).await?;
         Ok(Response::new(pb::AdvanceOpportunityResponse {
             opportunity: Some(self.respond(&context, updated).await?),
         }))
@@ -359,15 +371,7 @@ impl OpportunityService for OpportunityApi {
         let mut v = Validator::new();
         let id = id_of(&mut v, "opportunity_id", &request.get_ref().opportunity_id);
         v.finish()?;
-        let updated = self
-            .repository
-            .modify(&context.tenant, &id, |o, settings| {
-                domain::close_won(o, settings).map_err(|r| refusal(&id, r))?;
-                o.status = OppStatus::Won;
-                o.closed_at_ms = Some(time::now().timestamp_millis());
-                Ok(Some(EventKind::Won))
-            })
-            .await?;
+        let updated = self.act(&context, &id, Action::Win).await?;
         Ok(Response::new(pb::CloseOpportunityWonResponse {
             opportunity: Some(self.respond(&context, updated).await?),
         }))
@@ -383,16 +387,7 @@ impl OpportunityService for OpportunityApi {
         let id = id_of(&mut v, "opportunity_id", &request.opportunity_id);
         let reason = v.required_text("reason", &request.reason, 1000);
         v.finish()?;
-        let updated = self
-            .repository
-            .modify(&context.tenant, &id, |o, _| {
-                domain::close_lost(o).map_err(|r| refusal(&id, r))?;
-                o.status = OppStatus::Lost;
-                o.lost_reason = reason;
-                o.closed_at_ms = Some(time::now().timestamp_millis());
-                Ok(Some(EventKind::Lost))
-            })
-            .await?;
+        let updated = self.act(&context, &id, Action::Lose { reason }).await?;
         Ok(Response::new(pb::CloseOpportunityLostResponse {
             opportunity: Some(self.respond(&context, updated).await?),
         }))
@@ -552,24 +547,23 @@ impl OpportunityService for OpportunityApi {
             }
         }
         v.finish()?;
+        let mut next = self.repository.settings(&context.tenant, None).await?;
+        if let Some(t) = threshold {
+            next.large_deal_threshold = t;
+        }
+        if let Some(d) = display {
+            next.discover_display_name = d;
+        }
+        for (step, percent) in probabilities {
+            let index = Step::ALL.iter().position(|x| *x == step).unwrap_or(0);
+            next.probabilities[index] = percent;
+        }
+        if let Some(c) = currency {
+            next.currency = c;
+        }
         let stored = self
             .repository
-            .update_settings(&context.tenant, &context.actor, move |s| {
-                if let Some(t) = threshold {
-                    s.large_deal_threshold = t;
-                }
-                if let Some(d) = display {
-                    s.discover_display_name = d;
-                }
-                for (step, percent) in probabilities {
-                    let index = Step::ALL.iter().position(|x| *x == step).unwrap_or(0);
-                    s.probabilities[index] = percent;
-                }
-                if let Some(c) = currency {
-                    s.currency = c;
-                }
-                Ok(())
-            })
+            .store_settings(&context.tenant, &context.actor, next)
             .await?;
         Ok(Response::new(pb::UpdateOpportunitySettingsResponse {
             settings: Some(settings_to_proto(&stored)),

@@ -298,7 +298,7 @@ fn check_open(o: &Opportunity) -> Result<(), Refusal> {
 }
 
 /// Moves one step forward when the current step is complete.
-pub fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result<Step, Refusal> {
+fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result<Step, Refusal> {
     check_open(o)?;
     let Some(next) = o.step.next() else {
         return Err(Refusal::plain(
@@ -329,7 +329,7 @@ pub fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result
 }
 
 /// Closing as won needs the WIN step complete.
-pub fn close_won(o: &Opportunity, settings: &Settings) -> Result<(), Refusal> {
+fn close_won(o: &Opportunity, settings: &Settings) -> Result<(), Refusal> {
     check_open(o)?;
     if o.step != Step::Win {
         return Err(Refusal::plain(format!(
@@ -351,14 +351,81 @@ pub fn close_won(o: &Opportunity, settings: &Settings) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Closing as lost needs the opportunity open (the reason is checked on input).
-pub fn close_lost(o: &Opportunity) -> Result<(), Refusal> {
-    check_open(o)
-}
-
 /// Any change to an opportunity needs it open.
 pub fn check_changeable(o: &Opportunity) -> Result<(), Refusal> {
     check_open(o)
+}
+
+/// What lifecycle is told of an opportunity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum EventKind {
+    /// Opened, or its buying group grew (new members join the open deal).
+    Opened,
+    Won,
+    Lost,
+}
+
+/// What a person does to an opportunity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Fields written through the update mask: the opportunity as edited.
+    Edit(Box<Opportunity>),
+    /// One step forward; `to` guards against a repeated call.
+    Advance {
+        to: Option<Step>,
+    },
+    Win,
+    /// Closing as lost, with the reason (checked on input).
+    Lose {
+        reason: String,
+    },
+}
+
+/// The opportunity after an action, and the event lifecycle is told of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub opportunity: Opportunity,
+    pub event: Option<EventKind>,
+}
+
+/// Decides what `action` does to `current` at `now_ms`, or why it is refused.
+pub fn decide(
+    current: &Opportunity,
+    action: Action,
+    settings: &Settings,
+    now_ms: i64,
+) -> Result<Decision, Refusal> {
+    check_open(current)?;
+    let mut o = current.clone();
+    let event = match action {
+        Action::Edit(edited) => {
+            o = *edited;
+            (o.buying_group != current.buying_group).then_some(EventKind::Opened)
+        }
+        Action::Advance { to } => {
+            let next = advance(current, settings, to)?;
+            o.step = next;
+            o.step_entries.push((next, now_ms));
+            None
+        }
+        Action::Win => {
+            close_won(current, settings)?;
+            o.status = Status::Won;
+            o.closed_at_ms = Some(now_ms);
+            Some(EventKind::Won)
+        }
+        Action::Lose { reason } => {
+            o.status = Status::Lost;
+            o.lost_reason = reason;
+            o.closed_at_ms = Some(now_ms);
+            Some(EventKind::Lost)
+        }
+    };
+    o.updated_at_ms = now_ms;
+    Ok(Decision {
+        opportunity: o,
+        event,
+    })
 }
 
 /// The sum of the line items, if they are all in one currency.

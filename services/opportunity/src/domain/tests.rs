@@ -180,10 +180,78 @@ fn moves_need_an_open_opportunity_and_the_right_step() {
     for status in [Status::Won, Status::Lost] {
         let mut closed = complete(Step::Win, 10);
         closed.status = status;
-        assert!(close_lost(&closed).is_err());
         assert!(close_won(&closed, &settings).is_err());
         assert!(check_changeable(&closed).is_err());
+        for action in [
+            Action::Win,
+            Action::Lose {
+                reason: "budget".into(),
+            },
+            Action::Advance { to: None },
+            Action::Edit(Box::new(closed.clone())),
+        ] {
+            let refusal = decide(&closed, action.clone(), &settings, 5).expect_err("closed");
+            assert!(
+                refusal.message.contains("closed"),
+                "{action:?}: {}",
+                refusal.message
+            );
+        }
     }
+}
+
+/// Each action: the opportunity after it and what lifecycle is told.
+#[test]
+fn decisions_change_the_opportunity_and_name_the_event() {
+    let settings = Settings::default();
+    let now = 1_700_000_000_000;
+    let at = |step| complete(step, 10);
+
+    let advanced = decide(
+        &at(Step::Qualify),
+        Action::Advance { to: None },
+        &settings,
+        now,
+    )
+    .expect("complete step");
+    assert_eq!(advanced.opportunity.step, Step::Propose);
+    assert_eq!(
+        advanced.opportunity.step_entries.last(),
+        Some(&(Step::Propose, now))
+    );
+    assert_eq!(advanced.event, None);
+
+    let won = decide(&at(Step::Win), Action::Win, &settings, now).expect("complete WIN");
+    assert_eq!(won.opportunity.status, Status::Won);
+    assert_eq!(won.opportunity.closed_at_ms, Some(now));
+    assert_eq!(won.event, Some(EventKind::Won));
+
+    let lost = decide(
+        &at(Step::Qualify),
+        Action::Lose {
+            reason: "no budget".into(),
+        },
+        &settings,
+        now,
+    )
+    .expect("open");
+    assert_eq!(lost.opportunity.status, Status::Lost);
+    assert_eq!(lost.opportunity.lost_reason, "no budget");
+    assert_eq!(lost.opportunity.closed_at_ms, Some(now));
+    assert_eq!(lost.event, Some(EventKind::Lost));
+
+    // An edit tells lifecycle only when the buying group changes.
+    let current = at(Step::Qualify);
+    let mut renamed = current.clone();
+    renamed.name = "Bigger deal".into();
+    let edit = decide(&current, Action::Edit(Box::new(renamed)), &settings, now).expect("open");
+    assert_eq!(edit.opportunity.name, "Bigger deal");
+    assert_eq!(edit.opportunity.updated_at_ms, now);
+    assert_eq!(edit.event, None);
+    let mut grown = current.clone();
+    grown.buying_group.push("c9".into());
+    let edit = decide(&current, Action::Edit(Box::new(grown)), &settings, now).expect("open");
+    assert_eq!(edit.event, Some(EventKind::Opened));
 }
 
 #[test]

@@ -6,7 +6,7 @@ pub mod migration;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cascade_shared::db::begin_write;
+use cascade_shared::db::{WriteTransaction, begin_write};
 use cascade_shared::domain::Money;
 use cascade_shared::error::is_unique_violation;
 use cascade_shared::page::PageRequest;
@@ -15,18 +15,11 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::domain::{Opportunity, Settings, Status, Step, pipeline_value};
+pub use crate::domain::EventKind;
+use crate::domain::{Decision, Opportunity, Settings, Status, Step, pipeline_value};
 
 /// Outbox topic of opportunity events for lifecycle; the partition is the account.
 pub const EVENT_TOPIC: &str = "opportunity_events";
-
-/// What lifecycle is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EventKind {
-    Opened,
-    Won,
-    Lost,
-}
 
 /// An opportunity event as it travels through the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +29,55 @@ pub struct EventPayload {
     pub buying_group: Vec<String>,
     /// Other open opportunities of the account when this happened.
     pub other_open: i32,
+}
+
+/// An opportunity locked for a change (`Repository::lock`).
+pub struct Locked {
+    txn: WriteTransaction,
+    tenant_id: String,
+    version: i64,
+    pub opportunity: Opportunity,
+    pub settings: Settings,
+    events_written: Arc<Notify>,
+}
+
+impl Locked {
+    /// Writes the decided opportunity and its event for lifecycle, and
+    /// commits.
+    pub async fn save(self, decision: Decision) -> ServiceResult<Opportunity> {
+        let Decision { opportunity, event } = decision;
+        let txn = &self.txn;
+        let (currency, units, nanos) = money_columns(pipeline_value(&opportunity));
+        let data = serde_json::to_string(&opportunity).map_err(ServiceError::internal)?;
+        txn.execute_raw(stmt(
+            txn,
+            "UPDATE opportunities SET owner_id = $1, step = $2, status = $3, value_currency = $4, \
+             value_units = $5, value_nanos = $6, closed_at_ms = $7, data = $8, version = $9 \
+             WHERE tenant_id = $10 AND opportunity_id = $11",
+            vec![
+                opportunity.owner_id.clone().into(),
+                opportunity.step.as_str().into(),
+                opportunity.status.as_str().into(),
+                currency,
+                units,
+                nanos,
+                opportunity.closed_at_ms.into(),
+                data.into(),
+                (self.version + 1).into(),
+                self.tenant_id.as_str().into(),
+                opportunity.opportunity_id.clone().into(),
+            ],
+        ))
+        .await?;
+        if let Some(kind) = event {
+            enqueue(txn, &self.tenant_id, &opportunity, kind).await?;
+        }
+        self.txn.commit().await?;
+        if event.is_some() {
+            self.events_written.notify_one();
+        }
+        Ok(opportunity)
+    }
 }
 
 /// Filters of ListOpportunities.
@@ -184,46 +226,10 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        self.enqueue(&txn, t, &opportunity, EventKind::Opened)
-            .await?;
+        enqueue(&txn, t, &opportunity, EventKind::Opened).await?;
         txn.commit().await?;
         self.events_written.notify_one();
         Ok(opportunity)
-    }
-
-    async fn enqueue(
-        &self,
-        conn: &impl ConnectionTrait,
-        tenant_id: &str,
-        opportunity: &Opportunity,
-        kind: EventKind,
-    ) -> ServiceResult<()> {
-        let row = conn
-            .query_one_raw(stmt(
-                conn,
-                "SELECT COUNT(*) AS n FROM opportunities WHERE tenant_id = $1 AND account_id = $2 \
-                 AND status = $3 AND opportunity_id <> $4",
-                vec![
-                    tenant_id.into(),
-                    opportunity.account_id.clone().into(),
-                    Status::Open.as_str().into(),
-                    opportunity.opportunity_id.clone().into(),
-                ],
-            ))
-            .await?;
-        let other_open = row
-            .map(|r| r.try_get::<i64>("", "n"))
-            .transpose()?
-            .unwrap_or(0);
-        let payload = EventPayload {
-            kind,
-            opportunity_id: opportunity.opportunity_id.clone(),
-            buying_group: opportunity.buying_group.clone(),
-            other_open: i32::try_from(other_open).unwrap_or(i32::MAX),
-        };
-        let bytes = serde_json::to_vec(&payload).map_err(ServiceError::internal)?;
-        outbox::enqueue(conn, tenant_id, EVENT_TOPIC, &opportunity.account_id, bytes).await?;
-        Ok(())
     }
 
     pub async fn get(&self, tenant: &TenantId, opportunity_id: &str) -> ServiceResult<Opportunity> {
@@ -277,14 +283,10 @@ impl Repository {
         Ok(page.finish(opportunities, |o| o.opportunity_id.clone()))
     }
 
-    /// Changes an opportunity under a lock: `change` may refuse, edit it, and
-    /// name an event for lifecycle; everything is written in one transaction.
-    pub async fn modify(
-        &self,
-        tenant: &TenantId,
-        opportunity_id: &str,
-        change: impl FnOnce(&mut Opportunity, &Settings) -> ServiceResult<Option<EventKind>>,
-    ) -> ServiceResult<Opportunity> {
+    /// Locks an opportunity for a change and reads the tenant's settings;
+    /// the lock holds until [`Locked::save`] commits, or the value is dropped
+    /// (nothing written).
+    pub async fn lock(&self, tenant: &TenantId, opportunity_id: &str) -> ServiceResult<Locked> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
         let lock = if txn.get_database_backend() == DbBackend::Postgres {
@@ -300,41 +302,17 @@ impl Repository {
             ))
             .await?
             .ok_or_else(|| ServiceError::not_found("opportunity", opportunity_id))?;
-        let mut opportunity = parse(&row.try_get::<String>("", "data")?)?;
+        let opportunity = parse(&row.try_get::<String>("", "data")?)?;
         let version: i64 = row.try_get("", "version")?;
         let settings = current_settings(&txn, t).await?;
-        let event = change(&mut opportunity, &settings)?;
-        opportunity.updated_at_ms = time::now().timestamp_millis();
-        let (currency, units, nanos) = money_columns(pipeline_value(&opportunity));
-        let data = serde_json::to_string(&opportunity).map_err(ServiceError::internal)?;
-        txn.execute_raw(stmt(
-            &txn,
-            "UPDATE opportunities SET owner_id = $1, step = $2, status = $3, value_currency = $4, \
-             value_units = $5, value_nanos = $6, closed_at_ms = $7, data = $8, version = $9 \
-             WHERE tenant_id = $10 AND opportunity_id = $11",
-            vec![
-                opportunity.owner_id.clone().into(),
-                opportunity.step.as_str().into(),
-                opportunity.status.as_str().into(),
-                currency,
-                units,
-                nanos,
-                opportunity.closed_at_ms.into(),
-                data.into(),
-                (version + 1).into(),
-                t.into(),
-                opportunity_id.into(),
-            ],
-        ))
-        .await?;
-        if let Some(kind) = event {
-            self.enqueue(&txn, t, &opportunity, kind).await?;
-        }
-        txn.commit().await?;
-        if event.is_some() {
-            self.events_written.notify_one();
-        }
-        Ok(opportunity)
+        Ok(Locked {
+            txn,
+            tenant_id: t.to_owned(),
+            version,
+            opportunity,
+            settings,
+            events_written: self.events_written.clone(),
+        })
     }
 
     pub async fn settings(
@@ -363,15 +341,14 @@ impl Repository {
         }
     }
 
-    /// Stores `change(current)` as the next version.
-    pub async fn update_settings(
+    /// Stores `edited`, a change of the version it was read as, as the next
+    /// version; ABORTED when another call stored that version first.
+    pub async fn store_settings(
         &self,
         tenant: &TenantId,
         actor: &str,
-        change: impl FnOnce(&mut Settings) -> ServiceResult<()>,
+        mut next: Settings,
     ) -> ServiceResult<Settings> {
-        let mut next = current_settings(&self.db, tenant.as_str()).await?;
-        change(&mut next)?;
         next.version += 1;
         let now = time::now().timestamp_millis();
         let data =
@@ -548,4 +525,39 @@ fn settings_from_row(row: &sea_orm::QueryResult) -> ServiceResult<Settings> {
         updated_at_ms: Some(row.try_get("", "updated_at_ms")?),
         updated_by: Some(row.try_get("", "updated_by")?),
     })
+}
+
+/// Queues an event for lifecycle in the caller's transaction.
+async fn enqueue(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    opportunity: &Opportunity,
+    kind: EventKind,
+) -> ServiceResult<()> {
+    let row = conn
+        .query_one_raw(stmt(
+            conn,
+            "SELECT COUNT(*) AS n FROM opportunities WHERE tenant_id = $1 AND account_id = $2 \
+             AND status = $3 AND opportunity_id <> $4",
+            vec![
+                tenant_id.into(),
+                opportunity.account_id.clone().into(),
+                Status::Open.as_str().into(),
+                opportunity.opportunity_id.clone().into(),
+            ],
+        ))
+        .await?;
+    let other_open = row
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    let payload = EventPayload {
+        kind,
+        opportunity_id: opportunity.opportunity_id.clone(),
+        buying_group: opportunity.buying_group.clone(),
+        other_open: i32::try_from(other_open).unwrap_or(i32::MAX),
+    };
+    let bytes = serde_json::to_vec(&payload).map_err(ServiceError::internal)?;
+    outbox::enqueue(conn, tenant_id, EVENT_TOPIC, &opportunity.account_id, bytes).await?;
+    Ok(())
 }
