@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::{ACTOR_HEADER, RequestContext, TENANT_HEADER, TenantId};
 use crate::error::ServiceError;
-use crate::settings::SettingsError;
+use crate::error::SettingsError;
+use crate::secret::Secret;
 
 /// Metadata key carrying the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -43,7 +44,7 @@ pub enum AuthMode {
 }
 
 /// The `[auth]` section of every service's settings.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub mode: AuthMode,
@@ -54,7 +55,7 @@ pub struct AuthSettings {
     /// File holding the HS256 shared secret (a Kubernetes Secret mount).
     pub hs256_secret_file: String,
     /// The HS256 secret itself, for development; prefer the file.
-    pub hs256_secret: String,
+    pub hs256_secret: Secret<String>,
     /// Comma-separated PEM files of RS256 / ES256 public keys (rotation: list old and new).
     pub public_key_files: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -72,34 +73,11 @@ impl Default for AuthSettings {
             issuer: "cascade".into(),
             audience: "cascade".into(),
             hs256_secret_file: String::new(),
-            hs256_secret: String::new(),
+            hs256_secret: Secret::default(),
             public_key_files: String::new(),
             leeway_seconds: 30,
             service_token_file: String::new(),
         }
-    }
-}
-
-// The secret must never reach a log line, even at debug level.
-impl fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthSettings")
-            .field("mode", &self.mode)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("hs256_secret_file", &self.hs256_secret_file)
-            .field(
-                "hs256_secret",
-                &if self.hs256_secret.is_empty() {
-                    ""
-                } else {
-                    "***"
-                },
-            )
-            .field("public_key_files", &self.public_key_files)
-            .field("leeway_seconds", &self.leeway_seconds)
-            .field("service_token_file", &self.service_token_file)
-            .finish()
     }
 }
 
@@ -122,7 +100,7 @@ impl AuthSettings {
                     bytes
                 })?
         } else {
-            self.hs256_secret.as_bytes().to_vec()
+            self.hs256_secret.expose().as_bytes().to_vec()
         };
         if secret.is_empty() {
             return Ok(None);
@@ -629,7 +607,7 @@ mod tests {
     fn settings() -> AuthSettings {
         AuthSettings {
             mode: AuthMode::Jwt,
-            hs256_secret: SECRET.into(),
+            hs256_secret: Secret::new(SECRET.into()),
             ..AuthSettings::default()
         }
     }
@@ -832,9 +810,9 @@ mod tests {
     #[test]
     fn short_secrets_and_missing_keys_stop_start_up() {
         let mut s = settings();
-        s.hs256_secret = "short".into();
+        s.hs256_secret = Secret::new("short".into());
         assert!(Authenticator::from_settings(&s).is_err());
-        s.hs256_secret.clear();
+        s.hs256_secret = Secret::default();
         assert!(Authenticator::from_settings(&s).is_err());
         let s = settings();
         assert!(!format!("{s:?}").contains(SECRET));

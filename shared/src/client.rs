@@ -20,9 +20,39 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::{AUTHORIZATION, ServiceCredentials};
+use crate::auth::{AUTHORIZATION, AuthSettings, ServiceCredentials};
 use crate::context::{ACTOR_HEADER, TENANT_HEADER};
-use crate::settings::ServiceSettings;
+use crate::tls::TlsSettings;
+use serde::{Deserialize, Serialize};
+
+/// How scoring and opportunity reach the lifecycle service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleClientSettings {
+    /// `http://host:port` of lifecycle (a headless Service name in Kubernetes).
+    pub url: String,
+    /// Deadline of each call to lifecycle.
+    pub timeout_ms: u64,
+    /// Scoring: how many checked (account, contact) pairs and resolved
+    /// emails it remembers, so that a batch naming people it has seen needs
+    /// no call to lifecycle (0: ask lifecycle for every batch).
+    pub directory_cache_entries: u64,
+    /// Scoring: how long a resolved email is trusted (an email can be given
+    /// to another contact). Checked id pairs do not expire: a contact never
+    /// changes account.
+    pub email_cache_ttl_ms: u64,
+}
+
+impl Default for LifecycleClientSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:50051".into(),
+            timeout_ms: 5_000,
+            directory_cache_entries: 50_000,
+            email_cache_ttl_ms: 60_000,
+        }
+    }
+}
 
 /// Deadline sent with every call to another service (`grpc-timeout`).
 pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
@@ -96,23 +126,24 @@ pub type LifecycleInternalClient =
 /// speaks TLS when the URL is `https://`, and carries the service's
 /// credentials.
 pub fn lifecycle_clients(
-    settings: &ServiceSettings,
+    lifecycle: &LifecycleClientSettings,
+    auth: &AuthSettings,
+    tls: &TlsSettings,
     name: &str,
 ) -> anyhow::Result<(LifecycleClient, LifecycleInternalClient)> {
-    let credentials = ServiceCredentials::from_settings(name, &settings.auth)?;
-    let tls = if settings.lifecycle.url.starts_with("https://") {
-        let uri: http::Uri = settings
-            .lifecycle
+    let credentials = ServiceCredentials::from_settings(name, auth)?;
+    let tls = if lifecycle.url.starts_with("https://") {
+        let uri: http::Uri = lifecycle
             .url
             .parse()
             .map_err(|e| anyhow::anyhow!("lifecycle.url: {e}"))?;
-        Some(settings.tls.client_config(uri.host().unwrap_or_default())?)
+        Some(tls.client_config(uri.host().unwrap_or_default())?)
     } else {
         None
     };
     let channel = balanced_channel(
-        &settings.lifecycle.url,
-        Duration::from_millis(settings.lifecycle.timeout_ms),
+        &lifecycle.url,
+        Duration::from_millis(lifecycle.timeout_ms),
         tls,
         Arc::new(SystemDns),
         RESOLVE_INTERVAL,

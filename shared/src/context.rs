@@ -1,20 +1,14 @@
 //! Who is calling: the tenant and the actor of a request.
 //!
 //! This is the one place the tenant is decided. `RequestContextLayer` reads it
-//! from request metadata before any handler runs and stores a
-//! [`RequestContext`] in the request's extensions; handlers only ever read that.
-//! In `jwt` mode the [`Authenticator`] takes the tenant and actor from a
-//! verified token instead, and checks the caller's roles.
+//! from request metadata before any handler runs (`context_layer`) and stores
+//! a [`RequestContext`] in the request's extensions; handlers only ever read
+//! that. In `jwt` mode the `auth::Authenticator` takes the tenant and actor
+//! from a verified token instead, and checks the caller's roles.
 
 use std::fmt;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use tower::{Layer, Service};
-
-use crate::auth::Authenticator;
 use crate::error::ServiceError;
 
 /// Metadata key naming the tenant while authentication is disabled.
@@ -142,73 +136,6 @@ pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
-}
-
-/// Tower layer that attaches a [`RequestContext`] to every Cascade RPC, or
-/// answers INVALID_ARGUMENT (malformed metadata), UNAUTHENTICATED or
-/// PERMISSION_DENIED before any handler runs.
-#[derive(Debug, Clone)]
-pub struct RequestContextLayer {
-    auth: Arc<Authenticator>,
-}
-
-impl RequestContextLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
-    }
-}
-
-impl<S> Layer<S> for RequestContextLayer {
-    type Service = RequestContextService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestContextService {
-            inner,
-            auth: self.auth.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestContextService<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-}
-
-impl<S, B, ResBody> Service<Request<B>> for RequestContextService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // Health and reflection are tenant-free; let them through untouched.
-        if !request.uri().path().starts_with("/cascade.") {
-            return futures::future::Either::Left(self.inner.call(request));
-        }
-        match self
-            .auth
-            .authenticate(request.uri().path(), request.headers())
-        {
-            Ok(context) => {
-                request.extensions_mut().insert(context);
-                futures::future::Either::Left(self.inner.call(request))
-            }
-            Err(error) => {
-                let response = tonic::Status::from(error).into_http::<ResBody>();
-                futures::future::Either::Right(std::future::ready(Ok(response)))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::secret::redact_urls;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -14,8 +15,74 @@ use sea_orm::{
     QueryResult, Statement, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
 
-use crate::settings::{DatabaseSettings, redact_urls};
+/// `database.analyze_interval_ms` by default.
+pub const DEFAULT_ANALYZE_INTERVAL_MS: u64 = 2_000;
+
+/// Where a service keeps its data.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`.
+    pub url: String,
+    /// Largest number of pooled connections; unset: the service's SQLite
+    /// default (`ServiceIdentity`) or 8.
+    pub max_connections: Option<u32>,
+    /// How long to wait for a connection before answering UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+    /// Apply migrations at start-up. Off when a separate step runs them
+    /// once (`<binary> --migrate`, a Kubernetes Job) before replicas start.
+    pub run_migrations: bool,
+    /// PostgreSQL: how often to look for tables that grew a lot since their
+    /// statistics were gathered, and ANALYZE them (0: leave it to autovacuum).
+    pub analyze_interval_ms: u64,
+}
+
+impl DatabaseSettings {
+    /// `max_connections`, or 8 when unset.
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections.unwrap_or(8)
+    }
+
+    /// Sets `max_connections` to the service's SQLite default
+    /// (`ServiceIdentity::sqlite_connections`) when it is unset and the
+    /// database is SQLite.
+    pub fn default_pool(&mut self, sqlite_connections: u32) {
+        if self.max_connections.is_none() && self.is_sqlite() {
+            self.max_connections = Some(sqlite_connections);
+        }
+    }
+
+    pub fn sqlite_file(path: &Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: None,
+            acquire_timeout_ms: 5_000,
+            run_migrations: true,
+            analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+// The URL may carry a password: never print it.
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_urls(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("run_migrations", &self.run_migrations)
+            .field("analyze_interval_ms", &self.analyze_interval_ms)
+            .finish()
+    }
+}
 
 /// Connects to the configured database, creating a SQLite file (and its
 /// folder) if it does not exist, and applies the service's migrations.

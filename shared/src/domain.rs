@@ -225,8 +225,55 @@ pub fn valid_activity_type(value: &str) -> bool {
         })
 }
 
+/// The stage a score alone reaches, by DESIGN's thresholds: PRIORITIZED at
+/// or above the prioritized threshold, ENGAGED above the engaged one,
+/// DETECTED with intent and no engagement past the threshold, TARGETED
+/// otherwise. Lifecycle moves an account forward to it (never back, and from
+/// engagement earned since a recycle); scoring's simulation counts it.
+pub fn stage_reached_by_score(
+    engagement: f64,
+    intent: f64,
+    engaged_threshold: f64,
+    prioritized_threshold: f64,
+) -> AccountStage {
+    if engagement >= prioritized_threshold {
+        AccountStage::Prioritized
+    } else if engagement > engaged_threshold {
+        AccountStage::Engaged
+    } else if intent > 0.0 {
+        AccountStage::Detected
+    } else {
+        AccountStage::Targeted
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{AccountStage as S, stage_reached_by_score};
+
+    #[test]
+    fn a_score_reaches_a_stage_by_the_thresholds() {
+        // (engagement, intent, engaged threshold, prioritized threshold)
+        let cases = [
+            ((0.0, 0.0, 0.0, 100.0), S::Targeted),
+            ((0.0, 3.0, 0.0, 100.0), S::Detected),
+            ((10.0, 3.0, 10.0, 100.0), S::Detected),
+            ((1.0, 0.0, 0.0, 100.0), S::Engaged),
+            ((10.5, 0.0, 10.0, 100.0), S::Engaged),
+            ((99.9, 5.0, 10.0, 100.0), S::Engaged),
+            ((100.0, 0.0, 0.0, 100.0), S::Prioritized),
+            ((250.0, 0.0, 10.0, 100.0), S::Prioritized),
+            ((-5.0, 0.0, 0.0, 100.0), S::Targeted),
+        ];
+        for ((engagement, intent, engaged, prioritized), stage) in cases {
+            assert_eq!(
+                stage_reached_by_score(engagement, intent, engaged, prioritized),
+                stage,
+                "{engagement}/{intent} against {engaged}/{prioritized}"
+            );
+        }
+    }
+
     #[test]
     fn activity_type_names_are_short_lowercase_words() {
         use super::valid_activity_type as ok;

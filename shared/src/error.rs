@@ -350,7 +350,7 @@ struct RedactedDbErr<'a>(&'a DbErr);
 
 impl fmt::Display for RedactedDbErr<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::settings::redact_urls(&self.0.to_string()).fmt(f)
+        crate::secret::redact_urls(&self.0.to_string()).fmt(f)
     }
 }
 
@@ -360,6 +360,17 @@ pub fn is_unique_violation(error: &DbErr) -> bool {
         error.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// A settings file or value that cannot be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(String);
+
+impl SettingsError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
 }
 
 #[cfg(test)]

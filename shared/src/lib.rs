@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client;
 pub mod context;
+pub mod context_layer;
 pub mod db;
 pub mod domain;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod limit;
 pub mod malformed;
 pub mod outbox;
 pub mod page;
+pub mod secret;
 pub mod server;
 pub mod settings;
 pub mod telemetry;

@@ -22,9 +22,47 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use sea_orm_migration::prelude::*;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// How outbox messages are delivered to other services and webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// How often to look for due messages when nothing woke the deliverer.
+    pub poll_interval_ms: u64,
+    /// First retry delay after a failed delivery; doubles per attempt.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay.
+    pub max_backoff_ms: u64,
+    /// How long a deliverer holds a claimed message before another may take it.
+    pub lease_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 500,
+            min_backoff_ms: 200,
+            max_backoff_ms: 60_000,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+impl OutboxSettings {
+    pub fn deliverer_config(&self) -> DelivererConfig {
+        DelivererConfig {
+            lease: Duration::from_millis(self.lease_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            min_backoff: Duration::from_millis(self.min_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            ..DelivererConfig::default()
+        }
+    }
+}
 
 const PENDING: &str = "PENDING";
 const DELIVERED: &str = "DELIVERED";
@@ -323,7 +361,7 @@ impl Deliverer {
                     n > 0
                 }
                 Err(error) => {
-                    tracing::warn!(topic = self.topic, error = %crate::settings::redact_urls(&error.to_string()), "outbox round failed");
+                    tracing::warn!(topic = self.topic, error = %crate::secret::redact_urls(&error.to_string()), "outbox round failed");
                     false
                 }
             };

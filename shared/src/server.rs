@@ -23,7 +23,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{AuthMode, Authenticator};
-use crate::context::RequestContextLayer;
+use crate::context_layer::RequestContextLayer;
 use crate::settings::{ServerSettings, ServiceIdentity, ServiceSettings};
 use crate::trace::RpcTraceLayer;
 
@@ -431,7 +431,7 @@ async fn database_status(database: &DatabaseConnection) -> ServingStatus {
     match database.ping().await {
         Ok(()) => ServingStatus::Serving,
         Err(error) => {
-            tracing::warn!(error = %crate::settings::redact_urls(&error.to_string()), "database unreachable");
+            tracing::warn!(error = %crate::secret::redact_urls(&error.to_string()), "database unreachable");
             ServingStatus::NotServing
         }
     }

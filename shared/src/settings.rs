@@ -2,7 +2,6 @@
 //! TOML file, then environment variables `CASCADE_<SERVICE>__<SECTION>__<KEY>`.
 //! An unknown key or a bad value stops start-up with a message naming it.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +10,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthSettings, Authenticator};
+use crate::client::LifecycleClientSettings;
+use crate::db::{DEFAULT_ANALYZE_INTERVAL_MS, DatabaseSettings};
+pub use crate::error::SettingsError;
+use crate::outbox::OutboxSettings;
+use crate::secret::redact_urls;
+use crate::telemetry::TelemetrySettings;
 use crate::tls::TlsSettings;
 
 /// Environment variable naming an optional settings file (also `--config PATH`).
@@ -86,168 +91,7 @@ impl ServerSettings {
     }
 }
 
-/// `database.analyze_interval_ms` by default.
-pub const DEFAULT_ANALYZE_INTERVAL_MS: u64 = 2_000;
-
-/// Where a service keeps its data.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`.
-    pub url: String,
-    /// Largest number of pooled connections; unset: the service's SQLite
-    /// default (`ServiceIdentity`) or 8.
-    pub max_connections: Option<u32>,
-    /// How long to wait for a connection before answering UNAVAILABLE.
-    pub acquire_timeout_ms: u64,
-    /// Apply migrations at start-up. Off when a separate step runs them
-    /// once (`<binary> --migrate`, a Kubernetes Job) before replicas start.
-    pub run_migrations: bool,
-    /// PostgreSQL: how often to look for tables that grew a lot since their
-    /// statistics were gathered, and ANALYZE them (0: leave it to autovacuum).
-    pub analyze_interval_ms: u64,
-}
-
-impl DatabaseSettings {
-    /// `max_connections`, or 8 when unset.
-    pub fn pool_size(&self) -> u32 {
-        self.max_connections.unwrap_or(8)
-    }
-
-    /// Sets `max_connections` to the service's SQLite default
-    /// (`ServiceIdentity::sqlite_connections`) when it is unset and the
-    /// database is SQLite.
-    pub fn default_pool(&mut self, sqlite_connections: u32) {
-        if self.max_connections.is_none() && self.is_sqlite() {
-            self.max_connections = Some(sqlite_connections);
-        }
-    }
-
-    pub fn sqlite_file(path: &Path) -> Self {
-        Self {
-            url: format!("sqlite://{}", path.display()),
-            max_connections: None,
-            acquire_timeout_ms: 5_000,
-            run_migrations: true,
-            analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
-        }
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.url.starts_with("sqlite:")
-    }
-}
-
-// The URL may carry a password: never print it.
-impl fmt::Debug for DatabaseSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseSettings")
-            .field("url", &redact_urls(&self.url))
-            .field("max_connections", &self.max_connections)
-            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
-            .field("run_migrations", &self.run_migrations)
-            .field("analyze_interval_ms", &self.analyze_interval_ms)
-            .finish()
-    }
-}
-
-/// How outbox messages are delivered to other services and webhooks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxSettings {
-    /// How often to look for due messages when nothing woke the deliverer.
-    pub poll_interval_ms: u64,
-    /// First retry delay after a failed delivery; doubles per attempt.
-    pub min_backoff_ms: u64,
-    /// Longest retry delay.
-    pub max_backoff_ms: u64,
-    /// How long a deliverer holds a claimed message before another may take it.
-    pub lease_ms: u64,
-}
-
-impl Default for OutboxSettings {
-    fn default() -> Self {
-        Self {
-            poll_interval_ms: 500,
-            min_backoff_ms: 200,
-            max_backoff_ms: 60_000,
-            lease_ms: 30_000,
-        }
-    }
-}
-
-impl OutboxSettings {
-    pub fn deliverer_config(&self) -> crate::outbox::DelivererConfig {
-        crate::outbox::DelivererConfig {
-            lease: Duration::from_millis(self.lease_ms),
-            poll_interval: Duration::from_millis(self.poll_interval_ms),
-            min_backoff: Duration::from_millis(self.min_backoff_ms),
-            max_backoff: Duration::from_millis(self.max_backoff_ms),
-            ..crate::outbox::DelivererConfig::default()
-        }
-    }
-}
-
-/// How scoring and opportunity reach the lifecycle service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LifecycleClientSettings {
-    /// `http://host:port` of lifecycle (a headless Service name in Kubernetes).
-    pub url: String,
-    /// Deadline of each call to lifecycle.
-    pub timeout_ms: u64,
-    /// Scoring: how many checked (account, contact) pairs and resolved
-    /// emails it remembers, so that a batch naming people it has seen needs
-    /// no call to lifecycle (0: ask lifecycle for every batch).
-    pub directory_cache_entries: u64,
-    /// Scoring: how long a resolved email is trusted (an email can be given
-    /// to another contact). Checked id pairs do not expire: a contact never
-    /// changes account.
-    pub email_cache_ttl_ms: u64,
-}
-
-impl Default for LifecycleClientSettings {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:50051".into(),
-            timeout_ms: 5_000,
-            directory_cache_entries: 50_000,
-            email_cache_ttl_ms: 60_000,
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines (the default).
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
-/// Logs (traces go over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetrySettings {
-    pub log_format: LogFormat,
-    /// A tracing filter such as `info` or `info,cascade_lifecycle=debug`;
-    /// `RUST_LOG` overrides it.
-    pub log_level: String,
-}
-
-impl Default for TelemetrySettings {
-    fn default() -> Self {
-        Self {
-            log_format: LogFormat::Text,
-            log_level: "info".into(),
-        }
-    }
-}
-
-/// The settings every service has. A service with sections of its own
-/// defines its own struct with these three fields plus its sections.
+/// The settings of a service: every section any of the three reads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
@@ -321,17 +165,6 @@ impl ServiceSettings {
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
         }
-    }
-}
-
-/// A settings file or value that cannot be used. The message names the key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid settings: {0}")]
-pub struct SettingsError(String);
-
-impl SettingsError {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
     }
 }
 
@@ -501,31 +334,6 @@ fn config_file_from_args(args: impl Iterator<Item = String>) -> Option<PathBuf> 
         }
     }
     None
-}
-
-/// Replaces the password of every `scheme://user:password@` in `text`.
-pub fn redact_urls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon]);
-                out.push_str(":***");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use sea_orm::{ConnectionTrait, Database};
 
-use crate::settings::DatabaseSettings;
+use crate::db::DatabaseSettings;
 
 /// Names the PostgreSQL server for tests, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
 pub const POSTGRES_URL_ENV: &str = "CASCADE_TEST_POSTGRES_URL";
@@ -64,7 +64,7 @@ impl TestDatabase {
                 max_connections: None,
                 acquire_timeout_ms: 5_000,
                 run_migrations: true,
-                analyze_interval_ms: crate::settings::DEFAULT_ANALYZE_INTERVAL_MS,
+                analyze_interval_ms: crate::db::DEFAULT_ANALYZE_INTERVAL_MS,
             },
             cleanup: Cleanup::PostgresDatabase { admin_url, name },
         })

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::settings::SettingsError;
+use crate::error::SettingsError;
 
 /// The `[tls]` section. With `cert_file` and `key_file` set the server
 /// speaks only TLS; with `require_client_cert` too, callers must present a

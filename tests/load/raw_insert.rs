@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cascade_shared::settings::DatabaseSettings;
+use cascade_shared::db::DatabaseSettings;
 use futures::FutureExt;
 use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
 use serde_json::{Value as Json, json};

@@ -28,8 +28,12 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
-    let (lifecycle, internal) =
-        cascade_shared::client::lifecycle_clients(&settings, IDENTITY.name)?;
+    let (lifecycle, internal) = cascade_shared::client::lifecycle_clients(
+        &settings.lifecycle,
+        &settings.auth,
+        &settings.tls,
+        IDENTITY.name,
+    )?;
     let deliverer = Deliverer::new(
         database.clone(),
         storage::EVENT_TOPIC,

@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cascade_proto::lifecycle::v1 as lifecycle;
+use cascade_shared::client::LifecycleClientSettings;
 use cascade_shared::client::{
     CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
 };
-use cascade_shared::settings::LifecycleClientSettings;
 use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use quick_cache::sync::Cache;
 

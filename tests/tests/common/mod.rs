@@ -13,7 +13,7 @@ use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleIn
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_shared::settings::DatabaseSettings;
+use cascade_shared::db::DatabaseSettings;
 use cascade_shared::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;
 use crate::domain::settings::{LifecycleSettings, OnLostAction};
+use cascade_shared::secret::Secret;
 
 const MAX_HAND_RAISE_TYPES: usize = 50;
 
@@ -172,7 +173,7 @@ fn settings_change(
             s.webhook_url = x;
         }
         if let Some(x) = webhook_secret {
-            s.webhook_secret = x;
+            s.webhook_secret = x.map(Secret::new);
         }
         // The thresholds are checked together, against the values in force.
         let mut v = Validator::new();

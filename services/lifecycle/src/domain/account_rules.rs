@@ -3,7 +3,7 @@
 //! transitions happen, or why the event is refused.
 
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain::{AccountStage, CustomerType};
+use cascade_shared::domain::{AccountStage, CustomerType, stage_reached_by_score};
 use cascade_shared::domain_enum;
 
 use super::Refusal;
@@ -131,16 +131,22 @@ pub fn apply(
             engagement_score,
             intent_score,
         } => {
-            let earned = earned_since_recycle(*engagement_score, state.score_baseline);
-            if state.stage < S::Prioritized && earned >= settings.prioritized_threshold {
+            let reached = stage_reached_by_score(
+                earned_since_recycle(*engagement_score, state.score_baseline),
+                *intent_score,
+                settings.engaged_threshold,
+                settings.prioritized_threshold,
+            );
+            // Forward only, and never past PRIORITIZED.
+            if state.stage < S::Prioritized && reached == S::Prioritized {
                 if state.stage < S::Engaged {
                     push(&mut out, S::Engaged, kind, TransitionCause::Score);
                 }
                 push(&mut out, S::Prioritized, kind, TransitionCause::Score);
                 out.notify_prioritized = true;
-            } else if state.stage < S::Engaged && earned > settings.engaged_threshold {
+            } else if state.stage < S::Engaged && reached == S::Engaged {
                 push(&mut out, S::Engaged, kind, TransitionCause::Score);
-            } else if state.stage == S::Targeted && *intent_score > 0.0 {
+            } else if state.stage == S::Targeted && reached == S::Detected {
                 push(&mut out, S::Detected, kind, TransitionCause::Intent);
             }
         }

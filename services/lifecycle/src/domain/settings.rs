@@ -2,6 +2,7 @@
 
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_shared::domain_enum;
+use cascade_shared::secret::Secret;
 
 domain_enum! {
     /// What a lost deal does to an account with no other open opportunity.
@@ -13,7 +14,7 @@ domain_enum! {
 }
 
 /// The settings in force for a tenant (one version of them).
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleSettings {
     /// Version 1 is the built-in defaults; every change adds one.
     pub version: i64,
@@ -30,27 +31,8 @@ pub struct LifecycleSettings {
     /// or past PRIORITIZED.
     pub renotify_on_hand_raise: bool,
     pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-}
-
-// The webhook secret must never reach a log line.
-impl std::fmt::Debug for LifecycleSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LifecycleSettings")
-            .field("version", &self.version)
-            .field("engaged_threshold", &self.engaged_threshold)
-            .field("prioritized_threshold", &self.prioritized_threshold)
-            .field("qualified_stage_enabled", &self.qualified_stage_enabled)
-            .field("on_lost_action", &self.on_lost_action)
-            .field("hand_raise_activity_types", &self.hand_raise_activity_types)
-            .field("renotify_on_hand_raise", &self.renotify_on_hand_raise)
-            .field("webhook_url", &self.webhook_url)
-            .field(
-                "webhook_secret",
-                &self.webhook_secret.as_ref().map(|_| "***"),
-            )
-            .finish()
-    }
+    /// Signs webhook calls; never printed.
+    pub webhook_secret: Option<Secret<String>>,
 }
 
 impl Default for LifecycleSettings {

@@ -180,7 +180,7 @@ impl WebhookSink {
             .header("content-type", "application/json")
             .header(NOTIFICATION_ID_HEADER, &row.notification_id);
         if let Some(secret) = &stored.settings.webhook_secret {
-            request = request.header(SIGNATURE_HEADER, signature(secret, &body));
+            request = request.header(SIGNATURE_HEADER, signature(secret.expose(), &body));
         }
         // The URL can carry a token (Teams webhooks do): never log it.
         let failure = match request.body(body).send().await {

@@ -11,6 +11,7 @@ use sea_orm::{
 use super::entities::settings;
 use super::{Repository, corrupt, ms};
 use crate::domain::settings::LifecycleSettings;
+use cascade_shared::secret::Secret;
 
 /// Settings as stored, with who changed them and when.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +61,7 @@ fn from_model(model: settings::Model) -> ServiceResult<StoredSettings> {
                 .collect(),
             renotify_on_hand_raise: model.renotify_on_hand_raise,
             webhook_url: model.webhook_url,
-            webhook_secret: model.webhook_secret,
+            webhook_secret: model.webhook_secret.map(Secret::new),
         },
         updated_at_ms: Some(model.updated_at_ms),
         updated_by: Some(model.updated_by),
@@ -112,7 +113,7 @@ impl Repository {
             hand_raise_activity_types: Set(next.hand_raise_activity_types.join("\n")),
             renotify_on_hand_raise: Set(next.renotify_on_hand_raise),
             webhook_url: Set(next.webhook_url.clone()),
-            webhook_secret: Set(next.webhook_secret.clone()),
+            webhook_secret: Set(next.webhook_secret.as_ref().map(|s| s.expose().clone())),
             updated_at_ms: Set(now),
             updated_by: Set(actor.to_owned()),
         };

@@ -5,12 +5,12 @@
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
+use cascade_shared::client::LifecycleClientSettings;
 use cascade_shared::client::{
     CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
 };
 use cascade_shared::limit::TenantRateLimiter;
 use cascade_shared::page::PageRequest;
-use cascade_shared::settings::LifecycleClientSettings;
 use cascade_shared::time::to_timestamp;
 use cascade_shared::validate::Validator;
 use cascade_shared::{RequestContext, ServiceError};

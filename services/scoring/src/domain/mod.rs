@@ -447,24 +447,6 @@ pub fn add_batch(
     }
 }
 
-/// The stage a score alone would put an account in (what simulation counts).
-pub fn score_stage(
-    engagement: f64,
-    intent: f64,
-    engaged_threshold: f64,
-    prioritized_threshold: f64,
-) -> AccountStage {
-    if engagement >= prioritized_threshold {
-        AccountStage::Prioritized
-    } else if engagement > engaged_threshold {
-        AccountStage::Engaged
-    } else if intent > 0.0 {
-        AccountStage::Detected
-    } else {
-        AccountStage::Targeted
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,17 +586,6 @@ mod tests {
         assert_eq!(decay_factor(10.0, 120, 100), 1.0, "future days do not grow");
         assert_eq!(day_of(86_400_000 * 3 + 5), 3);
         assert_eq!(day_of(-1), -1);
-    }
-
-    #[test]
-    fn score_stage_follows_thresholds() {
-        assert_eq!(score_stage(0.0, 0.0, 0.0, 100.0), AccountStage::Targeted);
-        assert_eq!(score_stage(0.0, 3.0, 0.0, 100.0), AccountStage::Detected);
-        assert_eq!(score_stage(1.0, 0.0, 0.0, 100.0), AccountStage::Engaged);
-        assert_eq!(
-            score_stage(100.0, 0.0, 0.0, 100.0),
-            AccountStage::Prioritized
-        );
     }
 
     #[test]

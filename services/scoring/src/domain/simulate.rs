@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use cascade_shared::domain::AccountStage;
 
-use super::{ScoringModel, Usage, UsageKey, decay_factor, score_activities, score_stage};
+use super::{ScoringModel, Usage, UsageKey, decay_factor, score_activities};
+use cascade_shared::domain::stage_reached_by_score;
 
 /// Score thresholds of the score-driven stages.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,7 +80,7 @@ impl Run {
     }
 
     fn take(&mut self) -> (f64, AccountStage) {
-        let stage = score_stage(
+        let stage = stage_reached_by_score(
             self.engagement,
             self.intent,
             self.thresholds.engaged,

@@ -1,0 +1,80 @@
+//! The tower layer that decides who is calling before any handler runs: it
+//! asks the [`Authenticator`] and stores the [`RequestContext`] in the
+//! request's extensions, or answers the refusal itself.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::auth::Authenticator;
+#[cfg(doc)]
+use crate::context::RequestContext;
+
+/// Tower layer that attaches a [`RequestContext`] to every Cascade RPC, or
+/// answers INVALID_ARGUMENT (malformed metadata), UNAUTHENTICATED or
+/// PERMISSION_DENIED before any handler runs.
+#[derive(Debug, Clone)]
+pub struct RequestContextLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl RequestContextLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContextService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestContextService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RequestContextService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // Health and reflection are tenant-free; let them through untouched.
+        if !request.uri().path().starts_with("/cascade.") {
+            return futures::future::Either::Left(self.inner.call(request));
+        }
+        match self
+            .auth
+            .authenticate(request.uri().path(), request.headers())
+        {
+            Ok(context) => {
+                request.extensions_mut().insert(context);
+                futures::future::Either::Left(self.inner.call(request))
+            }
+            Err(error) => {
+                let response = tonic::Status::from(error).into_http::<ResBody>();
+                futures::future::Either::Right(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
