@@ -633,6 +633,13 @@ mod tests {
         headers
     }
 
+    #[test]
+    fn settings_never_print_the_secret() {
+        let printed = format!("{:?}", settings());
+        assert!(!printed.contains(SECRET), "{printed}");
+        assert!(printed.contains("hs256_secret: ***"), "{printed}");
+    }
+
     const GET: &str = "/cascade.lifecycle.v1.LifecycleService/GetAccount";
     const QUALIFY: &str = "/cascade.lifecycle.v1.LifecycleService/QualifyAccount";
     const APPLY: &str = "/cascade.lifecycle.v1.LifecycleInternalService/ApplyEngagementScore";
