@@ -22,7 +22,7 @@ use tower::Service;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::{AuthMode, Authenticator};
+use crate::auth::{AuthMode, Authenticator, Permissions};
 use crate::context_layer::RequestContextLayer;
 use crate::settings::{ServerSettings, ServiceIdentity, ServiceSettings};
 use crate::trace::RpcTraceLayer;
@@ -136,7 +136,7 @@ where
         );
     }
     tracing::info!(database = ?settings.database, "starting {}", identity.name);
-    build::<M, S, F, Fut>(&settings, make_service)
+    build::<M, S, F, Fut>(&settings, identity.permissions, make_service)
         .await?
         .run_until_stopped()
         .await
@@ -146,6 +146,7 @@ where
 /// with `make_service`, and binds the server (tests call this with port 0).
 pub async fn build<M, S, F, Fut>(
     settings: &ServiceSettings,
+    permissions: Permissions,
     make_service: F,
 ) -> anyhow::Result<Application>
 where
@@ -168,7 +169,7 @@ where
     }
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = service
-        .add_to(Application::bind(settings, S::NAME).await?)
+        .add_to(Application::bind(settings, S::NAME, permissions).await?)
         .with_database_health(database);
     app.background = background;
     Ok(app)
@@ -196,9 +197,13 @@ impl Application {
     pub async fn bind(
         service_settings: &ServiceSettings,
         service_name: &'static str,
+        permissions: Permissions,
     ) -> anyhow::Result<Self> {
         let settings = &service_settings.server;
-        let auth = Arc::new(Authenticator::from_settings(&service_settings.auth)?);
+        let auth = Arc::new(Authenticator::from_settings(
+            &service_settings.auth,
+            permissions,
+        )?);
         let tls = service_settings.tls.server_config()?;
         let address: SocketAddr = format!("{}:{}", settings.host, settings.port)
             .parse()
@@ -243,7 +248,8 @@ impl Application {
     }
 
     /// Adds an internal gRPC server (for the other Cascade services), on the
-    /// same port; its RPCs' permissions are in `auth::required_permission`.
+    /// same port; its RPCs' permissions are in the service's table
+    /// (`ServiceIdentity::permissions`).
     pub fn add_internal_service<S>(mut self, service: S) -> Self
     where
         S: GrpcService,

@@ -9,7 +9,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AuthSettings, Authenticator};
+use crate::auth::{AuthSettings, Authenticator, Permissions};
 use crate::client::LifecycleClientSettings;
 use crate::db::{DEFAULT_ANALYZE_INTERVAL_MS, DatabaseSettings};
 pub use crate::error::SettingsError;
@@ -126,7 +126,7 @@ impl ServiceSettings {
             )));
         }
         // Keys and certificates are read now so a bad path stops start-up.
-        Authenticator::from_settings(&settings.auth)?;
+        Authenticator::from_settings(&settings.auth, identity.permissions)?;
         settings.tls.server_config()?;
         if settings.lifecycle.url.starts_with("https://") && settings.tls.ca_file.is_empty() {
             return Err(SettingsError::new(
@@ -182,6 +182,8 @@ pub struct ServiceIdentity {
     /// connection (lifecycle) needs more, or its reads wait behind them
     /// (docs/performance.md).
     pub sqlite_connections: u32,
+    /// The permission each of its RPCs needs in `jwt` mode.
+    pub permissions: Permissions,
 }
 
 impl ServiceIdentity {
@@ -346,6 +348,7 @@ mod tests {
         name: "lifecycle",
         default_port: 50051,
         sqlite_connections: 8,
+        permissions: |_, _| None,
     };
 
     fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {

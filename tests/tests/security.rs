@@ -803,3 +803,48 @@ async fn secrets_never_reach_logs_or_errors() {
     }
     system.stop().await;
 }
+
+/// Every RPC in the API is given a permission by exactly one service's table
+/// (in `jwt` mode an RPC no table names is refused, so one forgotten here
+/// would be unreachable).
+#[test]
+fn every_rpc_has_a_permission_in_its_service() {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(cascade_proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let tables = [
+        ("lifecycle", cascade_lifecycle::IDENTITY.permissions),
+        ("scoring", cascade_scoring::IDENTITY.permissions),
+        ("opportunity", cascade_opportunity::IDENTITY.permissions),
+    ];
+    let mut rpcs = 0;
+    for file in set.file {
+        let package = file.package.unwrap_or_default();
+        if !package.starts_with("cascade.") {
+            continue;
+        }
+        for service in file.service {
+            let service_name = format!("{package}.{}", service.name.unwrap_or_default());
+            for method in service.method {
+                let method = method.name.unwrap_or_default();
+                let owners: Vec<&str> = tables
+                    .iter()
+                    .filter(|(_, table)| table(&service_name, &method).is_some())
+                    .map(|(name, _)| *name)
+                    .collect();
+                assert_eq!(
+                    owners.len(),
+                    1,
+                    "{service_name}/{method}: named by {owners:?}"
+                );
+                assert!(
+                    service_name.contains(&format!(".{}.", owners[0])),
+                    "{service_name}/{method} is given a permission by {}",
+                    owners[0]
+                );
+                rpcs += 1;
+            }
+        }
+    }
+    assert!(rpcs >= 40, "found only {rpcs} RPCs");
+}

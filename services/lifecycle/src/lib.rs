@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_server::LifecycleInternalServiceServer;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
+use cascade_shared::auth::Permission;
 use cascade_shared::outbox::Deliverer;
 use cascade_shared::server::{Application, Background, WithInternal};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
@@ -21,7 +22,39 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     name: "lifecycle",
     default_port: 50051,
     sqlite_connections: 8,
+    permissions: permission,
 };
+
+/// The permission each lifecycle RPC needs (see `auth::Permissions`).
+pub fn permission(service: &str, method: &str) -> Option<Permission> {
+    use Permission as P;
+    Some(match (service, method) {
+        ("cascade.lifecycle.v1.LifecycleService", method) => match method {
+            "GetAccount"
+            | "ListAccounts"
+            | "GetContact"
+            | "ListContacts"
+            | "ListAccountTransitions"
+            | "ListContactTransitions"
+            | "ListNotifications"
+            | "GetAccountStageAt"
+            | "GetFunnelReport"
+            | "GetLifecycleSettings"
+            | "WatchAccountEvents" => P::Read,
+            "CreateAccount" | "UpdateAccount" | "CreateContact" | "UpdateContact" => P::Write,
+            "ResolveContact" | "BatchResolveContacts" => P::Resolve,
+            "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
+            "UpdateLifecycleSettings" => P::Admin,
+            _ => return None,
+        },
+        // Only the other Cascade services deliver into lifecycle.
+        (
+            "cascade.lifecycle.v1.LifecycleInternalService",
+            "ApplyEngagementScore" | "ApplyEngagementScores" | "ApplyOpportunityEvent",
+        ) => P::Apply,
+        _ => return None,
+    })
+}
 
 /// How long a webhook receiver may take to answer.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +90,12 @@ async fn service(
 
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(settings, service).await
+    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(
+        settings,
+        IDENTITY.permissions,
+        service,
+    )
+    .await
 }
 
 /// Runs the service with settings from the file and environment.

@@ -11,6 +11,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityServiceServer;
+use cascade_shared::auth::Permission;
 use cascade_shared::outbox::Deliverer;
 use cascade_shared::server::{Application, Background};
 use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
@@ -21,7 +22,28 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     name: "opportunity",
     default_port: 50053,
     sqlite_connections: 8,
+    permissions: permission,
 };
+
+/// The permission each opportunity RPC needs (see `auth::Permissions`).
+pub fn permission(service: &str, method: &str) -> Option<Permission> {
+    use Permission as P;
+    if service != "cascade.opportunity.v1.OpportunityService" {
+        return None;
+    }
+    Some(match method {
+        "GetOpportunity" | "ListOpportunities" | "GetPipelineReport" | "GetOpportunitySettings" => {
+            P::Read
+        }
+        "CreateOpportunity"
+        | "UpdateOpportunity"
+        | "AdvanceOpportunity"
+        | "CloseOpportunityWon"
+        | "CloseOpportunityLost" => P::Write,
+        "UpdateOpportunitySettings" => P::Admin,
+        _ => return None,
+    })
+}
 
 async fn service(
     database: DatabaseConnection,
@@ -51,7 +73,12 @@ async fn service(
 
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(settings, service).await
+    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(
+        settings,
+        IDENTITY.permissions,
+        service,
+    )
+    .await
 }
 
 /// Runs the service with settings from the file and environment.

@@ -11,6 +11,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use cascade_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
+use cascade_shared::auth::Permission;
 use cascade_shared::limit::TenantRateLimiter;
 use cascade_shared::outbox::Deliverer;
 use cascade_shared::server::{Application, Background};
@@ -22,7 +23,27 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     name: "scoring",
     default_port: 50052,
     sqlite_connections: 4,
+    permissions: permission,
 };
+
+/// The permission each scoring RPC needs (see `auth::Permissions`).
+pub fn permission(service: &str, method: &str) -> Option<Permission> {
+    use Permission as P;
+    if service != "cascade.scoring.v1.ScoringService" {
+        return None;
+    }
+    Some(match method {
+        "GetAccountScore"
+        | "GetContactScore"
+        | "ListTopAccounts"
+        | "ExplainAccountScore"
+        | "GetScoringModel" => P::Read,
+        "RecordActivity" | "RecordActivities" | "StreamActivities" => P::Write,
+        // Simulation changes nothing but scans every stored activity.
+        "UpdateScoringModel" | "SimulateScoringModel" => P::Admin,
+        _ => return None,
+    })
+}
 
 async fn service(
     database: DatabaseConnection,
@@ -58,7 +79,12 @@ async fn service(
 
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(settings, service).await
+    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(
+        settings,
+        IDENTITY.permissions,
+        service,
+    )
+    .await
 }
 
 /// Runs the service with settings from the file and environment.
