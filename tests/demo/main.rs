@@ -53,7 +53,7 @@ fn usd(units: i64) -> Option<Money> {
 }
 
 fn now() -> prost_types::Timestamp {
-    cascade_shared::time::to_timestamp(cascade_shared::time::now())
+    cascade_chassis::time::to_timestamp(cascade_chassis::time::now())
 }
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -68,7 +68,7 @@ async fn pause() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let tenant = format!("demo-{}", cascade_shared::time::now().timestamp());
+    let tenant = format!("demo-{}", cascade_chassis::time::now().timestamp());
     let mut lifecycle = LifecycleServiceClient::new(endpoint(
         "CASCADE_DEMO_LIFECYCLE",
         "http://127.0.0.1:50051",
@@ -397,16 +397,16 @@ async fn main() -> Result<()> {
     }
 
     println!("8. The funnel for today");
-    let day = cascade_shared::time::now();
+    let day = cascade_chassis::time::now();
     let report = lifecycle
         .get_funnel_report(request(
             &tenant,
             "dashboard",
             lc::GetFunnelReportRequest {
-                start_time: Some(cascade_shared::time::to_timestamp(
+                start_time: Some(cascade_chassis::time::to_timestamp(
                     day - chrono::Duration::hours(1),
                 )),
-                end_time: Some(cascade_shared::time::to_timestamp(
+                end_time: Some(cascade_chassis::time::to_timestamp(
                     day + chrono::Duration::hours(1),
                 )),
             },

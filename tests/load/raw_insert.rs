@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cascade_shared::db::DatabaseSettings;
+use cascade_chassis::db::DatabaseSettings;
 use futures::FutureExt;
 use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
 use serde_json::{Value as Json, json};
@@ -31,7 +31,7 @@ async fn fresh_database(url: &str, run: &str) -> Result<(String, Option<String>)
     if url.starts_with("sqlite:") {
         return Ok((url.to_owned(), None));
     }
-    let admin = cascade_shared::db::connect(&settings(url, 1)).await?;
+    let admin = cascade_chassis::db::connect(&settings(url, 1)).await?;
     let name = format!("cascade_raw_{}", run.replace(['-', '.'], "_"));
     admin
         .execute_unprepared(&format!("CREATE DATABASE {name}"))
@@ -46,7 +46,7 @@ async fn fresh_database(url: &str, run: &str) -> Result<(String, Option<String>)
 }
 
 async fn drop_database(url: &str, name: &str) -> Result<()> {
-    let admin = cascade_shared::db::connect(&settings(url, 1)).await?;
+    let admin = cascade_chassis::db::connect(&settings(url, 1)).await?;
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
         .await?;
@@ -71,8 +71,8 @@ pub async fn run(args: &Args) -> Result<Json> {
         .ok_or("raw-insert needs --database-url")?;
     let server = url;
     let (url, made) = fresh_database(server, &args.run_id).await?;
-    let db = cascade_shared::db::connect(&settings(&url, args.concurrency)).await?;
-    cascade_shared::db::migrate::<cascade_scoring::storage::migration::Migrator>(&db).await?;
+    let db = cascade_chassis::db::connect(&settings(&url, args.concurrency)).await?;
+    cascade_chassis::db::migrate::<cascade_scoring::storage::migration::Migrator>(&db).await?;
     let backend = db.get_database_backend();
     let table = if args.raw_table == "bare" {
         db.execute_unprepared(
@@ -120,7 +120,7 @@ pub async fn run(args: &Args) -> Result<Json> {
             counted.clone(),
         );
         async move {
-            let now = cascade_shared::time::now().timestamp_millis();
+            let now = cascade_chassis::time::now().timestamp_millis();
             let mut values: Vec<Value> = Vec::with_capacity(batch * PER_ROW);
             for k in 0..batch as u64 {
                 let seed = crate::scenarios::mix(i.wrapping_mul(1_000_003).wrapping_add(k));
@@ -142,7 +142,7 @@ pub async fn run(args: &Args) -> Result<Json> {
             }
             let failed = |e: sea_orm::DbErr| Status::internal(e.to_string());
             let txn = db.begin().await.map_err(failed)?;
-            txn.execute_raw(cascade_shared::db::statement(backend, &sql, values))
+            txn.execute_raw(cascade_chassis::db::statement(backend, &sql, values))
                 .await
                 .map_err(failed)?;
             txn.commit().await.map_err(failed)?;

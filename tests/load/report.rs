@@ -274,7 +274,7 @@ pub fn write(dir: &Path) -> Result<()> {
     }
 
     let report = json!({
-        "generated_at": cascade_shared::time::now().to_rfc3339(),
+        "generated_at": cascade_chassis::time::now().to_rfc3339(),
         "database": database,
         "machine": machine(),
         "services": services,

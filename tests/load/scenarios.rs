@@ -284,7 +284,7 @@ pub async fn fixture(clients: &Clients, args: &Args) -> Result<Fixture> {
 }
 
 fn now_timestamp() -> prost_types::Timestamp {
-    cascade_shared::time::to_timestamp(cascade_shared::time::now())
+    cascade_chassis::time::to_timestamp(cascade_chassis::time::now())
 }
 
 /// `batch` activities of the default mix for request `i`, ids unique to

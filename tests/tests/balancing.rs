@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cascade_chassis::client::{Resolver, balanced_channel};
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::client::{Resolver, balanced_channel};
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use cascade_testkit::{TestDatabase, TestServer, request_for};
 
 /// A name server for one name, whose answer the test changes.
 struct StaticDns(Arc<Mutex<Vec<SocketAddr>>>);

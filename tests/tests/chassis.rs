@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use cascade_chassis::server::Application;
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::server::Application;
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use cascade_testkit::{TestDatabase, TestServer, request_for};
 use futures::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;

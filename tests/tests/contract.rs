@@ -4,11 +4,11 @@
 
 mod common;
 
+use cascade_domain::ids::new_id;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::scoring::v1 as sc;
-use cascade_shared::ids::new_id;
-use cascade_shared::on_each_database;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::on_each_database;
+use cascade_testkit::{TestDatabase, request_for};
 use common::System;
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use cascade_proto::common::v1::AccountStage as S;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::scoring::v1 as sc;
-use cascade_shared::on_each_database;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::on_each_database;
+use cascade_testkit::{TestDatabase, request_for};
 use common::{DatabaseProxy, Process, System, TempDir, WebhookReceiver};
 use tonic::Code;
 
@@ -21,8 +21,8 @@ fn activity(event_id: String, kind: &str, account_id: &str, contact_id: &str) ->
     sc::Activity {
         event_id,
         activity_type: kind.into(),
-        occur_time: Some(cascade_shared::time::to_timestamp(
-            cascade_shared::time::now(),
+        occur_time: Some(cascade_chassis::time::to_timestamp(
+            cascade_chassis::time::now(),
         )),
         account_id: account_id.into(),
         contact_id: contact_id.into(),
@@ -317,7 +317,7 @@ async fn database_outage_is_unavailable_then_recovers() {
             .replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1)
     };
     let dir = TempDir(
-        std::env::temp_dir().join(format!("cascade-outage-{}", cascade_shared::ids::new_id())),
+        std::env::temp_dir().join(format!("cascade-outage-{}", cascade_domain::ids::new_id())),
     );
     std::fs::create_dir_all(&dir.0).expect("dir");
     let mut lifecycle_process =

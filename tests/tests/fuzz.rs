@@ -29,14 +29,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1 as sc;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use cascade_testkit::{TestDatabase, TestServer, request_for};
 use http_body::{Body as HttpBody, Frame};
 use prost::Message as _;
 use prost_reflect::{

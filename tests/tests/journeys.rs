@@ -10,8 +10,8 @@ use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_shared::on_each_database;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::on_each_database;
+use cascade_testkit::{TestDatabase, request_for};
 use common::{System, WebhookReceiver};
 use tonic::transport::Channel;
 
@@ -37,8 +37,8 @@ fn activity(event_id: &str, kind: &str, account_id: &str, contact_id: &str) -> s
     sc::Activity {
         event_id: event_id.into(),
         activity_type: kind.into(),
-        occur_time: Some(cascade_shared::time::to_timestamp(
-            cascade_shared::time::now(),
+        occur_time: Some(cascade_chassis::time::to_timestamp(
+            cascade_chassis::time::now(),
         )),
         account_id: account_id.into(),
         contact_id: contact_id.into(),

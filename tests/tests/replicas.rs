@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::scoring::v1 as sc;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::{TestDatabase, request_for};
 use common::System;
 
 const T: &str = "replicas";
@@ -84,8 +84,8 @@ async fn replicas_keep_the_invariants() {
                 } else {
                     "email_open".into()
                 },
-                occur_time: Some(cascade_shared::time::to_timestamp(
-                    cascade_shared::time::now(),
+                occur_time: Some(cascade_chassis::time::to_timestamp(
+                    cascade_chassis::time::now(),
                 )),
                 account_id: id.clone(),
                 contact_id: contacts[round % 2].clone(),

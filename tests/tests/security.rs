@@ -11,7 +11,7 @@ use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::{TestDatabase, request_for};
 use common::{Process, System, TempDir, WebhookReceiver};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -98,8 +98,8 @@ fn by_email(event_id: &str, kind: &str, email: &str) -> sc::Activity {
     sc::Activity {
         event_id: event_id.into(),
         activity_type: kind.into(),
-        occur_time: Some(cascade_shared::time::to_timestamp(
-            cascade_shared::time::now(),
+        occur_time: Some(cascade_chassis::time::to_timestamp(
+            cascade_chassis::time::now(),
         )),
         contact_email: email.into(),
         ..Default::default()
@@ -142,7 +142,7 @@ async fn wait_for_stage(
 #[tokio::test]
 async fn jwt_mode_checks_tokens_roles_and_tenants() {
     let dir = TempDir(
-        std::env::temp_dir().join(format!("cascade-jwt-{}", cascade_shared::ids::new_id())),
+        std::env::temp_dir().join(format!("cascade-jwt-{}", cascade_domain::ids::new_id())),
     );
     std::fs::create_dir_all(&dir.0).expect("dir");
     // An ES256 key pair, as an identity provider would hold it.
@@ -387,7 +387,7 @@ struct Pki {
 impl Pki {
     fn new() -> Self {
         let dir = TempDir(
-            std::env::temp_dir().join(format!("cascade-pki-{}", cascade_shared::ids::new_id())),
+            std::env::temp_dir().join(format!("cascade-pki-{}", cascade_domain::ids::new_id())),
         );
         std::fs::create_dir_all(&dir.0).expect("dir");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -461,7 +461,7 @@ async fn mtls_between_callers_and_services() {
     pki.issue("lifecycle");
     pki.issue("scoring");
     let dir = TempDir(
-        std::env::temp_dir().join(format!("cascade-tls-{}", cascade_shared::ids::new_id())),
+        std::env::temp_dir().join(format!("cascade-tls-{}", cascade_domain::ids::new_id())),
     );
     std::fs::create_dir_all(&dir.0).expect("dir");
     let lifecycle_db = TestDatabase::sqlite();

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::{TestDatabase, request_for};
 use common::{Process, TempDir};
 use futures::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
@@ -19,7 +19,7 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     let db = TestDatabase::sqlite();
     let dir = TempDir(std::env::temp_dir().join(format!(
         "cascade-shutdown-{}",
-        cascade_shared::ids::new_id()
+        cascade_domain::ids::new_id()
     )));
     std::fs::create_dir_all(&dir.0).expect("dir");
     let mut process = Process::new("lifecycle", &db.settings.url, "http://127.0.0.1:9", &dir.0)

@@ -12,7 +12,7 @@ use cascade_proto::common::v1::{AccountStage as S, Date, Money};
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_shared::testing::{TestDatabase, request_for};
+use cascade_testkit::{TestDatabase, request_for};
 use common::System;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -207,8 +207,8 @@ async fn one_trace_from_activity_to_stage_change() {
                 activity: Some(sc::Activity {
                     event_id: "trace-1".into(),
                     activity_type: "demo_request".into(),
-                    occur_time: Some(cascade_shared::time::to_timestamp(
-                        cascade_shared::time::now(),
+                    occur_time: Some(cascade_chassis::time::to_timestamp(
+                        cascade_chassis::time::now(),
                     )),
                     account_id: String::new(),
                     contact_id: String::new(),

@@ -1,8 +1,8 @@
 //! Domain values to protobuf messages, used by the handlers and by the watch
 //! feed (which stores events as the messages it streams).
 
+use cascade_chassis::time::to_timestamp;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::time::to_timestamp;
 
 use crate::domain::{Account, Contact, ContactTransition, Notification, Transition};
 

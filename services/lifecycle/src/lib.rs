@@ -9,12 +9,12 @@ pub mod storage;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cascade_chassis::auth::Permission;
+use cascade_chassis::outbox::Deliverer;
+use cascade_chassis::server::{Application, Background, WithInternal};
+use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_server::LifecycleInternalServiceServer;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
-use cascade_shared::auth::Permission;
-use cascade_shared::outbox::Deliverer;
-use cascade_shared::server::{Application, Background, WithInternal};
-use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
 
 /// Name, env prefix (`CASCADE_LIFECYCLE__...`) and default port.
@@ -90,7 +90,7 @@ async fn service(
 
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(
+    cascade_chassis::server::build::<storage::migration::Migrator, _, _, _>(
         settings,
         IDENTITY.permissions,
         service,
@@ -100,6 +100,6 @@ pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
 
 /// Runs the service with settings from the file and environment.
 pub async fn run() -> anyhow::Result<()> {
-    cascade_shared::server::run_service::<storage::migration::Migrator, _, _, _>(IDENTITY, service)
+    cascade_chassis::server::run_service::<storage::migration::Migrator, _, _, _>(IDENTITY, service)
         .await
 }

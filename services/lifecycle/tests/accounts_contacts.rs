@@ -1,11 +1,11 @@
 //! Accounts and contacts over real gRPC, on SQLite and on PostgreSQL.
 
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::common::v1::{AccountStage, ContactStage, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::on_each_database;
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use cascade_testkit::on_each_database;
+use cascade_testkit::{TestDatabase, TestServer, request_for};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;

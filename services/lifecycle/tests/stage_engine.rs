@@ -12,8 +12,8 @@ use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerTy
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
 use cascade_proto::lifecycle::v1::TransitionCause as Cause;
-use cascade_shared::on_each_database;
-use cascade_shared::testing::TestDatabase;
+use cascade_testkit::TestDatabase;
+use cascade_testkit::on_each_database;
 use common::*;
 use futures::StreamExt;
 use tonic::Code;
@@ -470,7 +470,7 @@ async fn stage_at_answers_between_transitions(db: TestDatabase) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     score(&mut client, &id, "a", 1, 10.0, 0.0, vec![]).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let between = cascade_shared::time::to_timestamp(cascade_shared::time::now());
+    let between = cascade_chassis::time::to_timestamp(cascade_chassis::time::now());
     tokio::time::sleep(Duration::from_millis(20)).await;
     score(&mut client, &id, "b", 2, 100.0, 0.0, vec![]).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -522,7 +522,7 @@ async fn stage_at_answers_between_transitions(db: TestDatabase) {
         ask(prioritized_time).await.expect("at").stage,
         S::Prioritized as i32
     );
-    let now = cascade_shared::time::to_timestamp(cascade_shared::time::now());
+    let now = cascade_chassis::time::to_timestamp(cascade_chassis::time::now());
     let latest = ask(now).await.expect("now");
     assert_eq!(
         (latest.stage, latest.customer_type),
@@ -682,8 +682,8 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
 
 async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     let (server, mut client) = start(&db).await;
-    let start_time = cascade_shared::time::to_timestamp(
-        cascade_shared::time::now() - chrono::Duration::seconds(1),
+    let start_time = cascade_chassis::time::to_timestamp(
+        cascade_chassis::time::now() - chrono::Duration::seconds(1),
     );
     let a = create_account(&mut client, "A", "").await.account_id;
     let b = create_account(&mut client, "B", "").await.account_id;
@@ -713,8 +713,8 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
         ))
         .await
         .expect("nurture"); // back to ENGAGED
-    let end_time = cascade_shared::time::to_timestamp(
-        cascade_shared::time::now() + chrono::Duration::hours(1),
+    let end_time = cascade_chassis::time::to_timestamp(
+        cascade_chassis::time::now() + chrono::Duration::hours(1),
     );
 
     let report = client

@@ -1,9 +1,9 @@
 //! Delivers opportunity events to lifecycle through the outbox, one at a
 //! time and in order per account (OPENED before WON or LOST).
 
+use cascade_chassis::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
+use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
-use cascade_shared::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 
 use crate::storage::{EventKind, EventPayload};
 

@@ -10,11 +10,11 @@ pub mod storage;
 
 use std::sync::Arc;
 
+use cascade_chassis::auth::Permission;
+use cascade_chassis::outbox::Deliverer;
+use cascade_chassis::server::{Application, Background};
+use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityServiceServer;
-use cascade_shared::auth::Permission;
-use cascade_shared::outbox::Deliverer;
-use cascade_shared::server::{Application, Background};
-use cascade_shared::settings::{ServiceIdentity, ServiceSettings};
 use sea_orm::DatabaseConnection;
 
 /// Name, env prefix (`CASCADE_OPPORTUNITY__...`) and default port.
@@ -50,7 +50,7 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
-    let (lifecycle, internal) = cascade_shared::client::lifecycle_clients(
+    let (lifecycle, internal) = cascade_chassis::client::lifecycle_clients(
         &settings.lifecycle,
         &settings.auth,
         &settings.tls,
@@ -73,7 +73,7 @@ async fn service(
 
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_shared::server::build::<storage::migration::Migrator, _, _, _>(
+    cascade_chassis::server::build::<storage::migration::Migrator, _, _, _>(
         settings,
         IDENTITY.permissions,
         service,
@@ -83,6 +83,6 @@ pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
 
 /// Runs the service with settings from the file and environment.
 pub async fn run() -> anyhow::Result<()> {
-    cascade_shared::server::run_service::<storage::migration::Migrator, _, _, _>(IDENTITY, service)
+    cascade_chassis::server::run_service::<storage::migration::Migrator, _, _, _>(IDENTITY, service)
         .await
 }

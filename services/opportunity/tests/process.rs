@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date, Money};
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as pb;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
-use cascade_shared::on_each_database;
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use cascade_testkit::on_each_database;
+use cascade_testkit::{TestDatabase, TestServer, request_for};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -514,8 +514,8 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     let (mut lifecycle, mut opps) = suite.clients();
     let id = account(&mut lifecycle, "Pipeline Inc").await;
     let ann = contact(&mut lifecycle, &id, "ann@pipeline.example").await;
-    let start = cascade_shared::time::to_timestamp(
-        cascade_shared::time::now() - chrono::Duration::seconds(5),
+    let start = cascade_chassis::time::to_timestamp(
+        cascade_chassis::time::now() - chrono::Duration::seconds(5),
     );
     let new = |name: &str, estimate: Option<Money>| pb::Opportunity {
         account_id: id.clone(),
@@ -633,8 +633,8 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     ))
     .await
     .expect("o7 lost");
-    let end = cascade_shared::time::to_timestamp(
-        cascade_shared::time::now() + chrono::Duration::seconds(5),
+    let end = cascade_chassis::time::to_timestamp(
+        cascade_chassis::time::now() + chrono::Duration::seconds(5),
     );
 
     let report = opps
@@ -768,15 +768,15 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
             .await
             .expect("the largest amount is accepted");
     }
-    let now = cascade_shared::time::now();
+    let now = cascade_chassis::time::now();
     let report = opps
         .get_pipeline_report(request_for(
             T,
             pb::GetPipelineReportRequest {
-                start_time: Some(cascade_shared::time::to_timestamp(
+                start_time: Some(cascade_chassis::time::to_timestamp(
                     now - chrono::Duration::hours(1),
                 )),
-                end_time: Some(cascade_shared::time::to_timestamp(
+                end_time: Some(cascade_chassis::time::to_timestamp(
                     now + chrono::Duration::hours(1),
                 )),
             },
@@ -895,7 +895,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
     let globex = account(&mut lifecycle, "Globex").await;
     let ann = contact(&mut lifecycle, &acme, "ann@acme.example").await;
     let gus = contact(&mut lifecycle, &globex, "gus@globex.example").await;
-    let made_up = cascade_shared::ids::new_id();
+    let made_up = cascade_domain::ids::new_id();
     let deal = |buying_group: Vec<String>, stakeholders: Vec<pb::Stakeholder>| pb::Opportunity {
         account_id: acme.clone(),
         name: "Acme platform".into(),

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cascade_chassis::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
+use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadline};
-use cascade_shared::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use tonic::Code;
 
 use crate::storage::{DeliveryPayload, Repository, Totals};
@@ -90,8 +90,8 @@ fn request(merged: Merged, totals: &Totals) -> lifecycle::ApplyEngagementScoreRe
                 new_activity_types: types.into_iter().collect(),
             })
             .collect(),
-        compute_time: Some(cascade_shared::time::to_timestamp(
-            cascade_shared::time::now(),
+        compute_time: Some(cascade_chassis::time::to_timestamp(
+            cascade_chassis::time::now(),
         )),
         account_id: merged.account_id,
     }

@@ -13,12 +13,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_shared::client::LifecycleClientSettings;
-use cascade_shared::client::{
+use cascade_chassis::client::LifecycleClientSettings;
+use cascade_chassis::client::{
     CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
 };
-use cascade_shared::{RequestContext, ServiceError, ServiceResult};
+use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
+use cascade_proto::lifecycle::v1 as lifecycle;
 use quick_cache::sync::Cache;
 
 /// Who an activity is about, as the caller gave it (validated).

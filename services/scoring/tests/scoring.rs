@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::common::v1::AccountStage as S;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_shared::on_each_database;
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer, request_for};
+use cascade_testkit::on_each_database;
+use cascade_testkit::{TestDatabase, TestServer, request_for};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -148,7 +148,7 @@ async fn contact(lifecycle: &mut Lifecycle, account_id: &str, email: &str) -> St
 }
 
 fn now_minus_days(days: i64) -> prost_types::Timestamp {
-    cascade_shared::time::to_timestamp(cascade_shared::time::now() - chrono::Duration::days(days))
+    cascade_chassis::time::to_timestamp(cascade_chassis::time::now() - chrono::Duration::days(days))
 }
 
 fn activity(event_id: &str, kind: &str, account_id: &str, contact_id: &str) -> pb::Activity {

@@ -2,8 +2,8 @@
 //! column from the buckets already stored (SQLite and PostgreSQL).
 
 use cascade_scoring::storage::migration::Migrator;
-use cascade_shared::on_each_database;
-use cascade_shared::testing::TestDatabase;
+use cascade_testkit::TestDatabase;
+use cascade_testkit::on_each_database;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
 
@@ -19,7 +19,7 @@ async fn up_to(conn: &DatabaseConnection, name: &str) {
 }
 
 async fn engaged_flags_are_filled_from_the_buckets(db: TestDatabase) {
-    let conn = cascade_shared::db::connect(&db.settings)
+    let conn = cascade_chassis::db::connect(&db.settings)
         .await
         .expect("connect");
     up_to(&conn, "m20261201_100001_scores_engaged_flags").await;

@@ -9,12 +9,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cascade_chassis::db::DatabaseSettings;
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_shared::db::DatabaseSettings;
-use cascade_shared::testing::TestDatabase;
+use cascade_testkit::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -67,7 +67,7 @@ impl Process {
             extra_env: Vec::new(),
             tls: None,
             child: None,
-            log: log_dir.join(format!("{name}-{}.log", cascade_shared::ids::new_id())),
+            log: log_dir.join(format!("{name}-{}.log", cascade_domain::ids::new_id())),
         }
     }
 
@@ -260,7 +260,7 @@ impl System {
     ) -> Self {
         let sqlite = backend.settings.is_sqlite();
         let dir = TempDir(
-            std::env::temp_dir().join(format!("cascade-e2e-{}", cascade_shared::ids::new_id())),
+            std::env::temp_dir().join(format!("cascade-e2e-{}", cascade_domain::ids::new_id())),
         );
         std::fs::create_dir_all(&dir.0).expect("temp dir");
         let databases = vec![

@@ -1,9 +1,9 @@
 //! Manual stage actions: qualify, disqualify, nurture, advance.
 
+use cascade_chassis::validate::Validator;
+use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
+use cascade_domain::AccountStage;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain::AccountStage;
-use cascade_shared::validate::Validator;
-use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use tonic::{Request, Response, Status};
 
 use super::{LifecycleApi, optional_enum};

@@ -1,10 +1,10 @@
 //! Deliveries from scoring and opportunity: Apply* handlers.
 
+use cascade_chassis::error::FieldViolation;
+use cascade_chassis::validate::Validator;
+use cascade_chassis::{RequestContext, ServiceError};
+use cascade_domain::valid_activity_type;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain::valid_activity_type;
-use cascade_shared::error::FieldViolation;
-use cascade_shared::validate::Validator;
-use cascade_shared::{RequestContext, ServiceError};
 use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;

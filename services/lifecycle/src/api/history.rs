@@ -1,10 +1,10 @@
 //! History and the audit reads: account and contact transitions,
 //! notifications, an account's stage at a time.
 
+use cascade_chassis::RequestContext;
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::validate::Validator;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::RequestContext;
-use cascade_shared::page::PageRequest;
-use cascade_shared::validate::Validator;
 use tonic::{Request, Response, Status};
 
 use super::{LifecycleApi, optional_enum, required_id};

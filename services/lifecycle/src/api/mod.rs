@@ -1,13 +1,13 @@
 //! gRPC handlers: validate and translate requests, call the repository, and
 //! translate the answer. No rules live here.
 
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::validate::{Validator, mask_path, mask_paths, not_writable};
+use cascade_chassis::{RequestContext, ServiceResult};
+use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_server::LifecycleInternalService;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleService;
-use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
-use cascade_shared::page::PageRequest;
-use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
-use cascade_shared::{RequestContext, ServiceResult};
 use tonic::{Request, Response, Status};
 
 mod actions;

@@ -1,9 +1,9 @@
 //! The funnel report.
 
+use cascade_chassis::RequestContext;
+use cascade_chassis::validate::Validator;
+use cascade_domain::AccountStage;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::RequestContext;
-use cascade_shared::domain::AccountStage;
-use cascade_shared::validate::Validator;
 use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;

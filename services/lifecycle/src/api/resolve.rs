@@ -1,8 +1,8 @@
 //! Contact resolution: one reference or a batch, by id or email.
 
+use cascade_chassis::validate::Validator;
+use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::validate::Validator;
-use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;
@@ -37,7 +37,7 @@ pub(super) async fn batch_resolve_contacts(
 ) -> Result<Response<pb::BatchResolveContactsResponse>, Status> {
     let context = RequestContext::of(&request)?;
     let references = request.into_inner().references;
-    let largest = cascade_shared::limit::LARGEST_BATCH;
+    let largest = cascade_domain::LARGEST_BATCH;
     if references.is_empty() || references.len() > largest {
         return Err(ServiceError::invalid(
             "references",

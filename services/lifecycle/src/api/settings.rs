@@ -1,15 +1,15 @@
 //! The tenant's lifecycle settings: read and update.
 
+use cascade_chassis::time::to_timestamp;
+use cascade_chassis::validate::{Validator, mask_path, mask_paths, not_writable};
+use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
+use cascade_domain::valid_activity_type;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain::valid_activity_type;
-use cascade_shared::time::to_timestamp;
-use cascade_shared::validate::{Validator, mask_path, mask_paths, not_writable};
-use cascade_shared::{RequestContext, ServiceError, ServiceResult};
 use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;
 use crate::domain::settings::{LifecycleSettings, OnLostAction};
-use cascade_shared::secret::Secret;
+use cascade_chassis::secret::Secret;
 
 const MAX_HAND_RAISE_TYPES: usize = 50;
 

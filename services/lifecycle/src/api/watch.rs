@@ -3,10 +3,10 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use cascade_chassis::RequestContext;
+use cascade_chassis::validate::Validator;
+use cascade_domain::AccountStage;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::RequestContext;
-use cascade_shared::domain::AccountStage;
-use cascade_shared::validate::Validator;
 use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};

@@ -2,9 +2,9 @@
 //! given an account's state, an event and the tenant's settings, which
 //! transitions happen, or why the event is refused.
 
+use cascade_domain::domain_enum;
+use cascade_domain::{AccountStage, CustomerType, stage_reached_by_score};
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain::{AccountStage, CustomerType, stage_reached_by_score};
-use cascade_shared::domain_enum;
 
 use super::Refusal;
 use super::settings::{LifecycleSettings, OnLostAction};

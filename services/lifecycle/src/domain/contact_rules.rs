@@ -2,9 +2,9 @@
 //! ANONYMOUS, SUSPECT, ENGAGED, OPPORTUNITY and CUSTOMER move by themselves, a
 //! hand-raise makes a contact MARKETING_QUALIFIED, the rest are set by people.
 
+use cascade_domain::ContactStage;
+use cascade_domain::domain_enum;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain::ContactStage;
-use cascade_shared::domain_enum;
 
 use super::Refusal;
 

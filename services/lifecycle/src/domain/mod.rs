@@ -8,7 +8,7 @@ pub mod resolve;
 pub mod scores;
 pub mod settings;
 
-use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use chrono::{DateTime, Utc};
 
 /// An account as the rules and the API see it.
@@ -61,7 +61,7 @@ impl ContactTransition {
         occurred_at: DateTime<Utc>,
     ) -> Self {
         Self {
-            transition_id: cascade_shared::ids::new_id(),
+            transition_id: cascade_domain::ids::new_id(),
             contact_id: contact_id.to_owned(),
             account_id: account_id.to_owned(),
             from_stage: change.from,
@@ -103,7 +103,7 @@ impl Transition {
         occurred_at: DateTime<Utc>,
     ) -> Self {
         Self {
-            transition_id: cascade_shared::ids::new_id(),
+            transition_id: cascade_domain::ids::new_id(),
             account_id: account_id.to_owned(),
             from_stage: step.from_stage,
             to_stage: step.to_stage,
@@ -119,7 +119,7 @@ impl Transition {
     }
 }
 
-cascade_shared::domain_enum! {
+cascade_domain::domain_enum! {
     /// Why an account owner is notified.
     NotificationReason => cascade_proto::lifecycle::v1::NotificationReason {
         Prioritized = "PRIORITIZED",
@@ -127,7 +127,7 @@ cascade_shared::domain_enum! {
     }
 }
 
-cascade_shared::domain_enum! {
+cascade_domain::domain_enum! {
     /// Where a notification's webhook delivery stands.
     DeliveryState => cascade_proto::lifecycle::v1::NotificationDeliveryState {
         Pending = "PENDING",

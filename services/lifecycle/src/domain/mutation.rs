@@ -5,7 +5,7 @@
 //! [`decide`] and writes the decision in the same transaction
 //! (`storage::engine`). Score deliveries have their own decision (`scores`).
 
-use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use chrono::{DateTime, Utc};
 
 use super::account_rules::{self, AccountEvent, AccountState, Step, TransitionCause};

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cascade_shared::validate::email_domain;
+use cascade_chassis::validate::email_domain;
 
 /// A reference as the caller gave it (already validated and normalised:
 /// emails lower-case).

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
+use cascade_domain::{AccountStage, ContactStage, CustomerType};
 
 use super::account_rules::{self, AccountEvent, AccountState, Step};
 use super::contact_rules::{self, ContactEvent, ContactMove};

@@ -1,8 +1,8 @@
 //! A tenant's lifecycle settings and their defaults.
 
+use cascade_chassis::secret::Secret;
+use cascade_domain::domain_enum;
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_shared::domain_enum;
-use cascade_shared::secret::Secret;
 
 domain_enum! {
     /// What a lost deal does to an account with no other open opportunity.

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use cascade_shared::db::{WriteTransaction, among, begin_write};
-use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
+use cascade_chassis::db::{WriteTransaction, among, begin_write};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{

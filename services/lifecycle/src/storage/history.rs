@@ -1,9 +1,9 @@
 //! The stage history: transitions, the stage at a past time, the funnel
 //! report (computed in SQL from the history table), and the watch feed.
 
-use cascade_shared::domain::{AccountStage, CustomerType};
-use cascade_shared::page::PageRequest;
-use cascade_shared::{ServiceError, ServiceResult, TenantId};
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId};
+use cascade_domain::{AccountStage, CustomerType};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -206,7 +206,7 @@ pub(crate) async fn insert_contact_transitions(
     transitions: &[ContactTransition],
 ) -> Result<(), DbErr> {
     use sea_orm::ActiveValue::Set;
-    for chunk in cascade_shared::db::statement_chunks(transitions, 10) {
+    for chunk in cascade_chassis::db::statement_chunks(transitions, 10) {
         contact_transition::Entity::insert_many(chunk.iter().map(|t| {
             contact_transition::ActiveModel {
                 transition_id: Set(t.transition_id.clone()),

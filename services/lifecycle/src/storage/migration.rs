@@ -9,9 +9,9 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(AccountsAndContacts),
-            Box::new(cascade_shared::outbox::OutboxMigration),
+            Box::new(cascade_chassis::outbox::OutboxMigration),
             Box::new(super::migration_stage_engine::StageEngine),
-            Box::new(cascade_shared::outbox::OutboxPendingIndexMigration),
+            Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(super::migration_histories::ContactHistoryAndDeliveries),
         ]
     }

@@ -15,8 +15,8 @@ mod settings;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cascade_shared::domain::{AccountStage, ContactStage, CustomerType};
-use cascade_shared::{ServiceError, ServiceResult};
+use cascade_chassis::{ServiceError, ServiceResult};
+use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
@@ -103,7 +103,7 @@ fn statement(
     sql: &str,
     values: impl IntoIterator<Item = sea_orm::Value>,
 ) -> Statement {
-    cascade_shared::db::statement(conn.get_database_backend(), sql, values)
+    cascade_chassis::db::statement(conn.get_database_backend(), sql, values)
 }
 
 /// Keeps the first time a subject (account or contact) reached a stage.

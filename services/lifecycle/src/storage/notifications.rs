@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use cascade_shared::db::write_turn;
-use cascade_shared::outbox::{self, DeliveryError, Entry, Sink};
-use cascade_shared::page::PageRequest;
-use cascade_shared::{ServiceResult, TenantId, ids};
+use cascade_chassis::db::write_turn;
+use cascade_chassis::outbox::{self, DeliveryError, Entry, Sink};
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceResult, TenantId};
+use cascade_domain::ids;
 use hmac::{Hmac, Mac};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -148,7 +149,7 @@ impl WebhookSink {
             .timeout(timeout)
             .user_agent("cascade-lifecycle")
             .build()
-            .map_err(cascade_shared::ServiceError::internal)?;
+            .map_err(cascade_chassis::ServiceError::internal)?;
         Ok(Self { db, http })
     }
 
@@ -204,7 +205,7 @@ impl WebhookSink {
             .col_expr(notification::Column::State, Expr::value(state.as_str()))
             .col_expr(
                 notification::Column::DeliveredAtMs,
-                Expr::value(cascade_shared::time::now().timestamp_millis()),
+                Expr::value(cascade_chassis::time::now().timestamp_millis()),
             )
             .filter(notification::Column::NotificationId.eq(notification_id));
         self.write(settled)
@@ -227,7 +228,7 @@ impl WebhookSink {
             )
             .col_expr(
                 notification::Column::LastAttemptAtMs,
-                Expr::value(cascade_shared::time::now().timestamp_millis()),
+                Expr::value(cascade_chassis::time::now().timestamp_millis()),
             )
             .filter(notification::Column::NotificationId.eq(id))
             .filter(notification::Column::State.eq(DeliveryState::Pending.as_str()));

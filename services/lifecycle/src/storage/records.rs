@@ -2,11 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cascade_shared::db::begin_write;
-use cascade_shared::error::is_unique_violation;
-use cascade_shared::page::PageRequest;
-use cascade_shared::validate::email_domain;
-use cascade_shared::{ServiceError, ServiceResult, TenantId, ids, time};
+use cascade_chassis::db::begin_write;
+use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::validate::email_domain;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
+use cascade_domain::ids;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,

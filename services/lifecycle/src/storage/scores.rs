@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cascade_shared::db::{among, begin_write, statement_chunks, update_from_values};
-use cascade_shared::{ServiceResult, TenantId, time};
+use cascade_chassis::db::{among, begin_write, statement_chunks, update_from_values};
+use cascade_chassis::{ServiceResult, TenantId, time};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -533,8 +533,8 @@ async fn load_contacts(
 
 #[cfg(test)]
 mod tests {
-    use cascade_shared::db;
-    use cascade_shared::testing::TestDatabase;
+    use cascade_chassis::db;
+    use cascade_testkit::TestDatabase;
     use futures::FutureExt;
 
     use super::*;

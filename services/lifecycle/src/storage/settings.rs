@@ -1,8 +1,8 @@
 //! Versioned lifecycle settings per tenant. Version 1 is the built-in
 //! defaults; each update stores the next version, and old ones stay readable.
 
-use cascade_shared::error::is_unique_violation;
-use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
+use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     QueryOrder,
@@ -11,7 +11,7 @@ use sea_orm::{
 use super::entities::settings;
 use super::{Repository, corrupt, ms};
 use crate::domain::settings::LifecycleSettings;
-use cascade_shared::secret::Secret;
+use cascade_chassis::secret::Secret;
 
 /// Settings as stored, with who changed them and when.
 #[derive(Debug, Clone, PartialEq)]

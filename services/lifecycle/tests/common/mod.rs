@@ -6,11 +6,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_shared::settings::ServiceSettings;
-use cascade_shared::testing::{TestDatabase, TestServer};
+use cascade_testkit::{TestDatabase, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
@@ -57,7 +57,7 @@ pub async fn start(db: &TestDatabase) -> (TestServer, Client) {
 
 /// A request of tenant `acme`, acting as `actor`.
 pub fn req<T>(actor: &str, message: T) -> tonic::Request<T> {
-    let mut request = cascade_shared::testing::request_for(TENANT, message);
+    let mut request = cascade_testkit::request_for(TENANT, message);
     request
         .metadata_mut()
         .insert("x-actor-id", actor.parse().expect("ascii actor"));
@@ -236,7 +236,7 @@ pub fn new_id() -> String {
 }
 
 fn uuid_like() -> String {
-    cascade_shared::ids::new_id()
+    cascade_domain::ids::new_id()
 }
 
 /// One request received by the webhook receiver.

@@ -1,10 +1,10 @@
 //! Opportunities and settings as the API shows them.
 
+use cascade_chassis::time::to_timestamp;
+use cascade_chassis::{ServiceError, ServiceResult};
+use cascade_domain::Money;
 use cascade_proto::common::v1 as common;
 use cascade_proto::opportunity::v1 as pb;
-use cascade_shared::domain::Money;
-use cascade_shared::time::to_timestamp;
-use cascade_shared::{ServiceError, ServiceResult};
 
 use crate::domain::{self, Opportunity, Settings, Step};
 

@@ -1,11 +1,11 @@
 //! Reading a request's fields: what a caller may write, money, dates,
 //! contacts, and applying one field of the update mask.
 
+use cascade_chassis::time;
+use cascade_chassis::validate::{Validator, not_writable};
+use cascade_domain::Money;
 use cascade_proto::common::v1 as common;
 use cascade_proto::opportunity::v1 as pb;
-use cascade_shared::domain::Money;
-use cascade_shared::time;
-use cascade_shared::validate::{Validator, not_writable};
 
 use crate::domain::{self, Competitor, Contract, Date, LineItem, Opportunity, Stakeholder};
 

@@ -1,15 +1,14 @@
 //! gRPC handlers of the opportunity service: validate and translate, check
 //! the account with lifecycle, apply the step rules through the repository.
 
+use cascade_chassis::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::validate::{Validator, mask_path, not_writable};
+use cascade_chassis::{PreconditionViolation, RequestContext, ServiceError, ServiceResult, time};
+use cascade_domain::ids;
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::opportunity::v1 as pb;
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityService;
-use cascade_shared::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
-use cascade_shared::page::PageRequest;
-use cascade_shared::validate::{Validator, mask_path, not_writable};
-use cascade_shared::{
-    PreconditionViolation, RequestContext, ServiceError, ServiceResult, ids, time,
-};
 use tonic::{Code, Request, Response, Status};
 
 use crate::domain::{self, Action, Opportunity, Refusal, Status as OppStatus, Step};
@@ -74,7 +73,7 @@ impl OpportunityApi {
         let mut client = self.lifecycle.clone();
         let budget = context.call_budget(CALL_DEADLINE);
         let failure = |status: &Status| {
-            cascade_shared::client::peer_failure(
+            cascade_chassis::client::peer_failure(
                 "lifecycle",
                 "check the opportunity's account and contacts",
                 "nothing was written",

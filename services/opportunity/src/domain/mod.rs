@@ -2,9 +2,9 @@
 //! and pure functions: what each step requires, whether a move is allowed,
 //! and the money arithmetic of the pipeline.
 
+use cascade_domain::Money;
+use cascade_domain::domain_enum;
 use cascade_proto::opportunity::v1 as pb;
-use cascade_shared::domain::Money;
-use cascade_shared::domain_enum;
 
 domain_enum! {
     /// The steps of the process, in order.

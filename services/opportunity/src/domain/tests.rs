@@ -270,7 +270,7 @@ fn line_items_total_in_one_currency() {
     assert!(line_items_total(&[item(1, 1, "USD"), item(1, 1, "EUR")]).is_err());
     assert_eq!(line_items_total(&[]), Ok(None));
     // The largest quantity at the largest price is refused, not saturated.
-    let largest = i128::from(cascade_shared::domain::MAX_MONEY_UNITS);
+    let largest = i128::from(cascade_domain::MAX_MONEY_UNITS);
     assert_eq!(
         line_items_total(&[item(1_000_000_000, largest, "USD")]),
         Err("total more than the largest amount, 1,000,000,000,000 units")

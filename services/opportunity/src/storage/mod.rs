@@ -6,11 +6,11 @@ pub mod migration;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cascade_shared::db::{WriteTransaction, begin_write};
-use cascade_shared::domain::Money;
-use cascade_shared::error::is_unique_violation;
-use cascade_shared::page::PageRequest;
-use cascade_shared::{ServiceError, ServiceResult, TenantId, outbox, time};
+use cascade_chassis::db::{WriteTransaction, begin_write};
+use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox, time};
+use cascade_domain::Money;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -117,7 +117,7 @@ pub struct Repository {
 }
 
 fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
-    cascade_shared::db::statement(conn.get_database_backend(), sql, values)
+    cascade_chassis::db::statement(conn.get_database_backend(), sql, values)
 }
 
 fn money_columns(money: Option<Money>) -> (Value, Value, Value) {

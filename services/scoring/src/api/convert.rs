@@ -1,9 +1,9 @@
 //! Scores and scoring models as the API shows them, and a model from a
 //! request.
 
+use cascade_chassis::time::to_timestamp;
+use cascade_chassis::{FieldViolation, ServiceError, ServiceResult};
 use cascade_proto::scoring::v1 as pb;
-use cascade_shared::time::to_timestamp;
-use cascade_shared::{FieldViolation, ServiceError, ServiceResult};
 
 use crate::domain::{self, ScoringModel, ScoringRule};
 use crate::storage::Totals;
@@ -16,7 +16,7 @@ pub(super) fn score_to_proto(account_id: String, totals: &Totals) -> pb::Account
         engaged_contact_count: totals.engaged_contacts,
         intent_score: totals.intent,
         breakdown: breakdown(totals),
-        compute_time: Some(to_timestamp(cascade_shared::time::now())),
+        compute_time: Some(to_timestamp(cascade_chassis::time::now())),
     }
 }
 

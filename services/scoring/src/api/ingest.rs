@@ -1,11 +1,11 @@
 //! Checking and recording activities: one item, a batch or a stream; each
 //! item's result, and the reasons an item is refused.
 
+use cascade_chassis::validate::Validator;
+use cascade_chassis::{FieldViolation, RequestContext, ServiceError, ServiceResult};
+use cascade_domain::valid_activity_type;
 use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::scoring::v1 as pb;
-use cascade_shared::domain::valid_activity_type;
-use cascade_shared::validate::Validator;
-use cascade_shared::{FieldViolation, RequestContext, ServiceError, ServiceResult};
 
 use crate::directory::{Checked, Person};
 use crate::storage::{NewActivity, Recorded};
@@ -36,7 +36,7 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
     }
     let occurred = v.required_time(&field("occur_time"), activity.occur_time.as_ref());
     if let Some(time) = occurred
-        && time.timestamp_millis() > cascade_shared::time::now().timestamp_millis() + MAX_FUTURE_MS
+        && time.timestamp_millis() > cascade_chassis::time::now().timestamp_millis() + MAX_FUTURE_MS
     {
         v.add(
             field("occur_time"),

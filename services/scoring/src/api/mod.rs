@@ -2,18 +2,18 @@
 //! check who activities name (the directory, backed by lifecycle), call the
 //! repository.
 
+use cascade_chassis::client::LifecycleClientSettings;
+use cascade_chassis::client::{
+    CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
+};
+use cascade_chassis::limit::TenantRateLimiter;
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::time::to_timestamp;
+use cascade_chassis::validate::Validator;
+use cascade_chassis::{RequestContext, ServiceError};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
-use cascade_shared::client::LifecycleClientSettings;
-use cascade_shared::client::{
-    CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
-};
-use cascade_shared::limit::TenantRateLimiter;
-use cascade_shared::page::PageRequest;
-use cascade_shared::time::to_timestamp;
-use cascade_shared::validate::Validator;
-use cascade_shared::{RequestContext, ServiceError};
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,7 +22,7 @@ use crate::domain::simulate::Thresholds;
 use crate::storage::Repository;
 
 /// Largest batch (RecordActivities) or stream chunk (StreamActivities).
-pub const MAX_BATCH: usize = cascade_shared::limit::LARGEST_BATCH;
+pub const MAX_BATCH: usize = cascade_domain::LARGEST_BATCH;
 
 mod convert;
 mod ingest;
@@ -207,7 +207,7 @@ impl ScoringService for ScoringApi {
                 account_id,
                 engagement_score: totals.engagement,
                 breakdown: breakdown(&totals),
-                compute_time: Some(to_timestamp(cascade_shared::time::now())),
+                compute_time: Some(to_timestamp(cascade_chassis::time::now())),
             }),
         }))
     }
@@ -390,16 +390,15 @@ impl ScoringService for ScoringApi {
                 sample,
             )
             .await?;
-        let counts =
-            |counts: &std::collections::BTreeMap<cascade_shared::domain::AccountStage, i64>| {
-                counts
-                    .iter()
-                    .map(|(stage, n)| pb::StageCount {
-                        stage: stage.to_proto(),
-                        account_count: *n,
-                    })
-                    .collect()
-            };
+        let counts = |counts: &std::collections::BTreeMap<cascade_domain::AccountStage, i64>| {
+            counts
+                .iter()
+                .map(|(stage, n)| pb::StageCount {
+                    stage: stage.to_proto(),
+                    account_count: *n,
+                })
+                .collect()
+        };
         Ok(Response::new(pb::SimulateScoringModelResponse {
             current_counts: counts(&result.current_counts),
             proposed_counts: counts(&result.proposed_counts),

@@ -6,7 +6,7 @@ pub mod simulate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_shared::domain::valid_activity_type;
+use cascade_domain::valid_activity_type;
 
 /// Points for one activity type.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cascade_shared::domain::AccountStage;
+use cascade_domain::AccountStage;
 
 use super::{ScoringModel, Usage, UsageKey, decay_factor, score_activities};
-use cascade_shared::domain::stage_reached_by_score;
+use cascade_domain::stage_reached_by_score;
 
 /// Score thresholds of the score-driven stages.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cascade_shared::{ServiceError, ServiceResult, TenantId};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_shared::db::{begin_write, insert_chunks, statement_chunks};
-use cascade_shared::{ServiceError, ServiceResult, TenantId, outbox, time};
+use cascade_chassis::db::{begin_write, insert_chunks, statement_chunks};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox, time};
 use sea_orm::sea_query::{
     Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, ValueTuple,
 };

@@ -1,8 +1,8 @@
 //! The ledger: an account's stored activities, oldest first, with what each
 //! was scored as and its decay today.
 
-use cascade_shared::page::PageRequest;
-use cascade_shared::{ServiceError, ServiceResult, TenantId};
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entities::activity;

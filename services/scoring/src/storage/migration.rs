@@ -8,9 +8,9 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
-            Box::new(cascade_shared::outbox::OutboxMigration),
+            Box::new(cascade_chassis::outbox::OutboxMigration),
             Box::new(Scoring),
-            Box::new(cascade_shared::outbox::OutboxPendingIndexMigration),
+            Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(EngagedFlags),
         ]
     }

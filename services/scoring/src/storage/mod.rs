@@ -22,7 +22,7 @@ mod simulation;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cascade_shared::time;
+use cascade_chassis::time;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;

@@ -1,7 +1,7 @@
 //! Scoring model versions: the current one, a given one, the next one.
 
-use cascade_shared::db::begin_write;
-use cascade_shared::{ServiceError, ServiceResult, TenantId, time};
+use cascade_chassis::db::begin_write;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -61,7 +61,7 @@ impl Repository {
             .await
         {
             Ok(_) => {}
-            Err(e) if cascade_shared::error::is_unique_violation(&e) => {
+            Err(e) if cascade_chassis::error::is_unique_violation(&e) => {
                 return Err(ServiceError::Aborted(
                     "the model was changed by another call at the same time; read it again and retry"
                         .into(),

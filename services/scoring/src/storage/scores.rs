@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_shared::db::{among, insert_chunks, insert_chunks_returning, write_turn};
-use cascade_shared::page::PageRequest;
-use cascade_shared::{ServiceError, ServiceResult, TenantId};
+use cascade_chassis::db::{among, insert_chunks, insert_chunks_returning, write_turn};
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,

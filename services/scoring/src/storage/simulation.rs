@@ -1,6 +1,6 @@
 //! Reading stored activities for SimulateScoringModel.
 
-use cascade_shared::{ServiceResult, TenantId};
+use cascade_chassis::{ServiceResult, TenantId};
 use futures::TryStreamExt;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};

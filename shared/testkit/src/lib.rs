@@ -1,10 +1,10 @@
-//! Test helpers: a fresh database per test, on SQLite (always) and on
+//! cascade-testkit (tests only): a fresh database per test, a fresh database per test, on SQLite (always) and on
 //! PostgreSQL (when `CASCADE_TEST_POSTGRES_URL` names a server whose user may
 //! create databases).
 
 use sea_orm::{ConnectionTrait, Database};
 
-use crate::db::DatabaseSettings;
+use cascade_chassis::db::DatabaseSettings;
 
 /// Names the PostgreSQL server for tests, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
 pub const POSTGRES_URL_ENV: &str = "CASCADE_TEST_POSTGRES_URL";
@@ -64,7 +64,7 @@ impl TestDatabase {
                 max_connections: None,
                 acquire_timeout_ms: 5_000,
                 run_migrations: true,
-                analyze_interval_ms: crate::db::DEFAULT_ANALYZE_INTERVAL_MS,
+                analyze_interval_ms: cascade_chassis::db::DEFAULT_ANALYZE_INTERVAL_MS,
             },
             cleanup: Cleanup::PostgresDatabase { admin_url, name },
         })
@@ -130,7 +130,7 @@ macro_rules! on_each_database {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    super::$scenario($crate::testing::TestDatabase::sqlite()).await;
+                    super::$scenario($crate::TestDatabase::sqlite()).await;
                 }
             )+
         }
@@ -138,7 +138,7 @@ macro_rules! on_each_database {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    if let Some(db) = $crate::testing::TestDatabase::postgres().await {
+                    if let Some(db) = $crate::TestDatabase::postgres().await {
                         super::$scenario(db).await;
                     }
                 }
@@ -157,7 +157,7 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a built (bound) application.
-    pub fn start(app: crate::server::Application) -> Self {
+    pub fn start(app: cascade_chassis::server::Application) -> Self {
         let addr = app.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async {
@@ -207,7 +207,7 @@ impl Drop for TestServer {
 pub fn request_for<T>(tenant: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
-        crate::context::TENANT_HEADER,
+        cascade_chassis::context::TENANT_HEADER,
         tenant.parse().expect("ascii tenant"),
     );
     request

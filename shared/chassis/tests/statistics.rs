@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use cascade_shared::db;
-use cascade_shared::testing::TestDatabase;
+use cascade_chassis::db;
+use cascade_testkit::TestDatabase;
 use sea_orm::{ConnectionTrait, Statement};
 
 async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> String {

@@ -1,15 +1,14 @@
-//! Cascade's shared crate: the domain vocabulary used by more than one
-//! service, and the chassis every service is built on (one error type, one
-//! settings loader, one telemetry set-up, one server bootstrap).
+//! cascade-chassis: what every Cascade service is built on (one error type,
+//! one settings loader, one telemetry set-up, one server bootstrap, one
+//! outbox). The domain vocabulary is `cascade-domain`; the modules import each
+//! other in one direction only (docs/architecture.md).
 
 pub mod auth;
 pub mod client;
 pub mod context;
 pub mod context_layer;
 pub mod db;
-pub mod domain;
 pub mod error;
-pub mod ids;
 pub mod limit;
 pub mod malformed;
 pub mod outbox;
@@ -23,14 +22,8 @@ pub mod tls;
 pub mod trace;
 pub mod validate;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
 pub use context::{RequestContext, TenantId};
 pub use error::{FieldViolation, PreconditionViolation, ServiceError};
-
-#[doc(hidden)]
-pub use serde as __serde;
 
 /// The result of every handler and repository call.
 pub type ServiceResult<T> = Result<T, ServiceError>;

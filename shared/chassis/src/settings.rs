@@ -290,11 +290,11 @@ pub fn validate_common(
         ));
     }
     if server.ingest_rate_per_tenant > 0
-        && (server.ingest_burst_per_tenant as usize) < crate::limit::LARGEST_BATCH
+        && (server.ingest_burst_per_tenant as usize) < cascade_domain::LARGEST_BATCH
     {
         return Err(SettingsError::new(format!(
             "server.ingest_burst_per_tenant: must be at least {} (the largest batch)",
-            crate::limit::LARGEST_BATCH
+            cascade_domain::LARGEST_BATCH
         )));
     }
     if server.health_check_interval_ms == 0 {

@@ -10,10 +10,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::context::TenantId;
 use crate::error::ServiceError;
 
-/// The largest batch any RPC accepts (scoring's RecordActivities); a
-/// tenant's burst must hold at least one.
-pub const LARGEST_BATCH: usize = 1000;
-
 /// Admits up to `per_second` events a second per tenant, with bursts of up
 /// to `burst`; beyond that, RESOURCE_EXHAUSTED with RetryInfo saying when.
 pub struct TenantRateLimiter {

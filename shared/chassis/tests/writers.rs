@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use cascade_shared::db;
-use cascade_shared::testing::TestDatabase;
+use cascade_chassis::db;
+use cascade_testkit::TestDatabase;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 async fn count(db: &DatabaseConnection) -> i64 {

@@ -1,8 +1,14 @@
-//! Domain vocabulary used by more than one service: stages, customer type,
-//! money. Plain types with no I/O; conversions to the protobuf enums and to the
+//! cascade-domain: the vocabulary and rules used by more than one service:
+//! stages, customer type, money, activity-type syntax, the stage a score
+//! reaches, ids. Plain types and pure functions with no I/O; conversions to the protobuf enums and to the
 //! text stored in the database live here so every service agrees on them.
 
+pub mod ids;
+
 use cascade_proto::common::v1 as pb;
+
+#[doc(hidden)]
+pub use serde as __serde;
 
 /// Generates a plain domain enum with its stored text (`as_str`, `FromStr`)
 /// and its protobuf number (`from_proto`, `to_proto`). Services use it for
@@ -70,12 +76,12 @@ macro_rules! domain_enum {
         }
 
         impl ::std::str::FromStr for $name {
-            type Err = $crate::domain::UnknownValue;
+            type Err = $crate::UnknownValue;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err($crate::domain::UnknownValue(s.to_owned())),
+                    _ => Err($crate::UnknownValue(s.to_owned())),
                 }
             }
         }
@@ -210,6 +216,11 @@ impl Money {
         std::str::from_utf8(&self.currency).unwrap_or("XXX")
     }
 }
+
+/// The largest batch an RPC accepts: RecordActivities (scoring) and
+/// BatchResolveContacts (lifecycle, which scoring calls once per batch) must
+/// agree; a tenant's ingest burst must hold at least one.
+pub const LARGEST_BATCH: usize = 1000;
 
 /// Longest activity type name.
 pub const MAX_ACTIVITY_TYPE: usize = 64;

@@ -196,7 +196,10 @@ pub async fn enqueue_many(
     let now = now_ms();
     let trace_context = current_trace_context();
     if conn.get_database_backend() == DbBackend::Postgres {
-        let ids: Vec<String> = messages.iter().map(|_| crate::ids::new_id()).collect();
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|_| cascade_domain::ids::new_id())
+            .collect();
         let mut keys = Vec::with_capacity(messages.len());
         let mut payloads = Vec::with_capacity(messages.len());
         for message in messages {
@@ -230,7 +233,7 @@ pub async fn enqueue_many(
         let mut values: Vec<Value> = Vec::with_capacity(size * WIDTH);
         let mut tuples = Vec::with_capacity(size);
         for (n, message) in messages.by_ref().take(size).enumerate() {
-            let id = crate::ids::new_id();
+            let id = cascade_domain::ids::new_id();
             let p = n * WIDTH;
             tuples.push(format!(
                 "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
@@ -329,7 +332,7 @@ impl Deliverer {
             sink,
             config,
             wake: Arc::new(Notify::new()),
-            owner: crate::ids::new_id(),
+            owner: cascade_domain::ids::new_id(),
         }
     }
 

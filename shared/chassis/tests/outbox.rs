@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cascade_shared::on_each_database;
-use cascade_shared::outbox::{self, Deliverer, DelivererConfig, DeliveryError, Entry, Sink};
-use cascade_shared::testing::TestDatabase;
+use cascade_chassis::outbox::{self, Deliverer, DelivererConfig, DeliveryError, Entry, Sink};
+use cascade_testkit::TestDatabase;
+use cascade_testkit::on_each_database;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use sea_orm_migration::prelude::*;
 
@@ -66,7 +66,7 @@ fn fast() -> DelivererConfig {
 }
 
 async fn connect(db: &TestDatabase) -> DatabaseConnection {
-    cascade_shared::db::connect_and_migrate::<Migrator>(&db.settings)
+    cascade_chassis::db::connect_and_migrate::<Migrator>(&db.settings)
         .await
         .expect("database")
 }
@@ -184,15 +184,15 @@ async fn a_rolled_back_change_sends_nothing(db: TestDatabase) {
 
 /// Replicas starting together on one database migrate it once, without errors.
 async fn concurrent_migrations_apply_once(db: TestDatabase) {
-    let first = cascade_shared::db::connect(&db.settings)
+    let first = cascade_chassis::db::connect(&db.settings)
         .await
         .expect("connect");
-    let second = cascade_shared::db::connect(&db.settings)
+    let second = cascade_chassis::db::connect(&db.settings)
         .await
         .expect("connect");
     let (a, b) = tokio::join!(
-        cascade_shared::db::migrate::<Migrator>(&first),
-        cascade_shared::db::migrate::<Migrator>(&second)
+        cascade_chassis::db::migrate::<Migrator>(&first),
+        cascade_chassis::db::migrate::<Migrator>(&second)
     );
     a.expect("first migrates");
     b.expect("second migrates");
