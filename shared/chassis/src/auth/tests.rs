@@ -1,0 +1,203 @@
+//! Tokens, roles and service credentials, with keys made at test time.
+
+use super::*;
+use jsonwebtoken::{EncodingKey, Header};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn settings() -> AuthSettings {
+    AuthSettings {
+        mode: AuthMode::Jwt,
+        hs256_secret: Secret::new(SECRET.into()),
+        ..AuthSettings::default()
+    }
+}
+
+fn token(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+fn headers(token: &str, tenant: Option<&str>) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    if let Some(tenant) = tenant {
+        headers.insert(TENANT_HEADER, tenant.parse().expect("header"));
+    }
+    headers
+}
+
+#[test]
+fn settings_never_print_the_secret() {
+    let printed = format!("{:?}", settings());
+    assert!(!printed.contains(SECRET), "{printed}");
+    assert!(printed.contains("hs256_secret: ***"), "{printed}");
+}
+
+/// A service's table, as the tests' paths need it.
+fn permissions(service: &str, method: &str) -> Option<Permission> {
+    match (service, method) {
+        ("cascade.lifecycle.v1.LifecycleService", "GetAccount") => Some(Permission::Read),
+        ("cascade.lifecycle.v1.LifecycleService", "QualifyAccount") => Some(Permission::Act),
+        ("cascade.lifecycle.v1.LifecycleInternalService", "ApplyEngagementScore") => {
+            Some(Permission::Apply)
+        }
+        _ => None,
+    }
+}
+
+const GET: &str = "/cascade.lifecycle.v1.LifecycleService/GetAccount";
+const QUALIFY: &str = "/cascade.lifecycle.v1.LifecycleService/QualifyAccount";
+const APPLY: &str = "/cascade.lifecycle.v1.LifecycleInternalService/ApplyEngagementScore";
+
+fn claims(roles: &[&str], tenant: Option<&str>, exp: u64) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "sub": "jane@acme.test", "roles": roles, "iss": "cascade", "aud": "cascade", "exp": exp,
+    });
+    if let Some(tenant) = tenant {
+        value["tenant"] = tenant.into();
+    }
+    value
+}
+
+#[test]
+fn tokens_are_verified_and_roles_enforced() {
+    let auth = Authenticator::from_settings(&settings(), permissions).expect("auth");
+    let later = unix_now() + 600;
+    let reader = token(claims(&["reader"], Some("acme"), later), SECRET);
+    let context = auth
+        .authenticate(GET, &headers(&reader, None))
+        .expect("reader may read");
+    assert_eq!(context.tenant.as_str(), "acme");
+    assert_eq!(context.actor, "jane@acme.test");
+
+    let refused = |path: &str, headers: &http::HeaderMap| {
+        auth.authenticate(path, headers)
+            .expect_err("refused")
+            .code()
+    };
+    use tonic::Code;
+    assert_eq!(
+        refused(QUALIFY, &headers(&reader, None)),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        refused(GET, &headers(&reader, Some("other"))),
+        Code::PermissionDenied
+    );
+    assert_eq!(refused(GET, &http::HeaderMap::new()), Code::Unauthenticated);
+    let expired = token(claims(&["admin"], Some("acme"), unix_now() - 3600), SECRET);
+    assert_eq!(
+        refused(GET, &headers(&expired, None)),
+        Code::Unauthenticated
+    );
+    let forged = token(
+        claims(&["admin"], Some("acme"), later),
+        &SECRET.replace('0', "1"),
+    );
+    assert_eq!(refused(GET, &headers(&forged, None)), Code::Unauthenticated);
+    let mut wrong_issuer = claims(&["admin"], Some("acme"), later);
+    wrong_issuer["iss"] = "someone-else".into();
+    assert_eq!(
+        refused(GET, &headers(&token(wrong_issuer, SECRET), None)),
+        Code::Unauthenticated
+    );
+    let admin = token(claims(&["admin"], Some("acme"), later), SECRET);
+    assert_eq!(
+        refused(APPLY, &headers(&admin, None)),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        refused(
+            "/cascade.lifecycle.v1.LifecycleService/Nope",
+            &headers(&admin, None)
+        ),
+        Code::PermissionDenied
+    );
+}
+
+#[test]
+fn service_tokens_act_for_the_named_tenant() {
+    let settings = settings();
+    let auth = Authenticator::from_settings(&settings, permissions).expect("auth");
+    let credentials = ServiceCredentials::from_settings("scoring", &settings).expect("creds");
+    let minted = credentials.token().expect("token").expect("some token");
+    assert_eq!(credentials.token().expect("cached"), Some(minted.clone()));
+    let context = auth
+        .authenticate(APPLY, &headers(&minted, Some("acme")))
+        .expect("service may apply");
+    assert_eq!(context.tenant.as_str(), "acme");
+    assert_eq!(context.actor, "service:scoring");
+    // Without a tenant header a service token names no tenant.
+    assert_eq!(
+        auth.authenticate(APPLY, &headers(&minted, None))
+            .expect_err("no tenant")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        auth.authenticate(QUALIFY, &headers(&minted, Some("acme")))
+            .expect_err("no act")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+}
+
+#[test]
+fn rs256_tokens_verify_against_a_public_key_file() {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
+    let public_pem = private
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("public pem");
+    let private_pem = private.to_pkcs8_pem(LineEnding::LF).expect("private pem");
+    let path = std::env::temp_dir().join(format!("cascade-rs256-{}.pem", std::process::id()));
+    std::fs::write(&path, public_pem).expect("write key");
+    let settings = AuthSettings {
+        mode: AuthMode::Jwt,
+        public_key_files: path.display().to_string(),
+        ..AuthSettings::default()
+    };
+    let auth = Authenticator::from_settings(&settings, permissions).expect("auth");
+    std::fs::remove_file(&path).ok();
+    let sign = |claims: &serde_json::Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            claims,
+            &EncodingKey::from_rsa_pem(private_pem.as_bytes()).expect("encoding key"),
+        )
+        .expect("rs256 token")
+    };
+    let good = sign(&claims(&["reader"], Some("acme"), unix_now() + 600));
+    let context = auth
+        .authenticate(GET, &headers(&good, None))
+        .expect("RS256 accepted");
+    assert_eq!(context.tenant.as_str(), "acme");
+    // Without an HS256 secret configured, an HS256 token is refused
+    // (the keys decide the algorithms, not the token's header).
+    let hs = token(claims(&["reader"], Some("acme"), unix_now() + 600), SECRET);
+    let error = auth
+        .authenticate(GET, &headers(&hs, None))
+        .expect_err("HS256 refused");
+    assert_eq!(error.code(), tonic::Code::Unauthenticated);
+    assert!(error.to_string().contains("HS256"), "{error}");
+}
+
+#[test]
+fn short_secrets_and_missing_keys_stop_start_up() {
+    let mut s = settings();
+    s.hs256_secret = Secret::new("short".into());
+    assert!(Authenticator::from_settings(&s, permissions).is_err());
+    s.hs256_secret = Secret::default();
+    assert!(Authenticator::from_settings(&s, permissions).is_err());
+    let s = settings();
+    assert!(!format!("{s:?}").contains(SECRET));
+}

@@ -1,0 +1,330 @@
+//! The one outbox of every service: messages written in the same database
+//! transaction as the change that caused them, then delivered by a background
+//! deliverer with retries and backoff, surviving restarts.
+//!
+//! - Order: within a topic, messages of one tenant with the same partition
+//!   key (an account) are delivered in the order they were written; only the
+//!   oldest pending message of a partition can be claimed, so replicas never
+//!   deliver one partition out of order. The tenant is part of the partition:
+//!   a run handed to a sink never mixes tenants (another tenant may use the
+//!   same key, e.g. record activities for an account id it does not have).
+//! - Replicas: a claim is a lease written with a conditional UPDATE, so two
+//!   deliverers on one PostgreSQL database never hold the same message.
+//! - Delivery is at least once; a message is marked delivered only after the
+//!   sink accepts it. Receivers drop repeats by message id.
+//! - The W3C trace context of the writing request travels with the message,
+//!   so the delivery joins the same trace.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use sea_orm_migration::prelude::*;
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+mod deliverer;
+mod migration;
+
+pub use deliverer::{Deliverer, DelivererConfig, pending_count};
+pub use migration::{OutboxMigration, OutboxPendingIndexMigration};
+
+/// How outbox messages are delivered to other services and webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// How often to look for due messages when nothing woke the deliverer.
+    pub poll_interval_ms: u64,
+    /// First retry delay after a failed delivery; doubles per attempt.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay.
+    pub max_backoff_ms: u64,
+    /// How long a deliverer holds a claimed message before another may take it.
+    pub lease_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 500,
+            min_backoff_ms: 200,
+            max_backoff_ms: 60_000,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+impl OutboxSettings {
+    pub fn deliverer_config(&self) -> DelivererConfig {
+        DelivererConfig {
+            lease: Duration::from_millis(self.lease_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            min_backoff: Duration::from_millis(self.min_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            ..DelivererConfig::default()
+        }
+    }
+}
+
+const PENDING: &str = "PENDING";
+const DELIVERED: &str = "DELIVERED";
+
+/// One message, as a sink receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// UUIDv7, unique: receivers use it to drop repeats.
+    pub id: String,
+    pub tenant_id: String,
+    pub topic: String,
+    pub partition_key: String,
+    pub payload: Vec<u8>,
+    /// Failed attempts so far.
+    pub attempts: i32,
+    /// `traceparent` (and `tracestate`) of the request that wrote it.
+    pub trace_context: Option<String>,
+}
+
+/// Why a delivery did not go through. Every failure is retried with backoff.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryError(pub String);
+
+impl DeliveryError {
+    /// A peer service's failure to take a delivery: retried.
+    pub fn from_peer(peer: &str, status: &tonic::Status) -> Self {
+        Self(format!(
+            "{peer} answered {:?}: {}",
+            status.code(),
+            status.message()
+        ))
+    }
+}
+
+/// How a sink reads a peer's answer to the delivery of one partition's
+/// message (`what`, for the log). NOT_FOUND and INVALID_ARGUMENT are final:
+/// the peer will never take this message, and retrying it would hold its
+/// partition back forever, so it is dropped with a warning. Any other
+/// failure (the peer down, slow, overloaded or failing) is retried.
+pub fn settle_peer_answer<T>(
+    peer: &str,
+    what: &str,
+    partition: &str,
+    answer: Result<T, tonic::Status>,
+) -> Result<(), DeliveryError> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::InvalidArgument
+            ) =>
+        {
+            tracing::warn!(
+                partition,
+                peer,
+                code = ?status.code(),
+                message = status.message(),
+                "{peer} refused {what}; dropped"
+            );
+            Ok(())
+        }
+        Err(status) => Err(DeliveryError::from_peer(peer, &status)),
+    }
+}
+
+/// Where a topic's messages go.
+#[tonic::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers a run of pending messages of one partition, oldest first.
+    /// Returns how many were delivered; an error after `n` messages marks the
+    /// first `n` delivered and retries the rest.
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)>;
+
+    /// How many partitions' runs one `deliver_many` call may carry. A sink
+    /// whose receiver takes many partitions in one request (lifecycle's
+    /// ApplyEngagementScores) says so; the default is one at a time.
+    fn partitions_per_call(&self) -> usize {
+        1
+    }
+
+    /// Delivers the runs of several partitions of one tenant (at most
+    /// `partitions_per_call`), returning one result per run, each as
+    /// `deliver` would. The default delivers the runs one after another.
+    async fn deliver_many(
+        &self,
+        runs: &[Vec<Entry>],
+    ) -> Vec<Result<usize, (usize, DeliveryError)>> {
+        let mut results = Vec::with_capacity(runs.len());
+        for run in runs {
+            results.push(self.deliver(run).await);
+        }
+        results
+    }
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub partition_key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Writes a message in the caller's transaction.
+pub async fn enqueue(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    topic: &str,
+    partition_key: &str,
+    payload: Vec<u8>,
+) -> Result<String, DbErr> {
+    let message = Message {
+        partition_key: partition_key.to_owned(),
+        payload,
+    };
+    let mut ids = enqueue_many(conn, tenant_id, topic, vec![message]).await?;
+    ids.pop()
+        .ok_or_else(|| DbErr::Custom("no message enqueued".into()))
+}
+
+/// Writes messages in the caller's transaction, in as few statements as the
+/// database's limit on bound values allows; returns their ids in order.
+pub async fn enqueue_many(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    topic: &str,
+    messages: Vec<Message>,
+) -> Result<Vec<String>, DbErr> {
+    const WIDTH: usize = 8;
+    let now = now_ms();
+    let trace_context = current_trace_context();
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|_| cascade_domain::ids::new_id())
+            .collect();
+        let mut keys = Vec::with_capacity(messages.len());
+        let mut payloads = Vec::with_capacity(messages.len());
+        for message in messages {
+            keys.push(message.partition_key);
+            payloads.push(message.payload);
+        }
+        let values: Vec<Value> = vec![
+            tenant_id.into(),
+            topic.into(),
+            trace_context.into(),
+            now.into(),
+            ids.clone().into(),
+            keys.into(),
+            payloads.into(),
+        ];
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            include_str!("sql/outbox_enqueue.pg.sql"),
+            values,
+        ))
+        .await?;
+        return Ok(ids);
+    }
+    let sizes: Vec<usize> = crate::db::statement_chunks(&messages, WIDTH)
+        .iter()
+        .map(|c| c.len())
+        .collect();
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut messages = messages.into_iter();
+    for size in sizes {
+        let mut values: Vec<Value> = Vec::with_capacity(size * WIDTH);
+        let mut tuples = Vec::with_capacity(size);
+        for (n, message) in messages.by_ref().take(size).enumerate() {
+            let id = cascade_domain::ids::new_id();
+            let p = n * WIDTH;
+            tuples.push(format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8,
+                p + 8
+            ));
+            values.extend([
+                id.clone().into(),
+                tenant_id.into(),
+                topic.into(),
+                message.partition_key.into(),
+                message.payload.into(),
+                trace_context.clone().into(),
+                PENDING.into(),
+                now.into(),
+            ]);
+            ids.push(id);
+        }
+        let sql = format!(
+            "INSERT INTO outbox (id, tenant_id, topic, partition_key, payload, trace_context, \
+             state, attempts, created_at_ms, next_attempt_at_ms) VALUES {}",
+            tuples.join(", ")
+        );
+        conn.execute_raw(crate::db::statement(
+            conn.get_database_backend(),
+            &sql,
+            values,
+        ))
+        .await?;
+    }
+    Ok(ids)
+}
+
+pub(super) fn now_ms() -> i64 {
+    crate::time::now().timestamp_millis()
+}
+
+/// The current span's W3C trace context as `key=value` lines, if any.
+fn current_trace_context() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    if carrier.is_empty() {
+        return None;
+    }
+    let mut pairs: Vec<_> = carrier
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pairs.sort();
+    Some(pairs.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_peer_refusing_for_good_drops_the_message_and_anything_else_is_retried() {
+        let answer = |code: Code| {
+            settle_peer_answer::<()>(
+                "lifecycle",
+                "a delivery",
+                "a1",
+                Err(Status::new(code, "no")),
+            )
+        };
+        assert!(settle_peer_answer("lifecycle", "a delivery", "a1", Ok(())).is_ok());
+        for dropped in [Code::NotFound, Code::InvalidArgument] {
+            assert!(answer(dropped).is_ok(), "{dropped:?} is dropped");
+        }
+        for retried in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+        ] {
+            let error = answer(retried).expect_err("retried");
+            assert_eq!(error.0, format!("lifecycle answered {retried:?}: no"));
+        }
+    }
+}
