@@ -1,0 +1,324 @@
+//! Database connection and migrations at start-up, for SQLite (the embedded
+//! default: one file per service, created on first start) and PostgreSQL.
+use std::time::Duration;
+
+use crate::secret::redact_urls;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+mod statements;
+mod write;
+
+pub use statements::{
+    MAX_BINDS, among, insert_chunks, insert_chunks_returning, statement, statement_chunks,
+    update_from_values,
+};
+use write::SQLITE_BUSY_TIMEOUT;
+pub use write::{WriteTransaction, begin_write, write_turn};
+
+/// `database.analyze_interval_ms` by default.
+pub const DEFAULT_ANALYZE_INTERVAL_MS: u64 = 2_000;
+
+/// Where a service keeps its data.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`.
+    pub url: String,
+    /// Largest number of pooled connections; unset: the service's SQLite
+    /// default (`ServiceIdentity`) or 8.
+    pub max_connections: Option<u32>,
+    /// How long to wait for a connection before answering UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+    /// Apply migrations at start-up. Off when a separate step runs them
+    /// once (`<binary> --migrate`, a Kubernetes Job) before replicas start.
+    pub run_migrations: bool,
+    /// PostgreSQL: how often to look for tables that grew a lot since their
+    /// statistics were gathered, and ANALYZE them (0: leave it to autovacuum).
+    pub analyze_interval_ms: u64,
+}
+
+impl DatabaseSettings {
+    /// `max_connections`, or 8 when unset.
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections.unwrap_or(8)
+    }
+
+    /// Sets `max_connections` to the service's SQLite default
+    /// (`ServiceIdentity::sqlite_connections`) when it is unset and the
+    /// database is SQLite.
+    pub fn default_pool(&mut self, sqlite_connections: u32) {
+        if self.max_connections.is_none() && self.is_sqlite() {
+            self.max_connections = Some(sqlite_connections);
+        }
+    }
+
+    pub fn sqlite_file(path: &Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: None,
+            acquire_timeout_ms: 5_000,
+            run_migrations: true,
+            analyze_interval_ms: DEFAULT_ANALYZE_INTERVAL_MS,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+// The URL may carry a password: never print it.
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_urls(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("run_migrations", &self.run_migrations)
+            .field("analyze_interval_ms", &self.analyze_interval_ms)
+            .finish()
+    }
+}
+
+/// Connects to the configured database, creating a SQLite file (and its
+/// folder) if it does not exist, and applies the service's migrations.
+pub async fn connect_and_migrate<M: MigratorTrait>(
+    settings: &DatabaseSettings,
+) -> anyhow::Result<DatabaseConnection> {
+    let database = connect(settings).await?;
+    migrate::<M>(&database).await.map_err(|e| {
+        anyhow::anyhow!("database migration failed: {}", redact_urls(&e.to_string()))
+    })?;
+    Ok(database)
+}
+
+/// Key of the PostgreSQL advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x0CA5_CADE;
+
+/// Applies pending migrations in one transaction that first takes a lock
+/// (PostgreSQL: an advisory lock; SQLite: the write lock): processes starting
+/// together apply them once, one after the other, and a failed migration
+/// leaves nothing half-applied.
+pub async fn migrate<M: MigratorTrait>(database: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = if database.get_database_backend() == DbBackend::Postgres {
+        let txn = database.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        txn
+    } else {
+        // The migrations table may not exist yet: take the lock with a
+        // statement that needs no table.
+        let txn = database.begin().await?;
+        txn.execute_unprepared("CREATE TABLE IF NOT EXISTS cascade_migration_lock (id INTEGER)")
+            .await?;
+        txn
+    };
+    M::up(&txn, None).await?;
+    txn.commit().await
+}
+
+/// Connects without migrating.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    let url = if settings.is_sqlite() {
+        prepare_sqlite(&settings.url)?
+    } else {
+        settings.url.clone()
+    };
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(settings.pool_size())
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        // Statements are traced by our own spans; sqlx's per-statement logs
+        // would sit on the hot path.
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            // WAL lets readers run beside the writer; NORMAL sync is durable
+            // across process crashes in WAL mode. Writers wait for the lock
+            // rather than failing at once.
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+                .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
+        });
+    Database::connect(options).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to {}: {}",
+            redact_urls(&settings.url),
+            redact_urls(&e.to_string())
+        )
+    })
+}
+
+/// Prepared statements each SQLite connection keeps (sqlx's default is 100).
+/// A prepared multi-row INSERT of 256 rows is a large program, and each
+/// connection kept its own copy of every size of every statement: with 40,
+/// scoring's peak RSS over the bench fell from 64.6 to 61.3 MiB, its plateau
+/// under ingest from 58 to 52 MiB, with ingest within run-to-run noise
+/// (docs/performance.md, round 6). The hot statements of a service fit.
+const SQLITE_STATEMENT_CACHE: usize = 40;
+
+/// How often the SQLite write-ahead log is folded back into the database.
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How long a checkpoint waits for readers (holding writers back meanwhile).
+const WAL_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
+
+/// On SQLite, a task that checkpoints the write-ahead log every 2 s and
+/// truncates it. SQLite's own automatic checkpoint is passive: under a
+/// steady mix of reads and writes some reader always holds an older
+/// snapshot, the log is never restarted, and it grew past 200 MB in a 10 s
+/// ingest run, slowing every later read (each page is looked up in the
+/// log's index first). The checkpoint runs on a connection of its own with
+/// a 50 ms busy timeout: it waits that long for the readers of the moment,
+/// else gives up until the next tick, so writers are never held back for
+/// the pool's 10 s. None on PostgreSQL or an in-memory database.
+pub fn spawn_wal_checkpointer(
+    settings: &DatabaseSettings,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    use sea_orm::sqlx::{ConnectOptions as _, Executor as _};
+    if !settings.url.starts_with("sqlite:") || settings.url.contains(":memory:") {
+        return Ok(None);
+    }
+    let options: SqliteConnectOptions = prepare_sqlite(&settings.url)?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("database.url: {}", redact_urls(&format!("{e}"))))?;
+    // The same journal settings as the pool's connections (connect()).
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(WAL_CHECKPOINT_PATIENCE);
+    Ok(Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(WAL_CHECKPOINT_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connection = None;
+        loop {
+            ticks.tick().await;
+            if connection.is_none() {
+                connection = options.connect().await.ok();
+            }
+            let Some(conn) = connection.as_mut() else {
+                continue;
+            };
+            if let Err(error) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await {
+                tracing::debug!(%error, "WAL checkpoint skipped");
+            }
+        }
+    })))
+}
+
+/// Tables whose statistics are this far behind get an ANALYZE: more than
+/// `ANALYZE_MIN_CHANGES` rows changed, and more than `ANALYZE_GROWTH` of the
+/// rows the last statistics counted.
+const ANALYZE_MIN_CHANGES: f64 = 1_000.0;
+const ANALYZE_GROWTH: f64 = 1.0;
+
+/// PostgreSQL: every `database.analyze_interval_ms`, ANALYZEs this
+/// database's tables that changed a lot since their statistics were taken.
+///
+/// PostgreSQL plans with the statistics it has. A new database has none:
+/// the planner then thinks each tenant has a row or two, and plans a batch's
+/// `contact_id IN (...)` as "all rows of the tenant, filtered" instead of one
+/// index probe per id, which grows with the table (measured: 15-35 ms per
+/// statement after seconds of ingest, and a fifth of PostgreSQL's CPU).
+/// Autovacuum fixes that, but only on its next round for the database
+/// (`autovacuum_naptime`, one minute by default), which is the whole first
+/// minute of a new deployment or tenant import, and of every benchmark. It
+/// runs once per doubling of a young table: the planner scales the last
+/// statistics by the table's current size, so proportions taken at half the
+/// size still plan right (at 20 % growth the ANALYZEs were a sixth of
+/// PostgreSQL's CPU in an ingest run); on a mature table autovacuum's own
+/// 10 % comes first.
+/// None on SQLite (its planner reads no such statistics unless asked) or
+/// when the interval is 0.
+pub fn spawn_statistics_keeper(
+    db: &DatabaseConnection,
+    settings: &DatabaseSettings,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if db.get_database_backend() != DbBackend::Postgres || settings.analyze_interval_ms == 0 {
+        return None;
+    }
+    let db = db.clone();
+    let every = Duration::from_millis(settings.analyze_interval_ms);
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = analyze_changed_tables(&db).await {
+                tracing::debug!(%error, "statistics check skipped");
+            }
+        }
+    }))
+}
+
+/// One round of `spawn_statistics_keeper`; returns the tables analyzed.
+pub async fn analyze_changed_tables(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let stale = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT format('%I.%I', s.schemaname, s.relname) AS name FROM pg_stat_user_tables s \
+             JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.n_mod_since_analyze > $1 + $2 * GREATEST(c.reltuples, 0)",
+            [ANALYZE_MIN_CHANGES.into(), ANALYZE_GROWTH.into()],
+        ))
+        .await?;
+    let mut analyzed = Vec::with_capacity(stale.len());
+    for row in stale {
+        let name: String = row.try_get("", "name")?;
+        // The name comes from the catalog, quoted by format('%I').
+        db.execute_unprepared(&format!("ANALYZE {name}")).await?;
+        tracing::debug!(table = %name, "statistics refreshed");
+        analyzed.push(name);
+    }
+    Ok(analyzed)
+}
+
+/// Creates the SQLite file's folder and asks sqlx to create the file.
+fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:"
+        && let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
+    }
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_the_file() {
+        let dir = std::env::temp_dir().join(format!("cascade-db-{}", std::process::id()));
+        let url = format!("sqlite://{}/sub/x.db", dir.display());
+        let prepared = prepare_sqlite(&url).expect("prepared");
+        assert_eq!(prepared, format!("{url}?mode=rwc"));
+        assert!(dir.join("sub").is_dir());
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            prepare_sqlite("sqlite::memory:").expect("memory"),
+            "sqlite://:memory:?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Writing to SQLite one writer at a time: the process-wide queue per file,
+//! and transactions that hold the write lock from their first statement.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    QueryResult, Statement, TransactionTrait,
+};
+
+/// How long a SQLite writer waits for the file's write lock.
+pub(super) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writers of one SQLite file, queued in this process (see `begin_write`).
+type WriterQueue = Arc<tokio::sync::Mutex<()>>;
+
+static SQLITE_WRITERS: LazyLock<std::sync::Mutex<HashMap<PathBuf, WriterQueue>>> =
+    LazyLock::new(Default::default);
+
+/// The queue of the SQLite file `db` writes to (`None` on PostgreSQL, and for
+/// in-memory databases, which are private to one connection).
+fn sqlite_writers(db: &DatabaseConnection) -> Option<WriterQueue> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let file = options.get_filename();
+    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+        return None;
+    }
+    // Keyed by the path the pool opened (no filesystem call on this hot
+    // path): one service's pool always names its file the same way.
+    let mut queues = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(queue) = queues.get(file) {
+        return Some(queue.clone());
+    }
+    Some(queues.entry(file.to_path_buf()).or_default().clone())
+}
+
+/// A turn to write to `db`'s SQLite file, for a write outside `begin_write`
+/// (an autocommit statement): hold it until the statement is done. `None` on
+/// PostgreSQL. Waiting longer than SQLite's own busy timeout is reported as
+/// the database being unavailable (retryable), as a busy file would be.
+pub async fn write_turn(
+    db: &DatabaseConnection,
+) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, DbErr> {
+    let Some(queue) = sqlite_writers(db) else {
+        return Ok(None);
+    };
+    tokio::time::timeout(SQLITE_BUSY_TIMEOUT, queue.lock_owned())
+        .await
+        .map(Some)
+        .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
+}
+
+/// A transaction that holds the write lock from its first statement (see
+/// `begin_write`); use it as any connection, then `commit`.
+pub struct WriteTransaction {
+    // Field order matters: the transaction ends (rolls back if not
+    // committed) before the next writer of the file is let in.
+    txn: DatabaseTransaction,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.txn.rollback().await
+    }
+
+    /// A nested transaction (a savepoint) inside this one.
+    pub async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.txn.begin().await
+    }
+}
+
+#[sea_orm::prelude::async_trait::async_trait]
+impl ConnectionTrait for WriteTransaction {
+    fn get_database_backend(&self) -> DbBackend {
+        self.txn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.txn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.txn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.txn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.txn.query_all_raw(stmt).await
+    }
+}
+
+/// Begins a transaction that holds the write lock from its first statement.
+/// On SQLite a transaction that reads first and writes later can fail with
+/// SQLITE_BUSY when another writer commits in between; taking the lock up
+/// front makes it wait instead. Writers of the file in this process first
+/// queue in the process (FIFO), before taking a pool connection: SQLite's
+/// own wait (the busy timeout) polls with sleeps of up to 100 ms, leaving the
+/// lock idle after each commit, and each waiter would hold a connection the
+/// readers need. PostgreSQL needs neither. (The outbox's short autocommit
+/// statements do not queue: measured, queuing them beside ingest's
+/// transactions cost ingest 15-25 %; see docs/performance.md.)
+pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
+    let turn = write_turn(db).await?;
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        // A write statement takes the lock even when it matches no row.
+        txn.execute_unprepared("UPDATE seaql_migrations SET version = version WHERE 1 = 0")
+            .await?;
+    }
+    Ok(WriteTransaction { txn, _turn: turn })
+}
