@@ -1,0 +1,200 @@
+//! Decay and totals: per-day buckets, an account's and a contact's score at
+//! a day, and what a batch adds to a stored score.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ScoringModel;
+
+/// The UTC day number (days since 1970-01-01) of a time in milliseconds.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// The share of an activity's points left after decay: halves every
+/// `half_life_days`, counted in whole UTC days (activities of the same day
+/// decay together, so a score changes only at midnight).
+pub fn decay_factor(half_life_days: f64, activity_day: i64, today: i64) -> f64 {
+    if half_life_days <= 0.0 {
+        return 1.0;
+    }
+    let age = (today - activity_day).max(0) as f64;
+    0.5_f64.powf(age / half_life_days)
+}
+
+/// An account's or contact's score at a day, with decay applied.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Totals {
+    pub engagement: f64,
+    pub intent: f64,
+    /// Contacts with engagement activity ("" counts the activities without a contact).
+    pub engaged_contacts: i32,
+    /// Activity type -> (activities, points), engagement only.
+    pub breakdown: BTreeMap<String, (i64, f64)>,
+    pub per_contact: BTreeMap<String, f64>,
+    pub activities: i64,
+}
+
+impl Totals {
+    pub fn average(&self) -> f64 {
+        if self.engaged_contacts > 0 {
+            self.engagement / f64::from(self.engaged_contacts)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One per-day bucket of an account's activities: what scores are
+/// computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// "" for the activities without a contact.
+    pub contact_id: String,
+    pub activity_type: String,
+    pub intent: bool,
+    pub day: i64,
+    pub points: i64,
+    pub activities: i64,
+}
+
+/// Totals at `today` of the buckets given (an account's, or one contact's).
+pub fn totals_of(
+    buckets: impl IntoIterator<Item = Bucket>,
+    model: &ScoringModel,
+    today: i64,
+) -> Totals {
+    let mut totals = Totals::default();
+    let mut engaged = BTreeSet::new();
+    for bucket in buckets {
+        let value =
+            bucket.points as f64 * decay_factor(model.decay_half_life_days, bucket.day, today);
+        totals.activities += bucket.activities;
+        if bucket.intent {
+            totals.intent += value;
+            continue;
+        }
+        totals.engagement += value;
+        let entry = totals.breakdown.entry(bucket.activity_type).or_default();
+        entry.0 += bucket.activities;
+        entry.1 += value;
+        *totals
+            .per_contact
+            .entry(bucket.contact_id.clone())
+            .or_default() += value;
+        engaged.insert(bucket.contact_id);
+    }
+    totals.engaged_contacts = i32::try_from(engaged.len()).unwrap_or(i32::MAX);
+    totals
+}
+
+/// An account's score as stored after its last batch.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoredScore {
+    pub engagement: f64,
+    pub intent: f64,
+    pub engaged_contacts: i32,
+    /// The day its decay was computed for.
+    pub computed_day: i64,
+}
+
+/// One scored activity of a batch, as the roll-up sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchActivity<'a> {
+    pub account_id: &'a str,
+    pub contact_id: Option<&'a str>,
+    pub activity_type: &'a str,
+    pub day: i64,
+    pub points: i32,
+    pub intent: bool,
+}
+
+/// What a batch adds to one account, decayed to today.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccountAddition {
+    pub engagement: f64,
+    pub intent: f64,
+    /// Contact ("" without one) -> engagement points added.
+    pub contact_points: BTreeMap<String, f64>,
+    /// Contact -> activity types recorded (intent ones too): what the
+    /// delivery tells lifecycle, and whose contact scores are written.
+    pub new_types: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A batch's additions, per account.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BatchScores {
+    pub accounts: BTreeMap<String, AccountAddition>,
+}
+
+impl BatchScores {
+    pub fn of<'a>(
+        activities: impl IntoIterator<Item = BatchActivity<'a>>,
+        model: &ScoringModel,
+        today: i64,
+    ) -> Self {
+        let mut accounts: BTreeMap<String, AccountAddition> = BTreeMap::new();
+        for a in activities {
+            let add = accounts.entry(a.account_id.to_owned()).or_default();
+            let value =
+                f64::from(a.points) * decay_factor(model.decay_half_life_days, a.day, today);
+            if let Some(contact) = a.contact_id {
+                add.new_types
+                    .entry(contact.to_owned())
+                    .or_default()
+                    .insert(a.activity_type.to_owned());
+            }
+            if a.intent {
+                add.intent += value;
+            } else {
+                add.engagement += value;
+                *add.contact_points
+                    .entry(a.contact_id.unwrap_or_default().to_owned())
+                    .or_default() += value;
+            }
+        }
+        Self { accounts }
+    }
+
+    /// The contacts (with an id) the batch touches.
+    pub fn contacts(&self) -> impl Iterator<Item = &str> {
+        let unique: BTreeSet<&str> = self
+            .accounts
+            .values()
+            .flat_map(|a| a.new_types.keys().map(String::as_str))
+            .collect();
+        unique.into_iter()
+    }
+}
+
+/// An account's score after a batch, from its stored score of the same day:
+/// the sum of the same buckets `totals_from` would read, without reading
+/// them. `previous` is a contact's stored score in this account (0 if
+/// none); `was_engaged` tells whether a contact had engagement before.
+/// `per_contact` holds the batch's contacts only.
+pub fn add_batch(
+    current: &StoredScore,
+    add: &AccountAddition,
+    previous: impl Fn(&str) -> f64,
+    was_engaged: impl Fn(&str) -> bool,
+) -> Totals {
+    let newly_engaged = add
+        .contact_points
+        .keys()
+        .filter(|c| !was_engaged(c))
+        .count();
+    let mut per_contact = BTreeMap::new();
+    for contact in add.new_types.keys().chain(add.contact_points.keys()) {
+        let added = add.contact_points.get(contact).copied().unwrap_or(0.0);
+        per_contact.insert(contact.clone(), previous(contact) + added);
+    }
+    Totals {
+        engagement: current.engagement + add.engagement,
+        intent: current.intent + add.intent,
+        engaged_contacts: current
+            .engaged_contacts
+            .saturating_add(i32::try_from(newly_engaged).unwrap_or(i32::MAX)),
+        breakdown: BTreeMap::new(),
+        per_contact,
+        activities: 0,
+    }
+}
