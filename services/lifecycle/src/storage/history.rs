@@ -8,8 +8,9 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::accounts::account_model;
+use super::contacts::contact_model;
 use super::entities::{contact_transition, transition};
-use super::records::{account_model, contact_model};
 use super::{Repository, corrupt, from_ms, ms, statement};
 use crate::convert;
 use crate::domain::{ContactTransition, Notification, Transition};

@@ -1,6 +1,8 @@
 //! Storage of the lifecycle service. Every query is scoped by tenant; a row
 //! of another tenant is indistinguishable from a missing one.
 
+mod accounts;
+mod contacts;
 mod engine;
 mod entities;
 mod history;
@@ -8,7 +10,7 @@ pub mod migration;
 mod migration_histories;
 mod migration_stage_engine;
 mod notifications;
-mod records;
+mod resolve;
 mod scores;
 mod settings;
 

@@ -17,8 +17,8 @@ use sea_orm::{
 };
 use sha2::Sha256;
 
+use super::accounts::account_model;
 use super::entities::notification;
-use super::records::account_model;
 use super::{Repository, corrupt, from_ms, settings, statement};
 use crate::domain::{Delivery, DeliveryState, Notification, NotificationReason};
 

@@ -1,0 +1,235 @@
+//! Accounts as records: create, read, list, update.
+
+use std::collections::HashMap;
+
+use cascade_chassis::db::begin_write;
+use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
+use cascade_domain::ids;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
+
+use super::entities::{account, stage_first};
+use super::{
+    AccountFilter, Repository, hydrate_account, hydrate_accounts, hydrate_accounts_with,
+    lock_account, ms, record_first,
+};
+use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
+
+impl Repository {
+    pub async fn create_account(
+        &self,
+        tenant: &TenantId,
+        new: NewAccount,
+        request_id: Option<String>,
+    ) -> ServiceResult<Account> {
+        if let Some(request_id) = &request_id
+            && let Some(existing) = self.account_by_request(tenant, request_id).await?
+        {
+            return Ok(existing);
+        }
+        let now = time::now();
+        let (stage, customer_type) = NEW_ACCOUNT_STAGE;
+        let model = account::ActiveModel {
+            account_id: Set(ids::new_id()),
+            tenant_id: Set(tenant.as_str().to_owned()),
+            name: Set(new.name),
+            domain: Set(new.domain.clone()),
+            owner_id: Set(new.owner_id),
+            stage: Set(stage.as_str().to_owned()),
+            customer_type: Set(customer_type.as_str().to_owned()),
+            stage_entered_at: Set(now),
+            engagement_score: Set(0.0),
+            average_engagement_score: Set(0.0),
+            intent_score: Set(0.0),
+            create_request_id: Set(request_id.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            version: Set(1),
+            score_sequence: Set(0),
+            score_baseline: Set(0.0),
+            disqualify_count: Set(0),
+            nurture_count: Set(0),
+            last_recycle_transition_id: Set(None),
+            transition_count: Set(0),
+            created_at_ms: Set(ms(now)),
+        };
+        let txn = begin_write(&self.db).await?;
+        let inserted = match model.insert(&txn).await {
+            Ok(model) => model,
+            Err(error) if is_unique_violation(&error) => {
+                drop(txn);
+                // Either the same request raced us (return its account) or
+                // the domain belongs to another account.
+                if let Some(request_id) = &request_id
+                    && let Some(existing) = self.account_by_request(tenant, request_id).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(domain_taken(new.domain.as_deref()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        record_first(
+            &txn,
+            tenant.as_str(),
+            &inserted.account_id,
+            stage.as_str(),
+            ms(now),
+        )
+        .await?;
+        let account = hydrate_account(&txn, inserted).await?;
+        txn.commit().await?;
+        Ok(account)
+    }
+
+    async fn account_by_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> ServiceResult<Option<Account>> {
+        match account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .filter(account::Column::CreateRequestId.eq(request_id))
+            .one(&self.db)
+            .await?
+        {
+            Some(model) => Ok(Some(hydrate_account(&self.db, model).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One statement for the account and the stages it reached (a LEFT
+    /// JOIN, one row per stage) instead of one each: GetAccount is the
+    /// hottest read, and on PostgreSQL a statement's fixed cost is most of
+    /// its price (docs/performance.md).
+    pub async fn get_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<Account> {
+        let mut query = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .filter(account::Column::AccountId.eq(account_id))
+            .into_query();
+        query
+            .left_join(
+                stage_first::Entity,
+                Condition::all()
+                    .add(
+                        Expr::col((stage_first::Entity, stage_first::Column::SubjectId))
+                            .equals((account::Entity, account::Column::AccountId)),
+                    )
+                    .add(
+                        Expr::col((stage_first::Entity, stage_first::Column::TenantId))
+                            .equals((account::Entity, account::Column::TenantId)),
+                    ),
+            )
+            .expr_as(
+                Expr::col((stage_first::Entity, stage_first::Column::Stage)),
+                "first_stage",
+            )
+            .expr_as(
+                Expr::col((stage_first::Entity, stage_first::Column::FirstReachedAtMs)),
+                "first_reached_at_ms",
+            );
+        let rows = self.db.query_all(&query).await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| ServiceError::not_found("account", account_id))?;
+        let model = account::Model::from_query_result(first, "")?;
+        let mut reached = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stage: Option<String> = row.try_get("", "first_stage")?;
+            let at: Option<i64> = row.try_get("", "first_reached_at_ms")?;
+            if let (Some(stage), Some(at)) = (stage, at) {
+                reached.push((stage, at));
+            }
+        }
+        let firsts = HashMap::from([(model.account_id.clone(), reached)]);
+        hydrate_accounts_with(&self.db, vec![model], firsts)
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("hydrated no account")))
+    }
+
+    pub async fn list_accounts(
+        &self,
+        tenant: &TenantId,
+        filter: &AccountFilter,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Account>, String)> {
+        let mut query = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(account::Column::AccountId)
+            .limit(page.fetch_limit());
+        if let Some(stage) = filter.stage {
+            query = query.filter(account::Column::Stage.eq(stage.as_str()));
+        }
+        if let Some(customer_type) = filter.customer_type {
+            query = query.filter(account::Column::CustomerType.eq(customer_type.as_str()));
+        }
+        if let Some(owner_id) = &filter.owner_id {
+            query = query.filter(account::Column::OwnerId.eq(owner_id.as_str()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(account::Column::AccountId.gt(after.as_str()));
+        }
+        let (models, token) = page.finish(query.all(&self.db).await?, |m| m.account_id.clone());
+        Ok((hydrate_accounts(&self.db, models).await?, token))
+    }
+
+    pub async fn update_account(
+        &self,
+        tenant: &TenantId,
+        account_id: &str,
+        changes: AccountChanges,
+    ) -> ServiceResult<Account> {
+        let txn = begin_write(&self.db).await?;
+        let existing = lock_account(&txn, tenant.as_str(), account_id).await?;
+        let version = existing.version;
+        let mut model = existing.into_active_model();
+        if let Some(name) = changes.name {
+            model.name = Set(name);
+        }
+        if let Some(domain) = changes.domain.clone() {
+            model.domain = Set(domain);
+        }
+        if let Some(owner_id) = changes.owner_id {
+            model.owner_id = Set(owner_id);
+        }
+        model.updated_at = Set(time::now());
+        model.version = Set(version + 1);
+        let updated = match model.update(&txn).await {
+            Ok(model) => model,
+            Err(error) if is_unique_violation(&error) => {
+                return Err(domain_taken(changes.domain.flatten().as_deref()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let account = hydrate_account(&txn, updated).await?;
+        txn.commit().await?;
+        Ok(account)
+    }
+}
+
+pub(crate) async fn account_model(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    account_id: &str,
+) -> ServiceResult<account::Model> {
+    account::Entity::find_by_id(account_id)
+        .filter(account::Column::TenantId.eq(tenant.as_str()))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("account", account_id))
+}
+
+fn domain_taken(domain: Option<&str>) -> ServiceError {
+    let domain = domain.unwrap_or_default();
+    ServiceError::already_exists(
+        "account",
+        domain,
+        format!("another account of this tenant already has the domain {domain}"),
+    )
+}

@@ -1,0 +1,267 @@
+//! Contacts as records: create, read, list, update.
+
+use cascade_chassis::db::begin_write;
+use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::page::PageRequest;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
+use cascade_domain::ids;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::accounts::account_model;
+use super::entities::contact;
+use super::history::insert_contact_transitions;
+use super::{
+    ContactFilter, Repository, hydrate_contact, hydrate_contacts, lock_account, ms, record_first,
+};
+use crate::domain::contact_rules::{self, ContactMove, ContactTransitionCause};
+use crate::domain::{Contact, ContactChanges, ContactTransition, NewContact};
+
+impl Repository {
+    pub async fn create_contact(
+        &self,
+        tenant: &TenantId,
+        new: NewContact,
+        request_id: Option<String>,
+    ) -> ServiceResult<Contact> {
+        if let Some(request_id) = &request_id
+            && let Some(existing) = self.contact_by_request(tenant, request_id).await?
+        {
+            return Ok(existing);
+        }
+        let email = new.email.clone();
+        // Reads before it writes: take the write lock first (SQLite).
+        let txn = begin_write(&self.db).await?;
+        // The account must exist in this tenant; the check and the insert
+        // share a transaction so a contact never dangles.
+        account_model(&txn, tenant, &new.account_id).await?;
+        match insert_contact(&txn, tenant, new, request_id.clone()).await {
+            Ok(contact) => {
+                txn.commit().await?;
+                Ok(contact)
+            }
+            Err(ServiceError::AlreadyExists { .. }) => {
+                drop(txn);
+                if let Some(request_id) = &request_id
+                    && let Some(existing) = self.contact_by_request(tenant, request_id).await?
+                {
+                    return Ok(existing);
+                }
+                Err(email_taken(email.as_deref()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    pub(super) async fn contact_by_email(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+    ) -> ServiceResult<Option<Contact>> {
+        match contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.as_str()))
+            .filter(contact::Column::Email.eq(email))
+            .one(&self.db)
+            .await?
+        {
+            Some(model) => Ok(Some(hydrate_contact(&self.db, model).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn contact_by_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> ServiceResult<Option<Contact>> {
+        match contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.as_str()))
+            .filter(contact::Column::CreateRequestId.eq(request_id))
+            .one(&self.db)
+            .await?
+        {
+            Some(model) => Ok(Some(hydrate_contact(&self.db, model).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_contact(&self, tenant: &TenantId, contact_id: &str) -> ServiceResult<Contact> {
+        let model = contact_model(&self.db, tenant, contact_id).await?;
+        hydrate_contact(&self.db, model).await
+    }
+
+    pub async fn list_contacts(
+        &self,
+        tenant: &TenantId,
+        filter: &ContactFilter,
+        page: &PageRequest,
+    ) -> ServiceResult<(Vec<Contact>, String)> {
+        let mut query = contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(contact::Column::ContactId)
+            .limit(page.fetch_limit());
+        if let Some(account_id) = &filter.account_id {
+            query = query.filter(contact::Column::AccountId.eq(account_id.as_str()));
+        }
+        if let Some(stage) = filter.stage {
+            query = query.filter(contact::Column::Stage.eq(stage.as_str()));
+        }
+        if let Some(email) = &filter.email {
+            query = query.filter(contact::Column::Email.eq(email.as_str()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(contact::Column::ContactId.gt(after.as_str()));
+        }
+        let (models, token) = page.finish(query.all(&self.db).await?, |m| m.contact_id.clone());
+        Ok((hydrate_contacts(&self.db, models).await?, token))
+    }
+
+    pub async fn update_contact(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        contact_id: &str,
+        changes: ContactChanges,
+    ) -> ServiceResult<Contact> {
+        // Reads before it writes: take the write lock first (SQLite).
+        let txn = begin_write(&self.db).await?;
+        let existing = contact_model(&txn, tenant, contact_id).await?;
+        // Changes to a contact serialize on its account, like the engine's.
+        lock_account(&txn, tenant.as_str(), &existing.account_id).await?;
+        let existing = contact_model(&txn, tenant, contact_id).await?;
+        let current = existing
+            .stage
+            .parse()
+            .map_err(|e| super::corrupt("contacts.stage", e))?;
+        let mut stage = current;
+        let mut moves = Vec::new();
+        let account_id = existing.account_id.clone();
+        let mut model = existing.into_active_model();
+        if let Some(email) = changes.email.clone() {
+            let next = contact_rules::after_email_change(stage, email.is_some());
+            moves.extend(ContactMove::between(
+                stage,
+                next,
+                ContactTransitionCause::EmailChanged,
+            ));
+            stage = next;
+            model.email = Set(email);
+        }
+        if let Some(first_name) = changes.first_name {
+            model.first_name = Set(first_name);
+        }
+        if let Some(last_name) = changes.last_name {
+            model.last_name = Set(last_name);
+        }
+        if let Some(title) = changes.title {
+            model.title = Set(title);
+        }
+        if let Some(target) = changes.stage {
+            let next = contact_rules::set_by_person(stage, target).map_err(|refusal| {
+                ServiceError::precondition(
+                    "CONTACT_STAGE",
+                    format!("contact/{contact_id}"),
+                    refusal.0,
+                )
+            })?;
+            moves.extend(ContactMove::between(
+                stage,
+                next,
+                ContactTransitionCause::Manual,
+            ));
+            stage = next;
+        }
+        let now = time::now();
+        if stage != current {
+            model.stage = Set(stage.as_str().to_owned());
+            model.stage_entered_at = Set(now);
+        }
+        // Each step is history (an email added, then MQL set by a person),
+        // even when the last one returns to where the contact was.
+        let transitions: Vec<ContactTransition> = moves
+            .iter()
+            .map(|m| ContactTransition::of_move(m, contact_id, &account_id, actor, None, now))
+            .collect();
+        insert_contact_transitions(&txn, tenant.as_str(), &transitions).await?;
+        for m in &moves {
+            record_first(&txn, tenant.as_str(), contact_id, m.to.as_str(), ms(now)).await?;
+        }
+        model.updated_at = Set(now);
+        let updated = match model.update(&txn).await {
+            Ok(model) => model,
+            Err(error) if is_unique_violation(&error) => {
+                return Err(email_taken(changes.email.flatten().as_deref()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let contact = hydrate_contact(&txn, updated).await?;
+        txn.commit().await?;
+        Ok(contact)
+    }
+}
+
+pub(super) async fn insert_contact(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    new: NewContact,
+    request_id: Option<String>,
+) -> ServiceResult<Contact> {
+    let now = time::now();
+    let stage = contact_rules::new_contact_stage(new.email.is_some());
+    let email = new.email.clone();
+    let model = contact::ActiveModel {
+        contact_id: Set(ids::new_id()),
+        tenant_id: Set(tenant.as_str().to_owned()),
+        account_id: Set(new.account_id),
+        email: Set(new.email),
+        first_name: Set(new.first_name),
+        last_name: Set(new.last_name),
+        title: Set(new.title),
+        stage: Set(stage.as_str().to_owned()),
+        stage_entered_at: Set(now),
+        engagement_score: Set(0.0),
+        create_request_id: Set(request_id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        has_activity: Set(false),
+    };
+    let inserted = model.insert(conn).await.map_err(|error| {
+        if is_unique_violation(&error) {
+            email_taken(email.as_deref())
+        } else {
+            error.into()
+        }
+    })?;
+    record_first(
+        conn,
+        tenant.as_str(),
+        &inserted.contact_id,
+        stage.as_str(),
+        ms(now),
+    )
+    .await?;
+    hydrate_contact(conn, inserted).await
+}
+
+pub(crate) async fn contact_model(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact_id: &str,
+) -> ServiceResult<contact::Model> {
+    contact::Entity::find_by_id(contact_id)
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("contact", contact_id))
+}
+
+fn email_taken(email: Option<&str>) -> ServiceError {
+    let email = email.unwrap_or_default();
+    ServiceError::already_exists(
+        "contact",
+        email,
+        format!("another contact of this tenant already has the email {email}"),
+    )
+}
