@@ -27,5 +27,12 @@ pub mod opportunity {
     }
 }
 
+/// The messages services keep in their outboxes (not an API).
+pub mod outbox {
+    pub mod v1 {
+        tonic::include_proto!("cascade.outbox.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every Cascade proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cascade_descriptor");

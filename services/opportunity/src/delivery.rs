@@ -20,7 +20,7 @@ impl LifecycleEventSink {
     }
 
     async fn deliver_one(&self, entry: &Entry) -> Result<(), DeliveryError> {
-        let payload: EventPayload = match serde_json::from_slice(&entry.payload) {
+        let payload = match EventPayload::decode(&entry.payload) {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(message = %entry.id, %error, "unreadable opportunity event dropped");

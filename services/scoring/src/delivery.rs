@@ -59,7 +59,7 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         contacts: BTreeMap::new(),
     };
     for entry in run {
-        let payload: DeliveryPayload = match serde_json::from_slice(&entry.payload) {
+        let payload = match DeliveryPayload::decode(&entry.payload) {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(message = %entry.id, %error, "unreadable score delivery dropped");

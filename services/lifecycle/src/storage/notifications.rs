@@ -9,7 +9,9 @@ use cascade_chassis::outbox::{self, DeliveryError, Entry, Sink};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceResult, TenantId};
 use cascade_domain::ids;
+use cascade_proto::outbox::v1 as outbox_pb;
 use hmac::{Hmac, Mac};
+use prost::Message as _;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -61,7 +63,10 @@ pub(crate) async fn record(
         tenant_id,
         NOTIFICATION_TOPIC,
         account_id,
-        notification_id.clone().into_bytes(),
+        outbox_pb::NotificationQueued {
+            notification_id: notification_id.clone(),
+        }
+        .encode_to_vec(),
     )
     .await?;
     Ok(Notification {
@@ -154,7 +159,13 @@ impl WebhookSink {
     }
 
     async fn deliver_one(&self, entry: &Entry) -> Result<(), DeliveryError> {
-        let id = String::from_utf8_lossy(&entry.payload).into_owned();
+        let id = match queued_notification(&entry.payload) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(message = %entry.id, %error, "unreadable notification message dropped");
+                return Ok(());
+            }
+        };
         let row = notification::Entity::find_by_id(id.as_str())
             .one(&self.db)
             .await
@@ -295,6 +306,20 @@ fn teams_card(row: &notification::Model) -> String {
     .to_string()
 }
 
+/// The notification a stored message names (`NotificationQueued`).
+/// Versions before the protobuf messages stored the id's text, a UUID, whose
+/// first byte is a hex digit; a NotificationQueued starts with 0x0A.
+fn queued_notification(payload: &[u8]) -> Result<String, String> {
+    if payload.first().is_some_and(u8::is_ascii_hexdigit) {
+        return String::from_utf8(payload.to_vec()).map_err(|e| e.to_string());
+    }
+    let message = outbox_pb::NotificationQueued::decode(payload).map_err(|e| e.to_string())?;
+    if message.notification_id.is_empty() {
+        return Err("no notification id".into());
+    }
+    Ok(message.notification_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +331,20 @@ mod tests {
             signature("Jefe", "what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_queued_notification_reads_back_and_old_messages_still_read() {
+        let id = ids::new_id();
+        let message = outbox_pb::NotificationQueued {
+            notification_id: id.clone(),
+        }
+        .encode_to_vec();
+        assert_eq!(queued_notification(&message), Ok(id.clone()));
+        // As versions before the protobuf messages stored it: the id's text.
+        assert_eq!(queued_notification(id.as_bytes()), Ok(id));
+        let empty = outbox_pb::NotificationQueued::default().encode_to_vec();
+        assert!(queued_notification(&empty).is_err());
+        assert!(queued_notification(&[0x0A, 0x05, b'a']).is_err());
     }
 }

@@ -11,6 +11,8 @@ use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox, time};
 use cascade_domain::Money;
+use cascade_proto::outbox::v1 as outbox_pb;
+use prost::Message as _;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -21,14 +23,55 @@ use crate::domain::{Decision, Opportunity, Settings, Status, Step, pipeline_valu
 /// Outbox topic of opportunity events for lifecycle; the partition is the account.
 pub const EVENT_TOPIC: &str = "opportunity_events";
 
-/// An opportunity event as it travels through the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An opportunity event as it travels through the outbox, stored as the
+/// protobuf message `cascade.outbox.v1.OpportunityChanged`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct EventPayload {
     pub kind: EventKind,
     pub opportunity_id: String,
     pub buying_group: Vec<String>,
     /// Other open opportunities of the account when this happened.
     pub other_open: i32,
+}
+
+impl EventPayload {
+    pub fn encode(&self) -> Vec<u8> {
+        let kind = match self.kind {
+            EventKind::Opened => outbox_pb::OpportunityEventKind::Opened,
+            EventKind::Won => outbox_pb::OpportunityEventKind::Won,
+            EventKind::Lost => outbox_pb::OpportunityEventKind::Lost,
+        };
+        outbox_pb::OpportunityChanged {
+            kind: kind as i32,
+            opportunity_id: self.opportunity_id.clone(),
+            buying_group_contact_ids: self.buying_group.clone(),
+            other_open_opportunities: self.other_open,
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads a stored payload. Versions before the protobuf messages wrote
+    /// JSON, which starts with `{` (0x7B, never the first byte of an
+    /// OpportunityChanged); those are read as JSON so an upgrade loses no
+    /// pending event.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.first() == Some(&b'{') {
+            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        }
+        let message = outbox_pb::OpportunityChanged::decode(bytes).map_err(|e| e.to_string())?;
+        let kind = match outbox_pb::OpportunityEventKind::try_from(message.kind) {
+            Ok(outbox_pb::OpportunityEventKind::Opened) => EventKind::Opened,
+            Ok(outbox_pb::OpportunityEventKind::Won) => EventKind::Won,
+            Ok(outbox_pb::OpportunityEventKind::Lost) => EventKind::Lost,
+            _ => return Err(format!("unknown opportunity event kind {}", message.kind)),
+        };
+        Ok(Self {
+            kind,
+            opportunity_id: message.opportunity_id,
+            buying_group: message.buying_group_contact_ids,
+            other_open: message.other_open_opportunities,
+        })
+    }
 }
 
 /// An opportunity locked for a change (`Repository::lock`).
@@ -557,7 +600,47 @@ async fn enqueue(
         buying_group: opportunity.buying_group.clone(),
         other_open: i32::try_from(other_open).unwrap_or(i32::MAX),
     };
-    let bytes = serde_json::to_vec(&payload).map_err(ServiceError::internal)?;
-    outbox::enqueue(conn, tenant_id, EVENT_TOPIC, &opportunity.account_id, bytes).await?;
+    outbox::enqueue(
+        conn,
+        tenant_id,
+        EVENT_TOPIC,
+        &opportunity.account_id,
+        payload.encode(),
+    )
+    .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_payload_reads_back_as_written_and_old_json_still_reads() {
+        for kind in [EventKind::Opened, EventKind::Won, EventKind::Lost] {
+            let payload = EventPayload {
+                kind,
+                opportunity_id: "o1".into(),
+                buying_group: vec!["c1".into(), "c2".into()],
+                other_open: 2,
+            };
+            let bytes = payload.encode();
+            assert_ne!(bytes.first(), Some(&b'{'));
+            assert_eq!(EventPayload::decode(&bytes), Ok(payload));
+        }
+        // As versions before the protobuf messages stored it.
+        let legacy =
+            br#"{"kind":"Won","opportunity_id":"o1","buying_group":["c1"],"other_open":0}"#;
+        assert_eq!(
+            EventPayload::decode(legacy),
+            Ok(EventPayload {
+                kind: EventKind::Won,
+                opportunity_id: "o1".into(),
+                buying_group: vec!["c1".into()],
+                other_open: 0,
+            })
+        );
+        let unspecified = outbox_pb::OpportunityChanged::default().encode_to_vec();
+        assert!(EventPayload::decode(&unspecified).is_err());
+    }
 }

@@ -182,7 +182,7 @@ impl Repository {
             };
             messages.push(outbox::Message {
                 partition_key: account_id.clone(),
-                payload: serde_json::to_vec(&payload).map_err(ServiceError::internal)?,
+                payload: payload.encode(),
             });
         }
         outbox::enqueue_many(&txn, t, SCORE_TOPIC, messages).await?;

@@ -23,8 +23,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cascade_chassis::time;
+use cascade_proto::outbox::v1 as outbox_pb;
+use prost::Message as _;
 use sea_orm::DatabaseConnection;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::domain;
@@ -74,12 +76,49 @@ pub struct LedgerLine {
     pub decay_factor: f64,
 }
 
-/// What a score delivery carries through the outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a score delivery carries through the outbox, stored as the
+/// protobuf message `cascade.outbox.v1.ScoreChanged`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DeliveryPayload {
     pub sequence: i64,
     /// Contact id -> activity types recorded in this batch.
     pub contacts: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl DeliveryPayload {
+    pub fn encode(&self) -> Vec<u8> {
+        outbox_pb::ScoreChanged {
+            sequence: self.sequence,
+            contacts: self
+                .contacts
+                .iter()
+                .map(|(contact_id, types)| outbox_pb::ContactActivity {
+                    contact_id: contact_id.clone(),
+                    activity_types: types.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads a stored payload. Versions before the protobuf messages wrote
+    /// JSON, which starts with `{` (0x7B, never the first byte of a
+    /// ScoreChanged); those are read as JSON so an upgrade loses no pending
+    /// delivery.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.first() == Some(&b'{') {
+            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        }
+        let message = outbox_pb::ScoreChanged::decode(bytes).map_err(|e| e.to_string())?;
+        Ok(Self {
+            sequence: message.sequence,
+            contacts: message
+                .contacts
+                .into_iter()
+                .map(|c| (c.contact_id, c.activity_types.into_iter().collect()))
+                .collect(),
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -116,5 +155,32 @@ impl Repository {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_payload_reads_back_as_written_and_old_json_still_reads() {
+        let payload = DeliveryPayload {
+            sequence: 42,
+            contacts: BTreeMap::from([
+                ("c1".to_owned(), BTreeSet::from(["demo_request".to_owned()])),
+                (
+                    "c2".to_owned(),
+                    BTreeSet::from(["email_open".to_owned(), "web_visit".to_owned()]),
+                ),
+            ]),
+        };
+        let bytes = payload.encode();
+        assert_ne!(bytes.first(), Some(&b'{'));
+        assert_eq!(DeliveryPayload::decode(&bytes), Ok(payload.clone()));
+        // As versions before the protobuf messages stored it.
+        let legacy = br#"{"sequence":42,"contacts":{"c1":["demo_request"],"c2":["email_open","web_visit"]}}"#;
+        assert_eq!(DeliveryPayload::decode(legacy), Ok(payload));
+        assert!(DeliveryPayload::decode(b"{not json").is_err());
+        assert!(DeliveryPayload::decode(&[0x0A, 0xFF]).is_err());
     }
 }
