@@ -17,12 +17,12 @@ mod settings;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cascade_chassis::db::WriteTransaction;
 use cascade_chassis::{ServiceError, ServiceResult};
 use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    Statement,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Statement,
 };
 use tokio::sync::Notify;
 
@@ -151,32 +151,17 @@ pub(crate) fn account_state(
 }
 
 /// Locks an account row for the rest of the transaction, so changes to one
-/// account never interleave (across replicas too). PostgreSQL: a row lock;
-/// SQLite: the database write lock, taken up front so the transaction never
-/// has to upgrade a read lock.
+/// account never interleave (across replicas too).
 pub(crate) async fn lock_account(
-    conn: &impl ConnectionTrait,
+    txn: &WriteTransaction,
     tenant_id: &str,
     account_id: &str,
 ) -> ServiceResult<account::Model> {
-    let query =
-        account::Entity::find_by_id(account_id).filter(account::Column::TenantId.eq(tenant_id));
-    let found = match conn.get_database_backend() {
-        DbBackend::Postgres => {
-            use sea_orm::QuerySelect;
-            query.lock_exclusive().one(conn).await?
-        }
-        _ => {
-            conn.execute_raw(statement(
-                conn,
-                "UPDATE accounts SET version = version WHERE account_id = $1 AND tenant_id = $2",
-                [account_id.into(), tenant_id.into()],
-            ))
-            .await?;
-            query.one(conn).await?
-        }
-    };
-    found.ok_or_else(|| ServiceError::not_found("account", account_id))
+    txn.lock_one(
+        account::Entity::find_by_id(account_id).filter(account::Column::TenantId.eq(tenant_id)),
+    )
+    .await?
+    .ok_or_else(|| ServiceError::not_found("account", account_id))
 }
 
 async fn firsts_of(

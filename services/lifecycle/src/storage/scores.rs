@@ -7,12 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cascade_chassis::db::{among, begin_write, statement_chunks, update_from_values};
+use cascade_chassis::db::{
+    WriteTransaction, among, begin_write, statement_chunks, update_from_values,
+};
 use cascade_chassis::{ServiceResult, TenantId, time};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 
 use super::entities::{
@@ -416,7 +417,7 @@ impl Writes {
 /// PostgreSQL: row locks; SQLite: the transaction already holds the
 /// database's write lock (`begin_write`).
 async fn lock_accounts(
-    conn: &impl ConnectionTrait,
+    txn: &WriteTransaction,
     tenant_id: &str,
     account_ids: &[&str],
 ) -> ServiceResult<HashMap<String, account::Model>> {
@@ -425,7 +426,7 @@ async fn lock_accounts(
     sorted.dedup();
     let mut found = HashMap::with_capacity(sorted.len());
     for ids in among(
-        conn.get_database_backend(),
+        txn.get_database_backend(),
         account::Column::AccountId,
         &sorted,
     ) {
@@ -433,10 +434,7 @@ async fn lock_accounts(
             .filter(account::Column::TenantId.eq(tenant_id))
             .filter(ids)
             .order_by_asc(account::Column::AccountId);
-        let models = match conn.get_database_backend() {
-            DbBackend::Postgres => query.lock_exclusive().all(conn).await?,
-            _ => query.all(conn).await?,
-        };
+        let models = txn.lock_all(query).await?;
         found.extend(models.into_iter().map(|m| (m.account_id.clone(), m)));
     }
     Ok(found)

@@ -1,21 +1,30 @@
 //! Storage of opportunities and opportunity settings, and the outbox of
 //! opportunity events for lifecycle. Every query is scoped by tenant.
 
+mod entities;
 pub mod migration;
+mod pipeline;
+mod settings;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cascade_chassis::db::{WriteTransaction, begin_write};
 use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::page::PageRequest;
-use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox, time};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox};
 use cascade_domain::Money;
 use cascade_proto::outbox::v1 as outbox_pb;
 use prost::Message as _;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
-use serde::{Deserialize, Serialize};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::Deserialize;
 use tokio::sync::Notify;
+
+use entities::opportunity;
+pub use pipeline::{CurrencySums, Pipeline};
+use settings::current_settings;
 
 pub use crate::domain::EventKind;
 use crate::domain::{Decision, Opportunity, Settings, Status, Step, pipeline_value};
@@ -89,31 +98,16 @@ impl Locked {
     /// commits.
     pub async fn save(self, decision: Decision) -> ServiceResult<Opportunity> {
         let Decision { opportunity, event } = decision;
-        let txn = &self.txn;
-        let (currency, units, nanos) = money_columns(pipeline_value(&opportunity));
-        let data = serde_json::to_string(&opportunity).map_err(ServiceError::internal)?;
-        txn.execute_raw(stmt(
-            txn,
-            "UPDATE opportunities SET owner_id = $1, step = $2, status = $3, value_currency = $4, \
-             value_units = $5, value_nanos = $6, closed_at_ms = $7, data = $8, version = $9 \
-             WHERE tenant_id = $10 AND opportunity_id = $11",
-            vec![
-                opportunity.owner_id.clone().into(),
-                opportunity.step.as_str().into(),
-                opportunity.status.as_str().into(),
-                currency,
-                units,
-                nanos,
-                opportunity.closed_at_ms.into(),
-                data.into(),
-                (self.version + 1).into(),
-                self.tenant_id.as_str().into(),
-                opportunity.opportunity_id.clone().into(),
-            ],
-        ))
-        .await?;
+        let mut row = columns(&self.tenant_id, &opportunity, None)?;
+        row.version = Set(self.version + 1);
+        opportunity::Entity::update_many()
+            .set(row)
+            .filter(opportunity::Column::TenantId.eq(self.tenant_id.as_str()))
+            .filter(opportunity::Column::OpportunityId.eq(opportunity.opportunity_id.as_str()))
+            .exec(&self.txn)
+            .await?;
         if let Some(kind) = event {
-            enqueue(txn, &self.tenant_id, &opportunity, kind).await?;
+            enqueue(&self.txn, &self.tenant_id, &opportunity, kind).await?;
         }
         self.txn.commit().await?;
         if event.is_some() {
@@ -132,59 +126,56 @@ pub struct Filter {
     pub status: Option<Status>,
 }
 
-/// Sums of one currency for the pipeline report: the deals valued in it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CurrencySums {
-    /// Per open step: (count, total nanos).
-    pub open: BTreeMap<Step, (i64, i128)>,
-    pub won: (i64, i128),
-    pub lost: (i64, i128),
-}
-
-/// The pipeline report's figures: every deal counted, valued or not, and
-/// the sums per currency of the deals that have an amount or estimate.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Pipeline {
-    /// Every open deal per step: (count, of which without amount or estimate).
-    pub open: BTreeMap<Step, (i64, i64)>,
-    /// Every deal won / lost in the window: (count, of which without money).
-    pub won: (i64, i64),
-    pub lost: (i64, i64),
-    pub by_currency: BTreeMap<String, CurrencySums>,
-}
-
 #[derive(Clone)]
 pub struct Repository {
     db: DatabaseConnection,
     events_written: Arc<Notify>,
 }
 
-fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
-    cascade_chassis::db::statement(conn.get_database_backend(), sql, values)
+/// An opportunity's row: the document and the columns lists and the
+/// pipeline report read (the version is the caller's).
+fn columns(
+    tenant_id: &str,
+    o: &Opportunity,
+    create_request_id: Option<String>,
+) -> ServiceResult<opportunity::ActiveModel> {
+    let value = pipeline_value(o);
+    Ok(opportunity::ActiveModel {
+        opportunity_id: Set(o.opportunity_id.clone()),
+        tenant_id: Set(tenant_id.to_owned()),
+        account_id: Set(o.account_id.clone()),
+        owner_id: Set(o.owner_id.clone()),
+        step: Set(o.step.as_str().to_owned()),
+        status: Set(o.status.as_str().to_owned()),
+        value_currency: Set(value.map(|m| m.currency_code().to_owned())),
+        value_units: Set(value.map(units_of)),
+        value_nanos: Set(
+            value.map(|m| i64::try_from(m.nanos.rem_euclid(1_000_000_000)).unwrap_or(0))
+        ),
+        closed_at_ms: Set(o.closed_at_ms),
+        create_request_id: match create_request_id {
+            Some(id) => Set(Some(id)),
+            None => sea_orm::ActiveValue::NotSet,
+        },
+        data: Set(serde_json::to_string(o).map_err(ServiceError::internal)?),
+        version: sea_orm::ActiveValue::NotSet,
+    })
 }
 
-fn money_columns(money: Option<Money>) -> (Value, Value, Value) {
-    match money {
-        Some(m) => (
-            m.currency_code().to_owned().into(),
-            i64::try_from(m.nanos.div_euclid(1_000_000_000))
-                .unwrap_or(i64::MAX)
-                .into(),
-            i64::try_from(m.nanos.rem_euclid(1_000_000_000))
-                .unwrap_or(0)
-                .into(),
-        ),
-        None => (
-            Option::<String>::None.into(),
-            Option::<i64>::None.into(),
-            Option::<i64>::None.into(),
-        ),
-    }
+/// Whole units of an amount (accepted amounts are at most 10^12 units).
+fn units_of(m: Money) -> i64 {
+    i64::try_from(m.nanos.div_euclid(1_000_000_000)).unwrap_or(i64::MAX)
 }
 
-fn parse(data: &str) -> ServiceResult<Opportunity> {
-    serde_json::from_str(data)
+fn parse(row: &opportunity::Model) -> ServiceResult<Opportunity> {
+    serde_json::from_str(&row.data)
         .map_err(|e| ServiceError::internal(anyhow::anyhow!("stored opportunity unreadable: {e}")))
+}
+
+/// The tenant's opportunities: every query starts here, so none forgets the
+/// tenant.
+fn of_tenant(tenant_id: &str) -> sea_orm::Select<opportunity::Entity> {
+    opportunity::Entity::find().filter(opportunity::Column::TenantId.eq(tenant_id))
 }
 
 impl Repository {
@@ -205,20 +196,13 @@ impl Repository {
         tenant: &TenantId,
         request_id: &str,
     ) -> ServiceResult<Option<Opportunity>> {
-        let row = self
-            .db
-            .query_one_raw(stmt(
-                &self.db,
-                "SELECT data FROM opportunities WHERE tenant_id = $1 AND create_request_id = $2",
-                vec![tenant.as_str().into(), request_id.into()],
-            ))
-            .await?;
-        row.map(|r| {
-            r.try_get::<String>("", "data")
-                .map_err(ServiceError::from)
-                .and_then(|d| parse(&d))
-        })
-        .transpose()
+        of_tenant(tenant.as_str())
+            .filter(opportunity::Column::CreateRequestId.eq(request_id))
+            .one(&self.db)
+            .await?
+            .as_ref()
+            .map(parse)
+            .transpose()
     }
 
     /// Stores a new opportunity and queues OPENED for lifecycle.
@@ -230,28 +214,10 @@ impl Repository {
     ) -> ServiceResult<Opportunity> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        let (currency, units, nanos) = money_columns(pipeline_value(&opportunity));
-        let data = serde_json::to_string(&opportunity).map_err(ServiceError::internal)?;
-        let inserted = txn
-            .execute_raw(stmt(
-                &txn,
-                "INSERT INTO opportunities (opportunity_id, tenant_id, account_id, owner_id, step, status, \
-                 value_currency, value_units, value_nanos, closed_at_ms, create_request_id, data, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11, 1)",
-                vec![
-                    opportunity.opportunity_id.clone().into(),
-                    t.into(),
-                    opportunity.account_id.clone().into(),
-                    opportunity.owner_id.clone().into(),
-                    opportunity.step.as_str().into(),
-                    opportunity.status.as_str().into(),
-                    currency,
-                    units,
-                    nanos,
-                    request_id.clone().into(),
-                    data.into(),
-                ],
-            ))
+        let mut row = columns(t, &opportunity, request_id.clone())?;
+        row.version = Set(1);
+        let inserted = opportunity::Entity::insert(row)
+            .exec_without_returning(&txn)
             .await;
         match inserted {
             Ok(_) => {}
@@ -276,16 +242,12 @@ impl Repository {
     }
 
     pub async fn get(&self, tenant: &TenantId, opportunity_id: &str) -> ServiceResult<Opportunity> {
-        let row = self
-            .db
-            .query_one_raw(stmt(
-                &self.db,
-                "SELECT data FROM opportunities WHERE tenant_id = $1 AND opportunity_id = $2",
-                vec![tenant.as_str().into(), opportunity_id.into()],
-            ))
+        let row = of_tenant(tenant.as_str())
+            .filter(opportunity::Column::OpportunityId.eq(opportunity_id))
+            .one(&self.db)
             .await?
             .ok_or_else(|| ServiceError::not_found("opportunity", opportunity_id))?;
-        parse(&row.try_get::<String>("", "data")?)
+        parse(&row)
     }
 
     pub async fn list(
@@ -294,35 +256,28 @@ impl Repository {
         filter: &Filter,
         page: &PageRequest,
     ) -> ServiceResult<(Vec<Opportunity>, String)> {
-        let mut sql =
-            String::from("SELECT opportunity_id, data FROM opportunities WHERE tenant_id = $1");
-        let mut values: Vec<Value> = vec![tenant.as_str().into()];
-        let mut add = |column: &str, value: Value, sql: &mut String| {
-            values.push(value);
-            sql.push_str(&format!(" AND {column} ${}", values.len()));
-        };
+        let mut query = of_tenant(tenant.as_str());
         if let Some(account) = &filter.account_id {
-            add("account_id =", account.clone().into(), &mut sql);
+            query = query.filter(opportunity::Column::AccountId.eq(account.as_str()));
         }
         if let Some(owner) = &filter.owner_id {
-            add("owner_id =", owner.clone().into(), &mut sql);
+            query = query.filter(opportunity::Column::OwnerId.eq(owner.as_str()));
         }
         if let Some(step) = filter.step {
-            add("step =", step.as_str().into(), &mut sql);
+            query = query.filter(opportunity::Column::Step.eq(step.as_str()));
         }
         if let Some(status) = filter.status {
-            add("status =", status.as_str().into(), &mut sql);
+            query = query.filter(opportunity::Column::Status.eq(status.as_str()));
         }
         if let Some(after) = &page.after {
-            add("opportunity_id >", after.clone().into(), &mut sql);
+            query = query.filter(opportunity::Column::OpportunityId.gt(after.as_str()));
         }
-        values.push((page.fetch_limit() as i64).into());
-        sql.push_str(&format!(" ORDER BY opportunity_id LIMIT ${}", values.len()));
-        let rows = self.db.query_all_raw(stmt(&self.db, &sql, values)).await?;
-        let opportunities = rows
-            .iter()
-            .map(|r| parse(&r.try_get::<String>("", "data")?))
-            .collect::<ServiceResult<Vec<_>>>()?;
+        let rows = query
+            .order_by_asc(opportunity::Column::OpportunityId)
+            .limit(page.fetch_limit())
+            .all(&self.db)
+            .await?;
+        let opportunities = rows.iter().map(parse).collect::<ServiceResult<Vec<_>>>()?;
         Ok(page.finish(opportunities, |o| o.opportunity_id.clone()))
     }
 
@@ -332,242 +287,21 @@ impl Repository {
     pub async fn lock(&self, tenant: &TenantId, opportunity_id: &str) -> ServiceResult<Locked> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        let lock = if txn.get_database_backend() == DbBackend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
         let row = txn
-            .query_one_raw(stmt(
-                &txn,
-                &format!("SELECT data, version FROM opportunities WHERE tenant_id = $1 AND opportunity_id = $2{lock}"),
-                vec![t.into(), opportunity_id.into()],
-            ))
+            .lock_one(of_tenant(t).filter(opportunity::Column::OpportunityId.eq(opportunity_id)))
             .await?
             .ok_or_else(|| ServiceError::not_found("opportunity", opportunity_id))?;
-        let opportunity = parse(&row.try_get::<String>("", "data")?)?;
-        let version: i64 = row.try_get("", "version")?;
+        let opportunity = parse(&row)?;
         let settings = current_settings(&txn, t).await?;
         Ok(Locked {
             txn,
             tenant_id: t.to_owned(),
-            version,
+            version: row.version,
             opportunity,
             settings,
             events_written: self.events_written.clone(),
         })
     }
-
-    pub async fn settings(
-        &self,
-        tenant: &TenantId,
-        version: Option<i64>,
-    ) -> ServiceResult<Settings> {
-        let Some(version) = version else {
-            return current_settings(&self.db, tenant.as_str()).await;
-        };
-        let row = self
-            .db
-            .query_one_raw(stmt(
-                &self.db,
-                "SELECT * FROM opportunity_settings WHERE tenant_id = $1 AND version = $2",
-                vec![tenant.as_str().into(), version.into()],
-            ))
-            .await?;
-        match row {
-            Some(row) => settings_from_row(&row),
-            None if version == 1 => Ok(Settings::default()),
-            None => Err(ServiceError::not_found(
-                "opportunity settings version",
-                version.to_string(),
-            )),
-        }
-    }
-
-    /// Stores `edited`, a change of the version it was read as, as the next
-    /// version; ABORTED when another call stored that version first.
-    pub async fn store_settings(
-        &self,
-        tenant: &TenantId,
-        actor: &str,
-        mut next: Settings,
-    ) -> ServiceResult<Settings> {
-        next.version += 1;
-        let now = time::now().timestamp_millis();
-        let data =
-            serde_json::to_string(&StoredSettings::from(&next)).map_err(ServiceError::internal)?;
-        let result = self
-            .db
-            .execute_raw(stmt(
-                &self.db,
-                "INSERT INTO opportunity_settings (tenant_id, version, data, updated_at_ms, updated_by) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                vec![tenant.as_str().into(), next.version.into(), data.into(), now.into(), actor.into()],
-            ))
-            .await;
-        match result {
-            Ok(_) => {
-                next.updated_at_ms = Some(now);
-                next.updated_by = Some(actor.to_owned());
-                Ok(next)
-            }
-            Err(e) if is_unique_violation(&e) => Err(ServiceError::Aborted(
-                "the settings were changed by another call at the same time; read them again and retry".into(),
-            )),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Sums per currency: open opportunities per step, and won / lost ones
-    /// closed in `[start_ms, end_ms)`. Summed by the database.
-    pub async fn pipeline(
-        &self,
-        tenant: &TenantId,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> ServiceResult<Pipeline> {
-        let t = tenant.as_str();
-        let mut pipeline = Pipeline::default();
-        // Deals without an amount or estimate have no currency: they are
-        // counted (currency NULL) and in no currency's sums.
-        let open = self
-            .db
-            .query_all_raw(stmt(
-                &self.db,
-                &format!(
-                    "SELECT value_currency, step, COUNT(*) AS n, {SUMS} FROM opportunities \
-                     WHERE tenant_id = $1 AND status = $2 GROUP BY value_currency, step"
-                ),
-                vec![t.into(), Status::Open.as_str().into()],
-            ))
-            .await?;
-        for row in open {
-            let currency: Option<String> = row.try_get("", "value_currency")?;
-            let step: String = row.try_get("", "step")?;
-            let step: Step = step
-                .parse()
-                .map_err(|e| ServiceError::internal(anyhow::anyhow!("{e}")))?;
-            let n: i64 = row.try_get("", "n")?;
-            let counts = pipeline.open.entry(step).or_default();
-            counts.0 += n;
-            match currency {
-                Some(currency) => {
-                    let total = sum_nanos(&row)?;
-                    pipeline
-                        .by_currency
-                        .entry(currency)
-                        .or_default()
-                        .open
-                        .insert(step, (n, total));
-                }
-                None => counts.1 += n,
-            }
-        }
-        let closed = self
-            .db
-            .query_all_raw(stmt(
-                &self.db,
-                &format!(
-                    "SELECT value_currency, status, COUNT(*) AS n, {SUMS} FROM opportunities \
-                     WHERE tenant_id = $1 AND status <> $2 AND closed_at_ms >= $3 \
-                     AND closed_at_ms < $4 GROUP BY value_currency, status"
-                ),
-                vec![
-                    t.into(),
-                    Status::Open.as_str().into(),
-                    start_ms.into(),
-                    end_ms.into(),
-                ],
-            ))
-            .await?;
-        for row in closed {
-            let currency: Option<String> = row.try_get("", "value_currency")?;
-            let won = row.try_get::<String>("", "status")? == Status::Won.as_str();
-            let n: i64 = row.try_get("", "n")?;
-            let counts = if won {
-                &mut pipeline.won
-            } else {
-                &mut pipeline.lost
-            };
-            counts.0 += n;
-            let Some(currency) = currency else {
-                counts.1 += n;
-                continue;
-            };
-            let figures = (n, sum_nanos(&row)?);
-            let entry = pipeline.by_currency.entry(currency).or_default();
-            if won {
-                entry.won = figures;
-            } else {
-                entry.lost = figures;
-            }
-        }
-        Ok(pipeline)
-    }
-}
-
-/// The sums of a group's amounts, split so that no accepted input can
-/// overflow a 64-bit SUM on either backend: units at most 10^12 each, so
-/// the millions part is at most 10^6 and the rest below 10^6 per deal (SUM
-/// overflows after 9 * 10^12 deals, not after 9 million largest ones);
-/// cast because PostgreSQL sums BIGINT into NUMERIC.
-const SUMS: &str = "CAST(SUM(value_units / 1000000) AS BIGINT) AS millions, \
-                    CAST(SUM(value_units % 1000000) AS BIGINT) AS units, \
-                    CAST(SUM(value_nanos) AS BIGINT) AS nanos";
-
-/// The summed amount of a row (see `SUMS`), in nanos.
-fn sum_nanos(row: &sea_orm::QueryResult) -> ServiceResult<i128> {
-    let millions: Option<i64> = row.try_get("", "millions")?;
-    let units: Option<i64> = row.try_get("", "units")?;
-    let nanos: Option<i64> = row.try_get("", "nanos")?;
-    let units = i128::from(millions.unwrap_or(0)) * 1_000_000 + i128::from(units.unwrap_or(0));
-    Ok(units * 1_000_000_000 + i128::from(nanos.unwrap_or(0)))
-}
-
-async fn current_settings(conn: &impl ConnectionTrait, tenant_id: &str) -> ServiceResult<Settings> {
-    let row = conn
-        .query_one_raw(stmt(
-            conn,
-            "SELECT * FROM opportunity_settings WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1",
-            vec![tenant_id.into()],
-        ))
-        .await?;
-    row.map_or_else(|| Ok(Settings::default()), |r| settings_from_row(&r))
-}
-
-/// Settings as stored (JSON).
-#[derive(Serialize, Deserialize)]
-struct StoredSettings {
-    large_deal_threshold: Money,
-    discover_display_name: String,
-    probabilities: [i32; 4],
-    currency: String,
-}
-
-impl From<&Settings> for StoredSettings {
-    fn from(s: &Settings) -> Self {
-        Self {
-            large_deal_threshold: s.large_deal_threshold,
-            discover_display_name: s.discover_display_name.clone(),
-            probabilities: s.probabilities,
-            currency: s.currency.clone(),
-        }
-    }
-}
-
-fn settings_from_row(row: &sea_orm::QueryResult) -> ServiceResult<Settings> {
-    let data: String = row.try_get("", "data")?;
-    let stored: StoredSettings = serde_json::from_str(&data)
-        .map_err(|e| ServiceError::internal(anyhow::anyhow!("stored settings unreadable: {e}")))?;
-    Ok(Settings {
-        version: row.try_get("", "version")?,
-        large_deal_threshold: stored.large_deal_threshold,
-        discover_display_name: stored.discover_display_name,
-        probabilities: stored.probabilities,
-        currency: stored.currency,
-        updated_at_ms: Some(row.try_get("", "updated_at_ms")?),
-        updated_by: Some(row.try_get("", "updated_by")?),
-    })
 }
 
 /// Queues an event for lifecycle in the caller's transaction.
@@ -577,23 +311,12 @@ async fn enqueue(
     opportunity: &Opportunity,
     kind: EventKind,
 ) -> ServiceResult<()> {
-    let row = conn
-        .query_one_raw(stmt(
-            conn,
-            "SELECT COUNT(*) AS n FROM opportunities WHERE tenant_id = $1 AND account_id = $2 \
-             AND status = $3 AND opportunity_id <> $4",
-            vec![
-                tenant_id.into(),
-                opportunity.account_id.clone().into(),
-                Status::Open.as_str().into(),
-                opportunity.opportunity_id.clone().into(),
-            ],
-        ))
+    let other_open = of_tenant(tenant_id)
+        .filter(opportunity::Column::AccountId.eq(opportunity.account_id.as_str()))
+        .filter(opportunity::Column::Status.eq(Status::Open.as_str()))
+        .filter(opportunity::Column::OpportunityId.ne(opportunity.opportunity_id.as_str()))
+        .count(conn)
         .await?;
-    let other_open = row
-        .map(|r| r.try_get::<i64>("", "n"))
-        .transpose()?
-        .unwrap_or(0);
     let payload = EventPayload {
         kind,
         opportunity_id: opportunity.opportunity_id.clone(),

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_chassis::db::{among, insert_chunks, insert_chunks_returning, write_turn};
+use cascade_chassis::db::{
+    WriteTransaction, among, insert_chunks, insert_chunks_returning, write_turn,
+};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
@@ -275,12 +277,12 @@ impl Repository {
     }
 }
 
-/// The stored scores of these accounts, locked until commit on PostgreSQL so
+/// The stored scores of these accounts, locked until commit so
 /// concurrent batches of one account add up rather than overwrite each
 /// other. A missing row is created first as a stale placeholder (a second
 /// batch waits for it), which makes the caller compute it from the buckets.
 pub(super) async fn lock_account_scores<'a>(
-    conn: &impl ConnectionTrait,
+    txn: &WriteTransaction,
     t: &str,
     accounts: impl Iterator<Item = &'a String>,
 ) -> Result<HashMap<String, StoredScore>, DbErr> {
@@ -298,7 +300,7 @@ pub(super) async fn lock_account_scores<'a>(
         })
         .collect();
     insert_chunks(
-        conn,
+        txn,
         placeholders,
         Some(&account_key().do_nothing().to_owned()),
     )
@@ -306,16 +308,17 @@ pub(super) async fn lock_account_scores<'a>(
     let mut stored = HashMap::with_capacity(accounts.len());
     let ids: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
     for ids in among(
-        conn.get_database_backend(),
+        txn.get_database_backend(),
         account_score::Column::AccountId,
         &ids,
     ) {
-        let rows = account_score::Entity::find()
-            .filter(account_score::Column::TenantId.eq(t))
-            .filter(ids)
-            .order_by_asc(account_score::Column::AccountId)
-            .lock_exclusive()
-            .all(conn)
+        let rows = txn
+            .lock_all(
+                account_score::Entity::find()
+                    .filter(account_score::Column::TenantId.eq(t))
+                    .filter(ids)
+                    .order_by_asc(account_score::Column::AccountId),
+            )
             .await?;
         for row in rows {
             stored.insert(

@@ -7,8 +7,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
-    QueryResult, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    ExecResult, QueryResult, QuerySelect, Select, Statement, TransactionTrait,
 };
 
 /// How long a SQLite writer waits for the file's write lock.
@@ -66,6 +66,27 @@ pub struct WriteTransaction {
 }
 
 impl WriteTransaction {
+    /// Reads rows in order to change them, locked until this transaction
+    /// ends, so changes to them never interleave (across replicas too): on
+    /// PostgreSQL `SELECT ... FOR UPDATE`; on SQLite the transaction already
+    /// holds the file's write lock (`begin_write`) and the clause is left
+    /// out. The one way Cascade locks rows; order `select` by key when it
+    /// locks several, so two transactions never wait for each other.
+    pub async fn lock_all<E: EntityTrait>(
+        &self,
+        select: Select<E>,
+    ) -> Result<Vec<E::Model>, DbErr> {
+        select.lock_exclusive().all(self).await
+    }
+
+    /// [`lock_all`](Self::lock_all) for at most one row.
+    pub async fn lock_one<E: EntityTrait>(
+        &self,
+        select: Select<E>,
+    ) -> Result<Option<E::Model>, DbErr> {
+        select.lock_exclusive().one(self).await
+    }
+
     pub async fn commit(self) -> Result<(), DbErr> {
         self.txn.commit().await
     }

@@ -1,0 +1,55 @@
+//! SeaORM entities of the opportunity tables (see `migration.rs` for indexes).
+
+pub mod opportunity {
+    use sea_orm::entity::prelude::*;
+
+    /// An opportunity: the document (`data`, JSON) and beside it the columns
+    /// lists and the pipeline report filter and sum.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "opportunities")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub opportunity_id: String,
+        pub tenant_id: String,
+        pub account_id: String,
+        pub owner_id: String,
+        pub step: String,
+        pub status: String,
+        pub value_currency: Option<String>,
+        pub value_units: Option<i64>,
+        pub value_nanos: Option<i64>,
+        pub closed_at_ms: Option<i64>,
+        pub create_request_id: Option<String>,
+        #[sea_orm(column_type = "Text")]
+        pub data: String,
+        pub version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod settings {
+    use sea_orm::entity::prelude::*;
+
+    /// One version of a tenant's opportunity settings (`data`, JSON).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "opportunity_settings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub version: i64,
+        #[sea_orm(column_type = "Text")]
+        pub data: String,
+        pub updated_at_ms: i64,
+        pub updated_by: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
