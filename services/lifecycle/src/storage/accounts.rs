@@ -16,7 +16,7 @@ use sea_orm::{
 use super::entities::{account, stage_first};
 use super::{
     AccountFilter, Repository, hydrate_account, hydrate_accounts, hydrate_accounts_with,
-    lock_account, ms, record_first,
+    lock_account, ms, record_firsts,
 };
 use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
 
@@ -74,11 +74,10 @@ impl Repository {
             }
             Err(error) => return Err(error.into()),
         };
-        record_first(
+        record_firsts(
             &txn,
             tenant.as_str(),
-            &inserted.account_id,
-            stage.as_str(),
+            &[(&inserted.account_id, stage.as_str())],
             ms(now),
         )
         .await?;

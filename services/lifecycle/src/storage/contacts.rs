@@ -14,7 +14,7 @@ use super::accounts::account_model;
 use super::entities::contact;
 use super::history::insert_contact_transitions;
 use super::{
-    ContactFilter, Repository, hydrate_contact, hydrate_contacts, lock_account, ms, record_first,
+    ContactFilter, Repository, hydrate_contact, hydrate_contacts, lock_account, ms, record_firsts,
 };
 use crate::domain::contact_rules::{self, ContactMove, ContactTransitionCause};
 use crate::domain::{Contact, ContactChanges, ContactTransition, NewContact};
@@ -185,9 +185,9 @@ impl Repository {
             .map(|m| ContactTransition::of_move(m, contact_id, &account_id, actor, None, now))
             .collect();
         insert_contact_transitions(&txn, tenant.as_str(), &transitions).await?;
-        for m in &moves {
-            record_first(&txn, tenant.as_str(), contact_id, m.to.as_str(), ms(now)).await?;
-        }
+        let reached: Vec<(&str, &str)> =
+            moves.iter().map(|m| (contact_id, m.to.as_str())).collect();
+        record_firsts(&txn, tenant.as_str(), &reached, ms(now)).await?;
         model.updated_at = Set(now);
         let updated = match model.update(&txn).await {
             Ok(model) => model,
@@ -234,11 +234,10 @@ pub(super) async fn insert_contact(
             error.into()
         }
     })?;
-    record_first(
+    record_firsts(
         conn,
         tenant.as_str(),
-        &inserted.contact_id,
-        stage.as_str(),
+        &[(&inserted.contact_id, stage.as_str())],
         ms(now),
     )
     .await?;

@@ -5,7 +5,7 @@
 //! lifecycle's view of the opportunity, notifications with their outbox
 //! entries, watch events and the applied event id) together or not at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use cascade_chassis::db::{WriteTransaction, among, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -13,14 +13,14 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter,
+    PaginatorTrait, QueryFilter, QuerySelect, QueryTrait,
 };
 
 use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
     OPEN, Repository, account_state, corrupt, hydrate_account, lock_account, ms, notifications,
-    record_first, settings, statement,
+    record_firsts, settings,
 };
 use crate::domain::mutation::{self, AccountSnapshot, Changes, Context, Decision, MemberSnapshot};
 use crate::domain::{Account, Transition};
@@ -201,42 +201,57 @@ async fn load_members(
         );
     }
     contacts.sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
-    let mut members = Vec::with_capacity(contacts.len());
-    for c in contacts {
-        // Only a lost deal asks: a contact still in another open deal stays.
-        let in_other_open_opportunity = kind == OpportunityEventKind::Lost
-            && in_other_open_opportunity(conn, tenant_id, &c.contact_id, opportunity_id).await?;
-        members.push(MemberSnapshot {
-            stage: c.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
-            has_email: c.email.is_some(),
-            has_activity: c.has_activity,
-            in_other_open_opportunity,
-            contact_id: c.contact_id,
-        });
-    }
-    Ok(members)
+    // Only a lost deal asks: a contact still in another open deal stays.
+    let still_open = if kind == OpportunityEventKind::Lost {
+        let ids: Vec<&str> = contacts.iter().map(|c| c.contact_id.as_str()).collect();
+        in_other_open_opportunities(conn, tenant_id, opportunity_id, &ids).await?
+    } else {
+        HashSet::new()
+    };
+    contacts
+        .into_iter()
+        .map(|c| {
+            Ok(MemberSnapshot {
+                stage: c.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+                has_email: c.email.is_some(),
+                has_activity: c.has_activity,
+                in_other_open_opportunity: still_open.contains(&c.contact_id),
+                contact_id: c.contact_id,
+            })
+        })
+        .collect()
 }
 
-async fn in_other_open_opportunity(
+/// Of `contact_ids`, those in the buying group of another opportunity of the
+/// tenant that lifecycle knows to be open.
+async fn in_other_open_opportunities(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
-    contact_id: &str,
     opportunity_id: &str,
-) -> ServiceResult<bool> {
-    let row = conn
-        .query_one_raw(statement(
-            conn,
-            "SELECT COUNT(*) AS n FROM opportunity_contacts oc JOIN account_opportunities ao \
-             ON ao.tenant_id = oc.tenant_id AND ao.opportunity_id = oc.opportunity_id \
-             WHERE oc.tenant_id = $1 AND oc.contact_id = $2 AND oc.opportunity_id <> $3 AND ao.status = $4",
-            [tenant_id.into(), contact_id.into(), opportunity_id.into(), OPEN.into()],
-        ))
-        .await?;
-    Ok(row
-        .map(|r| r.try_get::<i64>("", "n"))
-        .transpose()?
-        .unwrap_or(0)
-        > 0)
+    contact_ids: &[&str],
+) -> ServiceResult<HashSet<String>> {
+    let open = account_opportunity::Entity::find()
+        .select_only()
+        .column(account_opportunity::Column::OpportunityId)
+        .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+        .filter(account_opportunity::Column::Status.eq(OPEN))
+        .into_query();
+    let mut found = HashSet::new();
+    for chunk in among(
+        conn.get_database_backend(),
+        opportunity_contact::Column::ContactId,
+        contact_ids,
+    ) {
+        let rows = opportunity_contact::Entity::find()
+            .filter(opportunity_contact::Column::TenantId.eq(tenant_id))
+            .filter(chunk)
+            .filter(opportunity_contact::Column::OpportunityId.ne(opportunity_id))
+            .filter(opportunity_contact::Column::OpportunityId.in_subquery(open.clone()))
+            .all(conn)
+            .await?;
+        found.extend(rows.into_iter().map(|r| r.contact_id));
+    }
+    Ok(found)
 }
 
 /// What persisting a decision wrote that the caller needs after commit.
@@ -277,6 +292,7 @@ async fn persist(
         .await?;
     }
 
+    let mut firsts: Vec<(&str, &str)> = Vec::new();
     for moved in &changes.contact_moves {
         contact::Entity::update_many()
             .col_expr(contact::Column::Stage, Expr::value(moved.to_stage.as_str()))
@@ -286,14 +302,7 @@ async fn persist(
             .filter(contact::Column::ContactId.eq(moved.contact_id.as_str()))
             .exec(txn)
             .await?;
-        record_first(
-            txn,
-            tenant_id,
-            &moved.contact_id,
-            moved.to_stage.as_str(),
-            now_ms,
-        )
-        .await?;
+        firsts.push((&moved.contact_id, moved.to_stage.as_str()));
     }
     insert_contact_transitions(txn, tenant_id, &changes.contact_moves).await?;
 
@@ -301,8 +310,9 @@ async fn persist(
     for t in &changes.transitions {
         seq += 1;
         transition_row(tenant_id, seq, t).insert(txn).await?;
-        record_first(txn, tenant_id, &account_id, t.to_stage.as_str(), now_ms).await?;
+        firsts.push((&account_id, t.to_stage.as_str()));
     }
+    record_firsts(txn, tenant_id, &firsts, now_ms).await?;
 
     let owner = model.owner_id.clone().unwrap_or_default();
     let version = model.version;

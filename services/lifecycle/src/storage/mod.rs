@@ -17,10 +17,12 @@ mod settings;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cascade_chassis::db::WriteTransaction;
+use cascade_chassis::db::{WriteTransaction, statement_chunks};
 use cascade_chassis::{ServiceError, ServiceResult};
 use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Statement,
 };
@@ -108,27 +110,33 @@ fn statement(
     cascade_chassis::db::statement(conn.get_database_backend(), sql, values)
 }
 
-/// Keeps the first time a subject (account or contact) reached a stage.
-pub(crate) async fn record_first(
+/// Keeps the first time each subject (account or contact) reached a stage:
+/// `reached` holds (subject, stage) pairs reached at `at_ms`; a pair stored
+/// before keeps its earlier time.
+pub(crate) async fn record_firsts<S: AsRef<str>>(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
-    subject_id: &str,
-    stage: &str,
+    reached: &[(S, &str)],
     at_ms: i64,
 ) -> Result<(), DbErr> {
-    conn.execute_raw(statement(
-        conn,
-        "INSERT INTO stage_firsts (subject_id, stage, tenant_id, first_reached_at_ms) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (subject_id, stage) DO NOTHING",
-        [
-            subject_id.into(),
-            stage.into(),
-            tenant_id.into(),
-            at_ms.into(),
-        ],
-    ))
-    .await
-    .map(|_| ())
+    for chunk in statement_chunks(reached, 4) {
+        stage_first::Entity::insert_many(chunk.iter().map(|(subject, stage)| {
+            stage_first::ActiveModel {
+                subject_id: Set(subject.as_ref().to_owned()),
+                stage: Set((*stage).to_owned()),
+                tenant_id: Set(tenant_id.to_owned()),
+                first_reached_at_ms: Set(at_ms),
+            }
+        }))
+        .on_conflict(
+            OnConflict::columns([stage_first::Column::SubjectId, stage_first::Column::Stage])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// What the stage rules need to know of a stored account.

@@ -21,8 +21,9 @@ use sha2::Sha256;
 
 use super::accounts::account_model;
 use super::entities::notification;
-use super::{Repository, corrupt, from_ms, settings, statement};
+use super::{Repository, corrupt, from_ms, settings};
 use crate::domain::{Delivery, DeliveryState, Notification, NotificationReason};
+use sea_orm::ActiveValue::Set;
 
 /// Outbox topic of notifications; the partition is the account.
 pub const NOTIFICATION_TOPIC: &str = "notifications";
@@ -42,21 +43,21 @@ pub(crate) async fn record(
     now_ms: i64,
 ) -> Result<Notification, DbErr> {
     let notification_id = ids::new_id();
-    conn.execute_raw(statement(
-        conn,
-        "INSERT INTO notifications (notification_id, tenant_id, account_id, owner_id, reason, text, \
-         created_at_ms, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        [
-            notification_id.clone().into(),
-            tenant_id.into(),
-            account_id.into(),
-            owner_id.into(),
-            reason.as_str().into(),
-            text.clone().into(),
-            now_ms.into(),
-            DeliveryState::Pending.as_str().into(),
-        ],
-    ))
+    notification::Entity::insert(notification::ActiveModel {
+        notification_id: Set(notification_id.clone()),
+        tenant_id: Set(tenant_id.to_owned()),
+        account_id: Set(account_id.to_owned()),
+        owner_id: Set(owner_id.to_owned()),
+        reason: Set(reason.as_str().to_owned()),
+        text: Set(text.clone()),
+        created_at_ms: Set(now_ms),
+        state: Set(DeliveryState::Pending.as_str().to_owned()),
+        delivered_at_ms: Set(None),
+        failed_attempts: Set(0),
+        last_error: Set(None),
+        last_attempt_at_ms: Set(None),
+    })
+    .exec_without_returning(conn)
     .await?;
     outbox::enqueue(
         conn,

@@ -11,18 +11,15 @@ use cascade_chassis::db::{
     WriteTransaction, among, begin_write, statement_chunks, update_from_values,
 };
 use cascade_chassis::{ServiceResult, TenantId, time};
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 
-use super::entities::{
-    account, account_opportunity, applied_event, contact, stage_first, transition,
-};
+use super::entities::{account, account_opportunity, applied_event, contact, transition};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
     OPEN, Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications,
-    settings,
+    record_firsts, settings,
 };
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
 use crate::domain::{Account, ContactTransition, Transition};
@@ -377,23 +374,7 @@ impl Writes {
             .await?;
         }
         insert_contact_transitions(conn, tenant_id, &self.contact_transitions).await?;
-        for chunk in statement_chunks(&self.firsts, 4) {
-            stage_first::Entity::insert_many(chunk.iter().map(|(subject, stage)| {
-                stage_first::ActiveModel {
-                    subject_id: sea_orm::Set(subject.clone()),
-                    stage: sea_orm::Set((*stage).to_owned()),
-                    tenant_id: sea_orm::Set(tenant_id.to_owned()),
-                    first_reached_at_ms: sea_orm::Set(now_ms),
-                }
-            }))
-            .on_conflict(
-                OnConflict::columns([stage_first::Column::SubjectId, stage_first::Column::Stage])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(conn)
-            .await?;
-        }
+        record_firsts(conn, tenant_id, &self.firsts, now_ms).await?;
         for chunk in statement_chunks(&self.applied, 4) {
             applied_event::Entity::insert_many(chunk.iter().map(|(event_id, account_id)| {
                 applied_event::ActiveModel {
