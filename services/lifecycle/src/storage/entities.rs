@@ -258,3 +258,45 @@ pub mod notification {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod account_event {
+    use sea_orm::entity::prelude::*;
+
+    /// One entry of a tenant's watch feed: the WatchAccountEvents message as
+    /// sent, by its sequence number in the tenant's feed.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "account_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub account_id: String,
+        pub to_stage: Option<String>,
+        pub payload: Vec<u8>,
+        pub created_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod tenant_event_counter {
+    use sea_orm::entity::prelude::*;
+
+    /// The last sequence number given out in a tenant's watch feed.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_event_counters")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        pub last_seq: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

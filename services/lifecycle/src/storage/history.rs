@@ -1,6 +1,7 @@
 //! The stage history: transitions, the stage at a past time, the funnel
 //! report (computed in SQL from the history table), and the watch feed.
 
+use cascade_chassis::db::insert_chunks;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use cascade_domain::{AccountStage, CustomerType};
@@ -10,12 +11,26 @@ use sea_orm::{
 
 use super::accounts::account_model;
 use super::contacts::contact_model;
-use super::entities::{contact_transition, transition};
+use super::entities::{account_event, contact_transition, tenant_event_counter, transition};
 use super::{Repository, corrupt, from_ms, ms, statement};
 use crate::convert;
 use crate::domain::{ContactTransition, Notification, Transition};
 use cascade_proto::lifecycle::v1 as pb;
 use prost::Message;
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+
+/// The funnel report's figures per stage (`sql/funnel.sql`, after the stays
+/// of `sql/funnel_stays.sql`).
+const FUNNEL: &str = concat!(
+    include_str!("sql/funnel_stays.sql"),
+    include_str!("sql/funnel.sql")
+);
+/// The middle stays of a stage, by length (`sql/funnel_median.sql`).
+const FUNNEL_MEDIAN: &str = concat!(
+    include_str!("sql/funnel_stays.sql"),
+    include_str!("sql/funnel_median.sql")
+);
 
 pub(crate) fn transition_from_model(m: transition::Model) -> ServiceResult<Transition> {
     Ok(Transition {
@@ -162,41 +177,40 @@ pub(crate) async fn append_events(
         return Ok(());
     }
     let n = events.len() as i64;
-    let row = conn
-        .query_one_raw(statement(
-            conn,
-            "INSERT INTO tenant_event_counters (tenant_id, last_seq) VALUES ($1, $2) \
-             ON CONFLICT (tenant_id) DO UPDATE SET last_seq = tenant_event_counters.last_seq + $2 \
-             RETURNING last_seq",
-            [tenant_id.into(), n.into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("event counter returned nothing".into()))?;
-    let last: i64 = row.try_get("", "last_seq")?;
-    for (
-        i,
-        FeedEntry {
-            account_id,
-            to_stage,
-            payload,
-        },
-    ) in events.into_iter().enumerate()
-    {
-        conn.execute_raw(statement(
-            conn,
-            "INSERT INTO account_events (tenant_id, seq, account_id, to_stage, payload, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            [
-                tenant_id.into(),
-                (last - n + 1 + i as i64).into(),
-                account_id.into(),
-                to_stage.into(),
-                payload.into(),
-                now_ms.into(),
-            ],
-        ))
-        .await?;
-    }
+    // Upsert the counter and read it back in one statement; the row stays
+    // locked until commit.
+    let counter = tenant_event_counter::Entity::insert(tenant_event_counter::ActiveModel {
+        tenant_id: Set(tenant_id.to_owned()),
+        last_seq: Set(n),
+    })
+    .on_conflict(
+        OnConflict::column(tenant_event_counter::Column::TenantId)
+            .value(
+                tenant_event_counter::Column::LastSeq,
+                Expr::col((
+                    tenant_event_counter::Entity,
+                    tenant_event_counter::Column::LastSeq,
+                ))
+                .add(n),
+            )
+            .to_owned(),
+    )
+    .exec_with_returning(conn)
+    .await?;
+    let first = counter.last_seq - n + 1;
+    let rows: Vec<account_event::ActiveModel> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| account_event::ActiveModel {
+            tenant_id: Set(tenant_id.to_owned()),
+            seq: Set(first + i as i64),
+            account_id: Set(e.account_id),
+            to_stage: Set(e.to_stage),
+            payload: Set(e.payload),
+            created_at_ms: Set(now_ms),
+        })
+        .collect();
+    insert_chunks(conn, rows, None).await?;
     Ok(())
 }
 
@@ -346,35 +360,11 @@ impl Repository {
         start_ms: i64,
         end_ms: i64,
     ) -> ServiceResult<Vec<FunnelRow>> {
-        // Stays: transitions plus account creations, each with the account's
-        // next transition (LEAD over the account's history, in order).
-        let stays = "WITH entries AS ( \
-               SELECT account_id, seq, to_stage AS stage, to_rank AS stage_rank, occurred_at_ms AS entered_ms \
-               FROM account_transitions WHERE tenant_id = $1 AND occurred_at_ms >= $2 \
-               UNION ALL \
-               SELECT account_id, 0 AS seq, 'TARGETED' AS stage, 1 AS stage_rank, created_at_ms AS entered_ms \
-               FROM accounts WHERE tenant_id = $1 AND created_at_ms >= $2 \
-             ), stays AS ( \
-               SELECT account_id, stage, stage_rank, entered_ms, \
-                 LEAD(stage) OVER (PARTITION BY account_id ORDER BY seq) AS next_stage, \
-                 LEAD(stage_rank) OVER (PARTITION BY account_id ORDER BY seq) AS next_rank, \
-                 LEAD(entered_ms) OVER (PARTITION BY account_id ORDER BY seq) AS exit_ms \
-               FROM entries \
-             )";
-        let sql = format!(
-            "{stays} SELECT stage, COUNT(*) AS entered, COUNT(DISTINCT account_id) AS accounts, \
-               SUM(CASE WHEN exit_ms < $3 AND next_rank > stage_rank THEN 1 ELSE 0 END) AS moved_forward, \
-               SUM(CASE WHEN exit_ms < $3 AND next_rank < stage_rank THEN 1 ELSE 0 END) AS moved_back, \
-               SUM(CASE WHEN exit_ms IS NULL OR exit_ms >= $3 THEN 1 ELSE 0 END) AS stayed, \
-               SUM(CASE WHEN exit_ms < $3 AND next_stage = 'PIPELINE' THEN 1 ELSE 0 END) AS to_pipeline, \
-               SUM(CASE WHEN exit_ms < $3 THEN 1 ELSE 0 END) AS ended \
-             FROM stays WHERE entered_ms >= $2 AND entered_ms < $3 GROUP BY stage"
-        );
         let rows = self
             .db
             .query_all_raw(statement(
                 &self.db,
-                &sql,
+                FUNNEL,
                 [tenant.as_str().into(), start_ms.into(), end_ms.into()],
             ))
             .await?;
@@ -393,7 +383,7 @@ impl Repository {
             let ended = get("ended")?;
             let median_ms = if ended > 0 {
                 Some(
-                    self.median_stay(stays, tenant, *stage, start_ms, end_ms, ended)
+                    self.median_stay(tenant, *stage, start_ms, end_ms, ended)
                         .await?,
                 )
             } else {
@@ -417,25 +407,19 @@ impl Repository {
     /// database (ORDER BY ... OFFSET), not by loading them.
     async fn median_stay(
         &self,
-        stays: &str,
         tenant: &TenantId,
         stage: AccountStage,
         start_ms: i64,
         end_ms: i64,
         ended: i64,
     ) -> ServiceResult<i64> {
-        let sql = format!(
-            "{stays} SELECT exit_ms - entered_ms AS duration FROM stays \
-             WHERE entered_ms >= $2 AND entered_ms < $3 AND exit_ms < $3 AND stage = $4 \
-             ORDER BY duration LIMIT $5 OFFSET $6"
-        );
         // The two middle values (the same one when the count is odd).
         let take = if ended % 2 == 0 { 2_i64 } else { 1 };
         let rows = self
             .db
             .query_all_raw(statement(
                 &self.db,
-                &sql,
+                FUNNEL_MEDIAN,
                 [
                     tenant.as_str().into(),
                     start_ms.into(),
@@ -460,44 +444,31 @@ impl Repository {
         after_seq: i64,
         limit: u64,
     ) -> ServiceResult<Vec<WatchedEvent>> {
-        let rows = self
-            .db
-            .query_all_raw(statement(
-                &self.db,
-                "SELECT seq, account_id, to_stage, payload FROM account_events \
-                 WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                [
-                    tenant.as_str().into(),
-                    after_seq.into(),
-                    (limit as i64).into(),
-                ],
-            ))
+        let rows = account_event::Entity::find()
+            .filter(account_event::Column::TenantId.eq(tenant.as_str()))
+            .filter(account_event::Column::Seq.gt(after_seq))
+            .order_by_asc(account_event::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WatchedEvent {
-                    seq: r.try_get("", "seq")?,
-                    account_id: r.try_get("", "account_id")?,
-                    to_stage: r.try_get("", "to_stage")?,
-                    payload: r.try_get("", "payload")?,
-                })
+        Ok(rows
+            .into_iter()
+            .map(|r| WatchedEvent {
+                seq: r.seq,
+                account_id: r.account_id,
+                to_stage: r.to_stage,
+                payload: r.payload,
             })
-            .collect()
+            .collect())
     }
 
     /// The newest sequence number of a tenant's feed (0 when empty).
     pub async fn latest_event_seq(&self, tenant: &TenantId) -> ServiceResult<i64> {
-        let row = self
-            .db
-            .query_one_raw(statement(
-                &self.db,
-                "SELECT last_seq FROM tenant_event_counters WHERE tenant_id = $1",
-                [tenant.as_str().into()],
-            ))
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64>("", "last_seq"))
-            .transpose()?
-            .unwrap_or(0))
+        Ok(
+            tenant_event_counter::Entity::find_by_id(tenant.as_str().to_owned())
+                .one(&self.db)
+                .await?
+                .map_or(0, |c| c.last_seq),
+        )
     }
 }
