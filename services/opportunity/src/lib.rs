@@ -50,12 +50,7 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
-    let (lifecycle, internal) = cascade_chassis::client::lifecycle_clients(
-        &settings.lifecycle,
-        &settings.auth,
-        &settings.tls,
-        IDENTITY.name,
-    )?;
+    let (lifecycle, internal) = settings.lifecycle_clients(IDENTITY.name)?;
     let deliverer = Deliverer::new(
         database.clone(),
         storage::EVENT_TOPIC,

@@ -50,12 +50,7 @@ async fn service(
     background: Background,
     settings: ServiceSettings,
 ) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
-    let (lifecycle, internal) = cascade_chassis::client::lifecycle_clients(
-        &settings.lifecycle,
-        &settings.auth,
-        &settings.tls,
-        IDENTITY.name,
-    )?;
+    let (lifecycle, internal) = settings.lifecycle_clients(IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
     let sink = delivery::LifecycleScoreSink::new(repository.clone(), internal);
     // A round claims enough accounts for several ApplyEngagementScores calls.

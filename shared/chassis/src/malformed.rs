@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request, Response};
 use tonic::{Code, Status};
-use tower::{Layer, Service};
+use tower::Service;
 
 /// What tonic says for an undecodable body: prost's DecodeError, a frame
 /// that ends before its length, and a unary call without any message.
@@ -28,21 +28,17 @@ const DECODE_FAILURES: [&str; 3] = [
     "Missing request message",
 ];
 
-/// Tower layer: undecodable request bodies answer INVALID_ARGUMENT.
-#[derive(Debug, Clone, Default)]
-pub struct MalformedRequestLayer;
-
-impl<S> Layer<S> for MalformedRequestLayer {
-    type Service = MalformedRequest<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        MalformedRequest { inner }
-    }
-}
-
+/// Tower service: undecodable request bodies answer INVALID_ARGUMENT.
 #[derive(Debug, Clone)]
 pub struct MalformedRequest<S> {
     inner: S,
+}
+
+impl<S> MalformedRequest<S> {
+    /// The layer, for `ServiceBuilder::layer`.
+    pub fn layer() -> impl tower::Layer<S, Service = Self> + Clone {
+        tower::layer::layer_fn(|inner| Self { inner })
+    }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for MalformedRequest<S>

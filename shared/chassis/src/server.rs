@@ -25,7 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::auth::{AuthMode, Authenticator, Permissions};
 use crate::context_layer::RequestContextLayer;
 use crate::settings::{ServerSettings, ServiceIdentity, ServiceSettings};
-use crate::trace::RpcTraceLayer;
+use crate::trace::RpcTrace;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -327,9 +327,9 @@ impl Application {
             // A panic in a handler answers INTERNAL on that call only,
             // instead of tearing down the connection and its other calls.
             .layer(CatchPanicLayer::custom(panic_response))
-            .layer(RpcTraceLayer)
+            .layer(RpcTrace::layer())
             // Inside the trace layer, so spans and metrics see the final code.
-            .layer(crate::malformed::MalformedRequestLayer)
+            .layer(crate::malformed::MalformedRequest::layer())
             .layer(RequestContextLayer::new(auth))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
             .into_inner();

@@ -141,6 +141,19 @@ impl ServiceSettings {
         Ok(settings)
     }
 
+    /// Clients of lifecycle's public and internal services for service
+    /// `name` (scoring and opportunity), from the `lifecycle`, `auth` and
+    /// `tls` sections.
+    pub fn lifecycle_clients(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(
+        crate::client::LifecycleClient,
+        crate::client::LifecycleInternalClient,
+    )> {
+        crate::client::lifecycle_clients(&self.lifecycle, &self.auth, &self.tls, name)
+    }
+
     /// Settings for tests: an ephemeral port on 127.0.0.1 and the given database.
     pub fn for_tests(database: DatabaseSettings) -> Self {
         let mut server = ServerSettings::with_port(0);

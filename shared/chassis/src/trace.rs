@@ -12,25 +12,21 @@ use http::{HeaderMap, Request, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::propagation::Extractor;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Tower layer that wraps each request in an `rpc` span.
-#[derive(Debug, Clone, Default)]
-pub struct RpcTraceLayer;
-
-impl<S> Layer<S> for RpcTraceLayer {
-    type Service = RpcTrace<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcTrace { inner }
-    }
-}
-
+/// Tower service wrapping each request in an `rpc` span.
 #[derive(Debug, Clone)]
 pub struct RpcTrace<S> {
     inner: S,
+}
+
+impl<S> RpcTrace<S> {
+    /// The layer, for `ServiceBuilder::layer`.
+    pub fn layer() -> impl tower::Layer<S, Service = Self> + Clone {
+        tower::layer::layer_fn(|inner| Self { inner })
+    }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for RpcTrace<S>
