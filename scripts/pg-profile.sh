@@ -56,7 +56,8 @@ for s in "${services[@]}"; do
   upper=${s^^}
   env "CASCADE_${upper}__SERVER__PORT=${ports[$s]}" \
       "CASCADE_${upper}__DATABASE__URL=$server/pgprof_${tag}_$s" \
-      "CASCADE_${upper}__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
+      "CASCADE_SCORING__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
+      "CASCADE_OPPORTUNITY__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
       "CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0" \
       "$bin/cascade-$s" >"$out/$s.log" 2>&1 &
   pids[$s]=$!

@@ -17,7 +17,8 @@ trap 'kill ${pids[@]} 2>/dev/null || true; rm -rf "$work"' EXIT
 start() {
   local s=$1 port=$2 upper=${1^^}
   env "CASCADE_${upper}__SERVER__PORT=$port" "CASCADE_${upper}__DATABASE__URL=sqlite://$work/$s.db" \
-      "CASCADE_${upper}__LIFECYCLE__URL=http://127.0.0.1:$base" \
+      "CASCADE_SCORING__LIFECYCLE__URL=http://127.0.0.1:$base" \
+      "CASCADE_OPPORTUNITY__LIFECYCLE__URL=http://127.0.0.1:$base" \
       "CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0" \
       "$bin/cascade-$s" >>"$out/$s.log" 2>&1 &
   pids+=($!)

@@ -32,7 +32,8 @@ for service in lifecycle scoring opportunity; do
   upper=${service^^}
   env "CASCADE_${upper}__SERVER__PORT=${ports[$service]}" \
       "CASCADE_${upper}__DATABASE__URL=${CASCADE_DATABASE_URL_PREFIX:-sqlite://$data/}${service}.db" \
-      "CASCADE_${upper}__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
+      "CASCADE_SCORING__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
+      "CASCADE_OPPORTUNITY__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
       "$bin/cascade-$service" &
   pids+=($!)
 done

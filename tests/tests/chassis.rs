@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use cascade_chassis::client::LifecycleSection;
 use cascade_chassis::server::Application;
-use cascade_chassis::settings::ServiceSettings;
+use cascade_chassis::settings::{OwnSections, ServiceSettings};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_testkit::{TestDatabase, TestServer, request_for};
 use futures::StreamExt;
@@ -26,11 +27,16 @@ const OPPORTUNITY: &str = "cascade.opportunity.v1.OpportunityService";
 async fn build(service: &str, settings: &ServiceSettings) -> Application {
     match service {
         LIFECYCLE => cascade_lifecycle::build(settings).await,
-        SCORING => cascade_scoring::build(settings).await,
-        OPPORTUNITY => cascade_opportunity::build(settings).await,
+        SCORING => cascade_scoring::build(&calling_lifecycle(settings)).await,
+        OPPORTUNITY => cascade_opportunity::build(&calling_lifecycle(settings)).await,
         other => panic!("unknown service {other}"),
     }
     .expect("service builds")
+}
+
+/// The same settings with the `[lifecycle]` section scoring and opportunity read.
+fn calling_lifecycle(settings: &ServiceSettings) -> ServiceSettings<LifecycleSection> {
+    settings.clone().with_own(LifecycleSection::for_tests())
 }
 
 async fn health(channel: Channel, service: &str) -> Result<i32, tonic::Status> {

@@ -1636,8 +1636,8 @@ async fn start_services() -> ([TestDatabase; 3], [TestServer; 3]) {
             .expect("lifecycle builds"),
     );
     let with_lifecycle = |db: &TestDatabase| {
-        let mut settings = ServiceSettings::for_tests(db.settings.clone());
-        settings.lifecycle.url = lifecycle.url();
+        let mut settings = cascade_scoring::Settings::for_tests(db.settings.clone());
+        settings.own.lifecycle.url = lifecycle.url();
         settings
     };
     let scoring = TestServer::start(

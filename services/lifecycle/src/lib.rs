@@ -90,7 +90,7 @@ async fn service(
 
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_chassis::server::build::<storage::migration::Migrator, _, _, _>(
+    cascade_chassis::server::build::<storage::migration::Migrator, _, _, _, _>(
         settings,
         IDENTITY.permissions,
         service,
@@ -100,6 +100,8 @@ pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
 
 /// Runs the service with settings from the file and environment.
 pub async fn run() -> anyhow::Result<()> {
-    cascade_chassis::server::run_service::<storage::migration::Migrator, _, _, _>(IDENTITY, service)
-        .await
+    cascade_chassis::server::run_service::<storage::migration::Migrator, _, _, _, _>(
+        IDENTITY, service,
+    )
+    .await
 }

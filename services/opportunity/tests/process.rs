@@ -39,8 +39,8 @@ impl Suite {
                 .await
                 .expect("lifecycle builds"),
         );
-        let mut settings = ServiceSettings::for_tests(db.settings.clone());
-        settings.lifecycle.url = lifecycle.url();
+        let mut settings = cascade_opportunity::Settings::for_tests(db.settings.clone());
+        settings.own.lifecycle.url = lifecycle.url();
         let opportunity = TestServer::start(
             cascade_opportunity::build(&settings)
                 .await

@@ -11,12 +11,16 @@ pub mod storage;
 use std::sync::Arc;
 
 use cascade_chassis::auth::Permission;
+use cascade_chassis::client::LifecycleSection;
 use cascade_chassis::limit::TenantRateLimiter;
 use cascade_chassis::outbox::Deliverer;
 use cascade_chassis::server::{Application, Background};
 use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
 use cascade_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
 use sea_orm::DatabaseConnection;
+
+/// The service's settings: the common sections and `[lifecycle]`.
+pub type Settings = ServiceSettings<LifecycleSection>;
 
 /// Name, env prefix (`CASCADE_SCORING__...`) and default port.
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
@@ -48,7 +52,7 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
 async fn service(
     database: DatabaseConnection,
     background: Background,
-    settings: ServiceSettings,
+    settings: Settings,
 ) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
     let (lifecycle, internal) = settings.lifecycle_clients(IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
@@ -62,7 +66,7 @@ async fn service(
     Ok(ScoringServiceServer::new(api::ScoringApi::new(
         repository,
         lifecycle,
-        &settings.lifecycle,
+        &settings.own.lifecycle,
         TenantRateLimiter::new(
             settings.server.ingest_rate_per_tenant,
             settings.server.ingest_burst_per_tenant,
@@ -73,8 +77,8 @@ async fn service(
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).
-pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
-    cascade_chassis::server::build::<storage::migration::Migrator, _, _, _>(
+pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
+    cascade_chassis::server::build::<storage::migration::Migrator, _, _, _, _>(
         settings,
         IDENTITY.permissions,
         service,
@@ -84,6 +88,8 @@ pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
 
 /// Runs the service with settings from the file and environment.
 pub async fn run() -> anyhow::Result<()> {
-    cascade_chassis::server::run_service::<storage::migration::Migrator, _, _, _>(IDENTITY, service)
-        .await
+    cascade_chassis::server::run_service::<storage::migration::Migrator, _, _, _, _>(
+        IDENTITY, service,
+    )
+    .await
 }

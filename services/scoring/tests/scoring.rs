@@ -70,8 +70,8 @@ impl Suite {
     }
 
     async fn start_scoring(&mut self, db: &TestDatabase) {
-        let mut settings = ServiceSettings::for_tests(db.settings.clone());
-        settings.lifecycle.url = format!("http://127.0.0.1:{}", self.lifecycle_port);
+        let mut settings = cascade_scoring::Settings::for_tests(db.settings.clone());
+        settings.own.lifecycle.url = format!("http://127.0.0.1:{}", self.lifecycle_port);
         let app = cascade_scoring::build(&settings)
             .await
             .expect("scoring builds");

@@ -22,6 +22,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{AUTHORIZATION, AuthSettings, ServiceCredentials};
 use crate::context::{ACTOR_HEADER, TENANT_HEADER};
+use crate::error::SettingsError;
+use crate::settings::{OwnSections, ServiceSettings};
 use crate::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,59 @@ impl Default for LifecycleClientSettings {
             directory_cache_entries: 50_000,
             email_cache_ttl_ms: 60_000,
         }
+    }
+}
+
+/// The section a service that calls lifecycle adds to its settings
+/// (`[lifecycle]`, `CASCADE_<SERVICE>__LIFECYCLE__<KEY>`): scoring's and
+/// opportunity's. Lifecycle's settings have no such section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LifecycleSection {
+    pub lifecycle: LifecycleClientSettings,
+}
+
+impl OwnSections for LifecycleSection {
+    const SECTIONS: &'static [&'static str] = &["lifecycle"];
+
+    fn defaults() -> Self {
+        Self::default()
+    }
+
+    fn for_tests() -> Self {
+        Self {
+            lifecycle: LifecycleClientSettings {
+                // Tests that talk to lifecycle set the URL of theirs.
+                url: "http://127.0.0.1:9".into(),
+                timeout_ms: 2_000,
+                ..LifecycleClientSettings::default()
+            },
+        }
+    }
+
+    fn validate(settings: &ServiceSettings<Self>) -> Result<(), SettingsError> {
+        let url = &settings.own.lifecycle.url;
+        if url.parse::<http::Uri>().is_err() || !url.starts_with("http") {
+            return Err(SettingsError::new(format!(
+                "lifecycle.url: {url:?} is not an http:// or https:// URL"
+            )));
+        }
+        if url.starts_with("https://") && settings.tls.ca_file.is_empty() {
+            return Err(SettingsError::new(
+                "lifecycle.url is https:// but tls.ca_file (the CA lifecycle's certificate chains to) is not set",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServiceSettings<LifecycleSection> {
+    /// Clients of lifecycle's public and internal services for service
+    /// `name`, from the `lifecycle`, `auth` and `tls` sections.
+    pub fn lifecycle_clients(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(LifecycleClient, LifecycleInternalClient)> {
+        lifecycle_clients(&self.own.lifecycle, &self.auth, &self.tls, name)
     }
 }
 

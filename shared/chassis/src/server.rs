@@ -24,7 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{AuthMode, Authenticator, Permissions};
 use crate::context_layer::RequestContextLayer;
-use crate::settings::{ServerSettings, ServiceIdentity, ServiceSettings};
+use crate::settings::{OwnSections, ServerSettings, ServiceIdentity, ServiceSettings};
 use crate::trace::RpcTrace;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -110,17 +110,18 @@ impl Background {
 
 /// The `main` of every service: load settings, start telemetry, connect and
 /// migrate the database, build the gRPC service, serve until SIGTERM/SIGINT.
-pub async fn run_service<M, S, F, Fut>(
+pub async fn run_service<M, S, F, Fut, X>(
     identity: ServiceIdentity,
     make_service: F,
 ) -> anyhow::Result<()>
 where
     M: MigratorTrait,
-    F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
+    X: OwnSections,
+    F: FnOnce(DatabaseConnection, Background, ServiceSettings<X>) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
     S: Served,
 {
-    let settings = ServiceSettings::load(identity)?;
+    let settings = ServiceSettings::<X>::load(identity)?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
     if std::env::args().any(|a| a == "--migrate") {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
@@ -136,7 +137,7 @@ where
         );
     }
     tracing::info!(database = ?settings.database, "starting {}", identity.name);
-    build::<M, S, F, Fut>(&settings, identity.permissions, make_service)
+    build::<M, S, F, Fut, X>(&settings, identity.permissions, make_service)
         .await?
         .run_until_stopped()
         .await
@@ -144,14 +145,15 @@ where
 
 /// Connects to and migrates the service's database, builds its gRPC service
 /// with `make_service`, and binds the server (tests call this with port 0).
-pub async fn build<M, S, F, Fut>(
-    settings: &ServiceSettings,
+pub async fn build<M, S, F, Fut, X>(
+    settings: &ServiceSettings<X>,
     permissions: Permissions,
     make_service: F,
 ) -> anyhow::Result<Application>
 where
     M: MigratorTrait,
-    F: FnOnce(DatabaseConnection, Background, ServiceSettings) -> Fut,
+    X: OwnSections,
+    F: FnOnce(DatabaseConnection, Background, ServiceSettings<X>) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
     S: Served,
 {
@@ -195,7 +197,7 @@ impl Application {
     /// Binds the listener (port 0 picks a free port) for a service whose
     /// fully-qualified gRPC name is `service_name`.
     pub async fn bind(
-        service_settings: &ServiceSettings,
+        service_settings: &ServiceSettings<impl OwnSections>,
         service_name: &'static str,
         permissions: Permissions,
     ) -> anyhow::Result<Self> {

@@ -10,7 +10,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthSettings, Authenticator, Permissions};
-use crate::client::LifecycleClientSettings;
 use crate::db::{DEFAULT_ANALYZE_INTERVAL_MS, DatabaseSettings};
 pub use crate::error::SettingsError;
 use crate::outbox::OutboxSettings;
@@ -91,21 +90,54 @@ impl ServerSettings {
     }
 }
 
-/// The settings of a service: every section any of the three reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSettings {
+/// The sections every service has; a service adds its own (`OwnSections`).
+pub const COMMON_SECTIONS: [&str; 6] = ["server", "database", "telemetry", "outbox", "auth", "tls"];
+
+/// The sections a service reads beyond the common ones, so its settings show
+/// exactly what it reads: a key of another service's section is refused.
+pub trait OwnSections:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
+    /// Their top-level keys.
+    const SECTIONS: &'static [&'static str];
+    fn defaults() -> Self;
+    /// Defaults for in-process tests.
+    fn for_tests() -> Self {
+        Self::defaults()
+    }
+    /// Checks across sections, with the whole settings at hand.
+    fn validate(_settings: &ServiceSettings<Self>) -> Result<(), SettingsError> {
+        Ok(())
+    }
+}
+
+/// No sections of its own (lifecycle).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NoSections {}
+
+impl OwnSections for NoSections {
+    const SECTIONS: &'static [&'static str] = &[];
+    fn defaults() -> Self {
+        Self {}
+    }
+}
+
+/// The settings of a service: the common sections and its own (`own`, whose
+/// sections sit at the top level beside the common ones: `[lifecycle]`,
+/// `CASCADE_SCORING__LIFECYCLE__URL`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceSettings<X = NoSections> {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub telemetry: TelemetrySettings,
     pub outbox: OutboxSettings,
-    /// Used by scoring and opportunity; lifecycle ignores it.
-    pub lifecycle: LifecycleClientSettings,
     pub auth: AuthSettings,
     pub tls: TlsSettings,
+    #[serde(flatten)]
+    pub own: X,
 }
 
-impl ServiceSettings {
+impl<X: OwnSections> ServiceSettings<X> {
     /// Loads and validates a service's settings (see [`load`]).
     pub fn load(identity: ServiceIdentity) -> Result<Self, SettingsError> {
         let mut settings: Self = load(identity)?;
@@ -117,41 +149,30 @@ impl ServiceSettings {
                 "outbox.poll_interval_ms, outbox.min_backoff_ms and outbox.lease_ms must be greater than 0",
             ));
         }
-        if settings.lifecycle.url.parse::<http::Uri>().is_err()
-            || !settings.lifecycle.url.starts_with("http")
-        {
-            return Err(SettingsError::new(format!(
-                "lifecycle.url: {:?} is not an http:// or https:// URL",
-                settings.lifecycle.url
-            )));
-        }
         // Keys and certificates are read now so a bad path stops start-up.
         Authenticator::from_settings(&settings.auth, identity.permissions)?;
         settings.tls.server_config()?;
-        if settings.lifecycle.url.starts_with("https://") && settings.tls.ca_file.is_empty() {
-            return Err(SettingsError::new(
-                "lifecycle.url is https:// but tls.ca_file (the CA lifecycle's certificate chains to) is not set",
-            ));
-        }
         if outbox.max_backoff_ms < outbox.min_backoff_ms {
             return Err(SettingsError::new(
                 "outbox.max_backoff_ms: must be at least outbox.min_backoff_ms",
             ));
         }
+        X::validate(&settings)?;
         Ok(settings)
     }
 
-    /// Clients of lifecycle's public and internal services for service
-    /// `name` (scoring and opportunity), from the `lifecycle`, `auth` and
-    /// `tls` sections.
-    pub fn lifecycle_clients(
-        &self,
-        name: &str,
-    ) -> anyhow::Result<(
-        crate::client::LifecycleClient,
-        crate::client::LifecycleInternalClient,
-    )> {
-        crate::client::lifecycle_clients(&self.lifecycle, &self.auth, &self.tls, name)
+    /// The same common sections with other own sections (tests build one
+    /// service's settings from another's).
+    pub fn with_own<Y: OwnSections>(self, own: Y) -> ServiceSettings<Y> {
+        ServiceSettings {
+            server: self.server,
+            database: self.database,
+            telemetry: self.telemetry,
+            outbox: self.outbox,
+            auth: self.auth,
+            tls: self.tls,
+            own,
+        }
     }
 
     /// Settings for tests: an ephemeral port on 127.0.0.1 and the given database.
@@ -169,14 +190,9 @@ impl ServiceSettings {
                 max_backoff_ms: 300,
                 lease_ms: 5_000,
             },
-            lifecycle: LifecycleClientSettings {
-                // Tests that talk to lifecycle set the URL of theirs.
-                url: "http://127.0.0.1:9".into(),
-                timeout_ms: 2_000,
-                ..LifecycleClientSettings::default()
-            },
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
+            own: X::for_tests(),
         }
     }
 }
@@ -206,22 +222,11 @@ impl ServiceIdentity {
     }
 }
 
-/// The built-in defaults of the shared sections; a service's own sections
-/// carry `#[serde(default)]`.
-#[derive(Serialize)]
-struct Defaults {
-    server: ServerSettings,
-    database: DatabaseSettings,
-    telemetry: TelemetrySettings,
-    outbox: OutboxSettings,
-    lifecycle: LifecycleClientSettings,
-    auth: AuthSettings,
-    tls: TlsSettings,
-}
-
 /// Loads a service's settings: built-in defaults, then the file from
 /// `--config PATH` or `CASCADE_CONFIG_FILE` if given, then the environment.
-pub fn load<T: DeserializeOwned>(identity: ServiceIdentity) -> Result<T, SettingsError> {
+pub fn load<X: OwnSections>(
+    identity: ServiceIdentity,
+) -> Result<ServiceSettings<X>, SettingsError> {
     let file = config_file_from_args(std::env::args()).or_else(|| {
         std::env::var_os(CONFIG_FILE_ENV)
             .filter(|v| !v.is_empty())
@@ -231,12 +236,12 @@ pub fn load<T: DeserializeOwned>(identity: ServiceIdentity) -> Result<T, Setting
 }
 
 /// As [`load`], with the file and (for tests) the environment given.
-pub fn load_from<T: DeserializeOwned>(
+pub fn load_from<X: OwnSections>(
     identity: ServiceIdentity,
     file: Option<&Path>,
     environment: Option<config::Map<String, String>>,
-) -> Result<T, SettingsError> {
-    let defaults = Defaults {
+) -> Result<ServiceSettings<X>, SettingsError> {
+    let defaults = ServiceSettings {
         server: ServerSettings::with_port(identity.default_port),
         database: DatabaseSettings {
             url: format!("sqlite://data/{}.db", identity.name),
@@ -247,9 +252,9 @@ pub fn load_from<T: DeserializeOwned>(
         },
         telemetry: TelemetrySettings::default(),
         outbox: OutboxSettings::default(),
-        lifecycle: LifecycleClientSettings::default(),
         auth: AuthSettings::default(),
         tls: TlsSettings::default(),
+        own: X::defaults(),
     };
     let defaults = Config::try_from(&defaults).map_err(|e| SettingsError::new(e.to_string()))?;
     let mut builder = Config::builder().add_source(defaults);
@@ -265,7 +270,26 @@ pub fn load_from<T: DeserializeOwned>(
         .add_source(env)
         .build()
         .map_err(|e| SettingsError::new(redact_urls(&e.to_string())))?;
-    let settings: T = config.try_deserialize().map_err(|e| {
+    // Each section refuses keys it does not know; the sections themselves
+    // are checked here (the service's own sit beside the common ones).
+    let sections: std::collections::BTreeMap<String, serde::de::IgnoredAny> = config
+        .clone()
+        .try_deserialize()
+        .map_err(|e| SettingsError::new(redact_urls(&e.to_string())))?;
+    if let Some(unknown) = sections
+        .keys()
+        .find(|k| !COMMON_SECTIONS.contains(&k.as_str()) && !X::SECTIONS.contains(&k.as_str()))
+    {
+        let mut known: Vec<&str> = COMMON_SECTIONS.to_vec();
+        known.extend(X::SECTIONS);
+        return Err(SettingsError::new(format!(
+            "unknown section `{unknown}`: {} reads {} (environment variables: {}__<SECTION>__<KEY>)",
+            identity.name,
+            known.join(", "),
+            identity.env_prefix()
+        )));
+    }
+    let settings: ServiceSettings<X> = config.try_deserialize().map_err(|e| {
         SettingsError::new(format!(
             "{} (environment variables: {}__<SECTION>__<KEY>)",
             redact_urls(&e.to_string()),
@@ -432,7 +456,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = load_from::<Example>(
+        let err = load_from::<NoSections>(
             ID,
             None,
             env(&[("CASCADE_LIFECYCLE__SERVER__PORT", "not-a-port")]),
@@ -440,8 +464,9 @@ mod tests {
         .expect_err("bad port refused");
         assert!(err.to_string().contains("server.port"), "{err}");
 
-        let err = load_from::<Example>(ID, None, env(&[("CASCADE_LIFECYCLE__SERVER__PROT", "1")]))
-            .expect_err("unknown key refused");
+        let err =
+            load_from::<NoSections>(ID, None, env(&[("CASCADE_LIFECYCLE__SERVER__PROT", "1")]))
+                .expect_err("unknown key refused");
         assert!(err.to_string().contains("prot"), "{err}");
 
         let s: Example = load_from(
@@ -454,6 +479,56 @@ mod tests {
             .expect_err("scheme refused");
         assert!(err.to_string().contains("database.url"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_service_reads_exactly_its_own_sections() {
+        use crate::client::LifecycleSection;
+        const SCORING: ServiceIdentity = ServiceIdentity {
+            name: "scoring",
+            ..ID
+        };
+        // Lifecycle calls no lifecycle: the section is not its own.
+        let err = load_from::<NoSections>(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__LIFECYCLE__URL", "http://x:1")]),
+        )
+        .expect_err("a section lifecycle does not read is refused");
+        assert!(
+            err.to_string().contains("unknown section `lifecycle`"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("server, database"), "{err}");
+
+        let s: ServiceSettings<LifecycleSection> = load_from(
+            SCORING,
+            None,
+            env(&[("CASCADE_SCORING__LIFECYCLE__URL", "http://lifecycle:50051")]),
+        )
+        .expect("scoring reads [lifecycle]");
+        assert_eq!(s.own.lifecycle.url, "http://lifecycle:50051");
+        assert_eq!(s.own.lifecycle.timeout_ms, 5_000, "defaults fill the rest");
+        assert_eq!(s.server.port, 50051);
+
+        let err = load_from::<LifecycleSection>(
+            SCORING,
+            None,
+            env(&[("CASCADE_SCORING__LIFECYCLE__URLL", "http://x:1")]),
+        )
+        .expect_err("an unknown key of its own section is refused");
+        assert!(err.to_string().contains("urll"), "{err}");
+
+        let err = load_from::<LifecycleSection>(
+            SCORING,
+            None,
+            env(&[("CASCADE_SCORING__WEBHOOK__URL", "http://x:1")]),
+        )
+        .expect_err("a section no service reads is refused");
+        assert!(
+            err.to_string().contains("unknown section `webhook`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -132,10 +132,6 @@ impl Process {
                 format!("CASCADE_{upper}__DATABASE__URL"),
                 &self.database_url,
             )
-            .env(
-                format!("CASCADE_{upper}__LIFECYCLE__URL"),
-                &self.lifecycle_url,
-            )
             .env(format!("CASCADE_{upper}__OUTBOX__POLL_INTERVAL_MS"), "50")
             .env(format!("CASCADE_{upper}__OUTBOX__MIN_BACKOFF_MS"), "50")
             .env(format!("CASCADE_{upper}__OUTBOX__MAX_BACKOFF_MS"), "500")
@@ -148,6 +144,13 @@ impl Process {
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        // Lifecycle has no [lifecycle] section (it would refuse the key).
+        if self.name != "lifecycle" {
+            command.env(
+                format!("CASCADE_{upper}__LIFECYCLE__URL"),
+                &self.lifecycle_url,
+            );
+        }
         for (k, v) in &self.extra_env {
             command.env(k, v);
         }
