@@ -75,6 +75,12 @@ macro_rules! domain_enum {
             }
         }
 
+        impl $crate::NamedValue for $name {
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+        }
+
         impl ::std::str::FromStr for $name {
             type Err = $crate::UnknownValue;
 
@@ -86,6 +92,16 @@ macro_rules! domain_enum {
             }
         }
     };
+}
+
+/// A closed set of values known by name: what `domain_enum!` generates.
+/// Storage keeps such a value as its name (the chassis's `db::Stored`), so
+/// every read gets the typed value and no caller parses text.
+pub trait NamedValue:
+    Copy + std::fmt::Debug + PartialEq + std::str::FromStr<Err = UnknownValue> + Send + Sync + 'static
+{
+    /// The stored and displayed name, e.g. `PRIORITIZED`.
+    fn name(self) -> &'static str;
 }
 
 /// A stored value that names no known variant (a newer schema, or corruption).

@@ -1,5 +1,6 @@
 //! Accounts as records: create, read, list, update.
 
+use cascade_chassis::db::Stored;
 use std::collections::HashMap;
 
 use cascade_chassis::db::begin_write;
@@ -40,8 +41,8 @@ impl Repository {
             name: Set(new.name),
             domain: Set(new.domain.clone()),
             owner_id: Set(new.owner_id),
-            stage: Set(stage.as_str().to_owned()),
-            customer_type: Set(customer_type.as_str().to_owned()),
+            stage: Set(Stored(stage)),
+            customer_type: Set(Stored(customer_type)),
             stage_entered_at: Set(now),
             engagement_score: Set(0.0),
             average_engagement_score: Set(0.0),
@@ -163,10 +164,10 @@ impl Repository {
             .order_by_asc(account::Column::AccountId)
             .limit(page.fetch_limit());
         if let Some(stage) = filter.stage {
-            query = query.filter(account::Column::Stage.eq(stage.as_str()));
+            query = query.filter(account::Column::Stage.eq(Stored(stage)));
         }
         if let Some(customer_type) = filter.customer_type {
-            query = query.filter(account::Column::CustomerType.eq(customer_type.as_str()));
+            query = query.filter(account::Column::CustomerType.eq(Stored(customer_type)));
         }
         if let Some(owner_id) = &filter.owner_id {
             query = query.filter(account::Column::OwnerId.eq(owner_id.as_str()));

@@ -1,5 +1,6 @@
 //! Contacts as records: create, read, list, update.
 
+use cascade_chassis::db::Stored;
 use cascade_chassis::db::begin_write;
 use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::page::PageRequest;
@@ -106,7 +107,7 @@ impl Repository {
             query = query.filter(contact::Column::AccountId.eq(account_id.as_str()));
         }
         if let Some(stage) = filter.stage {
-            query = query.filter(contact::Column::Stage.eq(stage.as_str()));
+            query = query.filter(contact::Column::Stage.eq(Stored(stage)));
         }
         if let Some(email) = &filter.email {
             query = query.filter(contact::Column::Email.eq(email.as_str()));
@@ -131,10 +132,7 @@ impl Repository {
         // Changes to a contact serialize on its account, like the engine's.
         lock_account(&txn, tenant.as_str(), &existing.account_id).await?;
         let existing = contact_model(&txn, tenant, contact_id).await?;
-        let current = existing
-            .stage
-            .parse()
-            .map_err(|e| super::corrupt("contacts.stage", e))?;
+        let current = *existing.stage;
         let mut stage = current;
         let mut moves = Vec::new();
         let account_id = existing.account_id.clone();
@@ -175,7 +173,7 @@ impl Repository {
         }
         let now = time::now();
         if stage != current {
-            model.stage = Set(stage.as_str().to_owned());
+            model.stage = Set(Stored(stage));
             model.stage_entered_at = Set(now);
         }
         // Each step is history (an email added, then MQL set by a person),
@@ -219,7 +217,7 @@ pub(super) async fn insert_contact(
         first_name: Set(new.first_name),
         last_name: Set(new.last_name),
         title: Set(new.title),
-        stage: Set(stage.as_str().to_owned()),
+        stage: Set(Stored(stage)),
         stage_entered_at: Set(now),
         engagement_score: Set(0.0),
         create_request_id: Set(request_id),

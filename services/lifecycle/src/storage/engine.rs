@@ -5,6 +5,7 @@
 //! lifecycle's view of the opportunity, notifications with their outbox
 //! entries, watch events and the applied event id) together or not at all.
 
+use cascade_chassis::db::Stored;
 use std::collections::{BTreeSet, HashSet};
 
 use cascade_chassis::db::{WriteTransaction, among, begin_write};
@@ -19,7 +20,7 @@ use sea_orm::{
 use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
-    OPEN, Repository, account_state, corrupt, hydrate_account, lock_account, ms, notifications,
+    OPEN, Repository, account_state, hydrate_account, lock_account, ms, notifications,
     record_firsts, settings,
 };
 use crate::domain::mutation::{self, AccountSnapshot, Changes, Context, Decision, MemberSnapshot};
@@ -212,7 +213,7 @@ async fn load_members(
         .into_iter()
         .map(|c| {
             Ok(MemberSnapshot {
-                stage: c.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+                stage: *c.stage,
                 has_email: c.email.is_some(),
                 has_activity: c.has_activity,
                 in_other_open_opportunity: still_open.contains(&c.contact_id),
@@ -318,8 +319,8 @@ async fn persist(
     let version = model.version;
     let mut am = model.into_active_model();
     if !changes.transitions.is_empty() {
-        am.stage = Set(changes.stage.as_str().to_owned());
-        am.customer_type = Set(changes.customer_type.as_str().to_owned());
+        am.stage = Set(Stored(changes.stage));
+        am.customer_type = Set(Stored(changes.customer_type));
         am.stage_entered_at = Set(now);
         am.transition_count = Set(seq);
     }

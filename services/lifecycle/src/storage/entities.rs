@@ -3,6 +3,9 @@
 pub mod account {
     use sea_orm::entity::prelude::*;
 
+    use cascade_chassis::db::Stored;
+    use cascade_domain::{AccountStage, CustomerType};
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "accounts")]
     pub struct Model {
@@ -12,8 +15,8 @@ pub mod account {
         pub name: String,
         pub domain: Option<String>,
         pub owner_id: Option<String>,
-        pub stage: String,
-        pub customer_type: String,
+        pub stage: Stored<AccountStage>,
+        pub customer_type: Stored<CustomerType>,
         pub stage_entered_at: DateTimeUtc,
         pub engagement_score: f64,
         pub average_engagement_score: f64,
@@ -40,6 +43,9 @@ pub mod account {
 pub mod contact {
     use sea_orm::entity::prelude::*;
 
+    use cascade_chassis::db::Stored;
+    use cascade_domain::ContactStage;
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "contacts")]
     pub struct Model {
@@ -51,7 +57,7 @@ pub mod contact {
         pub first_name: String,
         pub last_name: String,
         pub title: String,
-        pub stage: String,
+        pub stage: Stored<ContactStage>,
         pub stage_entered_at: DateTimeUtc,
         pub engagement_score: f64,
         pub create_request_id: Option<String>,
@@ -69,6 +75,10 @@ pub mod contact {
 pub mod transition {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::account_rules::TransitionCause;
+    use cascade_chassis::db::Stored;
+    use cascade_domain::{AccountStage, CustomerType};
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "account_transitions")]
     pub struct Model {
@@ -77,13 +87,13 @@ pub mod transition {
         pub tenant_id: String,
         pub account_id: String,
         pub seq: i64,
-        pub from_stage: String,
-        pub to_stage: String,
+        pub from_stage: Stored<AccountStage>,
+        pub to_stage: Stored<AccountStage>,
         pub from_rank: i32,
         pub to_rank: i32,
-        pub from_customer_type: String,
-        pub to_customer_type: String,
-        pub cause: String,
+        pub from_customer_type: Stored<CustomerType>,
+        pub to_customer_type: Stored<CustomerType>,
+        pub cause: Stored<TransitionCause>,
         pub actor: String,
         pub reason: Option<String>,
         pub event_id: Option<String>,
@@ -100,6 +110,10 @@ pub mod transition {
 pub mod contact_transition {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::contact_rules::ContactTransitionCause;
+    use cascade_chassis::db::Stored;
+    use cascade_domain::ContactStage;
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "contact_transitions")]
     pub struct Model {
@@ -108,9 +122,9 @@ pub mod contact_transition {
         pub tenant_id: String,
         pub contact_id: String,
         pub account_id: String,
-        pub from_stage: String,
-        pub to_stage: String,
-        pub cause: String,
+        pub from_stage: Stored<ContactStage>,
+        pub to_stage: Stored<ContactStage>,
+        pub cause: Stored<ContactTransitionCause>,
         pub actor: String,
         pub event_id: Option<String>,
         pub occurred_at_ms: i64,
@@ -205,6 +219,9 @@ pub mod opportunity_contact {
 pub mod settings {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::settings::OnLostAction;
+    use cascade_chassis::db::Stored;
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "lifecycle_settings")]
     pub struct Model {
@@ -215,7 +232,7 @@ pub mod settings {
         pub engaged_threshold: f64,
         pub prioritized_threshold: f64,
         pub qualified_stage_enabled: bool,
-        pub on_lost_action: String,
+        pub on_lost_action: Stored<OnLostAction>,
         /// Activity types joined by newlines.
         pub hand_raise_activity_types: String,
         pub renotify_on_hand_raise: bool,
@@ -234,6 +251,9 @@ pub mod settings {
 pub mod notification {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{DeliveryState, NotificationReason};
+    use cascade_chassis::db::Stored;
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "notifications")]
     pub struct Model {
@@ -242,10 +262,10 @@ pub mod notification {
         pub tenant_id: String,
         pub account_id: String,
         pub owner_id: String,
-        pub reason: String,
+        pub reason: Stored<NotificationReason>,
         pub text: String,
         pub created_at_ms: i64,
-        pub state: String,
+        pub state: Stored<DeliveryState>,
         /// When it was delivered, or set aside for want of a webhook.
         pub delivered_at_ms: Option<i64>,
         pub failed_attempts: i32,

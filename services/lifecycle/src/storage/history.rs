@@ -1,6 +1,7 @@
 //! The stage history: transitions, the stage at a past time, the funnel
 //! report (computed in SQL from the history table), and the watch feed.
 
+use cascade_chassis::db::Stored;
 use cascade_chassis::db::insert_chunks;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId};
@@ -12,7 +13,7 @@ use sea_orm::{
 use super::accounts::account_model;
 use super::contacts::contact_model;
 use super::entities::{account_event, contact_transition, tenant_event_counter, transition};
-use super::{Repository, corrupt, from_ms, ms, statement};
+use super::{Repository, from_ms, ms, statement};
 use crate::convert;
 use crate::domain::{ContactTransition, Notification, Transition};
 use cascade_proto::lifecycle::v1 as pb;
@@ -34,26 +35,11 @@ const FUNNEL_MEDIAN: &str = concat!(
 
 pub(crate) fn transition_from_model(m: transition::Model) -> ServiceResult<Transition> {
     Ok(Transition {
-        from_stage: m
-            .from_stage
-            .parse()
-            .map_err(|e| corrupt("transitions.from_stage", e))?,
-        to_stage: m
-            .to_stage
-            .parse()
-            .map_err(|e| corrupt("transitions.to_stage", e))?,
-        from_customer_type: m
-            .from_customer_type
-            .parse()
-            .map_err(|e| corrupt("transitions.from_customer_type", e))?,
-        to_customer_type: m
-            .to_customer_type
-            .parse()
-            .map_err(|e| corrupt("transitions.to_customer_type", e))?,
-        cause: m
-            .cause
-            .parse()
-            .map_err(|e| corrupt("transitions.cause", e))?,
+        from_stage: *m.from_stage,
+        to_stage: *m.to_stage,
+        from_customer_type: *m.from_customer_type,
+        to_customer_type: *m.to_customer_type,
+        cause: *m.cause,
         transition_id: m.transition_id,
         account_id: m.account_id,
         actor: m.actor,
@@ -106,13 +92,13 @@ pub(crate) fn transition_row(tenant_id: &str, seq: i64, t: &Transition) -> trans
         tenant_id: Set(tenant_id.to_owned()),
         account_id: Set(t.account_id.clone()),
         seq: Set(seq),
-        from_stage: Set(t.from_stage.as_str().to_owned()),
-        to_stage: Set(t.to_stage.as_str().to_owned()),
+        from_stage: Set(Stored(t.from_stage)),
+        to_stage: Set(Stored(t.to_stage)),
         from_rank: Set(rank(t.from_stage)),
         to_rank: Set(rank(t.to_stage)),
-        from_customer_type: Set(t.from_customer_type.as_str().to_owned()),
-        to_customer_type: Set(t.to_customer_type.as_str().to_owned()),
-        cause: Set(t.cause.as_str().to_owned()),
+        from_customer_type: Set(Stored(t.from_customer_type)),
+        to_customer_type: Set(Stored(t.to_customer_type)),
+        cause: Set(Stored(t.cause)),
         actor: Set(t.actor.clone()),
         reason: Set(t.reason.clone()),
         event_id: Set(t.event_id.clone()),
@@ -228,9 +214,9 @@ pub(crate) async fn insert_contact_transitions(
                 tenant_id: Set(tenant_id.to_owned()),
                 contact_id: Set(t.contact_id.clone()),
                 account_id: Set(t.account_id.clone()),
-                from_stage: Set(t.from_stage.as_str().to_owned()),
-                to_stage: Set(t.to_stage.as_str().to_owned()),
-                cause: Set(t.cause.as_str().to_owned()),
+                from_stage: Set(Stored(t.from_stage)),
+                to_stage: Set(Stored(t.to_stage)),
+                cause: Set(Stored(t.cause)),
                 actor: Set(t.actor.clone()),
                 event_id: Set(t.event_id.clone()),
                 occurred_at_ms: Set(ms(t.occurred_at)),
@@ -244,18 +230,9 @@ pub(crate) async fn insert_contact_transitions(
 
 fn contact_transition_from_model(m: contact_transition::Model) -> ServiceResult<ContactTransition> {
     Ok(ContactTransition {
-        from_stage: m
-            .from_stage
-            .parse()
-            .map_err(|e| corrupt("contact_transitions.from_stage", e))?,
-        to_stage: m
-            .to_stage
-            .parse()
-            .map_err(|e| corrupt("contact_transitions.to_stage", e))?,
-        cause: m
-            .cause
-            .parse()
-            .map_err(|e| corrupt("contact_transitions.cause", e))?,
+        from_stage: *m.from_stage,
+        to_stage: *m.to_stage,
+        cause: *m.cause,
         transition_id: m.transition_id,
         contact_id: m.contact_id,
         account_id: m.account_id,

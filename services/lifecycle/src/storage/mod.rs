@@ -145,14 +145,8 @@ pub(crate) fn account_state(
     open_opportunities: u32,
 ) -> ServiceResult<AccountState> {
     Ok(AccountState {
-        stage: model
-            .stage
-            .parse()
-            .map_err(|e| corrupt("accounts.stage", e))?,
-        customer_type: model
-            .customer_type
-            .parse()
-            .map_err(|e| corrupt("accounts.customer_type", e))?,
+        stage: *model.stage,
+        customer_type: *model.customer_type,
         score_baseline: model.score_baseline,
         open_opportunities,
     })
@@ -251,11 +245,8 @@ pub(crate) async fn hydrate_accounts_with(
                 .as_ref()
                 .and_then(|id| recycles.get(id).cloned());
             Ok(Account {
-                stage: m.stage.parse().map_err(|e| corrupt("accounts.stage", e))?,
-                customer_type: m
-                    .customer_type
-                    .parse()
-                    .map_err(|e| corrupt("accounts.customer_type", e))?,
+                stage: *m.stage,
+                customer_type: *m.customer_type,
                 account_id: m.account_id,
                 name: m.name,
                 domain: m.domain,
@@ -299,7 +290,7 @@ pub(crate) async fn hydrate_contacts(
         .into_iter()
         .map(|m| {
             Ok(Contact {
-                stage: m.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+                stage: *m.stage,
                 stages_reached: parse_firsts(firsts.remove(&m.contact_id).unwrap_or_default())?,
                 contact_id: m.contact_id,
                 account_id: m.account_id,

@@ -2,6 +2,7 @@
 //! change that raised them, delivered through the outbox to the tenant's
 //! webhook as a Microsoft Teams message card, signed with HMAC-SHA256.
 
+use cascade_chassis::db::Stored;
 use std::time::Duration;
 
 use cascade_chassis::db::write_turn;
@@ -21,7 +22,7 @@ use sha2::Sha256;
 
 use super::accounts::account_model;
 use super::entities::notification;
-use super::{Repository, corrupt, from_ms, settings};
+use super::{Repository, from_ms, settings};
 use crate::domain::{Delivery, DeliveryState, Notification, NotificationReason};
 use sea_orm::ActiveValue::Set;
 
@@ -48,10 +49,10 @@ pub(crate) async fn record(
         tenant_id: Set(tenant_id.to_owned()),
         account_id: Set(account_id.to_owned()),
         owner_id: Set(owner_id.to_owned()),
-        reason: Set(reason.as_str().to_owned()),
+        reason: Set(Stored(reason)),
         text: Set(text.clone()),
         created_at_ms: Set(now_ms),
-        state: Set(DeliveryState::Pending.as_str().to_owned()),
+        state: Set(Stored(DeliveryState::Pending)),
         delivered_at_ms: Set(None),
         failed_attempts: Set(0),
         last_error: Set(None),
@@ -83,15 +84,9 @@ pub(crate) async fn record(
 
 fn from_model(m: notification::Model) -> ServiceResult<Notification> {
     Ok(Notification {
-        reason: m
-            .reason
-            .parse()
-            .map_err(|e| corrupt("notifications.reason", e))?,
+        reason: *m.reason,
         delivery: Delivery {
-            state: m
-                .state
-                .parse()
-                .map_err(|e| corrupt("notifications.state", e))?,
+            state: *m.state,
             failed_attempts: m.failed_attempts,
             last_error: m.last_error,
             last_attempt_at: m.last_attempt_at_ms.map(from_ms),
@@ -129,7 +124,7 @@ impl Repository {
             query = query.filter(notification::Column::AccountId.eq(account_id.as_str()));
         }
         if let Some(state) = filter.state {
-            query = query.filter(notification::Column::State.eq(state.as_str()));
+            query = query.filter(notification::Column::State.eq(Stored(state)));
         }
         if let Some(before) = &page.after {
             query = query.filter(notification::Column::NotificationId.lt(before.as_str()));
@@ -175,7 +170,7 @@ impl WebhookSink {
             tracing::warn!(notification = %id, "notification row missing; nothing to send");
             return Ok(());
         };
-        if row.state != DeliveryState::Pending.as_str() {
+        if *row.state != DeliveryState::Pending {
             return Ok(());
         }
         let stored = settings::current(&self.db, &row.tenant_id)
@@ -243,7 +238,7 @@ impl WebhookSink {
                 Expr::value(cascade_chassis::time::now().timestamp_millis()),
             )
             .filter(notification::Column::NotificationId.eq(id))
-            .filter(notification::Column::State.eq(DeliveryState::Pending.as_str()));
+            .filter(notification::Column::State.eq(Stored(DeliveryState::Pending)));
         if let Err(e) = self.write(failed).await {
             tracing::warn!(notification = %id, error = %e, "could not record a failed delivery");
         }
@@ -277,9 +272,9 @@ pub fn signature(secret: &str, body: &str) -> String {
 /// A Microsoft Teams incoming-webhook message card, with Cascade's own
 /// fields alongside for other receivers.
 fn teams_card(row: &notification::Model) -> String {
-    let title = match row.reason.as_str() {
-        "PRIORITIZED" => "Account prioritized: time to connect",
-        _ => "A contact raised a hand",
+    let title = match *row.reason {
+        NotificationReason::Prioritized => "Account prioritized: time to connect",
+        NotificationReason::HandRaise => "A contact raised a hand",
     };
     serde_json::json!({
         "@type": "MessageCard",
@@ -292,7 +287,7 @@ fn teams_card(row: &notification::Model) -> String {
             "facts": [
                 {"name": "Account", "value": row.account_id},
                 {"name": "Owner", "value": row.owner_id},
-                {"name": "Reason", "value": row.reason},
+                {"name": "Reason", "value": row.reason.as_str()},
             ]
         }],
         "cascade": {
@@ -300,7 +295,7 @@ fn teams_card(row: &notification::Model) -> String {
             "tenantId": row.tenant_id,
             "accountId": row.account_id,
             "ownerId": row.owner_id,
-            "reason": row.reason,
+            "reason": row.reason.as_str(),
             "createdAtMs": row.created_at_ms,
         }
     })

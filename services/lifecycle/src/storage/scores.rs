@@ -5,6 +5,7 @@
 //! account per transaction used to cost 22 statements and a commit each, and
 //! that was most of PostgreSQL's CPU during ingest (docs/performance.md).
 
+use cascade_chassis::db::Stored;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cascade_chassis::db::{
@@ -18,8 +19,8 @@ use sea_orm::{
 use super::entities::{account, account_opportunity, applied_event, contact, transition};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
-    OPEN, Repository, account_state, corrupt, from_ms, hydrate_accounts, ms, notifications,
-    record_firsts, settings,
+    OPEN, Repository, account_state, from_ms, hydrate_accounts, ms, notifications, record_firsts,
+    settings,
 };
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
 use crate::domain::{Account, ContactTransition, Transition};
@@ -141,8 +142,8 @@ impl Repository {
                 transitions.push(transition);
             }
             if !changes.steps.is_empty() {
-                model.stage = changes.stage.as_str().to_owned();
-                model.customer_type = changes.customer_type.as_str().to_owned();
+                model.stage = Stored(changes.stage);
+                model.customer_type = Stored(changes.customer_type);
                 model.stage_entered_at = now;
             }
             model.engagement_score = delivery.engagement_score;
@@ -498,7 +499,7 @@ async fn load_contacts(
             .await?
         {
             let snapshot = ContactSnapshot {
-                stage: m.stage.parse().map_err(|e| corrupt("contacts.stage", e))?,
+                stage: *m.stage,
                 contact_id: m.contact_id.clone(),
                 account_id: m.account_id,
                 email: m.email,

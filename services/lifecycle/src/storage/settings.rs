@@ -1,6 +1,7 @@
 //! Versioned lifecycle settings per tenant. Version 1 is the built-in
 //! defaults; each update stores the next version, and old ones stay readable.
 
+use cascade_chassis::db::Stored;
 use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use sea_orm::{
@@ -9,7 +10,7 @@ use sea_orm::{
 };
 
 use super::entities::settings;
-use super::{Repository, corrupt, ms};
+use super::{Repository, ms};
 use crate::domain::settings::LifecycleSettings;
 use cascade_chassis::secret::Secret;
 
@@ -49,10 +50,7 @@ fn from_model(model: settings::Model) -> ServiceResult<StoredSettings> {
             engaged_threshold: model.engaged_threshold,
             prioritized_threshold: model.prioritized_threshold,
             qualified_stage_enabled: model.qualified_stage_enabled,
-            on_lost_action: model
-                .on_lost_action
-                .parse()
-                .map_err(|e| corrupt("lifecycle_settings.on_lost_action", e))?,
+            on_lost_action: *model.on_lost_action,
             hand_raise_activity_types: model
                 .hand_raise_activity_types
                 .lines()
@@ -109,7 +107,7 @@ impl Repository {
             engaged_threshold: Set(next.engaged_threshold),
             prioritized_threshold: Set(next.prioritized_threshold),
             qualified_stage_enabled: Set(next.qualified_stage_enabled),
-            on_lost_action: Set(next.on_lost_action.as_str().to_owned()),
+            on_lost_action: Set(Stored(next.on_lost_action)),
             hand_raise_activity_types: Set(next.hand_raise_activity_types.join("\n")),
             renotify_on_hand_raise: Set(next.renotify_on_hand_raise),
             webhook_url: Set(next.webhook_url.clone()),

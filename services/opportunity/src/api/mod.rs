@@ -139,13 +139,14 @@ impl OpportunityApi {
         v.finish()
     }
 
-    /// Locks the opportunity, lets the process rules decide, and saves.
+    /// Locks the opportunity, lets the process rules decide, saves, and
+    /// answers with the saved opportunity.
     async fn act(
         &self,
         context: &RequestContext,
         id: &str,
         action: Action,
-    ) -> ServiceResult<Opportunity> {
+    ) -> ServiceResult<pb::Opportunity> {
         let locked = self.repository.lock(&context.tenant, id).await?;
         let decision = domain::decide(
             &locked.opportunity,
@@ -154,7 +155,8 @@ impl OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(id, r))?;
-        locked.save(decision).await
+        let (saved, settings) = locked.save(decision).await?;
+        Ok(to_proto(saved, &settings))
     }
 
     async fn respond(
@@ -334,9 +336,9 @@ impl OpportunityService for OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(&id, r))?;
-        let updated = locked.save(decision).await?;
+        let (updated, settings) = locked.save(decision).await?;
         Ok(Response::new(pb::UpdateOpportunityResponse {
-            opportunity: Some(self.respond(&context, updated).await?),
+            opportunity: Some(to_proto(updated, &settings)),
         }))
     }
 
@@ -358,7 +360,7 @@ impl OpportunityService for OpportunityApi {
         v.finish()?;
         let updated = self.act(&context, &id, Action::Advance { to }).await?;
         Ok(Response::new(pb::AdvanceOpportunityResponse {
-            opportunity: Some(self.respond(&context, updated).await?),
+            opportunity: Some(updated),
         }))
     }
 
@@ -372,7 +374,7 @@ impl OpportunityService for OpportunityApi {
         v.finish()?;
         let updated = self.act(&context, &id, Action::Win).await?;
         Ok(Response::new(pb::CloseOpportunityWonResponse {
-            opportunity: Some(self.respond(&context, updated).await?),
+            opportunity: Some(updated),
         }))
     }
 
@@ -388,7 +390,7 @@ impl OpportunityService for OpportunityApi {
         v.finish()?;
         let updated = self.act(&context, &id, Action::Lose { reason }).await?;
         Ok(Response::new(pb::CloseOpportunityLostResponse {
-            opportunity: Some(self.respond(&context, updated).await?),
+            opportunity: Some(updated),
         }))
     }
 

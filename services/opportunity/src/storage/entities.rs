@@ -3,6 +3,9 @@
 pub mod opportunity {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{Status, Step};
+    use cascade_chassis::db::Stored;
+
     /// An opportunity: the document (`data`, JSON) and beside it the columns
     /// lists and the pipeline report filter and sum.
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -13,8 +16,8 @@ pub mod opportunity {
         pub tenant_id: String,
         pub account_id: String,
         pub owner_id: String,
-        pub step: String,
-        pub status: String,
+        pub step: Stored<Step>,
+        pub status: Stored<Status>,
         pub value_currency: Option<String>,
         pub value_units: Option<i64>,
         pub value_nanos: Option<i64>,

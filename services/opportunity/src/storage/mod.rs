@@ -6,6 +6,7 @@ pub mod migration;
 mod pipeline;
 mod settings;
 
+use cascade_chassis::db::Stored;
 use std::sync::Arc;
 
 use cascade_chassis::db::{WriteTransaction, begin_write};
@@ -95,8 +96,9 @@ pub struct Locked {
 
 impl Locked {
     /// Writes the decided opportunity and its event for lifecycle, and
-    /// commits.
-    pub async fn save(self, decision: Decision) -> ServiceResult<Opportunity> {
+    /// commits; the settings read under the lock come back with it, so the
+    /// answer is rendered without reading them again.
+    pub async fn save(self, decision: Decision) -> ServiceResult<(Opportunity, Settings)> {
         let Decision { opportunity, event } = decision;
         let mut row = columns(&self.tenant_id, &opportunity, None)?;
         row.version = Set(self.version + 1);
@@ -113,7 +115,7 @@ impl Locked {
         if event.is_some() {
             self.events_written.notify_one();
         }
-        Ok(opportunity)
+        Ok((opportunity, self.settings))
     }
 }
 
@@ -145,8 +147,8 @@ fn columns(
         tenant_id: Set(tenant_id.to_owned()),
         account_id: Set(o.account_id.clone()),
         owner_id: Set(o.owner_id.clone()),
-        step: Set(o.step.as_str().to_owned()),
-        status: Set(o.status.as_str().to_owned()),
+        step: Set(Stored(o.step)),
+        status: Set(Stored(o.status)),
         value_currency: Set(value.map(|m| m.currency_code().to_owned())),
         value_units: Set(value.map(units_of)),
         value_nanos: Set(
@@ -264,10 +266,10 @@ impl Repository {
             query = query.filter(opportunity::Column::OwnerId.eq(owner.as_str()));
         }
         if let Some(step) = filter.step {
-            query = query.filter(opportunity::Column::Step.eq(step.as_str()));
+            query = query.filter(opportunity::Column::Step.eq(Stored(step)));
         }
         if let Some(status) = filter.status {
-            query = query.filter(opportunity::Column::Status.eq(status.as_str()));
+            query = query.filter(opportunity::Column::Status.eq(Stored(status)));
         }
         if let Some(after) = &page.after {
             query = query.filter(opportunity::Column::OpportunityId.gt(after.as_str()));
@@ -313,7 +315,7 @@ async fn enqueue(
 ) -> ServiceResult<()> {
     let other_open = of_tenant(tenant_id)
         .filter(opportunity::Column::AccountId.eq(opportunity.account_id.as_str()))
-        .filter(opportunity::Column::Status.eq(Status::Open.as_str()))
+        .filter(opportunity::Column::Status.eq(Stored(Status::Open)))
         .filter(opportunity::Column::OpportunityId.ne(opportunity.opportunity_id.as_str()))
         .count(conn)
         .await?;

@@ -14,12 +14,14 @@ use std::fmt;
 use std::path::Path;
 
 mod statements;
+mod stored;
 mod write;
 
 pub use statements::{
     MAX_BINDS, among, insert_chunks, insert_chunks_returning, statement, statement_chunks,
     update_from_values,
 };
+pub use stored::Stored;
 use write::SQLITE_BUSY_TIMEOUT;
 pub use write::{WriteTransaction, begin_write, write_turn};
 
