@@ -285,8 +285,8 @@ impl Writes {
                 .map(|m| {
                     vec![
                         Value::from(m.account_id.clone()),
-                        m.stage.clone().into(),
-                        m.customer_type.clone().into(),
+                        m.stage.into(),
+                        m.customer_type.into(),
                         m.stage_entered_at.into(),
                         m.transition_count.into(),
                         m.engagement_score.into(),
