@@ -1,0 +1,191 @@
+//! The suite in the test's own runtime: lifecycle first on port 0, then the
+//! services that call it, pointed at the address lifecycle really bound.
+//! A stopped lifecycle comes back on the same address, so the services
+//! calling it keep their settings, as in a deployment behind a Service.
+
+use std::net::SocketAddr;
+
+use cascade_chassis::db::DatabaseSettings;
+use cascade_chassis::settings::ServiceSettings;
+
+use crate::clients::{Lifecycle, Scoring};
+use crate::database::TestDatabase;
+use crate::request::Caller;
+use crate::server::TestServer;
+
+/// The tenant [`TestSystem`]'s clients call as.
+pub const TENANT: &str = "acme";
+
+/// A service of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Lifecycle,
+    Scoring,
+    Opportunity,
+}
+
+/// Lifecycle plus, optionally, scoring replicas and opportunity, each with
+/// its own database on the backend of the test's.
+pub struct TestSystem {
+    lifecycle_db: DatabaseSettings,
+    lifecycle: Option<TestServer>,
+    lifecycle_addr: SocketAddr,
+    scoring: Vec<TestServer>,
+    opportunity: Option<TestServer>,
+    /// Databases the system made itself (dropped, so removed, with it).
+    _owned: Vec<TestDatabase>,
+}
+
+impl TestSystem {
+    /// Lifecycle alone, on `db`.
+    pub async fn lifecycle_on(db: &TestDatabase) -> Self {
+        Self::start_lifecycle_on(db.settings.clone(), Vec::new()).await
+    }
+
+    /// Scoring on `db`, with lifecycle on a new database beside it.
+    pub async fn scoring_on(db: &TestDatabase) -> Self {
+        let mut system = Self::beside(db).await;
+        system.add_scoring(db).await;
+        system
+    }
+
+    /// Opportunity on `db`, with lifecycle on a new database beside it.
+    pub async fn opportunity_on(db: &TestDatabase) -> Self {
+        let mut system = Self::beside(db).await;
+        let mut settings = cascade_opportunity::Settings::for_tests(db.settings.clone());
+        settings.own.lifecycle.url = system.url(Service::Lifecycle);
+        let app = cascade_opportunity::build(&settings)
+            .await
+            .expect("opportunity builds");
+        system.opportunity = Some(TestServer::start(app));
+        system
+    }
+
+    /// All three services, each on a new database like `db`.
+    pub async fn all_like(db: &TestDatabase) -> Self {
+        let scoring_db = db.like().await;
+        let opportunity_db = db.like().await;
+        let mut system = Self::opportunity_on(&opportunity_db).await;
+        system.add_scoring(&scoring_db).await;
+        system._owned.extend([scoring_db, opportunity_db]);
+        system
+    }
+
+    async fn beside(db: &TestDatabase) -> Self {
+        let lifecycle_db = db.like().await;
+        let settings = lifecycle_db.settings.clone();
+        Self::start_lifecycle_on(settings, vec![lifecycle_db]).await
+    }
+
+    async fn start_lifecycle_on(db: DatabaseSettings, owned: Vec<TestDatabase>) -> Self {
+        let server = lifecycle_server(&db, 0).await;
+        Self {
+            lifecycle_db: db,
+            lifecycle_addr: server.addr,
+            lifecycle: Some(server),
+            scoring: Vec::new(),
+            opportunity: None,
+            _owned: owned,
+        }
+    }
+
+    /// Starts another scoring replica on `db` (the same database for
+    /// replicas of one deployment).
+    pub async fn add_scoring(&mut self, db: &TestDatabase) {
+        let mut settings = cascade_scoring::Settings::for_tests(db.settings.clone());
+        settings.own.lifecycle.url = self.url(Service::Lifecycle);
+        let app = cascade_scoring::build(&settings)
+            .await
+            .expect("scoring builds");
+        self.scoring.push(TestServer::start(app));
+    }
+
+    /// Stops every scoring replica gracefully.
+    pub async fn stop_scoring(&mut self) {
+        for server in self.scoring.drain(..) {
+            server.stop().await;
+        }
+    }
+
+    /// Stops lifecycle gracefully; its address stays reserved for
+    /// [`TestSystem::start_lifecycle`].
+    pub async fn stop_lifecycle(&mut self) {
+        if let Some(server) = self.lifecycle.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Starts lifecycle again on the address it had, with the same database.
+    pub async fn start_lifecycle(&mut self) {
+        assert!(self.lifecycle.is_none(), "lifecycle is already running");
+        let server = lifecycle_server(&self.lifecycle_db, self.lifecycle_addr.port()).await;
+        self.lifecycle = Some(server);
+    }
+
+    /// Where `service` listens (the first scoring replica for scoring).
+    pub fn addr(&self, service: Service) -> SocketAddr {
+        match service {
+            Service::Lifecycle => self.lifecycle_addr,
+            Service::Scoring => self.scoring_server(0).addr,
+            Service::Opportunity => self.opportunity_server().addr,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of `service`.
+    pub fn url(&self, service: Service) -> String {
+        format!("http://{}", self.addr(service))
+    }
+
+    /// A lazily connected channel to `service`.
+    pub fn channel(&self, service: Service) -> tonic::transport::Channel {
+        channel_to(self.addr(service))
+    }
+
+    /// Lifecycle's typed client, calling as tenant [`TENANT`] (the
+    /// address survives restarts, so the client does too).
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle::new(channel_to(self.lifecycle_addr), Caller::tenant(TENANT))
+    }
+
+    /// Scoring's typed client (the first replica), as tenant [`TENANT`].
+    pub fn scoring(&self) -> Scoring {
+        self.scoring_at(0)
+    }
+
+    /// Scoring replica `n`'s typed client, as tenant [`TENANT`].
+    pub fn scoring_at(&self, n: usize) -> Scoring {
+        Scoring::new(self.scoring_server(n).channel(), Caller::tenant(TENANT))
+    }
+
+    fn scoring_server(&self, n: usize) -> &TestServer {
+        self.scoring.get(n).expect("that scoring replica is running")
+    }
+
+    fn opportunity_server(&self) -> &TestServer {
+        self.opportunity.as_ref().expect("opportunity is running")
+    }
+
+    /// Stops everything gracefully, callers of lifecycle first.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.opportunity.take() {
+            server.stop().await;
+        }
+        self.stop_scoring().await;
+        self.stop_lifecycle().await;
+    }
+}
+
+async fn lifecycle_server(db: &DatabaseSettings, port: u16) -> TestServer {
+    let mut settings = ServiceSettings::for_tests(db.clone());
+    settings.server.port = port;
+    let app = cascade_lifecycle::build(&settings)
+        .await
+        .expect("lifecycle builds");
+    TestServer::start(app)
+}
+
+fn channel_to(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid url")
+        .connect_lazy()
+}
