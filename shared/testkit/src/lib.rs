@@ -10,21 +10,27 @@
 //! - [`fixtures`]: field masks, money, activities, status details.
 //! - [`eventually`]: the one polling wait, bounded, failing with what it last saw.
 //! - [`WebhookReceiver`]: a local HTTP receiver for notification webhooks.
+//! - [`wait_until_delivered`]: the barrier before asserting that nothing
+//!   more arrives (an outbox topic drained); [`TempDir`] for files.
 
 mod clients;
 mod database;
 pub mod fixtures;
+mod outbox;
 mod request;
 mod server;
 #[cfg(feature = "services")]
 mod system;
+mod tempdir;
 mod wait;
 mod webhook;
 
 pub use clients::{Lifecycle, Scoring};
 pub use database::{POSTGRES_URL_ENV, REQUIRE_POSTGRES_ENV, TestDatabase};
+pub use outbox::wait_until_delivered;
 pub use request::{Caller, request_for};
 pub use server::TestServer;
+pub use tempdir::TempDir;
 #[cfg(feature = "services")]
 pub use system::{Service, TENANT, TestSystem};
 pub use wait::{WAIT_LIMIT, eventually};

@@ -31,7 +31,9 @@ pub struct TestSystem {
     lifecycle: Option<TestServer>,
     lifecycle_addr: SocketAddr,
     scoring: Vec<TestServer>,
+    scoring_db: Option<DatabaseSettings>,
     opportunity: Option<TestServer>,
+    opportunity_db: Option<DatabaseSettings>,
     /// Databases the system made itself (dropped, so removed, with it).
     _owned: Vec<TestDatabase>,
 }
@@ -58,6 +60,7 @@ impl TestSystem {
             .await
             .expect("opportunity builds");
         system.opportunity = Some(TestServer::start(app));
+        system.opportunity_db = Some(db.settings.clone());
         system
     }
 
@@ -84,7 +87,9 @@ impl TestSystem {
             lifecycle_addr: server.addr,
             lifecycle: Some(server),
             scoring: Vec::new(),
+            scoring_db: None,
             opportunity: None,
+            opportunity_db: None,
             _owned: owned,
         }
     }
@@ -98,6 +103,21 @@ impl TestSystem {
             .await
             .expect("scoring builds");
         self.scoring.push(TestServer::start(app));
+        self.scoring_db = Some(db.settings.clone());
+    }
+
+    /// Waits until every outbox of the running system is drained: scores
+    /// delivered to lifecycle, opportunity events applied, notifications
+    /// sent. Then nothing more is on its way.
+    pub async fn settled(&self) {
+        use crate::outbox::wait_until_delivered;
+        if let Some(db) = &self.scoring_db {
+            wait_until_delivered(db, "engagement_scores").await;
+        }
+        if let Some(db) = &self.opportunity_db {
+            wait_until_delivered(db, "opportunity_events").await;
+        }
+        wait_until_delivered(&self.lifecycle_db, "notifications").await;
     }
 
     /// Stops every scoring replica gracefully.

@@ -324,6 +324,22 @@ impl System {
         LifecycleInternalServiceClient::new(self.lifecycle[n].channel())
     }
 
+    /// Lifecycle replica `n`'s typed client (cascade-testkit), as `tenant`.
+    pub fn lifecycle_as(&self, n: usize, tenant: &str) -> cascade_testkit::Lifecycle {
+        cascade_testkit::Lifecycle::new(
+            self.lifecycle[n].channel(),
+            cascade_testkit::Caller::tenant(tenant),
+        )
+    }
+
+    /// Scoring replica `n`'s typed client (cascade-testkit), as `tenant`.
+    pub fn scoring_as(&self, n: usize, tenant: &str) -> cascade_testkit::Scoring {
+        cascade_testkit::Scoring::new(
+            self.scoring[n].channel(),
+            cascade_testkit::Caller::tenant(tenant),
+        )
+    }
+
     pub fn scoring(&self, n: usize) -> ScoringServiceClient<Channel> {
         ScoringServiceClient::new(self.scoring[n].channel())
     }
