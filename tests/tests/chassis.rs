@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use cascade_chassis::client::LifecycleSection;
-use cascade_chassis::server::Application;
-use cascade_chassis::settings::{OwnSections, ServiceSettings};
+use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as lifecycle;
-use cascade_testkit::{TestDatabase, TestServer, request_for};
+use cascade_testkit::{Service, TestDatabase, TestSystem, request_for};
 use futures::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -23,21 +21,6 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 const LIFECYCLE: &str = "cascade.lifecycle.v1.LifecycleService";
 const SCORING: &str = "cascade.scoring.v1.ScoringService";
 const OPPORTUNITY: &str = "cascade.opportunity.v1.OpportunityService";
-
-async fn build(service: &str, settings: &ServiceSettings) -> Application {
-    match service {
-        LIFECYCLE => cascade_lifecycle::build(settings).await,
-        SCORING => cascade_scoring::build(&calling_lifecycle(settings)).await,
-        OPPORTUNITY => cascade_opportunity::build(&calling_lifecycle(settings)).await,
-        other => panic!("unknown service {other}"),
-    }
-    .expect("service builds")
-}
-
-/// The same settings with the `[lifecycle]` section scoring and opportunity read.
-fn calling_lifecycle(settings: &ServiceSettings) -> ServiceSettings<LifecycleSection> {
-    settings.clone().with_own(LifecycleSection::for_tests())
-}
 
 async fn health(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
     HealthClient::new(channel)
@@ -73,21 +56,21 @@ async fn listed_services(channel: Channel) -> Vec<String> {
 
 #[tokio::test]
 async fn every_service_serves_health_and_its_own_reflection() {
-    for service in [LIFECYCLE, SCORING, OPPORTUNITY] {
-        let db = TestDatabase::sqlite();
-        let server = TestServer::start(
-            build(service, &ServiceSettings::for_tests(db.settings.clone())).await,
-        );
+    let system = TestSystem::all_like(&TestDatabase::sqlite()).await;
+    for (running, service) in [
+        (Service::Lifecycle, LIFECYCLE),
+        (Service::Scoring, SCORING),
+        (Service::Opportunity, OPPORTUNITY),
+    ] {
+        let channel = system.channel(running);
         for name in ["", service] {
             assert_eq!(
-                health(server.channel(), name)
-                    .await
-                    .expect("health answers"),
+                health(channel.clone(), name).await.expect("health answers"),
                 ServingStatus::Serving as i32,
                 "{service}: health of {name:?}"
             );
         }
-        let unknown = health(server.channel(), "no.such.Service")
+        let unknown = health(channel.clone(), "no.such.Service")
             .await
             .expect_err("unknown service");
         assert_eq!(unknown.code(), Code::NotFound);
@@ -103,13 +86,9 @@ async fn every_service_serves_health_and_its_own_reflection() {
             expected.push("cascade.lifecycle.v1.LifecycleInternalService".to_owned());
         }
         expected.sort();
-        assert_eq!(
-            listed_services(server.channel()).await,
-            expected,
-            "{service}"
-        );
-        server.stop().await;
+        assert_eq!(listed_services(channel).await, expected, "{service}");
     }
+    system.stop().await;
 }
 
 /// On shutdown, health turns NOT_SERVING first; during the drain delay the
@@ -119,7 +98,9 @@ async fn shutdown_reports_not_serving_before_the_listener_closes() {
     let db = TestDatabase::sqlite();
     let mut settings = ServiceSettings::for_tests(db.settings.clone());
     settings.server.drain_delay_ms = 1_500;
-    let app = build(LIFECYCLE, &settings).await;
+    let app = cascade_lifecycle::build(&settings)
+        .await
+        .expect("lifecycle builds");
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run(async {

@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes};
 use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
-use cascade_proto::scoring::v1 as sc;
-use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_testkit::{TestDatabase, TestServer, request_for};
+use cascade_testkit::fixtures::activity;
+use cascade_testkit::{
+    Caller, Lifecycle, Scoring, TestDatabase, TestServer, eventually, request_for,
+    wait_until_delivered,
+};
 use http_body::{Body as HttpBody, Frame};
 use prost::Message as _;
 use prost_reflect::{
@@ -1219,27 +1220,23 @@ impl Probe {
         digest
     }
 
-    /// A digest that two reads 50 ms apart agree on (at most 5 s of waiting).
+    /// A digest that two reads 50 ms apart agree on; fails the run if the
+    /// database never keeps still.
     async fn settled_digest(&self) -> Digest {
         let mut last = self.digest(None).await;
-        for _ in 0..100 {
+        eventually("the database to keep still", async || {
+            // The window the database must stay unchanged over.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let now = self.digest(None).await;
-            if now == last {
-                break;
-            }
+            let changed = changed_tables(&last, &now);
             last = now;
-        }
-        last
-    }
-
-    async fn pending_outbox(&self) -> i64 {
-        let rows = self
-            .rows("SELECT count(*) FROM outbox WHERE state = 'PENDING'")
-            .await;
-        rows.first()
-            .and_then(|r| r.try_get_by_index(0).ok())
-            .unwrap_or(0)
+            if changed.is_empty() {
+                Ok(last.clone())
+            } else {
+                Err(changed)
+            }
+        })
+        .await
     }
 }
 
@@ -1485,65 +1482,36 @@ fn harvest_ids(desc: &MessageDescriptor, body: Bytes, ids: &mut Vec<String>) {
 
 async fn seed_tenant(
     tenant: &str,
-    lifecycle: &mut LifecycleServiceClient<Channel>,
-    scoring: &mut ScoringServiceClient<Channel>,
+    lifecycle: &Lifecycle,
+    scoring: &Scoring,
     opportunity: &mut OpportunityServiceClient<Channel>,
 ) -> (lc::Account, lc::Contact, op::Opportunity) {
+    let (lifecycle, scoring) = (lifecycle.as_tenant(tenant), scoring.as_tenant(tenant));
     let account = lifecycle
-        .create_account(request_for(
-            tenant,
-            lc::CreateAccountRequest {
-                account: Some(lc::Account {
-                    name: format!("{tenant} corp"),
-                    domain: format!("{tenant}.example"),
-                    owner_id: format!("owner@{tenant}.example"),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("account")
-        .into_inner()
-        .account
-        .expect("account");
+        .create_account_with(lc::Account {
+            name: format!("{tenant} corp"),
+            domain: format!("{tenant}.example"),
+            owner_id: format!("owner@{tenant}.example"),
+            ..Default::default()
+        })
+        .await;
     let contact = lifecycle
-        .create_contact(request_for(
-            tenant,
-            lc::CreateContactRequest {
-                contact: Some(lc::Contact {
-                    account_id: account.account_id.clone(),
-                    email: format!("buyer@{tenant}.example"),
-                    first_name: "Ann".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("contact")
-        .into_inner()
-        .contact
-        .expect("contact");
-    scoring
-        .record_activity(request_for(
-            tenant,
-            sc::RecordActivityRequest {
-                activity: Some(sc::Activity {
-                    event_id: format!("{tenant}-seed-1"),
-                    activity_type: "email_open".into(),
-                    occur_time: Some(prost_types::Timestamp {
-                        seconds: chrono::Utc::now().timestamp() - 60,
-                        nanos: 0,
-                    }),
-                    account_id: account.account_id.clone(),
-                    contact_id: contact.contact_id.clone(),
-                    contact_email: String::new(),
-                }),
-            },
-        ))
-        .await
-        .expect("activity");
+        .create_contact_with(lc::Contact {
+            account_id: account.account_id.clone(),
+            email: format!("buyer@{tenant}.example"),
+            first_name: "Ann".into(),
+            ..Default::default()
+        })
+        .await;
+    let seeded = scoring
+        .record(vec![activity(
+            &format!("{tenant}-seed-1"),
+            "email_open",
+            &account.account_id,
+            &contact.contact_id,
+        )])
+        .await;
+    assert_eq!(seeded.recorded_count, 1, "{seeded:?}");
     let opportunity = opportunity
         .create_opportunity(request_for(
             tenant,
@@ -1569,34 +1537,13 @@ async fn seed_tenant(
 /// B's account, contact and opportunity as the API returns them.
 async fn read_b(
     seeded_ids: (&str, &str, &str),
-    lifecycle: &mut LifecycleServiceClient<Channel>,
+    lifecycle: &Lifecycle,
     opportunity: &mut OpportunityServiceClient<Channel>,
 ) -> (lc::Account, lc::Contact, op::Opportunity) {
     let (account_id, contact_id, opportunity_id) = seeded_ids;
-    let account = lifecycle
-        .get_account(request_for(
-            TENANT_B,
-            lc::GetAccountRequest {
-                account_id: account_id.into(),
-            },
-        ))
-        .await
-        .expect("B's account")
-        .into_inner()
-        .account
-        .expect("account");
-    let contact = lifecycle
-        .get_contact(request_for(
-            TENANT_B,
-            lc::GetContactRequest {
-                contact_id: contact_id.into(),
-            },
-        ))
-        .await
-        .expect("B's contact")
-        .into_inner()
-        .contact
-        .expect("contact");
+    let lifecycle = lifecycle.as_tenant(TENANT_B);
+    let account = lifecycle.account(account_id).await;
+    let contact = lifecycle.contact(contact_id).await;
     let opportunity = opportunity
         .get_opportunity(request_for(
             TENANT_B,
@@ -1650,14 +1597,9 @@ async fn start_services() -> ([TestDatabase; 3], [TestServer; 3]) {
             .await
             .expect("opportunity builds"),
     );
-    let servers = [&lifecycle, &scoring, &opportunity];
-    for server in servers {
-        for _ in 0..100 {
-            if healthy(&server.channel()).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    for server in [&lifecycle, &scoring, &opportunity] {
+        let what = format!("{} to answer SERVING", server.url());
+        eventually(&what, async || healthy(&server.channel()).await).await;
     }
 
     (dbs, [lifecycle, scoring, opportunity])
@@ -1773,13 +1715,13 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     let (dbs, [lifecycle, scoring, opportunity]) = start_services().await;
 
     // Tenant A (the caller) and tenant B (the bystander) get real records.
-    let mut lc_client = LifecycleServiceClient::new(lifecycle.channel());
-    let mut sc_client = ScoringServiceClient::new(scoring.channel());
+    let lc_client = Lifecycle::new(lifecycle.channel(), Caller::tenant(TENANT_A));
+    let sc_client = Scoring::new(scoring.channel(), Caller::tenant(TENANT_A));
     let mut op_client = OpportunityServiceClient::new(opportunity.channel());
     let (a_account, a_contact, a_opp) =
-        seed_tenant(TENANT_A, &mut lc_client, &mut sc_client, &mut op_client).await;
+        seed_tenant(TENANT_A, &lc_client, &sc_client, &mut op_client).await;
     let (b_account, b_contact, b_opp) =
-        seed_tenant(TENANT_B, &mut lc_client, &mut sc_client, &mut op_client).await;
+        seed_tenant(TENANT_B, &lc_client, &sc_client, &mut op_client).await;
     let a_ids = vec![
         a_account.account_id,
         a_contact.contact_id,
@@ -1798,16 +1740,10 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     ];
     // Let the seeding's deliveries (scores and opportunity events into
     // lifecycle) finish, so nothing but the fuzzed calls writes lifecycle.
-    let settle = Instant::now();
-    while probes[1].pending_outbox().await + probes[2].pending_outbox().await > 0 {
-        assert!(
-            settle.elapsed() < Duration::from_secs(30),
-            "seed deliveries did not settle"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_delivered(&dbs[1].settings, cascade_scoring::storage::SCORE_TOPIC).await;
+    wait_until_delivered(&dbs[2].settings, cascade_opportunity::storage::EVENT_TOPIC).await;
     let b_refs = (b_ids[0].as_str(), b_ids[1].as_str(), b_ids[2].as_str());
-    let b_before = read_b(b_refs, &mut lc_client, &mut op_client).await;
+    let b_before = read_b(b_refs, &lc_client, &mut op_client).await;
     let mut b_rows_before = Vec::new();
     for probe in &probes {
         b_rows_before.push(probe.digest(Some(TENANT_B)).await);
@@ -1910,7 +1846,7 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     }
 
     // Tenant B, never the caller, is exactly as it was.
-    let b_after = read_b(b_refs, &mut lc_client, &mut op_client).await;
+    let b_after = read_b(b_refs, &lc_client, &mut op_client).await;
     assert_eq!(b_after, b_before, "tenant B's records changed");
     for (probe, before) in targets.iter().map(|t| &t.probe).zip(&b_rows_before) {
         let after = probe.digest(Some(TENANT_B)).await;

@@ -13,18 +13,14 @@ use std::time::Duration;
 
 use cascade_chassis::time::{now, to_timestamp};
 use cascade_domain::ids::new_id;
-use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, Money};
+use cascade_proto::common::v1::{AccountStage as S, ContactStage as C};
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::lifecycle::v1::watch_account_events_response::Event;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_testkit::on_each_database;
-use cascade_testkit::{TestDatabase, request_for};
+use cascade_testkit::fixtures::{activity, by_email, mask, usd};
+use cascade_testkit::{Lifecycle, Scoring, TestDatabase, on_each_database, request_for};
 use common::System;
-use tonic::transport::Channel;
 use tonic::{Code, Response, Status, Streaming};
 use tonic_types::StatusExt;
 
@@ -32,10 +28,6 @@ use tonic_types::StatusExt;
 const A: &str = "tenant-a";
 /// The tenant whose records must stay out of A's reach.
 const B: &str = "tenant-b";
-
-type Lifecycle = LifecycleServiceClient<Channel>;
-type LifecycleInternal = LifecycleInternalServiceClient<Channel>;
-type Scoring = ScoringServiceClient<Channel>;
 
 // ----- the oracle -----
 
@@ -117,194 +109,85 @@ macro_rules! hidden {
 
 // ----- small helpers -----
 
-fn usd(units: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: "USD".into(),
-        units,
-        nanos: 0,
-    })
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
-fn activity(event_id: &str, kind: &str, account_id: &str, contact_id: &str) -> sc::Activity {
-    sc::Activity {
-        event_id: event_id.into(),
-        activity_type: kind.into(),
-        occur_time: Some(to_timestamp(now())),
-        account_id: account_id.into(),
-        contact_id: contact_id.into(),
-        contact_email: String::new(),
-    }
-}
-
-fn by_email(event_id: &str, kind: &str, email: &str) -> sc::Activity {
-    sc::Activity {
-        contact_email: email.into(),
-        ..activity(event_id, kind, "", "")
-    }
-}
-
 /// A fresh domain for "a domain nobody has".
 fn fresh_domain() -> String {
     format!("d{}.example", &new_id()[..8])
 }
 
-async fn get_account(lifecycle: &mut Lifecycle, tenant: &str, id: &str) -> lc::Account {
-    lifecycle
-        .get_account(request_for(
-            tenant,
-            lc::GetAccountRequest {
-                account_id: id.into(),
-            },
-        ))
-        .await
-        .expect("account")
-        .into_inner()
-        .account
-        .expect("account")
-}
-
-async fn get_contact(lifecycle: &mut Lifecycle, tenant: &str, id: &str) -> lc::Contact {
-    lifecycle
-        .get_contact(request_for(
-            tenant,
-            lc::GetContactRequest {
-                contact_id: id.into(),
-            },
-        ))
-        .await
-        .expect("contact")
-        .into_inner()
-        .contact
-        .expect("contact")
-}
-
-/// Polls an account until `ready` holds (10 s at most).
-async fn wait_account(
-    lifecycle: &mut Lifecycle,
-    tenant: &str,
-    id: &str,
-    what: &str,
-    ready: impl Fn(&lc::Account) -> bool,
-) -> lc::Account {
-    for _ in 0..400 {
-        let account = get_account(lifecycle, tenant, id).await;
-        if ready(&account) {
-            return account;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "{tenant}'s account {id} never got {what}: {:?}",
-        get_account(lifecycle, tenant, id).await
-    );
-}
-
-async fn wait_contact_stage(lifecycle: &mut Lifecycle, tenant: &str, id: &str, stage: C) {
-    for _ in 0..400 {
-        if get_contact(lifecycle, tenant, id).await.stage == stage as i32 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{tenant}'s contact {id} never reached {stage:?}");
-}
-
+/// Creates an account of the client's tenant, owned by
+/// `owner@{tenant}.example` (the owner filter probes rely on it).
 async fn create_account(
-    lifecycle: &mut Lifecycle,
-    tenant: &str,
+    lifecycle: &Lifecycle,
     name: &str,
     domain: &str,
     request_id: &str,
 ) -> lc::Account {
+    let tenant = lifecycle.caller().tenant_id().expect("a tenant's client");
     lifecycle
-        .create_account(request_for(
-            tenant,
-            lc::CreateAccountRequest {
-                account: Some(lc::Account {
-                    name: name.into(),
-                    domain: domain.into(),
-                    owner_id: format!("owner@{tenant}.example"),
-                    ..Default::default()
-                }),
-                request_id: request_id.into(),
+        .try_create_account(
+            lc::Account {
+                name: name.into(),
+                domain: domain.into(),
+                owner_id: format!("owner@{tenant}.example"),
+                ..Default::default()
             },
-        ))
+            request_id,
+        )
         .await
         .expect("account created")
-        .into_inner()
-        .account
-        .expect("account")
 }
 
+/// Creates a contact (first name Pat) of the client's tenant.
 async fn create_contact(
-    lifecycle: &mut Lifecycle,
-    tenant: &str,
+    lifecycle: &Lifecycle,
     account_id: &str,
     email: &str,
     request_id: &str,
 ) -> lc::Contact {
     lifecycle
-        .create_contact(request_for(
-            tenant,
-            lc::CreateContactRequest {
-                contact: Some(lc::Contact {
-                    account_id: account_id.into(),
-                    email: email.into(),
-                    first_name: "Pat".into(),
-                    ..Default::default()
-                }),
-                request_id: request_id.into(),
+        .try_create_contact(
+            lc::Contact {
+                account_id: account_id.into(),
+                email: email.into(),
+                first_name: "Pat".into(),
+                ..Default::default()
             },
-        ))
+            request_id,
+        )
         .await
         .expect("contact created")
-        .into_inner()
-        .contact
-        .expect("contact")
 }
 
-async fn record(scoring: &mut Scoring, tenant: &str, activity: sc::Activity) -> sc::ActivityResult {
+/// RecordActivity (the single-item RPC); the activity must be accepted.
+async fn record(scoring: &Scoring, activity: sc::Activity) {
     scoring
-        .record_activity(request_for(
-            tenant,
-            sc::RecordActivityRequest {
-                activity: Some(activity),
-            },
-        ))
+        .public()
+        .record_activity(scoring.req(sc::RecordActivityRequest {
+            activity: Some(activity),
+        }))
         .await
-        .expect("activity accepted")
-        .into_inner()
-        .result
-        .expect("result")
+        .expect("activity accepted");
 }
 
+/// ApplyOpportunityEvent as the client's tenant (what opportunity delivers).
 async fn apply_opportunity_event(
-    internal: &mut LifecycleInternal,
-    tenant: &str,
+    lifecycle: &Lifecycle,
     account_id: &str,
     opportunity_id: &str,
     kind: lc::OpportunityEventType,
     buying_group: Vec<String>,
 ) -> Result<Response<lc::ApplyOpportunityEventResponse>, Status> {
-    internal
-        .apply_opportunity_event(request_for(
-            tenant,
-            lc::ApplyOpportunityEventRequest {
-                event_id: new_id(),
-                account_id: account_id.into(),
-                opportunity_id: opportunity_id.into(),
-                r#type: kind as i32,
-                buying_group_contact_ids: buying_group,
-                other_open_opportunities: 0,
-                occur_time: Some(to_timestamp(now())),
-            },
-        ))
+    lifecycle
+        .internal()
+        .apply_opportunity_event(lifecycle.req(lc::ApplyOpportunityEventRequest {
+            event_id: new_id(),
+            account_id: account_id.into(),
+            opportunity_id: opportunity_id.into(),
+            r#type: kind as i32,
+            buying_group_contact_ids: buying_group,
+            other_open_opportunities: 0,
+            occur_time: Some(to_timestamp(now())),
+        }))
         .await
 }
 
@@ -383,28 +266,26 @@ impl TenantB {
 
 /// B sets up one of each kind of record, through the APIs.
 async fn populate_b(system: &System) -> TenantB {
-    let (mut lifecycle, mut scoring, mut opps) = (
-        system.lifecycle(0),
-        system.scoring(0),
+    let (lifecycle, scoring, mut opps) = (
+        system.lifecycle_as(0, B),
+        system.scoring_as(0, B),
         system.opportunity(0),
     );
 
     // Settings of all three services, each a new version.
     let lifecycle_settings_version = lifecycle
-        .update_lifecycle_settings(request_for(
-            B,
-            lc::UpdateLifecycleSettingsRequest {
-                settings: Some(lc::LifecycleSettings {
-                    hand_raise_activity_types: vec![
-                        "demo_request".into(),
-                        "b_secret_hand_raise".into(),
-                    ],
-                    renotify_on_hand_raise: true,
-                    ..Default::default()
-                }),
-                update_mask: mask(&["hand_raise_activity_types", "renotify_on_hand_raise"]),
-            },
-        ))
+        .public()
+        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
+            settings: Some(lc::LifecycleSettings {
+                hand_raise_activity_types: vec![
+                    "demo_request".into(),
+                    "b_secret_hand_raise".into(),
+                ],
+                renotify_on_hand_raise: true,
+                ..Default::default()
+            }),
+            update_mask: mask(&["hand_raise_activity_types", "renotify_on_hand_raise"]),
+        }))
         .await
         .expect("B's lifecycle settings")
         .into_inner()
@@ -412,7 +293,8 @@ async fn populate_b(system: &System) -> TenantB {
         .expect("settings")
         .version;
     let mut model = scoring
-        .get_scoring_model(request_for(B, sc::GetScoringModelRequest { version: 0 }))
+        .public()
+        .get_scoring_model(scoring.req(sc::GetScoringModelRequest { version: 0 }))
         .await
         .expect("B's model")
         .into_inner()
@@ -424,10 +306,8 @@ async fn populate_b(system: &System) -> TenantB {
         ..Default::default()
     });
     let scoring_model_version = scoring
-        .update_scoring_model(request_for(
-            B,
-            sc::UpdateScoringModelRequest { model: Some(model) },
-        ))
+        .public()
+        .update_scoring_model(scoring.req(sc::UpdateScoringModelRequest { model: Some(model) }))
         .await
         .expect("B's model change")
         .into_inner()
@@ -455,41 +335,36 @@ async fn populate_b(system: &System) -> TenantB {
     // acme: anonymous intent, then a demo request from a known contact.
     let acme_domain = "acme-b.example".to_owned();
     let acme_request_id = "b-create-acme".to_owned();
-    let acme = create_account(
-        &mut lifecycle,
-        B,
-        "Acme (B)",
-        &acme_domain,
-        &acme_request_id,
-    )
-    .await
-    .account_id;
+    let acme = create_account(&lifecycle, "Acme (B)", &acme_domain, &acme_request_id)
+        .await
+        .account_id;
     let ann_email = format!("ann@{acme_domain}");
     let ann_request_id = "b-create-ann".to_owned();
-    let ann = create_contact(&mut lifecycle, B, &acme, &ann_email, &ann_request_id)
+    let ann = create_contact(&lifecycle, &acme, &ann_email, &ann_request_id)
         .await
         .contact_id;
     let demo_event_id = "b-demo-1".to_owned();
     record(
-        &mut scoring,
-        B,
+        &scoring,
         activity("b-intent-1", "web_page_visit", &acme, ""),
     )
     .await;
     record(
-        &mut scoring,
-        B,
+        &scoring,
         activity(&demo_event_id, "demo_request", &acme, &ann),
     )
     .await;
-    wait_account(&mut lifecycle, B, &acme, "PRIORITIZED with intent", |a| {
-        a.stage == S::Prioritized as i32 && a.intent_score > 0.0
-    })
-    .await;
-    wait_contact_stage(&mut lifecycle, B, &ann, C::MarketingQualified).await;
+    lifecycle
+        .wait_for_account(&acme, "B's acme PRIORITIZED with intent", |a| {
+            a.stage == S::Prioritized as i32 && a.intent_score > 0.0
+        })
+        .await;
+    lifecycle
+        .wait_for_contact_stage(&ann, C::MarketingQualified)
+        .await;
 
     // initech: a customer (won deal, applied directly as opportunity does).
-    let initech = create_account(&mut lifecycle, B, "Initech (B)", "initech-b.example", "")
+    let initech = create_account(&lifecycle, "Initech (B)", "initech-b.example", "")
         .await
         .account_id;
     let won_deal = new_id();
@@ -497,41 +372,27 @@ async fn populate_b(system: &System) -> TenantB {
         lc::OpportunityEventType::Opened,
         lc::OpportunityEventType::Won,
     ] {
-        apply_opportunity_event(
-            &mut system.lifecycle_internal(0),
-            B,
-            &initech,
-            &won_deal,
-            kind,
-            Vec::new(),
-        )
-        .await
-        .expect("B's opportunity event");
+        apply_opportunity_event(&lifecycle, &initech, &won_deal, kind, Vec::new())
+            .await
+            .expect("B's opportunity event");
     }
-    assert_eq!(
-        get_account(&mut lifecycle, B, &initech).await.stage,
-        S::Implement as i32
-    );
+    assert_eq!(lifecycle.account(&initech).await.stage, S::Implement as i32);
 
     // globex: an open opportunity with a buying group.
     let globex_domain = "globex-b.example".to_owned();
-    let globex = create_account(&mut lifecycle, B, "Globex (B)", &globex_domain, "")
+    let globex = create_account(&lifecycle, "Globex (B)", &globex_domain, "")
         .await
         .account_id;
     let bob_email = format!("bob@{globex_domain}");
-    let bob = create_contact(&mut lifecycle, B, &globex, &bob_email, "")
+    let bob = create_contact(&lifecycle, &globex, &bob_email, "")
         .await
         .contact_id;
     record(
-        &mut scoring,
-        B,
+        &scoring,
         activity("b-webinar-1", "webinar_attended", &globex, &bob),
     )
     .await;
-    wait_account(&mut lifecycle, B, &globex, "ENGAGED", |a| {
-        a.stage == S::Engaged as i32
-    })
-    .await;
+    lifecycle.wait_for_stage(&globex, S::Engaged).await;
     let deal_request_id = "b-create-deal".to_owned();
     let deal = opps
         .create_opportunity(request_for(
@@ -554,11 +415,8 @@ async fn populate_b(system: &System) -> TenantB {
         .opportunity
         .expect("opportunity")
         .opportunity_id;
-    wait_account(&mut lifecycle, B, &globex, "PIPELINE", |a| {
-        a.stage == S::Pipeline as i32
-    })
-    .await;
-    wait_contact_stage(&mut lifecycle, B, &bob, C::Opportunity).await;
+    lifecycle.wait_for_stage(&globex, S::Pipeline).await;
+    lifecycle.wait_for_contact_stage(&bob, C::Opportunity).await;
 
     TenantB {
         acme,
@@ -612,30 +470,17 @@ async fn snapshot_b(system: &System, b: &TenantB) -> Snapshot {
         system.scoring(0),
         system.opportunity(0),
     );
+    let lifecycle_b = system.lifecycle_as(0, B);
     let mut accounts = Vec::new();
     let mut transitions = Vec::new();
     for id in b.account_ids() {
-        accounts.push(get_account(&mut lifecycle, B, id).await);
-        transitions.push(
-            lifecycle
-                .list_account_transitions(request_for(
-                    B,
-                    lc::ListAccountTransitionsRequest {
-                        account_id: id.into(),
-                        page_size: 500,
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .expect("B's transitions")
-                .into_inner()
-                .transitions,
-        );
+        accounts.push(lifecycle_b.account(id).await);
+        transitions.push(lifecycle_b.transitions(id).await);
     }
     let mut contacts = Vec::new();
     let mut contact_scores = Vec::new();
     for id in b.contact_ids() {
-        contacts.push(get_contact(&mut lifecycle, B, id).await);
+        contacts.push(lifecycle_b.contact(id).await);
         let mut score = scoring
             .get_contact_score(request_for(
                 B,
@@ -766,12 +611,12 @@ async fn snapshot_b(system: &System, b: &TenantB) -> Snapshot {
 // ----- watch streams -----
 
 async fn watch(
-    lifecycle: &mut Lifecycle,
-    tenant: &str,
+    lifecycle: &Lifecycle,
     request: lc::WatchAccountEventsRequest,
 ) -> Streaming<lc::WatchAccountEventsResponse> {
     lifecycle
-        .watch_account_events(request_for(tenant, request))
+        .public()
+        .watch_account_events(lifecycle.req(request))
         .await
         .expect("watch")
         .into_inner()
@@ -790,12 +635,11 @@ async fn assert_silent(what: &str, stream: &mut Streaming<lc::WatchAccountEvents
 /// PRIORITIZED. B's stream gets the transition and the owner's notification;
 /// A's streams get nothing.
 async fn b_events_do_not_reach_a(system: &System, b: &mut TenantB) {
-    let (mut lifecycle, mut scoring) = (system.lifecycle(0), system.scoring(0));
-    let mut b_live = watch(&mut lifecycle, B, Default::default()).await;
-    let mut a_live = watch(&mut lifecycle, A, Default::default()).await;
+    let (lifecycle_a, lifecycle_b) = (system.lifecycle_as(0, A), system.lifecycle_as(0, B));
+    let mut b_live = watch(&lifecycle_b, Default::default()).await;
+    let mut a_live = watch(&lifecycle_a, Default::default()).await;
     let mut a_replay = watch(
-        &mut lifecycle,
-        A,
+        &lifecycle_a,
         lc::WatchAccountEventsRequest {
             cursor: "0".into(),
             ..Default::default()
@@ -803,12 +647,11 @@ async fn b_events_do_not_reach_a(system: &System, b: &mut TenantB) {
     )
     .await;
 
-    let hooli = create_account(&mut lifecycle, B, "Hooli (B)", "hooli-b.example", "")
+    let hooli = create_account(&lifecycle_b, "Hooli (B)", "hooli-b.example", "")
         .await
         .account_id;
     let mut a_on_hooli = watch(
-        &mut lifecycle,
-        A,
+        &lifecycle_a,
         lc::WatchAccountEventsRequest {
             account_id: hooli.clone(),
             cursor: "0".into(),
@@ -816,12 +659,11 @@ async fn b_events_do_not_reach_a(system: &System, b: &mut TenantB) {
         },
     )
     .await;
-    let gavin = create_contact(&mut lifecycle, B, &hooli, "gavin@hooli-b.example", "")
+    let gavin = create_contact(&lifecycle_b, &hooli, "gavin@hooli-b.example", "")
         .await
         .contact_id;
     record(
-        &mut scoring,
-        B,
+        &system.scoring_as(0, B),
         activity("b-hooli-demo", "demo_request", &hooli, &gavin),
     )
     .await;
@@ -1374,12 +1216,12 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         system.scoring(0),
         system.opportunity(0),
     );
+    let (lifecycle_a, scoring_a) = (system.lifecycle_as(0, A), system.scoring_as(0, A));
 
     // CreateAccount with B's domain and B's request id: a new account of A,
     // not B's account back (no ALREADY_EXISTS either).
     let twin = create_account(
-        &mut lifecycle,
-        A,
+        &lifecycle_a,
         "A's twin of Acme",
         &b.acme_domain,
         &b.acme_request_id,
@@ -1390,8 +1232,7 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     assert_eq!(twin.stage, S::Targeted as i32);
     // CreateContact with B's email and B's request id.
     let a_ann = create_contact(
-        &mut lifecycle,
-        A,
+        &lifecycle_a,
         &twin.account_id,
         &b.ann_email,
         &b.ann_request_id,
@@ -1452,8 +1293,7 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         "A's account moved"
     );
     apply_opportunity_event(
-        &mut internal,
-        A,
+        &lifecycle_a,
         &twin.account_id,
         &b.deal,
         lc::OpportunityEventType::Opened,
@@ -1462,8 +1302,7 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     .await
     .expect("A's opportunity event");
     apply_opportunity_event(
-        &mut internal,
-        A,
+        &lifecycle_a,
         &twin.account_id,
         &b.deal,
         lc::OpportunityEventType::Won,
@@ -1570,26 +1409,18 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     );
     // A's own scored account and contact, last: when its delivery has
     // landed, lifecycle has applied everything scoring had for A.
-    let scored = create_account(&mut lifecycle, A, "A's scored", "", "").await;
-    let pat = create_contact(
-        &mut lifecycle,
-        A,
-        &scored.account_id,
-        "pat@a-scored.example",
-        "",
-    )
-    .await
-    .contact_id;
+    let scored = create_account(&lifecycle_a, "A's scored", "", "").await;
+    let pat = create_contact(&lifecycle_a, &scored.account_id, "pat@a-scored.example", "")
+        .await
+        .contact_id;
     record(
-        &mut scoring,
-        A,
+        &scoring_a,
         activity("a-demo", "demo_request", &scored.account_id, &pat),
     )
     .await;
-    wait_account(&mut lifecycle, A, &scored.account_id, "PRIORITIZED", |a| {
-        a.stage == S::Prioritized as i32
-    })
-    .await;
+    lifecycle_a
+        .wait_for_stage(&scored.account_id, S::Prioritized)
+        .await;
     // UpdateScoringModel changes A's model only.
     scoring
         .update_scoring_model(request_for(
@@ -1679,19 +1510,14 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     .expect("A closes its own deal");
     // Both opportunity events delivered: opened (PIPELINE), then lost (the
     // default on-lost action nurtures back to ENGAGED).
-    wait_account(
-        &mut lifecycle,
-        A,
-        &scored.account_id,
-        "ENGAGED after PIPELINE",
-        |a| {
+    lifecycle_a
+        .wait_for_account(&scored.account_id, "A's ENGAGED after PIPELINE", |a| {
             a.stage == S::Engaged as i32
                 && a.stages_reached
                     .iter()
                     .any(|r| r.stage == S::Pipeline as i32)
-        },
-    )
-    .await;
+        })
+        .await;
 }
 
 /// Tenant B's records, then every RPC of the three services as tenant A.
@@ -1730,56 +1556,45 @@ async fn tenant_a_cannot_see_or_change_tenant_b(db: TestDatabase) {
 /// totals, and B's contact is not made a hand-raiser by A.
 async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
     let mut system = System::start(&db, 1).await;
-    let (mut lifecycle, mut scoring) = (system.lifecycle(0), system.scoring(0));
-    let acme = create_account(&mut lifecycle, B, "Acme (B)", "acme-b.example", "")
+    let (lifecycle, scoring) = (system.lifecycle_as(0, B), system.scoring_as(0, B));
+    let scoring_a = system.scoring_as(0, A);
+    let acme = create_account(&lifecycle, "Acme (B)", "acme-b.example", "")
         .await
         .account_id;
-    let ann = create_contact(&mut lifecycle, B, &acme, "ann@acme-b.example", "")
+    let ann = create_contact(&lifecycle, &acme, "ann@acme-b.example", "")
         .await
         .contact_id;
-    record(
-        &mut scoring,
-        B,
-        activity("b-open", "email_open", &acme, &ann),
-    )
-    .await;
-    wait_account(&mut lifecycle, B, &acme, "score 2", |a| {
-        a.engagement_score == 2.0
-    })
-    .await;
-    wait_contact_stage(&mut lifecycle, B, &ann, C::Engaged).await;
+    record(&scoring, activity("b-open", "email_open", &acme, &ann)).await;
+    lifecycle
+        .wait_for_account(&acme, "B's score 2", |a| a.engagement_score == 2.0)
+        .await;
+    lifecycle.wait_for_contact_stage(&ann, C::Engaged).await;
 
     system.lifecycle[0].kill().await;
     // A names B's ids while lifecycle is down: scoring cannot check them for
     // A (what it remembers of B is B's), so nothing is stored for A ...
     let a_demo = |event: &str| {
-        request_for(
-            A,
-            sc::RecordActivityRequest {
-                activity: Some(activity(event, "demo_request", &acme, &ann)),
-            },
-        )
+        scoring_a.req(sc::RecordActivityRequest {
+            activity: Some(activity(event, "demo_request", &acme, &ann)),
+        })
     };
-    let refused = scoring
+    let refused = scoring_a
+        .public()
         .record_activity(a_demo("a-demo"))
         .await
         .expect_err("A's use of B's ids cannot be checked");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     // ... while B's own activity for people it was checked for goes in.
-    record(
-        &mut scoring,
-        B,
-        activity("b-visit", "web_page_visit", &acme, &ann),
-    )
-    .await;
+    record(&scoring, activity("b-visit", "web_page_visit", &acme, &ann)).await;
     system.lifecycle[0].start().await;
 
-    let account = wait_account(&mut lifecycle, B, &acme, "score 6 (B's own)", |a| {
-        a.engagement_score == 6.0
-    })
-    .await;
+    let account = lifecycle
+        .wait_for_account(&acme, "B's score 6 (B's own)", |a| {
+            a.engagement_score == 6.0
+        })
+        .await;
     assert_eq!(account.stage, S::Engaged as i32, "{account:?}");
-    let ann_now = get_contact(&mut lifecycle, B, &ann).await;
+    let ann_now = lifecycle.contact(&ann).await;
     assert_eq!(
         ann_now.stage,
         C::Engaged as i32,
@@ -1787,7 +1602,8 @@ async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
     );
     // With lifecycle back, A's retry is told B's account does not exist for A,
     // exactly as for an id that exists nowhere.
-    let refused = scoring
+    let refused = scoring_a
+        .public()
         .record_activity(a_demo("a-demo"))
         .await
         .expect_err("B's account is not A's");

@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::{TestDatabase, request_for};
+use cascade_testkit::TestDatabase;
+use cascade_testkit::fixtures::activity;
 use common::System;
 
 const T: &str = "replicas";
@@ -20,51 +19,26 @@ async fn replicas_keep_the_invariants() {
         return;
     };
     let system = System::start(&db, 2).await;
-    let lifecycles = [system.lifecycle(0), system.lifecycle(1)];
-    let scorings = [system.scoring(0), system.scoring(1)];
+    let lifecycles = [system.lifecycle_as(0, T), system.lifecycle_as(1, T)];
+    let scorings = [system.scoring_as(0, T), system.scoring_as(1, T)];
 
     // 8 accounts with 2 contacts each, created through both replicas.
     let mut accounts = Vec::new();
     for n in 0..8 {
-        let mut lifecycle = lifecycles[n % 2].clone();
+        let lifecycle = &lifecycles[n % 2];
+        let account = lc::Account {
+            name: format!("acct{n}"),
+            ..Default::default()
+        };
         let id = lifecycle
-            .create_account(request_for(
-                T,
-                lc::CreateAccountRequest {
-                    account: Some(lc::Account {
-                        name: format!("acct{n}"),
-                        ..Default::default()
-                    }),
-                    request_id: format!("replica-{n}"),
-                },
-            ))
+            .try_create_account(account, &format!("replica-{n}"))
             .await
-            .expect("account")
-            .into_inner()
-            .account
             .expect("account")
             .account_id;
         let mut contacts = Vec::new();
         for c in 0..2 {
-            let contact = lifecycle
-                .create_contact(request_for(
-                    T,
-                    lc::CreateContactRequest {
-                        contact: Some(lc::Contact {
-                            account_id: id.clone(),
-                            email: format!("c{c}@acct{n}.example"),
-                            ..Default::default()
-                        }),
-                        request_id: String::new(),
-                    },
-                ))
-                .await
-                .expect("contact")
-                .into_inner()
-                .contact
-                .expect("contact")
-                .contact_id;
-            contacts.push(contact);
+            let email = format!("c{c}@acct{n}.example");
+            contacts.push(lifecycle.create_contact(&id, &email).await.contact_id);
         }
         accounts.push((id, contacts));
     }
@@ -74,22 +48,16 @@ async fn replicas_keep_the_invariants() {
     let mut tasks = Vec::new();
     let mut distinct_points = HashMap::<String, f64>::new();
     for round in 0..12 {
-        let batch: Vec<sc::Activity> = accounts
+        let kind = if round % 3 == 0 {
+            "webinar_attended"
+        } else {
+            "email_open"
+        };
+        let batch: Vec<_> = accounts
             .iter()
             .enumerate()
-            .map(|(n, (id, contacts))| sc::Activity {
-                event_id: format!("r{round}-a{n}"),
-                activity_type: if round % 3 == 0 {
-                    "webinar_attended".into()
-                } else {
-                    "email_open".into()
-                },
-                occur_time: Some(cascade_chassis::time::to_timestamp(
-                    cascade_chassis::time::now(),
-                )),
-                account_id: id.clone(),
-                contact_id: contacts[round % 2].clone(),
-                contact_email: String::new(),
+            .map(|(n, (id, contacts))| {
+                activity(&format!("r{round}-a{n}"), kind, id, &contacts[round % 2])
             })
             .collect();
         for a in &batch {
@@ -101,13 +69,10 @@ async fn replicas_keep_the_invariants() {
                 };
         }
         for scoring in &scorings {
-            let (mut scoring, batch) = (scoring.clone(), batch.clone());
+            let (scoring, batch) = (scoring.clone(), batch.clone());
             tasks.push(tokio::spawn(async move {
                 scoring
-                    .record_activities(request_for(
-                        T,
-                        sc::RecordActivitiesRequest { activities: batch },
-                    ))
+                    .try_record(batch)
                     .await
                     .map(|_| ())
                     .map_err(|s| s.code())
@@ -116,28 +81,24 @@ async fn replicas_keep_the_invariants() {
         if round % 4 == 3 {
             for (n, (id, _)) in accounts.iter().enumerate() {
                 for lifecycle in &lifecycles {
-                    let (mut lifecycle, id) = (lifecycle.clone(), id.clone());
+                    let (lifecycle, id) = (lifecycle.clone(), id.clone());
                     tasks.push(tokio::spawn(async move {
                         let result = if n % 2 == 0 {
                             lifecycle
-                                .nurture_account(request_for(
-                                    T,
-                                    lc::NurtureAccountRequest {
-                                        account_id: id,
-                                        reason: "race".into(),
-                                    },
-                                ))
+                                .public()
+                                .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
+                                    account_id: id,
+                                    reason: "race".into(),
+                                }))
                                 .await
                                 .map(|_| ())
                         } else {
                             lifecycle
-                                .qualify_account(request_for(
-                                    T,
-                                    lc::QualifyAccountRequest {
-                                        account_id: id,
-                                        reason: String::new(),
-                                    },
-                                ))
+                                .public()
+                                .qualify_account(lifecycle.req(lc::QualifyAccountRequest {
+                                    account_id: id,
+                                    reason: String::new(),
+                                }))
                                 .await
                                 .map(|_| ())
                         };
@@ -163,62 +124,21 @@ async fn replicas_keep_the_invariants() {
     assert!(failures.is_empty(), "calls failed: {failures:?}");
 
     // Scores: each activity counted once, on both replicas.
-    let mut scoring = scorings[0].clone();
     for (id, _) in &accounts {
-        let score = scoring
-            .get_account_score(request_for(
-                T,
-                sc::GetAccountScoreRequest {
-                    account_id: id.clone(),
-                },
-            ))
-            .await
-            .expect("score")
-            .into_inner()
-            .score
-            .expect("score");
+        let score = scorings[0].score(id).await;
         assert_eq!(score.engagement_score, distinct_points[id], "account {id}");
     }
 
     // Lifecycle: the final totals arrive; the stage is what the history replays to;
     // no event id caused the same move twice.
-    let mut lifecycle = lifecycles[1].clone();
+    let lifecycle = &lifecycles[1];
     let mut transitions = 0;
     for (id, _) in &accounts {
-        let mut account = None;
-        for _ in 0..400 {
-            let a = lifecycle
-                .get_account(request_for(
-                    T,
-                    lc::GetAccountRequest {
-                        account_id: id.clone(),
-                    },
-                ))
-                .await
-                .expect("account")
-                .into_inner()
-                .account
-                .expect("account");
-            if a.engagement_score == distinct_points[id] {
-                account = Some(a);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let account = account.expect("final totals delivered");
-        let history = lifecycle
-            .list_account_transitions(request_for(
-                T,
-                lc::ListAccountTransitionsRequest {
-                    account_id: id.clone(),
-                    page_size: 500,
-                    page_token: String::new(),
-                },
-            ))
-            .await
-            .expect("history")
-            .into_inner()
-            .transitions;
+        let what = format!("the final totals of {id} delivered");
+        let account = lifecycle
+            .wait_for_account(id, &what, |a| a.engagement_score == distinct_points[id])
+            .await;
+        let history = lifecycle.transitions(id).await;
         let replayed = history.last().map_or(1, |t| t.to_stage);
         assert_eq!(
             account.stage, replayed,

@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_testkit::{TestDatabase, request_for};
-use common::{Process, TempDir};
+use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_testkit::{TempDir, TestDatabase, eventually, request_for};
+use common::Process;
 use futures::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -17,19 +20,12 @@ use tonic_health::pb::health_client::HealthClient;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_stops_within_the_grace_period() {
     let db = TestDatabase::sqlite();
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "cascade-shutdown-{}",
-        cascade_domain::ids::new_id()
-    )));
-    std::fs::create_dir_all(&dir.0).expect("dir");
-    let mut process = Process::new("lifecycle", &db.settings.url, "http://127.0.0.1:9", &dir.0)
+    let dir = TempDir::new("shutdown");
+    let mut process = Process::new("lifecycle", &db.settings.url, dir.path())
         .with_env("CASCADE_LIFECYCLE__SERVER__DRAIN_DELAY_MS", "1500")
         .with_env("CASCADE_LIFECYCLE__SERVER__SHUTDOWN_GRACE_MS", "5000");
     process.start().await;
-    let mut lifecycle =
-        cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
-            process.channel(),
-        );
+    let mut lifecycle = LifecycleServiceClient::new(process.channel());
     let mut watch = HealthClient::new(process.channel())
         .watch(HealthCheckRequest {
             service: String::new(),
@@ -43,8 +39,9 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     );
 
     // Requests keep coming while the process is told to stop.
+    let answered = Arc::new(AtomicUsize::new(0));
     let load = {
-        let mut client = lifecycle.clone();
+        let (mut client, answered) = (lifecycle.clone(), answered.clone());
         tokio::spawn(async move {
             let (mut ok, mut refused) = (0, 0);
             for _ in 0..400 {
@@ -52,15 +49,25 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
                     .list_accounts(request_for("t", lc::ListAccountsRequest::default()))
                     .await
                 {
-                    Ok(_) => ok += 1,
+                    Ok(_) => {
+                        ok += 1;
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
                     Err(_) => refused += 1,
                 }
+                // Pacing of the load, not a wait.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             (ok, refused)
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the load to be answered", async || {
+        match answered.load(Ordering::SeqCst) {
+            0 => Err("no call answered yet"),
+            _ => Ok(()),
+        }
+    })
+    .await;
     let started = Instant::now();
     let pid = process.pid().expect("running");
     std::process::Command::new("kill")

@@ -6,13 +6,13 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use cascade_proto::common::v1::{AccountStage as S, Date, Money};
+use cascade_proto::common::v1::{AccountStage as S, Date};
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::{TestDatabase, request_for};
+use cascade_testkit::fixtures::{by_email, usd};
+use cascade_testkit::{TestDatabase, eventually, request_for};
 use common::System;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -131,29 +131,24 @@ impl Collector {
 
     /// Waits (bounded) for a span of `service` named `name`.
     async fn wait_span(&self, service: &str, name: &str, trace: Option<&[u8]>) -> Span {
-        for _ in 0..200 {
-            if let Some(span) = self.spans().into_iter().find(|s| {
-                s.service == service && s.name == name && trace.is_none_or(|t| s.trace_id == t)
-            }) {
-                return span;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let seen: Vec<_> = self
-            .spans()
-            .into_iter()
-            .map(|s| format!("{}:{}", s.service, s.name))
-            .collect();
-        panic!("no span {service}:{name} in the expected trace; seen {seen:?}");
+        let what = format!("a span {service}:{name} in the expected trace");
+        eventually(&what, async || {
+            let spans = self.spans();
+            spans
+                .iter()
+                .find(|s| {
+                    s.service == service && s.name == name && trace.is_none_or(|t| s.trace_id == t)
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    spans
+                        .iter()
+                        .map(|s| format!("{}:{}", s.service, s.name))
+                        .collect::<Vec<_>>()
+                })
+        })
+        .await
     }
-}
-
-fn usd(units: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: "USD".into(),
-        units,
-        nanos: 0,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,46 +171,25 @@ async fn one_trace_from_activity_to_stage_change() {
         ("OTEL_METRIC_EXPORT_INTERVAL".to_owned(), "300".to_owned()),
     ];
     let system = System::start_with(&db, 1, env).await;
-    let (mut lifecycle, mut scoring, mut opps) = (
-        system.lifecycle(0),
-        system.scoring(0),
+    let (lifecycle, scoring, mut opps) = (
+        system.lifecycle_as(0, T),
+        system.scoring_as(0, T),
         system.opportunity(0),
     );
     let id = lifecycle
-        .create_account(request_for(
-            T,
-            lc::CreateAccountRequest {
-                account: Some(lc::Account {
-                    name: "Traced".into(),
-                    domain: "traced.example".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
+        .create_account_with(lc::Account {
+            name: "Traced".into(),
+            domain: "traced.example".into(),
+            ..Default::default()
+        })
         .await
-        .expect("account")
-        .into_inner()
-        .account
-        .expect("account")
         .account_id;
 
     let recorded = scoring
-        .record_activity(request_for(
-            T,
-            sc::RecordActivityRequest {
-                activity: Some(sc::Activity {
-                    event_id: "trace-1".into(),
-                    activity_type: "demo_request".into(),
-                    occur_time: Some(cascade_chassis::time::to_timestamp(
-                        cascade_chassis::time::now(),
-                    )),
-                    account_id: String::new(),
-                    contact_id: String::new(),
-                    contact_email: "tess@traced.example".into(),
-                }),
-            },
-        ))
+        .public()
+        .record_activity(scoring.req(sc::RecordActivityRequest {
+            activity: Some(by_email("trace-1", "demo_request", "tess@traced.example")),
+        }))
         .await
         .expect("recorded")
         .into_inner()
@@ -344,38 +318,22 @@ async fn one_trace_from_activity_to_stage_change() {
             Some(&won.trace_id),
         )
         .await;
-    for _ in 0..100 {
-        let account = lifecycle
-            .get_account(request_for(
-                T,
-                lc::GetAccountRequest {
-                    account_id: id.clone(),
-                },
-            ))
-            .await
-            .expect("account")
-            .into_inner()
-            .account
-            .expect("account");
-        if account.stage == S::Implement as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    lifecycle.wait_for_stage(&id, S::Implement).await;
 
     // Metrics per RPC arrive the same way.
-    let mut metric_names = Vec::new();
-    for _ in 0..100 {
-        metric_names = collector.metrics.lock().expect("lock").clone();
+    let metric_names = eventually("scoring's and lifecycle's RPC metrics", async || {
+        let metric_names = collector.metrics.lock().expect("lock").clone();
         let has =
             |service: &str, name: &str| metric_names.iter().any(|(s, n)| s == service && n == name);
         if has("cascade-scoring", "rpc.server.duration")
             && has("cascade-lifecycle", "rpc.server.requests")
         {
-            break;
+            Ok(metric_names)
+        } else {
+            Err(metric_names)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert!(
         metric_names
             .iter()

@@ -1,25 +1,11 @@
 //! Accounts and contacts over real gRPC, on SQLite and on PostgreSQL.
 
-use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::common::v1::{AccountStage, ContactStage, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use cascade_testkit::on_each_database;
-use cascade_testkit::{TestDatabase, TestServer, request_for};
+use cascade_testkit::fixtures::{mask, violated_fields};
+use cascade_testkit::{TestDatabase, TestSystem, on_each_database, request_for};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
-
-type Client = LifecycleServiceClient<Channel>;
-
-async fn start(db: &TestDatabase) -> (TestServer, Client) {
-    let app = cascade_lifecycle::build(&ServiceSettings::for_tests(db.settings.clone()))
-        .await
-        .expect("lifecycle builds");
-    let server = TestServer::start(app);
-    let client = LifecycleServiceClient::new(server.channel());
-    (server, client)
-}
 
 fn account(name: &str, domain: &str, owner: &str) -> pb::Account {
     pb::Account {
@@ -30,61 +16,22 @@ fn account(name: &str, domain: &str, owner: &str) -> pb::Account {
     }
 }
 
-async fn create_account(client: &mut Client, tenant: &str, account: pb::Account) -> pb::Account {
-    client
-        .create_account(request_for(
-            tenant,
-            pb::CreateAccountRequest {
-                account: Some(account),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("account created")
-        .into_inner()
-        .account
-        .expect("account in response")
-}
-
-async fn create_contact(
-    client: &mut Client,
-    tenant: &str,
-    account_id: &str,
-    email: &str,
-) -> Result<pb::Contact, tonic::Status> {
-    client
-        .create_contact(request_for(
-            tenant,
-            pb::CreateContactRequest {
-                contact: Some(pb::Contact {
-                    account_id: account_id.into(),
-                    email: email.into(),
-                    first_name: "Pat".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().contact.expect("contact in response"))
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
+/// A contact of `account_id` named Pat.
+fn pat(account_id: &str, email: &str) -> pb::Contact {
+    pb::Contact {
+        account_id: account_id.into(),
+        email: email.into(),
+        first_name: "Pat".into(),
+        ..Default::default()
+    }
 }
 
 async fn accounts_round_trip(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let created = create_account(&mut client, "t1", account("Acme", "Acme.com", "jane")).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let t1 = system.lifecycle().as_tenant("t1");
+    let created = t1
+        .create_account_with(account("Acme", "Acme.com", "jane"))
+        .await;
     assert_eq!(created.name, "Acme");
     assert_eq!(created.domain, "acme.com", "domains are stored lower-case");
     assert_eq!(created.stage, AccountStage::Targeted as i32);
@@ -96,33 +43,20 @@ async fn accounts_round_trip(db: TestDatabase) {
         AccountStage::Targeted as i32
     );
 
-    let fetched = client
-        .get_account(request_for(
-            "t1",
-            pb::GetAccountRequest {
-                account_id: created.account_id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner()
-        .account
-        .expect("account");
+    let fetched = t1.account(&created.account_id).await;
     assert_eq!(fetched, created);
 
-    let updated = client
-        .update_account(request_for(
-            "t1",
-            pb::UpdateAccountRequest {
-                account: Some(pb::Account {
-                    account_id: created.account_id.clone(),
-                    name: "Acme Corp".into(),
-                    owner_id: "ignored: not in the mask".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["name"]),
-            },
-        ))
+    let updated = t1
+        .public()
+        .update_account(t1.req(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                account_id: created.account_id.clone(),
+                name: "Acme Corp".into(),
+                owner_id: "ignored: not in the mask".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        }))
         .await
         .expect("update")
         .into_inner()
@@ -133,18 +67,16 @@ async fn accounts_round_trip(db: TestDatabase) {
     assert_eq!(updated.domain, "acme.com");
 
     // Stage and customer type move only through the lifecycle rules.
-    let refused = client
-        .update_account(request_for(
-            "t1",
-            pb::UpdateAccountRequest {
-                account: Some(pb::Account {
-                    account_id: created.account_id.clone(),
-                    stage: AccountStage::Pipeline as i32,
-                    ..Default::default()
-                }),
-                update_mask: mask(&["stage"]),
-            },
-        ))
+    let refused = t1
+        .public()
+        .update_account(t1.req(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                account_id: created.account_id.clone(),
+                stage: AccountStage::Pipeline as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["stage"]),
+        }))
         .await
         .expect_err("stage is not writable");
     assert_eq!(refused.code(), Code::InvalidArgument);
@@ -155,57 +87,54 @@ async fn accounts_round_trip(db: TestDatabase) {
         refused.message()
     );
 
-    let no_mask = client
-        .update_account(request_for(
-            "t1",
-            pb::UpdateAccountRequest {
-                account: Some(pb::Account {
-                    account_id: created.account_id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
-        ))
+    let no_mask = t1
+        .public()
+        .update_account(t1.req(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                account_id: created.account_id.clone(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        }))
         .await
         .expect_err("mask required");
     assert_eq!(violated_fields(&no_mask), ["update_mask"]);
 
-    let missing = client
-        .get_account(request_for(
-            "t1",
-            pb::GetAccountRequest {
-                account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10".into(),
-            },
-        ))
+    let missing = t1
+        .try_account("0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10")
         .await
         .expect_err("unknown id");
     assert_eq!(missing.code(), Code::NotFound);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn list_accounts_filters_and_pages(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let t1 = lifecycle.as_tenant("t1");
+    let t2 = lifecycle.as_tenant("t2");
     let mut ids = Vec::new();
     for i in 0..5 {
         let owner = if i % 2 == 0 { "even" } else { "odd" };
-        let created = create_account(&mut client, "t1", account(&format!("A{i}"), "", owner)).await;
+        let created = t1
+            .create_account_with(account(&format!("A{i}"), "", owner))
+            .await;
         ids.push(created.account_id);
     }
-    create_account(&mut client, "t2", account("Other tenant", "", "even")).await;
+    t2.create_account_with(account("Other tenant", "", "even"))
+        .await;
 
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = client
-            .list_accounts(request_for(
-                "t1",
-                pb::ListAccountsRequest {
-                    page_size: 2,
-                    page_token: token.clone(),
-                    ..Default::default()
-                },
-            ))
+        let page = t1
+            .public()
+            .list_accounts(t1.req(pb::ListAccountsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            }))
             .await
             .expect("list")
             .into_inner();
@@ -220,68 +149,61 @@ async fn list_accounts_filters_and_pages(db: TestDatabase) {
     assert_eq!(seen, ids, "every account once, in creation order");
     assert_eq!(pages, 3);
 
-    let even = client
-        .list_accounts(request_for(
-            "t1",
-            pb::ListAccountsRequest {
-                owner_id: "even".into(),
-                stage: AccountStage::Targeted as i32,
-                customer_type: CustomerType::Prospect as i32,
-                ..Default::default()
-            },
-        ))
+    let even = t1
+        .public()
+        .list_accounts(t1.req(pb::ListAccountsRequest {
+            owner_id: "even".into(),
+            stage: AccountStage::Targeted as i32,
+            customer_type: CustomerType::Prospect as i32,
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner();
     assert_eq!(even.accounts.len(), 3);
-    let engaged = client
-        .list_accounts(request_for(
-            "t1",
-            pb::ListAccountsRequest {
-                stage: AccountStage::Engaged as i32,
-                ..Default::default()
-            },
-        ))
+    let engaged = t1
+        .public()
+        .list_accounts(t1.req(pb::ListAccountsRequest {
+            stage: AccountStage::Engaged as i32,
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner();
     assert!(engaged.accounts.is_empty());
 
-    let bad = client
-        .list_accounts(request_for(
-            "t1",
-            pb::ListAccountsRequest {
-                page_size: 100_000,
-                ..Default::default()
-            },
-        ))
+    let bad = t1
+        .public()
+        .list_accounts(t1.req(pb::ListAccountsRequest {
+            page_size: 100_000,
+            ..Default::default()
+        }))
         .await
         .expect_err("page too large");
     assert_eq!(violated_fields(&bad), ["page_size"]);
-    let bad = client
-        .list_accounts(request_for(
-            "t1",
-            pb::ListAccountsRequest {
-                page_token: "not-a-token".into(),
-                ..Default::default()
-            },
-        ))
+    let bad = t1
+        .public()
+        .list_accounts(t1.req(pb::ListAccountsRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        }))
         .await
         .expect_err("bad token");
     assert_eq!(violated_fields(&bad), ["page_token"]);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn create_account_validates_and_is_idempotent(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let bad = client
-        .create_account(request_for(
-            "t1",
-            pb::CreateAccountRequest {
-                account: Some(account("  ", "not a domain", "")),
-                request_id: String::new(),
-            },
-        ))
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let t1 = lifecycle.as_tenant("t1");
+    let t2 = lifecycle.as_tenant("t2");
+    let bad = t1
+        .public()
+        .create_account(t1.req(pb::CreateAccountRequest {
+            account: Some(account("  ", "not a domain", "")),
+            request_id: String::new(),
+        }))
         .await
         .expect_err("empty name refused");
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -291,15 +213,17 @@ async fn create_account_validates_and_is_idempotent(db: TestDatabase) {
         account: Some(account("Globex", "globex.com", "")),
         request_id: "import-42".into(),
     };
-    let first = client
-        .create_account(request_for("t1", request.clone()))
+    let first = t1
+        .public()
+        .create_account(t1.req(request.clone()))
         .await
         .expect("first")
         .into_inner()
         .account
         .expect("account");
-    let again = client
-        .create_account(request_for("t1", request))
+    let again = t1
+        .public()
+        .create_account(t1.req(request))
         .await
         .expect("retry answers the same account")
         .into_inner()
@@ -307,60 +231,66 @@ async fn create_account_validates_and_is_idempotent(db: TestDatabase) {
         .expect("account");
     assert_eq!(first.account_id, again.account_id);
 
-    let listed = client
-        .list_accounts(request_for("t1", pb::ListAccountsRequest::default()))
+    let listed = t1
+        .public()
+        .list_accounts(t1.req(pb::ListAccountsRequest::default()))
         .await
         .expect("list")
         .into_inner();
     assert_eq!(listed.accounts.len(), 1, "the retry created nothing");
 
-    let duplicate = client
-        .create_account(request_for(
-            "t1",
-            pb::CreateAccountRequest {
-                account: Some(account("Globex again", "GLOBEX.com", "")),
-                request_id: String::new(),
-            },
-        ))
+    let duplicate = t1
+        .public()
+        .create_account(t1.req(pb::CreateAccountRequest {
+            account: Some(account("Globex again", "GLOBEX.com", "")),
+            request_id: String::new(),
+        }))
         .await
         .expect_err("domain taken");
     assert_eq!(duplicate.code(), Code::AlreadyExists);
 
     // The same domain in another tenant is a different account.
-    create_account(&mut client, "t2", account("Globex", "globex.com", "")).await;
-    server.stop().await;
+    t2.create_account_with(account("Globex", "globex.com", ""))
+        .await;
+    system.stop().await;
 }
 
 async fn contacts_follow_their_rules(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let acme = create_account(&mut client, "t1", account("Acme", "acme.com", "")).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let t1 = system.lifecycle().as_tenant("t1");
+    let acme = t1
+        .create_account_with(account("Acme", "acme.com", ""))
+        .await;
 
-    let anonymous = create_contact(&mut client, "t1", &acme.account_id, "")
+    let anonymous = t1
+        .try_create_contact(pat(&acme.account_id, ""), "")
         .await
         .expect("anonymous contact");
     assert_eq!(anonymous.stage, ContactStage::Anonymous as i32);
-    let suspect = create_contact(&mut client, "t1", &acme.account_id, "Pat@Acme.com")
+    let suspect = t1
+        .try_create_contact(pat(&acme.account_id, "Pat@Acme.com"), "")
         .await
         .expect("contact with email");
     assert_eq!(suspect.stage, ContactStage::Suspect as i32);
     assert_eq!(suspect.email, "pat@acme.com");
 
-    let taken = create_contact(&mut client, "t1", &acme.account_id, "pat@acme.com")
+    let taken = t1
+        .try_create_contact(pat(&acme.account_id, "pat@acme.com"), "")
         .await
         .expect_err("email unique in tenant");
     assert_eq!(taken.code(), Code::AlreadyExists);
 
-    let orphan = create_contact(
-        &mut client,
-        "t1",
-        "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10",
-        "x@acme.com",
-    )
-    .await
-    .expect_err("account must exist");
+    let orphan = t1
+        .try_create_contact(
+            pat("0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10", "x@acme.com"),
+            "",
+        )
+        .await
+        .expect_err("account must exist");
     assert_eq!(orphan.code(), Code::NotFound);
 
-    let bad = create_contact(&mut client, "t1", "", "not-an-email")
+    let bad = t1
+        .try_create_contact(pat("", "not-an-email"), "")
         .await
         .expect_err("bad fields");
     assert_eq!(
@@ -369,18 +299,16 @@ async fn contacts_follow_their_rules(db: TestDatabase) {
     );
 
     // Adding an email to an ANONYMOUS contact makes it SUSPECT.
-    let identified = client
-        .update_contact(request_for(
-            "t1",
-            pb::UpdateContactRequest {
-                contact: Some(pb::Contact {
-                    contact_id: anonymous.contact_id.clone(),
-                    email: "sam@acme.com".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["email"]),
-            },
-        ))
+    let identified = t1
+        .public()
+        .update_contact(t1.req(pb::UpdateContactRequest {
+            contact: Some(pb::Contact {
+                contact_id: anonymous.contact_id.clone(),
+                email: "sam@acme.com".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["email"]),
+        }))
         .await
         .expect("email added")
         .into_inner()
@@ -391,36 +319,32 @@ async fn contacts_follow_their_rules(db: TestDatabase) {
     assert_eq!(identified.first_name, "Pat", "unmasked fields stay");
 
     // People set the manual stages; the automatic ones are refused.
-    let qualified = client
-        .update_contact(request_for(
-            "t1",
-            pb::UpdateContactRequest {
-                contact: Some(pb::Contact {
-                    contact_id: identified.contact_id.clone(),
-                    stage: ContactStage::SalesQualified as i32,
-                    ..Default::default()
-                }),
-                update_mask: mask(&["stage"]),
-            },
-        ))
+    let qualified = t1
+        .public()
+        .update_contact(t1.req(pb::UpdateContactRequest {
+            contact: Some(pb::Contact {
+                contact_id: identified.contact_id.clone(),
+                stage: ContactStage::SalesQualified as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["stage"]),
+        }))
         .await
         .expect("manual stage")
         .into_inner()
         .contact
         .expect("contact");
     assert_eq!(qualified.stage, ContactStage::SalesQualified as i32);
-    let automatic = client
-        .update_contact(request_for(
-            "t1",
-            pb::UpdateContactRequest {
-                contact: Some(pb::Contact {
-                    contact_id: identified.contact_id.clone(),
-                    stage: ContactStage::Customer as i32,
-                    ..Default::default()
-                }),
-                update_mask: mask(&["stage"]),
-            },
-        ))
+    let automatic = t1
+        .public()
+        .update_contact(t1.req(pb::UpdateContactRequest {
+            contact: Some(pb::Contact {
+                contact_id: identified.contact_id.clone(),
+                stage: ContactStage::Customer as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["stage"]),
+        }))
         .await
         .expect_err("automatic stage refused");
     assert_eq!(automatic.code(), Code::FailedPrecondition);
@@ -429,137 +353,108 @@ async fn contacts_follow_their_rules(db: TestDatabase) {
         .expect("precondition detail");
     assert!(failure.violations[0].description.contains("CUSTOMER"));
 
-    let listed = client
-        .list_contacts(request_for(
-            "t1",
-            pb::ListContactsRequest {
-                account_id: acme.account_id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = t1
+        .public()
+        .list_contacts(t1.req(pb::ListContactsRequest {
+            account_id: acme.account_id.clone(),
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner();
     assert_eq!(listed.contacts.len(), 2);
-    let by_email = client
-        .list_contacts(request_for(
-            "t1",
-            pb::ListContactsRequest {
-                email: "PAT@acme.com".into(),
-                ..Default::default()
-            },
-        ))
+    let by_email = t1
+        .public()
+        .list_contacts(t1.req(pb::ListContactsRequest {
+            email: "PAT@acme.com".into(),
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner();
     assert_eq!(by_email.contacts.len(), 1);
     assert_eq!(by_email.contacts[0].contact_id, suspect.contact_id);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn tenants_never_see_each_other(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let theirs = create_account(&mut client, "tenant-b", account("B's", "b.com", "")).await;
-    let their_contact = create_contact(&mut client, "tenant-b", &theirs.account_id, "x@b.com")
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let a = lifecycle.as_tenant("tenant-a");
+    let b = lifecycle.as_tenant("tenant-b");
+    let theirs = b.create_account_with(account("B's", "b.com", "")).await;
+    let their_contact = b
+        .try_create_contact(pat(&theirs.account_id, "x@b.com"), "")
         .await
         .expect("contact");
 
-    let get = client
-        .get_account(request_for(
-            "tenant-a",
-            pb::GetAccountRequest {
-                account_id: theirs.account_id.clone(),
-            },
-        ))
-        .await
-        .expect_err("hidden");
+    let get = a.try_account(&theirs.account_id).await.expect_err("hidden");
     assert_eq!(get.code(), Code::NotFound);
-    let update = client
-        .update_account(request_for(
-            "tenant-a",
-            pb::UpdateAccountRequest {
-                account: Some(pb::Account {
-                    account_id: theirs.account_id.clone(),
-                    name: "hijacked".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["name"]),
-            },
-        ))
+    let update = a
+        .public()
+        .update_account(a.req(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                account_id: theirs.account_id.clone(),
+                name: "hijacked".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        }))
         .await
         .expect_err("hidden");
     assert_eq!(update.code(), Code::NotFound);
-    let contact = create_contact(&mut client, "tenant-a", &theirs.account_id, "")
+    let contact = a
+        .try_create_contact(pat(&theirs.account_id, ""), "")
         .await
         .expect_err("cannot attach to another tenant's account");
     assert_eq!(contact.code(), Code::NotFound);
-    let get_contact = client
-        .get_contact(request_for(
-            "tenant-a",
-            pb::GetContactRequest {
-                contact_id: their_contact.contact_id.clone(),
-            },
-        ))
+    let get_contact = a
+        .public()
+        .get_contact(a.req(pb::GetContactRequest {
+            contact_id: their_contact.contact_id.clone(),
+        }))
         .await
         .expect_err("hidden");
     assert_eq!(get_contact.code(), Code::NotFound);
-    let listed = client
-        .list_accounts(request_for("tenant-a", pb::ListAccountsRequest::default()))
+    let listed = a
+        .public()
+        .list_accounts(a.req(pb::ListAccountsRequest::default()))
         .await
         .expect("list")
         .into_inner();
     assert!(listed.accounts.is_empty());
-    let listed = client
-        .list_contacts(request_for("tenant-a", pb::ListContactsRequest::default()))
+    let listed = a
+        .public()
+        .list_contacts(a.req(pb::ListContactsRequest::default()))
         .await
         .expect("list")
         .into_inner();
     assert!(listed.contacts.is_empty());
 
     // Nothing of tenant-b changed.
-    let unchanged = client
-        .get_account(request_for(
-            "tenant-b",
-            pb::GetAccountRequest {
-                account_id: theirs.account_id.clone(),
-            },
-        ))
-        .await
-        .expect("visible to its tenant")
-        .into_inner()
-        .account
-        .expect("account");
-    assert_eq!(unchanged, theirs);
+    let unchanged = b.account(&theirs.account_id).await;
+    assert_eq!(unchanged, theirs, "visible to its tenant, unchanged");
 
-    let bad_tenant = client
+    let bad_tenant = lifecycle
+        .public()
         .list_accounts(request_for("Not Valid", pb::ListAccountsRequest::default()))
         .await
         .expect_err("malformed tenant");
     assert_eq!(bad_tenant.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&bad_tenant), ["x-tenant-id"]);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn data_survives_a_restart(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let created = create_account(&mut client, "t1", account("Durable", "", "")).await;
-    server.stop().await;
+    let mut system = TestSystem::lifecycle_on(&db).await;
+    let t1 = system.lifecycle().as_tenant("t1");
+    let created = t1.create_account_with(account("Durable", "", "")).await;
+    system.stop_lifecycle().await;
 
-    let (server, mut client) = start(&db).await;
-    let fetched = client
-        .get_account(request_for(
-            "t1",
-            pb::GetAccountRequest {
-                account_id: created.account_id.clone(),
-            },
-        ))
-        .await
-        .expect("still there")
-        .into_inner()
-        .account
-        .expect("account");
-    assert_eq!(fetched, created);
-    server.stop().await;
+    system.start_lifecycle().await;
+    let fetched = t1.account(&created.account_id).await;
+    assert_eq!(fetched, created, "still there");
+    system.stop().await;
 }
 
 fn uuid_v7(id: &str) -> bool {
@@ -571,9 +466,11 @@ fn uuid_v7(id: &str) -> bool {
 /// gets the same contact for an email, and exactly one contact per email is
 /// stored, under the account of its domain.
 async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
-    let (_server, mut client) = start(&db).await;
-    let t = "race";
-    let acme = create_account(&mut client, t, account("Acme", "acme.example", "")).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let race = system.lifecycle().as_tenant("race");
+    let acme = race
+        .create_account_with(account("Acme", "acme.example", ""))
+        .await;
     let references: Vec<pb::ContactReference> = (0..20)
         .map(|i| pb::ContactReference {
             email: format!("person{i}@acme.example"),
@@ -581,16 +478,13 @@ async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
         })
         .collect();
     let calls = (0..4).map(|n| {
-        let mut client = client.clone();
+        let race = race.clone();
         // Each call names the emails in another order.
         let mut references = references.clone();
         references.rotate_left(n * 5);
         async move {
-            client
-                .batch_resolve_contacts(request_for(
-                    t,
-                    pb::BatchResolveContactsRequest { references },
-                ))
+            race.public()
+                .batch_resolve_contacts(race.req(pb::BatchResolveContactsRequest { references }))
                 .await
                 .map(|r| r.into_inner().resolutions)
         }
@@ -613,25 +507,23 @@ async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
             assert_eq!(*first, resolution.contact_id, "{}", reference.email);
         }
     }
-    let listed = client
-        .list_contacts(request_for(
-            t,
-            pb::ListContactsRequest {
-                account_id: acme.account_id.clone(),
-                page_size: 100,
-                ..Default::default()
-            },
-        ))
+    let listed = race
+        .public()
+        .list_contacts(race.req(pb::ListContactsRequest {
+            account_id: acme.account_id.clone(),
+            page_size: 100,
+            ..Default::default()
+        }))
         .await
         .expect("contacts")
         .into_inner()
         .contacts;
     assert_eq!(listed.len(), 20);
     // Ids checked in the same call: the created contacts belong to Acme.
-    let checked = client
-        .batch_resolve_contacts(request_for(
-            t,
-            pb::BatchResolveContactsRequest {
+    let checked = race
+        .public()
+        .batch_resolve_contacts(
+            race.req(pb::BatchResolveContactsRequest {
                 references: listed
                     .iter()
                     .map(|c| pb::ContactReference {
@@ -640,8 +532,8 @@ async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
                         email: String::new(),
                     })
                     .collect(),
-            },
-        ))
+            }),
+        )
         .await
         .expect("check")
         .into_inner()

@@ -8,13 +8,17 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cascade_lifecycle::storage::NOTIFICATION_TOPIC;
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
 use cascade_proto::lifecycle::v1::TransitionCause as Cause;
-use cascade_testkit::TestDatabase;
-use cascade_testkit::on_each_database;
-use common::*;
+use cascade_testkit::fixtures::{mask, precondition_subjects, violated_fields};
+use cascade_testkit::{
+    Caller, TENANT, TestDatabase, TestSystem, WebhookReceiver, eventually, on_each_database,
+    wait_until_delivered,
+};
+use common::{as_service, delivery, new_id, opportunity, score};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -32,27 +36,34 @@ fn reached(account: &pb::Account) -> Vec<i32> {
     stages
 }
 
-async fn tekstack_walkthrough(db: TestDatabase) {
-    let receiver = WebhookReceiver::start(true).await;
-    let (server, mut client) = start(&db).await;
-    set_settings(
-        &mut client,
-        pb::LifecycleSettings {
-            webhook_url: receiver.url.clone(),
-            webhook_secret: "s3cret-signing-key".into(),
-            ..Default::default()
-        },
-        &["webhook_url", "webhook_secret"],
-    )
+/// Returns once the clock has left the current millisecond, so whatever is
+/// recorded next is strictly later than anything recorded before the call.
+async fn next_millisecond() {
+    let mark = cascade_chassis::time::now();
+    eventually("the clock to pass the last millisecond", async || {
+        let now = cascade_chassis::time::now();
+        if now > mark { Ok(()) } else { Err(now) }
+    })
     .await;
+}
 
-    let account = create_account(&mut client, "Initech", "peter@seller.example").await;
+async fn tekstack_walkthrough(db: TestDatabase) {
+    let receiver = WebhookReceiver::start().await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    lifecycle
+        .set_webhook(&receiver.url, Some("s3cret-signing-key"))
+        .await;
+
+    let account = lifecycle
+        .create_account("Initech", "peter@seller.example")
+        .await;
     let id = account.account_id.clone();
-    let ann = create_contact(&mut client, &id, "ann@initech.example").await;
-    let bob = create_contact(&mut client, &id, "bob@initech.example").await;
+    let ann = lifecycle.create_contact(&id, "ann@initech.example").await;
+    let bob = lifecycle.create_contact(&id, "bob@initech.example").await;
 
     // Anonymous intent: TARGETED -> DETECTED.
-    let detected = score(&mut client, &id, "score-1", 1, 0.0, 12.0, vec![]).await;
+    let detected = score(&lifecycle, &id, "score-1", 1, 0.0, 12.0, vec![]).await;
     assert_eq!(
         detected.account.as_ref().map(|a| a.stage),
         Some(S::Detected as i32)
@@ -60,7 +71,7 @@ async fn tekstack_walkthrough(db: TestDatabase) {
 
     // Ann opens emails and attends a webinar: ENGAGED (account and contact).
     let engaged = score(
-        &mut client,
+        &lifecycle,
         &id,
         "score-2",
         2,
@@ -78,13 +89,13 @@ async fn tekstack_walkthrough(db: TestDatabase) {
         Some(S::Engaged as i32)
     );
     assert_eq!(
-        get_contact(&mut client, &ann.contact_id).await.stage,
+        lifecycle.contact(&ann.contact_id).await.stage,
         C::Engaged as i32
     );
 
     // Bob visits pricing and asks for a demo: 27 + 93 = 120 >= 100.
     let prioritized = score(
-        &mut client,
+        &lifecycle,
         &id,
         "score-3",
         3,
@@ -100,7 +111,7 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     let after = prioritized.account.expect("account");
     assert_eq!(after.stage, S::Prioritized as i32);
     assert_eq!(after.engagement_score, 120.0);
-    let bob_now = get_contact(&mut client, &bob.contact_id).await;
+    let bob_now = lifecycle.contact(&bob.contact_id).await;
     assert_eq!(
         bob_now.stage,
         C::MarketingQualified as i32,
@@ -127,14 +138,13 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     );
 
     // Business development hands it to sales.
-    let qualified = client
-        .qualify_account(req(
-            "bdr@seller.example",
-            pb::QualifyAccountRequest {
-                account_id: id.clone(),
-                reason: "budget confirmed".into(),
-            },
-        ))
+    let bdr = Caller::tenant(TENANT).actor("bdr@seller.example");
+    let qualified = lifecycle
+        .public()
+        .qualify_account(bdr.req(pb::QualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "budget confirmed".into(),
+        }))
         .await
         .expect("qualify")
         .into_inner();
@@ -146,7 +156,7 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     let deal = new_id();
     let buying_group = [ann.contact_id.as_str(), bob.contact_id.as_str()];
     let opened = opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "opp-1-opened",
         &deal,
@@ -157,12 +167,12 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     .await;
     assert_eq!(opened.account.map(|a| a.stage), Some(S::Pipeline as i32));
     assert_eq!(
-        get_contact(&mut client, &ann.contact_id).await.stage,
+        lifecycle.contact(&ann.contact_id).await.stage,
         C::Opportunity as i32
     );
 
     let won = opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "opp-1-won",
         &deal,
@@ -176,34 +186,31 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     assert_eq!(won_account.customer_type, CustomerType::Customer as i32);
     for contact in [&ann, &bob] {
         assert_eq!(
-            get_contact(&mut client, &contact.contact_id).await.stage,
+            lifecycle.contact(&contact.contact_id).await.stage,
             C::Customer as i32
         );
     }
 
+    let csm = Caller::tenant(TENANT).actor("csm@seller.example");
     for to in [S::Expand, S::Advocate] {
-        let moved = client
-            .advance_account(req(
-                "csm@seller.example",
-                pb::AdvanceAccountRequest {
-                    account_id: id.clone(),
-                    to_stage: to as i32,
-                    reason: String::new(),
-                },
-            ))
+        let moved = lifecycle
+            .public()
+            .advance_account(csm.req(pb::AdvanceAccountRequest {
+                account_id: id.clone(),
+                to_stage: to as i32,
+                reason: String::new(),
+            }))
             .await
             .expect("advance")
             .into_inner();
         assert_eq!(moved.account.map(|a| a.stage), Some(to as i32));
     }
-    let refused = client
-        .advance_account(req(
-            "csm@seller.example",
-            pb::AdvanceAccountRequest {
-                account_id: id.clone(),
-                ..Default::default()
-            },
-        ))
+    let refused = lifecycle
+        .public()
+        .advance_account(csm.req(pb::AdvanceAccountRequest {
+            account_id: id.clone(),
+            ..Default::default()
+        }))
         .await
         .expect_err("nothing after ADVOCATE");
     assert_eq!(refused.code(), Code::FailedPrecondition);
@@ -212,10 +219,9 @@ async fn tekstack_walkthrough(db: TestDatabase) {
         "{}",
         refused.message()
     );
-    let failure = refused.get_details_precondition_failure().expect("detail");
-    assert_eq!(failure.violations[0].subject, format!("account/{id}"));
+    assert_eq!(precondition_subjects(&refused)[0], format!("account/{id}"));
 
-    let history = transitions(&mut client, &id).await;
+    let history = lifecycle.transitions(&id).await;
     assert_eq!(
         stage_path(&history),
         vec![
@@ -264,14 +270,14 @@ async fn tekstack_walkthrough(db: TestDatabase) {
         "history in time order"
     );
 
-    let final_account = get_account(&mut client, &id).await;
+    let final_account = lifecycle.account(&id).await;
     assert_eq!(final_account.stage, S::Advocate as i32);
     assert_eq!(
         reached(&final_account),
         (1..=9).collect::<Vec<_>>(),
         "all nine stages reached"
     );
-    let bob_final = get_contact(&mut client, &bob.contact_id).await;
+    let bob_final = lifecycle.contact(&bob.contact_id).await;
     let bob_reached: Vec<i32> = bob_final.stages_reached.iter().map(|s| s.stage).collect();
     for stage in [
         C::Suspect,
@@ -285,57 +291,42 @@ async fn tekstack_walkthrough(db: TestDatabase) {
         );
     }
     assert_eq!(receiver.accepted().len(), 1, "exactly one notification");
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
-    let receiver = WebhookReceiver::start(true).await;
-    let (server, mut client) = start(&db).await;
-    set_settings(
-        &mut client,
-        pb::LifecycleSettings {
-            webhook_url: receiver.url.clone(),
-            ..Default::default()
-        },
-        &["webhook_url"],
-    )
-    .await;
-    let account = create_account(&mut client, "Globex", "hank@seller.example").await;
-    let id = account.account_id.clone();
-    score(&mut client, &id, "s1", 1, 150.0, 0.0, vec![]).await;
-    assert_eq!(
-        get_account(&mut client, &id).await.stage,
-        S::Prioritized as i32
+    let receiver = WebhookReceiver::start().await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    lifecycle.set_webhook(&receiver.url, None).await;
+    let (ae, bdr) = (
+        Caller::tenant(TENANT).actor("ae"),
+        Caller::tenant(TENANT).actor("bdr"),
     );
+    let account = lifecycle
+        .create_account("Globex", "hank@seller.example")
+        .await;
+    let id = account.account_id.clone();
+    score(&lifecycle, &id, "s1", 1, 150.0, 0.0, vec![]).await;
+    assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
 
-    let no_reason = client
-        .nurture_account(req(
-            "ae",
-            pb::NurtureAccountRequest {
-                account_id: id.clone(),
-                reason: "  ".into(),
-            },
-        ))
+    let no_reason = lifecycle
+        .public()
+        .nurture_account(ae.req(pb::NurtureAccountRequest {
+            account_id: id.clone(),
+            reason: "  ".into(),
+        }))
         .await
         .expect_err("reason required");
     assert_eq!(no_reason.code(), Code::InvalidArgument);
-    assert_eq!(
-        no_reason
-            .get_details_bad_request()
-            .expect("detail")
-            .field_violations[0]
-            .field,
-        "reason"
-    );
+    assert_eq!(violated_fields(&no_reason)[0], "reason");
 
-    let nurtured = client
-        .nurture_account(req(
-            "ae",
-            pb::NurtureAccountRequest {
-                account_id: id.clone(),
-                reason: "not ready until next fiscal year".into(),
-            },
-        ))
+    let nurtured = lifecycle
+        .public()
+        .nurture_account(ae.req(pb::NurtureAccountRequest {
+            account_id: id.clone(),
+            reason: "not ready until next fiscal year".into(),
+        }))
         .await
         .expect("nurture")
         .into_inner();
@@ -357,23 +348,18 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     );
 
     // 50 new points since the nurture are not enough; 110 are.
-    score(&mut client, &id, "s2", 2, 200.0, 0.0, vec![]).await;
-    assert_eq!(get_account(&mut client, &id).await.stage, S::Engaged as i32);
-    score(&mut client, &id, "s3", 3, 260.0, 0.0, vec![]).await;
-    assert_eq!(
-        get_account(&mut client, &id).await.stage,
-        S::Prioritized as i32
-    );
+    score(&lifecycle, &id, "s2", 2, 200.0, 0.0, vec![]).await;
+    assert_eq!(lifecycle.account(&id).await.stage, S::Engaged as i32);
+    score(&lifecycle, &id, "s3", 3, 260.0, 0.0, vec![]).await;
+    assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
     receiver.wait_for(2).await;
 
-    let disqualified = client
-        .disqualify_account(req(
-            "ae",
-            pb::DisqualifyAccountRequest {
-                account_id: id.clone(),
-                reason: "no budget".into(),
-            },
-        ))
+    let disqualified = lifecycle
+        .public()
+        .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "no budget".into(),
+        }))
         .await
         .expect("disqualify")
         .into_inner()
@@ -384,14 +370,12 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     let summary = disqualified.recycle_summary.expect("summary");
     assert_eq!((summary.nurture_count, summary.disqualify_count), (1, 1));
 
-    let again = client
-        .disqualify_account(req(
-            "ae",
-            pb::DisqualifyAccountRequest {
-                account_id: id.clone(),
-                reason: "still no budget".into(),
-            },
-        ))
+    let again = lifecycle
+        .public()
+        .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "still no budget".into(),
+        }))
         .await
         .expect_err("already DETECTED");
     assert_eq!(again.code(), Code::FailedPrecondition);
@@ -411,30 +395,28 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     );
 
     // Re-engagement after Disqualify climbs back and notifies again.
-    score(&mut client, &id, "s4", 4, 380.0, 0.0, vec![]).await;
-    let back = get_account(&mut client, &id).await;
+    score(&lifecycle, &id, "s4", 4, 380.0, 0.0, vec![]).await;
+    let back = lifecycle.account(&id).await;
     assert_eq!(back.stage, S::Prioritized as i32);
     assert_eq!(back.customer_type, CustomerType::ReProspect as i32);
     receiver.wait_for(3).await;
 
     // With the QUALIFIED stage off, Qualify is refused with the reason.
-    set_settings(
-        &mut client,
-        pb::LifecycleSettings {
-            qualified_stage_enabled: false,
-            ..Default::default()
-        },
-        &["qualified_stage_enabled"],
-    )
-    .await;
-    let off = client
-        .qualify_account(req(
-            "bdr",
-            pb::QualifyAccountRequest {
-                account_id: id.clone(),
-                reason: String::new(),
+    lifecycle
+        .set_settings(
+            pb::LifecycleSettings {
+                qualified_stage_enabled: false,
+                ..Default::default()
             },
-        ))
+            &["qualified_stage_enabled"],
+        )
+        .await;
+    let off = lifecycle
+        .public()
+        .qualify_account(bdr.req(pb::QualifyAccountRequest {
+            account_id: id.clone(),
+            reason: String::new(),
+        }))
         .await
         .expect_err("stage turned off");
     assert!(
@@ -443,7 +425,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
         off.message()
     );
 
-    let history = transitions(&mut client, &id).await;
+    let history = lifecycle.transitions(&id).await;
     let causes: Vec<i32> = history.iter().map(|t| t.cause).collect();
     assert_eq!(
         causes,
@@ -458,42 +440,44 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
         ]
         .map(|c| c as i32)
     );
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn stage_at_answers_between_transitions(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let account = create_account(&mut client, "Hooli", "").await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let ae = Caller::tenant(TENANT).actor("ae");
+    let account = lifecycle.create_account("Hooli", "").await;
     let id = account.account_id.clone();
     let created = account.create_time.expect("create time");
-    // Distinct timestamps between steps (history is kept in milliseconds).
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    score(&mut client, &id, "a", 1, 10.0, 0.0, vec![]).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Distinct timestamps between steps (history is kept in milliseconds):
+    // each step starts in a millisecond after the last one's.
+    next_millisecond().await;
+    score(&lifecycle, &id, "a", 1, 10.0, 0.0, vec![]).await;
+    next_millisecond().await;
     let between = cascade_chassis::time::to_timestamp(cascade_chassis::time::now());
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    score(&mut client, &id, "b", 2, 100.0, 0.0, vec![]).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    client
-        .disqualify_account(req(
-            "ae",
-            pb::DisqualifyAccountRequest {
-                account_id: id.clone(),
-                reason: "wrong region".into(),
-            },
-        ))
+    next_millisecond().await;
+    score(&lifecycle, &id, "b", 2, 100.0, 0.0, vec![]).await;
+    next_millisecond().await;
+    lifecycle
+        .public()
+        .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "wrong region".into(),
+        }))
         .await
         .expect("disqualify");
-    let history = transitions(&mut client, &id).await;
+    let history = lifecycle.transitions(&id).await;
     assert_eq!(history.len(), 3);
 
     let at = |time: prost_types::Timestamp| pb::GetAccountStageAtRequest {
         account_id: id.clone(),
         time: Some(time),
     };
-    let mut ask = async |time: prost_types::Timestamp| {
-        client
-            .get_account_stage_at(req("test", at(time)))
+    let ask = async |time: prost_types::Timestamp| {
+        lifecycle
+            .public()
+            .get_account_stage_at(lifecycle.req(at(time)))
             .await
             .map(|r| r.into_inner())
     };
@@ -528,67 +512,64 @@ async fn stage_at_answers_between_transitions(db: TestDatabase) {
         (latest.stage, latest.customer_type),
         (S::Detected as i32, CustomerType::ReProspect as i32)
     );
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let id = create_account(&mut client, "Umbrella", "").await.account_id;
-    let first = score(&mut client, &id, "e1", 5, 40.0, 0.0, vec![]).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle.create_account("Umbrella", "").await.account_id;
+    let first = score(&lifecycle, &id, "e1", 5, 40.0, 0.0, vec![]).await;
     assert_eq!(first.outcome, pb::ApplyOutcome::Applied as i32);
     assert_eq!(first.transitions.len(), 1);
 
-    let repeat = score(&mut client, &id, "e1", 5, 40.0, 0.0, vec![]).await;
+    let repeat = score(&lifecycle, &id, "e1", 5, 40.0, 0.0, vec![]).await;
     assert_eq!(repeat.outcome, pb::ApplyOutcome::Duplicate as i32);
     assert!(repeat.transitions.is_empty());
 
     // An older sequence arriving late changes nothing, even with a new id.
-    let stale = score(&mut client, &id, "e0", 4, 500.0, 0.0, vec![]).await;
+    let stale = score(&lifecycle, &id, "e0", 4, 500.0, 0.0, vec![]).await;
     assert_eq!(stale.outcome, pb::ApplyOutcome::Stale as i32);
-    let account = get_account(&mut client, &id).await;
+    let account = lifecycle.account(&id).await;
     assert_eq!(
         (account.stage, account.engagement_score),
         (S::Engaged as i32, 40.0)
     );
 
     let deal = new_id();
-    let opened = opportunity(&mut client, &id, "o1", &deal, Opp::Opened, &[], 0).await;
+    let opened = opportunity(&lifecycle, &id, "o1", &deal, Opp::Opened, &[], 0).await;
     assert_eq!(opened.outcome, pb::ApplyOutcome::Applied as i32);
-    let opened_again = opportunity(&mut client, &id, "o1", &deal, Opp::Opened, &[], 0).await;
+    let opened_again = opportunity(&lifecycle, &id, "o1", &deal, Opp::Opened, &[], 0).await;
     assert_eq!(opened_again.outcome, pb::ApplyOutcome::Duplicate as i32);
-    assert_eq!(transitions(&mut client, &id).await.len(), 2);
+    assert_eq!(lifecycle.transitions(&id).await.len(), 2);
 
-    let bad = client
-        .internal
-        .apply_engagement_score(req(
-            "scoring",
-            pb::ApplyEngagementScoreRequest {
-                event_id: String::new(),
-                account_id: id.clone(),
-                sequence: 0,
-                engagement_score: f64::NAN,
-                ..Default::default()
-            },
-        ))
+    let scoring = as_service(&lifecycle, "scoring");
+    let bad = scoring
+        .internal()
+        .apply_engagement_score(scoring.req(pb::ApplyEngagementScoreRequest {
+            event_id: String::new(),
+            account_id: id.clone(),
+            sequence: 0,
+            engagement_score: f64::NAN,
+            ..Default::default()
+        }))
         .await
         .expect_err("bad delivery");
-    let fields: Vec<String> = bad
-        .get_details_bad_request()
-        .expect("detail")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, ["event_id", "sequence", "engagement_score"]);
-    server.stop().await;
+    assert_eq!(
+        violated_fields(&bad),
+        ["event_id", "sequence", "engagement_score"]
+    );
+    system.stop().await;
 }
 
 async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let id = create_account(&mut client, "Soylent", "").await.account_id;
-    let pat = create_contact(&mut client, &id, "pat@soylent.example").await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let ae = Caller::tenant(TENANT).actor("ae");
+    let id = lifecycle.create_account("Soylent", "").await.account_id;
+    let pat = lifecycle.create_contact(&id, "pat@soylent.example").await;
     score(
-        &mut client,
+        &lifecycle,
         &id,
         "s",
         1,
@@ -599,7 +580,7 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     .await;
     let (a, b) = (new_id(), new_id());
     opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "a-open",
         &a,
@@ -609,7 +590,7 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     )
     .await;
     opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "b-open",
         &b,
@@ -618,20 +599,15 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
         1,
     )
     .await;
-    assert_eq!(
-        get_account(&mut client, &id).await.stage,
-        S::Pipeline as i32
-    );
+    assert_eq!(lifecycle.account(&id).await.stage, S::Pipeline as i32);
 
     // While another deal is open, a Disqualify is refused and a loss keeps PIPELINE.
-    let refused = client
-        .disqualify_account(req(
-            "ae",
-            pb::DisqualifyAccountRequest {
-                account_id: id.clone(),
-                reason: "x".into(),
-            },
-        ))
+    let refused = lifecycle
+        .public()
+        .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "x".into(),
+        }))
         .await
         .expect_err("open deals");
     assert!(
@@ -640,7 +616,7 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
         refused.message()
     );
     opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "a-lost",
         &a,
@@ -649,18 +625,15 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
         1,
     )
     .await;
+    assert_eq!(lifecycle.account(&id).await.stage, S::Pipeline as i32);
     assert_eq!(
-        get_account(&mut client, &id).await.stage,
-        S::Pipeline as i32
-    );
-    assert_eq!(
-        get_contact(&mut client, &pat.contact_id).await.stage,
+        lifecycle.contact(&pat.contact_id).await.stage,
         C::Opportunity as i32
     );
 
     // The last one lost: the on-lost action (NURTURE) applies.
     let lost = opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "b-lost",
         &b,
@@ -674,57 +647,54 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     assert_eq!(lost.transitions[0].cause, Cause::OpportunityLost as i32);
     assert_eq!(account.recycle_summary.expect("summary").nurture_count, 1);
     assert_eq!(
-        get_contact(&mut client, &pat.contact_id).await.stage,
+        lifecycle.contact(&pat.contact_id).await.stage,
         C::Engaged as i32
     );
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let bdr = Caller::tenant(TENANT).actor("bdr");
+    let ae = Caller::tenant(TENANT).actor("ae");
     let start_time = cascade_chassis::time::to_timestamp(
         cascade_chassis::time::now() - chrono::Duration::seconds(1),
     );
-    let a = create_account(&mut client, "A", "").await.account_id;
-    let b = create_account(&mut client, "B", "").await.account_id;
-    let c = create_account(&mut client, "C", "").await.account_id;
-    let _d = create_account(&mut client, "D", "").await.account_id;
-    score(&mut client, &a, "a1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
-    client
-        .qualify_account(req(
-            "bdr",
-            pb::QualifyAccountRequest {
-                account_id: a.clone(),
-                reason: String::new(),
-            },
-        ))
+    let a = lifecycle.create_account("A", "").await.account_id;
+    let b = lifecycle.create_account("B", "").await.account_id;
+    let c = lifecycle.create_account("C", "").await.account_id;
+    let _d = lifecycle.create_account("D", "").await.account_id;
+    score(&lifecycle, &a, "a1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
+    lifecycle
+        .public()
+        .qualify_account(bdr.req(pb::QualifyAccountRequest {
+            account_id: a.clone(),
+            reason: String::new(),
+        }))
         .await
         .expect("qualify");
-    opportunity(&mut client, &a, "a-open", &new_id(), Opp::Opened, &[], 0).await; // PIPELINE
-    score(&mut client, &b, "b1", 1, 50.0, 0.0, vec![]).await; // ENGAGED
-    score(&mut client, &c, "c1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
-    client
-        .nurture_account(req(
-            "ae",
-            pb::NurtureAccountRequest {
-                account_id: c.clone(),
-                reason: "later".into(),
-            },
-        ))
+    opportunity(&lifecycle, &a, "a-open", &new_id(), Opp::Opened, &[], 0).await; // PIPELINE
+    score(&lifecycle, &b, "b1", 1, 50.0, 0.0, vec![]).await; // ENGAGED
+    score(&lifecycle, &c, "c1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
+    lifecycle
+        .public()
+        .nurture_account(ae.req(pb::NurtureAccountRequest {
+            account_id: c.clone(),
+            reason: "later".into(),
+        }))
         .await
         .expect("nurture"); // back to ENGAGED
     let end_time = cascade_chassis::time::to_timestamp(
         cascade_chassis::time::now() + chrono::Duration::hours(1),
     );
 
-    let report = client
-        .get_funnel_report(req(
-            "dashboard",
-            pb::GetFunnelReportRequest {
-                start_time: Some(start_time),
-                end_time: Some(end_time),
-            },
-        ))
+    let report = lifecycle
+        .public()
+        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
+            start_time: Some(start_time),
+            end_time: Some(end_time),
+        }))
         .await
         .expect("funnel")
         .into_inner();
@@ -764,74 +734,55 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     );
 
     // A window before anything happened is empty.
-    let early = client
-        .get_funnel_report(req(
-            "dashboard",
-            pb::GetFunnelReportRequest {
-                start_time: Some(prost_types::Timestamp {
-                    seconds: start_time.seconds - 7200,
-                    nanos: 0,
-                }),
-                end_time: Some(prost_types::Timestamp {
-                    seconds: start_time.seconds - 3600,
-                    nanos: 0,
-                }),
-            },
-        ))
+    let early = lifecycle
+        .public()
+        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
+            start_time: Some(prost_types::Timestamp {
+                seconds: start_time.seconds - 7200,
+                nanos: 0,
+            }),
+            end_time: Some(prost_types::Timestamp {
+                seconds: start_time.seconds - 3600,
+                nanos: 0,
+            }),
+        }))
         .await
         .expect("funnel")
         .into_inner();
     assert!(early.stages.iter().all(|s| s.entered == 0));
-    let inverted = client
-        .get_funnel_report(req(
-            "dashboard",
-            pb::GetFunnelReportRequest {
-                start_time: Some(start_time),
-                end_time: Some(start_time),
-            },
-        ))
+    let inverted = lifecycle
+        .public()
+        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
+            start_time: Some(start_time),
+            end_time: Some(start_time),
+        }))
         .await
         .expect_err("inverted window");
     assert_eq!(inverted.code(), Code::InvalidArgument);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn notifications_survive_receiver_outage_and_restart(db: TestDatabase) {
-    let receiver = WebhookReceiver::start(false).await;
-    let (server, mut client) = start(&db).await;
-    set_settings(
-        &mut client,
-        pb::LifecycleSettings {
-            webhook_url: receiver.url.clone(),
-            ..Default::default()
-        },
-        &["webhook_url"],
-    )
-    .await;
+    let receiver = WebhookReceiver::start_down().await;
+    let mut system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    lifecycle.set_webhook(&receiver.url, None).await;
     let mut expected = Vec::new();
     for name in ["One", "Two", "Three"] {
-        let id = create_account(&mut client, name, "owner").await.account_id;
-        score(
-            &mut client,
-            &id,
-            &format!("{name}-s"),
-            1,
-            100.0,
-            0.0,
-            vec![],
-        )
-        .await;
+        let id = lifecycle.create_account(name, "owner").await.account_id;
+        score(&lifecycle, &id, &format!("{name}-s"), 1, 100.0, 0.0, vec![]).await;
         expected.push(id);
     }
     // The receiver is down: deliveries fail and are retried.
     receiver.wait_for_refusals(3).await;
-    server.stop().await;
+    system.stop_lifecycle().await;
 
     receiver.set_up(true);
-    let (server, _client) = start(&db).await;
+    system.start_lifecycle().await;
     receiver.wait_for(3).await;
-    // Give any duplicate a chance to arrive before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Count once every notification is marked delivered (none is left in
+    // the outbox), so no duplicate can still be on its way.
+    wait_until_delivered(&db.settings, NOTIFICATION_TOPIC).await;
     let received = receiver.accepted();
     let mut ids: Vec<String> = received
         .iter()
@@ -858,27 +809,25 @@ async fn notifications_survive_receiver_outage_and_restart(db: TestDatabase) {
     accounts.sort();
     expected.sort();
     assert_eq!(accounts, expected);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn concurrent_actions_do_not_interleave(db: TestDatabase) {
-    let (server, client) = start(&db).await;
-    let mut c = client.clone();
-    let id = create_account(&mut c, "Contested", "").await.account_id;
-    score(&mut c, &id, "s", 1, 100.0, 0.0, vec![]).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let ae = lifecycle.as_caller(Caller::tenant(TENANT).actor("ae"));
+    let id = lifecycle.create_account("Contested", "").await.account_id;
+    score(&lifecycle, &id, "s", 1, 100.0, 0.0, vec![]).await;
 
     let nurture = |reason: &'static str| {
-        let mut client = client.clone();
+        let ae = ae.clone();
         let id = id.clone();
         async move {
-            client
-                .nurture_account(req(
-                    "ae",
-                    pb::NurtureAccountRequest {
-                        account_id: id,
-                        reason: reason.into(),
-                    },
-                ))
+            ae.public()
+                .nurture_account(ae.req(pb::NurtureAccountRequest {
+                    account_id: id,
+                    reason: reason.into(),
+                }))
                 .await
         }
     };
@@ -893,27 +842,17 @@ async fn concurrent_actions_do_not_interleave(db: TestDatabase) {
     assert_eq!(loser.code(), Code::FailedPrecondition);
 
     // A score racing a Disqualify: whatever the order, history replays to the stage.
-    score(&mut c, &id, "s2", 2, 300.0, 0.0, vec![]).await;
-    let mut disqualifier = client.clone();
-    let mut scorer = client.clone();
-    let did = id.clone();
-    let sid = id.clone();
+    score(&lifecycle, &id, "s2", 2, 300.0, 0.0, vec![]).await;
+    let mut disqualifier = ae.public();
     let (_, _) = tokio::join!(
-        async move {
-            disqualifier
-                .disqualify_account(req(
-                    "ae",
-                    pb::DisqualifyAccountRequest {
-                        account_id: did,
-                        reason: "x".into(),
-                    },
-                ))
-                .await
-        },
-        async move { score(&mut scorer, &sid, "s3", 3, 420.0, 0.0, vec![]).await }
+        disqualifier.disqualify_account(ae.req(pb::DisqualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "x".into(),
+        })),
+        score(&lifecycle, &id, "s3", 3, 420.0, 0.0, vec![])
     );
-    let account = get_account(&mut c, &id).await;
-    let history = transitions(&mut c, &id).await;
+    let account = lifecycle.account(&id).await;
+    let history = lifecycle.transitions(&id).await;
     assert_eq!(
         history.last().map(|t| t.to_stage),
         Some(account.stage),
@@ -925,18 +864,22 @@ async fn concurrent_actions_do_not_interleave(db: TestDatabase) {
             "each move starts where the last ended"
         );
     }
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn settings_are_versioned(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let get = async |client: &mut Client, version: i64| {
-        client
-            .get_lifecycle_settings(req("admin", pb::GetLifecycleSettingsRequest { version }))
+    let system = TestSystem::lifecycle_on(&db).await;
+    let admin = system
+        .lifecycle()
+        .as_caller(Caller::tenant(TENANT).actor("admin"));
+    let get = async |version: i64| {
+        admin
+            .public()
+            .get_lifecycle_settings(admin.req(pb::GetLifecycleSettingsRequest { version }))
             .await
             .map(|r| r.into_inner().settings.expect("settings"))
     };
-    let defaults = get(&mut client, 0).await.expect("defaults");
+    let defaults = get(0).await.expect("defaults");
     assert_eq!(defaults.version, 1);
     assert_eq!(
         (defaults.engaged_threshold, defaults.prioritized_threshold),
@@ -946,17 +889,17 @@ async fn settings_are_versioned(db: TestDatabase) {
     assert_eq!(defaults.on_lost_action, pb::OnLostAction::Nurture as i32);
     assert_eq!(defaults.hand_raise_activity_types, ["demo_request"]);
 
-    set_settings(
-        &mut client,
-        pb::LifecycleSettings {
-            prioritized_threshold: 80.0,
-            webhook_secret: "hunter2".into(),
-            ..Default::default()
-        },
-        &["prioritized_threshold", "webhook_secret"],
-    )
-    .await;
-    let current = get(&mut client, 0).await.expect("current");
+    admin
+        .set_settings(
+            pb::LifecycleSettings {
+                prioritized_threshold: 80.0,
+                webhook_secret: "hunter2".into(),
+                ..Default::default()
+            },
+            &["prioritized_threshold", "webhook_secret"],
+        )
+        .await;
+    let current = get(0).await.expect("current");
     assert_eq!((current.version, current.prioritized_threshold), (2, 80.0));
     assert!(current.webhook_secret_set);
     assert!(
@@ -964,67 +907,54 @@ async fn settings_are_versioned(db: TestDatabase) {
         "secrets are never returned"
     );
     assert_eq!(current.updated_by, "admin");
-    assert_eq!(
-        get(&mut client, 1).await.expect("v1").prioritized_threshold,
-        100.0
-    );
-    assert_eq!(
-        get(&mut client, 9).await.expect_err("no v9").code(),
-        Code::NotFound
-    );
+    assert_eq!(get(1).await.expect("v1").prioritized_threshold, 100.0);
+    assert_eq!(get(9).await.expect_err("no v9").code(), Code::NotFound);
 
-    let bad = client
-        .update_lifecycle_settings(req(
-            "admin",
-            pb::UpdateLifecycleSettingsRequest {
-                settings: Some(pb::LifecycleSettings {
-                    engaged_threshold: 90.0,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["engaged_threshold".into()],
-                }),
-            },
-        ))
+    let bad = admin
+        .public()
+        .update_lifecycle_settings(admin.req(pb::UpdateLifecycleSettingsRequest {
+            settings: Some(pb::LifecycleSettings {
+                engaged_threshold: 90.0,
+                ..Default::default()
+            }),
+            update_mask: mask(&["engaged_threshold"]),
+        }))
         .await
         .expect_err("engaged above prioritized");
     assert_eq!(bad.code(), Code::InvalidArgument);
-    assert_eq!(get(&mut client, 0).await.expect("unchanged").version, 2);
+    assert_eq!(get(0).await.expect("unchanged").version, 2);
 
     // The new threshold applies to the next score; existing accounts did not move.
-    let id = create_account(&mut client, "Threshold", "")
-        .await
-        .account_id;
-    score(&mut client, &id, "t", 1, 85.0, 0.0, vec![]).await;
-    assert_eq!(
-        get_account(&mut client, &id).await.stage,
-        S::Prioritized as i32
-    );
-    server.stop().await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle.create_account("Threshold", "").await.account_id;
+    score(&lifecycle, &id, "t", 1, 85.0, 0.0, vec![]).await;
+    assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
+    system.stop().await;
 }
 
 async fn watch_streams_and_resumes(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let id = create_account(&mut client, "Watched", "owner")
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle
+        .create_account("Watched", "owner")
         .await
         .account_id;
-    let mut live = client
-        .watch_account_events(req("dashboard", pb::WatchAccountEventsRequest::default()))
+    let mut live = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest::default()))
         .await
         .expect("watch")
         .into_inner();
-    let mut prioritized_only = client
-        .watch_account_events(req(
-            "dashboard",
-            pb::WatchAccountEventsRequest {
-                stages: vec![S::Prioritized as i32],
-                ..Default::default()
-            },
-        ))
+    let mut prioritized_only = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest {
+            stages: vec![S::Prioritized as i32],
+            ..Default::default()
+        }))
         .await
         .expect("watch")
         .into_inner();
-    score(&mut client, &id, "w1", 1, 120.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "w1", 1, 120.0, 0.0, vec![]).await;
 
     let next = async |stream: &mut tonic::Streaming<pb::WatchAccountEventsResponse>| {
         tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -1056,61 +986,50 @@ async fn watch_streams_and_resumes(db: TestDatabase) {
 
     // Resume after the first event: the rest arrive again, in order.
     drop(live);
-    let mut resumed = client
-        .watch_account_events(req(
-            "dashboard",
-            pb::WatchAccountEventsRequest {
-                cursor: e1.cursor.clone(),
-                ..Default::default()
-            },
-        ))
+    let mut resumed = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest {
+            cursor: e1.cursor.clone(),
+            ..Default::default()
+        }))
         .await
         .expect("resume")
         .into_inner();
     assert_eq!(next(&mut resumed).await, e2);
     assert_eq!(next(&mut resumed).await, e3);
-    let bad = client
-        .watch_account_events(req(
-            "dashboard",
-            pb::WatchAccountEventsRequest {
-                cursor: "yesterday".into(),
-                ..Default::default()
-            },
-        ))
+    let bad = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest {
+            cursor: "yesterday".into(),
+            ..Default::default()
+        }))
         .await
         .expect_err("bad cursor");
     assert_eq!(bad.code(), Code::InvalidArgument);
     drop(resumed);
     drop(prioritized_only);
-    server.stop().await;
+    system.stop().await;
 }
 
 /// One ApplyEngagementScores call: each item gets the answer the unary call
 /// would give, one item's problem does not stop the others, and the applied
 /// items change accounts and contacts exactly as one call each would.
 async fn batched_scores_answer_per_item(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let hot = create_account(&mut client, "Hot", "owner@seller.example")
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let hot = lifecycle
+        .create_account("Hot", "owner@seller.example")
         .await
         .account_id;
-    let warm = create_account(&mut client, "Warm", "").await.account_id;
-    let done = create_account(&mut client, "Done", "").await.account_id;
-    let ann = create_contact(&mut client, &hot, "ann@hot.example").await;
-    let other = create_contact(&mut client, &warm, "other@warm.example").await;
-    let again = create_account(&mut client, "Again", "").await.account_id;
-    score(&mut client, &done, "done-1", 5, 30.0, 0.0, vec![]).await;
-    score(&mut client, &again, "again-1", 5, 30.0, 0.0, vec![]).await;
+    let warm = lifecycle.create_account("Warm", "").await.account_id;
+    let done = lifecycle.create_account("Done", "").await.account_id;
+    let ann = lifecycle.create_contact(&hot, "ann@hot.example").await;
+    let other = lifecycle.create_contact(&warm, "other@warm.example").await;
+    let again = lifecycle.create_account("Again", "").await.account_id;
+    score(&lifecycle, &done, "done-1", 5, 30.0, 0.0, vec![]).await;
+    score(&lifecycle, &again, "again-1", 5, 30.0, 0.0, vec![]).await;
 
-    let item = |event_id: &str, account_id: &str, sequence: i64, engagement: f64| {
-        pb::ApplyEngagementScoreRequest {
-            event_id: event_id.into(),
-            account_id: account_id.into(),
-            sequence,
-            engagement_score: engagement,
-            average_engagement_score: engagement,
-            ..Default::default()
-        }
-    };
+    let item = delivery;
     let mut hot_item = item("b-hot", &hot, 1, 150.0);
     hot_item.contacts = vec![
         pb::ContactEngagement {
@@ -1139,14 +1058,12 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
         item("b-done-old", &done, 4, 500.0),
         item("again-1", &again, 9, 500.0),
     ];
-    let results = client
-        .internal
-        .apply_engagement_scores(req(
-            "scoring",
-            pb::ApplyEngagementScoresRequest {
-                items: items.clone(),
-            },
-        ))
+    let scoring = as_service(&lifecycle, "scoring");
+    let results = scoring
+        .internal()
+        .apply_engagement_scores(scoring.req(pb::ApplyEngagementScoresRequest {
+            items: items.clone(),
+        }))
         .await
         .expect("batch applied")
         .into_inner()
@@ -1195,7 +1112,7 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
         ]
     );
 
-    let hot_now = get_account(&mut client, &hot).await;
+    let hot_now = lifecycle.account(&hot).await;
     assert_eq!(
         (hot_now.stage, hot_now.engagement_score),
         (S::Prioritized as i32, 150.0)
@@ -1204,44 +1121,41 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
         reached(&hot_now),
         [S::Targeted as i32, S::Engaged as i32, S::Prioritized as i32]
     );
-    let ann_now = get_contact(&mut client, &ann.contact_id).await;
+    let ann_now = lifecycle.contact(&ann.contact_id).await;
     assert_eq!(
         (ann_now.stage, ann_now.engagement_score),
         (C::Engaged as i32, 150.0)
     );
-    let other_now = get_contact(&mut client, &other.contact_id).await;
+    let other_now = lifecycle.contact(&other.contact_id).await;
     assert_eq!(
         (other_now.stage, other_now.engagement_score),
         (C::Suspect as i32, 0.0),
         "a contact of another account is left alone"
     );
-    let warm_now = get_account(&mut client, &warm).await;
+    let warm_now = lifecycle.account(&warm).await;
     assert_eq!(
         (warm_now.stage, warm_now.engagement_score),
         (S::Engaged as i32, 20.0)
     );
-    let done_now = get_account(&mut client, &done).await;
+    let done_now = lifecycle.account(&done).await;
     assert_eq!(
         done_now.engagement_score, 30.0,
         "stale and duplicate change nothing"
     );
-    assert_eq!(transitions(&mut client, &hot).await.len(), 2);
+    assert_eq!(lifecycle.transitions(&hot).await.len(), 2);
 
     // The same call again: every applied item is now a duplicate.
-    let again = client
-        .internal
-        .apply_engagement_scores(req(
-            "scoring",
-            pb::ApplyEngagementScoresRequest {
-                items: items[..2].to_vec(),
-            },
-        ))
+    let again = scoring
+        .internal()
+        .apply_engagement_scores(scoring.req(pb::ApplyEngagementScoresRequest {
+            items: items[..2].to_vec(),
+        }))
         .await
         .expect("repeat")
         .into_inner()
         .results;
     assert!(again.iter().all(|r| r.outcome == O::Duplicate as i32));
-    assert_eq!(transitions(&mut client, &hot).await.len(), 2);
+    assert_eq!(lifecycle.transitions(&hot).await.len(), 2);
 
     // Whole-call problems: none, too many, or one account twice.
     for (items, field) in [
@@ -1252,36 +1166,29 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
             "items[1].account_id",
         ),
     ] {
-        let status = client
-            .internal
-            .apply_engagement_scores(req("scoring", pb::ApplyEngagementScoresRequest { items }))
+        let status = scoring
+            .internal()
+            .apply_engagement_scores(scoring.req(pb::ApplyEngagementScoresRequest { items }))
             .await
             .expect_err("refused whole");
         assert_eq!(status.code(), Code::InvalidArgument);
-        let fields: Vec<String> = status
-            .get_details_bad_request()
-            .expect("detail")
-            .field_violations
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
-        assert_eq!(fields, [field]);
+        assert_eq!(violated_fields(&status), [field]);
     }
-    assert_eq!(get_account(&mut client, &warm).await.engagement_score, 20.0);
-    server.stop().await;
+    assert_eq!(lifecycle.account(&warm).await.engagement_score, 20.0);
+    system.stop().await;
 }
 
 /// A sequence implausibly far past the last applied one (a forged or broken
 /// delivery) is refused: alone with FAILED_PRECONDITION, in a batch as that
 /// item's REJECTED while the others apply; the account's score is not frozen.
 async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let frozen = create_account(&mut client, "Frozen Co", "fran")
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let frozen = lifecycle
+        .create_account("Frozen Co", "fran")
         .await
         .account_id;
-    let fine = create_account(&mut client, "Fine Co", "finn")
-        .await
-        .account_id;
+    let fine = lifecycle.create_account("Fine Co", "finn").await.account_id;
     let delivery =
         |account_id: &str, event_id: &str, sequence: i64| pb::ApplyEngagementScoreRequest {
             event_id: event_id.into(),
@@ -1291,9 +1198,10 @@ async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
             ..Default::default()
         };
 
-    let alone = client
-        .internal
-        .apply_engagement_score(req("scoring", delivery(&frozen, "far-1", 1_000_000_001)))
+    let scoring = as_service(&lifecycle, "scoring");
+    let alone = scoring
+        .internal()
+        .apply_engagement_score(scoring.req(delivery(&frozen, "far-1", 1_000_000_001)))
         .await
         .expect_err("a far jump");
     assert_eq!(alone.code(), Code::FailedPrecondition);
@@ -1308,17 +1216,14 @@ async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
         violation.description
     );
 
-    let batch = client
-        .internal
-        .apply_engagement_scores(req(
-            "scoring",
-            pb::ApplyEngagementScoresRequest {
-                items: vec![
-                    delivery(&frozen, "far-2", 2_000_000_000),
-                    delivery(&fine, "ok-1", 1),
-                ],
-            },
-        ))
+    let batch = scoring
+        .internal()
+        .apply_engagement_scores(scoring.req(pb::ApplyEngagementScoresRequest {
+            items: vec![
+                delivery(&frozen, "far-2", 2_000_000_000),
+                delivery(&fine, "ok-1", 1),
+            ],
+        }))
         .await
         .expect("the call itself succeeds")
         .into_inner();
@@ -1331,20 +1236,14 @@ async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
         ]
     );
     assert_eq!(batch.results[0].violations[0].field, "items[0].sequence");
-    assert_eq!(get_account(&mut client, &fine).await.engagement_score, 10.0);
+    assert_eq!(lifecycle.account(&fine).await.engagement_score, 10.0);
 
     // Nothing of the refused deliveries was stored: a real one still applies.
-    assert_eq!(
-        get_account(&mut client, &frozen).await.engagement_score,
-        0.0
-    );
-    let real = score(&mut client, &frozen, "real-1", 1, 20.0, 0.0, vec![]).await;
+    assert_eq!(lifecycle.account(&frozen).await.engagement_score, 0.0);
+    let real = score(&lifecycle, &frozen, "real-1", 1, 20.0, 0.0, vec![]).await;
     assert_eq!(real.outcome, pb::ApplyOutcome::Applied as i32);
-    assert_eq!(
-        get_account(&mut client, &frozen).await.engagement_score,
-        20.0
-    );
-    server.stop().await;
+    assert_eq!(lifecycle.account(&frozen).await.engagement_score, 20.0);
+    system.stop().await;
 }
 
 on_each_database!(

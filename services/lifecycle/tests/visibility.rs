@@ -5,61 +5,60 @@
 
 mod common;
 
-use std::time::Duration;
-
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C};
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::ContactTransitionCause as Why;
 use cascade_proto::lifecycle::v1::NotificationDeliveryState as Delivery;
 use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
-use cascade_testkit::on_each_database;
-use cascade_testkit::{TestDatabase, request_for};
-use common::*;
+use cascade_testkit::fixtures::{mask, violated_fields};
+use cascade_testkit::{
+    Caller, Lifecycle, TENANT, TestDatabase, TestSystem, WebhookReceiver, eventually,
+    on_each_database, request_for,
+};
+use common::{as_service, new_id, opportunity, score};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 async fn contact_history(
-    client: &mut Client,
+    lifecycle: &Lifecycle,
     contact_id: &str,
     page_size: i32,
     page_token: &str,
 ) -> Result<pb::ListContactTransitionsResponse, tonic::Status> {
-    client
-        .list_contact_transitions(req(
-            "reader",
-            pb::ListContactTransitionsRequest {
-                contact_id: contact_id.into(),
-                page_size,
-                page_token: page_token.into(),
-            },
-        ))
+    lifecycle
+        .public()
+        .list_contact_transitions(lifecycle.req(pb::ListContactTransitionsRequest {
+            contact_id: contact_id.into(),
+            page_size,
+            page_token: page_token.into(),
+        }))
         .await
         .map(tonic::Response::into_inner)
 }
 
-async fn update_contact(client: &mut Client, actor: &str, contact: pb::Contact, paths: &[&str]) {
-    client
-        .update_contact(req(
-            actor,
-            pb::UpdateContactRequest {
-                contact: Some(contact),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: paths.iter().map(|p| p.to_string()).collect(),
-                }),
-            },
-        ))
+/// Updates `contact` acting as `actor` (kept in the contact's history).
+async fn update_contact(lifecycle: &Lifecycle, actor: &str, contact: pb::Contact, paths: &[&str]) {
+    let editor = Caller::tenant(TENANT).actor(actor);
+    lifecycle
+        .public()
+        .update_contact(editor.req(pb::UpdateContactRequest {
+            contact: Some(contact),
+            update_mask: mask(paths),
+        }))
         .await
         .expect("contact updated");
 }
 
 async fn contacts_keep_a_stage_history(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let account = create_account(&mut client, "Umbrella", "owner@seller.example").await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let account = lifecycle
+        .create_account("Umbrella", "owner@seller.example")
+        .await;
     let id = account.account_id.clone();
-    let jill = create_contact(&mut client, &id, "").await;
+    let jill = lifecycle.create_contact(&id, "").await;
     let jill_id = jill.contact_id.clone();
     assert_eq!(jill.stage, C::Anonymous as i32);
-    let fresh = contact_history(&mut client, &jill_id, 0, "")
+    let fresh = contact_history(&lifecycle, &jill_id, 0, "")
         .await
         .expect("history");
     assert!(
@@ -70,7 +69,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
 
     // Every way a contact moves, in order.
     update_contact(
-        &mut client,
+        &lifecycle,
         "marketing-ops",
         pb::Contact {
             contact_id: jill_id.clone(),
@@ -81,7 +80,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     )
     .await;
     score(
-        &mut client,
+        &lifecycle,
         &id,
         "score-1",
         1,
@@ -91,7 +90,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     )
     .await;
     score(
-        &mut client,
+        &lifecycle,
         &id,
         "score-2",
         2,
@@ -102,7 +101,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     .await;
     // Activity that changes nothing leaves no entry.
     score(
-        &mut client,
+        &lifecycle,
         &id,
         "score-3",
         3,
@@ -113,7 +112,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     .await;
     let deal = new_id();
     opportunity(
-        &mut client,
+        &lifecycle,
         &id,
         "opp-open",
         &deal,
@@ -122,9 +121,9 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
         0,
     )
     .await;
-    opportunity(&mut client, &id, "opp-lost", &deal, Opp::Lost, &[], 0).await;
+    opportunity(&lifecycle, &id, "opp-lost", &deal, Opp::Lost, &[], 0).await;
     update_contact(
-        &mut client,
+        &lifecycle,
         "sdr@seller.example",
         pb::Contact {
             contact_id: jill_id.clone(),
@@ -135,7 +134,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     )
     .await;
 
-    let history = contact_history(&mut client, &jill_id, 0, "")
+    let history = contact_history(&lifecycle, &jill_id, 0, "")
         .await
         .expect("history");
     let path: Vec<(i32, i32, i32, &str, &str)> = history
@@ -205,7 +204,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
         assert!(!t.transition_id.is_empty());
     }
     // The last move is the contact's current stage, entered at its time.
-    let now = get_contact(&mut client, &jill_id).await;
+    let now = lifecycle.contact(&jill_id).await;
     let last = history.transitions.last().expect("a last move");
     assert_eq!(now.stage, C::SalesQualified as i32);
     assert_eq!(now.stage_entered_time, last.transition_time);
@@ -214,7 +213,7 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
     let mut paged = Vec::new();
     let mut token = String::new();
     loop {
-        let page = contact_history(&mut client, &jill_id, 2, &token)
+        let page = contact_history(&lifecycle, &jill_id, 2, &token)
             .await
             .expect("page");
         assert!(page.transitions.len() <= 2);
@@ -234,53 +233,38 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
         engagement_score: 50.0,
         new_activity_types: types.iter().map(|t| t.to_string()).collect(),
     };
-    let twice = client
-        .internal
-        .apply_engagement_score(req(
-            "scoring",
-            pb::ApplyEngagementScoreRequest {
-                event_id: "score-twice".into(),
-                account_id: id.clone(),
-                sequence: 9,
-                engagement_score: 50.0,
-                contacts: vec![entry(&["email_open"]), entry(&[])],
-                ..Default::default()
-            },
-        ))
+    let scoring = as_service(&lifecycle, "scoring");
+    let twice = scoring
+        .internal()
+        .apply_engagement_score(scoring.req(pb::ApplyEngagementScoreRequest {
+            event_id: "score-twice".into(),
+            account_id: id.clone(),
+            sequence: 9,
+            engagement_score: 50.0,
+            contacts: vec![entry(&["email_open"]), entry(&[])],
+            ..Default::default()
+        }))
         .await
         .expect_err("a contact twice in one delivery");
     assert_eq!(twice.code(), Code::InvalidArgument);
-    assert_eq!(
-        twice
-            .get_details_bad_request()
-            .expect("detail")
-            .field_violations[0]
-            .field,
-        "contacts[1].contact_id"
-    );
-    let unchanged = contact_history(&mut client, &jill_id, 0, "")
+    assert_eq!(violated_fields(&twice)[0], "contacts[1].contact_id");
+    let unchanged = contact_history(&lifecycle, &jill_id, 0, "")
         .await
         .expect("history");
     assert_eq!(unchanged.transitions, history.transitions);
 
     // Ids are checked: missing, unknown, and another tenant's.
-    let missing = contact_history(&mut client, " ", 0, "")
+    let missing = contact_history(&lifecycle, " ", 0, "")
         .await
         .expect_err("contact_id is required");
     assert_eq!(missing.code(), Code::InvalidArgument);
-    assert_eq!(
-        missing
-            .get_details_bad_request()
-            .expect("detail")
-            .field_violations[0]
-            .field,
-        "contact_id"
-    );
-    let unknown = contact_history(&mut client, &new_id(), 0, "")
+    assert_eq!(violated_fields(&missing)[0], "contact_id");
+    let unknown = contact_history(&lifecycle, &new_id(), 0, "")
         .await
         .expect_err("unknown contact");
     assert_eq!(unknown.code(), Code::NotFound);
-    let foreign = client
+    let foreign = lifecycle
+        .public()
         .list_contact_transitions(request_for(
             "globex",
             pb::ListContactTransitionsRequest {
@@ -291,33 +275,34 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
         .await
         .expect_err("another tenant's contact");
     assert_eq!(foreign.code(), Code::NotFound);
-    let bad_token = contact_history(&mut client, &jill_id, 0, "not-a-token")
+    let bad_token = contact_history(&lifecycle, &jill_id, 0, "not-a-token")
         .await
         .expect_err("bad token");
     assert_eq!(bad_token.code(), Code::InvalidArgument);
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn list_notifications(
-    client: &mut Client,
+    lifecycle: &Lifecycle,
     request: pb::ListNotificationsRequest,
 ) -> Result<pb::ListNotificationsResponse, tonic::Status> {
-    client
-        .list_notifications(req("ops", request))
+    lifecycle
+        .public()
+        .list_notifications(lifecycle.req(request))
         .await
         .map(tonic::Response::into_inner)
 }
 
-/// Polls (bounded) until the account's only notification satisfies `done`.
+/// Waits until the account's only notification satisfies `done`.
 async fn notification_of(
-    client: &mut Client,
+    lifecycle: &Lifecycle,
     account_id: &str,
     done: impl Fn(&pb::Notification) -> bool,
 ) -> pb::Notification {
-    let mut last = None;
-    for _ in 0..400 {
+    let what = format!("the notification of {account_id} to reach the expected state");
+    eventually(&what, async || {
         let listed = list_notifications(
-            client,
+            lifecycle,
             pb::ListNotificationsRequest {
                 account_id: account_id.into(),
                 ..Default::default()
@@ -327,23 +312,20 @@ async fn notification_of(
         .expect("list");
         assert_eq!(listed.notifications.len(), 1, "{listed:?}");
         let n = listed.notifications[0].clone();
-        if done(&n) {
-            return n;
-        }
-        last = Some(n);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("notification never reached the expected state: {last:?}");
+        if done(&n) { Ok(n) } else { Err(n) }
+    })
+    .await
 }
 
 async fn notifications_show_their_delivery_state(db: TestDatabase) {
-    let receiver = WebhookReceiver::start(false).await;
-    let (server, mut client) = start(&db).await;
+    let receiver = WebhookReceiver::start_down().await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
 
     // No webhook yet: the notification is set aside, not retried.
-    let quiet = create_account(&mut client, "Quiet Co", "quinn").await;
-    score(&mut client, &quiet.account_id, "q-1", 1, 120.0, 0.0, vec![]).await;
-    let set_aside = notification_of(&mut client, &quiet.account_id, |n| {
+    let quiet = lifecycle.create_account("Quiet Co", "quinn").await;
+    score(&lifecycle, &quiet.account_id, "q-1", 1, 120.0, 0.0, vec![]).await;
+    let set_aside = notification_of(&lifecycle, &quiet.account_id, |n| {
         n.delivery_state == Delivery::NoWebhook as i32
     })
     .await;
@@ -353,19 +335,11 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
     assert_eq!(set_aside.reason, pb::NotificationReason::Prioritized as i32);
 
     // A webhook that is down: pending, with the failures counted.
-    set_settings(
-        &mut client,
-        pb::LifecycleSettings {
-            webhook_url: receiver.url.clone(),
-            ..Default::default()
-        },
-        &["webhook_url"],
-    )
-    .await;
-    let loud = create_account(&mut client, "Loud Co", "lou").await;
-    score(&mut client, &loud.account_id, "l-1", 1, 150.0, 0.0, vec![]).await;
+    lifecycle.set_webhook(&receiver.url, None).await;
+    let loud = lifecycle.create_account("Loud Co", "lou").await;
+    score(&lifecycle, &loud.account_id, "l-1", 1, 150.0, 0.0, vec![]).await;
     receiver.wait_for_refusals(2).await;
-    let failing = notification_of(&mut client, &loud.account_id, |n| n.failed_attempts >= 2).await;
+    let failing = notification_of(&lifecycle, &loud.account_id, |n| n.failed_attempts >= 2).await;
     assert_eq!(failing.delivery_state, Delivery::Pending as i32);
     assert!(
         failing.last_error.contains("503"),
@@ -375,7 +349,7 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
     assert!(failing.last_attempt_time.is_some());
     assert!(failing.settle_time.is_none());
     let pending = list_notifications(
-        &mut client,
+        &lifecycle,
         pb::ListNotificationsRequest {
             delivery_state: Delivery::Pending as i32,
             ..Default::default()
@@ -394,7 +368,7 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
 
     // The webhook comes back: delivered, and the failures stay on record.
     receiver.set_up(true);
-    let delivered = notification_of(&mut client, &loud.account_id, |n| {
+    let delivered = notification_of(&lifecycle, &loud.account_id, |n| {
         n.delivery_state == Delivery::Delivered as i32
     })
     .await;
@@ -407,7 +381,7 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
 
     // Newest first, in pages.
     let first = list_notifications(
-        &mut client,
+        &lifecycle,
         pb::ListNotificationsRequest {
             page_size: 1,
             ..Default::default()
@@ -417,7 +391,7 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
     .expect("first page");
     assert_eq!(first.notifications[0].account_id, loud.account_id);
     let second = list_notifications(
-        &mut client,
+        &lifecycle,
         pb::ListNotificationsRequest {
             page_size: 1,
             page_token: first.next_page_token.clone(),
@@ -431,7 +405,7 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
 
     // Bad filters name their field; another tenant sees none of them.
     let bad_state = list_notifications(
-        &mut client,
+        &lifecycle,
         pb::ListNotificationsRequest {
             delivery_state: 42,
             ..Default::default()
@@ -440,16 +414,9 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
     .await
     .expect_err("unknown state");
     assert_eq!(bad_state.code(), Code::InvalidArgument);
-    assert_eq!(
-        bad_state
-            .get_details_bad_request()
-            .expect("detail")
-            .field_violations[0]
-            .field,
-        "delivery_state"
-    );
+    assert_eq!(violated_fields(&bad_state)[0], "delivery_state");
     let unknown_account = list_notifications(
-        &mut client,
+        &lifecycle,
         pb::ListNotificationsRequest {
             account_id: new_id(),
             ..Default::default()
@@ -458,7 +425,8 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
     .await
     .expect_err("unknown account");
     assert_eq!(unknown_account.code(), Code::NotFound);
-    let foreign = client
+    let foreign = lifecycle
+        .public()
         .list_notifications(request_for(
             "globex",
             pb::ListNotificationsRequest::default(),
@@ -467,62 +435,58 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
         .expect("another tenant lists its own")
         .into_inner();
     assert!(foreign.notifications.is_empty());
-    server.stop().await;
+    system.stop().await;
 }
 
 async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let id = create_account(&mut client, "Hooli", "gavin")
-        .await
-        .account_id;
-    score(&mut client, &id, "h-1", 1, 150.0, 0.0, vec![]).await;
-    let prioritized = get_account(&mut client, &id).await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let ae = Caller::tenant(TENANT).actor("ae");
+    let id = lifecycle.create_account("Hooli", "gavin").await.account_id;
+    score(&lifecycle, &id, "h-1", 1, 150.0, 0.0, vec![]).await;
+    let prioritized = lifecycle.account(&id).await;
     assert_eq!(prioritized.stage, S::Prioritized as i32);
     assert_eq!(
         prioritized.engagement_since_recycle, 150.0,
         "never recycled"
     );
 
-    client
-        .nurture_account(req(
-            "ae",
-            pb::NurtureAccountRequest {
-                account_id: id.clone(),
-                reason: "next quarter".into(),
-            },
-        ))
+    lifecycle
+        .public()
+        .nurture_account(ae.req(pb::NurtureAccountRequest {
+            account_id: id.clone(),
+            reason: "next quarter".into(),
+        }))
         .await
         .expect("nurture");
-    let nurtured = get_account(&mut client, &id).await;
+    let nurtured = lifecycle.account(&id).await;
     assert_eq!(nurtured.engagement_score, 150.0);
     assert_eq!(nurtured.engagement_since_recycle, 0.0);
 
     // 90 earned since: below the threshold of 100, so still ENGAGED.
-    score(&mut client, &id, "h-2", 2, 240.0, 0.0, vec![]).await;
-    let climbing = get_account(&mut client, &id).await;
+    score(&lifecycle, &id, "h-2", 2, 240.0, 0.0, vec![]).await;
+    let climbing = lifecycle.account(&id).await;
     assert_eq!(climbing.engagement_since_recycle, 90.0);
     assert_eq!(climbing.stage, S::Engaged as i32);
-    score(&mut client, &id, "h-3", 3, 250.0, 0.0, vec![]).await;
-    let back = get_account(&mut client, &id).await;
+    score(&lifecycle, &id, "h-3", 3, 250.0, 0.0, vec![]).await;
+    let back = lifecycle.account(&id).await;
     assert_eq!(back.engagement_since_recycle, 100.0);
     assert_eq!(back.stage, S::Prioritized as i32);
 
     // The score can fall below where it stood at the recycle.
-    client
-        .disqualify_account(req(
-            "ae",
-            pb::DisqualifyAccountRequest {
-                account_id: id.clone(),
-                reason: "no budget".into(),
-            },
-        ))
+    lifecycle
+        .public()
+        .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
+            account_id: id.clone(),
+            reason: "no budget".into(),
+        }))
         .await
         .expect("disqualify");
-    score(&mut client, &id, "h-4", 4, 200.0, 0.0, vec![]).await;
-    let fallen = get_account(&mut client, &id).await;
+    score(&lifecycle, &id, "h-4", 4, 200.0, 0.0, vec![]).await;
+    let fallen = lifecycle.account(&id).await;
     assert_eq!(fallen.engagement_since_recycle, -50.0);
     assert_eq!(fallen.stage, S::Detected as i32);
-    server.stop().await;
+    system.stop().await;
 }
 
 fn first_reached(account: &pb::Account, stage: S) -> Option<prost_types::Timestamp> {
@@ -534,12 +498,13 @@ fn first_reached(account: &pb::Account, stage: S) -> Option<prost_types::Timesta
 }
 
 async fn times_of_one_change_are_equal(db: TestDatabase) {
-    let (server, mut client) = start(&db).await;
-    let created = create_account(&mut client, "Pied Piper", "richard").await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let created = lifecycle.create_account("Pied Piper", "richard").await;
     assert!(created.create_time.is_some());
     assert_eq!(created.stage_entered_time, created.create_time);
     assert_eq!(first_reached(&created, S::Targeted), created.create_time);
-    let stored = get_account(&mut client, &created.account_id).await;
+    let stored = lifecycle.account(&created.account_id).await;
     assert_eq!(
         stored.create_time, created.create_time,
         "read back as written"
@@ -548,7 +513,9 @@ async fn times_of_one_change_are_equal(db: TestDatabase) {
     let millis = |t: &prost_types::Timestamp| t.nanos % 1_000_000;
     assert_eq!(millis(&stored.create_time.expect("time")), 0);
 
-    let contact = create_contact(&mut client, &created.account_id, "dinesh@piper.example").await;
+    let contact = lifecycle
+        .create_contact(&created.account_id, "dinesh@piper.example")
+        .await;
     assert_eq!(contact.stage_entered_time, contact.create_time);
     assert_eq!(
         contact
@@ -559,17 +526,17 @@ async fn times_of_one_change_are_equal(db: TestDatabase) {
         contact.create_time
     );
 
-    let engaged = score(&mut client, &created.account_id, "p-1", 1, 5.0, 0.0, vec![])
+    let engaged = score(&lifecycle, &created.account_id, "p-1", 1, 5.0, 0.0, vec![])
         .await
         .account
         .expect("account");
     assert_eq!(engaged.stage, S::Engaged as i32);
-    let moves = transitions(&mut client, &created.account_id).await;
+    let moves = lifecycle.transitions(&created.account_id).await;
     let last = moves.last().expect("a transition");
     assert_eq!(engaged.stage_entered_time, last.transition_time);
     assert_eq!(first_reached(&engaged, S::Engaged), last.transition_time);
     assert_eq!(engaged.update_time, last.transition_time);
-    server.stop().await;
+    system.stop().await;
 }
 
 on_each_database!(

@@ -2,123 +2,19 @@
 //! SQLite and PostgreSQL: the source document's walk from DISCOVER to won,
 //! lost deals, the pipeline report, and the checks against lifecycle.
 
-use std::time::Duration;
-
-use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date, Money};
-use cascade_proto::lifecycle::v1 as lc;
-use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as pb;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
-use cascade_testkit::on_each_database;
-use cascade_testkit::{TestDatabase, TestServer, request_for};
+use cascade_testkit::fixtures::{mask, money, precondition_subjects, usd, violations};
+use cascade_testkit::{Service, TENANT, TestDatabase, TestSystem, on_each_database, request_for};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
-const T: &str = "acme";
-
-type Lifecycle = LifecycleServiceClient<Channel>;
 type Opportunities = OpportunityServiceClient<Channel>;
 
-struct Suite {
-    _lifecycle_db: TestDatabase,
-    lifecycle: TestServer,
-    opportunity: TestServer,
-}
-
-impl Suite {
-    async fn start(db: &TestDatabase) -> Self {
-        let lifecycle_db = if db.settings.is_sqlite() {
-            TestDatabase::sqlite()
-        } else {
-            TestDatabase::postgres().await.expect("postgres configured")
-        };
-        let lifecycle = TestServer::start(
-            cascade_lifecycle::build(&ServiceSettings::for_tests(lifecycle_db.settings.clone()))
-                .await
-                .expect("lifecycle builds"),
-        );
-        let mut settings = cascade_opportunity::Settings::for_tests(db.settings.clone());
-        settings.own.lifecycle.url = lifecycle.url();
-        let opportunity = TestServer::start(
-            cascade_opportunity::build(&settings)
-                .await
-                .expect("opportunity builds"),
-        );
-        Self {
-            _lifecycle_db: lifecycle_db,
-            lifecycle,
-            opportunity,
-        }
-    }
-
-    fn clients(&self) -> (Lifecycle, Opportunities) {
-        (
-            LifecycleServiceClient::new(self.lifecycle.channel()),
-            OpportunityServiceClient::new(self.opportunity.channel()),
-        )
-    }
-
-    async fn stop(self) {
-        self.opportunity.stop().await;
-        self.lifecycle.stop().await;
-    }
-}
-
-fn usd(units: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: "USD".into(),
-        units,
-        nanos: 0,
-    })
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
-async fn account(lifecycle: &mut Lifecycle, name: &str) -> String {
-    lifecycle
-        .create_account(request_for(
-            T,
-            lc::CreateAccountRequest {
-                account: Some(lc::Account {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("account")
-        .into_inner()
-        .account
-        .expect("account")
-        .account_id
-}
-
-async fn contact(lifecycle: &mut Lifecycle, account_id: &str, email: &str) -> String {
-    lifecycle
-        .create_contact(request_for(
-            T,
-            lc::CreateContactRequest {
-                contact: Some(lc::Contact {
-                    account_id: account_id.into(),
-                    email: email.into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("contact")
-        .into_inner()
-        .contact
-        .expect("contact")
-        .contact_id
+/// Opportunity's generated client (the kit has no typed one).
+fn opportunities(system: &TestSystem) -> Opportunities {
+    OpportunityServiceClient::new(system.channel(Service::Opportunity))
 }
 
 async fn create(
@@ -126,7 +22,7 @@ async fn create(
     opportunity: pb::Opportunity,
 ) -> Result<pb::Opportunity, tonic::Status> {
     opps.create_opportunity(request_for(
-        T,
+        TENANT,
         pb::CreateOpportunityRequest {
             opportunity: Some(opportunity),
             request_id: String::new(),
@@ -143,7 +39,7 @@ async fn update(
     paths: &[&str],
 ) -> Result<pb::Opportunity, tonic::Status> {
     opps.update_opportunity(request_for(
-        T,
+        TENANT,
         pb::UpdateOpportunityRequest {
             opportunity: Some(pb::Opportunity {
                 opportunity_id: id.into(),
@@ -158,7 +54,7 @@ async fn update(
 
 async fn advance(opps: &mut Opportunities, id: &str) -> Result<pb::Opportunity, tonic::Status> {
     opps.advance_opportunity(request_for(
-        T,
+        TENANT,
         pb::AdvanceOpportunityRequest {
             opportunity_id: id.into(),
             to_step: 0,
@@ -166,65 +62,6 @@ async fn advance(opps: &mut Opportunities, id: &str) -> Result<pb::Opportunity, 
     ))
     .await
     .map(|r| r.into_inner().opportunity.expect("opportunity"))
-}
-
-fn missing_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_precondition_failure()
-        .map(|f| f.violations.into_iter().map(|v| v.subject).collect())
-        .unwrap_or_default()
-}
-
-async fn lifecycle_account(lifecycle: &mut Lifecycle, id: &str) -> lc::Account {
-    lifecycle
-        .get_account(request_for(
-            T,
-            lc::GetAccountRequest {
-                account_id: id.into(),
-            },
-        ))
-        .await
-        .expect("account")
-        .into_inner()
-        .account
-        .expect("account")
-}
-
-async fn wait_for(lifecycle: &mut Lifecycle, id: &str, stage: S) -> lc::Account {
-    for _ in 0..300 {
-        let account = lifecycle_account(lifecycle, id).await;
-        if account.stage == stage as i32 {
-            return account;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("account {id} never reached {stage:?}");
-}
-
-async fn contact_stage(lifecycle: &mut Lifecycle, id: &str) -> i32 {
-    lifecycle
-        .get_contact(request_for(
-            T,
-            lc::GetContactRequest {
-                contact_id: id.into(),
-            },
-        ))
-        .await
-        .expect("contact")
-        .into_inner()
-        .contact
-        .expect("contact")
-        .stage
-}
-
-async fn wait_for_contact(lifecycle: &mut Lifecycle, id: &str, stage: C) {
-    for _ in 0..300 {
-        if contact_stage(lifecycle, id).await == stage as i32 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("contact {id} never reached {stage:?}");
 }
 
 /// Everything a deal needs from QUALIFY on (a large one with stakeholders).
@@ -244,11 +81,17 @@ fn qualify_fields(amount: i64, buying_group: Vec<String>) -> pb::Opportunity {
 }
 
 async fn the_source_process_from_discover_to_won(db: TestDatabase) {
-    let suite = Suite::start(&db).await;
-    let (mut lifecycle, mut opps) = suite.clients();
-    let id = account(&mut lifecycle, "Initech").await;
-    let ann = contact(&mut lifecycle, &id, "ann@initech.example").await;
-    let bob = contact(&mut lifecycle, &id, "bob@initech.example").await;
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let id = lifecycle.create_account("Initech", "").await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@initech.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@initech.example")
+        .await
+        .contact_id;
 
     let created = create(
         &mut opps,
@@ -272,13 +115,13 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     );
     assert_eq!(created.progress[0].display_name, "Discover");
     assert!(!created.progress[0].complete);
-    wait_for(&mut lifecycle, &id, S::Pipeline).await;
-    wait_for_contact(&mut lifecycle, &ann, C::Opportunity).await;
+    lifecycle.wait_for_stage(&id, S::Pipeline).await;
+    lifecycle.wait_for_contact_stage(&ann, C::Opportunity).await;
 
     // DISCOVER needs an estimated deal size.
     let refused = advance(&mut opps, &oid).await.expect_err("no estimate");
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(missing_fields(&refused), ["estimated_deal_size"]);
+    assert_eq!(precondition_subjects(&refused), ["estimated_deal_size"]);
     update(
         &mut opps,
         &oid,
@@ -311,8 +154,11 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     let qualify_progress = &filled.progress[1];
     assert!(!qualify_progress.complete);
     let refused = advance(&mut opps, &oid).await.expect_err("large deal");
-    assert_eq!(missing_fields(&refused), ["stakeholders", "competitors"]);
-    wait_for_contact(&mut lifecycle, &bob, C::Opportunity).await;
+    assert_eq!(
+        precondition_subjects(&refused),
+        ["stakeholders", "competitors"]
+    );
+    lifecycle.wait_for_contact_stage(&bob, C::Opportunity).await;
     update(
         &mut opps,
         &oid,
@@ -343,7 +189,10 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
 
     // PROPOSE: line items and the new reality; the amount follows the items.
     let refused = advance(&mut opps, &oid).await.expect_err("no proposal");
-    assert_eq!(missing_fields(&refused), ["line_items", "new_reality"]);
+    assert_eq!(
+        precondition_subjects(&refused),
+        ["line_items", "new_reality"]
+    );
     let proposed = update(
         &mut opps,
         &oid,
@@ -376,7 +225,7 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     // WIN: a contract attached and marked signed by a person.
     let refused = opps
         .close_opportunity_won(request_for(
-            T,
+            TENANT,
             pb::CloseOpportunityWonRequest {
                 opportunity_id: oid.clone(),
             },
@@ -384,7 +233,7 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
         .await
         .expect_err("no contract");
     assert_eq!(
-        missing_fields(&refused),
+        precondition_subjects(&refused),
         ["contract.document_ref", "contract.signed"]
     );
     update(
@@ -404,7 +253,7 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     .expect("contract");
     let won = opps
         .close_opportunity_won(request_for(
-            T,
+            TENANT,
             pb::CloseOpportunityWonRequest {
                 opportunity_id: oid.clone(),
             },
@@ -419,10 +268,10 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     let steps: Vec<i32> = won.step_entries.iter().map(|e| e.step).collect();
     assert_eq!(steps, [1, 2, 3, 4], "every step entered once, in order");
 
-    let customer = wait_for(&mut lifecycle, &id, S::Implement).await;
+    let customer = lifecycle.wait_for_stage(&id, S::Implement).await;
     assert_eq!(customer.customer_type, CustomerType::Customer as i32);
-    wait_for_contact(&mut lifecycle, &ann, C::Customer).await;
-    wait_for_contact(&mut lifecycle, &bob, C::Customer).await;
+    lifecycle.wait_for_contact_stage(&ann, C::Customer).await;
+    lifecycle.wait_for_contact_stage(&bob, C::Customer).await;
 
     let closed = update(
         &mut opps,
@@ -436,13 +285,13 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     .await
     .expect_err("closed");
     assert_eq!(closed.code(), Code::FailedPrecondition);
-    suite.stop().await;
+    system.stop().await;
 }
 
 async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabase) {
-    let suite = Suite::start(&db).await;
-    let (mut lifecycle, mut opps) = suite.clients();
-    let id = account(&mut lifecycle, "Globex").await;
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let id = lifecycle.create_account("Globex", "").await.account_id;
     let new = |name: &str| pb::Opportunity {
         account_id: id.clone(),
         name: name.into(),
@@ -456,14 +305,14 @@ async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabas
         .await
         .expect("second")
         .opportunity_id;
-    wait_for(&mut lifecycle, &id, S::Pipeline).await;
+    lifecycle.wait_for_stage(&id, S::Pipeline).await;
 
     let closer = opps.clone();
     let lose = |oid: String| {
         let mut opps = closer.clone();
         async move {
             opps.close_opportunity_lost(request_for(
-                T,
+                TENANT,
                 pb::CloseOpportunityLostRequest {
                     opportunity_id: oid,
                     reason: "budget cut".into(),
@@ -474,7 +323,7 @@ async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabas
     };
     let no_reason = opps
         .close_opportunity_lost(request_for(
-            T,
+            TENANT,
             pb::CloseOpportunityLostRequest {
                 opportunity_id: first.clone(),
                 reason: String::new(),
@@ -484,14 +333,12 @@ async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabas
         .expect_err("reason required");
     assert_eq!(no_reason.code(), Code::InvalidArgument);
     lose(first).await.expect("first lost");
-    // Give the delivery time to arrive, then check it did not nurture.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        lifecycle_account(&mut lifecycle, &id).await.stage,
-        S::Pipeline as i32
-    );
+    // Once the delivery has arrived (opportunity's outbox drained), check it
+    // did not nurture.
+    system.settled().await;
+    assert_eq!(lifecycle.account(&id).await.stage, S::Pipeline as i32);
     lose(second).await.expect("second lost");
-    let nurtured = wait_for(&mut lifecycle, &id, S::Engaged).await;
+    let nurtured = lifecycle.wait_for_stage(&id, S::Engaged).await;
     assert_eq!(nurtured.recycle_summary.expect("summary").nurture_count, 1);
 
     // Creating for an unknown account is NOT_FOUND.
@@ -506,14 +353,20 @@ async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabas
     .await
     .expect_err("unknown account");
     assert_eq!(unknown.code(), Code::NotFound);
-    suite.stop().await;
+    system.stop().await;
 }
 
 async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) {
-    let suite = Suite::start(&db).await;
-    let (mut lifecycle, mut opps) = suite.clients();
-    let id = account(&mut lifecycle, "Pipeline Inc").await;
-    let ann = contact(&mut lifecycle, &id, "ann@pipeline.example").await;
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let id = lifecycle
+        .create_account("Pipeline Inc", "")
+        .await
+        .account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@pipeline.example")
+        .await
+        .contact_id;
     let start = cascade_chassis::time::to_timestamp(
         cascade_chassis::time::now() - chrono::Duration::seconds(5),
     );
@@ -543,11 +396,7 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     .await
     .expect("o2 amount");
     // o3: QUALIFY, 20,000 EUR: reported apart.
-    let eur = Some(Money {
-        currency_code: "EUR".into(),
-        units: 20_000,
-        nanos: 0,
-    });
+    let eur = Some(money("EUR", 20_000, 0));
     let o3 = create(&mut opps, new("o3", eur))
         .await
         .expect("o3")
@@ -598,7 +447,7 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     .expect("o4 proposal");
     advance(&mut opps, &o4).await.expect("o4 to WIN");
     opps.close_opportunity_won(request_for(
-        T,
+        TENANT,
         pb::CloseOpportunityWonRequest { opportunity_id: o4 },
     ))
     .await
@@ -609,7 +458,7 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
         .expect("o5")
         .opportunity_id;
     opps.close_opportunity_lost(request_for(
-        T,
+        TENANT,
         pb::CloseOpportunityLostRequest {
             opportunity_id: o5,
             reason: "no fit".into(),
@@ -625,7 +474,7 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
         .expect("o7")
         .opportunity_id;
     opps.close_opportunity_lost(request_for(
-        T,
+        TENANT,
         pb::CloseOpportunityLostRequest {
             opportunity_id: o7,
             reason: "went quiet".into(),
@@ -639,7 +488,7 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
 
     let report = opps
         .get_pipeline_report(request_for(
-            T,
+            TENANT,
             pb::GetPipelineReportRequest {
                 start_time: Some(start),
                 end_time: Some(end),
@@ -698,27 +547,23 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
         ),
         (1, 0, 2, 1)
     );
-    suite.stop().await;
+    system.stop().await;
 }
 
 /// Amounts have a documented largest value: larger ones, and line items
 /// totalling more, are refused per field; sums of the largest amounts are
 /// reported exactly (they overflowed 64-bit SUMs before, answering INTERNAL).
 async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
-    let suite = Suite::start(&db).await;
-    let (mut lifecycle, mut opps) = suite.clients();
-    let id = account(&mut lifecycle, "Big Deals").await;
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let id = lifecycle.create_account("Big Deals", "").await.account_id;
     let deal = |estimate: Money| pb::Opportunity {
         account_id: id.clone(),
         name: "huge".into(),
         estimated_deal_size: Some(estimate),
         ..Default::default()
     };
-    let jpy = |units: i64, nanos: i32| Money {
-        currency_code: "JPY".into(),
-        units,
-        nanos,
-    };
+    let jpy = |units: i64, nanos: i32| money("JPY", units, nanos);
     for (units, nanos) in [
         (1_000_000_000_000, 1),
         (i64::MAX, 999_999_999),
@@ -771,7 +616,7 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
     let now = cascade_chassis::time::now();
     let report = opps
         .get_pipeline_report(request_for(
-            T,
+            TENANT,
             pb::GetPipelineReportRequest {
                 start_time: Some(cascade_chassis::time::to_timestamp(
                     now - chrono::Duration::hours(1),
@@ -791,15 +636,15 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
         yen.steps[0].total_amount,
         Some(jpy(2_999_999_999_999, 999_999_997))
     );
-    suite.stop().await;
+    system.stop().await;
 }
 
 async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
-    let suite = Suite::start(&db).await;
-    let (mut lifecycle, mut opps) = suite.clients();
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
     let updated = opps
         .update_opportunity_settings(request_for(
-            T,
+            TENANT,
             pb::UpdateOpportunitySettingsRequest {
                 settings: Some(pb::OpportunitySettings {
                     discover_step_display_name: "Explore".into(),
@@ -818,8 +663,11 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
         (updated.version, updated.discover_step_display_name.as_str()),
         (2, "Explore")
     );
-    let id = account(&mut lifecycle, "Small").await;
-    let ann = contact(&mut lifecycle, &id, "ann@small.example").await;
+    let id = lifecycle.create_account("Small", "").await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@small.example")
+        .await
+        .contact_id;
     let o = create(
         &mut opps,
         pb::Opportunity {
@@ -852,27 +700,16 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
     let refused = advance(&mut opps, &o.opportunity_id)
         .await
         .expect_err("large at 1,000");
-    assert_eq!(missing_fields(&refused), ["stakeholders", "competitors"]);
-    suite.stop().await;
-}
-
-/// Field paths and descriptions of an INVALID_ARGUMENT's BadRequest.
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.description))
-                .collect()
-        })
-        .unwrap_or_default()
+    assert_eq!(
+        precondition_subjects(&refused),
+        ["stakeholders", "competitors"]
+    );
+    system.stop().await;
 }
 
 async fn opportunities_of(opps: &mut Opportunities, account_id: &str) -> Vec<pb::Opportunity> {
     opps.list_opportunities(request_for(
-        T,
+        TENANT,
         pb::ListOpportunitiesRequest {
             account_id: account_id.into(),
             ..Default::default()
@@ -889,12 +726,18 @@ async fn opportunities_of(opps: &mut Opportunities, account_id: &str) -> Vec<pb:
 /// refused per field, nothing is stored and the account does not move; with
 /// lifecycle down the same calls are UNAVAILABLE, not bad input.
 async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
-    let suite = Suite::start(&db).await;
-    let (mut lifecycle, mut opps) = suite.clients();
-    let acme = account(&mut lifecycle, "Acme").await;
-    let globex = account(&mut lifecycle, "Globex").await;
-    let ann = contact(&mut lifecycle, &acme, "ann@acme.example").await;
-    let gus = contact(&mut lifecycle, &globex, "gus@globex.example").await;
+    let mut system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let acme = lifecycle.create_account("Acme", "").await.account_id;
+    let globex = lifecycle.create_account("Globex", "").await.account_id;
+    let ann = lifecycle
+        .create_contact(&acme, "ann@acme.example")
+        .await
+        .contact_id;
+    let gus = lifecycle
+        .create_contact(&globex, "gus@globex.example")
+        .await
+        .contact_id;
     let made_up = cascade_domain::ids::new_id();
     let deal = |buying_group: Vec<String>, stakeholders: Vec<pb::Stakeholder>| pb::Opportunity {
         account_id: acme.clone(),
@@ -941,7 +784,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
         "nothing stored"
     );
     assert_eq!(
-        lifecycle_account(&mut lifecycle, &acme).await.stage,
+        lifecycle.account(&acme).await.stage,
         S::Targeted as i32,
         "the account did not move to PIPELINE"
     );
@@ -994,12 +837,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
     assert_eq!(stored.stakeholders.len(), 1, "unchanged");
 
     // Lifecycle down: the contacts cannot be checked, which is not bad input.
-    let Suite {
-        _lifecycle_db,
-        lifecycle: lifecycle_server,
-        opportunity,
-    } = suite;
-    lifecycle_server.stop().await;
+    system.stop_lifecycle().await;
     let down = create(&mut opps, deal(vec![ann.clone()], vec![]))
         .await
         .expect_err("lifecycle is down");
@@ -1016,7 +854,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
     .await
     .expect_err("lifecycle is down");
     assert_eq!(down.code(), Code::Unavailable, "{down:?}");
-    opportunity.stop().await;
+    system.stop().await;
 }
 
 on_each_database!(

@@ -88,7 +88,10 @@ impl Lifecycle {
                 request_id: request_id.to_owned(),
             }))
             .await?;
-        Ok(response.into_inner().account.expect("account in the answer"))
+        Ok(response
+            .into_inner()
+            .account
+            .expect("account in the answer"))
     }
 
     /// Creates a contact of `account_id` with `email`.
@@ -121,7 +124,10 @@ impl Lifecycle {
                 request_id: request_id.to_owned(),
             }))
             .await?;
-        Ok(response.into_inner().contact.expect("contact in the answer"))
+        Ok(response
+            .into_inner()
+            .contact
+            .expect("contact in the answer"))
     }
 
     /// The account as GetAccount answers it.
@@ -139,7 +145,10 @@ impl Lifecycle {
                 account_id: account_id.to_owned(),
             }))
             .await?;
-        Ok(response.into_inner().account.expect("account in the answer"))
+        Ok(response
+            .into_inner()
+            .account
+            .expect("account in the answer"))
     }
 
     /// The contact as GetContact answers it.
@@ -206,7 +215,10 @@ impl Lifecycle {
         ready: impl Fn(&lc::Account) -> bool,
     ) -> lc::Account {
         eventually(what, async || {
-            let account = self.try_account(account_id).await.map_err(|s| format!("{s:?}"))?;
+            let account = self
+                .try_account(account_id)
+                .await
+                .map_err(|s| format!("{s:?}"))?;
             if ready(&account) {
                 Ok(account)
             } else {
@@ -225,7 +237,11 @@ impl Lifecycle {
     }
 
     /// Waits until the contact is at `stage`.
-    pub async fn wait_for_contact_stage(&self, contact_id: &str, stage: ContactStage) -> lc::Contact {
+    pub async fn wait_for_contact_stage(
+        &self,
+        contact_id: &str,
+        stage: ContactStage,
+    ) -> lc::Contact {
         let what = format!("contact {contact_id} to reach {}", stage.as_str_name());
         eventually(&what, async || {
             let contact = self.contact(contact_id).await;

@@ -77,7 +77,9 @@ impl TestDatabase {
         if self.settings.is_sqlite() {
             Self::sqlite()
         } else {
-            Self::postgres().await.expect("PostgreSQL is configured: this database is on it")
+            Self::postgres()
+                .await
+                .expect("PostgreSQL is configured: this database is on it")
         }
     }
 }

@@ -28,9 +28,7 @@ pub fn usd(units: i64) -> Option<Money> {
 
 /// The time `days` days before now, as a protobuf timestamp.
 pub fn days_ago(days: i64) -> prost_types::Timestamp {
-    cascade_chassis::time::to_timestamp(
-        cascade_chassis::time::now() - chrono::Duration::days(days),
-    )
+    cascade_chassis::time::to_timestamp(cascade_chassis::time::now() - chrono::Duration::days(days))
 }
 
 /// An activity happening now, addressed by Cascade's ids.
@@ -75,7 +73,10 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 
 /// The fields an INVALID_ARGUMENT status names (see [`violations`]).
 pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    violations(status).into_iter().map(|(field, _)| field).collect()
+    violations(status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect()
 }
 
 /// The subjects of a FAILED_PRECONDITION status's precondition failures.

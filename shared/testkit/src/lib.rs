@@ -30,8 +30,8 @@ pub use database::{POSTGRES_URL_ENV, REQUIRE_POSTGRES_ENV, TestDatabase};
 pub use outbox::wait_until_delivered;
 pub use request::{Caller, request_for};
 pub use server::TestServer;
-pub use tempdir::TempDir;
 #[cfg(feature = "services")]
 pub use system::{Service, TENANT, TestSystem};
+pub use tempdir::TempDir;
 pub use wait::{WAIT_LIMIT, eventually};
 pub use webhook::{Received, WebhookReceiver};

@@ -18,7 +18,11 @@ pub async fn wait_until_delivered(db: &DatabaseSettings, topic: &str) {
         let pending = cascade_chassis::outbox::pending_count(&conn, topic)
             .await
             .map_err(|e| e.to_string())?;
-        if pending == 0 { Ok(()) } else { Err(format!("{pending} pending")) }
+        if pending == 0 {
+            Ok(())
+        } else {
+            Err(format!("{pending} pending"))
+        }
     })
     .await;
     conn.close().await.ok();

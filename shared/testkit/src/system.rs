@@ -178,7 +178,9 @@ impl TestSystem {
     }
 
     fn scoring_server(&self, n: usize) -> &TestServer {
-        self.scoring.get(n).expect("that scoring replica is running")
+        self.scoring
+            .get(n)
+            .expect("that scoring replica is running")
     }
 
     fn opportunity_server(&self) -> &TestServer {

@@ -1,21 +1,22 @@
-//! Runs the real service binaries (built by cargo next to this test) on
-//! ephemeral ports, each with its own database, and talks to them only
-//! through their gRPC APIs.
+//! Runs the real service binaries (built by cargo next to this test), each
+//! with its own database, and talks to them only through their gRPC APIs.
+//! A process listens on a port the system picks (port 0), learned from the
+//! log line announcing its listener; restarted, it comes back on that port,
+//! so clients and the services calling it keep working.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cascade_chassis::db::DatabaseSettings;
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_testkit::TestDatabase;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use cascade_testkit::{Caller, TestDatabase, eventually, wait_until_delivered};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -31,19 +32,23 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// Text shown as it is (a log, with its line breaks) when a wait fails.
+pub struct Verbatim(pub String);
+
+impl std::fmt::Debug for Verbatim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// One running service binary.
 pub struct Process {
     pub name: &'static str,
-    pub port: u16,
+    /// Learned from the log at the first start, reused by restarts.
+    port: Option<u16>,
     database_url: String,
-    lifecycle_url: String,
+    /// The lifecycle a scoring or opportunity process calls.
+    lifecycle_url: Option<String>,
     extra_env: Vec<(String, String)>,
     /// Set when the service serves TLS: how this test's client connects.
     tls: Option<ClientTlsConfig>,
@@ -53,22 +58,29 @@ pub struct Process {
 
 impl Process {
     /// A service binary not yet started; its log goes to `log_dir`.
-    pub fn new(
-        name: &'static str,
-        database_url: &str,
-        lifecycle_url: &str,
-        log_dir: &std::path::Path,
-    ) -> Self {
+    /// Scoring and opportunity also need [`Process::calling`].
+    pub fn new(name: &'static str, database_url: &str, log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{name}-{}.log", cascade_domain::ids::new_id()));
+        Self::logging_to(name, database_url, log)
+    }
+
+    fn logging_to(name: &'static str, database_url: &str, log: PathBuf) -> Self {
         Self {
             name,
-            port: free_port(),
+            port: None,
             database_url: database_url.to_owned(),
-            lifecycle_url: lifecycle_url.to_owned(),
+            lifecycle_url: None,
             extra_env: Vec::new(),
             tls: None,
             child: None,
-            log: log_dir.join(format!("{name}-{}.log", cascade_domain::ids::new_id())),
+            log,
         }
+    }
+
+    /// The lifecycle this service calls (`CASCADE_<SERVICE>__LIFECYCLE__URL`).
+    pub fn calling(mut self, lifecycle_url: &str) -> Self {
+        self.lifecycle_url = Some(lifecycle_url.to_owned());
+        self
     }
 
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
@@ -95,9 +107,15 @@ impl Process {
             .expect("exit status")
     }
 
+    /// The port it listens on (known once it was started).
+    pub fn port(&self) -> u16 {
+        self.port
+            .unwrap_or_else(|| panic!("{} was never started: no port yet", self.name))
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
     pub fn channel(&self) -> Channel {
@@ -108,8 +126,10 @@ impl Process {
         endpoint.connect_lazy()
     }
 
-    /// Starts (or restarts) the binary and waits until it is SERVING.
+    /// Starts the binary (on port 0 the first time, on the port it had
+    /// after that) and waits until it is SERVING.
     pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
         let path = bin_dir().join(format!("cascade-{}", self.name));
         assert!(
             path.exists(),
@@ -122,11 +142,13 @@ impl Process {
             .append(true)
             .open(&self.log)
             .expect("log file");
+        // This start's lines come after what earlier runs wrote.
+        let log_start = log.metadata().expect("log metadata").len();
         let mut command = Command::new(path);
         command
             .env(
                 format!("CASCADE_{upper}__SERVER__PORT"),
-                self.port.to_string(),
+                self.port.unwrap_or(0).to_string(),
             )
             .env(
                 format!("CASCADE_{upper}__DATABASE__URL"),
@@ -145,27 +167,52 @@ impl Process {
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         // Lifecycle has no [lifecycle] section (it would refuse the key).
-        if self.name != "lifecycle" {
-            command.env(
-                format!("CASCADE_{upper}__LIFECYCLE__URL"),
-                &self.lifecycle_url,
-            );
+        match &self.lifecycle_url {
+            Some(url) => {
+                command.env(format!("CASCADE_{upper}__LIFECYCLE__URL"), url);
+            }
+            None => assert_eq!(
+                self.name, "lifecycle",
+                "{} calls lifecycle: give its URL with Process::calling",
+                self.name
+            ),
         }
         for (k, v) in &self.extra_env {
             command.env(k, v);
         }
         self.child = Some(command.spawn().expect("service starts"));
-        for _ in 0..200 {
-            if self.serving().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.port.is_none() {
+            let what = format!("{} to announce its listener", self.name);
+            let port = eventually(&what, async || {
+                self.assert_running();
+                let printed = self.log_since(log_start);
+                announced_port(&printed).ok_or(Verbatim(printed))
+            })
+            .await;
+            self.port = Some(port);
         }
-        panic!(
-            "{} did not become SERVING; log:\n{}",
-            self.name,
-            self.log_text()
-        );
+        let what = format!("{} to be SERVING on port {}", self.name, self.port());
+        eventually(&what, async || {
+            self.assert_running();
+            if self.serving().await {
+                Ok(())
+            } else {
+                Err(Verbatim(self.log_since(log_start)))
+            }
+        })
+        .await;
+    }
+
+    /// Fails the test with the log if the process has exited.
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("started");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{} exited with {status}; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
     }
 
     pub async fn serving(&self) -> bool {
@@ -203,6 +250,31 @@ impl Process {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// What the log holds after its first `from` bytes.
+    fn log_since(&self, from: u64) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
+    }
+}
+
+/// The port in the line announcing the gRPC listener, as the chassis logs
+/// it (`server.rs`: `serving gRPC` with `address=127.0.0.1:PORT` in text
+/// logs, `"address":"127.0.0.1:PORT"` in JSON ones).
+fn announced_port(log: &str) -> Option<u16> {
+    log.lines()
+        .filter(|line| line.contains("serving gRPC"))
+        .find_map(|line| {
+            let (_, rest) = line
+                .split_once("address=")
+                .or_else(|| line.split_once("\"address\":\""))?;
+            let address = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
+            address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.port())
+        })
 }
 
 /// The three services, each with its own database on one backend.
@@ -210,25 +282,10 @@ pub struct System {
     pub lifecycle: Vec<Process>,
     pub scoring: Vec<Process>,
     pub opportunity: Vec<Process>,
-    _databases: Vec<TestDatabase>,
-    _dir: TempDir,
-}
-
-/// A temporary folder removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-async fn database_like(sqlite: bool) -> TestDatabase {
-    if sqlite {
-        TestDatabase::sqlite()
-    } else {
-        TestDatabase::postgres().await.expect("postgres configured")
-    }
+    lifecycle_db: TestDatabase,
+    scoring_db: TestDatabase,
+    opportunity_db: TestDatabase,
+    _dir: cascade_testkit::TempDir,
 }
 
 impl System {
@@ -255,59 +312,58 @@ impl System {
         Self::start_full(backend, 1, extra_env, Some(password)).await
     }
 
+    /// Lifecycle first, on port 0; scoring and opportunity then call the
+    /// address the first lifecycle replica announced.
     async fn start_full(
         backend: &TestDatabase,
         replicas: usize,
         extra_env: Vec<(String, String)>,
         password: Option<&str>,
     ) -> Self {
-        let sqlite = backend.settings.is_sqlite();
-        let dir = TempDir(
-            std::env::temp_dir().join(format!("cascade-e2e-{}", cascade_domain::ids::new_id())),
+        let dir = cascade_testkit::TempDir::new("e2e");
+        let (lifecycle_db, scoring_db, opportunity_db) = (
+            backend.like().await,
+            backend.like().await,
+            backend.like().await,
         );
-        std::fs::create_dir_all(&dir.0).expect("temp dir");
-        let databases = vec![
-            database_like(sqlite).await,
-            database_like(sqlite).await,
-            database_like(sqlite).await,
-        ];
-        let lifecycle_ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
-        let lifecycle_url = format!("http://127.0.0.1:{}", lifecycle_ports[0]);
-        let make = |name: &'static str, db: &DatabaseSettings, port: u16, n: usize| Process {
-            name,
-            port,
-            database_url: match password {
-                Some(password) if !sqlite => {
-                    db.url
+        let make = |name: &'static str, db: &TestDatabase, n: usize| {
+            let url = match password {
+                Some(password) if !db.settings.is_sqlite() => {
+                    db.settings
+                        .url
                         .replacen("://postgres@", &format!("://postgres:{password}@"), 1)
                 }
-                _ => db.url.clone(),
-            },
-            lifecycle_url: lifecycle_url.clone(),
-            extra_env: extra_env.clone(),
-            tls: None,
-            child: None,
-            log: dir.0.join(format!("{name}-{n}.log")),
+                _ => db.settings.url.clone(),
+            };
+            let mut process =
+                Process::logging_to(name, &url, dir.path().join(format!("{name}-{n}.log")));
+            process.extra_env.clone_from(&extra_env);
+            process
         };
+        let mut lifecycle: Vec<Process> = (0..replicas)
+            .map(|n| make("lifecycle", &lifecycle_db, n))
+            .collect();
+        // Replicas one after another: the first applies the migrations.
+        for p in &mut lifecycle {
+            p.start().await;
+        }
+        let lifecycle_url = lifecycle[0].url();
         let mut system = Self {
-            lifecycle: lifecycle_ports
-                .iter()
-                .enumerate()
-                .map(|(n, port)| make("lifecycle", &databases[0].settings, *port, n))
-                .collect(),
+            lifecycle,
             scoring: (0..replicas)
-                .map(|n| make("scoring", &databases[1].settings, free_port(), n))
+                .map(|n| make("scoring", &scoring_db, n).calling(&lifecycle_url))
                 .collect(),
             opportunity: (0..replicas)
-                .map(|n| make("opportunity", &databases[2].settings, free_port(), n))
+                .map(|n| make("opportunity", &opportunity_db, n).calling(&lifecycle_url))
                 .collect(),
-            _databases: databases,
+            lifecycle_db,
+            scoring_db,
+            opportunity_db,
             _dir: dir,
         };
         for p in system
-            .lifecycle
+            .scoring
             .iter_mut()
-            .chain(system.scoring.iter_mut())
             .chain(system.opportunity.iter_mut())
         {
             p.start().await;
@@ -326,18 +382,22 @@ impl System {
 
     /// Lifecycle replica `n`'s typed client (cascade-testkit), as `tenant`.
     pub fn lifecycle_as(&self, n: usize, tenant: &str) -> cascade_testkit::Lifecycle {
-        cascade_testkit::Lifecycle::new(
-            self.lifecycle[n].channel(),
-            cascade_testkit::Caller::tenant(tenant),
-        )
+        self.lifecycle_with(n, Caller::tenant(tenant))
+    }
+
+    /// Lifecycle replica `n`'s typed client, calling as `caller` (a token).
+    pub fn lifecycle_with(&self, n: usize, caller: Caller) -> cascade_testkit::Lifecycle {
+        cascade_testkit::Lifecycle::new(self.lifecycle[n].channel(), caller)
     }
 
     /// Scoring replica `n`'s typed client (cascade-testkit), as `tenant`.
     pub fn scoring_as(&self, n: usize, tenant: &str) -> cascade_testkit::Scoring {
-        cascade_testkit::Scoring::new(
-            self.scoring[n].channel(),
-            cascade_testkit::Caller::tenant(tenant),
-        )
+        self.scoring_with(n, Caller::tenant(tenant))
+    }
+
+    /// Scoring replica `n`'s typed client, calling as `caller` (a token).
+    pub fn scoring_with(&self, n: usize, caller: Caller) -> cascade_testkit::Scoring {
+        cascade_testkit::Scoring::new(self.scoring[n].channel(), caller)
     }
 
     pub fn scoring(&self, n: usize) -> ScoringServiceClient<Channel> {
@@ -346,6 +406,16 @@ impl System {
 
     pub fn opportunity(&self, n: usize) -> OpportunityServiceClient<Channel> {
         OpportunityServiceClient::new(self.opportunity[n].channel())
+    }
+
+    /// Waits until every outbox is drained: scores delivered to lifecycle,
+    /// opportunity events applied, notifications sent. Then nothing more
+    /// is on its way (the barrier before asserting that something did not
+    /// happen).
+    pub async fn settled(&self) {
+        wait_until_delivered(&self.scoring_db.settings, "engagement_scores").await;
+        wait_until_delivered(&self.opportunity_db.settings, "opportunity_events").await;
+        wait_until_delivered(&self.lifecycle_db.settings, "notifications").await;
     }
 
     /// Stops every process with SIGTERM (they must exit cleanly).
@@ -361,157 +431,56 @@ impl System {
     }
 }
 
-/// One request received by the webhook receiver.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub notification_id: String,
-    pub body: String,
-}
-
-/// A local HTTP receiver for notification webhooks.
-#[derive(Clone)]
-pub struct WebhookReceiver {
-    pub url: String,
-    accepted: Arc<Mutex<Vec<Received>>>,
-}
-
-impl WebhookReceiver {
-    pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let shared = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0_u8; 8192];
-                    loop {
-                        let Ok(n) = socket.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..n]);
-                        let text = String::from_utf8_lossy(&buffer).to_string();
-                        if let Some(pos) = text.find("\r\n\r\n") {
-                            let head = &text[..pos];
-                            let length = head
-                                .lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case("content-length")
-                                        .then(|| v.trim().parse::<usize>().ok())?
-                                })
-                                .unwrap_or(0);
-                            if buffer.len() >= pos + 4 + length {
-                                let id = head
-                                    .lines()
-                                    .find_map(|l| {
-                                        let (k, v) = l.split_once(':')?;
-                                        k.eq_ignore_ascii_case("x-cascade-notification-id")
-                                            .then(|| v.trim().to_owned())
-                                    })
-                                    .unwrap_or_default();
-                                let body =
-                                    String::from_utf8_lossy(&buffer[pos + 4..pos + 4 + length])
-                                        .to_string();
-                                shared.lock().expect("lock").push(Received {
-                                    notification_id: id,
-                                    body,
-                                });
-                                let _ = socket
-                                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                    .await;
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Self { url, accepted }
-    }
-
-    pub fn accepted(&self) -> Vec<Received> {
-        self.accepted.lock().expect("lock").clone()
-    }
-
-    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        for _ in 0..400 {
-            if self.accepted().len() >= n {
-                return self.accepted();
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("webhook got {} of {n} notifications", self.accepted().len());
-    }
-}
-
 /// A TCP proxy in front of PostgreSQL that a test can cut and restore, to
 /// make the database unreachable without stopping the shared server.
 pub struct DatabaseProxy {
     pub port: u16,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    up: Arc<AtomicBool>,
+    /// Bumped by every cut; each connection ends when it changes.
+    cuts: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl DatabaseProxy {
     pub async fn start(upstream: std::net::SocketAddr) -> Self {
-        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (up2, generation2) = (up.clone(), generation.clone());
+        let up = Arc::new(AtomicBool::new(true));
+        let cuts = Arc::new(tokio::sync::watch::Sender::new(0_u64));
+        let (accepting, cut_signal) = (up.clone(), cuts.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
+                if !accepting.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
-                let my_generation = generation2.load(Ordering::SeqCst);
-                let generation = generation2.clone();
+                // Subscribed before the task runs, so a cut from now on is seen.
+                let mut cut = cut_signal.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
-                    let cut = async {
-                        while generation.load(Ordering::SeqCst) == my_generation {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
                     tokio::select! {
                         _ = tokio::io::copy(&mut cr, &mut sw) => {}
                         _ = tokio::io::copy(&mut sr, &mut cw) => {}
-                        () = cut => {}
+                        _ = cut.changed() => {}
                     }
                 });
             }
         });
-        Self {
-            port,
-            up,
-            generation,
-        }
+        Self { port, up, cuts }
     }
 
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
-        use std::sync::atomic::Ordering;
         self.up.store(false, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
     }
 
     pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
     }
 }
