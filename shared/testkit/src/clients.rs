@@ -7,6 +7,8 @@ use cascade_proto::common::v1::{AccountStage, ContactStage};
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleInternalServiceClient;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use cascade_proto::opportunity::v1 as op;
+use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1 as sc;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use tonic::transport::Channel;
@@ -36,6 +38,12 @@ impl Lifecycle {
     /// The same service, called as `tenant`.
     pub fn as_tenant(&self, tenant: &str) -> Self {
         self.as_caller(Caller::tenant(tenant))
+    }
+
+    /// The same caller acting as `actor` (kept in history): a person, or
+    /// `scoring` / `opportunity` for their deliveries.
+    pub fn as_actor(&self, actor: &str) -> Self {
+        self.as_caller(self.caller.clone().actor(actor))
     }
 
     /// The generated public client.
@@ -207,6 +215,34 @@ impl Lifecycle {
         .await;
     }
 
+    /// Delivers a score on the internal service as scoring does (actor
+    /// `scoring`); the status when refused.
+    pub async fn try_apply_score(
+        &self,
+        delivery: lc::ApplyEngagementScoreRequest,
+    ) -> Result<lc::ApplyEngagementScoreResponse, tonic::Status> {
+        let scoring = self.as_actor("scoring");
+        Ok(scoring
+            .internal()
+            .apply_engagement_score(scoring.req(delivery))
+            .await?
+            .into_inner())
+    }
+
+    /// Delivers an opportunity event as the opportunity service does
+    /// (actor `opportunity`); the status when refused.
+    pub async fn try_apply_opportunity_event(
+        &self,
+        event: lc::ApplyOpportunityEventRequest,
+    ) -> Result<lc::ApplyOpportunityEventResponse, tonic::Status> {
+        let opportunity = self.as_actor("opportunity");
+        Ok(opportunity
+            .internal()
+            .apply_opportunity_event(opportunity.req(event))
+            .await?
+            .into_inner())
+    }
+
     /// Waits until `ready` holds for the account; `what` names the wait.
     pub async fn wait_for_account(
         &self,
@@ -283,6 +319,44 @@ impl Scoring {
         self.caller.req(message)
     }
 
+    /// RecordActivity (one activity, answered synchronously).
+    pub async fn record_one(&self, activity: sc::Activity) -> sc::RecordActivityResponse {
+        self.public()
+            .record_activity(self.req(sc::RecordActivityRequest {
+                activity: Some(activity),
+            }))
+            .await
+            .unwrap_or_else(|status| panic!("activity recorded: {status:?}"))
+            .into_inner()
+    }
+
+    /// The tenant's current scoring model.
+    pub async fn model(&self) -> sc::ScoringModel {
+        self.public()
+            .get_scoring_model(self.req(sc::GetScoringModelRequest { version: 0 }))
+            .await
+            .unwrap_or_else(|status| panic!("scoring model: {status:?}"))
+            .into_inner()
+            .model
+            .expect("model in the answer")
+    }
+
+    /// The current model changed by `change`, stored as the next version.
+    pub async fn change_model(
+        &self,
+        change: impl FnOnce(&mut sc::ScoringModel),
+    ) -> sc::ScoringModel {
+        let mut model = self.model().await;
+        change(&mut model);
+        self.public()
+            .update_scoring_model(self.req(sc::UpdateScoringModelRequest { model: Some(model) }))
+            .await
+            .unwrap_or_else(|status| panic!("scoring model updated: {status:?}"))
+            .into_inner()
+            .model
+            .expect("model in the answer")
+    }
+
     /// RecordActivities; the call must succeed (items may still be refused:
     /// look at the results).
     pub async fn record(&self, activities: Vec<sc::Activity>) -> sc::RecordActivitiesResponse {
@@ -319,5 +393,145 @@ impl Scoring {
         self.try_score(account_id)
             .await
             .unwrap_or_else(|status| panic!("score of {account_id}: {status:?}"))
+    }
+}
+
+/// The opportunity service as a test uses it. The `try_*` calls answer the
+/// status, since refusals (a step's missing fields) are what most tests
+/// look at.
+#[derive(Clone)]
+pub struct Opportunity {
+    channel: Channel,
+    caller: Caller,
+}
+
+impl Opportunity {
+    /// A client of `channel` calling as `caller`.
+    pub fn new(channel: Channel, caller: Caller) -> Self {
+        Self { channel, caller }
+    }
+
+    /// The same service, called as `tenant`.
+    pub fn as_tenant(&self, tenant: &str) -> Self {
+        Self::new(self.channel.clone(), Caller::tenant(tenant))
+    }
+
+    /// The generated client.
+    pub fn public(&self) -> OpportunityServiceClient<Channel> {
+        OpportunityServiceClient::new(self.channel.clone())
+    }
+
+    /// `message` as a request from this client's caller.
+    pub fn req<T>(&self, message: T) -> tonic::Request<T> {
+        self.caller.req(message)
+    }
+
+    /// CreateOpportunity without a request id.
+    pub async fn try_create(
+        &self,
+        opportunity: op::Opportunity,
+    ) -> Result<op::Opportunity, tonic::Status> {
+        let response = self
+            .public()
+            .create_opportunity(self.req(op::CreateOpportunityRequest {
+                opportunity: Some(opportunity),
+                request_id: String::new(),
+            }))
+            .await?;
+        Ok(response
+            .into_inner()
+            .opportunity
+            .expect("opportunity in the answer"))
+    }
+
+    /// Creates a deal named `name` for `account_id`.
+    pub async fn create(&self, account_id: &str, name: &str) -> op::Opportunity {
+        self.try_create(op::Opportunity {
+            account_id: account_id.to_owned(),
+            name: name.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|status| panic!("opportunity created: {status:?}"))
+    }
+
+    /// UpdateOpportunity of the fields named by `paths`, taken from `fields`.
+    pub async fn try_update(
+        &self,
+        id: &str,
+        fields: op::Opportunity,
+        paths: &[&str],
+    ) -> Result<op::Opportunity, tonic::Status> {
+        let response = self
+            .public()
+            .update_opportunity(self.req(op::UpdateOpportunityRequest {
+                opportunity: Some(op::Opportunity {
+                    opportunity_id: id.to_owned(),
+                    ..fields
+                }),
+                update_mask: mask(paths),
+            }))
+            .await?;
+        Ok(response
+            .into_inner()
+            .opportunity
+            .expect("opportunity in the answer"))
+    }
+
+    /// AdvanceOpportunity to the next step.
+    pub async fn try_advance(&self, id: &str) -> Result<op::Opportunity, tonic::Status> {
+        let response = self
+            .public()
+            .advance_opportunity(self.req(op::AdvanceOpportunityRequest {
+                opportunity_id: id.to_owned(),
+                to_step: 0,
+            }))
+            .await?;
+        Ok(response
+            .into_inner()
+            .opportunity
+            .expect("opportunity in the answer"))
+    }
+
+    /// CloseOpportunityWon.
+    pub async fn try_win(&self, id: &str) -> Result<op::Opportunity, tonic::Status> {
+        let response = self
+            .public()
+            .close_opportunity_won(self.req(op::CloseOpportunityWonRequest {
+                opportunity_id: id.to_owned(),
+            }))
+            .await?;
+        Ok(response
+            .into_inner()
+            .opportunity
+            .expect("opportunity in the answer"))
+    }
+
+    /// CloseOpportunityLost with `reason`.
+    pub async fn try_lose(&self, id: &str, reason: &str) -> Result<op::Opportunity, tonic::Status> {
+        let response = self
+            .public()
+            .close_opportunity_lost(self.req(op::CloseOpportunityLostRequest {
+                opportunity_id: id.to_owned(),
+                reason: reason.to_owned(),
+            }))
+            .await?;
+        Ok(response
+            .into_inner()
+            .opportunity
+            .expect("opportunity in the answer"))
+    }
+
+    /// GetOpportunity.
+    pub async fn get(&self, id: &str) -> op::Opportunity {
+        self.public()
+            .get_opportunity(self.req(op::GetOpportunityRequest {
+                opportunity_id: id.to_owned(),
+            }))
+            .await
+            .unwrap_or_else(|status| panic!("get opportunity {id}: {status:?}"))
+            .into_inner()
+            .opportunity
+            .expect("opportunity in the answer")
     }
 }

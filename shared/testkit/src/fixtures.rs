@@ -2,6 +2,7 @@
 //! field masks, money, activities, timestamps and status details.
 
 use cascade_proto::common::v1::Money;
+use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::scoring::v1 as sc;
 use tonic_types::StatusExt;
 
@@ -29,6 +30,53 @@ pub fn usd(units: i64) -> Option<Money> {
 /// The time `days` days before now, as a protobuf timestamp.
 pub fn days_ago(days: i64) -> prost_types::Timestamp {
     cascade_chassis::time::to_timestamp(cascade_chassis::time::now() - chrono::Duration::days(days))
+}
+
+/// An account to create: `name`, `domain` and `owner` (may be empty).
+pub fn account(name: &str, domain: &str, owner: &str) -> lc::Account {
+    lc::Account {
+        name: name.to_owned(),
+        domain: domain.to_owned(),
+        owner_id: owner.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A score delivery of `account_id` as scoring sends it, with no intent and
+/// no contacts; `engagement` is also the average.
+pub fn score_delivery(
+    event_id: &str,
+    account_id: &str,
+    sequence: i64,
+    engagement: f64,
+) -> lc::ApplyEngagementScoreRequest {
+    lc::ApplyEngagementScoreRequest {
+        event_id: event_id.to_owned(),
+        account_id: account_id.to_owned(),
+        sequence,
+        engagement_score: engagement,
+        average_engagement_score: engagement,
+        ..Default::default()
+    }
+}
+
+/// An opportunity event of `account_id` as the opportunity service sends
+/// it, happening now, with a new event id.
+pub fn opportunity_event(
+    account_id: &str,
+    opportunity_id: &str,
+    kind: lc::OpportunityEventType,
+    buying_group: &[&str],
+) -> lc::ApplyOpportunityEventRequest {
+    lc::ApplyOpportunityEventRequest {
+        event_id: cascade_domain::ids::new_id(),
+        account_id: account_id.to_owned(),
+        opportunity_id: opportunity_id.to_owned(),
+        r#type: kind as i32,
+        buying_group_contact_ids: buying_group.iter().map(|c| (*c).to_owned()).collect(),
+        other_open_opportunities: 0,
+        occur_time: Some(days_ago(0)),
+    }
 }
 
 /// An activity happening now, addressed by Cascade's ids.

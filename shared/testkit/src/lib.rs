@@ -5,7 +5,7 @@
 //! - [`TestServer`] and, with the `services` feature, [`TestSystem`]: the
 //!   services in the test's runtime, listeners bound on port 0.
 //! - [`Caller`] / [`request_for`]: requests with a tenant, actor or token.
-//! - [`Lifecycle`], [`Scoring`]: typed clients for the calls tests repeat
+//! - [`Lifecycle`], [`Scoring`], [`Opportunity`]: typed clients for the calls tests repeat
 //!   (create an account, record activities, wait for a stage).
 //! - [`fixtures`]: field masks, money, activities, status details.
 //! - [`eventually`]: the one polling wait, bounded, failing with what it last saw.
@@ -25,7 +25,7 @@ mod tempdir;
 mod wait;
 mod webhook;
 
-pub use clients::{Lifecycle, Scoring};
+pub use clients::{Lifecycle, Opportunity, Scoring};
 pub use database::{POSTGRES_URL_ENV, REQUIRE_POSTGRES_ENV, TestDatabase};
 pub use outbox::wait_until_delivered;
 pub use request::{Caller, request_for};
@@ -33,5 +33,5 @@ pub use server::TestServer;
 #[cfg(feature = "services")]
 pub use system::{Service, TENANT, TestSystem};
 pub use tempdir::TempDir;
-pub use wait::{WAIT_LIMIT, eventually};
+pub use wait::{WAIT_LIMIT, eventually, eventually_within, next_millisecond};
 pub use webhook::{Received, WebhookReceiver};

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use cascade_chassis::db::DatabaseSettings;
 use cascade_chassis::settings::ServiceSettings;
 
-use crate::clients::{Lifecycle, Scoring};
+use crate::clients::{Lifecycle, Opportunity, Scoring};
 use crate::database::TestDatabase;
 use crate::request::Caller;
 use crate::server::TestServer;
@@ -175,6 +175,11 @@ impl TestSystem {
     /// Scoring replica `n`'s typed client, as tenant [`TENANT`].
     pub fn scoring_at(&self, n: usize) -> Scoring {
         Scoring::new(self.scoring_server(n).channel(), Caller::tenant(TENANT))
+    }
+
+    /// Opportunity's typed client, as tenant [`TENANT`].
+    pub fn opportunity(&self) -> Opportunity {
+        Opportunity::new(self.opportunity_server().channel(), Caller::tenant(TENANT))
     }
 
     fn scoring_server(&self, n: usize) -> &TestServer {

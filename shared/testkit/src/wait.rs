@@ -37,6 +37,17 @@ pub async fn eventually_within<T, E: Debug>(
     }
 }
 
+/// Waits until the clock has passed the current millisecond, so the next
+/// change gets a later timestamp than the last (histories order by time).
+pub async fn next_millisecond() {
+    let mark = cascade_chassis::time::now();
+    eventually("the clock to pass the last millisecond", async || {
+        let now = cascade_chassis::time::now();
+        if now > mark { Ok(()) } else { Err(now) }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,6 +400,14 @@ impl System {
         cascade_testkit::Scoring::new(self.scoring[n].channel(), caller)
     }
 
+    /// Opportunity replica `n`'s typed client (cascade-testkit), as `tenant`.
+    pub fn opportunity_as(&self, n: usize, tenant: &str) -> cascade_testkit::Opportunity {
+        cascade_testkit::Opportunity::new(
+            self.opportunity[n].channel(),
+            cascade_testkit::Caller::tenant(tenant),
+        )
+    }
+
     pub fn scoring(&self, n: usize) -> ScoringServiceClient<Channel> {
         ScoringServiceClient::new(self.scoring[n].channel())
     }
