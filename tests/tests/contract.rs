@@ -7,7 +7,7 @@ mod common;
 use cascade_domain::ids::new_id;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::fixtures::{mask, violations};
+use cascade_testkit::fixtures::{account, mask, opportunity_event, score_delivery, violations};
 use cascade_testkit::{TestDatabase, on_each_database};
 use common::System;
 use tonic::Status;
@@ -35,14 +35,7 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
     // is the DNS root and is dropped.
     for domain in [".", "..", "example.com.."] {
         let dots = lifecycle
-            .try_create_account(
-                lc::Account {
-                    name: "Dots".into(),
-                    domain: domain.into(),
-                    ..Default::default()
-                },
-                "",
-            )
+            .try_create_account(account("Dots", domain, ""), "")
             .await;
         assert_eq!(
             refused(dots),
@@ -54,14 +47,7 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
         );
     }
     let rooted = lifecycle
-        .try_create_account(
-            lc::Account {
-                name: "Rooted".into(),
-                domain: "Rooted.Example.".into(),
-                ..Default::default()
-            },
-            "",
-        )
+        .try_create_account(account("Rooted", "Rooted.Example.", ""), "")
         .await
         .expect("a rooted domain");
     assert_eq!(rooted.domain, "rooted.example");
@@ -205,16 +191,11 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
 
     // Timestamps outside the protobuf range on the internal RPCs.
     let account = rooted.account_id;
-    let mut internal = lifecycle.internal();
-    let score = internal
-        .apply_engagement_score(lifecycle.req(lc::ApplyEngagementScoreRequest {
-            event_id: new_id(),
-            account_id: account.clone(),
-            sequence: 1,
-            engagement_score: 10.0,
+    let score = lifecycle
+        .try_apply_score(lc::ApplyEngagementScoreRequest {
             compute_time: seconds(i64::MAX),
-            ..Default::default()
-        }))
+            ..score_delivery(&new_id(), &account, 1, 10.0)
+        })
         .await;
     assert_eq!(
         refused(score),
@@ -223,15 +204,11 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
             "must be a valid time between 1970-01-01 and 9999-12-31"
         )]
     );
-    let event = internal
-        .apply_opportunity_event(lifecycle.req(lc::ApplyOpportunityEventRequest {
-            event_id: new_id(),
-            account_id: account.clone(),
-            opportunity_id: new_id(),
-            r#type: lc::OpportunityEventType::Opened as i32,
+    let event = lifecycle
+        .try_apply_opportunity_event(lc::ApplyOpportunityEventRequest {
             occur_time: seconds(-62_135_596_801),
-            ..Default::default()
-        }))
+            ..opportunity_event(&account, &new_id(), lc::OpportunityEventType::Opened, &[])
+        })
         .await;
     assert_eq!(
         refused(event),

@@ -8,13 +8,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cascade_proto::common::v1::AccountStage as S;
-use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
-use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::fixtures::activity;
+use cascade_testkit::fixtures::{account, activity};
 use cascade_testkit::{
-    Caller, Lifecycle, Scoring, TempDir, TestDatabase, WebhookReceiver, eventually,
+    Caller, Lifecycle, Opportunity, Scoring, TempDir, TestDatabase, WebhookReceiver, eventually,
     on_each_database,
 };
 use common::{DatabaseProxy, Process, System, Verbatim};
@@ -24,13 +22,8 @@ const T: &str = "faults";
 
 /// Creates an account owned by "owner" (request id `fault-<name>`); its id.
 async fn create_account(lifecycle: &Lifecycle, name: &str) -> String {
-    let account = lc::Account {
-        name: name.into(),
-        owner_id: "owner".into(),
-        ..Default::default()
-    };
     lifecycle
-        .try_create_account(account, &format!("fault-{name}"))
+        .try_create_account(account(name, "", "owner"), &format!("fault-{name}"))
         .await
         .expect("account")
         .account_id
@@ -213,7 +206,7 @@ async fn database_outage_is_unavailable_then_recovers() {
     opportunity_process.start().await;
     let lifecycle = Lifecycle::new(lifecycle_process.channel(), Caller::tenant(T));
     let scoring = Scoring::new(scoring_process.channel(), Caller::tenant(T));
-    let opportunity = OpportunityServiceClient::new(opportunity_process.channel());
+    let opportunity = Opportunity::new(opportunity_process.channel(), Caller::tenant(T));
     let id = create_account(&lifecycle, "outage").await;
 
     // One call per service that needs its database; Err(code) when refused.
@@ -226,9 +219,9 @@ async fn database_outage_is_unavailable_then_recovers() {
                 .await
                 .map(|_| ()),
             opportunity
-                .clone()
+                .public()
                 .get_opportunity_settings(
-                    Caller::tenant(T).req(op::GetOpportunitySettingsRequest { version: 0 }),
+                    opportunity.req(op::GetOpportunitySettingsRequest { version: 0 }),
                 )
                 .await
                 .map(|_| ()),

@@ -32,10 +32,9 @@ use bytes::{Buf, BufMut, Bytes};
 use cascade_chassis::settings::ServiceSettings;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
-use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
-use cascade_testkit::fixtures::activity;
+use cascade_testkit::fixtures::{account, activity};
 use cascade_testkit::{
-    Caller, Lifecycle, Scoring, TestDatabase, TestServer, eventually, request_for,
+    Caller, Lifecycle, Opportunity, Scoring, TestDatabase, TestServer, eventually,
     wait_until_delivered,
 };
 use http_body::{Body as HttpBody, Frame};
@@ -1484,16 +1483,20 @@ async fn seed_tenant(
     tenant: &str,
     lifecycle: &Lifecycle,
     scoring: &Scoring,
-    opportunity: &mut OpportunityServiceClient<Channel>,
+    opportunity: &Opportunity,
 ) -> (lc::Account, lc::Contact, op::Opportunity) {
-    let (lifecycle, scoring) = (lifecycle.as_tenant(tenant), scoring.as_tenant(tenant));
+    let (lifecycle, scoring, opportunity) = (
+        lifecycle.as_tenant(tenant),
+        scoring.as_tenant(tenant),
+        opportunity.as_tenant(tenant),
+    );
+    let owner = format!("owner@{tenant}.example");
     let account = lifecycle
-        .create_account_with(lc::Account {
-            name: format!("{tenant} corp"),
-            domain: format!("{tenant}.example"),
-            owner_id: format!("owner@{tenant}.example"),
-            ..Default::default()
-        })
+        .create_account_with(account(
+            &format!("{tenant} corp"),
+            &format!("{tenant}.example"),
+            &owner,
+        ))
         .await;
     let contact = lifecycle
         .create_contact_with(lc::Contact {
@@ -1513,23 +1516,14 @@ async fn seed_tenant(
         .await;
     assert_eq!(seeded.recorded_count, 1, "{seeded:?}");
     let opportunity = opportunity
-        .create_opportunity(request_for(
-            tenant,
-            op::CreateOpportunityRequest {
-                opportunity: Some(op::Opportunity {
-                    account_id: account.account_id.clone(),
-                    name: format!("{tenant} deal"),
-                    owner_id: format!("owner@{tenant}.example"),
-                    buying_group_contact_ids: vec![contact.contact_id.clone()],
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
+        .try_create(op::Opportunity {
+            account_id: account.account_id.clone(),
+            name: format!("{tenant} deal"),
+            owner_id: owner,
+            buying_group_contact_ids: vec![contact.contact_id.clone()],
+            ..Default::default()
+        })
         .await
-        .expect("opportunity")
-        .into_inner()
-        .opportunity
         .expect("opportunity");
     (account, contact, opportunity)
 }
@@ -1538,24 +1532,13 @@ async fn seed_tenant(
 async fn read_b(
     seeded_ids: (&str, &str, &str),
     lifecycle: &Lifecycle,
-    opportunity: &mut OpportunityServiceClient<Channel>,
+    opportunity: &Opportunity,
 ) -> (lc::Account, lc::Contact, op::Opportunity) {
     let (account_id, contact_id, opportunity_id) = seeded_ids;
     let lifecycle = lifecycle.as_tenant(TENANT_B);
     let account = lifecycle.account(account_id).await;
     let contact = lifecycle.contact(contact_id).await;
-    let opportunity = opportunity
-        .get_opportunity(request_for(
-            TENANT_B,
-            op::GetOpportunityRequest {
-                opportunity_id: opportunity_id.into(),
-            },
-        ))
-        .await
-        .expect("B's opportunity")
-        .into_inner()
-        .opportunity
-        .expect("opportunity");
+    let opportunity = opportunity.as_tenant(TENANT_B).get(opportunity_id).await;
     (account, contact, opportunity)
 }
 
@@ -1717,11 +1700,11 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     // Tenant A (the caller) and tenant B (the bystander) get real records.
     let lc_client = Lifecycle::new(lifecycle.channel(), Caller::tenant(TENANT_A));
     let sc_client = Scoring::new(scoring.channel(), Caller::tenant(TENANT_A));
-    let mut op_client = OpportunityServiceClient::new(opportunity.channel());
+    let op_client = Opportunity::new(opportunity.channel(), Caller::tenant(TENANT_A));
     let (a_account, a_contact, a_opp) =
-        seed_tenant(TENANT_A, &lc_client, &sc_client, &mut op_client).await;
+        seed_tenant(TENANT_A, &lc_client, &sc_client, &op_client).await;
     let (b_account, b_contact, b_opp) =
-        seed_tenant(TENANT_B, &lc_client, &sc_client, &mut op_client).await;
+        seed_tenant(TENANT_B, &lc_client, &sc_client, &op_client).await;
     let a_ids = vec![
         a_account.account_id,
         a_contact.contact_id,
@@ -1743,7 +1726,7 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     wait_until_delivered(&dbs[1].settings, cascade_scoring::storage::SCORE_TOPIC).await;
     wait_until_delivered(&dbs[2].settings, cascade_opportunity::storage::EVENT_TOPIC).await;
     let b_refs = (b_ids[0].as_str(), b_ids[1].as_str(), b_ids[2].as_str());
-    let b_before = read_b(b_refs, &lc_client, &mut op_client).await;
+    let b_before = read_b(b_refs, &lc_client, &op_client).await;
     let mut b_rows_before = Vec::new();
     for probe in &probes {
         b_rows_before.push(probe.digest(Some(TENANT_B)).await);
@@ -1846,7 +1829,7 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
     }
 
     // Tenant B, never the caller, is exactly as it was.
-    let b_after = read_b(b_refs, &lc_client, &mut op_client).await;
+    let b_after = read_b(b_refs, &lc_client, &op_client).await;
     assert_eq!(b_after, b_before, "tenant B's records changed");
     for (probe, before) in targets.iter().map(|t| &t.probe).zip(&b_rows_before) {
         let after = probe.digest(Some(TENANT_B)).await;

@@ -18,8 +18,10 @@ use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::watch_account_events_response::Event;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::fixtures::{activity, by_email, mask, usd};
-use cascade_testkit::{Lifecycle, Scoring, TestDatabase, on_each_database, request_for};
+use cascade_testkit::fixtures::{
+    account, activity, by_email, mask, opportunity_event, score_delivery, usd,
+};
+use cascade_testkit::{Lifecycle, TestDatabase, on_each_database, request_for};
 use common::System;
 use tonic::{Code, Response, Status, Streaming};
 use tonic_types::StatusExt;
@@ -123,16 +125,9 @@ async fn create_account(
     request_id: &str,
 ) -> lc::Account {
     let tenant = lifecycle.caller().tenant_id().expect("a tenant's client");
+    let owner = format!("owner@{tenant}.example");
     lifecycle
-        .try_create_account(
-            lc::Account {
-                name: name.into(),
-                domain: domain.into(),
-                owner_id: format!("owner@{tenant}.example"),
-                ..Default::default()
-            },
-            request_id,
-        )
+        .try_create_account(account(name, domain, &owner), request_id)
         .await
         .expect("account created")
 }
@@ -156,39 +151,6 @@ async fn create_contact(
         )
         .await
         .expect("contact created")
-}
-
-/// RecordActivity (the single-item RPC); the activity must be accepted.
-async fn record(scoring: &Scoring, activity: sc::Activity) {
-    scoring
-        .public()
-        .record_activity(scoring.req(sc::RecordActivityRequest {
-            activity: Some(activity),
-        }))
-        .await
-        .expect("activity accepted");
-}
-
-/// ApplyOpportunityEvent as the client's tenant (what opportunity delivers).
-async fn apply_opportunity_event(
-    lifecycle: &Lifecycle,
-    account_id: &str,
-    opportunity_id: &str,
-    kind: lc::OpportunityEventType,
-    buying_group: Vec<String>,
-) -> Result<Response<lc::ApplyOpportunityEventResponse>, Status> {
-    lifecycle
-        .internal()
-        .apply_opportunity_event(lifecycle.req(lc::ApplyOpportunityEventRequest {
-            event_id: new_id(),
-            account_id: account_id.into(),
-            opportunity_id: opportunity_id.into(),
-            r#type: kind as i32,
-            buying_group_contact_ids: buying_group,
-            other_open_opportunities: 0,
-            occur_time: Some(to_timestamp(now())),
-        }))
-        .await
 }
 
 /// The window every report of the test asks about.
@@ -266,10 +228,10 @@ impl TenantB {
 
 /// B sets up one of each kind of record, through the APIs.
 async fn populate_b(system: &System) -> TenantB {
-    let (lifecycle, scoring, mut opps) = (
+    let (lifecycle, scoring, opps) = (
         system.lifecycle_as(0, B),
         system.scoring_as(0, B),
-        system.opportunity(0),
+        system.opportunity_as(0, B),
     );
 
     // Settings of all three services, each a new version.
@@ -292,39 +254,25 @@ async fn populate_b(system: &System) -> TenantB {
         .settings
         .expect("settings")
         .version;
-    let mut model = scoring
-        .public()
-        .get_scoring_model(scoring.req(sc::GetScoringModelRequest { version: 0 }))
-        .await
-        .expect("B's model")
-        .into_inner()
-        .model
-        .expect("model");
-    model.rules.push(sc::ScoringRule {
-        activity_type: "b_secret_activity".into(),
-        points: 7,
-        ..Default::default()
-    });
     let scoring_model_version = scoring
-        .public()
-        .update_scoring_model(scoring.req(sc::UpdateScoringModelRequest { model: Some(model) }))
+        .change_model(|model| {
+            model.rules.push(sc::ScoringRule {
+                activity_type: "b_secret_activity".into(),
+                points: 7,
+                ..Default::default()
+            });
+        })
         .await
-        .expect("B's model change")
-        .into_inner()
-        .model
-        .expect("model")
         .version;
     let opportunity_settings_version = opps
-        .update_opportunity_settings(request_for(
-            B,
-            op::UpdateOpportunitySettingsRequest {
-                settings: Some(op::OpportunitySettings {
-                    discover_step_display_name: "B's discovery".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["discover_step_display_name"]),
-            },
-        ))
+        .public()
+        .update_opportunity_settings(opps.req(op::UpdateOpportunitySettingsRequest {
+            settings: Some(op::OpportunitySettings {
+                discover_step_display_name: "B's discovery".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["discover_step_display_name"]),
+        }))
         .await
         .expect("B's opportunity settings")
         .into_inner()
@@ -344,16 +292,12 @@ async fn populate_b(system: &System) -> TenantB {
         .await
         .contact_id;
     let demo_event_id = "b-demo-1".to_owned();
-    record(
-        &scoring,
-        activity("b-intent-1", "web_page_visit", &acme, ""),
-    )
-    .await;
-    record(
-        &scoring,
-        activity(&demo_event_id, "demo_request", &acme, &ann),
-    )
-    .await;
+    scoring
+        .record_one(activity("b-intent-1", "web_page_visit", &acme, ""))
+        .await;
+    scoring
+        .record_one(activity(&demo_event_id, "demo_request", &acme, &ann))
+        .await;
     lifecycle
         .wait_for_account(&acme, "B's acme PRIORITIZED with intent", |a| {
             a.stage == S::Prioritized as i32 && a.intent_score > 0.0
@@ -372,7 +316,8 @@ async fn populate_b(system: &System) -> TenantB {
         lc::OpportunityEventType::Opened,
         lc::OpportunityEventType::Won,
     ] {
-        apply_opportunity_event(&lifecycle, &initech, &won_deal, kind, Vec::new())
+        lifecycle
+            .try_apply_opportunity_event(opportunity_event(&initech, &won_deal, kind, &[]))
             .await
             .expect("B's opportunity event");
     }
@@ -387,28 +332,24 @@ async fn populate_b(system: &System) -> TenantB {
     let bob = create_contact(&lifecycle, &globex, &bob_email, "")
         .await
         .contact_id;
-    record(
-        &scoring,
-        activity("b-webinar-1", "webinar_attended", &globex, &bob),
-    )
-    .await;
+    scoring
+        .record_one(activity("b-webinar-1", "webinar_attended", &globex, &bob))
+        .await;
     lifecycle.wait_for_stage(&globex, S::Engaged).await;
     let deal_request_id = "b-create-deal".to_owned();
     let deal = opps
-        .create_opportunity(request_for(
-            B,
-            op::CreateOpportunityRequest {
-                opportunity: Some(op::Opportunity {
-                    account_id: globex.clone(),
-                    name: "Globex expansion (B)".into(),
-                    owner_id: "seller@b.example".into(),
-                    estimated_deal_size: usd(50_000),
-                    buying_group_contact_ids: vec![bob.clone()],
-                    ..Default::default()
-                }),
-                request_id: deal_request_id.clone(),
-            },
-        ))
+        .public()
+        .create_opportunity(opps.req(op::CreateOpportunityRequest {
+            opportunity: Some(op::Opportunity {
+                account_id: globex.clone(),
+                name: "Globex expansion (B)".into(),
+                owner_id: "seller@b.example".into(),
+                estimated_deal_size: usd(50_000),
+                buying_group_contact_ids: vec![bob.clone()],
+                ..Default::default()
+            }),
+            request_id: deal_request_id.clone(),
+        }))
         .await
         .expect("B's opportunity")
         .into_inner()
@@ -470,7 +411,11 @@ async fn snapshot_b(system: &System, b: &TenantB) -> Snapshot {
         system.scoring(0),
         system.opportunity(0),
     );
-    let lifecycle_b = system.lifecycle_as(0, B);
+    let (lifecycle_b, scoring_b, opps_b) = (
+        system.lifecycle_as(0, B),
+        system.scoring_as(0, B),
+        system.opportunity_as(0, B),
+    );
     let mut accounts = Vec::new();
     let mut transitions = Vec::new();
     for id in b.account_ids() {
@@ -560,18 +505,7 @@ async fn snapshot_b(system: &System, b: &TenantB) -> Snapshot {
             .into_iter()
             .map(timeless)
             .collect(),
-        opportunity: opps
-            .get_opportunity(request_for(
-                B,
-                op::GetOpportunityRequest {
-                    opportunity_id: b.deal.clone(),
-                },
-            ))
-            .await
-            .expect("B's opportunity")
-            .into_inner()
-            .opportunity
-            .expect("opportunity"),
+        opportunity: opps_b.get(&b.deal).await,
         opportunity_list: opps
             .list_opportunities(request_for(
                 B,
@@ -591,13 +525,7 @@ async fn snapshot_b(system: &System, b: &TenantB) -> Snapshot {
             .into_inner()
             .settings
             .expect("settings"),
-        scoring_model: scoring
-            .get_scoring_model(request_for(B, sc::GetScoringModelRequest::default()))
-            .await
-            .expect("B's model")
-            .into_inner()
-            .model
-            .expect("model"),
+        scoring_model: scoring_b.model().await,
         opportunity_settings: opps
             .get_opportunity_settings(request_for(B, op::GetOpportunitySettingsRequest::default()))
             .await
@@ -662,11 +590,10 @@ async fn b_events_do_not_reach_a(system: &System, b: &mut TenantB) {
     let gavin = create_contact(&lifecycle_b, &hooli, "gavin@hooli-b.example", "")
         .await
         .contact_id;
-    record(
-        &system.scoring_as(0, B),
-        activity("b-hooli-demo", "demo_request", &hooli, &gavin),
-    )
-    .await;
+    system
+        .scoring_as(0, B)
+        .record_one(activity("b-hooli-demo", "demo_request", &hooli, &gavin))
+        .await;
 
     let (mut prioritized, mut notified) = (false, false);
     while !(prioritized && notified) {
@@ -802,18 +729,13 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
     let internal = system.lifecycle_internal(0);
     hidden!("ApplyEngagementScore", internal, b.acme, |id| {
         apply_engagement_score(lc::ApplyEngagementScoreRequest {
-            event_id: new_id(),
-            account_id: id,
-            sequence: 1_000_000,
-            engagement_score: 0.0,
-            average_engagement_score: 0.0,
-            intent_score: 0.0,
             contacts: vec![lc::ContactEngagement {
                 contact_id: b.ann.clone(),
                 engagement_score: 0.0,
                 new_activity_types: vec!["demo_request".into()],
             }],
             compute_time: Some(to_timestamp(now())),
+            ..score_delivery(&new_id(), &id, 1_000_000, 0.0)
         })
     });
     for (account, kind) in [
@@ -822,15 +744,7 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
         (&b.acme, lc::OpportunityEventType::Won),
     ] {
         hidden!("ApplyOpportunityEvent", internal, *account, |id| {
-            apply_opportunity_event(lc::ApplyOpportunityEventRequest {
-                event_id: new_id(),
-                account_id: id,
-                opportunity_id: b.deal.clone(),
-                r#type: kind as i32,
-                buying_group_contact_ids: vec![b.bob.clone()],
-                other_open_opportunities: 0,
-                occur_time: Some(to_timestamp(now())),
-            })
+            apply_opportunity_event(opportunity_event(&id, &b.deal, kind, &[b.bob.as_str()]))
         });
     }
     // B's settings versions exist only for B; A has only version 1 (the
@@ -1129,13 +1043,7 @@ async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
         }
     }
     // GetScoringModel: A's current model is the default, without B's rule.
-    let a_model = scoring
-        .get_scoring_model(request_for(A, sc::GetScoringModelRequest::default()))
-        .await
-        .expect("A's model")
-        .into_inner()
-        .model
-        .expect("model");
+    let a_model = system.scoring_as(0, A).model().await;
     assert_eq!(a_model.version, 1, "{a_model:?}");
     assert!(
         a_model
@@ -1211,12 +1119,12 @@ async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
 /// that exist nowhere. Whether B was touched is checked by the snapshot
 /// afterwards.
 async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
-    let (mut lifecycle, mut scoring, mut opps) = (
-        system.lifecycle(0),
-        system.scoring(0),
-        system.opportunity(0),
+    let (mut lifecycle, mut scoring) = (system.lifecycle(0), system.scoring(0));
+    let (lifecycle_a, scoring_a, opps_a) = (
+        system.lifecycle_as(0, A),
+        system.scoring_as(0, A),
+        system.opportunity_as(0, A),
     );
-    let (lifecycle_a, scoring_a) = (system.lifecycle_as(0, A), system.scoring_as(0, A));
 
     // CreateAccount with B's domain and B's request id: a new account of A,
     // not B's account back (no ALREADY_EXISTS either).
@@ -1258,58 +1166,45 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     // ApplyEngagementScore and ApplyOpportunityEvent on A's own account
     // naming B's contacts: applied to A's account; B's contacts are not A's
     // to move.
-    let mut internal = system.lifecycle_internal(0);
-    let applied = internal
-        .apply_engagement_score(request_for(
-            A,
-            lc::ApplyEngagementScoreRequest {
-                event_id: new_id(),
-                account_id: twin.account_id.clone(),
-                sequence: 1,
-                engagement_score: 5.0,
-                average_engagement_score: 5.0,
-                intent_score: 0.0,
-                contacts: vec![
-                    lc::ContactEngagement {
-                        contact_id: b.ann.clone(),
-                        engagement_score: 5.0,
-                        new_activity_types: vec!["demo_request".into()],
-                    },
-                    lc::ContactEngagement {
-                        contact_id: b.bob.clone(),
-                        engagement_score: 5.0,
-                        new_activity_types: vec!["demo_request".into()],
-                    },
-                ],
-                compute_time: Some(to_timestamp(now())),
-            },
-        ))
+    let applied = lifecycle_a
+        .try_apply_score(lc::ApplyEngagementScoreRequest {
+            contacts: vec![
+                lc::ContactEngagement {
+                    contact_id: b.ann.clone(),
+                    engagement_score: 5.0,
+                    new_activity_types: vec!["demo_request".into()],
+                },
+                lc::ContactEngagement {
+                    contact_id: b.bob.clone(),
+                    engagement_score: 5.0,
+                    new_activity_types: vec!["demo_request".into()],
+                },
+            ],
+            compute_time: Some(to_timestamp(now())),
+            ..score_delivery(&new_id(), &twin.account_id, 1, 5.0)
+        })
         .await
-        .expect("A's score applied")
-        .into_inner();
+        .expect("A's score applied");
     assert_eq!(
         applied.account.map(|a| a.stage),
         Some(S::Engaged as i32),
         "A's account moved"
     );
-    apply_opportunity_event(
-        &lifecycle_a,
-        &twin.account_id,
-        &b.deal,
+    for kind in [
         lc::OpportunityEventType::Opened,
-        vec![b.ann.clone(), b.bob.clone()],
-    )
-    .await
-    .expect("A's opportunity event");
-    apply_opportunity_event(
-        &lifecycle_a,
-        &twin.account_id,
-        &b.deal,
         lc::OpportunityEventType::Won,
-        vec![b.ann.clone(), b.bob.clone()],
-    )
-    .await
-    .expect("A's opportunity event");
+    ] {
+        let b_contacts = [b.ann.as_str(), b.bob.as_str()];
+        lifecycle_a
+            .try_apply_opportunity_event(opportunity_event(
+                &twin.account_id,
+                &b.deal,
+                kind,
+                &b_contacts,
+            ))
+            .await
+            .expect("A's opportunity event");
+    }
     // UpdateAccount / AdvanceAccount on A's own customer work as usual.
     lifecycle
         .advance_account(request_for(
@@ -1413,11 +1308,9 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     let pat = create_contact(&lifecycle_a, &scored.account_id, "pat@a-scored.example", "")
         .await
         .contact_id;
-    record(
-        &scoring_a,
-        activity("a-demo", "demo_request", &scored.account_id, &pat),
-    )
-    .await;
+    scoring_a
+        .record_one(activity("a-demo", "demo_request", &scored.account_id, &pat))
+        .await;
     lifecycle_a
         .wait_for_stage(&scored.account_id, S::Prioritized)
         .await;
@@ -1441,26 +1334,21 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
 
     // Opportunity: B's contacts in the buying group are refused exactly like
     // contacts that never existed (INVALID_ARGUMENT naming each field).
-    let deal_with = |buying_group: Vec<String>| {
-        let mut opps = opps.clone();
-        let account_id = scored.account_id.clone();
-        let request_id = b.deal_request_id.clone();
-        async move {
-            opps.create_opportunity(request_for(
-                A,
-                op::CreateOpportunityRequest {
-                    opportunity: Some(op::Opportunity {
-                        account_id,
-                        name: "A's deal".into(),
-                        estimated_deal_size: usd(10),
-                        buying_group_contact_ids: buying_group,
-                        ..Default::default()
-                    }),
-                    request_id,
-                },
-            ))
+    // Created with B's request id.
+    let deal_with = async |buying_group: Vec<String>| {
+        opps_a
+            .public()
+            .create_opportunity(opps_a.req(op::CreateOpportunityRequest {
+                opportunity: Some(op::Opportunity {
+                    account_id: scored.account_id.clone(),
+                    name: "A's deal".into(),
+                    estimated_deal_size: usd(10),
+                    buying_group_contact_ids: buying_group,
+                    ..Default::default()
+                }),
+                request_id: b.deal_request_id.clone(),
+            }))
             .await
-        }
     };
     let (fresh_ann, fresh_bob) = (new_id(), new_id());
     let about_b = deal_with(vec![b.ann.clone(), b.bob.clone()])
@@ -1487,27 +1375,21 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
         .expect("opportunity");
     assert_ne!(a_deal.opportunity_id, b.deal, "A got B's opportunity back");
     assert_eq!(a_deal.name, "A's deal");
-    opps.update_opportunity_settings(request_for(
-        A,
-        op::UpdateOpportunitySettingsRequest {
+    opps_a
+        .public()
+        .update_opportunity_settings(opps_a.req(op::UpdateOpportunitySettingsRequest {
             settings: Some(op::OpportunitySettings {
                 discover_step_display_name: "A's discovery".into(),
                 ..Default::default()
             }),
             update_mask: mask(&["discover_step_display_name"]),
-        },
-    ))
-    .await
-    .expect("A's opportunity settings");
-    opps.close_opportunity_lost(request_for(
-        A,
-        op::CloseOpportunityLostRequest {
-            opportunity_id: a_deal.opportunity_id.clone(),
-            reason: "A's own".into(),
-        },
-    ))
-    .await
-    .expect("A closes its own deal");
+        }))
+        .await
+        .expect("A's opportunity settings");
+    opps_a
+        .try_lose(&a_deal.opportunity_id, "A's own")
+        .await
+        .expect("A closes its own deal");
     // Both opportunity events delivered: opened (PIPELINE), then lost (the
     // default on-lost action nurtures back to ENGAGED).
     lifecycle_a
@@ -1564,7 +1446,9 @@ async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
     let ann = create_contact(&lifecycle, &acme, "ann@acme-b.example", "")
         .await
         .contact_id;
-    record(&scoring, activity("b-open", "email_open", &acme, &ann)).await;
+    scoring
+        .record_one(activity("b-open", "email_open", &acme, &ann))
+        .await;
     lifecycle
         .wait_for_account(&acme, "B's score 2", |a| a.engagement_score == 2.0)
         .await;
@@ -1585,7 +1469,9 @@ async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
         .expect_err("A's use of B's ids cannot be checked");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     // ... while B's own activity for people it was checked for goes in.
-    record(&scoring, activity("b-visit", "web_page_visit", &acme, &ann)).await;
+    scoring
+        .record_one(activity("b-visit", "web_page_visit", &acme, &ann))
+        .await;
     system.lifecycle[0].start().await;
 
     let account = lifecycle

@@ -6,43 +6,26 @@ mod common;
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date};
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
-use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::fixtures::{activity, by_email, mask, usd};
-use cascade_testkit::{Scoring, TestDatabase, WebhookReceiver, on_each_database, request_for};
+use cascade_testkit::fixtures::{account, activity, by_email, usd};
+use cascade_testkit::{TestDatabase, WebhookReceiver, on_each_database};
 use common::System;
 
 const T: &str = "journey";
-
-/// RecordActivity (one activity, the single-item RPC); it must be accepted.
-async fn record_one(scoring: &Scoring, activity: sc::Activity) {
-    scoring
-        .public()
-        .record_activity(scoring.req(sc::RecordActivityRequest {
-            activity: Some(activity),
-        }))
-        .await
-        .expect("activity recorded");
-}
 
 /// The source documents' story, from a targeted account to an advocate.
 async fn the_full_journey(db: TestDatabase) {
     let system = System::start(&db, 1).await;
     let receiver = WebhookReceiver::start().await;
-    let (lifecycle, scoring, mut opps) = (
+    let (lifecycle, scoring, opps) = (
         system.lifecycle_as(0, T),
         system.scoring_as(0, T),
-        system.opportunity(0),
+        system.opportunity_as(0, T),
     );
     lifecycle.set_webhook(&receiver.url, None).await;
 
     let account = lifecycle
         .try_create_account(
-            lc::Account {
-                name: "Initech".into(),
-                domain: "initech.example".into(),
-                owner_id: "peter@seller.example".into(),
-                ..Default::default()
-            },
+            account("Initech", "initech.example", "peter@seller.example"),
             "journey-initech",
         )
         .await
@@ -50,7 +33,9 @@ async fn the_full_journey(db: TestDatabase) {
     let id = account.account_id.clone();
 
     // Anonymous intent: company-level web traffic.
-    record_one(&scoring, activity("intent-1", "web_page_visit", &id, "")).await;
+    scoring
+        .record_one(activity("intent-1", "web_page_visit", &id, ""))
+        .await;
     lifecycle.wait_for_stage(&id, S::Detected).await;
 
     // Several people engage by email; none alone reaches 100, together they do.
@@ -82,21 +67,19 @@ async fn the_full_journey(db: TestDatabase) {
         .await
         .expect("qualify");
 
-    // The opportunity through all four steps.
+    // The opportunity through all four steps (created with a request id).
     let opp = opps
-        .create_opportunity(request_for(
-            T,
-            op::CreateOpportunityRequest {
-                opportunity: Some(op::Opportunity {
-                    account_id: id.clone(),
-                    name: "Initech platform".into(),
-                    estimated_deal_size: usd(60_000),
-                    buying_group_contact_ids: vec![ann.clone(), bob.clone()],
-                    ..Default::default()
-                }),
-                request_id: "journey-opp".into(),
-            },
-        ))
+        .public()
+        .create_opportunity(opps.req(op::CreateOpportunityRequest {
+            opportunity: Some(op::Opportunity {
+                account_id: id.clone(),
+                name: "Initech platform".into(),
+                estimated_deal_size: usd(60_000),
+                buying_group_contact_ids: vec![ann.clone(), bob.clone()],
+                ..Default::default()
+            }),
+            request_id: "journey-opp".into(),
+        }))
         .await
         .expect("opportunity")
         .into_inner()
@@ -104,38 +87,11 @@ async fn the_full_journey(db: TestDatabase) {
         .expect("opportunity");
     let oid = opp.opportunity_id.clone();
     lifecycle.wait_for_stage(&id, S::Pipeline).await;
-    let update = |fields: op::Opportunity, paths: &'static [&'static str]| {
-        let mut opps = opps.clone();
-        let oid = oid.clone();
-        async move {
-            opps.update_opportunity(request_for(
-                T,
-                op::UpdateOpportunityRequest {
-                    opportunity: Some(op::Opportunity {
-                        opportunity_id: oid,
-                        ..fields
-                    }),
-                    update_mask: mask(paths),
-                },
-            ))
-            .await
-            .expect("update");
-        }
+    let update = async |fields: op::Opportunity, paths: &[&str]| {
+        opps.try_update(&oid, fields, paths).await.expect("update");
     };
-    let advance = || {
-        let mut opps = opps.clone();
-        let oid = oid.clone();
-        async move {
-            opps.advance_opportunity(request_for(
-                T,
-                op::AdvanceOpportunityRequest {
-                    opportunity_id: oid,
-                    to_step: 0,
-                },
-            ))
-            .await
-            .expect("advance");
-        }
+    let advance = async || {
+        opps.try_advance(&oid).await.expect("advance");
     };
     advance().await; // DISCOVER -> QUALIFY
     update(
@@ -181,14 +137,7 @@ async fn the_full_journey(db: TestDatabase) {
         &["contract"],
     )
     .await;
-    opps.close_opportunity_won(request_for(
-        T,
-        op::CloseOpportunityWonRequest {
-            opportunity_id: oid.clone(),
-        },
-    ))
-    .await
-    .expect("won");
+    opps.try_win(&oid).await.expect("won");
     let implement = lifecycle.wait_for_stage(&id, S::Implement).await;
     assert_eq!(implement.customer_type, CustomerType::Customer as i32);
     for contact in [&ann, &bob] {
@@ -242,22 +191,18 @@ async fn the_full_journey(db: TestDatabase) {
 async fn recycling_journeys(db: TestDatabase) {
     let system = System::start(&db, 1).await;
     let receiver = WebhookReceiver::start().await;
-    let (lifecycle, scoring, mut opps) = (
+    let (lifecycle, scoring, opps) = (
         system.lifecycle_as(0, T),
         system.scoring_as(0, T),
-        system.opportunity(0),
+        system.opportunity_as(0, T),
     );
     lifecycle.set_webhook(&receiver.url, None).await;
     let id = lifecycle
-        .create_account_with(lc::Account {
-            name: "Globex".into(),
-            domain: "globex.example".into(),
-            ..Default::default()
-        })
+        .create_account_with(account("Globex", "globex.example", ""))
         .await
         .account_id;
     let demo = |event: &str| by_email(event, "demo_request", "hank@globex.example");
-    record_one(&scoring, demo("g1")).await;
+    scoring.record_one(demo("g1")).await;
     lifecycle.wait_for_stage(&id, S::Prioritized).await;
     receiver.wait_for(1).await;
 
@@ -270,7 +215,7 @@ async fn recycling_journeys(db: TestDatabase) {
         .await
         .expect("nurture");
     // Re-engagement after Nurture: 100 new points prioritize again.
-    record_one(&scoring, demo("g2")).await;
+    scoring.record_one(demo("g2")).await;
     lifecycle.wait_for_stage(&id, S::Prioritized).await;
     receiver.wait_for(2).await;
 
@@ -288,40 +233,15 @@ async fn recycling_journeys(db: TestDatabase) {
         (S::Detected as i32, CustomerType::ReProspect as i32)
     );
     // A RE_PROSPECT climbing back to PRIORITIZED notifies again.
-    record_one(&scoring, demo("g3")).await;
+    scoring.record_one(demo("g3")).await;
     let back = lifecycle.wait_for_stage(&id, S::Prioritized).await;
     assert_eq!(back.customer_type, CustomerType::ReProspect as i32);
     receiver.wait_for(3).await;
 
     // A lost deal (the only open one) nurtures the account.
-    let oid = opps
-        .create_opportunity(request_for(
-            T,
-            op::CreateOpportunityRequest {
-                opportunity: Some(op::Opportunity {
-                    account_id: id.clone(),
-                    name: "Globex deal".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("opportunity")
-        .into_inner()
-        .opportunity
-        .expect("opportunity")
-        .opportunity_id;
+    let oid = opps.create(&id, "Globex deal").await.opportunity_id;
     lifecycle.wait_for_stage(&id, S::Pipeline).await;
-    opps.close_opportunity_lost(request_for(
-        T,
-        op::CloseOpportunityLostRequest {
-            opportunity_id: oid,
-            reason: "chose a rival".into(),
-        },
-    ))
-    .await
-    .expect("lost");
+    opps.try_lose(&oid, "chose a rival").await.expect("lost");
     let nurtured = lifecycle.wait_for_stage(&id, S::Engaged).await;
     let summary = nurtured.recycle_summary.expect("summary");
     assert_eq!((summary.nurture_count, summary.disqualify_count), (2, 1));

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_testkit::TestDatabase;
-use cascade_testkit::fixtures::activity;
+use cascade_testkit::fixtures::{account, activity};
 use common::System;
 
 const T: &str = "replicas";
@@ -26,12 +26,11 @@ async fn replicas_keep_the_invariants() {
     let mut accounts = Vec::new();
     for n in 0..8 {
         let lifecycle = &lifecycles[n % 2];
-        let account = lc::Account {
-            name: format!("acct{n}"),
-            ..Default::default()
-        };
         let id = lifecycle
-            .try_create_account(account, &format!("replica-{n}"))
+            .try_create_account(
+                account(&format!("acct{n}"), "", ""),
+                &format!("replica-{n}"),
+            )
             .await
             .expect("account")
             .account_id;

@@ -11,7 +11,7 @@ use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::fixtures::by_email;
+use cascade_testkit::fixtures::{account, by_email, score_delivery};
 use cascade_testkit::{
     Caller, Lifecycle, Scoring, TempDir, TestDatabase, WebhookReceiver, request_for,
 };
@@ -74,15 +74,6 @@ fn jwt_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         }
     }
     env
-}
-
-/// An account named `name` at `domain`.
-fn account(name: &str, domain: &str) -> lc::Account {
-    lc::Account {
-        name: name.into(),
-        domain: domain.into(),
-        ..Default::default()
-    }
 }
 
 /// Activities by email that take a fresh account at `domain` to PRIORITIZED:
@@ -168,14 +159,14 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
     let admin = bearer("acme", &["admin"]);
     let as_reader = system.lifecycle_with(0, reader.clone());
     let denied = as_reader
-        .try_create_account(account("Initech", "initech.example"), "")
+        .try_create_account(account("Initech", "initech.example", ""), "")
         .await
         .expect_err("reader cannot write");
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("writer"), "{}", denied.message());
     let id = system
         .lifecycle_with(0, writer.clone())
-        .try_create_account(account("Initech", "initech.example"), "")
+        .try_create_account(account("Initech", "initech.example", ""), "")
         .await
         .expect("writer creates")
         .account_id;
@@ -217,17 +208,11 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
         .await
         .expect("admin reads settings");
     assert!(settings.into_inner().settings.is_some());
-    // Only services may call the internal Apply* RPCs; not even an admin.
-    let apply = lc::ApplyEngagementScoreRequest {
-        event_id: "forged-score".into(),
-        account_id: id.clone(),
-        sequence: 1,
-        engagement_score: 500.0,
-        average_engagement_score: 500.0,
-        ..Default::default()
-    };
-    let mut internal = system.lifecycle_internal(0);
-    let denied = internal
+    // Only services may call the internal Apply* RPCs; not even an admin
+    // (its token, no actor header: not the kit's delivery as scoring).
+    let apply = score_delivery("forged-score", &id, 1, 500.0);
+    let denied = system
+        .lifecycle_internal(0)
         .apply_engagement_score(admin.req(apply))
         .await
         .expect_err("admin cannot apply");
@@ -280,17 +265,10 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
         .qualify_account(qualify(&operator))
         .await
         .expect("the operator qualifies a PRIORITIZED account");
-    let opened = opportunity
-        .create_opportunity(writer.req(op::CreateOpportunityRequest {
-            opportunity: Some(op::Opportunity {
-                account_id: id.clone(),
-                name: "Initech platform".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
+    system
+        .opportunity_with(0, writer.clone())
+        .create(&id, "Initech platform")
         .await;
-    assert!(opened.is_ok(), "{opened:?}");
     as_reader.wait_for_stage(&id, S::Pipeline).await;
     // The history records the token's subject as the actor.
     let transitions = as_reader.transitions(&id).await;
@@ -427,7 +405,7 @@ async fn mtls_between_callers_and_services() {
     // With the certificate: calls work, and scoring reaches lifecycle over mTLS.
     let client = Lifecycle::new(lifecycle.channel(), Caller::tenant("acme"));
     let id = client
-        .try_create_account(account("Initech", "initech.example"), "")
+        .try_create_account(account("Initech", "initech.example", ""), "")
         .await
         .expect("mTLS call")
         .account_id;
@@ -468,7 +446,7 @@ async fn limits_answer_with_clear_statuses() {
 
     // Oversized message: refused before decoding.
     let huge = lifecycle
-        .try_create_account(account(&"x".repeat(300_000), "big.example"), "")
+        .try_create_account(account(&"x".repeat(300_000), "big.example", ""), "")
         .await
         .expect_err("oversized");
     // tonic's code for a message over the decoding limit.
@@ -476,7 +454,7 @@ async fn limits_answer_with_clear_statuses() {
     assert!(huge.message().contains("too large"), "{}", huge.message());
     // Too long a field, too large a page: INVALID_ARGUMENT naming the field.
     let long = lifecycle
-        .try_create_account(account(&"x".repeat(1_000), "long.example"), "")
+        .try_create_account(account(&"x".repeat(1_000), "long.example", ""), "")
         .await
         .expect_err("name too long");
     assert_eq!(long.code(), Code::InvalidArgument);
@@ -498,7 +476,7 @@ async fn limits_answer_with_clear_statuses() {
 
     // Ingestion rate per tenant: the burst passes, the next batch waits.
     let id = lifecycle
-        .try_create_account(account("Initech", "initech.example"), "")
+        .try_create_account(account("Initech", "initech.example", ""), "")
         .await
         .expect("account")
         .account_id;
@@ -536,7 +514,7 @@ async fn limits_answer_with_clear_statuses() {
     // Another tenant has its own allowance.
     let other = system
         .lifecycle_as(0, "globex")
-        .try_create_account(account("Globex", "globex.example"), "")
+        .try_create_account(account("Globex", "globex.example", ""), "")
         .await
         .expect("account")
         .account_id;
@@ -600,7 +578,7 @@ async fn secrets_never_reach_logs_or_errors() {
     assert!(!format!("{refused:?}").contains(&bad_token));
     let as_writer = system.lifecycle_with(0, Caller::bearer(&writer));
     let id = as_writer
-        .create_account_with(account("Initech", "initech.example"))
+        .create_account_with(account("Initech", "initech.example", ""))
         .await
         .account_id;
     system

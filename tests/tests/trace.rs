@@ -8,11 +8,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use cascade_proto::common::v1::{AccountStage as S, Date};
-use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
-use cascade_proto::scoring::v1 as sc;
-use cascade_testkit::fixtures::{by_email, usd};
-use cascade_testkit::{TestDatabase, eventually, request_for};
+use cascade_testkit::fixtures::{account, by_email, usd};
+use cascade_testkit::{TestDatabase, eventually};
 use common::System;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -171,28 +169,20 @@ async fn one_trace_from_activity_to_stage_change() {
         ("OTEL_METRIC_EXPORT_INTERVAL".to_owned(), "300".to_owned()),
     ];
     let system = System::start_with(&db, 1, env).await;
-    let (lifecycle, scoring, mut opps) = (
+    let (lifecycle, scoring, opps) = (
         system.lifecycle_as(0, T),
         system.scoring_as(0, T),
-        system.opportunity(0),
+        system.opportunity_as(0, T),
     );
     let id = lifecycle
-        .create_account_with(lc::Account {
-            name: "Traced".into(),
-            domain: "traced.example".into(),
-            ..Default::default()
-        })
+        .create_account_with(account("Traced", "traced.example", ""))
         .await
         .account_id;
 
+    // The single-activity RPC (RecordActivity), whose span is checked below.
     let recorded = scoring
-        .public()
-        .record_activity(scoring.req(sc::RecordActivityRequest {
-            activity: Some(by_email("trace-1", "demo_request", "tess@traced.example")),
-        }))
+        .record_one(by_email("trace-1", "demo_request", "tess@traced.example"))
         .await
-        .expect("recorded")
-        .into_inner()
         .result
         .expect("result");
     let contact = recorded.contact_id.clone();
@@ -243,64 +233,40 @@ async fn one_trace_from_activity_to_stage_change() {
 
     // An opportunity won: its outbox delivery joins the CloseOpportunityWon trace.
     let oid = opps
-        .create_opportunity(request_for(
-            T,
-            op::CreateOpportunityRequest {
-                opportunity: Some(op::Opportunity {
-                    account_id: id.clone(),
-                    name: "Traced deal".into(),
-                    estimated_deal_size: usd(1_000),
-                    close_date: Some(Date {
-                        year: 2027,
-                        month: 1,
-                        day: 1,
-                    }),
-                    amount: usd(1_000),
-                    current_situation: "x".into(),
-                    needs: "y".into(),
-                    buying_group_contact_ids: vec![contact],
-                    line_items: vec![op::LineItem {
-                        product: "p".into(),
-                        kind: 1,
-                        quantity: 1,
-                        unit_price: usd(1_000),
-                    }],
-                    new_reality: "z".into(),
-                    contract: Some(op::Contract {
-                        document_ref: "doc".into(),
-                        signed: true,
-                        sign_time: None,
-                    }),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        ))
+        .try_create(op::Opportunity {
+            account_id: id.clone(),
+            name: "Traced deal".into(),
+            estimated_deal_size: usd(1_000),
+            close_date: Some(Date {
+                year: 2027,
+                month: 1,
+                day: 1,
+            }),
+            amount: usd(1_000),
+            current_situation: "x".into(),
+            needs: "y".into(),
+            buying_group_contact_ids: vec![contact],
+            line_items: vec![op::LineItem {
+                product: "p".into(),
+                kind: 1,
+                quantity: 1,
+                unit_price: usd(1_000),
+            }],
+            new_reality: "z".into(),
+            contract: Some(op::Contract {
+                document_ref: "doc".into(),
+                signed: true,
+                sign_time: None,
+            }),
+            ..Default::default()
+        })
         .await
-        .expect("opportunity")
-        .into_inner()
-        .opportunity
         .expect("opportunity")
         .opportunity_id;
     for _ in 0..3 {
-        opps.advance_opportunity(request_for(
-            T,
-            op::AdvanceOpportunityRequest {
-                opportunity_id: oid.clone(),
-                to_step: 0,
-            },
-        ))
-        .await
-        .expect("advance");
+        opps.try_advance(&oid).await.expect("advance");
     }
-    opps.close_opportunity_won(request_for(
-        T,
-        op::CloseOpportunityWonRequest {
-            opportunity_id: oid,
-        },
-    ))
-    .await
-    .expect("won");
+    opps.try_win(&oid).await.expect("won");
     let won = collector
         .wait_span(
             "cascade-opportunity",

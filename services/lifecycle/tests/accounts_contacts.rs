@@ -2,19 +2,10 @@
 
 use cascade_proto::common::v1::{AccountStage, ContactStage, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_testkit::fixtures::{mask, violated_fields};
+use cascade_testkit::fixtures::{account, mask, violated_fields};
 use cascade_testkit::{TestDatabase, TestSystem, on_each_database, request_for};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn account(name: &str, domain: &str, owner: &str) -> pb::Account {
-    pb::Account {
-        name: name.into(),
-        domain: domain.into(),
-        owner_id: owner.into(),
-        ..Default::default()
-    }
-}
 
 /// A contact of `account_id` named Pat.
 fn pat(account_id: &str, email: &str) -> pb::Contact {
@@ -199,36 +190,21 @@ async fn create_account_validates_and_is_idempotent(db: TestDatabase) {
     let t1 = lifecycle.as_tenant("t1");
     let t2 = lifecycle.as_tenant("t2");
     let bad = t1
-        .public()
-        .create_account(t1.req(pb::CreateAccountRequest {
-            account: Some(account("  ", "not a domain", "")),
-            request_id: String::new(),
-        }))
+        .try_create_account(account("  ", "not a domain", ""), "")
         .await
         .expect_err("empty name refused");
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&bad), ["account.name", "account.domain"]);
 
-    let request = pb::CreateAccountRequest {
-        account: Some(account("Globex", "globex.com", "")),
-        request_id: "import-42".into(),
-    };
+    let globex = account("Globex", "globex.com", "");
     let first = t1
-        .public()
-        .create_account(t1.req(request.clone()))
+        .try_create_account(globex.clone(), "import-42")
         .await
-        .expect("first")
-        .into_inner()
-        .account
-        .expect("account");
+        .expect("first");
     let again = t1
-        .public()
-        .create_account(t1.req(request))
+        .try_create_account(globex, "import-42")
         .await
-        .expect("retry answers the same account")
-        .into_inner()
-        .account
-        .expect("account");
+        .expect("retry answers the same account");
     assert_eq!(first.account_id, again.account_id);
 
     let listed = t1
@@ -240,11 +216,7 @@ async fn create_account_validates_and_is_idempotent(db: TestDatabase) {
     assert_eq!(listed.accounts.len(), 1, "the retry created nothing");
 
     let duplicate = t1
-        .public()
-        .create_account(t1.req(pb::CreateAccountRequest {
-            account: Some(account("Globex again", "GLOBEX.com", "")),
-            request_id: String::new(),
-        }))
+        .try_create_account(account("Globex again", "GLOBEX.com", ""), "")
         .await
         .expect_err("domain taken");
     assert_eq!(duplicate.code(), Code::AlreadyExists);

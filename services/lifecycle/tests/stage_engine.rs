@@ -8,17 +8,18 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cascade_domain::ids::new_id;
 use cascade_lifecycle::storage::NOTIFICATION_TOPIC;
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
 use cascade_proto::lifecycle::v1::TransitionCause as Cause;
-use cascade_testkit::fixtures::{mask, precondition_subjects, violated_fields};
+use cascade_testkit::fixtures::{mask, precondition_subjects, score_delivery, violated_fields};
 use cascade_testkit::{
-    Caller, TENANT, TestDatabase, TestSystem, WebhookReceiver, eventually, on_each_database,
+    TestDatabase, TestSystem, WebhookReceiver, next_millisecond, on_each_database,
     wait_until_delivered,
 };
-use common::{as_service, delivery, new_id, opportunity, score};
+use common::{opportunity, score};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -34,17 +35,6 @@ fn reached(account: &pb::Account) -> Vec<i32> {
     let mut stages: Vec<i32> = account.stages_reached.iter().map(|s| s.stage).collect();
     stages.sort();
     stages
-}
-
-/// Returns once the clock has left the current millisecond, so whatever is
-/// recorded next is strictly later than anything recorded before the call.
-async fn next_millisecond() {
-    let mark = cascade_chassis::time::now();
-    eventually("the clock to pass the last millisecond", async || {
-        let now = cascade_chassis::time::now();
-        if now > mark { Ok(()) } else { Err(now) }
-    })
-    .await;
 }
 
 async fn tekstack_walkthrough(db: TestDatabase) {
@@ -138,8 +128,8 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     );
 
     // Business development hands it to sales.
-    let bdr = Caller::tenant(TENANT).actor("bdr@seller.example");
-    let qualified = lifecycle
+    let bdr = lifecycle.as_actor("bdr@seller.example");
+    let qualified = bdr
         .public()
         .qualify_account(bdr.req(pb::QualifyAccountRequest {
             account_id: id.clone(),
@@ -191,9 +181,9 @@ async fn tekstack_walkthrough(db: TestDatabase) {
         );
     }
 
-    let csm = Caller::tenant(TENANT).actor("csm@seller.example");
+    let csm = lifecycle.as_actor("csm@seller.example");
     for to in [S::Expand, S::Advocate] {
-        let moved = lifecycle
+        let moved = csm
             .public()
             .advance_account(csm.req(pb::AdvanceAccountRequest {
                 account_id: id.clone(),
@@ -205,7 +195,7 @@ async fn tekstack_walkthrough(db: TestDatabase) {
             .into_inner();
         assert_eq!(moved.account.map(|a| a.stage), Some(to as i32));
     }
-    let refused = lifecycle
+    let refused = csm
         .public()
         .advance_account(csm.req(pb::AdvanceAccountRequest {
             account_id: id.clone(),
@@ -299,10 +289,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
     lifecycle.set_webhook(&receiver.url, None).await;
-    let (ae, bdr) = (
-        Caller::tenant(TENANT).actor("ae"),
-        Caller::tenant(TENANT).actor("bdr"),
-    );
+    let (ae, bdr) = (lifecycle.as_actor("ae"), lifecycle.as_actor("bdr"));
     let account = lifecycle
         .create_account("Globex", "hank@seller.example")
         .await;
@@ -310,7 +297,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     score(&lifecycle, &id, "s1", 1, 150.0, 0.0, vec![]).await;
     assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
 
-    let no_reason = lifecycle
+    let no_reason = ae
         .public()
         .nurture_account(ae.req(pb::NurtureAccountRequest {
             account_id: id.clone(),
@@ -321,7 +308,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     assert_eq!(no_reason.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&no_reason)[0], "reason");
 
-    let nurtured = lifecycle
+    let nurtured = ae
         .public()
         .nurture_account(ae.req(pb::NurtureAccountRequest {
             account_id: id.clone(),
@@ -354,7 +341,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
     receiver.wait_for(2).await;
 
-    let disqualified = lifecycle
+    let disqualified = ae
         .public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
@@ -370,7 +357,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     let summary = disqualified.recycle_summary.expect("summary");
     assert_eq!((summary.nurture_count, summary.disqualify_count), (1, 1));
 
-    let again = lifecycle
+    let again = ae
         .public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
@@ -411,7 +398,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
             &["qualified_stage_enabled"],
         )
         .await;
-    let off = lifecycle
+    let off = bdr
         .public()
         .qualify_account(bdr.req(pb::QualifyAccountRequest {
             account_id: id.clone(),
@@ -446,7 +433,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
 async fn stage_at_answers_between_transitions(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
-    let ae = Caller::tenant(TENANT).actor("ae");
+    let ae = lifecycle.as_actor("ae");
     let account = lifecycle.create_account("Hooli", "").await;
     let id = account.account_id.clone();
     let created = account.create_time.expect("create time");
@@ -459,8 +446,7 @@ async fn stage_at_answers_between_transitions(db: TestDatabase) {
     next_millisecond().await;
     score(&lifecycle, &id, "b", 2, 100.0, 0.0, vec![]).await;
     next_millisecond().await;
-    lifecycle
-        .public()
+    ae.public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
             reason: "wrong region".into(),
@@ -543,16 +529,14 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
     assert_eq!(opened_again.outcome, pb::ApplyOutcome::Duplicate as i32);
     assert_eq!(lifecycle.transitions(&id).await.len(), 2);
 
-    let scoring = as_service(&lifecycle, "scoring");
-    let bad = scoring
-        .internal()
-        .apply_engagement_score(scoring.req(pb::ApplyEngagementScoreRequest {
+    let bad = lifecycle
+        .try_apply_score(pb::ApplyEngagementScoreRequest {
             event_id: String::new(),
             account_id: id.clone(),
             sequence: 0,
             engagement_score: f64::NAN,
             ..Default::default()
-        }))
+        })
         .await
         .expect_err("bad delivery");
     assert_eq!(
@@ -565,7 +549,7 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
 async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
-    let ae = Caller::tenant(TENANT).actor("ae");
+    let ae = lifecycle.as_actor("ae");
     let id = lifecycle.create_account("Soylent", "").await.account_id;
     let pat = lifecycle.create_contact(&id, "pat@soylent.example").await;
     score(
@@ -602,7 +586,7 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     assert_eq!(lifecycle.account(&id).await.stage, S::Pipeline as i32);
 
     // While another deal is open, a Disqualify is refused and a loss keeps PIPELINE.
-    let refused = lifecycle
+    let refused = ae
         .public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
@@ -656,8 +640,8 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
 async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
-    let bdr = Caller::tenant(TENANT).actor("bdr");
-    let ae = Caller::tenant(TENANT).actor("ae");
+    let bdr = lifecycle.as_actor("bdr");
+    let ae = lifecycle.as_actor("ae");
     let start_time = cascade_chassis::time::to_timestamp(
         cascade_chassis::time::now() - chrono::Duration::seconds(1),
     );
@@ -666,8 +650,7 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     let c = lifecycle.create_account("C", "").await.account_id;
     let _d = lifecycle.create_account("D", "").await.account_id;
     score(&lifecycle, &a, "a1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
-    lifecycle
-        .public()
+    bdr.public()
         .qualify_account(bdr.req(pb::QualifyAccountRequest {
             account_id: a.clone(),
             reason: String::new(),
@@ -677,8 +660,7 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     opportunity(&lifecycle, &a, "a-open", &new_id(), Opp::Opened, &[], 0).await; // PIPELINE
     score(&lifecycle, &b, "b1", 1, 50.0, 0.0, vec![]).await; // ENGAGED
     score(&lifecycle, &c, "c1", 1, 150.0, 0.0, vec![]).await; // ENGAGED, PRIORITIZED
-    lifecycle
-        .public()
+    ae.public()
         .nurture_account(ae.req(pb::NurtureAccountRequest {
             account_id: c.clone(),
             reason: "later".into(),
@@ -815,7 +797,7 @@ async fn notifications_survive_receiver_outage_and_restart(db: TestDatabase) {
 async fn concurrent_actions_do_not_interleave(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
-    let ae = lifecycle.as_caller(Caller::tenant(TENANT).actor("ae"));
+    let ae = lifecycle.as_actor("ae");
     let id = lifecycle.create_account("Contested", "").await.account_id;
     score(&lifecycle, &id, "s", 1, 100.0, 0.0, vec![]).await;
 
@@ -869,9 +851,7 @@ async fn concurrent_actions_do_not_interleave(db: TestDatabase) {
 
 async fn settings_are_versioned(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
-    let admin = system
-        .lifecycle()
-        .as_caller(Caller::tenant(TENANT).actor("admin"));
+    let admin = system.lifecycle().as_actor("admin");
     let get = async |version: i64| {
         admin
             .public()
@@ -1029,7 +1009,7 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
     score(&lifecycle, &done, "done-1", 5, 30.0, 0.0, vec![]).await;
     score(&lifecycle, &again, "again-1", 5, 30.0, 0.0, vec![]).await;
 
-    let item = delivery;
+    let item = score_delivery;
     let mut hot_item = item("b-hot", &hot, 1, 150.0);
     hot_item.contacts = vec![
         pb::ContactEngagement {
@@ -1058,7 +1038,7 @@ async fn batched_scores_answer_per_item(db: TestDatabase) {
         item("b-done-old", &done, 4, 500.0),
         item("again-1", &again, 9, 500.0),
     ];
-    let scoring = as_service(&lifecycle, "scoring");
+    let scoring = lifecycle.as_actor("scoring");
     let results = scoring
         .internal()
         .apply_engagement_scores(scoring.req(pb::ApplyEngagementScoresRequest {
@@ -1189,19 +1169,12 @@ async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
         .await
         .account_id;
     let fine = lifecycle.create_account("Fine Co", "finn").await.account_id;
-    let delivery =
-        |account_id: &str, event_id: &str, sequence: i64| pb::ApplyEngagementScoreRequest {
-            event_id: event_id.into(),
-            account_id: account_id.into(),
-            sequence,
-            engagement_score: 10.0,
-            ..Default::default()
-        };
+    let delivery = |account_id: &str, event_id: &str, sequence: i64| {
+        score_delivery(event_id, account_id, sequence, 10.0)
+    };
 
-    let scoring = as_service(&lifecycle, "scoring");
-    let alone = scoring
-        .internal()
-        .apply_engagement_score(scoring.req(delivery(&frozen, "far-1", 1_000_000_001)))
+    let alone = lifecycle
+        .try_apply_score(delivery(&frozen, "far-1", 1_000_000_001))
         .await
         .expect_err("a far jump");
     assert_eq!(alone.code(), Code::FailedPrecondition);
@@ -1216,6 +1189,7 @@ async fn a_far_sequence_jump_is_refused_per_delivery(db: TestDatabase) {
         violation.description
     );
 
+    let scoring = lifecycle.as_actor("scoring");
     let batch = scoring
         .internal()
         .apply_engagement_scores(scoring.req(pb::ApplyEngagementScoresRequest {

@@ -5,17 +5,17 @@
 
 mod common;
 
+use cascade_domain::ids::new_id;
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C};
 use cascade_proto::lifecycle::v1 as pb;
 use cascade_proto::lifecycle::v1::ContactTransitionCause as Why;
 use cascade_proto::lifecycle::v1::NotificationDeliveryState as Delivery;
 use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
-use cascade_testkit::fixtures::{mask, violated_fields};
+use cascade_testkit::fixtures::{mask, score_delivery, violated_fields};
 use cascade_testkit::{
-    Caller, Lifecycle, TENANT, TestDatabase, TestSystem, WebhookReceiver, eventually,
-    on_each_database, request_for,
+    Lifecycle, TestDatabase, TestSystem, WebhookReceiver, eventually, on_each_database, request_for,
 };
-use common::{as_service, new_id, opportunity, score};
+use common::{opportunity, score};
 use tonic::Code;
 
 async fn contact_history(
@@ -37,8 +37,8 @@ async fn contact_history(
 
 /// Updates `contact` acting as `actor` (kept in the contact's history).
 async fn update_contact(lifecycle: &Lifecycle, actor: &str, contact: pb::Contact, paths: &[&str]) {
-    let editor = Caller::tenant(TENANT).actor(actor);
-    lifecycle
+    let editor = lifecycle.as_actor(actor);
+    editor
         .public()
         .update_contact(editor.req(pb::UpdateContactRequest {
             contact: Some(contact),
@@ -233,17 +233,11 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
         engagement_score: 50.0,
         new_activity_types: types.iter().map(|t| t.to_string()).collect(),
     };
-    let scoring = as_service(&lifecycle, "scoring");
-    let twice = scoring
-        .internal()
-        .apply_engagement_score(scoring.req(pb::ApplyEngagementScoreRequest {
-            event_id: "score-twice".into(),
-            account_id: id.clone(),
-            sequence: 9,
-            engagement_score: 50.0,
+    let twice = lifecycle
+        .try_apply_score(pb::ApplyEngagementScoreRequest {
             contacts: vec![entry(&["email_open"]), entry(&[])],
-            ..Default::default()
-        }))
+            ..score_delivery("score-twice", &id, 9, 50.0)
+        })
         .await
         .expect_err("a contact twice in one delivery");
     assert_eq!(twice.code(), Code::InvalidArgument);
@@ -441,7 +435,7 @@ async fn notifications_show_their_delivery_state(db: TestDatabase) {
 async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
-    let ae = Caller::tenant(TENANT).actor("ae");
+    let ae = lifecycle.as_actor("ae");
     let id = lifecycle.create_account("Hooli", "gavin").await.account_id;
     score(&lifecycle, &id, "h-1", 1, 150.0, 0.0, vec![]).await;
     let prioritized = lifecycle.account(&id).await;
@@ -451,8 +445,7 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
         "never recycled"
     );
 
-    lifecycle
-        .public()
+    ae.public()
         .nurture_account(ae.req(pb::NurtureAccountRequest {
             account_id: id.clone(),
             reason: "next quarter".into(),
@@ -474,8 +467,7 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
     assert_eq!(back.stage, S::Prioritized as i32);
 
     // The score can fall below where it stood at the recycle.
-    lifecycle
-        .public()
+    ae.public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
             reason: "no budget".into(),

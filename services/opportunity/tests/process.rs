@@ -4,65 +4,9 @@
 
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date, Money};
 use cascade_proto::opportunity::v1 as pb;
-use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_testkit::fixtures::{mask, money, precondition_subjects, usd, violations};
-use cascade_testkit::{Service, TENANT, TestDatabase, TestSystem, on_each_database, request_for};
+use cascade_testkit::{Opportunity, TestDatabase, TestSystem, on_each_database};
 use tonic::Code;
-use tonic::transport::Channel;
-
-type Opportunities = OpportunityServiceClient<Channel>;
-
-/// Opportunity's generated client (the kit has no typed one).
-fn opportunities(system: &TestSystem) -> Opportunities {
-    OpportunityServiceClient::new(system.channel(Service::Opportunity))
-}
-
-async fn create(
-    opps: &mut Opportunities,
-    opportunity: pb::Opportunity,
-) -> Result<pb::Opportunity, tonic::Status> {
-    opps.create_opportunity(request_for(
-        TENANT,
-        pb::CreateOpportunityRequest {
-            opportunity: Some(opportunity),
-            request_id: String::new(),
-        },
-    ))
-    .await
-    .map(|r| r.into_inner().opportunity.expect("opportunity"))
-}
-
-async fn update(
-    opps: &mut Opportunities,
-    id: &str,
-    fields: pb::Opportunity,
-    paths: &[&str],
-) -> Result<pb::Opportunity, tonic::Status> {
-    opps.update_opportunity(request_for(
-        TENANT,
-        pb::UpdateOpportunityRequest {
-            opportunity: Some(pb::Opportunity {
-                opportunity_id: id.into(),
-                ..fields
-            }),
-            update_mask: mask(paths),
-        },
-    ))
-    .await
-    .map(|r| r.into_inner().opportunity.expect("opportunity"))
-}
-
-async fn advance(opps: &mut Opportunities, id: &str) -> Result<pb::Opportunity, tonic::Status> {
-    opps.advance_opportunity(request_for(
-        TENANT,
-        pb::AdvanceOpportunityRequest {
-            opportunity_id: id.into(),
-            to_step: 0,
-        },
-    ))
-    .await
-    .map(|r| r.into_inner().opportunity.expect("opportunity"))
-}
 
 /// Everything a deal needs from QUALIFY on (a large one with stakeholders).
 fn qualify_fields(amount: i64, buying_group: Vec<String>) -> pb::Opportunity {
@@ -82,7 +26,7 @@ fn qualify_fields(amount: i64, buying_group: Vec<String>) -> pb::Opportunity {
 
 async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
-    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let id = lifecycle.create_account("Initech", "").await.account_id;
     let ann = lifecycle
         .create_contact(&id, "ann@initech.example")
@@ -93,18 +37,16 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
         .await
         .contact_id;
 
-    let created = create(
-        &mut opps,
-        pb::Opportunity {
+    let created = opps
+        .try_create(pb::Opportunity {
             account_id: id.clone(),
             name: "Initech platform".into(),
             owner_id: "peter@seller.example".into(),
             buying_group_contact_ids: vec![ann.clone()],
             ..Default::default()
-        },
-    )
-    .await
-    .expect("created");
+        })
+        .await
+        .expect("created");
     let oid = created.opportunity_id.clone();
     assert_eq!(
         (created.step, created.status),
@@ -119,11 +61,10 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     lifecycle.wait_for_contact_stage(&ann, C::Opportunity).await;
 
     // DISCOVER needs an estimated deal size.
-    let refused = advance(&mut opps, &oid).await.expect_err("no estimate");
+    let refused = opps.try_advance(&oid).await.expect_err("no estimate");
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert_eq!(precondition_subjects(&refused), ["estimated_deal_size"]);
-    update(
-        &mut opps,
+    opps.try_update(
         &oid,
         pb::Opportunity {
             estimated_deal_size: usd(250_000),
@@ -133,34 +74,33 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     )
     .await
     .expect("estimate");
-    let qualify = advance(&mut opps, &oid).await.expect("to QUALIFY");
+    let qualify = opps.try_advance(&oid).await.expect("to QUALIFY");
     assert_eq!(qualify.step, pb::OpportunityStep::Qualify as i32);
 
     // QUALIFY: a large deal also needs stakeholders and a competitor. Bob joins the buying group.
-    let filled = update(
-        &mut opps,
-        &oid,
-        qualify_fields(250_000, vec![ann.clone(), bob.clone()]),
-        &[
-            "close_date",
-            "amount",
-            "current_situation",
-            "needs",
-            "buying_group_contact_ids",
-        ],
-    )
-    .await
-    .expect("qualify fields");
+    let filled = opps
+        .try_update(
+            &oid,
+            qualify_fields(250_000, vec![ann.clone(), bob.clone()]),
+            &[
+                "close_date",
+                "amount",
+                "current_situation",
+                "needs",
+                "buying_group_contact_ids",
+            ],
+        )
+        .await
+        .expect("qualify fields");
     let qualify_progress = &filled.progress[1];
     assert!(!qualify_progress.complete);
-    let refused = advance(&mut opps, &oid).await.expect_err("large deal");
+    let refused = opps.try_advance(&oid).await.expect_err("large deal");
     assert_eq!(
         precondition_subjects(&refused),
         ["stakeholders", "competitors"]
     );
     lifecycle.wait_for_contact_stage(&bob, C::Opportunity).await;
-    update(
-        &mut opps,
+    opps.try_update(
         &oid,
         pb::Opportunity {
             stakeholders: vec![
@@ -185,59 +125,50 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     )
     .await
     .expect("stakeholders");
-    advance(&mut opps, &oid).await.expect("to PROPOSE");
+    opps.try_advance(&oid).await.expect("to PROPOSE");
 
     // PROPOSE: line items and the new reality; the amount follows the items.
-    let refused = advance(&mut opps, &oid).await.expect_err("no proposal");
+    let refused = opps.try_advance(&oid).await.expect_err("no proposal");
     assert_eq!(
         precondition_subjects(&refused),
         ["line_items", "new_reality"]
     );
-    let proposed = update(
-        &mut opps,
-        &oid,
-        pb::Opportunity {
-            line_items: vec![
-                pb::LineItem {
-                    product: "Platform".into(),
-                    kind: pb::LineItemKind::Product as i32,
-                    quantity: 2,
-                    unit_price: usd(100_000),
-                },
-                pb::LineItem {
-                    product: "Onboarding".into(),
-                    kind: pb::LineItemKind::Service as i32,
-                    quantity: 1,
-                    unit_price: usd(30_000),
-                },
-            ],
-            amount_from_line_items: true,
-            new_reality: "one source of truth for every account".into(),
-            ..Default::default()
-        },
-        &["line_items", "amount_from_line_items", "new_reality"],
-    )
-    .await
-    .expect("proposal");
+    let proposed = opps
+        .try_update(
+            &oid,
+            pb::Opportunity {
+                line_items: vec![
+                    pb::LineItem {
+                        product: "Platform".into(),
+                        kind: pb::LineItemKind::Product as i32,
+                        quantity: 2,
+                        unit_price: usd(100_000),
+                    },
+                    pb::LineItem {
+                        product: "Onboarding".into(),
+                        kind: pb::LineItemKind::Service as i32,
+                        quantity: 1,
+                        unit_price: usd(30_000),
+                    },
+                ],
+                amount_from_line_items: true,
+                new_reality: "one source of truth for every account".into(),
+                ..Default::default()
+            },
+            &["line_items", "amount_from_line_items", "new_reality"],
+        )
+        .await
+        .expect("proposal");
     assert_eq!(proposed.amount, usd(230_000));
-    advance(&mut opps, &oid).await.expect("to WIN");
+    opps.try_advance(&oid).await.expect("to WIN");
 
     // WIN: a contract attached and marked signed by a person.
-    let refused = opps
-        .close_opportunity_won(request_for(
-            TENANT,
-            pb::CloseOpportunityWonRequest {
-                opportunity_id: oid.clone(),
-            },
-        ))
-        .await
-        .expect_err("no contract");
+    let refused = opps.try_win(&oid).await.expect_err("no contract");
     assert_eq!(
         precondition_subjects(&refused),
         ["contract.document_ref", "contract.signed"]
     );
-    update(
-        &mut opps,
+    opps.try_update(
         &oid,
         pb::Opportunity {
             contract: Some(pb::Contract {
@@ -251,18 +182,7 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     )
     .await
     .expect("contract");
-    let won = opps
-        .close_opportunity_won(request_for(
-            TENANT,
-            pb::CloseOpportunityWonRequest {
-                opportunity_id: oid.clone(),
-            },
-        ))
-        .await
-        .expect("won")
-        .into_inner()
-        .opportunity
-        .expect("opportunity");
+    let won = opps.try_win(&oid).await.expect("won");
     assert_eq!(won.status, pb::OpportunityStatus::Won as i32);
     assert!(won.close_time.is_some());
     let steps: Vec<i32> = won.step_entries.iter().map(|e| e.step).collect();
@@ -273,92 +193,63 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     lifecycle.wait_for_contact_stage(&ann, C::Customer).await;
     lifecycle.wait_for_contact_stage(&bob, C::Customer).await;
 
-    let closed = update(
-        &mut opps,
-        &oid,
-        pb::Opportunity {
-            name: "renamed".into(),
-            ..Default::default()
-        },
-        &["name"],
-    )
-    .await
-    .expect_err("closed");
+    let closed = opps
+        .try_update(
+            &oid,
+            pb::Opportunity {
+                name: "renamed".into(),
+                ..Default::default()
+            },
+            &["name"],
+        )
+        .await
+        .expect_err("closed");
     assert_eq!(closed.code(), Code::FailedPrecondition);
     system.stop().await;
 }
 
 async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
-    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let id = lifecycle.create_account("Globex", "").await.account_id;
-    let new = |name: &str| pb::Opportunity {
-        account_id: id.clone(),
-        name: name.into(),
-        ..Default::default()
-    };
-    let first = create(&mut opps, new("First"))
-        .await
-        .expect("first")
-        .opportunity_id;
-    let second = create(&mut opps, new("Second"))
-        .await
-        .expect("second")
-        .opportunity_id;
+    let first = opps.create(&id, "First").await.opportunity_id;
+    let second = opps.create(&id, "Second").await.opportunity_id;
     lifecycle.wait_for_stage(&id, S::Pipeline).await;
 
-    let closer = opps.clone();
-    let lose = |oid: String| {
-        let mut opps = closer.clone();
-        async move {
-            opps.close_opportunity_lost(request_for(
-                TENANT,
-                pb::CloseOpportunityLostRequest {
-                    opportunity_id: oid,
-                    reason: "budget cut".into(),
-                },
-            ))
-            .await
-        }
-    };
     let no_reason = opps
-        .close_opportunity_lost(request_for(
-            TENANT,
-            pb::CloseOpportunityLostRequest {
-                opportunity_id: first.clone(),
-                reason: String::new(),
-            },
-        ))
+        .try_lose(&first, "")
         .await
         .expect_err("reason required");
     assert_eq!(no_reason.code(), Code::InvalidArgument);
-    lose(first).await.expect("first lost");
+    opps.try_lose(&first, "budget cut")
+        .await
+        .expect("first lost");
     // Once the delivery has arrived (opportunity's outbox drained), check it
     // did not nurture.
     system.settled().await;
     assert_eq!(lifecycle.account(&id).await.stage, S::Pipeline as i32);
-    lose(second).await.expect("second lost");
+    opps.try_lose(&second, "budget cut")
+        .await
+        .expect("second lost");
     let nurtured = lifecycle.wait_for_stage(&id, S::Engaged).await;
     assert_eq!(nurtured.recycle_summary.expect("summary").nurture_count, 1);
 
     // Creating for an unknown account is NOT_FOUND.
-    let unknown = create(
-        &mut opps,
-        pb::Opportunity {
+    let unknown = opps
+        .try_create(pb::Opportunity {
             account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10".into(),
             name: "x".into(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect_err("unknown account");
+        })
+        .await
+        .expect_err("unknown account");
     assert_eq!(unknown.code(), Code::NotFound);
     system.stop().await;
 }
 
 async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
-    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let id = lifecycle
         .create_account("Pipeline Inc", "")
         .await
@@ -377,15 +268,15 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
         ..Default::default()
     };
     // o1: DISCOVER, estimate 10,000 USD.
-    create(&mut opps, new("o1", usd(10_000))).await.expect("o1");
+    opps.try_create(new("o1", usd(10_000))).await.expect("o1");
     // o2: QUALIFY, amount 40,000 USD.
-    let o2 = create(&mut opps, new("o2", usd(40_000)))
+    let o2 = opps
+        .try_create(new("o2", usd(40_000)))
         .await
         .expect("o2")
         .opportunity_id;
-    advance(&mut opps, &o2).await.expect("o2 to QUALIFY");
-    update(
-        &mut opps,
+    opps.try_advance(&o2).await.expect("o2 to QUALIFY");
+    opps.try_update(
         &o2,
         pb::Opportunity {
             amount: usd(40_000),
@@ -397,19 +288,20 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     .expect("o2 amount");
     // o3: QUALIFY, 20,000 EUR: reported apart.
     let eur = Some(money("EUR", 20_000, 0));
-    let o3 = create(&mut opps, new("o3", eur))
+    let o3 = opps
+        .try_create(new("o3", eur))
         .await
         .expect("o3")
         .opportunity_id;
-    advance(&mut opps, &o3).await.expect("o3 to QUALIFY");
+    opps.try_advance(&o3).await.expect("o3 to QUALIFY");
     // o4: won, 50,000 USD.
-    let o4 = create(&mut opps, new("o4", usd(50_000)))
+    let o4 = opps
+        .try_create(new("o4", usd(50_000)))
         .await
         .expect("o4")
         .opportunity_id;
-    advance(&mut opps, &o4).await.expect("o4 to QUALIFY");
-    update(
-        &mut opps,
+    opps.try_advance(&o4).await.expect("o4 to QUALIFY");
+    opps.try_update(
         &o4,
         qualify_fields(50_000, vec![ann.clone()]),
         &[
@@ -422,9 +314,8 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     )
     .await
     .expect("o4 qualify");
-    advance(&mut opps, &o4).await.expect("o4 to PROPOSE");
-    update(
-        &mut opps,
+    opps.try_advance(&o4).await.expect("o4 to PROPOSE");
+    opps.try_update(
         &o4,
         pb::Opportunity {
             line_items: vec![pb::LineItem {
@@ -445,55 +336,34 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
     )
     .await
     .expect("o4 proposal");
-    advance(&mut opps, &o4).await.expect("o4 to WIN");
-    opps.close_opportunity_won(request_for(
-        TENANT,
-        pb::CloseOpportunityWonRequest { opportunity_id: o4 },
-    ))
-    .await
-    .expect("o4 won");
+    opps.try_advance(&o4).await.expect("o4 to WIN");
+    opps.try_win(&o4).await.expect("o4 won");
     // o5: lost, estimate 5,000 USD.
-    let o5 = create(&mut opps, new("o5", usd(5_000)))
+    let o5 = opps
+        .try_create(new("o5", usd(5_000)))
         .await
         .expect("o5")
         .opportunity_id;
-    opps.close_opportunity_lost(request_for(
-        TENANT,
-        pb::CloseOpportunityLostRequest {
-            opportunity_id: o5,
-            reason: "no fit".into(),
-        },
-    ))
-    .await
-    .expect("o5 lost");
+    opps.try_lose(&o5, "no fit").await.expect("o5 lost");
     // o6: DISCOVER without any money yet; o7: lost without money. Counted,
     // in no currency's sums.
-    create(&mut opps, new("o6", None)).await.expect("o6");
-    let o7 = create(&mut opps, new("o7", None))
+    opps.try_create(new("o6", None)).await.expect("o6");
+    let o7 = opps
+        .try_create(new("o7", None))
         .await
         .expect("o7")
         .opportunity_id;
-    opps.close_opportunity_lost(request_for(
-        TENANT,
-        pb::CloseOpportunityLostRequest {
-            opportunity_id: o7,
-            reason: "went quiet".into(),
-        },
-    ))
-    .await
-    .expect("o7 lost");
+    opps.try_lose(&o7, "went quiet").await.expect("o7 lost");
     let end = cascade_chassis::time::to_timestamp(
         cascade_chassis::time::now() + chrono::Duration::seconds(5),
     );
 
     let report = opps
-        .get_pipeline_report(request_for(
-            TENANT,
-            pb::GetPipelineReportRequest {
-                start_time: Some(start),
-                end_time: Some(end),
-            },
-        ))
+        .public()
+        .get_pipeline_report(opps.req(pb::GetPipelineReportRequest {
+            start_time: Some(start),
+            end_time: Some(end),
+        }))
         .await
         .expect("report")
         .into_inner();
@@ -555,7 +425,7 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
 /// reported exactly (they overflowed 64-bit SUMs before, answering INTERNAL).
 async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
-    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let id = lifecycle.create_account("Big Deals", "").await.account_id;
     let deal = |estimate: Money| pb::Opportunity {
         account_id: id.clone(),
@@ -569,7 +439,8 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
         (i64::MAX, 999_999_999),
         (i64::MAX / 2 + 1, 0),
     ] {
-        let refused = create(&mut opps, deal(jpy(units, nanos)))
+        let refused = opps
+            .try_create(deal(jpy(units, nanos)))
             .await
             .expect_err("beyond the largest amount");
         assert_eq!(
@@ -580,9 +451,8 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
             )]
         );
     }
-    let refused = create(
-        &mut opps,
-        pb::Opportunity {
+    let refused = opps
+        .try_create(pb::Opportunity {
             amount_from_line_items: true,
             line_items: vec![pb::LineItem {
                 product: "everything".into(),
@@ -591,10 +461,9 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
                 unit_price: Some(jpy(1_000_000_000_000, 0)),
             }],
             ..deal(jpy(1, 0))
-        },
-    )
-    .await
-    .expect_err("line items beyond the largest amount");
+        })
+        .await
+        .expect_err("line items beyond the largest amount");
     assert_eq!(
         violations(&refused),
         [(
@@ -603,29 +472,27 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
         )]
     );
     assert!(
-        opportunities_of(&mut opps, &id).await.is_empty(),
+        opportunities_of(&opps, &id).await.is_empty(),
         "nothing stored"
     );
 
     // Three deals just under the largest amount, in one step: exact to the nano.
     for _ in 0..3 {
-        create(&mut opps, deal(jpy(999_999_999_999, 999_999_999)))
+        opps.try_create(deal(jpy(999_999_999_999, 999_999_999)))
             .await
             .expect("the largest amount is accepted");
     }
     let now = cascade_chassis::time::now();
     let report = opps
-        .get_pipeline_report(request_for(
-            TENANT,
-            pb::GetPipelineReportRequest {
-                start_time: Some(cascade_chassis::time::to_timestamp(
-                    now - chrono::Duration::hours(1),
-                )),
-                end_time: Some(cascade_chassis::time::to_timestamp(
-                    now + chrono::Duration::hours(1),
-                )),
-            },
-        ))
+        .public()
+        .get_pipeline_report(opps.req(pb::GetPipelineReportRequest {
+            start_time: Some(cascade_chassis::time::to_timestamp(
+                now - chrono::Duration::hours(1),
+            )),
+            end_time: Some(cascade_chassis::time::to_timestamp(
+                now + chrono::Duration::hours(1),
+            )),
+        }))
         .await
         .expect("the report sums them")
         .into_inner();
@@ -641,19 +508,17 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
 
 async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
-    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let updated = opps
-        .update_opportunity_settings(request_for(
-            TENANT,
-            pb::UpdateOpportunitySettingsRequest {
-                settings: Some(pb::OpportunitySettings {
-                    discover_step_display_name: "Explore".into(),
-                    large_deal_threshold: usd(1_000),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["discover_step_display_name", "large_deal_threshold"]),
-            },
-        ))
+        .public()
+        .update_opportunity_settings(opps.req(pb::UpdateOpportunitySettingsRequest {
+            settings: Some(pb::OpportunitySettings {
+                discover_step_display_name: "Explore".into(),
+                large_deal_threshold: usd(1_000),
+                ..Default::default()
+            }),
+            update_mask: mask(&["discover_step_display_name", "large_deal_threshold"]),
+        }))
         .await
         .expect("settings")
         .into_inner()
@@ -668,23 +533,20 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
         .create_contact(&id, "ann@small.example")
         .await
         .contact_id;
-    let o = create(
-        &mut opps,
-        pb::Opportunity {
+    let o = opps
+        .try_create(pb::Opportunity {
             account_id: id,
             name: "tiny".into(),
             estimated_deal_size: usd(2_000),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("created");
+        })
+        .await
+        .expect("created");
     assert_eq!(o.progress[0].display_name, "Explore");
-    advance(&mut opps, &o.opportunity_id)
+    opps.try_advance(&o.opportunity_id)
         .await
         .expect("to QUALIFY");
-    update(
-        &mut opps,
+    opps.try_update(
         &o.opportunity_id,
         qualify_fields(2_000, vec![ann]),
         &[
@@ -697,7 +559,8 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
     )
     .await
     .expect("fields");
-    let refused = advance(&mut opps, &o.opportunity_id)
+    let refused = opps
+        .try_advance(&o.opportunity_id)
         .await
         .expect_err("large at 1,000");
     assert_eq!(
@@ -707,18 +570,16 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
     system.stop().await;
 }
 
-async fn opportunities_of(opps: &mut Opportunities, account_id: &str) -> Vec<pb::Opportunity> {
-    opps.list_opportunities(request_for(
-        TENANT,
-        pb::ListOpportunitiesRequest {
+async fn opportunities_of(opps: &Opportunity, account_id: &str) -> Vec<pb::Opportunity> {
+    opps.public()
+        .list_opportunities(opps.req(pb::ListOpportunitiesRequest {
             account_id: account_id.into(),
             ..Default::default()
-        },
-    ))
-    .await
-    .expect("list")
-    .into_inner()
-    .opportunities
+        }))
+        .await
+        .expect("list")
+        .into_inner()
+        .opportunities
 }
 
 /// Buying-group and stakeholder contacts must be contacts of the
@@ -727,7 +588,7 @@ async fn opportunities_of(opps: &mut Opportunities, account_id: &str) -> Vec<pb:
 /// lifecycle down the same calls are UNAVAILABLE, not bad input.
 async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
     let mut system = TestSystem::opportunity_on(&db).await;
-    let (lifecycle, mut opps) = (system.lifecycle(), opportunities(&system));
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let acme = lifecycle.create_account("Acme", "").await.account_id;
     let globex = lifecycle.create_account("Globex", "").await.account_id;
     let ann = lifecycle
@@ -753,15 +614,13 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
         role: pb::StakeholderRole::Champion as i32,
     };
 
-    let refused = create(
-        &mut opps,
-        deal(
+    let refused = opps
+        .try_create(deal(
             vec![ann.clone(), gus.clone(), made_up.clone()],
             vec![stakeholder(&gus)],
-        ),
-    )
-    .await
-    .expect_err("another account's contact and a made-up id");
+        ))
+        .await
+        .expect_err("another account's contact and a made-up id");
     assert_eq!(
         violations(&refused),
         [
@@ -780,7 +639,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
         ]
     );
     assert!(
-        opportunities_of(&mut opps, &acme).await.is_empty(),
+        opportunities_of(&opps, &acme).await.is_empty(),
         "nothing stored"
     );
     assert_eq!(
@@ -789,23 +648,24 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
         "the account did not move to PIPELINE"
     );
 
-    let o = create(&mut opps, deal(vec![ann.clone()], vec![stakeholder(&ann)]))
+    let o = opps
+        .try_create(deal(vec![ann.clone()], vec![stakeholder(&ann)]))
         .await
         .expect("the account's own contacts");
     assert_eq!(o.buying_group_contact_ids, vec![ann.clone()]);
 
     // The QUALIFY gate cannot be passed with someone else's contact.
-    let refused = update(
-        &mut opps,
-        &o.opportunity_id,
-        pb::Opportunity {
-            buying_group_contact_ids: vec![made_up.clone(), ann.clone()],
-            ..Default::default()
-        },
-        &["buying_group_contact_ids"],
-    )
-    .await
-    .expect_err("a made-up id");
+    let refused = opps
+        .try_update(
+            &o.opportunity_id,
+            pb::Opportunity {
+                buying_group_contact_ids: vec![made_up.clone(), ann.clone()],
+                ..Default::default()
+            },
+            &["buying_group_contact_ids"],
+        )
+        .await
+        .expect_err("a made-up id");
     assert_eq!(
         violations(&refused),
         [(
@@ -813,22 +673,22 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
             format!("contact {made_up} does not exist")
         )]
     );
-    let refused = update(
-        &mut opps,
-        &o.opportunity_id,
-        pb::Opportunity {
-            stakeholders: vec![stakeholder(&ann), stakeholder(&gus)],
-            ..Default::default()
-        },
-        &["stakeholders"],
-    )
-    .await
-    .expect_err("another account's stakeholder");
+    let refused = opps
+        .try_update(
+            &o.opportunity_id,
+            pb::Opportunity {
+                stakeholders: vec![stakeholder(&ann), stakeholder(&gus)],
+                ..Default::default()
+            },
+            &["stakeholders"],
+        )
+        .await
+        .expect_err("another account's stakeholder");
     assert_eq!(
         violations(&refused)[0].0,
         "opportunity.stakeholders[1].contact_id"
     );
-    let stored = &opportunities_of(&mut opps, &acme).await[0];
+    let stored = &opportunities_of(&opps, &acme).await[0];
     assert_eq!(
         stored.buying_group_contact_ids,
         vec![ann.clone()],
@@ -838,21 +698,22 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
 
     // Lifecycle down: the contacts cannot be checked, which is not bad input.
     system.stop_lifecycle().await;
-    let down = create(&mut opps, deal(vec![ann.clone()], vec![]))
+    let down = opps
+        .try_create(deal(vec![ann.clone()], vec![]))
         .await
         .expect_err("lifecycle is down");
     assert_eq!(down.code(), Code::Unavailable, "{down:?}");
-    let down = update(
-        &mut opps,
-        &o.opportunity_id,
-        pb::Opportunity {
-            buying_group_contact_ids: vec![ann.clone()],
-            ..Default::default()
-        },
-        &["buying_group_contact_ids"],
-    )
-    .await
-    .expect_err("lifecycle is down");
+    let down = opps
+        .try_update(
+            &o.opportunity_id,
+            pb::Opportunity {
+                buying_group_contact_ids: vec![ann.clone()],
+                ..Default::default()
+            },
+            &["buying_group_contact_ids"],
+        )
+        .await
+        .expect_err("lifecycle is down");
     assert_eq!(down.code(), Code::Unavailable, "{down:?}");
     system.stop().await;
 }

@@ -6,54 +6,13 @@
 use std::time::Duration;
 
 use cascade_proto::common::v1::AccountStage as S;
-use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::scoring::v1 as pb;
-use cascade_testkit::fixtures::{activity, by_email, days_ago, violated_fields};
+use cascade_testkit::fixtures::{account, activity, by_email, days_ago, violated_fields};
 use cascade_testkit::{Lifecycle, Scoring, Service, TestDatabase, TestSystem, on_each_database};
 use tonic::Code;
 
 /// Who the accounts belong to on the seller's side.
 const OWNER: &str = "owner@seller.example";
-
-/// A new account of the seller's, with `domain` ("" for none) for email
-/// resolution.
-fn account(name: &str, domain: &str) -> lc::Account {
-    lc::Account {
-        name: name.into(),
-        domain: domain.into(),
-        owner_id: OWNER.into(),
-        ..Default::default()
-    }
-}
-
-/// The tenant's current scoring model.
-async fn current_model(scoring: &Scoring) -> pb::ScoringModel {
-    scoring
-        .public()
-        .get_scoring_model(scoring.req(pb::GetScoringModelRequest { version: 0 }))
-        .await
-        .expect("model")
-        .into_inner()
-        .model
-        .expect("model")
-}
-
-/// The current model, changed by `change`, stored as the next version.
-async fn change_model(
-    scoring: &Scoring,
-    change: impl FnOnce(&mut pb::ScoringModel),
-) -> pb::ScoringModel {
-    let mut model = current_model(scoring).await;
-    change(&mut model);
-    scoring
-        .public()
-        .update_scoring_model(scoring.req(pb::UpdateScoringModelRequest { model: Some(model) }))
-        .await
-        .expect("model updated")
-        .into_inner()
-        .model
-        .expect("model")
-}
 
 /// Asserts scoring stored nothing for the account (its score is NOT_FOUND).
 async fn assert_no_score(scoring: &Scoring, account_id: &str) {
@@ -77,7 +36,7 @@ async fn source_example_prioritizes_the_account(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
     let id = lifecycle
-        .create_account_with(account("Initech", "initech.example"))
+        .create_account_with(account("Initech", "initech.example", OWNER))
         .await
         .account_id;
     let ann = lifecycle
@@ -161,13 +120,8 @@ async fn duplicates_are_counted_once(db: TestDatabase) {
         .await;
     assert_eq!((first.recorded_count, first.duplicate_count), (1, 1));
     let again = scoring
-        .public()
-        .record_activity(scoring.req(pb::RecordActivityRequest {
-            activity: Some(activity("d1", "webinar_attended", &id, &ann)),
-        }))
+        .record_one(activity("d1", "webinar_attended", &id, &ann))
         .await
-        .expect("accepted")
-        .into_inner()
         .result
         .expect("result");
     assert_eq!(again.status, pb::ActivityStatus::Duplicate as i32);
@@ -214,24 +168,25 @@ async fn caps_and_decay_follow_the_model(db: TestDatabase) {
         .create_contact(&id, "ann@capped.example")
         .await
         .contact_id;
-    let updated = change_model(&scoring, |model| {
-        assert_eq!(model.version, 1);
-        for rule in &mut model.rules {
-            match rule.activity_type.as_str() {
-                "email_open" => rule.daily_cap_per_contact = 3,
-                "webinar_attended" => rule.first_occurrence_only = true,
-                _ => {}
+    let updated = scoring
+        .change_model(|model| {
+            assert_eq!(model.version, 1);
+            for rule in &mut model.rules {
+                match rule.activity_type.as_str() {
+                    "email_open" => rule.daily_cap_per_contact = 3,
+                    "webinar_attended" => rule.first_occurrence_only = true,
+                    _ => {}
+                }
             }
-        }
-        model.rules.push(pb::ScoringRule {
-            activity_type: "unsubscribe".into(),
-            points: -5,
-            daily_cap_per_contact: 0,
-            first_occurrence_only: false,
-        });
-        model.decay_half_life_days = 10.0;
-    })
-    .await;
+            model.rules.push(pb::ScoringRule {
+                activity_type: "unsubscribe".into(),
+                points: -5,
+                daily_cap_per_contact: 0,
+                first_occurrence_only: false,
+            });
+            model.decay_half_life_days = 10.0;
+        })
+        .await;
     assert_eq!(updated.version, 2);
 
     let mut old_demo = activity("old", "demo_request", &id, &ann);
@@ -306,13 +261,9 @@ async fn caps_and_decay_follow_the_model(db: TestDatabase) {
 
     // Without decay the old demo counts in full again: the stored scores
     // were computed with the old half-life, so the next batch recomputes.
-    let mut model = updated;
-    model.decay_half_life_days = 0.0;
     scoring
-        .public()
-        .update_scoring_model(scoring.req(pb::UpdateScoringModelRequest { model: Some(model) }))
-        .await
-        .expect("model updated");
+        .change_model(|model| model.decay_half_life_days = 0.0)
+        .await;
     assert_eq!(scoring.score(&id).await.engagement_score, 225.0);
     scoring
         .record(vec![activity("k2", "email_click", &id, &bob)])
@@ -343,16 +294,17 @@ async fn engaged_contacts_follow_batches(db: TestDatabase) {
         .create_contact(&id, "cy@engaged.example")
         .await
         .contact_id;
-    change_model(&scoring, |model| {
-        model.rules.push(pb::ScoringRule {
-            activity_type: "web_research".into(),
-            points: 10,
-            daily_cap_per_contact: 0,
-            first_occurrence_only: false,
-        });
-        model.intent_activity_types = vec!["web_research".into()];
-    })
-    .await;
+    scoring
+        .change_model(|model| {
+            model.rules.push(pb::ScoringRule {
+                activity_type: "web_research".into(),
+                points: 10,
+                daily_cap_per_contact: 0,
+                first_occurrence_only: false,
+            });
+            model.intent_activity_types = vec!["web_research".into()];
+        })
+        .await;
 
     let batches = [
         // (batch, engagement, engaged contacts)
@@ -395,7 +347,7 @@ async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
     let id = lifecycle
-        .create_account_with(account("Globex", "globex.example"))
+        .create_account_with(account("Globex", "globex.example", OWNER))
         .await
         .account_id;
     let known = lifecycle
@@ -411,21 +363,15 @@ async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
     });
     let mut both = activity("b4", "email_open", &id, "");
     both.contact_email = "x@globex.example".into();
-    let mut unknown_domain = activity("b5", "email_open", "", "");
-    unknown_domain.contact_email = "who@nowhere.example".into();
-    let mut by_email = activity("b6", "webinar_attended", "", "");
-    by_email.contact_email = "known@globex.example".into();
-    let mut new_person = activity("b7", "email_open", "", "");
-    new_person.contact_email = "new.person@globex.example".into();
     let response = scoring
         .record(vec![
             activity("b1", "email_open", &id, &known),
             no_type,
             future,
             both,
-            unknown_domain,
-            by_email,
-            new_person,
+            by_email("b5", "email_open", "who@nowhere.example"),
+            by_email("b6", "webinar_attended", "known@globex.example"),
+            by_email("b7", "email_open", "new.person@globex.example"),
         ])
         .await;
     let statuses: Vec<i32> = response.results.iter().map(|r| r.status).collect();
@@ -545,7 +491,7 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
             activity("s5", "web_page_visit", &c, ""),
         ])
         .await;
-    let mut proposed = current_model(&scoring).await;
+    let mut proposed = scoring.model().await;
     for rule in &mut proposed.rules {
         if rule.activity_type == "email_open" {
             rule.points = 40;
@@ -600,7 +546,7 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
     );
     // It changed nothing.
     assert_eq!(scoring.score(&a).await.engagement_score, 6.0);
-    assert_eq!(current_model(&scoring).await.version, 1);
+    assert_eq!(scoring.model().await.version, 1);
     system.stop().await;
 }
 
@@ -611,17 +557,18 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
 async fn simulation_replays_what_ingest_scored(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
-    let model = change_model(&scoring, |model| {
-        for rule in &mut model.rules {
-            match rule.activity_type.as_str() {
-                "email_open" => rule.daily_cap_per_contact = 5,
-                "webinar_attended" => rule.first_occurrence_only = true,
-                _ => {}
+    let model = scoring
+        .change_model(|model| {
+            for rule in &mut model.rules {
+                match rule.activity_type.as_str() {
+                    "email_open" => rule.daily_cap_per_contact = 5,
+                    "webinar_attended" => rule.first_occurrence_only = true,
+                    _ => {}
+                }
             }
-        }
-        model.decay_half_life_days = 7.0;
-    })
-    .await;
+            model.decay_half_life_days = 7.0;
+        })
+        .await;
     let mut accounts = Vec::new();
     let mut activities = Vec::new();
     let mut older_than_5_days = 0;
@@ -812,7 +759,7 @@ async fn ids_are_checked_per_item(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
     let a = lifecycle
-        .create_account_with(account("Alpha", "alpha.example"))
+        .create_account_with(account("Alpha", "alpha.example", OWNER))
         .await
         .account_id;
     let b = lifecycle.create_account("Beta", OWNER).await.account_id;
@@ -938,7 +885,7 @@ async fn emails_while_lifecycle_is_down_are_retryable(db: TestDatabase) {
     let mut system = TestSystem::scoring_on(&db).await;
     let lifecycle = system.lifecycle();
     let id = lifecycle
-        .create_account_with(account("Gamma", "gamma.example"))
+        .create_account_with(account("Gamma", "gamma.example", OWNER))
         .await
         .account_id;
     lifecycle.create_contact(&id, "known@gamma.example").await;
@@ -972,7 +919,7 @@ async fn a_frozen_lifecycle_is_bounded_by_the_callers_deadline(db: TestDatabase)
     let mut system = TestSystem::scoring_on(&db).await;
     let lifecycle = system.lifecycle();
     let id = lifecycle
-        .create_account_with(account("Delta", "delta.example"))
+        .create_account_with(account("Delta", "delta.example", OWNER))
         .await
         .account_id;
     let known = lifecycle
@@ -1133,8 +1080,7 @@ async fn streaming_ingests_chunks(db: TestDatabase) {
     assert_eq!(scoring.score(&id).await.engagement_score, 29.0 * 4.0);
 
     // A unary call naming an unknown email is NOT_FOUND.
-    let mut unknown = activity("u", "email_open", "", "");
-    unknown.contact_email = "nobody@unknown.example".into();
+    let unknown = by_email("u", "email_open", "nobody@unknown.example");
     let status = scoring
         .public()
         .record_activity(scoring.req(pb::RecordActivityRequest {

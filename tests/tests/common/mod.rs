@@ -402,10 +402,12 @@ impl System {
 
     /// Opportunity replica `n`'s typed client (cascade-testkit), as `tenant`.
     pub fn opportunity_as(&self, n: usize, tenant: &str) -> cascade_testkit::Opportunity {
-        cascade_testkit::Opportunity::new(
-            self.opportunity[n].channel(),
-            cascade_testkit::Caller::tenant(tenant),
-        )
+        self.opportunity_with(n, Caller::tenant(tenant))
+    }
+
+    /// Opportunity replica `n`'s typed client, calling as `caller` (a token).
+    pub fn opportunity_with(&self, n: usize, caller: Caller) -> cascade_testkit::Opportunity {
+        cascade_testkit::Opportunity::new(self.opportunity[n].channel(), caller)
     }
 
     pub fn scoring(&self, n: usize) -> ScoringServiceClient<Channel> {
