@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Value};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, Value,
+};
 use sea_orm_migration::prelude::*;
 use tokio::sync::Notify;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::entity as outbox;
 use super::{DELIVERED, DeliveryError, Entry, PENDING, Sink, now_ms};
 
 /// Tuning of a deliverer.
@@ -160,31 +164,10 @@ impl Deliverer {
     async fn claim(&self) -> Result<Vec<Entry>, DbErr> {
         let now = now_ms();
         let lease_until = now + self.config.lease.as_millis() as i64;
-        // Only the oldest pending message of a partition (its head) may be
-        // claimed. The heads are found in one pass over the pending index
-        // (GROUP BY partition, MIN(id)); the earlier NOT EXISTS form probed
-        // the partition of every pending row in id order and read ~38k
-        // buffers per claim once a backlog built up. The outer conditions are
-        // re-checked under the row lock on PostgreSQL, so a message claimed
-        // by another replica meanwhile is skipped. `state = 'PENDING'` is a
-        // literal so that the partial index over pending messages matches
-        // even in a cached generic plan (with a parameter, PostgreSQL's
-        // generic plan scanned the delivered messages kept for `retention`).
         // Claiming the most recently changed partitions first for half the
         // batch was tried for the crossing latency and gave nothing
         // measurable (docs/performance.md).
-        let sql = "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2 \
-                   WHERE id IN ( \
-                     SELECT o.id FROM ( \
-                       SELECT MIN(id) AS id FROM outbox \
-                       WHERE topic = $3 AND state = 'PENDING' \
-                       GROUP BY tenant_id, partition_key) h \
-                     JOIN outbox o ON o.id = h.id \
-                     WHERE o.next_attempt_at_ms <= $4 \
-                       AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $4) \
-                     ORDER BY o.id LIMIT $5) \
-                   AND state = 'PENDING' AND (lease_until_ms IS NULL OR lease_until_ms < $4) \
-                   RETURNING id, tenant_id, topic, partition_key, payload, attempts, trace_context";
+        let sql = include_str!("sql/outbox_claim.sql");
         let rows = self
             .db
             .query_all_raw(crate::db::statement(
@@ -334,22 +317,19 @@ impl Deliverer {
         }
         followers.append(&mut heads);
         for chunk in crate::db::statement_chunks(&followers, 1) {
-            let placeholders = (0..chunk.len())
-                .map(|i| format!("${}", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "UPDATE outbox SET state = $1, delivered_at_ms = $2, lease_owner = NULL, \
-                 lease_until_ms = NULL WHERE id IN ({placeholders})"
-            );
-            let mut values: Vec<Value> = vec![DELIVERED.into(), now.into()];
-            values.extend(chunk.iter().cloned());
-            self.db
-                .execute_raw(crate::db::statement(
-                    self.db.get_database_backend(),
-                    &sql,
-                    values,
-                ))
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::State, Expr::value(DELIVERED))
+                .col_expr(outbox::Column::DeliveredAtMs, Expr::value(now))
+                .col_expr(
+                    outbox::Column::LeaseOwner,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(
+                    outbox::Column::LeaseUntilMs,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(outbox::Column::Id.is_in(chunk.iter().cloned()))
+                .exec(&self.db)
                 .await?;
         }
         Ok(total)
@@ -371,31 +351,43 @@ impl Deliverer {
             %error,
             "outbox delivery failed; will retry"
         );
-        let sql = "UPDATE outbox SET attempts = $1, next_attempt_at_ms = $2, last_error = $3, \
-                   lease_owner = NULL, lease_until_ms = NULL WHERE id = $4";
-        self.db
-            .execute_raw(crate::db::statement(
-                self.db.get_database_backend(),
-                sql,
-                [
-                    attempts.into(),
-                    (now + delay.as_millis() as i64).into(),
-                    truncate(&error.0, 1000).into(),
-                    failed.id.clone().into(),
-                ],
-            ))
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::Attempts, Expr::value(attempts))
+            .col_expr(
+                outbox::Column::NextAttemptAtMs,
+                Expr::value(now + delay.as_millis() as i64),
+            )
+            .col_expr(
+                outbox::Column::LastError,
+                Expr::value(truncate(&error.0, 1000)),
+            )
+            .col_expr(
+                outbox::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                outbox::Column::LeaseUntilMs,
+                Expr::value(Option::<i64>::None),
+            )
+            .filter(outbox::Column::Id.eq(failed.id.as_str()))
+            .exec(&self.db)
             .await
             .map(|_| ())
     }
 
     async fn release(&self, entry: &Entry) -> Result<(), DbErr> {
-        let sql = "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_owner = $2";
-        self.db
-            .execute_raw(crate::db::statement(
-                self.db.get_database_backend(),
-                sql,
-                [entry.id.clone().into(), self.owner.clone().into()],
-            ))
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                outbox::Column::LeaseUntilMs,
+                Expr::value(Option::<i64>::None),
+            )
+            .filter(outbox::Column::Id.eq(entry.id.as_str()))
+            .filter(outbox::Column::LeaseOwner.eq(self.owner.as_str()))
+            .exec(&self.db)
             .await
             .map(|_| ())
     }
@@ -414,13 +406,11 @@ impl Deliverer {
 
     async fn prune(&self) -> Result<(), DbErr> {
         let cutoff = now_ms() - self.config.retention.as_millis() as i64;
-        let sql = "DELETE FROM outbox WHERE topic = $1 AND state = $2 AND delivered_at_ms < $3";
-        self.db
-            .execute_raw(crate::db::statement(
-                self.db.get_database_backend(),
-                sql,
-                [self.topic.into(), DELIVERED.into(), cutoff.into()],
-            ))
+        outbox::Entity::delete_many()
+            .filter(outbox::Column::Topic.eq(self.topic))
+            .filter(outbox::Column::State.eq(DELIVERED))
+            .filter(outbox::Column::DeliveredAtMs.lt(cutoff))
+            .exec(&self.db)
             .await
             .map(|_| ())
     }
@@ -428,14 +418,12 @@ impl Deliverer {
 
 /// Pending (not yet delivered) messages of a topic, for tests and health.
 pub async fn pending_count(conn: &impl ConnectionTrait, topic: &str) -> Result<i64, DbErr> {
-    let row = conn
-        .query_one_raw(crate::db::statement(
-            conn.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM outbox WHERE topic = $1 AND state = $2",
-            [topic.into(), PENDING.into()],
-        ))
+    let pending = outbox::Entity::find()
+        .filter(outbox::Column::Topic.eq(topic))
+        .filter(outbox::Column::State.eq(PENDING))
+        .count(conn)
         .await?;
-    row.map_or(Ok(0), |r| r.try_get::<i64>("", "n"))
+    Ok(<i64 as TryFrom<u64>>::try_from(pending).unwrap_or(i64::MAX))
 }
 
 fn entry_from_row(row: &sea_orm::QueryResult) -> Result<Entry, DbErr> {

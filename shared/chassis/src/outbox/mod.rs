@@ -18,12 +18,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Set, Statement, Value};
 use sea_orm_migration::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 mod deliverer;
+mod entity;
 mod migration;
 
 pub use deliverer::{Deliverer, DelivererConfig, pending_count};
@@ -194,7 +195,6 @@ pub async fn enqueue_many(
     topic: &str,
     messages: Vec<Message>,
 ) -> Result<Vec<String>, DbErr> {
-    const WIDTH: usize = 8;
     let now = now_ms();
     let trace_context = current_trace_context();
     if conn.get_database_backend() == DbBackend::Postgres {
@@ -225,54 +225,28 @@ pub async fn enqueue_many(
         .await?;
         return Ok(ids);
     }
-    let sizes: Vec<usize> = crate::db::statement_chunks(&messages, WIDTH)
-        .iter()
-        .map(|c| c.len())
-        .collect();
     let mut ids = Vec::with_capacity(messages.len());
-    let mut messages = messages.into_iter();
-    for size in sizes {
-        let mut values: Vec<Value> = Vec::with_capacity(size * WIDTH);
-        let mut tuples = Vec::with_capacity(size);
-        for (n, message) in messages.by_ref().take(size).enumerate() {
+    let rows: Vec<entity::ActiveModel> = messages
+        .into_iter()
+        .map(|message| {
             let id = cascade_domain::ids::new_id();
-            let p = n * WIDTH;
-            tuples.push(format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7,
-                p + 8,
-                p + 8
-            ));
-            values.extend([
-                id.clone().into(),
-                tenant_id.into(),
-                topic.into(),
-                message.partition_key.into(),
-                message.payload.into(),
-                trace_context.clone().into(),
-                PENDING.into(),
-                now.into(),
-            ]);
-            ids.push(id);
-        }
-        let sql = format!(
-            "INSERT INTO outbox (id, tenant_id, topic, partition_key, payload, trace_context, \
-             state, attempts, created_at_ms, next_attempt_at_ms) VALUES {}",
-            tuples.join(", ")
-        );
-        conn.execute_raw(crate::db::statement(
-            conn.get_database_backend(),
-            &sql,
-            values,
-        ))
-        .await?;
-    }
+            ids.push(id.clone());
+            entity::ActiveModel {
+                id: Set(id),
+                tenant_id: Set(tenant_id.to_owned()),
+                topic: Set(topic.to_owned()),
+                partition_key: Set(message.partition_key),
+                payload: Set(message.payload),
+                trace_context: Set(trace_context.clone()),
+                state: Set(PENDING.to_owned()),
+                attempts: Set(0),
+                created_at_ms: Set(now),
+                next_attempt_at_ms: Set(now),
+                ..Default::default()
+            }
+        })
+        .collect();
+    crate::db::insert_chunks(conn, rows, None).await?;
     Ok(ids)
 }
 
