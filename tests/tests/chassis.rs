@@ -133,6 +133,22 @@ async fn shutdown_reports_not_serving_before_the_listener_closes() {
         .await
         .expect("answered while draining");
     assert_eq!(during_drain, ServingStatus::NotServing as i32);
+    // A fresh connection per probe, as the kubelet makes them: accepted and
+    // answered during the drain (readiness NOT_SERVING, liveness SERVING),
+    // not left waiting until the listener closes.
+    for (service, expected) in [
+        ("", ServingStatus::NotServing),
+        (cascade_chassis::server::LIVENESS, ServingStatus::Serving),
+    ] {
+        let fresh = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect_lazy();
+        let status = tokio::time::timeout(Duration::from_millis(700), health(fresh, service))
+            .await
+            .unwrap_or_else(|_| panic!("{service:?} answered on a fresh connection while draining"))
+            .expect("health answers");
+        assert_eq!(status, expected as i32, "{service:?} while draining");
+    }
     let list = lifecycle::lifecycle_service_client::LifecycleServiceClient::new(channel)
         .list_accounts(request_for("t1", lifecycle::ListAccountsRequest::default()))
         .await;
@@ -147,3 +163,74 @@ async fn shutdown_reports_not_serving_before_the_listener_closes() {
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "listener closed after shutdown");
 }
+
+/// Migrations run apart (`--migrate` in an init container): a service on a
+/// schema that is behind is alive but not ready, and turns ready once they
+/// are applied; the upgrade from the previous version's schema is one
+/// `--migrate`, and an older binary accepts a schema a newer one moved on.
+async fn readiness_waits_for_the_schema(db: TestDatabase) {
+    use cascade_lifecycle::storage::migration::Migrator;
+    use sea_orm::ConnectionTrait;
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    let previous = u32::try_from(Migrator::migrations().len() - 1).expect("few migrations");
+    Migrator::up(&conn, Some(previous))
+        .await
+        .expect("the previous version's schema");
+
+    let mut settings = ServiceSettings::for_tests(db.settings.clone());
+    settings.database.run_migrations = false;
+    settings.server.health_check_interval_ms = 50;
+    let server = cascade_testkit::TestServer::start(
+        cascade_lifecycle::build(&settings)
+            .await
+            .expect("lifecycle builds without migrating"),
+    );
+    let readiness = async || health(server.channel(), "").await.map_err(|s| s.code());
+    assert_eq!(readiness().await, Ok(ServingStatus::NotServing as i32));
+    assert_eq!(
+        health(server.channel(), cascade_chassis::server::LIVENESS)
+            .await
+            .map_err(|s| s.code()),
+        Ok(ServingStatus::Serving as i32)
+    );
+
+    // The upgrade: what `cascade-lifecycle --migrate` runs.
+    cascade_chassis::db::migrate::<Migrator>(&conn)
+        .await
+        .expect("migrated");
+    cascade_testkit::eventually(
+        "readiness once the schema is current",
+        async || match readiness().await {
+            Ok(status) if status == ServingStatus::Serving as i32 => Ok(()),
+            other => Err(other),
+        },
+    )
+    .await;
+
+    // A newer version migrated further (its pods roll out first): this
+    // binary's --migrate leaves it alone and the service stays ready.
+    conn.execute_unprepared(
+        "INSERT INTO seaql_migrations (version, applied_at) \
+         VALUES ('m20991231_000000_from_a_newer_version', 0)",
+    )
+    .await
+    .expect("a newer migration recorded");
+    cascade_chassis::db::migrate::<Migrator>(&conn)
+        .await
+        .expect("an older binary accepts a newer schema");
+    assert_eq!(
+        cascade_chassis::db::schema_status::<Migrator>(&conn)
+            .await
+            .expect("schema read"),
+        cascade_chassis::db::SchemaStatus::Current
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await; // three probe intervals
+    assert_eq!(readiness().await, Ok(ServingStatus::Serving as i32));
+    server.stop().await;
+}
+
+cascade_testkit::on_each_database!(readiness_waits_for_the_schema);

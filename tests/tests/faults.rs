@@ -17,6 +17,7 @@ use cascade_testkit::{
 };
 use common::{DatabaseProxy, Process, System, Verbatim};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const T: &str = "faults";
 
@@ -253,6 +254,16 @@ async fn database_outage_is_unavailable_then_recovers() {
         }
     })
     .await;
+    // Liveness does not follow the database: an outage longer than the
+    // liveness budget restarts no pod.
+    for p in processes {
+        assert_eq!(
+            p.health(cascade_chassis::server::LIVENESS).await,
+            Ok(ServingStatus::Serving),
+            "{} is alive while its database is out",
+            p.name
+        );
+    }
 
     proxy.restore();
     eventually("the services to recover without a restart", async || {

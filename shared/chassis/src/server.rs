@@ -12,6 +12,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
+
+use crate::db::SchemaStatus;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -30,8 +32,22 @@ use crate::trace::RpcTrace;
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
-/// The overall health entry: Kubernetes' gRPC probe asks for it.
+/// The overall health entry, readiness: SERVING while the database answers
+/// and its schema is current, NOT_SERVING from the start of a shutdown.
 const OVERALL: &str = "";
+/// The liveness entry: SERVING while the process runs, whatever the
+/// database does, so a database outage restarts no pod (Kubernetes' liveness
+/// and startup probes ask for it).
+pub const LIVENESS: &str = "liveness";
+
+/// Reads whether the database's schema is current for this binary.
+type SchemaProbe = Arc<
+    dyn Fn(
+            DatabaseConnection,
+        ) -> futures::future::BoxFuture<'static, Result<SchemaStatus, sea_orm::DbErr>>
+        + Send
+        + Sync,
+>;
 
 /// A generated gRPC server, as the bootstrap needs it.
 pub trait GrpcService:
@@ -172,7 +188,8 @@ where
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = service
         .add_to(Application::bind(settings, S::NAME, permissions).await?)
-        .with_database_health(database);
+        .with_database_health(database)
+        .with_schema_of::<M>();
     app.background = background;
     Ok(app)
 }
@@ -190,6 +207,7 @@ pub struct Application {
     routes: Routes,
     health: HealthReporter,
     database: Option<DatabaseConnection>,
+    schema: Option<SchemaProbe>,
     background: Background,
 }
 
@@ -223,6 +241,9 @@ impl Application {
         health
             .set_service_status(service_name, ServingStatus::NotServing)
             .await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::NotServing)
+            .await;
         // Reflection is added by `run`, once every service is known.
         let routes = Routes::new(health_service);
         Ok(Self {
@@ -236,6 +257,7 @@ impl Application {
             routes,
             health,
             database: None,
+            schema: None,
             background: Background::default(),
         })
     }
@@ -267,6 +289,16 @@ impl Application {
         self
     }
 
+    /// Makes readiness also require the schema to be current for the
+    /// migrations `M` knows (when migrations run apart, `--migrate` in an init
+    /// container or a Job, a pod is not ready before they are applied).
+    pub fn with_schema_of<M: MigratorTrait>(mut self) -> Self {
+        self.schema = Some(Arc::new(|database: DatabaseConnection| {
+            Box::pin(async move { crate::db::schema_status::<M>(&database).await })
+        }));
+        self
+    }
+
     /// The address actually bound (tests bind port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -292,6 +324,7 @@ impl Application {
             routes,
             health,
             database,
+            schema,
             background,
         } = self;
         let routes = routes
@@ -306,12 +339,16 @@ impl Application {
                     .map_err(|e| anyhow::anyhow!("reflection: {e}"))?,
             );
         let stopping = Arc::new(AtomicBool::new(false));
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let probe = match database {
             Some(database) => {
-                let status = database_status(&database).await;
+                let status = database_status(&database, schema.as_ref()).await;
                 set_status(&health, service_name, status).await;
                 Some(tokio::spawn(probe_database(
                     database,
+                    schema,
                     health.clone(),
                     service_name,
                     settings.health_check_interval(),
@@ -381,7 +418,17 @@ impl Application {
             probe.abort();
         }
         set_status(&health, service_name, ServingStatus::NotServing).await;
-        tokio::time::sleep(settings.drain_delay()).await;
+        // The server keeps accepting and serving during the drain: a probe
+        // or a client on a fresh connection reads NOT_SERVING (or is
+        // served) instead of waiting for a listener nobody polls.
+        tokio::select! {
+            result = &mut server => {
+                background.abort_all();
+                result?;
+                return Ok(());
+            }
+            () = tokio::time::sleep(settings.drain_delay()) => {}
+        }
         stop_listener.send(()).ok();
         match tokio::time::timeout(settings.shutdown_grace(), server).await {
             Ok(result) => result?,
@@ -435,11 +482,29 @@ async fn set_status(health: &HealthReporter, service_name: &str, status: Serving
     health.set_service_status(service_name, status).await;
 }
 
-async fn database_status(database: &DatabaseConnection) -> ServingStatus {
-    match database.ping().await {
-        Ok(()) => ServingStatus::Serving,
+/// Readiness: the database answers and, when checked, its schema is current.
+async fn database_status(
+    database: &DatabaseConnection,
+    schema: Option<&SchemaProbe>,
+) -> ServingStatus {
+    if let Err(error) = database.ping().await {
+        tracing::warn!(error = %crate::secret::redact_urls(&error.to_string()), "database unreachable");
+        return ServingStatus::NotServing;
+    }
+    let Some(schema) = schema else {
+        return ServingStatus::Serving;
+    };
+    match schema(database.clone()).await {
+        Ok(SchemaStatus::Current) => ServingStatus::Serving,
+        Ok(SchemaStatus::Behind(pending)) => {
+            tracing::warn!(
+                ?pending,
+                "schema is behind this binary: not ready until the migrations run (--migrate)"
+            );
+            ServingStatus::NotServing
+        }
         Err(error) => {
-            tracing::warn!(error = %crate::secret::redact_urls(&error.to_string()), "database unreachable");
+            tracing::warn!(error = %crate::secret::redact_urls(&error.to_string()), "cannot read the schema version");
             ServingStatus::NotServing
         }
     }
@@ -447,6 +512,7 @@ async fn database_status(database: &DatabaseConnection) -> ServingStatus {
 
 async fn probe_database(
     database: DatabaseConnection,
+    schema: Option<SchemaProbe>,
     health: HealthReporter,
     service_name: &'static str,
     interval: Duration,
@@ -457,13 +523,13 @@ async fn probe_database(
     let mut last = initial;
     loop {
         tokio::time::sleep(interval).await;
-        let status = database_status(&database).await;
+        let status = database_status(&database, schema.as_ref()).await;
         if stopping.load(Ordering::SeqCst) {
             return;
         }
         if last != status {
             if status == ServingStatus::Serving {
-                tracing::info!("database reachable again");
+                tracing::info!("database reachable and schema current: ready");
             }
             set_status(&health, service_name, status).await;
             last = status;

@@ -20,6 +20,7 @@ use cascade_testkit::{Caller, TestDatabase, eventually, wait_until_delivered};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// The folder holding the workspace's binaries (`target/debug`).
@@ -216,11 +217,20 @@ impl Process {
     }
 
     pub async fn serving(&self) -> bool {
+        self.health("").await == Ok(ServingStatus::Serving)
+    }
+
+    /// The health status of `service` ("" is readiness, `liveness` the
+    /// process), or the call's status code when it is not answered.
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, tonic::Code> {
         let mut health = HealthClient::new(self.channel());
-        matches!(
-            health.check(HealthCheckRequest { service: String::new() }).await,
-            Ok(r) if r.get_ref().status == 1
-        )
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map_err(|s| s.code())?;
+        Ok(ServingStatus::try_from(answer.get_ref().status).unwrap_or(ServingStatus::Unknown))
     }
 
     /// SIGKILL: no shutdown, no flushing.

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
 
+mod schema;
 mod statements;
 mod stored;
 mod write;
 
+pub use schema::{SchemaStatus, schema_status};
 pub use statements::{
     MAX_BINDS, among, insert_chunks, insert_chunks_returning, statement, statement_chunks,
     update_from_values,
@@ -123,7 +125,15 @@ pub async fn migrate<M: MigratorTrait>(database: &DatabaseConnection) -> Result<
             .await?;
         txn
     };
-    M::up(&txn, None).await?;
+    match schema_status::<M>(&txn).await? {
+        // Also when the schema is newer than this binary (an older pod
+        // starting during an upgrade): migrations only add.
+        SchemaStatus::Current => tracing::info!("schema is current"),
+        SchemaStatus::Behind(pending) => {
+            tracing::info!(?pending, "applying migrations");
+            M::up(&txn, None).await?;
+        }
+    }
     txn.commit().await
 }
 
