@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "cascade/scoring/v1/scoring_service.proto",
     "cascade/opportunity/v1/opportunity_service.proto",
     "cascade/outbox/v1/outbox_messages.proto",
+    "cascade/admin/v1/outbox_admin_service.proto",
     // Vendored from googleapis (Apache-2.0) only so reflection can describe
     // the error details Cascade sends; grpcurl then prints them readably.
     "google/rpc/error_details.proto",

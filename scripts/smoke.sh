@@ -45,7 +45,13 @@ check_service() {
   health=$("$grpcurl" -plaintext -d "{\"service\":\"$service\"}" "localhost:$port" grpc.health.v1.Health/Check) \
     || fail "health check of $service"
   [[ "$health" == *'"SERVING"'* ]] || fail "$service health not SERVING: $health"
-  echo "ok   $service on :$port lists its service and is SERVING"
+  health=$("$grpcurl" -plaintext -d '{"service":"liveness"}' "localhost:$port" grpc.health.v1.Health/Check) \
+    || fail "liveness check on $port"
+  [[ "$health" == *'"SERVING"'* ]] || fail "$port liveness not SERVING: $health"
+  dead=$("$grpcurl" -plaintext -H 'x-tenant-id: smoke' -d '{}' "localhost:$port" \
+    cascade.admin.v1.OutboxAdminService/ListDeadLetters) || fail "ListDeadLetters on $port"
+  [[ "$dead" == '{}' ]] || fail "dead letters on a fresh $port: $dead"
+  echo "ok   $service on :$port lists its service, is SERVING and alive, and has no dead letters"
 }
 
 check_service "$LIFECYCLE_PORT" cascade.lifecycle.v1.LifecycleService

@@ -34,5 +34,12 @@ pub mod outbox {
     }
 }
 
+/// The operator's API every service serves for its own outbox.
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("cascade.admin.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every Cascade proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cascade_descriptor");

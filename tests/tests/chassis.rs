@@ -63,7 +63,7 @@ async fn every_service_serves_health_and_its_own_reflection() {
         (Service::Opportunity, OPPORTUNITY),
     ] {
         let channel = system.channel(running);
-        for name in ["", service] {
+        for name in ["", service, cascade_chassis::server::LIVENESS] {
             assert_eq!(
                 health(channel.clone(), name).await.expect("health answers"),
                 ServingStatus::Serving as i32,
@@ -76,6 +76,8 @@ async fn every_service_serves_health_and_its_own_reflection() {
         assert_eq!(unknown.code(), Code::NotFound);
 
         let mut expected = vec![
+            // Every service's operators list and retry its dead letters.
+            "cascade.admin.v1.OutboxAdminService".to_owned(),
             "grpc.health.v1.Health".to_owned(),
             "grpc.reflection.v1.ServerReflection".to_owned(),
             "grpc.reflection.v1alpha.ServerReflection".to_owned(),

@@ -13,7 +13,8 @@ use cascade_proto::lifecycle::v1::NotificationDeliveryState as Delivery;
 use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
 use cascade_testkit::fixtures::{mask, score_delivery, violated_fields};
 use cascade_testkit::{
-    Lifecycle, TestDatabase, TestSystem, WebhookReceiver, eventually, on_each_database, request_for,
+    Lifecycle, Service, TestDatabase, TestSystem, WebhookReceiver, eventually, on_each_database,
+    request_for,
 };
 use common::{opportunity, score};
 use tonic::Code;
@@ -531,8 +532,168 @@ async fn times_of_one_change_are_equal(db: TestDatabase) {
     system.stop().await;
 }
 
+/// One tenant's webhook hangs (every call waits for the 10 s timeout) while
+/// it has many notifications queued; another tenant's notification still
+/// arrives within a second: a tenant takes at most its share of the
+/// deliverer's calls, and the deliverer does not wait for a whole round.
+async fn a_hanging_webhook_delays_no_other_tenant(db: TestDatabase) {
+    let hanging = WebhookReceiver::start_hanging().await;
+    let healthy = WebhookReceiver::start().await;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let slow = system.lifecycle().as_tenant("slow-tenant");
+    let quick = system.lifecycle().as_tenant("quick-tenant");
+    slow.set_webhook(&hanging.url, None).await;
+    quick.set_webhook(&healthy.url, None).await;
+
+    for n in 0..12 {
+        let account = slow.create_account(&format!("Slow {n}"), "sam").await;
+        score(
+            &slow,
+            &account.account_id,
+            &format!("s-{n}"),
+            1,
+            150.0,
+            0.0,
+            vec![],
+        )
+        .await;
+    }
+    eventually("the hanging webhook to hold calls", async || {
+        if hanging.held() >= 1 {
+            Ok(())
+        } else {
+            Err(hanging.held())
+        }
+    })
+    .await;
+
+    let account = quick.create_account("Quick Co", "quin").await;
+    let started = std::time::Instant::now();
+    score(&quick, &account.account_id, "q-1", 1, 150.0, 0.0, vec![]).await;
+    cascade_testkit::eventually_within(
+        std::time::Duration::from_secs(1),
+        "the other tenant's notification within a second",
+        async || {
+            let accepted = healthy.accepted();
+            if accepted.len() == 1 {
+                Ok(())
+            } else {
+                Err(accepted.len())
+            }
+        },
+    )
+    .await;
+    println!(
+        "notification arrived in {} ms beside {} held calls to a hanging webhook",
+        started.elapsed().as_millis(),
+        hanging.held()
+    );
+    assert!(
+        hanging.held() <= 2,
+        "the hanging tenant holds at most its two calls: {}",
+        hanging.held()
+    );
+    system.stop().await;
+}
+
+/// A notification its webhook keeps refusing is dead-lettered after the
+/// configured attempts, listed for the operator with the real cause, and
+/// delivered once retried; another tenant sees none of it.
+async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatabase) {
+    use cascade_proto::admin::v1 as admin;
+    use cascade_proto::admin::v1::outbox_admin_service_client::OutboxAdminServiceClient;
+
+    let receiver = WebhookReceiver::start_down().await;
+    let system = TestSystem::lifecycle_with(&db, |settings| {
+        settings.outbox.max_attempts = 3;
+    })
+    .await;
+    let lifecycle = system.lifecycle();
+    lifecycle.set_webhook(&receiver.url, None).await;
+    let account = lifecycle.create_account("Refused Co", "rae").await;
+    score(
+        &lifecycle,
+        &account.account_id,
+        "r-1",
+        1,
+        150.0,
+        0.0,
+        vec![],
+    )
+    .await;
+
+    let admin_client = || OutboxAdminServiceClient::new(system.channel(Service::Lifecycle));
+    let list = async |caller: &cascade_testkit::Lifecycle| {
+        admin_client()
+            .list_dead_letters(caller.req(admin::ListDeadLettersRequest::default()))
+            .await
+            .expect("ListDeadLetters")
+            .into_inner()
+            .dead_letters
+    };
+    let dead = eventually("the notification to be dead-lettered", async || {
+        let dead = list(&lifecycle).await;
+        if dead.len() == 1 { Ok(dead) } else { Err(dead) }
+    })
+    .await;
+    assert_eq!(receiver.refused(), 3, "three attempts, then given up");
+    assert_eq!(dead[0].topic, "notifications");
+    assert_eq!(dead[0].partition_key, account.account_id);
+    assert_eq!(dead[0].attempts, 3);
+    assert!(
+        dead[0].last_error.contains("503"),
+        "the real cause: {}",
+        dead[0].last_error
+    );
+    assert!(dead[0].create_time.is_some() && dead[0].last_attempt_time.is_some());
+    assert!(list(&lifecycle.as_tenant("someone-else")).await.is_empty());
+    let pending = notification_of(&lifecycle, &account.account_id, |_| true).await;
+    assert_eq!(pending.delivery_state, Delivery::Pending as i32);
+
+    // Another tenant cannot retry it; naming nothing is refused.
+    let other = admin_client()
+        .retry_dead_letters(lifecycle.as_tenant("someone-else").req(
+            admin::RetryDeadLettersRequest {
+                ids: vec![dead[0].id.clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("retry answered")
+        .into_inner();
+    assert_eq!(other.retried_count, 0);
+    let nothing = admin_client()
+        .retry_dead_letters(lifecycle.req(admin::RetryDeadLettersRequest::default()))
+        .await
+        .expect_err("nothing named");
+    assert_eq!(violated_fields(&nothing), ["ids"]);
+
+    receiver.set_up(true);
+    let retried = admin_client()
+        .retry_dead_letters(lifecycle.req(admin::RetryDeadLettersRequest {
+            ids: vec![dead[0].id.clone()],
+            ..Default::default()
+        }))
+        .await
+        .expect("retried")
+        .into_inner();
+    assert_eq!(retried.retried_count, 1);
+    let delivered = notification_of(&lifecycle, &account.account_id, |n| {
+        n.delivery_state == Delivery::Delivered as i32
+    })
+    .await;
+    assert_eq!(
+        receiver.accepted()[0].header("x-cascade-notification-id"),
+        Some(delivered.notification_id.as_str())
+    );
+    assert!(list(&lifecycle).await.is_empty());
+    system.stop().await;
+}
+
 on_each_database!(
     contacts_keep_a_stage_history,
+    a_hanging_webhook_delays_no_other_tenant,
+    undeliverable_notifications_are_dead_lettered_and_retried,
     notifications_show_their_delivery_state,
     engagement_since_recycle_is_what_the_thresholds_see,
     times_of_one_change_are_equal,

@@ -30,6 +30,7 @@ use crate::settings::{OwnSections, ServerSettings, ServiceIdentity, ServiceSetti
 use crate::trace::RpcTrace;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const OUTBOX_ADMIN_SERVICE: &str = "cascade.admin.v1.OutboxAdminService";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 /// The overall health entry, readiness: SERVING while the database answers
@@ -188,6 +189,12 @@ where
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = service
         .add_to(Application::bind(settings, S::NAME, permissions).await?)
+        // Every service's operators can list and retry its dead letters.
+        .add_service(
+            cascade_proto::admin::v1::outbox_admin_service_server::OutboxAdminServiceServer::new(
+                crate::outbox::OutboxAdmin::new(database.clone()),
+            ),
+        )
         .with_database_health(database)
         .with_schema_of::<M>();
     app.background = background;
@@ -472,6 +479,7 @@ fn reflection_for(
             builder.with_service_name(*name)
         })
         .with_service_name(service_name)
+        .with_service_name(OUTBOX_ADMIN_SERVICE)
         .with_service_name(HEALTH_SERVICE)
         .with_service_name(REFLECTION_V1)
         .with_service_name(REFLECTION_V1ALPHA)

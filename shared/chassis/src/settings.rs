@@ -189,6 +189,7 @@ impl<X: OwnSections> ServiceSettings<X> {
                 min_backoff_ms: 50,
                 max_backoff_ms: 300,
                 lease_ms: 5_000,
+                ..OutboxSettings::default()
             },
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),

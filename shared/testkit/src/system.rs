@@ -27,7 +27,7 @@ pub enum Service {
 /// Lifecycle plus, optionally, scoring replicas and opportunity, each with
 /// its own database on the backend of the test's.
 pub struct TestSystem {
-    lifecycle_db: DatabaseSettings,
+    lifecycle_settings: ServiceSettings,
     lifecycle: Option<TestServer>,
     lifecycle_addr: SocketAddr,
     scoring: Vec<TestServer>,
@@ -41,7 +41,18 @@ pub struct TestSystem {
 impl TestSystem {
     /// Lifecycle alone, on `db`.
     pub async fn lifecycle_on(db: &TestDatabase) -> Self {
-        Self::start_lifecycle_on(db.settings.clone(), Vec::new()).await
+        Self::lifecycle_with(db, |_| {}).await
+    }
+
+    /// Lifecycle alone, on `db`, with its test settings changed by `change`
+    /// (e.g. the outbox's limits).
+    pub async fn lifecycle_with(
+        db: &TestDatabase,
+        change: impl FnOnce(&mut ServiceSettings),
+    ) -> Self {
+        let mut settings = ServiceSettings::for_tests(db.settings.clone());
+        change(&mut settings);
+        Self::start_lifecycle_on(settings, Vec::new()).await
     }
 
     /// Scoring on `db`, with lifecycle on a new database beside it.
@@ -76,14 +87,14 @@ impl TestSystem {
 
     async fn beside(db: &TestDatabase) -> Self {
         let lifecycle_db = db.like().await;
-        let settings = lifecycle_db.settings.clone();
+        let settings = ServiceSettings::for_tests(lifecycle_db.settings.clone());
         Self::start_lifecycle_on(settings, vec![lifecycle_db]).await
     }
 
-    async fn start_lifecycle_on(db: DatabaseSettings, owned: Vec<TestDatabase>) -> Self {
-        let server = lifecycle_server(&db, 0).await;
+    async fn start_lifecycle_on(settings: ServiceSettings, owned: Vec<TestDatabase>) -> Self {
+        let server = lifecycle_server(&settings, 0).await;
         Self {
-            lifecycle_db: db,
+            lifecycle_settings: settings,
             lifecycle_addr: server.addr,
             lifecycle: Some(server),
             scoring: Vec::new(),
@@ -117,7 +128,7 @@ impl TestSystem {
         if let Some(db) = &self.opportunity_db {
             wait_until_delivered(db, "opportunity_events").await;
         }
-        wait_until_delivered(&self.lifecycle_db, "notifications").await;
+        wait_until_delivered(&self.lifecycle_settings.database, "notifications").await;
     }
 
     /// Stops every scoring replica gracefully.
@@ -138,7 +149,7 @@ impl TestSystem {
     /// Starts lifecycle again on the address it had, with the same database.
     pub async fn start_lifecycle(&mut self) {
         assert!(self.lifecycle.is_none(), "lifecycle is already running");
-        let server = lifecycle_server(&self.lifecycle_db, self.lifecycle_addr.port()).await;
+        let server = lifecycle_server(&self.lifecycle_settings, self.lifecycle_addr.port()).await;
         self.lifecycle = Some(server);
     }
 
@@ -202,8 +213,8 @@ impl TestSystem {
     }
 }
 
-async fn lifecycle_server(db: &DatabaseSettings, port: u16) -> TestServer {
-    let mut settings = ServiceSettings::for_tests(db.clone());
+async fn lifecycle_server(settings: &ServiceSettings, port: u16) -> TestServer {
+    let mut settings = settings.clone();
     settings.server.port = port;
     let app = cascade_lifecycle::build(&settings)
         .await

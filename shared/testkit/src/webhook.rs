@@ -41,6 +41,10 @@ pub struct WebhookReceiver {
 #[derive(Default)]
 struct ReceiverState {
     up: bool,
+    /// Read requests and never answer (a receiver that hangs).
+    hanging: bool,
+    /// Requests read while hanging.
+    held: usize,
     accepted: Vec<Received>,
     refused: usize,
 }
@@ -49,6 +53,19 @@ impl WebhookReceiver {
     /// A receiver that accepts (200).
     pub async fn start() -> Self {
         Self::start_as(true).await
+    }
+
+    /// A receiver that reads each request and never answers, as a hung
+    /// server does: the caller's own timeout is all that ends the call.
+    pub async fn start_hanging() -> Self {
+        let receiver = Self::start_as(false).await;
+        receiver.state.lock().expect("lock").hanging = true;
+        receiver
+    }
+
+    /// How many requests a hanging receiver has read (and holds).
+    pub fn held(&self) -> usize {
+        self.state.lock().expect("lock").held
     }
 
     /// A receiver that is down (503) until [`WebhookReceiver::set_up`].
@@ -155,6 +172,17 @@ async fn serve(mut socket: tokio::net::TcpStream, state: Arc<Mutex<ReceiverState
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let body = String::from_utf8_lossy(&buffer[head_end..]).to_string();
+    let hanging = {
+        let mut state = state.lock().expect("lock");
+        state.held += usize::from(state.hanging);
+        state.hanging
+    };
+    if hanging {
+        // Hold the connection open without a word, until the caller gives up.
+        let mut rest = [0_u8; 64];
+        while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+        return;
+    }
     let up = {
         let mut state = state.lock().expect("lock");
         if state.up {

@@ -192,14 +192,17 @@ impl WebhookSink {
         }
         // The URL can carry a token (Teams webhooks do): never log it.
         let failure = match request.body(body).send().await {
-            Err(e) => Some(format!("webhook unreachable: {}", e.without_url())),
-            Ok(response) if !response.status().is_success() => {
-                Some(format!("webhook answered {}", response.status()))
-            }
+            Err(e) => Some(DeliveryError::caused_by(
+                "webhook unreachable",
+                &e.without_url(),
+            )),
+            Ok(response) if !response.status().is_success() => Some(DeliveryError(format!(
+                "webhook answered {}",
+                response.status()
+            ))),
             Ok(_) => None,
         };
-        if let Some(failure) = failure {
-            let error = DeliveryError(failure);
+        if let Some(error) = failure {
             self.record_failed_call(&row.notification_id, &error).await;
             return Err(error);
         }

@@ -6,17 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
     QueryFilter, Value,
 };
-use sea_orm_migration::prelude::*;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::entity as outbox;
-use super::{DELIVERED, DeliveryError, Entry, PENDING, Sink, now_ms};
+use super::{DEAD, DELIVERED, DeliveryError, Entry, PENDING, Sink, now_ms};
 
 /// Tuning of a deliverer.
 #[derive(Debug, Clone)]
@@ -29,11 +30,19 @@ pub struct DelivererConfig {
     pub batch_size: u32,
     /// Messages of one partition handed to the sink at once.
     pub run_size: u32,
-    /// Partitions delivered at the same time.
+    /// Calls to the sink in flight at the same time.
     pub concurrency: usize,
+    /// Calls in flight to one tenant at most (see `OutboxSettings`).
+    pub per_tenant_concurrency: usize,
+    /// Consecutive failed calls that open a tenant's circuit.
+    pub breaker_failures: u32,
     /// Backoff between attempts of one message.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Failed attempts, and age, after which a message is dead-lettered
+    /// (0: never).
+    pub max_attempts: u32,
+    pub max_age: Duration,
     /// Delivered messages are deleted after this long.
     pub retention: Duration,
 }
@@ -46,11 +55,33 @@ impl Default for DelivererConfig {
             batch_size: 64,
             run_size: 256,
             concurrency: 8,
+            per_tenant_concurrency: 2,
+            breaker_failures: 5,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
+            max_attempts: 0,
+            max_age: Duration::from_secs(24 * 3600),
             retention: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// What one call to the sink did.
+#[derive(Debug, Clone, Copy)]
+struct CallOutcome {
+    delivered: usize,
+    /// The sink failed on a message of the call (it will be retried).
+    failed: bool,
+}
+
+/// One tenant's destination as the running deliverer sees it.
+#[derive(Debug, Default)]
+struct Destination {
+    in_flight: usize,
+    /// Consecutive failed calls.
+    failures: u32,
+    /// Its circuit is open (nothing claimed for it) until then.
+    open_until: Option<std::time::Instant>,
 }
 
 /// A background task delivering one topic's messages to a sink.
@@ -88,55 +119,153 @@ impl Deliverer {
 
     /// Runs until the task is aborted.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { self.run().await })
+        tokio::spawn(Arc::new(self).run())
     }
 
-    async fn run(self) {
+    /// Keeps up to `concurrency` calls in flight, claiming more as soon as
+    /// one finishes: a slow call holds its own slot, never a whole round.
+    /// A tenant has at most `per_tenant_concurrency` of the slots, and none
+    /// while its circuit is open, so one tenant's hanging receiver cannot
+    /// delay another's deliveries.
+    async fn run(self: Arc<Self>) {
+        let mut calls: JoinSet<(String, Result<CallOutcome, DbErr>)> = JoinSet::new();
+        let mut destinations: HashMap<String, Destination> = HashMap::new();
         let mut rounds: u64 = 0;
         loop {
-            let started = std::time::Instant::now();
-            let delivered_any = match self.round().await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::debug!(
-                            topic = self.topic,
-                            delivered = n,
-                            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                            "outbox round"
-                        );
+            let free = self.config.concurrency.max(1).saturating_sub(calls.len());
+            if free > 0 {
+                match self.next_calls(free, &destinations).await {
+                    Ok(next) => {
+                        for call in next {
+                            let tenant = call[0][0].tenant_id.clone();
+                            destinations.entry(tenant.clone()).or_default().in_flight += 1;
+                            let this = self.clone();
+                            calls.spawn(async move { (tenant, this.deliver_call(call).await) });
+                        }
                     }
-                    n > 0
+                    Err(error) => {
+                        tracing::warn!(topic = self.topic, error = %crate::secret::redact_urls(&error.to_string()), "outbox claim failed");
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(topic = self.topic, error = %crate::secret::redact_urls(&error.to_string()), "outbox round failed");
-                    false
-                }
-            };
+            }
             rounds += 1;
             if rounds.is_multiple_of(1000)
                 && let Err(error) = self.prune().await
             {
                 tracing::warn!(topic = self.topic, %error, "outbox prune failed");
             }
-            if !delivered_any {
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+            tokio::select! {
+                Some(done) = calls.join_next(), if !calls.is_empty() => {
+                    if let Ok((tenant, outcome)) = done {
+                        self.settle_destination(&mut destinations, &tenant, outcome);
+                    }
                 }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }
     }
 
-    /// Claims due partition heads, delivers their runs; returns how many
-    /// messages were delivered.
-    pub async fn round(&self) -> Result<usize, DbErr> {
-        use futures::StreamExt;
-        let heads = self.claim().await?;
-        if heads.is_empty() {
-            return Ok(0);
+    /// Records how a call to `tenant` went: a failure counts toward opening
+    /// its circuit, a success closes it.
+    fn settle_destination(
+        &self,
+        destinations: &mut HashMap<String, Destination>,
+        tenant: &str,
+        outcome: Result<CallOutcome, DbErr>,
+    ) {
+        let Some(destination) = destinations.get_mut(tenant) else {
+            return;
+        };
+        destination.in_flight = destination.in_flight.saturating_sub(1);
+        match outcome {
+            Ok(CallOutcome { failed: false, .. }) => {
+                destination.failures = 0;
+                destination.open_until = None;
+            }
+            Ok(CallOutcome { failed: true, .. }) => {
+                destination.failures += 1;
+                let threshold = self.config.breaker_failures;
+                if threshold > 0 && destination.failures >= threshold {
+                    let cool_down = self.backoff(
+                        i32::try_from(destination.failures - threshold + 1).unwrap_or(i32::MAX),
+                    );
+                    if destination.failures == threshold {
+                        tracing::warn!(
+                            topic = self.topic,
+                            tenant,
+                            failures = destination.failures,
+                            cool_down_ms = cool_down.as_millis() as u64,
+                            "destination failing: circuit open, its messages wait"
+                        );
+                    }
+                    destination.open_until = Some(std::time::Instant::now() + cool_down);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(topic = self.topic, error = %crate::secret::redact_urls(&error.to_string()), "outbox bookkeeping failed");
+            }
         }
-        let runs = self.runs(heads).await?;
-        // Calls carry runs of one tenant, up to what the sink takes at once.
+        if destination.in_flight == 0 && destination.failures == 0 {
+            destinations.remove(tenant);
+        }
+    }
+
+    /// Claims due partition heads for up to `free` calls, skipping tenants
+    /// at their limit or with an open circuit, and reads their runs.
+    async fn next_calls(
+        &self,
+        free: usize,
+        destinations: &HashMap<String, Destination>,
+    ) -> Result<Vec<Vec<Vec<Entry>>>, DbErr> {
+        let now = std::time::Instant::now();
+        let per_call = self.sink.partitions_per_call().max(1);
+        let allowed = |d: &Destination| {
+            // Half-open after the cool-down: one call probes the destination.
+            let limit =
+                if self.config.breaker_failures > 0 && d.failures >= self.config.breaker_failures {
+                    1
+                } else {
+                    self.config.per_tenant_concurrency.max(1)
+                };
+            if d.open_until.is_some_and(|until| until > now) {
+                0
+            } else {
+                limit.saturating_sub(d.in_flight)
+            }
+        };
+        let excluded: Vec<String> = destinations
+            .iter()
+            .filter(|(_, d)| allowed(d) == 0)
+            .map(|(tenant, _)| tenant.clone())
+            .collect();
+        let limit = u32::try_from(free.saturating_mul(per_call))
+            .unwrap_or(u32::MAX)
+            .min(self.config.batch_size);
+        let heads = self.claim(limit, &excluded).await?;
+        // Keep what each tenant may still start; give the rest back.
+        let mut kept = Vec::with_capacity(heads.len());
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        for head in heads {
+            let calls_left = destinations
+                .get(&head.tenant_id)
+                .map_or(self.config.per_tenant_concurrency.max(1), allowed);
+            let count = taken.entry(head.tenant_id.clone()).or_default();
+            if *count < calls_left * per_call && kept.len() < free * per_call {
+                *count += 1;
+                kept.push(head);
+            } else {
+                self.release(&head).await?;
+            }
+        }
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.calls_of(self.runs(kept).await?))
+    }
+
+    /// Groups runs into calls of one tenant, up to what the sink takes at once.
+    fn calls_of(&self, runs: Vec<Vec<Entry>>) -> Vec<Vec<Vec<Entry>>> {
         let per_call = self.sink.partitions_per_call().max(1);
         let mut calls: Vec<Vec<Vec<Entry>>> = Vec::new();
         for run in runs {
@@ -147,27 +276,51 @@ impl Deliverer {
                 _ => calls.push(vec![run]),
             }
         }
-        // Partitions are independent: several calls in flight hide the
-        // sink's latency; within one partition the order stays the claim's.
-        let results: Vec<Result<usize, DbErr>> = futures::stream::iter(calls)
+        calls
+    }
+
+    /// One batch, start to end: claims due partition heads, delivers their
+    /// runs, waits for every call; returns how many messages were delivered.
+    /// (The running deliverer pipelines instead; tests drive it with this.)
+    pub async fn round(&self) -> Result<usize, DbErr> {
+        use futures::StreamExt;
+        let heads = self.claim(self.config.batch_size, &[]).await?;
+        if heads.is_empty() {
+            return Ok(0);
+        }
+        let calls = self.calls_of(self.runs(heads).await?);
+        let results: Vec<Result<CallOutcome, DbErr>> = futures::stream::iter(calls)
             .map(|call| self.deliver_call(call))
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
         let mut delivered = 0;
         for result in results {
-            delivered += result?;
+            delivered += result?.delivered;
         }
         Ok(delivered)
     }
 
-    async fn claim(&self) -> Result<Vec<Entry>, DbErr> {
+    async fn claim(&self, limit: u32, excluded: &[String]) -> Result<Vec<Entry>, DbErr> {
         let now = now_ms();
         let lease_until = now + self.config.lease.as_millis() as i64;
         // Claiming the most recently changed partitions first for half the
         // batch was tried for the crossing latency and gave nothing
         // measurable (docs/performance.md).
-        let sql = include_str!("sql/outbox_claim.sql");
+        let backend = self.db.get_database_backend();
+        let (sql, excluded): (&str, Value) = if backend == sea_orm::DbBackend::Postgres {
+            (
+                include_str!("sql/outbox_claim.pg.sql"),
+                excluded.to_vec().into(),
+            )
+        } else {
+            (
+                include_str!("sql/outbox_claim.sqlite.sql"),
+                serde_json::to_string(excluded)
+                    .unwrap_or_else(|_| "[]".to_owned())
+                    .into(),
+            )
+        };
         let rows = self
             .db
             .query_all_raw(crate::db::statement(
@@ -178,7 +331,8 @@ impl Deliverer {
                     lease_until.into(),
                     self.topic.into(),
                     now.into(),
-                    i64::from(self.config.batch_size).into(),
+                    i64::from(limit).into(),
+                    excluded,
                 ],
             ))
             .await?;
@@ -217,8 +371,8 @@ impl Deliverer {
                 // The window keeps a long backlog of one partition from
                 // being read whole.
                 let sql = format!(
-                    "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context \
-                     FROM (SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context, \
+                    "SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context, created_at_ms \
+                     FROM (SELECT id, tenant_id, topic, partition_key, payload, attempts, trace_context, created_at_ms, \
                        ROW_NUMBER() OVER (PARTITION BY partition_key ORDER BY id) AS n \
                        FROM outbox WHERE topic = $1 AND tenant_id = $2 AND state = 'PENDING' \
                        AND partition_key IN ({keys})) r \
@@ -260,7 +414,7 @@ impl Deliverer {
 
     /// Hands runs of one tenant to the sink in one call, then marks what it
     /// delivered and schedules the retry of what it did not.
-    async fn deliver_call(&self, runs: Vec<Vec<Entry>>) -> Result<usize, DbErr> {
+    async fn deliver_call(&self, runs: Vec<Vec<Entry>>) -> Result<CallOutcome, DbErr> {
         let messages: usize = runs.iter().map(Vec::len).sum();
         let span = tracing::info_span!(
             "outbox.deliver",
@@ -290,6 +444,7 @@ impl Deliverer {
         // new head between the statements below.
         let (mut followers, mut heads): (Vec<Value>, Vec<Value>) = (Vec::new(), Vec::new());
         let mut total = 0;
+        let mut failed = false;
         for (i, run) in runs.iter().enumerate() {
             let result = results.get(i).cloned().unwrap_or_else(|| {
                 Err((
@@ -307,9 +462,10 @@ impl Deliverer {
                 followers.extend(run[1..delivered].iter().map(|e| Value::from(e.id.clone())));
             }
             if let Some(error) = failure
-                && let Some(failed) = run.get(delivered)
+                && let Some(message) = run.get(delivered)
             {
-                self.retry_later(failed, &error, now).await?;
+                failed = true;
+                self.retry_later(message, &error, now).await?;
             } else if delivered < run.len() {
                 // The sink took fewer than offered without an error: release the rest.
                 self.release(&run[delivered]).await?;
@@ -332,9 +488,14 @@ impl Deliverer {
                 .exec(&self.db)
                 .await?;
         }
-        Ok(total)
+        Ok(CallOutcome {
+            delivered: total,
+            failed,
+        })
     }
 
+    /// Schedules the next attempt of a message the sink failed on, or
+    /// dead-letters it after `max_attempts` or `max_age`.
     async fn retry_later(
         &self,
         failed: &Entry,
@@ -342,21 +503,13 @@ impl Deliverer {
         now: i64,
     ) -> Result<(), DbErr> {
         let attempts = failed.attempts + 1;
-        let delay = self.backoff(attempts);
-        tracing::warn!(
-            topic = self.topic,
-            message = %failed.id,
-            attempts,
-            retry_in_ms = delay.as_millis() as u64,
-            %error,
-            "outbox delivery failed; will retry"
-        );
-        outbox::Entity::update_many()
+        let age_ms = now.saturating_sub(failed.created_at_ms);
+        let too_many = self.config.max_attempts > 0
+            && u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts;
+        let too_old = !self.config.max_age.is_zero()
+            && age_ms >= i64::try_from(self.config.max_age.as_millis()).unwrap_or(i64::MAX);
+        let update = outbox::Entity::update_many()
             .col_expr(outbox::Column::Attempts, Expr::value(attempts))
-            .col_expr(
-                outbox::Column::NextAttemptAtMs,
-                Expr::value(now + delay.as_millis() as i64),
-            )
             .col_expr(
                 outbox::Column::LastError,
                 Expr::value(truncate(&error.0, 1000)),
@@ -369,7 +522,40 @@ impl Deliverer {
                 outbox::Column::LeaseUntilMs,
                 Expr::value(Option::<i64>::None),
             )
-            .filter(outbox::Column::Id.eq(failed.id.as_str()))
+            .filter(outbox::Column::Id.eq(failed.id.as_str()));
+        if too_many || too_old {
+            tracing::error!(
+                topic = self.topic,
+                message = %failed.id,
+                tenant = %failed.tenant_id,
+                partition = %failed.partition_key,
+                attempts,
+                age_ms,
+                %error,
+                "outbox message dead-lettered: list and retry it with OutboxAdminService"
+            );
+            // The time of the last attempt stays in next_attempt_at_ms.
+            return update
+                .col_expr(outbox::Column::State, Expr::value(DEAD))
+                .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now))
+                .exec(&self.db)
+                .await
+                .map(|_| ());
+        }
+        let delay = self.backoff(attempts);
+        tracing::warn!(
+            topic = self.topic,
+            message = %failed.id,
+            attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            %error,
+            "outbox delivery failed; will retry"
+        );
+        update
+            .col_expr(
+                outbox::Column::NextAttemptAtMs,
+                Expr::value(now + delay.as_millis() as i64),
+            )
             .exec(&self.db)
             .await
             .map(|_| ())
@@ -393,15 +579,7 @@ impl Deliverer {
     }
 
     fn backoff(&self, attempts: i32) -> Duration {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.config.min_backoff)
-            .with_max_delay(self.config.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let n = usize::try_from(Ord::max(attempts, 1) - 1).unwrap_or(0);
-        let n = Ord::min(n, 64);
-        delays.nth(n).unwrap_or(self.config.max_backoff)
+        backoff(&self.config, attempts)
     }
 
     async fn prune(&self) -> Result<(), DbErr> {
@@ -414,6 +592,24 @@ impl Deliverer {
             .await
             .map(|_| ())
     }
+}
+
+/// The delay before attempt `attempts + 1`: exponential from `min_backoff`,
+/// with jitter, never above `max_backoff`.
+fn backoff(config: &DelivererConfig, attempts: i32) -> Duration {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(config.min_backoff)
+        .with_max_delay(config.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let n = usize::try_from(Ord::max(attempts, 1) - 1).unwrap_or(0);
+    let n = Ord::min(n, 64);
+    // The jitter adds to the delay; the configured maximum is a maximum.
+    delays
+        .nth(n)
+        .unwrap_or(config.max_backoff)
+        .min(config.max_backoff)
 }
 
 /// Pending (not yet delivered) messages of a topic, for tests and health.
@@ -435,6 +631,7 @@ fn entry_from_row(row: &sea_orm::QueryResult) -> Result<Entry, DbErr> {
         payload: row.try_get("", "payload")?,
         attempts: row.try_get("", "attempts")?,
         trace_context: row.try_get("", "trace_context")?,
+        created_at_ms: row.try_get("", "created_at_ms")?,
     })
 }
 
@@ -449,4 +646,26 @@ fn extract_trace_context(stored: &str) -> opentelemetry::Context {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_grows_and_never_exceeds_its_maximum() {
+        let config = DelivererConfig {
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
+            ..DelivererConfig::default()
+        };
+        assert!(backoff(&config, 1) >= config.min_backoff);
+        for attempts in 1..200 {
+            assert!(
+                backoff(&config, attempts) <= config.max_backoff,
+                "attempt {attempts}"
+            );
+        }
+        assert!(backoff(&config, 60) >= config.max_backoff / 2);
+    }
 }

@@ -23,10 +23,12 @@ use sea_orm_migration::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+mod admin;
 mod deliverer;
 mod entity;
 mod migration;
 
+pub use admin::OutboxAdmin;
 pub use deliverer::{Deliverer, DelivererConfig, pending_count};
 pub use migration::{OutboxMigration, OutboxPendingIndexMigration};
 
@@ -42,6 +44,17 @@ pub struct OutboxSettings {
     pub max_backoff_ms: u64,
     /// How long a deliverer holds a claimed message before another may take it.
     pub lease_ms: u64,
+    /// Failed attempts after which a message is dead-lettered (0: never).
+    pub max_attempts: u32,
+    /// Age after which a failing message is dead-lettered (0: never).
+    pub max_age_ms: u64,
+    /// Calls in flight to one tenant's destination at most, so a slow or
+    /// hanging receiver takes only this many of the deliverer's slots.
+    pub per_tenant_concurrency: usize,
+    /// Consecutive failed calls to a tenant's destination that open its
+    /// circuit: its messages wait (not claimed) for a cool-down that grows
+    /// like the backoff, then one call probes it.
+    pub breaker_failures: u32,
 }
 
 impl Default for OutboxSettings {
@@ -51,6 +64,12 @@ impl Default for OutboxSettings {
             min_backoff_ms: 200,
             max_backoff_ms: 60_000,
             lease_ms: 30_000,
+            // A message failing for a day is given up on, however many
+            // attempts that took; a shorter outage loses nothing.
+            max_attempts: 0,
+            max_age_ms: 24 * 3600 * 1000,
+            per_tenant_concurrency: 2,
+            breaker_failures: 5,
         }
     }
 }
@@ -62,6 +81,10 @@ impl OutboxSettings {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             min_backoff: Duration::from_millis(self.min_backoff_ms),
             max_backoff: Duration::from_millis(self.max_backoff_ms),
+            max_attempts: self.max_attempts,
+            max_age: Duration::from_millis(self.max_age_ms),
+            per_tenant_concurrency: self.per_tenant_concurrency,
+            breaker_failures: self.breaker_failures,
             ..DelivererConfig::default()
         }
     }
@@ -69,6 +92,10 @@ impl OutboxSettings {
 
 const PENDING: &str = "PENDING";
 const DELIVERED: &str = "DELIVERED";
+/// Given up on after `outbox.max_attempts` or `outbox.max_age_ms`: kept for an
+/// operator to list and retry (`OutboxAdminService`), no longer blocking its
+/// partition.
+const DEAD: &str = "DEAD";
 
 /// One message, as a sink receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +110,9 @@ pub struct Entry {
     pub attempts: i32,
     /// `traceparent` (and `tracestate`) of the request that wrote it.
     pub trace_context: Option<String>,
+    /// When it was written (ms since the epoch): its age decides when it is
+    /// given up on.
+    pub created_at_ms: i64,
 }
 
 /// Why a delivery did not go through. Every failure is retried with backoff.
@@ -91,6 +121,23 @@ pub struct Entry {
 pub struct DeliveryError(pub String);
 
 impl DeliveryError {
+    /// `context: error: its cause: ...`, the whole source chain, so the log
+    /// says "connection refused" or "timed out", not only "error sending
+    /// request".
+    pub fn caused_by(context: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut text = format!("{context}: {error}");
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        Self(text)
+    }
+
     /// A peer service's failure to take a delivery: retried.
     pub fn from_peer(peer: &str, status: &tonic::Status) -> Self {
         Self(format!(
@@ -274,6 +321,14 @@ fn current_trace_context() -> Option<String> {
 mod tests {
     use super::*;
     use tonic::{Code, Status};
+
+    #[test]
+    fn a_delivery_error_names_the_whole_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = std::io::Error::other(io);
+        let error = DeliveryError::caused_by("webhook unreachable", &outer);
+        assert_eq!(error.0, "webhook unreachable: connection refused");
+    }
 
     #[test]
     fn a_peer_refusing_for_good_drops_the_message_and_anything_else_is_retried() {

@@ -1,5 +1,7 @@
--- Claims the due heads of a partitions of a topic with a lease: parameters
--- 1 lease owner, 2 lease until (ms), 3 topic, 4 now (ms), 5 how many.
+-- Claims the due partition heads of a topic with a lease: parameters
+-- 1 lease owner, 2 lease until (ms), 3 topic, 4 now (ms), 5 how many,
+-- 6 the tenants not to claim for now (an array: at their limit of calls in
+-- flight, or their destination failing).
 -- Only the oldest pending message of a partition (its head) may be claimed.
 -- The heads are found in one pass over the pending index (GROUP BY
 -- partition, MIN(id)); the earlier NOT EXISTS form probed the partition of
@@ -18,6 +20,7 @@ WHERE id IN (
   JOIN outbox o ON o.id = h.id
   WHERE o.next_attempt_at_ms <= $4
     AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $4)
+    AND NOT (o.tenant_id = ANY($6))
   ORDER BY o.id LIMIT $5)
 AND state = 'PENDING' AND (lease_until_ms IS NULL OR lease_until_ms < $4)
-RETURNING id, tenant_id, topic, partition_key, payload, attempts, trace_context
+RETURNING id, tenant_id, topic, partition_key, payload, attempts, trace_context, created_at_ms

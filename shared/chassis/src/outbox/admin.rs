@@ -1,0 +1,118 @@
+//! `cascade.admin.v1.OutboxAdminService`: an operator lists the dead letters
+//! of the service's outbox and puts them back in line. Served by every
+//! service for its own outbox, scoped to the caller's tenant.
+
+use cascade_proto::admin::v1 as pb;
+use cascade_proto::admin::v1::outbox_admin_service_server::OutboxAdminService;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use tonic::{Request, Response, Status};
+
+use super::entity as outbox;
+use super::{DEAD, PENDING, now_ms};
+use crate::context::RequestContext;
+use crate::error::ServiceError;
+use crate::page::PageRequest;
+
+/// Ids one RetryDeadLetters call takes at most.
+const MAX_RETRY_IDS: usize = 1_000;
+
+/// The admin service over one service's outbox.
+#[derive(Clone)]
+pub struct OutboxAdmin {
+    db: DatabaseConnection,
+}
+
+impl OutboxAdmin {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+fn dead_letter(m: outbox::Model) -> pb::DeadLetter {
+    let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(crate::time::to_timestamp);
+    pb::DeadLetter {
+        id: m.id,
+        topic: m.topic,
+        partition_key: m.partition_key,
+        attempts: m.attempts,
+        last_error: m.last_error.unwrap_or_default(),
+        create_time: time(m.created_at_ms),
+        // Set to the last attempt's time when the message died.
+        last_attempt_time: time(m.next_attempt_at_ms),
+    }
+}
+
+#[tonic::async_trait]
+impl OutboxAdminService for OutboxAdmin {
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let mut query = outbox::Entity::find()
+            .filter(outbox::Column::TenantId.eq(context.tenant.as_str()))
+            .filter(outbox::Column::State.eq(DEAD));
+        if !request.topic.is_empty() {
+            query = query.filter(outbox::Column::Topic.eq(request.topic.as_str()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(outbox::Column::Id.gt(after.as_str()));
+        }
+        let rows = query
+            .order_by_asc(outbox::Column::Id)
+            .limit(page.fetch_limit())
+            .all(&self.db)
+            .await
+            .map_err(ServiceError::from)?;
+        let (rows, next_page_token) = page.finish(rows, |m| m.id.clone());
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: rows.into_iter().map(dead_letter).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn retry_dead_letters(
+        &self,
+        request: Request<pb::RetryDeadLettersRequest>,
+    ) -> Result<Response<pb::RetryDeadLettersResponse>, Status> {
+        let context = RequestContext::of(&request)?;
+        let request = request.into_inner();
+        if request.ids.is_empty() && !request.all {
+            return Err(ServiceError::invalid("ids", "name dead letters, or set all").into());
+        }
+        if request.ids.len() > MAX_RETRY_IDS {
+            return Err(
+                ServiceError::invalid("ids", format!("at most {MAX_RETRY_IDS} per call")).into(),
+            );
+        }
+        let mut update = outbox::Entity::update_many()
+            .col_expr(outbox::Column::State, Expr::value(PENDING))
+            .col_expr(outbox::Column::Attempts, Expr::value(0))
+            .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now_ms()))
+            .filter(outbox::Column::TenantId.eq(context.tenant.as_str()))
+            .filter(outbox::Column::State.eq(DEAD));
+        if request.all {
+            if !request.topic.is_empty() {
+                update = update.filter(outbox::Column::Topic.eq(request.topic.as_str()));
+            }
+        } else {
+            update =
+                update.filter(outbox::Column::Id.is_in(request.ids.iter().map(String::as_str)));
+        }
+        let _turn = crate::db::write_turn(&self.db)
+            .await
+            .map_err(ServiceError::from)?;
+        let retried = update.exec(&self.db).await.map_err(ServiceError::from)?;
+        tracing::info!(
+            tenant = %context.tenant,
+            retried = retried.rows_affected,
+            "dead letters put back in line"
+        );
+        Ok(Response::new(pb::RetryDeadLettersResponse {
+            retried_count: i32::try_from(retried.rows_affected).unwrap_or(i32::MAX),
+        }))
+    }
+}
