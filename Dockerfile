@@ -1,5 +1,7 @@
-# One image with the three service binaries; each Deployment picks its
-# binary with `command`. Build: docker build -t REGISTRY/cascade:TAG .
+# One image with the three service binaries and `cascade-token` (signs test
+# and service tokens, so production needs no Rust toolchain for one); each
+# Deployment picks its binary with `command`.
+# Build: docker build -t REGISTRY/cascade:TAG .
 #
 # Stage 1 builds release binaries with the pinned toolchain and Cargo.lock.
 FROM rust:1.95-bookworm AS build
@@ -8,8 +10,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity \
+      -p cascade-tests --bin cascade-token \
  && mkdir /out \
- && cp target/release/cascade-lifecycle target/release/cascade-scoring target/release/cascade-opportunity /out/
+ && cp target/release/cascade-lifecycle target/release/cascade-scoring target/release/cascade-opportunity \
+      target/release/cascade-token /out/
 
 # Stage 2: distroless (glibc, CA certificates, no shell, no package manager),
 # running as the image's unprivileged user.

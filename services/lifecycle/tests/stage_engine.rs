@@ -126,6 +126,28 @@ async fn tekstack_walkthrough(db: TestDatabase) {
         hook.header("x-cascade-notification-id"),
         body["cascade"]["notificationId"].as_str()
     );
+    // Standard Webhooks: id, a signed timestamp, and the signature over both
+    // and the body, so a captured request cannot be replayed later.
+    let webhook_id = hook.header("webhook-id").expect("webhook-id");
+    assert_eq!(Some(webhook_id), body["cascade"]["notificationId"].as_str());
+    let sent_at: i64 = hook
+        .header("webhook-timestamp")
+        .expect("webhook-timestamp")
+        .parse()
+        .expect("Unix seconds");
+    assert!((cascade_chassis::time::now().timestamp() - sent_at).abs() < 60);
+    assert_eq!(
+        hook.header("webhook-signature"),
+        Some(
+            cascade_lifecycle::storage::standard_signature(
+                "s3cret-signing-key",
+                webhook_id,
+                sent_at,
+                &hook.body
+            )
+            .as_str()
+        )
+    );
 
     // Business development hands it to sales.
     let bdr = lifecycle.as_actor("bdr@seller.example");

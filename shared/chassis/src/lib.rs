@@ -4,6 +4,7 @@
 //! other in one direction only (docs/architecture.md).
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod context;
 pub mod context_layer;

@@ -138,9 +138,10 @@ where
     Fut: Future<Output = anyhow::Result<S>>,
     S: Served,
 {
-    let settings = ServiceSettings::<X>::load(identity)?;
+    let cli = crate::cli::Cli::parse(identity);
+    let settings = ServiceSettings::<X>::load(identity, cli.config.as_deref())?;
     let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
-    if std::env::args().any(|a| a == "--migrate") {
+    if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
         crate::db::connect_and_migrate::<M>(&settings.database).await?;
         tracing::info!("migrations applied");

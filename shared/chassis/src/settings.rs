@@ -2,7 +2,7 @@
 //! TOML file, then environment variables `CASCADE_<SERVICE>__<SECTION>__<KEY>`.
 //! An unknown key or a bad value stops start-up with a message naming it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
@@ -138,9 +138,11 @@ pub struct ServiceSettings<X = NoSections> {
 }
 
 impl<X: OwnSections> ServiceSettings<X> {
-    /// Loads and validates a service's settings (see [`load`]).
-    pub fn load(identity: ServiceIdentity) -> Result<Self, SettingsError> {
-        let mut settings: Self = load(identity)?;
+    /// Loads and validates a service's settings (see [`load_from`]): the
+    /// defaults, then `file` (from `--config` or `CASCADE_CONFIG_FILE`),
+    /// then the environment.
+    pub fn load(identity: ServiceIdentity, file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut settings: Self = load_from(identity, file, None)?;
         settings.database.default_pool(identity.sqlite_connections);
         validate_common(&settings.server, &settings.database, &settings.telemetry)?;
         let outbox = &settings.outbox;
@@ -223,20 +225,8 @@ impl ServiceIdentity {
     }
 }
 
-/// Loads a service's settings: built-in defaults, then the file from
-/// `--config PATH` or `CASCADE_CONFIG_FILE` if given, then the environment.
-pub fn load<X: OwnSections>(
-    identity: ServiceIdentity,
-) -> Result<ServiceSettings<X>, SettingsError> {
-    let file = config_file_from_args(std::env::args()).or_else(|| {
-        std::env::var_os(CONFIG_FILE_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    load_from(identity, file.as_deref(), None)
-}
-
-/// As [`load`], with the file and (for tests) the environment given.
+/// A service's settings: built-in defaults, then `file`, then the environment
+/// (given here by tests; the process's own otherwise).
 pub fn load_from<X: OwnSections>(
     identity: ServiceIdentity,
     file: Option<&Path>,
@@ -260,7 +250,17 @@ pub fn load_from<X: OwnSections>(
     let defaults = Config::try_from(&defaults).map_err(|e| SettingsError::new(e.to_string()))?;
     let mut builder = Config::builder().add_source(defaults);
     if let Some(path) = file {
-        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        // Read here so that every failure names the file.
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SettingsError::new(format!("cannot read the settings file {}: {e}", path.display()))
+        })?;
+        let parsed = Config::builder()
+            .add_source(File::from_str(&text, FileFormat::Toml))
+            .build()
+            .map_err(|e| {
+                SettingsError::new(format!("the settings file {}: {e}", path.display()))
+            })?;
+        builder = builder.add_source(parsed);
     }
     let env = Environment::with_prefix(&identity.env_prefix())
         .prefix_separator("__")
@@ -361,19 +361,6 @@ pub fn validate_common(
         )));
     }
     Ok(())
-}
-
-fn config_file_from_args(args: impl Iterator<Item = String>) -> Option<PathBuf> {
-    let mut args = args.skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -550,16 +537,16 @@ mod tests {
     }
 
     #[test]
-    fn config_flag_is_found() {
-        let args = ["bin", "--config", "x.toml"].map(String::from);
-        assert_eq!(
-            config_file_from_args(args.into_iter()),
-            Some(PathBuf::from("x.toml"))
-        );
-        let args = ["bin", "--config=y.toml"].map(String::from);
-        assert_eq!(
-            config_file_from_args(args.into_iter()),
-            Some(PathBuf::from("y.toml"))
-        );
+    fn an_unreadable_settings_file_is_named() {
+        let missing = Path::new("/nonexistent/cascade.toml");
+        let error = load_from::<NoSections>(ID, Some(missing), env(&[])).expect_err("no file");
+        assert!(error.to_string().contains("/nonexistent/cascade.toml"), "{error}");
+        let dir = std::env::temp_dir().join(format!("cascade-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let broken = dir.join("broken.toml");
+        std::fs::write(&broken, "[server\nport = ").expect("write");
+        let error = load_from::<NoSections>(ID, Some(&broken), env(&[])).expect_err("bad toml");
+        assert!(error.to_string().contains("broken.toml"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -36,7 +36,7 @@ pub use engine::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind};
 pub use history::{FunnelRow, WatchedEvent};
 pub use notifications::{
     NOTIFICATION_ID_HEADER, NOTIFICATION_TOPIC, NotificationFilter, SIGNATURE_HEADER, WebhookSink,
-    signature,
+    signature, standard_signature,
 };
 pub use scores::{ScoreApplied, ScoreResult};
 pub use settings::StoredSettings;

@@ -30,6 +30,13 @@ use sea_orm::ActiveValue::Set;
 pub const NOTIFICATION_TOPIC: &str = "notifications";
 /// Header carrying `sha256=<hex HMAC of the body>` when the tenant set a secret.
 pub const SIGNATURE_HEADER: &str = "x-cascade-signature";
+/// Standard Webhooks (standardwebhooks.com) headers: the message id (the
+/// notification's, the same on every retry), the send time in Unix seconds,
+/// and `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`. The timestamp is
+/// signed, so a receiver that refuses old timestamps cannot be replayed to.
+pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
+pub const WEBHOOK_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
 /// Header carrying the notification id, so receivers can drop repeats.
 pub const NOTIFICATION_ID_HEADER: &str = "x-cascade-notification-id";
 
@@ -187,9 +194,24 @@ impl WebhookSink {
             .post(&url)
             .header("content-type", "application/json")
             .header(NOTIFICATION_ID_HEADER, &row.notification_id);
+        let sent_at = cascade_chassis::time::now().timestamp();
+        request = request
+            .header(WEBHOOK_ID_HEADER, &row.notification_id)
+            .header(WEBHOOK_TIMESTAMP_HEADER, sent_at.to_string());
         if let Some(secret) = &stored.settings.webhook_secret {
-            request = request.header(SIGNATURE_HEADER, signature(secret.expose(), &body));
+            request = request
+                .header(
+                    WEBHOOK_SIGNATURE_HEADER,
+                    standard_signature(secret.expose(), &row.notification_id, sent_at, &body),
+                )
+                // The body-only signature of earlier releases, for receivers
+                // that verify it; it carries no timestamp.
+                .header(SIGNATURE_HEADER, signature(secret.expose(), &body));
         }
+        // The attempt is on record before the call: if the process dies
+        // between the receiver's answer and the bookkeeping, the retry is
+        // known as one (and carries the same webhook-id).
+        self.record_attempt(&row.notification_id).await;
         // The URL can carry a token (Teams webhooks do): never log it.
         let failure = match request.body(body).send().await {
             Err(e) => Some(DeliveryError::caused_by(
@@ -221,6 +243,20 @@ impl WebhookSink {
         self.write(settled)
             .await
             .map_err(|e| DeliveryError(format!("recording delivery: {e}")))
+    }
+
+    /// Notes the time of an attempt about to be made.
+    async fn record_attempt(&self, id: &str) {
+        let attempt = notification::Entity::update_many()
+            .col_expr(
+                notification::Column::LastAttemptAtMs,
+                Expr::value(cascade_chassis::time::now().timestamp_millis()),
+            )
+            .filter(notification::Column::NotificationId.eq(id))
+            .filter(notification::Column::State.eq(Stored(DeliveryState::Pending)));
+        if let Err(e) = self.write(attempt).await {
+            tracing::warn!(notification = %id, error = %e, "could not record an attempt");
+        }
     }
 
     /// Keeps a failed webhook call on the notification, for
@@ -270,6 +306,22 @@ pub fn signature(secret: &str, body: &str) -> String {
         .expect("HMAC accepts keys of any length");
     mac.update(body.as_bytes());
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The Standard Webhooks signature: `v1,` and the base64 HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}`. A secret written as `whsec_<base64>` (the
+/// scheme's format) is used decoded; any other secret as its bytes.
+pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let key = secret
+        .strip_prefix("whsec_")
+        .and_then(|encoded| STANDARD.decode(encoded).ok())
+        .unwrap_or_else(|| secret.as_bytes().to_vec());
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
 /// A Microsoft Teams incoming-webhook message card, with Cascade's own
@@ -322,6 +374,20 @@ fn queued_notification(payload: &[u8]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standard_signature_matches_the_reference_vector() {
+        // The Standard Webhooks specification's example.
+        assert_eq!(
+            standard_signature(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                r#"{"test": 2432232314}"#,
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
 
     #[test]
     fn signature_is_hmac_sha256_hex() {
