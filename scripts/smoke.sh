@@ -12,11 +12,12 @@ export CASCADE_DATA_DIR="$data"
 export LIFECYCLE_PORT=${LIFECYCLE_PORT:-51051} SCORING_PORT=${SCORING_PORT:-51052} OPPORTUNITY_PORT=${OPPORTUNITY_PORT:-51053}
 
 # The binaries answer --version and --help instead of starting a server.
-bin=${CARGO_TARGET_DIR:-target}/release
+bin=${CASCADE_BIN_DIR:-target/release}
 for service in lifecycle scoring opportunity; do
   version=$("$bin/cascade-$service" --version) || { echo "SMOKE FAILED: cascade-$service --version" >&2; exit 1; }
   [[ "$version" == "cascade-$service "* ]] || { echo "SMOKE FAILED: cascade-$service --version said: $version" >&2; exit 1; }
-  "$bin/cascade-$service" --help | grep -q -- '--migrate' || { echo "SMOKE FAILED: cascade-$service --help" >&2; exit 1; }
+  help=$("$bin/cascade-$service" --help) || { echo "SMOKE FAILED: cascade-$service --help" >&2; exit 1; }
+  grep -q -- '--migrate' <<<"$help" || { echo "SMOKE FAILED: cascade-$service --help said: $help" >&2; exit 1; }
 done
 echo "ok   the binaries answer --version and --help"
 
