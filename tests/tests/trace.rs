@@ -147,21 +147,105 @@ impl Collector {
         })
         .await
     }
+
+    /// An OTLP collector on port 0; its endpoint URL.
+    async fn start() -> (Self, String) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .add_service(MetricsServiceServer::new(collector.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (collector, endpoint)
+    }
+}
+
+/// The standard OpenTelemetry variables configure export (a signal's own
+/// endpoint, the service name), and a JSON log line of a request carries that
+/// request's trace and span ids and its tenant, so logs and traces join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_otel_variables_and_json_logs_join_the_trace() {
+    let (collector, endpoint) = Collector::start().await;
+    let db = TestDatabase::sqlite();
+    let dir = cascade_testkit::TempDir::new("otel");
+    let mut lifecycle = common::Process::new("lifecycle", &db.settings.url, dir.path())
+        .with_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)
+        .with_env("OTEL_SERVICE_NAME", "crm-lifecycle")
+        .with_env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .with_env("CASCADE_LIFECYCLE__TELEMETRY__LOG_FORMAT", "json")
+        // The harness sets RUST_LOG (it wins over the log_level setting).
+        .with_env("RUST_LOG", "info,cascade_chassis::trace=debug");
+    lifecycle.start().await;
+
+    // The caller's own trace: the service joins it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = cascade_testkit::request_for(
+        T,
+        cascade_proto::lifecycle::v1::ListAccountsRequest::default(),
+    );
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("ascii"),
+    );
+    cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
+        lifecycle.channel(),
+    )
+    .list_accounts(request)
+    .await
+    .expect("ListAccounts");
+
+    let trace_bytes: Vec<u8> = (0..trace_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).expect("hex"))
+        .collect();
+    let span = collector
+        .wait_span(
+            "crm-lifecycle",
+            "cascade.lifecycle.v1.LifecycleService/ListAccounts",
+            Some(&trace_bytes),
+        )
+        .await;
+    assert_eq!(span.attribute("tenant").as_deref(), Some(T));
+
+    let line = eventually(
+        "a JSON log line of the request with its trace id",
+        async || {
+            let log = lifecycle.log_text();
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["trace_id"] == trace_id)
+                .ok_or_else(|| common::Verbatim(log.clone()))
+        },
+    )
+    .await;
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    assert_eq!(line["span"]["tenant"], T, "{line}");
+    // Health checks make no spans (the harness polled health to start it).
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .all(|s| !s.name.starts_with("grpc.health")),
+        "{:?}",
+        collector
+            .spans()
+            .iter()
+            .map(|s| &s.name)
+            .collect::<Vec<_>>()
+    );
+    lifecycle.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_activity_to_stage_change() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind collector");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .add_service(MetricsServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (collector, endpoint) = Collector::start().await;
     let db = TestDatabase::sqlite();
     let env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint),
@@ -291,8 +375,8 @@ async fn one_trace_from_activity_to_stage_change() {
         let metric_names = collector.metrics.lock().expect("lock").clone();
         let has =
             |service: &str, name: &str| metric_names.iter().any(|(s, n)| s == service && n == name);
-        if has("cascade-scoring", "rpc.server.duration")
-            && has("cascade-lifecycle", "rpc.server.requests")
+        if has("cascade-scoring", "rpc.server.call.duration")
+            && has("cascade-lifecycle", "rpc.server.call.duration")
         {
             Ok(metric_names)
         } else {
@@ -303,13 +387,13 @@ async fn one_trace_from_activity_to_stage_change() {
     assert!(
         metric_names
             .iter()
-            .any(|(s, n)| s == "cascade-scoring" && n == "rpc.server.duration"),
+            .any(|(s, n)| s == "cascade-scoring" && n == "rpc.server.call.duration"),
         "{metric_names:?}"
     );
     assert!(
         metric_names
             .iter()
-            .any(|(s, n)| s == "cascade-lifecycle" && n == "rpc.server.requests"),
+            .any(|(s, n)| s == "cascade-lifecycle" && n == "rpc.server.call.duration"),
         "{metric_names:?}"
     );
     println!(

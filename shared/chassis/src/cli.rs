@@ -84,7 +84,10 @@ mod tests {
             })
         );
         let cli = Cli::parse_from(ID, ["bin", "--config=y.toml"]);
-        assert_eq!(cli.ok().and_then(|c| c.config), Some(PathBuf::from("y.toml")));
+        assert_eq!(
+            cli.ok().and_then(|c| c.config),
+            Some(PathBuf::from("y.toml"))
+        );
     }
 
     #[test]

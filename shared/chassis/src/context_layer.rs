@@ -68,6 +68,9 @@ where
             .authenticate(request.uri().path(), request.headers())
         {
             Ok(context) => {
+                // The rpc span (entered by the trace layer) carries the tenant
+                // into traces and JSON logs.
+                tracing::Span::current().record("tenant", context.tenant.as_str());
                 request.extensions_mut().insert(context);
                 futures::future::Either::Left(self.inner.call(request))
             }

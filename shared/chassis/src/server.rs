@@ -154,7 +154,23 @@ where
             identity.name.to_ascii_uppercase()
         );
     }
-    tracing::info!(database = ?settings.database, "starting {}", identity.name);
+    // The settings that shape a run, as fields (the database URL without its
+    // password; secrets are files and never printed).
+    tracing::info!(
+        service = identity.name,
+        version = env!("CARGO_PKG_VERSION"),
+        host = %settings.server.host,
+        port = settings.server.port,
+        database = %crate::secret::redact_urls(&settings.database.url),
+        pool = settings.database.pool_size(),
+        run_migrations = settings.database.run_migrations,
+        auth = ?settings.auth.mode,
+        tls = !settings.tls.cert_file.is_empty(),
+        outbox.max_age_ms = settings.outbox.max_age_ms,
+        outbox.per_tenant_concurrency = settings.outbox.per_tenant_concurrency,
+        log_format = ?settings.telemetry.log_format,
+        "starting"
+    );
     build::<M, S, F, Fut, X>(&settings, identity.permissions, make_service)
         .await?
         .run_until_stopped()

@@ -252,7 +252,10 @@ pub fn load_from<X: OwnSections>(
     if let Some(path) = file {
         // Read here so that every failure names the file.
         let text = std::fs::read_to_string(path).map_err(|e| {
-            SettingsError::new(format!("cannot read the settings file {}: {e}", path.display()))
+            SettingsError::new(format!(
+                "cannot read the settings file {}: {e}",
+                path.display()
+            ))
         })?;
         let parsed = Config::builder()
             .add_source(File::from_str(&text, FileFormat::Toml))
@@ -540,7 +543,10 @@ mod tests {
     fn an_unreadable_settings_file_is_named() {
         let missing = Path::new("/nonexistent/cascade.toml");
         let error = load_from::<NoSections>(ID, Some(missing), env(&[])).expect_err("no file");
-        assert!(error.to_string().contains("/nonexistent/cascade.toml"), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/cascade.toml"),
+            "{error}"
+        );
         let dir = std::env::temp_dir().join(format!("cascade-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let broken = dir.join("broken.toml");

@@ -1,6 +1,11 @@
-//! Logs and traces. Logs go to stderr (text by default, JSON when asked);
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over
-//! OTLP/gRPC, and W3C trace context is read from and written to calls.
+//! Logs, traces and metrics. Logs go to stderr (text by default, JSON when
+//! asked; JSON lines carry the `trace_id` and `span_id` of the request they
+//! belong to). The standard OpenTelemetry variables configure export:
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+//! `..._METRICS_ENDPOINT` for one signal) turns OTLP/gRPC export on,
+//! `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the resource
+//! (default `cascade-<service>`), and W3C trace context is read from and
+//! written to calls.
 
 use std::io::IsTerminal;
 
@@ -71,12 +76,22 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(&settings.log_level)?,
     };
-    let (provider, meters) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => (
-            Some(tracer_provider(service_name)?),
-            Some(meter_provider(service_name)?),
-        ),
-        _ => (None, None),
+    let export_traces =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let export_metrics =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    let json = settings.log_format == LogFormat::Json;
+    // JSON logs carry trace ids, so spans get OpenTelemetry contexts even
+    // when nothing is exported (text logs, for a person, skip that cost).
+    let provider = if export_traces || json {
+        Some(tracer_provider(service_name, export_traces)?)
+    } else {
+        None
+    };
+    let meters = if export_metrics {
+        Some(meter_provider(service_name)?)
+    } else {
+        None
     };
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer().with_tracer(p.tracer(format!("cascade-{service_name}")))
@@ -97,7 +112,8 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .map_event_format(WithTraceIds),
             ),
         ),
     };
@@ -111,10 +127,60 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
     Ok(TelemetryGuard { provider, meters })
 }
 
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// The resource: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` when set
+/// (the builder's detectors read them), `cascade-<service>` otherwise.
 fn resource(service_name: &str) -> Resource {
-    Resource::builder()
-        .with_service_name(format!("cascade-{service_name}"))
-        .build()
+    let builder = Resource::builder();
+    if env_set("OTEL_SERVICE_NAME") {
+        builder.build()
+    } else {
+        builder
+            .with_service_name(format!("cascade-{service_name}"))
+            .build()
+    }
+}
+
+/// Wraps the JSON event format: `"trace_id"` and `"span_id"` of the
+/// current OpenTelemetry context lead each line that has one, so a log line
+/// and its trace join in the collector.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt as _;
+        let mut line = String::with_capacity(256);
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        let ids = span.span_context();
+        match line.strip_prefix('{') {
+            Some(rest) if ids.is_valid() => write!(
+                writer,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            _ => writer.write_str(&line),
+        }
+    }
 }
 
 fn meter_provider(service_name: &str) -> anyhow::Result<SdkMeterProvider> {
@@ -131,15 +197,16 @@ fn meter_provider(service_name: &str) -> anyhow::Result<SdkMeterProvider> {
     Ok(provider)
 }
 
-fn tracer_provider(service_name: &str) -> anyhow::Result<SdkTracerProvider> {
-    // Endpoint, headers and timeout come from the standard OTEL_* variables.
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource(service_name))
-        .build();
+fn tracer_provider(service_name: &str, export: bool) -> anyhow::Result<SdkTracerProvider> {
+    let mut builder = SdkTracerProvider::builder().with_resource(resource(service_name));
+    if export {
+        // Endpoint, headers and timeout come from the standard OTEL_* variables.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(provider)
 }

@@ -1,6 +1,9 @@
-//! One tracing span per RPC, named and attributed per the OpenTelemetry RPC
-//! semantic conventions, joined to the caller's trace through W3C trace
-//! context headers; and the RPC metrics (count and duration per method).
+//! One tracing span per RPC of Cascade's services, named and attributed per
+//! the OpenTelemetry RPC semantic conventions, joined to the caller's trace
+//! through W3C trace context headers; and the RPC duration metric
+//! (`rpc.server.call.duration`, seconds, per method and status). Health
+//! checks and reflection make no spans and no metrics: probes every few
+//! seconds would drown the traces.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +13,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, Request, Response};
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::Histogram;
 use opentelemetry::propagation::Extractor;
 use tower::Service;
 use tracing::Instrument;
@@ -44,6 +47,9 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !request.uri().path().starts_with("/cascade.") {
+            return Box::pin(self.inner.call(request));
+        }
         let path = request.uri().path();
         let (service, method) = path
             .trim_start_matches('/')
@@ -58,6 +64,8 @@ where
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
+            // Recorded by the request-context layer once the caller is known.
+            tenant = tracing::field::Empty,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
@@ -67,12 +75,14 @@ where
 
         let started = Instant::now();
         let (service, method) = (service.to_owned(), method.to_owned());
-        let future = self.inner.call(request);
+        // Inside the span, so the layers below can record on it (the tenant).
+        let future = span.in_scope(|| self.inner.call(request));
         let record_span = span.clone();
         Box::pin(
             async move {
                 let result = future.await;
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = started.elapsed().as_secs_f64();
+                let elapsed_ms = elapsed * 1000.0;
                 match &result {
                     Ok(response) => {
                         // Unary errors come back trailers-only, with grpc-status in
@@ -84,7 +94,7 @@ where
                             .and_then(|v| v.parse::<i32>().ok())
                             .unwrap_or(0);
                         record_span.record("rpc.grpc.status_code", code);
-                        record_metrics(&service, &method, code, elapsed_ms);
+                        record_metrics(&service, &method, code, elapsed);
                         if is_server_fault(code) {
                             record_span.record("otel.status_code", "ERROR");
                             tracing::warn!(code, elapsed_ms, "rpc failed");
@@ -104,42 +114,29 @@ where
     }
 }
 
-/// Request count and duration per RPC (`rpc.server.requests`,
-/// `rpc.server.duration` in milliseconds). Bound to the global meter provider
-/// on first use, which `telemetry::init` sets before any request arrives.
-struct RpcMetrics {
-    requests: Counter<u64>,
-    duration: Histogram<f64>,
-}
-
-fn rpc_metrics() -> &'static RpcMetrics {
-    static METRICS: OnceLock<RpcMetrics> = OnceLock::new();
-    METRICS.get_or_init(|| {
-        let meter = opentelemetry::global::meter("cascade");
-        RpcMetrics {
-            requests: meter
-                .u64_counter("rpc.server.requests")
-                .with_description("RPCs handled")
-                .build(),
-            duration: meter
-                .f64_histogram("rpc.server.duration")
-                .with_unit("ms")
-                .with_description("Duration of RPCs")
-                .build(),
-        }
+/// The duration of each RPC (`rpc.server.call.duration`, in seconds, as the
+/// current semantic conventions name it; its count is the number of calls).
+/// Bound to the global meter provider on first use, which `telemetry::init`
+/// sets before any request arrives.
+fn rpc_duration() -> &'static Histogram<f64> {
+    static DURATION: OnceLock<Histogram<f64>> = OnceLock::new();
+    DURATION.get_or_init(|| {
+        opentelemetry::global::meter("cascade")
+            .f64_histogram("rpc.server.call.duration")
+            .with_unit("s")
+            .with_description("Duration of RPCs handled")
+            .build()
     })
 }
 
-fn record_metrics(service: &str, method: &str, code: i32, elapsed_ms: f64) {
+fn record_metrics(service: &str, method: &str, code: i32, elapsed_seconds: f64) {
     let attributes = [
         KeyValue::new("rpc.system", "grpc"),
         KeyValue::new("rpc.service", service.to_owned()),
         KeyValue::new("rpc.method", method.to_owned()),
         KeyValue::new("rpc.grpc.status_code", i64::from(code)),
     ];
-    let metrics = rpc_metrics();
-    metrics.requests.add(1, &attributes);
-    metrics.duration.record(elapsed_ms, &attributes);
+    rpc_duration().record(elapsed_seconds, &attributes);
 }
 
 /// Codes that mean the server (not the caller) has a problem: UNKNOWN,
