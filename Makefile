@@ -20,7 +20,7 @@ NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## Build the three service binaries and the load/demo/token tools (release)
@@ -31,7 +31,8 @@ run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLi
 	scripts/run-suite.sh
 
 .PHONY: demo
-demo: ## Play the source documents' story against `make run` (in another terminal)
+demo: ## Play the source documents' story against `make run` (in another terminal); builds the release binaries first if needed
+	@echo "make demo: building the release binaries first (quick when make run already built them)"
 	$(RELEASE_BUILD) --quiet
 	$${CARGO_TARGET_DIR:-target}/release/cascade-demo
 

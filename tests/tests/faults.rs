@@ -33,8 +33,20 @@ async fn create_account(lifecycle: &Lifecycle, name: &str) -> String {
 /// Lifecycle is SIGKILLed while activities stream in, then started again:
 /// every account ends at the stage its score implies, with exactly the
 /// expected transitions and one notification per prioritized account.
+/// Scoring's outbox backlog for deliveries to lifecycle, as its Prometheus
+/// endpoint shows it.
+async fn scored_backlog(port: u16) -> Result<f64, String> {
+    let text = common::http_get(port, "/metrics").await?;
+    text.lines()
+        .find(|l| l.starts_with("cascade_outbox_pending{") && l.contains("topic=\"engagement_scores\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .ok_or(text)
+}
+
 async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
-    let mut system = System::start(&db, 1).await;
+    let env = vec![("CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(), "0".to_owned())];
+    let mut system = System::start_with(&db, 1, env).await;
+    let metrics = system.scoring[0].metrics_port().await;
     let receiver = WebhookReceiver::start().await;
     // Lifecycle comes back on the port it had: this client keeps working.
     let lifecycle = system.lifecycle_as(0, T);
@@ -68,6 +80,14 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
             system.lifecycle[0].kill().await;
         }
         if round == 20 {
+            // Scoring's /metrics shows the deliveries piling up meanwhile.
+            eventually("the outbox backlog to show on /metrics", async || {
+                match scored_backlog(metrics).await {
+                    Ok(pending) if pending > 0.0 => Ok(pending),
+                    other => Err(other),
+                }
+            })
+            .await;
             system.lifecycle[0].start().await;
         }
         sent += batch.len();
@@ -102,6 +122,13 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
     receiver.wait_for(prioritized).await;
     // Every outbox drained: a duplicate would have arrived by now.
     system.settled().await;
+    eventually("the backlog on /metrics to fall to zero", async || {
+        match scored_backlog(metrics).await {
+            Ok(pending) if pending == 0.0 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
     let received = receiver.accepted();
     let distinct: HashSet<_> = received.iter().map(|r| r.notification_id()).collect();
     assert_eq!(received.len(), prioritized, "no duplicate notification");

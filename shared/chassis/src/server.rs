@@ -140,7 +140,8 @@ where
 {
     let cli = crate::cli::Cli::parse(identity);
     let settings = ServiceSettings::<X>::load(identity, cli.config.as_deref())?;
-    let _telemetry = crate::telemetry::init(identity.name, &settings.telemetry)?;
+    let _telemetry =
+        crate::telemetry::init(identity.name, &settings.telemetry, &settings.server.host).await?;
     if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
         crate::db::connect_and_migrate::<M>(&settings.database).await?;
@@ -549,6 +550,7 @@ async fn probe_database(
     loop {
         tokio::time::sleep(interval).await;
         let status = database_status(&database, schema.as_ref()).await;
+        crate::metrics::sample_pool(&database);
         if stopping.load(Ordering::SeqCst) {
             return;
         }

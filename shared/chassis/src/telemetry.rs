@@ -37,6 +37,9 @@ pub struct TelemetrySettings {
     /// A tracing filter such as `info` or `info,cascade_lifecycle=debug`;
     /// `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Port of a Prometheus `/metrics` endpoint on `server.host`; 0 (the
+    /// default) serves none.
+    pub metrics_port: u16,
 }
 
 impl Default for TelemetrySettings {
@@ -44,6 +47,7 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            metrics_port: 0,
         }
     }
 }
@@ -53,10 +57,14 @@ impl Default for TelemetrySettings {
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
     meters: Option<SdkMeterProvider>,
+    prometheus: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        if let Some(endpoint) = self.prometheus.take() {
+            endpoint.abort();
+        }
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown()
         {
@@ -70,8 +78,13 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global log subscriber and, if configured, the OTLP exporter.
-pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+/// Installs the global log subscriber and, if configured, the OTLP exporters
+/// and the Prometheus endpoint (on `host`, the server's listen address).
+pub async fn init(
+    service_name: &str,
+    settings: &TelemetrySettings,
+    host: &str,
+) -> anyhow::Result<TelemetryGuard> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(&settings.log_level)?,
@@ -88,8 +101,9 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
     } else {
         None
     };
-    let meters = if export_metrics {
-        Some(meter_provider(service_name)?)
+    let registry = (settings.metrics_port != 0).then(prometheus::Registry::new);
+    let meters = if export_metrics || registry.is_some() {
+        Some(meter_provider(service_name, export_metrics, registry.as_ref())?)
     } else {
         None
     };
@@ -124,7 +138,20 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         .with(otel_layer)
         .try_init()?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    Ok(TelemetryGuard { provider, meters })
+    let prometheus = match registry {
+        Some(registry) => {
+            let address: std::net::SocketAddr = format!("{host}:{}", settings.metrics_port)
+                .parse()
+                .map_err(|e| anyhow::anyhow!("server.host/telemetry.metrics_port: {e}"))?;
+            Some(crate::metrics::serve_prometheus(address, registry).await?)
+        }
+        None => None,
+    };
+    Ok(TelemetryGuard {
+        provider,
+        meters,
+        prometheus,
+    })
 }
 
 fn env_set(name: &str) -> bool {
@@ -183,16 +210,26 @@ where
     }
 }
 
-fn meter_provider(service_name: &str) -> anyhow::Result<SdkMeterProvider> {
-    // Interval and endpoint come from OTEL_METRIC_EXPORT_INTERVAL and OTEL_EXPORTER_OTLP_*.
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .build()?;
-    let reader = PeriodicReader::builder(exporter).build();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(reader)
-        .with_resource(resource(service_name))
-        .build();
+fn meter_provider(
+    service_name: &str,
+    export: bool,
+    registry: Option<&prometheus::Registry>,
+) -> anyhow::Result<SdkMeterProvider> {
+    let mut builder = SdkMeterProvider::builder().with_resource(resource(service_name));
+    if export {
+        // Interval and endpoint come from OTEL_METRIC_EXPORT_INTERVAL and OTEL_EXPORTER_OTLP_*.
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()?;
+        builder = builder.with_reader(PeriodicReader::builder(exporter).build());
+    }
+    if let Some(registry) = registry {
+        let reader = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()?;
+        builder = builder.with_reader(reader);
+    }
+    let provider = builder.build();
     opentelemetry::global::set_meter_provider(provider.clone());
     Ok(provider)
 }

@@ -257,6 +257,16 @@ impl Process {
         }
     }
 
+    /// The port of the Prometheus endpoint it announced (started with
+    /// `..._TELEMETRY__METRICS_PORT=0`).
+    pub async fn metrics_port(&self) -> u16 {
+        eventually(&format!("{} to announce its metrics port", self.name), async || {
+            let log = self.log_text();
+            announced_in(&log, "serving metrics").ok_or(Verbatim(log))
+        })
+        .await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -273,8 +283,13 @@ impl Process {
 /// it (`server.rs`: `serving gRPC` with `address=127.0.0.1:PORT` in text
 /// logs, `"address":"127.0.0.1:PORT"` in JSON ones).
 fn announced_port(log: &str) -> Option<u16> {
+    announced_in(log, "serving gRPC")
+}
+
+/// The port a log line containing `what` announces (`address=...`).
+fn announced_in(log: &str, what: &str) -> Option<u16> {
     log.lines()
-        .filter(|line| line.contains("serving gRPC"))
+        .filter(|line| line.contains(what))
         .find_map(|line| {
             let (_, rest) = line
                 .split_once("address=")
@@ -285,6 +300,29 @@ fn announced_port(log: &str) -> Option<u16> {
                 .ok()
                 .map(|a| a.port())
         })
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1 (the metrics endpoint); the body, or
+/// why there is none.
+pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(response),
+    }
 }
 
 /// The three services, each with its own database on one backend.

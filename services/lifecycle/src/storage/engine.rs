@@ -87,6 +87,7 @@ impl Repository {
         let written = persist(&txn, t, model, &mutation, &changes, cx.now).await?;
         let account = hydrate_account(&txn, written.account).await?;
         txn.commit().await?;
+        super::count_transitions(&changes.transitions);
         if written.notified {
             self.notifications_written.notify_one();
         }

@@ -98,6 +98,14 @@ pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// Counts committed stage moves for the metrics (stage entered, cause).
+pub(crate) fn count_transitions(transitions: &[crate::domain::Transition]) {
+    let metrics = cascade_chassis::metrics::instruments();
+    for t in transitions {
+        metrics.transition(t.to_stage.as_str(), t.cause.as_str());
+    }
+}
+
 pub(crate) fn corrupt(column: &str, error: impl std::fmt::Display) -> ServiceError {
     ServiceError::internal(anyhow::anyhow!("stored {column} is unreadable: {error}"))
 }

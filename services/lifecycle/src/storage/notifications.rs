@@ -213,7 +213,13 @@ impl WebhookSink {
         // known as one (and carries the same webhook-id).
         self.record_attempt(&row.notification_id).await;
         // The URL can carry a token (Teams webhooks do): never log it.
-        let failure = match request.body(body).send().await {
+        let started = std::time::Instant::now();
+        let answer = request.body(body).send().await;
+        cascade_chassis::metrics::instruments().webhook_call(
+            started.elapsed().as_secs_f64(),
+            answer.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        let failure = match answer {
             Err(e) => Some(DeliveryError::caused_by(
                 "webhook unreachable",
                 &e.without_url(),

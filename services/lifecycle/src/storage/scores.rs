@@ -230,6 +230,11 @@ impl Repository {
             vec![None; deliveries.len()]
         };
         txn.commit().await?;
+        for result in &results {
+            if let ScoreApplied::Applied { transitions } = result {
+                super::count_transitions(transitions);
+            }
+        }
         if writes.notified {
             self.notifications_written.notify_one();
         }

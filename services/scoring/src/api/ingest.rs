@@ -190,6 +190,20 @@ impl ScoringApi {
 }
 
 pub(super) fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
+    let result = answer_of(activity, outcome);
+    let outcome = pb::ActivityStatus::try_from(result.status)
+        .map_or("unknown", |status| match status {
+            pb::ActivityStatus::Recorded => "recorded",
+            pb::ActivityStatus::Duplicate => "duplicate",
+            pb::ActivityStatus::Rejected => "rejected",
+            pb::ActivityStatus::NotFound => "not_found",
+            _ => "unknown",
+        });
+    cascade_chassis::metrics::instruments().activities(outcome, 1);
+    result
+}
+
+fn answer_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
     match outcome {
         ItemOutcome::Rejected(violations) => {
             refused(activity, pb::ActivityStatus::Rejected, violations)

@@ -66,6 +66,9 @@ impl Default for DelivererConfig {
     }
 }
 
+/// How often the running deliverer samples its topic's backlog for metrics.
+const BACKLOG_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What one call to the sink did.
 #[derive(Debug, Clone, Copy)]
 struct CallOutcome {
@@ -131,7 +134,14 @@ impl Deliverer {
         let mut calls: JoinSet<(String, Result<CallOutcome, DbErr>)> = JoinSet::new();
         let mut destinations: HashMap<String, Destination> = HashMap::new();
         let mut rounds: u64 = 0;
+        let mut sampled = std::time::Instant::now() - BACKLOG_SAMPLE;
         loop {
+            if sampled.elapsed() >= BACKLOG_SAMPLE {
+                sampled = std::time::Instant::now();
+                if let Err(error) = self.sample_backlog().await {
+                    tracing::debug!(topic = self.topic, %error, "outbox backlog not sampled");
+                }
+            }
             let free = self.config.concurrency.max(1).saturating_sub(calls.len());
             if free > 0 {
                 match self.next_calls(free, &destinations).await {
@@ -164,6 +174,34 @@ impl Deliverer {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }
+    }
+
+    /// Records the topic's backlog for the metrics: pending messages, the
+    /// oldest one's age, dead letters (one grouped read of the partial index).
+    async fn sample_backlog(&self) -> Result<(), DbErr> {
+        let rows = self
+            .db
+            .query_all_raw(crate::db::statement(
+                self.db.get_database_backend(),
+                "SELECT state, COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox \
+                 WHERE topic = $1 AND state IN ('PENDING', 'DEAD') GROUP BY state",
+                [self.topic.into()],
+            ))
+            .await?;
+        let (mut pending, mut dead, mut oldest_age) = (0_u64, 0_u64, 0.0_f64);
+        for row in &rows {
+            let state: String = row.try_get("", "state")?;
+            let n = u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0);
+            if state == PENDING {
+                pending = n;
+                let oldest: Option<i64> = row.try_get("", "oldest")?;
+                oldest_age = oldest.map_or(0.0, |ms| (now_ms() - ms).max(0) as f64 / 1000.0);
+            } else {
+                dead = n;
+            }
+        }
+        crate::metrics::instruments().outbox_backlog(self.topic, pending, oldest_age, dead);
+        Ok(())
     }
 
     /// Records how a call to `tenant` went: a failure counts toward opening
@@ -465,7 +503,8 @@ impl Deliverer {
                 && let Some(message) = run.get(delivered)
             {
                 failed = true;
-                self.retry_later(message, &error, now).await?;
+                let outcome = self.retry_later(message, &error, now).await?;
+                crate::metrics::instruments().outbox_delivered(self.topic, outcome, 1);
             } else if delivered < run.len() {
                 // The sink took fewer than offered without an error: release the rest.
                 self.release(&run[delivered]).await?;
@@ -488,6 +527,11 @@ impl Deliverer {
                 .exec(&self.db)
                 .await?;
         }
+        crate::metrics::instruments().outbox_delivered(
+            self.topic,
+            "delivered",
+            u64::try_from(total).unwrap_or(u64::MAX),
+        );
         Ok(CallOutcome {
             delivered: total,
             failed,
@@ -501,7 +545,7 @@ impl Deliverer {
         failed: &Entry,
         error: &DeliveryError,
         now: i64,
-    ) -> Result<(), DbErr> {
+    ) -> Result<&'static str, DbErr> {
         let attempts = failed.attempts + 1;
         let age_ms = now.saturating_sub(failed.created_at_ms);
         let too_many = self.config.max_attempts > 0
@@ -540,7 +584,7 @@ impl Deliverer {
                 .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now))
                 .exec(&self.db)
                 .await
-                .map(|_| ());
+                .map(|_| "dead");
         }
         let delay = self.backoff(attempts);
         tracing::warn!(
@@ -558,7 +602,7 @@ impl Deliverer {
             )
             .exec(&self.db)
             .await
-            .map(|_| ())
+            .map(|_| "failed")
     }
 
     async fn release(&self, entry: &Entry) -> Result<(), DbErr> {
