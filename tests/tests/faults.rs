@@ -38,13 +38,18 @@ async fn create_account(lifecycle: &Lifecycle, name: &str) -> String {
 async fn scored_backlog(port: u16) -> Result<f64, String> {
     let text = common::http_get(port, "/metrics").await?;
     text.lines()
-        .find(|l| l.starts_with("cascade_outbox_pending{") && l.contains("topic=\"engagement_scores\""))
+        .find(|l| {
+            l.starts_with("cascade_outbox_pending{") && l.contains("topic=\"engagement_scores\"")
+        })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .ok_or(text)
 }
 
 async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
-    let env = vec![("CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(), "0".to_owned())];
+    let env = vec![(
+        "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
+        "0".to_owned(),
+    )];
     let mut system = System::start_with(&db, 1, env).await;
     let metrics = system.scoring[0].metrics_port().await;
     let receiver = WebhookReceiver::start().await;
@@ -81,12 +86,13 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
         }
         if round == 20 {
             // Scoring's /metrics shows the deliveries piling up meanwhile.
-            eventually("the outbox backlog to show on /metrics", async || {
-                match scored_backlog(metrics).await {
+            eventually(
+                "the outbox backlog to show on /metrics",
+                async || match scored_backlog(metrics).await {
                     Ok(pending) if pending > 0.0 => Ok(pending),
                     other => Err(other),
-                }
-            })
+                },
+            )
             .await;
             system.lifecycle[0].start().await;
         }
@@ -122,12 +128,13 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
     receiver.wait_for(prioritized).await;
     // Every outbox drained: a duplicate would have arrived by now.
     system.settled().await;
-    eventually("the backlog on /metrics to fall to zero", async || {
-        match scored_backlog(metrics).await {
-            Ok(pending) if pending == 0.0 => Ok(()),
+    eventually(
+        "the backlog on /metrics to fall to zero",
+        async || match scored_backlog(metrics).await {
+            Ok(0.0) => Ok(()),
             other => Err(other),
-        }
-    })
+        },
+    )
     .await;
     let received = receiver.accepted();
     let distinct: HashSet<_> = received.iter().map(|r| r.notification_id()).collect();

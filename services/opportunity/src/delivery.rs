@@ -54,6 +54,11 @@ impl LifecycleEventSink {
 
 #[tonic::async_trait]
 impl Sink for LifecycleEventSink {
+    /// Every tenant's messages go to lifecycle: one destination.
+    fn shared_destination(&self) -> bool {
+        true
+    }
+
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
         for (i, entry) in run.iter().enumerate() {
             self.deliver_one(entry).await.map_err(|e| (i, e))?;

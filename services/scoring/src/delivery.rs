@@ -213,6 +213,11 @@ impl LifecycleScoreSink {
 
 #[tonic::async_trait]
 impl Sink for LifecycleScoreSink {
+    /// Every tenant's messages go to lifecycle: one destination.
+    fn shared_destination(&self) -> bool {
+        true
+    }
+
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
         let runs = [run.to_vec()];
         let request = match self.requests(&runs).await {

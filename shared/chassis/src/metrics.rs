@@ -107,8 +107,10 @@ impl Instruments {
     /// A webhook call took `seconds` and answered `status` (`None`: no answer).
     pub fn webhook_call(&self, seconds: f64, status: Option<u16>) {
         let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
-        self.webhook_duration
-            .record(seconds, &[KeyValue::new("http.response.status_code", status)]);
+        self.webhook_duration.record(
+            seconds,
+            &[KeyValue::new("http.response.status_code", status)],
+        );
     }
 
     /// The database pool's connections.
@@ -139,7 +141,7 @@ impl Instruments {
 /// The pool's used and idle connections, recorded (called with the health
 /// probe, so every few seconds).
 pub fn sample_pool(database: &sea_orm::DatabaseConnection) {
-    use sea_orm::{ConnectionTrait, DbBackend};
+    use sea_orm::DbBackend;
     let (size, idle) = match database.get_database_backend() {
         DbBackend::Postgres => {
             let pool = database.get_postgres_connection_pool();

@@ -37,9 +37,9 @@ pub struct TelemetrySettings {
     /// A tracing filter such as `info` or `info,cascade_lifecycle=debug`;
     /// `RUST_LOG` overrides it.
     pub log_level: String,
-    /// Port of a Prometheus `/metrics` endpoint on `server.host`; 0 (the
-    /// default) serves none.
-    pub metrics_port: u16,
+    /// Port of a Prometheus `/metrics` endpoint on `server.host`; unset (the
+    /// default) serves none, 0 picks a free port (announced in the log).
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for TelemetrySettings {
@@ -47,7 +47,7 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::Text,
             log_level: "info".into(),
-            metrics_port: 0,
+            metrics_port: None,
         }
     }
 }
@@ -101,9 +101,13 @@ pub async fn init(
     } else {
         None
     };
-    let registry = (settings.metrics_port != 0).then(prometheus::Registry::new);
+    let registry = settings.metrics_port.map(|_| prometheus::Registry::new());
     let meters = if export_metrics || registry.is_some() {
-        Some(meter_provider(service_name, export_metrics, registry.as_ref())?)
+        Some(meter_provider(
+            service_name,
+            export_metrics,
+            registry.as_ref(),
+        )?)
     } else {
         None
     };
@@ -140,7 +144,8 @@ pub async fn init(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let prometheus = match registry {
         Some(registry) => {
-            let address: std::net::SocketAddr = format!("{host}:{}", settings.metrics_port)
+            let port = settings.metrics_port.unwrap_or_default();
+            let address: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .map_err(|e| anyhow::anyhow!("server.host/telemetry.metrics_port: {e}"))?;
             Some(crate::metrics::serve_prometheus(address, registry).await?)

@@ -260,10 +260,13 @@ impl Process {
     /// The port of the Prometheus endpoint it announced (started with
     /// `..._TELEMETRY__METRICS_PORT=0`).
     pub async fn metrics_port(&self) -> u16 {
-        eventually(&format!("{} to announce its metrics port", self.name), async || {
-            let log = self.log_text();
-            announced_in(&log, "serving metrics").ok_or(Verbatim(log))
-        })
+        eventually(
+            &format!("{} to announce its metrics port", self.name),
+            async || {
+                let log = self.log_text();
+                announced_in(&log, "serving metrics").ok_or(Verbatim(log))
+            },
+        )
         .await
     }
 
@@ -310,7 +313,10 @@ pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let mut response = Vec::new();

@@ -191,8 +191,8 @@ impl ScoringApi {
 
 pub(super) fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
     let result = answer_of(activity, outcome);
-    let outcome = pb::ActivityStatus::try_from(result.status)
-        .map_or("unknown", |status| match status {
+    let outcome =
+        pb::ActivityStatus::try_from(result.status).map_or("unknown", |status| match status {
             pb::ActivityStatus::Recorded => "recorded",
             pb::ActivityStatus::Duplicate => "duplicate",
             pb::ActivityStatus::Rejected => "rejected",

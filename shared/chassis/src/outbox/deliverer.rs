@@ -147,10 +147,14 @@ impl Deliverer {
                 match self.next_calls(free, &destinations).await {
                     Ok(next) => {
                         for call in next {
-                            let tenant = call[0][0].tenant_id.clone();
-                            destinations.entry(tenant.clone()).or_default().in_flight += 1;
+                            let destination = self.destination_of(&call[0][0].tenant_id);
+                            destinations
+                                .entry(destination.clone())
+                                .or_default()
+                                .in_flight += 1;
                             let this = self.clone();
-                            calls.spawn(async move { (tenant, this.deliver_call(call).await) });
+                            calls
+                                .spawn(async move { (destination, this.deliver_call(call).await) });
                         }
                     }
                     Err(error) => {
@@ -249,6 +253,25 @@ impl Deliverer {
         }
     }
 
+    /// Whose receiver a tenant's messages go to: the tenant's own, or, for
+    /// a sink with a shared destination, the one ("").
+    fn destination_of(&self, tenant: &str) -> String {
+        if self.sink.shared_destination() {
+            String::new()
+        } else {
+            tenant.to_owned()
+        }
+    }
+
+    /// Calls one destination may have in flight.
+    fn destination_limit(&self) -> usize {
+        if self.sink.shared_destination() {
+            self.config.concurrency.max(1)
+        } else {
+            self.config.per_tenant_concurrency.max(1)
+        }
+    }
+
     /// Claims due partition heads for up to `free` calls, skipping tenants
     /// at their limit or with an open circuit, and reads their runs.
     async fn next_calls(
@@ -264,7 +287,7 @@ impl Deliverer {
                 if self.config.breaker_failures > 0 && d.failures >= self.config.breaker_failures {
                     1
                 } else {
-                    self.config.per_tenant_concurrency.max(1)
+                    self.destination_limit()
                 };
             if d.open_until.is_some_and(|until| until > now) {
                 0
@@ -272,11 +295,19 @@ impl Deliverer {
                 limit.saturating_sub(d.in_flight)
             }
         };
-        let excluded: Vec<String> = destinations
-            .iter()
-            .filter(|(_, d)| allowed(d) == 0)
-            .map(|(tenant, _)| tenant.clone())
-            .collect();
+        if self.sink.shared_destination() && destinations.get("").is_some_and(|d| allowed(d) == 0) {
+            // One destination: its circuit and limit hold for every tenant.
+            return Ok(Vec::new());
+        }
+        let excluded: Vec<String> = if self.sink.shared_destination() {
+            Vec::new()
+        } else {
+            destinations
+                .iter()
+                .filter(|(_, d)| allowed(d) == 0)
+                .map(|(tenant, _)| tenant.clone())
+                .collect()
+        };
         let limit = u32::try_from(free.saturating_mul(per_call))
             .unwrap_or(u32::MAX)
             .min(self.config.batch_size);
@@ -285,10 +316,11 @@ impl Deliverer {
         let mut kept = Vec::with_capacity(heads.len());
         let mut taken: HashMap<String, usize> = HashMap::new();
         for head in heads {
+            let destination = self.destination_of(&head.tenant_id);
             let calls_left = destinations
-                .get(&head.tenant_id)
-                .map_or(self.config.per_tenant_concurrency.max(1), allowed);
-            let count = taken.entry(head.tenant_id.clone()).or_default();
+                .get(&destination)
+                .map_or(self.destination_limit(), allowed);
+            let count = taken.entry(destination).or_default();
             if *count < calls_left * per_call && kept.len() < free * per_call {
                 *count += 1;
                 kept.push(head);

@@ -188,6 +188,15 @@ pub trait Sink: Send + Sync + 'static {
     /// first `n` delivered and retries the rest.
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)>;
 
+    /// Whether every tenant's messages go to one destination (a peer
+    /// service) rather than one per tenant (a tenant's webhook). One tenant's
+    /// slow receiver should not hold up another's, so per-tenant receivers
+    /// get `outbox.per_tenant_concurrency` calls each and a circuit each; a
+    /// shared one gets all the calls and one circuit.
+    fn shared_destination(&self) -> bool {
+        false
+    }
+
     /// How many partitions' runs one `deliver_many` call may carry. A sink
     /// whose receiver takes many partitions in one request (lifecycle's
     /// ApplyEngagementScores) says so; the default is one at a time.
