@@ -544,17 +544,9 @@ impl Deliverer {
         }
         followers.append(&mut heads);
         for chunk in crate::db::statement_chunks(&followers, 1) {
-            outbox::Entity::update_many()
+            without_lease(outbox::Entity::update_many())
                 .col_expr(outbox::Column::State, Expr::value(DELIVERED))
                 .col_expr(outbox::Column::DeliveredAtMs, Expr::value(now))
-                .col_expr(
-                    outbox::Column::LeaseOwner,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(
-                    outbox::Column::LeaseUntilMs,
-                    Expr::value(Option::<i64>::None),
-                )
                 .filter(outbox::Column::Id.is_in(chunk.iter().cloned()))
                 .exec(&self.db)
                 .await?;
@@ -584,19 +576,11 @@ impl Deliverer {
             && u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts;
         let too_old = !self.config.max_age.is_zero()
             && age_ms >= i64::try_from(self.config.max_age.as_millis()).unwrap_or(i64::MAX);
-        let update = outbox::Entity::update_many()
+        let update = without_lease(outbox::Entity::update_many())
             .col_expr(outbox::Column::Attempts, Expr::value(attempts))
             .col_expr(
                 outbox::Column::LastError,
                 Expr::value(truncate(&error.0, 1000)),
-            )
-            .col_expr(
-                outbox::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                outbox::Column::LeaseUntilMs,
-                Expr::value(Option::<i64>::None),
             )
             .filter(outbox::Column::Id.eq(failed.id.as_str()));
         if too_many || too_old {
@@ -638,15 +622,7 @@ impl Deliverer {
     }
 
     async fn release(&self, entry: &Entry) -> Result<(), DbErr> {
-        outbox::Entity::update_many()
-            .col_expr(
-                outbox::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                outbox::Column::LeaseUntilMs,
-                Expr::value(Option::<i64>::None),
-            )
+        without_lease(outbox::Entity::update_many())
             .filter(outbox::Column::Id.eq(entry.id.as_str()))
             .filter(outbox::Column::LeaseOwner.eq(self.owner.as_str()))
             .exec(&self.db)
@@ -668,6 +644,21 @@ impl Deliverer {
             .await
             .map(|_| ())
     }
+}
+
+/// An update that also gives the message's lease up.
+fn without_lease(
+    update: sea_orm::UpdateMany<outbox::Entity>,
+) -> sea_orm::UpdateMany<outbox::Entity> {
+    update
+        .col_expr(
+            outbox::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            outbox::Column::LeaseUntilMs,
+            Expr::value(Option::<i64>::None),
+        )
 }
 
 /// The delay before attempt `attempts + 1`: exponential from `min_backoff`,
