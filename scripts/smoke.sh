@@ -98,10 +98,15 @@ while IFS= read -r line; do
   if [[ "$line" == *"  # fails: "* ]]; then
     expected=${line##*  # fails: }
     command=${line%%  # fails: *}
-    if output=$(eval "$command" 2>&1); then
-      fail "README example should fail with $expected but succeeded: $command"
-    fi
+    status=0
+    output=$(eval "$command" 2>&1) || status=$?
+    [ "$status" -ne 0 ] || fail "README example should fail with $expected but succeeded: $command"
     grep -q "$expected" <<<"$output" || fail "README example did not fail with $expected: $output"
+    # grpcurl exits with 64 + the gRPC code, as the README says.
+    case "$expected" in
+      InvalidArgument) code=3 ;; NotFound) code=5 ;; FailedPrecondition) code=9 ;; *) code= ;;
+    esac
+    [ -z "$code" ] || [ "$status" -eq $((64 + code)) ] || fail "README example exited $status, not $((64 + code)): $command"
   else
     eval "$line" >"$data/example.out" 2>&1 || fail "README example failed: $line
 $(cat "$data/example.out")"
