@@ -36,6 +36,8 @@ struct Span {
     name: String,
     trace_id: Vec<u8>,
     attributes: Vec<KeyValue>,
+    /// How long it lasted.
+    duration_ms: u64,
 }
 
 impl Span {
@@ -87,6 +89,10 @@ impl TraceService for Collector {
                         name: span.name,
                         trace_id: span.trace_id,
                         attributes: span.attributes,
+                        duration_ms: span
+                            .end_time_unix_nano
+                            .saturating_sub(span.start_time_unix_nano)
+                            / 1_000_000,
                     });
                 }
             }
@@ -227,6 +233,36 @@ async fn standard_otel_variables_and_json_logs_join_the_trace() {
     .await;
     assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
     assert_eq!(line["span"]["tenant"], T, "{line}");
+    // A streamed call is recorded when it ends, with its real status: a
+    // watch the client leaves after 300 ms is CANCELLED and lasted that long.
+    let watch =
+        cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
+            lifecycle.channel(),
+        )
+        .watch_account_events(cascade_testkit::request_for(
+            T,
+            cascade_proto::lifecycle::v1::WatchAccountEventsRequest::default(),
+        ))
+        .await
+        .expect("watch opened");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // the call's length
+    drop(watch);
+    let watched = collector
+        .wait_span(
+            "crm-lifecycle",
+            "cascade.lifecycle.v1.LifecycleService/WatchAccountEvents",
+            None,
+        )
+        .await;
+    assert_eq!(
+        watched.attribute("rpc.grpc.status_code").as_deref(),
+        Some("1")
+    );
+    assert!(
+        watched.duration_ms >= 300,
+        "lasted {} ms",
+        watched.duration_ms
+    );
     // Health checks make no spans (the harness polled health to start it).
     assert!(
         collector

@@ -37,8 +37,9 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
+    ResBody: http_body::Body + Unpin + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<TracedBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -48,7 +49,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if !request.uri().path().starts_with("/cascade.") {
-            return Box::pin(self.inner.call(request));
+            let future = self.inner.call(request);
+            return Box::pin(async move {
+                Ok(future.await?.map(|inner| TracedBody { inner, end: None }))
+            });
         }
         let path = request.uri().path();
         let (service, method) = path
@@ -80,37 +84,130 @@ where
         let record_span = span.clone();
         Box::pin(
             async move {
-                let result = future.await;
-                let elapsed = started.elapsed().as_secs_f64();
-                let elapsed_ms = elapsed * 1000.0;
-                match &result {
+                match future.await {
                     Ok(response) => {
-                        // Unary errors come back trailers-only, with grpc-status in
-                        // the headers; a success carries it in the trailers (0).
-                        let code = response
-                            .headers()
-                            .get("grpc-status")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<i32>().ok())
-                            .unwrap_or(0);
-                        record_span.record("rpc.grpc.status_code", code);
-                        record_metrics(&service, &method, code, elapsed);
-                        if is_server_fault(code) {
-                            record_span.record("otel.status_code", "ERROR");
-                            tracing::warn!(code, elapsed_ms, "rpc failed");
-                        } else {
-                            tracing::debug!(code, elapsed_ms, "rpc finished");
-                        }
+                        // An error is answered trailers-only, with grpc-status in
+                        // the headers; otherwise the status comes in the trailers
+                        // at the end of the body, after every streamed message:
+                        // the call ends there, and is recorded there.
+                        let in_headers = grpc_status(response.headers());
+                        let end = CallEnd {
+                            span: record_span,
+                            service,
+                            method,
+                            started,
+                            code: in_headers,
+                        };
+                        Ok(response.map(|inner| TracedBody {
+                            inner,
+                            end: Some(end),
+                        }))
                     }
                     Err(error) => {
                         record_span.record("otel.status_code", "ERROR");
+                        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                         tracing::warn!(%error, elapsed_ms, "rpc transport error");
+                        Err(error)
                     }
                 }
-                result
             }
             .instrument(span),
         )
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+}
+
+/// What is known of a call until its body ends.
+struct CallEnd {
+    span: tracing::Span,
+    service: String,
+    method: String,
+    started: Instant,
+    /// The status, once seen (headers of a trailers-only answer, or trailers).
+    code: Option<i32>,
+}
+
+impl CallEnd {
+    /// Records the call's status and duration on its span and metric.
+    fn finish(self, code: i32) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed_ms = elapsed * 1000.0;
+        self.span.record("rpc.grpc.status_code", code);
+        record_metrics(&self.service, &self.method, code, elapsed);
+        let _entered = self.span.enter();
+        if is_server_fault(code) {
+            self.span.record("otel.status_code", "ERROR");
+            tracing::warn!(code, elapsed_ms, "rpc failed");
+        } else {
+            tracing::debug!(code, elapsed_ms, "rpc finished");
+        }
+    }
+}
+
+/// A response body that records its call when it ends: the status in its
+/// trailers, and the duration to the last streamed message. A body dropped
+/// before its end is a call the client gave up on (CANCELLED).
+pub struct TracedBody<B> {
+    inner: B,
+    end: Option<CallEnd>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for TracedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status)
+                    && let Some(end) = this.end.as_mut()
+                {
+                    end.code = Some(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(end) = this.end.take() {
+                    end.finish(2);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(end) = this.end.take() {
+                    let code = end.code.unwrap_or(0);
+                    end.finish(code);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for TracedBody<B> {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            // Trailers already read count as the end; otherwise the client left.
+            let code = end.code.unwrap_or(1);
+            end.finish(code);
+        }
     }
 }
 
