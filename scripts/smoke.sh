@@ -60,7 +60,8 @@ check_service() {
   [[ "$health" == *'"SERVING"'* ]] || fail "$port liveness not SERVING: $health"
   dead=$("$grpcurl" -plaintext -H 'x-tenant-id: smoke' -d '{}' "localhost:$port" \
     cascade.admin.v1.OutboxAdminService/ListDeadLetters) || fail "ListDeadLetters on $port"
-  [[ "$dead" == '{}' ]] || fail "dead letters on a fresh $port: $dead"
+  # An empty answer (grpcurl prints an empty object): no deadLetters field.
+  [[ "$dead" != *deadLetters* ]] || fail "dead letters on a fresh $port: $dead"
   echo "ok   $service on :$port lists its service, is SERVING and alive, and has no dead letters"
 }
 
