@@ -314,6 +314,7 @@ impl Deliverer {
         let heads = self.claim(limit, &excluded).await?;
         // Keep what each tenant may still start; give the rest back.
         let mut kept = Vec::with_capacity(heads.len());
+        let mut surplus = Vec::new();
         let mut taken: HashMap<String, usize> = HashMap::new();
         for head in heads {
             let destination = self.destination_of(&head.tenant_id);
@@ -325,9 +326,10 @@ impl Deliverer {
                 *count += 1;
                 kept.push(head);
             } else {
-                self.release(&head).await?;
+                surplus.push(head.id);
             }
         }
+        self.release_all(&surplus).await?;
         if kept.is_empty() {
             return Ok(Vec::new());
         }
@@ -622,8 +624,17 @@ impl Deliverer {
     }
 
     async fn release(&self, entry: &Entry) -> Result<(), DbErr> {
+        self.release_all(std::slice::from_ref(&entry.id)).await
+    }
+
+    /// Gives up our claims on `ids` in one statement (heads claimed beyond
+    /// what their tenants may start now).
+    async fn release_all(&self, ids: &[String]) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         without_lease(outbox::Entity::update_many())
-            .filter(outbox::Column::Id.eq(entry.id.as_str()))
+            .filter(outbox::Column::Id.is_in(ids.iter().map(String::as_str)))
             .filter(outbox::Column::LeaseOwner.eq(self.owner.as_str()))
             .exec(&self.db)
             .await
