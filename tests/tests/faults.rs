@@ -33,16 +33,29 @@ async fn create_account(lifecycle: &Lifecycle, name: &str) -> String {
 /// Lifecycle is SIGKILLed while activities stream in, then started again:
 /// every account ends at the stage its score implies, with exactly the
 /// expected transitions and one notification per prioritized account.
-/// Scoring's outbox backlog for deliveries to lifecycle, as its Prometheus
-/// endpoint shows it.
-async fn scored_backlog(port: u16) -> Result<f64, String> {
+/// The value of the first sample of `name` on a Prometheus endpoint that has
+/// all of `labels` (`key="value"`), or the whole page when none has.
+async fn metric(port: u16, name: &str, labels: &[&str]) -> Result<f64, String> {
     let text = common::http_get(port, "/metrics").await?;
     text.lines()
         .find(|l| {
-            l.starts_with("cascade_outbox_pending{") && l.contains("topic=\"engagement_scores\"")
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && labels.iter().all(|label| l.contains(label))
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .ok_or(text)
+}
+
+/// Scoring's outbox backlog for deliveries to lifecycle, as its Prometheus
+/// endpoint shows it.
+async fn scored_backlog(port: u16) -> Result<f64, String> {
+    metric(
+        port,
+        "cascade_outbox_pending",
+        &[r#"topic="engagement_scores""#],
+    )
+    .await
 }
 
 async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
@@ -94,6 +107,19 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
                 },
             )
             .await;
+            // ... and why: lifecycle answers nothing, so its calls fail
+            // UNAVAILABLE and are retried.
+            let failed = metric(
+                metrics,
+                "cascade_outbox_deliveries_total",
+                &[
+                    r#"topic="engagement_scores""#,
+                    r#"outcome="failed""#,
+                    r#"error_type="UNAVAILABLE""#,
+                ],
+            )
+            .await;
+            assert!(matches!(failed, Ok(n) if n > 0.0), "{failed:?}");
             system.lifecycle[0].start().await;
         }
         sent += batch.len();
@@ -136,6 +162,24 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
         },
     )
     .await;
+    // The pool's waiting writers and their waits are exported too, and
+    // RPC durations fall in buckets of seconds.
+    let waiting = metric(
+        metrics,
+        "cascade_db_pool_connections",
+        &[r#"state="waiting""#],
+    )
+    .await;
+    assert!(waiting.is_ok(), "{waiting:?}");
+    let waits = metric(metrics, "cascade_db_pool_wait_seconds_count", &[]).await;
+    assert!(matches!(waits, Ok(n) if n > 0.0), "{waits:?}");
+    let fast = metric(
+        metrics,
+        "rpc_server_call_duration_seconds_bucket",
+        &[r#"rpc_method="RecordActivities""#, r#"le="0.25""#],
+    )
+    .await;
+    assert!(matches!(fast, Ok(n) if n > 0.0), "{fast:?}");
     let received = receiver.accepted();
     let distinct: HashSet<_> = received.iter().map(|r| r.notification_id()).collect();
     assert_eq!(received.len(), prioritized, "no duplicate notification");

@@ -137,7 +137,7 @@ impl LifecycleScoreSink {
             Err(status) => return Err(DeliveryError::from_peer("lifecycle", &status)),
         };
         if answer.results.len() != sent.len() {
-            return Err(DeliveryError(format!(
+            return Err(DeliveryError::internal(format!(
                 "lifecycle answered {} results for {} deliveries",
                 answer.results.len(),
                 sent.len()
@@ -161,7 +161,7 @@ impl LifecycleScoreSink {
                 lifecycle::ApplyOutcome::Unspecified => {
                     results[run] = Err((
                         0,
-                        DeliveryError(format!(
+                        DeliveryError::internal(format!(
                             "lifecycle answered no outcome for account {}",
                             result.account_id
                         )),
@@ -199,7 +199,7 @@ impl LifecycleScoreSink {
             .repository
             .delivery_totals(tenant_id, &wanted)
             .await
-            .map_err(|e| DeliveryError(format!("computing totals: {e}")))?;
+            .map_err(|e| DeliveryError::internal(format!("computing totals: {e}")))?;
         Ok(merged
             .into_iter()
             .map(|m| {

@@ -7,19 +7,43 @@
 //! - `cascade.outbox.pending`, `cascade.outbox.oldest_pending_age` (s),
 //!   `cascade.outbox.dead`: the backlog per topic, sampled by the deliverer;
 //! - `cascade.outbox.deliveries`: messages per topic and outcome
-//!   (`delivered`, `failed`, `dead`);
+//!   (`delivered`, `failed`, `dead`), failures by code (`error.type`: a
+//!   peer's gRPC code, a webhook's HTTP status, `unreachable`, `internal`);
 //! - `cascade.webhook.duration` (s): webhook calls by HTTP status (`error`
 //!   when there was no answer);
 //! - `cascade.db.pool.connections`: the pool's connections by state
-//!   (`used`, `idle`), sampled with the health probe;
+//!   (`used`, `idle`, and `waiting`: write transactions waiting to begin,
+//!   mostly for a connection), sampled with the health probe;
+//! - `cascade.db.pool.wait` (s): how long each write transaction waited to
+//!   begin. (sqlx counts no waiters, and reads acquire inside SeaORM, so
+//!   reads are not in these two; a pool they exhaust shows as `idle` 0.)
 //! - `cascade.lifecycle.transitions`: stage moves by stage and cause;
 //! - `cascade.scoring.activities`: ingested activities by outcome;
 //! - `rpc.server.call.duration` (s, `trace.rs`): every RPC by method and code.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+
+/// Bucket bounds for durations in seconds, 5 ms to 10 s (the OpenTelemetry
+/// SDK's default bounds are for milliseconds: in seconds every call would
+/// land in the first bucket).
+pub const SECONDS_BOUNDARIES: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// A histogram of durations in seconds.
+pub fn seconds_histogram(name: &'static str, description: &'static str) -> Histogram<f64> {
+    meter()
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(SECONDS_BOUNDARIES.to_vec())
+        .build()
+}
 
 fn meter() -> Meter {
     opentelemetry::global::meter("cascade")
@@ -34,6 +58,7 @@ pub struct Instruments {
     outbox_deliveries: Counter<u64>,
     webhook_duration: Histogram<f64>,
     pool_connections: Gauge<u64>,
+    pool_wait: Histogram<f64>,
     transitions: Counter<u64>,
     activities: Counter<u64>,
 }
@@ -59,17 +84,22 @@ pub fn instruments() -> &'static Instruments {
                 .build(),
             outbox_deliveries: meter
                 .u64_counter("cascade.outbox.deliveries")
-                .with_description("Outbox messages by outcome: delivered, failed (retried), dead")
+                .with_description(
+                    "Outbox messages by outcome (delivered, failed and retried, dead) and error code",
+                )
                 .build(),
-            webhook_duration: meter
-                .f64_histogram("cascade.webhook.duration")
-                .with_unit("s")
-                .with_description("Webhook calls by HTTP status")
-                .build(),
+            webhook_duration: seconds_histogram(
+                "cascade.webhook.duration",
+                "Webhook calls by HTTP status",
+            ),
             pool_connections: meter
                 .u64_gauge("cascade.db.pool.connections")
-                .with_description("Database pool connections by state (used, idle)")
+                .with_description("Database pool connections by state (used, idle, waiting)")
                 .build(),
+            pool_wait: seconds_histogram(
+                "cascade.db.pool.wait",
+                "Time a write transaction waited to begin",
+            ),
             transitions: meter
                 .u64_counter("cascade.lifecycle.transitions")
                 .with_description("Account stage moves by stage entered and cause")
@@ -91,16 +121,24 @@ impl Instruments {
         self.outbox_dead.record(dead, &attributes);
     }
 
-    /// `count` messages of `topic` ended a call as `outcome`.
-    pub fn outbox_delivered(&self, topic: &str, outcome: &'static str, count: u64) {
+    /// `count` messages of `topic` ended a call as `outcome`; a failure
+    /// carries its code as `error.type` (see `outbox::DeliveryError`).
+    pub fn outbox_delivered(
+        &self,
+        topic: &str,
+        outcome: &'static str,
+        error_code: Option<&str>,
+        count: u64,
+    ) {
         if count > 0 {
-            self.outbox_deliveries.add(
-                count,
-                &[
-                    KeyValue::new("topic", topic.to_owned()),
-                    KeyValue::new("outcome", outcome),
-                ],
-            );
+            let mut attributes = vec![
+                KeyValue::new("topic", topic.to_owned()),
+                KeyValue::new("outcome", outcome),
+            ];
+            if let Some(code) = error_code {
+                attributes.push(KeyValue::new("error.type", code.to_owned()));
+            }
+            self.outbox_deliveries.add(count, &attributes);
         }
     }
 
@@ -119,6 +157,10 @@ impl Instruments {
             .record(used, &[KeyValue::new("state", "used")]);
         self.pool_connections
             .record(idle, &[KeyValue::new("state", "idle")]);
+        self.pool_connections.record(
+            WAITING.load(Ordering::Relaxed),
+            &[KeyValue::new("state", "waiting")],
+        );
     }
 
     /// An account entered `stage` because of `cause`.
@@ -135,6 +177,29 @@ impl Instruments {
             self.activities
                 .add(count, &[KeyValue::new("outcome", outcome)]);
         }
+    }
+}
+
+/// Write transactions waiting to begin, now.
+static WAITING: AtomicU64 = AtomicU64::new(0);
+
+/// A write transaction waiting to begin: counted as waiting until dropped,
+/// when its wait is recorded.
+pub struct PoolWait(Instant);
+
+impl PoolWait {
+    pub fn start() -> Self {
+        WAITING.fetch_add(1, Ordering::Relaxed);
+        Self(Instant::now())
+    }
+}
+
+impl Drop for PoolWait {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+        instruments()
+            .pool_wait
+            .record(self.0.elapsed().as_secs_f64(), &[]);
     }
 }
 

@@ -218,11 +218,7 @@ impl<B> Drop for TracedBody<B> {
 fn rpc_duration() -> &'static Histogram<f64> {
     static DURATION: OnceLock<Histogram<f64>> = OnceLock::new();
     DURATION.get_or_init(|| {
-        opentelemetry::global::meter("cascade")
-            .f64_histogram("rpc.server.call.duration")
-            .with_unit("s")
-            .with_description("Duration of RPCs handled")
-            .build()
+        crate::metrics::seconds_histogram("rpc.server.call.duration", "Duration of RPCs handled")
     })
 }
 

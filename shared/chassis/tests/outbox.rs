@@ -39,7 +39,7 @@ impl Sink for RecordingSink {
             let mut left = self.failures_left.lock().expect("lock");
             if *left > 0 {
                 *left -= 1;
-                return Err((0, DeliveryError("receiver down".into())));
+                return Err((0, DeliveryError::internal("receiver down")));
             }
         }
         let mut delivered = self.delivered.lock().expect("lock");
@@ -238,7 +238,7 @@ impl Sink for BatchingSink {
             };
             if fail {
                 let _ = self.inner.deliver(&run[..1]).await;
-                results.push(Err((1, DeliveryError("p2's receiver hiccup".into()))));
+                results.push(Err((1, DeliveryError::internal("p2's receiver hiccup"))));
             } else {
                 results.push(self.inner.deliver(run).await);
             }
@@ -278,7 +278,7 @@ struct StuckSink {
 impl Sink for StuckSink {
     async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
         if run[0].partition_key == "stuck" {
-            return Err((0, DeliveryError("receiver hangs".into())));
+            return Err((0, DeliveryError::internal("receiver hangs")));
         }
         let mut delivered = self.delivered.lock().expect("lock");
         delivered.extend(run.iter().map(|e| e.partition_key.clone()));

@@ -172,7 +172,7 @@ impl WebhookSink {
         let row = notification::Entity::find_by_id(id.as_str())
             .one(&self.db)
             .await
-            .map_err(|e| DeliveryError(format!("reading notification: {e}")))?;
+            .map_err(|e| DeliveryError::internal(format!("reading notification: {e}")))?;
         let Some(row) = row else {
             tracing::warn!(notification = %id, "notification row missing; nothing to send");
             return Ok(());
@@ -182,7 +182,7 @@ impl WebhookSink {
         }
         let stored = settings::current(&self.db, &row.tenant_id)
             .await
-            .map_err(|e| DeliveryError(format!("reading settings: {e}")))?;
+            .map_err(|e| DeliveryError::internal(format!("reading settings: {e}")))?;
         let Some(url) = stored.settings.webhook_url else {
             self.mark(&row.notification_id, DeliveryState::NoWebhook)
                 .await?;
@@ -220,14 +220,14 @@ impl WebhookSink {
             answer.as_ref().ok().map(|r| r.status().as_u16()),
         );
         let failure = match answer {
-            Err(e) => Some(DeliveryError::caused_by(
-                "webhook unreachable",
-                &e.without_url(),
-            )),
-            Ok(response) if !response.status().is_success() => Some(DeliveryError(format!(
-                "webhook answered {}",
-                response.status()
-            ))),
+            Err(e) => Some(
+                DeliveryError::caused_by("webhook unreachable", &e.without_url())
+                    .with_code("unreachable"),
+            ),
+            Ok(response) if !response.status().is_success() => Some(
+                DeliveryError::internal(format!("webhook answered {}", response.status()))
+                    .with_code(response.status().as_u16().to_string()),
+            ),
             Ok(_) => None,
         };
         if let Some(error) = failure {
@@ -248,7 +248,7 @@ impl WebhookSink {
             .filter(notification::Column::NotificationId.eq(notification_id));
         self.write(settled)
             .await
-            .map_err(|e| DeliveryError(format!("recording delivery: {e}")))
+            .map_err(|e| DeliveryError::internal(format!("recording delivery: {e}")))
     }
 
     /// Notes the time of an attempt about to be made.
@@ -276,7 +276,7 @@ impl WebhookSink {
             )
             .col_expr(
                 notification::Column::LastError,
-                Expr::value(error.0.chars().take(1000).collect::<String>()),
+                Expr::value(error.message.chars().take(1000).collect::<String>()),
             )
             .col_expr(
                 notification::Column::LastAttemptAtMs,

@@ -136,7 +136,10 @@ impl ConnectionTrait for WriteTransaction {
 /// transactions cost ingest 15-25 %; see docs/performance.md.)
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
     let turn = write_turn(db).await?;
-    let txn = db.begin().await?;
+    let txn = {
+        let _waiting = crate::metrics::PoolWait::start();
+        db.begin().await?
+    };
     if txn.get_database_backend() == DbBackend::Sqlite {
         // A write statement takes the lock even when it matches no row.
         txn.execute_unprepared("UPDATE seaql_migrations SET version = version WHERE 1 = 0")

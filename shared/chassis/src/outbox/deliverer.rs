@@ -521,7 +521,7 @@ impl Deliverer {
             let result = results.get(i).cloned().unwrap_or_else(|| {
                 Err((
                     0,
-                    DeliveryError("the sink returned no result for this run".into()),
+                    DeliveryError::internal("the sink returned no result for this run"),
                 ))
             });
             let (delivered, failure) = match result {
@@ -538,7 +538,12 @@ impl Deliverer {
             {
                 failed = true;
                 let outcome = self.retry_later(message, &error, now).await?;
-                crate::metrics::instruments().outbox_delivered(self.topic, outcome, 1);
+                crate::metrics::instruments().outbox_delivered(
+                    self.topic,
+                    outcome,
+                    Some(&error.code),
+                    1,
+                );
             } else if delivered < run.len() {
                 // The sink took fewer than offered without an error: release the rest.
                 self.release(&run[delivered]).await?;
@@ -556,6 +561,7 @@ impl Deliverer {
         crate::metrics::instruments().outbox_delivered(
             self.topic,
             "delivered",
+            None,
             u64::try_from(total).unwrap_or(u64::MAX),
         );
         Ok(CallOutcome {
@@ -582,7 +588,7 @@ impl Deliverer {
             .col_expr(outbox::Column::Attempts, Expr::value(attempts))
             .col_expr(
                 outbox::Column::LastError,
-                Expr::value(truncate(&error.0, 1000)),
+                Expr::value(truncate(&error.message, 1000)),
             )
             .filter(outbox::Column::Id.eq(failed.id.as_str()));
         if too_many || too_old {

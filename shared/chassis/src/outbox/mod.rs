@@ -15,6 +15,7 @@
 //! - The W3C trace context of the writing request travels with the message,
 //!   so the delivery joins the same trace.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -116,11 +117,32 @@ pub struct Entry {
 }
 
 /// Why a delivery did not go through. Every failure is retried with backoff.
+/// `code` labels the `cascade.outbox.deliveries` metric (`error.type`): a
+/// peer's gRPC code (`UNAVAILABLE`), a webhook's HTTP status (`503`),
+/// `unreachable` when no answer came, `internal` for our own failure.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryError(pub String);
+#[error("{message}")]
+pub struct DeliveryError {
+    pub message: String,
+    pub code: Cow<'static, str>,
+}
 
 impl DeliveryError {
+    /// A failure on our side (reading or recording), code `internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: Cow::Borrowed("internal"),
+        }
+    }
+
+    /// The same failure under another code.
+    #[must_use]
+    pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
+        self.code = code.into();
+        self
+    }
+
     /// `context: error: its cause: ...`, the whole source chain, so the log
     /// says "connection refused" or "timed out", not only "error sending
     /// request".
@@ -135,17 +157,30 @@ impl DeliveryError {
             }
             source = cause.source();
         }
-        Self(text)
+        Self::internal(text)
     }
 
     /// A peer service's failure to take a delivery: retried.
     pub fn from_peer(peer: &str, status: &tonic::Status) -> Self {
-        Self(format!(
+        Self::internal(format!(
             "{peer} answered {:?}: {}",
             status.code(),
             status.message()
         ))
+        .with_code(grpc_code_name(status.code()))
     }
+}
+
+/// A gRPC code as the protocol spells it (`DEADLINE_EXCEEDED`).
+fn grpc_code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// How a sink reads a peer's answer to the delivery of one partition's
@@ -336,7 +371,8 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let outer = std::io::Error::other(io);
         let error = DeliveryError::caused_by("webhook unreachable", &outer);
-        assert_eq!(error.0, "webhook unreachable: connection refused");
+        assert_eq!(error.message, "webhook unreachable: connection refused");
+        assert_eq!(error.code, "internal");
     }
 
     #[test]
@@ -362,7 +398,17 @@ mod tests {
             Code::PermissionDenied,
         ] {
             let error = answer(retried).expect_err("retried");
-            assert_eq!(error.0, format!("lifecycle answered {retried:?}: no"));
+            assert_eq!(error.message, format!("lifecycle answered {retried:?}: no"));
         }
+        let codes = [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Unauthenticated,
+        ]
+        .map(|code| answer(code).expect_err("retried").code);
+        assert_eq!(
+            codes,
+            ["UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED"]
+        );
     }
 }
