@@ -125,6 +125,9 @@ bench get-account-under-ingest --scenario get-account --rate 2000 --ingest-rate 
 bench get-account-score --scenario get-account-score --rate 2000
 bench crossing-latency  --scenario crossing-latency --rate 1000 --batch 10 --probe-interval-ms 100
 bench simulate          --scenario simulate --concurrency 4 --batch 1000 --activities 1000000
+# A tenant onboarding 50,000 accounts with a contact each (5,000 in a smoke run).
+import_accounts=$(( seconds >= 10 ? 50000 : 5000 ))
+bench import            --scenario import --accounts "$import_accounts" --contacts 1 --batch 1000 --concurrency 2
 
 # Peak RSS over the whole run, before the restart.
 for s in "${services[@]}"; do

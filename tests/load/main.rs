@@ -2,6 +2,7 @@
 //! (docs/performance.md). One scenario per run; prints its numbers and
 //! writes them as JSON.
 
+mod import;
 mod raw_insert;
 mod report;
 mod scenarios;
@@ -30,6 +31,9 @@ scenarios:
   crossing-latency    --rate events/s in the background; every --probe-interval-ms a fresh account
                       gets a demo_request, timed until lifecycle reports it PRIORITIZED
   simulate            store up to --activities activities (at most --duration s), time SimulateScoringModel
+  import              a tenant's onboarding: BatchCreateAccounts of --accounts accounts, then
+                      BatchCreateContacts of --contacts per account (--batch per call, at most 1000),
+                      then the same import again (creates nothing); a fresh tenant per run
   raw-insert          the same rows straight into a fresh database (--database-url): the ceiling
   wait-serving        poll --target's health until SERVING; print ms since --since-unix-ns
   report              gather DIR/*.json into DIR/report.md and report.json (--dir DIR)
@@ -176,6 +180,7 @@ async fn scenario(args: &Args) -> Result<Value> {
             stats.summary(elapsed)
         }
         "raw-insert" => raw_insert::run(args).await?,
+        "import" => import::run(args).await?,
         name => {
             let clients = scenarios::Clients::connect(args).await?;
             let fixture = scenarios::fixture(&clients, args).await?;

@@ -384,6 +384,30 @@ fn markdown(report: &Value, targets: &[Target], runs: &BTreeMap<String, Value>) 
             );
         }
     }
+    for (label, r) in runs {
+        let Some(import) = r.get("import") else {
+            continue;
+        };
+        let _ = writeln!(md, "\n## Bulk import ({label})\n");
+        let _ = writeln!(
+            md,
+            "| accounts | contacts | accounts (s) | contacts (s) | records/s | created | rejected | repeated import (s) | created on repeat |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            import["accounts"],
+            import["contacts"],
+            cell(import["accounts_s"].as_f64()),
+            cell(import["contacts_s"].as_f64()),
+            cell(import["records_per_s"].as_f64()),
+            import["created"],
+            import["rejected"],
+            cell(import["repeat_s"].as_f64()),
+            import["repeat_created"],
+        );
+    }
     let _ = writeln!(md, "\n## Ratios\n");
     for (k, v) in report["ratios"].as_object().into_iter().flatten() {
         let _ = writeln!(md, "- {k}: {v}");

@@ -82,8 +82,13 @@ async fn channels(url: &str, count: usize) -> Result<Vec<Channel>> {
 
 impl Clients {
     pub async fn connect(args: &Args) -> Result<Self> {
+        Self::connect_as(args, &args.tenant).await
+    }
+
+    /// Clients acting for `tenant` instead of `--tenant`.
+    pub async fn connect_as(args: &Args, tenant: &str) -> Result<Self> {
         Ok(Self {
-            tenant: MetadataValue::try_from(args.tenant.as_str())?,
+            tenant: MetadataValue::try_from(tenant)?,
             lifecycle: channels(&args.lifecycle, args.channels)
                 .await?
                 .into_iter()
@@ -105,7 +110,7 @@ impl Clients {
         })
     }
 
-    fn lifecycle(&self, i: u64) -> LifecycleServiceClient<Channel> {
+    pub fn lifecycle(&self, i: u64) -> LifecycleServiceClient<Channel> {
         self.lifecycle[i as usize % self.lifecycle.len()].clone()
     }
 
@@ -113,7 +118,7 @@ impl Clients {
         self.scoring[i as usize % self.scoring.len()].clone()
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
@@ -237,6 +242,7 @@ pub async fn create_accounts(
                                 ..Default::default()
                             }),
                             request_id: format!("bench-{tag}-a{a}-c{c}"),
+                            ..Default::default()
                         }))
                         .await?
                         .into_inner()

@@ -650,7 +650,7 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
                 email: "spy@a.example".into(),
                 ..Default::default()
             }),
-            request_id: String::new(),
+            ..Default::default()
         })
     });
     hidden!("GetContact", lifecycle, b.ann, |id| get_contact(
@@ -924,6 +924,38 @@ async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
             assert!(b_accounts.iter().all(|id| ids.iter().any(|i| i == id)));
         }
     }
+    // A's changed-since listings hold nothing of B's (B's records changed
+    // after 1970, but they are B's).
+    let since = Some(prost_types::Timestamp {
+        seconds: 0,
+        nanos: 0,
+    });
+    let accounts = lifecycle
+        .list_accounts(request_for(
+            A,
+            lc::ListAccountsRequest {
+                changed_since: since,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("changed accounts")
+        .into_inner()
+        .accounts;
+    assert!(accounts.is_empty(), "A's changed accounts: {accounts:?}");
+    let contacts = lifecycle
+        .list_contacts(request_for(
+            A,
+            lc::ListContactsRequest {
+                changed_since: since,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("changed contacts")
+        .into_inner()
+        .contacts;
+    assert!(contacts.is_empty(), "A's changed contacts: {contacts:?}");
     // ListContacts: unfiltered, on B's account, on B's email.
     for (tenant, account_id, email) in [
         (A, "", ""),
@@ -1148,6 +1180,55 @@ async fn a_writes_stay_in_a(system: &System, b: &TenantB) {
     .await;
     assert_ne!(a_ann.contact_id, b.ann, "A got B's contact back");
     assert_eq!(a_ann.account_id, twin.account_id);
+    // BatchCreateContacts under B's account: refused for that item, naming
+    // the account; A's own item of the same batch is created.
+    let batch = lifecycle
+        .batch_create_contacts(request_for(
+            A,
+            lc::BatchCreateContactsRequest {
+                requests: vec![
+                    lc::CreateContactRequest {
+                        contact: Some(lc::Contact {
+                            account_id: b.acme.clone(),
+                            email: "imported-spy@a.example".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    lc::CreateContactRequest {
+                        contact: Some(lc::Contact {
+                            account_id: twin.account_id.clone(),
+                            email: "imported@a.example".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ],
+            },
+        ))
+        .await
+        .expect("a batch of A")
+        .into_inner();
+    let outcomes: Vec<(i32, Vec<String>)> = batch
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.outcome,
+                r.violations.iter().map(|v| v.field.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (
+                lc::BatchCreateOutcome::Rejected as i32,
+                vec!["contact.account_id".to_owned()]
+            ),
+            (lc::BatchCreateOutcome::Created as i32, vec![]),
+        ]
+    );
     // ResolveContact of that email now finds A's contact, not B's.
     let resolved = lifecycle
         .resolve_contact(request_for(

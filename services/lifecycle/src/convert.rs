@@ -36,6 +36,7 @@ pub fn account(account: Account) -> pb::Account {
         create_time: Some(to_timestamp(account.created_at)),
         update_time: Some(to_timestamp(account.updated_at)),
         engagement_since_recycle: account.engagement_since_recycle,
+        external_id: account.external_id.unwrap_or_default(),
     }
 }
 
@@ -60,6 +61,7 @@ pub fn contact(contact: Contact) -> pb::Contact {
                 first_reached_time: Some(to_timestamp(at)),
             })
             .collect(),
+        external_id: contact.external_id.unwrap_or_default(),
     }
 }
 

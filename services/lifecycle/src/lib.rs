@@ -41,7 +41,12 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
             | "GetFunnelReport"
             | "GetLifecycleSettings"
             | "WatchAccountEvents" => P::Read,
-            "CreateAccount" | "UpdateAccount" | "CreateContact" | "UpdateContact" => P::Write,
+            "CreateAccount"
+            | "UpdateAccount"
+            | "CreateContact"
+            | "UpdateContact"
+            | "BatchCreateAccounts"
+            | "BatchCreateContacts" => P::Write,
             "ResolveContact" | "BatchResolveContacts" => P::Resolve,
             "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
             "UpdateLifecycleSettings" => P::Admin,

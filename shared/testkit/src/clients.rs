@@ -130,6 +130,7 @@ impl Lifecycle {
             .create_contact(self.req(lc::CreateContactRequest {
                 contact: Some(contact),
                 request_id: request_id.to_owned(),
+                ..Default::default()
             }))
             .await?;
         Ok(response

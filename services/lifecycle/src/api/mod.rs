@@ -13,19 +13,78 @@ use tonic::{Request, Response, Status};
 mod actions;
 mod apply;
 mod history;
+mod import;
 mod reports;
 mod resolve;
 mod settings;
 mod watch;
 
 use crate::convert;
-use crate::domain::{AccountChanges, ContactChanges, NewAccount, NewContact};
+use crate::domain::{AccountChanges, AccountRef, ContactChanges, NewAccount, NewContact};
 use crate::storage::{AccountFilter, ContactFilter, Repository};
 
 const MAX_NAME: usize = 200;
 const MAX_OWNER: usize = 200;
 const MAX_PERSON_NAME: usize = 100;
 const MAX_TITLE: usize = 200;
+const MAX_EXTERNAL_ID: usize = 128;
+
+/// A CreateAccount request (alone or an item of a batch) as a new account
+/// and its request id; violations go to `v`.
+fn new_account(
+    v: &mut Validator,
+    request: pb::CreateAccountRequest,
+) -> (NewAccount, Option<String>) {
+    let account = request.account.unwrap_or_default();
+    let new = NewAccount {
+        name: v.required_text("account.name", &account.name, MAX_NAME),
+        domain: v.optional_domain("account.domain", &account.domain),
+        owner_id: v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER),
+        external_id: v.optional_text("account.external_id", &account.external_id, MAX_EXTERNAL_ID),
+    };
+    (new, v.request_id("request_id", &request.request_id))
+}
+
+/// A CreateContact request (alone or an item of a batch) as a new contact
+/// and its request id; violations go to `v`.
+fn new_contact(
+    v: &mut Validator,
+    request: pb::CreateContactRequest,
+) -> (NewContact, Option<String>) {
+    let contact = request.contact.unwrap_or_default();
+    let by_external = v.optional_text(
+        "account_external_id",
+        &request.account_external_id,
+        MAX_EXTERNAL_ID,
+    );
+    let account = match by_external {
+        Some(external_id) => {
+            if !contact.account_id.trim().is_empty() {
+                v.add(
+                    "account_external_id",
+                    "name the account by contact.account_id or by account_external_id, not both",
+                );
+            }
+            AccountRef::ExternalId(external_id)
+        }
+        None => AccountRef::Id(v.required_id("contact.account_id", &contact.account_id)),
+    };
+    let new = NewContact {
+        account,
+        email: v.optional_email("contact.email", &contact.email),
+        first_name: v
+            .optional_text("contact.first_name", &contact.first_name, MAX_PERSON_NAME)
+            .unwrap_or_default(),
+        last_name: v
+            .optional_text("contact.last_name", &contact.last_name, MAX_PERSON_NAME)
+            .unwrap_or_default(),
+        title: v
+            .optional_text("contact.title", &contact.title, MAX_TITLE)
+            .unwrap_or_default(),
+        external_id: v.optional_text("contact.external_id", &contact.external_id, MAX_EXTERNAL_ID),
+    };
+    (new, v.request_id("request_id", &request.request_id))
+}
 
 pub struct LifecycleApi {
     pub(crate) repository: Repository,
@@ -78,15 +137,8 @@ impl LifecycleService for LifecycleApi {
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::CreateAccountResponse>, Status> {
         let context = RequestContext::of(&request)?;
-        let request = request.into_inner();
         let mut v = Validator::new();
-        let account = request.account.unwrap_or_default();
-        let new = NewAccount {
-            name: v.required_text("account.name", &account.name, MAX_NAME),
-            domain: v.optional_domain("account.domain", &account.domain),
-            owner_id: v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER),
-        };
-        let request_id = v.request_id("request_id", &request.request_id);
+        let (new, request_id) = new_account(&mut v, request.into_inner());
         v.finish()?;
         let account = self
             .repository
@@ -129,6 +181,9 @@ impl LifecycleService for LifecycleApi {
                 CustomerType::from_proto,
             ),
             owner_id: v.optional_text("owner_id", &request.owner_id, MAX_OWNER),
+            domain: v.optional_domain("domain", &request.domain),
+            external_id: v.optional_text("external_id", &request.external_id, MAX_EXTERNAL_ID),
+            changed_since: v.optional_time("changed_since", request.changed_since.as_ref()),
         };
         v.finish()?;
         let (accounts, next_page_token) = self
@@ -163,6 +218,13 @@ impl LifecycleService for LifecycleApi {
                     changes.owner_id =
                         Some(v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER));
                 }
+                "external_id" => {
+                    changes.external_id = Some(v.optional_text(
+                        "account.external_id",
+                        &account.external_id,
+                        MAX_EXTERNAL_ID,
+                    ));
+                }
                 "stage" | "customer_type" => v.add(
                     mask_path(i),
                     format!(
@@ -173,7 +235,7 @@ impl LifecycleService for LifecycleApi {
                 ),
                 other => v.add(
                     mask_path(i),
-                    not_writable(other, &["name", "domain", "owner_id"]),
+                    not_writable(other, &["name", "domain", "owner_id", "external_id"]),
                 ),
             }
         }
@@ -192,23 +254,8 @@ impl LifecycleService for LifecycleApi {
         request: Request<pb::CreateContactRequest>,
     ) -> Result<Response<pb::CreateContactResponse>, Status> {
         let context = RequestContext::of(&request)?;
-        let request = request.into_inner();
-        let contact = request.contact.unwrap_or_default();
         let mut v = Validator::new();
-        let new = NewContact {
-            account_id: v.required_id("contact.account_id", &contact.account_id),
-            email: v.optional_email("contact.email", &contact.email),
-            first_name: v
-                .optional_text("contact.first_name", &contact.first_name, MAX_PERSON_NAME)
-                .unwrap_or_default(),
-            last_name: v
-                .optional_text("contact.last_name", &contact.last_name, MAX_PERSON_NAME)
-                .unwrap_or_default(),
-            title: v
-                .optional_text("contact.title", &contact.title, MAX_TITLE)
-                .unwrap_or_default(),
-        };
-        let request_id = v.request_id("request_id", &request.request_id);
+        let (new, request_id) = new_contact(&mut v, request.into_inner());
         v.finish()?;
         let contact = self
             .repository
@@ -248,6 +295,8 @@ impl LifecycleService for LifecycleApi {
             account_id,
             stage: optional_enum(&mut v, "stage", request.stage, ContactStage::from_proto),
             email: v.optional_email("email", &request.email),
+            external_id: v.optional_text("external_id", &request.external_id, MAX_EXTERNAL_ID),
+            changed_since: v.optional_time("changed_since", request.changed_since.as_ref()),
         };
         v.finish()?;
         let (contacts, next_page_token) = self
@@ -291,6 +340,13 @@ impl LifecycleService for LifecycleApi {
                             .unwrap_or_default(),
                     );
                 }
+                "external_id" => {
+                    changes.external_id = Some(v.optional_text(
+                        "contact.external_id",
+                        &contact.external_id,
+                        MAX_EXTERNAL_ID,
+                    ));
+                }
                 "stage" => match ContactStage::from_proto(contact.stage) {
                     Some(stage) => changes.stage = Some(stage),
                     None => v.add("contact.stage", "must be a contact stage"),
@@ -303,7 +359,14 @@ impl LifecycleService for LifecycleApi {
                     mask_path(i),
                     not_writable(
                         other,
-                        &["email", "first_name", "last_name", "title", "stage"],
+                        &[
+                            "email",
+                            "first_name",
+                            "last_name",
+                            "title",
+                            "stage",
+                            "external_id",
+                        ],
                     ),
                 ),
             }
@@ -316,6 +379,20 @@ impl LifecycleService for LifecycleApi {
         Ok(Response::new(pb::UpdateContactResponse {
             contact: Some(convert::contact(contact)),
         }))
+    }
+
+    async fn batch_create_accounts(
+        &self,
+        request: Request<pb::BatchCreateAccountsRequest>,
+    ) -> Result<Response<pb::BatchCreateAccountsResponse>, Status> {
+        import::batch_create_accounts(self, request).await
+    }
+
+    async fn batch_create_contacts(
+        &self,
+        request: Request<pb::BatchCreateContactsRequest>,
+    ) -> Result<Response<pb::BatchCreateContactsResponse>, Status> {
+        import::batch_create_contacts(self, request).await
     }
 
     async fn resolve_contact(

@@ -3,6 +3,7 @@
 
 pub mod account_rules;
 pub mod contact_rules;
+pub mod import;
 pub mod mutation;
 pub mod resolve;
 pub mod scores;
@@ -34,6 +35,8 @@ pub struct Account {
     pub last_recycle: Option<Transition>,
     /// Engagement earned since the last recycle: what the thresholds see.
     pub engagement_since_recycle: f64,
+    /// The caller's own id for it (a CRM's).
+    pub external_id: Option<String>,
 }
 
 /// One recorded stage change of a contact.
@@ -185,6 +188,7 @@ pub struct NewAccount {
     pub name: String,
     pub domain: Option<String>,
     pub owner_id: Option<String>,
+    pub external_id: Option<String>,
 }
 
 /// Changes to an account's descriptive fields; `None` leaves a field as is,
@@ -194,6 +198,7 @@ pub struct AccountChanges {
     pub name: Option<String>,
     pub domain: Option<Option<String>>,
     pub owner_id: Option<Option<String>>,
+    pub external_id: Option<Option<String>>,
 }
 
 /// A contact as the rules and the API see it.
@@ -212,22 +217,33 @@ pub struct Contact {
     pub updated_at: DateTime<Utc>,
     /// The first time the contact reached each stage.
     pub stages_reached: Vec<(ContactStage, DateTime<Utc>)>,
+    /// The caller's own id for the person (a CRM's).
+    pub external_id: Option<String>,
 }
 
 /// Fields a caller supplies for a new contact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewContact {
-    pub account_id: String,
+    pub account: AccountRef,
     pub email: Option<String>,
     pub first_name: String,
     pub last_name: String,
     pub title: String,
+    pub external_id: Option<String>,
+}
+
+/// How a caller names an account: by our id, or by its own (external) id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AccountRef {
+    Id(String),
+    ExternalId(String),
 }
 
 /// Changes to a contact; `None` leaves a field as is.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContactChanges {
     pub email: Option<Option<String>>,
+    pub external_id: Option<Option<String>>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub title: Option<String>,

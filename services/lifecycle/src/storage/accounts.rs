@@ -8,16 +8,18 @@ use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use cascade_domain::ids;
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
     FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
+use super::contacts::external_id_taken;
 use super::entities::{account, stage_first};
 use super::{
-    AccountFilter, Repository, hydrate_account, hydrate_accounts, hydrate_accounts_with,
-    lock_account, ms, record_firsts,
+    AccountFilter, Repository, changed_key, changed_since, hydrate_account, hydrate_accounts,
+    hydrate_accounts_with, lock_account, ms, record_firsts,
 };
 use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
 
@@ -34,31 +36,14 @@ impl Repository {
             return Ok(existing);
         }
         let now = time::now();
-        let (stage, customer_type) = NEW_ACCOUNT_STAGE;
-        let model = account::ActiveModel {
-            account_id: Set(ids::new_id()),
-            tenant_id: Set(tenant.as_str().to_owned()),
-            name: Set(new.name),
-            domain: Set(new.domain.clone()),
-            owner_id: Set(new.owner_id),
-            stage: Set(Stored(stage)),
-            customer_type: Set(Stored(customer_type)),
-            stage_entered_at: Set(now),
-            engagement_score: Set(0.0),
-            average_engagement_score: Set(0.0),
-            intent_score: Set(0.0),
-            create_request_id: Set(request_id.clone()),
-            created_at: Set(now),
-            updated_at: Set(now),
-            version: Set(1),
-            score_sequence: Set(0),
-            score_baseline: Set(0.0),
-            disqualify_count: Set(0),
-            nurture_count: Set(0),
-            last_recycle_transition_id: Set(None),
-            transition_count: Set(0),
-            created_at_ms: Set(ms(now)),
-        };
+        let stage = NEW_ACCOUNT_STAGE.0;
+        let model = new_account_model(
+            tenant.as_str(),
+            ids::new_id(),
+            new.clone(),
+            request_id.clone(),
+            now,
+        );
         let txn = begin_write(&self.db).await?;
         let inserted = match model.insert(&txn).await {
             Ok(model) => model,
@@ -71,7 +56,9 @@ impl Repository {
                 {
                     return Ok(existing);
                 }
-                return Err(domain_taken(new.domain.as_deref()));
+                return Err(self
+                    .account_taken(tenant, new.domain.as_deref(), new.external_id.as_deref())
+                    .await);
             }
             Err(error) => return Err(error.into()),
         };
@@ -85,6 +72,29 @@ impl Repository {
         let account = hydrate_account(&txn, inserted).await?;
         txn.commit().await?;
         Ok(account)
+    }
+
+    /// Which unique field of an account another account holds: the external
+    /// id when it is taken, else the domain.
+    async fn account_taken(
+        &self,
+        tenant: &TenantId,
+        domain: Option<&str>,
+        external_id: Option<&str>,
+    ) -> ServiceError {
+        if let Some(external_id) = external_id {
+            let holder = account::Entity::find()
+                .filter(account::Column::TenantId.eq(tenant.as_str()))
+                .filter(account::Column::ExternalId.eq(external_id))
+                .one(&self.db)
+                .await;
+            match holder {
+                Ok(Some(_)) => return external_id_taken("account", external_id),
+                Ok(None) => {}
+                Err(error) => return error.into(),
+            }
+        }
+        domain_taken(domain)
     }
 
     async fn account_by_request(
@@ -161,7 +171,6 @@ impl Repository {
     ) -> ServiceResult<(Vec<Account>, String)> {
         let mut query = account::Entity::find()
             .filter(account::Column::TenantId.eq(tenant.as_str()))
-            .order_by_asc(account::Column::AccountId)
             .limit(page.fetch_limit());
         if let Some(stage) = filter.stage {
             query = query.filter(account::Column::Stage.eq(Stored(stage)));
@@ -172,10 +181,26 @@ impl Repository {
         if let Some(owner_id) = &filter.owner_id {
             query = query.filter(account::Column::OwnerId.eq(owner_id.as_str()));
         }
-        if let Some(after) = &page.after {
-            query = query.filter(account::Column::AccountId.gt(after.as_str()));
+        if let Some(domain) = &filter.domain {
+            query = query.filter(account::Column::Domain.eq(domain.as_str()));
         }
-        let (models, token) = page.finish(query.all(&self.db).await?, |m| m.account_id.clone());
+        if let Some(external_id) = &filter.external_id {
+            query = query.filter(account::Column::ExternalId.eq(external_id.as_str()));
+        }
+        let models = if let Some(since) = filter.changed_since {
+            let columns = (account::Column::UpdatedAt, account::Column::AccountId);
+            let query = changed_since(query, columns, since, page.after.as_deref())?;
+            page.finish(query.all(&self.db).await?, |m| {
+                changed_key(m.updated_at, &m.account_id)
+            })
+        } else {
+            if let Some(after) = &page.after {
+                query = query.filter(account::Column::AccountId.gt(after.as_str()));
+            }
+            let query = query.order_by_asc(account::Column::AccountId);
+            page.finish(query.all(&self.db).await?, |m| m.account_id.clone())
+        };
+        let (models, token) = models;
         Ok((hydrate_accounts(&self.db, models).await?, token))
     }
 
@@ -198,18 +223,64 @@ impl Repository {
         if let Some(owner_id) = changes.owner_id {
             model.owner_id = Set(owner_id);
         }
+        if let Some(external_id) = changes.external_id.clone() {
+            model.external_id = Set(external_id);
+        }
         model.updated_at = Set(time::now());
         model.version = Set(version + 1);
         let updated = match model.update(&txn).await {
             Ok(model) => model,
             Err(error) if is_unique_violation(&error) => {
-                return Err(domain_taken(changes.domain.flatten().as_deref()));
+                drop(txn);
+                return Err(self
+                    .account_taken(
+                        tenant,
+                        changes.domain.flatten().as_deref(),
+                        changes.external_id.flatten().as_deref(),
+                    )
+                    .await);
             }
             Err(error) => return Err(error.into()),
         };
         let account = hydrate_account(&txn, updated).await?;
         txn.commit().await?;
         Ok(account)
+    }
+}
+
+/// The row of a new account (TARGETED / PROSPECT), created `now`.
+pub(super) fn new_account_model(
+    tenant_id: &str,
+    account_id: String,
+    new: NewAccount,
+    request_id: Option<String>,
+    now: DateTime<Utc>,
+) -> account::ActiveModel {
+    let (stage, customer_type) = NEW_ACCOUNT_STAGE;
+    account::ActiveModel {
+        account_id: Set(account_id),
+        tenant_id: Set(tenant_id.to_owned()),
+        name: Set(new.name),
+        domain: Set(new.domain),
+        owner_id: Set(new.owner_id),
+        stage: Set(Stored(stage)),
+        customer_type: Set(Stored(customer_type)),
+        stage_entered_at: Set(now),
+        engagement_score: Set(0.0),
+        average_engagement_score: Set(0.0),
+        intent_score: Set(0.0),
+        create_request_id: Set(request_id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+        score_sequence: Set(0),
+        score_baseline: Set(0.0),
+        disqualify_count: Set(0),
+        nurture_count: Set(0),
+        last_recycle_transition_id: Set(None),
+        transition_count: Set(0),
+        created_at_ms: Set(ms(now)),
+        external_id: Set(new.external_id),
     }
 }
 

@@ -5,20 +5,22 @@ use cascade_chassis::db::begin_write;
 use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
-use cascade_domain::ids;
+use cascade_domain::{ContactStage, ids};
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
     QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::accounts::account_model;
-use super::entities::contact;
+use super::entities::{account, contact};
 use super::history::insert_contact_transitions;
 use super::{
-    ContactFilter, Repository, hydrate_contact, hydrate_contacts, lock_account, ms, record_firsts,
+    ContactFilter, Repository, changed_key, changed_since, hydrate_contact, hydrate_contacts,
+    lock_account, ms, record_firsts,
 };
 use crate::domain::contact_rules::{self, ContactMove, ContactTransitionCause};
-use crate::domain::{Contact, ContactChanges, ContactTransition, NewContact};
+use crate::domain::{AccountRef, Contact, ContactChanges, ContactTransition, NewContact};
 
 impl Repository {
     pub async fn create_contact(
@@ -33,12 +35,13 @@ impl Repository {
             return Ok(existing);
         }
         let email = new.email.clone();
+        let external_id = new.external_id.clone();
         // Reads before it writes: take the write lock first (SQLite).
         let txn = begin_write(&self.db).await?;
         // The account must exist in this tenant; the check and the insert
         // share a transaction so a contact never dangles.
-        account_model(&txn, tenant, &new.account_id).await?;
-        match insert_contact(&txn, tenant, new, request_id.clone()).await {
+        let account = account_of(&txn, tenant, &new.account).await?;
+        match insert_contact(&txn, tenant, &account.account_id, new, request_id.clone()).await {
             Ok(contact) => {
                 txn.commit().await?;
                 Ok(contact)
@@ -50,10 +53,35 @@ impl Repository {
                 {
                     return Ok(existing);
                 }
-                Err(email_taken(email.as_deref()))
+                Err(self
+                    .contact_taken(tenant, email.as_deref(), external_id.as_deref())
+                    .await)
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Which unique field of a contact another contact holds: the external
+    /// id when it is taken, else the email.
+    async fn contact_taken(
+        &self,
+        tenant: &TenantId,
+        email: Option<&str>,
+        external_id: Option<&str>,
+    ) -> ServiceError {
+        if let Some(external_id) = external_id {
+            let holder = contact::Entity::find()
+                .filter(contact::Column::TenantId.eq(tenant.as_str()))
+                .filter(contact::Column::ExternalId.eq(external_id))
+                .one(&self.db)
+                .await;
+            match holder {
+                Ok(Some(_)) => return external_id_taken("contact", external_id),
+                Ok(None) => {}
+                Err(error) => return error.into(),
+            }
+        }
+        email_taken(email)
     }
 
     pub(super) async fn contact_by_email(
@@ -101,7 +129,6 @@ impl Repository {
     ) -> ServiceResult<(Vec<Contact>, String)> {
         let mut query = contact::Entity::find()
             .filter(contact::Column::TenantId.eq(tenant.as_str()))
-            .order_by_asc(contact::Column::ContactId)
             .limit(page.fetch_limit());
         if let Some(account_id) = &filter.account_id {
             query = query.filter(contact::Column::AccountId.eq(account_id.as_str()));
@@ -112,10 +139,22 @@ impl Repository {
         if let Some(email) = &filter.email {
             query = query.filter(contact::Column::Email.eq(email.as_str()));
         }
-        if let Some(after) = &page.after {
-            query = query.filter(contact::Column::ContactId.gt(after.as_str()));
+        if let Some(external_id) = &filter.external_id {
+            query = query.filter(contact::Column::ExternalId.eq(external_id.as_str()));
         }
-        let (models, token) = page.finish(query.all(&self.db).await?, |m| m.contact_id.clone());
+        let (models, token) = if let Some(since) = filter.changed_since {
+            let columns = (contact::Column::UpdatedAt, contact::Column::ContactId);
+            let query = changed_since(query, columns, since, page.after.as_deref())?;
+            page.finish(query.all(&self.db).await?, |m| {
+                changed_key(m.updated_at, &m.contact_id)
+            })
+        } else {
+            if let Some(after) = &page.after {
+                query = query.filter(contact::Column::ContactId.gt(after.as_str()));
+            }
+            let query = query.order_by_asc(contact::Column::ContactId);
+            page.finish(query.all(&self.db).await?, |m| m.contact_id.clone())
+        };
         Ok((hydrate_contacts(&self.db, models).await?, token))
     }
 
@@ -156,6 +195,9 @@ impl Repository {
         if let Some(title) = changes.title {
             model.title = Set(title);
         }
+        if let Some(external_id) = changes.external_id.clone() {
+            model.external_id = Set(external_id);
+        }
         if let Some(target) = changes.stage {
             let next = contact_rules::set_by_person(stage, target).map_err(|refusal| {
                 ServiceError::precondition(
@@ -190,7 +232,14 @@ impl Repository {
         let updated = match model.update(&txn).await {
             Ok(model) => model,
             Err(error) if is_unique_violation(&error) => {
-                return Err(email_taken(changes.email.flatten().as_deref()));
+                drop(txn);
+                return Err(self
+                    .contact_taken(
+                        tenant,
+                        changes.email.flatten().as_deref(),
+                        changes.external_id.flatten().as_deref(),
+                    )
+                    .await);
             }
             Err(error) => return Err(error.into()),
         };
@@ -200,31 +249,45 @@ impl Repository {
     }
 }
 
+/// The account a caller names, in its tenant, or NOT_FOUND.
+pub(super) async fn account_of(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    account: &AccountRef,
+) -> ServiceResult<account::Model> {
+    match account {
+        AccountRef::Id(id) => account_model(conn, tenant, id).await,
+        AccountRef::ExternalId(external_id) => account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .filter(account::Column::ExternalId.eq(external_id.as_str()))
+            .one(conn)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                resource: "account",
+                id: format!("with external id {external_id}"),
+            }),
+    }
+}
+
+/// Inserts a contact of `account_id` (an account of the tenant: the caller
+/// checked).
 pub(super) async fn insert_contact(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
+    account_id: &str,
     new: NewContact,
     request_id: Option<String>,
 ) -> ServiceResult<Contact> {
     let now = time::now();
-    let stage = contact_rules::new_contact_stage(new.email.is_some());
     let email = new.email.clone();
-    let model = contact::ActiveModel {
-        contact_id: Set(ids::new_id()),
-        tenant_id: Set(tenant.as_str().to_owned()),
-        account_id: Set(new.account_id),
-        email: Set(new.email),
-        first_name: Set(new.first_name),
-        last_name: Set(new.last_name),
-        title: Set(new.title),
-        stage: Set(Stored(stage)),
-        stage_entered_at: Set(now),
-        engagement_score: Set(0.0),
-        create_request_id: Set(request_id),
-        created_at: Set(now),
-        updated_at: Set(now),
-        has_activity: Set(false),
-    };
+    let (model, stage) = new_contact_model(
+        tenant.as_str(),
+        ids::new_id(),
+        account_id,
+        new,
+        request_id,
+        now,
+    );
     let inserted = model.insert(conn).await.map_err(|error| {
         if is_unique_violation(&error) {
             email_taken(email.as_deref())
@@ -242,6 +305,37 @@ pub(super) async fn insert_contact(
     hydrate_contact(conn, inserted).await
 }
 
+/// The row of a new contact of `account_id`, created `now`, and its stage
+/// (ANONYMOUS without an email, SUSPECT with one).
+pub(super) fn new_contact_model(
+    tenant_id: &str,
+    contact_id: String,
+    account_id: &str,
+    new: NewContact,
+    request_id: Option<String>,
+    now: DateTime<Utc>,
+) -> (contact::ActiveModel, ContactStage) {
+    let stage = contact_rules::new_contact_stage(new.email.is_some());
+    let model = contact::ActiveModel {
+        contact_id: Set(contact_id),
+        tenant_id: Set(tenant_id.to_owned()),
+        account_id: Set(account_id.to_owned()),
+        email: Set(new.email),
+        first_name: Set(new.first_name),
+        last_name: Set(new.last_name),
+        title: Set(new.title),
+        stage: Set(Stored(stage)),
+        stage_entered_at: Set(now),
+        engagement_score: Set(0.0),
+        create_request_id: Set(request_id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        has_activity: Set(false),
+        external_id: Set(new.external_id),
+    };
+    (model, stage)
+}
+
 pub(crate) async fn contact_model(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
@@ -252,6 +346,15 @@ pub(crate) async fn contact_model(
         .one(conn)
         .await?
         .ok_or_else(|| ServiceError::not_found("contact", contact_id))
+}
+
+/// Another record of the tenant has this external id.
+pub(super) fn external_id_taken(resource: &'static str, external_id: &str) -> ServiceError {
+    ServiceError::already_exists(
+        resource,
+        external_id,
+        format!("another {resource} of this tenant already has the external id {external_id}"),
+    )
 }
 
 fn email_taken(email: Option<&str>) -> ServiceError {

@@ -32,6 +32,7 @@ pub mod account {
         pub last_recycle_transition_id: Option<String>,
         pub transition_count: i64,
         pub created_at_ms: i64,
+        pub external_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -64,6 +65,7 @@ pub mod contact {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub has_activity: bool,
+        pub external_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_stage_engine::StageEngine),
             Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(super::migration_histories::ContactHistoryAndDeliveries),
+            Box::new(super::migration_sync::ExternalIdsAndSync),
         ]
     }
 }

@@ -6,13 +6,17 @@ mod contacts;
 mod engine;
 mod entities;
 mod history;
+mod import;
 pub mod migration;
 mod migration_histories;
 mod migration_stage_engine;
+mod migration_sync;
 mod notifications;
 mod resolve;
 mod scores;
 mod settings;
+
+pub use import::Imported;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +28,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, Select, Statement,
 };
 use tokio::sync::Notify;
 
@@ -51,6 +56,10 @@ pub struct AccountFilter {
     pub stage: Option<AccountStage>,
     pub customer_type: Option<CustomerType>,
     pub owner_id: Option<String>,
+    pub domain: Option<String>,
+    pub external_id: Option<String>,
+    /// Changed at or after: lists by update time, then id.
+    pub changed_since: Option<DateTime<Utc>>,
 }
 
 /// Filters of ListContacts.
@@ -59,6 +68,47 @@ pub struct ContactFilter {
     pub account_id: Option<String>,
     pub stage: Option<ContactStage>,
     pub email: Option<String>,
+    pub external_id: Option<String>,
+    /// Changed at or after: lists by update time, then id.
+    pub changed_since: Option<DateTime<Utc>>,
+}
+
+/// Orders `query` for a changed-since listing: records changed at or after
+/// `since`, by update time then id, continuing after the page key `after`
+/// (see `changed_key`). Times are stored at millisecond precision.
+fn changed_since<E: EntityTrait>(
+    query: Select<E>,
+    (updated_at, id): (E::Column, E::Column),
+    since: DateTime<Utc>,
+    after: Option<&str>,
+) -> ServiceResult<Select<E>> {
+    let mut query = query
+        .filter(updated_at.gte(since))
+        .order_by_asc(updated_at)
+        .order_by_asc(id);
+    if let Some(after) = after {
+        let invalid =
+            || ServiceError::invalid("page_token", "is not a token returned by this list");
+        let (ms, last_id) = after.split_once('/').ok_or_else(invalid)?;
+        let at = ms
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .ok_or_else(invalid)?;
+        query = query.filter(
+            Condition::any().add(updated_at.gt(at)).add(
+                Condition::all()
+                    .add(updated_at.eq(at))
+                    .add(id.gt(last_id.to_owned())),
+            ),
+        );
+    }
+    Ok(query)
+}
+
+/// The page key of a changed-since listing's last record.
+fn changed_key(updated_at: DateTime<Utc>, id: &str) -> String {
+    format!("{}/{id}", updated_at.timestamp_millis())
 }
 
 /// The lifecycle service's storage. Cheap to clone.
@@ -273,6 +323,7 @@ pub(crate) async fn hydrate_accounts_with(
                     m.engagement_score,
                     m.score_baseline,
                 ),
+                external_id: m.external_id,
             })
         })
         .collect()
@@ -310,6 +361,7 @@ pub(crate) async fn hydrate_contacts(
                 engagement_score: m.engagement_score,
                 created_at: m.created_at,
                 updated_at: m.updated_at,
+                external_id: m.external_id,
             })
         })
         .collect()

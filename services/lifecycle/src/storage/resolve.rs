@@ -13,7 +13,7 @@ use super::Repository;
 use super::contacts::insert_contact;
 use super::entities::{account, contact};
 use crate::domain::resolve::{self, Directory, Reference, Resolution};
-use crate::domain::{Contact, NewContact};
+use crate::domain::{AccountRef, Contact, NewContact};
 
 impl Repository {
     /// The contact with `email`, or a new one under the account whose domain
@@ -37,15 +37,17 @@ impl Repository {
                 resource: "account",
                 id: format!("domain {domain}"),
             })?;
+        let account_id = account.account_id;
         let new = NewContact {
-            account_id: account.account_id,
+            account: AccountRef::Id(account_id.clone()),
             email: Some(email.to_owned()),
             first_name: String::new(),
             last_name: String::new(),
             title: String::new(),
+            external_id: None,
         };
         let txn = begin_write(&self.db).await?;
-        match insert_contact(&txn, tenant, new, None).await {
+        match insert_contact(&txn, tenant, &account_id, new, None).await {
             Ok(contact) => {
                 txn.commit().await?;
                 Ok((contact, true))
@@ -180,14 +182,15 @@ impl Repository {
         let txn = begin_write(&self.db).await?;
         for (email, account_id) in ordered {
             let new = NewContact {
-                account_id: account_id.clone(),
+                account: AccountRef::Id(account_id.clone()),
                 email: Some(email.clone()),
                 first_name: String::new(),
                 last_name: String::new(),
                 title: String::new(),
+                external_id: None,
             };
             let savepoint = txn.begin().await?;
-            match insert_contact(&savepoint, tenant, new, None).await {
+            match insert_contact(&savepoint, tenant, account_id, new, None).await {
                 Ok(contact) => {
                     savepoint.commit().await?;
                     made.insert(

@@ -543,6 +543,7 @@ mod tests {
                     name: "Woken".into(),
                     domain: None,
                     owner_id: None,
+                    external_id: None,
                 },
                 None,
             )
