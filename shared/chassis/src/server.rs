@@ -1,6 +1,7 @@
 //! The one server bootstrap of the three services: listener, gRPC health and
-//! reflection, tower layers (request context, tracing span, concurrency limit,
-//! timeout), a database health probe, and graceful shutdown.
+//! reflection, gRPC-Web and CORS for browsers, tower layers (request context,
+//! tracing span, concurrency limit, timeout), a database health probe, and
+//! graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 
@@ -23,8 +24,10 @@ use tonic_health::server::HealthReporter;
 use tower::Service;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{AuthMode, Authenticator, Permissions};
+use crate::auth::{AUTHORIZATION, AuthMode, Authenticator, Permissions};
+use crate::context::{ACTOR_HEADER, TENANT_HEADER};
 use crate::context_layer::RequestContextLayer;
 use crate::settings::{OwnSections, ServerSettings, ServiceIdentity, ServiceSettings};
 use crate::trace::RpcTrace;
@@ -40,6 +43,26 @@ const OVERALL: &str = "";
 /// database does, so a database outage restarts no pod (Kubernetes' liveness
 /// and startup probes ask for it).
 pub const LIVENESS: &str = "liveness";
+
+/// The request headers a browser's gRPC-Web call may carry: the protocol's
+/// own (grpc-web's and Connect's clients send the first four), the bearer
+/// token, Cascade's tenant and actor metadata, and W3C trace context.
+const CORS_REQUEST_HEADERS: [&str; 9] = [
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    AUTHORIZATION,
+    TENANT_HEADER,
+    ACTOR_HEADER,
+    "traceparent",
+    "tracestate",
+];
+/// The response headers a page's script may read: a failed call is answered
+/// trailers-only, its status in these headers.
+const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+/// How long a browser may reuse a preflight answer (Chromium caps it at 2 h).
+const CORS_MAX_AGE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Reads whether the database's schema is current for this binary.
 type SchemaProbe = Arc<
@@ -167,6 +190,8 @@ where
         run_migrations = settings.database.run_migrations,
         auth = ?settings.auth.mode,
         tls = !settings.tls.cert_file.is_empty(),
+        grpc_web = settings.server.grpc_web,
+        cors_allowed_origins = ?settings.server.cors_allowed_origins,
         outbox.max_age_ms = settings.outbox.max_age_ms,
         outbox.per_tenant_concurrency = settings.outbox.per_tenant_concurrency,
         log_format = ?settings.telemetry.log_format,
@@ -388,6 +413,15 @@ impl Application {
         };
 
         let layers = tower::ServiceBuilder::new()
+            // Outermost, so a preflight is answered before anything else and
+            // every answer to an allowed origin, errors included, carries
+            // the CORS headers.
+            .option_layer(cors_layer(&settings)?)
+            // gRPC-Web becomes gRPC here, so every layer below (auth, spans,
+            // limits) and the services see one protocol.
+            .option_layer(settings.grpc_web.then(tonic_web::GrpcWebLayer::new))
+            // One body type with or without gRPC-Web (the layer is optional).
+            .map_response(|response: Response<_>| response.map(Body::new))
             // A panic in a handler answers INTERNAL on that call only,
             // instead of tearing down the connection and its other calls.
             .layer(CatchPanicLayer::custom(panic_response))
@@ -408,6 +442,9 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         }
         let server = builder
+            // gRPC-Web comes over HTTP/1.1 from browsers without TLS or ALPN
+            // (the gRPC-Web layer refuses any other HTTP/1.1 request).
+            .accept_http1(settings.grpc_web)
             .timeout(settings.request_timeout())
             // Detect dead peers so idle connections do not pin resources.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -466,6 +503,39 @@ impl Application {
         tracing::info!(service = service_name, "stopped");
         Ok(())
     }
+}
+
+/// CORS for gRPC-Web calls from pages of `server.cors_allowed_origins`;
+/// none when the list is empty: no `Access-Control-Allow-Origin` is ever
+/// granted, so browsers allow no cross-origin call.
+fn cors_layer(settings: &ServerSettings) -> anyhow::Result<Option<CorsLayer>> {
+    let origins = &settings.cors_allowed_origins;
+    if !settings.grpc_web || origins.is_empty() {
+        return Ok(None);
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .map(|origin| {
+                    HeaderValue::from_str(origin)
+                        .map_err(|_| anyhow::anyhow!("server.cors_allowed_origins: {origin:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            // gRPC-Web calls are POSTs; no cookies (credentials) are
+            // allowed: a browser client sends its token in `authorization`.
+            .allow_methods([Method::POST])
+            .allow_headers(CORS_REQUEST_HEADERS.map(HeaderName::from_static))
+            .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
+            .max_age(CORS_MAX_AGE),
+    ))
 }
 
 /// The answer to a call whose handler panicked: INTERNAL, as for any bug.

@@ -51,6 +51,15 @@ pub struct ServerSettings {
     pub ingest_rate_per_tenant: u32,
     /// Events a tenant may send at once above its rate (at least the largest batch).
     pub ingest_burst_per_tenant: u32,
+    /// Also serve gRPC-Web (browsers) on the same port: HTTP/1.1 is
+    /// accepted, for gRPC-Web only.
+    pub grpc_web: bool,
+    /// Web origins (`https://app.example.com`) whose pages may call the
+    /// service through gRPC-Web; `*` for any. Empty: no cross-origin access.
+    /// From the environment: comma-separated.
+    // An empty list vanishes from the `config` defaults; serde fills it.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl ServerSettings {
@@ -82,6 +91,8 @@ impl ServerSettings {
             max_connection_age_ms: 30 * 60 * 1000,
             ingest_rate_per_tenant: 200_000,
             ingest_burst_per_tenant: 400_000,
+            grpc_web: true,
+            cors_allowed_origins: Vec::new(),
         }
     }
 
@@ -89,6 +100,9 @@ impl ServerSettings {
         Duration::from_millis(self.max_connection_age_ms)
     }
 }
+
+/// The settings read from the environment as comma-separated lists.
+const LIST_KEYS: [&str; 1] = ["server.cors_allowed_origins"];
 
 /// The sections every service has; a service adds its own (`OwnSections`).
 pub const COMMON_SECTIONS: [&str; 6] = ["server", "database", "telemetry", "outbox", "auth", "tls"];
@@ -269,6 +283,10 @@ pub fn load_from<X: OwnSections>(
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
+        .list_separator(",");
+    let env = LIST_KEYS
+        .iter()
+        .fold(env, |env, key| env.with_list_parse_key(key))
         .source(environment);
     let config = builder
         .add_source(env)
@@ -293,13 +311,22 @@ pub fn load_from<X: OwnSections>(
             identity.env_prefix()
         )));
     }
-    let settings: ServiceSettings<X> = config.try_deserialize().map_err(|e| {
+    let mut settings: ServiceSettings<X> = config.try_deserialize().map_err(|e| {
         SettingsError::new(format!(
             "{} (environment variables: {}__<SECTION>__<KEY>)",
             redact_urls(&e.to_string()),
             identity.env_prefix()
         ))
     })?;
+    // Browsers send origins lower-case and match them byte for byte; an
+    // empty variable (or a trailing comma) means no origin, not "".
+    settings.server.cors_allowed_origins = settings
+        .server
+        .cors_allowed_origins
+        .iter()
+        .map(|origin| origin.trim().to_ascii_lowercase())
+        .filter(|origin| !origin.is_empty())
+        .collect();
     Ok(settings)
 }
 
@@ -343,6 +370,7 @@ pub fn validate_common(
             "server.health_check_interval_ms: must be greater than 0",
         ));
     }
+    validate_cors(server)?;
     let scheme_ok = ["sqlite:", "postgres://", "postgresql://"]
         .iter()
         .any(|p| database.url.starts_with(p));
@@ -362,6 +390,45 @@ pub fn validate_common(
             "telemetry.log_level: {:?} is not a tracing filter such as \"info\"",
             telemetry.log_level
         )));
+    }
+    Ok(())
+}
+
+/// Origins are what a browser sends in `Origin` (`scheme://host[:port]`),
+/// since anything else would never match and silently deny every page.
+fn validate_cors(server: &ServerSettings) -> Result<(), SettingsError> {
+    let origins = &server.cors_allowed_origins;
+    if origins.is_empty() {
+        return Ok(());
+    }
+    if !server.grpc_web {
+        return Err(SettingsError::new(
+            "server.cors_allowed_origins: set, but server.grpc_web is false (browsers reach a service only through gRPC-Web)",
+        ));
+    }
+    if origins.iter().any(|origin| origin == "*") {
+        if origins.len() > 1 {
+            return Err(SettingsError::new(
+                "server.cors_allowed_origins: \"*\" already allows every origin; list it alone",
+            ));
+        }
+        return Ok(());
+    }
+    for origin in origins {
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let well_formed = host.is_some_and(|host| {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        });
+        if !well_formed {
+            return Err(SettingsError::new(format!(
+                "server.cors_allowed_origins: {origin:?} is not an origin such as \"https://app.example.com\" or \"http://localhost:3000\" (scheme, host and port only, no path or trailing slash)"
+            )));
+        }
     }
     Ok(())
 }
@@ -470,6 +537,117 @@ mod tests {
             .expect_err("scheme refused");
         assert!(err.to_string().contains("database.url"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_in_the_environment_and_the_file() {
+        let s: Example = load_from(ID, None, env(&[])).expect("defaults load");
+        assert!(s.server.grpc_web, "gRPC-Web is on by default");
+        assert!(
+            s.server.cors_allowed_origins.is_empty(),
+            "no cross-origin access by default"
+        );
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[(
+                "CASCADE_LIFECYCLE__SERVER__CORS_ALLOWED_ORIGINS",
+                "https://App.example.com, http://localhost:3000,",
+            )]),
+        )
+        .expect("a comma-separated list loads");
+        assert_eq!(
+            s.server.cors_allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"],
+            "trimmed, lower-cased as browsers send them, empty entries dropped"
+        );
+        validate_common(&s.server, &s.database, &s.telemetry).expect("valid origins");
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[
+                ("CASCADE_LIFECYCLE__SERVER__CORS_ALLOWED_ORIGINS", "*"),
+                ("CASCADE_LIFECYCLE__SERVER__GRPC_WEB", "true"),
+            ]),
+        )
+        .expect("a single value is a list of one");
+        assert_eq!(s.server.cors_allowed_origins, ["*"]);
+        validate_common(&s.server, &s.database, &s.telemetry).expect("* alone is valid");
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__AUTH__PUBLIC_KEY_FILES", "a.pem,b.pem")]),
+        )
+        .expect("loads");
+        assert_eq!(
+            s.auth.public_key_files, "a.pem,b.pem",
+            "only the list settings are split at commas"
+        );
+
+        let s: Example = load_from(
+            ID,
+            None,
+            env(&[("CASCADE_LIFECYCLE__SERVER__CORS_ALLOWED_ORIGINS", "")]),
+        )
+        .expect("an empty variable loads");
+        assert!(s.server.cors_allowed_origins.is_empty(), "empty means none");
+
+        let dir = std::env::temp_dir().join(format!("cascade-cors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("lifecycle.toml");
+        std::fs::write(
+            &path,
+            "[server]\ngrpc_web = false\ncors_allowed_origins = [\"https://a.example\"]\n",
+        )
+        .expect("write");
+        let s: Example = load_from(ID, Some(&path), env(&[])).expect("file loads");
+        assert!(!s.server.grpc_web);
+        assert_eq!(s.server.cors_allowed_origins, ["https://a.example"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn origins_that_no_browser_sends_are_refused() {
+        let refused = |origins: &[&str], grpc_web: bool| {
+            let mut server = ServerSettings::with_port(0);
+            server.grpc_web = grpc_web;
+            server.cors_allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
+            let database = DatabaseSettings {
+                url: "sqlite::memory:".into(),
+                max_connections: None,
+                acquire_timeout_ms: 1,
+                run_migrations: true,
+                analyze_interval_ms: 0,
+            };
+            validate_common(&server, &database, &TelemetrySettings::default())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            refused(&["https://a.example", "http://[::1]:8080"], true),
+            None
+        );
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "app.example.com",
+            "ftp://app.example.com",
+            "https://",
+            "https://a b.example",
+        ] {
+            let error = refused(&[bad], true).unwrap_or_else(|| panic!("{bad:?} refused"));
+            assert!(
+                error.contains("server.cors_allowed_origins") && error.contains(bad),
+                "{error}"
+            );
+        }
+        let error = refused(&["*", "https://a.example"], true).expect("* with others refused");
+        assert!(error.contains("alone"), "{error}");
+        let error = refused(&["https://a.example"], false).expect("origins without gRPC-Web");
+        assert!(error.contains("server.grpc_web"), "{error}");
     }
 
     #[test]
