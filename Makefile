@@ -4,6 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUF ?= node_modules/.bin/buf
 GRPCURL ?= .venv/bin/grpcurl
+TSC ?= node_modules/.bin/tsc
 SERVICES := -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity
 FUZZ_SECONDS ?= 20
 FUZZ_SEED ?=
@@ -85,8 +86,18 @@ proto-breaking: tools-buf ## Compare the contracts with main: does a change brea
 	$(BUF) breaking proto --against '.git#branch=main,subdir=proto'
 
 .PHONY: smoke
-smoke: build tools-grpcurl ## Start the release binaries, check them with grpcurl, run the demo
+smoke: build tools-grpcurl clients ## Start the release binaries, check them with grpcurl and the Python client, run the demo
 	GRPCURL=$(GRPCURL) scripts/smoke.sh
+
+.PHONY: clients
+# proto/buf.gen.yaml says which generator makes what; every plugin is local
+# and pinned. The TypeScript output is type-checked (strict, as Node ESM would
+# load it) so a generator or runtime bump that breaks it fails here.
+clients: tools-buf tools-clients ## Generate the Python and TypeScript clients from proto/ into build/clients
+	$(BUF) generate proto --template proto/buf.gen.yaml
+	$(TSC) --noEmit --strict --target es2022 --module nodenext --moduleResolution nodenext \
+		$$(find build/clients/ts -name '*.ts')
+	@echo "build/clients/python: $$(find build/clients/python -name '*_pb2.py' | wc -l) files of messages (+ gRPC stubs); build/clients/ts: $$(find build/clients/ts -name '*.ts' | wc -l) files"
 
 .PHONY: k8s-check
 k8s-check: tools-k8s ## Render every overlay, validate it against the Kubernetes API schemas, run checkov
@@ -103,7 +114,7 @@ fmt: ## Format the Rust code
 	$(CARGO) fmt --all
 
 .PHONY: tools
-tools: tools-buf tools-grpcurl tools-k8s ## Install buf (npm), grpcurl, kubernetes-validate and checkov (pip, in .venv)
+tools: tools-buf tools-grpcurl tools-k8s tools-clients ## Install buf, protoc-gen-es, typescript (npm), grpcurl, kubernetes-validate, checkov, grpcio-tools (pip, in .venv)
 
 .PHONY: tools-buf
 tools-buf:
@@ -116,6 +127,15 @@ tools-grpcurl:
 .PHONY: tools-k8s
 tools-k8s:
 	@[ -x .venv/bin/checkov ] && [ -x .venv/bin/kubernetes-validate ] || \
+		(python3 -m venv .venv && .venv/bin/pip install --quiet -r requirements-tools.txt)
+
+# The client generators: protoc-gen-es and tsc (npm, package.json), grpcio-tools
+# and the Python runtime (pip, requirements-tools.txt). A tree installed before
+# they were added lacks them: the checks look for them, not only for buf.
+.PHONY: tools-clients
+tools-clients:
+	@[ -x node_modules/.bin/protoc-gen-es ] && [ -x $(TSC) ] || npm ci --no-audit --no-fund
+	@.venv/bin/python -c 'import grpc_tools, grpc_status' 2>/dev/null || \
 		(python3 -m venv .venv && .venv/bin/pip install --quiet -r requirements-tools.txt)
 
 .PHONY: clean

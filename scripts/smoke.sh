@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the three release binaries on a fresh SQLite folder and checks them
 # with grpcurl the way a person would: each lists its service, reports
-# SERVING, and an account round-trips. Exits non-zero on the first failure.
+# SERVING, and an account round-trips, with grpcurl and with the generated
+# Python client (make clients). Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,6 +80,14 @@ fetched=$("$grpcurl" -plaintext -H 'x-tenant-id: smoke' -d "{\"account_id\":\"$i
 [[ "$fetched" == *'"name": "Smoke Test Inc"'* ]] || fail "GetAccount returned $fetched"
 [[ "$fetched" == *'"stage": "ACCOUNT_STAGE_TARGETED"'* ]] || fail "new account not TARGETED"
 echo "ok   account $id round-trips"
+
+# The same round trip through the generated Python client (make clients, which
+# make smoke runs first), to show the contracts serve a client in another language.
+python=${PYTHON:-.venv/bin/python}
+[ -d build/clients/python/cascade ] || fail "no Python client in build/clients/python: run make clients"
+"$python" scripts/python-client-smoke.py "localhost:$LIFECYCLE_PORT" >"$data/python.out" 2>&1 \
+  || fail "the Python client: $(cat "$data/python.out")"
+cat "$data/python.out"
 
 if "$grpcurl" -plaintext -d '{"account":{"name":""}}' "localhost:$LIFECYCLE_PORT" \
   cascade.lifecycle.v1.LifecycleService/CreateAccount >"$data/err.txt" 2>&1; then
