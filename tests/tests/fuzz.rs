@@ -1147,6 +1147,9 @@ fn deliverer_bookkeeping(table: &str, column: &str) -> bool {
         ),
         // lifecycle/src/storage/notifications.rs: marks a notification sent.
         "notifications" => matches!(column, "state" | "delivered_at_ms"),
+        // chassis/src/erasure.rs: scoring and opportunity confirm an erasure
+        // when their poll comes.
+        "erasures" => matches!(column, "scoring_done_at_ms" | "opportunity_done_at_ms"),
         _ => false,
     }
 }

@@ -406,13 +406,13 @@ async fn records_are_found_by_the_crm_ids_domain_and_email(db: TestDatabase) {
         ..Default::default()
     })
     .await;
-    assert_eq!(by_external, [acme.account_id.clone()]);
+    assert_eq!(by_external, [acme.account_id.as_str()]);
     let by_domain = accounts(lc::ListAccountsRequest {
         domain: "ACME.example".into(),
         ..Default::default()
     })
     .await;
-    assert_eq!(by_domain, [acme.account_id.clone()]);
+    assert_eq!(by_domain, [acme.account_id.as_str()]);
     let unknown = accounts(lc::ListAccountsRequest {
         external_id: "nobody".into(),
         ..Default::default()
@@ -440,13 +440,13 @@ async fn records_are_found_by_the_crm_ids_domain_and_email(db: TestDatabase) {
         ..Default::default()
     })
     .await;
-    assert_eq!(by_external, [ann.contact_id.clone()]);
+    assert_eq!(by_external, [ann.contact_id.as_str()]);
     let by_email = contacts(lc::ListContactsRequest {
         email: "Ann@Acme.example".into(),
         ..Default::default()
     })
     .await;
-    assert_eq!(by_email, [ann.contact_id.clone()]);
+    assert_eq!(by_email, [ann.contact_id.as_str()]);
 
     // External ids are unique per tenant, on create and on update, and the
     // refusal names the external id (not the domain or email).

@@ -725,6 +725,17 @@ async fn a_cannot_reach_b_records(system: &System, b: &TenantB) {
             time: Some(to_timestamp(now())),
         })
     });
+    // Erasing B's records as A: NOT_FOUND, as for ids nobody has (the
+    // snapshot of B compared at the end shows nothing was erased).
+    hidden!("DeleteContact", lifecycle, b.ann, |id| delete_contact(
+        lc::DeleteContactRequest { contact_id: id }
+    ));
+    hidden!("DeleteAccount", lifecycle, b.acme, |id| delete_account(
+        lc::DeleteAccountRequest {
+            account_id: id,
+            force: true,
+        }
+    ));
     // cascade.lifecycle.v1.LifecycleInternalService
     let internal = system.lifecycle_internal(0);
     hidden!("ApplyEngagementScore", internal, b.acme, |id| {

@@ -49,13 +49,19 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
             | "BatchCreateContacts" => P::Write,
             "ResolveContact" | "BatchResolveContacts" => P::Resolve,
             "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
-            "UpdateLifecycleSettings" => P::Admin,
+            // Erasure is irreversible and reaches every service.
+            "UpdateLifecycleSettings" | "DeleteContact" | "DeleteAccount" => P::Admin,
+            "GetErasure" => P::Read,
             _ => return None,
         },
         // Only the other Cascade services deliver into lifecycle.
         (
             "cascade.lifecycle.v1.LifecycleInternalService",
-            "ApplyEngagementScore" | "ApplyEngagementScores" | "ApplyOpportunityEvent",
+            "ApplyEngagementScore"
+            | "ApplyEngagementScores"
+            | "ApplyOpportunityEvent"
+            | "ListPendingErasures"
+            | "ConfirmErasure",
         ) => P::Apply,
         _ => return None,
     })

@@ -6,9 +6,11 @@
 pub mod api;
 pub mod delivery;
 pub mod domain;
+pub mod erasure;
 pub mod storage;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cascade_chassis::auth::Permission;
 use cascade_chassis::client::LifecycleSection;
@@ -58,12 +60,18 @@ async fn service(
     let deliverer = Deliverer::new(
         database.clone(),
         storage::EVENT_TOPIC,
-        Arc::new(delivery::LifecycleEventSink::new(internal)),
+        Arc::new(delivery::LifecycleEventSink::new(internal.clone())),
         settings.outbox.deliverer_config(),
     );
     let mut repository = storage::Repository::new(database);
     repository.set_event_waker(deliverer.waker());
     background.add(deliverer.spawn());
+    background.add(tokio::spawn(cascade_chassis::erasure::follow(
+        internal,
+        IDENTITY.name,
+        Arc::new(erasure::OpportunityEraser(repository.clone())),
+        Duration::from_millis(settings.own.lifecycle.erasure_poll_ms),
+    )));
     Ok(
         OpportunityServiceServer::new(api::OpportunityApi::new(repository, lifecycle))
             .max_decoding_message_size(settings.server.max_message_bytes),

@@ -11,6 +11,7 @@
 //! (`directory_cache_entries`). docs/decisions.md has the trade-offs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade_chassis::client::LifecycleClientSettings;
@@ -63,9 +64,11 @@ enum Remembered {
     },
 }
 
+/// Cheap to clone: clones share the cache.
+#[derive(Clone)]
 pub struct Directory {
     lifecycle: LifecycleClient,
-    cache: Option<Cache<String, Remembered>>,
+    cache: Option<Arc<Cache<String, Remembered>>>,
     email_ttl: Duration,
 }
 
@@ -74,8 +77,18 @@ impl Directory {
         let entries = usize::try_from(settings.directory_cache_entries).unwrap_or(usize::MAX);
         Self {
             lifecycle,
-            cache: (entries > 0).then(|| Cache::new(entries)),
+            cache: (entries > 0).then(|| Arc::new(Cache::new(entries))),
             email_ttl: Duration::from_millis(settings.email_cache_ttl_ms),
+        }
+    }
+
+    /// Forgets every checked pair and resolved email. After an erasure: a
+    /// remembered pair would let an activity name the erased contact without
+    /// asking lifecycle. Erasures are rare, and the cache refills from one
+    /// call per batch.
+    pub fn forget_everything(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
         }
     }
 

@@ -6,9 +6,11 @@ pub mod api;
 pub mod delivery;
 pub mod directory;
 pub mod domain;
+pub mod erasure;
 pub mod storage;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cascade_chassis::auth::Permission;
 use cascade_chassis::client::LifecycleSection;
@@ -44,7 +46,7 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
         | "GetScoringModel" => P::Read,
         "RecordActivity" | "RecordActivities" | "StreamActivities" => P::Write,
         // Simulation changes nothing but scans every stored activity.
-        "UpdateScoringModel" | "SimulateScoringModel" => P::Admin,
+        "UpdateScoringModel" | "SimulateScoringModel" | "SimulateScoringModelStream" => P::Admin,
         _ => return None,
     })
 }
@@ -56,6 +58,7 @@ async fn service(
 ) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
     let (lifecycle, internal) = settings.lifecycle_clients(IDENTITY.name)?;
     let mut repository = storage::Repository::new(database.clone());
+    let internal_for_erasure = internal.clone();
     let sink = delivery::LifecycleScoreSink::new(repository.clone(), internal);
     // A round claims enough accounts for several ApplyEngagementScores calls.
     let mut config = settings.outbox.deliverer_config();
@@ -63,8 +66,8 @@ async fn service(
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    Ok(ScoringServiceServer::new(api::ScoringApi::new(
-        repository,
+    let api = api::ScoringApi::new(
+        repository.clone(),
         lifecycle,
         &settings.own.lifecycle,
         TenantRateLimiter::new(
@@ -72,8 +75,18 @@ async fn service(
             settings.server.ingest_burst_per_tenant,
             "activity",
         ),
-    ))
-    .max_decoding_message_size(settings.server.max_message_bytes))
+    );
+    let eraser = erasure::ScoringEraser {
+        repository,
+        directory: api.directory().clone(),
+    };
+    background.add(tokio::spawn(cascade_chassis::erasure::follow(
+        internal_for_erasure,
+        IDENTITY.name,
+        Arc::new(eraser),
+        Duration::from_millis(settings.own.lifecycle.erasure_poll_ms),
+    )));
+    Ok(ScoringServiceServer::new(api).max_decoding_message_size(settings.server.max_message_bytes))
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).

@@ -43,6 +43,9 @@ pub struct LifecycleClientSettings {
     /// to another contact). Checked id pairs do not expire: a contact never
     /// changes account.
     pub email_cache_ttl_ms: u64,
+    /// How often each replica asks lifecycle for erasures its service has
+    /// not applied yet (`chassis::erasure`).
+    pub erasure_poll_ms: u64,
 }
 
 impl Default for LifecycleClientSettings {
@@ -52,6 +55,7 @@ impl Default for LifecycleClientSettings {
             timeout_ms: 5_000,
             directory_cache_entries: 50_000,
             email_cache_ttl_ms: 60_000,
+            erasure_poll_ms: 5_000,
         }
     }
 }
@@ -77,6 +81,7 @@ impl OwnSections for LifecycleSection {
                 // Tests that talk to lifecycle set the URL of theirs.
                 url: "http://127.0.0.1:9".into(),
                 timeout_ms: 2_000,
+                erasure_poll_ms: 100,
                 ..LifecycleClientSettings::default()
             },
         }

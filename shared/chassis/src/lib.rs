@@ -9,6 +9,7 @@ pub mod client;
 pub mod context;
 pub mod context_layer;
 pub mod db;
+pub mod erasure;
 pub mod error;
 pub mod limit;
 pub mod malformed;

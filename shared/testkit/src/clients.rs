@@ -395,6 +395,38 @@ impl Scoring {
             .await
             .unwrap_or_else(|status| panic!("score of {account_id}: {status:?}"))
     }
+
+    /// SimulateScoringModelStream read to its end: the progress messages in
+    /// order, and the result, which must be the last message and come once.
+    /// The status when the call or the stream fails.
+    pub async fn try_simulate_with_progress(
+        &self,
+        request: sc::SimulateScoringModelStreamRequest,
+    ) -> Result<
+        (
+            Vec<sc::SimulateScoringModelProgress>,
+            sc::SimulateScoringModelResponse,
+        ),
+        tonic::Status,
+    > {
+        use sc::simulate_scoring_model_stream_response::Update;
+        let mut stream = self
+            .public()
+            .simulate_scoring_model_stream(self.req(request))
+            .await?
+            .into_inner();
+        let mut progress = Vec::new();
+        let mut result = None;
+        while let Some(message) = stream.message().await? {
+            assert!(result.is_none(), "a message after the result: {message:?}");
+            match message.update {
+                Some(Update::Progress(p)) => progress.push(p),
+                Some(Update::Result(r)) => result = Some(r),
+                None => panic!("a message with neither progress nor result"),
+            }
+        }
+        Ok((progress, result.expect("the stream ends with the result")))
+    }
 }
 
 /// The opportunity service as a test uses it. The `try_*` calls answer the

@@ -1,7 +1,7 @@
 //! A fresh database per test: a SQLite file in its own folder, or a new
 //! PostgreSQL database when `CASCADE_TEST_POSTGRES_URL` names a server.
 
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{ConnectionTrait, Database, Statement};
 
 use cascade_chassis::db::DatabaseSettings;
 
@@ -81,6 +81,87 @@ impl TestDatabase {
                 .await
                 .expect("PostgreSQL is configured: this database is on it")
         }
+    }
+}
+
+impl TestDatabase {
+    /// Every `table.column` of this database holding `needle` in some row,
+    /// text and binary columns alike (protobuf payloads, JSON documents):
+    /// how erasure tests show a person's data is gone.
+    pub async fn columns_containing(&self, needle: &str) -> Vec<String> {
+        let db = Database::connect(self.settings.url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("cannot open the test database: {e}"));
+        let backend = db.get_database_backend();
+        let columns: Vec<(String, String, String)> = if self.settings.is_sqlite() {
+            let tables = db
+                .query_all_raw(Statement::from_string(
+                    backend,
+                    "SELECT name FROM sqlite_master WHERE type = 'table'",
+                ))
+                .await
+                .expect("tables");
+            let mut columns = Vec::new();
+            for table in tables {
+                let table: String = table.try_get_by_index(0).expect("name");
+                for column in db
+                    .query_all_raw(Statement::from_string(
+                        backend,
+                        format!("SELECT name, type FROM pragma_table_info('{table}')"),
+                    ))
+                    .await
+                    .expect("columns")
+                {
+                    columns.push((
+                        table.clone(),
+                        column.try_get_by_index(0).expect("column"),
+                        column.try_get_by_index(1).expect("type"),
+                    ));
+                }
+            }
+            columns
+        } else {
+            db.query_all_raw(Statement::from_string(
+                backend,
+                "SELECT table_name::text, column_name::text, data_type::text \
+                 FROM information_schema.columns WHERE table_schema = 'public'",
+            ))
+            .await
+            .expect("columns")
+            .into_iter()
+            .map(|row| {
+                (
+                    row.try_get_by_index(0).expect("table"),
+                    row.try_get_by_index(1).expect("column"),
+                    row.try_get_by_index(2).expect("type"),
+                )
+            })
+            .collect()
+        };
+        let mut found = Vec::new();
+        for (table, column, kind) in columns {
+            let condition = if self.settings.is_sqlite() {
+                // Both as BLOBs: a byte search, which stops at no NUL.
+                format!("instr(CAST(\"{column}\" AS BLOB), CAST(? AS BLOB)) > 0")
+            } else if kind == "bytea" {
+                format!("position(convert_to($1, 'UTF8') in \"{column}\") > 0")
+            } else {
+                format!("strpos(\"{column}\"::text, $1) > 0")
+            };
+            let sql = format!("SELECT COUNT(*) FROM \"{table}\" WHERE {condition}");
+            let statement = Statement::from_sql_and_values(backend, sql, [needle.into()]);
+            let row = db
+                .query_one_raw(statement)
+                .await
+                .unwrap_or_else(|e| panic!("searching {table}.{column}: {e}"))
+                .expect("a count");
+            let count: i64 = row.try_get_by_index(0).expect("count");
+            if count > 0 {
+                found.push(format!("{table}.{column}"));
+            }
+        }
+        db.close().await.ok();
+        found
     }
 }
 

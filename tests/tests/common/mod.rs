@@ -171,6 +171,11 @@ impl Process {
         match &self.lifecycle_url {
             Some(url) => {
                 command.env(format!("CASCADE_{upper}__LIFECYCLE__URL"), url);
+                // Erasures are polled for: quickly in tests.
+                command.env(
+                    format!("CASCADE_{upper}__LIFECYCLE__ERASURE_POLL_MS"),
+                    "100",
+                );
             }
             None => assert_eq!(
                 self.name, "lifecycle",
@@ -423,6 +428,15 @@ impl System {
             p.start().await;
         }
         system
+    }
+
+    /// The databases of lifecycle, scoring and opportunity.
+    pub fn databases(&self) -> [(&'static str, &TestDatabase); 3] {
+        [
+            ("lifecycle", &self.lifecycle_db),
+            ("scoring", &self.scoring_db),
+            ("opportunity", &self.opportunity_db),
+        ]
     }
 
     pub fn lifecycle(&self, n: usize) -> LifecycleServiceClient<Channel> {

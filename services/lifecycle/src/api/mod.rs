@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 mod actions;
 mod apply;
+mod erasure;
 mod history;
 mod import;
 mod reports;
@@ -127,6 +128,20 @@ impl LifecycleInternalService for LifecycleInternalApi {
         request: Request<pb::ApplyOpportunityEventRequest>,
     ) -> Result<Response<pb::ApplyOpportunityEventResponse>, Status> {
         apply::apply_opportunity_event(&self.0, request).await
+    }
+
+    async fn list_pending_erasures(
+        &self,
+        request: Request<pb::ListPendingErasuresRequest>,
+    ) -> Result<Response<pb::ListPendingErasuresResponse>, Status> {
+        erasure::list_pending_erasures(&self.0, request).await
+    }
+
+    async fn confirm_erasure(
+        &self,
+        request: Request<pb::ConfirmErasureRequest>,
+    ) -> Result<Response<pb::ConfirmErasureResponse>, Status> {
+        erasure::confirm_erasure(&self.0, request).await
     }
 }
 
@@ -393,6 +408,27 @@ impl LifecycleService for LifecycleApi {
         request: Request<pb::BatchCreateContactsRequest>,
     ) -> Result<Response<pb::BatchCreateContactsResponse>, Status> {
         import::batch_create_contacts(self, request).await
+    }
+
+    async fn delete_contact(
+        &self,
+        request: Request<pb::DeleteContactRequest>,
+    ) -> Result<Response<pb::DeleteContactResponse>, Status> {
+        erasure::delete_contact(self, request).await
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        erasure::delete_account(self, request).await
+    }
+
+    async fn get_erasure(
+        &self,
+        request: Request<pb::GetErasureRequest>,
+    ) -> Result<Response<pb::GetErasureResponse>, Status> {
+        erasure::get_erasure(self, request).await
     }
 
     async fn resolve_contact(

@@ -3,6 +3,7 @@
 
 pub mod account_rules;
 pub mod contact_rules;
+pub mod erasure;
 pub mod import;
 pub mod mutation;
 pub mod resolve;

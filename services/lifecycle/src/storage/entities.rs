@@ -322,3 +322,34 @@ pub mod tenant_event_counter {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod erasure {
+    use sea_orm::entity::prelude::*;
+
+    use crate::domain::erasure::ErasureSubject;
+    use cascade_chassis::db::Stored;
+
+    /// One erasure: what it erased, and when each service had erased its part.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "erasures")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub erasure_id: String,
+        pub tenant_id: String,
+        pub subject_type: Stored<ErasureSubject>,
+        pub subject_id: String,
+        pub account_id: String,
+        /// The erased contacts' ids, one per line.
+        #[sea_orm(column_type = "Text")]
+        pub contact_ids: String,
+        pub actor: String,
+        pub created_at_ms: i64,
+        pub scoring_done_at_ms: Option<i64>,
+        pub opportunity_done_at_ms: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

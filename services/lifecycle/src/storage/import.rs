@@ -73,6 +73,114 @@ fn present<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> Option<&'a str>) -> Vec
     keys
 }
 
+/// A table bulk import writes: its unique keys, as `ImportKeys` names them.
+trait Keyed: EntityTrait {
+    fn tenant_column() -> Self::Column;
+    fn id_column() -> Self::Column;
+    /// The request id, external id and natural key columns.
+    fn key_columns() -> [Self::Column; 3];
+    /// A row's id and its request id, external id and natural key.
+    fn keys(row: &Self::Model) -> (&str, [Option<&str>; 3]);
+}
+
+impl Keyed for account::Entity {
+    fn tenant_column() -> Self::Column {
+        account::Column::TenantId
+    }
+    fn id_column() -> Self::Column {
+        account::Column::AccountId
+    }
+    fn key_columns() -> [Self::Column; 3] {
+        [
+            account::Column::CreateRequestId,
+            account::Column::ExternalId,
+            account::Column::Domain,
+        ]
+    }
+    fn keys(row: &account::Model) -> (&str, [Option<&str>; 3]) {
+        (
+            &row.account_id,
+            [
+                row.create_request_id.as_deref(),
+                row.external_id.as_deref(),
+                row.domain.as_deref(),
+            ],
+        )
+    }
+}
+
+impl Keyed for contact::Entity {
+    fn tenant_column() -> Self::Column {
+        contact::Column::TenantId
+    }
+    fn id_column() -> Self::Column {
+        contact::Column::ContactId
+    }
+    fn key_columns() -> [Self::Column; 3] {
+        [
+            contact::Column::CreateRequestId,
+            contact::Column::ExternalId,
+            contact::Column::Email,
+        ]
+    }
+    fn keys(row: &contact::Model) -> (&str, [Option<&str>; 3]) {
+        (
+            &row.contact_id,
+            [
+                row.create_request_id.as_deref(),
+                row.external_id.as_deref(),
+                row.email.as_deref(),
+            ],
+        )
+    }
+}
+
+/// Who in the tenant holds the items' keys: one read per kind of key.
+async fn holders<E: Keyed>(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    items: &[ImportKeys<'_>],
+) -> Result<Holders, DbErr> {
+    let wanted: [Vec<&str>; 3] = [
+        present(items, |k| k.request_id),
+        present(items, |k| k.external_id),
+        present(items, |k| k.natural),
+    ];
+    let mut holders = Holders::default();
+    for (column, keys) in E::key_columns().into_iter().zip(&wanted) {
+        for row in rows_among::<E>(conn, (E::tenant_column(), t), column, keys).await? {
+            let (id, [request, external, natural]) = E::keys(&row);
+            for (key, map) in [
+                (request, &mut holders.by_request),
+                (external, &mut holders.by_external),
+                (natural, &mut holders.by_natural),
+            ] {
+                if let Some(key) = key {
+                    map.insert(key.to_owned(), id.to_owned());
+                }
+            }
+        }
+    }
+    Ok(holders)
+}
+
+/// The rows the batch's results show: those it created and those that
+/// existed.
+async fn read_back<E: Keyed>(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    decisions: &[ImportDecision],
+    created_ids: &[Option<String>],
+) -> Result<Vec<E::Model>, DbErr> {
+    let mut ids: Vec<&str> = created_ids.iter().flatten().map(String::as_str).collect();
+    for decision in decisions {
+        if let ImportDecision::Existing(id) = decision {
+            ids.push(id);
+        }
+    }
+    rows_among::<E>(conn, (E::tenant_column(), t), E::id_column(), &ids).await
+}
+
 /// Fits each decision with its record, in item order.
 fn settle<T: Clone>(
     decisions: Vec<ImportDecision>,
@@ -122,37 +230,6 @@ impl Repository {
     ) -> ServiceResult<Option<Vec<Imported<Account>>>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        let scope = (account::Column::TenantId, t);
-        let mut held = Vec::new();
-        for (column, keys) in [
-            (
-                account::Column::CreateRequestId,
-                present(items, |(_, r)| r.as_deref()),
-            ),
-            (
-                account::Column::ExternalId,
-                present(items, |(n, _)| n.external_id.as_deref()),
-            ),
-            (
-                account::Column::Domain,
-                present(items, |(n, _)| n.domain.as_deref()),
-            ),
-        ] {
-            held.extend(rows_among::<account::Entity>(&txn, scope, column, &keys).await?);
-        }
-        let mut holders = Holders::default();
-        for row in &held {
-            let id = &row.account_id;
-            if let Some(k) = &row.create_request_id {
-                holders.by_request.insert(k.clone(), id.clone());
-            }
-            if let Some(k) = &row.external_id {
-                holders.by_external.insert(k.clone(), id.clone());
-            }
-            if let Some(k) = &row.domain {
-                holders.by_natural.insert(k.clone(), id.clone());
-            }
-        }
         let keys: Vec<ImportKeys> = items
             .iter()
             .map(|(new, request_id)| ImportKeys {
@@ -161,6 +238,7 @@ impl Repository {
                 natural: new.domain.as_deref(),
             })
             .collect();
+        let holders = holders::<account::Entity>(&txn, t, &keys).await?;
         let decisions = decide_import(&keys, &holders, ACCOUNT_FIELDS);
 
         let now = time::now();
@@ -196,14 +274,7 @@ impl Repository {
             .collect();
         record_firsts(&txn, t, &reached, ms(now)).await?;
 
-        let mut ids: Vec<&str> = created_ids.iter().flatten().map(String::as_str).collect();
-        for decision in &decisions {
-            if let ImportDecision::Existing(id) = decision {
-                ids.push(id);
-            }
-        }
-        let models =
-            rows_among::<account::Entity>(&txn, scope, account::Column::AccountId, &ids).await?;
+        let models = read_back::<account::Entity>(&txn, t, &decisions, &created_ids).await?;
         let records: HashMap<String, Account> = hydrate_accounts(&txn, models)
             .await?
             .into_iter()
@@ -267,37 +338,6 @@ impl Repository {
             }
         }
 
-        let scope = (contact::Column::TenantId, t);
-        let mut held = Vec::new();
-        for (column, keys) in [
-            (
-                contact::Column::CreateRequestId,
-                present(items, |(_, r)| r.as_deref()),
-            ),
-            (
-                contact::Column::ExternalId,
-                present(items, |(n, _)| n.external_id.as_deref()),
-            ),
-            (
-                contact::Column::Email,
-                present(items, |(n, _)| n.email.as_deref()),
-            ),
-        ] {
-            held.extend(rows_among::<contact::Entity>(&txn, scope, column, &keys).await?);
-        }
-        let mut holders = Holders::default();
-        for row in &held {
-            let id = &row.contact_id;
-            if let Some(k) = &row.create_request_id {
-                holders.by_request.insert(k.clone(), id.clone());
-            }
-            if let Some(k) = &row.external_id {
-                holders.by_external.insert(k.clone(), id.clone());
-            }
-            if let Some(k) = &row.email {
-                holders.by_natural.insert(k.clone(), id.clone());
-            }
-        }
         let keys: Vec<ImportKeys> = items
             .iter()
             .map(|(new, request_id)| ImportKeys {
@@ -306,6 +346,7 @@ impl Repository {
                 natural: new.email.as_deref(),
             })
             .collect();
+        let holders = holders::<contact::Entity>(&txn, t, &keys).await?;
         let mut decisions = decide_import(&keys, &holders, CONTACT_FIELDS);
         // A new contact needs its account: every id a caller sends is checked.
         for ((new, _), decision) in items.iter().zip(decisions.iter_mut()) {
@@ -363,14 +404,7 @@ impl Repository {
         };
         record_firsts(&txn, t, &reached, ms(now)).await?;
 
-        let mut ids: Vec<&str> = created_ids.iter().flatten().map(String::as_str).collect();
-        for decision in &decisions {
-            if let ImportDecision::Existing(id) = decision {
-                ids.push(id);
-            }
-        }
-        let models =
-            rows_among::<contact::Entity>(&txn, scope, contact::Column::ContactId, &ids).await?;
+        let models = read_back::<contact::Entity>(&txn, t, &decisions, &created_ids).await?;
         let records: HashMap<String, Contact> = hydrate_contacts(&txn, models)
             .await?
             .into_iter()

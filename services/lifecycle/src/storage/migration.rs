@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(super::migration_histories::ContactHistoryAndDeliveries),
             Box::new(super::migration_sync::ExternalIdsAndSync),
+            Box::new(super::migration_erasure::Erasures),
         ]
     }
 }

@@ -459,3 +459,25 @@ pub fn pipeline_value(o: &Opportunity) -> Option<Money> {
 
 #[cfg(test)]
 mod tests;
+
+/// The opportunity without the erased contacts (buying group members and
+/// stakeholders who are them: a stakeholder carries the person's name), or
+/// `None` when it names none of them. Erasure is not a step of the process:
+/// nothing else changes, and no event goes to lifecycle (lifecycle erased
+/// its side first).
+pub fn without_contacts(o: &Opportunity, erased: &[String]) -> Option<Opportunity> {
+    let is_erased = |id: &str| erased.iter().any(|e| e == id);
+    let named = o.buying_group.iter().any(|c| is_erased(c))
+        || o.stakeholders
+            .iter()
+            .any(|s| s.contact_id.as_deref().is_some_and(is_erased));
+    if !named {
+        return None;
+    }
+    let mut cleaned = o.clone();
+    cleaned.buying_group.retain(|c| !is_erased(c));
+    cleaned
+        .stakeholders
+        .retain(|s| !s.contact_id.as_deref().is_some_and(is_erased));
+    Some(cleaned)
+}

@@ -305,3 +305,39 @@ fn discover_display_name_and_probabilities_are_settings() {
         refusal.message
     );
 }
+
+#[test]
+fn an_erased_contact_leaves_buying_groups_and_stakeholders_and_nothing_else() {
+    let mut o = complete(Step::Qualify, 10);
+    o.buying_group = vec!["c1".into(), "c2".into()];
+    o.stakeholders = vec![
+        Stakeholder {
+            contact_id: Some("c2".into()),
+            name: "Pat Erased".into(),
+            role: 1,
+        },
+        Stakeholder {
+            contact_id: None,
+            name: "Dana".into(),
+            role: 2,
+        },
+    ];
+    let cleaned = without_contacts(&o, &["c2".into()]).expect("c2 is named");
+    assert_eq!(cleaned.buying_group, ["c1"]);
+    assert_eq!(cleaned.stakeholders.len(), 1);
+    assert_eq!(cleaned.stakeholders[0].name, "Dana");
+    let mut rest = cleaned.clone();
+    rest.buying_group = o.buying_group.clone();
+    rest.stakeholders = o.stakeholders.clone();
+    assert_eq!(rest, o, "nothing else changed");
+    assert_eq!(
+        without_contacts(&o, &["c9".into()]),
+        None,
+        "names no erased contact"
+    );
+    assert_eq!(
+        without_contacts(&cleaned, &["c2".into()]),
+        None,
+        "idempotent"
+    );
+}

@@ -2,6 +2,7 @@
 //! opportunity events for lifecycle. Every query is scoped by tenant.
 
 mod entities;
+mod erasure;
 pub mod migration;
 mod pipeline;
 mod settings;

@@ -2,23 +2,18 @@
 //! check who activities name (the directory, backed by lifecycle), call the
 //! repository.
 
-use cascade_chassis::client::LifecycleClientSettings;
-use cascade_chassis::client::{
-    CALL_DEADLINE, LifecycleClient, outgoing_for, peer_failure, with_deadline,
-};
+use cascade_chassis::client::{LifecycleClient, LifecycleClientSettings};
 use cascade_chassis::limit::TenantRateLimiter;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::time::to_timestamp;
 use cascade_chassis::validate::Validator;
 use cascade_chassis::{RequestContext, ServiceError};
-use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::directory::Directory;
-use crate::domain::simulate::Thresholds;
 use crate::storage::Repository;
 
 /// Largest batch (RecordActivities) or stream chunk (StreamActivities).
@@ -26,6 +21,7 @@ pub const MAX_BATCH: usize = cascade_domain::LARGEST_BATCH;
 
 mod convert;
 mod ingest;
+mod simulate;
 
 use convert::{breakdown, model_from_proto, model_to_proto, score_to_proto};
 use ingest::{ItemOutcome, batch_prefix, check_batch_size, result_of};
@@ -50,6 +46,11 @@ impl ScoringApi {
             lifecycle,
             ingest_limit,
         }
+    }
+
+    /// Who activities name, as this API checks them (shared with erasure).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 }
 
@@ -314,107 +315,13 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::SimulateScoringModelRequest>,
     ) -> Result<Response<pb::SimulateScoringModelResponse>, Status> {
-        let context = RequestContext::of(&request)?;
-        let request = request.into_inner();
-        let proposed = model_from_proto(request.model)?;
-        let mut v = Validator::new();
-        let thresholds = match request.thresholds {
-            Some(t) => {
-                v.thresholds("thresholds.", t.engaged_threshold, t.prioritized_threshold);
-                Thresholds {
-                    engaged: t.engaged_threshold,
-                    prioritized: t.prioritized_threshold,
-                }
-            }
-            None => {
-                v.add("thresholds", "is required");
-                Thresholds {
-                    engaged: 0.0,
-                    prioritized: 0.0,
-                }
-            }
-        };
-        let start = v.optional_time("start_time", request.start_time.as_ref());
-        let end = v.optional_time("end_time", request.end_time.as_ref());
-        if let (Some(start), Some(end)) = (start, end)
-            && start >= end
-        {
-            v.add("end_time", "must be after start_time");
-        }
-        if request.sample_size < 0 || request.sample_size > 1000 {
-            v.add("sample_size", "must be between 0 and 1000");
-        }
-        v.finish()?;
-        let window = (
-            start.map_or(i64::MIN, |t| t.timestamp_millis()),
-            end.map_or(i64::MAX, |t| t.timestamp_millis()),
-        );
-        // The comparison is with the current model under lifecycle's current thresholds.
-        let mut client = self.lifecycle.clone();
-        let call = client.get_lifecycle_settings(outgoing_for(
-            &context,
-            lifecycle::GetLifecycleSettingsRequest { version: 0 },
-        ));
-        let settings = with_deadline(context.call_budget(CALL_DEADLINE), call)
-            .await
-            .map_err(|status| {
-                peer_failure(
-                    "lifecycle",
-                    "give the current thresholds",
-                    "nothing was simulated",
-                    &status,
-                )
-            })?
-            .into_inner()
-            .settings
-            .unwrap_or_default();
-        let current = (
-            self.repository.current_model(&context.tenant).await?,
-            Thresholds {
-                engaged: settings.engaged_threshold,
-                prioritized: settings.prioritized_threshold,
-            },
-        );
-        let sample = if request.sample_size == 0 {
-            20
-        } else {
-            request.sample_size as usize
-        };
-        let result = self
-            .repository
-            .simulate(
-                &context.tenant,
-                current,
-                (proposed, thresholds),
-                window,
-                sample,
-            )
-            .await?;
-        let counts = |counts: &std::collections::BTreeMap<cascade_domain::AccountStage, i64>| {
-            counts
-                .iter()
-                .map(|(stage, n)| pb::StageCount {
-                    stage: stage.to_proto(),
-                    account_count: *n,
-                })
-                .collect()
-        };
-        Ok(Response::new(pb::SimulateScoringModelResponse {
-            current_counts: counts(&result.current_counts),
-            proposed_counts: counts(&result.proposed_counts),
-            changed_account_count: result.changed,
-            sample: result
-                .sample
-                .into_iter()
-                .map(|c| pb::SimulatedAccountChange {
-                    account_id: c.account_id,
-                    current_score: c.current_score,
-                    proposed_score: c.proposed_score,
-                    current_stage: c.current_stage.to_proto(),
-                    proposed_stage: c.proposed_stage.to_proto(),
-                })
-                .collect(),
-            activity_count: result.activities,
-        }))
+        simulate::simulate_scoring_model(self, request).await
+    }
+
+    async fn simulate_scoring_model_stream(
+        &self,
+        request: Request<pb::SimulateScoringModelStreamRequest>,
+    ) -> Result<Response<simulate::SimulationStream>, Status> {
+        simulate::simulate_scoring_model_stream(self, request).await
     }
 }

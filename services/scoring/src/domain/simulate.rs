@@ -5,6 +5,7 @@
 //! groups, not of activities.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use cascade_domain::AccountStage;
 
@@ -47,6 +48,57 @@ pub struct SimulationResult {
     pub changed: i64,
     pub sample: Vec<Change>,
     pub activities: i64,
+}
+
+/// How far a replay has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Activities replayed so far.
+    pub activities: i64,
+    /// Accounts reached so far (the one being replayed included).
+    pub accounts: i64,
+}
+
+/// When a replay reports its progress: at each tenth of the activities
+/// counted before it started, so a replay of milliseconds still shows
+/// movement, and otherwise once `interval` has passed since the last report,
+/// so a long one neither floods the caller nor goes quiet.
+#[derive(Debug, Clone)]
+pub struct ProgressPace {
+    total: i64,
+    interval: Duration,
+    /// The next tenth to report (1-9; 10: all reported; the end is reported
+    /// anyway).
+    next_tenth: i64,
+    last: Instant,
+}
+
+impl ProgressPace {
+    /// `start`: when the replay started (its first report).
+    pub fn new(total: i64, interval: Duration, start: Instant) -> Self {
+        Self {
+            total,
+            interval,
+            next_tenth: 1,
+            last: start,
+        }
+    }
+
+    /// Whether to report with `replayed` activities at `now`; if so, the
+    /// report is taken as made.
+    pub fn due(&mut self, replayed: i64, now: Instant) -> bool {
+        let mut due = now.saturating_duration_since(self.last) >= self.interval;
+        while self.next_tenth < 10
+            && replayed.saturating_mul(10) >= self.total.saturating_mul(self.next_tenth)
+        {
+            self.next_tenth += 1;
+            due = true;
+        }
+        if due {
+            self.last = now;
+        }
+        due
+    }
 }
 
 struct Run {
@@ -101,6 +153,7 @@ pub struct Simulation {
     today: i64,
     sample_size: usize,
     account: Option<String>,
+    accounts: i64,
     result: SimulationResult,
 }
 
@@ -124,6 +177,7 @@ impl Simulation {
             today,
             sample_size,
             account: None,
+            accounts: 0,
             result: SimulationResult::default(),
         }
     }
@@ -132,10 +186,19 @@ impl Simulation {
         if self.account.as_deref() != Some(account_id) {
             self.close_account();
             self.account = Some(account_id.to_owned());
+            self.accounts += 1;
         }
         self.current.add(account_id, &activity, self.today);
         self.proposed.add(account_id, &activity, self.today);
         self.result.activities += activity.count;
+    }
+
+    /// How far the replay has got.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            activities: self.result.activities,
+            accounts: self.accounts,
+        }
     }
 
     fn close_account(&mut self) {
@@ -222,6 +285,13 @@ mod tests {
                 count: 1,
             },
         );
+        assert_eq!(
+            sim.progress(),
+            Progress {
+                activities: 5,
+                accounts: 3
+            }
+        );
         let r = sim.finish();
         assert_eq!(r.activities, 5);
         assert_eq!(r.current_counts.get(&AccountStage::Engaged), Some(&1));
@@ -234,5 +304,35 @@ mod tests {
             (r.sample[0].current_score, r.sample[0].proposed_score),
             (6.0, 120.0)
         );
+    }
+
+    #[test]
+    fn progress_is_paced_by_tenths_and_by_time() {
+        let start = Instant::now();
+        let ms = |n| start + Duration::from_millis(n);
+        let mut pace = ProgressPace::new(1000, Duration::from_millis(250), start);
+        assert!(!pace.due(50, ms(1)), "under a tenth, too soon");
+        assert!(pace.due(100, ms(2)), "a tenth");
+        assert!(!pace.due(150, ms(3)));
+        // A group crossing several tenths reports once.
+        assert!(pace.due(420, ms(4)));
+        assert!(!pace.due(450, ms(5)));
+        assert!(pace.due(460, ms(254)), "250 ms since the last report");
+        assert!(!pace.due(470, ms(300)));
+        assert!(pace.due(500, ms(301)), "the fifth tenth");
+        assert!(pace.due(990, ms(302)));
+        // All tenths reported (the end is reported by the caller): time only.
+        assert!(!pace.due(1000, ms(303)));
+        assert!(!pace.due(1200, ms(400)), "more than counted: no tenth left");
+        assert!(pace.due(1200, ms(552)));
+    }
+
+    #[test]
+    fn nothing_counted_reports_once_then_by_time() {
+        let start = Instant::now();
+        let mut pace = ProgressPace::new(0, Duration::from_millis(250), start);
+        assert!(pace.due(0, start));
+        assert!(!pace.due(7, start + Duration::from_millis(10)));
+        assert!(pace.due(9, start + Duration::from_millis(260)));
     }
 }

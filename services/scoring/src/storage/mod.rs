@@ -8,9 +8,11 @@
 //! - `ingest`: storing and scoring batches (with `group`: group commit);
 //! - `scores`: stored and computed scores, and what deliveries carry;
 //! - `ledger`: an account's activities, oldest first;
-//! - `simulation`: replaying stored activities through two models.
+//! - `simulation`: replaying stored activities through two models;
+//! - `erasure`: deleting an erased contact's or account's rows.
 
 mod entities;
+mod erasure;
 mod group;
 mod ingest;
 mod ledger;
@@ -31,6 +33,7 @@ use tokio::sync::Notify;
 
 use crate::domain;
 pub use crate::domain::Totals;
+pub use erasure::Erase;
 
 /// Outbox topic of score deliveries to lifecycle; the partition is the account.
 pub const SCORE_TOPIC: &str = "engagement_scores";

@@ -551,7 +551,7 @@ pub(super) async fn upsert_contact_scores(
 
 /// The buckets of the accounts `accounts` selects, by account; only one
 /// contact's when `contact_id` is given.
-async fn buckets_of(
+pub(super) async fn buckets_of(
     conn: &impl ConnectionTrait,
     t: &str,
     accounts: impl IntoCondition,

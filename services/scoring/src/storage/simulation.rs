@@ -1,18 +1,44 @@
 //! Reading stored activities for SimulateScoringModel.
 
+use std::ops::ControlFlow;
+
 use cascade_chassis::{ServiceResult, TenantId};
 use futures::TryStreamExt;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
 
 use super::entities::activity;
 use super::{Repository, today};
 use crate::domain::ScoringModel;
-use crate::domain::simulate::{ReplayActivity, Simulation, SimulationResult, Thresholds};
+use crate::domain::simulate::{Progress, ReplayActivity, Simulation, SimulationResult, Thresholds};
 
 const DAY_MS: i64 = 86_400_000;
 
+/// The tenant's activities that happened in `[window.0, window.1)`.
+fn in_window(tenant: &TenantId, window: (i64, i64)) -> Select<activity::Entity> {
+    activity::Entity::find()
+        .filter(activity::Column::TenantId.eq(tenant.as_str()))
+        .filter(activity::Column::OccurredAtMs.gte(window.0))
+        .filter(activity::Column::OccurredAtMs.lt(window.1))
+}
+
 impl Repository {
+    /// How many activities a replay of the window reads: the total its
+    /// progress is measured against. `COUNT(*)` over the window index alone.
+    pub async fn count_in_window(
+        &self,
+        tenant: &TenantId,
+        window: (i64, i64),
+    ) -> ServiceResult<i64> {
+        let count = in_window(tenant, window)
+            .select_only()
+            .column_as(Expr::col(Asterisk).count(), "activities")
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?;
+        Ok(count.unwrap_or(0))
+    }
+
     /// Replays the stored activities of a window through the current and a
     /// proposed model. The database groups them by account, contact, type and
     /// UTC day (a rule scores those alike) and streams the groups ordered by
@@ -20,6 +46,9 @@ impl Repository {
     /// and one account's state at a time. Reading activities one by one
     /// through the ledger index instead cost a random table read each
     /// (22-34 s per million, docs/performance.md).
+    ///
+    /// `watch` sees the progress after every group and may stop the replay
+    /// (`ControlFlow::Break`: the caller is gone), which then answers `None`.
     pub async fn simulate(
         &self,
         tenant: &TenantId,
@@ -27,14 +56,15 @@ impl Repository {
         proposed: (ScoringModel, Thresholds),
         window: (i64, i64),
         sample_size: usize,
-    ) -> ServiceResult<SimulationResult> {
+        mut watch: impl FnMut(Progress) -> ControlFlow<()>,
+    ) -> ServiceResult<Option<SimulationResult>> {
         let mut simulation = Simulation::new(current, proposed, today(), sample_size);
         // Times are validated to be after 1970, so integer division is the
         // UTC day (`domain::day_of`) on both backends.
         let day = Expr::col(activity::Column::OccurredAtMs).div(DAY_MS);
         let by_day = || Expr::col(Alias::new("day"));
         // One statement: a consistent snapshot on both backends.
-        let mut groups = activity::Entity::find()
+        let mut groups = in_window(tenant, window)
             .select_only()
             .columns([
                 activity::Column::AccountId,
@@ -43,9 +73,6 @@ impl Repository {
             ])
             .column_as(day, "day")
             .column_as(Expr::col(activity::Column::EventId).count(), "activities")
-            .filter(activity::Column::TenantId.eq(tenant.as_str()))
-            .filter(activity::Column::OccurredAtMs.gte(window.0))
-            .filter(activity::Column::OccurredAtMs.lt(window.1))
             .group_by(activity::Column::AccountId)
             .group_by(activity::Column::ContactId)
             .group_by(activity::Column::ActivityType)
@@ -67,7 +94,10 @@ impl Repository {
                     count,
                 },
             );
+            if watch(simulation.progress()).is_break() {
+                return Ok(None);
+            }
         }
-        Ok(simulation.finish())
+        Ok(Some(simulation.finish()))
     }
 }

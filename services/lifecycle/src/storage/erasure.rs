@@ -1,0 +1,308 @@
+//! Erasure: lifecycle's part (the contact or account and everything of it
+//! that holds personal data, deleted in one transaction with the erasure's
+//! record), and the record the other services read their part from
+//! (ListPendingErasures) and confirm it on (ConfirmErasure).
+//!
+//! Kept: the stage histories (ids, stages, causes, times: the fact that
+//! something happened) and applied event ids. Deleted: the contact rows
+//! (email, names, title), first-reached dates, buying-group memberships, and
+//! for an account its notifications and watch feed entries (their text names
+//! the account).
+
+use cascade_chassis::db::{Stored, begin_write};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
+use cascade_domain::ids;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
+
+use super::contacts::contact_model;
+use super::entities::{
+    account, account_event, account_opportunity, contact, erasure, notification,
+    opportunity_contact, stage_first,
+};
+use super::{OPEN, Repository, lock_account};
+use crate::domain::erasure::{ERASING_SERVICES, Erasure, ErasureSubject, may_erase_account};
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn from_model(m: erasure::Model) -> Erasure {
+    Erasure {
+        erasure_id: m.erasure_id,
+        subject: *m.subject_type,
+        subject_id: m.subject_id,
+        account_id: m.account_id,
+        contact_ids: m
+            .contact_ids
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        actor: m.actor,
+        created_at: at(m.created_at_ms),
+        scoring_done_at: m.scoring_done_at_ms.map(at),
+        opportunity_done_at: m.opportunity_done_at_ms.map(at),
+    }
+}
+
+/// Deletes what lifecycle holds of `contact_ids` beside the contact rows:
+/// first-reached dates and buying-group memberships.
+async fn delete_contact_traces(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    contact_ids: &[String],
+) -> Result<(), DbErr> {
+    if contact_ids.is_empty() {
+        return Ok(());
+    }
+    for chunk in cascade_chassis::db::statement_chunks(contact_ids, 1) {
+        stage_first::Entity::delete_many()
+            .filter(stage_first::Column::TenantId.eq(tenant_id))
+            .filter(stage_first::Column::SubjectId.is_in(chunk.iter().cloned()))
+            .exec(conn)
+            .await?;
+        opportunity_contact::Entity::delete_many()
+            .filter(opportunity_contact::Column::TenantId.eq(tenant_id))
+            .filter(opportunity_contact::Column::ContactId.is_in(chunk.iter().cloned()))
+            .exec(conn)
+            .await?;
+        contact::Entity::delete_many()
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(contact::Column::ContactId.is_in(chunk.iter().cloned()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn record(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    actor: &str,
+    subject: (ErasureSubject, &str),
+    account_id: &str,
+    contact_ids: &[String],
+) -> Result<erasure::Model, DbErr> {
+    erasure::ActiveModel {
+        erasure_id: Set(ids::new_id()),
+        tenant_id: Set(tenant_id.to_owned()),
+        subject_type: Set(Stored(subject.0)),
+        subject_id: Set(subject.1.to_owned()),
+        account_id: Set(account_id.to_owned()),
+        contact_ids: Set(contact_ids.join("\n")),
+        actor: Set(actor.to_owned()),
+        created_at_ms: Set(time::now().timestamp_millis()),
+        scoring_done_at_ms: Set(None),
+        opportunity_done_at_ms: Set(None),
+    }
+    .insert(conn)
+    .await
+}
+
+impl Repository {
+    /// The erasure of `subject_id` in the tenant, if any.
+    async fn erasure_of(
+        &self,
+        tenant: &TenantId,
+        subject_id: &str,
+    ) -> ServiceResult<Option<Erasure>> {
+        Ok(erasure::Entity::find()
+            .filter(erasure::Column::TenantId.eq(tenant.as_str()))
+            .filter(erasure::Column::SubjectId.eq(subject_id))
+            .one(&self.db)
+            .await?
+            .map(from_model))
+    }
+
+    /// Erases a contact here and records the erasure for the other services.
+    pub async fn erase_contact(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        contact_id: &str,
+    ) -> ServiceResult<Erasure> {
+        if let Some(done) = self.erasure_of(tenant, contact_id).await? {
+            return Ok(done);
+        }
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        let found = contact_model(&txn, tenant, contact_id).await?;
+        // Changes to a contact serialize on its account, like the engine's.
+        lock_account(&txn, t, &found.account_id).await?;
+        let erased = [contact_id.to_owned()];
+        delete_contact_traces(&txn, t, &erased).await?;
+        let model = record(
+            &txn,
+            t,
+            actor,
+            (ErasureSubject::Contact, contact_id),
+            &found.account_id,
+            &erased,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(from_model(model))
+    }
+
+    /// Erases an account with its contacts here (refused while it has open
+    /// opportunities, unless forced) and records the erasure.
+    pub async fn erase_account(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        account_id: &str,
+        force: bool,
+    ) -> ServiceResult<Erasure> {
+        if let Some(done) = self.erasure_of(tenant, account_id).await? {
+            return Ok(done);
+        }
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        lock_account(&txn, t, account_id).await?;
+        let open = account_opportunity::Entity::find()
+            .filter(account_opportunity::Column::TenantId.eq(t))
+            .filter(account_opportunity::Column::AccountId.eq(account_id))
+            .filter(account_opportunity::Column::Status.eq(OPEN))
+            .count(&txn)
+            .await?;
+        may_erase_account(u32::try_from(open).unwrap_or(u32::MAX), force).map_err(|refusal| {
+            ServiceError::precondition(
+                "OPEN_OPPORTUNITIES",
+                format!("account/{account_id}"),
+                refusal.0,
+            )
+        })?;
+        let contact_ids: Vec<String> = contact::Entity::find()
+            .select_only()
+            .column(contact::Column::ContactId)
+            .filter(contact::Column::TenantId.eq(t))
+            .filter(contact::Column::AccountId.eq(account_id))
+            .order_by_asc(contact::Column::ContactId)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        delete_contact_traces(&txn, t, &contact_ids).await?;
+        stage_first::Entity::delete_many()
+            .filter(stage_first::Column::TenantId.eq(t))
+            .filter(stage_first::Column::SubjectId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        // The account's deals, and what was said about it: notifications
+        // and the watch feed carry its name.
+        let opportunities = account_opportunity::Entity::find()
+            .select_only()
+            .column(account_opportunity::Column::OpportunityId)
+            .filter(account_opportunity::Column::TenantId.eq(t))
+            .filter(account_opportunity::Column::AccountId.eq(account_id))
+            .into_query();
+        opportunity_contact::Entity::delete_many()
+            .filter(opportunity_contact::Column::TenantId.eq(t))
+            .filter(opportunity_contact::Column::OpportunityId.in_subquery(opportunities))
+            .exec(&txn)
+            .await?;
+        account_opportunity::Entity::delete_many()
+            .filter(account_opportunity::Column::TenantId.eq(t))
+            .filter(account_opportunity::Column::AccountId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        notification::Entity::delete_many()
+            .filter(notification::Column::TenantId.eq(t))
+            .filter(notification::Column::AccountId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        account_event::Entity::delete_many()
+            .filter(account_event::Column::TenantId.eq(t))
+            .filter(account_event::Column::AccountId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        account::Entity::delete_many()
+            .filter(account::Column::TenantId.eq(t))
+            .filter(account::Column::AccountId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        let model = record(
+            &txn,
+            t,
+            actor,
+            (ErasureSubject::Account, account_id),
+            account_id,
+            &contact_ids,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(from_model(model))
+    }
+
+    pub async fn get_erasure(&self, tenant: &TenantId, erasure_id: &str) -> ServiceResult<Erasure> {
+        erasure::Entity::find_by_id(erasure_id)
+            .filter(erasure::Column::TenantId.eq(tenant.as_str()))
+            .one(&self.db)
+            .await?
+            .map(from_model)
+            .ok_or_else(|| ServiceError::not_found("erasure", erasure_id))
+    }
+
+    /// Erasures `service` has not confirmed, of every tenant, oldest first:
+    /// (tenant, erasure).
+    pub async fn pending_erasures(
+        &self,
+        service: &str,
+        limit: u64,
+    ) -> ServiceResult<Vec<(String, Erasure)>> {
+        let pending = match service {
+            "scoring" => erasure::Column::ScoringDoneAtMs.is_null(),
+            "opportunity" => erasure::Column::OpportunityDoneAtMs.is_null(),
+            other => return Err(unknown_service(other)),
+        };
+        Ok(erasure::Entity::find()
+            .filter(pending)
+            .order_by_asc(erasure::Column::ErasureId)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| (m.tenant_id.clone(), from_model(m)))
+            .collect())
+    }
+
+    /// `service` has erased its part of an erasure; whether all have now.
+    pub async fn confirm_erasure(
+        &self,
+        tenant: &TenantId,
+        erasure_id: &str,
+        service: &str,
+    ) -> ServiceResult<bool> {
+        let column = match service {
+            "scoring" => erasure::Column::ScoringDoneAtMs,
+            "opportunity" => erasure::Column::OpportunityDoneAtMs,
+            other => return Err(unknown_service(other)),
+        };
+        let _turn = cascade_chassis::db::write_turn(&self.db).await?;
+        // The first confirmation's time stays.
+        erasure::Entity::update_many()
+            .col_expr(column, Expr::value(time::now().timestamp_millis()))
+            .filter(erasure::Column::TenantId.eq(tenant.as_str()))
+            .filter(erasure::Column::ErasureId.eq(erasure_id))
+            .filter(column.is_null())
+            .exec(&self.db)
+            .await?;
+        drop(_turn);
+        let now = self.get_erasure(tenant, erasure_id).await?;
+        Ok(now.complete_at().is_some())
+    }
+}
+
+fn unknown_service(service: &str) -> ServiceError {
+    ServiceError::invalid(
+        "service",
+        format!(
+            "must be one of {} (got {service:?})",
+            ERASING_SERVICES.join(", ")
+        ),
+    )
+}

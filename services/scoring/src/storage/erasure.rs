@@ -1,0 +1,182 @@
+//! Scoring's part of an erasure (`chassis::erasure`): the erased contacts'
+//! activities (the ledger lines), buckets, scores and cap usage are deleted,
+//! and the account's score is recomputed from what remains and delivered to
+//! lifecycle, in one transaction. An erased account loses every row of it.
+//! Idempotent: a second run finds nothing to delete and delivers the same
+//! totals again (lifecycle sees a new sequence with the same scores).
+
+use std::collections::BTreeMap;
+
+use cascade_chassis::db::{among, begin_write};
+use cascade_chassis::{ServiceResult, TenantId, outbox};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+
+use super::entities::{account_score, activity, contact_score, rule_usage, score_bucket};
+use super::models::current_model;
+use super::scores::{NewScore, buckets_of, lock_account_scores, upsert_account_scores};
+use super::{DeliveryPayload, Repository, SCORE_TOPIC, today};
+use crate::domain;
+
+/// What to erase.
+pub enum Erase<'a> {
+    /// These contacts of `account_id`; the account stays.
+    Contacts {
+        account_id: &'a str,
+        contact_ids: &'a [String],
+    },
+    /// The account and everything of it.
+    Account { account_id: &'a str },
+}
+
+/// Deletes the rows of `column` among `keys` in `E`, for the tenant; how many.
+async fn delete_among<E: EntityTrait>(
+    conn: &impl ConnectionTrait,
+    tenant: (E::Column, &str),
+    column: E::Column,
+    keys: &[&str],
+) -> Result<u64, DbErr> {
+    let mut deleted = 0;
+    for condition in among(conn.get_database_backend(), column, keys) {
+        deleted += E::delete_many()
+            .filter(tenant.0.eq(tenant.1))
+            .filter(condition)
+            .exec(conn)
+            .await?
+            .rows_affected;
+    }
+    Ok(deleted)
+}
+
+impl Repository {
+    pub async fn erase(&self, tenant: &TenantId, what: Erase<'_>) -> ServiceResult<()> {
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        match what {
+            Erase::Contacts {
+                account_id,
+                contact_ids,
+            } => {
+                let ids: Vec<&str> = contact_ids.iter().map(String::as_str).collect();
+                // In ingest's lock order (usage, activities, buckets, then the
+                // account's score, then contact scores), so the two queue
+                // rather than deadlock.
+                delete_among::<rule_usage::Entity>(
+                    &txn,
+                    (rule_usage::Column::TenantId, t),
+                    rule_usage::Column::Subject,
+                    &ids,
+                )
+                .await?;
+                let activities = delete_among::<activity::Entity>(
+                    &txn,
+                    (activity::Column::TenantId, t),
+                    activity::Column::ContactId,
+                    &ids,
+                )
+                .await?;
+                let buckets = delete_among::<score_bucket::Entity>(
+                    &txn,
+                    (score_bucket::Column::TenantId, t),
+                    score_bucket::Column::ContactId,
+                    &ids,
+                )
+                .await?;
+                if activities == 0 && buckets == 0 {
+                    // Nothing of them was scored: no score to recompute.
+                    txn.commit().await?;
+                    return Ok(());
+                }
+                // Held until commit: batches of this account wait, so the
+                // recomputed score is not overwritten by one that still
+                // counted the contact.
+                let account = account_id.to_owned();
+                lock_account_scores(&txn, t, std::iter::once(&account)).await?;
+                delete_among::<contact_score::Entity>(
+                    &txn,
+                    (contact_score::Column::TenantId, t),
+                    contact_score::Column::ContactId,
+                    &ids,
+                )
+                .await?;
+
+                let model = current_model(&txn, t).await?;
+                let today = today();
+                let buckets = buckets_of(
+                    &txn,
+                    t,
+                    score_bucket::Column::AccountId.eq(account_id),
+                    None,
+                )
+                .await?
+                .remove(account_id)
+                .unwrap_or_default();
+                let totals = domain::totals_of(buckets, &model, today);
+                let engaged = totals.per_contact.keys().cloned().collect();
+                let scores = BTreeMap::from([(account.clone(), NewScore { totals, engaged })]);
+                let sequences = upsert_account_scores(&txn, t, today, &scores).await?;
+                if let Some(&sequence) = sequences.get(account_id) {
+                    let payload = DeliveryPayload {
+                        sequence,
+                        contacts: BTreeMap::new(),
+                    };
+                    outbox::enqueue(&txn, t, SCORE_TOPIC, account_id, payload.encode()).await?;
+                }
+                txn.commit().await?;
+                self.deliveries_written.notify_one();
+            }
+            Erase::Account { account_id } => {
+                // The account's contacts as scoring knows them (rule usage is
+                // kept per contact, or per account for activities without one).
+                let contacts: Vec<String> = contact_score::Entity::find()
+                    .filter(contact_score::Column::TenantId.eq(t))
+                    .filter(contact_score::Column::AccountId.eq(account_id))
+                    .all(&txn)
+                    .await?
+                    .into_iter()
+                    .map(|row| row.contact_id)
+                    .collect();
+                let account_subject = format!("account:{account_id}");
+                let mut subjects: Vec<&str> = contacts.iter().map(String::as_str).collect();
+                subjects.push(&account_subject);
+                delete_among::<rule_usage::Entity>(
+                    &txn,
+                    (rule_usage::Column::TenantId, t),
+                    rule_usage::Column::Subject,
+                    &subjects,
+                )
+                .await?;
+                let one = [account_id];
+                delete_among::<activity::Entity>(
+                    &txn,
+                    (activity::Column::TenantId, t),
+                    activity::Column::AccountId,
+                    &one,
+                )
+                .await?;
+                delete_among::<score_bucket::Entity>(
+                    &txn,
+                    (score_bucket::Column::TenantId, t),
+                    score_bucket::Column::AccountId,
+                    &one,
+                )
+                .await?;
+                delete_among::<contact_score::Entity>(
+                    &txn,
+                    (contact_score::Column::TenantId, t),
+                    contact_score::Column::AccountId,
+                    &one,
+                )
+                .await?;
+                delete_among::<account_score::Entity>(
+                    &txn,
+                    (account_score::Column::TenantId, t),
+                    account_score::Column::AccountId,
+                    &one,
+                )
+                .await?;
+                txn.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
