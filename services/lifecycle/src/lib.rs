@@ -48,7 +48,8 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
             | "BatchCreateAccounts"
             | "BatchCreateContacts" => P::Write,
             "ResolveContact" | "BatchResolveContacts" => P::Resolve,
-            "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount" => P::Act,
+            "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount"
+            | "ChurnAccount" => P::Act,
             // Erasure is irreversible and reaches every service.
             "UpdateLifecycleSettings" | "DeleteContact" | "DeleteAccount" => P::Admin,
             "GetErasure" => P::Read,

@@ -121,6 +121,7 @@ domain_enum! {
         Implement = "IMPLEMENT",
         Expand = "EXPAND",
         Advocate = "ADVOCATE",
+        Churned = "CHURNED",
     }
 }
 

@@ -1,4 +1,4 @@
-//! Manual stage actions: qualify, disqualify, nurture, advance.
+//! Manual stage actions: qualify, disqualify, nurture, advance, churn.
 
 use cascade_chassis::validate::Validator;
 use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
@@ -99,6 +99,19 @@ pub(super) async fn nurture_account(
     let (account, transition) =
         action_with_reason(api, request, fields, AccountEvent::Nurture, true).await?;
     Ok(Response::new(pb::NurtureAccountResponse {
+        account,
+        transition,
+    }))
+}
+
+pub(super) async fn churn_account(
+    api: &LifecycleApi,
+    request: Request<pb::ChurnAccountRequest>,
+) -> Result<Response<pb::ChurnAccountResponse>, Status> {
+    let fields: fn(&pb::ChurnAccountRequest) -> (&str, &str) = |r| (&r.account_id, &r.reason);
+    let (account, transition) =
+        action_with_reason(api, request, fields, AccountEvent::Churn, true).await?;
+    Ok(Response::new(pb::ChurnAccountResponse {
         account,
         transition,
     }))

@@ -473,6 +473,13 @@ impl LifecycleService for LifecycleApi {
         actions::advance_account(self, request).await
     }
 
+    async fn churn_account(
+        &self,
+        request: Request<pb::ChurnAccountRequest>,
+    ) -> Result<Response<pb::ChurnAccountResponse>, Status> {
+        actions::churn_account(self, request).await
+    }
+
     async fn list_account_transitions(
         &self,
         request: Request<pb::ListAccountTransitionsRequest>,

@@ -21,6 +21,7 @@ domain_enum! {
         OpportunityWon = "OPPORTUNITY_WON",
         OpportunityLost = "OPPORTUNITY_LOST",
         Manual = "MANUAL",
+        Churn = "CHURN",
     }
 }
 
@@ -64,6 +65,8 @@ pub enum AccountEvent {
     Advance {
         to: Option<AccountStage>,
     },
+    /// A customer left.
+    Churn,
 }
 
 /// One stage change.
@@ -181,6 +184,15 @@ pub fn apply(
             push(&mut out, to_stage, to_type, cause);
             out.reset_baseline = true;
         }
+        AccountEvent::OpportunityOpened if state.stage == S::Churned => {
+            // A former customer on its way back.
+            push(
+                &mut out,
+                S::Pipeline,
+                CustomerType::ReProspect,
+                TransitionCause::OpportunityOpened,
+            );
+        }
         AccountEvent::OpportunityOpened => {
             if kind != CustomerType::Customer && state.stage < S::Pipeline {
                 push(
@@ -241,6 +253,15 @@ pub fn apply(
                 )));
             }
             push(&mut out, next, kind, TransitionCause::Manual);
+        }
+        AccountEvent::Churn => {
+            if !matches!(state.stage, S::Implement | S::Expand | S::Advocate) {
+                return Err(Refusal(format!(
+                    "the account is {}; only a customer (IMPLEMENT, EXPAND or ADVOCATE) can churn",
+                    state.stage
+                )));
+            }
+            push(&mut out, S::Churned, kind, TransitionCause::Churn);
         }
     }
     Ok(out)
@@ -312,7 +333,7 @@ mod tests {
     /// Every stage against every cause with the default settings.
     #[test]
     fn every_stage_against_every_cause() {
-        let causes: [(&str, AccountEvent); 12] = [
+        let causes: [(&str, AccountEvent); 13] = [
             ("score 0", engagement(0.0, 0.0)),
             ("score 50", engagement(50.0, 0.0)),
             ("score 120", engagement(120.0, 0.0)),
@@ -331,6 +352,7 @@ mod tests {
                 AccountEvent::OpportunityLost { other_open: 1 },
             ),
             ("advance", AccountEvent::Advance { to: None }),
+            ("churn", AccountEvent::Churn),
         ];
         const E: &[AccountStage] = &[S::Engaged];
         const EP: &[AccountStage] = &[S::Engaged, S::Prioritized];
@@ -341,18 +363,21 @@ mod tests {
         const I: &[AccountStage] = &[S::Implement];
         const X: &[AccountStage] = &[S::Expand];
         const A: &[AccountStage] = &[S::Advocate];
+        const C: &[AccountStage] = &[S::Churned];
         #[rustfmt::skip]
-        let table: [(AccountStage, [Expect; 12]); 9] = [
-            //             score0   score50  score120  intent   qualify  disq     nurture  opened   won      lost0    lost1    advance
-            (S::Targeted,    [Nothing, Moves(E), Moves(EP), Moves(D), Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused]),
-            (S::Detected,    [Nothing, Moves(E), Moves(EP), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused]),
-            (S::Engaged,     [Nothing, Nothing, Moves(P), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused]),
-            (S::Prioritized, [Nothing, Nothing, Nothing, Nothing, Moves(Q), Moves(D), Moves(E), Moves(PL), Moves(I), Nothing, Nothing, Refused]),
-            (S::Qualified,   [Nothing, Nothing, Nothing, Nothing, Refused, Moves(D), Moves(E), Moves(PL), Moves(I), Nothing, Nothing, Refused]),
-            (S::Pipeline,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Moves(I), Moves(E), Nothing, Refused]),
-            (S::Implement,   [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Moves(X)]),
-            (S::Expand,      [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Moves(A)]),
-            (S::Advocate,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Refused]),
+        let table: [(AccountStage, [Expect; 13]); 10] = [
+            //             score0   score50  score120  intent   qualify  disq     nurture  opened   won      lost0    lost1    advance  churn
+            (S::Targeted,    [Nothing, Moves(E), Moves(EP), Moves(D), Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
+            (S::Detected,    [Nothing, Moves(E), Moves(EP), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
+            (S::Engaged,     [Nothing, Nothing, Moves(P), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
+            (S::Prioritized, [Nothing, Nothing, Nothing, Nothing, Moves(Q), Moves(D), Moves(E), Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
+            (S::Qualified,   [Nothing, Nothing, Nothing, Nothing, Refused, Moves(D), Moves(E), Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
+            (S::Pipeline,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Moves(I), Moves(E), Nothing, Refused, Refused]),
+            (S::Implement,   [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Moves(X), Moves(C)]),
+            (S::Expand,      [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Moves(A), Moves(C)]),
+            (S::Advocate,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Refused, Moves(C)]),
+            // A former customer: only a new opportunity moves it (back to PIPELINE).
+            (S::Churned,     [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Moves(PL), Nothing, Nothing, Nothing, Refused, Refused]),
         ];
         assert_eq!(
             table.len(),
@@ -399,6 +424,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_churned_customer_comes_back_as_a_re_prospect_and_wins_again() {
+        let settings = LifecycleSettings::default();
+        let customer = state(S::Expand);
+        let churned = apply(&customer, &AccountEvent::Churn, &settings).expect("a customer churns");
+        assert_eq!(
+            churned.steps,
+            [Step {
+                from_stage: S::Expand,
+                to_stage: S::Churned,
+                from_customer_type: CustomerType::Customer,
+                to_customer_type: CustomerType::Customer,
+                cause: TransitionCause::Churn,
+            }]
+        );
+        assert!(!churned.reset_baseline && !churned.notify_prioritized);
+        let former = state(S::Churned);
+        let back = apply(&former, &AccountEvent::OpportunityOpened, &settings).expect("opened");
+        assert_eq!(
+            back.final_state(&former),
+            (S::Pipeline, CustomerType::ReProspect)
+        );
+        let pipeline = AccountState {
+            stage: S::Pipeline,
+            customer_type: CustomerType::ReProspect,
+            score_baseline: 0.0,
+            open_opportunities: 1,
+        };
+        let won = apply(&pipeline, &AccountEvent::OpportunityWon, &settings).expect("won");
+        assert_eq!(
+            won.final_state(&pipeline),
+            (S::Implement, CustomerType::Customer)
+        );
+        // Lost on the way back: the tenant's on-lost action, as for any prospect.
+        let lost = apply(
+            &pipeline,
+            &AccountEvent::OpportunityLost { other_open: 0 },
+            &settings,
+        )
+        .expect("lost");
+        assert_eq!(
+            lost.final_state(&pipeline),
+            (S::Engaged, CustomerType::ReProspect)
+        );
     }
 
     #[test]

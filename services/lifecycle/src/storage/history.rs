@@ -51,8 +51,12 @@ pub(crate) fn transition_from_model(m: transition::Model) -> ServiceResult<Trans
 }
 
 /// Position of a stage in the funnel, stored with each transition so SQL can
-/// tell forward from backward moves.
+/// tell forward from backward moves. CHURNED ranks below TARGETED: losing a
+/// customer is a move back, and winning it back a move forward.
 pub(crate) fn rank(stage: AccountStage) -> i32 {
+    if stage == AccountStage::Churned {
+        return 0;
+    }
     AccountStage::ALL
         .iter()
         .position(|s| *s == stage)
