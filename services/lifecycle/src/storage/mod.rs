@@ -77,7 +77,10 @@ pub struct ContactFilter {
 
 /// Orders `query` for a changed-since listing: records changed at or after
 /// `since`, by update time then id, continuing after the page key `after`
-/// (see `changed_key`). Times are stored at millisecond precision.
+/// (see `changed_key`). Times are stored at millisecond precision. On SQLite
+/// they are RFC 3339 text in UTC ("...:15.086+00:00", or "...:15+00:00" on a
+/// whole second), and bound values are written the same way, so text order
+/// is time order: within a second "+" sorts before ".".
 fn changed_since<E: EntityTrait>(
     query: Select<E>,
     (updated_at, id): (E::Column, E::Column),
