@@ -103,13 +103,18 @@ fn counts<R>(outcomes: &[Outcome<R>]) -> (i32, i32, i32) {
     )
 }
 
-pub(super) async fn batch_create_accounts(
-    api: &LifecycleApi,
-    request: Request<pb::BatchCreateAccountsRequest>,
-) -> Result<Response<pb::BatchCreateAccountsResponse>, Status> {
-    let context = RequestContext::of(&request)?;
-    let checked = check_each(request.into_inner().requests, new_account)?;
-    let valid: Vec<_> = checked
+/// Checks every item, stores the valid ones with `store` (not called when
+/// none is), and answers each item in request order, with the counts.
+async fn import<Req, T: Clone, R, Fut>(
+    requests: Vec<Req>,
+    check: impl Fn(&mut Validator, Req) -> T,
+    store: impl FnOnce(Vec<T>) -> Fut,
+) -> ServiceResult<(Vec<Outcome<R>>, (i32, i32, i32))>
+where
+    Fut: std::future::Future<Output = ServiceResult<Vec<Imported<R>>>>,
+{
+    let checked = check_each(requests, check)?;
+    let valid: Vec<T> = checked
         .iter()
         .filter_map(|c| c.as_ref().ok())
         .cloned()
@@ -117,12 +122,25 @@ pub(super) async fn batch_create_accounts(
     let stored = if valid.is_empty() {
         Vec::new()
     } else {
-        api.repository
-            .batch_create_accounts(&context.tenant, &valid)
-            .await?
+        store(valid).await?
     };
     let outcomes = merge(&checked, stored)?;
-    let (created_count, existing_count, rejected_count) = counts(&outcomes);
+    let counts = counts(&outcomes);
+    Ok((outcomes, counts))
+}
+
+pub(super) async fn batch_create_accounts(
+    api: &LifecycleApi,
+    request: Request<pb::BatchCreateAccountsRequest>,
+) -> Result<Response<pb::BatchCreateAccountsResponse>, Status> {
+    let context = RequestContext::of(&request)?;
+    let (outcomes, (created_count, existing_count, rejected_count)) =
+        import(request.into_inner().requests, new_account, async |valid| {
+            api.repository
+                .batch_create_accounts(&context.tenant, &valid)
+                .await
+        })
+        .await?;
     Ok(Response::new(pb::BatchCreateAccountsResponse {
         results: outcomes
             .into_iter()
@@ -145,21 +163,13 @@ pub(super) async fn batch_create_contacts(
     request: Request<pb::BatchCreateContactsRequest>,
 ) -> Result<Response<pb::BatchCreateContactsResponse>, Status> {
     let context = RequestContext::of(&request)?;
-    let checked = check_each(request.into_inner().requests, new_contact)?;
-    let valid: Vec<_> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok())
-        .cloned()
-        .collect();
-    let stored = if valid.is_empty() {
-        Vec::new()
-    } else {
-        api.repository
-            .batch_create_contacts(&context.tenant, &valid)
-            .await?
-    };
-    let outcomes = merge(&checked, stored)?;
-    let (created_count, existing_count, rejected_count) = counts(&outcomes);
+    let (outcomes, (created_count, existing_count, rejected_count)) =
+        import(request.into_inner().requests, new_contact, async |valid| {
+            api.repository
+                .batch_create_contacts(&context.tenant, &valid)
+                .await
+        })
+        .await?;
     Ok(Response::new(pb::BatchCreateContactsResponse {
         results: outcomes
             .into_iter()

@@ -13,7 +13,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use super::entities::{account_score, activity, contact_score, rule_usage, score_bucket};
 use super::models::current_model;
-use super::scores::{NewScore, buckets_of, lock_account_scores, upsert_account_scores};
+use super::scores::{NewScore, lock_account_scores, recomputed, upsert_account_scores};
 use super::{DeliveryPayload, Repository, SCORE_TOPIC, today};
 use crate::domain;
 
@@ -101,18 +101,15 @@ impl Repository {
 
                 let model = current_model(&txn, t).await?;
                 let today = today();
-                let buckets = buckets_of(
-                    &txn,
-                    t,
-                    score_bucket::Column::AccountId.eq(account_id),
-                    None,
-                )
-                .await?
-                .remove(account_id)
-                .unwrap_or_default();
-                let totals = domain::totals_of(buckets, &model, today);
-                let engaged = totals.per_contact.keys().cloned().collect();
-                let scores = BTreeMap::from([(account.clone(), NewScore { totals, engaged })]);
+                // An account left without buckets scores zero.
+                let score = recomputed(&txn, t, (&model, today), &[account_id])
+                    .await?
+                    .remove(account_id)
+                    .unwrap_or(NewScore {
+                        totals: domain::Totals::default(),
+                        engaged: Default::default(),
+                    });
+                let scores = BTreeMap::from([(account.clone(), score)]);
                 let sequences = upsert_account_scores(&txn, t, today, &scores).await?;
                 if let Some(&sequence) = sequences.get(account_id) {
                     let payload = DeliveryPayload {

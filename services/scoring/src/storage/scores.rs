@@ -399,10 +399,23 @@ pub(super) async fn rescore(
             _ => recompute.push(account_id.as_str()),
         }
     }
+    result.extend(recomputed(conn, t, (model, today), &recompute).await?);
+    Ok(result)
+}
+
+/// The scores of `accounts` computed from their buckets; an account without
+/// buckets is absent.
+pub(super) async fn recomputed(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    (model, today): (&ScoringModel, i64),
+    accounts: &[&str],
+) -> Result<BTreeMap<String, NewScore>, DbErr> {
+    let mut result = BTreeMap::new();
     for accounts in among(
         conn.get_database_backend(),
         score_bucket::Column::AccountId,
-        &recompute,
+        accounts,
     ) {
         for (account_id, buckets) in buckets_of(conn, t, accounts, None).await? {
             let totals = domain::totals_of(buckets, model, today);
@@ -551,7 +564,7 @@ pub(super) async fn upsert_contact_scores(
 
 /// The buckets of the accounts `accounts` selects, by account; only one
 /// contact's when `contact_id` is given.
-pub(super) async fn buckets_of(
+async fn buckets_of(
     conn: &impl ConnectionTrait,
     t: &str,
     accounts: impl IntoCondition,
