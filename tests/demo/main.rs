@@ -330,6 +330,7 @@ async fn main() -> Result<()> {
                 kind: 1,
                 quantity: 1,
                 unit_price: usd(60_000),
+                end_date: None,
             }],
             new_reality: "every account in one lifecycle".into(),
             ..Default::default()
@@ -345,6 +346,7 @@ async fn main() -> Result<()> {
                 document_ref: "dms://contracts/initech".into(),
                 signed: true,
                 sign_time: None,
+                end_date: None,
             }),
             ..Default::default()
         },

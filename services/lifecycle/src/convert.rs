@@ -37,6 +37,20 @@ pub fn account(account: Account) -> pb::Account {
         update_time: Some(to_timestamp(account.updated_at)),
         engagement_since_recycle: account.engagement_since_recycle,
         external_id: account.external_id.unwrap_or_default(),
+        at_risk: account.at_risk.map(|r| pb::AtRisk {
+            reason: r.reason,
+            source: r.source.to_proto(),
+            actor: r.actor,
+            since_time: Some(to_timestamp(r.since)),
+        }),
+        open_opportunities: account
+            .open_opportunities
+            .into_iter()
+            .map(|(opportunity_id, kind)| pb::OpenOpportunity {
+                opportunity_id,
+                kind: kind.to_proto(),
+            })
+            .collect(),
     }
 }
 
@@ -62,6 +76,12 @@ pub fn contact(contact: Contact) -> pb::Contact {
             })
             .collect(),
         external_id: contact.external_id.unwrap_or_default(),
+        inactive: contact.inactive.is_some(),
+        inactive_time: contact.inactive.as_ref().map(|(at, _)| to_timestamp(*at)),
+        inactive_reason: contact
+            .inactive
+            .and_then(|(_, reason)| reason)
+            .unwrap_or_default(),
     }
 }
 

@@ -46,10 +46,12 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
             | "CreateContact"
             | "UpdateContact"
             | "BatchCreateAccounts"
-            | "BatchCreateContacts" => P::Write,
+            | "BatchCreateContacts"
+            | "DeactivateContact"
+            | "ReactivateContact" => P::Write,
             "ResolveContact" | "BatchResolveContacts" => P::Resolve,
             "QualifyAccount" | "DisqualifyAccount" | "NurtureAccount" | "AdvanceAccount"
-            | "ChurnAccount" => P::Act,
+            | "ChurnAccount" | "FlagAccountAtRisk" | "ClearAccountAtRisk" => P::Act,
             // Erasure is irreversible and reaches every service.
             "UpdateLifecycleSettings" | "DeleteContact" | "DeleteAccount" => P::Admin,
             "GetErasure" => P::Read,
@@ -62,7 +64,9 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
             | "ApplyEngagementScores"
             | "ApplyOpportunityEvent"
             | "ListPendingErasures"
-            | "ConfirmErasure",
+            | "ConfirmErasure"
+            | "ListPendingContactChanges"
+            | "ConfirmContactChange",
         ) => P::Apply,
         _ => return None,
     })

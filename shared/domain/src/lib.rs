@@ -135,6 +135,41 @@ domain_enum! {
 }
 
 domain_enum! {
+    /// What an opportunity sells. UNSPECIFIED on the wire reads as NewBusiness
+    /// (`OpportunityKind::from_wire`).
+    OpportunityKind => pb::OpportunityKind {
+        NewBusiness = "NEW_BUSINESS",
+        Renewal = "RENEWAL",
+        Upgrade = "UPGRADE",
+    }
+}
+
+impl OpportunityKind {
+    /// The kind a request or event names; UNSPECIFIED (an older caller) is
+    /// new business. `None` for a number that names no kind.
+    pub fn from_wire(value: i32) -> Option<Self> {
+        if value == pb::OpportunityKind::Unspecified as i32 {
+            return Some(Self::NewBusiness);
+        }
+        Self::from_proto(value)
+    }
+
+    /// Renewals and upgrades are sold to an account that is a customer now.
+    pub fn needs_customer(self) -> bool {
+        self != Self::NewBusiness
+    }
+}
+
+/// Whether an account at `stage` is a customer now (onboarding, live or an
+/// advocate): the stages that can be at risk, churn, renew or upgrade.
+pub fn is_customer_stage(stage: AccountStage) -> bool {
+    matches!(
+        stage,
+        AccountStage::Implement | AccountStage::Expand | AccountStage::Advocate
+    )
+}
+
+domain_enum! {
     /// Person-level stage of a contact.
     ContactStage => pb::ContactStage {
         Anonymous = "ANONYMOUS",

@@ -76,6 +76,7 @@ pub fn opportunity_event(
         buying_group_contact_ids: buying_group.iter().map(|c| (*c).to_owned()).collect(),
         other_open_opportunities: 0,
         occur_time: Some(days_ago(0)),
+        opportunity_kind: 0,
     }
 }
 

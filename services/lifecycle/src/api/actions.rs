@@ -1,4 +1,5 @@
-//! Manual stage actions: qualify, disqualify, nurture, advance, churn.
+//! Manual actions: qualify, disqualify, nurture, advance, churn, and the
+//! at-risk flag.
 
 use cascade_chassis::validate::Validator;
 use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
@@ -27,7 +28,7 @@ async fn manual(
     account_id: &str,
     event: AccountEvent,
     reason: Option<String>,
-) -> ServiceResult<(pb::Account, pb::AccountTransition)> {
+) -> ServiceResult<(pb::Account, Option<pb::AccountTransition>)> {
     let result = api
         .repository
         .mutate(
@@ -37,14 +38,25 @@ async fn manual(
             Mutation::Manual { event, reason },
         )
         .await?;
-    let transition = result
-        .transitions
-        .first()
-        .map(convert::transition)
-        .ok_or_else(|| {
-            ServiceError::internal(anyhow::anyhow!("a manual action recorded no transition"))
-        })?;
+    // The action's own entry; a flag cleared by a churn comes after it.
+    let transition = result.transitions.first().map(convert::transition);
     Ok((convert::account(result.account), transition))
+}
+
+/// `manual` for an action that always records an entry (the rules refuse
+/// it otherwise).
+async fn recorded(
+    api: &LifecycleApi,
+    context: &RequestContext,
+    account_id: &str,
+    event: AccountEvent,
+    reason: Option<String>,
+) -> ServiceResult<(pb::Account, pb::AccountTransition)> {
+    let (account, transition) = manual(api, context, account_id, event, reason).await?;
+    let transition = transition.ok_or_else(|| {
+        ServiceError::internal(anyhow::anyhow!("a manual action recorded no transition"))
+    })?;
+    Ok((account, transition))
 }
 
 /// Checks an action that names an account and a reason, and runs it.
@@ -62,7 +74,7 @@ async fn action_with_reason<R>(
     let reason = reason(&mut v, reason_text, reason_required);
     v.finish()?;
     let (account, transition) = manual(api, &context, &account_id, event, reason).await?;
-    Ok((Some(account), Some(transition)))
+    Ok((Some(account), transition))
 }
 
 pub(super) async fn qualify_account(
@@ -141,7 +153,7 @@ pub(super) async fn advance_account(
     }
     let reason = reason(&mut v, &request.reason, false);
     v.finish()?;
-    let (account, transition) = manual(
+    let (account, transition) = recorded(
         api,
         &context,
         &account_id,
@@ -152,5 +164,33 @@ pub(super) async fn advance_account(
     Ok(Response::new(pb::AdvanceAccountResponse {
         account: Some(account),
         transition: Some(transition),
+    }))
+}
+
+pub(super) async fn flag_account_at_risk(
+    api: &LifecycleApi,
+    request: Request<pb::FlagAccountAtRiskRequest>,
+) -> Result<Response<pb::FlagAccountAtRiskResponse>, Status> {
+    let fields: fn(&pb::FlagAccountAtRiskRequest) -> (&str, &str) = |r| (&r.account_id, &r.reason);
+    let (account, transition) =
+        action_with_reason(api, request, fields, AccountEvent::FlagAtRisk, true).await?;
+    Ok(Response::new(pb::FlagAccountAtRiskResponse {
+        account,
+        transition,
+    }))
+}
+
+/// Clearing an account that is not at risk records nothing: `transition`
+/// is then unset.
+pub(super) async fn clear_account_at_risk(
+    api: &LifecycleApi,
+    request: Request<pb::ClearAccountAtRiskRequest>,
+) -> Result<Response<pb::ClearAccountAtRiskResponse>, Status> {
+    let fields: fn(&pb::ClearAccountAtRiskRequest) -> (&str, &str) = |r| (&r.account_id, &r.reason);
+    let (account, transition) =
+        action_with_reason(api, request, fields, AccountEvent::ClearAtRisk, true).await?;
+    Ok(Response::new(pb::ClearAccountAtRiskResponse {
+        account,
+        transition,
     }))
 }

@@ -3,7 +3,7 @@
 use cascade_chassis::error::FieldViolation;
 use cascade_chassis::validate::Validator;
 use cascade_chassis::{RequestContext, ServiceError};
-use cascade_domain::valid_activity_type;
+use cascade_domain::{OpportunityKind, valid_activity_type};
 use cascade_proto::lifecycle::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -252,11 +252,19 @@ pub(super) async fn apply_opportunity_event(
         Ok(pb::OpportunityEventType::Opened) => Some(OpportunityEventKind::Opened),
         Ok(pb::OpportunityEventType::Won) => Some(OpportunityEventKind::Won),
         Ok(pb::OpportunityEventType::Lost) => Some(OpportunityEventKind::Lost),
+        Ok(pb::OpportunityEventType::ContractsEnded) => Some(OpportunityEventKind::ContractsEnded),
         _ => {
-            v.add("type", "must be OPENED, WON or LOST");
+            v.add("type", "must be OPENED, WON, LOST or CONTRACTS_ENDED");
             None
         }
     };
+    let opportunity_kind = OpportunityKind::from_wire(request.opportunity_kind);
+    if opportunity_kind.is_none() {
+        v.add(
+            "opportunity_kind",
+            "must be NEW_BUSINESS, RENEWAL or UPGRADE (UNSPECIFIED reads as NEW_BUSINESS)",
+        );
+    }
     if request.other_open_opportunities < 0 {
         v.add("other_open_opportunities", "must not be negative");
     }
@@ -284,6 +292,7 @@ pub(super) async fn apply_opportunity_event(
                 event_id,
                 opportunity_id,
                 kind: kind.unwrap_or(OpportunityEventKind::Opened),
+                opportunity_kind: opportunity_kind.unwrap_or(OpportunityKind::NewBusiness),
                 buying_group,
                 other_open: u32::try_from(request.other_open_opportunities).unwrap_or(0),
             },

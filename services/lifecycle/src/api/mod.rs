@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 mod actions;
 mod apply;
+mod contacts;
 mod erasure;
 mod history;
 mod import;
@@ -143,6 +144,20 @@ impl LifecycleInternalService for LifecycleInternalApi {
     ) -> Result<Response<pb::ConfirmErasureResponse>, Status> {
         erasure::confirm_erasure(&self.0, request).await
     }
+
+    async fn list_pending_contact_changes(
+        &self,
+        request: Request<pb::ListPendingContactChangesRequest>,
+    ) -> Result<Response<pb::ListPendingContactChangesResponse>, Status> {
+        contacts::list_pending_contact_changes(&self.0, request).await
+    }
+
+    async fn confirm_contact_change(
+        &self,
+        request: Request<pb::ConfirmContactChangeRequest>,
+    ) -> Result<Response<pb::ConfirmContactChangeResponse>, Status> {
+        contacts::confirm_contact_change(&self.0, request).await
+    }
 }
 
 #[tonic::async_trait]
@@ -199,6 +214,7 @@ impl LifecycleService for LifecycleApi {
             domain: v.optional_domain("domain", &request.domain),
             external_id: v.optional_text("external_id", &request.external_id, MAX_EXTERNAL_ID),
             changed_since: v.optional_time("changed_since", request.changed_since.as_ref()),
+            at_risk_only: request.at_risk_only,
         };
         v.finish()?;
         let (accounts, next_page_token) = self
@@ -478,6 +494,34 @@ impl LifecycleService for LifecycleApi {
         request: Request<pb::ChurnAccountRequest>,
     ) -> Result<Response<pb::ChurnAccountResponse>, Status> {
         actions::churn_account(self, request).await
+    }
+
+    async fn flag_account_at_risk(
+        &self,
+        request: Request<pb::FlagAccountAtRiskRequest>,
+    ) -> Result<Response<pb::FlagAccountAtRiskResponse>, Status> {
+        actions::flag_account_at_risk(self, request).await
+    }
+
+    async fn clear_account_at_risk(
+        &self,
+        request: Request<pb::ClearAccountAtRiskRequest>,
+    ) -> Result<Response<pb::ClearAccountAtRiskResponse>, Status> {
+        actions::clear_account_at_risk(self, request).await
+    }
+
+    async fn deactivate_contact(
+        &self,
+        request: Request<pb::DeactivateContactRequest>,
+    ) -> Result<Response<pb::DeactivateContactResponse>, Status> {
+        contacts::deactivate_contact(self, request).await
+    }
+
+    async fn reactivate_contact(
+        &self,
+        request: Request<pb::ReactivateContactRequest>,
+    ) -> Result<Response<pb::ReactivateContactResponse>, Status> {
+        contacts::reactivate_contact(self, request).await
     }
 
     async fn list_account_transitions(

@@ -48,6 +48,8 @@ pub(super) async fn get_funnel_report(
             moved_forward: r.moved_forward,
             moved_back: r.moved_back,
             stayed: r.stayed,
+            accounts_now: r.now.0,
+            at_risk_now: r.now.1,
             conversion_rate: rate(r.moved_forward, r.entered),
             median_time_in_stage: r.median_ms.map(|ms| prost_types::Duration {
                 seconds: ms.div_euclid(1000),

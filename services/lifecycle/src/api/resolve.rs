@@ -77,10 +77,12 @@ fn resolution_to_proto(resolution: Resolution) -> ServiceResult<pb::ContactResol
         Resolution::Resolved {
             account_id,
             contact_id,
+            inactive,
         } => pb::ContactResolution {
             status: pb::ResolutionStatus::Resolved as i32,
             account_id,
             contact_id: contact_id.unwrap_or_default(),
+            contact_inactive: inactive,
             ..Default::default()
         },
         Resolution::Created {

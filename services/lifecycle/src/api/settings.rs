@@ -32,6 +32,9 @@ fn settings_to_proto(stored: crate::storage::StoredSettings) -> pb::LifecycleSet
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(to_timestamp),
         updated_by: stored.updated_by.unwrap_or_default(),
+        at_risk_engagement_threshold: s.at_risk_engagement_threshold,
+        churn_on_lost_renewal: s.churn_on_lost_renewal,
+        churn_when_contracts_end: s.churn_when_contracts_end,
     }
 }
 
@@ -67,6 +70,9 @@ fn settings_change(
     let mut renotify = None;
     let mut webhook_url = None;
     let mut webhook_secret = None;
+    let mut at_risk = None;
+    let mut churn_on_lost_renewal = None;
+    let mut churn_when_contracts_end = None;
     for (i, path) in paths {
         match path.as_str() {
             "engaged_threshold" => {
@@ -108,6 +114,18 @@ fn settings_change(
                 hand_raise = Some(unique);
             }
             "renotify_on_hand_raise" => renotify = Some(input.renotify_on_hand_raise),
+            "at_risk_engagement_threshold" => {
+                let field = "settings.at_risk_engagement_threshold";
+                let x = v.finite(field, input.at_risk_engagement_threshold);
+                if x < 0.0 {
+                    v.add(field, "must be 0 (the rule off) or more");
+                }
+                at_risk = Some(x);
+            }
+            "churn_on_lost_renewal" => churn_on_lost_renewal = Some(input.churn_on_lost_renewal),
+            "churn_when_contracts_end" => {
+                churn_when_contracts_end = Some(input.churn_when_contracts_end);
+            }
             "webhook_url" => {
                 let url = input.webhook_url.trim();
                 if url.is_empty() {
@@ -144,6 +162,9 @@ fn settings_change(
                         "renotify_on_hand_raise",
                         "webhook_url",
                         "webhook_secret",
+                        "at_risk_engagement_threshold",
+                        "churn_on_lost_renewal",
+                        "churn_when_contracts_end",
                     ],
                 ),
             ),
@@ -174,6 +195,15 @@ fn settings_change(
         }
         if let Some(x) = webhook_secret {
             s.webhook_secret = x.map(Secret::new);
+        }
+        if let Some(x) = at_risk {
+            s.at_risk_engagement_threshold = x;
+        }
+        if let Some(x) = churn_on_lost_renewal {
+            s.churn_on_lost_renewal = x;
+        }
+        if let Some(x) = churn_when_contracts_end {
+            s.churn_when_contracts_end = x;
         }
         // The thresholds are checked together, against the values in force.
         let mut v = Validator::new();

@@ -3,7 +3,9 @@
 //! transitions happen, or why the event is refused.
 
 use cascade_domain::domain_enum;
-use cascade_domain::{AccountStage, CustomerType, stage_reached_by_score};
+use cascade_domain::{
+    AccountStage, CustomerType, OpportunityKind, is_customer_stage, stage_reached_by_score,
+};
 use cascade_proto::lifecycle::v1 as pb;
 
 use super::Refusal;
@@ -22,6 +24,17 @@ domain_enum! {
         OpportunityLost = "OPPORTUNITY_LOST",
         Manual = "MANUAL",
         Churn = "CHURN",
+        ContractsEnded = "CONTRACTS_ENDED",
+        AtRiskFlagged = "AT_RISK_FLAGGED",
+        AtRiskCleared = "AT_RISK_CLEARED",
+    }
+}
+
+domain_enum! {
+    /// Who or what flagged an account at risk.
+    AtRiskSource => pb::AtRiskSource {
+        Person = "PERSON",
+        Engagement = "ENGAGEMENT",
     }
 }
 
@@ -36,6 +49,10 @@ pub struct AccountState {
     pub score_baseline: f64,
     /// Open opportunities lifecycle knows of for the account.
     pub open_opportunities: u32,
+    /// The last engagement score applied (the at-risk rule sees it fall).
+    pub engagement_score: f64,
+    /// Set while the account is flagged at risk.
+    pub at_risk: Option<AtRiskSource>,
 }
 
 /// The engagement the thresholds are compared with: what was earned since
@@ -56,17 +73,44 @@ pub enum AccountEvent {
     Disqualify,
     Nurture,
     OpportunityOpened,
-    OpportunityWon,
+    OpportunityWon {
+        kind: OpportunityKind,
+    },
     /// `other_open`: opportunities of the account still open besides this one.
     OpportunityLost {
         other_open: u32,
+        kind: OpportunityKind,
     },
+    /// Every contract and line item of the account's won deals has ended.
+    ContractsEnded,
     /// IMPLEMENT to EXPAND to ADVOCATE; `to` guards against a repeated call.
     Advance {
         to: Option<AccountStage>,
     },
     /// A customer left.
     Churn,
+    /// A person flags the customer at risk.
+    FlagAtRisk,
+    /// A person clears the flag.
+    ClearAtRisk,
+}
+
+/// A change of the at-risk flag. The account keeps its stage; the history
+/// records the change as an entry from the stage to itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RiskChange {
+    Flagged {
+        source: AtRiskSource,
+        /// The rule's explanation; `None` for a person's flag, whose reason
+        /// is the one given.
+        explanation: Option<String>,
+        /// False when the account was already at risk (the reason changes).
+        notify: bool,
+    },
+    Cleared {
+        /// As for `Flagged`: `None` when a person cleared it.
+        explanation: Option<String>,
+    },
 }
 
 /// One stage change.
@@ -89,6 +133,8 @@ pub struct Outcome {
     pub notify_prioritized: bool,
     /// Set when the account is sent back: the new score baseline.
     pub reset_baseline: bool,
+    /// The at-risk flag set or cleared.
+    pub risk: Option<RiskChange>,
 }
 
 impl Outcome {
@@ -152,6 +198,7 @@ pub fn apply(
             } else if state.stage == S::Targeted && reached == S::Detected {
                 push(&mut out, S::Detected, kind, TransitionCause::Intent);
             }
+            out.risk = engagement_risk(state, *engagement_score, settings);
         }
         AccountEvent::Qualify => {
             if !settings.qualified_stage_enabled {
@@ -203,7 +250,7 @@ pub fn apply(
                 );
             }
         }
-        AccountEvent::OpportunityWon => {
+        AccountEvent::OpportunityWon { kind: deal } => {
             if kind != CustomerType::Customer {
                 push(
                     &mut out,
@@ -211,9 +258,42 @@ pub fn apply(
                     CustomerType::Customer,
                     TransitionCause::OpportunityWon,
                 );
+            } else if is_customer_stage(state.stage) && deal.needs_customer() {
+                // A customer that buys more is live and growing: one step,
+                // as AdvanceAccount would take it. A renewal keeps the stage.
+                if *deal == OpportunityKind::Upgrade
+                    && let Some(next) = next_customer_stage(state.stage)
+                {
+                    push(&mut out, next, kind, TransitionCause::OpportunityWon);
+                }
+                // Either way the customer has just committed again.
+                if state.at_risk.is_some() {
+                    out.risk = Some(RiskChange::Cleared {
+                        explanation: Some(format!(
+                            "{} won: the customer committed again",
+                            if *deal == OpportunityKind::Upgrade {
+                                "an upgrade"
+                            } else {
+                                "a renewal"
+                            }
+                        )),
+                    });
+                }
             }
         }
-        AccountEvent::OpportunityLost { other_open } => {
+        AccountEvent::OpportunityLost {
+            kind: OpportunityKind::Renewal,
+            ..
+        } if settings.churn_on_lost_renewal && is_customer_stage(state.stage) => {
+            // The contract is not renewed: the customer leaves.
+            push(&mut out, S::Churned, kind, TransitionCause::OpportunityLost);
+        }
+        AccountEvent::ContractsEnded => {
+            if settings.churn_when_contracts_end && is_customer_stage(state.stage) {
+                push(&mut out, S::Churned, kind, TransitionCause::ContractsEnded);
+            }
+        }
+        AccountEvent::OpportunityLost { other_open, .. } => {
             let last_open = *other_open == 0;
             if kind != CustomerType::Customer && last_open && state.stage == S::Pipeline {
                 match settings.on_lost_action {
@@ -235,14 +315,11 @@ pub fn apply(
             }
         }
         AccountEvent::Advance { to } => {
-            let next = match state.stage {
-                S::Implement => S::Expand,
-                S::Expand => S::Advocate,
-                other => {
-                    return Err(Refusal(format!(
-                        "the account is {other}; AdvanceAccount moves IMPLEMENT to EXPAND and EXPAND to ADVOCATE"
-                    )));
-                }
+            let Some(next) = next_customer_stage(state.stage) else {
+                return Err(Refusal(format!(
+                    "the account is {}; AdvanceAccount moves IMPLEMENT to EXPAND and EXPAND to ADVOCATE",
+                    state.stage
+                )));
             };
             if let Some(to) = to
                 && *to != next
@@ -263,8 +340,79 @@ pub fn apply(
             }
             push(&mut out, S::Churned, kind, TransitionCause::Churn);
         }
+        AccountEvent::FlagAtRisk => {
+            if !is_customer_stage(state.stage) {
+                return Err(Refusal(format!(
+                    "the account is {}; only a customer (IMPLEMENT, EXPAND or ADVOCATE) can be at risk",
+                    state.stage
+                )));
+            }
+            out.risk = Some(RiskChange::Flagged {
+                source: AtRiskSource::Person,
+                explanation: None,
+                notify: state.at_risk.is_none(),
+            });
+        }
+        AccountEvent::ClearAtRisk => {
+            if state.at_risk.is_some() {
+                out.risk = Some(RiskChange::Cleared { explanation: None });
+            }
+        }
+    }
+    // A flag is about a customer: one that left (or was never won back) is
+    // no longer at risk of leaving.
+    let (stage, _) = out.final_state(state);
+    if state.at_risk.is_some() && !is_customer_stage(stage) && out.risk.is_none() {
+        out.risk = Some(RiskChange::Cleared {
+            explanation: Some(format!("the account is no longer a customer ({stage})")),
+        });
     }
     Ok(out)
+}
+
+/// IMPLEMENT to EXPAND to ADVOCATE: a customer's next stage, if any.
+fn next_customer_stage(stage: AccountStage) -> Option<AccountStage> {
+    match stage {
+        AccountStage::Implement => Some(AccountStage::Expand),
+        AccountStage::Expand => Some(AccountStage::Advocate),
+        _ => None,
+    }
+}
+
+/// The engagement rule: a customer whose score falls from at or above the
+/// tenant's threshold to below it is flagged; a flag the rule set is
+/// cleared once the score is back at or above it. A person's flag is the
+/// person's to clear, and a score that starts low (a new customer) does not
+/// flag: the rule watches for a fall.
+fn engagement_risk(
+    state: &AccountState,
+    engagement_score: f64,
+    settings: &LifecycleSettings,
+) -> Option<RiskChange> {
+    let threshold = settings.at_risk_engagement_threshold;
+    if threshold <= 0.0 || !is_customer_stage(state.stage) {
+        return None;
+    }
+    match state.at_risk {
+        None if state.engagement_score >= threshold && engagement_score < threshold => {
+            Some(RiskChange::Flagged {
+                source: AtRiskSource::Engagement,
+                explanation: Some(format!(
+                    "engagement fell from {:.1} to {engagement_score:.1}, below the at-risk threshold {threshold}",
+                    state.engagement_score
+                )),
+                notify: true,
+            })
+        }
+        Some(AtRiskSource::Engagement) if engagement_score >= threshold => {
+            Some(RiskChange::Cleared {
+                explanation: Some(format!(
+                    "engagement is back to {engagement_score:.1}, at or above the at-risk threshold {threshold}"
+                )),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn check_recycle_origin(state: &AccountState, action: &str) -> Result<(), Refusal> {
@@ -305,8 +453,10 @@ mod tests {
         Nothing,
         /// Refused; the reason names the current stage.
         Refused,
+        /// Stays, and is flagged at risk.
+        Flags,
     }
-    use Expect::{Moves, Nothing, Refused};
+    use Expect::{Flags, Moves, Nothing, Refused};
 
     fn state(stage: AccountStage) -> AccountState {
         let customer = stage >= S::Implement;
@@ -320,6 +470,25 @@ mod tests {
             score_baseline: 0.0,
             // An account in PIPELINE normally has its opportunity open.
             open_opportunities: u32::from(stage == S::Pipeline),
+            engagement_score: 0.0,
+            at_risk: None,
+        }
+    }
+
+    fn won_of(kind: OpportunityKind) -> AccountEvent {
+        AccountEvent::OpportunityWon { kind }
+    }
+
+    fn lost_of(other_open: u32, kind: OpportunityKind) -> AccountEvent {
+        AccountEvent::OpportunityLost { other_open, kind }
+    }
+
+    /// The tenant settings of the table: both churn rules on.
+    fn churning() -> LifecycleSettings {
+        LifecycleSettings {
+            churn_on_lost_renewal: true,
+            churn_when_contracts_end: true,
+            ..LifecycleSettings::default()
         }
     }
 
@@ -330,10 +499,12 @@ mod tests {
         }
     }
 
-    /// Every stage against every cause with the default settings.
+    /// Every stage against every cause, with both churn rules turned on
+    /// (`churn_rules_are_off_by_default` shows them off).
     #[test]
     fn every_stage_against_every_cause() {
-        let causes: [(&str, AccountEvent); 13] = [
+        use OpportunityKind::{NewBusiness, Renewal, Upgrade};
+        let causes: [(&str, AccountEvent); 19] = [
             ("score 0", engagement(0.0, 0.0)),
             ("score 50", engagement(50.0, 0.0)),
             ("score 120", engagement(120.0, 0.0)),
@@ -342,17 +513,17 @@ mod tests {
             ("disqualify", AccountEvent::Disqualify),
             ("nurture", AccountEvent::Nurture),
             ("opened", AccountEvent::OpportunityOpened),
-            ("won", AccountEvent::OpportunityWon),
-            (
-                "lost, last open",
-                AccountEvent::OpportunityLost { other_open: 0 },
-            ),
-            (
-                "lost, another open",
-                AccountEvent::OpportunityLost { other_open: 1 },
-            ),
+            ("won", won_of(NewBusiness)),
+            ("won renewal", won_of(Renewal)),
+            ("won upgrade", won_of(Upgrade)),
+            ("lost, last open", lost_of(0, NewBusiness)),
+            ("lost, another open", lost_of(1, NewBusiness)),
+            ("lost renewal", lost_of(0, Renewal)),
+            ("contracts ended", AccountEvent::ContractsEnded),
             ("advance", AccountEvent::Advance { to: None }),
             ("churn", AccountEvent::Churn),
+            ("flag at risk", AccountEvent::FlagAtRisk),
+            ("clear at risk", AccountEvent::ClearAtRisk),
         ];
         const E: &[AccountStage] = &[S::Engaged];
         const EP: &[AccountStage] = &[S::Engaged, S::Prioritized];
@@ -365,26 +536,29 @@ mod tests {
         const A: &[AccountStage] = &[S::Advocate];
         const C: &[AccountStage] = &[S::Churned];
         #[rustfmt::skip]
-        let table: [(AccountStage, [Expect; 13]); 10] = [
-            //             score0   score50  score120  intent   qualify  disq     nurture  opened   won      lost0    lost1    advance  churn
-            (S::Targeted,    [Nothing, Moves(E), Moves(EP), Moves(D), Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
-            (S::Detected,    [Nothing, Moves(E), Moves(EP), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
-            (S::Engaged,     [Nothing, Nothing, Moves(P), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
-            (S::Prioritized, [Nothing, Nothing, Nothing, Nothing, Moves(Q), Moves(D), Moves(E), Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
-            (S::Qualified,   [Nothing, Nothing, Nothing, Nothing, Refused, Moves(D), Moves(E), Moves(PL), Moves(I), Nothing, Nothing, Refused, Refused]),
-            (S::Pipeline,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Moves(I), Moves(E), Nothing, Refused, Refused]),
-            (S::Implement,   [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Moves(X), Moves(C)]),
-            (S::Expand,      [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Moves(A), Moves(C)]),
-            (S::Advocate,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Refused, Moves(C)]),
+        let table: [(AccountStage, [Expect; 19]); 10] = [
+            //             score0   score50  score120  intent   qualify  disq     nurture  opened    won       won-ren   won-upg   lost0     lost1    lost-ren  ended     advance   churn     flag     clear
+            (S::Targeted,    [Nothing, Moves(E), Moves(EP), Moves(D), Refused, Refused, Refused, Moves(PL), Moves(I), Moves(I), Moves(I), Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
+            (S::Detected,    [Nothing, Moves(E), Moves(EP), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Moves(I), Moves(I), Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
+            (S::Engaged,     [Nothing, Nothing, Moves(P), Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Moves(I), Moves(I), Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
+            (S::Prioritized, [Nothing, Nothing, Nothing, Nothing, Moves(Q), Moves(D), Moves(E), Moves(PL), Moves(I), Moves(I), Moves(I), Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
+            (S::Qualified,   [Nothing, Nothing, Nothing, Nothing, Refused, Moves(D), Moves(E), Moves(PL), Moves(I), Moves(I), Moves(I), Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
+            // A prospect's lost "renewal" is any lost deal: the on-lost action.
+            (S::Pipeline,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Moves(I), Moves(I), Moves(I), Moves(E), Nothing, Moves(E), Nothing, Refused, Refused, Refused, Nothing]),
+            // Customers: an upgrade moves them on, a lost renewal or ended
+            // contracts churn them, and only they can be at risk.
+            (S::Implement,   [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Moves(X), Nothing, Nothing, Moves(C), Moves(C), Moves(X), Moves(C), Flags, Nothing]),
+            (S::Expand,      [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Moves(A), Nothing, Nothing, Moves(C), Moves(C), Moves(A), Moves(C), Flags, Nothing]),
+            (S::Advocate,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Nothing, Nothing, Moves(C), Moves(C), Refused, Moves(C), Flags, Nothing]),
             // A former customer: only a new opportunity moves it (back to PIPELINE).
-            (S::Churned,     [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Moves(PL), Nothing, Nothing, Nothing, Refused, Refused]),
+            (S::Churned,     [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Moves(PL), Nothing, Nothing, Nothing, Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
         ];
         assert_eq!(
             table.len(),
             AccountStage::ALL.len(),
             "every stage is in the table"
         );
-        let settings = LifecycleSettings::default();
+        let settings = churning();
         for (stage, expected) in table {
             let before = state(stage);
             for ((name, event), expect) in causes.iter().zip(expected) {
@@ -403,6 +577,7 @@ mod tests {
                             stages.last() == Some(&S::Prioritized),
                             "{stage} on {name}: notify exactly when entering PRIORITIZED"
                         );
+                        assert_eq!(outcome.risk, None, "{stage} on {name}: not at risk");
                     }
                     (Nothing, Ok(outcome)) => {
                         assert!(
@@ -411,6 +586,19 @@ mod tests {
                             outcome.steps
                         );
                         assert!(!outcome.notify_prioritized);
+                        assert_eq!(outcome.risk, None, "{stage} on {name}");
+                    }
+                    (Flags, Ok(outcome)) => {
+                        assert!(outcome.steps.is_empty(), "{stage} on {name}: stays");
+                        assert_eq!(
+                            outcome.risk,
+                            Some(RiskChange::Flagged {
+                                source: AtRiskSource::Person,
+                                explanation: None,
+                                notify: true,
+                            }),
+                            "{stage} on {name}"
+                        );
                     }
                     (Refused, Err(Refusal(reason))) => {
                         assert!(
@@ -424,6 +612,196 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn churn_rules_are_off_by_default() {
+        let settings = LifecycleSettings::default();
+        for stage in [S::Implement, S::Expand, S::Advocate] {
+            for event in [
+                lost_of(0, OpportunityKind::Renewal),
+                AccountEvent::ContractsEnded,
+            ] {
+                let outcome = apply(&state(stage), &event, &settings).expect("never refused");
+                assert!(outcome.steps.is_empty(), "{stage} on {event:?}");
+            }
+        }
+        let ended = apply(
+            &state(S::Expand),
+            &AccountEvent::ContractsEnded,
+            &churning(),
+        )
+        .expect("ended");
+        assert_eq!(ended.steps[0].cause, TransitionCause::ContractsEnded);
+        let lost = apply(
+            &state(S::Expand),
+            &lost_of(3, OpportunityKind::Renewal),
+            &churning(),
+        )
+        .expect("lost renewal");
+        assert_eq!(
+            (lost.steps[0].to_stage, lost.steps[0].cause),
+            (S::Churned, TransitionCause::OpportunityLost),
+            "a lost renewal churns even with other deals open"
+        );
+    }
+
+    /// The at-risk flag of a customer, set by a person or by the engagement
+    /// rule, against every event that touches it.
+    #[test]
+    fn the_at_risk_flag_against_every_event() {
+        use OpportunityKind::{NewBusiness, Renewal, Upgrade};
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Risk {
+            Same,
+            Flag(AtRiskSource, bool),
+            Clear,
+            Refused,
+        }
+        let settings = LifecycleSettings {
+            at_risk_engagement_threshold: 20.0,
+            ..churning()
+        };
+        let customer = |score: f64, at_risk: Option<AtRiskSource>| AccountState {
+            engagement_score: score,
+            at_risk,
+            ..state(S::Expand)
+        };
+        let person = Some(AtRiskSource::Person);
+        let rule = Some(AtRiskSource::Engagement);
+        let cases: [(&str, AccountState, AccountEvent, Risk); 17] = [
+            (
+                "falls below",
+                customer(30.0, None),
+                engagement(19.0, 0.0),
+                Risk::Flag(AtRiskSource::Engagement, true),
+            ),
+            (
+                "falls to the threshold",
+                customer(30.0, None),
+                engagement(20.0, 0.0),
+                Risk::Same,
+            ),
+            (
+                "starts low",
+                customer(0.0, None),
+                engagement(5.0, 0.0),
+                Risk::Same,
+            ),
+            (
+                "stays low, flagged by the rule",
+                customer(10.0, rule),
+                engagement(9.0, 0.0),
+                Risk::Same,
+            ),
+            (
+                "back up, flagged by the rule",
+                customer(10.0, rule),
+                engagement(20.0, 0.0),
+                Risk::Clear,
+            ),
+            (
+                "back up, flagged by a person",
+                customer(10.0, person),
+                engagement(50.0, 0.0),
+                Risk::Same,
+            ),
+            (
+                "falls, flagged by a person",
+                customer(30.0, person),
+                engagement(5.0, 0.0),
+                Risk::Same,
+            ),
+            (
+                "person flags",
+                customer(30.0, None),
+                AccountEvent::FlagAtRisk,
+                Risk::Flag(AtRiskSource::Person, true),
+            ),
+            (
+                "person flags again",
+                customer(30.0, rule),
+                AccountEvent::FlagAtRisk,
+                Risk::Flag(AtRiskSource::Person, false),
+            ),
+            (
+                "person clears a rule's flag",
+                customer(10.0, rule),
+                AccountEvent::ClearAtRisk,
+                Risk::Clear,
+            ),
+            (
+                "person clears nothing",
+                customer(10.0, None),
+                AccountEvent::ClearAtRisk,
+                Risk::Same,
+            ),
+            (
+                "renewal won",
+                customer(10.0, person),
+                won_of(Renewal),
+                Risk::Clear,
+            ),
+            (
+                "upgrade won",
+                customer(10.0, rule),
+                won_of(Upgrade),
+                Risk::Clear,
+            ),
+            (
+                "new business won",
+                customer(10.0, rule),
+                won_of(NewBusiness),
+                Risk::Same,
+            ),
+            (
+                "churns",
+                customer(10.0, person),
+                AccountEvent::Churn,
+                Risk::Clear,
+            ),
+            (
+                "contracts end",
+                customer(10.0, rule),
+                AccountEvent::ContractsEnded,
+                Risk::Clear,
+            ),
+            (
+                "a prospect",
+                AccountState {
+                    at_risk: None,
+                    ..state(S::Pipeline)
+                },
+                AccountEvent::FlagAtRisk,
+                Risk::Refused,
+            ),
+        ];
+        for (name, before, event, expect) in cases {
+            let got = match apply(&before, &event, &settings) {
+                Err(_) => Risk::Refused,
+                Ok(outcome) => match outcome.risk {
+                    None => Risk::Same,
+                    Some(RiskChange::Flagged { source, notify, .. }) => Risk::Flag(source, notify),
+                    Some(RiskChange::Cleared { .. }) => Risk::Clear,
+                },
+            };
+            assert_eq!(got, expect, "{name}");
+        }
+        // The rule explains itself; a person's flag carries the person's reason.
+        let fell = apply(&customer(30.0, None), &engagement(12.5, 0.0), &settings).expect("ok");
+        match fell.risk {
+            Some(RiskChange::Flagged {
+                explanation: Some(text),
+                ..
+            }) => assert!(
+                text.contains("30.0 to 12.5") && text.contains("20"),
+                "{text}"
+            ),
+            other => panic!("expected the rule's flag, got {other:?}"),
+        }
+        // Off when the threshold is 0.
+        let off = apply(&customer(30.0, None), &engagement(1.0, 0.0), &churning()).expect("ok");
+        assert_eq!(off.risk, None);
     }
 
     #[test]
@@ -453,19 +831,17 @@ mod tests {
             customer_type: CustomerType::ReProspect,
             score_baseline: 0.0,
             open_opportunities: 1,
+            engagement_score: 0.0,
+            at_risk: None,
         };
-        let won = apply(&pipeline, &AccountEvent::OpportunityWon, &settings).expect("won");
+        let won = apply(&pipeline, &won_of(OpportunityKind::NewBusiness), &settings).expect("won");
         assert_eq!(
             won.final_state(&pipeline),
             (S::Implement, CustomerType::Customer)
         );
         // Lost on the way back: the tenant's on-lost action, as for any prospect.
-        let lost = apply(
-            &pipeline,
-            &AccountEvent::OpportunityLost { other_open: 0 },
-            &settings,
-        )
-        .expect("lost");
+        let lost =
+            apply(&pipeline, &lost_of(0, OpportunityKind::NewBusiness), &settings).expect("lost");
         assert_eq!(
             lost.final_state(&pipeline),
             (S::Engaged, CustomerType::ReProspect)
@@ -490,7 +866,7 @@ mod tests {
         );
         let won = apply(
             &state(S::Pipeline),
-            &AccountEvent::OpportunityWon,
+            &won_of(OpportunityKind::NewBusiness),
             &settings,
         )
         .expect("won");
@@ -501,8 +877,11 @@ mod tests {
         // A RE_PROSPECT that wins becomes a CUSTOMER too.
         let mut re = state(S::Pipeline);
         re.customer_type = CustomerType::ReProspect;
-        let won = apply(&re, &AccountEvent::OpportunityWon, &settings).expect("won");
-        assert_eq!(won.final_state(&re), (S::Implement, CustomerType::Customer));
+        let rewon = apply(&re, &won_of(OpportunityKind::NewBusiness), &settings).expect("won");
+        assert_eq!(
+            rewon.final_state(&re),
+            (S::Implement, CustomerType::Customer)
+        );
     }
 
     #[test]
@@ -557,12 +936,8 @@ mod tests {
                 ..LifecycleSettings::default()
             };
             let before = state(S::Pipeline);
-            let outcome = apply(
-                &before,
-                &AccountEvent::OpportunityLost { other_open: 0 },
-                &settings,
-            )
-            .expect("lost is never refused");
+            let outcome = apply(&before, &lost_of(0, OpportunityKind::NewBusiness), &settings)
+                .expect("lost is never refused");
             match expected {
                 Some(end) => {
                     assert_eq!(outcome.final_state(&before), end, "{action}");
@@ -597,6 +972,8 @@ mod tests {
             customer_type: CustomerType::ReProspect,
             score_baseline: 120.0,
             open_opportunities: 0,
+            engagement_score: 120.0,
+            at_risk: None,
         };
         let still = apply(&recycled, &engagement(125.0, 0.0), &settings).expect("ok");
         assert!(

@@ -7,6 +7,7 @@ pub mod erasure;
 pub mod import;
 pub mod mutation;
 pub mod resolve;
+pub mod risk;
 pub mod scores;
 pub mod settings;
 
@@ -38,6 +39,10 @@ pub struct Account {
     pub engagement_since_recycle: f64,
     /// The caller's own id for it (a CRM's).
     pub external_id: Option<String>,
+    /// Set while the account is flagged at risk.
+    pub at_risk: Option<risk::AtRisk>,
+    /// Its open opportunities lifecycle knows of: (id, kind).
+    pub open_opportunities: Vec<(String, cascade_domain::OpportunityKind)>,
 }
 
 /// One recorded stage change of a contact.
@@ -128,6 +133,7 @@ cascade_domain::domain_enum! {
     NotificationReason => cascade_proto::lifecycle::v1::NotificationReason {
         Prioritized = "PRIORITIZED",
         HandRaise = "HAND_RAISE",
+        AtRisk = "AT_RISK",
     }
 }
 
@@ -220,6 +226,8 @@ pub struct Contact {
     pub stages_reached: Vec<(ContactStage, DateTime<Utc>)>,
     /// The caller's own id for the person (a CRM's).
     pub external_id: Option<String>,
+    /// Set while the person is no longer at the company: since when, and why.
+    pub inactive: Option<(DateTime<Utc>, Option<String>)>,
 }
 
 /// Fields a caller supplies for a new contact.

@@ -5,11 +5,12 @@
 //! [`decide`] and writes the decision in the same transaction
 //! (`storage::engine`). Score deliveries have their own decision (`scores`).
 
-use cascade_domain::{AccountStage, ContactStage, CustomerType};
+use cascade_domain::{AccountStage, ContactStage, CustomerType, OpportunityKind};
 use chrono::{DateTime, Utc};
 
 use super::account_rules::{self, AccountEvent, AccountState, Step, TransitionCause};
 use super::contact_rules::{self, ContactEvent};
+use super::risk::{self, RiskContext, RiskWrite};
 use super::scores::prioritized_text;
 use super::settings::LifecycleSettings;
 use super::{ContactTransition, NotificationDraft, NotificationReason, Refusal, Transition};
@@ -19,12 +20,15 @@ pub enum OpportunityEventKind {
     Opened,
     Won,
     Lost,
+    /// Every contract and line item of the account's won deals has ended.
+    ContractsEnded,
 }
 
 /// A change to apply to one account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    /// Qualify, Disqualify, Nurture or Advance, by a person.
+    /// Qualify, Disqualify, Nurture, Advance, Churn or the at-risk flag, by
+    /// a person.
     Manual {
         event: AccountEvent,
         reason: Option<String>,
@@ -34,6 +38,8 @@ pub enum Mutation {
         event_id: String,
         opportunity_id: String,
         kind: OpportunityEventKind,
+        /// What the opportunity sells.
+        opportunity_kind: OpportunityKind,
         buying_group: Vec<String>,
         /// Other open deals of the account the opportunity service knows of.
         other_open: u32,
@@ -116,6 +122,21 @@ pub struct Changes {
     /// Stage changes of the buying group's contacts.
     pub contact_moves: Vec<ContactTransition>,
     pub notification: Option<NotificationDraft>,
+    /// The at-risk flag set or cleared (its history entry is among
+    /// `transitions`, after the stage moves).
+    pub risk: Option<RiskWrite>,
+}
+
+impl Changes {
+    /// Nothing to write (ClearAtRisk on an account that is not at risk).
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty()
+            && self.score_baseline.is_none()
+            && self.recycle.is_none()
+            && self.contact_moves.is_empty()
+            && self.notification.is_none()
+            && self.risk.is_none()
+    }
 }
 
 /// What to do with a mutation.
@@ -142,13 +163,19 @@ pub fn decide(
     let (event, reason) = match mutation {
         Mutation::Manual { event, reason } => (event.clone(), reason.clone()),
         Mutation::Opportunity {
-            kind, other_open, ..
-        } => (opportunity_event(*kind, *other_open, state), None),
+            kind,
+            opportunity_kind,
+            other_open,
+            ..
+        } => (
+            opportunity_event(*kind, *opportunity_kind, *other_open, state),
+            None,
+        ),
     };
     let outcome = account_rules::apply(state, &event, cx.settings)?;
     let (stage, customer_type) = outcome.final_state(state);
 
-    let transitions: Vec<Transition> = outcome
+    let mut transitions: Vec<Transition> = outcome
         .steps
         .iter()
         .map(|step| {
@@ -181,13 +208,34 @@ pub fn decide(
         }
         Mutation::Manual { .. } => Vec::new(),
     };
-    let notification = outcome.notify_prioritized.then(|| NotificationDraft {
+    let mut notification = outcome.notify_prioritized.then(|| NotificationDraft {
         reason: NotificationReason::Prioritized,
         text: prioritized_text(
             &account.name,
             account.engagement_score,
             cx.settings.prioritized_threshold,
         ),
+    });
+    let risk = outcome.risk.as_ref().map(|change| {
+        let (entry, write, message) = risk::records(
+            change,
+            RiskContext {
+                account_id: &account.account_id,
+                account_name: &account.name,
+                stage,
+                customer_type,
+                actor: cx.actor,
+                reason: reason.as_deref(),
+                event_id: mutation.event_id(),
+                settings_version: cx.settings.version,
+                now: cx.now,
+            },
+        );
+        transitions.push(entry);
+        // Entering PRIORITIZED and a new risk never come together: one is a
+        // prospect's, the other a customer's.
+        notification = notification.take().or(message);
+        write
     });
 
     Ok(Decision::Apply(Changes {
@@ -198,6 +246,7 @@ pub fn decide(
         recycle,
         contact_moves,
         notification,
+        risk,
     }))
 }
 
@@ -205,15 +254,20 @@ pub fn decide(
 /// back only when it was the last open one; either side may know of another.
 fn opportunity_event(
     kind: OpportunityEventKind,
+    opportunity_kind: OpportunityKind,
     other_open: u32,
     state: &AccountState,
 ) -> AccountEvent {
     match kind {
         OpportunityEventKind::Opened => AccountEvent::OpportunityOpened,
-        OpportunityEventKind::Won => AccountEvent::OpportunityWon,
+        OpportunityEventKind::Won => AccountEvent::OpportunityWon {
+            kind: opportunity_kind,
+        },
         OpportunityEventKind::Lost => AccountEvent::OpportunityLost {
             other_open: other_open.max(state.open_opportunities),
+            kind: opportunity_kind,
         },
+        OpportunityEventKind::ContractsEnded => AccountEvent::ContractsEnded,
     }
 }
 
@@ -251,6 +305,8 @@ fn buying_group_moves(
         .iter()
         .filter_map(|m| {
             let event = match kind {
+                // Not a deal of its own: the buying groups are as they were.
+                OpportunityEventKind::ContractsEnded => return None,
                 OpportunityEventKind::Opened => ContactEvent::JoinedOpenOpportunity,
                 OpportunityEventKind::Won => ContactEvent::OpportunityWon,
                 OpportunityEventKind::Lost if m.in_other_open_opportunity => return None,
@@ -301,6 +357,8 @@ mod tests {
                 },
                 score_baseline: 5.0,
                 open_opportunities,
+                engagement_score: 70.0,
+                at_risk: None,
             },
             engagement_score: 70.0,
             disqualify_count: 2,
@@ -324,6 +382,7 @@ mod tests {
             event_id: "ev1".into(),
             opportunity_id: "opp1".into(),
             kind,
+            opportunity_kind: OpportunityKind::NewBusiness,
             buying_group: vec!["c1".into()],
             other_open,
         }

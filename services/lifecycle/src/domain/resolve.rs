@@ -32,6 +32,8 @@ pub struct Directory {
     pub by_email: HashMap<String, (String, String)>,
     /// Accounts found by domain: domain -> account.
     pub by_domain: HashMap<String, String>,
+    /// Of the contacts found, those no longer at the company.
+    pub inactive: HashSet<String>,
 }
 
 /// What a reference resolves to.
@@ -40,6 +42,8 @@ pub enum Resolution {
     Resolved {
         account_id: String,
         contact_id: Option<String>,
+        /// The contact is no longer at the company: its activities are refused.
+        inactive: bool,
     },
     /// A new contact with `email` is to be created under `account_id`.
     Create { account_id: String, email: String },
@@ -75,6 +79,7 @@ pub fn resolve(reference: &Reference, directory: &Directory) -> Resolution {
                 return Resolution::Resolved {
                     account_id: account_id.clone(),
                     contact_id: None,
+                    inactive: false,
                 };
             };
             match directory.contact_accounts.get(contact_id) {
@@ -91,6 +96,7 @@ pub fn resolve(reference: &Reference, directory: &Directory) -> Resolution {
                 Some(_) => Resolution::Resolved {
                     account_id: account_id.clone(),
                     contact_id: Some(contact_id.clone()),
+                    inactive: directory.inactive.contains(contact_id),
                 },
             }
         }
@@ -99,6 +105,7 @@ pub fn resolve(reference: &Reference, directory: &Directory) -> Resolution {
                 return Resolution::Resolved {
                     account_id: account_id.clone(),
                     contact_id: Some(contact_id.clone()),
+                    inactive: directory.inactive.contains(contact_id),
                 };
             }
             let account = email_domain(email).and_then(|d| directory.by_domain.get(d));
@@ -151,6 +158,7 @@ mod tests {
             by_domain: [("acme.com", "a1")]
                 .map(|(d, a)| (d.to_owned(), a.to_owned()))
                 .into(),
+            inactive: ["c2".to_owned()].into(),
         }
     }
 
@@ -164,14 +172,16 @@ mod tests {
     #[test]
     fn references_by_ids() {
         let d = directory();
-        let resolved = |a: &str, c: Option<&str>| Resolution::Resolved {
+        let resolved = |a: &str, c: Option<&str>, inactive| Resolution::Resolved {
             account_id: a.to_owned(),
             contact_id: c.map(str::to_owned),
+            inactive,
         };
         let cases = [
-            (ids("a1", None), resolved("a1", None)),
-            (ids("a1", Some("c1")), resolved("a1", Some("c1"))),
-            (ids("a2", Some("c2")), resolved("a2", Some("c2"))),
+            (ids("a1", None), resolved("a1", None, false)),
+            (ids("a1", Some("c1")), resolved("a1", Some("c1"), false)),
+            // Found, and no longer at the company.
+            (ids("a2", Some("c2")), resolved("a2", Some("c2"), true)),
         ];
         for (reference, expected) in cases {
             assert_eq!(resolve(&reference, &d), expected, "{reference:?}");
@@ -208,7 +218,8 @@ mod tests {
             resolve(&Reference::Email("jo@acme.com".into()), &d),
             Resolution::Resolved {
                 account_id: "a1".into(),
-                contact_id: Some("c1".into())
+                contact_id: Some("c1".into()),
+                inactive: false,
             }
         );
         assert_eq!(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use cascade_domain::{AccountStage, ContactStage, CustomerType};
 
-use super::account_rules::{self, AccountEvent, AccountState, Step};
+use super::account_rules::{self, AccountEvent, AccountState, RiskChange, Step};
 use super::contact_rules::{self, ContactEvent, ContactMove};
 use super::settings::LifecycleSettings;
 use super::{NotificationDraft, NotificationReason, Refusal};
@@ -82,6 +82,10 @@ pub struct ScoreChanges {
     /// account's, or unknown): left alone.
     pub ignored_contacts: Vec<String>,
     pub notification: Option<NotificationDraft>,
+    /// The engagement rule set or cleared the at-risk flag: storage records
+    /// it with `risk::records`, whose message to the owner replaces a
+    /// hand-raise's (a customer falling below the threshold is the news).
+    pub risk: Option<RiskChange>,
 }
 
 /// What to do with a delivery.
@@ -201,6 +205,7 @@ pub fn decide(
         contacts: updates,
         ignored_contacts: ignored,
         notification,
+        risk: outcome.risk,
     }))
 }
 
@@ -238,6 +243,8 @@ mod tests {
                 customer_type: CustomerType::Prospect,
                 score_baseline: 0.0,
                 open_opportunities: 0,
+                engagement_score: 0.0,
+                at_risk: None,
             },
             score_sequence: 3,
             applied_before: false,

@@ -30,6 +30,13 @@ pub struct LifecycleSettings {
     /// Notify the owner again when a contact raises a hand on an account at
     /// or past PRIORITIZED.
     pub renotify_on_hand_raise: bool,
+    /// A customer whose engagement falls below this is flagged at risk; 0
+    /// turns the rule off.
+    pub at_risk_engagement_threshold: f64,
+    /// A lost renewal churns the customer.
+    pub churn_on_lost_renewal: bool,
+    /// A customer churns when all its contracts and line items have ended.
+    pub churn_when_contracts_end: bool,
     pub webhook_url: Option<String>,
     /// Signs webhook calls; never printed.
     pub webhook_secret: Option<Secret<String>>,
@@ -45,6 +52,9 @@ impl Default for LifecycleSettings {
             on_lost_action: OnLostAction::Nurture,
             hand_raise_activity_types: vec!["demo_request".to_owned()],
             renotify_on_hand_raise: false,
+            at_risk_engagement_threshold: 0.0,
+            churn_on_lost_renewal: false,
+            churn_when_contracts_end: false,
             webhook_url: None,
             webhook_secret: None,
         }

@@ -21,6 +21,7 @@ use super::{
     AccountFilter, Repository, changed_key, changed_since, hydrate_account, hydrate_accounts,
     hydrate_accounts_with, lock_account, ms, record_firsts,
 };
+use crate::domain::risk::{AtRisk, RiskWrite};
 use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
 
 impl Repository {
@@ -184,6 +185,9 @@ impl Repository {
         if let Some(domain) = &filter.domain {
             query = query.filter(account::Column::Domain.eq(domain.as_str()));
         }
+        if filter.at_risk_only {
+            query = query.filter(account::Column::AtRiskSource.is_not_null());
+        }
         if let Some(external_id) = &filter.external_id {
             query = query.filter(account::Column::ExternalId.eq(external_id.as_str()));
         }
@@ -281,7 +285,68 @@ pub(super) fn new_account_model(
         transition_count: Set(0),
         created_at_ms: Set(ms(now)),
         external_id: Set(new.external_id),
+        at_risk_reason: Set(None),
+        at_risk_source: Set(None),
+        at_risk_actor: Set(None),
+        at_risk_since_ms: Set(None),
     }
+}
+
+/// Writes an at-risk change on the account row as the caller will store it.
+pub(crate) fn set_risk(m: &mut account::Model, risk: &RiskWrite) {
+    match risk {
+        RiskWrite::Set(flag) => {
+            m.at_risk_reason = Some(flag.reason.clone());
+            m.at_risk_source = Some(Stored(flag.source));
+            m.at_risk_actor = Some(flag.actor.clone());
+            m.at_risk_since_ms = Some(ms(flag.since));
+        }
+        RiskWrite::Clear => {
+            m.at_risk_reason = None;
+            m.at_risk_source = None;
+            m.at_risk_actor = None;
+            m.at_risk_since_ms = None;
+        }
+    }
+}
+
+/// Stores the at-risk columns of `m` (after `set_risk`), and nothing else.
+pub(crate) async fn store_risk(
+    conn: &impl ConnectionTrait,
+    m: &account::Model,
+) -> Result<(), sea_orm::DbErr> {
+    account::Entity::update_many()
+        .col_expr(
+            account::Column::AtRiskReason,
+            Expr::value(m.at_risk_reason.clone()),
+        )
+        .col_expr(
+            account::Column::AtRiskSource,
+            Expr::value(m.at_risk_source.map(|s| s.as_str().to_owned())),
+        )
+        .col_expr(
+            account::Column::AtRiskActor,
+            Expr::value(m.at_risk_actor.clone()),
+        )
+        .col_expr(
+            account::Column::AtRiskSinceMs,
+            Expr::value(m.at_risk_since_ms),
+        )
+        .filter(account::Column::TenantId.eq(m.tenant_id.as_str()))
+        .filter(account::Column::AccountId.eq(m.account_id.as_str()))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// The account's at-risk flag as stored.
+pub(crate) fn risk_of(m: &account::Model) -> Option<AtRisk> {
+    Some(AtRisk {
+        source: *m.at_risk_source?,
+        reason: m.at_risk_reason.clone().unwrap_or_default(),
+        actor: m.at_risk_actor.clone().unwrap_or_default(),
+        since: super::from_ms(m.at_risk_since_ms.unwrap_or_default()),
+    })
 }
 
 pub(crate) async fn account_model(

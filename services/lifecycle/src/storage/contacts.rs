@@ -332,6 +332,8 @@ pub(super) fn new_contact_model(
         updated_at: Set(now),
         has_activity: Set(false),
         external_id: Set(new.external_id),
+        inactive_since_ms: Set(None),
+        inactive_reason: Set(None),
     };
     (model, stage)
 }

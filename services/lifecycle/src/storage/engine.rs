@@ -25,6 +25,7 @@ use super::{
 };
 use crate::domain::mutation::{self, AccountSnapshot, Changes, Context, Decision, MemberSnapshot};
 use crate::domain::{Account, Transition};
+use cascade_domain::OpportunityKind;
 
 pub use crate::domain::mutation::{Mutation, OpportunityEventKind};
 
@@ -84,6 +85,18 @@ impl Repository {
                 ));
             }
         };
+        // A person's action that changes nothing leaves the record (and its
+        // update time, which syncs follow) alone. Events are recorded as
+        // applied whatever they did.
+        if changes.is_empty() && mutation.event_id().is_none() {
+            let account = hydrate_account(&txn, model).await?;
+            txn.commit().await?;
+            return Ok(MutationResult {
+                account,
+                outcome: ApplyOutcome::Applied,
+                transitions: Vec::new(),
+            });
+        }
         let written = persist(&txn, t, model, &mutation, &changes, cx.now).await?;
         let account = hydrate_account(&txn, written.account).await?;
         txn.commit().await?;
@@ -279,6 +292,7 @@ async fn persist(
     if let Mutation::Opportunity {
         opportunity_id,
         kind,
+        opportunity_kind,
         buying_group,
         ..
     } = mutation
@@ -288,7 +302,7 @@ async fn persist(
             tenant_id,
             &account_id,
             opportunity_id,
-            *kind,
+            (*kind, *opportunity_kind),
             buying_group,
         )
         .await?;
@@ -318,12 +332,29 @@ async fn persist(
 
     let owner = model.owner_id.clone().unwrap_or_default();
     let version = model.version;
+    let mut model = model;
+    if let Some(risk) = &changes.risk {
+        super::accounts::set_risk(&mut model, risk);
+    }
     let mut am = model.into_active_model();
+    if changes.risk.is_some() {
+        am.at_risk_reason = Set(am.at_risk_reason.take().flatten());
+        am.at_risk_source = Set(am.at_risk_source.take().flatten());
+        am.at_risk_actor = Set(am.at_risk_actor.take().flatten());
+        am.at_risk_since_ms = Set(am.at_risk_since_ms.take().flatten());
+    }
     if !changes.transitions.is_empty() {
+        am.transition_count = Set(seq);
+    }
+    // An at-risk entry keeps the stage and the time it was entered.
+    if changes
+        .transitions
+        .iter()
+        .any(|t| t.from_stage != t.to_stage)
+    {
         am.stage = Set(Stored(changes.stage));
         am.customer_type = Set(Stored(changes.customer_type));
         am.stage_entered_at = Set(now);
-        am.transition_count = Set(seq);
     }
     if let Some(baseline) = changes.score_baseline {
         am.score_baseline = Set(baseline);
@@ -384,26 +415,32 @@ async fn record_opportunity(
     tenant_id: &str,
     account_id: &str,
     opportunity_id: &str,
-    kind: OpportunityEventKind,
+    (event, kind): (OpportunityEventKind, OpportunityKind),
     buying_group: &[String],
 ) -> ServiceResult<()> {
-    let status = match kind {
+    let status = match event {
         OpportunityEventKind::Opened => OPEN,
         OpportunityEventKind::Won => "WON",
         OpportunityEventKind::Lost => "LOST",
+        // About the account's won deals, not a change of one.
+        OpportunityEventKind::ContractsEnded => return Ok(()),
     };
     account_opportunity::Entity::insert(account_opportunity::ActiveModel {
         tenant_id: Set(tenant_id.to_owned()),
         opportunity_id: Set(opportunity_id.to_owned()),
         account_id: Set(account_id.to_owned()),
         status: Set(status.to_owned()),
+        kind: Set(Stored(kind)),
     })
     .on_conflict(
         OnConflict::columns([
             account_opportunity::Column::TenantId,
             account_opportunity::Column::OpportunityId,
         ])
-        .update_column(account_opportunity::Column::Status)
+        .update_columns([
+            account_opportunity::Column::Status,
+            account_opportunity::Column::Kind,
+        ])
         .to_owned(),
     )
     .exec_without_returning(conn)

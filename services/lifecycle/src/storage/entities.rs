@@ -3,6 +3,7 @@
 pub mod account {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::account_rules::AtRiskSource;
     use cascade_chassis::db::Stored;
     use cascade_domain::{AccountStage, CustomerType};
 
@@ -33,6 +34,10 @@ pub mod account {
         pub transition_count: i64,
         pub created_at_ms: i64,
         pub external_id: Option<String>,
+        pub at_risk_reason: Option<String>,
+        pub at_risk_source: Option<Stored<AtRiskSource>>,
+        pub at_risk_actor: Option<String>,
+        pub at_risk_since_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -66,6 +71,8 @@ pub mod contact {
         pub updated_at: DateTimeUtc,
         pub has_activity: bool,
         pub external_id: Option<String>,
+        pub inactive_since_ms: Option<i64>,
+        pub inactive_reason: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -181,6 +188,9 @@ pub mod applied_event {
 pub mod account_opportunity {
     use sea_orm::entity::prelude::*;
 
+    use cascade_chassis::db::Stored;
+    use cascade_domain::OpportunityKind;
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "account_opportunities")]
     pub struct Model {
@@ -190,6 +200,7 @@ pub mod account_opportunity {
         pub opportunity_id: String,
         pub account_id: String,
         pub status: String,
+        pub kind: Stored<OpportunityKind>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -242,6 +253,9 @@ pub mod settings {
         pub webhook_secret: Option<String>,
         pub updated_at_ms: i64,
         pub updated_by: String,
+        pub at_risk_engagement_threshold: f64,
+        pub churn_on_lost_renewal: bool,
+        pub churn_when_contracts_end: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -346,6 +360,28 @@ pub mod erasure {
         pub created_at_ms: i64,
         pub scoring_done_at_ms: Option<i64>,
         pub opportunity_done_at_ms: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod contact_change {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "contact_changes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub change_id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub account_id: String,
+        pub inactive: bool,
+        pub created_at_ms: i64,
+        pub scoring_done_at_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

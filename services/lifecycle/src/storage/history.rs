@@ -12,7 +12,9 @@ use sea_orm::{
 
 use super::accounts::account_model;
 use super::contacts::contact_model;
-use super::entities::{account_event, contact_transition, tenant_event_counter, transition};
+use super::entities::{
+    account, account_event, contact_transition, tenant_event_counter, transition,
+};
 use super::{Repository, from_ms, ms, statement};
 use crate::convert;
 use crate::domain::{ContactTransition, Notification, Transition};
@@ -77,6 +79,8 @@ pub struct FunnelRow {
     /// Stays that ended in the window went to PIPELINE (for QUALIFIED).
     pub to_pipeline: i64,
     pub median_ms: Option<i64>,
+    /// Accounts at the stage now, and of them the ones at risk.
+    pub now: (i64, i64),
 }
 
 /// One event of the watch feed.
@@ -349,6 +353,7 @@ impl Repository {
                 [tenant.as_str().into(), start_ms.into(), end_ms.into()],
             ))
             .await?;
+        let now = self.accounts_now(tenant).await?;
         let mut report = Vec::new();
         for stage in AccountStage::ALL {
             let row = rows.iter().find(|r| {
@@ -379,9 +384,37 @@ impl Repository {
                 stayed: get("stayed")?,
                 to_pipeline: get("to_pipeline")?,
                 median_ms,
+                now: now.get(stage.as_str()).copied().unwrap_or_default(),
             });
         }
         Ok(report)
+    }
+
+    /// Accounts per stage now, and of them the ones at risk, by stage name.
+    async fn accounts_now(
+        &self,
+        tenant: &TenantId,
+    ) -> ServiceResult<std::collections::HashMap<String, (i64, i64)>> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Row {
+            stage: String,
+            accounts: i64,
+            at_risk: i64,
+        }
+        let rows = account::Entity::find()
+            .select_only()
+            .column(account::Column::Stage)
+            .column_as(account::Column::AccountId.count(), "accounts")
+            .column_as(account::Column::AtRiskSource.count(), "at_risk")
+            .filter(account::Column::TenantId.eq(tenant.as_str()))
+            .group_by(account::Column::Stage)
+            .into_model::<Row>()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.stage, (r.accounts, r.at_risk)))
+            .collect())
     }
 
     /// The median length of the `ended` stays of a stage, found by the

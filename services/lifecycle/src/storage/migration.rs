@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_histories::ContactHistoryAndDeliveries),
             Box::new(super::migration_sync::ExternalIdsAndSync),
             Box::new(super::migration_erasure::Erasures),
+            Box::new(super::migration_after_sale::AfterTheSale),
         ]
     }
 }

@@ -2,6 +2,7 @@
 //! of another tenant is indistinguishable from a missing one.
 
 mod accounts;
+mod activity_status;
 mod contacts;
 mod engine;
 mod entities;
@@ -9,6 +10,7 @@ mod erasure;
 mod history;
 mod import;
 pub mod migration;
+mod migration_after_sale;
 mod migration_erasure;
 mod migration_histories;
 mod migration_stage_engine;
@@ -18,14 +20,15 @@ mod resolve;
 mod scores;
 mod settings;
 
+pub use activity_status::ContactChange;
 pub use import::Imported;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cascade_chassis::db::{WriteTransaction, statement_chunks};
+use cascade_chassis::db::{WriteTransaction, among, statement_chunks};
 use cascade_chassis::{ServiceError, ServiceResult};
-use cascade_domain::{AccountStage, ContactStage, CustomerType};
+use cascade_domain::{AccountStage, ContactStage, CustomerType, OpportunityKind};
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::OnConflict;
@@ -37,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::domain::account_rules::{self, AccountState};
 use crate::domain::{Account, Contact, Transition};
-use entities::{account, contact, stage_first, transition};
+use entities::{account, account_opportunity, contact, stage_first, transition};
 
 pub use engine::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind};
 pub use history::{FunnelRow, WatchedEvent};
@@ -62,6 +65,8 @@ pub struct AccountFilter {
     pub external_id: Option<String>,
     /// Changed at or after: lists by update time, then id.
     pub changed_since: Option<DateTime<Utc>>,
+    /// Only accounts flagged at risk.
+    pub at_risk_only: bool,
 }
 
 /// Filters of ListContacts.
@@ -212,6 +217,8 @@ pub(crate) fn account_state(
         customer_type: *model.customer_type,
         score_baseline: model.score_baseline,
         open_opportunities,
+        engagement_score: model.engagement_score,
+        at_risk: model.at_risk_source.map(|s| *s),
     })
 }
 
@@ -288,6 +295,15 @@ pub(crate) async fn hydrate_accounts_with(
         .iter()
         .filter_map(|m| m.last_recycle_transition_id.clone())
         .collect();
+    let mut open = open_opportunities_of(
+        conn,
+        models.first().map_or("", |m| m.tenant_id.as_str()),
+        &models
+            .iter()
+            .map(|m| m.account_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     let mut recycles: HashMap<String, Transition> = HashMap::new();
     if !recycle_ids.is_empty() {
         for row in transition::Entity::find()
@@ -308,6 +324,8 @@ pub(crate) async fn hydrate_accounts_with(
                 .as_ref()
                 .and_then(|id| recycles.get(id).cloned());
             Ok(Account {
+                at_risk: accounts::risk_of(&m),
+                open_opportunities: open.remove(&m.account_id).unwrap_or_default(),
                 stage: *m.stage,
                 customer_type: *m.customer_type,
                 account_id: m.account_id,
@@ -332,6 +350,34 @@ pub(crate) async fn hydrate_accounts_with(
             })
         })
         .collect()
+}
+
+/// The open opportunities lifecycle knows of, per account, oldest first.
+async fn open_opportunities_of(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_ids: &[&str],
+) -> Result<HashMap<String, Vec<(String, OpportunityKind)>>, DbErr> {
+    let mut open: HashMap<String, Vec<(String, OpportunityKind)>> = HashMap::new();
+    for chunk in among(
+        conn.get_database_backend(),
+        account_opportunity::Column::AccountId,
+        account_ids,
+    ) {
+        for row in account_opportunity::Entity::find()
+            .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+            .filter(account_opportunity::Column::Status.eq(OPEN))
+            .filter(chunk)
+            .order_by_asc(account_opportunity::Column::OpportunityId)
+            .all(conn)
+            .await?
+        {
+            open.entry(row.account_id)
+                .or_default()
+                .push((row.opportunity_id, *row.kind));
+        }
+    }
+    Ok(open)
 }
 
 pub(crate) async fn hydrate_account(
@@ -367,6 +413,9 @@ pub(crate) async fn hydrate_contacts(
                 created_at: m.created_at,
                 updated_at: m.updated_at,
                 external_id: m.external_id,
+                inactive: m
+                    .inactive_since_ms
+                    .map(|since| (from_ms(since), m.inactive_reason)),
             })
         })
         .collect()

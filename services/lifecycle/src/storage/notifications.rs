@@ -336,6 +336,7 @@ fn teams_card(row: &notification::Model) -> String {
     let title = match *row.reason {
         NotificationReason::Prioritized => "Account prioritized: time to connect",
         NotificationReason::HandRaise => "A contact raised a hand",
+        NotificationReason::AtRisk => "A customer is at risk",
     };
     serde_json::json!({
         "@type": "MessageCard",

@@ -106,19 +106,33 @@ impl Repository {
                 .collect();
         }
         if !contact_ids.is_empty() {
-            directory.contact_accounts = contact::Entity::find()
+            for (contact_id, account_id, inactive_since) in contact::Entity::find()
                 .select_only()
-                .columns([contact::Column::ContactId, contact::Column::AccountId])
+                .columns([
+                    contact::Column::ContactId,
+                    contact::Column::AccountId,
+                    contact::Column::InactiveSinceMs,
+                ])
                 .filter(contact::Column::TenantId.eq(tenant.as_str()))
                 .filter(contact::Column::ContactId.is_in(contact_ids))
-                .into_tuple::<(String, String)>()
+                .into_tuple::<(String, String, Option<i64>)>()
                 .all(&self.db)
                 .await?
-                .into_iter()
-                .collect();
+            {
+                if inactive_since.is_some() {
+                    directory.inactive.insert(contact_id.clone());
+                }
+                directory.contact_accounts.insert(contact_id, account_id);
+            }
         }
         if !emails.is_empty() {
-            directory.by_email = contacts_by_email(&self.db, tenant, emails).await?;
+            let found = contacts_by_email(&self.db, tenant, emails).await?;
+            for (email, (account_id, contact_id, inactive)) in found {
+                if inactive {
+                    directory.inactive.insert(contact_id.clone());
+                }
+                directory.by_email.insert(email, (account_id, contact_id));
+            }
         }
         let domains = resolve::domains_to_match(references, &directory);
         if !domains.is_empty() {
@@ -212,7 +226,7 @@ impl Repository {
         if !raced.is_empty() {
             let found = contacts_by_email(&self.db, tenant, raced.clone()).await?;
             for email in raced {
-                let (account_id, contact_id) = found.get(&email).cloned().ok_or_else(|| {
+                let (account_id, contact_id, inactive) = found.get(&email).cloned().ok_or_else(|| {
                     ServiceError::Aborted(format!(
                         "the contact with email {email} changed while it was being created; retry"
                     ))
@@ -222,6 +236,7 @@ impl Repository {
                     Resolution::Resolved {
                         account_id,
                         contact_id: Some(contact_id),
+                        inactive,
                     },
                 );
             }
@@ -230,25 +245,28 @@ impl Repository {
     }
 }
 
-/// Contacts with one of `emails`: email -> (account, contact).
+/// Contacts with one of `emails`: email -> (account, contact, inactive).
 async fn contacts_by_email(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     emails: HashSet<String>,
-) -> ServiceResult<HashMap<String, (String, String)>> {
+) -> ServiceResult<HashMap<String, (String, String, bool)>> {
     Ok(contact::Entity::find()
         .select_only()
         .columns([
             contact::Column::Email,
             contact::Column::AccountId,
             contact::Column::ContactId,
+            contact::Column::InactiveSinceMs,
         ])
         .filter(contact::Column::TenantId.eq(tenant.as_str()))
         .filter(contact::Column::Email.is_in(emails))
-        .into_tuple::<(Option<String>, String, String)>()
+        .into_tuple::<(Option<String>, String, String, Option<i64>)>()
         .all(conn)
         .await?
         .into_iter()
-        .filter_map(|(email, account_id, contact_id)| Some((email?, (account_id, contact_id))))
+        .filter_map(|(email, account_id, contact_id, inactive)| {
+            Some((email?, (account_id, contact_id, inactive.is_some())))
+        })
         .collect())
 }

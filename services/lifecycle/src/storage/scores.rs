@@ -16,12 +16,14 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 
+use super::accounts::{set_risk, store_risk};
 use super::entities::{account, account_opportunity, applied_event, contact, transition};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
     OPEN, Repository, account_state, from_ms, hydrate_accounts, ms, notifications, record_firsts,
     settings,
 };
+use crate::domain::risk::{self, RiskContext};
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
 use crate::domain::{Account, ContactTransition, Transition};
 
@@ -146,6 +148,31 @@ impl Repository {
                 model.customer_type = Stored(changes.customer_type);
                 model.stage_entered_at = now;
             }
+            let mut notification = changes.notification;
+            if let Some(change) = &changes.risk {
+                let (entry, write, message) = risk::records(
+                    change,
+                    RiskContext {
+                        account_id,
+                        account_name: &model.name,
+                        stage: changes.stage,
+                        customer_type: changes.customer_type,
+                        actor,
+                        reason: None,
+                        event_id: Some(&delivery.event_id),
+                        settings_version: settings.version,
+                        now,
+                    },
+                );
+                model.transition_count += 1;
+                writes
+                    .transitions
+                    .push((model.transition_count, entry.clone()));
+                transitions.push(entry);
+                set_risk(model, &write);
+                writes.risks.push(account_id.clone());
+                notification = message.or(notification);
+            }
             model.engagement_score = delivery.engagement_score;
             model.average_engagement_score = delivery.average_engagement_score;
             model.intent_score = delivery.intent_score;
@@ -188,7 +215,7 @@ impl Repository {
             writes
                 .events
                 .extend(transitions.iter().map(FeedEntry::transition));
-            if let Some(draft) = changes.notification {
+            if let Some(draft) = notification {
                 let owner = model.owner_id.clone().unwrap_or_default();
                 let notification = notifications::record(
                     &txn,
@@ -272,6 +299,8 @@ struct Writes {
     applied: Vec<(String, String)>,
     events: Vec<FeedEntry>,
     notified: bool,
+    /// Accounts whose at-risk flag changed (rare: stored one by one).
+    risks: Vec<String>,
 }
 
 impl Writes {
@@ -282,6 +311,11 @@ impl Writes {
         models: &HashMap<String, account::Model>,
         now_ms: i64,
     ) -> ServiceResult<()> {
+        for id in &self.risks {
+            if let Some(m) = models.get(id) {
+                store_risk(conn, m).await?;
+            }
+        }
         if !self.accounts.is_empty() {
             let rows = self
                 .accounts

@@ -58,6 +58,9 @@ fn from_model(model: settings::Model) -> ServiceResult<StoredSettings> {
                 .map(str::to_owned)
                 .collect(),
             renotify_on_hand_raise: model.renotify_on_hand_raise,
+            at_risk_engagement_threshold: model.at_risk_engagement_threshold,
+            churn_on_lost_renewal: model.churn_on_lost_renewal,
+            churn_when_contracts_end: model.churn_when_contracts_end,
             webhook_url: model.webhook_url,
             webhook_secret: model.webhook_secret.map(Secret::new),
         },
@@ -114,6 +117,9 @@ impl Repository {
             webhook_secret: Set(next.webhook_secret.as_ref().map(|s| s.expose().clone())),
             updated_at_ms: Set(now),
             updated_by: Set(actor.to_owned()),
+            at_risk_engagement_threshold: Set(next.at_risk_engagement_threshold),
+            churn_on_lost_renewal: Set(next.churn_on_lost_renewal),
+            churn_when_contracts_end: Set(next.churn_when_contracts_end),
         };
         match model.insert(&self.db).await {
             Ok(model) => from_model(model),

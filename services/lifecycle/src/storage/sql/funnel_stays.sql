@@ -1,10 +1,12 @@
 -- Stays of a tenant since the window start (the first and second values):
 -- every transition and every account creation (which enters TARGETED), each
 -- with the next transition of its account (LEAD over the history, in order).
+-- At-risk entries keep the stage (from_stage = to_stage): not a stay.
 -- funnel.sql and funnel_median.sql continue it.
 WITH entries AS (
   SELECT account_id, seq, to_stage AS stage, to_rank AS stage_rank, occurred_at_ms AS entered_ms
-  FROM account_transitions WHERE tenant_id = $1 AND occurred_at_ms >= $2
+  FROM account_transitions
+  WHERE tenant_id = $1 AND occurred_at_ms >= $2 AND from_stage <> to_stage
   UNION ALL
   SELECT account_id, 0 AS seq, 'TARGETED' AS stage, 1 AS stage_rank, created_at_ms AS entered_ms
   FROM accounts WHERE tenant_id = $1 AND created_at_ms >= $2

@@ -1,0 +1,135 @@
+//! Inactive contacts (no longer at the company): the flag on the contact,
+//! and the change scoring reads (ListPendingContactChanges) to stop or
+//! start counting the person's engagement, kept until scoring confirms it.
+//! Both are written in one transaction, so scoring hears of every change.
+
+use cascade_chassis::db::begin_write;
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
+use cascade_domain::ids;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::contacts::contact_model;
+use super::entities::contact_change;
+use super::{Repository, hydrate_contact, ms};
+use crate::domain::Contact;
+
+/// A change scoring has still to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactChange {
+    pub tenant_id: String,
+    pub change_id: String,
+    pub contact_id: String,
+    pub account_id: String,
+    pub inactive: bool,
+}
+
+/// The only service that reads the changes.
+pub const CONTACT_CHANGE_READERS: [&str; 1] = ["scoring"];
+
+impl Repository {
+    /// Marks a contact inactive (`Some(reason)`) or active again (`None`),
+    /// recording the change for scoring. A contact already in that state is
+    /// returned unchanged, with nothing recorded.
+    pub async fn set_contact_inactive(
+        &self,
+        tenant: &TenantId,
+        contact_id: &str,
+        inactive: Option<Option<String>>,
+    ) -> ServiceResult<Contact> {
+        let t = tenant.as_str();
+        let txn = begin_write(&self.db).await?;
+        let model = contact_model(&txn, tenant, contact_id).await?;
+        if model.inactive_since_ms.is_some() == inactive.is_some() {
+            let contact = hydrate_contact(&txn, model).await?;
+            txn.commit().await?;
+            return Ok(contact);
+        }
+        let now = time::now();
+        let account_id = model.account_id.clone();
+        let mut am = model.into_active_model();
+        am.inactive_since_ms = Set(inactive.as_ref().map(|_| ms(now)));
+        am.inactive_reason = Set(inactive.clone().flatten());
+        am.updated_at = Set(now);
+        let updated = am.update(&txn).await?;
+        contact_change::ActiveModel {
+            change_id: Set(ids::new_id()),
+            tenant_id: Set(t.to_owned()),
+            contact_id: Set(contact_id.to_owned()),
+            account_id: Set(account_id),
+            inactive: Set(inactive.is_some()),
+            created_at_ms: Set(ms(now)),
+            scoring_done_at_ms: Set(None),
+        }
+        .insert(&txn)
+        .await?;
+        let contact = hydrate_contact(&txn, updated).await?;
+        txn.commit().await?;
+        Ok(contact)
+    }
+
+    /// Changes `service` has not confirmed, of every tenant, oldest first.
+    pub async fn pending_contact_changes(
+        &self,
+        service: &str,
+        limit: u64,
+    ) -> ServiceResult<Vec<ContactChange>> {
+        check_reader(service)?;
+        Ok(contact_change::Entity::find()
+            .filter(contact_change::Column::ScoringDoneAtMs.is_null())
+            .order_by_asc(contact_change::Column::ChangeId)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| ContactChange {
+                tenant_id: m.tenant_id,
+                change_id: m.change_id,
+                contact_id: m.contact_id,
+                account_id: m.account_id,
+                inactive: m.inactive,
+            })
+            .collect())
+    }
+
+    /// `service` has applied a change. Idempotent; NOT_FOUND for a change
+    /// the tenant does not have.
+    pub async fn confirm_contact_change(
+        &self,
+        tenant: &TenantId,
+        change_id: &str,
+        service: &str,
+    ) -> ServiceResult<()> {
+        check_reader(service)?;
+        let _turn = cascade_chassis::db::write_turn(&self.db).await?;
+        let found = contact_change::Entity::update_many()
+            .col_expr(
+                contact_change::Column::ScoringDoneAtMs,
+                Expr::cust(format!("COALESCE(scoring_done_at_ms, {})", ms(time::now()))),
+            )
+            .filter(contact_change::Column::TenantId.eq(tenant.as_str()))
+            .filter(contact_change::Column::ChangeId.eq(change_id))
+            .exec(&self.db)
+            .await?;
+        if found.rows_affected == 0 {
+            return Err(ServiceError::not_found("contact change", change_id));
+        }
+        Ok(())
+    }
+}
+
+fn check_reader(service: &str) -> ServiceResult<()> {
+    if CONTACT_CHANGE_READERS.contains(&service) {
+        return Ok(());
+    }
+    Err(ServiceError::invalid(
+        "service",
+        format!(
+            "must be one of {} (got {service:?})",
+            CONTACT_CHANGE_READERS.join(", ")
+        ),
+    ))
+}
