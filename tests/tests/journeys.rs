@@ -3,10 +3,12 @@
 
 mod common;
 
-use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date};
+use cascade_proto::common::v1::{
+    AccountStage as S, ContactStage as C, CustomerType, Date, OpportunityKind,
+};
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
-use cascade_testkit::fixtures::{account, activity, by_email, usd};
+use cascade_testkit::fixtures::{account, activity, by_email, days_ago, usd};
 use cascade_testkit::{TestDatabase, WebhookReceiver, on_each_database};
 use common::System;
 
@@ -117,6 +119,7 @@ async fn the_full_journey(db: TestDatabase) {
                 kind: 1,
                 quantity: 1,
                 unit_price: usd(60_000),
+                end_date: None,
             }],
             new_reality: "every account in one place".into(),
             ..Default::default()
@@ -131,6 +134,7 @@ async fn the_full_journey(db: TestDatabase) {
                 document_ref: "dms://initech".into(),
                 signed: true,
                 sign_time: None,
+                end_date: None,
             }),
             ..Default::default()
         },
@@ -253,4 +257,269 @@ async fn recycling_journeys(db: TestDatabase) {
     system.stop().await;
 }
 
-on_each_database!(the_full_journey, recycling_journeys);
+on_each_database!(the_full_journey, recycling_journeys, after_the_sale);
+
+/// Opens a deal of `kind` for the account and takes it through every step
+/// to WIN (not closed): its id.
+async fn deal_at_win(
+    opps: &cascade_testkit::Opportunity,
+    account_id: &str,
+    name: &str,
+    kind: OpportunityKind,
+    buying_group: &[&str],
+) -> String {
+    let created = opps
+        .public()
+        .create_opportunity(opps.req(op::CreateOpportunityRequest {
+            opportunity: Some(op::Opportunity {
+                account_id: account_id.to_owned(),
+                name: name.to_owned(),
+                kind: kind as i32,
+                estimated_deal_size: usd(30_000),
+                buying_group_contact_ids: buying_group.iter().map(|c| (*c).to_owned()).collect(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .expect("opportunity")
+        .into_inner()
+        .opportunity
+        .expect("opportunity");
+    let oid = created.opportunity_id;
+    let steps: [(op::Opportunity, &[&str]); 3] = [
+        (
+            op::Opportunity {
+                close_date: Some(Date {
+                    year: 2027,
+                    month: 6,
+                    day: 30,
+                }),
+                amount: usd(30_000),
+                current_situation: "renewal due".into(),
+                needs: "keep the lifecycle running".into(),
+                ..Default::default()
+            },
+            &["close_date", "amount", "current_situation", "needs"],
+        ),
+        (
+            op::Opportunity {
+                line_items: vec![op::LineItem {
+                    product: "Platform".into(),
+                    kind: 1,
+                    quantity: 1,
+                    unit_price: usd(30_000),
+                    end_date: None,
+                }],
+                new_reality: "one more year".into(),
+                ..Default::default()
+            },
+            &["line_items", "new_reality"],
+        ),
+        (
+            op::Opportunity {
+                contract: Some(op::Contract {
+                    document_ref: format!("dms://{name}"),
+                    signed: true,
+                    sign_time: None,
+                    end_date: None,
+                }),
+                ..Default::default()
+            },
+            &["contract"],
+        ),
+    ];
+    for (fields, paths) in steps {
+        opps.try_advance(&oid).await.expect("advance");
+        opps.try_update(&oid, fields, paths).await.expect("update");
+    }
+    oid
+}
+
+/// After the sale (issue 19), through the three binaries: the person who
+/// engaged leaves, the customer's engagement falls below the tenant's
+/// threshold and it is flagged at risk (the owner hears of it); its renewal
+/// is lost and it churns; a new deal brings it back. The funnel and the
+/// pipeline report show each state.
+async fn after_the_sale(db: TestDatabase) {
+    let system = System::start(&db, 1).await;
+    let receiver = WebhookReceiver::start().await;
+    let (lifecycle, scoring, opps) = (
+        system.lifecycle_as(0, T),
+        system.scoring_as(0, T),
+        system.opportunity_as(0, T),
+    );
+    lifecycle.set_webhook(&receiver.url, None).await;
+    lifecycle
+        .set_settings(
+            lc::LifecycleSettings {
+                at_risk_engagement_threshold: 20.0,
+                churn_on_lost_renewal: true,
+                ..Default::default()
+            },
+            &["at_risk_engagement_threshold", "churn_on_lost_renewal"],
+        )
+        .await;
+    let id = lifecycle
+        .try_create_account(
+            account("Umbrella", "umbrella.example", "owner@seller.example"),
+            "after-sale-umbrella",
+        )
+        .await
+        .expect("account")
+        .account_id;
+
+    // Ann engages a lot, Bob a little: 52 points.
+    let recorded = scoring
+        .record(vec![
+            by_email("u1", "pricing_page_visit", "ann@umbrella.example"),
+            by_email("u2", "email_open", "bob@umbrella.example"),
+        ])
+        .await;
+    assert_eq!(recorded.recorded_count, 2, "{:?}", recorded.results);
+    let (ann, bob) = (
+        recorded.results[0].contact_id.clone(),
+        recorded.results[1].contact_id.clone(),
+    );
+    lifecycle
+        .wait_for_account(&id, "52 points in lifecycle", |a| a.engagement_score == 52.0)
+        .await;
+
+    // Won: a customer.
+    let first = deal_at_win(&opps, &id, "Umbrella platform", OpportunityKind::NewBusiness, &[&ann, &bob]).await;
+    opps.try_win(&first).await.expect("won");
+    lifecycle.wait_for_stage(&id, S::Implement).await;
+
+    // Ann leaves the company. Scoring stops counting her: the account falls
+    // to Bob's 2 points, below 20, and the engagement rule flags it.
+    lifecycle
+        .public()
+        .deactivate_contact(lifecycle.req(lc::DeactivateContactRequest {
+            contact_id: ann.clone(),
+            reason: "left Umbrella".into(),
+        }))
+        .await
+        .expect("deactivated");
+    let at_risk = lifecycle
+        .wait_for_account(&id, "the account flagged at risk", |a| a.at_risk.is_some())
+        .await;
+    assert_eq!(at_risk.engagement_score, 2.0);
+    assert_eq!(at_risk.stage, S::Implement as i32, "the stage stays");
+    let risk = at_risk.at_risk.expect("at risk");
+    assert_eq!(risk.source, lc::AtRiskSource::Engagement as i32);
+    assert!(risk.reason.contains("52.0 to 2.0"), "{}", risk.reason);
+    let notes = receiver.wait_for(1).await;
+    assert!(
+        notes.iter().any(|n| n.body.contains("AT_RISK") && n.body.contains(&id)),
+        "the owner hears of it: {notes:?}"
+    );
+    // Her new activity is refused, naming the field; nothing of it counts.
+    let refused = scoring
+        .record(vec![by_email("u3", "pricing_page_visit", "ann@umbrella.example")])
+        .await;
+    assert_eq!(refused.recorded_count, 0, "{:?}", refused.results);
+    assert_eq!(
+        refused.results[0]
+            .violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect::<Vec<_>>(),
+        ["activities[0].contact_email"]
+    );
+
+    // The renewal is lost: with churn_on_lost_renewal on, the customer
+    // churns, and the flag goes with it.
+    let renewal = deal_at_win(&opps, &id, "Umbrella renewal", OpportunityKind::Renewal, &[&bob]).await;
+    let open = lifecycle
+        .wait_for_account(&id, "the renewal among the open deals", |a| {
+            !a.open_opportunities.is_empty()
+        })
+        .await;
+    assert_eq!(open.open_opportunities[0].kind, OpportunityKind::Renewal as i32);
+    opps.try_lose(&renewal, "went with a competitor").await.expect("lost");
+    let churned = lifecycle.wait_for_stage(&id, S::Churned).await;
+    assert_eq!(churned.at_risk, None, "a former customer is not at risk");
+
+    // A new deal brings it back: a re-prospect in PIPELINE, then a customer.
+    let back = deal_at_win(&opps, &id, "Umbrella win-back", OpportunityKind::NewBusiness, &[&bob]).await;
+    let pipeline = lifecycle.wait_for_stage(&id, S::Pipeline).await;
+    assert_eq!(pipeline.customer_type, CustomerType::ReProspect as i32);
+    opps.try_win(&back).await.expect("won back");
+    let again = lifecycle.wait_for_stage(&id, S::Implement).await;
+    assert_eq!(again.customer_type, CustomerType::Customer as i32);
+
+    use lc::TransitionCause as TC;
+    let causes: Vec<(i32, i32)> = lifecycle
+        .transitions(&id)
+        .await
+        .iter()
+        .map(|t| (t.to_stage, t.cause))
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            (S::Engaged as i32, TC::Score as i32),
+            (S::Pipeline as i32, TC::OpportunityOpened as i32),
+            (S::Implement as i32, TC::OpportunityWon as i32),
+            (S::Implement as i32, TC::AtRiskFlagged as i32),
+            (S::Churned as i32, TC::OpportunityLost as i32),
+            (S::Churned as i32, TC::AtRiskCleared as i32),
+            (S::Pipeline as i32, TC::OpportunityOpened as i32),
+            (S::Implement as i32, TC::OpportunityWon as i32),
+        ]
+    );
+
+    // The funnel counts the churn and the way back.
+    let funnel = lifecycle
+        .public()
+        .get_funnel_report(lifecycle.req(lc::GetFunnelReportRequest {
+            start_time: Some(days_ago(1)),
+            end_time: Some(days_ago(-1)),
+        }))
+        .await
+        .expect("funnel")
+        .into_inner();
+    let row = |stage: S| {
+        funnel
+            .stages
+            .iter()
+            .find(|r| r.stage == stage as i32)
+            .cloned()
+            .expect("every stage")
+    };
+    let churn_row = row(S::Churned);
+    assert_eq!((churn_row.entered, churn_row.moved_forward), (1, 1));
+    let implement = row(S::Implement);
+    assert_eq!(
+        (implement.entered, implement.moved_back, implement.accounts_now, implement.at_risk_now),
+        (2, 1, 1, 0)
+    );
+
+    // The pipeline report by kind: one renewal lost, two new deals won.
+    let report = opps
+        .public()
+        .get_pipeline_report(opps.req(op::GetPipelineReportRequest {
+            start_time: Some(days_ago(1)),
+            end_time: Some(days_ago(-1)),
+        }))
+        .await
+        .expect("pipeline")
+        .into_inner();
+    let by_kind: Vec<(i32, i64, i64)> = report
+        .by_kind
+        .iter()
+        .map(|k| {
+            let counts = k.counts.clone().unwrap_or_default();
+            (k.kind, counts.won_count, counts.lost_count)
+        })
+        .collect();
+    assert_eq!(
+        by_kind,
+        [
+            (OpportunityKind::NewBusiness as i32, 2, 0),
+            (OpportunityKind::Renewal as i32, 0, 1),
+            (OpportunityKind::Upgrade as i32, 0, 0),
+        ]
+    );
+    system.stop().await;
+}

@@ -371,12 +371,14 @@ async fn one_trace_from_activity_to_stage_change() {
                 kind: 1,
                 quantity: 1,
                 unit_price: usd(1_000),
+                end_date: None,
             }],
             new_reality: "z".into(),
             contract: Some(op::Contract {
                 document_ref: "doc".into(),
                 signed: true,
                 sign_time: None,
+                end_date: None,
             }),
             ..Default::default()
         })

@@ -17,6 +17,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QuerySelect, QueryTrait,
 };
 
+use super::accounts::{set_risk, store_risk};
 use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
@@ -334,15 +335,10 @@ async fn persist(
     let version = model.version;
     let mut model = model;
     if let Some(risk) = &changes.risk {
-        super::accounts::set_risk(&mut model, risk);
+        set_risk(&mut model, risk);
+        store_risk(txn, &model).await?;
     }
     let mut am = model.into_active_model();
-    if changes.risk.is_some() {
-        am.at_risk_reason = Set(am.at_risk_reason.take().flatten());
-        am.at_risk_source = Set(am.at_risk_source.take().flatten());
-        am.at_risk_actor = Set(am.at_risk_actor.take().flatten());
-        am.at_risk_since_ms = Set(am.at_risk_since_ms.take().flatten());
-    }
     if !changes.transitions.is_empty() {
         am.transition_count = Set(seq);
     }
