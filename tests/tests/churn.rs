@@ -198,7 +198,6 @@ async fn a_customer_churns_and_comes_back_through_a_new_opportunity(db: TestData
     system.stop().await;
 }
 
-
 /// An opportunity event of a kind, applied; the account after it.
 async fn deal_of(
     lifecycle: &Lifecycle,

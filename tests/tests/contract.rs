@@ -154,7 +154,7 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
     assert!(
         unwritable[0]
             .1
-            .ends_with("renotify_on_hand_raise, webhook_url, webhook_secret"),
+            .ends_with("webhook_secret, at_risk_engagement_threshold, churn_on_lost_renewal, churn_when_contracts_end"),
         "the list is whole: {}",
         unwritable[0].1
     );

@@ -1565,23 +1565,29 @@ async fn start_services() -> ([TestDatabase; 3], [TestServer; 3]) {
             .await
             .expect("lifecycle builds"),
     );
-    let with_lifecycle = |db: &TestDatabase| {
-        let mut settings = cascade_scoring::Settings::for_tests(db.settings.clone());
-        settings.own.lifecycle.url = lifecycle.url();
-        // No erasure is applied while the fuzz runs: scoring's part of one
-        // would deliver a recomputed score into lifecycle in the middle of
-        // lifecycle's own fuzzing, which must see only its calls' writes.
-        // The erasure RPCs themselves are fuzzed all the same.
-        settings.own.lifecycle.erasure_poll_ms = 3_600_000;
-        settings
+    // No erasure or contact change is applied while the fuzz runs, and no
+    // background check delivers: scoring's part of an erasure would deliver
+    // a recomputed score into lifecycle in the middle of lifecycle's own
+    // fuzzing, which must see only its calls' writes. The RPCs themselves
+    // are fuzzed all the same.
+    let quiet = |lifecycle_client: &mut cascade_chassis::client::LifecycleClientSettings| {
+        lifecycle_client.url = lifecycle.url();
+        lifecycle_client.erasure_poll_ms = 3_600_000;
     };
+    let mut scoring_settings = cascade_scoring::Settings::for_tests(dbs[1].settings.clone());
+    quiet(&mut scoring_settings.own.lifecycle);
+    scoring_settings.own.decay.refresh_interval_ms = 0;
     let scoring = TestServer::start(
-        cascade_scoring::build(&with_lifecycle(&dbs[1]))
+        cascade_scoring::build(&scoring_settings)
             .await
             .expect("scoring builds"),
     );
+    let mut opportunity_settings =
+        cascade_opportunity::Settings::for_tests(dbs[2].settings.clone());
+    quiet(&mut opportunity_settings.own.lifecycle);
+    opportunity_settings.own.contracts.check_interval_ms = 3_600_000;
     let opportunity = TestServer::start(
-        cascade_opportunity::build(&with_lifecycle(&dbs[2]))
+        cascade_opportunity::build(&opportunity_settings)
             .await
             .expect("opportunity builds"),
     );

@@ -382,11 +382,20 @@ async fn after_the_sale(db: TestDatabase) {
         recorded.results[1].contact_id.clone(),
     );
     lifecycle
-        .wait_for_account(&id, "52 points in lifecycle", |a| a.engagement_score == 52.0)
+        .wait_for_account(&id, "52 points in lifecycle", |a| {
+            a.engagement_score == 52.0
+        })
         .await;
 
     // Won: a customer.
-    let first = deal_at_win(&opps, &id, "Umbrella platform", OpportunityKind::NewBusiness, &[&ann, &bob]).await;
+    let first = deal_at_win(
+        &opps,
+        &id,
+        "Umbrella platform",
+        OpportunityKind::NewBusiness,
+        &[&ann, &bob],
+    )
+    .await;
     opps.try_win(&first).await.expect("won");
     lifecycle.wait_for_stage(&id, S::Implement).await;
 
@@ -410,12 +419,18 @@ async fn after_the_sale(db: TestDatabase) {
     assert!(risk.reason.contains("52.0 to 2.0"), "{}", risk.reason);
     let notes = receiver.wait_for(1).await;
     assert!(
-        notes.iter().any(|n| n.body.contains("AT_RISK") && n.body.contains(&id)),
+        notes
+            .iter()
+            .any(|n| n.body.contains("AT_RISK") && n.body.contains(&id)),
         "the owner hears of it: {notes:?}"
     );
     // Her new activity is refused, naming the field; nothing of it counts.
     let refused = scoring
-        .record(vec![by_email("u3", "pricing_page_visit", "ann@umbrella.example")])
+        .record(vec![by_email(
+            "u3",
+            "pricing_page_visit",
+            "ann@umbrella.example",
+        )])
         .await;
     assert_eq!(refused.recorded_count, 0, "{:?}", refused.results);
     assert_eq!(
@@ -429,19 +444,38 @@ async fn after_the_sale(db: TestDatabase) {
 
     // The renewal is lost: with churn_on_lost_renewal on, the customer
     // churns, and the flag goes with it.
-    let renewal = deal_at_win(&opps, &id, "Umbrella renewal", OpportunityKind::Renewal, &[&bob]).await;
+    let renewal = deal_at_win(
+        &opps,
+        &id,
+        "Umbrella renewal",
+        OpportunityKind::Renewal,
+        &[&bob],
+    )
+    .await;
     let open = lifecycle
         .wait_for_account(&id, "the renewal among the open deals", |a| {
             !a.open_opportunities.is_empty()
         })
         .await;
-    assert_eq!(open.open_opportunities[0].kind, OpportunityKind::Renewal as i32);
-    opps.try_lose(&renewal, "went with a competitor").await.expect("lost");
+    assert_eq!(
+        open.open_opportunities[0].kind,
+        OpportunityKind::Renewal as i32
+    );
+    opps.try_lose(&renewal, "went with a competitor")
+        .await
+        .expect("lost");
     let churned = lifecycle.wait_for_stage(&id, S::Churned).await;
     assert_eq!(churned.at_risk, None, "a former customer is not at risk");
 
     // A new deal brings it back: a re-prospect in PIPELINE, then a customer.
-    let back = deal_at_win(&opps, &id, "Umbrella win-back", OpportunityKind::NewBusiness, &[&bob]).await;
+    let back = deal_at_win(
+        &opps,
+        &id,
+        "Umbrella win-back",
+        OpportunityKind::NewBusiness,
+        &[&bob],
+    )
+    .await;
     let pipeline = lifecycle.wait_for_stage(&id, S::Pipeline).await;
     assert_eq!(pipeline.customer_type, CustomerType::ReProspect as i32);
     opps.try_win(&back).await.expect("won back");
@@ -491,7 +525,12 @@ async fn after_the_sale(db: TestDatabase) {
     assert_eq!((churn_row.entered, churn_row.moved_forward), (1, 1));
     let implement = row(S::Implement);
     assert_eq!(
-        (implement.entered, implement.moved_back, implement.accounts_now, implement.at_risk_now),
+        (
+            implement.entered,
+            implement.moved_back,
+            implement.accounts_now,
+            implement.at_risk_now
+        ),
         (2, 1, 1, 0)
     );
 

@@ -5,6 +5,7 @@ use cascade_chassis::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, 
 use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
 
+use crate::domain::Date;
 use crate::storage::{EventKind, EventPayload};
 
 /// The actor lifecycle records for opportunity-driven moves.
@@ -27,20 +28,7 @@ impl LifecycleEventSink {
                 return Ok(());
             }
         };
-        let kind = match payload.kind {
-            EventKind::Opened => lifecycle::OpportunityEventType::Opened,
-            EventKind::Won => lifecycle::OpportunityEventType::Won,
-            EventKind::Lost => lifecycle::OpportunityEventType::Lost,
-        };
-        let request = lifecycle::ApplyOpportunityEventRequest {
-            event_id: entry.id.clone(),
-            account_id: entry.partition_key.clone(),
-            opportunity_id: payload.opportunity_id,
-            r#type: kind as i32,
-            buying_group_contact_ids: payload.buying_group,
-            other_open_opportunities: payload.other_open,
-            occur_time: None,
-        };
+        let request = request_of(entry, payload);
         let mut client = self.client.clone();
         let call = client.apply_opportunity_event(outgoing(&entry.tenant_id, ACTOR, request));
         settle_peer_answer(
@@ -64,5 +52,145 @@ impl Sink for LifecycleEventSink {
             self.deliver_one(entry).await.map_err(|e| (i, e))?;
         }
         Ok(run.len())
+    }
+}
+
+/// The call lifecycle gets for an outbox entry. Opened, won and lost carry
+/// the entry's id as the event id. Contracts ending carries one made of the
+/// account and the end date (`contracts-ended:{account_id}:{yyyy-mm-dd}`),
+/// the same whoever finds it, and happens at the start (UTC) of the day
+/// after the end date.
+fn request_of(entry: &Entry, payload: EventPayload) -> lifecycle::ApplyOpportunityEventRequest {
+    let account_id = entry.partition_key.clone();
+    let (event_type, event_id, occur_time) = match (payload.kind, payload.contracts_end) {
+        (EventKind::ContractsEnded, Some(end)) => (
+            lifecycle::OpportunityEventType::ContractsEnded,
+            contracts_ended_event_id(&account_id, end),
+            day_after(end),
+        ),
+        (kind, _) => {
+            let event_type = match kind {
+                EventKind::Opened => lifecycle::OpportunityEventType::Opened,
+                EventKind::Won => lifecycle::OpportunityEventType::Won,
+                EventKind::Lost => lifecycle::OpportunityEventType::Lost,
+                // Not decodable without its end date.
+                EventKind::ContractsEnded => lifecycle::OpportunityEventType::ContractsEnded,
+            };
+            (event_type, entry.id.clone(), None)
+        }
+    };
+    lifecycle::ApplyOpportunityEventRequest {
+        event_id,
+        account_id,
+        opportunity_id: payload.opportunity_id,
+        r#type: event_type as i32,
+        buying_group_contact_ids: payload.buying_group,
+        other_open_opportunities: payload.other_open,
+        occur_time,
+        opportunity_kind: payload.opportunity_kind.to_proto(),
+    }
+}
+
+/// The event id of the account's contracts ending on `end`.
+pub fn contracts_ended_event_id(account_id: &str, end: Date) -> String {
+    format!("contracts-ended:{account_id}:{}", end.iso())
+}
+
+/// 00:00 UTC of the day after `end`: when a term whose last day is `end`
+/// has ended.
+fn day_after(end: Date) -> Option<prost_types::Timestamp> {
+    let next = end.to_chrono()?.succ_opt()?;
+    Some(cascade_chassis::time::to_timestamp(
+        next.and_time(chrono::NaiveTime::MIN).and_utc(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OpportunityKind;
+
+    fn entry(payload: &EventPayload) -> Entry {
+        Entry {
+            id: "0192f0c4-0000-7000-8000-000000000001".into(),
+            tenant_id: "acme".into(),
+            topic: crate::storage::EVENT_TOPIC.into(),
+            partition_key: "account-1".into(),
+            payload: payload.encode(),
+            attempts: 0,
+            trace_context: None,
+            created_at_ms: 0,
+        }
+    }
+
+    fn payload(kind: EventKind, contracts_end: Option<Date>) -> EventPayload {
+        EventPayload {
+            kind,
+            opportunity_id: "o1".into(),
+            buying_group: vec!["c1".into()],
+            other_open: 1,
+            opportunity_kind: OpportunityKind::Renewal,
+            contracts_end,
+        }
+    }
+
+    #[test]
+    fn every_event_carries_the_opportunity_kind() {
+        use lifecycle::OpportunityEventType as T;
+        for (kind, event_type) in [
+            (EventKind::Opened, T::Opened),
+            (EventKind::Won, T::Won),
+            (EventKind::Lost, T::Lost),
+        ] {
+            let payload = payload(kind, None);
+            let request = request_of(&entry(&payload), payload);
+            assert_eq!(
+                request,
+                lifecycle::ApplyOpportunityEventRequest {
+                    event_id: "0192f0c4-0000-7000-8000-000000000001".into(),
+                    account_id: "account-1".into(),
+                    opportunity_id: "o1".into(),
+                    r#type: event_type as i32,
+                    buying_group_contact_ids: vec!["c1".into()],
+                    other_open_opportunities: 1,
+                    occur_time: None,
+                    opportunity_kind: cascade_proto::common::v1::OpportunityKind::Renewal as i32,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn contracts_ended_is_named_by_the_account_and_day_and_happens_the_next_morning() {
+        // The last day of February in a leap year, and the last of a year.
+        for (end, next_day) in [
+            ((2028, 2, 29), "2028-03-01T00:00:00+00:00"),
+            ((2026, 12, 31), "2027-01-01T00:00:00+00:00"),
+        ] {
+            let end = Date::new(end.0, end.1, end.2).expect("a date");
+            let payload = EventPayload {
+                buying_group: Vec::new(),
+                ..payload(EventKind::ContractsEnded, Some(end))
+            };
+            let request = request_of(&entry(&payload), payload);
+            assert_eq!(
+                request.r#type,
+                lifecycle::OpportunityEventType::ContractsEnded as i32
+            );
+            assert_eq!(
+                request.event_id,
+                format!("contracts-ended:account-1:{}", end.iso())
+            );
+            assert_eq!(
+                request.opportunity_kind,
+                cascade_proto::common::v1::OpportunityKind::Renewal as i32
+            );
+            let at = request
+                .occur_time
+                .as_ref()
+                .and_then(cascade_chassis::time::from_timestamp)
+                .expect("a time");
+            assert_eq!(at.to_rfc3339(), next_day);
+        }
     }
 }

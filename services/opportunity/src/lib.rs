@@ -1,27 +1,30 @@
 //! Cascade opportunity service: opportunities through the Discover /
 //! Qualify / Propose / Win process with the minimum information each step
-//! requires, won and lost, the pipeline report, and opportunity events for
-//! lifecycle through the outbox.
+//! requires, won and lost, the pipeline report (per kind: new business,
+//! renewal, upgrade), and opportunity events for lifecycle through the
+//! outbox, including when a customer's contracts have ended.
 
 pub mod api;
+pub mod contracts;
 pub mod delivery;
 pub mod domain;
 pub mod erasure;
+pub mod settings;
 pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_chassis::auth::Permission;
-use cascade_chassis::client::LifecycleSection;
 use cascade_chassis::outbox::Deliverer;
 use cascade_chassis::server::{Application, Background};
 use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityServiceServer;
 use sea_orm::DatabaseConnection;
 
-/// The service's settings: the common sections and `[lifecycle]`.
-pub type Settings = ServiceSettings<LifecycleSection>;
+/// The service's settings: the common sections, `[lifecycle]` and
+/// `[contracts]`.
+pub type Settings = ServiceSettings<settings::OpportunitySections>;
 
 /// Name, env prefix (`CASCADE_OPPORTUNITY__...`) and default port.
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
@@ -56,7 +59,12 @@ async fn service(
     background: Background,
     settings: Settings,
 ) -> anyhow::Result<OpportunityServiceServer<api::OpportunityApi>> {
-    let (lifecycle, internal) = settings.lifecycle_clients(IDENTITY.name)?;
+    let (lifecycle, internal) = cascade_chassis::client::lifecycle_clients(
+        &settings.own.lifecycle,
+        &settings.auth,
+        &settings.tls,
+        IDENTITY.name,
+    )?;
     let deliverer = Deliverer::new(
         database.clone(),
         storage::EVENT_TOPIC,
@@ -71,6 +79,10 @@ async fn service(
         IDENTITY.name,
         Arc::new(erasure::OpportunityEraser(repository.clone())),
         Duration::from_millis(settings.own.lifecycle.erasure_poll_ms),
+    )));
+    background.add(tokio::spawn(contracts::follow(
+        repository.clone(),
+        Duration::from_millis(settings.own.contracts.check_interval_ms),
     )));
     Ok(
         OpportunityServiceServer::new(api::OpportunityApi::new(repository, lifecycle))

@@ -143,12 +143,14 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
                         kind: pb::LineItemKind::Product as i32,
                         quantity: 2,
                         unit_price: usd(100_000),
+                        end_date: None,
                     },
                     pb::LineItem {
                         product: "Onboarding".into(),
                         kind: pb::LineItemKind::Service as i32,
                         quantity: 1,
                         unit_price: usd(30_000),
+                        end_date: None,
                     },
                 ],
                 amount_from_line_items: true,
@@ -175,6 +177,7 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
                 document_ref: "dms://contracts/initech-2027".into(),
                 signed: true,
                 sign_time: None,
+                end_date: None,
             }),
             ..Default::default()
         },
@@ -323,12 +326,14 @@ async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) 
                 kind: 1,
                 quantity: 1,
                 unit_price: usd(50_000),
+                end_date: None,
             }],
             new_reality: "done".into(),
             contract: Some(pb::Contract {
                 document_ref: "doc".into(),
                 signed: true,
                 sign_time: None,
+                end_date: None,
             }),
             ..Default::default()
         },
@@ -459,6 +464,7 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
                 kind: 1,
                 quantity: 1_000_000_000,
                 unit_price: Some(jpy(1_000_000_000_000, 0)),
+                end_date: None,
             }],
             ..deal(jpy(1, 0))
         })

@@ -3,14 +3,20 @@
 //! caller's tenant and belong together, and an email must name a contact (or
 //! a new one is created under the account of its domain).
 //!
+//! A contact no longer at the company (DeactivateContact) is refused: its
+//! activities are not recorded.
+//!
 //! A batch costs at most one call to lifecycle (BatchResolveContacts), and
 //! none when every person in it was checked before: checked (account,
 //! contact) pairs are remembered without expiry, since a contact never
 //! changes account, and resolved emails for `email_cache_ttl_ms`, since an
 //! email can be given to another contact. Both sit in one bounded cache
-//! (`directory_cache_entries`). docs/decisions.md has the trade-offs.
+//! (`directory_cache_entries`), with whether the contact is inactive; a
+//! contact whose status changes is forgotten (`forget_contacts`) by every
+//! replica, so its next activity is checked again. docs/decisions.md has
+//! the trade-offs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,8 @@ use cascade_chassis::client::{
 use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use quick_cache::sync::Cache;
+
+use crate::storage::ChangedContact;
 
 /// Who an activity is about, as the caller gave it (validated).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,16 +58,24 @@ pub enum Checked {
         field: &'static str,
         description: String,
     },
+    /// A contact no longer at the company (DeactivateContact); `field` is
+    /// the activity's field that named it (`contact_id` or `contact_email`).
+    Inactive {
+        field: &'static str,
+        account_id: String,
+        contact_id: String,
+    },
 }
 
 #[derive(Clone)]
 enum Remembered {
     /// An (account, contact) pair lifecycle confirmed.
-    Pair,
+    Pair { inactive: bool },
     /// What an email resolved to, and when.
     Email {
         account_id: String,
         contact_id: String,
+        inactive: bool,
         at: Instant,
     },
 }
@@ -92,6 +108,32 @@ impl Directory {
         }
     }
 
+    /// Forgets what was checked of these contacts (marked inactive or active
+    /// again), so their next activities are checked with lifecycle. The
+    /// emails are found by a pass over the cache: status changes are rare.
+    pub fn forget_contacts(&self, contacts: &[ChangedContact]) {
+        let Some(cache) = &self.cache else { return };
+        if contacts.is_empty() {
+            return;
+        }
+        let mut changed = HashSet::with_capacity(contacts.len());
+        for c in contacts {
+            let pair = Person::Ids {
+                account_id: c.account_id.clone(),
+                contact_id: Some(c.contact_id.clone()),
+            };
+            cache.remove(&key(&c.tenant_id, &pair));
+            changed.insert(format!("{}\u{1f}{}", c.tenant_id, c.contact_id));
+        }
+        cache.retain(|key, remembered| match remembered {
+            Remembered::Email { contact_id, .. } => {
+                let tenant = key.split('\u{1f}').next().unwrap_or_default();
+                !changed.contains(&format!("{tenant}\u{1f}{contact_id}"))
+            }
+            Remembered::Pair { .. } => true,
+        });
+    }
+
     /// Checks `people` (one answer each, in order) with at most one call to
     /// lifecycle, bounded by the caller's deadline. When lifecycle cannot
     /// answer, the whole check fails UNAVAILABLE: a person that could not be
@@ -121,7 +163,7 @@ impl Directory {
         let resolutions = self.ask(context, references).await?;
         for (person, answer) in people.iter().zip(answers.iter_mut()) {
             if answer.is_none() {
-                let checked = checked(&resolutions[asked[*person]]);
+                let checked = checked(&resolutions[asked[*person]], person);
                 self.remember(tenant, person, &checked);
                 *answer = Some(checked);
             }
@@ -171,51 +213,79 @@ impl Directory {
                     account_id,
                     contact_id,
                 },
-                Remembered::Pair,
-            ) => Some(Checked::Found {
-                account_id: account_id.clone(),
-                contact_id: contact_id.clone(),
-            }),
+                Remembered::Pair { inactive },
+            ) => Some(found_or_inactive(
+                account_id.clone(),
+                contact_id.clone(),
+                inactive,
+                "contact_id",
+            )),
             (
                 Person::Email(_),
                 Remembered::Email {
                     account_id,
                     contact_id,
+                    inactive,
                     at,
                 },
-            ) if at.elapsed() < self.email_ttl => Some(Checked::Found {
+            ) if at.elapsed() < self.email_ttl => Some(found_or_inactive(
                 account_id,
-                contact_id: Some(contact_id),
-            }),
+                Some(contact_id),
+                inactive,
+                "contact_email",
+            )),
             _ => None,
         }
     }
 
-    /// Only what exists is remembered: an unknown id may be created a moment
-    /// later.
+    /// Only what exists is remembered (an unknown id may be created a moment
+    /// later), inactive contacts included: a caller that keeps sending their
+    /// activities costs no call to lifecycle each time.
     fn remember(&self, tenant: &str, person: &Person, checked: &Checked) {
-        let (
-            Some(cache),
+        let Some(cache) = &self.cache else { return };
+        let (account_id, contact_id, inactive) = match checked {
             Checked::Found {
                 account_id,
                 contact_id,
-            },
-        ) = (&self.cache, checked)
-        else {
-            return;
+            } => (account_id, contact_id.as_ref(), false),
+            Checked::Inactive {
+                account_id,
+                contact_id,
+                ..
+            } => (account_id, Some(contact_id), true),
+            Checked::NotFound { .. } | Checked::Mismatch { .. } => return,
         };
-        let value = match person {
-            Person::Ids { .. } => Remembered::Pair,
-            Person::Email(_) => match contact_id {
-                Some(contact_id) => Remembered::Email {
-                    account_id: account_id.clone(),
-                    contact_id: contact_id.clone(),
-                    at: Instant::now(),
-                },
-                None => return,
+        let value = match (person, contact_id) {
+            (Person::Ids { .. }, _) => Remembered::Pair { inactive },
+            (Person::Email(_), Some(contact_id)) => Remembered::Email {
+                account_id: account_id.clone(),
+                contact_id: contact_id.clone(),
+                inactive,
+                at: Instant::now(),
             },
+            (Person::Email(_), None) => return,
         };
         cache.insert(key(tenant, person), value);
+    }
+}
+
+/// A remembered person: found, or refused as inactive naming `field`.
+fn found_or_inactive(
+    account_id: String,
+    contact_id: Option<String>,
+    inactive: bool,
+    field: &'static str,
+) -> Checked {
+    match contact_id {
+        Some(contact_id) if inactive => Checked::Inactive {
+            field,
+            account_id,
+            contact_id,
+        },
+        contact_id => Checked::Found {
+            account_id,
+            contact_id,
+        },
     }
 }
 
@@ -250,8 +320,8 @@ fn reference_of(person: &Person) -> lifecycle::ContactReference {
 }
 
 /// Lifecycle's answer in the activity's terms (its `email` is the
-/// activity's `contact_email`).
-fn checked(resolution: &lifecycle::ContactResolution) -> Checked {
+/// activity's `contact_email`) for `person`.
+fn checked(resolution: &lifecycle::ContactResolution, person: &Person) -> Checked {
     use lifecycle::ResolutionStatus as S;
     let field = match resolution.field.as_str() {
         "email" => "contact_email",
@@ -260,6 +330,21 @@ fn checked(resolution: &lifecycle::ContactResolution) -> Checked {
     };
     let description = resolution.description.clone();
     match S::try_from(resolution.status) {
+        // Only an existing contact can be inactive (a created one is new).
+        Ok(S::Resolved)
+            if resolution.contact_inactive
+                && !resolution.account_id.is_empty()
+                && !resolution.contact_id.is_empty() =>
+        {
+            Checked::Inactive {
+                field: match person {
+                    Person::Email(_) => "contact_email",
+                    Person::Ids { .. } => "contact_id",
+                },
+                account_id: resolution.account_id.clone(),
+                contact_id: resolution.contact_id.clone(),
+            }
+        }
         Ok(S::Resolved | S::Created) if !resolution.account_id.is_empty() => Checked::Found {
             account_id: resolution.account_id.clone(),
             contact_id: (!resolution.contact_id.is_empty()).then(|| resolution.contact_id.clone()),
@@ -308,6 +393,14 @@ mod tests {
             },
             field: field.into(),
             description: "why".into(),
+            contact_inactive: false,
+        }
+    }
+
+    fn ids() -> Person {
+        Person::Ids {
+            account_id: "a1".into(),
+            contact_id: Some("c1".into()),
         }
     }
 
@@ -318,8 +411,8 @@ mod tests {
             account_id: "a1".into(),
             contact_id: Some("c1".into()),
         };
-        assert_eq!(checked(&resolution(S::Resolved, "")), found);
-        assert_eq!(checked(&resolution(S::Created, "")), found);
+        assert_eq!(checked(&resolution(S::Resolved, ""), &ids()), found);
+        assert_eq!(checked(&resolution(S::Created, ""), &ids()), found);
         let cases = [
             (S::NotFound, "email", "contact_email", false),
             (S::NotFound, "account_id", "account_id", false),
@@ -327,7 +420,7 @@ mod tests {
             (S::Mismatch, "contact_id", "contact_id", true),
         ];
         for (status, field, expected, mismatch) in cases {
-            match checked(&resolution(status, field)) {
+            match checked(&resolution(status, field), &ids()) {
                 Checked::NotFound { field, .. } if !mismatch => assert_eq!(field, expected),
                 Checked::Mismatch { field, .. } if mismatch => assert_eq!(field, expected),
                 other => panic!("{status:?} {field}: {other:?}"),
@@ -335,9 +428,83 @@ mod tests {
         }
         // A status this version does not know stores nothing.
         assert!(matches!(
-            checked(&resolution(S::Unspecified, "")),
+            checked(&resolution(S::Unspecified, ""), &ids()),
             Checked::NotFound { .. }
         ));
+    }
+
+    #[test]
+    fn an_inactive_contact_is_refused_naming_the_field_that_named_it() {
+        use lifecycle::ResolutionStatus as S;
+        let inactive = lifecycle::ContactResolution {
+            contact_inactive: true,
+            ..resolution(S::Resolved, "")
+        };
+        let email = Person::Email("ann@a.example".into());
+        for (person, field) in [(ids(), "contact_id"), (email, "contact_email")] {
+            assert_eq!(
+                checked(&inactive, &person),
+                Checked::Inactive {
+                    field,
+                    account_id: "a1".into(),
+                    contact_id: "c1".into(),
+                }
+            );
+        }
+    }
+
+    fn directory() -> Directory {
+        let settings = LifecycleClientSettings::default();
+        let (client, _) = cascade_chassis::client::lifecycle_clients(
+            &settings,
+            &cascade_chassis::auth::AuthSettings::default(),
+            &cascade_chassis::tls::TlsSettings::default(),
+            "scoring",
+        )
+        .unwrap_or_else(|e| panic!("clients: {e}"));
+        Directory::new(client, &settings)
+    }
+
+    /// What is remembered carries the inactive flag, and a status change
+    /// forgets the contact under every name it was checked by.
+    #[tokio::test]
+    async fn remembered_people_carry_the_flag_until_forgotten() {
+        let directory = directory();
+        let email = Person::Email("ann@a.example".into());
+        let refused = |field| Checked::Inactive {
+            field,
+            account_id: "a1".into(),
+            contact_id: "c1".into(),
+        };
+        directory.remember("t", &ids(), &refused("contact_id"));
+        directory.remember("t", &email, &refused("contact_email"));
+        let other = Person::Ids {
+            account_id: "a1".into(),
+            contact_id: Some("c2".into()),
+        };
+        let found = Checked::Found {
+            account_id: "a1".into(),
+            contact_id: Some("c2".into()),
+        };
+        directory.remember("t", &other, &found);
+        assert_eq!(
+            directory.remembered("t", &ids()),
+            Some(refused("contact_id"))
+        );
+        assert_eq!(
+            directory.remembered("t", &email),
+            Some(refused("contact_email"))
+        );
+        assert_eq!(directory.remembered("u", &ids()), None, "another tenant");
+
+        directory.forget_contacts(&[ChangedContact {
+            tenant_id: "t".into(),
+            account_id: "a1".into(),
+            contact_id: "c1".into(),
+        }]);
+        assert_eq!(directory.remembered("t", &ids()), None);
+        assert_eq!(directory.remembered("t", &email), None);
+        assert_eq!(directory.remembered("t", &other), Some(found));
     }
 
     #[test]

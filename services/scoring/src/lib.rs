@@ -1,19 +1,25 @@
 //! Cascade scoring service: activities, versioned scoring models, contact
 //! and account engagement scores, the score ledger, model simulation, and the
-//! delivery of score changes to lifecycle through the outbox.
+//! delivery of score changes to lifecycle through the outbox: after a
+//! batch, after a decay day (`decay`), and after an erasure or a contact
+//! marked inactive (`erasure`, `contacts`).
 
 pub mod api;
+pub mod contacts;
+pub mod decay;
 pub mod delivery;
 pub mod directory;
 pub mod domain;
 pub mod erasure;
+pub mod settings;
 pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_chassis::auth::Permission;
-use cascade_chassis::client::LifecycleSection;
+use cascade_chassis::client::lifecycle_clients;
+use cascade_chassis::erasure::{ContactChanges, follow_feed};
 use cascade_chassis::limit::TenantRateLimiter;
 use cascade_chassis::outbox::Deliverer;
 use cascade_chassis::server::{Application, Background};
@@ -21,8 +27,8 @@ use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
 use cascade_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
 use sea_orm::DatabaseConnection;
 
-/// The service's settings: the common sections and `[lifecycle]`.
-pub type Settings = ServiceSettings<LifecycleSection>;
+/// The service's settings: the common sections, `[lifecycle]` and `[decay]`.
+pub type Settings = ServiceSettings<settings::ScoringSections>;
 
 /// Name, env prefix (`CASCADE_SCORING__...`) and default port.
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
@@ -56,9 +62,15 @@ async fn service(
     background: Background,
     settings: Settings,
 ) -> anyhow::Result<ScoringServiceServer<api::ScoringApi>> {
-    let (lifecycle, internal) = settings.lifecycle_clients(IDENTITY.name)?;
+    let (lifecycle, internal) = lifecycle_clients(
+        &settings.own.lifecycle,
+        &settings.auth,
+        &settings.tls,
+        IDENTITY.name,
+    )?;
     let mut repository = storage::Repository::new(database.clone());
     let internal_for_erasure = internal.clone();
+    let internal_for_contacts = internal.clone();
     let sink = delivery::LifecycleScoreSink::new(repository.clone(), internal);
     // A round claims enough accounts for several ApplyEngagementScores calls.
     let mut config = settings.outbox.deliverer_config();
@@ -76,16 +88,38 @@ async fn service(
             "activity",
         ),
     );
+    let poll = Duration::from_millis(settings.own.lifecycle.erasure_poll_ms);
     let eraser = erasure::ScoringEraser {
-        repository,
+        repository: repository.clone(),
         directory: api.directory().clone(),
     };
     background.add(tokio::spawn(cascade_chassis::erasure::follow(
         internal_for_erasure,
         IDENTITY.name,
         Arc::new(eraser),
-        Duration::from_millis(settings.own.lifecycle.erasure_poll_ms),
+        poll,
     )));
+    let contact_changes = contacts::ScoringContactChanges {
+        repository: repository.clone(),
+        directory: api.directory().clone(),
+    };
+    background.add(tokio::spawn(follow_feed(
+        internal_for_contacts,
+        IDENTITY.name,
+        Arc::new(ContactChanges(Arc::new(contact_changes))),
+        poll,
+    )));
+    background.add(tokio::spawn(contacts::forget_changed(
+        repository.clone(),
+        api.directory().clone(),
+        poll,
+    )));
+    if settings.own.decay.refresh_interval_ms > 0 {
+        background.add(tokio::spawn(decay::follow(
+            repository,
+            Duration::from_millis(settings.own.decay.refresh_interval_ms),
+        )));
+    }
     Ok(ScoringServiceServer::new(api).max_decoding_message_size(settings.server.max_message_bytes))
 }
 

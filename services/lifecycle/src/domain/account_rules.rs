@@ -840,8 +840,12 @@ mod tests {
             (S::Implement, CustomerType::Customer)
         );
         // Lost on the way back: the tenant's on-lost action, as for any prospect.
-        let lost =
-            apply(&pipeline, &lost_of(0, OpportunityKind::NewBusiness), &settings).expect("lost");
+        let lost = apply(
+            &pipeline,
+            &lost_of(0, OpportunityKind::NewBusiness),
+            &settings,
+        )
+        .expect("lost");
         assert_eq!(
             lost.final_state(&pipeline),
             (S::Engaged, CustomerType::ReProspect)
@@ -936,8 +940,12 @@ mod tests {
                 ..LifecycleSettings::default()
             };
             let before = state(S::Pipeline);
-            let outcome = apply(&before, &lost_of(0, OpportunityKind::NewBusiness), &settings)
-                .expect("lost is never refused");
+            let outcome = apply(
+                &before,
+                &lost_of(0, OpportunityKind::NewBusiness),
+                &settings,
+            )
+            .expect("lost is never refused");
             match expected {
                 Some(end) => {
                     assert_eq!(outcome.final_state(&before), end, "{action}");

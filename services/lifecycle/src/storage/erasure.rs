@@ -21,7 +21,7 @@ use sea_orm::{
 
 use super::contacts::contact_model;
 use super::entities::{
-    account, account_event, account_opportunity, contact, erasure, notification,
+    account, account_event, account_opportunity, contact, contact_change, erasure, notification,
     opportunity_contact, stage_first,
 };
 use super::{OPEN, Repository, lock_account};
@@ -74,6 +74,13 @@ async fn delete_contact_traces(
         contact::Entity::delete_many()
             .filter(contact::Column::TenantId.eq(tenant_id))
             .filter(contact::Column::ContactId.is_in(chunk.iter().cloned()))
+            .exec(conn)
+            .await?;
+        // A pending inactive/active change would bring the erased id back
+        // into scoring after its erasure; the erasure supersedes it.
+        contact_change::Entity::delete_many()
+            .filter(contact_change::Column::TenantId.eq(tenant_id))
+            .filter(contact_change::Column::ContactId.is_in(chunk.iter().cloned()))
             .exec(conn)
             .await?;
     }

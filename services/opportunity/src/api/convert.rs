@@ -6,7 +6,8 @@ use cascade_domain::Money;
 use cascade_proto::common::v1 as common;
 use cascade_proto::opportunity::v1 as pb;
 
-use crate::domain::{self, Opportunity, Settings, Step};
+use crate::domain::{self, Date, Opportunity, Settings, Step};
+use crate::storage::Pipeline;
 
 /// One currency's part of the pipeline report. A sum beyond what Money
 /// carries is OUT_OF_RANGE, never a wrong figure.
@@ -51,6 +52,52 @@ pub(super) fn currency_figures(
     })
 }
 
+/// Every deal of `figures` counted, valued or not.
+pub(super) fn counts(settings: &Settings, figures: &Pipeline) -> pb::PipelineCounts {
+    pb::PipelineCounts {
+        steps: Step::ALL
+            .iter()
+            .map(|step| {
+                let (open, without) = figures.open.get(step).copied().unwrap_or((0, 0));
+                pb::StepCount {
+                    step: step.to_proto(),
+                    display_name: settings.display_name(*step),
+                    open_count: open,
+                    without_amount_count: without,
+                }
+            })
+            .collect(),
+        won_count: figures.won.0,
+        won_without_amount_count: figures.won.1,
+        lost_count: figures.lost.0,
+        lost_without_amount_count: figures.lost.1,
+    }
+}
+
+/// `figures` in the tenant's currency.
+pub(super) fn tenant_currency_figures(
+    settings: &Settings,
+    figures: &Pipeline,
+) -> ServiceResult<pb::CurrencyPipeline> {
+    let empty = crate::storage::CurrencySums::default();
+    currency_figures(
+        settings,
+        &settings.currency,
+        figures
+            .by_currency
+            .get(&settings.currency)
+            .unwrap_or(&empty),
+    )
+}
+
+fn date_to_proto(d: Date) -> common::Date {
+    common::Date {
+        year: d.year,
+        month: d.month as i32,
+        day: d.day as i32,
+    }
+}
+
 fn money_to_proto(m: Option<Money>) -> Option<common::Money> {
     m.map(Money::to_proto)
 }
@@ -82,16 +129,13 @@ pub(super) fn to_proto(o: Opportunity, settings: &Settings) -> pb::Opportunity {
         account_id: o.account_id,
         name: o.name,
         owner_id: o.owner_id,
+        kind: o.kind.to_proto(),
         step: o.step.to_proto(),
         status: o.status.to_proto(),
         estimated_deal_size: money_to_proto(o.estimated_deal_size),
         amount: money_to_proto(o.amount),
         amount_from_line_items: o.amount_from_line_items,
-        close_date: o.close_date.map(|d| common::Date {
-            year: d.year,
-            month: d.month as i32,
-            day: d.day as i32,
-        }),
+        close_date: o.close_date.map(date_to_proto),
         current_situation: o.current_situation,
         needs: o.needs,
         buying_group_contact_ids: o.buying_group,
@@ -126,6 +170,7 @@ pub(super) fn to_proto(o: Opportunity, settings: &Settings) -> pb::Opportunity {
                 })
                 .ok()
                 .map(Money::to_proto),
+                end_date: i.end_date.map(date_to_proto),
             })
             .collect(),
         new_reality: o.new_reality,
@@ -133,6 +178,7 @@ pub(super) fn to_proto(o: Opportunity, settings: &Settings) -> pb::Opportunity {
             document_ref: c.document_ref,
             signed: c.signed,
             sign_time: c.sign_time_ms.and_then(at),
+            end_date: c.end_date.map(date_to_proto),
         }),
         lost_reason: o.lost_reason,
         step_entries: o

@@ -7,7 +7,9 @@ use cascade_domain::Money;
 use cascade_proto::common::v1 as common;
 use cascade_proto::opportunity::v1 as pb;
 
-use crate::domain::{self, Competitor, Contract, Date, LineItem, Opportunity, Stakeholder};
+use crate::domain::{
+    self, Competitor, Contract, Date, LineItem, Opportunity, OpportunityKind, Stakeholder,
+};
 
 pub(super) const MAX_NAME: usize = 200;
 const MAX_TEXT: usize = 10_000;
@@ -15,8 +17,9 @@ const MAX_LIST: usize = 100;
 const MAX_LINE_ITEMS: usize = 200;
 
 /// Fields a caller may write, on create and through the update mask.
-pub(super) const WRITABLE: [&str; 14] = [
+pub(super) const WRITABLE: [&str; 15] = [
     "name",
+    "kind",
     "owner_id",
     "estimated_deal_size",
     "amount",
@@ -51,6 +54,19 @@ pub(super) fn money(
     }
 }
 
+/// A calendar date a caller gave, or a violation of `field`.
+fn date(v: &mut Validator, field: &str, value: Option<&common::Date>) -> Option<Date> {
+    let d = value?;
+    let valid = u32::try_from(d.month)
+        .ok()
+        .zip(u32::try_from(d.day).ok())
+        .and_then(|(month, day)| Date::new(d.year, month, day));
+    if valid.is_none() {
+        v.add(field, "must be a valid calendar date");
+    }
+    valid
+}
+
 /// Writes one field of `input` onto `o`.
 /// `at` is the violation's field for a path that cannot be written (its
 /// place in the update mask).
@@ -68,20 +84,11 @@ pub(super) fn apply_field(
         "estimated_deal_size" => o.estimated_deal_size = money(v, &f("estimated_deal_size"), input.estimated_deal_size.as_ref()),
         "amount" => o.amount = money(v, &f("amount"), input.amount.as_ref()),
         "amount_from_line_items" => o.amount_from_line_items = input.amount_from_line_items,
-        "close_date" => {
-            o.close_date = input.close_date.as_ref().and_then(|d| {
-                let valid = u32::try_from(d.month).ok().zip(u32::try_from(d.day).ok()).and_then(|(m, day)| {
-                    chrono::NaiveDate::from_ymd_opt(d.year, m, day).filter(|_| (1..=9999).contains(&d.year))
-                });
-                match valid {
-                    Some(_) => Some(Date { year: d.year, month: d.month as u32, day: d.day as u32 }),
-                    None => {
-                        v.add(f("close_date"), "must be a valid calendar date");
-                        None
-                    }
-                }
-            });
-        }
+        "close_date" => o.close_date = date(v, &f("close_date"), input.close_date.as_ref()),
+        "kind" => match OpportunityKind::from_wire(input.kind) {
+            Some(kind) => o.kind = kind,
+            None => v.add(f("kind"), "must be NEW_BUSINESS, RENEWAL or UPGRADE"),
+        },
         "current_situation" => {
             o.current_situation = v.optional_text(&f("current_situation"), &input.current_situation, MAX_TEXT).unwrap_or_default();
         }
@@ -168,13 +175,17 @@ pub(super) fn apply_field(
                         quantity: item.quantity,
                         currency: price.map(|p| p.currency_code().to_owned()).unwrap_or_default(),
                         unit_price_nanos: price.map_or(0, |p| p.nanos),
+                        end_date: date(v, &field("end_date"), item.end_date.as_ref()),
                     }
                 })
                 .collect();
         }
-        "contract" | "contract.document_ref" | "contract.signed" | "contract.sign_time" => {
+        "contract" | "contract.document_ref" | "contract.signed" | "contract.sign_time" | "contract.end_date" => {
             let given = input.contract.clone().unwrap_or_default();
-            let mut contract = o.contract.clone().unwrap_or(Contract { document_ref: String::new(), signed: false, sign_time_ms: None });
+            let mut contract = o.contract.clone().unwrap_or(Contract { document_ref: String::new(), signed: false, sign_time_ms: None, end_date: None });
+            if matches!(path, "contract" | "contract.end_date") {
+                contract.end_date = date(v, "opportunity.contract.end_date", given.end_date.as_ref());
+            }
             if matches!(path, "contract" | "contract.document_ref") {
                 contract.document_ref = v.optional_text("opportunity.contract.document_ref", &given.document_ref, 2000).unwrap_or_default();
             }
@@ -215,28 +226,48 @@ pub(super) fn id_of(v: &mut Validator, field: &str, value: &str) -> String {
     v.required_id(field, value)
 }
 
-/// The contact ids `input` names in the fields `written` selects, each with
-/// its exact field path: the buying group and the stakeholders' contacts.
+/// A contact an opportunity names: where, and whether it is already there.
+pub(super) struct NamedContact {
+    /// The exact field path, e.g. `opportunity.buying_group_contact_ids[1]`.
+    pub field: String,
+    pub contact_id: String,
+    /// Already in the same list of the opportunity as stored (a person
+    /// who has left the company stays where they were, but joins nothing).
+    pub present: bool,
+}
+
+/// The contact ids `input` names in the fields `written` selects: the
+/// buying group and the stakeholders' contacts, compared with `current`
+/// (the opportunity as stored; `None` on create).
 pub(super) fn named_contacts(
     input: &pb::Opportunity,
     written: impl Fn(&str) -> bool,
-) -> Vec<(String, String)> {
+    current: Option<&Opportunity>,
+) -> Vec<NamedContact> {
     let mut named = Vec::new();
     if written("buying_group_contact_ids") {
         for (i, id) in input.buying_group_contact_ids.iter().enumerate() {
-            named.push((
-                format!("opportunity.buying_group_contact_ids[{i}]"),
-                id.trim().to_owned(),
-            ));
+            let contact_id = id.trim().to_owned();
+            named.push(NamedContact {
+                field: format!("opportunity.buying_group_contact_ids[{i}]"),
+                present: current.is_some_and(|o| o.buying_group.contains(&contact_id)),
+                contact_id,
+            });
         }
     }
     if written("stakeholders") {
         for (i, s) in input.stakeholders.iter().enumerate() {
             if !s.contact_id.trim().is_empty() {
-                named.push((
-                    format!("opportunity.stakeholders[{i}].contact_id"),
-                    s.contact_id.trim().to_owned(),
-                ));
+                let contact_id = s.contact_id.trim().to_owned();
+                named.push(NamedContact {
+                    field: format!("opportunity.stakeholders[{i}].contact_id"),
+                    present: current.is_some_and(|o| {
+                        o.stakeholders
+                            .iter()
+                            .any(|s| s.contact_id.as_ref() == Some(&contact_id))
+                    }),
+                    contact_id,
+                });
             }
         }
     }

@@ -1,6 +1,8 @@
 //! gRPC handlers of the opportunity service: validate and translate, check
 //! the account with lifecycle, apply the step rules through the repository.
 
+use std::time::Duration;
+
 use cascade_chassis::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::validate::{Validator, mask_path, not_writable};
@@ -11,14 +13,18 @@ use cascade_proto::opportunity::v1 as pb;
 use cascade_proto::opportunity::v1::opportunity_service_server::OpportunityService;
 use tonic::{Code, Request, Response, Status};
 
-use crate::domain::{self, Action, Opportunity, Refusal, Status as OppStatus, Step};
+use crate::domain::{
+    self, AccountStage, Action, Opportunity, OpportunityKind, Refusal, Status as OppStatus, Step,
+};
 use crate::storage::{Filter, Repository};
 
 mod convert;
 mod fields;
 
-use convert::{currency_figures, settings_to_proto, to_proto};
-use fields::{MAX_NAME, WRITABLE, apply_field, derive_amount, id_of, money, named_contacts};
+use convert::{counts, currency_figures, settings_to_proto, tenant_currency_figures, to_proto};
+use fields::{
+    MAX_NAME, NamedContact, WRITABLE, apply_field, derive_amount, id_of, money, named_contacts,
+};
 
 pub struct OpportunityApi {
     repository: Repository,
@@ -32,6 +38,15 @@ impl OpportunityApi {
             lifecycle,
         }
     }
+}
+
+fn lifecycle_failure(status: &Status) -> ServiceError {
+    cascade_chassis::client::peer_failure(
+        "lifecycle",
+        "check the opportunity's account and contacts",
+        "nothing was written",
+        status,
+    )
 }
 
 fn refusal(opportunity_id: &str, refusal: Refusal) -> ServiceError {
@@ -59,47 +74,78 @@ fn refusal(opportunity_id: &str, refusal: Refusal) -> ServiceError {
 }
 
 impl OpportunityApi {
-    /// The account exists in the caller's tenant, and every contact in
-    /// `contacts` (field path, contact id) exists and belongs to it: one call
-    /// to lifecycle whatever their number. Unknown or foreign contacts are
-    /// INVALID_ARGUMENT naming each field; lifecycle unreachable is
-    /// UNAVAILABLE, never bad input.
-    async fn check_people(
+    /// Checks with lifecycle what the opportunity names, in one call per
+    /// question whatever the number of contacts: every contact in
+    /// `contacts` exists and belongs to the account (INVALID_ARGUMENT naming
+    /// each field otherwise; also a person no longer at the company who is
+    /// not already where they are named), and, for `kind` RENEWAL or
+    /// UPGRADE, the account is a customer now (FAILED_PRECONDITION
+    /// NOT_A_CUSTOMER naming its stage). The account must exist (NOT_FOUND).
+    /// Lifecycle unreachable is UNAVAILABLE, never bad input.
+    async fn check_with_lifecycle(
         &self,
         context: &RequestContext,
         account_id: &str,
-        contacts: &[(String, String)],
+        contacts: &[NamedContact],
+        kind: OpportunityKind,
+    ) -> ServiceResult<()> {
+        let budget = context.call_budget(CALL_DEADLINE);
+        if !contacts.is_empty() {
+            self.check_contacts(context, budget, account_id, contacts)
+                .await?;
+        }
+        if contacts.is_empty() || kind.needs_customer() {
+            let stage = self.account_stage(context, budget, account_id).await?;
+            domain::check_kind(kind, stage).map_err(|r| {
+                ServiceError::precondition(
+                    "NOT_A_CUSTOMER",
+                    format!("account/{account_id}"),
+                    r.message,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The account's stage (`None`: one this version does not know).
+    async fn account_stage(
+        &self,
+        context: &RequestContext,
+        budget: Duration,
+        account_id: &str,
+    ) -> ServiceResult<Option<AccountStage>> {
+        let mut client = self.lifecycle.clone();
+        let call = client.get_account(outgoing_for(
+            context,
+            lifecycle::GetAccountRequest {
+                account_id: account_id.to_owned(),
+            },
+        ));
+        match with_deadline(budget, call).await {
+            Ok(response) => Ok(response
+                .into_inner()
+                .account
+                .and_then(|a| AccountStage::from_proto(a.stage))),
+            Err(status) if status.code() == Code::NotFound => {
+                Err(ServiceError::not_found("account", account_id))
+            }
+            Err(status) => Err(lifecycle_failure(&status)),
+        }
+    }
+
+    async fn check_contacts(
+        &self,
+        context: &RequestContext,
+        budget: Duration,
+        account_id: &str,
+        contacts: &[NamedContact],
     ) -> ServiceResult<()> {
         let mut client = self.lifecycle.clone();
-        let budget = context.call_budget(CALL_DEADLINE);
-        let failure = |status: &Status| {
-            cascade_chassis::client::peer_failure(
-                "lifecycle",
-                "check the opportunity's account and contacts",
-                "nothing was written",
-                status,
-            )
-        };
-        if contacts.is_empty() {
-            let call = client.get_account(outgoing_for(
-                context,
-                lifecycle::GetAccountRequest {
-                    account_id: account_id.to_owned(),
-                },
-            ));
-            return match with_deadline(budget, call).await {
-                Ok(_) => Ok(()),
-                Err(status) if status.code() == Code::NotFound => {
-                    Err(ServiceError::not_found("account", account_id))
-                }
-                Err(status) => Err(failure(&status)),
-            };
-        }
         let references = contacts
             .iter()
-            .map(|(_, contact_id)| lifecycle::ContactReference {
+            .map(|c| lifecycle::ContactReference {
                 account_id: account_id.to_owned(),
-                contact_id: contact_id.clone(),
+                contact_id: c.contact_id.clone(),
                 email: String::new(),
             })
             .collect();
@@ -109,7 +155,7 @@ impl OpportunityApi {
         ));
         let resolutions = match with_deadline(budget, call).await {
             Ok(response) => response.into_inner().resolutions,
-            Err(status) => return Err(failure(&status)),
+            Err(status) => return Err(lifecycle_failure(&status)),
         };
         if resolutions.len() != contacts.len() {
             return Err(ServiceError::Unavailable(format!(
@@ -119,21 +165,25 @@ impl OpportunityApi {
             )));
         }
         let mut v = Validator::new();
-        for ((field, contact_id), resolution) in contacts.iter().zip(resolutions) {
+        for (named, resolution) in contacts.iter().zip(resolutions) {
             use lifecycle::ResolutionStatus as R;
+            let (field, contact_id) = (named.field.as_str(), &named.contact_id);
             match R::try_from(resolution.status) {
+                // Someone who has left stays where they were named, but
+                // joins no buying group or stakeholders.
+                Ok(R::Resolved) if resolution.contact_inactive && !named.present => v.add(
+                    field,
+                    format!("contact {contact_id} is no longer at the company (DeactivateContact)"),
+                ),
                 Ok(R::Resolved) => {}
                 Ok(R::NotFound) if resolution.field == "account_id" => {
                     return Err(ServiceError::not_found("account", account_id));
                 }
                 Ok(R::Mismatch) => v.add(
-                    field.as_str(),
+                    field,
                     format!("contact {contact_id} belongs to another account than {account_id}"),
                 ),
-                _ => v.add(
-                    field.as_str(),
-                    format!("contact {contact_id} does not exist"),
-                ),
+                _ => v.add(field, format!("contact {contact_id} does not exist")),
             }
         }
         v.finish()
@@ -187,6 +237,7 @@ impl OpportunityService for OpportunityApi {
             account_id: account_id.clone(),
             name: String::new(),
             owner_id: String::new(),
+            kind: OpportunityKind::NewBusiness,
             step: Step::Discover,
             status: OppStatus::Open,
             estimated_deal_size: None,
@@ -225,7 +276,8 @@ impl OpportunityService for OpportunityApi {
                 opportunity: Some(self.respond(&context, existing).await?),
             }));
         }
-        self.check_people(&context, &account_id, &named_contacts(&input, |_| true))
+        let contacts = named_contacts(&input, |_| true, None);
+        self.check_with_lifecycle(&context, &account_id, &contacts, o.kind)
             .await?;
         let created = self
             .repository
@@ -275,12 +327,20 @@ impl OpportunityService for OpportunityApi {
                 None
             }),
         };
+        let kind = match request.kind {
+            0 => None,
+            n => OpportunityKind::from_proto(n).or_else(|| {
+                v.add("kind", format!("unknown value {n}"));
+                None
+            }),
+        };
         v.finish()?;
         let filter = Filter {
             account_id,
             owner_id,
             step,
             status,
+            kind,
         };
         let (items, next_page_token) = self
             .repository
@@ -304,8 +364,8 @@ impl OpportunityService for OpportunityApi {
         let id = id_of(&mut v, "opportunity.opportunity_id", &input.opportunity_id);
         let paths = v.mask_paths(request.update_mask.as_ref());
         v.finish()?;
-        let contacts = named_contacts(&input, |field| paths.iter().any(|(_, p)| p == field));
-        if !contacts.is_empty() {
+        let writes = |field: &str| paths.iter().any(|(_, p)| p == field);
+        if writes("buying_group_contact_ids") || writes("stakeholders") || writes("kind") {
             // Checked against the opportunity's account before the write (a
             // contact moving accounts in between is not caught: lifecycle
             // moves only contacts of the event's account anyway). The input
@@ -317,8 +377,18 @@ impl OpportunityService for OpportunityApi {
                 apply_field(&mut scratch, &input, path, &mask_path(*i), &mut v);
             }
             v.finish()?;
-            self.check_people(&context, &current.account_id, &contacts)
-                .await?;
+            let contacts = named_contacts(&input, writes, Some(&current));
+            // A kind is checked when it changes: a renewal opened while the
+            // account was a customer stays one.
+            let kind = if scratch.kind != current.kind {
+                scratch.kind
+            } else {
+                OpportunityKind::NewBusiness
+            };
+            if !contacts.is_empty() || kind.needs_customer() {
+                self.check_with_lifecycle(&context, &current.account_id, &contacts, kind)
+                    .await?;
+            }
         }
         let locked = self.repository.lock(&context.tenant, &id).await?;
         domain::check_changeable(&locked.opportunity).map_err(|r| refusal(&id, r))?;
@@ -418,40 +488,31 @@ impl OpportunityService for OpportunityApi {
                 end.map_or(0, |t| t.timestamp_millis()),
             )
             .await?;
-        let empty = crate::storage::CurrencySums::default();
-        let pipeline = currency_figures(
-            &settings,
-            &settings.currency,
-            report.by_currency.get(&settings.currency).unwrap_or(&empty),
-        )?;
+        let pipeline = tenant_currency_figures(&settings, &report.total)?;
         let other_currencies = report
+            .total
             .by_currency
             .iter()
             .filter(|(c, _)| **c != settings.currency && c.len() == 3)
             .map(|(c, s)| currency_figures(&settings, c, s))
             .collect::<ServiceResult<_>>()?;
-        let counts = pb::PipelineCounts {
-            steps: Step::ALL
-                .iter()
-                .map(|step| {
-                    let (open, without) = report.open.get(step).copied().unwrap_or((0, 0));
-                    pb::StepCount {
-                        step: step.to_proto(),
-                        display_name: settings.display_name(*step),
-                        open_count: open,
-                        without_amount_count: without,
-                    }
+        let none = crate::storage::Pipeline::default();
+        let by_kind = OpportunityKind::ALL
+            .iter()
+            .map(|kind| {
+                let figures = report.by_kind.get(kind).unwrap_or(&none);
+                Ok(pb::KindPipeline {
+                    kind: kind.to_proto(),
+                    counts: Some(counts(&settings, figures)),
+                    pipeline: Some(tenant_currency_figures(&settings, figures)?),
                 })
-                .collect(),
-            won_count: report.won.0,
-            won_without_amount_count: report.won.1,
-            lost_count: report.lost.0,
-            lost_without_amount_count: report.lost.1,
-        };
+            })
+            .collect::<ServiceResult<_>>()?;
         Ok(Response::new(pb::GetPipelineReportResponse {
             pipeline: Some(pipeline),
             other_currencies,
-            counts: Some(counts),
+            counts: Some(counts(&settings, &report.total)),
+            by_kind,
         }))
     }
 

@@ -4,6 +4,7 @@
 
 use cascade_domain::Money;
 use cascade_domain::domain_enum;
+pub use cascade_domain::{AccountStage, OpportunityKind};
 use cascade_proto::opportunity::v1 as pb;
 
 domain_enum! {
@@ -36,12 +37,49 @@ impl Step {
     }
 }
 
-/// A calendar date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A calendar date. Ordered by year, then month, then day.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Date {
     pub year: i32,
     pub month: u32,
     pub day: u32,
+}
+
+impl Date {
+    /// A real calendar date in years 1 to 9999, or `None`.
+    pub fn new(year: i32, month: u32, day: u32) -> Option<Date> {
+        chrono::NaiveDate::from_ymd_opt(year, month, day)
+            .filter(|_| (1..=9999).contains(&year))
+            .map(|_| Date { year, month, day })
+    }
+
+    pub fn from_chrono(date: chrono::NaiveDate) -> Date {
+        use chrono::Datelike as _;
+        Date {
+            year: date.year(),
+            month: date.month(),
+            day: date.day(),
+        }
+    }
+
+    pub fn to_chrono(self) -> Option<chrono::NaiveDate> {
+        chrono::NaiveDate::from_ymd_opt(self.year, self.month, self.day)
+    }
+
+    /// `yyyy-mm-dd`: how storage keeps a date, so that text order is date
+    /// order on both backends.
+    pub fn iso(self) -> String {
+        format!("{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+
+    /// Reads [`Date::iso`]'s form.
+    pub fn parse_iso(text: &str) -> Option<Date> {
+        chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .map(Date::from_chrono)
+    }
 }
 
 /// A person in the buying decision.
@@ -67,6 +105,9 @@ pub struct LineItem {
     pub quantity: i64,
     pub currency: String,
     pub unit_price_nanos: i128,
+    /// The last day of the item's term; `None`: the contract's end date.
+    #[serde(default)]
+    pub end_date: Option<Date>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -74,6 +115,10 @@ pub struct Contract {
     pub document_ref: String,
     pub signed: bool,
     pub sign_time_ms: Option<i64>,
+    /// The last day of the contract's term, for the line items without
+    /// their own; `None`: no end.
+    #[serde(default)]
+    pub end_date: Option<Date>,
 }
 
 /// An opportunity as the rules see it (and as storage keeps it).
@@ -83,6 +128,9 @@ pub struct Opportunity {
     pub account_id: String,
     pub name: String,
     pub owner_id: String,
+    /// What it sells (documents stored before kinds existed are new business).
+    #[serde(default = "new_business")]
+    pub kind: OpportunityKind,
     pub step: Step,
     pub status: Status,
     pub estimated_deal_size: Option<Money>,
@@ -103,6 +151,10 @@ pub struct Opportunity {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub closed_at_ms: Option<i64>,
+}
+
+fn new_business() -> OpportunityKind {
+    OpportunityKind::NewBusiness
 }
 
 /// A tenant's opportunity settings.
@@ -356,13 +408,74 @@ pub fn check_changeable(o: &Opportunity) -> Result<(), Refusal> {
     check_open(o)
 }
 
+/// RENEWAL and UPGRADE are sold to an account that is a customer now (at
+/// IMPLEMENT, EXPAND or ADVOCATE); NEW_BUSINESS to any account, a former
+/// customer's win-back included. `stage` is the account's stage as
+/// lifecycle answers it (`None`: a stage this version does not know).
+pub fn check_kind(kind: OpportunityKind, stage: Option<AccountStage>) -> Result<(), Refusal> {
+    if !kind.needs_customer() || stage.is_some_and(cascade_domain::is_customer_stage) {
+        return Ok(());
+    }
+    let at = stage.map_or_else(|| "an unknown stage".to_owned(), |s| s.to_string());
+    Err(Refusal::plain(format!(
+        "a {kind} opportunity is only for a customer (an account at IMPLEMENT, EXPAND or \
+         ADVOCATE); the account is at {at}"
+    )))
+}
+
+/// The last day of an opportunity's term: the latest effective end of its
+/// line items (an item's own `end_date`, else the contract's), or, with no
+/// line items, the contract's. `None` when it never ends (an item without
+/// either, or no items and no contract end).
+pub fn term_end(o: &Opportunity) -> Option<Date> {
+    let contract_end = o.contract.as_ref().and_then(|c| c.end_date);
+    if o.line_items.is_empty() {
+        return contract_end;
+    }
+    let mut last = None;
+    for item in &o.line_items {
+        last = last.max(Some(item.end_date.or(contract_end)?));
+    }
+    last
+}
+
+/// When an account's contracts end: the last day of the terms of its won
+/// opportunities, with the won opportunity whose term ends last (on a tie,
+/// the one closed last). `None` while it has no won opportunity or one of
+/// them never ends. Open and lost opportunities do not count. The
+/// contracts have ended once that day is before today ([`has_ended`]).
+pub fn contracts_end(opportunities: &[Opportunity]) -> Option<(Date, &Opportunity)> {
+    let mut last: Option<(Date, &Opportunity)> = None;
+    for o in opportunities.iter().filter(|o| o.status == Status::Won) {
+        let end = term_end(o)?;
+        if last.is_none_or(|(e, l)| rank(e, l) < rank(end, o)) {
+            last = Some((end, o));
+        }
+    }
+    last
+}
+
+fn rank(end: Date, o: &Opportunity) -> (Date, Option<i64>, &str) {
+    (end, o.closed_at_ms, &o.opportunity_id)
+}
+
+/// A term ending on `end` has ended on `today` (UTC) when `end` is past:
+/// the last day of a term is still covered.
+pub fn has_ended(end: Date, today: Date) -> bool {
+    end < today
+}
+
 /// What lifecycle is told of an opportunity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventKind {
-    /// Opened, or its buying group grew (new members join the open deal).
+    /// Opened, or its buying group grew (new members join the open deal),
+    /// or its kind changed.
     Opened,
     Won,
     Lost,
+    /// Every term of the account's won opportunities has ended
+    /// ([`contracts_end`]); never the outcome of an [`Action`].
+    ContractsEnded,
 }
 
 /// What a person does to an opportunity.
@@ -400,7 +513,9 @@ pub fn decide(
     let event = match action {
         Action::Edit(edited) => {
             o = *edited;
-            (o.buying_group != current.buying_group).then_some(EventKind::Opened)
+            // Lifecycle keeps the open opportunities with their kind.
+            (o.buying_group != current.buying_group || o.kind != current.kind)
+                .then_some(EventKind::Opened)
         }
         Action::Advance { to } => {
             let next = advance(current, settings, to)?;

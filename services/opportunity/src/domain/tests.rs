@@ -17,6 +17,7 @@ fn complete(step: Step, amount: i128) -> Opportunity {
         account_id: "a".into(),
         name: "Deal".into(),
         owner_id: "seller".into(),
+        kind: OpportunityKind::NewBusiness,
         step,
         status: Status::Open,
         estimated_deal_size: Some(usd(amount)),
@@ -45,12 +46,14 @@ fn complete(step: Step, amount: i128) -> Opportunity {
             quantity: 1,
             currency: "USD".into(),
             unit_price_nanos: amount * 1_000_000_000,
+            end_date: None,
         }],
         new_reality: "one source of truth".into(),
         contract: Some(Contract {
             document_ref: "doc-1".into(),
             signed: true,
             sign_time_ms: Some(1),
+            end_date: None,
         }),
         lost_reason: String::new(),
         step_entries: vec![(Step::Discover, 0)],
@@ -252,6 +255,189 @@ fn decisions_change_the_opportunity_and_name_the_event() {
     grown.buying_group.push("c9".into());
     let edit = decide(&current, Action::Edit(Box::new(grown)), &settings, now).expect("open");
     assert_eq!(edit.event, Some(EventKind::Opened));
+    // ... or the kind (lifecycle keeps the open opportunities' kinds).
+    let mut renewal = current.clone();
+    renewal.kind = OpportunityKind::Renewal;
+    let edit = decide(&current, Action::Edit(Box::new(renewal)), &settings, now).expect("open");
+    assert_eq!(edit.event, Some(EventKind::Opened));
+}
+
+/// Every account stage against every kind: renewals and upgrades only for
+/// a customer now, new business for anyone (a churned customer's win-back
+/// included).
+#[test]
+fn renewals_and_upgrades_are_for_customers_only() {
+    use AccountStage as S;
+    use OpportunityKind as K;
+    #[rustfmt::skip]
+    let table: [(S, [bool; 3]); 10] = [
+        //               NEW_BUSINESS RENEWAL UPGRADE
+        (S::Targeted,    [true, false, false]),
+        (S::Detected,    [true, false, false]),
+        (S::Engaged,     [true, false, false]),
+        (S::Prioritized, [true, false, false]),
+        (S::Qualified,   [true, false, false]),
+        (S::Pipeline,    [true, false, false]),
+        (S::Implement,   [true, true,  true ]),
+        (S::Expand,      [true, true,  true ]),
+        (S::Advocate,    [true, true,  true ]),
+        (S::Churned,     [true, false, false]),
+    ];
+    assert_eq!(table.len(), AccountStage::ALL.len(), "every stage");
+    assert_eq!(K::ALL, [K::NewBusiness, K::Renewal, K::Upgrade]);
+    for (stage, allowed) in table {
+        for (kind, allowed) in K::ALL.iter().zip(allowed) {
+            let checked = check_kind(*kind, Some(stage));
+            assert_eq!(checked.is_ok(), allowed, "{kind} at {stage}");
+            if let Err(refusal) = checked {
+                assert!(
+                    refusal.message.contains(stage.as_str())
+                        && refusal.message.contains(kind.as_str()),
+                    "names the stage and kind: {}",
+                    refusal.message
+                );
+            }
+        }
+    }
+    // A stage lifecycle knows and this version does not: not a customer.
+    assert!(check_kind(K::NewBusiness, None).is_ok());
+    let unknown = check_kind(K::Upgrade, None).expect_err("unknown stage");
+    assert!(
+        unknown.message.contains("unknown stage"),
+        "{}",
+        unknown.message
+    );
+}
+
+fn day(year: i32, month: u32, day: u32) -> Date {
+    Date::new(year, month, day).expect("a real date")
+}
+
+/// A won opportunity with line items ending on `ends` (`None`: no end of
+/// its own) and a contract ending on `contract`.
+fn won(id: &str, closed_at_ms: i64, ends: &[Option<Date>], contract: Option<Date>) -> Opportunity {
+    let mut o = complete(Step::Win, 10);
+    o.opportunity_id = id.into();
+    o.status = Status::Won;
+    o.closed_at_ms = Some(closed_at_ms);
+    let item = o.line_items[0].clone();
+    o.line_items = ends
+        .iter()
+        .map(|end| LineItem {
+            end_date: *end,
+            ..item.clone()
+        })
+        .collect();
+    if let Some(c) = &mut o.contract {
+        c.end_date = contract;
+    }
+    o
+}
+
+/// The end dates of a won opportunity's line items.
+type Ends<'a> = &'a [Option<Date>];
+
+#[test]
+fn a_term_ends_with_its_last_item_or_else_its_contract() {
+    let (jan, feb, mar) = (day(2026, 1, 31), day(2026, 2, 28), day(2026, 3, 31));
+    #[rustfmt::skip]
+    let table: [(Ends, Option<Date>, Option<Date>); 8] = [
+        // item ends,             contract end, term end
+        (&[Some(jan), Some(feb)], None,         Some(feb)),
+        (&[Some(feb), Some(jan)], Some(mar),    Some(feb)), // items' own ends win
+        (&[Some(jan), None],      Some(mar),    Some(mar)), // an item without: the contract's
+        (&[Some(jan), None],      None,         None),      // an item never ends
+        (&[None],                 Some(jan),    Some(jan)),
+        (&[None],                 None,         None),
+        (&[],                     Some(feb),    Some(feb)), // no items: the contract
+        (&[],                     None,         None),      // no items, no end: never
+    ];
+    for (items, contract, expected) in table {
+        let o = won("o", 1, items, contract);
+        assert_eq!(
+            term_end(&o),
+            expected,
+            "items {items:?}, contract {contract:?}"
+        );
+    }
+    let mut without_contract = won("o", 1, &[], None);
+    without_contract.contract = None;
+    assert_eq!(term_end(&without_contract), None);
+}
+
+/// An account's opportunities.
+type Won<'a> = &'a [&'a Opportunity];
+
+#[test]
+fn an_accounts_contracts_end_when_every_won_term_does() {
+    let (jan, feb, mar) = (day(2026, 1, 31), day(2026, 2, 28), day(2026, 3, 31));
+    let a = won("a", 1, &[Some(jan)], None);
+    let b = won("b", 2, &[Some(mar), Some(feb)], None);
+    let c = won("c", 3, &[Some(mar)], None);
+    let never = won("n", 4, &[Some(jan), None], None);
+    let mut open = won("open", 5, &[None], None);
+    open.status = Status::Open;
+    open.closed_at_ms = None;
+    let mut lost = won("lost", 6, &[None], None);
+    lost.status = Status::Lost;
+    let ends = |list: &[&Opportunity]| {
+        let list: Vec<Opportunity> = list.iter().map(|o| (*o).clone()).collect();
+        contracts_end(&list).map(|(end, o)| (end, o.opportunity_id.clone()))
+    };
+    #[rustfmt::skip]
+    let table: [(Won, Option<(Date, &str)>); 8] = [
+        (&[],                  None),             // nothing won
+        (&[&open, &lost],      None),             // open and lost do not count
+        (&[&a],                Some((jan, "a"))),
+        (&[&a, &b],            Some((mar, "b"))), // the term ending last
+        (&[&b, &a, &open],     Some((mar, "b"))),
+        (&[&a, &b, &c],        Some((mar, "c"))), // a tie: the one won last
+        (&[&a, &never],        None),             // one never ends
+        (&[&never, &lost],     None),
+    ];
+    for (list, expected) in table {
+        let names: Vec<&str> = list.iter().map(|o| o.opportunity_id.as_str()).collect();
+        assert_eq!(
+            ends(list),
+            expected.map(|(d, id)| (d, id.to_owned())),
+            "{names:?}"
+        );
+    }
+    // Ended once the last day has passed (UTC), not on it.
+    assert!(!has_ended(feb, feb));
+    assert!(has_ended(feb, day(2026, 3, 1)));
+    assert!(!has_ended(mar, day(2026, 3, 1)));
+}
+
+#[test]
+fn dates_are_real_calendar_days_stored_in_date_order() {
+    assert_eq!(
+        Date::new(2028, 2, 29).map(Date::iso).as_deref(),
+        Some("2028-02-29")
+    );
+    for (y, m, d) in [
+        (2026, 2, 29),
+        (2026, 13, 1),
+        (2026, 4, 31),
+        (0, 1, 1),
+        (10_000, 1, 1),
+        (2026, 0, 1),
+    ] {
+        assert_eq!(Date::new(y, m, d), None, "{y}-{m}-{d}");
+    }
+    let dates = [
+        day(999, 12, 31),
+        day(2026, 1, 31),
+        day(2026, 2, 1),
+        day(2026, 10, 1),
+    ];
+    for pair in dates.windows(2) {
+        assert!(pair[0] < pair[1]);
+        assert!(pair[0].iso() < pair[1].iso(), "text order is date order");
+    }
+    for d in dates {
+        assert_eq!(Date::parse_iso(&d.iso()), Some(d));
+    }
 }
 
 #[test]
@@ -262,6 +448,7 @@ fn line_items_total_in_one_currency() {
         quantity: q,
         currency: currency.into(),
         unit_price_nanos: units * 1_000_000_000,
+        end_date: None,
     };
     assert_eq!(
         line_items_total(&[item(2, 100, "USD"), item(1, 50, "USD")]),
@@ -340,4 +527,27 @@ fn an_erased_contact_leaves_buying_groups_and_stakeholders_and_nothing_else() {
         None,
         "idempotent"
     );
+}
+
+/// Documents stored before kinds and end dates existed read as new
+/// business without end dates.
+#[test]
+fn older_documents_read_as_new_business_without_end_dates() {
+    let mut o = complete(Step::Win, 10);
+    o.kind = OpportunityKind::Renewal;
+    o.line_items[0].end_date = Some(day(2026, 1, 31));
+    let mut document = serde_json::to_value(&o).expect("serializes");
+    let map = document.as_object_mut().expect("an object");
+    map.remove("kind");
+    for item in map["line_items"].as_array_mut().expect("items") {
+        item.as_object_mut().expect("an item").remove("end_date");
+    }
+    map["contract"]
+        .as_object_mut()
+        .expect("a contract")
+        .remove("end_date");
+    let read: Opportunity = serde_json::from_value(document).expect("still readable");
+    assert_eq!(read.kind, OpportunityKind::NewBusiness);
+    assert_eq!(read.line_items[0].end_date, None);
+    assert_eq!(read.contract.and_then(|c| c.end_date), None);
 }

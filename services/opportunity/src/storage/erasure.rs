@@ -1,13 +1,14 @@
 //! Opportunity's part of an erasure (`cascade_chassis::erasure`): erased
 //! contacts leave buying groups and stakeholders (`domain::without_contacts`);
-//! an erased account's opportunities are deleted. Idempotent.
+//! an erased account's opportunities are deleted, with when its contracts
+//! end and what lifecycle was told of it. Idempotent.
 
 use cascade_chassis::db::begin_write;
 use cascade_chassis::{ServiceResult, TenantId};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::entities::opportunity;
+use super::entities::{contract_terms, opportunity};
 use super::{Repository, of_tenant, parse};
 use crate::domain;
 
@@ -51,14 +52,22 @@ impl Repository {
         Ok(changed)
     }
 
-    /// Deletes an erased account's opportunities; returns how many.
+    /// Deletes an erased account's opportunities, and when its contracts
+    /// end; returns how many opportunities.
     pub async fn erase_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<u64> {
-        let _turn = cascade_chassis::db::write_turn(&self.db).await?;
-        Ok(opportunity::Entity::delete_many()
+        let txn = begin_write(&self.db).await?;
+        let deleted = opportunity::Entity::delete_many()
             .filter(opportunity::Column::TenantId.eq(tenant.as_str()))
             .filter(opportunity::Column::AccountId.eq(account_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?
-            .rows_affected)
+            .rows_affected;
+        contract_terms::Entity::delete_many()
+            .filter(contract_terms::Column::TenantId.eq(tenant.as_str()))
+            .filter(contract_terms::Column::AccountId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(deleted)
     }
 }

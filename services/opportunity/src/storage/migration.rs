@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_chassis::outbox::OutboxMigration),
             Box::new(Opportunities),
             Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
+            Box::new(KindsAndTerms),
         ]
     }
 }
@@ -66,6 +67,50 @@ impl MigrationTrait for Opportunities {
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         Err(DbErr::Migration(
             "the opportunity migration is not reversible: it would drop opportunities".into(),
+        ))
+    }
+}
+
+/// Issue 19: what an opportunity sells (`kind`, NEW_BUSINESS for the
+/// opportunities before it), and when each account's contracts end
+/// (`contract_terms`, see `contracts.rs`). Opportunities won before it have
+/// no end dates, so they never end: no account needs a row yet.
+struct KindsAndTerms;
+
+impl MigrationName for KindsAndTerms {
+    fn name(&self) -> &str {
+        "m20261203_300001_opportunity_kinds_and_terms"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for KindsAndTerms {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let statements = [
+            "ALTER TABLE opportunities ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'NEW_BUSINESS'",
+            "CREATE INDEX IF NOT EXISTS ix_opportunities_kind ON opportunities (tenant_id, kind, opportunity_id)",
+            // Dates as yyyy-mm-dd text: ordered as dates on both backends.
+            "CREATE TABLE IF NOT EXISTS contract_terms (
+                tenant_id VARCHAR(64) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                ends_on VARCHAR(10) NULL,
+                last_opportunity_id VARCHAR(36) NULL,
+                due_on VARCHAR(10) NULL,
+                reported_on VARCHAR(10) NULL,
+                PRIMARY KEY (tenant_id, account_id))",
+            // The periodic check reads only the accounts with an end due.
+            "CREATE INDEX IF NOT EXISTS ix_contract_terms_due ON contract_terms (due_on)",
+        ];
+        let conn = manager.get_connection();
+        for statement in statements {
+            conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the opportunity kinds and terms migration is not reversible".into(),
         ))
     }
 }

@@ -1,8 +1,10 @@
 //! Storage of opportunities and opportunity settings, and the outbox of
 //! opportunity events for lifecycle. Every query is scoped by tenant.
 
+mod contracts;
 mod entities;
 mod erasure;
+mod events;
 pub mod migration;
 mod pipeline;
 mod settings;
@@ -13,77 +15,27 @@ use std::sync::Arc;
 use cascade_chassis::db::{WriteTransaction, begin_write};
 use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::page::PageRequest;
-use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use cascade_domain::Money;
-use cascade_proto::outbox::v1 as outbox_pb;
-use prost::Message as _;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
-use serde::Deserialize;
 use tokio::sync::Notify;
 
 use entities::opportunity;
-pub use pipeline::{CurrencySums, Pipeline};
+pub use events::EventPayload;
+use events::enqueue;
+pub use pipeline::{CurrencySums, Pipeline, PipelineReport};
 use settings::current_settings;
 
 pub use crate::domain::EventKind;
-use crate::domain::{Decision, Opportunity, Settings, Status, Step, pipeline_value};
+use crate::domain::{
+    Decision, Opportunity, OpportunityKind, Settings, Status, Step, pipeline_value,
+};
 
 /// Outbox topic of opportunity events for lifecycle; the partition is the account.
 pub const EVENT_TOPIC: &str = "opportunity_events";
-
-/// An opportunity event as it travels through the outbox, stored as the
-/// protobuf message `cascade.outbox.v1.OpportunityChanged`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct EventPayload {
-    pub kind: EventKind,
-    pub opportunity_id: String,
-    pub buying_group: Vec<String>,
-    /// Other open opportunities of the account when this happened.
-    pub other_open: i32,
-}
-
-impl EventPayload {
-    pub fn encode(&self) -> Vec<u8> {
-        let kind = match self.kind {
-            EventKind::Opened => outbox_pb::OpportunityEventKind::Opened,
-            EventKind::Won => outbox_pb::OpportunityEventKind::Won,
-            EventKind::Lost => outbox_pb::OpportunityEventKind::Lost,
-        };
-        outbox_pb::OpportunityChanged {
-            kind: kind as i32,
-            opportunity_id: self.opportunity_id.clone(),
-            buying_group_contact_ids: self.buying_group.clone(),
-            other_open_opportunities: self.other_open,
-        }
-        .encode_to_vec()
-    }
-
-    /// Reads a stored payload. Versions before the protobuf messages wrote
-    /// JSON, which starts with `{` (0x7B, never the first byte of an
-    /// OpportunityChanged); those are read as JSON so an upgrade loses no
-    /// pending event.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.first() == Some(&b'{') {
-            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
-        }
-        let message = outbox_pb::OpportunityChanged::decode(bytes).map_err(|e| e.to_string())?;
-        let kind = match outbox_pb::OpportunityEventKind::try_from(message.kind) {
-            Ok(outbox_pb::OpportunityEventKind::Opened) => EventKind::Opened,
-            Ok(outbox_pb::OpportunityEventKind::Won) => EventKind::Won,
-            Ok(outbox_pb::OpportunityEventKind::Lost) => EventKind::Lost,
-            _ => return Err(format!("unknown opportunity event kind {}", message.kind)),
-        };
-        Ok(Self {
-            kind,
-            opportunity_id: message.opportunity_id,
-            buying_group: message.buying_group_contact_ids,
-            other_open: message.other_open_opportunities,
-        })
-    }
-}
 
 /// An opportunity locked for a change (`Repository::lock`).
 pub struct Locked {
@@ -109,8 +61,13 @@ impl Locked {
             .filter(opportunity::Column::OpportunityId.eq(opportunity.opportunity_id.as_str()))
             .exec(&self.txn)
             .await?;
+        if event == Some(EventKind::Won) {
+            // Before the event is queued: a contracts-ended report of the
+            // account waits for this win, or comes before its event.
+            contracts::account_won(&self.txn, &self.tenant_id, &opportunity.account_id).await?;
+        }
         if let Some(kind) = event {
-            enqueue(&self.txn, &self.tenant_id, &opportunity, kind).await?;
+            enqueue(&self.txn, &self.tenant_id, &opportunity, kind, None).await?;
         }
         self.txn.commit().await?;
         if event.is_some() {
@@ -127,6 +84,7 @@ pub struct Filter {
     pub owner_id: Option<String>,
     pub step: Option<Step>,
     pub status: Option<Status>,
+    pub kind: Option<OpportunityKind>,
 }
 
 #[derive(Clone)]
@@ -148,6 +106,7 @@ fn columns(
         tenant_id: Set(tenant_id.to_owned()),
         account_id: Set(o.account_id.clone()),
         owner_id: Set(o.owner_id.clone()),
+        kind: Set(Stored(o.kind)),
         step: Set(Stored(o.step)),
         status: Set(Stored(o.status)),
         value_currency: Set(value.map(|m| m.currency_code().to_owned())),
@@ -238,7 +197,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        enqueue(&txn, t, &opportunity, EventKind::Opened).await?;
+        enqueue(&txn, t, &opportunity, EventKind::Opened, None).await?;
         txn.commit().await?;
         self.events_written.notify_one();
         Ok(opportunity)
@@ -272,6 +231,9 @@ impl Repository {
         if let Some(status) = filter.status {
             query = query.filter(opportunity::Column::Status.eq(Stored(status)));
         }
+        if let Some(kind) = filter.kind {
+            query = query.filter(opportunity::Column::Kind.eq(Stored(kind)));
+        }
         if let Some(after) = &page.after {
             query = query.filter(opportunity::Column::OpportunityId.gt(after.as_str()));
         }
@@ -304,69 +266,5 @@ impl Repository {
             settings,
             events_written: self.events_written.clone(),
         })
-    }
-}
-
-/// Queues an event for lifecycle in the caller's transaction.
-async fn enqueue(
-    conn: &impl ConnectionTrait,
-    tenant_id: &str,
-    opportunity: &Opportunity,
-    kind: EventKind,
-) -> ServiceResult<()> {
-    let other_open = of_tenant(tenant_id)
-        .filter(opportunity::Column::AccountId.eq(opportunity.account_id.as_str()))
-        .filter(opportunity::Column::Status.eq(Stored(Status::Open)))
-        .filter(opportunity::Column::OpportunityId.ne(opportunity.opportunity_id.as_str()))
-        .count(conn)
-        .await?;
-    let payload = EventPayload {
-        kind,
-        opportunity_id: opportunity.opportunity_id.clone(),
-        buying_group: opportunity.buying_group.clone(),
-        other_open: i32::try_from(other_open).unwrap_or(i32::MAX),
-    };
-    outbox::enqueue(
-        conn,
-        tenant_id,
-        EVENT_TOPIC,
-        &opportunity.account_id,
-        payload.encode(),
-    )
-    .await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_event_payload_reads_back_as_written_and_old_json_still_reads() {
-        for kind in [EventKind::Opened, EventKind::Won, EventKind::Lost] {
-            let payload = EventPayload {
-                kind,
-                opportunity_id: "o1".into(),
-                buying_group: vec!["c1".into(), "c2".into()],
-                other_open: 2,
-            };
-            let bytes = payload.encode();
-            assert_ne!(bytes.first(), Some(&b'{'));
-            assert_eq!(EventPayload::decode(&bytes), Ok(payload));
-        }
-        // As versions before the protobuf messages stored it.
-        let legacy =
-            br#"{"kind":"Won","opportunity_id":"o1","buying_group":["c1"],"other_open":0}"#;
-        assert_eq!(
-            EventPayload::decode(legacy),
-            Ok(EventPayload {
-                kind: EventKind::Won,
-                opportunity_id: "o1".into(),
-                buying_group: vec!["c1".into()],
-                other_open: 0,
-            })
-        );
-        let unspecified = outbox_pb::OpportunityChanged::default().encode_to_vec();
-        assert!(EventPayload::decode(&unspecified).is_err());
     }
 }

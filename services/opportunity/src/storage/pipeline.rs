@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use cascade_chassis::{ServiceError, ServiceResult, TenantId};
+use cascade_chassis::db::Stored;
+use cascade_chassis::{ServiceResult, TenantId};
 use sea_orm::{ConnectionTrait, QueryResult};
 
 use super::Repository;
-use crate::domain::{Status, Step};
+use crate::domain::{OpportunityKind, Status, Step};
 
 /// Sums of one currency for the pipeline report: the deals valued in it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,18 +31,70 @@ pub struct Pipeline {
     pub by_currency: BTreeMap<String, CurrencySums>,
 }
 
+/// The pipeline report's figures for all deals and per kind: each row of
+/// the report queries (grouped by kind) adds to its kind and to the total.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineReport {
+    pub total: Pipeline,
+    /// Only the kinds that have deals; a kind without is all zeros.
+    pub by_kind: BTreeMap<OpportunityKind, Pipeline>,
+}
+
+impl Pipeline {
+    /// `n` open deals at `step` valued at `total` nanos of `currency`
+    /// (`None`: deals without an amount or estimate).
+    fn add_open(&mut self, step: Step, currency: Option<&str>, n: i64, total: i128) {
+        let counts = self.open.entry(step).or_default();
+        counts.0 += n;
+        match currency {
+            Some(currency) => {
+                let sums = self.currency(currency).open.entry(step).or_default();
+                sums.0 += n;
+                sums.1 += total;
+            }
+            None => counts.1 += n,
+        }
+    }
+
+    /// `n` deals won (or lost) in the window, as [`Pipeline::add_open`].
+    fn add_closed(&mut self, won: bool, currency: Option<&str>, n: i64, total: i128) {
+        let counts = if won { &mut self.won } else { &mut self.lost };
+        counts.0 += n;
+        let Some(currency) = currency else {
+            counts.1 += n;
+            return;
+        };
+        let sums = self.currency(currency);
+        let sums = if won { &mut sums.won } else { &mut sums.lost };
+        sums.0 += n;
+        sums.1 += total;
+    }
+
+    fn currency(&mut self, currency: &str) -> &mut CurrencySums {
+        self.by_currency.entry(currency.to_owned()).or_default()
+    }
+}
+
+impl PipelineReport {
+    fn kind(&mut self, row: &QueryResult) -> ServiceResult<&mut Pipeline> {
+        let kind: Stored<OpportunityKind> = row.try_get("", "kind")?;
+        Ok(self.by_kind.entry(kind.0).or_default())
+    }
+}
+
 impl Repository {
     /// Open opportunities per step, and won / lost ones closed in
-    /// `[start_ms, end_ms)`: counted, and summed per currency.
+    /// `[start_ms, end_ms)`: counted, and summed per currency, in all and
+    /// per kind.
     pub async fn pipeline(
         &self,
         tenant: &TenantId,
         start_ms: i64,
         end_ms: i64,
-    ) -> ServiceResult<Pipeline> {
+    ) -> ServiceResult<PipelineReport> {
         let t = tenant.as_str();
         let db = &self.db;
-        let mut pipeline = Pipeline::default();
+        let mut report = PipelineReport::default();
         let open = db
             .query_all_raw(cascade_chassis::db::statement(
                 db.get_database_backend(),
@@ -51,25 +104,13 @@ impl Repository {
             .await?;
         for row in open {
             let currency: Option<String> = row.try_get("", "value_currency")?;
-            let step: String = row.try_get("", "step")?;
-            let step: Step = step
-                .parse()
-                .map_err(|e| ServiceError::internal(anyhow::anyhow!("{e}")))?;
+            let step: Stored<Step> = row.try_get("", "step")?;
             let n: i64 = row.try_get("", "n")?;
-            let counts = pipeline.open.entry(step).or_default();
-            counts.0 += n;
-            match currency {
-                Some(currency) => {
-                    let total = sum_nanos(&row)?;
-                    pipeline
-                        .by_currency
-                        .entry(currency)
-                        .or_default()
-                        .open
-                        .insert(step, (n, total));
-                }
-                None => counts.1 += n,
-            }
+            let total = sum_nanos(&row)?;
+            report.total.add_open(step.0, currency.as_deref(), n, total);
+            report
+                .kind(&row)?
+                .add_open(step.0, currency.as_deref(), n, total);
         }
         let closed = db
             .query_all_raw(cascade_chassis::db::statement(
@@ -85,27 +126,16 @@ impl Repository {
             .await?;
         for row in closed {
             let currency: Option<String> = row.try_get("", "value_currency")?;
-            let won = row.try_get::<String>("", "status")? == Status::Won.as_str();
+            let status: Stored<Status> = row.try_get("", "status")?;
+            let won = status.0 == Status::Won;
             let n: i64 = row.try_get("", "n")?;
-            let counts = if won {
-                &mut pipeline.won
-            } else {
-                &mut pipeline.lost
-            };
-            counts.0 += n;
-            let Some(currency) = currency else {
-                counts.1 += n;
-                continue;
-            };
-            let figures = (n, sum_nanos(&row)?);
-            let entry = pipeline.by_currency.entry(currency).or_default();
-            if won {
-                entry.won = figures;
-            } else {
-                entry.lost = figures;
-            }
+            let total = sum_nanos(&row)?;
+            report.total.add_closed(won, currency.as_deref(), n, total);
+            report
+                .kind(&row)?
+                .add_closed(won, currency.as_deref(), n, total);
         }
-        Ok(pipeline)
+        Ok(report)
     }
 }
 

@@ -8,6 +8,7 @@ use cascade_proto::common::v1::FieldViolation as PbViolation;
 use cascade_proto::scoring::v1 as pb;
 
 use crate::directory::{Checked, Person};
+use crate::domain;
 use crate::storage::{NewActivity, Recorded};
 
 use super::{MAX_BATCH, ScoringApi};
@@ -96,6 +97,9 @@ pub(super) enum ItemOutcome {
     Rejected(Vec<FieldViolation>),
     /// An id or email that names nothing in the tenant.
     NotFound(Vec<FieldViolation>),
+    /// A contact no longer at the company (DeactivateContact): REJECTED in a
+    /// batch, FAILED_PRECONDITION alone.
+    Inactive(Vec<FieldViolation>),
     Done {
         account_id: String,
         contact_id: Option<String>,
@@ -154,6 +158,12 @@ impl ScoringApi {
                         description,
                     )]));
                 }
+                Checked::Inactive { field, .. } => {
+                    outcomes[i] = Some(ItemOutcome::Inactive(vec![FieldViolation::new(
+                        at(field),
+                        domain::INACTIVE_CONTACT,
+                    )]));
+                }
             }
         }
         let items: Vec<NewActivity> = ready.iter().map(|(_, a)| a.clone()).collect();
@@ -205,7 +215,7 @@ pub(super) fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::Ac
 
 fn answer_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
     match outcome {
-        ItemOutcome::Rejected(violations) => {
+        ItemOutcome::Rejected(violations) | ItemOutcome::Inactive(violations) => {
             refused(activity, pb::ActivityStatus::Rejected, violations)
         }
         ItemOutcome::NotFound(violations) => {

@@ -7,7 +7,7 @@ use cascade_chassis::limit::TenantRateLimiter;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::time::to_timestamp;
 use cascade_chassis::validate::Validator;
-use cascade_chassis::{RequestContext, ServiceError};
+use cascade_chassis::{PreconditionViolation, RequestContext, ServiceError};
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
 use futures::StreamExt;
@@ -78,6 +78,15 @@ impl ScoringService for ScoringApi {
             Some(ItemOutcome::Rejected(violations)) => {
                 Err(ServiceError::InvalidArgument(violations).into())
             }
+            // The activity is well formed; the person is no longer there.
+            Some(ItemOutcome::Inactive(violations)) => Err(ServiceError::FailedPrecondition {
+                message: "the contact is no longer at the company (DeactivateContact); the activity was not recorded".into(),
+                violations: violations
+                    .into_iter()
+                    .map(|v| PreconditionViolation::new("CONTACT_INACTIVE", v.field, v.description))
+                    .collect(),
+            }
+            .into()),
             Some(ItemOutcome::NotFound(violations)) => {
                 let field = violations
                     .first()

@@ -1,14 +1,17 @@
 //! Engagement scoring rules (DESIGN.md "Engagement scoring"), as plain
 //! functions over plain types: the model (`mod.rs`), points with caps
-//! (`points`), decay and totals (`totals`), and simulation (`simulate`).
+//! (`points`), decay and totals (`totals`), inactive contacts and decay
+//! refreshes (`status`), and simulation (`simulate`).
 
 mod points;
 pub mod simulate;
+mod status;
 mod totals;
 
 use cascade_domain::valid_activity_type;
 
 pub use points::{LIFETIME, Scored, Usage, UsageKey, score_activities, score_activity, usage_keys};
+pub use status::{INACTIVE_CONTACT, change_is_later, recompute_before, totals_changed};
 pub use totals::{
     AccountAddition, BatchActivity, BatchScores, Bucket, StoredScore, Totals, add_batch, day_of,
     decay_factor, totals_of,

@@ -157,3 +157,31 @@ pub mod contact_score {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod contact_status {
+    use sea_orm::entity::prelude::*;
+
+    /// A contact lifecycle marked inactive (or active again): while
+    /// `inactive`, its buckets do not count toward its account's scores.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "contact_status")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub contact_id: String,
+        pub account_id: String,
+        pub inactive: bool,
+        /// When this replica's service applied the change (since when the
+        /// contact has this status, as scoring knows it).
+        pub since_ms: i64,
+        /// Lifecycle's id of the change applied last (UUIDv7: later changes
+        /// have greater ids).
+        pub change_id: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

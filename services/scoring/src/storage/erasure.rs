@@ -1,5 +1,5 @@
 //! Scoring's part of an erasure (`chassis::erasure`): the erased contacts'
-//! activities (the ledger lines), buckets, scores and cap usage are deleted,
+//! activities (the ledger lines), buckets, scores, status and cap usage are deleted,
 //! and the account's score is recomputed from what remains and delivered to
 //! lifecycle, in one transaction. An erased account loses every row of it.
 //! Idempotent: a second run finds nothing to delete and delivers the same
@@ -11,7 +11,9 @@ use cascade_chassis::db::{among, begin_write};
 use cascade_chassis::{ServiceResult, TenantId, outbox};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
-use super::entities::{account_score, activity, contact_score, rule_usage, score_bucket};
+use super::entities::{
+    account_score, activity, contact_score, contact_status, rule_usage, score_bucket,
+};
 use super::models::current_model;
 use super::scores::{NewScore, lock_account_scores, recomputed, upsert_account_scores};
 use super::{DeliveryPayload, Repository, SCORE_TOPIC, today};
@@ -78,6 +80,14 @@ impl Repository {
                     &txn,
                     (score_bucket::Column::TenantId, t),
                     score_bucket::Column::ContactId,
+                    &ids,
+                )
+                .await?;
+                // Before the account's score, as a contact change takes them.
+                delete_among::<contact_status::Entity>(
+                    &txn,
+                    (contact_status::Column::TenantId, t),
+                    contact_status::Column::ContactId,
                     &ids,
                 )
                 .await?;
@@ -154,6 +164,13 @@ impl Repository {
                     &txn,
                     (score_bucket::Column::TenantId, t),
                     score_bucket::Column::AccountId,
+                    &one,
+                )
+                .await?;
+                delete_among::<contact_status::Entity>(
+                    &txn,
+                    (contact_status::Column::TenantId, t),
+                    contact_status::Column::AccountId,
                     &one,
                 )
                 .await?;

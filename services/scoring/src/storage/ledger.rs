@@ -1,5 +1,6 @@
 //! The ledger: an account's stored activities, oldest first, with what each
-//! was scored as and its decay today.
+//! was scored as and its decay today. Those of inactive contacts are left
+//! out: they are kept, but are no part of the account's score.
 
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId};
@@ -7,6 +8,7 @@ use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, Quer
 
 use super::entities::activity;
 use super::models::current_model;
+use super::scores::counted_activities;
 use super::{LedgerLine, Repository, today};
 use crate::domain;
 
@@ -21,7 +23,8 @@ impl Repository {
         let t = tenant.as_str();
         let mut query = activity::Entity::find()
             .filter(activity::Column::TenantId.eq(t))
-            .filter(activity::Column::AccountId.eq(account_id));
+            .filter(activity::Column::AccountId.eq(account_id))
+            .filter(counted_activities(t, activity::Column::ContactId));
         if let Some(token) = &page.after {
             let (ms, id) = token
                 .split_once('|')

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(Scoring),
             Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(EngagedFlags),
+            Box::new(ContactStatus),
         ]
     }
 }
@@ -139,6 +140,48 @@ impl MigrationTrait for EngagedFlags {
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         Err(DbErr::Migration(
             "the engaged flags migration is not reversible".into(),
+        ))
+    }
+}
+
+/// Contacts lifecycle marked inactive (DeactivateContact): their engagement
+/// stops counting toward their account. A reactivated contact keeps its row
+/// (`inactive` false) with the id of the change applied last, so an older
+/// change arriving late through another replica is recognised and ignored.
+struct ContactStatus;
+
+impl MigrationName for ContactStatus {
+    fn name(&self) -> &str {
+        "m20261203_200001_contact_status"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ContactStatus {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let statements = [
+            "CREATE TABLE IF NOT EXISTS contact_status (
+                tenant_id VARCHAR(64) NOT NULL,
+                contact_id VARCHAR(36) NOT NULL,
+                account_id VARCHAR(36) NOT NULL,
+                inactive BOOLEAN NOT NULL,
+                since_ms BIGINT NOT NULL,
+                change_id VARCHAR(64) NOT NULL,
+                PRIMARY KEY (tenant_id, contact_id))",
+            // Each replica looks for the changes applied since its last look
+            // (`Repository::contact_changes_since`).
+            "CREATE INDEX IF NOT EXISTS ix_contact_status_since ON contact_status (since_ms)",
+        ];
+        let conn = manager.get_connection();
+        for statement in statements {
+            conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the contact status migration is not reversible".into(),
         ))
     }
 }

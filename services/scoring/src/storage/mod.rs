@@ -9,8 +9,12 @@
 //! - `scores`: stored and computed scores, and what deliveries carry;
 //! - `ledger`: an account's activities, oldest first;
 //! - `simulation`: replaying stored activities through two models;
-//! - `erasure`: deleting an erased contact's or account's rows.
+//! - `erasure`: deleting an erased contact's or account's rows;
+//! - `contacts`: contacts marked inactive or active again;
+//! - `decay`: bringing decayed scores up to the day.
 
+mod contacts;
+mod decay;
 mod entities;
 mod erasure;
 mod group;
@@ -33,6 +37,8 @@ use tokio::sync::Notify;
 
 use crate::domain;
 pub use crate::domain::Totals;
+pub use contacts::{ChangedContact, ContactChange};
+pub use decay::{REFRESH_PAGE, Refreshed};
 pub use erasure::Erase;
 
 /// Outbox topic of score deliveries to lifecycle; the partition is the account.
@@ -131,7 +137,8 @@ pub struct Repository {
     group: Arc<group::Queue>,
 }
 
-fn today() -> i64 {
+/// Today's UTC day number, the day scores are computed for.
+pub fn today() -> i64 {
     domain::day_of(time::now().timestamp_millis())
 }
 

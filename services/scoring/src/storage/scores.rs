@@ -4,18 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cascade_chassis::db::{
-    WriteTransaction, among, insert_chunks, insert_chunks_returning, write_turn,
-};
+use cascade_chassis::db::{WriteTransaction, among, insert_chunks, insert_chunks_returning};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId};
-use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, IntoCondition, OnConflict, Query, SelectStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, Value,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Statement, Value, sea_query::SimpleExpr,
 };
 
-use super::entities::{account_score, contact_score, score_bucket};
+use super::entities::{account_score, contact_score, contact_status, score_bucket};
 use super::models::current_model;
 use super::{Repository, STALE_DAY, Totals, today};
 use crate::domain::{self, Bucket, ScoringModel, StoredScore};
@@ -24,7 +22,7 @@ impl Repository {
     /// An account's totals today, or NOT_FOUND without any activity. The
     /// buckets are summed per type and day in the database (a read returns
     /// tens of rows, not one per contact, type and day); `per_contact` is
-    /// left empty.
+    /// left empty. Inactive contacts do not count (`domain::status`).
     pub async fn account_totals(
         &self,
         tenant: &TenantId,
@@ -45,6 +43,7 @@ impl Repository {
             .column_as(sum(score_bucket::Column::ActivityCount), "activity_count")
             .filter(score_bucket::Column::TenantId.eq(t))
             .filter(score_bucket::Column::AccountId.eq(account_id))
+            .filter(counted_contacts(t, score_bucket::Column::ContactId))
             .group_by(score_bucket::Column::ActivityType)
             .group_by(score_bucket::Column::Intent)
             .group_by(score_bucket::Column::Day)
@@ -73,6 +72,7 @@ impl Repository {
             )
             .filter(score_bucket::Column::TenantId.eq(t))
             .filter(score_bucket::Column::AccountId.eq(account_id))
+            .filter(counted_contacts(t, score_bucket::Column::ContactId))
             .filter(score_bucket::Column::Intent.eq(false))
             .into_tuple()
             .one(&self.db)
@@ -110,8 +110,8 @@ impl Repository {
         Ok((account_id, totals))
     }
 
-    /// Accounts by engagement score, highest first. With decay on, scores
-    /// computed on an earlier day are brought up to today first.
+    /// Accounts by engagement score, highest first. Stale stored scores
+    /// (`domain::recompute_before`) are brought up to today first.
     pub async fn top_accounts(
         &self,
         tenant: &TenantId,
@@ -132,43 +132,10 @@ impl Repository {
         let t = tenant.as_str();
         let model = current_model(&self.db, t).await?;
         let today = today();
-        // Scores of an earlier day miss that day's decay; marked ones follow
-        // a model change. Each is recomputed unless a batch did it meanwhile.
-        let stale_before = if model.decays() { today } else { 0 };
-        let stale: Vec<(String, i64)> = account_score::Entity::find()
-            .select_only()
-            .columns([
-                account_score::Column::AccountId,
-                account_score::Column::ComputedDay,
-            ])
-            .filter(account_score::Column::TenantId.eq(t))
-            .filter(account_score::Column::ComputedDay.lt(stale_before))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        for (account_id, computed_day) in stale {
-            let totals = compute(&self.db, t, &account_id, &model, today).await?;
-            let _turn = write_turn(&self.db).await?;
-            account_score::Entity::update_many()
-                .col_expr(
-                    account_score::Column::EngagementScore,
-                    Expr::value(totals.engagement),
-                )
-                .col_expr(
-                    account_score::Column::IntentScore,
-                    Expr::value(totals.intent),
-                )
-                .col_expr(
-                    account_score::Column::EngagedContacts,
-                    Expr::value(totals.engaged_contacts),
-                )
-                .col_expr(account_score::Column::ComputedDay, Expr::value(today))
-                .filter(account_score::Column::TenantId.eq(t))
-                .filter(account_score::Column::AccountId.eq(&account_id))
-                .filter(account_score::Column::ComputedDay.eq(computed_day))
-                .exec(&self.db)
-                .await?;
-        }
+        // Stored scores of an earlier day miss that day's decay; marked ones
+        // follow a model change. The order below reads them, so they are
+        // brought up to date first, and lifecycle is told of those that moved.
+        self.refresh_stale_scores(t, today).await?;
         let mut query = account_score::Entity::find()
             .select_only()
             .column(account_score::Column::AccountId)
@@ -217,9 +184,12 @@ impl Repository {
         let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
         let backend = self.db.get_database_backend();
         for ids in among(backend, account_score::Column::AccountId, &ids) {
+            // A later day than ours: computed by a replica whose clock is
+            // past midnight already, or by a test refreshing as of a later
+            // day (`refresh_decayed_scores`).
             let rows = account_score::Entity::find()
                 .filter(account_score::Column::TenantId.eq(tenant_id))
-                .filter(account_score::Column::ComputedDay.eq(today))
+                .filter(account_score::Column::ComputedDay.gte(today))
                 .filter(ids)
                 .all(&self.db)
                 .await?;
@@ -243,7 +213,7 @@ impl Repository {
         for ids in among(backend, contact_score::Column::ContactId, &contacts) {
             let rows = contact_score::Entity::find()
                 .filter(contact_score::Column::TenantId.eq(tenant_id))
-                .filter(contact_score::Column::ComputedDay.eq(today))
+                .filter(contact_score::Column::ComputedDay.gte(today))
                 .filter(ids)
                 .all(&self.db)
                 .await?;
@@ -255,7 +225,7 @@ impl Repository {
                 }
             }
         }
-        // Stale: no row for today, or a contact without today's score.
+        // Stale: no row for today (or later), or a contact without one.
         let mut model = None;
         for (account_id, contacts) in accounts {
             let fresh = found
@@ -305,12 +275,22 @@ pub(super) async fn lock_account_scores<'a>(
         Some(&account_key().do_nothing().to_owned()),
     )
     .await?;
-    let mut stored = HashMap::with_capacity(accounts.len());
     let ids: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
+    lock_stored_scores(txn, t, &ids).await
+}
+
+/// The stored scores of those of `accounts` that have one, locked until
+/// commit (in key order, as every writer of scores locks them).
+pub(super) async fn lock_stored_scores(
+    txn: &WriteTransaction,
+    t: &str,
+    accounts: &[&str],
+) -> Result<HashMap<String, StoredScore>, DbErr> {
+    let mut stored = HashMap::with_capacity(accounts.len());
     for ids in among(
         txn.get_database_backend(),
         account_score::Column::AccountId,
-        &ids,
+        accounts,
     ) {
         let rows = txn
             .lock_all(
@@ -370,11 +350,14 @@ pub(super) async fn rescore(
             .get(account_id)
             .filter(|row| row.computed_day == today);
         // Each contact's stored score must be this account's, of today, or
-        // absent (then it has no buckets here either).
+        // absent (then it has no buckets here either). A contact marked
+        // inactive after its activity was checked (another replica's cache,
+        // or a change applied meanwhile) must not be added: the account is
+        // recomputed, without it.
         let contacts_current = add.new_types.keys().all(|c| {
-            contacts
-                .get(c.as_str())
-                .is_none_or(|row| &row.account_id == account_id && row.computed_day == today)
+            contacts.get(c.as_str()).is_none_or(|row| {
+                &row.account_id == account_id && row.computed_day == today && !row.inactive
+            })
         });
         match current {
             Some(current) if contacts_current => {
@@ -427,12 +410,25 @@ pub(super) async fn recomputed(
     Ok(result)
 }
 
-/// Stored contact scores, by contact.
+/// A contact's stored score as a batch reads it.
+#[derive(Debug, FromQueryResult)]
+struct StoredContact {
+    contact_id: String,
+    account_id: String,
+    engagement_score: f64,
+    computed_day: i64,
+    engaged: bool,
+    /// Marked inactive (DeactivateContact).
+    inactive: bool,
+}
+
+/// Stored contact scores, by contact, with whether each is inactive (in the
+/// same statement: no round trip more per batch).
 async fn stored_contact_scores<'a>(
     conn: &impl ConnectionTrait,
     t: &str,
     contacts: impl Iterator<Item = &'a str>,
-) -> Result<HashMap<String, contact_score::Model>, DbErr> {
+) -> Result<HashMap<String, StoredContact>, DbErr> {
     let contacts: Vec<&str> = contacts.collect();
     let mut stored = HashMap::with_capacity(contacts.len());
     for ids in among(
@@ -441,13 +437,52 @@ async fn stored_contact_scores<'a>(
         &contacts,
     ) {
         let rows = contact_score::Entity::find()
+            .select_only()
+            .columns([
+                contact_score::Column::ContactId,
+                contact_score::Column::AccountId,
+                contact_score::Column::EngagementScore,
+                contact_score::Column::ComputedDay,
+                contact_score::Column::Engaged,
+            ])
+            .column_as(
+                Expr::col(contact_score::Column::ContactId.as_column_ref())
+                    .in_subquery(inactive_contacts(t)),
+                "inactive",
+            )
             .filter(contact_score::Column::TenantId.eq(t))
             .filter(ids)
+            .into_model::<StoredContact>()
             .all(conn)
             .await?;
         stored.extend(rows.into_iter().map(|row| (row.contact_id.clone(), row)));
     }
     Ok(stored)
+}
+
+/// The ids of the tenant's contacts marked inactive.
+fn inactive_contacts(t: &str) -> SelectStatement {
+    Query::select()
+        .column((contact_status::Entity, contact_status::Column::ContactId))
+        .from(contact_status::Entity)
+        .and_where(Expr::col((contact_status::Entity, contact_status::Column::TenantId)).eq(t))
+        .and_where(Expr::col((contact_status::Entity, contact_status::Column::Inactive)).eq(true))
+        .to_owned()
+}
+
+/// Rows whose contact (`column`) counts toward its account: not marked
+/// inactive. Buckets without a contact hold "" there, which is never
+/// marked; activities hold NULL, see [`counted_activities`].
+pub(super) fn counted_contacts<C: ColumnTrait>(t: &str, column: C) -> SimpleExpr {
+    Expr::col(column.as_column_ref()).not_in_subquery(inactive_contacts(t))
+}
+
+/// [`counted_contacts`] for the activities table, whose anonymous rows have
+/// no contact (NULL, which NOT IN would leave out).
+pub(super) fn counted_activities<C: ColumnTrait>(t: &str, column: C) -> Condition {
+    Condition::any()
+        .add(column.is_null())
+        .add(counted_contacts(t, column))
 }
 
 /// Writes the accounts' scores; returns each account's new delivery sequence.
@@ -562,8 +597,9 @@ pub(super) async fn upsert_contact_scores(
     Ok(())
 }
 
-/// The buckets of the accounts `accounts` selects, by account; only one
-/// contact's when `contact_id` is given.
+/// The buckets of the accounts `accounts` selects, by account, without
+/// those of inactive contacts; only one contact's when `contact_id` is given
+/// (a contact's own score counts all its buckets, inactive or not).
 async fn buckets_of(
     conn: &impl ConnectionTrait,
     t: &str,
@@ -573,9 +609,10 @@ async fn buckets_of(
     let mut query = score_bucket::Entity::find()
         .filter(score_bucket::Column::TenantId.eq(t))
         .filter(accounts);
-    if let Some(contact) = contact_id {
-        query = query.filter(score_bucket::Column::ContactId.eq(contact));
-    }
+    query = match contact_id {
+        Some(contact) => query.filter(score_bucket::Column::ContactId.eq(contact)),
+        None => query.filter(counted_contacts(t, score_bucket::Column::ContactId)),
+    };
     let mut buckets: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
     for row in query.all(conn).await? {
         buckets.entry(row.account_id).or_default().push(Bucket {
@@ -605,4 +642,82 @@ async fn compute(
         model,
         today,
     ))
+}
+
+/// Recomputes `accounts` from their buckets (one without any scores zero),
+/// stores the scores for `today`, and enqueues a delivery to lifecycle for
+/// each whose totals differ from `stored` (its locked stored score): the
+/// path decay refreshes and contact changes share with ingest's recompute.
+/// With `with_contacts` the contacts' scores are stored too and the
+/// delivery names each engaged contact (without new activity types), so
+/// lifecycle's contact scores follow as well. How many were delivered.
+pub(super) async fn store_recomputed(
+    txn: &WriteTransaction,
+    t: &str,
+    (model, today): (&ScoringModel, i64),
+    stored: &HashMap<String, StoredScore>,
+    accounts: &[&str],
+    with_contacts: bool,
+) -> Result<usize, DbErr> {
+    let mut scores = recomputed(txn, t, (model, today), accounts).await?;
+    for account_id in accounts {
+        scores
+            .entry((*account_id).to_owned())
+            .or_insert_with(|| NewScore {
+                totals: Totals::default(),
+                engaged: BTreeSet::new(),
+            });
+    }
+    if scores.is_empty() {
+        return Ok(0);
+    }
+    let sequences = upsert_account_scores(txn, t, today, &scores).await?;
+    // What each delivery names: the engaged contacts, no new activity types.
+    let named = |new: &NewScore| -> BTreeMap<String, BTreeSet<String>> {
+        if with_contacts {
+            new.engaged
+                .iter()
+                .map(|c| (c.clone(), BTreeSet::new()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        }
+    };
+    if with_contacts {
+        let batch = domain::BatchScores {
+            accounts: scores
+                .iter()
+                .map(|(account_id, new)| {
+                    let addition = domain::AccountAddition {
+                        new_types: named(new),
+                        ..domain::AccountAddition::default()
+                    };
+                    (account_id.clone(), addition)
+                })
+                .collect(),
+        };
+        upsert_contact_scores(txn, t, today, &batch, &scores).await?;
+    }
+    let mut messages = Vec::new();
+    for (account_id, new) in &scores {
+        let changed = stored
+            .get(account_id)
+            .is_none_or(|before| domain::totals_changed(before, &new.totals));
+        let Some(&sequence) = sequences.get(account_id) else {
+            continue;
+        };
+        if changed {
+            let payload = super::DeliveryPayload {
+                sequence,
+                contacts: named(new),
+            };
+            messages.push(cascade_chassis::outbox::Message {
+                partition_key: account_id.clone(),
+                payload: payload.encode(),
+            });
+        }
+    }
+    let delivered = messages.len();
+    cascade_chassis::outbox::enqueue_many(txn, t, super::SCORE_TOPIC, messages).await?;
+    Ok(delivered)
 }

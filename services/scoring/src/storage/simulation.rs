@@ -4,10 +4,13 @@ use std::ops::ControlFlow;
 
 use cascade_chassis::{ServiceResult, TenantId};
 use futures::TryStreamExt;
-use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
+use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
 
-use super::entities::activity;
+use super::entities::{activity, contact_status};
+use super::scores::counted_activities;
 use super::{Repository, today};
 use crate::domain::ScoringModel;
 use crate::domain::simulate::{Progress, ReplayActivity, Simulation, SimulationResult, Thresholds};
@@ -22,21 +25,57 @@ fn in_window(tenant: &TenantId, window: (i64, i64)) -> Select<activity::Entity> 
         .filter(activity::Column::OccurredAtMs.lt(window.1))
 }
 
+/// Of those, the activities of inactive contacts (they count toward no
+/// score, so the replay leaves them out), found through their accounts (the
+/// ledger index) rather than by reading every activity's contact.
+fn of_inactive_contacts(tenant: &TenantId, window: (i64, i64)) -> Select<activity::Entity> {
+    let t = tenant.as_str();
+    let inactive = |column: contact_status::Column| {
+        Query::select()
+            .column((contact_status::Entity, column))
+            .from(contact_status::Entity)
+            .and_where(Expr::col((contact_status::Entity, contact_status::Column::TenantId)).eq(t))
+            .and_where(
+                Expr::col((contact_status::Entity, contact_status::Column::Inactive)).eq(true),
+            )
+            .to_owned()
+    };
+    in_window(tenant, window)
+        .filter(
+            Expr::col(activity::Column::AccountId.as_column_ref())
+                .in_subquery(inactive(contact_status::Column::AccountId)),
+        )
+        .filter(
+            Expr::col(activity::Column::ContactId.as_column_ref())
+                .in_subquery(inactive(contact_status::Column::ContactId)),
+        )
+}
+
+async fn count(
+    conn: &impl ConnectionTrait,
+    select: Select<activity::Entity>,
+) -> Result<i64, DbErr> {
+    Ok(select
+        .select_only()
+        .column_as(Expr::col(Asterisk).count(), "activities")
+        .into_tuple::<i64>()
+        .one(conn)
+        .await?
+        .unwrap_or(0))
+}
+
 impl Repository {
     /// How many activities a replay of the window reads: the total its
-    /// progress is measured against. `COUNT(*)` over the window index alone.
+    /// progress is measured against. `COUNT(*)` over the window index alone,
+    /// less the inactive contacts' activities.
     pub async fn count_in_window(
         &self,
         tenant: &TenantId,
         window: (i64, i64),
     ) -> ServiceResult<i64> {
-        let count = in_window(tenant, window)
-            .select_only()
-            .column_as(Expr::col(Asterisk).count(), "activities")
-            .into_tuple::<i64>()
-            .one(&self.db)
-            .await?;
-        Ok(count.unwrap_or(0))
+        let all = count(&self.db, in_window(tenant, window)).await?;
+        let left_out = count(&self.db, of_inactive_contacts(tenant, window)).await?;
+        Ok(all - left_out)
     }
 
     /// Replays the stored activities of a window through the current and a
@@ -65,6 +104,10 @@ impl Repository {
         let by_day = || Expr::col(Alias::new("day"));
         // One statement: a consistent snapshot on both backends.
         let mut groups = in_window(tenant, window)
+            .filter(counted_activities(
+                tenant.as_str(),
+                activity::Column::ContactId,
+            ))
             .select_only()
             .columns([
                 activity::Column::AccountId,

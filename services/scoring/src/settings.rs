@@ -1,0 +1,116 @@
+//! Scoring's own settings sections: `[lifecycle]` (how to reach it, shared
+//! with opportunity) and `[decay]` (bringing decayed scores to lifecycle).
+
+use cascade_chassis::client::{LifecycleClientSettings, LifecycleSection};
+use cascade_chassis::error::SettingsError;
+use cascade_chassis::settings::{OwnSections, ServiceSettings};
+use serde::{Deserialize, Serialize};
+
+/// `[decay]`, `CASCADE_SCORING__DECAY__<KEY>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecaySettings {
+    /// How often each replica recomputes the stored scores of tenants whose
+    /// model decays when they were computed for an earlier day, and delivers
+    /// the lower totals to lifecycle (`decay::follow`). Decay moves scores
+    /// once a day, at midnight UTC; the default finds them within the hour.
+    /// 0 turns the refresh off.
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for DecaySettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval_ms: 3_600_000,
+        }
+    }
+}
+
+/// Scoring's sections beside the common ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScoringSections {
+    pub lifecycle: LifecycleClientSettings,
+    pub decay: DecaySettings,
+}
+
+impl OwnSections for ScoringSections {
+    const SECTIONS: &'static [&'static str] = &["lifecycle", "decay"];
+
+    fn defaults() -> Self {
+        Self::default()
+    }
+
+    fn for_tests() -> Self {
+        Self {
+            lifecycle: LifecycleSection::for_tests().lifecycle,
+            // Tests that follow decay set a short interval themselves: a
+            // refresh delivering in the middle of another test's assertions
+            // would only make it harder to read.
+            decay: DecaySettings::default(),
+        }
+    }
+
+    fn validate(settings: &ServiceSettings<Self>) -> Result<(), SettingsError> {
+        let lifecycle = LifecycleSection {
+            lifecycle: settings.own.lifecycle.clone(),
+        };
+        LifecycleSection::validate(&settings.clone().with_own(lifecycle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IDENTITY;
+    use cascade_chassis::settings::load_from;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn decay_has_its_own_section() {
+        let settings: ServiceSettings<ScoringSections> =
+            load_from(IDENTITY, None, env(&[])).unwrap_or_else(|e| panic!("defaults load: {e}"));
+        assert_eq!(settings.own.decay.refresh_interval_ms, 3_600_000);
+        let settings: ServiceSettings<ScoringSections> = load_from(
+            IDENTITY,
+            None,
+            env(&[
+                ("CASCADE_SCORING__DECAY__REFRESH_INTERVAL_MS", "60000"),
+                ("CASCADE_SCORING__LIFECYCLE__URL", "http://lifecycle:50051"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("the section loads: {e}"));
+        assert_eq!(settings.own.decay.refresh_interval_ms, 60_000);
+        assert_eq!(settings.own.lifecycle.url, "http://lifecycle:50051");
+        let error = load_from::<ScoringSections>(
+            IDENTITY,
+            None,
+            env(&[("CASCADE_SCORING__DECAY__REFRESH_INTERVAL", "1")]),
+        )
+        .expect_err("an unknown key is refused");
+        assert!(error.to_string().contains("refresh_interval"), "{error}");
+    }
+
+    #[test]
+    fn the_lifecycle_url_is_still_checked() {
+        let mut settings =
+            ServiceSettings::<ScoringSections>::for_tests(cascade_chassis::db::DatabaseSettings {
+                url: "sqlite::memory:".into(),
+                max_connections: Some(1),
+                acquire_timeout_ms: 1_000,
+                run_migrations: true,
+                analyze_interval_ms: 0,
+            });
+        assert!(ScoringSections::validate(&settings).is_ok());
+        settings.own.lifecycle.url = "ftp://lifecycle".into();
+        let error = ScoringSections::validate(&settings).expect_err("not http");
+        assert!(error.to_string().contains("lifecycle.url"), "{error}");
+    }
+}
