@@ -44,7 +44,8 @@ pub struct LifecycleClientSettings {
     /// changes account.
     pub email_cache_ttl_ms: u64,
     /// How often each replica asks lifecycle for erasures its service has
-    /// not applied yet (`chassis::erasure`).
+    /// not applied yet, and scoring for people marked inactive or active
+    /// again (`chassis::erasure`).
     pub erasure_poll_ms: u64,
 }
 
