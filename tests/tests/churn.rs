@@ -290,20 +290,7 @@ async fn at_risk_notifications(lifecycle: &Lifecycle, account_id: &str) -> Vec<l
 }
 
 async fn funnel_now(lifecycle: &Lifecycle, stage: S) -> (i64, i64, i64) {
-    let report = lifecycle
-        .public()
-        .get_funnel_report(lifecycle.req(lc::GetFunnelReportRequest {
-            start_time: Some(days_ago(1)),
-            end_time: Some(days_ago(-1)),
-        }))
-        .await
-        .expect("funnel")
-        .into_inner();
-    let row = report
-        .stages
-        .iter()
-        .find(|r| r.stage == stage as i32)
-        .unwrap_or_else(|| panic!("{stage:?} in the funnel"));
+    let row = lifecycle.funnel_row(stage).await;
     (row.entered, row.accounts_now, row.at_risk_now)
 }
 

@@ -504,26 +504,9 @@ async fn after_the_sale(db: TestDatabase) {
     );
 
     // The funnel counts the churn and the way back.
-    let funnel = lifecycle
-        .public()
-        .get_funnel_report(lifecycle.req(lc::GetFunnelReportRequest {
-            start_time: Some(days_ago(1)),
-            end_time: Some(days_ago(-1)),
-        }))
-        .await
-        .expect("funnel")
-        .into_inner();
-    let row = |stage: S| {
-        funnel
-            .stages
-            .iter()
-            .find(|r| r.stage == stage as i32)
-            .cloned()
-            .expect("every stage")
-    };
-    let churn_row = row(S::Churned);
+    let churn_row = lifecycle.funnel_row(S::Churned).await;
     assert_eq!((churn_row.entered, churn_row.moved_forward), (1, 1));
-    let implement = row(S::Implement);
+    let implement = lifecycle.funnel_row(S::Implement).await;
     assert_eq!(
         (
             implement.entered,

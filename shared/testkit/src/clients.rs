@@ -244,6 +244,25 @@ impl Lifecycle {
             .into_inner())
     }
 
+    /// The funnel report's row of `stage` for the window from a day ago to a
+    /// day ahead (everything a test did).
+    pub async fn funnel_row(&self, stage: AccountStage) -> lc::FunnelStage {
+        let report = self
+            .public()
+            .get_funnel_report(self.req(lc::GetFunnelReportRequest {
+                start_time: Some(crate::fixtures::days_ago(1)),
+                end_time: Some(crate::fixtures::days_ago(-1)),
+            }))
+            .await
+            .expect("funnel report")
+            .into_inner();
+        report
+            .stages
+            .into_iter()
+            .find(|r| r.stage == stage as i32)
+            .unwrap_or_else(|| panic!("{} in the funnel report", stage.as_str_name()))
+    }
+
     /// Waits until `ready` holds for the account; `what` names the wait.
     pub async fn wait_for_account(
         &self,
