@@ -22,6 +22,7 @@ use super::{
     hydrate_accounts_with, lock_account, ms, record_firsts,
 };
 use crate::domain::risk::{AtRisk, RiskWrite};
+use cascade_domain::OpportunityKind;
 use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
 
 impl Repository {
@@ -285,11 +286,32 @@ pub(super) fn new_account_model(
         transition_count: Set(0),
         created_at_ms: Set(ms(now)),
         external_id: Set(new.external_id),
+        open_opportunities: Set(String::new()),
         at_risk_reason: Set(None),
         at_risk_source: Set(None),
         at_risk_actor: Set(None),
         at_risk_since_ms: Set(None),
     }
+}
+
+/// An account's open deals as its row keeps them: one "id:KIND" per line.
+pub(crate) fn open_opportunities_text(open: &[(String, OpportunityKind)]) -> String {
+    open.iter()
+        .map(|(id, kind)| format!("{id}:{kind}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The account's open deals from its row (a line that does not parse, which
+/// only a hand edit could make, is skipped).
+pub(crate) fn open_opportunities(m: &account::Model) -> Vec<(String, OpportunityKind)> {
+    m.open_opportunities
+        .lines()
+        .filter_map(|line| {
+            let (id, kind) = line.rsplit_once(':')?;
+            Some((id.to_owned(), kind.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Writes an at-risk change on the account row as the caller will store it.

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QuerySelect, QueryTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::accounts::{set_risk, store_risk};
@@ -290,6 +290,7 @@ async fn persist(
 ) -> ServiceResult<Written> {
     let now_ms = ms(now);
     let account_id = model.account_id.clone();
+    let mut open_now = None;
     if let Mutation::Opportunity {
         opportunity_id,
         kind,
@@ -298,7 +299,7 @@ async fn persist(
         ..
     } = mutation
     {
-        record_opportunity(
+        open_now = record_opportunity(
             txn,
             tenant_id,
             &account_id,
@@ -339,6 +340,9 @@ async fn persist(
         store_risk(txn, &model).await?;
     }
     let mut am = model.into_active_model();
+    if let Some(open) = open_now {
+        am.open_opportunities = Set(open);
+    }
     if !changes.transitions.is_empty() {
         am.transition_count = Set(seq);
     }
@@ -405,7 +409,8 @@ async fn persist(
 }
 
 /// Keeps lifecycle's view of the account's opportunities: the deal's status
-/// and the buying group it has named so far.
+/// and the buying group it has named so far. Returns the account's open
+/// deals after it, as the account row keeps them (`None`: unchanged).
 async fn record_opportunity(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
@@ -413,13 +418,13 @@ async fn record_opportunity(
     opportunity_id: &str,
     (event, kind): (OpportunityEventKind, OpportunityKind),
     buying_group: &[String],
-) -> ServiceResult<()> {
+) -> ServiceResult<Option<String>> {
     let status = match event {
         OpportunityEventKind::Opened => OPEN,
         OpportunityEventKind::Won => "WON",
         OpportunityEventKind::Lost => "LOST",
         // About the account's won deals, not a change of one.
-        OpportunityEventKind::ContractsEnded => return Ok(()),
+        OpportunityEventKind::ContractsEnded => return Ok(None),
     };
     account_opportunity::Entity::insert(account_opportunity::ActiveModel {
         tenant_id: Set(tenant_id.to_owned()),
@@ -441,9 +446,20 @@ async fn record_opportunity(
     )
     .exec_without_returning(conn)
     .await?;
+    let open: Vec<(String, OpportunityKind)> = account_opportunity::Entity::find()
+        .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+        .filter(account_opportunity::Column::AccountId.eq(account_id))
+        .filter(account_opportunity::Column::Status.eq(OPEN))
+        .order_by_asc(account_opportunity::Column::OpportunityId)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.opportunity_id, *row.kind))
+        .collect();
+    let open = super::accounts::open_opportunities_text(&open);
     let named: BTreeSet<&String> = buying_group.iter().collect();
     if named.is_empty() {
-        return Ok(());
+        return Ok(Some(open));
     }
     opportunity_contact::Entity::insert_many(named.into_iter().map(|contact_id| {
         opportunity_contact::ActiveModel {
@@ -463,5 +479,5 @@ async fn record_opportunity(
     )
     .exec_without_returning(conn)
     .await?;
-    Ok(())
+    Ok(Some(open))
 }

@@ -34,6 +34,9 @@ pub mod account {
         pub transition_count: i64,
         pub created_at_ms: i64,
         pub external_id: Option<String>,
+        /// The open deals lifecycle knows of, "opportunity_id:KIND" per line
+        /// (`accounts::open_opportunities`).
+        pub open_opportunities: String,
         pub at_risk_reason: Option<String>,
         pub at_risk_source: Option<Stored<AtRiskSource>>,
         pub at_risk_actor: Option<String>,

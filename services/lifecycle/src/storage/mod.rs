@@ -26,9 +26,9 @@ pub use import::Imported;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cascade_chassis::db::{WriteTransaction, among, statement_chunks};
+use cascade_chassis::db::{WriteTransaction, statement_chunks};
 use cascade_chassis::{ServiceError, ServiceResult};
-use cascade_domain::{AccountStage, ContactStage, CustomerType, OpportunityKind};
+use cascade_domain::{AccountStage, ContactStage, CustomerType};
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::OnConflict;
@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::domain::account_rules::{self, AccountState};
 use crate::domain::{Account, Contact, Transition};
-use entities::{account, account_opportunity, contact, stage_first, transition};
+use entities::{account, contact, stage_first, transition};
 
 pub use engine::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind};
 pub use history::{FunnelRow, WatchedEvent};
@@ -295,15 +295,6 @@ pub(crate) async fn hydrate_accounts_with(
         .iter()
         .filter_map(|m| m.last_recycle_transition_id.clone())
         .collect();
-    let mut open = open_opportunities_of(
-        conn,
-        models.first().map_or("", |m| m.tenant_id.as_str()),
-        &models
-            .iter()
-            .map(|m| m.account_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .await?;
     let mut recycles: HashMap<String, Transition> = HashMap::new();
     if !recycle_ids.is_empty() {
         for row in transition::Entity::find()
@@ -325,7 +316,7 @@ pub(crate) async fn hydrate_accounts_with(
                 .and_then(|id| recycles.get(id).cloned());
             Ok(Account {
                 at_risk: accounts::risk_of(&m),
-                open_opportunities: open.remove(&m.account_id).unwrap_or_default(),
+                open_opportunities: accounts::open_opportunities(&m),
                 stage: *m.stage,
                 customer_type: *m.customer_type,
                 account_id: m.account_id,
@@ -350,34 +341,6 @@ pub(crate) async fn hydrate_accounts_with(
             })
         })
         .collect()
-}
-
-/// The open opportunities lifecycle knows of, per account, oldest first.
-async fn open_opportunities_of(
-    conn: &impl ConnectionTrait,
-    tenant_id: &str,
-    account_ids: &[&str],
-) -> Result<HashMap<String, Vec<(String, OpportunityKind)>>, DbErr> {
-    let mut open: HashMap<String, Vec<(String, OpportunityKind)>> = HashMap::new();
-    for chunk in among(
-        conn.get_database_backend(),
-        account_opportunity::Column::AccountId,
-        account_ids,
-    ) {
-        for row in account_opportunity::Entity::find()
-            .filter(account_opportunity::Column::TenantId.eq(tenant_id))
-            .filter(account_opportunity::Column::Status.eq(OPEN))
-            .filter(chunk)
-            .order_by_asc(account_opportunity::Column::OpportunityId)
-            .all(conn)
-            .await?
-        {
-            open.entry(row.account_id)
-                .or_default()
-                .push((row.opportunity_id, *row.kind));
-        }
-    }
-    Ok(open)
 }
 
 pub(crate) async fn hydrate_account(
