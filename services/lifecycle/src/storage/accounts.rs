@@ -22,8 +22,8 @@ use super::{
     hydrate_accounts_with, lock_account, ms, record_firsts,
 };
 use crate::domain::risk::{AtRisk, RiskWrite};
-use cascade_domain::OpportunityKind;
 use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
+use cascade_domain::OpportunityKind;
 
 impl Repository {
     pub async fn create_account(
