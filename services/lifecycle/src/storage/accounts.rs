@@ -342,10 +342,7 @@ pub(crate) async fn store_risk(
             account::Column::AtRiskReason,
             Expr::value(m.at_risk_reason.clone()),
         )
-        .col_expr(
-            account::Column::AtRiskSource,
-            Expr::value(m.at_risk_source.map(|s| s.as_str().to_owned())),
-        )
+        .col_expr(account::Column::AtRiskSource, Expr::value(m.at_risk_source))
         .col_expr(
             account::Column::AtRiskActor,
             Expr::value(m.at_risk_actor.clone()),
