@@ -20,8 +20,8 @@ mod write;
 
 pub use schema::{SchemaStatus, schema_status};
 pub use statements::{
-    MAX_BINDS, among, insert_chunks, insert_chunks_returning, statement, statement_chunks,
-    update_from_values,
+    MAX_BINDS, RowsUpdate, among, insert_chunks, insert_chunks_returning, statement,
+    statement_chunks, update_from_values,
 };
 pub use stored::Stored;
 use write::SQLITE_BUSY_TIMEOUT;
@@ -151,17 +151,30 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         .connect_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         // Statements are traced by our own spans; sqlx's per-statement logs
         // would sit on the hot path.
-        .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|opts| {
-            // WAL lets readers run beside the writer; NORMAL sync is durable
-            // across process crashes in WAL mode. Writers wait for the lock
-            // rather than failing at once.
-            opts.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                .foreign_keys(true)
-                .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
-        });
+        .sqlx_logging(false);
+    if settings.is_sqlite() {
+        // A ping of a file that is open in this process proves nothing, and
+        // costs two thread hops to the connection's worker per checkout.
+        options.test_before_acquire(false);
+    } else {
+        // sqlx pings every connection it hands out: one more round trip to
+        // PostgreSQL per transaction or lone statement (GetAccount is one),
+        // measured at a fifth of GetAccount's median (docs/performance.md,
+        // round 10). What the ping catches is a connection the server, a
+        // proxy or a firewall dropped while it sat idle, so only those are
+        // pinged.
+        options.test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
+    }
+    options.map_sqlx_sqlite_opts(|opts| {
+        // WAL lets readers run beside the writer; NORMAL sync is durable
+        // across process crashes in WAL mode. Writers wait for the lock
+        // rather than failing at once.
+        opts.journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
+    });
     Database::connect(options).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to {}: {}",
@@ -170,6 +183,9 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         )
     })
 }
+
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// Prepared statements each SQLite connection keeps (sqlx's default is 100).
 /// A prepared multi-row INSERT of 256 rows is a large program, and each
