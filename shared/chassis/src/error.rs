@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use sea_orm::DbErr;
+use sea_orm::sqlx::postgres::PgDatabaseError;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -313,15 +314,30 @@ pub fn is_connection_error(error: &DbErr) -> bool {
     match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => matches!(
-            e.as_ref(),
-            sea_orm::sqlx::Error::Io(_)
-                | sea_orm::sqlx::Error::PoolTimedOut
-                | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::WorkerCrashed
-        ),
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
+            matches!(
+                e.as_ref(),
+                sea_orm::sqlx::Error::Io(_)
+                    | sea_orm::sqlx::Error::PoolTimedOut
+                    | sea_orm::sqlx::Error::PoolClosed
+                    | sea_orm::sqlx::Error::WorkerCrashed
+            ) || e
+                .as_database_error()
+                .filter(|d| d.try_downcast_ref::<PgDatabaseError>().is_some())
+                .and_then(|d| d.code())
+                .is_some_and(|code| is_server_gone(&code))
+        }
         _ => false,
     }
+}
+
+/// PostgreSQL SQLSTATEs of a server that ended or refused the session rather
+/// than the statement: connection exceptions (class 08), shutdowns and
+/// restarts (57P01-57P03), too many connections (53300). A pooled connection
+/// is pinged only after sitting idle (`db::connect`), so one the server ended
+/// while it was in use reports this on its next statement.
+fn is_server_gone(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 /// Whether a statement lost a race for a lock: SQLite still busy after its

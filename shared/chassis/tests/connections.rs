@@ -1,0 +1,82 @@
+//! A pooled PostgreSQL connection the server dropped (a restart, an
+//! administrator, a proxy) fails the statement that finds it broken as
+//! UNAVAILABLE, retryable, never as an internal error; the pool replaces it.
+//! Connections are pinged before use only after sitting idle (db::connect),
+//! so a connection dropped while in use is found this way.
+
+use cascade_chassis::{ServiceError, db};
+use cascade_testkit::TestDatabase;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use tonic::Code;
+
+async fn one(conn: &sea_orm::DatabaseConnection) -> Result<i64, ServiceError> {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT 1::bigint",
+        ))
+        .await?
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no row")))?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+#[tokio::test]
+async fn postgres_a_dropped_connection_is_unavailable_then_replaced() {
+    let Some(test) = TestDatabase::postgres().await else {
+        return;
+    };
+    let mut settings = test.settings.clone();
+    settings.max_connections = Some(1);
+    let pool = db::connect(&settings).await.expect("connect");
+    assert_eq!(one(&pool).await.expect("first statement"), 1);
+
+    // Another session ends the pooled connection's backend, as a restart does.
+    let admin = db::connect(&test.settings).await.expect("admin connection");
+    let ended = admin
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COUNT(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .expect("terminate")
+        .expect("row")
+        .try_get_by_index::<i64>(0)
+        .expect("count");
+    assert_eq!(ended, 1, "the pool's one connection");
+    // The backend is gone once it no longer shows.
+    for _ in 0..100 {
+        let left = admin
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT COUNT(*)::bigint FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            ))
+            .await
+            .expect("count")
+            .expect("row")
+            .try_get_by_index::<i64>(0)
+            .expect("count");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    match one(&pool).await {
+        // sqlx may notice the closed socket at checkout and reconnect.
+        Ok(n) => assert_eq!(n, 1),
+        Err(error) => {
+            let status = tonic::Status::from(error);
+            assert_eq!(
+                status.code(),
+                Code::Unavailable,
+                "a dropped connection is our fault and retryable: {status:?}"
+            );
+        }
+    }
+    assert_eq!(
+        one(&pool).await.expect("the pool replaced the connection"),
+        1
+    );
+}
