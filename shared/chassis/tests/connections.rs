@@ -20,6 +20,15 @@ async fn one(conn: &sea_orm::DatabaseConnection) -> Result<i64, ServiceError> {
     Ok(row.try_get_by_index::<i64>(0)?)
 }
 
+async fn count(conn: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .expect("query")
+        .expect("row")
+        .try_get_by_index::<i64>(0)
+        .expect("count")
+}
+
 #[tokio::test]
 async fn postgres_a_dropped_connection_is_unavailable_then_replaced() {
     let Some(test) = TestDatabase::postgres().await else {
@@ -32,31 +41,21 @@ async fn postgres_a_dropped_connection_is_unavailable_then_replaced() {
 
     // Another session ends the pooled connection's backend, as a restart does.
     let admin = db::connect(&test.settings).await.expect("admin connection");
-    let ended = admin
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT COUNT(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        ))
-        .await
-        .expect("terminate")
-        .expect("row")
-        .try_get_by_index::<i64>(0)
-        .expect("count");
+    let ended = count(
+        &admin,
+        "SELECT COUNT(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
     assert_eq!(ended, 1, "the pool's one connection");
     // The backend is gone once it no longer shows.
     for _ in 0..100 {
-        let left = admin
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT COUNT(*)::bigint FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            ))
-            .await
-            .expect("count")
-            .expect("row")
-            .try_get_by_index::<i64>(0)
-            .expect("count");
+        let left = count(
+            &admin,
+            "SELECT COUNT(*)::bigint FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
         if left == 0 {
             break;
         }
