@@ -313,7 +313,7 @@ async fn an_inactive_contact_stops_counting(db: TestDatabase) {
         repository
             .record(
                 &tenant,
-                &[NewActivity {
+                vec![NewActivity {
                     event_id: event_id.into(),
                     activity_type: activity_type.into(),
                     occurred_at_ms: cascade_chassis::time::now().timestamp_millis(),

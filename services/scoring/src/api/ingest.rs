@@ -23,24 +23,25 @@ struct Pending {
     who: Person,
 }
 
-/// Checks one activity; violations are named under `prefix`.
-fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViolation>> {
+/// Checks one activity; violations name the activity's own fields (the
+/// caller puts them under the item's path, only when there are any: no
+/// field name is built for a valid activity).
+fn check(activity: &pb::Activity) -> Result<Pending, Vec<FieldViolation>> {
     let mut v = Validator::new();
-    let field = |name: &str| format!("{prefix}{name}");
-    let event_id = v.required_text(&field("event_id"), &activity.event_id, 128);
+    let event_id = v.required_text("event_id", &activity.event_id, 128);
     let activity_type = activity.activity_type.trim().to_owned();
     if !valid_activity_type(&activity_type) {
         v.add(
-            field("activity_type"),
+            "activity_type",
             "is required: 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
         );
     }
-    let occurred = v.required_time(&field("occur_time"), activity.occur_time.as_ref());
+    let occurred = v.required_time("occur_time", activity.occur_time.as_ref());
     if let Some(time) = occurred
         && time.timestamp_millis() > cascade_chassis::time::now().timestamp_millis() + MAX_FUTURE_MS
     {
         v.add(
-            field("occur_time"),
+            "occur_time",
             "must not be more than 5 minutes in the future",
         );
     }
@@ -48,9 +49,9 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
     let has_email = !activity.contact_email.trim().is_empty();
     let who = match (has_account, has_email) {
         (true, false) => {
-            let account_id = v.required_id(&field("account_id"), &activity.account_id);
+            let account_id = v.required_id("account_id", &activity.account_id);
             let contact_id = (!activity.contact_id.trim().is_empty())
-                .then(|| v.required_id(&field("contact_id"), &activity.contact_id));
+                .then(|| v.required_id("contact_id", &activity.contact_id));
             Some(Person::Ids {
                 account_id,
                 contact_id,
@@ -59,22 +60,22 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
         (false, true) => {
             if !activity.contact_id.trim().is_empty() {
                 v.add(
-                    field("contact_id"),
+                    "contact_id",
                     "give either contact_email or account_id with contact_id, not both",
                 );
             }
-            v.optional_email(&field("contact_email"), &activity.contact_email)
+            v.optional_email("contact_email", &activity.contact_email)
                 .map(Person::Email)
         }
         (true, true) => {
             v.add(
-                field("contact_email"),
+                "contact_email",
                 "give either account_id (with an optional contact_id) or contact_email, not both",
             );
             None
         }
         (false, false) => {
-            v.add(field("account_id"), "is required (or give contact_email)");
+            v.add("account_id", "is required (or give contact_email)");
             None
         }
     };
@@ -86,8 +87,16 @@ fn check(activity: &pb::Activity, prefix: &str) -> Result<Pending, Vec<FieldViol
             who,
         }),
         (Err(ServiceError::InvalidArgument(violations)), _, _) => Err(violations),
-        _ => Err(vec![FieldViolation::new(field("activity"), "is invalid")]),
+        _ => Err(vec![FieldViolation::new("activity", "is invalid")]),
     }
+}
+
+/// `violations` of an activity's fields, named under the item's `prefix`.
+fn under(prefix: &str, violations: Vec<FieldViolation>) -> Vec<FieldViolation> {
+    violations
+        .into_iter()
+        .map(|v| FieldViolation::new(format!("{prefix}{}", v.field), v.description))
+        .collect()
 }
 
 /// The outcome of one submitted activity.
@@ -100,11 +109,7 @@ pub(super) enum ItemOutcome {
     /// A contact no longer at the company (DeactivateContact): REJECTED in a
     /// batch, FAILED_PRECONDITION alone.
     Inactive(Vec<FieldViolation>),
-    Done {
-        account_id: String,
-        contact_id: Option<String>,
-        recorded: Recorded,
-    },
+    Done(Recorded),
 }
 
 impl ScoringApi {
@@ -118,9 +123,11 @@ impl ScoringApi {
         let mut outcomes: Vec<Option<ItemOutcome>> = (0..activities.len()).map(|_| None).collect();
         let mut pending: Vec<(usize, Pending)> = Vec::new();
         for (i, activity) in activities.iter().enumerate() {
-            match check(activity, &prefix(i)) {
+            match check(activity) {
                 Ok(item) => pending.push((i, item)),
-                Err(violations) => outcomes[i] = Some(ItemOutcome::Rejected(violations)),
+                Err(violations) => {
+                    outcomes[i] = Some(ItemOutcome::Rejected(under(&prefix(i), violations)));
+                }
             }
         }
         let people: Vec<&Person> = pending.iter().map(|(_, p)| &p.who).collect();
@@ -129,23 +136,26 @@ impl ScoringApi {
         } else {
             self.directory.check(context, &people).await?
         };
-        let mut ready: Vec<(usize, NewActivity)> = Vec::new();
+        // Positions and activities apart: the activities move into storage
+        // without a copy.
+        let mut positions: Vec<usize> = Vec::with_capacity(pending.len());
+        let mut items: Vec<NewActivity> = Vec::with_capacity(pending.len());
         for ((i, item), resolution) in pending.into_iter().zip(resolutions) {
             let at = |field: &str| format!("{}{field}", prefix(i));
             match resolution {
                 Checked::Found {
                     account_id,
                     contact_id,
-                } => ready.push((
-                    i,
-                    NewActivity {
+                } => {
+                    positions.push(i);
+                    items.push(NewActivity {
                         event_id: item.event_id,
                         activity_type: item.activity_type,
                         occurred_at_ms: item.occurred_at_ms,
                         account_id,
                         contact_id,
-                    },
-                )),
+                    });
+                }
                 Checked::NotFound { field, description } => {
                     outcomes[i] = Some(ItemOutcome::NotFound(vec![FieldViolation::new(
                         at(field),
@@ -166,26 +176,13 @@ impl ScoringApi {
                 }
             }
         }
-        let items: Vec<NewActivity> = ready.iter().map(|(_, a)| a.clone()).collect();
         let recorded = if items.is_empty() {
             Vec::new()
         } else {
-            self.repository.record(&context.tenant, &items).await?
+            self.repository.record(&context.tenant, items).await?
         };
-        for ((i, item), recorded) in ready.into_iter().zip(recorded) {
-            let (account_id, contact_id) = match &recorded {
-                Recorded::Duplicate {
-                    account_id,
-                    contact_id,
-                    ..
-                } => (account_id.clone(), contact_id.clone()),
-                Recorded::New { .. } => (item.account_id, item.contact_id),
-            };
-            outcomes[i] = Some(ItemOutcome::Done {
-                account_id,
-                contact_id,
-                recorded,
-            });
+        for (i, recorded) in positions.into_iter().zip(recorded) {
+            outcomes[i] = Some(ItemOutcome::Done(recorded));
         }
         Ok(outcomes
             .into_iter()
@@ -199,18 +196,35 @@ impl ScoringApi {
     }
 }
 
-pub(super) fn result_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
-    let result = answer_of(activity, outcome);
-    let outcome =
-        pb::ActivityStatus::try_from(result.status).map_or("unknown", |status| match status {
-            pb::ActivityStatus::Recorded => "recorded",
-            pb::ActivityStatus::Duplicate => "duplicate",
-            pb::ActivityStatus::Rejected => "rejected",
-            pb::ActivityStatus::NotFound => "not_found",
-            _ => "unknown",
-        });
-    cascade_chassis::metrics::instruments().activities(outcome, 1);
-    result
+/// Each activity's result, counted in the activities metric once per
+/// outcome of the batch (one add per item was a measurable part of ingest).
+pub(super) fn results_of(
+    activities: &[pb::Activity],
+    outcomes: Vec<ItemOutcome>,
+) -> Vec<pb::ActivityResult> {
+    const OUTCOMES: [&str; 5] = ["recorded", "duplicate", "rejected", "not_found", "unknown"];
+    let mut counts = [0_u64; OUTCOMES.len()];
+    let results = activities
+        .iter()
+        .zip(outcomes)
+        .map(|(activity, outcome)| {
+            let result = answer_of(activity, outcome);
+            let slot = match pb::ActivityStatus::try_from(result.status) {
+                Ok(pb::ActivityStatus::Recorded) => 0,
+                Ok(pb::ActivityStatus::Duplicate) => 1,
+                Ok(pb::ActivityStatus::Rejected) => 2,
+                Ok(pb::ActivityStatus::NotFound) => 3,
+                _ => 4,
+            };
+            counts[slot] += 1;
+            result
+        })
+        .collect();
+    let metrics = cascade_chassis::metrics::instruments();
+    for (outcome, count) in OUTCOMES.into_iter().zip(counts) {
+        metrics.activities(outcome, count);
+    }
+    results
 }
 
 fn answer_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResult {
@@ -221,23 +235,18 @@ fn answer_of(activity: &pb::Activity, outcome: ItemOutcome) -> pb::ActivityResul
         ItemOutcome::NotFound(violations) => {
             refused(activity, pb::ActivityStatus::NotFound, violations)
         }
-        ItemOutcome::Done {
-            account_id,
-            contact_id,
-            recorded,
-        } => {
-            let (status, points) = match recorded {
-                Recorded::New { counted_points } => (pb::ActivityStatus::Recorded, counted_points),
-                Recorded::Duplicate { counted_points, .. } => {
-                    (pb::ActivityStatus::Duplicate, counted_points)
-                }
+        ItemOutcome::Done(recorded) => {
+            let status = if recorded.new {
+                pb::ActivityStatus::Recorded
+            } else {
+                pb::ActivityStatus::Duplicate
             };
             pb::ActivityResult {
                 event_id: activity.event_id.trim().to_owned(),
                 status: status as i32,
-                points: f64::from(points),
-                account_id,
-                contact_id: contact_id.unwrap_or_default(),
+                points: f64::from(recorded.counted_points),
+                account_id: recorded.account_id,
+                contact_id: recorded.contact_id.unwrap_or_default(),
                 violations: Vec::new(),
             }
         }

@@ -24,7 +24,7 @@ mod ingest;
 mod simulate;
 
 use convert::{breakdown, model_from_proto, model_to_proto, score_to_proto};
-use ingest::{ItemOutcome, batch_prefix, check_batch_size, result_of};
+use ingest::{ItemOutcome, batch_prefix, check_batch_size, results_of};
 
 pub struct ScoringApi {
     repository: Repository,
@@ -70,9 +70,9 @@ impl ScoringService for ScoringApi {
             .await?
             .pop();
         match outcome {
-            Some(outcome @ ItemOutcome::Done { .. }) => {
+            Some(outcome @ ItemOutcome::Done(_)) => {
                 Ok(Response::new(pb::RecordActivityResponse {
-                    result: Some(result_of(&activity, outcome)),
+                    result: results_of(std::slice::from_ref(&activity), vec![outcome]).pop(),
                 }))
             }
             Some(ItemOutcome::Rejected(violations)) => {
@@ -122,11 +122,7 @@ impl ScoringService for ScoringApi {
         check_batch_size(activities.len(), "activities")?;
         self.ingest_limit.check(&context.tenant, activities.len())?;
         let outcomes = self.process(&context, &activities, batch_prefix).await?;
-        let results: Vec<pb::ActivityResult> = activities
-            .iter()
-            .zip(outcomes)
-            .map(|(a, o)| result_of(a, o))
-            .collect();
+        let results = results_of(&activities, outcomes);
         let count =
             |s: pb::ActivityStatus| results.iter().filter(|r| r.status == s as i32).count() as i32;
         Ok(Response::new(pb::RecordActivitiesResponse {
@@ -165,8 +161,7 @@ impl ScoringService for ScoringApi {
                 }
             }
             let outcomes = self.process(&context, &activities, batch_prefix).await?;
-            for (activity, outcome) in activities.iter().zip(outcomes) {
-                let result = result_of(activity, outcome);
+            for result in results_of(&activities, outcomes) {
                 match pb::ActivityStatus::try_from(result.status) {
                     Ok(pb::ActivityStatus::Recorded) => response.recorded_count += 1,
                     Ok(pb::ActivityStatus::Duplicate) => response.duplicate_count += 1,

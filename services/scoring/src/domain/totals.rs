@@ -134,22 +134,20 @@ impl BatchScores {
     ) -> Self {
         let mut accounts: BTreeMap<String, AccountAddition> = BTreeMap::new();
         for a in activities {
-            let add = accounts.entry(a.account_id.to_owned()).or_default();
+            let add = slot(&mut accounts, a.account_id);
             let value =
                 f64::from(a.points) * decay_factor(model.decay_half_life_days, a.day, today);
             if let Some(contact) = a.contact_id {
-                add.new_types
-                    .entry(contact.to_owned())
-                    .or_default()
-                    .insert(a.activity_type.to_owned());
+                let types = slot(&mut add.new_types, contact);
+                if !types.contains(a.activity_type) {
+                    types.insert(a.activity_type.to_owned());
+                }
             }
             if a.intent {
                 add.intent += value;
             } else {
                 add.engagement += value;
-                *add.contact_points
-                    .entry(a.contact_id.unwrap_or_default().to_owned())
-                    .or_default() += value;
+                *slot(&mut add.contact_points, a.contact_id.unwrap_or_default()) += value;
             }
         }
         Self { accounts }
@@ -164,6 +162,15 @@ impl BatchScores {
             .collect();
         unique.into_iter()
     }
+}
+
+/// `map[key]`, inserted as the default when missing. The key is copied only
+/// then: a batch names each account, contact and type many times.
+fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("inserted above when missing")
 }
 
 /// An account's score after a batch, from its stored score of the same day:

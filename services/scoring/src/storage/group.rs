@@ -14,6 +14,7 @@ use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::ingest::with_ids;
 use super::{NewActivity, Recorded, Repository};
 
 /// At most this many activities in one group transaction.
@@ -98,13 +99,13 @@ impl Repository {
     pub async fn record(
         &self,
         tenant: &TenantId,
-        items: &[NewActivity],
+        items: Vec<NewActivity>,
     ) -> ServiceResult<Vec<Recorded>> {
         let (reply, answer) = oneshot::channel();
         self.group.jobs().push_back(Job {
             span: tracing::Span::current(),
             tenant: tenant.clone(),
-            items: items.to_vec(),
+            items,
             reply,
         });
         if self.group.try_lead() {
@@ -140,27 +141,47 @@ impl Repository {
     }
 
     async fn commit_group(&self, group: Vec<Job>) {
-        if let [job] = group.as_slice() {
-            let result = self.record_now(&job.tenant, &job.items).await;
-            let _ = group.into_iter().next().map(|job| job.reply.send(result));
+        let Some(tenant) = group.first().map(|job| job.tenant.clone()) else {
+            return;
+        };
+        if group.len() == 1 {
+            for job in group {
+                let _ = job.reply.send(self.record_owned(&tenant, job.items).await);
+            }
             return;
         }
-        let items: Vec<NewActivity> = group.iter().flat_map(|j| j.items.iter().cloned()).collect();
-        match self.record_now(&group[0].tenant, &items).await {
-            Ok(results) => {
-                let mut results = results.into_iter();
-                for job in group {
-                    let mine: Vec<Recorded> = results.by_ref().take(job.items.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
+        // The jobs' items moved into one batch, and each job's share of the
+        // results (or of the items again) taken back by its length.
+        let mut items = Vec::with_capacity(group.iter().map(|job| job.items.len()).sum());
+        let mut replies = Vec::with_capacity(group.len());
+        for job in group {
+            replies.push((job.items.len(), job.reply));
+            items.extend(job.items);
+        }
+        match self.record_now(&tenant, &items).await {
+            Ok(outcomes) => {
+                let mut recorded = with_ids(outcomes, items).into_iter();
+                for (n, reply) in replies {
+                    let _ = reply.send(Ok(recorded.by_ref().take(n).collect()));
                 }
             }
             // Each call on its own then, so each gets its own answer.
             Err(_) => {
-                for job in group {
-                    let result = self.record_now(&job.tenant, &job.items).await;
-                    let _ = job.reply.send(result);
+                let mut items = items.into_iter();
+                for (n, reply) in replies {
+                    let mine: Vec<NewActivity> = items.by_ref().take(n).collect();
+                    let _ = reply.send(self.record_owned(&tenant, mine).await);
                 }
             }
         }
+    }
+
+    async fn record_owned(
+        &self,
+        tenant: &TenantId,
+        items: Vec<NewActivity>,
+    ) -> ServiceResult<Vec<Recorded>> {
+        let outcomes = self.record_now(tenant, &items).await?;
+        Ok(with_ids(outcomes, items))
     }
 }

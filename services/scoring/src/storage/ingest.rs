@@ -3,6 +3,7 @@
 //! or contact. On SQLite the transaction holds the only write lock, so its
 //! length is the service's ingest ceiling (docs/performance.md).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cascade_chassis::db::{begin_write, insert_chunks, statement_chunks};
@@ -29,10 +30,40 @@ pub(super) struct ScoredActivity<'a> {
     pub(super) day: i64,
 }
 
+/// What storing one activity did, before the item's own ids are attached
+/// (`with_ids`, which moves them rather than copying).
+#[derive(Debug, Clone)]
+pub(super) enum Outcome {
+    /// Stored and scored with these counted points.
+    New { counted_points: i32 },
+    /// Stored before (or earlier in the batch), as this.
+    Duplicate(Recorded),
+}
+
+/// Each item's outcome with its ids: a new activity's are the item's own.
+pub(super) fn with_ids(outcomes: Vec<Outcome>, items: Vec<NewActivity>) -> Vec<Recorded> {
+    outcomes
+        .into_iter()
+        .zip(items)
+        .map(|(outcome, item)| match outcome {
+            Outcome::New { counted_points } => Recorded {
+                new: true,
+                account_id: item.account_id,
+                contact_id: item.contact_id,
+                counted_points,
+            },
+            Outcome::Duplicate(recorded) => recorded,
+        })
+        .collect()
+}
+
 /// Who caps count against: the contact, or the account for activities
 /// without one.
-fn subject(account_id: &str, contact_id: Option<&str>) -> String {
-    contact_id.map_or_else(|| format!("account:{account_id}"), str::to_owned)
+fn subject<'a>(account_id: &str, contact_id: Option<&'a str>) -> Cow<'a, str> {
+    contact_id.map_or_else(
+        || Cow::Owned(format!("account:{account_id}")),
+        Cow::Borrowed,
+    )
 }
 
 impl Repository {
@@ -41,7 +72,7 @@ impl Repository {
         &self,
         tenant: &TenantId,
         items: &[NewActivity],
-    ) -> ServiceResult<Vec<Recorded>> {
+    ) -> ServiceResult<Vec<Outcome>> {
         // The first attempt does not look for stored ids: the insert itself
         // (ON CONFLICT DO NOTHING) says whether any was stored before, and
         // then the attempt is rolled back and the next ones check first.
@@ -52,7 +83,7 @@ impl Repository {
         for attempt in 0..4 {
             match self.try_record(tenant, items, attempt > 0).await? {
                 Some(result) => {
-                    if result.iter().any(|r| matches!(r, Recorded::New { .. })) {
+                    if result.iter().any(|r| matches!(r, Outcome::New { .. })) {
                         self.deliveries_written.notify_one();
                     }
                     return Ok(result);
@@ -70,7 +101,7 @@ impl Repository {
         tenant: &TenantId,
         items: &[NewActivity],
         check_stored: bool,
-    ) -> ServiceResult<Option<Vec<Recorded>>> {
+    ) -> ServiceResult<Option<Vec<Outcome>>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
         if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
@@ -172,16 +203,16 @@ impl Repository {
         scores::upsert_contact_scores(&txn, t, today, &batch, &new_scores).await?;
 
         let mut messages = Vec::with_capacity(batch.accounts.len());
-        for (account_id, account) in &batch.accounts {
+        for (account_id, account) in batch.accounts {
             let sequence = sequences.get(account_id.as_str()).copied().ok_or_else(|| {
                 DbErr::Custom(format!("no delivery sequence for account {account_id}"))
             })?;
             let payload = DeliveryPayload {
                 sequence,
-                contacts: account.new_types.clone(),
+                contacts: account.new_types,
             };
             messages.push(outbox::Message {
-                partition_key: account_id.clone(),
+                partition_key: account_id,
                 payload: payload.encode(),
             });
         }
@@ -215,7 +246,8 @@ async fn stored_before(
         for (event_id, account_id, contact_id, counted_points) in rows {
             stored.insert(
                 event_id,
-                Recorded::Duplicate {
+                Recorded {
+                    new: false,
                     account_id,
                     contact_id,
                     counted_points,
@@ -231,31 +263,38 @@ fn results(
     items: &[NewActivity],
     stored: &HashMap<String, Recorded>,
     scored: &[ScoredActivity<'_>],
-) -> Vec<Recorded> {
-    let mut result: Vec<Option<Recorded>> = vec![None; items.len()];
-    let mut first: HashMap<&str, &ScoredActivity<'_>> = HashMap::with_capacity(scored.len());
+) -> Vec<Outcome> {
+    let mut result: Vec<Option<Outcome>> = vec![None; items.len()];
     for s in scored {
-        result[s.index] = Some(Recorded::New {
+        result[s.index] = Some(Outcome::New {
             counted_points: s.scored.counted_points,
         });
-        first.insert(s.item.event_id.as_str(), s);
     }
+    if scored.len() == items.len() {
+        // All new: the common case, without an index of first occurrences.
+        return result.into_iter().flatten().collect();
+    }
+    let first: HashMap<&str, &ScoredActivity<'_>> = scored
+        .iter()
+        .map(|s| (s.item.event_id.as_str(), s))
+        .collect();
     items
         .iter()
         .zip(result)
-        .map(|(item, recorded)| {
+        .map(|(item, outcome)| {
             // Otherwise stored before, or an earlier item of this batch had the id.
-            recorded.unwrap_or_else(|| {
-                stored.get(&item.event_id).cloned().unwrap_or_else(|| {
+            outcome.unwrap_or_else(|| {
+                Outcome::Duplicate(stored.get(&item.event_id).cloned().unwrap_or_else(|| {
                     let first = first.get(item.event_id.as_str());
-                    Recorded::Duplicate {
+                    Recorded {
+                        new: false,
                         account_id: first
                             .map_or_else(|| item.account_id.clone(), |f| f.item.account_id.clone()),
                         contact_id: first
                             .map_or_else(|| item.contact_id.clone(), |f| f.item.contact_id.clone()),
                         counted_points: first.map_or(0, |f| f.scored.counted_points),
                     }
-                })
+                }))
             })
         })
         .collect()
@@ -496,14 +535,14 @@ async fn upsert_buckets(
     scored: &[ScoredActivity<'_>],
 ) -> Result<(), DbErr> {
     /// (account, contact or "", activity type, intent, day) of a bucket.
-    type BucketKey = (String, String, String, bool, i64);
-    let mut buckets: BTreeMap<BucketKey, (i64, i64)> = BTreeMap::new();
+    type BucketKey<'a> = (&'a str, &'a str, &'a str, bool, i64);
+    let mut buckets: BTreeMap<BucketKey<'_>, (i64, i64)> = BTreeMap::new();
     for s in scored {
         let entry = buckets
             .entry((
-                s.item.account_id.clone(),
-                s.item.contact_id.clone().unwrap_or_default(),
-                s.item.activity_type.clone(),
+                s.item.account_id.as_str(),
+                s.item.contact_id.as_deref().unwrap_or_default(),
+                s.item.activity_type.as_str(),
                 s.scored.intent,
                 s.day,
             ))
@@ -514,9 +553,9 @@ async fn upsert_buckets(
     if conn.get_database_backend() == DbBackend::Postgres {
         let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for ((account, contact, kind, intent, day), (points, count)) in buckets {
-            columns.0.push(account);
-            columns.1.push(contact);
-            columns.2.push(kind);
+            columns.0.push(account.to_owned());
+            columns.1.push(contact.to_owned());
+            columns.2.push(kind.to_owned());
             columns.3.push(intent);
             columns.4.push(day);
             columns.5.push(points);
@@ -545,9 +584,9 @@ async fn upsert_buckets(
         .map(
             |((account, contact, kind, intent, day), (points, count))| score_bucket::ActiveModel {
                 tenant_id: Set(t.to_owned()),
-                account_id: Set(account),
-                contact_id: Set(contact),
-                activity_type: Set(kind),
+                account_id: Set(account.to_owned()),
+                contact_id: Set(contact.to_owned()),
+                activity_type: Set(kind.to_owned()),
                 intent: Set(intent),
                 day: Set(day),
                 points: Set(points),

@@ -59,15 +59,14 @@ pub struct NewActivity {
 
 /// What storing one activity did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Recorded {
-    /// Stored and scored with these counted points.
-    New { counted_points: i32 },
-    /// Stored before, with these ids and points.
-    Duplicate {
-        account_id: String,
-        contact_id: Option<String>,
-        counted_points: i32,
-    },
+pub struct Recorded {
+    /// Stored and scored by this call. Otherwise its event id was stored
+    /// before (or earlier in the batch), and the ids and points are the
+    /// ones it was stored with.
+    pub new: bool,
+    pub account_id: String,
+    pub contact_id: Option<String>,
+    pub counted_points: i32,
 }
 
 /// One line of the ledger.
@@ -95,15 +94,15 @@ pub struct DeliveryPayload {
 }
 
 impl DeliveryPayload {
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(self) -> Vec<u8> {
         outbox_pb::ScoreChanged {
             sequence: self.sequence,
             contacts: self
                 .contacts
-                .iter()
+                .into_iter()
                 .map(|(contact_id, types)| outbox_pb::ContactActivity {
-                    contact_id: contact_id.clone(),
-                    activity_types: types.iter().cloned().collect(),
+                    contact_id,
+                    activity_types: types.into_iter().collect(),
                 })
                 .collect(),
         }
@@ -184,7 +183,7 @@ mod tests {
                 ),
             ]),
         };
-        let bytes = payload.encode();
+        let bytes = payload.clone().encode();
         assert_ne!(bytes.first(), Some(&b'{'));
         assert_eq!(DeliveryPayload::decode(&bytes), Ok(payload.clone()));
         // As versions before the protobuf messages stored it.
