@@ -1,5 +1,6 @@
-//! The statistics keeper: a table that grew since its statistics were taken
-//! is analyzed (PostgreSQL), so batch lookups are planned as index probes.
+//! The statistics keeper (PostgreSQL): a table that grew since its statistics
+//! were taken is analyzed, so batch lookups are planned as index probes; one
+//! rewritten at the same size is not; a small one gets its first statistics.
 
 use std::time::{Duration, Instant};
 
@@ -18,44 +19,73 @@ async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> String {
         .join("\n")
 }
 
+/// A table `name` of `rows` rows of one tenant, autovacuum off: the keeper,
+/// not autovacuum, must analyze it.
+async fn table_of(db: &sea_orm::DatabaseConnection, name: &str, rows: u32) {
+    db.execute_unprepared(&format!(
+        "CREATE TABLE {name} (tenant_id TEXT NOT NULL, id TEXT NOT NULL, \
+         PRIMARY KEY (tenant_id, id)) WITH (autovacuum_enabled = false)"
+    ))
+    .await
+    .expect("create");
+    db.execute_unprepared(&format!(
+        "INSERT INTO {name} SELECT 'one', g::text FROM generate_series(1, {rows}) g"
+    ))
+    .await
+    .expect("insert");
+}
+
+/// Runs keeper rounds until one analyzes `table` (backends report their
+/// changes asynchronously), then returns the rows its statistics counted.
+async fn analyzed_by_a_round(db: &sea_orm::DatabaseConnection, table: &str) -> String {
+    let name = format!("public.{table}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let analyzed = db::analyze_changed_tables(db).await.expect("round");
+        if analyzed.contains(&name) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{table} was never analyzed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    scalar(
+        db,
+        &format!("SELECT reltuples::bigint::text FROM pg_class WHERE relname = '{table}'"),
+    )
+    .await
+}
+
+/// Waits until the statistics collector shows `condition` on `table`'s row
+/// of `pg_stat_user_tables`, so a round that follows sees the change.
+async fn counted(db: &sea_orm::DatabaseConnection, table: &str, condition: &str) {
+    let sql =
+        format!("SELECT ({condition})::text FROM pg_stat_user_tables WHERE relname = '{table}'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar(db, &sql).await != "true" {
+        assert!(Instant::now() < deadline, "{table}: never {condition}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether one keeper round now analyzes `table`.
+async fn analyzed_again(db: &sea_orm::DatabaseConnection, table: &str) -> bool {
+    let again = db::analyze_changed_tables(db).await.expect("round");
+    again.contains(&format!("public.{table}"))
+}
+
 #[tokio::test]
 async fn postgres_tables_that_grew_are_analyzed_and_planned_as_probes() {
     let Some(test) = TestDatabase::postgres().await else {
         return;
     };
     let conn = db::connect(&test.settings).await.expect("connect");
-    // Autovacuum off for this table: the keeper, not autovacuum, must do it.
-    conn.execute_unprepared(
-        "CREATE TABLE t (tenant_id TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (tenant_id, id)) \
-         WITH (autovacuum_enabled = false)",
-    )
-    .await
-    .expect("create");
-    conn.execute_unprepared("INSERT INTO t SELECT 'one', g::text FROM generate_series(1, 20000) g")
-        .await
-        .expect("insert");
+    table_of(&conn, "t", 20_000).await;
     let explain = "EXPLAIN SELECT * FROM t WHERE tenant_id = 'one' AND id IN ('1', '2', '3')";
     let before = scalar(&conn, explain).await;
 
-    // Backends report their changes asynchronously: poll.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let analyzed = db::analyze_changed_tables(&conn).await.expect("round");
-        if analyzed.iter().any(|t| t == "public.t") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "t was never analyzed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let counted = scalar(
-        &conn,
-        "SELECT reltuples::bigint::text FROM pg_class WHERE relname = 't'",
-    )
-    .await;
-    assert_eq!(counted, "20000");
+    assert_eq!(analyzed_by_a_round(&conn, "t").await, "20000");
     // Up to date now: the next round leaves it alone.
-    let again = db::analyze_changed_tables(&conn).await.expect("round");
-    assert!(!again.iter().any(|t| t == "public.t"), "{again:?}");
+    assert!(!analyzed_again(&conn, "t").await);
     // With statistics, the ids are index conditions, not a filter over the
     // tenant's rows (which is what the plan without them did).
     let after = scalar(&conn, explain).await;
@@ -74,21 +104,10 @@ async fn postgres_tables_that_grew_are_analyzed_and_planned_as_probes() {
     conn.execute_unprepared("UPDATE t SET id = id || 'x'")
         .await
         .expect("update");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while scalar(
-        &conn,
-        "SELECT (n_mod_since_analyze >= 20000)::text FROM pg_stat_user_tables WHERE relname = 't'",
-    )
-    .await
-        != "true"
-    {
-        assert!(Instant::now() < deadline, "the update was never counted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let churned = db::analyze_changed_tables(&conn).await.expect("round");
+    counted(&conn, "t", "n_mod_since_analyze >= 20000").await;
     assert!(
-        !churned.iter().any(|t| t == "public.t"),
-        "a table of the same size was analyzed again: {churned:?}"
+        !analyzed_again(&conn, "t").await,
+        "a table of the same size was analyzed again"
     );
 }
 
@@ -101,32 +120,8 @@ async fn postgres_small_tables_get_their_first_statistics() {
     // Like lifecycle's accounts in the bench: 200 rows, far below the
     // growth threshold. Without any statistics the planner read one account
     // through another index, filtering all 200 rows (docs/performance.md).
-    conn.execute_unprepared(
-        "CREATE TABLE small (tenant_id TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (tenant_id, id)) \
-         WITH (autovacuum_enabled = false)",
-    )
-    .await
-    .expect("create");
-    conn.execute_unprepared(
-        "INSERT INTO small SELECT 'one', g::text FROM generate_series(1, 200) g",
-    )
-    .await
-    .expect("insert");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let analyzed = db::analyze_changed_tables(&conn).await.expect("round");
-        if analyzed.iter().any(|t| t == "public.small") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "small was never analyzed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let counted = scalar(
-        &conn,
-        "SELECT reltuples::bigint::text FROM pg_class WHERE relname = 'small'",
-    )
-    .await;
-    assert_eq!(counted, "200");
+    table_of(&conn, "small", 200).await;
+    assert_eq!(analyzed_by_a_round(&conn, "small").await, "200");
     // Fifty rows more are not worth another ANALYZE (fewer than 100 rows and
     // than the 200 counted), once the statistics have seen them.
     conn.execute_unprepared(
@@ -134,19 +129,8 @@ async fn postgres_small_tables_get_their_first_statistics() {
     )
     .await
     .expect("insert more");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while scalar(
-        &conn,
-        "SELECT (n_live_tup = 250)::text FROM pg_stat_user_tables WHERE relname = 'small'",
-    )
-    .await
-        != "true"
-    {
-        assert!(Instant::now() < deadline, "the rows were never counted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let again = db::analyze_changed_tables(&conn).await.expect("round");
-    assert!(!again.iter().any(|t| t == "public.small"), "{again:?}");
+    counted(&conn, "small", "n_live_tup = 250").await;
+    assert!(!analyzed_again(&conn, "small").await);
 }
 
 #[tokio::test]
