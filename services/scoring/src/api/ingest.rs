@@ -197,7 +197,7 @@ impl ScoringApi {
 }
 
 /// Each activity's result, counted in the activities metric once per
-/// outcome of the batch (one add per item was a measurable part of ingest).
+/// outcome of the batch (an add per item looked up its attributes each time).
 pub(super) fn results_of(
     activities: &[pb::Activity],
     outcomes: Vec<ItemOutcome>,
