@@ -1,8 +1,9 @@
 //! Cascade scoring service: activities, versioned scoring models, contact
 //! and account engagement scores, the score ledger, model simulation, and the
-//! delivery of score changes to lifecycle through the outbox: after a
-//! batch, after a decay day (`decay`), and after an erasure or a contact
-//! marked inactive (`erasure`, `contacts`).
+//! delivery of score changes to lifecycle through the outbox: after stored
+//! batches are folded into the scores (`fold`), after a decay day
+//! (`decay`), and after an erasure or a contact marked inactive (`erasure`,
+//! `contacts`).
 
 pub mod api;
 pub mod contacts;
@@ -11,6 +12,7 @@ pub mod delivery;
 pub mod directory;
 pub mod domain;
 pub mod erasure;
+pub mod fold;
 pub mod settings;
 pub mod storage;
 
@@ -78,6 +80,7 @@ async fn service(
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
+    background.add(tokio::spawn(fold::follow(repository.clone())));
     let api = api::ScoringApi::new(
         repository.clone(),
         lifecycle,

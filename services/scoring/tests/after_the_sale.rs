@@ -324,6 +324,8 @@ async fn an_inactive_contact_stops_counting(db: TestDatabase) {
             .await
             .expect("recorded");
     }
+    // That replica's folder, which this stand-in does not run.
+    repository.fold_pending().await.expect("folded");
     wait_for_score(&scoring, &id, 27.0, 1).await;
     system.settled().await;
     wait_for_scores(&lifecycle, &id, 27.0, 27.0).await;

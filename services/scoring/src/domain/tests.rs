@@ -200,7 +200,7 @@ fn addition(activities: &[Activity], model: &ScoringModel, today: i64) -> Accoun
                 contact_id: *contact,
                 activity_type: kind,
                 day: *day,
-                points: *points,
+                points: i64::from(*points),
                 intent: *intent,
             }),
         model,

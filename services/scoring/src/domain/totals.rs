@@ -97,14 +97,16 @@ pub struct StoredScore {
     pub computed_day: i64,
 }
 
-/// One scored activity of a batch, as the roll-up sees it.
+/// Activities of a batch as the roll-up sees them: one scored activity, or
+/// the sum of a fold's activities of one bucket (the roll-up is linear in
+/// points, so both give the same additions).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchActivity<'a> {
     pub account_id: &'a str,
     pub contact_id: Option<&'a str>,
     pub activity_type: &'a str,
     pub day: i64,
-    pub points: i32,
+    pub points: i64,
     pub intent: bool,
 }
 
@@ -135,8 +137,7 @@ impl BatchScores {
         let mut accounts: BTreeMap<String, AccountAddition> = BTreeMap::new();
         for a in activities {
             let add = slot(&mut accounts, a.account_id);
-            let value =
-                f64::from(a.points) * decay_factor(model.decay_half_life_days, a.day, today);
+            let value = a.points as f64 * decay_factor(model.decay_half_life_days, a.day, today);
             if let Some(contact) = a.contact_id {
                 let types = slot(&mut add.new_types, contact);
                 if !types.contains(a.activity_type) {

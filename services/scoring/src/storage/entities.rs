@@ -185,3 +185,26 @@ pub mod contact_status {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod pending_fold {
+    use sea_orm::entity::prelude::*;
+
+    /// A group's activities, stored but not yet folded into the scores;
+    /// `buckets` is a `cascade.outbox.v1.PendingFold`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pending_folds")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub tenant_id: String,
+        pub recorded_at_ms: i64,
+        pub buckets: Vec<u8>,
+        /// W3C trace context of the group's first request (`key=value` lines).
+        pub trace_context: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

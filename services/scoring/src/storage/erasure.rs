@@ -14,6 +14,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use super::entities::{
     account_score, activity, contact_score, contact_status, rule_usage, score_bucket,
 };
+use super::fold;
 use super::models::current_model;
 use super::scores::{NewScore, lock_account_scores, recomputed, upsert_account_scores};
 use super::{DeliveryPayload, Repository, SCORE_TOPIC, today};
@@ -53,15 +54,25 @@ impl Repository {
     pub async fn erase(&self, tenant: &TenantId, what: Erase<'_>) -> ServiceResult<()> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
+        // First of all: a fold after this one must not write the erased
+        // buckets back from groups stored before it.
+        match what {
+            Erase::Contacts { contact_ids, .. } => {
+                fold::scrub(&txn, t, |b| contact_ids.contains(&b.contact_id)).await?;
+            }
+            Erase::Account { account_id } => {
+                fold::scrub(&txn, t, |b| b.account_id == account_id).await?;
+            }
+        }
         match what {
             Erase::Contacts {
                 account_id,
                 contact_ids,
             } => {
                 let ids: Vec<&str> = contact_ids.iter().map(String::as_str).collect();
-                // In ingest's lock order (usage, activities, buckets, then the
-                // account's score, then contact scores), so the two queue
-                // rather than deadlock.
+                // In ingest's and the fold's lock order (pending folds, usage,
+                // activities, buckets, then the account's score, then contact
+                // scores), so they queue rather than deadlock.
                 delete_among::<rule_usage::Entity>(
                     &txn,
                     (rule_usage::Column::TenantId, t),

@@ -1,13 +1,17 @@
 //! Storing and scoring a batch of activities in one transaction: a fixed
 //! number of statements per chunk of rows, never one per activity, account
-//! or contact. On SQLite the transaction holds the only write lock, so its
+//! or contact. The transaction writes what the callers' answers need (the
+//! activities with their points, and the caps' usage) and the group's
+//! bucket sums: on PostgreSQL as a pending fold, whose buckets, scores and
+//! deliveries a fold writes after it (`fold`); on SQLite folded in the same
+//! transaction. On SQLite the transaction holds the only write lock, so its
 //! length is the service's ingest ceiling (docs/performance.md).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use cascade_chassis::db::{begin_write, insert_chunks, statement_chunks};
-use cascade_chassis::{ServiceError, ServiceResult, TenantId, outbox, time};
+use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use sea_orm::sea_query::{
     Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, ValueTuple,
 };
@@ -16,9 +20,10 @@ use sea_orm::{
     Iterable, QueryFilter, QuerySelect, Statement, Value,
 };
 
-use super::entities::{activity, rule_usage, score_bucket};
+use super::entities::{activity, rule_usage};
+use super::fold::{self, BucketSums};
 use super::models::current_model;
-use super::{DeliveryPayload, NewActivity, Recorded, Repository, SCORE_TOPIC, scores, today};
+use super::{NewActivity, Recorded, Repository};
 use crate::domain::{self, Usage, UsageKey};
 
 /// A fresh activity of a batch with its score.
@@ -38,6 +43,14 @@ pub(super) enum Outcome {
     New { counted_points: i32 },
     /// Stored before (or earlier in the batch), as this.
     Duplicate(Recorded),
+}
+
+/// When a group's buckets, scores and deliveries are written.
+enum Folded {
+    /// In the group's transaction; `delivered`: it enqueued deliveries.
+    Now { delivered: bool },
+    /// By a fold after it (a pending fold was written).
+    Later,
 }
 
 /// Each item's outcome with its ids: a new activity's are the item's own.
@@ -82,9 +95,11 @@ impl Repository {
         // the insert; then the next attempt sees them as stored.
         for attempt in 0..4 {
             match self.try_record(tenant, items, attempt > 0).await? {
-                Some(result) => {
-                    if result.iter().any(|r| matches!(r, Outcome::New { .. })) {
-                        self.deliveries_written.notify_one();
+                Some((result, folded)) => {
+                    match folded {
+                        Folded::Later => self.group_committed(),
+                        Folded::Now { delivered: true } => self.deliveries_written.notify_one(),
+                        Folded::Now { delivered: false } => {}
                     }
                     return Ok(result);
                 }
@@ -101,7 +116,7 @@ impl Repository {
         tenant: &TenantId,
         items: &[NewActivity],
         check_stored: bool,
-    ) -> ServiceResult<Option<Vec<Outcome>>> {
+    ) -> ServiceResult<Option<(Vec<Outcome>, Folded)>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
         if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
@@ -130,7 +145,10 @@ impl Repository {
         }
         if fresh.is_empty() {
             txn.commit().await?;
-            return Ok(Some(results(items, &stored, &[])));
+            return Ok(Some((
+                results(items, &stored, &[]),
+                Folded::Now { delivered: false },
+            )));
         }
 
         // Load (and on PostgreSQL lock) the rule usage the new ones need.
@@ -175,50 +193,21 @@ impl Repository {
             return Ok(None);
         }
         write_usage(&txn, t, &usage, &before).await?;
-
-        let today = today();
-        let batch = domain::BatchScores::of(
-            scored.iter().map(|s| domain::BatchActivity {
-                account_id: &s.item.account_id,
-                contact_id: s.item.contact_id.as_deref(),
-                activity_type: &s.item.activity_type,
-                day: s.day,
-                points: s.scored.counted_points,
-                intent: s.scored.intent,
-            }),
-            &model,
-            today,
-        );
-        upsert_buckets(&txn, t, &scored).await?;
-        // The account rows are locked last, held only by the few statements
-        // that read and write the scores: two group transactions on the same
-        // accounts store their activities and buckets side by side and queue
-        // only here (locked at the start, the second waited for the first's
-        // whole transaction: the top wait on PostgreSQL, docs/performance.md).
-        // Every transaction takes buckets, then accounts, then contacts, each
-        // in key order, so they queue rather than deadlock.
-        let accounts = scores::lock_account_scores(&txn, t, batch.accounts.keys()).await?;
-        let new_scores = scores::rescore(&txn, t, (&model, today), &batch, &accounts).await?;
-        let sequences = scores::upsert_account_scores(&txn, t, today, &new_scores).await?;
-        scores::upsert_contact_scores(&txn, t, today, &batch, &new_scores).await?;
-
-        let mut messages = Vec::with_capacity(batch.accounts.len());
-        for (account_id, account) in batch.accounts {
-            let sequence = sequences.get(account_id.as_str()).copied().ok_or_else(|| {
-                DbErr::Custom(format!("no delivery sequence for account {account_id}"))
-            })?;
-            let payload = DeliveryPayload {
-                sequence,
-                contacts: account.new_types,
-            };
-            messages.push(outbox::Message {
-                partition_key: account_id,
-                payload: payload.encode(),
-            });
-        }
-        outbox::enqueue_many(&txn, t, SCORE_TOPIC, messages).await?;
+        let sums = bucket_sums(&scored);
+        let folded = if txn.get_database_backend() == DbBackend::Postgres {
+            // The buckets, scores and deliveries follow in a fold, while the
+            // next group writes its activities.
+            fold::enqueue(&txn, t, &sums).await?;
+            Folded::Later
+        } else {
+            // SQLite has one writer: a fold's own transaction would only
+            // queue behind the next group, and measured slower
+            // (docs/performance.md, round 13).
+            let delivered = fold::fold_sums(&txn, t, &sums).await?;
+            Folded::Now { delivered }
+        };
         txn.commit().await?;
-        Ok(Some(results(items, &stored, &scored)))
+        Ok(Some((results(items, &stored, &scored), folded)))
     }
 }
 
@@ -433,7 +422,7 @@ fn usage_key() -> OnConflict {
 
 /// `target` with `column = table.column + excluded.column` for each of
 /// `columns`: an upsert that adds to the stored row.
-fn adding<T, C>(
+pub(super) fn adding<T, C>(
     mut target: OnConflict,
     table: T,
     columns: impl IntoIterator<Item = C>,
@@ -528,17 +517,11 @@ async fn insert_activities_unnest(
     Ok(conn.execute_raw(statement).await?.rows_affected())
 }
 
-/// Adds the batch to the per-day buckets, aggregated per key first.
-async fn upsert_buckets(
-    conn: &impl ConnectionTrait,
-    t: &str,
-    scored: &[ScoredActivity<'_>],
-) -> Result<(), DbErr> {
-    /// (account, contact or "", activity type, intent, day) of a bucket.
-    type BucketKey<'a> = (&'a str, &'a str, &'a str, bool, i64);
-    let mut buckets: BTreeMap<BucketKey<'_>, (i64, i64)> = BTreeMap::new();
+/// The batch's counted points and activities summed per bucket.
+fn bucket_sums<'a>(scored: &'a [ScoredActivity<'_>]) -> BucketSums<'a> {
+    let mut sums = BucketSums::new();
     for s in scored {
-        let entry = buckets
+        let sum = sums
             .entry((
                 s.item.account_id.as_str(),
                 s.item.contact_id.as_deref().unwrap_or_default(),
@@ -547,68 +530,8 @@ async fn upsert_buckets(
                 s.day,
             ))
             .or_default();
-        entry.0 += i64::from(s.scored.counted_points);
-        entry.1 += 1;
+        sum.0 += i64::from(s.scored.counted_points);
+        sum.1 += 1;
     }
-    if conn.get_database_backend() == DbBackend::Postgres {
-        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for ((account, contact, kind, intent, day), (points, count)) in buckets {
-            columns.0.push(account.to_owned());
-            columns.1.push(contact.to_owned());
-            columns.2.push(kind.to_owned());
-            columns.3.push(intent);
-            columns.4.push(day);
-            columns.5.push(points);
-            columns.6.push(count);
-        }
-        let values: Vec<Value> = vec![
-            t.into(),
-            columns.0.into(),
-            columns.1.into(),
-            columns.2.into(),
-            columns.3.into(),
-            columns.4.into(),
-            columns.5.into(),
-            columns.6.into(),
-        ];
-        let statement = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            include_str!("sql/add_to_buckets.pg.sql"),
-            values,
-        );
-        conn.execute_raw(statement).await?;
-        return Ok(());
-    }
-    let rows = buckets
-        .into_iter()
-        .map(
-            |((account, contact, kind, intent, day), (points, count))| score_bucket::ActiveModel {
-                tenant_id: Set(t.to_owned()),
-                account_id: Set(account.to_owned()),
-                contact_id: Set(contact.to_owned()),
-                activity_type: Set(kind.to_owned()),
-                intent: Set(intent),
-                day: Set(day),
-                points: Set(points),
-                activity_count: Set(count),
-            },
-        )
-        .collect();
-    let add = adding(
-        OnConflict::columns([
-            score_bucket::Column::TenantId,
-            score_bucket::Column::AccountId,
-            score_bucket::Column::ContactId,
-            score_bucket::Column::ActivityType,
-            score_bucket::Column::Intent,
-            score_bucket::Column::Day,
-        ]),
-        score_bucket::Entity,
-        [
-            score_bucket::Column::Points,
-            score_bucket::Column::ActivityCount,
-        ],
-    );
-    insert_chunks(conn, rows, Some(&add)).await?;
-    Ok(())
+    sums
 }

@@ -6,6 +6,7 @@
 //!
 //! - `models`: scoring model versions;
 //! - `ingest`: storing and scoring batches (with `group`: group commit);
+//! - `fold`: adding stored groups to the buckets and scores, behind ingest;
 //! - `scores`: stored and computed scores, and what deliveries carry;
 //! - `ledger`: an account's activities, oldest first;
 //! - `simulation`: replaying stored activities through two models;
@@ -17,6 +18,7 @@ mod contacts;
 mod decay;
 mod entities;
 mod erasure;
+mod fold;
 mod group;
 mod ingest;
 mod ledger;
@@ -134,6 +136,8 @@ pub struct Repository {
     db: DatabaseConnection,
     deliveries_written: Arc<Notify>,
     group: Arc<group::Queue>,
+    /// Woken when a group commits a pending fold (the folder waits on it).
+    fold_wanted: Arc<Notify>,
 }
 
 /// Today's UTC day number, the day scores are computed for.
@@ -154,6 +158,7 @@ impl Repository {
             db,
             deliveries_written: Arc::new(Notify::new()),
             group: Arc::new(group::Queue::new(leaders)),
+            fold_wanted: Arc::new(Notify::new()),
         }
     }
 

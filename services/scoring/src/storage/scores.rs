@@ -29,6 +29,7 @@ impl Repository {
         account_id: &str,
     ) -> ServiceResult<Totals> {
         let t = tenant.as_str();
+        self.settled(t).await?;
         let model = current_model(&self.db, t).await?;
         // PostgreSQL sums BIGINTs as NUMERIC; the cast keeps them integers.
         let sum = |c: score_bucket::Column| Expr::col(c).sum().cast_as("BIGINT");
@@ -89,6 +90,7 @@ impl Repository {
         contact_id: &str,
     ) -> ServiceResult<(String, Totals)> {
         let t = tenant.as_str();
+        self.settled(t).await?;
         let account_id: String = contact_score::Entity::find()
             .select_only()
             .column(contact_score::Column::AccountId)
@@ -117,6 +119,7 @@ impl Repository {
         tenant: &TenantId,
         page: &PageRequest,
     ) -> ServiceResult<(Vec<(String, Totals)>, String)> {
+        self.settled(tenant.as_str()).await?;
         // A bad token is refused before the stale scores are refreshed.
         let after = match &page.after {
             Some(token) => Some(

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::entity as outbox;
-use super::{DEAD, DELIVERED, DeliveryError, Entry, PENDING, Sink, now_ms};
+use super::{DEAD, DELIVERED, DeliveryError, Entry, PENDING, Sink, extract_trace_context, now_ms};
 
 /// Tuning of a deliverer.
 #[derive(Debug, Clone)]
@@ -721,15 +721,6 @@ fn entry_from_row(row: &sea_orm::QueryResult) -> Result<Entry, DbErr> {
 
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
-}
-
-fn extract_trace_context(stored: &str) -> opentelemetry::Context {
-    let carrier: HashMap<String, String> = stored
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 
 #[cfg(test)]

@@ -345,8 +345,10 @@ pub(super) fn now_ms() -> i64 {
     crate::time::now().timestamp_millis()
 }
 
-/// The current span's W3C trace context as `key=value` lines, if any.
-fn current_trace_context() -> Option<String> {
+/// The current span's W3C trace context as `key=value` lines, if any: what
+/// a message (or another row handed to a later task) stores to join the
+/// writing request's trace.
+pub fn current_trace_context() -> Option<String> {
     let context = tracing::Span::current().context();
     let mut carrier: HashMap<String, String> = HashMap::new();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
@@ -359,6 +361,16 @@ fn current_trace_context() -> Option<String> {
         .collect();
     pairs.sort();
     Some(pairs.join("\n"))
+}
+
+/// A trace context stored by `current_trace_context`.
+pub fn extract_trace_context(stored: &str) -> opentelemetry::Context {
+    let carrier: HashMap<String, String> = stored
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 
 #[cfg(test)]

@@ -1,0 +1,391 @@
+//! Folding stored groups into the scores, behind the ledger (PostgreSQL).
+//!
+//! A group transaction (`ingest`) writes what its callers' answers need:
+//! the activities, the caps' usage, and one `pending_folds` row with the
+//! group's activities summed per bucket. (On SQLite, with its one writer,
+//! the group transaction folds its own sums, `fold_sums`, and writes no
+//! row.) A fold then takes the pending
+//! groups, of any replica, and in one transaction adds them to the buckets,
+//! rescores the accounts and contacts they touch, enqueues one delivery per
+//! account and deletes the rows. Under load a fold takes every group
+//! committed while the previous fold ran, so a busy contact's bucket and
+//! score rows, and an account's score and delivery, are written once per
+//! fold instead of once per group (docs/performance.md, round 13). A replica
+//! that stops between the two leaves its rows to the next fold of any
+//! replica: nothing acknowledged is lost.
+//!
+//! A score read first folds what its tenant has pending, waiting for any
+//! fold that holds those rows (`settled`): a score read after an
+//! acknowledged RecordActivities sees its activities, on any replica. When
+//! nothing is pending (the common case of reads) that costs one lookup.
+//!
+//! The fold's transaction joins the trace of its oldest group's request, so
+//! the deliveries it enqueues do too (as the outbox's deliverer joins the
+//! trace of its oldest message).
+
+use std::collections::BTreeMap;
+
+use cascade_chassis::db::{WriteTransaction, begin_write};
+use cascade_chassis::{ServiceError, ServiceResult, outbox, time};
+use cascade_proto::outbox::v1 as outbox_pb;
+use prost::Message as _;
+use sea_orm::sea_query::{LockBehavior, LockType, OnConflict};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, Value,
+};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::entities::{pending_fold, score_bucket};
+use super::ingest::adding;
+use super::models::current_model;
+use super::{DeliveryPayload, Repository, SCORE_TOPIC, scores, today};
+use crate::domain;
+
+/// (account, contact or "", activity type, intent, day) of a bucket.
+pub(super) type BucketKey<'a> = (&'a str, &'a str, &'a str, bool, i64);
+
+/// Points and activities added per bucket, in key order (the order rows are
+/// written and so locked in).
+pub(super) type BucketSums<'a> = BTreeMap<BucketKey<'a>, (i64, i64)>;
+
+/// At most this many groups in one fold transaction (each at most 5,000
+/// activities): a fold's statements stay a few chunks each.
+const MAX_FOLD_GROUPS: usize = 16;
+
+/// Which pending groups a fold takes.
+#[derive(Clone, Copy)]
+enum Take<'a> {
+    /// The oldest of any tenant, skipping those another fold holds (the folder).
+    Any,
+    /// The tenant's up to this id, waiting for a fold that holds some (a read).
+    Tenant(&'a str, i64),
+}
+
+/// Writes a group's sums as a pending fold, in the group's transaction.
+pub(super) async fn enqueue(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    sums: &BucketSums<'_>,
+) -> Result<(), DbErr> {
+    let message = outbox_pb::PendingFold {
+        buckets: sums
+            .iter()
+            .map(
+                |(&(account, contact, kind, intent, day), &(points, count))| {
+                    outbox_pb::BucketDelta {
+                        account_id: account.to_owned(),
+                        contact_id: contact.to_owned(),
+                        activity_type: kind.to_owned(),
+                        intent,
+                        day,
+                        points,
+                        activity_count: count,
+                    }
+                },
+            )
+            .collect(),
+    };
+    pending_fold::Entity::insert(pending_fold::ActiveModel {
+        id: NotSet,
+        tenant_id: Set(t.to_owned()),
+        recorded_at_ms: Set(time::now().timestamp_millis()),
+        buckets: Set(message.encode_to_vec()),
+        trace_context: Set(outbox::current_trace_context()),
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
+}
+
+fn decode(row: &pending_fold::Model) -> Result<outbox_pb::PendingFold, DbErr> {
+    outbox_pb::PendingFold::decode(row.buckets.as_slice())
+        .map_err(|e| DbErr::Custom(format!("pending fold {} cannot be read: {e}", row.id)))
+}
+
+/// Removes the buckets `erased` names from the tenant's pending folds, so
+/// that a fold after an erasure does not write the erased rows back. Locks
+/// the rows until commit (waiting for a fold that holds them), first of
+/// everything an erasure takes, as a fold takes them first too.
+pub(super) async fn scrub(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    erased: impl Fn(&outbox_pb::BucketDelta) -> bool,
+) -> Result<(), DbErr> {
+    let mut pending = pending_fold::Entity::find()
+        .filter(pending_fold::Column::TenantId.eq(t))
+        .order_by_asc(pending_fold::Column::Id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        pending = pending.lock(LockType::Update);
+    }
+    for row in pending.all(conn).await? {
+        let mut fold = decode(&row)?;
+        let before = fold.buckets.len();
+        fold.buckets.retain(|bucket| !erased(bucket));
+        if fold.buckets.len() == before {
+            continue;
+        }
+        if fold.buckets.is_empty() {
+            pending_fold::Entity::delete_by_id(row.id)
+                .exec(conn)
+                .await?;
+        } else {
+            pending_fold::Entity::update_many()
+                .col_expr(
+                    pending_fold::Column::Buckets,
+                    sea_orm::sea_query::Expr::value(fold.encode_to_vec()),
+                )
+                .filter(pending_fold::Column::Id.eq(row.id))
+                .exec(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// A group with new activities committed its pending fold.
+    pub(super) fn group_committed(&self) {
+        self.fold_wanted.notify_one();
+    }
+
+    /// Resolves when a group was committed since the folder last looked.
+    pub async fn fold_wanted(&self) {
+        self.fold_wanted.notified().await;
+    }
+
+    /// Folds what the tenant has pending before a score is read.
+    pub(super) async fn settled(&self, t: &str) -> ServiceResult<()> {
+        // The groups stored before the read; later ones are not waited for.
+        let newest: Option<i64> = pending_fold::Entity::find()
+            .select_only()
+            .column_as(pending_fold::Column::Id.max(), "newest")
+            .filter(pending_fold::Column::TenantId.eq(t))
+            .into_tuple()
+            .one(&self.db)
+            .await?
+            .flatten();
+        if let Some(newest) = newest {
+            while self.fold_once(Take::Tenant(t, newest)).await? > 0 {}
+        }
+        Ok(())
+    }
+
+    /// Folds every pending group, oldest first, in transactions of up to
+    /// `MAX_FOLD_GROUPS`; groups another fold holds are left to it.
+    pub async fn fold_pending(&self) -> ServiceResult<()> {
+        while self.fold_once(Take::Any).await? == MAX_FOLD_GROUPS {}
+        Ok(())
+    }
+
+    /// One fold transaction; how many groups it folded.
+    async fn fold_once(&self, take: Take<'_>) -> ServiceResult<usize> {
+        let txn = begin_write(&self.db).await?;
+        let postgres = txn.get_database_backend() == DbBackend::Postgres;
+        let mut claim = pending_fold::Entity::find()
+            .order_by_asc(pending_fold::Column::Id)
+            .limit(MAX_FOLD_GROUPS as u64);
+        match take {
+            Take::Any if postgres => {
+                claim = claim.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            }
+            Take::Tenant(t, newest) => {
+                claim = claim
+                    .filter(pending_fold::Column::TenantId.eq(t))
+                    .filter(pending_fold::Column::Id.lte(newest));
+                if postgres {
+                    claim = claim.lock(LockType::Update);
+                }
+            }
+            Take::Any => {}
+        }
+        let rows = claim.all(&txn).await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        let mut by_tenant: BTreeMap<&str, Vec<outbox_pb::PendingFold>> = BTreeMap::new();
+        for row in &rows {
+            by_tenant
+                .entry(row.tenant_id.as_str())
+                .or_default()
+                .push(decode(row)?);
+        }
+        let span = tracing::info_span!("fold", groups = rows.len(), tenants = by_tenant.len());
+        if let Some(context) = rows[0].trace_context.as_deref() {
+            let _ = span.set_parent(outbox::extract_trace_context(context));
+        }
+        let delivered = async {
+            let mut delivered = false;
+            for (t, folds) in &by_tenant {
+                delivered |= fold_tenant(&txn, t, folds).await?;
+            }
+            pending_fold::Entity::delete_many()
+                .filter(pending_fold::Column::Id.is_in(rows.iter().map(|row| row.id)))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            ServiceResult::Ok(delivered)
+        }
+        .instrument(span)
+        .await?;
+        if delivered {
+            self.deliveries_written.notify_one();
+        }
+        Ok(rows.len())
+    }
+}
+
+/// Adds a tenant's pending groups to its buckets and scores and enqueues a
+/// delivery per account; whether it enqueued any.
+async fn fold_tenant(
+    conn: &WriteTransaction,
+    t: &str,
+    folds: &[outbox_pb::PendingFold],
+) -> ServiceResult<bool> {
+    let mut sums: BucketSums<'_> = BTreeMap::new();
+    for bucket in folds.iter().flat_map(|fold| &fold.buckets) {
+        let sum = sums
+            .entry((
+                bucket.account_id.as_str(),
+                bucket.contact_id.as_str(),
+                bucket.activity_type.as_str(),
+                bucket.intent,
+                bucket.day,
+            ))
+            .or_default();
+        sum.0 += bucket.points;
+        sum.1 += bucket.activity_count;
+    }
+    fold_sums(conn, t, &sums).await
+}
+
+/// Adds bucket sums to a tenant's buckets and scores and enqueues a
+/// delivery per account; whether it enqueued any.
+pub(super) async fn fold_sums(
+    conn: &WriteTransaction,
+    t: &str,
+    sums: &BucketSums<'_>,
+) -> ServiceResult<bool> {
+    if sums.is_empty() {
+        return Ok(false);
+    }
+    let model = current_model(conn, t).await?;
+    let today = today();
+    let batch = domain::BatchScores::of(
+        sums.iter().map(
+            |(&(account_id, contact, activity_type, intent, day), &(points, _))| {
+                domain::BatchActivity {
+                    account_id,
+                    contact_id: (!contact.is_empty()).then_some(contact),
+                    activity_type,
+                    day,
+                    points,
+                    intent,
+                }
+            },
+        ),
+        &model,
+        today,
+    );
+    upsert_buckets(conn, t, sums).await?;
+    // Buckets, then accounts, then contacts, each in key order: the order
+    // every writer of scores takes them in, so they queue, not deadlock.
+    let accounts = scores::lock_account_scores(conn, t, batch.accounts.keys()).await?;
+    let new_scores = scores::rescore(conn, t, (&model, today), &batch, &accounts).await?;
+    let sequences = scores::upsert_account_scores(conn, t, today, &new_scores).await?;
+    scores::upsert_contact_scores(conn, t, today, &batch, &new_scores).await?;
+
+    let mut messages = Vec::with_capacity(batch.accounts.len());
+    for (account_id, account) in batch.accounts {
+        let sequence = sequences.get(account_id.as_str()).copied().ok_or_else(|| {
+            ServiceError::internal(anyhow::anyhow!(
+                "no delivery sequence for account {account_id}"
+            ))
+        })?;
+        let payload = DeliveryPayload {
+            sequence,
+            contacts: account.new_types,
+        };
+        messages.push(outbox::Message {
+            partition_key: account_id,
+            payload: payload.encode(),
+        });
+    }
+    let any = !messages.is_empty();
+    outbox::enqueue_many(conn, t, SCORE_TOPIC, messages).await?;
+    Ok(any)
+}
+
+/// Adds the sums to the per-day buckets.
+async fn upsert_buckets(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    sums: &BucketSums<'_>,
+) -> Result<(), DbErr> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (&(account, contact, kind, intent, day), &(points, count)) in sums {
+            columns.0.push(account.to_owned());
+            columns.1.push(contact.to_owned());
+            columns.2.push(kind.to_owned());
+            columns.3.push(intent);
+            columns.4.push(day);
+            columns.5.push(points);
+            columns.6.push(count);
+        }
+        let values: Vec<Value> = vec![
+            t.into(),
+            columns.0.into(),
+            columns.1.into(),
+            columns.2.into(),
+            columns.3.into(),
+            columns.4.into(),
+            columns.5.into(),
+            columns.6.into(),
+        ];
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            include_str!("sql/add_to_buckets.pg.sql"),
+            values,
+        );
+        conn.execute_raw(statement).await?;
+        return Ok(());
+    }
+    let rows = sums
+        .iter()
+        .map(
+            |(&(account, contact, kind, intent, day), &(points, count))| {
+                score_bucket::ActiveModel {
+                    tenant_id: Set(t.to_owned()),
+                    account_id: Set(account.to_owned()),
+                    contact_id: Set(contact.to_owned()),
+                    activity_type: Set(kind.to_owned()),
+                    intent: Set(intent),
+                    day: Set(day),
+                    points: Set(points),
+                    activity_count: Set(count),
+                }
+            },
+        )
+        .collect();
+    let add = adding(
+        OnConflict::columns([
+            score_bucket::Column::TenantId,
+            score_bucket::Column::AccountId,
+            score_bucket::Column::ContactId,
+            score_bucket::Column::ActivityType,
+            score_bucket::Column::Intent,
+            score_bucket::Column::Day,
+        ]),
+        score_bucket::Entity,
+        [
+            score_bucket::Column::Points,
+            score_bucket::Column::ActivityCount,
+        ],
+    );
+    cascade_chassis::db::insert_chunks(conn, rows, Some(&add)).await?;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Scores folded behind the ledger (`storage::fold`), on SQLite and
+//! PostgreSQL: a group stored by a replica that never folded it is folded by
+//! another replica's folder and reaches lifecycle; an erasure removes what
+//! waits in a fold, so the fold does not write the erased rows back. (On
+//! SQLite a group folds itself in its own transaction, so nothing waits;
+//! the outcomes asserted are the same.)
+
+use cascade_chassis::TenantId;
+use cascade_scoring::storage::migration::Migrator;
+use cascade_scoring::storage::{Erase, NewActivity, Repository};
+use cascade_testkit::{TENANT, TestDatabase, TestSystem, on_each_database};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm_migration::MigratorTrait;
+
+/// A replica's storage without its folder (or one that stopped before
+/// folding): what it records waits in `pending_folds`.
+async fn replica_without_folder(db: &TestDatabase) -> Repository {
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("the scoring database");
+    Migrator::up(&conn, None).await.expect("migrated");
+    Repository::new(conn)
+}
+
+fn activity(event_id: &str, kind: &str, account_id: &str, contact_id: &str) -> NewActivity {
+    NewActivity {
+        event_id: event_id.into(),
+        activity_type: kind.into(),
+        occurred_at_ms: cascade_chassis::time::now().timestamp_millis(),
+        account_id: account_id.into(),
+        contact_id: Some(contact_id.into()),
+    }
+}
+
+/// Rows of `table` where `column` is `value`.
+async fn count(repository: &Repository, table: &str, column: &str, value: &str) -> i64 {
+    let db = repository.db();
+    let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {column} = '{value}'");
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect("counted")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
+}
+
+async fn pending(repository: &Repository) -> i64 {
+    count(repository, "pending_folds", "tenant_id", TENANT).await
+}
+
+/// Whether groups leave their buckets and scores to a later fold.
+fn folds_later(repository: &Repository) -> bool {
+    repository.db().get_database_backend() == DbBackend::Postgres
+}
+
+/// A replica stores a group and stops before folding it: the running
+/// replica's folder finds it (on its sweep, with no read or new group to
+/// wake it) and lifecycle receives the scores.
+async fn a_group_left_unfolded_is_folded_by_another_replica(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle
+        .create_account("Left", "owner@seller.example")
+        .await
+        .account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@left.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@left.example")
+        .await
+        .contact_id;
+
+    let stopped = replica_without_folder(&db).await;
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    let recorded = stopped
+        .record(
+            &tenant,
+            vec![
+                activity("l1", "demo_request", &id, &ann),
+                activity("l2", "webinar_attended", &id, &bob),
+            ],
+        )
+        .await
+        .expect("recorded");
+    assert!(recorded.iter().all(|r| r.new), "{recorded:?}");
+
+    lifecycle
+        .wait_for_account(&id, "lifecycle to get the folded scores", |a| {
+            (a.engagement_score, a.average_engagement_score) == (125.0, 62.5)
+        })
+        .await;
+    assert_eq!(pending(&stopped).await, 0);
+    let score = scoring.score(&id).await;
+    assert_eq!(
+        (score.engagement_score, score.engaged_contact_count),
+        (125.0, 2)
+    );
+    system.stop().await;
+}
+
+/// Activities stored but not yet folded, then erased: the erasure takes the
+/// erased contact's (or account's) buckets out of the pending fold, so the
+/// fold writes only what remains.
+async fn an_erasure_removes_what_waits_in_a_fold(db: TestDatabase) {
+    let replica = replica_without_folder(&db).await;
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    let (account, ann, bob) = ("acct-kept", "contact-ann", "contact-bob");
+    let gone = "acct-gone";
+    replica
+        .record(
+            &tenant,
+            vec![
+                activity("e1", "demo_request", account, ann),
+                activity("e2", "webinar_attended", account, bob),
+                activity("e3", "demo_request", gone, "contact-cy"),
+            ],
+        )
+        .await
+        .expect("recorded");
+    let waiting = i64::from(folds_later(&replica));
+    assert_eq!(pending(&replica).await, waiting, "nothing folded yet");
+
+    replica
+        .erase(
+            &tenant,
+            Erase::Contacts {
+                account_id: account,
+                contact_ids: &[ann.to_owned()],
+            },
+        )
+        .await
+        .expect("contact erased");
+    replica
+        .erase(&tenant, Erase::Account { account_id: gone })
+        .await
+        .expect("account erased");
+    assert_eq!(
+        pending(&replica).await,
+        waiting,
+        "bob's activity still waits"
+    );
+
+    replica.fold_pending().await.expect("folded");
+    assert_eq!(pending(&replica).await, 0);
+    for (table, column, value) in [
+        ("score_buckets", "contact_id", ann),
+        ("contact_scores", "contact_id", ann),
+        ("activities", "contact_id", ann),
+        ("score_buckets", "account_id", gone),
+        ("account_scores", "account_id", gone),
+        ("contact_scores", "account_id", gone),
+    ] {
+        assert_eq!(
+            count(&replica, table, column, value).await,
+            0,
+            "{table}.{column} = {value} after the erasure and the fold"
+        );
+    }
+    let totals = replica
+        .account_totals(&tenant, account)
+        .await
+        .expect("the kept account's score");
+    assert_eq!(totals.engagement, 25.0, "bob's webinar only");
+    assert_eq!(totals.engaged_contacts, 1);
+    let erased = replica.contact_totals(&tenant, ann).await;
+    assert!(
+        erased.is_err(),
+        "the erased contact has no score: {erased:?}"
+    );
+    assert!(replica.account_totals(&tenant, gone).await.is_err());
+
+    // An erasure of everything pending leaves no row to fold.
+    replica
+        .record(&tenant, vec![activity("e4", "email_open", account, ann)])
+        .await
+        .expect("recorded again");
+    replica
+        .erase(
+            &tenant,
+            Erase::Contacts {
+                account_id: account,
+                contact_ids: &[ann.to_owned()],
+            },
+        )
+        .await
+        .expect("erased again");
+    assert_eq!(pending(&replica).await, 0);
+}
+
+on_each_database!(
+    a_group_left_unfolded_is_folded_by_another_replica,
+    an_erasure_removes_what_waits_in_a_fold,
+);
