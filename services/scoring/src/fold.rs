@@ -1,6 +1,7 @@
-//! The folder: each replica folds pending groups (`storage::fold`) as soon
-//! as one of its own group transactions commits, and every `SWEEP` for
-//! groups another replica left (one that stopped before folding them).
+//! The folder (PostgreSQL): each replica folds pending groups
+//! (`storage::fold`) as soon as one of its own group transactions commits,
+//! and every `SWEEP` for groups another replica left (one that stopped
+//! before folding them). On SQLite groups fold themselves; no folder runs.
 
 use std::time::Duration;
 

@@ -80,7 +80,9 @@ async fn service(
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    background.add(tokio::spawn(fold::follow(repository.clone())));
+    if repository.folds_later() {
+        background.add(tokio::spawn(fold::follow(repository.clone())));
+    }
     let api = api::ScoringApi::new(
         repository.clone(),
         lifecycle,

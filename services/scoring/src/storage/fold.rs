@@ -2,17 +2,15 @@
 //!
 //! A group transaction (`ingest`) writes what its callers' answers need:
 //! the activities, the caps' usage, and one `pending_folds` row with the
-//! group's activities summed per bucket. (On SQLite, with its one writer,
-//! the group transaction folds its own sums, `fold_sums`, and writes no
-//! row.) A fold then takes the pending
-//! groups, of any replica, and in one transaction adds them to the buckets,
-//! rescores the accounts and contacts they touch, enqueues one delivery per
-//! account and deletes the rows. Under load a fold takes every group
-//! committed while the previous fold ran, so a busy contact's bucket and
-//! score rows, and an account's score and delivery, are written once per
-//! fold instead of once per group (docs/performance.md, round 13). A replica
-//! that stops between the two leaves its rows to the next fold of any
-//! replica: nothing acknowledged is lost.
+//! group's activities summed per bucket. A fold then takes pending groups of
+//! any replica and, in one transaction, adds them to the buckets, rescores
+//! the accounts and contacts they touch, enqueues one delivery per account
+//! and deletes the rows. It runs beside the next group's transaction, and
+//! under load takes every group committed while the previous fold ran
+//! (docs/performance.md, round 13). A replica that stops between a group
+//! and its fold leaves the row to the next fold of any replica: nothing
+//! acknowledged is lost. On SQLite, with its one writer, a group folds its
+//! own sums in its transaction (`fold_sums`) and writes no row.
 //!
 //! A score read first folds what its tenant has pending, waiting for any
 //! fold that holds those rows (`settled`): a score read after an
@@ -114,12 +112,13 @@ pub(super) async fn scrub(
     t: &str,
     erased: impl Fn(&outbox_pb::BucketDelta) -> bool,
 ) -> Result<(), DbErr> {
-    let mut pending = pending_fold::Entity::find()
-        .filter(pending_fold::Column::TenantId.eq(t))
-        .order_by_asc(pending_fold::Column::Id);
-    if conn.get_database_backend() == DbBackend::Postgres {
-        pending = pending.lock(LockType::Update);
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(()); // nothing is ever pending on SQLite
     }
+    let pending = pending_fold::Entity::find()
+        .filter(pending_fold::Column::TenantId.eq(t))
+        .order_by_asc(pending_fold::Column::Id)
+        .lock(LockType::Update);
     for row in pending.all(conn).await? {
         let mut fold = decode(&row)?;
         let before = fold.buckets.len();
@@ -156,8 +155,17 @@ impl Repository {
         self.fold_wanted.notified().await;
     }
 
+    /// Whether groups leave their buckets and scores to a fold (PostgreSQL);
+    /// on SQLite nothing is ever pending.
+    pub fn folds_later(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
     /// Folds what the tenant has pending before a score is read.
     pub(super) async fn settled(&self, t: &str) -> ServiceResult<()> {
+        if !self.folds_later() {
+            return Ok(());
+        }
         // The groups stored before the read; later ones are not waited for.
         let newest: Option<i64> = pending_fold::Entity::find()
             .select_only()
