@@ -48,6 +48,21 @@ async fn pending(repository: &Repository) -> i64 {
     count(repository, "pending_folds", "tenant_id", TENANT).await
 }
 
+async fn erase_contact(repository: &Repository, account_id: &str, contact_id: &str) {
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    let contact_ids = [contact_id.to_owned()];
+    repository
+        .erase(
+            &tenant,
+            Erase::Contacts {
+                account_id,
+                contact_ids: &contact_ids,
+            },
+        )
+        .await
+        .expect("contact erased");
+}
+
 /// Whether groups leave their buckets and scores to a later fold.
 fn folds_later(repository: &Repository) -> bool {
     repository.db().get_database_backend() == DbBackend::Postgres
@@ -122,16 +137,7 @@ async fn an_erasure_removes_what_waits_in_a_fold(db: TestDatabase) {
     let waiting = i64::from(folds_later(&replica));
     assert_eq!(pending(&replica).await, waiting, "nothing folded yet");
 
-    replica
-        .erase(
-            &tenant,
-            Erase::Contacts {
-                account_id: account,
-                contact_ids: &[ann.to_owned()],
-            },
-        )
-        .await
-        .expect("contact erased");
+    erase_contact(&replica, account, ann).await;
     replica
         .erase(&tenant, Erase::Account { account_id: gone })
         .await
@@ -176,16 +182,7 @@ async fn an_erasure_removes_what_waits_in_a_fold(db: TestDatabase) {
         .record(&tenant, vec![activity("e4", "email_open", account, ann)])
         .await
         .expect("recorded again");
-    replica
-        .erase(
-            &tenant,
-            Erase::Contacts {
-                account_id: account,
-                contact_ids: &[ann.to_owned()],
-            },
-        )
-        .await
-        .expect("erased again");
+    erase_contact(&replica, account, ann).await;
     assert_eq!(pending(&replica).await, 0);
 }
 
