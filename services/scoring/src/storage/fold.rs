@@ -49,6 +49,19 @@ pub(super) type BucketKey<'a> = (&'a str, &'a str, &'a str, bool, i64);
 /// written and so locked in).
 pub(super) type BucketSums<'a> = BTreeMap<BucketKey<'a>, (i64, i64)>;
 
+/// (bucket, points, activities) summed per bucket.
+pub(super) fn sum_buckets<'a>(
+    items: impl IntoIterator<Item = (BucketKey<'a>, i64, i64)>,
+) -> BucketSums<'a> {
+    let mut sums = BucketSums::new();
+    for (key, points, count) in items {
+        let sum = sums.entry(key).or_default();
+        sum.0 += points;
+        sum.1 += count;
+    }
+    sums
+}
+
 /// At most this many groups in one fold transaction (each at most 5,000
 /// activities): a fold's statements stay a few chunks each.
 const MAX_FOLD_GROUPS: usize = 16;
@@ -253,20 +266,16 @@ async fn fold_tenant(
     t: &str,
     folds: &[outbox_pb::PendingFold],
 ) -> ServiceResult<bool> {
-    let mut sums: BucketSums<'_> = BTreeMap::new();
-    for bucket in folds.iter().flat_map(|fold| &fold.buckets) {
-        let sum = sums
-            .entry((
-                bucket.account_id.as_str(),
-                bucket.contact_id.as_str(),
-                bucket.activity_type.as_str(),
-                bucket.intent,
-                bucket.day,
-            ))
-            .or_default();
-        sum.0 += bucket.points;
-        sum.1 += bucket.activity_count;
-    }
+    let sums = sum_buckets(folds.iter().flat_map(|fold| &fold.buckets).map(|bucket| {
+        let key = (
+            bucket.account_id.as_str(),
+            bucket.contact_id.as_str(),
+            bucket.activity_type.as_str(),
+            bucket.intent,
+            bucket.day,
+        );
+        (key, bucket.points, bucket.activity_count)
+    }));
     fold_sums(conn, t, &sums).await
 }
 

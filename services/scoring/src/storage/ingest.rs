@@ -194,14 +194,14 @@ impl Repository {
         }
         write_usage(&txn, t, &usage, &before).await?;
         let sums = bucket_sums(&scored);
-        let folded = if txn.get_database_backend() == DbBackend::Postgres {
+        let folded = if self.folds_later() {
             // The buckets, scores and deliveries follow in a fold, while the
             // next group writes its activities.
             fold::enqueue(&txn, t, &sums).await?;
             Folded::Later
         } else {
-            // SQLite has one writer: a fold's own transaction would only
-            // queue behind the next group, and measured slower
+            // SQLite has one writer: a fold's own transaction could only
+            // queue behind the next group, and measured no better
             // (docs/performance.md, round 13).
             let delivered = fold::fold_sums(&txn, t, &sums).await?;
             Folded::Now { delivered }
@@ -519,19 +519,14 @@ async fn insert_activities_unnest(
 
 /// The batch's counted points and activities summed per bucket.
 fn bucket_sums<'a>(scored: &'a [ScoredActivity<'_>]) -> BucketSums<'a> {
-    let mut sums = BucketSums::new();
-    for s in scored {
-        let sum = sums
-            .entry((
-                s.item.account_id.as_str(),
-                s.item.contact_id.as_deref().unwrap_or_default(),
-                s.item.activity_type.as_str(),
-                s.scored.intent,
-                s.day,
-            ))
-            .or_default();
-        sum.0 += i64::from(s.scored.counted_points);
-        sum.1 += 1;
-    }
-    sums
+    fold::sum_buckets(scored.iter().map(|s| {
+        let key = (
+            s.item.account_id.as_str(),
+            s.item.contact_id.as_deref().unwrap_or_default(),
+            s.item.activity_type.as_str(),
+            s.scored.intent,
+            s.day,
+        );
+        (key, i64::from(s.scored.counted_points), 1)
+    }))
 }
