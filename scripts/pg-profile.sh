@@ -136,5 +136,11 @@ hz=$(getconf CLK_TCK)
       sum(s.calls) FILTER (WHERE s.query ILIKE 'COMMIT%') AS commits
     FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
     WHERE d.datname LIKE 'pgprof_${tag}_%' GROUP BY d.datname ORDER BY 1"
+  echo "## Row writes per table (updates that were HOT need no index entries; dead rows wait for vacuum)"
+  for s in "${services[@]}"; do
+    psql -q "$server/pgprof_${tag}_$s" -P pager=off -c "SELECT '$s' AS service, relname AS table, n_tup_ins AS inserted,
+        n_tup_upd AS updated, n_tup_hot_upd AS hot, n_tup_del AS deleted, n_dead_tup AS dead
+      FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY n_tup_ins + n_tup_upd DESC LIMIT 8"
+  done
 } >"$out/summary.txt"
 echo "pg-profile: wrote $out/summary.txt" >&2

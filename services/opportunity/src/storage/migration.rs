@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(Opportunities),
             Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(KindsAndTerms),
+            Box::new(cascade_chassis::outbox::OutboxChurnMigration),
         ]
     }
 }

@@ -31,7 +31,7 @@ mod migration;
 
 pub use admin::OutboxAdmin;
 pub use deliverer::{Deliverer, DelivererConfig, pending_count};
-pub use migration::{OutboxMigration, OutboxPendingIndexMigration};
+pub use migration::{OutboxChurnMigration, OutboxMigration, OutboxPendingIndexMigration};
 
 /// How outbox messages are delivered to other services and webhooks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
