@@ -106,8 +106,30 @@ echo "bench: $database, ${seconds}s per scenario; SERVING after ${fresh_ms[lifec
 
 common=(--duration "$seconds" --lifecycle "http://127.0.0.1:${ports[lifecycle]}"
         --scoring "http://127.0.0.1:${ports[scoring]}" --fixture "$work/fixture.json")
+# Waits until the machine is idle (both cores under 10 % busy over half a
+# second, at most BENCH_SETTLE_SECONDS), so that a scenario does not measure
+# the folds, deliveries and autovacuum the previous one left behind; how long
+# each wait took is in the report ("settled before").
+settle_max=${BENCH_SETTLE_SECONDS:-60}
+settled=()
+settle() {
+  local label=$1 t0 cpu prev busy total
+  t0=$(date +%s%N)
+  read -ra prev < <(head -1 /proc/stat)
+  while (( ($(date +%s%N) - t0) / 1000000000 < settle_max )); do
+    sleep 0.5
+    read -ra cpu < <(head -1 /proc/stat)
+    # user nice system idle iowait irq softirq steal
+    busy=$(( cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8] - prev[1] - prev[2] - prev[3] - prev[6] - prev[7] - prev[8] ))
+    total=$(( busy + cpu[4] + cpu[5] - prev[4] - prev[5] ))
+    prev=("${cpu[@]}")
+    (( total > 0 && busy * 10 < total )) && break
+  done
+  settled+=("\"$label\": $(( ($(date +%s%N) - t0) / 1000000 ))")
+}
 bench() {
   local label=$1; shift
+  settle "$label"
   "$load" --label "$label" --json "$out/$label.json" "${common[@]}" "$@"
 }
 
@@ -155,5 +177,6 @@ bench raw-insert-bare --scenario raw-insert --raw-table bare --database-url "$ra
   printf '}, "note": "%s"}\n' "Services ran with auth disabled and CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0 (no per-tenant ingest limit); load generator and services share the machine."
 } >"$out/services.json"
 
+(IFS=,; echo "{${settled[*]}}") >"$out/settled.json"
 "$load" --scenario report --dir "$out" >/dev/null
 echo "bench: wrote $out/report.md and $out/report.json" >&2

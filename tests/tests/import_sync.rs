@@ -514,7 +514,8 @@ async fn records_are_found_by_the_crm_ids_domain_and_email(db: TestDatabase) {
 }
 
 /// Changes made after a point in time, paged in the order they happened:
-/// created, edited and moved by a score delivery, and nothing else.
+/// created, edited and moved by a score delivery, and nothing else; a
+/// contact whose score alone changed is not among them.
 async fn a_changed_since_listing_returns_exactly_what_changed(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
@@ -526,6 +527,9 @@ async fn a_changed_since_listing_returns_exactly_what_changed(db: TestDatabase) 
         .await;
     let moved_contact = lifecycle
         .create_contact(&edited.account_id, "moved@x.example")
+        .await;
+    let scored_contact = lifecycle
+        .create_contact(&scored.account_id, "scored@x.example")
         .await;
     next_millisecond().await;
     let since = cascade_chassis::time::to_timestamp(cascade_chassis::time::now());
@@ -544,7 +548,14 @@ async fn a_changed_since_listing_returns_exactly_what_changed(db: TestDatabase) 
         .expect("rename");
     next_millisecond().await;
     lifecycle
-        .try_apply_score(score_delivery("sync-1", &scored.account_id, 1, 30.0))
+        .try_apply_score(lc::ApplyEngagementScoreRequest {
+            contacts: vec![lc::ContactEngagement {
+                contact_id: scored_contact.contact_id.clone(),
+                engagement_score: 5.0,
+                new_activity_types: Vec::new(),
+            }],
+            ..score_delivery("sync-1", &scored.account_id, 1, 30.0)
+        })
         .await
         .expect("score applied");
     next_millisecond().await;
@@ -611,8 +622,24 @@ async fn a_changed_since_listing_returns_exactly_what_changed(db: TestDatabase) 
         .into_inner()
         .contacts;
     let ids: Vec<&str> = contacts.iter().map(|c| c.contact_id.as_str()).collect();
-    assert_eq!(ids, [moved_contact.contact_id.as_str()]);
+    assert_eq!(
+        ids,
+        [moved_contact.contact_id.as_str()],
+        "a contact whose score alone changed is not listed (docs/decisions.md)"
+    );
     assert_ne!(quiet_contact.contact_id, moved_contact.contact_id);
+    let rescored = lifecycle
+        .public()
+        .get_contact(lifecycle.req(lc::GetContactRequest {
+            contact_id: scored_contact.contact_id.clone(),
+        }))
+        .await
+        .expect("scored contact")
+        .into_inner()
+        .contact
+        .expect("contact");
+    assert_eq!(rescored.engagement_score, 5.0, "the delivery reached it");
+    assert_eq!(rescored.update_time, scored_contact.update_time);
 
     // A token of this listing does not fit another, and a time that is not
     // one is refused.
