@@ -13,6 +13,7 @@
 #                             SQLite files in a temporary folder otherwise
 #   BENCH_OUT=build/bench     where the report (and the services' logs) go
 #   BENCH_PORT_BASE=50161     lifecycle on it, scoring +1, opportunity +2
+#   BENCH_SETTLE_SECONDS=60   longest wait for an idle machine before a scenario
 #
 # The per-tenant ingest limit (200k/s by default) is turned off for the run:
 # the bench measures what the services can take, not the limit.
@@ -107,10 +108,10 @@ echo "bench: $database, ${seconds}s per scenario; SERVING after ${fresh_ms[lifec
 common=(--duration "$seconds" --lifecycle "http://127.0.0.1:${ports[lifecycle]}"
         --scoring "http://127.0.0.1:${ports[scoring]}" --fixture "$work/fixture.json")
 # Waits until the machine is idle (both cores under 10 % busy over half a
-# second, at most BENCH_SETTLE_SECONDS), so that a scenario does not measure
-# the folds, deliveries and autovacuum the previous one left behind; how long
-# each wait took is in the report ("settled before").
-settle_max=${BENCH_SETTLE_SECONDS:-60}
+# second, at most BENCH_SETTLE_SECONDS: 60, or 5 in a smoke run), so that a
+# scenario does not measure the folds, deliveries and autovacuum the previous
+# one left behind; how long each wait took is in the report ("settled before").
+settle_max=${BENCH_SETTLE_SECONDS:-$(( seconds >= 10 ? 60 : 5 ))}
 settled=()
 settle() {
   local label=$1 t0 cpu prev busy total

@@ -24,9 +24,9 @@ impl MigratorTrait for Migrator {
 
 /// Score deliveries rewrite contacts' scores without touching an indexed
 /// column; with a fifth of each page left free on PostgreSQL the new row
-/// version stays on its page (a HOT update, no index entries): 93 % of
-/// these updates instead of 83-87 %, and lifecycle's contact update took
-/// 9-10 ms per delivery instead of 14-18 (docs/performance.md, round 14).
+/// version stays on its page (a HOT update, no index entries): 94-96 % of
+/// these updates instead of 86-89 %, and lifecycle's contact update took
+/// 7-8 ms per delivery instead of 9-12 (docs/performance.md, round 14).
 /// Accounts gain nothing from it: a delivery moves their `updated_at`,
 /// which `ix_accounts_changed` indexes.
 struct ContactsRoomForScores;
