@@ -628,16 +628,7 @@ async fn a_changed_since_listing_returns_exactly_what_changed(db: TestDatabase) 
         "a contact whose score alone changed is not listed (docs/decisions.md)"
     );
     assert_ne!(quiet_contact.contact_id, moved_contact.contact_id);
-    let rescored = lifecycle
-        .public()
-        .get_contact(lifecycle.req(lc::GetContactRequest {
-            contact_id: scored_contact.contact_id.clone(),
-        }))
-        .await
-        .expect("scored contact")
-        .into_inner()
-        .contact
-        .expect("contact");
+    let rescored = lifecycle.contact(&scored_contact.contact_id).await;
     assert_eq!(rescored.engagement_score, 5.0, "the delivery reached it");
     assert_eq!(rescored.update_time, scored_contact.update_time);
 

@@ -40,13 +40,7 @@ impl MigrationName for ContactsRoomForScores {
 #[async_trait::async_trait]
 impl MigrationTrait for ContactsRoomForScores {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared("ALTER TABLE contacts SET (fillfactor = 80)")
-                .await?;
-        }
-        Ok(())
+        cascade_chassis::db::set_fill_factor(manager, "contacts", 80).await
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {

@@ -255,14 +255,8 @@ impl MigrationName for ScoreRowsRoom {
 #[async_trait::async_trait]
 impl MigrationTrait for ScoreRowsRoom {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let conn = manager.get_connection();
-            conn.execute_unprepared("ALTER TABLE contact_scores SET (fillfactor = 80)")
-                .await?;
-            conn.execute_unprepared("ALTER TABLE score_buckets SET (fillfactor = 90)")
-                .await?;
-        }
-        Ok(())
+        cascade_chassis::db::set_fill_factor(manager, "contact_scores", 80).await?;
+        cascade_chassis::db::set_fill_factor(manager, "score_buckets", 90).await
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {

@@ -104,6 +104,25 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
     Ok(database)
 }
 
+/// For migrations: on PostgreSQL, leaves `100 - percent` % of each page of
+/// `table` free, so that an update changing no indexed column can keep the
+/// new row version on its page (a HOT update: no index entries). SQLite has
+/// no such setting; there it does nothing.
+pub async fn set_fill_factor(
+    manager: &sea_orm_migration::SchemaManager<'_>,
+    table: &str,
+    percent: u8,
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    manager
+        .get_connection()
+        .execute_unprepared(&format!("ALTER TABLE {table} SET (fillfactor = {percent})"))
+        .await
+        .map(|_| ())
+}
+
 /// Key of the PostgreSQL advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x0CA5_CADE;
 

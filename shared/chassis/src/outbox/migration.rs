@@ -64,14 +64,11 @@ impl MigrationName for OutboxChurnMigration {
 #[tonic::async_trait]
 impl MigrationTrait for OutboxChurnMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP INDEX IF EXISTS ix_outbox_partition")
+        manager
+            .get_connection()
+            .execute_unprepared("DROP INDEX IF EXISTS ix_outbox_partition")
             .await?;
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            db.execute_unprepared("ALTER TABLE outbox SET (fillfactor = 60)")
-                .await?;
-        }
-        Ok(())
+        crate::db::set_fill_factor(manager, "outbox", 60).await
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
