@@ -1092,6 +1092,45 @@ async fn streaming_ingests_chunks(db: TestDatabase) {
     system.stop().await;
 }
 
+/// Score reads take the model from a cache per replica, keyed by the
+/// version their own statement reads: a model stored through one replica
+/// scores the very next read on the other, each time it changes.
+async fn a_model_change_scores_the_next_read_on_any_replica(db: TestDatabase) {
+    let mut system = TestSystem::scoring_on(&db).await;
+    system.add_scoring(&db).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle
+        .create_account("Remodelled", OWNER)
+        .await
+        .account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@remodelled.example")
+        .await
+        .contact_id;
+    let (one, two) = (system.scoring_at(0), system.scoring_at(1));
+    let mut old_demo = activity("old", "demo_request", &id, &ann);
+    old_demo.occur_time = Some(days_ago(20));
+    one.record(vec![old_demo]).await;
+    // The default model does not decay.
+    assert_eq!(one.score(&id).await.engagement_score, 100.0);
+    // 100 points 20 days ago: half-life 10 leaves 25, 20 leaves 50, none 100.
+    for (half_life, expected) in [(10.0, 25.0), (20.0, 50.0), (0.0, 100.0)] {
+        two.change_model(|model| model.decay_half_life_days = half_life)
+            .await;
+        assert_eq!(
+            one.score(&id).await.engagement_score,
+            expected,
+            "the other replica, half-life {half_life}"
+        );
+        assert_eq!(
+            two.score(&id).await.engagement_score,
+            expected,
+            "the changing replica, half-life {half_life}"
+        );
+    }
+    system.stop().await;
+}
+
 on_each_database!(
     streaming_ingests_chunks,
     source_example_prioritizes_the_account,
@@ -1107,4 +1146,5 @@ on_each_database!(
     emails_while_lifecycle_is_down_are_retryable,
     a_frozen_lifecycle_is_bounded_by_the_callers_deadline,
     engaged_contacts_follow_batches,
+    a_model_change_scores_the_next_read_on_any_replica,
 );

@@ -15,13 +15,15 @@
 //! A score read first folds what its tenant has pending, waiting for any
 //! fold that holds those rows (`settled`): a score read after an
 //! acknowledged RecordActivities sees its activities, on any replica. When
-//! nothing is pending (the common case of reads) that costs one lookup.
+//! nothing is pending (the common case of reads) that costs one lookup, or
+//! nothing extra in GetAccountScore, whose one statement asks it as well.
 //!
 //! The fold's transaction joins the trace of its oldest group's request, so
 //! the deliveries it enqueues do too (as the outbox's deliverer joins the
 //! trace of its oldest message).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use cascade_chassis::db::{WriteTransaction, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, outbox, time};
@@ -65,6 +67,22 @@ pub(super) fn sum_buckets<'a>(
 /// At most this many groups in one fold transaction (each at most 5,000
 /// activities): a fold's statements stay a few chunks each.
 const MAX_FOLD_GROUPS: usize = 16;
+
+/// A gate per tenant that its readers' folds pass one at a time
+/// (`Repository::fold_through`). One entry per tenant that read while
+/// groups were pending.
+#[derive(Debug, Default)]
+pub(super) struct ReadFolds(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl ReadFolds {
+    fn gate(&self, t: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.entry(t.to_owned()).or_default().clone()
+    }
+}
 
 /// Which pending groups a fold takes.
 #[derive(Clone, Copy)]
@@ -176,21 +194,37 @@ impl Repository {
 
     /// Folds what the tenant has pending before a score is read.
     pub(super) async fn settled(&self, t: &str) -> ServiceResult<()> {
-        if !self.folds_later() {
-            return Ok(());
+        match self.newest_fold(t).await? {
+            Some(newest) => self.fold_through(t, newest).await,
+            None => Ok(()),
         }
-        // The groups stored before the read; later ones are not waited for.
-        let newest: Option<i64> = pending_fold::Entity::find()
+    }
+
+    /// The tenant's newest group not folded yet; none on SQLite, where
+    /// nothing is ever pending.
+    pub(super) async fn newest_fold(&self, t: &str) -> ServiceResult<Option<i64>> {
+        if !self.folds_later() {
+            return Ok(None);
+        }
+        Ok(pending_fold::Entity::find()
             .select_only()
             .column_as(pending_fold::Column::Id.max(), "newest")
             .filter(pending_fold::Column::TenantId.eq(t))
             .into_tuple()
             .one(&self.db)
             .await?
-            .flatten();
-        if let Some(newest) = newest {
-            while self.fold_once(Take::Tenant(t, newest)).await? > 0 {}
-        }
+            .flatten())
+    }
+
+    /// Folds the tenant's groups up to `newest` before a score is read.
+    /// Readers of one tenant fold one at a time: the others wait here, not
+    /// in a transaction of their own holding a pooled connection while it
+    /// waits for the first one's row locks, and then find little or nothing
+    /// left to fold.
+    pub(super) async fn fold_through(&self, t: &str, newest: i64) -> ServiceResult<()> {
+        let gate = self.read_folds.gate(t);
+        let _turn = gate.lock().await;
+        while self.fold_once(Take::Tenant(t, newest)).await? > 0 {}
         Ok(())
     }
 

@@ -138,6 +138,10 @@ pub struct Repository {
     group: Arc<group::Queue>,
     /// Woken when a group commits a pending fold (the folder waits on it).
     fold_wanted: Arc<Notify>,
+    /// Each tenant's latest model, for reads.
+    models: Arc<models::ModelCache>,
+    /// One reader's fold at a time per tenant.
+    read_folds: Arc<fold::ReadFolds>,
 }
 
 /// Today's UTC day number, the day scores are computed for.
@@ -159,6 +163,8 @@ impl Repository {
             deliveries_written: Arc::new(Notify::new()),
             group: Arc::new(group::Queue::new(leaders)),
             fold_wanted: Arc::new(Notify::new()),
+            models: Arc::default(),
+            read_folds: Arc::default(),
         }
     }
 

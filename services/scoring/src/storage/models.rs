@@ -1,4 +1,8 @@
-//! Scoring model versions: the current one, a given one, the next one.
+//! Scoring model versions: the current one, a given one, the next one; and
+//! the reads' cache of each tenant's latest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cascade_chassis::db::begin_write;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -99,6 +103,66 @@ pub(super) async fn current_model(
         .one(conn)
         .await?
         .map_or_else(|| Ok(ScoringModel::default()), model_from_row)
+}
+
+/// The latest model a read used, per tenant. A stored version is never
+/// changed, so a version number names its model for good: a read that
+/// learned the tenant's current version in its own statement takes the
+/// model from here instead of another round trip (`Repository::model_at`).
+/// One entry per tenant, replaced when a newer version is read.
+#[derive(Debug, Default)]
+pub(super) struct ModelCache(Mutex<HashMap<String, Arc<ScoringModel>>>);
+
+impl ModelCache {
+    fn get(&self, t: &str, version: i64) -> Option<Arc<ScoringModel>> {
+        let models = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        models.get(t).filter(|m| m.version == version).cloned()
+    }
+
+    fn keep(&self, t: &str, model: Arc<ScoringModel>) {
+        let mut models = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match models.get_mut(t) {
+            Some(kept) if kept.version >= model.version => {}
+            Some(kept) => *kept = model,
+            None => {
+                models.insert(t.to_owned(), model);
+            }
+        }
+    }
+}
+
+impl Repository {
+    /// The model of `version` (the tenant's newest stored version, none
+    /// while it has the default), from the cache when it holds that one.
+    pub(super) async fn model_at(
+        &self,
+        t: &str,
+        version: Option<i64>,
+    ) -> ServiceResult<Arc<ScoringModel>> {
+        static DEFAULT: LazyLock<Arc<ScoringModel>> =
+            LazyLock::new(|| Arc::new(ScoringModel::default()));
+        let Some(version) = version else {
+            return Ok(DEFAULT.clone());
+        };
+        if let Some(model) = self.models.get(t, version) {
+            return Ok(model);
+        }
+        let row = scoring_model::Entity::find_by_id((t.to_owned(), version))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::internal(anyhow::anyhow!("scoring model {version} vanished"))
+            })?;
+        let model = Arc::new(model_from_row(row)?);
+        self.models.keep(t, model.clone());
+        Ok(model)
+    }
 }
 
 fn model_from_row(row: scoring_model::Model) -> ServiceResult<ScoringModel> {

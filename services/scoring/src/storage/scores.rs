@@ -23,62 +23,45 @@ impl Repository {
     /// buckets are summed per type and day in the database (a read returns
     /// tens of rows, not one per contact, type and day); `per_contact` is
     /// left empty. Inactive contacts do not count (`domain::status`).
+    ///
+    /// One statement in the common case (`account_sums`): it also answers
+    /// the engaged count, the model version and whether groups wait to be
+    /// folded, from one snapshot. Only a pending fold or an account without
+    /// buckets costs more (docs/performance.md, round 15).
     pub async fn account_totals(
         &self,
         tenant: &TenantId,
         account_id: &str,
     ) -> ServiceResult<Totals> {
         let t = tenant.as_str();
-        self.settled(t).await?;
-        let model = current_model(&self.db, t).await?;
-        // PostgreSQL sums BIGINTs as NUMERIC; the cast keeps them integers.
-        let sum = |c: score_bucket::Column| Expr::col(c).sum().cast_as("BIGINT");
-        let sums: Vec<(String, bool, i64, i64, i64)> = score_bucket::Entity::find()
-            .select_only()
-            .columns([
-                score_bucket::Column::ActivityType,
-                score_bucket::Column::Intent,
-                score_bucket::Column::Day,
-            ])
-            .column_as(sum(score_bucket::Column::Points), "points")
-            .column_as(sum(score_bucket::Column::ActivityCount), "activity_count")
-            .filter(score_bucket::Column::TenantId.eq(t))
-            .filter(score_bucket::Column::AccountId.eq(account_id))
-            .filter(counted_contacts(t, score_bucket::Column::ContactId))
-            .group_by(score_bucket::Column::ActivityType)
-            .group_by(score_bucket::Column::Intent)
-            .group_by(score_bucket::Column::Day)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let buckets = sums
-            .into_iter()
-            .map(|(activity_type, intent, day, points, activities)| Bucket {
-                contact_id: String::new(),
-                activity_type,
-                intent,
-                day,
-                points,
-                activities,
-            });
+        let mut rows = account_sums(&self.db, t, account_id).await?;
+        let pending = match rows.first() {
+            Some(row) => row.newest_fold,
+            None => self.newest_fold(t).await?,
+        };
+        if let Some(newest) = pending {
+            // Groups stored before the read are folded; later ones are not waited for.
+            self.fold_through(t, newest).await?;
+            rows = account_sums(&self.db, t, account_id).await?;
+        }
+        let Some(first) = rows.first() else {
+            return Err(ServiceError::not_found("account score", account_id));
+        };
+        let model = self.model_at(t, first.model_version).await?;
+        let engaged = first.engaged;
+        let buckets = rows.into_iter().map(|row| Bucket {
+            contact_id: String::new(),
+            activity_type: row.activity_type,
+            intent: row.intent,
+            day: row.day,
+            points: row.points,
+            activities: row.activity_count,
+        });
         let mut totals = domain::totals_of(buckets, &model, today());
         if totals.activities == 0 {
             return Err(ServiceError::not_found("account score", account_id));
         }
-        let engaged: Option<i64> = score_bucket::Entity::find()
-            .select_only()
-            .column_as(
-                Expr::col(score_bucket::Column::ContactId).count_distinct(),
-                "n",
-            )
-            .filter(score_bucket::Column::TenantId.eq(t))
-            .filter(score_bucket::Column::AccountId.eq(account_id))
-            .filter(counted_contacts(t, score_bucket::Column::ContactId))
-            .filter(score_bucket::Column::Intent.eq(false))
-            .into_tuple()
-            .one(&self.db)
-            .await?;
-        totals.engaged_contacts = i32::try_from(engaged.unwrap_or(0)).unwrap_or(i32::MAX);
+        totals.engaged_contacts = i32::try_from(engaged).unwrap_or(i32::MAX);
         totals.per_contact.clear();
         Ok(totals)
     }
@@ -486,6 +469,78 @@ pub(super) fn counted_activities<C: ColumnTrait>(t: &str, column: C) -> Conditio
     Condition::any()
         .add(column.is_null())
         .add(counted_contacts(t, column))
+}
+
+/// One row of [`account_sums`]: an account's counted buckets summed per
+/// type, intent and day, and on every row what the read needs besides.
+#[derive(Debug, FromQueryResult)]
+struct AccountSums {
+    activity_type: String,
+    intent: bool,
+    day: i64,
+    points: i64,
+    activity_count: i64,
+    /// Counted contacts with any non-intent bucket.
+    engaged: i64,
+    /// The tenant's newest model version; none while it has the default.
+    model_version: Option<i64>,
+    /// The tenant's newest group not folded yet (PostgreSQL only).
+    newest_fold: Option<i64>,
+}
+
+/// An account's read in one statement: the sums, with the engaged count,
+/// the model version and the newest pending fold as uncorrelated scalar
+/// subqueries (each evaluated once, on both backends). One snapshot
+/// answers all four; as separate statements they were four round trips,
+/// most of a read's cost on PostgreSQL (docs/performance.md, round 15).
+/// No rows when the account has no counted buckets.
+async fn account_sums(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    account_id: &str,
+) -> Result<Vec<AccountSums>, DbErr> {
+    use super::entities::{pending_fold, scoring_model};
+    // PostgreSQL sums BIGINTs as NUMERIC; the cast keeps them integers.
+    let sum = |c: score_bucket::Column| Expr::col(c).sum().cast_as("BIGINT");
+    let engaged = Query::select()
+        .expr(Expr::col(score_bucket::Column::ContactId).count_distinct())
+        .from(score_bucket::Entity)
+        .and_where(score_bucket::Column::TenantId.eq(t))
+        .and_where(score_bucket::Column::AccountId.eq(account_id))
+        .and_where(counted_contacts(t, score_bucket::Column::ContactId))
+        .and_where(score_bucket::Column::Intent.eq(false))
+        .to_owned();
+    let model_version = Query::select()
+        .expr(Expr::col(scoring_model::Column::Version).max())
+        .from(scoring_model::Entity)
+        .and_where(scoring_model::Column::TenantId.eq(t))
+        .to_owned();
+    let newest_fold = Query::select()
+        .expr(Expr::col(pending_fold::Column::Id).max())
+        .from(pending_fold::Entity)
+        .and_where(pending_fold::Column::TenantId.eq(t))
+        .to_owned();
+    score_bucket::Entity::find()
+        .select_only()
+        .columns([
+            score_bucket::Column::ActivityType,
+            score_bucket::Column::Intent,
+            score_bucket::Column::Day,
+        ])
+        .column_as(sum(score_bucket::Column::Points), "points")
+        .column_as(sum(score_bucket::Column::ActivityCount), "activity_count")
+        .column_as(Expr::from(engaged), "engaged")
+        .column_as(Expr::from(model_version), "model_version")
+        .column_as(Expr::from(newest_fold), "newest_fold")
+        .filter(score_bucket::Column::TenantId.eq(t))
+        .filter(score_bucket::Column::AccountId.eq(account_id))
+        .filter(counted_contacts(t, score_bucket::Column::ContactId))
+        .group_by(score_bucket::Column::ActivityType)
+        .group_by(score_bucket::Column::Intent)
+        .group_by(score_bucket::Column::Day)
+        .into_model::<AccountSums>()
+        .all(conn)
+        .await
 }
 
 /// Writes the accounts' scores; returns each account's new delivery sequence.
