@@ -230,9 +230,16 @@ impl Repository {
 
     /// Folds every pending group, oldest first, in transactions of up to
     /// `MAX_FOLD_GROUPS`; groups another fold holds are left to it.
-    pub async fn fold_pending(&self) -> ServiceResult<()> {
-        while self.fold_once(Take::Any).await? == MAX_FOLD_GROUPS {}
-        Ok(())
+    /// How many groups it folded.
+    pub async fn fold_pending(&self) -> ServiceResult<usize> {
+        let mut folded = 0;
+        loop {
+            let n = self.fold_once(Take::Any).await?;
+            folded += n;
+            if n < MAX_FOLD_GROUPS {
+                return Ok(folded);
+            }
+        }
     }
 
     /// One fold transaction; how many groups it folded.
