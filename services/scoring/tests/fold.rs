@@ -186,7 +186,51 @@ async fn an_erasure_removes_what_waits_in_a_fold(db: TestDatabase) {
     assert_eq!(pending(&replica).await, 0);
 }
 
+/// A score read right after RecordActivities counts it, while the folder
+/// folds the same group beside the read: whichever commits first, the read
+/// never misses the group (nor answers NOT_FOUND for an account it just
+/// scored). Many fresh accounts, because the window between a read's
+/// statements is short.
+async fn a_read_racing_the_folder_still_sees_its_write(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let mut people = Vec::new();
+    for n in 0..80 {
+        let id = lifecycle
+            .create_account(&format!("Race {n}"), "owner@seller.example")
+            .await
+            .account_id;
+        let contact = lifecycle
+            .create_contact(&id, &format!("p{n}@race.example"))
+            .await
+            .contact_id;
+        people.push((id, contact));
+    }
+    for (n, (id, contact)) in people.iter().enumerate() {
+        let first =
+            cascade_testkit::fixtures::activity(&format!("r{n}a"), "email_open", id, contact);
+        scoring.record(vec![first]).await;
+        let score = scoring.try_score(id).await;
+        assert_eq!(
+            score.map(|s| s.engagement_score).map_err(|s| s.code()),
+            Ok(2.0),
+            "account {n}, read right after its first activity"
+        );
+        let second =
+            cascade_testkit::fixtures::activity(&format!("r{n}b"), "demo_request", id, contact);
+        scoring.record(vec![second]).await;
+        let score = scoring.try_score(id).await;
+        assert_eq!(
+            score.map(|s| s.engagement_score).map_err(|s| s.code()),
+            Ok(102.0),
+            "account {n}, read right after its second activity"
+        );
+    }
+    system.stop().await;
+}
+
 on_each_database!(
     a_group_left_unfolded_is_folded_by_another_replica,
     an_erasure_removes_what_waits_in_a_fold,
+    a_read_racing_the_folder_still_sees_its_write,
 );

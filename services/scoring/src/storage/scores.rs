@@ -35,14 +35,22 @@ impl Repository {
     ) -> ServiceResult<Totals> {
         let t = tenant.as_str();
         let mut rows = account_sums(&self.db, t, account_id).await?;
-        let pending = match rows.first() {
-            Some(row) => row.newest_fold,
-            None => self.newest_fold(t).await?,
-        };
-        if let Some(newest) = pending {
-            // Groups stored before the read are folded; later ones are not waited for.
-            self.fold_through(t, newest).await?;
-            rows = account_sums(&self.db, t, account_id).await?;
+        match rows.first().map(|row| row.newest_fold) {
+            // Nothing was pending in the sums' snapshot: they are current.
+            Some(None) => {}
+            // Groups were: fold them (later ones are not waited for), read again.
+            Some(Some(newest)) => {
+                self.fold_through(t, newest).await?;
+                rows = account_sums(&self.db, t, account_id).await?;
+            }
+            // No rows, so no answer to "was anything pending". A check now
+            // would come after the read it vouches for, and miss a fold that
+            // committed in between: settle first, then read again.
+            None if self.folds_later() => {
+                self.settled(t).await?;
+                rows = account_sums(&self.db, t, account_id).await?;
+            }
+            None => {}
         }
         let Some(first) = rows.first() else {
             return Err(ServiceError::not_found("account score", account_id));
