@@ -207,24 +207,17 @@ async fn a_read_racing_the_folder_still_sees_its_write(db: TestDatabase) {
         people.push((id, contact));
     }
     for (n, (id, contact)) in people.iter().enumerate() {
-        let first =
-            cascade_testkit::fixtures::activity(&format!("r{n}a"), "email_open", id, contact);
-        scoring.record(vec![first]).await;
-        let score = scoring.try_score(id).await;
-        assert_eq!(
-            score.map(|s| s.engagement_score).map_err(|s| s.code()),
-            Ok(2.0),
-            "account {n}, read right after its first activity"
-        );
-        let second =
-            cascade_testkit::fixtures::activity(&format!("r{n}b"), "demo_request", id, contact);
-        scoring.record(vec![second]).await;
-        let score = scoring.try_score(id).await;
-        assert_eq!(
-            score.map(|s| s.engagement_score).map_err(|s| s.code()),
-            Ok(102.0),
-            "account {n}, read right after its second activity"
-        );
+        for (suffix, kind, total) in [("a", "email_open", 2.0), ("b", "demo_request", 102.0)] {
+            let event_id = format!("r{n}{suffix}");
+            let one = cascade_testkit::fixtures::activity(&event_id, kind, id, contact);
+            scoring.record(vec![one]).await;
+            let score = scoring.try_score(id).await;
+            assert_eq!(
+                score.map(|s| s.engagement_score).map_err(|s| s.code()),
+                Ok(total),
+                "account {n}, read right after {event_id}"
+            );
+        }
     }
     system.stop().await;
 }
