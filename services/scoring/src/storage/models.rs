@@ -25,11 +25,8 @@ impl Repository {
         tenant: &TenantId,
         version: i64,
     ) -> ServiceResult<ScoringModel> {
-        let row = scoring_model::Entity::find_by_id((tenant.as_str().to_owned(), version))
-            .one(&self.db)
-            .await?;
-        match row {
-            Some(row) => model_from_row(row),
+        match stored_model(&self.db, tenant.as_str(), version).await? {
+            Some(model) => Ok(model),
             None if version == 1 => Ok(ScoringModel::default()),
             None => Err(ServiceError::not_found(
                 "scoring model version",
@@ -153,16 +150,26 @@ impl Repository {
         if let Some(model) = self.models.get(t, version) {
             return Ok(model);
         }
-        let row = scoring_model::Entity::find_by_id((t.to_owned(), version))
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| {
-                ServiceError::internal(anyhow::anyhow!("scoring model {version} vanished"))
-            })?;
-        let model = Arc::new(model_from_row(row)?);
+        let model = stored_model(&self.db, t, version).await?.ok_or_else(|| {
+            ServiceError::internal(anyhow::anyhow!("scoring model {version} vanished"))
+        })?;
+        let model = Arc::new(model);
         self.models.keep(t, model.clone());
         Ok(model)
     }
+}
+
+/// The stored model of `version`, if there is one.
+async fn stored_model(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    version: i64,
+) -> ServiceResult<Option<ScoringModel>> {
+    scoring_model::Entity::find_by_id((t.to_owned(), version))
+        .one(conn)
+        .await?
+        .map(model_from_row)
+        .transpose()
 }
 
 fn model_from_row(row: scoring_model::Model) -> ServiceResult<ScoringModel> {
