@@ -14,22 +14,21 @@ use crate::storage::Repository;
 const SWEEP: Duration = Duration::from_secs(1);
 
 /// After folding, the folder rests this many times as long as the fold
-/// took, at most `MAX_REST`: under load the next fold then takes in several
-/// groups, so a hot contact's buckets and scores, each account's score and
-/// its delivery to lifecycle are written once for all of them. At a few
+/// took, at most `fold.max_rest_ms`: under load the next fold then takes in
+/// many groups, so a hot contact's buckets and scores, each account's score
+/// and its delivery to lifecycle are written once for all of them. At a few
 /// groups a second a fold takes milliseconds and so does the rest. Reads
 /// do not wait for it: a score read folds what its tenant has pending
-/// first. Measured in docs/performance.md, round 15.
+/// first. Measured in docs/performance.md, rounds 15 and 16.
 const REST_FACTOR: u32 = 2;
-const MAX_REST: Duration = Duration::from_millis(200);
 
 /// How long the folder rests after a fold that took `took`.
-fn rest_after(took: Duration) -> Duration {
-    (took * REST_FACTOR).min(MAX_REST)
+fn rest_after(took: Duration, max_rest: Duration) -> Duration {
+    (took * REST_FACTOR).min(max_rest)
 }
 
-/// Folds until aborted.
-pub async fn follow(repository: Repository) {
+/// Folds until aborted, resting at most `max_rest` between folds.
+pub async fn follow(repository: Repository, max_rest: Duration) {
     let retry = || {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
@@ -45,7 +44,7 @@ pub async fn follow(repository: Repository) {
             Ok(folded) => {
                 delays = retry();
                 if folded > 0 {
-                    tokio::time::sleep(rest_after(started.elapsed())).await;
+                    tokio::time::sleep(rest_after(started.elapsed(), max_rest)).await;
                 }
                 tokio::select! {
                     () = repository.fold_wanted() => {}
@@ -67,16 +66,21 @@ mod tests {
 
     #[test]
     fn the_folder_rests_twice_as_long_as_it_folded_up_to_a_bound() {
-        assert_eq!(rest_after(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_millis(200);
+        assert_eq!(rest_after(Duration::ZERO, max), Duration::ZERO);
         assert_eq!(
-            rest_after(Duration::from_millis(4)),
+            rest_after(Duration::from_millis(4), max),
             Duration::from_millis(8)
         );
         assert_eq!(
-            rest_after(Duration::from_millis(99)),
+            rest_after(Duration::from_millis(99), max),
             Duration::from_millis(198)
         );
-        assert_eq!(rest_after(Duration::from_millis(140)), MAX_REST);
-        assert_eq!(rest_after(Duration::from_secs(5)), MAX_REST);
+        assert_eq!(rest_after(Duration::from_millis(140), max), max);
+        assert_eq!(rest_after(Duration::from_secs(5), max), max);
+        assert_eq!(
+            rest_after(Duration::from_millis(140), Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

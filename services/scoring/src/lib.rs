@@ -81,7 +81,8 @@ async fn service(
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
     if repository.folds_later() {
-        background.add(tokio::spawn(fold::follow(repository.clone())));
+        let max_rest = Duration::from_millis(settings.own.fold.max_rest_ms);
+        background.add(tokio::spawn(fold::follow(repository.clone(), max_rest)));
     }
     let api = api::ScoringApi::new(
         repository.clone(),

@@ -1,5 +1,6 @@
 //! Scoring's own settings sections: `[lifecycle]` (how to reach it, shared
-//! with opportunity) and `[decay]` (bringing decayed scores to lifecycle).
+//! with opportunity), `[decay]` (bringing decayed scores to lifecycle) and
+//! `[fold]` (how the folder batches under load, PostgreSQL).
 
 use cascade_chassis::client::{LifecycleClientSettings, LifecycleSection};
 use cascade_chassis::error::SettingsError;
@@ -26,15 +27,36 @@ impl Default for DecaySettings {
     }
 }
 
+/// `[fold]`, `CASCADE_SCORING__FOLD__<KEY>` (PostgreSQL: on SQLite each
+/// group folds its own sums and no folder runs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldSettings {
+    /// The longest the folder rests between folds (it rests twice as long
+    /// as the last fold took). Under load a longer rest lets one fold take
+    /// in more groups, so each bucket, score and delivery is written once
+    /// for all of them; the price is how late lifecycle hears of scores
+    /// while ingest saturates the machine. Score reads never wait for it.
+    /// 0: fold again as soon as a group commits.
+    pub max_rest_ms: u64,
+}
+
+impl Default for FoldSettings {
+    fn default() -> Self {
+        Self { max_rest_ms: 1_000 }
+    }
+}
+
 /// Scoring's sections beside the common ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ScoringSections {
     pub lifecycle: LifecycleClientSettings,
     pub decay: DecaySettings,
+    pub fold: FoldSettings,
 }
 
 impl OwnSections for ScoringSections {
-    const SECTIONS: &'static [&'static str] = &["lifecycle", "decay"];
+    const SECTIONS: &'static [&'static str] = &["lifecycle", "decay", "fold"];
 
     fn defaults() -> Self {
         Self::default()
@@ -47,6 +69,7 @@ impl OwnSections for ScoringSections {
             // refresh delivering in the middle of another test's assertions
             // would only make it harder to read.
             decay: DecaySettings::default(),
+            fold: FoldSettings::default(),
         }
     }
 
@@ -74,20 +97,23 @@ mod tests {
     }
 
     #[test]
-    fn decay_has_its_own_section() {
+    fn decay_and_fold_have_their_own_sections() {
         let settings: ServiceSettings<ScoringSections> =
             load_from(IDENTITY, None, env(&[])).unwrap_or_else(|e| panic!("defaults load: {e}"));
         assert_eq!(settings.own.decay.refresh_interval_ms, 3_600_000);
+        assert_eq!(settings.own.fold.max_rest_ms, 1_000);
         let settings: ServiceSettings<ScoringSections> = load_from(
             IDENTITY,
             None,
             env(&[
                 ("CASCADE_SCORING__DECAY__REFRESH_INTERVAL_MS", "60000"),
                 ("CASCADE_SCORING__LIFECYCLE__URL", "http://lifecycle:50051"),
+                ("CASCADE_SCORING__FOLD__MAX_REST_MS", "250"),
             ]),
         )
         .unwrap_or_else(|e| panic!("the section loads: {e}"));
         assert_eq!(settings.own.decay.refresh_interval_ms, 60_000);
+        assert_eq!(settings.own.fold.max_rest_ms, 250);
         assert_eq!(settings.own.lifecycle.url, "http://lifecycle:50051");
         let error = load_from::<ScoringSections>(
             IDENTITY,

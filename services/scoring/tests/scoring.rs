@@ -1035,6 +1035,39 @@ async fn two_replicas_count_like_one(db: TestDatabase) {
     system.stop().await;
 }
 
+/// One replica commits two groups side by side on PostgreSQL: the same
+/// batches sent at once are still stored once (the second insert of an id
+/// fails, and its group is retried checking first).
+async fn one_replica_stores_a_batch_sent_at_once_once(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Twice", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@twice.example")
+        .await
+        .contact_id;
+    let batch: Vec<pb::Activity> = (0..120)
+        .map(|i| activity(&format!("t{i}"), "email_open", &id, &ann))
+        .collect();
+    let mut tasks = Vec::new();
+    for chunk in batch.chunks(40) {
+        for _ in 0..3 {
+            let (scoring, chunk) = (scoring.clone(), chunk.to_vec());
+            tasks.push(tokio::spawn(async move { scoring.record(chunk).await }));
+        }
+    }
+    let (mut recorded, mut duplicates) = (0, 0);
+    for task in tasks {
+        let answer = task.await.expect("task");
+        recorded += answer.recorded_count;
+        duplicates += answer.duplicate_count;
+    }
+    assert_eq!((recorded, duplicates), (120, 240), "each id stored once");
+    // 120 opens at 2 points each.
+    assert_eq!(scoring.score(&id).await.engagement_score, 240.0);
+    system.stop().await;
+}
+
 async fn streaming_ingests_chunks(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
@@ -1142,6 +1175,7 @@ on_each_database!(
     simulation_replays_what_ingest_scored,
     nothing_is_lost_while_lifecycle_is_down,
     two_replicas_count_like_one,
+    one_replica_stores_a_batch_sent_at_once_once,
     ids_are_checked_per_item,
     emails_while_lifecycle_is_down_are_retryable,
     a_frozen_lifecycle_is_bounded_by_the_callers_deadline,

@@ -65,8 +65,11 @@ pub(super) fn sum_buckets<'a>(
 }
 
 /// At most this many groups in one fold transaction (each at most 5,000
-/// activities): a fold's statements stay a few chunks each.
-const MAX_FOLD_GROUPS: usize = 16;
+/// activities). A fold after a full rest under load takes in about a
+/// second of groups (40-50 at 40,000 events/s); the sums are merged per
+/// bucket before anything is written, so its statements grow with the
+/// buckets touched, not with the groups.
+const MAX_FOLD_GROUPS: usize = 64;
 
 /// A gate per tenant that its readers' folds pass one at a time
 /// (`Repository::fold_through`). One entry per tenant that read while

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use cascade_chassis::db::{begin_write, insert_chunks, statement_chunks};
+use cascade_chassis::error::is_unique_violation;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use sea_orm::sea_query::{
     Alias, Condition, Expr, ExprTrait, LockType, OnConflict, Query, ValueTuple,
@@ -186,7 +187,7 @@ impl Repository {
             });
         }
 
-        if insert_activities(&txn, t, model.version, &scored).await? != scored.len() as u64 {
+        if !insert_activities(&txn, t, model.version, &scored).await? {
             // Some of these ids were stored before (by an earlier call, or a
             // concurrent one meanwhile): try again, checking first.
             txn.rollback().await?;
@@ -441,13 +442,14 @@ where
 }
 
 /// Inserts the scored activities (in event id order, so concurrent batches
-/// lock in the same order); returns how many were new.
+/// lock in the same order); whether every one was new. When one was not,
+/// the transaction is to be rolled back: on PostgreSQL the statement failed.
 async fn insert_activities(
     conn: &impl ConnectionTrait,
     t: &str,
     model_version: i64,
     scored: &[ScoredActivity<'_>],
-) -> Result<u64, DbErr> {
+) -> Result<bool, DbErr> {
     let now = time::now().timestamp_millis();
     let mut sorted: Vec<&ScoredActivity<'_>> = scored.iter().collect();
     sorted.sort_by(|a, b| a.item.event_id.cmp(&b.item.event_id));
@@ -474,7 +476,7 @@ async fn insert_activities(
     let new_only = OnConflict::columns([activity::Column::TenantId, activity::Column::EventId])
         .do_nothing()
         .to_owned();
-    insert_chunks(conn, rows, Some(&new_only)).await
+    Ok(insert_chunks(conn, rows, Some(&new_only)).await? == scored.len() as u64)
 }
 
 /// PostgreSQL: `insert_activities` as one statement of column arrays.
@@ -484,7 +486,7 @@ async fn insert_activities_unnest(
     model_version: i64,
     now: i64,
     sorted: &[&ScoredActivity<'_>],
-) -> Result<u64, DbErr> {
+) -> Result<bool, DbErr> {
     let text = |f: fn(&ScoredActivity<'_>) -> String| -> Value {
         sorted.iter().map(|s| f(s)).collect::<Vec<String>>().into()
     };
@@ -514,7 +516,11 @@ async fn insert_activities_unnest(
         include_str!("sql/insert_activities.pg.sql"),
         values,
     );
-    Ok(conn.execute_raw(statement).await?.rows_affected())
+    match conn.execute_raw(statement).await {
+        Ok(done) => Ok(done.rows_affected() == sorted.len() as u64),
+        Err(error) if is_unique_violation(&error) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// The batch's counted points and activities summed per bucket.

@@ -151,13 +151,19 @@ pub fn today() -> i64 {
 
 impl Repository {
     pub fn new(db: DatabaseConnection) -> Self {
-        // One group transaction at a time per replica on both backends:
-        // SQLite has one writer, and on PostgreSQL a second leader's group
-        // shares the first's buckets and accounts and waits for its commit
-        // anyway; two leaders measured no faster and cost PostgreSQL 15 %
-        // more CPU (docs/performance.md, round 5). Replicas still run
-        // groups side by side, hence the lock order in `ingest`.
-        let leaders = 1;
+        // SQLite has one writer: one group transaction at a time. On
+        // PostgreSQL a group writes only its activities, the caps' usage and
+        // a pending fold (the buckets and scores it once shared with the
+        // next group are the folder's), so two groups run side by side and
+        // the activities insert, the largest statement, uses both cores:
+        // +19 % events/s against one leader, and three or four were no
+        // faster (docs/performance.md, round 16). Replicas run groups side
+        // by side too, hence the lock order in `ingest`.
+        let leaders = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            2
+        } else {
+            1
+        };
         Self {
             db,
             deliveries_written: Arc::new(Notify::new()),
