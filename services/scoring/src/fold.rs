@@ -27,6 +27,36 @@ fn rest_after(took: Duration, max_rest: Duration) -> Duration {
     (took * REST_FACTOR).min(max_rest)
 }
 
+/// A rest is for groups still arriving: when none commits for this long,
+/// ingest has paused, and the folder folds what came instead of resting
+/// on. So the last groups of a burst are folded (and delivered) right
+/// after it rather than up to `fold.max_rest_ms` later, and score reads
+/// then find nothing pending to fold first. Under load groups commit every
+/// few tens of milliseconds.
+const IDLE_GAP: Duration = Duration::from_millis(50);
+
+/// Rests for `rest`, or until no group committed (`group_committed`
+/// resolved) for `gap`, whichever is first.
+async fn rest_while_groups_come<F>(
+    rest: Duration,
+    gap: Duration,
+    mut group_committed: impl FnMut() -> F,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    let until = tokio::time::Instant::now() + rest;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero()
+            || tokio::time::timeout(left.min(gap), group_committed())
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Folds until aborted, resting at most `max_rest` between folds.
 pub async fn follow(repository: Repository, max_rest: Duration) {
     let retry = || {
@@ -44,7 +74,11 @@ pub async fn follow(repository: Repository, max_rest: Duration) {
             Ok(folded) => {
                 delays = retry();
                 if folded > 0 {
-                    tokio::time::sleep(rest_after(started.elapsed(), max_rest)).await;
+                    let rest = rest_after(started.elapsed(), max_rest);
+                    rest_while_groups_come(rest, IDLE_GAP, || repository.fold_wanted()).await;
+                    // Whatever committed during the rest (its wake-ups were
+                    // taken by the rest).
+                    continue;
                 }
                 tokio::select! {
                     () = repository.fold_wanted() => {}
@@ -82,5 +116,52 @@ mod tests {
             rest_after(Duration::from_millis(140), Duration::ZERO),
             Duration::ZERO
         );
+    }
+
+    #[tokio::test]
+    async fn the_rest_ends_when_groups_stop_coming() {
+        use std::sync::Arc;
+        use std::time::Instant;
+        use tokio::sync::Notify;
+        let (long, gap) = (Duration::from_secs(30), Duration::from_millis(200));
+
+        // No group at all: one gap, not the whole rest.
+        let groups = Arc::new(Notify::new());
+        let started = Instant::now();
+        rest_while_groups_come(long, gap, || groups.notified()).await;
+        let took = started.elapsed();
+        assert!(took >= gap && took < Duration::from_secs(10), "{took:?}");
+
+        // Groups every 10 ms for 600 ms: the rest lasts through them.
+        let sender = groups.clone();
+        let feeding = tokio::spawn(async move {
+            for _ in 0..60 {
+                sender.notify_one();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let started = Instant::now();
+        rest_while_groups_come(long, gap, || groups.notified()).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        feeding.await.expect("feeding");
+
+        // Groups that keep coming: the rest still ends at its bound.
+        let sender = groups.clone();
+        let feeding = tokio::spawn(async move {
+            loop {
+                sender.notify_one();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let bound = Duration::from_millis(700);
+        let started = Instant::now();
+        rest_while_groups_come(bound, gap, || groups.notified()).await;
+        let took = started.elapsed();
+        feeding.abort();
+        assert!(took >= bound && took < Duration::from_secs(10), "{took:?}");
     }
 }

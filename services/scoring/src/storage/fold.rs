@@ -65,11 +65,10 @@ pub(super) fn sum_buckets<'a>(
 }
 
 /// At most this many groups in one fold transaction (each at most 5,000
-/// activities). A fold after a full rest under load takes in about a
-/// second of groups (40-50 at 40,000 events/s); the sums are merged per
-/// bucket before anything is written, so its statements grow with the
-/// buckets touched, not with the groups.
-const MAX_FOLD_GROUPS: usize = 64;
+/// activities); under load the folder takes the next 16 right away. 64
+/// measured no faster and kept scoring's peak RSS over 64 MiB (66 MiB
+/// against 62, docs/performance.md, round 16).
+const MAX_FOLD_GROUPS: usize = 16;
 
 /// A gate per tenant that its readers' folds pass one at a time
 /// (`Repository::fold_through`). One entry per tenant that read while
@@ -271,24 +270,26 @@ impl Repository {
             txn.commit().await?;
             return Ok(0);
         }
-        let mut by_tenant: BTreeMap<&str, Vec<outbox_pb::PendingFold>> = BTreeMap::new();
-        for row in &rows {
-            by_tenant
-                .entry(row.tenant_id.as_str())
-                .or_default()
-                .push(decode(row)?);
-        }
-        let span = tracing::info_span!("fold", groups = rows.len(), tenants = by_tenant.len());
+        // Each group is decoded and merged into its tenant's sums, then
+        // dropped: a fold of many groups holds the distinct buckets once,
+        // not every group's deltas.
+        let span = tracing::info_span!("fold", groups = rows.len());
         if let Some(context) = rows[0].trace_context.as_deref() {
             let _ = span.set_parent(outbox::extract_trace_context(context));
         }
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let mut by_tenant: BTreeMap<String, OwnedSums> = BTreeMap::new();
+        for row in rows {
+            let fold = decode(&row)?;
+            by_tenant.entry(row.tenant_id).or_default().merge(fold);
+        }
         let delivered = async {
             let mut delivered = false;
-            for (t, folds) in &by_tenant {
-                delivered |= fold_tenant(&txn, t, folds).await?;
+            for (t, sums) in &by_tenant {
+                delivered |= fold_sums(&txn, t, &sums.borrowed()).await?;
             }
             pending_fold::Entity::delete_many()
-                .filter(pending_fold::Column::Id.is_in(rows.iter().map(|row| row.id)))
+                .filter(pending_fold::Column::Id.is_in(ids.iter().copied()))
                 .exec(&txn)
                 .await?;
             txn.commit().await?;
@@ -299,28 +300,47 @@ impl Repository {
         if delivered {
             self.deliveries_written.notify_one();
         }
-        Ok(rows.len())
+        Ok(ids.len())
     }
 }
 
-/// Adds a tenant's pending groups to its buckets and scores and enqueues a
-/// delivery per account; whether it enqueued any.
-async fn fold_tenant(
-    conn: &WriteTransaction,
-    t: &str,
-    folds: &[outbox_pb::PendingFold],
-) -> ServiceResult<bool> {
-    let sums = sum_buckets(folds.iter().flat_map(|fold| &fold.buckets).map(|bucket| {
-        let key = (
-            bucket.account_id.as_str(),
-            bucket.contact_id.as_str(),
-            bucket.activity_type.as_str(),
-            bucket.intent,
-            bucket.day,
-        );
-        (key, bucket.points, bucket.activity_count)
-    }));
-    fold_sums(conn, t, &sums).await
+/// A tenant's pending groups summed per bucket, with owned keys.
+#[derive(Default)]
+struct OwnedSums(BTreeMap<(String, String, String, bool, i64), (i64, i64)>);
+
+impl OwnedSums {
+    fn merge(&mut self, fold: outbox_pb::PendingFold) {
+        for bucket in fold.buckets {
+            let key = (
+                bucket.account_id,
+                bucket.contact_id,
+                bucket.activity_type,
+                bucket.intent,
+                bucket.day,
+            );
+            let sum = self.0.entry(key).or_default();
+            sum.0 += bucket.points;
+            sum.1 += bucket.activity_count;
+        }
+    }
+
+    fn borrowed(&self) -> BucketSums<'_> {
+        self.0
+            .iter()
+            .map(|((account, contact, kind, intent, day), &sums)| {
+                (
+                    (
+                        account.as_str(),
+                        contact.as_str(),
+                        kind.as_str(),
+                        *intent,
+                        *day,
+                    ),
+                    sums,
+                )
+            })
+            .collect()
+    }
 }
 
 /// Adds bucket sums to a tenant's buckets and scores and enqueues a
