@@ -304,9 +304,12 @@ impl Repository {
     }
 }
 
+/// `BucketKey` with owned strings.
+type OwnedBucketKey = (String, String, String, bool, i64);
+
 /// A tenant's pending groups summed per bucket, with owned keys.
 #[derive(Default)]
-struct OwnedSums(BTreeMap<(String, String, String, bool, i64), (i64, i64)>);
+struct OwnedSums(BTreeMap<OwnedBucketKey, (i64, i64)>);
 
 impl OwnedSums {
     fn merge(&mut self, fold: outbox_pb::PendingFold) {
