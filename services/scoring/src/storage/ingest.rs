@@ -443,7 +443,9 @@ where
 
 /// Inserts the scored activities (in event id order, so concurrent batches
 /// lock in the same order); whether every one was new. When one was not,
-/// the transaction is to be rolled back: on PostgreSQL the statement failed.
+/// the transaction is to be rolled back: a stored id either was skipped
+/// (SQLite's `ON CONFLICT DO NOTHING`) or failed the statement (PostgreSQL's
+/// plain insert).
 async fn insert_activities(
     conn: &impl ConnectionTrait,
     t: &str,
@@ -453,9 +455,26 @@ async fn insert_activities(
     let now = time::now().timestamp_millis();
     let mut sorted: Vec<&ScoredActivity<'_>> = scored.iter().collect();
     sorted.sort_by(|a, b| a.item.event_id.cmp(&b.item.event_id));
-    if conn.get_database_backend() == DbBackend::Postgres {
-        return insert_activities_unnest(conn, t, model_version, now, &sorted).await;
+    let inserted = if conn.get_database_backend() == DbBackend::Postgres {
+        insert_activities_unnest(conn, t, model_version, now, &sorted).await
+    } else {
+        insert_activities_chunks(conn, t, model_version, now, sorted).await
+    };
+    match inserted {
+        Ok(rows) => Ok(rows == scored.len() as u64),
+        Err(error) if is_unique_violation(&error) => Ok(false),
+        Err(error) => Err(error),
     }
+}
+
+/// SQLite: `insert_activities` as multi-row INSERTs that skip stored ids.
+async fn insert_activities_chunks(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    model_version: i64,
+    now: i64,
+    sorted: Vec<&ScoredActivity<'_>>,
+) -> Result<u64, DbErr> {
     let rows = sorted
         .into_iter()
         .map(|s| activity::ActiveModel {
@@ -476,7 +495,7 @@ async fn insert_activities(
     let new_only = OnConflict::columns([activity::Column::TenantId, activity::Column::EventId])
         .do_nothing()
         .to_owned();
-    Ok(insert_chunks(conn, rows, Some(&new_only)).await? == scored.len() as u64)
+    insert_chunks(conn, rows, Some(&new_only)).await
 }
 
 /// PostgreSQL: `insert_activities` as one statement of column arrays.
@@ -486,7 +505,7 @@ async fn insert_activities_unnest(
     model_version: i64,
     now: i64,
     sorted: &[&ScoredActivity<'_>],
-) -> Result<bool, DbErr> {
+) -> Result<u64, DbErr> {
     let text = |f: fn(&ScoredActivity<'_>) -> String| -> Value {
         sorted.iter().map(|s| f(s)).collect::<Vec<String>>().into()
     };
@@ -516,11 +535,7 @@ async fn insert_activities_unnest(
         include_str!("sql/insert_activities.pg.sql"),
         values,
     );
-    match conn.execute_raw(statement).await {
-        Ok(done) => Ok(done.rows_affected() == sorted.len() as u64),
-        Err(error) if is_unique_violation(&error) => Ok(false),
-        Err(error) => Err(error),
-    }
+    Ok(conn.execute_raw(statement).await?.rows_affected())
 }
 
 /// The batch's counted points and activities summed per bucket.
