@@ -3,10 +3,16 @@
 //! UNAVAILABLE, retryable, never as an internal error; the pool replaces it.
 //! Connections are pinged before use only after sitting idle (db::connect),
 //! so a connection dropped while in use is found this way.
+//!
+//! A PostgreSQL connection that owes the server nothing goes back to the pool
+//! without sqlx's ping (vendor/sqlx-core/PATCHED.md); the tests after the
+//! first show that the others still take the ping's path: a dropped
+//! transaction's rollback reaches the server at once, and a statement dropped
+//! midway leaves nothing for the connection's next user to trip on.
 
 use cascade_chassis::{ServiceError, db};
 use cascade_testkit::TestDatabase;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use tonic::Code;
 
 async fn one(conn: &sea_orm::DatabaseConnection) -> Result<i64, ServiceError> {
@@ -78,4 +84,60 @@ async fn postgres_a_dropped_connection_is_unavailable_then_replaced() {
         one(&pool).await.expect("the pool replaced the connection"),
         1
     );
+}
+
+async fn execute(conn: &impl ConnectionTrait, sql: &str) {
+    conn.execute_unprepared(sql).await.expect(sql);
+}
+
+#[tokio::test]
+async fn postgres_a_dropped_transaction_leaves_no_lock_in_the_pool() {
+    let Some(test) = TestDatabase::postgres().await else {
+        return;
+    };
+    let mut settings = test.settings.clone();
+    settings.max_connections = Some(1);
+    let pool = db::connect(&settings).await.expect("connect");
+    execute(&pool, "CREATE TABLE held (id bigint PRIMARY KEY, n bigint)").await;
+    execute(&pool, "INSERT INTO held VALUES (1, 0)").await;
+
+    let txn = pool.begin().await.expect("begin");
+    execute(&txn, "UPDATE held SET n = n + 1 WHERE id = 1").await;
+    // Dropped without commit or rollback, as when a request is cancelled.
+    drop(txn);
+
+    // Another session may take the row lock at once: the pooled connection
+    // did not go idle inside the transaction.
+    let other = db::connect(&test.settings).await.expect("other session");
+    let txn = other.begin().await.expect("begin");
+    execute(&txn, "SET LOCAL lock_timeout = '2s'").await;
+    execute(&txn, "UPDATE held SET n = n + 10 WHERE id = 1").await;
+    txn.commit().await.expect("commit");
+    assert_eq!(
+        count(&other, "SELECT n FROM held WHERE id = 1").await,
+        10,
+        "the dropped transaction's update was rolled back"
+    );
+    assert_eq!(one(&pool).await.expect("the pool's connection"), 1);
+}
+
+#[tokio::test]
+async fn postgres_a_statement_dropped_midway_leaves_the_connection_clean() {
+    let Some(test) = TestDatabase::postgres().await else {
+        return;
+    };
+    let mut settings = test.settings.clone();
+    settings.max_connections = Some(1);
+    let pool = db::connect(&settings).await.expect("connect");
+    let slow = pool.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT 7::bigint FROM pg_sleep(0.3)",
+    ));
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(50), slow).await;
+    assert!(cut.is_err(), "the statement was dropped before its reply");
+    // The one connection serves the next statements with their own replies,
+    // not the dropped statement's 7.
+    for _ in 0..3 {
+        assert_eq!(one(&pool).await.expect("next statement"), 1);
+    }
 }

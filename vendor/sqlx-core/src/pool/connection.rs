@@ -9,6 +9,7 @@ use crate::sync::AsyncSemaphoreReleaser;
 use crate::connection::Connection;
 use crate::database::Database;
 use crate::error::Error;
+use crate::transaction::TransactionManager;
 
 use super::inner::{is_beyond_max_lifetime, DecrementSizeGuard, PoolInner};
 use crate::pool::options::PoolConnectionMetadata;
@@ -203,11 +204,36 @@ impl<DB: Database> Drop for PoolConnection<DB> {
             return;
         }
 
+        // Cascade patch (PATCHED.md): a connection that owes the server
+        // nothing goes straight back to the idle queue, without the spawned
+        // task and its ping, which cost one more round trip to PostgreSQL
+        // per checkout.
+        if let Some(live) = self.live.take_if(|live| releasable_now(live, &self.pool)) {
+            live.float(self.pool.clone()).release();
+            return;
+        }
+
         // We still need to spawn a task to maintain `min_connections`.
         if self.live.is_some() || self.pool.options.min_connections > 0 {
             crate::rt::spawn(self.return_to_pool());
         }
     }
+}
+
+/// Cascade patch: a PostgreSQL connection that owes the server nothing:
+/// nothing to flush and no reply unread (`should_flush`, patched in
+/// vendor/sqlx-postgres to cover both: a rollback queued by a dropped
+/// transaction, a statement dropped midway, an error or a FATAL before the
+/// server closed the socket), no transaction open, and none of the pool's own
+/// reasons to go through `return_to_pool`. Other databases keep the ping on
+/// release: SQLite's only way to find a crashed worker thread is that ping.
+fn releasable_now<DB: Database>(live: &Live<DB>, pool: &PoolInner<DB>) -> bool {
+    DB::NAME == "PostgreSQL"
+        && !pool.is_closed()
+        && pool.options.after_release.is_none()
+        && !is_beyond_max_lifetime(live, &pool.options)
+        && !live.raw.should_flush()
+        && <DB::TransactionManager as TransactionManager>::get_transaction_depth(&live.raw) == 0
 }
 
 impl<DB: Database> Live<DB> {
