@@ -35,14 +35,19 @@ async fn count(conn: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
         .expect("count")
 }
 
+/// A pool of one connection, so each statement reuses the one before it.
+async fn pool_of_one(test: &TestDatabase) -> sea_orm::DatabaseConnection {
+    let mut settings = test.settings.clone();
+    settings.max_connections = Some(1);
+    db::connect(&settings).await.expect("connect")
+}
+
 #[tokio::test]
 async fn postgres_a_dropped_connection_is_unavailable_then_replaced() {
     let Some(test) = TestDatabase::postgres().await else {
         return;
     };
-    let mut settings = test.settings.clone();
-    settings.max_connections = Some(1);
-    let pool = db::connect(&settings).await.expect("connect");
+    let pool = pool_of_one(&test).await;
     assert_eq!(one(&pool).await.expect("first statement"), 1);
 
     // Another session ends the pooled connection's backend, as a restart does.
@@ -95,9 +100,7 @@ async fn postgres_a_dropped_transaction_leaves_no_lock_in_the_pool() {
     let Some(test) = TestDatabase::postgres().await else {
         return;
     };
-    let mut settings = test.settings.clone();
-    settings.max_connections = Some(1);
-    let pool = db::connect(&settings).await.expect("connect");
+    let pool = pool_of_one(&test).await;
     execute(&pool, "CREATE TABLE held (id bigint PRIMARY KEY, n bigint)").await;
     execute(&pool, "INSERT INTO held VALUES (1, 0)").await;
 
@@ -126,9 +129,7 @@ async fn postgres_a_statement_dropped_midway_leaves_the_connection_clean() {
     let Some(test) = TestDatabase::postgres().await else {
         return;
     };
-    let mut settings = test.settings.clone();
-    settings.max_connections = Some(1);
-    let pool = db::connect(&settings).await.expect("connect");
+    let pool = pool_of_one(&test).await;
     let slow = pool.query_one_raw(Statement::from_string(
         DbBackend::Postgres,
         "SELECT 7::bigint FROM pg_sleep(0.3)",
