@@ -43,6 +43,8 @@ options:
   --rate N               open loop: N requests/s, latency from each intended send time
   --concurrency N        closed loop: N workers back to back (default 8; the default loop)
   --channels N           HTTP/2 connections per service (default 2)
+  --threads N            the generator's worker threads (default: 1 with --rate, open loop;
+                         one per core otherwise)
   --batch N              activities per call (default 100)
   --lifecycle URL        default http://127.0.0.1:50051
   --scoring URL          default http://127.0.0.1:50052
@@ -68,6 +70,7 @@ pub struct Args {
     rate: Option<f64>,
     concurrency: usize,
     channels: usize,
+    threads: Option<usize>,
     batch: usize,
     lifecycle: String,
     scoring: String,
@@ -99,6 +102,7 @@ fn parse() -> Result<Args> {
         rate: None,
         concurrency: 8,
         channels: 2,
+        threads: None,
         batch: 100,
         lifecycle: "http://127.0.0.1:50051".into(),
         scoring: "http://127.0.0.1:50052".into(),
@@ -134,6 +138,7 @@ fn parse() -> Result<Args> {
             "--rate" => args.rate = Some(value.parse().map_err(|e| bad(&e))?),
             "--concurrency" => args.concurrency = value.parse().map_err(|e| bad(&e))?,
             "--channels" => args.channels = value.parse().map_err(|e| bad(&e))?,
+            "--threads" => args.threads = Some(value.parse().map_err(|e| bad(&e))?),
             "--batch" => args.batch = value.parse().map_err(|e| bad(&e))?,
             "--lifecycle" => args.lifecycle = value,
             "--scoring" => args.scoring = value,
@@ -156,8 +161,8 @@ fn parse() -> Result<Args> {
     if args.scenario.is_empty() {
         return Err(format!("--scenario is required\n\n{USAGE}").into());
     }
-    if args.accounts == 0 || args.contacts == 0 || args.channels == 0 {
-        return Err("--accounts, --contacts and --channels must be at least 1".into());
+    if args.accounts == 0 || args.contacts == 0 || args.channels == 0 || args.threads == Some(0) {
+        return Err("--accounts, --contacts, --channels and --threads must be at least 1".into());
     }
     Ok(args)
 }
@@ -250,8 +255,7 @@ fn print(result: &Value) {
     );
 }
 
-async fn main_result() -> Result<()> {
-    let args = parse()?;
+async fn main_result(args: Args) -> Result<()> {
     match args.scenario.as_str() {
         "report" => {
             let dir = args.dir.as_ref().ok_or("report needs --dir")?;
@@ -281,9 +285,29 @@ async fn main_result() -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(error) = main_result().await {
+/// The generator's worker threads. An open-loop run needs little CPU but
+/// wakes a worker for every request it schedules; with two workers each
+/// request also hopped between them (tonic's buffer task, the connection
+/// task), which cost 0.16 ms of CPU per GetAccount on the cores the services
+/// share, against 0.13 ms with one, and widened the services' own tail
+/// (docs/performance.md, round 18). Closed loops and raw-insert keep one
+/// worker per core: they can need more than one.
+fn worker_threads(args: &Args) -> usize {
+    args.threads.unwrap_or_else(|| match args.rate {
+        Some(_) => 1,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+fn main() {
+    let outcome = parse().and_then(|args| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads(&args))
+            .enable_all()
+            .build()?;
+        runtime.block_on(main_result(args))
+    });
+    if let Err(error) = outcome {
         eprintln!("cascade-load: {error}");
         std::process::exit(1);
     }
