@@ -58,8 +58,15 @@ if [[ -n $db_server ]]; then
   done
   raw_url=$db_server
   raw_concurrency=4
+  # The server's settings go into the report: they move the numbers, and a
+  # server without autovacuum (some CI images turn it off) lets the dead row
+  # versions of the hottest tables pile up through the whole run.
+  server_settings=$(psql -qtA "$db_server" -c "SELECT json_object_agg(name, current_setting(name))
+    FROM unnest(ARRAY['server_version', 'autovacuum', 'autovacuum_naptime', 'shared_buffers',
+      'synchronous_commit', 'fsync', 'max_wal_size', 'checkpoint_timeout']) AS name")
 else
   database=sqlite
+  server_settings=null
   for s in "${services[@]}"; do urls[$s]="sqlite://$work/$s.db"; done
   raw_url="sqlite://$work/raw-insert.db"
   # SQLite has one writer: more connections only wait for the lock.
@@ -175,7 +182,7 @@ bench raw-insert-bare --scenario raw-insert --raw-table bare --database-url "$ra
       "$sep" "$s" "${rss_mib[$s]}" "${fresh_ms[$s]}" "${existing_ms[$s]}"
     sep=", "
   done
-  printf '}, "note": "%s"}\n' "Services ran with auth disabled and CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0 (no per-tenant ingest limit); load generator and services share the machine."
+  printf '}, "server_settings": %s, "note": "%s"}\n' "$server_settings" "Services ran with auth disabled and CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0 (no per-tenant ingest limit); load generator and services share the machine."
 } >"$out/services.json"
 
 (IFS=,; echo "{${settled[*]}}") >"$out/settled.json"

@@ -446,5 +446,20 @@ fn markdown(report: &Value, targets: &[Target], runs: &BTreeMap<String, Value>) 
     if let Some(note) = report["services"]["note"].as_str() {
         let _ = writeln!(md, "\n{note}");
     }
+    if let Some(settings) = report["services"]["server_settings"].as_object() {
+        let listed: Vec<String> = settings
+            .iter()
+            .map(|(name, value)| format!("{name} {}", value.as_str().unwrap_or("?")))
+            .collect();
+        let _ = writeln!(md, "\nPostgreSQL server: {}.", listed.join(", "));
+        if settings.get("autovacuum").and_then(Value::as_str) == Some("off") {
+            let _ = writeln!(
+                md,
+                "\n**autovacuum is off on this server**: the dead row versions of the most \
+                 updated tables (accounts, account scores, buckets) pile up through the run, \
+                 and the later read scenarios pay for them (docs/performance.md, round 18)."
+            );
+        }
+    }
     md
 }
