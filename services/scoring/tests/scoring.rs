@@ -418,6 +418,162 @@ async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
     system.stop().await;
 }
 
+/// An account's whole ledger, read `page_size` entries at a time, and the
+/// score the last page carried.
+async fn ledger(
+    scoring: &Scoring,
+    account_id: &str,
+    page_size: i32,
+) -> (Vec<pb::LedgerEntry>, pb::AccountScore) {
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = scoring
+            .public()
+            .explain_account_score(scoring.req(pb::ExplainAccountScoreRequest {
+                account_id: account_id.to_owned(),
+                page_size,
+                page_token: token,
+            }))
+            .await
+            .expect("ledger page")
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return (entries, page.score.expect("score"));
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Asserts a score equals what the account's stored activities (its
+/// ledger) give: engagement, intent, engaged contacts and the breakdown.
+async fn assert_score_is_the_ledgers(
+    scoring: &Scoring,
+    account_id: &str,
+    score: &pb::AccountScore,
+) {
+    let (entries, _) = ledger(scoring, account_id, 100).await;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    let engagement: Vec<&pb::LedgerEntry> = entries.iter().filter(|e| !e.intent).collect();
+    let total: f64 = engagement.iter().map(|e| e.points).sum();
+    let intent: f64 = entries.iter().filter(|e| e.intent).map(|e| e.points).sum();
+    assert!(close(score.engagement_score, total), "{score:?} vs {total}");
+    assert!(close(score.intent_score, intent), "{score:?} vs {intent}");
+    let engaged: std::collections::BTreeSet<&str> =
+        engagement.iter().map(|e| e.contact_id.as_str()).collect();
+    assert_eq!(
+        score.engaged_contact_count as usize,
+        engaged.len(),
+        "{score:?}"
+    );
+    let mut by_type: std::collections::BTreeMap<&str, (i64, f64)> = Default::default();
+    for e in &engagement {
+        let entry = by_type.entry(e.activity_type.as_str()).or_default();
+        entry.0 += 1;
+        entry.1 += e.points;
+    }
+    let got: Vec<&str> = score
+        .breakdown
+        .iter()
+        .map(|b| b.activity_type.as_str())
+        .collect();
+    assert_eq!(
+        got,
+        by_type.keys().copied().collect::<Vec<_>>(),
+        "{score:?}"
+    );
+    for b in &score.breakdown {
+        let (count, points) = by_type[b.activity_type.as_str()];
+        assert_eq!(b.activity_count, count, "{}", b.activity_type);
+        assert!(
+            close(b.points, points),
+            "{}: {} vs {points}",
+            b.activity_type,
+            b.points
+        );
+    }
+}
+
+/// GetAccountScore answers from the account's stored score, which each
+/// batch adds to (decayed points, breakdown and all): after every batch it
+/// is what the stored activities give, and what the buckets give when a
+/// model change makes the next read sum them.
+async fn the_stored_score_answers_like_the_activities(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Stored", OWNER).await.account_id;
+    let mut contacts = Vec::new();
+    for name in ["ann", "bob", "cy"] {
+        let email = format!("{name}@stored.example");
+        contacts.push(lifecycle.create_contact(&id, &email).await.contact_id);
+    }
+    let [ann, bob, cy] = [&contacts[0], &contacts[1], &contacts[2]];
+    scoring
+        .change_model(|model| {
+            model.rules.push(pb::ScoringRule {
+                activity_type: "web_research".into(),
+                points: 10,
+                daily_cap_per_contact: 0,
+                first_occurrence_only: false,
+            });
+            model.intent_activity_types = vec!["web_research".into()];
+            model.decay_half_life_days = 7.0;
+        })
+        .await;
+    let dated = |event: &str, kind: &str, contact: &str, days: i64| {
+        let mut a = activity(event, kind, &id, contact);
+        a.occur_time = Some(days_ago(days));
+        a
+    };
+    let batches = [
+        vec![
+            dated("s1", "email_open", ann, 0),
+            dated("s2", "webinar_attended", ann, 3),
+            dated("s3", "web_page_visit", "", 1),
+        ],
+        vec![
+            dated("s4", "pricing_page_visit", bob, 2),
+            dated("s5", "email_open", ann, 5),
+            dated("s6", "web_research", cy, 4),
+        ],
+        vec![
+            dated("s7", "email_open", bob, 10),
+            dated("s8", "webinar_attended", cy, 0),
+            dated("s9", "web_research", ann, 6),
+        ],
+    ];
+    let mut last = None;
+    for batch in batches {
+        let response = scoring.record(batch).await;
+        assert_eq!(response.rejected_count, 0, "{response:?}");
+        let score = scoring.score(&id).await;
+        assert_score_is_the_ledgers(&scoring, &id, &score).await;
+        last = Some(score);
+    }
+    let stored = last.expect("three batches");
+    assert_eq!(stored.engaged_contact_count, 3);
+    assert_eq!(stored.breakdown.len(), 3, "{stored:?}");
+
+    // A model change with the same points marks the stored score stale: the
+    // read sums the buckets, and gives the same answer.
+    scoring
+        .change_model(|model| {
+            model.rules.push(pb::ScoringRule {
+                activity_type: "never_recorded".into(),
+                points: 1,
+                daily_cap_per_contact: 0,
+                first_occurrence_only: false,
+            });
+        })
+        .await;
+    let summed = scoring.score(&id).await;
+    assert_score_is_the_ledgers(&scoring, &id, &summed).await;
+    assert!((summed.engagement_score - stored.engagement_score).abs() < 1e-9);
+    assert_eq!(summed.breakdown.len(), stored.breakdown.len());
+    system.stop().await;
+}
+
 async fn the_ledger_sums_to_the_score(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
@@ -439,25 +595,7 @@ async fn the_ledger_sums_to_the_score(db: TestDatabase) {
     ];
     batch[1].occur_time = Some(days_ago(3));
     scoring.record(batch).await;
-    let mut entries = Vec::new();
-    let mut token = String::new();
-    let score = loop {
-        let page = scoring
-            .public()
-            .explain_account_score(scoring.req(pb::ExplainAccountScoreRequest {
-                account_id: id.clone(),
-                page_size: 2,
-                page_token: token,
-            }))
-            .await
-            .expect("ledger page")
-            .into_inner();
-        entries.extend(page.entries);
-        if page.next_page_token.is_empty() {
-            break page.score.expect("score");
-        }
-        token = page.next_page_token;
-    };
+    let (entries, score) = ledger(&scoring, &id, 2).await;
     assert_eq!(entries.len(), 5);
     assert_eq!(entries[0].event_id, "l2", "oldest activity first");
     let engagement: f64 = entries.iter().filter(|e| !e.intent).map(|e| e.points).sum();
@@ -1171,6 +1309,7 @@ on_each_database!(
     caps_and_decay_follow_the_model,
     a_batch_with_bad_items_keeps_the_good_ones,
     the_ledger_sums_to_the_score,
+    the_stored_score_answers_like_the_activities,
     simulation_matches_a_hand_computed_scenario,
     simulation_replays_what_ingest_scored,
     nothing_is_lost_while_lifecycle_is_down,

@@ -1,6 +1,8 @@
 //! Upgrading a scoring database: the engaged flags migration fills the new
-//! column from the buckets already stored (SQLite and PostgreSQL).
+//! column from the buckets already stored, and stored scores from before
+//! breakdowns were kept are recomputed, not trusted (SQLite and PostgreSQL).
 
+use cascade_chassis::TenantId;
 use cascade_scoring::storage::migration::Migrator;
 use cascade_testkit::TestDatabase;
 use cascade_testkit::on_each_database;
@@ -62,4 +64,48 @@ async fn engaged_flags_are_filled_from_the_buckets(db: TestDatabase) {
     );
 }
 
-on_each_database!(engaged_flags_are_filled_from_the_buckets);
+/// A stored score written before breakdowns were kept has none: reads and
+/// batches must recompute it from the buckets rather than answer from it.
+async fn scores_from_before_breakdowns_are_recomputed(db: TestDatabase) {
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    up_to(&conn, "m20261204_100001_stored_breakdowns").await;
+    let today = cascade_scoring::storage::today();
+    for sql in [
+        format!(
+            "INSERT INTO score_buckets VALUES ('t', 'a1', 'ann', 'email_open', FALSE, {today}, 2, 1)"
+        ),
+        format!(
+            "INSERT INTO score_buckets VALUES ('t', 'a1', 'bob', 'webinar_attended', FALSE, {today}, 25, 1)"
+        ),
+        // Today's, but not what the buckets say: only a recompute corrects it.
+        format!(
+            "INSERT INTO account_scores (tenant_id, account_id, engagement_score, intent_score, \
+             engaged_contacts, computed_day, delivery_seq) VALUES ('t', 'a1', 999.0, 0.0, 1, {today}, 3)"
+        ),
+    ] {
+        conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    Migrator::up(&conn, None).await.expect("upgraded");
+    let repository = cascade_scoring::storage::Repository::new(conn);
+    let tenant = TenantId::parse("t").expect("tenant");
+    let totals = repository
+        .account_totals(&tenant, "a1")
+        .await
+        .expect("score");
+    assert_eq!(
+        (
+            totals.engagement,
+            totals.engaged_contacts,
+            totals.activities
+        ),
+        (27.0, 2, 2)
+    );
+    assert_eq!(totals.breakdown["webinar_attended"], (1, 25.0));
+}
+
+on_each_database!(
+    engaged_flags_are_filled_from_the_buckets,
+    scores_from_before_breakdowns_are_recomputed,
+);

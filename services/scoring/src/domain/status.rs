@@ -96,6 +96,7 @@ mod tests {
             intent: 10.0,
             engaged_contacts: 2,
             computed_day: 20_000,
+            ..StoredScore::default()
         };
         let totals = |engagement, intent, engaged_contacts| Totals {
             engagement,

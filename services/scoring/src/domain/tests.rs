@@ -202,6 +202,7 @@ fn addition(activities: &[Activity], model: &ScoringModel, today: i64) -> Accoun
                 day: *day,
                 points: i64::from(*points),
                 intent: *intent,
+                activities: 1,
             }),
         model,
         today,
@@ -239,6 +240,8 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
             intent: before.intent,
             engaged_contacts: before.engaged_contacts,
             computed_day: today,
+            breakdown: before.breakdown.clone(),
+            activities: before.activities,
         };
         let all: Vec<Activity> = earlier.iter().chain(&batch).copied().collect();
         let expected = totals_of(buckets(&all), &model, today);
@@ -263,6 +266,18 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
             got.engaged_contacts, expected.engaged_contacts,
             "{half_life}"
         );
+        // The breakdown GetAccountScore answers from the stored score.
+        assert_eq!(got.activities, expected.activities, "{half_life}");
+        assert_eq!(
+            got.breakdown.keys().collect::<Vec<_>>(),
+            expected.breakdown.keys().collect::<Vec<_>>(),
+            "{half_life}"
+        );
+        for (kind, (count, points)) in &expected.breakdown {
+            let (got_count, got_points) = got.breakdown[kind];
+            assert_eq!(got_count, *count, "{half_life}: {kind}");
+            assert!(close(got_points, *points), "{half_life}: {kind}");
+        }
         for contact in ["c1", "c2", "c4", "c5", ""] {
             assert!(
                 close(
@@ -282,6 +297,9 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
             assert_eq!(got.intent, 20.0);
             // c1, c2, c3, c5 and the activities without a contact.
             assert_eq!(got.engaged_contacts, 5);
+            assert_eq!(got.activities, 10);
+            assert_eq!(got.breakdown["email_open"], (3, 3.0));
+            assert_eq!(got.breakdown["page_visit"], (3, 6.0));
         }
     }
 }

@@ -95,6 +95,10 @@ pub struct StoredScore {
     pub engaged_contacts: i32,
     /// The day its decay was computed for.
     pub computed_day: i64,
+    /// Engagement by activity type, as in [`Totals::breakdown`].
+    pub breakdown: BTreeMap<String, (i64, f64)>,
+    /// Every activity counted, intent ones too.
+    pub activities: i64,
 }
 
 /// Activities of a batch as the roll-up sees them: one scored activity, or
@@ -108,6 +112,8 @@ pub struct BatchActivity<'a> {
     pub day: i64,
     pub points: i64,
     pub intent: bool,
+    /// How many activities: 1, or a fold's count for the bucket.
+    pub activities: i64,
 }
 
 /// What a batch adds to one account, decayed to today.
@@ -120,6 +126,10 @@ pub struct AccountAddition {
     /// Contact -> activity types recorded (intent ones too): what the
     /// delivery tells lifecycle, and whose contact scores are written.
     pub new_types: BTreeMap<String, BTreeSet<String>>,
+    /// Activity type -> (activities, points added), engagement only.
+    pub breakdown: BTreeMap<String, (i64, f64)>,
+    /// Activities added, intent ones too.
+    pub activities: i64,
 }
 
 /// A batch's additions, per account.
@@ -144,11 +154,15 @@ impl BatchScores {
                     types.insert(a.activity_type.to_owned());
                 }
             }
+            add.activities += a.activities;
             if a.intent {
                 add.intent += value;
             } else {
                 add.engagement += value;
                 *slot(&mut add.contact_points, a.contact_id.unwrap_or_default()) += value;
+                let by_type = slot(&mut add.breakdown, a.activity_type);
+                by_type.0 += a.activities;
+                by_type.1 += value;
             }
         }
         Self { accounts }
@@ -175,7 +189,7 @@ fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut 
 }
 
 /// An account's score after a batch, from its stored score of the same day:
-/// the sum of the same buckets `totals_from` would read, without reading
+/// the sum of the same buckets [`totals_of`] would read, without reading
 /// them. `previous` is a contact's stored score in this account (0 if
 /// none); `was_engaged` tells whether a contact had engagement before.
 /// `per_contact` holds the batch's contacts only.
@@ -195,14 +209,20 @@ pub fn add_batch(
         let added = add.contact_points.get(contact).copied().unwrap_or(0.0);
         per_contact.insert(contact.clone(), previous(contact) + added);
     }
+    let mut breakdown = current.breakdown.clone();
+    for (activity_type, (activities, points)) in &add.breakdown {
+        let by_type = slot(&mut breakdown, activity_type);
+        by_type.0 += activities;
+        by_type.1 += points;
+    }
     Totals {
         engagement: current.engagement + add.engagement,
         intent: current.intent + add.intent,
         engaged_contacts: current
             .engaged_contacts
             .saturating_add(i32::try_from(newly_engaged).unwrap_or(i32::MAX)),
-        breakdown: BTreeMap::new(),
+        breakdown,
         per_contact,
-        activities: 0,
+        activities: current.activities + add.activities,
     }
 }

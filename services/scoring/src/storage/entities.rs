@@ -126,6 +126,11 @@ pub mod account_score {
         pub engaged_contacts: i32,
         pub computed_day: i64,
         pub delivery_seq: i64,
+        /// `StoredBreakdown` (protobuf) as of `computed_day`; NULL in a row
+        /// from before it was kept, which is then recomputed.
+        pub breakdown: Option<Vec<u8>>,
+        /// Every activity counted as of `computed_day`, intent ones too.
+        pub activity_count: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -360,7 +360,7 @@ pub(super) async fn fold_sums(
     let today = today();
     let batch = domain::BatchScores::of(
         sums.iter().map(
-            |(&(account_id, contact, activity_type, intent, day), &(points, _))| {
+            |(&(account_id, contact, activity_type, intent, day), &(points, activities))| {
                 domain::BatchActivity {
                     account_id,
                     contact_id: (!contact.is_empty()).then_some(contact),
@@ -368,6 +368,7 @@ pub(super) async fn fold_sums(
                     day,
                     points,
                     intent,
+                    activities,
                 }
             },
         ),

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_chassis::outbox::OutboxChurnMigration),
             Box::new(ScoreRowsRoom),
             Box::new(ActivitiesStatistics),
+            Box::new(StoredBreakdowns),
         ]
     }
 }
@@ -321,5 +322,66 @@ impl MigrationTrait for ActivitiesStatistics {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         activities_statistics(manager, -1).await
+    }
+}
+
+/// An account's stored score keeps its breakdown by activity type and its
+/// activity count, so GetAccountScore answers from that one row instead of
+/// summing the account's ~100 buckets (docs/performance.md, round 19).
+/// Existing rows get NULL, which marks them to recompute.
+struct StoredBreakdowns;
+
+impl MigrationName for StoredBreakdowns {
+    fn name(&self) -> &str {
+        "m20261204_100001_stored_breakdowns"
+    }
+}
+
+#[derive(DeriveIden)]
+enum AccountScores {
+    Table,
+    Breakdown,
+    ActivityCount,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for StoredBreakdowns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite adds one at a time.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(AccountScores::Table)
+                    .add_column(ColumnDef::new(AccountScores::Breakdown).binary().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(AccountScores::Table)
+                    .add_column(
+                        ColumnDef::new(AccountScores::ActivityCount)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in [AccountScores::Breakdown, AccountScores::ActivityCount] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(AccountScores::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
