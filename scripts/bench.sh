@@ -64,6 +64,9 @@ if [[ -n $db_server ]]; then
   server_settings=$(psql -qtA "$db_server" -c "SELECT json_object_agg(name, current_setting(name))
     FROM unnest(ARRAY['server_version', 'autovacuum', 'autovacuum_naptime', 'shared_buffers',
       'synchronous_commit', 'fsync', 'max_wal_size', 'checkpoint_timeout']) AS name")
+  # Only a JSON object goes into services.json; anything else is "unknown".
+  python3 -c 'import json,sys; assert isinstance(json.loads(sys.argv[1]), dict)' "$server_settings" 2>/dev/null \
+    || server_settings=null
 else
   database=sqlite
   server_settings=null
