@@ -24,7 +24,7 @@ use super::entities::{
     account, account_event, account_opportunity, contact, contact_change, erasure, notification,
     opportunity_contact, stage_first,
 };
-use super::{OPEN, Repository, lock_account};
+use super::{OPEN, Repository, lock_account, lock_account_to_delete};
 use crate::domain::erasure::{ERASING_SERVICES, Erasure, ErasureSubject, may_erase_account};
 
 fn at(ms: i64) -> DateTime<Utc> {
@@ -170,7 +170,7 @@ impl Repository {
         }
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        lock_account(&txn, t, account_id).await?;
+        lock_account_to_delete(&txn, t, account_id).await?;
         let open = account_opportunity::Entity::find()
             .filter(account_opportunity::Column::TenantId.eq(t))
             .filter(account_opportunity::Column::AccountId.eq(account_id))

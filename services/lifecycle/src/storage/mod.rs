@@ -223,17 +223,32 @@ pub(crate) fn account_state(
 }
 
 /// Locks an account row for the rest of the transaction, so changes to one
-/// account never interleave (across replicas too).
+/// account never interleave (across replicas too). Contacts can still be
+/// inserted under it meanwhile (`WriteTransaction::lock_all`).
 pub(crate) async fn lock_account(
     txn: &WriteTransaction,
     tenant_id: &str,
     account_id: &str,
 ) -> ServiceResult<account::Model> {
-    txn.lock_one(
-        account::Entity::find_by_id(account_id).filter(account::Column::TenantId.eq(tenant_id)),
-    )
-    .await?
-    .ok_or_else(|| ServiceError::not_found("account", account_id))
+    txn.lock_one(account_row(tenant_id, account_id))
+        .await?
+        .ok_or_else(|| ServiceError::not_found("account", account_id))
+}
+
+/// [`lock_account`] for an account this transaction deletes: no contact can
+/// be inserted under it until the transaction ends.
+pub(crate) async fn lock_account_to_delete(
+    txn: &WriteTransaction,
+    tenant_id: &str,
+    account_id: &str,
+) -> ServiceResult<account::Model> {
+    txn.lock_one_to_delete(account_row(tenant_id, account_id))
+        .await?
+        .ok_or_else(|| ServiceError::not_found("account", account_id))
+}
+
+fn account_row(tenant_id: &str, account_id: &str) -> Select<account::Entity> {
+    account::Entity::find_by_id(account_id).filter(account::Column::TenantId.eq(tenant_id))
 }
 
 async fn firsts_of(

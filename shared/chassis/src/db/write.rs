@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use sea_orm::sea_query::LockType;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     ExecResult, QueryResult, QuerySelect, Select, Statement, TransactionTrait,
@@ -68,19 +69,34 @@ pub struct WriteTransaction {
 impl WriteTransaction {
     /// Reads rows in order to change them, locked until this transaction
     /// ends, so changes to them never interleave (across replicas too): on
-    /// PostgreSQL `SELECT ... FOR UPDATE`; on SQLite the transaction already
-    /// holds the file's write lock (`begin_write`) and the clause is left
-    /// out. The one way Cascade locks rows; order `select` by key when it
-    /// locks several, so two transactions never wait for each other.
+    /// PostgreSQL `SELECT ... FOR NO KEY UPDATE`; on SQLite the transaction
+    /// already holds the file's write lock (`begin_write`) and the clause is
+    /// left out. The way Cascade locks rows it updates; order `select` by
+    /// key when it locks several, so two transactions never wait for each
+    /// other. The lock excludes every other writer of the rows but not the
+    /// key-share lock a foreign key check takes: a contact can be inserted
+    /// under an account while a score delivery holds it (with `FOR UPDATE`
+    /// each such insert waited for the delivery's commit; docs/performance.md,
+    /// round 19). Rows about to be deleted take [`lock_one_to_delete`](Self::lock_one_to_delete).
     pub async fn lock_all<E: EntityTrait>(
         &self,
         select: Select<E>,
     ) -> Result<Vec<E::Model>, DbErr> {
-        select.lock_exclusive().all(self).await
+        select.lock(LockType::NoKeyUpdate).all(self).await
     }
 
     /// [`lock_all`](Self::lock_all) for at most one row.
     pub async fn lock_one<E: EntityTrait>(
+        &self,
+        select: Select<E>,
+    ) -> Result<Option<E::Model>, DbErr> {
+        select.lock(LockType::NoKeyUpdate).one(self).await
+    }
+
+    /// A row this transaction will delete, locked `FOR UPDATE`: that also
+    /// holds off the foreign key checks of rows being inserted under it, so
+    /// none can be added to what the deletion leaves behind.
+    pub async fn lock_one_to_delete<E: EntityTrait>(
         &self,
         select: Select<E>,
     ) -> Result<Option<E::Model>, DbErr> {
