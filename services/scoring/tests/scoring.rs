@@ -23,6 +23,17 @@ async fn assert_no_score(scoring: &Scoring, account_id: &str) {
     assert_eq!(status.code(), Code::NotFound, "{account_id}: {status:?}");
 }
 
+/// Adds `web_research` (10 points) to the model as its intent type.
+fn research_is_intent(model: &mut pb::ScoringModel) {
+    model.rules.push(pb::ScoringRule {
+        activity_type: "web_research".into(),
+        points: 10,
+        daily_cap_per_contact: 0,
+        first_occurrence_only: false,
+    });
+    model.intent_activity_types = vec!["web_research".into()];
+}
+
 /// Waits until lifecycle shows the account with these scores.
 async fn wait_for_scores(lifecycle: &Lifecycle, account_id: &str, engagement: f64, average: f64) {
     let what = format!("lifecycle to show scores ({engagement}, {average})");
@@ -294,17 +305,7 @@ async fn engaged_contacts_follow_batches(db: TestDatabase) {
         .create_contact(&id, "cy@engaged.example")
         .await
         .contact_id;
-    scoring
-        .change_model(|model| {
-            model.rules.push(pb::ScoringRule {
-                activity_type: "web_research".into(),
-                points: 10,
-                daily_cap_per_contact: 0,
-                first_occurrence_only: false,
-            });
-            model.intent_activity_types = vec!["web_research".into()];
-        })
-        .await;
+    scoring.change_model(research_is_intent).await;
 
     let batches = [
         // (batch, engagement, engaged contacts)
@@ -511,13 +512,7 @@ async fn the_stored_score_answers_like_the_activities(db: TestDatabase) {
     let [ann, bob, cy] = [&contacts[0], &contacts[1], &contacts[2]];
     scoring
         .change_model(|model| {
-            model.rules.push(pb::ScoringRule {
-                activity_type: "web_research".into(),
-                points: 10,
-                daily_cap_per_contact: 0,
-                first_occurrence_only: false,
-            });
-            model.intent_activity_types = vec!["web_research".into()];
+            research_is_intent(model);
             model.decay_half_life_days = 7.0;
         })
         .await;
