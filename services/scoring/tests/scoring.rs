@@ -9,6 +9,7 @@ use cascade_proto::common::v1::AccountStage as S;
 use cascade_proto::scoring::v1 as pb;
 use cascade_testkit::fixtures::{account, activity, by_email, days_ago, violated_fields};
 use cascade_testkit::{Lifecycle, Scoring, Service, TestDatabase, TestSystem, on_each_database};
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 /// Who the accounts belong to on the seller's side.
@@ -549,6 +550,21 @@ async fn the_stored_score_answers_like_the_activities(db: TestDatabase) {
     let stored = last.expect("three batches");
     assert_eq!(stored.engaged_contact_count, 3);
     assert_eq!(stored.breakdown.len(), 3, "{stored:?}");
+
+    // A replica of an older version rewrites the totals and the delivery
+    // sequence but not the breakdown: that row is not answered from (here
+    // its totals are made wrong on purpose, so only a bucket sum is right).
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    conn.execute_unprepared(
+        "UPDATE account_scores SET engagement_score = engagement_score + 1000, \
+         delivery_seq = delivery_seq + 1",
+    )
+    .await
+    .expect("an older replica's write");
+    let summed = scoring.score(&id).await;
+    assert_score_is_the_ledgers(&scoring, &id, &summed).await;
 
     // A model change with the same points marks the stored score stale: the
     // read sums the buckets, and gives the same answer.

@@ -131,6 +131,10 @@ pub mod account_score {
         pub breakdown: Option<Vec<u8>>,
         /// Every activity counted as of `computed_day`, intent ones too.
         pub activity_count: i64,
+        /// The `delivery_seq` the breakdown was written with: a replica of
+        /// an older version rewrites the scores (and the sequence) but not
+        /// the breakdown, which then no longer matches and is recomputed.
+        pub breakdown_seq: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -22,7 +22,7 @@
 //! the deliveries it enqueues do too (as the outbox's deliverer joins the
 //! trace of its oldest message).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cascade_chassis::db::{WriteTransaction, begin_write};
@@ -356,6 +356,14 @@ pub(super) async fn fold_sums(
     if sums.is_empty() {
         return Ok(false);
     }
+    upsert_buckets(conn, t, sums).await?;
+    // Buckets, then accounts, then contacts, each in key order: the order
+    // every writer of scores takes them in, so they queue, not deadlock.
+    let account_ids: BTreeSet<String> = sums.keys().map(|key| key.0.to_owned()).collect();
+    let accounts = scores::lock_account_scores(conn, t, account_ids.iter()).await?;
+    // The model after the locks: a model change marks these scores stale
+    // and commits before the locks are granted, so a recompute here uses
+    // the model it was marked for, never the one before it.
     let model = current_model(conn, t).await?;
     let today = today();
     let batch = domain::BatchScores::of(
@@ -375,10 +383,6 @@ pub(super) async fn fold_sums(
         &model,
         today,
     );
-    upsert_buckets(conn, t, sums).await?;
-    // Buckets, then accounts, then contacts, each in key order: the order
-    // every writer of scores takes them in, so they queue, not deadlock.
-    let accounts = scores::lock_account_scores(conn, t, batch.accounts.keys()).await?;
     let new_scores = scores::rescore(conn, t, (&model, today), &batch, &accounts).await?;
     let sequences = scores::upsert_account_scores(conn, t, today, &new_scores).await?;
     scores::upsert_contact_scores(conn, t, today, &batch, &new_scores).await?;

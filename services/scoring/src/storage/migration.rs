@@ -328,7 +328,9 @@ impl MigrationTrait for ActivitiesStatistics {
 /// An account's stored score keeps its breakdown by activity type and its
 /// activity count, so GetAccountScore answers from that one row instead of
 /// summing the account's ~100 buckets (docs/performance.md, round 19).
-/// Existing rows get NULL, which marks them to recompute.
+/// Existing rows get NULL, which marks them to recompute; `breakdown_seq`
+/// tells a breakdown that a replica of an older version left behind when it
+/// rewrote the scores (there `breakdown_seq` trails `delivery_seq`).
 struct StoredBreakdowns;
 
 impl MigrationName for StoredBreakdowns {
@@ -342,6 +344,7 @@ enum AccountScores {
     Table,
     Breakdown,
     ActivityCount,
+    BreakdownSeq,
 }
 
 #[async_trait::async_trait]
@@ -356,23 +359,25 @@ impl MigrationTrait for StoredBreakdowns {
                     .to_owned(),
             )
             .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(AccountScores::Table)
-                    .add_column(
-                        ColumnDef::new(AccountScores::ActivityCount)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .to_owned(),
-            )
-            .await
+        for column in [AccountScores::ActivityCount, AccountScores::BreakdownSeq] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(AccountScores::Table)
+                        .add_column(ColumnDef::new(column).big_integer().not_null().default(0))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [AccountScores::Breakdown, AccountScores::ActivityCount] {
+        for column in [
+            AccountScores::Breakdown,
+            AccountScores::ActivityCount,
+            AccountScores::BreakdownSeq,
+        ] {
             manager
                 .alter_table(
                     Table::alter()

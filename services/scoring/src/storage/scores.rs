@@ -2,7 +2,7 @@
 //! deliveries and the top list need not read every bucket), the reads that
 //! compute totals from the buckets, and what a delivery carries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use cascade_chassis::db::{WriteTransaction, among, insert_chunks, insert_chunks_returning};
 use cascade_chassis::page::PageRequest;
@@ -304,6 +304,7 @@ pub(super) async fn lock_account_scores<'a>(
             delivery_seq: Set(0),
             breakdown: Set(None),
             activity_count: Set(0),
+            breakdown_seq: Set(0),
         })
         .collect();
     insert_chunks(
@@ -356,6 +357,8 @@ struct ScoreRow {
     computed_day: i64,
     breakdown: Option<Vec<u8>>,
     activity_count: i64,
+    delivery_seq: i64,
+    breakdown_seq: i64,
     newest_fold: Option<i64>,
 }
 
@@ -368,16 +371,24 @@ impl From<account_score::Model> for ScoreRow {
             computed_day: row.computed_day,
             breakdown: row.breakdown,
             activity_count: row.activity_count,
+            delivery_seq: row.delivery_seq,
+            breakdown_seq: row.breakdown_seq,
             newest_fold: None,
         }
     }
 }
 
 /// A stored score row as the domain sees it. A row without a breakdown
-/// (written before breakdowns were kept) or one that does not decode reads
-/// as stale, so whoever uses it recomputes it from the buckets.
+/// (written before breakdowns were kept), with one an older replica's
+/// write left behind (`breakdown_seq` behind `delivery_seq`), or with one
+/// that does not decode reads as stale, so whoever uses it recomputes it
+/// from the buckets.
 fn stored_score(row: ScoreRow) -> StoredScore {
-    let breakdown = row.breakdown.as_deref().and_then(decode_breakdown);
+    let breakdown = row
+        .breakdown
+        .as_deref()
+        .filter(|_| row.breakdown_seq == row.delivery_seq)
+        .and_then(decode_breakdown);
     StoredScore {
         engagement: row.engagement_score,
         intent: row.intent_score,
@@ -447,6 +458,12 @@ pub(super) async fn rescore(
     accounts: &HashMap<String, StoredScore>,
 ) -> ServiceResult<BTreeMap<String, NewScore>> {
     let contacts = stored_contact_scores(conn, t, batch.contacts()).await?;
+    // A contact without a score row yet may be inactive as well.
+    let unscored: Vec<&str> = batch
+        .contacts()
+        .filter(|c| !contacts.contains_key(*c))
+        .collect();
+    let inactive = inactive_among(conn, t, &unscored).await?;
     let mut result = BTreeMap::new();
     let mut recompute = Vec::new();
     for (account_id, add) in &batch.accounts {
@@ -459,9 +476,10 @@ pub(super) async fn rescore(
         // or a change applied meanwhile) must not be added: the account is
         // recomputed, without it.
         let contacts_current = add.new_types.keys().all(|c| {
-            contacts.get(c.as_str()).is_none_or(|row| {
-                &row.account_id == account_id && row.computed_day == today && !row.inactive
-            })
+            !inactive.contains(c.as_str())
+                && contacts.get(c.as_str()).is_none_or(|row| {
+                    &row.account_id == account_id && row.computed_day == today && !row.inactive
+                })
         });
         match current {
             Some(current) if contacts_current => {
@@ -562,6 +580,32 @@ async fn stored_contact_scores<'a>(
         stored.extend(rows.into_iter().map(|row| (row.contact_id.clone(), row)));
     }
     Ok(stored)
+}
+
+/// Those of `contacts` marked inactive; no statement when there are none.
+async fn inactive_among(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    contacts: &[&str],
+) -> Result<HashSet<String>, DbErr> {
+    let mut inactive = HashSet::new();
+    for ids in among(
+        conn.get_database_backend(),
+        contact_status::Column::ContactId,
+        contacts,
+    ) {
+        let rows: Vec<String> = contact_status::Entity::find()
+            .select_only()
+            .column(contact_status::Column::ContactId)
+            .filter(contact_status::Column::TenantId.eq(t))
+            .filter(contact_status::Column::Inactive.eq(true))
+            .filter(ids)
+            .into_tuple()
+            .all(conn)
+            .await?;
+        inactive.extend(rows);
+    }
+    Ok(inactive)
 }
 
 /// The ids of the tenant's contacts marked inactive.
@@ -672,6 +716,8 @@ async fn stored_read(
             account_score::Column::ComputedDay,
             account_score::Column::Breakdown,
             account_score::Column::ActivityCount,
+            account_score::Column::DeliverySeq,
+            account_score::Column::BreakdownSeq,
         ])
         .column_as(Expr::from(newest_fold(t)), "newest_fold")
         .filter(account_score::Column::TenantId.eq(t))
@@ -710,6 +756,7 @@ pub(super) async fn upsert_account_scores(
             delivery_seq: Set(1),
             breakdown: Set(Some(encode_breakdown(&new.totals.breakdown))),
             activity_count: Set(new.totals.activities),
+            breakdown_seq: Set(1),
         })
         .collect();
     let upsert = account_key()
@@ -723,6 +770,11 @@ pub(super) async fn upsert_account_scores(
         ])
         .value(
             account_score::Column::DeliverySeq,
+            Expr::col((account_score::Entity, account_score::Column::DeliverySeq)).add(1),
+        )
+        // The same new value: this breakdown belongs to this write.
+        .value(
+            account_score::Column::BreakdownSeq,
             Expr::col((account_score::Entity, account_score::Column::DeliverySeq)).add(1),
         )
         .to_owned();
