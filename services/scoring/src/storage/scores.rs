@@ -430,6 +430,17 @@ fn decode_breakdown(bytes: &[u8]) -> Option<BTreeMap<String, (i64, f64)>> {
     )
 }
 
+/// What each write of an account's score sets (and a read answers from),
+/// besides the sequences.
+const SCORE_COLUMNS: [account_score::Column; 6] = [
+    account_score::Column::EngagementScore,
+    account_score::Column::IntentScore,
+    account_score::Column::EngagedContacts,
+    account_score::Column::ComputedDay,
+    account_score::Column::Breakdown,
+    account_score::Column::ActivityCount,
+];
+
 fn account_key() -> OnConflict {
     OnConflict::columns([
         account_score::Column::TenantId,
@@ -709,13 +720,8 @@ async fn stored_read(
 ) -> Result<Option<ScoreRow>, DbErr> {
     account_score::Entity::find()
         .select_only()
+        .columns(SCORE_COLUMNS)
         .columns([
-            account_score::Column::EngagementScore,
-            account_score::Column::IntentScore,
-            account_score::Column::EngagedContacts,
-            account_score::Column::ComputedDay,
-            account_score::Column::Breakdown,
-            account_score::Column::ActivityCount,
             account_score::Column::DeliverySeq,
             account_score::Column::BreakdownSeq,
         ])
@@ -760,14 +766,7 @@ pub(super) async fn upsert_account_scores(
         })
         .collect();
     let upsert = account_key()
-        .update_columns([
-            account_score::Column::EngagementScore,
-            account_score::Column::IntentScore,
-            account_score::Column::EngagedContacts,
-            account_score::Column::ComputedDay,
-            account_score::Column::Breakdown,
-            account_score::Column::ActivityCount,
-        ])
+        .update_columns(SCORE_COLUMNS)
         .value(
             account_score::Column::DeliverySeq,
             Expr::col((account_score::Entity, account_score::Column::DeliverySeq)).add(1),
