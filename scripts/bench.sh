@@ -144,6 +144,11 @@ bench() {
   "$load" --label "$label" --json "$out/$label.json" "${common[@]}" "$@"
 }
 
+# The ceiling before the scenarios, and again after them (raw-insert below):
+# the report takes the higher, since a disk's commit latency moves within a
+# sitting too (docs/performance.md, round 20).
+[[ $database == sqlite ]] && first_raw_url="sqlite://$work/raw-insert-first.db" || first_raw_url=$raw_url
+bench raw-insert-first --scenario raw-insert --database-url "$first_raw_url" --batch 500 --concurrency "$raw_concurrency"
 bench baseline-closed   --scenario baseline --concurrency 32
 bench baseline-open     --scenario baseline --rate 2000
 bench record-activity   --scenario record-activity --concurrency 32

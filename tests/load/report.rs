@@ -106,7 +106,13 @@ pub fn write(dir: &Path) -> Result<()> {
         .iter()
         .filter_map(|l| f(&run(l), &["events_per_s"]).map(|v| (*l, v)))
         .max_by(|a, b| a.1.total_cmp(&b.1));
-    let raw = f(&run("raw-insert"), &["rows_per_s"]);
+    // The ceiling is measured before the scenarios and again after them: a
+    // disk's commit latency moves between sittings and within one
+    // (docs/performance.md, round 20). The ratio is taken against the higher
+    // of the two, so a slow moment of the disk cannot flatter it.
+    let raw_first = f(&run("raw-insert-first"), &["rows_per_s"]);
+    let raw_last = f(&run("raw-insert"), &["rows_per_s"]);
+    let raw = higher(raw_first, raw_last);
     let raw_bare = f(&run("raw-insert-bare"), &["rows_per_s"]);
     let baseline_closed = f(&run("baseline-closed"), &["requests_per_s"]);
     let baseline_open_p50 = f(&run("baseline-open"), &["latency_ms", "p50"]);
@@ -147,7 +153,14 @@ pub fn write(dir: &Path) -> Result<()> {
             unit: "ratio",
             higher_is_better: true,
             note: raw
-                .map(|r| format!("raw INSERT ceiling {r:.0} rows/s (scoring's activities table)"))
+                .map(|r| {
+                    format!(
+                        "raw INSERT ceiling {r:.0} rows/s (scoring's activities table; \
+                         the higher of {} before the scenarios and {} after)",
+                        cell(raw_first.map(f64::round)),
+                        cell(raw_last.map(f64::round)),
+                    )
+                })
                 .unwrap_or_default(),
         },
         Target {
@@ -290,6 +303,13 @@ pub fn write(dir: &Path) -> Result<()> {
     )?;
     std::fs::write(dir.join("report.md"), markdown(&report, &targets, &runs))?;
     Ok(())
+}
+
+fn higher(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn cell(v: Option<f64>) -> String {

@@ -491,6 +491,25 @@ async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
         .into_inner()
         .contacts;
     assert_eq!(listed.len(), 20);
+    // Each created contact starts as a SUSPECT with that stage's first date.
+    for contact in &listed {
+        assert_eq!(contact.stage, ContactStage::Suspect as i32, "{contact:?}");
+        let suspect: Vec<_> = contact
+            .stages_reached
+            .iter()
+            .filter(|r| r.stage == ContactStage::Suspect as i32)
+            .collect();
+        assert_eq!(suspect.len(), 1, "{contact:?}");
+        let ms = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        };
+        assert_eq!(
+            ms(&suspect[0].first_reached_time),
+            ms(&contact.stage_entered_time),
+            "{contact:?}"
+        );
+    }
     // Ids checked in the same call: the created contacts belong to Acme.
     let checked = race
         .public()
