@@ -42,14 +42,7 @@ impl Repository {
                 id: format!("domain {domain}"),
             })?;
         let account_id = account.account_id;
-        let new = NewContact {
-            account: AccountRef::Id(account_id.clone()),
-            email: Some(email.to_owned()),
-            first_name: String::new(),
-            last_name: String::new(),
-            title: String::new(),
-            external_id: None,
-        };
+        let new = known_only_by_email(&account_id, email);
         let txn = begin_write(&self.db).await?;
         match insert_contact(&txn, tenant, &account_id, new, None).await {
             Ok(contact) => {
@@ -204,14 +197,7 @@ impl Repository {
         let rows: Vec<contact::ActiveModel> = ordered
             .into_iter()
             .map(|(email, account_id)| {
-                let new = NewContact {
-                    account: AccountRef::Id(account_id.clone()),
-                    email: Some(email.clone()),
-                    first_name: String::new(),
-                    last_name: String::new(),
-                    title: String::new(),
-                    external_id: None,
-                };
+                let new = known_only_by_email(account_id, email);
                 let contact_id = ids::new_id();
                 let (model, stage) = new_contact_model(
                     tenant.as_str(),
@@ -273,6 +259,19 @@ impl Repository {
             }
         }
         Ok(made)
+    }
+}
+
+/// A new contact of `account_id` of whom only the email is known (a person
+/// an activity named by email).
+fn known_only_by_email(account_id: &str, email: &str) -> NewContact {
+    NewContact {
+        account: AccountRef::Id(account_id.to_owned()),
+        email: Some(email.to_owned()),
+        first_name: String::new(),
+        last_name: String::new(),
+        title: String::new(),
+        external_id: None,
     }
 }
 
