@@ -193,21 +193,15 @@ impl Repository {
         let mut ordered: Vec<(&String, &String)> = to_create.iter().collect();
         ordered.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
         let now = time::now();
-        let mut stages = HashMap::new();
+        // Every one has an email, so every one starts in the same stage.
+        let mut stage = None;
         let rows: Vec<contact::ActiveModel> = ordered
             .into_iter()
             .map(|(email, account_id)| {
                 let new = known_only_by_email(account_id, email);
-                let contact_id = ids::new_id();
-                let (model, stage) = new_contact_model(
-                    tenant.as_str(),
-                    contact_id.clone(),
-                    account_id,
-                    new,
-                    None,
-                    now,
-                );
-                stages.insert(contact_id, stage);
+                let (model, first) =
+                    new_contact_model(tenant.as_str(), ids::new_id(), account_id, new, None, now);
+                stage = Some(first);
                 model
             })
             .collect();
@@ -217,11 +211,13 @@ impl Repository {
         // external id).
         let skip_taken = OnConflict::new().do_nothing().to_owned();
         let inserted = insert_chunks_returning(&txn, rows, Some(&skip_taken)).await?;
-        let firsts: Vec<(&str, &str)> = inserted
-            .iter()
-            .filter_map(|m| Some((m.contact_id.as_str(), stages.get(&m.contact_id)?.as_str())))
-            .collect();
-        record_firsts(&txn, tenant.as_str(), &firsts, ms(now)).await?;
+        if let Some(stage) = stage {
+            let firsts: Vec<(&str, &str)> = inserted
+                .iter()
+                .map(|m| (m.contact_id.as_str(), stage.as_str()))
+                .collect();
+            record_firsts(&txn, tenant.as_str(), &firsts, ms(now)).await?;
+        }
         let mut made = HashMap::new();
         for m in inserted {
             if let Some(email) = m.email {
