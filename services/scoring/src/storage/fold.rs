@@ -29,7 +29,7 @@ use cascade_chassis::db::{WriteTransaction, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, outbox, time};
 use cascade_proto::outbox::v1 as outbox_pb;
 use prost::Message as _;
-use sea_orm::sea_query::{LockBehavior, LockType, OnConflict};
+use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -38,8 +38,7 @@ use sea_orm::{
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::entities::{pending_fold, score_bucket};
-use super::ingest::adding;
+use super::entities::pending_fold;
 use super::models::current_model;
 use super::{DeliveryPayload, Repository, SCORE_TOPIC, scores, today};
 use crate::domain;
@@ -443,38 +442,20 @@ async fn upsert_buckets(
         conn.execute_raw(statement).await?;
         return Ok(());
     }
-    let rows = sums
+    let rows: Vec<_> = sums
         .iter()
         .map(
             |(&(account, contact, kind, intent, day), &(points, count))| {
-                score_bucket::ActiveModel {
-                    tenant_id: Set(t.to_owned()),
-                    account_id: Set(account.to_owned()),
-                    contact_id: Set(contact.to_owned()),
-                    activity_type: Set(kind.to_owned()),
-                    intent: Set(intent),
-                    day: Set(day),
-                    points: Set(points),
-                    activity_count: Set(count),
-                }
+                (account, contact, kind, intent, day, points, count)
             },
         )
         .collect();
-    let add = adding(
-        OnConflict::columns([
-            score_bucket::Column::TenantId,
-            score_bucket::Column::AccountId,
-            score_bucket::Column::ContactId,
-            score_bucket::Column::ActivityType,
-            score_bucket::Column::Intent,
-            score_bucket::Column::Day,
-        ]),
-        score_bucket::Entity,
-        [
-            score_bucket::Column::Points,
-            score_bucket::Column::ActivityCount,
-        ],
+    let rows = serde_json::to_string(&rows).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        include_str!("sql/add_to_buckets.sqlite.sql"),
+        [t.into(), rows.into()],
     );
-    cascade_chassis::db::insert_chunks(conn, rows, Some(&add)).await?;
+    conn.execute_raw(statement).await?;
     Ok(())
 }

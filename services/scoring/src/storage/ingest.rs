@@ -423,7 +423,7 @@ fn usage_key() -> OnConflict {
 
 /// `target` with `column = table.column + excluded.column` for each of
 /// `columns`: an upsert that adds to the stored row.
-pub(super) fn adding<T, C>(
+fn adding<T, C>(
     mut target: OnConflict,
     table: T,
     columns: impl IntoIterator<Item = C>,
@@ -458,7 +458,7 @@ async fn insert_activities(
     let inserted = if conn.get_database_backend() == DbBackend::Postgres {
         insert_activities_unnest(conn, t, model_version, now, &sorted).await
     } else {
-        insert_activities_chunks(conn, t, model_version, now, sorted).await
+        insert_activities_json(conn, t, model_version, now, &sorted).await
     };
     match inserted {
         Ok(rows) => Ok(rows == scored.len() as u64),
@@ -467,35 +467,38 @@ async fn insert_activities(
     }
 }
 
-/// SQLite: `insert_activities` as multi-row INSERTs that skip stored ids.
-async fn insert_activities_chunks(
+/// SQLite: `insert_activities` as one statement over a JSON array of the
+/// rows, skipping stored ids.
+async fn insert_activities_json(
     conn: &impl ConnectionTrait,
     t: &str,
     model_version: i64,
     now: i64,
-    sorted: Vec<&ScoredActivity<'_>>,
+    sorted: &[&ScoredActivity<'_>],
 ) -> Result<u64, DbErr> {
-    let rows = sorted
-        .into_iter()
-        .map(|s| activity::ActiveModel {
-            tenant_id: Set(t.to_owned()),
-            event_id: Set(s.item.event_id.clone()),
-            account_id: Set(s.item.account_id.clone()),
-            contact_id: Set(s.item.contact_id.clone()),
-            activity_type: Set(s.item.activity_type.clone()),
-            occurred_at_ms: Set(s.item.occurred_at_ms),
-            model_version: Set(model_version),
-            rule_points: Set(s.scored.rule_points),
-            counted_points: Set(s.scored.counted_points),
-            capped: Set(s.scored.capped),
-            intent: Set(s.scored.intent),
-            recorded_at_ms: Set(now),
+    let rows: Vec<_> = sorted
+        .iter()
+        .map(|s| {
+            (
+                &s.item.event_id,
+                &s.item.account_id,
+                &s.item.contact_id,
+                &s.item.activity_type,
+                s.item.occurred_at_ms,
+                s.scored.rule_points,
+                s.scored.counted_points,
+                s.scored.capped,
+                s.scored.intent,
+            )
         })
         .collect();
-    let new_only = OnConflict::columns([activity::Column::TenantId, activity::Column::EventId])
-        .do_nothing()
-        .to_owned();
-    insert_chunks(conn, rows, Some(&new_only)).await
+    let rows = serde_json::to_string(&rows).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        include_str!("sql/insert_activities.sqlite.sql"),
+        [t.into(), model_version.into(), now.into(), rows.into()],
+    );
+    Ok(conn.execute_raw(statement).await?.rows_affected())
 }
 
 /// PostgreSQL: `insert_activities` as one statement of column arrays.

@@ -27,32 +27,35 @@ pub fn statement_chunks<T>(rows: &[T], width: usize) -> Vec<&[T]> {
     chunks
 }
 
-/// `column` among `keys`, in as few conditions as the backend allows, one
-/// per statement: on PostgreSQL one `column = ANY($1)` taking an array (one
-/// statement and one plan however many keys: a group's reads were ~16
-/// IN-list statements each, planned one by one), on SQLite IN lists of the
-/// `statement_chunks` sizes.
+/// `column` among `keys`, as one condition taking one bound value however
+/// many keys (a `Vec` so that callers loop the same way on both backends):
+/// on PostgreSQL `column = ANY($1)` taking an array (a group's reads were
+/// ~16 IN-list statements each, planned one by one), on SQLite
+/// `column IN (SELECT value FROM json_each(?))` taking a JSON array (one
+/// prepared statement instead of IN lists of up to 256 bound values, each
+/// copied and bound by the driver; docs/performance.md, round 21).
 pub fn among<C: sea_orm::ColumnTrait>(
     backend: DbBackend,
     column: C,
     keys: &[&str],
 ) -> Vec<sea_orm::sea_query::SimpleExpr> {
+    use sea_orm::sea_query::{BinOper, Expr, ExprTrait};
     if keys.is_empty() {
         return Vec::new();
     }
     if backend == DbBackend::Postgres {
         let array: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         use sea_orm::sea_query::extension::postgres::PgFunc;
-        use sea_orm::sea_query::{Expr, ExprTrait};
         return vec![ExprTrait::eq(
             Expr::col(column.as_column_ref()),
             PgFunc::any(Expr::val(array)),
         )];
     }
-    statement_chunks(keys, 1)
-        .into_iter()
-        .map(|chunk| column.is_in(chunk.iter().copied()))
-        .collect()
+    let array = serde_json::to_string(keys).expect("a list of strings is always JSON");
+    vec![Expr::col(column.as_column_ref()).binary(
+        BinOper::In,
+        Expr::cust_with_values("(SELECT value FROM json_each(?))", [array]),
+    )]
 }
 
 /// The sizes `statement_chunks` cuts `rows` rows into.

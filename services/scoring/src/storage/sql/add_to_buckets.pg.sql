@@ -1,6 +1,6 @@
 -- Adds a group's points and counts to its buckets in one statement, one
--- array per column (PostgreSQL only; SQLite takes the multi-row upsert that
--- sea-query builds). Keys arrive aggregated and sorted, so no row is hit
+-- array per column (PostgreSQL only; SQLite takes one JSON array,
+-- add_to_buckets.sqlite.sql). Keys arrive aggregated and sorted, so no row is hit
 -- twice and concurrent groups lock buckets in the same order.
 INSERT INTO score_buckets (
     tenant_id, account_id, contact_id, activity_type, intent, day, points, activity_count)

@@ -1,5 +1,5 @@
 -- A group's scored activities in one statement, one array per column
--- (PostgreSQL only; SQLite takes the multi-row INSERT that sea-query builds).
+-- (PostgreSQL only; SQLite takes one JSON array, insert_activities.sqlite.sql).
 -- Measured against 256-row VALUES chunks in docs/performance.md: one round
 -- trip and one short plan per group instead of ~20 statements with ~3,000
 -- bound values each. Rows arrive sorted by event id, so concurrent groups
