@@ -1,6 +1,7 @@
 //! SQLite writers of one file queue in the process (`db::begin_write`): a
 //! writer waiting for its turn holds no pool connection, so reads go on
-//! while writers wait, and every queued writer commits in turn.
+//! while writers wait, and every queued writer commits in turn. Every
+//! pooled connection has the journal settings writers rely on.
 
 use std::time::Duration;
 
@@ -65,4 +66,55 @@ async fn sqlite_writers_wait_their_turn_without_holding_connections() {
             .expect("a queued writer commits in its turn");
     }
     assert_eq!(count(&conn).await, 4);
+}
+
+/// Every pooled SQLite connection gets all of `db::connect`'s settings:
+/// the write-ahead log with NORMAL sync, the busy timeout writers wait
+/// with, foreign keys, and checkpoints every 10,000 log pages. (SeaORM
+/// keeps one SQLite options hook, so a second one set on the options would
+/// silently drop the others: this fails then.)
+#[tokio::test]
+async fn every_sqlite_connection_gets_the_journal_settings() {
+    let test = TestDatabase::sqlite();
+    let mut settings = test.settings.clone();
+    settings.max_connections = Some(3);
+    let conn = db::connect(&settings).await.expect("connect");
+    // Three transactions held at once: three different pooled connections.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            sea_orm::TransactionTrait::begin(&conn)
+                .await
+                .expect("begin"),
+        );
+    }
+    for txn in &held {
+        let read = |sql: &str| {
+            txn.query_one_raw(Statement::from_string(
+                txn.get_database_backend(),
+                sql.to_owned(),
+            ))
+        };
+        let journal = read("PRAGMA journal_mode")
+            .await
+            .expect("pragma")
+            .expect("row");
+        assert_eq!(journal.try_get_by_index::<String>(0).expect("text"), "wal");
+        for (name, expected) in [
+            ("synchronous", 1), // NORMAL
+            ("busy_timeout", 10_000),
+            ("foreign_keys", 1),
+            ("wal_autocheckpoint", 10_000),
+        ] {
+            let row = read(&format!("PRAGMA {name}"))
+                .await
+                .expect("pragma")
+                .expect("row");
+            assert_eq!(
+                row.try_get_by_index::<i64>(0).expect("a number"),
+                expected,
+                "PRAGMA {name}"
+            );
+        }
+    }
 }

@@ -284,14 +284,23 @@ impl Repository {
 
 /// The stored scores of these accounts, locked until commit so
 /// concurrent batches of one account add up rather than overwrite each
-/// other. A missing row is created first as a stale placeholder (a second
-/// batch waits for it), which makes the caller compute it from the buckets.
+/// other. On PostgreSQL a missing row is created first as a stale
+/// placeholder (a second batch waits for it), which makes the caller
+/// compute it from the buckets. SQLite's write transaction holds the file's
+/// only write lock from its first statement, so no other writer can come
+/// between this read and the caller's write: a missing row is left missing,
+/// which the caller computes from the buckets all the same, and the
+/// placeholders' insert (about 2 % of a group's lock) is saved.
 pub(super) async fn lock_account_scores<'a>(
     txn: &WriteTransaction,
     t: &str,
     accounts: impl Iterator<Item = &'a String>,
 ) -> Result<HashMap<String, StoredScore>, DbErr> {
     let accounts: Vec<&String> = accounts.collect();
+    let ids: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return lock_stored_scores(txn, t, &ids).await;
+    }
     let placeholders = accounts
         .iter()
         .map(|account_id| account_score::ActiveModel {
@@ -313,7 +322,6 @@ pub(super) async fn lock_account_scores<'a>(
         Some(&account_key().do_nothing().to_owned()),
     )
     .await?;
-    let ids: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
     lock_stored_scores(txn, t, &ids).await
 }
 
