@@ -112,6 +112,7 @@ start() {
 
 mkdir -p "$out/logs"
 rm -f "$out"/logs/*.log
+printf 'after\t%s\n' "$(IFS=$'\t'; echo "${services[*]}")" >"$out/peak-rss.tsv"
 for s in "${services[@]}"; do start "$s"; fresh_ms[$s]=$serving_ms; done
 echo "bench: $database, ${seconds}s per scenario; SERVING after ${fresh_ms[lifecycle]} / ${fresh_ms[scoring]} / ${fresh_ms[opportunity]} ms" >&2
 
@@ -138,10 +139,20 @@ settle() {
   done
   settled+=("\"$label\": $(( ($(date +%s%N) - t0) / 1000000 ))")
 }
+# Each service's peak RSS so far (VmHWM, MiB) after each scenario, in
+# $out/peak-rss.tsv: which scenario set a peak the report's one number shows.
+peak_rss() {
+  local s line=$1
+  for s in "${services[@]}"; do
+    line+=$'\t'$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/${pids[$s]}/status" 2>/dev/null || echo -)
+  done
+  echo "$line" >>"$out/peak-rss.tsv"
+}
 bench() {
   local label=$1; shift
   settle "$label"
   "$load" --label "$label" --json "$out/$label.json" "${common[@]}" "$@"
+  peak_rss "$label"
 }
 
 # The ceiling before the scenarios, and again after them (raw-insert below):
