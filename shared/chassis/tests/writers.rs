@@ -1,6 +1,7 @@
 //! SQLite writers of one file queue in the process (`db::begin_write`): a
 //! writer waiting for its turn holds no pool connection, so reads go on
-//! while writers wait, and every queued writer commits in turn. Every
+//! while writers wait, every queued writer commits in turn, and a caller
+//! goes before background writers. Every
 //! pooled connection has the journal settings writers rely on.
 
 use std::time::Duration;
@@ -66,6 +67,69 @@ async fn sqlite_writers_wait_their_turn_without_holding_connections() {
             .expect("a queued writer commits in its turn");
     }
     assert_eq!(count(&conn).await, 4);
+}
+
+/// A caller waiting for the write lock goes before background writers
+/// (score deliveries) queued earlier, which then commit in their order.
+#[tokio::test]
+async fn a_caller_goes_before_queued_background_writers() {
+    let test = TestDatabase::sqlite();
+    let mut settings = test.settings.clone();
+    settings.max_connections = Some(3);
+    settings.acquire_timeout_ms = 5_000;
+    let conn = db::connect(&settings).await.expect("connect");
+    for sql in [
+        "CREATE TABLE seaql_migrations (version TEXT PRIMARY KEY, applied_at BIGINT)",
+        "CREATE TABLE t (n INTEGER)",
+    ] {
+        conn.execute_unprepared(sql).await.expect("schema");
+    }
+    let write = |n: i64, priority: db::WritePriority| {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let txn = db::begin_write_as(&conn, priority).await?;
+            txn.execute_unprepared(&format!("INSERT INTO t VALUES ({n})"))
+                .await?;
+            txn.commit().await
+        })
+    };
+    let first = db::begin_write(&conn).await.expect("first writer");
+    first
+        .execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .expect("insert");
+    // Queued in this order while the first holds the lock.
+    let mut waiting = Vec::new();
+    for (n, priority) in [
+        (2, db::WritePriority::Background),
+        (3, db::WritePriority::Background),
+        (4, db::WritePriority::Caller),
+    ] {
+        waiting.push(write(n, priority));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.commit().await.expect("commit");
+    for writer in waiting {
+        writer
+            .await
+            .expect("writer task")
+            .expect("a queued writer commits in its turn");
+    }
+    let order: Vec<i64> = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT n FROM t ORDER BY rowid",
+        ))
+        .await
+        .expect("rows")
+        .iter()
+        .map(|row| row.try_get_by_index::<i64>(0).expect("a number"))
+        .collect();
+    assert_eq!(
+        order,
+        [1, 4, 2, 3],
+        "the caller commits right after the lock's holder, before the background writers"
+    );
 }
 
 /// Every pooled SQLite connection gets all of `db::connect`'s settings:

@@ -9,7 +9,7 @@ use cascade_chassis::db::Stored;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cascade_chassis::db::{
-    WriteTransaction, among, begin_write, statement_chunks, update_from_values,
+    WritePriority, WriteTransaction, among, begin_write_as, statement_chunks, update_from_values,
 };
 use cascade_chassis::{ServiceResult, TenantId, time};
 use sea_orm::{
@@ -66,8 +66,11 @@ impl Repository {
         with_accounts: bool,
     ) -> ServiceResult<Vec<ScoreResult>> {
         let t = tenant.as_str();
-        // SQLite: the write lock from the start (the accounts are locked by it).
-        let txn = begin_write(&self.db).await?;
+        // SQLite: the write lock from the start (the accounts are locked by
+        // it), after any caller waiting for it: deliveries are background
+        // work, and a caller (an ingest batch creating new people) should not
+        // queue behind several of them (docs/performance.md, round 23).
+        let txn = begin_write_as(&self.db, WritePriority::Background).await?;
         let account_ids: Vec<&str> = deliveries.iter().map(|(id, _)| id.as_str()).collect();
         let mut models = lock_accounts(&txn, t, &account_ids).await?;
         let event_ids: Vec<&str> = deliveries

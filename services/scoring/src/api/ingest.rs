@@ -130,6 +130,9 @@ impl ScoringApi {
                 }
             }
         }
+        // Announced before the check: a call that waits for lifecycle (new
+        // people) is waited for by the group gathering meanwhile.
+        let announced = (!pending.is_empty()).then(|| self.repository.expect(pending.len()));
         let people: Vec<&Person> = pending.iter().map(|(_, p)| &p.who).collect();
         let resolutions = if people.is_empty() {
             Vec::new()
@@ -176,10 +179,13 @@ impl ScoringApi {
                 }
             }
         }
-        let recorded = if items.is_empty() {
-            Vec::new()
-        } else {
-            self.repository.record(&context.tenant, items).await?
+        let recorded = match announced {
+            Some(announced) if !items.is_empty() => {
+                self.repository
+                    .record_announced(&context.tenant, items, announced)
+                    .await?
+            }
+            _ => Vec::new(),
         };
         for (i, recorded) in positions.into_iter().zip(recorded) {
             outcomes[i] = Some(ItemOutcome::Done(recorded));

@@ -25,7 +25,9 @@ pub use statements::{
 };
 pub use stored::Stored;
 use write::SQLITE_BUSY_TIMEOUT;
-pub use write::{WriteTransaction, begin_write, write_turn};
+pub use write::{
+    WritePriority, WriteTransaction, WriteTurn, begin_write, begin_write_as, write_turn,
+};
 
 /// `database.analyze_interval_ms` by default.
 pub const DEFAULT_ANALYZE_INTERVAL_MS: u64 = 2_000;

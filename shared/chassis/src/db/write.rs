@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -16,7 +17,78 @@ use sea_orm::{
 pub(super) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writers of one SQLite file, queued in this process (see `begin_write`).
-type WriterQueue = Arc<tokio::sync::Mutex<()>>;
+type WriterQueue = Arc<Writers>;
+
+/// Whose write it is: a caller waiting for its answer, or background work
+/// (score deliveries) that a caller may go before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePriority {
+    Caller,
+    Background,
+}
+
+/// One SQLite file's write turn. Callers queue for `turn` in arrival order;
+/// background writers queue for `background` first, one at a time, and take
+/// `turn` only while no caller waits for it, so a caller waits at most for
+/// the transaction holding the lock, not for every background one queued
+/// (docs/performance.md, round 23).
+#[derive(Default)]
+pub(super) struct Writers {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    background: Arc<tokio::sync::Mutex<()>>,
+    callers_waiting: AtomicUsize,
+    callers_served: tokio::sync::Notify,
+}
+
+/// A held write turn: the file's lock, and for a background writer its
+/// place at the head of the background queue.
+pub struct WriteTurn {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _background: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Writers {
+    async fn take(&self, priority: WritePriority) -> WriteTurn {
+        match priority {
+            WritePriority::Caller => {
+                self.callers_waiting.fetch_add(1, Ordering::AcqRel);
+                let turn = self.turn.clone().lock_owned().await;
+                self.callers_waiting.fetch_sub(1, Ordering::AcqRel);
+                self.callers_served.notify_waiters();
+                WriteTurn {
+                    _turn: turn,
+                    _background: None,
+                }
+            }
+            WritePriority::Background => {
+                let background = self.background.clone().lock_owned().await;
+                loop {
+                    self.no_caller_waiting().await;
+                    let turn = self.turn.clone().lock_owned().await;
+                    // A caller that queued meanwhile goes first.
+                    if self.callers_waiting.load(Ordering::Acquire) == 0 {
+                        return WriteTurn {
+                            _turn: turn,
+                            _background: Some(background),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    async fn no_caller_waiting(&self) {
+        loop {
+            let served = self.callers_served.notified();
+            tokio::pin!(served);
+            served.as_mut().enable();
+            if self.callers_waiting.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            served.await;
+        }
+    }
+}
 
 static SQLITE_WRITERS: LazyLock<std::sync::Mutex<HashMap<PathBuf, WriterQueue>>> =
     LazyLock::new(Default::default);
@@ -45,13 +117,18 @@ fn sqlite_writers(db: &DatabaseConnection) -> Option<WriterQueue> {
 /// (an autocommit statement): hold it until the statement is done. `None` on
 /// PostgreSQL. Waiting longer than SQLite's own busy timeout is reported as
 /// the database being unavailable (retryable), as a busy file would be.
-pub async fn write_turn(
+pub async fn write_turn(db: &DatabaseConnection) -> Result<Option<WriteTurn>, DbErr> {
+    write_turn_as(db, WritePriority::Caller).await
+}
+
+async fn write_turn_as(
     db: &DatabaseConnection,
-) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, DbErr> {
+    priority: WritePriority,
+) -> Result<Option<WriteTurn>, DbErr> {
     let Some(queue) = sqlite_writers(db) else {
         return Ok(None);
     };
-    tokio::time::timeout(SQLITE_BUSY_TIMEOUT, queue.lock_owned())
+    tokio::time::timeout(SQLITE_BUSY_TIMEOUT, queue.take(priority))
         .await
         .map(Some)
         .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
@@ -63,7 +140,7 @@ pub struct WriteTransaction {
     // Field order matters: the transaction ends (rolls back if not
     // committed) before the next writer of the file is let in.
     txn: DatabaseTransaction,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: Option<WriteTurn>,
 }
 
 impl WriteTransaction {
@@ -151,7 +228,16 @@ impl ConnectionTrait for WriteTransaction {
 /// statements do not queue: measured, queuing them beside ingest's
 /// transactions cost ingest 15-25 %; see docs/performance.md.)
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
-    let turn = write_turn(db).await?;
+    begin_write_as(db, WritePriority::Caller).await
+}
+
+/// `begin_write` for background work (score deliveries): on SQLite a caller
+/// waiting for the write lock goes first (`Writers`).
+pub async fn begin_write_as(
+    db: &DatabaseConnection,
+    priority: WritePriority,
+) -> Result<WriteTransaction, DbErr> {
+    let turn = write_turn_as(db, priority).await?;
     let txn = {
         let _waiting = crate::metrics::PoolWait::start();
         db.begin().await?
