@@ -132,6 +132,37 @@ async fn a_caller_goes_before_queued_background_writers() {
     );
 }
 
+/// A caller that gives up waiting for the write lock (its request
+/// cancelled, a timeout) no longer holds background writers back.
+#[tokio::test]
+async fn a_caller_that_gives_up_waiting_lets_background_writers_in() {
+    let test = TestDatabase::sqlite();
+    let conn = db::connect(&test.settings).await.expect("connect");
+    for sql in [
+        "CREATE TABLE seaql_migrations (version TEXT PRIMARY KEY, applied_at BIGINT)",
+        "CREATE TABLE t (n INTEGER)",
+    ] {
+        conn.execute_unprepared(sql).await.expect("schema");
+    }
+    let first = db::begin_write(&conn).await.expect("first writer");
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), db::begin_write(&conn)).await;
+    assert!(gave_up.is_err(), "the lock is held: the caller waits");
+    first.commit().await.expect("commit");
+    let background = tokio::time::timeout(
+        Duration::from_secs(5),
+        db::begin_write_as(&conn, db::WritePriority::Background),
+    )
+    .await
+    .expect("a background writer is not held back by a caller that went away")
+    .expect("background writer");
+    background
+        .execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .expect("insert");
+    background.commit().await.expect("commit");
+    assert_eq!(count(&conn).await, 1);
+}
+
 /// Every pooled SQLite connection gets all of `db::connect`'s settings:
 /// the write-ahead log with NORMAL sync, the busy timeout writers wait
 /// with, foreign keys, and checkpoints every 10,000 log pages. (SeaORM

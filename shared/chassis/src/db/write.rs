@@ -40,6 +40,25 @@ pub(super) struct Writers {
     callers_served: tokio::sync::Notify,
 }
 
+/// A caller counted as waiting for the turn until it has it, or gives up
+/// (its request cancelled, the busy timeout): a count left behind would
+/// hold every background writer back.
+struct CallerWaiting<'a>(&'a Writers);
+
+impl<'a> CallerWaiting<'a> {
+    fn new(writers: &'a Writers) -> Self {
+        writers.callers_waiting.fetch_add(1, Ordering::AcqRel);
+        Self(writers)
+    }
+}
+
+impl Drop for CallerWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.callers_waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.callers_served.notify_waiters();
+    }
+}
+
 /// A held write turn: the file's lock, and for a background writer its
 /// place at the head of the background queue.
 pub struct WriteTurn {
@@ -51,10 +70,9 @@ impl Writers {
     async fn take(&self, priority: WritePriority) -> WriteTurn {
         match priority {
             WritePriority::Caller => {
-                self.callers_waiting.fetch_add(1, Ordering::AcqRel);
+                let waiting = CallerWaiting::new(self);
                 let turn = self.turn.clone().lock_owned().await;
-                self.callers_waiting.fetch_sub(1, Ordering::AcqRel);
-                self.callers_served.notify_waiters();
+                drop(waiting);
                 WriteTurn {
                     _turn: turn,
                     _background: None,
@@ -77,6 +95,7 @@ impl Writers {
         }
     }
 
+    /// Returns once no caller waits for the turn.
     async fn no_caller_waiting(&self) {
         loop {
             let served = self.callers_served.notified();
