@@ -133,7 +133,9 @@ async fn a_caller_goes_before_queued_background_writers() {
 }
 
 /// A caller that gives up waiting for the write lock (its request
-/// cancelled, a timeout) no longer holds background writers back.
+/// cancelled, a timeout) no longer holds back a background writer waiting
+/// behind it: the background writer gets the lock when its holder commits,
+/// well before it would stop giving way to callers (2 s).
 #[tokio::test]
 async fn a_caller_that_gives_up_waiting_lets_background_writers_in() {
     let test = TestDatabase::sqlite();
@@ -145,21 +147,34 @@ async fn a_caller_that_gives_up_waiting_lets_background_writers_in() {
         conn.execute_unprepared(sql).await.expect("schema");
     }
     let first = db::begin_write(&conn).await.expect("first writer");
-    let gave_up = tokio::time::timeout(Duration::from_millis(100), db::begin_write(&conn)).await;
-    assert!(gave_up.is_err(), "the lock is held: the caller waits");
+    let caller = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(300), db::begin_write(&conn))
+                .await
+                .is_err()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Waits while the caller is counted as waiting.
+    let background = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let txn = db::begin_write_as(&conn, db::WritePriority::Background).await?;
+            txn.execute_unprepared("INSERT INTO t VALUES (1)").await?;
+            txn.commit().await
+        })
+    };
+    assert!(
+        caller.await.expect("caller task"),
+        "the lock is held: the caller gave up waiting"
+    );
     first.commit().await.expect("commit");
-    let background = tokio::time::timeout(
-        Duration::from_secs(5),
-        db::begin_write_as(&conn, db::WritePriority::Background),
-    )
-    .await
-    .expect("a background writer is not held back by a caller that went away")
-    .expect("background writer");
-    background
-        .execute_unprepared("INSERT INTO t VALUES (1)")
+    tokio::time::timeout(Duration::from_millis(1_000), background)
         .await
-        .expect("insert");
-    background.commit().await.expect("commit");
+        .expect("the background writer got the lock when its holder committed")
+        .expect("background task")
+        .expect("background writer");
     assert_eq!(count(&conn).await, 1);
 }
 

@@ -179,13 +179,13 @@ impl ScoringApi {
                 }
             }
         }
-        let recorded = match announced {
-            Some(announced) if !items.is_empty() => {
+        let recorded = match announced.filter(|_| !items.is_empty()) {
+            Some(announced) => {
                 self.repository
                     .record_announced(&context.tenant, items, announced)
                     .await?
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         for (i, recorded) in positions.into_iter().zip(recorded) {
             outcomes[i] = Some(ItemOutcome::Done(recorded));

@@ -27,11 +27,17 @@ pub enum WritePriority {
     Background,
 }
 
+/// How long a background writer lets callers go first; after it, it keeps
+/// its place in line, so a stream of callers cannot hold a delivery back
+/// until the busy timeout (which the outbox would count as a failed attempt).
+const BACKGROUND_GIVES_WAY_FOR: Duration = Duration::from_secs(2);
+
 /// One SQLite file's write turn. Callers queue for `turn` in arrival order;
 /// background writers queue for `background` first, one at a time, and take
-/// `turn` only while no caller waits for it, so a caller waits at most for
-/// the transaction holding the lock, not for every background one queued
-/// (docs/performance.md, round 23).
+/// `turn` only while no caller waits for it (for up to
+/// `BACKGROUND_GIVES_WAY_FOR`), so a caller waits for the transaction holding
+/// the lock, not for every background one queued (docs/performance.md, round
+/// 23).
 #[derive(Default)]
 pub(super) struct Writers {
     turn: Arc<tokio::sync::Mutex<()>>,
@@ -80,11 +86,16 @@ impl Writers {
             }
             WritePriority::Background => {
                 let background = self.background.clone().lock_owned().await;
+                let gives_way_until = tokio::time::Instant::now() + BACKGROUND_GIVES_WAY_FOR;
                 loop {
-                    self.no_caller_waiting().await;
+                    // Past the limit it waits in line like a caller.
+                    let _ =
+                        tokio::time::timeout_at(gives_way_until, self.no_caller_waiting()).await;
                     let turn = self.turn.clone().lock_owned().await;
                     // A caller that queued meanwhile goes first.
-                    if self.callers_waiting.load(Ordering::Acquire) == 0 {
+                    if self.callers_waiting.load(Ordering::Acquire) == 0
+                        || tokio::time::Instant::now() >= gives_way_until
+                    {
                         return WriteTurn {
                             _turn: turn,
                             _background: Some(background),
