@@ -22,11 +22,12 @@ async fn count(db: &DatabaseConnection) -> i64 {
     .expect("a number")
 }
 
-#[tokio::test]
-async fn sqlite_writers_wait_their_turn_without_holding_connections() {
+/// A SQLite file with a table `t`, on a pool of `connections`; keep the
+/// `TestDatabase` while the connection is used.
+async fn file_with_table(connections: u32) -> (TestDatabase, DatabaseConnection) {
     let test = TestDatabase::sqlite();
     let mut settings = test.settings.clone();
-    settings.max_connections = Some(2);
+    settings.max_connections = Some(connections);
     settings.acquire_timeout_ms = 5_000;
     let conn = db::connect(&settings).await.expect("connect");
     // begin_write takes the lock with a statement on the migrations table.
@@ -36,6 +37,22 @@ async fn sqlite_writers_wait_their_turn_without_holding_connections() {
     ] {
         conn.execute_unprepared(sql).await.expect("schema");
     }
+    (test, conn)
+}
+
+/// Waits for queued writers; each must have committed.
+async fn all_commit(writers: Vec<tokio::task::JoinHandle<Result<(), sea_orm::DbErr>>>) {
+    for writer in writers {
+        writer
+            .await
+            .expect("writer task")
+            .expect("a queued writer commits in its turn");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_writers_wait_their_turn_without_holding_connections() {
+    let (_test, conn) = file_with_table(2).await;
     let first = db::begin_write(&conn).await.expect("first writer");
     first
         .execute_unprepared("INSERT INTO t VALUES (1)")
@@ -60,12 +77,7 @@ async fn sqlite_writers_wait_their_turn_without_holding_connections() {
         .expect("a read is not held up by writers waiting for the lock");
     assert_eq!(seen, 0, "nothing is committed yet");
     first.commit().await.expect("commit");
-    for writer in waiting {
-        writer
-            .await
-            .expect("writer task")
-            .expect("a queued writer commits in its turn");
-    }
+    all_commit(waiting).await;
     assert_eq!(count(&conn).await, 4);
 }
 
@@ -73,17 +85,7 @@ async fn sqlite_writers_wait_their_turn_without_holding_connections() {
 /// (score deliveries) queued earlier, which then commit in their order.
 #[tokio::test]
 async fn a_caller_goes_before_queued_background_writers() {
-    let test = TestDatabase::sqlite();
-    let mut settings = test.settings.clone();
-    settings.max_connections = Some(3);
-    settings.acquire_timeout_ms = 5_000;
-    let conn = db::connect(&settings).await.expect("connect");
-    for sql in [
-        "CREATE TABLE seaql_migrations (version TEXT PRIMARY KEY, applied_at BIGINT)",
-        "CREATE TABLE t (n INTEGER)",
-    ] {
-        conn.execute_unprepared(sql).await.expect("schema");
-    }
+    let (_test, conn) = file_with_table(3).await;
     let write = |n: i64, priority: db::WritePriority| {
         let conn = conn.clone();
         tokio::spawn(async move {
@@ -109,12 +111,7 @@ async fn a_caller_goes_before_queued_background_writers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.commit().await.expect("commit");
-    for writer in waiting {
-        writer
-            .await
-            .expect("writer task")
-            .expect("a queued writer commits in its turn");
-    }
+    all_commit(waiting).await;
     let order: Vec<i64> = conn
         .query_all_raw(Statement::from_string(
             conn.get_database_backend(),
@@ -138,14 +135,7 @@ async fn a_caller_goes_before_queued_background_writers() {
 /// well before it would stop giving way to callers (2 s).
 #[tokio::test]
 async fn a_caller_that_gives_up_waiting_lets_background_writers_in() {
-    let test = TestDatabase::sqlite();
-    let conn = db::connect(&test.settings).await.expect("connect");
-    for sql in [
-        "CREATE TABLE seaql_migrations (version TEXT PRIMARY KEY, applied_at BIGINT)",
-        "CREATE TABLE t (n INTEGER)",
-    ] {
-        conn.execute_unprepared(sql).await.expect("schema");
-    }
+    let (_test, conn) = file_with_table(3).await;
     let first = db::begin_write(&conn).await.expect("first writer");
     let caller = {
         let conn = conn.clone();
