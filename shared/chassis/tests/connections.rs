@@ -4,11 +4,12 @@
 //! Connections are pinged before use only after sitting idle (db::connect),
 //! so a connection dropped while in use is found this way.
 //!
-//! A PostgreSQL connection that owes the server nothing goes back to the pool
+//! A PostgreSQL or SQLite connection that owes nothing goes back to the pool
 //! without sqlx's ping (vendor/sqlx-core/PATCHED.md); the tests after the
-//! first show that the others still take the ping's path: a dropped
-//! transaction's rollback reaches the server at once, and a statement dropped
-//! midway leaves nothing for the connection's next user to trip on.
+//! first show, on both backends, that the others still take the ping's path:
+//! a dropped transaction's rollback reaches the database at once, and a
+//! statement dropped midway leaves nothing for the connection's next user to
+//! trip on.
 
 use cascade_chassis::{ServiceError, db};
 use cascade_testkit::TestDatabase;
@@ -18,8 +19,8 @@ use tonic::Code;
 async fn one(conn: &sea_orm::DatabaseConnection) -> Result<i64, ServiceError> {
     let row = conn
         .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT 1::bigint",
+            conn.get_database_backend(),
+            "SELECT CAST(1 AS BIGINT)",
         ))
         .await?
         .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no row")))?;
@@ -27,7 +28,7 @@ async fn one(conn: &sea_orm::DatabaseConnection) -> Result<i64, ServiceError> {
 }
 
 async fn count(conn: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
-    conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+    conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
         .await
         .expect("query")
         .expect("row")
@@ -100,7 +101,16 @@ async fn postgres_a_dropped_transaction_leaves_no_lock_in_the_pool() {
     let Some(test) = TestDatabase::postgres().await else {
         return;
     };
-    let pool = pool_of_one(&test).await;
+    a_dropped_transaction_leaves_no_lock_in_the_pool(&test).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_dropped_transaction_leaves_no_lock_in_the_pool() {
+    a_dropped_transaction_leaves_no_lock_in_the_pool(&TestDatabase::sqlite()).await;
+}
+
+async fn a_dropped_transaction_leaves_no_lock_in_the_pool(test: &TestDatabase) {
+    let pool = pool_of_one(test).await;
     execute(&pool, "CREATE TABLE held (id bigint PRIMARY KEY, n bigint)").await;
     execute(&pool, "INSERT INTO held VALUES (1, 0)").await;
 
@@ -109,11 +119,15 @@ async fn postgres_a_dropped_transaction_leaves_no_lock_in_the_pool() {
     // Dropped without commit or rollback, as when a request is cancelled.
     drop(txn);
 
-    // Another session may take the row lock at once: the pooled connection
-    // did not go idle inside the transaction.
+    // Another session may take the row lock (on SQLite, the file's write
+    // lock) at once: the pooled connection did not go idle inside the
+    // transaction. Otherwise PostgreSQL fails after 2 s, SQLite after its
+    // busy timeout.
     let other = db::connect(&test.settings).await.expect("other session");
     let txn = other.begin().await.expect("begin");
-    execute(&txn, "SET LOCAL lock_timeout = '2s'").await;
+    if other.get_database_backend() == DbBackend::Postgres {
+        execute(&txn, "SET LOCAL lock_timeout = '2s'").await;
+    }
     execute(&txn, "UPDATE held SET n = n + 10 WHERE id = 1").await;
     txn.commit().await.expect("commit");
     assert_eq!(
@@ -129,11 +143,27 @@ async fn postgres_a_statement_dropped_midway_leaves_the_connection_clean() {
     let Some(test) = TestDatabase::postgres().await else {
         return;
     };
-    let pool = pool_of_one(&test).await;
-    let slow = pool.query_one_raw(Statement::from_string(
-        DbBackend::Postgres,
+    a_statement_dropped_midway_leaves_the_connection_clean(
+        &test,
         "SELECT 7::bigint FROM pg_sleep(0.3)",
-    ));
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_a_statement_dropped_midway_leaves_the_connection_clean() {
+    // Counting to three million takes SQLite well over the 50 ms below.
+    a_statement_dropped_midway_leaves_the_connection_clean(
+        &TestDatabase::sqlite(),
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) \
+         SELECT 7 + 0 * MAX(x) FROM c",
+    )
+    .await;
+}
+
+async fn a_statement_dropped_midway_leaves_the_connection_clean(test: &TestDatabase, slow: &str) {
+    let pool = pool_of_one(test).await;
+    let slow = pool.query_one_raw(Statement::from_string(pool.get_database_backend(), slow));
     let cut = tokio::time::timeout(std::time::Duration::from_millis(50), slow).await;
     assert!(cut.is_err(), "the statement was dropped before its reply");
     // The one connection serves the next statements with their own replies,

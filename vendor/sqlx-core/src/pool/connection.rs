@@ -207,7 +207,7 @@ impl<DB: Database> Drop for PoolConnection<DB> {
         // Cascade patch (PATCHED.md): a connection that owes the server
         // nothing goes straight back to the idle queue, without the spawned
         // task and its ping, which cost one more round trip to PostgreSQL
-        // per checkout.
+        // (on SQLite, to the connection's worker thread) per checkout.
         if let Some(live) = self.live.take_if(|live| releasable_now(live, &self.pool)) {
             live.float(self.pool.clone()).release();
             return;
@@ -220,15 +220,15 @@ impl<DB: Database> Drop for PoolConnection<DB> {
     }
 }
 
-/// Cascade patch: a PostgreSQL connection that owes the server nothing:
-/// nothing to flush and no reply unread (`should_flush`, patched in
-/// vendor/sqlx-postgres to cover both: a rollback queued by a dropped
-/// transaction, a statement dropped midway, an error or a FATAL before the
-/// server closed the socket), no transaction open, and none of the pool's own
-/// reasons to go through `return_to_pool`. Other databases keep the ping on
-/// release: SQLite's only way to find a crashed worker thread is that ping.
+/// Cascade patch: a PostgreSQL or SQLite connection that owes nothing:
+/// nothing to flush (`should_flush`, patched in vendor/sqlx-postgres to also
+/// cover a reply unread: a rollback queued by a dropped transaction, a
+/// statement dropped midway, an error or a FATAL before the server closed the
+/// socket; in vendor/sqlx-sqlite to report a worker thread that is gone), no
+/// transaction open, and none of the pool's own reasons to go through
+/// `return_to_pool`. Other databases keep the ping on release.
 fn releasable_now<DB: Database>(live: &Live<DB>, pool: &PoolInner<DB>) -> bool {
-    DB::NAME == "PostgreSQL"
+    matches!(DB::NAME, "PostgreSQL" | "SQLite")
         && !pool.is_closed()
         && pool.options.after_release.is_none()
         && !is_beyond_max_lifetime(live, &pool.options)
