@@ -220,19 +220,13 @@ pub fn write(dir: &Path) -> Result<()> {
             unit: "ms",
             higher_is_better: false,
             note: format!(
-                "{} probes, {} missed; the probe's RecordActivities itself p50 {} / p99 {} ms",
+                "{} probes, {} missed; p99 by stage: RecordActivities answered {} ms, \
+                 from then to lifecycle's decision {} ms, from it to the watch stream {} ms",
                 f(&run("crossing-latency"), &["requests"]).unwrap_or(0.0),
                 f(&run("crossing-latency"), &["errors_total"]).unwrap_or(0.0),
-                f(
-                    &run("crossing-latency"),
-                    &["probe_recorded", "latency_ms", "p50"]
-                )
-                .unwrap_or(0.0),
-                f(
-                    &run("crossing-latency"),
-                    &["probe_recorded", "latency_ms", "p99"]
-                )
-                .unwrap_or(0.0)
+                f(&run("crossing-latency"), &["stages", "recorded", "p99"]).unwrap_or(0.0),
+                f(&run("crossing-latency"), &["stages", "to_decision", "p99"]).unwrap_or(0.0),
+                f(&run("crossing-latency"), &["stages", "to_stream", "p99"]).unwrap_or(0.0)
             ),
         },
         Target {

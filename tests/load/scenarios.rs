@@ -586,12 +586,44 @@ pub fn background_ingest(
 /// `--probe-interval-ms` one demo_request (100 points, the default
 /// PRIORITIZED threshold) on a fresh account, timed until lifecycle's
 /// WatchAccountEvents shows the account entering PRIORITIZED.
+/// One probe's moments, as wall-clock times (the services share the
+/// machine's clock): sent, answered by scoring, decided by lifecycle (the
+/// transition's time, taken inside its write transaction) and seen on the
+/// watch stream.
+#[derive(Default, Clone, Copy)]
+struct Probe {
+    sent: Option<std::time::SystemTime>,
+    recorded: Option<std::time::SystemTime>,
+    decided: Option<std::time::SystemTime>,
+    seen: Option<std::time::SystemTime>,
+}
+
+impl Probe {
+    /// Milliseconds from `from` to `to`, when both are known.
+    fn span(from: Option<std::time::SystemTime>, to: Option<std::time::SystemTime>) -> Option<f64> {
+        Some(to?.duration_since(from?).unwrap_or_default().as_secs_f64() * 1000.0)
+    }
+
+    /// The crossing's stages in milliseconds: scoring's answer (the group
+    /// commit), from it to lifecycle's decision (outbox claim, delivery
+    /// call, lifecycle's write lock), and from the decision to the watch
+    /// stream (lifecycle's commit and the broadcast).
+    fn stages(&self) -> [Option<f64>; 3] {
+        [
+            Self::span(self.sent, self.recorded),
+            Self::span(self.recorded, self.decided),
+            Self::span(self.decided, self.seen),
+        ]
+    }
+}
+
 pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture) -> Result<Value> {
     let duration = Duration::from_secs_f64(args.duration);
     let probes = ((args.duration * 1000.0) / args.probe_interval_ms as f64).ceil() as usize;
     let fresh = create_accounts(clients, &format!("{}-probe", args.run_id), probes, 1).await?;
 
     let pending: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let moments: Arc<Mutex<HashMap<String, Probe>>> = Arc::default();
     let crossings: stats::Shared = Arc::default();
     let mut watch = clients
         .lifecycle(0)
@@ -602,7 +634,7 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
         .await?
         .into_inner();
     {
-        let (pending, crossings) = (pending.clone(), crossings.clone());
+        let (pending, moments, crossings) = (pending.clone(), moments.clone(), crossings.clone());
         tokio::spawn(async move {
             while let Some(Ok(event)) = watch.next().await {
                 if let Some(lc::watch_account_events_response::Event::Transition(t)) = event.event
@@ -614,6 +646,14 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
                         .remove(&t.account_id);
                     if let Some(sent) = sent {
                         stats::lock(&crossings).record_latency(sent.elapsed());
+                        let mut moments = moments
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let probe = moments.entry(t.account_id.clone()).or_default();
+                        probe.seen = Some(std::time::SystemTime::now());
+                        probe.decided = t
+                            .transition_time
+                            .and_then(|at| std::time::SystemTime::try_from(at).ok());
                     }
                 }
             }
@@ -645,13 +685,23 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(account.clone(), Instant::now());
         let sent = Instant::now();
-        match clients
+        let sent_at = std::time::SystemTime::now();
+        let answer = clients
             .scoring(n as u64)
             .record_activities(clients.request(sc::RecordActivitiesRequest {
                 activities: vec![activity],
             }))
-            .await
+            .await;
+        let recorded_at = std::time::SystemTime::now();
         {
+            let mut moments = moments
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let probe = moments.entry(account.clone()).or_default();
+            probe.sent = Some(sent_at);
+            probe.recorded = answer.is_ok().then_some(recorded_at);
+        }
+        match answer {
             Ok(_) => recorded.record_latency(sent.elapsed()),
             Err(status) => stats::lock(&crossings).error(format!("{:?}", status.code())),
         }
@@ -683,7 +733,52 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
     summary["background"] = background.summary(background_elapsed);
     summary["background_rate_events_per_s"] = json!(args.rate.unwrap_or(1000.0));
     summary["probe_recorded"] = recorded.summary(duration);
+    let moments = std::mem::take(
+        &mut *moments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    summary["stages"] = crossing_stages(moments.into_values().collect());
     Ok(summary)
+}
+
+/// Where the crossings' time went: each stage's percentiles over the probes
+/// seen, and the five slowest probes stage by stage with the unix time they
+/// were sent (to find them in the services' logs).
+fn crossing_stages(mut probes: Vec<Probe>) -> Value {
+    const NAMES: [&str; 3] = ["recorded", "to_decision", "to_stream"];
+    probes.retain(|p| p.seen.is_some());
+    let mut stages = serde_json::Map::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let mut stage = Stats::new();
+        for probe in &probes {
+            if let Some(ms) = probe.stages()[i] {
+                stage.record_latency(Duration::from_secs_f64(ms / 1000.0));
+            }
+        }
+        stages.insert(
+            (*name).into(),
+            stage.summary(Duration::from_secs(1))["latency_ms"].clone(),
+        );
+    }
+    let total = |p: &Probe| Probe::span(p.sent, p.seen).unwrap_or_default();
+    probes.sort_by(|a, b| total(b).total_cmp(&total(a)));
+    let slowest: Vec<Value> = probes
+        .iter()
+        .take(5)
+        .map(|p| {
+            let [recorded, to_decision, to_stream] = p.stages().map(|ms| ms.map(round3));
+            json!({
+                "sent_unix_ms": p.sent.and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
+                "total_ms": round3(total(p)),
+                "recorded_ms": recorded,
+                "to_decision_ms": to_decision,
+                "to_stream_ms": to_stream,
+            })
+        })
+        .collect();
+    stages.insert("slowest".into(), json!(slowest));
+    Value::Object(stages)
 }
 
 /// Stores activities (closed loop, batches of `--batch`) until the tenant

@@ -222,8 +222,66 @@ async fn a_read_racing_the_folder_still_sees_its_write(db: TestDatabase) {
     system.stop().await;
 }
 
+/// A group of 1,000 activities over 1,000 contacts waits as one pending row
+/// (on PostgreSQL compressed with lz4 where the server has it: the
+/// migration's choice) and its fold adds every activity to the buckets.
+async fn a_large_group_waits_compressed_and_folds_whole(db: TestDatabase) {
+    let replica = replica_without_folder(&db).await;
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    let items: Vec<NewActivity> = (0..1000)
+        .map(|n| {
+            let (account, contact) = (format!("acct-{}", n % 50), format!("contact-{n}"));
+            activity(&format!("big{n}"), "email_open", &account, &contact)
+        })
+        .collect();
+    replica.record(&tenant, items).await.expect("recorded");
+    let db = replica.db();
+    if folds_later(&replica) {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_column_compression(buckets) AS method, \
+                   pg_column_size(buckets)::bigint AS stored, octet_length(buckets)::bigint AS raw, \
+                   (SELECT 'lz4' = ANY(enumvals) FROM pg_settings \
+                     WHERE name = 'default_toast_compression') AS has_lz4 \
+                 FROM pending_folds",
+            ))
+            .await
+            .expect("pending row read")
+            .expect("one pending row");
+        let method: Option<String> = row.try_get("", "method").expect("method");
+        let (stored, raw): (i64, i64) = (
+            row.try_get("", "stored").expect("stored"),
+            row.try_get("", "raw").expect("raw"),
+        );
+        let has_lz4: bool = row.try_get("", "has_lz4").expect("has_lz4");
+        let expected = if has_lz4 { "lz4" } else { "pglz" };
+        assert_eq!(method.as_deref(), Some(expected), "{stored} of {raw} bytes");
+        assert!(stored * 2 < raw, "compressed: {stored} of {raw} bytes");
+        replica.fold_pending().await.expect("folded");
+    }
+    assert_eq!(pending(&replica).await, 0);
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT COUNT(*) AS n, CAST(SUM(activity_count) AS BIGINT) AS activities \
+                 FROM score_buckets WHERE tenant_id = '{TENANT}'"
+            ),
+        ))
+        .await
+        .expect("buckets read")
+        .expect("a row");
+    let (n, activities): (i64, i64) = (
+        row.try_get("", "n").expect("n"),
+        row.try_get("", "activities").expect("activities"),
+    );
+    assert_eq!((n, activities), (1000, 1000));
+}
+
 on_each_database!(
     a_group_left_unfolded_is_folded_by_another_replica,
     an_erasure_removes_what_waits_in_a_fold,
     a_read_racing_the_folder_still_sees_its_write,
+    a_large_group_waits_compressed_and_folds_whole,
 );
