@@ -582,10 +582,6 @@ pub fn background_ingest(
     ))
 }
 
-/// Background ingest at `--rate` events/s in batches of `--batch`; every
-/// `--probe-interval-ms` one demo_request (100 points, the default
-/// PRIORITIZED threshold) on a fresh account, timed until lifecycle's
-/// WatchAccountEvents shows the account entering PRIORITIZED.
 /// One probe's moments, as wall-clock times (the services share the
 /// machine's clock): sent, answered by scoring, decided by lifecycle (the
 /// transition's time, taken inside its write transaction) and seen on the
@@ -617,6 +613,11 @@ impl Probe {
     }
 }
 
+/// Background ingest at `--rate` events/s in batches of `--batch`; every
+/// `--probe-interval-ms` one demo_request (100 points, the default
+/// PRIORITIZED threshold) on a fresh account, timed until lifecycle's
+/// WatchAccountEvents shows the account entering PRIORITIZED.
+/// The JSON adds each stage of the crossings (`crossing_stages`).
 pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture) -> Result<Value> {
     let duration = Duration::from_secs_f64(args.duration);
     let probes = ((args.duration * 1000.0) / args.probe_interval_ms as f64).ceil() as usize;
