@@ -668,9 +668,6 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
         duration,
     ));
     let mut ticks = tokio::time::interval(Duration::from_millis(args.probe_interval_ms));
-    // How long the probe's RecordActivities took: the rest of a crossing is
-    // delivery to lifecycle and its watch stream.
-    let mut recorded = Stats::new();
     for (n, (account, contacts)) in fresh.accounts.iter().enumerate() {
         ticks.tick().await;
         let activity = sc::Activity {
@@ -685,7 +682,6 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(account.clone(), Instant::now());
-        let sent = Instant::now();
         let sent_at = std::time::SystemTime::now();
         let answer = clients
             .scoring(n as u64)
@@ -702,9 +698,8 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
             probe.sent = Some(sent_at);
             probe.recorded = answer.is_ok().then_some(recorded_at);
         }
-        match answer {
-            Ok(_) => recorded.record_latency(sent.elapsed()),
-            Err(status) => stats::lock(&crossings).error(format!("{:?}", status.code())),
+        if let Err(status) = answer {
+            stats::lock(&crossings).error(format!("{:?}", status.code()));
         }
     }
     let (background, background_elapsed) = background.await?;
@@ -733,7 +728,7 @@ pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture)
     summary["probes"] = json!(probes);
     summary["background"] = background.summary(background_elapsed);
     summary["background_rate_events_per_s"] = json!(args.rate.unwrap_or(1000.0));
-    summary["probe_recorded"] = recorded.summary(duration);
+    // The probe's RecordActivities on its own is the stages' `recorded`.
     let moments = std::mem::take(
         &mut *moments
             .lock()
