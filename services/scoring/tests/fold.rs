@@ -279,7 +279,56 @@ async fn a_large_group_waits_compressed_and_folds_whole(db: TestDatabase) {
     assert_eq!((n, activities), (1000, 1000));
 }
 
+/// Five groups of 2,500 activities, each over 2,200 contacts of its own and
+/// 300 shared by all: on PostgreSQL one fold reads them a few at a time
+/// and writes their 11,300 buckets in several statements; on SQLite each
+/// group writes its 2,500 in several. Every activity is in the buckets
+/// once, and each shared bucket holds all five groups' activities.
+async fn many_groups_fold_at_once_in_chunks(db: TestDatabase) {
+    let replica = replica_without_folder(&db).await;
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    for group in 0..5 {
+        let items: Vec<NewActivity> = (0..2500)
+            .map(|n| {
+                let contact = if n < 300 {
+                    format!("shared-{n}")
+                } else {
+                    format!("own-{group}-{n}")
+                };
+                let account = format!("acct-{}", n % 40);
+                activity(&format!("g{group}-{n}"), "email_open", &account, &contact)
+            })
+            .collect();
+        replica.record(&tenant, items).await.expect("recorded");
+    }
+    if folds_later(&replica) {
+        assert_eq!(pending(&replica).await, 5);
+        assert_eq!(replica.fold_pending().await.expect("folded"), 5);
+    }
+    assert_eq!(pending(&replica).await, 0);
+    let db = replica.db();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT COUNT(*) AS n, CAST(SUM(activity_count) AS BIGINT) AS activities, \
+                   CAST(SUM(CASE WHEN contact_id LIKE 'shared-%' THEN activity_count ELSE 0 END) AS BIGINT) AS shared \
+                 FROM score_buckets WHERE tenant_id = '{TENANT}'"
+            ),
+        ))
+        .await
+        .expect("buckets read")
+        .expect("a row");
+    let (n, activities, shared): (i64, i64, i64) = (
+        row.try_get("", "n").expect("n"),
+        row.try_get("", "activities").expect("activities"),
+        row.try_get("", "shared").expect("shared"),
+    );
+    assert_eq!((n, activities, shared), (11_300, 12_500, 1_500));
+}
+
 on_each_database!(
+    many_groups_fold_at_once_in_chunks,
     a_group_left_unfolded_is_folded_by_another_replica,
     an_erasure_removes_what_waits_in_a_fold,
     a_read_racing_the_folder_still_sees_its_write,

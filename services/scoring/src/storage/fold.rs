@@ -64,10 +64,25 @@ pub(super) fn sum_buckets<'a>(
 }
 
 /// At most this many groups in one fold transaction (each at most 5,000
-/// activities); under load the folder takes the next 16 right away. 64
-/// measured no faster and kept scoring's peak RSS over 64 MiB (66 MiB
-/// against 62, docs/performance.md, round 16).
-const MAX_FOLD_GROUPS: usize = 16;
+/// activities); under load the folder takes the next ones right away. A
+/// fold of many groups writes a hot contact's buckets and score, and each
+/// account's score and delivery, once for all of them: 64 against 16
+/// stored 15-25 % more events per second on PostgreSQL with a quarter less
+/// of its CPU per event (docs/performance.md, round 26).
+const MAX_FOLD_GROUPS: usize = 64;
+
+/// Pending groups are read this many at a time and merged as they come, so
+/// a fold holds its distinct buckets and a few groups' rows, never all 64
+/// (each ~100 kB): reading them all at once kept scoring's peak RSS over
+/// 64 MiB (round 26).
+const READ_GROUPS: usize = 4;
+
+/// A fold stops taking groups once it holds this many distinct buckets
+/// (about half a kilobyte each while it runs): its memory grows with them,
+/// not with the groups. The bench's 2,000 contacts fill ~20,000 in a day;
+/// a budget of 20,000 measured 4-6 % fewer events per second than this one
+/// at the same peak RSS (docs/performance.md, round 26).
+const MAX_FOLD_BUCKETS: usize = 40_000;
 
 /// A gate per tenant that its readers' folds pass one at a time
 /// (`Repository::fold_through`). One entry per tenant that read while
@@ -225,7 +240,7 @@ impl Repository {
     pub(super) async fn fold_through(&self, t: &str, newest: i64) -> ServiceResult<()> {
         let gate = self.read_folds.gate(t);
         let _turn = gate.lock().await;
-        while self.fold_once(Take::Tenant(t, newest)).await? > 0 {}
+        while self.fold_once(Take::Tenant(t, newest)).await?.1 {}
         Ok(())
     }
 
@@ -235,52 +250,68 @@ impl Repository {
     pub async fn fold_pending(&self) -> ServiceResult<usize> {
         let mut folded = 0;
         loop {
-            let n = self.fold_once(Take::Any).await?;
+            let (n, more) = self.fold_once(Take::Any).await?;
             folded += n;
-            if n < MAX_FOLD_GROUPS {
+            if !more {
                 return Ok(folded);
             }
         }
     }
 
-    /// One fold transaction; how many groups it folded.
-    async fn fold_once(&self, take: Take<'_>) -> ServiceResult<usize> {
+    /// One fold transaction: how many groups it folded, and whether it
+    /// stopped at its limits with more perhaps pending.
+    async fn fold_once(&self, take: Take<'_>) -> ServiceResult<(usize, bool)> {
         let txn = begin_write(&self.db).await?;
         let postgres = txn.get_database_backend() == DbBackend::Postgres;
-        let mut claim = pending_fold::Entity::find()
-            .order_by_asc(pending_fold::Column::Id)
-            .limit(MAX_FOLD_GROUPS as u64);
-        match take {
-            Take::Any if postgres => {
-                claim = claim.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-            }
-            Take::Tenant(t, newest) => {
-                claim = claim
-                    .filter(pending_fold::Column::TenantId.eq(t))
-                    .filter(pending_fold::Column::Id.lte(newest));
-                if postgres {
-                    claim = claim.lock(LockType::Update);
-                }
-            }
-            Take::Any => {}
-        }
-        let rows = claim.all(&txn).await?;
-        if rows.is_empty() {
-            txn.commit().await?;
-            return Ok(0);
-        }
         // Each group is decoded and merged into its tenant's sums, then
         // dropped: a fold of many groups holds the distinct buckets once,
         // not every group's deltas.
-        let span = tracing::info_span!("fold", groups = rows.len());
-        if let Some(context) = rows[0].trace_context.as_deref() {
-            let _ = span.set_parent(outbox::extract_trace_context(context));
-        }
-        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let mut ids: Vec<i64> = Vec::new();
         let mut by_tenant: BTreeMap<String, OwnedSums> = BTreeMap::new();
-        for row in rows {
-            let fold = decode(&row)?;
-            by_tenant.entry(row.tenant_id).or_default().merge(fold);
+        let mut buckets = 0;
+        let mut trace_context = None;
+        let mut more = true;
+        while more && ids.len() < MAX_FOLD_GROUPS && buckets < MAX_FOLD_BUCKETS {
+            let read = READ_GROUPS.min(MAX_FOLD_GROUPS - ids.len());
+            let mut claim = pending_fold::Entity::find()
+                .order_by_asc(pending_fold::Column::Id)
+                .limit(read as u64);
+            if let Some(&last) = ids.last() {
+                claim = claim.filter(pending_fold::Column::Id.gt(last));
+            }
+            match take {
+                Take::Any if postgres => {
+                    claim = claim.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+                }
+                Take::Tenant(t, newest) => {
+                    claim = claim
+                        .filter(pending_fold::Column::TenantId.eq(t))
+                        .filter(pending_fold::Column::Id.lte(newest));
+                    if postgres {
+                        claim = claim.lock(LockType::Update);
+                    }
+                }
+                Take::Any => {}
+            }
+            let rows = claim.all(&txn).await?;
+            more = rows.len() == read;
+            for row in rows {
+                let fold = decode(&row)?;
+                ids.push(row.id);
+                trace_context = trace_context.or(row.trace_context);
+                let sums = by_tenant.entry(row.tenant_id).or_default();
+                buckets -= sums.0.len();
+                sums.merge(fold);
+                buckets += sums.0.len();
+            }
+        }
+        if ids.is_empty() {
+            txn.commit().await?;
+            return Ok((0, false));
+        }
+        let span = tracing::info_span!("fold", groups = ids.len());
+        if let Some(context) = trace_context.as_deref() {
+            let _ = span.set_parent(outbox::extract_trace_context(context));
         }
         let delivered = async {
             let mut delivered = false;
@@ -299,7 +330,7 @@ impl Repository {
         if delivered {
             self.deliveries_written.notify_one();
         }
-        Ok(ids.len())
+        Ok((ids.len(), more))
     }
 }
 
@@ -407,15 +438,36 @@ pub(super) async fn fold_sums(
     Ok(any)
 }
 
+/// At most this many buckets in one statement: a statement's values are
+/// built, copied once more by the driver and encoded before it is sent, so
+/// a fold of 20,000 buckets in one statement held all of that at once
+/// (scoring's peak RSS 78 MiB against 61 in chunks, docs/performance.md,
+/// round 26). Keys stay in order across chunks, and so do the row locks.
+const BUCKETS_PER_STATEMENT: usize = 2_048;
+
 /// Adds the sums to the per-day buckets.
 async fn upsert_buckets(
     conn: &impl ConnectionTrait,
     t: &str,
     sums: &BucketSums<'_>,
 ) -> Result<(), DbErr> {
-    if conn.get_database_backend() == DbBackend::Postgres {
+    let sums: Vec<_> = sums.iter().collect();
+    for chunk in sums.chunks(BUCKETS_PER_STATEMENT) {
+        conn.execute_raw(add_to_buckets(conn.get_database_backend(), t, chunk)?)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The statement adding `sums` to their buckets.
+fn add_to_buckets(
+    backend: DbBackend,
+    t: &str,
+    sums: &[(&BucketKey<'_>, &(i64, i64))],
+) -> Result<Statement, DbErr> {
+    if backend == DbBackend::Postgres {
         let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (&(account, contact, kind, intent, day), &(points, count)) in sums {
+        for &(&(account, contact, kind, intent, day), &(points, count)) in sums {
             columns.0.push(account.to_owned());
             columns.1.push(contact.to_owned());
             columns.2.push(kind.to_owned());
@@ -434,28 +486,24 @@ async fn upsert_buckets(
             columns.5.into(),
             columns.6.into(),
         ];
-        let statement = Statement::from_sql_and_values(
+        return Ok(Statement::from_sql_and_values(
             DbBackend::Postgres,
             include_str!("sql/add_to_buckets.pg.sql"),
             values,
-        );
-        conn.execute_raw(statement).await?;
-        return Ok(());
+        ));
     }
     let rows: Vec<_> = sums
         .iter()
         .map(
-            |(&(account, contact, kind, intent, day), &(points, count))| {
+            |&(&(account, contact, kind, intent, day), &(points, count))| {
                 (account, contact, kind, intent, day, points, count)
             },
         )
         .collect();
     let rows = serde_json::to_string(&rows).map_err(|e| DbErr::Custom(e.to_string()))?;
-    let statement = Statement::from_sql_and_values(
+    Ok(Statement::from_sql_and_values(
         DbBackend::Sqlite,
         include_str!("sql/add_to_buckets.sqlite.sql"),
         [t.into(), rows.into()],
-    );
-    conn.execute_raw(statement).await?;
-    Ok(())
+    ))
 }
