@@ -617,7 +617,7 @@ impl Probe {
 /// `--probe-interval-ms` one demo_request (100 points, the default
 /// PRIORITIZED threshold) on a fresh account, timed until lifecycle's
 /// WatchAccountEvents shows the account entering PRIORITIZED.
-/// The JSON adds each stage of the crossings (`crossing_stages`).
+/// The JSON adds each stage of the crossings under `stages` (`crossing_stages`).
 pub async fn crossing_latency(args: &Args, clients: &Clients, fixture: &Fixture) -> Result<Value> {
     let duration = Duration::from_secs_f64(args.duration);
     let probes = ((args.duration * 1000.0) / args.probe_interval_ms as f64).ceil() as usize;

@@ -441,7 +441,7 @@ pub(super) async fn fold_sums(
 /// At most this many buckets in one statement: a statement's values are
 /// built, copied once more by the driver and encoded before it is sent, so
 /// a fold of 20,000 buckets in one statement held all of that at once
-/// (scoring's peak RSS 78 MiB against 61 in chunks, docs/performance.md,
+/// (scoring's peak RSS 78 MiB against 55-57 in chunks, docs/performance.md,
 /// round 26). Keys stay in order across chunks, and so do the row locks.
 const BUCKETS_PER_STATEMENT: usize = 2_048;
 
