@@ -1,8 +1,8 @@
-//! The folder (PostgreSQL): each replica folds pending groups
+//! The folder: each replica folds pending groups
 //! (`storage::fold`) once one of its own group transactions commits and
 //! the folder has rested after its last fold (`rest_after`), and every
 //! `SWEEP` for groups another replica left (one that stopped before folding
-//! them). On SQLite groups fold themselves; no folder runs.
+//! them). On SQLite too: there the one writer takes a fold between groups.
 
 use std::time::Duration;
 

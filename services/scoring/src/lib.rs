@@ -80,10 +80,8 @@ async fn service(
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     background.add(deliverer.spawn());
-    if repository.folds_later() {
-        let max_rest = Duration::from_millis(settings.own.fold.max_rest_ms);
-        background.add(tokio::spawn(fold::follow(repository.clone(), max_rest)));
-    }
+    let max_rest = Duration::from_millis(settings.own.fold.max_rest_ms);
+    background.add(tokio::spawn(fold::follow(repository.clone(), max_rest)));
     let api = api::ScoringApi::new(
         repository.clone(),
         lifecycle,

@@ -27,8 +27,7 @@ impl Default for DecaySettings {
     }
 }
 
-/// `[fold]`, `CASCADE_SCORING__FOLD__<KEY>` (PostgreSQL: on SQLite each
-/// group folds its own sums and no folder runs).
+/// `[fold]`, `CASCADE_SCORING__FOLD__<KEY>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FoldSettings {

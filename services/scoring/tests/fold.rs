@@ -1,9 +1,7 @@
 //! Scores folded behind the ledger (`storage::fold`), on SQLite and
 //! PostgreSQL: a group stored by a replica that never folded it is folded by
 //! another replica's folder and reaches lifecycle; an erasure removes what
-//! waits in a fold, so the fold does not write the erased rows back. (On
-//! SQLite a group folds itself in its own transaction, so nothing waits;
-//! the outcomes asserted are the same.)
+//! waits in a fold, so the fold does not write the erased rows back.
 
 use cascade_chassis::TenantId;
 use cascade_scoring::storage::migration::Migrator;
@@ -61,11 +59,6 @@ async fn erase_contact(repository: &Repository, account_id: &str, contact_id: &s
         )
         .await
         .expect("contact erased");
-}
-
-/// Whether groups leave their buckets and scores to a later fold.
-fn folds_later(repository: &Repository) -> bool {
-    repository.db().get_database_backend() == DbBackend::Postgres
 }
 
 /// A replica stores a group and stops before folding it: the running
@@ -134,19 +127,14 @@ async fn an_erasure_removes_what_waits_in_a_fold(db: TestDatabase) {
         )
         .await
         .expect("recorded");
-    let waiting = i64::from(folds_later(&replica));
-    assert_eq!(pending(&replica).await, waiting, "nothing folded yet");
+    assert_eq!(pending(&replica).await, 1, "nothing folded yet");
 
     erase_contact(&replica, account, ann).await;
     replica
         .erase(&tenant, Erase::Account { account_id: gone })
         .await
         .expect("account erased");
-    assert_eq!(
-        pending(&replica).await,
-        waiting,
-        "bob's activity still waits"
-    );
+    assert_eq!(pending(&replica).await, 1, "bob's activity still waits");
 
     replica.fold_pending().await.expect("folded");
     assert_eq!(pending(&replica).await, 0);
@@ -236,7 +224,8 @@ async fn a_large_group_waits_compressed_and_folds_whole(db: TestDatabase) {
         .collect();
     replica.record(&tenant, items).await.expect("recorded");
     let db = replica.db();
-    if folds_later(&replica) {
+    assert_eq!(pending(&replica).await, 1, "the group waits as one row");
+    if db.get_database_backend() == DbBackend::Postgres {
         let row = db
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
@@ -258,8 +247,8 @@ async fn a_large_group_waits_compressed_and_folds_whole(db: TestDatabase) {
         let expected = if has_lz4 { "lz4" } else { "pglz" };
         assert_eq!(method.as_deref(), Some(expected), "{stored} of {raw} bytes");
         assert!(stored * 2 < raw, "compressed: {stored} of {raw} bytes");
-        replica.fold_pending().await.expect("folded");
     }
+    assert_eq!(replica.fold_pending().await.expect("folded"), 1);
     assert_eq!(pending(&replica).await, 0);
     let row = db
         .query_one_raw(Statement::from_string(
@@ -280,9 +269,8 @@ async fn a_large_group_waits_compressed_and_folds_whole(db: TestDatabase) {
 }
 
 /// Five groups of 2,500 activities, each over 2,200 contacts of its own and
-/// 300 shared by all: on PostgreSQL one fold reads them a few at a time
-/// and writes their 11,300 buckets in several statements; on SQLite each
-/// group writes its 2,500 in several. Every activity is in the buckets
+/// 300 shared by all: one fold reads them a few at a time and writes their
+/// 11,300 buckets in several statements. Every activity is in the buckets
 /// once, and each shared bucket holds all five groups' activities.
 async fn many_groups_fold_at_once_in_chunks(db: TestDatabase) {
     let replica = replica_without_folder(&db).await;
@@ -301,10 +289,8 @@ async fn many_groups_fold_at_once_in_chunks(db: TestDatabase) {
             .collect();
         replica.record(&tenant, items).await.expect("recorded");
     }
-    if folds_later(&replica) {
-        assert_eq!(pending(&replica).await, 5);
-        assert_eq!(replica.fold_pending().await.expect("folded"), 5);
-    }
+    assert_eq!(pending(&replica).await, 5);
+    assert_eq!(replica.fold_pending().await.expect("folded"), 5);
     assert_eq!(pending(&replica).await, 0);
     let db = replica.db();
     let row = db

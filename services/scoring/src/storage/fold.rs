@@ -1,4 +1,4 @@
-//! Folding stored groups into the scores, behind the ledger (PostgreSQL).
+//! Folding stored groups into the scores, behind the ledger.
 //!
 //! A group transaction (`ingest`) writes what its callers' answers need:
 //! the activities, the caps' usage, and one `pending_folds` row with the
@@ -9,8 +9,11 @@
 //! under load takes every group committed while the previous fold ran
 //! (docs/performance.md, round 13). A replica that stops between a group
 //! and its fold leaves the row to the next fold of any replica: nothing
-//! acknowledged is lost. On SQLite, with its one writer, a group folds its
-//! own sums in its transaction (`fold_sums`) and writes no row.
+//! acknowledged is lost. SQLite folds the same way: its one writer takes a
+//! fold between groups, and a fold of many groups writes each hot bucket,
+//! contact score and account delivery once for all of them. A group that
+//! folded its own sums spent more of the writer's time on them than on its
+//! activities (docs/performance.md, round 27).
 //!
 //! A score read first folds what its tenant has pending, waiting for any
 //! fold that holds those rows (`settled`): a score read after an
@@ -159,13 +162,13 @@ pub(super) async fn scrub(
     t: &str,
     erased: impl Fn(&outbox_pb::BucketDelta) -> bool,
 ) -> Result<(), DbErr> {
-    if conn.get_database_backend() != DbBackend::Postgres {
-        return Ok(()); // nothing is ever pending on SQLite
-    }
-    let pending = pending_fold::Entity::find()
+    let mut pending = pending_fold::Entity::find()
         .filter(pending_fold::Column::TenantId.eq(t))
-        .order_by_asc(pending_fold::Column::Id)
-        .lock(LockType::Update);
+        .order_by_asc(pending_fold::Column::Id);
+    // SQLite's write transaction already excludes every other writer.
+    if conn.get_database_backend() == DbBackend::Postgres {
+        pending = pending.lock(LockType::Update);
+    }
     for row in pending.all(conn).await? {
         let mut fold = decode(&row)?;
         let before = fold.buckets.len();
@@ -202,12 +205,6 @@ impl Repository {
         self.fold_wanted.notified().await;
     }
 
-    /// Whether groups leave their buckets and scores to a fold (PostgreSQL);
-    /// on SQLite nothing is ever pending.
-    pub fn folds_later(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Postgres
-    }
-
     /// Folds what the tenant has pending before a score is read.
     pub(super) async fn settled(&self, t: &str) -> ServiceResult<()> {
         match self.newest_fold(t).await? {
@@ -216,12 +213,8 @@ impl Repository {
         }
     }
 
-    /// The tenant's newest group not folded yet; none on SQLite, where
-    /// nothing is ever pending.
+    /// The tenant's newest group not folded yet.
     pub(super) async fn newest_fold(&self, t: &str) -> ServiceResult<Option<i64>> {
-        if !self.folds_later() {
-            return Ok(None);
-        }
         Ok(pending_fold::Entity::find()
             .select_only()
             .column_as(pending_fold::Column::Id.max(), "newest")

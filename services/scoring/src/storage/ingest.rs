@@ -2,10 +2,10 @@
 //! number of statements per chunk of rows, never one per activity, account
 //! or contact. The transaction writes what the callers' answers need (the
 //! activities with their points, and the caps' usage) and the group's
-//! bucket sums: on PostgreSQL as a pending fold, whose buckets, scores and
-//! deliveries a fold writes after it (`fold`); on SQLite folded in the same
-//! transaction. On SQLite the transaction holds the only write lock, so its
-//! length is the service's ingest ceiling (docs/performance.md).
+//! bucket sums as a pending fold, whose buckets, scores and deliveries a
+//! fold writes after it (`fold`). On SQLite the transaction holds the only
+//! write lock, so its length, with the folds' between groups, is the
+//! service's ingest ceiling (docs/performance.md).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -44,14 +44,6 @@ pub(super) enum Outcome {
     New { counted_points: i32 },
     /// Stored before (or earlier in the batch), as this.
     Duplicate(Recorded),
-}
-
-/// When a group's buckets, scores and deliveries are written.
-enum Folded {
-    /// In the group's transaction; `delivered`: it enqueued deliveries.
-    Now { delivered: bool },
-    /// By a fold after it (a pending fold was written).
-    Later,
 }
 
 /// Each item's outcome with its ids: a new activity's are the item's own.
@@ -96,11 +88,9 @@ impl Repository {
         // the insert; then the next attempt sees them as stored.
         for attempt in 0..4 {
             match self.try_record(tenant, items, attempt > 0).await? {
-                Some((result, folded)) => {
-                    match folded {
-                        Folded::Later => self.group_committed(),
-                        Folded::Now { delivered: true } => self.deliveries_written.notify_one(),
-                        Folded::Now { delivered: false } => {}
+                Some((result, pending)) => {
+                    if pending {
+                        self.group_committed();
                     }
                     return Ok(result);
                 }
@@ -117,7 +107,7 @@ impl Repository {
         tenant: &TenantId,
         items: &[NewActivity],
         check_stored: bool,
-    ) -> ServiceResult<Option<(Vec<Outcome>, Folded)>> {
+    ) -> ServiceResult<Option<(Vec<Outcome>, bool)>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
         if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
@@ -146,10 +136,7 @@ impl Repository {
         }
         if fresh.is_empty() {
             txn.commit().await?;
-            return Ok(Some((
-                results(items, &stored, &[]),
-                Folded::Now { delivered: false },
-            )));
+            return Ok(Some((results(items, &stored, &[]), false)));
         }
 
         // Load (and on PostgreSQL lock) the rule usage the new ones need.
@@ -194,21 +181,11 @@ impl Repository {
             return Ok(None);
         }
         write_usage(&txn, t, &usage, &before).await?;
-        let sums = bucket_sums(&scored);
-        let folded = if self.folds_later() {
-            // The buckets, scores and deliveries follow in a fold, while the
-            // next group writes its activities.
-            fold::enqueue(&txn, t, &sums).await?;
-            Folded::Later
-        } else {
-            // SQLite has one writer: a fold's own transaction could only
-            // queue behind the next group, and measured no better
-            // (docs/performance.md, round 13).
-            let delivered = fold::fold_sums(&txn, t, &sums).await?;
-            Folded::Now { delivered }
-        };
+        // The buckets, scores and deliveries follow in a fold (`fold`),
+        // which takes every group committed meanwhile.
+        fold::enqueue(&txn, t, &bucket_sums(&scored)).await?;
         txn.commit().await?;
-        Ok(Some((results(items, &stored, &scored), folded)))
+        Ok(Some((results(items, &stored, &scored), true)))
     }
 }
 

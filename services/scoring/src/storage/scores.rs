@@ -51,11 +51,10 @@ impl Repository {
             // No rows, so no answer to "was anything pending". A check now
             // would come after the read it vouches for, and miss a fold that
             // committed in between: settle first, then read again.
-            None if self.folds_later() => {
+            None => {
                 self.settled(t).await?;
                 rows = account_sums(&self.db, t, account_id).await?;
             }
-            None => {}
         }
         let Some(first) = rows.first() else {
             return Err(ServiceError::not_found("account score", account_id));
