@@ -102,6 +102,9 @@ impl Repository {
         ))
     }
 
+    /// One attempt: each item's outcome, and whether it wrote a pending fold
+    /// (the folder is then woken); `None` when some ids turned out stored
+    /// before and the attempt was rolled back.
     async fn try_record(
         &self,
         tenant: &TenantId,
