@@ -150,8 +150,8 @@ impl Repository {
         tenant: &TenantId,
         page: &PageRequest,
     ) -> ServiceResult<(Vec<(String, Totals)>, String)> {
-        self.settled(tenant.as_str()).await?;
-        // A bad token is refused before the stale scores are refreshed.
+        // A bad token is refused before anything is written: pending groups
+        // folded, stale scores refreshed.
         let after = match &page.after {
             Some(token) => Some(
                 token
@@ -164,6 +164,7 @@ impl Repository {
             None => None,
         };
         let t = tenant.as_str();
+        self.settled(t).await?;
         let model = current_model(&self.db, t).await?;
         let today = today();
         // Stored scores of an earlier day miss that day's decay; marked ones
