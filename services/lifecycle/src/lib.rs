@@ -4,6 +4,7 @@
 pub mod api;
 pub mod convert;
 pub mod domain;
+pub mod settings;
 pub mod storage;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
 use cascade_proto::lifecycle::v1::lifecycle_internal_service_server::LifecycleInternalServiceServer;
 use cascade_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
 use sea_orm::DatabaseConnection;
+use sea_orm::DbBackend;
 
 /// Name, env prefix (`CASCADE_LIFECYCLE__...`) and default port.
 pub const IDENTITY: ServiceIdentity = ServiceIdentity {
@@ -72,13 +74,16 @@ pub fn permission(service: &str, method: &str) -> Option<Permission> {
     })
 }
 
+/// Lifecycle's settings: the common sections and `[cache]`.
+pub type Settings = ServiceSettings<settings::LifecycleSections>;
+
 /// How long a webhook receiver may take to answer.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn service(
     database: DatabaseConnection,
     background: Background,
-    settings: ServiceSettings,
+    settings: Settings,
 ) -> anyhow::Result<
     WithInternal<
         LifecycleServiceServer<api::LifecycleApi>,
@@ -92,8 +97,18 @@ async fn service(
         Arc::new(sink),
         settings.outbox.deliverer_config(),
     );
-    let mut repository = storage::Repository::new(database);
+    let mut repository = storage::Repository::new(database.clone());
     repository.set_notification_waker(deliverer.waker());
+    let entries = settings.own.cache.accounts;
+    if entries > 0 {
+        // PostgreSQL answers from memory only once it hears other replicas.
+        let postgres = database.get_database_backend() == DbBackend::Postgres;
+        let cache = Arc::new(storage::cache::AccountCache::new(entries, !postgres));
+        if postgres {
+            background.add(storage::cache::listen_for_changes(&database, cache.clone()));
+        }
+        repository.set_account_cache(cache);
+    }
     background.add(deliverer.spawn());
     let limit = settings.server.max_message_bytes;
     Ok(WithInternal {
@@ -105,7 +120,7 @@ async fn service(
 }
 
 /// Builds the service, bound but not yet running (tests use port 0).
-pub async fn build(settings: &ServiceSettings) -> anyhow::Result<Application> {
+pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
     cascade_chassis::server::build::<storage::migration::Migrator, _, _, _, _>(
         settings,
         IDENTITY.permissions,

@@ -125,7 +125,7 @@ pub trait OwnSections:
     }
 }
 
-/// No sections of its own (lifecycle).
+/// No sections of its own.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NoSections {}
 
@@ -311,7 +311,13 @@ pub fn load_from<X: OwnSections>(
             identity.env_prefix()
         )));
     }
-    let mut settings: ServiceSettings<X> = config.try_deserialize().map_err(|e| {
+    let mut settings: ServiceSettings<X> = config.clone().try_deserialize().map_err(|e| {
+        // Through `flatten` a bad value of the service's own sections loses
+        // its key; read alone, the config crate names it.
+        let e = match config.try_deserialize::<X>() {
+            Err(named) => named,
+            Ok(_) => e,
+        };
         SettingsError::new(format!(
             "{} (environment variables: {}__<SECTION>__<KEY>)",
             redact_urls(&e.to_string()),

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 
 use cascade_chassis::db::DatabaseSettings;
-use cascade_chassis::settings::ServiceSettings;
 
 use crate::clients::{Lifecycle, Opportunity, Scoring};
 use crate::database::TestDatabase;
@@ -27,7 +26,7 @@ pub enum Service {
 /// Lifecycle plus, optionally, scoring replicas and opportunity, each with
 /// its own database on the backend of the test's.
 pub struct TestSystem {
-    lifecycle_settings: ServiceSettings,
+    lifecycle_settings: cascade_lifecycle::Settings,
     lifecycle: Option<TestServer>,
     lifecycle_addr: SocketAddr,
     scoring: Vec<TestServer>,
@@ -48,9 +47,9 @@ impl TestSystem {
     /// (e.g. the outbox's limits).
     pub async fn lifecycle_with(
         db: &TestDatabase,
-        change: impl FnOnce(&mut ServiceSettings),
+        change: impl FnOnce(&mut cascade_lifecycle::Settings),
     ) -> Self {
-        let mut settings = ServiceSettings::for_tests(db.settings.clone());
+        let mut settings = cascade_lifecycle::Settings::for_tests(db.settings.clone());
         change(&mut settings);
         Self::start_lifecycle_on(settings, Vec::new()).await
     }
@@ -87,11 +86,14 @@ impl TestSystem {
 
     async fn beside(db: &TestDatabase) -> Self {
         let lifecycle_db = db.like().await;
-        let settings = ServiceSettings::for_tests(lifecycle_db.settings.clone());
+        let settings = cascade_lifecycle::Settings::for_tests(lifecycle_db.settings.clone());
         Self::start_lifecycle_on(settings, vec![lifecycle_db]).await
     }
 
-    async fn start_lifecycle_on(settings: ServiceSettings, owned: Vec<TestDatabase>) -> Self {
+    async fn start_lifecycle_on(
+        settings: cascade_lifecycle::Settings,
+        owned: Vec<TestDatabase>,
+    ) -> Self {
         let server = lifecycle_server(&settings, 0).await;
         Self {
             lifecycle_settings: settings,
@@ -213,7 +215,7 @@ impl TestSystem {
     }
 }
 
-async fn lifecycle_server(settings: &ServiceSettings, port: u16) -> TestServer {
+async fn lifecycle_server(settings: &cascade_lifecycle::Settings, port: u16) -> TestServer {
     let mut settings = settings.clone();
     settings.server.port = port;
     let app = cascade_lifecycle::build(&settings)

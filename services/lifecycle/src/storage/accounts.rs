@@ -115,11 +115,30 @@ impl Repository {
         }
     }
 
+    /// GetAccount: from this replica's cache when it holds the account
+    /// (`cache`), else from the database, keeping what it read.
+    pub async fn get_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<Account> {
+        let Some(cache) = &self.accounts else {
+            return Ok(self.read_account(tenant, account_id).await?.1);
+        };
+        if let Some(account) = cache.get(tenant.as_str(), account_id) {
+            return Ok(account);
+        }
+        let ticket = cache.ticket();
+        let (version, account) = self.read_account(tenant, account_id).await?;
+        cache.fill(ticket, tenant.as_str(), version, &account);
+        Ok(account)
+    }
+
     /// One statement for the account and the stages it reached (a LEFT
     /// JOIN, one row per stage) instead of one each: GetAccount is the
     /// hottest read, and on PostgreSQL a statement's fixed cost is most of
-    /// its price (docs/performance.md).
-    pub async fn get_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<Account> {
+    /// its price (docs/performance.md). With the row's version.
+    async fn read_account(
+        &self,
+        tenant: &TenantId,
+        account_id: &str,
+    ) -> ServiceResult<(i64, Account)> {
         let mut query = account::Entity::find()
             .filter(account::Column::TenantId.eq(tenant.as_str()))
             .filter(account::Column::AccountId.eq(account_id))
@@ -158,11 +177,13 @@ impl Repository {
                 reached.push((stage, at));
             }
         }
+        let version = model.version;
         let firsts = HashMap::from([(model.account_id.clone(), reached)]);
-        hydrate_accounts_with(&self.db, vec![model], firsts)
+        let account = hydrate_accounts_with(&self.db, vec![model], firsts)
             .await?
             .pop()
-            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("hydrated no account")))
+            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("hydrated no account")))?;
+        Ok((version, account))
     }
 
     pub async fn list_accounts(
@@ -247,8 +268,10 @@ impl Repository {
             }
             Err(error) => return Err(error.into()),
         };
+        let version = updated.version;
         let account = hydrate_account(&txn, updated).await?;
         txn.commit().await?;
+        self.account_written(tenant.as_str(), account_id, version, Some(&account));
         Ok(account)
     }
 }

@@ -99,8 +99,10 @@ impl Repository {
             });
         }
         let written = persist(&txn, t, model, &mutation, &changes, cx.now).await?;
+        let version = written.account.version;
         let account = hydrate_account(&txn, written.account).await?;
         txn.commit().await?;
+        self.account_written(t, account_id, version, Some(&account));
         super::count_transitions(&changes.transitions);
         if written.notified {
             self.notifications_written.notify_one();

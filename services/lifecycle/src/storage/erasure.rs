@@ -242,6 +242,7 @@ impl Repository {
         )
         .await?;
         txn.commit().await?;
+        self.account_written(t, account_id, super::cache::ERASED, None);
         Ok(from_model(model))
     }
 

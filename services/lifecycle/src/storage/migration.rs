@@ -18,7 +18,47 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_after_sale::AfterTheSale),
             Box::new(cascade_chassis::outbox::OutboxChurnMigration),
             Box::new(ContactsRoomForScores),
+            Box::new(AccountChangesHeard),
         ]
+    }
+}
+
+/// PostgreSQL: a trigger notifies every change of an account row, so each
+/// replica's account cache hears the others' writes (`storage::cache`).
+/// SQLite serves one process, whose writes reach its cache directly.
+struct AccountChangesHeard;
+
+impl MigrationName for AccountChangesHeard {
+    fn name(&self) -> &str {
+        "m20261205_000001_account_changes_heard"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AccountChangesHeard {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        manager
+            .get_connection()
+            .execute_unprepared(include_str!("sql/account_changed.sql"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "DROP TRIGGER IF EXISTS accounts_changed ON accounts; \
+                 DROP FUNCTION IF EXISTS cascade_account_changed()",
+            )
+            .await
+            .map(|_| ())
     }
 }
 

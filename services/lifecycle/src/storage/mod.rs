@@ -3,6 +3,7 @@
 
 mod accounts;
 mod activity_status;
+pub mod cache;
 mod contacts;
 mod engine;
 mod entities;
@@ -125,6 +126,8 @@ fn changed_key(updated_at: DateTime<Utc>, id: &str) -> String {
 #[derive(Clone)]
 pub struct Repository {
     db: DatabaseConnection,
+    /// GetAccount's answers (`cache`); `None` when turned off.
+    accounts: Option<Arc<cache::AccountCache>>,
     /// Woken after a commit that wrote watch events (WatchAccountEvents).
     events_written: Arc<Notify>,
     /// Woken after a commit that wrote notifications (the webhook deliverer).
@@ -135,8 +138,29 @@ impl Repository {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             db,
+            accounts: None,
             events_written: Arc::new(Notify::new()),
             notifications_written: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Answers GetAccount from `cache` when it holds the account, and keeps
+    /// it current through this repository's writes.
+    pub fn set_account_cache(&mut self, cache: Arc<cache::AccountCache>) {
+        self.accounts = Some(cache);
+    }
+
+    /// After a commit that wrote the account row at `version` (with the
+    /// account as written, when the write has it).
+    pub(crate) fn account_written(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        version: i64,
+        account: Option<&Account>,
+    ) {
+        if let Some(cache) = &self.accounts {
+            cache.written(tenant, account_id, version, account);
         }
     }
 

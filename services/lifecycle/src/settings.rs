@@ -1,0 +1,81 @@
+//! Lifecycle's own settings section: `[cache]`, what each replica keeps in
+//! memory.
+
+use cascade_chassis::settings::OwnSections;
+use serde::{Deserialize, Serialize};
+
+/// `[cache]`, `CASCADE_LIFECYCLE__CACHE__<KEY>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How many accounts each replica keeps for GetAccount (`storage::cache`;
+    /// about 1 KiB each). On PostgreSQL the replica hears other replicas'
+    /// writes through LISTEN/NOTIFY and answers from memory only while it
+    /// hears them; a connection pooler in transaction mode cannot carry
+    /// LISTEN, so turn the cache off behind one. 0 turns it off.
+    pub accounts: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self { accounts: 10_000 }
+    }
+}
+
+/// Lifecycle's sections beside the common ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LifecycleSections {
+    pub cache: CacheSettings,
+}
+
+impl OwnSections for LifecycleSections {
+    const SECTIONS: &'static [&'static str] = &["cache"];
+
+    fn defaults() -> Self {
+        Self::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IDENTITY;
+    use cascade_chassis::settings::{ServiceSettings, load_from};
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_cache_has_its_own_section() {
+        let settings: ServiceSettings<LifecycleSections> =
+            load_from(IDENTITY, None, env(&[])).unwrap_or_else(|e| panic!("defaults load: {e}"));
+        assert_eq!(settings.own.cache.accounts, 10_000);
+        let settings: ServiceSettings<LifecycleSections> = load_from(
+            IDENTITY,
+            None,
+            env(&[("CASCADE_LIFECYCLE__CACHE__ACCOUNTS", "0")]),
+        )
+        .unwrap_or_else(|e| panic!("the section loads: {e}"));
+        assert_eq!(settings.own.cache.accounts, 0);
+        let error = load_from::<LifecycleSections>(
+            IDENTITY,
+            None,
+            env(&[("CASCADE_LIFECYCLE__CACHE__ACCOUNT", "1")]),
+        )
+        .expect_err("an unknown key is refused");
+        assert!(error.to_string().contains("account"), "{error}");
+        let error = load_from::<LifecycleSections>(
+            IDENTITY,
+            None,
+            env(&[("CASCADE_LIFECYCLE__CACHE__ACCOUNTS", "many")]),
+        )
+        .expect_err("not a number");
+        assert!(error.to_string().contains("accounts"), "{error}");
+    }
+}
