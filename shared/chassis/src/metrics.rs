@@ -61,6 +61,7 @@ pub struct Instruments {
     pool_wait: Histogram<f64>,
     transitions: Counter<u64>,
     activities: Counter<u64>,
+    account_reads: Counter<u64>,
 }
 
 /// The process's instruments.
@@ -107,6 +108,10 @@ pub fn instruments() -> &'static Instruments {
             activities: meter
                 .u64_counter("cascade.scoring.activities")
                 .with_description("Ingested activities by outcome")
+                .build(),
+            account_reads: meter
+                .u64_counter("cascade.lifecycle.account_reads")
+                .with_description("GetAccount answers by where they came from (cache, database)")
                 .build(),
         }
     })
@@ -161,6 +166,12 @@ impl Instruments {
             WAITING.load(Ordering::Relaxed),
             &[KeyValue::new("state", "waiting")],
         );
+    }
+
+    /// GetAccount answered from `answered_from` (`cache` or `database`).
+    pub fn account_read(&self, answered_from: &'static str) {
+        self.account_reads
+            .add(1, &[KeyValue::new("answered_from", answered_from)]);
     }
 
     /// An account entered `stage` because of `cause`.

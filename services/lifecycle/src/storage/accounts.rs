@@ -118,12 +118,16 @@ impl Repository {
     /// GetAccount: from this replica's cache when it holds the account
     /// (`cache`), else from the database, keeping what it read.
     pub async fn get_account(&self, tenant: &TenantId, account_id: &str) -> ServiceResult<Account> {
+        let metrics = cascade_chassis::metrics::instruments();
         let Some(cache) = &self.accounts else {
+            metrics.account_read("database");
             return Ok(self.read_account(tenant, account_id).await?.1);
         };
         if let Some(account) = cache.get(tenant.as_str(), account_id) {
+            metrics.account_read("cache");
             return Ok(account);
         }
+        metrics.account_read("database");
         let ticket = cache.ticket();
         let (version, account) = self.read_account(tenant, account_id).await?;
         cache.fill(ticket, tenant.as_str(), version, &account);
