@@ -42,14 +42,7 @@ mod tests {
     use crate::IDENTITY;
     use cascade_chassis::settings::{ServiceSettings, load_from};
 
-    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
+    use cascade_chassis::settings::environment_of as env;
 
     #[test]
     fn the_cache_has_its_own_section() {

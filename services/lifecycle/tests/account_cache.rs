@@ -156,41 +156,62 @@ async fn shows_name(lifecycle: &Lifecycle, id: &str, name: &str) {
     .await;
 }
 
+/// Two replicas listening on one PostgreSQL database, and an account created
+/// through A that B has read (and kept).
+struct Replicas {
+    _servers: (TestServer, TestServer),
+    conn: DatabaseConnection,
+    a: Lifecycle,
+    b: Lifecycle,
+    id: String,
+}
+
+async fn replicas_sharing_an_account(db: &TestDatabase) -> Replicas {
+    let (a, b) = two_replicas(db).await;
+    let conn = Database::connect(db.settings.url.as_str())
+        .await
+        .expect("connect");
+    both_listening(&conn).await;
+    let clients = (
+        Lifecycle::new(a.channel(), Caller::tenant("cache")),
+        Lifecycle::new(b.channel(), Caller::tenant("cache")),
+    );
+    let id = clients
+        .0
+        .create_account_with(account("Acme", "acme.com", "jane"))
+        .await
+        .account_id;
+    assert_eq!(clients.1.account(&id).await.name, "Acme");
+    assert_eq!(clients.1.account(&id).await.name, "Acme");
+    Replicas {
+        _servers: (a, b),
+        conn,
+        a: clients.0,
+        b: clients.1,
+        id,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_hear_each_others_writes() {
     let Some(db) = TestDatabase::postgres().await else {
         return;
     };
-    let (a, b) = two_replicas(&db).await;
-    let conn = Database::connect(db.settings.url.as_str())
-        .await
-        .expect("connect");
-    both_listening(&conn).await;
-    let (a, b) = (
-        Lifecycle::new(a.channel(), Caller::tenant("cache")),
-        Lifecycle::new(b.channel(), Caller::tenant("cache")),
-    );
-    let id = a
-        .create_account_with(account("Acme", "acme.com", "jane"))
-        .await
-        .account_id;
-    // B keeps the account.
-    assert_eq!(b.account(&id).await.name, "Acme");
-    assert_eq!(b.account(&id).await.name, "Acme");
+    let Replicas { a, b, id, .. } = &replicas_sharing_an_account(&db).await;
 
-    rename(&a, &id, "Acme Corp").await;
-    shows_name(&b, &id, "Acme Corp").await;
+    rename(a, id, "Acme Corp").await;
+    shows_name(b, id, "Acme Corp").await;
 
-    deliver_score(&a, &id, 1, 42.0).await;
+    deliver_score(a, id, 1, 42.0).await;
     eventually_within(HEARD_WITHIN, "the delivered score", async || {
-        let score = b.account(&id).await.engagement_score;
+        let score = b.account(id).await.engagement_score;
         if score == 42.0 { Ok(()) } else { Err(score) }
     })
     .await;
 
-    delete(&a, &id).await;
+    delete(a, id).await;
     eventually_within(HEARD_WITHIN, "the erasure", async || {
-        match b.try_account(&id).await {
+        match b.try_account(id).await {
             Err(status) if status.code() == Code::NotFound => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -205,21 +226,7 @@ async fn a_replica_that_missed_changes_does_not_keep_them() {
     let Some(db) = TestDatabase::postgres().await else {
         return;
     };
-    let (a, b) = two_replicas(&db).await;
-    let conn = Database::connect(db.settings.url.as_str())
-        .await
-        .expect("connect");
-    both_listening(&conn).await;
-    let (a, b) = (
-        Lifecycle::new(a.channel(), Caller::tenant("cache")),
-        Lifecycle::new(b.channel(), Caller::tenant("cache")),
-    );
-    let id = a
-        .create_account_with(account("Acme", "acme.com", "jane"))
-        .await
-        .account_id;
-    assert_eq!(b.account(&id).await.name, "Acme");
-    assert_eq!(b.account(&id).await.name, "Acme");
+    let Replicas { conn, a, b, id, .. } = &replicas_sharing_an_account(&db).await;
 
     // Cut every listening connection, then commit a change (as a hand edit
     // would) before the replicas can listen again: its notification goes
@@ -234,10 +241,10 @@ async fn a_replica_that_missed_changes_does_not_keep_them() {
     ))
     .await
     .expect("the change, unheard");
-    shows_name(&b, &id, "Renamed unheard").await;
-    shows_name(&a, &id, "Renamed unheard").await;
+    shows_name(b, id, "Renamed unheard").await;
+    shows_name(a, id, "Renamed unheard").await;
     // Listening again, they hear the next change as before.
-    both_listening(&conn).await;
-    rename(&a, &id, "Heard again").await;
-    shows_name(&b, &id, "Heard again").await;
+    both_listening(conn).await;
+    rename(a, id, "Heard again").await;
+    shows_name(b, id, "Heard again").await;
 }

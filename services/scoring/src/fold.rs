@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-
 use crate::storage::Repository;
 
 /// How often a replica looks for pending groups it was not woken for.
@@ -59,14 +57,8 @@ async fn rest_while_groups_come<F>(
 
 /// Folds until aborted, resting at most `max_rest` between folds.
 pub async fn follow(repository: Repository, max_rest: Duration) {
-    let retry = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let retry =
+        || cascade_chassis::retry::delays(Duration::from_millis(50), Duration::from_secs(5));
     let mut delays = retry();
     loop {
         let started = std::time::Instant::now();

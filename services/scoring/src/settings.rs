@@ -86,14 +86,7 @@ mod tests {
     use crate::IDENTITY;
     use cascade_chassis::settings::load_from;
 
-    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
+    use cascade_chassis::settings::environment_of as env;
 
     #[test]
     fn decay_and_fold_have_their_own_sections() {

@@ -239,6 +239,16 @@ impl ServiceIdentity {
     }
 }
 
+/// An environment for [`load_from`] made of these variables only (tests).
+pub fn environment_of(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
 /// A service's settings: built-in defaults, then `file`, then the environment
 /// (given here by tests; the process's own otherwise).
 pub fn load_from<X: OwnSections>(
@@ -452,14 +462,7 @@ mod tests {
         permissions: |_, _| None,
     };
 
-    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
+    use super::environment_of as env;
 
     #[test]
     fn defaults_then_environment() {

@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
 use sea_orm::DatabaseConnection;
@@ -245,14 +244,8 @@ pub fn listen_for_changes(db: &DatabaseConnection, cache: Arc<AccountCache>) -> 
         .max_connections(1)
         .min_connections(0)
         .connect_lazy_with((*options).clone());
-    let retry = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let retry =
+        || cascade_chassis::retry::delays(Duration::from_millis(100), Duration::from_secs(5));
     tokio::spawn(async move {
         let mut delays = retry();
         loop {

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
@@ -681,12 +680,7 @@ fn without_lease(
 /// The delay before attempt `attempts + 1`: exponential from `min_backoff`,
 /// with jitter, never above `max_backoff`.
 fn backoff(config: &DelivererConfig, attempts: i32) -> Duration {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(config.min_backoff)
-        .with_max_delay(config.max_backoff)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = crate::retry::delays(config.min_backoff, config.max_backoff);
     let n = usize::try_from(Ord::max(attempts, 1) - 1).unwrap_or(0);
     let n = Ord::min(n, 64);
     // The jitter adds to the delay; the configured maximum is a maximum.
