@@ -112,7 +112,33 @@ async fn a_replica_reads_its_own_writes_at_once(db: TestDatabase) {
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
 }
 
-on_each_database!(a_replica_reads_its_own_writes_at_once);
+/// `cache.accounts = 0` turns the cache off (behind a pooler that cannot
+/// carry LISTEN): no listening connection, and every read from the database.
+async fn the_cache_can_be_turned_off(db: TestDatabase) {
+    let system = TestSystem::lifecycle_with(&db, |s| s.own.cache.accounts = 0).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle
+        .create_account_with(account("Acme", "acme.com", "jane"))
+        .await
+        .account_id;
+    assert_eq!(lifecycle.account(&id).await.name, "Acme");
+    rename(&lifecycle, &id, "Acme Corp").await;
+    assert_eq!(lifecycle.account(&id).await.name, "Acme Corp");
+    if db.settings.url.starts_with("postgres") {
+        let conn = Database::connect(db.settings.url.as_str())
+            .await
+            .expect("connect");
+        // A listener starts within milliseconds of the server (the tests
+        // above wait for it); give a wrong one time to show.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(listening(&conn).await, 0, "no listening connection");
+    }
+}
+
+on_each_database!(
+    a_replica_reads_its_own_writes_at_once,
+    the_cache_can_be_turned_off
+);
 
 /// Two lifecycle replicas on one PostgreSQL database.
 async fn two_replicas(db: &TestDatabase) -> (TestServer, TestServer) {
