@@ -532,6 +532,15 @@ async fn open_opportunities(
     Ok(open)
 }
 
+/// (contact_id, account_id, email, stage, has_activity): what the rules read.
+type ContactColumns = (
+    String,
+    String,
+    Option<String>,
+    Stored<cascade_domain::ContactStage>,
+    bool,
+);
+
 async fn load_contacts(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
@@ -546,20 +555,32 @@ async fn load_contacts(
         contact::Column::ContactId,
         &sorted,
     ) {
-        for m in contact::Entity::find()
+        // Only the columns the rules read: a fold's delivery loads thousands
+        // of contacts, and on SQLite each column of each row is copied out
+        // (docs/performance.md, round 28).
+        let rows: Vec<ContactColumns> = contact::Entity::find()
+            .select_only()
+            .columns([
+                contact::Column::ContactId,
+                contact::Column::AccountId,
+                contact::Column::Email,
+                contact::Column::Stage,
+                contact::Column::HasActivity,
+            ])
             .filter(contact::Column::TenantId.eq(tenant_id))
             .filter(ids)
+            .into_tuple()
             .all(conn)
-            .await?
-        {
+            .await?;
+        for (contact_id, account_id, email, stage, has_activity) in rows {
             let snapshot = ContactSnapshot {
-                stage: *m.stage,
-                contact_id: m.contact_id.clone(),
-                account_id: m.account_id,
-                email: m.email,
-                has_activity: m.has_activity,
+                stage: *stage,
+                contact_id: contact_id.clone(),
+                account_id,
+                email,
+                has_activity,
             };
-            found.insert(m.contact_id, snapshot);
+            found.insert(contact_id, snapshot);
         }
     }
     Ok(found)
