@@ -15,7 +15,7 @@ use cascade_testkit::{
     Caller, Lifecycle, Opportunity, Scoring, TempDir, TestDatabase, WebhookReceiver, eventually,
     on_each_database,
 };
-use common::{DatabaseProxy, Process, System, Verbatim};
+use common::{DatabaseProxy, Process, System, Verbatim, metric};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -33,20 +33,6 @@ async fn create_account(lifecycle: &Lifecycle, name: &str) -> String {
 /// Lifecycle is SIGKILLed while activities stream in, then started again:
 /// every account ends at the stage its score implies, with exactly the
 /// expected transitions and one notification per prioritized account.
-/// The value of the first sample of `name` on a Prometheus endpoint that has
-/// all of `labels` (`key="value"`), or the whole page when none has.
-async fn metric(port: u16, name: &str, labels: &[&str]) -> Result<f64, String> {
-    let text = common::http_get(port, "/metrics").await?;
-    text.lines()
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
-                && labels.iter().all(|label| l.contains(label))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .ok_or(text)
-}
-
 /// Scoring's outbox backlog for deliveries to lifecycle, as its Prometheus
 /// endpoint shows it.
 async fn scored_backlog(port: u16) -> Result<f64, String> {

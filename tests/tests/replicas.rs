@@ -1,15 +1,16 @@
 //! Two instances of each service on one PostgreSQL database, clients spread
 //! over both, many concurrent activities and manual actions on the same
-//! accounts: the invariants hold at the end.
+//! accounts: the invariants hold at the end. And each replica counts where
+//! it answered GetAccount from (its cache or the database).
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_testkit::TestDatabase;
 use cascade_testkit::fixtures::{account, activity};
-use common::System;
+use cascade_testkit::{TestDatabase, eventually, on_each_database};
+use common::{System, Verbatim, metric};
 
 const T: &str = "replicas";
 
@@ -166,3 +167,45 @@ async fn replicas_keep_the_invariants() {
     );
     system.stop().await;
 }
+
+/// `cascade_lifecycle_account_reads_total`: the first read of an account
+/// comes from the database, the next ones from the cache.
+async fn account_reads_are_counted_by_where_they_were_answered(db: TestDatabase) {
+    let env = vec![(
+        "CASCADE_LIFECYCLE__TELEMETRY__METRICS_PORT".to_owned(),
+        "0".to_owned(),
+    )];
+    let system = System::start_with(&db, 1, env).await;
+    let process = &system.lifecycle[0];
+    let metrics = process.metrics_port().await;
+    if db.settings.url.starts_with("postgres") {
+        // On PostgreSQL the cache answers once the replica listens.
+        eventually("lifecycle to listen for account changes", async || {
+            let log = process.log_text();
+            if log.contains("account cache: listening") {
+                Ok(())
+            } else {
+                Err(Verbatim(log))
+            }
+        })
+        .await;
+    }
+    let lifecycle = system.lifecycle_as(0, T);
+    let id = lifecycle
+        .try_create_account(account("Counted", "counted.com", "owner"), "counted")
+        .await
+        .expect("account")
+        .account_id;
+    for _ in 0..3 {
+        assert_eq!(lifecycle.account(&id).await.name, "Counted");
+    }
+    let reads = async |from: &str| {
+        let label = format!(r#"answered_from="{from}""#);
+        metric(metrics, "cascade_lifecycle_account_reads_total", &[&label]).await
+    };
+    assert_eq!(reads("database").await, Ok(1.0));
+    assert_eq!(reads("cache").await, Ok(2.0));
+    system.stop().await;
+}
+
+on_each_database!(account_reads_are_counted_by_where_they_were_answered);

@@ -310,6 +310,20 @@ fn announced_in(log: &str, what: &str) -> Option<u16> {
         })
 }
 
+/// The value of the first sample of `name` on a Prometheus endpoint that has
+/// all of `labels` (`key="value"`), or the whole page when none has.
+pub async fn metric(port: u16, name: &str, labels: &[&str]) -> Result<f64, String> {
+    let text = http_get(port, "/metrics").await?;
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && labels.iter().all(|label| l.contains(label))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .ok_or(text)
+}
+
 /// A plain HTTP/1.1 GET on 127.0.0.1 (the metrics endpoint); the body, or
 /// why there is none.
 pub async fn http_get(port: u16, path: &str) -> Result<String, String> {

@@ -159,28 +159,27 @@ impl AccountCache {
         if !self.serving.load(Ordering::Acquire) {
             return;
         }
-        self.arrive(tenant, &account.account_id, || {
-            let fenced = self.evictions.load(Ordering::Acquire) != ticket.0;
-            (Arrival::Read { version, fenced }, Some(account.clone()))
-        });
+        let read = || Arrival::Read {
+            version,
+            fenced: self.evictions.load(Ordering::Acquire) != ticket.0,
+        };
+        self.arrive(tenant, &account.account_id, read, Some(account));
     }
 
     /// After the commit of this replica's write of the account at `version`
     /// (with the account as written, when the write has it).
     pub fn written(&self, tenant: &str, account_id: &str, version: i64, account: Option<&Account>) {
-        self.arrive(tenant, account_id, || {
-            let with_account = account.is_some();
-            let arrival = Arrival::Written {
-                version,
-                with_account,
-            };
-            (arrival, account.cloned())
-        });
+        let with_account = account.is_some();
+        let written = || Arrival::Written {
+            version,
+            with_account,
+        };
+        self.arrive(tenant, account_id, written, account);
     }
 
     /// Another writer changed the account to `version` (or erased it: [`ERASED`]).
     pub fn heard(&self, tenant: &str, account_id: &str, version: i64) {
-        self.arrive(tenant, account_id, || (Arrival::Heard { version }, None));
+        self.arrive(tenant, account_id, || Arrival::Heard { version }, None);
     }
 
     /// Stops answering and forgets everything: changes may go unheard.
@@ -201,18 +200,21 @@ impl AccountCache {
         self.slots.clear();
     }
 
+    /// `arrival` is decided under the lock (a read's fence must be); the
+    /// account is copied only once admitted.
     fn arrive(
         &self,
         tenant: &str,
         account_id: &str,
-        arrival: impl FnOnce() -> (Arrival, Option<Account>),
+        arrival: impl FnOnce() -> Arrival,
+        account: Option<&Account>,
     ) {
         let _arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
         let current = self
             .slots
             .peek(&Lookup(tenant, account_id))
             .map(|slot| (slot.version, slot.account.is_some()));
-        let (arrival, account) = arrival();
+        let arrival = arrival();
         if !admits(current, arrival) {
             return;
         }
@@ -223,7 +225,7 @@ impl AccountCache {
         };
         let slot = Slot {
             version,
-            account: account.map(Arc::new),
+            account: account.map(|account| Arc::new(account.clone())),
         };
         self.slots
             .insert((tenant.to_owned(), account_id.to_owned()), slot);
