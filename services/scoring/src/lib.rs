@@ -22,7 +22,7 @@ use std::time::Duration;
 use cascade_chassis::auth::Permission;
 use cascade_chassis::client::lifecycle_clients;
 use cascade_chassis::erasure::{ContactChanges, follow_feed};
-use cascade_chassis::limit::TenantRateLimiter;
+use cascade_chassis::limit::{InFlightLimit, TenantRateLimiter};
 use cascade_chassis::outbox::Deliverer;
 use cascade_chassis::server::{Application, Background};
 use cascade_chassis::settings::{ServiceIdentity, ServiceSettings};
@@ -91,6 +91,7 @@ async fn service(
             settings.server.ingest_burst_per_tenant,
             "activity",
         ),
+        InFlightLimit::new(settings.server.ingest_in_flight, "activities"),
     );
     let poll = Duration::from_millis(settings.own.lifecycle.erasure_poll_ms);
     let eraser = erasure::ScoringEraser {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use cascade_proto::common::v1::AccountStage as S;
 use cascade_proto::scoring::v1 as pb;
 use cascade_testkit::fixtures::{account, activity, by_email, days_ago, violated_fields};
-use cascade_testkit::{Lifecycle, Scoring, Service, TestDatabase, TestSystem, on_each_database};
+use cascade_testkit::{
+    Lifecycle, Scoring, Service, TestDatabase, TestSystem, eventually_within, on_each_database,
+};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 
@@ -1115,6 +1117,129 @@ async fn a_frozen_lifecycle_is_bounded_by_the_callers_deadline(db: TestDatabase)
     system.stop().await;
 }
 
+/// The ErrorInfo reason of a status (`OVERLOADED`, `DEPENDENCY_UNAVAILABLE`).
+fn reason(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+}
+
+/// A replica holds at most `server.ingest_in_flight` activities at once:
+/// while a full batch waits (for a frozen lifecycle), another call is
+/// refused at once with UNAVAILABLE, reason OVERLOADED, before anything is
+/// checked; once the full batch has answered, a call is admitted again.
+async fn activities_in_flight_are_bounded(db: TestDatabase) {
+    let mut system = TestSystem::scoring_with(&db, |s| s.server.ingest_in_flight = 1_000).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle
+        .create_account_with(account("Echo", "echo.example", OWNER))
+        .await
+        .account_id;
+    let known = lifecycle
+        .create_contact(&id, "known@echo.example")
+        .await
+        .contact_id;
+    let scoring = system.scoring();
+    // Checked once while lifecycle answers: later activities naming this
+    // person need no call to it.
+    let first = scoring
+        .record(vec![activity("e-first", "email_open", &id, &known)])
+        .await;
+    assert_eq!(first.recorded_count, 1, "{first:?}");
+    let before = scoring.score(&id).await.engagement_score;
+
+    system.stop_lifecycle().await;
+    let frozen = tokio::net::TcpListener::bind(system.addr(Service::Lifecycle))
+        .await
+        .expect("the lifecycle port again");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = frozen.accept().await {
+            held.push(socket);
+        }
+    });
+    // 1,000 new people: the whole bound, held until its deadline (sent
+    // again while a probe below holds a permit for its moment).
+    let full: Vec<pb::Activity> = (0..1_000)
+        .map(|i| {
+            by_email(
+                &format!("e-new{i}"),
+                "email_open",
+                &format!("new{i}@echo.example"),
+            )
+        })
+        .collect();
+    let sender = scoring.clone();
+    let waiting = tokio::spawn(async move {
+        loop {
+            let mut request = sender.req(pb::RecordActivitiesRequest {
+                activities: full.clone(),
+            });
+            request.set_timeout(Duration::from_secs(5));
+            match sender.public().record_activities(request).await {
+                Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    // A probe that is answered at once when admitted (its one item is
+    // malformed: REJECTED, nothing to check), refused once the bound is held.
+    let mut malformed = activity("e-probe", "email_open", &id, &known);
+    malformed.activity_type.clear();
+    eventually_within(
+        Duration::from_secs(4),
+        "a call refused OVERLOADED",
+        async || match scoring.try_record(vec![malformed.clone()]).await {
+            Ok(answer) => Err(format!("admitted: {answer:?}")),
+            Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => Ok(()),
+            Err(status) => panic!("{status:?}"),
+        },
+    )
+    .await;
+    // A good activity now: refused whole, before anything is checked or
+    // written, and retryable.
+    let second = vec![activity("e-second", "email_open", &id, &known)];
+    let refused = scoring
+        .try_record(second.clone())
+        .await
+        .expect_err("over the bound");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        reason(&refused).as_deref(),
+        Some("OVERLOADED"),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("in flight"), "{refused:?}");
+    assert_eq!(
+        scoring.score(&id).await.engagement_score,
+        before,
+        "nothing stored"
+    );
+
+    let full = waiting
+        .await
+        .expect("the task")
+        .expect_err("lifecycle frozen");
+    assert_eq!(full.code(), Code::Unavailable, "{full:?}");
+    assert_eq!(
+        reason(&full).as_deref(),
+        Some("DEPENDENCY_UNAVAILABLE"),
+        "{full:?}"
+    );
+    let recorded = scoring
+        .try_record(second)
+        .await
+        .expect("admitted again once the full batch answered");
+    assert_eq!(recorded.recorded_count, 1, "{recorded:?}");
+    assert!(scoring.score(&id).await.engagement_score > before);
+    holder.abort();
+    system.stop().await;
+}
+
 async fn two_replicas_count_like_one(db: TestDatabase) {
     let mut system = TestSystem::scoring_on(&db).await;
     system.add_scoring(&db).await;
@@ -1329,6 +1454,7 @@ on_each_database!(
     ids_are_checked_per_item,
     emails_while_lifecycle_is_down_are_retryable,
     a_frozen_lifecycle_is_bounded_by_the_callers_deadline,
+    activities_in_flight_are_bounded,
     engaged_contacts_follow_batches,
     a_model_change_scores_the_next_read_on_any_replica,
 );

@@ -81,6 +81,11 @@ pub enum ServiceError {
     /// UNAVAILABLE: a dependency (database, another service) is down; retry.
     #[error("{0}")]
     Unavailable(String),
+    /// UNAVAILABLE with ErrorInfo reason OVERLOADED: this replica holds as
+    /// much work as it may (a bound of ours, not the caller's input); retry
+    /// with backoff, perhaps on another replica.
+    #[error("{0}")]
+    Overloaded(String),
     /// UNAUTHENTICATED: missing or bad credentials.
     #[error("{0}")]
     Unauthenticated(String),
@@ -229,7 +234,7 @@ impl ServiceError {
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::Aborted(_) => Code::Aborted,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::Overloaded(_) => Code::Unavailable,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
@@ -278,6 +283,11 @@ impl From<ServiceError> for tonic::Status {
             } => ErrorDetails::with_retry_info(Some(*delay)),
             ServiceError::Unavailable(_) => ErrorDetails::with_error_info(
                 "DEPENDENCY_UNAVAILABLE",
+                ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            ),
+            ServiceError::Overloaded(_) => ErrorDetails::with_error_info(
+                "OVERLOADED",
                 ERROR_DOMAIN,
                 std::collections::HashMap::new(),
             ),

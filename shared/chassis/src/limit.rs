@@ -1,11 +1,15 @@
 //! Per-tenant rate limits (GCRA, from the `governor` crate): one tenant's
-//! firehose cannot take the capacity every other tenant shares.
+//! firehose cannot take the capacity every other tenant shares. And a bound
+//! on the events a replica holds in flight, whoever sends them.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::TenantId;
 use crate::error::ServiceError;
@@ -74,6 +78,59 @@ impl TenantRateLimiter {
     }
 }
 
+/// Bounds the events (activities) one replica holds in flight: decoded and
+/// admitted, not yet answered. Past the bound a unary call is refused at
+/// once with UNAVAILABLE (OVERLOADED) rather than waiting with its batch in
+/// memory, so a flood from many callers at once cannot grow the process
+/// without limit; the per-tenant rate limit cannot, since it allows every
+/// tenant its own rate.
+#[derive(Debug, Clone)]
+pub struct InFlightLimit {
+    permits: Option<Arc<Semaphore>>,
+    limit: u32,
+    what: &'static str,
+}
+
+impl InFlightLimit {
+    /// At most `limit` events at once; 0 turns the bound off. `what` names
+    /// the events in errors.
+    pub fn new(limit: u32, what: &'static str) -> Self {
+        let permits = (limit > 0).then(|| Arc::new(Semaphore::new(limit as usize)));
+        Self {
+            permits,
+            limit,
+            what,
+        }
+    }
+
+    /// Admits `events` until the permit is dropped, or OVERLOADED now.
+    pub fn admit(&self, events: usize) -> Result<Option<OwnedSemaphorePermit>, ServiceError> {
+        let Some(permits) = &self.permits else {
+            return Ok(None);
+        };
+        let n = u32::try_from(events).unwrap_or(u32::MAX);
+        permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| {
+                ServiceError::Overloaded(format!(
+                    "this replica holds {} {} in flight, its limit (server.ingest_in_flight); retry with backoff",
+                    self.limit, self.what
+                ))
+            })
+    }
+
+    /// Waits until `events` are admitted: a stream is slowed down, not
+    /// failed (the request timeout still bounds it).
+    pub async fn wait(&self, events: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = self.permits.as_ref()?;
+        let n = u32::try_from(events).unwrap_or(u32::MAX);
+        // The semaphore is never closed.
+        permits.clone().acquire_many_owned(n).await.ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +161,34 @@ mod tests {
         TenantRateLimiter::new(0, 0, "x")
             .check(&a, 1_000_000)
             .expect("0 disables the limit");
+    }
+
+    #[tokio::test]
+    async fn in_flight_events_are_bounded_until_released() {
+        let limit = InFlightLimit::new(1_000, "activities");
+        let held = limit.admit(600).expect("admitted");
+        let error = limit.admit(500).expect_err("over the bound");
+        assert_eq!(error.code(), tonic::Code::Unavailable);
+        assert!(matches!(error, ServiceError::Overloaded(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("server.ingest_in_flight"),
+            "{error}"
+        );
+        let _more = limit.admit(400).expect("what is left is admitted");
+        drop(held);
+        let _again = limit.admit(500).expect("released on drop");
+        let waiting = limit.wait(600);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), waiting)
+                .await
+                .is_err(),
+            "a stream waits while the bound is held"
+        );
+        assert!(
+            InFlightLimit::new(0, "x")
+                .admit(1_000_000)
+                .expect("0 is off")
+                .is_none()
+        );
     }
 }

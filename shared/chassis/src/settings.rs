@@ -51,6 +51,10 @@ pub struct ServerSettings {
     pub ingest_rate_per_tenant: u32,
     /// Events a tenant may send at once above its rate (at least the largest batch).
     pub ingest_burst_per_tenant: u32,
+    /// Events (activities) one replica holds in flight at once, from every
+    /// tenant; past it calls are refused with UNAVAILABLE (OVERLOADED) and
+    /// streams slowed down. 0: no bound; else at least the largest batch.
+    pub ingest_in_flight: u32,
     /// Also serve gRPC-Web (browsers) on the same port: HTTP/1.1 is
     /// accepted, for gRPC-Web only.
     pub grpc_web: bool,
@@ -91,6 +95,9 @@ impl ServerSettings {
             max_connection_age_ms: 30 * 60 * 1000,
             ingest_rate_per_tenant: 200_000,
             ingest_burst_per_tenant: 400_000,
+            // 16 batches of the largest size: ~16 MiB of decoded
+            // activities (docs/decisions.md).
+            ingest_in_flight: 16_000,
             grpc_web: true,
             cors_allowed_origins: Vec::new(),
         }
@@ -381,6 +388,14 @@ pub fn validate_common(
             cascade_domain::LARGEST_BATCH
         )));
     }
+    if server.ingest_in_flight > 0
+        && (server.ingest_in_flight as usize) < cascade_domain::LARGEST_BATCH
+    {
+        return Err(SettingsError::new(format!(
+            "server.ingest_in_flight: must be 0 (no bound) or at least {} (the largest batch)",
+            cascade_domain::LARGEST_BATCH
+        )));
+    }
     if server.health_check_interval_ms == 0 {
         return Err(SettingsError::new(
             "server.health_check_interval_ms: must be greater than 0",
@@ -546,6 +561,22 @@ mod tests {
             .expect_err("scheme refused");
         assert!(err.to_string().contains("database.url"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+
+        // A bound on activities in flight below the largest batch would
+        // refuse that batch forever; 0 turns the bound off.
+        let check = |value: &str| {
+            let s: Example = load_from(
+                ID,
+                None,
+                env(&[("CASCADE_LIFECYCLE__SERVER__INGEST_IN_FLIGHT", value)]),
+            )
+            .expect("loads");
+            validate_common(&s.server, &s.database, &s.telemetry)
+        };
+        let err = check("999").expect_err("below the largest batch");
+        assert!(err.to_string().contains("server.ingest_in_flight"), "{err}");
+        check("1000").expect("the largest batch");
+        check("0").expect("no bound");
     }
 
     #[test]

@@ -56,8 +56,17 @@ impl TestSystem {
 
     /// Scoring on `db`, with lifecycle on a new database beside it.
     pub async fn scoring_on(db: &TestDatabase) -> Self {
+        Self::scoring_with(db, |_| {}).await
+    }
+
+    /// Scoring on `db` with its test settings changed by `change`, with
+    /// lifecycle on a new database beside it.
+    pub async fn scoring_with(
+        db: &TestDatabase,
+        change: impl FnOnce(&mut cascade_scoring::Settings),
+    ) -> Self {
         let mut system = Self::beside(db).await;
-        system.add_scoring(db).await;
+        system.add_scoring_with(db, change).await;
         system
     }
 
@@ -110,8 +119,17 @@ impl TestSystem {
     /// Starts another scoring replica on `db` (the same database for
     /// replicas of one deployment).
     pub async fn add_scoring(&mut self, db: &TestDatabase) {
+        self.add_scoring_with(db, |_| {}).await;
+    }
+
+    async fn add_scoring_with(
+        &mut self,
+        db: &TestDatabase,
+        change: impl FnOnce(&mut cascade_scoring::Settings),
+    ) {
         let mut settings = cascade_scoring::Settings::for_tests(db.settings.clone());
         settings.own.lifecycle.url = self.url(Service::Lifecycle);
+        change(&mut settings);
         let app = cascade_scoring::build(&settings)
             .await
             .expect("scoring builds");

@@ -3,7 +3,7 @@
 //! repository.
 
 use cascade_chassis::client::{LifecycleClient, LifecycleClientSettings};
-use cascade_chassis::limit::TenantRateLimiter;
+use cascade_chassis::limit::{InFlightLimit, TenantRateLimiter};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::time::to_timestamp;
 use cascade_chassis::validate::Validator;
@@ -31,6 +31,7 @@ pub struct ScoringApi {
     lifecycle: LifecycleClient,
     directory: Directory,
     ingest_limit: TenantRateLimiter,
+    in_flight: InFlightLimit,
 }
 
 impl ScoringApi {
@@ -39,12 +40,14 @@ impl ScoringApi {
         lifecycle: LifecycleClient,
         directory_settings: &LifecycleClientSettings,
         ingest_limit: TenantRateLimiter,
+        in_flight: InFlightLimit,
     ) -> Self {
         Self {
             repository,
             directory: Directory::new(lifecycle.clone(), directory_settings),
             lifecycle,
             ingest_limit,
+            in_flight,
         }
     }
 
@@ -61,6 +64,9 @@ impl ScoringService for ScoringApi {
         request: Request<pb::RecordActivityRequest>,
     ) -> Result<Response<pb::RecordActivityResponse>, Status> {
         let context = RequestContext::of(&request)?;
+        // Admitted before the tenant's allowance is taken, so a refusal
+        // costs the tenant nothing.
+        let _held = self.in_flight.admit(1)?;
         self.ingest_limit.check(&context.tenant, 1)?;
         let activity = request.into_inner().activity.unwrap_or_default();
         let outcome = self
@@ -120,6 +126,7 @@ impl ScoringService for ScoringApi {
         let context = RequestContext::of(&request)?;
         let activities = request.into_inner().activities;
         check_batch_size(activities.len(), "activities")?;
+        let _held = self.in_flight.admit(activities.len())?;
         self.ingest_limit.check(&context.tenant, activities.len())?;
         let outcomes = self.process(&context, &activities, batch_prefix).await?;
         let results = results_of(&activities, outcomes);
@@ -160,6 +167,7 @@ impl ScoringService for ScoringApi {
                     Err(error) => return Err(error.into()),
                 }
             }
+            let _held = self.in_flight.wait(activities.len()).await;
             let outcomes = self.process(&context, &activities, batch_prefix).await?;
             for result in results_of(&activities, outcomes) {
                 match pb::ActivityStatus::try_from(result.status) {
