@@ -1063,30 +1063,43 @@ async fn emails_while_lifecycle_is_down_are_retryable(db: TestDatabase) {
     system.stop().await;
 }
 
+/// Lifecycle stopped, and its port taken by a listener that accepts
+/// connections and never answers (a frozen lifecycle); abort the handle to
+/// let them go.
+async fn freeze_lifecycle(system: &mut TestSystem) -> tokio::task::JoinHandle<()> {
+    system.stop_lifecycle().await;
+    let frozen = tokio::net::TcpListener::bind(system.addr(Service::Lifecycle))
+        .await
+        .expect("the lifecycle port again");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = frozen.accept().await {
+            held.push(socket);
+        }
+    })
+}
+
+/// An account `name` at `domain` with one contact, known@`domain`: their ids.
+async fn account_with_a_contact(system: &TestSystem, name: &str, domain: &str) -> (String, String) {
+    let lifecycle = system.lifecycle();
+    let id = lifecycle
+        .create_account_with(account(name, domain, OWNER))
+        .await
+        .account_id;
+    let known = lifecycle
+        .create_contact(&id, &format!("known@{domain}"))
+        .await
+        .contact_id;
+    (id, known)
+}
+
 /// Lifecycle frozen (it accepts connections and never answers): a batch with
 /// new emails answers UNAVAILABLE within the caller's deadline rather than
 /// running into the server's request timeout.
 async fn a_frozen_lifecycle_is_bounded_by_the_callers_deadline(db: TestDatabase) {
     let mut system = TestSystem::scoring_on(&db).await;
-    let lifecycle = system.lifecycle();
-    let id = lifecycle
-        .create_account_with(account("Delta", "delta.example", OWNER))
-        .await
-        .account_id;
-    let known = lifecycle
-        .create_contact(&id, "known@delta.example")
-        .await
-        .contact_id;
-    system.stop_lifecycle().await;
-    let frozen = tokio::net::TcpListener::bind(system.addr(Service::Lifecycle))
-        .await
-        .expect("the lifecycle port again");
-    let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = frozen.accept().await {
-            held.push(socket);
-        }
-    });
+    let (id, known) = account_with_a_contact(&system, "Delta", "delta.example").await;
+    let holder = freeze_lifecycle(&mut system).await;
     let scoring = system.scoring();
     let batch: Vec<pb::Activity> = (0..5)
         .map(|i| {
@@ -1132,15 +1145,7 @@ fn reason(status: &tonic::Status) -> Option<String> {
 /// checked; once the full batch has answered, a call is admitted again.
 async fn activities_in_flight_are_bounded(db: TestDatabase) {
     let mut system = TestSystem::scoring_with(&db, |s| s.server.ingest_in_flight = 1_000).await;
-    let lifecycle = system.lifecycle();
-    let id = lifecycle
-        .create_account_with(account("Echo", "echo.example", OWNER))
-        .await
-        .account_id;
-    let known = lifecycle
-        .create_contact(&id, "known@echo.example")
-        .await
-        .contact_id;
+    let (id, known) = account_with_a_contact(&system, "Echo", "echo.example").await;
     let scoring = system.scoring();
     // Checked once while lifecycle answers: later activities naming this
     // person need no call to it.
@@ -1150,16 +1155,7 @@ async fn activities_in_flight_are_bounded(db: TestDatabase) {
     assert_eq!(first.recorded_count, 1, "{first:?}");
     let before = scoring.score(&id).await.engagement_score;
 
-    system.stop_lifecycle().await;
-    let frozen = tokio::net::TcpListener::bind(system.addr(Service::Lifecycle))
-        .await
-        .expect("the lifecycle port again");
-    let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = frozen.accept().await {
-            held.push(socket);
-        }
-    });
+    let holder = freeze_lifecycle(&mut system).await;
     // 1,000 new people: the whole bound, held until its deadline (sent
     // again while a probe below holds a permit for its moment).
     let full: Vec<pb::Activity> = (0..1_000)
