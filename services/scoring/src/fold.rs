@@ -20,6 +20,9 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// first. Measured in docs/performance.md, rounds 15 and 16.
 const REST_FACTOR: u32 = 2;
 
+/// A fold that took this long is logged, with the rest after it.
+const SLOW_FOLD: Duration = Duration::from_millis(200);
+
 /// How long the folder rests after a fold that took `took`.
 fn rest_after(took: Duration, max_rest: Duration) -> Duration {
     (took * REST_FACTOR).min(max_rest)
@@ -66,7 +69,18 @@ pub async fn follow(repository: Repository, max_rest: Duration) {
             Ok(folded) => {
                 delays = retry();
                 if folded > 0 {
-                    let rest = rest_after(started.elapsed(), max_rest);
+                    let took = started.elapsed();
+                    let rest = rest_after(took, max_rest);
+                    // A long fold and the rest after it delay every score
+                    // it did not take in (docs/performance.md, round 29).
+                    if took >= SLOW_FOLD {
+                        tracing::info!(
+                            took_ms = took.as_millis() as u64,
+                            rest_ms = rest.as_millis() as u64,
+                            groups = folded,
+                            "a long fold"
+                        );
+                    }
                     rest_while_groups_come(rest, IDLE_GAP, || repository.fold_wanted()).await;
                     // Whatever committed during the rest (its wake-ups were
                     // taken by the rest).

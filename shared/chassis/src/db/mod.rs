@@ -230,6 +230,8 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 /// How often the SQLite write-ahead log is folded back into the database.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// A TRUNCATE checkpoint that held writers back this long is logged.
+const SLOW_CHECKPOINT: Duration = Duration::from_millis(100);
 /// How long a checkpoint waits for readers (holding writers back meanwhile).
 const WAL_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
 
@@ -275,12 +277,23 @@ pub fn spawn_wal_checkpointer(
             };
             // PASSIVE first copies what it can beside the writer, so that the
             // TRUNCATE after it, which holds writers back, has little left.
+            let started = std::time::Instant::now();
             let checkpointed = async {
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?;
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await
+                let truncating = std::time::Instant::now();
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+                Ok::<_, sea_orm::sqlx::Error>(truncating.elapsed())
             };
-            if let Err(error) = checkpointed.await {
-                tracing::debug!(%error, "WAL checkpoint skipped");
+            match checkpointed.await {
+                // Writers wait meanwhile: a long one shows as a stall of
+                // every write path (docs/performance.md, round 29).
+                Ok(held) if held >= SLOW_CHECKPOINT => tracing::info!(
+                    held_writers_ms = held.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "WAL checkpoint held writers back"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "WAL checkpoint skipped"),
             }
         }
     })))
