@@ -1408,6 +1408,11 @@ async fn fuzz_service(
                     || input.frame.as_ref().is_some_and(|f| f.several_chunks));
             if partial {
                 stats.partial_streams += 1;
+                // The chunks it stored are folded after the answer: wait
+                // for that, so the fold does not land on the next call's
+                // check (a GetScoringModel once saw a partial stream's
+                // scores and deliveries appear).
+                before = Some(target.probe.settled_digest().await);
             } else {
                 stats.db_checks += 1;
                 let changed = changed_tables(&digest_before, &digest_after);
@@ -1421,8 +1426,8 @@ async fn fuzz_service(
                         &input,
                     ));
                 }
+                before = Some(digest_after);
             }
-            before = Some(digest_after);
         }
         stats.total += 1;
         *stats
