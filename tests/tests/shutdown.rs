@@ -1,6 +1,7 @@
-//! A real binary on SIGTERM while serving requests: health turns NOT_SERVING
-//! before the listener closes, requests in the drain window are still
-//! answered, and the process exits cleanly within the grace period.
+//! Real binaries: on SIGTERM while serving requests, health turns
+//! NOT_SERVING before the listener closes, requests in the drain window are
+//! still answered, and the process exits cleanly within the grace period;
+//! and each runs at the CPU priority its `server.nice` gives it.
 
 mod common;
 
@@ -108,4 +109,55 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     println!(
         "shutdown: NOT_SERVING after {not_serving_after:?}, exited after {stopped_after:?}; {ok} calls answered, {refused} refused after the listener closed"
     );
+}
+
+/// The nice value of every thread of process `pid`.
+fn thread_nices(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|tid| cascade_chassis::priority::thread_nice(tid).ok())
+        .collect()
+}
+
+/// Scoring yields a core to the reads of lifecycle on one host: every one
+/// of its threads (the runtime's workers included, started before the
+/// settings were read) runs at nice 10 or whatever it was started at if
+/// higher; lifecycle keeps the priority it was started at; and the setting
+/// moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_runs_at_its_nice() {
+    let own =
+        cascade_chassis::priority::thread_nice(i32::try_from(std::process::id()).expect("pid"))
+            .expect("this process's nice");
+    let dir = TempDir::new("nice");
+    let (lifecycle_db, scoring_db) = (TestDatabase::sqlite(), TestDatabase::sqlite());
+    let mut lifecycle = Process::new("lifecycle", &lifecycle_db.settings.url, dir.path());
+    lifecycle.start().await;
+    let mut scoring =
+        Process::new("scoring", &scoring_db.settings.url, dir.path()).calling(&lifecycle.url());
+    scoring.start().await;
+    let lifecycle_nices = thread_nices(lifecycle.pid().expect("running"));
+    let scoring_nices = thread_nices(scoring.pid().expect("running"));
+    assert!(
+        scoring_nices.len() > 2,
+        "the runtime's threads: {scoring_nices:?}"
+    );
+    assert!(
+        lifecycle_nices.iter().all(|&n| n == own),
+        "{lifecycle_nices:?}"
+    );
+    assert!(
+        scoring_nices.iter().all(|&n| n == own.max(10)),
+        "{scoring_nices:?}"
+    );
+    scoring.terminate().await;
+    lifecycle.terminate().await;
+
+    let mut set = Process::new("lifecycle", &lifecycle_db.settings.url, dir.path())
+        .with_env("CASCADE_LIFECYCLE__SERVER__NICE", "15");
+    set.start().await;
+    let nices = thread_nices(set.pid().expect("running"));
+    assert!(nices.iter().all(|&n| n == own.max(15)), "{nices:?}");
+    set.terminate().await;
 }

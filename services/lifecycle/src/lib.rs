@@ -25,6 +25,7 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50051,
     sqlite_connections: 8,
     permissions: permission,
+    default_nice: 0,
 };
 
 /// The permission each lifecycle RPC needs (see `auth::Permissions`).

@@ -32,6 +32,7 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50053,
     sqlite_connections: 8,
     permissions: permission,
+    default_nice: 0,
 };
 
 /// The permission each opportunity RPC needs (see `auth::Permissions`).

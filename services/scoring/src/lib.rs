@@ -38,6 +38,9 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     default_port: 50052,
     sqlite_connections: 4,
     permissions: permission,
+    // Ingest is throughput work: lifecycle's reads take a free core first
+    // (chassis::priority, docs/performance.md round 30).
+    default_nice: 10,
 };
 
 /// The permission each scoring RPC needs (see `auth::Permissions`).

@@ -248,7 +248,7 @@ async fn a_large_group_waits_compressed_and_folds_whole(db: TestDatabase) {
         assert_eq!(method.as_deref(), Some(expected), "{stored} of {raw} bytes");
         assert!(stored * 2 < raw, "compressed: {stored} of {raw} bytes");
     }
-    assert_eq!(replica.fold_pending().await.expect("folded"), 1);
+    assert_eq!(replica.fold_pending().await.expect("folded").groups, 1);
     assert_eq!(pending(&replica).await, 0);
     let row = db
         .query_one_raw(Statement::from_string(
@@ -290,7 +290,7 @@ async fn many_groups_fold_at_once_in_chunks(db: TestDatabase) {
         replica.record(&tenant, items).await.expect("recorded");
     }
     assert_eq!(pending(&replica).await, 5);
-    assert_eq!(replica.fold_pending().await.expect("folded"), 5);
+    assert_eq!(replica.fold_pending().await.expect("folded").groups, 5);
     assert_eq!(pending(&replica).await, 0);
     let db = replica.db();
     let row = db
@@ -311,6 +311,45 @@ async fn many_groups_fold_at_once_in_chunks(db: TestDatabase) {
         row.try_get("", "shared").expect("shared"),
     );
     assert_eq!((n, activities, shared), (11_300, 12_500, 1_500));
+}
+
+/// On SQLite a fold waits for the one writer: what it reports as held (and
+/// the folder rests against, twice over) is the time it wrote, not the
+/// wait. A fold that waited 300 ms behind another writer rested 0.6 s more
+/// before, holding every score behind it (docs/performance.md, round 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_that_waited_for_the_writer_holds_it_only_while_it_writes() {
+    let db = TestDatabase::sqlite();
+    let replica = replica_without_folder(&db).await;
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    replica
+        .record(
+            &tenant,
+            vec![activity("e1", "demo_request", "acct-1", "contact-1")],
+        )
+        .await
+        .expect("recorded");
+    let other_writer = cascade_chassis::db::begin_write(replica.db())
+        .await
+        .expect("the writer");
+    let started = std::time::Instant::now();
+    let fold = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.fold_pending().await.expect("folded") }
+    });
+    // The other writer keeps the lock this long: the fold waits for it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    other_writer.commit().await.expect("released");
+    let folded = fold.await.expect("the fold");
+    let took = started.elapsed();
+    assert_eq!(folded.groups, 1);
+    assert!(took >= std::time::Duration::from_millis(300), "{took:?}");
+    assert!(
+        folded.held + std::time::Duration::from_millis(250) <= took,
+        "held {:?} of {took:?}",
+        folded.held
+    );
+    assert_eq!(pending(&replica).await, 0);
 }
 
 on_each_database!(

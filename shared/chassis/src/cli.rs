@@ -71,6 +71,7 @@ mod tests {
         default_port: 50051,
         sqlite_connections: 8,
         permissions: |_, _| None,
+        default_nice: 0,
     };
 
     #[test]

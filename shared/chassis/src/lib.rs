@@ -16,6 +16,7 @@ pub mod malformed;
 pub mod metrics;
 pub mod outbox;
 pub mod page;
+pub mod priority;
 pub mod retry;
 pub mod secret;
 pub mod server;

@@ -115,7 +115,7 @@ impl InFlightLimit {
             .map(Some)
             .map_err(|_| {
                 ServiceError::Overloaded(format!(
-                    "this replica holds {} {} in flight, its limit (server.ingest_in_flight); retry with backoff",
+                    "this replica is at its bound of {} {} in flight (server.ingest_in_flight); retry with backoff",
                     self.limit, self.what
                 ))
             })

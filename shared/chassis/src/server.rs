@@ -165,6 +165,12 @@ where
     let settings = ServiceSettings::<X>::load(identity, cli.config.as_deref())?;
     let _telemetry =
         crate::telemetry::init(identity.name, &settings.telemetry, &settings.server.host).await?;
+    // Before the service starts its work: its threads start from these.
+    if settings.server.nice > 0
+        && let Err(error) = crate::priority::at_least(settings.server.nice)
+    {
+        tracing::warn!(%error, nice = settings.server.nice, "server.nice was not applied");
+    }
     if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
         crate::db::connect_and_migrate::<M>(&settings.database).await?;
@@ -190,6 +196,7 @@ where
         run_migrations = settings.database.run_migrations,
         auth = ?settings.auth.mode,
         tls = !settings.tls.cert_file.is_empty(),
+        nice = settings.server.nice,
         grpc_web = settings.server.grpc_web,
         cors_allowed_origins = ?settings.server.cors_allowed_origins,
         outbox.max_age_ms = settings.outbox.max_age_ms,

@@ -55,6 +55,12 @@ pub struct ServerSettings {
     /// tenant; past it calls are refused with UNAVAILABLE (OVERLOADED) and
     /// streams slowed down. 0: no bound; else at least the largest batch.
     pub ingest_in_flight: u32,
+    /// The nice value (0-19) the service's threads run at least at: a
+    /// higher one lets other processes on the host take a free core first.
+    /// Scoring's default is 10, the others' 0 (`priority`). It has effect
+    /// between processes of one cgroup (one host, `make run`, systemd);
+    /// pods compete through their CPU requests instead.
+    pub nice: i32,
     /// Also serve gRPC-Web (browsers) on the same port: HTTP/1.1 is
     /// accepted, for gRPC-Web only.
     pub grpc_web: bool,
@@ -98,6 +104,7 @@ impl ServerSettings {
             // 16 batches of the largest size: ~16 MiB of decoded
             // activities (docs/decisions.md).
             ingest_in_flight: 16_000,
+            nice: 0,
             grpc_web: true,
             cors_allowed_origins: Vec::new(),
         }
@@ -237,6 +244,9 @@ pub struct ServiceIdentity {
     pub sqlite_connections: u32,
     /// The permission each of its RPCs needs in `jwt` mode.
     pub permissions: Permissions,
+    /// `server.nice` unless set: 10 for scoring, whose ingest is
+    /// throughput work that yields a core to reads (`priority`).
+    pub default_nice: i32,
 }
 
 impl ServiceIdentity {
@@ -264,7 +274,10 @@ pub fn load_from<X: OwnSections>(
     environment: Option<config::Map<String, String>>,
 ) -> Result<ServiceSettings<X>, SettingsError> {
     let defaults = ServiceSettings {
-        server: ServerSettings::with_port(identity.default_port),
+        server: ServerSettings {
+            nice: identity.default_nice,
+            ..ServerSettings::with_port(identity.default_port)
+        },
         database: DatabaseSettings {
             url: format!("sqlite://data/{}.db", identity.name),
             max_connections: None,
@@ -396,6 +409,12 @@ pub fn validate_common(
             cascade_domain::LARGEST_BATCH
         )));
     }
+    if !(0..=19).contains(&server.nice) {
+        return Err(SettingsError::new(format!(
+            "server.nice: {} is not between 0 and 19 (a service only ever lowers its own priority)",
+            server.nice
+        )));
+    }
     if server.health_check_interval_ms == 0 {
         return Err(SettingsError::new(
             "server.health_check_interval_ms: must be greater than 0",
@@ -475,6 +494,7 @@ mod tests {
         default_port: 50051,
         sqlite_connections: 8,
         permissions: |_, _| None,
+        default_nice: 0,
     };
 
     use super::environment_of as env;
@@ -577,6 +597,40 @@ mod tests {
         assert!(err.to_string().contains("server.ingest_in_flight"), "{err}");
         check("1000").expect("the largest batch");
         check("0").expect("no bound");
+
+        // Nice within 0-19: below 0 would ask for a privilege.
+        let nice = |value: &str| {
+            let s: Example =
+                load_from(ID, None, env(&[("CASCADE_LIFECYCLE__SERVER__NICE", value)]))
+                    .expect("loads");
+            validate_common(&s.server, &s.database, &s.telemetry)
+        };
+        for refused in ["-1", "20"] {
+            let err = nice(refused).expect_err(refused);
+            assert!(err.to_string().contains("server.nice"), "{err}");
+        }
+        nice("0").expect("the usual priority");
+        nice("19").expect("the lowest");
+    }
+
+    #[test]
+    fn each_service_has_its_own_nice_by_default() {
+        let lifecycle: Example = load_from(ID, None, env(&[])).expect("defaults");
+        assert_eq!(lifecycle.server.nice, 0);
+        const SCORING: ServiceIdentity = ServiceIdentity {
+            name: "scoring",
+            default_nice: 10,
+            ..ID
+        };
+        let scoring: Example = load_from(SCORING, None, env(&[])).expect("defaults");
+        assert_eq!(scoring.server.nice, 10);
+        let set: Example = load_from(
+            SCORING,
+            None,
+            env(&[("CASCADE_SCORING__SERVER__NICE", "0")]),
+        )
+        .expect("set");
+        assert_eq!(set.server.nice, 0);
     }
 
     #[test]

@@ -239,22 +239,25 @@ impl Repository {
 
     /// Folds every pending group, oldest first, in transactions of up to
     /// `MAX_FOLD_GROUPS`; groups another fold holds are left to it.
-    /// How many groups it folded.
-    pub async fn fold_pending(&self) -> ServiceResult<usize> {
-        let mut folded = 0;
+    pub async fn fold_pending(&self) -> ServiceResult<Folded> {
+        let mut folded = Folded::default();
         loop {
-            let (n, more) = self.fold_once(Take::Any).await?;
-            folded += n;
+            let (once, more) = self.fold_once(Take::Any).await?;
+            folded.groups += once.groups;
+            folded.held += once.held;
             if !more {
                 return Ok(folded);
             }
         }
     }
 
-    /// One fold transaction: how many groups it folded, and whether it
-    /// stopped at its limits with more perhaps pending.
-    async fn fold_once(&self, take: Take<'_>) -> ServiceResult<(usize, bool)> {
+    /// One fold transaction: what it folded, and whether it stopped at its
+    /// limits with more perhaps pending.
+    async fn fold_once(&self, take: Take<'_>) -> ServiceResult<(Folded, bool)> {
         let txn = begin_write(&self.db).await?;
+        // From here the fold holds the writer (SQLite's one; on PostgreSQL
+        // its rows), which the wait for it above did not.
+        let holding = std::time::Instant::now();
         let postgres = txn.get_database_backend() == DbBackend::Postgres;
         // Each group is decoded and merged into its tenant's sums, then
         // dropped: a fold of many groups holds the distinct buckets once,
@@ -300,7 +303,7 @@ impl Repository {
         }
         if ids.is_empty() {
             txn.commit().await?;
-            return Ok((0, false));
+            return Ok((Folded::default(), false));
         }
         let span = tracing::info_span!("fold", groups = ids.len());
         if let Some(context) = trace_context.as_deref() {
@@ -323,8 +326,21 @@ impl Repository {
         if delivered {
             self.deliveries_written.notify_one();
         }
-        Ok((ids.len(), more))
+        let folded = Folded {
+            groups: ids.len(),
+            held: holding.elapsed(),
+        };
+        Ok((folded, more))
     }
+}
+
+/// What folding did: the groups folded, and how long its transactions held
+/// the writer, which is what the folder's rest is measured against
+/// (`crate::fold`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Folded {
+    pub groups: usize,
+    pub held: std::time::Duration,
 }
 
 /// `BucketKey` with owned strings.

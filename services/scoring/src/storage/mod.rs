@@ -42,6 +42,7 @@ pub use crate::domain::Totals;
 pub use contacts::{ChangedContact, ContactChange};
 pub use decay::{REFRESH_PAGE, Refreshed};
 pub use erasure::Erase;
+pub use fold::Folded;
 pub use group::Expected;
 
 /// Outbox topic of score deliveries to lifecycle; the partition is the account.
