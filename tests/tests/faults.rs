@@ -306,6 +306,23 @@ async fn database_outage_is_unavailable_then_recovers() {
     })
     .await;
     let processes = [&lifecycle_process, &scoring_process, &opportunity_process];
+    // The log says which UNAVAILABLE it was: a dependency down, not this
+    // replica at its bound (OVERLOADED).
+    for p in processes {
+        let what = format!("{} to log a failed call with its reason", p.name);
+        eventually(&what, async || {
+            let log = p.log_text();
+            if log
+                .lines()
+                .any(|l| l.contains("rpc failed") && l.contains("DEPENDENCY_UNAVAILABLE"))
+            {
+                Ok(())
+            } else {
+                Err(Verbatim(log))
+            }
+        })
+        .await;
+    }
     let mut not_serving = [false; 3];
     eventually("health to turn NOT_SERVING on every service", async || {
         for (n, p) in processes.iter().enumerate() {

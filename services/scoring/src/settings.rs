@@ -32,7 +32,7 @@ impl Default for DecaySettings {
 #[serde(deny_unknown_fields)]
 pub struct FoldSettings {
     /// The longest the folder rests between folds (it rests twice as long
-    /// as the last fold took). Under load a longer rest lets one fold take
+    /// as the last fold held the writer). Under load a longer rest lets one fold take
     /// in more groups, so each bucket, score and delivery is written once
     /// for all of them; the price is how late lifecycle hears of scores
     /// while ingest saturates the machine. Score reads never wait for it.

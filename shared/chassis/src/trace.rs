@@ -15,6 +15,7 @@ use http::{HeaderMap, Request, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
 use opentelemetry::propagation::Extractor;
+use tonic_types::StatusExt as _;
 use tower::Service;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -97,6 +98,7 @@ where
                             method,
                             started,
                             code: in_headers,
+                            fault: in_headers.and_then(|code| fault(code, response.headers())),
                         };
                         Ok(response.map(|inner| TracedBody {
                             inner,
@@ -123,6 +125,30 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
         .and_then(|v| v.parse::<i32>().ok())
 }
 
+/// The message and ErrorInfo reason of a status that is our fault, for its
+/// log line: UNAVAILABLE alone does not tell an operator a dependency down
+/// (DEPENDENCY_UNAVAILABLE) from this replica at its bound (OVERLOADED).
+fn fault(code: i32, headers: &HeaderMap) -> Option<Fault> {
+    if !is_server_fault(code) {
+        return None;
+    }
+    let status = tonic::Status::from_header_map(headers)?;
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default();
+    Some(Fault {
+        reason,
+        message: status.message().to_owned(),
+    })
+}
+
+struct Fault {
+    reason: String,
+    message: String,
+}
+
 /// What is known of a call until its body ends.
 struct CallEnd {
     span: tracing::Span,
@@ -131,6 +157,8 @@ struct CallEnd {
     started: Instant,
     /// The status, once seen (headers of a trailers-only answer, or trailers).
     code: Option<i32>,
+    /// The status's message and reason, when it is a fault of ours.
+    fault: Option<Fault>,
 }
 
 impl CallEnd {
@@ -143,7 +171,11 @@ impl CallEnd {
         let _entered = self.span.enter();
         if is_server_fault(code) {
             self.span.record("otel.status_code", "ERROR");
-            tracing::warn!(code, elapsed_ms, "rpc failed");
+            let (reason, message) = self
+                .fault
+                .as_ref()
+                .map_or(("", ""), |f| (f.reason.as_str(), f.message.as_str()));
+            tracing::warn!(code, reason, message, elapsed_ms, "rpc failed");
         } else {
             tracing::debug!(code, elapsed_ms, "rpc finished");
         }
@@ -170,10 +202,12 @@ impl<B: http_body::Body + Unpin> http_body::Body for TracedBody<B> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_status)
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = grpc_status(trailers)
                     && let Some(end) = this.end.as_mut()
                 {
                     end.code = Some(code);
+                    end.fault = fault(code, trailers);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
