@@ -113,10 +113,11 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
 
 /// The nice value of every thread of process `pid`.
 fn thread_nices(pid: u32) -> Vec<i32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
+    use cascade_chassis::priority::{thread_ids, thread_nice};
+    thread_ids(pid)
         .expect("the process's threads")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter_map(|tid| cascade_chassis::priority::thread_nice(tid).ok())
+        .into_iter()
+        .filter_map(|tid| thread_nice(tid).ok())
         .collect()
 }
 

@@ -17,10 +17,7 @@
 #[cfg(target_os = "linux")]
 pub fn at_least(nice: i32) -> std::io::Result<usize> {
     let mut raised = 0;
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
+    for tid in thread_ids(std::process::id())? {
         // A thread that ended since the listing has nothing to raise.
         let Ok(current) = thread_nice(tid) else {
             continue;
@@ -39,6 +36,18 @@ pub fn at_least(_nice: i32) -> std::io::Result<usize> {
         std::io::ErrorKind::Unsupported,
         "server.nice is applied on Linux only",
     ))
+}
+
+/// The ids of the threads of process `pid` (this one's or another's).
+#[cfg(target_os = "linux")]
+pub fn thread_ids(pid: u32) -> std::io::Result<Vec<i32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            ids.push(tid);
+        }
+    }
+    Ok(ids)
 }
 
 /// The nice value of a thread, this process's or another's (on Linux a
