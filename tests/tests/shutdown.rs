@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cascade_chassis::priority::autogroup_nice;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_testkit::{TempDir, TestDatabase, eventually, request_for};
@@ -111,6 +112,44 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     );
 }
 
+/// Where the kernel groups processes by session (autogroup), a service
+/// leading its own session sets its group's nice too: scoring's group at
+/// nice 10, lifecycle's left at 0 (a new session's group starts there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_leading_its_session_sets_its_groups_nice() {
+    if let Err(error) = autogroup_nice(std::process::id()) {
+        // A kernel built without autogroup has no such groups to set.
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+        println!("no /proc/self/autogroup on this kernel: nothing to check");
+        return;
+    }
+    let dir = TempDir::new("session-nice");
+    let (lifecycle_db, scoring_db) = (TestDatabase::sqlite(), TestDatabase::sqlite());
+    let mut lifecycle =
+        Process::new("lifecycle", &lifecycle_db.settings.url, dir.path()).in_own_session();
+    lifecycle.start().await;
+    let mut scoring = Process::new("scoring", &scoring_db.settings.url, dir.path())
+        .calling(&lifecycle.url())
+        .in_own_session();
+    scoring.start().await;
+    let (lifecycle_pid, scoring_pid) = (
+        lifecycle.pid().expect("running"),
+        scoring.pid().expect("running"),
+    );
+    // Each leads a session, so each is a group: not this test's.
+    let own_group = std::fs::read_to_string("/proc/self/autogroup").expect("own group");
+    for pid in [lifecycle_pid, scoring_pid] {
+        assert_ne!(
+            std::fs::read_to_string(format!("/proc/{pid}/autogroup")).expect("group"),
+            own_group
+        );
+    }
+    assert_eq!(autogroup_nice(lifecycle_pid).expect("lifecycle's group"), 0);
+    assert_eq!(autogroup_nice(scoring_pid).expect("scoring's group"), 10);
+    scoring.terminate().await;
+    lifecycle.terminate().await;
+}
+
 /// The nice value of every thread of process `pid`.
 fn thread_nices(pid: u32) -> Vec<i32> {
     use cascade_chassis::priority::{thread_ids, thread_nice};
@@ -131,6 +170,7 @@ async fn each_service_runs_at_its_nice() {
     let own =
         cascade_chassis::priority::thread_nice(i32::try_from(std::process::id()).expect("pid"))
             .expect("this process's nice");
+    let group_before = autogroup_nice(std::process::id()).ok();
     let dir = TempDir::new("nice");
     let (lifecycle_db, scoring_db) = (TestDatabase::sqlite(), TestDatabase::sqlite());
     let mut lifecycle = Process::new("lifecycle", &lifecycle_db.settings.url, dir.path());
@@ -140,6 +180,11 @@ async fn each_service_runs_at_its_nice() {
     scoring.start().await;
     let lifecycle_nices = thread_nices(lifecycle.pid().expect("running"));
     let scoring_nices = thread_nices(scoring.pid().expect("running"));
+    // Not leading a session of its own, scoring leaves the group it shares
+    // with this test as it was.
+    if let Some(before) = group_before {
+        assert_eq!(autogroup_nice(std::process::id()).ok(), Some(before));
+    }
     assert!(
         scoring_nices.len() > 2,
         "the runtime's threads: {scoring_nices:?}"

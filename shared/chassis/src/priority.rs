@@ -5,8 +5,13 @@
 //! an ingest batch is throughput work that queues anyway. Scoring runs at
 //! nice 10 by default so that lifecycle's reads, and anything else at the
 //! usual priority, take a free core first (docs/performance.md, round 30).
-//! Nice orders threads within one cgroup: services in containers of their
-//! own (Kubernetes pods) compete through their CPU requests instead.
+//! Nice orders threads within one scheduling group. Where the kernel groups
+//! processes by session (autogroup: a process started from a shell, by a
+//! plain init, or by a systemd unit without a CPU controller), a service
+//! leading its own session is a group of its own, and its threads' nice
+//! orders them only against each other; so such a service sets its group's
+//! nice too (`session_group_at_least`). Services in containers of their own
+//! (Kubernetes pods) compete through their CPU requests instead.
 
 /// Raises every thread of this process to at least `nice` and returns how
 /// many threads it raised. Linux keeps a nice value per thread and a new
@@ -36,6 +41,67 @@ pub fn at_least(_nice: i32) -> std::io::Result<usize> {
         std::io::ErrorKind::Unsupported,
         "server.nice is applied on Linux only",
     ))
+}
+
+/// When this process leads its session, raises the session's scheduling
+/// group (its autogroup, `/proc/self/autogroup`) to at least `nice` and
+/// returns the group's nice; `None` when the process does not lead its
+/// session (the group is its parent's too, and not this service's to
+/// lower) or the kernel keeps no such groups. Like `at_least`, it only
+/// raises.
+///
+/// Why: a kernel that groups by session shares the CPU between groups first
+/// and by nice within a group second, so a service alone in its group at
+/// thread nice 10 still takes a full share against lifecycle's group and
+/// the database's. PostgreSQL starts each backend in a session of its own,
+/// each a group (docs/performance.md, round 31).
+#[cfg(target_os = "linux")]
+pub fn session_group_at_least(nice: i32) -> std::io::Result<Option<i32>> {
+    use rustix::process::{getpid, getsid};
+    if getsid(None)? != getpid() {
+        return Ok(None);
+    }
+    let current = match autogroup_nice(std::process::id()) {
+        Ok(current) => current,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    if current >= nice {
+        return Ok(Some(current));
+    }
+    // The kernel takes one such change per 100 ms from the whole host
+    // (EAGAIN), so a neighbour starting at the same moment can be in the way.
+    let mut attempts = 0;
+    loop {
+        match std::fs::write("/proc/self/autogroup", nice.to_string()) {
+            Ok(()) => return Ok(Some(nice)),
+            Err(error)
+                if error.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error())
+                    && attempts < 10 =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(110));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn session_group_at_least(_nice: i32) -> std::io::Result<Option<i32>> {
+    Ok(None)
+}
+
+/// The nice value of the scheduling group (autogroup) of process `pid`,
+/// from `/proc/PID/autogroup` ("/autogroup-42 nice 10").
+#[cfg(target_os = "linux")]
+pub fn autogroup_nice(pid: u32) -> std::io::Result<i32> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/autogroup"))?;
+    line.split_whitespace()
+        .skip_while(|word| *word != "nice")
+        .nth(1)
+        .and_then(|nice| nice.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("an autogroup line it cannot read: {line:?}")))
 }
 
 /// The ids of the threads of process `pid` (this one's or another's).

@@ -166,10 +166,20 @@ where
     let _telemetry =
         crate::telemetry::init(identity.name, &settings.telemetry, &settings.server.host).await?;
     // Before the service starts its work: its threads start from these.
-    if settings.server.nice > 0
-        && let Err(error) = crate::priority::at_least(settings.server.nice)
-    {
-        tracing::warn!(%error, nice = settings.server.nice, "server.nice was not applied");
+    let mut session_group_nice = None;
+    if settings.server.nice > 0 {
+        if let Err(error) = crate::priority::at_least(settings.server.nice) {
+            tracing::warn!(%error, nice = settings.server.nice, "server.nice was not applied");
+        }
+        match crate::priority::session_group_at_least(settings.server.nice) {
+            Ok(nice) => session_group_nice = nice,
+            Err(error) => tracing::warn!(
+                    %error,
+                    nice = settings.server.nice,
+            session_group_nice = ?session_group_nice,
+                    "server.nice was not applied to the session's scheduling group"
+                ),
+        }
     }
     if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
@@ -197,6 +207,7 @@ where
         auth = ?settings.auth.mode,
         tls = !settings.tls.cert_file.is_empty(),
         nice = settings.server.nice,
+        session_group_nice = ?session_group_nice,
         grpc_web = settings.server.grpc_web,
         cors_allowed_origins = ?settings.server.cors_allowed_origins,
         outbox.max_age_ms = settings.outbox.max_age_ms,

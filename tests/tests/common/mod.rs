@@ -53,6 +53,8 @@ pub struct Process {
     extra_env: Vec<(String, String)>,
     /// Set when the service serves TLS: how this test's client connects.
     tls: Option<ClientTlsConfig>,
+    /// Started through `setsid`: the leader of a session of its own.
+    own_session: bool,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -73,6 +75,7 @@ impl Process {
             lifecycle_url: None,
             extra_env: Vec::new(),
             tls: None,
+            own_session: false,
             child: None,
             log,
         }
@@ -86,6 +89,15 @@ impl Process {
 
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the binary as the leader of a session of its own (through
+    /// util-linux's `setsid`, which runs it in place: the pid is the
+    /// service's), as a systemd unit or a process started from its own shell
+    /// would be.
+    pub fn in_own_session(mut self) -> Self {
+        self.own_session = true;
         self
     }
 
@@ -145,7 +157,13 @@ impl Process {
             .expect("log file");
         // This start's lines come after what earlier runs wrote.
         let log_start = log.metadata().expect("log metadata").len();
-        let mut command = Command::new(path);
+        let mut command = if self.own_session {
+            let mut command = Command::new("setsid");
+            command.arg(path);
+            command
+        } else {
+            Command::new(path)
+        };
         command
             .env(
                 format!("CASCADE_{upper}__SERVER__PORT"),
