@@ -71,20 +71,17 @@ pub fn session_group_at_least(nice: i32) -> std::io::Result<Option<i32>> {
     }
     // The kernel takes one such change per 100 ms from the whole host
     // (EAGAIN), so a neighbour starting at the same moment can be in the way.
-    let mut attempts = 0;
-    loop {
-        match std::fs::write("/proc/self/autogroup", nice.to_string()) {
-            Ok(()) => return Ok(Some(nice)),
-            Err(error)
-                if error.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error())
-                    && attempts < 10 =>
-            {
-                attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(110));
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    use backon::{BlockingRetryable, ConstantBuilder};
+    let again = Some(rustix::io::Errno::AGAIN.raw_os_error());
+    (|| std::fs::write("/proc/self/autogroup", nice.to_string()))
+        .retry(
+            ConstantBuilder::default()
+                .with_delay(std::time::Duration::from_millis(110))
+                .with_max_times(10),
+        )
+        .when(|error| error.raw_os_error() == again)
+        .call()?;
+    Ok(Some(nice))
 }
 
 #[cfg(not(target_os = "linux"))]
