@@ -370,7 +370,97 @@ async fn a_partition_behind_a_long_backlog_is_still_claimed(db: TestDatabase) {
     );
 }
 
+/// Answers every run after `delay`.
+struct SlowSink {
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Sink for SlowSink {
+    async fn deliver(&self, run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
+        tokio::time::sleep(self.delay).await;
+        Ok(run.len())
+    }
+}
+
+/// What a test's code logged, as text.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn lines(&self, containing: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("lock"))
+            .lines()
+            .filter(|line| line.contains(containing))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A number field of a log line (`name=123`).
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// A call the receiver takes 200 ms or more to answer is logged with its
+/// parts (the receiver's time, the marking's, the oldest message's age), so
+/// a late delivery names where it waited; a quick one is not.
+async fn a_slow_call_is_logged_with_its_parts(db: TestDatabase) {
+    let conn = connect(&db).await;
+    let log = Log::default();
+    let _capture = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .finish(),
+    );
+    write(&conn, 1, 1).await;
+    let quick = SlowSink {
+        delay: Duration::ZERO,
+    };
+    let deliverer = Deliverer::new(conn.clone(), "test", Arc::new(quick), fast());
+    assert_eq!(deliverer.round().await.expect("round"), 1);
+    assert_eq!(
+        log.lines("a slow outbox").len(),
+        0,
+        "a quick call is not logged"
+    );
+
+    write(&conn, 1, 1).await;
+    let slow = SlowSink {
+        delay: Duration::from_millis(300),
+    };
+    let deliverer = Deliverer::new(conn.clone(), "test", Arc::new(slow), fast());
+    assert_eq!(deliverer.round().await.expect("round"), 1);
+    let lines = log.lines("a slow outbox call");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(field(&lines[0], "call_ms") >= 300, "{}", lines[0]);
+    assert!(
+        field(&lines[0], "age_ms") >= field(&lines[0], "call_ms"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(field(&lines[0], "messages"), 1);
+}
+
 on_each_database!(
+    a_slow_call_is_logged_with_its_parts,
     outbox_keeps_only_the_indexes_it_reads,
     a_partition_behind_a_long_backlog_is_still_claimed,
     concurrent_migrations_apply_once,

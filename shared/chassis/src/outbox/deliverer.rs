@@ -18,6 +18,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::entity as outbox;
 use super::{DEAD, DELIVERED, DeliveryError, Entry, PENDING, Sink, extract_trace_context, now_ms};
 
+/// A claim or a call that took this long is logged with its parts, so a
+/// late delivery says whether it waited for this service's database or for
+/// the receiver (docs/performance.md, round 31: a crossing that stalled
+/// between scoring's answer and lifecycle's decision, with nothing logged).
+const SLOW_STEP: Duration = Duration::from_millis(200);
+
 /// Tuning of a deliverer.
 #[derive(Debug, Clone)]
 pub struct DelivererConfig {
@@ -373,6 +379,7 @@ impl Deliverer {
     }
 
     async fn claim(&self, limit: u32, excluded: &[String]) -> Result<Vec<Entry>, DbErr> {
+        let started = std::time::Instant::now();
         let now = now_ms();
         let lease_until = now + self.config.lease.as_millis() as i64;
         // Claiming the most recently changed partitions first for half the
@@ -412,6 +419,15 @@ impl Deliverer {
             .map(entry_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         entries.sort_by(|a, b| a.id.cmp(&b.id));
+        let took = started.elapsed();
+        if took >= SLOW_STEP {
+            tracing::info!(
+                topic = self.topic,
+                claim_ms = took.as_millis() as u64,
+                heads = entries.len(),
+                "a slow outbox claim"
+            );
+        }
         Ok(entries)
     }
 
@@ -504,11 +520,13 @@ impl Deliverer {
         {
             let _ = span.set_parent(extract_trace_context(context));
         }
+        let calling = std::time::Instant::now();
         let results = if runs.len() == 1 {
             vec![self.sink.deliver(&runs[0]).instrument(span).await]
         } else {
             self.sink.deliver_many(&runs).instrument(span).await
         };
+        let call = calling.elapsed();
         let now = now_ms();
         // Heads are marked last: while a head is pending (and leased by us)
         // its partition cannot be claimed, so no one sees a follower as the
@@ -563,6 +581,21 @@ impl Deliverer {
             None,
             u64::try_from(total).unwrap_or(u64::MAX),
         );
+        let marked = calling.elapsed() - call;
+        if call >= SLOW_STEP || marked >= SLOW_STEP {
+            // From the oldest message's write to the receiver's answer: what
+            // the call and the marking do not account for waited before the
+            // claim (the folder, a poll, the claim itself).
+            let oldest = runs.iter().map(|run| run[0].created_at_ms).min();
+            tracing::info!(
+                topic = self.topic,
+                messages,
+                call_ms = call.as_millis() as u64,
+                mark_ms = marked.as_millis() as u64,
+                age_ms = oldest.map(|created| now - created),
+                "a slow outbox call"
+            );
+        }
         Ok(CallOutcome {
             delivered: total,
             failed,
