@@ -47,8 +47,10 @@ pub fn at_least(_nice: i32) -> std::io::Result<usize> {
 /// group (its autogroup, `/proc/self/autogroup`) to at least `nice` and
 /// returns the group's nice; `None` when the process does not lead its
 /// session (the group is its parent's too, and not this service's to
-/// lower) or the kernel keeps no such groups. Like `at_least`, it only
-/// raises.
+/// lower) or the kernel keeps no such groups or has them turned off
+/// (`kernel.sched_autogroup_enabled = 0`). Like `at_least`, it only raises.
+/// The kernel applies a group's nice only to processes in the root CPU
+/// cgroup: in a container it is written and has no effect.
 ///
 /// Why: a kernel that groups by session shares the CPU between groups first
 /// and by nice within a group second, so a service alone in its group at
@@ -57,9 +59,14 @@ pub fn at_least(_nice: i32) -> std::io::Result<usize> {
 /// each a group (docs/performance.md, round 31).
 #[cfg(target_os = "linux")]
 pub fn session_group_at_least(nice: i32) -> std::io::Result<Option<i32>> {
-    use rustix::process::{getpid, getsid};
-    if getsid(None)? != getpid() {
+    if session_id()? != std::process::id() {
         return Ok(None);
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled") {
+        Ok(enabled) if enabled.trim() == "0" => return Ok(None),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
     }
     let current = match autogroup_nice(std::process::id()) {
         Ok(current) => current,
@@ -87,6 +94,20 @@ pub fn session_group_at_least(nice: i32) -> std::io::Result<Option<i32>> {
 #[cfg(not(target_os = "linux"))]
 pub fn session_group_at_least(_nice: i32) -> std::io::Result<Option<i32>> {
     Ok(None)
+}
+
+/// This process's session id, from `/proc/self/stat`; 0 when its session's
+/// leader is outside its pid namespace. (Read rather than asked of
+/// `getsid`, whose wrapper takes 0 for a pid it cannot be.)
+#[cfg(target_os = "linux")]
+fn session_id() -> std::io::Result<u32> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // "pid (comm) state ppid pgrp session ...": comm may hold spaces and
+    // parentheses, so the fields are counted from its last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, fields)| fields.split_whitespace().nth(3))
+        .and_then(|session| session.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("a stat line it cannot read: {stat:?}")))
 }
 
 /// The nice value of the scheduling group (autogroup) of process `pid`,
@@ -128,6 +149,15 @@ mod tests {
 
     fn own_nice() -> i32 {
         thread_nice(rustix::thread::gettid().as_raw_nonzero().get()).expect("nice")
+    }
+
+    #[test]
+    fn the_session_id_is_the_one_the_kernel_reports() {
+        let kernel = rustix::process::getsid(None).expect("getsid");
+        assert_eq!(
+            i32::try_from(session_id().expect("session id")).expect("a pid"),
+            kernel.as_raw_nonzero().get()
+        );
     }
 
     // It raises every thread of the test process: under `cargo test` the

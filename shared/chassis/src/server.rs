@@ -174,11 +174,10 @@ where
         match crate::priority::session_group_at_least(settings.server.nice) {
             Ok(nice) => session_group_nice = nice,
             Err(error) => tracing::warn!(
-                    %error,
-                    nice = settings.server.nice,
-            session_group_nice = ?session_group_nice,
-                    "server.nice was not applied to the session's scheduling group"
-                ),
+                %error,
+                nice = settings.server.nice,
+                "server.nice was not applied to the session's scheduling group"
+            ),
         }
     }
     if cli.migrate {

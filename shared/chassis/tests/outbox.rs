@@ -436,11 +436,17 @@ async fn a_slow_call_is_logged_with_its_parts(db: TestDatabase) {
     };
     let deliverer = Deliverer::new(conn.clone(), "test", Arc::new(quick), fast());
     assert_eq!(deliverer.round().await.expect("round"), 1);
-    assert_eq!(
-        log.lines("a slow outbox").len(),
-        0,
-        "a quick call is not logged"
+    // A loaded machine may still log a slow claim or marking; not a slow call.
+    let quick_calls: Vec<String> = log
+        .lines("a slow outbox call")
+        .into_iter()
+        .filter(|line| field(line, "call_ms") >= 200)
+        .collect();
+    assert!(
+        quick_calls.is_empty(),
+        "a quick call is not logged: {quick_calls:?}"
     );
+    let before = log.lines("a slow outbox call").len();
 
     write(&conn, 1, 1).await;
     let slow = SlowSink {
@@ -448,7 +454,7 @@ async fn a_slow_call_is_logged_with_its_parts(db: TestDatabase) {
     };
     let deliverer = Deliverer::new(conn.clone(), "test", Arc::new(slow), fast());
     assert_eq!(deliverer.round().await.expect("round"), 1);
-    let lines = log.lines("a slow outbox call");
+    let lines = log.lines("a slow outbox call").split_off(before);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(field(&lines[0], "call_ms") >= 300, "{}", lines[0]);
     assert!(

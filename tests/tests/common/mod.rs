@@ -95,7 +95,8 @@ impl Process {
     /// Starts the binary as the leader of a session of its own (through
     /// util-linux's `setsid`, which runs it in place: the pid is the
     /// service's), as a systemd unit or a process started from its own shell
-    /// would be.
+    /// would be. `setsid` forks only when it leads its process group, so
+    /// `start` must not give the child a group of its own.
     pub fn in_own_session(mut self) -> Self {
         self.own_session = true;
         self

@@ -581,11 +581,11 @@ impl Deliverer {
             None,
             u64::try_from(total).unwrap_or(u64::MAX),
         );
-        let marked = calling.elapsed() - call;
+        let marked = calling.elapsed().saturating_sub(call);
         if call >= SLOW_STEP || marked >= SLOW_STEP {
-            // From the oldest message's write to the receiver's answer: what
-            // the call and the marking do not account for waited before the
-            // claim (the folder, a poll, the claim itself).
+            // age_ms runs from the oldest message's write to the receiver's
+            // answer; age_ms - call_ms is what it waited before the call (a
+            // poll or wake-up, the claim, the read of the run, a free slot).
             let oldest = runs.iter().map(|run| run[0].created_at_ms).min();
             tracing::info!(
                 topic = self.topic,
