@@ -117,8 +117,7 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
 /// nice 10, lifecycle's left at 0 (a new session's group starts there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_leading_its_session_sets_its_groups_nice() {
-    let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled");
-    if !enabled.is_ok_and(|enabled| enabled.trim() == "1") {
+    if !cascade_chassis::priority::autogroups_on().unwrap_or(false) {
         // A kernel without autogroup, or with it turned off: the service
         // leaves such groups alone, and there is nothing to check.
         println!("autogroup is not on in this kernel: nothing to check");

@@ -62,11 +62,8 @@ pub fn session_group_at_least(nice: i32) -> std::io::Result<Option<i32>> {
     if session_id()? != std::process::id() {
         return Ok(None);
     }
-    match std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled") {
-        Ok(enabled) if enabled.trim() == "0" => return Ok(None),
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
+    if !autogroups_on()? {
+        return Ok(None);
     }
     let current = match autogroup_nice(std::process::id()) {
         Ok(current) => current,
@@ -94,6 +91,17 @@ pub fn session_group_at_least(nice: i32) -> std::io::Result<Option<i32>> {
 #[cfg(not(target_os = "linux"))]
 pub fn session_group_at_least(_nice: i32) -> std::io::Result<Option<i32>> {
     Ok(None)
+}
+
+/// Whether the kernel groups processes by session (built with autogroup,
+/// and `kernel.sched_autogroup_enabled` not 0).
+#[cfg(target_os = "linux")]
+pub fn autogroups_on() -> std::io::Result<bool> {
+    match std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled") {
+        Ok(enabled) => Ok(enabled.trim() != "0"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// This process's session id, from `/proc/self/stat`; 0 when its session's

@@ -166,20 +166,22 @@ where
     let _telemetry =
         crate::telemetry::init(identity.name, &settings.telemetry, &settings.server.host).await?;
     // Before the service starts its work: its threads start from these.
-    let mut session_group_nice = None;
-    if settings.server.nice > 0 {
+    let session_group_nice = if settings.server.nice > 0 {
         if let Err(error) = crate::priority::at_least(settings.server.nice) {
             tracing::warn!(%error, nice = settings.server.nice, "server.nice was not applied");
         }
-        match crate::priority::session_group_at_least(settings.server.nice) {
-            Ok(nice) => session_group_nice = nice,
-            Err(error) => tracing::warn!(
-                %error,
-                nice = settings.server.nice,
-                "server.nice was not applied to the session's scheduling group"
-            ),
-        }
-    }
+        crate::priority::session_group_at_least(settings.server.nice)
+            .inspect_err(|error| {
+                tracing::warn!(
+                    %error,
+                    nice = settings.server.nice,
+                    "server.nice was not applied to the session's scheduling group"
+                );
+            })
+            .unwrap_or(None)
+    } else {
+        None
+    };
     if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
         crate::db::connect_and_migrate::<M>(&settings.database).await?;
