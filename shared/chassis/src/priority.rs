@@ -110,12 +110,17 @@ pub fn autogroups_on() -> std::io::Result<bool> {
 #[cfg(target_os = "linux")]
 fn session_id() -> std::io::Result<u32> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // "pid (comm) state ppid pgrp session ...": comm may hold spaces and
-    // parentheses, so the fields are counted from its last ')'.
+    session_in(&stat)
+        .ok_or_else(|| std::io::Error::other(format!("a stat line it cannot read: {stat:?}")))
+}
+
+/// The session field of a `/proc/PID/stat` line: "pid (comm) state ppid
+/// pgrp session ...", where comm may hold spaces and parentheses, so the
+/// fields are counted from its last ')'.
+fn session_in(stat: &str) -> Option<u32> {
     stat.rsplit_once(')')
         .and_then(|(_, fields)| fields.split_whitespace().nth(3))
         .and_then(|session| session.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("a stat line it cannot read: {stat:?}")))
 }
 
 /// The nice value of the scheduling group (autogroup) of process `pid`,
@@ -159,13 +164,24 @@ mod tests {
         thread_nice(rustix::thread::gettid().as_raw_nonzero().get()).expect("nice")
     }
 
+    // Checked against the getsid call itself, through nix: rustix's wrapper
+    // panics on the 0 a pid namespace answers when the session's leader is
+    // outside it, which is how CI runs the tests.
     #[test]
     fn the_session_id_is_the_one_the_kernel_reports() {
-        let kernel = rustix::process::getsid(None).expect("getsid");
+        let kernel = nix::unistd::getsid(None).expect("getsid");
         assert_eq!(
             i32::try_from(session_id().expect("session id")).expect("a pid"),
-            kernel.as_raw_nonzero().get()
+            kernel.as_raw()
         );
+    }
+
+    #[test]
+    fn the_session_is_counted_after_the_commands_last_parenthesis() {
+        assert_eq!(session_in("42 (cascade-scoring) S 1 42 42 0 -1"), Some(42));
+        assert_eq!(session_in("42 (a) b (c) S 7 9 0 0 -1"), Some(0));
+        assert_eq!(session_in("42 (no closing S 1 42 42"), None);
+        assert_eq!(session_in("42 (short) S 1"), None);
     }
 
     // It raises every thread of the test process: under `cargo test` the
