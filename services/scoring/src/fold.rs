@@ -24,7 +24,7 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// 15, 16 and 30.
 const REST_FACTOR: u32 = 2;
 
-/// A fold that took this long is logged, with the rest after it.
+/// A fold that took this long is logged at info, with the rest after it.
 const SLOW_FOLD: Duration = Duration::from_millis(200);
 
 /// How long the folder rests after a fold that held the writer for `held`.
@@ -77,14 +77,24 @@ pub async fn follow(repository: Repository, max_rest: Duration) {
                     let rest = rest_after(folded.held, max_rest);
                     // A long fold and the rest after it delay every score
                     // it did not take in (docs/performance.md, round 29).
+                    // Every fold at debug: a crossing that stalls in scoring
+                    // can be lined up with the folds around it (round 32).
+                    macro_rules! fold_line {
+                        ($level:expr, $message:literal) => {
+                            tracing::event!(
+                                $level,
+                                took_ms = took.as_millis() as u64,
+                                held_ms = folded.held.as_millis() as u64,
+                                rest_ms = rest.as_millis() as u64,
+                                groups = folded.groups,
+                                $message
+                            )
+                        };
+                    }
                     if took >= SLOW_FOLD {
-                        tracing::info!(
-                            took_ms = took.as_millis() as u64,
-                            held_ms = folded.held.as_millis() as u64,
-                            rest_ms = rest.as_millis() as u64,
-                            groups = folded.groups,
-                            "a long fold"
-                        );
+                        fold_line!(tracing::Level::INFO, "a long fold");
+                    } else {
+                        fold_line!(tracing::Level::DEBUG, "a fold");
                     }
                     rest_while_groups_come(rest, IDLE_GAP, || repository.fold_wanted()).await;
                     // Whatever committed during the rest (its wake-ups were

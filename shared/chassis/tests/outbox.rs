@@ -417,12 +417,14 @@ fn field(line: &str, name: &str) -> u64 {
 
 /// A call the receiver takes 200 ms or more to answer is logged with its
 /// parts (the receiver's time, the marking's, the oldest message's age), so
-/// a late delivery names where it waited; a quick one is not.
+/// a late delivery names where it waited; a quick one is not, unless its
+/// message waited 200 ms or more before it (a debug line).
 async fn a_slow_call_is_logged_with_its_parts(db: TestDatabase) {
     let conn = connect(&db).await;
     let log = Log::default();
     let _capture = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
             .with_writer({
                 let log = log.clone();
@@ -463,6 +465,29 @@ async fn a_slow_call_is_logged_with_its_parts(db: TestDatabase) {
         lines[0]
     );
     assert_eq!(field(&lines[0], "messages"), 1);
+
+    // A quick call of a message that waited before it: late, not slow
+    // (unless this machine made the call or its marking slow after all).
+    let earlier = |what| log.lines(what).len();
+    let (slow_before, late_before) = (earlier("a slow outbox call"), earlier("a late outbox call"));
+    write(&conn, 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let quick = SlowSink {
+        delay: Duration::ZERO,
+    };
+    let deliverer = Deliverer::new(conn.clone(), "test", Arc::new(quick), fast());
+    assert_eq!(deliverer.round().await.expect("round"), 1);
+    let slow = log.lines("a slow outbox call").split_off(slow_before);
+    let late = log.lines("a late outbox call").split_off(late_before);
+    assert_eq!(slow.len() + late.len(), 1, "{slow:?} {late:?}");
+    let line = slow.first().or(late.first()).expect("one line");
+    assert!(field(line, "age_ms") >= 250, "{line}");
+    let steps_slow = field(line, "call_ms") >= 200 || field(line, "mark_ms") >= 200;
+    assert_eq!(
+        slow.len(),
+        usize::from(steps_slow),
+        "late, not slow, when its steps were quick: {line}"
+    );
 }
 
 on_each_database!(

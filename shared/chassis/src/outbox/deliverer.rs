@@ -582,19 +582,29 @@ impl Deliverer {
             u64::try_from(total).unwrap_or(u64::MAX),
         );
         let marked = calling.elapsed().saturating_sub(call);
+        // age_ms runs from the oldest message's write to the receiver's
+        // answer; age_ms - call_ms is what it waited before the call (a poll
+        // or wake-up, the claim, the read of the run, a free slot). A slow
+        // step is this service's or the receiver's (info); a call that was
+        // quick but late waited before it (debug: under load that is often).
+        let age_ms = runs.iter().map(|run| now - run[0].created_at_ms).max();
+        macro_rules! call_line {
+            ($level:expr, $message:literal) => {
+                tracing::event!(
+                    $level,
+                    topic = self.topic,
+                    messages,
+                    call_ms = call.as_millis() as u64,
+                    mark_ms = marked.as_millis() as u64,
+                    age_ms,
+                    $message
+                )
+            };
+        }
         if call >= SLOW_STEP || marked >= SLOW_STEP {
-            // age_ms runs from the oldest message's write to the receiver's
-            // answer; age_ms - call_ms is what it waited before the call (a
-            // poll or wake-up, the claim, the read of the run, a free slot).
-            let oldest = runs.iter().map(|run| run[0].created_at_ms).min();
-            tracing::info!(
-                topic = self.topic,
-                messages,
-                call_ms = call.as_millis() as u64,
-                mark_ms = marked.as_millis() as u64,
-                age_ms = oldest.map(|created| now - created),
-                "a slow outbox call"
-            );
+            call_line!(tracing::Level::INFO, "a slow outbox call");
+        } else if age_ms.is_some_and(|age| age >= SLOW_STEP.as_millis() as i64) {
+            call_line!(tracing::Level::DEBUG, "a late outbox call");
         }
         Ok(CallOutcome {
             delivered: total,
