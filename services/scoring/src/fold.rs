@@ -32,6 +32,27 @@ fn rest_after(held: Duration, max_rest: Duration) -> Duration {
     (held * REST_FACTOR).min(max_rest)
 }
 
+/// How long folds usually hold the writer: a moving average in which each
+/// fold weighs a fifth. A rest goes by the lower of the last fold's hold and
+/// the usual one before it, so that one fold slowed by something else (on
+/// SQLite, the WAL checkpointer copying beside it every 2 s) does not rest
+/// twice as long as it was slowed and hold every score behind it: a fold of
+/// one group that held the writer 56 ms among folds of 1-2 ms rested 113 ms
+/// more, and a crossing waited 141 ms for lifecycle's decision (round 32).
+/// Under a steady load the two agree; when load rises the rest follows it
+/// within a few folds.
+#[derive(Debug, Default)]
+struct UsualHold(Option<Duration>);
+
+impl UsualHold {
+    /// Takes a fold's hold into the average and returns what its rest goes by.
+    fn after(&mut self, held: Duration) -> Duration {
+        let usual = self.0.unwrap_or(held);
+        self.0 = Some((usual * 4 + held) / 5);
+        held.min(usual)
+    }
+}
+
 /// A rest is for groups still arriving: when none commits for this long,
 /// ingest has paused, and the folder folds what came instead of resting
 /// on. So the last groups of a burst are folded (and delivered) right
@@ -67,6 +88,7 @@ pub async fn follow(repository: Repository, max_rest: Duration) {
     let retry =
         || cascade_chassis::retry::delays(Duration::from_millis(50), Duration::from_secs(5));
     let mut delays = retry();
+    let mut usual = UsualHold::default();
     loop {
         let started = std::time::Instant::now();
         match repository.fold_pending().await {
@@ -74,7 +96,7 @@ pub async fn follow(repository: Repository, max_rest: Duration) {
                 delays = retry();
                 if folded.groups > 0 {
                     let took = started.elapsed();
-                    let rest = rest_after(folded.held, max_rest);
+                    let rest = rest_after(usual.after(folded.held), max_rest);
                     // A long fold and the rest after it delay every score
                     // it did not take in (docs/performance.md, round 29).
                     // Every fold at debug: a crossing that stalls in scoring
@@ -137,6 +159,29 @@ mod tests {
             rest_after(Duration::from_millis(140), Duration::ZERO),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn one_slow_fold_rests_by_the_usual_hold() {
+        let ms = Duration::from_millis;
+        let mut usual = UsualHold::default();
+        // The first fold has nothing to go by but itself.
+        assert_eq!(usual.after(ms(2)), ms(2));
+        for _ in 0..10 {
+            assert_eq!(usual.after(ms(2)), ms(2));
+        }
+        // A fold slowed to 56 ms rests as a 2 ms one would.
+        assert_eq!(usual.after(ms(56)), ms(2));
+        // It moves the average by a fifth of the difference, no more.
+        assert_eq!(usual.after(ms(100)), ms(12) + ms(4) / 5);
+        // A load that rose stays: within a few folds the rest follows it.
+        let mut rest = Duration::ZERO;
+        for _ in 0..20 {
+            rest = usual.after(ms(100));
+        }
+        assert!(rest > ms(98) && rest <= ms(100), "{rest:?}");
+        // A quicker fold rests by its own hold.
+        assert_eq!(usual.after(ms(3)), ms(3));
     }
 
     #[tokio::test]

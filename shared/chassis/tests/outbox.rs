@@ -490,7 +490,54 @@ async fn a_slow_call_is_logged_with_its_parts(db: TestDatabase) {
     );
 }
 
+/// On SQLite the deliverer's claim and its marking write: they take their
+/// turn among the file's writers, so writers that follow one another back
+/// to back let them in after the one holding the lock. Left to SQLite's busy
+/// handler, which polls with growing sleeps, the claim lost to each of them
+/// for 328 ms (docs/performance.md, round 32).
+async fn a_claim_takes_its_turn_between_back_to_back_writers(db: TestDatabase) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let conn = connect(&db).await;
+    write(&conn, 1, 1).await;
+    let (committed, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let writers = tokio::spawn({
+        let (conn, committed, stop) = (conn.clone(), committed.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Acquire) {
+                let txn = cascade_chassis::db::begin_write(&conn)
+                    .await
+                    .expect("begin");
+                // Held as a fold or a group commit holds it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                txn.commit().await.expect("commit");
+                committed.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    });
+    while committed.load(Ordering::Acquire) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = committed.load(Ordering::Acquire);
+    let sink = Arc::new(RecordingSink::default());
+    let deliverer = Deliverer::new(conn.clone(), "test", sink.clone(), fast());
+    assert_eq!(deliverer.round().await.expect("round"), 1);
+    let waited_for = committed.load(Ordering::Acquire) - before;
+    stop.store(true, Ordering::Release);
+    writers.await.expect("writers");
+    // The claim and the marking each wait for the writer holding the lock
+    // and at most the one queued before them.
+    assert!(
+        waited_for <= 4,
+        "the claim and the marking waited for {waited_for} writers"
+    );
+    assert_eq!(sink.delivered.lock().expect("lock").len(), 1);
+}
+
 on_each_database!(
+    a_claim_takes_its_turn_between_back_to_back_writers,
     a_slow_call_is_logged_with_its_parts,
     outbox_keeps_only_the_indexes_it_reads,
     a_partition_behind_a_long_backlog_is_still_claimed,

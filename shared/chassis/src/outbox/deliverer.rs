@@ -399,6 +399,13 @@ impl Deliverer {
                     .into(),
             )
         };
+        // On SQLite the claim writes, so it waits for its turn among the
+        // file's writers like any transaction (`write_turn`), not in
+        // SQLite's busy handler: that one polls with growing sleeps, and
+        // between writers that follow each other every few milliseconds it
+        // lost every poll for its 328 ms of sleeps, which held a crossing's
+        // delivery (docs/performance.md, round 32).
+        let turn = crate::db::write_turn(&self.db).await?;
         let rows = self
             .db
             .query_all_raw(crate::db::statement(
@@ -414,6 +421,7 @@ impl Deliverer {
                 ],
             ))
             .await?;
+        drop(turn);
         let mut entries = rows
             .iter()
             .map(entry_from_row)
@@ -567,6 +575,7 @@ impl Deliverer {
             }
         }
         followers.append(&mut heads);
+        let turn = crate::db::write_turn(&self.db).await?;
         for chunk in crate::db::statement_chunks(&followers, 1) {
             without_lease(outbox::Entity::update_many())
                 .col_expr(outbox::Column::State, Expr::value(DELIVERED))
@@ -575,6 +584,7 @@ impl Deliverer {
                 .exec(&self.db)
                 .await?;
         }
+        drop(turn);
         crate::metrics::instruments().outbox_delivered(
             self.topic,
             "delivered",
@@ -645,6 +655,7 @@ impl Deliverer {
                 "outbox message dead-lettered: list and retry it with OutboxAdminService"
             );
             // The time of the last attempt stays in next_attempt_at_ms.
+            let _turn = crate::db::write_turn(&self.db).await?;
             return update
                 .col_expr(outbox::Column::State, Expr::value(DEAD))
                 .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now))
@@ -661,6 +672,7 @@ impl Deliverer {
             %error,
             "outbox delivery failed; will retry"
         );
+        let _turn = crate::db::write_turn(&self.db).await?;
         update
             .col_expr(
                 outbox::Column::NextAttemptAtMs,
@@ -681,6 +693,7 @@ impl Deliverer {
         if ids.is_empty() {
             return Ok(());
         }
+        let _turn = crate::db::write_turn(&self.db).await?;
         without_lease(outbox::Entity::update_many())
             .filter(outbox::Column::Id.is_in(ids.iter().map(String::as_str)))
             .filter(outbox::Column::LeaseOwner.eq(self.owner.as_str()))
@@ -695,6 +708,7 @@ impl Deliverer {
 
     async fn prune(&self) -> Result<(), DbErr> {
         let cutoff = now_ms() - self.config.retention.as_millis() as i64;
+        let _turn = crate::db::write_turn(&self.db).await?;
         outbox::Entity::delete_many()
             .filter(outbox::Column::Topic.eq(self.topic))
             .filter(outbox::Column::State.eq(DELIVERED))
