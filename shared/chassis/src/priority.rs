@@ -117,6 +117,7 @@ fn session_id() -> std::io::Result<u32> {
 /// The session field of a `/proc/PID/stat` line: "pid (comm) state ppid
 /// pgrp session ...", where comm may hold spaces and parentheses, so the
 /// fields are counted from its last ')'.
+#[cfg(target_os = "linux")]
 fn session_in(stat: &str) -> Option<u32> {
     stat.rsplit_once(')')
         .and_then(|(_, fields)| fields.split_whitespace().nth(3))

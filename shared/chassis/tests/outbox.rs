@@ -528,9 +528,12 @@ async fn a_claim_takes_its_turn_between_back_to_back_writers(db: TestDatabase) {
     stop.store(true, Ordering::Release);
     writers.await.expect("writers");
     // The claim and the marking each wait for the writer holding the lock
-    // and at most the one queued before them.
+    // and at most the one queued before them: about 2 commits, plus one per
+    // 20 ms the round spends outside the turn on a loaded machine. Left to
+    // SQLite's busy handler the round waited for 218. (On PostgreSQL the
+    // writers lock nothing the claim needs: it checks that nothing waits.)
     assert!(
-        waited_for <= 4,
+        waited_for <= 10,
         "the claim and the marking waited for {waited_for} writers"
     );
     assert_eq!(sink.delivered.lock().expect("lock").len(), 1);

@@ -254,9 +254,9 @@ impl ConnectionTrait for WriteTransaction {
 /// queue in the process (FIFO), before taking a pool connection: SQLite's
 /// own wait (the busy timeout) polls with sleeps of up to 100 ms, leaving the
 /// lock idle after each commit, and each waiter would hold a connection the
-/// readers need. PostgreSQL needs neither. (The outbox's short autocommit
-/// statements do not queue: measured, queuing them beside ingest's
-/// transactions cost ingest 15-25 %; see docs/performance.md.)
+/// readers need. PostgreSQL needs neither. The outbox's short autocommit
+/// statements queue too, through `write_turn` (docs/performance.md, round
+/// 32: in SQLite's wait a claim lost to back-to-back writers for 328 ms).
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
     begin_write_as(db, WritePriority::Caller).await
 }

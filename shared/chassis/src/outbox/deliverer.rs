@@ -595,9 +595,13 @@ impl Deliverer {
         // age_ms runs from the oldest message's write to the receiver's
         // answer; age_ms - call_ms is what it waited before the call (a poll
         // or wake-up, the claim, the read of the run, a free slot). A slow
-        // step is this service's or the receiver's (info); a call that was
-        // quick but late waited before it (debug: under load that is often).
-        let age_ms = runs.iter().map(|run| now - run[0].created_at_ms).max();
+        // step is this service's or the receiver's (info); a quick call whose
+        // message waited 200 ms or more before it is late (debug: under load
+        // that is often).
+        let age_ms = runs
+            .iter()
+            .map(|run| now.saturating_sub(run[0].created_at_ms))
+            .max();
         macro_rules! call_line {
             ($level:expr, $message:literal) => {
                 tracing::event!(
@@ -613,7 +617,9 @@ impl Deliverer {
         }
         if call >= SLOW_STEP || marked >= SLOW_STEP {
             call_line!(tracing::Level::INFO, "a slow outbox call");
-        } else if age_ms.is_some_and(|age| age >= SLOW_STEP.as_millis() as i64) {
+        } else if age_ms.is_some_and(|age| {
+            age.saturating_sub(call.as_millis() as i64) >= SLOW_STEP.as_millis() as i64
+        }) {
             call_line!(tracing::Level::DEBUG, "a late outbox call");
         }
         Ok(CallOutcome {
