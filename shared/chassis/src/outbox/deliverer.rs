@@ -649,6 +649,8 @@ impl Deliverer {
                 Expr::value(truncate(&error.message, 1000)),
             )
             .filter(outbox::Column::Id.eq(failed.id.as_str()));
+        // Either way one write: one turn for it (SQLite).
+        let _turn = crate::db::write_turn(&self.db).await?;
         if too_many || too_old {
             tracing::error!(
                 topic = self.topic,
@@ -661,7 +663,6 @@ impl Deliverer {
                 "outbox message dead-lettered: list and retry it with OutboxAdminService"
             );
             // The time of the last attempt stays in next_attempt_at_ms.
-            let _turn = crate::db::write_turn(&self.db).await?;
             return update
                 .col_expr(outbox::Column::State, Expr::value(DEAD))
                 .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now))
@@ -678,7 +679,6 @@ impl Deliverer {
             %error,
             "outbox delivery failed; will retry"
         );
-        let _turn = crate::db::write_turn(&self.db).await?;
         update
             .col_expr(
                 outbox::Column::NextAttemptAtMs,
