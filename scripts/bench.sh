@@ -98,7 +98,8 @@ trap cleanup EXIT
 # Starts one service and sets `serving_ms` to the milliseconds from just
 # before the process started to its health reporting SERVING. Scoring logs
 # every fold and every late delivery (debug lines of its folder and outbox),
-# so a crossing that stalls can be lined up with them in logs/scoring.log.
+# and on SQLite scoring and lifecycle log every WAL checkpoint, so a crossing
+# that stalls can be lined up with them in logs/*.log.
 start() {
   local s=$1 upper=${1^^} t0
   t0=$(date +%s%N)
@@ -107,7 +108,8 @@ start() {
       "CASCADE_SCORING__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
       "CASCADE_OPPORTUNITY__LIFECYCLE__URL=http://127.0.0.1:${ports[lifecycle]}" \
       "CASCADE_SCORING__SERVER__INGEST_RATE_PER_TENANT=0" \
-      "CASCADE_SCORING__TELEMETRY__LOG_LEVEL=info,cascade_scoring::fold=debug,cascade_chassis::outbox=debug" \
+      "CASCADE_SCORING__TELEMETRY__LOG_LEVEL=info,cascade_scoring::fold=debug,cascade_chassis::outbox=debug,cascade_chassis::db=debug" \
+      "CASCADE_LIFECYCLE__TELEMETRY__LOG_LEVEL=info,cascade_chassis::db=debug" \
       "$bin/cascade-$s" >>"$out/logs/$s.log" 2>&1 &
   pids[$s]=$!
   serving_ms=$("$load" --scenario wait-serving --target "http://127.0.0.1:${ports[$s]}" --since-unix-ns "$t0")

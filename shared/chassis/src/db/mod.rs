@@ -250,19 +250,11 @@ const WAL_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
 pub fn spawn_wal_checkpointer(
     settings: &DatabaseSettings,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
-    use sea_orm::sqlx::{ConnectOptions as _, Executor as _};
+    use sea_orm::sqlx::ConnectOptions as _;
     if !settings.url.starts_with("sqlite:") || settings.url.contains(":memory:") {
         return Ok(None);
     }
-    let options: SqliteConnectOptions = prepare_sqlite(&settings.url)?
-        .parse()
-        .map_err(|e| anyhow::anyhow!("database.url: {}", redact_urls(&format!("{e}"))))?;
-    // The same journal settings as the pool's connections (connect()).
-    let options = options
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(WAL_CHECKPOINT_PATIENCE);
+    let options = checkpointer_options(&settings.url)?;
     Ok(Some(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(WAL_CHECKPOINT_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,28 +267,72 @@ pub fn spawn_wal_checkpointer(
             let Some(conn) = connection.as_mut() else {
                 continue;
             };
-            // PASSIVE first copies what it can beside the writer, so that the
-            // TRUNCATE after it, which holds writers back, has little left.
-            let started = std::time::Instant::now();
-            let checkpointed = async {
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?;
-                let truncating = std::time::Instant::now();
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
-                Ok::<_, sea_orm::sqlx::Error>(truncating.elapsed())
-            };
-            match checkpointed.await {
+            match checkpoint(conn).await {
                 // Writers wait meanwhile: a long one shows as a stall of
                 // every write path (docs/performance.md, round 29).
-                Ok(held) if held >= SLOW_CHECKPOINT => tracing::info!(
-                    held_writers_ms = held.as_millis() as u64,
-                    total_ms = started.elapsed().as_millis() as u64,
+                Ok(done) if done.held >= SLOW_CHECKPOINT => tracing::info!(
+                    held_writers_ms = done.held.as_millis() as u64,
+                    total_ms = done.total.as_millis() as u64,
+                    truncated = done.truncated,
                     "WAL checkpoint held writers back"
                 ),
-                Ok(_) => {}
+                Ok(done) => tracing::debug!(
+                    held_writers_ms = done.held.as_millis() as u64,
+                    total_ms = done.total.as_millis() as u64,
+                    truncated = done.truncated,
+                    "a WAL checkpoint"
+                ),
                 Err(error) => tracing::debug!(%error, "WAL checkpoint skipped"),
             }
         }
     })))
+}
+
+/// The checkpointer's own connection: the pool's journal settings
+/// (`connect`) and a short busy timeout.
+fn checkpointer_options(url: &str) -> anyhow::Result<sea_orm::sqlx::sqlite::SqliteConnectOptions> {
+    let options: sea_orm::sqlx::sqlite::SqliteConnectOptions = prepare_sqlite(url)?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("database.url: {}", redact_urls(&format!("{e}"))))?;
+    Ok(options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(WAL_CHECKPOINT_PATIENCE))
+}
+
+/// How long one checkpoint took: the TRUNCATE (from asking for the write
+/// lock to done; writers wait once it has the lock), and in all; and
+/// whether the TRUNCATE emptied the log, or gave up on a reader still in it.
+struct Checkpointed {
+    held: Duration,
+    total: Duration,
+    truncated: bool,
+}
+
+/// One checkpoint, PASSIVE then TRUNCATE. The TRUNCATE does not take the
+/// process's write turn (`begin_write`): in line with the writers it cost
+/// ingest a sixth, measured in alternating runs (docs/performance.md,
+/// round 33), where on its own it takes SQLite's lock between two writers.
+async fn checkpoint(
+    conn: &mut sea_orm::sqlx::SqliteConnection,
+) -> Result<Checkpointed, sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::{Executor as _, Row as _};
+    let started = std::time::Instant::now();
+    // PASSIVE first copies what it can beside the writer, so that the
+    // TRUNCATE after it, which holds writers back, has little left.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?;
+    let truncating = std::time::Instant::now();
+    // One row: busy (1 when a reader kept it from finishing), the log's
+    // frames, the frames copied.
+    let busy: i64 = conn
+        .fetch_one("PRAGMA wal_checkpoint(TRUNCATE)")
+        .await?
+        .try_get(0)?;
+    Ok(Checkpointed {
+        held: truncating.elapsed(),
+        total: started.elapsed(),
+        truncated: busy == 0,
+    })
 }
 
 /// Tables whose size is this far from what their statistics counted get an
@@ -412,5 +448,56 @@ mod tests {
             prepare_sqlite("sqlite::memory:").expect("memory"),
             "sqlite://:memory:?mode=rwc"
         );
+    }
+
+    /// A checkpoint empties the log; a reader still in the log keeps it
+    /// from doing so, and holds writers back no longer than the patience.
+    #[tokio::test]
+    async fn a_checkpoint_empties_the_log_unless_a_reader_is_in_it() {
+        use sea_orm::sqlx::ConnectOptions as _;
+        let dir = std::env::temp_dir().join(format!("cascade-ckpt-{}", std::process::id()));
+        let url = format!("sqlite://{}/x.db", dir.display());
+        let settings = DatabaseSettings {
+            url: url.clone(),
+            max_connections: Some(2),
+            acquire_timeout_ms: 5_000,
+            run_migrations: false,
+            analyze_interval_ms: 0,
+        };
+        let db = connect(&settings).await.expect("pool");
+        let write = "INSERT INTO t VALUES (hex(randomblob(9000)))";
+        db.execute_unprepared(&format!("CREATE TABLE t (v TEXT); {write}"))
+            .await
+            .expect("a write to the log");
+        let wal = dir.join("x.db-wal");
+        let log_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(log_len() > 0, "the write is in the log");
+        let mut conn = checkpointer_options(&url)
+            .expect("options")
+            .connect()
+            .await
+            .expect("checkpointer connection");
+
+        let done = checkpoint(&mut conn).await.expect("checkpoint");
+        assert!(done.truncated, "no reader was in the log");
+        assert_eq!(log_len(), 0, "TRUNCATE emptied the log");
+
+        db.execute_unprepared(write).await.expect("another write");
+        let reader = db.begin().await.expect("a read transaction");
+        reader
+            .execute_unprepared("SELECT count(*) FROM t")
+            .await
+            .expect("a read in the log");
+        let done = checkpoint(&mut conn).await.expect("checkpoint");
+        assert!(!done.truncated, "the reader kept the log");
+        assert!(log_len() > 0, "the log is still there");
+        assert!(
+            done.held >= WAL_CHECKPOINT_PATIENCE && done.held < Duration::from_secs(1),
+            "held writers back for {:?}",
+            done.held
+        );
+        reader.commit().await.expect("the read ends");
+        assert!(checkpoint(&mut conn).await.expect("checkpoint").truncated);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
