@@ -61,6 +61,8 @@ impl Repository {
             currency: next.currency.clone(),
         };
         let data = serde_json::to_string(&stored).map_err(ServiceError::internal)?;
+        // On SQLite, in line with the file's other writers (`begin_write`).
+        let _turn = cascade_chassis::db::write_turn(&self.db).await?;
         let result = settings::Entity::insert(settings::ActiveModel {
             tenant_id: Set(tenant.as_str().to_owned()),
             version: Set(next.version),

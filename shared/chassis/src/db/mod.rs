@@ -267,17 +267,19 @@ pub fn spawn_wal_checkpointer(
             let Some(conn) = connection.as_mut() else {
                 continue;
             };
-            match checkpoint(conn).await {
+            match checkpoint(conn, options.get_filename()).await {
                 // Writers wait meanwhile: a long one shows as a stall of
                 // every write path (docs/performance.md, round 29).
                 Ok(done) if done.held >= SLOW_CHECKPOINT => tracing::info!(
                     held_writers_ms = done.held.as_millis() as u64,
+                    turn_ms = done.turn.as_millis() as u64,
                     total_ms = done.total.as_millis() as u64,
                     truncated = done.truncated,
                     "WAL checkpoint held writers back"
                 ),
                 Ok(done) => tracing::debug!(
                     held_writers_ms = done.held.as_millis() as u64,
+                    turn_ms = done.turn.as_millis() as u64,
                     total_ms = done.total.as_millis() as u64,
                     truncated = done.truncated,
                     "a WAL checkpoint"
@@ -289,7 +291,8 @@ pub fn spawn_wal_checkpointer(
 }
 
 /// The checkpointer's own connection: the pool's journal settings
-/// (`connect`) and a short busy timeout.
+/// (`connect`), its file named as the pool names it (`write::writers_of`),
+/// and a short busy timeout.
 fn checkpointer_options(url: &str) -> anyhow::Result<sea_orm::sqlx::sqlite::SqliteConnectOptions> {
     let options: sea_orm::sqlx::sqlite::SqliteConnectOptions = prepare_sqlite(url)?
         .parse()
@@ -300,27 +303,38 @@ fn checkpointer_options(url: &str) -> anyhow::Result<sea_orm::sqlx::sqlite::Sqli
         .busy_timeout(WAL_CHECKPOINT_PATIENCE))
 }
 
-/// How long one checkpoint took: the TRUNCATE (from asking for the write
-/// lock to done; writers wait once it has the lock), and in all; and
-/// whether the TRUNCATE emptied the log, or gave up on a reader still in it.
+/// How long one checkpoint took: waiting in line for the write turn, the
+/// TRUNCATE (writers wait meanwhile), and in all; and whether the TRUNCATE
+/// emptied the log, or gave up after its patience (a reader still in the
+/// log, or a writer outside the turn: another process).
 struct Checkpointed {
+    turn: Duration,
     held: Duration,
     total: Duration,
     truncated: bool,
 }
 
-/// One checkpoint, PASSIVE then TRUNCATE. The TRUNCATE does not take the
-/// process's write turn (`begin_write`): in line with the writers it cost
-/// ingest a sixth, measured in alternating runs (docs/performance.md,
-/// round 33), where on its own it takes SQLite's lock between two writers.
+/// One checkpoint of the SQLite file at `file`, PASSIVE then TRUNCATE. The
+/// TRUNCATE takes the file's write turn (`write::file_write_turn`) like any
+/// other writer. On its own, under a steady stream of writers it gave up on
+/// SQLite's lock in a third of its tries (the log then not emptied), and
+/// writers that came while it ran waited in SQLite's busy handler, which
+/// sleeps up to 100 ms between tries; in line, it emptied the log in every
+/// measured run, and the writer after it is woken as it ends
+/// (docs/performance.md, round 33).
 async fn checkpoint(
     conn: &mut sea_orm::sqlx::SqliteConnection,
-) -> Result<Checkpointed, sea_orm::sqlx::Error> {
+    file: &Path,
+) -> anyhow::Result<Checkpointed> {
     use sea_orm::sqlx::{Executor as _, Row as _};
     let started = std::time::Instant::now();
     // PASSIVE first copies what it can beside the writer, so that the
     // TRUNCATE after it, which holds writers back, has little left.
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?;
+    let queued = std::time::Instant::now();
+    let _turn = write::file_write_turn(file)
+        .await
+        .map_err(|e| anyhow::anyhow!("waiting for the write turn: {e}"))?;
     let truncating = std::time::Instant::now();
     // One row: busy (1 when a reader kept it from finishing), the log's
     // frames, the frames copied.
@@ -329,6 +343,7 @@ async fn checkpoint(
         .await?
         .try_get(0)?;
     Ok(Checkpointed {
+        turn: truncating - queued,
         held: truncating.elapsed(),
         total: started.elapsed(),
         truncated: busy == 0,
@@ -450,12 +465,19 @@ mod tests {
         );
     }
 
-    /// A checkpoint empties the log; a reader still in the log keeps it
-    /// from doing so, and holds writers back no longer than the patience.
-    #[tokio::test]
-    async fn a_checkpoint_empties_the_log_unless_a_reader_is_in_it() {
+    /// A SQLite file with a write in its log, a pool on it, and the
+    /// checkpointer's connection and its name for the file.
+    async fn logged_file(
+        name: &str,
+    ) -> (
+        std::path::PathBuf,
+        DatabaseConnection,
+        sea_orm::sqlx::SqliteConnection,
+        std::path::PathBuf,
+    ) {
         use sea_orm::sqlx::ConnectOptions as _;
-        let dir = std::env::temp_dir().join(format!("cascade-ckpt-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("cascade-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
         let url = format!("sqlite://{}/x.db", dir.display());
         let settings = DatabaseSettings {
             url: url.clone(),
@@ -465,39 +487,82 @@ mod tests {
             analyze_interval_ms: 0,
         };
         let db = connect(&settings).await.expect("pool");
-        let write = "INSERT INTO t VALUES (hex(randomblob(9000)))";
-        db.execute_unprepared(&format!("CREATE TABLE t (v TEXT); {write}"))
+        db.execute_unprepared(&format!("CREATE TABLE t (v TEXT); {LOGGED_WRITE}"))
             .await
             .expect("a write to the log");
-        let wal = dir.join("x.db-wal");
-        let log_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        assert!(log_len() > 0, "the write is in the log");
-        let mut conn = checkpointer_options(&url)
-            .expect("options")
-            .connect()
-            .await
-            .expect("checkpointer connection");
+        let options = checkpointer_options(&url).expect("options");
+        let conn = options.connect().await.expect("checkpointer connection");
+        let file = options.get_filename().to_path_buf();
+        (dir, db, conn, file)
+    }
 
-        let done = checkpoint(&mut conn).await.expect("checkpoint");
+    const LOGGED_WRITE: &str = "INSERT INTO t VALUES (hex(randomblob(9000)))";
+
+    fn log_len(dir: &std::path::Path) -> u64 {
+        std::fs::metadata(dir.join("x.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// A checkpoint empties the log; a reader still in the log keeps it
+    /// from doing so, and holds writers back no longer than the patience.
+    #[tokio::test]
+    async fn a_checkpoint_empties_the_log_unless_a_reader_is_in_it() {
+        let (dir, db, mut conn, file) = logged_file("ckpt-reader").await;
+        assert!(log_len(&dir) > 0, "the write is in the log");
+        let done = checkpoint(&mut conn, &file).await.expect("checkpoint");
         assert!(done.truncated, "no reader was in the log");
-        assert_eq!(log_len(), 0, "TRUNCATE emptied the log");
+        assert_eq!(log_len(&dir), 0, "TRUNCATE emptied the log");
 
-        db.execute_unprepared(write).await.expect("another write");
+        db.execute_unprepared(LOGGED_WRITE)
+            .await
+            .expect("another write");
         let reader = db.begin().await.expect("a read transaction");
         reader
             .execute_unprepared("SELECT count(*) FROM t")
             .await
             .expect("a read in the log");
-        let done = checkpoint(&mut conn).await.expect("checkpoint");
+        let done = checkpoint(&mut conn, &file).await.expect("checkpoint");
         assert!(!done.truncated, "the reader kept the log");
-        assert!(log_len() > 0, "the log is still there");
+        assert!(log_len(&dir) > 0, "the log is still there");
         assert!(
             done.held >= WAL_CHECKPOINT_PATIENCE && done.held < Duration::from_secs(1),
             "held writers back for {:?}",
             done.held
         );
         reader.commit().await.expect("the read ends");
-        assert!(checkpoint(&mut conn).await.expect("checkpoint").truncated);
+        let done = checkpoint(&mut conn, &file).await.expect("checkpoint");
+        assert!(done.truncated, "the reader is gone");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A checkpoint's TRUNCATE waits for the write turn the pool's writers
+    /// take: while one holds it, the log is not touched; once it is let go,
+    /// the checkpoint runs and empties the log.
+    #[tokio::test]
+    async fn a_checkpoint_takes_the_pools_write_turn() {
+        let (dir, db, mut conn, file) = logged_file("ckpt-turn").await;
+        let turn = write_turn(&db)
+            .await
+            .expect("turn")
+            .expect("SQLite takes turns");
+        let checkpointing = tokio::spawn(async move { checkpoint(&mut conn, &file).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !checkpointing.is_finished(),
+            "the checkpoint waits for the turn"
+        );
+        assert!(log_len(&dir) > 0, "nothing emptied the log meanwhile");
+        drop(turn);
+        let done = checkpointing.await.expect("task").expect("checkpoint");
+        assert!(done.truncated, "no reader kept it from finishing");
+        // Its clock starts after PASSIVE, within the test's 300 ms.
+        assert!(
+            done.turn >= Duration::from_millis(200),
+            "waited {:?}",
+            done.turn
+        );
+        assert_eq!(log_len(&dir), 0, "TRUNCATE emptied the log");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -2,7 +2,7 @@
 //! and transactions that hold the write lock from their first statement.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -134,13 +134,29 @@ fn sqlite_writers(db: &DatabaseConnection) -> Option<WriterQueue> {
     if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
         return None;
     }
-    // Keyed by the path the pool opened (no filesystem call on this hot
-    // path): one service's pool always names its file the same way.
+    Some(writers_of(file))
+}
+
+/// The queue of the SQLite file at `file`. Keyed by the path as opened (no
+/// filesystem call on this hot path): one service's connections, the WAL
+/// checkpointer's among them, are all opened from the one `database.url`.
+fn writers_of(file: &Path) -> WriterQueue {
     let mut queues = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(queue) = queues.get(file) {
-        return Some(queue.clone());
+        return queue.clone();
     }
-    Some(queues.entry(file.to_path_buf()).or_default().clone())
+    queues.entry(file.to_path_buf()).or_default().clone()
+}
+
+/// The write turn of the SQLite file at `file`, for a connection of its own
+/// outside the pool (the WAL checkpointer), in line with the pool's writers.
+pub(super) async fn file_write_turn(file: &Path) -> Result<WriteTurn, DbErr> {
+    tokio::time::timeout(
+        SQLITE_BUSY_TIMEOUT,
+        writers_of(file).take(WritePriority::Caller),
+    )
+    .await
+    .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
 }
 
 /// A turn to write to `db`'s SQLite file, for a write outside `begin_write`
@@ -256,7 +272,8 @@ impl ConnectionTrait for WriteTransaction {
 /// lock idle after each commit, and each waiter would hold a connection the
 /// readers need. PostgreSQL needs neither. The outbox's short autocommit
 /// statements queue too, through `write_turn` (docs/performance.md, round
-/// 32: in SQLite's wait a claim lost to back-to-back writers for 328 ms).
+/// 32: in SQLite's wait a claim lost to back-to-back writers for 328 ms),
+/// and the WAL checkpointer's TRUNCATE, through `file_write_turn` (round 33).
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
     begin_write_as(db, WritePriority::Caller).await
 }
