@@ -352,10 +352,66 @@ async fn a_fold_that_waited_for_the_writer_holds_it_only_while_it_writes() {
     assert_eq!(pending(&replica).await, 0);
 }
 
+/// One tenant's pending fold that cannot be read (a damaged row) holds back
+/// that tenant's scores, not every tenant's: the folder folds the others,
+/// keeps the damaged row for an operator, and a score read of its tenant
+/// fails naming it.
+async fn an_unreadable_fold_holds_back_only_its_tenant(db: TestDatabase) {
+    let replica = replica_without_folder(&db).await;
+    let conn = replica.db();
+    let backend = conn.get_database_backend();
+    let placeholder = if backend == DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    conn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!(
+            "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) \
+             VALUES ('damaged-tenant', 0, {placeholder})"
+        ),
+        [sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
+    ))
+    .await
+    .expect("a damaged pending fold, oldest of all");
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    replica
+        .record(
+            &tenant,
+            vec![
+                activity("u1", "demo_request", "acct-u", "contact-u1"),
+                activity("u2", "webinar_attended", "acct-u", "contact-u2"),
+            ],
+        )
+        .await
+        .expect("recorded");
+
+    let folded = replica.fold_pending().await.expect("the folder goes on");
+    assert_eq!(folded.groups, 1, "the readable group");
+    assert_eq!(pending(&replica).await, 0);
+    assert_eq!(
+        count(&replica, "pending_folds", "tenant_id", "damaged-tenant").await,
+        1,
+        "the damaged row is kept"
+    );
+    let totals = replica
+        .account_totals(&tenant, "acct-u")
+        .await
+        .expect("the other tenant's score");
+    assert_eq!(totals.engagement, 125.0);
+
+    let damaged = TenantId::parse("damaged-tenant").expect("tenant");
+    let read = replica.account_totals(&damaged, "acct-d").await;
+    let error = format!("{:?}", read.expect_err("its tenant's read fails"));
+    assert!(error.contains("cannot be read"), "{error}");
+}
+
 on_each_database!(
     many_groups_fold_at_once_in_chunks,
     a_group_left_unfolded_is_folded_by_another_replica,
     an_erasure_removes_what_waits_in_a_fold,
     a_read_racing_the_folder_still_sees_its_write,
     a_large_group_waits_compressed_and_folds_whole,
+    an_unreadable_fold_holds_back_only_its_tenant,
 );

@@ -148,6 +148,17 @@ pub(super) async fn enqueue(
     Ok(())
 }
 
+/// Whether this process has not reported the unreadable pending fold `id`
+/// yet: every fold meets it again, and one error line says it.
+fn first_report(id: i64) -> bool {
+    static REPORTED: std::sync::LazyLock<std::sync::Mutex<BTreeSet<i64>>> =
+        std::sync::LazyLock::new(Default::default);
+    REPORTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id)
+}
+
 fn decode(row: &pending_fold::Model) -> Result<outbox_pb::PendingFold, DbErr> {
     outbox_pb::PendingFold::decode(row.buckets.as_slice())
         .map_err(|e| DbErr::Custom(format!("pending fold {} cannot be read: {e}", row.id)))
@@ -266,6 +277,9 @@ impl Repository {
         let mut by_tenant: BTreeMap<String, OwnedSums> = BTreeMap::new();
         let mut buckets = 0;
         let mut trace_context = None;
+        // Tenants with a group this fold cannot read: their groups wait (in
+        // order, for an operator), the other tenants' are folded.
+        let mut unreadable: BTreeSet<String> = BTreeSet::new();
         let mut more = true;
         while more && ids.len() < MAX_FOLD_GROUPS && buckets < MAX_FOLD_BUCKETS {
             let read = READ_GROUPS.min(MAX_FOLD_GROUPS - ids.len());
@@ -289,10 +303,33 @@ impl Repository {
                 }
                 Take::Any => {}
             }
+            if !unreadable.is_empty() {
+                claim = claim.filter(pending_fold::Column::TenantId.is_not_in(unreadable.clone()));
+            }
             let rows = claim.all(&txn).await?;
             more = rows.len() == read;
             for row in rows {
-                let fold = decode(&row)?;
+                if unreadable.contains(&row.tenant_id) {
+                    continue;
+                }
+                let fold = match (decode(&row), take) {
+                    (Ok(fold), _) => fold,
+                    // A score read of this tenant fails with it, as it must;
+                    // the folder goes on with every other tenant.
+                    (Err(error), Take::Any) => {
+                        if first_report(row.id) {
+                            tracing::error!(
+                                tenant = %row.tenant_id,
+                                pending_fold = row.id,
+                                %error,
+                                "a pending fold cannot be read: the tenant's scores wait for it"
+                            );
+                        }
+                        unreadable.insert(row.tenant_id);
+                        continue;
+                    }
+                    (Err(error), Take::Tenant(..)) => return Err(error.into()),
+                };
                 ids.push(row.id);
                 trace_context = trace_context.or(row.trace_context);
                 let sums = by_tenant.entry(row.tenant_id).or_default();
