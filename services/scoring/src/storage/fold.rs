@@ -277,16 +277,15 @@ impl Repository {
         let mut by_tenant: BTreeMap<String, OwnedSums> = BTreeMap::new();
         let mut buckets = 0;
         let mut trace_context = None;
-        // Tenants with a group this fold cannot read: their groups wait (in
-        // order, for an operator), the other tenants' are folded.
-        let mut unreadable: BTreeSet<String> = BTreeSet::new();
+        // The last row read, folded or not (an unreadable one is passed over).
+        let mut after = None;
         let mut more = true;
         while more && ids.len() < MAX_FOLD_GROUPS && buckets < MAX_FOLD_BUCKETS {
             let read = READ_GROUPS.min(MAX_FOLD_GROUPS - ids.len());
             let mut claim = pending_fold::Entity::find()
                 .order_by_asc(pending_fold::Column::Id)
                 .limit(read as u64);
-            if let Some(&last) = ids.last() {
+            if let Some(last) = after {
                 claim = claim.filter(pending_fold::Column::Id.gt(last));
             }
             match take {
@@ -303,29 +302,25 @@ impl Repository {
                 }
                 Take::Any => {}
             }
-            if !unreadable.is_empty() {
-                claim = claim.filter(pending_fold::Column::TenantId.is_not_in(unreadable.clone()));
-            }
             let rows = claim.all(&txn).await?;
             more = rows.len() == read;
             for row in rows {
-                if unreadable.contains(&row.tenant_id) {
-                    continue;
-                }
+                after = Some(row.id);
                 let fold = match (decode(&row), take) {
                     (Ok(fold), _) => fold,
-                    // A score read of this tenant fails with it, as it must;
-                    // the folder goes on with every other tenant.
+                    // The folder passes over it and folds every other group,
+                    // its tenant's later ones too (sums add up in any order,
+                    // as when replicas fold side by side). It stays pending,
+                    // so a score read of its tenant fails naming it.
                     (Err(error), Take::Any) => {
                         if first_report(row.id) {
                             tracing::error!(
                                 tenant = %row.tenant_id,
                                 pending_fold = row.id,
                                 %error,
-                                "a pending fold cannot be read: the tenant's scores wait for it"
+                                "a pending fold cannot be read: its tenant's score reads fail until it is repaired or deleted"
                             );
                         }
-                        unreadable.insert(row.tenant_id);
                         continue;
                     }
                     (Err(error), Take::Tenant(..)) => return Err(error.into()),
