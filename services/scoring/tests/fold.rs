@@ -360,19 +360,11 @@ async fn a_fold_that_waited_for_the_writer_holds_it_only_while_it_writes() {
 async fn an_unreadable_fold_is_passed_over_and_kept(db: TestDatabase) {
     let replica = replica_without_folder(&db).await;
     let conn = replica.db();
-    let backend = conn.get_database_backend();
-    let placeholder = if backend == DbBackend::Postgres {
-        "$1"
-    } else {
-        "?"
-    };
     for _ in 0..5 {
-        conn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            format!(
-                "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) \
-                 VALUES ('damaged-tenant', 0, {placeholder})"
-            ),
+        conn.execute_raw(cascade_chassis::db::statement(
+            conn.get_database_backend(),
+            "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) \
+             VALUES ('damaged-tenant', 0, $1)",
             [sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
         ))
         .await

@@ -151,12 +151,7 @@ fn writers_of(file: &Path) -> WriterQueue {
 /// The write turn of the SQLite file at `file`, for a connection of its own
 /// outside the pool (the WAL checkpointer), in line with the pool's writers.
 pub(super) async fn file_write_turn(file: &Path) -> Result<WriteTurn, DbErr> {
-    tokio::time::timeout(
-        SQLITE_BUSY_TIMEOUT,
-        writers_of(file).take(WritePriority::Caller),
-    )
-    .await
-    .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
+    take_turn(&writers_of(file), WritePriority::Caller).await
 }
 
 /// A turn to write to `db`'s SQLite file, for a write outside `begin_write`
@@ -174,9 +169,14 @@ async fn write_turn_as(
     let Some(queue) = sqlite_writers(db) else {
         return Ok(None);
     };
+    take_turn(&queue, priority).await.map(Some)
+}
+
+/// `queue`'s turn; waiting longer than SQLite's own busy timeout is reported
+/// as the database being unavailable (retryable), as a busy file would be.
+async fn take_turn(queue: &Writers, priority: WritePriority) -> Result<WriteTurn, DbErr> {
     tokio::time::timeout(SQLITE_BUSY_TIMEOUT, queue.take(priority))
         .await
-        .map(Some)
         .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
 }
 
