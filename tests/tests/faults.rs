@@ -16,6 +16,7 @@ use cascade_testkit::{
     on_each_database,
 };
 use common::{DatabaseProxy, Process, System, Verbatim, metric};
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -222,9 +223,55 @@ async fn scoring_killed_mid_batch(db: TestDatabase) {
     system.stop().await;
 }
 
+/// A damaged pending fold (a disk fault, a hand edit) shows on scoring's
+/// /metrics, not only in one log line, and the gauge falls back to 0 once an
+/// operator deletes the row.
+async fn a_damaged_pending_fold_shows_on_metrics(db: TestDatabase) {
+    let env = vec![(
+        "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
+        "0".to_owned(),
+    )];
+    let system = System::start_with(&db, 1, env).await;
+    let metrics = system.scoring[0].metrics_port().await;
+    let (_, scoring_db) = system.databases()[1];
+    let conn = cascade_chassis::db::connect(&scoring_db.settings)
+        .await
+        .expect("scoring's database");
+    conn.execute_raw(cascade_chassis::db::statement(
+        conn.get_database_backend(),
+        "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) VALUES ($1, 0, $2)",
+        [T.into(), sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
+    ))
+    .await
+    .expect("a damaged pending fold");
+    let unreadable = async |expected: f64| match metric(
+        metrics,
+        "cascade_scoring_unreadable_pending_folds",
+        &[],
+    )
+    .await
+    {
+        Ok(value) if value == expected => Ok(()),
+        other => Err(other),
+    };
+    eventually("the gauge to count the damaged row", async || {
+        unreadable(1.0).await
+    })
+    .await;
+    conn.execute_unprepared("DELETE FROM pending_folds")
+        .await
+        .expect("the operator deletes it");
+    eventually("the gauge to fall back to 0", async || {
+        unreadable(0.0).await
+    })
+    .await;
+    system.stop().await;
+}
+
 on_each_database!(
     lifecycle_killed_while_activities_stream,
-    scoring_killed_mid_batch
+    scoring_killed_mid_batch,
+    a_damaged_pending_fold_shows_on_metrics
 );
 
 /// PostgreSQL unreachable for a while (a proxy cut between the three

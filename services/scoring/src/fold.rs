@@ -96,6 +96,10 @@ pub async fn follow(repository: Repository, max_rest: Duration) {
         match repository.fold_pending().await {
             Ok(folded) => {
                 delays = retry();
+                // Every fold, a sweep's empty one too, so the gauge falls
+                // back to 0 once an operator repairs or deletes the rows.
+                cascade_chassis::metrics::instruments()
+                    .unreadable_pending_folds(folded.unreadable as u64);
                 if folded.groups > 0 {
                     let took = started.elapsed();
                     let rest = rest_after(usual.after(folded.held), max_rest);

@@ -396,6 +396,7 @@ async fn an_unreadable_fold_is_passed_over_and_kept(db: TestDatabase) {
         .expect("the fold ends")
         .expect("the folder goes on");
     assert_eq!(folded.groups, 2, "both readable groups");
+    assert_eq!(folded.unreadable, 5, "the damaged rows, once each");
     assert_eq!(pending(&replica).await, 0);
     assert_eq!(
         count(&replica, "pending_folds", "tenant_id", "damaged-tenant").await,
@@ -416,6 +417,16 @@ async fn an_unreadable_fold_is_passed_over_and_kept(db: TestDatabase) {
     let read = replica.account_totals(&damaged, "acct-d").await;
     let error = format!("{:?}", read.expect_err("its tenant's read fails"));
     assert!(error.contains("cannot be read"), "{error}");
+
+    // Every fold meets them again (the folder's gauge), until an operator
+    // deletes them.
+    let again = replica.fold_pending().await.expect("the folder goes on");
+    assert_eq!((again.groups, again.unreadable), (0, 5));
+    conn.execute_unprepared("DELETE FROM pending_folds WHERE tenant_id = 'damaged-tenant'")
+        .await
+        .expect("the operator deletes them");
+    let repaired = replica.fold_pending().await.expect("folds");
+    assert_eq!((repaired.groups, repaired.unreadable), (0, 0));
 }
 
 on_each_database!(

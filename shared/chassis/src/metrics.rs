@@ -19,6 +19,9 @@
 //!   reads are not in these two; a pool they exhaust shows as `idle` 0.)
 //! - `cascade.lifecycle.transitions`: stage moves by stage and cause;
 //! - `cascade.scoring.activities`: ingested activities by outcome;
+//! - `cascade.scoring.unreadable_pending_folds`: pending folds the last fold
+//!   could not decode and passed over; above 0, their tenant's score reads
+//!   fail until an operator repairs or deletes them (README);
 //! - `rpc.server.call.duration` (s, `trace.rs`): every RPC by method and code.
 
 use std::sync::OnceLock;
@@ -61,6 +64,7 @@ pub struct Instruments {
     pool_wait: Histogram<f64>,
     transitions: Counter<u64>,
     activities: Counter<u64>,
+    unreadable_pending_folds: Gauge<u64>,
     account_reads: Counter<u64>,
 }
 
@@ -108,6 +112,12 @@ pub fn instruments() -> &'static Instruments {
             activities: meter
                 .u64_counter("cascade.scoring.activities")
                 .with_description("Ingested activities by outcome")
+                .build(),
+            unreadable_pending_folds: meter
+                .u64_gauge("cascade.scoring.unreadable_pending_folds")
+                .with_description(
+                    "Pending folds the last fold could not decode (their tenant's score reads fail)",
+                )
                 .build(),
             account_reads: meter
                 .u64_counter("cascade.lifecycle.account_reads")
@@ -188,6 +198,11 @@ impl Instruments {
             self.activities
                 .add(count, &[KeyValue::new("outcome", outcome)]);
         }
+    }
+
+    /// The unreadable pending folds the last fold passed over.
+    pub fn unreadable_pending_folds(&self, count: u64) {
+        self.unreadable_pending_folds.record(count, &[]);
     }
 }
 

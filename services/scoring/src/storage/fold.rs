@@ -256,6 +256,9 @@ impl Repository {
             let (once, more) = self.fold_once(Take::Any).await?;
             folded.groups += once.groups;
             folded.held += once.held;
+            // Each pass starts from the oldest rows, so each meets the same
+            // unreadable ones.
+            folded.unreadable = folded.unreadable.max(once.unreadable);
             if !more {
                 return Ok(folded);
             }
@@ -279,6 +282,7 @@ impl Repository {
         let mut trace_context = None;
         // The last row read, folded or not (an unreadable one is passed over).
         let mut after = None;
+        let mut unreadable = 0;
         let mut more = true;
         while more && ids.len() < MAX_FOLD_GROUPS && buckets < MAX_FOLD_BUCKETS {
             let read = READ_GROUPS.min(MAX_FOLD_GROUPS - ids.len());
@@ -313,6 +317,7 @@ impl Repository {
                     // as when replicas fold side by side). It stays pending,
                     // so a score read of its tenant fails naming it.
                     (Err(error), Take::Any) => {
+                        unreadable += 1;
                         if first_report(row.id) {
                             tracing::error!(
                                 tenant = %row.tenant_id,
@@ -335,7 +340,11 @@ impl Repository {
         }
         if ids.is_empty() {
             txn.commit().await?;
-            return Ok((Folded::default(), false));
+            let folded = Folded {
+                unreadable,
+                ..Folded::default()
+            };
+            return Ok((folded, false));
         }
         let span = tracing::info_span!("fold", groups = ids.len());
         if let Some(context) = trace_context.as_deref() {
@@ -361,18 +370,21 @@ impl Repository {
         let folded = Folded {
             groups: ids.len(),
             held: holding.elapsed(),
+            unreadable,
         };
         Ok((folded, more))
     }
 }
 
-/// What folding did: the groups folded, and how long its transactions held
+/// What folding did: the groups folded, how long its transactions held
 /// the writer, which is what the folder's rest is measured against
-/// (`crate::fold`).
+/// (`crate::fold`), and the unreadable pending folds it passed over (kept
+/// for an operator; the folder reports them as a gauge).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Folded {
     pub groups: usize,
     pub held: std::time::Duration,
+    pub unreadable: usize,
 }
 
 /// `BucketKey` with owned strings.
