@@ -178,6 +178,12 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         // costs two thread hops to the connection's worker per checkout.
         options.test_before_acquire(false);
     } else {
+        if let Some(why) = unchecked_transport(&settings.url) {
+            tracing::warn!(
+                database = %redact_urls(&settings.url),
+                "the database server is not verified: {why}; for a database across a network set sslmode=verify-full (with sslrootcert) in database.url"
+            );
+        }
         // sqlx pings every connection it hands out: one more round trip to
         // PostgreSQL per transaction or lone statement (GetAccount is one),
         // measured at a fifth of GetAccount's median (docs/performance.md,
@@ -204,6 +210,48 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
             redact_urls(&e.to_string())
         )
     })
+}
+
+/// What a PostgreSQL URL leaves unchecked about the way to its server, for a
+/// warning at start-up; `None` when the server's certificate is verified, or
+/// when the server is on this host (loopback, a Unix socket). sqlx's default,
+/// `sslmode=prefer`, encrypts only when the server offers TLS, never checks
+/// its certificate, and falls back to plain text without a word: fine on one
+/// machine, not across a network. A warning rather than a refusal: some
+/// networks are private by other means (a service mesh's mTLS, a VPC).
+pub fn unchecked_transport(url: &str) -> Option<&'static str> {
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
+    use std::str::FromStr;
+    let options = PgConnectOptions::from_str(url).ok()?;
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let local = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return None;
+    }
+    match options.get_ssl_mode() {
+        PgSslMode::VerifyFull => None,
+        PgSslMode::VerifyCa => Some(
+            "sslmode=verify-ca checks who signed the server's certificate, not that it names the host",
+        ),
+        PgSslMode::Require => {
+            Some("sslmode=require encrypts but does not check the server's certificate")
+        }
+        PgSslMode::Prefer => Some(
+            "sslmode=prefer (the default) does not check the server's certificate, and falls back to plain text when the server offers no TLS",
+        ),
+        PgSslMode::Allow => Some(
+            "sslmode=allow uses plain text unless the server insists on TLS, and never checks its certificate",
+        ),
+        PgSslMode::Disable => Some("sslmode=disable sends queries and the password in plain text"),
+    }
 }
 
 /// A pooled PostgreSQL connection idle this long is pinged before use.
@@ -450,6 +498,31 @@ fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_across_a_network_unverified_is_named() {
+        let remote = "postgres://cascade:secret@postgres:5432/lifecycle";
+        let says = |url: &str| unchecked_transport(url).unwrap_or("verified");
+        assert!(says(remote).starts_with("sslmode=prefer (the default)"));
+        assert!(says(&format!("{remote}?sslmode=require")).starts_with("sslmode=require"));
+        assert!(says(&format!("{remote}?sslmode=verify-ca")).starts_with("sslmode=verify-ca"));
+        assert!(says(&format!("{remote}?sslmode=allow")).starts_with("sslmode=allow"));
+        assert!(says(&format!("{remote}?sslmode=disable")).starts_with("sslmode=disable"));
+        assert_eq!(
+            says(&format!(
+                "{remote}?sslmode=verify-full&sslrootcert=/etc/cascade/db/ca.crt"
+            )),
+            "verified"
+        );
+        for local in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://u:p@localhost/x?sslmode=disable",
+            "postgres://u@[::1]:5432/x",
+            "postgres://u@/x?host=/var/run/postgresql",
+        ] {
+            assert_eq!(unchecked_transport(local), None, "{local}");
+        }
+    }
 
     #[test]
     fn sqlite_urls_create_the_file() {
