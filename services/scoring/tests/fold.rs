@@ -422,6 +422,24 @@ async fn an_unreadable_fold_is_passed_over_and_kept(db: TestDatabase) {
     // deletes them.
     let again = replica.fold_pending().await.expect("the folder goes on");
     assert_eq!((again.groups, again.unreadable), (0, 5));
+    // More groups than one fold transaction takes (64): each of its passes
+    // starts from the oldest rows and meets the same five.
+    for n in 0..70 {
+        replica
+            .record(
+                &tenant,
+                vec![activity(
+                    &format!("many-{n}"),
+                    "email_open",
+                    "acct-u",
+                    "contact-u1",
+                )],
+            )
+            .await
+            .expect("recorded");
+    }
+    let passes = replica.fold_pending().await.expect("the folder goes on");
+    assert_eq!((passes.groups, passes.unreadable), (70, 5));
     conn.execute_unprepared("DELETE FROM pending_folds WHERE tenant_id = 'damaged-tenant'")
         .await
         .expect("the operator deletes them");

@@ -178,9 +178,11 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         // costs two thread hops to the connection's worker per checkout.
         options.test_before_acquire(false);
     } else {
-        if let Some(why) = unchecked_transport(&settings.url) {
+        if let Some((host, why)) = unchecked_transport(&settings.url) {
+            // The host, not the URL: sqlx also takes a password as a query
+            // parameter, which redact_urls does not mask.
             tracing::warn!(
-                database = %redact_urls(&settings.url),
+                host,
                 "the database server is not verified: {why}; for a database across a network set sslmode=verify-full (with sslrootcert) in database.url"
             );
         }
@@ -212,14 +214,16 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
     })
 }
 
-/// What a PostgreSQL URL leaves unchecked about the way to its server, for a
-/// warning at start-up; `None` when the server's certificate is verified, or
-/// when the server is on this host (loopback, a Unix socket). sqlx's default,
+/// What a PostgreSQL URL leaves unchecked about the way to its server, with
+/// the server's host, for a warning at start-up; `None` when the server's
+/// certificate is verified, when the server is on this host (loopback, a Unix
+/// socket), or when sqlx cannot parse the URL (connecting says why). The
+/// mode is sqlx's: the URL's `sslmode`, else `PGSSLMODE`. sqlx's default,
 /// `sslmode=prefer`, encrypts only when the server offers TLS, never checks
 /// its certificate, and falls back to plain text without a word: fine on one
 /// machine, not across a network. A warning rather than a refusal: some
 /// networks are private by other means (a service mesh's mTLS, a VPC).
-pub fn unchecked_transport(url: &str) -> Option<&'static str> {
+pub fn unchecked_transport(url: &str) -> Option<(String, &'static str)> {
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
     use std::str::FromStr;
     let options = PgConnectOptions::from_str(url).ok()?;
@@ -229,15 +233,15 @@ pub fn unchecked_transport(url: &str) -> Option<&'static str> {
         .trim_end_matches(']');
     let local = options.get_socket().is_some()
         || host.starts_with('/')
-        || host == "localhost"
+        || host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     if local {
         return None;
     }
-    match options.get_ssl_mode() {
-        PgSslMode::VerifyFull => None,
+    let why = match options.get_ssl_mode() {
+        PgSslMode::VerifyFull => return None,
         PgSslMode::VerifyCa => Some(
             "sslmode=verify-ca checks who signed the server's certificate, not that it names the host",
         ),
@@ -247,11 +251,11 @@ pub fn unchecked_transport(url: &str) -> Option<&'static str> {
         PgSslMode::Prefer => Some(
             "sslmode=prefer (the default) does not check the server's certificate, and falls back to plain text when the server offers no TLS",
         ),
-        PgSslMode::Allow => Some(
-            "sslmode=allow uses plain text unless the server insists on TLS, and never checks its certificate",
-        ),
-        PgSslMode::Disable => Some("sslmode=disable sends queries and the password in plain text"),
-    }
+        // sqlx does not implement allow: it connects as with disable.
+        PgSslMode::Allow => Some("sslmode=allow (in sqlx the same as disable) uses plain text"),
+        PgSslMode::Disable => Some("sslmode=disable sends queries and results in plain text"),
+    };
+    why.map(|why| (host.to_owned(), why))
 }
 
 /// A pooled PostgreSQL connection idle this long is pinged before use.
@@ -501,9 +505,18 @@ mod tests {
 
     #[test]
     fn a_server_across_a_network_unverified_is_named() {
+        use std::str::FromStr;
         let remote = "postgres://cascade:secret@postgres:5432/lifecycle";
-        let says = |url: &str| unchecked_transport(url).unwrap_or("verified");
-        assert!(says(remote).starts_with("sslmode=prefer (the default)"));
+        let says = |url: &str| unchecked_transport(url).map_or("verified", |(_, why)| why);
+        // sqlx takes the default mode from PGSSLMODE, when set.
+        if std::env::var_os("PGSSLMODE").is_none() {
+            assert!(says(remote).starts_with("sslmode=prefer (the default)"));
+        }
+        assert_eq!(
+            unchecked_transport(&format!("{remote}?sslmode=prefer")).map(|(host, _)| host),
+            Some("postgres".to_owned()),
+            "the host, not the URL with its password"
+        );
         assert!(says(&format!("{remote}?sslmode=require")).starts_with("sslmode=require"));
         assert!(says(&format!("{remote}?sslmode=verify-ca")).starts_with("sslmode=verify-ca"));
         assert!(says(&format!("{remote}?sslmode=allow")).starts_with("sslmode=allow"));
@@ -518,8 +531,14 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/postgres",
             "postgres://u:p@localhost/x?sslmode=disable",
             "postgres://u@[::1]:5432/x",
-            "postgres://u@/x?host=/var/run/postgresql",
+            "postgres://u@LOCALHOST/x",
+            "postgres:///x?host=/var/run/postgresql",
         ] {
+            // None only because it is local: each parses.
+            assert!(
+                sea_orm::sqlx::postgres::PgConnectOptions::from_str(local).is_ok(),
+                "{local}"
+            );
             assert_eq!(unchecked_transport(local), None, "{local}");
         }
     }
