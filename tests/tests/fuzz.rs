@@ -1746,6 +1746,18 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
         Probe::open(&dbs[1].settings.url).await,
         Probe::open(&dbs[2].settings.url).await,
     ];
+    // The seeded scores reach lifecycle through a fold, then the outbox: an
+    // outbox still empty because the fold has not run yet is not delivered
+    // (a CI run once read tenant B before its score landed), so wait for the
+    // scores themselves first.
+    for (tenant, account_id) in [(TENANT_A, &a_ids[0]), (TENANT_B, &b_ids[0])] {
+        let lifecycle = lc_client.as_tenant(tenant);
+        eventually("the seeded score to reach lifecycle", async || {
+            let score = lifecycle.account(account_id).await.engagement_score;
+            if score > 0.0 { Ok(()) } else { Err(score) }
+        })
+        .await;
+    }
     // Let the seeding's deliveries (scores and opportunity events into
     // lifecycle) finish, so nothing but the fuzzed calls writes lifecycle.
     wait_until_delivered(&dbs[1].settings, cascade_scoring::storage::SCORE_TOPIC).await;
