@@ -242,20 +242,20 @@ pub fn unchecked_transport(url: &str) -> Option<(String, &'static str)> {
     }
     let why = match options.get_ssl_mode() {
         PgSslMode::VerifyFull => return None,
-        PgSslMode::VerifyCa => Some(
-            "sslmode=verify-ca checks who signed the server's certificate, not that it names the host",
-        ),
-        PgSslMode::Require => {
-            Some("sslmode=require encrypts but does not check the server's certificate")
+        PgSslMode::VerifyCa => {
+            "sslmode=verify-ca checks who signed the server's certificate, not that it names the host"
         }
-        PgSslMode::Prefer => Some(
-            "sslmode=prefer (the default) does not check the server's certificate, and falls back to plain text when the server offers no TLS",
-        ),
+        PgSslMode::Require => {
+            "sslmode=require encrypts but does not check the server's certificate"
+        }
+        PgSslMode::Prefer => {
+            "sslmode=prefer (the default) does not check the server's certificate, and falls back to plain text when the server offers no TLS"
+        }
         // sqlx does not implement allow: it connects as with disable.
-        PgSslMode::Allow => Some("sslmode=allow (in sqlx the same as disable) uses plain text"),
-        PgSslMode::Disable => Some("sslmode=disable sends queries and results in plain text"),
+        PgSslMode::Allow => "sslmode=allow (in sqlx the same as disable) uses plain text",
+        PgSslMode::Disable => "sslmode=disable sends queries and results in plain text",
     };
-    why.map(|why| (host.to_owned(), why))
+    Some((host.to_owned(), why))
 }
 
 /// A pooled PostgreSQL connection idle this long is pinged before use.
