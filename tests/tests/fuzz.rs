@@ -35,7 +35,7 @@ use cascade_proto::opportunity::v1 as op;
 use cascade_testkit::fixtures::{account, activity};
 use cascade_testkit::{
     Caller, Lifecycle, Opportunity, Scoring, TestDatabase, TestServer, eventually,
-    wait_until_delivered,
+    wait_until_delivered, wait_until_folded,
 };
 use http_body::{Body as HttpBody, Frame};
 use prost::Message as _;
@@ -1746,20 +1746,12 @@ async fn hostile_inputs_get_proper_statuses_and_change_nothing() {
         Probe::open(&dbs[1].settings.url).await,
         Probe::open(&dbs[2].settings.url).await,
     ];
-    // The seeded scores reach lifecycle through a fold, then the outbox: an
-    // outbox still empty because the fold has not run yet is not delivered
-    // (a CI run once read tenant B before its score landed), so wait for the
-    // scores themselves first.
-    for (tenant, account_id) in [(TENANT_A, &a_ids[0]), (TENANT_B, &b_ids[0])] {
-        let lifecycle = lc_client.as_tenant(tenant);
-        eventually("the seeded score to reach lifecycle", async || {
-            let score = lifecycle.account(account_id).await.engagement_score;
-            if score > 0.0 { Ok(()) } else { Err(score) }
-        })
-        .await;
-    }
     // Let the seeding's deliveries (scores and opportunity events into
     // lifecycle) finish, so nothing but the fuzzed calls writes lifecycle.
+    // Scores reach the outbox through a fold: an outbox still empty because
+    // the fold has not run yet is not delivered (a CI run once read tenant B
+    // before its score landed).
+    wait_until_folded(&dbs[1].settings).await;
     wait_until_delivered(&dbs[1].settings, cascade_scoring::storage::SCORE_TOPIC).await;
     wait_until_delivered(&dbs[2].settings, cascade_opportunity::storage::EVENT_TOPIC).await;
     let b_refs = (b_ids[0].as_str(), b_ids[1].as_str(), b_ids[2].as_str());

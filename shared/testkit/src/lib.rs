@@ -11,7 +11,8 @@
 //! - [`eventually`]: the one polling wait, bounded, failing with what it last saw.
 //! - [`WebhookReceiver`]: a local HTTP receiver for notification webhooks.
 //! - [`wait_until_delivered`]: the barrier before asserting that nothing
-//!   more arrives (an outbox topic drained); [`TempDir`] for files.
+//!   more arrives (an outbox topic drained), and with the `services` feature
+//!   [`wait_until_folded`] before it for scores; [`TempDir`] for files.
 
 mod clients;
 mod database;
@@ -28,6 +29,8 @@ mod webhook;
 pub use clients::{Lifecycle, Opportunity, Scoring};
 pub use database::{POSTGRES_URL_ENV, REQUIRE_POSTGRES_ENV, TestDatabase};
 pub use outbox::wait_until_delivered;
+#[cfg(feature = "services")]
+pub use outbox::wait_until_folded;
 pub use request::{Caller, request_for};
 pub use server::TestServer;
 #[cfg(feature = "services")]

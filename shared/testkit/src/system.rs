@@ -138,11 +138,12 @@ impl TestSystem {
     }
 
     /// Waits until every outbox of the running system is drained: scores
-    /// delivered to lifecycle, opportunity events applied, notifications
+    /// folded and delivered to lifecycle, opportunity events applied, notifications
     /// sent. Then nothing more is on its way.
     pub async fn settled(&self) {
-        use crate::outbox::wait_until_delivered;
+        use crate::outbox::{wait_until_delivered, wait_until_folded};
         if let Some(db) = &self.scoring_db {
+            wait_until_folded(db).await;
             wait_until_delivered(db, "engagement_scores").await;
         }
         if let Some(db) = &self.opportunity_db {

@@ -16,7 +16,7 @@ use cascade_proto::lifecycle::v1::lifecycle_internal_service_client::LifecycleIn
 use cascade_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use cascade_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use cascade_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use cascade_testkit::{Caller, TestDatabase, eventually, wait_until_delivered};
+use cascade_testkit::{Caller, TestDatabase, eventually, wait_until_delivered, wait_until_folded};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -519,11 +519,12 @@ impl System {
         OpportunityServiceClient::new(self.opportunity[n].channel())
     }
 
-    /// Waits until every outbox is drained: scores delivered to lifecycle,
-    /// opportunity events applied, notifications sent. Then nothing more
-    /// is on its way (the barrier before asserting that something did not
-    /// happen).
+    /// Waits until every outbox is drained: scores folded and delivered to
+    /// lifecycle, opportunity events applied, notifications sent. Then
+    /// nothing more is on its way (the barrier before asserting that
+    /// something did not happen).
     pub async fn settled(&self) {
+        wait_until_folded(&self.scoring_db.settings).await;
         wait_until_delivered(&self.scoring_db.settings, "engagement_scores").await;
         wait_until_delivered(&self.opportunity_db.settings, "opportunity_events").await;
         wait_until_delivered(&self.lifecycle_db.settings, "notifications").await;

@@ -35,8 +35,8 @@ use prost::Message as _;
 use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, Value,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, Value,
 };
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -234,6 +234,13 @@ impl Repository {
             .one(&self.db)
             .await?
             .flatten())
+    }
+
+    /// How many groups of every tenant wait for a fold: none once the
+    /// scores of everything acknowledged are written and their deliveries
+    /// enqueued (a test's barrier before it waits for the outbox).
+    pub async fn pending_folds(&self) -> ServiceResult<u64> {
+        Ok(pending_fold::Entity::find().count(&self.db).await?)
     }
 
     /// Folds the tenant's groups up to `newest` before a score is read.
