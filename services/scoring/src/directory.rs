@@ -26,6 +26,7 @@ use cascade_chassis::client::{
 };
 use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
 use cascade_proto::lifecycle::v1 as lifecycle;
+use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
 
 use crate::storage::ChangedContact;
@@ -67,6 +68,58 @@ pub enum Checked {
     },
 }
 
+/// A cache entry's key: the tenant first, then a checked pair (account,
+/// contact or "") or an email.
+#[derive(PartialEq, Eq, Hash)]
+enum Key {
+    Pair(String, String, String),
+    Email(String, String),
+}
+
+/// A [`Key`] borrowed from an activity, so that a lookup allocates nothing.
+/// It hashes as the owned key does: the same variants in the same order
+/// (derived `Hash` writes the variant's index, then each field as a `str`).
+#[derive(Hash)]
+enum KeyRef<'a> {
+    Pair(&'a str, &'a str, &'a str),
+    Email(&'a str, &'a str),
+}
+
+impl<'a> KeyRef<'a> {
+    fn of(tenant: &'a str, person: &'a Person) -> Self {
+        match person {
+            Person::Ids {
+                account_id,
+                contact_id,
+            } => Self::Pair(
+                tenant,
+                account_id,
+                contact_id.as_deref().unwrap_or_default(),
+            ),
+            Person::Email(email) => Self::Email(tenant, email),
+        }
+    }
+
+    fn owned(&self) -> Key {
+        match *self {
+            Self::Pair(tenant, account, contact) => {
+                Key::Pair(tenant.into(), account.into(), contact.into())
+            }
+            Self::Email(tenant, email) => Key::Email(tenant.into(), email.into()),
+        }
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        match (self, key) {
+            (Self::Pair(t, a, c), Key::Pair(kt, ka, kc)) => t == kt && a == ka && c == kc,
+            (Self::Email(t, e), Key::Email(kt, ke)) => t == kt && e == ke,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Remembered {
     /// An (account, contact) pair lifecycle confirmed.
@@ -84,7 +137,7 @@ enum Remembered {
 #[derive(Clone)]
 pub struct Directory {
     lifecycle: LifecycleClient,
-    cache: Option<Arc<Cache<String, Remembered>>>,
+    cache: Option<Arc<Cache<Key, Remembered>>>,
     email_ttl: Duration,
 }
 
@@ -118,57 +171,61 @@ impl Directory {
         }
         let mut changed = HashSet::with_capacity(contacts.len());
         for c in contacts {
-            let pair = Person::Ids {
-                account_id: c.account_id.clone(),
-                contact_id: Some(c.contact_id.clone()),
-            };
-            cache.remove(&key(&c.tenant_id, &pair));
-            changed.insert(format!("{}\u{1f}{}", c.tenant_id, c.contact_id));
+            cache.remove(&KeyRef::Pair(&c.tenant_id, &c.account_id, &c.contact_id));
+            changed.insert((c.tenant_id.as_str(), c.contact_id.as_str()));
         }
-        cache.retain(|key, remembered| match remembered {
-            Remembered::Email { contact_id, .. } => {
-                let tenant = key.split('\u{1f}').next().unwrap_or_default();
-                !changed.contains(&format!("{tenant}\u{1f}{contact_id}"))
+        cache.retain(|key, remembered| match (key, remembered) {
+            (Key::Email(tenant, _), Remembered::Email { contact_id, .. }) => {
+                !changed.contains(&(tenant.as_str(), contact_id.as_str()))
             }
-            Remembered::Pair { .. } => true,
+            _ => true,
         });
     }
 
     /// Checks `people` (one answer each, in order) with at most one call to
     /// lifecycle, bounded by the caller's deadline. When lifecycle cannot
     /// answer, the whole check fails UNAVAILABLE: a person that could not be
-    /// checked is never reported as unknown.
+    /// checked is never reported as unknown. A remembered pair answers with
+    /// the person's own ids, moved, not copied.
     pub async fn check(
         &self,
         context: &RequestContext,
-        people: &[&Person],
+        people: Vec<Person>,
     ) -> ServiceResult<Vec<Checked>> {
         let tenant = context.tenant.as_str();
-        let mut answers: Vec<Option<Checked>> = people
+        let remembered: Vec<Option<Remembered>> = people
             .iter()
             .map(|person| self.remembered(tenant, person))
             .collect();
-        // The people to ask about, each once.
+        // The people to ask about, each once, and where each one's answer is.
         let mut asked: HashMap<&Person, usize> = HashMap::new();
         let mut references = Vec::new();
-        for (person, answer) in people.iter().zip(&answers) {
-            if answer.is_none() && !asked.contains_key(*person) {
-                asked.insert(person, references.len());
-                references.push(reference_of(person));
-            }
+        let mut slots = Vec::with_capacity(people.len());
+        for (person, remembered) in people.iter().zip(&remembered) {
+            slots.push(remembered.is_none().then(|| {
+                *asked.entry(person).or_insert_with(|| {
+                    references.push(reference_of(person));
+                    references.len() - 1
+                })
+            }));
         }
-        if references.is_empty() {
-            return Ok(answers.into_iter().flatten().collect());
-        }
-        let resolutions = self.ask(context, references).await?;
-        for (person, answer) in people.iter().zip(answers.iter_mut()) {
-            if answer.is_none() {
-                let checked = checked(&resolutions[asked[*person]], person);
-                self.remember(tenant, person, &checked);
-                *answer = Some(checked);
-            }
-        }
-        Ok(answers.into_iter().flatten().collect())
+        let resolutions = if references.is_empty() {
+            Vec::new()
+        } else {
+            self.ask(context, references).await?
+        };
+        Ok(people
+            .into_iter()
+            .zip(remembered.into_iter().zip(slots))
+            .map(|(person, known)| match known {
+                (Some(remembered), _) => answer(person, remembered),
+                (None, slot) => {
+                    let checked = checked(&resolutions[slot.unwrap_or_default()], &person);
+                    self.remember(tenant, &person, &checked);
+                    checked
+                }
+            })
+            .collect())
     }
 
     async fn ask(
@@ -205,35 +262,15 @@ impl Directory {
         Ok(resolutions)
     }
 
-    fn remembered(&self, tenant: &str, person: &Person) -> Option<Checked> {
-        let cache = self.cache.as_ref()?;
-        match (person, cache.get(&key(tenant, person))?) {
-            (
-                Person::Ids {
-                    account_id,
-                    contact_id,
-                },
-                Remembered::Pair { inactive },
-            ) => Some(found_or_inactive(
-                account_id.clone(),
-                contact_id.clone(),
-                inactive,
-                "contact_id",
-            )),
-            (
-                Person::Email(_),
-                Remembered::Email {
-                    account_id,
-                    contact_id,
-                    inactive,
-                    at,
-                },
-            ) if at.elapsed() < self.email_ttl => Some(found_or_inactive(
-                account_id,
-                Some(contact_id),
-                inactive,
-                "contact_email",
-            )),
+    /// What is remembered of `person`, if it still holds (a resolved email
+    /// for `email_ttl`): a pair for ids, an email for an email.
+    fn remembered(&self, tenant: &str, person: &Person) -> Option<Remembered> {
+        let remembered = self.cache.as_ref()?.get(&KeyRef::of(tenant, person))?;
+        match (person, &remembered) {
+            (Person::Ids { .. }, Remembered::Pair { .. }) => Some(remembered),
+            (Person::Email(_), Remembered::Email { at, .. }) if at.elapsed() < self.email_ttl => {
+                Some(remembered)
+            }
             _ => None,
         }
     }
@@ -265,7 +302,32 @@ impl Directory {
             },
             (Person::Email(_), None) => return,
         };
-        cache.insert(key(tenant, person), value);
+        cache.insert(KeyRef::of(tenant, person).owned(), value);
+    }
+}
+
+/// The answer for `person` from what [`Directory::remembered`] found.
+fn answer(person: Person, remembered: Remembered) -> Checked {
+    match (person, remembered) {
+        (
+            Person::Ids {
+                account_id,
+                contact_id,
+            },
+            Remembered::Pair { inactive },
+        ) => found_or_inactive(account_id, contact_id, inactive, "contact_id"),
+        (
+            _,
+            Remembered::Email {
+                account_id,
+                contact_id,
+                inactive,
+                ..
+            },
+        ) => found_or_inactive(account_id, Some(contact_id), inactive, "contact_email"),
+        (Person::Email(_), Remembered::Pair { .. }) => {
+            unreachable!("remembered() finds a pair only for ids")
+        }
     }
 }
 
@@ -286,19 +348,6 @@ fn found_or_inactive(
             account_id,
             contact_id,
         },
-    }
-}
-
-fn key(tenant: &str, person: &Person) -> String {
-    match person {
-        Person::Ids {
-            account_id,
-            contact_id,
-        } => format!(
-            "{tenant}\u{1f}{account_id}\u{1f}{}",
-            contact_id.as_deref().unwrap_or_default()
-        ),
-        Person::Email(email) => format!("{tenant}\u{1f}@{email}"),
     }
 }
 
@@ -487,33 +536,61 @@ mod tests {
             contact_id: Some("c2".into()),
         };
         directory.remember("t", &other, &found);
-        assert_eq!(
-            directory.remembered("t", &ids()),
-            Some(refused("contact_id"))
-        );
-        assert_eq!(
-            directory.remembered("t", &email),
-            Some(refused("contact_email"))
-        );
-        assert_eq!(directory.remembered("u", &ids()), None, "another tenant");
+        let recall = |tenant, person: &Person| {
+            let remembered = directory.remembered(tenant, person)?;
+            Some(answer(person.clone(), remembered))
+        };
+        assert_eq!(recall("t", &ids()), Some(refused("contact_id")));
+        assert_eq!(recall("t", &email), Some(refused("contact_email")));
+        assert_eq!(recall("u", &ids()), None, "another tenant");
 
         directory.forget_contacts(&[ChangedContact {
             tenant_id: "t".into(),
             account_id: "a1".into(),
             contact_id: "c1".into(),
         }]);
-        assert_eq!(directory.remembered("t", &ids()), None);
-        assert_eq!(directory.remembered("t", &email), None);
-        assert_eq!(directory.remembered("t", &other), Some(found));
+        assert_eq!(recall("t", &ids()), None);
+        assert_eq!(recall("t", &email), None);
+        assert_eq!(recall("t", &other), Some(found));
     }
 
+    /// A borrowed key finds what its owned key stored (same hash, equal),
+    /// and keys keep tenants, kinds and fields apart.
     #[test]
-    fn keys_keep_tenants_and_kinds_apart() {
+    fn keys_find_their_own_entries_only() {
+        use std::hash::BuildHasher;
         let ids = Person::Ids {
             account_id: "a".into(),
             contact_id: None,
         };
-        assert_ne!(key("t1", &ids), key("t2", &ids));
-        assert_ne!(key("t1", &ids), key("t1", &Person::Email("a".into())));
+        let people = [
+            ("t1", ids.clone()),
+            ("t2", ids),
+            ("t1", Person::Email("a".into())),
+            (
+                "t1",
+                Person::Ids {
+                    account_id: "a".into(),
+                    contact_id: Some("c".into()),
+                },
+            ),
+            (
+                "t1",
+                Person::Ids {
+                    account_id: "ac".into(),
+                    contact_id: None,
+                },
+            ),
+        ];
+        let hasher = std::hash::RandomState::new();
+        for (i, (tenant, person)) in people.iter().enumerate() {
+            let borrowed = KeyRef::of(tenant, person);
+            let owned = borrowed.owned();
+            assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&owned), "{i}");
+            for (j, (other_tenant, other)) in people.iter().enumerate() {
+                let matches = KeyRef::of(other_tenant, other).equivalent(&owned);
+                assert_eq!(matches, i == j, "{i} against {j}");
+            }
+        }
     }
 }

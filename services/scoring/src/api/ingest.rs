@@ -20,13 +20,12 @@ struct Pending {
     event_id: String,
     activity_type: String,
     occurred_at_ms: i64,
-    who: Person,
 }
 
 /// Checks one activity; violations name the activity's own fields (the
 /// caller puts them under the item's path, only when there are any: no
 /// field name is built for a valid activity).
-fn check(activity: &pb::Activity) -> Result<Pending, Vec<FieldViolation>> {
+fn check(activity: &pb::Activity) -> Result<(Pending, Person), Vec<FieldViolation>> {
     let mut v = Validator::new();
     let event_id = v.required_text("event_id", &activity.event_id, 128);
     let activity_type = activity.activity_type.trim().to_owned();
@@ -80,12 +79,14 @@ fn check(activity: &pb::Activity) -> Result<Pending, Vec<FieldViolation>> {
         }
     };
     match (v.finish(), who, occurred) {
-        (Ok(()), Some(who), Some(time)) => Ok(Pending {
-            event_id,
-            activity_type,
-            occurred_at_ms: time.timestamp_millis(),
+        (Ok(()), Some(who), Some(time)) => Ok((
+            Pending {
+                event_id,
+                activity_type,
+                occurred_at_ms: time.timestamp_millis(),
+            },
             who,
-        }),
+        )),
         (Err(ServiceError::InvalidArgument(violations)), _, _) => Err(violations),
         _ => Err(vec![FieldViolation::new("activity", "is invalid")]),
     }
@@ -122,9 +123,14 @@ impl ScoringApi {
     ) -> ServiceResult<Vec<ItemOutcome>> {
         let mut outcomes: Vec<Option<ItemOutcome>> = (0..activities.len()).map(|_| None).collect();
         let mut pending: Vec<(usize, Pending)> = Vec::new();
+        // Who each pending activity is about, apart: the directory takes them.
+        let mut people: Vec<Person> = Vec::new();
         for (i, activity) in activities.iter().enumerate() {
             match check(activity) {
-                Ok(item) => pending.push((i, item)),
+                Ok((item, who)) => {
+                    pending.push((i, item));
+                    people.push(who);
+                }
                 Err(violations) => {
                     outcomes[i] = Some(ItemOutcome::Rejected(under(&prefix(i), violations)));
                 }
@@ -133,11 +139,10 @@ impl ScoringApi {
         // Announced before the check: a call that waits for lifecycle (new
         // people) is waited for by the group gathering meanwhile.
         let announced = (!pending.is_empty()).then(|| self.repository.expect(pending.len()));
-        let people: Vec<&Person> = pending.iter().map(|(_, p)| &p.who).collect();
         let resolutions = if people.is_empty() {
             Vec::new()
         } else {
-            self.directory.check(context, &people).await?
+            self.directory.check(context, people).await?
         };
         // Positions and activities apart: the activities move into storage
         // without a copy.
