@@ -314,6 +314,12 @@ impl From<DbErr> for ServiceError {
                 "the database is busy with other writes; nothing was written, retry".into(),
             );
         }
+        if is_stale_statement(&error) {
+            tracing::warn!(error = %RedactedDbErr(&error), "a prepared statement went stale");
+            return Self::Unavailable(
+                "the database's schema changed under this request (an upgrade); nothing was written, retry".into(),
+            );
+        }
         Self::Internal(anyhow::Error::new(error))
     }
 }
@@ -369,6 +375,22 @@ pub fn is_contention(error: &DbErr) -> bool {
         // SQLite's (extended) result codes: SQLITE_BUSY and SQLITE_LOCKED.
         c => c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
     }
+}
+
+/// Whether PostgreSQL refused a statement prepared before a schema change
+/// altered its result type (a migration of a newer release changed a
+/// column's type or collation). The statement did nothing, and the
+/// connection prepares its statements again before its next query
+/// (vendor/sqlx-postgres/PATCHED.md, change 2), so a retry succeeds.
+pub fn is_stale_statement(error: &DbErr) -> bool {
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = error
+    else {
+        return false;
+    };
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|d| d.code() == "0A000" && d.routine() == Some("RevalidateCachedQuery"))
 }
 
 /// Displays a storage error without any connection URL it may carry.

@@ -1,6 +1,8 @@
 //! A pooled PostgreSQL connection the server dropped (a restart, an
 //! administrator, a proxy) fails the statement that finds it broken as
 //! UNAVAILABLE, retryable, never as an internal error; the pool replaces it.
+//! A statement prepared before a migration changed its result type fails
+//! the same way once, and is prepared again.
 //! Connections are pinged before use only after sitting idle (db::connect),
 //! so a connection dropped while in use is found this way.
 //!
@@ -94,6 +96,69 @@ async fn postgres_a_dropped_connection_is_unavailable_then_replaced() {
 
 async fn execute(conn: &impl ConnectionTrait, sql: &str) {
     conn.execute_unprepared(sql).await.expect(sql);
+}
+
+/// The one key of `keys`, read with a prepared statement (it has a value).
+async fn key(conn: &impl ConnectionTrait) -> Result<String, ServiceError> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM keys WHERE id = $1",
+            ["k".into()],
+        ))
+        .await?
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("no row")))?;
+    Ok(row.try_get_by_index::<String>(0)?)
+}
+
+fn code(error: ServiceError) -> Code {
+    tonic::Status::from(error).code()
+}
+
+/// A newer release's migration that changes a column's collation (or type)
+/// makes PostgreSQL refuse this release's prepared statements that return
+/// the column ("cached plan must not change result type"). The first use
+/// fails UNAVAILABLE, retryable, and the connection prepares its statements
+/// again: the retry succeeds on the same connection, inside a transaction
+/// too. Published sqlx failed every later use on that connection
+/// (vendor/sqlx-postgres/PATCHED.md, change 2).
+#[tokio::test]
+async fn postgres_a_stale_statement_is_unavailable_then_prepared_again() {
+    let Some(test) = TestDatabase::postgres().await else {
+        return;
+    };
+    let pool = pool_of_one(&test).await;
+    execute(&pool, "CREATE TABLE keys (id VARCHAR(36) PRIMARY KEY)").await;
+    execute(&pool, "INSERT INTO keys VALUES ('k')").await;
+    assert_eq!(key(&pool).await.expect("prepared"), "k");
+
+    let migration = db::connect(&test.settings).await.expect("another session");
+    execute(
+        &migration,
+        r#"ALTER TABLE keys ALTER COLUMN id TYPE VARCHAR(36) COLLATE "C""#,
+    )
+    .await;
+    let stale = key(&pool)
+        .await
+        .expect_err("the stale statement is refused");
+    assert_eq!(code(stale), Code::Unavailable);
+    assert_eq!(key(&pool).await.expect("prepared again"), "k");
+    assert_eq!(key(&pool).await.expect("and kept"), "k");
+
+    // In a transaction the refusal aborts it; after the rollback the
+    // connection's next transaction reads again.
+    execute(
+        &migration,
+        r#"ALTER TABLE keys ALTER COLUMN id TYPE VARCHAR(36) COLLATE "default""#,
+    )
+    .await;
+    let txn = pool.begin().await.expect("begin");
+    let stale = key(&txn).await.expect_err("refused in the transaction");
+    assert_eq!(code(stale), Code::Unavailable);
+    txn.rollback().await.expect("rolled back");
+    let txn = pool.begin().await.expect("begin again");
+    assert_eq!(key(&txn).await.expect("prepared again"), "k");
+    txn.commit().await.expect("committed");
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use futures_core::stream::BoxStream;
 use futures_core::Stream;
 use futures_util::TryStreamExt;
 use sqlx_core::arguments::Arguments;
+use sqlx_core::connection::Connection;
 use sqlx_core::sql_str::SqlStr;
 use sqlx_core::Either;
 use std::{pin::pin, sync::Arc};
@@ -209,6 +210,13 @@ impl PgConnection {
         // before we continue, wait until we are "ready" to accept more queries
         self.wait_until_ready().await?;
 
+        // Cascade patch: statements the server refused as stale are closed
+        // and prepared again on first use (PATCHED.md).
+        if self.inner.statements_stale {
+            self.inner.statements_stale = false;
+            self.clear_cached_statements().await?;
+        }
+
         let mut metadata: Arc<PgStatementMetadata>;
 
         let format = if let Some(mut arguments) = arguments {
@@ -294,7 +302,11 @@ impl PgConnection {
 
         Ok(try_stream! {
             loop {
-                let message = self.inner.stream.recv().await?;
+                let message = self.inner.stream.recv().await.inspect_err(|error| {
+                    if is_stale_statement(error) {
+                        self.inner.statements_stale = true;
+                    }
+                })?;
 
                 match message.format {
                     BackendMessageFormat::BindComplete
@@ -374,6 +386,19 @@ impl PgConnection {
             Ok(())
         })
     }
+}
+
+/// Cascade patch: PostgreSQL refuses a prepared statement whose result type
+/// a schema change altered (a column's type or collation) with SQLSTATE
+/// 0A000 from `RevalidateCachedQuery`, "cached plan must not change result
+/// type", on every use until the statement is prepared again.
+fn is_stale_statement(error: &Error) -> bool {
+    let Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .try_downcast_ref::<crate::PgDatabaseError>()
+        .is_some_and(|e| e.code() == "0A000" && e.routine() == Some("RevalidateCachedQuery"))
 }
 
 impl<'c> Executor<'c> for &'c mut PgConnection {

@@ -71,6 +71,11 @@ pub struct PgConnectionInner {
     // number of ReadyForQuery messages that we are currently expecting
     pub(crate) pending_ready_for_query_count: usize,
 
+    // Cascade patch: the server refused a cached statement as stale (its
+    // result type changed under it), so the cache is cleared before the
+    // connection's next query (PATCHED.md).
+    pub(crate) statements_stale: bool,
+
     // current transaction status
     transaction_status: TransactionStatus,
     pub(crate) transaction_depth: usize,
