@@ -70,15 +70,24 @@ pub enum Checked {
 
 /// A cache entry's key: the tenant first, then a checked pair (account,
 /// contact or "") or an email.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 enum Key {
     Pair(String, String, String),
     Email(String, String),
 }
 
+/// Hashed as its borrowed form, so that a lookup by [`KeyRef`] finds it.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Self::Pair(tenant, account, contact) => KeyRef::Pair(tenant, account, contact),
+            Self::Email(tenant, email) => KeyRef::Email(tenant, email),
+        }
+        .hash(state);
+    }
+}
+
 /// A [`Key`] borrowed from an activity, so that a lookup allocates nothing.
-/// It hashes as the owned key does: the same variants in the same order
-/// (derived `Hash` writes the variant's index, then each field as a `str`).
 #[derive(Hash)]
 enum KeyRef<'a> {
     Pair(&'a str, &'a str, &'a str),
@@ -220,7 +229,8 @@ impl Directory {
             .map(|(person, known)| match known {
                 (Some(remembered), _) => answer(person, remembered),
                 (None, slot) => {
-                    let checked = checked(&resolutions[slot.unwrap_or_default()], &person);
+                    let slot = slot.expect("a person not remembered was asked about");
+                    let checked = checked(&resolutions[slot], &person);
                     self.remember(tenant, &person, &checked);
                     checked
                 }
@@ -317,7 +327,7 @@ fn answer(person: Person, remembered: Remembered) -> Checked {
             Remembered::Pair { inactive },
         ) => found_or_inactive(account_id, contact_id, inactive, "contact_id"),
         (
-            _,
+            Person::Email(_),
             Remembered::Email {
                 account_id,
                 contact_id,
@@ -325,8 +335,9 @@ fn answer(person: Person, remembered: Remembered) -> Checked {
                 ..
             },
         ) => found_or_inactive(account_id, Some(contact_id), inactive, "contact_email"),
-        (Person::Email(_), Remembered::Pair { .. }) => {
-            unreachable!("remembered() finds a pair only for ids")
+        (Person::Email(_), Remembered::Pair { .. })
+        | (Person::Ids { .. }, Remembered::Email { .. }) => {
+            unreachable!("remembered() finds a pair only for ids, an email only for an email")
         }
     }
 }
@@ -582,7 +593,8 @@ mod tests {
                 },
             ),
         ];
-        let hasher = std::hash::RandomState::new();
+        // The cache's own hasher.
+        let hasher = quick_cache::DefaultHashBuilder::default();
         for (i, (tenant, person)) in people.iter().enumerate() {
             let borrowed = KeyRef::of(tenant, person);
             let owned = borrowed.owned();

@@ -317,7 +317,7 @@ impl From<DbErr> for ServiceError {
         if is_stale_statement(&error) {
             tracing::warn!(error = %RedactedDbErr(&error), "a prepared statement went stale");
             return Self::Unavailable(
-                "the database's schema changed under this request (an upgrade); nothing was written, retry".into(),
+                "the database's schema changed under this request (an upgrade); retry".into(),
             );
         }
         Self::Internal(anyhow::Error::new(error))
@@ -381,7 +381,9 @@ pub fn is_contention(error: &DbErr) -> bool {
 /// altered its result type (a migration of a newer release changed a
 /// column's type or collation). The statement did nothing, and the
 /// connection prepares its statements again before its next query
-/// (vendor/sqlx-postgres/PATCHED.md, change 2), so a retry succeeds.
+/// (vendor/sqlx-postgres/PATCHED.md, change 2), so a retry succeeds. The
+/// vendored connection matches the same error (`note_stale_statement`):
+/// keep the two in step.
 pub fn is_stale_statement(error: &DbErr) -> bool {
     let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
     | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = error

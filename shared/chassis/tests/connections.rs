@@ -119,8 +119,9 @@ fn code(error: ServiceError) -> Code {
 /// makes PostgreSQL refuse this release's prepared statements that return
 /// the column ("cached plan must not change result type"). The first use
 /// fails UNAVAILABLE, retryable, and the connection prepares its statements
-/// again: the retry succeeds on the same connection, inside a transaction
-/// too. Published sqlx failed every later use on that connection
+/// again: the retry succeeds on the same connection, and so does the next
+/// transaction after one the refusal aborted. Published sqlx failed every
+/// later use on that connection
 /// (vendor/sqlx-postgres/PATCHED.md, change 2).
 #[tokio::test]
 async fn postgres_a_stale_statement_is_unavailable_then_prepared_again() {
@@ -131,6 +132,8 @@ async fn postgres_a_stale_statement_is_unavailable_then_prepared_again() {
     execute(&pool, "CREATE TABLE keys (id VARCHAR(36) PRIMARY KEY)").await;
     execute(&pool, "INSERT INTO keys VALUES ('k')").await;
     assert_eq!(key(&pool).await.expect("prepared"), "k");
+    let backend = "SELECT pg_backend_pid()::bigint";
+    let connection = count(&pool, backend).await;
 
     let migration = db::connect(&test.settings).await.expect("another session");
     execute(
@@ -144,6 +147,11 @@ async fn postgres_a_stale_statement_is_unavailable_then_prepared_again() {
     assert_eq!(code(stale), Code::Unavailable);
     assert_eq!(key(&pool).await.expect("prepared again"), "k");
     assert_eq!(key(&pool).await.expect("and kept"), "k");
+    assert_eq!(
+        count(&pool, backend).await,
+        connection,
+        "the same connection"
+    );
 
     // In a transaction the refusal aborts it; after the rollback the
     // connection's next transaction reads again.
@@ -159,6 +167,11 @@ async fn postgres_a_stale_statement_is_unavailable_then_prepared_again() {
     let txn = pool.begin().await.expect("begin again");
     assert_eq!(key(&txn).await.expect("prepared again"), "k");
     txn.commit().await.expect("committed");
+    assert_eq!(
+        count(&pool, backend).await,
+        connection,
+        "the same connection"
+    );
 }
 
 #[tokio::test]

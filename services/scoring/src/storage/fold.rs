@@ -238,7 +238,8 @@ impl Repository {
 
     /// How many groups of every tenant wait for a fold: none once the
     /// scores of everything acknowledged are written and their deliveries
-    /// enqueued (a test's barrier before it waits for the outbox).
+    /// enqueued (a test's barrier before it waits for the outbox). A damaged
+    /// group a fold passes over (`Folded::unreadable`) stays counted.
     pub async fn pending_folds(&self) -> ServiceResult<u64> {
         Ok(pending_fold::Entity::find().count(&self.db).await?)
     }

@@ -302,11 +302,12 @@ impl PgConnection {
 
         Ok(try_stream! {
             loop {
-                let message = self.inner.stream.recv().await.inspect_err(|error| {
-                    if is_stale_statement(error) {
-                        self.inner.statements_stale = true;
-                    }
-                })?;
+                let message = self
+                    .inner
+                    .stream
+                    .recv()
+                    .await
+                    .inspect_err(|error| self.note_stale_statement(error))?;
 
                 match message.format {
                     BackendMessageFormat::BindComplete
@@ -386,19 +387,6 @@ impl PgConnection {
             Ok(())
         })
     }
-}
-
-/// Cascade patch: PostgreSQL refuses a prepared statement whose result type
-/// a schema change altered (a column's type or collation) with SQLSTATE
-/// 0A000 from `RevalidateCachedQuery`, "cached plan must not change result
-/// type", on every use until the statement is prepared again.
-fn is_stale_statement(error: &Error) -> bool {
-    let Error::Database(error) = error else {
-        return false;
-    };
-    error
-        .try_downcast_ref::<crate::PgDatabaseError>()
-        .is_some_and(|e| e.code() == "0A000" && e.routine() == Some("RevalidateCachedQuery"))
 }
 
 impl<'c> Executor<'c> for &'c mut PgConnection {

@@ -102,7 +102,14 @@ impl PgConnection {
         }
 
         while self.inner.pending_ready_for_query_count > 0 {
-            let message = self.inner.stream.recv().await?;
+            // Cascade patch: the error of a query whose stream was dropped
+            // before its end arrives here (PATCHED.md, change 2).
+            let message = self
+                .inner
+                .stream
+                .recv()
+                .await
+                .inspect_err(|error| self.note_stale_statement(error))?;
 
             if let BackendMessageFormat::ReadyForQuery = message.format {
                 self.handle_ready_for_query(message)?;
@@ -110,6 +117,25 @@ impl PgConnection {
         }
 
         Ok(())
+    }
+
+    /// Cascade patch (PATCHED.md, change 2): PostgreSQL refuses a prepared
+    /// statement whose result type a schema change altered (a column's type
+    /// or collation) with SQLSTATE 0A000 from `RevalidateCachedQuery`,
+    /// "cached plan must not change result type", on every use until it is
+    /// prepared again; the next query clears the cache first. Cascade's
+    /// chassis (`error::is_stale_statement`) matches the same error: keep the
+    /// two in step.
+    pub(crate) fn note_stale_statement(&mut self, error: &Error) {
+        let stale = match error {
+            Error::Database(error) => error
+                .try_downcast_ref::<crate::PgDatabaseError>()
+                .is_some_and(|e| e.code() == "0A000" && e.routine() == Some("RevalidateCachedQuery")),
+            _ => false,
+        };
+        if stale {
+            self.inner.statements_stale = true;
+        }
     }
 
     async fn recv_ready_for_query(&mut self) -> Result<(), Error> {
