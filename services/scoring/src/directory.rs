@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_chassis::client::LifecycleClientSettings;
@@ -148,6 +149,9 @@ pub struct Directory {
     lifecycle: LifecycleClient,
     cache: Option<Arc<Cache<Key, Remembered>>>,
     email_ttl: Duration,
+    /// Bumped by every forget, before it removes anything: an answer asked
+    /// for before a forget may predate the change, and is not remembered.
+    forgets: Arc<AtomicU64>,
 }
 
 impl Directory {
@@ -157,6 +161,7 @@ impl Directory {
             lifecycle,
             cache: (entries > 0).then(|| Arc::new(Cache::new(entries))),
             email_ttl: Duration::from_millis(settings.email_cache_ttl_ms),
+            forgets: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -166,6 +171,7 @@ impl Directory {
     /// call per batch.
     pub fn forget_everything(&self) {
         if let Some(cache) = &self.cache {
+            self.forgets.fetch_add(1, Ordering::SeqCst);
             cache.clear();
         }
     }
@@ -178,6 +184,7 @@ impl Directory {
         if contacts.is_empty() {
             return;
         }
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         let mut changed = HashSet::with_capacity(contacts.len());
         for c in contacts {
             cache.remove(&KeyRef::Pair(&c.tenant_id, &c.account_id, &c.contact_id));
@@ -218,6 +225,7 @@ impl Directory {
                 })
             }));
         }
+        let asked_at = self.forgets.load(Ordering::SeqCst);
         let resolutions = if references.is_empty() {
             Vec::new()
         } else {
@@ -231,7 +239,7 @@ impl Directory {
                 (None, slot) => {
                     let slot = slot.expect("a person not remembered was asked about");
                     let checked = checked(&resolutions[slot], &person);
-                    self.remember(tenant, &person, &checked);
+                    self.remember(tenant, &person, &checked, asked_at);
                     checked
                 }
             })
@@ -287,8 +295,11 @@ impl Directory {
 
     /// Only what exists is remembered (an unknown id may be created a moment
     /// later), inactive contacts included: a caller that keeps sending their
-    /// activities costs no call to lifecycle each time.
-    fn remember(&self, tenant: &str, person: &Person, checked: &Checked) {
+    /// activities costs no call to lifecycle each time. Nothing is remembered
+    /// when a forget (an erasure, a status change) came since the answer was
+    /// asked for at `asked_at`: the answer may predate it, and a pair is kept
+    /// without expiry.
+    fn remember(&self, tenant: &str, person: &Person, checked: &Checked, asked_at: u64) {
         let Some(cache) = &self.cache else { return };
         let (account_id, contact_id, inactive) = match checked {
             Checked::Found {
@@ -312,7 +323,13 @@ impl Directory {
             },
             (Person::Email(_), None) => return,
         };
-        cache.insert(KeyRef::of(tenant, person).owned(), value);
+        let key = KeyRef::of(tenant, person);
+        cache.insert(key.owned(), value);
+        // Checked after the insert: a forget that bumped before it but
+        // removed before it is seen here, one that removes after it removes it.
+        if self.forgets.load(Ordering::SeqCst) != asked_at {
+            cache.remove(&key);
+        }
     }
 }
 
@@ -536,8 +553,9 @@ mod tests {
             account_id: "a1".into(),
             contact_id: "c1".into(),
         };
-        directory.remember("t", &ids(), &refused("contact_id"));
-        directory.remember("t", &email, &refused("contact_email"));
+        let now = directory.forgets.load(Ordering::SeqCst);
+        directory.remember("t", &ids(), &refused("contact_id"), now);
+        directory.remember("t", &email, &refused("contact_email"), now);
         let other = Person::Ids {
             account_id: "a1".into(),
             contact_id: Some("c2".into()),
@@ -546,7 +564,7 @@ mod tests {
             account_id: "a1".into(),
             contact_id: Some("c2".into()),
         };
-        directory.remember("t", &other, &found);
+        directory.remember("t", &other, &found, now);
         let recall = |tenant, person: &Person| {
             let remembered = directory.remembered(tenant, person)?;
             Some(answer(person.clone(), remembered))
@@ -563,6 +581,38 @@ mod tests {
         assert_eq!(recall("t", &ids()), None);
         assert_eq!(recall("t", &email), None);
         assert_eq!(recall("t", &other), Some(found));
+    }
+
+    /// An answer asked for before a forget (a status change, an erasure) is
+    /// not remembered: it may predate the change, and a pair never expires.
+    /// One asked for after it is.
+    #[tokio::test]
+    async fn an_answer_older_than_a_forget_is_not_remembered() {
+        let directory = directory();
+        let found = Checked::Found {
+            account_id: "a1".into(),
+            contact_id: Some("c1".into()),
+        };
+        let recall = |person: &Person| directory.remembered("t", person).is_some();
+        let changed = ChangedContact {
+            tenant_id: "t".into(),
+            account_id: "a1".into(),
+            contact_id: "c1".into(),
+        };
+        let forgets: [&dyn Fn(); 2] = [
+            &|| directory.forget_contacts(std::slice::from_ref(&changed)),
+            &|| directory.forget_everything(),
+        ];
+        for forget in forgets {
+            let asked_at = directory.forgets.load(Ordering::SeqCst);
+            forget();
+            directory.remember("t", &ids(), &found, asked_at);
+            assert!(!recall(&ids()), "asked before the forget");
+            let asked_at = directory.forgets.load(Ordering::SeqCst);
+            directory.remember("t", &ids(), &found, asked_at);
+            assert!(recall(&ids()), "asked after it");
+            directory.forget_everything();
+        }
     }
 
     /// A borrowed key finds what its owned key stored (same hash, equal),
