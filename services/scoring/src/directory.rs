@@ -143,6 +143,13 @@ enum Remembered {
     },
 }
 
+/// Where one person's answer comes from, in `Directory::check`.
+enum Known {
+    Remembered(Remembered),
+    /// The index of the person's reference in the call to lifecycle.
+    Asked(usize),
+}
+
 /// Cheap to clone: clones share the cache.
 #[derive(Clone)]
 pub struct Directory {
@@ -209,22 +216,20 @@ impl Directory {
         people: Vec<Person>,
     ) -> ServiceResult<Vec<Checked>> {
         let tenant = context.tenant.as_str();
-        let remembered: Vec<Option<Remembered>> = people
-            .iter()
-            .map(|person| self.remembered(tenant, person))
-            .collect();
-        // The people to ask about, each once, and where each one's answer is.
+        // Each person's answer is remembered, or asked for: each person
+        // once, one reference per distinct person.
         let mut asked: HashMap<&Person, usize> = HashMap::new();
         let mut references = Vec::new();
-        let mut slots = Vec::with_capacity(people.len());
-        for (person, remembered) in people.iter().zip(&remembered) {
-            slots.push(remembered.is_none().then(|| {
-                *asked.entry(person).or_insert_with(|| {
+        let known: Vec<Known> = people
+            .iter()
+            .map(|person| match self.remembered(tenant, person) {
+                Some(remembered) => Known::Remembered(remembered),
+                None => Known::Asked(*asked.entry(person).or_insert_with(|| {
                     references.push(reference_of(person));
                     references.len() - 1
-                })
-            }));
-        }
+                })),
+            })
+            .collect();
         let asked_at = self.forgets.load(Ordering::SeqCst);
         let resolutions = if references.is_empty() {
             Vec::new()
@@ -233,11 +238,10 @@ impl Directory {
         };
         Ok(people
             .into_iter()
-            .zip(remembered.into_iter().zip(slots))
+            .zip(known)
             .map(|(person, known)| match known {
-                (Some(remembered), _) => answer(person, remembered),
-                (None, slot) => {
-                    let slot = slot.expect("a person not remembered was asked about");
+                Known::Remembered(remembered) => answer(person, remembered),
+                Known::Asked(slot) => {
                     let checked = checked(&resolutions[slot], &person);
                     self.remember(tenant, &person, &checked, asked_at);
                     checked

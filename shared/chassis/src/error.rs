@@ -360,12 +360,10 @@ fn is_server_gone(code: &str) -> bool {
 /// busy timeout, or a PostgreSQL deadlock, serialization failure or lock
 /// timeout. The transaction is rolled back, so a retry is safe.
 pub fn is_contention(error: &DbErr) -> bool {
-    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = error
+    let Some(code) = sqlx_error(error)
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code())
     else {
-        return false;
-    };
-    let Some(code) = e.as_database_error().and_then(|d| d.code()) else {
         return false;
     };
     match code.as_ref() {
@@ -385,14 +383,19 @@ pub fn is_contention(error: &DbErr) -> bool {
 /// vendored connection matches the same error (`note_stale_statement`):
 /// keep the two in step.
 pub fn is_stale_statement(error: &DbErr) -> bool {
-    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = error
-    else {
-        return false;
-    };
-    e.as_database_error()
+    sqlx_error(error)
+        .and_then(|e| e.as_database_error())
         .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
         .is_some_and(|d| d.code() == "0A000" && d.routine() == Some("RevalidateCachedQuery"))
+}
+
+/// The driver's error under a statement's `DbErr`, if it has one.
+fn sqlx_error(error: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match error {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
+    }
 }
 
 /// Displays a storage error without any connection URL it may carry.
