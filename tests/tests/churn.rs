@@ -647,13 +647,18 @@ async fn a_person_no_longer_at_the_company_is_fed_to_scoring(db: TestDatabase) {
 
     // The feed: the change is pending for scoring until confirmed.
     let internal = lifecycle.as_actor("scoring");
-    let pending = || async {
+    let pending_after = async |after: &str| {
         internal
             .internal()
             .list_pending_contact_changes(internal.req(lc::ListPendingContactChangesRequest {
                 service: "scoring".to_owned(),
                 page_size: 0,
+                after_change_id: after.to_owned(),
             }))
+            .await
+    };
+    let pending = async || {
+        pending_after("")
             .await
             .expect("pending")
             .into_inner()
@@ -672,6 +677,19 @@ async fn a_person_no_longer_at_the_company_is_fed_to_scoring(db: TestDatabase) {
             account.account_id.as_str(),
             true
         )
+    );
+    // Pages go on after the last change of the previous one.
+    let after_it = pending_after(&changes[0].change_id)
+        .await
+        .expect("the next page");
+    assert!(after_it.get_ref().changes.is_empty(), "{after_it:?}");
+    let malformed = pending_after("not-an-id")
+        .await
+        .expect_err("a malformed cursor");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert_eq!(
+        cascade_testkit::fixtures::violated_fields(&malformed),
+        ["after_change_id"]
     );
     let confirm = async |change_id: String| {
         internal
@@ -696,6 +714,7 @@ async fn a_person_no_longer_at_the_company_is_fed_to_scoring(db: TestDatabase) {
         .list_pending_contact_changes(internal.req(lc::ListPendingContactChangesRequest {
             service: "opportunity".to_owned(),
             page_size: 0,
+            after_change_id: String::new(),
         }))
         .await
         .expect_err("only scoring reads it");

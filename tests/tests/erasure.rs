@@ -4,17 +4,26 @@
 //! it is back; the account's score is recomputed without the person; then
 //! the account itself is erased. Every table of every service's database is
 //! read to show the person's email and name are nowhere.
+//!
+//! With two scoring replicas: each forgets an erased person it had checked
+//! (an erasure stays pending while it settles, so both hear of it), and an
+//! activity stored after the first sweep is taken by the second.
 
 mod common;
 
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
-use cascade_testkit::fixtures::{account, by_email, precondition_subjects};
+use cascade_proto::scoring::v1 as sc;
+use cascade_testkit::fixtures::{account, activity, by_email, precondition_subjects};
 use cascade_testkit::{TestDatabase, eventually, on_each_database};
 use common::System;
 use tonic::Code;
 
-on_each_database!(a_person_is_erased_everywhere_even_from_a_service_that_was_down);
+on_each_database!(
+    a_person_is_erased_everywhere_even_from_a_service_that_was_down,
+    every_replica_forgets_an_erased_person,
+    an_activity_stored_while_an_erasure_settles_is_erased_too,
+);
 
 const T: &str = "erasure";
 const PAT: &str = "pat@acme-erasure.example";
@@ -280,5 +289,154 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     println!(
         "erasure: contact erased in lifecycle at once, opportunity next, scoring after its restart; account erased with its deal"
     );
+    system.stop().await;
+}
+
+/// Where scoring still holds `contact_id`, but for delivered messages: the
+/// outbox keeps them for its retention (24 h), and they name the contact by
+/// id only, as histories do.
+async fn scoring_rows_naming(system: &System, contact_id: &str) -> Vec<String> {
+    let mut found = system.databases()[1].1.columns_containing(contact_id).await;
+    found.retain(|column| !column.starts_with("outbox."));
+    found
+}
+
+/// Erases `contact_id` as the tenant's data protection officer.
+async fn erase_contact(lifecycle: &cascade_testkit::Lifecycle, contact_id: &str) -> lc::Erasure {
+    let admin = lifecycle.as_actor("dpo@tenant.example");
+    admin
+        .public()
+        .delete_contact(admin.req(lc::DeleteContactRequest {
+            contact_id: contact_id.to_owned(),
+        }))
+        .await
+        .expect("erasure accepted")
+        .into_inner()
+        .erasure
+        .expect("erasure")
+}
+
+async fn wait_until_complete(lifecycle: &cascade_testkit::Lifecycle, erasure_id: &str) {
+    eventually("the erasure to complete", async || {
+        let now = erasure(lifecycle, erasure_id).await;
+        if now.complete { Ok(()) } else { Err(now) }
+    })
+    .await;
+}
+
+/// Two scoring replicas have each checked Pat (and remember her). Only one
+/// of them may apply the erasure first, but it stays pending while it
+/// settles, so the other hears of it too: once the erasure is complete,
+/// neither replica accepts an activity naming her.
+async fn every_replica_forgets_an_erased_person(db: TestDatabase) {
+    const T: &str = "erasure-replicas";
+    let system = System::start(&db, 2).await;
+    let lifecycle = system.lifecycle_as(0, T);
+    let acme = lifecycle
+        .create_account_with(account("Acme", "acme-replicas.example", "owner"))
+        .await;
+    let pat = lifecycle
+        .create_contact(&acme.account_id, "pat@acme-replicas.example")
+        .await;
+    let about_pat = |event: &str| activity(event, "email_click", &acme.account_id, &pat.contact_id);
+    for n in 0..2 {
+        let recorded = system
+            .scoring_as(n, T)
+            .record(vec![about_pat(&format!("e-before-{n}"))])
+            .await;
+        assert_eq!(recorded.recorded_count, 1, "replica {n}: {recorded:?}");
+    }
+
+    let erased = erase_contact(&lifecycle, &pat.contact_id).await;
+    wait_until_complete(&lifecycle, &erased.erasure_id).await;
+    for n in 0..2 {
+        let refused = system
+            .scoring_as(n, T)
+            .record(vec![about_pat(&format!("e-after-{n}"))])
+            .await;
+        assert_eq!(refused.recorded_count, 0, "replica {n}: {refused:?}");
+        assert_eq!(
+            refused.results[0].status,
+            sc::ActivityStatus::NotFound as i32,
+            "replica {n}: {refused:?}"
+        );
+    }
+    system.settled().await;
+    assert_eq!(
+        scoring_rows_naming(&system, &pat.contact_id).await,
+        Vec::<String>::new(),
+        "nothing of Pat in scoring"
+    );
+    system.stop().await;
+}
+
+/// An activity that names Pat and is stored after scoring's first sweep of
+/// her erasure (as a call that checked her just before the erasure would)
+/// is erased by the second sweep, before the erasure is complete. Replica 1
+/// stands in for such a call: it polls for erasures only every minute, so
+/// it still trusts what it checked of Pat.
+async fn an_activity_stored_while_an_erasure_settles_is_erased_too(db: TestDatabase) {
+    const T: &str = "erasure-settles";
+    let mut system = System::start(&db, 2).await;
+    system.scoring[1].kill().await;
+    system.scoring[1].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_POLL_MS", "60000");
+    system.scoring[1].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "240000");
+    system.scoring[1].start().await;
+    let lifecycle = system.lifecycle_as(0, T);
+    let acme = lifecycle
+        .create_account_with(account("Acme", "acme-settles.example", "owner"))
+        .await;
+    let pat = lifecycle
+        .create_contact(&acme.account_id, "pat@acme-settles.example")
+        .await;
+    let ann = lifecycle
+        .create_contact(&acme.account_id, "ann@acme-settles.example")
+        .await;
+    let slow = system.scoring_as(1, T);
+    let recorded = slow
+        .record(vec![
+            activity("e-pat-1", "demo_request", &acme.account_id, &pat.contact_id),
+            activity("e-ann-1", "email_click", &acme.account_id, &ann.contact_id),
+        ])
+        .await;
+    assert_eq!(recorded.recorded_count, 2, "{recorded:?}");
+    lifecycle
+        .wait_for_account(&acme.account_id, "both people's points", |a| {
+            a.engagement_score == 102.0
+        })
+        .await;
+
+    let erased = erase_contact(&lifecycle, &pat.contact_id).await;
+    // Replica 0's first sweep: the score without Pat reaches lifecycle.
+    lifecycle
+        .wait_for_account(&acme.account_id, "the score without Pat", |a| {
+            a.engagement_score == 2.0
+        })
+        .await;
+    // Replica 1 has not polled since: it still accepts Pat.
+    let late = slow
+        .record(vec![activity(
+            "e-pat-2",
+            "demo_request",
+            &acme.account_id,
+            &pat.contact_id,
+        )])
+        .await;
+    assert_eq!(late.recorded_count, 1, "{late:?}");
+
+    wait_until_complete(&lifecycle, &erased.erasure_id).await;
+    system.settled().await;
+    assert_eq!(
+        scoring_rows_naming(&system, &pat.contact_id).await,
+        Vec::<String>::new(),
+        "the second sweep took the late activity"
+    );
+    let score = system.scoring_as(0, T).score(&acme.account_id).await;
+    assert_eq!(score.engagement_score, 2.0, "Ann's points only");
+    lifecycle
+        .wait_for_account(&acme.account_id, "Ann's points only", |a| {
+            a.engagement_score == 2.0
+        })
+        .await;
     system.stop().await;
 }

@@ -1587,6 +1587,7 @@ async fn start_services() -> ([TestDatabase; 3], [TestServer; 3]) {
     let quiet = |lifecycle_client: &mut cascade_chassis::client::LifecycleClientSettings| {
         lifecycle_client.url = lifecycle.url();
         lifecycle_client.erasure_poll_ms = 3_600_000;
+        lifecycle_client.erasure_settle_ms = 4 * 3_600_000;
     };
     let mut scoring_settings = cascade_scoring::Settings::for_tests(dbs[1].settings.clone());
     quiet(&mut scoring_settings.own.lifecycle);

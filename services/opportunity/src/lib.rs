@@ -80,6 +80,7 @@ async fn service(
         IDENTITY.name,
         Arc::new(erasure::OpportunityEraser(repository.clone())),
         Duration::from_millis(settings.own.lifecycle.erasure_poll_ms),
+        Duration::from_millis(settings.own.lifecycle.erasure_settle_ms),
     )));
     background.add(tokio::spawn(contracts::follow(
         repository.clone(),

@@ -13,8 +13,12 @@
 //! email can be given to another contact. Both sit in one bounded cache
 //! (`directory_cache_entries`), with whether the contact is inactive; a
 //! contact whose status changes is forgotten (`forget_contacts`) by every
-//! replica, so its next activity is checked again. docs/decisions.md has
-//! the trade-offs.
+//! replica, so its next activity is checked again. An erasure makes every
+//! replica forget everything: each hears of it while it settles
+//! (`chassis::erasure`), and what a replica remembers is trusted only for
+//! half of `erasure_settle_ms` after its last complete poll of erasures
+//! ([`Heard`]), so one that stopped hearing asks lifecycle instead.
+//! docs/decisions.md has the trade-offs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -150,6 +154,59 @@ enum Known {
     Asked(usize),
 }
 
+/// When this replica last heard of every pending erasure (the start of its
+/// last complete poll), and how long what it remembers is trusted after.
+///
+/// Why it is enough: an erasure is confirmed (and so no longer listed) only
+/// after it settled for `erasure_settle_ms` = 2 × `trust` on the confirming
+/// replica. So a replica that trusts its memory now either polled while the
+/// erasure was pending (and forgot), or its last two polls lie more than
+/// `trust` apart, and a poll after such a gap forgets everything.
+#[derive(Clone)]
+struct Heard {
+    origin: Instant,
+    /// Microseconds from `origin` to the last complete poll's start, plus
+    /// one; 0 until the first.
+    last: Arc<AtomicU64>,
+    trust: Duration,
+}
+
+impl Heard {
+    fn new(trust: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+            trust,
+        }
+    }
+
+    fn last(&self) -> Option<Instant> {
+        match self.last.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(self.origin + Duration::from_micros(n - 1)),
+        }
+    }
+
+    /// Whether what is remembered may answer at `now`.
+    fn trusted_at(&self, now: Instant) -> bool {
+        self.last()
+            .is_some_and(|last| now.saturating_duration_since(last) < self.trust)
+    }
+
+    /// Whether a poll that started at `started` follows a gap (or is the
+    /// first): erasures may have come and gone unheard meanwhile.
+    fn gap_before(&self, started: Instant) -> bool {
+        self.last()
+            .is_none_or(|last| started.saturating_duration_since(last) >= self.trust)
+    }
+
+    fn set(&self, started: Instant) {
+        let micros = started.saturating_duration_since(self.origin).as_micros();
+        let micros = u64::try_from(micros).unwrap_or(u64::MAX - 1);
+        self.last.fetch_max(micros + 1, Ordering::SeqCst);
+    }
+}
+
 /// Cheap to clone: clones share the cache.
 #[derive(Clone)]
 pub struct Directory {
@@ -159,6 +216,7 @@ pub struct Directory {
     /// Bumped by every forget, before it removes anything: an answer asked
     /// for before a forget may predate the change, and is not remembered.
     forgets: Arc<AtomicU64>,
+    heard: Heard,
 }
 
 impl Directory {
@@ -169,7 +227,18 @@ impl Directory {
             cache: (entries > 0).then(|| Arc::new(Cache::new(entries))),
             email_ttl: Duration::from_millis(settings.email_cache_ttl_ms),
             forgets: Arc::new(AtomicU64::new(0)),
+            heard: Heard::new(Duration::from_millis(settings.erasure_settle_ms / 2)),
         }
+    }
+
+    /// A poll that started at `started` heard of every pending erasure (and
+    /// this replica forgot everything for each it saw first). After a gap
+    /// it forgets everything too: an erasure may have settled unheard.
+    pub fn heard_all(&self, started: Instant) {
+        if self.heard.gap_before(started) {
+            self.forget_everything();
+        }
+        self.heard.set(started);
     }
 
     /// Forgets every checked pair and resolved email. After an erasure: a
@@ -209,26 +278,30 @@ impl Directory {
     /// lifecycle, bounded by the caller's deadline. When lifecycle cannot
     /// answer, the whole check fails UNAVAILABLE: a person that could not be
     /// checked is never reported as unknown. A remembered pair answers with
-    /// the person's own ids, moved, not copied.
+    /// the person's own ids, moved, not copied. Nothing remembered answers
+    /// while this replica has not heard of erasures lately.
     pub async fn check(
         &self,
         context: &RequestContext,
         people: Vec<Person>,
     ) -> ServiceResult<Vec<Checked>> {
         let tenant = context.tenant.as_str();
+        let trusted = self.heard.trusted_at(Instant::now());
         // Each person's answer is remembered, or asked for: each person
         // once, one reference per distinct person.
         let mut asked: HashMap<&Person, usize> = HashMap::new();
         let mut references = Vec::new();
         let known: Vec<Known> = people
             .iter()
-            .map(|person| match self.remembered(tenant, person) {
-                Some(remembered) => Known::Remembered(remembered),
-                None => Known::Asked(*asked.entry(person).or_insert_with(|| {
-                    references.push(reference_of(person));
-                    references.len() - 1
-                })),
-            })
+            .map(
+                |person| match self.remembered(tenant, person).filter(|_| trusted) {
+                    Some(remembered) => Known::Remembered(remembered),
+                    None => Known::Asked(*asked.entry(person).or_insert_with(|| {
+                        references.push(reference_of(person));
+                        references.len() - 1
+                    })),
+                },
+            )
             .collect();
         let asked_at = self.forgets.load(Ordering::SeqCst);
         let resolutions = if references.is_empty() {
@@ -534,8 +607,12 @@ mod tests {
         }
     }
 
+    /// A directory whose lifecycle refuses connections.
     fn directory() -> Directory {
-        let settings = LifecycleClientSettings::default();
+        let settings = LifecycleClientSettings {
+            url: "http://127.0.0.1:9".into(),
+            ..LifecycleClientSettings::default()
+        };
         let (client, _) = cascade_chassis::client::lifecycle_clients(
             &settings,
             &cascade_chassis::auth::AuthSettings::default(),
@@ -617,6 +694,76 @@ mod tests {
             assert!(recall(&ids()), "asked after it");
             directory.forget_everything();
         }
+    }
+
+    /// What is remembered answers only for `trust` after the start of the
+    /// last complete poll of erasures; a poll after a gap of `trust` or more
+    /// (or the first) is told to forget everything.
+    #[test]
+    fn remembered_answers_are_trusted_while_erasures_are_heard() {
+        let trust = Duration::from_secs(10);
+        let heard = Heard::new(trust);
+        let t0 = Instant::now();
+        assert!(!heard.trusted_at(t0), "never heard");
+        assert!(heard.gap_before(t0), "the first poll");
+        heard.set(t0);
+        assert!(heard.trusted_at(t0 + trust / 2));
+        assert!(!heard.trusted_at(t0 + trust), "stopped hearing");
+        assert!(!heard.gap_before(t0 + trust / 2));
+        heard.set(t0 + trust / 2);
+        assert!(heard.trusted_at(t0 + trust));
+        assert!(heard.gap_before(t0 + trust / 2 + trust));
+        // A poll that started earlier does not move it back.
+        heard.set(t0);
+        assert!(heard.trusted_at(t0 + trust));
+    }
+
+    /// A remembered pair answers without lifecycle only while the replica
+    /// hears of erasures: before its first poll, and after a poll that
+    /// followed a gap, lifecycle is asked (here it cannot answer).
+    #[tokio::test]
+    async fn a_replica_that_has_not_heard_of_erasures_asks_lifecycle() {
+        let found = Checked::Found {
+            account_id: "a1".into(),
+            contact_id: Some("c1".into()),
+        };
+        let context = RequestContext {
+            tenant: cascade_chassis::TenantId::parse("t").expect("tenant"),
+            actor: "test".into(),
+            deadline: None,
+        };
+        let asked_lifecycle = |result: ServiceResult<Vec<Checked>>| match result {
+            Err(ServiceError::Unavailable(message)) => message.contains("lifecycle"),
+            other => panic!("{other:?}"),
+        };
+
+        let directory = directory();
+        directory.remember("t", &ids(), &found, 0);
+        assert!(
+            asked_lifecycle(directory.check(&context, vec![ids()]).await),
+            "never heard"
+        );
+
+        let directory = self::directory();
+        directory.heard_all(Instant::now());
+        directory.remember(
+            "t",
+            &ids(),
+            &found,
+            directory.forgets.load(Ordering::SeqCst),
+        );
+        assert_eq!(
+            directory
+                .check(&context, vec![ids()])
+                .await
+                .expect("remembered"),
+            std::slice::from_ref(&found)
+        );
+        directory.heard_all(Instant::now() + directory.heard.trust);
+        assert!(
+            asked_lifecycle(directory.check(&context, vec![ids()]).await),
+            "forgotten after a gap"
+        );
     }
 
     /// A borrowed key finds what its owned key stored (same hash, equal),

@@ -1,6 +1,8 @@
 //! Scoring's part of erasures (`cascade_chassis::erasure`): the rows of the
 //! erased contacts or account, and what the directory remembers of people.
 
+use std::time::Instant;
+
 use cascade_chassis::TenantId;
 use cascade_chassis::erasure::Eraser;
 use cascade_proto::lifecycle::v1 as lifecycle;
@@ -30,5 +32,9 @@ impl Eraser for ScoringEraser {
         self.repository.erase(&tenant, what).await?;
         self.directory.forget_everything();
         Ok(())
+    }
+
+    fn heard_all(&self, started: Instant) {
+        self.directory.heard_all(started);
     }
 }

@@ -106,6 +106,7 @@ async fn service(
         IDENTITY.name,
         Arc::new(eraser),
         poll,
+        Duration::from_millis(settings.own.lifecycle.erasure_settle_ms),
     )));
     let contact_changes = contacts::ScoringContactChanges {
         repository: repository.clone(),

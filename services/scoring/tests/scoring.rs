@@ -816,7 +816,10 @@ async fn simulation_replays_what_ingest_scored(db: TestDatabase) {
 }
 
 async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
-    let mut system = TestSystem::scoring_on(&db).await;
+    // What scoring remembers of people answers while lifecycle is down, for
+    // half of this after its last poll of erasures.
+    let mut system =
+        TestSystem::scoring_with(&db, |s| s.own.lifecycle.erasure_settle_ms = 60_000).await;
     let lifecycle = system.lifecycle();
     let mut accounts = Vec::new();
     for name in ["L1", "L2"] {
@@ -1144,7 +1147,13 @@ fn reason(status: &tonic::Status) -> Option<String> {
 /// refused at once with UNAVAILABLE, reason OVERLOADED, before anything is
 /// checked; once the full batch has answered, a call is admitted again.
 async fn activities_in_flight_are_bounded(db: TestDatabase) {
-    let mut system = TestSystem::scoring_with(&db, |s| s.server.ingest_in_flight = 1_000).await;
+    let mut system = TestSystem::scoring_with(&db, |s| {
+        s.server.ingest_in_flight = 1_000;
+        // What scoring remembers of people answers through the freeze (it
+        // is trusted for half of this after the last poll of erasures).
+        s.own.lifecycle.erasure_settle_ms = 60_000;
+    })
+    .await;
     let (id, known) = account_with_a_contact(&system, "Echo", "echo.example").await;
     let scoring = system.scoring();
     // Checked once while lifecycle answers: later activities naming this

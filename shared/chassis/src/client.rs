@@ -47,6 +47,14 @@ pub struct LifecycleClientSettings {
     /// not applied yet, and scoring for people marked inactive or active
     /// again (`chassis::erasure`).
     pub erasure_poll_ms: u64,
+    /// How long each erasure settles before this service confirms it: a
+    /// replica erases when it first sees an erasure, and again, then
+    /// confirms, this long after. It must cover a call in flight (the
+    /// server's `request_timeout_ms`) and a poll of every replica; scoring
+    /// also trusts what it remembers of people only for half of it after
+    /// its last complete poll. At least 4 × `erasure_poll_ms`; the same on
+    /// every replica.
+    pub erasure_settle_ms: u64,
 }
 
 impl Default for LifecycleClientSettings {
@@ -57,6 +65,7 @@ impl Default for LifecycleClientSettings {
             directory_cache_entries: 50_000,
             email_cache_ttl_ms: 60_000,
             erasure_poll_ms: 5_000,
+            erasure_settle_ms: 300_000,
         }
     }
 }
@@ -83,13 +92,23 @@ impl OwnSections for LifecycleSection {
                 url: "http://127.0.0.1:9".into(),
                 timeout_ms: 2_000,
                 erasure_poll_ms: 100,
+                erasure_settle_ms: 2_000,
                 ..LifecycleClientSettings::default()
             },
         }
     }
 
     fn validate(settings: &ServiceSettings<Self>) -> Result<(), SettingsError> {
-        let url = &settings.own.lifecycle.url;
+        let lifecycle = &settings.own.lifecycle;
+        if lifecycle.erasure_poll_ms == 0
+            || lifecycle.erasure_settle_ms < lifecycle.erasure_poll_ms.saturating_mul(4)
+        {
+            return Err(SettingsError::new(format!(
+                "lifecycle.erasure_settle_ms: {} must be at least 4 × lifecycle.erasure_poll_ms ({}), which must be greater than 0: every replica polls within half of it",
+                lifecycle.erasure_settle_ms, lifecycle.erasure_poll_ms
+            )));
+        }
+        let url = &lifecycle.url;
         if url.parse::<http::Uri>().is_err() || !url.starts_with("http") {
             return Err(SettingsError::new(format!(
                 "lifecycle.url: {url:?} is not an http:// or https:// URL"

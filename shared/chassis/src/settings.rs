@@ -782,6 +782,25 @@ mod tests {
         .expect_err("an unknown key of its own section is refused");
         assert!(err.to_string().contains("urll"), "{err}");
 
+        // An erasure must settle for several polls: every replica hears of
+        // it before it is confirmed.
+        let settle = |ms: &str| {
+            let s: ServiceSettings<LifecycleSection> = load_from(
+                SCORING,
+                None,
+                env(&[("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", ms)]),
+            )
+            .expect("read");
+            LifecycleSection::validate(&s).map(|()| s.own.lifecycle.erasure_settle_ms)
+        };
+        let err = settle("19999").expect_err("less than 4 polls of 5 s");
+        assert!(
+            err.to_string()
+                .contains("lifecycle.erasure_settle_ms: 19999"),
+            "{err}"
+        );
+        assert_eq!(settle("20000").expect("4 polls"), 20_000);
+
         let err = load_from::<LifecycleSection>(
             SCORING,
             None,

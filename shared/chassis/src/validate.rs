@@ -70,6 +70,11 @@ impl Validator {
         value.to_ascii_lowercase()
     }
 
+    /// An optional server-assigned id (a UUID): `None` when empty.
+    pub fn optional_id(&mut self, field: &str, value: &str) -> Option<String> {
+        (!value.trim().is_empty()).then(|| self.required_id(field, value))
+    }
+
     /// An optional caller request id for idempotent creates.
     pub fn request_id(&mut self, field: &str, value: &str) -> Option<String> {
         self.optional_text(field, value, 128)

@@ -88,8 +88,14 @@ impl Process {
     }
 
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
-        self.extra_env.push((key.to_owned(), value.to_owned()));
+        self.set_env(key, value);
         self
+    }
+
+    /// Sets `key` for the next start (replacing an earlier value).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts the binary as the leader of a session of its own (through
@@ -190,10 +196,14 @@ impl Process {
         match &self.lifecycle_url {
             Some(url) => {
                 command.env(format!("CASCADE_{upper}__LIFECYCLE__URL"), url);
-                // Erasures are polled for: quickly in tests.
+                // Erasures are polled for, and settle: quickly in tests.
                 command.env(
                     format!("CASCADE_{upper}__LIFECYCLE__ERASURE_POLL_MS"),
                     "100",
+                );
+                command.env(
+                    format!("CASCADE_{upper}__LIFECYCLE__ERASURE_SETTLE_MS"),
+                    "2000",
                 );
             }
             None => assert_eq!(

@@ -1,8 +1,8 @@
 //! People no longer at the company: DeactivateContact, ReactivateContact,
 //! and the feed of those changes scoring reads (internal).
 
+use cascade_chassis::RequestContext;
 use cascade_chassis::validate::Validator;
-use cascade_chassis::{RequestContext, ServiceError};
 use cascade_proto::lifecycle::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -53,20 +53,20 @@ pub(super) async fn list_pending_contact_changes(
     request: Request<pb::ListPendingContactChangesRequest>,
 ) -> Result<Response<pb::ListPendingContactChangesResponse>, Status> {
     let request = request.into_inner();
+    let mut v = Validator::new();
     let limit = match u64::try_from(request.page_size) {
         Ok(0) => 100,
         Ok(n) if n <= MAX_PAGE_SIZE => n,
         _ => {
-            return Err(ServiceError::invalid(
-                "page_size",
-                format!("must be 0 to {MAX_PAGE_SIZE}"),
-            )
-            .into());
+            v.add("page_size", format!("must be 0 to {MAX_PAGE_SIZE}"));
+            0
         }
     };
+    let after = v.optional_id("after_change_id", &request.after_change_id);
+    v.finish()?;
     let pending = api
         .repository
-        .pending_contact_changes(&request.service, limit)
+        .pending_contact_changes(&request.service, after.as_deref(), limit)
         .await?;
     Ok(Response::new(pb::ListPendingContactChangesResponse {
         changes: pending

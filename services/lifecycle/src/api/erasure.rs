@@ -112,8 +112,12 @@ pub(super) async fn list_pending_erasures(
             0
         }
     };
+    let after = v.optional_id("after_erasure_id", &request.after_erasure_id);
     v.finish()?;
-    let pending = api.repository.pending_erasures(&service, limit).await?;
+    let pending = api
+        .repository
+        .pending_erasures(&service, after.as_deref(), limit)
+        .await?;
     Ok(Response::new(pb::ListPendingErasuresResponse {
         erasures: pending
             .into_iter()

@@ -9,7 +9,7 @@ use cascade_domain::ids;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::contacts::contact_model;
@@ -75,11 +75,15 @@ impl Repository {
     pub async fn pending_contact_changes(
         &self,
         service: &str,
+        after: Option<&str>,
         limit: u64,
     ) -> ServiceResult<Vec<ContactChange>> {
         check_reader(service)?;
         Ok(contact_change::Entity::find()
             .filter(contact_change::Column::ScoringDoneAtMs.is_null())
+            .apply_if(after, |query, after| {
+                query.filter(contact_change::Column::ChangeId.gt(after))
+            })
             .order_by_asc(contact_change::Column::ChangeId)
             .limit(limit)
             .all(&self.db)

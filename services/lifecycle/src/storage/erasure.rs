@@ -255,11 +255,12 @@ impl Repository {
             .ok_or_else(|| ServiceError::not_found("erasure", erasure_id))
     }
 
-    /// Erasures `service` has not confirmed, of every tenant, oldest first:
-    /// (tenant, erasure).
+    /// Erasures `service` has not confirmed, of every tenant, oldest first
+    /// (after `after`, an erasure id): (tenant, erasure).
     pub async fn pending_erasures(
         &self,
         service: &str,
+        after: Option<&str>,
         limit: u64,
     ) -> ServiceResult<Vec<(String, Erasure)>> {
         let pending = match service {
@@ -269,6 +270,9 @@ impl Repository {
         };
         Ok(erasure::Entity::find()
             .filter(pending)
+            .apply_if(after, |query, after| {
+                query.filter(erasure::Column::ErasureId.gt(after))
+            })
             .order_by_asc(erasure::Column::ErasureId)
             .limit(limit)
             .all(&self.db)
