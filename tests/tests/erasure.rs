@@ -17,12 +17,14 @@ use cascade_proto::scoring::v1 as sc;
 use cascade_testkit::fixtures::{account, activity, by_email, precondition_subjects};
 use cascade_testkit::{TestDatabase, eventually, on_each_database};
 use common::System;
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 on_each_database!(
     a_person_is_erased_everywhere_even_from_a_service_that_was_down,
     every_replica_forgets_an_erased_person,
     an_activity_stored_while_an_erasure_settles_is_erased_too,
+    a_failing_erasure_holds_back_no_other,
 );
 
 const T: &str = "erasure";
@@ -168,6 +170,43 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     })
     .await;
     assert!(!waiting.complete);
+    // Pending for scoring, listed in pages after a cursor.
+    let pending_after = async |after: &str| {
+        let internal = lifecycle.as_actor("scoring");
+        internal
+            .internal()
+            .list_pending_erasures(internal.req(lc::ListPendingErasuresRequest {
+                service: "scoring".to_owned(),
+                page_size: 0,
+                after_erasure_id: after.to_owned(),
+            }))
+            .await
+            .map(|response| {
+                response
+                    .into_inner()
+                    .erasures
+                    .into_iter()
+                    .map(|e| e.erasure_id)
+                    .collect::<Vec<_>>()
+            })
+    };
+    assert!(
+        pending_after("")
+            .await
+            .expect("pending")
+            .contains(&erased.erasure_id)
+    );
+    assert!(
+        !pending_after(&erased.erasure_id)
+            .await
+            .expect("the next page")
+            .contains(&erased.erasure_id)
+    );
+    let malformed = pending_after("1").await.expect_err("a malformed cursor");
+    assert_eq!(
+        cascade_testkit::fixtures::violated_fields(&malformed),
+        ["after_erasure_id"]
+    );
     let cleaned = opportunity.get(&deal.opportunity_id).await;
     assert_eq!(cleaned.buying_group_contact_ids, [ann.contact_id.as_str()]);
     assert!(
@@ -378,6 +417,11 @@ async fn every_replica_forgets_an_erased_person(db: TestDatabase) {
 async fn an_activity_stored_while_an_erasure_settles_is_erased_too(db: TestDatabase) {
     const T: &str = "erasure-settles";
     let mut system = System::start(&db, 2).await;
+    // Replica 0's second sweep comes 8 s after its first: time enough for
+    // the late activity below to be stored in between.
+    system.scoring[0].kill().await;
+    system.scoring[0].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "8000");
+    system.scoring[0].start().await;
     system.scoring[1].kill().await;
     system.scoring[1].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_POLL_MS", "60000");
     system.scoring[1].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "240000");
@@ -423,6 +467,11 @@ async fn an_activity_stored_while_an_erasure_settles_is_erased_too(db: TestDatab
         )])
         .await;
     assert_eq!(late.recorded_count, 1, "{late:?}");
+    let settling = erasure(&lifecycle, &erased.erasure_id).await;
+    assert!(
+        done(&settling).contains(&("scoring", false)),
+        "stored before the second sweep: {settling:?}"
+    );
 
     wait_until_complete(&lifecycle, &erased.erasure_id).await;
     system.settled().await;
@@ -438,5 +487,55 @@ async fn an_activity_stored_while_an_erasure_settles_is_erased_too(db: TestDatab
             a.engagement_score == 2.0
         })
         .await;
+    system.stop().await;
+}
+
+/// Scoring cannot apply an erasure in a tenant with a damaged pending fold
+/// (its first step reads the tenant's pending folds). That erasure waits,
+/// and holds back no other: a later one of another tenant completes. Once
+/// an operator deletes the damaged row, the first completes too.
+async fn a_failing_erasure_holds_back_no_other(db: TestDatabase) {
+    const DAMAGED: &str = "erasure-damaged";
+    const OTHER: &str = "erasure-other";
+    let system = System::start(&db, 1).await;
+    let mut erasures = Vec::new();
+    for tenant in [DAMAGED, OTHER] {
+        let lifecycle = system.lifecycle_as(0, tenant);
+        let domain = format!("{tenant}.example");
+        let acme = lifecycle
+            .create_account_with(account("Acme", &domain, "owner"))
+            .await;
+        let pat = lifecycle
+            .create_contact(&acme.account_id, &format!("pat@{domain}"))
+            .await;
+        erasures.push((lifecycle, pat.contact_id));
+    }
+    let (_, scoring_db) = system.databases()[1];
+    let conn = cascade_chassis::db::connect(&scoring_db.settings)
+        .await
+        .expect("scoring's database");
+    conn.execute_raw(cascade_chassis::db::statement(
+        conn.get_database_backend(),
+        "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) VALUES ($1, 0, $2)",
+        [DAMAGED.into(), sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
+    ))
+    .await
+    .expect("a damaged pending fold");
+
+    // The damaged tenant's erasure is older, so listed first.
+    let stuck = erase_contact(&erasures[0].0, &erasures[0].1).await;
+    let other = erase_contact(&erasures[1].0, &erasures[1].1).await;
+    wait_until_complete(&erasures[1].0, &other.erasure_id).await;
+    let waiting = erasure(&erasures[0].0, &stuck.erasure_id).await;
+    assert!(done(&waiting).contains(&("scoring", false)), "{waiting:?}");
+
+    conn.execute_raw(cascade_chassis::db::statement(
+        conn.get_database_backend(),
+        "DELETE FROM pending_folds WHERE tenant_id = $1",
+        [DAMAGED.into()],
+    ))
+    .await
+    .expect("the damaged row deleted");
+    wait_until_complete(&erasures[0].0, &stuck.erasure_id).await;
     system.stop().await;
 }

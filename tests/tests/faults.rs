@@ -46,10 +46,18 @@ async fn scored_backlog(port: u16) -> Result<f64, String> {
 }
 
 async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
-    let env = vec![(
-        "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
-        "0".to_owned(),
-    )];
+    let env = vec![
+        (
+            "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
+            "0".to_owned(),
+        ),
+        // What scoring remembers of people answers while lifecycle is
+        // down, for half of this after its last poll of erasures.
+        (
+            "CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS".to_owned(),
+            "60000".to_owned(),
+        ),
+    ];
     let mut system = System::start_with(&db, 1, env).await;
     let metrics = system.scoring[0].metrics_port().await;
     let receiver = WebhookReceiver::start().await;

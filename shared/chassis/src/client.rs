@@ -49,11 +49,11 @@ pub struct LifecycleClientSettings {
     pub erasure_poll_ms: u64,
     /// How long each erasure settles before this service confirms it: a
     /// replica erases when it first sees an erasure, and again, then
-    /// confirms, this long after. It must cover a call in flight (the
-    /// server's `request_timeout_ms`) and a poll of every replica; scoring
-    /// also trusts what it remembers of people only for half of it after
-    /// its last complete poll. At least 4 × `erasure_poll_ms`; the same on
-    /// every replica.
+    /// confirms, this long after. Scoring trusts what it remembers of
+    /// people only for half of it after its last complete poll, so half of
+    /// it must cover a call in flight (the server's `request_timeout_ms`);
+    /// and it must hold several polls of every replica: at least 4 ×
+    /// `erasure_poll_ms`. The same on every replica.
     pub erasure_settle_ms: u64,
 }
 

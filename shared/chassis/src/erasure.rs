@@ -11,9 +11,11 @@
 //!
 //! One loop ([`follow_feed`]) serves every kind of change; a kind is a
 //! [`PendingFeed`]: how to list the pending ones, apply one, and confirm it.
-//! Changes are applied in the order lifecycle lists them (oldest first), and
-//! a round stops at the first that fails, so a later change of the same
-//! subject is never applied before an earlier one by the same replica.
+//! Changes are applied in the order lifecycle lists them (oldest first). A
+//! round of contact changes stops at the first that fails, so a later
+//! change of the same contact is never applied before an earlier one by the
+//! same replica; erasures do not depend on each other, so one that fails
+//! (a damaged row of its tenant) holds back no other.
 //!
 //! An erasure settles before it is confirmed ([`Erasures`]): a replica erases
 //! when it first sees one, and confirms only after erasing again
@@ -51,6 +53,9 @@ pub trait PendingFeed: Send + Sync + 'static {
     /// What the changes are, for logs ("erasures").
     const WHAT: &'static str;
 
+    /// Whether a change that fails holds back the ones listed after it.
+    const IN_ORDER: bool;
+
     /// At most `page_size` changes `service` has not confirmed, oldest
     /// first, after the change with id `after`.
     async fn list(
@@ -75,8 +80,11 @@ pub trait PendingFeed: Send + Sync + 'static {
     /// The change's id (lifecycle lists by it) and tenant.
     fn id_and_tenant(change: &Self::Change) -> (&str, &str);
 
-    /// A round that began at `started` listed every pending change and
-    /// applied each.
+    /// Lifecycle took the confirmation of `change`.
+    fn confirmed(&self, _change: &Self::Change) {}
+
+    /// A round that began at `started` listed every pending change (each
+    /// applied, or failed and to be tried again).
     fn heard_all(&self, _started: Instant) {}
 }
 
@@ -123,7 +131,8 @@ impl std::fmt::Display for Polled {
 impl std::error::Error for Polled {}
 
 /// One round, page by page: how many changes were pending. Each was
-/// applied, and confirmed unless it is to be applied again later.
+/// applied, and confirmed unless it is to be applied again later; the
+/// round's error is the first change that failed.
 pub async fn poll_once<F: PendingFeed>(
     internal: &LifecycleInternalClient,
     service: &'static str,
@@ -133,6 +142,7 @@ pub async fn poll_once<F: PendingFeed>(
     let mut client = internal.clone();
     let mut after = String::new();
     let mut pending = 0;
+    let mut failed = None;
     loop {
         let page = match with_deadline(CALL_DEADLINE, feed.list(&mut client, service, &after, PAGE))
             .await
@@ -162,14 +172,19 @@ pub async fn poll_once<F: PendingFeed>(
         }
         for change in &page {
             let (id, tenant) = F::id_and_tenant(change);
-            let applied = feed.apply(change).await.map_err(|error| {
-                Polled::Failed(anyhow::anyhow!(
-                    "applying {} {id} of tenant {tenant}: {error:#}",
-                    F::WHAT
-                ))
-            })?;
-            if applied == Applied::Later {
-                continue;
+            match feed.apply(change).await {
+                Ok(Applied::Done) => {}
+                Ok(Applied::Later) => continue,
+                Err(error) => {
+                    let error =
+                        anyhow::anyhow!("applying {} {id} of tenant {tenant}: {error:#}", F::WHAT);
+                    if F::IN_ORDER {
+                        return Err(Polled::Failed(error));
+                    }
+                    tracing::warn!(what = F::WHAT, error = %format!("{error:#}"), "going on with the others; will try again");
+                    failed.get_or_insert(error);
+                    continue;
+                }
             }
             with_deadline(CALL_DEADLINE, feed.confirm(&mut client, service, change))
                 .await
@@ -180,6 +195,7 @@ pub async fn poll_once<F: PendingFeed>(
                         status.message()
                     ))
                 })?;
+            feed.confirmed(change);
             tracing::info!(what = F::WHAT, change = %id, %tenant, "applied this service's part");
         }
         pending += page.len();
@@ -191,19 +207,27 @@ pub async fn poll_once<F: PendingFeed>(
         }
     }
     feed.heard_all(started);
-    Ok(pending)
+    match failed {
+        Some(error) => Err(Polled::Failed(error)),
+        None => Ok(pending),
+    }
 }
 
 /// A service's part of erasures.
 #[tonic::async_trait]
 pub trait Eraser: Send + Sync + 'static {
+    /// This replica sees `erasure` for the first time (before it erases):
+    /// what it keeps in memory of the person is to be dropped now, even if
+    /// erasing its rows fails and is tried again.
+    fn hear(&self, _erasure: &lifecycle::PendingErasure) {}
+
     /// Erases this service's data of `erasure`; must be idempotent. Called
     /// when the replica first sees the erasure and again once it settled.
     async fn erase(&self, erasure: &lifecycle::PendingErasure) -> anyhow::Result<()>;
 
-    /// This replica has seen every erasure that was pending when a round
-    /// began at `started` (scoring's directory trusts what it remembers of
-    /// people only for a while after).
+    /// This replica has heard of every erasure that was pending when a
+    /// round began at `started` (scoring's directory trusts what it
+    /// remembers of people only for a while after).
     fn heard_all(&self, _started: Instant) {}
 }
 
@@ -215,8 +239,16 @@ pub trait Eraser: Send + Sync + 'static {
 pub struct Erasures {
     eraser: Arc<dyn Eraser>,
     settle: Duration,
-    /// When this replica first erased each erasure it has not confirmed.
-    first_swept: Mutex<HashMap<String, Instant>>,
+    /// The erasures this replica has heard of and not confirmed.
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+/// What this replica did of one erasure.
+#[derive(Clone, Copy)]
+struct Seen {
+    heard_at: Instant,
+    /// When its first sweep succeeded.
+    swept_at: Option<Instant>,
 }
 
 impl Erasures {
@@ -224,13 +256,13 @@ impl Erasures {
         Self {
             eraser,
             settle,
-            first_swept: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
-    fn first_swept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
         // A panic elsewhere cannot leave the map half-written.
-        self.first_swept
+        self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -240,6 +272,7 @@ impl Erasures {
 impl PendingFeed for Erasures {
     type Change = lifecycle::PendingErasure;
     const WHAT: &'static str = "erasures";
+    const IN_ORDER: bool = false;
 
     async fn list(
         &self,
@@ -263,13 +296,25 @@ impl PendingFeed for Erasures {
 
     async fn apply(&self, erasure: &Self::Change) -> anyhow::Result<Applied> {
         let id = &erasure.erasure_id;
-        let first = self.first_swept().get(id).copied();
-        match first {
-            Some(first) if first.elapsed() < self.settle => Ok(Applied::Later),
+        let seen = self.seen().get(id).copied();
+        let swept_at = match seen {
+            Some(seen) => seen.swept_at,
+            None => {
+                self.eraser.hear(erasure);
+                let heard = Seen {
+                    heard_at: Instant::now(),
+                    swept_at: None,
+                };
+                self.seen().insert(id.clone(), heard);
+                None
+            }
+        };
+        match swept_at {
+            Some(swept_at) if swept_at.elapsed() < self.settle => Ok(Applied::Later),
             Some(_) => {
+                // Kept until confirmed: a failed confirmation is tried again
+                // next round, after erasing again, without a new settle.
                 self.eraser.erase(erasure).await?;
-                // Confirmed next; if that fails, the next round starts over.
-                self.first_swept().remove(id);
                 Ok(Applied::Done)
             }
             None => {
@@ -277,7 +322,9 @@ impl PendingFeed for Erasures {
                 if self.settle.is_zero() {
                     return Ok(Applied::Done);
                 }
-                self.first_swept().insert(id.clone(), Instant::now());
+                if let Some(seen) = self.seen().get_mut(id) {
+                    seen.swept_at = Some(Instant::now());
+                }
                 tracing::info!(
                     erasure = %id,
                     tenant = %erasure.tenant_id,
@@ -309,11 +356,15 @@ impl PendingFeed for Erasures {
         (&erasure.erasure_id, &erasure.tenant_id)
     }
 
+    fn confirmed(&self, erasure: &Self::Change) {
+        self.seen().remove(&erasure.erasure_id);
+    }
+
     fn heard_all(&self, started: Instant) {
-        // Erasures another replica confirmed are no longer listed.
-        let settle = self.settle;
-        self.first_swept()
-            .retain(|_, first| first.elapsed() < settle.saturating_mul(4));
+        // Erasures another replica confirmed are no longer listed; one
+        // forgotten here while still pending is heard and swept again.
+        let keep = self.settle.saturating_mul(4);
+        self.seen().retain(|_, seen| seen.heard_at.elapsed() < keep);
         self.eraser.heard_all(started);
     }
 }
@@ -349,6 +400,7 @@ pub struct ContactChanges(pub Arc<dyn ContactChangeApplier>);
 impl PendingFeed for ContactChanges {
     type Change = lifecycle::PendingContactChange;
     const WHAT: &'static str = "contact changes";
+    const IN_ORDER: bool = true;
 
     async fn list(
         &self,
@@ -393,5 +445,273 @@ impl PendingFeed for ContactChanges {
 
     fn id_and_tenant(change: &Self::Change) -> (&str, &str) {
         (&change.change_id, &change.tenant_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A client that is never called: the fakes below answer instead.
+    fn unused_client() -> LifecycleInternalClient {
+        let settings = crate::client::LifecycleClientSettings {
+            url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        crate::client::lifecycle_clients(
+            &settings,
+            &crate::auth::AuthSettings::default(),
+            &crate::tls::TlsSettings::default(),
+            "scoring",
+        )
+        .expect("clients")
+        .1
+    }
+
+    /// A feed of ids in lifecycle's order: `later` ones stay pending,
+    /// `failing` ones fail; a confirmed one leaves the listing.
+    #[derive(Default)]
+    struct Fake<const IN_ORDER: bool> {
+        pending: Mutex<Vec<String>>,
+        later: HashSet<String>,
+        failing: HashSet<String>,
+        /// Lifecycle before paging: `after` is not read.
+        ignores_cursor: bool,
+        cursors: Mutex<Vec<String>>,
+        confirmed: Mutex<Vec<String>>,
+        heard: AtomicUsize,
+    }
+
+    impl<const IN_ORDER: bool> Fake<IN_ORDER> {
+        fn with(ids: impl IntoIterator<Item = String>) -> Self {
+            Self {
+                pending: Mutex::new(ids.into_iter().collect()),
+                ..Self::default()
+            }
+        }
+    }
+
+    #[tonic::async_trait]
+    impl<const IN_ORDER: bool> PendingFeed for Fake<IN_ORDER> {
+        type Change = String;
+        const WHAT: &'static str = "fakes";
+        const IN_ORDER: bool = IN_ORDER;
+
+        async fn list(
+            &self,
+            _client: &mut LifecycleInternalClient,
+            _service: &'static str,
+            after: &str,
+            page_size: i32,
+        ) -> Result<Vec<String>, Status> {
+            self.cursors.lock().expect("lock").push(after.to_owned());
+            let after = if self.ignores_cursor { "" } else { after };
+            Ok(self
+                .pending
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|id| id.as_str() > after)
+                .take(page_size as usize)
+                .cloned()
+                .collect())
+        }
+
+        async fn apply(&self, id: &String) -> anyhow::Result<Applied> {
+            if self.failing.contains(id) {
+                anyhow::bail!("{id} fails");
+            }
+            Ok(if self.later.contains(id) {
+                Applied::Later
+            } else {
+                Applied::Done
+            })
+        }
+
+        async fn confirm(
+            &self,
+            _client: &mut LifecycleInternalClient,
+            _service: &'static str,
+            id: &String,
+        ) -> Result<(), Status> {
+            self.pending.lock().expect("lock").retain(|p| p != id);
+            self.confirmed.lock().expect("lock").push(id.clone());
+            Ok(())
+        }
+
+        fn id_and_tenant(id: &String) -> (&str, &str) {
+            (id, "t")
+        }
+
+        fn heard_all(&self, _started: Instant) {
+            self.heard.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("id-{i:04}")).collect()
+    }
+
+    /// A round lists page after page, each after the last id of the one
+    /// before, confirms what is done, keeps what is to be applied later,
+    /// and says once that it heard everything.
+    #[tokio::test]
+    async fn a_round_pages_after_the_last_id_and_confirms_what_is_done() {
+        let all = ids(1_001);
+        let later: HashSet<String> = all.iter().step_by(3).cloned().collect();
+        let feed = Fake::<false> {
+            later: later.clone(),
+            ..Fake::with(all.clone())
+        };
+        let listed = poll_once(&unused_client(), "scoring", &feed)
+            .await
+            .expect("a round");
+        assert_eq!(listed, 1_001);
+        assert_eq!(
+            *feed.cursors.lock().expect("lock"),
+            ["", "id-0499", "id-0999"],
+            "pages of 500 after the last id"
+        );
+        let confirmed = feed.confirmed.lock().expect("lock").clone();
+        assert_eq!(confirmed.len(), 1_001 - later.len());
+        assert!(confirmed.iter().all(|id| !later.contains(id)));
+        assert_eq!(feed.heard.load(Ordering::SeqCst), 1);
+    }
+
+    /// A failing erasure holds back no other, and the round still heard
+    /// every one; a failing contact change stops its round there.
+    #[tokio::test]
+    async fn a_failing_change_stops_only_an_ordered_round() {
+        let failing: HashSet<String> = ["id-0001".to_owned()].into();
+        let erasures = Fake::<false> {
+            failing: failing.clone(),
+            ..Fake::with(ids(3))
+        };
+        let error = poll_once(&unused_client(), "scoring", &erasures)
+            .await
+            .expect_err("one failed");
+        assert!(error.to_string().contains("id-0001 fails"), "{error}");
+        assert_eq!(
+            *erasures.confirmed.lock().expect("lock"),
+            ["id-0000", "id-0002"]
+        );
+        assert_eq!(erasures.heard.load(Ordering::SeqCst), 1);
+
+        let changes = Fake::<true> {
+            failing,
+            ..Fake::with(ids(3))
+        };
+        poll_once(&unused_client(), "scoring", &changes)
+            .await
+            .expect_err("one failed");
+        assert_eq!(*changes.confirmed.lock().expect("lock"), ["id-0000"]);
+        assert_eq!(changes.heard.load(Ordering::SeqCst), 0);
+    }
+
+    /// A lifecycle from before paging lists the first page again: the
+    /// round ends with an error instead of going round for ever.
+    #[tokio::test]
+    async fn a_lifecycle_that_ignores_the_cursor_ends_the_round() {
+        let all = ids(600);
+        let feed = Fake::<false> {
+            later: all.iter().cloned().collect(),
+            ignores_cursor: true,
+            ..Fake::with(all)
+        };
+        let error = poll_once(&unused_client(), "scoring", &feed)
+            .await
+            .expect_err("the same page twice");
+        assert!(error.to_string().contains("upgrade lifecycle"), "{error}");
+        assert_eq!(feed.cursors.lock().expect("lock").len(), 2);
+        assert_eq!(feed.heard.load(Ordering::SeqCst), 0);
+    }
+
+    #[derive(Default)]
+    struct CountingEraser {
+        hears: AtomicUsize,
+        erases: AtomicUsize,
+        /// The next this many erases fail.
+        failures: AtomicUsize,
+    }
+
+    #[tonic::async_trait]
+    impl Eraser for CountingEraser {
+        fn hear(&self, _erasure: &lifecycle::PendingErasure) {
+            self.hears.fetch_add(1, Ordering::SeqCst);
+        }
+
+        async fn erase(&self, _erasure: &lifecycle::PendingErasure) -> anyhow::Result<()> {
+            self.erases.fetch_add(1, Ordering::SeqCst);
+            let failing = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                anyhow::bail!("a damaged row");
+            }
+            Ok(())
+        }
+    }
+
+    /// An erasure is heard once, erased at once (again after a failure),
+    /// kept pending while it settles, and erased again when it is to be
+    /// confirmed, until the confirmation is taken.
+    #[tokio::test]
+    async fn an_erasure_settles_between_its_two_sweeps() {
+        let eraser = Arc::new(CountingEraser {
+            failures: AtomicUsize::new(1),
+            ..CountingEraser::default()
+        });
+        let settle = Duration::from_millis(200);
+        let erasures = Erasures::new(eraser.clone(), settle);
+        let erasure = lifecycle::PendingErasure {
+            erasure_id: "e1".into(),
+            tenant_id: "t".into(),
+            ..Default::default()
+        };
+        let counts = || {
+            (
+                eraser.hears.load(Ordering::SeqCst),
+                eraser.erases.load(Ordering::SeqCst),
+            )
+        };
+
+        erasures
+            .apply(&erasure)
+            .await
+            .expect_err("the first erase fails");
+        assert_eq!(counts(), (1, 1), "heard before erasing, even if that fails");
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("erased"),
+            Applied::Later
+        );
+        assert_eq!(counts(), (1, 2), "heard once, erased again");
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("settling"),
+            Applied::Later
+        );
+        assert_eq!(counts(), (1, 2), "nothing to do while it settles");
+
+        tokio::time::sleep(settle).await;
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("settled"),
+            Applied::Done
+        );
+        assert_eq!(counts(), (1, 3), "the second sweep");
+        // The confirmation failed: the next round erases and confirms again.
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("settled"),
+            Applied::Done
+        );
+        assert_eq!(counts(), (1, 4));
+
+        erasures.confirmed(&erasure);
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("erased"),
+            Applied::Later
+        );
+        assert_eq!(counts(), (2, 5), "once confirmed, it is new again");
     }
 }

@@ -70,9 +70,21 @@ impl Validator {
         value.to_ascii_lowercase()
     }
 
-    /// An optional server-assigned id (a UUID): `None` when empty.
+    /// An optional server-assigned id (a UUID) in the form ids are stored
+    /// in (hyphenated, lower case), so it compares with them as text:
+    /// `None` when empty.
     pub fn optional_id(&mut self, field: &str, value: &str) -> Option<String> {
-        (!value.trim().is_empty()).then(|| self.required_id(field, value))
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        match uuid::Uuid::try_parse(value) {
+            Ok(id) => Some(id.hyphenated().to_string()),
+            Err(_) => {
+                self.add(field, "must be an id returned by this service (a UUID)");
+                None
+            }
+        }
     }
 
     /// An optional caller request id for idempotent creates.
