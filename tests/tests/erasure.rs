@@ -124,16 +124,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
 
     // Scoring is down when the erasure is asked for.
     system.scoring[0].kill().await;
-    let erased = admin
-        .public()
-        .delete_contact(admin.req(lc::DeleteContactRequest {
-            contact_id: pat.contact_id.clone(),
-        }))
-        .await
-        .expect("erasure accepted")
-        .into_inner()
-        .erasure
-        .expect("erasure");
+    let erased = erase_contact(&lifecycle, &pat.contact_id).await;
     assert_eq!(erased.subject_type, lc::ErasureSubjectType::Contact as i32);
     assert_eq!(erased.subject_id, pat.contact_id);
     assert_eq!(erased.actor, "dpo@tenant.example");
@@ -215,16 +206,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         cleaned.stakeholders
     );
     // Asking again is harmless: the same erasure.
-    let again = admin
-        .public()
-        .delete_contact(admin.req(lc::DeleteContactRequest {
-            contact_id: pat.contact_id.clone(),
-        }))
-        .await
-        .expect("repeated erasure")
-        .into_inner()
-        .erasure
-        .expect("erasure");
+    let again = erase_contact(&lifecycle, &pat.contact_id).await;
     assert_eq!(again.erasure_id, erased.erasure_id);
 
     // Scoring comes back and erases its part.
@@ -510,17 +492,7 @@ async fn a_failing_erasure_holds_back_no_other(db: TestDatabase) {
             .await;
         erasures.push((lifecycle, pat.contact_id));
     }
-    let (_, scoring_db) = system.databases()[1];
-    let conn = cascade_chassis::db::connect(&scoring_db.settings)
-        .await
-        .expect("scoring's database");
-    conn.execute_raw(cascade_chassis::db::statement(
-        conn.get_database_backend(),
-        "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) VALUES ($1, 0, $2)",
-        [DAMAGED.into(), sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
-    ))
-    .await
-    .expect("a damaged pending fold");
+    let conn = system.damage_a_pending_fold(DAMAGED).await;
 
     // The damaged tenant's erasure is older, so listed first.
     let stuck = erase_contact(&erasures[0].0, &erasures[0].1).await;

@@ -241,17 +241,7 @@ async fn a_damaged_pending_fold_shows_on_metrics(db: TestDatabase) {
     )];
     let system = System::start_with(&db, 1, env).await;
     let metrics = system.scoring[0].metrics_port().await;
-    let (_, scoring_db) = system.databases()[1];
-    let conn = cascade_chassis::db::connect(&scoring_db.settings)
-        .await
-        .expect("scoring's database");
-    conn.execute_raw(cascade_chassis::db::statement(
-        conn.get_database_backend(),
-        "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) VALUES ($1, 0, $2)",
-        [T.into(), sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
-    ))
-    .await
-    .expect("a damaged pending fold");
+    let conn = system.damage_a_pending_fold(T).await;
     let unreadable = async |expected: f64| match metric(
         metrics,
         "cascade_scoring_unreadable_pending_folds",

@@ -540,6 +540,23 @@ impl System {
         wait_until_delivered(&self.lifecycle_db.settings, "notifications").await;
     }
 
+    /// Writes a pending fold of `tenant` that cannot be read (a disk fault,
+    /// a hand edit) into scoring's database; the connection, to repair it.
+    pub async fn damage_a_pending_fold(&self, tenant: &str) -> sea_orm::DatabaseConnection {
+        use sea_orm::ConnectionTrait;
+        let conn = cascade_chassis::db::connect(&self.scoring_db.settings)
+            .await
+            .expect("scoring's database");
+        conn.execute_raw(cascade_chassis::db::statement(
+            conn.get_database_backend(),
+            "INSERT INTO pending_folds (tenant_id, recorded_at_ms, buckets) VALUES ($1, 0, $2)",
+            [tenant.into(), sea_orm::Value::from(vec![0xFF_u8, 0xFF])],
+        ))
+        .await
+        .expect("a damaged pending fold");
+        conn
+    }
+
     /// Stops every process with SIGTERM (they must exit cleanly).
     pub async fn stop(mut self) {
         for p in self
