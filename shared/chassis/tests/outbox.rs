@@ -141,6 +141,40 @@ async fn delivers_everything_in_order_after_failures(db: TestDatabase) {
     );
 }
 
+/// The payloads of delivered messages, by whether the deliverer keeps them.
+async fn delivered_payloads(db: TestDatabase, keep_payloads: bool) -> Vec<Vec<u8>> {
+    let conn = connect(&db).await;
+    write(&conn, 2, 2).await;
+    let sink = Arc::new(RecordingSink::default());
+    let config = DelivererConfig {
+        keep_payloads,
+        ..fast()
+    };
+    let deliverer = Deliverer::new(conn.clone(), "test", sink.clone(), config);
+    drain(&[&deliverer], &conn).await;
+    assert_eq!(sink.delivered.lock().expect("lock").len(), 4, "each once");
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT payload FROM outbox WHERE state = 'DELIVERED' ORDER BY id",
+        ))
+        .await
+        .expect("delivered rows");
+    rows.iter()
+        .map(|row| row.try_get::<Vec<u8>>("", "payload").expect("payload"))
+        .collect()
+}
+
+/// A delivered message keeps its payload for the retention, unless the
+/// topic's deliverer clears it as it marks it delivered (scoring's scores).
+async fn a_delivered_payload_is_kept_or_cleared(db: TestDatabase) {
+    let kept = delivered_payloads(db.like().await, true).await;
+    assert_eq!(kept.len(), 4);
+    assert!(kept.iter().all(|p| !p.is_empty()), "{kept:?}");
+    let cleared = delivered_payloads(db, false).await;
+    assert_eq!(cleared, vec![Vec::<u8>::new(); 4]);
+}
+
 async fn two_deliverers_never_deliver_twice(db: TestDatabase) {
     let conn = connect(&db).await;
     write(&conn, 6, 10).await;
@@ -549,4 +583,5 @@ on_each_database!(
     two_deliverers_never_deliver_twice,
     a_rolled_back_change_sends_nothing,
     many_partitions_per_call_keep_order_and_retry_alone,
+    a_delivered_payload_is_kept_or_cleared,
 );

@@ -50,6 +50,11 @@ pub struct DelivererConfig {
     pub max_age: Duration,
     /// Delivered messages are deleted after this long.
     pub retention: Duration,
+    /// Whether a delivered message keeps its payload until then (to inspect
+    /// what was sent). Off, the payload is cleared as the message is marked
+    /// delivered: one that names people is not kept after it served, and an
+    /// erasure need not look for it.
+    pub keep_payloads: bool,
 }
 
 impl Default for DelivererConfig {
@@ -67,6 +72,7 @@ impl Default for DelivererConfig {
             max_attempts: 0,
             max_age: Duration::from_secs(24 * 3600),
             retention: Duration::from_secs(24 * 3600),
+            keep_payloads: true,
         }
     }
 }
@@ -577,9 +583,13 @@ impl Deliverer {
         followers.append(&mut heads);
         let turn = crate::db::write_turn(&self.db).await?;
         for chunk in crate::db::statement_chunks(&followers, 1) {
-            without_lease(outbox::Entity::update_many())
+            let mut update = without_lease(outbox::Entity::update_many())
                 .col_expr(outbox::Column::State, Expr::value(DELIVERED))
-                .col_expr(outbox::Column::DeliveredAtMs, Expr::value(now))
+                .col_expr(outbox::Column::DeliveredAtMs, Expr::value(now));
+            if !self.config.keep_payloads {
+                update = update.col_expr(outbox::Column::Payload, Expr::value(Vec::<u8>::new()));
+            }
+            update
                 .filter(outbox::Column::Id.is_in(chunk.iter().cloned()))
                 .exec(&self.db)
                 .await?;
