@@ -156,6 +156,8 @@ enum Known {
 
 /// When this replica last heard of every pending erasure (the start of its
 /// last complete poll), and how long what it remembers is trusted after.
+/// The directory's creation counts as such a poll: it remembers nothing yet,
+/// and lifecycle answers every later check after any erasure made before.
 ///
 /// Why it is enough: an erasure is confirmed (and so no longer listed) only
 /// after it settled for `erasure_settle_ms` = 2 × `trust` on the confirming
@@ -165,8 +167,7 @@ enum Known {
 #[derive(Clone)]
 struct Heard {
     origin: Instant,
-    /// Microseconds from `origin` to the last complete poll's start, plus
-    /// one; 0 until the first.
+    /// Microseconds from `origin` to the last complete poll's start.
     last: Arc<AtomicU64>,
     trust: Duration,
 }
@@ -180,30 +181,25 @@ impl Heard {
         }
     }
 
-    fn last(&self) -> Option<Instant> {
-        match self.last.load(Ordering::SeqCst) {
-            0 => None,
-            n => Some(self.origin + Duration::from_micros(n - 1)),
-        }
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_micros(self.last.load(Ordering::SeqCst))
     }
 
     /// Whether what is remembered may answer at `now`.
     fn trusted_at(&self, now: Instant) -> bool {
-        self.last()
-            .is_some_and(|last| now.saturating_duration_since(last) < self.trust)
+        now.saturating_duration_since(self.last()) < self.trust
     }
 
-    /// Whether a poll that started at `started` follows a gap (or is the
-    /// first): erasures may have come and gone unheard meanwhile.
+    /// Whether a poll that started at `started` follows a gap: erasures may
+    /// have come and gone unheard meanwhile.
     fn gap_before(&self, started: Instant) -> bool {
-        self.last()
-            .is_none_or(|last| started.saturating_duration_since(last) >= self.trust)
+        started.saturating_duration_since(self.last()) >= self.trust
     }
 
     fn set(&self, started: Instant) {
         let micros = started.saturating_duration_since(self.origin).as_micros();
-        let micros = u64::try_from(micros).unwrap_or(u64::MAX - 1);
-        self.last.fetch_max(micros + 1, Ordering::SeqCst);
+        let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+        self.last.fetch_max(micros, Ordering::SeqCst);
     }
 }
 
@@ -611,6 +607,7 @@ mod tests {
     fn directory() -> Directory {
         let settings = LifecycleClientSettings {
             url: "http://127.0.0.1:9".into(),
+            erasure_settle_ms: 2_000,
             ..LifecycleClientSettings::default()
         };
         let (client, _) = cascade_chassis::client::lifecycle_clients(
@@ -697,15 +694,21 @@ mod tests {
     }
 
     /// What is remembered answers only for `trust` after the start of the
-    /// last complete poll of erasures; a poll after a gap of `trust` or more
-    /// (or the first) is told to forget everything.
+    /// last complete poll of erasures (or the directory's creation); a poll
+    /// after a gap of `trust` or more is told to forget everything.
     #[test]
     fn remembered_answers_are_trusted_while_erasures_are_heard() {
         let trust = Duration::from_secs(10);
         let heard = Heard::new(trust);
-        let t0 = Instant::now();
-        assert!(!heard.trusted_at(t0), "never heard");
-        assert!(heard.gap_before(t0), "the first poll");
+        let t0 = heard.origin;
+        // Created: as if it had just heard (it remembers nothing yet).
+        assert!(heard.trusted_at(t0 + trust / 2));
+        assert!(
+            !heard.trusted_at(t0 + trust),
+            "no poll since it was created"
+        );
+        assert!(!heard.gap_before(t0 + trust / 2), "a first poll in time");
+        assert!(heard.gap_before(t0 + trust), "a first poll after a gap");
         heard.set(t0);
         assert!(heard.trusted_at(t0 + trust / 2));
         assert!(!heard.trusted_at(t0 + trust), "stopped hearing");
@@ -719,8 +722,9 @@ mod tests {
     }
 
     /// A remembered pair answers without lifecycle only while the replica
-    /// hears of erasures: before its first poll, and after a poll that
-    /// followed a gap, lifecycle is asked (here it cannot answer).
+    /// hears of erasures: `trust` after its last poll (here, its creation),
+    /// and after a poll that followed a gap, lifecycle is asked (here it
+    /// cannot answer).
     #[tokio::test]
     async fn a_replica_that_has_not_heard_of_erasures_asks_lifecycle() {
         let found = Checked::Found {
@@ -737,11 +741,15 @@ mod tests {
             other => panic!("{other:?}"),
         };
 
-        let directory = directory();
+        let mut directory = directory();
         directory.remember("t", &ids(), &found, 0);
+        // Created `trust` ago (as far as the clock of the check goes).
+        directory.heard.origin = Instant::now()
+            .checked_sub(directory.heard.trust)
+            .expect("the clock goes back that far");
         assert!(
             asked_lifecycle(directory.check(&context, vec![ids()]).await),
-            "never heard"
+            "not heard since"
         );
 
         let directory = self::directory();

@@ -97,7 +97,16 @@ async fn service(
             settings.server.ingest_burst_per_tenant,
             "activity",
         ),
-        InFlightLimit::new(settings.server.ingest_in_flight, "activities"),
+        InFlightLimit::new(
+            settings.server.ingest_in_flight,
+            "activities",
+            "server.ingest_in_flight",
+        ),
+        InFlightLimit::new(
+            settings.own.simulation.max_in_flight,
+            "simulations",
+            "simulation.max_in_flight",
+        ),
     );
     let poll = Duration::from_millis(settings.own.lifecycle.erasure_poll_ms);
     let eraser = erasure::ScoringEraser {

@@ -1,6 +1,7 @@
 //! Scoring's own settings sections: `[lifecycle]` (how to reach it, shared
-//! with opportunity), `[decay]` (bringing decayed scores to lifecycle) and
-//! `[fold]` (how the folder batches under load, PostgreSQL).
+//! with opportunity), `[decay]` (bringing decayed scores to lifecycle),
+//! `[fold]` (how the folder batches under load, PostgreSQL) and
+//! `[simulation]` (how many replays run at once).
 
 use cascade_chassis::client::{LifecycleClientSettings, LifecycleSection};
 use cascade_chassis::error::SettingsError;
@@ -46,16 +47,35 @@ impl Default for FoldSettings {
     }
 }
 
+/// `[simulation]`, `CASCADE_SCORING__SIMULATION__<KEY>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationSettings {
+    /// How many SimulateScoringModel calls (unary or streamed) one replica
+    /// runs at once; more are refused UNAVAILABLE (OVERLOADED) at once. A
+    /// replay reads a tenant's whole window, a core and a pooled connection
+    /// for seconds per million activities: unbounded, a few callers
+    /// clicking "simulate" would take the pool ingest needs. 0: no bound.
+    pub max_in_flight: u32,
+}
+
+impl Default for SimulationSettings {
+    fn default() -> Self {
+        Self { max_in_flight: 2 }
+    }
+}
+
 /// Scoring's sections beside the common ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ScoringSections {
     pub lifecycle: LifecycleClientSettings,
     pub decay: DecaySettings,
     pub fold: FoldSettings,
+    pub simulation: SimulationSettings,
 }
 
 impl OwnSections for ScoringSections {
-    const SECTIONS: &'static [&'static str] = &["lifecycle", "decay", "fold"];
+    const SECTIONS: &'static [&'static str] = &["lifecycle", "decay", "fold", "simulation"];
 
     fn defaults() -> Self {
         Self::default()
@@ -69,6 +89,7 @@ impl OwnSections for ScoringSections {
             // would only make it harder to read.
             decay: DecaySettings::default(),
             fold: FoldSettings::default(),
+            simulation: SimulationSettings::default(),
         }
     }
 
@@ -94,6 +115,7 @@ mod tests {
             load_from(IDENTITY, None, env(&[])).unwrap_or_else(|e| panic!("defaults load: {e}"));
         assert_eq!(settings.own.decay.refresh_interval_ms, 3_600_000);
         assert_eq!(settings.own.fold.max_rest_ms, 1_000);
+        assert_eq!(settings.own.simulation.max_in_flight, 2);
         let settings: ServiceSettings<ScoringSections> = load_from(
             IDENTITY,
             None,
@@ -101,11 +123,13 @@ mod tests {
                 ("CASCADE_SCORING__DECAY__REFRESH_INTERVAL_MS", "60000"),
                 ("CASCADE_SCORING__LIFECYCLE__URL", "http://lifecycle:50051"),
                 ("CASCADE_SCORING__FOLD__MAX_REST_MS", "250"),
+                ("CASCADE_SCORING__SIMULATION__MAX_IN_FLIGHT", "1"),
             ]),
         )
         .unwrap_or_else(|e| panic!("the section loads: {e}"));
         assert_eq!(settings.own.decay.refresh_interval_ms, 60_000);
         assert_eq!(settings.own.fold.max_rest_ms, 250);
+        assert_eq!(settings.own.simulation.max_in_flight, 1);
         assert_eq!(settings.own.lifecycle.url, "http://lifecycle:50051");
         let error = load_from::<ScoringSections>(
             IDENTITY,

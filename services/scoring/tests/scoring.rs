@@ -1245,6 +1245,73 @@ async fn activities_in_flight_are_bounded(db: TestDatabase) {
     system.stop().await;
 }
 
+/// A replica runs at most `simulation.max_in_flight` replays at once: while
+/// one waits (for a frozen lifecycle's thresholds), another is refused at
+/// once with UNAVAILABLE, reason OVERLOADED, naming the setting; once the
+/// first has answered, a replay runs again.
+async fn simulations_in_flight_are_bounded(db: TestDatabase) {
+    let mut system = TestSystem::scoring_with(&db, |s| s.own.simulation.max_in_flight = 1).await;
+    let scoring = system.scoring();
+    let model = scoring.model().await;
+    let simulate = move |deadline: Duration| {
+        let scoring = scoring.clone();
+        let model = model.clone();
+        async move {
+            let mut request = scoring.req(pb::SimulateScoringModelRequest {
+                model: Some(model),
+                thresholds: Some(pb::SimulationThresholds {
+                    engaged_threshold: 10.0,
+                    prioritized_threshold: 100.0,
+                }),
+                start_time: None,
+                end_time: None,
+                sample_size: 0,
+            });
+            request.set_timeout(deadline);
+            scoring.public().simulate_scoring_model(request).await
+        }
+    };
+    let holder = freeze_lifecycle(&mut system).await;
+    // Held until its deadline (sent again while a probe below holds the
+    // place for its moment).
+    let first = simulate.clone();
+    let waiting = tokio::spawn(async move {
+        loop {
+            match first(Duration::from_secs(5)).await {
+                Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    let refused = eventually_within(
+        Duration::from_secs(4),
+        "a replay refused OVERLOADED",
+        async || match simulate.clone()(Duration::from_millis(300)).await {
+            Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => Ok(status),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("simulation.max_in_flight"),
+        "{refused:?}"
+    );
+    waiting
+        .await
+        .expect("the task")
+        .expect_err("lifecycle frozen");
+
+    holder.abort();
+    system.start_lifecycle().await;
+    simulate(Duration::from_secs(10))
+        .await
+        .expect("a replay once the first has answered");
+    system.stop().await;
+}
+
 async fn two_replicas_count_like_one(db: TestDatabase) {
     let mut system = TestSystem::scoring_on(&db).await;
     system.add_scoring(&db).await;
@@ -1460,6 +1527,7 @@ on_each_database!(
     emails_while_lifecycle_is_down_are_retryable,
     a_frozen_lifecycle_is_bounded_by_the_callers_deadline,
     activities_in_flight_are_bounded,
+    simulations_in_flight_are_bounded,
     engaged_contacts_follow_batches,
     a_model_change_scores_the_next_read_on_any_replica,
 );

@@ -89,17 +89,19 @@ pub struct InFlightLimit {
     permits: Option<Arc<Semaphore>>,
     limit: u32,
     what: &'static str,
+    setting: &'static str,
 }
 
 impl InFlightLimit {
     /// At most `limit` events at once; 0 turns the bound off. `what` names
-    /// the events in errors.
-    pub fn new(limit: u32, what: &'static str) -> Self {
+    /// the events and `setting` the bound in errors.
+    pub fn new(limit: u32, what: &'static str, setting: &'static str) -> Self {
         let permits = (limit > 0).then(|| Arc::new(Semaphore::new(limit as usize)));
         Self {
             permits,
             limit,
             what,
+            setting,
         }
     }
 
@@ -115,8 +117,8 @@ impl InFlightLimit {
             .map(Some)
             .map_err(|_| {
                 ServiceError::Overloaded(format!(
-                    "this replica is at its bound of {} {} in flight (server.ingest_in_flight); retry with backoff",
-                    self.limit, self.what
+                    "this replica is at its bound of {} {} in flight ({}); retry with backoff",
+                    self.limit, self.what, self.setting
                 ))
             })
     }
@@ -165,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn in_flight_events_are_bounded_until_released() {
-        let limit = InFlightLimit::new(1_000, "activities");
+        let limit = InFlightLimit::new(1_000, "activities", "server.ingest_in_flight");
         let held = limit.admit(600).expect("admitted");
         let error = limit.admit(500).expect_err("over the bound");
         assert_eq!(error.code(), tonic::Code::Unavailable);
@@ -185,7 +187,7 @@ mod tests {
             "a stream waits while the bound is held"
         );
         assert!(
-            InFlightLimit::new(0, "x")
+            InFlightLimit::new(0, "x", "x")
                 .admit(1_000_000)
                 .expect("0 is off")
                 .is_none()

@@ -32,6 +32,8 @@ pub struct ScoringApi {
     directory: Directory,
     ingest_limit: TenantRateLimiter,
     in_flight: InFlightLimit,
+    /// Replays running at once (`simulation.max_in_flight`).
+    simulations: InFlightLimit,
 }
 
 impl ScoringApi {
@@ -41,6 +43,7 @@ impl ScoringApi {
         directory_settings: &LifecycleClientSettings,
         ingest_limit: TenantRateLimiter,
         in_flight: InFlightLimit,
+        simulations: InFlightLimit,
     ) -> Self {
         Self {
             repository,
@@ -48,6 +51,7 @@ impl ScoringApi {
             lifecycle,
             ingest_limit,
             in_flight,
+            simulations,
         }
     }
 

@@ -154,6 +154,8 @@ pub(super) async fn simulate_scoring_model(
     request: Request<pb::SimulateScoringModelRequest>,
 ) -> Result<Response<pb::SimulateScoringModelResponse>, Status> {
     let context = RequestContext::of(&request)?;
+    // Held until the replay ends (lifecycle's thresholds read first).
+    let _permit = api.simulations.admit(1)?;
     let plan = Plan::of(api, &context, request.into_inner()).await?;
     let result = plan
         .run(&api.repository, |_| ControlFlow::Continue(()))
@@ -168,6 +170,8 @@ pub(super) async fn simulate_scoring_model_stream(
 ) -> Result<Response<SimulationStream>, Status> {
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
+    // Held by the replay's task until it ends.
+    let permit = api.simulations.admit(1)?;
     // Checked before the stream opens: a bad request or an unreachable
     // lifecycle fails the call itself, within the server's request timeout.
     let plan = Plan::of(
@@ -191,6 +195,7 @@ pub(super) async fn simulate_scoring_model_stream(
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
+            let _permit = permit;
             let replay = replay_reporting(plan, &repository, &tx);
             let bounded = async {
                 match deadline {
