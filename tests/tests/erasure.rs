@@ -11,11 +11,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
 use cascade_testkit::fixtures::{account, activity, by_email, precondition_subjects};
-use cascade_testkit::{TestDatabase, eventually, on_each_database};
+use cascade_testkit::{TestDatabase, eventually, eventually_within, on_each_database};
 use common::System;
 use sea_orm::ConnectionTrait;
 use tonic::Code;
@@ -335,10 +337,15 @@ async fn erase_contact(lifecycle: &cascade_testkit::Lifecycle, contact_id: &str)
 }
 
 async fn wait_until_complete(lifecycle: &cascade_testkit::Lifecycle, erasure_id: &str) {
-    eventually("the erasure to complete", async || {
-        let now = erasure(lifecycle, erasure_id).await;
-        if now.complete { Ok(()) } else { Err(now) }
-    })
+    // Well past the longest settle these tests give a replica (10 s).
+    eventually_within(
+        Duration::from_secs(30),
+        "the erasure to complete",
+        async || {
+            let now = erasure(lifecycle, erasure_id).await;
+            if now.complete { Ok(()) } else { Err(now) }
+        },
+    )
     .await;
 }
 
@@ -396,10 +403,10 @@ async fn every_replica_forgets_an_erased_person(db: TestDatabase) {
 async fn an_activity_stored_while_an_erasure_settles_is_erased_too(db: TestDatabase) {
     const T: &str = "erasure-settles";
     let mut system = System::start(&db, 2).await;
-    // Replica 0's second sweep comes 8 s after its first: time enough for
+    // Replica 0's second sweep comes 10 s after its first: time enough for
     // the late activity below to be stored in between.
     system.scoring[0].kill().await;
-    system.scoring[0].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "8000");
+    system.scoring[0].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "10000");
     system.scoring[0].start().await;
     system.scoring[1].kill().await;
     system.scoring[1].set_env("CASCADE_SCORING__LIFECYCLE__ERASURE_POLL_MS", "60000");

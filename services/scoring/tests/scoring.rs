@@ -1272,17 +1272,21 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         }
     };
     let holder = freeze_lifecycle(&mut system).await;
-    // Held until its deadline (sent again while a probe below holds the
-    // place for its moment).
+    // Waits for the frozen lifecycle (up to its client timeout), sent again
+    // until a probe below was refused: a probe may hold the place for its
+    // moment, and one wait may end before any probe came.
     let first = simulate.clone();
+    let probed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused_once = probed.clone();
     let waiting = tokio::spawn(async move {
         loop {
-            match first(Duration::from_secs(5)).await {
-                Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                other => return other,
+            let answer = first(Duration::from_secs(5)).await;
+            let overloaded =
+                matches!(&answer, Err(status) if reason(status).as_deref() == Some("OVERLOADED"));
+            if !overloaded && refused_once.load(std::sync::atomic::Ordering::SeqCst) {
+                return answer;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
     let refused = eventually_within(
@@ -1294,6 +1298,7 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         },
     )
     .await;
+    probed.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(
         refused.message().contains("simulation.max_in_flight"),

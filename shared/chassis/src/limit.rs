@@ -78,12 +78,12 @@ impl TenantRateLimiter {
     }
 }
 
-/// Bounds the events (activities) one replica holds in flight: decoded and
-/// admitted, not yet answered. Past the bound a unary call is refused at
-/// once with UNAVAILABLE (OVERLOADED) rather than waiting with its batch in
-/// memory, so a flood from many callers at once cannot grow the process
-/// without limit; the per-tenant rate limit cannot, since it allows every
-/// tenant its own rate.
+/// Bounds the events one replica holds in flight: activities decoded and
+/// admitted, not yet answered, or scoring's replays. Past the bound a unary
+/// call is refused at once with UNAVAILABLE (OVERLOADED) rather than waiting
+/// with its batch in memory (or a pooled connection), so a flood from many
+/// callers at once cannot grow the process without limit; the per-tenant
+/// rate limit cannot, since it allows every tenant its own rate.
 #[derive(Debug, Clone)]
 pub struct InFlightLimit {
     permits: Option<Arc<Semaphore>>,

@@ -59,32 +59,27 @@ impl Validator {
         }
     }
 
-    /// A required server-assigned id (a UUID).
+    /// A required server-assigned id (a UUID), in the form ids are stored
+    /// in (hyphenated, lower case), so it compares with them as text.
     pub fn required_id(&mut self, field: &str, value: &str) -> String {
         let value = value.trim();
         if value.is_empty() {
             self.add(field, "is required");
-        } else if uuid::Uuid::try_parse(value).is_err() {
-            self.add(field, "must be an id returned by this service (a UUID)");
-        }
-        value.to_ascii_lowercase()
-    }
-
-    /// An optional server-assigned id (a UUID) in the form ids are stored
-    /// in (hyphenated, lower case), so it compares with them as text:
-    /// `None` when empty.
-    pub fn optional_id(&mut self, field: &str, value: &str) -> Option<String> {
-        let value = value.trim();
-        if value.is_empty() {
-            return None;
+            return String::new();
         }
         match uuid::Uuid::try_parse(value) {
-            Ok(id) => Some(id.hyphenated().to_string()),
+            Ok(id) => id.hyphenated().to_string(),
             Err(_) => {
                 self.add(field, "must be an id returned by this service (a UUID)");
-                None
+                value.to_ascii_lowercase()
             }
         }
+    }
+
+    /// An optional server-assigned id, as [`Self::required_id`]: `None`
+    /// when empty.
+    pub fn optional_id(&mut self, field: &str, value: &str) -> Option<String> {
+        (!value.trim().is_empty()).then(|| self.required_id(field, value))
     }
 
     /// An optional caller request id for idempotent creates.
@@ -310,5 +305,29 @@ mod tests {
         assert!(v.is_valid());
         v.required_id("account_id", "42");
         assert!(!v.is_valid());
+    }
+
+    /// Every form of a UUID becomes the stored form, so it compares with
+    /// stored ids as text (a page cursor does).
+    #[test]
+    fn ids_take_the_stored_form() {
+        let stored = "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10";
+        let mut v = Validator::new();
+        for form in [
+            stored.to_owned(),
+            stored.to_ascii_uppercase(),
+            stored.replace('-', ""),
+            format!("{{{stored}}}"),
+            format!("urn:uuid:{stored}"),
+        ] {
+            assert_eq!(v.required_id("id", &form), stored, "{form}");
+            assert_eq!(
+                v.optional_id("id", &form).as_deref(),
+                Some(stored),
+                "{form}"
+            );
+        }
+        assert_eq!(v.optional_id("id", "  "), None);
+        assert!(v.is_valid());
     }
 }
