@@ -178,11 +178,7 @@ pub async fn poll_once<F: PendingFeed>(
                 Err(error) => {
                     let error =
                         anyhow::anyhow!("applying {} {id} of tenant {tenant}: {error:#}", F::WHAT);
-                    if F::IN_ORDER {
-                        return Err(Polled::Failed(error));
-                    }
-                    tracing::warn!(what = F::WHAT, error = %format!("{error:#}"), "going on with the others; will try again");
-                    failed.get_or_insert(error);
+                    change_failed::<F>(error, &mut failed)?;
                     continue;
                 }
             }
@@ -190,11 +186,7 @@ pub async fn poll_once<F: PendingFeed>(
                 with_deadline(CALL_DEADLINE, feed.confirm(&mut client, service, change)).await
             {
                 let error = anyhow::anyhow!("confirming {} {id}: {}", F::WHAT, status.message());
-                if F::IN_ORDER {
-                    return Err(Polled::Failed(error));
-                }
-                tracing::warn!(what = F::WHAT, error = %format!("{error:#}"), "going on with the others; will try again");
-                failed.get_or_insert(error);
+                change_failed::<F>(error, &mut failed)?;
                 continue;
             }
             feed.confirmed(change);
@@ -213,6 +205,21 @@ pub async fn poll_once<F: PendingFeed>(
         Some(error) => Err(Polled::Failed(error)),
         None => Ok(pending),
     }
+}
+
+/// A change that failed to apply or confirm: the round's error at once when
+/// changes are in order; otherwise logged, kept as the round's error, and
+/// the round goes on with the others.
+fn change_failed<F: PendingFeed>(
+    error: anyhow::Error,
+    failed: &mut Option<anyhow::Error>,
+) -> Result<(), Polled> {
+    if F::IN_ORDER {
+        return Err(Polled::Failed(error));
+    }
+    tracing::warn!(what = F::WHAT, error = %format!("{error:#}"), "going on with the others; will try again");
+    failed.get_or_insert(error);
+    Ok(())
 }
 
 /// A service's part of erasures.
