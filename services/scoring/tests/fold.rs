@@ -1,11 +1,12 @@
 //! Scores folded behind the ledger (`storage::fold`), on SQLite and
 //! PostgreSQL: a group stored by a replica that never folded it is folded by
 //! another replica's folder and reaches lifecycle; an erasure removes what
-//! waits in a fold, so the fold does not write the erased rows back.
+//! waits in a fold, so the fold does not write the erased rows back, and what
+//! waits in the outbox.
 
 use cascade_chassis::TenantId;
 use cascade_scoring::storage::migration::Migrator;
-use cascade_scoring::storage::{Erase, NewActivity, Repository};
+use cascade_scoring::storage::{DeliveryPayload, Erase, NewActivity, Repository, SCORE_TOPIC};
 use cascade_testkit::{TENANT, TestDatabase, TestSystem, on_each_database};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use sea_orm_migration::MigratorTrait;
@@ -172,6 +173,105 @@ async fn an_erasure_removes_what_waits_in_a_fold(db: TestDatabase) {
         .expect("recorded again");
     erase_contact(&replica, account, ann).await;
     assert_eq!(pending(&replica).await, 0);
+}
+
+/// The erased people's names and activity types in the account's score
+/// deliveries that still wait, by state, oldest first.
+async fn waiting_deliveries(
+    repository: &Repository,
+    account_id: &str,
+) -> Vec<(String, Vec<String>)> {
+    let db = repository.db();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            match db.get_database_backend() {
+                DbBackend::Postgres => {
+                    "SELECT state, payload FROM outbox WHERE topic = $1 AND partition_key = $2 \
+                     AND state <> 'DELIVERED' ORDER BY id"
+                }
+                _ => {
+                    "SELECT state, payload FROM outbox WHERE topic = ? AND partition_key = ? \
+                     AND state <> 'DELIVERED' ORDER BY id"
+                }
+            },
+            [SCORE_TOPIC.into(), account_id.into()],
+        ))
+        .await
+        .expect("the account's deliveries");
+    rows.iter()
+        .map(|row| {
+            let bytes: Vec<u8> = row.try_get("", "payload").expect("payload");
+            let payload = DeliveryPayload::decode(&bytes).expect("a score delivery");
+            let state = row.try_get("", "state").expect("state");
+            (state, payload.contacts.into_keys().collect())
+        })
+        .collect()
+}
+
+/// A score delivery names each contact of the batch. One that still waits,
+/// pending or dead (kept until an operator retries it), no longer names an
+/// erased contact, nor any contact of an erased account; the others stay.
+async fn an_erasure_takes_the_person_out_of_waiting_deliveries(db: TestDatabase) {
+    // No deliverer runs here: what the fold enqueues waits.
+    let replica = replica_without_folder(&db).await;
+    let tenant = TenantId::parse(TENANT).expect("tenant");
+    let (account, ann, bob) = ("acct-waits", "contact-ann", "contact-bob");
+    let gone = "acct-gone";
+    replica
+        .record(
+            &tenant,
+            vec![
+                activity("w1", "demo_request", account, ann),
+                activity("w2", "webinar_attended", account, bob),
+                activity("w3", "demo_request", gone, "contact-cy"),
+            ],
+        )
+        .await
+        .expect("recorded");
+    replica.fold_pending().await.expect("folded");
+    replica
+        .record(&tenant, vec![activity("w4", "email_open", account, ann)])
+        .await
+        .expect("recorded");
+    replica.fold_pending().await.expect("folded");
+    // The first delivery was given up on.
+    replica
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE outbox SET state = 'DEAD' WHERE id = \
+             (SELECT MIN(id) FROM outbox WHERE partition_key = '{account}')"
+        ))
+        .await
+        .expect("a dead letter");
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        waiting_deliveries(&replica, account).await,
+        vec![
+            ("DEAD".to_owned(), names(&[ann, bob])),
+            ("PENDING".to_owned(), names(&[ann])),
+        ]
+    );
+
+    erase_contact(&replica, account, ann).await;
+    replica
+        .erase(&tenant, Erase::Account { account_id: gone })
+        .await
+        .expect("account erased");
+
+    assert_eq!(
+        waiting_deliveries(&replica, account).await,
+        vec![
+            ("DEAD".to_owned(), names(&[bob])),
+            ("PENDING".to_owned(), names(&[])),
+            // The erasure's own delivery of the recomputed score.
+            ("PENDING".to_owned(), names(&[])),
+        ]
+    );
+    assert_eq!(
+        waiting_deliveries(&replica, gone).await,
+        vec![("PENDING".to_owned(), names(&[]))]
+    );
 }
 
 /// A score read right after RecordActivities counts it, while the folder
@@ -451,6 +551,7 @@ on_each_database!(
     many_groups_fold_at_once_in_chunks,
     a_group_left_unfolded_is_folded_by_another_replica,
     an_erasure_removes_what_waits_in_a_fold,
+    an_erasure_takes_the_person_out_of_waiting_deliveries,
     a_read_racing_the_folder_still_sees_its_write,
     a_large_group_waits_compressed_and_folds_whole,
     an_unreadable_fold_is_passed_over_and_kept,

@@ -1247,8 +1247,9 @@ async fn activities_in_flight_are_bounded(db: TestDatabase) {
 
 /// A replica runs at most `simulation.max_in_flight` replays at once: while
 /// one waits (for a frozen lifecycle's thresholds), another is refused at
-/// once with UNAVAILABLE, reason OVERLOADED, naming the setting; once the
-/// first has answered, a replay runs again.
+/// once with UNAVAILABLE, reason OVERLOADED, naming the setting, streamed or
+/// not; a malformed one is still told what is wrong; once the first has
+/// answered, a replay runs again.
 async fn simulations_in_flight_are_bounded(db: TestDatabase) {
     let mut system = TestSystem::scoring_with(&db, |s| s.own.simulation.max_in_flight = 1).await;
     let scoring = system.scoring();
@@ -1298,12 +1299,59 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         },
     )
     .await;
-    probed.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(
         refused.message().contains("simulation.max_in_flight"),
         "{refused:?}"
     );
+    // The streamed replay counts against the same bound.
+    let stream_model = system.scoring().model().await;
+    let streamed = eventually_within(
+        Duration::from_secs(4),
+        "a streamed replay refused OVERLOADED",
+        async || {
+            let scoring = system.scoring();
+            let mut request = scoring.req(pb::SimulateScoringModelStreamRequest {
+                model: Some(stream_model.clone()),
+                thresholds: Some(pb::SimulationThresholds {
+                    engaged_threshold: 10.0,
+                    prioritized_threshold: 100.0,
+                }),
+                start_time: None,
+                end_time: None,
+                sample_size: 0,
+            });
+            request.set_timeout(Duration::from_millis(300));
+            match scoring
+                .public()
+                .simulate_scoring_model_stream(request)
+                .await
+            {
+                Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => Ok(status),
+                other => Err(format!("{:?}", other.map(|_| "a stream"))),
+            }
+        },
+    )
+    .await;
+    assert_eq!(streamed.code(), Code::Unavailable, "{streamed:?}");
+    // A malformed request is told what is wrong, bound or not.
+    let mut malformed = system.scoring().req(pb::SimulateScoringModelRequest {
+        model: Some(system.scoring().model().await),
+        thresholds: None,
+        start_time: None,
+        end_time: None,
+        sample_size: 0,
+    });
+    malformed.set_timeout(Duration::from_secs(2));
+    let malformed = system
+        .scoring()
+        .public()
+        .simulate_scoring_model(malformed)
+        .await
+        .expect_err("no thresholds");
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    assert_eq!(violated_fields(&malformed), ["thresholds"], "{malformed:?}");
+    probed.store(true, std::sync::atomic::Ordering::SeqCst);
     waiting
         .await
         .expect("the task")

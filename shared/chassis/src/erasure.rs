@@ -96,10 +96,20 @@ pub async fn follow_feed<F: PendingFeed>(
     feed: Arc<F>,
     interval: Duration,
 ) {
+    let mut warned = false;
     loop {
         match poll_once(&internal, service, feed.as_ref()).await {
-            Ok(_) => {}
-            // A lifecycle older than this service: nothing to apply yet.
+            Ok(_) => warned = false,
+            // A lifecycle older than this service: nothing to apply yet, but
+            // nothing heard either (scoring's directory then asks lifecycle
+            // about every batch), so the operator is told once per outage.
+            Err(Polled::Unimplemented) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    what = F::WHAT,
+                    "lifecycle does not offer these yet (older than this service): upgrade lifecycle first"
+                )
+            }
             Err(Polled::Unimplemented) => {
                 tracing::debug!(what = F::WHAT, "lifecycle does not offer these yet")
             }

@@ -175,6 +175,85 @@ async fn a_delivered_payload_is_kept_or_cleared(db: TestDatabase) {
     assert_eq!(cleared, vec![Vec::<u8>::new(); 4]);
 }
 
+/// An erasure rewrites what still waits in a partition, pending or dead, and
+/// nothing delivered, of another partition or of another tenant.
+async fn undelivered_payloads_are_rewritten_in_one_partition(db: TestDatabase) {
+    let conn = connect(&db).await;
+    write(&conn, 2, 4).await;
+    outbox::enqueue(&conn, "t2", "test", "p0", b"0".to_vec())
+        .await
+        .expect("another tenant's message");
+    let backend = conn.get_database_backend();
+    let ids: Vec<String> = conn
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT id FROM outbox WHERE tenant_id = 't1' AND partition_key = 'p0' ORDER BY id",
+        ))
+        .await
+        .expect("ids")
+        .iter()
+        .map(|row| row.try_get("", "id").expect("id"))
+        .collect();
+    for (id, state) in ids.iter().zip(["DELIVERED", "DEAD"]) {
+        conn.execute_raw(Statement::from_string(
+            backend,
+            format!("UPDATE outbox SET state = '{state}' WHERE id = '{id}'"),
+        ))
+        .await
+        .expect("the first delivered, the second dead");
+    }
+
+    let rewritten = outbox::rewrite_undelivered(&conn, "t1", "test", "p0", |payload| {
+        (payload != b"2").then(|| [&b"x"[..], payload].concat())
+    })
+    .await
+    .expect("rewritten");
+    assert_eq!(rewritten, 2, "the dead letter and the last pending message");
+
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT tenant_id, partition_key, state, payload FROM outbox \
+             ORDER BY tenant_id, partition_key, id",
+        ))
+        .await
+        .expect("rows");
+    let rows: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|row| {
+            let payload: Vec<u8> = row.try_get("", "payload").expect("payload");
+            (
+                row.try_get("", "tenant_id").expect("tenant"),
+                row.try_get("", "partition_key").expect("partition"),
+                row.try_get("", "state").expect("state"),
+                String::from_utf8(payload).expect("utf8"),
+            )
+        })
+        .collect();
+    let row = |t: &str, p: &str, state: &str, payload: &str| {
+        (
+            t.to_owned(),
+            p.to_owned(),
+            state.to_owned(),
+            payload.to_owned(),
+        )
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("t1", "p0", "DELIVERED", "0"),
+            row("t1", "p0", "DEAD", "x1"),
+            row("t1", "p0", "PENDING", "2"),
+            row("t1", "p0", "PENDING", "x3"),
+            row("t1", "p1", "PENDING", "0"),
+            row("t1", "p1", "PENDING", "1"),
+            row("t1", "p1", "PENDING", "2"),
+            row("t1", "p1", "PENDING", "3"),
+            row("t2", "p0", "PENDING", "0"),
+        ]
+    );
+}
+
 async fn two_deliverers_never_deliver_twice(db: TestDatabase) {
     let conn = connect(&db).await;
     write(&conn, 6, 10).await;
@@ -584,4 +663,5 @@ on_each_database!(
     a_rolled_back_change_sends_nothing,
     many_partitions_per_call_keep_order_and_retry_alone,
     a_delivered_payload_is_kept_or_cleared,
+    undelivered_payloads_are_rewritten_in_one_partition,
 );

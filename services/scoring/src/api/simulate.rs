@@ -15,8 +15,8 @@ use cascade_proto::lifecycle::v1 as lifecycle;
 use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::simulate_scoring_model_stream_response::Update;
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -41,6 +41,9 @@ const PROGRESS_BUFFER: usize = 8;
 
 /// A checked simulation request and what it compares against.
 struct Plan {
+    /// Its place among the replays in flight (`simulation.max_in_flight`),
+    /// held until the plan is dropped with its replay.
+    _place: Option<OwnedSemaphorePermit>,
     tenant: TenantId,
     current: (ScoringModel, Thresholds),
     proposed: (ScoringModel, Thresholds),
@@ -49,8 +52,9 @@ struct Plan {
 }
 
 impl Plan {
-    /// Validates the request, then reads the current model and lifecycle's
-    /// current thresholds.
+    /// Validates the request, takes a place among the replays in flight,
+    /// then reads the current model and lifecycle's current thresholds. A
+    /// malformed request is refused INVALID_ARGUMENT even at the bound.
     async fn of(
         api: &ScoringApi,
         context: &RequestContext,
@@ -85,6 +89,7 @@ impl Plan {
             v.add("sample_size", "must be between 0 and 1000");
         }
         v.finish()?;
+        let place = api.simulations.admit(1)?;
         let window = (
             start.map_or(i64::MIN, |t| t.timestamp_millis()),
             end.map_or(i64::MAX, |t| t.timestamp_millis()),
@@ -121,6 +126,7 @@ impl Plan {
             request.sample_size as usize
         };
         Ok(Self {
+            _place: place,
             tenant: context.tenant.clone(),
             current,
             proposed: (proposed, thresholds),
@@ -154,8 +160,6 @@ pub(super) async fn simulate_scoring_model(
     request: Request<pb::SimulateScoringModelRequest>,
 ) -> Result<Response<pb::SimulateScoringModelResponse>, Status> {
     let context = RequestContext::of(&request)?;
-    // Held until the replay ends (lifecycle's thresholds read first).
-    let _permit = api.simulations.admit(1)?;
     let plan = Plan::of(api, &context, request.into_inner()).await?;
     let result = plan
         .run(&api.repository, |_| ControlFlow::Continue(()))
@@ -170,8 +174,6 @@ pub(super) async fn simulate_scoring_model_stream(
 ) -> Result<Response<SimulationStream>, Status> {
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
-    // Held by the replay's task until it ends.
-    let permit = api.simulations.admit(1)?;
     // Checked before the stream opens: a bad request or an unreachable
     // lifecycle fails the call itself, within the server's request timeout.
     let plan = Plan::of(
@@ -195,7 +197,6 @@ pub(super) async fn simulate_scoring_model_stream(
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
-            let _permit = permit;
             let replay = replay_reporting(plan, &repository, &tx);
             let bounded = async {
                 match deadline {

@@ -1,7 +1,8 @@
 //! Scoring's part of an erasure (`chassis::erasure`): the erased contacts'
 //! activities (the ledger lines), buckets, scores, status and cap usage are deleted,
 //! and the account's score is recomputed from what remains and delivered to
-//! lifecycle, in one transaction. An erased account loses every row of it.
+//! lifecycle, in one transaction; the score deliveries still waiting (pending
+//! or dead) no longer name them. An erased account loses every row of it.
 //! Idempotent: a second run finds nothing to delete and delivers the same
 //! totals again (lifecycle sees a new sequence with the same scores).
 
@@ -48,6 +49,27 @@ async fn delete_among<E: EntityTrait>(
             .rows_affected;
     }
     Ok(deleted)
+}
+
+/// Takes the erased contacts out of the account's score deliveries that wait
+/// (pending, or dead letters kept for an operator): a delivery names each
+/// contact with the types of its activities. What is left still carries the
+/// account's sequence, so a pending delivery still goes to lifecycle. An
+/// unreadable payload is left as it is (the deliverer drops it).
+async fn scrub_undelivered(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    account_id: &str,
+    erased: impl Fn(&str) -> bool,
+) -> Result<(), DbErr> {
+    outbox::rewrite_undelivered(conn, t, SCORE_TOPIC, account_id, |bytes| {
+        let mut payload = DeliveryPayload::decode(bytes).ok()?;
+        let named = payload.contacts.len();
+        payload.contacts.retain(|contact, _| !erased(contact));
+        (payload.contacts.len() < named).then(|| payload.encode())
+    })
+    .await?;
+    Ok(())
 }
 
 impl Repository {
@@ -101,6 +123,10 @@ impl Repository {
                     contact_status::Column::ContactId,
                     &ids,
                 )
+                .await?;
+                scrub_undelivered(&txn, t, account_id, |c| {
+                    contact_ids.iter().any(|id| id == c)
+                })
                 .await?;
                 if activities == 0 && buckets == 0 {
                     // Nothing of them was scored: no score to recompute.
@@ -199,6 +225,7 @@ impl Repository {
                     &one,
                 )
                 .await?;
+                scrub_undelivered(&txn, t, account_id, |_| true).await?;
                 txn.commit().await?;
             }
         }

@@ -341,6 +341,58 @@ pub async fn enqueue_many(
     Ok(ids)
 }
 
+/// Rewrites, in the caller's transaction, the payloads of one partition's
+/// messages that are not delivered yet: pending ones, and dead letters, which
+/// are kept until an operator retries or purges them. An erasure takes the
+/// erased person out of them this way. `rewrite` answers a new payload, or
+/// `None` to leave the message as it is. Returns how many it rewrote.
+///
+/// A message marked delivered meanwhile is left alone (the update is guarded
+/// by the state read). On PostgreSQL each row is locked as it is updated,
+/// in id order; a deliverer marking the same rows at that moment may end in a
+/// detected deadlock, and the loser is retried (an erasure by its next poll,
+/// a delivery after its lease).
+pub async fn rewrite_undelivered(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    topic: &str,
+    partition_key: &str,
+    mut rewrite: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> Result<u64, DbErr> {
+    use entity::Column;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    let mut rewritten = 0;
+    for state in [PENDING, DEAD] {
+        // A literal, as the pending index's predicate is (`migration.rs`).
+        let in_state = || Expr::cust(format!("state = '{state}'"));
+        let rows: Vec<(String, Vec<u8>)> = entity::Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::Payload)
+            .filter(Column::Topic.eq(topic))
+            .filter(Column::TenantId.eq(tenant_id))
+            .filter(Column::PartitionKey.eq(partition_key))
+            .filter(in_state())
+            .order_by_asc(Column::Id)
+            .into_tuple()
+            .all(conn)
+            .await?;
+        for (id, payload) in rows {
+            let Some(payload) = rewrite(&payload) else {
+                continue;
+            };
+            rewritten += entity::Entity::update_many()
+                .col_expr(Column::Payload, Expr::value(payload))
+                .filter(Column::Id.eq(id))
+                .filter(in_state())
+                .exec(conn)
+                .await?
+                .rows_affected;
+        }
+    }
+    Ok(rewritten)
+}
+
 pub(super) fn now_ms() -> i64 {
     crate::time::now().timestamp_millis()
 }
