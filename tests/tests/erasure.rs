@@ -7,7 +7,8 @@
 //!
 //! With two scoring replicas: each forgets an erased person it had checked
 //! (an erasure stays pending while it settles, so both hear of it), and an
-//! activity stored after the first sweep is taken by the second.
+//! activity stored after the first sweep is taken by the second. Lifecycle
+//! itself refuses a confirmation that comes before the settle.
 
 mod common;
 
@@ -27,6 +28,7 @@ on_each_database!(
     every_replica_forgets_an_erased_person,
     an_activity_stored_while_an_erasure_settles_is_erased_too,
     a_failing_erasure_holds_back_no_other,
+    a_confirmation_before_the_settle_is_refused,
 );
 
 const T: &str = "erasure";
@@ -513,5 +515,57 @@ async fn a_failing_erasure_holds_back_no_other(db: TestDatabase) {
     .await
     .expect("the damaged row deleted");
     wait_until_complete(&erasures[0].0, &stuck.erasure_id).await;
+    system.stop().await;
+}
+
+/// A replica that confirms at once (an older version, or a shorter settle)
+/// is refused FAILED_PRECONDITION `ERASURE_SETTLING` until the erasure has
+/// settled (`erasure.min_settle_ms`, 2 s here), so the erasure stays pending
+/// and every replica hears of it; once settled, the confirmation is taken.
+async fn a_confirmation_before_the_settle_is_refused(db: TestDatabase) {
+    const T: &str = "erasure-early";
+    let system = System::start(&db, 1).await;
+    let lifecycle = system.lifecycle_as(0, T);
+    let acme = lifecycle
+        .create_account("Acme Early", "owner@seller.example")
+        .await
+        .account_id;
+    let pat = lifecycle
+        .create_contact(&acme, "pat@acme-early.example")
+        .await
+        .contact_id;
+    let erased = erase_contact(&lifecycle, &pat).await;
+    let confirm = async || {
+        let internal = lifecycle.as_actor("scoring");
+        internal
+            .internal()
+            .confirm_erasure(internal.req(lc::ConfirmErasureRequest {
+                erasure_id: erased.erasure_id.clone(),
+                service: "scoring".to_owned(),
+            }))
+            .await
+    };
+    let early = confirm().await.expect_err("before the settle");
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    assert_eq!(
+        precondition_subjects(&early),
+        [format!("erasure/{}", erased.erasure_id)],
+        "{early:?}"
+    );
+    assert!(
+        early.message().contains("erasure.min_settle_ms"),
+        "{early:?}"
+    );
+    assert!(
+        done(&erasure(&lifecycle, &erased.erasure_id).await).contains(&("scoring", false)),
+        "the refused confirmation left scoring's part pending"
+    );
+    eventually_within(
+        Duration::from_secs(10),
+        "the confirmation to be taken once settled",
+        async || confirm().await.map_err(|status| format!("{status:?}")),
+    )
+    .await;
+    wait_until_complete(&lifecycle, &erased.erasure_id).await;
     system.stop().await;
 }

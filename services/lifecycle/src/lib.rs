@@ -100,6 +100,7 @@ async fn service(
     );
     let mut repository = storage::Repository::new(database.clone());
     repository.set_notification_waker(deliverer.waker());
+    repository.set_erasure_settle(Duration::from_millis(settings.own.erasure.min_settle_ms));
     let entries = settings.own.cache.accounts;
     if entries > 0 {
         // PostgreSQL answers from memory only once it hears other replicas.

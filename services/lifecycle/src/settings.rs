@@ -1,5 +1,5 @@
-//! Lifecycle's own settings section: `[cache]`, what each replica keeps in
-//! memory.
+//! Lifecycle's own settings sections: `[cache]`, what each replica keeps in
+//! memory, and `[erasure]`, when a service may confirm its part of one.
 
 use cascade_chassis::settings::OwnSections;
 use serde::{Deserialize, Serialize};
@@ -22,17 +22,48 @@ impl Default for CacheSettings {
     }
 }
 
+/// `[erasure]`, `CASCADE_LIFECYCLE__ERASURE__<KEY>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureSettings {
+    /// ConfirmErasure is refused (FAILED_PRECONDITION, `ERASURE_SETTLING`)
+    /// until this long after the erasure was made, so every replica of
+    /// scoring and opportunity hears of it while it is pending, whatever
+    /// their own `lifecycle.erasure_settle_ms` or version says. Set it to
+    /// at most theirs (the same 5 min by default); 0 turns the check off.
+    pub min_settle_ms: u64,
+}
+
+impl Default for ErasureSettings {
+    fn default() -> Self {
+        Self {
+            min_settle_ms: 300_000,
+        }
+    }
+}
+
 /// Lifecycle's sections beside the common ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LifecycleSections {
     pub cache: CacheSettings,
+    pub erasure: ErasureSettings,
 }
 
 impl OwnSections for LifecycleSections {
-    const SECTIONS: &'static [&'static str] = &["cache"];
+    const SECTIONS: &'static [&'static str] = &["cache", "erasure"];
 
     fn defaults() -> Self {
         Self::default()
+    }
+
+    /// As the consumers' test settle (`LifecycleClientSettings::for_tests`).
+    fn for_tests() -> Self {
+        Self {
+            erasure: ErasureSettings {
+                min_settle_ms: 2_000,
+            },
+            ..Self::default()
+        }
     }
 }
 
@@ -70,5 +101,20 @@ mod tests {
         )
         .expect_err("not a number");
         assert!(error.to_string().contains("accounts"), "{error}");
+    }
+
+    #[test]
+    fn the_erasure_settle_has_its_own_section() {
+        let settings: ServiceSettings<LifecycleSections> =
+            load_from(IDENTITY, None, env(&[])).unwrap_or_else(|e| panic!("defaults load: {e}"));
+        assert_eq!(settings.own.erasure.min_settle_ms, 300_000);
+        let settings: ServiceSettings<LifecycleSections> = load_from(
+            IDENTITY,
+            None,
+            env(&[("CASCADE_LIFECYCLE__ERASURE__MIN_SETTLE_MS", "2000")]),
+        )
+        .unwrap_or_else(|e| panic!("the section loads: {e}"));
+        assert_eq!(settings.own.erasure.min_settle_ms, 2_000);
+        assert_eq!(LifecycleSections::for_tests().erasure.min_settle_ms, 2_000);
     }
 }

@@ -1253,21 +1253,22 @@ async fn activities_in_flight_are_bounded(db: TestDatabase) {
 async fn simulations_in_flight_are_bounded(db: TestDatabase) {
     let mut system = TestSystem::scoring_with(&db, |s| s.own.simulation.max_in_flight = 1).await;
     let scoring = system.scoring();
-    let model = scoring.model().await;
+    let replay = pb::SimulateScoringModelRequest {
+        model: Some(scoring.model().await),
+        thresholds: Some(pb::SimulationThresholds {
+            engaged_threshold: 10.0,
+            prioritized_threshold: 100.0,
+        }),
+        start_time: None,
+        end_time: None,
+        sample_size: 0,
+    };
+    let unary = replay.clone();
     let simulate = move |deadline: Duration| {
         let scoring = scoring.clone();
-        let model = model.clone();
+        let replay = unary.clone();
         async move {
-            let mut request = scoring.req(pb::SimulateScoringModelRequest {
-                model: Some(model),
-                thresholds: Some(pb::SimulationThresholds {
-                    engaged_threshold: 10.0,
-                    prioritized_threshold: 100.0,
-                }),
-                start_time: None,
-                end_time: None,
-                sample_size: 0,
-            });
+            let mut request = scoring.req(replay);
             request.set_timeout(deadline);
             scoring.public().simulate_scoring_model(request).await
         }
@@ -1305,18 +1306,14 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         "{refused:?}"
     );
     // The streamed replay counts against the same bound.
-    let stream_model = system.scoring().model().await;
     let streamed = eventually_within(
         Duration::from_secs(4),
         "a streamed replay refused OVERLOADED",
         async || {
             let scoring = system.scoring();
             let mut request = scoring.req(pb::SimulateScoringModelStreamRequest {
-                model: Some(stream_model.clone()),
-                thresholds: Some(pb::SimulationThresholds {
-                    engaged_threshold: 10.0,
-                    prioritized_threshold: 100.0,
-                }),
+                model: replay.model.clone(),
+                thresholds: replay.thresholds,
                 start_time: None,
                 end_time: None,
                 sample_size: 0,
@@ -1336,11 +1333,8 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
     assert_eq!(streamed.code(), Code::Unavailable, "{streamed:?}");
     // A malformed request is told what is wrong, bound or not.
     let mut malformed = system.scoring().req(pb::SimulateScoringModelRequest {
-        model: Some(system.scoring().model().await),
         thresholds: None,
-        start_time: None,
-        end_time: None,
-        sample_size: 0,
+        ..replay.clone()
     });
     malformed.set_timeout(Duration::from_secs(2));
     let malformed = system

@@ -35,6 +35,10 @@ use crate::client::{CALL_DEADLINE, LifecycleInternalClient, outgoing, with_deadl
 /// How many pending changes one page lists (lifecycle's most).
 const PAGE: i32 = 500;
 
+/// The PreconditionFailure type of lifecycle's refusal of a confirmation
+/// that comes before the erasure has settled (`erasure.min_settle_ms`).
+pub const ERASURE_SETTLING: &str = "ERASURE_SETTLING";
+
 /// What applying a change came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -69,13 +73,14 @@ pub trait PendingFeed: Send + Sync + 'static {
     /// Applies this service's part of `change`; must be idempotent.
     async fn apply(&self, change: &Self::Change) -> anyhow::Result<Applied>;
 
-    /// Tells lifecycle `service` has applied `change`.
+    /// Tells lifecycle `service` has applied `change`: `Done` when lifecycle
+    /// took it, `Later` when it asked to be told again later.
     async fn confirm(
         &self,
         client: &mut LifecycleInternalClient,
         service: &'static str,
         change: &Self::Change,
-    ) -> Result<(), Status>;
+    ) -> Result<Applied, Status>;
 
     /// The change's id (lifecycle lists by it) and tenant.
     fn id_and_tenant(change: &Self::Change) -> (&str, &str);
@@ -142,7 +147,7 @@ impl std::error::Error for Polled {}
 
 /// One round, page by page: how many changes were pending. Each was
 /// applied, and confirmed unless it is to be applied again later; the
-/// round's error is the first change that failed.
+/// round's error names every change that failed (one log line a round).
 pub async fn poll_once<F: PendingFeed>(
     internal: &LifecycleInternalClient,
     service: &'static str,
@@ -152,7 +157,7 @@ pub async fn poll_once<F: PendingFeed>(
     let mut client = internal.clone();
     let mut after = String::new();
     let mut pending = 0;
-    let mut failed = None;
+    let mut failed = Vec::new();
     loop {
         let page = match with_deadline(CALL_DEADLINE, feed.list(&mut client, service, &after, PAGE))
             .await
@@ -192,12 +197,15 @@ pub async fn poll_once<F: PendingFeed>(
                     continue;
                 }
             }
-            if let Err(status) =
-                with_deadline(CALL_DEADLINE, feed.confirm(&mut client, service, change)).await
-            {
-                let error = anyhow::anyhow!("confirming {} {id}: {}", F::WHAT, status.message());
-                change_failed::<F>(error, &mut failed)?;
-                continue;
+            match with_deadline(CALL_DEADLINE, feed.confirm(&mut client, service, change)).await {
+                Ok(Applied::Done) => {}
+                Ok(Applied::Later) => continue,
+                Err(status) => {
+                    let error =
+                        anyhow::anyhow!("confirming {} {id}: {}", F::WHAT, status.message());
+                    change_failed::<F>(error, &mut failed)?;
+                    continue;
+                }
             }
             feed.confirmed(change);
             tracing::info!(what = F::WHAT, change = %id, %tenant, "applied this service's part");
@@ -211,24 +219,32 @@ pub async fn poll_once<F: PendingFeed>(
         }
     }
     feed.heard_all(started);
-    match failed {
-        Some(error) => Err(Polled::Failed(error)),
-        None => Ok(pending),
+    match failed.len() {
+        0 => Ok(pending),
+        1 => Err(Polled::Failed(failed.remove(0))),
+        n => Err(Polled::Failed(anyhow::anyhow!(
+            "{n} of {pending} pending {} failed, the others went on: {}",
+            F::WHAT,
+            failed
+                .iter()
+                .map(|error| format!("{error:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
     }
 }
 
 /// A change that failed to apply or confirm: the round's error at once when
-/// changes are in order; otherwise logged, kept as the round's error, and
-/// the round goes on with the others.
+/// changes are in order; otherwise kept for the round's error, and the
+/// round goes on with the others.
 fn change_failed<F: PendingFeed>(
     error: anyhow::Error,
-    failed: &mut Option<anyhow::Error>,
+    failed: &mut Vec<anyhow::Error>,
 ) -> Result<(), Polled> {
     if F::IN_ORDER {
         return Err(Polled::Failed(error));
     }
-    tracing::warn!(what = F::WHAT, error = %format!("{error:#}"), "going on with the others; will try again");
-    failed.get_or_insert(error);
+    failed.push(error);
     Ok(())
 }
 
@@ -360,15 +376,24 @@ impl PendingFeed for Erasures {
         client: &mut LifecycleInternalClient,
         service: &'static str,
         erasure: &Self::Change,
-    ) -> Result<(), Status> {
+    ) -> Result<Applied, Status> {
         let confirm = lifecycle::ConfirmErasureRequest {
             erasure_id: erasure.erasure_id.clone(),
             service: service.to_owned(),
         };
-        client
+        match client
             .confirm_erasure(outgoing(&erasure.tenant_id, service, confirm))
-            .await?;
-        Ok(())
+            .await
+        {
+            Ok(_) => Ok(Applied::Done),
+            // Lifecycle's settle is longer than this replica's: erased again
+            // and confirmed on a later round.
+            Err(status) if is_settling(&status) => {
+                tracing::debug!(erasure = %erasure.erasure_id, refusal = %status.message(), "lifecycle asks to confirm later");
+                Ok(Applied::Later)
+            }
+            Err(status) => Err(status),
+        }
     }
 
     fn id_and_tenant(erasure: &Self::Change) -> (&str, &str) {
@@ -387,6 +412,21 @@ impl PendingFeed for Erasures {
             .retain(|_, seen| seen.swept_at.unwrap_or(seen.heard_at).elapsed() < keep);
         self.eraser.heard_all(started);
     }
+}
+
+/// Whether lifecycle refused a confirmation because the erasure has not
+/// settled yet ([`ERASURE_SETTLING`]).
+fn is_settling(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == Code::FailedPrecondition
+        && status
+            .get_details_precondition_failure()
+            .is_some_and(|failure| {
+                failure
+                    .violations
+                    .iter()
+                    .any(|v| v.r#type == ERASURE_SETTLING)
+            })
 }
 
 /// Polls lifecycle every `interval` for the erasures `service` has not
@@ -452,7 +492,7 @@ impl PendingFeed for ContactChanges {
         client: &mut LifecycleInternalClient,
         service: &'static str,
         change: &Self::Change,
-    ) -> Result<(), Status> {
+    ) -> Result<Applied, Status> {
         let confirm = lifecycle::ConfirmContactChangeRequest {
             change_id: change.change_id.clone(),
             service: service.to_owned(),
@@ -460,7 +500,7 @@ impl PendingFeed for ContactChanges {
         client
             .confirm_contact_change(outgoing(&change.tenant_id, service, confirm))
             .await?;
-        Ok(())
+        Ok(Applied::Done)
     }
 
     fn id_and_tenant(change: &Self::Change) -> (&str, &str) {
@@ -556,10 +596,10 @@ mod tests {
             _client: &mut LifecycleInternalClient,
             _service: &'static str,
             id: &String,
-        ) -> Result<(), Status> {
+        ) -> Result<Applied, Status> {
             self.pending.lock().expect("lock").retain(|p| p != id);
             self.confirmed.lock().expect("lock").push(id.clone());
-            Ok(())
+            Ok(Applied::Done)
         }
 
         fn id_and_tenant(id: &String) -> (&str, &str) {
@@ -619,6 +659,21 @@ mod tests {
             ["id-0000", "id-0002"]
         );
         assert_eq!(erasures.heard.load(Ordering::SeqCst), 1);
+        // Every failure of a round in one error: one log line a round.
+        let two = Fake::<false> {
+            failing: ["id-0000".to_owned(), "id-0002".to_owned()].into(),
+            ..Fake::with(ids(3))
+        };
+        let error = poll_once(&unused_client(), "scoring", &two)
+            .await
+            .expect_err("two failed");
+        let error = error.to_string();
+        assert!(error.starts_with("2 of 3 pending"), "{error}");
+        assert!(
+            error.contains("id-0000 fails") && error.contains("id-0002 fails"),
+            "{error}"
+        );
+        assert_eq!(*two.confirmed.lock().expect("lock"), ["id-0001"]);
 
         let changes = Fake::<true> {
             failing,
@@ -673,6 +728,19 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    /// Only lifecycle's settling refusal reads as "later": another
+    /// precondition or code is a failure.
+    #[test]
+    fn a_settling_refusal_is_told_from_a_failure() {
+        let refusal = |kind: &str| -> Status {
+            crate::ServiceError::precondition(kind, "erasure/e1", "not yet").into()
+        };
+        assert!(is_settling(&refusal(ERASURE_SETTLING)));
+        assert!(!is_settling(&refusal("OPEN_OPPORTUNITIES")));
+        assert!(!is_settling(&Status::failed_precondition("no details")));
+        assert!(!is_settling(&Status::unavailable(ERASURE_SETTLING)));
     }
 
     /// An erasure is heard once, erased at once (again after a failure),

@@ -206,11 +206,15 @@ impl Process {
                     "2000",
                 );
             }
-            None => assert_eq!(
-                self.name, "lifecycle",
-                "{} calls lifecycle: give its URL with Process::calling",
-                self.name
-            ),
+            None => {
+                assert_eq!(
+                    self.name, "lifecycle",
+                    "{} calls lifecycle: give its URL with Process::calling",
+                    self.name
+                );
+                // Confirmations are taken as soon as the services' settle allows.
+                command.env("CASCADE_LIFECYCLE__ERASURE__MIN_SETTLE_MS", "2000");
+            }
         }
         for (k, v) in &self.extra_env {
             command.env(k, v);

@@ -3,7 +3,9 @@
 
 use cascade_domain::domain_enum;
 use cascade_proto::lifecycle::v1 as pb;
-use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
 
 use super::Refusal;
 
@@ -40,6 +42,42 @@ impl Erasure {
     /// When the last service finished, once every one has.
     pub fn complete_at(&self) -> Option<DateTime<Utc>> {
         Some(self.scoring_done_at?.max(self.opportunity_done_at?))
+    }
+
+    /// When the erasure has settled: `settle` after it was made.
+    pub fn settles_at(&self, settle: Duration) -> DateTime<Utc> {
+        TimeDelta::from_std(settle)
+            .ok()
+            .and_then(|settle| self.created_at.checked_add_signed(settle))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// `service` may confirm its part once the erasure has settled. Until
+    /// then a replica of it that has not heard of the erasure may still
+    /// store the person's data, which the service's second sweep, a settle
+    /// after its first, takes (docs/decisions.md). Enforced here too, so a
+    /// replica of an older version or with a shorter settle cannot cut it
+    /// short. A service that confirmed already may say so again.
+    pub fn may_confirm(
+        &self,
+        service: &str,
+        now: DateTime<Utc>,
+        settle: Duration,
+    ) -> Result<(), Refusal> {
+        let confirmed = self
+            .steps()
+            .iter()
+            .any(|(step, done)| *step == service && done.is_some());
+        let settled = self.settles_at(settle);
+        if confirmed || now >= settled {
+            return Ok(());
+        }
+        Err(Refusal(format!(
+            "erasure {} settles until {}, {settle:?} after it was made (lifecycle's \
+             erasure.min_settle_ms): confirm after that",
+            self.erasure_id,
+            settled.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )))
     }
 
     /// Each service's part: (service, done at), lifecycle first.
@@ -121,6 +159,43 @@ mod tests {
                 ("scoring", Some(at(2_000))),
                 ("opportunity", None)
             ]
+        );
+    }
+
+    #[test]
+    fn a_service_confirms_once_the_erasure_settled() {
+        // Made at 1 s; settles 2 s after.
+        let settle = Duration::from_secs(2);
+        let pending = erasure(None, None);
+        assert_eq!(pending.settles_at(settle), at(3_000));
+        let refused = pending
+            .may_confirm("scoring", at(2_999), settle)
+            .expect_err("not settled yet");
+        assert!(
+            refused.0.contains("settles until 1970-01-01T00:00:03.000Z"),
+            "{refused:?}"
+        );
+        assert!(refused.0.contains("erasure.min_settle_ms"), "{refused:?}");
+        assert_eq!(pending.may_confirm("scoring", at(3_000), settle), Ok(()));
+        assert_eq!(
+            pending.may_confirm("opportunity", at(1_000), Duration::ZERO),
+            Ok(())
+        );
+        // A repeated confirmation of a service that is done is taken.
+        let scoring_done = erasure(Some(3_500), None);
+        assert_eq!(
+            scoring_done.may_confirm("scoring", at(1_500), settle),
+            Ok(())
+        );
+        assert!(
+            scoring_done
+                .may_confirm("opportunity", at(1_500), settle)
+                .is_err()
+        );
+        assert_eq!(
+            pending.settles_at(Duration::MAX),
+            DateTime::<Utc>::MAX_UTC,
+            "a settle beyond the calendar never ends"
         );
     }
 

@@ -294,6 +294,16 @@ impl Repository {
             "opportunity" => erasure::Column::OpportunityDoneAtMs,
             other => return Err(unknown_service(other)),
         };
+        self.get_erasure(tenant, erasure_id)
+            .await?
+            .may_confirm(service, time::now(), self.erasure_settle)
+            .map_err(|refusal| {
+                ServiceError::precondition(
+                    cascade_chassis::erasure::ERASURE_SETTLING,
+                    format!("erasure/{erasure_id}"),
+                    refusal.0,
+                )
+            })?;
         let _turn = cascade_chassis::db::write_turn(&self.db).await?;
         // The first confirmation's time stays.
         erasure::Entity::update_many()

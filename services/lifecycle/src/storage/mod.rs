@@ -26,6 +26,7 @@ pub use import::Imported;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cascade_chassis::db::{WriteTransaction, statement_chunks};
 use cascade_chassis::{ServiceError, ServiceResult};
@@ -132,6 +133,9 @@ pub struct Repository {
     events_written: Arc<Notify>,
     /// Woken after a commit that wrote notifications (the webhook deliverer).
     notifications_written: Arc<Notify>,
+    /// How long after an erasure a service may confirm its part
+    /// (`erasure.min_settle_ms`); zero until set.
+    erasure_settle: Duration,
 }
 
 impl Repository {
@@ -141,7 +145,13 @@ impl Repository {
             accounts: None,
             events_written: Arc::new(Notify::new()),
             notifications_written: Arc::new(Notify::new()),
+            erasure_settle: Duration::ZERO,
         }
+    }
+
+    /// Refuses a service's confirmation of an erasure until `settle` after it.
+    pub fn set_erasure_settle(&mut self, settle: Duration) {
+        self.erasure_settle = settle;
     }
 
     /// Answers GetAccount from `cache` when it holds the account, and keeps
