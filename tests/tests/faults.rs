@@ -51,11 +51,9 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
             "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
             "0".to_owned(),
         ),
-        // What scoring remembers of people answers while lifecycle is
-        // down, for half of this after its last poll of erasures.
         (
             "CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS".to_owned(),
-            "60000".to_owned(),
+            cascade_testkit::SETTLE_THROUGH_AN_OUTAGE_MS.to_string(),
         ),
     ];
     let mut system = System::start_with(&db, 1, env).await;

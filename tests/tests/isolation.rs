@@ -1529,11 +1529,9 @@ async fn tenant_a_cannot_see_or_change_tenant_b(db: TestDatabase) {
 /// (NOT_FOUND). B's own deliveries wait in the outbox and arrive with B's
 /// totals, and B's contact is not made a hand-raiser by A.
 async fn score_deliveries_of_two_tenants_stay_apart(db: TestDatabase) {
-    // What scoring remembers of people answers while lifecycle is down, for
-    // half of the settle after its last poll of erasures.
     let settle = vec![(
         "CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS".to_owned(),
-        "60000".to_owned(),
+        cascade_testkit::SETTLE_THROUGH_AN_OUTAGE_MS.to_string(),
     )];
     let mut system = System::start_with(&db, 1, settle).await;
     let (lifecycle, scoring) = (system.lifecycle_as(0, B), system.scoring_as(0, B));

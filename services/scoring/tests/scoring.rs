@@ -3,13 +3,16 @@
 //! batches with bad items, email resolution, the ledger, simulation,
 //! delivery while lifecycle is down, and two scoring replicas.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cascade_proto::common::v1::AccountStage as S;
 use cascade_proto::scoring::v1 as pb;
 use cascade_testkit::fixtures::{account, activity, by_email, days_ago, violated_fields};
 use cascade_testkit::{
-    Lifecycle, Scoring, Service, TestDatabase, TestSystem, eventually_within, on_each_database,
+    Lifecycle, SETTLE_THROUGH_AN_OUTAGE_MS, Scoring, Service, TestDatabase, TestSystem,
+    eventually_within, on_each_database,
 };
 use sea_orm::ConnectionTrait;
 use tonic::Code;
@@ -816,10 +819,10 @@ async fn simulation_replays_what_ingest_scored(db: TestDatabase) {
 }
 
 async fn nothing_is_lost_while_lifecycle_is_down(db: TestDatabase) {
-    // What scoring remembers of people answers while lifecycle is down, for
-    // half of this after its last poll of erasures.
-    let mut system =
-        TestSystem::scoring_with(&db, |s| s.own.lifecycle.erasure_settle_ms = 60_000).await;
+    let mut system = TestSystem::scoring_with(&db, |s| {
+        s.own.lifecycle.erasure_settle_ms = SETTLE_THROUGH_AN_OUTAGE_MS;
+    })
+    .await;
     let lifecycle = system.lifecycle();
     let mut accounts = Vec::new();
     for name in ["L1", "L2"] {
@@ -1142,6 +1145,31 @@ fn reason(status: &tonic::Status) -> Option<String> {
         .map(|i| i.reason.clone())
 }
 
+/// Holds one of this replica's bounds for a test: sends `call` again while
+/// it is refused OVERLOADED (a probe may hold the place for its moment) or
+/// `probing` is still set (a held call may end before any probe came), then
+/// answers what it answered.
+fn hold_while_probed<T: Send + 'static, F>(
+    probing: &Arc<AtomicBool>,
+    call: impl Fn() -> F + Send + 'static,
+) -> tokio::task::JoinHandle<Result<T, tonic::Status>>
+where
+    F: Future<Output = Result<T, tonic::Status>> + Send,
+{
+    let probing = probing.clone();
+    tokio::spawn(async move {
+        loop {
+            let answer = call().await;
+            let overloaded =
+                matches!(&answer, Err(status) if reason(status).as_deref() == Some("OVERLOADED"));
+            if !overloaded && !probing.load(Ordering::SeqCst) {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
 /// A replica holds at most `server.ingest_in_flight` activities at once:
 /// while a full batch waits (for a frozen lifecycle), another call is
 /// refused at once with UNAVAILABLE, reason OVERLOADED, before anything is
@@ -1149,9 +1177,7 @@ fn reason(status: &tonic::Status) -> Option<String> {
 async fn activities_in_flight_are_bounded(db: TestDatabase) {
     let mut system = TestSystem::scoring_with(&db, |s| {
         s.server.ingest_in_flight = 1_000;
-        // What scoring remembers of people answers through the freeze (it
-        // is trusted for half of this after the last poll of erasures).
-        s.own.lifecycle.erasure_settle_ms = 60_000;
+        s.own.lifecycle.erasure_settle_ms = SETTLE_THROUGH_AN_OUTAGE_MS;
     })
     .await;
     let (id, known) = account_with_a_contact(&system, "Echo", "echo.example").await;
@@ -1177,19 +1203,14 @@ async fn activities_in_flight_are_bounded(db: TestDatabase) {
         })
         .collect();
     let sender = scoring.clone();
-    let waiting = tokio::spawn(async move {
-        loop {
-            let mut request = sender.req(pb::RecordActivitiesRequest {
-                activities: full.clone(),
-            });
-            request.set_timeout(Duration::from_secs(5));
-            match sender.public().record_activities(request).await {
-                Err(status) if reason(&status).as_deref() == Some("OVERLOADED") => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                other => return other,
-            }
-        }
+    let probing = Arc::new(AtomicBool::new(true));
+    let waiting = hold_while_probed(&probing, move || {
+        let sender = sender.clone();
+        let mut request = sender.req(pb::RecordActivitiesRequest {
+            activities: full.clone(),
+        });
+        request.set_timeout(Duration::from_secs(5));
+        async move { sender.public().record_activities(request).await }
     });
     // A probe that is answered at once when admitted (its one item is
     // malformed: REJECTED, nothing to check), refused once the bound is held.
@@ -1224,6 +1245,7 @@ async fn activities_in_flight_are_bounded(db: TestDatabase) {
         before,
         "nothing stored"
     );
+    probing.store(false, Ordering::SeqCst);
 
     let full = waiting
         .await
@@ -1274,23 +1296,10 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         }
     };
     let holder = freeze_lifecycle(&mut system).await;
-    // Waits for the frozen lifecycle (up to its client timeout), sent again
-    // until a probe below was refused: a probe may hold the place for its
-    // moment, and one wait may end before any probe came.
+    // Waits for the frozen lifecycle (up to its client timeout).
     let first = simulate.clone();
-    let probed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let refused_once = probed.clone();
-    let waiting = tokio::spawn(async move {
-        loop {
-            let answer = first(Duration::from_secs(5)).await;
-            let overloaded =
-                matches!(&answer, Err(status) if reason(status).as_deref() == Some("OVERLOADED"));
-            if !overloaded && refused_once.load(std::sync::atomic::Ordering::SeqCst) {
-                return answer;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    let probing = Arc::new(AtomicBool::new(true));
+    let waiting = hold_while_probed(&probing, move || first(Duration::from_secs(5)));
     let refused = eventually_within(
         Duration::from_secs(4),
         "a replay refused OVERLOADED",
@@ -1345,7 +1354,7 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         .expect_err("no thresholds");
     assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
     assert_eq!(violated_fields(&malformed), ["thresholds"], "{malformed:?}");
-    probed.store(true, std::sync::atomic::Ordering::SeqCst);
+    probing.store(false, Ordering::SeqCst);
     waiting
         .await
         .expect("the task")

@@ -34,7 +34,7 @@ pub use outbox::wait_until_folded;
 pub use request::{Caller, request_for};
 pub use server::TestServer;
 #[cfg(feature = "services")]
-pub use system::{Service, TENANT, TestSystem};
+pub use system::{SETTLE_THROUGH_AN_OUTAGE_MS, Service, TENANT, TestSystem};
 pub use tempdir::TempDir;
 pub use wait::{WAIT_LIMIT, eventually, eventually_within, next_millisecond};
 pub use webhook::{Received, WebhookReceiver};

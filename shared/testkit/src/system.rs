@@ -15,6 +15,12 @@ use crate::server::TestServer;
 /// The tenant [`TestSystem`]'s clients call as.
 pub const TENANT: &str = "acme";
 
+/// `lifecycle.erasure_settle_ms` for a test that ingests through an outage
+/// of lifecycle: scoring answers from what it remembers of people for half
+/// the settle after its last poll of erasures, and the 2 s of the test
+/// settings would end that within a second.
+pub const SETTLE_THROUGH_AN_OUTAGE_MS: u64 = 60_000;
+
 /// A service of the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
