@@ -535,6 +535,16 @@ async fn a_confirmation_before_the_settle_is_refused(db: TestDatabase) {
         .await
         .contact_id;
     let erased = erase_contact(&lifecycle, &pat).await;
+    let (made, settles) = (
+        erased.create_time.expect("made"),
+        erased.settle_time.expect("settles"),
+    );
+    assert_eq!(
+        (settles.seconds * 1_000 + i64::from(settles.nanos / 1_000_000))
+            - (made.seconds * 1_000 + i64::from(made.nanos / 1_000_000)),
+        2_000,
+        "the erasure says when it settles: {erased:?}"
+    );
     let confirm = async || {
         let internal = lifecycle.as_actor("scoring");
         internal

@@ -2,6 +2,8 @@
 //! ListPendingErasures / ConfirmErasure through which scoring and
 //! opportunity erase their parts.
 
+use std::time::Duration;
+
 use cascade_chassis::RequestContext;
 use cascade_chassis::page::MAX_PAGE_SIZE;
 use cascade_chassis::time::to_timestamp;
@@ -12,9 +14,10 @@ use tonic::{Request, Response, Status};
 use super::{LifecycleApi, required_id};
 use crate::domain::erasure::{ERASING_SERVICES, Erasure};
 
-fn to_proto(erasure: Erasure) -> pb::Erasure {
+fn to_proto(erasure: Erasure, settle: Duration) -> pb::Erasure {
     let complete_time = erasure.complete_at();
     pb::Erasure {
+        settle_time: Some(to_timestamp(erasure.settles_at(settle))),
         steps: erasure
             .steps()
             .into_iter()
@@ -47,7 +50,7 @@ pub(super) async fn delete_contact(
         .erase_contact(&context.tenant, &context.actor, &contact_id)
         .await?;
     Ok(Response::new(pb::DeleteContactResponse {
-        erasure: Some(to_proto(erasure)),
+        erasure: Some(to_proto(erasure, api.repository.erasure_settle())),
     }))
 }
 
@@ -67,7 +70,7 @@ pub(super) async fn delete_account(
         )
         .await?;
     Ok(Response::new(pb::DeleteAccountResponse {
-        erasure: Some(to_proto(erasure)),
+        erasure: Some(to_proto(erasure, api.repository.erasure_settle())),
     }))
 }
 
@@ -82,7 +85,7 @@ pub(super) async fn get_erasure(
         .get_erasure(&context.tenant, &erasure_id)
         .await?;
     Ok(Response::new(pb::GetErasureResponse {
-        erasure: Some(to_proto(erasure)),
+        erasure: Some(to_proto(erasure, api.repository.erasure_settle())),
     }))
 }
 

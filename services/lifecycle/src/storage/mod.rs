@@ -154,6 +154,11 @@ impl Repository {
         self.erasure_settle = settle;
     }
 
+    /// How long after an erasure a service may confirm its part.
+    pub fn erasure_settle(&self) -> Duration {
+        self.erasure_settle
+    }
+
     /// Answers GetAccount from `cache` when it holds the account, and keeps
     /// it current through this repository's writes.
     pub fn set_account_cache(&mut self, cache: Arc<cache::AccountCache>) {
