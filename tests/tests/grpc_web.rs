@@ -8,7 +8,9 @@
 use cascade_chassis::auth::AuthMode;
 use cascade_chassis::secret::Secret;
 use cascade_proto::lifecycle::v1 as lc;
-use cascade_testkit::fixtures::violations;
+use cascade_proto::opportunity::v1 as op;
+use cascade_proto::scoring::v1 as sc;
+use cascade_testkit::fixtures::{violated_fields, violations};
 use cascade_testkit::{Service, TempDir, TestDatabase, TestSystem, on_each_database};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message;
@@ -154,12 +156,17 @@ struct Browser {
 
 impl Browser {
     fn new(system: &TestSystem) -> Self {
+        Self::of(system, Service::Lifecycle)
+    }
+
+    /// A page calling `service`.
+    fn of(system: &TestSystem, service: Service) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .http1_only()
                 .build()
                 .expect("HTTP client"),
-            base: system.url(Service::Lifecycle),
+            base: system.url(service),
         }
     }
 
@@ -536,7 +543,71 @@ async fn grpc_web_over_tls_is_http2(db: TestDatabase) {
     system.stop().await;
 }
 
+/// Scoring and opportunity answer gRPC-Web too (one server bootstrap for
+/// the three): a page of the same origin reads scoring's model and
+/// opportunity's settings, and reads the field a bad request names.
+async fn every_service_answers_grpc_web(db: TestDatabase) {
+    let system = TestSystem::all_like(&db).await;
+    let tenant = as_tenant(TENANT);
+
+    let scoring = Browser::of(&system, Service::Scoring);
+    let model = scoring
+        .call(
+            "cascade.scoring.v1.ScoringService/GetScoringModel",
+            &sc::GetScoringModelRequest { version: 0 },
+            None,
+            &tenant,
+        )
+        .await
+        .ok::<sc::GetScoringModelResponse>()
+        .model
+        .expect("the model");
+    assert_eq!(model.version, 1, "the default model: {model:?}");
+    let refused = scoring
+        .call(
+            "cascade.scoring.v1.ScoringService/GetAccountScore",
+            &sc::GetAccountScoreRequest {
+                account_id: String::new(),
+            },
+            None,
+            &tenant,
+        )
+        .await
+        .error();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(violated_fields(&refused), ["account_id"], "{refused:?}");
+
+    let opportunity = Browser::of(&system, Service::Opportunity);
+    let settings = opportunity
+        .call(
+            "cascade.opportunity.v1.OpportunityService/GetOpportunitySettings",
+            &op::GetOpportunitySettingsRequest { version: 0 },
+            None,
+            &tenant,
+        )
+        .await
+        .ok::<op::GetOpportunitySettingsResponse>()
+        .settings
+        .expect("the settings");
+    assert_eq!(settings.version, 1, "the default settings: {settings:?}");
+    let refused = opportunity
+        .call(
+            "cascade.opportunity.v1.OpportunityService/GetOpportunity",
+            &op::GetOpportunityRequest {
+                opportunity_id: String::new(),
+            },
+            None,
+            &tenant,
+        )
+        .await
+        .error();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(violated_fields(&refused), ["opportunity_id"], "{refused:?}");
+    system.stop().await;
+}
+
 on_each_database!(
+    every_service_answers_grpc_web,
     a_browser_calls_through_grpc_web,
     cross_origin_access_is_closed_by_default,
     grpc_web_calls_are_authenticated,
