@@ -170,6 +170,12 @@ impl Browser {
         }
     }
 
+    /// A gRPC-Web call from a page of the service's own origin (no CORS),
+    /// as [`TENANT`].
+    async fn same_origin(&self, method: &str, message: &impl Message) -> Answer {
+        self.call(method, message, None, &as_tenant(TENANT)).await
+    }
+
     /// The CORS preflight a browser sends before a gRPC-Web call from `origin`.
     async fn preflight(&self, origin: &str) -> reqwest::Response {
         self.http
@@ -548,62 +554,57 @@ async fn grpc_web_over_tls_is_http2(db: TestDatabase) {
 /// opportunity's settings, and reads the field a bad request names.
 async fn every_service_answers_grpc_web(db: TestDatabase) {
     let system = TestSystem::all_like(&db).await;
-    let tenant = as_tenant(TENANT);
 
     let scoring = Browser::of(&system, Service::Scoring);
     let model = scoring
-        .call(
+        .same_origin(
             "cascade.scoring.v1.ScoringService/GetScoringModel",
             &sc::GetScoringModelRequest { version: 0 },
-            None,
-            &tenant,
         )
         .await
         .ok::<sc::GetScoringModelResponse>()
         .model
         .expect("the model");
     assert_eq!(model.version, 1, "the default model: {model:?}");
+    let no_account = sc::GetAccountScoreRequest {
+        account_id: String::new(),
+    };
     let refused = scoring
-        .call(
+        .same_origin(
             "cascade.scoring.v1.ScoringService/GetAccountScore",
-            &sc::GetAccountScoreRequest {
-                account_id: String::new(),
-            },
-            None,
-            &tenant,
+            &no_account,
         )
-        .await
-        .error();
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert_eq!(violated_fields(&refused), ["account_id"], "{refused:?}");
+        .await;
+    assert_refused_naming(&refused.error(), "account_id");
 
     let opportunity = Browser::of(&system, Service::Opportunity);
     let settings = opportunity
-        .call(
+        .same_origin(
             "cascade.opportunity.v1.OpportunityService/GetOpportunitySettings",
             &op::GetOpportunitySettingsRequest { version: 0 },
-            None,
-            &tenant,
         )
         .await
         .ok::<op::GetOpportunitySettingsResponse>()
         .settings
         .expect("the settings");
     assert_eq!(settings.version, 1, "the default settings: {settings:?}");
+    let no_opportunity = op::GetOpportunityRequest {
+        opportunity_id: String::new(),
+    };
     let refused = opportunity
-        .call(
+        .same_origin(
             "cascade.opportunity.v1.OpportunityService/GetOpportunity",
-            &op::GetOpportunityRequest {
-                opportunity_id: String::new(),
-            },
-            None,
-            &tenant,
+            &no_opportunity,
         )
-        .await
-        .error();
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert_eq!(violated_fields(&refused), ["opportunity_id"], "{refused:?}");
+        .await;
+    assert_refused_naming(&refused.error(), "opportunity_id");
     system.stop().await;
+}
+
+/// INVALID_ARGUMENT naming `field` alone, readable from gRPC-Web.
+fn assert_refused_naming(refused: &tonic::Status, field: &str) {
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(violated_fields(refused), [field], "{refused:?}");
 }
 
 on_each_database!(
