@@ -36,6 +36,9 @@ const PAT: &str = "pat@acme-erasure.example";
 const ANN: &str = "ann@acme-erasure.example";
 /// Pat's family name, also given to opportunity as a stakeholder's name.
 const PAT_NAME: &str = "Erasable";
+/// The reason an operator typed for a manual move: kept with the history,
+/// blanked when the account is erased.
+const NURTURE_REASON: &str = "Ann Doe asked us to wait a quarter";
 
 /// Where `needle` is still stored, per service: (service, table.column).
 async fn found_anywhere(system: &System, needle: &str) -> Vec<(String, String)> {
@@ -104,6 +107,20 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
             a.engagement_score == 104.0
         })
         .await;
+    lifecycle
+        .wait_for_stage(
+            &acme.account_id,
+            cascade_proto::common::v1::AccountStage::Prioritized,
+        )
+        .await;
+    lifecycle
+        .public()
+        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
+            account_id: acme.account_id.clone(),
+            reason: NURTURE_REASON.into(),
+        }))
+        .await
+        .expect("nurture");
     // A deal with both in the buying group, Pat also a named stakeholder.
     let opportunity = system.opportunity_as(0, T);
     let deal = opportunity
@@ -255,6 +272,20 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     assert!(!found_anywhere(&system, ANN).await.is_empty());
 
     // The account: refused while its deal is open, then forced.
+    // A person's erasure keeps the account's history and watch feed as
+    // they are.
+    let mut reason_kept = found_anywhere(&system, NURTURE_REASON).await;
+    reason_kept.sort();
+    assert_eq!(
+        reason_kept,
+        [
+            ("lifecycle".to_owned(), "account_events.payload".to_owned()),
+            (
+                "lifecycle".to_owned(),
+                "account_transitions.reason".to_owned()
+            )
+        ]
+    );
     let refused = admin
         .public()
         .delete_account(admin.req(lc::DeleteAccountRequest {
@@ -304,7 +335,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     let scored = system.scoring_as(0, T).try_score(&acme.account_id).await;
     assert_eq!(scored.expect_err("no score").code(), Code::NotFound);
     system.settled().await;
-    for needle in [ANN, "acme-erasure.example", PAT] {
+    for needle in [ANN, "acme-erasure.example", PAT, NURTURE_REASON] {
         assert_eq!(
             found_anywhere(&system, needle).await,
             Vec::<(String, String)>::new(),

@@ -7,7 +7,7 @@
 //! something happened) and applied event ids. Deleted: the contact rows
 //! (email, names, title), first-reached dates, buying-group memberships, and
 //! for an account its notifications and watch feed entries (their text names
-//! the account).
+//! the account) and the reasons typed for its manual moves.
 
 use cascade_chassis::db::{Stored, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -22,7 +22,7 @@ use sea_orm::{
 use super::contacts::contact_model;
 use super::entities::{
     account, account_event, account_opportunity, contact, contact_change, erasure, notification,
-    opportunity_contact, stage_first,
+    opportunity_contact, stage_first, transition,
 };
 use super::{OPEN, Repository, lock_account, lock_account_to_delete};
 use crate::domain::erasure::{ERASING_SERVICES, Erasure, ErasureSubject, may_erase_account};
@@ -230,6 +230,18 @@ impl Repository {
         account::Entity::delete_many()
             .filter(account::Column::TenantId.eq(t))
             .filter(account::Column::AccountId.eq(account_id))
+            .exec(&txn)
+            .await?;
+        // The history stays, but a manual move's reason is free text an
+        // operator typed about this account and may name its people.
+        transition::Entity::update_many()
+            .col_expr(
+                transition::Column::Reason,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(transition::Column::TenantId.eq(t))
+            .filter(transition::Column::AccountId.eq(account_id))
+            .filter(transition::Column::Reason.is_not_null())
             .exec(&txn)
             .await?;
         let model = record(
