@@ -1,6 +1,7 @@
 //! Upgrading a scoring database: the engaged flags migration fills the new
 //! column from the buckets already stored, and stored scores from before
-//! breakdowns were kept are recomputed, not trusted (SQLite and PostgreSQL).
+//! breakdowns were kept are recomputed, not trusted, and keys compare byte
+//! by byte once the byte order migration ran (SQLite and PostgreSQL).
 
 use cascade_chassis::TenantId;
 use cascade_scoring::storage::migration::Migrator;
@@ -105,7 +106,87 @@ async fn scores_from_before_breakdowns_are_recomputed(db: TestDatabase) {
     assert_eq!(totals.breakdown["webinar_attended"], (1, 25.0));
 }
 
+/// The byte order migration: rows stored before it are read through the
+/// rebuilt indexes and still deduplicated, and on PostgreSQL every key
+/// column (`VARCHAR`) of scoring's tables and outbox compares in "C" while
+/// free text (`TEXT`) keeps the server's collation (SeaORM's own table of
+/// applied migrations is not Cascade's to change).
+async fn keys_compare_byte_by_byte_after_the_upgrade(db: TestDatabase) {
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    up_to(&conn, "m20261206_100001_byte_order_keys").await;
+    let today = cascade_scoring::storage::today();
+    let activity = "INSERT INTO activities VALUES ('t', 'e-1', 'a1', 'ann', 'email_open', 0, 1, 2, 2, FALSE, FALSE, 0)";
+    for sql in [
+        activity.to_owned(),
+        format!(
+            "INSERT INTO score_buckets VALUES ('t', 'a1', 'ann', 'email_open', FALSE, {today}, 2, 1)"
+        ),
+        format!(
+            "INSERT INTO score_buckets VALUES ('t', 'a1', 'Bob', 'webinar_attended', FALSE, {today}, 25, 1)"
+        ),
+    ] {
+        conn.execute_unprepared(&sql).await.expect(&sql);
+    }
+    Migrator::up(&conn, None).await.expect("upgraded");
+    let repeated = conn.execute_unprepared(activity).await;
+    assert!(
+        repeated.is_err(),
+        "the event id is still unique per tenant: {repeated:?}"
+    );
+    let backend = conn.get_database_backend();
+    if backend == sea_orm::DbBackend::Postgres {
+        let columns = |condition: &str| {
+            let sql = format!(
+                "SELECT table_name || '.' || column_name AS name FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name <> 'seaql_migrations' \
+                 AND {condition} ORDER BY 1"
+            );
+            let conn = &conn;
+            async move {
+                conn.query_all_raw(Statement::from_string(backend, sql))
+                    .await
+                    .expect("columns")
+                    .iter()
+                    .map(|r| r.try_get::<String>("", "name").expect("name"))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let keys = columns("data_type = 'character varying'").await;
+        assert!(keys.contains(&"activities.event_id".to_owned()), "{keys:?}");
+        assert!(
+            keys.contains(&"outbox.partition_key".to_owned()),
+            "{keys:?}"
+        );
+        assert_eq!(
+            columns("data_type = 'character varying' AND collation_name IS DISTINCT FROM 'C'")
+                .await,
+            Vec::<String>::new(),
+            "every key compares byte by byte"
+        );
+        let free_text = columns("data_type = 'text'").await;
+        assert!(
+            free_text.contains(&"scoring_models.rules".to_owned()),
+            "{free_text:?}"
+        );
+        assert_eq!(
+            columns("data_type = 'text' AND collation_name = 'C'").await,
+            Vec::<String>::new(),
+            "free text keeps the server's collation"
+        );
+    }
+    let repository = cascade_scoring::storage::Repository::new(conn);
+    let tenant = TenantId::parse("t").expect("tenant");
+    let totals = repository
+        .account_totals(&tenant, "a1")
+        .await
+        .expect("score");
+    assert_eq!((totals.engagement, totals.engaged_contacts), (27.0, 2));
+}
+
 on_each_database!(
     engaged_flags_are_filled_from_the_buckets,
     scores_from_before_breakdowns_are_recomputed,
+    keys_compare_byte_by_byte_after_the_upgrade,
 );

@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_chassis::outbox::OutboxChurnMigration),
             Box::new(ContactsRoomForScores),
             Box::new(AccountChangesHeard),
+            Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
         ]
     }
 }

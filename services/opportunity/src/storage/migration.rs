@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_chassis::outbox::OutboxPendingIndexMigration),
             Box::new(KindsAndTerms),
             Box::new(cascade_chassis::outbox::OutboxChurnMigration),
+            Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
         ]
     }
 }

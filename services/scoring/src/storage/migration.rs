@@ -19,6 +19,8 @@ impl MigratorTrait for Migrator {
             Box::new(ActivitiesStatistics),
             Box::new(StoredBreakdowns),
             Box::new(PendingFoldsLz4),
+            Box::new(ByteOrderKeys),
+            Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
         ]
     }
 }
@@ -433,5 +435,45 @@ impl MigrationTrait for PendingFoldsLz4 {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         pending_folds_compression(manager, "pglz").await
+    }
+}
+
+/// PostgreSQL: every key column (`VARCHAR`) of scoring's tables compares byte
+/// by byte (`cascade_chassis::db::byte_order_keys`): on a server whose
+/// locale is a real one (`en_US.UTF-8`) the pipeline spent about a tenth of
+/// its CPU in the B-trees' `strcoll` (docs/performance.md, round 35).
+/// `activities` first: it is the largest, and the lock each table takes is
+/// held until the migration commits, so the tables the score reads use are
+/// locked for the shortest time.
+struct ByteOrderKeys;
+
+impl MigrationName for ByteOrderKeys {
+    fn name(&self) -> &str {
+        "m20261206_100001_byte_order_keys"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ByteOrderKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            "activities",
+            "score_buckets",
+            "rule_usage",
+            "pending_folds",
+            "contact_status",
+            "scoring_models",
+            "contact_scores",
+            "account_scores",
+        ] {
+            cascade_chassis::db::byte_order_keys(manager, table).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the byte order keys migration is not reversible".into(),
+        ))
     }
 }

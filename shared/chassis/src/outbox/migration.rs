@@ -78,6 +78,30 @@ impl MigrationTrait for OutboxChurnMigration {
     }
 }
 
+/// PostgreSQL: the outbox's keys (id, tenant, topic, partition, state)
+/// compare byte by byte (`crate::db::byte_order_keys`): every message is
+/// inserted, claimed and marked through its indexes.
+pub struct OutboxByteOrderMigration;
+
+impl MigrationName for OutboxByteOrderMigration {
+    fn name(&self) -> &str {
+        "m20261206_000000_outbox_byte_order_keys"
+    }
+}
+
+#[tonic::async_trait]
+impl MigrationTrait for OutboxByteOrderMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::db::byte_order_keys(manager, "outbox").await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the outbox byte order migration is not reversible".into(),
+        ))
+    }
+}
+
 #[derive(DeriveIden)]
 enum Outbox {
     Table,

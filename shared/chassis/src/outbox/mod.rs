@@ -31,7 +31,9 @@ mod migration;
 
 pub use admin::OutboxAdmin;
 pub use deliverer::{Deliverer, DelivererConfig, pending_count};
-pub use migration::{OutboxChurnMigration, OutboxMigration, OutboxPendingIndexMigration};
+pub use migration::{
+    OutboxByteOrderMigration, OutboxChurnMigration, OutboxMigration, OutboxPendingIndexMigration,
+};
 
 /// How outbox messages are delivered to other services and webhooks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
