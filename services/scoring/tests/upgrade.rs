@@ -3,29 +3,36 @@
 //! breakdowns were kept are recomputed, not trusted, and keys compare byte
 //! by byte once the byte order migration ran (SQLite and PostgreSQL).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use cascade_chassis::TenantId;
+use cascade_scoring::storage::NewActivity;
 use cascade_scoring::storage::migration::Migrator;
 use cascade_testkit::TestDatabase;
 use cascade_testkit::on_each_database;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
+use tonic::Code;
 
-/// Applies the migrations before the one named `name`.
-async fn up_to(conn: &DatabaseConnection, name: &str) {
+/// Connects to `db` and applies the migrations before the one named `name`.
+async fn schema_before(db: &TestDatabase, name: &str) -> DatabaseConnection {
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("connect");
     let before = Migrator::migrations()
         .iter()
         .position(|m| m.name() == name)
         .unwrap_or_else(|| panic!("no migration {name}"));
-    Migrator::up(conn, Some(u32::try_from(before).expect("few migrations")))
+    Migrator::up(&conn, Some(u32::try_from(before).expect("few migrations")))
         .await
         .expect("older schema");
+    conn
 }
 
 async fn engaged_flags_are_filled_from_the_buckets(db: TestDatabase) {
-    let conn = cascade_chassis::db::connect(&db.settings)
-        .await
-        .expect("connect");
-    up_to(&conn, "m20261201_100001_scores_engaged_flags").await;
+    let conn = schema_before(&db, "m20261201_100001_scores_engaged_flags").await;
     for sql in [
         // ann has engagement, bob intent only, cy engagement under another account.
         "INSERT INTO score_buckets VALUES ('t', 'a1', 'ann', 'email_open', FALSE, 1, 2, 1)",
@@ -68,10 +75,7 @@ async fn engaged_flags_are_filled_from_the_buckets(db: TestDatabase) {
 /// A stored score written before breakdowns were kept has none: reads and
 /// batches must recompute it from the buckets rather than answer from it.
 async fn scores_from_before_breakdowns_are_recomputed(db: TestDatabase) {
-    let conn = cascade_chassis::db::connect(&db.settings)
-        .await
-        .expect("connect");
-    up_to(&conn, "m20261204_100001_stored_breakdowns").await;
+    let conn = schema_before(&db, "m20261204_100001_stored_breakdowns").await;
     let today = cascade_scoring::storage::today();
     for sql in [
         format!(
@@ -112,10 +116,7 @@ async fn scores_from_before_breakdowns_are_recomputed(db: TestDatabase) {
 /// free text (`TEXT`) keeps the server's collation (SeaORM's own table of
 /// applied migrations is not Cascade's to change).
 async fn keys_compare_byte_by_byte_after_the_upgrade(db: TestDatabase) {
-    let conn = cascade_chassis::db::connect(&db.settings)
-        .await
-        .expect("connect");
-    up_to(&conn, "m20261206_100001_byte_order_keys").await;
+    let conn = schema_before(&db, "m20261206_100001_byte_order_keys").await;
     let today = cascade_scoring::storage::today();
     let activity = "INSERT INTO activities VALUES ('t', 'e-1', 'a1', 'ann', 'email_open', 0, 1, 2, 2, FALSE, FALSE, 0)";
     for sql in [
@@ -185,8 +186,96 @@ async fn keys_compare_byte_by_byte_after_the_upgrade(db: TestDatabase) {
     assert_eq!((totals.engagement, totals.engaged_contacts), (27.0, 2));
 }
 
+/// The byte order migration beside a steady ingest and folds on the same
+/// database, as in a rolling upgrade, through the path production takes
+/// (`migrate`, one transaction): it completes, both go on around it, and a
+/// call refused meanwhile (a prepared statement gone stale) is refused
+/// UNAVAILABLE, retryable, never anything else. A migration that waited for
+/// its locks in one order failed here with `deadlock detected`: a fold takes
+/// its tables in another order than an ingest (docs/performance.md, round
+/// 38).
+async fn the_byte_order_upgrade_runs_beside_ingest(db: TestDatabase) {
+    let conn = schema_before(&db, "m20261206_100001_byte_order_keys").await;
+    let repository = Arc::new(cascade_scoring::storage::Repository::new(conn));
+    let tenant = TenantId::parse("t").expect("tenant");
+    let stop = Arc::new(AtomicBool::new(false));
+    let batch = |writer: usize, round: usize| -> Vec<NewActivity> {
+        (0..50)
+            .map(|i| NewActivity {
+                event_id: format!("w{writer}-r{round}-{i}"),
+                activity_type: "email_open".into(),
+                occurred_at_ms: 1_764_806_400_000,
+                account_id: format!("a{}", i % 5),
+                contact_id: Some(format!("c{i}")),
+            })
+            .collect()
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (repository, tenant, stop) = (repository.clone(), tenant.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut stored, mut refused) = (0, Vec::new());
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match repository.record(&tenant, batch(writer, round)).await {
+                        Ok(_) => stored += 1,
+                        Err(e) => refused.push((e.code(), e.to_string())),
+                    }
+                    round += 1;
+                }
+                (stored, refused)
+            })
+        })
+        .collect();
+    let folder = {
+        let (repository, stop) = (repository.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut folds, mut refused) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match repository.fold_pending().await {
+                    Ok(_) => folds += 1,
+                    Err(e) => refused.push((e.code(), e.to_string())),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (folds, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let migrating = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("connect");
+    cascade_chassis::db::migrate::<Migrator>(&migrating)
+        .await
+        .expect("the upgrade completes beside ingest");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut stored = 0;
+    for writer in writers {
+        let (batches, refused) = writer.await.expect("writer");
+        stored += batches;
+        for (code, message) in refused {
+            assert_eq!(code, Code::Unavailable, "{message}");
+        }
+    }
+    assert!(
+        stored > 8,
+        "ingest went on around the upgrade: {stored} batches"
+    );
+    let (folds, refused) = folder.await.expect("folder");
+    assert!(folds > 8, "folds went on around the upgrade: {folds}");
+    for (code, message) in refused {
+        assert_eq!(code, Code::Unavailable, "{message}");
+    }
+    let status = cascade_chassis::db::schema_status::<Migrator>(&migrating)
+        .await
+        .expect("status");
+    assert_eq!(status, cascade_chassis::db::SchemaStatus::Current);
+}
+
 on_each_database!(
     engaged_flags_are_filled_from_the_buckets,
     scores_from_before_breakdowns_are_recomputed,
     keys_compare_byte_by_byte_after_the_upgrade,
+    the_byte_order_upgrade_runs_beside_ingest,
 );

@@ -7,7 +7,7 @@
 //! something happened) and applied event ids. Deleted: the contact rows
 //! (email, names, title), first-reached dates, buying-group memberships, and
 //! for an account its notifications and watch feed entries (their text names
-//! the account) and the reasons typed for its manual moves.
+//! the account) and every reason in its stage history.
 
 use cascade_chassis::db::{Stored, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -232,8 +232,9 @@ impl Repository {
             .filter(account::Column::AccountId.eq(account_id))
             .exec(&txn)
             .await?;
-        // The history stays, but a manual move's reason is free text an
-        // operator typed about this account and may name its people.
+        // The history stays, but its reasons are free text (an operator's
+        // for a manual move, the at-risk explanations) that may name the
+        // account's people.
         transition::Entity::update_many()
             .col_expr(
                 transition::Column::Reason,

@@ -20,7 +20,42 @@ impl MigratorTrait for Migrator {
             Box::new(ContactsRoomForScores),
             Box::new(AccountChangesHeard),
             Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
+            Box::new(ErasedAccountsReasons),
         ]
+    }
+}
+
+/// Accounts erased before erasure blanked the reasons in their history
+/// (December 2026) lose them now: the free text can name the account's
+/// people, and nobody reads it once the account is gone.
+struct ErasedAccountsReasons;
+
+impl MigrationName for ErasedAccountsReasons {
+    fn name(&self) -> &str {
+        "m20261206_200001_erased_accounts_reasons"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ErasedAccountsReasons {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "UPDATE account_transitions SET reason = NULL \
+                 WHERE reason IS NOT NULL AND EXISTS (SELECT 1 FROM erasures e \
+                   WHERE e.tenant_id = account_transitions.tenant_id \
+                     AND e.subject_id = account_transitions.account_id \
+                     AND e.subject_type = 'ACCOUNT')",
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "erased reasons cannot be brought back".into(),
+        ))
     }
 }
 

@@ -438,13 +438,13 @@ impl MigrationTrait for PendingFoldsLz4 {
     }
 }
 
-/// PostgreSQL: every key column (`VARCHAR`) of scoring's tables compares byte
-/// by byte (`cascade_chassis::db::byte_order_keys`): on a server whose
-/// locale is a real one (`en_US.UTF-8`) the pipeline spent about a tenth of
-/// its CPU in the B-trees' `strcoll` (docs/performance.md, round 35).
-/// `activities` first: it is the largest, and the lock each table takes is
-/// held until the migration commits, so the tables the score reads use are
-/// locked for the shortest time.
+/// PostgreSQL: every key column (`VARCHAR`) of scoring's tables and its
+/// outbox compares byte by byte (`cascade_chassis::db::byte_order_keys`): on
+/// a server whose locale is a real one (`en_US.UTF-8`) the pipeline spent
+/// about a tenth of its CPU in the B-trees' `strcoll` (docs/performance.md,
+/// round 35). Its outbox is converted with the rest, so that all of
+/// scoring's tables are locked at once, before any index is rebuilt (the
+/// helper says why); the outbox migration after it then finds nothing to do.
 struct ByteOrderKeys;
 
 impl MigrationName for ByteOrderKeys {
@@ -456,19 +456,21 @@ impl MigrationName for ByteOrderKeys {
 #[async_trait::async_trait]
 impl MigrationTrait for ByteOrderKeys {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            "activities",
-            "score_buckets",
-            "rule_usage",
-            "pending_folds",
-            "contact_status",
-            "scoring_models",
-            "contact_scores",
-            "account_scores",
-        ] {
-            cascade_chassis::db::byte_order_keys(manager, table).await?;
-        }
-        Ok(())
+        cascade_chassis::db::byte_order_keys(
+            manager,
+            &[
+                "scoring_models",
+                "contact_status",
+                "activities",
+                "rule_usage",
+                "pending_folds",
+                "score_buckets",
+                "account_scores",
+                "contact_scores",
+                "outbox",
+            ],
+        )
+        .await
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {

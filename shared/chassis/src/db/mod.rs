@@ -125,66 +125,110 @@ pub async fn set_fill_factor(
         .map(|_| ())
 }
 
-/// How long `byte_order_keys` waits for its table's lock.
+/// How long `byte_order_keys` tries to take its tables' locks.
 const KEYS_LOCK_TIMEOUT: &str = "10s";
+/// How long one try waits for a lock.
+const KEYS_LOCK_TRY: &str = "200ms";
 
 /// For migrations: on PostgreSQL, declares every `VARCHAR` column of
-/// `table` `COLLATE "C"`, so its B-trees compare keys byte by byte instead
+/// `tables` `COLLATE "C"`, so their B-trees compare keys byte by byte instead
 /// of through the server's locale (`strcoll`, about a tenth of the
 /// pipeline's CPU on an `en_US.UTF-8` server: docs/performance.md, round 35).
-/// In Cascade's schemas `VARCHAR` holds ids, tenants, types and states,
-/// opaque keys that any order serves and whose equality is the same under
-/// every deterministic collation; `TEXT` holds free text and JSON, which
-/// keep the server's collation. Every key of a table changes at once, so no
-/// comparison of two of its columns mixes collations.
+/// In the tables it is given `VARCHAR` holds ids, tenants, types, states and
+/// actors, opaque keys that any order serves and whose equality is the same
+/// under every deterministic collation; `TEXT` holds free text and JSON,
+/// which keep the server's collation.
 ///
 /// No row is rewritten; the indexes on those columns are rebuilt under an
-/// exclusive lock on the table, held until the migrating transaction
+/// exclusive lock on each table, held until the migrating transaction
 /// commits: about 4 s per million activities measured (docs/kubernetes.md
 /// says what that costs an upgrade). Columns already in "C" are left alone,
 /// so an operator may convert a large table ahead of the upgrade, at a quiet
 /// hour. SQLite compares bytes already (`BINARY`); there it does nothing.
+///
+/// Every table is locked first, all or none, before any index is rebuilt.
+/// Locking each as it is converted deadlocks with the service's own
+/// transactions, which hold one table while they wait for the next, and
+/// after a long rebuild PostgreSQL aborts the migration as the side that
+/// closed the cycle. The service's transactions touch the tables in no one
+/// order (an ingest reads the model before it queues a pending group, a
+/// fold takes pending groups before it reads the model), so no order of
+/// waiting locks is safe: each try waits at most `KEYS_LOCK_TRY` for a
+/// lock, then lets all go and tries again, for up to `KEYS_LOCK_TIMEOUT`.
+/// After that the migration fails, and the init container retries it,
+/// rather than queue every write behind a long transaction (a simulation's
+/// read).
 pub async fn byte_order_keys(
     manager: &sea_orm_migration::SchemaManager<'_>,
-    table: &str,
+    tables: &[&str],
 ) -> Result<(), DbErr> {
-    if manager.get_database_backend() != DbBackend::Postgres {
+    if manager.get_database_backend() != DbBackend::Postgres || tables.is_empty() {
         return Ok(());
     }
     let conn = manager.get_connection();
-    let keys = conn
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
-             FROM pg_attribute a \
-             WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-               AND a.atttypid = 'varchar'::regtype \
-               AND a.attcollation <> (SELECT oid FROM pg_collation \
-                 WHERE collname = 'C' AND collnamespace = 'pg_catalog'::regnamespace) \
-             ORDER BY a.attnum",
-            [table.into()],
-        ))
-        .await?;
-    if keys.is_empty() {
+    let c_collation = "(SELECT oid FROM pg_collation \
+        WHERE collname = 'C' AND collnamespace = 'pg_catalog'::regnamespace)";
+    let mut alters = Vec::new();
+    for table in tables {
+        let keys = conn
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+                     FROM pg_attribute a \
+                     WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+                       AND a.atttypid = 'varchar'::regtype AND a.attcollation <> {c_collation} \
+                     ORDER BY a.attnum"
+                ),
+                [(*table).into()],
+            ))
+            .await?;
+        let mut columns = Vec::with_capacity(keys.len());
+        for key in keys {
+            let column: String = key.try_get_by_index(0)?;
+            let declared: String = key.try_get_by_index(1)?;
+            columns.push(format!(
+                "ALTER COLUMN \"{column}\" TYPE {declared} COLLATE \"C\""
+            ));
+        }
+        if !columns.is_empty() {
+            alters.push(format!("ALTER TABLE \"{table}\" {}", columns.join(", ")));
+        }
+    }
+    if alters.is_empty() {
         return Ok(());
     }
-    // The ALTER waits for the table's open transactions (a long simulation
-    // read) while every new statement on the table queues behind it: give
-    // up after a while and let the migration be retried (an init container
-    // restarts) rather than stall the service's writes for as long.
-    conn.execute_unprepared(&format!("SET LOCAL lock_timeout = '{KEYS_LOCK_TIMEOUT}'"))
-        .await?;
-    let mut alters = Vec::with_capacity(keys.len());
-    for key in keys {
-        let column: String = key.try_get_by_index(0)?;
-        let declared: String = key.try_get_by_index(1)?;
-        alters.push(format!(
-            "ALTER COLUMN \"{column}\" TYPE {declared} COLLATE \"C\""
-        ));
+    let quoted: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
+    // Each try waits at most KEYS_LOCK_TRY for a lock, then lets go of all
+    // it took (the block is a subtransaction) and tries again shortly after,
+    // until KEYS_LOCK_TIMEOUT. A service transaction that holds a later
+    // table and waits for an earlier one (a fold reads the model after it
+    // took pending groups) is so never deadlocked, and what queues behind a
+    // try waits at most that long.
+    let lock_all = format!(
+        "DO $$ \
+         DECLARE deadline timestamptz := clock_timestamp() + interval '{KEYS_LOCK_TIMEOUT}'; \
+         BEGIN LOOP BEGIN \
+           LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; \
+           RETURN; \
+         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN \
+           IF clock_timestamp() > deadline THEN RAISE; END IF; \
+           PERFORM pg_sleep(0.01 + random() * 0.04); \
+         END; END LOOP; END $$",
+        quoted.join(", ")
+    );
+    for statement in [
+        format!("SET LOCAL lock_timeout = '{KEYS_LOCK_TRY}'"),
+        lock_all,
+        // The rest of the migrating transaction waits as it did before.
+        "SET LOCAL lock_timeout TO DEFAULT".to_owned(),
+    ]
+    .into_iter()
+    .chain(alters)
+    {
+        conn.execute_unprepared(&statement).await?;
     }
-    conn.execute_unprepared(&format!("ALTER TABLE \"{table}\" {}", alters.join(", ")))
-        .await
-        .map(|_| ())
+    Ok(())
 }
 
 /// Key of the PostgreSQL advisory lock held while migrating.

@@ -80,7 +80,9 @@ impl MigrationTrait for OutboxChurnMigration {
 
 /// PostgreSQL: the outbox's keys (id, tenant, topic, partition, state)
 /// compare byte by byte (`crate::db::byte_order_keys`): every message is
-/// inserted, claimed and marked through its indexes.
+/// inserted, claimed and marked through its indexes. A service whose own
+/// migration converts its outbox with its other tables (scoring) finds
+/// nothing left to do here.
 pub struct OutboxByteOrderMigration;
 
 impl MigrationName for OutboxByteOrderMigration {
@@ -92,7 +94,7 @@ impl MigrationName for OutboxByteOrderMigration {
 #[tonic::async_trait]
 impl MigrationTrait for OutboxByteOrderMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::db::byte_order_keys(manager, "outbox").await
+        crate::db::byte_order_keys(manager, &["outbox"]).await
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
