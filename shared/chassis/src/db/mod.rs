@@ -203,8 +203,9 @@ pub async fn byte_order_keys(
     // it took (the block is a subtransaction) and tries again shortly after,
     // until KEYS_LOCK_TIMEOUT. A service transaction that holds a later
     // table and waits for an earlier one (a fold reads the model after it
-    // took pending groups) is so never deadlocked, and what queues behind a
-    // try waits at most that long.
+    // took pending groups) is let through before PostgreSQL would look for
+    // a deadlock (`deadlock_timeout`, 1 s), and what queues behind a try
+    // waits at most that long.
     let lock_all = format!(
         "DO $$ \
          DECLARE deadline timestamptz := clock_timestamp() + interval '{KEYS_LOCK_TIMEOUT}'; \
