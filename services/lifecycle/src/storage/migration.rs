@@ -27,7 +27,8 @@ impl MigratorTrait for Migrator {
 
 /// Accounts erased before erasure blanked the reasons in their history
 /// (December 2026) lose them now: the free text can name the account's
-/// people, and nobody reads it once the account is gone.
+/// people, and nobody reads it once the account is gone. Only transitions up
+/// to the erasure: should the id come back, its new history is its own.
 struct ErasedAccountsReasons;
 
 impl MigrationName for ErasedAccountsReasons {
@@ -46,7 +47,8 @@ impl MigrationTrait for ErasedAccountsReasons {
                  WHERE reason IS NOT NULL AND EXISTS (SELECT 1 FROM erasures e \
                    WHERE e.tenant_id = account_transitions.tenant_id \
                      AND e.subject_id = account_transitions.account_id \
-                     AND e.subject_type = 'ACCOUNT')",
+                     AND e.subject_type = 'ACCOUNT' \
+                     AND account_transitions.occurred_at_ms <= e.created_at_ms)",
             )
             .await
             .map(|_| ())

@@ -127,8 +127,9 @@ pub async fn set_fill_factor(
 
 /// How long `byte_order_keys` tries to take its tables' locks.
 const KEYS_LOCK_TIMEOUT: &str = "10s";
-/// How long one try waits for a lock.
-const KEYS_LOCK_TRY: &str = "200ms";
+/// How long one try waits for each table's lock: a try over nine tables
+/// stays under PostgreSQL's `deadlock_timeout` (1 s by default).
+const KEYS_LOCK_TRY: &str = "100ms";
 
 /// For migrations: on PostgreSQL, declares every `VARCHAR` column of
 /// `tables` `COLLATE "C"`, so their B-trees compare keys byte by byte instead
@@ -153,8 +154,9 @@ const KEYS_LOCK_TRY: &str = "200ms";
 /// closed the cycle. The service's transactions touch the tables in no one
 /// order (an ingest reads the model before it queues a pending group, a
 /// fold takes pending groups before it reads the model), so no order of
-/// waiting locks is safe: each try waits at most `KEYS_LOCK_TRY` for a
-/// lock, then lets all go and tries again, for up to `KEYS_LOCK_TIMEOUT`.
+/// waiting locks is safe: each try waits at most `KEYS_LOCK_TRY` for each
+/// table's lock, then lets all go and tries again, for about
+/// `KEYS_LOCK_TIMEOUT` (a try begun before then runs to its end).
 /// After that the migration fails, and the init container retries it,
 /// rather than queue every write behind a long transaction (a simulation's
 /// read).
@@ -199,13 +201,14 @@ pub async fn byte_order_keys(
         return Ok(());
     }
     let quoted: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
-    // Each try waits at most KEYS_LOCK_TRY for a lock, then lets go of all
-    // it took (the block is a subtransaction) and tries again shortly after,
-    // until KEYS_LOCK_TIMEOUT. A service transaction that holds a later
-    // table and waits for an earlier one (a fold reads the model after it
-    // took pending groups) is let through before PostgreSQL would look for
-    // a deadlock (`deadlock_timeout`, 1 s), and what queues behind a try
-    // waits at most that long.
+    // Each try waits at most KEYS_LOCK_TRY for each table's lock, then lets
+    // go of all it took (the block is a subtransaction) and tries again
+    // shortly after, until KEYS_LOCK_TIMEOUT. A service transaction that
+    // holds a later table and waits for an earlier one (a fold reads the
+    // model after it took pending groups) is let through before PostgreSQL
+    // looks for a deadlock (`deadlock_timeout`, 1 s by default; with a
+    // shorter one that transaction is aborted, and retried), and what
+    // queues behind a try waits at most as long as the try.
     let lock_all = format!(
         "DO $$ \
          DECLARE deadline timestamptz := clock_timestamp() + interval '{KEYS_LOCK_TIMEOUT}'; \
