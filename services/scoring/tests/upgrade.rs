@@ -8,13 +8,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cascade_chassis::TenantId;
-use cascade_scoring::storage::NewActivity;
 use cascade_scoring::storage::migration::Migrator;
+use cascade_scoring::storage::{NewActivity, Totals};
 use cascade_testkit::TestDatabase;
 use cascade_testkit::on_each_database;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
 use tonic::Code;
+
+/// Account a1's score in tenant t, as the service reads it after the upgrade.
+async fn totals_of_a1(conn: DatabaseConnection) -> Totals {
+    cascade_scoring::storage::Repository::new(conn)
+        .account_totals(&TenantId::parse("t").expect("tenant"), "a1")
+        .await
+        .expect("score")
+}
 
 /// Connects to `db` and applies the migrations before the one named `name`.
 async fn schema_before(db: &TestDatabase, name: &str) -> DatabaseConnection {
@@ -93,12 +101,7 @@ async fn scores_from_before_breakdowns_are_recomputed(db: TestDatabase) {
         conn.execute_unprepared(&sql).await.expect(&sql);
     }
     Migrator::up(&conn, None).await.expect("upgraded");
-    let repository = cascade_scoring::storage::Repository::new(conn);
-    let tenant = TenantId::parse("t").expect("tenant");
-    let totals = repository
-        .account_totals(&tenant, "a1")
-        .await
-        .expect("score");
+    let totals = totals_of_a1(conn).await;
     assert_eq!(
         (
             totals.engagement,
@@ -177,12 +180,7 @@ async fn keys_compare_byte_by_byte_after_the_upgrade(db: TestDatabase) {
             "free text keeps the server's collation"
         );
     }
-    let repository = cascade_scoring::storage::Repository::new(conn);
-    let tenant = TenantId::parse("t").expect("tenant");
-    let totals = repository
-        .account_totals(&tenant, "a1")
-        .await
-        .expect("score");
+    let totals = totals_of_a1(conn).await;
     assert_eq!((totals.engagement, totals.engaged_contacts), (27.0, 2));
 }
 
