@@ -208,15 +208,23 @@ pub async fn byte_order_keys(
     // model after it took pending groups) is let through before PostgreSQL
     // looks for a deadlock (`deadlock_timeout`, 1 s by default; with a
     // shorter one that transaction is aborted, and retried), and what
-    // queues behind a try waits at most as long as the try.
+    // queues behind a try waits at most as long as the try. The notices
+    // reach the migration's log (sqlx logs them at INFO): how long the locks
+    // took is what an operator asks of a slow init container.
     let lock_all = format!(
         "DO $$ \
-         DECLARE deadline timestamptz := clock_timestamp() + interval '{KEYS_LOCK_TIMEOUT}'; \
+         DECLARE started timestamptz := clock_timestamp(); tries int := 0; \
          BEGIN LOOP BEGIN \
+           tries := tries + 1; \
            LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; \
+           RAISE NOTICE 'byte order keys: tables locked after % tries in % ms', \
+             tries, round(extract(epoch FROM clock_timestamp() - started) * 1000); \
            RETURN; \
          EXCEPTION WHEN lock_not_available OR deadlock_detected THEN \
-           IF clock_timestamp() > deadline THEN RAISE; END IF; \
+           IF clock_timestamp() > started + interval '{KEYS_LOCK_TIMEOUT}' THEN \
+             RAISE NOTICE 'byte order keys: tables not locked after % tries', tries; \
+             RAISE; \
+           END IF; \
            PERFORM pg_sleep(0.01 + random() * 0.04); \
          END; END LOOP; END $$",
         quoted.join(", ")
