@@ -29,6 +29,7 @@ on_each_database!(
     an_activity_stored_while_an_erasure_settles_is_erased_too,
     a_failing_erasure_holds_back_no_other,
     a_confirmation_before_the_settle_is_refused,
+    a_longer_settle_in_lifecycle_is_waited_for,
 );
 
 const T: &str = "erasure";
@@ -549,6 +550,53 @@ async fn a_failing_erasure_holds_back_no_other(db: TestDatabase) {
     system.stop().await;
 }
 
+/// Scoring and opportunity settle for 400 ms, lifecycle for 2 s: each
+/// confirms after its own settle, is refused with how long lifecycle's
+/// settle has left, and waits that long before it erases again and
+/// confirms, rather than erasing and being refused on every poll (100 ms).
+async fn a_longer_settle_in_lifecycle_is_waited_for(db: TestDatabase) {
+    const T: &str = "erasure-longer";
+    let env = [
+        ("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "400"),
+        ("CASCADE_OPPORTUNITY__LIFECYCLE__ERASURE_SETTLE_MS", "400"),
+        ("CASCADE_LIFECYCLE__TELEMETRY__METRICS_PORT", "0"),
+    ];
+    let system = System::start_with(
+        &db,
+        1,
+        env.map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
+    )
+    .await;
+    let metrics = system.lifecycle[0].metrics_port().await;
+    let lifecycle = system.lifecycle_as(0, T);
+    let acme = lifecycle
+        .create_account("Acme Longer", "owner@seller.example")
+        .await
+        .account_id;
+    let pat = lifecycle
+        .create_contact(&acme, "pat@acme-longer.example")
+        .await
+        .contact_id;
+    let erased = erase_contact(&lifecycle, &pat).await;
+    wait_until_complete(&lifecycle, &erased.erasure_id).await;
+    let refused = common::metric(
+        metrics,
+        "rpc_server_call_duration_seconds_count",
+        &[
+            r#"rpc_method="ConfirmErasure""#,
+            r#"rpc_grpc_status_code="9""#,
+        ],
+    )
+    .await;
+    // One refusal per service; one more each should a clock tick round
+    // the wait short. Polled, it was about 15 each.
+    assert!(
+        matches!(refused, Ok(n) if (2.0..=4.0).contains(&n)),
+        "refused confirmations: {refused:?}"
+    );
+    system.stop().await;
+}
+
 /// A replica that confirms at once (an older version, or a shorter settle)
 /// is refused FAILED_PRECONDITION `ERASURE_SETTLING` until the erasure has
 /// settled (`erasure.min_settle_ms`, 2 s here), so the erasure stays pending
@@ -596,6 +644,15 @@ async fn a_confirmation_before_the_settle_is_refused(db: TestDatabase) {
     assert!(
         early.message().contains("erasure.min_settle_ms"),
         "{early:?}"
+    );
+    // ... and how long until it settles, for the caller to wait.
+    let wait = {
+        use tonic_types::StatusExt;
+        early.get_details_retry_info().and_then(|i| i.retry_delay)
+    };
+    assert!(
+        wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(2)),
+        "RetryInfo within the 2 s settle: {wait:?}"
     );
     assert!(
         done(&erasure(&lifecycle, &erased.erasure_id).await).contains(&("scoring", false)),

@@ -284,6 +284,10 @@ struct Seen {
     heard_at: Instant,
     /// When its first sweep succeeded.
     swept_at: Option<Instant>,
+    /// Lifecycle refused the confirmation until then (its
+    /// `erasure.min_settle_ms` is longer than this replica's settle): the
+    /// second sweep waits for it rather than running on every poll.
+    confirm_after: Option<Instant>,
 }
 
 impl Erasures {
@@ -332,6 +336,12 @@ impl PendingFeed for Erasures {
     async fn apply(&self, erasure: &Self::Change) -> anyhow::Result<Applied> {
         let id = &erasure.erasure_id;
         let seen = self.seen().get(id).copied();
+        if seen
+            .and_then(|seen| seen.confirm_after)
+            .is_some_and(|after| Instant::now() < after)
+        {
+            return Ok(Applied::Later);
+        }
         let swept_at = match seen {
             Some(seen) => seen.swept_at,
             None => {
@@ -339,6 +349,7 @@ impl PendingFeed for Erasures {
                 let heard = Seen {
                     heard_at: Instant::now(),
                     swept_at: None,
+                    confirm_after: None,
                 };
                 self.seen().insert(id.clone(), heard);
                 None
@@ -387,9 +398,14 @@ impl PendingFeed for Erasures {
         {
             Ok(_) => Ok(Applied::Done),
             // Lifecycle's settle is longer than this replica's: erased again
-            // and confirmed on a later round.
+            // and confirmed once it says it settled (its RetryInfo), or on
+            // the next round when it does not say.
             Err(status) if is_settling(&status) => {
-                tracing::debug!(erasure = %erasure.erasure_id, refusal = %status.message(), "lifecycle asks to confirm later");
+                let wait = settling_for(&status);
+                tracing::debug!(erasure = %erasure.erasure_id, refusal = %status.message(), wait_ms = wait.map(|w| w.as_millis() as u64), "lifecycle asks to confirm later");
+                if let (Some(wait), Some(seen)) = (wait, self.seen().get_mut(&erasure.erasure_id)) {
+                    seen.confirm_after = Some(Instant::now() + wait);
+                }
                 Ok(Applied::Later)
             }
             Err(status) => Err(status),
@@ -408,8 +424,11 @@ impl PendingFeed for Erasures {
         // Erasures another replica confirmed are no longer listed; one
         // forgotten here while still pending is heard and swept again.
         let keep = self.settle.saturating_mul(4);
-        self.seen()
-            .retain(|_, seen| seen.swept_at.unwrap_or(seen.heard_at).elapsed() < keep);
+        let now = Instant::now();
+        self.seen().retain(|_, seen| {
+            seen.confirm_after.is_some_and(|after| now < after)
+                || seen.swept_at.unwrap_or(seen.heard_at).elapsed() < keep
+        });
         self.eraser.heard_all(started);
     }
 }
@@ -428,6 +447,21 @@ fn is_settling(status: &Status) -> bool {
                     .any(|v| v.r#type == ERASURE_SETTLING)
             })
 }
+
+/// How long lifecycle said an erasure still settles (RetryInfo on its
+/// refusal), at most `MAX_SETTLING_WAIT`.
+fn settling_for(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .map(|delay| delay.min(MAX_SETTLING_WAIT))
+}
+
+/// The longest a refused confirmation waits before it is tried again,
+/// whatever lifecycle says: a wrong clock or setting there cannot park an
+/// erasure here for days.
+const MAX_SETTLING_WAIT: Duration = Duration::from_secs(3_600);
 
 /// Polls lifecycle every `interval` for the erasures `service` has not
 /// confirmed, erases each with `eraser`, and erases again and confirms it

@@ -69,11 +69,13 @@ pub enum ServiceError {
         id: String,
         message: String,
     },
-    /// FAILED_PRECONDITION with a PreconditionFailure listing what does not hold.
+    /// FAILED_PRECONDITION with a PreconditionFailure listing what does not
+    /// hold, and RetryInfo when it will hold after a known time.
     #[error("{message}")]
     FailedPrecondition {
         message: String,
         violations: Vec<PreconditionViolation>,
+        retry_after: Option<Duration>,
     },
     /// ABORTED: a concurrent change won; the caller may retry.
     #[error("{0}")]
@@ -220,6 +222,26 @@ impl ServiceError {
         Self::FailedPrecondition {
             message: violation.description.clone(),
             violations: vec![violation],
+            retry_after: None,
+        }
+    }
+
+    /// A FAILED_PRECONDITION that will hold once `delay` has passed (an
+    /// erasure settling): its status carries RetryInfo, so a caller waits
+    /// that long rather than retrying at its own pace. Other errors are
+    /// returned as they are.
+    pub fn holds_after(self, delay: Duration) -> Self {
+        match self {
+            Self::FailedPrecondition {
+                message,
+                violations,
+                ..
+            } => Self::FailedPrecondition {
+                message,
+                violations,
+                retry_after: Some(delay),
+            },
+            other => other,
         }
     }
 
@@ -266,8 +288,15 @@ impl From<ServiceError> for tonic::Status {
                 id,
                 message,
             } => ErrorDetails::with_resource_info(*resource, bounded(id), "", bounded(message)),
-            ServiceError::FailedPrecondition { violations, .. } => {
+            ServiceError::FailedPrecondition {
+                violations,
+                retry_after,
+                ..
+            } => {
                 let mut details = ErrorDetails::new();
+                if let Some(delay) = retry_after {
+                    details.set_retry_info(Some(*delay));
+                }
                 for v in violations.iter().take(MAX_REPORTED_VIOLATIONS) {
                     details.add_precondition_failure_violation(
                         bounded(&v.kind),

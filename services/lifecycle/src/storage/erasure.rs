@@ -307,15 +307,22 @@ impl Repository {
             "opportunity" => erasure::Column::OpportunityDoneAtMs,
             other => return Err(unknown_service(other)),
         };
-        self.get_erasure(tenant, erasure_id)
-            .await?
-            .may_confirm(service, time::now(), self.erasure_settle)
+        let erasure = self.get_erasure(tenant, erasure_id).await?;
+        let now = time::now();
+        erasure
+            .may_confirm(service, now, self.erasure_settle)
             .map_err(|refusal| {
-                ServiceError::precondition(
+                let refused = ServiceError::precondition(
                     cascade_chassis::erasure::ERASURE_SETTLING,
                     format!("erasure/{erasure_id}"),
                     refusal.0,
-                )
+                );
+                // How long until it settles, so the service waits that long
+                // rather than erasing again on every poll.
+                match (erasure.settles_at(self.erasure_settle) - now).to_std() {
+                    Ok(left) => refused.holds_after(left),
+                    Err(_) => refused,
+                }
             })?;
         let _turn = cascade_chassis::db::write_turn(&self.db).await?;
         // The first confirmation's time stays.

@@ -59,6 +59,7 @@ fn refusal(opportunity_id: &str, refusal: Refusal) -> ServiceError {
     }
     ServiceError::FailedPrecondition {
         message: refusal.message,
+        retry_after: None,
         violations: refusal
             .missing
             .iter()

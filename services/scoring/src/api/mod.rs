@@ -91,6 +91,7 @@ impl ScoringService for ScoringApi {
             // The activity is well formed; the person is no longer there.
             Some(ItemOutcome::Inactive(violations)) => Err(ServiceError::FailedPrecondition {
                 message: "the contact is no longer at the company (DeactivateContact); the activity was not recorded".into(),
+                retry_after: None,
                 violations: violations
                     .into_iter()
                     .map(|v| PreconditionViolation::new("CONTACT_INACTIVE", v.field, v.description))
