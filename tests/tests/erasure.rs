@@ -550,7 +550,7 @@ async fn a_failing_erasure_holds_back_no_other(db: TestDatabase) {
     system.stop().await;
 }
 
-/// Scoring and opportunity settle for 400 ms, lifecycle for 2 s: each
+/// Scoring and opportunity settle for 400 ms, lifecycle for 4 s: each
 /// confirms after its own settle, is refused with how long lifecycle's
 /// settle has left, and waits that long before it erases again and
 /// confirms, rather than erasing and being refused on every poll (100 ms).
@@ -560,6 +560,8 @@ async fn a_longer_settle_in_lifecycle_is_waited_for(db: TestDatabase) {
         ("CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS", "400"),
         ("CASCADE_OPPORTUNITY__LIFECYCLE__ERASURE_SETTLE_MS", "400"),
         ("CASCADE_LIFECYCLE__TELEMETRY__METRICS_PORT", "0"),
+        // Long enough that a stalled service still confirms before it.
+        ("CASCADE_LIFECYCLE__ERASURE__MIN_SETTLE_MS", "4000"),
     ];
     let system = System::start_with(
         &db,
@@ -589,7 +591,8 @@ async fn a_longer_settle_in_lifecycle_is_waited_for(db: TestDatabase) {
     )
     .await;
     // One refusal per service; one more each should a clock tick round
-    // the wait short. Polled, it was about 15 each.
+    // the wait short. Refused on every poll, it was 24 in all with a 2 s
+    // settle, and more with this one.
     assert!(
         matches!(refused, Ok(n) if (2.0..=4.0).contains(&n)),
         "refused confirmations: {refused:?}"

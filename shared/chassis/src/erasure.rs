@@ -426,7 +426,10 @@ impl PendingFeed for Erasures {
         let keep = self.settle.saturating_mul(4);
         let now = Instant::now();
         self.seen().retain(|_, seen| {
-            seen.confirm_after.is_some_and(|after| now < after)
+            // Kept a while past a wait lifecycle asked for, so that the
+            // round after it erases again and confirms rather than hearing
+            // the erasure anew and settling once more.
+            seen.confirm_after.is_some_and(|after| now < after + keep)
                 || seen.swept_at.unwrap_or(seen.heard_at).elapsed() < keep
         });
         self.eraser.heard_all(started);
@@ -836,5 +839,79 @@ mod tests {
             Applied::Later
         );
         assert_eq!(counts(), (2, 5), "once confirmed, it is new again");
+    }
+
+    /// How long lifecycle's settling refusal says is left is read from its
+    /// RetryInfo, at most an hour; no RetryInfo, no wait.
+    #[test]
+    fn a_settling_refusal_says_how_long_to_wait() {
+        let refusal = |delay: Option<Duration>| -> Status {
+            let refused =
+                crate::ServiceError::precondition(ERASURE_SETTLING, "erasure/e1", "not yet");
+            match delay {
+                Some(delay) => refused.holds_after(delay),
+                None => refused,
+            }
+            .into()
+        };
+        let wait = Duration::from_millis(1_500);
+        assert!(is_settling(&refusal(Some(wait))));
+        assert_eq!(settling_for(&refusal(Some(wait))), Some(wait));
+        assert_eq!(
+            settling_for(&refusal(Some(Duration::from_secs(86_400)))),
+            Some(MAX_SETTLING_WAIT)
+        );
+        assert_eq!(settling_for(&refusal(None)), None);
+    }
+
+    /// While lifecycle asked to wait, a swept erasure is neither erased
+    /// again nor forgotten by the round's end; after the wait it is erased
+    /// again and confirmed, without being heard anew.
+    #[tokio::test]
+    async fn a_wait_lifecycle_asked_for_is_kept() {
+        let eraser = Arc::new(CountingEraser::default());
+        let settle = Duration::from_millis(200);
+        let erasures = Erasures::new(eraser.clone(), settle);
+        let erasure = lifecycle::PendingErasure {
+            erasure_id: "e1".into(),
+            tenant_id: "t".into(),
+            ..Default::default()
+        };
+        let counts = || {
+            (
+                eraser.hears.load(Ordering::SeqCst),
+                eraser.erases.load(Ordering::SeqCst),
+            )
+        };
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("swept"),
+            Applied::Later
+        );
+        tokio::time::sleep(settle).await;
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("settled"),
+            Applied::Done
+        );
+        assert_eq!(counts(), (1, 2));
+        // As `confirm` does on lifecycle's refusal with RetryInfo.
+        let wait = settle * 10;
+        if let Some(seen) = erasures.seen().get_mut("e1") {
+            seen.confirm_after = Some(Instant::now() + wait);
+        }
+        // Past the 4 settles a heard erasure is otherwise kept for.
+        tokio::time::sleep(settle * 5).await;
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("waiting"),
+            Applied::Later
+        );
+        erasures.heard_all(Instant::now());
+        assert_eq!(counts(), (1, 2), "not erased while it waits");
+        tokio::time::sleep(settle * 6).await;
+        erasures.heard_all(Instant::now());
+        assert_eq!(
+            erasures.apply(&erasure).await.expect("waited"),
+            Applied::Done
+        );
+        assert_eq!(counts(), (1, 3), "erased again, not heard anew");
     }
 }

@@ -217,12 +217,12 @@ pub async fn byte_order_keys(
          BEGIN LOOP BEGIN \
            tries := tries + 1; \
            LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; \
-           RAISE NOTICE 'byte order keys: tables locked after % tries in % ms', \
+           RAISE NOTICE 'byte order keys: tables locked at try % after % ms', \
              tries, round(extract(epoch FROM clock_timestamp() - started) * 1000); \
            RETURN; \
          EXCEPTION WHEN lock_not_available OR deadlock_detected THEN \
            IF clock_timestamp() > started + interval '{KEYS_LOCK_TIMEOUT}' THEN \
-             RAISE NOTICE 'byte order keys: tables not locked after % tries', tries; \
+             RAISE NOTICE 'byte order keys: tables not locked in % tries', tries; \
              RAISE; \
            END IF; \
            PERFORM pg_sleep(0.01 + random() * 0.04); \
