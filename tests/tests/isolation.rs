@@ -58,6 +58,11 @@ fn assert_hidden<T: Debug>(
         Code::NotFound,
         "{what}: a never-existing id answers NOT_FOUND: {about_fresh:?}"
     );
+    // ... naming where it looked: the caller's own tenant, never B's.
+    assert!(
+        about_fresh.message().ends_with(&format!(" in tenant {A}")),
+        "{what}: NOT_FOUND names the caller's tenant: {about_fresh:?}"
+    );
     assert_eq!(
         about_b.code(),
         about_fresh.code(),

@@ -53,6 +53,28 @@ impl fmt::Display for TenantId {
     }
 }
 
+tokio::task_local! {
+    /// The tenant of the request being served on this task.
+    static SERVING_TENANT: TenantId;
+}
+
+/// Runs `future` (a request's handling) as serving `tenant`: the context
+/// layer does, so that an error can name the tenant it looked in.
+pub fn serving<F: std::future::Future>(
+    tenant: TenantId,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<TenantId, F> {
+    SERVING_TENANT.scope(tenant, future)
+}
+
+/// The tenant of the request being served on this task, if any: a
+/// NOT_FOUND names it, since a caller that forgot its tenant (the
+/// `x-tenant-id` header, or a token for another tenant) otherwise reads
+/// "not found" as "does not exist". It is the caller's own tenant.
+pub fn serving_tenant() -> Option<TenantId> {
+    SERVING_TENANT.try_with(Clone::clone).ok()
+}
+
 /// The tenant and actor of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {

@@ -5,12 +5,15 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use http::{Request, Response};
+use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
 #[cfg(doc)]
 use crate::context::RequestContext;
+use crate::context::{TenantId, serving};
 
 /// Tower layer that attaches a [`RequestContext`] to every Cascade RPC, or
 /// answers INVALID_ARGUMENT (malformed metadata), UNAUTHENTICATED or
@@ -51,8 +54,10 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
+    type Future = futures::future::Either<
+        futures::future::Either<S::Future, TaskLocalFuture<TenantId, S::Future>>,
+        std::future::Ready<Result<Self::Response, Self::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -61,7 +66,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Health and reflection are tenant-free; let them through untouched.
         if !request.uri().path().starts_with("/cascade.") {
-            return futures::future::Either::Left(self.inner.call(request));
+            return Either::Left(Either::Left(self.inner.call(request)));
         }
         match self
             .auth
@@ -71,12 +76,13 @@ where
                 // The rpc span (entered by the trace layer) carries the tenant
                 // into traces and JSON logs.
                 tracing::Span::current().record("tenant", context.tenant.as_str());
+                let tenant = context.tenant.clone();
                 request.extensions_mut().insert(context);
-                futures::future::Either::Left(self.inner.call(request))
+                Either::Left(Either::Right(serving(tenant, self.inner.call(request))))
             }
             Err(error) => {
                 let response = tonic::Status::from(error).into_http::<ResBody>();
-                futures::future::Either::Right(std::future::ready(Ok(response)))
+                Either::Right(std::future::ready(Ok(response)))
             }
         }
     }

@@ -271,7 +271,15 @@ const ERROR_DOMAIN: &str = "cascade";
 impl From<ServiceError> for tonic::Status {
     fn from(error: ServiceError) -> Self {
         let code = error.code();
-        let message = truncate(&error.to_string(), MAX_MESSAGE);
+        let tenant = match &error {
+            ServiceError::NotFound { .. } => crate::context::serving_tenant(),
+            _ => None,
+        };
+        let message = match &tenant {
+            Some(tenant) => format!("{error} in tenant {tenant}"),
+            None => error.to_string(),
+        };
+        let message = truncate(&message, MAX_MESSAGE);
         let details = match &error {
             ServiceError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
@@ -280,9 +288,12 @@ impl From<ServiceError> for tonic::Status {
                 }
                 details
             }
-            ServiceError::NotFound { resource, id } => {
-                ErrorDetails::with_resource_info(*resource, bounded(id), "", "not found")
-            }
+            ServiceError::NotFound { resource, id } => ErrorDetails::with_resource_info(
+                *resource,
+                bounded(id),
+                tenant.map_or_else(String::new, |t| format!("tenant/{t}")),
+                "not found",
+            ),
             ServiceError::AlreadyExists {
                 resource,
                 id,
@@ -565,6 +576,36 @@ mod tests {
             .expect("PreconditionFailure detail present");
         assert_eq!(failure.violations[0].r#type, "STAGE");
         assert_eq!(failure.violations[0].subject, "account/1");
+    }
+
+    /// A NOT_FOUND raised while serving a request names the request's
+    /// tenant, in the message and as the ResourceInfo's owner; outside a
+    /// request it names none.
+    #[tokio::test]
+    async fn not_found_names_the_tenant_it_looked_in() {
+        let status = || tonic::Status::from(ServiceError::not_found("account", "a1"));
+        let tenant = crate::TenantId::parse("acme-corp").expect("tenant");
+        let served = crate::context::serving(tenant, async { status() }).await;
+        assert_eq!(served.code(), Code::NotFound);
+        assert_eq!(served.message(), "account a1 not found in tenant acme-corp");
+        let info = served.get_details_resource_info().expect("ResourceInfo");
+        assert_eq!(
+            (
+                info.resource_type.as_str(),
+                info.resource_name.as_str(),
+                info.owner.as_str()
+            ),
+            ("account", "a1", "tenant/acme-corp")
+        );
+        let outside = status();
+        assert_eq!(outside.message(), "account a1 not found");
+        assert_eq!(
+            outside
+                .get_details_resource_info()
+                .expect("ResourceInfo")
+                .owner,
+            ""
+        );
     }
 
     #[test]
