@@ -451,11 +451,29 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
         assert_eq!(
             violations(&refused),
             [(
-                "opportunity.estimated_deal_size".to_owned(),
-                "units must be at most 1,000,000,000,000 (a trillion) either way".to_owned()
+                "opportunity.estimated_deal_size.units".to_owned(),
+                "must be at most 1,000,000,000,000 (a trillion) either way".to_owned()
             )]
         );
     }
+    // Every wrong field of an amount is named by its path, at once.
+    let refused = opps
+        .try_create(deal(money("dollars", -5, 0)))
+        .await
+        .expect_err("a bad currency and a negative amount");
+    assert_eq!(
+        violations(&refused),
+        [
+            (
+                "opportunity.estimated_deal_size.currency_code".to_owned(),
+                "must be a three-letter ISO 4217 code, e.g. USD".to_owned()
+            ),
+            (
+                "opportunity.estimated_deal_size.units".to_owned(),
+                "must not be negative".to_owned()
+            )
+        ]
+    );
     let refused = opps
         .try_create(pb::Opportunity {
             amount_from_line_items: true,

@@ -216,26 +216,36 @@ const NANOS_PER_UNIT: i128 = 1_000_000_000;
 pub const MAX_MONEY_UNITS: i64 = 1_000_000_000_000;
 
 impl Money {
-    /// From the protobuf message; `Err` names what is wrong.
-    pub fn from_proto(money: &pb::Money) -> Result<Self, &'static str> {
+    /// From the protobuf message; `Err` names each of its fields that is
+    /// wrong (`currency_code`, `units`, `nanos`) with what is wrong with it.
+    pub fn from_proto(money: &pb::Money) -> Result<Self, Vec<(&'static str, &'static str)>> {
+        let mut wrong = Vec::new();
         let code = money.currency_code.as_bytes();
         if code.len() != 3 || !code.iter().all(u8::is_ascii_uppercase) {
-            return Err("currency_code must be a three-letter ISO 4217 code, e.g. USD");
+            wrong.push((
+                "currency_code",
+                "must be a three-letter ISO 4217 code, e.g. USD",
+            ));
         }
         if money.nanos.unsigned_abs() >= 1_000_000_000 {
-            return Err("nanos must be between -999,999,999 and 999,999,999");
+            wrong.push(("nanos", "must be between -999,999,999 and 999,999,999"));
+        } else if (money.units > 0 && money.nanos < 0) || (money.units < 0 && money.nanos > 0) {
+            wrong.push(("nanos", "must have the same sign as units"));
         }
-        if (money.units > 0 && money.nanos < 0) || (money.units < 0 && money.nanos > 0) {
-            return Err("units and nanos must have the same sign");
+        let nanos = i128::from(money.units) * NANOS_PER_UNIT + i128::from(money.nanos);
+        if nanos.abs() > i128::from(MAX_MONEY_UNITS) * NANOS_PER_UNIT {
+            wrong.push((
+                "units",
+                "must be at most 1,000,000,000,000 (a trillion) either way",
+            ));
         }
-        let money = Self {
-            currency: [code[0], code[1], code[2]],
-            nanos: i128::from(money.units) * NANOS_PER_UNIT + i128::from(money.nanos),
-        };
-        if !money.within_limit() {
-            return Err("units must be at most 1,000,000,000,000 (a trillion) either way");
+        match code {
+            [a, b, c] if wrong.is_empty() => Ok(Self {
+                currency: [*a, *b, *c],
+                nanos,
+            }),
+            _ => Err(wrong),
         }
-        Ok(money)
     }
 
     /// At most `MAX_MONEY_UNITS` either way (what one amount may be).
@@ -396,12 +406,26 @@ mod tests {
             nanos: -1,
             ..ok.clone()
         };
-        assert!(Money::from_proto(&mixed).is_err());
+        let wrong = |m: &pb::Money| -> Vec<&str> {
+            Money::from_proto(m)
+                .expect_err("refused")
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect()
+        };
+        assert_eq!(wrong(&mixed), ["nanos"]);
         let bad_code = pb::Money {
             currency_code: "usd".into(),
-            ..ok
+            ..ok.clone()
         };
-        assert!(Money::from_proto(&bad_code).is_err());
+        assert_eq!(wrong(&bad_code), ["currency_code"]);
+        // Every wrong field is named, not only the first.
+        let all_wrong = pb::Money {
+            currency_code: "dollars".into(),
+            units: i64::MAX,
+            nanos: 1_000_000_000,
+        };
+        assert_eq!(wrong(&all_wrong), ["currency_code", "nanos", "units"]);
     }
 
     #[test]

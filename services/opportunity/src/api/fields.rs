@@ -41,17 +41,24 @@ pub(super) fn money(
     value: Option<&common::Money>,
 ) -> Option<Money> {
     let value = value?;
-    match Money::from_proto(value) {
-        Ok(m) if m.nanos < 0 => {
-            v.add(field, "must not be negative");
+    // Checked beside the message's own rules, so that every wrong field is
+    // named at once (a bad currency and a negative amount).
+    let negative = value.units < 0 || (value.units == 0 && value.nanos < 0);
+    let money = match Money::from_proto(value) {
+        Ok(money) => Some(money),
+        Err(wrong) => {
+            for (part, problem) in wrong {
+                v.add(format!("{field}.{part}"), problem);
+            }
             None
         }
-        Ok(m) => Some(m),
-        Err(problem) => {
-            v.add(field, problem);
-            None
-        }
+    };
+    if negative {
+        let part = if value.units < 0 { "units" } else { "nanos" };
+        v.add(format!("{field}.{part}"), "must not be negative");
+        return None;
     }
+    money
 }
 
 /// A calendar date a caller gave, or a violation of `field`.
