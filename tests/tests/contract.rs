@@ -223,6 +223,30 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
         cascade_proto::common::v1::AccountStage::Targeted as i32,
         "the refused deliveries changed nothing"
     );
+
+    // A lifecycle call sent to scoring's port is told where it went.
+    let mut wrong_port =
+        lc::lifecycle_service_client::LifecycleServiceClient::new(system.scoring[0].channel());
+    let elsewhere = wrong_port
+        .get_account(cascade_testkit::request_for(
+            T,
+            lc::GetAccountRequest {
+                account_id: account.account_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("lifecycle is not on scoring's port");
+    assert_eq!(
+        elsewhere.code(),
+        tonic::Code::Unimplemented,
+        "{elsewhere:?}"
+    );
+    assert!(
+        elsewhere.message().starts_with(
+            "cascade.lifecycle.v1.LifecycleService is not served on this port, which serves cascade.scoring.v1.ScoringService"
+        ),
+        "{elsewhere:?}"
+    );
     system.stop().await;
 }
 

@@ -21,11 +21,16 @@ use crate::context::{TenantId, serving};
 #[derive(Debug, Clone)]
 pub struct RequestContextLayer {
     auth: Arc<Authenticator>,
+    served: Arc<[&'static str]>,
 }
 
 impl RequestContextLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    /// `served`: the Cascade services on this port (fully-qualified names).
+    pub fn new(auth: Arc<Authenticator>, served: Vec<&'static str>) -> Self {
+        Self {
+            auth,
+            served: served.into(),
+        }
     }
 }
 
@@ -36,6 +41,7 @@ impl<S> Layer<S> for RequestContextLayer {
         RequestContextService {
             inner,
             auth: self.auth.clone(),
+            served: self.served.clone(),
         }
     }
 }
@@ -44,6 +50,7 @@ impl<S> Layer<S> for RequestContextLayer {
 pub struct RequestContextService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    served: Arc<[&'static str]>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for RequestContextService<S>
@@ -68,6 +75,10 @@ where
         if !request.uri().path().starts_with("/cascade.") {
             return Either::Left(Either::Left(self.inner.call(request)));
         }
+        if let Some(elsewhere) = not_served(request.uri().path(), &self.served) {
+            let response = elsewhere.into_http::<ResBody>();
+            return Either::Right(std::future::ready(Ok(response)));
+        }
         match self
             .auth
             .authenticate(request.uri().path(), request.headers())
@@ -85,5 +96,47 @@ where
                 Either::Right(std::future::ready(Ok(response)))
             }
         }
+    }
+}
+
+/// UNIMPLEMENTED naming the service a call asked for and those this port
+/// serves, for a call to a Cascade service that is not here (tonic's own
+/// answer has no message): most often the right call on another service's
+/// port.
+fn not_served(path: &str, served: &[&str]) -> Option<tonic::Status> {
+    let service = path.trim_start_matches('/').split('/').next()?;
+    if served.is_empty() || served.contains(&service) {
+        return None;
+    }
+    Some(tonic::Status::unimplemented(format!(
+        "{service} is not served on this port, which serves {}; each Cascade service \
+         listens on its own port (make run: lifecycle 50051, scoring 50052, opportunity 50053)",
+        served.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_served;
+
+    #[test]
+    fn a_call_to_a_service_elsewhere_is_told_what_is_here() {
+        let served = ["cascade.scoring.v1.ScoringService"];
+        let elsewhere = not_served("/cascade.lifecycle.v1.LifecycleService/GetAccount", &served)
+            .expect("not served here");
+        assert_eq!(elsewhere.code(), tonic::Code::Unimplemented);
+        assert!(
+            elsewhere.message().starts_with(
+                "cascade.lifecycle.v1.LifecycleService is not served on this port, which serves cascade.scoring.v1.ScoringService;"
+            ),
+            "{elsewhere:?}"
+        );
+        assert!(
+            not_served(
+                "/cascade.scoring.v1.ScoringService/GetAccountScore",
+                &served
+            )
+            .is_none()
+        );
     }
 }

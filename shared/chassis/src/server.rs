@@ -268,6 +268,9 @@ pub struct Application {
     service_name: &'static str,
     /// Internal services served next to it (reflection lists them apart).
     internal: Vec<&'static str>,
+    /// Every Cascade service on this port, public and internal: a call to
+    /// another is told where it went (`RequestContextLayer`).
+    served: Vec<&'static str>,
     settings: ServerSettings,
     auth: Arc<Authenticator>,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -318,6 +321,7 @@ impl Application {
         Ok(Self {
             service_name,
             internal: Vec::new(),
+            served: Vec::new(),
             settings: settings.clone(),
             auth,
             tls,
@@ -336,6 +340,7 @@ impl Application {
     where
         S: GrpcService,
     {
+        self.served.push(S::NAME);
         self.routes = self.routes.add_service(service);
         self
     }
@@ -348,6 +353,7 @@ impl Application {
         S: GrpcService,
     {
         self.internal.push(S::NAME);
+        self.served.push(S::NAME);
         self.routes = self.routes.add_service(service);
         self
     }
@@ -385,6 +391,7 @@ impl Application {
         let Self {
             service_name,
             internal,
+            served,
             settings,
             auth,
             tls,
@@ -447,7 +454,7 @@ impl Application {
             .layer(RpcTrace::layer())
             // Inside the trace layer, so spans and metrics see the final code.
             .layer(crate::malformed::MalformedRequest::layer())
-            .layer(RequestContextLayer::new(auth))
+            .layer(RequestContextLayer::new(auth, served))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
             .into_inner();
         let incoming = TcpIncoming::from(listener)
