@@ -749,6 +749,25 @@ mod tests {
         failures: AtomicUsize,
     }
 
+    impl CountingEraser {
+        /// (hears, erases) so far.
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.hears.load(Ordering::SeqCst),
+                self.erases.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    /// A pending erasure `e1` of tenant `t`.
+    fn pending_e1() -> lifecycle::PendingErasure {
+        lifecycle::PendingErasure {
+            erasure_id: "e1".into(),
+            tenant_id: "t".into(),
+            ..Default::default()
+        }
+    }
+
     #[tonic::async_trait]
     impl Eraser for CountingEraser {
         fn hear(&self, _erasure: &lifecycle::PendingErasure) {
@@ -792,17 +811,8 @@ mod tests {
         // Long enough that a stalled test machine does not settle it early.
         let settle = Duration::from_secs(2);
         let erasures = Erasures::new(eraser.clone(), settle);
-        let erasure = lifecycle::PendingErasure {
-            erasure_id: "e1".into(),
-            tenant_id: "t".into(),
-            ..Default::default()
-        };
-        let counts = || {
-            (
-                eraser.hears.load(Ordering::SeqCst),
-                eraser.erases.load(Ordering::SeqCst),
-            )
-        };
+        let erasure = pending_e1();
+        let counts = || eraser.counts();
 
         erasures
             .apply(&erasure)
@@ -872,17 +882,8 @@ mod tests {
         let eraser = Arc::new(CountingEraser::default());
         let settle = Duration::from_millis(200);
         let erasures = Erasures::new(eraser.clone(), settle);
-        let erasure = lifecycle::PendingErasure {
-            erasure_id: "e1".into(),
-            tenant_id: "t".into(),
-            ..Default::default()
-        };
-        let counts = || {
-            (
-                eraser.hears.load(Ordering::SeqCst),
-                eraser.erases.load(Ordering::SeqCst),
-            )
-        };
+        let erasure = pending_e1();
+        let counts = || eraser.counts();
         assert_eq!(
             erasures.apply(&erasure).await.expect("swept"),
             Applied::Later
