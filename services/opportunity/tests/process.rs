@@ -452,7 +452,8 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
             violations(&refused),
             [(
                 "opportunity.estimated_deal_size.units".to_owned(),
-                "must be at most 1,000,000,000,000 (a trillion) either way".to_owned()
+                "must be at most 1,000,000,000,000 (a trillion) either way, nanos included"
+                    .to_owned()
             )]
         );
     }

@@ -70,7 +70,9 @@ pub fn serving<F: std::future::Future>(
 /// The tenant of the request being served on this task, if any: a
 /// NOT_FOUND names it, since a caller that forgot its tenant (the
 /// `x-tenant-id` header, or a token for another tenant) otherwise reads
-/// "not found" as "does not exist". It is the caller's own tenant.
+/// "not found" as "does not exist". It is the caller's own tenant. A
+/// spawned task does not inherit it: an error a stream's producer task
+/// converts (WatchAccountEvents, a simulation's progress) names no tenant.
 pub fn serving_tenant() -> Option<TenantId> {
     SERVING_TENANT.try_with(Clone::clone).ok()
 }

@@ -109,8 +109,9 @@ fn not_served(path: &str, served: &[&str]) -> Option<tonic::Status> {
         return None;
     }
     Some(tonic::Status::unimplemented(format!(
-        "{service} is not served on this port, which serves {}; each Cascade service \
+        "{} is not served on this port, which serves {}; each Cascade service \
          listens on its own port (make run: lifecycle 50051, scoring 50052, opportunity 50053)",
+        crate::error::bounded(service),
         served.join(", ")
     )))
 }

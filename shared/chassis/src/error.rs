@@ -172,7 +172,7 @@ fn described(text: &str) -> String {
 }
 
 /// `text` cut to at most `MAX_REPORTED_TEXT` bytes, on a character boundary.
-fn bounded(text: &str) -> String {
+pub(crate) fn bounded(text: &str) -> String {
     truncate(text, MAX_REPORTED_TEXT)
 }
 

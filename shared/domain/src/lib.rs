@@ -233,10 +233,14 @@ impl Money {
             wrong.push(("nanos", "must have the same sign as units"));
         }
         let nanos = i128::from(money.units) * NANOS_PER_UNIT + i128::from(money.nanos);
-        if nanos.abs() > i128::from(MAX_MONEY_UNITS) * NANOS_PER_UNIT {
+        // The amount's limit, once its nanos are well formed (else the sum
+        // means nothing); `units`, where any excess but a nano's lies.
+        if wrong.iter().all(|(field, _)| *field != "nanos")
+            && nanos.abs() > i128::from(MAX_MONEY_UNITS) * NANOS_PER_UNIT
+        {
             wrong.push((
                 "units",
-                "must be at most 1,000,000,000,000 (a trillion) either way",
+                "must be at most 1,000,000,000,000 (a trillion) either way, nanos included",
             ));
         }
         match code {
@@ -423,9 +427,15 @@ mod tests {
         let all_wrong = pb::Money {
             currency_code: "dollars".into(),
             units: i64::MAX,
+            nanos: 1,
+        };
+        assert_eq!(wrong(&all_wrong), ["currency_code", "units"]);
+        let bad_nanos = pb::Money {
+            currency_code: "dollars".into(),
+            units: i64::MAX,
             nanos: 1_000_000_000,
         };
-        assert_eq!(wrong(&all_wrong), ["currency_code", "nanos", "units"]);
+        assert_eq!(wrong(&bad_nanos), ["currency_code", "nanos"]);
     }
 
     #[test]

@@ -44,10 +44,12 @@ pub(super) fn money(
     // Checked beside the message's own rules, so that every wrong field is
     // named at once (a bad currency and a negative amount).
     let negative = value.units < 0 || (value.units == 0 && value.nanos < 0);
+    let mut refused = Vec::new();
     let money = match Money::from_proto(value) {
         Ok(money) => Some(money),
         Err(wrong) => {
             for (part, problem) in wrong {
+                refused.push(part);
                 v.add(format!("{field}.{part}"), problem);
             }
             None
@@ -55,7 +57,10 @@ pub(super) fn money(
     };
     if negative {
         let part = if value.units < 0 { "units" } else { "nanos" };
-        v.add(format!("{field}.{part}"), "must not be negative");
+        // One answer per field: a part already refused keeps that reason.
+        if !refused.contains(&part) {
+            v.add(format!("{field}.{part}"), "must not be negative");
+        }
         return None;
     }
     money
