@@ -370,6 +370,20 @@ async fn erase_contact(lifecycle: &cascade_testkit::Lifecycle, contact_id: &str)
         .expect("erasure")
 }
 
+/// Creates `account` with a contact at `email`, and erases the contact.
+async fn erase_a_new_contact(
+    lifecycle: &cascade_testkit::Lifecycle,
+    account: &str,
+    email: &str,
+) -> lc::Erasure {
+    let account = lifecycle
+        .create_account(account, "owner@seller.example")
+        .await
+        .account_id;
+    let contact = lifecycle.create_contact(&account, email).await.contact_id;
+    erase_contact(lifecycle, &contact).await
+}
+
 async fn wait_until_complete(lifecycle: &cascade_testkit::Lifecycle, erasure_id: &str) {
     // Well past the longest settle these tests give a replica (10 s).
     eventually_within(
@@ -571,15 +585,7 @@ async fn a_longer_settle_in_lifecycle_is_waited_for(db: TestDatabase) {
     .await;
     let metrics = system.lifecycle[0].metrics_port().await;
     let lifecycle = system.lifecycle_as(0, T);
-    let acme = lifecycle
-        .create_account("Acme Longer", "owner@seller.example")
-        .await
-        .account_id;
-    let pat = lifecycle
-        .create_contact(&acme, "pat@acme-longer.example")
-        .await
-        .contact_id;
-    let erased = erase_contact(&lifecycle, &pat).await;
+    let erased = erase_a_new_contact(&lifecycle, "Acme Longer", "pat@acme-longer.example").await;
     wait_until_complete(&lifecycle, &erased.erasure_id).await;
     let refused = common::metric(
         metrics,
@@ -608,15 +614,7 @@ async fn a_confirmation_before_the_settle_is_refused(db: TestDatabase) {
     const T: &str = "erasure-early";
     let system = System::start(&db, 1).await;
     let lifecycle = system.lifecycle_as(0, T);
-    let acme = lifecycle
-        .create_account("Acme Early", "owner@seller.example")
-        .await
-        .account_id;
-    let pat = lifecycle
-        .create_contact(&acme, "pat@acme-early.example")
-        .await
-        .contact_id;
-    let erased = erase_contact(&lifecycle, &pat).await;
+    let erased = erase_a_new_contact(&lifecycle, "Acme Early", "pat@acme-early.example").await;
     let (made, settles) = (
         erased.create_time.expect("made"),
         erased.settle_time.expect("settles"),
