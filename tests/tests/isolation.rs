@@ -60,7 +60,9 @@ fn assert_hidden<T: Debug>(
     );
     // ... naming where it looked: the caller's own tenant, never B's.
     assert!(
-        about_fresh.message().ends_with(&format!(" in tenant {A}")),
+        about_fresh
+            .message()
+            .contains(&format!(" not found in tenant {A}")),
         "{what}: NOT_FOUND names the caller's tenant: {about_fresh:?}"
     );
     assert_eq!(

@@ -27,6 +27,12 @@ async fn assert_no_score(scoring: &Scoring, account_id: &str) {
         .await
         .expect_err("nothing stored for the account");
     assert_eq!(status.code(), Code::NotFound, "{account_id}: {status:?}");
+    assert!(
+        status
+            .message()
+            .ends_with(": no activity has been recorded for this account"),
+        "{account_id}: {status:?}"
+    );
 }
 
 /// Adds `web_research` (10 points) to the model as its intent type.
@@ -1524,6 +1530,22 @@ async fn streaming_ingests_chunks(db: TestDatabase) {
         .await
         .expect_err("unknown email");
     assert_eq!(status.code(), Code::NotFound);
+    // ... naming the email, and why nothing was found for it.
+    let info = {
+        use tonic_types::StatusExt;
+        status.get_details_resource_info().expect("ResourceInfo")
+    };
+    assert_eq!(
+        (info.resource_type.as_str(), info.resource_name.as_str()),
+        ("contact email", "nobody@unknown.example"),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .ends_with(": no contact has this email, nor an account its domain"),
+        "{status:?}"
+    );
     system.stop().await;
 }
 

@@ -59,9 +59,14 @@ pub enum ServiceError {
     /// INVALID_ARGUMENT with a BadRequest listing each offending field.
     #[error("invalid argument: {}", join_violations(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    /// NOT_FOUND with a ResourceInfo naming the resource.
+    /// NOT_FOUND with a ResourceInfo naming the resource, and why it is
+    /// not there when that is more than "it does not exist" (`because`).
     #[error("{resource} {id} not found")]
-    NotFound { resource: &'static str, id: String },
+    NotFound {
+        resource: &'static str,
+        id: String,
+        why: Option<&'static str>,
+    },
     /// ALREADY_EXISTS with a ResourceInfo naming the resource.
     #[error("{message}")]
     AlreadyExists {
@@ -197,6 +202,21 @@ impl ServiceError {
         Self::NotFound {
             resource,
             id: id.into(),
+            why: None,
+        }
+    }
+
+    /// A NOT_FOUND that says why there is nothing (e.g. "no activity has
+    /// been recorded for it"), in its message and its ResourceInfo's
+    /// description. Other errors are returned as they are.
+    pub fn because(self, why: &'static str) -> Self {
+        match self {
+            Self::NotFound { resource, id, .. } => Self::NotFound {
+                resource,
+                id,
+                why: Some(why),
+            },
+            other => other,
         }
     }
 
@@ -275,10 +295,13 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotFound { .. } => crate::context::serving_tenant(),
             _ => None,
         };
-        let message = match &tenant {
+        let mut message = match &tenant {
             Some(tenant) => format!("{error} in tenant {tenant}"),
             None => error.to_string(),
         };
+        if let ServiceError::NotFound { why: Some(why), .. } = &error {
+            message = format!("{message}: {why}");
+        }
         let message = truncate(&message, MAX_MESSAGE);
         let details = match &error {
             ServiceError::InvalidArgument(violations) => {
@@ -288,11 +311,11 @@ impl From<ServiceError> for tonic::Status {
                 }
                 details
             }
-            ServiceError::NotFound { resource, id } => ErrorDetails::with_resource_info(
+            ServiceError::NotFound { resource, id, why } => ErrorDetails::with_resource_info(
                 *resource,
                 bounded(id),
                 tenant.map_or_else(String::new, |t| format!("tenant/{t}")),
-                "not found",
+                why.unwrap_or("not found"),
             ),
             ServiceError::AlreadyExists {
                 resource,
@@ -599,6 +622,20 @@ mod tests {
         );
         let outside = status();
         assert_eq!(outside.message(), "account a1 not found");
+        // Why there is nothing, when there is more to say than "no such".
+        let why = tonic::Status::from(
+            ServiceError::not_found("account score", "a1").because("no activity recorded"),
+        );
+        assert_eq!(
+            why.message(),
+            "account score a1 not found: no activity recorded"
+        );
+        assert_eq!(
+            why.get_details_resource_info()
+                .expect("ResourceInfo")
+                .description,
+            "no activity recorded"
+        );
         assert_eq!(
             outside
                 .get_details_resource_info()

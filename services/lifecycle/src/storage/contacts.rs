@@ -262,9 +262,9 @@ pub(super) async fn account_of(
             .filter(account::Column::ExternalId.eq(external_id.as_str()))
             .one(conn)
             .await?
-            .ok_or_else(|| ServiceError::NotFound {
-                resource: "account",
-                id: format!("with external id {external_id}"),
+            .ok_or_else(|| {
+                ServiceError::not_found("account", external_id.as_str())
+                    .because("no account has this external id")
             }),
     }
 }

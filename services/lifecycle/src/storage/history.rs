@@ -311,10 +311,8 @@ impl Repository {
     ) -> ServiceResult<(AccountStage, CustomerType, Option<Transition>)> {
         let account = account_model(&self.db, tenant, account_id).await?;
         if at_ms < ms(account.created_at) {
-            return Err(ServiceError::NotFound {
-                resource: "account",
-                id: format!("{account_id} (it did not exist yet at that time)"),
-            });
+            return Err(ServiceError::not_found("account", account_id)
+                .because("it did not exist yet at that time"));
         }
         let last = transition::Entity::find()
             .filter(transition::Column::TenantId.eq(tenant.as_str()))

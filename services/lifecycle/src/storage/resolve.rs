@@ -37,9 +37,9 @@ impl Repository {
             .filter(account::Column::Domain.eq(domain))
             .one(&self.db)
             .await?
-            .ok_or_else(|| ServiceError::NotFound {
-                resource: "account",
-                id: format!("domain {domain}"),
+            .ok_or_else(|| {
+                ServiceError::not_found("account domain", domain)
+                    .because("no account has this domain")
             })?;
         let account_id = account.account_id;
         let new = known_only_by_email(&account_id, email);

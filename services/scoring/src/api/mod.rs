@@ -103,20 +103,15 @@ impl ScoringService for ScoringApi {
                     .first()
                     .map(|v| v.field.as_str())
                     .unwrap_or_default();
-                let (resource, id) = if field.ends_with("contact_email") {
-                    (
-                        "contact",
-                        format!(
-                            "with email {} (nor an account with its domain)",
-                            activity.contact_email.trim()
-                        ),
-                    )
+                let refused = if field.ends_with("contact_email") {
+                    ServiceError::not_found("contact email", activity.contact_email.trim())
+                        .because("no contact has this email, nor an account its domain")
                 } else if field.ends_with("contact_id") {
-                    ("contact", activity.contact_id.trim().to_owned())
+                    ServiceError::not_found("contact", activity.contact_id.trim())
                 } else {
-                    ("account", activity.account_id.trim().to_owned())
+                    ServiceError::not_found("account", activity.account_id.trim())
                 };
-                Err(ServiceError::NotFound { resource, id }.into())
+                Err(refused.into())
             }
             None => {
                 Err(ServiceError::internal(anyhow::anyhow!("no result for the activity")).into())

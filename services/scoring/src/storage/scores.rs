@@ -57,7 +57,7 @@ impl Repository {
             }
         }
         let Some(first) = rows.first() else {
-            return Err(ServiceError::not_found("account score", account_id));
+            return Err(ServiceError::not_found("account score", account_id).because(NO_ACTIVITY));
         };
         let model = self.model_at(t, first.model_version).await?;
         let engaged = first.engaged;
@@ -71,7 +71,7 @@ impl Repository {
         });
         let mut totals = domain::totals_of(buckets, &model, today());
         if totals.activities == 0 {
-            return Err(ServiceError::not_found("account score", account_id));
+            return Err(ServiceError::not_found("account score", account_id).because(NO_ACTIVITY));
         }
         totals.engaged_contacts = i32::try_from(engaged).unwrap_or(i32::MAX);
         totals.per_contact.clear();
@@ -281,6 +281,10 @@ impl Repository {
         Ok(found)
     }
 }
+
+/// Why an account has no score: scoring knows accounts only through their
+/// activities, so it cannot tell an account without any from no account.
+const NO_ACTIVITY: &str = "no activity has been recorded for this account";
 
 /// The stored scores of these accounts, locked until commit so
 /// concurrent batches of one account add up rather than overwrite each
