@@ -61,8 +61,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        futures::future::Either<S::Future, TaskLocalFuture<TenantId, S::Future>>,
+    type Future = Either<
+        Either<S::Future, TaskLocalFuture<TenantId, S::Future>>,
         std::future::Ready<Result<Self::Response, Self::Error>>,
     >;
 

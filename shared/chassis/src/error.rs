@@ -295,12 +295,12 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotFound { .. } => crate::context::serving_tenant(),
             _ => None,
         };
-        let mut message = match &tenant {
-            Some(tenant) => format!("{error} in tenant {tenant}"),
-            None => error.to_string(),
-        };
+        let mut message = error.to_string();
+        if let Some(tenant) = &tenant {
+            message.push_str(&format!(" in tenant {tenant}"));
+        }
         if let ServiceError::NotFound { why: Some(why), .. } = &error {
-            message = format!("{message}: {why}");
+            message.push_str(&format!(": {why}"));
         }
         let message = truncate(&message, MAX_MESSAGE);
         let details = match &error {

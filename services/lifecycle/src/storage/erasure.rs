@@ -317,12 +317,10 @@ impl Repository {
                     format!("erasure/{erasure_id}"),
                     refusal.0,
                 );
-                // How long until it settles, so the service waits that long
-                // rather than erasing again on every poll.
-                match (erasure.settles_at(self.erasure_settle) - now).to_std() {
-                    Ok(left) => refused.holds_after(left),
-                    Err(_) => refused,
-                }
+                // How long until it settles (refused, so still ahead), so the
+                // service waits that long rather than erasing on every poll.
+                let left = erasure.settles_at(self.erasure_settle) - now;
+                refused.holds_after(left.to_std().unwrap_or_default())
             })?;
         let _turn = cascade_chassis::db::write_turn(&self.db).await?;
         // The first confirmation's time stays.
