@@ -11,6 +11,7 @@ pub mod context_layer;
 pub mod db;
 pub mod erasure;
 pub mod error;
+pub mod idempotency;
 pub mod limit;
 pub mod malformed;
 pub mod metrics;

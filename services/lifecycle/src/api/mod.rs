@@ -1,6 +1,7 @@
 //! gRPC handlers: validate and translate requests, call the repository, and
 //! translate the answer. No rules live here.
 
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::validate::{Validator, mask_path, mask_paths, not_writable};
 use cascade_chassis::{RequestContext, ServiceResult};
@@ -32,11 +33,11 @@ const MAX_TITLE: usize = 200;
 const MAX_EXTERNAL_ID: usize = 128;
 
 /// A CreateAccount request (alone or an item of a batch) as a new account
-/// and its request id; violations go to `v`.
+/// and its request key; violations go to `v`.
 fn new_account(
     v: &mut Validator,
     request: pb::CreateAccountRequest,
-) -> (NewAccount, Option<String>) {
+) -> (NewAccount, Option<RequestKey>) {
     let account = request.account.unwrap_or_default();
     let new = NewAccount {
         name: v.required_text("account.name", &account.name, MAX_NAME),
@@ -44,15 +45,31 @@ fn new_account(
         owner_id: v.optional_text("account.owner_id", &account.owner_id, MAX_OWNER),
         external_id: v.optional_text("account.external_id", &account.external_id, MAX_EXTERNAL_ID),
     };
-    (new, v.request_id("request_id", &request.request_id))
+    let key = RequestKey::of(
+        v.request_id("request_id", &request.request_id),
+        &asked_account(&new),
+    );
+    (new, key)
+}
+
+/// What a CreateAccount asks, normalized (the domain lower-cased): its
+/// request key's digest.
+fn asked_account(new: &NewAccount) -> pb::Account {
+    pb::Account {
+        name: new.name.clone(),
+        domain: new.domain.clone().unwrap_or_default(),
+        owner_id: new.owner_id.clone().unwrap_or_default(),
+        external_id: new.external_id.clone().unwrap_or_default(),
+        ..Default::default()
+    }
 }
 
 /// A CreateContact request (alone or an item of a batch) as a new contact
-/// and its request id; violations go to `v`.
+/// and its request key; violations go to `v`.
 fn new_contact(
     v: &mut Validator,
     request: pb::CreateContactRequest,
-) -> (NewContact, Option<String>) {
+) -> (NewContact, Option<RequestKey>) {
     let contact = request.contact.unwrap_or_default();
     let by_external = v.optional_text(
         "account_external_id",
@@ -85,7 +102,33 @@ fn new_contact(
             .unwrap_or_default(),
         external_id: v.optional_text("contact.external_id", &contact.external_id, MAX_EXTERNAL_ID),
     };
-    (new, v.request_id("request_id", &request.request_id))
+    let key = RequestKey::of(
+        v.request_id("request_id", &request.request_id),
+        &asked_contact(&new),
+    );
+    (new, key)
+}
+
+/// What a CreateContact asks, normalized (the email lower-cased), its
+/// account as the caller named it: its request key's digest.
+fn asked_contact(new: &NewContact) -> pb::CreateContactRequest {
+    let (account_id, account_external_id) = match &new.account {
+        AccountRef::Id(id) => (id.clone(), String::new()),
+        AccountRef::ExternalId(id) => (String::new(), id.clone()),
+    };
+    pb::CreateContactRequest {
+        contact: Some(pb::Contact {
+            account_id,
+            email: new.email.clone().unwrap_or_default(),
+            first_name: new.first_name.clone(),
+            last_name: new.last_name.clone(),
+            title: new.title.clone(),
+            external_id: new.external_id.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        account_external_id,
+        request_id: String::new(),
+    }
 }
 
 pub struct LifecycleApi {
@@ -168,11 +211,11 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::CreateAccountResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let mut v = Validator::new();
-        let (new, request_id) = new_account(&mut v, request.into_inner());
+        let (new, key) = new_account(&mut v, request.into_inner());
         v.finish()?;
         let account = self
             .repository
-            .create_account(&context.tenant, new, request_id)
+            .create_account(&context.tenant, new, key)
             .await?;
         Ok(Response::new(pb::CreateAccountResponse {
             account: Some(convert::account(account)),
@@ -286,11 +329,11 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::CreateContactResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let mut v = Validator::new();
-        let (new, request_id) = new_contact(&mut v, request.into_inner());
+        let (new, key) = new_contact(&mut v, request.into_inner());
         v.finish()?;
         let contact = self
             .repository
-            .create_contact(&context.tenant, new, request_id)
+            .create_contact(&context.tenant, new, key)
             .await?;
         Ok(Response::new(pb::CreateContactResponse {
             contact: Some(convert::contact(contact)),

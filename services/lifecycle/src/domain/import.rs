@@ -4,10 +4,13 @@
 
 use std::collections::HashMap;
 
+use cascade_chassis::idempotency::{RequestKey, reuse_reason};
+
 /// The unique keys of one item of a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImportKeys<'a> {
-    pub request_id: Option<&'a str>,
+    /// The request id, with the digest of what the item asks.
+    pub request: Option<&'a RequestKey>,
     pub external_id: Option<&'a str>,
     /// The record's natural unique key: an account's domain, a contact's email.
     pub natural: Option<&'a str>,
@@ -17,6 +20,9 @@ pub struct ImportKeys<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holders {
     pub by_request: HashMap<String, String>,
+    /// What the create under each request id asked (records made before
+    /// digests were kept have none).
+    pub request_digests: HashMap<String, String>,
     pub by_external: HashMap<String, String>,
     pub by_natural: HashMap<String, String>,
 }
@@ -47,9 +53,11 @@ pub enum ImportDecision {
 
 /// Decides every item in order. An item whose request id or external id a
 /// record already holds is that record (a repeated import creates nothing,
-/// even if other fields changed since: updates are UpdateAccount's job). An
-/// item whose natural key another record holds is refused, as is an item
-/// repeating a key of an earlier item of the batch that will be created.
+/// even if other fields changed since: updates are UpdateAccount's job),
+/// except that a request id made a record for a different request refuses
+/// the item (`cascade_chassis::idempotency`). An item whose natural key
+/// another record holds is refused, as is an item repeating a key of an
+/// earlier item of the batch that will be created.
 pub fn decide_import(
     items: &[ImportKeys<'_>],
     holders: &Holders,
@@ -62,18 +70,29 @@ pub fn decide_import(
     let mut batch_natural: HashMap<&str, usize> = HashMap::new();
     let mut decisions = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let held =
-            |key: Option<&str>, by: &HashMap<String, String>| key.and_then(|k| by.get(k)).cloned();
-        if let Some(id) = held(item.request_id, &holders.by_request)
-            .or_else(|| held(item.external_id, &holders.by_external))
+        let request_id = item.request.map(|key| key.id.as_str());
+        if let Some(key) = item.request
+            && let Some(id) = holders.by_request.get(&key.id)
         {
-            decisions.push(ImportDecision::Existing(id));
+            let asked_before = holders.request_digests.get(&key.id).map(String::as_str);
+            decisions.push(if key.matches(asked_before) {
+                ImportDecision::Existing(id.clone())
+            } else {
+                ImportDecision::Rejected(vec![(
+                    "request_id".to_owned(),
+                    reuse_reason(fields.resource),
+                )])
+            });
+            continue;
+        }
+        if let Some(id) = item.external_id.and_then(|k| holders.by_external.get(k)) {
+            decisions.push(ImportDecision::Existing(id.clone()));
             continue;
         }
         let mut refusals = Vec::new();
         let repeated =
             |key: Option<&str>, seen: &HashMap<&str, usize>| key.and_then(|k| seen.get(k).copied());
-        if let Some(earlier) = repeated(item.request_id, &batch_request) {
+        if let Some(earlier) = repeated(request_id, &batch_request) {
             refusals.push((
                 "request_id".to_owned(),
                 format!("repeats the request_id of item {earlier} of this batch"),
@@ -108,7 +127,7 @@ pub fn decide_import(
             decisions.push(ImportDecision::Rejected(refusals));
             continue;
         }
-        if let Some(k) = item.request_id {
+        if let Some(k) = request_id {
             batch_request.insert(k, i);
         }
         if let Some(k) = item.external_id {
@@ -134,14 +153,22 @@ mod tests {
     };
 
     fn keys<'a>(
-        request_id: Option<&'a str>,
+        request: Option<&'a RequestKey>,
         external_id: Option<&'a str>,
         natural: Option<&'a str>,
     ) -> ImportKeys<'a> {
         ImportKeys {
-            request_id,
+            request,
             external_id,
             natural,
+        }
+    }
+
+    /// A request id with a stand-in digest.
+    fn request(id: &str, digest: &str) -> RequestKey {
+        RequestKey {
+            id: id.to_owned(),
+            digest: digest.to_owned(),
         }
     }
 
@@ -158,6 +185,7 @@ mod tests {
         };
         Holders {
             by_request: map(request),
+            request_digests: HashMap::new(),
             by_external: map(external),
             by_natural: map(natural),
         }
@@ -170,11 +198,15 @@ mod tests {
     #[test]
     fn every_case_of_an_item_in_a_table() {
         use ImportDecision::{Create, Existing};
-        let held = holders(
-            &[("r-old", "a1")],
+        let mut held = holders(
+            &[("r-old", "a1"), ("r-before-digests", "a4")],
             &[("crm-1", "a2")],
             &[("taken.example", "a3"), ("crm1.example", "a2")],
         );
+        held.request_digests
+            .insert("r-old".to_owned(), "asked-then".to_owned());
+        let (r_old, r_old_other) = (request("r-old", "asked-then"), request("r-old", "other"));
+        let r_before = request("r-before-digests", "anything");
         let cases: Vec<(&str, ImportKeys, ImportDecision)> = vec![
             ("nothing held: created", keys(None, None, None), Create),
             (
@@ -183,9 +215,19 @@ mod tests {
                 Create,
             ),
             (
-                "a known request id: the record it made",
-                keys(Some("r-old"), None, None),
+                "a known request id, the same request: the record it made",
+                keys(Some(&r_old), None, None),
                 Existing("a1".into()),
+            ),
+            (
+                "a known request id, another request: refused",
+                keys(Some(&r_old_other), None, None),
+                rejected("request_id", &reuse_reason("account")),
+            ),
+            (
+                "a request id of a record made before digests: the record",
+                keys(Some(&r_before), None, None),
+                Existing("a4".into()),
             ),
             (
                 "a known external id: the record",
@@ -199,8 +241,13 @@ mod tests {
             ),
             (
                 "the request id wins over the external id",
-                keys(Some("r-old"), Some("crm-1"), None),
+                keys(Some(&r_old), Some("crm-1"), None),
                 Existing("a1".into()),
+            ),
+            (
+                "a request id reused for another request is refused whatever the external id",
+                keys(Some(&r_old_other), Some("crm-1"), None),
+                rejected("request_id", &reuse_reason("account")),
             ),
             (
                 "a domain another account has",
@@ -219,12 +266,14 @@ mod tests {
 
     #[test]
     fn repeats_within_a_batch_are_refused_after_the_first() {
+        let r1 = request("r1", "asked");
+        let r2 = request("r2", "asked");
         let items = [
-            keys(Some("r1"), Some("crm-1"), Some("a.example")),
-            keys(Some("r1"), None, None),
+            keys(Some(&r1), Some("crm-1"), Some("a.example")),
+            keys(Some(&r1), None, None),
             keys(None, Some("crm-1"), None),
             keys(None, None, Some("a.example")),
-            keys(Some("r2"), Some("crm-2"), Some("b.example")),
+            keys(Some(&r2), Some("crm-2"), Some("b.example")),
         ];
         let decided = decide_import(&items, &Holders::default(), FIELDS);
         assert_eq!(

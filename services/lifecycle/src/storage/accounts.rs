@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use cascade_chassis::db::begin_write;
 use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use cascade_domain::ids;
@@ -30,10 +31,10 @@ impl Repository {
         &self,
         tenant: &TenantId,
         new: NewAccount,
-        request_id: Option<String>,
+        key: Option<RequestKey>,
     ) -> ServiceResult<Account> {
-        if let Some(request_id) = &request_id
-            && let Some(existing) = self.account_by_request(tenant, request_id).await?
+        if let Some(key) = &key
+            && let Some(existing) = self.account_by_request(tenant, key).await?
         {
             return Ok(existing);
         }
@@ -43,7 +44,7 @@ impl Repository {
             tenant.as_str(),
             ids::new_id(),
             new.clone(),
-            request_id.clone(),
+            key.clone(),
             now,
         );
         let txn = begin_write(&self.db).await?;
@@ -53,8 +54,8 @@ impl Repository {
                 drop(txn);
                 // Either the same request raced us (return its account) or
                 // the domain belongs to another account.
-                if let Some(request_id) = &request_id
-                    && let Some(existing) = self.account_by_request(tenant, request_id).await?
+                if let Some(key) = &key
+                    && let Some(existing) = self.account_by_request(tenant, key).await?
                 {
                     return Ok(existing);
                 }
@@ -99,18 +100,23 @@ impl Repository {
         domain_taken(domain)
     }
 
+    /// The account an earlier create under `key`'s request id made, if the
+    /// request is the same; refused if it is not.
     async fn account_by_request(
         &self,
         tenant: &TenantId,
-        request_id: &str,
+        key: &RequestKey,
     ) -> ServiceResult<Option<Account>> {
         match account::Entity::find()
             .filter(account::Column::TenantId.eq(tenant.as_str()))
-            .filter(account::Column::CreateRequestId.eq(request_id))
+            .filter(account::Column::CreateRequestId.eq(&key.id))
             .one(&self.db)
             .await?
         {
-            Some(model) => Ok(Some(hydrate_account(&self.db, model).await?)),
+            Some(model) => {
+                key.check(model.create_request_digest.as_deref(), "account")?;
+                Ok(Some(hydrate_account(&self.db, model).await?))
+            }
             None => Ok(None),
         }
     }
@@ -285,9 +291,10 @@ pub(super) fn new_account_model(
     tenant_id: &str,
     account_id: String,
     new: NewAccount,
-    request_id: Option<String>,
+    key: Option<RequestKey>,
     now: DateTime<Utc>,
 ) -> account::ActiveModel {
+    let (request_id, request_digest) = key.map(|k| (k.id, k.digest)).unzip();
     let (stage, customer_type) = NEW_ACCOUNT_STAGE;
     account::ActiveModel {
         account_id: Set(account_id),
@@ -302,6 +309,7 @@ pub(super) fn new_account_model(
         average_engagement_score: Set(0.0),
         intent_score: Set(0.0),
         create_request_id: Set(request_id),
+        create_request_digest: Set(request_digest),
         created_at: Set(now),
         updated_at: Set(now),
         version: Set(1),

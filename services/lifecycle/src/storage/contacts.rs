@@ -3,6 +3,7 @@
 use cascade_chassis::db::Stored;
 use cascade_chassis::db::begin_write;
 use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use cascade_domain::{ContactStage, ids};
@@ -27,10 +28,10 @@ impl Repository {
         &self,
         tenant: &TenantId,
         new: NewContact,
-        request_id: Option<String>,
+        key: Option<RequestKey>,
     ) -> ServiceResult<Contact> {
-        if let Some(request_id) = &request_id
-            && let Some(existing) = self.contact_by_request(tenant, request_id).await?
+        if let Some(key) = &key
+            && let Some(existing) = self.contact_by_request(tenant, key).await?
         {
             return Ok(existing);
         }
@@ -41,15 +42,15 @@ impl Repository {
         // The account must exist in this tenant; the check and the insert
         // share a transaction so a contact never dangles.
         let account = account_of(&txn, tenant, &new.account).await?;
-        match insert_contact(&txn, tenant, &account.account_id, new, request_id.clone()).await {
+        match insert_contact(&txn, tenant, &account.account_id, new, key.clone()).await {
             Ok(contact) => {
                 txn.commit().await?;
                 Ok(contact)
             }
             Err(ServiceError::AlreadyExists { .. }) => {
                 drop(txn);
-                if let Some(request_id) = &request_id
-                    && let Some(existing) = self.contact_by_request(tenant, request_id).await?
+                if let Some(key) = &key
+                    && let Some(existing) = self.contact_by_request(tenant, key).await?
                 {
                     return Ok(existing);
                 }
@@ -100,18 +101,23 @@ impl Repository {
         }
     }
 
+    /// The contact an earlier create under `key`'s request id made, if the
+    /// request is the same; refused if it is not.
     async fn contact_by_request(
         &self,
         tenant: &TenantId,
-        request_id: &str,
+        key: &RequestKey,
     ) -> ServiceResult<Option<Contact>> {
         match contact::Entity::find()
             .filter(contact::Column::TenantId.eq(tenant.as_str()))
-            .filter(contact::Column::CreateRequestId.eq(request_id))
+            .filter(contact::Column::CreateRequestId.eq(&key.id))
             .one(&self.db)
             .await?
         {
-            Some(model) => Ok(Some(hydrate_contact(&self.db, model).await?)),
+            Some(model) => {
+                key.check(model.create_request_digest.as_deref(), "contact")?;
+                Ok(Some(hydrate_contact(&self.db, model).await?))
+            }
             None => Ok(None),
         }
     }
@@ -276,18 +282,12 @@ pub(super) async fn insert_contact(
     tenant: &TenantId,
     account_id: &str,
     new: NewContact,
-    request_id: Option<String>,
+    key: Option<RequestKey>,
 ) -> ServiceResult<Contact> {
     let now = time::now();
     let email = new.email.clone();
-    let (model, stage) = new_contact_model(
-        tenant.as_str(),
-        ids::new_id(),
-        account_id,
-        new,
-        request_id,
-        now,
-    );
+    let (model, stage) =
+        new_contact_model(tenant.as_str(), ids::new_id(), account_id, new, key, now);
     let inserted = model.insert(conn).await.map_err(|error| {
         if is_unique_violation(&error) {
             email_taken(email.as_deref())
@@ -312,9 +312,10 @@ pub(super) fn new_contact_model(
     contact_id: String,
     account_id: &str,
     new: NewContact,
-    request_id: Option<String>,
+    key: Option<RequestKey>,
     now: DateTime<Utc>,
 ) -> (contact::ActiveModel, ContactStage) {
+    let (request_id, request_digest) = key.map(|k| (k.id, k.digest)).unzip();
     let stage = contact_rules::new_contact_stage(new.email.is_some());
     let model = contact::ActiveModel {
         contact_id: Set(contact_id),
@@ -328,6 +329,7 @@ pub(super) fn new_contact_model(
         stage_entered_at: Set(now),
         engagement_score: Set(0.0),
         create_request_id: Set(request_id),
+        create_request_digest: Set(request_digest),
         created_at: Set(now),
         updated_at: Set(now),
         has_activity: Set(false),

@@ -41,6 +41,8 @@ pub mod account {
         pub at_risk_source: Option<Stored<AtRiskSource>>,
         pub at_risk_actor: Option<String>,
         pub at_risk_since_ms: Option<i64>,
+        /// What the create under `create_request_id` asked (hex SHA-256).
+        pub create_request_digest: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -76,6 +78,8 @@ pub mod contact {
         pub external_id: Option<String>,
         pub inactive_since_ms: Option<i64>,
         pub inactive_reason: Option<String>,
+        /// What the create under `create_request_id` asked (hex SHA-256).
+        pub create_request_digest: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use cascade_chassis::db::{among, begin_write, insert_chunks};
 use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use cascade_domain::ids;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
@@ -81,6 +82,8 @@ trait Keyed: EntityTrait {
     fn key_columns() -> [Self::Column; 3];
     /// A row's id and its request id, external id and natural key.
     fn keys(row: &Self::Model) -> (&str, [Option<&str>; 3]);
+    /// What the create under the row's request id asked.
+    fn request_digest(row: &Self::Model) -> Option<&str>;
 }
 
 impl Keyed for account::Entity {
@@ -106,6 +109,9 @@ impl Keyed for account::Entity {
                 row.domain.as_deref(),
             ],
         )
+    }
+    fn request_digest(row: &account::Model) -> Option<&str> {
+        row.create_request_digest.as_deref()
     }
 }
 
@@ -133,6 +139,9 @@ impl Keyed for contact::Entity {
             ],
         )
     }
+    fn request_digest(row: &contact::Model) -> Option<&str> {
+        row.create_request_digest.as_deref()
+    }
 }
 
 /// Who in the tenant holds the items' keys: one read per kind of key.
@@ -142,7 +151,7 @@ async fn holders<E: Keyed>(
     items: &[ImportKeys<'_>],
 ) -> Result<Holders, DbErr> {
     let wanted: [Vec<&str>; 3] = [
-        present(items, |k| k.request_id),
+        present(items, |k| k.request.map(|r| r.id.as_str())),
         present(items, |k| k.external_id),
         present(items, |k| k.natural),
     ];
@@ -150,6 +159,11 @@ async fn holders<E: Keyed>(
     for (column, keys) in E::key_columns().into_iter().zip(&wanted) {
         for row in rows_among::<E>(conn, (E::tenant_column(), t), column, keys).await? {
             let (id, [request, external, natural]) = E::keys(&row);
+            if let (Some(request), Some(digest)) = (request, E::request_digest(&row)) {
+                holders
+                    .request_digests
+                    .insert(request.to_owned(), digest.to_owned());
+            }
             for (key, map) in [
                 (request, &mut holders.by_request),
                 (external, &mut holders.by_external),
@@ -211,7 +225,7 @@ impl Repository {
     pub async fn batch_create_accounts(
         &self,
         tenant: &TenantId,
-        items: &[(NewAccount, Option<String>)],
+        items: &[(NewAccount, Option<RequestKey>)],
     ) -> ServiceResult<Vec<Imported<Account>>> {
         for _ in 0..ATTEMPTS {
             if let Some(done) = self.try_create_accounts(tenant, items).await? {
@@ -226,14 +240,14 @@ impl Repository {
     async fn try_create_accounts(
         &self,
         tenant: &TenantId,
-        items: &[(NewAccount, Option<String>)],
+        items: &[(NewAccount, Option<RequestKey>)],
     ) -> ServiceResult<Option<Vec<Imported<Account>>>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
         let keys: Vec<ImportKeys> = items
             .iter()
-            .map(|(new, request_id)| ImportKeys {
-                request_id: request_id.as_deref(),
+            .map(|(new, key)| ImportKeys {
+                request: key.as_ref(),
                 external_id: new.external_id.as_deref(),
                 natural: new.domain.as_deref(),
             })
@@ -244,14 +258,14 @@ impl Repository {
         let now = time::now();
         let mut rows = Vec::new();
         let mut created_ids = Vec::with_capacity(items.len());
-        for ((new, request_id), decision) in items.iter().zip(&decisions) {
+        for ((new, key), decision) in items.iter().zip(&decisions) {
             if *decision == ImportDecision::Create {
                 let id = ids::new_id();
                 rows.push(new_account_model(
                     t,
                     id.clone(),
                     new.clone(),
-                    request_id.clone(),
+                    key.clone(),
                     now,
                 ));
                 created_ids.push(Some(id));
@@ -288,7 +302,7 @@ impl Repository {
     pub async fn batch_create_contacts(
         &self,
         tenant: &TenantId,
-        items: &[(NewContact, Option<String>)],
+        items: &[(NewContact, Option<RequestKey>)],
     ) -> ServiceResult<Vec<Imported<Contact>>> {
         for _ in 0..ATTEMPTS {
             if let Some(done) = self.try_create_contacts(tenant, items).await? {
@@ -303,7 +317,7 @@ impl Repository {
     async fn try_create_contacts(
         &self,
         tenant: &TenantId,
-        items: &[(NewContact, Option<String>)],
+        items: &[(NewContact, Option<RequestKey>)],
     ) -> ServiceResult<Option<Vec<Imported<Contact>>>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
@@ -340,8 +354,8 @@ impl Repository {
 
         let keys: Vec<ImportKeys> = items
             .iter()
-            .map(|(new, request_id)| ImportKeys {
-                request_id: request_id.as_deref(),
+            .map(|(new, key)| ImportKeys {
+                request: key.as_ref(),
                 external_id: new.external_id.as_deref(),
                 natural: new.email.as_deref(),
             })
@@ -371,18 +385,12 @@ impl Repository {
         // in id order (see resolve.rs).
         let mut rows = BTreeMap::new();
         let mut created_ids = Vec::with_capacity(items.len());
-        for (i, ((new, request_id), decision)) in items.iter().zip(&decisions).enumerate() {
+        for (i, ((new, key), decision)) in items.iter().zip(&decisions).enumerate() {
             match (decision, accounts.get(&new.account)) {
                 (ImportDecision::Create, Some(account_id)) => {
                     let id = ids::new_id();
-                    let (row, stage) = new_contact_model(
-                        t,
-                        id.clone(),
-                        account_id,
-                        new.clone(),
-                        request_id.clone(),
-                        now,
-                    );
+                    let (row, stage) =
+                        new_contact_model(t, id.clone(), account_id, new.clone(), key.clone(), now);
                     rows.insert((account_id.clone(), i), (id.clone(), row, stage));
                     created_ids.push(Some(id));
                 }

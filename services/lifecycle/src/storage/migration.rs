@@ -21,7 +21,48 @@ impl MigratorTrait for Migrator {
             Box::new(AccountChangesHeard),
             Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
             Box::new(ErasedAccountsReasons),
+            Box::new(CreateRequestDigests),
         ]
+    }
+}
+
+/// What each create with a request id asked (`cascade_chassis::idempotency`):
+/// a request that reuses the id must ask the same. Records made before have
+/// none and answer any request with their id, as they did.
+struct CreateRequestDigests;
+
+impl MigrationName for CreateRequestDigests {
+    fn name(&self) -> &str {
+        "m20261206_300001_create_request_digests"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateRequestDigests {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use super::migration_stage_engine::add_column;
+        add_column(
+            manager,
+            Accounts::Table,
+            ColumnDef::new(Accounts::CreateRequestDigest)
+                .string_len(64)
+                .null(),
+        )
+        .await?;
+        add_column(
+            manager,
+            Contacts::Table,
+            ColumnDef::new(Contacts::CreateRequestDigest)
+                .string_len(64)
+                .null(),
+        )
+        .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the create request digests migration is not reversible".into(),
+        ))
     }
 }
 
@@ -143,6 +184,7 @@ enum Accounts {
     AverageEngagementScore,
     IntentScore,
     CreateRequestId,
+    CreateRequestDigest,
     CreatedAt,
     UpdatedAt,
     Version,
@@ -162,6 +204,7 @@ enum Contacts {
     StageEnteredAt,
     EngagementScore,
     CreateRequestId,
+    CreateRequestDigest,
     CreatedAt,
     UpdatedAt,
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use cascade_chassis::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::validate::{Validator, mask_path, not_writable};
 use cascade_chassis::{PreconditionViolation, RequestContext, ServiceError, ServiceResult, time};
@@ -231,7 +232,10 @@ impl OpportunityService for OpportunityApi {
         let input = request.opportunity.unwrap_or_default();
         let mut v = Validator::new();
         let account_id = id_of(&mut v, "opportunity.account_id", &input.account_id);
-        let request_id = v.request_id("request_id", &request.request_id);
+        let key = RequestKey::of(
+            v.request_id("request_id", &request.request_id),
+            &fields::asked(&input),
+        );
         let now = time::now().timestamp_millis();
         let mut o = Opportunity {
             opportunity_id: ids::new_id(),
@@ -267,11 +271,8 @@ impl OpportunityService for OpportunityApi {
         }
         derive_amount(&mut o, &mut v);
         v.finish()?;
-        if let Some(request_id) = &request_id
-            && let Some(existing) = self
-                .repository
-                .by_request(&context.tenant, request_id)
-                .await?
+        if let Some(key) = &key
+            && let Some(existing) = self.repository.by_request(&context.tenant, key).await?
         {
             return Ok(Response::new(pb::CreateOpportunityResponse {
                 opportunity: Some(self.respond(&context, existing).await?),
@@ -280,10 +281,7 @@ impl OpportunityService for OpportunityApi {
         let contacts = named_contacts(&input, |_| true, None);
         self.check_with_lifecycle(&context, &account_id, &contacts, o.kind)
             .await?;
-        let created = self
-            .repository
-            .create(&context.tenant, o, request_id)
-            .await?;
+        let created = self.repository.create(&context.tenant, o, key).await?;
         Ok(Response::new(pb::CreateOpportunityResponse {
             opportunity: Some(self.respond(&context, created).await?),
         }))

@@ -27,6 +27,8 @@ pub mod opportunity {
         #[sea_orm(column_type = "Text")]
         pub data: String,
         pub version: i64,
+        /// What the create under `create_request_id` asked (hex SHA-256).
+        pub create_request_digest: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(KindsAndTerms),
             Box::new(cascade_chassis::outbox::OutboxChurnMigration),
             Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
+            Box::new(CreateRequestDigests),
         ]
     }
 }
@@ -113,6 +114,36 @@ impl MigrationTrait for KindsAndTerms {
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         Err(DbErr::Migration(
             "the opportunity kinds and terms migration is not reversible".into(),
+        ))
+    }
+}
+
+/// What each create with a request id asked (`cascade_chassis::idempotency`):
+/// a request that reuses the id must ask the same. Opportunities made before
+/// have none and answer any request with their id, as they did.
+struct CreateRequestDigests;
+
+impl MigrationName for CreateRequestDigests {
+    fn name(&self) -> &str {
+        "m20261206_300001_opportunity_request_digests"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateRequestDigests {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE opportunities ADD COLUMN create_request_digest VARCHAR(64) NULL",
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the opportunity request digests migration is not reversible".into(),
         ))
     }
 }

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use cascade_chassis::db::{WriteTransaction, begin_write};
 use cascade_chassis::error::is_unique_violation;
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId};
 use cascade_domain::Money;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use tokio::sync::Notify;
 
@@ -98,8 +99,13 @@ pub struct Repository {
 fn columns(
     tenant_id: &str,
     o: &Opportunity,
-    create_request_id: Option<String>,
+    create_request: Option<RequestKey>,
 ) -> ServiceResult<opportunity::ActiveModel> {
+    // Set at creation only: an update leaves the columns as they are.
+    let (create_request_id, create_request_digest) = match create_request {
+        Some(key) => (Set(Some(key.id)), Set(Some(key.digest))),
+        None => (NotSet, NotSet),
+    };
     let value = pipeline_value(o);
     Ok(opportunity::ActiveModel {
         opportunity_id: Set(o.opportunity_id.clone()),
@@ -115,12 +121,10 @@ fn columns(
             value.map(|m| i64::try_from(m.nanos.rem_euclid(1_000_000_000)).unwrap_or(0))
         ),
         closed_at_ms: Set(o.closed_at_ms),
-        create_request_id: match create_request_id {
-            Some(id) => Set(Some(id)),
-            None => sea_orm::ActiveValue::NotSet,
-        },
+        create_request_id,
+        create_request_digest,
         data: Set(serde_json::to_string(o).map_err(ServiceError::internal)?),
-        version: sea_orm::ActiveValue::NotSet,
+        version: NotSet,
     })
 }
 
@@ -153,18 +157,22 @@ impl Repository {
         self.events_written = waker;
     }
 
+    /// The opportunity an earlier create under `key`'s request id made, if
+    /// the request is the same; refused if it is not.
     pub async fn by_request(
         &self,
         tenant: &TenantId,
-        request_id: &str,
+        key: &RequestKey,
     ) -> ServiceResult<Option<Opportunity>> {
-        of_tenant(tenant.as_str())
-            .filter(opportunity::Column::CreateRequestId.eq(request_id))
+        let Some(row) = of_tenant(tenant.as_str())
+            .filter(opportunity::Column::CreateRequestId.eq(&key.id))
             .one(&self.db)
             .await?
-            .as_ref()
-            .map(parse)
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        key.check(row.create_request_digest.as_deref(), "opportunity")?;
+        parse(&row).map(Some)
     }
 
     /// Stores a new opportunity and queues OPENED for lifecycle.
@@ -172,11 +180,11 @@ impl Repository {
         &self,
         tenant: &TenantId,
         opportunity: Opportunity,
-        request_id: Option<String>,
+        key: Option<RequestKey>,
     ) -> ServiceResult<Opportunity> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        let mut row = columns(t, &opportunity, request_id.clone())?;
+        let mut row = columns(t, &opportunity, key.clone())?;
         row.version = Set(1);
         let inserted = opportunity::Entity::insert(row)
             .exec_without_returning(&txn)
@@ -186,8 +194,8 @@ impl Repository {
             Err(e) if is_unique_violation(&e) => {
                 drop(txn);
                 // The same request raced us: answer what it created.
-                if let Some(request_id) = &request_id
-                    && let Some(existing) = self.by_request(tenant, request_id).await?
+                if let Some(key) = &key
+                    && let Some(existing) = self.by_request(tenant, key).await?
                 {
                     return Ok(existing);
                 }
