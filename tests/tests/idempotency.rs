@@ -155,8 +155,8 @@ async fn a_request_id_answers_only_its_own_request(db: TestDatabase) {
     assert_eq!(batch.results[0].violations[0].field, "request_id");
     assert_eq!(contact_count(&lifecycle).await, 1, "Sam was not written");
 
-    // Opportunities: what the service sets (a copied id or step) is not part
-    // of the request; another deal is.
+    // Opportunities: what the service sets is not part of the request, nor
+    // how a value is written; another deal is.
     let deal = |name: &str| op::Opportunity {
         account_id: acme.account_id.clone(),
         name: name.into(),
@@ -173,11 +173,13 @@ async fn a_request_id_answers_only_its_own_request(db: TestDatabase) {
             .map(|r| r.into_inner().opportunity.expect("opportunity"))
     };
     let opened = create(deal("Platform")).await.expect("first deal");
+    // A retry built from the answer: every field the service set (id, step,
+    // kind's default, progress, times), the account id upper-cased and the
+    // name padded, as the service reads them the same.
     let copied = create(op::Opportunity {
-        opportunity_id: opened.opportunity_id.clone(),
-        step: opened.step,
-        create_time: opened.create_time,
-        ..deal("Platform")
+        account_id: acme.account_id.to_uppercase(),
+        name: " Platform ".into(),
+        ..opened.clone()
     })
     .await
     .expect("a retry");

@@ -123,15 +123,44 @@ pub(super) fn to_proto(o: Opportunity, settings: &Settings) -> pb::Opportunity {
             }
         })
         .collect();
-    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(to_timestamp);
+    // What the service sets, taken before the rest moves into `written`.
+    let opportunity_id = o.opportunity_id.clone();
+    let (step, status) = (o.step.to_proto(), o.status.to_proto());
+    let lost_reason = o.lost_reason.clone();
+    let step_entries = o
+        .step_entries
+        .iter()
+        .map(|(step, ms)| pb::StepEntry {
+            step: step.to_proto(),
+            enter_time: at(*ms),
+        })
+        .collect();
+    let (create_time, update_time) = (at(o.created_at_ms), at(o.updated_at_ms));
+    let close_time = o.closed_at_ms.and_then(at);
     pb::Opportunity {
-        opportunity_id: o.opportunity_id,
+        opportunity_id,
+        step,
+        status,
+        lost_reason,
+        step_entries,
+        progress,
+        create_time,
+        update_time,
+        close_time,
+        ..written(o)
+    }
+}
+
+/// The fields a caller writes (`account_id` on create, and `fields::WRITABLE`),
+/// as the service keeps them: ids canonical, text trimmed, kinds' defaults
+/// filled in, an amount derived from line items. What a CreateOpportunity
+/// asks, for its request key's digest, is exactly this.
+pub(super) fn written(o: Opportunity) -> pb::Opportunity {
+    pb::Opportunity {
         account_id: o.account_id,
         name: o.name,
         owner_id: o.owner_id,
         kind: o.kind.to_proto(),
-        step: o.step.to_proto(),
-        status: o.status.to_proto(),
         estimated_deal_size: money_to_proto(o.estimated_deal_size),
         amount: money_to_proto(o.amount),
         amount_from_line_items: o.amount_from_line_items,
@@ -180,20 +209,12 @@ pub(super) fn to_proto(o: Opportunity, settings: &Settings) -> pb::Opportunity {
             sign_time: c.sign_time_ms.and_then(at),
             end_date: c.end_date.map(date_to_proto),
         }),
-        lost_reason: o.lost_reason,
-        step_entries: o
-            .step_entries
-            .into_iter()
-            .map(|(step, ms)| pb::StepEntry {
-                step: step.to_proto(),
-                enter_time: at(ms),
-            })
-            .collect(),
-        progress,
-        create_time: at(o.created_at_ms),
-        update_time: at(o.updated_at_ms),
-        close_time: o.closed_at_ms.and_then(at),
+        ..Default::default()
     }
+}
+
+fn at(ms: i64) -> Option<prost_types::Timestamp> {
+    chrono::DateTime::from_timestamp_millis(ms).map(to_timestamp)
 }
 
 pub(super) fn settings_to_proto(s: &Settings) -> pb::OpportunitySettings {
@@ -214,5 +235,219 @@ pub(super) fn settings_to_proto(s: &Settings) -> pb::OpportunitySettings {
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(to_timestamp),
         updated_by: s.updated_by.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use cascade_chassis::idempotency::digest;
+
+    use super::*;
+    use crate::api::fields::WRITABLE;
+    use crate::domain::{Competitor, Contract, LineItem, OpportunityKind, Stakeholder, Status};
+
+    const ID: &str = "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10";
+
+    fn usd(units: i128) -> Option<Money> {
+        Some(Money {
+            currency: *b"USD",
+            nanos: units * 1_000_000_000,
+        })
+    }
+
+    fn deal() -> Opportunity {
+        Opportunity {
+            opportunity_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a99".into(),
+            account_id: ID.into(),
+            name: "Platform".into(),
+            owner_id: "jo".into(),
+            kind: OpportunityKind::NewBusiness,
+            step: Step::Discover,
+            status: Status::Open,
+            estimated_deal_size: usd(25_000),
+            amount: None,
+            amount_from_line_items: false,
+            close_date: None,
+            current_situation: String::new(),
+            needs: String::new(),
+            buying_group: vec![ID.into()],
+            stakeholders: Vec::new(),
+            competitors: Vec::new(),
+            line_items: Vec::new(),
+            new_reality: String::new(),
+            contract: None,
+            lost_reason: String::new(),
+            step_entries: vec![(Step::Discover, 1_000)],
+            created_at_ms: 1_000,
+            updated_at_ms: 1_000,
+            closed_at_ms: None,
+        }
+    }
+
+    fn asked(o: &Opportunity) -> String {
+        digest(&written(o.clone()))
+    }
+
+    #[test]
+    fn what_the_service_sets_is_not_written() {
+        let later = Opportunity {
+            opportunity_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a98".into(),
+            step: Step::Propose,
+            status: Status::Won,
+            lost_reason: "copied".into(),
+            step_entries: vec![(Step::Discover, 2_000), (Step::Qualify, 3_000)],
+            created_at_ms: 2_000,
+            updated_at_ms: 3_000,
+            closed_at_ms: Some(3_000),
+            ..deal()
+        };
+        assert_eq!(asked(&deal()), asked(&later));
+    }
+
+    #[test]
+    fn every_field_a_caller_writes_is_written() {
+        let changes: Vec<(&str, Opportunity)> = vec![
+            (
+                "account_id",
+                Opportunity {
+                    account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a11".into(),
+                    ..deal()
+                },
+            ),
+            (
+                "name",
+                Opportunity {
+                    name: "Services".into(),
+                    ..deal()
+                },
+            ),
+            (
+                "kind",
+                Opportunity {
+                    kind: OpportunityKind::Renewal,
+                    ..deal()
+                },
+            ),
+            (
+                "owner_id",
+                Opportunity {
+                    owner_id: "sam".into(),
+                    ..deal()
+                },
+            ),
+            (
+                "estimated_deal_size",
+                Opportunity {
+                    estimated_deal_size: usd(26_000),
+                    ..deal()
+                },
+            ),
+            (
+                "amount",
+                Opportunity {
+                    amount: usd(1),
+                    ..deal()
+                },
+            ),
+            (
+                "amount_from_line_items",
+                Opportunity {
+                    amount_from_line_items: true,
+                    ..deal()
+                },
+            ),
+            (
+                "close_date",
+                Opportunity {
+                    close_date: Date::new(2027, 6, 30),
+                    ..deal()
+                },
+            ),
+            (
+                "current_situation",
+                Opportunity {
+                    current_situation: "spreadsheets".into(),
+                    ..deal()
+                },
+            ),
+            (
+                "needs",
+                Opportunity {
+                    needs: "one lifecycle".into(),
+                    ..deal()
+                },
+            ),
+            (
+                "buying_group_contact_ids",
+                Opportunity {
+                    buying_group: Vec::new(),
+                    ..deal()
+                },
+            ),
+            (
+                "stakeholders",
+                Opportunity {
+                    stakeholders: vec![Stakeholder {
+                        contact_id: None,
+                        name: "CFO".into(),
+                        role: 1,
+                    }],
+                    ..deal()
+                },
+            ),
+            (
+                "competitors",
+                Opportunity {
+                    competitors: vec![Competitor {
+                        name: "Rival".into(),
+                        notes: String::new(),
+                    }],
+                    ..deal()
+                },
+            ),
+            (
+                "line_items",
+                Opportunity {
+                    line_items: vec![LineItem {
+                        product: "Platform".into(),
+                        kind: 1,
+                        quantity: 1,
+                        currency: "USD".into(),
+                        unit_price_nanos: 1_000_000_000,
+                        end_date: None,
+                    }],
+                    ..deal()
+                },
+            ),
+            (
+                "new_reality",
+                Opportunity {
+                    new_reality: "one place".into(),
+                    ..deal()
+                },
+            ),
+            (
+                "contract",
+                Opportunity {
+                    contract: Some(Contract {
+                        document_ref: "doc-1".into(),
+                        signed: false,
+                        sign_time_ms: None,
+                        end_date: None,
+                    }),
+                    ..deal()
+                },
+            ),
+        ];
+        // A field added to WRITABLE needs a line here, and in `written`.
+        let covered: BTreeSet<&str> = changes.iter().map(|(path, _)| *path).collect();
+        let writable: BTreeSet<&str> = WRITABLE.iter().copied().chain(["account_id"]).collect();
+        assert_eq!(covered, writable);
+        let base = asked(&deal());
+        for (path, changed) in &changes {
+            assert_ne!(asked(changed), base, "{path} is not part of the request");
+        }
     }
 }

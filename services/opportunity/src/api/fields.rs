@@ -35,24 +35,6 @@ pub(super) const WRITABLE: [&str; 15] = [
     "contract",
 ];
 
-/// What a CreateOpportunity asks, for its request key's digest: the
-/// opportunity as sent, less the fields the service sets (a retry that
-/// copies them from somewhere else is still the same request).
-pub(super) fn asked(input: &pb::Opportunity) -> pb::Opportunity {
-    pb::Opportunity {
-        opportunity_id: String::new(),
-        step: 0,
-        status: 0,
-        lost_reason: String::new(),
-        step_entries: Vec::new(),
-        progress: Vec::new(),
-        create_time: None,
-        update_time: None,
-        close_time: None,
-        ..input.clone()
-    }
-}
-
 pub(super) fn money(
     v: &mut Validator,
     field: &str,
@@ -302,61 +284,4 @@ pub(super) fn named_contacts(
         }
     }
     named
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cascade_chassis::idempotency::digest;
-
-    fn deal() -> pb::Opportunity {
-        pb::Opportunity {
-            account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10".into(),
-            name: "Renewal 2027".into(),
-            estimated_deal_size: Some(common::Money {
-                currency_code: "EUR".into(),
-                units: 1200,
-                nanos: 0,
-            }),
-            buying_group_contact_ids: vec!["0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a11".into()],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn what_the_service_sets_is_not_part_of_the_request() {
-        let sent_again = pb::Opportunity {
-            opportunity_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a12".into(),
-            step: pb::OpportunityStep::Propose as i32,
-            status: pb::OpportunityStatus::Won as i32,
-            lost_reason: "copied from another deal".into(),
-            step_entries: vec![pb::StepEntry::default()],
-            progress: vec![pb::StepProgress::default()],
-            create_time: Some(prost_types::Timestamp::default()),
-            update_time: Some(prost_types::Timestamp::default()),
-            close_time: Some(prost_types::Timestamp::default()),
-            ..deal()
-        };
-        assert_eq!(digest(&asked(&deal())), digest(&asked(&sent_again)));
-    }
-
-    #[test]
-    fn what_the_caller_writes_is() {
-        let base = digest(&asked(&deal()));
-        let other_name = pb::Opportunity {
-            name: "Renewal 2028".into(),
-            ..deal()
-        };
-        let other_account = pb::Opportunity {
-            account_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a13".into(),
-            ..deal()
-        };
-        let no_buying_group = pb::Opportunity {
-            buying_group_contact_ids: Vec::new(),
-            ..deal()
-        };
-        for changed in [other_name, other_account, no_buying_group] {
-            assert_ne!(base, digest(&asked(&changed)), "{changed:?}");
-        }
-    }
 }

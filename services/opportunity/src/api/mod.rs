@@ -22,7 +22,9 @@ use crate::storage::{Filter, Repository};
 mod convert;
 mod fields;
 
-use convert::{counts, currency_figures, settings_to_proto, tenant_currency_figures, to_proto};
+use convert::{
+    counts, currency_figures, settings_to_proto, tenant_currency_figures, to_proto, written,
+};
 use fields::{
     MAX_NAME, NamedContact, WRITABLE, apply_field, derive_amount, id_of, money, named_contacts,
 };
@@ -232,10 +234,7 @@ impl OpportunityService for OpportunityApi {
         let input = request.opportunity.unwrap_or_default();
         let mut v = Validator::new();
         let account_id = id_of(&mut v, "opportunity.account_id", &input.account_id);
-        let key = RequestKey::of(
-            v.request_id("request_id", &request.request_id),
-            &fields::asked(&input),
-        );
+        let request_id = v.request_id("request_id", &request.request_id);
         let now = time::now().timestamp_millis();
         let mut o = Opportunity {
             opportunity_id: ids::new_id(),
@@ -271,6 +270,10 @@ impl OpportunityService for OpportunityApi {
         }
         derive_amount(&mut o, &mut v);
         v.finish()?;
+        // What the request asks, as the service keeps it (ids canonical,
+        // text trimmed, defaults filled in): a retry that differs only in
+        // how it wrote the same values is the same request.
+        let key = RequestKey::of(request_id, &written(o.clone()));
         if let Some(key) = &key
             && let Some(existing) = self.repository.by_request(&context.tenant, key).await?
         {
