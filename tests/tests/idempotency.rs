@@ -14,7 +14,10 @@ use cascade_testkit::{Lifecycle, TestDatabase, on_each_database};
 use common::System;
 use sea_orm::ConnectionTrait;
 
-on_each_database!(a_request_id_answers_only_its_own_request);
+on_each_database!(
+    a_request_id_answers_only_its_own_request,
+    racing_creates_under_one_request_id_make_one_record,
+);
 
 const T: &str = "idempotency";
 
@@ -223,5 +226,44 @@ async fn a_request_id_answers_only_its_own_request(db: TestDatabase) {
         .expect("an old record answers any request");
     assert_eq!(answered.account_id, hooli.account_id);
     assert_eq!(answered.name, "Hooli", "returned unchanged");
+    system.stop().await;
+}
+
+/// Eight creates under one request id at once: the same request eight times
+/// makes one account, which all get; eight different ones make one, and the
+/// seven others are refused naming `request_id` (the race is settled by the
+/// unique index, then the digest).
+async fn racing_creates_under_one_request_id_make_one_record(db: TestDatabase) {
+    let system = System::start(&db, 1).await;
+    let lifecycle = system.lifecycle_as(0, T);
+
+    let same =
+        futures::future::join_all((0..8).map(|_| {
+            lifecycle.try_create_account(account("Acme", "acme.example", ""), "race-same")
+        }))
+        .await;
+    let ids: std::collections::BTreeSet<String> = same
+        .into_iter()
+        .map(|r| r.expect("the same request").account_id)
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    let different = futures::future::join_all((0..8).map(|n| {
+        lifecycle.try_create_account(
+            account(&format!("Company {n}"), &format!("company{n}.example"), ""),
+            "race-different",
+        )
+    }))
+    .await;
+    let (made, refused): (Vec<_>, Vec<_>) = different.into_iter().partition(Result::is_ok);
+    assert_eq!(made.len(), 1, "one create wins: {refused:?}");
+    for status in refused.iter().map(|r| r.as_ref().expect_err("refused")) {
+        assert_reuse_refused(status, "account");
+    }
+    assert_eq!(
+        account_count(&lifecycle).await,
+        2,
+        "Acme and the one winner"
+    );
     system.stop().await;
 }
