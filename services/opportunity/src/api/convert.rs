@@ -259,30 +259,15 @@ mod tests {
 
     fn deal() -> Opportunity {
         Opportunity {
-            opportunity_id: "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a99".into(),
-            account_id: ID.into(),
             name: "Platform".into(),
             owner_id: "jo".into(),
-            kind: OpportunityKind::NewBusiness,
-            step: Step::Discover,
-            status: Status::Open,
             estimated_deal_size: usd(25_000),
-            amount: None,
-            amount_from_line_items: false,
-            close_date: None,
-            current_situation: String::new(),
-            needs: String::new(),
             buying_group: vec![ID.into()],
-            stakeholders: Vec::new(),
-            competitors: Vec::new(),
-            line_items: Vec::new(),
-            new_reality: String::new(),
-            contract: None,
-            lost_reason: String::new(),
-            step_entries: vec![(Step::Discover, 1_000)],
-            created_at_ms: 1_000,
-            updated_at_ms: 1_000,
-            closed_at_ms: None,
+            ..Opportunity::opened(
+                "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a99".into(),
+                ID.into(),
+                1_000,
+            )
         }
     }
 

@@ -236,32 +236,7 @@ impl OpportunityService for OpportunityApi {
         let account_id = id_of(&mut v, "opportunity.account_id", &input.account_id);
         let request_id = v.request_id("request_id", &request.request_id);
         let now = time::now().timestamp_millis();
-        let mut o = Opportunity {
-            opportunity_id: ids::new_id(),
-            account_id: account_id.clone(),
-            name: String::new(),
-            owner_id: String::new(),
-            kind: OpportunityKind::NewBusiness,
-            step: Step::Discover,
-            status: OppStatus::Open,
-            estimated_deal_size: None,
-            amount: None,
-            amount_from_line_items: false,
-            close_date: None,
-            current_situation: String::new(),
-            needs: String::new(),
-            buying_group: Vec::new(),
-            stakeholders: Vec::new(),
-            competitors: Vec::new(),
-            line_items: Vec::new(),
-            new_reality: String::new(),
-            contract: None,
-            lost_reason: String::new(),
-            step_entries: vec![(Step::Discover, now)],
-            created_at_ms: now,
-            updated_at_ms: now,
-            closed_at_ms: None,
-        };
+        let mut o = Opportunity::opened(ids::new_id(), account_id.clone(), now);
         for path in WRITABLE {
             apply_field(&mut o, &input, path, "opportunity", &mut v);
         }

@@ -153,6 +153,39 @@ pub struct Opportunity {
     pub closed_at_ms: Option<i64>,
 }
 
+impl Opportunity {
+    /// A new opportunity of `account_id`, open in DISCOVER since `now_ms`,
+    /// with nothing written yet: a create fills in what the caller wrote.
+    pub fn opened(opportunity_id: String, account_id: String, now_ms: i64) -> Self {
+        Self {
+            opportunity_id,
+            account_id,
+            name: String::new(),
+            owner_id: String::new(),
+            kind: OpportunityKind::NewBusiness,
+            step: Step::Discover,
+            status: Status::Open,
+            estimated_deal_size: None,
+            amount: None,
+            amount_from_line_items: false,
+            close_date: None,
+            current_situation: String::new(),
+            needs: String::new(),
+            buying_group: Vec::new(),
+            stakeholders: Vec::new(),
+            competitors: Vec::new(),
+            line_items: Vec::new(),
+            new_reality: String::new(),
+            contract: None,
+            lost_reason: String::new(),
+            step_entries: vec![(Step::Discover, now_ms)],
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            closed_at_ms: None,
+        }
+    }
+}
+
 fn new_business() -> OpportunityKind {
     OpportunityKind::NewBusiness
 }
