@@ -673,11 +673,20 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
         "the account did not move to PIPELINE"
     );
 
+    // A buying group is a set: repeats (in any case, anywhere in the list)
+    // count once, where they first appear.
+    let bob = lifecycle
+        .create_contact(&acme, "bob@acme.example")
+        .await
+        .contact_id;
     let o = opps
-        .try_create(deal(vec![ann.clone()], vec![stakeholder(&ann)]))
+        .try_create(deal(
+            vec![ann.clone(), bob.clone(), ann.to_uppercase(), ann.clone()],
+            vec![stakeholder(&ann)],
+        ))
         .await
         .expect("the account's own contacts");
-    assert_eq!(o.buying_group_contact_ids, vec![ann.clone()]);
+    assert_eq!(o.buying_group_contact_ids, vec![ann.clone(), bob.clone()]);
 
     // The QUALIFY gate cannot be passed with someone else's contact.
     let refused = opps
@@ -716,7 +725,7 @@ async fn buying_group_and_stakeholder_contacts_are_checked(db: TestDatabase) {
     let stored = &opportunities_of(&opps, &acme).await[0];
     assert_eq!(
         stored.buying_group_contact_ids,
-        vec![ann.clone()],
+        vec![ann.clone(), bob.clone()],
         "unchanged"
     );
     assert_eq!(stored.stakeholders.len(), 1, "unchanged");

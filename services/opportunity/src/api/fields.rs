@@ -116,7 +116,10 @@ pub(super) fn apply_field(
                 .enumerate()
                 .map(|(i, id)| v.required_id(&format!("opportunity.buying_group_contact_ids[{i}]"), id))
                 .collect();
-            ids.dedup();
+            // A group is a set: a repeat (also in another case) counts once,
+            // where it first appears.
+            let mut seen = std::collections::HashSet::new();
+            ids.retain(|id| seen.insert(id.clone()));
             o.buying_group = ids;
         }
         "stakeholders" => {
