@@ -181,6 +181,50 @@ async fn list_accounts_filters_and_pages(db: TestDatabase) {
         .await
         .expect_err("bad token");
     assert_eq!(violated_fields(&bad), ["page_token"]);
+
+    // A token serves the listing that returned it: a CRM sync's token
+    // (changed_since) on the plain listing, or with another owner, is
+    // refused, where it used to read as an empty last page.
+    let list = async |request: pb::ListAccountsRequest| {
+        t1.public()
+            .list_accounts(t1.req(request))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let sync = pb::ListAccountsRequest {
+        page_size: 1,
+        changed_since: Some(prost_types::Timestamp::default()),
+        ..Default::default()
+    };
+    let first = list(sync.clone()).await.expect("sync page");
+    assert!(!first.next_page_token.is_empty());
+    let second = list(pb::ListAccountsRequest {
+        page_size: 3,
+        page_token: first.next_page_token.clone(),
+        ..sync.clone()
+    })
+    .await
+    .expect("the same listing, another page size");
+    assert_eq!(second.accounts.len(), 3);
+    for other in [
+        pb::ListAccountsRequest {
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        },
+        pb::ListAccountsRequest {
+            page_token: first.next_page_token.clone(),
+            owner_id: "even".into(),
+            ..sync.clone()
+        },
+    ] {
+        let refused = list(other).await.expect_err("another listing");
+        assert_eq!(violated_fields(&refused), ["page_token"]);
+        assert!(
+            refused.message().contains("another list"),
+            "{}",
+            refused.message()
+        );
+    }
     system.stop().await;
 }
 

@@ -3,9 +3,16 @@
 //! Lists are ordered by id (UUIDv7, i.e. creation order) and continue after
 //! the last id returned (keyset pagination: no OFFSET scans, and stable while
 //! rows are added).
+//!
+//! A token is bound to the list that returned it and to that request's
+//! other fields (its filters), as AIP-158 asks: a token of another list, or
+//! of this list with other filters, is refused rather than read as a key of
+//! another shape (a `changed_since` listing's token on the plain listing
+//! gave an empty page and no next token, which reads as "the end").
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
 
 use crate::error::ServiceError;
 
@@ -14,7 +21,61 @@ pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Largest accepted page size.
 pub const MAX_PAGE_SIZE: u64 = 500;
 
-const TOKEN_PREFIX: &str = "v1:";
+/// Tokens bound to their list (`v2:<scope>:<key>`).
+const TOKEN_PREFIX: &str = "v2:";
+/// Tokens issued before they were bound (`v1:<key>`): still read, so that a
+/// client paging through a rolling upgrade is not refused; none is issued.
+const UNBOUND_PREFIX: &str = "v1:";
+
+/// A list request: the name its tokens are bound to, and itself without its
+/// page fields (what else a token is bound to).
+pub trait ListRequest: prost::Message + Clone {
+    /// The list, as `service.Rpc`: a token of one list is refused by another.
+    const LIST: &'static str;
+    fn without_page(&self) -> Self;
+}
+
+macro_rules! list_requests {
+    ($($list:literal => $request:ty),* $(,)?) => {$(
+        impl ListRequest for $request {
+            const LIST: &'static str = $list;
+            fn without_page(&self) -> Self {
+                let mut request = self.clone();
+                request.page_size = 0;
+                request.page_token.clear();
+                request
+            }
+        }
+    )*};
+}
+
+list_requests! {
+    "lifecycle.ListAccounts" => cascade_proto::lifecycle::v1::ListAccountsRequest,
+    "lifecycle.ListContacts" => cascade_proto::lifecycle::v1::ListContactsRequest,
+    "lifecycle.ListAccountTransitions" => cascade_proto::lifecycle::v1::ListAccountTransitionsRequest,
+    "lifecycle.ListContactTransitions" => cascade_proto::lifecycle::v1::ListContactTransitionsRequest,
+    "lifecycle.ListNotifications" => cascade_proto::lifecycle::v1::ListNotificationsRequest,
+    "opportunity.ListOpportunities" => cascade_proto::opportunity::v1::ListOpportunitiesRequest,
+    "scoring.ListTopAccounts" => cascade_proto::scoring::v1::ListTopAccountsRequest,
+    "scoring.ExplainAccountScore" => cascade_proto::scoring::v1::ExplainAccountScoreRequest,
+    "admin.ListDeadLetters" => cascade_proto::admin::v1::ListDeadLettersRequest,
+}
+
+/// What a request's tokens are bound to: its list and its other fields, as
+/// sent (a filter written another way is another listing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListScope(String);
+
+impl ListScope {
+    pub fn of<R: ListRequest>(request: &R) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(R::LIST.as_bytes());
+        hash.update([0]);
+        hash.update(request.without_page().encode_to_vec());
+        // 64 bits tell listings apart; the token is not a secret.
+        Self(hex::encode(&hash.finalize()[..8]))
+    }
+}
 
 /// A validated page request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +83,21 @@ pub struct PageRequest {
     pub size: u64,
     /// Continue after this key; `None` for the first page.
     pub after: Option<String>,
+    scope: ListScope,
 }
 
 impl PageRequest {
-    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, ServiceError> {
+    /// `request`'s page: its size (`default_size` when 0) and where its
+    /// token continues, if it is a token of this listing.
+    pub fn of<R: ListRequest>(
+        request: &R,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Self, ServiceError> {
+        Self::parse(page_size, page_token, ListScope::of(request))
+    }
+
+    pub fn parse(page_size: i32, page_token: &str, scope: ListScope) -> Result<Self, ServiceError> {
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
@@ -42,11 +114,9 @@ impl PageRequest {
         let after = if page_token.is_empty() {
             None
         } else {
-            Some(decode_token(page_token).ok_or_else(|| {
-                ServiceError::invalid("page_token", "is not a token returned by this list")
-            })?)
+            Some(decode_token(page_token, &scope)?)
         };
-        Ok(Self { size, after })
+        Ok(Self { size, after, scope })
     }
 
     /// Rows to fetch: one more than the page, to know whether another follows.
@@ -60,49 +130,140 @@ impl PageRequest {
         let more = rows.len() as u64 > self.size;
         rows.truncate(self.size as usize);
         let token = match (more, rows.last()) {
-            (true, Some(last)) => encode_token(&key(last)),
+            (true, Some(last)) => encode_token(&self.scope, &key(last)),
             _ => String::new(),
         };
         (rows, token)
     }
 }
 
-fn encode_token(key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{key}"))
+fn encode_token(scope: &ListScope, key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{}:{key}", scope.0))
 }
 
-fn decode_token(token: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let key = text.strip_prefix(TOKEN_PREFIX)?;
-    (!key.is_empty() && key.len() <= 256).then(|| key.to_owned())
+/// The key a token continues after, if it is a token of `scope`'s listing.
+fn decode_token(token: &str, scope: &ListScope) -> Result<String, ServiceError> {
+    let not_a_token =
+        || ServiceError::invalid("page_token", "is not a token returned by this list");
+    let text = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(not_a_token)?;
+    let key = if let Some(bound) = text.strip_prefix(TOKEN_PREFIX) {
+        let (of, key) = bound
+            .split_once(':')
+            .filter(|(_, key)| !key.is_empty())
+            .ok_or_else(not_a_token)?;
+        if of != scope.0 {
+            return Err(ServiceError::invalid(
+                "page_token",
+                "was returned by another list, or by this one with other filters: repeat the \
+                 request that returned it, changing only page_token (and page_size if you like)",
+            ));
+        }
+        key
+    } else {
+        text.strip_prefix(UNBOUND_PREFIX).ok_or_else(not_a_token)?
+    };
+    if key.is_empty() || key.len() > 256 {
+        return Err(not_a_token());
+    }
+    Ok(key.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use cascade_proto::lifecycle::v1 as pb;
+
+    fn accounts(page_size: i32, page_token: &str) -> pb::ListAccountsRequest {
+        pb::ListAccountsRequest {
+            page_size,
+            page_token: page_token.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn page(request: &pb::ListAccountsRequest) -> Result<PageRequest, ServiceError> {
+        PageRequest::of(request, request.page_size, &request.page_token)
+    }
+
+    fn refusal(result: Result<PageRequest, ServiceError>) -> String {
+        match result {
+            Err(ServiceError::InvalidArgument(v)) if v.len() == 1 && v[0].field == "page_token" => {
+                v[0].description.clone()
+            }
+            other => panic!("not a page_token refusal: {other:?}"),
+        }
+    }
+
     #[test]
     fn sizes_default_and_cap() {
-        assert_eq!(
-            PageRequest::parse(0, "").expect("ok").size,
-            DEFAULT_PAGE_SIZE
-        );
-        assert_eq!(PageRequest::parse(7, "").expect("ok").size, 7);
-        assert!(PageRequest::parse(-1, "").is_err());
-        assert!(PageRequest::parse(501, "").is_err());
-        assert!(PageRequest::parse(10, "garbage!").is_err());
+        assert_eq!(page(&accounts(0, "")).expect("ok").size, DEFAULT_PAGE_SIZE);
+        assert_eq!(page(&accounts(7, "")).expect("ok").size, 7);
+        assert!(page(&accounts(-1, "")).is_err());
+        assert!(page(&accounts(501, "")).is_err());
+        assert!(page(&accounts(10, "garbage!")).is_err());
     }
 
     #[test]
     fn tokens_continue_after_the_last_item() {
-        let page = PageRequest::parse(2, "").expect("ok");
-        let (rows, token) = page.finish(vec!["a", "b", "c"], |s| s.to_string());
+        let first = page(&accounts(2, "")).expect("ok");
+        let (rows, token) = first.finish(vec!["a", "b", "c"], |s| s.to_string());
         assert_eq!(rows, ["a", "b"]);
-        let next = PageRequest::parse(2, &token).expect("ok");
+        // The page size may change between pages.
+        let next = page(&accounts(5, &token)).expect("ok");
         assert_eq!(next.after.as_deref(), Some("b"));
         let (rows, token) = next.finish(vec!["c"], |s| s.to_string());
         assert_eq!(rows, ["c"]);
         assert!(token.is_empty());
+    }
+
+    #[test]
+    fn a_token_serves_only_the_listing_that_returned_it() {
+        let changed = pb::ListAccountsRequest {
+            changed_since: Some(prost_types::Timestamp::default()),
+            ..accounts(1, "")
+        };
+        let (_, token) = page(&changed)
+            .expect("ok")
+            .finish(vec!["k1", "k2"], |s| s.to_string());
+        let again = pb::ListAccountsRequest {
+            page_token: token.clone(),
+            ..changed.clone()
+        };
+        assert_eq!(
+            page(&again).expect("its own listing").after.as_deref(),
+            Some("k1")
+        );
+        // The plain listing, other filters, another list: refused, saying why.
+        let other_filter = pb::ListAccountsRequest {
+            owner_id: "jo".into(),
+            ..again.clone()
+        };
+        let contacts = pb::ListContactsRequest {
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        for refused in [
+            page(&accounts(1, &token)),
+            page(&other_filter),
+            PageRequest::of(&contacts, 1, &contacts.page_token),
+        ] {
+            assert!(refusal(refused).contains("another list"));
+        }
+    }
+
+    #[test]
+    fn tokens_from_before_binding_still_read() {
+        let old = URL_SAFE_NO_PAD.encode("v1:0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10");
+        assert_eq!(
+            page(&accounts(2, &old)).expect("read").after.as_deref(),
+            Some("0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10")
+        );
+        let empty = URL_SAFE_NO_PAD.encode("v2:0011223344556677:");
+        assert!(refusal(page(&accounts(2, &empty))).contains("not a token"));
     }
 }

@@ -243,7 +243,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
         let mut v = Validator::new();
         let filter = AccountFilter {
             stage: optional_enum(&mut v, "stage", request.stage, AccountStage::from_proto),
@@ -361,7 +361,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::ListContactsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
         let mut v = Validator::new();
         let account_id = (!request.account_id.trim().is_empty())
             .then(|| v.required_id("account_id", &request.account_id));

@@ -285,7 +285,7 @@ impl OpportunityService for OpportunityApi {
     ) -> Result<Response<pb::ListOpportunitiesResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
         let mut v = Validator::new();
         let account_id = (!request.account_id.trim().is_empty())
             .then(|| id_of(&mut v, "account_id", &request.account_id));

@@ -231,7 +231,7 @@ impl ScoringService for ScoringApi {
     ) -> Result<Response<pb::ListTopAccountsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
         let (accounts, next_page_token) =
             self.repository.top_accounts(&context.tenant, &page).await?;
         Ok(Response::new(pb::ListTopAccountsResponse {
@@ -257,7 +257,7 @@ impl ScoringService for ScoringApi {
         } else {
             request.page_size
         };
-        let page = PageRequest::parse(size, &request.page_token)?;
+        let page = PageRequest::of(&request, size, &request.page_token)?;
         let totals = self
             .repository
             .account_totals(&context.tenant, &account_id)

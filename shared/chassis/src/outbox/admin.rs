@@ -51,7 +51,7 @@ impl OutboxAdminService for OutboxAdmin {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
         let mut query = outbox::Entity::find()
             .filter(outbox::Column::TenantId.eq(context.tenant.as_str()))
             .filter(outbox::Column::State.eq(DEAD));
