@@ -1008,6 +1008,19 @@ async fn watch_streams_and_resumes(db: TestDatabase) {
         .await
         .expect_err("bad cursor");
     assert_eq!(bad.code(), Code::InvalidArgument);
+    // A cursor past the tenant's feed was never returned to it: refused,
+    // where it used to wait silently and skip every new event.
+    let last: i64 = e3.cursor.parse().expect("a number");
+    let ahead = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest {
+            cursor: (last + 1_000).to_string(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a cursor ahead of the feed");
+    assert_eq!(violated_fields(&ahead), ["cursor"]);
+    assert!(ahead.message().contains("ahead of"), "{}", ahead.message());
     drop(resumed);
     drop(prioritized_only);
     system.stop().await;

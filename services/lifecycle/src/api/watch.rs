@@ -3,8 +3,8 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use cascade_chassis::RequestContext;
 use cascade_chassis::validate::Validator;
+use cascade_chassis::{RequestContext, ServiceError};
 use cascade_domain::AccountStage;
 use cascade_proto::lifecycle::v1 as pb;
 use prost::Message;
@@ -51,9 +51,23 @@ pub(super) async fn watch_account_events(
     v.finish()?;
     let repository = api.repository.clone();
     let tenant = context.tenant.clone();
+    let latest = repository.latest_event_seq(&tenant).await?;
     let mut after = match after {
+        // A cursor past the tenant's feed was never returned to it (another
+        // tenant's, or made up): read as given it would wait for events
+        // that never come and skip every new one.
+        Some(seq) if seq > latest => {
+            return Err(ServiceError::invalid(
+                "cursor",
+                format!(
+                    "{seq} is ahead of this tenant's feed (its last event is {latest}): \
+                     not a cursor this stream returned; leave it empty to watch from now"
+                ),
+            )
+            .into());
+        }
         Some(seq) => seq,
-        None => repository.latest_event_seq(&tenant).await?,
+        None => latest,
     };
     let written = repository.events_written();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
