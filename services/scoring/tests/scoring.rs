@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use cascade_proto::common::v1::AccountStage as S;
 use cascade_proto::scoring::v1 as pb;
-use cascade_testkit::fixtures::{account, activity, by_email, days_ago, violated_fields};
+use cascade_testkit::fixtures::{
+    account, activity, by_email, days_ago, violated_fields, violations,
+};
 use cascade_testkit::{
     Lifecycle, SETTLE_THROUGH_AN_OUTAGE_MS, Scoring, Service, TestDatabase, TestSystem,
     eventually_within, on_each_database,
@@ -180,6 +182,61 @@ async fn duplicates_are_counted_once(db: TestDatabase) {
         .map(|r| r.points)
         .sum();
     assert_eq!(scoring.score(&id).await.engagement_score, 25.0 + added);
+
+    // An event id is one activity: sent again as another type it is refused
+    // naming event_id, not answered DUPLICATE and dropped; a retry stamped
+    // with another time is still the same activity.
+    let before = scoring.score(&id).await.engagement_score;
+    let restamped = scoring
+        .record_one(pb::Activity {
+            occur_time: Some(days_ago(1)),
+            ..activity("d1", "webinar_attended", &id, &ann)
+        })
+        .await
+        .result
+        .expect("result");
+    assert_eq!(restamped.status, pb::ActivityStatus::Duplicate as i32);
+    let reused = scoring
+        .public()
+        .record_activity(scoring.req(pb::RecordActivityRequest {
+            activity: Some(activity("d1", "demo_request", &id, &ann)),
+        }))
+        .await
+        .expect_err("another activity under d1");
+    let found = violations(&reused);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "activity.event_id");
+    assert!(
+        found[0].1.contains("another activity (webinar_attended at"),
+        "{found:?}"
+    );
+    let batch = scoring
+        .record(vec![
+            activity("d4", "email_open", &id, &ann),
+            activity("d4", "demo_request", &id, &ann),
+            activity("d2", "pricing_page_visit", &id, &ann),
+        ])
+        .await;
+    let statuses: Vec<i32> = batch.results.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            pb::ActivityStatus::Recorded as i32,
+            pb::ActivityStatus::Rejected as i32,
+            pb::ActivityStatus::Rejected as i32
+        ]
+    );
+    let fields: Vec<&str> = batch.results[1..]
+        .iter()
+        .map(|r| r.violations[0].field.as_str())
+        .collect();
+    assert_eq!(fields, ["activities[1].event_id", "activities[2].event_id"]);
+    let email_open = batch.results[0].points;
+    assert_eq!(
+        scoring.score(&id).await.engagement_score,
+        before + email_open,
+        "only d4's first activity counted"
+    );
     system.stop().await;
 }
 

@@ -102,8 +102,9 @@ fn under(prefix: &str, violations: Vec<FieldViolation>) -> Vec<FieldViolation> {
 
 /// The outcome of one submitted activity.
 pub(super) enum ItemOutcome {
-    /// Bad input: the activity itself is malformed, or names a contact under
-    /// an account it does not belong to.
+    /// Bad input: the activity itself is malformed, names a contact under
+    /// an account it does not belong to, or reuses the event id of another
+    /// activity.
     Rejected(Vec<FieldViolation>),
     /// An id or email that names nothing in the tenant.
     NotFound(Vec<FieldViolation>),
@@ -193,7 +194,13 @@ impl ScoringApi {
             None => Vec::new(),
         };
         for (i, recorded) in positions.into_iter().zip(recorded) {
-            outcomes[i] = Some(ItemOutcome::Done(recorded));
+            outcomes[i] = Some(match &recorded.recorded_as_other {
+                Some((kind, at)) => ItemOutcome::Rejected(vec![FieldViolation::new(
+                    format!("{}event_id", prefix(i)),
+                    domain::event_id_reused(kind, *at),
+                )]),
+                None => ItemOutcome::Done(recorded),
+            });
         }
         Ok(outcomes
             .into_iter()

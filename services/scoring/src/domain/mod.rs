@@ -17,6 +17,27 @@ pub use totals::{
     decay_factor, totals_of,
 };
 
+/// Whether an activity sent under an event id recorded before is that
+/// activity again (a retry) rather than another one reusing the id, which is
+/// refused: answered DUPLICATE it would be dropped without a word. A retry
+/// never changes what happened, its type. Its time is not compared: a relay
+/// may stamp each attempt anew, and refusing a real retry as bad input is
+/// the worse mistake. Nor is who it names: a retry by email may resolve to
+/// another person since (the email moved).
+pub fn same_activity(sent_type: &str, recorded_type: &str) -> bool {
+    sent_type == recorded_type
+}
+
+/// Why an activity reusing another one's event id is refused.
+pub fn event_id_reused(recorded_type: &str, recorded_at_ms: i64) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(recorded_at_ms)
+        .map_or_else(|| recorded_at_ms.to_string(), |t| t.to_rfc3339());
+    format!(
+        "was recorded before as another activity ({recorded_type} at {at}): a retry repeats \
+         its activity; a new activity needs a new event_id"
+    )
+}
+
 /// Points for one activity type.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScoringRule {

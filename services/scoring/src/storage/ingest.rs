@@ -57,6 +57,7 @@ pub(super) fn with_ids(outcomes: Vec<Outcome>, items: Vec<NewActivity>) -> Vec<R
                 account_id: item.account_id,
                 contact_id: item.contact_id,
                 counted_points,
+                recorded_as_other: None,
             },
             Outcome::Duplicate(recorded) => recorded,
         })
@@ -197,41 +198,65 @@ async fn stored_before(
     conn: &impl ConnectionTrait,
     t: &str,
     items: &[NewActivity],
-) -> Result<HashMap<String, Recorded>, DbErr> {
+) -> Result<HashMap<String, Stored>, DbErr> {
     let mut stored = HashMap::new();
     for chunk in statement_chunks(items, 1) {
-        let rows: Vec<(String, String, Option<String>, i32)> = activity::Entity::find()
+        let rows: Vec<StoredRow> = activity::Entity::find()
             .select_only()
             .columns([
                 activity::Column::EventId,
                 activity::Column::AccountId,
                 activity::Column::ContactId,
                 activity::Column::CountedPoints,
+                activity::Column::ActivityType,
+                activity::Column::OccurredAtMs,
             ])
             .filter(activity::Column::TenantId.eq(t))
             .filter(activity::Column::EventId.is_in(chunk.iter().map(|i| i.event_id.as_str())))
             .into_tuple()
             .all(conn)
             .await?;
-        for (event_id, account_id, contact_id, counted_points) in rows {
+        for (event_id, account_id, contact_id, counted_points, activity_type, occurred_at_ms) in
+            rows
+        {
             stored.insert(
                 event_id,
-                Recorded {
-                    new: false,
-                    account_id,
-                    contact_id,
-                    counted_points,
-                },
+                (
+                    Recorded {
+                        new: false,
+                        account_id,
+                        contact_id,
+                        counted_points,
+                        recorded_as_other: None,
+                    },
+                    (activity_type, occurred_at_ms),
+                ),
             );
         }
     }
     Ok(stored)
 }
 
+/// A stored activity as `stored_before` reads it.
+type StoredRow = (String, String, Option<String>, i32, String, i64);
+
+/// An activity stored before: what it was stored as, and its type and time.
+type Stored = (Recorded, (String, i64));
+
+/// `recorded`, marked as another activity than `item` when what it was
+/// recorded as (`as_recorded`: its type and time) is not `item`
+/// (`domain::same_activity`).
+fn duplicate_of(item: &NewActivity, mut recorded: Recorded, as_recorded: (&str, i64)) -> Recorded {
+    if !domain::same_activity(&item.activity_type, as_recorded.0) {
+        recorded.recorded_as_other = Some((as_recorded.0.to_owned(), as_recorded.1));
+    }
+    recorded
+}
+
 /// One result per item, in request order.
 fn results(
     items: &[NewActivity],
-    stored: &HashMap<String, Recorded>,
+    stored: &HashMap<String, Stored>,
     scored: &[ScoredActivity<'_>],
 ) -> Vec<Outcome> {
     let mut result: Vec<Option<Outcome>> = vec![None; items.len()];
@@ -254,17 +279,26 @@ fn results(
         .map(|(item, outcome)| {
             // Otherwise stored before, or an earlier item of this batch had the id.
             outcome.unwrap_or_else(|| {
-                Outcome::Duplicate(stored.get(&item.event_id).cloned().unwrap_or_else(|| {
-                    let first = first.get(item.event_id.as_str());
-                    Recorded {
-                        new: false,
-                        account_id: first
-                            .map_or_else(|| item.account_id.clone(), |f| f.item.account_id.clone()),
-                        contact_id: first
-                            .map_or_else(|| item.contact_id.clone(), |f| f.item.contact_id.clone()),
-                        counted_points: first.map_or(0, |f| f.scored.counted_points),
-                    }
-                }))
+                if let Some((recorded, (kind, at))) = stored.get(&item.event_id) {
+                    return Outcome::Duplicate(duplicate_of(item, recorded.clone(), (kind, *at)));
+                }
+                // Its first occurrence is earlier in this batch.
+                let first = first.get(item.event_id.as_str());
+                let recorded = Recorded {
+                    new: false,
+                    account_id: first
+                        .map_or_else(|| item.account_id.clone(), |f| f.item.account_id.clone()),
+                    contact_id: first
+                        .map_or_else(|| item.contact_id.clone(), |f| f.item.contact_id.clone()),
+                    counted_points: first.map_or(0, |f| f.scored.counted_points),
+                    recorded_as_other: None,
+                };
+                let as_first = first.map_or(item, |f| f.item);
+                Outcome::Duplicate(duplicate_of(
+                    item,
+                    recorded,
+                    (as_first.activity_type.as_str(), as_first.occurred_at_ms),
+                ))
             })
         })
         .collect()

@@ -71,6 +71,10 @@ pub struct Recorded {
     pub account_id: String,
     pub contact_id: Option<String>,
     pub counted_points: i32,
+    /// Set when the event id was recorded as another activity
+    /// (`domain::same_activity`), with that one's type and time: the item
+    /// is refused, not a duplicate.
+    pub recorded_as_other: Option<(String, i64)>,
 }
 
 /// One line of the ledger.
