@@ -15,6 +15,7 @@ on_each_database!(
     a_customer_is_flagged_at_risk_by_a_person_and_by_the_engagement_rule,
     renewals_upgrades_and_ended_contracts_move_customers_by_the_tenants_rules,
     a_person_no_longer_at_the_company_is_fed_to_scoring,
+    a_deal_open_at_the_churn_is_edited_without_moving_the_account_and_won_back,
 );
 
 async fn deal(
@@ -240,6 +241,88 @@ async fn customer(lifecycle: &Lifecycle, name: &str) -> String {
     .await;
     assert_eq!(won.stage, S::Implement as i32);
     id
+}
+
+/// A deal opened while the account was a customer, still open when it
+/// churned. The opportunity service announces an edit of it (another kind, a
+/// grown buying group) as OPENED again: that leaves the account CHURNED,
+/// where it used to bring it back to PIPELINE as if a deal had opened.
+/// Winning it makes the account a customer again.
+async fn a_deal_open_at_the_churn_is_edited_without_moving_the_account_and_won_back(
+    db: TestDatabase,
+) {
+    use lc::OpportunityEventType as E;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle().as_actor("csm@tenant.example");
+    let id = customer(&lifecycle, "Hooli").await;
+    let upgrade = new_id();
+    deal_of(
+        &lifecycle,
+        &id,
+        &upgrade,
+        E::Opened,
+        OpportunityKind::Upgrade,
+    )
+    .await;
+    churn(&lifecycle, &id, "moved to a competitor")
+        .await
+        .expect("churned");
+    let history = async || {
+        lifecycle
+            .public()
+            .list_account_transitions(lifecycle.req(lc::ListAccountTransitionsRequest {
+                account_id: id.clone(),
+                page_size: 500,
+                ..Default::default()
+            }))
+            .await
+            .expect("history")
+            .into_inner()
+            .transitions
+            .len()
+    };
+    let churned = lifecycle.account(&id).await;
+    let churned_history = history().await;
+    assert_eq!(churned.stage, S::Churned as i32);
+
+    let edited = deal_of(
+        &lifecycle,
+        &id,
+        &upgrade,
+        E::Opened,
+        OpportunityKind::NewBusiness,
+    )
+    .await;
+    assert_eq!(
+        (edited.stage, edited.customer_type),
+        (S::Churned as i32, CustomerType::Customer as i32),
+        "an edit of the open deal is not a deal that opens"
+    );
+    assert_eq!(history().await, churned_history, "no transition recorded");
+    assert_eq!(
+        edited
+            .open_opportunities
+            .iter()
+            .map(|o| (o.opportunity_id.as_str(), o.kind))
+            .collect::<Vec<_>>(),
+        [(upgrade.as_str(), OpportunityKind::NewBusiness as i32)],
+        "the new kind is kept"
+    );
+
+    let won = deal_of(
+        &lifecycle,
+        &id,
+        &upgrade,
+        E::Won,
+        OpportunityKind::NewBusiness,
+    )
+    .await;
+    assert_eq!(
+        (won.stage, won.customer_type),
+        (S::Implement as i32, CustomerType::Customer as i32),
+        "the customer bought again"
+    );
+    system.stop().await;
 }
 
 async fn flag(

@@ -250,6 +250,17 @@ pub fn apply(
                 );
             }
         }
+        AccountEvent::OpportunityWon { .. } if state.stage == S::Churned => {
+            // A deal opened before the customer was declared gone, won since:
+            // the customer bought again (a deal opened after the churn took
+            // the account to PIPELINE already).
+            push(
+                &mut out,
+                S::Implement,
+                CustomerType::Customer,
+                TransitionCause::OpportunityWon,
+            );
+        }
         AccountEvent::OpportunityWon { kind: deal } => {
             if kind != CustomerType::Customer {
                 push(
@@ -550,8 +561,9 @@ mod tests {
             (S::Implement,   [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Moves(X), Nothing, Nothing, Moves(C), Moves(C), Moves(X), Moves(C), Flags, Nothing]),
             (S::Expand,      [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Moves(A), Nothing, Nothing, Moves(C), Moves(C), Moves(A), Moves(C), Flags, Nothing]),
             (S::Advocate,    [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing, Nothing, Nothing, Nothing, Nothing, Nothing, Moves(C), Moves(C), Refused, Moves(C), Flags, Nothing]),
-            // A former customer: only a new opportunity moves it (back to PIPELINE).
-            (S::Churned,     [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Moves(PL), Nothing, Nothing, Nothing, Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
+            // A former customer: a new opportunity moves it (back to PIPELINE),
+            // and a deal opened before the churn, won since, makes it a customer again.
+            (S::Churned,     [Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Moves(PL), Moves(I), Moves(I), Moves(I), Nothing, Nothing, Nothing, Nothing, Refused, Refused, Refused, Nothing]),
         ];
         assert_eq!(
             table.len(),

@@ -76,6 +76,10 @@ pub struct AccountSnapshot {
     pub nurture_count: i32,
     /// Whether the mutation's event id was applied before.
     pub applied_before: bool,
+    /// Whether lifecycle already knows the event's own opportunity as open:
+    /// an OPENED event for it then tells of a grown buying group or another
+    /// kind, not of a deal that opens.
+    pub opportunity_known_open: bool,
 }
 
 /// A contact of the account in the opportunity's buying group (the members
@@ -172,7 +176,21 @@ pub fn decide(
             None,
         ),
     };
-    let outcome = account_rules::apply(state, &event, cx.settings)?;
+    let reannounced = matches!(
+        mutation,
+        Mutation::Opportunity {
+            kind: OpportunityEventKind::Opened,
+            ..
+        }
+    ) && account.opportunity_known_open;
+    // The stage rules see a deal open once: an edit of an open deal (its
+    // buying group, its kind) moves its contacts, never the account (a
+    // churned account whose old deal is edited stays CHURNED).
+    let outcome = if reannounced {
+        account_rules::Outcome::default()
+    } else {
+        account_rules::apply(state, &event, cx.settings)?
+    };
     let (stage, customer_type) = outcome.final_state(state);
 
     let mut transitions: Vec<Transition> = outcome
@@ -364,6 +382,7 @@ mod tests {
             disqualify_count: 2,
             nurture_count: 1,
             applied_before: false,
+            opportunity_known_open: false,
         }
     }
 
@@ -430,6 +449,45 @@ mod tests {
         };
         let d = decide(&a, &[], &opportunity(OpportunityEventKind::Opened, 0), cx);
         assert_eq!(d, Ok(Decision::Duplicate));
+    }
+
+    /// An OPENED event for a deal lifecycle knows as open (its buying group
+    /// grew, or its kind changed) moves the new members, never the account:
+    /// a churned account whose old deal is edited stays CHURNED.
+    #[test]
+    fn an_edited_open_deal_moves_its_people_not_the_account() {
+        let members = [member("c1", C::Engaged, false)];
+        for stage in [S::Churned, S::Prioritized, S::Implement] {
+            let mut a = account(stage, 0);
+            a.opportunity_known_open = true;
+            let edited = changes(
+                &a,
+                &members,
+                &opportunity(OpportunityEventKind::Opened, 0),
+                &settings(),
+            );
+            assert!(edited.transitions.is_empty(), "{stage}: {edited:?}");
+            assert_eq!(
+                (edited.stage, edited.customer_type),
+                (stage, a.state.customer_type)
+            );
+            assert_eq!(
+                moves(&edited),
+                [("c1", C::Engaged, C::Opportunity)],
+                "{stage}"
+            );
+        }
+        // The same event for a deal lifecycle did not know: it opens.
+        let opened = changes(
+            &account(S::Churned, 0),
+            &members,
+            &opportunity(OpportunityEventKind::Opened, 0),
+            &settings(),
+        );
+        assert_eq!(
+            (opened.stage, opened.customer_type),
+            (S::Pipeline, CustomerType::ReProspect)
+        );
     }
 
     #[test]

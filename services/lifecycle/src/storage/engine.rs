@@ -138,6 +138,16 @@ async fn load_snapshot(
     };
     let open =
         open_opportunities(txn, tenant_id, &model.account_id, mutation.opportunity_id()).await?;
+    let opportunity_known_open = match mutation.opportunity_id() {
+        Some(opportunity_id) => account_opportunity::Entity::find()
+            .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+            .filter(account_opportunity::Column::OpportunityId.eq(opportunity_id))
+            .filter(account_opportunity::Column::Status.eq(OPEN))
+            .one(txn)
+            .await?
+            .is_some(),
+        None => false,
+    };
     let snapshot = AccountSnapshot {
         account_id: model.account_id.clone(),
         name: model.name.clone(),
@@ -146,6 +156,7 @@ async fn load_snapshot(
         disqualify_count: model.disqualify_count,
         nurture_count: model.nurture_count,
         applied_before,
+        opportunity_known_open,
     };
     let members = match mutation {
         Mutation::Opportunity {
