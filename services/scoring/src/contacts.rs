@@ -1,9 +1,10 @@
 //! Scoring's part of contacts marked inactive (lifecycle's
-//! DeactivateContact) or active again (`cascade_chassis::erasure` polls them
-//! for it): the account is recomputed with or without the contact's
-//! engagement and delivered, and the directory forgets what it checked of
-//! the contact, so the next activity naming it is checked with lifecycle
-//! (which says whether it is inactive).
+//! DeactivateContact) or active again, or whose email changed
+//! (`cascade_chassis::erasure` polls them for it): the account is recomputed
+//! with or without the contact's engagement and delivered, and the directory
+//! forgets what it checked of the contact, so the next activity naming it
+//! (or its old email) is checked with lifecycle (which says whether it is
+//! inactive, and whom the email names now).
 //!
 //! Only the replica that applies a change hears of it from lifecycle, so
 //! every replica also looks at the changes applied in the database since its

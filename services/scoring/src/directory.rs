@@ -12,8 +12,10 @@
 //! changes account, and resolved emails for `email_cache_ttl_ms`, since an
 //! email can be given to another contact. Both sit in one bounded cache
 //! (`directory_cache_entries`), with whether the contact is inactive; a
-//! contact whose status changes is forgotten (`forget_contacts`) by every
-//! replica, so its next activity is checked again. An erasure makes every
+//! contact whose status or email changes is forgotten (`forget_contacts`)
+//! by every replica (lifecycle records both for scoring), so its next
+//! activity is checked again and an email given to another person resolves
+//! to them within a poll; the TTL bounds what a missed change leaves. An erasure makes every
 //! replica forget everything: each hears of it while it settles
 //! (`chassis::erasure`), and what a replica remembers is trusted only for
 //! half of `erasure_settle_ms` after its last complete poll of erasures

@@ -1665,4 +1665,73 @@ on_each_database!(
     simulations_in_flight_are_bounded,
     engaged_contacts_follow_batches,
     a_model_change_scores_the_next_read_on_any_replica,
+    an_email_given_to_another_person_resolves_to_them,
 );
+
+/// Scoring remembers whom an email resolved to for `email_cache_ttl_ms` (60 s
+/// here, as by default). When the email moves to another person, lifecycle
+/// records the change for scoring, which forgets the old owner: the next
+/// activity by the email goes to the new one within a poll, not a minute.
+async fn an_email_given_to_another_person_resolves_to_them(db: TestDatabase) {
+    use cascade_proto::lifecycle::v1 as lc;
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let cache = lifecycle
+        .create_account_with(account("Cache", "cache.example", OWNER))
+        .await
+        .account_id;
+    let other = lifecycle
+        .create_account_with(account("Other", "other.example", OWNER))
+        .await
+        .account_id;
+    let x = lifecycle
+        .create_contact(&cache, "a@cache.example")
+        .await
+        .contact_id;
+    let first = scoring
+        .record(vec![by_email("k1", "email_open", "a@cache.example")])
+        .await;
+    assert_eq!(first.results[0].contact_id, x, "{first:?}");
+
+    lifecycle
+        .public()
+        .update_contact(lifecycle.req(lc::UpdateContactRequest {
+            contact: Some(lc::Contact {
+                contact_id: x.clone(),
+                email: "x2@cache.example".into(),
+                ..Default::default()
+            }),
+            update_mask: cascade_testkit::fixtures::mask(&["email"]),
+        }))
+        .await
+        .expect("X's email changed");
+    let y = lifecycle
+        .create_contact(&other, "a@cache.example")
+        .await
+        .contact_id;
+
+    let mut attempt = 0;
+    let landed = eventually_within(
+        Duration::from_secs(15),
+        "the email resolving to Y",
+        async || {
+            attempt += 1;
+            let sent = scoring
+                .record(vec![by_email(
+                    &format!("k-after-{attempt}"),
+                    "email_open",
+                    "a@cache.example",
+                )])
+                .await;
+            let result = &sent.results[0];
+            if result.contact_id == y {
+                Ok(result.account_id.clone())
+            } else {
+                Err(result.contact_id.clone())
+            }
+        },
+    )
+    .await;
+    assert_eq!(landed, other);
+    system.stop().await;
+}

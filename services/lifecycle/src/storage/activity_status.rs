@@ -2,6 +2,9 @@
 //! and the change scoring reads (ListPendingContactChanges) to stop or
 //! start counting the person's engagement, kept until scoring confirms it.
 //! Both are written in one transaction, so scoring hears of every change.
+//! A changed email is recorded the same way (`record_contact_change`), with
+//! the status as it is, so that scoring stops resolving the old email to
+//! this contact.
 
 use cascade_chassis::db::begin_write;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -30,6 +33,32 @@ pub struct ContactChange {
 /// The only service that reads the changes.
 pub const CONTACT_CHANGE_READERS: [&str; 1] = ["scoring"];
 
+/// Records for scoring that the contact changed, in the caller's
+/// transaction: its status (`inactive`, as it now is), or its email. Either
+/// way scoring forgets what it checked of the contact, so an email that
+/// moved to another person resolves anew, not to the one it left.
+pub(super) async fn record_contact_change(
+    conn: &impl sea_orm::ConnectionTrait,
+    tenant_id: &str,
+    contact_id: &str,
+    account_id: &str,
+    inactive: bool,
+    at_ms: i64,
+) -> Result<(), sea_orm::DbErr> {
+    contact_change::ActiveModel {
+        change_id: Set(ids::new_id()),
+        tenant_id: Set(tenant_id.to_owned()),
+        contact_id: Set(contact_id.to_owned()),
+        account_id: Set(account_id.to_owned()),
+        inactive: Set(inactive),
+        created_at_ms: Set(at_ms),
+        scoring_done_at_ms: Set(None),
+    }
+    .insert(conn)
+    .await
+    .map(|_| ())
+}
+
 impl Repository {
     /// Marks a contact inactive (`Some(reason)`) or active again (`None`),
     /// recording the change for scoring. A contact already in that state is
@@ -55,16 +84,14 @@ impl Repository {
         am.inactive_reason = Set(inactive.clone().flatten());
         am.updated_at = Set(now);
         let updated = am.update(&txn).await?;
-        contact_change::ActiveModel {
-            change_id: Set(ids::new_id()),
-            tenant_id: Set(t.to_owned()),
-            contact_id: Set(contact_id.to_owned()),
-            account_id: Set(account_id),
-            inactive: Set(inactive.is_some()),
-            created_at_ms: Set(ms(now)),
-            scoring_done_at_ms: Set(None),
-        }
-        .insert(&txn)
+        record_contact_change(
+            &txn,
+            t,
+            contact_id,
+            &account_id,
+            inactive.is_some(),
+            ms(now),
+        )
         .await?;
         let contact = hydrate_contact(&txn, updated).await?;
         txn.commit().await?;

@@ -14,6 +14,7 @@ use sea_orm::{
 };
 
 use super::accounts::account_model;
+use super::activity_status::record_contact_change;
 use super::entities::{account, contact};
 use super::history::insert_contact_transitions;
 use super::{
@@ -181,6 +182,12 @@ impl Repository {
         let mut stage = current;
         let mut moves = Vec::new();
         let account_id = existing.account_id.clone();
+        // Scoring resolves emails to contacts: it hears of a change.
+        let email_moves = changes
+            .email
+            .as_ref()
+            .is_some_and(|email| *email != existing.email);
+        let inactive = existing.inactive_since_ms.is_some();
         let mut model = existing.into_active_model();
         if let Some(email) = changes.email.clone() {
             let next = contact_rules::after_email_change(stage, email.is_some());
@@ -249,6 +256,17 @@ impl Repository {
             }
             Err(error) => return Err(error.into()),
         };
+        if email_moves {
+            record_contact_change(
+                &txn,
+                tenant.as_str(),
+                contact_id,
+                &account_id,
+                inactive,
+                ms(now),
+            )
+            .await?;
+        }
         let contact = hydrate_contact(&txn, updated).await?;
         txn.commit().await?;
         Ok(contact)
