@@ -2,10 +2,9 @@
 
 use cascade_proto::common::v1::{AccountStage, ContactStage, CustomerType};
 use cascade_proto::lifecycle::v1 as pb;
-use cascade_testkit::fixtures::{account, mask, violated_fields};
+use cascade_testkit::fixtures::{account, mask, violated_fields, violations};
 use cascade_testkit::{TestDatabase, TestSystem, on_each_database, request_for};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 /// A contact of `account_id` named Pat.
 fn pat(account_id: &str, email: &str) -> pb::Contact {
@@ -363,11 +362,10 @@ async fn contacts_follow_their_rules(db: TestDatabase) {
         }))
         .await
         .expect_err("automatic stage refused");
-    assert_eq!(automatic.code(), Code::FailedPrecondition);
-    let failure = automatic
-        .get_details_precondition_failure()
-        .expect("precondition detail");
-    assert!(failure.violations[0].description.contains("CUSTOMER"));
+    let found = violations(&automatic);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "contact.stage");
+    assert!(found[0].1.contains("CUSTOMER"), "{found:?}");
 
     let listed = t1
         .public()

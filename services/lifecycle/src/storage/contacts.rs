@@ -212,13 +212,10 @@ impl Repository {
             model.external_id = Set(external_id);
         }
         if let Some(target) = changes.stage {
-            let next = contact_rules::set_by_person(stage, target).map_err(|refusal| {
-                ServiceError::precondition(
-                    "CONTACT_STAGE",
-                    format!("contact/{contact_id}"),
-                    refusal.0,
-                )
-            })?;
+            // A stage set automatically is never writable, whatever the
+            // contact's state: bad input, not a precondition.
+            let next = contact_rules::set_by_person(stage, target)
+                .map_err(|refusal| ServiceError::invalid("contact.stage", refusal.0))?;
             moves.extend(ContactMove::between(
                 stage,
                 next,
