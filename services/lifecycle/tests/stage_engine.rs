@@ -1021,6 +1021,16 @@ async fn watch_streams_and_resumes(db: TestDatabase) {
         .expect_err("a cursor ahead of the feed");
     assert_eq!(violated_fields(&ahead), ["cursor"]);
     assert!(ahead.message().contains("ahead of"), "{}", ahead.message());
+    // An account the tenant does not have: NOT_FOUND, not a quiet stream.
+    let unknown = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest {
+            account_id: cascade_domain::ids::new_id(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("no such account");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     drop(resumed);
     drop(prioritized_only);
     system.stop().await;

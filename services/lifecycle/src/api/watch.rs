@@ -51,6 +51,11 @@ pub(super) async fn watch_account_events(
     v.finish()?;
     let repository = api.repository.clone();
     let tenant = context.tenant.clone();
+    // Every id a caller sends is checked: watching an account of another
+    // tenant (or none) would stream nothing, as if it were quiet.
+    if let Some(account_id) = &account_id {
+        repository.get_account(&tenant, account_id).await?;
+    }
     let latest = repository.latest_event_seq(&tenant).await?;
     let mut after = match after {
         // A cursor past the tenant's feed was never returned to it (another
