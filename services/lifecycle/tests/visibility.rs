@@ -667,6 +667,30 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
         .await
         .expect_err("nothing named");
     assert_eq!(violated_fields(&nothing), ["ids"]);
+    // Both ids and all, or something that is not an id: refused, naming it.
+    for (request, field) in [
+        (
+            admin::RetryDeadLettersRequest {
+                ids: vec![dead[0].id.clone()],
+                all: true,
+                ..Default::default()
+            },
+            "all",
+        ),
+        (
+            admin::RetryDeadLettersRequest {
+                ids: vec!["the-first-one".into()],
+                ..Default::default()
+            },
+            "ids[0]",
+        ),
+    ] {
+        let refused = admin_client()
+            .retry_dead_letters(lifecycle.req(request))
+            .await
+            .expect_err("ambiguous or malformed");
+        assert_eq!(violated_fields(&refused), [field]);
+    }
 
     receiver.set_up(true);
     let retried = admin_client()

@@ -13,6 +13,7 @@ use super::{DEAD, PENDING, now_ms};
 use crate::context::RequestContext;
 use crate::error::ServiceError;
 use crate::page::PageRequest;
+use crate::validate::Validator;
 
 /// Ids one RetryDeadLetters call takes at most.
 const MAX_RETRY_IDS: usize = 1_000;
@@ -83,11 +84,28 @@ impl OutboxAdminService for OutboxAdmin {
         if request.ids.is_empty() && !request.all {
             return Err(ServiceError::invalid("ids", "name dead letters, or set all").into());
         }
+        if !request.ids.is_empty() && request.all {
+            // Which did the caller mean? Retrying everything by mistake is
+            // not undone.
+            return Err(ServiceError::invalid(
+                "all",
+                "name dead letters in ids or set all, not both",
+            )
+            .into());
+        }
         if request.ids.len() > MAX_RETRY_IDS {
             return Err(
                 ServiceError::invalid("ids", format!("at most {MAX_RETRY_IDS} per call")).into(),
             );
         }
+        let mut v = Validator::new();
+        let ids: Vec<String> = request
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| v.required_id(&format!("ids[{i}]"), id))
+            .collect();
+        v.finish()?;
         let mut update = outbox::Entity::update_many()
             .col_expr(outbox::Column::State, Expr::value(PENDING))
             .col_expr(outbox::Column::Attempts, Expr::value(0))
@@ -99,8 +117,7 @@ impl OutboxAdminService for OutboxAdmin {
                 update = update.filter(outbox::Column::Topic.eq(request.topic.as_str()));
             }
         } else {
-            update =
-                update.filter(outbox::Column::Id.is_in(request.ids.iter().map(String::as_str)));
+            update = update.filter(outbox::Column::Id.is_in(ids.iter().map(String::as_str)));
         }
         let _turn = crate::db::write_turn(&self.db)
             .await
