@@ -4,7 +4,9 @@
 
 use cascade_proto::common::v1::{AccountStage as S, ContactStage as C, CustomerType, Date, Money};
 use cascade_proto::opportunity::v1 as pb;
-use cascade_testkit::fixtures::{mask, money, precondition_subjects, usd, violations};
+use cascade_testkit::fixtures::{
+    mask, money, precondition_subjects, usd, violated_fields, violations,
+};
 use cascade_testkit::{Opportunity, TestDatabase, TestSystem, on_each_database};
 use tonic::Code;
 
@@ -553,6 +555,34 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
         (updated.version, updated.discover_step_display_name.as_str()),
         (2, "Explore")
     );
+    // Probabilities naming a step twice, or none: refused, no new version.
+    let probability = |step: pb::OpportunityStep, percent: i32| pb::StepProbability {
+        step: step as i32,
+        percent,
+    };
+    for (probabilities, field) in [
+        (
+            vec![
+                probability(pb::OpportunityStep::Qualify, 30),
+                probability(pb::OpportunityStep::Qualify, 40),
+            ],
+            "settings.step_probabilities[1].step",
+        ),
+        (Vec::new(), "settings.step_probabilities"),
+    ] {
+        let refused = opps
+            .public()
+            .update_opportunity_settings(opps.req(pb::UpdateOpportunitySettingsRequest {
+                settings: Some(pb::OpportunitySettings {
+                    step_probabilities: probabilities,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["step_probabilities"]),
+            }))
+            .await
+            .expect_err("ambiguous probabilities");
+        assert_eq!(violated_fields(&refused), [field]);
+    }
     let id = lifecycle.create_account("Small", "").await.account_id;
     let ann = lifecycle
         .create_contact(&id, "ann@small.example")

@@ -544,8 +544,19 @@ impl OpportunityService for OpportunityApi {
                     ));
                 }
                 "step_probabilities" => {
+                    if input.step_probabilities.is_empty() {
+                        v.add(
+                            "settings.step_probabilities",
+                            "name at least one step (leave the path out of the mask to keep them)",
+                        );
+                    }
                     for (i, p) in input.step_probabilities.iter().enumerate() {
                         match Step::from_proto(p.step) {
+                            // The same step twice: which percent was meant?
+                            Some(step) if probabilities.iter().any(|(s, _)| *s == step) => v.add(
+                                format!("settings.step_probabilities[{i}].step"),
+                                format!("names {} again", step.as_str()),
+                            ),
                             Some(step) if (0..=100).contains(&p.percent) => {
                                 probabilities.push((step, p.percent))
                             }
