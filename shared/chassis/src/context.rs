@@ -100,6 +100,13 @@ impl RequestContext {
 
     /// Reads the development-mode context from HTTP headers.
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, ServiceError> {
+        // Sent twice, which one was meant? Taking the first would act for a
+        // tenant the caller may not have meant.
+        for name in [TENANT_HEADER, ACTOR_HEADER] {
+            if headers.get_all(name).iter().nth(1).is_some() {
+                return Err(ServiceError::invalid(name, "must be sent once"));
+            }
+        }
         let tenant =
             match headers.get(TENANT_HEADER) {
                 None => TenantId(DEFAULT_TENANT.to_owned()),
@@ -182,6 +189,24 @@ mod tests {
 
         for bad in ["", "Acme", "a b", "x/../y", &"a".repeat(65)] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_tenant_or_actor_sent_twice_is_refused() {
+        for name in [TENANT_HEADER, ACTOR_HEADER] {
+            let mut headers = http::HeaderMap::new();
+            headers.append(name, "acme-eu".parse().expect("header"));
+            headers.append(name, "acme-us".parse().expect("header"));
+            match RequestContext::from_headers(&headers) {
+                Err(ServiceError::InvalidArgument(v)) => {
+                    assert_eq!(
+                        (v[0].field.as_str(), v[0].description.as_str()),
+                        (name, "must be sent once")
+                    );
+                }
+                other => panic!("{name} twice: {other:?}"),
+            }
         }
     }
 
