@@ -187,7 +187,6 @@ impl Repository {
             .email
             .as_ref()
             .is_some_and(|email| *email != existing.email);
-        let inactive = existing.inactive_since_ms.is_some();
         let mut model = existing.into_active_model();
         if let Some(email) = changes.email.clone() {
             let next = contact_rules::after_email_change(stage, email.is_some());
@@ -254,6 +253,10 @@ impl Repository {
             Err(error) => return Err(error.into()),
         };
         if email_moves {
+            // The status as the update left the row (on PostgreSQL, after a
+            // concurrent DeactivateContact's commit it waited for), so that
+            // this later change does not put back a status read before it.
+            let inactive = updated.inactive_since_ms.is_some();
             record_contact_change(
                 &txn,
                 tenant.as_str(),
