@@ -247,7 +247,8 @@ async fn customer(lifecycle: &Lifecycle, name: &str) -> String {
 /// churned. The opportunity service announces an edit of it (another kind, a
 /// grown buying group) as OPENED again: that leaves the account CHURNED,
 /// where it used to bring it back to PIPELINE as if a deal had opened.
-/// Winning it makes the account a customer again.
+/// Winning it since makes the account a customer again; a win from before
+/// the churn, arriving late, does not.
 async fn a_deal_open_at_the_churn_is_edited_without_moving_the_account_and_won_back(
     db: TestDatabase,
 ) {
@@ -309,6 +310,19 @@ async fn a_deal_open_at_the_churn_is_edited_without_moving_the_account_and_won_b
         "the new kind is kept"
     );
 
+    // A win from before the churn (its event late: retried, or a dead letter
+    // sent again) leaves the person's churn as it is.
+    let late = lifecycle
+        .try_apply_opportunity_event(lc::ApplyOpportunityEventRequest {
+            occur_time: Some(days_ago(1)),
+            opportunity_kind: OpportunityKind::NewBusiness as i32,
+            ..opportunity_event(&id, &upgrade, E::Won, &[])
+        })
+        .await
+        .expect("applied")
+        .account
+        .expect("account");
+    assert_eq!(late.stage, S::Churned as i32, "a win from before the churn");
     let won = deal_of(
         &lifecycle,
         &id,

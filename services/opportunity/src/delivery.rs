@@ -76,7 +76,12 @@ fn request_of(entry: &Entry, payload: EventPayload) -> lifecycle::ApplyOpportuni
                 // Not decodable without its end date.
                 EventKind::ContractsEnded => lifecycle::OpportunityEventType::ContractsEnded,
             };
-            (event_type, entry.id.clone(), None)
+            // When it happened: the entry was written with the change, and
+            // its id is a UUIDv7 (lifecycle tells a win from before a churn).
+            let at = cascade_domain::ids::created_at_ms(&entry.id)
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(cascade_chassis::time::to_timestamp);
+            (event_type, entry.id.clone(), at)
         }
     };
     lifecycle::ApplyOpportunityEventRequest {
@@ -153,7 +158,12 @@ mod tests {
                     r#type: event_type as i32,
                     buying_group_contact_ids: vec!["c1".into()],
                     other_open_opportunities: 1,
-                    occur_time: None,
+                    // The entry id's time: 0x0192f0c40000 ms, 2024-11-03
+                    // 06:43:49.888 UTC.
+                    occur_time: Some(prost_types::Timestamp {
+                        seconds: 1_730_616_229,
+                        nanos: 888_000_000,
+                    }),
                     opportunity_kind: cascade_proto::common::v1::OpportunityKind::Renewal as i32,
                 }
             );

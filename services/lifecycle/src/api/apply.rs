@@ -268,7 +268,7 @@ pub(super) async fn apply_opportunity_event(
     if request.other_open_opportunities < 0 {
         v.add("other_open_opportunities", "must not be negative");
     }
-    v.optional_time("occur_time", request.occur_time.as_ref());
+    let occurred = v.optional_time("occur_time", request.occur_time.as_ref());
     if request.buying_group_contact_ids.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
             "buying_group_contact_ids",
@@ -295,6 +295,7 @@ pub(super) async fn apply_opportunity_event(
                 opportunity_kind: opportunity_kind.unwrap_or(OpportunityKind::NewBusiness),
                 buying_group,
                 other_open: u32::try_from(request.other_open_opportunities).unwrap_or(0),
+                occurred_at_ms: occurred.map(|at| at.timestamp_millis()),
             },
         )
         .await?;

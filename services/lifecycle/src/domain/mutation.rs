@@ -43,6 +43,8 @@ pub enum Mutation {
         buying_group: Vec<String>,
         /// Other open deals of the account the opportunity service knows of.
         other_open: u32,
+        /// When it happened, if the opportunity service said (ms).
+        occurred_at_ms: Option<i64>,
     },
 }
 
@@ -80,6 +82,8 @@ pub struct AccountSnapshot {
     /// an OPENED event for it then tells of a grown buying group or another
     /// kind, not of a deal that opens.
     pub opportunity_known_open: bool,
+    /// When the account entered its stage (ms).
+    pub stage_entered_at_ms: i64,
 }
 
 /// A contact of the account in the opportunity's buying group (the members
@@ -183,10 +187,23 @@ pub fn decide(
             ..
         }
     ) && account.opportunity_known_open;
+    // A win that happened before the account was churned (its event held
+    // back by retries, or a dead letter sent again) is no news: the churn,
+    // a person's decision, came after it. Without a time it cannot be told.
+    let won_before_churn = match mutation {
+        Mutation::Opportunity {
+            kind: OpportunityEventKind::Won,
+            occurred_at_ms,
+            ..
+        } if state.stage == AccountStage::Churned => {
+            !occurred_at_ms.is_some_and(|at| at > account.stage_entered_at_ms)
+        }
+        _ => false,
+    };
     // The stage rules see a deal open once: an edit of an open deal (its
     // buying group, its kind) moves its contacts, never the account (a
     // churned account whose old deal is edited stays CHURNED).
-    let outcome = if reannounced {
+    let outcome = if reannounced || won_before_churn {
         account_rules::Outcome::default()
     } else {
         account_rules::apply(state, &event, cx.settings)?
@@ -383,6 +400,7 @@ mod tests {
             nurture_count: 1,
             applied_before: false,
             opportunity_known_open: false,
+            stage_entered_at_ms: 1_000,
         }
     }
 
@@ -404,6 +422,7 @@ mod tests {
             opportunity_kind: OpportunityKind::NewBusiness,
             buying_group: vec!["c1".into()],
             other_open,
+            occurred_at_ms: Some(2_000),
         }
     }
 
@@ -488,6 +507,30 @@ mod tests {
             (opened.stage, opened.customer_type),
             (S::Pipeline, CustomerType::ReProspect)
         );
+    }
+
+    /// A deal open at the churn and won since makes the account a customer
+    /// again; a win from before the churn (its event late), or of no known
+    /// time, leaves the person's churn as it is.
+    #[test]
+    fn only_a_win_after_the_churn_brings_the_account_back() {
+        let churned = account(S::Churned, 0); // entered at 1,000
+        for (occurred_at_ms, expected) in [
+            (Some(2_000), S::Implement),
+            (Some(1_000), S::Churned),
+            (Some(500), S::Churned),
+            (None, S::Churned),
+        ] {
+            let mut won = opportunity(OpportunityEventKind::Won, 0);
+            if let Mutation::Opportunity {
+                occurred_at_ms: at, ..
+            } = &mut won
+            {
+                *at = occurred_at_ms;
+            }
+            let c = changes(&churned, &[], &won, &settings());
+            assert_eq!(c.stage, expected, "won at {occurred_at_ms:?}");
+        }
     }
 
     #[test]

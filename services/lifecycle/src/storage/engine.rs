@@ -157,6 +157,7 @@ async fn load_snapshot(
         nurture_count: model.nurture_count,
         applied_before,
         opportunity_known_open,
+        stage_entered_at_ms: model.stage_entered_at.timestamp_millis(),
     };
     let members = match mutation {
         Mutation::Opportunity {
