@@ -251,8 +251,10 @@ impl Directory {
     }
 
     /// Forgets what was checked of these contacts (marked inactive or active
-    /// again), so their next activities are checked with lifecycle. The
-    /// emails are found by a pass over the cache: status changes are rare.
+    /// again, or given another email), so their next activities are checked
+    /// with lifecycle. The emails are found by a pass over the cache: such
+    /// changes are rare (a bulk change of emails, a domain moving, costs a
+    /// pass per poll's changes; not measured).
     pub fn forget_contacts(&self, contacts: &[ChangedContact]) {
         let Some(cache) = &self.cache else { return };
         if contacts.is_empty() {

@@ -550,10 +550,12 @@ impl OpportunityService for OpportunityApi {
                             "name at least one step (leave the path out of the mask to keep them)",
                         );
                     }
+                    let mut named = Vec::new();
                     for (i, p) in input.step_probabilities.iter().enumerate() {
-                        match Step::from_proto(p.step) {
+                        let step = Step::from_proto(p.step);
+                        match step {
                             // The same step twice: which percent was meant?
-                            Some(step) if probabilities.iter().any(|(s, _)| *s == step) => v.add(
+                            Some(step) if named.contains(&step) => v.add(
                                 format!("settings.step_probabilities[{i}].step"),
                                 format!("names {} again", step.as_str()),
                             ),
@@ -569,6 +571,7 @@ impl OpportunityService for OpportunityApi {
                                 "must be a step",
                             ),
                         }
+                        named.extend(step);
                     }
                 }
                 "currency_code" => {
