@@ -15,7 +15,7 @@
 //! contact whose status or email changes is forgotten (`forget_contacts`)
 //! by every replica (lifecycle records both for scoring), so its next
 //! activity is checked again and an email given to another person resolves
-//! to them within a poll; the TTL bounds what a missed change leaves. An erasure makes every
+//! to them within about two polls; the TTL bounds what a missed change leaves. An erasure makes every
 //! replica forget everything: each hears of it while it settles
 //! (`chassis::erasure`), and what a replica remembers is trusted only for
 //! half of `erasure_settle_ms` after its last complete poll of erasures
