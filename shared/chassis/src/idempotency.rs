@@ -33,18 +33,13 @@ impl RequestKey {
         stored.is_none_or(|stored| stored == self.digest)
     }
 
-    /// The refusal of a request that reuses the id of a different one.
-    pub fn reused(&self, resource: &str) -> ServiceError {
-        ServiceError::invalid("request_id", reuse_reason(resource))
-    }
-
     /// `Ok` when a record made under this key's id, with digest `stored`,
-    /// answers this request; else the refusal.
+    /// answers this request; else the refusal, naming `request_id`.
     pub fn check(&self, stored: Option<&str>, resource: &str) -> Result<(), ServiceError> {
         if self.matches(stored) {
             Ok(())
         } else {
-            Err(self.reused(resource))
+            Err(ServiceError::invalid("request_id", reuse_reason(resource)))
         }
     }
 }

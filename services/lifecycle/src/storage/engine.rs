@@ -138,16 +138,12 @@ async fn load_snapshot(
     };
     let open =
         open_opportunities(txn, tenant_id, &model.account_id, mutation.opportunity_id()).await?;
-    let opportunity_known_open = match mutation.opportunity_id() {
-        Some(opportunity_id) => account_opportunity::Entity::find()
-            .filter(account_opportunity::Column::TenantId.eq(tenant_id))
-            .filter(account_opportunity::Column::OpportunityId.eq(opportunity_id))
-            .filter(account_opportunity::Column::Status.eq(OPEN))
-            .one(txn)
-            .await?
-            .is_some(),
-        None => false,
-    };
+    // The account row lists its open deals: no statement needed.
+    let opportunity_known_open = mutation.opportunity_id().is_some_and(|opportunity_id| {
+        super::accounts::open_opportunities(model)
+            .iter()
+            .any(|(id, _)| id == opportunity_id)
+    });
     let snapshot = AccountSnapshot {
         account_id: model.account_id.clone(),
         name: model.name.clone(),
