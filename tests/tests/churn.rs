@@ -831,8 +831,37 @@ async fn a_person_no_longer_at_the_company_is_fed_to_scoring(db: TestDatabase) {
     assert!(!back.inactive && back.inactive_reason.is_empty() && back.inactive_time.is_none());
     let changes = pending().await;
     assert_eq!(
-        changes.iter().map(|c| c.inactive).collect::<Vec<_>>(),
-        [false]
+        changes
+            .iter()
+            .map(|c| (c.inactive, c.kind()))
+            .collect::<Vec<_>>(),
+        [(false, lc::ContactChangeKind::Status)]
+    );
+
+    // A new email is a change of its own kind: scoring forgets whom the old
+    // email named, and leaves the status it holds alone.
+    lifecycle
+        .public()
+        .update_contact(lifecycle.req(lc::UpdateContactRequest {
+            contact: Some(lc::Contact {
+                contact_id: contact.contact_id.clone(),
+                email: "hank@globex-mail.example".into(),
+                ..Default::default()
+            }),
+            update_mask: cascade_testkit::fixtures::mask(&["email"]),
+        }))
+        .await
+        .expect("a new email");
+    let changes = pending().await;
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| (c.contact_id.as_str(), c.kind()))
+            .collect::<Vec<_>>(),
+        [
+            (contact.contact_id.as_str(), lc::ContactChangeKind::Status),
+            (contact.contact_id.as_str(), lc::ContactChangeKind::Email)
+        ]
     );
     system.stop().await;
 }

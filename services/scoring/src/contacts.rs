@@ -1,10 +1,11 @@
 //! Scoring's part of contacts marked inactive (lifecycle's
 //! DeactivateContact) or active again, or whose email changed
-//! (`cascade_chassis::erasure` polls them for it): the account is recomputed
-//! with or without the contact's engagement and delivered, and the directory
-//! forgets what it checked of the contact, so the next activity naming it
-//! (or its old email) is checked with lifecycle (which says whether it is
-//! inactive, and whom the email names now).
+//! (`cascade_chassis::erasure` polls them for it). A status change
+//! recomputes the account with or without the contact's engagement and
+//! delivers it; an email change leaves status and scores alone. Either way
+//! the directory forgets what it checked of the contact, so the next
+//! activity naming it (or its old email) is checked with lifecycle (which
+//! says whether it is inactive, and whom the email names now).
 //!
 //! Only the replica that applies a change hears of it from lifecycle, so
 //! every replica also looks at the changes applied in the database since its
@@ -39,6 +40,16 @@ impl ContactChangeApplier for ScoringContactChanges {
         // Before the scores change: once they show the change, this replica
         // checks the contact with lifecycle (which already knows) again.
         self.directory.forget_contacts(&changed);
+        if change.kind() == lifecycle::ContactChangeKind::Email {
+            // Not the status recorded beside it: a status change recorded
+            // on another lifecycle replica can carry an earlier id and
+            // still be the newer fact.
+            self.repository
+                .touch_contact(&tenant, &change.contact_id, &change.account_id)
+                .await?;
+            self.directory.forget_contacts(&changed);
+            return Ok(());
+        }
         self.repository
             .apply_contact_change(
                 &tenant,

@@ -448,8 +448,92 @@ async fn every_replica_hears_of_an_inactive_contact(db: TestDatabase) {
     system.stop().await;
 }
 
+/// An email change recorded on a lifecycle replica whose clock runs ahead,
+/// before a deactivation on another: its id is the later one, and the
+/// status recorded beside it (active) the older fact. Scoring forgets whom
+/// the email named and leaves the contact inactive; before change kinds it
+/// applied that status, counting her again.
+async fn an_email_change_leaves_the_status_alone(db: TestDatabase) {
+    use sea_orm::ConnectionTrait;
+    let scoring_db = db.like().await;
+    let mut system = TestSystem::lifecycle_on(&db).await;
+    system.add_scoring(&scoring_db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Skewed", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@skewed.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@skewed.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![
+            activity("s1", "demo_request", &id, &ann),
+            activity("s2", "webinar_attended", &id, &bob),
+        ])
+        .await;
+    wait_for_scores(&lifecycle, &id, 125.0, 62.5).await;
+    set_inactive(&lifecycle, &ann, true).await;
+    wait_for_score(&scoring, &id, 25.0, 1).await;
+
+    // The email change as the replica ahead recorded it (no API makes two
+    // replicas' clocks disagree): a later id, and Ann still active.
+    let change_id = cascade_domain::ids::new_id();
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("lifecycle's database");
+    conn.execute_unprepared(&format!(
+        "INSERT INTO contact_changes (change_id, tenant_id, contact_id, account_id, \
+         inactive, email_only, created_at_ms) \
+         VALUES ('{change_id}', '{TENANT}', '{ann}', '{id}', FALSE, TRUE, 0)"
+    ))
+    .await
+    .expect("the email change");
+    let internal = lifecycle.as_actor("scoring");
+    eventually("scoring to apply the email change", async || {
+        let pending = internal
+            .internal()
+            .list_pending_contact_changes(internal.req(lc::ListPendingContactChangesRequest {
+                service: "scoring".to_owned(),
+                page_size: 0,
+                after_change_id: String::new(),
+            }))
+            .await
+            .map_err(|s| format!("{s:?}"))?
+            .into_inner()
+            .changes;
+        if pending.iter().any(|c| c.change_id == change_id) {
+            Err(format!("{pending:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let score = scoring.score(&id).await;
+    assert_eq!(
+        (score.engagement_score, score.engaged_contact_count),
+        (25.0, 1),
+        "Ann is still inactive: {score:?}"
+    );
+    // Forgotten and checked again with lifecycle: still refused.
+    let response = scoring
+        .record(vec![activity("s3", "email_open", &id, &ann)])
+        .await;
+    assert_eq!(
+        response.results[0].status,
+        pb::ActivityStatus::Rejected as i32,
+        "{response:?}"
+    );
+    system.settled().await;
+    wait_for_scores(&lifecycle, &id, 25.0, 25.0).await;
+    system.stop().await;
+}
+
 on_each_database!(
     decayed_scores_reach_lifecycle_without_new_activity,
+    an_email_change_leaves_the_status_alone,
     the_refresh_runs_in_the_background,
     an_inactive_contact_stops_counting,
     every_replica_hears_of_an_inactive_contact,

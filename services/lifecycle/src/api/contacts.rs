@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;
 use crate::convert;
+use crate::storage::ChangeKind;
 
 const MAX_REASON: usize = 500;
 const MAX_PAGE_SIZE: u64 = 500;
@@ -77,6 +78,11 @@ pub(super) async fn list_pending_contact_changes(
                 contact_id: c.contact_id,
                 account_id: c.account_id,
                 inactive: c.inactive,
+                kind: match c.kind {
+                    ChangeKind::Status => pb::ContactChangeKind::Status,
+                    ChangeKind::Email => pb::ContactChangeKind::Email,
+                }
+                .into(),
             })
             .collect(),
     }))

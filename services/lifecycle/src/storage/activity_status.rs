@@ -2,9 +2,9 @@
 //! and the change scoring reads (ListPendingContactChanges) to stop or
 //! start counting the person's engagement, kept until scoring confirms it.
 //! Both are written in one transaction, so scoring hears of every change.
-//! A changed email is recorded the same way (`record_contact_change`), with
-//! the status as it is, so that scoring stops resolving the old email to
-//! this contact.
+//! A changed email is recorded the same way (`record_contact_change`), as
+//! its own kind (`ChangeKind::Email`), so that scoring stops resolving the
+//! old email to this contact without touching the status it holds.
 
 use cascade_chassis::db::begin_write;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -28,21 +28,36 @@ pub struct ContactChange {
     pub contact_id: String,
     pub account_id: String,
     pub inactive: bool,
+    pub kind: ChangeKind,
+}
+
+/// What a recorded change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Marked inactive or active again: scoring applies `inactive`.
+    Status,
+    /// Only the email changed: scoring forgets whom the old email resolved
+    /// to and leaves the status alone. The status is recorded too, for a
+    /// reader that predates kinds (which applies it, as it always did), but
+    /// a current reader must not: a status change recorded on another
+    /// replica can carry an earlier id (clocks differ) and still be newer.
+    Email,
 }
 
 /// The only service that reads the changes.
 pub const CONTACT_CHANGE_READERS: [&str; 1] = ["scoring"];
 
 /// Records for scoring that the contact changed, in the caller's
-/// transaction: its status (`inactive`, as it now is), or its email. Either
-/// way scoring forgets what it checked of the contact, so an email that
-/// moved to another person resolves anew, not to the one it left.
+/// transaction: its status (`inactive`, as it now is), or its email
+/// (`kind`). Either way scoring forgets what it checked of the contact, so
+/// an email that moved to another person resolves anew, not to the one it
+/// left.
 pub(super) async fn record_contact_change(
     conn: &impl sea_orm::ConnectionTrait,
     tenant_id: &str,
     contact_id: &str,
     account_id: &str,
-    inactive: bool,
+    (kind, inactive): (ChangeKind, bool),
     at_ms: i64,
 ) -> Result<(), sea_orm::DbErr> {
     contact_change::ActiveModel {
@@ -51,6 +66,7 @@ pub(super) async fn record_contact_change(
         contact_id: Set(contact_id.to_owned()),
         account_id: Set(account_id.to_owned()),
         inactive: Set(inactive),
+        email_only: Set(kind == ChangeKind::Email),
         created_at_ms: Set(at_ms),
         scoring_done_at_ms: Set(None),
     }
@@ -89,7 +105,7 @@ impl Repository {
             t,
             contact_id,
             &account_id,
-            inactive.is_some(),
+            (ChangeKind::Status, inactive.is_some()),
             ms(now),
         )
         .await?;
@@ -122,6 +138,11 @@ impl Repository {
                 contact_id: m.contact_id,
                 account_id: m.account_id,
                 inactive: m.inactive,
+                kind: if m.email_only {
+                    ChangeKind::Email
+                } else {
+                    ChangeKind::Status
+                },
             })
             .collect())
     }

@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 use super::accounts::account_model;
-use super::activity_status::record_contact_change;
+use super::activity_status::{ChangeKind, record_contact_change};
 use super::entities::{account, contact};
 use super::history::insert_contact_transitions;
 use super::{
@@ -253,16 +253,17 @@ impl Repository {
             Err(error) => return Err(error.into()),
         };
         if email_moves {
-            // The status as the update left the row (on PostgreSQL, after a
-            // concurrent DeactivateContact's commit it waited for), so that
-            // this later change does not put back a status read before it.
+            // The status goes along only for scoring replicas older than
+            // change kinds (which apply it): as the update left the row (on
+            // PostgreSQL, after a concurrent DeactivateContact's commit it
+            // waited for), so that they do not put back a status read before.
             let inactive = updated.inactive_since_ms.is_some();
             record_contact_change(
                 &txn,
                 tenant.as_str(),
                 contact_id,
                 &account_id,
-                inactive,
+                (ChangeKind::Email, inactive),
                 ms(now),
             )
             .await?;

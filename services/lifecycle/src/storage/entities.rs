@@ -387,6 +387,8 @@ pub mod contact_change {
         pub contact_id: String,
         pub account_id: String,
         pub inactive: bool,
+        /// Only the email changed: `inactive` is informative, not applied.
+        pub email_only: bool,
         pub created_at_ms: i64,
         pub scoring_done_at_ms: Option<i64>,
     }

@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
             Box::new(ErasedAccountsReasons),
             Box::new(CreateRequestDigests),
+            Box::new(ContactChangeKinds),
         ]
     }
 }
@@ -62,6 +63,38 @@ impl MigrationTrait for CreateRequestDigests {
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         Err(DbErr::Migration(
             "the create request digests migration is not reversible".into(),
+        ))
+    }
+}
+
+/// A contact change that is only an email change (`ChangeKind::Email`):
+/// scoring forgets whom the old email resolved to and leaves the status it
+/// holds. Changes recorded before are status changes, as they were read.
+struct ContactChangeKinds;
+
+impl MigrationName for ContactChangeKinds {
+    fn name(&self) -> &str {
+        "m20261206_400001_contact_change_kinds"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ContactChangeKinds {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        super::migration_stage_engine::add_column(
+            manager,
+            ContactChanges::Table,
+            ColumnDef::new(ContactChanges::EmailOnly)
+                .boolean()
+                .not_null()
+                .default(false),
+        )
+        .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the contact change kinds migration is not reversible".into(),
         ))
     }
 }
@@ -188,6 +221,12 @@ enum Accounts {
     CreatedAt,
     UpdatedAt,
     Version,
+}
+
+#[derive(DeriveIden)]
+enum ContactChanges {
+    Table,
+    EmailOnly,
 }
 
 #[derive(DeriveIden)]

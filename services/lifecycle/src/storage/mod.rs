@@ -21,7 +21,7 @@ mod resolve;
 mod scores;
 mod settings;
 
-pub use activity_status::ContactChange;
+pub use activity_status::{ChangeKind, ContactChange};
 pub use import::Imported;
 
 use std::collections::HashMap;

@@ -109,6 +109,39 @@ impl Repository {
         Ok(true)
     }
 
+    /// An email change: every replica's directory must forget whom the old
+    /// email resolved to (`contact_changes_since` reads this row's time),
+    /// but the contact's status and scores stay as they are, whatever the
+    /// status lifecycle recorded beside the change. Only the time is
+    /// written; a contact without a row gets an active one with no change
+    /// id, which any status change replaces.
+    pub async fn touch_contact(
+        &self,
+        tenant: &TenantId,
+        contact_id: &str,
+        account_id: &str,
+    ) -> ServiceResult<()> {
+        let row = contact_status::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            contact_id: Set(contact_id.to_owned()),
+            account_id: Set(account_id.to_owned()),
+            inactive: Set(false),
+            since_ms: Set(time::now().timestamp_millis()),
+            change_id: Set(String::new()),
+        };
+        let on_conflict = OnConflict::columns([
+            contact_status::Column::TenantId,
+            contact_status::Column::ContactId,
+        ])
+        .update_column(contact_status::Column::SinceMs)
+        .to_owned();
+        contact_status::Entity::insert(row)
+            .on_conflict(on_conflict)
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// The contacts whose status any replica changed at or after `since_ms`
     /// (by this database's rows, so every replica hears of every change).
     pub async fn contact_changes_since(&self, since_ms: i64) -> ServiceResult<Vec<ChangedContact>> {
