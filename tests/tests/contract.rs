@@ -100,6 +100,7 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
             f64::INFINITY,
             vec![("prioritized_threshold", "must be a finite number")],
         ),
+        (-5.0, 50.0, vec![("engaged_threshold", "must be 0 or more")]),
         (
             40.0,
             40.0,

@@ -479,11 +479,11 @@ async fn end_dates_are_real_dates_stored_and_returned(db: TestDatabase) {
         [
             (
                 "opportunity.line_items[1].end_date".to_owned(),
-                "must be a valid calendar date".to_owned()
+                "must be a valid calendar date from 1970-01-01 to 9999-12-31".to_owned()
             ),
             (
                 "opportunity.contract.end_date".to_owned(),
-                "must be a valid calendar date".to_owned()
+                "must be a valid calendar date from 1970-01-01 to 9999-12-31".to_owned()
             ),
         ]
     );
@@ -500,6 +500,63 @@ async fn end_dates_are_real_dates_stored_and_returned(db: TestDatabase) {
         violations(&refused)[0].0,
         "opportunity.line_items[0].end_date"
     );
+    // A date a person could not have meant, a signature time on a contract
+    // not signed (it would be dropped), and a signature yet to come: each
+    // refused naming its field.
+    let at = |time| Some(cascade_chassis::time::to_timestamp(time));
+    let now = cascade_chassis::time::now();
+    let refused = opps
+        .try_update(
+            &created.opportunity_id,
+            pb::Opportunity {
+                line_items: vec![seat(100, not_a_day(1900, 1, 1))],
+                ..Default::default()
+            },
+            &["line_items"],
+        )
+        .await
+        .expect_err("1900");
+    assert_eq!(
+        violations(&refused)[0].0,
+        "opportunity.line_items[0].end_date"
+    );
+    for (contract, description) in [
+        (
+            pb::Contract {
+                signed: false,
+                sign_time: at(now),
+                ..Default::default()
+            },
+            "is set only on a signed contract (contract.signed true)",
+        ),
+        (
+            pb::Contract {
+                signed: true,
+                sign_time: at(now + chrono::Duration::days(365 * 70)),
+                ..Default::default()
+            },
+            "must not be in the future",
+        ),
+    ] {
+        let refused = opps
+            .try_update(
+                &created.opportunity_id,
+                pb::Opportunity {
+                    contract: Some(contract),
+                    ..Default::default()
+                },
+                &["contract"],
+            )
+            .await
+            .expect_err(description);
+        assert_eq!(
+            violations(&refused),
+            [(
+                "opportunity.contract.sign_time".to_owned(),
+                description.to_owned()
+            )]
+        );
+    }
     assert_eq!(
         ends(&opps.get(&created.opportunity_id).await),
         ends(&updated),

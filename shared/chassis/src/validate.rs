@@ -27,7 +27,7 @@ impl Validator {
 
     /// A required text field: trimmed, non-empty, at most `max` characters.
     pub fn required_text(&mut self, field: &str, value: &str, max: usize) -> String {
-        let value = value.trim();
+        let value = trim(value);
         if value.is_empty() {
             self.add(field, "is required");
         } else {
@@ -38,7 +38,7 @@ impl Validator {
 
     /// An optional text field: trimmed, at most `max` characters; `None` when empty.
     pub fn optional_text(&mut self, field: &str, value: &str, max: usize) -> Option<String> {
-        let value = value.trim();
+        let value = trim(value);
         if value.is_empty() {
             return None;
         }
@@ -174,6 +174,20 @@ impl Validator {
         value
     }
 
+    /// An engaged threshold as written: not below 0 (finite is checked
+    /// with the pair, `thresholds`, or by the caller). Engagement
+    /// above it makes an account ENGAGED, and rules can take points away,
+    /// so a negative threshold would engage accounts whose engagement is
+    /// only a loss (an unsubscribe). Checked where the threshold is
+    /// written, not over a tenant's values in force, so that settings
+    /// stored before this rule can still be edited.
+    pub fn engaged_threshold(&mut self, field: &str, value: f64) -> f64 {
+        if value < 0.0 {
+            self.add(field, "must be 0 or more");
+        }
+        value
+    }
+
     /// Stage thresholds: each finite, and `prioritized` above `engaged`
     /// (the same rule, and the same answer, wherever thresholds are given).
     /// `prefix` is the message holding both (`settings.`, `thresholds.`).
@@ -247,9 +261,30 @@ pub fn email_domain(email: &str) -> Option<&str> {
     (local_ok && is_domain(domain)).then_some(domain)
 }
 
+/// Text without the blanks around it: white space, and the invisible
+/// format characters a copy from a web page or a spreadsheet brings along
+/// (a zero-width space, joiners, a byte-order mark), so that a name made of
+/// them alone is empty rather than an invisible name.
+fn trim(value: &str) -> &str {
+    value.trim_matches(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
+            )
+    })
+}
+
+/// A DNS name of at least two labels whose top-level label is not all
+/// digits (RFC 3696 section 2), so an address such as "1.2" or "10.0.0.1"
+/// is not taken for a domain.
 fn is_domain(value: &str) -> bool {
     value.len() <= 253
         && value.contains('.')
+        && value
+            .rsplit('.')
+            .next()
+            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
         && value.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -286,8 +321,28 @@ mod tests {
     fn emails_and_domains() {
         assert_eq!(email_domain("jane@acme.com"), Some("acme.com"));
         assert_eq!(email_domain("jane@sub.acme.co.uk"), Some("sub.acme.co.uk"));
-        for bad in ["jane", "@acme.com", "jane@", "jane@acme", "ja ne@acme.com"] {
+        for bad in [
+            "jane",
+            "@acme.com",
+            "jane@",
+            "jane@acme",
+            "ja ne@acme.com",
+            "jane@10.0.0.1",
+        ] {
             assert_eq!(email_domain(bad), None, "{bad}");
+        }
+        // A top-level label of digits is an address, not a domain; digits
+        // elsewhere (or mixed in the top label) are fine.
+        for (domain, valid) in [
+            ("1.2", false),
+            ("10.0.0.1", false),
+            ("acme.123", false),
+            ("123.acme.com", true),
+            ("acme.x1", true),
+        ] {
+            let mut v = Validator::new();
+            v.optional_domain("d", domain);
+            assert_eq!(v.is_valid(), valid, "{domain}");
         }
         let mut v = Validator::new();
         assert_eq!(
@@ -296,6 +351,21 @@ mod tests {
         );
         assert_eq!(v.optional_email("e", ""), None);
         assert!(v.is_valid());
+    }
+
+    /// Invisible characters around a text are trimmed like spaces: a name
+    /// of a zero-width space alone is missing, not an invisible name.
+    #[test]
+    fn invisible_blanks_are_trimmed() {
+        let mut v = Validator::new();
+        assert_eq!(v.required_text("name", "\u{FEFF} Acme\u{200B}", 10), "Acme");
+        assert_eq!(v.optional_text("notes", "\u{200B}\u{2060} ", 10), None);
+        assert!(v.is_valid());
+        // Inside a text they stay (a joiner binds an emoji sequence).
+        assert_eq!(v.required_text("name", "A\u{200D}B", 10), "A\u{200D}B");
+        v.required_text("account.name", "\u{200B}", 10);
+        let error = v.finish().expect_err("an invisible name");
+        assert!(error.to_string().contains("account.name"), "{error}");
     }
 
     #[test]

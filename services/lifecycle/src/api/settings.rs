@@ -76,7 +76,9 @@ fn settings_change(
     for (i, path) in paths {
         match path.as_str() {
             "engaged_threshold" => {
-                engaged = Some(v.finite("settings.engaged_threshold", input.engaged_threshold));
+                let field = "settings.engaged_threshold";
+                let x = v.finite(field, input.engaged_threshold);
+                engaged = Some(v.engaged_threshold(field, x));
             }
             "prioritized_threshold" => {
                 prioritized = Some(v.finite(

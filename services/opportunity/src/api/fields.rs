@@ -67,14 +67,24 @@ pub(super) fn money(
 }
 
 /// A calendar date a caller gave, or a violation of `field`.
+/// A signature a little ahead of this server's clock is the caller's clock,
+/// not a signature yet to come.
+const SIGN_TIME_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// A calendar date in the years times are taken in (1970 to 9999): a close
+/// or end date in 1900 is a typing slip, not a deal.
 fn date(v: &mut Validator, field: &str, value: Option<&common::Date>) -> Option<Date> {
     let d = value?;
     let valid = u32::try_from(d.month)
         .ok()
         .zip(u32::try_from(d.day).ok())
+        .filter(|_| (1970..=9999).contains(&d.year))
         .and_then(|(month, day)| Date::new(d.year, month, day));
     if valid.is_none() {
-        v.add(field, "must be a valid calendar date");
+        v.add(
+            field,
+            "must be a valid calendar date from 1970-01-01 to 9999-12-31",
+        );
     }
     valid
 }
@@ -210,8 +220,16 @@ pub(super) fn apply_field(
                     // A person marks it signed; nothing detects a signature.
                     contract.signed = given.signed;
                 }
+                let now = time::now();
+                if sign_time.is_some_and(|t| t > now + SIGN_TIME_SKEW) {
+                    v.add("opportunity.contract.sign_time", "must not be in the future");
+                }
+                if given.sign_time.is_some() && !contract.signed {
+                    // Dropping it would lose what the caller said without a word.
+                    v.add("opportunity.contract.sign_time", "is set only on a signed contract (contract.signed true)");
+                }
                 contract.sign_time_ms = if contract.signed {
-                    sign_time.map(|t| t.timestamp_millis()).or(contract.sign_time_ms).or(Some(time::now().timestamp_millis()))
+                    sign_time.map(|t| t.timestamp_millis()).or(contract.sign_time_ms).or(Some(now.timestamp_millis()))
                 } else {
                     None
                 };

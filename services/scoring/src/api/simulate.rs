@@ -64,6 +64,7 @@ impl Plan {
         let mut v = Validator::new();
         let thresholds = match request.thresholds {
             Some(t) => {
+                v.engaged_threshold("thresholds.engaged_threshold", t.engaged_threshold);
                 v.thresholds("thresholds.", t.engaged_threshold, t.prioritized_threshold);
                 Thresholds {
                     engaged: t.engaged_threshold,
