@@ -1571,9 +1571,10 @@ async fn streaming_ingests_chunks(db: TestDatabase) {
         ),
         (29, 10, 1)
     );
+    // Named by its place in the stream: the 10th of the third chunk.
     assert_eq!(
         response.rejected[0].violations[0].field,
-        "activities[9].event_id"
+        "activities[29].event_id"
     );
     assert_eq!(scoring.score(&id).await.engagement_score, 29.0 * 4.0);
 

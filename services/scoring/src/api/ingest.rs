@@ -120,7 +120,7 @@ impl ScoringApi {
         &self,
         context: &RequestContext,
         activities: &[pb::Activity],
-        prefix: fn(usize) -> String,
+        prefix: impl Fn(usize) -> String + Send + Sync,
     ) -> ServiceResult<Vec<ItemOutcome>> {
         let mut outcomes: Vec<Option<ItemOutcome>> = (0..activities.len()).map(|_| None).collect();
         let mut pending: Vec<(usize, Pending)> = Vec::new();

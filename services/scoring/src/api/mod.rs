@@ -148,6 +148,9 @@ impl ScoringService for ScoringApi {
         let context = RequestContext::of(&request)?;
         let mut stream = request.into_inner();
         let mut response = pb::StreamActivitiesResponse::default();
+        // Items are named by their place in the whole stream, not in their
+        // chunk, so a refusal points at one activity.
+        let mut streamed = 0;
         while let Some(chunk) = stream.next().await {
             let activities = chunk?.activities;
             if activities.is_empty() {
@@ -168,7 +171,11 @@ impl ScoringService for ScoringApi {
                 }
             }
             let _held = self.in_flight.wait(activities.len()).await;
-            let outcomes = self.process(&context, &activities, batch_prefix).await?;
+            let first = streamed;
+            streamed += activities.len();
+            let outcomes = self
+                .process(&context, &activities, |i| batch_prefix(first + i))
+                .await?;
             for result in results_of(&activities, outcomes) {
                 match pb::ActivityStatus::try_from(result.status) {
                     Ok(pb::ActivityStatus::Recorded) => response.recorded_count += 1,
