@@ -249,6 +249,16 @@ async fn recycling_journeys(db: TestDatabase) {
     let nurtured = lifecycle.wait_for_stage(&id, S::Engaged).await;
     let summary = nurtured.recycle_summary.expect("summary");
     assert_eq!((summary.nurture_count, summary.disqualify_count), (2, 1));
+    // The account's history says why: the seller's reason.
+    let last = lifecycle.transitions(&id).await.pop().expect("entries");
+    assert_eq!(
+        (last.to_stage, last.cause, last.reason.as_str()),
+        (
+            S::Engaged as i32,
+            lc::TransitionCause::OpportunityLost as i32,
+            "chose a rival"
+        )
+    );
     assert_eq!(
         receiver.accepted().len(),
         3,

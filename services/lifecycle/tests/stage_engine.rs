@@ -656,6 +656,22 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
         lifecycle.contact(&pat.contact_id).await.stage,
         C::Engaged as i32
     );
+
+    // A reason goes only with a loss: on another event it is refused,
+    // naming it, and nothing is applied.
+    let refused = lifecycle
+        .try_apply_opportunity_event(pb::ApplyOpportunityEventRequest {
+            lost_reason: "chose a rival".into(),
+            ..cascade_testkit::fixtures::opportunity_event(&id, &b, Opp::Opened, &[])
+        })
+        .await
+        .expect_err("a reason on an OPENED event");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        cascade_testkit::fixtures::violated_fields(&refused),
+        ["lost_reason"]
+    );
+    assert_eq!(lifecycle.account(&id).await.stage, S::Engaged as i32);
     system.stop().await;
 }
 

@@ -93,6 +93,7 @@ fn request_of(entry: &Entry, payload: EventPayload) -> lifecycle::ApplyOpportuni
         other_open_opportunities: payload.other_open,
         occur_time,
         opportunity_kind: payload.opportunity_kind.to_proto(),
+        lost_reason: payload.lost_reason,
     }
 }
 
@@ -136,11 +137,16 @@ mod tests {
             other_open: 1,
             opportunity_kind: OpportunityKind::Renewal,
             contracts_end,
+            lost_reason: if kind == EventKind::Lost {
+                "went with a rival".into()
+            } else {
+                String::new()
+            },
         }
     }
 
     #[test]
-    fn every_event_carries_the_opportunity_kind() {
+    fn every_event_carries_the_opportunity_kind_and_a_loss_its_reason() {
         use lifecycle::OpportunityEventType as T;
         for (kind, event_type) in [
             (EventKind::Opened, T::Opened),
@@ -165,6 +171,11 @@ mod tests {
                         nanos: 888_000_000,
                     }),
                     opportunity_kind: cascade_proto::common::v1::OpportunityKind::Renewal as i32,
+                    lost_reason: if kind == EventKind::Lost {
+                        "went with a rival".into()
+                    } else {
+                        String::new()
+                    },
                 }
             );
         }

@@ -77,6 +77,7 @@ pub fn opportunity_event(
         other_open_opportunities: 0,
         occur_time: Some(days_ago(0)),
         opportunity_kind: 0,
+        lost_reason: String::new(),
     }
 }
 

@@ -14,6 +14,8 @@ use crate::storage::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKin
 
 const MAX_EVENT_ID: usize = 128;
 const MAX_CONTACTS_PER_DELIVERY: usize = 1000;
+/// As long as CloseOpportunityLost takes it, and a person's reason here.
+const MAX_LOST_REASON: usize = 1000;
 /// Deliveries per ApplyEngagementScores call.
 const MAX_SCORE_ITEMS: usize = 500;
 
@@ -269,6 +271,10 @@ pub(super) async fn apply_opportunity_event(
         v.add("other_open_opportunities", "must not be negative");
     }
     let occurred = v.optional_time("occur_time", request.occur_time.as_ref());
+    let reason = v.optional_text("lost_reason", &request.lost_reason, MAX_LOST_REASON);
+    if reason.is_some() && kind.is_some_and(|k| k != OpportunityEventKind::Lost) {
+        v.add("lost_reason", "is given only with type LOST");
+    }
     if request.buying_group_contact_ids.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
             "buying_group_contact_ids",
@@ -296,6 +302,7 @@ pub(super) async fn apply_opportunity_event(
                 buying_group,
                 other_open: u32::try_from(request.other_open_opportunities).unwrap_or(0),
                 occurred_at_ms: occurred.map(|at| at.timestamp_millis()),
+                reason,
             },
         )
         .await?;

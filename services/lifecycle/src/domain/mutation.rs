@@ -45,6 +45,8 @@ pub enum Mutation {
         other_open: u32,
         /// When it happened, if the opportunity service said (ms).
         occurred_at_ms: Option<i64>,
+        /// LOST: why, as the seller gave it; the reason of the moves.
+        reason: Option<String>,
     },
 }
 
@@ -174,10 +176,11 @@ pub fn decide(
             kind,
             opportunity_kind,
             other_open,
+            reason,
             ..
         } => (
             opportunity_event(*kind, *opportunity_kind, *other_open, state),
-            None,
+            reason.clone(),
         ),
     };
     let reannounced = matches!(
@@ -423,6 +426,7 @@ mod tests {
             buying_group: vec!["c1".into()],
             other_open,
             occurred_at_ms: Some(2_000),
+            reason: (kind == OpportunityEventKind::Lost).then(|| "went with a rival".into()),
         }
     }
 
@@ -623,9 +627,10 @@ mod tests {
             if let Some(r) = &c.recycle {
                 assert_eq!(r.transition_id, c.transitions[0].transition_id, "{name}");
             }
+            // A person's reason, or the seller's for a lost deal.
             let reason = match mutation {
                 Mutation::Manual { .. } => Some("budget cut".to_owned()),
-                Mutation::Opportunity { .. } => None,
+                Mutation::Opportunity { .. } => Some("went with a rival".to_owned()),
             };
             for t in &c.transitions {
                 assert_eq!(t.reason, reason, "{name}");

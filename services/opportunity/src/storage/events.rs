@@ -28,6 +28,10 @@ pub struct EventPayload {
     /// CONTRACTS_ENDED: the last day of the account's contracts.
     #[serde(default)]
     pub contracts_end: Option<Date>,
+    /// LOST: why, as the seller gave it (empty otherwise, and in events
+    /// written before reasons were sent).
+    #[serde(default)]
+    pub lost_reason: String,
 }
 
 fn new_business() -> OpportunityKind {
@@ -55,6 +59,7 @@ impl EventPayload {
                 month: d.month as i32,
                 day: d.day as i32,
             }),
+            lost_reason: self.lost_reason.clone(),
         }
         .encode_to_vec()
     }
@@ -97,6 +102,7 @@ impl EventPayload {
             other_open: message.other_open_opportunities,
             opportunity_kind,
             contracts_end,
+            lost_reason: message.lost_reason,
         })
     }
 }
@@ -128,6 +134,11 @@ pub(super) async fn enqueue(
         other_open: i32::try_from(other_open).unwrap_or(i32::MAX),
         opportunity_kind: opportunity.kind,
         contracts_end,
+        lost_reason: if kind == EventKind::Lost {
+            opportunity.lost_reason.clone()
+        } else {
+            String::new()
+        },
     };
     outbox::enqueue(
         conn,
@@ -157,6 +168,11 @@ mod tests {
                 month: 2,
                 day: 28,
             }),
+            lost_reason: if kind == EventKind::Lost {
+                "no budget".into()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -202,6 +218,7 @@ mod tests {
             other_open: 1,
             opportunity_kind: OpportunityKind::NewBusiness,
             contracts_end: None,
+            lost_reason: String::new(),
         };
         assert_eq!(
             EventPayload::decode(&older.encode_to_vec()),
