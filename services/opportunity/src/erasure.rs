@@ -17,7 +17,9 @@ impl Eraser for OpportunityEraser {
                 self.0.erase_account(&tenant, &erasure.account_id).await?;
             }
             Ok(lifecycle::ErasureSubjectType::Contact) => {
-                self.0.erase_contacts(&tenant, &erasure.contact_ids).await?;
+                self.0
+                    .erase_contacts(&tenant, &erasure.account_id, &erasure.contact_ids)
+                    .await?;
             }
             _ => anyhow::bail!("erasure {} names no subject type", erasure.erasure_id),
         }

@@ -23,7 +23,73 @@ on_each_database!(
     a_renewal_with_a_later_end_defers_contracts_ended_to_its_end,
     the_pipeline_report_splits_every_figure_by_kind,
     a_person_who_left_joins_no_deal_but_stays_where_they_were,
+    an_erasure_takes_the_people_out_of_events_that_wait,
 );
+
+/// A loss told while lifecycle is down waits in the outbox with its buying
+/// group and reason. Erasing a person takes them out of it; erasing the
+/// account takes everyone and the reason (free text can name people).
+async fn an_erasure_takes_the_people_out_of_events_that_wait(db: TestDatabase) {
+    let mut system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let conn = connect(&db).await;
+    let repository = Repository::new(conn.clone());
+    let id = lifecycle.create_account("Waiting", "").await.account_id;
+    let pat = lifecycle
+        .create_contact(&id, "pat@waiting.example")
+        .await
+        .contact_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@waiting.example")
+        .await
+        .contact_id;
+    let deal = opps
+        .try_create(pb::Opportunity {
+            account_id: id.clone(),
+            name: "Waiting deal".into(),
+            buying_group_contact_ids: vec![pat.clone(), ann.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("a deal")
+        .opportunity_id;
+    system.stop_lifecycle().await;
+    opps.try_lose(&deal, "Pat Doe chose a rival")
+        .await
+        .expect("lost while lifecycle is down");
+    let lost = async || -> Vec<(Vec<String>, String)> {
+        events_of(&conn, &id)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Lost)
+            .map(|e| (e.buying_group, e.lost_reason))
+            .collect()
+    };
+    assert_eq!(
+        lost().await,
+        [(
+            vec![pat.clone(), ann.clone()],
+            "Pat Doe chose a rival".to_owned()
+        )]
+    );
+
+    let tenant = cascade_chassis::TenantId::parse(cascade_testkit::TENANT).expect("tenant");
+    repository
+        .erase_contacts(&tenant, &id, std::slice::from_ref(&pat))
+        .await
+        .expect("Pat erased");
+    assert_eq!(
+        lost().await,
+        [(vec![ann.clone()], "Pat Doe chose a rival".to_owned())]
+    );
+    repository
+        .erase_account(&tenant, &id)
+        .await
+        .expect("the account erased");
+    assert_eq!(lost().await, [(Vec::<String>::new(), String::new())]);
+    system.start_lifecycle().await;
+    system.stop().await;
+}
 
 fn today() -> chrono::NaiveDate {
     cascade_chassis::time::now().date_naive()

@@ -1,23 +1,54 @@
 //! Opportunity's part of an erasure (`cascade_chassis::erasure`): erased
 //! contacts leave buying groups and stakeholders (`domain::without_contacts`);
 //! an erased account's opportunities are deleted, with when its contracts
-//! end and what lifecycle was told of it. Idempotent.
+//! end and what lifecycle was told of it. Either way the account's events
+//! that wait for lifecycle (pending, or dead letters kept for an operator)
+//! lose what they said of the erased people. Idempotent.
 
 use cascade_chassis::db::begin_write;
+use cascade_chassis::outbox;
 use cascade_chassis::{ServiceResult, TenantId};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use super::entities::{contract_terms, opportunity};
-use super::{Repository, of_tenant, parse};
+use super::events::EventPayload;
+use super::{EVENT_TOPIC, Repository, of_tenant, parse};
 use crate::domain;
+
+/// Takes erased contacts out of the buying groups of the account's events
+/// that wait, and, for an erased account (`whole`), the seller's free text
+/// too (a lost reason can name people). What is left is still delivered:
+/// the account's stage moves do not depend on who was erased. An unreadable
+/// payload is left as it is (the deliverer drops it).
+async fn scrub_undelivered(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    account_id: &str,
+    erased: impl Fn(&str) -> bool,
+    whole: bool,
+) -> Result<u64, DbErr> {
+    outbox::rewrite_undelivered(conn, t, EVENT_TOPIC, account_id, |bytes| {
+        let mut payload = EventPayload::decode(bytes).ok()?;
+        let before = (payload.buying_group.len(), payload.lost_reason.len());
+        payload.buying_group.retain(|contact| !erased(contact));
+        if whole {
+            payload.lost_reason.clear();
+        }
+        ((payload.buying_group.len(), payload.lost_reason.len()) != before)
+            .then(|| payload.encode())
+    })
+    .await
+}
 
 impl Repository {
     /// Removes `contact_ids` (contacts of `account_id`) from the tenant's
-    /// opportunities; returns how many changed.
+    /// opportunities and from the account's events that wait; returns how
+    /// many opportunities changed.
     pub async fn erase_contacts(
         &self,
         tenant: &TenantId,
+        account_id: &str,
         contact_ids: &[String],
     ) -> ServiceResult<usize> {
         let t = tenant.as_str();
@@ -48,6 +79,14 @@ impl Repository {
                 changed += 1;
             }
         }
+        scrub_undelivered(
+            &txn,
+            t,
+            account_id,
+            |c| contact_ids.iter().any(|e| e == c),
+            false,
+        )
+        .await?;
         txn.commit().await?;
         Ok(changed)
     }
@@ -67,6 +106,7 @@ impl Repository {
             .filter(contract_terms::Column::AccountId.eq(account_id))
             .exec(&txn)
             .await?;
+        scrub_undelivered(&txn, tenant.as_str(), account_id, |_| true, true).await?;
         txn.commit().await?;
         Ok(deleted)
     }
