@@ -100,45 +100,12 @@ impl RequestContext {
 
     /// Reads the development-mode context from HTTP headers.
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, ServiceError> {
-        // Sent twice, which one was meant? Taking the first would act for a
-        // tenant the caller may not have meant.
-        for name in [TENANT_HEADER, ACTOR_HEADER] {
-            if headers.get_all(name).iter().nth(1).is_some() {
-                return Err(ServiceError::invalid(name, "must be sent once"));
-            }
-        }
-        let tenant =
-            match headers.get(TENANT_HEADER) {
-                None => TenantId(DEFAULT_TENANT.to_owned()),
-                Some(value) => TenantId::parse(value.to_str().map_err(|_| {
-                    ServiceError::invalid(TENANT_HEADER, "must be printable ASCII")
-                })?)?,
-            };
-        let actor = match headers.get(ACTOR_HEADER) {
-            None => "anonymous".to_owned(),
-            Some(value) => {
-                let actor = value
-                    .to_str()
-                    .map_err(|_| ServiceError::invalid(ACTOR_HEADER, "must be printable ASCII"))?
-                    .trim();
-                if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
-                    return Err(ServiceError::invalid(
-                        ACTOR_HEADER,
-                        "must be 1 to 200 characters",
-                    ));
-                }
-                actor.to_owned()
-            }
-        };
-        let deadline = headers
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|timeout| Instant::now() + timeout);
+        let tenant = tenant_header(headers)?.unwrap_or_else(|| TenantId(DEFAULT_TENANT.to_owned()));
+        let actor = actor_header(headers)?.unwrap_or_else(|| "anonymous".to_owned());
         Ok(Self {
             tenant,
             actor,
-            deadline,
+            deadline: deadline_header(headers),
         })
     }
 
@@ -149,6 +116,56 @@ impl RequestContext {
             limit.min(deadline.saturating_duration_since(Instant::now()))
         })
     }
+}
+
+/// The header's one value, if sent. Sent twice, which one was meant? Taking
+/// the first would act for a tenant the caller may not have meant.
+fn single<'a>(
+    headers: &'a http::HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, ServiceError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ServiceError::invalid(name, "must be sent once"));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| ServiceError::invalid(name, "must be printable ASCII"))
+}
+
+/// The tenant the `x-tenant-id` header names, if sent.
+pub(crate) fn tenant_header(headers: &http::HeaderMap) -> Result<Option<TenantId>, ServiceError> {
+    single(headers, TENANT_HEADER)?
+        .map(TenantId::parse)
+        .transpose()
+}
+
+/// The actor the `x-actor-id` header names, if sent.
+pub(crate) fn actor_header(headers: &http::HeaderMap) -> Result<Option<String>, ServiceError> {
+    let Some(actor) = single(headers, ACTOR_HEADER)? else {
+        return Ok(None);
+    };
+    let actor = actor.trim();
+    if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
+        return Err(ServiceError::invalid(
+            ACTOR_HEADER,
+            "must be 1 to 200 characters",
+        ));
+    }
+    Ok(Some(actor.to_owned()))
+}
+
+/// When the caller stops waiting, from its `grpc-timeout`.
+pub(crate) fn deadline_header(headers: &http::HeaderMap) -> Option<Instant> {
+    headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|timeout| Instant::now() + timeout)
 }
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).

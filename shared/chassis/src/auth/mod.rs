@@ -16,7 +16,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::context::{ACTOR_HEADER, RequestContext, TENANT_HEADER, TenantId};
+use crate::context::{RequestContext, TenantId, actor_header, deadline_header, tenant_header};
 use crate::error::ServiceError;
 use crate::error::SettingsError;
 use crate::secret::Secret;
@@ -310,10 +310,12 @@ impl Authenticator {
         path: &str,
         headers: &http::HeaderMap,
     ) -> Result<RequestContext, ServiceError> {
-        let mut context = RequestContext::from_headers(headers)?;
         if self.mode == AuthMode::Disabled {
-            return Ok(context);
+            return RequestContext::from_headers(headers);
         }
+        // Who calls first: an unauthenticated caller is told so, whatever
+        // else its headers hold, and a header the token makes irrelevant (a
+        // person's x-actor-id) is not read at all.
         let token = bearer_token(headers)?;
         let claims = self.verify(token)?;
         let roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
@@ -340,37 +342,45 @@ impl Authenticator {
             )));
         }
         let is_service = roles.contains(&Role::Service);
-        match claims.tenant.as_deref() {
+        let named = tenant_header(headers)?;
+        let tenant = match (claims.tenant.as_deref(), named) {
             // A person's token is bound to its tenant; a header may only repeat it.
-            Some(tenant) => {
+            (Some(tenant), named) => {
                 let tenant = TenantId::parse(tenant).map_err(|_| {
                     ServiceError::Unauthenticated(
                         "the token's tenant claim is not a valid tenant id".into(),
                     )
                 })?;
-                if headers.contains_key(TENANT_HEADER) && context.tenant != tenant {
+                if let Some(named) = named
+                    && named != tenant
+                {
                     return Err(ServiceError::PermissionDenied(format!(
-                        "the token is for tenant {tenant}, not {}",
-                        context.tenant
+                        "the token is for tenant {tenant}, not {named}"
                     )));
                 }
-                context.tenant = tenant;
+                tenant
             }
             // A service token acts for the tenant its caller names.
-            None if is_service && headers.contains_key(TENANT_HEADER) => {}
-            None => {
+            (None, Some(named)) if is_service => named,
+            (None, _) => {
                 return Err(ServiceError::Unauthenticated(
                     "the token has no tenant claim (only service tokens may name the tenant in x-tenant-id)"
                         .into(),
                 ));
             }
-        }
+        };
         // Changes are recorded against the token's subject; a service relays
         // the actor it acts for.
-        if !(is_service && headers.contains_key(ACTOR_HEADER)) {
-            context.actor = claims.sub;
-        }
-        Ok(context)
+        let relayed = if is_service {
+            actor_header(headers)?
+        } else {
+            None
+        };
+        Ok(RequestContext {
+            tenant,
+            actor: relayed.unwrap_or(claims.sub),
+            deadline: deadline_header(headers),
+        })
     }
 
     fn verify(&self, token: &str) -> Result<Claims, ServiceError> {

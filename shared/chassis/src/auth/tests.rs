@@ -1,6 +1,7 @@
 //! Tokens, roles and service credentials, with keys made at test time.
 
 use super::*;
+use crate::context::{ACTOR_HEADER, TENANT_HEADER};
 use jsonwebtoken::{EncodingKey, Header};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -121,6 +122,46 @@ fn tokens_are_verified_and_roles_enforced() {
         ),
         Code::PermissionDenied
     );
+}
+
+/// Who calls is settled before the headers are read: a caller without a
+/// valid token is UNAUTHENTICATED whatever its headers, and a person's
+/// token makes x-actor-id irrelevant, so it is not read (a service's relay
+/// of it still is).
+#[test]
+fn the_token_is_checked_before_the_headers() {
+    let settings = settings();
+    let auth = Authenticator::from_settings(&settings, permissions).expect("auth");
+    let twice = |mut headers: http::HeaderMap, name: &'static str| {
+        headers.append(name, "one".parse().expect("header"));
+        headers.append(name, "two".parse().expect("header"));
+        headers
+    };
+    let forged = token(
+        claims(&["reader"], Some("acme"), unix_now() + 600),
+        "not the secret",
+    );
+    let refused = auth
+        .authenticate(GET, &twice(headers(&forged, None), TENANT_HEADER))
+        .expect_err("a forged token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let reader = token(claims(&["reader"], Some("acme"), unix_now() + 600), SECRET);
+    let context = auth
+        .authenticate(GET, &twice(headers(&reader, None), ACTOR_HEADER))
+        .expect("a person's x-actor-id is not read");
+    assert_eq!(context.actor, "jane@acme.test");
+    let refused = auth
+        .authenticate(GET, &twice(headers(&reader, None), TENANT_HEADER))
+        .expect_err("the tenant header is read when sent");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let credentials = ServiceCredentials::from_settings("scoring", &settings).expect("creds");
+    let minted = credentials.token().expect("token").expect("some token");
+    let refused = auth
+        .authenticate(APPLY, &twice(headers(&minted, Some("acme")), ACTOR_HEADER))
+        .expect_err("a service's relayed actor twice");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
 
 #[test]
