@@ -531,8 +531,88 @@ async fn an_email_change_leaves_the_status_alone(db: TestDatabase) {
     system.stop().await;
 }
 
+/// A deactivation recorded by a lifecycle replica whose clock runs an hour
+/// ahead, then a reactivation on one with the right clock: the reactivation
+/// is the later change, and its id sorts after the deactivation's, so
+/// scoring counts the person again. Before, its id was the earlier one and
+/// scoring kept her inactive.
+async fn a_reactivation_wins_over_a_clock_ahead(db: TestDatabase) {
+    use sea_orm::ConnectionTrait;
+    let scoring_db = db.like().await;
+    let mut system = TestSystem::lifecycle_on(&db).await;
+    system.add_scoring(&scoring_db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Ahead", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@ahead.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@ahead.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![
+            activity("h1", "demo_request", &id, &ann),
+            activity("h2", "webinar_attended", &id, &bob),
+        ])
+        .await;
+    wait_for_scores(&lifecycle, &id, 125.0, 62.5).await;
+    set_inactive(&lifecycle, &ann, true).await;
+
+    // The deactivation as the replica ahead recorded it (no API makes two
+    // replicas' clocks disagree): an id an hour from now.
+    let ahead = cascade_domain::ids::created_at_ms(&cascade_domain::ids::new_id())
+        .expect("a UUIDv7")
+        + 3_600_000;
+    let ahead_id = cascade_domain::ids::id_made_at(ahead).expect("an id");
+    let conn = cascade_chassis::db::connect(&db.settings)
+        .await
+        .expect("lifecycle's database");
+    conn.execute_unprepared(&format!(
+        "INSERT INTO contact_changes (change_id, tenant_id, contact_id, account_id, \
+         inactive, email_only, created_at_ms) \
+         VALUES ('{ahead_id}', '{TENANT}', '{ann}', '{id}', TRUE, FALSE, 0)"
+    ))
+    .await
+    .expect("the deactivation ahead");
+    let internal = lifecycle.as_actor("scoring");
+    let pending = async || -> Vec<String> {
+        internal
+            .internal()
+            .list_pending_contact_changes(internal.req(lc::ListPendingContactChangesRequest {
+                service: "scoring".to_owned(),
+                page_size: 0,
+                after_change_id: String::new(),
+            }))
+            .await
+            .expect("pending changes")
+            .into_inner()
+            .changes
+            .into_iter()
+            .map(|c| c.change_id)
+            .collect()
+    };
+    eventually("scoring to apply the change ahead", async || {
+        let pending = pending().await;
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending)
+        }
+    })
+    .await;
+    wait_for_score(&scoring, &id, 25.0, 1).await;
+
+    set_inactive(&lifecycle, &ann, false).await;
+    wait_for_score(&scoring, &id, 125.0, 2).await;
+    wait_for_scores(&lifecycle, &id, 125.0, 62.5).await;
+    system.stop().await;
+}
+
 on_each_database!(
     decayed_scores_reach_lifecycle_without_new_activity,
+    a_reactivation_wins_over_a_clock_ahead,
     an_email_change_leaves_the_status_alone,
     the_refresh_runs_in_the_background,
     an_inactive_contact_stops_counting,

@@ -52,6 +52,13 @@ pub const CONTACT_CHANGE_READERS: [&str; 1] = ["scoring"];
 /// (`kind`). Either way scoring forgets what it checked of the contact, so
 /// an email that moved to another person resolves anew, not to the one it
 /// left.
+///
+/// Scoring keeps the status of the latest change id, and ids follow each
+/// replica's clock, so the id is taken after the contact's previous change
+/// (`ids::new_id_after`): a reactivation on a replica whose clock runs
+/// behind the one that deactivated still wins. The caller has updated the
+/// contact's row first, so its lock (PostgreSQL) or the write lock (SQLite)
+/// orders the writers of one contact.
 pub(super) async fn record_contact_change(
     conn: &impl sea_orm::ConnectionTrait,
     tenant_id: &str,
@@ -60,8 +67,17 @@ pub(super) async fn record_contact_change(
     (kind, inactive): (ChangeKind, bool),
     at_ms: i64,
 ) -> Result<(), sea_orm::DbErr> {
+    let previous: Option<String> = contact_change::Entity::find()
+        .select_only()
+        .column_as(contact_change::Column::ChangeId.max(), "previous")
+        .filter(contact_change::Column::TenantId.eq(tenant_id))
+        .filter(contact_change::Column::ContactId.eq(contact_id))
+        .into_tuple()
+        .one(conn)
+        .await?
+        .flatten();
     contact_change::ActiveModel {
-        change_id: Set(ids::new_id()),
+        change_id: Set(ids::new_id_after(previous.as_deref())),
         tenant_id: Set(tenant_id.to_owned()),
         contact_id: Set(contact_id.to_owned()),
         account_id: Set(account_id.to_owned()),

@@ -70,6 +70,8 @@ impl MigrationTrait for CreateRequestDigests {
 /// A contact change that is only an email change (`ChangeKind::Email`):
 /// scoring forgets whom the old email resolved to and leaves the status it
 /// holds. Changes recorded before are status changes, as they were read.
+/// And the index a new change finds its contact's previous one by
+/// (`record_contact_change`).
 struct ContactChangeKinds;
 
 impl MigrationName for ContactChangeKinds {
@@ -89,7 +91,19 @@ impl MigrationTrait for ContactChangeKinds {
                 .not_null()
                 .default(false),
         )
-        .await
+        .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_contact_changes_contact")
+                    .table(ContactChanges::Table)
+                    .col(ContactChanges::TenantId)
+                    .col(ContactChanges::ContactId)
+                    .col(ContactChanges::ChangeId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
@@ -226,6 +240,9 @@ enum Accounts {
 #[derive(DeriveIden)]
 enum ContactChanges {
     Table,
+    TenantId,
+    ContactId,
+    ChangeId,
     EmailOnly,
 }
 
