@@ -102,6 +102,11 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
         ),
         (-5.0, 50.0, vec![("engaged_threshold", "must be 0 or more")]),
         (
+            f64::NEG_INFINITY,
+            50.0,
+            vec![("engaged_threshold", "must be a finite number")],
+        ),
+        (
             40.0,
             40.0,
             vec![(

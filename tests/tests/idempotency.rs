@@ -203,6 +203,49 @@ async fn a_request_id_answers_only_its_own_request(db: TestDatabase) {
         .opportunities;
     assert_eq!(listed.len(), 1, "the second deal was not written");
 
+    // A signed contract without a time: the service fills the time in, so
+    // it is not part of what was asked. A retry is the same request, and so
+    // is one built from the answer (which carries the filled-in time); one
+    // giving another time is not.
+    let signed = |sign_time: Option<prost_types::Timestamp>| op::Opportunity {
+        account_id: acme.account_id.clone(),
+        name: "Signed".into(),
+        estimated_deal_size: usd(5_000),
+        contract: Some(op::Contract {
+            document_ref: "doc".into(),
+            signed: true,
+            sign_time,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let create_signed = async |opportunity: op::Opportunity| {
+        opps.public()
+            .create_opportunity(opps.req(op::CreateOpportunityRequest {
+                opportunity: Some(opportunity),
+                request_id: "signed-deal".into(),
+            }))
+            .await
+            .map(|r| r.into_inner().opportunity.expect("opportunity"))
+    };
+    let first = create_signed(signed(None)).await.expect("a signed deal");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let retried = create_signed(signed(None)).await.expect("a retry");
+    assert_eq!(retried.opportunity_id, first.opportunity_id);
+    let filled = first.contract.as_ref().and_then(|c| c.sign_time);
+    assert!(filled.is_some(), "{first:?}");
+    let from_answer = create_signed(signed(filled))
+        .await
+        .expect("from the answer");
+    assert_eq!(from_answer.opportunity_id, first.opportunity_id);
+    let other_time = cascade_chassis::time::to_timestamp(
+        cascade_chassis::time::now() - chrono::Duration::days(3),
+    );
+    let refused = create_signed(signed(Some(other_time)))
+        .await
+        .expect_err("another signature time");
+    assert_reuse_refused(&refused, "opportunity");
+
     // An account made before digests were kept (none stored) answers any
     // request under its id, as it did then.
     let hooli = lifecycle

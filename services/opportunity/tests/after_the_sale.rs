@@ -628,6 +628,60 @@ async fn end_dates_are_real_dates_stored_and_returned(db: TestDatabase) {
         ends(&updated),
         "unchanged"
     );
+
+    // Signed, then cleared by a client that sends back what it read: the
+    // stored time is no news, and the time goes with the signature. Under
+    // the mask `contract.signed` the time is not written at all.
+    let signed_at = now - chrono::Duration::days(2);
+    let signed = opps
+        .try_update(
+            &created.opportunity_id,
+            pb::Opportunity {
+                contract: Some(pb::Contract {
+                    document_ref: "doc".into(),
+                    signed: true,
+                    sign_time: at(signed_at),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &["contract"],
+        )
+        .await
+        .expect("signed");
+    let mut read = signed.contract.clone().expect("the contract");
+    assert_eq!(read.sign_time, at(signed_at));
+    read.signed = false;
+    let cleared = opps
+        .try_update(
+            &created.opportunity_id,
+            pb::Opportunity {
+                contract: Some(read.clone()),
+                ..Default::default()
+            },
+            &["contract"],
+        )
+        .await
+        .expect("cleared with the time it had");
+    let contract = cleared.contract.expect("the contract");
+    assert!(
+        !contract.signed && contract.sign_time.is_none(),
+        "{contract:?}"
+    );
+    opps.try_update(
+        &created.opportunity_id,
+        pb::Opportunity {
+            contract: Some(pb::Contract {
+                signed: false,
+                sign_time: at(now),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &["contract.signed"],
+    )
+    .await
+    .expect("the time is not under the mask");
     system.stop().await;
 }
 

@@ -40,10 +40,14 @@ impl ContactChangeApplier for ScoringContactChanges {
         // Before the scores change: once they show the change, this replica
         // checks the contact with lifecycle (which already knows) again.
         self.directory.forget_contacts(&changed);
-        if change.kind() == lifecycle::ContactChangeKind::Email {
-            // Not the status recorded beside it: a status change recorded
-            // on another lifecycle replica can carry an earlier id and
-            // still be the newer fact.
+        let status_change = matches!(
+            lifecycle::ContactChangeKind::try_from(change.kind),
+            Ok(lifecycle::ContactChangeKind::Unspecified | lifecycle::ContactChangeKind::Status)
+        );
+        if !status_change {
+            // An email change (or a kind newer than this version): not the
+            // status recorded beside it, which a status change recorded on
+            // another lifecycle replica can outdate with an earlier id.
             self.repository
                 .touch_contact(&tenant, &change.contact_id, &change.account_id)
                 .await?;

@@ -27,8 +27,8 @@ impl Validator {
 
     /// A required text field: trimmed, non-empty, at most `max` characters.
     pub fn required_text(&mut self, field: &str, value: &str, max: usize) -> String {
-        let value = trim(value);
-        if value.is_empty() {
+        let value = value.trim();
+        if is_blank(value) {
             self.add(field, "is required");
         } else {
             self.max_len(field, value, max);
@@ -38,8 +38,8 @@ impl Validator {
 
     /// An optional text field: trimmed, at most `max` characters; `None` when empty.
     pub fn optional_text(&mut self, field: &str, value: &str, max: usize) -> Option<String> {
-        let value = trim(value);
-        if value.is_empty() {
+        let value = value.trim();
+        if is_blank(value) {
             return None;
         }
         self.max_len(field, value, max);
@@ -182,7 +182,7 @@ impl Validator {
     /// written, not over a tenant's values in force, so that settings
     /// stored before this rule can still be edited.
     pub fn engaged_threshold(&mut self, field: &str, value: f64) -> f64 {
-        if value < 0.0 {
+        if value.is_finite() && value < 0.0 {
             self.add(field, "must be 0 or more");
         }
         value
@@ -261,12 +261,15 @@ pub fn email_domain(email: &str) -> Option<&str> {
     (local_ok && is_domain(domain)).then_some(domain)
 }
 
-/// Text without the blanks around it: white space, and the invisible
-/// format characters a copy from a web page or a spreadsheet brings along
-/// (a zero-width space, joiners, a byte-order mark), so that a name made of
-/// them alone is empty rather than an invisible name.
-fn trim(value: &str) -> &str {
-    value.trim_matches(|c: char| {
+/// Text with nothing visible: white space and the invisible format
+/// characters a copy from a web page or a spreadsheet brings along (a
+/// zero-width space, joiners, a byte-order mark), so that a name made of
+/// them alone is missing rather than an invisible name. Text with something
+/// visible is kept as it came (trimmed of white space only): an id a caller
+/// sent before this rule (`request_id`, `event_id`, `external_id`) must
+/// still match itself.
+fn is_blank(value: &str) -> bool {
+    value.chars().all(|c| {
         c.is_whitespace()
             || matches!(
                 c,
@@ -353,16 +356,19 @@ mod tests {
         assert!(v.is_valid());
     }
 
-    /// Invisible characters around a text are trimmed like spaces: a name
-    /// of a zero-width space alone is missing, not an invisible name.
+    /// A text of invisible characters alone is missing, not an invisible
+    /// name; a text with something visible is kept as it came (an id sent
+    /// with a byte-order mark before must still match itself).
     #[test]
-    fn invisible_blanks_are_trimmed() {
+    fn invisible_text_is_missing() {
         let mut v = Validator::new();
-        assert_eq!(v.required_text("name", "\u{FEFF} Acme\u{200B}", 10), "Acme");
+        assert_eq!(
+            v.required_text("name", " \u{FEFF}Acme\u{200B} ", 10),
+            "\u{FEFF}Acme\u{200B}"
+        );
         assert_eq!(v.optional_text("notes", "\u{200B}\u{2060} ", 10), None);
-        assert!(v.is_valid());
-        // Inside a text they stay (a joiner binds an emoji sequence).
         assert_eq!(v.required_text("name", "A\u{200D}B", 10), "A\u{200D}B");
+        assert!(v.is_valid());
         v.required_text("account.name", "\u{200B}", 10);
         let error = v.finish().expect_err("an invisible name");
         assert!(error.to_string().contains("account.name"), "{error}");

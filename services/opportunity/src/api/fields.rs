@@ -66,13 +66,13 @@ pub(super) fn money(
     money
 }
 
-/// A calendar date a caller gave, or a violation of `field`.
 /// A signature a little ahead of this server's clock is the caller's clock,
 /// not a signature yet to come.
 const SIGN_TIME_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
-/// A calendar date in the years times are taken in (1970 to 9999): a close
-/// or end date in 1900 is a typing slip, not a deal.
+/// A calendar date a caller gave, or a violation of `field`: a real day in
+/// the years times are taken in (1970 to 9999), since a close or end date
+/// in 1900 is a typing slip, not a deal.
 fn date(v: &mut Validator, field: &str, value: Option<&common::Date>) -> Option<Date> {
     let d = value?;
     let valid = u32::try_from(d.month)
@@ -221,18 +221,23 @@ pub(super) fn apply_field(
                     contract.signed = given.signed;
                 }
                 let now = time::now();
-                if sign_time.is_some_and(|t| t > now + SIGN_TIME_SKEW) {
-                    v.add("opportunity.contract.sign_time", "must not be in the future");
-                }
-                if given.sign_time.is_some() && !contract.signed {
-                    // Dropping it would lose what the caller said without a word.
-                    v.add("opportunity.contract.sign_time", "is set only on a signed contract (contract.signed true)");
-                }
-                contract.sign_time_ms = if contract.signed {
-                    sign_time.map(|t| t.timestamp_millis()).or(contract.sign_time_ms).or(Some(now.timestamp_millis()))
+                let stored = contract.sign_time_ms;
+                if contract.signed {
+                    if sign_time.is_some_and(|t| t > now + SIGN_TIME_SKEW) {
+                        v.add("opportunity.contract.sign_time", "must not be in the future");
+                    }
+                    contract.sign_time_ms = sign_time.map(|t| t.timestamp_millis()).or(stored).or(Some(now.timestamp_millis()));
                 } else {
-                    None
-                };
+                    // A time on a contract not signed would be dropped without a
+                    // word; the stored time sent back by a client that clears
+                    // `signed` (read, edit, write) is not news, and under the
+                    // mask `contract.signed` the time is not written at all.
+                    let echoed = sign_time.map(|t| t.timestamp_millis()) == stored;
+                    if path != "contract.signed" && given.sign_time.is_some() && !echoed {
+                        v.add("opportunity.contract.sign_time", "is set only on a signed contract (contract.signed true)");
+                    }
+                    contract.sign_time_ms = None;
+                }
             }
             o.contract = Some(contract);
         }

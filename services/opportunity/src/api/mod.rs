@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cascade_chassis::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
-use cascade_chassis::idempotency::RequestKey;
+use cascade_chassis::idempotency::{RequestKey, reuse_reason};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::validate::{Validator, mask_path, not_writable};
 use cascade_chassis::{PreconditionViolation, RequestContext, ServiceError, ServiceResult, time};
@@ -248,10 +248,36 @@ impl OpportunityService for OpportunityApi {
         // What the request asks, as the service keeps it (ids canonical,
         // text trimmed, defaults filled in): a retry that differs only in
         // how it wrote the same values is the same request.
-        let key = RequestKey::of(request_id, &written(o.clone()));
+        // A signature time is left out: the server fills it in when the
+        // caller gives none, differently on every retry. A given one is
+        // compared with the record's below.
+        let mut asked = written(o.clone());
+        if let Some(contract) = asked.contract.as_mut() {
+            contract.sign_time = None;
+        }
+        let key = RequestKey::of(request_id, &asked);
+        let given_sign_time = o
+            .contract
+            .as_ref()
+            .and_then(|c| c.sign_time_ms)
+            .filter(|_| {
+                input
+                    .contract
+                    .as_ref()
+                    .is_some_and(|c| c.sign_time.is_some())
+            });
+        let same_signature = |record: &Opportunity| {
+            given_sign_time.is_none()
+                || record.contract.as_ref().and_then(|c| c.sign_time_ms) == given_sign_time
+        };
         if let Some(key) = &key
             && let Some(existing) = self.repository.by_request(&context.tenant, key).await?
         {
+            if !same_signature(&existing) {
+                return Err(
+                    ServiceError::invalid("request_id", reuse_reason("opportunity")).into(),
+                );
+            }
             return Ok(Response::new(pb::CreateOpportunityResponse {
                 opportunity: Some(self.respond(&context, existing).await?),
             }));
@@ -260,6 +286,10 @@ impl OpportunityService for OpportunityApi {
         self.check_with_lifecycle(&context, &account_id, &contacts, o.kind)
             .await?;
         let created = self.repository.create(&context.tenant, o, key).await?;
+        // A racing create under the same id may have made the record.
+        if !same_signature(&created) {
+            return Err(ServiceError::invalid("request_id", reuse_reason("opportunity")).into());
+        }
         Ok(Response::new(pb::CreateOpportunityResponse {
             opportunity: Some(self.respond(&context, created).await?),
         }))

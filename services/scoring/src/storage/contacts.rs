@@ -135,10 +135,13 @@ impl Repository {
         ])
         .update_column(contact_status::Column::SinceMs)
         .to_owned();
+        // Through the write queue, as every write of scoring is (SQLite).
+        let txn = begin_write(&self.db).await?;
         contact_status::Entity::insert(row)
             .on_conflict(on_conflict)
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await?;
+        txn.commit().await?;
         Ok(())
     }
 
