@@ -114,6 +114,45 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
             cascade_proto::common::v1::AccountStage::Prioritized,
         )
         .await;
+    // Pat raises a hand on the prioritized account: the owner's
+    // notification names her by email, as stored and in the watch feed.
+    lifecycle
+        .set_settings(
+            lc::LifecycleSettings {
+                hand_raise_activity_types: vec!["email_click".into()],
+                renotify_on_hand_raise: true,
+                ..Default::default()
+            },
+            &["hand_raise_activity_types", "renotify_on_hand_raise"],
+        )
+        .await;
+    scoring
+        .record(vec![by_email("e-pat-3", "email_click", PAT)])
+        .await;
+    eventually("the hand-raise notification", async || {
+        let texts: Vec<String> = lifecycle
+            .public()
+            .list_notifications(lifecycle.req(lc::ListNotificationsRequest {
+                account_id: acme.account_id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| vec![format!("{s:?}")])?
+            .into_inner()
+            .notifications
+            .into_iter()
+            .map(|n| n.text)
+            .collect();
+        if texts
+            .iter()
+            .any(|t| t.starts_with(&format!("{PAT} raised a hand")))
+        {
+            Ok(())
+        } else {
+            Err(texts)
+        }
+    })
+    .await;
     lifecycle
         .public()
         .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
@@ -152,7 +191,27 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     assert_eq!(erased.actor, "dpo@tenant.example");
     assert_eq!(erased.contact_count, 1);
     assert!(!erased.complete);
-    // Lifecycle's part is done at once: the contact is gone.
+    // Lifecycle's part is done at once: the contact is gone, and the
+    // notification names nobody.
+    let notified: Vec<String> = lifecycle
+        .public()
+        .list_notifications(lifecycle.req(lc::ListNotificationsRequest {
+            account_id: acme.account_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("notifications")
+        .into_inner()
+        .notifications
+        .into_iter()
+        .map(|n| n.text)
+        .collect();
+    assert!(
+        notified
+            .iter()
+            .any(|t| t.starts_with("a person since erased raised a hand (email_click)")),
+        "{notified:?}"
+    );
     let gone = lifecycle
         .public()
         .get_contact(lifecycle.req(lc::GetContactRequest {

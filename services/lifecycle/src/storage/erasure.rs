@@ -7,7 +7,9 @@
 //! something happened) and applied event ids. Deleted: the contact rows
 //! (email, names, title), first-reached dates, buying-group memberships, and
 //! for an account its notifications and watch feed entries (their text names
-//! the account) and every reason in its stage history.
+//! the account) and every reason in its stage history. A contact's email
+//! leaves the texts that name it (a hand-raise notification, as stored and
+//! as the watch feed replays it).
 
 use cascade_chassis::db::{Stored, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -87,6 +89,65 @@ async fn delete_contact_traces(
     Ok(())
 }
 
+/// What a text says instead of an erased person's email.
+pub const ERASED_PERSON: &str = "a person since erased";
+
+/// Takes `email` out of the account's notification texts and of the watch
+/// feed's copies of them (a hand-raise notification names who raised it).
+/// The webhook call is built from the notification's row when delivered, so
+/// one still waiting goes out without it too.
+async fn scrub_email(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    account_id: &str,
+    email: &str,
+) -> Result<(), DbErr> {
+    let named: Vec<(String, String)> = notification::Entity::find()
+        .select_only()
+        .column(notification::Column::NotificationId)
+        .column(notification::Column::Text)
+        .filter(notification::Column::TenantId.eq(tenant_id))
+        .filter(notification::Column::AccountId.eq(account_id))
+        .filter(notification::Column::Text.contains(email))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for (id, text) in named {
+        notification::Entity::update_many()
+            .col_expr(
+                notification::Column::Text,
+                Expr::value(text.replace(email, ERASED_PERSON)),
+            )
+            .filter(notification::Column::TenantId.eq(tenant_id))
+            .filter(notification::Column::NotificationId.eq(id))
+            .exec(conn)
+            .await?;
+    }
+    // Feed entries are protobuf: read the account's notifications back.
+    let entries: Vec<(i64, Vec<u8>)> = account_event::Entity::find()
+        .select_only()
+        .column(account_event::Column::Seq)
+        .column(account_event::Column::Payload)
+        .filter(account_event::Column::TenantId.eq(tenant_id))
+        .filter(account_event::Column::AccountId.eq(account_id))
+        .filter(account_event::Column::ToStage.is_null())
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for (seq, payload) in entries {
+        let Some(scrubbed) = super::history::without_text(&payload, email, ERASED_PERSON) else {
+            continue;
+        };
+        account_event::Entity::update_many()
+            .col_expr(account_event::Column::Payload, Expr::value(scrubbed))
+            .filter(account_event::Column::TenantId.eq(tenant_id))
+            .filter(account_event::Column::Seq.eq(seq))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn record(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
@@ -143,6 +204,9 @@ impl Repository {
         lock_account(&txn, t, &found.account_id).await?;
         let erased = [contact_id.to_owned()];
         delete_contact_traces(&txn, t, &erased).await?;
+        if let Some(email) = found.email.as_deref() {
+            scrub_email(&txn, t, &found.account_id, email).await?;
+        }
         let model = record(
             &txn,
             t,

@@ -158,6 +158,23 @@ impl FeedEntry {
     }
 }
 
+/// A feed entry's payload with `text` replaced by `instead` in the
+/// notification it carries; `None` when there is nothing to replace (or the
+/// payload is not one this version reads).
+pub(crate) fn without_text(payload: &[u8], text: &str, instead: &str) -> Option<Vec<u8>> {
+    let mut message = pb::WatchAccountEventsResponse::decode(payload).ok()?;
+    let Some(pb::watch_account_events_response::Event::Notification(notification)) =
+        message.event.as_mut()
+    else {
+        return None;
+    };
+    if !notification.text.contains(text) {
+        return None;
+    }
+    notification.text = notification.text.replace(text, instead);
+    Some(message.encode_to_vec())
+}
+
 /// Appends events to a tenant's feed. The counter row is locked until the
 /// transaction commits, so sequence numbers become visible in order and a
 /// watcher resuming after `seq` never misses an earlier one.
