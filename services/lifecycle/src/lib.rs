@@ -6,6 +6,7 @@ pub mod convert;
 pub mod domain;
 pub mod settings;
 pub mod storage;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +92,8 @@ async fn service(
         LifecycleInternalServiceServer<api::LifecycleInternalApi>,
     >,
 > {
-    let sink = storage::WebhookSink::new(database.clone(), WEBHOOK_TIMEOUT)?;
+    let private_webhooks = settings.own.webhook.allow_private_addresses;
+    let sink = storage::WebhookSink::new(database.clone(), WEBHOOK_TIMEOUT, private_webhooks)?;
     let deliverer = Deliverer::new(
         database.clone(),
         storage::NOTIFICATION_TOPIC,
@@ -114,8 +116,11 @@ async fn service(
     background.add(deliverer.spawn());
     let limit = settings.server.max_message_bytes;
     Ok(WithInternal {
-        public: LifecycleServiceServer::new(api::LifecycleApi::new(repository.clone()))
-            .max_decoding_message_size(limit),
+        public: LifecycleServiceServer::new(api::LifecycleApi::new(
+            repository.clone(),
+            private_webhooks,
+        ))
+        .max_decoding_message_size(limit),
         internal: LifecycleInternalServiceServer::new(api::LifecycleInternalApi::new(repository))
             .max_decoding_message_size(limit),
     })

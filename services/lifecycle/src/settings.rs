@@ -1,5 +1,6 @@
 //! Lifecycle's own settings sections: `[cache]`, what each replica keeps in
-//! memory, and `[erasure]`, when a service may confirm its part of one.
+//! memory, `[erasure]`, when a service may confirm its part of one, and
+//! `[webhook]`, where tenants' webhooks may point.
 
 use cascade_chassis::settings::OwnSections;
 use serde::{Deserialize, Serialize};
@@ -42,25 +43,42 @@ impl Default for ErasureSettings {
     }
 }
 
+/// `[webhook]`, `CASCADE_LIFECYCLE__WEBHOOK__<KEY>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Whether a tenant's webhook may reach loopback, private and
+    /// link-local addresses (`crate::webhook`). Off by default: a webhook
+    /// URL is a tenant admin's input, called from inside the deployment.
+    /// Turn it on to deliver to a receiver inside your own network.
+    pub allow_private_addresses: bool,
+}
+
 /// Lifecycle's sections beside the common ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LifecycleSections {
     pub cache: CacheSettings,
     pub erasure: ErasureSettings,
+    #[serde(default)]
+    pub webhook: WebhookSettings,
 }
 
 impl OwnSections for LifecycleSections {
-    const SECTIONS: &'static [&'static str] = &["cache", "erasure"];
+    const SECTIONS: &'static [&'static str] = &["cache", "erasure", "webhook"];
 
     fn defaults() -> Self {
         Self::default()
     }
 
-    /// As the consumers' test settle (`LifecycleClientSettings::for_tests`).
+    /// As the consumers' test settle (`LifecycleClientSettings::for_tests`);
+    /// webhooks may reach the tests' receivers on 127.0.0.1.
     fn for_tests() -> Self {
         Self {
             erasure: ErasureSettings {
                 min_settle_ms: 2_000,
+            },
+            webhook: WebhookSettings {
+                allow_private_addresses: true,
             },
             ..Self::default()
         }
@@ -116,5 +134,22 @@ mod tests {
         .unwrap_or_else(|e| panic!("the section loads: {e}"));
         assert_eq!(settings.own.erasure.min_settle_ms, 2_000);
         assert_eq!(LifecycleSections::for_tests().erasure.min_settle_ms, 2_000);
+    }
+
+    #[test]
+    fn webhooks_reach_public_addresses_unless_allowed() {
+        let settings: ServiceSettings<LifecycleSections> =
+            load_from(IDENTITY, None, env(&[])).unwrap_or_else(|e| panic!("defaults load: {e}"));
+        assert!(!settings.own.webhook.allow_private_addresses);
+        let settings: ServiceSettings<LifecycleSections> = load_from(
+            IDENTITY,
+            None,
+            env(&[(
+                "CASCADE_LIFECYCLE__WEBHOOK__ALLOW_PRIVATE_ADDRESSES",
+                "true",
+            )]),
+        )
+        .unwrap_or_else(|e| panic!("the section loads: {e}"));
+        assert!(settings.own.webhook.allow_private_addresses);
     }
 }

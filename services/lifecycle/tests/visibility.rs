@@ -714,7 +714,72 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
     system.stop().await;
 }
 
+/// By default a webhook reaches only public addresses: a URL naming
+/// loopback, a private network or the metadata endpoint is refused when
+/// written, naming the field; one written while an operator allowed it is
+/// refused when called (recorded as the failure), and the receiver hears
+/// nothing.
+async fn webhooks_reach_only_public_addresses_by_default(db: TestDatabase) {
+    let receiver = WebhookReceiver::start().await;
+    // Written while private addresses were allowed (the tests' default).
+    let allowed = TestSystem::lifecycle_on(&db).await;
+    allowed.lifecycle().set_webhook(&receiver.url, None).await;
+    allowed.stop().await;
+
+    let system = TestSystem::lifecycle_with(&db, |settings| {
+        settings.own.webhook.allow_private_addresses = false;
+    })
+    .await;
+    let lifecycle = system.lifecycle();
+    for url in [
+        receiver.url.as_str(),
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/hook",
+        "http://localhost:8080/hook",
+        "http://10.0.0.7/hook",
+    ] {
+        let refused = lifecycle
+            .public()
+            .update_lifecycle_settings(lifecycle.req(pb::UpdateLifecycleSettingsRequest {
+                settings: Some(pb::LifecycleSettings {
+                    webhook_url: url.into(),
+                    ..Default::default()
+                }),
+                update_mask: cascade_testkit::fixtures::mask(&["webhook_url"]),
+            }))
+            .await
+            .expect_err(url);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{url}");
+        let violations = cascade_testkit::fixtures::violations(&refused);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].0, "settings.webhook_url");
+        assert!(
+            violations[0].1.starts_with("must reach a public address"),
+            "{violations:?}"
+        );
+    }
+    let account = lifecycle.create_account("Inside Co", "owner").await;
+    score(
+        &lifecycle,
+        &account.account_id,
+        "in-1",
+        1,
+        150.0,
+        0.0,
+        vec![],
+    )
+    .await;
+    let failed = notification_of(&lifecycle, &account.account_id, |n| n.failed_attempts > 0).await;
+    assert!(
+        failed.last_error.contains("webhook address refused"),
+        "{failed:?}"
+    );
+    assert!(receiver.accepted().is_empty(), "the receiver heard nothing");
+    system.stop().await;
+}
+
 on_each_database!(
+    webhooks_reach_only_public_addresses_by_default,
     contacts_keep_a_stage_history,
     a_hanging_webhook_delays_no_other_tenant,
     undeliverable_notifications_are_dead_lettered_and_retried,

@@ -133,11 +133,16 @@ fn asked_contact(new: &NewContact) -> pb::CreateContactRequest {
 
 pub struct LifecycleApi {
     pub(crate) repository: Repository,
+    /// Whether a webhook URL may name a private address (`crate::webhook`).
+    pub(crate) private_webhooks: bool,
 }
 
 impl LifecycleApi {
-    pub fn new(repository: Repository) -> Self {
-        Self { repository }
+    pub fn new(repository: Repository, private_webhooks: bool) -> Self {
+        Self {
+            repository,
+            private_webhooks,
+        }
     }
 }
 
@@ -147,7 +152,8 @@ pub struct LifecycleInternalApi(LifecycleApi);
 
 impl LifecycleInternalApi {
     pub fn new(repository: Repository) -> Self {
-        Self(LifecycleApi::new(repository))
+        // It writes no settings: no webhook URL to check.
+        Self(LifecycleApi::new(repository, false))
     }
 }
 

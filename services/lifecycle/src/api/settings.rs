@@ -60,6 +60,7 @@ pub(super) async fn get_lifecycle_settings(
 fn settings_change(
     input: &pb::LifecycleSettings,
     paths: &[(usize, String)],
+    private_webhooks: bool,
 ) -> ServiceResult<impl FnOnce(&mut LifecycleSettings) -> ServiceResult<()> + use<>> {
     let mut v = Validator::new();
     let mut engaged = None;
@@ -134,14 +135,28 @@ fn settings_change(
                     webhook_url = Some(None);
                 } else if url.len() > 2048
                     || !(url.starts_with("https://") || url.starts_with("http://"))
-                    || reqwest::Url::parse(url).is_err()
                 {
                     v.add(
                         "settings.webhook_url",
                         "must be an http:// or https:// URL of at most 2048 characters",
                     );
                 } else {
-                    webhook_url = Some(Some(url.to_owned()));
+                    match reqwest::Url::parse(url) {
+                        Err(_) => v.add(
+                            "settings.webhook_url",
+                            "must be an http:// or https:// URL of at most 2048 characters",
+                        ),
+                        Ok(parsed) => match crate::webhook::refusal(&parsed) {
+                            Some(why) if !private_webhooks => v.add(
+                                "settings.webhook_url",
+                                format!(
+                                    "must reach a public address: {why} (an operator allows private \
+                                     ones with lifecycle's webhook.allow_private_addresses)"
+                                ),
+                            ),
+                            _ => webhook_url = Some(Some(url.to_owned())),
+                        },
+                    }
                 }
             }
             "webhook_secret" => {
@@ -222,7 +237,7 @@ pub(super) async fn update_lifecycle_settings(
     let request = request.into_inner();
     let paths = mask_paths(request.update_mask.as_ref())?;
     let input = request.settings.unwrap_or_default();
-    let change = settings_change(&input, &paths)?;
+    let change = settings_change(&input, &paths, api.private_webhooks)?;
     let stored = api
         .repository
         .update_settings(&context.tenant, &context.actor, change)

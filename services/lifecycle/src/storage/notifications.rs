@@ -149,16 +149,25 @@ impl Repository {
 pub struct WebhookSink {
     db: DatabaseConnection,
     http: reqwest::Client,
+    /// Whether webhooks may reach private addresses (`crate::webhook`).
+    private: bool,
 }
 
 impl WebhookSink {
-    pub fn new(db: DatabaseConnection, timeout: Duration) -> ServiceResult<Self> {
-        let http = reqwest::Client::builder()
+    pub fn new(db: DatabaseConnection, timeout: Duration, private: bool) -> ServiceResult<Self> {
+        // A redirect is not followed: it could lead anywhere the URL's
+        // check did not look.
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent("cascade-lifecycle")
+            .redirect(reqwest::redirect::Policy::none());
+        if !private {
+            http = http.dns_resolver(std::sync::Arc::new(crate::webhook::PublicResolver));
+        }
+        let http = http
             .build()
             .map_err(cascade_chassis::ServiceError::internal)?;
-        Ok(Self { db, http })
+        Ok(Self { db, http, private })
     }
 
     async fn deliver_one(&self, entry: &Entry) -> Result<(), DeliveryError> {
@@ -188,6 +197,22 @@ impl WebhookSink {
                 .await?;
             return Ok(());
         };
+        // Written before the rule, or while an operator allowed it: an
+        // address that needs no lookup is refused here (names are refused
+        // by the resolver).
+        if !self.private
+            && let Some(why) = reqwest::Url::parse(&url)
+                .ok()
+                .as_ref()
+                .and_then(crate::webhook::refusal)
+        {
+            let error = DeliveryError::internal(format!(
+                "webhook address refused: {why} (lifecycle's webhook.allow_private_addresses allows it)"
+            ))
+            .with_code("refused");
+            self.record_failed_call(&row.notification_id, &error).await;
+            return Err(error);
+        }
         let body = teams_card(&row);
         let mut request = self
             .http
