@@ -174,6 +174,28 @@ impl Validator {
         value
     }
 
+    /// A report's window, `start_time` (inclusive) to `end_time`
+    /// (exclusive), both required and the end after the start, as bounds
+    /// over times recorded in milliseconds: each rounded up to a whole
+    /// millisecond, so a record at .276 is before an end at .2769 and not
+    /// after a start at .276000001, as written. (0, 0) when refused.
+    pub fn window(
+        &mut self,
+        start: Option<&prost_types::Timestamp>,
+        end: Option<&prost_types::Timestamp>,
+    ) -> (i64, i64) {
+        let start = self.required_time("start_time", start);
+        let end = self.required_time("end_time", end);
+        match (start, end) {
+            (Some(start), Some(end)) if start < end => (ceil_millis(start), ceil_millis(end)),
+            (Some(_), Some(_)) => {
+                self.add("end_time", "must be after start_time");
+                (0, 0)
+            }
+            _ => (0, 0),
+        }
+    }
+
     /// An engaged threshold as written: not below 0 (finite is checked
     /// with the pair, `thresholds`, or by the caller). Engagement
     /// above it makes an account ENGAGED, and rules can take points away,
@@ -210,6 +232,16 @@ impl Validator {
         } else {
             Err(ServiceError::InvalidArgument(self.violations))
         }
+    }
+}
+
+/// `time` in whole milliseconds, rounded up.
+fn ceil_millis(time: DateTime<Utc>) -> i64 {
+    let ms = time.timestamp_millis();
+    if time.timestamp_subsec_nanos() % 1_000_000 == 0 {
+        ms
+    } else {
+        ms + 1
     }
 }
 
@@ -372,6 +404,23 @@ mod tests {
         v.required_text("account.name", "\u{200B}", 10);
         let error = v.finish().expect_err("an invisible name");
         assert!(error.to_string().contains("account.name"), "{error}");
+    }
+
+    /// A window's bounds as written, over times kept in milliseconds.
+    #[test]
+    fn a_window_keeps_what_lies_inside_it_as_written() {
+        let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let mut v = Validator::new();
+        // A record at 1.276 s: after a start at 1.276000001 s? No; before an
+        // end at 1.2769 s? Yes.
+        let (start, end) = v.window(at(1, 276_000_001).as_ref(), at(1, 276_900_000).as_ref());
+        assert_eq!((start, end), (1_277, 1_277));
+        let (start, end) = v.window(at(1, 276_000_000).as_ref(), at(2, 0).as_ref());
+        assert!((start..end).contains(&1_276));
+        assert!(v.is_valid());
+        v.window(at(2, 0).as_ref(), at(2, 0).as_ref());
+        let error = v.finish().expect_err("an empty window");
+        assert!(error.to_string().contains("end_time"), "{error}");
     }
 
     #[test]

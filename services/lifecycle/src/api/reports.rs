@@ -15,18 +15,8 @@ pub(super) async fn get_funnel_report(
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
     let mut v = Validator::new();
-    let start = v.required_time("start_time", request.start_time.as_ref());
-    let end = v.required_time("end_time", request.end_time.as_ref());
-    if let (Some(start), Some(end)) = (start, end)
-        && start >= end
-    {
-        v.add("end_time", "must be after start_time");
-    }
+    let (start, end) = v.window(request.start_time.as_ref(), request.end_time.as_ref());
     v.finish()?;
-    let (start, end) = (
-        start.map_or(0, |t| t.timestamp_millis()),
-        end.map_or(0, |t| t.timestamp_millis()),
-    );
     let rows = api.repository.funnel(&context.tenant, start, end).await?;
     let rate = |part: i64, whole: i64| {
         if whole > 0 {

@@ -478,22 +478,12 @@ impl OpportunityService for OpportunityApi {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
         let mut v = Validator::new();
-        let start = v.required_time("start_time", request.start_time.as_ref());
-        let end = v.required_time("end_time", request.end_time.as_ref());
-        if let (Some(s), Some(e)) = (start, end)
-            && s >= e
-        {
-            v.add("end_time", "must be after start_time");
-        }
+        let (start, end) = v.window(request.start_time.as_ref(), request.end_time.as_ref());
         v.finish()?;
         let settings = self.repository.settings(&context.tenant, None).await?;
         let report = self
             .repository
-            .pipeline(
-                &context.tenant,
-                start.map_or(0, |t| t.timestamp_millis()),
-                end.map_or(0, |t| t.timestamp_millis()),
-            )
+            .pipeline(&context.tenant, start, end)
             .await?;
         let pipeline = tenant_currency_figures(&settings, &report.total)?;
         let other_currencies = report
