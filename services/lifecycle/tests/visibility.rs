@@ -647,6 +647,31 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
     );
     assert!(dead[0].create_time.is_some() && dead[0].last_attempt_time.is_some());
     assert!(list(&lifecycle.as_tenant("someone-else")).await.is_empty());
+    // A topic this service does not have is a typo, not an empty list.
+    let typo = admin_client()
+        .list_dead_letters(lifecycle.req(admin::ListDeadLettersRequest {
+            topic: "notification".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("no such topic");
+    assert_eq!(violated_fields(&typo), ["topic"]);
+    assert!(
+        cascade_testkit::fixtures::violations(&typo)[0]
+            .1
+            .ends_with("one of this service's: notifications"),
+        "{typo:?}"
+    );
+    let by_topic = admin_client()
+        .list_dead_letters(lifecycle.req(admin::ListDeadLettersRequest {
+            topic: "notifications".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("its own topic")
+        .into_inner()
+        .dead_letters;
+    assert_eq!(by_topic.len(), 1);
     let pending = notification_of(&lifecycle, &account.account_id, |_| true).await;
     assert_eq!(pending.delivery_state, Delivery::Pending as i32);
 
@@ -683,6 +708,14 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
                 ..Default::default()
             },
             "ids[0]",
+        ),
+        (
+            admin::RetryDeadLettersRequest {
+                all: true,
+                topic: "notification".into(),
+                ..Default::default()
+            },
+            "topic",
         ),
     ] {
         let refused = admin_client()

@@ -33,6 +33,7 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     sqlite_connections: 8,
     permissions: permission,
     default_nice: 0,
+    outbox_topics: &[storage::EVENT_TOPIC],
 };
 
 /// The permission each opportunity RPC needs (see `auth::Permissions`).
@@ -95,9 +96,7 @@ async fn service(
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
     cascade_chassis::server::build::<storage::migration::Migrator, _, _, _, _>(
-        settings,
-        IDENTITY.permissions,
-        service,
+        settings, &IDENTITY, service,
     )
     .await
 }

@@ -41,6 +41,7 @@ pub const IDENTITY: ServiceIdentity = ServiceIdentity {
     // Ingest is throughput work: lifecycle's reads take a free core first
     // (chassis::priority, docs/performance.md round 30).
     default_nice: 10,
+    outbox_topics: &[storage::SCORE_TOPIC],
 };
 
 /// The permission each scoring RPC needs (see `auth::Permissions`).
@@ -147,9 +148,7 @@ async fn service(
 /// Builds the service, bound but not yet running (tests use port 0).
 pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
     cascade_chassis::server::build::<storage::migration::Migrator, _, _, _, _>(
-        settings,
-        IDENTITY.permissions,
-        service,
+        settings, &IDENTITY, service,
     )
     .await
 }

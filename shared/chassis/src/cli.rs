@@ -72,6 +72,7 @@ mod tests {
         sqlite_connections: 8,
         permissions: |_, _| None,
         default_nice: 0,
+        outbox_topics: &[],
     };
 
     #[test]

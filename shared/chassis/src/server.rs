@@ -216,7 +216,7 @@ where
         log_format = ?settings.telemetry.log_format,
         "starting"
     );
-    build::<M, S, F, Fut, X>(&settings, identity.permissions, make_service)
+    build::<M, S, F, Fut, X>(&settings, &identity, make_service)
         .await?
         .run_until_stopped()
         .await
@@ -226,7 +226,7 @@ where
 /// with `make_service`, and binds the server (tests call this with port 0).
 pub async fn build<M, S, F, Fut, X>(
     settings: &ServiceSettings<X>,
-    permissions: Permissions,
+    identity: &ServiceIdentity,
     make_service: F,
 ) -> anyhow::Result<Application>
 where
@@ -250,11 +250,11 @@ where
     }
     let service = make_service(database.clone(), background.clone(), settings.clone()).await?;
     let mut app = service
-        .add_to(Application::bind(settings, S::NAME, permissions).await?)
+        .add_to(Application::bind(settings, S::NAME, identity.permissions).await?)
         // Every service's operators can list and retry its dead letters.
         .add_service(
             cascade_proto::admin::v1::outbox_admin_service_server::OutboxAdminServiceServer::new(
-                crate::outbox::OutboxAdmin::new(database.clone()),
+                crate::outbox::OutboxAdmin::new(database.clone(), identity.outbox_topics),
             ),
         )
         .with_database_health(database)

@@ -247,6 +247,8 @@ pub struct ServiceIdentity {
     /// `server.nice` unless set: 10 for scoring, whose ingest is
     /// throughput work that yields a core to reads (`priority`).
     pub default_nice: i32,
+    /// The topics of its outbox, the ones OutboxAdminService names.
+    pub outbox_topics: &'static [&'static str],
 }
 
 impl ServiceIdentity {
@@ -495,6 +497,7 @@ mod tests {
         sqlite_connections: 8,
         permissions: |_, _| None,
         default_nice: 0,
+        outbox_topics: &[],
     };
 
     use super::environment_of as env;
@@ -620,6 +623,7 @@ mod tests {
         const SCORING: ServiceIdentity = ServiceIdentity {
             name: "scoring",
             default_nice: 10,
+            outbox_topics: &[],
             ..ID
         };
         let scoring: Example = load_from(SCORING, None, env(&[])).expect("defaults");

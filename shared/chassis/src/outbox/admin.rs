@@ -22,11 +22,32 @@ const MAX_RETRY_IDS: usize = 1_000;
 #[derive(Clone)]
 pub struct OutboxAdmin {
     db: DatabaseConnection,
+    /// The service's topics: a filter naming another is a typo that would
+    /// hide every dead letter, so it is refused.
+    topics: &'static [&'static str],
 }
 
 impl OutboxAdmin {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, topics: &'static [&'static str]) -> Self {
+        Self { db, topics }
+    }
+
+    /// `topic` as a filter: empty for every topic, else one of the service's.
+    fn topic_filter(&self, topic: &str) -> Result<Option<String>, ServiceError> {
+        let topic = topic.trim();
+        if topic.is_empty() {
+            return Ok(None);
+        }
+        if self.topics.contains(&topic) {
+            return Ok(Some(topic.to_owned()));
+        }
+        Err(ServiceError::invalid(
+            "topic",
+            format!(
+                "must be empty (every topic) or one of this service's: {}",
+                self.topics.join(", ")
+            ),
+        ))
     }
 }
 
@@ -52,12 +73,13 @@ impl OutboxAdminService for OutboxAdmin {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
+        let topic = self.topic_filter(&request.topic)?;
         let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
         let mut query = outbox::Entity::find()
             .filter(outbox::Column::TenantId.eq(context.tenant.as_str()))
             .filter(outbox::Column::State.eq(DEAD));
-        if !request.topic.is_empty() {
-            query = query.filter(outbox::Column::Topic.eq(request.topic.as_str()));
+        if let Some(topic) = topic {
+            query = query.filter(outbox::Column::Topic.eq(topic));
         }
         if let Some(after) = &page.after {
             query = query.filter(outbox::Column::Id.gt(after.as_str()));
@@ -98,6 +120,7 @@ impl OutboxAdminService for OutboxAdmin {
                 ServiceError::invalid("ids", format!("at most {MAX_RETRY_IDS} per call")).into(),
             );
         }
+        let topic = self.topic_filter(&request.topic)?;
         let mut v = Validator::new();
         let ids: Vec<String> = request
             .ids
@@ -112,11 +135,10 @@ impl OutboxAdminService for OutboxAdmin {
             .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now_ms()))
             .filter(outbox::Column::TenantId.eq(context.tenant.as_str()))
             .filter(outbox::Column::State.eq(DEAD));
-        if request.all {
-            if !request.topic.is_empty() {
-                update = update.filter(outbox::Column::Topic.eq(request.topic.as_str()));
-            }
-        } else {
+        if let Some(topic) = topic {
+            update = update.filter(outbox::Column::Topic.eq(topic));
+        }
+        if !request.all {
             update = update.filter(outbox::Column::Id.is_in(ids.iter().map(String::as_str)));
         }
         let _turn = crate::db::write_turn(&self.db)
