@@ -442,6 +442,7 @@ async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
             by_email("b5", "email_open", "who@nowhere.example"),
             by_email("b6", "webinar_attended", "known@globex.example"),
             by_email("b7", "email_open", "new.person@globex.example"),
+            activity("b8", "Email_Open", &id, &known),
         ])
         .await;
     let statuses: Vec<i32> = response.results.iter().map(|r| r.status).collect();
@@ -453,11 +454,22 @@ async fn a_batch_with_bad_items_keeps_the_good_ones(db: TestDatabase) {
     // Malformed items are REJECTED; an email of no known domain is NOT_FOUND.
     assert_eq!(
         statuses,
-        [ok, rejected, rejected, rejected, not_found, ok, ok]
+        [
+            ok, rejected, rejected, rejected, not_found, ok, ok, rejected
+        ]
     );
-    assert_eq!(response.rejected_count, 4);
+    assert_eq!(response.rejected_count, 5);
     let field = |i: usize| response.results[i].violations[0].field.clone();
     assert_eq!(field(1), "activities[1].activity_type");
+    // Missing, or sent but not a type: each said as it is.
+    let said = |i: usize| response.results[i].violations[0].description.clone();
+    assert_eq!(said(1), "is required");
+    assert_eq!(field(7), "activities[7].activity_type");
+    assert!(
+        said(7).starts_with("must be 1 to 64 characters"),
+        "{}",
+        said(7)
+    );
     assert_eq!(field(2), "activities[2].occur_time");
     assert_eq!(field(3), "activities[3].contact_email");
     assert_eq!(field(4), "activities[4].contact_email");

@@ -147,8 +147,10 @@ pub(super) fn apply_field(
                     if contact_id.is_none() && name.is_empty() {
                         v.add(field("name"), "is required when there is no contact_id");
                     }
-                    if pb::StakeholderRole::try_from(s.role).map_or(true, |r| r == pb::StakeholderRole::Unspecified) {
-                        v.add(field("role"), "is required: DECISION_MAKER, CHAMPION, INFLUENCER, LEGAL, PROCUREMENT, SECURITY, IT or OTHER");
+                    match pb::StakeholderRole::try_from(s.role) {
+                        Ok(pb::StakeholderRole::Unspecified) => v.add(field("role"), "is required: DECISION_MAKER, CHAMPION, INFLUENCER, LEGAL, PROCUREMENT, SECURITY, IT or OTHER"),
+                        Ok(_) => {}
+                        Err(_) => v.add(field("role"), "must be DECISION_MAKER, CHAMPION, INFLUENCER, LEGAL, PROCUREMENT, SECURITY, IT or OTHER"),
                     }
                     Stakeholder { contact_id, name, role: s.role }
                 })
@@ -310,4 +312,61 @@ pub(super) fn named_contacts(
         }
     }
     named
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_chassis::ServiceError;
+
+    /// A role left out is missing; a number no role has is wrong: each
+    /// said as it is.
+    #[test]
+    fn a_role_missing_or_unknown_is_said_as_it_is() {
+        let id = "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10";
+        let mut o = Opportunity::opened(id.into(), id.into(), 0);
+        let stakeholder = |name: &str, role| pb::Stakeholder {
+            name: name.into(),
+            role,
+            ..Default::default()
+        };
+        let input = pb::Opportunity {
+            stakeholders: vec![
+                stakeholder("Pat", 0),
+                stakeholder("Sam", 99),
+                stakeholder("Lee", 1),
+            ],
+            ..Default::default()
+        };
+        let mut v = Validator::new();
+        apply_field(
+            &mut o,
+            &input,
+            "stakeholders",
+            "update_mask.paths[0]",
+            &mut v,
+        );
+        let Err(ServiceError::InvalidArgument(violations)) = v.finish() else {
+            panic!("two roles refused")
+        };
+        let said: Vec<(&str, &str)> = violations
+            .iter()
+            .map(|v| {
+                (
+                    v.field.as_str(),
+                    v.description.split(':').next().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("opportunity.stakeholders[0].role", "is required"),
+                (
+                    "opportunity.stakeholders[1].role",
+                    "must be DECISION_MAKER, CHAMPION, INFLUENCER, LEGAL, PROCUREMENT, SECURITY, IT or OTHER"
+                ),
+            ]
+        );
+    }
 }

@@ -29,10 +29,12 @@ fn check(activity: &pb::Activity) -> Result<(Pending, Person), Vec<FieldViolatio
     let mut v = Validator::new();
     let event_id = v.required_text("event_id", &activity.event_id, 128);
     let activity_type = activity.activity_type.trim().to_owned();
-    if !valid_activity_type(&activity_type) {
+    if activity_type.is_empty() {
+        v.add("activity_type", "is required");
+    } else if !valid_activity_type(&activity_type) {
         v.add(
             "activity_type",
-            "is required: 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
+            "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'",
         );
     }
     let occurred = v.required_time("occur_time", activity.occur_time.as_ref());
