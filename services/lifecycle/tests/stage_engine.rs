@@ -779,6 +779,42 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
         .await
         .expect_err("inverted window");
     assert_eq!(inverted.code(), Code::InvalidArgument);
+
+    // C erased: it leaves the report whole (its creation and every stay),
+    // not by its first stay alone.
+    lifecycle
+        .public()
+        .delete_account(lifecycle.req(pb::DeleteAccountRequest {
+            account_id: c.clone(),
+            force: false,
+        }))
+        .await
+        .expect("C erased");
+    let after = lifecycle
+        .public()
+        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
+            start_time: Some(start_time),
+            end_time: Some(end_time),
+        }))
+        .await
+        .expect("funnel")
+        .into_inner();
+    let by_stage: HashMap<i32, &pb::FunnelStage> =
+        after.stages.iter().map(|s| (s.stage, s)).collect();
+    let row = |stage: S| {
+        let r = by_stage[&(stage as i32)];
+        (r.entered, r.moved_forward, r.moved_back, r.stayed)
+    };
+    assert_eq!(row(S::Targeted), (3, 2, 0, 1));
+    assert_eq!(row(S::Engaged), (2, 1, 0, 1));
+    assert_eq!(row(S::Prioritized), (1, 1, 0, 0));
+    assert_eq!(row(S::Qualified), (1, 1, 0, 0));
+    assert_eq!(row(S::Pipeline), (1, 0, 0, 1));
+    let accounts = |stage: S| by_stage[&(stage as i32)].accounts_entered;
+    assert_eq!(
+        [S::Targeted, S::Engaged, S::Prioritized, S::Qualified].map(accounts),
+        [3, 2, 1, 1]
+    );
     system.stop().await;
 }
 

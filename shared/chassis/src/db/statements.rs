@@ -133,7 +133,9 @@ fn chunks_of<A: ActiveModelTrait>(rows: Vec<A>) -> Vec<Vec<A>> {
 /// order they appear: SQLite takes `$12` as a *named* parameter and finds
 /// each name by a linear search, when parsing and again (through sqlx) when
 /// binding, so a 6,000-value INSERT spent most of its time there (profile in
-/// docs/performance.md). `$` inside a quoted literal is left alone.
+/// docs/performance.md). `$` inside a quoted literal is left alone, and so
+/// is a `--` comment (to its line's end: an apostrophe in it is prose, not
+/// a quote, and once took every placeholder after it for a literal).
 pub fn statement(
     backend: DbBackend,
     sql: &str,
@@ -151,6 +153,13 @@ pub fn statement(
     let (mut copied, mut i, mut quoted) = (0, 0, false);
     while i < bytes.len() {
         match bytes[i] {
+            b'-' if !quoted && bytes.get(i + 1) == Some(&b'-') => {
+                i += bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(bytes.len() - i);
+                continue;
+            }
             b'\'' => quoted = !quoted,
             b'$' if !quoted => {
                 let end = i
@@ -354,6 +363,15 @@ mod tests {
         let pg = statement(DbBackend::Postgres, sql, values.clone());
         assert_eq!(pg.sql, sql);
         assert_eq!(pg.values.expect("values").0, values);
+
+        // A comment is prose: its apostrophe opens no literal, its `$1`
+        // takes no value.
+        let commented = "-- the account's $1\nSELECT $1, '--', $2 -- it's $2\nWHERE x = $2";
+        let s = statement(DbBackend::Sqlite, commented, values[..2].to_vec());
+        assert_eq!(
+            s.sql,
+            "-- the account's $1\nSELECT ?, '--', ? -- it's $2\nWHERE x = ?"
+        );
     }
 
     #[tokio::test]

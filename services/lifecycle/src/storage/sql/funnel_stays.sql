@@ -2,11 +2,15 @@
 -- every transition and every account creation (which enters TARGETED), each
 -- with the next transition of its account (LEAD over the history, in order).
 -- At-risk entries keep the stage (from_stage = to_stage): not a stay.
+-- The history of an erased account is kept, but the account (and its creation)
+-- is gone: it leaves the report whole, not by its first stay alone.
 -- funnel.sql and funnel_median.sql continue it.
 WITH entries AS (
   SELECT account_id, seq, to_stage AS stage, to_rank AS stage_rank, occurred_at_ms AS entered_ms
-  FROM account_transitions
+  FROM account_transitions t
   WHERE tenant_id = $1 AND occurred_at_ms >= $2 AND from_stage <> to_stage
+    AND EXISTS (SELECT 1 FROM accounts a
+                WHERE a.tenant_id = $1 AND a.account_id = t.account_id)
   UNION ALL
   SELECT account_id, 0 AS seq, 'TARGETED' AS stage, 1 AS stage_rank, created_at_ms AS entered_ms
   FROM accounts WHERE tenant_id = $1 AND created_at_ms >= $2
