@@ -371,6 +371,9 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         .erasure
         .expect("erasure");
     assert_eq!(account_erasure.contact_count, 1, "Ann");
+    // Asking to erase Ann now answers with the erasure that took her.
+    let ann_again = erase_contact(&lifecycle, &ann.contact_id).await;
+    assert_eq!(ann_again.erasure_id, account_erasure.erasure_id);
     eventually("the account's erasure to complete", async || {
         let now = erasure(&lifecycle, &account_erasure.erasure_id).await;
         if now.complete { Ok(()) } else { Err(now) }

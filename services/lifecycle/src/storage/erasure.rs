@@ -187,7 +187,25 @@ impl Repository {
             .map(from_model))
     }
 
+    /// The erasure of an account that took `contact_id` with it, if any.
+    async fn account_erasure_with(
+        &self,
+        tenant: &TenantId,
+        contact_id: &str,
+    ) -> ServiceResult<Option<Erasure>> {
+        Ok(erasure::Entity::find()
+            .filter(erasure::Column::TenantId.eq(tenant.as_str()))
+            .filter(erasure::Column::SubjectType.eq(Stored(ErasureSubject::Account)))
+            .filter(erasure::Column::ContactIds.contains(contact_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(from_model)
+            .find(|e| e.contact_ids.iter().any(|c| c == contact_id)))
+    }
+
     /// Erases a contact here and records the erasure for the other services.
+    /// A contact erased with its account answers with that erasure.
     pub async fn erase_contact(
         &self,
         tenant: &TenantId,
@@ -199,7 +217,16 @@ impl Repository {
         }
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        let found = contact_model(&txn, tenant, contact_id).await?;
+        let found = match contact_model(&txn, tenant, contact_id).await {
+            Err(ServiceError::NotFound { .. }) => {
+                drop(txn);
+                if let Some(with_account) = self.account_erasure_with(tenant, contact_id).await? {
+                    return Ok(with_account);
+                }
+                return Err(ServiceError::not_found("contact", contact_id));
+            }
+            found => found?,
+        };
         // Changes to a contact serialize on its account, like the engine's.
         lock_account(&txn, t, &found.account_id).await?;
         let erased = [contact_id.to_owned()];
