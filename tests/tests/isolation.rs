@@ -982,10 +982,47 @@ async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
         .into_inner()
         .contacts;
     assert!(contacts.is_empty(), "A's changed contacts: {contacts:?}");
-    // ListContacts: unfiltered, on B's account, on B's email.
+    // ListContacts and ListOpportunities on B's account: A has no such
+    // account, so NOT_FOUND, word for word as for one that never existed.
+    let mut contacts_of = async |account_id: &str| {
+        lifecycle
+            .list_contacts(request_for(
+                A,
+                lc::ListContactsRequest {
+                    account_id: account_id.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+    };
+    let never = new_id();
+    assert_hidden(
+        "ListContacts",
+        contacts_of(&b.acme).await,
+        &b.acme,
+        contacts_of(&never).await,
+        &never,
+    );
+    let mut deals_of = async |account_id: &str| {
+        opps.list_opportunities(request_for(
+            A,
+            op::ListOpportunitiesRequest {
+                account_id: account_id.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+    };
+    assert_hidden(
+        "ListOpportunities",
+        deals_of(&b.globex).await,
+        &b.globex,
+        deals_of(&never).await,
+        &never,
+    );
+    // ListContacts: unfiltered, on B's email.
     for (tenant, account_id, email) in [
         (A, "", ""),
-        (A, b.acme.as_str(), ""),
         (A, "", b.ann_email.as_str()),
         (B, b.acme.as_str(), b.ann_email.as_str()),
     ] {
@@ -1111,8 +1148,8 @@ async fn a_lists_and_reports_hold_nothing_of_b(system: &System, b: &TenantB) {
         "{a_model:?}"
     );
 
-    // ListOpportunities: unfiltered and on B's account.
-    for (tenant, account_id) in [(A, ""), (A, b.globex.as_str()), (B, b.globex.as_str())] {
+    // ListOpportunities: unfiltered, and B's on its account.
+    for (tenant, account_id) in [(A, ""), (B, b.globex.as_str())] {
         let ids: Vec<String> = opps
             .list_opportunities(request_for(
                 tenant,

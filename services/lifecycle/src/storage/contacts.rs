@@ -162,6 +162,14 @@ impl Repository {
             let query = query.order_by_asc(contact::Column::ContactId);
             page.finish(query.all(&self.db).await?, |m| m.contact_id.clone())
         };
+        // Nothing for an account: is there such an account? A mistyped or
+        // another tenant's id is NOT_FOUND, as ListNotifications answers,
+        // not an empty list a caller reads as "no contacts".
+        if models.is_empty()
+            && let Some(account_id) = &filter.account_id
+        {
+            super::accounts::account_model(&self.db, tenant, account_id).await?;
+        }
         Ok((hydrate_contacts(&self.db, models).await?, token))
     }
 

@@ -99,7 +99,9 @@ impl OpportunityApi {
                 .await?;
         }
         if contacts.is_empty() || kind.needs_customer() {
-            let stage = self.account_stage(context, budget, account_id).await?;
+            let stage = self
+                .account_stage(context, budget, account_id, lifecycle_failure)
+                .await?;
             domain::check_kind(kind, stage).map_err(|r| {
                 ServiceError::precondition(
                     "NOT_A_CUSTOMER",
@@ -111,12 +113,15 @@ impl OpportunityApi {
         Ok(())
     }
 
-    /// The account's stage (`None`: one this version does not know).
+    /// The account's stage (`None`: one this version does not know);
+    /// NOT_FOUND when the tenant has no such account. `failure` says what a
+    /// lifecycle that could not answer means for the caller.
     async fn account_stage(
         &self,
         context: &RequestContext,
         budget: Duration,
         account_id: &str,
+        failure: fn(&Status) -> ServiceError,
     ) -> ServiceResult<Option<AccountStage>> {
         let mut client = self.lifecycle.clone();
         let call = client.get_account(outgoing_for(
@@ -133,7 +138,7 @@ impl OpportunityApi {
             Err(status) if status.code() == Code::NotFound => {
                 Err(ServiceError::not_found("account", account_id))
             }
-            Err(status) => Err(lifecycle_failure(&status)),
+            Err(status) => Err(failure(&status)),
         }
     }
 
@@ -353,6 +358,23 @@ impl OpportunityService for OpportunityApi {
             .repository
             .list(&context.tenant, &filter, &page)
             .await?;
+        // Nothing for an account: is there such an account? A mistyped or
+        // another tenant's id is NOT_FOUND (lifecycle knows the accounts),
+        // not an empty list a caller reads as "no deals".
+        if items.is_empty()
+            && let Some(account_id) = &filter.account_id
+        {
+            let budget = context.call_budget(CALL_DEADLINE);
+            self.account_stage(&context, budget, account_id, |status| {
+                cascade_chassis::client::peer_failure(
+                    "lifecycle",
+                    "check the listing's account",
+                    "nothing was listed",
+                    status,
+                )
+            })
+            .await?;
+        }
         let settings = self.repository.settings(&context.tenant, None).await?;
         Ok(Response::new(pb::ListOpportunitiesResponse {
             opportunities: items.into_iter().map(|o| to_proto(o, &settings)).collect(),
