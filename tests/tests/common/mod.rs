@@ -214,6 +214,11 @@ impl Process {
                 );
                 // Confirmations are taken as soon as the services' settle allows.
                 command.env("CASCADE_LIFECYCLE__ERASURE__MIN_SETTLE_MS", "2000");
+                // The tests' webhook receivers listen on 127.0.0.1.
+                command.env(
+                    "CASCADE_LIFECYCLE__WEBHOOK__ALLOW_PRIVATE_ADDRESSES",
+                    "true",
+                );
             }
         }
         for (k, v) in &self.extra_env {
