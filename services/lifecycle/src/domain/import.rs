@@ -57,41 +57,27 @@ pub enum ImportDecision {
 /// except that a request id made a record for a different request refuses
 /// the item (`cascade_chassis::idempotency`). An item whose natural key
 /// another record holds is refused, as is an item repeating a key of an
-/// earlier item of the batch that will be created.
+/// earlier item of the batch that is not refused, whether that one is
+/// created or found: so a retry of the batch answers each item as the first
+/// call did (a repeat was refused then, and is refused again, rather than
+/// taken for the record its earlier twin made).
 pub fn decide_import(
     items: &[ImportKeys<'_>],
     holders: &Holders,
     fields: ImportFields,
 ) -> Vec<ImportDecision> {
-    // Keys taken by earlier items of this batch that will be created: item
-    // number (from 0) by key.
+    // Keys of earlier items of this batch that are not refused: item number
+    // (from 0) by key. Natural keys only of those to be created (a found
+    // record's is in `holders`).
     let mut batch_request: HashMap<&str, usize> = HashMap::new();
     let mut batch_external: HashMap<&str, usize> = HashMap::new();
     let mut batch_natural: HashMap<&str, usize> = HashMap::new();
     let mut decisions = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let request_id = item.request.map(|key| key.id.as_str());
-        if let Some(key) = item.request
-            && let Some(id) = holders.by_request.get(&key.id)
-        {
-            let asked_before = holders.request_digests.get(&key.id).map(String::as_str);
-            decisions.push(if key.matches(asked_before) {
-                ImportDecision::Existing(id.clone())
-            } else {
-                ImportDecision::Rejected(vec![(
-                    "request_id".to_owned(),
-                    reuse_reason(fields.resource),
-                )])
-            });
-            continue;
-        }
-        if let Some(id) = item.external_id.and_then(|k| holders.by_external.get(k)) {
-            decisions.push(ImportDecision::Existing(id.clone()));
-            continue;
-        }
-        let mut refusals = Vec::new();
         let repeated =
             |key: Option<&str>, seen: &HashMap<&str, usize>| key.and_then(|k| seen.get(k).copied());
+        let mut refusals = Vec::new();
         if let Some(earlier) = repeated(request_id, &batch_request) {
             refusals.push((
                 "request_id".to_owned(),
@@ -103,6 +89,39 @@ pub fn decide_import(
                 fields.external_id.to_owned(),
                 format!("repeats the external id of item {earlier} of this batch"),
             ));
+        }
+        if !refusals.is_empty() {
+            decisions.push(ImportDecision::Rejected(refusals));
+            continue;
+        }
+        let held = if let Some(key) = item.request
+            && let Some(id) = holders.by_request.get(&key.id)
+        {
+            let asked_before = holders.request_digests.get(&key.id).map(String::as_str);
+            Some(if key.matches(asked_before) {
+                ImportDecision::Existing(id.clone())
+            } else {
+                ImportDecision::Rejected(vec![(
+                    "request_id".to_owned(),
+                    reuse_reason(fields.resource),
+                )])
+            })
+        } else {
+            item.external_id
+                .and_then(|k| holders.by_external.get(k))
+                .map(|id| ImportDecision::Existing(id.clone()))
+        };
+        if let Some(decision) = held {
+            if matches!(decision, ImportDecision::Existing(_)) {
+                if let Some(k) = request_id {
+                    batch_request.insert(k, i);
+                }
+                if let Some(k) = item.external_id {
+                    batch_external.insert(k, i);
+                }
+            }
+            decisions.push(decision);
+            continue;
         }
         if let Some(natural) = item.natural {
             if holders.by_natural.contains_key(natural) {
@@ -294,6 +313,34 @@ mod tests {
                 ),
                 ImportDecision::Create,
             ]
+        );
+    }
+
+    /// A retry of a batch whose first call created item 0 and refused its
+    /// twin: item 0 is now found, and the twin is refused again, not taken
+    /// for the record item 0 made.
+    #[test]
+    fn a_retried_batch_answers_each_item_as_the_first_call_did() {
+        let r1 = request("r1", "asked");
+        let items = [
+            keys(Some(&r1), Some("crm-1"), Some("a.example")),
+            keys(None, Some("crm-1"), Some("b.example")),
+            keys(Some(&r1), None, None),
+        ];
+        let first = decide_import(&items, &Holders::default(), FIELDS);
+        let mut held = holders(&[("r1", "a1")], &[("crm-1", "a1")], &[("a.example", "a1")]);
+        held.request_digests
+            .insert("r1".to_owned(), "asked".to_owned());
+        let retried = decide_import(&items, &held, FIELDS);
+        assert_eq!(first[0], ImportDecision::Create);
+        assert_eq!(retried[0], ImportDecision::Existing("a1".into()));
+        assert_eq!(first[1..], retried[1..]);
+        assert_eq!(
+            retried[1],
+            rejected(
+                "account.external_id",
+                "repeats the external id of item 0 of this batch"
+            )
         );
     }
 
