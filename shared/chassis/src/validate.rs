@@ -105,11 +105,15 @@ impl Validator {
         Some(value)
     }
 
-    /// An optional email address, lower-cased.
+    /// An optional email address, lower-cased, its domain without the DNS
+    /// root's trailing dot (as `optional_domain` takes it).
     pub fn optional_email(&mut self, field: &str, value: &str) -> Option<String> {
-        let value = value.trim().to_ascii_lowercase();
+        let mut value = value.trim().to_ascii_lowercase();
         if value.is_empty() {
             return None;
+        }
+        if value.ends_with('.') && value.contains('@') {
+            value.pop();
         }
         if value.len() > 254 || email_domain(&value).is_none() {
             self.add(field, "must be an email address such as jane@example.com");
@@ -285,8 +289,12 @@ pub fn shown(text: &str) -> String {
 /// The domain of an email address, if the address is well formed.
 pub fn email_domain(email: &str) -> Option<&str> {
     let (local, domain) = email.rsplit_once('@')?;
+    // A dot-atom (RFC 5322): no dot first, last or twice in a row.
     let local_ok = !local.is_empty()
         && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
         && local
             .chars()
             .all(|c| c.is_ascii_graphic() && c != '@' && c != ',');
@@ -363,6 +371,9 @@ mod tests {
             "jane@acme",
             "ja ne@acme.com",
             "jane@10.0.0.1",
+            ".jane@acme.com",
+            "jane.@acme.com",
+            "ja..ne@acme.com",
         ] {
             assert_eq!(email_domain(bad), None, "{bad}");
         }
@@ -385,6 +396,10 @@ mod tests {
             Some("acme.com".to_owned())
         );
         assert_eq!(v.optional_email("e", ""), None);
+        assert_eq!(
+            v.optional_email("e", "Jane.Doe@Acme.com."),
+            Some("jane.doe@acme.com".to_owned())
+        );
         assert!(v.is_valid());
     }
 
