@@ -75,6 +75,19 @@ pub fn decide_import(
     let mut decisions = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let request_id = item.request.map(|key| key.id.as_str());
+        // A request id a record holds for another request: that says most.
+        let held_request = item
+            .request
+            .and_then(|key| holders.by_request.get(&key.id).map(|id| (key, id)));
+        if let Some((key, _)) = held_request
+            && !key.matches(holders.request_digests.get(&key.id).map(String::as_str))
+        {
+            decisions.push(ImportDecision::Rejected(vec![(
+                "request_id".to_owned(),
+                reuse_reason(fields.resource),
+            )]));
+            continue;
+        }
         let repeated =
             |key: Option<&str>, seen: &HashMap<&str, usize>| key.and_then(|k| seen.get(k).copied());
         let mut refusals = Vec::new();
@@ -94,33 +107,17 @@ pub fn decide_import(
             decisions.push(ImportDecision::Rejected(refusals));
             continue;
         }
-        let held = if let Some(key) = item.request
-            && let Some(id) = holders.by_request.get(&key.id)
-        {
-            let asked_before = holders.request_digests.get(&key.id).map(String::as_str);
-            Some(if key.matches(asked_before) {
-                ImportDecision::Existing(id.clone())
-            } else {
-                ImportDecision::Rejected(vec![(
-                    "request_id".to_owned(),
-                    reuse_reason(fields.resource),
-                )])
-            })
-        } else {
-            item.external_id
-                .and_then(|k| holders.by_external.get(k))
-                .map(|id| ImportDecision::Existing(id.clone()))
-        };
-        if let Some(decision) = held {
-            if matches!(decision, ImportDecision::Existing(_)) {
-                if let Some(k) = request_id {
-                    batch_request.insert(k, i);
-                }
-                if let Some(k) = item.external_id {
-                    batch_external.insert(k, i);
-                }
+        let found = held_request
+            .map(|(_, id)| id)
+            .or_else(|| item.external_id.and_then(|k| holders.by_external.get(k)));
+        if let Some(id) = found {
+            if let Some(k) = request_id {
+                batch_request.insert(k, i);
             }
-            decisions.push(decision);
+            if let Some(k) = item.external_id {
+                batch_external.insert(k, i);
+            }
+            decisions.push(ImportDecision::Existing(id.clone()));
             continue;
         }
         if let Some(natural) = item.natural {
