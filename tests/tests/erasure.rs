@@ -212,6 +212,32 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
             .any(|t| t.starts_with("a person since erased raised a hand (email_click)")),
         "{notified:?}"
     );
+    // The watch feed replays it the same way.
+    let mut feed = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(lc::WatchAccountEventsRequest {
+            account_id: acme.account_id.clone(),
+            cursor: "0".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the feed")
+        .into_inner();
+    let mut replayed = Vec::new();
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(Duration::from_millis(500), feed.message()).await
+    {
+        if let Some(lc::watch_account_events_response::Event::Notification(n)) = event.event {
+            replayed.push(n.text);
+        }
+    }
+    assert!(
+        replayed
+            .iter()
+            .any(|t| t.starts_with("a person since erased raised a hand (email_click)")),
+        "{replayed:?}"
+    );
+    assert!(!replayed.iter().any(|t| t.contains(PAT)), "{replayed:?}");
     let gone = lifecycle
         .public()
         .get_contact(lifecycle.req(lc::GetContactRequest {

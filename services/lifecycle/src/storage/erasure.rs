@@ -92,32 +92,42 @@ async fn delete_contact_traces(
 /// What a text says instead of an erased person's email.
 pub const ERASED_PERSON: &str = "a person since erased";
 
+/// `text` naming `email` as who raised a hand, with the erased person in
+/// its place; `None` when it does not (another person whose email merely
+/// contains this one, `joann@` for `ann@`, keeps theirs).
+pub(crate) fn without_raiser(text: &str, email: &str) -> Option<String> {
+    let rest = text.strip_prefix(email)?;
+    rest.starts_with(" raised a hand")
+        .then(|| format!("{ERASED_PERSON}{rest}"))
+}
+
 /// Takes `email` out of the account's notification texts and of the watch
 /// feed's copies of them (a hand-raise notification names who raised it).
 /// The webhook call is built from the notification's row when delivered, so
-/// one still waiting goes out without it too.
+/// one still waiting goes out without it too. Matched in Rust, not by LIKE:
+/// an email may hold LIKE's escape character. An email the person had
+/// before an UpdateContact is not known here, and stays where it was.
 async fn scrub_email(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
     account_id: &str,
     email: &str,
 ) -> Result<(), DbErr> {
-    let named: Vec<(String, String)> = notification::Entity::find()
+    let texts: Vec<(String, String)> = notification::Entity::find()
         .select_only()
         .column(notification::Column::NotificationId)
         .column(notification::Column::Text)
         .filter(notification::Column::TenantId.eq(tenant_id))
         .filter(notification::Column::AccountId.eq(account_id))
-        .filter(notification::Column::Text.contains(email))
         .into_tuple()
         .all(conn)
         .await?;
-    for (id, text) in named {
+    for (id, text) in texts {
+        let Some(scrubbed) = without_raiser(&text, email) else {
+            continue;
+        };
         notification::Entity::update_many()
-            .col_expr(
-                notification::Column::Text,
-                Expr::value(text.replace(email, ERASED_PERSON)),
-            )
+            .col_expr(notification::Column::Text, Expr::value(scrubbed))
             .filter(notification::Column::TenantId.eq(tenant_id))
             .filter(notification::Column::NotificationId.eq(id))
             .exec(conn)
@@ -135,7 +145,7 @@ async fn scrub_email(
         .all(conn)
         .await?;
     for (seq, payload) in entries {
-        let Some(scrubbed) = super::history::without_text(&payload, email, ERASED_PERSON) else {
+        let Some(scrubbed) = super::history::without_raiser(&payload, email) else {
             continue;
         };
         account_event::Entity::update_many()
@@ -227,8 +237,10 @@ impl Repository {
             }
             found => found?,
         };
-        // Changes to a contact serialize on its account, like the engine's.
+        // Changes to a contact serialize on its account, like the engine's;
+        // read again under the lock, for the email as it is now.
         lock_account(&txn, t, &found.account_id).await?;
+        let found = contact_model(&txn, tenant, contact_id).await?;
         let erased = [contact_id.to_owned()];
         delete_contact_traces(&txn, t, &erased).await?;
         if let Some(email) = found.email.as_deref() {
@@ -436,4 +448,28 @@ fn unknown_service(service: &str) -> ServiceError {
             ERASING_SERVICES.join(", ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_raiser_named_by_the_email_is_erased_from_a_text() {
+        let text = "ann@acme.com raised a hand (demo_request) on Acme, which is PRIORITIZED.";
+        assert_eq!(
+            without_raiser(text, "ann@acme.com").as_deref(),
+            Some(
+                "a person since erased raised a hand (demo_request) on Acme, which is PRIORITIZED."
+            )
+        );
+        // Another person whose email holds this one keeps theirs.
+        let joann = "joann@acme.com raised a hand (demo_request) on Acme, which is PRIORITIZED.";
+        assert_eq!(without_raiser(joann, "ann@acme.com"), None);
+        // A text that names no raiser is left alone.
+        assert_eq!(
+            without_raiser("Acme reached PRIORITIZED", "ann@acme.com"),
+            None
+        );
+    }
 }

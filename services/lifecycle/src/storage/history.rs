@@ -158,20 +158,17 @@ impl FeedEntry {
     }
 }
 
-/// A feed entry's payload with `text` replaced by `instead` in the
-/// notification it carries; `None` when there is nothing to replace (or the
-/// payload is not one this version reads).
-pub(crate) fn without_text(payload: &[u8], text: &str, instead: &str) -> Option<Vec<u8>> {
+/// A feed entry's payload with the notification it carries no longer
+/// naming `email` as who raised a hand (`erasure::without_raiser`); `None`
+/// when it does not (or the payload is not one this version reads).
+pub(crate) fn without_raiser(payload: &[u8], email: &str) -> Option<Vec<u8>> {
     let mut message = pb::WatchAccountEventsResponse::decode(payload).ok()?;
     let Some(pb::watch_account_events_response::Event::Notification(notification)) =
         message.event.as_mut()
     else {
         return None;
     };
-    if !notification.text.contains(text) {
-        return None;
-    }
-    notification.text = notification.text.replace(text, instead);
+    notification.text = super::erasure::without_raiser(&notification.text, email)?;
     Some(message.encode_to_vec())
 }
 
