@@ -20,14 +20,32 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 /// Whether `ip` is an address on the public internet: not loopback,
 /// private (RFC 1918, unique local), link-local (the metadata endpoints),
 /// carrier-grade NAT, unspecified, broadcast, multicast, documentation or
-/// reserved.
+/// reserved. An IPv6 address that carries an IPv4 one (mapped, compatible,
+/// NAT64's 64:ff9b::/96, 6to4) is judged by the IPv4 address it leads to.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(v6),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 one leads to, where it carries one.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    match s {
+        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated;
+        // not :: or ::1, which are IPv6's own).
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(v4(hi, lo)),
+        [0, 0, 0, 0, 0, 0, hi, lo] if !ip.is_unspecified() && !ip.is_loopback() => Some(v4(hi, lo)),
+        // NAT64's well-known prefix (DNS64 answers public hosts with it).
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        // 6to4: 2002:a.b.c.d::/48.
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        _ => None,
     }
 }
 
@@ -48,14 +66,18 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let s = ip.segments();
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || ip.is_unique_local()
         || ip.is_unicast_link_local()
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8)
-        || first == 0x0064 && ip.segments()[1] == 0xff9b)
+        // Site-local (deprecated, fec0::/10).
+        || (s[0] & 0xffc0) == 0xfec0
+        // Documentation, and Teredo's tunnels (2001::/32).
+        || (s[0] == 0x2001 && (s[1] == 0x0db8 || s[1] == 0))
+        // NAT64 for local use (64:ff9b:1::/48), whatever it leads to.
+        || (s[0] == 0x0064 && s[1] == 0xff9b))
 }
 
 /// Why `url` may not be called when only public addresses are allowed, for
@@ -67,7 +89,7 @@ pub fn refusal(url: &reqwest::Url) -> Option<String> {
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return (!is_public(ip)).then(|| format!("{bare} is not a public address"));
     }
-    let name = host.to_ascii_lowercase();
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
     (name == "localhost" || name.ends_with(".localhost")).then(|| format!("{host} is this host"))
 }
 
@@ -80,13 +102,16 @@ impl Resolve for PublicResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|addr| is_public(addr.ip()))
-                .collect();
+            // One answer whether the name does not exist or leads inside:
+            // telling them apart would let a tenant admin find out which
+            // internal names exist.
+            let public: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(addrs) => addrs.filter(|addr| is_public(addr.ip())).collect(),
+                Err(_) => Vec::new(),
+            };
             if public.is_empty() {
                 return Err(format!(
-                    "{host} resolves to no public address (lifecycle's webhook.allow_private_addresses allows private ones)"
+                    "{host} has no public address (lifecycle's webhook.allow_private_addresses allows private ones)"
                 )
                 .into());
             }
@@ -126,6 +151,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::127.0.0.1",
+            "64:ff9b:1::808:808",
+            "fec0::1",
+            "2001::1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
         ] {
             let ip: IpAddr = private.parse().expect("an address");
             assert!(!is_public(ip), "{private} taken for public");
@@ -136,6 +167,8 @@ mod tests {
             "151.101.1.69",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             let ip: IpAddr = public.parse().expect("an address");
             assert!(is_public(ip), "{public} taken for private");
@@ -150,6 +183,9 @@ mod tests {
             ("http://169.254.169.254/latest/meta-data", true),
             ("http://LOCALHOST:9000/", true),
             ("http://api.localhost/", true),
+            ("http://localhost./", true),
+            ("http://2130706433/", true),
+            ("http://0x7f.1/", true),
             ("https://8.8.8.8/hook", false),
             ("https://hooks.example.com/x", false),
         ] {
@@ -166,6 +202,20 @@ mod tests {
             .await
             .err()
             .expect("localhost has no public address");
-        assert!(error.to_string().contains("no public address"), "{error}");
+        assert!(
+            error.to_string().contains("has no public address"),
+            "{error}"
+        );
+        // A name that does not exist answers the same.
+        let name: Name = "no-such-host.invalid".parse().expect("a name");
+        let error = PublicResolver
+            .resolve(name)
+            .await
+            .err()
+            .expect("no such host");
+        assert!(
+            error.to_string().contains("has no public address"),
+            "{error}"
+        );
     }
 }

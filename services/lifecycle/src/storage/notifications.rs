@@ -162,7 +162,11 @@ impl WebhookSink {
             .user_agent("cascade-lifecycle")
             .redirect(reqwest::redirect::Policy::none());
         if !private {
-            http = http.dns_resolver(std::sync::Arc::new(crate::webhook::PublicResolver));
+            // No proxy from the environment either: a proxy resolves the
+            // host itself, past the resolver's check.
+            http = http
+                .dns_resolver(std::sync::Arc::new(crate::webhook::PublicResolver))
+                .no_proxy();
         }
         let http = http
             .build()
