@@ -164,8 +164,10 @@ impl Repository {
         };
         // Nothing for an account: is there such an account? A mistyped or
         // another tenant's id is NOT_FOUND, as ListNotifications answers,
-        // not an empty list a caller reads as "no contacts".
+        // not an empty list a caller reads as "no contacts". Only on a first
+        // page: a walk under way ends as it began.
         if models.is_empty()
+            && page.after.is_none()
             && let Some(account_id) = &filter.account_id
         {
             super::accounts::account_model(&self.db, tenant, account_id).await?;

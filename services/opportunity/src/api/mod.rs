@@ -362,6 +362,7 @@ impl OpportunityService for OpportunityApi {
         // another tenant's id is NOT_FOUND (lifecycle knows the accounts),
         // not an empty list a caller reads as "no deals".
         if items.is_empty()
+            && page.after.is_none()
             && let Some(account_id) = &filter.account_id
         {
             let budget = context.call_budget(CALL_DEADLINE);

@@ -72,11 +72,17 @@ pub(super) fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult
             })
             .collect(),
         decay_half_life_days: model.decay_half_life_days,
-        intent_activity_types: model
-            .intent_activity_types
-            .iter()
-            .map(|t| t.trim().to_owned())
-            .collect(),
+        // A set: a type named twice is kept once (as the hand-raise types
+        // are), so a model stored before with a repeat can be written back.
+        intent_activity_types: {
+            let mut seen = std::collections::HashSet::new();
+            model
+                .intent_activity_types
+                .iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| seen.insert(t.clone()))
+                .collect()
+        },
         created_at_ms: None,
         created_by: None,
     };
@@ -90,4 +96,24 @@ pub(super) fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult
         ));
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Intent types are a set: a repeat is kept once, in first place.
+    #[test]
+    fn an_intent_type_named_twice_is_kept_once() {
+        let model = model_from_proto(Some(pb::ScoringModel {
+            intent_activity_types: vec![
+                "web_research".into(),
+                " g2_visit".into(),
+                "web_research".into(),
+            ],
+            ..Default::default()
+        }))
+        .expect("a model");
+        assert_eq!(model.intent_activity_types, ["web_research", "g2_visit"]);
+    }
 }

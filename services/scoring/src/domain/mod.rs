@@ -157,17 +157,11 @@ pub fn check_model(model: &ScoringModel) -> Vec<(String, String)> {
             "must be 0 (no decay) or between 1 and 3650 days".into(),
         ));
     }
-    let mut intent = std::collections::HashSet::new();
     for (i, t) in model.intent_activity_types.iter().enumerate() {
         if !valid_activity_type(t) {
             problems.push((
                 format!("model.intent_activity_types[{i}]"),
                 "must be 1 to 64 characters of a-z, 0-9, '_', '-' or '.'".into(),
-            ));
-        } else if !intent.insert(t.as_str()) {
-            problems.push((
-                format!("model.intent_activity_types[{i}]"),
-                format!("{t} is named twice"),
             ));
         }
     }

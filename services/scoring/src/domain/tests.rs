@@ -147,7 +147,6 @@ fn models_are_checked() {
         rule("Bad!", 1, 0, false),
     ]);
     m.decay_half_life_days = 0.5;
-    m.intent_activity_types = vec!["web_page_visit".into(), "web_page_visit".into()];
     let fields: Vec<String> = check_model(&m).into_iter().map(|(f, _)| f).collect();
     assert_eq!(
         fields,
@@ -155,8 +154,7 @@ fn models_are_checked() {
             "model.rules[0].daily_cap_per_contact",
             "model.rules[1].activity_type",
             "model.rules[2].activity_type",
-            "model.decay_half_life_days",
-            "model.intent_activity_types[1]"
+            "model.decay_half_life_days"
         ]
     );
     assert!(check_model(&ScoringModel::default()).is_empty());
