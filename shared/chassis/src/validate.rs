@@ -242,7 +242,7 @@ impl Validator {
 /// `time` in whole milliseconds, rounded up.
 fn ceil_millis(time: DateTime<Utc>) -> i64 {
     let ms = time.timestamp_millis();
-    if time.timestamp_subsec_nanos() % 1_000_000 == 0 {
+    if time.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms + 1
