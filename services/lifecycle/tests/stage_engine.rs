@@ -16,7 +16,7 @@ use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
 use cascade_proto::lifecycle::v1::TransitionCause as Cause;
 use cascade_testkit::fixtures::{mask, precondition_subjects, score_delivery, violated_fields};
 use cascade_testkit::{
-    TestDatabase, TestSystem, WebhookReceiver, next_millisecond, on_each_database,
+    Lifecycle, TestDatabase, TestSystem, WebhookReceiver, next_millisecond, on_each_database,
     wait_until_delivered,
 };
 use common::{opportunity, score};
@@ -675,6 +675,27 @@ async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     system.stop().await;
 }
 
+/// The funnel report for the window.
+async fn funnel(
+    lifecycle: &Lifecycle,
+    start_time: prost_types::Timestamp,
+    end_time: prost_types::Timestamp,
+) -> pb::GetFunnelReportResponse {
+    lifecycle
+        .public()
+        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
+            start_time: Some(start_time),
+            end_time: Some(end_time),
+        }))
+        .await
+        .expect("funnel")
+        .into_inner()
+}
+
+fn stages_of(report: &pb::GetFunnelReportResponse) -> HashMap<i32, &pb::FunnelStage> {
+    report.stages.iter().map(|s| (s.stage, s)).collect()
+}
+
 async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
@@ -709,17 +730,8 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
         cascade_chassis::time::now() + chrono::Duration::hours(1),
     );
 
-    let report = lifecycle
-        .public()
-        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
-            start_time: Some(start_time),
-            end_time: Some(end_time),
-        }))
-        .await
-        .expect("funnel")
-        .into_inner();
-    let by_stage: HashMap<i32, &pb::FunnelStage> =
-        report.stages.iter().map(|s| (s.stage, s)).collect();
+    let report = funnel(&lifecycle, start_time, end_time).await;
+    let by_stage = stages_of(&report);
     let row = |stage: S| {
         let r = by_stage[&(stage as i32)];
         (r.entered, r.moved_forward, r.moved_back, r.stayed)
@@ -790,17 +802,8 @@ async fn funnel_matches_a_hand_computed_scenario(db: TestDatabase) {
         }))
         .await
         .expect("C erased");
-    let after = lifecycle
-        .public()
-        .get_funnel_report(lifecycle.req(pb::GetFunnelReportRequest {
-            start_time: Some(start_time),
-            end_time: Some(end_time),
-        }))
-        .await
-        .expect("funnel")
-        .into_inner();
-    let by_stage: HashMap<i32, &pb::FunnelStage> =
-        after.stages.iter().map(|s| (s.stage, s)).collect();
+    let after = funnel(&lifecycle, start_time, end_time).await;
+    let by_stage = stages_of(&after);
     let row = |stage: S| {
         let r = by_stage[&(stage as i32)];
         (r.entered, r.moved_forward, r.moved_back, r.stayed)

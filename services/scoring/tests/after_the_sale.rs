@@ -448,51 +448,60 @@ async fn every_replica_hears_of_an_inactive_contact(db: TestDatabase) {
     system.stop().await;
 }
 
-/// An email change recorded on a lifecycle replica whose clock runs ahead,
-/// before a deactivation on another: its id is the later one, and the
-/// status recorded beside it (active) the older fact. Scoring forgets whom
-/// the email named and leaves the contact inactive; before change kinds it
-/// applied that status, counting her again.
-async fn an_email_change_leaves_the_status_alone(db: TestDatabase) {
-    use sea_orm::ConnectionTrait;
+/// Lifecycle on `db`, scoring beside it, and an account whose two people
+/// (Ann, Bob) engaged 100 and 25 points, delivered: (system, account, Ann).
+async fn two_people_engaged(db: &TestDatabase, name: &str) -> (TestSystem, String, String) {
     let scoring_db = db.like().await;
-    let mut system = TestSystem::lifecycle_on(&db).await;
+    let mut system = TestSystem::lifecycle_on(db).await;
     system.add_scoring(&scoring_db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
-    let id = lifecycle.create_account("Skewed", OWNER).await.account_id;
+    let domain = format!("{}.example", name.to_ascii_lowercase());
+    let id = lifecycle.create_account(name, OWNER).await.account_id;
     let ann = lifecycle
-        .create_contact(&id, "ann@skewed.example")
+        .create_contact(&id, &format!("ann@{domain}"))
         .await
         .contact_id;
     let bob = lifecycle
-        .create_contact(&id, "bob@skewed.example")
+        .create_contact(&id, &format!("bob@{domain}"))
         .await
         .contact_id;
     scoring
         .record(vec![
-            activity("s1", "demo_request", &id, &ann),
-            activity("s2", "webinar_attended", &id, &bob),
+            activity(&format!("{name}-1"), "demo_request", &id, &ann),
+            activity(&format!("{name}-2"), "webinar_attended", &id, &bob),
         ])
         .await;
     wait_for_scores(&lifecycle, &id, 125.0, 62.5).await;
-    set_inactive(&lifecycle, &ann, true).await;
-    wait_for_score(&scoring, &id, 25.0, 1).await;
+    system.own(scoring_db);
+    (system, id, ann)
+}
 
-    // The email change as the replica ahead recorded it (no API makes two
-    // replicas' clocks disagree): a later id, and Ann still active.
-    let change_id = cascade_domain::ids::new_id();
+/// Records a contact change in lifecycle's database as another lifecycle
+/// replica would have (no API makes two replicas' clocks disagree), and
+/// waits until scoring has applied and confirmed it.
+async fn recorded_elsewhere(
+    db: &TestDatabase,
+    lifecycle: &Lifecycle,
+    change: (&str, &str, &str),
+    (inactive, email_only): (bool, bool),
+) {
+    use sea_orm::ConnectionTrait;
+    let (change_id, account_id, contact_id) = change;
     let conn = cascade_chassis::db::connect(&db.settings)
         .await
         .expect("lifecycle's database");
+    let flag = |b: bool| if b { "TRUE" } else { "FALSE" };
     conn.execute_unprepared(&format!(
         "INSERT INTO contact_changes (change_id, tenant_id, contact_id, account_id, \
          inactive, email_only, created_at_ms) \
-         VALUES ('{change_id}', '{TENANT}', '{ann}', '{id}', FALSE, TRUE, 0)"
+         VALUES ('{change_id}', '{TENANT}', '{contact_id}', '{account_id}', {}, {}, 0)",
+        flag(inactive),
+        flag(email_only)
     ))
     .await
-    .expect("the email change");
+    .expect("the change recorded elsewhere");
     let internal = lifecycle.as_actor("scoring");
-    eventually("scoring to apply the email change", async || {
+    eventually("scoring to apply the change", async || {
         let pending = internal
             .internal()
             .list_pending_contact_changes(internal.req(lc::ListPendingContactChangesRequest {
@@ -511,6 +520,23 @@ async fn an_email_change_leaves_the_status_alone(db: TestDatabase) {
         }
     })
     .await;
+}
+
+/// An email change recorded on a lifecycle replica whose clock runs ahead,
+/// before a deactivation on another: its id is the later one, and the
+/// status recorded beside it (active) the older fact. Scoring forgets whom
+/// the email named and leaves the contact inactive; before change kinds it
+/// applied that status, counting her again.
+async fn an_email_change_leaves_the_status_alone(db: TestDatabase) {
+    let (system, id, ann) = two_people_engaged(&db, "Skewed").await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    set_inactive(&lifecycle, &ann, true).await;
+    wait_for_score(&scoring, &id, 25.0, 1).await;
+
+    // The email change as the replica ahead recorded it: a later id, and
+    // Ann still active.
+    let change_id = cascade_domain::ids::new_id();
+    recorded_elsewhere(&db, &lifecycle, (&change_id, &id, &ann), (false, true)).await;
     let score = scoring.score(&id).await;
     assert_eq!(
         (score.engagement_score, score.engaged_contact_count),
@@ -537,71 +563,16 @@ async fn an_email_change_leaves_the_status_alone(db: TestDatabase) {
 /// scoring counts the person again. Before, its id was the earlier one and
 /// scoring kept her inactive.
 async fn a_reactivation_wins_over_a_clock_ahead(db: TestDatabase) {
-    use sea_orm::ConnectionTrait;
-    let scoring_db = db.like().await;
-    let mut system = TestSystem::lifecycle_on(&db).await;
-    system.add_scoring(&scoring_db).await;
+    let (system, id, ann) = two_people_engaged(&db, "Ahead").await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
-    let id = lifecycle.create_account("Ahead", OWNER).await.account_id;
-    let ann = lifecycle
-        .create_contact(&id, "ann@ahead.example")
-        .await
-        .contact_id;
-    let bob = lifecycle
-        .create_contact(&id, "bob@ahead.example")
-        .await
-        .contact_id;
-    scoring
-        .record(vec![
-            activity("h1", "demo_request", &id, &ann),
-            activity("h2", "webinar_attended", &id, &bob),
-        ])
-        .await;
-    wait_for_scores(&lifecycle, &id, 125.0, 62.5).await;
     set_inactive(&lifecycle, &ann, true).await;
-
-    // The deactivation as the replica ahead recorded it (no API makes two
-    // replicas' clocks disagree): an id an hour from now.
+    // The deactivation as the replica ahead recorded it: an id an hour
+    // from now.
     let ahead = cascade_domain::ids::created_at_ms(&cascade_domain::ids::new_id())
         .expect("a UUIDv7")
         + 3_600_000;
     let ahead_id = cascade_domain::ids::id_made_at(ahead).expect("an id");
-    let conn = cascade_chassis::db::connect(&db.settings)
-        .await
-        .expect("lifecycle's database");
-    conn.execute_unprepared(&format!(
-        "INSERT INTO contact_changes (change_id, tenant_id, contact_id, account_id, \
-         inactive, email_only, created_at_ms) \
-         VALUES ('{ahead_id}', '{TENANT}', '{ann}', '{id}', TRUE, FALSE, 0)"
-    ))
-    .await
-    .expect("the deactivation ahead");
-    let internal = lifecycle.as_actor("scoring");
-    let pending = async || -> Vec<String> {
-        internal
-            .internal()
-            .list_pending_contact_changes(internal.req(lc::ListPendingContactChangesRequest {
-                service: "scoring".to_owned(),
-                page_size: 0,
-                after_change_id: String::new(),
-            }))
-            .await
-            .expect("pending changes")
-            .into_inner()
-            .changes
-            .into_iter()
-            .map(|c| c.change_id)
-            .collect()
-    };
-    eventually("scoring to apply the change ahead", async || {
-        let pending = pending().await;
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(pending)
-        }
-    })
-    .await;
+    recorded_elsewhere(&db, &lifecycle, (&ahead_id, &id, &ann), (true, false)).await;
     wait_for_score(&scoring, &id, 25.0, 1).await;
 
     set_inactive(&lifecycle, &ann, false).await;

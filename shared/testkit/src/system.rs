@@ -122,6 +122,12 @@ impl TestSystem {
         }
     }
 
+    /// Keeps `db` for as long as the system, removed with it (a database a
+    /// helper made for one of the system's services).
+    pub fn own(&mut self, db: TestDatabase) {
+        self._owned.push(db);
+    }
+
     /// Starts another scoring replica on `db` (the same database for
     /// replicas of one deployment).
     pub async fn add_scoring(&mut self, db: &TestDatabase) {
