@@ -372,15 +372,8 @@ async fn clear(
 
 async fn at_risk_notifications(lifecycle: &Lifecycle, account_id: &str) -> Vec<lc::Notification> {
     lifecycle
-        .public()
-        .list_notifications(lifecycle.req(lc::ListNotificationsRequest {
-            account_id: account_id.to_owned(),
-            ..Default::default()
-        }))
+        .notifications(account_id)
         .await
-        .expect("notifications")
-        .into_inner()
-        .notifications
         .into_iter()
         .filter(|n| n.reason == lc::NotificationReason::AtRisk as i32)
         .collect()

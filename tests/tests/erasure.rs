@@ -194,15 +194,8 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     // Lifecycle's part is done at once: the contact is gone, and the
     // notification names nobody.
     let notified: Vec<String> = lifecycle
-        .public()
-        .list_notifications(lifecycle.req(lc::ListNotificationsRequest {
-            account_id: acme.account_id.clone(),
-            ..Default::default()
-        }))
+        .notifications(&acme.account_id)
         .await
-        .expect("notifications")
-        .into_inner()
-        .notifications
         .into_iter()
         .map(|n| n.text)
         .collect();

@@ -39,9 +39,14 @@ impl RequestKey {
         if self.matches(stored) {
             Ok(())
         } else {
-            Err(ServiceError::invalid("request_id", reuse_reason(resource)))
+            Err(reuse_refusal(resource))
         }
     }
+}
+
+/// A reused request id refused: INVALID_ARGUMENT naming `request_id`.
+pub fn reuse_refusal(resource: &str) -> ServiceError {
+    ServiceError::invalid("request_id", reuse_reason(resource))
 }
 
 /// Why a reused request id is refused (a batch item's violation says the same).

@@ -244,6 +244,19 @@ impl Lifecycle {
             .into_inner())
     }
 
+    /// The account's notifications, newest first.
+    pub async fn notifications(&self, account_id: &str) -> Vec<lc::Notification> {
+        self.public()
+            .list_notifications(self.req(lc::ListNotificationsRequest {
+                account_id: account_id.to_owned(),
+                ..Default::default()
+            }))
+            .await
+            .expect("notifications")
+            .into_inner()
+            .notifications
+    }
+
     /// The funnel report's row of `stage` for the window from a day ago to a
     /// day ahead (everything a test did).
     pub async fn funnel_row(&self, stage: AccountStage) -> lc::FunnelStage {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cascade_chassis::client::{CALL_DEADLINE, LifecycleClient, outgoing_for, with_deadline};
-use cascade_chassis::idempotency::{RequestKey, reuse_reason};
+use cascade_chassis::idempotency::{RequestKey, reuse_refusal};
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::validate::{Validator, mask_path, not_writable};
 use cascade_chassis::{PreconditionViolation, RequestContext, ServiceError, ServiceResult, time};
@@ -279,9 +279,7 @@ impl OpportunityService for OpportunityApi {
             && let Some(existing) = self.repository.by_request(&context.tenant, key).await?
         {
             if !same_signature(&existing) {
-                return Err(
-                    ServiceError::invalid("request_id", reuse_reason("opportunity")).into(),
-                );
+                return Err(reuse_refusal("opportunity").into());
             }
             return Ok(Response::new(pb::CreateOpportunityResponse {
                 opportunity: Some(self.respond(&context, existing).await?),
@@ -293,7 +291,7 @@ impl OpportunityService for OpportunityApi {
         let created = self.repository.create(&context.tenant, o, key).await?;
         // A racing create under the same id may have made the record.
         if !same_signature(&created) {
-            return Err(ServiceError::invalid("request_id", reuse_reason("opportunity")).into());
+            return Err(reuse_refusal("opportunity").into());
         }
         Ok(Response::new(pb::CreateOpportunityResponse {
             opportunity: Some(self.respond(&context, created).await?),
