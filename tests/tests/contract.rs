@@ -140,6 +140,35 @@ async fn the_same_rule_gets_the_same_answer_everywhere(db: TestDatabase) {
             expect("thresholds.")
         );
     }
+    // One threshold written alone, clashing with the other in force (0 and
+    // 100 by default): the one written is named.
+    for (path, engaged, prioritized, expected) in [
+        (
+            "engaged_threshold",
+            150.0,
+            0.0,
+            pair(
+                "settings.engaged_threshold",
+                "must be less than the prioritized threshold (100)",
+            ),
+        ),
+        (
+            "prioritized_threshold",
+            0.0,
+            -1.0,
+            pair(
+                "settings.prioritized_threshold",
+                "must be greater than the engaged threshold (0)",
+            ),
+        ),
+    ] {
+        let mut request = settings(engaged, prioritized);
+        request.get_mut().update_mask = mask(&[path]);
+        assert_eq!(
+            refused(lifecycle.public().update_lifecycle_settings(request).await),
+            [expected]
+        );
+    }
 
     // A mask path that names nothing writable: its exact place in the mask,
     // the caller's text quoted briefly, the whole list of writable fields.

@@ -477,6 +477,24 @@ async fn amounts_have_a_limit_and_report_sums_stay_exact(db: TestDatabase) {
             )
         ]
     );
+    for code in ["XYZ", "usd"] {
+        let refused = opps
+            .try_create(deal(money(code, 5, 0)))
+            .await
+            .expect_err("no such currency");
+        assert_eq!(
+            violations(&refused),
+            [(
+                "opportunity.estimated_deal_size.currency_code".to_owned(),
+                if code == "XYZ" {
+                    "is not an ISO 4217 currency code"
+                } else {
+                    "must be a three-letter ISO 4217 code, e.g. USD"
+                }
+                .to_owned()
+            )]
+        );
+    }
     let refused = opps
         .try_create(pb::Opportunity {
             amount_from_line_items: true,
@@ -583,6 +601,25 @@ async fn settings_change_the_discover_name_and_the_threshold(db: TestDatabase) {
             .expect_err("ambiguous probabilities");
         assert_eq!(violated_fields(&refused), [field]);
     }
+    // A well-formed code that is no currency: refused, as in amounts.
+    let refused = opps
+        .public()
+        .update_opportunity_settings(opps.req(pb::UpdateOpportunitySettingsRequest {
+            settings: Some(pb::OpportunitySettings {
+                currency_code: "XYZ".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["currency_code"]),
+        }))
+        .await
+        .expect_err("no such currency");
+    assert_eq!(
+        violations(&refused),
+        [(
+            "settings.currency_code".to_owned(),
+            "is not an ISO 4217 currency code".to_owned()
+        )]
+    );
     let id = lifecycle.create_account("Small", "").await.account_id;
     let ann = lifecycle
         .create_contact(&id, "ann@small.example")

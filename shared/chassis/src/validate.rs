@@ -217,16 +217,25 @@ impl Validator {
     /// Stage thresholds: each finite, and `prioritized` above `engaged`
     /// (the same rule, and the same answer, wherever thresholds are given).
     /// `prefix` is the message holding both (`settings.`, `thresholds.`).
-    pub fn thresholds(&mut self, prefix: &str, engaged: f64, prioritized: f64) {
+    /// A clash is blamed on the threshold the caller wrote: an engaged
+    /// threshold written alone, above the prioritized one in force, is
+    /// what is wrong, not the value the caller left alone.
+    pub fn thresholds(&mut self, prefix: &str, engaged: f64, prioritized: f64, written: Written) {
         let engaged_ok = engaged.is_finite();
         let prioritized_ok = prioritized.is_finite();
         self.finite(&format!("{prefix}engaged_threshold"), engaged);
         self.finite(&format!("{prefix}prioritized_threshold"), prioritized);
         if engaged_ok && prioritized_ok && prioritized <= engaged {
-            self.add(
-                format!("{prefix}prioritized_threshold"),
-                format!("must be greater than the engaged threshold ({engaged})"),
-            );
+            match written {
+                Written::Engaged => self.add(
+                    format!("{prefix}engaged_threshold"),
+                    format!("must be less than the prioritized threshold ({prioritized})"),
+                ),
+                Written::Prioritized | Written::Both => self.add(
+                    format!("{prefix}prioritized_threshold"),
+                    format!("must be greater than the engaged threshold ({engaged})"),
+                ),
+            }
         }
     }
 
@@ -237,6 +246,14 @@ impl Validator {
             Err(ServiceError::InvalidArgument(self.violations))
         }
     }
+}
+
+/// Which of a pair of stage thresholds a request wrote (`Validator::thresholds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Engaged,
+    Prioritized,
+    Both,
 }
 
 /// `time` in whole milliseconds, rounded up.

@@ -221,11 +221,8 @@ impl Money {
     pub fn from_proto(money: &pb::Money) -> Result<Self, Vec<(&'static str, &'static str)>> {
         let mut wrong = Vec::new();
         let code = money.currency_code.as_bytes();
-        if code.len() != 3 || !code.iter().all(u8::is_ascii_uppercase) {
-            wrong.push((
-                "currency_code",
-                "must be a three-letter ISO 4217 code, e.g. USD",
-            ));
+        if let Some(problem) = currency_code_problem(&money.currency_code) {
+            wrong.push(("currency_code", problem));
         }
         if money.nanos.unsigned_abs() >= 1_000_000_000 {
             wrong.push(("nanos", "must be between -999,999,999 and 999,999,999"));
@@ -280,6 +277,19 @@ impl Money {
 
     pub fn currency_code(&self) -> &str {
         std::str::from_utf8(&self.currency).unwrap_or("XXX")
+    }
+}
+
+/// What is wrong with a currency code, if anything: it must be one of ISO
+/// 4217's, in capitals as the standard writes them (a lower-case `usd` is
+/// refused rather than guessed at, like every other code Cascade takes).
+pub fn currency_code_problem(code: &str) -> Option<&'static str> {
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Some("must be a three-letter ISO 4217 code, e.g. USD")
+    } else if iso_currency::Currency::from_code(code).is_none() {
+        Some("is not an ISO 4217 currency code")
+    } else {
+        None
     }
 }
 

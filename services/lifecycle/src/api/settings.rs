@@ -1,7 +1,7 @@
 //! The tenant's lifecycle settings: read and update.
 
 use cascade_chassis::time::to_timestamp;
-use cascade_chassis::validate::{Validator, mask_path, mask_paths, not_writable};
+use cascade_chassis::validate::{Validator, Written, mask_path, mask_paths, not_writable};
 use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
 use cascade_domain::valid_activity_type;
 use cascade_proto::lifecycle::v1 as pb;
@@ -223,8 +223,18 @@ fn settings_change(
             s.churn_when_contracts_end = x;
         }
         // The thresholds are checked together, against the values in force.
+        let written = match (engaged, prioritized) {
+            (Some(_), None) => Written::Engaged,
+            (None, Some(_)) => Written::Prioritized,
+            _ => Written::Both,
+        };
         let mut v = Validator::new();
-        v.thresholds("settings.", s.engaged_threshold, s.prioritized_threshold);
+        v.thresholds(
+            "settings.",
+            s.engaged_threshold,
+            s.prioritized_threshold,
+            written,
+        );
         v.finish()
     })
 }

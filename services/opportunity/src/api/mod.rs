@@ -617,13 +617,9 @@ impl OpportunityService for OpportunityApi {
                 }
                 "currency_code" => {
                     let code = input.currency_code.trim();
-                    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
-                        currency = Some(code.to_owned());
-                    } else {
-                        v.add(
-                            "settings.currency_code",
-                            "must be a three-letter ISO 4217 code, e.g. USD",
-                        );
+                    match cascade_domain::currency_code_problem(code) {
+                        None => currency = Some(code.to_owned()),
+                        Some(problem) => v.add("settings.currency_code", problem),
                     }
                 }
                 other => v.add(

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use cascade_chassis::client::{CALL_DEADLINE, outgoing_for, peer_failure, with_deadline};
-use cascade_chassis::validate::Validator;
+use cascade_chassis::validate::{Validator, Written};
 use cascade_chassis::{RequestContext, ServiceError, TenantId};
 use cascade_domain::AccountStage;
 use cascade_proto::lifecycle::v1 as lifecycle;
@@ -65,7 +65,12 @@ impl Plan {
         let thresholds = match request.thresholds {
             Some(t) => {
                 v.engaged_threshold("thresholds.engaged_threshold", t.engaged_threshold);
-                v.thresholds("thresholds.", t.engaged_threshold, t.prioritized_threshold);
+                v.thresholds(
+                    "thresholds.",
+                    t.engaged_threshold,
+                    t.prioritized_threshold,
+                    Written::Both,
+                );
                 Thresholds {
                     engaged: t.engaged_threshold,
                     prioritized: t.prioritized_threshold,
