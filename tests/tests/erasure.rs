@@ -30,6 +30,7 @@ on_each_database!(
     a_failing_erasure_holds_back_no_other,
     a_confirmation_before_the_settle_is_refused,
     a_longer_settle_in_lifecycle_is_waited_for,
+    an_earlier_email_leaves_the_hand_raise_texts_too,
 );
 
 const T: &str = "erasure";
@@ -206,24 +207,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         "{notified:?}"
     );
     // The watch feed replays it the same way.
-    let mut feed = lifecycle
-        .public()
-        .watch_account_events(lifecycle.req(lc::WatchAccountEventsRequest {
-            account_id: acme.account_id.clone(),
-            cursor: "0".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("the feed")
-        .into_inner();
-    let mut replayed = Vec::new();
-    while let Ok(Ok(Some(event))) =
-        tokio::time::timeout(Duration::from_millis(500), feed.message()).await
-    {
-        if let Some(lc::watch_account_events_response::Event::Notification(n)) = event.event {
-            replayed.push(n.text);
-        }
-    }
+    let replayed = replayed_notifications(&lifecycle, &acme.account_id).await;
     assert!(
         replayed
             .iter()
@@ -437,6 +421,126 @@ async fn scoring_rows_naming(system: &System, contact_id: &str) -> Vec<String> {
 }
 
 /// Erases `contact_id` as the tenant's data protection officer.
+/// The texts of the notifications the account's watch feed replays from
+/// its start.
+async fn replayed_notifications(
+    lifecycle: &cascade_testkit::Lifecycle,
+    account_id: &str,
+) -> Vec<String> {
+    let mut feed = lifecycle
+        .public()
+        .watch_account_events(lifecycle.req(lc::WatchAccountEventsRequest {
+            account_id: account_id.to_owned(),
+            cursor: "0".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the feed")
+        .into_inner();
+    let mut replayed = Vec::new();
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(Duration::from_millis(500), feed.message()).await
+    {
+        if let Some(lc::watch_account_events_response::Event::Notification(n)) = event.event {
+            replayed.push(n.text);
+        }
+    }
+    replayed
+}
+
+/// A hand-raise text names the person by the email they had when they
+/// raised a hand. Erasing them after an email change takes that email out
+/// too, as stored and as the watch feed replays it: the notification
+/// records whom it names, by contact id.
+async fn an_earlier_email_leaves_the_hand_raise_texts_too(db: TestDatabase) {
+    const NEW_PAT: &str = "pat.new@acme-erasure.example";
+    let system = System::start(&db, 1).await;
+    let lifecycle = system.lifecycle_as(0, T);
+    lifecycle
+        .set_settings(
+            lc::LifecycleSettings {
+                hand_raise_activity_types: vec!["demo_request".into()],
+                renotify_on_hand_raise: true,
+                ..Default::default()
+            },
+            &["hand_raise_activity_types", "renotify_on_hand_raise"],
+        )
+        .await;
+    let acme = lifecycle
+        .create_account_with(account("Acme", "acme-erasure.example", "owner"))
+        .await;
+    let pat = lifecycle.create_contact(&acme.account_id, PAT).await;
+    // 100 points make Acme PRIORITIZED (a notification naming nobody); the
+    // next demo request is a hand-raise on a prioritized account.
+    let scoring = system.scoring_as(0, T);
+    scoring
+        .record(vec![by_email("e-pat-1", "demo_request", PAT)])
+        .await;
+    lifecycle
+        .wait_for_stage(
+            &acme.account_id,
+            cascade_proto::common::v1::AccountStage::Prioritized,
+        )
+        .await;
+    scoring
+        .record(vec![by_email("e-pat-2", "demo_request", PAT)])
+        .await;
+    let raised = format!("{PAT} raised a hand (demo_request)");
+    eventually("the hand-raise notification", async || {
+        let texts: Vec<String> = lifecycle
+            .notifications(&acme.account_id)
+            .await
+            .into_iter()
+            .map(|n| n.text)
+            .collect();
+        if texts.iter().any(|t| t.starts_with(&raised)) {
+            Ok(())
+        } else {
+            Err(texts)
+        }
+    })
+    .await;
+    lifecycle
+        .public()
+        .update_contact(lifecycle.req(lc::UpdateContactRequest {
+            contact: Some(lc::Contact {
+                contact_id: pat.contact_id.clone(),
+                email: NEW_PAT.into(),
+                ..Default::default()
+            }),
+            update_mask: cascade_testkit::fixtures::mask(&["email"]),
+        }))
+        .await
+        .expect("a new email");
+
+    erase_contact(&lifecycle, &pat.contact_id).await;
+    let erased_text = "a person since erased raised a hand (demo_request)";
+    let notified: Vec<String> = lifecycle
+        .notifications(&acme.account_id)
+        .await
+        .into_iter()
+        .map(|n| n.text)
+        .collect();
+    assert!(
+        notified.iter().any(|t| t.starts_with(erased_text)),
+        "{notified:?}"
+    );
+    let replayed = replayed_notifications(&lifecycle, &acme.account_id).await;
+    assert!(
+        replayed.iter().any(|t| t.starts_with(erased_text)),
+        "{replayed:?}"
+    );
+    let lifecycle_db = system.databases()[0].1;
+    for email in [PAT, NEW_PAT] {
+        assert_eq!(
+            lifecycle_db.columns_containing(email).await,
+            Vec::<String>::new(),
+            "{email}"
+        );
+    }
+    system.stop().await;
+}
+
 async fn erase_contact(lifecycle: &cascade_testkit::Lifecycle, contact_id: &str) -> lc::Erasure {
     let admin = lifecycle.as_actor("dpo@tenant.example");
     admin

@@ -151,6 +151,10 @@ cascade_domain::domain_enum! {
 pub struct NotificationDraft {
     pub reason: NotificationReason,
     pub text: String,
+    /// The contact a hand-raise text names, so that erasing them finds
+    /// the text whatever their email was when it was written, and on
+    /// whichever account they were then.
+    pub raiser_contact_id: Option<String>,
 }
 
 /// A message to an account owner.

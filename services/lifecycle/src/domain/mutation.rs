@@ -253,6 +253,7 @@ pub fn decide(
             account.engagement_score,
             cx.settings.prioritized_threshold,
         ),
+        raiser_contact_id: None,
     });
     let risk = outcome.risk.as_ref().map(|change| {
         let (entry, write, message) = risk::records(

@@ -76,6 +76,7 @@ pub fn records(
                     "{} ({}) is at risk of leaving: {reason}",
                     cx.account_name, cx.stage
                 ),
+                raiser_contact_id: None,
             });
             let flag = AtRisk {
                 reason,

@@ -136,8 +136,8 @@ pub fn decide(
 
     let mut updates = Vec::with_capacity(delivery.contacts.len());
     let mut ignored = Vec::new();
-    // (who, activity type) of the first hand-raise seen.
-    let mut hand_raise: Option<(String, String)> = None;
+    // (contact id, who, activity type) of the first hand-raise seen.
+    let mut hand_raise: Option<(String, String, String)> = None;
     for engagement in &delivery.contacts {
         let Some(contact) = contacts
             .get(&engagement.contact_id)
@@ -155,7 +155,7 @@ pub fn decide(
                 .email
                 .clone()
                 .unwrap_or_else(|| contact.contact_id.clone());
-            hand_raise = Some((who, activity_type.clone()));
+            hand_raise = Some((contact.contact_id.clone(), who, activity_type.clone()));
         }
         let active = !engagement.new_activity_types.is_empty();
         let moved = if active {
@@ -184,14 +184,16 @@ pub fn decide(
                 delivery.engagement_score,
                 settings.prioritized_threshold,
             ),
+            raiser_contact_id: None,
         })
     } else if settings.renotify_on_hand_raise && stage >= AccountStage::Prioritized {
-        hand_raise.map(|(who, activity_type)| NotificationDraft {
+        hand_raise.map(|(contact_id, who, activity_type)| NotificationDraft {
             reason: NotificationReason::HandRaise,
             text: format!(
                 "{who} raised a hand ({activity_type}) on {}, which is {stage}.",
                 account.name
             ),
+            raiser_contact_id: Some(contact_id),
         })
     } else {
         None

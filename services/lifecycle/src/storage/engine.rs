@@ -385,16 +385,9 @@ async fn persist(
         .collect();
     let mut notified = false;
     if let Some(draft) = &changes.notification {
-        let notification = notifications::record(
-            txn,
-            tenant_id,
-            &account_id,
-            &owner,
-            draft.reason,
-            draft.text.clone(),
-            now_ms,
-        )
-        .await?;
+        let notification =
+            notifications::record(txn, tenant_id, &account_id, &owner, draft.clone(), now_ms)
+                .await?;
         feed.push(FeedEntry::notification(&notification));
         notified = true;
     }

@@ -294,6 +294,9 @@ pub mod notification {
         pub failed_attempts: i32,
         pub last_error: Option<String>,
         pub last_attempt_at_ms: Option<i64>,
+        /// Whom a hand-raise text names (`NotificationDraft`); none on
+        /// other notifications and on those written before.
+        pub raiser_contact_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

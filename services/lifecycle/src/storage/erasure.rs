@@ -7,9 +7,9 @@
 //! something happened) and applied event ids. Deleted: the contact rows
 //! (email, names, title), first-reached dates, buying-group memberships, and
 //! for an account its notifications and watch feed entries (their text names
-//! the account) and every reason in its stage history. A contact's email
-//! leaves the texts that name it (a hand-raise notification, as stored and
-//! as the watch feed replays it).
+//! the account) and every reason in its stage history. A contact leaves the
+//! texts that name them (a hand-raise notification, as stored and as the
+//! watch feed replays it), whatever their email was then.
 
 use cascade_chassis::db::{Stored, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -20,6 +20,7 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
+use std::collections::{BTreeSet, HashMap};
 
 use super::contacts::contact_model;
 use super::entities::{
@@ -94,66 +95,104 @@ pub const ERASED_PERSON: &str = "a person since erased";
 
 /// `text` naming `email` as who raised a hand, with the erased person in
 /// its place; `None` when it does not (another person whose email merely
-/// contains this one, `joann@` for `ann@`, keeps theirs).
+/// contains this one, `joann@` for `ann@`, keeps theirs). For texts written
+/// before notifications recorded whom they name.
 pub(crate) fn without_raiser(text: &str, email: &str) -> Option<String> {
     let rest = text.strip_prefix(email)?;
     rest.starts_with(" raised a hand")
         .then(|| format!("{ERASED_PERSON}{rest}"))
 }
 
-/// Takes `email` out of the account's notification texts and of the watch
-/// feed's copies of them (a hand-raise notification names who raised it).
-/// The webhook call is built from the notification's row when delivered, so
-/// one still waiting goes out without it too. Matched in Rust, not by LIKE:
-/// an email may hold LIKE's escape character. An email the person had
-/// before an UpdateContact is not known here, and stays where it was.
-async fn scrub_email(
+/// A hand-raise text known to name the erased person, with the erased
+/// person in place of whoever it names (an email or, for a person without
+/// one, a contact id: neither holds a space). `None` when it is not a
+/// hand-raise text or names nobody any more.
+fn without_named_raiser(text: &str) -> Option<String> {
+    let at = text.find(" raised a hand")?;
+    let scrubbed = format!("{ERASED_PERSON}{}", &text[at..]);
+    (scrubbed != text).then_some(scrubbed)
+}
+
+/// Takes an erased person out of the notification texts that name them as
+/// who raised a hand, and out of the watch feed's copies of them. Texts
+/// written since notifications record whom they name are found by contact
+/// id, on any account and whatever the person's email was then; older ones
+/// by the email the person has now, on their account. The webhook call is
+/// built from the notification's row when delivered, so one still waiting
+/// goes out without it too. Emails are matched in Rust, not by LIKE: an
+/// email may hold LIKE's escape character.
+async fn scrub_raiser(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
-    account_id: &str,
-    email: &str,
+    contact: &contact::Model,
 ) -> Result<(), DbErr> {
-    let texts: Vec<(String, String)> = notification::Entity::find()
+    let named: Vec<(String, String, String)> = notification::Entity::find()
         .select_only()
         .column(notification::Column::NotificationId)
+        .column(notification::Column::AccountId)
         .column(notification::Column::Text)
         .filter(notification::Column::TenantId.eq(tenant_id))
-        .filter(notification::Column::AccountId.eq(account_id))
+        .filter(notification::Column::RaiserContactId.eq(contact.contact_id.as_str()))
         .into_tuple()
         .all(conn)
         .await?;
-    for (id, text) in texts {
-        let Some(scrubbed) = without_raiser(&text, email) else {
-            continue;
-        };
-        notification::Entity::update_many()
-            .col_expr(notification::Column::Text, Expr::value(scrubbed))
+    let mut scrubbed: HashMap<String, String> = HashMap::new();
+    let mut accounts: BTreeSet<String> = BTreeSet::new();
+    for (id, account_id, text) in named {
+        if let Some(text) = without_named_raiser(&text) {
+            scrubbed.insert(id, text);
+            accounts.insert(account_id);
+        }
+    }
+    if let Some(email) = contact.email.as_deref() {
+        let older: Vec<(String, String)> = notification::Entity::find()
+            .select_only()
+            .column(notification::Column::NotificationId)
+            .column(notification::Column::Text)
             .filter(notification::Column::TenantId.eq(tenant_id))
-            .filter(notification::Column::NotificationId.eq(id))
+            .filter(notification::Column::AccountId.eq(contact.account_id.as_str()))
+            .filter(notification::Column::RaiserContactId.is_null())
+            .into_tuple()
+            .all(conn)
+            .await?;
+        for (id, text) in older {
+            if let Some(text) = without_raiser(&text, email) {
+                scrubbed.insert(id, text);
+                accounts.insert(contact.account_id.clone());
+            }
+        }
+    }
+    for (id, text) in &scrubbed {
+        notification::Entity::update_many()
+            .col_expr(notification::Column::Text, Expr::value(text.as_str()))
+            .filter(notification::Column::TenantId.eq(tenant_id))
+            .filter(notification::Column::NotificationId.eq(id.as_str()))
             .exec(conn)
             .await?;
     }
-    // Feed entries are protobuf: read the account's notifications back.
-    let entries: Vec<(i64, Vec<u8>)> = account_event::Entity::find()
-        .select_only()
-        .column(account_event::Column::Seq)
-        .column(account_event::Column::Payload)
-        .filter(account_event::Column::TenantId.eq(tenant_id))
-        .filter(account_event::Column::AccountId.eq(account_id))
-        .filter(account_event::Column::ToStage.is_null())
-        .into_tuple()
-        .all(conn)
-        .await?;
-    for (seq, payload) in entries {
-        let Some(scrubbed) = super::history::without_raiser(&payload, email) else {
-            continue;
-        };
-        account_event::Entity::update_many()
-            .col_expr(account_event::Column::Payload, Expr::value(scrubbed))
+    // Feed entries are protobuf: read the accounts' notifications back.
+    for account_id in &accounts {
+        let entries: Vec<(i64, Vec<u8>)> = account_event::Entity::find()
+            .select_only()
+            .column(account_event::Column::Seq)
+            .column(account_event::Column::Payload)
             .filter(account_event::Column::TenantId.eq(tenant_id))
-            .filter(account_event::Column::Seq.eq(seq))
-            .exec(conn)
+            .filter(account_event::Column::AccountId.eq(account_id.as_str()))
+            .filter(account_event::Column::ToStage.is_null())
+            .into_tuple()
+            .all(conn)
             .await?;
+        for (seq, payload) in entries {
+            let Some(payload) = super::history::with_notification_texts(&payload, &scrubbed) else {
+                continue;
+            };
+            account_event::Entity::update_many()
+                .col_expr(account_event::Column::Payload, Expr::value(payload))
+                .filter(account_event::Column::TenantId.eq(tenant_id))
+                .filter(account_event::Column::Seq.eq(seq))
+                .exec(conn)
+                .await?;
+        }
     }
     Ok(())
 }
@@ -243,9 +282,7 @@ impl Repository {
         let found = contact_model(&txn, tenant, contact_id).await?;
         let erased = [contact_id.to_owned()];
         delete_contact_traces(&txn, t, &erased).await?;
-        if let Some(email) = found.email.as_deref() {
-            scrub_email(&txn, t, &found.account_id, email).await?;
-        }
+        scrub_raiser(&txn, t, &found).await?;
         let model = record(
             &txn,
             t,
@@ -471,5 +508,20 @@ mod tests {
             without_raiser("Acme reached PRIORITIZED", "ann@acme.com"),
             None
         );
+    }
+
+    #[test]
+    fn a_text_known_to_name_the_person_loses_whatever_it_named() {
+        // The email the person had then, not the one they have now.
+        let text = "old@acme.com raised a hand (demo_request) on Acme, which is PRIORITIZED.";
+        assert_eq!(
+            without_named_raiser(text).as_deref(),
+            Some(
+                "a person since erased raised a hand (demo_request) on Acme, which is PRIORITIZED."
+            )
+        );
+        let scrubbed = without_named_raiser(text).expect("scrubbed");
+        assert_eq!(without_named_raiser(&scrubbed), None, "once is enough");
+        assert_eq!(without_named_raiser("Acme reached PRIORITIZED"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! The stage history: transitions, the stage at a past time, the funnel
 //! report (computed in SQL from the history table), and the watch feed.
 
+use std::collections::HashMap;
+
 use cascade_chassis::db::Stored;
 use cascade_chassis::db::insert_chunks;
 use cascade_chassis::page::PageRequest;
@@ -158,17 +160,20 @@ impl FeedEntry {
     }
 }
 
-/// A feed entry's payload with the notification it carries no longer
-/// naming `email` as who raised a hand (`erasure::without_raiser`); `None`
-/// when it does not (or the payload is not one this version reads).
-pub(crate) fn without_raiser(payload: &[u8], email: &str) -> Option<Vec<u8>> {
+/// A feed entry's payload with the notification it carries given its new
+/// text from `texts` (by notification id, as an erasure rewrote them);
+/// `None` when it carries none of them (or is not one this version reads).
+pub(crate) fn with_notification_texts(
+    payload: &[u8],
+    texts: &HashMap<String, String>,
+) -> Option<Vec<u8>> {
     let mut message = pb::WatchAccountEventsResponse::decode(payload).ok()?;
     let Some(pb::watch_account_events_response::Event::Notification(notification)) =
         message.event.as_mut()
     else {
         return None;
     };
-    notification.text = super::erasure::without_raiser(&notification.text, email)?;
+    notification.text = texts.get(&notification.notification_id)?.clone();
     Some(message.encode_to_vec())
 }
 

@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(ErasedAccountsReasons),
             Box::new(CreateRequestDigests),
             Box::new(ContactChangeKinds),
+            Box::new(NotificationRaisers),
         ]
     }
 }
@@ -109,6 +110,50 @@ impl MigrationTrait for ContactChangeKinds {
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         Err(DbErr::Migration(
             "the contact change kinds migration is not reversible".into(),
+        ))
+    }
+}
+
+/// Whom a hand-raise notification names, by contact id, so that an erasure
+/// finds the text whatever the person's email was when it was written and
+/// on whichever account they were then; and the index it is found by.
+/// Notifications written before have none, and are matched by the email the
+/// person has at erasure, on their account, as before.
+struct NotificationRaisers;
+
+impl MigrationName for NotificationRaisers {
+    fn name(&self) -> &str {
+        "m20261207_100001_notification_raisers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NotificationRaisers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        super::migration_stage_engine::add_column(
+            manager,
+            Notifications::Table,
+            ColumnDef::new(Notifications::RaiserContactId)
+                .string_len(36)
+                .null(),
+        )
+        .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_notifications_raiser")
+                    .table(Notifications::Table)
+                    .col(Notifications::TenantId)
+                    .col(Notifications::RaiserContactId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the notification raisers migration is not reversible".into(),
         ))
     }
 }
@@ -235,6 +280,13 @@ enum Accounts {
     CreatedAt,
     UpdatedAt,
     Version,
+}
+
+#[derive(DeriveIden)]
+enum Notifications {
+    Table,
+    TenantId,
+    RaiserContactId,
 }
 
 #[derive(DeriveIden)]

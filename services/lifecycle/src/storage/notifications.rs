@@ -23,7 +23,7 @@ use sha2::Sha256;
 use super::accounts::account_model;
 use super::entities::notification;
 use super::{Repository, from_ms, settings};
-use crate::domain::{Delivery, DeliveryState, Notification, NotificationReason};
+use crate::domain::{Delivery, DeliveryState, Notification, NotificationDraft, NotificationReason};
 use sea_orm::ActiveValue::Set;
 
 /// Outbox topic of notifications; the partition is the account.
@@ -46,10 +46,14 @@ pub(crate) async fn record(
     tenant_id: &str,
     account_id: &str,
     owner_id: &str,
-    reason: NotificationReason,
-    text: String,
+    draft: NotificationDraft,
     now_ms: i64,
 ) -> Result<Notification, DbErr> {
+    let NotificationDraft {
+        reason,
+        text,
+        raiser_contact_id,
+    } = draft;
     let notification_id = ids::new_id();
     notification::Entity::insert(notification::ActiveModel {
         notification_id: Set(notification_id.clone()),
@@ -64,6 +68,7 @@ pub(crate) async fn record(
         failed_attempts: Set(0),
         last_error: Set(None),
         last_attempt_at_ms: Set(None),
+        raiser_contact_id: Set(raiser_contact_id),
     })
     .exec_without_returning(conn)
     .await?;

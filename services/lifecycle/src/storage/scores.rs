@@ -220,16 +220,8 @@ impl Repository {
                 .extend(transitions.iter().map(FeedEntry::transition));
             if let Some(draft) = notification {
                 let owner = model.owner_id.clone().unwrap_or_default();
-                let notification = notifications::record(
-                    &txn,
-                    t,
-                    account_id,
-                    &owner,
-                    draft.reason,
-                    draft.text,
-                    now_ms,
-                )
-                .await?;
+                let notification =
+                    notifications::record(&txn, t, account_id, &owner, draft, now_ms).await?;
                 writes.events.push(FeedEntry::notification(&notification));
                 writes.notified = true;
             }
