@@ -3,17 +3,15 @@
 # Deployment picks its binary with `command`.
 # Build: docker build -t REGISTRY/cascade:TAG .
 #
-# Stage 1 builds release binaries with the pinned toolchain and Cargo.lock.
+# Stage 1 builds release binaries with the pinned toolchain and Cargo.lock,
+# by `make image-binaries`: the same recipe CI runs (.ci/run), so a binary
+# missing from the build fails there, not first here.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p cascade-lifecycle -p cascade-scoring -p cascade-opportunity \
-      -p cascade-tests --bin cascade-token \
- && mkdir /out \
- && cp target/release/cascade-lifecycle target/release/cascade-scoring target/release/cascade-opportunity \
-      target/release/cascade-token /out/
+    make image-binaries IMAGE_OUT=/out
 
 # Stage 2: distroless (glibc, CA certificates, no shell, no package manager),
 # running as the image's unprivileged user.

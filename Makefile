@@ -14,7 +14,11 @@ BENCH_DATABASE_URL ?=
 # and the load, demo and token tools in one cargo invocation, so features are
 # resolved once and SQLx and SeaORM are compiled once (built in two
 # invocations they were compiled twice: five minutes of a CI run).
-RELEASE_BUILD := $(CARGO) build --release $(SERVICES) -p cascade-tests --bins
+# --locked: the versions in Cargo.lock, as reviewed, never a newer resolution.
+RELEASE_BUILD := $(CARGO) build --release --locked $(SERVICES) -p cascade-tests --bins
+# What the image ships (Dockerfile): the three services and cascade-token.
+IMAGE_BINARIES := cascade-lifecycle cascade-scoring cascade-opportunity cascade-token
+IMAGE_OUT ?= build/image
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := help
@@ -26,6 +30,14 @@ help: ## List the targets
 .PHONY: build
 build: ## Build the three service binaries and the load/demo/token tools (release)
 	$(RELEASE_BUILD)
+
+.PHONY: image-binaries
+# The Dockerfile's build step is this target, and CI runs it, so the image's
+# recipe is the one tested (a `cargo build` of its own once built only
+# cascade-token, and the image's copy of the services failed).
+image-binaries: build ## Copy the binaries the image ships into IMAGE_OUT (default build/image)
+	mkdir -p $(IMAGE_OUT)
+	cp $(addprefix $${CARGO_TARGET_DIR:-target}/release/,$(IMAGE_BINARIES)) $(IMAGE_OUT)/
 
 .PHONY: run
 run: build ## Start lifecycle :50051, scoring :50052, opportunity :50053 on SQLite under ./data (Ctrl-C stops all)
@@ -100,13 +112,14 @@ clients: tools-buf tools-clients ## Generate the Python and TypeScript clients f
 	@echo "build/clients/python: $$(find build/clients/python -name '*_pb2.py' | wc -l) files of messages (+ gRPC stubs); build/clients/ts: $$(find build/clients/ts -name '*.ts' | wc -l) files"
 
 .PHONY: k8s-check
-k8s-check: tools-k8s ## Render every overlay, validate it against the Kubernetes API schemas, run checkov
+k8s-check: tools-k8s ## Render every overlay, validate it against the Kubernetes API schemas, check every selector selects pods, run checkov
 	@mkdir -p build
 	@set -e; for overlay in dev production; do \
 		kubectl kustomize k8s/overlays/$$overlay > build/k8s-$$overlay.yaml; \
 		.venv/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.33.0 build/k8s-$$overlay.yaml; \
 		echo "k8s/overlays/$$overlay: $$(grep -c '^kind:' build/k8s-$$overlay.yaml) objects valid for Kubernetes 1.33"; \
 	done
+	.venv/bin/python scripts/k8s-selectors.py build/k8s-dev.yaml build/k8s-production.yaml
 	.venv/bin/checkov --framework kubernetes -f build/k8s-dev.yaml -f build/k8s-production.yaml --compact --quiet --skip-download
 
 .PHONY: fmt

@@ -1,7 +1,8 @@
 //! Real binaries: on SIGTERM while serving requests, health turns
 //! NOT_SERVING before the listener closes, requests in the drain window are
 //! still answered, and the process exits cleanly within the grace period;
-//! and each runs at the CPU priority its `server.nice` gives it.
+//! health checks are answered while every place for requests is taken; and
+//! each runs at the CPU priority its `server.nice` gives it.
 
 mod common;
 
@@ -110,6 +111,76 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     println!(
         "shutdown: NOT_SERVING after {not_serving_after:?}, exited after {stopped_after:?}; {ok} calls answered, {refused} refused after the listener closed"
     );
+}
+
+/// With every place for requests taken by a call waiting on the database,
+/// health checks are still answered at once: a liveness probe stuck behind
+/// them would restart a pod that is only busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_answered_while_every_place_is_taken() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDatabase::sqlite();
+    let dir = TempDir::new("health-limit");
+    let mut process = Process::new("lifecycle", &db.settings.url, dir.path())
+        .with_env("CASCADE_LIFECYCLE__SERVER__CONCURRENCY_LIMIT", "1");
+    process.start().await;
+    let lifecycle = LifecycleServiceClient::new(process.channel());
+    // Another writer holds the database: a create waits for it (up to
+    // SQLite's 10 s busy timeout), in the only place there is.
+    let other = sea_orm::Database::connect(db.settings.url.as_str())
+        .await
+        .expect("connect");
+    let holding = other.begin().await.expect("begin");
+    holding
+        .execute_unprepared("CREATE TABLE held_by_the_test (x INTEGER)")
+        .await
+        .expect("the write lock");
+    let create = {
+        let mut client = lifecycle.clone();
+        tokio::spawn(async move {
+            client
+                .create_account(request_for(
+                    "t",
+                    lc::CreateAccountRequest {
+                        account: Some(lc::Account {
+                            name: "Waiting".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        })
+    };
+    // The place is taken once a read (which the held lock does not stop)
+    // waits too.
+    eventually("the create to take the only place", async || {
+        let mut client = lifecycle.clone();
+        let list = client.list_accounts(request_for("t", lc::ListAccountsRequest::default()));
+        match tokio::time::timeout(Duration::from_millis(300), list).await {
+            Err(_) => Ok(()),
+            Ok(answered) => Err(format!("answered: {:?}", answered.map(|_| ()))),
+        }
+    })
+    .await;
+    let status = tokio::time::timeout(
+        Duration::from_secs(3),
+        HealthClient::new(process.channel()).check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("health answers while the place is taken")
+    .expect("health")
+    .into_inner()
+    .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    holding.rollback().await.expect("let go");
+    create
+        .await
+        .expect("the create")
+        .expect("created once the database is free");
+    process.terminate().await;
 }
 
 /// Where the kernel groups processes by session (autogroup), a service

@@ -194,3 +194,67 @@ mod tests {
         );
     }
 }
+
+/// The bound on requests a server handles at once (`server.concurrency_limit`),
+/// across all connections; more wait for a place. Health checks never wait:
+/// the kubelet's probes time out in a second, and a liveness probe stuck
+/// behind calls waiting on a slow database would restart a pod that is only
+/// busy (docs/kubernetes.md: liveness never follows the database).
+#[derive(Clone)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    places: Arc<Semaphore>,
+}
+
+impl<S> ConcurrencyLimit<S> {
+    /// The layer, for `ServiceBuilder::layer`: one bound shared by every
+    /// connection's copy of the service.
+    pub fn layer(limit: usize) -> impl tower::Layer<S, Service = Self> + Clone {
+        let places = Arc::new(Semaphore::new(limit));
+        tower::layer::layer_fn(move |inner| Self {
+            inner,
+            places: places.clone(),
+        })
+    }
+}
+
+/// gRPC health checks (`grpc.health.v1.Health`), which never wait for a place.
+fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ConcurrencyLimit<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The service polled ready is the one called, after the wait.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let places = (!is_health_check(request.uri().path())).then(|| self.places.clone());
+        Box::pin(async move {
+            // Held until the response (its headers) is ready, as tower's
+            // limit does; the semaphore is never closed.
+            let _place = match places {
+                Some(places) => places.acquire_owned().await.ok(),
+                None => None,
+            };
+            inner.call(request).await
+        })
+    }
+}

@@ -22,7 +22,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -455,7 +454,9 @@ impl Application {
             // Inside the trace layer, so spans and metrics see the final code.
             .layer(crate::malformed::MalformedRequest::layer())
             .layer(RequestContextLayer::new(auth, served))
-            .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
+            .layer(crate::limit::ConcurrencyLimit::layer(
+                settings.concurrency_limit,
+            ))
             .into_inner();
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
