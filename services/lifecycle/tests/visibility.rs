@@ -182,15 +182,16 @@ async fn contacts_keep_a_stage_history(db: TestDatabase) {
                 "opportunity",
                 "opp-open"
             ),
+            // Back to the stage the hand-raise gave her before the deal.
             (
                 C::Opportunity as i32,
-                C::Engaged as i32,
+                C::MarketingQualified as i32,
                 Why::OpportunityLost as i32,
                 "opportunity",
                 "opp-lost"
             ),
             (
-                C::Engaged as i32,
+                C::MarketingQualified as i32,
                 C::SalesQualified as i32,
                 Why::Manual as i32,
                 "sdr@seller.example",

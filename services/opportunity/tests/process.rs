@@ -252,6 +252,85 @@ async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabas
     system.stop().await;
 }
 
+/// A contact is an OPPORTUNITY while in an open deal's buying group
+/// (DESIGN): taken out of the group, or when the deal is lost, and in no
+/// other open deal, it gets back the stage it had, a person's choice
+/// included.
+async fn leaving_a_buying_group_gives_a_contact_its_stage_back(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let id = lifecycle.create_account("Hooli", "").await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@hooli.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@hooli.example")
+        .await
+        .contact_id;
+    // A seller already judged Ann sales-qualified.
+    lifecycle
+        .public()
+        .update_contact(
+            lifecycle.req(cascade_proto::lifecycle::v1::UpdateContactRequest {
+                contact: Some(cascade_proto::lifecycle::v1::Contact {
+                    contact_id: ann.clone(),
+                    stage: C::SalesQualified as i32,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["stage"]),
+            }),
+        )
+        .await
+        .expect("sales-qualified");
+    let group = |ids: &[&String]| pb::Opportunity {
+        buying_group_contact_ids: ids.iter().map(|s| (*s).clone()).collect(),
+        ..Default::default()
+    };
+    let first = opps
+        .try_create(pb::Opportunity {
+            account_id: id.clone(),
+            name: "First".into(),
+            ..group(&[&ann, &bob])
+        })
+        .await
+        .expect("first")
+        .opportunity_id;
+    let second = opps
+        .try_create(pb::Opportunity {
+            account_id: id.clone(),
+            name: "Second".into(),
+            ..group(&[&bob])
+        })
+        .await
+        .expect("second")
+        .opportunity_id;
+    lifecycle.wait_for_contact_stage(&ann, C::Opportunity).await;
+    lifecycle.wait_for_contact_stage(&bob, C::Opportunity).await;
+
+    // Bob out of the first deal: still in the second, so still OPPORTUNITY.
+    opps.try_update(&first, group(&[&ann]), &["buying_group_contact_ids"])
+        .await
+        .expect("bob out of the first");
+    system.settled().await;
+    assert_eq!(lifecycle.contact(&bob).await.stage, C::Opportunity as i32);
+    // Out of the second too: in no open deal, back to SUSPECT (no activity).
+    opps.try_update(&second, group(&[]), &["buying_group_contact_ids"])
+        .await
+        .expect("bob out of the second");
+    lifecycle.wait_for_contact_stage(&bob, C::Suspect).await;
+
+    // The first deal is lost: Ann is what the seller made her before.
+    opps.try_lose(&first, "budget cut").await.expect("lost");
+    lifecycle
+        .wait_for_contact_stage(&ann, C::SalesQualified)
+        .await;
+    // Bob, out of that deal before it was lost, is left alone.
+    system.settled().await;
+    assert_eq!(lifecycle.contact(&bob).await.stage, C::Suspect as i32);
+    system.stop().await;
+}
+
 async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
@@ -826,4 +905,5 @@ on_each_database!(
     a_lost_deal_nurtures_only_when_it_was_the_last_open_one,
     the_pipeline_report_matches_a_hand_computed_scenario,
     settings_change_the_discover_name_and_the_threshold,
+    leaving_a_buying_group_gives_a_contact_its_stage_back,
 );

@@ -88,8 +88,14 @@ pub enum ContactEvent {
     JoinedOpenOpportunity,
     /// An opportunity with the contact in its buying group was won.
     OpportunityWon,
-    /// The contact's last open opportunity was lost.
-    LeftOpenOpportunities { has_email: bool, has_activity: bool },
+    /// The contact is in no open opportunity's buying group any more: its
+    /// last one was lost, or it was taken out of the group. `before` is the
+    /// stage it had when it joined (from its history).
+    LeftOpenOpportunities {
+        has_email: bool,
+        has_activity: bool,
+        before: Option<ContactStage>,
+    },
 }
 
 impl ContactEvent {
@@ -132,10 +138,17 @@ pub fn after_event(current: ContactStage, event: ContactEvent) -> ContactStage {
         ContactEvent::LeftOpenOpportunities {
             has_email,
             has_activity,
-        } => match current {
-            C::Opportunity if has_activity => C::Engaged,
-            C::Opportunity => new_contact_stage(has_email),
-            other => other,
+            before,
+        } => match (current, before) {
+            // A stage a person set, or a hand-raise, comes back: the deal
+            // only lent the contact its OPPORTUNITY stage.
+            (
+                C::Opportunity,
+                Some(b @ (C::MarketingQualified | C::SalesQualified | C::Disqualified | C::Other)),
+            ) => b,
+            (C::Opportunity, _) if has_activity => C::Engaged,
+            (C::Opportunity, _) => new_contact_stage(has_email),
+            (other, _) => other,
         },
     }
 }
@@ -216,7 +229,8 @@ mod tests {
                 C::Opportunity,
                 ContactEvent::LeftOpenOpportunities {
                     has_email: true,
-                    has_activity: false
+                    has_activity: false,
+                    before: None,
                 }
             )
             .map(|m| (m.to, m.cause)),
@@ -238,6 +252,7 @@ mod tests {
         let left = |has_email, has_activity| ContactEvent::LeftOpenOpportunities {
             has_email,
             has_activity,
+            before: None,
         };
         let events = [
             ContactEvent::Activity { hand_raise: false },
@@ -268,5 +283,35 @@ mod tests {
                 assert_eq!(after_event(stage, *event), want, "{stage} on {event:?}");
             }
         }
+    }
+
+    /// Leaving its last open deal, a contact gets back the stage a person
+    /// or a hand-raise gave it before it joined; an automatic stage before
+    /// is worked out again from what the contact did meanwhile.
+    #[test]
+    fn leaving_a_deal_brings_back_the_stage_before_it() {
+        for (before, want) in [
+            (Some(C::SalesQualified), C::SalesQualified),
+            (Some(C::Disqualified), C::Disqualified),
+            (Some(C::Other), C::Other),
+            (Some(C::MarketingQualified), C::MarketingQualified),
+            (Some(C::Suspect), C::Engaged),
+            (Some(C::Engaged), C::Engaged),
+            (None, C::Engaged),
+        ] {
+            let event = ContactEvent::LeftOpenOpportunities {
+                has_email: true,
+                has_activity: true,
+                before,
+            };
+            assert_eq!(after_event(C::Opportunity, event), want, "{before:?}");
+        }
+        // Only a contact the deal made an OPPORTUNITY moves.
+        let event = ContactEvent::LeftOpenOpportunities {
+            has_email: true,
+            has_activity: true,
+            before: Some(C::SalesQualified),
+        };
+        assert_eq!(after_event(C::Customer, event), C::Customer);
     }
 }

@@ -98,6 +98,12 @@ pub struct MemberSnapshot {
     pub has_activity: bool,
     /// In the buying group of another opportunity that is still open.
     pub in_other_open_opportunity: bool,
+    /// Taken out of this deal's buying group: named before, not by the
+    /// event (which carries the whole group).
+    pub left_this_deal: bool,
+    /// The stage the contact had when it last joined an open deal (from
+    /// its history); leaving the deal brings back one a person set.
+    pub stage_before_opportunity: Option<ContactStage>,
 }
 
 /// Who acts, under which settings, and when.
@@ -343,16 +349,25 @@ fn buying_group_moves(
     members
         .iter()
         .filter_map(|m| {
+            let left = ContactEvent::LeftOpenOpportunities {
+                has_email: m.has_email,
+                has_activity: m.has_activity,
+                before: m.stage_before_opportunity,
+            };
             let event = match kind {
                 // Not a deal of its own: the buying groups are as they were.
                 OpportunityEventKind::ContractsEnded => return None,
+                // Out of this deal (taken out of its group, or it was lost),
+                // and in no other open one.
+                _ if m.in_other_open_opportunity
+                    && (m.left_this_deal || kind == OpportunityEventKind::Lost) =>
+                {
+                    return None;
+                }
+                _ if m.left_this_deal => left,
                 OpportunityEventKind::Opened => ContactEvent::JoinedOpenOpportunity,
                 OpportunityEventKind::Won => ContactEvent::OpportunityWon,
-                OpportunityEventKind::Lost if m.in_other_open_opportunity => return None,
-                OpportunityEventKind::Lost => ContactEvent::LeftOpenOpportunities {
-                    has_email: m.has_email,
-                    has_activity: m.has_activity,
-                },
+                OpportunityEventKind::Lost => left,
             };
             contact_rules::move_on(m.stage, event).map(|moved| {
                 ContactTransition::of_move(
@@ -415,6 +430,8 @@ mod tests {
             has_email: true,
             has_activity: true,
             in_other_open_opportunity: in_other_open,
+            left_this_deal: false,
+            stage_before_opportunity: None,
         }
     }
 
@@ -706,6 +723,38 @@ mod tests {
             &settings(),
         );
         assert_eq!(moves(&lost), [("c4", C::Opportunity, C::Engaged)]);
+    }
+
+    /// A member the event leaves out was taken out of the deal's group: it
+    /// leaves the deal (unless in another open one) whatever the event, and
+    /// a win does not make it a CUSTOMER.
+    #[test]
+    fn a_member_taken_out_of_the_group_leaves_the_deal() {
+        let out = |id: &str, in_other_open: bool| MemberSnapshot {
+            left_this_deal: true,
+            stage_before_opportunity: Some(C::SalesQualified),
+            ..member(id, C::Opportunity, in_other_open)
+        };
+        let members = [
+            member("c1", C::Opportunity, false),
+            out("c2", false),
+            out("c3", true),
+        ];
+        for (kind, c1) in [
+            (OpportunityEventKind::Opened, None),
+            (OpportunityEventKind::Won, Some(C::Customer)),
+            (OpportunityEventKind::Lost, Some(C::Engaged)),
+        ] {
+            let mut a = account(S::Pipeline, 0);
+            a.opportunity_known_open = true;
+            let c = changes(&a, &members, &opportunity(kind, 0), &settings());
+            let mut expected: Vec<(&str, ContactStage, ContactStage)> = c1
+                .map(|to| ("c1", C::Opportunity, to))
+                .into_iter()
+                .collect();
+            expected.push(("c2", C::Opportunity, C::SalesQualified));
+            assert_eq!(moves(&c), expected, "{kind:?}");
+        }
     }
 
     #[test]

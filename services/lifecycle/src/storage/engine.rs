@@ -6,7 +6,7 @@
 //! entries, watch events and the applied event id) together or not at all.
 
 use cascade_chassis::db::Stored;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use cascade_chassis::db::{WriteTransaction, among, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
@@ -18,7 +18,9 @@ use sea_orm::{
 };
 
 use super::accounts::{set_risk, store_risk};
-use super::entities::{account, account_opportunity, applied_event, contact, opportunity_contact};
+use super::entities::{
+    account, account_opportunity, applied_event, contact, contact_transition, opportunity_contact,
+};
 use super::history::{FeedEntry, append_events, insert_contact_transitions, transition_row};
 use super::{
     OPEN, Repository, account_state, hydrate_account, lock_account, ms, notifications,
@@ -26,7 +28,7 @@ use super::{
 };
 use crate::domain::mutation::{self, AccountSnapshot, Changes, Context, Decision, MemberSnapshot};
 use crate::domain::{Account, Transition};
-use cascade_domain::OpportunityKind;
+use cascade_domain::{ContactStage, OpportunityKind};
 
 pub use crate::domain::mutation::{Mutation, OpportunityEventKind};
 
@@ -201,7 +203,13 @@ async fn load_members(
     kind: OpportunityEventKind,
     buying_group: &[String],
 ) -> ServiceResult<Vec<MemberSnapshot>> {
-    let mut ids: BTreeSet<String> = opportunity_contact::Entity::find()
+    if kind == OpportunityEventKind::ContractsEnded {
+        // About the account's won deals: no buying group changes.
+        return Ok(Vec::new());
+    }
+    // The event carries the deal's whole buying group: whoever lifecycle
+    // knew in it and the event leaves out was taken out of it.
+    let named: BTreeSet<String> = opportunity_contact::Entity::find()
         .filter(opportunity_contact::Column::TenantId.eq(tenant_id))
         .filter(opportunity_contact::Column::OpportunityId.eq(opportunity_id))
         .all(conn)
@@ -209,8 +217,10 @@ async fn load_members(
         .into_iter()
         .map(|m| m.contact_id)
         .collect();
-    ids.extend(buying_group.iter().cloned());
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let group: BTreeSet<&str> = buying_group.iter().map(String::as_str).collect();
+    let mut ids: BTreeSet<&str> = named.iter().map(String::as_str).collect();
+    ids.extend(group.iter().copied());
+    let ids: Vec<&str> = ids.into_iter().collect();
     let mut contacts = Vec::with_capacity(ids.len());
     for chunk in among(
         conn.get_database_backend(),
@@ -227,12 +237,21 @@ async fn load_members(
         );
     }
     contacts.sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
-    // Only a lost deal asks: a contact still in another open deal stays.
-    let still_open = if kind == OpportunityEventKind::Lost {
-        let ids: Vec<&str> = contacts.iter().map(|c| c.contact_id.as_str()).collect();
-        in_other_open_opportunities(conn, tenant_id, opportunity_id, &ids).await?
+    // Those leaving this deal (its group when it is lost, and whoever was
+    // taken out of it): a contact still in another open deal stays, and
+    // one that goes gets back the stage it had before.
+    let leaving: Vec<&str> = contacts
+        .iter()
+        .map(|c| c.contact_id.as_str())
+        .filter(|id| kind == OpportunityEventKind::Lost || !group.contains(id))
+        .collect();
+    let (still_open, before) = if leaving.is_empty() {
+        (HashSet::new(), HashMap::new())
     } else {
-        HashSet::new()
+        (
+            in_other_open_opportunities(conn, tenant_id, opportunity_id, &leaving).await?,
+            stages_before_opportunity(conn, tenant_id, &leaving).await?,
+        )
     };
     contacts
         .into_iter()
@@ -242,10 +261,42 @@ async fn load_members(
                 has_email: c.email.is_some(),
                 has_activity: c.has_activity,
                 in_other_open_opportunity: still_open.contains(&c.contact_id),
+                left_this_deal: !group.contains(c.contact_id.as_str()),
+                stage_before_opportunity: before.get(&c.contact_id).copied(),
                 contact_id: c.contact_id,
             })
         })
         .collect()
+}
+
+/// Of `contact_ids`, the stage each had when it last became an OPPORTUNITY
+/// (its history's latest move into that stage), for those that ever did.
+async fn stages_before_opportunity(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    contact_ids: &[&str],
+) -> ServiceResult<HashMap<String, ContactStage>> {
+    let mut before = HashMap::new();
+    for chunk in among(
+        conn.get_database_backend(),
+        contact_transition::Column::ContactId,
+        contact_ids,
+    ) {
+        let moves: Vec<(String, Stored<ContactStage>)> = contact_transition::Entity::find()
+            .select_only()
+            .column(contact_transition::Column::ContactId)
+            .column(contact_transition::Column::FromStage)
+            .filter(contact_transition::Column::TenantId.eq(tenant_id))
+            .filter(chunk)
+            .filter(contact_transition::Column::ToStage.eq(Stored(ContactStage::Opportunity)))
+            .order_by_asc(contact_transition::Column::TransitionId)
+            .into_tuple()
+            .all(conn)
+            .await?;
+        // Oldest first: the latest move wins.
+        before.extend(moves.into_iter().map(|(id, from)| (id, *from)));
+    }
+    Ok(before)
 }
 
 /// Of `contact_ids`, those in the buying group of another opportunity of the
@@ -460,7 +511,18 @@ async fn record_opportunity(
         .map(|row| (row.opportunity_id, *row.kind))
         .collect();
     let open = super::accounts::open_opportunities_text(&open);
+    // The event names the whole buying group: whoever it leaves out was
+    // taken out of it (`load_members` moved them).
     let named: BTreeSet<&String> = buying_group.iter().collect();
+    let mut gone = opportunity_contact::Entity::delete_many()
+        .filter(opportunity_contact::Column::TenantId.eq(tenant_id))
+        .filter(opportunity_contact::Column::OpportunityId.eq(opportunity_id));
+    if !named.is_empty() {
+        gone = gone.filter(
+            opportunity_contact::Column::ContactId.is_not_in(named.iter().map(|c| c.as_str())),
+        );
+    }
+    gone.exec(conn).await?;
     if named.is_empty() {
         return Ok(Some(open));
     }
