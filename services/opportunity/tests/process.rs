@@ -331,6 +331,135 @@ async fn leaving_a_buying_group_gives_a_contact_its_stage_back(db: TestDatabase)
     system.stop().await;
 }
 
+/// `amount_from_line_items` makes the amount their total once there are
+/// line items. Turned on before (an amount at QUALIFY, line items at
+/// PROPOSE) it keeps the amount; an amount written that is not the total is
+/// refused rather than dropped.
+async fn the_amount_follows_the_line_items_once_there_are_any(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let id = lifecycle.create_account("Flagged", "").await.account_id;
+    let oid = opps
+        .try_create(pb::Opportunity {
+            account_id: id,
+            name: "flag".into(),
+            amount: usd(50_000),
+            ..Default::default()
+        })
+        .await
+        .expect("created")
+        .opportunity_id;
+    let flag = |on: bool| pb::Opportunity {
+        amount_from_line_items: on,
+        ..Default::default()
+    };
+    let on = opps
+        .try_update(&oid, flag(true), &["amount_from_line_items"])
+        .await
+        .expect("flag on");
+    assert_eq!(
+        on.amount,
+        usd(50_000),
+        "no line items yet: the amount stays"
+    );
+    let items = pb::Opportunity {
+        line_items: vec![pb::LineItem {
+            product: "Seats".into(),
+            kind: pb::LineItemKind::Product as i32,
+            quantity: 2,
+            unit_price: usd(1_000),
+            end_date: None,
+        }],
+        ..Default::default()
+    };
+    let priced = opps
+        .try_update(&oid, items, &["line_items"])
+        .await
+        .expect("line items");
+    assert_eq!(priced.amount, usd(2_000));
+    let amount = |units: i64| pb::Opportunity {
+        amount: usd(units),
+        ..Default::default()
+    };
+    let refused = opps
+        .try_update(&oid, amount(9_999), &["amount"])
+        .await
+        .expect_err("not the total");
+    assert_eq!(violated_fields(&refused), ["opportunity.amount"]);
+    assert_eq!(opps.get(&oid).await.amount, usd(2_000));
+    opps.try_update(&oid, amount(2_000), &["amount"])
+        .await
+        .expect("the total, echoed");
+    let off = opps
+        .try_update(
+            &oid,
+            pb::Opportunity {
+                amount: usd(7_000),
+                ..flag(false)
+            },
+            &["amount_from_line_items", "amount"],
+        )
+        .await
+        .expect("flag off and an amount of its own");
+    assert_eq!(off.amount, usd(7_000));
+    system.stop().await;
+}
+
+/// A closed deal answers FAILED_PRECONDITION "closed" for any edit, also
+/// one naming contacts or a kind (which used to ask lifecycle first, and
+/// answered as lifecycle did, UNAVAILABLE while it was down).
+async fn a_closed_deal_is_refused_as_closed_whatever_the_edit(db: TestDatabase) {
+    const UNKNOWN: &str = "0192f0c4-8b6e-7cc2-9d7e-7d1c7f3b5a10";
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let id = lifecycle.create_account("Closed", "").await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@closed.example")
+        .await
+        .contact_id;
+    let oid = opps.create(&id, "gone").await.opportunity_id;
+    opps.try_lose(&oid, "no budget").await.expect("lost");
+    for (fields, path) in [
+        (
+            pb::Opportunity {
+                buying_group_contact_ids: vec![ann.clone(), UNKNOWN.into()],
+                ..Default::default()
+            },
+            "buying_group_contact_ids",
+        ),
+        (
+            pb::Opportunity {
+                kind: cascade_proto::common::v1::OpportunityKind::Renewal as i32,
+                ..Default::default()
+            },
+            "kind",
+        ),
+        (
+            pb::Opportunity {
+                name: "renamed".into(),
+                ..Default::default()
+            },
+            "name",
+        ),
+    ] {
+        let refused = opps
+            .try_update(&oid, fields, &[path])
+            .await
+            .expect_err("closed");
+        assert_eq!(
+            refused.code(),
+            Code::FailedPrecondition,
+            "{path}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("closed (LOST)"),
+            "{path}: {}",
+            refused.message()
+        );
+    }
+    system.stop().await;
+}
+
 async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
@@ -906,4 +1035,6 @@ on_each_database!(
     the_pipeline_report_matches_a_hand_computed_scenario,
     settings_change_the_discover_name_and_the_threshold,
     leaving_a_buying_group_gives_a_contact_its_stage_back,
+    the_amount_follows_the_line_items_once_there_are_any,
+    a_closed_deal_is_refused_as_closed_whatever_the_edit,
 );

@@ -251,13 +251,28 @@ pub(super) fn apply_field(
     }
 }
 
-/// The amount follows the line items when asked to.
-pub(super) fn derive_amount(o: &mut Opportunity, v: &mut Validator) {
+/// The amount follows the line items when asked to, once there are any:
+/// until then the amount as it was stays (QUALIFY asks for an amount before
+/// PROPOSE brings line items, and turning the flag on early must not lose
+/// it). An amount written (`amount_written`) that is not their total is
+/// refused, not dropped; the total itself, as a read-modify-write echoes
+/// it, is accepted.
+pub(super) fn derive_amount(o: &mut Opportunity, amount_written: bool, v: &mut Validator) {
     if !o.amount_from_line_items {
         return;
     }
     match domain::line_items_total(&o.line_items) {
-        Ok(total) => o.amount = total,
+        Ok(None) => {}
+        Ok(Some(total)) => {
+            if amount_written && o.amount != Some(total) {
+                v.add(
+                    "opportunity.amount",
+                    "follows the line items while amount_from_line_items is set: leave it out, \
+                     give their total, or set amount_from_line_items false",
+                );
+            }
+            o.amount = Some(total);
+        }
         Err(problem) => v.add("opportunity.line_items", problem),
     }
 }

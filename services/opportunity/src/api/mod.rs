@@ -248,7 +248,7 @@ impl OpportunityService for OpportunityApi {
         if input.contract.is_none() {
             o.contract = None;
         }
-        derive_amount(&mut o, &mut v);
+        derive_amount(&mut o, input.amount.is_some(), &mut v);
         v.finish()?;
         // What the request asks, as the service keeps it (ids canonical,
         // text trimmed, defaults filled in): a retry that differs only in
@@ -399,6 +399,9 @@ impl OpportunityService for OpportunityApi {
             // moves only contacts of the event's account anyway). The input
             // is validated first, so a malformed id is not sent to lifecycle.
             let current = self.repository.get(&context.tenant, &id).await?;
+            // A closed deal is refused as such, before lifecycle is asked
+            // about contacts it would never take (or while it is down).
+            domain::check_changeable(&current).map_err(|r| refusal(&id, r))?;
             let mut scratch = current.clone();
             let mut v = Validator::new();
             for (i, path) in &paths {
@@ -425,7 +428,7 @@ impl OpportunityService for OpportunityApi {
         for (i, path) in &paths {
             apply_field(&mut edited, &input, path, &mask_path(*i), &mut v);
         }
-        derive_amount(&mut edited, &mut v);
+        derive_amount(&mut edited, writes("amount"), &mut v);
         v.finish()?;
         let decision = domain::decide(
             &locked.opportunity,
