@@ -275,8 +275,53 @@ async fn a_damaged_pending_fold_shows_on_metrics(db: TestDatabase) {
 on_each_database!(
     lifecycle_killed_while_activities_stream,
     scoring_killed_mid_batch,
-    a_damaged_pending_fold_shows_on_metrics
+    a_damaged_pending_fold_shows_on_metrics,
+    a_deal_lost_while_lifecycle_is_down_is_dated_when_it_was_lost,
 );
+
+/// A deal lost while lifecycle is down reaches it later, through
+/// opportunity's outbox; the account's move is dated when the deal was
+/// lost, not when lifecycle heard of it, so its history, the funnel and
+/// `GetAccountStageAt` tell the truth after an outage.
+async fn a_deal_lost_while_lifecycle_is_down_is_dated_when_it_was_lost(db: TestDatabase) {
+    use cascade_chassis::time::from_timestamp;
+    const T: &str = "late-loss";
+    let mut system = System::start(&db, 1).await;
+    let lifecycle = system.lifecycle_as(0, T);
+    let opportunity = system.opportunity_as(0, T);
+    let acme = lifecycle
+        .create_account_with(account("Acme", "acme-late.example", ""))
+        .await;
+    let deal = opportunity.create(&acme.account_id, "late").await;
+    lifecycle
+        .wait_for_stage(&acme.account_id, S::Pipeline)
+        .await;
+
+    system.lifecycle[0].kill().await;
+    let lost = opportunity
+        .try_lose(&deal.opportunity_id, "went quiet")
+        .await
+        .expect("lost while lifecycle is down");
+    let lost_at = from_timestamp(lost.close_time.as_ref().expect("close time")).expect("time");
+    // Lifecycle hears of it a while later (the outbox retries).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let back_at = cascade_chassis::time::now();
+    system.lifecycle[0].start().await;
+    lifecycle.wait_for_stage(&acme.account_id, S::Engaged).await;
+    let moved = lifecycle
+        .transitions(&acme.account_id)
+        .await
+        .into_iter()
+        .last()
+        .expect("the nurture");
+    assert_eq!(moved.to_stage, S::Engaged as i32);
+    let moved_at = from_timestamp(moved.transition_time.as_ref().expect("time")).expect("time");
+    assert!(
+        moved_at < back_at && moved_at >= lost_at - chrono::Duration::seconds(1),
+        "lost at {lost_at}, lifecycle back at {back_at}, moved at {moved_at}"
+    );
+    system.stop().await;
+}
 
 /// PostgreSQL unreachable for a while (a proxy cut between the three
 /// services and the server): requests answer UNAVAILABLE, health turns

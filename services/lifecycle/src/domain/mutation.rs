@@ -163,6 +163,31 @@ pub enum Decision {
     Apply(Changes),
 }
 
+/// When the changes `mutation` makes take effect: for an opportunity event,
+/// when it happened, so that one held back (lifecycle down, a dead letter
+/// sent again) still dates the account's and its people's moves, the
+/// funnel and `GetAccountStageAt` by the win or loss itself. Never before
+/// the account entered its stage (its history stays in order), never after
+/// `now`; without a time, `now`.
+pub fn effective_time(
+    mutation: &Mutation,
+    account: &AccountSnapshot,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let Mutation::Opportunity {
+        occurred_at_ms: Some(at),
+        ..
+    } = mutation
+    else {
+        return now;
+    };
+    let at = (*at).max(account.stage_entered_at_ms);
+    if at >= now.timestamp_millis() {
+        return now;
+    }
+    DateTime::from_timestamp_millis(at).unwrap_or(now)
+}
+
 /// Decides what `mutation` does. `members` are the buying group's contacts
 /// that belong to the account (empty for a person's action). `Err` is the
 /// stage rules' refusal, naming the account's stage and what is allowed.
@@ -477,6 +502,35 @@ mod tests {
             .iter()
             .map(|m| (m.contact_id.as_str(), m.from_stage, m.to_stage))
             .collect()
+    }
+
+    /// An opportunity event takes effect when it happened, within the
+    /// account's current stage and not after now.
+    #[test]
+    fn a_late_event_takes_effect_when_it_happened() {
+        let at = |ms: i64| DateTime::from_timestamp_millis(ms).expect("time");
+        let a = account(S::Pipeline, 1); // in PIPELINE since 1,000
+        let now = at(10_000);
+        let lost = |occurred: Option<i64>| {
+            let mut m = opportunity(OpportunityEventKind::Lost, 0);
+            if let Mutation::Opportunity { occurred_at_ms, .. } = &mut m {
+                *occurred_at_ms = occurred;
+            }
+            m
+        };
+        for (occurred, expected) in [
+            (Some(4_000), 4_000),
+            (Some(500), 1_000),
+            (Some(12_000), 10_000),
+            (None, 10_000),
+        ] {
+            assert_eq!(
+                effective_time(&lost(occurred), &a, now),
+                at(expected),
+                "{occurred:?}"
+            );
+        }
+        assert_eq!(effective_time(&manual(AccountEvent::Qualify), &a, now), now);
     }
 
     #[test]

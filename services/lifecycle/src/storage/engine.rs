@@ -64,10 +64,11 @@ impl Repository {
         let model = lock_account(&txn, t, account_id).await?;
         let settings = settings::current(&txn, t).await?.settings;
         let (snapshot, members) = load_snapshot(&txn, t, &model, &mutation).await?;
+        let now = time::now();
         let cx = Context {
             actor,
             settings: &settings,
-            now: time::now(),
+            now: mutation::effective_time(&mutation, &snapshot, now),
         };
         let changes = match mutation::decide(&snapshot, &members, &mutation, cx) {
             Ok(Decision::Apply(changes)) => changes,
@@ -100,7 +101,7 @@ impl Repository {
                 transitions: Vec::new(),
             });
         }
-        let written = persist(&txn, t, model, &mutation, &changes, cx.now).await?;
+        let written = persist(&txn, t, model, &mutation, &changes, (now, cx.now)).await?;
         let version = written.account.version;
         let account = hydrate_account(&txn, written.account).await?;
         txn.commit().await?;
@@ -347,7 +348,9 @@ async fn persist(
     model: account::Model,
     mutation: &Mutation,
     changes: &Changes,
-    now: DateTime<Utc>,
+    // When it is written (update times, which syncs follow) and when the
+    // moves took effect (`mutation::effective_time`).
+    (now, at): (DateTime<Utc>, DateTime<Utc>),
 ) -> ServiceResult<Written> {
     let now_ms = ms(now);
     let account_id = model.account_id.clone();
@@ -375,7 +378,7 @@ async fn persist(
     for moved in &changes.contact_moves {
         contact::Entity::update_many()
             .col_expr(contact::Column::Stage, Expr::value(moved.to_stage.as_str()))
-            .col_expr(contact::Column::StageEnteredAt, Expr::value(now))
+            .col_expr(contact::Column::StageEnteredAt, Expr::value(at))
             .col_expr(contact::Column::UpdatedAt, Expr::value(now))
             .filter(contact::Column::TenantId.eq(tenant_id))
             .filter(contact::Column::ContactId.eq(moved.contact_id.as_str()))
@@ -391,7 +394,7 @@ async fn persist(
         transition_row(tenant_id, seq, t).insert(txn).await?;
         firsts.push((&account_id, t.to_stage.as_str()));
     }
-    record_firsts(txn, tenant_id, &firsts, now_ms).await?;
+    record_firsts(txn, tenant_id, &firsts, ms(at)).await?;
 
     let owner = model.owner_id.clone().unwrap_or_default();
     let version = model.version;
@@ -415,7 +418,7 @@ async fn persist(
     {
         am.stage = Set(Stored(changes.stage));
         am.customer_type = Set(Stored(changes.customer_type));
-        am.stage_entered_at = Set(now);
+        am.stage_entered_at = Set(at);
     }
     if let Some(baseline) = changes.score_baseline {
         am.score_baseline = Set(baseline);
