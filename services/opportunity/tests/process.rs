@@ -460,6 +460,31 @@ async fn a_closed_deal_is_refused_as_closed_whatever_the_edit(db: TestDatabase) 
     system.stop().await;
 }
 
+/// The account's last two open deals lost at the same moment: one of the
+/// losses is the last, and the account is nurtured. (Each loss used to
+/// count the other deal open on PostgreSQL, and neither nurtured.)
+async fn the_last_two_deals_lost_at_once_nurture_the_account(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    for trial in 0..5 {
+        let id = lifecycle
+            .create_account(&format!("Twice lost {trial}"), "")
+            .await
+            .account_id;
+        let first = opps.create(&id, "first").await.opportunity_id;
+        let second = opps.create(&id, "second").await.opportunity_id;
+        lifecycle.wait_for_stage(&id, S::Pipeline).await;
+        let (a, b) = tokio::join!(
+            opps.try_lose(&first, "budget cut"),
+            opps.try_lose(&second, "budget cut")
+        );
+        a.expect("first lost");
+        b.expect("second lost");
+        lifecycle.wait_for_stage(&id, S::Engaged).await;
+    }
+    system.stop().await;
+}
+
 async fn the_pipeline_report_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::opportunity_on(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
@@ -1037,4 +1062,5 @@ on_each_database!(
     leaving_a_buying_group_gives_a_contact_its_stage_back,
     the_amount_follows_the_line_items_once_there_are_any,
     a_closed_deal_is_refused_as_closed_whatever_the_edit,
+    the_last_two_deals_lost_at_once_nurture_the_account,
 );

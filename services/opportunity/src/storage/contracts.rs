@@ -22,15 +22,14 @@ use crate::domain::{self, Date, EventKind, Status};
 /// Accounts reported per query of the periodic check.
 const PAGE: u64 = 200;
 
-/// Recomputes when `account_id`'s contracts end, after one of its
-/// opportunities was won in `txn` (already written there). The account's
-/// row is locked first, so concurrent wins of one account apply one after
-/// the other and each sees the other's won opportunity.
-pub(super) async fn account_won(
+/// Locks the account's row (made on first use) until `txn` ends: the
+/// changes of one account's deals that lifecycle must see in order (wins,
+/// losses) are made one after the other, each seeing the one before it.
+pub(super) async fn lock_account(
     txn: &WriteTransaction,
     tenant_id: &str,
     account_id: &str,
-) -> ServiceResult<()> {
+) -> ServiceResult<contract_terms::Model> {
     contract_terms::Entity::insert(contract_terms::ActiveModel {
         tenant_id: Set(tenant_id.to_owned()),
         account_id: Set(account_id.to_owned()),
@@ -49,13 +48,24 @@ pub(super) async fn account_won(
     )
     .exec_without_returning(txn)
     .await?;
-    let row = txn
-        .lock_one(contract_terms::Entity::find_by_id((
-            tenant_id.to_owned(),
-            account_id.to_owned(),
-        )))
-        .await?
-        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("contract terms row vanished")))?;
+    txn.lock_one(contract_terms::Entity::find_by_id((
+        tenant_id.to_owned(),
+        account_id.to_owned(),
+    )))
+    .await?
+    .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("contract terms row vanished")))
+}
+
+/// Recomputes when `account_id`'s contracts end, after one of its
+/// opportunities was won in `txn` (already written there). The account's
+/// row is locked first, so concurrent wins of one account apply one after
+/// the other and each sees the other's won opportunity.
+pub(super) async fn account_won(
+    txn: &WriteTransaction,
+    tenant_id: &str,
+    account_id: &str,
+) -> ServiceResult<()> {
+    let row = lock_account(txn, tenant_id, account_id).await?;
     let won = of_tenant(tenant_id)
         .filter(opportunity::Column::AccountId.eq(account_id))
         .filter(opportunity::Column::Status.eq(Stored(Status::Won)))

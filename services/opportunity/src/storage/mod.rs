@@ -66,6 +66,13 @@ impl Locked {
             // Before the event is queued: a contracts-ended report of the
             // account waits for this win, or comes before its event.
             contracts::account_won(&self.txn, &self.tenant_id, &opportunity.account_id).await?;
+        } else if event == Some(EventKind::Lost) {
+            // Closes of one account one after the other, so each counts the
+            // other deals as they are after the one before: the last two
+            // deals lost at once each counted the other open, and neither
+            // loss nurtured the account (PostgreSQL; SQLite's writers take
+            // turns anyway).
+            contracts::lock_account(&self.txn, &self.tenant_id, &opportunity.account_id).await?;
         }
         if let Some(kind) = event {
             enqueue(&self.txn, &self.tenant_id, &opportunity, kind, None).await?;
