@@ -398,22 +398,41 @@ fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result<Ste
             o.step
         )));
     }
-    let progress = step_progress(o, settings, o.step);
-    if !progress.complete() {
-        let missing = progress.missing();
-        return Err(Refusal {
-            message: format!(
-                "the {} step is incomplete; missing: {}",
-                settings.display_name(o.step),
-                missing.join(", ")
-            ),
-            missing,
-        });
-    }
+    complete_through(o, settings, o.step)?;
     Ok(next)
 }
 
-/// Closing as won needs the WIN step complete.
+/// Every step up to `last` complete: a step once passed keeps asking for
+/// its information, so clearing it later (the amount, the buying group)
+/// cannot slip a deal on or through to a win. The refusal names each
+/// incomplete step and, in `missing`, every field it lacks.
+fn complete_through(o: &Opportunity, settings: &Settings, last: Step) -> Result<(), Refusal> {
+    let through = Step::ALL.iter().position(|s| *s == last).unwrap_or(0);
+    let mut messages = Vec::new();
+    let mut missing = Vec::new();
+    for step in &Step::ALL[..=through] {
+        let progress = step_progress(o, settings, *step);
+        if !progress.complete() {
+            let lacking = progress.missing();
+            messages.push(format!(
+                "the {} step is incomplete; missing: {}",
+                settings.display_name(*step),
+                lacking.join(", ")
+            ));
+            missing.extend(lacking);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal {
+            message: messages.join("; "),
+            missing,
+        })
+    }
+}
+
+/// Closing as won needs the WIN step complete, and every step before it.
 fn close_won(o: &Opportunity, settings: &Settings) -> Result<(), Refusal> {
     check_open(o)?;
     if o.step != Step::Win {
@@ -422,18 +441,7 @@ fn close_won(o: &Opportunity, settings: &Settings) -> Result<(), Refusal> {
             o.step
         )));
     }
-    let progress = step_progress(o, settings, Step::Win);
-    if !progress.complete() {
-        let missing = progress.missing();
-        return Err(Refusal {
-            message: format!(
-                "the Win step is incomplete; missing: {}",
-                missing.join(", ")
-            ),
-            missing,
-        });
-    }
-    Ok(())
+    complete_through(o, settings, Step::Win)
 }
 
 /// Any change to an opportunity needs it open.

@@ -551,3 +551,44 @@ fn older_documents_read_as_new_business_without_end_dates() {
     assert_eq!(read.line_items[0].end_date, None);
     assert_eq!(read.contract.and_then(|c| c.end_date), None);
 }
+
+/// Information an earlier step asked for, cleared after the step was
+/// passed, is asked for again: a deal does not advance, nor is it won,
+/// without it.
+#[test]
+fn a_step_passed_keeps_asking_for_its_information() {
+    let settings = Settings::default();
+    let mut cleared = complete(Step::Win, 10);
+    cleared.amount = None;
+    cleared.buying_group.clear();
+    let refusal = decide(&cleared, Action::Win, &settings, 5).expect_err("cleared");
+    assert_eq!(refusal.missing, ["amount", "buying_group_contact_ids"]);
+    assert_eq!(
+        refusal.message,
+        "the Qualify step is incomplete; missing: amount, buying_group_contact_ids"
+    );
+    let mut at_propose = cleared.clone();
+    at_propose.step = Step::Propose;
+    let refusal = decide(&at_propose, Action::Advance { to: None }, &settings, 5)
+        .expect_err("cleared before PROPOSE");
+    assert_eq!(refusal.missing, ["amount", "buying_group_contact_ids"]);
+    // Both the step itself and an earlier one: each is named.
+    cleared.contract = None;
+    let refusal = decide(&cleared, Action::Win, &settings, 5).expect_err("no contract either");
+    assert_eq!(
+        refusal.missing,
+        [
+            "amount",
+            "buying_group_contact_ids",
+            "contract.document_ref",
+            "contract.signed"
+        ]
+    );
+    assert!(
+        refusal.message.ends_with(
+            "the Win step is incomplete; missing: contract.document_ref, contract.signed"
+        ),
+        "{}",
+        refusal.message
+    );
+}
