@@ -394,15 +394,24 @@ fn next_customer_stage(stage: AccountStage) -> Option<AccountStage> {
 /// tenant's threshold to below it is flagged; a flag the rule set is
 /// cleared once the score is back at or above it. A person's flag is the
 /// person's to clear, and a score that starts low (a new customer) does not
-/// flag: the rule watches for a fall.
+/// flag: the rule watches for a fall. Turned off (threshold 0), the rule's
+/// own flag goes with the next score, as settings move nothing by
+/// themselves.
 fn engagement_risk(
     state: &AccountState,
     engagement_score: f64,
     settings: &LifecycleSettings,
 ) -> Option<RiskChange> {
     let threshold = settings.at_risk_engagement_threshold;
-    if threshold <= 0.0 || !is_customer_stage(state.stage) {
+    if !is_customer_stage(state.stage) {
         return None;
+    }
+    if threshold <= 0.0 {
+        return (state.at_risk == Some(AtRiskSource::Engagement)).then(|| RiskChange::Cleared {
+            explanation: Some(
+                "the engagement rule is off (at_risk_engagement_threshold is 0)".to_owned(),
+            ),
+        });
     }
     match state.at_risk {
         None if state.engagement_score >= threshold && engagement_score < threshold => {
@@ -811,8 +820,17 @@ mod tests {
             ),
             other => panic!("expected the rule's flag, got {other:?}"),
         }
-        // Off when the threshold is 0.
+        // Off when the threshold is 0; and the rule's own flag goes with
+        // the next score then, a person's stays.
         let off = apply(&customer(30.0, None), &engagement(1.0, 0.0), &churning()).expect("ok");
+        assert_eq!(off.risk, None);
+        let off = apply(&customer(10.0, rule), &engagement(5.0, 0.0), &churning()).expect("ok");
+        assert!(
+            matches!(off.risk, Some(RiskChange::Cleared { .. })),
+            "{:?}",
+            off.risk
+        );
+        let off = apply(&customer(10.0, person), &engagement(5.0, 0.0), &churning()).expect("ok");
         assert_eq!(off.risk, None);
     }
 
