@@ -141,7 +141,11 @@ async fn the_full_journey(db: TestDatabase) {
         &["contract"],
     )
     .await;
-    opps.try_win(&oid).await.expect("won");
+    // A seller wins it: lifecycle records them as the actor of the moves.
+    opps.as_actor("peter@seller.example")
+        .try_win(&oid)
+        .await
+        .expect("won");
     let implement = lifecycle.wait_for_stage(&id, S::Implement).await;
     assert_eq!(implement.customer_type, CustomerType::Customer as i32);
     for contact in [&ann, &bob] {
@@ -185,7 +189,9 @@ async fn the_full_journey(db: TestDatabase) {
         "complete, ordered history"
     );
     assert_eq!(history[1].actor, "scoring-service");
+    // Opened by a caller who named no one: the service; won by the seller.
     assert_eq!(history[4].actor, "opportunity-service");
+    assert_eq!(history[5].actor, "peter@seller.example");
     assert_eq!(receiver.accepted().len(), 1, "one notification");
     system.stop().await;
 }

@@ -28,9 +28,16 @@ impl LifecycleEventSink {
                 return Ok(());
             }
         };
+        // The person who made the change, relayed; the service itself for
+        // contracts ending and for events written before actors were sent.
+        let actor = if payload.actor.is_empty() {
+            ACTOR.to_owned()
+        } else {
+            payload.actor.clone()
+        };
         let request = request_of(entry, payload);
         let mut client = self.client.clone();
-        let call = client.apply_opportunity_event(outgoing(&entry.tenant_id, ACTOR, request));
+        let call = client.apply_opportunity_event(outgoing(&entry.tenant_id, &actor, request));
         settle_peer_answer(
             "lifecycle",
             "an opportunity event",
@@ -142,6 +149,7 @@ mod tests {
             } else {
                 String::new()
             },
+            actor: String::new(),
         }
     }
 

@@ -750,6 +750,7 @@ async fn contracts_ended_is_reported_once_and_not_while_an_item_runs_on(db: Test
             opportunity_kind: cascade_opportunity::domain::OpportunityKind::NewBusiness,
             contracts_end: Some(day_of(&last_day)),
             lost_reason: String::new(),
+            actor: String::new(),
         }]
     );
     assert_eq!(open.kind, K::NewBusiness as i32);

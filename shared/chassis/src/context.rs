@@ -77,6 +77,9 @@ pub fn serving_tenant() -> Option<TenantId> {
     SERVING_TENANT.try_with(Clone::clone).ok()
 }
 
+/// The actor of a request whose caller names none.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// The tenant and actor of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
@@ -98,10 +101,20 @@ impl RequestContext {
             .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("request context missing")))
     }
 
+    /// The actor, when the caller named one (a relay then names the
+    /// relaying service instead of `anonymous`).
+    pub fn named_actor(&self) -> &str {
+        if self.actor == ANONYMOUS {
+            ""
+        } else {
+            &self.actor
+        }
+    }
+
     /// Reads the development-mode context from HTTP headers.
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, ServiceError> {
         let tenant = tenant_header(headers)?.unwrap_or_else(|| TenantId(DEFAULT_TENANT.to_owned()));
-        let actor = actor_header(headers)?.unwrap_or_else(|| "anonymous".to_owned());
+        let actor = actor_header(headers)?.unwrap_or_else(|| ANONYMOUS.to_owned());
         Ok(Self {
             tenant,
             actor,

@@ -481,6 +481,11 @@ impl Opportunity {
         Self::new(self.channel.clone(), Caller::tenant(tenant))
     }
 
+    /// The same service, called by `actor` (x-actor-id).
+    pub fn as_actor(&self, actor: &str) -> Self {
+        Self::new(self.channel.clone(), self.caller.clone().actor(actor))
+    }
+
     /// The generated client.
     pub fn public(&self) -> OpportunityServiceClient<Channel> {
         OpportunityServiceClient::new(self.channel.clone())

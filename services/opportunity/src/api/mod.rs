@@ -214,7 +214,7 @@ impl OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(id, r))?;
-        let (saved, settings) = locked.save(decision).await?;
+        let (saved, settings) = locked.save(decision, context.named_actor()).await?;
         Ok(to_proto(saved, &settings))
     }
 
@@ -288,7 +288,10 @@ impl OpportunityService for OpportunityApi {
         let contacts = named_contacts(&input, |_| true, None);
         self.check_with_lifecycle(&context, &account_id, &contacts, o.kind)
             .await?;
-        let created = self.repository.create(&context.tenant, o, key).await?;
+        let created = self
+            .repository
+            .create(&context.tenant, o, key, context.named_actor())
+            .await?;
         // A racing create under the same id may have made the record.
         if !same_signature(&created) {
             return Err(reuse_refusal("opportunity").into());
@@ -437,7 +440,7 @@ impl OpportunityService for OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(&id, r))?;
-        let (updated, settings) = locked.save(decision).await?;
+        let (updated, settings) = locked.save(decision, context.named_actor()).await?;
         Ok(Response::new(pb::UpdateOpportunityResponse {
             opportunity: Some(to_proto(updated, &settings)),
         }))

@@ -189,7 +189,7 @@ impl Repository {
                 ))
             })?;
         let last = parse(&last)?;
-        enqueue(&txn, t, &last, EventKind::ContractsEnded, Some(end)).await?;
+        enqueue(&txn, t, &last, EventKind::ContractsEnded, Some(end), "").await?;
         txn.commit().await?;
         tracing::info!(
             tenant = t,

@@ -32,6 +32,11 @@ pub struct EventPayload {
     /// written before reasons were sent).
     #[serde(default)]
     pub lost_reason: String,
+    /// Who made the change; empty for contracts ending and in events
+    /// written before actors were sent (lifecycle then records the
+    /// service).
+    #[serde(default)]
+    pub actor: String,
 }
 
 fn new_business() -> OpportunityKind {
@@ -60,6 +65,7 @@ impl EventPayload {
                 day: d.day as i32,
             }),
             lost_reason: self.lost_reason.clone(),
+            actor: self.actor.clone(),
         }
         .encode_to_vec()
     }
@@ -103,18 +109,21 @@ impl EventPayload {
             opportunity_kind,
             contracts_end,
             lost_reason: message.lost_reason,
+            actor: message.actor,
         })
     }
 }
 
 /// Queues `kind` of `opportunity` for lifecycle in the caller's
-/// transaction; `contracts_end` for CONTRACTS_ENDED.
+/// transaction; `contracts_end` for CONTRACTS_ENDED; `actor` who made the
+/// change (empty for none).
 pub(super) async fn enqueue(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
     opportunity: &Opportunity,
     kind: EventKind,
     contracts_end: Option<Date>,
+    actor: &str,
 ) -> ServiceResult<()> {
     let other_open = of_tenant(tenant_id)
         .filter(opportunity::Column::AccountId.eq(opportunity.account_id.as_str()))
@@ -139,6 +148,7 @@ pub(super) async fn enqueue(
         } else {
             String::new()
         },
+        actor: actor.to_owned(),
     };
     outbox::enqueue(
         conn,
@@ -173,6 +183,7 @@ mod tests {
             } else {
                 String::new()
             },
+            actor: "seller@tenant.example".into(),
         }
     }
 
@@ -219,6 +230,7 @@ mod tests {
             opportunity_kind: OpportunityKind::NewBusiness,
             contracts_end: None,
             lost_reason: String::new(),
+            actor: String::new(),
         };
         assert_eq!(
             EventPayload::decode(&older.encode_to_vec()),

@@ -52,7 +52,11 @@ impl Locked {
     /// Writes the decided opportunity and its event for lifecycle, and
     /// commits; the settings read under the lock come back with it, so the
     /// answer is rendered without reading them again.
-    pub async fn save(self, decision: Decision) -> ServiceResult<(Opportunity, Settings)> {
+    pub async fn save(
+        self,
+        decision: Decision,
+        actor: &str,
+    ) -> ServiceResult<(Opportunity, Settings)> {
         let Decision { opportunity, event } = decision;
         let mut row = columns(&self.tenant_id, &opportunity, None)?;
         row.version = Set(self.version + 1);
@@ -75,7 +79,7 @@ impl Locked {
             contracts::lock_account(&self.txn, &self.tenant_id, &opportunity.account_id).await?;
         }
         if let Some(kind) = event {
-            enqueue(&self.txn, &self.tenant_id, &opportunity, kind, None).await?;
+            enqueue(&self.txn, &self.tenant_id, &opportunity, kind, None, actor).await?;
         }
         self.txn.commit().await?;
         if event.is_some() {
@@ -188,6 +192,7 @@ impl Repository {
         tenant: &TenantId,
         opportunity: Opportunity,
         key: Option<RequestKey>,
+        actor: &str,
     ) -> ServiceResult<Opportunity> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
@@ -212,7 +217,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        enqueue(&txn, t, &opportunity, EventKind::Opened, None).await?;
+        enqueue(&txn, t, &opportunity, EventKind::Opened, None, actor).await?;
         txn.commit().await?;
         self.events_written.notify_one();
         Ok(opportunity)
