@@ -114,7 +114,7 @@ async fn service(
         }
         repository.set_account_cache(cache);
     }
-    background.add(deliverer.spawn());
+    deliverer.spawn_in(&background);
     let limit = settings.server.max_message_bytes;
     Ok(WithInternal {
         public: LifecycleServiceServer::new(api::LifecycleApi::new(

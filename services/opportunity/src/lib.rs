@@ -75,7 +75,7 @@ async fn service(
     );
     let mut repository = storage::Repository::new(database);
     repository.set_event_waker(deliverer.waker());
-    background.add(deliverer.spawn());
+    deliverer.spawn_in(&background);
     background.add(tokio::spawn(cascade_chassis::erasure::follow(
         internal,
         IDENTITY.name,

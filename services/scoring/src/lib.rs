@@ -86,7 +86,7 @@ async fn service(
     config.keep_payloads = false;
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
-    background.add(deliverer.spawn());
+    deliverer.spawn_in(&background);
     let max_rest = Duration::from_millis(settings.own.fold.max_rest_ms);
     background.add(tokio::spawn(fold::follow(repository.clone(), max_rest)));
     let api = api::ScoringApi::new(

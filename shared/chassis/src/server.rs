@@ -128,24 +128,80 @@ impl<P: GrpcService, I: GrpcService> Served for WithInternal<P, I> {
 }
 
 /// Background tasks of a service (outbox deliverers), stopped with it.
-#[derive(Clone, Default)]
-pub struct Background(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+#[derive(Clone)]
+pub struct Background {
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Tasks that finish by themselves once told to stop (the outbox
+    /// deliverers, which give back their claims).
+    draining: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self {
+            tasks: Arc::default(),
+            draining: Arc::default(),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
 
 impl Background {
+    /// A task that runs until the service stops; it is aborted then.
     pub fn add(&self, task: tokio::task::JoinHandle<()>) {
-        if let Ok(mut tasks) = self.0.lock() {
+        if let Ok(mut tasks) = self.tasks.lock() {
             tasks.push(task);
         }
     }
 
+    /// A task that ends by itself once `stop_signal` turns true; waited for
+    /// (up to `DRAIN_PATIENCE`) when the service stops, then aborted.
+    pub fn add_draining(&self, task: tokio::task::JoinHandle<()>) {
+        if let Ok(mut tasks) = self.draining.lock() {
+            tasks.push(task);
+        }
+    }
+
+    /// Turns true when the service stops.
+    pub fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Tells the draining tasks to stop, waits for them a moment, and
+    /// aborts whatever is left.
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        let draining: Vec<_> = self
+            .draining
+            .lock()
+            .map(|mut tasks| tasks.drain(..).collect())
+            .unwrap_or_default();
+        let aborts: Vec<_> = draining.iter().map(|t| t.abort_handle()).collect();
+        let waited =
+            tokio::time::timeout(DRAIN_PATIENCE, futures::future::join_all(draining)).await;
+        if waited.is_err() {
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+        self.abort_all();
+    }
+
     fn abort_all(&self) {
-        if let Ok(mut tasks) = self.0.lock() {
-            for task in tasks.drain(..) {
-                task.abort();
+        self.stop.send_replace(true);
+        for tasks in [&self.tasks, &self.draining] {
+            if let Ok(mut tasks) = tasks.lock() {
+                for task in tasks.drain(..) {
+                    task.abort();
+                }
             }
         }
     }
 }
+
+/// How long a stopping service waits for its draining background tasks
+/// (outbox deliverers: `STOP_PATIENCE` for calls in flight, then one
+/// statement), inside the termination grace period's margin.
+const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The `main` of every service: load settings, start telemetry, connect and
 /// migrate the database, build the gRPC service, serve until SIGTERM/SIGINT.
@@ -526,7 +582,7 @@ impl Application {
                 "shutdown grace elapsed; closing remaining connections"
             ),
         }
-        background.abort_all();
+        background.stop().await;
         tracing::info!(service = service_name, "stopped");
         Ok(())
     }

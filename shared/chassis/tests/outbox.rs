@@ -664,4 +664,54 @@ on_each_database!(
     many_partitions_per_call_keep_order_and_retry_alone,
     a_delivered_payload_is_kept_or_cleared,
     undelivered_payloads_are_rewritten_in_one_partition,
+    a_stopping_deliverer_gives_back_its_claims,
 );
+
+/// Never answers: a receiver hanging past the service's shutdown.
+struct HangingSink;
+
+#[tonic::async_trait]
+impl Sink for HangingSink {
+    async fn deliver(&self, _run: &[Entry]) -> Result<usize, (usize, DeliveryError)> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Err((0, DeliveryError::internal("never")))
+    }
+}
+
+/// Who holds a claim on each pending message of the topic.
+async fn lease_owners(conn: &DatabaseConnection) -> Vec<Option<String>> {
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT lease_owner FROM outbox WHERE topic = 'test' AND state = 'PENDING'",
+        ))
+        .await
+        .expect("leases");
+    rows.iter()
+        .map(|row| {
+            row.try_get::<Option<String>>("", "lease_owner")
+                .expect("owner")
+        })
+        .collect()
+}
+
+/// A service stopping while a call hangs: its deliverer cuts the call
+/// short and gives back the claim, so another replica sends the message at
+/// once rather than after the lease.
+async fn a_stopping_deliverer_gives_back_its_claims(db: TestDatabase) {
+    let conn = connect(&db).await;
+    write(&conn, 1, 1).await;
+    let background = cascade_chassis::server::Background::default();
+    Deliverer::new(conn.clone(), "test", Arc::new(HangingSink), fast()).spawn_in(&background);
+    cascade_testkit::eventually("the message to be claimed", async || {
+        let owners = lease_owners(&conn).await;
+        if owners.iter().all(Option::is_some) && !owners.is_empty() {
+            Ok(())
+        } else {
+            Err(owners)
+        }
+    })
+    .await;
+    background.stop().await;
+    assert_eq!(lease_owners(&conn).await, [None], "claim given back");
+}

@@ -88,6 +88,10 @@ struct CallOutcome {
     failed: bool,
 }
 
+/// How long a stopping deliverer lets its calls in flight finish before it
+/// cuts them short and gives back their claims.
+const STOP_PATIENCE: Duration = Duration::from_secs(3);
+
 /// One tenant's destination as the running deliverer sees it.
 #[derive(Debug, Default)]
 struct Destination {
@@ -131,9 +135,10 @@ impl Deliverer {
         self.wake.clone()
     }
 
-    /// Runs until the task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(Arc::new(self).run())
+    /// Runs until `background` stops (or the task is aborted).
+    pub fn spawn_in(self, background: &crate::server::Background) {
+        let stop = background.stop_signal();
+        background.add_draining(tokio::spawn(Arc::new(self).run(stop)));
     }
 
     /// Keeps up to `concurrency` calls in flight, claiming more as soon as
@@ -141,12 +146,20 @@ impl Deliverer {
     /// A tenant has at most `per_tenant_concurrency` of the slots, and none
     /// while its circuit is open, so one tenant's hanging receiver cannot
     /// delay another's deliveries.
-    async fn run(self: Arc<Self>) {
+    ///
+    /// Told to stop (the service shutting down), it claims nothing more,
+    /// lets the calls in flight finish for a moment, and gives back the
+    /// claims of any still running, so another replica takes those messages
+    /// at once instead of after the lease (30 s; the calls cut short may be
+    /// sent again, which receivers drop by message id).
+    async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut calls: JoinSet<(String, Result<CallOutcome, DbErr>)> = JoinSet::new();
+        // The messages each call in flight holds claims on.
+        let mut claimed: HashMap<tokio::task::Id, Vec<String>> = HashMap::new();
         let mut destinations: HashMap<String, Destination> = HashMap::new();
         let mut rounds: u64 = 0;
         let mut sampled = std::time::Instant::now() - BACKLOG_SAMPLE;
-        loop {
+        while !*stop.borrow() {
             if sampled.elapsed() >= BACKLOG_SAMPLE {
                 sampled = std::time::Instant::now();
                 if let Err(error) = self.sample_backlog().await {
@@ -163,9 +176,12 @@ impl Deliverer {
                                 .entry(destination.clone())
                                 .or_default()
                                 .in_flight += 1;
+                            let ids: Vec<String> =
+                                call.iter().flatten().map(|e| e.id.clone()).collect();
                             let this = self.clone();
-                            calls
+                            let task = calls
                                 .spawn(async move { (destination, this.deliver_call(call).await) });
+                            claimed.insert(task.id(), ids);
                         }
                     }
                     Err(error) => {
@@ -180,13 +196,35 @@ impl Deliverer {
                 tracing::warn!(topic = self.topic, %error, "outbox prune failed");
             }
             tokio::select! {
-                Some(done) = calls.join_next(), if !calls.is_empty() => {
-                    if let Ok((tenant, outcome)) = done {
+                Some(done) = calls.join_next_with_id(), if !calls.is_empty() => {
+                    if let Ok((id, (tenant, outcome))) = done {
+                        claimed.remove(&id);
                         self.settle_destination(&mut destinations, &tenant, outcome);
                     }
                 }
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        let finishing = async {
+            while let Some(done) = calls.join_next_with_id().await {
+                if let Ok((id, _)) = done {
+                    claimed.remove(&id);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(STOP_PATIENCE, finishing).await;
+        calls.abort_all();
+        let left: Vec<String> = claimed.into_values().flatten().collect();
+        match self.release_all(&left).await {
+            Ok(()) => tracing::info!(
+                topic = self.topic,
+                released = left.len(),
+                "outbox deliverer stopped"
+            ),
+            Err(error) => {
+                tracing::warn!(topic = self.topic, %error, "outbox claims not given back; they lapse with their lease")
             }
         }
     }
