@@ -63,16 +63,18 @@ impl Sink for LifecycleEventSink {
 }
 
 /// The call lifecycle gets for an outbox entry. Opened, won and lost carry
-/// the entry's id as the event id. Contracts ending carries one made of the
-/// account and the end date (`contracts-ended:{account_id}:{yyyy-mm-dd}`),
-/// the same whoever finds it, and happens at the start (UTC) of the day
-/// after the end date.
+/// the entry's id as the event id. Contracts ending carries one that names
+/// the account and the end date, and the entry
+/// (`contracts-ended:{account_id}:{yyyy-mm-dd}:{entry}`): one report is
+/// claimed by one replica (`storage::contracts`), and the same end reported
+/// again after a win-back is a new event, not a repeat; it happens at the
+/// start (UTC) of the day after the end date.
 fn request_of(entry: &Entry, payload: EventPayload) -> lifecycle::ApplyOpportunityEventRequest {
     let account_id = entry.partition_key.clone();
     let (event_type, event_id, occur_time) = match (payload.kind, payload.contracts_end) {
         (EventKind::ContractsEnded, Some(end)) => (
             lifecycle::OpportunityEventType::ContractsEnded,
-            contracts_ended_event_id(&account_id, end),
+            contracts_ended_event_id(&account_id, end, &entry.id),
             day_after(end),
         ),
         (kind, _) => {
@@ -105,8 +107,8 @@ fn request_of(entry: &Entry, payload: EventPayload) -> lifecycle::ApplyOpportuni
 }
 
 /// The event id of the account's contracts ending on `end`.
-pub fn contracts_ended_event_id(account_id: &str, end: Date) -> String {
-    format!("contracts-ended:{account_id}:{}", end.iso())
+pub fn contracts_ended_event_id(account_id: &str, end: Date, entry_id: &str) -> String {
+    format!("contracts-ended:{account_id}:{}:{entry_id}", end.iso())
 }
 
 /// 00:00 UTC of the day after `end`: when a term whose last day is `end`
@@ -208,7 +210,10 @@ mod tests {
             );
             assert_eq!(
                 request.event_id,
-                format!("contracts-ended:account-1:{}", end.iso())
+                format!(
+                    "contracts-ended:account-1:{}:0192f0c4-0000-7000-8000-000000000001",
+                    end.iso()
+                )
             );
             assert_eq!(
                 request.opportunity_kind,

@@ -831,13 +831,35 @@ async fn a_renewal_with_a_later_end_defers_contracts_ended_to_its_end(db: TestDa
     let history = lifecycle.transitions(&id).await;
     let last = history.last().expect("the churn");
     assert_eq!(
-        (last.event_id.clone(), last.to_stage, last.cause),
+        (last.to_stage, last.cause),
         (
-            format!("contracts-ended:{id}:{}", day_of(&first_end).iso()),
             S::Churned as i32,
             lc::TransitionCause::ContractsEnded as i32
         )
     );
+    let reported_as = format!("contracts-ended:{id}:{}:", day_of(&first_end).iso());
+    assert!(last.event_id.starts_with(&reported_as), "{}", last.event_id);
+    // Won back on a deal whose contract ended the same day: a new term,
+    // over already, reported again (it used to be taken for the first
+    // report, and the customer stayed one with every contract ended).
+    win(
+        &opps,
+        complete_deal(&id, &ann, K::NewBusiness, &[Some(first_end)], None),
+    )
+    .await;
+    eventually(
+        "the same end to be reported for the new term",
+        async || match contracts_ended_of(&conn, &id).await.len() {
+            2 => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
+    lifecycle
+        .wait_for_account(&id, "churned again", |a| {
+            a.stage == S::Churned as i32 && a.stage_entered_time != churned.stage_entered_time
+        })
+        .await;
     assert_eq!(churned.stage, S::Churned as i32);
 
     // Won back as new business (a former customer cannot renew), then
@@ -880,7 +902,7 @@ async fn a_renewal_with_a_later_end_defers_contracts_ended_to_its_end(db: TestDa
             "{today:?}"
         );
     }
-    assert_eq!(contracts_ended_of(&conn, &id).await.len(), 1);
+    assert_eq!(contracts_ended_of(&conn, &id).await.len(), 2);
     // The day after it: reported, naming the renewal, once.
     let after = Day::from_chrono(
         day_of(&renewal_end)
@@ -891,13 +913,13 @@ async fn a_renewal_with_a_later_end_defers_contracts_ended_to_its_end(db: TestDa
     assert_eq!(check.report_ended_contracts(after).await.expect("check"), 1);
     assert_eq!(check.report_ended_contracts(after).await.expect("check"), 0);
     let reported = contracts_ended_of(&conn, &id).await;
-    assert_eq!(reported.len(), 2);
+    assert_eq!(reported.len(), 3);
     assert_eq!(
         (
-            reported[1].opportunity_id.as_str(),
-            reported[1].opportunity_kind.to_proto(),
-            reported[1].contracts_end,
-            reported[1].other_open,
+            reported[2].opportunity_id.as_str(),
+            reported[2].opportunity_kind.to_proto(),
+            reported[2].contracts_end,
+            reported[2].other_open,
         ),
         (
             renewal.opportunity_id.as_str(),

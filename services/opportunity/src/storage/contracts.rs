@@ -1,4 +1,4 @@
-//! When an account's contracts end, and telling lifecycle once per end.
+//! When an account's contracts end, and telling lifecycle once per term.
 //!
 //! Won opportunities never change, so when an account's contracts end
 //! (`domain::contracts_end`) changes only when one of its opportunities is
@@ -6,8 +6,9 @@
 //! its transaction. `due_on` holds the end until it is reported, so the
 //! periodic check reads only the accounts whose end has passed unreported
 //! (one indexed range), and reports each with a conditional update in the
-//! transaction that queues CONTRACTS_ENDED: exactly once per end date, across
-//! replicas. A later win with a later end makes that end due in turn.
+//! transaction that queues CONTRACTS_ENDED: exactly once per win, across
+//! replicas. Every win makes the account's end due again, the same end
+//! included (a customer won back on a contract that has also ended).
 
 use cascade_chassis::db::{Stored, WriteTransaction, begin_write};
 use cascade_chassis::{ServiceError, ServiceResult};
@@ -65,7 +66,7 @@ pub(super) async fn account_won(
     tenant_id: &str,
     account_id: &str,
 ) -> ServiceResult<()> {
-    let row = lock_account(txn, tenant_id, account_id).await?;
+    lock_account(txn, tenant_id, account_id).await?;
     let won = of_tenant(tenant_id)
         .filter(opportunity::Column::AccountId.eq(account_id))
         .filter(opportunity::Column::Status.eq(Stored(Status::Won)))
@@ -75,12 +76,11 @@ pub(super) async fn account_won(
         .map(parse)
         .collect::<ServiceResult<Vec<_>>>()?;
     let end = domain::contracts_end(&won);
-    let reported = row.reported_on.as_deref().and_then(Date::parse_iso);
-    // An end is due once: a later one (a renewal) is due again; the same or
-    // an earlier one is not.
-    let due = end
-        .map(|(d, _)| d)
-        .filter(|d| reported.is_none_or(|r| *d > r));
+    // A win starts a new term: its end is due, even one on or before the
+    // end already reported (a customer won back on a contract that also
+    // ended would otherwise stay a customer with every contract over).
+    // Reports repeat only across wins: `report` clears `due_on`.
+    let due = end.map(|(d, _)| d);
     contract_terms::Entity::update_many()
         .col_expr(
             contract_terms::Column::EndsOn,
