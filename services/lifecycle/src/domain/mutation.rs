@@ -160,7 +160,8 @@ impl Changes {
 pub enum Decision {
     /// Its event id was applied before: nothing changes.
     Duplicate,
-    Apply(Changes),
+    /// Boxed: the changes are large beside `Duplicate`.
+    Apply(Box<Changes>),
 }
 
 /// When the changes `mutation` makes take effect: for an opportunity event,
@@ -308,7 +309,7 @@ pub fn decide(
         write
     });
 
-    Ok(Decision::Apply(Changes {
+    Ok(Decision::Apply(Box::new(Changes {
         transitions,
         stage,
         customer_type,
@@ -317,7 +318,7 @@ pub fn decide(
         contact_moves,
         notification,
         risk,
-    }))
+    })))
 }
 
 /// The account event an opportunity event is. A lost deal sends the account
@@ -492,7 +493,7 @@ mod tests {
             now: DateTime::UNIX_EPOCH,
         };
         match decide(account, members, mutation, cx) {
-            Ok(Decision::Apply(changes)) => changes,
+            Ok(Decision::Apply(changes)) => *changes,
             other => panic!("expected changes, got {other:?}"),
         }
     }

@@ -71,7 +71,7 @@ impl Repository {
             now: mutation::effective_time(&mutation, &snapshot, now),
         };
         let changes = match mutation::decide(&snapshot, &members, &mutation, cx) {
-            Ok(Decision::Apply(changes)) => changes,
+            Ok(Decision::Apply(changes)) => *changes,
             Ok(Decision::Duplicate) => {
                 let account = hydrate_account(&txn, model).await?;
                 txn.commit().await?;
