@@ -117,42 +117,15 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         .await;
     // Pat raises a hand on the prioritized account: the owner's
     // notification names her by email, as stored and in the watch feed.
-    lifecycle
-        .set_settings(
-            lc::LifecycleSettings {
-                hand_raise_activity_types: vec!["email_click".into()],
-                renotify_on_hand_raise: true,
-                ..Default::default()
-            },
-            &["hand_raise_activity_types", "renotify_on_hand_raise"],
-        )
-        .await;
+    notify_hand_raises(&lifecycle, "email_click").await;
     scoring
         .record(vec![by_email("e-pat-3", "email_click", PAT)])
         .await;
-    eventually("the hand-raise notification", async || {
-        let texts: Vec<String> = lifecycle
-            .public()
-            .list_notifications(lifecycle.req(lc::ListNotificationsRequest {
-                account_id: acme.account_id.clone(),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|s| vec![format!("{s:?}")])?
-            .into_inner()
-            .notifications
-            .into_iter()
-            .map(|n| n.text)
-            .collect();
-        if texts
-            .iter()
-            .any(|t| t.starts_with(&format!("{PAT} raised a hand")))
-        {
-            Ok(())
-        } else {
-            Err(texts)
-        }
-    })
+    wait_for_notification(
+        &lifecycle,
+        &acme.account_id,
+        &format!("{PAT} raised a hand"),
+    )
     .await;
     lifecycle
         .public()
@@ -194,12 +167,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     assert!(!erased.complete);
     // Lifecycle's part is done at once: the contact is gone, and the
     // notification names nobody.
-    let notified: Vec<String> = lifecycle
-        .notifications(&acme.account_id)
-        .await
-        .into_iter()
-        .map(|n| n.text)
-        .collect();
+    let notified = notification_texts(&lifecycle, &acme.account_id).await;
     assert!(
         notified
             .iter()
@@ -421,6 +389,51 @@ async fn scoring_rows_naming(system: &System, contact_id: &str) -> Vec<String> {
 }
 
 /// Erases `contact_id` as the tenant's data protection officer.
+/// Hand-raises of `activity_type` notify the owner again on an account
+/// already PRIORITIZED.
+async fn notify_hand_raises(lifecycle: &cascade_testkit::Lifecycle, activity_type: &str) {
+    lifecycle
+        .set_settings(
+            lc::LifecycleSettings {
+                hand_raise_activity_types: vec![activity_type.into()],
+                renotify_on_hand_raise: true,
+                ..Default::default()
+            },
+            &["hand_raise_activity_types", "renotify_on_hand_raise"],
+        )
+        .await;
+}
+
+/// The texts of the account's notifications, newest first.
+async fn notification_texts(
+    lifecycle: &cascade_testkit::Lifecycle,
+    account_id: &str,
+) -> Vec<String> {
+    lifecycle
+        .notifications(account_id)
+        .await
+        .into_iter()
+        .map(|n| n.text)
+        .collect()
+}
+
+/// Waits for a notification of the account whose text starts with `prefix`.
+async fn wait_for_notification(
+    lifecycle: &cascade_testkit::Lifecycle,
+    account_id: &str,
+    prefix: &str,
+) {
+    eventually("the notification", async || {
+        let texts = notification_texts(lifecycle, account_id).await;
+        if texts.iter().any(|t| t.starts_with(prefix)) {
+            Ok(())
+        } else {
+            Err(texts)
+        }
+    })
+    .await;
+}
+
 /// The texts of the notifications the account's watch feed replays from
 /// its start.
 async fn replayed_notifications(
@@ -456,16 +469,7 @@ async fn an_earlier_email_leaves_the_hand_raise_texts_too(db: TestDatabase) {
     const NEW_PAT: &str = "pat.new@acme-erasure.example";
     let system = System::start(&db, 1).await;
     let lifecycle = system.lifecycle_as(0, T);
-    lifecycle
-        .set_settings(
-            lc::LifecycleSettings {
-                hand_raise_activity_types: vec!["demo_request".into()],
-                renotify_on_hand_raise: true,
-                ..Default::default()
-            },
-            &["hand_raise_activity_types", "renotify_on_hand_raise"],
-        )
-        .await;
+    notify_hand_raises(&lifecycle, "demo_request").await;
     let acme = lifecycle
         .create_account_with(account("Acme", "acme-erasure.example", "owner"))
         .await;
@@ -486,20 +490,7 @@ async fn an_earlier_email_leaves_the_hand_raise_texts_too(db: TestDatabase) {
         .record(vec![by_email("e-pat-2", "demo_request", PAT)])
         .await;
     let raised = format!("{PAT} raised a hand (demo_request)");
-    eventually("the hand-raise notification", async || {
-        let texts: Vec<String> = lifecycle
-            .notifications(&acme.account_id)
-            .await
-            .into_iter()
-            .map(|n| n.text)
-            .collect();
-        if texts.iter().any(|t| t.starts_with(&raised)) {
-            Ok(())
-        } else {
-            Err(texts)
-        }
-    })
-    .await;
+    wait_for_notification(&lifecycle, &acme.account_id, &raised).await;
     lifecycle
         .public()
         .update_contact(lifecycle.req(lc::UpdateContactRequest {
@@ -515,12 +506,7 @@ async fn an_earlier_email_leaves_the_hand_raise_texts_too(db: TestDatabase) {
 
     erase_contact(&lifecycle, &pat.contact_id).await;
     let erased_text = "a person since erased raised a hand (demo_request)";
-    let notified: Vec<String> = lifecycle
-        .notifications(&acme.account_id)
-        .await
-        .into_iter()
-        .map(|n| n.text)
-        .collect();
+    let notified = notification_texts(&lifecycle, &acme.account_id).await;
     assert!(
         notified.iter().any(|t| t.starts_with(erased_text)),
         "{notified:?}"
