@@ -30,11 +30,9 @@ impl LifecycleEventSink {
         };
         // The person who made the change, relayed; the service itself for
         // contracts ending and for events written before actors were sent.
-        let actor = if payload.actor.is_empty() {
-            ACTOR.to_owned()
-        } else {
-            payload.actor.clone()
-        };
+        let actor = cascade_chassis::context::relayable_actor(&payload.actor)
+            .unwrap_or(ACTOR)
+            .to_owned();
         let request = request_of(entry, payload);
         let mut client = self.client.clone();
         let call = client.apply_opportunity_event(outgoing(&entry.tenant_id, &actor, request));

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct ContractsSettings {
     /// How often each replica looks for accounts whose contracts have ended
-    /// and tells lifecycle (CONTRACTS_ENDED, once per end date). A term
+    /// and tells lifecycle (CONTRACTS_ENDED, once per won term). A term
     /// ends at midnight UTC after its last day; the default tells lifecycle
     /// within the minute.
     pub check_interval_ms: u64,

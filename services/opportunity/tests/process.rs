@@ -390,6 +390,26 @@ async fn the_amount_follows_the_line_items_once_there_are_any(db: TestDatabase) 
     opps.try_update(&oid, amount(2_000), &["amount"])
         .await
         .expect("the total, echoed");
+    // A read-modify-write changing the items echoes the amount as it was.
+    let more = opps
+        .try_update(
+            &oid,
+            pb::Opportunity {
+                amount: usd(2_000),
+                line_items: vec![pb::LineItem {
+                    product: "Seats".into(),
+                    kind: pb::LineItemKind::Product as i32,
+                    quantity: 3,
+                    unit_price: usd(1_000),
+                    end_date: None,
+                }],
+                ..Default::default()
+            },
+            &["amount", "line_items"],
+        )
+        .await
+        .expect("the old amount echoed beside new items");
+    assert_eq!(more.amount, usd(3_000));
     let off = opps
         .try_update(
             &oid,

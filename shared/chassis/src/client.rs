@@ -394,7 +394,11 @@ pub fn outgoing<T>(tenant: &str, actor: &str, message: T) -> tonic::Request<T> {
     if let Ok(value) = MetadataValue::try_from(tenant) {
         metadata.insert(TENANT_HEADER, value);
     }
-    if let Ok(value) = MetadataValue::try_from(actor) {
+    // An actor the callee would refuse is left out: it then records this
+    // service (the token's subject), rather than refusing the call.
+    if let Some(value) =
+        crate::context::relayable_actor(actor).and_then(|a| MetadataValue::try_from(a).ok())
+    {
         metadata.insert(ACTOR_HEADER, value);
     }
     let context = tracing::Span::current().context();

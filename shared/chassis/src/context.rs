@@ -101,13 +101,15 @@ impl RequestContext {
             .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("request context missing")))
     }
 
-    /// The actor, when the caller named one (a relay then names the
-    /// relaying service instead of `anonymous`).
+    /// The actor to relay to another service later (an outbox message):
+    /// empty when the caller named none, or when the name could not travel
+    /// as `x-actor-id` (a token subject longer than 200 characters, or not
+    /// ASCII), so the relaying service is recorded instead.
     pub fn named_actor(&self) -> &str {
         if self.actor == ANONYMOUS {
             ""
         } else {
-            &self.actor
+            relayable_actor(&self.actor).unwrap_or("")
         }
     }
 
@@ -157,6 +159,18 @@ pub(crate) fn tenant_header(headers: &http::HeaderMap) -> Result<Option<TenantId
         .transpose()
 }
 
+/// `actor` as another service's `x-actor-id` accepts it (1 to 200
+/// printable ASCII characters, trimmed), or `None`: a relay must never be
+/// refused for a name the caller's token carried (a JWT subject may be 255
+/// characters), since a refused outbox message is dropped.
+pub fn relayable_actor(actor: &str) -> Option<&str> {
+    let actor = actor.trim();
+    (!actor.is_empty()
+        && actor.len() <= MAX_ACTOR_LEN
+        && actor.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    .then_some(actor)
+}
+
 /// The actor the `x-actor-id` header names, if sent.
 pub(crate) fn actor_header(headers: &http::HeaderMap) -> Result<Option<String>, ServiceError> {
     let Some(actor) = single(headers, ACTOR_HEADER)? else {
@@ -202,6 +216,18 @@ pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the callee's `x-actor-id` would refuse is not relayed: the
+    /// relaying service is recorded instead of the call (or an outbox
+    /// message) being refused.
+    #[test]
+    fn only_a_name_the_callee_accepts_is_relayed() {
+        assert_eq!(relayable_actor(" jane@acme.test "), Some("jane@acme.test"));
+        assert_eq!(relayable_actor(&"x".repeat(200)).map(str::len), Some(200));
+        for refused in ["", "   ", &"x".repeat(201), "jöran@acme.test", "a\tb"] {
+            assert_eq!(relayable_actor(refused), None, "{refused:?}");
+        }
+    }
 
     #[test]
     fn tenant_defaults_and_validates() {

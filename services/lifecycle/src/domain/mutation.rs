@@ -111,7 +111,12 @@ pub struct MemberSnapshot {
 pub struct Context<'a> {
     pub actor: &'a str,
     pub settings: &'a LifecycleSettings,
+    /// When the account's changes take effect (`effective_time`).
     pub now: DateTime<Utc>,
+    /// When lifecycle writes them: the contacts' moves are dated by it, as
+    /// a contact's own history is not kept in order by `effective_time`
+    /// (which knows only the account's stage entry).
+    pub written_at: DateTime<Utc>,
 }
 
 /// The counters of an account sent back by Disqualify or Nurture (by a
@@ -182,7 +187,9 @@ pub fn effective_time(
     else {
         return now;
     };
-    let at = (*at).max(account.stage_entered_at_ms);
+    // Strictly after the stage entry: a move at the same millisecond would
+    // make the stage at that instant ambiguous.
+    let at = (*at).max(account.stage_entered_at_ms + 1);
     if at >= now.timestamp_millis() {
         return now;
     }
@@ -402,7 +409,7 @@ fn buying_group_moves(
                     &account.account_id,
                     cx.actor,
                     Some(event_id.to_owned()),
-                    cx.now,
+                    cx.written_at,
                 )
             })
         })
@@ -491,6 +498,7 @@ mod tests {
             actor: "user:1",
             settings,
             now: DateTime::UNIX_EPOCH,
+            written_at: DateTime::UNIX_EPOCH,
         };
         match decide(account, members, mutation, cx) {
             Ok(Decision::Apply(changes)) => *changes,
@@ -521,7 +529,8 @@ mod tests {
         };
         for (occurred, expected) in [
             (Some(4_000), 4_000),
-            (Some(500), 1_000),
+            (Some(500), 1_001),
+            (Some(1_000), 1_001),
             (Some(12_000), 10_000),
             (None, 10_000),
         ] {
@@ -542,6 +551,7 @@ mod tests {
             actor: "opportunity",
             settings: &settings(),
             now: DateTime::UNIX_EPOCH,
+            written_at: DateTime::UNIX_EPOCH,
         };
         let d = decide(&a, &[], &opportunity(OpportunityEventKind::Opened, 0), cx);
         assert_eq!(d, Ok(Decision::Duplicate));
@@ -616,6 +626,7 @@ mod tests {
             actor: "user:1",
             settings: &settings(),
             now: DateTime::UNIX_EPOCH,
+            written_at: DateTime::UNIX_EPOCH,
         };
         let refusal = decide(
             &account(S::Engaged, 0),

@@ -69,6 +69,7 @@ impl Repository {
             actor,
             settings: &settings,
             now: mutation::effective_time(&mutation, &snapshot, now),
+            written_at: now,
         };
         let changes = match mutation::decide(&snapshot, &members, &mutation, cx) {
             Ok(Decision::Apply(changes)) => *changes,
@@ -378,7 +379,7 @@ async fn persist(
     for moved in &changes.contact_moves {
         contact::Entity::update_many()
             .col_expr(contact::Column::Stage, Expr::value(moved.to_stage.as_str()))
-            .col_expr(contact::Column::StageEnteredAt, Expr::value(at))
+            .col_expr(contact::Column::StageEnteredAt, Expr::value(now))
             .col_expr(contact::Column::UpdatedAt, Expr::value(now))
             .filter(contact::Column::TenantId.eq(tenant_id))
             .filter(contact::Column::ContactId.eq(moved.contact_id.as_str()))
@@ -387,7 +388,11 @@ async fn persist(
         firsts.push((&moved.contact_id, moved.to_stage.as_str()));
     }
     insert_contact_transitions(txn, tenant_id, &changes.contact_moves).await?;
+    // Contacts' moves are dated when written, the account's when they took
+    // effect (`mutation::Context`).
+    record_firsts(txn, tenant_id, &firsts, now_ms).await?;
 
+    let mut firsts: Vec<(&str, &str)> = Vec::new();
     let mut seq = model.transition_count;
     for t in &changes.transitions {
         seq += 1;

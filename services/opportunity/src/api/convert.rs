@@ -192,13 +192,17 @@ pub(super) fn written(o: Opportunity) -> pb::Opportunity {
                 product: i.product,
                 kind: i.kind,
                 quantity: i.quantity,
-                unit_price: Money::from_proto(&common::Money {
-                    currency_code: i.currency.clone(),
-                    units: i64::try_from(i.unit_price_nanos.div_euclid(1_000_000_000)).unwrap_or(0),
-                    nanos: i.unit_price_nanos.rem_euclid(1_000_000_000) as i32,
-                })
-                .ok()
-                .map(Money::to_proto),
+                // As stored, without the checks a new price gets: a code
+                // accepted before ISO 4217 was checked still reads back.
+                unit_price: <[u8; 3]>::try_from(i.currency.as_bytes())
+                    .ok()
+                    .map(|currency| {
+                        Money {
+                            currency,
+                            nanos: i.unit_price_nanos,
+                        }
+                        .to_proto()
+                    }),
                 end_date: i.end_date.map(date_to_proto),
             })
             .collect(),
@@ -434,5 +438,28 @@ mod tests {
         for (path, changed) in &changes {
             assert_ne!(asked(changed), base, "{path} is not part of the request");
         }
+    }
+
+    /// A line item stored before currency codes were checked against ISO
+    /// 4217 (any three capitals were taken) still reads back with its price.
+    #[test]
+    fn a_price_stored_in_a_code_no_longer_accepted_reads_back() {
+        let o = Opportunity {
+            line_items: vec![crate::domain::LineItem {
+                product: "old".into(),
+                kind: 1,
+                quantity: 1,
+                currency: "XYZ".into(),
+                unit_price_nanos: 2_500_000_000,
+                end_date: None,
+            }],
+            ..deal()
+        };
+        let read = to_proto(o, &crate::domain::Settings::default());
+        let price = read.line_items[0].unit_price.as_ref().expect("a price");
+        assert_eq!(
+            (price.currency_code.as_str(), price.units, price.nanos),
+            ("XYZ", 2, 500_000_000)
+        );
     }
 }

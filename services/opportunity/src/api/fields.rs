@@ -255,16 +255,22 @@ pub(super) fn apply_field(
 /// until then the amount as it was stays (QUALIFY asks for an amount before
 /// PROPOSE brings line items, and turning the flag on early must not lose
 /// it). An amount written (`amount_written`) that is not their total is
-/// refused, not dropped; the total itself, as a read-modify-write echoes
-/// it, is accepted.
-pub(super) fn derive_amount(o: &mut Opportunity, amount_written: bool, v: &mut Validator) {
+/// refused, not dropped; the total itself, or the amount as it was
+/// (`before`), which a read-modify-write echoes while changing the items,
+/// is accepted.
+pub(super) fn derive_amount(
+    o: &mut Opportunity,
+    amount_written: bool,
+    before: Option<Money>,
+    v: &mut Validator,
+) {
     if !o.amount_from_line_items {
         return;
     }
     match domain::line_items_total(&o.line_items) {
         Ok(None) => {}
         Ok(Some(total)) => {
-            if amount_written && o.amount != Some(total) {
+            if amount_written && o.amount != Some(total) && o.amount != before {
                 v.add(
                     "opportunity.amount",
                     "follows the line items while amount_from_line_items is set: leave it out, \

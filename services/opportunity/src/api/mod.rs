@@ -248,7 +248,7 @@ impl OpportunityService for OpportunityApi {
         if input.contract.is_none() {
             o.contract = None;
         }
-        derive_amount(&mut o, input.amount.is_some(), &mut v);
+        derive_amount(&mut o, input.amount.is_some(), None, &mut v);
         v.finish()?;
         // What the request asks, as the service keeps it (ids canonical,
         // text trimmed, defaults filled in): a retry that differs only in
@@ -431,7 +431,12 @@ impl OpportunityService for OpportunityApi {
         for (i, path) in &paths {
             apply_field(&mut edited, &input, path, &mask_path(*i), &mut v);
         }
-        derive_amount(&mut edited, writes("amount"), &mut v);
+        derive_amount(
+            &mut edited,
+            writes("amount"),
+            locked.opportunity.amount,
+            &mut v,
+        );
         v.finish()?;
         let decision = domain::decide(
             &locked.opportunity,

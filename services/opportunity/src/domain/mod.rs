@@ -404,16 +404,25 @@ fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result<Ste
 
 /// Every step up to `last` complete: a step once passed keeps asking for
 /// its information, so clearing it later (the amount, the buying group)
-/// cannot slip a deal on or through to a win. The refusal names each
-/// incomplete step and, in `missing`, every field it lacks.
+/// cannot slip a deal on or through to a win. A step passed is not asked
+/// for what only the tenant's rules of today add (a large deal's
+/// stakeholders and competitors, after the threshold was lowered or the
+/// amount grew). The refusal names each incomplete step and, in `missing`,
+/// every field it lacks.
 fn complete_through(o: &Opportunity, settings: &Settings, last: Step) -> Result<(), Refusal> {
+    const LARGE_DEAL_SECTIONS: [&str; 2] = ["stakeholders", "competitors"];
     let through = Step::ALL.iter().position(|s| *s == last).unwrap_or(0);
     let mut messages = Vec::new();
     let mut missing = Vec::new();
     for step in &Step::ALL[..=through] {
         let progress = step_progress(o, settings, *step);
-        if !progress.complete() {
-            let lacking = progress.missing();
+        let lacking: Vec<&'static str> = progress
+            .sections
+            .iter()
+            .filter(|s| *step == last || !LARGE_DEAL_SECTIONS.contains(&s.section))
+            .flat_map(|s| s.missing.iter().copied())
+            .collect();
+        if !lacking.is_empty() {
             messages.push(format!(
                 "the {} step is incomplete; missing: {}",
                 settings.display_name(*step),
@@ -509,8 +518,8 @@ pub fn has_ended(end: Date, today: Date) -> bool {
 /// What lifecycle is told of an opportunity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventKind {
-    /// Opened, or its buying group grew (new members join the open deal),
-    /// or its kind changed.
+    /// Opened, or its buying group changed (new members join the open deal,
+    /// members no longer named leave it), or its kind changed.
     Opened,
     Won,
     Lost,

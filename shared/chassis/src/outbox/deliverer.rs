@@ -204,7 +204,12 @@ impl Deliverer {
                 }
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    // Nobody left to say stop: the service is gone.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         let finishing = async {
@@ -215,7 +220,9 @@ impl Deliverer {
             }
         };
         let _ = tokio::time::timeout(STOP_PATIENCE, finishing).await;
-        calls.abort_all();
+        // Cut short and ended before the claims go back: a call still
+        // running could mark its message after another replica took it.
+        calls.shutdown().await;
         let left: Vec<String> = claimed.into_values().flatten().collect();
         match self.release_all(&left).await {
             Ok(()) => tracing::info!(
