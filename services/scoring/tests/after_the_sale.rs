@@ -588,4 +588,54 @@ on_each_database!(
     the_refresh_runs_in_the_background,
     an_inactive_contact_stops_counting,
     every_replica_hears_of_an_inactive_contact,
+    an_account_whose_people_all_left_scores_zero,
 );
+
+/// Every person of an account with activity left: its score is 0, as
+/// lifecycle and the top list have it, not NOT_FOUND "no activity has been
+/// recorded" (found by a tester); an account with none recorded still is.
+async fn an_account_whose_people_all_left_scores_zero(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Emptied", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@emptied.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![activity("e1", "demo_request", &id, &ann)])
+        .await;
+    wait_for_scores(&lifecycle, &id, 100.0, 100.0).await;
+    set_inactive(&lifecycle, &ann, true).await;
+    wait_for_scores(&lifecycle, &id, 0.0, 0.0).await;
+    let score = cascade_testkit::eventually("a score of 0", async || {
+        match scoring.try_score(&id).await {
+            Ok(score) if score.engagement_score == 0.0 => Ok(score),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(score.engaged_contact_count, 0);
+    let explained = scoring
+        .public()
+        .explain_account_score(scoring.req(pb::ExplainAccountScoreRequest {
+            account_id: id.clone(),
+            page_size: 100,
+            ..Default::default()
+        }))
+        .await
+        .expect("explained")
+        .into_inner();
+    assert_eq!(
+        explained.score.map(|s| s.engagement_score),
+        Some(0.0),
+        "the explanation adds up to it"
+    );
+    let never = lifecycle.create_account("Quiet", OWNER).await.account_id;
+    let refused = scoring
+        .try_score(&never)
+        .await
+        .expect_err("nothing recorded");
+    assert_eq!(refused.code(), Code::NotFound);
+    system.stop().await;
+}

@@ -57,7 +57,7 @@ impl Repository {
             }
         }
         let Some(first) = rows.first() else {
-            return Err(ServiceError::not_found("account score", account_id).because(NO_ACTIVITY));
+            return self.nothing_counts(t, account_id).await;
         };
         let model = self.model_at(t, first.model_version).await?;
         let engaged = first.engaged;
@@ -71,11 +71,23 @@ impl Repository {
         });
         let mut totals = domain::totals_of(buckets, &model, today());
         if totals.activities == 0 {
-            return Err(ServiceError::not_found("account score", account_id).because(NO_ACTIVITY));
+            return self.nothing_counts(t, account_id).await;
         }
         totals.engaged_contacts = i32::try_from(engaged).unwrap_or(i32::MAX);
         totals.per_contact.clear();
         Ok(totals)
+    }
+
+    /// The answer for an account none of whose activity counts: a score of
+    /// 0 when it has a stored score (activity was recorded; its people have
+    /// since left or been erased, as ListTopAccounts and lifecycle show it),
+    /// NOT_FOUND when nothing was ever recorded for it.
+    async fn nothing_counts(&self, t: &str, account_id: &str) -> ServiceResult<Totals> {
+        if stored_read(&self.db, t, account_id).await?.is_some() {
+            Ok(Totals::default())
+        } else {
+            Err(ServiceError::not_found("account score", account_id).because(NO_ACTIVITY))
+        }
     }
 
     /// An account's totals from its stored score, when that is today's and
