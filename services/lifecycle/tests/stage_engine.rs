@@ -1333,4 +1333,60 @@ on_each_database!(
     settings_are_versioned,
     watch_streams_and_resumes,
     batched_scores_answer_per_item,
+    an_older_event_of_a_deal_changes_nothing,
 );
+
+/// Each event names the deal's whole buying group, and the deal's version:
+/// one about an older version than one applied (a dead letter sent again
+/// after newer events) answers STALE and changes nothing, so it cannot put
+/// back a member taken out since, nor add one.
+async fn an_older_event_of_a_deal_changes_nothing(db: TestDatabase) {
+    use cascade_testkit::fixtures::opportunity_event;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle.create_account("Versioned", "").await.account_id;
+    let [ann, bob, cy] = [
+        "ann@versioned.example",
+        "bob@versioned.example",
+        "cy@versioned.example",
+    ]
+    .map(|email| {
+        let lifecycle = lifecycle.clone();
+        let id = id.clone();
+        async move { lifecycle.create_contact(&id, email).await.contact_id }
+    });
+    let (ann, bob, cy) = (ann.await, bob.await, cy.await);
+    let deal = cascade_domain::ids::new_id();
+    let event = |version: i64, group: &[&str]| pb::ApplyOpportunityEventRequest {
+        opportunity_version: version,
+        ..opportunity_event(&id, &deal, Opp::Opened, group)
+    };
+    let outcome = |r: pb::ApplyOpportunityEventResponse| r.outcome;
+    for (version, group) in [
+        (1, vec![ann.as_str(), bob.as_str()]),
+        (3, vec![ann.as_str()]),
+    ] {
+        let applied = lifecycle
+            .try_apply_opportunity_event(event(version, &group))
+            .await
+            .expect("applied");
+        assert_eq!(outcome(applied), pb::ApplyOutcome::Applied as i32);
+    }
+    assert_eq!(lifecycle.contact(&bob).await.stage, C::Suspect as i32);
+    let stale = lifecycle
+        .try_apply_opportunity_event(event(2, &[&ann, &bob, &cy]))
+        .await
+        .expect("answered");
+    assert_eq!(outcome(stale), pb::ApplyOutcome::Stale as i32);
+    assert_eq!(lifecycle.contact(&bob).await.stage, C::Suspect as i32);
+    assert_eq!(lifecycle.contact(&cy).await.stage, C::Suspect as i32);
+    assert_eq!(lifecycle.contact(&ann).await.stage, C::Opportunity as i32);
+    // An event without a version (sent before versions were) is applied.
+    let unversioned = lifecycle
+        .try_apply_opportunity_event(event(0, &[&ann, &cy]))
+        .await
+        .expect("applied");
+    assert_eq!(outcome(unversioned), pb::ApplyOutcome::Applied as i32);
+    assert_eq!(lifecycle.contact(&cy).await.stage, C::Opportunity as i32);
+    system.stop().await;
+}

@@ -101,6 +101,7 @@ fn request_of(entry: &Entry, payload: EventPayload) -> lifecycle::ApplyOpportuni
         occur_time,
         opportunity_kind: payload.opportunity_kind.to_proto(),
         lost_reason: payload.lost_reason,
+        opportunity_version: payload.opportunity_version,
     }
 }
 
@@ -150,6 +151,7 @@ mod tests {
                 String::new()
             },
             actor: String::new(),
+            opportunity_version: 2,
         }
     }
 
@@ -184,6 +186,7 @@ mod tests {
                     } else {
                         String::new()
                     },
+                    opportunity_version: 2,
                 }
             );
         }

@@ -751,6 +751,7 @@ async fn contracts_ended_is_reported_once_and_not_while_an_item_runs_on(db: Test
             contracts_end: Some(day_of(&last_day)),
             lost_reason: String::new(),
             actor: String::new(),
+            opportunity_version: 0,
         }]
     );
     assert_eq!(open.kind, K::NewBusiness as i32);

@@ -78,6 +78,7 @@ pub fn opportunity_event(
         occur_time: Some(days_ago(0)),
         opportunity_kind: 0,
         lost_reason: String::new(),
+        opportunity_version: 0,
     }
 }
 

@@ -270,6 +270,9 @@ pub(super) async fn apply_opportunity_event(
     if request.other_open_opportunities < 0 {
         v.add("other_open_opportunities", "must not be negative");
     }
+    if request.opportunity_version < 0 {
+        v.add("opportunity_version", "must not be negative");
+    }
     let occurred = v.optional_time("occur_time", request.occur_time.as_ref());
     let reason = v.optional_text("lost_reason", &request.lost_reason, MAX_LOST_REASON);
     if reason.is_some() && kind.is_some_and(|k| k != OpportunityEventKind::Lost) {
@@ -303,6 +306,7 @@ pub(super) async fn apply_opportunity_event(
                 other_open: u32::try_from(request.other_open_opportunities).unwrap_or(0),
                 occurred_at_ms: occurred.map(|at| at.timestamp_millis()),
                 reason,
+                version: request.opportunity_version,
             },
         )
         .await?;

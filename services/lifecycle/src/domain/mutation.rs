@@ -47,6 +47,8 @@ pub enum Mutation {
         occurred_at_ms: Option<i64>,
         /// LOST: why, as the seller gave it; the reason of the moves.
         reason: Option<String>,
+        /// The opportunity's version when it happened (0: unknown).
+        version: i64,
     },
 }
 
@@ -84,6 +86,9 @@ pub struct AccountSnapshot {
     /// an OPENED event for it then tells of a grown buying group or another
     /// kind, not of a deal that opens.
     pub opportunity_known_open: bool,
+    /// The newest version of the event's opportunity lifecycle applied an
+    /// event of (0: none, or none with a version).
+    pub opportunity_version: i64,
     /// When the account entered its stage (ms).
     pub stage_entered_at_ms: i64,
 }
@@ -165,6 +170,9 @@ impl Changes {
 pub enum Decision {
     /// Its event id was applied before: nothing changes.
     Duplicate,
+    /// An opportunity event older than one applied for its deal: nothing
+    /// changes.
+    Stale,
     /// Boxed: the changes are large beside `Duplicate`.
     Apply(Box<Changes>),
 }
@@ -207,6 +215,16 @@ pub fn decide(
 ) -> Result<Decision, Refusal> {
     if account.applied_before {
         return Ok(Decision::Duplicate);
+    }
+    // An event about an older version of the deal than one applied (a dead
+    // letter sent again after newer events) would set an outdated buying
+    // group and status: it changes nothing.
+    if let Mutation::Opportunity { kind, version, .. } = mutation
+        && *kind != OpportunityEventKind::ContractsEnded
+        && *version > 0
+        && *version < account.opportunity_version
+    {
+        return Ok(Decision::Stale);
     }
     let state = &account.state;
     let (event, reason) = match mutation {
@@ -452,6 +470,7 @@ mod tests {
             nurture_count: 1,
             applied_before: false,
             opportunity_known_open: false,
+            opportunity_version: 0,
             stage_entered_at_ms: 1_000,
         }
     }
@@ -478,6 +497,7 @@ mod tests {
             other_open,
             occurred_at_ms: Some(2_000),
             reason: (kind == OpportunityEventKind::Lost).then(|| "went with a rival".into()),
+            version: 0,
         }
     }
 

@@ -73,12 +73,16 @@ impl Repository {
         };
         let changes = match mutation::decide(&snapshot, &members, &mutation, cx) {
             Ok(Decision::Apply(changes)) => *changes,
-            Ok(Decision::Duplicate) => {
+            Ok(decision @ (Decision::Duplicate | Decision::Stale)) => {
                 let account = hydrate_account(&txn, model).await?;
                 txn.commit().await?;
                 return Ok(MutationResult {
                     account,
-                    outcome: ApplyOutcome::Duplicate,
+                    outcome: if decision == Decision::Stale {
+                        ApplyOutcome::Stale
+                    } else {
+                        ApplyOutcome::Duplicate
+                    },
                     transitions: Vec::new(),
                 });
             }
@@ -148,6 +152,16 @@ async fn load_snapshot(
             .iter()
             .any(|(id, _)| id == opportunity_id)
     });
+    // The newest version of the deal an event was applied of.
+    let opportunity_version = match mutation {
+        Mutation::Opportunity { opportunity_id, .. } => {
+            account_opportunity::Entity::find_by_id((tenant_id.to_owned(), opportunity_id.clone()))
+                .one(txn)
+                .await?
+                .map_or(0, |row| row.version)
+        }
+        _ => 0,
+    };
     let snapshot = AccountSnapshot {
         account_id: model.account_id.clone(),
         name: model.name.clone(),
@@ -157,6 +171,7 @@ async fn load_snapshot(
         nurture_count: model.nurture_count,
         applied_before,
         opportunity_known_open,
+        opportunity_version,
         stage_entered_at_ms: model.stage_entered_at.timestamp_millis(),
     };
     let members = match mutation {
@@ -361,6 +376,7 @@ async fn persist(
         kind,
         opportunity_kind,
         buying_group,
+        version,
         ..
     } = mutation
     {
@@ -371,6 +387,7 @@ async fn persist(
             opportunity_id,
             (*kind, *opportunity_kind),
             buying_group,
+            *version,
         )
         .await?;
     }
@@ -480,6 +497,7 @@ async fn record_opportunity(
     opportunity_id: &str,
     (event, kind): (OpportunityEventKind, OpportunityKind),
     buying_group: &[String],
+    version: i64,
 ) -> ServiceResult<Option<String>> {
     let status = match event {
         OpportunityEventKind::Opened => OPEN,
@@ -494,6 +512,7 @@ async fn record_opportunity(
         account_id: Set(account_id.to_owned()),
         status: Set(status.to_owned()),
         kind: Set(Stored(kind)),
+        version: Set(version),
     })
     .on_conflict(
         OnConflict::columns([
@@ -508,6 +527,17 @@ async fn record_opportunity(
     )
     .exec_without_returning(conn)
     .await?;
+    // The newest version applied only grows (an event without one, 0,
+    // leaves it); `mutation::decide` refused an older one as stale.
+    if version > 0 {
+        account_opportunity::Entity::update_many()
+            .col_expr(account_opportunity::Column::Version, Expr::value(version))
+            .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+            .filter(account_opportunity::Column::OpportunityId.eq(opportunity_id))
+            .filter(account_opportunity::Column::Version.lt(version))
+            .exec(conn)
+            .await?;
+    }
     let open: Vec<(String, OpportunityKind)> = account_opportunity::Entity::find()
         .filter(account_opportunity::Column::TenantId.eq(tenant_id))
         .filter(account_opportunity::Column::AccountId.eq(account_id))

@@ -208,6 +208,9 @@ pub mod account_opportunity {
         pub account_id: String,
         pub status: String,
         pub kind: Stored<OpportunityKind>,
+        /// The newest version of the deal an event was applied of (0: none
+        /// with a version); an older one is stale.
+        pub version: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

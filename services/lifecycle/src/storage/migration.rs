@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateRequestDigests),
             Box::new(ContactChangeKinds),
             Box::new(NotificationRaisers),
+            Box::new(OpportunityVersions),
         ]
     }
 }
@@ -158,6 +159,38 @@ impl MigrationTrait for NotificationRaisers {
     }
 }
 
+/// The newest version of each deal lifecycle applied an event of, so an
+/// older event sent again (a dead letter, after newer ones) changes nothing
+/// (`mutation::decide`). Deals known before start at 0: none is stale.
+struct OpportunityVersions;
+
+impl MigrationName for OpportunityVersions {
+    fn name(&self) -> &str {
+        "m20261207_200001_opportunity_versions"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for OpportunityVersions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        super::migration_stage_engine::add_column(
+            manager,
+            AccountOpportunities::Table,
+            ColumnDef::new(AccountOpportunities::Version)
+                .big_integer()
+                .not_null()
+                .default(0),
+        )
+        .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the opportunity versions migration is not reversible".into(),
+        ))
+    }
+}
+
 /// Accounts erased before erasure blanked the reasons in their history
 /// (December 2026) lose them now: the free text can name the account's
 /// people, and nobody reads it once the account is gone. Only transitions up
@@ -279,6 +312,12 @@ enum Accounts {
     CreateRequestDigest,
     CreatedAt,
     UpdatedAt,
+    Version,
+}
+
+#[derive(DeriveIden)]
+enum AccountOpportunities {
+    Table,
     Version,
 }
 

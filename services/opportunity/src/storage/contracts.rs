@@ -189,7 +189,15 @@ impl Repository {
                 ))
             })?;
         let last = parse(&last)?;
-        enqueue(&txn, t, &last, EventKind::ContractsEnded, Some(end), "").await?;
+        enqueue(
+            &txn,
+            t,
+            &last,
+            EventKind::ContractsEnded,
+            Some(end),
+            ("", 0),
+        )
+        .await?;
         txn.commit().await?;
         tracing::info!(
             tenant = t,

@@ -37,6 +37,10 @@ pub struct EventPayload {
     /// service).
     #[serde(default)]
     pub actor: String,
+    /// The opportunity's version when this happened (0: unknown, for
+    /// contracts ending and events written before versions were sent).
+    #[serde(default)]
+    pub opportunity_version: i64,
 }
 
 fn new_business() -> OpportunityKind {
@@ -66,6 +70,7 @@ impl EventPayload {
             }),
             lost_reason: self.lost_reason.clone(),
             actor: self.actor.clone(),
+            opportunity_version: self.opportunity_version,
         }
         .encode_to_vec()
     }
@@ -110,20 +115,22 @@ impl EventPayload {
             contracts_end,
             lost_reason: message.lost_reason,
             actor: message.actor,
+            opportunity_version: message.opportunity_version,
         })
     }
 }
 
 /// Queues `kind` of `opportunity` for lifecycle in the caller's
 /// transaction; `contracts_end` for CONTRACTS_ENDED; `actor` who made the
-/// change (empty for none).
+/// change (empty for none) and the opportunity's `version` after it (0
+/// for contracts ending).
 pub(super) async fn enqueue(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
     opportunity: &Opportunity,
     kind: EventKind,
     contracts_end: Option<Date>,
-    actor: &str,
+    (actor, version): (&str, i64),
 ) -> ServiceResult<()> {
     let other_open = of_tenant(tenant_id)
         .filter(opportunity::Column::AccountId.eq(opportunity.account_id.as_str()))
@@ -149,6 +156,7 @@ pub(super) async fn enqueue(
             String::new()
         },
         actor: actor.to_owned(),
+        opportunity_version: version,
     };
     outbox::enqueue(
         conn,
@@ -184,6 +192,7 @@ mod tests {
                 String::new()
             },
             actor: "seller@tenant.example".into(),
+            opportunity_version: 3,
         }
     }
 
@@ -231,6 +240,7 @@ mod tests {
             contracts_end: None,
             lost_reason: String::new(),
             actor: String::new(),
+            opportunity_version: 0,
         };
         assert_eq!(
             EventPayload::decode(&older.encode_to_vec()),

@@ -79,7 +79,16 @@ impl Locked {
             contracts::lock_account(&self.txn, &self.tenant_id, &opportunity.account_id).await?;
         }
         if let Some(kind) = event {
-            enqueue(&self.txn, &self.tenant_id, &opportunity, kind, None, actor).await?;
+            let version = self.version + 1;
+            enqueue(
+                &self.txn,
+                &self.tenant_id,
+                &opportunity,
+                kind,
+                None,
+                (actor, version),
+            )
+            .await?;
         }
         self.txn.commit().await?;
         if event.is_some() {
@@ -217,7 +226,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        enqueue(&txn, t, &opportunity, EventKind::Opened, None, actor).await?;
+        enqueue(&txn, t, &opportunity, EventKind::Opened, None, (actor, 1)).await?;
         txn.commit().await?;
         self.events_written.notify_one();
         Ok(opportunity)
