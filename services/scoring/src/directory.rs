@@ -323,6 +323,14 @@ impl Directory {
             .collect())
     }
 
+    /// Whether checking `person` would ask lifecycle: an email nobody
+    /// remembers, which lifecycle may answer by creating a contact.
+    pub fn would_create(&self, context: &RequestContext, person: &Person) -> bool {
+        matches!(person, Person::Email(_))
+            && !(self.heard.trusted_at(Instant::now())
+                && self.remembered(context.tenant.as_str(), person).is_some())
+    }
+
     async fn ask(
         &self,
         context: &RequestContext,

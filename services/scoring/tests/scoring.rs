@@ -1679,7 +1679,75 @@ on_each_database!(
     engaged_contacts_follow_batches,
     a_model_change_scores_the_next_read_on_any_replica,
     an_email_given_to_another_person_resolves_to_them,
+    a_repeated_event_id_creates_no_one,
 );
+
+/// A repeat of an activity recorded before, or a reuse of its event id,
+/// names a new person by email: it is answered (DUPLICATE, or refused on
+/// `event_id`) and no contact is created for that email (a tester found
+/// phantom people in lifecycle after such calls).
+async fn a_repeated_event_id_creates_no_one(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle
+        .create_account_with(account("Initech", "initech-dup.example", OWNER))
+        .await
+        .account_id;
+    let first = scoring
+        .record_one(by_email("evt-1", "demo_request", "ann@initech-dup.example"))
+        .await
+        .result
+        .expect("result");
+    assert_eq!(first.status, pb::ActivityStatus::Recorded as i32);
+    let repeat = scoring
+        .record_one(by_email("evt-1", "demo_request", "bob@initech-dup.example"))
+        .await
+        .result
+        .expect("result");
+    assert_eq!(repeat.status, pb::ActivityStatus::Duplicate as i32);
+    let reused = scoring
+        .public()
+        .record_activity(scoring.req(pb::RecordActivityRequest {
+            activity: Some(by_email("evt-1", "email_open", "carl@initech-dup.example")),
+        }))
+        .await
+        .expect_err("an event id reused for another activity");
+    assert_eq!(reused.code(), Code::InvalidArgument);
+    let batch = scoring
+        .record(vec![
+            by_email("evt-1", "email_open", "dan@initech-dup.example"),
+            by_email("evt-2", "email_open", "eve@initech-dup.example"),
+        ])
+        .await;
+    assert_eq!(
+        batch.results.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [
+            pb::ActivityStatus::Rejected as i32,
+            pb::ActivityStatus::Recorded as i32
+        ]
+    );
+    let people: Vec<String> = lifecycle
+        .public()
+        .list_contacts(
+            lifecycle.req(cascade_proto::lifecycle::v1::ListContactsRequest {
+                account_id: id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("contacts")
+        .into_inner()
+        .contacts
+        .into_iter()
+        .map(|c| c.email)
+        .collect();
+    assert_eq!(
+        people,
+        ["ann@initech-dup.example", "eve@initech-dup.example"],
+        "only the people of activities recorded"
+    );
+    system.stop().await;
+}
 
 /// Scoring remembers whom an email resolved to for `email_cache_ttl_ms` (60 s
 /// here, as by default). When the email moves to another person, lifecycle

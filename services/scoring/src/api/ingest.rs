@@ -1,6 +1,8 @@
 //! Checking and recording activities: one item, a batch or a stream; each
 //! item's result, and the reasons an item is refused.
 
+use std::collections::HashMap;
+
 use cascade_chassis::validate::Validator;
 use cascade_chassis::{FieldViolation, RequestContext, ServiceError, ServiceResult};
 use cascade_domain::valid_activity_type;
@@ -142,11 +144,49 @@ impl ScoringApi {
         // Announced before the check: a call that waits for lifecycle (new
         // people) is waited for by the group gathering meanwhile.
         let announced = (!pending.is_empty()).then(|| self.repository.expect(pending.len()));
-        let resolutions = if people.is_empty() {
+        // A repeat of an activity recorded before (or a reuse of its id) is
+        // answered from what it was recorded for: checking an email in it
+        // again would have lifecycle create a contact for a person new at a
+        // known domain, for an activity that changes nothing. Looked up only
+        // for emails the directory would ask about.
+        let creating: Vec<&str> = pending
+            .iter()
+            .zip(&people)
+            .filter(|(_, who)| self.directory.would_create(context, who))
+            .map(|((_, item), _)| item.event_id.as_str())
+            .collect();
+        let recorded_before = if creating.is_empty() {
+            HashMap::new()
+        } else {
+            self.repository
+                .people_of_events(&context.tenant, &creating)
+                .await?
+        };
+        let people: Vec<Person> = pending
+            .iter()
+            .zip(people)
+            .filter(|((_, item), _)| !recorded_before.contains_key(&item.event_id))
+            .map(|(_, who)| who)
+            .collect();
+        let mut resolutions = if people.is_empty() {
             Vec::new()
         } else {
             self.directory.check(context, people).await?
-        };
+        }
+        .into_iter();
+        let resolutions = pending
+            .iter()
+            .map(|(_, item)| match recorded_before.get(&item.event_id) {
+                Some((account_id, contact_id)) => Ok(Checked::Found {
+                    account_id: account_id.clone(),
+                    contact_id: contact_id.clone(),
+                }),
+                // The directory answers every person it is given.
+                None => resolutions.next().ok_or_else(|| {
+                    ServiceError::internal(anyhow::anyhow!("a person left unchecked"))
+                }),
+            })
+            .collect::<ServiceResult<Vec<Checked>>>()?;
         // Positions and activities apart: the activities move into storage
         // without a copy.
         let mut positions: Vec<usize> = Vec::with_capacity(pending.len());

@@ -193,6 +193,39 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// The account and contact each of `event_ids` was recorded for, of
+    /// those recorded before: such an activity is a repeat (or a reuse of
+    /// its id), answered without checking its person again, so an email
+    /// in it creates no contact.
+    pub async fn people_of_events(
+        &self,
+        tenant: &TenantId,
+        event_ids: &[&str],
+    ) -> ServiceResult<HashMap<String, (String, Option<String>)>> {
+        let mut people = HashMap::new();
+        for chunk in statement_chunks(event_ids, 1) {
+            let rows: Vec<(String, String, Option<String>)> = activity::Entity::find()
+                .select_only()
+                .columns([
+                    activity::Column::EventId,
+                    activity::Column::AccountId,
+                    activity::Column::ContactId,
+                ])
+                .filter(activity::Column::TenantId.eq(tenant.as_str()))
+                .filter(activity::Column::EventId.is_in(chunk.iter().copied()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            people
+                .extend(rows.into_iter().map(|(event_id, account_id, contact_id)| {
+                    (event_id, (account_id, contact_id))
+                }));
+        }
+        Ok(people)
+    }
+}
+
 /// Ids of `items` stored before, with what they were stored as.
 async fn stored_before(
     conn: &impl ConnectionTrait,
