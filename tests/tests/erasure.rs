@@ -14,6 +14,7 @@ mod common;
 
 use std::time::Duration;
 
+use cascade_proto::common::v1::AccountStage;
 use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
@@ -110,10 +111,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         })
         .await;
     lifecycle
-        .wait_for_stage(
-            &acme.account_id,
-            cascade_proto::common::v1::AccountStage::Prioritized,
-        )
+        .wait_for_stage(&acme.account_id, AccountStage::Prioritized)
         .await;
     // Pat raises a hand on the prioritized account: the owner's
     // notification names her by email, as stored and in the watch feed.
@@ -481,10 +479,7 @@ async fn an_earlier_email_leaves_the_hand_raise_texts_too(db: TestDatabase) {
         .record(vec![by_email("e-pat-1", "demo_request", PAT)])
         .await;
     lifecycle
-        .wait_for_stage(
-            &acme.account_id,
-            cascade_proto::common::v1::AccountStage::Prioritized,
-        )
+        .wait_for_stage(&acme.account_id, AccountStage::Prioritized)
         .await;
     scoring
         .record(vec![by_email("e-pat-2", "demo_request", PAT)])
