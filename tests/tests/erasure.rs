@@ -284,9 +284,13 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
             },
         ))
         .await;
+    let status = contact_score.expect_err("Pat has no score");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(
-        contact_score.is_err(),
-        "Pat has no score: {contact_score:?}"
+        status.message().ends_with(
+            ": no activity has been recorded for this contact, or the contact was erased"
+        ),
+        "the refusal says why: {status:?}"
     );
     system.settled().await;
     assert_eq!(

@@ -779,6 +779,62 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
     system.stop().await;
 }
 
+/// After a model change, the current side is the score accounts have (the
+/// points counted when each activity was recorded), not a rescoring with the
+/// new model: a tester found "current" figures no account had, and proposing
+/// the model in force showed no change for accounts it would move.
+async fn simulation_compares_with_the_scores_accounts_have(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let a = lifecycle.create_account("A", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&a, "ann@sim-model.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![
+            activity("m1", "email_open", &a, &ann),
+            activity("m2", "email_open", &a, &ann),
+            activity("m3", "email_open", &a, &ann),
+        ])
+        .await;
+    // Opens are worth 40 from now on; the three recorded keep their 2 each.
+    let model = scoring
+        .change_model(|model| {
+            for rule in &mut model.rules {
+                if rule.activity_type == "email_open" {
+                    rule.points = 40;
+                }
+            }
+        })
+        .await;
+    let live = scoring.score(&a).await.engagement_score;
+    assert_eq!(live, 6.0);
+    let result = scoring
+        .public()
+        .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
+            model: Some(model),
+            thresholds: Some(pb::SimulationThresholds {
+                engaged_threshold: 0.0,
+                prioritized_threshold: 100.0,
+            }),
+            start_time: None,
+            end_time: None,
+            sample_size: 10,
+        }))
+        .await
+        .expect("simulation")
+        .into_inner();
+    assert_eq!(result.changed_account_count, 1, "{result:?}");
+    let change = &result.sample[0];
+    assert_eq!((change.current_score, change.proposed_score), (live, 120.0));
+    assert_eq!(
+        (change.current_stage, change.proposed_stage),
+        (S::Engaged as i32, S::Prioritized as i32)
+    );
+    system.stop().await;
+}
+
 /// Simulation reads activities grouped by contact, type and day; with the
 /// current model it must give every account the score ingest gave it, over
 /// several days (decay), daily caps, first-occurrence rules and anonymous
@@ -1667,6 +1723,7 @@ on_each_database!(
     the_ledger_sums_to_the_score,
     the_stored_score_answers_like_the_activities,
     simulation_matches_a_hand_computed_scenario,
+    simulation_compares_with_the_scores_accounts_have,
     simulation_replays_what_ingest_scored,
     nothing_is_lost_while_lifecycle_is_down,
     two_replicas_count_like_one,

@@ -1,8 +1,13 @@
-//! Replaying stored activities through two models at once (the current one
-//! and a proposed one), one account at a time, in a single pass. Activities
-//! come grouped by (contact, type, day): a rule treats those alike, so a group
-//! is scored at once (`score_activities`) and the cost follows the number of
+//! Replaying stored activities through a proposed model beside the scores
+//! they have now, one account at a time, in a single pass. Activities come
+//! grouped by (contact, type, day): a rule treats those alike, so a group is
+//! scored at once (`score_activities`) and the cost follows the number of
 //! groups, not of activities.
+//!
+//! The current side does not rescore: it sums the points each activity was
+//! counted when it was recorded, under the model version then in force, as
+//! live scores do. Rescoring them with today's model gave figures no account
+//! has after a model change, and hid the accounts the change would move.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,9 +24,9 @@ pub struct Thresholds {
     pub prioritized: f64,
 }
 
-/// Stored activities of one account, contact, type and day, as the replay
-/// needs them. Pushed in day order within an account (first-occurrence rules
-/// count the earliest).
+/// Stored activities of one account, contact, type, day and stored intent,
+/// as the replay needs them. Pushed in day order within an account
+/// (first-occurrence rules count the earliest).
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayActivity<'a> {
     pub contact_id: Option<&'a str>,
@@ -29,6 +34,10 @@ pub struct ReplayActivity<'a> {
     pub day: i64,
     /// How many activities the group holds.
     pub count: i64,
+    /// The points they were counted when recorded (their sum).
+    pub counted_points: i64,
+    /// Whether they were recorded as intent.
+    pub intent: bool,
 }
 
 /// An account whose score-driven stage differs between the models.
@@ -101,29 +110,26 @@ impl ProgressPace {
     }
 }
 
-struct Run {
-    model: ScoringModel,
+/// One side's score of the account being replayed.
+struct Tally {
+    half_life_days: f64,
     thresholds: Thresholds,
-    usage: HashMap<UsageKey, Usage>,
     engagement: f64,
     intent: f64,
 }
 
-impl Run {
-    fn add(&mut self, account_id: &str, a: &ReplayActivity<'_>, today: i64) {
-        let subject = a
-            .contact_id
-            .map_or_else(|| format!("account:{account_id}"), str::to_owned);
-        let (_, counted, intent) = score_activities(
-            &self.model,
-            &subject,
-            a.activity_type,
-            a.contact_id.is_some(),
-            a.day,
-            a.count,
-            &mut self.usage,
-        );
-        let points = counted as f64 * decay_factor(self.model.decay_half_life_days, a.day, today);
+impl Tally {
+    fn new((model, thresholds): (&ScoringModel, Thresholds)) -> Self {
+        Self {
+            half_life_days: model.decay_half_life_days,
+            thresholds,
+            engagement: 0.0,
+            intent: 0.0,
+        }
+    }
+
+    fn add(&mut self, points: i64, intent: bool, day: i64, today: i64) {
+        let points = points as f64 * decay_factor(self.half_life_days, day, today);
         if intent {
             self.intent += points;
         } else {
@@ -139,7 +145,6 @@ impl Run {
             self.thresholds.prioritized,
         );
         let score = self.engagement;
-        self.usage.clear();
         self.engagement = 0.0;
         self.intent = 0.0;
         (score, stage)
@@ -148,8 +153,12 @@ impl Run {
 
 /// Feed it activities ordered by account; `finish` gives the result.
 pub struct Simulation {
-    current: Run,
-    proposed: Run,
+    /// The stored points, decayed with the current model's half-life.
+    current: Tally,
+    proposed_model: ScoringModel,
+    proposed: Tally,
+    /// The proposed model's rule usage within the account being replayed.
+    usage: HashMap<UsageKey, Usage>,
     today: i64,
     sample_size: usize,
     account: Option<String>,
@@ -158,22 +167,19 @@ pub struct Simulation {
 }
 
 impl Simulation {
+    /// Of the current model only its decay is used: the points are the
+    /// stored ones.
     pub fn new(
         current: (ScoringModel, Thresholds),
         proposed: (ScoringModel, Thresholds),
         today: i64,
         sample_size: usize,
     ) -> Self {
-        let run = |(model, thresholds): (ScoringModel, Thresholds)| Run {
-            model,
-            thresholds,
-            usage: HashMap::new(),
-            engagement: 0.0,
-            intent: 0.0,
-        };
         Self {
-            current: run(current),
-            proposed: run(proposed),
+            current: Tally::new((&current.0, current.1)),
+            proposed: Tally::new((&proposed.0, proposed.1)),
+            proposed_model: proposed.0,
+            usage: HashMap::new(),
             today,
             sample_size,
             account: None,
@@ -188,9 +194,23 @@ impl Simulation {
             self.account = Some(account_id.to_owned());
             self.accounts += 1;
         }
-        self.current.add(account_id, &activity, self.today);
-        self.proposed.add(account_id, &activity, self.today);
-        self.result.activities += activity.count;
+        let a = activity;
+        self.current
+            .add(a.counted_points, a.intent, a.day, self.today);
+        let subject = a
+            .contact_id
+            .map_or_else(|| format!("account:{account_id}"), str::to_owned);
+        let (_, counted, intent) = score_activities(
+            &self.proposed_model,
+            &subject,
+            a.activity_type,
+            a.contact_id.is_some(),
+            a.day,
+            a.count,
+            &mut self.usage,
+        );
+        self.proposed.add(counted, intent, a.day, self.today);
+        self.result.activities += a.count;
     }
 
     /// How far the replay has got.
@@ -207,6 +227,7 @@ impl Simulation {
         };
         let (current_score, current_stage) = self.current.take();
         let (proposed_score, proposed_stage) = self.proposed.take();
+        self.usage.clear();
         *self.result.current_counts.entry(current_stage).or_default() += 1;
         *self
             .result
@@ -261,6 +282,8 @@ mod tests {
             activity_type: "email_open",
             day: 10,
             count,
+            counted_points: 2 * count,
+            intent: false,
         };
         // a: 3 opens = 6 now, 120 proposed -> ENGAGED vs PRIORITIZED
         sim.push("a", open("ann", 1));
@@ -273,6 +296,8 @@ mod tests {
                 activity_type: "web_page_visit",
                 day: 10,
                 count: 1,
+                counted_points: 4,
+                intent: true,
             },
         );
         // c: a demo request -> PRIORITIZED under both
@@ -283,6 +308,8 @@ mod tests {
                 activity_type: "demo_request",
                 day: 10,
                 count: 1,
+                counted_points: 100,
+                intent: false,
             },
         );
         assert_eq!(
@@ -303,6 +330,49 @@ mod tests {
         assert_eq!(
             (r.sample[0].current_score, r.sample[0].proposed_score),
             (6.0, 120.0)
+        );
+    }
+
+    /// After a model change the current side keeps the points each
+    /// activity was counted, as the live score does; only the proposed side
+    /// applies rules.
+    #[test]
+    fn the_current_side_sums_stored_points() {
+        let mut model = ScoringModel::default();
+        for rule in &mut model.rules {
+            if rule.activity_type == "email_open" {
+                rule.points = 40;
+            }
+        }
+        model.decay_half_life_days = 1.0;
+        let t = Thresholds {
+            engaged: 0.0,
+            prioritized: 50.0,
+        };
+        let mut sim = Simulation::new((model.clone(), t), (model, t), 10, 10);
+        // Recorded yesterday under the old model: 3 opens counted 2 each.
+        sim.push(
+            "a",
+            ReplayActivity {
+                contact_id: Some("ann"),
+                activity_type: "email_open",
+                day: 9,
+                count: 3,
+                counted_points: 6,
+                intent: false,
+            },
+        );
+        let r = sim.finish();
+        assert_eq!(r.changed, 1);
+        assert_eq!(
+            (r.sample[0].current_score, r.sample[0].proposed_score),
+            (3.0, 60.0),
+            "both decayed a day at the current half-life"
+        );
+        assert_eq!(
+            (r.sample[0].current_stage, r.sample[0].proposed_stage),
+            (AccountStage::Engaged, AccountStage::Prioritized),
+            "{r:?}"
         );
     }
 

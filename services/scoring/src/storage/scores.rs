@@ -20,6 +20,14 @@ use crate::domain::{self, Bucket, ScoringModel, StoredScore};
 use cascade_proto::outbox::v1 as outbox_pb;
 use prost::Message as _;
 
+/// The (score, account) a ListTopAccounts token continues after. Scores
+/// are finite: a NaN key matched no row and ended the listing early.
+fn top_key(key: &str) -> Option<(f64, String)> {
+    let (score, id) = key.split_once('|')?;
+    let score = score.parse::<f64>().ok().filter(|s| s.is_finite())?;
+    Some((score, id.to_owned()))
+}
+
 impl Repository {
     /// An account's totals today, or NOT_FOUND without any activity. The
     /// buckets are summed per type and day in the database (a read returns
@@ -142,7 +150,9 @@ impl Repository {
             .into_tuple()
             .one(&self.db)
             .await?
-            .ok_or_else(|| ServiceError::not_found("contact score", contact_id))?;
+            .ok_or_else(|| {
+                ServiceError::not_found("contact score", contact_id).because(NO_CONTACT_ACTIVITY)
+            })?;
         let model = current_model(&self.db, t).await?;
         let buckets = buckets_of(
             &self.db,
@@ -165,14 +175,9 @@ impl Repository {
         // A bad token is refused before anything is written: pending groups
         // folded, stale scores refreshed.
         let after = match &page.after {
-            Some(token) => Some(
-                token
-                    .split_once('|')
-                    .and_then(|(s, id)| Some((s.parse::<f64>().ok()?, id.to_owned())))
-                    .ok_or_else(|| {
-                        ServiceError::invalid("page_token", "is not a token returned by this list")
-                    })?,
-            ),
+            Some(token) => Some(top_key(token).ok_or_else(|| {
+                ServiceError::invalid("page_token", "is not a token returned by this list")
+            })?),
             None => None,
         };
         let t = tenant.as_str();
@@ -297,6 +302,10 @@ impl Repository {
 /// Why an account has no score: scoring knows accounts only through their
 /// activities, so it cannot tell an account without any from no account.
 const NO_ACTIVITY: &str = "no activity has been recorded for this account";
+
+/// Why a contact has no score (an erased contact's score is erased too).
+const NO_CONTACT_ACTIVITY: &str =
+    "no activity has been recorded for this contact, or the contact was erased";
 
 /// The stored scores of these accounts, locked until commit so
 /// concurrent batches of one account add up rather than overwrite each
@@ -1005,4 +1014,18 @@ pub(super) async fn store_recomputed(
     let delivered = messages.len();
     cascade_chassis::outbox::enqueue_many(txn, t, super::SCORE_TOPIC, messages).await?;
     Ok(delivered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_key;
+
+    #[test]
+    fn top_keys_are_finite_scores_and_an_account() {
+        assert_eq!(top_key("12.5|acct"), Some((12.5, "acct".to_owned())));
+        assert_eq!(top_key("-0|a|b"), Some((0.0, "a|b".to_owned())));
+        for bad in ["NaN|acct", "inf|acct", "-inf|acct", "12.5", "x|acct"] {
+            assert_eq!(top_key(bad), None, "{bad}");
+        }
+    }
 }

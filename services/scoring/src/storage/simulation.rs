@@ -78,9 +78,10 @@ impl Repository {
         Ok(all - left_out)
     }
 
-    /// Replays the stored activities of a window through the current and a
-    /// proposed model. The database groups them by account, contact, type and
-    /// UTC day (a rule scores those alike) and streams the groups ordered by
+    /// Replays the stored activities of a window through a proposed model
+    /// beside the points they were counted. The database groups them by
+    /// account, contact, type, UTC day and stored intent (a rule scores those
+    /// alike), sums their counted points, and streams the groups ordered by
     /// account and day: one scan of the window, and memory holds one group
     /// and one account's state at a time. Reading activities one by one
     /// through the ledger index instead cost a random table read each
@@ -115,17 +116,21 @@ impl Repository {
                 activity::Column::ActivityType,
             ])
             .column_as(day, "day")
+            .column(activity::Column::Intent)
             .column_as(Expr::col(activity::Column::EventId).count(), "activities")
+            // SUM of an INTEGER column is a BIGINT on both backends.
+            .column_as(Expr::col(activity::Column::CountedPoints).sum(), "points")
             .group_by(activity::Column::AccountId)
             .group_by(activity::Column::ContactId)
             .group_by(activity::Column::ActivityType)
             .group_by(by_day())
+            .group_by(activity::Column::Intent)
             .order_by_asc(activity::Column::AccountId)
             .order_by_asc(by_day())
-            .into_tuple::<(String, Option<String>, String, i64, i64)>()
+            .into_tuple::<(String, Option<String>, String, i64, bool, i64, i64)>()
             .stream(&self.db)
             .await?;
-        while let Some((account_id, contact_id, activity_type, day, count)) =
+        while let Some((account_id, contact_id, activity_type, day, intent, count, points)) =
             groups.try_next().await?
         {
             simulation.push(
@@ -135,6 +140,8 @@ impl Repository {
                     activity_type: &activity_type,
                     day,
                     count,
+                    counted_points: points,
+                    intent,
                 },
             );
             if watch(simulation.progress()).is_break() {
