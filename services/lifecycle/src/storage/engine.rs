@@ -13,8 +13,8 @@ use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::accounts::{set_risk, store_risk};
@@ -144,24 +144,16 @@ async fn load_snapshot(
         }
         None => false,
     };
-    let open =
-        open_opportunities(txn, tenant_id, &model.account_id, mutation.opportunity_id()).await?;
+    let Deals {
+        open_others: open,
+        version: opportunity_version,
+    } = deals(txn, tenant_id, &model.account_id, mutation).await?;
     // The account row lists its open deals: no statement needed.
     let opportunity_known_open = mutation.opportunity_id().is_some_and(|opportunity_id| {
         super::accounts::open_opportunities(model)
             .iter()
             .any(|(id, _)| id == opportunity_id)
     });
-    // The newest version of the deal an event was applied of.
-    let opportunity_version = match mutation {
-        Mutation::Opportunity { opportunity_id, .. } => {
-            account_opportunity::Entity::find_by_id((tenant_id.to_owned(), opportunity_id.clone()))
-                .one(txn)
-                .await?
-                .map_or(0, |row| row.version)
-        }
-        _ => 0,
-    };
     let snapshot = AccountSnapshot {
         account_id: model.account_id.clone(),
         name: model.name.clone(),
@@ -196,20 +188,58 @@ async fn load_snapshot(
     Ok((snapshot, members))
 }
 
-async fn open_opportunities(
+/// What the rules need of the account's deals.
+struct Deals {
+    /// Open deals of the account other than the mutation's.
+    open_others: u32,
+    /// The newest version of the mutation's deal an event was applied of
+    /// (0: none, or not an opportunity event).
+    version: i64,
+}
+
+/// The account's open deals and the mutation's deal, in one statement.
+async fn deals(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
     account_id: &str,
-    excluding: Option<&str>,
-) -> ServiceResult<u32> {
-    let mut query = account_opportunity::Entity::find()
-        .filter(account_opportunity::Column::TenantId.eq(tenant_id))
-        .filter(account_opportunity::Column::AccountId.eq(account_id))
-        .filter(account_opportunity::Column::Status.eq(OPEN));
-    if let Some(opportunity_id) = excluding {
-        query = query.filter(account_opportunity::Column::OpportunityId.ne(opportunity_id));
+    mutation: &Mutation,
+) -> ServiceResult<Deals> {
+    let this = mutation.opportunity_id();
+    let mut wanted = Condition::any().add(
+        Condition::all()
+            .add(account_opportunity::Column::AccountId.eq(account_id))
+            .add(account_opportunity::Column::Status.eq(OPEN)),
+    );
+    if let Some(opportunity_id) = this {
+        wanted = wanted.add(account_opportunity::Column::OpportunityId.eq(opportunity_id));
     }
-    Ok(u32::try_from(query.count(conn).await?).unwrap_or(u32::MAX))
+    let rows: Vec<(String, String, String, i64)> = account_opportunity::Entity::find()
+        .select_only()
+        .columns([
+            account_opportunity::Column::OpportunityId,
+            account_opportunity::Column::AccountId,
+            account_opportunity::Column::Status,
+            account_opportunity::Column::Version,
+        ])
+        .filter(account_opportunity::Column::TenantId.eq(tenant_id))
+        .filter(wanted)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let mut deals = Deals {
+        open_others: 0,
+        version: 0,
+    };
+    for (opportunity_id, of_account, status, version) in rows {
+        if Some(opportunity_id.as_str()) == this {
+            if matches!(mutation, Mutation::Opportunity { .. }) {
+                deals.version = version;
+            }
+        } else if of_account == account_id && status == OPEN {
+            deals.open_others = deals.open_others.saturating_add(1);
+        }
+    }
+    Ok(deals)
 }
 
 async fn load_members(

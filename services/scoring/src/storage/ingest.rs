@@ -18,7 +18,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    Iterable, QueryFilter, QuerySelect, Statement, Value,
+    Iterable, QueryFilter, QuerySelect, Statement, TransactionTrait, Value,
 };
 
 use super::entities::{activity, rule_usage};
@@ -114,18 +114,11 @@ impl Repository {
     ) -> ServiceResult<Option<(Vec<Outcome>, bool)>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-            // Plan each statement for the table as it is now. A generic plan
-            // cached while the tables were nearly empty (a new database)
-            // reads every activity of the tenant to check 256 event ids, and
-            // stays cached until an ANALYZE: measured 3.3 s per batch after
-            // 25 s of ingest. Custom plans cost ~1 ms of planning each.
-            txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
-                .await?;
-        }
+        plan_for_the_table_now(&txn).await?;
         let model = current_model(&txn, t).await?;
         let stored = if check_stored {
-            stored_before(&txn, t, items).await?
+            let ids: Vec<&str> = items.iter().map(|i| i.event_id.as_str()).collect();
+            stored_before(&txn, t, &ids).await?
         } else {
             HashMap::new()
         };
@@ -203,37 +196,39 @@ impl Repository {
         tenant: &TenantId,
         event_ids: &[&str],
     ) -> ServiceResult<HashMap<String, (String, Option<String>)>> {
-        let mut people = HashMap::new();
-        for chunk in statement_chunks(event_ids, 1) {
-            let rows: Vec<(String, String, Option<String>)> = activity::Entity::find()
-                .select_only()
-                .columns([
-                    activity::Column::EventId,
-                    activity::Column::AccountId,
-                    activity::Column::ContactId,
-                ])
-                .filter(activity::Column::TenantId.eq(tenant.as_str()))
-                .filter(activity::Column::EventId.is_in(chunk.iter().copied()))
-                .into_tuple()
-                .all(&self.db)
-                .await?;
-            people
-                .extend(rows.into_iter().map(|(event_id, account_id, contact_id)| {
-                    (event_id, (account_id, contact_id))
-                }));
-        }
-        Ok(people)
+        // A transaction only for the planner setting; it reads one statement.
+        let txn = self.db.begin().await?;
+        plan_for_the_table_now(&txn).await?;
+        let stored = stored_before(&txn, tenant.as_str(), event_ids).await?;
+        txn.commit().await?;
+        Ok(stored
+            .into_iter()
+            .map(|(event_id, (recorded, _))| (event_id, (recorded.account_id, recorded.contact_id)))
+            .collect())
     }
 }
 
-/// Ids of `items` stored before, with what they were stored as.
+/// On PostgreSQL, plans each statement of the transaction for the tables as
+/// they are now. A generic plan cached while the tables were nearly empty (a
+/// new database) reads every activity of the tenant to check 256 event ids,
+/// and stays cached until an ANALYZE: measured 3.3 s per batch after 25 s of
+/// ingest. Custom plans cost ~1 ms of planning each.
+async fn plan_for_the_table_now(txn: &impl ConnectionTrait) -> Result<(), DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
+    }
+    Ok(())
+}
+
+/// Which of `event_ids` were stored before, with what they were stored as.
 async fn stored_before(
     conn: &impl ConnectionTrait,
     t: &str,
-    items: &[NewActivity],
+    event_ids: &[&str],
 ) -> Result<HashMap<String, Stored>, DbErr> {
     let mut stored = HashMap::new();
-    for chunk in statement_chunks(items, 1) {
+    for chunk in statement_chunks(event_ids, 1) {
         let rows: Vec<StoredRow> = activity::Entity::find()
             .select_only()
             .columns([
@@ -245,7 +240,7 @@ async fn stored_before(
                 activity::Column::OccurredAtMs,
             ])
             .filter(activity::Column::TenantId.eq(t))
-            .filter(activity::Column::EventId.is_in(chunk.iter().map(|i| i.event_id.as_str())))
+            .filter(activity::Column::EventId.is_in(chunk.iter().copied()))
             .into_tuple()
             .all(conn)
             .await?;
