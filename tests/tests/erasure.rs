@@ -42,6 +42,9 @@ const PAT_NAME: &str = "Erasable";
 /// The reason an operator typed for a manual move: kept with the history,
 /// blanked when the account is erased.
 const NURTURE_REASON: &str = "Ann Doe asked us to wait a quarter";
+/// Why an earlier deal was lost: free text, gone with the account. Its
+/// event was delivered to lifecycle: the delivered message must not keep it.
+const LOST_REASON: &str = "Ann Doe chose a rival suite";
 
 /// Where `needle` is still stored, per service: (service, table.column).
 async fn found_anywhere(system: &System, needle: &str) -> Vec<(String, String)> {
@@ -133,8 +136,13 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         }))
         .await
         .expect("nurture");
-    // A deal with both in the buying group, Pat also a named stakeholder.
     let opportunity = system.opportunity_as(0, T);
+    let pilot = opportunity.create(&acme.account_id, "Acme pilot").await;
+    opportunity
+        .try_lose(&pilot.opportunity_id, LOST_REASON)
+        .await
+        .expect("the pilot lost");
+    // A deal with both in the buying group, Pat also a named stakeholder.
     let deal = opportunity
         .try_create(op::Opportunity {
             account_id: acme.account_id.clone(),
@@ -371,7 +379,13 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
     let scored = system.scoring_as(0, T).try_score(&acme.account_id).await;
     assert_eq!(scored.expect_err("no score").code(), Code::NotFound);
     system.settled().await;
-    for needle in [ANN, "acme-erasure.example", PAT, NURTURE_REASON] {
+    for needle in [
+        ANN,
+        "acme-erasure.example",
+        PAT,
+        NURTURE_REASON,
+        LOST_REASON,
+    ] {
         assert_eq!(
             found_anywhere(&system, needle).await,
             Vec::<(String, String)>::new(),

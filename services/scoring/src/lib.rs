@@ -81,9 +81,6 @@ async fn service(
     // A round claims enough accounts for several ApplyEngagementScores calls.
     let mut config = settings.outbox.deliverer_config();
     config.batch_size = delivery::CLAIM_PER_ROUND;
-    // A delivered score names contacts with their scores: not kept after it
-    // served (an erased person's would otherwise stay for the retention).
-    config.keep_payloads = false;
     let deliverer = Deliverer::new(database, storage::SCORE_TOPIC, Arc::new(sink), config);
     repository.set_delivery_waker(deliverer.waker());
     deliverer.spawn_in(&background);

@@ -165,8 +165,8 @@ async fn delivered_payloads(db: TestDatabase, keep_payloads: bool) -> Vec<Vec<u8
         .collect()
 }
 
-/// A delivered message keeps its payload for the retention, unless the
-/// topic's deliverer clears it as it marks it delivered (scoring's scores).
+/// A delivered message's payload is cleared as it is marked delivered (the
+/// default), or kept for the retention when a deliverer is set to keep it.
 async fn a_delivered_payload_is_kept_or_cleared(db: TestDatabase) {
     let kept = delivered_payloads(db.like().await, true).await;
     assert_eq!(kept.len(), 4);

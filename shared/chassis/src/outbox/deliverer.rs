@@ -51,9 +51,10 @@ pub struct DelivererConfig {
     /// Delivered messages are deleted after this long.
     pub retention: Duration,
     /// Whether a delivered message keeps its payload until then (to inspect
-    /// what was sent). Off, the payload is cleared as the message is marked
-    /// delivered: one that names people is not kept after it served, and an
-    /// erasure need not look for it.
+    /// what was sent). Off (the default), the payload is cleared as the
+    /// message is marked delivered: what names people (scores with their
+    /// contacts, a lost deal's reason) is not kept after it served, and an
+    /// erasure need not look for it. Nothing reads a delivered payload.
     pub keep_payloads: bool,
 }
 
@@ -72,7 +73,7 @@ impl Default for DelivererConfig {
             max_attempts: 0,
             max_age: Duration::from_secs(24 * 3600),
             retention: Duration::from_secs(24 * 3600),
-            keep_payloads: true,
+            keep_payloads: false,
         }
     }
 }
