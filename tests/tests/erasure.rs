@@ -32,6 +32,7 @@ on_each_database!(
     a_confirmation_before_the_settle_is_refused,
     a_longer_settle_in_lifecycle_is_waited_for,
     an_earlier_email_leaves_the_hand_raise_texts_too,
+    a_change_saved_during_an_erasure_is_kept,
 );
 
 const T: &str = "erasure";
@@ -537,6 +538,91 @@ async fn an_earlier_email_leaves_the_hand_raise_texts_too(db: TestDatabase) {
             "{email}"
         );
     }
+    system.stop().await;
+}
+
+/// A change to a deal saved while opportunity erases a person from it is
+/// kept: the erasure reads the deal under the change's lock, after it. A
+/// reviewer found the erasure writing back the copy it had read before,
+/// dropping the change (PostgreSQL; SQLite's writers take turns, so there
+/// the test passes either way). The test's own transaction stands in for
+/// the save, held open until the erasure waits for it.
+async fn a_change_saved_during_an_erasure_is_kept(db: TestDatabase) {
+    const T: &str = "erasure-race";
+    let system = System::start(&db, 1).await;
+    let lifecycle = system.lifecycle_as(0, T);
+    let acme = lifecycle
+        .create_account_with(account("Acme", "acme-race.example", "owner"))
+        .await;
+    let pat = lifecycle
+        .create_contact(&acme.account_id, "pat@acme-race.example")
+        .await;
+    let ann = lifecycle
+        .create_contact(&acme.account_id, "ann@acme-race.example")
+        .await;
+    let opportunity = system.opportunity_as(0, T);
+    let deal = opportunity
+        .try_create(op::Opportunity {
+            account_id: acme.account_id.clone(),
+            name: "Race deal".into(),
+            buying_group_contact_ids: vec![pat.contact_id.clone(), ann.contact_id.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("a deal");
+
+    let url = system.databases()[2].1.settings.url.clone();
+    let saving = sea_orm::Database::connect(url.as_str())
+        .await
+        .expect("the opportunity database");
+    let backend = saving.get_database_backend();
+    let save = sea_orm::TransactionTrait::begin(&saving)
+        .await
+        .expect("a transaction");
+    save.execute_raw(sea_orm::Statement::from_string(
+        backend,
+        format!(
+            "UPDATE opportunities SET data = replace(data, '\"Race deal\"', '\"Race deal, renamed\"') \
+             WHERE opportunity_id = '{}'",
+            deal.opportunity_id
+        ),
+    ))
+    .await
+    .expect("the save, uncommitted");
+    let erased = erase_contact(&lifecycle, &pat.contact_id).await;
+    if db.settings.is_sqlite() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    } else {
+        let watching = sea_orm::Database::connect(url.as_str())
+            .await
+            .expect("the opportunity database");
+        eventually("the erasure to wait for the save", async || {
+            let row = watching
+                .query_one_raw(sea_orm::Statement::from_string(
+                    backend,
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                ))
+                .await
+                .map_err(|e| e.to_string())?
+                .expect("a count");
+            let waiting: i64 = row.try_get_by_index(0).map_err(|e| e.to_string())?;
+            if waiting > 0 {
+                Ok(())
+            } else {
+                Err("no one waits".to_owned())
+            }
+        })
+        .await;
+    }
+    save.commit().await.expect("the save committed");
+    wait_until_complete(&lifecycle, &erased.erasure_id).await;
+    let after = opportunity.get(&deal.opportunity_id).await;
+    assert_eq!(
+        (after.name.as_str(), after.buying_group_contact_ids),
+        ("Race deal, renamed", vec![ann.contact_id.clone()]),
+        "the change kept, Pat erased"
+    );
     system.stop().await;
 }
 

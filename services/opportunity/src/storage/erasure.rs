@@ -9,7 +9,9 @@ use cascade_chassis::db::begin_write;
 use cascade_chassis::outbox;
 use cascade_chassis::{ServiceResult, TenantId};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+};
 
 use super::entities::{contract_terms, opportunity};
 use super::events::EventPayload;
@@ -55,29 +57,37 @@ impl Repository {
         let txn = begin_write(&self.db).await?;
         // Buying groups are checked against lifecycle, but a contact id is
         // looked for in every opportunity of the tenant rather than trusting
-        // that: the documents are searched for it, then read.
-        let mut changed = 0;
+        // that: the documents are searched for it, then read. Locked as a
+        // change locks them (in id order, so two erasures cannot deadlock):
+        // a change committed meanwhile is read, not overwritten with the
+        // copy read before it (a reviewer found saves lost on PostgreSQL).
+        let mut naming = Condition::any();
         for contact_id in contact_ids {
-            let rows = of_tenant(t)
-                .filter(opportunity::Column::Data.contains(contact_id.as_str()))
-                .all(&txn)
+            naming = naming.add(opportunity::Column::Data.contains(contact_id.as_str()));
+        }
+        let rows = txn
+            .lock_all(
+                of_tenant(t)
+                    .filter(naming)
+                    .order_by_asc(opportunity::Column::OpportunityId),
+            )
+            .await?;
+        let mut changed = 0;
+        for row in rows {
+            let current = parse(&row)?;
+            let Some(cleaned) = domain::without_contacts(&current, contact_ids) else {
+                continue;
+            };
+            let data =
+                serde_json::to_string(&cleaned).map_err(cascade_chassis::ServiceError::internal)?;
+            opportunity::Entity::update_many()
+                .col_expr(opportunity::Column::Data, Expr::value(data))
+                .col_expr(opportunity::Column::Version, Expr::value(row.version + 1))
+                .filter(opportunity::Column::TenantId.eq(t))
+                .filter(opportunity::Column::OpportunityId.eq(row.opportunity_id.as_str()))
+                .exec(&txn)
                 .await?;
-            for row in rows {
-                let current = parse(&row)?;
-                let Some(cleaned) = domain::without_contacts(&current, contact_ids) else {
-                    continue;
-                };
-                let data = serde_json::to_string(&cleaned)
-                    .map_err(cascade_chassis::ServiceError::internal)?;
-                opportunity::Entity::update_many()
-                    .col_expr(opportunity::Column::Data, Expr::value(data))
-                    .col_expr(opportunity::Column::Version, Expr::value(row.version + 1))
-                    .filter(opportunity::Column::TenantId.eq(t))
-                    .filter(opportunity::Column::OpportunityId.eq(row.opportunity_id.as_str()))
-                    .exec(&txn)
-                    .await?;
-                changed += 1;
-            }
+            changed += 1;
         }
         scrub_undelivered(
             &txn,
