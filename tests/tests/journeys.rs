@@ -273,7 +273,79 @@ async fn recycling_journeys(db: TestDatabase) {
     system.stop().await;
 }
 
-on_each_database!(the_full_journey, recycling_journeys, after_the_sale);
+on_each_database!(
+    the_full_journey,
+    recycling_journeys,
+    after_the_sale,
+    people_judged_during_a_deal_keep_their_stage
+);
+
+/// A stage a person gives a buying-group member during the deal stays: an
+/// edit of the group (reordered, a member added) moves only the member it
+/// adds, and the win makes customers of the others but not of one a person
+/// disqualified. A tester saw a reordered group undo SALES_QUALIFIED, and a
+/// win turn DISQUALIFIED into CUSTOMER.
+async fn people_judged_during_a_deal_keep_their_stage(db: TestDatabase) {
+    const T: &str = "judged";
+    let system = System::start(&db, 1).await;
+    let (lifecycle, opps) = (system.lifecycle_as(0, T), system.opportunity_as(0, T));
+    let acme = lifecycle
+        .create_account_with(account("Judged", "judged.example", "owner"))
+        .await
+        .account_id;
+    let [ann, bob, cy] = ["ann", "bob", "cy"].map(|n| format!("{n}@judged.example"));
+    let ann = lifecycle.create_contact(&acme, &ann).await.contact_id;
+    let bob = lifecycle.create_contact(&acme, &bob).await.contact_id;
+    let cy = lifecycle.create_contact(&acme, &cy).await.contact_id;
+    let deal = deal_at_win(
+        &opps,
+        &acme,
+        "Judged deal",
+        OpportunityKind::NewBusiness,
+        &[&ann, &bob],
+    )
+    .await;
+    lifecycle.wait_for_contact_stage(&ann, C::Opportunity).await;
+    lifecycle.wait_for_contact_stage(&bob, C::Opportunity).await;
+    for (contact_id, stage) in [(&ann, C::SalesQualified), (&bob, C::Disqualified)] {
+        lifecycle
+            .public()
+            .update_contact(lifecycle.req(lc::UpdateContactRequest {
+                contact: Some(lc::Contact {
+                    contact_id: contact_id.clone(),
+                    stage: stage as i32,
+                    ..Default::default()
+                }),
+                update_mask: cascade_testkit::fixtures::mask(&["stage"]),
+            }))
+            .await
+            .expect("a person's judgement");
+    }
+    opps.try_update(
+        &deal,
+        op::Opportunity {
+            buying_group_contact_ids: vec![cy.clone(), bob.clone(), ann.clone()],
+            ..Default::default()
+        },
+        &["buying_group_contact_ids"],
+    )
+    .await
+    .expect("Cy added, the group reordered");
+    lifecycle.wait_for_contact_stage(&cy, C::Opportunity).await;
+    system.settled().await;
+    let stage = async |id: &str| C::try_from(lifecycle.contact(id).await.stage).expect("a stage");
+    assert_eq!(
+        (stage(&ann).await, stage(&bob).await),
+        (C::SalesQualified, C::Disqualified),
+        "the edit moved only Cy"
+    );
+    opps.try_win(&deal).await.expect("won");
+    lifecycle.wait_for_contact_stage(&ann, C::Customer).await;
+    lifecycle.wait_for_contact_stage(&cy, C::Customer).await;
+    system.settled().await;
+    assert_eq!(stage(&bob).await, C::Disqualified, "not a customer");
+    system.stop().await;
+}
 
 /// Opens a deal of `kind` for the account and takes it through every step
 /// to WIN (not closed): its id.

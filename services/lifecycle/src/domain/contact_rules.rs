@@ -118,7 +118,9 @@ pub fn move_on(current: ContactStage, event: ContactEvent) -> Option<ContactMove
 
 /// The contact's stage after an event. Automatic moves never undo a person's
 /// decision (SALES_QUALIFIED, EVANGELIST, DISQUALIFIED, OTHER stay on
-/// activity) and never move a customer back.
+/// activity; EVANGELIST, DISQUALIFIED and OTHER on a win) and never move a
+/// customer back. Joining a deal is a person's act too (someone put the
+/// contact in its buying group), so it moves any stage but a customer's.
 pub fn after_event(current: ContactStage, event: ContactEvent) -> ContactStage {
     use ContactStage as C;
     match event {
@@ -131,8 +133,10 @@ pub fn after_event(current: ContactStage, event: ContactEvent) -> ContactStage {
             C::Customer | C::Evangelist => current,
             _ => C::Opportunity,
         },
+        // A member a person disqualified or set apart (OTHER) while the deal
+        // was open is not made a customer by its win.
         ContactEvent::OpportunityWon => match current {
-            C::Evangelist => current,
+            C::Evangelist | C::Disqualified | C::Other => current,
             _ => C::Customer,
         },
         ContactEvent::LeftOpenOpportunities {
@@ -274,8 +278,8 @@ mod tests {
             (C::Opportunity, [C::Opportunity, C::Opportunity, C::Opportunity, C::Customer, C::Engaged, C::Suspect, C::Anonymous]),
             (C::Customer, [C::Customer, C::Customer, C::Customer, C::Customer, C::Customer, C::Customer, C::Customer]),
             (C::Evangelist, [C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist, C::Evangelist]),
-            (C::Disqualified, [C::Disqualified, C::Disqualified, C::Opportunity, C::Customer, C::Disqualified, C::Disqualified, C::Disqualified]),
-            (C::Other, [C::Other, C::Other, C::Opportunity, C::Customer, C::Other, C::Other, C::Other]),
+            (C::Disqualified, [C::Disqualified, C::Disqualified, C::Opportunity, C::Disqualified, C::Disqualified, C::Disqualified, C::Disqualified]),
+            (C::Other, [C::Other, C::Other, C::Opportunity, C::Other, C::Other, C::Other, C::Other]),
         ];
         assert_eq!(table.len(), C::ALL.len(), "every stage is in the table");
         for (stage, expected) in table {

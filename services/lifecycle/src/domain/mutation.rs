@@ -106,6 +106,10 @@ pub struct MemberSnapshot {
     /// Taken out of this deal's buying group: named before, not by the
     /// event (which carries the whole group).
     pub left_this_deal: bool,
+    /// In this deal's buying group before the event: an edit of the deal
+    /// (an OPENED event carrying the group again) does not move it, so a
+    /// stage a person set since it joined stays.
+    pub already_in_this_deal: bool,
     /// The stage the contact had when it last joined an open deal (from
     /// its history); leaving the deal brings back one a person set.
     pub stage_before_opportunity: Option<ContactStage>,
@@ -388,8 +392,9 @@ fn recycled(step: &Step) -> Option<Recycled> {
 }
 
 /// The buying group follows the deal: contacts join OPPORTUNITY when it
-/// opens and become CUSTOMER when it is won; when it is lost, a contact still
-/// in another open deal stays, the others fall back by their data.
+/// opens (or when an edit adds them: an edit moves only new members) and
+/// become CUSTOMER when it is won; when it is lost, a contact still in
+/// another open deal stays, the others fall back by their data.
 fn buying_group_moves(
     account: &AccountSnapshot,
     members: &[MemberSnapshot],
@@ -416,6 +421,7 @@ fn buying_group_moves(
                     return None;
                 }
                 _ if m.left_this_deal => left,
+                OpportunityEventKind::Opened if m.already_in_this_deal => return None,
                 OpportunityEventKind::Opened => ContactEvent::JoinedOpenOpportunity,
                 OpportunityEventKind::Won => ContactEvent::OpportunityWon,
                 OpportunityEventKind::Lost => left,
@@ -483,6 +489,7 @@ mod tests {
             has_activity: true,
             in_other_open_opportunity: in_other_open,
             left_this_deal: false,
+            already_in_this_deal: false,
             stage_before_opportunity: None,
         }
     }
@@ -818,6 +825,7 @@ mod tests {
     fn a_member_taken_out_of_the_group_leaves_the_deal() {
         let out = |id: &str, in_other_open: bool| MemberSnapshot {
             left_this_deal: true,
+            already_in_this_deal: true,
             stage_before_opportunity: Some(C::SalesQualified),
             ..member(id, C::Opportunity, in_other_open)
         };
@@ -841,6 +849,31 @@ mod tests {
             expected.push(("c2", C::Opportunity, C::SalesQualified));
             assert_eq!(moves(&c), expected, "{kind:?}");
         }
+    }
+
+    /// An edit of an open deal (an OPENED event again) moves only the
+    /// members it adds: one already in the group keeps the stage a person
+    /// gave it since (a tester saw a reordered group undo SALES_QUALIFIED).
+    #[test]
+    fn an_edit_moves_only_new_members() {
+        let kept = |id: &str, stage: ContactStage| MemberSnapshot {
+            already_in_this_deal: true,
+            ..member(id, stage, false)
+        };
+        let members = [
+            kept("c1", C::SalesQualified),
+            kept("c2", C::Disqualified),
+            member("c3", C::Engaged, false),
+        ];
+        let mut a = account(S::Pipeline, 0);
+        a.opportunity_known_open = true;
+        let c = changes(
+            &a,
+            &members,
+            &opportunity(OpportunityEventKind::Opened, 0),
+            &settings(),
+        );
+        assert_eq!(moves(&c), [("c3", C::Engaged, C::Opportunity)]);
     }
 
     #[test]

@@ -309,6 +309,7 @@ async fn load_members(
                 has_activity: c.has_activity,
                 in_other_open_opportunity: still_open.contains(&c.contact_id),
                 left_this_deal: !group.contains(c.contact_id.as_str()),
+                already_in_this_deal: named.contains(&c.contact_id),
                 stage_before_opportunity: before.get(&c.contact_id).copied(),
                 contact_id: c.contact_id,
             })
