@@ -377,6 +377,10 @@ impl From<DbErr> for ServiceError {
                 "the database is busy with other writes; nothing was written, retry".into(),
             );
         }
+        if let Some(fault) = server_fault(&error) {
+            tracing::warn!(error = %RedactedDbErr(&error), "database could not serve the statement");
+            return Self::Unavailable(format!("{fault}; retry later"));
+        }
         if is_stale_statement(&error) {
             tracing::warn!(error = %RedactedDbErr(&error), "a prepared statement went stale");
             return Self::Unavailable(
@@ -435,6 +439,42 @@ pub fn is_contention(error: &DbErr) -> bool {
         c if c.len() == 5 => false,
         // SQLite's (extended) result codes: SQLITE_BUSY and SQLITE_LOCKED.
         c => c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
+    }
+}
+
+/// Whether the database server, not the statement, kept a statement from
+/// completing, in a way that passes: see [`server_fault`].
+pub fn is_server_fault(error: &DbErr) -> bool {
+    server_fault(error).is_some()
+}
+
+/// What kept the database from completing a statement, when it is the
+/// server's state rather than the statement (a retry, here or on another
+/// replica, can succeed): a pooled connection to a primary demoted by a
+/// failover (25006), insufficient resources such as a full disk or memory
+/// (class 53, but 53300, which `is_server_gone` takes), a statement
+/// timeout (57014), a system or I/O error (58000, 58030); on SQLite a full
+/// disk (SQLITE_FULL) or an I/O error (SQLITE_IOERR and its extended
+/// codes). Busy and locked are contention (`is_contention`).
+fn server_fault(error: &DbErr) -> Option<&'static str> {
+    let code = sqlx_error(error)
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code())?;
+    match code.as_ref() {
+        // PostgreSQL's five-character SQLSTATEs.
+        "25006" => Some("the database server is read-only (a failover in progress)"),
+        "53000" | "53100" | "53200" | "53400" => {
+            Some("the database is out of resources (disk, memory or a configured limit)")
+        }
+        "57014" => Some("the database cancelled the statement (a statement timeout)"),
+        "58000" | "58030" => Some("the database had a system or I/O error"),
+        c if c.len() == 5 => None,
+        // SQLite's (extended) result codes: SQLITE_IOERR and SQLITE_FULL.
+        c => match c.parse::<i32>().ok()? & 0xff {
+            10 => Some("the database had an I/O error"),
+            13 => Some("the database's disk is full"),
+            _ => None,
+        },
     }
 }
 
@@ -695,5 +735,143 @@ mod tests {
         assert!(status.message().contains("retry"), "{}", status.message());
         txn.rollback().await.expect("rollback");
         std::fs::remove_file(&path).ok();
+    }
+    /// A statement's error carrying a driver's `code`, as the drivers
+    /// report SQLSTATEs (PostgreSQL) and extended result codes (SQLite).
+    fn coded(code: &'static str) -> DbErr {
+        #[derive(Debug)]
+        struct Coded(&'static str);
+        impl fmt::Display for Coded {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "error {}", self.0)
+            }
+        }
+        impl std::error::Error for Coded {}
+        impl sea_orm::sqlx::error::DatabaseError for Coded {
+            fn message(&self) -> &str {
+                "coded"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(self.0.into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
+                sea_orm::sqlx::error::ErrorKind::Other
+            }
+        }
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Database(Box::new(Coded(code))),
+        )))
+    }
+
+    fn assert_retryable(error: DbErr) {
+        let status = tonic::Status::from(ServiceError::from(error));
+        assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+        assert!(status.message().contains("retry"), "{}", status.message());
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "DEPENDENCY_UNAVAILABLE");
+    }
+
+    /// A server that cannot serve a statement now (read-only after a
+    /// failover, out of disk or memory, a statement timeout, an I/O error)
+    /// is UNAVAILABLE, retryable, on both databases; a fault of the
+    /// statement itself stays INTERNAL.
+    #[test]
+    fn server_faults_are_unavailable_not_internal() {
+        for code in [
+            // PostgreSQL.
+            "25006", "53000", "53100", "53200", "53400", "57014", "58000", "58030",
+            // SQLite: SQLITE_IOERR, SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC,
+            // SQLITE_FULL, and busy and locked (contention).
+            "10", "778", "1034", "13", "5", "517", "6", "262",
+        ] {
+            assert!(
+                is_server_fault(&coded(code)) || is_contention(&coded(code)),
+                "{code}"
+            );
+            assert_retryable(coded(code));
+        }
+        // A syntax error, a missing table, a constraint: the statement's.
+        for code in ["42601", "42P01", "23505", "1", "19", "2067"] {
+            assert!(!is_server_fault(&coded(code)), "{code}");
+            let status = tonic::Status::from(ServiceError::from(coded(code)));
+            assert_eq!(status.code(), Code::Internal, "{code}");
+        }
+    }
+
+    /// SQLite's SQLITE_FULL as the driver reports it: a database that may
+    /// grow no further (a page limit standing for a full disk).
+    #[tokio::test]
+    async fn a_full_sqlite_database_is_unavailable() {
+        use sea_orm::ConnectionTrait;
+        use sea_orm::sqlx::sqlite::SqlitePoolOptions;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("pool");
+        let db = sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool);
+        db.execute_unprepared("CREATE TABLE t (x BLOB); PRAGMA max_page_count = 8")
+            .await
+            .expect("table");
+        let error = db
+            .execute_unprepared("INSERT INTO t VALUES (zeroblob(1000000))")
+            .await
+            .expect_err("the database is full");
+        assert!(is_server_fault(&error), "{error}");
+        assert_retryable(error);
+    }
+
+    /// PostgreSQL's read-only server (25006) and statement timeout (57014)
+    /// as the driver reports them, on the test server when there is one
+    /// (`CASCADE_TEST_POSTGRES_URL`). Nothing is written.
+    #[tokio::test]
+    async fn a_read_only_or_timed_out_postgres_is_unavailable() {
+        use sea_orm::ConnectionTrait;
+        use sea_orm::sqlx::postgres::PgPoolOptions;
+        let Some(url) = std::env::var("CASCADE_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert!(
+                std::env::var_os("CASCADE_TEST_REQUIRE_POSTGRES").is_none(),
+                "CASCADE_TEST_REQUIRE_POSTGRES is set but CASCADE_TEST_POSTGRES_URL is not"
+            );
+            eprintln!("skipped: set CASCADE_TEST_POSTGRES_URL to run it");
+            return;
+        };
+        // One connection, so that each SET holds for the statement after it.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+        db.execute_unprepared("SET default_transaction_read_only = on")
+            .await
+            .expect("read-only session");
+        let read_only = db
+            .execute_unprepared("CREATE TABLE cascade_read_only_probe (x INTEGER)")
+            .await
+            .expect_err("a read-only server refuses writes");
+        assert!(is_server_fault(&read_only), "{read_only}");
+        assert_retryable(read_only);
+        db.execute_unprepared("SET statement_timeout = 20")
+            .await
+            .expect("timeout");
+        let timed_out = db
+            .execute_unprepared("SELECT pg_sleep(5)")
+            .await
+            .expect_err("the statement times out");
+        assert!(is_server_fault(&timed_out), "{timed_out}");
+        assert_retryable(timed_out);
     }
 }
