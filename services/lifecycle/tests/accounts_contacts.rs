@@ -578,6 +578,133 @@ async fn concurrent_batch_resolves_create_each_contact_once(db: TestDatabase) {
     );
 }
 
+/// An update that keeps its own external id and takes another record's
+/// email (or domain) is told the email (domain) is taken: the record being
+/// updated holding its own external id is no clash.
+async fn an_update_clash_names_the_field_another_record_holds(db: TestDatabase) {
+    use tonic_types::StatusExt;
+    let system = TestSystem::lifecycle_on(&db).await;
+    let t1 = system.lifecycle().as_tenant("t1");
+    let named = |status: &tonic::Status| {
+        assert_eq!(status.code(), Code::AlreadyExists, "{}", status.message());
+        let info = status.get_details_resource_info().expect("ResourceInfo");
+        (info.resource_name, status.message().to_owned())
+    };
+
+    let acme = t1
+        .create_account_with(account("Acme", "acme.com", ""))
+        .await;
+    let a = t1
+        .try_create_contact(
+            pb::Contact {
+                external_id: "crm-1".into(),
+                ..pat(&acme.account_id, "a@x.com")
+            },
+            "",
+        )
+        .await
+        .expect("contact A");
+    t1.try_create_contact(pat(&acme.account_id, "b@x.com"), "")
+        .await
+        .expect("contact B");
+    let clash = t1
+        .public()
+        .update_contact(t1.req(pb::UpdateContactRequest {
+            contact: Some(pb::Contact {
+                contact_id: a.contact_id.clone(),
+                email: "b@x.com".into(),
+                external_id: "crm-1".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["email", "external_id"]),
+        }))
+        .await
+        .expect_err("B has the email");
+    let (name, message) = named(&clash);
+    assert_eq!(name, "b@x.com", "{message}");
+    assert!(message.contains("b@x.com"), "{message}");
+    assert!(!message.contains("crm-1"), "{message}");
+
+    let mine = t1
+        .create_account_with(pb::Account {
+            external_id: "crm-acc-1".into(),
+            ..account("Mine", "mine.com", "")
+        })
+        .await;
+    t1.create_account_with(account("Theirs", "theirs.com", ""))
+        .await;
+    let clash = t1
+        .public()
+        .update_account(t1.req(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                account_id: mine.account_id.clone(),
+                domain: "theirs.com".into(),
+                external_id: "crm-acc-1".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["domain", "external_id"]),
+        }))
+        .await
+        .expect_err("Theirs has the domain");
+    let (name, message) = named(&clash);
+    assert_eq!(name, "theirs.com", "{message}");
+    assert!(!message.contains("crm-acc-1"), "{message}");
+
+    // An external id another record holds is still named as such.
+    let clash = t1
+        .public()
+        .update_account(t1.req(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                account_id: acme.account_id.clone(),
+                external_id: "crm-acc-1".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["external_id"]),
+        }))
+        .await
+        .expect_err("Mine has the external id");
+    assert_eq!(named(&clash).0, "crm-acc-1");
+    system.stop().await;
+}
+
+/// A request id of white space alone is refused: read as none, it would
+/// turn idempotency off without a word, and a retry would create twice.
+async fn a_blank_request_id_is_refused(db: TestDatabase) {
+    let system = TestSystem::lifecycle_on(&db).await;
+    let t1 = system.lifecycle().as_tenant("t1");
+    for blank in ["   ", "\t"] {
+        let refused = t1
+            .try_create_account(account("Globex", "globex.com", ""), blank)
+            .await
+            .expect_err("a blank request id");
+        let found = violations(&refused);
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "request_id");
+        assert!(found[0].1.starts_with("must not be blank"), "{found:?}");
+    }
+    let acme = t1
+        .create_account_with(account("Acme", "acme.com", ""))
+        .await;
+    let refused = t1
+        .try_create_contact(pat(&acme.account_id, "pat@acme.com"), "  ")
+        .await
+        .expect_err("a blank request id");
+    assert_eq!(violated_fields(&refused), ["request_id"]);
+    let listed = t1
+        .public()
+        .list_accounts(t1.req(pb::ListAccountsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.accounts.len(), 1, "nothing was created");
+    // Empty is no request id: each call creates.
+    t1.try_create_account(account("Globex", "", ""), "")
+        .await
+        .expect("no request id");
+    system.stop().await;
+}
+
 on_each_database!(
     accounts_round_trip,
     list_accounts_filters_and_pages,
@@ -586,4 +713,6 @@ on_each_database!(
     tenants_never_see_each_other,
     data_survives_a_restart,
     concurrent_batch_resolves_create_each_contact_once,
+    an_update_clash_names_the_field_another_record_holds,
+    a_blank_request_id_is_refused,
 );

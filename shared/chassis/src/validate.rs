@@ -82,8 +82,15 @@ impl Validator {
         (!value.trim().is_empty()).then(|| self.required_id(field, value))
     }
 
-    /// An optional caller request id for idempotent creates.
+    /// An optional caller request id for idempotent creates: `None` when
+    /// empty. One of white space alone is refused rather than taken for
+    /// none: a caller who sent it meant to be idempotent, and a retry
+    /// would create again.
     pub fn request_id(&mut self, field: &str, value: &str) -> Option<String> {
+        if !value.is_empty() && is_blank(value) {
+            self.add(field, "must not be blank: send an id, or leave it empty for a call that is not idempotent");
+            return None;
+        }
         self.optional_text(field, value, 128)
     }
 
@@ -374,6 +381,23 @@ mod tests {
             fields,
             ["account.name", "account.owner_id", "account.domain"]
         );
+    }
+
+    #[test]
+    fn a_blank_request_id_is_refused_an_empty_one_is_none() {
+        let mut v = Validator::new();
+        assert_eq!(v.request_id("request_id", ""), None);
+        assert_eq!(v.request_id("request_id", " r-1 "), Some("r-1".into()));
+        assert!(v.is_valid());
+        for blank in ["   ", "\t", "\u{200B}"] {
+            let mut v = Validator::new();
+            assert_eq!(v.request_id("request_id", blank), None);
+            let Err(ServiceError::InvalidArgument(violations)) = v.finish() else {
+                panic!("{blank:?} refused")
+            };
+            assert_eq!(violations[0].field, "request_id");
+            assert!(violations[0].description.starts_with("must not be blank"));
+        }
     }
 
     #[test]

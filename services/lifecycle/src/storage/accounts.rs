@@ -60,7 +60,12 @@ impl Repository {
                     return Ok(existing);
                 }
                 return Err(self
-                    .account_taken(tenant, new.domain.as_deref(), new.external_id.as_deref())
+                    .account_taken(
+                        tenant,
+                        None,
+                        new.domain.as_deref(),
+                        new.external_id.as_deref(),
+                    )
                     .await);
             }
             Err(error) => return Err(error.into()),
@@ -78,19 +83,23 @@ impl Repository {
     }
 
     /// Which unique field of an account another account holds: the external
-    /// id when it is taken, else the domain.
+    /// id when it is taken, else the domain. `updating` is the account being
+    /// updated: it holds its own external id, which is no clash.
     async fn account_taken(
         &self,
         tenant: &TenantId,
+        updating: Option<&str>,
         domain: Option<&str>,
         external_id: Option<&str>,
     ) -> ServiceError {
         if let Some(external_id) = external_id {
-            let holder = account::Entity::find()
+            let mut holder = account::Entity::find()
                 .filter(account::Column::TenantId.eq(tenant.as_str()))
-                .filter(account::Column::ExternalId.eq(external_id))
-                .one(&self.db)
-                .await;
+                .filter(account::Column::ExternalId.eq(external_id));
+            if let Some(account_id) = updating {
+                holder = holder.filter(account::Column::AccountId.ne(account_id));
+            }
+            let holder = holder.one(&self.db).await;
             match holder {
                 Ok(Some(_)) => return external_id_taken("account", external_id),
                 Ok(None) => {}
@@ -271,6 +280,7 @@ impl Repository {
                 return Err(self
                     .account_taken(
                         tenant,
+                        Some(account_id),
                         changes.domain.flatten().as_deref(),
                         changes.external_id.flatten().as_deref(),
                     )

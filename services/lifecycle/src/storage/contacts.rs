@@ -56,7 +56,7 @@ impl Repository {
                     return Ok(existing);
                 }
                 Err(self
-                    .contact_taken(tenant, email.as_deref(), external_id.as_deref())
+                    .contact_taken(tenant, None, email.as_deref(), external_id.as_deref())
                     .await)
             }
             Err(error) => Err(error),
@@ -64,19 +64,23 @@ impl Repository {
     }
 
     /// Which unique field of a contact another contact holds: the external
-    /// id when it is taken, else the email.
+    /// id when it is taken, else the email. `updating` is the contact being
+    /// updated: it holds its own external id, which is no clash.
     async fn contact_taken(
         &self,
         tenant: &TenantId,
+        updating: Option<&str>,
         email: Option<&str>,
         external_id: Option<&str>,
     ) -> ServiceError {
         if let Some(external_id) = external_id {
-            let holder = contact::Entity::find()
+            let mut holder = contact::Entity::find()
                 .filter(contact::Column::TenantId.eq(tenant.as_str()))
-                .filter(contact::Column::ExternalId.eq(external_id))
-                .one(&self.db)
-                .await;
+                .filter(contact::Column::ExternalId.eq(external_id));
+            if let Some(contact_id) = updating {
+                holder = holder.filter(contact::Column::ContactId.ne(contact_id));
+            }
+            let holder = holder.one(&self.db).await;
             match holder {
                 Ok(Some(_)) => return external_id_taken("contact", external_id),
                 Ok(None) => {}
@@ -255,6 +259,7 @@ impl Repository {
                 return Err(self
                     .contact_taken(
                         tenant,
+                        Some(contact_id),
                         changes.email.flatten().as_deref(),
                         changes.external_id.flatten().as_deref(),
                     )
