@@ -405,7 +405,6 @@ async fn scoring_rows_naming(system: &System, contact_id: &str) -> Vec<String> {
     system.databases()[1].1.columns_containing(contact_id).await
 }
 
-/// Erases `contact_id` as the tenant's data protection officer.
 /// Hand-raises of `activity_type` notify the owner again on an account
 /// already PRIORITIZED.
 async fn notify_hand_raises(lifecycle: &cascade_testkit::Lifecycle, activity_type: &str) {

@@ -1737,7 +1737,70 @@ on_each_database!(
     a_model_change_scores_the_next_read_on_any_replica,
     an_email_given_to_another_person_resolves_to_them,
     a_repeated_event_id_creates_no_one,
+    every_hand_raised_in_one_batch_is_told,
 );
+
+/// Three people raising hands in one batch on a PRIORITIZED account are
+/// three notifications to its owner: a tester saw only the first of a
+/// delivery told (the others became MARKETING_QUALIFIED unannounced).
+async fn every_hand_raised_in_one_batch_is_told(db: TestDatabase) {
+    use cascade_proto::lifecycle::v1 as lc;
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    lifecycle
+        .set_settings(
+            lc::LifecycleSettings {
+                renotify_on_hand_raise: true,
+                ..Default::default()
+            },
+            &["renotify_on_hand_raise"],
+        )
+        .await;
+    let id = lifecycle
+        .create_account_with(account("Raisers", "raisers.example", OWNER))
+        .await
+        .account_id;
+    scoring
+        .record_one(by_email("h0", "demo_request", "first@raisers.example"))
+        .await;
+    lifecycle.wait_for_stage(&id, S::Prioritized).await;
+    let raisers = ["p", "q", "r"].map(|n| format!("{n}@raisers.example"));
+    scoring
+        .record(
+            raisers
+                .iter()
+                .enumerate()
+                .map(|(i, email)| by_email(&format!("h{}", i + 1), "demo_request", email))
+                .collect(),
+        )
+        .await;
+    let told = eventually_within(
+        Duration::from_secs(10),
+        "three hand-raise notifications",
+        async || {
+            let mut told: Vec<String> = lifecycle
+                .notifications(&id)
+                .await
+                .into_iter()
+                .filter(|n| n.reason == lc::NotificationReason::HandRaise as i32)
+                .map(|n| n.text)
+                .collect();
+            told.sort();
+            if told.len() >= 3 { Ok(told) } else { Err(told) }
+        },
+    )
+    .await;
+    let named: Vec<&str> = told
+        .iter()
+        .map(|t| t.split_once(' ').map_or("", |(who, _)| who))
+        .collect();
+    assert_eq!(
+        named,
+        raisers.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{told:?}"
+    );
+    system.stop().await;
+}
 
 /// A repeat of an activity recorded before, or a reuse of its event id,
 /// names a new person by email: it is answered (DUPLICATE, or refused on

@@ -81,10 +81,14 @@ pub struct ScoreChanges {
     /// Contacts named in the delivery that are not the account's (another
     /// account's, or unknown): left alone.
     pub ignored_contacts: Vec<String>,
-    pub notification: Option<NotificationDraft>,
+    /// The owner's messages: the account entering PRIORITIZED, or on an
+    /// account past it one per contact that raised a hand (several people
+    /// raising hands in one delivery are each news: a tester saw all but
+    /// the first dropped).
+    pub notifications: Vec<NotificationDraft>,
     /// The engagement rule set or cleared the at-risk flag: storage records
-    /// it with `risk::records`, whose message to the owner replaces a
-    /// hand-raise's (a customer falling below the threshold is the news).
+    /// it with `risk::records`, whose message to the owner replaces the
+    /// hand-raises' (a customer falling below the threshold is the news).
     pub risk: Option<RiskChange>,
 }
 
@@ -136,8 +140,8 @@ pub fn decide(
 
     let mut updates = Vec::with_capacity(delivery.contacts.len());
     let mut ignored = Vec::new();
-    // (contact id, who, activity type) of the first hand-raise seen.
-    let mut hand_raise: Option<(String, String, String)> = None;
+    // (contact id, who, activity type) of each contact's first hand-raise.
+    let mut hand_raises: Vec<(String, String, String)> = Vec::new();
     for engagement in &delivery.contacts {
         let Some(contact) = contacts
             .get(&engagement.contact_id)
@@ -150,12 +154,12 @@ pub fn decide(
             .new_activity_types
             .iter()
             .find(|t| settings.is_hand_raise(t));
-        if let (None, Some(activity_type)) = (&hand_raise, raised) {
+        if let Some(activity_type) = raised {
             let who = contact
                 .email
                 .clone()
                 .unwrap_or_else(|| contact.contact_id.clone());
-            hand_raise = Some((contact.contact_id.clone(), who, activity_type.clone()));
+            hand_raises.push((contact.contact_id.clone(), who, activity_type.clone()));
         }
         let active = !engagement.new_activity_types.is_empty();
         let moved = if active {
@@ -176,8 +180,8 @@ pub fn decide(
         });
     }
 
-    let notification = if outcome.notify_prioritized {
-        Some(NotificationDraft {
+    let notifications = if outcome.notify_prioritized {
+        vec![NotificationDraft {
             reason: NotificationReason::Prioritized,
             text: prioritized_text(
                 &account.name,
@@ -185,18 +189,21 @@ pub fn decide(
                 settings.prioritized_threshold,
             ),
             raiser_contact_id: None,
-        })
+        }]
     } else if settings.renotify_on_hand_raise && stage >= AccountStage::Prioritized {
-        hand_raise.map(|(contact_id, who, activity_type)| NotificationDraft {
-            reason: NotificationReason::HandRaise,
-            text: format!(
-                "{who} raised a hand ({activity_type}) on {}, which is {stage}.",
-                account.name
-            ),
-            raiser_contact_id: Some(contact_id),
-        })
+        hand_raises
+            .into_iter()
+            .map(|(contact_id, who, activity_type)| NotificationDraft {
+                reason: NotificationReason::HandRaise,
+                text: format!(
+                    "{who} raised a hand ({activity_type}) on {}, which is {stage}.",
+                    account.name
+                ),
+                raiser_contact_id: Some(contact_id),
+            })
+            .collect()
     } else {
-        None
+        Vec::new()
     };
 
     Ok(ScoreDecision::Apply(ScoreChanges {
@@ -206,7 +213,7 @@ pub fn decide(
         reset_baseline: outcome.reset_baseline,
         contacts: updates,
         ignored_contacts: ignored,
-        notification,
+        notifications,
         risk: outcome.risk,
     }))
 }
@@ -344,7 +351,9 @@ mod tests {
             ]
         );
         assert_eq!(c.stage, AccountStage::Prioritized);
-        let n = c.notification.expect("the owner is told");
+        let [n] = &c.notifications[..] else {
+            panic!("the owner is told once: {:?}", c.notifications)
+        };
         assert_eq!(n.reason, NotificationReason::Prioritized);
         assert_eq!(
             n.text,
@@ -401,7 +410,8 @@ mod tests {
         );
         assert!(c.steps.is_empty(), "5 points is below both thresholds");
         assert_eq!(
-            c.notification, None,
+            c.notifications,
+            [],
             "a hand-raise below PRIORITIZED is not a notification"
         );
     }
@@ -414,7 +424,9 @@ mod tests {
         let d = delivery(70.0, &[("raiser", &["demo_request"])]);
         let a = account(AccountStage::Prioritized);
         let c = changes(decide(&a, &contacts, &d, &settings()));
-        let n = c.notification.expect("re-notified");
+        let [n] = &c.notifications[..] else {
+            panic!("re-notified once: {:?}", c.notifications)
+        };
         assert_eq!(n.reason, NotificationReason::HandRaise);
         assert_eq!(
             n.text,
@@ -425,7 +437,45 @@ mod tests {
             ..settings()
         };
         let c = changes(decide(&a, &contacts, &d, &quiet));
-        assert_eq!(c.notification, None);
+        assert_eq!(c.notifications, []);
         assert!(c.steps.is_empty(), "scores never move past PRIORITIZED");
+    }
+
+    /// Each contact raising a hand in one delivery is told of, once each.
+    #[test]
+    fn every_hand_raised_in_a_delivery_is_told() {
+        let contacts: HashMap<_, _> = [
+            contact("p", "acc", ContactStage::Engaged),
+            contact("q", "acc", ContactStage::Suspect),
+            contact("r", "acc", ContactStage::Engaged),
+        ]
+        .into_iter()
+        .collect();
+        let d = delivery(
+            70.0,
+            &[
+                ("p", &["demo_request"]),
+                ("q", &["web_visit", "demo_request", "demo_request"]),
+                ("r", &["web_visit"]),
+            ],
+        );
+        let c = changes(decide(
+            &account(AccountStage::Prioritized),
+            &contacts,
+            &d,
+            &settings(),
+        ));
+        let raisers: Vec<_> = c
+            .notifications
+            .iter()
+            .map(|n| (n.reason, n.raiser_contact_id.as_deref()))
+            .collect();
+        assert_eq!(
+            raisers,
+            [
+                (NotificationReason::HandRaise, Some("p")),
+                (NotificationReason::HandRaise, Some("q"))
+            ]
+        );
     }
 }

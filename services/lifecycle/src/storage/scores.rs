@@ -151,7 +151,7 @@ impl Repository {
                 model.customer_type = Stored(changes.customer_type);
                 model.stage_entered_at = now;
             }
-            let mut notification = changes.notification;
+            let mut notifications = changes.notifications;
             if let Some(change) = &changes.risk {
                 let (entry, write, message) = risk::records(
                     change,
@@ -174,7 +174,9 @@ impl Repository {
                 transitions.push(entry);
                 set_risk(model, &write);
                 writes.risks.push(account_id.clone());
-                notification = message.or(notification);
+                if let Some(message) = message {
+                    notifications = vec![message];
+                }
             }
             model.engagement_score = delivery.engagement_score;
             model.average_engagement_score = delivery.average_engagement_score;
@@ -218,7 +220,7 @@ impl Repository {
             writes
                 .events
                 .extend(transitions.iter().map(FeedEntry::transition));
-            if let Some(draft) = notification {
+            for draft in notifications {
                 let owner = model.owner_id.clone().unwrap_or_default();
                 let notification =
                     notifications::record(&txn, t, account_id, &owner, draft, now_ms).await?;
