@@ -24,13 +24,14 @@ on_each_database!(
     the_pipeline_report_splits_every_figure_by_kind,
     a_person_who_left_joins_no_deal_but_stays_where_they_were,
     an_erasure_takes_the_people_out_of_events_that_wait,
+    a_person_who_left_stays_whatever_the_case_of_their_id,
 );
 
 /// A loss told while lifecycle is down waits in the outbox with its buying
 /// group and reason. Erasing a person takes them out of it; erasing the
 /// account takes everyone and the reason (free text can name people).
 async fn an_erasure_takes_the_people_out_of_events_that_wait(db: TestDatabase) {
-    let mut system = TestSystem::opportunity_on(&db).await;
+    let mut system = keeping_deliveries(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let conn = connect(&db).await;
     let repository = Repository::new(conn.clone());
@@ -200,8 +201,18 @@ async fn connect(db: &TestDatabase) -> DatabaseConnection {
         .expect("the opportunity database is reachable")
 }
 
+/// Opportunity keeping delivered payloads, so `events_of` reads what was
+/// delivered too (by default a payload is cleared at delivery).
+async fn keeping_deliveries(db: &TestDatabase) -> TestSystem {
+    TestSystem::opportunity_on_with(db, |settings| {
+        settings.outbox.keep_delivered_payloads = true;
+    })
+    .await
+}
+
 /// The events queued for lifecycle about `account_id`, oldest first
-/// (delivered ones are kept for a day).
+/// (delivered ones are kept for a day, their payloads with
+/// `keeping_deliveries`).
 async fn events_of(conn: &DatabaseConnection, account_id: &str) -> Vec<EventPayload> {
     let rows = conn
         .query_all_raw(statement(
@@ -242,7 +253,7 @@ fn preconditions(status: &tonic::Status) -> Vec<(String, String, String)> {
 }
 
 async fn a_renewal_or_upgrade_is_for_a_customer_and_every_read_shows_the_kind(db: TestDatabase) {
-    let system = TestSystem::opportunity_on(&db).await;
+    let system = keeping_deliveries(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let conn = connect(&db).await;
     let prospect = lifecycle.create_account("Prospect", "").await.account_id;
@@ -686,7 +697,7 @@ async fn end_dates_are_real_dates_stored_and_returned(db: TestDatabase) {
 }
 
 async fn contracts_ended_is_reported_once_and_not_while_an_item_runs_on(db: TestDatabase) {
-    let system = TestSystem::opportunity_on(&db).await;
+    let system = keeping_deliveries(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let conn = connect(&db).await;
     let check = Repository::new(conn.clone());
@@ -793,7 +804,7 @@ async fn contracts_ended_is_reported_once_and_not_while_an_item_runs_on(db: Test
 }
 
 async fn a_renewal_with_a_later_end_defers_contracts_ended_to_its_end(db: TestDatabase) {
-    let system = TestSystem::opportunity_on(&db).await;
+    let system = keeping_deliveries(&db).await;
     let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
     let conn = connect(&db).await;
     let check = Repository::new(conn.clone());
@@ -1184,6 +1195,54 @@ async fn a_person_who_left_joins_no_deal_but_stays_where_they_were(db: TestDatab
             "opportunity.buying_group_contact_ids[1]".to_owned(),
             left.clone()
         )]
+    );
+    system.stop().await;
+}
+
+/// Someone who left stays in a buying group they were in whatever case a
+/// client writes their id back in: ids compare as stored (lower case).
+async fn a_person_who_left_stays_whatever_the_case_of_their_id(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let id = lifecycle.create_account("Leavers", "").await.account_id;
+    let cy = lifecycle
+        .create_contact(&id, "cy@leavers.example")
+        .await
+        .contact_id;
+    let deal = opps
+        .try_create(pb::Opportunity {
+            account_id: id.clone(),
+            name: "before Cy left".into(),
+            buying_group_contact_ids: vec![cy.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("created");
+    lifecycle
+        .public()
+        .deactivate_contact(lifecycle.req(lc::DeactivateContactRequest {
+            contact_id: cy.clone(),
+            reason: "left the company".into(),
+        }))
+        .await
+        .expect("Cy left");
+    let kept = opps
+        .try_update(
+            &deal.opportunity_id,
+            pb::Opportunity {
+                buying_group_contact_ids: vec![cy.to_uppercase()],
+                ..Default::default()
+            },
+            &["buying_group_contact_ids"],
+        )
+        .await
+        .expect("Cy stays where Cy was");
+    assert_eq!(kept.buying_group_contact_ids, vec![cy.clone()]);
+    assert_eq!(
+        opps.get(&deal.opportunity_id)
+            .await
+            .buying_group_contact_ids,
+        [cy]
     );
     system.stop().await;
 }

@@ -1083,4 +1083,110 @@ on_each_database!(
     the_amount_follows_the_line_items_once_there_are_any,
     a_closed_deal_is_refused_as_closed_whatever_the_edit,
     the_last_two_deals_lost_at_once_nurture_the_account,
+    each_field_that_cannot_be_written_says_why,
+    a_buying_group_counts_a_repeated_contact_once_toward_its_limit,
 );
+
+/// Each field an update may not write says why in its own words.
+async fn each_field_that_cannot_be_written_says_why(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let acme = lifecycle.create_account("Acme", "").await.account_id;
+    let deal = opps.create(&acme, "Acme platform").await;
+    for (path, why) in [
+        (
+            "account_id",
+            "account_id is not writable: a deal stays with the account it was opened for",
+        ),
+        (
+            "lost_reason",
+            "lost_reason is not writable: CloseOpportunityLost sets it",
+        ),
+        (
+            "step",
+            "step is not writable: steps move through AdvanceOpportunity, status through CloseOpportunityWon / Lost",
+        ),
+        (
+            "status",
+            "status is not writable: steps move through AdvanceOpportunity, status through CloseOpportunityWon / Lost",
+        ),
+        ("create_time", "create_time is not writable: output only"),
+        ("progress", "progress is not writable: output only"),
+    ] {
+        let refused = opps
+            .try_update(
+                &deal.opportunity_id,
+                pb::Opportunity {
+                    account_id: acme.clone(),
+                    lost_reason: "too dear".into(),
+                    ..Default::default()
+                },
+                &[path],
+            )
+            .await
+            .expect_err(path);
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(
+            violations(&refused),
+            [("update_mask.paths[0]".to_owned(), why.to_owned())]
+        );
+    }
+    system.stop().await;
+}
+
+/// A repeated contact is one member: 101 copies of one id are a group of
+/// one, within the limit of 100.
+async fn a_buying_group_counts_a_repeated_contact_once_toward_its_limit(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let acme = lifecycle.create_account("Acme", "").await.account_id;
+    let ann = lifecycle
+        .create_contact(&acme, "ann@acme.example")
+        .await
+        .contact_id;
+    let deal = opps
+        .try_create(pb::Opportunity {
+            account_id: acme.clone(),
+            name: "Acme platform".into(),
+            buying_group_contact_ids: vec![ann.clone(); 101],
+            ..Default::default()
+        })
+        .await
+        .expect("a group of one");
+    assert_eq!(deal.buying_group_contact_ids, vec![ann.clone()]);
+    let updated = opps
+        .try_update(
+            &deal.opportunity_id,
+            pb::Opportunity {
+                buying_group_contact_ids: [ann.clone(), ann.to_uppercase()]
+                    .iter()
+                    .cycle()
+                    .take(120)
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            },
+            &["buying_group_contact_ids"],
+        )
+        .await
+        .expect("a group of one");
+    assert_eq!(updated.buying_group_contact_ids, vec![ann.clone()]);
+    // 101 different ids are too many.
+    let many: Vec<String> = (0..101).map(|_| cascade_domain::ids::new_id()).collect();
+    let refused = opps
+        .try_update(
+            &deal.opportunity_id,
+            pb::Opportunity {
+                buying_group_contact_ids: many,
+                ..Default::default()
+            },
+            &["buying_group_contact_ids"],
+        )
+        .await
+        .expect_err("too many");
+    let found = violations(&refused);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "opportunity.buying_group_contact_ids");
+    assert!(found[0].1.starts_with("at most 100"), "{found:?}");
+    system.stop().await;
+}

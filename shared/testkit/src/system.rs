@@ -78,9 +78,18 @@ impl TestSystem {
 
     /// Opportunity on `db`, with lifecycle on a new database beside it.
     pub async fn opportunity_on(db: &TestDatabase) -> Self {
+        Self::opportunity_on_with(db, |_| {}).await
+    }
+
+    /// `opportunity_on` with opportunity's settings changed by `configure`.
+    pub async fn opportunity_on_with(
+        db: &TestDatabase,
+        configure: impl FnOnce(&mut cascade_opportunity::Settings),
+    ) -> Self {
         let mut system = Self::beside(db).await;
         let mut settings = cascade_opportunity::Settings::for_tests(db.settings.clone());
         settings.own.lifecycle.url = system.url(Service::Lifecycle);
+        configure(&mut settings);
         let app = cascade_opportunity::build(&settings)
             .await
             .expect("opportunity builds");

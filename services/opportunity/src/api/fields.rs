@@ -117,9 +117,6 @@ pub(super) fn apply_field(
         "needs" => o.needs = v.optional_text(&f("needs"), &input.needs, MAX_TEXT).unwrap_or_default(),
         "new_reality" => o.new_reality = v.optional_text(&f("new_reality"), &input.new_reality, MAX_TEXT).unwrap_or_default(),
         "buying_group_contact_ids" => {
-            if input.buying_group_contact_ids.len() > MAX_LIST {
-                v.add(f("buying_group_contact_ids"), format!("at most {MAX_LIST}"));
-            }
             let mut ids: Vec<String> = input
                 .buying_group_contact_ids
                 .iter()
@@ -127,9 +124,12 @@ pub(super) fn apply_field(
                 .map(|(i, id)| v.required_id(&format!("opportunity.buying_group_contact_ids[{i}]"), id))
                 .collect();
             // A group is a set: a repeat (also in another case) counts once,
-            // where it first appears.
+            // where it first appears, and so only once toward the limit.
             let mut seen = std::collections::HashSet::new();
             ids.retain(|id| seen.insert(id.clone()));
+            if ids.len() > MAX_LIST {
+                v.add(f("buying_group_contact_ids"), format!("at most {MAX_LIST} contacts (got {})", ids.len()));
+            }
             o.buying_group = ids;
         }
         "stakeholders" => {
@@ -243,10 +243,15 @@ pub(super) fn apply_field(
             }
             o.contract = Some(contract);
         }
-        "step" | "status" | "lost_reason" | "step_entries" | "progress" | "account_id" | "opportunity_id" => v.add(
+        "step" | "status" => v.add(
             at,
             format!("{path} is not writable: steps move through AdvanceOpportunity, status through CloseOpportunityWon / Lost"),
         ),
+        "account_id" => v.add(at, "account_id is not writable: a deal stays with the account it was opened for"),
+        "lost_reason" => v.add(at, "lost_reason is not writable: CloseOpportunityLost sets it"),
+        "opportunity_id" | "step_entries" | "progress" | "create_time" | "update_time" | "close_time" => {
+            v.add(at, format!("{path} is not writable: output only"));
+        }
         other => v.add(at, not_writable(other, &WRITABLE)),
     }
 }
@@ -305,10 +310,19 @@ pub(super) fn named_contacts(
     written: impl Fn(&str) -> bool,
     current: Option<&Opportunity>,
 ) -> Vec<NamedContact> {
+    // Ids as stored (canonical, as `apply_field` has validated them), so
+    // that one in another case is found where it already is.
+    let canonical = |id: &str| Validator::new().required_id("", id);
     let mut named = Vec::new();
     if written("buying_group_contact_ids") {
+        let mut seen = std::collections::HashSet::new();
         for (i, id) in input.buying_group_contact_ids.iter().enumerate() {
-            let contact_id = id.trim().to_owned();
+            let contact_id = canonical(id);
+            // A repeat is the same member: asked about once, where it first
+            // appears.
+            if !seen.insert(contact_id.clone()) {
+                continue;
+            }
             named.push(NamedContact {
                 field: format!("opportunity.buying_group_contact_ids[{i}]"),
                 present: current.is_some_and(|o| o.buying_group.contains(&contact_id)),
@@ -319,7 +333,7 @@ pub(super) fn named_contacts(
     if written("stakeholders") {
         for (i, s) in input.stakeholders.iter().enumerate() {
             if !s.contact_id.trim().is_empty() {
-                let contact_id = s.contact_id.trim().to_owned();
+                let contact_id = canonical(&s.contact_id);
                 named.push(NamedContact {
                     field: format!("opportunity.stakeholders[{i}].contact_id"),
                     present: current.is_some_and(|o| {

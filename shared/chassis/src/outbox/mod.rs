@@ -58,6 +58,10 @@ pub struct OutboxSettings {
     /// circuit: its messages wait (not claimed) for a cool-down that grows
     /// like the backoff, then one call probes it.
     pub breaker_failures: u32,
+    /// Keep a delivered message's payload until it is purged, to inspect
+    /// what was sent (off: cleared at delivery, so nothing delivered names
+    /// an erased person; `DelivererConfig::keep_payloads`).
+    pub keep_delivered_payloads: bool,
 }
 
 impl Default for OutboxSettings {
@@ -73,6 +77,7 @@ impl Default for OutboxSettings {
             max_age_ms: 24 * 3600 * 1000,
             per_tenant_concurrency: 2,
             breaker_failures: 5,
+            keep_delivered_payloads: false,
         }
     }
 }
@@ -88,6 +93,7 @@ impl OutboxSettings {
             max_age: Duration::from_millis(self.max_age_ms),
             per_tenant_concurrency: self.per_tenant_concurrency,
             breaker_failures: self.breaker_failures,
+            keep_payloads: self.keep_delivered_payloads,
             ..DelivererConfig::default()
         }
     }
