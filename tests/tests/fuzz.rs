@@ -1134,10 +1134,13 @@ struct Probe {
 /// notification is still caught.
 fn deliverer_bookkeeping(table: &str, column: &str) -> bool {
     match table {
-        // shared/src/outbox.rs: claim, mark delivered, schedule a retry.
+        // shared/src/outbox.rs: claim, mark delivered (which clears the
+        // payload), schedule a retry. A message a rejected request enqueued
+        // still shows in the row count and its other columns.
         "outbox" => matches!(
             column,
             "state"
+                | "payload"
                 | "attempts"
                 | "next_attempt_at_ms"
                 | "lease_owner"
