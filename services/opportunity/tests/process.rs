@@ -192,6 +192,12 @@ async fn the_source_process_from_discover_to_won(db: TestDatabase) {
     assert!(won.close_time.is_some());
     let steps: Vec<i32> = won.step_entries.iter().map(|e| e.step).collect();
     assert_eq!(steps, [1, 2, 3, 4], "every step entered once, in order");
+    // A retry of the win (its answer lost) is answered with the deal as it
+    // is; losing it now is refused.
+    let again = opps.try_win(&oid).await.expect("a retried win");
+    assert_eq!(again, won, "nothing changed");
+    let lost = opps.try_lose(&oid, "too late").await.expect_err("won");
+    assert_eq!(lost.code(), Code::FailedPrecondition);
 
     let customer = lifecycle.wait_for_stage(&id, S::Implement).await;
     assert_eq!(customer.customer_type, CustomerType::Customer as i32);
@@ -238,6 +244,26 @@ async fn a_lost_deal_nurtures_only_when_it_was_the_last_open_one(db: TestDatabas
         .expect("second lost");
     let nurtured = lifecycle.wait_for_stage(&id, S::Engaged).await;
     assert_eq!(nurtured.recycle_summary.expect("summary").nurture_count, 1);
+    // A retried loss with the same reason changes nothing and tells
+    // lifecycle nothing more (no second nurture); another reason is refused.
+    let before = opps.get(&second).await;
+    let again = opps
+        .try_lose(&second, "budget cut")
+        .await
+        .expect("a retried loss");
+    assert_eq!(again, before);
+    let other = opps
+        .try_lose(&second, "a rival")
+        .await
+        .expect_err("lost already, for another reason");
+    assert_eq!(other.code(), Code::FailedPrecondition);
+    system.settled().await;
+    let account = lifecycle.account(&id).await;
+    assert_eq!(
+        account.recycle_summary.expect("summary").nurture_count,
+        1,
+        "nurtured once"
+    );
 
     // Creating for an unknown account is NOT_FOUND.
     let unknown = opps

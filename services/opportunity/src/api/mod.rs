@@ -214,6 +214,11 @@ impl OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(id, r))?;
+        if decision.opportunity == locked.opportunity {
+            // Nothing changes (a repeated close): the lock ends unsaved.
+            let settings = locked.settings.clone();
+            return Ok(to_proto(decision.opportunity, &settings));
+        }
         let (saved, settings) = locked.save(decision, context.named_actor()).await?;
         Ok(to_proto(saved, &settings))
     }

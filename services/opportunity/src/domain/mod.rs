@@ -545,6 +545,7 @@ pub enum Action {
 }
 
 /// The opportunity after an action, and the event lifecycle is told of.
+/// An unchanged opportunity (a repeated close) is not saved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub opportunity: Opportunity,
@@ -558,6 +559,19 @@ pub fn decide(
     settings: &Settings,
     now_ms: i64,
 ) -> Result<Decision, Refusal> {
+    // A repeated close (a retry after a lost answer) finds the deal closed
+    // as it asks: answered as it is, with nothing to save or tell.
+    let repeated = match &action {
+        Action::Win => current.status == Status::Won,
+        Action::Lose { reason } => current.status == Status::Lost && current.lost_reason == *reason,
+        _ => false,
+    };
+    if repeated {
+        return Ok(Decision {
+            opportunity: current.clone(),
+            event: None,
+        });
+    }
     check_open(current)?;
     let mut o = current.clone();
     let event = match action {

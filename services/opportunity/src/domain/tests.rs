@@ -183,12 +183,32 @@ fn moves_need_an_open_opportunity_and_the_right_step() {
     for status in [Status::Won, Status::Lost] {
         let mut closed = complete(Step::Win, 10);
         closed.status = status;
+        closed.lost_reason = if status == Status::Lost {
+            "budget".into()
+        } else {
+            String::new()
+        };
         assert!(close_won(&closed, &settings).is_err());
         assert!(check_changeable(&closed).is_err());
-        for action in [
-            Action::Win,
-            Action::Lose {
+        // The close a retry repeats is answered as it is, changing nothing.
+        let repeat = match status {
+            Status::Won => Action::Win,
+            _ => Action::Lose {
                 reason: "budget".into(),
+            },
+        };
+        let same = decide(&closed, repeat, &settings, 5).expect("a repeated close");
+        assert_eq!((same.opportunity, same.event), (closed.clone(), None));
+        let other = match status {
+            Status::Won => Action::Lose {
+                reason: "budget".into(),
+            },
+            _ => Action::Win,
+        };
+        for action in [
+            other,
+            Action::Lose {
+                reason: "another reason".into(),
             },
             Action::Advance { to: None },
             Action::Edit(Box::new(closed.clone())),
