@@ -297,7 +297,11 @@ pub fn step_progress(opportunity: &Opportunity, settings: &Settings, step: Step)
     let sections = match step {
         Step::Discover => vec![section(
             "deal_size",
-            &[("estimated_deal_size", o.estimated_deal_size.is_some())],
+            // An estimate of 0 is no estimate (a tester's finding).
+            &[(
+                "estimated_deal_size",
+                o.estimated_deal_size.is_some_and(|m| m.nanos > 0),
+            )],
         )],
         Step::Qualify => {
             let mut sections = vec![

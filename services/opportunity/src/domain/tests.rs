@@ -624,3 +624,15 @@ fn a_step_passed_keeps_asking_for_its_information() {
     assert!(is_large(&small_then, &lowered));
     decide(&small_then, Action::Win, &lowered, 5).expect("won under today's threshold");
 }
+
+/// DISCOVER needs an estimate: one of 0 leaves it incomplete.
+#[test]
+fn an_estimate_of_zero_is_no_estimate() {
+    let settings = Settings::default();
+    let mut o = complete(Step::Discover, 10);
+    o.estimated_deal_size = Some(usd(0));
+    let refusal = decide(&o, Action::Advance { to: None }, &settings, 5).expect_err("no estimate");
+    assert_eq!(refusal.missing, ["estimated_deal_size"]);
+    o.estimated_deal_size = Some(usd(1));
+    decide(&o, Action::Advance { to: None }, &settings, 5).expect("an estimate");
+}
