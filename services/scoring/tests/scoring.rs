@@ -1738,7 +1738,46 @@ on_each_database!(
     an_email_given_to_another_person_resolves_to_them,
     a_repeated_event_id_creates_no_one,
     every_hand_raised_in_one_batch_is_told,
+    a_first_occurrence_rule_counts_what_came_before_it,
 );
+
+/// A rule made first-occurrence counts an activity recorded before it as
+/// the first: a tester saw the next webinar earn its points again.
+async fn a_first_occurrence_rule_counts_what_came_before_it(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Webinars", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@webinars.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@webinars.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![activity("w1", "webinar_attended", &id, &ann)])
+        .await;
+    assert_eq!(scoring.score(&id).await.engagement_score, 25.0);
+    scoring
+        .change_model(|model| {
+            for rule in &mut model.rules {
+                if rule.activity_type == "webinar_attended" {
+                    rule.first_occurrence_only = true;
+                }
+            }
+        })
+        .await;
+    scoring
+        .record(vec![
+            activity("w2", "webinar_attended", &id, &ann),
+            activity("w3", "webinar_attended", &id, &bob),
+        ])
+        .await;
+    // Ann's second counts nothing; Bob's first counts.
+    assert_eq!(scoring.score(&id).await.engagement_score, 50.0);
+    system.stop().await;
+}
 
 /// Three people raising hands in one batch on a PRIORITIZED account are
 /// three notifications to its owner: a tester saw only the first of a

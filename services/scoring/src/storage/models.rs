@@ -6,14 +6,14 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use cascade_chassis::db::begin_write;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 
-use super::entities::{account_score, contact_score, scoring_model};
+use super::entities::{account_score, activity, contact_score, rule_usage, scoring_model};
 use super::{Repository, STALE_DAY};
-use crate::domain::{ScoringModel, ScoringRule};
+use crate::domain::{LIFETIME, ScoringModel, ScoringRule};
 
 impl Repository {
     pub async fn current_model(&self, tenant: &TenantId) -> ServiceResult<ScoringModel> {
@@ -70,6 +70,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
+        remember_first_occurrences(&txn, t, &model).await?;
         // Stored scores carry the old model's decay: mark them stale, so the
         // next batch or read recomputes them from the buckets.
         account_score::Entity::update_many()
@@ -87,6 +88,73 @@ impl Repository {
         model.created_by = Some(actor.to_owned());
         Ok(model)
     }
+}
+
+/// Records, for each first-occurrence rule of `model`, the subjects that
+/// already have an activity of its type as having had their first one:
+/// usage is otherwise kept only while a rule is first-occurrence, so an
+/// activity recorded before the rule existed did not count and the next one
+/// earned the rule's points again (a tester's finding). Usage already kept
+/// stays as it is. One statement over the tenant's activities of those
+/// types, on a model change (rare, an operator's act).
+async fn remember_first_occurrences(
+    conn: &impl ConnectionTrait,
+    t: &str,
+    model: &ScoringModel,
+) -> Result<(), DbErr> {
+    let types: Vec<&str> = model
+        .rules
+        .iter()
+        .filter(|r| r.first_occurrence_only)
+        .map(|r| r.activity_type.as_str())
+        .collect();
+    if types.is_empty() {
+        return Ok(());
+    }
+    // The subject ingest keys usage by (`ingest::subject`).
+    let subject = || Expr::cust("COALESCE(contact_id, 'account:' || account_id)");
+    let mut used = Query::select();
+    used.column(activity::Column::TenantId)
+        .expr(subject())
+        .column(activity::Column::ActivityType)
+        .expr(Expr::val(LIFETIME))
+        .expr(Expr::col(activity::Column::CountedPoints).sum())
+        .expr(Expr::col(Asterisk).count())
+        .from(activity::Entity)
+        // A WHERE clause also keeps SQLite from reading the upsert's ON as
+        // a join's.
+        .and_where(Expr::col(activity::Column::TenantId).eq(t))
+        .and_where(Expr::col(activity::Column::ActivityType).is_in(types))
+        .add_group_by([
+            Expr::col(activity::Column::TenantId).into(),
+            subject().into(),
+            Expr::col(activity::Column::ActivityType).into(),
+        ]);
+    let insert = Query::insert()
+        .into_table(rule_usage::Entity)
+        .columns([
+            rule_usage::Column::TenantId,
+            rule_usage::Column::Subject,
+            rule_usage::Column::ActivityType,
+            rule_usage::Column::Period,
+            rule_usage::Column::Points,
+            rule_usage::Column::Occurrences,
+        ])
+        .select_from(used)
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([
+                rule_usage::Column::TenantId,
+                rule_usage::Column::Subject,
+                rule_usage::Column::ActivityType,
+                rule_usage::Column::Period,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .to_owned();
+    conn.execute(&insert).await?;
+    Ok(())
 }
 
 /// The tenant's latest model, or the default one before any was stored.
