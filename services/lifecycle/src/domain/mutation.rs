@@ -312,6 +312,7 @@ pub fn decide(
         text: prioritized_text(
             &account.name,
             account.engagement_score,
+            account.state.score_baseline,
             cx.settings.prioritized_threshold,
         ),
         raiser_contact_id: None,

@@ -186,6 +186,7 @@ pub fn decide(
             text: prioritized_text(
                 &account.name,
                 delivery.engagement_score,
+                account.state.score_baseline,
                 settings.prioritized_threshold,
             ),
             raiser_contact_id: None,
@@ -219,10 +220,26 @@ pub fn decide(
 }
 
 /// The owner's message when an account enters PRIORITIZED.
-pub fn prioritized_text(account_name: &str, engagement_score: f64, threshold: f64) -> String {
+/// After a recycle the threshold counts only what was earned since
+/// (`score_baseline`), so the text says that figure and the score beside it
+/// (a tester found "a score of 250 (threshold 100)" misleading there).
+pub fn prioritized_text(
+    account_name: &str,
+    engagement_score: f64,
+    score_baseline: f64,
+    threshold: f64,
+) -> String {
+    if score_baseline == 0.0 {
+        return format!(
+            "{account_name} reached PRIORITIZED with an engagement score of {engagement_score:.0} \
+             (threshold {threshold:.0}): it is ready for direct outreach."
+        );
+    }
+    let earned = account_rules::earned_since_recycle(engagement_score, score_baseline);
     format!(
-        "{account_name} reached PRIORITIZED with an engagement score of {engagement_score:.0} \
-         (threshold {threshold:.0}): it is ready for direct outreach."
+        "{account_name} reached PRIORITIZED with {earned:.0} points of engagement since it was \
+         last sent back (threshold {threshold:.0}; score {engagement_score:.0}): it is ready \
+         for direct outreach."
     )
 }
 
@@ -439,6 +456,15 @@ mod tests {
         let c = changes(decide(&a, &contacts, &d, &quiet));
         assert_eq!(c.notifications, []);
         assert!(c.steps.is_empty(), "scores never move past PRIORITIZED");
+    }
+
+    #[test]
+    fn after_a_recycle_the_text_says_what_was_earned_since() {
+        assert_eq!(
+            prioritized_text("Acme", 250.0, 150.0, 100.0),
+            "Acme reached PRIORITIZED with 100 points of engagement since it was last sent back \
+             (threshold 100; score 250): it is ready for direct outreach."
+        );
     }
 
     /// Each contact raising a hand in one delivery is told of, once each.
