@@ -444,7 +444,8 @@ pub fn is_contention(error: &DbErr) -> bool {
 
 /// Whether the database server, not the statement, kept a statement from
 /// completing, in a way that passes: see [`server_fault`].
-pub fn is_server_fault(error: &DbErr) -> bool {
+#[cfg(test)]
+fn is_database_fault(error: &DbErr) -> bool {
     server_fault(error).is_some()
 }
 
@@ -794,14 +795,14 @@ mod tests {
             "10", "778", "1034", "13", "5", "517", "6", "262",
         ] {
             assert!(
-                is_server_fault(&coded(code)) || is_contention(&coded(code)),
+                is_database_fault(&coded(code)) || is_contention(&coded(code)),
                 "{code}"
             );
             assert_retryable(coded(code));
         }
         // A syntax error, a missing table, a constraint: the statement's.
         for code in ["42601", "42P01", "23505", "1", "19", "2067"] {
-            assert!(!is_server_fault(&coded(code)), "{code}");
+            assert!(!is_database_fault(&coded(code)), "{code}");
             let status = tonic::Status::from(ServiceError::from(coded(code)));
             assert_eq!(status.code(), Code::Internal, "{code}");
         }
@@ -826,7 +827,7 @@ mod tests {
             .execute_unprepared("INSERT INTO t VALUES (zeroblob(1000000))")
             .await
             .expect_err("the database is full");
-        assert!(is_server_fault(&error), "{error}");
+        assert!(is_database_fault(&error), "{error}");
         assert_retryable(error);
     }
 
@@ -862,7 +863,7 @@ mod tests {
             .execute_unprepared("CREATE TABLE cascade_read_only_probe (x INTEGER)")
             .await
             .expect_err("a read-only server refuses writes");
-        assert!(is_server_fault(&read_only), "{read_only}");
+        assert!(is_database_fault(&read_only), "{read_only}");
         assert_retryable(read_only);
         db.execute_unprepared("SET statement_timeout = 20")
             .await
@@ -871,7 +872,7 @@ mod tests {
             .execute_unprepared("SELECT pg_sleep(5)")
             .await
             .expect_err("the statement times out");
-        assert!(is_server_fault(&timed_out), "{timed_out}");
+        assert!(is_database_fault(&timed_out), "{timed_out}");
         assert_retryable(timed_out);
     }
 }

@@ -102,6 +102,11 @@ pub enum ScoreDecision {
     Apply(ScoreChanges),
 }
 
+/// Hand-raise notifications one delivery makes for an account, each naming
+/// its person; more are told in one message counting them, so a backfill of
+/// hand-raises does not flood the owner's webhook.
+pub const MAX_HAND_RAISE_NOTIFICATIONS: usize = 10;
+
 /// How far past the last applied sequence a delivery may be.
 pub const MAX_SEQUENCE_JUMP: i64 = 1_000_000_000;
 
@@ -192,8 +197,12 @@ pub fn decide(
             raiser_contact_id: None,
         }]
     } else if settings.renotify_on_hand_raise && stage >= AccountStage::Prioritized {
-        hand_raises
+        let more = hand_raises
+            .len()
+            .saturating_sub(MAX_HAND_RAISE_NOTIFICATIONS);
+        let mut told: Vec<NotificationDraft> = hand_raises
             .into_iter()
+            .take(MAX_HAND_RAISE_NOTIFICATIONS)
             .map(|(contact_id, who, activity_type)| NotificationDraft {
                 reason: NotificationReason::HandRaise,
                 text: format!(
@@ -202,7 +211,19 @@ pub fn decide(
                 ),
                 raiser_contact_id: Some(contact_id),
             })
-            .collect()
+            .collect();
+        if more > 0 {
+            told.push(NotificationDraft {
+                reason: NotificationReason::HandRaise,
+                text: format!(
+                    "{more} more people raised a hand on {}, which is {stage}: see its \
+                     contacts' stage changes.",
+                    account.name
+                ),
+                raiser_contact_id: None,
+            });
+        }
+        told
     } else {
         Vec::new()
     };
@@ -464,6 +485,37 @@ mod tests {
             prioritized_text("Acme", 250.0, 150.0, 100.0),
             "Acme reached PRIORITIZED with 100 points of engagement since it was last sent back \
              (threshold 100; score 250): it is ready for direct outreach."
+        );
+    }
+
+    /// Past ten hand-raisers in one delivery, the rest are counted in one
+    /// message that names no one.
+    #[test]
+    fn a_flood_of_hand_raises_is_told_in_eleven_messages() {
+        let ids: Vec<String> = (0..12).map(|i| format!("c{i:02}")).collect();
+        let contacts: HashMap<_, _> = ids
+            .iter()
+            .map(|id| contact(id, "acc", ContactStage::Engaged))
+            .collect();
+        let raised: Vec<(&str, &[&str])> = ids
+            .iter()
+            .map(|id| (id.as_str(), &["demo_request"][..]))
+            .collect();
+        let c = changes(decide(
+            &account(AccountStage::Prioritized),
+            &contacts,
+            &delivery(70.0, &raised),
+            &settings(),
+        ));
+        assert_eq!(c.notifications.len(), MAX_HAND_RAISE_NOTIFICATIONS + 1);
+        let last = c.notifications.last().expect("the count");
+        assert_eq!(
+            (last.raiser_contact_id.as_deref(), last.text.as_str()),
+            (
+                None,
+                "2 more people raised a hand on Acme, which is PRIORITIZED: see its contacts' \
+                 stage changes."
+            )
         );
     }
 

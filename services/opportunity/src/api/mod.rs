@@ -214,9 +214,8 @@ impl OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(id, r))?;
-        if decision.opportunity == locked.opportunity {
-            // Nothing changes (a repeated close): the lock ends unsaved.
-            let settings = locked.settings.clone();
+        if decision.unchanged {
+            let settings = locked.release().await?;
             return Ok(to_proto(decision.opportunity, &settings));
         }
         let (saved, settings) = locked.save(decision, context.named_actor()).await?;

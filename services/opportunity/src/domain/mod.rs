@@ -549,11 +549,13 @@ pub enum Action {
 }
 
 /// The opportunity after an action, and the event lifecycle is told of.
-/// An unchanged opportunity (a repeated close) is not saved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub opportunity: Opportunity,
     pub event: Option<EventKind>,
+    /// Nothing to save (a repeated close): the caller is answered with the
+    /// opportunity as it is.
+    pub unchanged: bool,
 }
 
 /// Decides what `action` does to `current` at `now_ms`, or why it is refused.
@@ -574,6 +576,7 @@ pub fn decide(
         return Ok(Decision {
             opportunity: current.clone(),
             event: None,
+            unchanged: true,
         });
     }
     check_open(current)?;
@@ -608,6 +611,7 @@ pub fn decide(
     Ok(Decision {
         opportunity: o,
         event,
+        unchanged: false,
     })
 }
 

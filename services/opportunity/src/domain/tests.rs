@@ -198,7 +198,10 @@ fn moves_need_an_open_opportunity_and_the_right_step() {
             },
         };
         let same = decide(&closed, repeat, &settings, 5).expect("a repeated close");
-        assert_eq!((same.opportunity, same.event), (closed.clone(), None));
+        assert_eq!(
+            (same.opportunity, same.event, same.unchanged),
+            (closed.clone(), None, true)
+        );
         let other = match status {
             Status::Won => Action::Lose {
                 reason: "budget".into(),
@@ -247,7 +250,7 @@ fn decisions_change_the_opportunity_and_name_the_event() {
     let won = decide(&at(Step::Win), Action::Win, &settings, now).expect("complete WIN");
     assert_eq!(won.opportunity.status, Status::Won);
     assert_eq!(won.opportunity.closed_at_ms, Some(now));
-    assert_eq!(won.event, Some(EventKind::Won));
+    assert_eq!((won.event, won.unchanged), (Some(EventKind::Won), false));
 
     let lost = decide(
         &at(Step::Qualify),

@@ -49,6 +49,13 @@ pub struct Locked {
 }
 
 impl Locked {
+    /// Ends the lock without a change (a decision with nothing to save);
+    /// the settings read under it come back.
+    pub async fn release(self) -> ServiceResult<Settings> {
+        self.txn.rollback().await?;
+        Ok(self.settings)
+    }
+
     /// Writes the decided opportunity and its event for lifecycle, and
     /// commits; the settings read under the lock come back with it, so the
     /// answer is rendered without reading them again.
@@ -57,7 +64,9 @@ impl Locked {
         decision: Decision,
         actor: &str,
     ) -> ServiceResult<(Opportunity, Settings)> {
-        let Decision { opportunity, event } = decision;
+        let Decision {
+            opportunity, event, ..
+        } = decision;
         let mut row = columns(&self.tenant_id, &opportunity, None)?;
         row.version = Set(self.version + 1);
         opportunity::Entity::update_many()

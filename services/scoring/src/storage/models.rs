@@ -70,7 +70,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        remember_first_occurrences(&txn, t, &model).await?;
+        remember_first_occurrences(&txn, t, &current, &model).await?;
         // Stored scores carry the old model's decay: mark them stale, so the
         // next batch or read recomputes them from the buckets.
         account_score::Entity::update_many()
@@ -90,22 +90,31 @@ impl Repository {
     }
 }
 
-/// Records, for each first-occurrence rule of `model`, the subjects that
-/// already have an activity of its type as having had their first one:
-/// usage is otherwise kept only while a rule is first-occurrence, so an
-/// activity recorded before the rule existed did not count and the next one
-/// earned the rule's points again (a tester's finding). Usage already kept
-/// stays as it is. One statement over the tenant's activities of those
-/// types, on a model change (rare, an operator's act).
+/// Records, for each rule `model` makes first-occurrence and `current` did
+/// not, the subjects that already have an activity of its type as having
+/// had their first one: usage is kept only while a rule is first-occurrence,
+/// so an activity recorded before the rule was did not count and the next
+/// one earned the rule's points again (a tester's finding). Usage already
+/// kept stays as it is. One statement over the tenant's activities of those
+/// types, on the model change that switches them on (rare, an operator's
+/// act). A batch ingested under the old model and committed during it is
+/// not seen (PostgreSQL): its person's next activity of the type still
+/// counts once more.
 async fn remember_first_occurrences(
     conn: &impl ConnectionTrait,
     t: &str,
+    current: &ScoringModel,
     model: &ScoringModel,
 ) -> Result<(), DbErr> {
+    let was_first_occurrence = |activity_type: &str| {
+        current
+            .rule(activity_type)
+            .is_some_and(|r| r.first_occurrence_only)
+    };
     let types: Vec<&str> = model
         .rules
         .iter()
-        .filter(|r| r.first_occurrence_only)
+        .filter(|r| r.first_occurrence_only && !was_first_occurrence(&r.activity_type))
         .map(|r| r.activity_type.as_str())
         .collect();
     if types.is_empty() {
