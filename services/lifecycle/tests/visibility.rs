@@ -673,8 +673,23 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
         .into_inner()
         .dead_letters;
     assert_eq!(by_topic.len(), 1);
-    let pending = notification_of(&lifecycle, &account.account_id, |_| true).await;
-    assert_eq!(pending.delivery_state, Delivery::Pending as i32);
+    // The notification says it was given up on (a tester saw it PENDING).
+    let dead_one = notification_of(&lifecycle, &account.account_id, |n| {
+        n.delivery_state == Delivery::DeadLettered as i32
+    })
+    .await;
+    assert_eq!(dead_one.failed_attempts, 3);
+    let listed = list_notifications(
+        &lifecycle,
+        pb::ListNotificationsRequest {
+            delivery_state: Delivery::DeadLettered as i32,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("filtered by state")
+    .notifications;
+    assert_eq!(listed.len(), 1);
 
     // Another tenant cannot retry it; naming nothing is refused.
     let other = admin_client()

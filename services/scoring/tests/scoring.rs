@@ -1739,7 +1739,58 @@ on_each_database!(
     a_repeated_event_id_creates_no_one,
     every_hand_raised_in_one_batch_is_told,
     a_first_occurrence_rule_counts_what_came_before_it,
+    a_window_replays_the_model_in_force_unchanged,
 );
+
+/// Simulating the model in force over a window shows no change, even when
+/// a first occurrence fell before the window: the replay reads what the
+/// window's people did before it (a tester saw a change that was not).
+async fn a_window_replays_the_model_in_force_unchanged(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let model = scoring
+        .change_model(|model| {
+            for rule in &mut model.rules {
+                if rule.activity_type == "webinar_attended" {
+                    rule.first_occurrence_only = true;
+                }
+            }
+        })
+        .await;
+    let id = lifecycle.create_account("Windowed", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@windowed.example")
+        .await
+        .contact_id;
+    let mut first = activity("ww1", "webinar_attended", &id, &ann);
+    first.occur_time = Some(days_ago(30));
+    let mut again = activity("ww2", "webinar_attended", &id, &ann);
+    again.occur_time = Some(days_ago(2));
+    scoring.record(vec![first]).await;
+    scoring.record(vec![again]).await;
+    let result = scoring
+        .public()
+        .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
+            model: Some(model),
+            thresholds: Some(pb::SimulationThresholds {
+                engaged_threshold: 0.0,
+                prioritized_threshold: 100.0,
+            }),
+            start_time: Some(days_ago(10)),
+            end_time: None,
+            sample_size: 10,
+        }))
+        .await
+        .expect("simulation")
+        .into_inner();
+    assert_eq!(
+        (result.changed_account_count, result.activity_count),
+        (0, 1),
+        "{result:?}"
+    );
+    assert_eq!(result.current_counts, result.proposed_counts);
+    system.stop().await;
+}
 
 /// A rule made first-occurrence counts an activity recorded before it as
 /// the first: a tester saw the next webinar earn its points again.

@@ -143,6 +143,7 @@ cascade_domain::domain_enum! {
         Pending = "PENDING",
         Delivered = "DELIVERED",
         NoWebhook = "NO_WEBHOOK",
+        DeadLettered = "DEAD_LETTERED",
     }
 }
 

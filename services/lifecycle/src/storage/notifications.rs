@@ -195,8 +195,22 @@ impl WebhookSink {
             tracing::warn!(notification = %id, "notification row missing; nothing to send");
             return Ok(());
         };
-        if *row.state != DeliveryState::Pending {
-            return Ok(());
+        match *row.state {
+            DeliveryState::Pending => {}
+            // Sent again by an operator (RetryDeadLetters): pending again.
+            DeliveryState::DeadLettered => {
+                let reopened = notification::Entity::update_many()
+                    .col_expr(
+                        notification::Column::State,
+                        Expr::value(DeliveryState::Pending.as_str()),
+                    )
+                    .filter(notification::Column::NotificationId.eq(row.notification_id.as_str()))
+                    .filter(notification::Column::State.eq(Stored(DeliveryState::DeadLettered)));
+                self.write(reopened)
+                    .await
+                    .map_err(|e| DeliveryError::internal(format!("reopening notification: {e}")))?;
+            }
+            DeliveryState::Delivered | DeliveryState::NoWebhook => return Ok(()),
         }
         let stored = settings::current(&self.db, &row.tenant_id)
             .await
@@ -337,6 +351,24 @@ impl Sink for WebhookSink {
             self.deliver_one(entry).await.map_err(|e| (i, e))?;
         }
         Ok(run.len())
+    }
+
+    /// The notification shows it was given up on (until an operator
+    /// retries it), rather than staying PENDING (a tester's finding).
+    async fn dead_lettered(&self, entry: &Entry) {
+        let Ok(id) = queued_notification(&entry.payload) else {
+            return;
+        };
+        let dead = notification::Entity::update_many()
+            .col_expr(
+                notification::Column::State,
+                Expr::value(DeliveryState::DeadLettered.as_str()),
+            )
+            .filter(notification::Column::NotificationId.eq(id.as_str()))
+            .filter(notification::Column::State.eq(Stored(DeliveryState::Pending)));
+        if let Err(e) = self.write(dead).await {
+            tracing::warn!(notification = %id, error = %e, "could not record a dead letter");
+        }
     }
 }
 

@@ -72,20 +72,15 @@ pub(super) fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult
             })
             .collect(),
         decay_half_life_days: model.decay_half_life_days,
-        // A set: a type named twice is kept once (as the hand-raise types
-        // are), so a model stored before with a repeat can be written back.
-        intent_activity_types: {
-            let mut seen = std::collections::HashSet::new();
-            model
-                .intent_activity_types
-                .iter()
-                .map(|t| t.trim().to_owned())
-                .filter(|t| seen.insert(t.clone()))
-                .collect()
-        },
+        intent_activity_types: model
+            .intent_activity_types
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .collect(),
         created_at_ms: None,
         created_by: None,
     };
+    // Checked as sent, so a violation names the index the caller used.
     let problems = domain::check_model(&model);
     if !problems.is_empty() {
         return Err(ServiceError::InvalidArgument(
@@ -95,6 +90,13 @@ pub(super) fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult
                 .collect(),
         ));
     }
+    let mut model = model;
+    // A set: a type named twice is kept once (as the hand-raise types are),
+    // so a model stored before with a repeat can be written back.
+    let mut seen = std::collections::HashSet::new();
+    model
+        .intent_activity_types
+        .retain(|t| seen.insert(t.clone()));
     Ok(model)
 }
 
@@ -115,5 +117,21 @@ mod tests {
         }))
         .expect("a model");
         assert_eq!(model.intent_activity_types, ["web_research", "g2_visit"]);
+    }
+
+    /// A bad intent type is named at the index the caller sent it, repeats
+    /// before it included (a tester saw [1] for the third).
+    #[test]
+    fn a_bad_intent_type_is_named_where_it_was_sent() {
+        let refused = model_from_proto(Some(pb::ScoringModel {
+            intent_activity_types: vec!["a".into(), "a".into(), "BAD".into()],
+            ..Default::default()
+        }))
+        .expect_err("a bad type");
+        let ServiceError::InvalidArgument(violations) = refused else {
+            panic!("{refused:?}")
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["model.intent_activity_types[2]"]);
     }
 }

@@ -38,6 +38,10 @@ pub struct ReplayActivity<'a> {
     pub counted_points: i64,
     /// Whether they were recorded as intent.
     pub intent: bool,
+    /// In the window replayed. Activities of the same people before it
+    /// (`false`) only tell the proposed rules what was used already: a
+    /// first occurrence, a day's cap.
+    pub in_window: bool,
 }
 
 /// An account whose score-driven stage differs between the models.
@@ -159,6 +163,9 @@ pub struct Simulation {
     proposed: Tally,
     /// The proposed model's rule usage within the account being replayed.
     usage: HashMap<UsageKey, Usage>,
+    /// Whether the account being replayed has activities in the window
+    /// (one with activities before it only is not replayed).
+    in_window: bool,
     today: i64,
     sample_size: usize,
     account: Option<String>,
@@ -180,6 +187,7 @@ impl Simulation {
             proposed: Tally::new((&proposed.0, proposed.1)),
             proposed_model: proposed.0,
             usage: HashMap::new(),
+            in_window: false,
             today,
             sample_size,
             account: None,
@@ -192,11 +200,8 @@ impl Simulation {
         if self.account.as_deref() != Some(account_id) {
             self.close_account();
             self.account = Some(account_id.to_owned());
-            self.accounts += 1;
         }
         let a = activity;
-        self.current
-            .add(a.counted_points, a.intent, a.day, self.today);
         let subject = a
             .contact_id
             .map_or_else(|| format!("account:{account_id}"), str::to_owned);
@@ -209,6 +214,15 @@ impl Simulation {
             a.count,
             &mut self.usage,
         );
+        if !a.in_window {
+            return;
+        }
+        if !self.in_window {
+            self.in_window = true;
+            self.accounts += 1;
+        }
+        self.current
+            .add(a.counted_points, a.intent, a.day, self.today);
         self.proposed.add(counted, intent, a.day, self.today);
         self.result.activities += a.count;
     }
@@ -228,6 +242,9 @@ impl Simulation {
         let (current_score, current_stage) = self.current.take();
         let (proposed_score, proposed_stage) = self.proposed.take();
         self.usage.clear();
+        if !std::mem::take(&mut self.in_window) {
+            return;
+        }
         *self.result.current_counts.entry(current_stage).or_default() += 1;
         *self
             .result
@@ -284,6 +301,7 @@ mod tests {
             count,
             counted_points: 2 * count,
             intent: false,
+            in_window: true,
         };
         // a: 3 opens = 6 now, 120 proposed -> ENGAGED vs PRIORITIZED
         sim.push("a", open("ann", 1));
@@ -298,6 +316,7 @@ mod tests {
                 count: 1,
                 counted_points: 4,
                 intent: true,
+                in_window: true,
             },
         );
         // c: a demo request -> PRIORITIZED under both
@@ -310,6 +329,7 @@ mod tests {
                 count: 1,
                 counted_points: 100,
                 intent: false,
+                in_window: true,
             },
         );
         assert_eq!(
@@ -360,6 +380,7 @@ mod tests {
                 count: 3,
                 counted_points: 6,
                 intent: false,
+                in_window: true,
             },
         );
         let r = sim.finish();
@@ -374,6 +395,48 @@ mod tests {
             (AccountStage::Engaged, AccountStage::Prioritized),
             "{r:?}"
         );
+    }
+
+    /// A window's replay knows what its people used before it: a first
+    /// occurrence before the window leaves the one in it at 0, as it was
+    /// scored, so the model in force shows no change (a tester saw one). An
+    /// account with activities only before the window is not replayed.
+    #[test]
+    fn activities_before_the_window_count_as_used() {
+        let mut model = ScoringModel::default();
+        for rule in &mut model.rules {
+            if rule.activity_type == "webinar_attended" {
+                rule.first_occurrence_only = true;
+            }
+        }
+        let t = Thresholds {
+            engaged: 0.0,
+            prioritized: 20.0,
+        };
+        let mut sim = Simulation::new((model.clone(), t), (model, t), 10, 10);
+        let webinar = |day, counted_points, in_window| ReplayActivity {
+            contact_id: Some("ann"),
+            activity_type: "webinar_attended",
+            day,
+            count: 1,
+            counted_points,
+            intent: false,
+            in_window,
+        };
+        sim.push("a", webinar(2, 25, false));
+        sim.push("a", webinar(9, 0, true));
+        sim.push("only-before", webinar(3, 25, false));
+        assert_eq!(
+            sim.progress(),
+            Progress {
+                activities: 1,
+                accounts: 1
+            }
+        );
+        let r = sim.finish();
+        assert_eq!(r.changed, 0, "{r:?}");
+        assert_eq!(r.current_counts, r.proposed_counts);
+        assert_eq!(r.current_counts.values().sum::<i64>(), 1);
     }
 
     #[test]

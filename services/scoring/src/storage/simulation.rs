@@ -6,7 +6,8 @@ use cascade_chassis::{ServiceResult, TenantId};
 use futures::TryStreamExt;
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select,
 };
 
 use super::entities::{activity, contact_status};
@@ -98,13 +99,34 @@ impl Repository {
         sample_size: usize,
         mut watch: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> ServiceResult<Option<SimulationResult>> {
+        // A window that starts later also reads, of the types whose rules
+        // remember use (a first occurrence, a daily cap), what came before
+        // it: the proposed side then knows what its people used already.
+        let remembered: Vec<String> = proposed
+            .0
+            .rules
+            .iter()
+            .filter(|r| r.first_occurrence_only || r.daily_cap_per_contact > 0)
+            .map(|r| r.activity_type.clone())
+            .collect();
+        let mut read = activity::Entity::find()
+            .filter(activity::Column::TenantId.eq(tenant.as_str()))
+            .filter(activity::Column::OccurredAtMs.lt(window.1));
+        if window.0 > i64::MIN {
+            let mut wanted = Condition::any().add(activity::Column::OccurredAtMs.gte(window.0));
+            if !remembered.is_empty() {
+                wanted = wanted.add(activity::Column::ActivityType.is_in(remembered));
+            }
+            read = read.filter(wanted);
+        }
         let mut simulation = Simulation::new(current, proposed, today(), sample_size);
         // Times are validated to be after 1970, so integer division is the
         // UTC day (`domain::day_of`) on both backends.
         let day = Expr::col(activity::Column::OccurredAtMs).div(DAY_MS);
         let by_day = || Expr::col(Alias::new("day"));
+        let replayed = || Expr::col(Alias::new("in_window"));
         // One statement: a consistent snapshot on both backends.
-        let mut groups = in_window(tenant, window)
+        let mut groups = read
             .filter(counted_activities(
                 tenant.as_str(),
                 activity::Column::ContactId,
@@ -116,6 +138,10 @@ impl Repository {
                 activity::Column::ActivityType,
             ])
             .column_as(day, "day")
+            .column_as(
+                Expr::col(activity::Column::OccurredAtMs).gte(window.0),
+                "in_window",
+            )
             .column(activity::Column::Intent)
             .column_as(Expr::col(activity::Column::EventId).count(), "activities")
             // SUM of an INTEGER column is a BIGINT on both backends.
@@ -124,14 +150,25 @@ impl Repository {
             .group_by(activity::Column::ContactId)
             .group_by(activity::Column::ActivityType)
             .group_by(by_day())
+            .group_by(replayed())
             .group_by(activity::Column::Intent)
             .order_by_asc(activity::Column::AccountId)
             .order_by_asc(by_day())
-            .into_tuple::<(String, Option<String>, String, i64, bool, i64, i64)>()
+            // On the window's first day, what came before it first.
+            .order_by_asc(replayed())
+            .into_tuple::<(String, Option<String>, String, i64, bool, bool, i64, i64)>()
             .stream(&self.db)
             .await?;
-        while let Some((account_id, contact_id, activity_type, day, intent, count, points)) =
-            groups.try_next().await?
+        while let Some((
+            account_id,
+            contact_id,
+            activity_type,
+            day,
+            in_window,
+            intent,
+            count,
+            points,
+        )) = groups.try_next().await?
         {
             simulation.push(
                 &account_id,
@@ -142,6 +179,7 @@ impl Repository {
                     count,
                     counted_points: points,
                     intent,
+                    in_window,
                 },
             );
             if watch(simulation.progress()).is_break() {

@@ -706,7 +706,7 @@ impl Deliverer {
             )
             .filter(outbox::Column::Id.eq(failed.id.as_str()));
         // Either way one write: one turn for it (SQLite).
-        let _turn = crate::db::write_turn(&self.db).await?;
+        let turn = crate::db::write_turn(&self.db).await?;
         if too_many || too_old {
             tracing::error!(
                 topic = self.topic,
@@ -719,12 +719,15 @@ impl Deliverer {
                 "outbox message dead-lettered: list and retry it with OutboxAdminService"
             );
             // The time of the last attempt stays in next_attempt_at_ms.
-            return update
+            update
                 .col_expr(outbox::Column::State, Expr::value(DEAD))
                 .col_expr(outbox::Column::NextAttemptAtMs, Expr::value(now))
                 .exec(&self.db)
-                .await
-                .map(|_| "dead");
+                .await?;
+            // The sink writes in its own turn.
+            drop(turn);
+            self.sink.dead_lettered(failed).await;
+            return Ok("dead");
         }
         let delay = self.backoff(attempts);
         tracing::warn!(

@@ -260,6 +260,11 @@ pub trait Sink: Send + Sync + 'static {
         }
         results
     }
+
+    /// Told after `entry` was dead-lettered (given up on until an operator
+    /// retries it), so a sink that shows delivery elsewhere (lifecycle's
+    /// notifications) can say so. The default does nothing.
+    async fn dead_lettered(&self, _entry: &Entry) {}
 }
 
 /// A message to enqueue.
