@@ -135,9 +135,9 @@ async fn remember_first_occurrences(
         .and_where(Expr::col(activity::Column::TenantId).eq(t))
         .and_where(Expr::col(activity::Column::ActivityType).is_in(types))
         .add_group_by([
-            Expr::col(activity::Column::TenantId).into(),
-            subject().into(),
-            Expr::col(activity::Column::ActivityType).into(),
+            Expr::col(activity::Column::TenantId),
+            subject(),
+            Expr::col(activity::Column::ActivityType),
         ]);
     let insert = Query::insert()
         .into_table(rule_usage::Entity)
