@@ -697,6 +697,30 @@ async fn the_ledger_sums_to_the_score(db: TestDatabase) {
     system.stop().await;
 }
 
+/// SimulateScoringModel of `model` from `start_time` on, with thresholds 0
+/// and 100 and a sample of ten.
+async fn simulate(
+    scoring: &Scoring,
+    model: pb::ScoringModel,
+    start_time: Option<prost_types::Timestamp>,
+) -> pb::SimulateScoringModelResponse {
+    scoring
+        .public()
+        .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
+            model: Some(model),
+            thresholds: Some(pb::SimulationThresholds {
+                engaged_threshold: 0.0,
+                prioritized_threshold: 100.0,
+            }),
+            start_time,
+            end_time: None,
+            sample_size: 10,
+        }))
+        .await
+        .expect("simulation")
+        .into_inner()
+}
+
 async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
     let system = TestSystem::scoring_on(&db).await;
     let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
@@ -726,21 +750,7 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
             rule.points = 40;
         }
     }
-    let result = scoring
-        .public()
-        .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
-            model: Some(proposed),
-            thresholds: Some(pb::SimulationThresholds {
-                engaged_threshold: 0.0,
-                prioritized_threshold: 100.0,
-            }),
-            start_time: None,
-            end_time: None,
-            sample_size: 10,
-        }))
-        .await
-        .expect("simulation")
-        .into_inner();
+    let result = simulate(&scoring, proposed, None).await;
     let counts = |counts: &[pb::StageCount]| {
         let mut v: Vec<(i32, i64)> = counts.iter().map(|c| (c.stage, c.account_count)).collect();
         v.sort();
@@ -810,21 +820,7 @@ async fn simulation_compares_with_the_scores_accounts_have(db: TestDatabase) {
         .await;
     let live = scoring.score(&a).await.engagement_score;
     assert_eq!(live, 6.0);
-    let result = scoring
-        .public()
-        .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
-            model: Some(model),
-            thresholds: Some(pb::SimulationThresholds {
-                engaged_threshold: 0.0,
-                prioritized_threshold: 100.0,
-            }),
-            start_time: None,
-            end_time: None,
-            sample_size: 10,
-        }))
-        .await
-        .expect("simulation")
-        .into_inner();
+    let result = simulate(&scoring, model, None).await;
     assert_eq!(result.changed_account_count, 1, "{result:?}");
     let change = &result.sample[0];
     assert_eq!((change.current_score, change.proposed_score), (live, 120.0));
@@ -1768,21 +1764,7 @@ async fn a_window_replays_the_model_in_force_unchanged(db: TestDatabase) {
     again.occur_time = Some(days_ago(2));
     scoring.record(vec![first]).await;
     scoring.record(vec![again]).await;
-    let result = scoring
-        .public()
-        .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
-            model: Some(model),
-            thresholds: Some(pb::SimulationThresholds {
-                engaged_threshold: 0.0,
-                prioritized_threshold: 100.0,
-            }),
-            start_time: Some(days_ago(10)),
-            end_time: None,
-            sample_size: 10,
-        }))
-        .await
-        .expect("simulation")
-        .into_inner();
+    let result = simulate(&scoring, model, Some(days_ago(10))).await;
     assert_eq!(
         (result.changed_account_count, result.activity_count),
         (0, 1),
