@@ -698,10 +698,11 @@ async fn the_ledger_sums_to_the_score(db: TestDatabase) {
 }
 
 /// SimulateScoringModel of `model` from `start_time` on, with thresholds 0
-/// and 100 and a sample of ten.
+/// and `prioritized` and a sample of ten.
 async fn simulate(
     scoring: &Scoring,
     model: pb::ScoringModel,
+    prioritized: f64,
     start_time: Option<prost_types::Timestamp>,
 ) -> pb::SimulateScoringModelResponse {
     scoring
@@ -710,7 +711,7 @@ async fn simulate(
             model: Some(model),
             thresholds: Some(pb::SimulationThresholds {
                 engaged_threshold: 0.0,
-                prioritized_threshold: 100.0,
+                prioritized_threshold: prioritized,
             }),
             start_time,
             end_time: None,
@@ -750,7 +751,7 @@ async fn simulation_matches_a_hand_computed_scenario(db: TestDatabase) {
             rule.points = 40;
         }
     }
-    let result = simulate(&scoring, proposed, None).await;
+    let result = simulate(&scoring, proposed, 100.0, None).await;
     let counts = |counts: &[pb::StageCount]| {
         let mut v: Vec<(i32, i64)> = counts.iter().map(|c| (c.stage, c.account_count)).collect();
         v.sort();
@@ -820,7 +821,7 @@ async fn simulation_compares_with_the_scores_accounts_have(db: TestDatabase) {
         .await;
     let live = scoring.score(&a).await.engagement_score;
     assert_eq!(live, 6.0);
-    let result = simulate(&scoring, model, None).await;
+    let result = simulate(&scoring, model, 100.0, None).await;
     assert_eq!(result.changed_account_count, 1, "{result:?}");
     let change = &result.sample[0];
     assert_eq!((change.current_score, change.proposed_score), (live, 120.0));
@@ -895,28 +896,7 @@ async fn simulation_replays_what_ingest_scored(db: TestDatabase) {
 
     // Same model, thresholds every scored account crosses: each one changes
     // stage, so each shows in the sample with its replayed score.
-    let simulate = |start_time| {
-        let scoring = scoring.clone();
-        let model = model.clone();
-        async move {
-            scoring
-                .public()
-                .simulate_scoring_model(scoring.req(pb::SimulateScoringModelRequest {
-                    model: Some(model),
-                    thresholds: Some(pb::SimulationThresholds {
-                        engaged_threshold: 0.0,
-                        prioritized_threshold: 0.5,
-                    }),
-                    start_time,
-                    end_time: None,
-                    sample_size: 10,
-                }))
-                .await
-                .expect("simulation")
-                .into_inner()
-        }
-    };
-    let result = simulate(None).await;
+    let result = simulate(&scoring, model.clone(), 0.5, None).await;
     assert_eq!(result.activity_count, stored);
     assert_eq!(result.changed_account_count, 2);
     for change in &result.sample {
@@ -940,7 +920,7 @@ async fn simulation_replays_what_ingest_scored(db: TestDatabase) {
     expected.sort_unstable();
     assert_eq!(sampled, expected);
 
-    let recent = simulate(Some(days_ago(5))).await;
+    let recent = simulate(&scoring, model, 0.5, Some(days_ago(5))).await;
     assert_eq!(recent.activity_count, stored - older_than_5_days as i64);
     system.stop().await;
 }
@@ -1764,7 +1744,7 @@ async fn a_window_replays_the_model_in_force_unchanged(db: TestDatabase) {
     again.occur_time = Some(days_ago(2));
     scoring.record(vec![first]).await;
     scoring.record(vec![again]).await;
-    let result = simulate(&scoring, model, Some(days_ago(10))).await;
+    let result = simulate(&scoring, model, 100.0, Some(days_ago(10))).await;
     assert_eq!(
         (result.changed_account_count, result.activity_count),
         (0, 1),

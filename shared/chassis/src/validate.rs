@@ -11,6 +11,16 @@ pub struct Validator {
     violations: Vec<FieldViolation>,
 }
 
+/// An id as stored: a UUID hyphenated in lower case (anything else trimmed
+/// and lower-cased), whatever form a caller wrote it in.
+pub fn canonical_id(value: &str) -> String {
+    let value = value.trim();
+    match uuid::Uuid::try_parse(value) {
+        Ok(id) => id.hyphenated().to_string(),
+        Err(_) => value.to_ascii_lowercase(),
+    }
+}
+
 impl Validator {
     pub fn new() -> Self {
         Self::default()
@@ -62,18 +72,14 @@ impl Validator {
     /// A required server-assigned id (a UUID), in the form ids are stored
     /// in (hyphenated, lower case), so it compares with them as text.
     pub fn required_id(&mut self, field: &str, value: &str) -> String {
-        let value = value.trim();
-        if value.is_empty() {
+        if value.trim().is_empty() {
             self.add(field, "is required");
             return String::new();
         }
-        match uuid::Uuid::try_parse(value) {
-            Ok(id) => id.hyphenated().to_string(),
-            Err(_) => {
-                self.add(field, "must be an id returned by this service (a UUID)");
-                value.to_ascii_lowercase()
-            }
+        if uuid::Uuid::try_parse(value.trim()).is_err() {
+            self.add(field, "must be an id returned by this service (a UUID)");
         }
+        canonical_id(value)
     }
 
     /// An optional server-assigned id, as [`Self::required_id`]: `None`

@@ -312,7 +312,7 @@ pub(super) fn named_contacts(
 ) -> Vec<NamedContact> {
     // Ids as stored (canonical, as `apply_field` has validated them), so
     // that one in another case is found where it already is.
-    let canonical = |id: &str| Validator::new().required_id("", id);
+    let canonical = cascade_chassis::validate::canonical_id;
     let mut named = Vec::new();
     if written("buying_group_contact_ids") {
         let mut seen = std::collections::HashSet::new();
