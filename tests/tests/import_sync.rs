@@ -189,8 +189,8 @@ async fn a_batch_refuses_items_one_by_one_and_stores_none_of_them(db: TestDataba
     let accounts = import_accounts(
         &lifecycle,
         vec![
-            item("Fresh", "fresh.example", "crm-fresh"),
             item("", "noname.example", "crm-noname"),
+            item("Fresh", "fresh.example", "crm-fresh"),
             item("Clash", "held.example", "crm-clash"),
             item("Again", "again.example", "crm-fresh"),
             item("Held again", "", "crm-held"),
@@ -214,8 +214,8 @@ async fn a_batch_refuses_items_one_by_one_and_stores_none_of_them(db: TestDataba
     assert_eq!(
         outcomes,
         vec![
-            (O::Created as i32, vec![]),
             (O::Rejected as i32, pair("account.name", "is required")),
+            (O::Created as i32, vec![]),
             (
                 O::Rejected as i32,
                 pair(
@@ -227,7 +227,8 @@ async fn a_batch_refuses_items_one_by_one_and_stores_none_of_them(db: TestDataba
                 O::Rejected as i32,
                 pair(
                     "account.external_id",
-                    "repeats the external id of item 0 of this batch"
+                    // Its place in the request, counting the refused item 0.
+                    "repeats the external id of item 1 of this batch"
                 )
             ),
             (O::Existing as i32, vec![]),

@@ -15,7 +15,24 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use base64::Engine as _;
+
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// The key of the Standard Webhooks signature: a `whsec_<base64>` secret
+/// (the scheme's format, what its libraries take) decoded, any other secret
+/// as its bytes. A `whsec_` secret whose rest is not base64 is an error: the
+/// receiver's library would decode it, or fail to, and never verify.
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix("whsec_") {
+        None => Ok(secret.as_bytes().to_vec()),
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| {
+                format!("a whsec_ secret is whsec_ then base64 (the Standard Webhooks format): {e}")
+            }),
+    }
+}
 
 /// Whether `ip` is an address on the public internet: not loopback,
 /// private (RFC 1918, unique local), link-local (the metadata endpoints),

@@ -115,6 +115,9 @@ async fn tekstack_walkthrough(db: TestDatabase) {
     let body: serde_json::Value = serde_json::from_str(&hook.body).expect("json body");
     assert_eq!(body["@type"], "MessageCard");
     assert_eq!(body["cascade"]["accountId"], id.as_str());
+    assert_eq!(body["cascade"]["accountName"], "Initech");
+    // The card shows the account by name (a tester saw its id).
+    assert_eq!(body["sections"][0]["facts"][0]["value"], "Initech");
     assert_eq!(body["cascade"]["ownerId"], "peter@seller.example");
     assert_eq!(body["cascade"]["reason"], "PRIORITIZED");
     assert!(body["text"].as_str().expect("text").contains("Initech"));
@@ -979,6 +982,21 @@ async fn settings_are_versioned(db: TestDatabase) {
         .await
         .expect_err("engaged above prioritized");
     assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(get(0).await.expect("unchanged").version, 2);
+    // A secret in the Standard Webhooks format must be one: its libraries
+    // decode what follows whsec_, and a receiver could never verify.
+    let malformed = admin
+        .public()
+        .update_lifecycle_settings(admin.req(pb::UpdateLifecycleSettingsRequest {
+            settings: Some(pb::LifecycleSettings {
+                webhook_secret: "whsec_not base64!".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["webhook_secret"]),
+        }))
+        .await
+        .expect_err("a whsec_ secret that is not base64");
+    assert_eq!(violated_fields(&malformed), ["settings.webhook_secret"]);
     assert_eq!(get(0).await.expect("unchanged").version, 2);
 
     // The new threshold applies to the next score; existing accounts did not move.

@@ -679,6 +679,8 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
     })
     .await;
     assert_eq!(dead_one.failed_attempts, 3);
+    // Its dead letter goes by the notification's id, which the operator has.
+    assert_eq!(dead[0].id, dead_one.notification_id);
     let listed = list_notifications(
         &lifecycle,
         pb::ListNotificationsRequest {

@@ -13,7 +13,7 @@ use cascade_testkit::fixtures::{
     account, activity, by_email, days_ago, violated_fields, violations,
 };
 use cascade_testkit::{
-    Lifecycle, SETTLE_THROUGH_AN_OUTAGE_MS, Scoring, Service, TestDatabase, TestSystem,
+    Lifecycle, SETTLE_THROUGH_AN_OUTAGE_MS, Scoring, Service, TestDatabase, TestSystem, eventually,
     eventually_within, on_each_database,
 };
 use sea_orm::ConnectionTrait;
@@ -1751,6 +1751,107 @@ async fn a_window_replays_the_model_in_force_unchanged(db: TestDatabase) {
         "{result:?}"
     );
     assert_eq!(result.current_counts, result.proposed_counts);
+    system.stop().await;
+}
+
+/// PostgreSQL only (SQLite's writers take turns): a batch written under the
+/// old model while a rule is made first-occurrence is counted by the
+/// change, which waits for it. Before, the change's backfill missed it and
+/// the person's next webinar earned its points again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_during_a_model_change_is_counted_by_it_on_postgres() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Webinars", OWNER).await.account_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@webinars.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![activity("w0", "pricing_page_visit", &id, &bob)])
+        .await;
+    let before = scoring.score(&id).await.engagement_score;
+
+    // Another connection keeps activities from being written: Bob's first
+    // webinar waits inside its transaction, under the old model.
+    let url = db.settings.url.clone();
+    let blocker = sea_orm::Database::connect(url.as_str())
+        .await
+        .expect("the scoring database");
+    let block = sea_orm::TransactionTrait::begin(&blocker)
+        .await
+        .expect("a transaction");
+    block
+        .execute_unprepared("LOCK TABLE activities IN SHARE MODE")
+        .await
+        .expect("the table locked");
+    let waiting_for = |event: &'static str| {
+        let url = url.clone();
+        async move {
+            let watching = sea_orm::Database::connect(url.as_str())
+                .await
+                .expect("the scoring database");
+            eventually("a writer to wait", async || {
+                let row = watching
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        watching.get_database_backend(),
+                        format!(
+                            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = \
+                             current_database() AND wait_event_type = 'Lock' \
+                             AND wait_event = '{event}'"
+                        ),
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .expect("a count");
+                let waiting: i64 = row.try_get_by_index(0).map_err(|e| e.to_string())?;
+                if waiting > 0 {
+                    Ok(())
+                } else {
+                    Err(format!("no one waits for a lock of kind {event}"))
+                }
+            })
+            .await;
+        }
+    };
+    let first = tokio::spawn({
+        let (scoring, id, bob) = (scoring.clone(), id.clone(), bob.clone());
+        async move {
+            scoring
+                .record(vec![activity("w1", "webinar_attended", &id, &bob)])
+                .await
+        }
+    });
+    waiting_for("relation").await;
+    let change = tokio::spawn({
+        let scoring = scoring.clone();
+        async move {
+            scoring
+                .change_model(|model| {
+                    for rule in &mut model.rules {
+                        if rule.activity_type == "webinar_attended" {
+                            rule.first_occurrence_only = true;
+                        }
+                    }
+                })
+                .await
+        }
+    });
+    // The change waits for the batch (the model lock)...
+    waiting_for("advisory").await;
+    assert!(!change.is_finished());
+    block.commit().await.expect("the table released");
+    // ...which is written under the old model, then the change is made.
+    assert_eq!(first.await.expect("the batch").recorded_count, 1);
+    change.await.expect("the change");
+    scoring
+        .record(vec![activity("w2", "webinar_attended", &id, &bob)])
+        .await;
+    // Bob's first webinar counted 25; his second, under the new rule, nothing.
+    assert_eq!(scoring.score(&id).await.engagement_score, before + 25.0);
     system.stop().await;
 }
 

@@ -3,6 +3,7 @@
 //! call, and every item gets a result, in order.
 
 use cascade_chassis::error::FieldViolation;
+use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::validate::Validator;
 use cascade_chassis::{RequestContext, ServiceError, ServiceResult};
 use cascade_proto::common::v1 as common;
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{LifecycleApi, new_account, new_contact};
 use crate::convert;
-use crate::storage::Imported;
+use crate::storage::{ImportItem, Imported};
 
 /// One item after its checks: what to store, or why it is refused.
 type Checked<T> = Result<T, Vec<FieldViolation>>;
@@ -107,17 +108,24 @@ fn counts<R>(outcomes: &[Outcome<R>]) -> (i32, i32, i32) {
 /// none is), and answers each item in request order, with the counts.
 async fn import<Req, T: Clone, R, Fut>(
     requests: Vec<Req>,
-    check: impl Fn(&mut Validator, Req) -> T,
-    store: impl FnOnce(Vec<T>) -> Fut,
+    check: impl Fn(&mut Validator, Req) -> (T, Option<RequestKey>),
+    store: impl FnOnce(Vec<ImportItem<T>>) -> Fut,
 ) -> ServiceResult<(Vec<Outcome<R>>, (i32, i32, i32))>
 where
     Fut: std::future::Future<Output = ServiceResult<Vec<Imported<R>>>>,
 {
     let checked = check_each(requests, check)?;
-    let valid: Vec<T> = checked
+    let valid: Vec<ImportItem<T>> = checked
         .iter()
-        .filter_map(|c| c.as_ref().ok())
-        .cloned()
+        .enumerate()
+        .filter_map(|(position, c)| {
+            let (new, request) = c.as_ref().ok()?;
+            Some(ImportItem {
+                position,
+                new: new.clone(),
+                request: request.clone(),
+            })
+        })
         .collect();
     let stored = if valid.is_empty() {
         Vec::new()

@@ -163,6 +163,8 @@ fn settings_change(
                 let secret = &input.webhook_secret;
                 if secret.len() > 512 {
                     v.add("settings.webhook_secret", "must be at most 512 characters");
+                } else if let Err(why) = crate::webhook::signing_key(secret) {
+                    v.add("settings.webhook_secret", why);
                 }
                 webhook_secret = Some((!secret.is_empty()).then(|| secret.clone()));
             }

@@ -9,6 +9,9 @@ use cascade_chassis::idempotency::{RequestKey, reuse_reason};
 /// The unique keys of one item of a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImportKeys<'a> {
+    /// The item's place in the request (from 0): refusals name earlier
+    /// items by it, and items refused before this decision have one too.
+    pub position: usize,
     /// The request id, with the digest of what the item asks.
     pub request: Option<&'a RequestKey>,
     pub external_id: Option<&'a str>,
@@ -66,14 +69,15 @@ pub fn decide_import(
     holders: &Holders,
     fields: ImportFields,
 ) -> Vec<ImportDecision> {
-    // Keys of earlier items of this batch that are not refused: item number
-    // (from 0) by key. Natural keys only of those to be created (a found
+    // Keys of earlier items of this batch that are not refused: the item's
+    // place in the request by key. Natural keys only of those to be created (a found
     // record's is in `holders`).
     let mut batch_request: HashMap<&str, usize> = HashMap::new();
     let mut batch_external: HashMap<&str, usize> = HashMap::new();
     let mut batch_natural: HashMap<&str, usize> = HashMap::new();
     let mut decisions = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    for item in items {
+        let i = item.position;
         let request_id = item.request.map(|key| key.id.as_str());
         // A request id a record holds for another request: that says most.
         let held_request = item
@@ -174,10 +178,19 @@ mod tests {
         natural: Option<&'a str>,
     ) -> ImportKeys<'a> {
         ImportKeys {
+            position: 0,
             request,
             external_id,
             natural,
         }
+    }
+
+    /// The items as a request of only these would number them.
+    fn in_order<const N: usize>(mut items: [ImportKeys<'_>; N]) -> [ImportKeys<'_>; N] {
+        for (i, item) in items.iter_mut().enumerate() {
+            item.position = i;
+        }
+        items
     }
 
     /// A request id with a stand-in digest.
@@ -284,13 +297,13 @@ mod tests {
     fn repeats_within_a_batch_are_refused_after_the_first() {
         let r1 = request("r1", "asked");
         let r2 = request("r2", "asked");
-        let items = [
+        let items = in_order([
             keys(Some(&r1), Some("crm-1"), Some("a.example")),
             keys(Some(&r1), None, None),
             keys(None, Some("crm-1"), None),
             keys(None, None, Some("a.example")),
             keys(Some(&r2), Some("crm-2"), Some("b.example")),
-        ];
+        ]);
         let decided = decide_import(&items, &Holders::default(), FIELDS);
         assert_eq!(
             decided,
@@ -319,11 +332,11 @@ mod tests {
     #[test]
     fn a_retried_batch_answers_each_item_as_the_first_call_did() {
         let r1 = request("r1", "asked");
-        let items = [
+        let items = in_order([
             keys(Some(&r1), Some("crm-1"), Some("a.example")),
             keys(None, Some("crm-1"), Some("b.example")),
             keys(Some(&r1), None, None),
-        ];
+        ]);
         let first = decide_import(&items, &Holders::default(), FIELDS);
         let mut held = holders(&[("r1", "a1")], &[("crm-1", "a1")], &[("a.example", "a1")]);
         held.request_digests
@@ -344,12 +357,36 @@ mod tests {
     #[test]
     fn a_refused_item_takes_no_key_from_later_ones() {
         let held = holders(&[], &[], &[("taken.example", "a3")]);
-        let items = [
+        let items = in_order([
             keys(None, Some("crm-1"), Some("taken.example")),
             keys(None, Some("crm-1"), Some("free.example")),
-        ];
+        ]);
         let decided = decide_import(&items, &held, FIELDS);
         assert!(matches!(decided[0], ImportDecision::Rejected(_)));
         assert_eq!(decided[1], ImportDecision::Create);
+    }
+
+    /// Items refused before the decision (malformed) are not among `items`:
+    /// a repeat still names its twin by the twin's place in the request.
+    #[test]
+    fn repeats_name_the_earlier_item_by_its_place_in_the_request() {
+        let items = [
+            ImportKeys {
+                position: 1,
+                ..keys(None, Some("crm-1"), Some("a.example"))
+            },
+            ImportKeys {
+                position: 3,
+                ..keys(None, None, Some("a.example"))
+            },
+        ];
+        let decided = decide_import(&items, &Holders::default(), FIELDS);
+        assert_eq!(
+            decided[1],
+            rejected(
+                "account.domain",
+                "repeats the domain of item 1 of this batch"
+            )
+        );
     }
 }

@@ -29,6 +29,30 @@ pub enum Imported<T> {
     Rejected(Vec<(String, String)>),
 }
 
+/// One item of a batch create that passed its checks.
+#[derive(Debug, Clone)]
+pub struct ImportItem<T> {
+    /// Its place in the request (from 0), which refusals name.
+    pub position: usize,
+    pub new: T,
+    pub request: Option<RequestKey>,
+}
+
+impl<T> ImportItem<T> {
+    fn keys<'a>(
+        &'a self,
+        external_id: Option<&'a str>,
+        natural: Option<&'a str>,
+    ) -> ImportKeys<'a> {
+        ImportKeys {
+            position: self.position,
+            request: self.request.as_ref(),
+            external_id,
+            natural,
+        }
+    }
+}
+
 /// Concurrent imports of the same keys: the loser's insert hits a unique
 /// index, and the batch is decided again over what the winner wrote.
 const ATTEMPTS: usize = 3;
@@ -225,7 +249,7 @@ impl Repository {
     pub async fn batch_create_accounts(
         &self,
         tenant: &TenantId,
-        items: &[(NewAccount, Option<RequestKey>)],
+        items: &[ImportItem<NewAccount>],
     ) -> ServiceResult<Vec<Imported<Account>>> {
         for _ in 0..ATTEMPTS {
             if let Some(done) = self.try_create_accounts(tenant, items).await? {
@@ -240,17 +264,13 @@ impl Repository {
     async fn try_create_accounts(
         &self,
         tenant: &TenantId,
-        items: &[(NewAccount, Option<RequestKey>)],
+        items: &[ImportItem<NewAccount>],
     ) -> ServiceResult<Option<Vec<Imported<Account>>>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
         let keys: Vec<ImportKeys> = items
             .iter()
-            .map(|(new, key)| ImportKeys {
-                request: key.as_ref(),
-                external_id: new.external_id.as_deref(),
-                natural: new.domain.as_deref(),
-            })
+            .map(|item| item.keys(item.new.external_id.as_deref(), item.new.domain.as_deref()))
             .collect();
         let holders = holders::<account::Entity>(&txn, t, &keys).await?;
         let decisions = decide_import(&keys, &holders, ACCOUNT_FIELDS);
@@ -258,14 +278,14 @@ impl Repository {
         let now = time::now();
         let mut rows = Vec::new();
         let mut created_ids = Vec::with_capacity(items.len());
-        for ((new, key), decision) in items.iter().zip(&decisions) {
+        for (item, decision) in items.iter().zip(&decisions) {
             if *decision == ImportDecision::Create {
                 let id = ids::new_id();
                 rows.push(new_account_model(
                     t,
                     id.clone(),
-                    new.clone(),
-                    key.clone(),
+                    item.new.clone(),
+                    item.request.clone(),
                     now,
                 ));
                 created_ids.push(Some(id));
@@ -302,7 +322,7 @@ impl Repository {
     pub async fn batch_create_contacts(
         &self,
         tenant: &TenantId,
-        items: &[(NewContact, Option<RequestKey>)],
+        items: &[ImportItem<NewContact>],
     ) -> ServiceResult<Vec<Imported<Contact>>> {
         for _ in 0..ATTEMPTS {
             if let Some(done) = self.try_create_contacts(tenant, items).await? {
@@ -317,18 +337,18 @@ impl Repository {
     async fn try_create_contacts(
         &self,
         tenant: &TenantId,
-        items: &[(NewContact, Option<RequestKey>)],
+        items: &[ImportItem<NewContact>],
     ) -> ServiceResult<Option<Vec<Imported<Contact>>>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
 
         // The accounts the items name, by our id or by theirs.
         let account_scope = (account::Column::TenantId, t);
-        let by_id = present(items, |(n, _)| match &n.account {
+        let by_id = present(items, |item| match &item.new.account {
             AccountRef::Id(id) => Some(id.as_str()),
             AccountRef::ExternalId(_) => None,
         });
-        let by_external = present(items, |(n, _)| match &n.account {
+        let by_external = present(items, |item| match &item.new.account {
             AccountRef::ExternalId(id) => Some(id.as_str()),
             AccountRef::Id(_) => None,
         });
@@ -354,18 +374,14 @@ impl Repository {
 
         let keys: Vec<ImportKeys> = items
             .iter()
-            .map(|(new, key)| ImportKeys {
-                request: key.as_ref(),
-                external_id: new.external_id.as_deref(),
-                natural: new.email.as_deref(),
-            })
+            .map(|item| item.keys(item.new.external_id.as_deref(), item.new.email.as_deref()))
             .collect();
         let holders = holders::<contact::Entity>(&txn, t, &keys).await?;
         let mut decisions = decide_import(&keys, &holders, CONTACT_FIELDS);
         // A new contact needs its account: every id a caller sends is checked.
-        for ((new, _), decision) in items.iter().zip(decisions.iter_mut()) {
-            if *decision == ImportDecision::Create && !accounts.contains_key(&new.account) {
-                let refusal = match &new.account {
+        for (item, decision) in items.iter().zip(decisions.iter_mut()) {
+            if *decision == ImportDecision::Create && !accounts.contains_key(&item.new.account) {
+                let refusal = match &item.new.account {
                     AccountRef::Id(id) => (
                         "contact.account_id".to_owned(),
                         format!("no account {id} in this tenant"),
@@ -385,13 +401,22 @@ impl Repository {
         // in id order (see resolve.rs).
         let mut rows = BTreeMap::new();
         let mut created_ids = Vec::with_capacity(items.len());
-        for (i, ((new, key), decision)) in items.iter().zip(&decisions).enumerate() {
-            match (decision, accounts.get(&new.account)) {
+        for (item, decision) in items.iter().zip(&decisions) {
+            match (decision, accounts.get(&item.new.account)) {
                 (ImportDecision::Create, Some(account_id)) => {
                     let id = ids::new_id();
-                    let (row, stage) =
-                        new_contact_model(t, id.clone(), account_id, new.clone(), key.clone(), now);
-                    rows.insert((account_id.clone(), i), (id.clone(), row, stage));
+                    let (row, stage) = new_contact_model(
+                        t,
+                        id.clone(),
+                        account_id,
+                        item.new.clone(),
+                        item.request.clone(),
+                        now,
+                    );
+                    rows.insert(
+                        (account_id.clone(), item.position),
+                        (id.clone(), row, stage),
+                    );
                     created_ids.push(Some(id));
                 }
                 _ => created_ids.push(None),

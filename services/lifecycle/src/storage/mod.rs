@@ -22,7 +22,7 @@ mod scores;
 mod settings;
 
 pub use activity_status::{ChangeKind, ContactChange};
-pub use import::Imported;
+pub use import::{ImportItem, Imported};
 
 use std::collections::HashMap;
 use std::sync::Arc;

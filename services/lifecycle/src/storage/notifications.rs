@@ -21,7 +21,7 @@ use sea_orm::{
 use sha2::Sha256;
 
 use super::accounts::account_model;
-use super::entities::notification;
+use super::entities::{account, notification};
 use super::{Repository, from_ms, settings};
 use crate::domain::{Delivery, DeliveryState, Notification, NotificationDraft, NotificationReason};
 use sea_orm::ActiveValue::Set;
@@ -72,10 +72,13 @@ pub(crate) async fn record(
     })
     .exec_without_returning(conn)
     .await?;
-    outbox::enqueue(
+    // Queued under its own id: an operator retries its dead letter by the
+    // id ListNotifications shows.
+    outbox::enqueue_as(
         conn,
         tenant_id,
         NOTIFICATION_TOPIC,
+        notification_id.clone(),
         account_id,
         outbox_pb::NotificationQueued {
             notification_id: notification_id.clone(),
@@ -236,7 +239,16 @@ impl WebhookSink {
             self.record_failed_call(&row.notification_id, &error).await;
             return Err(error);
         }
-        let body = teams_card(&row);
+        // The account's name as it is now; its id once it is gone (erased).
+        let account_name: Option<String> = account::Entity::find_by_id(row.account_id.as_str())
+            .filter(account::Column::TenantId.eq(row.tenant_id.as_str()))
+            .select_only()
+            .column(account::Column::Name)
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(|e| DeliveryError::internal(format!("reading the account's name: {e}")))?;
+        let body = teams_card(&row, account_name.as_deref());
         let mut request = self
             .http
             .post(&url)
@@ -381,15 +393,12 @@ pub fn signature(secret: &str, body: &str) -> String {
 }
 
 /// The Standard Webhooks signature: `v1,` and the base64 HMAC-SHA256 of
-/// `{id}.{timestamp}.{body}`. A secret written as `whsec_<base64>` (the
-/// scheme's format) is used decoded; any other secret as its bytes.
+/// `{id}.{timestamp}.{body}`, keyed as `webhook::signing_key` says.
 pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
-    let key = secret
-        .strip_prefix("whsec_")
-        .and_then(|encoded| STANDARD.decode(encoded).ok())
-        .unwrap_or_else(|| secret.as_bytes().to_vec());
+    // A malformed whsec_ secret stored before it was refused: its bytes.
+    let key = crate::webhook::signing_key(secret).unwrap_or_else(|_| secret.as_bytes().to_vec());
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC accepts keys of any length");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
@@ -398,7 +407,7 @@ pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &str) ->
 
 /// A Microsoft Teams incoming-webhook message card, with Cascade's own
 /// fields alongside for other receivers.
-fn teams_card(row: &notification::Model) -> String {
+fn teams_card(row: &notification::Model, account_name: Option<&str>) -> String {
     let title = match *row.reason {
         NotificationReason::Prioritized => "Account prioritized: time to connect",
         NotificationReason::HandRaise => "A contact raised a hand",
@@ -413,7 +422,7 @@ fn teams_card(row: &notification::Model) -> String {
         "text": row.text,
         "sections": [{
             "facts": [
-                {"name": "Account", "value": row.account_id},
+                {"name": "Account", "value": account_name.unwrap_or(&row.account_id)},
                 {"name": "Owner", "value": row.owner_id},
                 {"name": "Reason", "value": row.reason.as_str()},
             ]
@@ -422,6 +431,7 @@ fn teams_card(row: &notification::Model) -> String {
             "notificationId": row.notification_id,
             "tenantId": row.tenant_id,
             "accountId": row.account_id,
+            "accountName": account_name,
             "ownerId": row.owner_id,
             "reason": row.reason.as_str(),
             "createdAtMs": row.created_at_ms,

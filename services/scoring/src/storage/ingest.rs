@@ -23,7 +23,7 @@ use sea_orm::{
 
 use super::entities::{activity, rule_usage};
 use super::fold::{self, BucketSums};
-use super::models::current_model;
+use super::models::{self, current_model};
 use super::{NewActivity, Recorded, Repository};
 use crate::domain::{self, Usage, UsageKey};
 
@@ -114,7 +114,7 @@ impl Repository {
     ) -> ServiceResult<Option<(Vec<Outcome>, bool)>> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
-        plan_for_the_table_now(&txn).await?;
+        begin_batch(&txn, t).await?;
         let model = current_model(&txn, t).await?;
         let stored = if check_stored {
             let ids: Vec<&str> = items.iter().map(|i| i.event_id.as_str()).collect();
@@ -217,6 +217,25 @@ async fn plan_for_the_table_now(txn: &impl ConnectionTrait) -> Result<(), DbErr>
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
             .await?;
+    }
+    Ok(())
+}
+
+/// Readies a batch's transaction: on PostgreSQL, plans for the tables now
+/// (`plan_for_the_table_now`) and shares the tenant's model lock
+/// (`models::MODEL_LOCK`), in one statement, before the model is read.
+async fn begin_batch(txn: &impl ConnectionTrait, t: &str) -> Result<(), DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), \
+                 pg_advisory_xact_lock_shared({})",
+                models::MODEL_LOCK
+            ),
+            [models::model_lock_key(t).into()],
+        ))
+        .await?;
     }
     Ok(())
 }

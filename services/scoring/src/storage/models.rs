@@ -8,12 +8,27 @@ use cascade_chassis::db::begin_write;
 use cascade_chassis::{ServiceError, ServiceResult, TenantId, time};
 use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, Statement,
 };
 
 use super::entities::{account_score, activity, contact_score, rule_usage, scoring_model};
 use super::{Repository, STALE_DAY};
 use crate::domain::{LIFETIME, ScoringModel, ScoringRule};
+
+/// A tenant's model lock on PostgreSQL, an advisory lock keyed by
+/// `model_lock_key`: each ingest batch shares it from its first statement to
+/// its commit, and a model change holds it alone. So a change waits for the
+/// batches being written under the model it replaces, and its first-occurrence
+/// backfill (`remember_first_occurrences`) sees them; a batch begun meanwhile
+/// waits for the change and reads the new model. On SQLite writers take
+/// turns already. Two tenants whose keys collide only wait for each other.
+pub(super) const MODEL_LOCK: &str = "hashtextextended($1, 0)";
+
+/// What `MODEL_LOCK` hashes for tenant `t`.
+pub(super) fn model_lock_key(t: &str) -> String {
+    format!("cascade.scoring.model/{t}")
+}
 
 impl Repository {
     pub async fn current_model(&self, tenant: &TenantId) -> ServiceResult<ScoringModel> {
@@ -44,6 +59,14 @@ impl Repository {
     ) -> ServiceResult<ScoringModel> {
         let t = tenant.as_str();
         let txn = begin_write(&self.db).await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!("SELECT pg_advisory_xact_lock({MODEL_LOCK})"),
+                [model_lock_key(t).into()],
+            ))
+            .await?;
+        }
         let current = current_model(&txn, t).await?;
         model.version = current.version + 1;
         let now = time::now().timestamp_millis();
@@ -97,9 +120,7 @@ impl Repository {
 /// one earned the rule's points again (a tester's finding). Usage already
 /// kept stays as it is. One statement over the tenant's activities of those
 /// types, on the model change that switches them on (rare, an operator's
-/// act). A batch ingested under the old model and committed during it is
-/// not seen (PostgreSQL): its person's next activity of the type still
-/// counts once more.
+/// act), after the batches written under the old model (`MODEL_LOCK`).
 async fn remember_first_occurrences(
     conn: &impl ConnectionTrait,
     t: &str,

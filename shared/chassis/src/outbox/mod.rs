@@ -282,13 +282,35 @@ pub async fn enqueue(
     partition_key: &str,
     payload: Vec<u8>,
 ) -> Result<String, DbErr> {
+    enqueue_as(
+        conn,
+        tenant_id,
+        topic,
+        cascade_domain::ids::new_id(),
+        partition_key,
+        payload,
+    )
+    .await
+}
+
+/// Writes a message under an id the caller chose (a fresh UUIDv7, as
+/// `cascade_domain::ids::new_id` makes), in the caller's transaction: the id
+/// of the record it delivers, so an operator finds its dead letter by the id
+/// they know.
+pub async fn enqueue_as(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    topic: &str,
+    id: String,
+    partition_key: &str,
+    payload: Vec<u8>,
+) -> Result<String, DbErr> {
     let message = Message {
         partition_key: partition_key.to_owned(),
         payload,
     };
-    let mut ids = enqueue_many(conn, tenant_id, topic, vec![message]).await?;
-    ids.pop()
-        .ok_or_else(|| DbErr::Custom("no message enqueued".into()))
+    insert_messages(conn, tenant_id, topic, vec![id.clone()], vec![message]).await?;
+    Ok(id)
 }
 
 /// Writes messages in the caller's transaction, in as few statements as the
@@ -299,13 +321,25 @@ pub async fn enqueue_many(
     topic: &str,
     messages: Vec<Message>,
 ) -> Result<Vec<String>, DbErr> {
+    let ids: Vec<String> = messages
+        .iter()
+        .map(|_| cascade_domain::ids::new_id())
+        .collect();
+    insert_messages(conn, tenant_id, topic, ids.clone(), messages).await?;
+    Ok(ids)
+}
+
+/// Writes `messages` under `ids` (one each, in order).
+async fn insert_messages(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    topic: &str,
+    ids: Vec<String>,
+    messages: Vec<Message>,
+) -> Result<(), DbErr> {
     let now = now_ms();
     let trace_context = current_trace_context();
     if conn.get_database_backend() == DbBackend::Postgres {
-        let ids: Vec<String> = messages
-            .iter()
-            .map(|_| cascade_domain::ids::new_id())
-            .collect();
         let mut keys = Vec::with_capacity(messages.len());
         let mut payloads = Vec::with_capacity(messages.len());
         for message in messages {
@@ -317,7 +351,7 @@ pub async fn enqueue_many(
             topic.into(),
             trace_context.into(),
             now.into(),
-            ids.clone().into(),
+            ids.into(),
             keys.into(),
             payloads.into(),
         ];
@@ -327,31 +361,27 @@ pub async fn enqueue_many(
             values,
         ))
         .await?;
-        return Ok(ids);
+        return Ok(());
     }
-    let mut ids = Vec::with_capacity(messages.len());
     let rows: Vec<entity::ActiveModel> = messages
         .into_iter()
-        .map(|message| {
-            let id = cascade_domain::ids::new_id();
-            ids.push(id.clone());
-            entity::ActiveModel {
-                id: Set(id),
-                tenant_id: Set(tenant_id.to_owned()),
-                topic: Set(topic.to_owned()),
-                partition_key: Set(message.partition_key),
-                payload: Set(message.payload),
-                trace_context: Set(trace_context.clone()),
-                state: Set(PENDING.to_owned()),
-                attempts: Set(0),
-                created_at_ms: Set(now),
-                next_attempt_at_ms: Set(now),
-                ..Default::default()
-            }
+        .zip(ids)
+        .map(|(message, id)| entity::ActiveModel {
+            id: Set(id),
+            tenant_id: Set(tenant_id.to_owned()),
+            topic: Set(topic.to_owned()),
+            partition_key: Set(message.partition_key),
+            payload: Set(message.payload),
+            trace_context: Set(trace_context.clone()),
+            state: Set(PENDING.to_owned()),
+            attempts: Set(0),
+            created_at_ms: Set(now),
+            next_attempt_at_ms: Set(now),
+            ..Default::default()
         })
         .collect();
     crate::db::insert_chunks(conn, rows, None).await?;
-    Ok(ids)
+    Ok(())
 }
 
 /// Rewrites, in the caller's transaction, the payloads of one partition's
