@@ -19,7 +19,9 @@ use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
 use cascade_testkit::fixtures::{account, activity, by_email, precondition_subjects};
-use cascade_testkit::{TestDatabase, eventually, eventually_within, on_each_database};
+use cascade_testkit::{
+    TestDatabase, eventually, eventually_within, on_each_database, someone_waits_for_a_lock,
+};
 use common::System;
 use sea_orm::ConnectionTrait;
 use tonic::Code;
@@ -596,27 +598,8 @@ async fn a_change_saved_during_an_erasure_is_kept(db: TestDatabase) {
     .await
     .expect("the save, uncommitted");
     let erased = erase_contact(&lifecycle, &pat.contact_id).await;
-    let watching = sea_orm::Database::connect(url.as_str())
-        .await
-        .expect("the opportunity database");
-    eventually("the erasure to wait for the save", async || {
-        let row = watching
-            .query_one_raw(sea_orm::Statement::from_string(
-                backend,
-                "SELECT COUNT(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            ))
-            .await
-            .map_err(|e| e.to_string())?
-            .expect("a count");
-        let waiting: i64 = row.try_get_by_index(0).map_err(|e| e.to_string())?;
-        if waiting > 0 {
-            Ok(())
-        } else {
-            Err("no one waits".to_owned())
-        }
-    })
-    .await;
+    // The erasure waits for the save.
+    someone_waits_for_a_lock(&url, None).await;
     save.commit().await.expect("the save committed");
     wait_until_complete(&lifecycle, &erased.erasure_id).await;
     let after = opportunity.get(&deal.opportunity_id).await;

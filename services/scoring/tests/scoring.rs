@@ -13,8 +13,8 @@ use cascade_testkit::fixtures::{
     account, activity, by_email, days_ago, violated_fields, violations,
 };
 use cascade_testkit::{
-    Lifecycle, SETTLE_THROUGH_AN_OUTAGE_MS, Scoring, Service, TestDatabase, TestSystem, eventually,
-    eventually_within, on_each_database,
+    Lifecycle, SETTLE_THROUGH_AN_OUTAGE_MS, Scoring, Service, TestDatabase, TestSystem,
+    eventually_within, on_each_database, someone_waits_for_a_lock,
 };
 use sea_orm::ConnectionTrait;
 use tonic::Code;
@@ -1788,35 +1788,6 @@ async fn a_batch_written_during_a_model_change_is_counted_by_it_on_postgres() {
         .execute_unprepared("LOCK TABLE activities IN SHARE MODE")
         .await
         .expect("the table locked");
-    let waiting_for = |event: &'static str| {
-        let url = url.clone();
-        async move {
-            let watching = sea_orm::Database::connect(url.as_str())
-                .await
-                .expect("the scoring database");
-            eventually("a writer to wait", async || {
-                let row = watching
-                    .query_one_raw(sea_orm::Statement::from_string(
-                        watching.get_database_backend(),
-                        format!(
-                            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = \
-                             current_database() AND wait_event_type = 'Lock' \
-                             AND wait_event = '{event}'"
-                        ),
-                    ))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .expect("a count");
-                let waiting: i64 = row.try_get_by_index(0).map_err(|e| e.to_string())?;
-                if waiting > 0 {
-                    Ok(())
-                } else {
-                    Err(format!("no one waits for a lock of kind {event}"))
-                }
-            })
-            .await;
-        }
-    };
     let first = tokio::spawn({
         let (scoring, id, bob) = (scoring.clone(), id.clone(), bob.clone());
         async move {
@@ -1825,7 +1796,7 @@ async fn a_batch_written_during_a_model_change_is_counted_by_it_on_postgres() {
                 .await
         }
     });
-    waiting_for("relation").await;
+    someone_waits_for_a_lock(&url, Some("relation")).await;
     let change = tokio::spawn({
         let scoring = scoring.clone();
         async move {
@@ -1841,7 +1812,7 @@ async fn a_batch_written_during_a_model_change_is_counted_by_it_on_postgres() {
         }
     });
     // The change waits for the batch (the model lock)...
-    waiting_for("advisory").await;
+    someone_waits_for_a_lock(&url, Some("advisory")).await;
     assert!(!change.is_finished());
     block.commit().await.expect("the table released");
     // ...which is written under the old model, then the change is made.

@@ -165,6 +165,38 @@ impl TestDatabase {
     }
 }
 
+/// Waits until a session of the PostgreSQL database at `url` waits for a
+/// lock (of `kind`, as `pg_stat_activity.wait_event` names it: `relation`,
+/// `advisory`, `transactionid`...; any kind when `None`). How a race test
+/// knows the call it started is held where it means to hold it.
+pub async fn someone_waits_for_a_lock(url: &str, kind: Option<&str>) {
+    let watching = Database::connect(url).await.expect("the database");
+    let kind = kind
+        .map(|k| format!(" AND wait_event = '{k}'"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'{kind}"
+    );
+    crate::eventually("someone to wait for a lock", async || {
+        let row = watching
+            .query_one_raw(Statement::from_string(
+                watching.get_database_backend(),
+                sql.as_str(),
+            ))
+            .await
+            .map_err(|e| e.to_string())?
+            .expect("a count");
+        let waiting: i64 = row.try_get_by_index(0).map_err(|e| e.to_string())?;
+        if waiting > 0 {
+            Ok(())
+        } else {
+            Err(format!("no one waits ({sql})"))
+        }
+    })
+    .await;
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         match &self.cleanup {

@@ -27,7 +27,9 @@ mod wait;
 mod webhook;
 
 pub use clients::{Lifecycle, Opportunity, Scoring};
-pub use database::{POSTGRES_URL_ENV, REQUIRE_POSTGRES_ENV, TestDatabase};
+pub use database::{
+    POSTGRES_URL_ENV, REQUIRE_POSTGRES_ENV, TestDatabase, someone_waits_for_a_lock,
+};
 pub use outbox::wait_until_delivered;
 #[cfg(feature = "services")]
 pub use outbox::wait_until_folded;
