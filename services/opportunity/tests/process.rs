@@ -1111,7 +1111,77 @@ on_each_database!(
     the_last_two_deals_lost_at_once_nurture_the_account,
     each_field_that_cannot_be_written_says_why,
     a_buying_group_counts_a_repeated_contact_once_toward_its_limit,
+    notes_keep_their_line_breaks,
 );
+
+/// Notes and reasons are prose a CRM sends with line breaks: kept, in
+/// opportunity and in what lifecycle is told (a tester saw every multi-line
+/// note refused as "control characters"). A name is still one line, and a
+/// filter of only spaces is refused, not read as no filter.
+async fn notes_keep_their_line_breaks(db: TestDatabase) {
+    let system = TestSystem::opportunity_on(&db).await;
+    let (lifecycle, opps) = (system.lifecycle(), system.opportunity());
+    let id = lifecycle.create_account("Multiline", "").await.account_id;
+    let deal = opps.create(&id, "Notes").await.opportunity_id;
+    lifecycle.wait_for_stage(&id, S::Pipeline).await;
+    let situation = "Uses spreadsheets.\r\nTwo teams:\n\t- sales\n\t- finance";
+    let updated = opps
+        .try_update(
+            &deal,
+            pb::Opportunity {
+                current_situation: situation.into(),
+                competitors: vec![pb::Competitor {
+                    name: "Rival".into(),
+                    notes: "Cheaper.\nSlower.".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            &["current_situation", "competitors"],
+        )
+        .await
+        .expect("multi-line notes");
+    assert_eq!(updated.current_situation, situation);
+    assert_eq!(updated.competitors[0].notes, "Cheaper.\nSlower.");
+    let one_line = opps
+        .try_update(
+            &deal,
+            pb::Opportunity {
+                name: "Two\nlines".into(),
+                ..Default::default()
+            },
+            &["name"],
+        )
+        .await
+        .expect_err("a name is one line");
+    assert_eq!(violated_fields(&one_line), ["opportunity.name"]);
+    let lost = opps
+        .try_lose(&deal, "Price too high.\nChose Rival.")
+        .await
+        .expect("a multi-line reason");
+    assert_eq!(lost.lost_reason, "Price too high.\nChose Rival.");
+    // Lifecycle takes the loss with its reason and nurtures the account.
+    lifecycle.wait_for_stage(&id, S::Engaged).await;
+
+    for (owner_id, account_id) in [(" ", ""), ("", " ")] {
+        let blank = opps
+            .public()
+            .list_opportunities(opps.req(pb::ListOpportunitiesRequest {
+                owner_id: owner_id.into(),
+                account_id: account_id.into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("a blank filter");
+        let field = if owner_id.is_empty() {
+            "account_id"
+        } else {
+            "owner_id"
+        };
+        assert_eq!(violated_fields(&blank), [field]);
+    }
+    system.stop().await;
+}
 
 /// Each field an update may not write says why in its own words.
 async fn each_field_that_cannot_be_written_says_why(db: TestDatabase) {

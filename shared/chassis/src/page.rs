@@ -4,16 +4,19 @@
 //! the last id returned (keyset pagination: no OFFSET scans, and stable while
 //! rows are added).
 //!
-//! A token is bound to the list that returned it and to that request's
-//! other fields (its filters), as AIP-158 asks: a token of another list, or
-//! of this list with other filters, is refused rather than read as a key of
-//! another shape (a `changed_since` listing's token on the plain listing
-//! gave an empty page and no next token, which reads as "the end").
+//! A token is bound to the list that returned it, to that request's other
+//! fields (its filters), as AIP-158 asks, and to the caller's tenant: a token
+//! of another list, of this list with other filters or of another tenant is
+//! refused rather than read as a key of another shape (a `changed_since`
+//! listing's token on the plain listing gave an empty page and no next
+//! token, which reads as "the end"; another tenant's token skipped
+//! ListOpportunities' check of the account, which runs on a first page).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use crate::context::TenantId;
 use crate::error::ServiceError;
 
 /// Default number of items per page.
@@ -21,10 +24,12 @@ pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Largest accepted page size.
 pub const MAX_PAGE_SIZE: u64 = 500;
 
-/// Tokens bound to their list (`v2:<scope>:<key>`).
-const TOKEN_PREFIX: &str = "v2:";
-/// Tokens issued before they were bound (`v1:<key>`): still read, so that a
-/// client paging through a rolling upgrade is not refused; none is issued.
+/// Tokens bound to their list and tenant (`v3:<scope>:<key>`).
+const TOKEN_PREFIX: &str = "v3:";
+/// Tokens bound to their list only (`v2:<scope>:<key>`), and tokens issued
+/// before they were bound (`v1:<key>`): still read, so that a client paging
+/// through a rolling upgrade is not refused; none is issued.
+const LIST_BOUND_PREFIX: &str = "v2:";
 const UNBOUND_PREFIX: &str = "v1:";
 
 /// A list request: the name its tokens are bound to, and itself without its
@@ -61,19 +66,31 @@ list_requests! {
     "admin.ListDeadLetters" => cascade_proto::admin::v1::ListDeadLettersRequest,
 }
 
-/// What a request's tokens are bound to: its list and its other fields, as
-/// sent (a filter written another way is another listing).
+/// What a request's tokens are bound to: the tenant, its list and its other
+/// fields, as sent (a filter written another way is another listing).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListScope(String);
+pub struct ListScope {
+    /// Of the tenant, the list and the filters.
+    bound: String,
+    /// Of the list and the filters alone, as `v2:` tokens were.
+    list: String,
+}
 
 impl ListScope {
-    pub fn of<R: ListRequest>(request: &R) -> Self {
+    pub fn of<R: ListRequest>(tenant: &TenantId, request: &R) -> Self {
         let mut hash = Sha256::new();
         hash.update(R::LIST.as_bytes());
         hash.update([0]);
         hash.update(request.without_page().encode_to_vec());
+        let list = hash.clone();
+        hash.update([0]);
+        hash.update(tenant.as_str().as_bytes());
         // 64 bits tell listings apart; the token is not a secret.
-        Self(hex::encode(&hash.finalize()[..8]))
+        let short = |hash: Sha256| hex::encode(&hash.finalize()[..8]);
+        Self {
+            bound: short(hash),
+            list: short(list),
+        }
     }
 }
 
@@ -90,11 +107,12 @@ impl PageRequest {
     /// `request`'s page: its size (`default_size` when 0) and where its
     /// token continues, if it is a token of this listing.
     pub fn of<R: ListRequest>(
+        tenant: &TenantId,
         request: &R,
         page_size: i32,
         page_token: &str,
     ) -> Result<Self, ServiceError> {
-        Self::parse(page_size, page_token, ListScope::of(request))
+        Self::parse(page_size, page_token, ListScope::of(tenant, request))
     }
 
     pub fn parse(page_size: i32, page_token: &str, scope: ListScope) -> Result<Self, ServiceError> {
@@ -138,7 +156,7 @@ impl PageRequest {
 }
 
 fn encode_token(scope: &ListScope, key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{}:{key}", scope.0))
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{}:{key}", scope.bound))
 }
 
 /// The key a token continues after, if it is a token of `scope`'s listing.
@@ -150,16 +168,23 @@ fn decode_token(token: &str, scope: &ListScope) -> Result<String, ServiceError> 
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(not_a_token)?;
-    let key = if let Some(bound) = text.strip_prefix(TOKEN_PREFIX) {
+    let bound = [
+        (TOKEN_PREFIX, scope.bound.as_str()),
+        (LIST_BOUND_PREFIX, scope.list.as_str()),
+    ]
+    .into_iter()
+    .find_map(|(prefix, expected)| Some((text.strip_prefix(prefix)?, expected)));
+    let key = if let Some((bound, expected)) = bound {
         let (of, key) = bound
             .split_once(':')
             .filter(|(_, key)| !key.is_empty())
             .ok_or_else(not_a_token)?;
-        if of != scope.0 {
+        if of != expected {
             return Err(ServiceError::invalid(
                 "page_token",
-                "was returned by another list, or by this one with other filters: repeat the \
-                 request that returned it, changing only page_token (and page_size if you like)",
+                "was returned by another list, by this one with other filters, or to another \
+                 tenant: repeat the request that returned it, changing only page_token (and \
+                 page_size if you like)",
             ));
         }
         key
@@ -186,8 +211,17 @@ mod tests {
         }
     }
 
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse(name).expect("a tenant id")
+    }
+
     fn page(request: &pb::ListAccountsRequest) -> Result<PageRequest, ServiceError> {
-        PageRequest::of(request, request.page_size, &request.page_token)
+        PageRequest::of(
+            &tenant("acme"),
+            request,
+            request.page_size,
+            &request.page_token,
+        )
     }
 
     fn refusal(result: Result<PageRequest, ServiceError>) -> String {
@@ -250,7 +284,9 @@ mod tests {
         for refused in [
             page(&accounts(1, &token)),
             page(&other_filter),
-            PageRequest::of(&contacts, 1, &contacts.page_token),
+            PageRequest::of(&tenant("acme"), &contacts, 1, &contacts.page_token),
+            // Another tenant's (a tester saw it skip a first page's checks).
+            PageRequest::of(&tenant("globex"), &again, 1, &again.page_token),
         ] {
             assert!(refusal(refused).contains("another list"));
         }
@@ -265,5 +301,13 @@ mod tests {
         );
         let empty = URL_SAFE_NO_PAD.encode("v2:0011223344556677:");
         assert!(refusal(page(&accounts(2, &empty))).contains("not a token"));
+        // A token bound to its list alone, as the release before issued.
+        let request = accounts(2, "");
+        let list = &ListScope::of(&tenant("acme"), &request).list;
+        let v2 = URL_SAFE_NO_PAD.encode(format!("v2:{list}:k1"));
+        assert_eq!(
+            page(&accounts(2, &v2)).expect("read").after.as_deref(),
+            Some("k1")
+        );
     }
 }

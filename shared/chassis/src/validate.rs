@@ -56,7 +56,46 @@ impl Validator {
         Some(value.to_owned())
     }
 
+    /// A required free-text field (a note, a reason): as `required_text`,
+    /// but line breaks and tabs are kept, as a CRM's note field sends them.
+    pub fn required_prose(&mut self, field: &str, value: &str, max: usize) -> String {
+        let value = value.trim();
+        if is_blank(value) {
+            self.add(field, "is required");
+        } else {
+            self.check_len(field, value, max, Text::Prose);
+        }
+        value.to_owned()
+    }
+
+    /// An optional free-text field: as `optional_text`, line breaks and tabs
+    /// kept.
+    pub fn optional_prose(&mut self, field: &str, value: &str, max: usize) -> Option<String> {
+        let value = value.trim();
+        if is_blank(value) {
+            return None;
+        }
+        self.check_len(field, value, max, Text::Prose);
+        Some(value.to_owned())
+    }
+
+    /// A list filter sent as only white space is refused: read as no filter,
+    /// it listed everything, and a sync client looking a blank key up took
+    /// an unrelated record.
+    pub fn filter_not_blank(&mut self, field: &str, value: &str) {
+        if !value.is_empty() && is_blank(value) {
+            self.add(
+                field,
+                "must not be blank: send it empty to list without this filter",
+            );
+        }
+    }
+
     fn max_len(&mut self, field: &str, value: &str, max: usize) {
+        self.check_len(field, value, max, Text::Line);
+    }
+
+    fn check_len(&mut self, field: &str, value: &str, max: usize, text: Text) {
         let len = value.chars().count();
         if len > max {
             self.add(
@@ -64,8 +103,20 @@ impl Validator {
                 format!("must be at most {max} characters (got {len})"),
             );
         }
-        if value.chars().any(char::is_control) {
-            self.add(field, "must not contain control characters");
+        let refused = |c: char| match text {
+            Text::Line => c.is_control(),
+            Text::Prose => c.is_control() && !matches!(c, '\n' | '\r' | '\t'),
+        };
+        if value.chars().any(refused) {
+            self.add(
+                field,
+                match text {
+                    Text::Line => "must not contain control characters",
+                    Text::Prose => {
+                        "must not contain control characters other than line breaks and tabs"
+                    }
+                },
+            );
         }
     }
 
@@ -337,6 +388,13 @@ pub fn email_domain(email: &str) -> Option<&str> {
 /// visible is kept as it came (trimmed of white space only): an id a caller
 /// sent before this rule (`request_id`, `event_id`, `external_id`) must
 /// still match itself.
+/// What a text field holds: one line (a name, an id) or prose (a note).
+#[derive(Clone, Copy)]
+enum Text {
+    Line,
+    Prose,
+}
+
 fn is_blank(value: &str) -> bool {
     value.chars().all(|c| {
         c.is_whitespace()
@@ -387,6 +445,42 @@ mod tests {
             fields,
             ["account.name", "account.owner_id", "account.domain"]
         );
+    }
+
+    #[test]
+    fn prose_keeps_line_breaks_and_tabs_a_line_does_not() {
+        let note = "Uses spreadsheets.\r\nTwo teams:\n\t- sales";
+        let mut v = Validator::new();
+        assert_eq!(v.optional_prose("needs", note, 100).as_deref(), Some(note));
+        assert_eq!(
+            v.required_prose("reason", " Price.\nRival. ", 100),
+            "Price.\nRival."
+        );
+        assert!(v.is_valid());
+        let mut v = Validator::new();
+        v.optional_prose("needs", "a bell \u{7}", 100);
+        v.optional_text("name", "two\nlines", 100);
+        let Err(ServiceError::InvalidArgument(violations)) = v.finish() else {
+            panic!("both refused")
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["needs", "name"]);
+    }
+
+    #[test]
+    fn a_blank_filter_is_refused_an_empty_one_is_no_filter() {
+        let mut v = Validator::new();
+        v.filter_not_blank("owner_id", "");
+        v.filter_not_blank("owner_id", "jane");
+        assert!(v.is_valid());
+        for blank in [" ", "\t", "\u{200B}"] {
+            let mut v = Validator::new();
+            v.filter_not_blank("owner_id", blank);
+            let Err(ServiceError::InvalidArgument(violations)) = v.finish() else {
+                panic!("{blank:?} refused")
+            };
+            assert_eq!(violations[0].field, "owner_id");
+        }
     }
 
     #[test]

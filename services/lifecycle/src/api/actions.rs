@@ -16,9 +16,9 @@ const MAX_REASON: usize = 1000;
 
 fn reason(v: &mut Validator, value: &str, required: bool) -> Option<String> {
     if required {
-        Some(v.required_text("reason", value, MAX_REASON))
+        Some(v.required_prose("reason", value, MAX_REASON))
     } else {
-        v.optional_text("reason", value, MAX_REASON)
+        v.optional_prose("reason", value, MAX_REASON)
     }
 }
 

@@ -274,7 +274,7 @@ pub(super) async fn apply_opportunity_event(
         v.add("opportunity_version", "must not be negative");
     }
     let occurred = v.optional_time("occur_time", request.occur_time.as_ref());
-    let reason = v.optional_text("lost_reason", &request.lost_reason, MAX_LOST_REASON);
+    let reason = v.optional_prose("lost_reason", &request.lost_reason, MAX_LOST_REASON);
     if reason.is_some() && kind.is_some_and(|k| k != OpportunityEventKind::Lost) {
         v.add("lost_reason", "is given only with type LOST");
     }

@@ -21,7 +21,7 @@ pub(super) async fn deactivate_contact(
     let request = request.into_inner();
     let mut v = Validator::new();
     let contact_id = v.required_id("contact_id", &request.contact_id);
-    let reason = v.optional_text("reason", &request.reason, MAX_REASON);
+    let reason = v.optional_prose("reason", &request.reason, MAX_REASON);
     v.finish()?;
     let contact = api
         .repository

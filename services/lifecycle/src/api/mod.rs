@@ -249,8 +249,20 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
+        let page = PageRequest::of(
+            &context.tenant,
+            &request,
+            request.page_size,
+            &request.page_token,
+        )?;
         let mut v = Validator::new();
+        for (field, value) in [
+            ("owner_id", &request.owner_id),
+            ("domain", &request.domain),
+            ("external_id", &request.external_id),
+        ] {
+            v.filter_not_blank(field, value);
+        }
         let filter = AccountFilter {
             stage: optional_enum(&mut v, "stage", request.stage, AccountStage::from_proto),
             customer_type: optional_enum(
@@ -367,8 +379,20 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::ListContactsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
+        let page = PageRequest::of(
+            &context.tenant,
+            &request,
+            request.page_size,
+            &request.page_token,
+        )?;
         let mut v = Validator::new();
+        for (field, value) in [
+            ("account_id", &request.account_id),
+            ("email", &request.email),
+            ("external_id", &request.external_id),
+        ] {
+            v.filter_not_blank(field, value);
+        }
         let account_id = (!request.account_id.trim().is_empty())
             .then(|| v.required_id("account_id", &request.account_id));
         let filter = ContactFilter {

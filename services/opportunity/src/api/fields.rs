@@ -112,10 +112,10 @@ pub(super) fn apply_field(
             None => v.add(f("kind"), "must be NEW_BUSINESS, RENEWAL or UPGRADE"),
         },
         "current_situation" => {
-            o.current_situation = v.optional_text(&f("current_situation"), &input.current_situation, MAX_TEXT).unwrap_or_default();
+            o.current_situation = v.optional_prose(&f("current_situation"), &input.current_situation, MAX_TEXT).unwrap_or_default();
         }
-        "needs" => o.needs = v.optional_text(&f("needs"), &input.needs, MAX_TEXT).unwrap_or_default(),
-        "new_reality" => o.new_reality = v.optional_text(&f("new_reality"), &input.new_reality, MAX_TEXT).unwrap_or_default(),
+        "needs" => o.needs = v.optional_prose(&f("needs"), &input.needs, MAX_TEXT).unwrap_or_default(),
+        "new_reality" => o.new_reality = v.optional_prose(&f("new_reality"), &input.new_reality, MAX_TEXT).unwrap_or_default(),
         "buying_group_contact_ids" => {
             let mut ids: Vec<String> = input
                 .buying_group_contact_ids
@@ -166,7 +166,7 @@ pub(super) fn apply_field(
                 .enumerate()
                 .map(|(i, c)| Competitor {
                     name: v.required_text(&format!("opportunity.competitors[{i}].name"), &c.name, MAX_NAME),
-                    notes: v.optional_text(&format!("opportunity.competitors[{i}].notes"), &c.notes, 2000).unwrap_or_default(),
+                    notes: v.optional_prose(&format!("opportunity.competitors[{i}].notes"), &c.notes, 2000).unwrap_or_default(),
                 })
                 .collect();
         }

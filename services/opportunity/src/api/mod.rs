@@ -325,10 +325,17 @@ impl OpportunityService for OpportunityApi {
     ) -> Result<Response<pb::ListOpportunitiesResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(&request, request.page_size, &request.page_token)?;
+        let page = PageRequest::of(
+            &context.tenant,
+            &request,
+            request.page_size,
+            &request.page_token,
+        )?;
         let mut v = Validator::new();
         let account_id = (!request.account_id.trim().is_empty())
             .then(|| id_of(&mut v, "account_id", &request.account_id));
+        v.filter_not_blank("account_id", &request.account_id);
+        v.filter_not_blank("owner_id", &request.owner_id);
         let owner_id = v.optional_text("owner_id", &request.owner_id, MAX_NAME);
         let step = match request.step {
             0 => None,
@@ -499,7 +506,7 @@ impl OpportunityService for OpportunityApi {
         let request = request.into_inner();
         let mut v = Validator::new();
         let id = id_of(&mut v, "opportunity_id", &request.opportunity_id);
-        let reason = v.required_text("reason", &request.reason, 1000);
+        let reason = v.required_prose("reason", &request.reason, 1000);
         v.finish()?;
         let updated = self.act(&context, &id, Action::Lose { reason }).await?;
         Ok(Response::new(pb::CloseOpportunityLostResponse {
