@@ -1957,18 +1957,43 @@ async fn a_repeated_event_id_creates_no_one(db: TestDatabase) {
         .await
         .expect_err("an event id reused for another activity");
     assert_eq!(reused.code(), Code::InvalidArgument);
+    // In one batch, repeats of an id new to scoring (a tester saw each
+    // create its person): answered as the first, creating no one.
     let batch = scoring
         .record(vec![
             by_email("evt-1", "email_open", "dan@initech-dup.example"),
             by_email("evt-2", "email_open", "eve@initech-dup.example"),
+            by_email("evt-2", "email_open", "fay@initech-dup.example"),
+            by_email("evt-2", "demo_request", "gus@initech-dup.example"),
+            by_email("evt-3", "email_open", "nobody@elsewhere.example"),
+            by_email("evt-3", "email_open", "hal@initech-dup.example"),
         ])
         .await;
     assert_eq!(
         batch.results.iter().map(|r| r.status).collect::<Vec<_>>(),
         [
             pb::ActivityStatus::Rejected as i32,
-            pb::ActivityStatus::Recorded as i32
+            pb::ActivityStatus::Recorded as i32,
+            pb::ActivityStatus::Duplicate as i32,
+            pb::ActivityStatus::Rejected as i32,
+            pb::ActivityStatus::NotFound as i32,
+            pb::ActivityStatus::Rejected as i32,
         ]
+    );
+    assert_eq!(batch.results[2].contact_id, batch.results[1].contact_id);
+    let violations_of = |result: &pb::ActivityResult| -> Vec<(String, String)> {
+        result
+            .violations
+            .iter()
+            .map(|v| (v.field.clone(), v.description.clone()))
+            .collect()
+    };
+    assert_eq!(
+        violations_of(&batch.results[5]),
+        [(
+            "activities[5].event_id".to_owned(),
+            "repeats the event id of activities[4].event_id, which was refused".to_owned()
+        )]
     );
     let people: Vec<String> = lifecycle
         .public()

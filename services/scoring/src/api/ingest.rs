@@ -162,11 +162,26 @@ impl ScoringApi {
                 .people_of_events(&context.tenant, &creating)
                 .await?
         };
+        // Likewise a repeat of an earlier item of this batch: it is
+        // answered as that item is (its person is not checked, so a new
+        // email in it creates no one).
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let repeat_of: Vec<Option<usize>> = pending
+            .iter()
+            .enumerate()
+            .map(|(n, (_, item))| {
+                let first = *first_of.entry(item.event_id.as_str()).or_insert(n);
+                (first != n).then_some(first)
+            })
+            .collect();
         let people: Vec<Person> = pending
             .iter()
             .zip(people)
-            .filter(|((_, item), _)| !recorded_before.contains_key(&item.event_id))
-            .map(|(_, who)| who)
+            .zip(&repeat_of)
+            .filter(|(((_, item), _), repeat)| {
+                repeat.is_none() && !recorded_before.contains_key(&item.event_id)
+            })
+            .map(|((_, who), _)| who)
             .collect();
         let mut resolutions = if people.is_empty() {
             Vec::new()
@@ -174,19 +189,31 @@ impl ScoringApi {
             self.directory.check(context, people).await?
         }
         .into_iter();
-        let resolutions = pending
-            .iter()
-            .map(|(_, item)| match recorded_before.get(&item.event_id) {
-                Some((account_id, contact_id)) => Ok(Checked::Found {
+        let mut checked: Vec<Checked> = Vec::with_capacity(pending.len());
+        for ((_, item), repeat) in pending.iter().zip(&repeat_of) {
+            let resolution = match (recorded_before.get(&item.event_id), repeat) {
+                (Some((account_id, contact_id)), _) => Checked::Found {
                     account_id: account_id.clone(),
                     contact_id: contact_id.clone(),
-                }),
+                },
+                (None, Some(first)) => match &checked[*first] {
+                    found @ Checked::Found { .. } => found.clone(),
+                    _ => Checked::Mismatch {
+                        field: "event_id",
+                        description: format!(
+                            "repeats the event id of {}event_id, which was refused",
+                            prefix(pending[*first].0)
+                        ),
+                    },
+                },
                 // The directory answers every person it is given.
-                None => resolutions.next().ok_or_else(|| {
+                (None, None) => resolutions.next().ok_or_else(|| {
                     ServiceError::internal(anyhow::anyhow!("a person left unchecked"))
-                }),
-            })
-            .collect::<ServiceResult<Vec<Checked>>>()?;
+                })?,
+            };
+            checked.push(resolution);
+        }
+        let resolutions = checked;
         // Positions and activities apart: the activities move into storage
         // without a copy.
         let mut positions: Vec<usize> = Vec::with_capacity(pending.len());
