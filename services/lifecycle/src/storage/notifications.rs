@@ -405,6 +405,29 @@ pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &str) ->
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// `text` as a message card shows it literally: Teams renders a card's text
+/// and facts as markdown with some HTML, and an account's name is anyone's
+/// input (a name written as a link put a phishing link in the owner's
+/// channel). Markdown's punctuation is escaped with a backslash, HTML's
+/// with entities. The `cascade` object keeps the raw values.
+fn card_text(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => shown.push_str("&amp;"),
+            '<' => shown.push_str("&lt;"),
+            '>' => shown.push_str("&gt;"),
+            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '+' | '-' | '.'
+            | '!' | '|' | '~' => {
+                shown.push('\\');
+                shown.push(c);
+            }
+            c => shown.push(c),
+        }
+    }
+    shown
+}
+
 /// A Microsoft Teams incoming-webhook message card, with Cascade's own
 /// fields alongside for other receivers.
 fn teams_card(row: &notification::Model, account_name: Option<&str>) -> String {
@@ -419,11 +442,11 @@ fn teams_card(row: &notification::Model, account_name: Option<&str>) -> String {
         "summary": title,
         "themeColor": "0076D7",
         "title": title,
-        "text": row.text,
+        "text": card_text(&row.text),
         "sections": [{
             "facts": [
-                {"name": "Account", "value": account_name.unwrap_or(&row.account_id)},
-                {"name": "Owner", "value": row.owner_id},
+                {"name": "Account", "value": card_text(account_name.unwrap_or(&row.account_id))},
+                {"name": "Owner", "value": card_text(&row.owner_id)},
                 {"name": "Reason", "value": row.reason.as_str()},
             ]
         }],
@@ -457,6 +480,16 @@ fn queued_notification(payload: &[u8]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_card_shows_names_literally() {
+        assert_eq!(
+            card_text("[Re-authenticate](https://evil.example/login)"),
+            "\\[Re\\-authenticate\\]\\(https://evil\\.example/login\\)"
+        );
+        assert_eq!(card_text("<b>A & B</b>"), "&lt;b&gt;A &amp; B&lt;/b&gt;");
+        assert_eq!(card_text("Acme reached 60"), "Acme reached 60");
+    }
 
     #[test]
     fn standard_signature_matches_the_reference_vector() {
