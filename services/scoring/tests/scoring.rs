@@ -1447,9 +1447,15 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
     )
     .await;
     assert_eq!(streamed.code(), Code::Unavailable, "{streamed:?}");
-    // A malformed request is told what is wrong, bound or not.
+    // A malformed request is told all that is wrong (a tester was told
+    // only of the model), bound or not.
+    let mut twice = replay.model.clone().expect("a model");
+    twice.rules.push(twice.rules[0].clone());
+    let repeated = format!("model.rules[{}].activity_type", twice.rules.len() - 1);
     let mut malformed = system.scoring().req(pb::SimulateScoringModelRequest {
+        model: Some(twice),
         thresholds: None,
+        sample_size: 5000,
         ..replay.clone()
     });
     malformed.set_timeout(Duration::from_secs(2));
@@ -1460,7 +1466,11 @@ async fn simulations_in_flight_are_bounded(db: TestDatabase) {
         .await
         .expect_err("no thresholds");
     assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
-    assert_eq!(violated_fields(&malformed), ["thresholds"], "{malformed:?}");
+    assert_eq!(
+        violated_fields(&malformed),
+        [repeated.as_str(), "thresholds", "sample_size"],
+        "{malformed:?}"
+    );
     probing.store(false, Ordering::SeqCst);
     waiting
         .await

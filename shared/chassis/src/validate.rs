@@ -31,6 +31,20 @@ impl Validator {
             .push(FieldViolation::new(field, description));
     }
 
+    /// The value of a check made elsewhere, its violations joined to these
+    /// so a refusal names every field at fault at once: `None` when it was
+    /// refused as bad input. Any other error is returned as it is.
+    pub fn join<T>(&mut self, checked: Result<T, ServiceError>) -> Result<Option<T>, ServiceError> {
+        match checked {
+            Ok(value) => Ok(Some(value)),
+            Err(ServiceError::InvalidArgument(violations)) => {
+                self.violations.extend(violations);
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     pub fn is_valid(&self) -> bool {
         self.violations.is_empty()
     }

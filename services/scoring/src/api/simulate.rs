@@ -60,8 +60,8 @@ impl Plan {
         context: &RequestContext,
         request: pb::SimulateScoringModelRequest,
     ) -> Result<Self, ServiceError> {
-        let proposed = model_from_proto(request.model)?;
         let mut v = Validator::new();
+        let proposed = v.join(model_from_proto(request.model))?;
         let thresholds = match request.thresholds {
             Some(t) => {
                 v.engaged_threshold("thresholds.engaged_threshold", t.engaged_threshold);
@@ -95,6 +95,9 @@ impl Plan {
             v.add("sample_size", "must be between 0 and 1000");
         }
         v.finish()?;
+        let proposed = proposed.ok_or_else(|| {
+            ServiceError::internal(anyhow::anyhow!("a refused model passed validation"))
+        })?;
         let place = api.simulations.admit(1)?;
         let window = (
             start.map_or(i64::MIN, |t| t.timestamp_millis()),
