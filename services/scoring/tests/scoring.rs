@@ -1726,7 +1726,37 @@ on_each_database!(
     every_hand_raised_in_one_batch_is_told,
     a_first_occurrence_rule_counts_what_came_before_it,
     a_window_replays_the_model_in_force_unchanged,
+    a_model_change_reaches_lifecycle_without_new_activity,
 );
+
+/// Lifecycle is told the scores a model change gives, without waiting for
+/// an activity or the decay refresh (hourly): a tester saw it keep the old
+/// score, which a Nurture then took as its baseline.
+async fn a_model_change_reaches_lifecycle_without_new_activity(db: TestDatabase) {
+    let system = TestSystem::scoring_on(&db).await;
+    let (lifecycle, scoring) = (system.lifecycle(), system.scoring());
+    let id = lifecycle.create_account("Decaying", OWNER).await.account_id;
+    let ann = lifecycle
+        .create_contact(&id, "ann@decaying.example")
+        .await
+        .contact_id;
+    let mut old = activity("old", "webinar_attended", &id, &ann);
+    old.occur_time = Some(days_ago(60));
+    scoring
+        .record(vec![activity("now", "demo_request", &id, &ann), old])
+        .await;
+    lifecycle
+        .wait_for_account(&id, "125 points", |a| a.engagement_score == 125.0)
+        .await;
+    scoring
+        .change_model(|model| model.decay_half_life_days = 30.0)
+        .await;
+    // The webinar, two half-lives old, now counts a quarter of its 25.
+    lifecycle
+        .wait_for_account(&id, "the decayed score", |a| a.engagement_score == 106.25)
+        .await;
+    system.stop().await;
+}
 
 /// Simulating the model in force over a window shows no change, even when
 /// a first occurrence fell before the window: the replay reads what the

@@ -12,9 +12,10 @@ use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::directory::Directory;
-use crate::storage::Repository;
+use crate::storage::{Repository, today};
 
 /// Largest batch (RecordActivities) or stream chunk (StreamActivities).
 pub const MAX_BATCH: usize = cascade_domain::LARGEST_BATCH;
@@ -330,6 +331,21 @@ impl ScoringService for ScoringApi {
             .repository
             .update_model(&context.tenant, &context.actor, model)
             .await?;
+        // The change marked the stored scores stale: recompute them now and
+        // deliver those that moved, so lifecycle does not keep the old ones
+        // until the next activity or decay refresh (a tester saw a Nurture
+        // take its baseline from one). Not waited for: a tenant's every
+        // account; a replica stopping meanwhile leaves them to those.
+        let repository = self.repository.clone();
+        let tenant = context.tenant.clone();
+        tokio::spawn(
+            async move {
+                if let Err(error) = repository.refresh_stale_scores(tenant.as_str(), today()).await {
+                    tracing::warn!(%error, "rescoring after a model change left to the next batch or refresh");
+                }
+            }
+            .in_current_span(),
+        );
         Ok(Response::new(pb::UpdateScoringModelResponse {
             model: Some(model_to_proto(stored)),
         }))

@@ -63,11 +63,7 @@ impl Repository {
     /// in its own transaction: memory and lock times stay bounded whatever
     /// the number of accounts. Safe on several replicas at once: each page
     /// locks its accounts and skips those another refreshed meanwhile.
-    pub(super) async fn refresh_stale_scores(
-        &self,
-        t: &str,
-        today: i64,
-    ) -> ServiceResult<Refreshed> {
+    pub async fn refresh_stale_scores(&self, t: &str, today: i64) -> ServiceResult<Refreshed> {
         let mut done = Refreshed::default();
         let mut after = String::new();
         loop {
