@@ -1352,7 +1352,49 @@ on_each_database!(
     watch_streams_and_resumes,
     batched_scores_answer_per_item,
     an_older_event_of_a_deal_changes_nothing,
+    a_nurtured_accounts_baseline_decays_with_its_score,
 );
+
+/// Under decay the points a Nurture's baseline was taken from keep
+/// decaying, and so does the baseline: 30 days after a Nurture at 150 (a
+/// half-life of 30), a score of 175 is 75 old points and 100 earned since,
+/// PRIORITIZED again. A tester saw such an account stay ENGAGED with 25
+/// "earned since".
+async fn a_nurtured_accounts_baseline_decays_with_its_score(db: TestDatabase) {
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle
+        .create_account("Decaying", "owner")
+        .await
+        .account_id;
+    let delivered =
+        |event: &str, sequence: i64, score: f64, days_ago: i64| pb::ApplyEngagementScoreRequest {
+            compute_time: Some(cascade_testkit::fixtures::days_ago(days_ago)),
+            decay_half_life_days: 30.0,
+            ..score_delivery(event, &id, sequence, score)
+        };
+    lifecycle
+        .try_apply_score(delivered("s1", 1, 150.0, 30))
+        .await
+        .expect("scored");
+    assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
+    lifecycle
+        .public()
+        .nurture_account(lifecycle.req(pb::NurtureAccountRequest {
+            account_id: id.clone(),
+            reason: "next quarter".into(),
+        }))
+        .await
+        .expect("nurtured");
+    lifecycle
+        .try_apply_score(delivered("s2", 2, 175.0, 0))
+        .await
+        .expect("scored");
+    let account = lifecycle.account(&id).await;
+    assert_eq!(account.stage, S::Prioritized as i32);
+    assert_eq!(account.engagement_since_recycle, 100.0);
+    system.stop().await;
+}
 
 /// Each event names the deal's whole buying group, and the deal's version:
 /// one about an older version than one applied (a dead letter sent again

@@ -74,7 +74,11 @@ fn merge(run: &[Entry]) -> Option<Merged> {
     Some(merged)
 }
 
-fn request(merged: Merged, totals: &Totals) -> lifecycle::ApplyEngagementScoreRequest {
+fn request(
+    merged: Merged,
+    totals: &Totals,
+    decay_half_life_days: f64,
+) -> lifecycle::ApplyEngagementScoreRequest {
     lifecycle::ApplyEngagementScoreRequest {
         event_id: merged.event_id,
         sequence: merged.sequence,
@@ -94,6 +98,7 @@ fn request(merged: Merged, totals: &Totals) -> lifecycle::ApplyEngagementScoreRe
             cascade_chassis::time::now(),
         )),
         account_id: merged.account_id,
+        decay_half_life_days,
     }
 }
 
@@ -200,12 +205,17 @@ impl LifecycleScoreSink {
             .delivery_totals(tenant_id, &wanted)
             .await
             .map_err(|e| DeliveryError::internal(format!("computing totals: {e}")))?;
+        let half_life = self
+            .repository
+            .decay_half_life(tenant_id)
+            .await
+            .map_err(|e| DeliveryError::internal(format!("reading the model: {e}")))?;
         Ok(merged
             .into_iter()
             .map(|m| {
                 let m = m?;
                 let totals = totals.get(&m.account_id).cloned().unwrap_or_default();
-                Some(request(m, &totals))
+                Some(request(m, &totals, half_life))
             })
             .collect())
     }

@@ -3,6 +3,7 @@
 //! reaches, ids. Plain types and pure functions with no I/O; conversions to the protobuf enums and to the
 //! text stored in the database live here so every service agrees on them.
 
+pub mod decay;
 pub mod ids;
 
 use cascade_proto::common::v1 as pb;

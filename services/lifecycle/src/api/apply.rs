@@ -47,7 +47,16 @@ fn score_delivery(
     if request.sequence <= 0 {
         v.add(field("sequence"), "must be greater than 0");
     }
-    v.optional_time(&field("compute_time"), request.compute_time.as_ref());
+    let computed = v
+        .optional_time(&field("compute_time"), request.compute_time.as_ref())
+        .unwrap_or_else(cascade_chassis::time::now);
+    let half_life = v.finite(&field("decay_half_life_days"), request.decay_half_life_days);
+    if half_life < 0.0 {
+        v.add(
+            field("decay_half_life_days"),
+            "must be 0 (no decay) or more",
+        );
+    }
     let engagement_score = v.finite(&field("engagement_score"), request.engagement_score);
     let average = v.finite(
         &field("average_engagement_score"),
@@ -100,6 +109,8 @@ fn score_delivery(
                 average_engagement_score: average,
                 intent_score,
                 contacts,
+                day: cascade_domain::decay::day_of(computed.timestamp_millis()),
+                decay_half_life_days: half_life,
             },
         )),
         Err(ServiceError::InvalidArgument(violations)) => Err(violations),

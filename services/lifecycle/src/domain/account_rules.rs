@@ -61,6 +61,25 @@ pub fn earned_since_recycle(engagement_score: f64, score_baseline: f64) -> f64 {
     engagement_score - score_baseline
 }
 
+/// A recycle's baseline, kept as of `baseline_day`, as of `day`: the points
+/// it was taken from decay (`half_life_days`, 0 none), so it decays alike.
+/// Kept fixed, a recycled account under decay needed its threshold plus
+/// whatever its old points had lost since (a tester's finding). A baseline
+/// of unknown day (kept before days were) is taken as it is.
+pub fn baseline_at(
+    score_baseline: f64,
+    baseline_day: Option<i64>,
+    day: i64,
+    half_life_days: f64,
+) -> f64 {
+    match baseline_day {
+        Some(from) => {
+            score_baseline * cascade_domain::decay::decay_factor(half_life_days, from, day)
+        }
+        None => score_baseline,
+    }
+}
+
 /// Something that may move an account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccountEvent {

@@ -31,6 +31,10 @@ pub struct ScoreDelivery {
     pub average_engagement_score: f64,
     pub intent_score: f64,
     pub contacts: Vec<ContactEngagement>,
+    /// The UTC day the scores are at.
+    pub day: i64,
+    /// The half-life of the model they were computed under (0: no decay).
+    pub decay_half_life_days: f64,
 }
 
 /// What the decision needs to know about the account.
@@ -42,6 +46,9 @@ pub struct AccountSnapshot {
     pub state: AccountState,
     /// The sequence of the last delivery applied.
     pub score_sequence: i64,
+    /// The day the stored score (and so the baseline) is at; `None` before
+    /// days were kept.
+    pub score_day: Option<i64>,
     /// Whether this delivery's event id was applied before.
     pub applied_before: bool,
 }
@@ -75,8 +82,12 @@ pub struct ScoreChanges {
     /// Stage and customer type after the steps.
     pub stage: AccountStage,
     pub customer_type: CustomerType,
-    /// The account's score baseline becomes the delivered engagement score.
-    pub reset_baseline: bool,
+    /// The account's score baseline from now on: the delivered engagement
+    /// score when the delivery sends it back, else the baseline decayed to
+    /// the delivery's day.
+    pub score_baseline: f64,
+    /// The day the stored score and baseline are at from now on.
+    pub score_day: i64,
     pub contacts: Vec<ContactUpdate>,
     /// Contacts named in the delivery that are not the account's (another
     /// account's, or unknown): left alone.
@@ -133,15 +144,31 @@ pub fn decide(
             delivery.sequence, account.score_sequence
         )));
     }
+    // The baseline decays as the score it was taken from does. A delivery
+    // of an earlier day than the stored score's (another replica's clock)
+    // decays it no further back.
+    let score_day = account
+        .score_day
+        .map_or(delivery.day, |d| d.max(delivery.day));
+    let baseline = account_rules::baseline_at(
+        account.state.score_baseline,
+        account.score_day,
+        score_day,
+        delivery.decay_half_life_days,
+    );
+    let state = AccountState {
+        score_baseline: baseline,
+        ..account.state
+    };
     let outcome = account_rules::apply(
-        &account.state,
+        &state,
         &AccountEvent::Engagement {
             engagement_score: delivery.engagement_score,
             intent_score: delivery.intent_score,
         },
         settings,
     )?;
-    let (stage, customer_type) = outcome.final_state(&account.state);
+    let (stage, customer_type) = outcome.final_state(&state);
 
     let mut updates = Vec::with_capacity(delivery.contacts.len());
     let mut ignored = Vec::new();
@@ -191,7 +218,7 @@ pub fn decide(
             text: prioritized_text(
                 &account.name,
                 delivery.engagement_score,
-                account.state.score_baseline,
+                baseline,
                 settings.prioritized_threshold,
             ),
             raiser_contact_id: None,
@@ -232,7 +259,12 @@ pub fn decide(
         steps: outcome.steps,
         stage,
         customer_type,
-        reset_baseline: outcome.reset_baseline,
+        score_baseline: if outcome.reset_baseline {
+            delivery.engagement_score
+        } else {
+            baseline
+        },
+        score_day,
         contacts: updates,
         ignored_contacts: ignored,
         notifications,
@@ -294,9 +326,13 @@ mod tests {
                 at_risk: None,
             },
             score_sequence: 3,
+            score_day: Some(DAY),
             applied_before: false,
         }
     }
+
+    /// The day the test's stored scores are at.
+    const DAY: i64 = 20_000;
 
     fn contact(id: &str, account_id: &str, stage: ContactStage) -> (String, ContactSnapshot) {
         (
@@ -326,6 +362,8 @@ mod tests {
                     new_activity_types: types.iter().map(|t| (*t).to_owned()).collect(),
                 })
                 .collect(),
+            day: DAY,
+            decay_half_life_days: 0.0,
         }
     }
 
@@ -334,6 +372,44 @@ mod tests {
             ScoreDecision::Apply(changes) => changes,
             other => panic!("expected changes, got {other:?}"),
         }
+    }
+
+    /// A Nurtured account's baseline (150, kept on DAY) decays as its old
+    /// points do: 30 days on, at a half-life of 30, they count 75, and a
+    /// score of 175 is 100 earned since, PRIORITIZED at 50 (a tester saw
+    /// such an account stay ENGAGED, 25 "earned").
+    #[test]
+    fn a_recycled_baseline_decays_with_the_score() {
+        let mut a = account(AccountStage::Engaged);
+        a.state.score_baseline = 150.0;
+        a.state.engagement_score = 150.0;
+        let later = ScoreDelivery {
+            day: DAY + 30,
+            decay_half_life_days: 30.0,
+            ..delivery(175.0, &[])
+        };
+        let c = changes(decide(&a, &HashMap::new(), &later, &settings()));
+        assert_eq!(c.stage, AccountStage::Prioritized);
+        assert_eq!((c.score_baseline, c.score_day), (75.0, DAY + 30));
+        // Without decay, or of unknown day, the baseline stays.
+        let flat = ScoreDelivery {
+            decay_half_life_days: 0.0,
+            ..later.clone()
+        };
+        let c = changes(decide(&a, &HashMap::new(), &flat, &settings()));
+        assert_eq!((c.stage, c.score_baseline), (AccountStage::Engaged, 150.0));
+        a.score_day = None;
+        let c = changes(decide(&a, &HashMap::new(), &later, &settings()));
+        assert_eq!(c.score_baseline, 150.0);
+        // A delivery of an earlier day (another replica's clock) decays
+        // nothing and keeps the later day.
+        a.score_day = Some(DAY + 30);
+        let earlier = ScoreDelivery {
+            day: DAY + 29,
+            ..later.clone()
+        };
+        let c = changes(decide(&a, &HashMap::new(), &earlier, &settings()));
+        assert_eq!((c.score_baseline, c.score_day), (150.0, DAY + 30));
     }
 
     #[test]

@@ -325,6 +325,7 @@ pub(super) fn new_account_model(
         version: Set(1),
         score_sequence: Set(0),
         score_baseline: Set(0.0),
+        score_day: Set(None),
         disqualify_count: Set(0),
         nurture_count: Set(0),
         last_recycle_transition_id: Set(None),

@@ -28,6 +28,9 @@ pub mod account {
         pub version: i64,
         pub score_sequence: i64,
         pub score_baseline: f64,
+        /// The UTC day the engagement score and the baseline are at (the
+        /// last applied delivery's); `None` before days were kept.
+        pub score_day: Option<i64>,
         pub disqualify_count: i32,
         pub nurture_count: i32,
         pub last_recycle_transition_id: Option<String>,

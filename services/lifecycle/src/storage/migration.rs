@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(ContactChangeKinds),
             Box::new(NotificationRaisers),
             Box::new(OpportunityVersions),
+            Box::new(ScoreDays),
         ]
     }
 }
@@ -191,6 +192,35 @@ impl MigrationTrait for OpportunityVersions {
     }
 }
 
+/// The day an account's score and recycle baseline are at
+/// (`account_rules::baseline_at`): the baseline decays with the score.
+/// Accounts scored before have none until their next delivery.
+struct ScoreDays;
+
+impl MigrationName for ScoreDays {
+    fn name(&self) -> &str {
+        "m20261207_300001_score_days"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ScoreDays {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        super::migration_stage_engine::add_column(
+            manager,
+            Accounts::Table,
+            ColumnDef::new(Accounts::ScoreDay).big_integer().null(),
+        )
+        .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the score days migration is not reversible".into(),
+        ))
+    }
+}
+
 /// Accounts erased before erasure blanked the reasons in their history
 /// (December 2026) lose them now: the free text can name the account's
 /// people, and nobody reads it once the account is gone. Only transitions up
@@ -310,6 +340,7 @@ enum Accounts {
     IntentScore,
     CreateRequestId,
     CreateRequestDigest,
+    ScoreDay,
     CreatedAt,
     UpdatedAt,
     Version,

@@ -101,6 +101,7 @@ impl Repository {
                 owner_id: model.owner_id.clone(),
                 state: account_state(model, open.get(account_id.as_str()).copied().unwrap_or(0))?,
                 score_sequence: model.score_sequence,
+                score_day: model.score_day,
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
             let decision = match scores::decide(&snapshot, &contacts, delivery, &settings) {
@@ -182,9 +183,8 @@ impl Repository {
             model.average_engagement_score = delivery.average_engagement_score;
             model.intent_score = delivery.intent_score;
             model.score_sequence = delivery.sequence;
-            if changes.reset_baseline {
-                model.score_baseline = delivery.engagement_score;
-            }
+            model.score_baseline = changes.score_baseline;
+            model.score_day = Some(changes.score_day);
             model.version += 1;
             model.updated_at = now;
             writes.accounts.push(account_id.clone());
@@ -342,6 +342,7 @@ impl Writes {
                         m.intent_score.into(),
                         m.score_sequence.into(),
                         m.score_baseline.into(),
+                        m.score_day.into(),
                         m.updated_at.into(),
                     ]
                 })
@@ -361,6 +362,7 @@ impl Writes {
                     "intent_score",
                     "score_sequence",
                     "score_baseline",
+                    "score_day",
                     "updated_at",
                 ],
                 Some("version = accounts.version + 1"),
@@ -622,6 +624,8 @@ mod tests {
             average_engagement_score: 150.0,
             intent_score: 0.0,
             contacts: Vec::<ContactEngagement>::new(),
+            day: 20_000,
+            decay_half_life_days: 0.0,
         };
         let results = repository
             .apply_scores(

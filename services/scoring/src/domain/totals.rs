@@ -5,21 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::ScoringModel;
 
-/// The UTC day number (days since 1970-01-01) of a time in milliseconds.
-pub fn day_of(ms: i64) -> i64 {
-    ms.div_euclid(86_400_000)
-}
-
-/// The share of an activity's points left after decay: halves every
-/// `half_life_days`, counted in whole UTC days (activities of the same day
-/// decay together, so a score changes only at midnight).
-pub fn decay_factor(half_life_days: f64, activity_day: i64, today: i64) -> f64 {
-    if half_life_days <= 0.0 {
-        return 1.0;
-    }
-    let age = (today - activity_day).max(0) as f64;
-    0.5_f64.powf(age / half_life_days)
-}
+pub use cascade_domain::decay::{day_of, decay_factor};
 
 /// An account's or contact's score at a day, with decay applied.
 #[derive(Debug, Clone, PartialEq, Default)]
