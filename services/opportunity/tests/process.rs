@@ -398,6 +398,24 @@ async fn the_amount_follows_the_line_items_once_there_are_any(db: TestDatabase) 
         }],
         ..Default::default()
     };
+    // Items in another currency than the deal's are refused, not followed
+    // into it (a tester's USD deal became JPY 500).
+    let yen = pb::Opportunity {
+        line_items: vec![pb::LineItem {
+            unit_price: Some(money("JPY", 500, 0)),
+            ..items.line_items[0].clone()
+        }],
+        ..Default::default()
+    };
+    let refused = opps
+        .try_update(&oid, yen, &["line_items"])
+        .await
+        .expect_err("yen on a dollar deal");
+    assert_eq!(
+        violated_fields(&refused),
+        ["opportunity.line_items[0].unit_price"]
+    );
+    assert_eq!(opps.get(&oid).await.amount, usd(50_000));
     let priced = opps
         .try_update(&oid, items, &["line_items"])
         .await

@@ -263,12 +263,28 @@ pub(super) fn apply_field(
 /// refused, not dropped; the total itself, or the amount as it was
 /// (`before`), which a read-modify-write echoes while changing the items,
 /// is accepted.
+///
+/// Line items in another currency than the opportunity's are refused when
+/// the money fields are written (`money_written`), before anything follows
+/// them: a deal changes currency by having its amount written in the new one.
 pub(super) fn derive_amount(
     o: &mut Opportunity,
-    amount_written: bool,
+    (amount_written, money_written): (bool, bool),
     before: Option<Money>,
     v: &mut Validator,
 ) {
+    if money_written && let Some((currency, foreign)) = domain::foreign_line_items(o) {
+        for i in foreign {
+            v.add(
+                format!("opportunity.line_items[{i}].unit_price"),
+                format!(
+                    "must be in the opportunity's currency, {currency}; to change it, write the \
+                     amount in the new one too"
+                ),
+            );
+        }
+        return;
+    }
     if !o.amount_from_line_items {
         return;
     }

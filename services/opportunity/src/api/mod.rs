@@ -252,7 +252,7 @@ impl OpportunityService for OpportunityApi {
         if input.contract.is_none() {
             o.contract = None;
         }
-        derive_amount(&mut o, input.amount.is_some(), None, &mut v);
+        derive_amount(&mut o, (input.amount.is_some(), true), None, &mut v);
         v.finish()?;
         // What the request asks, as the service keeps it (ids canonical,
         // text trimmed, defaults filled in): a retry that differs only in
@@ -442,9 +442,17 @@ impl OpportunityService for OpportunityApi {
         for (i, path) in &paths {
             apply_field(&mut edited, &input, path, &mask_path(*i), &mut v);
         }
+        let money_written = [
+            "amount",
+            "estimated_deal_size",
+            "line_items",
+            "amount_from_line_items",
+        ]
+        .into_iter()
+        .any(&writes);
         derive_amount(
             &mut edited,
-            writes("amount"),
+            (writes("amount"), money_written),
             locked.opportunity.amount,
             &mut v,
         );

@@ -615,6 +615,28 @@ pub fn decide(
     })
 }
 
+/// The line items priced in another currency than the opportunity's (its
+/// amount's, else its estimate's; none when it has neither): their
+/// positions and that currency. A line item is "in the opportunity's
+/// currency" (the contract), and one in another would have the amount
+/// follow it into that currency without a word (a tester's USD deal became
+/// JPY 500).
+pub fn foreign_line_items(o: &Opportunity) -> Option<(&str, Vec<usize>)> {
+    let currency = o
+        .amount
+        .as_ref()
+        .or(o.estimated_deal_size.as_ref())?
+        .currency_code();
+    let foreign: Vec<usize> = o
+        .line_items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.currency != currency)
+        .map(|(i, _)| i)
+        .collect();
+    (!foreign.is_empty()).then_some((currency, foreign))
+}
+
 /// The sum of the line items, if they are all in one currency.
 pub fn line_items_total(items: &[LineItem]) -> Result<Option<Money>, &'static str> {
     let Some(first) = items.first() else {
