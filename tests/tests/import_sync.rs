@@ -547,6 +547,37 @@ async fn a_changed_since_listing_returns_exactly_what_changed(db: TestDatabase) 
         }))
         .await
         .expect("rename");
+    // A sync writing back what it read changes nothing, so lists nothing
+    // (a tester saw each such write move update_time).
+    let written_back = lifecycle
+        .public()
+        .update_account(lifecycle.req(lc::UpdateAccountRequest {
+            account: Some(lc::Account {
+                account_id: unchanged.account_id.clone(),
+                name: "Unchanged".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        }))
+        .await
+        .expect("the same name")
+        .into_inner()
+        .account
+        .expect("account");
+    assert_eq!(written_back.update_time, unchanged.update_time);
+    lifecycle
+        .public()
+        .update_contact(lifecycle.req(lc::UpdateContactRequest {
+            contact: Some(lc::Contact {
+                contact_id: quiet_contact.contact_id.clone(),
+                email: "QUIET@x.example".into(),
+                title: quiet_contact.title.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["email", "title"]),
+        }))
+        .await
+        .expect("the same email and title");
     next_millisecond().await;
     lifecycle
         .try_apply_score(lc::ApplyEngagementScoreRequest {

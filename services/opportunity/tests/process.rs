@@ -1161,6 +1161,12 @@ async fn notes_keep_their_line_breaks(db: TestDatabase) {
         .expect("multi-line notes");
     assert_eq!(updated.current_situation, situation);
     assert_eq!(updated.competitors[0].notes, "Cheaper.\nSlower.");
+    // Written back as read, nothing changes: not even the update time.
+    let again = opps
+        .try_update(&deal, updated.clone(), &["current_situation", "name"])
+        .await
+        .expect("the same again");
+    assert_eq!(again.update_time, updated.update_time);
     let one_line = opps
         .try_update(
             &deal,

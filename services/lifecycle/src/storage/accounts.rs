@@ -257,6 +257,27 @@ impl Repository {
     ) -> ServiceResult<Account> {
         let txn = begin_write(&self.db).await?;
         let existing = lock_account(&txn, tenant.as_str(), account_id).await?;
+        // A write of what is there already (a sync writing back what it
+        // read) is no change: no new version or update time for
+        // `changed_since` listings to report.
+        let unchanged = changes.name.as_ref().is_none_or(|v| *v == existing.name)
+            && changes
+                .domain
+                .as_ref()
+                .is_none_or(|v| *v == existing.domain)
+            && changes
+                .owner_id
+                .as_ref()
+                .is_none_or(|v| *v == existing.owner_id)
+            && changes
+                .external_id
+                .as_ref()
+                .is_none_or(|v| *v == existing.external_id);
+        if unchanged {
+            let account = hydrate_account(&txn, existing).await?;
+            txn.commit().await?;
+            return Ok(account);
+        }
         let version = existing.version;
         let mut model = existing.into_active_model();
         if let Some(name) = changes.name {

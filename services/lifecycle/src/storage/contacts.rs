@@ -201,6 +201,27 @@ impl Repository {
             .email
             .as_ref()
             .is_some_and(|email| *email != existing.email);
+        // A write of what is there already is no change (as for accounts).
+        let unchanged = !email_moves
+            && changes
+                .external_id
+                .as_ref()
+                .is_none_or(|v| *v == existing.external_id)
+            && changes
+                .first_name
+                .as_ref()
+                .is_none_or(|v| *v == existing.first_name)
+            && changes
+                .last_name
+                .as_ref()
+                .is_none_or(|v| *v == existing.last_name)
+            && changes.title.as_ref().is_none_or(|v| *v == existing.title)
+            && changes.stage.is_none_or(|s| s == *existing.stage);
+        if unchanged {
+            let contact = hydrate_contact(&txn, existing).await?;
+            txn.commit().await?;
+            return Ok(contact);
+        }
         let mut model = existing.into_active_model();
         if let Some(email) = changes.email.clone() {
             let next = contact_rules::after_email_change(stage, email.is_some());

@@ -464,6 +464,12 @@ impl OpportunityService for OpportunityApi {
             time::now().timestamp_millis(),
         )
         .map_err(|r| refusal(&id, r))?;
+        if decision.unchanged {
+            let settings = locked.release().await?;
+            return Ok(Response::new(pb::UpdateOpportunityResponse {
+                opportunity: Some(to_proto(decision.opportunity, &settings)),
+            }));
+        }
         let (updated, settings) = locked.save(decision, context.named_actor()).await?;
         Ok(Response::new(pb::UpdateOpportunityResponse {
             opportunity: Some(to_proto(updated, &settings)),

@@ -553,8 +553,8 @@ pub enum Action {
 pub struct Decision {
     pub opportunity: Opportunity,
     pub event: Option<EventKind>,
-    /// Nothing to save (a repeated close): the caller is answered with the
-    /// opportunity as it is.
+    /// Nothing to save (a repeated close, an edit of nothing): the caller
+    /// is answered with the opportunity as it is.
     pub unchanged: bool,
 }
 
@@ -580,6 +580,18 @@ pub fn decide(
         });
     }
     check_open(current)?;
+    // An edit that changes nothing (a sync writing back what it read) is
+    // no change: no new update time for `changed_since` listings to report,
+    // nothing to tell lifecycle.
+    if let Action::Edit(edited) = &action
+        && **edited == *current
+    {
+        return Ok(Decision {
+            opportunity: current.clone(),
+            event: None,
+            unchanged: true,
+        });
+    }
     let mut o = current.clone();
     let event = match action {
         Action::Edit(edited) => {
