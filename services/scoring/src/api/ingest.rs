@@ -350,7 +350,7 @@ fn refused(
     violations: Vec<FieldViolation>,
 ) -> pb::ActivityResult {
     pb::ActivityResult {
-        event_id: activity.event_id.clone(),
+        event_id: activity.event_id.trim().to_owned(),
         status: status as i32,
         violations: violations
             .into_iter()
