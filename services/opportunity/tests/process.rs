@@ -1151,7 +1151,6 @@ async fn notes_keep_their_line_breaks(db: TestDatabase) {
                 competitors: vec![pb::Competitor {
                     name: "Rival".into(),
                     notes: "Cheaper.\nSlower.".into(),
-                    ..Default::default()
                 }],
                 ..Default::default()
             },
