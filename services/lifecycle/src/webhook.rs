@@ -26,11 +26,16 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     match secret.strip_prefix("whsec_") {
         None => Ok(secret.as_bytes().to_vec()),
-        Some(encoded) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| {
-                format!("a whsec_ secret is whsec_ then base64 (the Standard Webhooks format): {e}")
-            }),
+        Some(encoded) => match base64::engine::general_purpose::STANDARD.decode(encoded) {
+            // An empty key would let anyone sign.
+            Ok(key) if key.is_empty() => {
+                Err("a whsec_ secret needs a key after whsec_ (base64)".to_owned())
+            }
+            Ok(key) => Ok(key),
+            Err(e) => Err(format!(
+                "a whsec_ secret is whsec_ then base64 (the Standard Webhooks format): {e}"
+            )),
+        },
     }
 }
 

@@ -997,6 +997,19 @@ async fn settings_are_versioned(db: TestDatabase) {
         .await
         .expect_err("a whsec_ secret that is not base64");
     assert_eq!(violated_fields(&malformed), ["settings.webhook_secret"]);
+    // Nor an empty key, which would let anyone sign.
+    let empty = admin
+        .public()
+        .update_lifecycle_settings(admin.req(pb::UpdateLifecycleSettingsRequest {
+            settings: Some(pb::LifecycleSettings {
+                webhook_secret: "whsec_".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["webhook_secret"]),
+        }))
+        .await
+        .expect_err("whsec_ with no key");
+    assert_eq!(violated_fields(&empty), ["settings.webhook_secret"]);
     assert_eq!(get(0).await.expect("unchanged").version, 2);
 
     // The new threshold applies to the next score; existing accounts did not move.

@@ -657,6 +657,15 @@ async fn undeliverable_notifications_are_dead_lettered_and_retried(db: TestDatab
         .await
         .expect_err("no such topic");
     assert_eq!(violated_fields(&typo), ["topic"]);
+    // Blank is not "every topic" (a retry of `all` would take them all).
+    let blank = admin_client()
+        .list_dead_letters(lifecycle.req(admin::ListDeadLettersRequest {
+            topic: " ".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a blank topic");
+    assert_eq!(violated_fields(&blank), ["topic"]);
     assert!(
         cascade_testkit::fixtures::violations(&typo)[0]
             .1

@@ -6,7 +6,37 @@
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use crate::storage::{Repository, today};
+
+/// Where the API asks for a tenant's stored scores to be recomputed and
+/// delivered now (after its model changed).
+pub type Rescore = mpsc::UnboundedSender<String>;
+
+/// Recomputes each tenant's stale scores when asked, one tenant at a time,
+/// and delivers those that moved. Runs until the service stops (a replica
+/// stopping meanwhile leaves them to the next batch or refresh).
+pub async fn rescore_when_asked(
+    repository: Repository,
+    mut asked: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(tenant) = asked.recv().await {
+        match repository.refresh_stale_scores(&tenant, today()).await {
+            Ok(done) => tracing::info!(
+                %tenant,
+                accounts = done.accounts,
+                delivered = done.delivered,
+                "scores recomputed after a model change"
+            ),
+            Err(error) => tracing::warn!(
+                %tenant,
+                %error,
+                "rescoring after a model change left to the next batch or refresh"
+            ),
+        }
+    }
+}
 
 /// Refreshes now and then every `interval`. Runs until aborted.
 pub async fn follow(repository: Repository, interval: Duration) {

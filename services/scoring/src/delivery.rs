@@ -200,16 +200,11 @@ impl LifecycleScoreSink {
                 )
             })
             .collect();
-        let totals = self
+        let (totals, half_life) = self
             .repository
             .delivery_totals(tenant_id, &wanted)
             .await
             .map_err(|e| DeliveryError::internal(format!("computing totals: {e}")))?;
-        let half_life = self
-            .repository
-            .decay_half_life(tenant_id)
-            .await
-            .map_err(|e| DeliveryError::internal(format!("reading the model: {e}")))?;
         Ok(merged
             .into_iter()
             .map(|m| {

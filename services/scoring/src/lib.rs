@@ -86,6 +86,11 @@ async fn service(
     deliverer.spawn_in(&background);
     let max_rest = Duration::from_millis(settings.own.fold.max_rest_ms);
     background.add(tokio::spawn(fold::follow(repository.clone(), max_rest)));
+    let (rescore, rescore_asked) = tokio::sync::mpsc::unbounded_channel();
+    background.add(tokio::spawn(decay::rescore_when_asked(
+        repository.clone(),
+        rescore_asked,
+    )));
     let api = api::ScoringApi::new(
         repository.clone(),
         lifecycle,
@@ -105,6 +110,7 @@ async fn service(
             "simulations",
             "simulation.max_in_flight",
         ),
+        rescore,
     );
     let poll = Duration::from_millis(settings.own.lifecycle.erasure_poll_ms);
     let eraser = erasure::ScoringEraser {

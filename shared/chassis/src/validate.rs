@@ -395,13 +395,6 @@ pub fn email_domain(email: &str) -> Option<&str> {
     (local_ok && is_domain(domain)).then_some(domain)
 }
 
-/// Text with nothing visible: white space and the invisible format
-/// characters a copy from a web page or a spreadsheet brings along (a
-/// zero-width space, joiners, a byte-order mark), so that a name made of
-/// them alone is missing rather than an invisible name. Text with something
-/// visible is kept as it came (trimmed of white space only): an id a caller
-/// sent before this rule (`request_id`, `event_id`, `external_id`) must
-/// still match itself.
 /// What a text field holds: one line (a name, an id) or prose (a note).
 #[derive(Clone, Copy)]
 enum Text {
@@ -409,6 +402,13 @@ enum Text {
     Prose,
 }
 
+/// Text with nothing visible: white space and the invisible format
+/// characters a copy from a web page or a spreadsheet brings along (a
+/// zero-width space, joiners, a byte-order mark), so that a name made of
+/// them alone is missing rather than an invisible name. Text with something
+/// visible is kept as it came (trimmed of white space only): an id a caller
+/// sent before this rule (`request_id`, `event_id`, `external_id`) must
+/// still match itself.
 fn is_blank(value: &str) -> bool {
     value.chars().all(|c| {
         c.is_whitespace()

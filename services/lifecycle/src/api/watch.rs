@@ -34,6 +34,7 @@ pub(super) async fn watch_account_events(
             None => v.add(format!("stages[{i}]"), "must be an account stage"),
         }
     }
+    v.filter_not_blank("account_id", &request.account_id);
     let account_id = (!request.account_id.trim().is_empty())
         .then(|| v.required_id("account_id", &request.account_id));
     let cursor = request.cursor.trim();

@@ -61,22 +61,44 @@ pub fn earned_since_recycle(engagement_score: f64, score_baseline: f64) -> f64 {
     engagement_score - score_baseline
 }
 
-/// A recycle's baseline, kept as of `baseline_day`, as of `day`: the points
-/// it was taken from decay (`half_life_days`, 0 none), so it decays alike.
-/// Kept fixed, a recycled account under decay needed its threshold plus
-/// whatever its old points had lost since (a tester's finding). A baseline
-/// of unknown day (kept before days were) is taken as it is.
+/// What an account's stored score and baseline are at: their UTC day and
+/// the decay half-life they decay by (`None`: not known, taken as the next
+/// delivery's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreClock {
+    pub day: i64,
+    pub half_life_days: Option<f64>,
+}
+
+/// A recycle's baseline when a delivery brings `score` at `day` under
+/// `half_life_days` (0: no decay). The points the baseline was taken from
+/// decay, so it decays alike: kept fixed, a recycled account under decay
+/// needed its threshold plus whatever its old points had lost since (a
+/// tester's finding). When the model's half-life changed, scoring has
+/// recomputed every score under the new one, which lifecycle cannot do for
+/// the baseline (it has only the sum): what was earned since the recycle is
+/// kept instead, so a change of decay moves no account by itself. A
+/// baseline of unknown day (kept before days were) is taken as it is, and
+/// a baseline of 0 stays 0 (everything was earned since).
 pub fn baseline_at(
-    score_baseline: f64,
-    baseline_day: Option<i64>,
+    state: &AccountState,
+    at: Option<ScoreClock>,
     day: i64,
     half_life_days: f64,
+    score: f64,
 ) -> f64 {
-    match baseline_day {
-        Some(from) => {
-            score_baseline * cascade_domain::decay::decay_factor(half_life_days, from, day)
+    let baseline = state.score_baseline;
+    let Some(at) = at else {
+        return baseline;
+    };
+    if baseline == 0.0 {
+        return 0.0;
+    }
+    match at.half_life_days {
+        Some(was) if was != half_life_days => {
+            score - earned_since_recycle(state.engagement_score, baseline)
         }
-        None => score_baseline,
+        _ => baseline * cascade_domain::decay::decay_factor(half_life_days, at.day, day),
     }
 }
 

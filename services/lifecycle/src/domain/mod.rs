@@ -203,6 +203,15 @@ pub struct NewAccount {
     pub external_id: Option<String>,
 }
 
+/// Whether writing `change` (`None`: not written) over `current` leaves it
+/// as it is. An update all of whose writes do is no change: no new version
+/// or update time for `changed_since` listings to report, so a two-way sync
+/// writing back what it read cannot keep another busy (accounts, contacts;
+/// opportunity's `decide` compares whole deals).
+pub fn writes_nothing<T: PartialEq>(change: Option<&T>, current: &T) -> bool {
+    change.is_none_or(|value| value == current)
+}
+
 /// Changes to an account's descriptive fields; `None` leaves a field as is,
 /// `Some(None)` clears an optional one.
 #[derive(Debug, Clone, Default, PartialEq)]

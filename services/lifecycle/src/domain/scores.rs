@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use cascade_domain::{AccountStage, ContactStage, CustomerType};
 
-use super::account_rules::{self, AccountEvent, AccountState, RiskChange, Step};
+use super::account_rules::{self, AccountEvent, AccountState, RiskChange, ScoreClock, Step};
 use super::contact_rules::{self, ContactEvent, ContactMove};
 use super::settings::LifecycleSettings;
 use super::{NotificationDraft, NotificationReason, Refusal};
@@ -46,9 +46,9 @@ pub struct AccountSnapshot {
     pub state: AccountState,
     /// The sequence of the last delivery applied.
     pub score_sequence: i64,
-    /// The day the stored score (and so the baseline) is at; `None` before
+    /// What the stored score (and so the baseline) is at; `None` before
     /// days were kept.
-    pub score_day: Option<i64>,
+    pub score_clock: Option<ScoreClock>,
     /// Whether this delivery's event id was applied before.
     pub applied_before: bool,
 }
@@ -86,8 +86,8 @@ pub struct ScoreChanges {
     /// score when the delivery sends it back, else the baseline decayed to
     /// the delivery's day.
     pub score_baseline: f64,
-    /// The day the stored score and baseline are at from now on.
-    pub score_day: i64,
+    /// What the stored score and baseline are at from now on.
+    pub score_clock: ScoreClock,
     pub contacts: Vec<ContactUpdate>,
     /// Contacts named in the delivery that are not the account's (another
     /// account's, or unknown): left alone.
@@ -148,13 +148,14 @@ pub fn decide(
     // of an earlier day than the stored score's (another replica's clock)
     // decays it no further back.
     let score_day = account
-        .score_day
-        .map_or(delivery.day, |d| d.max(delivery.day));
+        .score_clock
+        .map_or(delivery.day, |at| at.day.max(delivery.day));
     let baseline = account_rules::baseline_at(
-        account.state.score_baseline,
-        account.score_day,
+        &account.state,
+        account.score_clock,
         score_day,
         delivery.decay_half_life_days,
+        delivery.engagement_score,
     );
     let state = AccountState {
         score_baseline: baseline,
@@ -264,7 +265,10 @@ pub fn decide(
         } else {
             baseline
         },
-        score_day,
+        score_clock: ScoreClock {
+            day: score_day,
+            half_life_days: Some(delivery.decay_half_life_days),
+        },
         contacts: updates,
         ignored_contacts: ignored,
         notifications,
@@ -326,7 +330,10 @@ mod tests {
                 at_risk: None,
             },
             score_sequence: 3,
-            score_day: Some(DAY),
+            score_clock: Some(ScoreClock {
+                day: DAY,
+                half_life_days: Some(30.0),
+            }),
             applied_before: false,
         }
     }
@@ -390,26 +397,56 @@ mod tests {
         };
         let c = changes(decide(&a, &HashMap::new(), &later, &settings()));
         assert_eq!(c.stage, AccountStage::Prioritized);
-        assert_eq!((c.score_baseline, c.score_day), (75.0, DAY + 30));
-        // Without decay, or of unknown day, the baseline stays.
-        let flat = ScoreDelivery {
-            decay_half_life_days: 0.0,
-            ..later.clone()
+        let clock = |day: i64| ScoreClock {
+            day,
+            half_life_days: Some(30.0),
         };
-        let c = changes(decide(&a, &HashMap::new(), &flat, &settings()));
-        assert_eq!((c.stage, c.score_baseline), (AccountStage::Engaged, 150.0));
-        a.score_day = None;
+        assert_eq!((c.score_baseline, c.score_clock), (75.0, clock(DAY + 30)));
+        // A half-life not known (kept before) is taken as the delivery's.
+        a.score_clock = Some(ScoreClock {
+            day: DAY,
+            half_life_days: None,
+        });
+        let c = changes(decide(&a, &HashMap::new(), &later, &settings()));
+        assert_eq!(c.score_baseline, 75.0);
+        // Of unknown day, the baseline stays.
+        a.score_clock = None;
         let c = changes(decide(&a, &HashMap::new(), &later, &settings()));
         assert_eq!(c.score_baseline, 150.0);
         // A delivery of an earlier day (another replica's clock) decays
         // nothing and keeps the later day.
-        a.score_day = Some(DAY + 30);
+        a.score_clock = Some(clock(DAY + 30));
         let earlier = ScoreDelivery {
             day: DAY + 29,
             ..later.clone()
         };
         let c = changes(decide(&a, &HashMap::new(), &earlier, &settings()));
-        assert_eq!((c.score_baseline, c.score_day), (150.0, DAY + 30));
+        assert_eq!((c.score_baseline, c.score_clock), (150.0, clock(DAY + 30)));
+    }
+
+    /// A change of the model's decay moves no recycled account by itself:
+    /// scoring rescored everything under the new half-life, and what was
+    /// earned since the recycle is kept (a reviewer's case: a Nurture at
+    /// 300, 60 days at a half-life of 30, then decay turned off: 300
+    /// redelivered against a baseline decayed to 75 re-prioritized it).
+    #[test]
+    fn a_change_of_decay_keeps_what_was_earned_since_the_recycle() {
+        let mut a = account(AccountStage::Engaged);
+        a.state.score_baseline = 75.0;
+        a.state.engagement_score = 85.0;
+        let undecayed = ScoreDelivery {
+            day: DAY,
+            decay_half_life_days: 0.0,
+            ..delivery(310.0, &[])
+        };
+        let c = changes(decide(&a, &HashMap::new(), &undecayed, &settings()));
+        assert_eq!(c.score_baseline, 300.0, "the 10 earned, kept");
+        assert_eq!(c.stage, AccountStage::Engaged);
+        assert_eq!(c.score_clock.half_life_days, Some(0.0));
+        // Never recycled (baseline 0): all of it is earned, whatever the decay.
+        a.state.score_baseline = 0.0;
+        let c = changes(decide(&a, &HashMap::new(), &undecayed, &settings()));
+        assert_eq!(c.score_baseline, 0.0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::{
     hydrate_accounts_with, lock_account, ms, record_firsts,
 };
 use crate::domain::risk::{AtRisk, RiskWrite};
-use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount};
+use crate::domain::{Account, AccountChanges, NEW_ACCOUNT_STAGE, NewAccount, writes_nothing};
 use cascade_domain::OpportunityKind;
 
 impl Repository {
@@ -257,22 +257,11 @@ impl Repository {
     ) -> ServiceResult<Account> {
         let txn = begin_write(&self.db).await?;
         let existing = lock_account(&txn, tenant.as_str(), account_id).await?;
-        // A write of what is there already (a sync writing back what it
-        // read) is no change: no new version or update time for
-        // `changed_since` listings to report.
-        let unchanged = changes.name.as_ref().is_none_or(|v| *v == existing.name)
-            && changes
-                .domain
-                .as_ref()
-                .is_none_or(|v| *v == existing.domain)
-            && changes
-                .owner_id
-                .as_ref()
-                .is_none_or(|v| *v == existing.owner_id)
-            && changes
-                .external_id
-                .as_ref()
-                .is_none_or(|v| *v == existing.external_id);
+        // A write of what is there already is no change (`writes_nothing`).
+        let unchanged = writes_nothing(changes.name.as_ref(), &existing.name)
+            && writes_nothing(changes.domain.as_ref(), &existing.domain)
+            && writes_nothing(changes.owner_id.as_ref(), &existing.owner_id)
+            && writes_nothing(changes.external_id.as_ref(), &existing.external_id);
         if unchanged {
             let account = hydrate_account(&txn, existing).await?;
             txn.commit().await?;
@@ -347,6 +336,7 @@ pub(super) fn new_account_model(
         score_sequence: Set(0),
         score_baseline: Set(0.0),
         score_day: Set(None),
+        score_half_life_days: Set(None),
         disqualify_count: Set(0),
         nurture_count: Set(0),
         last_recycle_transition_id: Set(None),

@@ -22,7 +22,9 @@ use super::{
     lock_account, ms, record_firsts,
 };
 use crate::domain::contact_rules::{self, ContactMove, ContactTransitionCause};
-use crate::domain::{AccountRef, Contact, ContactChanges, ContactTransition, NewContact};
+use crate::domain::{
+    AccountRef, Contact, ContactChanges, ContactTransition, NewContact, writes_nothing,
+};
 
 impl Repository {
     pub async fn create_contact(
@@ -201,22 +203,13 @@ impl Repository {
             .email
             .as_ref()
             .is_some_and(|email| *email != existing.email);
-        // A write of what is there already is no change (as for accounts).
+        // A write of what is there already is no change (`writes_nothing`).
         let unchanged = !email_moves
-            && changes
-                .external_id
-                .as_ref()
-                .is_none_or(|v| *v == existing.external_id)
-            && changes
-                .first_name
-                .as_ref()
-                .is_none_or(|v| *v == existing.first_name)
-            && changes
-                .last_name
-                .as_ref()
-                .is_none_or(|v| *v == existing.last_name)
-            && changes.title.as_ref().is_none_or(|v| *v == existing.title)
-            && changes.stage.is_none_or(|s| s == *existing.stage);
+            && writes_nothing(changes.external_id.as_ref(), &existing.external_id)
+            && writes_nothing(changes.first_name.as_ref(), &existing.first_name)
+            && writes_nothing(changes.last_name.as_ref(), &existing.last_name)
+            && writes_nothing(changes.title.as_ref(), &existing.title)
+            && writes_nothing(changes.stage.as_ref(), &*existing.stage);
         if unchanged {
             let contact = hydrate_contact(&txn, existing).await?;
             txn.commit().await?;
@@ -246,8 +239,8 @@ impl Repository {
             model.external_id = Set(external_id);
         }
         if let Some(target) = changes.stage {
-            // A stage set automatically is never writable, whatever the
-            // contact's state: bad input, not a precondition.
+            // A stage set automatically is never writable (but as the one
+            // the contact has: no change): bad input, not a precondition.
             let next = contact_rules::set_by_person(stage, target)
                 .map_err(|refusal| ServiceError::invalid("contact.stage", refusal.0))?;
             moves.extend(ContactMove::between(

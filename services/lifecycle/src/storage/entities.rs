@@ -31,6 +31,9 @@ pub mod account {
         /// The UTC day the engagement score and the baseline are at (the
         /// last applied delivery's); `None` before days were kept.
         pub score_day: Option<i64>,
+        /// The decay half-life the score and baseline decay by (the last
+        /// applied delivery's); `None` before it was kept.
+        pub score_half_life_days: Option<f64>,
         pub disqualify_count: i32,
         pub nurture_count: i32,
         pub last_recycle_transition_id: Option<String>,

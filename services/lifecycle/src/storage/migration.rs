@@ -192,9 +192,11 @@ impl MigrationTrait for OpportunityVersions {
     }
 }
 
-/// The day an account's score and recycle baseline are at
-/// (`account_rules::baseline_at`): the baseline decays with the score.
-/// Accounts scored before have none until their next delivery.
+/// The day an account's score and recycle baseline are at, and the half-life
+/// they decay by (`account_rules::baseline_at`): the baseline decays with
+/// the score. A recycled account takes its recycle's day (when the baseline
+/// was taken; a little late, so it decays a little less, the safe side) and
+/// the next delivery's half-life; others get both from their next delivery.
 struct ScoreDays;
 
 impl MigrationName for ScoreDays {
@@ -211,7 +213,22 @@ impl MigrationTrait for ScoreDays {
             Accounts::Table,
             ColumnDef::new(Accounts::ScoreDay).big_integer().null(),
         )
-        .await
+        .await?;
+        super::migration_stage_engine::add_column(
+            manager,
+            Accounts::Table,
+            ColumnDef::new(Accounts::ScoreHalfLifeDays).double().null(),
+        )
+        .await?;
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "UPDATE accounts SET score_day = (SELECT t.occurred_at_ms / 86400000 \
+                 FROM account_transitions t WHERE t.transition_id = accounts.last_recycle_transition_id) \
+                 WHERE score_baseline <> 0 AND last_recycle_transition_id IS NOT NULL",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
@@ -341,6 +358,7 @@ enum Accounts {
     CreateRequestId,
     CreateRequestDigest,
     ScoreDay,
+    ScoreHalfLifeDays,
     CreatedAt,
     UpdatedAt,
     Version,

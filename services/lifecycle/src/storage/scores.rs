@@ -23,6 +23,7 @@ use super::{
     OPEN, Repository, account_state, from_ms, hydrate_accounts, ms, notifications, record_firsts,
     settings,
 };
+use crate::domain::account_rules::ScoreClock;
 use crate::domain::risk::{self, RiskContext};
 use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
 use crate::domain::{Account, ContactTransition, Transition};
@@ -101,7 +102,10 @@ impl Repository {
                 owner_id: model.owner_id.clone(),
                 state: account_state(model, open.get(account_id.as_str()).copied().unwrap_or(0))?,
                 score_sequence: model.score_sequence,
-                score_day: model.score_day,
+                score_clock: model.score_day.map(|day| ScoreClock {
+                    day,
+                    half_life_days: model.score_half_life_days,
+                }),
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
             let decision = match scores::decide(&snapshot, &contacts, delivery, &settings) {
@@ -184,7 +188,8 @@ impl Repository {
             model.intent_score = delivery.intent_score;
             model.score_sequence = delivery.sequence;
             model.score_baseline = changes.score_baseline;
-            model.score_day = Some(changes.score_day);
+            model.score_day = Some(changes.score_clock.day);
+            model.score_half_life_days = changes.score_clock.half_life_days;
             model.version += 1;
             model.updated_at = now;
             writes.accounts.push(account_id.clone());
@@ -343,6 +348,7 @@ impl Writes {
                         m.score_sequence.into(),
                         m.score_baseline.into(),
                         m.score_day.into(),
+                        m.score_half_life_days.into(),
                         m.updated_at.into(),
                     ]
                 })
@@ -363,6 +369,7 @@ impl Writes {
                     "score_sequence",
                     "score_baseline",
                     "score_day",
+                    "score_half_life_days",
                     "updated_at",
                 ],
                 Some("version = accounts.version + 1"),

@@ -372,9 +372,11 @@ impl OpportunityService for OpportunityApi {
             .await?;
         // Nothing for an account: is there such an account? A mistyped or
         // another tenant's id is NOT_FOUND (lifecycle knows the accounts),
-        // not an empty list a caller reads as "no deals".
+        // not an empty list a caller reads as "no deals". On any empty page:
+        // a page token is not a secret, so it must not skip the check (an
+        // empty page after a token is rare: tokens are given only when more
+        // rows follow).
         if items.is_empty()
-            && page.after.is_none()
             && let Some(account_id) = &filter.account_id
         {
             let budget = context.call_budget(CALL_DEADLINE);
@@ -442,14 +444,11 @@ impl OpportunityService for OpportunityApi {
         for (i, path) in &paths {
             apply_field(&mut edited, &input, path, &mask_path(*i), &mut v);
         }
-        let money_written = [
-            "amount",
-            "estimated_deal_size",
-            "line_items",
-            "amount_from_line_items",
-        ]
-        .into_iter()
-        .any(&writes);
+        // The estimate alone is an early guess: writing it does not hold an
+        // old deal's items to its currency.
+        let money_written = ["amount", "line_items", "amount_from_line_items"]
+            .into_iter()
+            .any(&writes);
         derive_amount(
             &mut edited,
             (writes("amount"), money_written),

@@ -12,10 +12,10 @@ use cascade_proto::scoring::v1 as pb;
 use cascade_proto::scoring::v1::scoring_service_server::ScoringService;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument as _;
 
+use crate::decay::Rescore;
 use crate::directory::Directory;
-use crate::storage::{Repository, today};
+use crate::storage::Repository;
 
 /// Largest batch (RecordActivities) or stream chunk (StreamActivities).
 pub const MAX_BATCH: usize = cascade_domain::LARGEST_BATCH;
@@ -35,6 +35,8 @@ pub struct ScoringApi {
     in_flight: InFlightLimit,
     /// Replays running at once (`simulation.max_in_flight`).
     simulations: InFlightLimit,
+    /// Asks for a tenant's scores to be recomputed (`decay::rescore_when_asked`).
+    rescore: Rescore,
 }
 
 impl ScoringApi {
@@ -45,6 +47,7 @@ impl ScoringApi {
         ingest_limit: TenantRateLimiter,
         in_flight: InFlightLimit,
         simulations: InFlightLimit,
+        rescore: Rescore,
     ) -> Self {
         Self {
             repository,
@@ -53,6 +56,7 @@ impl ScoringApi {
             ingest_limit,
             in_flight,
             simulations,
+            rescore,
         }
     }
 
@@ -335,17 +339,14 @@ impl ScoringService for ScoringApi {
         // deliver those that moved, so lifecycle does not keep the old ones
         // until the next activity or decay refresh (a tester saw a Nurture
         // take its baseline from one). Not waited for: a tenant's every
-        // account; a replica stopping meanwhile leaves them to those.
-        let repository = self.repository.clone();
-        let tenant = context.tenant.clone();
-        tokio::spawn(
-            async move {
-                if let Err(error) = repository.refresh_stale_scores(tenant.as_str(), today()).await {
-                    tracing::warn!(%error, "rescoring after a model change left to the next batch or refresh");
-                }
-            }
-            .in_current_span(),
-        );
+        // account. The task ends only with the service.
+        if self
+            .rescore
+            .send(context.tenant.as_str().to_owned())
+            .is_err()
+        {
+            tracing::warn!("rescoring stopped: scores are recomputed by the next batch or refresh");
+        }
         Ok(Response::new(pb::UpdateScoringModelResponse {
             model: Some(model_to_proto(stored)),
         }))

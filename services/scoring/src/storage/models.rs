@@ -35,13 +35,6 @@ impl Repository {
         current_model(&self.db, tenant.as_str()).await
     }
 
-    /// The decay half-life of the tenant's current model (0: none), which
-    /// score deliveries tell lifecycle (it decays a recycled account's
-    /// baseline alike).
-    pub async fn decay_half_life(&self, t: &str) -> ServiceResult<f64> {
-        Ok(current_model(&self.db, t).await?.decay_half_life_days)
-    }
-
     pub async fn model_version(
         &self,
         tenant: &TenantId,

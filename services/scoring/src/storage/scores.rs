@@ -224,14 +224,17 @@ impl Repository {
     /// scores their last batch stored (what GetAccountScore computes from the
     /// buckets, without reading them), or recomputed for an account whose
     /// stored scores are stale. Each account's `per_contact` holds the
-    /// contacts asked for only. Two reads for all the accounts, whatever
-    /// their number, plus one per stale account.
+    /// contacts asked for only. Three reads for all the accounts, whatever
+    /// their number (the model, the account and the contact scores), plus
+    /// one per stale account. With the model's decay half-life, which the
+    /// deliveries carry: the one the totals were computed under.
     pub async fn delivery_totals(
         &self,
         tenant_id: &str,
         accounts: &[(&str, Vec<&str>)],
-    ) -> ServiceResult<HashMap<String, Totals>> {
+    ) -> ServiceResult<(HashMap<String, Totals>, f64)> {
         let today = today();
+        let model = current_model(&self.db, tenant_id).await?;
         let mut found: HashMap<String, Totals> = HashMap::with_capacity(accounts.len());
         let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
         let backend = self.db.get_database_backend();
@@ -278,7 +281,6 @@ impl Repository {
             }
         }
         // Stale: no row for today (or later), or a contact without one.
-        let mut model = None;
         for (account_id, contacts) in accounts {
             let fresh = found
                 .get(*account_id)
@@ -286,16 +288,10 @@ impl Repository {
             if fresh {
                 continue;
             }
-            if model.is_none() {
-                model = Some(current_model(&self.db, tenant_id).await?);
-            }
-            let model = model.as_ref().ok_or_else(|| {
-                ServiceError::internal(anyhow::anyhow!("the scoring model was not loaded"))
-            })?;
-            let totals = compute(&self.db, tenant_id, account_id, model, today).await?;
+            let totals = compute(&self.db, tenant_id, account_id, &model, today).await?;
             found.insert((*account_id).to_owned(), totals);
         }
-        Ok(found)
+        Ok((found, model.decay_half_life_days))
     }
 }
 

@@ -34,6 +34,11 @@ impl OutboxAdmin {
 
     /// `topic` as a filter: empty for every topic, else one of the service's.
     fn topic_filter(&self, topic: &str) -> Result<Option<String>, ServiceError> {
+        // Blank is not empty: read as "every topic", it would have
+        // RetryDeadLetters `all` put back every topic's dead letters.
+        let mut v = Validator::new();
+        v.filter_not_blank("topic", topic);
+        v.finish()?;
         let topic = topic.trim();
         if topic.is_empty() {
             return Ok(None);
