@@ -38,6 +38,8 @@ pub trait ListRequest: prost::Message + Clone {
     /// The list, as `service.Rpc`: a token of one list is refused by another.
     const LIST: &'static str;
     fn without_page(&self) -> Self;
+    /// The request's `page_size` and `page_token`.
+    fn page(&self) -> (i32, &str);
 }
 
 macro_rules! list_requests {
@@ -49,6 +51,9 @@ macro_rules! list_requests {
                 request.page_size = 0;
                 request.page_token.clear();
                 request
+            }
+            fn page(&self) -> (i32, &str) {
+                (self.page_size, &self.page_token)
             }
         }
     )*};
@@ -106,13 +111,19 @@ pub struct PageRequest {
 impl PageRequest {
     /// `request`'s page: its size (`default_size` when 0) and where its
     /// token continues, if it is a token of this listing.
-    pub fn of<R: ListRequest>(
+    pub fn of<R: ListRequest>(tenant: &TenantId, request: &R) -> Result<Self, ServiceError> {
+        let (size, token) = request.page();
+        Self::parse(size, token, ListScope::of(tenant, request))
+    }
+
+    /// As `of`, with `page_size` read as `size` (a list whose default size is
+    /// its own).
+    pub fn of_sized<R: ListRequest>(
         tenant: &TenantId,
         request: &R,
-        page_size: i32,
-        page_token: &str,
+        size: i32,
     ) -> Result<Self, ServiceError> {
-        Self::parse(page_size, page_token, ListScope::of(tenant, request))
+        Self::parse(size, request.page().1, ListScope::of(tenant, request))
     }
 
     pub fn parse(page_size: i32, page_token: &str, scope: ListScope) -> Result<Self, ServiceError> {
@@ -216,12 +227,7 @@ mod tests {
     }
 
     fn page(request: &pb::ListAccountsRequest) -> Result<PageRequest, ServiceError> {
-        PageRequest::of(
-            &tenant("acme"),
-            request,
-            request.page_size,
-            &request.page_token,
-        )
+        PageRequest::of(&tenant("acme"), request)
     }
 
     fn refusal(result: Result<PageRequest, ServiceError>) -> String {
@@ -284,9 +290,9 @@ mod tests {
         for refused in [
             page(&accounts(1, &token)),
             page(&other_filter),
-            PageRequest::of(&tenant("acme"), &contacts, 1, &contacts.page_token),
+            PageRequest::of(&tenant("acme"), &contacts),
             // Another tenant's (a tester saw it skip a first page's checks).
-            PageRequest::of(&tenant("globex"), &again, 1, &again.page_token),
+            PageRequest::of(&tenant("globex"), &again),
         ] {
             assert!(refusal(refused).contains("another list"));
         }

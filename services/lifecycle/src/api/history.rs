@@ -19,12 +19,7 @@ pub(super) async fn list_account_transitions(
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
     let account_id = required_id("account_id", &request.account_id)?;
-    let page = PageRequest::of(
-        &context.tenant,
-        &request,
-        request.page_size,
-        &request.page_token,
-    )?;
+    let page = PageRequest::of(&context.tenant, &request)?;
     let (transitions, next_page_token) = api
         .repository
         .list_transitions(&context.tenant, &account_id, &page)
@@ -42,12 +37,7 @@ pub(super) async fn list_contact_transitions(
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
     let contact_id = required_id("contact_id", &request.contact_id)?;
-    let page = PageRequest::of(
-        &context.tenant,
-        &request,
-        request.page_size,
-        &request.page_token,
-    )?;
+    let page = PageRequest::of(&context.tenant, &request)?;
     let (transitions, next_page_token) = api
         .repository
         .list_contact_transitions(&context.tenant, &contact_id, &page)
@@ -67,12 +57,7 @@ pub(super) async fn list_notifications(
 ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
-    let page = PageRequest::of(
-        &context.tenant,
-        &request,
-        request.page_size,
-        &request.page_token,
-    )?;
+    let page = PageRequest::of(&context.tenant, &request)?;
     let mut v = Validator::new();
     v.filter_not_blank("account_id", &request.account_id);
     let filter = NotificationFilter {

@@ -249,12 +249,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(
-            &context.tenant,
-            &request,
-            request.page_size,
-            &request.page_token,
-        )?;
+        let page = PageRequest::of(&context.tenant, &request)?;
         let mut v = Validator::new();
         for (field, value) in [
             ("owner_id", &request.owner_id),
@@ -379,12 +374,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::ListContactsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(
-            &context.tenant,
-            &request,
-            request.page_size,
-            &request.page_token,
-        )?;
+        let page = PageRequest::of(&context.tenant, &request)?;
         let mut v = Validator::new();
         for (field, value) in [
             ("account_id", &request.account_id),

@@ -325,12 +325,7 @@ impl OpportunityService for OpportunityApi {
     ) -> Result<Response<pb::ListOpportunitiesResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(
-            &context.tenant,
-            &request,
-            request.page_size,
-            &request.page_token,
-        )?;
+        let page = PageRequest::of(&context.tenant, &request)?;
         let mut v = Validator::new();
         let account_id = (!request.account_id.trim().is_empty())
             .then(|| id_of(&mut v, "account_id", &request.account_id));

@@ -243,12 +243,7 @@ impl ScoringService for ScoringApi {
     ) -> Result<Response<pb::ListTopAccountsResponse>, Status> {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::of(
-            &context.tenant,
-            &request,
-            request.page_size,
-            &request.page_token,
-        )?;
+        let page = PageRequest::of(&context.tenant, &request)?;
         let (accounts, next_page_token) =
             self.repository.top_accounts(&context.tenant, &page).await?;
         Ok(Response::new(pb::ListTopAccountsResponse {
@@ -274,7 +269,7 @@ impl ScoringService for ScoringApi {
         } else {
             request.page_size
         };
-        let page = PageRequest::of(&context.tenant, &request, size, &request.page_token)?;
+        let page = PageRequest::of_sized(&context.tenant, &request, size)?;
         let totals = self
             .repository
             .account_totals(&context.tenant, &account_id)

@@ -79,12 +79,7 @@ impl OutboxAdminService for OutboxAdmin {
         let context = RequestContext::of(&request)?;
         let request = request.into_inner();
         let topic = self.topic_filter(&request.topic)?;
-        let page = PageRequest::of(
-            &context.tenant,
-            &request,
-            request.page_size,
-            &request.page_token,
-        )?;
+        let page = PageRequest::of(&context.tenant, &request)?;
         let mut query = outbox::Entity::find()
             .filter(outbox::Column::TenantId.eq(context.tenant.as_str()))
             .filter(outbox::Column::State.eq(DEAD));
