@@ -984,32 +984,29 @@ async fn settings_are_versioned(db: TestDatabase) {
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(get(0).await.expect("unchanged").version, 2);
     // A secret in the Standard Webhooks format must be one: its libraries
-    // decode what follows whsec_, and a receiver could never verify.
-    let malformed = admin
-        .public()
-        .update_lifecycle_settings(admin.req(pb::UpdateLifecycleSettingsRequest {
-            settings: Some(pb::LifecycleSettings {
-                webhook_secret: "whsec_not base64!".into(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["webhook_secret"]),
-        }))
-        .await
-        .expect_err("a whsec_ secret that is not base64");
-    assert_eq!(violated_fields(&malformed), ["settings.webhook_secret"]);
-    // Nor an empty key, which would let anyone sign.
-    let empty = admin
-        .public()
-        .update_lifecycle_settings(admin.req(pb::UpdateLifecycleSettingsRequest {
-            settings: Some(pb::LifecycleSettings {
-                webhook_secret: "whsec_".into(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["webhook_secret"]),
-        }))
-        .await
-        .expect_err("whsec_ with no key");
-    assert_eq!(violated_fields(&empty), ["settings.webhook_secret"]);
+    // decode what follows whsec_, and a receiver could never verify; nor may
+    // its key be empty, which would let anyone sign.
+    for (secret, what) in [
+        ("whsec_not base64!", "a whsec_ secret that is not base64"),
+        ("whsec_", "whsec_ with no key"),
+    ] {
+        let refused = admin
+            .public()
+            .update_lifecycle_settings(admin.req(pb::UpdateLifecycleSettingsRequest {
+                settings: Some(pb::LifecycleSettings {
+                    webhook_secret: secret.into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["webhook_secret"]),
+            }))
+            .await
+            .expect_err(what);
+        assert_eq!(
+            violated_fields(&refused),
+            ["settings.webhook_secret"],
+            "{what}"
+        );
+    }
     assert_eq!(get(0).await.expect("unchanged").version, 2);
 
     // The new threshold applies to the next score; existing accounts did not move.
