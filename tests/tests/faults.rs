@@ -323,6 +323,89 @@ async fn a_deal_lost_while_lifecycle_is_down_is_dated_when_it_was_lost(db: TestD
     system.stop().await;
 }
 
+/// A proxy in front of `db`'s PostgreSQL server, and the `host:port` its
+/// URLs name (`through` puts the proxy's in its place).
+async fn database_proxy(db: &TestDatabase) -> (DatabaseProxy, String) {
+    let host_port = db
+        .settings
+        .url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned();
+    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port.as_str())
+        .await
+        .expect("resolve database host")
+        .next()
+        .expect("an address");
+    (DatabaseProxy::start(upstream).await, host_port)
+}
+
+/// `db`'s URL through `proxy`.
+fn through(proxy: &DatabaseProxy, host_port: &str, db: &TestDatabase) -> String {
+    db.settings
+        .url
+        .replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1)
+}
+
+/// A service started while its database is unreachable (a pod scheduled
+/// during an outage) waits for it, saying so, and serves once it is back,
+/// rather than exiting into a restart loop; told to stop while it waits, it
+/// stops at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_during_a_database_outage_waits_for_it() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let (proxy, host_port) = database_proxy(&db).await;
+    proxy.cut();
+    let dir = TempDir::new("start-outage");
+    let mut lifecycle = Process::new("lifecycle", &through(&proxy, &host_port, &db), dir.path());
+    lifecycle.spawn();
+    let waits = |process: &Process| {
+        process
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("the database is not reachable yet"))
+            .count()
+    };
+    eventually(
+        "lifecycle to say it waits for the database",
+        async || match waits(&lifecycle) {
+            0 | 1 => Err(Verbatim(lifecycle.log_text())),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    proxy.restore();
+    lifecycle.ready().await;
+    let client = Lifecycle::new(lifecycle.channel(), Caller::tenant(T));
+    create_account(&client, "after-the-outage").await;
+    lifecycle.terminate().await;
+
+    // Stopped while it waits: a clean exit, well inside a grace period.
+    proxy.cut();
+    let dir = TempDir::new("stop-while-waiting");
+    let mut waiting = Process::new("lifecycle", &through(&proxy, &host_port, &db), dir.path());
+    waiting.spawn();
+    eventually(
+        "the second start to wait for the database",
+        async || match waits(&waiting) {
+            0 | 1 => Err(Verbatim(waiting.log_text())),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    waiting.terminate().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped at once: {:?}",
+        started.elapsed()
+    );
+}
+
 /// PostgreSQL unreachable for a while (a proxy cut between the three
 /// services and the server): requests answer UNAVAILABLE, health turns
 /// NOT_SERVING, and every service recovers by itself when it returns.
@@ -337,24 +420,8 @@ async fn database_outage_is_unavailable_then_recovers() {
     ) else {
         return;
     };
-    let url = first.settings.url.clone();
-    let host_port = url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5432")
-        .to_owned();
-    let upstream: std::net::SocketAddr = tokio::net::lookup_host(host_port.as_str())
-        .await
-        .expect("resolve database host")
-        .next()
-        .expect("an address");
-    let proxy = DatabaseProxy::start(upstream).await;
-    let proxied = |db: &TestDatabase| {
-        db.settings
-            .url
-            .replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1)
-    };
+    let (proxy, host_port) = database_proxy(&first).await;
+    let proxied = |db: &TestDatabase| through(&proxy, &host_port, db);
     let dir = TempDir::new("outage");
     let mut lifecycle_process = Process::new("lifecycle", &proxied(&first), dir.path());
     lifecycle_process.start().await;

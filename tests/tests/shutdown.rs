@@ -113,6 +113,46 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     );
 }
 
+/// An open WatchAccountEvents stream ends when the replica stops taking
+/// connections, with UNAVAILABLE naming the cursor to resume from: the
+/// process exits then, rather than holding the stream (and itself) for
+/// the whole shutdown grace, and the watcher reconnects elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_end_when_the_replica_drains() {
+    let db = TestDatabase::sqlite();
+    let dir = TempDir::new("shutdown-watch");
+    let mut process = Process::new("lifecycle", &db.settings.url, dir.path())
+        .with_env("CASCADE_LIFECYCLE__SERVER__DRAIN_DELAY_MS", "500")
+        .with_env("CASCADE_LIFECYCLE__SERVER__SHUTDOWN_GRACE_MS", "20000");
+    process.start().await;
+    let mut lifecycle = LifecycleServiceClient::new(process.channel());
+    let mut stream = lifecycle
+        .watch_account_events(request_for("t", lc::WatchAccountEventsRequest::default()))
+        .await
+        .expect("watch")
+        .into_inner();
+    let started = Instant::now();
+    let pid = process.pid().expect("running");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream ends before the grace")
+        .expect("an answer");
+    let status = ended.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("cursor 0"), "{status:?}");
+    let exit = process.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "clean exit: {exit}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "exited without waiting out the 20 s grace: {:?}",
+        started.elapsed()
+    );
+}
+
 /// With every place for requests taken by a call waiting on the database,
 /// health checks are still answered at once: a liveness probe stuck behind
 /// them would restart a pod that is only busy.

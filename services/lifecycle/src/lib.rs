@@ -120,6 +120,7 @@ async fn service(
         public: LifecycleServiceServer::new(api::LifecycleApi::new(
             repository.clone(),
             private_webhooks,
+            background.drain_signal(),
         ))
         .max_decoding_message_size(limit),
         internal: LifecycleInternalServiceServer::new(api::LifecycleInternalApi::new(repository))

@@ -16,8 +16,8 @@ use cascade_proto::lifecycle::v1::OpportunityEventType as Opp;
 use cascade_proto::lifecycle::v1::TransitionCause as Cause;
 use cascade_testkit::fixtures::{mask, precondition_subjects, score_delivery, violated_fields};
 use cascade_testkit::{
-    Lifecycle, TestDatabase, TestSystem, WebhookReceiver, next_millisecond, on_each_database,
-    wait_until_delivered,
+    Lifecycle, TestDatabase, TestSystem, WebhookReceiver, eventually, next_millisecond,
+    on_each_database, wait_until_delivered,
 };
 use common::{opportunity, score};
 use futures::StreamExt;
@@ -1033,7 +1033,8 @@ async fn watch_streams_and_resumes(db: TestDatabase) {
     let mut prioritized_only = lifecycle
         .public()
         .watch_account_events(lifecycle.req(pb::WatchAccountEventsRequest {
-            stages: vec![S::Prioritized as i32],
+            // Repeats count once (the stream holds the set while it is open).
+            stages: vec![S::Prioritized as i32; 1000],
             ..Default::default()
         }))
         .await
@@ -1114,8 +1115,34 @@ async fn watch_streams_and_resumes(db: TestDatabase) {
         .await
         .expect_err("no such account");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
-    drop(resumed);
-    drop(prioritized_only);
+
+    // One tenant holds at most 50 streams open on a replica; the next is
+    // RESOURCE_EXHAUSTED, other tenants are not held back, and a closed
+    // stream's place comes free.
+    let crowded = lifecycle.as_tenant("crowded");
+    let watch = async |client: &Lifecycle| {
+        client
+            .public()
+            .watch_account_events(client.req(pb::WatchAccountEventsRequest::default()))
+            .await
+    };
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        open.push(watch(&crowded).await.expect("within the bound"));
+    }
+    let refused = watch(&crowded).await.expect_err("over the bound");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("50 watch streams"),
+        "{refused:?}"
+    );
+    let another = watch(&lifecycle).await.expect("another tenant watches");
+    drop(open.pop());
+    eventually("a closed stream's place to come free", async || {
+        watch(&crowded).await.map(drop).map_err(|s| s.code())
+    })
+    .await;
+    drop((another, open, resumed, prioritized_only));
     system.stop().await;
 }
 

@@ -135,6 +135,9 @@ pub struct Background {
     /// deliverers, which give back their claims).
     draining: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Turns true when the listener closes, before the server's grace:
+    /// streams that would run forever end then (`drain_signal`).
+    drain: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for Background {
@@ -143,6 +146,7 @@ impl Default for Background {
             tasks: Arc::default(),
             draining: Arc::default(),
             stop: Arc::new(tokio::sync::watch::channel(false).0),
+            drain: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }
@@ -166,6 +170,14 @@ impl Background {
     /// Turns true when the service stops.
     pub fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stop.subscribe()
+    }
+
+    /// Turns true when the replica stops taking connections: a stream
+    /// open until its client leaves (a watch) ends then, so the drain
+    /// does not wait out the whole grace for it and its client reconnects
+    /// to another replica.
+    pub fn drain_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain.subscribe()
     }
 
     /// Tells the draining tasks to stop, waits for them a moment, and
@@ -237,6 +249,21 @@ where
     } else {
         None
     };
+    // A pod created while the database is down (a scale-up, a drain) waits
+    // for it rather than exiting into the kubelet's restart backoff, and
+    // still stops at once when told to.
+    let patience = if cli.migrate {
+        MIGRATE_DATABASE_PATIENCE
+    } else {
+        DATABASE_PATIENCE
+    };
+    tokio::select! {
+        reached = wait_for_database(&settings.database, patience) => reached?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped before the database was reached");
+            return Ok(());
+        }
+    }
     if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
         crate::db::connect_and_migrate::<M>(&settings.database).await?;
@@ -275,6 +302,43 @@ where
         .await?
         .run_until_stopped()
         .await
+}
+
+/// How long a starting service waits for its database: inside the startup
+/// probe's minute (k8s/base), so that a pod created during an outage starts
+/// within seconds of the database's return, not after the kubelet's restart
+/// backoff (up to five minutes). The migrating init container has no probe
+/// and waits longer.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(45);
+const MIGRATE_DATABASE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Returns once the database takes a connection, trying again with backoff
+/// (each failure logged with its cause, so a wrong password shows at once)
+/// until `patience` has passed; then the last error.
+async fn wait_for_database(
+    settings: &crate::db::DatabaseSettings,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut delays = crate::retry::delays(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match crate::db::connect(settings).await {
+            Ok(database) => {
+                let _ = database.close().await;
+                return Ok(());
+            }
+            Err(error) if started.elapsed() < patience => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the database is not reachable yet; waiting for it"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Connects to and migrates the service's database, builds its gRPC service
@@ -575,6 +639,7 @@ impl Application {
             () = tokio::time::sleep(settings.drain_delay()) => {}
         }
         stop_listener.send(()).ok();
+        background.drain.send_replace(true);
         match tokio::time::timeout(settings.shutdown_grace(), server).await {
             Ok(result) => result?,
             Err(_) => tracing::warn!(

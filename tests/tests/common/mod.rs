@@ -57,6 +57,8 @@ pub struct Process {
     own_session: bool,
     child: Option<Child>,
     log: PathBuf,
+    /// Where the current start's lines begin in the log.
+    log_start: u64,
 }
 
 impl Process {
@@ -78,6 +80,7 @@ impl Process {
             own_session: false,
             child: None,
             log,
+            log_start: 0,
         }
     }
 
@@ -148,7 +151,14 @@ impl Process {
 
     /// Starts the binary (on port 0 the first time, on the port it had
     /// after that) and waits until it is SERVING.
+    /// Starts the binary and waits until it serves.
     pub async fn start(&mut self) {
+        self.spawn();
+        self.ready().await;
+    }
+
+    /// Starts the binary without waiting for it (`ready` waits).
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let path = bin_dir().join(format!("cascade-{}", self.name));
         assert!(
@@ -164,6 +174,7 @@ impl Process {
             .expect("log file");
         // This start's lines come after what earlier runs wrote.
         let log_start = log.metadata().expect("log metadata").len();
+        self.log_start = log_start;
         let mut command = if self.own_session {
             let mut command = Command::new("setsid");
             command.arg(path);
@@ -225,6 +236,11 @@ impl Process {
             command.env(k, v);
         }
         self.child = Some(command.spawn().expect("service starts"));
+    }
+
+    /// Waits until the process `spawn` started serves.
+    pub async fn ready(&mut self) {
+        let log_start = self.log_start;
         if self.port.is_none() {
             let what = format!("{} to announce its listener", self.name);
             let port = eventually(&what, async || {

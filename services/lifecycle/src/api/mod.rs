@@ -1,6 +1,8 @@
 //! gRPC handlers: validate and translate requests, call the repository, and
 //! translate the answer. No rules live here.
 
+use std::sync::Arc;
+
 use cascade_chassis::idempotency::RequestKey;
 use cascade_chassis::page::PageRequest;
 use cascade_chassis::validate::{Validator, mask_path, mask_paths, not_writable};
@@ -135,13 +137,23 @@ pub struct LifecycleApi {
     pub(crate) repository: Repository,
     /// Whether a webhook URL may name a private address (`crate::webhook`).
     pub(crate) private_webhooks: bool,
+    /// The watch streams open on this replica (`watch`).
+    pub(crate) watchers: Arc<watch::Watchers>,
+    /// Turns true when the replica drains: open watch streams end then.
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LifecycleApi {
-    pub fn new(repository: Repository, private_webhooks: bool) -> Self {
+    pub fn new(
+        repository: Repository,
+        private_webhooks: bool,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             repository,
             private_webhooks,
+            watchers: Arc::default(),
+            draining,
         }
     }
 }
@@ -153,7 +165,12 @@ pub struct LifecycleInternalApi(LifecycleApi);
 impl LifecycleInternalApi {
     pub fn new(repository: Repository) -> Self {
         // It writes no settings: no webhook URL to check.
-        Self(LifecycleApi::new(repository, false))
+        // It serves no stream: the drain signal is never read.
+        Self(LifecycleApi::new(
+            repository,
+            false,
+            tokio::sync::watch::channel(false).1,
+        ))
     }
 }
 

@@ -1,6 +1,8 @@
 //! WatchAccountEvents: the account's events as a stream.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cascade_chassis::validate::Validator;
@@ -20,6 +22,48 @@ pub type WatchStream =
 /// How often a watcher looks for events written by other replicas.
 const WATCH_POLL: Duration = Duration::from_millis(500);
 
+/// The most watch streams one tenant may hold open on one replica. Each
+/// holds a task and reads the feed on every commit, so one tenant's
+/// thousand forgotten streams would slow every tenant's writes.
+pub const MAX_WATCHES_PER_TENANT: usize = 50;
+
+/// The watch streams open on this replica, per tenant.
+#[derive(Debug, Default)]
+pub struct Watchers(Mutex<HashMap<String, usize>>);
+
+/// One open stream's place, given back when its task ends.
+struct WatchSlot {
+    watchers: Arc<Watchers>,
+    tenant: String,
+}
+
+impl Watchers {
+    fn claim(self: &Arc<Self>, tenant: &str) -> Option<WatchSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(tenant.to_owned()).or_default();
+        if *count >= MAX_WATCHES_PER_TENANT {
+            return None;
+        }
+        *count += 1;
+        Some(WatchSlot {
+            watchers: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.watchers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 pub(super) async fn watch_account_events(
     api: &LifecycleApi,
     request: Request<pb::WatchAccountEventsRequest>,
@@ -27,9 +71,12 @@ pub(super) async fn watch_account_events(
     let context = RequestContext::of(&request)?;
     let request = request.into_inner();
     let mut v = Validator::new();
-    let mut stages = Vec::new();
+    // A set of at most the nine stages, however often the request repeats
+    // them: the stream holds it as long as it is open.
+    let mut stages: Vec<String> = Vec::new();
     for (i, stage) in request.stages.iter().enumerate() {
         match AccountStage::from_proto(*stage) {
+            Some(stage) if stages.iter().any(|s| s == stage.as_str()) => {}
             Some(stage) => stages.push(stage.as_str().to_owned()),
             None => v.add(format!("stages[{i}]"), "must be an account stage"),
         }
@@ -75,9 +122,28 @@ pub(super) async fn watch_account_events(
         Some(seq) => seq,
         None => latest,
     };
+    let Some(slot) = api.watchers.claim(tenant.as_str()) else {
+        return Err(ServiceError::ResourceExhausted {
+            message: format!(
+                "this tenant has {MAX_WATCHES_PER_TENANT} watch streams open on this replica; \
+                 close one (or watch the tenant's whole feed in one stream, filtering by account)"
+            ),
+            retry_after: None,
+        }
+        .into());
+    };
     let written = repository.events_written();
+    let mut draining = api.draining.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
+        let _slot = slot;
+        // Ends when the replica drains; a sender gone (a test's API) never.
+        let drained = async move {
+            if draining.wait_for(|d| *d).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(drained);
         loop {
             // Registered before reading, so a commit in between still wakes us.
             let notified = written.notified();
@@ -123,6 +189,14 @@ pub(super) async fn watch_account_events(
                 () = &mut notified => {}
                 () = tokio::time::sleep(WATCH_POLL) => {}
                 () = tx.closed() => return,
+                () = &mut drained => {
+                    let status = Status::unavailable(format!(
+                        "this replica is shutting down; watch again with cursor {after} \
+                         to resume where this stream ended"
+                    ));
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
             }
         }
     });
