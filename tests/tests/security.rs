@@ -203,11 +203,57 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
         .await
         .expect_err("operator cannot change settings");
     assert_eq!(denied.code(), Code::PermissionDenied);
-    let settings = lifecycle
-        .get_lifecycle_settings(admin.req(lc::GetLifecycleSettingsRequest::default()))
+    // The webhook URL is a credential: admins read it whole, other roles
+    // only where it points, in the current version and in older ones.
+    let hook = "https://hooks.example.com/webhookb2/abc@def/IncomingWebhook/0123456789";
+    let written = lifecycle
+        .update_lifecycle_settings(admin.req(lc::UpdateLifecycleSettingsRequest {
+            settings: Some(lc::LifecycleSettings {
+                webhook_url: hook.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["webhook_url".into()],
+            }),
+        }))
         .await
-        .expect("admin reads settings");
-    assert!(settings.into_inner().settings.is_some());
+        .expect("admin sets the webhook")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert_eq!(written.webhook_url, hook);
+    let read_as = async |caller: &Caller, version: i64| {
+        lifecycle
+            .clone()
+            .get_lifecycle_settings(caller.req(lc::GetLifecycleSettingsRequest { version }))
+            .await
+            .expect("settings read")
+            .into_inner()
+            .settings
+            .expect("settings")
+            .webhook_url
+    };
+    assert_eq!(read_as(&admin, 0).await, hook);
+    for version in [0, written.version] {
+        assert_eq!(
+            read_as(&reader, version).await,
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(
+            read_as(&operator, version).await,
+            "https://hooks.example.com/…"
+        );
+    }
+    // Cleared again: the test's notifications are not sent anywhere.
+    lifecycle
+        .update_lifecycle_settings(admin.req(lc::UpdateLifecycleSettingsRequest {
+            settings: Some(lc::LifecycleSettings::default()),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["webhook_url".into()],
+            }),
+        }))
+        .await
+        .expect("admin clears the webhook");
     // Only services may call the internal Apply* RPCs; not even an admin
     // (its token, no actor header: not the kit's delivery as scoring).
     let apply = score_delivery("forged-score", &id, 1, 500.0);

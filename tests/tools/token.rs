@@ -64,6 +64,8 @@ fn run() -> Result<(), String> {
         tenant = None;
     } else if tenant.is_none() || roles.is_empty() {
         return Err("a person's token needs --tenant and --roles".into());
+    } else if roles.iter().any(|role| role == "service") {
+        return Err("the service role is for --service tokens, which carry no tenant".into());
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -747,6 +747,7 @@ mod tests {
             tenant: cascade_chassis::TenantId::parse("t").expect("tenant"),
             actor: "test".into(),
             deadline: None,
+            admin: false,
         };
         let asked_lifecycle = |result: ServiceResult<Vec<Checked>>| match result {
             Err(ServiceError::Unavailable(message)) => message.contains("lifecycle"),

@@ -88,6 +88,9 @@ pub struct RequestContext {
     pub actor: String,
     /// When the caller stops waiting (its `grpc-timeout`), if it said.
     pub deadline: Option<Instant>,
+    /// Whether the caller holds the admin role (with authentication
+    /// disabled, every caller does): what only admins may read.
+    pub admin: bool,
 }
 
 impl RequestContext {
@@ -121,6 +124,7 @@ impl RequestContext {
             tenant,
             actor,
             deadline: deadline_header(headers),
+            admin: true,
         })
     }
 

@@ -9,7 +9,18 @@ use crate::error::{FieldViolation, ServiceError};
 #[derive(Debug, Default)]
 pub struct Validator {
     violations: Vec<FieldViolation>,
+    /// Violations past `MAX_KEPT`, counted only.
+    omitted: usize,
 }
+
+/// The most violations a request keeps: a status reports ten at most
+/// (`error.rs`), and a request of two million bad list entries must not
+/// hold two million descriptions in memory.
+const MAX_KEPT: usize = 1000;
+
+/// The most paths an update mask may name: more than any resource has
+/// fields, far fewer than a 4 MiB request could carry.
+pub const MAX_MASK_PATHS: usize = 100;
 
 /// An id as stored: a UUID hyphenated in lower case (anything else trimmed
 /// and lower-cased), whatever form a caller wrote it in.
@@ -27,8 +38,15 @@ impl Validator {
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations
-            .push(FieldViolation::new(field, description));
+        self.push(FieldViolation::new(field, description));
+    }
+
+    fn push(&mut self, violation: FieldViolation) {
+        if self.violations.len() < MAX_KEPT {
+            self.violations.push(violation);
+        } else {
+            self.omitted += 1;
+        }
     }
 
     /// The value of a check made elsewhere, its violations joined to these
@@ -38,7 +56,9 @@ impl Validator {
         match checked {
             Ok(value) => Ok(Some(value)),
             Err(ServiceError::InvalidArgument(violations)) => {
-                self.violations.extend(violations);
+                for violation in violations {
+                    self.push(violation);
+                }
                 Ok(None)
             }
             Err(other) => Err(other),
@@ -230,13 +250,20 @@ impl Validator {
         if paths.is_empty() {
             self.add("update_mask", "is required: name the fields to change");
         }
-        let mut unique: Vec<(usize, String)> = Vec::with_capacity(paths.len());
-        for (i, path) in paths.iter().enumerate() {
-            if !unique.iter().any(|(_, p)| p == path) {
-                unique.push((i, path.clone()));
-            }
+        if paths.len() > MAX_MASK_PATHS {
+            self.add(
+                "update_mask",
+                format!("names {} paths; at most {MAX_MASK_PATHS}", paths.len()),
+            );
+            return Vec::new();
         }
-        unique
+        let mut seen = std::collections::HashSet::with_capacity(paths.len());
+        paths
+            .iter()
+            .enumerate()
+            .filter(|(_, path)| seen.insert(path.as_str()))
+            .map(|(i, path)| (i, path.clone()))
+            .collect()
     }
 
     /// An optional timestamp: absent, or valid as `required_time` says.
@@ -317,7 +344,16 @@ impl Validator {
         }
     }
 
-    pub fn finish(self) -> Result<(), ServiceError> {
+    pub fn finish(mut self) -> Result<(), ServiceError> {
+        if self.omitted > 0 {
+            self.violations.push(FieldViolation::new(
+                "request",
+                format!(
+                    "has {} more violations than the {MAX_KEPT} kept",
+                    self.omitted
+                ),
+            ));
+        }
         if self.violations.is_empty() {
             Ok(())
         } else {
@@ -459,6 +495,43 @@ mod tests {
             fields,
             ["account.name", "account.owner_id", "account.domain"]
         );
+    }
+
+    #[test]
+    fn a_flood_of_violations_is_counted_past_the_kept() {
+        let mut v = Validator::new();
+        for i in 0..MAX_KEPT + 5 {
+            v.add(format!("ids[{i}]"), "must be a UUID");
+        }
+        let Err(ServiceError::InvalidArgument(violations)) = v.finish() else {
+            panic!("refused")
+        };
+        assert_eq!(violations.len(), MAX_KEPT + 1);
+        assert_eq!(
+            violations[MAX_KEPT - 1].field,
+            format!("ids[{}]", MAX_KEPT - 1)
+        );
+        assert_eq!(
+            violations[MAX_KEPT].description,
+            "has 5 more violations than the 1000 kept"
+        );
+    }
+
+    #[test]
+    fn mask_paths_are_kept_once_in_order_and_bounded() {
+        let mask = |paths: Vec<String>| prost_types::FieldMask { paths };
+        let paths =
+            mask_paths(Some(&mask(vec!["b".into(), "a".into(), "b".into()]))).expect("valid");
+        assert_eq!(paths, [(0, "b".to_owned()), (1, "a".to_owned())]);
+        // Seven hundred thousand distinct paths: refused by their number,
+        // at once (a pairwise comparison took minutes of a worker).
+        let many = (0..700_000).map(|i| format!("p{i}")).collect();
+        let Err(ServiceError::InvalidArgument(violations)) = mask_paths(Some(&mask(many))) else {
+            panic!("refused")
+        };
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "update_mask");
+        assert_eq!(violations[0].description, "names 700000 paths; at most 100");
     }
 
     #[test]

@@ -13,7 +13,19 @@ use cascade_chassis::secret::Secret;
 
 const MAX_HAND_RAISE_TYPES: usize = 50;
 
-fn settings_to_proto(stored: crate::storage::StoredSettings) -> pb::LifecycleSettings {
+/// A webhook URL as a caller who is not an admin reads it: its origin and
+/// "/…". The URL is a credential (a Teams webhook URL lets anyone post to
+/// the channel), and readers (a dashboard's token) need only know where
+/// notifications go.
+fn webhook_origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => format!("{}/…", parsed.origin().ascii_serialization()),
+        Err(_) => "…".to_owned(),
+    }
+}
+
+/// `admin`: whether the caller may read the webhook URL whole.
+fn settings_to_proto(stored: crate::storage::StoredSettings, admin: bool) -> pb::LifecycleSettings {
     let s = stored.settings;
     pb::LifecycleSettings {
         version: s.version,
@@ -23,7 +35,11 @@ fn settings_to_proto(stored: crate::storage::StoredSettings) -> pb::LifecycleSet
         on_lost_action: s.on_lost_action.to_proto(),
         hand_raise_activity_types: s.hand_raise_activity_types,
         renotify_on_hand_raise: s.renotify_on_hand_raise,
-        webhook_url: s.webhook_url.unwrap_or_default(),
+        webhook_url: match s.webhook_url {
+            Some(url) if admin => url,
+            Some(url) => webhook_origin(&url),
+            None => String::new(),
+        },
         // Write-only: never returned.
         webhook_secret: String::new(),
         webhook_secret_set: s.webhook_secret.is_some(),
@@ -52,7 +68,7 @@ pub(super) async fn get_lifecycle_settings(
         .get_settings(&context.tenant, (version > 0).then_some(version))
         .await?;
     Ok(Response::new(pb::GetLifecycleSettingsResponse {
-        settings: Some(settings_to_proto(stored)),
+        settings: Some(settings_to_proto(stored, context.admin)),
     }))
 }
 
@@ -255,6 +271,6 @@ pub(super) async fn update_lifecycle_settings(
         .update_settings(&context.tenant, &context.actor, change)
         .await?;
     Ok(Response::new(pb::UpdateLifecycleSettingsResponse {
-        settings: Some(settings_to_proto(stored)),
+        settings: Some(settings_to_proto(stored, context.admin)),
     }))
 }

@@ -342,6 +342,16 @@ impl Authenticator {
             )));
         }
         let is_service = roles.contains(&Role::Service);
+        // Services act for many tenants (the pending erasures of all of
+        // them); a token bound to one tenant holding the role would reach
+        // the others'. Cascade's own service tokens carry no tenant.
+        if is_service && claims.tenant.is_some() {
+            return Err(ServiceError::PermissionDenied(
+                "a token bound to a tenant may not hold the service role, which is for \
+                 Cascade's own services (their tokens carry no tenant claim)"
+                    .into(),
+            ));
+        }
         let named = tenant_header(headers)?;
         let tenant = match (claims.tenant.as_deref(), named) {
             // A person's token is bound to its tenant; a header may only repeat it.
@@ -380,6 +390,7 @@ impl Authenticator {
             tenant,
             actor: relayed.unwrap_or(claims.sub),
             deadline: deadline_header(headers),
+            admin: roles.contains(&Role::Admin),
         })
     }
 

@@ -192,6 +192,25 @@ fn service_tokens_act_for_the_named_tenant() {
 }
 
 #[test]
+fn a_token_bound_to_a_tenant_cannot_hold_the_service_role() {
+    // The service role reads every tenant's pending erasures; bound to one
+    // tenant it would let that tenant's token read (and confirm) the
+    // others'.
+    let auth = Authenticator::from_settings(&settings(), permissions).expect("auth");
+    let bound = token(
+        claims(&["service", "reader"], Some("acme"), unix_now() + 600),
+        SECRET,
+    );
+    for (path, tenant) in [(APPLY, None), (APPLY, Some("acme")), (GET, None)] {
+        let error = auth
+            .authenticate(path, &headers(&bound, tenant))
+            .expect_err("refused");
+        assert_eq!(error.code(), tonic::Code::PermissionDenied, "{path}");
+        assert!(error.to_string().contains("service role"), "{error}");
+    }
+}
+
+#[test]
 fn rs256_tokens_verify_against_a_public_key_file() {
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
