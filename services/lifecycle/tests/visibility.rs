@@ -468,7 +468,8 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
     assert_eq!(back.engagement_since_recycle, 100.0);
     assert_eq!(back.stage, S::Prioritized as i32);
 
-    // The score can fall below where it stood at the recycle.
+    // The score can fall below where it stood at the recycle: the baseline
+    // follows it down, so what is earned from there counts whole.
     ae.public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
@@ -478,8 +479,12 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
         .expect("disqualify");
     score(&lifecycle, &id, "h-4", 4, 200.0, 0.0, vec![]).await;
     let fallen = lifecycle.account(&id).await;
-    assert_eq!(fallen.engagement_since_recycle, -50.0);
+    assert_eq!(fallen.engagement_since_recycle, 0.0);
     assert_eq!(fallen.stage, S::Detected as i32);
+    score(&lifecycle, &id, "h-5", 5, 210.0, 0.0, vec![]).await;
+    let engaged = lifecycle.account(&id).await;
+    assert_eq!(engaged.engagement_since_recycle, 10.0);
+    assert_eq!(engaged.stage, S::Engaged as i32);
     system.stop().await;
 }
 

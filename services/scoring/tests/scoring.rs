@@ -374,6 +374,10 @@ async fn engaged_contacts_follow_batches(db: TestDatabase) {
         .create_contact(&id, "cy@engaged.example")
         .await
         .contact_id;
+    let dee = lifecycle
+        .create_contact(&id, "dee@engaged.example")
+        .await
+        .contact_id;
     scoring.change_model(research_is_intent).await;
 
     let batches = [
@@ -398,6 +402,14 @@ async fn engaged_contacts_follow_batches(db: TestDatabase) {
             2,
         ),
         (vec![activity("b8", "email_open", &id, &ann)], 56.0, 2),
+        // A type with no rule is recorded but is no engagement: Dee does
+        // not lower the average until she earns points.
+        (
+            vec![activity("b9", "webinar_registered", &id, &dee)],
+            56.0,
+            2,
+        ),
+        (vec![activity("b10", "email_open", &id, &dee)], 58.0, 3),
     ];
     for (batch, engagement, engaged) in batches {
         let response = scoring.record(batch).await;

@@ -80,6 +80,13 @@ pub struct ScoreClock {
 /// kept instead, so a change of decay moves no account by itself. A
 /// baseline of unknown day (kept before days were) is taken as it is, and
 /// a baseline of 0 stays 0 (everything was earned since).
+///
+/// The baseline never exceeds the score: points that left the account
+/// since (a contact deactivated or erased) are not owed again, or the
+/// engagement earned after would go to paying them back (a reviewer's
+/// case: 100 new points left an account ENGAGED). Points that come back
+/// (a contact reactivated) count as earned: lifecycle sees sums, not why
+/// they moved.
 pub fn baseline_at(
     state: &AccountState,
     at: Option<ScoreClock>,
@@ -88,18 +95,19 @@ pub fn baseline_at(
     score: f64,
 ) -> f64 {
     let baseline = state.score_baseline;
-    let Some(at) = at else {
-        return baseline;
-    };
     if baseline == 0.0 {
         return 0.0;
     }
-    match at.half_life_days {
-        Some(was) if was != half_life_days => {
-            score - earned_since_recycle(state.engagement_score, baseline)
-        }
-        _ => baseline * cascade_domain::decay::decay_factor(half_life_days, at.day, day),
-    }
+    let at_day = match at {
+        None => baseline,
+        Some(at) => match at.half_life_days {
+            Some(was) if was != half_life_days => {
+                score - earned_since_recycle(state.engagement_score, baseline)
+            }
+            _ => baseline * cascade_domain::decay::decay_factor(half_life_days, at.day, day),
+        },
+    };
+    at_day.min(score)
 }
 
 /// Something that may move an account.

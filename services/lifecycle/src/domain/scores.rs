@@ -449,6 +449,42 @@ mod tests {
         assert_eq!(c.score_baseline, 0.0);
     }
 
+    /// Points that leave a recycled account (a contact deactivated) lower
+    /// its baseline with its score, so what is earned after counts whole.
+    #[test]
+    fn a_baseline_never_exceeds_the_score() {
+        let mut a = account(AccountStage::Engaged);
+        a.state.score_baseline = 150.0;
+        a.state.engagement_score = 150.0;
+        a.score_clock = Some(ScoreClock {
+            day: DAY,
+            half_life_days: Some(0.0),
+        });
+        let fallen = changes(decide(
+            &a,
+            &HashMap::new(),
+            &delivery(50.0, &[]),
+            &settings(),
+        ));
+        assert_eq!(
+            (fallen.stage, fallen.score_baseline),
+            (AccountStage::Engaged, 50.0)
+        );
+        a.state.score_baseline = fallen.score_baseline;
+        a.state.engagement_score = 50.0;
+        a.score_clock = Some(fallen.score_clock);
+        a.score_sequence = 4;
+        let earned = ScoreDelivery {
+            sequence: 5,
+            ..delivery(150.0, &[])
+        };
+        let c = changes(decide(&a, &HashMap::new(), &earned, &settings()));
+        assert_eq!(
+            (c.stage, c.score_baseline),
+            (AccountStage::Prioritized, 50.0)
+        );
+    }
+
     #[test]
     fn a_sequence_far_past_the_last_is_refused() {
         let a = account(AccountStage::Targeted);

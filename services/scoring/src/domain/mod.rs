@@ -14,7 +14,7 @@ pub use points::{LIFETIME, Scored, Usage, UsageKey, score_activities, score_acti
 pub use status::{INACTIVE_CONTACT, change_is_later, recompute_before, totals_changed};
 pub use totals::{
     AccountAddition, BatchActivity, BatchScores, Bucket, StoredScore, Totals, add_batch, day_of,
-    decay_factor, totals_of,
+    decay_factor, engages, totals_of,
 };
 
 /// Whether an activity sent under an event id recorded before is that
@@ -118,11 +118,32 @@ impl ScoringModel {
     }
 }
 
+/// The most rules, and the most intent types, a model may have.
+pub const MAX_MODEL_LIST: usize = 500;
+
 /// Checks a proposed model; each problem as (field, description).
 pub fn check_model(model: &ScoringModel) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if model.rules.len() > 500 {
-        problems.push(("model.rules".into(), "at most 500 rules".into()));
+    // Sizes first, and nothing more when one is over: every batch reads
+    // the model and every activity looks its type up in these lists, and
+    // a refusal need not name each of a million entries.
+    if model.rules.len() > MAX_MODEL_LIST {
+        problems.push((
+            "model.rules".into(),
+            format!("at most {MAX_MODEL_LIST} rules (got {})", model.rules.len()),
+        ));
+    }
+    if model.intent_activity_types.len() > MAX_MODEL_LIST {
+        problems.push((
+            "model.intent_activity_types".into(),
+            format!(
+                "at most {MAX_MODEL_LIST} types (got {})",
+                model.intent_activity_types.len()
+            ),
+        ));
+    }
+    if !problems.is_empty() {
+        return problems;
     }
     let mut seen = std::collections::HashSet::new();
     for (i, rule) in model.rules.iter().enumerate() {

@@ -160,6 +160,26 @@ fn models_are_checked() {
     assert!(check_model(&ScoringModel::default()).is_empty());
 }
 
+#[test]
+fn oversized_models_are_refused_by_size_alone() {
+    // A million bad intent types: refused as one problem, not a million.
+    let mut m = model(vec![rule("Bad!", 1, 0, false)]);
+    m.intent_activity_types = vec!["Bad!".into(); 1_000_000];
+    assert_eq!(
+        check_model(&m),
+        [(
+            "model.intent_activity_types".to_owned(),
+            "at most 500 types (got 1000000)".to_owned()
+        )]
+    );
+    m.intent_activity_types = vec!["demo".into(); MAX_MODEL_LIST];
+    m.rules = (0..=MAX_MODEL_LIST)
+        .map(|i| rule(&format!("t{i}"), 1, 0, false))
+        .collect();
+    let fields: Vec<String> = check_model(&m).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["model.rules"]);
+}
+
 /// (contact, activity type, intent, day, points) of one activity.
 type Activity = (Option<&'static str>, &'static str, bool, i64, i32);
 
@@ -227,6 +247,8 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
         (Some("c4"), "web_research", true, 103, 10),
         (Some("c5"), "email_open", false, 99, 1),
         (None, "page_visit", false, 103, 2),
+        // A type with no rule: recorded, but no sign of engagement.
+        (Some("c6"), "webinar_registered", false, 103, 0),
     ];
     let today = 103;
     for half_life in [0.0, 7.0] {
@@ -247,7 +269,7 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
         let expected = totals_of(buckets(&all), &model, today);
         let engaged_before: BTreeSet<String> = earlier
             .iter()
-            .filter(|a| !a.2)
+            .filter(|a| !a.2 && a.4 > 0)
             .map(|a| a.0.unwrap_or_default().to_owned())
             .collect();
         let got = add_batch(
@@ -278,7 +300,7 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
             assert_eq!(got_count, *count, "{half_life}: {kind}");
             assert!(close(got_points, *points), "{half_life}: {kind}");
         }
-        for contact in ["c1", "c2", "c4", "c5", ""] {
+        for contact in ["c1", "c2", "c4", "c5", "c6", ""] {
             assert!(
                 close(
                     got.per_contact.get(contact).copied().unwrap_or(0.0),
@@ -295,9 +317,10 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
                 1.0 + 2.0 + 2.0 - 5.0 + 1.0 + 100.0 + 1.0 + 2.0
             );
             assert_eq!(got.intent, 20.0);
-            // c1, c2, c3, c5 and the activities without a contact.
-            assert_eq!(got.engaged_contacts, 5);
-            assert_eq!(got.activities, 10);
+            // c1, c2, c5 and the activities without a contact: not c3,
+            // whose one activity is a penalty, nor c6, whose is worth 0.
+            assert_eq!(got.engaged_contacts, 4);
+            assert_eq!(got.activities, 11);
             assert_eq!(got.breakdown["email_open"], (3, 3.0));
             assert_eq!(got.breakdown["page_visit"], (3, 6.0));
         }

@@ -43,6 +43,13 @@ pub struct Bucket {
     pub activities: i64,
 }
 
+/// Whether a bucket shows its contact engaged: engagement worth points. A
+/// type with no rule (or 0 points) is no signal, and a penalty alone is
+/// none either; counted, they lowered the account's average.
+pub fn engages(bucket: &Bucket) -> bool {
+    !bucket.intent && bucket.points > 0
+}
+
 /// Totals at `today` of the buckets given (an account's, or one contact's).
 pub fn totals_of(
     buckets: impl IntoIterator<Item = Bucket>,
@@ -60,14 +67,13 @@ pub fn totals_of(
             continue;
         }
         totals.engagement += value;
+        if engages(&bucket) {
+            engaged.insert(bucket.contact_id.clone());
+        }
         let entry = totals.breakdown.entry(bucket.activity_type).or_default();
         entry.0 += bucket.activities;
         entry.1 += value;
-        *totals
-            .per_contact
-            .entry(bucket.contact_id.clone())
-            .or_default() += value;
-        engaged.insert(bucket.contact_id);
+        *totals.per_contact.entry(bucket.contact_id).or_default() += value;
     }
     totals.engaged_contacts = i32::try_from(engaged.len()).unwrap_or(i32::MAX);
     totals
@@ -109,6 +115,8 @@ pub struct AccountAddition {
     pub intent: f64,
     /// Contact ("" without one) -> engagement points added.
     pub contact_points: BTreeMap<String, f64>,
+    /// Contacts engaged by the batch (`engages`: engagement worth points).
+    pub engaging: BTreeSet<String>,
     /// Contact -> activity types recorded (intent ones too): what the
     /// delivery tells lifecycle, and whose contact scores are written.
     pub new_types: BTreeMap<String, BTreeSet<String>>,
@@ -146,6 +154,10 @@ impl BatchScores {
             } else {
                 add.engagement += value;
                 *slot(&mut add.contact_points, a.contact_id.unwrap_or_default()) += value;
+                let contact = a.contact_id.unwrap_or_default();
+                if a.points > 0 && !add.engaging.contains(contact) {
+                    add.engaging.insert(contact.to_owned());
+                }
                 let by_type = slot(&mut add.breakdown, a.activity_type);
                 by_type.0 += a.activities;
                 by_type.1 += value;
@@ -185,11 +197,7 @@ pub fn add_batch(
     previous: impl Fn(&str) -> f64,
     was_engaged: impl Fn(&str) -> bool,
 ) -> Totals {
-    let newly_engaged = add
-        .contact_points
-        .keys()
-        .filter(|c| !was_engaged(c))
-        .count();
+    let newly_engaged = add.engaging.iter().filter(|c| !was_engaged(c)).count();
     let mut per_contact = BTreeMap::new();
     for contact in add.new_types.keys().chain(add.contact_points.keys()) {
         let added = add.contact_points.get(contact).copied().unwrap_or(0.0);

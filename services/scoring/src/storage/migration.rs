@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(PendingFoldsLz4),
             Box::new(ByteOrderKeys),
             Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
+            Box::new(EngagedMeansPoints),
         ]
     }
 }
@@ -477,5 +478,40 @@ impl MigrationTrait for ByteOrderKeys {
         Err(DbErr::Migration(
             "the byte order keys migration is not reversible".into(),
         ))
+    }
+}
+
+/// A contact is engaged by activity worth points (`domain::engages`): one
+/// with only unscored types (no rule, 0 points) or penalties was counted,
+/// and lowered its account's average. The flags are set again from the
+/// buckets, and the stored scores marked stale so their counts are
+/// recomputed on their next batch or read.
+struct EngagedMeansPoints;
+
+impl MigrationName for EngagedMeansPoints {
+    fn name(&self) -> &str {
+        "m20261207_100001_engaged_means_points"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for EngagedMeansPoints {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let statements = [
+            "UPDATE contact_scores SET engaged = EXISTS (SELECT 1 FROM score_buckets b \
+             WHERE b.tenant_id = contact_scores.tenant_id AND b.account_id = contact_scores.account_id \
+             AND b.contact_id = contact_scores.contact_id AND b.intent = FALSE AND b.points > 0) \
+             WHERE engaged",
+            "UPDATE account_scores SET computed_day = -1",
+        ];
+        let conn = manager.get_connection();
+        for statement in statements {
+            conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
     }
 }

@@ -536,7 +536,7 @@ pub(super) async fn rescore(
                 let engaged = add
                     .new_types
                     .keys()
-                    .filter(|c| was_engaged(c) || add.contact_points.contains_key(*c))
+                    .filter(|c| was_engaged(c) || add.engaging.contains(*c))
                     .cloned()
                     .collect();
                 result.insert(account_id.clone(), NewScore { totals, engaged });
@@ -563,9 +563,12 @@ pub(super) async fn recomputed(
         accounts,
     ) {
         for (account_id, buckets) in buckets_of(conn, t, accounts, None).await? {
+            let engaged = buckets
+                .iter()
+                .filter(|b| domain::engages(b))
+                .map(|b| b.contact_id.clone())
+                .collect();
             let totals = domain::totals_of(buckets, model, today);
-            // Only engagement buckets put a contact in `per_contact`.
-            let engaged = totals.per_contact.keys().cloned().collect();
             result.insert(account_id, NewScore { totals, engaged });
         }
     }
@@ -711,6 +714,7 @@ async fn account_sums(
         .and_where(score_bucket::Column::AccountId.eq(account_id))
         .and_where(counted_contacts(t, score_bucket::Column::ContactId))
         .and_where(score_bucket::Column::Intent.eq(false))
+        .and_where(score_bucket::Column::Points.gt(0))
         .to_owned();
     let model_version = Query::select()
         .expr(Expr::col(scoring_model::Column::Version).max())
