@@ -257,16 +257,25 @@ where
     } else {
         DATABASE_PATIENCE
     };
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     tokio::select! {
         reached = wait_for_database(&settings.database, patience) => reached?,
-        () = shutdown_signal() => {
+        () = &mut stop => {
             tracing::info!("stopped before the database was reached");
             return Ok(());
         }
     }
     if cli.migrate {
         tracing::info!(database = ?settings.database, "migrating {}", identity.name);
-        crate::db::connect_and_migrate::<M>(&settings.database).await?;
+        tokio::select! {
+            migrated = crate::db::connect_and_migrate::<M>(&settings.database) => {
+                migrated?;
+            }
+            () = &mut stop => anyhow::bail!(
+                "stopped while migrating: the migrations' transaction is rolled back (PostgreSQL)"
+            ),
+        }
         tracing::info!("migrations applied");
         return Ok(());
     }
@@ -298,10 +307,14 @@ where
         log_format = ?settings.telemetry.log_format,
         "starting"
     );
-    build::<M, S, F, Fut, X>(&settings, &identity, make_service)
-        .await?
-        .run_until_stopped()
-        .await
+    let application = tokio::select! {
+        built = build::<M, S, F, Fut, X>(&settings, &identity, make_service) => built?,
+        () = &mut stop => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    application.run(stop).await
 }
 
 /// How long a starting service waits for its database: inside the startup
@@ -312,23 +325,42 @@ where
 const DATABASE_PATIENCE: Duration = Duration::from_secs(45);
 const MIGRATE_DATABASE_PATIENCE: Duration = Duration::from_secs(300);
 
-/// Returns once the database takes a connection, trying again with backoff
-/// (each failure logged with its cause, so a wrong password shows at once)
-/// until `patience` has passed; then the last error.
+/// Returns once the database answers a ping (a pooler such as PgBouncer
+/// takes connections while the server behind it is down), trying again with
+/// backoff (each failure logged with its cause, so a wrong password shows at
+/// once) until `patience` has passed; then the last error. No attempt runs
+/// past the patience.
 async fn wait_for_database(
     settings: &crate::db::DatabaseSettings,
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + patience;
     let mut delays = crate::retry::delays(Duration::from_millis(250), Duration::from_secs(5));
     loop {
-        match crate::db::connect(settings).await {
-            Ok(database) => {
-                let _ = database.close().await;
-                return Ok(());
-            }
-            Err(error) if started.elapsed() < patience => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        let attempt = async {
+            let database = crate::db::connect(settings).await?;
+            let pinged = database.ping().await;
+            let _ = database.close().await;
+            pinged.map_err(|e| {
+                anyhow::anyhow!(
+                    "the database does not answer: {}",
+                    crate::secret::redact_urls(&e.to_string())
+                )
+            })
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let outcome = match tokio::time::timeout(left, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!(
+                "the database did not answer within {} s",
+                patience.as_secs()
+            )),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(error) if std::time::Instant::now() < deadline => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let delay = delays.next().unwrap_or(Duration::from_secs(5)).min(left);
                 tracing::warn!(
                     error = %error,
                     retry_in_ms = delay.as_millis() as u64,
@@ -496,11 +528,6 @@ impl Application {
     /// The address actually bound (tests bind port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run(shutdown_signal()).await
     }
 
     /// Runs until `shutdown` completes. Then health turns NOT_SERVING, after
@@ -782,29 +809,41 @@ async fn probe_database(
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
+/// SIGINT or SIGTERM. The listeners are registered when this is called,
+/// not when the future is first polled: a signal that arrives while the
+/// service connects, migrates or builds is kept, where it used to be lost
+/// (the handler, once installed, replaces the default "terminate").
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listeners = [
+            ("SIGINT", signal(SignalKind::interrupt())),
+            ("SIGTERM", signal(SignalKind::terminate())),
+        ];
+        async move {
+            let received = listeners.into_iter().map(|(name, listener)| {
+                Box::pin(async move {
+                    match listener {
+                        Ok(mut listener) => {
+                            listener.recv().await;
+                            tracing::info!("{name} received");
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "cannot listen for {name}");
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                })
+            });
+            futures::future::select_all(received).await;
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+        tracing::info!("SIGINT received");
     }
 }

@@ -345,14 +345,18 @@ impl Validator {
     }
 
     pub fn finish(mut self) -> Result<(), ServiceError> {
+        // First, so the status (which carries the first ten) says how many.
         if self.omitted > 0 {
-            self.violations.push(FieldViolation::new(
-                "request",
-                format!(
-                    "has {} more violations than the {MAX_KEPT} kept",
-                    self.omitted
+            self.violations.insert(
+                0,
+                FieldViolation::new(
+                    "request",
+                    format!(
+                        "has {} violations; the first {MAX_KEPT} are listed",
+                        MAX_KEPT + self.omitted
+                    ),
                 ),
-            ));
+            );
         }
         if self.violations.is_empty() {
             Ok(())
@@ -508,13 +512,14 @@ mod tests {
         };
         assert_eq!(violations.len(), MAX_KEPT + 1);
         assert_eq!(
-            violations[MAX_KEPT - 1].field,
-            format!("ids[{}]", MAX_KEPT - 1)
+            (
+                violations[0].field.as_str(),
+                violations[0].description.as_str()
+            ),
+            ("request", "has 1005 violations; the first 1000 are listed")
         );
-        assert_eq!(
-            violations[MAX_KEPT].description,
-            "has 5 more violations than the 1000 kept"
-        );
+        assert_eq!(violations[1].field, "ids[0]");
+        assert_eq!(violations[MAX_KEPT].field, format!("ids[{}]", MAX_KEPT - 1));
     }
 
     #[test]

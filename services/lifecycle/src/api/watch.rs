@@ -157,30 +157,41 @@ pub(super) async fn watch_account_events(
                 }
             };
             let full = events.len() == 256;
+            // `after` moves past an event once it is sent (or filtered out),
+            // so the cursor a drain names resumes exactly there.
             for event in events {
-                after = event.seq;
                 if account_id
                     .as_ref()
                     .is_some_and(|id| *id != event.account_id)
                 {
+                    after = event.seq;
                     continue;
                 }
                 if let Some(stage) = &event.to_stage
                     && !stages.is_empty()
                     && !stages.contains(stage)
                 {
+                    after = event.seq;
                     continue;
                 }
                 let Ok(mut message) =
                     pb::WatchAccountEventsResponse::decode(event.payload.as_slice())
                 else {
                     tracing::error!(seq = event.seq, "unreadable watch event skipped");
+                    after = event.seq;
                     continue;
                 };
                 message.cursor = event.seq.to_string();
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
+                // A client that stops reading must not hold the drain.
+                tokio::select! {
+                    sent = tx.send(Ok(message)) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    () = &mut drained => return end_for_drain(&tx, after).await,
                 }
+                after = event.seq;
             }
             if full {
                 continue;
@@ -189,17 +200,24 @@ pub(super) async fn watch_account_events(
                 () = &mut notified => {}
                 () = tokio::time::sleep(WATCH_POLL) => {}
                 () = tx.closed() => return,
-                () = &mut drained => {
-                    let status = Status::unavailable(format!(
-                        "this replica is shutting down; watch again with cursor {after} \
-                         to resume where this stream ended"
-                    ));
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
+                () = &mut drained => return end_for_drain(&tx, after).await,
             }
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     Ok(Response::new(Box::pin(stream)))
+}
+
+/// Ends a stream as its replica drains: UNAVAILABLE naming the cursor to
+/// resume from. A client whose buffer is full gets a second to make room;
+/// after that the stream is cut without the status, as the grace would.
+async fn end_for_drain(
+    tx: &tokio::sync::mpsc::Sender<Result<pb::WatchAccountEventsResponse, Status>>,
+    after: i64,
+) {
+    let status = Status::unavailable(format!(
+        "this replica is shutting down; watch again with cursor {after} \
+         to resume where this stream ended"
+    ));
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
 }

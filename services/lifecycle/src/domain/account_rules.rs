@@ -56,9 +56,11 @@ pub struct AccountState {
 }
 
 /// The engagement the thresholds are compared with: what was earned since
-/// the account was last sent back (the whole score if it never was).
+/// the account was last sent back (the whole score if it never was), from
+/// the lowest score since when it fell below the baseline (`baseline_at`),
+/// and never from below 0, where an account never sent back starts.
 pub fn earned_since_recycle(engagement_score: f64, score_baseline: f64) -> f64 {
-    engagement_score - score_baseline
+    engagement_score - score_baseline.min(engagement_score.max(0.0))
 }
 
 /// What an account's stored score and baseline are at: their UTC day and
@@ -107,7 +109,7 @@ pub fn baseline_at(
             _ => baseline * cascade_domain::decay::decay_factor(half_life_days, at.day, day),
         },
     };
-    at_day.min(score)
+    at_day.min(score.max(0.0))
 }
 
 /// Something that may move an account.

@@ -483,6 +483,18 @@ mod tests {
             (c.stage, c.score_baseline),
             (AccountStage::Prioritized, 50.0)
         );
+        // Not below 0: penalties that take the score under 0 leave the
+        // account where one never sent back would be (30 is ENGAGED, not
+        // 60 "earned" from -30).
+        let penalized = ScoreDelivery {
+            sequence: 5,
+            ..delivery(-30.0, &[])
+        };
+        let c = changes(decide(&a, &HashMap::new(), &penalized, &settings()));
+        assert_eq!(c.score_baseline, 0.0);
+        // A stored baseline above the score reads as the score.
+        assert_eq!(account_rules::earned_since_recycle(40.0, 150.0), 0.0);
+        assert_eq!(account_rules::earned_since_recycle(-30.0, 150.0), -30.0);
     }
 
     #[test]

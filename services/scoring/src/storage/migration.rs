@@ -483,9 +483,10 @@ impl MigrationTrait for ByteOrderKeys {
 
 /// A contact is engaged by activity worth points (`domain::engages`): one
 /// with only unscored types (no rule, 0 points) or penalties was counted,
-/// and lowered its account's average. The flags are set again from the
-/// buckets, and the stored scores marked stale so their counts are
-/// recomputed on their next batch or read.
+/// and lowered its account's average. Only the rows that change are
+/// written, few in practice: the accounts owning such a contact are marked
+/// stale (recomputed on their next batch or read), then the contacts'
+/// flags cleared; accounts before contacts, the order ingest locks them in.
 struct EngagedMeansPoints;
 
 impl MigrationName for EngagedMeansPoints {
@@ -497,16 +498,29 @@ impl MigrationName for EngagedMeansPoints {
 #[async_trait::async_trait]
 impl MigrationTrait for EngagedMeansPoints {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // The flag set on contact score row `c` without a bucket worth points.
+        let unengaged = |c: &str| {
+            format!(
+                "{c}.engaged AND NOT EXISTS (SELECT 1 FROM score_buckets b \
+                 WHERE b.tenant_id = {c}.tenant_id AND b.account_id = {c}.account_id \
+                 AND b.contact_id = {c}.contact_id AND b.intent = FALSE AND b.points > 0)"
+            )
+        };
         let statements = [
-            "UPDATE contact_scores SET engaged = EXISTS (SELECT 1 FROM score_buckets b \
-             WHERE b.tenant_id = contact_scores.tenant_id AND b.account_id = contact_scores.account_id \
-             AND b.contact_id = contact_scores.contact_id AND b.intent = FALSE AND b.points > 0) \
-             WHERE engaged",
-            "UPDATE account_scores SET computed_day = -1",
+            format!(
+                "UPDATE account_scores SET computed_day = -1 WHERE EXISTS (SELECT 1 FROM \
+                 contact_scores c WHERE c.tenant_id = account_scores.tenant_id \
+                 AND c.account_id = account_scores.account_id AND {})",
+                unengaged("c")
+            ),
+            format!(
+                "UPDATE contact_scores SET engaged = FALSE WHERE {}",
+                unengaged("contact_scores")
+            ),
         ];
         let conn = manager.get_connection();
         for statement in statements {
-            conn.execute_unprepared(statement).await?;
+            conn.execute_unprepared(&statement).await?;
         }
         Ok(())
     }

@@ -966,11 +966,14 @@ pub(super) async fn store_recomputed(
         return Ok(0);
     }
     let sequences = upsert_account_scores(txn, t, today, &scores).await?;
-    // What each delivery names: the engaged contacts, no new activity types.
+    // What each delivery names: every contact with engagement buckets (a
+    // penalty's decays too, though it engages no one), no new activity types.
     let named = |new: &NewScore| -> BTreeMap<String, BTreeSet<String>> {
         if with_contacts {
-            new.engaged
-                .iter()
+            new.totals
+                .per_contact
+                .keys()
+                .filter(|c| !c.is_empty())
                 .map(|c| (c.clone(), BTreeSet::new()))
                 .collect()
         } else {
