@@ -571,6 +571,61 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
     system.stop().await;
 }
 
+/// A hand raised by someone in an open deal moves nothing while the deal is
+/// open; when it is lost, that person leaves MARKETING_QUALIFIED, not back
+/// at ENGAGED (a reviewer's case: a demo asked for during the deal was
+/// forgotten), while a colleague who did not raise one goes back.
+async fn a_hand_raised_during_a_deal_counts_when_it_is_lost(db: TestDatabase) {
+    let system = TestSystem::lifecycle_on(&db).await;
+    let lifecycle = system.lifecycle();
+    let id = lifecycle.create_account("Initrode", "").await.account_id;
+    let pat = lifecycle.create_contact(&id, "pat@initrode.example").await;
+    let quinn = lifecycle
+        .create_contact(&id, "quinn@initrode.example")
+        .await;
+    score(
+        &lifecycle,
+        &id,
+        "s1",
+        1,
+        20.0,
+        0.0,
+        vec![
+            (pat.contact_id.clone(), 10.0, vec!["webinar_attended"]),
+            (quinn.contact_id.clone(), 10.0, vec!["webinar_attended"]),
+        ],
+    )
+    .await;
+    let deal = new_id();
+    let group = [pat.contact_id.as_str(), quinn.contact_id.as_str()];
+    opportunity(&lifecycle, &id, "open", &deal, Opp::Opened, &group, 0).await;
+    score(
+        &lifecycle,
+        &id,
+        "s2",
+        2,
+        120.0,
+        0.0,
+        vec![(pat.contact_id.clone(), 110.0, vec!["demo_request"])],
+    )
+    .await;
+    assert_eq!(
+        lifecycle.contact(&pat.contact_id).await.stage,
+        C::Opportunity as i32,
+        "in the deal, a hand-raise moves nothing"
+    );
+    opportunity(&lifecycle, &id, "lost", &deal, Opp::Lost, &group, 0).await;
+    assert_eq!(
+        lifecycle.contact(&pat.contact_id).await.stage,
+        C::MarketingQualified as i32
+    );
+    assert_eq!(
+        lifecycle.contact(&quinn.contact_id).await.stage,
+        C::Engaged as i32
+    );
+    system.stop().await;
+}
+
 async fn lost_deal_nurtures_only_when_last_open(db: TestDatabase) {
     let system = TestSystem::lifecycle_on(&db).await;
     let lifecycle = system.lifecycle();
@@ -1382,6 +1437,7 @@ on_each_database!(
     stage_at_answers_between_transitions,
     apply_calls_are_idempotent_and_ordered,
     lost_deal_nurtures_only_when_last_open,
+    a_hand_raised_during_a_deal_counts_when_it_is_lost,
     funnel_matches_a_hand_computed_scenario,
     notifications_survive_receiver_outage_and_restart,
     concurrent_actions_do_not_interleave,

@@ -97,6 +97,8 @@ pub enum ContactEvent {
         has_email: bool,
         has_activity: bool,
         before: Option<ContactStage>,
+        /// It raised a hand while in the deal.
+        raised_hand: bool,
     },
 }
 
@@ -145,6 +147,7 @@ pub fn after_event(current: ContactStage, event: ContactEvent) -> ContactStage {
             has_email,
             has_activity,
             before,
+            raised_hand,
         } => match (current, before) {
             // A stage a person set, or a hand-raise, comes back: the deal
             // only lent the contact its OPPORTUNITY stage.
@@ -152,6 +155,10 @@ pub fn after_event(current: ContactStage, event: ContactEvent) -> ContactStage {
                 C::Opportunity,
                 Some(b @ (C::MarketingQualified | C::SalesQualified | C::Disqualified | C::Other)),
             ) => b,
+            // A hand raised during the deal counts as it would have
+            // outside it (DESIGN: a hand-raise makes a contact
+            // MARKETING_QUALIFIED); while in the deal it moved nothing.
+            (C::Opportunity, _) if raised_hand => C::MarketingQualified,
             (C::Opportunity, _) if has_activity => C::Engaged,
             (C::Opportunity, _) => new_contact_stage(has_email),
             (other, _) => other,
@@ -237,6 +244,7 @@ mod tests {
                     has_email: true,
                     has_activity: false,
                     before: None,
+                    raised_hand: false,
                 }
             )
             .map(|m| (m.to, m.cause)),
@@ -259,6 +267,7 @@ mod tests {
             has_email,
             has_activity,
             before: None,
+            raised_hand: false,
         };
         let events = [
             ContactEvent::Activity { hand_raise: false },
@@ -309,14 +318,35 @@ mod tests {
                 has_email: true,
                 has_activity: true,
                 before,
+                raised_hand: false,
             };
             assert_eq!(after_event(C::Opportunity, event), want, "{before:?}");
+            // A hand raised during the deal: MARKETING_QUALIFIED, unless a
+            // person's stage comes back.
+            let raised = ContactEvent::LeftOpenOpportunities {
+                has_email: true,
+                has_activity: true,
+                before,
+                raised_hand: true,
+            };
+            let person_set = matches!(before, Some(C::SalesQualified | C::Disqualified | C::Other));
+            let want = if person_set {
+                want
+            } else {
+                C::MarketingQualified
+            };
+            assert_eq!(
+                after_event(C::Opportunity, raised),
+                want,
+                "raised, {before:?}"
+            );
         }
         // Only a contact the deal made an OPPORTUNITY moves.
         let event = ContactEvent::LeftOpenOpportunities {
             has_email: true,
             has_activity: true,
             before: Some(C::SalesQualified),
+            raised_hand: true,
         };
         assert_eq!(after_event(C::Customer, event), C::Customer);
     }

@@ -113,6 +113,8 @@ pub struct MemberSnapshot {
     /// The stage the contact had when it last joined an open deal (from
     /// its history); leaving the deal brings back one a person set.
     pub stage_before_opportunity: Option<ContactStage>,
+    /// It raised a hand while in the deal (an OPPORTUNITY since).
+    pub raised_hand_in_deal: bool,
 }
 
 /// Who acts, under which settings, and when.
@@ -410,6 +412,7 @@ fn buying_group_moves(
                 has_email: m.has_email,
                 has_activity: m.has_activity,
                 before: m.stage_before_opportunity,
+                raised_hand: m.raised_hand_in_deal,
             };
             let event = match kind {
                 // Not a deal of its own: the buying groups are as they were.
@@ -492,6 +495,7 @@ mod tests {
             left_this_deal: false,
             already_in_this_deal: false,
             stage_before_opportunity: None,
+            raised_hand_in_deal: false,
         }
     }
 
@@ -828,6 +832,7 @@ mod tests {
             left_this_deal: true,
             already_in_this_deal: true,
             stage_before_opportunity: Some(C::SalesQualified),
+            raised_hand_in_deal: false,
             ..member(id, C::Opportunity, in_other_open)
         };
         let members = [

@@ -72,6 +72,9 @@ pub struct ContactUpdate {
     pub has_activity: bool,
     /// `Some` only when the stage changes.
     pub moved: Option<ContactMove>,
+    /// A hand-raise that moved nothing because the contact is in a deal:
+    /// kept, so leaving the deal makes it MARKETING_QUALIFIED.
+    pub raised_hand_in_deal: bool,
 }
 
 /// The changes a delivery makes.
@@ -210,6 +213,7 @@ pub fn decide(
             engagement_score: engagement.engagement_score,
             has_activity: contact.has_activity || active,
             moved,
+            raised_hand_in_deal: raised.is_some() && contact.stage == ContactStage::Opportunity,
         });
     }
 

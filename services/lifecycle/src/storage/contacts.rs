@@ -384,6 +384,7 @@ pub(super) fn new_contact_model(
         external_id: Set(new.external_id),
         inactive_since_ms: Set(None),
         inactive_reason: Set(None),
+        hand_raised_at_ms: Set(None),
     };
     (model, stage)
 }

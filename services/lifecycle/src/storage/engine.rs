@@ -311,6 +311,10 @@ async fn load_members(
                 left_this_deal: !group.contains(c.contact_id.as_str()),
                 already_in_this_deal: named.contains(&c.contact_id),
                 stage_before_opportunity: before.get(&c.contact_id).copied(),
+                // Raised since it entered its stage, as an OPPORTUNITY.
+                raised_hand_in_deal: *c.stage == ContactStage::Opportunity
+                    && c.hand_raised_at_ms
+                        .is_some_and(|at| at >= ms(c.stage_entered_at)),
                 contact_id: c.contact_id,
             })
         })

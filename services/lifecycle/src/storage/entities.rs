@@ -86,6 +86,9 @@ pub mod contact {
         pub inactive_reason: Option<String>,
         /// What the create under `create_request_id` asked (hex SHA-256).
         pub create_request_digest: Option<String>,
+        /// The last hand-raise while the contact was an OPPORTUNITY
+        /// (`contact_rules::after_event`, leaving a deal).
+        pub hand_raised_at_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(NotificationRaisers),
             Box::new(OpportunityVersions),
             Box::new(ScoreDays),
+            Box::new(HandRaisedInDeal),
         ]
     }
 }
@@ -197,6 +198,38 @@ impl MigrationTrait for OpportunityVersions {
 /// the score. A recycled account takes its recycle's day (when the baseline
 /// was taken; a little late, so it decays a little less, the safe side) and
 /// the next delivery's half-life; others get both from their next delivery.
+/// When a contact last raised a hand while it was an OPPORTUNITY, the one
+/// stage a hand-raise does not change: leaving the deal then makes it
+/// MARKETING_QUALIFIED, where it went back to ENGAGED (a reviewer's case:
+/// a demo requested during a deal was forgotten when it was lost).
+struct HandRaisedInDeal;
+
+impl MigrationName for HandRaisedInDeal {
+    fn name(&self) -> &str {
+        "m20261207_400001_hand_raised_in_deal"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for HandRaisedInDeal {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        super::migration_stage_engine::add_column(
+            manager,
+            Contacts::Table,
+            ColumnDef::new(Contacts::HandRaisedAtMs)
+                .big_integer()
+                .null(),
+        )
+        .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration(
+            "the hand-raised-in-deal migration is not reversible".into(),
+        ))
+    }
+}
+
 struct ScoreDays;
 
 impl MigrationName for ScoreDays {
@@ -389,6 +422,7 @@ enum ContactChanges {
 #[derive(DeriveIden)]
 enum Contacts {
     Table,
+    HandRaisedAtMs,
     ContactId,
     TenantId,
     AccountId,

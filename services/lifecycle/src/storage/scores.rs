@@ -12,6 +12,7 @@ use cascade_chassis::db::{
     WritePriority, WriteTransaction, among, begin_write_as, statement_chunks, update_from_values,
 };
 use cascade_chassis::{ServiceResult, TenantId, time};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
@@ -218,6 +219,7 @@ impl Repository {
                         has_activity: update.has_activity,
                         stage: update.moved.map_or(stored.stage, |m| m.to).as_str(),
                         moved: update.moved.is_some(),
+                        raised_hand_in_deal: update.raised_hand_in_deal,
                     },
                 );
             }
@@ -296,6 +298,8 @@ struct ContactRow {
     has_activity: bool,
     stage: &'static str,
     moved: bool,
+    /// Raised a hand while in a deal (`ContactUpdate::raised_hand_in_deal`).
+    raised_hand_in_deal: bool,
 }
 
 /// Everything the transaction writes, gathered while deciding.
@@ -421,6 +425,21 @@ impl Writes {
                 rows,
             )
             .await?;
+        }
+        // Rare (a hand-raise of someone in an open deal): one statement.
+        let raised: Vec<&str> = self
+            .contacts
+            .iter()
+            .filter(|(_, r)| r.raised_hand_in_deal)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !raised.is_empty() {
+            contact::Entity::update_many()
+                .col_expr(contact::Column::HandRaisedAtMs, Expr::value(now_ms))
+                .filter(contact::Column::TenantId.eq(tenant_id))
+                .filter(contact::Column::ContactId.is_in(raised))
+                .exec(conn)
+                .await?;
         }
         for chunk in statement_chunks(&self.transitions, 16) {
             transition::Entity::insert_many(
