@@ -151,6 +151,34 @@ pub struct Opportunity {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub closed_at_ms: Option<i64>,
+    /// What it was when it passed QUALIFY (`complete_through`); `None`
+    /// before then, and for deals that passed it before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualified: Option<Qualified>,
+}
+
+/// A deal as it passed QUALIFY: whether it was large then (under the
+/// tenant's threshold then), and its amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Qualified {
+    pub large: bool,
+    pub amount: Option<Money>,
+}
+
+impl Qualified {
+    /// Whether a deal that passed QUALIFY as this must still show a large
+    /// deal's sections now it is large: when it was large then (so they
+    /// were asked for, and clearing them later cannot slip it through), or
+    /// its amount grew since (it became large by itself). A threshold
+    /// lowered since, alone, does not ask for them.
+    fn asks_large_again(&self, amount_now: Option<Money>) -> bool {
+        self.large
+            || match (self.amount, amount_now) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(then), Some(now)) => then.currency != now.currency || now.nanos > then.nanos,
+            }
+    }
 }
 
 impl Opportunity {
@@ -182,6 +210,7 @@ impl Opportunity {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             closed_at_ms: None,
+            qualified: None,
         }
     }
 }
@@ -408,14 +437,17 @@ fn advance(o: &Opportunity, settings: &Settings, to: Option<Step>) -> Result<Ste
 
 /// Every step up to `last` complete: a step once passed keeps asking for
 /// its information, so clearing it later (the amount, the buying group)
-/// cannot slip a deal on or through to a win. A step passed is not asked
-/// for what only the tenant's rules of today add (a large deal's
-/// stakeholders and competitors, after the threshold was lowered or the
-/// amount grew). The refusal names each incomplete step and, in `missing`,
-/// every field it lacks.
+/// cannot slip a deal on or through to a win. A large deal's stakeholders
+/// and competitors are asked of a step passed when the deal was large as it
+/// passed QUALIFY or its amount grew since (`Qualified::asks_large_again`;
+/// a reviewer won a deal qualified at 50,000 and grown to 400,000 without
+/// them), not when only the tenant's threshold was lowered since. The
+/// refusal names each incomplete step and, in `missing`, every field it
+/// lacks.
 fn complete_through(o: &Opportunity, settings: &Settings, last: Step) -> Result<(), Refusal> {
     const LARGE_DEAL_SECTIONS: [&str; 2] = ["stakeholders", "competitors"];
     let through = Step::ALL.iter().position(|s| *s == last).unwrap_or(0);
+    let large_again = o.qualified.is_some_and(|q| q.asks_large_again(o.amount));
     let mut messages = Vec::new();
     let mut missing = Vec::new();
     for step in &Step::ALL[..=through] {
@@ -423,7 +455,7 @@ fn complete_through(o: &Opportunity, settings: &Settings, last: Step) -> Result<
         let lacking: Vec<&'static str> = progress
             .sections
             .iter()
-            .filter(|s| *step == last || !LARGE_DEAL_SECTIONS.contains(&s.section))
+            .filter(|s| *step == last || large_again || !LARGE_DEAL_SECTIONS.contains(&s.section))
             .flat_map(|s| s.missing.iter().copied())
             .collect();
         if !lacking.is_empty() {
@@ -602,6 +634,12 @@ pub fn decide(
         }
         Action::Advance { to } => {
             let next = advance(current, settings, to)?;
+            if current.step == Step::Qualify {
+                o.qualified = Some(Qualified {
+                    large: is_large(current, settings),
+                    amount: current.amount,
+                });
+            }
             o.step = next;
             o.step_entries.push((next, now_ms));
             None

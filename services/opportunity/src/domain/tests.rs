@@ -60,6 +60,7 @@ fn complete(step: Step, amount: i128) -> Opportunity {
         created_at_ms: 0,
         updated_at_ms: 0,
         closed_at_ms: None,
+        qualified: None,
     }
 }
 
@@ -626,6 +627,56 @@ fn a_step_passed_keeps_asking_for_its_information() {
     small_then.competitors.clear();
     assert!(is_large(&small_then, &lowered));
     decide(&small_then, Action::Win, &lowered, 5).expect("won under today's threshold");
+    // Recorded as it passed QUALIFY, small, at the same amount: the same.
+    small_then.qualified = Some(Qualified {
+        large: false,
+        amount: small_then.amount,
+    });
+    decide(&small_then, Action::Win, &lowered, 5).expect("only the threshold moved");
+    // Its amount grew past the threshold since: asked again.
+    let settings = Settings::default();
+    let mut grown = complete(Step::Win, 400_000);
+    grown.stakeholders.clear();
+    grown.competitors.clear();
+    grown.qualified = Some(Qualified {
+        large: false,
+        amount: Some(usd(50_000)),
+    });
+    let refusal = decide(&grown, Action::Win, &settings, 5).expect_err("grew into a large deal");
+    assert_eq!(refusal.missing, ["stakeholders", "competitors"]);
+    // Large as it passed QUALIFY: clearing them later is caught too.
+    grown.qualified = Some(Qualified {
+        large: true,
+        amount: grown.amount,
+    });
+    let refusal = decide(&grown, Action::Win, &settings, 5).expect_err("cleared after QUALIFY");
+    assert_eq!(refusal.missing, ["stakeholders", "competitors"]);
+}
+
+/// Passing QUALIFY records what the deal was then.
+#[test]
+fn passing_qualify_records_the_deal_as_it_was() {
+    let settings = Settings::default();
+    let o = complete(Step::Qualify, 150_000);
+    let passed = decide(&o, Action::Advance { to: None }, &settings, 5).expect("advances");
+    assert_eq!(
+        passed.opportunity.qualified,
+        Some(Qualified {
+            large: true,
+            amount: Some(usd(150_000)),
+        })
+    );
+    let on = decide(
+        &passed.opportunity,
+        Action::Advance { to: None },
+        &settings,
+        6,
+    )
+    .expect("advances again");
+    assert_eq!(
+        on.opportunity.qualified, passed.opportunity.qualified,
+        "kept"
+    );
 }
 
 /// DISCOVER needs an estimate: one of 0 leaves it incomplete.
