@@ -319,7 +319,11 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
         .create_account("Globex", "hank@seller.example")
         .await;
     let id = account.account_id.clone();
-    score(&lifecycle, &id, "s1", 1, 150.0, 0.0, vec![]).await;
+    // Engagement names the contact who brought it: after a recycle, only a
+    // delivery with new activity counts as earned (`baseline_at`).
+    let ann = lifecycle.create_contact(&id, "ann@globex.example").await;
+    let engaged = |score: f64| vec![(ann.contact_id.clone(), score, vec!["email_open"])];
+    score(&lifecycle, &id, "s1", 1, 150.0, 0.0, engaged(150.0)).await;
     assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
 
     let no_reason = ae
@@ -360,9 +364,9 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     );
 
     // 50 new points since the nurture are not enough; 110 are.
-    score(&lifecycle, &id, "s2", 2, 200.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "s2", 2, 200.0, 0.0, engaged(200.0)).await;
     assert_eq!(lifecycle.account(&id).await.stage, S::Engaged as i32);
-    score(&lifecycle, &id, "s3", 3, 260.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "s3", 3, 260.0, 0.0, engaged(260.0)).await;
     assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
     receiver.wait_for(2).await;
 
@@ -407,7 +411,7 @@ async fn disqualify_and_nurture_keep_history(db: TestDatabase) {
     );
 
     // Re-engagement after Disqualify climbs back and notifies again.
-    score(&lifecycle, &id, "s4", 4, 380.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "s4", 4, 380.0, 0.0, engaged(380.0)).await;
     let back = lifecycle.account(&id).await;
     assert_eq!(back.stage, S::Prioritized as i32);
     assert_eq!(back.customer_type, CustomerType::ReProspect as i32);
@@ -1460,10 +1464,16 @@ async fn a_nurtured_accounts_baseline_decays_with_its_score(db: TestDatabase) {
         .create_account("Decaying", "owner")
         .await
         .account_id;
+    let ann = lifecycle.create_contact(&id, "ann@decaying.example").await;
     let delivered =
         |event: &str, sequence: i64, score: f64, days_ago: i64| pb::ApplyEngagementScoreRequest {
             compute_time: Some(cascade_testkit::fixtures::days_ago(days_ago)),
             decay_half_life_days: 30.0,
+            contacts: vec![pb::ContactEngagement {
+                contact_id: ann.contact_id.clone(),
+                engagement_score: score,
+                new_activity_types: vec!["email_open".into()],
+            }],
             ..score_delivery(event, &id, sequence, score)
         };
     lifecycle

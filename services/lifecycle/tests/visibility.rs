@@ -439,7 +439,12 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
     let lifecycle = system.lifecycle();
     let ae = lifecycle.as_actor("ae");
     let id = lifecycle.create_account("Hooli", "gavin").await.account_id;
-    score(&lifecycle, &id, "h-1", 1, 150.0, 0.0, vec![]).await;
+    let ann = lifecycle.create_contact(&id, "ann@hooli.example").await;
+    // A delivery of new engagement names who brought it; one without (a
+    // contact deactivated or reactivated: points leaving or coming back)
+    // names no new activity.
+    let active = |score: f64| vec![(ann.contact_id.clone(), score, vec!["email_open"])];
+    score(&lifecycle, &id, "h-1", 1, 150.0, 0.0, active(150.0)).await;
     let prioritized = lifecycle.account(&id).await;
     assert_eq!(prioritized.stage, S::Prioritized as i32);
     assert_eq!(
@@ -459,17 +464,19 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
     assert_eq!(nurtured.engagement_since_recycle, 0.0);
 
     // 90 earned since: below the threshold of 100, so still ENGAGED.
-    score(&lifecycle, &id, "h-2", 2, 240.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "h-2", 2, 240.0, 0.0, active(240.0)).await;
     let climbing = lifecycle.account(&id).await;
     assert_eq!(climbing.engagement_since_recycle, 90.0);
     assert_eq!(climbing.stage, S::Engaged as i32);
-    score(&lifecycle, &id, "h-3", 3, 250.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "h-3", 3, 250.0, 0.0, active(250.0)).await;
     let back = lifecycle.account(&id).await;
     assert_eq!(back.engagement_since_recycle, 100.0);
     assert_eq!(back.stage, S::Prioritized as i32);
 
-    // The score can fall below where it stood at the recycle: the baseline
-    // follows it down, so what is earned from there counts whole.
+    // Points that leave without activity (a contact deactivated) are not
+    // owed again: the baseline follows the score down, and what is earned
+    // from there counts whole. Points that come back without activity (a
+    // reactivation) are not earned either.
     ae.public()
         .disqualify_account(ae.req(pb::DisqualifyAccountRequest {
             account_id: id.clone(),
@@ -481,10 +488,18 @@ async fn engagement_since_recycle_is_what_the_thresholds_see(db: TestDatabase) {
     let fallen = lifecycle.account(&id).await;
     assert_eq!(fallen.engagement_since_recycle, 0.0);
     assert_eq!(fallen.stage, S::Detected as i32);
-    score(&lifecycle, &id, "h-5", 5, 210.0, 0.0, vec![]).await;
+    score(&lifecycle, &id, "h-5", 5, 210.0, 0.0, active(210.0)).await;
     let engaged = lifecycle.account(&id).await;
     assert_eq!(engaged.engagement_since_recycle, 10.0);
     assert_eq!(engaged.stage, S::Engaged as i32);
+    score(&lifecycle, &id, "h-6", 6, 320.0, 0.0, vec![]).await;
+    let returned = lifecycle.account(&id).await;
+    assert_eq!(returned.engagement_since_recycle, 10.0);
+    assert_eq!(
+        returned.stage,
+        S::Engaged as i32,
+        "points back are not earned"
+    );
     system.stop().await;
 }
 

@@ -73,43 +73,57 @@ pub struct ScoreClock {
 }
 
 /// A recycle's baseline when a delivery brings `score` at `day` under
-/// `half_life_days` (0: no decay). The points the baseline was taken from
-/// decay, so it decays alike: kept fixed, a recycled account under decay
-/// needed its threshold plus whatever its old points had lost since (a
-/// tester's finding). When the model's half-life changed, scoring has
-/// recomputed every score under the new one, which lifecycle cannot do for
-/// the baseline (it has only the sum): what was earned since the recycle is
-/// kept instead, so a change of decay moves no account by itself. A
-/// baseline of unknown day (kept before days were) is taken as it is, and
-/// a baseline of 0 stays 0 (everything was earned since).
+/// `half_life_days` (0: no decay); `with_activity`: whether the delivery
+/// brings new activity (engagement, or a penalty).
 ///
-/// The baseline never exceeds the score: points that left the account
-/// since (a contact deactivated or erased) are not owed again, or the
-/// engagement earned after would go to paying them back (a reviewer's
-/// case: 100 new points left an account ENGAGED). Points that come back
-/// (a contact reactivated) count as earned: lifecycle sees sums, not why
-/// they moved.
+/// The points the baseline was taken from decay, so it decays alike: kept
+/// fixed, a recycled account under decay needed its threshold plus whatever
+/// its old points had lost since (a tester's finding).
+///
+/// Without new activity, the score moved only by points leaving or coming
+/// back (a contact deactivated, erased or reactivated; a model edited) and
+/// by decay: what was earned since the recycle stays what it was (decayed),
+/// and the baseline moves with the score. Otherwise points gone would be
+/// owed again by the engagement earned after (a reviewer's case: Bob's new
+/// 100 left an account ENGAGED after Ann's 100 left), and points back
+/// would count as earned (a reactivation re-prioritized an account). When
+/// the model's half-life changed, scoring has recomputed every score under
+/// the new one: the same rule keeps what was earned, undecayed.
+///
+/// A baseline of unknown day (kept before days were) is taken as it is
+/// (no decay); a baseline of 0 stays 0 (everything was earned since); and
+/// a baseline is never above the score nor below 0, so a recycled account
+/// never owes more than its score, and one whose score fell to 0 or below
+/// counts from there like an account never sent back.
 pub fn baseline_at(
     state: &AccountState,
     at: Option<ScoreClock>,
-    day: i64,
-    half_life_days: f64,
+    (day, half_life_days): (i64, f64),
     score: f64,
+    with_activity: bool,
 ) -> f64 {
     let baseline = state.score_baseline;
     if baseline == 0.0 {
         return 0.0;
     }
+    let earned = earned_since_recycle(state.engagement_score, baseline);
     let at_day = match at {
-        None => baseline,
-        Some(at) => match at.half_life_days {
-            Some(was) if was != half_life_days => {
-                score - earned_since_recycle(state.engagement_score, baseline)
+        Some(ScoreClock {
+            half_life_days: Some(was),
+            ..
+        }) if was != half_life_days => score - earned,
+        _ => {
+            let factor = at.map_or(1.0, |at| {
+                cascade_domain::decay::decay_factor(half_life_days, at.day, day)
+            });
+            if with_activity {
+                baseline * factor
+            } else {
+                score - earned * factor
             }
-            _ => baseline * cascade_domain::decay::decay_factor(half_life_days, at.day, day),
-        },
+        }
     };
-    at_day.min(score.max(0.0))
+    at_day.clamp(0.0, score.max(0.0))
 }
 
 /// Something that may move an account.

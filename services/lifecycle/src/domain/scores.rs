@@ -153,12 +153,18 @@ pub fn decide(
     let score_day = account
         .score_clock
         .map_or(delivery.day, |at| at.day.max(delivery.day));
+    // New activity of any contact (an engagement delivery names each with
+    // its new types); a recompute or a decay refresh names none.
+    let with_activity = delivery
+        .contacts
+        .iter()
+        .any(|c| !c.new_activity_types.is_empty());
     let baseline = account_rules::baseline_at(
         &account.state,
         account.score_clock,
-        score_day,
-        delivery.decay_half_life_days,
+        (score_day, delivery.decay_half_life_days),
         delivery.engagement_score,
+        with_activity,
     );
     let state = AccountState {
         score_baseline: baseline,
@@ -397,7 +403,7 @@ mod tests {
         let later = ScoreDelivery {
             day: DAY + 30,
             decay_half_life_days: 30.0,
-            ..delivery(175.0, &[])
+            ..delivery(175.0, &[("c1", &["email_open"])])
         };
         let c = changes(decide(&a, &HashMap::new(), &later, &settings()));
         assert_eq!(c.stage, AccountStage::Prioritized);
@@ -453,10 +459,12 @@ mod tests {
         assert_eq!(c.score_baseline, 0.0);
     }
 
-    /// Points that leave a recycled account (a contact deactivated) lower
-    /// its baseline with its score, so what is earned after counts whole.
+    /// Without new activity a recycled account's score moves only by
+    /// points leaving or coming back: what was earned since stays, and the
+    /// baseline moves with the score. With activity it stays, never above
+    /// the score nor below 0.
     #[test]
-    fn a_baseline_never_exceeds_the_score() {
+    fn a_baseline_moves_with_points_that_leave_or_come_back() {
         let mut a = account(AccountStage::Engaged);
         a.state.score_baseline = 150.0;
         a.state.engagement_score = 150.0;
@@ -464,6 +472,7 @@ mod tests {
             day: DAY,
             half_life_days: Some(0.0),
         });
+        // Ann's 100 leave (deactivated): not owed again.
         let fallen = changes(decide(
             &a,
             &HashMap::new(),
@@ -478,23 +487,32 @@ mod tests {
         a.state.engagement_score = 50.0;
         a.score_clock = Some(fallen.score_clock);
         a.score_sequence = 4;
-        let earned = ScoreDelivery {
+        let next = |score: f64, contacts: &[(&str, &[&str])]| ScoreDelivery {
             sequence: 5,
-            ..delivery(150.0, &[])
+            ..delivery(score, contacts)
         };
-        let c = changes(decide(&a, &HashMap::new(), &earned, &settings()));
+        // Bob earns 100: all of it counts.
+        let c = changes(decide(
+            &a,
+            &HashMap::new(),
+            &next(150.0, &[("bob", &["demo"])]),
+            &settings(),
+        ));
         assert_eq!(
             (c.stage, c.score_baseline),
             (AccountStage::Prioritized, 50.0)
         );
-        // Not below 0: penalties that take the score under 0 leave the
-        // account where one never sent back would be (30 is ENGAGED, not
-        // 60 "earned" from -30).
-        let penalized = ScoreDelivery {
-            sequence: 5,
-            ..delivery(-30.0, &[])
-        };
-        let c = changes(decide(&a, &HashMap::new(), &penalized, &settings()));
+        // Ann's 100 come back (reactivated): not earned.
+        let c = changes(decide(&a, &HashMap::new(), &next(150.0, &[]), &settings()));
+        assert_eq!((c.stage, c.score_baseline), (AccountStage::Engaged, 150.0));
+        // A penalty under 0: the baseline stops at 0, where an account
+        // never sent back counts from.
+        let c = changes(decide(
+            &a,
+            &HashMap::new(),
+            &next(-30.0, &[("bob", &["unsubscribe"])]),
+            &settings(),
+        ));
         assert_eq!(c.score_baseline, 0.0);
         // A stored baseline above the score reads as the score.
         assert_eq!(account_rules::earned_since_recycle(40.0, 150.0), 0.0);
