@@ -817,6 +817,9 @@ async fn webhooks_reach_only_public_addresses_by_default(db: TestDatabase) {
         "http://[::1]:8080/hook",
         "http://localhost:8080/hook",
         "http://10.0.0.7/hook",
+        // The scheme in capitals is read as the same (RFC 3986): refused
+        // for the address, not for the scheme.
+        "HTTP://10.0.0.7/hook",
     ] {
         let refused = lifecycle
             .public()

@@ -337,30 +337,54 @@ async fn wait_for_database(
     let deadline = std::time::Instant::now() + patience;
     let mut delays = crate::retry::delays(Duration::from_millis(250), Duration::from_secs(5));
     loop {
-        let attempt = async {
-            let database = crate::db::connect(settings).await?;
-            let pinged = database.ping().await;
-            let _ = database.close().await;
-            pinged.map_err(|e| {
-                anyhow::anyhow!(
-                    "the database does not answer: {}",
-                    crate::secret::redact_urls(&e.to_string())
-                )
-            })
+        let redacted = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cannot reach {}: {}",
+                crate::secret::redact_urls(&settings.url),
+                crate::secret::redact_urls(&e.to_string())
+            )
         };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let attempt = async {
+            if settings.is_sqlite() {
+                let database = crate::db::connect(settings).await?;
+                let pinged = database.ping().await;
+                let _ = database.close().await;
+                return pinged.map_err(|e| redacted(&e));
+            }
+            // One connection, not a pool: a pool retries a refused
+            // connection until its timeout and then says only that it
+            // timed out, where this says "connection refused" (or the
+            // password is wrong) at once.
+            use sea_orm::sqlx::Connection;
+            let mut connection = sea_orm::sqlx::postgres::PgConnection::connect(&settings.url)
+                .await
+                .map_err(|e| redacted(&e))?;
+            let pinged = connection.ping().await.map_err(|e| redacted(&e));
+            let _ = connection.close().await;
+            pinged
+        };
+        // Each try at most the pool's own timeout, and never past the patience.
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .min(Duration::from_millis(settings.acquire_timeout_ms.max(1)));
         let outcome = match tokio::time::timeout(left, attempt).await {
             Ok(outcome) => outcome,
             Err(_) => Err(anyhow::anyhow!(
-                "the database did not answer within {} s",
-                patience.as_secs()
+                "{} did not answer within {} ms",
+                crate::secret::redact_urls(&settings.url),
+                left.as_millis()
             )),
         };
         match outcome {
             Ok(()) => return Ok(()),
             Err(error) if std::time::Instant::now() < deadline => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let delay = delays.next().unwrap_or(Duration::from_secs(5)).min(left);
+                // The jitter can take a delay past its cap: 5 s at most.
+                let delay = delays
+                    .next()
+                    .unwrap_or(Duration::from_secs(5))
+                    .min(Duration::from_secs(5))
+                    .min(left);
                 tracing::warn!(
                     error = %error,
                     retry_in_ms = delay.as_millis() as u64,

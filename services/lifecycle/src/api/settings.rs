@@ -149,9 +149,11 @@ fn settings_change(
                 let url = input.webhook_url.trim();
                 if url.is_empty() {
                     webhook_url = Some(None);
-                } else if url.len() > 2048
-                    || !(url.starts_with("https://") || url.starts_with("http://"))
-                {
+                } else if url.len() > 2048 || {
+                    // Schemes are case-insensitive (RFC 3986, 3.1).
+                    let lower = url.to_ascii_lowercase();
+                    !(lower.starts_with("https://") || lower.starts_with("http://"))
+                } {
                     v.add(
                         "settings.webhook_url",
                         "must be an http:// or https:// URL of at most 2048 characters",

@@ -2,7 +2,8 @@
 //! request.
 
 use cascade_chassis::time::to_timestamp;
-use cascade_chassis::{FieldViolation, ServiceError, ServiceResult};
+use cascade_chassis::validate::Validator;
+use cascade_chassis::{ServiceError, ServiceResult};
 use cascade_proto::scoring::v1 as pb;
 
 use crate::domain::{self, ScoringModel, ScoringRule};
@@ -81,15 +82,12 @@ pub(super) fn model_from_proto(model: Option<pb::ScoringModel>) -> ServiceResult
         created_by: None,
     };
     // Checked as sent, so a violation names the index the caller used.
-    let problems = domain::check_model(&model);
-    if !problems.is_empty() {
-        return Err(ServiceError::InvalidArgument(
-            problems
-                .into_iter()
-                .map(|(f, d)| FieldViolation::new(f, d))
-                .collect(),
-        ));
+    // Through a Validator: the same bound and count as every refusal.
+    let mut v = Validator::new();
+    for (field, description) in domain::check_model(&model) {
+        v.add(field, description);
     }
+    v.finish()?;
     let mut model = model;
     // A set: a type named twice is kept once (as the hand-raise types are),
     // so a model stored before with a repeat can be written back.

@@ -372,6 +372,12 @@ impl Authenticator {
             }
             // A service token acts for the tenant its caller names.
             (None, Some(named)) if is_service => named,
+            (None, None) if is_service => {
+                return Err(ServiceError::Unauthenticated(
+                    "a service token names the tenant it acts for in x-tenant-id; none was sent"
+                        .into(),
+                ));
+            }
             (None, _) => {
                 return Err(ServiceError::Unauthenticated(
                     "the token has no tenant claim (only service tokens may name the tenant in x-tenant-id)"

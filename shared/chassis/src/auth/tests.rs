@@ -176,12 +176,17 @@ fn service_tokens_act_for_the_named_tenant() {
         .expect("service may apply");
     assert_eq!(context.tenant.as_str(), "acme");
     assert_eq!(context.actor, "service:scoring");
-    // Without a tenant header a service token names no tenant.
-    assert_eq!(
-        auth.authenticate(APPLY, &headers(&minted, None))
-            .expect_err("no tenant")
-            .code(),
-        tonic::Code::Unauthenticated
+    // Without a tenant header a service token names no tenant, and is
+    // told so (it used to hear it had no tenant claim, as a person would).
+    let untenanted = auth
+        .authenticate(APPLY, &headers(&minted, None))
+        .expect_err("no tenant");
+    assert_eq!(untenanted.code(), tonic::Code::Unauthenticated);
+    assert!(
+        untenanted
+            .to_string()
+            .contains("names the tenant it acts for in x-tenant-id"),
+        "{untenanted}"
     );
     assert_eq!(
         auth.authenticate(QUALIFY, &headers(&minted, Some("acme")))
