@@ -1028,6 +1028,20 @@ async fn settings_are_versioned(db: TestDatabase) {
     assert_eq!(current.updated_by, "admin");
     assert_eq!(get(1).await.expect("v1").prioritized_threshold, 100.0);
     assert_eq!(get(9).await.expect_err("no v9").code(), Code::NotFound);
+    // Writing the values in force again is no change: no version 3.
+    system
+        .lifecycle()
+        .as_actor("sync")
+        .set_settings(
+            pb::LifecycleSettings {
+                prioritized_threshold: 80.0,
+                ..Default::default()
+            },
+            &["prioritized_threshold"],
+        )
+        .await;
+    let again = get(0).await.expect("current");
+    assert_eq!((again.version, again.updated_by.as_str()), (2, "admin"));
 
     let bad = admin
         .public()

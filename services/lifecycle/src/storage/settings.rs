@@ -100,8 +100,15 @@ impl Repository {
         actor: &str,
         change: impl FnOnce(&mut LifecycleSettings) -> ServiceResult<()>,
     ) -> ServiceResult<StoredSettings> {
-        let mut next = current(&self.db, tenant.as_str()).await?.settings;
+        let stored = current(&self.db, tenant.as_str()).await?;
+        let mut next = stored.settings.clone();
         change(&mut next)?;
+        // Writing the values already in force is no change: no new version
+        // (a sync writing back what it read made one per run). A tenant's
+        // first write always makes version 1.
+        if next == stored.settings && stored.settings.version > 0 {
+            return Ok(stored);
+        }
         next.version += 1;
         let now = ms(time::now());
         let model = settings::ActiveModel {
