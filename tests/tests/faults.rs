@@ -370,14 +370,18 @@ async fn a_service_started_during_a_database_outage_waits_for_it() {
             .filter(|l| l.contains("the database is not reachable yet"))
             .count()
     };
-    eventually(
-        "lifecycle to say it waits for the database",
-        async || match waits(&lifecycle) {
-            0 | 1 => Err(Verbatim(lifecycle.log_text())),
-            _ => Ok(()),
-        },
-    )
-    .await;
+    // Two tries logged: it waits, and goes on trying.
+    let waiting_for_it = async |process: &Process| {
+        eventually(
+            "the service to say it waits for the database",
+            async || match waits(process) {
+                0 | 1 => Err(Verbatim(process.log_text())),
+                _ => Ok(()),
+            },
+        )
+        .await
+    };
+    waiting_for_it(&lifecycle).await;
     proxy.restore();
     lifecycle.ready().await;
     let client = Lifecycle::new(lifecycle.channel(), Caller::tenant(T));
@@ -389,14 +393,7 @@ async fn a_service_started_during_a_database_outage_waits_for_it() {
     let dir = TempDir::new("stop-while-waiting");
     let mut waiting = Process::new("lifecycle", &through(&proxy, &host_port, &db), dir.path());
     waiting.spawn();
-    eventually(
-        "the second start to wait for the database",
-        async || match waits(&waiting) {
-            0 | 1 => Err(Verbatim(waiting.log_text())),
-            _ => Ok(()),
-        },
-    )
-    .await;
+    waiting_for_it(&waiting).await;
     let started = std::time::Instant::now();
     waiting.terminate().await;
     assert!(

@@ -20,14 +20,31 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// Lifecycle started on `db`, with the drain delay and shutdown grace given.
+async fn draining_lifecycle(
+    db: &TestDatabase,
+    dir: &TempDir,
+    drain_ms: u64,
+    grace_ms: u64,
+) -> Process {
+    let mut process = Process::new("lifecycle", &db.settings.url, dir.path())
+        .with_env(
+            "CASCADE_LIFECYCLE__SERVER__DRAIN_DELAY_MS",
+            &drain_ms.to_string(),
+        )
+        .with_env(
+            "CASCADE_LIFECYCLE__SERVER__SHUTDOWN_GRACE_MS",
+            &grace_ms.to_string(),
+        );
+    process.start().await;
+    process
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_stops_within_the_grace_period() {
     let db = TestDatabase::sqlite();
     let dir = TempDir::new("shutdown");
-    let mut process = Process::new("lifecycle", &db.settings.url, dir.path())
-        .with_env("CASCADE_LIFECYCLE__SERVER__DRAIN_DELAY_MS", "1500")
-        .with_env("CASCADE_LIFECYCLE__SERVER__SHUTDOWN_GRACE_MS", "5000");
-    process.start().await;
+    let mut process = draining_lifecycle(&db, &dir, 1500, 5000).await;
     let mut lifecycle = LifecycleServiceClient::new(process.channel());
     let mut watch = HealthClient::new(process.channel())
         .watch(HealthCheckRequest {
@@ -121,10 +138,7 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
 async fn watch_streams_end_when_the_replica_drains() {
     let db = TestDatabase::sqlite();
     let dir = TempDir::new("shutdown-watch");
-    let mut process = Process::new("lifecycle", &db.settings.url, dir.path())
-        .with_env("CASCADE_LIFECYCLE__SERVER__DRAIN_DELAY_MS", "500")
-        .with_env("CASCADE_LIFECYCLE__SERVER__SHUTDOWN_GRACE_MS", "20000");
-    process.start().await;
+    let mut process = draining_lifecycle(&db, &dir, 500, 20_000).await;
     let mut lifecycle = LifecycleServiceClient::new(process.channel());
     let mut stream = lifecycle
         .watch_account_events(request_for("t", lc::WatchAccountEventsRequest::default()))
