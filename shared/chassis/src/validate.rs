@@ -351,10 +351,7 @@ impl Validator {
                 0,
                 FieldViolation::new(
                     "request",
-                    format!(
-                        "has {} violations in all; only the first {MAX_KEPT} are kept in this answer",
-                        MAX_KEPT + self.omitted
-                    ),
+                    format!("has {} violations in all", MAX_KEPT + self.omitted),
                 ),
             );
         }
@@ -516,10 +513,7 @@ mod tests {
                 violations[0].field.as_str(),
                 violations[0].description.as_str()
             ),
-            (
-                "request",
-                "has 1005 violations in all; only the first 1000 are kept in this answer"
-            )
+            ("request", "has 1005 violations in all")
         );
         assert_eq!(violations[1].field, "ids[0]");
         assert_eq!(violations[MAX_KEPT].field, format!("ids[{}]", MAX_KEPT - 1));

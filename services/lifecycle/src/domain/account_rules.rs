@@ -47,6 +47,9 @@ pub struct AccountState {
     /// or Nurture. Thresholds apply to engagement earned since then, so a
     /// recycled account must re-engage before it is prioritized again.
     pub score_baseline: f64,
+    /// Whether it was ever sent back (Disqualify, Nurture, a lost deal's
+    /// action): a baseline of 0 then is a floor reached, not "never".
+    pub recycled: bool,
     /// Open opportunities lifecycle knows of for the account.
     pub open_opportunities: u32,
     /// The last engagement score applied (the at-risk rule sees it fall).
@@ -103,7 +106,10 @@ pub fn baseline_at(
     with_activity: bool,
 ) -> f64 {
     let baseline = state.score_baseline;
-    if baseline == 0.0 {
+    // Never sent back: everything is earned. A recycled account whose
+    // baseline reached 0 goes on below (a tester's case: points coming
+    // back after it reached 0 counted as earned and re-prioritized it).
+    if baseline == 0.0 && !state.recycled {
         return 0.0;
     }
     let earned = earned_since_recycle(state.engagement_score, baseline);
@@ -553,6 +559,7 @@ mod tests {
                 CustomerType::Prospect
             },
             score_baseline: 0.0,
+            recycled: false,
             // An account in PIPELINE normally has its opportunity open.
             open_opportunities: u32::from(stage == S::Pipeline),
             engagement_score: 0.0,
@@ -925,6 +932,7 @@ mod tests {
             stage: S::Pipeline,
             customer_type: CustomerType::ReProspect,
             score_baseline: 0.0,
+            recycled: false,
             open_opportunities: 1,
             engagement_score: 0.0,
             at_risk: None,
@@ -1074,6 +1082,7 @@ mod tests {
             stage: S::Detected,
             customer_type: CustomerType::ReProspect,
             score_baseline: 120.0,
+            recycled: true,
             open_opportunities: 0,
             engagement_score: 120.0,
             at_risk: None,

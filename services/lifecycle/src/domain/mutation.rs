@@ -471,6 +471,7 @@ mod tests {
                     CustomerType::Prospect
                 },
                 score_baseline: 5.0,
+                recycled: true,
                 open_opportunities,
                 engagement_score: 70.0,
                 at_risk: None,

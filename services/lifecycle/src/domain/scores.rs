@@ -335,6 +335,7 @@ mod tests {
                 stage,
                 customer_type: CustomerType::Prospect,
                 score_baseline: 0.0,
+                recycled: false,
                 open_opportunities: 0,
                 engagement_score: 0.0,
                 at_risk: None,
@@ -517,6 +518,45 @@ mod tests {
         // A stored baseline above the score reads as the score.
         assert_eq!(account_rules::earned_since_recycle(40.0, 150.0), 0.0);
         assert_eq!(account_rules::earned_since_recycle(-30.0, 150.0), -30.0);
+    }
+
+    /// A recycled account whose baseline reached 0 (all its points left
+    /// without activity) still counts only new activity as earned: the
+    /// points coming back are not (a tester saw them re-prioritize it and
+    /// notify its owner again).
+    #[test]
+    fn a_baseline_at_0_after_a_recycle_still_follows_the_rule() {
+        let mut a = account(AccountStage::Engaged);
+        a.state.score_baseline = 0.0;
+        a.state.engagement_score = 0.0;
+        a.state.recycled = true;
+        a.score_clock = Some(ScoreClock {
+            day: DAY,
+            half_life_days: Some(0.0),
+        });
+        let back = changes(decide(
+            &a,
+            &HashMap::new(),
+            &delivery(120.0, &[]),
+            &settings(),
+        ));
+        assert_eq!(
+            (back.stage, back.score_baseline),
+            (AccountStage::Engaged, 120.0)
+        );
+        assert!(back.notifications.is_empty(), "{:?}", back.notifications);
+        // Never sent back, the same score is all earned.
+        a.state.recycled = false;
+        let never = changes(decide(
+            &a,
+            &HashMap::new(),
+            &delivery(120.0, &[]),
+            &settings(),
+        ));
+        assert_eq!(
+            (never.stage, never.score_baseline),
+            (AccountStage::Prioritized, 0.0)
+        );
     }
 
     #[test]

@@ -255,6 +255,9 @@ pub(crate) fn account_state(
         stage: *model.stage,
         customer_type: *model.customer_type,
         score_baseline: model.score_baseline,
+        recycled: model.nurture_count > 0
+            || model.disqualify_count > 0
+            || model.last_recycle_transition_id.is_some(),
         open_opportunities,
         engagement_score: model.engagement_score,
         at_risk: model.at_risk_source.map(|s| *s),
