@@ -89,11 +89,7 @@ async fn sigterm_drains_then_stops_within_the_grace_period() {
     })
     .await;
     let started = Instant::now();
-    let pid = process.pid().expect("running");
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
+    process.sigterm();
 
     let status = tokio::time::timeout(Duration::from_secs(3), watch.next())
         .await
@@ -146,11 +142,7 @@ async fn watch_streams_end_when_the_replica_drains() {
         .expect("watch")
         .into_inner();
     let started = Instant::now();
-    let pid = process.pid().expect("running");
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
+    process.sigterm();
     let ended = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("the stream ends before the grace")

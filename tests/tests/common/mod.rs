@@ -300,14 +300,24 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM and returns at once (`wait_exit` waits).
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("running");
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub async fn terminate(&mut self) {
+        let running = self.pid().is_some();
+        if running {
+            self.sigterm();
+        }
         if let Some(mut child) = self.child.take()
-            && let Some(pid) = child.id()
+            && running
         {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
             let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
                 .await
                 .expect("stops within 30 s")
