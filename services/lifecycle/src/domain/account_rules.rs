@@ -114,10 +114,15 @@ pub fn baseline_at(
     }
     let earned = earned_since_recycle(state.engagement_score, baseline);
     let at_day = match at {
+        // A recompute under a new half-life (no activity) keeps what was
+        // earned. With activity, the new points must count: the baseline
+        // decays under the new half-life instead (a reviewer's case: a
+        // demo's 150 points after a half-life change went into the
+        // baseline).
         Some(ScoreClock {
             half_life_days: Some(was),
             ..
-        }) if was != half_life_days => score - earned,
+        }) if was != half_life_days && !with_activity => score - earned,
         _ => {
             let factor = at.map_or(1.0, |at| {
                 cascade_domain::decay::decay_factor(half_life_days, at.day, day)

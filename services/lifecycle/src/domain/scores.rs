@@ -559,6 +559,29 @@ mod tests {
         );
     }
 
+    /// New activity in the first delivery after a change of half-life
+    /// counts as earned; only a recompute keeps the earned figure as it was.
+    #[test]
+    fn activity_after_a_change_of_decay_counts() {
+        let mut a = account(AccountStage::Detected);
+        a.state.score_baseline = 0.0;
+        a.state.engagement_score = 0.0;
+        a.state.recycled = true;
+        a.score_clock = Some(ScoreClock {
+            day: DAY,
+            half_life_days: Some(30.0),
+        });
+        let demo = ScoreDelivery {
+            decay_half_life_days: 60.0,
+            ..delivery(150.0, &[("ann", &["demo_request"])])
+        };
+        let c = changes(decide(&a, &HashMap::new(), &demo, &settings()));
+        assert_eq!(
+            (c.stage, c.score_baseline),
+            (AccountStage::Prioritized, 0.0)
+        );
+    }
+
     #[test]
     fn a_sequence_far_past_the_last_is_refused() {
         let a = account(AccountStage::Targeted);

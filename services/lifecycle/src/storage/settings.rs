@@ -104,9 +104,9 @@ impl Repository {
         let mut next = stored.settings.clone();
         change(&mut next)?;
         // Writing the values already in force is no change: no new version
-        // (a sync writing back what it read made one per run). A tenant's
-        // first write always makes version 1.
-        if next == stored.settings && stored.settings.version > 0 {
+        // (a sync writing back what it read made one per run). The defaults
+        // a tenant never wrote are version 1 already.
+        if next == stored.settings {
             return Ok(stored);
         }
         next.version += 1;
