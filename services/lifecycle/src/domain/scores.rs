@@ -392,6 +392,30 @@ mod tests {
         }
     }
 
+    /// A recycled account at `stage` with its stored baseline and score of
+    /// DAY under `half_life_days`.
+    fn recycled(
+        stage: AccountStage,
+        baseline: f64,
+        score: f64,
+        half_life_days: f64,
+    ) -> AccountSnapshot {
+        let mut a = account(stage);
+        a.state.score_baseline = baseline;
+        a.state.engagement_score = score;
+        a.state.recycled = true;
+        a.score_clock = Some(ScoreClock {
+            day: DAY,
+            half_life_days: Some(half_life_days),
+        });
+        a
+    }
+
+    /// What `delivery` does to `account` (no contacts known).
+    fn applied(account: &AccountSnapshot, delivery: &ScoreDelivery) -> ScoreChanges {
+        changes(decide(account, &HashMap::new(), delivery, &settings()))
+    }
+
     /// A Nurtured account's baseline (150, kept on DAY) decays as its old
     /// points do: 30 days on, at a half-life of 30, they count 75, and a
     /// score of 175 is 100 earned since, PRIORITIZED at 50 (a tester saw
@@ -466,20 +490,9 @@ mod tests {
     /// the score nor below 0.
     #[test]
     fn a_baseline_moves_with_points_that_leave_or_come_back() {
-        let mut a = account(AccountStage::Engaged);
-        a.state.score_baseline = 150.0;
-        a.state.engagement_score = 150.0;
-        a.score_clock = Some(ScoreClock {
-            day: DAY,
-            half_life_days: Some(0.0),
-        });
+        let mut a = recycled(AccountStage::Engaged, 150.0, 150.0, 0.0);
         // Ann's 100 leave (deactivated): not owed again.
-        let fallen = changes(decide(
-            &a,
-            &HashMap::new(),
-            &delivery(50.0, &[]),
-            &settings(),
-        ));
+        let fallen = applied(&a, &delivery(50.0, &[]));
         assert_eq!(
             (fallen.stage, fallen.score_baseline),
             (AccountStage::Engaged, 50.0)
@@ -493,27 +506,17 @@ mod tests {
             ..delivery(score, contacts)
         };
         // Bob earns 100: all of it counts.
-        let c = changes(decide(
-            &a,
-            &HashMap::new(),
-            &next(150.0, &[("bob", &["demo"])]),
-            &settings(),
-        ));
+        let c = applied(&a, &next(150.0, &[("bob", &["demo"])]));
         assert_eq!(
             (c.stage, c.score_baseline),
             (AccountStage::Prioritized, 50.0)
         );
         // Ann's 100 come back (reactivated): not earned.
-        let c = changes(decide(&a, &HashMap::new(), &next(150.0, &[]), &settings()));
+        let c = applied(&a, &next(150.0, &[]));
         assert_eq!((c.stage, c.score_baseline), (AccountStage::Engaged, 150.0));
         // A penalty under 0: the baseline stops at 0, where an account
         // never sent back counts from.
-        let c = changes(decide(
-            &a,
-            &HashMap::new(),
-            &next(-30.0, &[("bob", &["unsubscribe"])]),
-            &settings(),
-        ));
+        let c = applied(&a, &next(-30.0, &[("bob", &["unsubscribe"])]));
         assert_eq!(c.score_baseline, 0.0);
         // A stored baseline above the score reads as the score.
         assert_eq!(account_rules::earned_since_recycle(40.0, 150.0), 0.0);
@@ -526,20 +529,8 @@ mod tests {
     /// notify its owner again).
     #[test]
     fn a_baseline_at_0_after_a_recycle_still_follows_the_rule() {
-        let mut a = account(AccountStage::Engaged);
-        a.state.score_baseline = 0.0;
-        a.state.engagement_score = 0.0;
-        a.state.recycled = true;
-        a.score_clock = Some(ScoreClock {
-            day: DAY,
-            half_life_days: Some(0.0),
-        });
-        let back = changes(decide(
-            &a,
-            &HashMap::new(),
-            &delivery(120.0, &[]),
-            &settings(),
-        ));
+        let mut a = recycled(AccountStage::Engaged, 0.0, 0.0, 0.0);
+        let back = applied(&a, &delivery(120.0, &[]));
         assert_eq!(
             (back.stage, back.score_baseline),
             (AccountStage::Engaged, 120.0)
@@ -547,12 +538,7 @@ mod tests {
         assert!(back.notifications.is_empty(), "{:?}", back.notifications);
         // Never sent back, the same score is all earned.
         a.state.recycled = false;
-        let never = changes(decide(
-            &a,
-            &HashMap::new(),
-            &delivery(120.0, &[]),
-            &settings(),
-        ));
+        let never = applied(&a, &delivery(120.0, &[]));
         assert_eq!(
             (never.stage, never.score_baseline),
             (AccountStage::Prioritized, 0.0)
@@ -563,19 +549,12 @@ mod tests {
     /// counts as earned; only a recompute keeps the earned figure as it was.
     #[test]
     fn activity_after_a_change_of_decay_counts() {
-        let mut a = account(AccountStage::Detected);
-        a.state.score_baseline = 0.0;
-        a.state.engagement_score = 0.0;
-        a.state.recycled = true;
-        a.score_clock = Some(ScoreClock {
-            day: DAY,
-            half_life_days: Some(30.0),
-        });
+        let a = recycled(AccountStage::Detected, 0.0, 0.0, 30.0);
         let demo = ScoreDelivery {
             decay_half_life_days: 60.0,
             ..delivery(150.0, &[("ann", &["demo_request"])])
         };
-        let c = changes(decide(&a, &HashMap::new(), &demo, &settings()));
+        let c = applied(&a, &demo);
         assert_eq!(
             (c.stage, c.score_baseline),
             (AccountStage::Prioritized, 0.0)
