@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cascade_proto::common::v1::AccountStage as S;
+use cascade_proto::lifecycle::v1 as lc;
 use cascade_proto::opportunity::v1 as op;
 use cascade_proto::scoring::v1 as sc;
 use cascade_testkit::fixtures::{account, activity};
@@ -277,7 +278,104 @@ on_each_database!(
     scoring_killed_mid_batch,
     a_damaged_pending_fold_shows_on_metrics,
     a_deal_lost_while_lifecycle_is_down_is_dated_when_it_was_lost,
+    a_recycled_account_after_an_outage_counts_only_new_activity,
 );
+
+/// Score deliveries that pile up while lifecycle is down reach it merged
+/// into one. A recycled account must count only its new activity as
+/// earned: here old points that a change of decay brings back and 2 new
+/// points arrive together. Read as "there was activity", the 75 points
+/// back re-prioritized the account and notified its owner again (a
+/// reviewer's finding).
+async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDatabase) {
+    const T: &str = "merged";
+    let mut system = System::start(&db, 1).await;
+    let receiver = WebhookReceiver::start().await;
+    let (lifecycle, scoring) = (system.lifecycle_as(0, T), system.scoring_as(0, T));
+    lifecycle.set_webhook(&receiver.url, None).await;
+    lifecycle
+        .public()
+        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
+            settings: Some(lc::LifecycleSettings {
+                prioritized_threshold: 20.0,
+                ..Default::default()
+            }),
+            update_mask: cascade_testkit::fixtures::mask(&["prioritized_threshold"]),
+        }))
+        .await
+        .expect("threshold 20");
+    let decay = async |half_life_days: f64| {
+        scoring
+            .change_model(|model| model.decay_half_life_days = half_life_days)
+            .await
+    };
+    decay(30.0).await;
+    let id = create_account(&lifecycle, "Merged").await;
+    let ann = lifecycle
+        .create_contact(&id, "ann@merged.example")
+        .await
+        .contact_id;
+    let bob = lifecycle
+        .create_contact(&id, "bob@merged.example")
+        .await
+        .contact_id;
+    // A demo 60 days ago, at a half-life of 30: 25 points. Bob's activity
+    // of no points makes him known to scoring, which checks him again
+    // without lifecycle.
+    scoring
+        .record(vec![
+            sc::Activity {
+                occur_time: Some(cascade_testkit::fixtures::days_ago(60)),
+                ..activity("m1", "demo_request", &id, &ann)
+            },
+            activity("m0", "webinar_registered", &id, &bob),
+        ])
+        .await;
+    lifecycle.wait_for_stage(&id, S::Prioritized).await;
+    receiver.wait_for(1).await;
+    lifecycle
+        .public()
+        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
+            account_id: id.clone(),
+            reason: "next quarter".into(),
+        }))
+        .await
+        .expect("nurtured at 25");
+
+    system.lifecycle[0].kill().await;
+    // Without decay the demo is worth 100 again: 75 points back, not earned.
+    decay(0.0).await;
+    let scored = async |want: f64| {
+        eventually(&format!("scoring's score {want}"), async || {
+            let score = scoring.score(&id).await.engagement_score;
+            if score == want { Ok(()) } else { Err(score) }
+        })
+        .await
+    };
+    scored(100.0).await;
+    scoring
+        .record(vec![activity("m2", "email_open", &id, &bob)])
+        .await;
+    scored(102.0).await;
+
+    system.lifecycle[0].start().await;
+    let applied = eventually("the merged delivery applied", async || {
+        let account = lifecycle.account(&id).await;
+        if account.engagement_score == 102.0 {
+            Ok(account)
+        } else {
+            Err(account.engagement_score)
+        }
+    })
+    .await;
+    assert_eq!(
+        (applied.stage, applied.engagement_since_recycle),
+        (S::Engaged as i32, 2.0),
+        "only the 2 new points are earned since the Nurture"
+    );
+    assert_eq!(receiver.accepted().len(), 1, "the owner was told once");
+    system.stop().await;
+}
 
 /// A deal lost while lifecycle is down reaches it later, through
 /// opportunity's outbox; the account's move is dated when the deal was

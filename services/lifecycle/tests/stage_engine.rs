@@ -564,13 +564,19 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
             account_id: id.clone(),
             sequence: 0,
             engagement_score: f64::NAN,
+            new_engagement_score: Some(f64::INFINITY),
             ..Default::default()
         })
         .await
         .expect_err("bad delivery");
     assert_eq!(
         violated_fields(&bad),
-        ["event_id", "sequence", "engagement_score"]
+        [
+            "event_id",
+            "sequence",
+            "engagement_score",
+            "new_engagement_score"
+        ]
     );
     system.stop().await;
 }

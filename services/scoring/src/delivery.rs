@@ -11,6 +11,7 @@ use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use tonic::Code;
 
+use crate::domain;
 use crate::storage::{DeliveryPayload, Repository, Totals};
 
 /// The actor lifecycle records for score-driven moves.
@@ -48,6 +49,9 @@ struct Merged {
     account_id: String,
     sequence: i64,
     contacts: BTreeMap<String, BTreeSet<String>>,
+    /// Each message's new engagement and its day; `None` when a message
+    /// written before it was kept is among them.
+    new_engagement: Option<Vec<(f64, i64)>>,
 }
 
 fn merge(run: &[Entry]) -> Option<Merged> {
@@ -57,6 +61,7 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         account_id: last.partition_key.clone(),
         sequence: 0,
         contacts: BTreeMap::new(),
+        new_engagement: Some(Vec::with_capacity(run.len())),
     };
     for entry in run {
         let payload = match DeliveryPayload::decode(&entry.payload) {
@@ -67,6 +72,14 @@ fn merge(run: &[Entry]) -> Option<Merged> {
             }
         };
         merged.sequence = merged.sequence.max(payload.sequence);
+        merged.new_engagement =
+            merged
+                .new_engagement
+                .zip(payload.new_engagement)
+                .map(|(mut parts, part)| {
+                    parts.push(part);
+                    parts
+                });
         for (contact, types) in payload.contacts {
             merged.contacts.entry(contact).or_default().extend(types);
         }
@@ -79,6 +92,16 @@ fn request(
     totals: &Totals,
     decay_half_life_days: f64,
 ) -> lifecycle::ApplyEngagementScoreRequest {
+    let now = cascade_chassis::time::now();
+    let today = domain::day_of(now.timestamp_millis());
+    // What the merged batches' activities added, each decayed from its day
+    // as the totals are: lifecycle adds it to what a recycled account earned.
+    let new_engagement_score = merged.new_engagement.map(|parts| {
+        parts
+            .iter()
+            .map(|&(points, day)| points * domain::decay_factor(decay_half_life_days, day, today))
+            .sum()
+    });
     lifecycle::ApplyEngagementScoreRequest {
         event_id: merged.event_id,
         sequence: merged.sequence,
@@ -94,11 +117,10 @@ fn request(
                 new_activity_types: types.into_iter().collect(),
             })
             .collect(),
-        compute_time: Some(cascade_chassis::time::to_timestamp(
-            cascade_chassis::time::now(),
-        )),
+        compute_time: Some(cascade_chassis::time::to_timestamp(now)),
         account_id: merged.account_id,
         decay_half_life_days,
+        new_engagement_score,
     }
 }
 
@@ -298,5 +320,35 @@ impl Sink for LifecycleScoreSink {
             }
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(new_engagement: Option<Vec<(f64, i64)>>) -> Merged {
+        Merged {
+            event_id: "e".into(),
+            account_id: "a".into(),
+            sequence: 7,
+            contacts: BTreeMap::new(),
+            new_engagement,
+        }
+    }
+
+    /// Merged messages' new engagement is summed, each decayed from its own
+    /// day as the totals are; one message without it leaves the sum unset
+    /// (lifecycle then applies the older rule).
+    #[test]
+    fn merged_new_engagement_is_decayed_to_today_and_summed() {
+        let today = domain::day_of(cascade_chassis::time::now().timestamp_millis());
+        let parts = vec![(10.0, today - 30), (-2.0, today), (0.0, today)];
+        let sent = request(merged(Some(parts)), &Totals::default(), 30.0);
+        assert_eq!(sent.new_engagement_score, Some(3.0));
+        let sent = request(merged(Some(vec![])), &Totals::default(), 0.0);
+        assert_eq!(sent.new_engagement_score, Some(0.0));
+        let sent = request(merged(None), &Totals::default(), 30.0);
+        assert_eq!(sent.new_engagement_score, None);
     }
 }

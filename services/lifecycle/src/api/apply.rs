@@ -63,6 +63,9 @@ fn score_delivery(
         request.average_engagement_score,
     );
     let intent_score = v.finite(&field("intent_score"), request.intent_score);
+    let new_engagement = request
+        .new_engagement_score
+        .map(|score| v.finite(&field("new_engagement_score"), score));
     if request.contacts.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
             field("contacts"),
@@ -111,6 +114,7 @@ fn score_delivery(
                 contacts,
                 day: cascade_domain::decay::day_of(computed.timestamp_millis()),
                 decay_half_life_days: half_life,
+                new_engagement,
             },
         )),
         Err(ServiceError::InvalidArgument(violations)) => Err(violations),

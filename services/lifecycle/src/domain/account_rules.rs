@@ -75,23 +75,37 @@ pub struct ScoreClock {
     pub half_life_days: Option<f64>,
 }
 
+/// What a score delivery's new activity earned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Earned {
+    /// The engagement the new activity added, at the delivery's day (a
+    /// penalty makes it negative; 0 without new activity).
+    Points(f64),
+    /// A delivery of an older scoring with new activity, which says only
+    /// that there was some: the whole change of the score counts.
+    AllOfTheChange,
+}
+
 /// A recycle's baseline when a delivery brings `score` at `day` under
-/// `half_life_days` (0: no decay); `with_activity`: whether the delivery
-/// brings new activity (engagement, or a penalty).
+/// `half_life_days` (0: no decay), with `earned` the engagement its new
+/// activity added.
+///
+/// What was earned since the recycle grows by new activity only: it decays
+/// as the score does, and the delivery's new activity is added to it. The
+/// rest of a change of the score is points leaving or coming back (a
+/// contact deactivated, erased or reactivated; a model edited), which move
+/// the baseline with the score. Otherwise points gone would be owed again
+/// by the engagement earned after (a reviewer's case: Bob's new 100 left an
+/// account ENGAGED after Ann's 100 left), and points back would count as
+/// earned (a reactivation re-prioritized an account). Because the new
+/// activity comes as an amount, deliveries merged while lifecycle lagged
+/// give what they would have given one by one.
 ///
 /// The points the baseline was taken from decay, so it decays alike: kept
 /// fixed, a recycled account under decay needed its threshold plus whatever
-/// its old points had lost since (a tester's finding).
-///
-/// Without new activity, the score moved only by points leaving or coming
-/// back (a contact deactivated, erased or reactivated; a model edited) and
-/// by decay: what was earned since the recycle stays what it was (decayed),
-/// and the baseline moves with the score. Otherwise points gone would be
-/// owed again by the engagement earned after (a reviewer's case: Bob's new
-/// 100 left an account ENGAGED after Ann's 100 left), and points back
-/// would count as earned (a reactivation re-prioritized an account). When
-/// the model's half-life changed, scoring has recomputed every score under
-/// the new one: the same rule keeps what was earned, undecayed.
+/// its old points had lost since (a tester's finding). When the model's
+/// half-life changed, scoring has recomputed every score under the new one:
+/// what was earned is kept undecayed.
 ///
 /// A baseline of unknown day (kept before days were) is taken as it is
 /// (no decay); a baseline of 0 stays 0 (everything was earned since); and
@@ -103,7 +117,7 @@ pub fn baseline_at(
     at: Option<ScoreClock>,
     (day, half_life_days): (i64, f64),
     score: f64,
-    with_activity: bool,
+    earned_now: Earned,
 ) -> f64 {
     let baseline = state.score_baseline;
     // Never sent back: everything is earned. A recycled account whose
@@ -113,26 +127,21 @@ pub fn baseline_at(
         return 0.0;
     }
     let earned = earned_since_recycle(state.engagement_score, baseline);
-    let at_day = match at {
-        // A recompute under a new half-life (no activity) keeps what was
-        // earned. With activity, the new points must count: the baseline
-        // decays under the new half-life instead (a reviewer's case: a
-        // demo's 150 points after a half-life change went into the
-        // baseline).
-        Some(ScoreClock {
-            half_life_days: Some(was),
-            ..
-        }) if was != half_life_days && !with_activity => score - earned,
-        _ => {
-            let factor = at.map_or(1.0, |at| {
-                cascade_domain::decay::decay_factor(half_life_days, at.day, day)
-            });
-            if with_activity {
-                baseline * factor
-            } else {
-                score - earned * factor
-            }
+    let decay = at.map_or(1.0, |at| {
+        cascade_domain::decay::decay_factor(half_life_days, at.day, day)
+    });
+    let at_day = match earned_now {
+        Earned::Points(points) => {
+            // Rescored under a new half-life: what was earned is kept as
+            // it was, and new activity adds to it (a reviewer's case: a
+            // demo's 150 points after a half-life change went into the
+            // baseline).
+            let rescored = at
+                .and_then(|at| at.half_life_days)
+                .is_some_and(|was| was != half_life_days);
+            score - (earned * if rescored { 1.0 } else { decay } + points)
         }
+        Earned::AllOfTheChange => baseline * decay,
     };
     at_day.clamp(0.0, score.max(0.0))
 }

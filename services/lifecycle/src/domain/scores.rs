@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use cascade_domain::{AccountStage, ContactStage, CustomerType};
 
-use super::account_rules::{self, AccountEvent, AccountState, RiskChange, ScoreClock, Step};
+use super::account_rules::{
+    self, AccountEvent, AccountState, Earned, RiskChange, ScoreClock, Step,
+};
 use super::contact_rules::{self, ContactEvent, ContactMove};
 use super::settings::LifecycleSettings;
 use super::{NotificationDraft, NotificationReason, Refusal};
@@ -35,6 +37,9 @@ pub struct ScoreDelivery {
     pub day: i64,
     /// The half-life of the model they were computed under (0: no decay).
     pub decay_half_life_days: f64,
+    /// The engagement the contacts' new activity added, at `day` (0 for a
+    /// recompute); `None` from a scoring older than this field.
+    pub new_engagement: Option<f64>,
 }
 
 /// What the decision needs to know about the account.
@@ -153,18 +158,26 @@ pub fn decide(
     let score_day = account
         .score_clock
         .map_or(delivery.day, |at| at.day.max(delivery.day));
-    // New activity of any contact (an engagement delivery names each with
-    // its new types); a recompute or a decay refresh names none.
-    let with_activity = delivery
-        .contacts
-        .iter()
-        .any(|c| !c.new_activity_types.is_empty());
+    let earned = match delivery.new_engagement {
+        Some(points) => Earned::Points(points),
+        // An older scoring says only whether there was new activity: an
+        // engagement delivery names each contact with its new types; a
+        // recompute or a decay refresh names none.
+        None if delivery
+            .contacts
+            .iter()
+            .any(|c| !c.new_activity_types.is_empty()) =>
+        {
+            Earned::AllOfTheChange
+        }
+        None => Earned::Points(0.0),
+    };
     let baseline = account_rules::baseline_at(
         &account.state,
         account.score_clock,
         (score_day, delivery.decay_half_life_days),
         delivery.engagement_score,
-        with_activity,
+        earned,
     );
     let state = AccountState {
         score_baseline: baseline,
@@ -382,7 +395,26 @@ mod tests {
                 .collect(),
             day: DAY,
             decay_half_life_days: 0.0,
+            new_engagement: None,
         }
+    }
+
+    /// `d` as this scoring sends it: saying what its new activity earned.
+    fn earning(points: f64, d: ScoreDelivery) -> ScoreDelivery {
+        ScoreDelivery {
+            new_engagement: Some(points),
+            ..d
+        }
+    }
+
+    /// `a` after `c` applied a delivery of `score`.
+    fn after(a: &AccountSnapshot, c: &ScoreChanges, score: f64) -> AccountSnapshot {
+        let mut a = a.clone();
+        a.state.score_baseline = c.score_baseline;
+        a.state.engagement_score = score;
+        a.score_clock = Some(c.score_clock);
+        a.score_sequence += 1;
+        a
     }
 
     fn changes(decision: Result<ScoreDecision, Refusal>) -> ScoreChanges {
@@ -559,6 +591,79 @@ mod tests {
             (c.stage, c.score_baseline),
             (AccountStage::Prioritized, 0.0)
         );
+    }
+
+    /// Deliveries merged while lifecycle lagged give what they would have
+    /// given one by one: points that left or came back in the same delivery
+    /// as new activity are not read as activity (a reviewer's finding
+    /// against the rule that read only whether there was any).
+    #[test]
+    fn merged_deliveries_count_only_the_new_activity() {
+        // Sent back at 150: Ann's 100 and Bob's 50.
+        let a = recycled(AccountStage::Engaged, 150.0, 150.0, 0.0);
+        let carl = |score: f64| ScoreDelivery {
+            sequence: 5,
+            ..earning(100.0, delivery(score, &[("carl", &["demo"])]))
+        };
+        // Ann deactivated and Carl's 100 new, in one delivery.
+        let merged = applied(&a, &carl(150.0));
+        assert_eq!(
+            (merged.stage, merged.score_baseline),
+            (AccountStage::Prioritized, 50.0)
+        );
+        // One by one: Ann's points leave, then Carl earns.
+        let left = applied(&a, &earning(0.0, delivery(50.0, &[])));
+        let then = applied(&after(&a, &left, 50.0), &carl(150.0));
+        assert_eq!(
+            (then.stage, then.score_baseline),
+            (merged.stage, merged.score_baseline)
+        );
+        // Ann's 100 back and Bob's 10 new in one delivery: 10 earned, not 110.
+        let low = recycled(AccountStage::Engaged, 50.0, 50.0, 0.0);
+        let both = delivery(160.0, &[("bob", &["email_open"])]);
+        let c = applied(&low, &earning(10.0, both.clone()));
+        assert_eq!((c.stage, c.score_baseline), (AccountStage::Engaged, 150.0));
+        // A penalty in new activity lowers what was earned: 40 earned, Ann's
+        // 100 back and a penalty of 20 leave 20.
+        let earned_40 = recycled(AccountStage::Engaged, 50.0, 90.0, 0.0);
+        let c = applied(
+            &earned_40,
+            &earning(-20.0, delivery(170.0, &[("bob", &["unsubscribe"])])),
+        );
+        assert_eq!(c.score_baseline, 150.0);
+        // An older scoring says only that there was activity: all of the
+        // change counts, as before.
+        let c = applied(&low, &both);
+        assert_eq!(
+            (c.stage, c.score_baseline),
+            (AccountStage::Prioritized, 50.0)
+        );
+    }
+
+    /// The amount earned decays with the score: 30 days at a half-life of
+    /// 30 halve what was earned before, and the new activity adds to it.
+    #[test]
+    fn what_was_earned_decays_and_new_activity_adds_to_it() {
+        // 40 earned since a recycle at 150.
+        let a = recycled(AccountStage::Engaged, 150.0, 190.0, 30.0);
+        let later = ScoreDelivery {
+            day: DAY + 30,
+            decay_half_life_days: 30.0,
+            ..earning(40.0, delivery(135.0, &[("c1", &["email_open"])]))
+        };
+        let c = applied(&a, &later);
+        // 20 of the 40 left, and 40 new: 60 earned, PRIORITIZED.
+        assert_eq!(
+            (c.stage, c.score_baseline),
+            (AccountStage::Prioritized, 75.0)
+        );
+        // Under a new half-life (every score recomputed), what was earned is
+        // kept as it was: 40 and 40.
+        let rescored = ScoreDelivery {
+            decay_half_life_days: 60.0,
+            ..later
+        };
+        assert_eq!(applied(&a, &rescored).score_baseline, 55.0);
     }
 
     #[test]

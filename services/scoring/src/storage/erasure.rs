@@ -17,9 +17,8 @@ use super::entities::{
 };
 use super::fold;
 use super::models::current_model;
-use super::scores::{NewScore, lock_account_scores, recomputed, upsert_account_scores};
+use super::scores::{lock_account_scores, recomputed, upsert_account_scores};
 use super::{DeliveryPayload, Repository, SCORE_TOPIC, today};
-use crate::domain;
 
 /// What to erase.
 pub enum Erase<'a> {
@@ -152,16 +151,14 @@ impl Repository {
                 let score = recomputed(&txn, t, (&model, today), &[account_id])
                     .await?
                     .remove(account_id)
-                    .unwrap_or(NewScore {
-                        totals: domain::Totals::default(),
-                        engaged: Default::default(),
-                    });
+                    .unwrap_or_default();
                 let scores = BTreeMap::from([(account.clone(), score)]);
                 let sequences = upsert_account_scores(&txn, t, today, &scores).await?;
                 if let Some(&sequence) = sequences.get(account_id) {
                     let payload = DeliveryPayload {
                         sequence,
                         contacts: BTreeMap::new(),
+                        new_engagement: Some((0.0, today)),
                     };
                     outbox::enqueue(&txn, t, SCORE_TOPIC, account_id, payload.encode()).await?;
                 }

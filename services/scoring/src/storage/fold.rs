@@ -480,6 +480,9 @@ pub(super) async fn fold_sums(
 
     let mut messages = Vec::with_capacity(batch.accounts.len());
     for (account_id, account) in batch.accounts {
+        let new_engagement = new_scores
+            .get(&account_id)
+            .map_or(0.0, |score| score.new_engagement);
         let sequence = sequences.get(account_id.as_str()).copied().ok_or_else(|| {
             ServiceError::internal(anyhow::anyhow!(
                 "no delivery sequence for account {account_id}"
@@ -488,6 +491,7 @@ pub(super) async fn fold_sums(
         let payload = DeliveryPayload {
             sequence,
             contacts: account.new_types,
+            new_engagement: Some((new_engagement, today)),
         };
         messages.push(outbox::Message {
             partition_key: account_id,

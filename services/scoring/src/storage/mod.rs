@@ -99,6 +99,10 @@ pub struct DeliveryPayload {
     pub sequence: i64,
     /// Contact id -> activity types recorded in this batch.
     pub contacts: BTreeMap<String, BTreeSet<String>>,
+    /// The engagement the batch's activities added and the day it is at;
+    /// `None` in messages written before it was kept.
+    #[serde(default)]
+    pub new_engagement: Option<(f64, i64)>,
 }
 
 impl DeliveryPayload {
@@ -113,6 +117,8 @@ impl DeliveryPayload {
                     activity_types: types.into_iter().collect(),
                 })
                 .collect(),
+            new_engagement: self.new_engagement.map(|(points, _)| points),
+            day: self.new_engagement.map_or(0, |(_, day)| day),
         }
         .encode_to_vec()
     }
@@ -133,6 +139,7 @@ impl DeliveryPayload {
                 .into_iter()
                 .map(|c| (c.contact_id, c.activity_types.into_iter().collect()))
                 .collect(),
+            new_engagement: message.new_engagement.map(|points| (points, message.day)),
         })
     }
 }
@@ -204,13 +211,27 @@ mod tests {
                     BTreeSet::from(["email_open".to_owned(), "web_visit".to_owned()]),
                 ),
             ]),
+            new_engagement: Some((-2.5, 20_400)),
         };
         let bytes = payload.clone().encode();
         assert_ne!(bytes.first(), Some(&b'{'));
         assert_eq!(DeliveryPayload::decode(&bytes), Ok(payload.clone()));
+        // 0 new engagement is kept, not read as unset.
+        let recompute = DeliveryPayload {
+            new_engagement: Some((0.0, 20_400)),
+            ..payload.clone()
+        };
+        assert_eq!(
+            DeliveryPayload::decode(&recompute.clone().encode()),
+            Ok(recompute)
+        );
         // As versions before the protobuf messages stored it.
         let legacy = br#"{"sequence":42,"contacts":{"c1":["demo_request"],"c2":["email_open","web_visit"]}}"#;
-        assert_eq!(DeliveryPayload::decode(legacy), Ok(payload));
+        let older = DeliveryPayload {
+            new_engagement: None,
+            ..payload
+        };
+        assert_eq!(DeliveryPayload::decode(legacy), Ok(older));
         assert!(DeliveryPayload::decode(b"{not json").is_err());
         assert!(DeliveryPayload::decode(&[0x0A, 0xFF]).is_err());
     }

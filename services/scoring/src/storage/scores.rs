@@ -479,9 +479,14 @@ fn account_key() -> OnConflict {
 
 /// An account's score after a batch, and which of the batch's contacts
 /// have engagement in it now.
+#[derive(Default)]
 pub(super) struct NewScore {
     pub(super) totals: Totals,
     pub(super) engaged: BTreeSet<String>,
+    /// The engagement the batch's activities added, decayed to its day (0
+    /// for a recompute without activity): lifecycle counts it as earned by
+    /// a recycled account.
+    pub(super) new_engagement: f64,
 }
 
 /// Each touched account's new stored score: the stored one plus the batch
@@ -504,6 +509,8 @@ pub(super) async fn rescore(
         .filter(|c| !contacts.contains_key(*c))
         .collect();
     let inactive = inactive_among(conn, t, &unscored).await?;
+    // A contact counts in its account unless marked inactive.
+    let counts = |c: &str| !inactive.contains(c) && contacts.get(c).is_none_or(|row| !row.inactive);
     let mut result = BTreeMap::new();
     let mut recompute = Vec::new();
     for (account_id, add) in &batch.accounts {
@@ -516,10 +523,10 @@ pub(super) async fn rescore(
         // or a change applied meanwhile) must not be added: the account is
         // recomputed, without it.
         let contacts_current = add.new_types.keys().all(|c| {
-            !inactive.contains(c.as_str())
-                && contacts.get(c.as_str()).is_none_or(|row| {
-                    &row.account_id == account_id && row.computed_day == today && !row.inactive
-                })
+            counts(c)
+                && contacts
+                    .get(c.as_str())
+                    .is_none_or(|row| &row.account_id == account_id && row.computed_day == today)
         });
         match current {
             Some(current) if contacts_current => {
@@ -539,12 +546,30 @@ pub(super) async fn rescore(
                     .filter(|c| was_engaged(c) || add.engaging.contains(*c))
                     .cloned()
                     .collect();
-                result.insert(account_id.clone(), NewScore { totals, engaged });
+                let new_engagement = add.engagement;
+                result.insert(
+                    account_id.clone(),
+                    NewScore {
+                        totals,
+                        engaged,
+                        new_engagement,
+                    },
+                );
             }
             _ => recompute.push(account_id.as_str()),
         }
     }
-    result.extend(recomputed(conn, t, (model, today), &recompute).await?);
+    let mut recomputed = recomputed(conn, t, (model, today), &recompute).await?;
+    for (account_id, score) in &mut recomputed {
+        score.new_engagement = batch.accounts.get(account_id).map_or(0.0, |add| {
+            add.contact_points
+                .iter()
+                .filter(|(c, _)| counts(c))
+                .map(|(_, points)| points)
+                .sum()
+        });
+    }
+    result.extend(recomputed);
     Ok(result)
 }
 
@@ -569,7 +594,14 @@ pub(super) async fn recomputed(
                 .map(|b| b.contact_id.clone())
                 .collect();
             let totals = domain::totals_of(buckets, model, today);
-            result.insert(account_id, NewScore { totals, engaged });
+            result.insert(
+                account_id,
+                NewScore {
+                    totals,
+                    engaged,
+                    ..NewScore::default()
+                },
+            );
         }
     }
     Ok(result)
@@ -957,10 +989,7 @@ pub(super) async fn store_recomputed(
     for account_id in accounts {
         scores
             .entry((*account_id).to_owned())
-            .or_insert_with(|| NewScore {
-                totals: Totals::default(),
-                engaged: BTreeSet::new(),
-            });
+            .or_insert_with(NewScore::default);
     }
     if scores.is_empty() {
         return Ok(0);
@@ -1007,6 +1036,7 @@ pub(super) async fn store_recomputed(
             let payload = super::DeliveryPayload {
                 sequence,
                 contacts: named(new),
+                new_engagement: Some((0.0, today)),
             };
             messages.push(cascade_chassis::outbox::Message {
                 partition_key: account_id.clone(),
