@@ -564,7 +564,13 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
             account_id: id.clone(),
             sequence: 0,
             engagement_score: f64::NAN,
-            new_engagement_score: Some(f64::INFINITY),
+            new_engagement: Some(pb::NewEngagement {
+                batches: vec![pb::EngagementAdded {
+                    sequence: 1,
+                    engagement_score: f64::INFINITY,
+                    compute_time: None,
+                }],
+            }),
             ..Default::default()
         })
         .await
@@ -575,9 +581,26 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
             "event_id",
             "sequence",
             "engagement_score",
-            "new_engagement_score"
+            "new_engagement.batches[0].sequence",
+            "new_engagement.batches[0].engagement_score",
+            "new_engagement.batches[0].compute_time",
         ]
     );
+    let batch = pb::EngagementAdded {
+        sequence: 1,
+        engagement_score: 1.0,
+        compute_time: Some(cascade_testkit::fixtures::days_ago(0)),
+    };
+    let many = lifecycle
+        .try_apply_score(pb::ApplyEngagementScoreRequest {
+            new_engagement: Some(pb::NewEngagement {
+                batches: vec![batch; 1_001],
+            }),
+            ..score_delivery("many", &id, 9, 40.0)
+        })
+        .await
+        .expect_err("too many batches");
+    assert_eq!(violated_fields(&many), ["new_engagement.batches"]);
     system.stop().await;
 }
 

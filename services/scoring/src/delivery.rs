@@ -11,7 +11,6 @@ use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use tonic::Code;
 
-use crate::domain;
 use crate::storage::{DeliveryPayload, Repository, Totals};
 
 /// The actor lifecycle records for score-driven moves.
@@ -49,9 +48,9 @@ struct Merged {
     account_id: String,
     sequence: i64,
     contacts: BTreeMap<String, BTreeSet<String>>,
-    /// Each message's new engagement and its day; `None` when a message
-    /// written before it was kept is among them.
-    new_engagement: Option<Vec<(f64, i64)>>,
+    /// Each message's sequence, new engagement and its day; `None` when a
+    /// message written before they were kept is among them.
+    new_engagement: Option<Vec<(i64, f64, i64)>>,
 }
 
 fn merge(run: &[Entry]) -> Option<Merged> {
@@ -72,14 +71,13 @@ fn merge(run: &[Entry]) -> Option<Merged> {
             }
         };
         merged.sequence = merged.sequence.max(payload.sequence);
-        merged.new_engagement =
-            merged
-                .new_engagement
-                .zip(payload.new_engagement)
-                .map(|(mut parts, part)| {
-                    parts.push(part);
-                    parts
-                });
+        merged.new_engagement = match (merged.new_engagement, payload.new_engagement) {
+            (Some(mut parts), Some((points, day))) => {
+                parts.push((payload.sequence, points, day));
+                Some(parts)
+            }
+            _ => None,
+        };
         for (contact, types) in payload.contacts {
             merged.contacts.entry(contact).or_default().extend(types);
         }
@@ -87,21 +85,33 @@ fn merge(run: &[Entry]) -> Option<Merged> {
     Some(merged)
 }
 
+/// What each merged batch's activities added, by sequence (lifecycle skips
+/// those it applied before: a retried run may hold them) and day (lifecycle
+/// decays them as the score). Batches that added nothing are left out. A
+/// run holds at most the deliverer's `run_size` (256) messages, under
+/// lifecycle's 1,000.
+fn new_engagement(parts: Vec<(i64, f64, i64)>) -> lifecycle::NewEngagement {
+    lifecycle::NewEngagement {
+        batches: parts
+            .into_iter()
+            .filter(|&(_, points, _)| points != 0.0)
+            .map(|(sequence, points, day)| lifecycle::EngagementAdded {
+                sequence,
+                engagement_score: points,
+                compute_time: Some(cascade_chassis::time::to_timestamp(
+                    chrono::DateTime::from_timestamp_millis(day.saturating_mul(86_400_000))
+                        .unwrap_or_default(),
+                )),
+            })
+            .collect(),
+    }
+}
+
 fn request(
     merged: Merged,
     totals: &Totals,
     decay_half_life_days: f64,
 ) -> lifecycle::ApplyEngagementScoreRequest {
-    let now = cascade_chassis::time::now();
-    let today = domain::day_of(now.timestamp_millis());
-    // What the merged batches' activities added, each decayed from its day
-    // as the totals are: lifecycle adds it to what a recycled account earned.
-    let new_engagement_score = merged.new_engagement.map(|parts| {
-        parts
-            .iter()
-            .map(|&(points, day)| points * domain::decay_factor(decay_half_life_days, day, today))
-            .sum()
-    });
     lifecycle::ApplyEngagementScoreRequest {
         event_id: merged.event_id,
         sequence: merged.sequence,
@@ -117,10 +127,12 @@ fn request(
                 new_activity_types: types.into_iter().collect(),
             })
             .collect(),
-        compute_time: Some(cascade_chassis::time::to_timestamp(now)),
+        compute_time: Some(cascade_chassis::time::to_timestamp(
+            cascade_chassis::time::now(),
+        )),
         account_id: merged.account_id,
         decay_half_life_days,
-        new_engagement_score,
+        new_engagement: merged.new_engagement.map(new_engagement),
     }
 }
 
@@ -326,29 +338,64 @@ impl Sink for LifecycleScoreSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cascade_chassis::time::from_timestamp;
 
-    fn merged(new_engagement: Option<Vec<(f64, i64)>>) -> Merged {
-        Merged {
-            event_id: "e".into(),
-            account_id: "a".into(),
-            sequence: 7,
+    fn entry(id: &str, payload: DeliveryPayload) -> Entry {
+        Entry {
+            id: id.into(),
+            tenant_id: "t".into(),
+            topic: "engagement_scores".into(),
+            partition_key: "acc".into(),
+            payload: payload.encode(),
+            attempts: 0,
+            trace_context: None,
+            created_at_ms: 0,
+        }
+    }
+
+    fn payload(sequence: i64, new_engagement: Option<(f64, i64)>) -> DeliveryPayload {
+        DeliveryPayload {
+            sequence,
             contacts: BTreeMap::new(),
             new_engagement,
         }
     }
 
-    /// Merged messages' new engagement is summed, each decayed from its own
-    /// day as the totals are; one message without it leaves the sum unset
-    /// (lifecycle then applies the older rule).
+    /// A merged run says what each of its batches added, with its sequence
+    /// and day, leaving out those that added nothing; one message written
+    /// before the amounts were kept leaves them unset (lifecycle then
+    /// applies the older rule).
     #[test]
-    fn merged_new_engagement_is_decayed_to_today_and_summed() {
-        let today = domain::day_of(cascade_chassis::time::now().timestamp_millis());
-        let parts = vec![(10.0, today - 30), (-2.0, today), (0.0, today)];
-        let sent = request(merged(Some(parts)), &Totals::default(), 30.0);
-        assert_eq!(sent.new_engagement_score, Some(3.0));
-        let sent = request(merged(Some(vec![])), &Totals::default(), 0.0);
-        assert_eq!(sent.new_engagement_score, Some(0.0));
-        let sent = request(merged(None), &Totals::default(), 30.0);
-        assert_eq!(sent.new_engagement_score, None);
+    fn a_merged_run_names_each_batchs_new_engagement() {
+        let run = [
+            entry("m1", payload(3, Some((15.0, 20_400)))),
+            entry("m2", payload(4, Some((0.0, 20_401)))),
+            entry("m3", payload(5, Some((-2.5, 20_401)))),
+        ];
+        let merged = merge(&run).expect("merged");
+        assert_eq!((merged.event_id.as_str(), merged.sequence), ("m3", 5));
+        let sent = request(merged, &Totals::default(), 30.0);
+        let batches: Vec<(i64, f64, i64)> = sent
+            .new_engagement
+            .expect("amounts sent")
+            .batches
+            .iter()
+            .map(|b| {
+                let at = from_timestamp(b.compute_time.as_ref().expect("time")).expect("valid");
+                (
+                    b.sequence,
+                    b.engagement_score,
+                    crate::domain::day_of(at.timestamp_millis()),
+                )
+            })
+            .collect();
+        assert_eq!(batches, [(3, 15.0, 20_400), (5, -2.5, 20_401)]);
+
+        let older = [
+            entry("m1", payload(3, None)),
+            entry("m2", payload(4, Some((1.0, 1)))),
+        ];
+        let sent = request(merge(&older).expect("merged"), &Totals::default(), 0.0);
+        assert_eq!(sent.new_engagement, None);
     }
 }

@@ -9,11 +9,13 @@ use tonic::{Request, Response, Status};
 
 use super::LifecycleApi;
 use crate::convert;
-use crate::domain::scores::{ContactEngagement, ScoreDelivery};
+use crate::domain::scores::{ContactEngagement, EngagementAdded, ScoreDelivery};
 use crate::storage::{ApplyOutcome, Mutation, MutationResult, OpportunityEventKind, ScoreApplied};
 
 const MAX_EVENT_ID: usize = 128;
 const MAX_CONTACTS_PER_DELIVERY: usize = 1000;
+/// Scoring's batches in one delivery (a run of its outbox, 256 at most).
+const MAX_BATCHES_PER_DELIVERY: usize = 1000;
 /// As long as CloseOpportunityLost takes it, and a person's reason here.
 const MAX_LOST_REASON: usize = 1000;
 /// Deliveries per ApplyEngagementScores call.
@@ -63,9 +65,39 @@ fn score_delivery(
         request.average_engagement_score,
     );
     let intent_score = v.finite(&field("intent_score"), request.intent_score);
-    let new_engagement = request
-        .new_engagement_score
-        .map(|score| v.finite(&field("new_engagement_score"), score));
+    let new_engagement = request.new_engagement.as_ref().map(|added| {
+        if added.batches.len() > MAX_BATCHES_PER_DELIVERY {
+            v.add(
+                field("new_engagement.batches"),
+                format!("at most {MAX_BATCHES_PER_DELIVERY} per delivery"),
+            );
+        }
+        let mut batches = Vec::with_capacity(added.batches.len());
+        for (i, batch) in added
+            .batches
+            .iter()
+            .take(MAX_BATCHES_PER_DELIVERY)
+            .enumerate()
+        {
+            let at = |name: &str| field(&format!("new_engagement.batches[{i}].{name}"));
+            if batch.sequence <= 0 || batch.sequence > request.sequence {
+                v.add(
+                    at("sequence"),
+                    "must be greater than 0 and at most the delivery's sequence",
+                );
+            }
+            let points = v.finite(&at("engagement_score"), batch.engagement_score);
+            let day = v
+                .required_time(&at("compute_time"), batch.compute_time.as_ref())
+                .map_or(0, |t| cascade_domain::decay::day_of(t.timestamp_millis()));
+            batches.push(EngagementAdded {
+                sequence: batch.sequence,
+                points,
+                day,
+            });
+        }
+        batches
+    });
     if request.contacts.len() > MAX_CONTACTS_PER_DELIVERY {
         v.add(
             field("contacts"),

@@ -99,13 +99,15 @@ pub enum Earned {
 /// account ENGAGED after Ann's 100 left), and points back would count as
 /// earned (a reactivation re-prioritized an account). Because the new
 /// activity comes as an amount, deliveries merged while lifecycle lagged
-/// give what they would have given one by one.
+/// give what they would have given one by one, apart from the bounds below
+/// (one by one, each delivery is bounded on its own).
 ///
 /// The points the baseline was taken from decay, so it decays alike: kept
 /// fixed, a recycled account under decay needed its threshold plus whatever
 /// its old points had lost since (a tester's finding). When the model's
 /// half-life changed, scoring has recomputed every score under the new one:
-/// what was earned is kept undecayed.
+/// what was earned decays by the old half-life up to the delivery (exact
+/// when the change came on its day), not by the new one over the whole gap.
 ///
 /// A baseline of unknown day (kept before days were) is taken as it is
 /// (no decay); a baseline of 0 stays 0 (everything was earned since); and
@@ -132,14 +134,22 @@ pub fn baseline_at(
     });
     let at_day = match earned_now {
         Earned::Points(points) => {
-            // Rescored under a new half-life: what was earned is kept as
-            // it was, and new activity adds to it (a reviewer's case: a
-            // demo's 150 points after a half-life change went into the
-            // baseline).
-            let rescored = at
-                .and_then(|at| at.half_life_days)
-                .is_some_and(|was| was != half_life_days);
-            score - (earned * if rescored { 1.0 } else { decay } + points)
+            // Rescored under a new half-life: what was earned decays by the
+            // old one, as the daily refreshes before the change decayed it
+            // (a reviewer's case: kept undecayed over a month's outage, 16
+            // earned read 21 with 5 new, where one by one it was 13), and
+            // new activity adds to it (another: a demo's 150 points after a
+            // half-life change went into the baseline).
+            let kept = match at {
+                Some(ScoreClock {
+                    day: at_day,
+                    half_life_days: Some(was),
+                }) if was != half_life_days => {
+                    cascade_domain::decay::decay_factor(was, at_day, day)
+                }
+                _ => decay,
+            };
+            score - (earned * kept + points)
         }
         Earned::AllOfTheChange => baseline * decay,
     };

@@ -37,9 +37,20 @@ pub struct ScoreDelivery {
     pub day: i64,
     /// The half-life of the model they were computed under (0: no decay).
     pub decay_half_life_days: f64,
-    /// The engagement the contacts' new activity added, at `day` (0 for a
-    /// recompute); `None` from a scoring older than this field.
-    pub new_engagement: Option<f64>,
+    /// What each of scoring's batches in the delivery added by new
+    /// activity; `None` from a scoring older than this field.
+    pub new_engagement: Option<Vec<EngagementAdded>>,
+}
+
+/// What one of scoring's batches added by new activity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngagementAdded {
+    /// The batch's sequence: one at or below the account's last applied
+    /// one was counted before (a delivery retried with more batches).
+    pub sequence: i64,
+    /// Points added, at `day`.
+    pub points: f64,
+    pub day: i64,
 }
 
 /// What the decision needs to know about the account.
@@ -158,8 +169,22 @@ pub fn decide(
     let score_day = account
         .score_clock
         .map_or(delivery.day, |at| at.day.max(delivery.day));
-    let earned = match delivery.new_engagement {
-        Some(points) => Earned::Points(points),
+    let earned = match &delivery.new_engagement {
+        // Each batch not applied before, decayed from its day as the score.
+        Some(batches) => Earned::Points(
+            batches
+                .iter()
+                .filter(|b| b.sequence > account.score_sequence)
+                .map(|b| {
+                    b.points
+                        * cascade_domain::decay::decay_factor(
+                            delivery.decay_half_life_days,
+                            b.day,
+                            score_day,
+                        )
+                })
+                .sum(),
+        ),
         // An older scoring says only whether there was new activity: an
         // engagement delivery names each contact with its new types; a
         // recompute or a decay refresh names none.
@@ -399,10 +424,15 @@ mod tests {
         }
     }
 
-    /// `d` as this scoring sends it: saying what its new activity earned.
+    /// `d` as this scoring sends it: saying what its new activity earned,
+    /// in one batch of its sequence and day.
     fn earning(points: f64, d: ScoreDelivery) -> ScoreDelivery {
         ScoreDelivery {
-            new_engagement: Some(points),
+            new_engagement: Some(vec![EngagementAdded {
+                sequence: d.sequence,
+                points,
+                day: d.day,
+            }]),
             ..d
         }
     }
@@ -601,9 +631,14 @@ mod tests {
     fn merged_deliveries_count_only_the_new_activity() {
         // Sent back at 150: Ann's 100 and Bob's 50.
         let a = recycled(AccountStage::Engaged, 150.0, 150.0, 0.0);
-        let carl = |score: f64| ScoreDelivery {
-            sequence: 5,
-            ..earning(100.0, delivery(score, &[("carl", &["demo"])]))
+        let carl = |score: f64| {
+            earning(
+                100.0,
+                ScoreDelivery {
+                    sequence: 5,
+                    ..delivery(score, &[("carl", &["demo"])])
+                },
+            )
         };
         // Ann deactivated and Carl's 100 new, in one delivery.
         let merged = applied(&a, &carl(150.0));
@@ -646,24 +681,67 @@ mod tests {
     fn what_was_earned_decays_and_new_activity_adds_to_it() {
         // 40 earned since a recycle at 150.
         let a = recycled(AccountStage::Engaged, 150.0, 190.0, 30.0);
-        let later = ScoreDelivery {
-            day: DAY + 30,
-            decay_half_life_days: 30.0,
-            ..earning(40.0, delivery(135.0, &[("c1", &["email_open"])]))
-        };
+        let later = earning(
+            40.0,
+            ScoreDelivery {
+                day: DAY + 30,
+                decay_half_life_days: 30.0,
+                ..delivery(135.0, &[("c1", &["email_open"])])
+            },
+        );
         let c = applied(&a, &later);
         // 20 of the 40 left, and 40 new: 60 earned, PRIORITIZED.
         assert_eq!(
             (c.stage, c.score_baseline),
             (AccountStage::Prioritized, 75.0)
         );
-        // Under a new half-life (every score recomputed), what was earned is
-        // kept as it was: 40 and 40.
+        // Under a new half-life (every score recomputed), what was earned
+        // decays by the old one, as the daily refreshes before the change
+        // decayed it: 20 and 40 (60 days kept undecayed read 80).
         let rescored = ScoreDelivery {
             decay_half_life_days: 60.0,
-            ..later
+            ..later.clone()
         };
-        assert_eq!(applied(&a, &rescored).score_baseline, 55.0);
+        assert_eq!(applied(&a, &rescored).score_baseline, 75.0);
+        // A batch of an earlier day decays from its own day.
+        let mut two_days = later;
+        two_days.new_engagement = Some(vec![
+            EngagementAdded {
+                sequence: 4,
+                points: 20.0,
+                day: DAY,
+            },
+            EngagementAdded {
+                sequence: 4,
+                points: 30.0,
+                day: DAY + 30,
+            },
+        ]);
+        assert_eq!(
+            applied(&a, &two_days).score_baseline,
+            135.0 - (20.0 + 10.0 + 30.0)
+        );
+    }
+
+    /// A delivery applied whose answer was lost is sent again with the
+    /// batches that came since: only those count (a reviewer's case: 15
+    /// counted twice re-prioritized an account that had earned 18).
+    #[test]
+    fn a_batch_applied_before_is_not_counted_again() {
+        let a = recycled(AccountStage::Engaged, 100.0, 115.0, 0.0);
+        let batch = |sequence: i64, points: f64| EngagementAdded {
+            sequence,
+            points,
+            day: DAY,
+        };
+        let retried = ScoreDelivery {
+            sequence: 5,
+            new_engagement: Some(vec![batch(3, 15.0), batch(5, 3.0)]),
+            ..delivery(118.0, &[("c1", &["email_open"])])
+        };
+        let c = applied(&a, &retried);
+        assert_eq!(c.score_baseline, 100.0, "15 earned before, 3 now");
+        assert_eq!(c.stage, AccountStage::Engaged);
     }
 
     #[test]

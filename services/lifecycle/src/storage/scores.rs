@@ -652,7 +652,7 @@ mod tests {
             contacts: Vec::<ContactEngagement>::new(),
             day: 20_000,
             decay_half_life_days: 0.0,
-            new_engagement: Some(0.0),
+            new_engagement: Some(Vec::new()),
         };
         let results = repository
             .apply_scores(
