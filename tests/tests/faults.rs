@@ -289,10 +289,18 @@ on_each_database!(
 /// its owner again (a reviewer's finding).
 async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDatabase) {
     const T: &str = "merged";
-    let env = vec![(
-        "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
-        "0".to_owned(),
-    )];
+    // Scoring checks Bob again from what it remembers while lifecycle is
+    // down for as long as its erasure settling lets it.
+    let env = vec![
+        (
+            "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
+            "0".to_owned(),
+        ),
+        (
+            "CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS".to_owned(),
+            cascade_testkit::SETTLE_THROUGH_AN_OUTAGE_MS.to_string(),
+        ),
+    ];
     let mut system = System::start_with(&db, 1, env).await;
     let metrics = system.scoring[0].metrics_port().await;
     let receiver = WebhookReceiver::start().await;

@@ -601,6 +601,31 @@ async fn apply_calls_are_idempotent_and_ordered(db: TestDatabase) {
         .await
         .expect_err("too many batches");
     assert_eq!(violated_fields(&many), ["new_engagement.batches"]);
+    // A batch repeated would count twice; one of a later day than the
+    // delivery would escape decay.
+    let tomorrow = pb::EngagementAdded {
+        sequence: 2,
+        compute_time: Some(cascade_chassis::time::to_timestamp(
+            cascade_chassis::time::now() + chrono::Duration::days(1),
+        )),
+        ..batch
+    };
+    let odd = lifecycle
+        .try_apply_score(pb::ApplyEngagementScoreRequest {
+            new_engagement: Some(pb::NewEngagement {
+                batches: vec![batch, batch, tomorrow],
+            }),
+            ..score_delivery("odd", &id, 9, 40.0)
+        })
+        .await
+        .expect_err("odd batches");
+    assert_eq!(
+        violated_fields(&odd),
+        [
+            "new_engagement.batches[1].sequence",
+            "new_engagement.batches[2].compute_time"
+        ]
+    );
     system.stop().await;
 }
 

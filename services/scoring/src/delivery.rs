@@ -43,7 +43,8 @@ impl LifecycleScoreSink {
 
 /// A run of one account's messages, merged.
 struct Merged {
-    /// The newest message's id: a retry of this delivery is a duplicate.
+    /// The id of the message of the highest sequence: a retry of this
+    /// delivery is a duplicate.
     event_id: String,
     account_id: String,
     sequence: i64,
@@ -56,7 +57,7 @@ struct Merged {
 fn merge(run: &[Entry]) -> Option<Merged> {
     let last = run.last()?;
     let mut merged = Merged {
-        event_id: last.id.clone(),
+        event_id: String::new(),
         account_id: last.partition_key.clone(),
         sequence: 0,
         contacts: BTreeMap::new(),
@@ -70,6 +71,13 @@ fn merge(run: &[Entry]) -> Option<Merged> {
                 continue;
             }
         };
+        // The event id is the newest batch's: ids follow the writing
+        // replica's clock, so across replicas whose clocks differ the last
+        // id need not be the highest sequence, and a later run could repeat
+        // an applied run's id (lifecycle would drop it as DUPLICATE).
+        if merged.event_id.is_empty() || payload.sequence > merged.sequence {
+            merged.event_id = entry.id.clone();
+        }
         merged.sequence = merged.sequence.max(payload.sequence);
         merged.new_engagement = match (merged.new_engagement, payload.new_engagement) {
             (Some(mut parts), Some((points, day))) => {
@@ -81,6 +89,9 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         for (contact, types) in payload.contacts {
             merged.contacts.entry(contact).or_default().extend(types);
         }
+    }
+    if merged.event_id.is_empty() {
+        merged.event_id = last.id.clone();
     }
     Some(merged)
 }
@@ -390,6 +401,15 @@ mod tests {
             })
             .collect();
         assert_eq!(batches, [(3, 15.0, 20_400), (5, -2.5, 20_401)]);
+
+        // Ids follow the writing replica's clock: the highest sequence
+        // names the delivery even when its id sorts first.
+        let skewed = [
+            entry("m8", payload(6, Some((1.0, 20_401)))),
+            entry("m9", payload(5, Some((1.0, 20_401)))),
+        ];
+        let merged = merge(&skewed).expect("merged");
+        assert_eq!((merged.event_id.as_str(), merged.sequence), ("m8", 6));
 
         let older = [
             entry("m1", payload(3, None)),

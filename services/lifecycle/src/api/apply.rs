@@ -71,25 +71,34 @@ fn score_delivery(
                 field("new_engagement.batches"),
                 format!("at most {MAX_BATCHES_PER_DELIVERY} per delivery"),
             );
+            return Vec::new();
         }
         let mut batches = Vec::with_capacity(added.batches.len());
-        for (i, batch) in added
-            .batches
-            .iter()
-            .take(MAX_BATCHES_PER_DELIVERY)
-            .enumerate()
-        {
+        let mut seen = std::collections::HashSet::with_capacity(added.batches.len());
+        let delivery_day = cascade_domain::decay::day_of(computed.timestamp_millis());
+        for (i, batch) in added.batches.iter().enumerate() {
             let at = |name: &str| field(&format!("new_engagement.batches[{i}].{name}"));
             if batch.sequence <= 0 || batch.sequence > request.sequence {
                 v.add(
                     at("sequence"),
                     "must be greater than 0 and at most the delivery's sequence",
                 );
+            } else if !seen.insert(batch.sequence) {
+                // Counted twice otherwise.
+                v.add(at("sequence"), "repeats an earlier batch's sequence");
             }
             let points = v.finite(&at("engagement_score"), batch.engagement_score);
             let day = v
                 .required_time(&at("compute_time"), batch.compute_time.as_ref())
                 .map_or(0, |t| cascade_domain::decay::day_of(t.timestamp_millis()));
+            // A batch is scored before the totals that hold it: one of a
+            // later day would escape decay.
+            if day > delivery_day {
+                v.add(
+                    at("compute_time"),
+                    "must not be on a later day than the delivery's compute_time",
+                );
+            }
             batches.push(EngagementAdded {
                 sequence: batch.sequence,
                 points,

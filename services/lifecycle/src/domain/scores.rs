@@ -705,6 +705,7 @@ mod tests {
         assert_eq!(applied(&a, &rescored).score_baseline, 75.0);
         // A batch of an earlier day decays from its own day.
         let mut two_days = later;
+        two_days.sequence = 5;
         two_days.new_engagement = Some(vec![
             EngagementAdded {
                 sequence: 4,
@@ -712,7 +713,7 @@ mod tests {
                 day: DAY,
             },
             EngagementAdded {
-                sequence: 4,
+                sequence: 5,
                 points: 30.0,
                 day: DAY + 30,
             },
