@@ -1066,7 +1066,7 @@ async fn settings_are_versioned(db: TestDatabase) {
         .set_settings(
             pb::LifecycleSettings {
                 prioritized_threshold: 80.0,
-                webhook_secret: "hunter2".into(),
+                webhook_secret: "hunter2-hunter2-hunter2".into(),
                 ..Default::default()
             },
             &["prioritized_threshold", "webhook_secret"],
@@ -1113,9 +1113,12 @@ async fn settings_are_versioned(db: TestDatabase) {
     // A secret in the Standard Webhooks format must be one: its libraries
     // decode what follows whsec_, and a receiver could never verify; nor may
     // its key be empty, which would let anyone sign.
+    // A key shorter than 16 bytes could be guessed from what it signs.
     for (secret, what) in [
         ("whsec_not base64!", "a whsec_ secret that is not base64"),
         ("whsec_", "whsec_ with no key"),
+        ("x", "a 1-character secret"),
+        ("whsec_MTIzNDU2Nzg5MDEyMzQ1", "a whsec_ key of 15 bytes"),
     ] {
         let refused = admin
             .public()

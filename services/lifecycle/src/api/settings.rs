@@ -12,6 +12,8 @@ use crate::domain::settings::{LifecycleSettings, OnLostAction};
 use cascade_chassis::secret::Secret;
 
 const MAX_HAND_RAISE_TYPES: usize = 50;
+/// Shortest webhook signing key (after a whsec_ prefix's base64 is decoded).
+const MIN_WEBHOOK_KEY_BYTES: usize = 16;
 
 /// A webhook URL as a caller who is not an admin reads it: its origin and
 /// "/…". The URL is a credential (a Teams webhook URL lets anyone post to
@@ -179,10 +181,21 @@ fn settings_change(
             }
             "webhook_secret" => {
                 let secret = &input.webhook_secret;
-                if secret.len() > 512 {
-                    v.add("settings.webhook_secret", "must be at most 512 characters");
-                } else if let Err(why) = crate::webhook::signing_key(secret) {
-                    v.add("settings.webhook_secret", why);
+                match crate::webhook::signing_key(secret) {
+                    _ if secret.len() > 512 => {
+                        v.add("settings.webhook_secret", "must be at most 512 characters");
+                    }
+                    Err(why) => v.add("settings.webhook_secret", why),
+                    // A short key can be guessed from signed payloads; empty
+                    // clears the secret. Secrets stored before keep signing.
+                    Ok(key) if !secret.is_empty() && key.len() < MIN_WEBHOOK_KEY_BYTES => v.add(
+                        "settings.webhook_secret",
+                        format!(
+                            "must be a key of at least {MIN_WEBHOOK_KEY_BYTES} bytes \
+                             (32 random bytes are usual; empty removes the secret)"
+                        ),
+                    ),
+                    Ok(_) => {}
                 }
                 webhook_secret = Some((!secret.is_empty()).then(|| secret.clone()));
             }

@@ -30,6 +30,9 @@ pub const AUTHORIZATION: &str = "authorization";
 
 /// Shortest accepted HS256 secret, in bytes (RFC 7518 §3.2: at least the hash size).
 const MIN_SECRET_BYTES: usize = 32;
+/// Longest clock skew `auth.leeway_seconds` may tolerate: a leeway is also
+/// how long an expired token is still accepted.
+const MAX_LEEWAY_SECONDS: u64 = 300;
 /// Lifetime of the tokens a service mints for its own calls.
 const SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
 /// A minted or file token is replaced when it is this close to expiry, or
@@ -255,6 +258,13 @@ impl Authenticator {
     ) -> Result<Self, SettingsError> {
         if settings.mode == AuthMode::Disabled {
             return Ok(Self::disabled());
+        }
+        if settings.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(SettingsError::new(format!(
+                "auth.leeway_seconds: {} is more than {MAX_LEEWAY_SECONDS}; it is the clock skew \
+                 tolerated, and an expired token is accepted for that long",
+                settings.leeway_seconds
+            )));
         }
         let mut keys = Vec::new();
         if let Some(secret) = settings.secret()? {

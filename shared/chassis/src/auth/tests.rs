@@ -266,3 +266,14 @@ fn short_secrets_and_missing_keys_stop_start_up() {
     let s = settings();
     assert!(!format!("{s:?}").contains(SECRET));
 }
+
+#[test]
+fn a_leeway_past_five_minutes_stops_start_up() {
+    // A leeway is also how long an expired token still passes.
+    let mut s = settings();
+    s.leeway_seconds = 300;
+    assert!(Authenticator::from_settings(&s, permissions).is_ok());
+    s.leeway_seconds = 301;
+    let error = Authenticator::from_settings(&s, permissions).expect_err("refused");
+    assert!(error.to_string().contains("auth.leeway_seconds"), "{error}");
+}
