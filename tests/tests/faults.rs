@@ -32,9 +32,6 @@ async fn create_account(lifecycle: &Lifecycle, name: &str) -> String {
         .account_id
 }
 
-/// Lifecycle is SIGKILLed while activities stream in, then started again:
-/// every account ends at the stage its score implies, with exactly the
-/// expected transitions and one notification per prioritized account.
 /// Scoring's outbox backlog for deliveries to lifecycle, as its Prometheus
 /// endpoint shows it.
 async fn scored_backlog(port: u16) -> Result<f64, String> {
@@ -46,8 +43,11 @@ async fn scored_backlog(port: u16) -> Result<f64, String> {
     .await
 }
 
-async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
-    let env = vec![
+/// Scoring's settings for a lifecycle outage: it announces its metrics
+/// port, and checks people it knows from what it remembers for as long as
+/// its erasure settling lets it.
+fn through_an_outage() -> Vec<(String, String)> {
+    vec![
         (
             "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
             "0".to_owned(),
@@ -56,8 +56,14 @@ async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
             "CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS".to_owned(),
             cascade_testkit::SETTLE_THROUGH_AN_OUTAGE_MS.to_string(),
         ),
-    ];
-    let mut system = System::start_with(&db, 1, env).await;
+    ]
+}
+
+/// Lifecycle is SIGKILLed while activities stream in, then started again:
+/// every account ends at the stage its score implies, with exactly the
+/// expected transitions and one notification per prioritized account.
+async fn lifecycle_killed_while_activities_stream(db: TestDatabase) {
+    let mut system = System::start_with(&db, 1, through_an_outage()).await;
     let metrics = system.scoring[0].metrics_port().await;
     let receiver = WebhookReceiver::start().await;
     // Lifecycle comes back on the port it had: this client keeps working.
@@ -289,19 +295,7 @@ on_each_database!(
 /// its owner again (a reviewer's finding).
 async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDatabase) {
     const T: &str = "merged";
-    // Scoring checks Bob again from what it remembers while lifecycle is
-    // down for as long as its erasure settling lets it.
-    let env = vec![
-        (
-            "CASCADE_SCORING__TELEMETRY__METRICS_PORT".to_owned(),
-            "0".to_owned(),
-        ),
-        (
-            "CASCADE_SCORING__LIFECYCLE__ERASURE_SETTLE_MS".to_owned(),
-            cascade_testkit::SETTLE_THROUGH_AN_OUTAGE_MS.to_string(),
-        ),
-    ];
-    let mut system = System::start_with(&db, 1, env).await;
+    let mut system = System::start_with(&db, 1, through_an_outage()).await;
     let metrics = system.scoring[0].metrics_port().await;
     let receiver = WebhookReceiver::start().await;
     let (lifecycle, scoring) = (system.lifecycle_as(0, T), system.scoring_as(0, T));

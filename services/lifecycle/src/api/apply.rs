@@ -91,14 +91,10 @@ fn score_delivery(
             let day = v
                 .required_time(&at("compute_time"), batch.compute_time.as_ref())
                 .map_or(0, |t| cascade_domain::decay::day_of(t.timestamp_millis()));
-            // A batch is scored before the totals that hold it: one of a
-            // later day would escape decay.
-            if day > delivery_day {
-                v.add(
-                    at("compute_time"),
-                    "must not be on a later day than the delivery's compute_time",
-                );
-            }
+            // A batch is scored before the totals that hold it; one of a
+            // later day (another replica's clock past midnight) is taken as
+            // of the delivery's day, so it escapes no decay.
+            let day = day.min(delivery_day);
             batches.push(EngagementAdded {
                 sequence: batch.sequence,
                 points,
@@ -372,4 +368,43 @@ pub(super) async fn apply_opportunity_event(
         outcome,
         transitions,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch dated after its delivery (another scoring replica's clock
+    /// past midnight) is taken as of the delivery's day: it escapes no decay,
+    /// and the delivery is not refused (refused deliveries are dropped).
+    #[test]
+    fn a_batch_of_a_later_day_is_taken_as_of_the_delivery() {
+        let now = cascade_chassis::time::now();
+        let request = pb::ApplyEngagementScoreRequest {
+            event_id: "e".into(),
+            account_id: cascade_domain::ids::new_id(),
+            sequence: 3,
+            compute_time: Some(cascade_chassis::time::to_timestamp(now)),
+            new_engagement: Some(pb::NewEngagement {
+                batches: vec![pb::EngagementAdded {
+                    sequence: 3,
+                    engagement_score: 5.0,
+                    compute_time: Some(cascade_chassis::time::to_timestamp(
+                        now + chrono::Duration::days(1),
+                    )),
+                }],
+            }),
+            ..Default::default()
+        };
+        let (_, delivery) = score_delivery(&request, "").expect("accepted");
+        let today = cascade_domain::decay::day_of(now.timestamp_millis());
+        assert_eq!(
+            delivery.new_engagement,
+            Some(vec![EngagementAdded {
+                sequence: 3,
+                points: 5.0,
+                day: today
+            }])
+        );
+    }
 }
