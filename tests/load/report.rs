@@ -380,6 +380,23 @@ fn markdown(report: &Value, targets: &[Target], runs: &BTreeMap<String, Value>) 
         machine["memory_mib"],
         machine["kernel"].as_str().unwrap_or(""),
     );
+    // How fast the machine ran this sitting: the rates and ratios of two
+    // reports compare only beside it (docs/performance.md, round 45).
+    if let Some(baseline) = runs
+        .get("baseline-closed")
+        .and_then(|run| f(run, &["requests_per_s"]))
+    {
+        let p99 = runs
+            .get("baseline-open")
+            .and_then(|run| f(run, &["latency_ms", "p99"]));
+        let _ = writeln!(
+            md,
+            "The sitting: the no-op baseline (an RPC that does nothing, 32 callers) ran {baseline:.0} \
+             req/s, and {} ms at p99 at 2,000 req/s open loop. Compare it across reports \
+             before reading a change of rate as the build's.\n",
+            cell(p99.map(round3)),
+        );
+    }
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(
         md,
@@ -570,5 +587,22 @@ mod tests {
         assert_eq!(higher(None, Some(114.0)), Some(114.0));
         assert_eq!(higher(Some(92.0), None), Some(92.0));
         assert_eq!(higher(None, None), None);
+    }
+
+    /// The report says how fast the machine ran, so two reports' rates are
+    /// compared beside it.
+    #[test]
+    fn the_report_names_the_sittings_speed() {
+        let runs: BTreeMap<String, Value> = [
+            ("baseline-closed", json!({ "requests_per_s": 35_191.5 })),
+            ("baseline-open", json!({ "latency_ms": { "p99": 2.153 } })),
+        ]
+        .into_iter()
+        .map(|(label, run)| (label.to_owned(), run))
+        .collect();
+        let md = markdown(&json!({}), &[], &runs);
+        assert!(md.contains("ran 35192 req/s, and 2.153 ms at p99"), "{md}");
+        let without = markdown(&json!({}), &[], &BTreeMap::new());
+        assert!(!without.contains("The sitting"), "{without}");
     }
 }
