@@ -64,6 +64,10 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         contacts: BTreeMap::new(),
         new_engagement: Some(Vec::new()),
     };
+    // A run whose first message failed before is a retry: lifecycle may have
+    // applied part of it with the answer lost, so each batch goes under its
+    // own sequence (see `add_batch`).
+    let retry = run.first().is_some_and(|head| head.attempts > 0);
     for entry in run {
         let payload = match DeliveryPayload::decode(&entry.payload) {
             Ok(payload) => payload,
@@ -82,7 +86,7 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         merged.sequence = merged.sequence.max(payload.sequence);
         merged.new_engagement = match (merged.new_engagement, payload.new_engagement) {
             (Some(mut parts), Some((points, day))) => {
-                add_batch(&mut parts, payload.sequence, points, day);
+                add_batch(&mut parts, (payload.sequence, points, day), retry);
                 Some(parts)
             }
             _ => None,
@@ -97,20 +101,24 @@ fn merge(run: &[Entry]) -> Option<Merged> {
     Some(merged)
 }
 
-/// Adds a batch's new engagement to a run's: one entry per day (lifecycle
-/// decays each from its day), under the lowest sequence of its batches.
-/// Lifecycle skips an entry at or below the last sequence it applied, so a
-/// run retried after an applied answer was lost counts none of that day's
-/// batches: too little, never twice (docs/decisions.md). One entry per
-/// batch was exact there, but a lagging run of 256 batches for each of 512
-/// accounts held 130,000 of them (scoring's peak RSS 63.4 MiB on
-/// PostgreSQL against 54.9, round 45). Batches that added nothing (a
-/// recompute) are left out.
-fn add_batch(parts: &mut Vec<(i64, f64, i64)>, sequence: i64, points: f64, day: i64) {
+/// Adds a batch's new engagement (sequence, points, day) to a run's.
+/// Lifecycle skips an entry at or below the last sequence it applied and
+/// decays each from its day. A first attempt goes one entry per day, under
+/// the lowest sequence of its batches: a lagging run of 256 batches for each
+/// of 512 accounts held 130,000 entries one per batch (scoring's peak RSS
+/// 63.4 MiB on PostgreSQL against 54.9, round 45). A retry (`exact`) goes
+/// one entry per batch: lifecycle may have applied its first batches with
+/// the answer lost, and a day's entry under their sequence would be skipped
+/// whole. Batches that added nothing (a recompute) are left out.
+fn add_batch(
+    parts: &mut Vec<(i64, f64, i64)>,
+    (sequence, points, day): (i64, f64, i64),
+    exact: bool,
+) {
     if points == 0.0 {
         return;
     }
-    match parts.iter_mut().find(|part| part.2 == day) {
+    match parts.iter_mut().find(|part| part.2 == day && !exact) {
         Some(part) => {
             part.0 = part.0.min(sequence);
             part.1 += points;
@@ -422,6 +430,20 @@ mod tests {
             .collect();
         // One entry per day, under its lowest sequence with points.
         assert_eq!(batches, [(3, 15.0, 20_400), (5, 1.5, 20_401)]);
+
+        // A retry (its first message failed before) names each batch: its
+        // first batches may have been applied with the answer lost.
+        let mut retried = run.clone();
+        retried[0].attempts = 1;
+        let sent = request(merge(&retried).expect("merged"), &Totals::default(), 30.0);
+        let sequences: Vec<i64> = sent
+            .new_engagement
+            .expect("amounts sent")
+            .batches
+            .iter()
+            .map(|b| b.sequence)
+            .collect();
+        assert_eq!(sequences, [3, 5, 6]);
 
         // Ids follow the writing replica's clock: the highest sequence
         // names the delivery even when its id sorts first.

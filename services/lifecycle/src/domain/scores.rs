@@ -42,11 +42,13 @@ pub struct ScoreDelivery {
     pub new_engagement: Option<Vec<EngagementAdded>>,
 }
 
-/// What one of scoring's batches added by new activity.
+/// What one of scoring's batches (or one day's batches) added by new
+/// activity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngagementAdded {
-    /// The batch's sequence: one at or below the account's last applied
-    /// one was counted before (a delivery retried with more batches).
+    /// The batch's sequence (the lowest of the day's): one at or below the
+    /// account's last applied one was counted before (a delivery retried
+    /// with more batches).
     pub sequence: i64,
     /// Points added, at `day`.
     pub points: f64,
