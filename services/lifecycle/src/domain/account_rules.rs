@@ -129,29 +129,26 @@ pub fn baseline_at(
         return 0.0;
     }
     let earned = earned_since_recycle(state.engagement_score, baseline);
-    let decay = at.map_or(1.0, |at| {
-        cascade_domain::decay::decay_factor(half_life_days, at.day, day)
-    });
+    // The share left at `day` of what was stored, under `half_life`.
+    let decay = |half_life: f64| {
+        at.map_or(1.0, |at| {
+            cascade_domain::decay::decay_factor(half_life, at.day, day)
+        })
+    };
     let at_day = match earned_now {
+        // What was earned decays by the half-life it was stored under: after
+        // a change, by the old one, as the daily refreshes before the change
+        // decayed it (a reviewer's case: kept undecayed over a month's
+        // outage, 16 earned read 21 with 5 new, where one by one it was 13);
+        // new activity adds to it (another: a demo's 150 points after a
+        // half-life change went into the baseline).
         Earned::Points(points) => {
-            // Rescored under a new half-life: what was earned decays by the
-            // old one, as the daily refreshes before the change decayed it
-            // (a reviewer's case: kept undecayed over a month's outage, 16
-            // earned read 21 with 5 new, where one by one it was 13), and
-            // new activity adds to it (another: a demo's 150 points after a
-            // half-life change went into the baseline).
-            let kept = match at {
-                Some(ScoreClock {
-                    day: at_day,
-                    half_life_days: Some(was),
-                }) if was != half_life_days => {
-                    cascade_domain::decay::decay_factor(was, at_day, day)
-                }
-                _ => decay,
-            };
-            score - (earned * kept + points)
+            let stored_under = at
+                .and_then(|at| at.half_life_days)
+                .unwrap_or(half_life_days);
+            score - (earned * decay(stored_under) + points)
         }
-        Earned::AllOfTheChange => baseline * decay,
+        Earned::AllOfTheChange => baseline * decay(half_life_days),
     };
     at_day.clamp(0.0, score.max(0.0))
 }
