@@ -285,6 +285,7 @@ on_each_database!(
     a_damaged_pending_fold_shows_on_metrics,
     a_deal_lost_while_lifecycle_is_down_is_dated_when_it_was_lost,
     a_recycled_account_after_an_outage_counts_only_new_activity,
+    a_recycled_account_counts_activity_whose_delivery_was_given_up,
 );
 
 /// Score deliveries that pile up while lifecycle is down reach it merged
@@ -385,6 +386,93 @@ async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDat
         "only the 2 new points are earned since the Nurture"
     );
     assert_eq!(receiver.accepted().len(), 1, "the owner was told once");
+    system.stop().await;
+}
+
+/// A batch whose own delivery never reaches lifecycle (dead-lettered after
+/// an outage) still counts as earned by a recycled account: each delivery
+/// carries scoring's running total of what new activity added, and
+/// lifecycle counts its change since the last one it applied. Counted by
+/// the batches each delivery names, the lost batch's 2 points read as
+/// "coming back" (a known limit of that rule, December 2026).
+async fn a_recycled_account_counts_activity_whose_delivery_was_given_up(db: TestDatabase) {
+    const T: &str = "given-up";
+    let mut settings = through_an_outage();
+    // The first failed attempt dead-letters a delivery.
+    settings.push((
+        "CASCADE_SCORING__OUTBOX__MAX_ATTEMPTS".to_owned(),
+        "1".to_owned(),
+    ));
+    let mut system = System::start_with(&db, 1, settings).await;
+    let metrics = system.scoring[0].metrics_port().await;
+    let (lifecycle, scoring) = (system.lifecycle_as(0, T), system.scoring_as(0, T));
+    lifecycle
+        .public()
+        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
+            settings: Some(lc::LifecycleSettings {
+                prioritized_threshold: 20.0,
+                ..Default::default()
+            }),
+            update_mask: cascade_testkit::fixtures::mask(&["prioritized_threshold"]),
+        }))
+        .await
+        .expect("threshold 20");
+    scoring
+        .change_model(|model| model.decay_half_life_days = 0.0)
+        .await;
+    let id = create_account(&lifecycle, "Given up").await;
+    let ann = lifecycle
+        .create_contact(&id, "ann@given-up.example")
+        .await
+        .contact_id;
+    scoring
+        .record(vec![activity("g1", "demo_request", &id, &ann)])
+        .await;
+    let prioritized = lifecycle.wait_for_stage(&id, S::Prioritized).await;
+    lifecycle
+        .public()
+        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
+            account_id: id.clone(),
+            reason: "next quarter".into(),
+        }))
+        .await
+        .expect("nurtured");
+
+    system.lifecycle[0].kill().await;
+    scoring
+        .record(vec![activity("g2", "email_open", &id, &ann)])
+        .await;
+    eventually("the delivery dead-lettered", async || {
+        match metric(
+            metrics,
+            "cascade_outbox_dead",
+            &[r#"topic="engagement_scores""#],
+        )
+        .await
+        {
+            Ok(1.0) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    system.lifecycle[0].start().await;
+    scoring
+        .record(vec![activity("g3", "email_open", &id, &ann)])
+        .await;
+    let want = prioritized.engagement_score + 4.0;
+    let applied = eventually("the next delivery applied", async || {
+        let account = lifecycle.account(&id).await;
+        if account.engagement_score == want {
+            Ok(account)
+        } else {
+            Err(account.engagement_score)
+        }
+    })
+    .await;
+    assert_eq!(
+        applied.engagement_since_recycle, 4.0,
+        "both email opens are earned since the Nurture, the given-up one too"
+    );
     system.stop().await;
 }
 

@@ -11,7 +11,7 @@ use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use tonic::Code;
 
-use crate::storage::{DeliveryPayload, Repository, Totals};
+use crate::storage::{DeliveryPayload, DeliveryTotals, Repository, Totals};
 
 /// The actor lifecycle records for score-driven moves.
 pub const ACTOR: &str = "scoring-service";
@@ -144,12 +144,11 @@ fn new_engagement(parts: Vec<(i64, f64, i64)>) -> lifecycle::NewEngagement {
     }
 }
 
-fn request(
-    merged: Merged,
-    totals: &Totals,
-    decay_half_life_days: f64,
-) -> lifecycle::ApplyEngagementScoreRequest {
+fn request(merged: Merged, now: &DeliveryTotals) -> lifecycle::ApplyEngagementScoreRequest {
+    let no_score = Totals::default();
+    let totals = now.totals.get(&merged.account_id).unwrap_or(&no_score);
     lifecycle::ApplyEngagementScoreRequest {
+        engagement_added_total: now.added.get(&merged.account_id).copied(),
         event_id: merged.event_id,
         sequence: merged.sequence,
         engagement_score: totals.engagement,
@@ -168,7 +167,7 @@ fn request(
             cascade_chassis::time::now(),
         )),
         account_id: merged.account_id,
-        decay_half_life_days,
+        decay_half_life_days: now.half_life_days,
         new_engagement: merged.new_engagement.map(new_engagement),
     }
 }
@@ -271,18 +270,14 @@ impl LifecycleScoreSink {
                 )
             })
             .collect();
-        let (totals, half_life) = self
+        let now = self
             .repository
             .delivery_totals(tenant_id, &wanted)
             .await
             .map_err(|e| DeliveryError::internal(format!("computing totals: {e}")))?;
         Ok(merged
             .into_iter()
-            .map(|m| {
-                let m = m?;
-                let totals = totals.get(&m.account_id).cloned().unwrap_or_default();
-                Some(request(m, &totals, half_life))
-            })
+            .map(|m| Some(request(m?, &now)))
             .collect())
     }
 }
@@ -377,6 +372,14 @@ mod tests {
     use super::*;
     use cascade_chassis::time::from_timestamp;
 
+    /// No account's totals known, under a model of this half-life.
+    fn half_life(half_life_days: f64) -> DeliveryTotals {
+        DeliveryTotals {
+            half_life_days,
+            ..DeliveryTotals::default()
+        }
+    }
+
     fn entry(id: &str, payload: DeliveryPayload) -> Entry {
         Entry {
             id: id.into(),
@@ -413,7 +416,7 @@ mod tests {
         ];
         let merged = merge(&run).expect("merged");
         assert_eq!((merged.event_id.as_str(), merged.sequence), ("m4", 6));
-        let sent = request(merged, &Totals::default(), 30.0);
+        let sent = request(merged, &half_life(30.0));
         let batches: Vec<(i64, f64, i64)> = sent
             .new_engagement
             .expect("amounts sent")
@@ -435,7 +438,7 @@ mod tests {
         // first batches may have been applied with the answer lost.
         let mut retried = run.clone();
         retried[0].attempts = 1;
-        let sent = request(merge(&retried).expect("merged"), &Totals::default(), 30.0);
+        let sent = request(merge(&retried).expect("merged"), &half_life(30.0));
         let sequences: Vec<i64> = sent
             .new_engagement
             .expect("amounts sent")
@@ -458,7 +461,7 @@ mod tests {
             entry("m1", payload(3, None)),
             entry("m2", payload(4, Some((1.0, 1)))),
         ];
-        let sent = request(merge(&older).expect("merged"), &Totals::default(), 0.0);
+        let sent = request(merge(&older).expect("merged"), &half_life(0.0));
         assert_eq!(sent.new_engagement, None);
     }
 }

@@ -111,6 +111,51 @@ async fn postgres_updates_by_key_within_the_tenant() {
     }
 }
 
+/// A NULL among the values is written as NULL. On PostgreSQL the driver
+/// binds arrays of non-NULL values only, and a NULL panicked the call:
+/// lifecycle's score update then failed for every delivery without a
+/// running total (from an older scoring).
+async fn writes_a_null(test: TestDatabase) {
+    let conn = db::connect(&test.settings).await.expect("connect");
+    conn.execute_unprepared(
+        "CREATE TABLE n (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, \
+         total DOUBLE PRECISION NULL, day BIGINT NULL)",
+    )
+    .await
+    .expect("create");
+    conn.execute_unprepared("INSERT INTO n VALUES ('a', 'one', 1, 1), ('b', 'one', 2, 2)")
+        .await
+        .expect("insert");
+    let rows = vec![
+        vec!["a".into(), Value::Double(None), Value::BigInt(Some(10))],
+        vec!["b".into(), Value::Double(Some(2.5)), Value::BigInt(None)],
+    ];
+    db::update_from_values(&conn, "n", "one", "id", &["total", "day"], None, rows)
+        .await
+        .expect("update with NULLs");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM n WHERE (id = 'a' AND total IS NULL AND day = 10) \
+             OR (id = 'b' AND total = 2.5 AND day IS NULL)"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn sqlite_writes_a_null() {
+    writes_a_null(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn postgres_writes_a_null() {
+    if let Some(test) = TestDatabase::postgres().await {
+        writes_a_null(test).await;
+    }
+}
+
 /// Without statistics SQLite planned `tenant_id = ?` on the tenant index as
 /// the outer loop from 64 rows on: the whole tenant read once per row.
 #[tokio::test]

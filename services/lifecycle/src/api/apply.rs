@@ -65,6 +65,9 @@ fn score_delivery(
         request.average_engagement_score,
     );
     let intent_score = v.finite(&field("intent_score"), request.intent_score);
+    let added_total = request
+        .engagement_added_total
+        .map(|total| v.finite(&field("engagement_added_total"), total));
     let new_engagement = request.new_engagement.as_ref().map(|added| {
         if added.batches.len() > MAX_BATCHES_PER_DELIVERY {
             v.add(
@@ -152,6 +155,7 @@ fn score_delivery(
                 day: cascade_domain::decay::day_of(computed.timestamp_millis()),
                 decay_half_life_days: half_life,
                 new_engagement,
+                added_total,
             },
         )),
         Err(ServiceError::InvalidArgument(violations)) => Err(violations),

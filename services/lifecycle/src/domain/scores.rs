@@ -40,6 +40,9 @@ pub struct ScoreDelivery {
     /// What each of scoring's batches in the delivery added by new
     /// activity; `None` from a scoring older than this field.
     pub new_engagement: Option<Vec<EngagementAdded>>,
+    /// Scoring's running total of what the account's new activity ever
+    /// added, at `day`; `None` from a scoring older than this field.
+    pub added_total: Option<f64>,
 }
 
 /// What one of scoring's batches (or one day's batches) added by new
@@ -67,6 +70,8 @@ pub struct AccountSnapshot {
     /// What the stored score (and so the baseline) is at; `None` before
     /// days were kept.
     pub score_clock: Option<ScoreClock>,
+    /// The last applied delivery's `added_total`, at the clock's day.
+    pub added_total: Option<f64>,
     /// Whether this delivery's event id was applied before.
     pub applied_before: bool,
 }
@@ -109,6 +114,8 @@ pub struct ScoreChanges {
     pub score_baseline: f64,
     /// What the stored score and baseline are at from now on.
     pub score_clock: ScoreClock,
+    /// The running total of new activity to store with them.
+    pub added_total: Option<f64>,
     pub contacts: Vec<ContactUpdate>,
     /// Contacts named in the delivery that are not the account's (another
     /// account's, or unknown): left alone.
@@ -171,34 +178,7 @@ pub fn decide(
     let score_day = account
         .score_clock
         .map_or(delivery.day, |at| at.day.max(delivery.day));
-    let earned = match &delivery.new_engagement {
-        // Each batch not applied before, decayed from its day as the score.
-        Some(batches) => Earned::Points(
-            batches
-                .iter()
-                .filter(|b| b.sequence > account.score_sequence)
-                .map(|b| {
-                    b.points
-                        * cascade_domain::decay::decay_factor(
-                            delivery.decay_half_life_days,
-                            b.day,
-                            score_day,
-                        )
-                })
-                .sum(),
-        ),
-        // An older scoring says only whether there was new activity: an
-        // engagement delivery names each contact with its new types; a
-        // recompute or a decay refresh names none.
-        None if delivery
-            .contacts
-            .iter()
-            .any(|c| !c.new_activity_types.is_empty()) =>
-        {
-            Earned::AllOfTheChange
-        }
-        None => Earned::Points(0.0),
-    };
+    let earned = earned_by(account, delivery, score_day);
     let baseline = account_rules::baseline_at(
         &account.state,
         account.score_clock,
@@ -319,11 +299,64 @@ pub fn decide(
             day: score_day,
             half_life_days: Some(delivery.decay_half_life_days),
         },
+        added_total: delivery.added_total,
         contacts: updates,
         ignored_contacts: ignored,
         notifications,
         risk: outcome.risk,
     }))
+}
+
+/// What `delivery`'s new activity earned, at `score_day`. Scoring's running
+/// total, when this delivery and the last applied one both carry it, counts
+/// every batch since, those whose own delivery never came too (a dead
+/// letter, a refused run); the batches the delivery names count those it
+/// holds; an older scoring says only whether there was new activity.
+fn earned_by(account: &AccountSnapshot, delivery: &ScoreDelivery, score_day: i64) -> Earned {
+    if let (Some(total), Some(last), Some(clock)) = (
+        delivery.added_total,
+        account.added_total,
+        account.score_clock,
+    ) {
+        // The last total decays to this day as scoring decays its total.
+        return Earned::Points(
+            total
+                - last
+                    * cascade_domain::decay::decay_factor(
+                        delivery.decay_half_life_days,
+                        clock.day,
+                        score_day,
+                    ),
+        );
+    }
+    match &delivery.new_engagement {
+        // Each batch not applied before, decayed from its day as the score.
+        Some(batches) => Earned::Points(
+            batches
+                .iter()
+                .filter(|b| b.sequence > account.score_sequence)
+                .map(|b| {
+                    b.points
+                        * cascade_domain::decay::decay_factor(
+                            delivery.decay_half_life_days,
+                            b.day,
+                            score_day,
+                        )
+                })
+                .sum(),
+        ),
+        // An older scoring says only whether there was new activity: an
+        // engagement delivery names each contact with its new types; a
+        // recompute or a decay refresh names none.
+        None if delivery
+            .contacts
+            .iter()
+            .any(|c| !c.new_activity_types.is_empty()) =>
+        {
+            Earned::AllOfTheChange
+        }
+        None => Earned::Points(0.0),
+    }
 }
 
 /// The owner's message when an account enters PRIORITIZED.
@@ -385,6 +418,7 @@ mod tests {
                 day: DAY,
                 half_life_days: Some(30.0),
             }),
+            added_total: None,
             applied_before: false,
         }
     }
@@ -423,6 +457,7 @@ mod tests {
             day: DAY,
             decay_half_life_days: 0.0,
             new_engagement: None,
+            added_total: None,
         }
     }
 
@@ -745,6 +780,48 @@ mod tests {
         let c = applied(&a, &retried);
         assert_eq!(c.score_baseline, 100.0, "15 earned before, 3 now");
         assert_eq!(c.stage, AccountStage::Engaged);
+    }
+
+    /// Scoring's running total counts every batch since the last applied
+    /// delivery, one whose own delivery never came too (dead-lettered after
+    /// an outage, or refused); without a stored total the batches the
+    /// delivery names count.
+    #[test]
+    fn the_running_total_counts_a_batch_whose_delivery_never_came() {
+        // 10 earned since a recycle at 100; the last total applied 50.
+        let mut a = recycled(AccountStage::Engaged, 100.0, 110.0, 30.0);
+        a.added_total = Some(50.0);
+        // 30 days on, at a half-life of 30: a dead-lettered batch added 12
+        // and this one 3. The score is 55 + 15, the total 25 + 15; the
+        // delivery names only its own 3.
+        let d = earning(
+            3.0,
+            ScoreDelivery {
+                day: DAY + 30,
+                decay_half_life_days: 30.0,
+                added_total: Some(40.0),
+                ..delivery(70.0, &[("c1", &["email_open"])])
+            },
+        );
+        let c = applied(&a, &d);
+        assert_eq!(
+            c.score_baseline,
+            70.0 - (5.0 + 15.0),
+            "5 of 10 left, 15 new"
+        );
+        assert_eq!(c.added_total, Some(40.0), "kept for the next delivery");
+        // Without a stored total (before it was kept), the named batch.
+        a.added_total = None;
+        assert_eq!(applied(&a, &d).score_baseline, 70.0 - (5.0 + 3.0));
+        // A delivery without one (an older scoring) stores none.
+        a.added_total = Some(50.0);
+        let older = ScoreDelivery {
+            added_total: None,
+            ..d
+        };
+        let c = applied(&a, &older);
+        assert_eq!(c.score_baseline, 70.0 - (5.0 + 3.0));
+        assert_eq!(c.added_total, None);
     }
 
     #[test]

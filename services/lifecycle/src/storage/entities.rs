@@ -34,6 +34,10 @@ pub mod account {
         /// The decay half-life the score and baseline decay by (the last
         /// applied delivery's); `None` before it was kept.
         pub score_half_life_days: Option<f64>,
+        /// The last applied delivery's running total of what new activity
+        /// added, at `score_day` (`domain::scores::ScoreDelivery::added_total`);
+        /// `None` before it was kept or from an older scoring.
+        pub score_added_total: Option<f64>,
         pub disqualify_count: i32,
         pub nurture_count: i32,
         pub last_recycle_transition_id: Option<String>,

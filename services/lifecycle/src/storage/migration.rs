@@ -27,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(OpportunityVersions),
             Box::new(ScoreDays),
             Box::new(HandRaisedInDeal),
+            Box::new(ScoreAddedTotals),
         ]
     }
 }
@@ -193,11 +194,40 @@ impl MigrationTrait for OpportunityVersions {
     }
 }
 
-/// The day an account's score and recycle baseline are at, and the half-life
-/// they decay by (`account_rules::baseline_at`): the baseline decays with
-/// the score. A recycled account takes its recycle's day (when the baseline
-/// was taken; a little late, so it decays a little less, the safe side) and
-/// the next delivery's half-life; others get both from their next delivery.
+/// The running total of what an account's new activity added, as the last
+/// applied delivery carried it (`domain::scores::earned_by`). Accounts start
+/// without one: their next delivery counts by its batches and stores it.
+struct ScoreAddedTotals;
+
+impl MigrationName for ScoreAddedTotals {
+    fn name(&self) -> &str {
+        "m20261208_100001_score_added_totals"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ScoreAddedTotals {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        super::migration_stage_engine::add_column(
+            manager,
+            Accounts::Table,
+            ColumnDef::new(Accounts::ScoreAddedTotal).double().null(),
+        )
+        .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Accounts::Table)
+                    .drop_column(Accounts::ScoreAddedTotal)
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
 /// When a contact last raised a hand while it was an OPPORTUNITY, the one
 /// stage a hand-raise does not change: leaving the deal then makes it
 /// MARKETING_QUALIFIED, where it went back to ENGAGED (a reviewer's case:
@@ -230,6 +260,11 @@ impl MigrationTrait for HandRaisedInDeal {
     }
 }
 
+/// The day an account's score and recycle baseline are at, and the half-life
+/// they decay by (`account_rules::baseline_at`): the baseline decays with
+/// the score. A recycled account takes its recycle's day (when the baseline
+/// was taken; a little late, so it decays a little less, the safe side) and
+/// the next delivery's half-life; others get both from their next delivery.
 struct ScoreDays;
 
 impl MigrationName for ScoreDays {
@@ -392,6 +427,7 @@ enum Accounts {
     CreateRequestDigest,
     ScoreDay,
     ScoreHalfLifeDays,
+    ScoreAddedTotal,
     CreatedAt,
     UpdatedAt,
     Version,

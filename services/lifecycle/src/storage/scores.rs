@@ -107,6 +107,7 @@ impl Repository {
                     day,
                     half_life_days: model.score_half_life_days,
                 }),
+                added_total: model.score_added_total,
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
             let decision = match scores::decide(&snapshot, &contacts, delivery, &settings) {
@@ -191,6 +192,7 @@ impl Repository {
             model.score_baseline = changes.score_baseline;
             model.score_day = Some(changes.score_clock.day);
             model.score_half_life_days = changes.score_clock.half_life_days;
+            model.score_added_total = changes.added_total;
             model.version += 1;
             model.updated_at = now;
             writes.accounts.push(account_id.clone());
@@ -353,6 +355,7 @@ impl Writes {
                         m.score_baseline.into(),
                         m.score_day.into(),
                         m.score_half_life_days.into(),
+                        m.score_added_total.into(),
                         m.updated_at.into(),
                     ]
                 })
@@ -374,6 +377,7 @@ impl Writes {
                     "score_baseline",
                     "score_day",
                     "score_half_life_days",
+                    "score_added_total",
                     "updated_at",
                 ],
                 Some("version = accounts.version + 1"),
@@ -653,6 +657,7 @@ mod tests {
             day: 20_000,
             decay_half_life_days: 0.0,
             new_engagement: Some(Vec::new()),
+            added_total: Some(0.0),
         };
         let results = repository
             .apply_scores(

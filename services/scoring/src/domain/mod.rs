@@ -13,8 +13,8 @@ use cascade_domain::valid_activity_type;
 pub use points::{LIFETIME, Scored, Usage, UsageKey, score_activities, score_activity, usage_keys};
 pub use status::{INACTIVE_CONTACT, change_is_later, recompute_before, totals_changed};
 pub use totals::{
-    AccountAddition, BatchActivity, BatchScores, Bucket, StoredScore, Totals, add_batch, day_of,
-    decay_factor, engages, totals_of,
+    AccountAddition, BatchActivity, BatchScores, Bucket, StoredScore, Totals, add_batch,
+    added_total, day_of, decay_factor, engages, totals_of,
 };
 
 /// Whether an activity sent under an event id recorded before is that

@@ -139,6 +139,27 @@ fn decay_halves_per_half_life_in_whole_days() {
     assert_eq!(day_of(-1), -1);
 }
 
+/// The running total of what new activity added decays as the score does,
+/// and a batch adds its points (a penalty's too) on top.
+#[test]
+fn the_added_total_decays_like_the_score_and_adds_the_batch() {
+    let decaying = ScoringModel {
+        decay_half_life_days: 10.0,
+        ..ScoringModel::default()
+    };
+    assert_eq!(added_total((40.0, 100), &decaying, 110, 5.0), 25.0);
+    assert_eq!(added_total((40.0, 100), &decaying, 110, -5.0), 15.0);
+    assert_eq!(
+        added_total((40.0, 120), &decaying, 110, 0.0),
+        40.0,
+        "a later day's total (another replica's clock) does not grow"
+    );
+    assert_eq!(
+        added_total((40.0, 100), &ScoringModel::default(), 200, 1.0),
+        41.0
+    );
+}
+
 #[test]
 fn models_are_checked() {
     let mut m = model(vec![
@@ -264,6 +285,7 @@ fn a_batch_added_to_the_stored_score_equals_the_recomputed_score() {
             computed_day: today,
             breakdown: before.breakdown.clone(),
             activities: before.activities,
+            ..StoredScore::default()
         };
         let all: Vec<Activity> = earlier.iter().chain(&batch).copied().collect();
         let expected = totals_of(buckets(&all), &model, today);

@@ -91,6 +91,19 @@ pub struct StoredScore {
     pub breakdown: BTreeMap<String, (i64, f64)>,
     /// Every activity counted, intent ones too.
     pub activities: i64,
+    /// The running total of what new activity added (see [`added_total`])
+    /// and the day it is at.
+    pub added: (f64, i64),
+}
+
+/// The running total of the engagement an account's new activity ever
+/// added (a penalty lowers it) at `today`: the stored one, decayed as the
+/// score decays, plus `added` now. Each delivery to lifecycle carries it,
+/// and lifecycle counts its change between two deliveries as earned by a
+/// recycled account, whether or not the deliveries between them arrived.
+pub fn added_total(stored: (f64, i64), model: &ScoringModel, today: i64, added: f64) -> f64 {
+    let (total, day) = stored;
+    total * decay_factor(model.decay_half_life_days, day, today) + added
 }
 
 /// Activities of a batch as the roll-up sees them: one scored activity, or

@@ -135,6 +135,11 @@ pub mod account_score {
         /// an older version rewrites the scores (and the sequence) but not
         /// the breakdown, which then no longer matches and is recomputed.
         pub breakdown_seq: i64,
+        /// The running total of what the account's new activity added
+        /// (`domain::added_total`), at `added_day`: apart from
+        /// `computed_day`, which a model change resets.
+        pub added_total: f64,
+        pub added_day: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

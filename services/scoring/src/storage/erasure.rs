@@ -136,7 +136,7 @@ impl Repository {
                 // recomputed score is not overwritten by one that still
                 // counted the contact.
                 let account = account_id.to_owned();
-                lock_account_scores(&txn, t, std::iter::once(&account)).await?;
+                let stored = lock_account_scores(&txn, t, std::iter::once(&account)).await?;
                 delete_among::<contact_score::Entity>(
                     &txn,
                     (contact_score::Column::TenantId, t),
@@ -153,7 +153,8 @@ impl Repository {
                     .remove(account_id)
                     .unwrap_or_default();
                 let scores = BTreeMap::from([(account.clone(), score)]);
-                let sequences = upsert_account_scores(&txn, t, today, &scores).await?;
+                let sequences =
+                    upsert_account_scores(&txn, t, (&model, today), &stored, &scores).await?;
                 if let Some(&sequence) = sequences.get(account_id) {
                     let payload = DeliveryPayload {
                         sequence,

@@ -475,7 +475,8 @@ pub(super) async fn fold_sums(
         today,
     );
     let new_scores = scores::rescore(conn, t, (&model, today), &batch, &accounts).await?;
-    let sequences = scores::upsert_account_scores(conn, t, today, &new_scores).await?;
+    let sequences =
+        scores::upsert_account_scores(conn, t, (&model, today), &accounts, &new_scores).await?;
     scores::upsert_contact_scores(conn, t, today, &batch, &new_scores).await?;
 
     let mut messages = Vec::with_capacity(batch.accounts.len());

@@ -19,6 +19,11 @@ impl MigratorTrait for Migrator {
             Box::new(ActivitiesStatistics),
             Box::new(StoredBreakdowns),
             Box::new(PendingFoldsLz4),
+            // Before the long byte-order rebuild, though written later: this
+            // code writes the columns, and an upgrade from before that
+            // rebuild runs it beside the rebuild (`upgrade.rs`). A database
+            // past the rebuild applies it as the one pending.
+            Box::new(AddedTotals),
             Box::new(ByteOrderKeys),
             Box::new(cascade_chassis::outbox::OutboxByteOrderMigration),
             Box::new(EngagedMeansPoints),
@@ -349,6 +354,8 @@ enum AccountScores {
     Breakdown,
     ActivityCount,
     BreakdownSeq,
+    AddedTotal,
+    AddedDay,
 }
 
 #[async_trait::async_trait]
@@ -526,6 +533,65 @@ impl MigrationTrait for EngagedMeansPoints {
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
+    }
+}
+
+/// The running total of what each account's new activity added
+/// (`domain::added_total`), sent with each delivery. Accounts start at 0:
+/// lifecycle counts an account's first delivery after this by the batches it
+/// names, and the change of the total from then on.
+struct AddedTotals;
+
+impl MigrationName for AddedTotals {
+    fn name(&self) -> &str {
+        "m20261208_100001_added_totals"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddedTotals {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite adds one at a time.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(AccountScores::Table)
+                    .add_column(
+                        ColumnDef::new(AccountScores::AddedTotal)
+                            .double()
+                            .not_null()
+                            .default(0.0),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(AccountScores::Table)
+                    .add_column(
+                        ColumnDef::new(AccountScores::AddedDay)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in [AccountScores::AddedTotal, AccountScores::AddedDay] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(AccountScores::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

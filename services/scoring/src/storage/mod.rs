@@ -44,6 +44,7 @@ pub use decay::{REFRESH_PAGE, Refreshed};
 pub use erasure::Erase;
 pub use fold::Folded;
 pub use group::Expected;
+pub use scores::DeliveryTotals;
 
 /// Outbox topic of score deliveries to lifecycle; the partition is the account.
 pub const SCORE_TOPIC: &str = "engagement_scores";

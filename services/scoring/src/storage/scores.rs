@@ -226,29 +226,39 @@ impl Repository {
     /// stored scores are stale. Each account's `per_contact` holds the
     /// contacts asked for only. Three reads for all the accounts, whatever
     /// their number (the model, the account and the contact scores), plus
-    /// one per stale account. With the model's decay half-life, which the
+    /// one per stale account. With the running totals of what the accounts'
+    /// new activity added, and the model's decay half-life, which the
     /// deliveries carry: the one the totals were computed under.
     pub async fn delivery_totals(
         &self,
         tenant_id: &str,
         accounts: &[(&str, Vec<&str>)],
-    ) -> ServiceResult<(HashMap<String, Totals>, f64)> {
+    ) -> ServiceResult<DeliveryTotals> {
         let today = today();
         let model = current_model(&self.db, tenant_id).await?;
         let mut found: HashMap<String, Totals> = HashMap::with_capacity(accounts.len());
+        let mut added = HashMap::with_capacity(accounts.len());
         let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
         let backend = self.db.get_database_backend();
         for ids in among(backend, account_score::Column::AccountId, &ids) {
-            // A later day than ours: computed by a replica whose clock is
-            // past midnight already, or by a test refreshing as of a later
-            // day (`refresh_decayed_scores`).
             let rows = account_score::Entity::find()
                 .filter(account_score::Column::TenantId.eq(tenant_id))
-                .filter(account_score::Column::ComputedDay.gte(today))
                 .filter(ids)
                 .all(&self.db)
                 .await?;
             for row in rows {
+                let total = (row.added_total, row.added_day);
+                added.insert(
+                    row.account_id.clone(),
+                    domain::added_total(total, &model, today, 0.0),
+                );
+                // A later day than ours: computed by a replica whose clock
+                // is past midnight already, or by a test refreshing as of a
+                // later day (`refresh_decayed_scores`). An earlier one is
+                // recomputed below.
+                if row.computed_day < today {
+                    continue;
+                }
                 found.insert(
                     row.account_id,
                     Totals {
@@ -291,8 +301,24 @@ impl Repository {
             let totals = compute(&self.db, tenant_id, account_id, &model, today).await?;
             found.insert((*account_id).to_owned(), totals);
         }
-        Ok((found, model.decay_half_life_days))
+        Ok(DeliveryTotals {
+            totals: found,
+            added,
+            half_life_days: model.decay_half_life_days,
+        })
     }
+}
+
+/// What deliveries to lifecycle carry, per account, as of now.
+#[derive(Debug, Default)]
+pub struct DeliveryTotals {
+    pub totals: HashMap<String, Totals>,
+    /// The running totals of what new activity added
+    /// (`domain::added_total`), decayed to today; absent for an account
+    /// without a stored score.
+    pub added: HashMap<String, f64>,
+    /// The model's decay half-life, which the totals are under.
+    pub half_life_days: f64,
 }
 
 /// Why an account has no score: scoring knows accounts only through their
@@ -335,6 +361,8 @@ pub(super) async fn lock_account_scores<'a>(
             breakdown: Set(None),
             activity_count: Set(0),
             breakdown_seq: Set(0),
+            added_total: Set(0.0),
+            added_day: Set(0),
         })
         .collect();
     insert_chunks(
@@ -388,6 +416,8 @@ struct ScoreRow {
     activity_count: i64,
     delivery_seq: i64,
     breakdown_seq: i64,
+    added_total: f64,
+    added_day: i64,
     newest_fold: Option<i64>,
 }
 
@@ -402,6 +432,8 @@ impl From<account_score::Model> for ScoreRow {
             activity_count: row.activity_count,
             delivery_seq: row.delivery_seq,
             breakdown_seq: row.breakdown_seq,
+            added_total: row.added_total,
+            added_day: row.added_day,
             newest_fold: None,
         }
     }
@@ -429,6 +461,7 @@ fn stored_score(row: ScoreRow) -> StoredScore {
         },
         breakdown: breakdown.unwrap_or_default(),
         activities: row.activity_count,
+        added: (row.added_total, row.added_day),
     }
 }
 
@@ -461,13 +494,15 @@ fn decode_breakdown(bytes: &[u8]) -> Option<BTreeMap<String, (i64, f64)>> {
 
 /// What each write of an account's score sets (and a read answers from),
 /// besides the sequences.
-const SCORE_COLUMNS: [account_score::Column; 6] = [
+const SCORE_COLUMNS: [account_score::Column; 8] = [
     account_score::Column::EngagementScore,
     account_score::Column::IntentScore,
     account_score::Column::EngagedContacts,
     account_score::Column::ComputedDay,
     account_score::Column::Breakdown,
     account_score::Column::ActivityCount,
+    account_score::Column::AddedTotal,
+    account_score::Column::AddedDay,
 ];
 
 fn account_key() -> OnConflict {
@@ -808,26 +843,34 @@ fn newest_fold(t: &str) -> SelectStatement {
         .to_owned()
 }
 
-/// Writes the accounts' scores; returns each account's new delivery sequence.
+/// Writes the accounts' scores, with the running totals of what their new
+/// activity added carried on from `stored` (the rows as locked); returns
+/// each account's new delivery sequence.
 pub(super) async fn upsert_account_scores(
     conn: &impl ConnectionTrait,
     t: &str,
-    today: i64,
+    (model, today): (&ScoringModel, i64),
+    stored: &HashMap<String, StoredScore>,
     scores: &BTreeMap<String, NewScore>,
 ) -> Result<HashMap<String, i64>, DbErr> {
     let rows = scores
         .iter()
-        .map(|(account_id, new)| account_score::ActiveModel {
-            tenant_id: Set(t.to_owned()),
-            account_id: Set(account_id.clone()),
-            engagement_score: Set(new.totals.engagement),
-            intent_score: Set(new.totals.intent),
-            engaged_contacts: Set(new.totals.engaged_contacts),
-            computed_day: Set(today),
-            delivery_seq: Set(1),
-            breakdown: Set(Some(encode_breakdown(&new.totals.breakdown))),
-            activity_count: Set(new.totals.activities),
-            breakdown_seq: Set(1),
+        .map(|(account_id, new)| {
+            let added = stored.get(account_id).map_or((0.0, today), |s| s.added);
+            account_score::ActiveModel {
+                tenant_id: Set(t.to_owned()),
+                account_id: Set(account_id.clone()),
+                engagement_score: Set(new.totals.engagement),
+                intent_score: Set(new.totals.intent),
+                engaged_contacts: Set(new.totals.engaged_contacts),
+                computed_day: Set(today),
+                delivery_seq: Set(1),
+                breakdown: Set(Some(encode_breakdown(&new.totals.breakdown))),
+                activity_count: Set(new.totals.activities),
+                breakdown_seq: Set(1),
+                added_total: Set(domain::added_total(added, model, today, new.new_engagement)),
+                added_day: Set(today),
+            }
         })
         .collect();
     let upsert = account_key()
@@ -994,7 +1037,7 @@ pub(super) async fn store_recomputed(
     if scores.is_empty() {
         return Ok(0);
     }
-    let sequences = upsert_account_scores(txn, t, today, &scores).await?;
+    let sequences = upsert_account_scores(txn, t, (model, today), stored, &scores).await?;
     // What each delivery names: every contact with engagement buckets (a
     // penalty's decays too, though it engages no one), no new activity types.
     let named = |new: &NewScore| -> BTreeMap<String, BTreeSet<String>> {

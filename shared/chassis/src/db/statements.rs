@@ -263,7 +263,10 @@ impl RowsUpdate<'_> {
         if rows.is_empty() {
             return Vec::new();
         }
-        if backend == DbBackend::Postgres {
+        // The driver binds an array of non-NULL values only (a NULL in one
+        // panicked the call): a NULL takes the VALUES form, rare in practice.
+        let nulls = rows.iter().flatten().any(|value| *value == value.as_null());
+        if backend == DbBackend::Postgres && !nulls {
             // One statement taking one array per column, however many rows:
             // the chunked VALUES form was up to five statements, each parsed,
             // bound value by value and planned (docs/performance.md, round 6).
@@ -310,10 +313,15 @@ impl RowsUpdate<'_> {
                 // of `v`: 4 ms for 64 of 2,000 contacts, 16 ms for 256, and
                 // growing with the tenant. With it, each row of `v` is one
                 // primary-key probe: 0.05 and 0.18 ms (docs/performance.md,
-                // round 10).
+                // round 10). PostgreSQL has no unary `+` for text.
+                let plus = if backend == DbBackend::Sqlite {
+                    "+"
+                } else {
+                    ""
+                };
                 let sql = format!(
                     "WITH v ({names}) AS (VALUES {tuples}) UPDATE {table} SET {sets} FROM v \
-                     WHERE +{table}.tenant_id = $1 AND {table}.{key} = v.{key}"
+                     WHERE {plus}{table}.tenant_id = $1 AND {table}.{key} = v.{key}"
                 );
                 let mut values: Vec<Value> = Vec::with_capacity(1 + chunk.len() * width);
                 values.push(tenant_id.into());
