@@ -11,7 +11,7 @@ use cascade_chassis::outbox::{DeliveryError, Entry, Sink, settle_peer_answer};
 use cascade_proto::lifecycle::v1 as lifecycle;
 use tonic::Code;
 
-use crate::storage::{DeliveryPayload, DeliveryTotals, Repository, Totals};
+use crate::storage::{DeliveryPayload, Repository, Totals};
 
 /// The actor lifecycle records for score-driven moves.
 pub const ACTOR: &str = "scoring-service";
@@ -53,6 +53,10 @@ struct Merged {
     /// (`add_batch`); `None` when a message written before it was kept is
     /// among them.
     new_engagement: Option<Vec<(i64, f64, i64)>>,
+    /// The running total of what new activity added, and its day, as of the
+    /// highest sequence (`None` when that message was written before it
+    /// was kept).
+    added_total: Option<(f64, i64)>,
 }
 
 fn merge(run: &[Entry]) -> Option<Merged> {
@@ -63,6 +67,7 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         sequence: 0,
         contacts: BTreeMap::new(),
         new_engagement: Some(Vec::new()),
+        added_total: None,
     };
     // A run whose first message failed before is a retry: lifecycle may have
     // applied part of it with the answer lost, so each batch goes under its
@@ -82,6 +87,7 @@ fn merge(run: &[Entry]) -> Option<Merged> {
         // an applied run's id (lifecycle would drop it as DUPLICATE).
         if merged.event_id.is_empty() || payload.sequence > merged.sequence {
             merged.event_id = entry.id.clone();
+            merged.added_total = payload.added_total;
         }
         merged.sequence = merged.sequence.max(payload.sequence);
         merged.new_engagement = match (merged.new_engagement, payload.new_engagement) {
@@ -144,11 +150,18 @@ fn new_engagement(parts: Vec<(i64, f64, i64)>) -> lifecycle::NewEngagement {
     }
 }
 
-fn request(merged: Merged, now: &DeliveryTotals) -> lifecycle::ApplyEngagementScoreRequest {
-    let no_score = Totals::default();
-    let totals = now.totals.get(&merged.account_id).unwrap_or(&no_score);
+fn request(
+    merged: Merged,
+    totals: &Totals,
+    decay_half_life_days: f64,
+) -> lifecycle::ApplyEngagementScoreRequest {
+    let now = cascade_chassis::time::now();
+    let today = cascade_domain::decay::day_of(now.timestamp_millis());
     lifecycle::ApplyEngagementScoreRequest {
-        engagement_added_total: now.added.get(&merged.account_id).copied(),
+        // Decayed to the day the delivery's scores are at.
+        engagement_added_total: merged.added_total.map(|(total, day)| {
+            total * cascade_domain::decay::decay_factor(decay_half_life_days, day, today)
+        }),
         event_id: merged.event_id,
         sequence: merged.sequence,
         engagement_score: totals.engagement,
@@ -163,11 +176,9 @@ fn request(merged: Merged, now: &DeliveryTotals) -> lifecycle::ApplyEngagementSc
                 new_activity_types: types.into_iter().collect(),
             })
             .collect(),
-        compute_time: Some(cascade_chassis::time::to_timestamp(
-            cascade_chassis::time::now(),
-        )),
+        compute_time: Some(cascade_chassis::time::to_timestamp(now)),
         account_id: merged.account_id,
-        decay_half_life_days: now.half_life_days,
+        decay_half_life_days,
         new_engagement: merged.new_engagement.map(new_engagement),
     }
 }
@@ -270,14 +281,18 @@ impl LifecycleScoreSink {
                 )
             })
             .collect();
-        let now = self
+        let (totals, half_life) = self
             .repository
             .delivery_totals(tenant_id, &wanted)
             .await
             .map_err(|e| DeliveryError::internal(format!("computing totals: {e}")))?;
         Ok(merged
             .into_iter()
-            .map(|m| Some(request(m?, &now)))
+            .map(|m| {
+                let m = m?;
+                let totals = totals.get(&m.account_id).cloned().unwrap_or_default();
+                Some(request(m, &totals, half_life))
+            })
             .collect())
     }
 }
@@ -372,14 +387,6 @@ mod tests {
     use super::*;
     use cascade_chassis::time::from_timestamp;
 
-    /// No account's totals known, under a model of this half-life.
-    fn half_life(half_life_days: f64) -> DeliveryTotals {
-        DeliveryTotals {
-            half_life_days,
-            ..DeliveryTotals::default()
-        }
-    }
-
     fn entry(id: &str, payload: DeliveryPayload) -> Entry {
         Entry {
             id: id.into(),
@@ -398,7 +405,41 @@ mod tests {
             sequence,
             contacts: BTreeMap::new(),
             new_engagement,
+            added_total: None,
         }
+    }
+
+    /// A merged run sends its highest sequence's running total, decayed to
+    /// the delivery's day: it covers every batch up to that sequence, and
+    /// none after it. A highest message without one (written by an older
+    /// scoring) sends none.
+    #[test]
+    fn a_merged_run_sends_its_highest_sequence_total() {
+        let today = crate::domain::day_of(cascade_chassis::time::now().timestamp_millis());
+        let with_total = |sequence, total| DeliveryPayload {
+            added_total: Some((total, today - 30)),
+            ..payload(sequence, Some((1.0, today)))
+        };
+        let run = [
+            entry("m2", with_total(6, 80.0)),
+            entry("m1", with_total(5, 70.0)),
+        ];
+        let sent = request(merge(&run).expect("merged"), &Totals::default(), 30.0);
+        assert_eq!(
+            sent.engagement_added_total,
+            Some(40.0),
+            "80 a half-life ago"
+        );
+        let older_last = [
+            entry("m1", with_total(5, 70.0)),
+            entry("m2", payload(6, None)),
+        ];
+        let sent = request(
+            merge(&older_last).expect("merged"),
+            &Totals::default(),
+            30.0,
+        );
+        assert_eq!(sent.engagement_added_total, None);
     }
 
     /// A merged run says what its batches added per day, under the lowest
@@ -416,7 +457,7 @@ mod tests {
         ];
         let merged = merge(&run).expect("merged");
         assert_eq!((merged.event_id.as_str(), merged.sequence), ("m4", 6));
-        let sent = request(merged, &half_life(30.0));
+        let sent = request(merged, &Totals::default(), 30.0);
         let batches: Vec<(i64, f64, i64)> = sent
             .new_engagement
             .expect("amounts sent")
@@ -438,7 +479,7 @@ mod tests {
         // first batches may have been applied with the answer lost.
         let mut retried = run.clone();
         retried[0].attempts = 1;
-        let sent = request(merge(&retried).expect("merged"), &half_life(30.0));
+        let sent = request(merge(&retried).expect("merged"), &Totals::default(), 30.0);
         let sequences: Vec<i64> = sent
             .new_engagement
             .expect("amounts sent")
@@ -461,7 +502,7 @@ mod tests {
             entry("m1", payload(3, None)),
             entry("m2", payload(4, Some((1.0, 1)))),
         ];
-        let sent = request(merge(&older).expect("merged"), &half_life(0.0));
+        let sent = request(merge(&older).expect("merged"), &Totals::default(), 0.0);
         assert_eq!(sent.new_engagement, None);
     }
 }

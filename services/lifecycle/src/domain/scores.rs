@@ -70,8 +70,11 @@ pub struct AccountSnapshot {
     /// What the stored score (and so the baseline) is at; `None` before
     /// days were kept.
     pub score_clock: Option<ScoreClock>,
-    /// The last applied delivery's `added_total`, at the clock's day.
-    pub added_total: Option<f64>,
+    /// The stored running total of new activity (at the clock's day) and
+    /// the sequence of the delivery that brought it. It counts only while
+    /// that is the last applied sequence: a lifecycle older than it applies
+    /// deliveries without storing their totals.
+    pub added_total: Option<(f64, i64)>,
     /// Whether this delivery's event id was applied before.
     pub applied_before: bool,
 }
@@ -309,24 +312,24 @@ pub fn decide(
 
 /// What `delivery`'s new activity earned, at `score_day`. Scoring's running
 /// total, when this delivery and the last applied one both carry it, counts
-/// every batch since, those whose own delivery never came too (a dead
-/// letter, a refused run); the batches the delivery names count those it
-/// holds; an older scoring says only whether there was new activity.
+/// every batch between their sequences, those whose own delivery never came
+/// too (a dead letter, a refused run); otherwise the batches the delivery
+/// names count; an older scoring says only whether there was new activity.
 fn earned_by(account: &AccountSnapshot, delivery: &ScoreDelivery, score_day: i64) -> Earned {
-    if let (Some(total), Some(last), Some(clock)) = (
-        delivery.added_total,
-        account.added_total,
-        account.score_clock,
-    ) {
-        // The last total decays to this day as scoring decays its total.
+    let last = account
+        .added_total
+        .filter(|&(_, sequence)| sequence == account.score_sequence);
+    if let (Some(total), Some((last, _)), Some(clock)) =
+        (delivery.added_total, last, account.score_clock)
+    {
+        // The last total decays by the half-life it was stored under, as
+        // scoring's daily refreshes decayed it (a change of half-life
+        // recomputes every score, and its delivery brings the new one).
+        let half_life = clock
+            .half_life_days
+            .unwrap_or(delivery.decay_half_life_days);
         return Earned::Points(
-            total
-                - last
-                    * cascade_domain::decay::decay_factor(
-                        delivery.decay_half_life_days,
-                        clock.day,
-                        score_day,
-                    ),
+            total - last * cascade_domain::decay::decay_factor(half_life, clock.day, score_day),
         );
     }
     match &delivery.new_engagement {
@@ -788,9 +791,10 @@ mod tests {
     /// delivery names count.
     #[test]
     fn the_running_total_counts_a_batch_whose_delivery_never_came() {
-        // 10 earned since a recycle at 100; the last total applied 50.
+        // 10 earned since a recycle at 100; the last delivery applied (the
+        // account's sequence 3) brought a total of 50.
         let mut a = recycled(AccountStage::Engaged, 100.0, 110.0, 30.0);
-        a.added_total = Some(50.0);
+        a.added_total = Some((50.0, a.score_sequence));
         // 30 days on, at a half-life of 30: a dead-lettered batch added 12
         // and this one 3. The score is 55 + 15, the total 25 + 15; the
         // delivery names only its own 3.
@@ -810,11 +814,28 @@ mod tests {
             "5 of 10 left, 15 new"
         );
         assert_eq!(c.added_total, Some(40.0), "kept for the next delivery");
+        // After a change of half-life the last total decays by the one it
+        // was stored under, as scoring's refreshes decayed it (by 7 it would
+        // read 47 of 50 as gone, and 37 earned).
+        let rescored = ScoreDelivery {
+            decay_half_life_days: 7.0,
+            ..d.clone()
+        };
+        assert_eq!(applied(&a, &rescored).score_baseline, 70.0 - (5.0 + 15.0));
+
         // Without a stored total (before it was kept), the named batch.
-        a.added_total = None;
-        assert_eq!(applied(&a, &d).score_baseline, 70.0 - (5.0 + 3.0));
+        let mut before = a.clone();
+        before.added_total = None;
+        assert_eq!(applied(&before, &d).score_baseline, 70.0 - (5.0 + 3.0));
+        // A total stored before a delivery an older lifecycle applied
+        // (which stores none) misses what that one counted: the named batch.
+        let mut older_lifecycle = a.clone();
+        older_lifecycle.added_total = Some((50.0, a.score_sequence - 1));
+        assert_eq!(
+            applied(&older_lifecycle, &d).score_baseline,
+            70.0 - (5.0 + 3.0)
+        );
         // A delivery without one (an older scoring) stores none.
-        a.added_total = Some(50.0);
         let older = ScoreDelivery {
             added_total: None,
             ..d

@@ -338,6 +338,7 @@ pub(super) fn new_account_model(
         score_day: Set(None),
         score_half_life_days: Set(None),
         score_added_total: Set(None),
+        score_added_seq: Set(None),
         disqualify_count: Set(0),
         nurture_count: Set(0),
         last_recycle_transition_id: Set(None),

@@ -38,6 +38,10 @@ pub mod account {
         /// added, at `score_day` (`domain::scores::ScoreDelivery::added_total`);
         /// `None` before it was kept or from an older scoring.
         pub score_added_total: Option<f64>,
+        /// The sequence of the delivery that brought `score_added_total`:
+        /// it counts while that is `score_sequence` (an older lifecycle
+        /// applies deliveries without storing their totals).
+        pub score_added_seq: Option<i64>,
         pub disqualify_count: i32,
         pub nurture_count: i32,
         pub last_recycle_transition_id: Option<String>,

@@ -195,8 +195,9 @@ impl MigrationTrait for OpportunityVersions {
 }
 
 /// The running total of what an account's new activity added, as the last
-/// applied delivery carried it (`domain::scores::earned_by`). Accounts start
-/// without one: their next delivery counts by its batches and stores it.
+/// applied delivery carried it, and that delivery's sequence
+/// (`domain::scores::earned_by`). Accounts start without one: their next
+/// delivery counts by its batches and stores it.
 struct ScoreAddedTotals;
 
 impl MigrationName for ScoreAddedTotals {
@@ -213,18 +214,27 @@ impl MigrationTrait for ScoreAddedTotals {
             Accounts::Table,
             ColumnDef::new(Accounts::ScoreAddedTotal).double().null(),
         )
+        .await?;
+        super::migration_stage_engine::add_column(
+            manager,
+            Accounts::Table,
+            ColumnDef::new(Accounts::ScoreAddedSeq).big_integer().null(),
+        )
         .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Accounts::Table)
-                    .drop_column(Accounts::ScoreAddedTotal)
-                    .to_owned(),
-            )
-            .await
+        for column in [Accounts::ScoreAddedTotal, Accounts::ScoreAddedSeq] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Accounts::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -428,6 +438,7 @@ enum Accounts {
     ScoreDay,
     ScoreHalfLifeDays,
     ScoreAddedTotal,
+    ScoreAddedSeq,
     CreatedAt,
     UpdatedAt,
     Version,

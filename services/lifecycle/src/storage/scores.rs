@@ -107,7 +107,7 @@ impl Repository {
                     day,
                     half_life_days: model.score_half_life_days,
                 }),
-                added_total: model.score_added_total,
+                added_total: model.score_added_total.zip(model.score_added_seq),
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
             let decision = match scores::decide(&snapshot, &contacts, delivery, &settings) {
@@ -193,6 +193,7 @@ impl Repository {
             model.score_day = Some(changes.score_clock.day);
             model.score_half_life_days = changes.score_clock.half_life_days;
             model.score_added_total = changes.added_total;
+            model.score_added_seq = changes.added_total.map(|_| delivery.sequence);
             model.version += 1;
             model.updated_at = now;
             writes.accounts.push(account_id.clone());
@@ -356,6 +357,7 @@ impl Writes {
                         m.score_day.into(),
                         m.score_half_life_days.into(),
                         m.score_added_total.into(),
+                        m.score_added_seq.into(),
                         m.updated_at.into(),
                     ]
                 })
@@ -378,6 +380,7 @@ impl Writes {
                     "score_day",
                     "score_half_life_days",
                     "score_added_total",
+                    "score_added_seq",
                     "updated_at",
                 ],
                 Some("version = accounts.version + 1"),

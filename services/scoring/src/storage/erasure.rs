@@ -153,13 +153,14 @@ impl Repository {
                     .remove(account_id)
                     .unwrap_or_default();
                 let scores = BTreeMap::from([(account.clone(), score)]);
-                let sequences =
+                let written =
                     upsert_account_scores(&txn, t, (&model, today), &stored, &scores).await?;
-                if let Some(&sequence) = sequences.get(account_id) {
+                if let Some(written) = written.get(account_id) {
                     let payload = DeliveryPayload {
-                        sequence,
+                        sequence: written.sequence,
                         contacts: BTreeMap::new(),
                         new_engagement: Some((0.0, today)),
+                        added_total: Some(written.added),
                     };
                     outbox::enqueue(&txn, t, SCORE_TOPIC, account_id, payload.encode()).await?;
                 }

@@ -475,7 +475,7 @@ pub(super) async fn fold_sums(
         today,
     );
     let new_scores = scores::rescore(conn, t, (&model, today), &batch, &accounts).await?;
-    let sequences =
+    let written =
         scores::upsert_account_scores(conn, t, (&model, today), &accounts, &new_scores).await?;
     scores::upsert_contact_scores(conn, t, today, &batch, &new_scores).await?;
 
@@ -484,15 +484,16 @@ pub(super) async fn fold_sums(
         let new_engagement = new_scores
             .get(&account_id)
             .map_or(0.0, |score| score.new_engagement);
-        let sequence = sequences.get(account_id.as_str()).copied().ok_or_else(|| {
+        let written = written.get(account_id.as_str()).copied().ok_or_else(|| {
             ServiceError::internal(anyhow::anyhow!(
                 "no delivery sequence for account {account_id}"
             ))
         })?;
         let payload = DeliveryPayload {
-            sequence,
+            sequence: written.sequence,
             contacts: account.new_types,
             new_engagement: Some((new_engagement, today)),
+            added_total: Some(written.added),
         };
         messages.push(outbox::Message {
             partition_key: account_id,

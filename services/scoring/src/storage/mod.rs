@@ -44,7 +44,6 @@ pub use decay::{REFRESH_PAGE, Refreshed};
 pub use erasure::Erase;
 pub use fold::Folded;
 pub use group::Expected;
-pub use scores::DeliveryTotals;
 
 /// Outbox topic of score deliveries to lifecycle; the partition is the account.
 pub const SCORE_TOPIC: &str = "engagement_scores";
@@ -104,6 +103,11 @@ pub struct DeliveryPayload {
     /// `None` in messages written before it was kept.
     #[serde(default)]
     pub new_engagement: Option<(f64, i64)>,
+    /// The account's running total of what new activity added, after this
+    /// batch, and the day it is at; `None` in messages written before it
+    /// was kept.
+    #[serde(default)]
+    pub added_total: Option<(f64, i64)>,
 }
 
 impl DeliveryPayload {
@@ -120,6 +124,8 @@ impl DeliveryPayload {
                 .collect(),
             new_engagement: self.new_engagement.map(|(points, _)| points),
             day: self.new_engagement.map_or(0, |(_, day)| day),
+            added_total: self.added_total.map(|(total, _)| total),
+            added_day: self.added_total.map_or(0, |(_, day)| day),
         }
         .encode_to_vec()
     }
@@ -141,6 +147,7 @@ impl DeliveryPayload {
                 .map(|c| (c.contact_id, c.activity_types.into_iter().collect()))
                 .collect(),
             new_engagement: message.new_engagement.map(|points| (points, message.day)),
+            added_total: message.added_total.map(|total| (total, message.added_day)),
         })
     }
 }
@@ -213,6 +220,7 @@ mod tests {
                 ),
             ]),
             new_engagement: Some((-2.5, 20_400)),
+            added_total: Some((61.25, 20_400)),
         };
         let bytes = payload.clone().encode();
         assert_ne!(bytes.first(), Some(&b'{'));
@@ -230,6 +238,7 @@ mod tests {
         let legacy = br#"{"sequence":42,"contacts":{"c1":["demo_request"],"c2":["email_open","web_visit"]}}"#;
         let older = DeliveryPayload {
             new_engagement: None,
+            added_total: None,
             ..payload
         };
         assert_eq!(DeliveryPayload::decode(legacy), Ok(older));

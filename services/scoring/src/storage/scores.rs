@@ -226,39 +226,29 @@ impl Repository {
     /// stored scores are stale. Each account's `per_contact` holds the
     /// contacts asked for only. Three reads for all the accounts, whatever
     /// their number (the model, the account and the contact scores), plus
-    /// one per stale account. With the running totals of what the accounts'
-    /// new activity added, and the model's decay half-life, which the
+    /// one per stale account. With the model's decay half-life, which the
     /// deliveries carry: the one the totals were computed under.
     pub async fn delivery_totals(
         &self,
         tenant_id: &str,
         accounts: &[(&str, Vec<&str>)],
-    ) -> ServiceResult<DeliveryTotals> {
+    ) -> ServiceResult<(HashMap<String, Totals>, f64)> {
         let today = today();
         let model = current_model(&self.db, tenant_id).await?;
         let mut found: HashMap<String, Totals> = HashMap::with_capacity(accounts.len());
-        let mut added = HashMap::with_capacity(accounts.len());
         let ids: Vec<&str> = accounts.iter().map(|(id, _)| *id).collect();
         let backend = self.db.get_database_backend();
         for ids in among(backend, account_score::Column::AccountId, &ids) {
+            // A later day than ours: computed by a replica whose clock is
+            // past midnight already, or by a test refreshing as of a later
+            // day (`refresh_decayed_scores`).
             let rows = account_score::Entity::find()
                 .filter(account_score::Column::TenantId.eq(tenant_id))
+                .filter(account_score::Column::ComputedDay.gte(today))
                 .filter(ids)
                 .all(&self.db)
                 .await?;
             for row in rows {
-                let total = (row.added_total, row.added_day);
-                added.insert(
-                    row.account_id.clone(),
-                    domain::added_total(total, &model, today, 0.0),
-                );
-                // A later day than ours: computed by a replica whose clock
-                // is past midnight already, or by a test refreshing as of a
-                // later day (`refresh_decayed_scores`). An earlier one is
-                // recomputed below.
-                if row.computed_day < today {
-                    continue;
-                }
                 found.insert(
                     row.account_id,
                     Totals {
@@ -301,24 +291,8 @@ impl Repository {
             let totals = compute(&self.db, tenant_id, account_id, &model, today).await?;
             found.insert((*account_id).to_owned(), totals);
         }
-        Ok(DeliveryTotals {
-            totals: found,
-            added,
-            half_life_days: model.decay_half_life_days,
-        })
+        Ok((found, model.decay_half_life_days))
     }
-}
-
-/// What deliveries to lifecycle carry, per account, as of now.
-#[derive(Debug, Default)]
-pub struct DeliveryTotals {
-    pub totals: HashMap<String, Totals>,
-    /// The running totals of what new activity added
-    /// (`domain::added_total`), decayed to today; absent for an account
-    /// without a stored score.
-    pub added: HashMap<String, f64>,
-    /// The model's decay half-life, which the totals are under.
-    pub half_life_days: f64,
 }
 
 /// Why an account has no score: scoring knows accounts only through their
@@ -843,20 +817,31 @@ fn newest_fold(t: &str) -> SelectStatement {
         .to_owned()
 }
 
+/// What writing an account's score gives its delivery message.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    pub(super) sequence: i64,
+    /// The running total of what new activity added, and its day.
+    pub(super) added: (f64, i64),
+}
+
 /// Writes the accounts' scores, with the running totals of what their new
 /// activity added carried on from `stored` (the rows as locked); returns
-/// each account's new delivery sequence.
+/// each account's new delivery sequence and total.
 pub(super) async fn upsert_account_scores(
     conn: &impl ConnectionTrait,
     t: &str,
     (model, today): (&ScoringModel, i64),
     stored: &HashMap<String, StoredScore>,
     scores: &BTreeMap<String, NewScore>,
-) -> Result<HashMap<String, i64>, DbErr> {
+) -> Result<HashMap<String, Written>, DbErr> {
     let rows = scores
         .iter()
         .map(|(account_id, new)| {
             let added = stored.get(account_id).map_or((0.0, today), |s| s.added);
+            // A total of a later day (a replica whose clock is ahead) keeps
+            // its day: written as of today, the day would be decayed twice.
+            let added_day = Ord::max(today, added.1);
             account_score::ActiveModel {
                 tenant_id: Set(t.to_owned()),
                 account_id: Set(account_id.clone()),
@@ -868,8 +853,13 @@ pub(super) async fn upsert_account_scores(
                 breakdown: Set(Some(encode_breakdown(&new.totals.breakdown))),
                 activity_count: Set(new.totals.activities),
                 breakdown_seq: Set(1),
-                added_total: Set(domain::added_total(added, model, today, new.new_engagement)),
-                added_day: Set(today),
+                added_total: Set(domain::added_total(
+                    added,
+                    model,
+                    added_day,
+                    new.new_engagement,
+                )),
+                added_day: Set(added_day),
             }
         })
         .collect();
@@ -888,7 +878,13 @@ pub(super) async fn upsert_account_scores(
     Ok(insert_chunks_returning(conn, rows, Some(&upsert))
         .await?
         .into_iter()
-        .map(|row| (row.account_id, row.delivery_seq))
+        .map(|row| {
+            let written = Written {
+                sequence: row.delivery_seq,
+                added: (row.added_total, row.added_day),
+            };
+            (row.account_id, written)
+        })
         .collect())
 }
 
@@ -1037,7 +1033,7 @@ pub(super) async fn store_recomputed(
     if scores.is_empty() {
         return Ok(0);
     }
-    let sequences = upsert_account_scores(txn, t, (model, today), stored, &scores).await?;
+    let written = upsert_account_scores(txn, t, (model, today), stored, &scores).await?;
     // What each delivery names: every contact with engagement buckets (a
     // penalty's decays too, though it engages no one), no new activity types.
     let named = |new: &NewScore| -> BTreeMap<String, BTreeSet<String>> {
@@ -1072,7 +1068,7 @@ pub(super) async fn store_recomputed(
         let changed = stored
             .get(account_id)
             .is_none_or(|before| domain::totals_changed(before, &new.totals));
-        let Some(&sequence) = sequences.get(account_id) else {
+        let Some(&Written { sequence, added }) = written.get(account_id) else {
             continue;
         };
         if changed {
@@ -1080,6 +1076,7 @@ pub(super) async fn store_recomputed(
                 sequence,
                 contacts: named(new),
                 new_engagement: Some((0.0, today)),
+                added_total: Some(added),
             };
             messages.push(cascade_chassis::outbox::Message {
                 partition_key: account_id.clone(),
