@@ -150,15 +150,18 @@ fn new_engagement(parts: Vec<(i64, f64, i64)>) -> lifecycle::NewEngagement {
     }
 }
 
+/// The delivery of `merged` with `totals`, computed `now` under a model of
+/// this half-life.
 fn request(
     merged: Merged,
     totals: &Totals,
     decay_half_life_days: f64,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> lifecycle::ApplyEngagementScoreRequest {
-    let now = cascade_chassis::time::now();
     let today = cascade_domain::decay::day_of(now.timestamp_millis());
     lifecycle::ApplyEngagementScoreRequest {
-        // Decayed to the day the delivery's scores are at.
+        // Decayed to the delivery's day (`compute_time`'s), as lifecycle
+        // reads it.
         engagement_added_total: merged.added_total.map(|(total, day)| {
             total * cascade_domain::decay::decay_factor(decay_half_life_days, day, today)
         }),
@@ -286,12 +289,13 @@ impl LifecycleScoreSink {
             .delivery_totals(tenant_id, &wanted)
             .await
             .map_err(|e| DeliveryError::internal(format!("computing totals: {e}")))?;
+        let now = cascade_chassis::time::now();
         Ok(merged
             .into_iter()
             .map(|m| {
                 let m = m?;
                 let totals = totals.get(&m.account_id).cloned().unwrap_or_default();
-                Some(request(m, &totals, half_life))
+                Some(request(m, &totals, half_life, now))
             })
             .collect())
     }
@@ -415,7 +419,8 @@ mod tests {
     /// scoring) sends none.
     #[test]
     fn a_merged_run_sends_its_highest_sequence_total() {
-        let today = crate::domain::day_of(cascade_chassis::time::now().timestamp_millis());
+        let now = cascade_chassis::time::now();
+        let today = crate::domain::day_of(now.timestamp_millis());
         let with_total = |sequence, total| DeliveryPayload {
             added_total: Some((total, today - 30)),
             ..payload(sequence, Some((1.0, today)))
@@ -424,7 +429,7 @@ mod tests {
             entry("m2", with_total(6, 80.0)),
             entry("m1", with_total(5, 70.0)),
         ];
-        let sent = request(merge(&run).expect("merged"), &Totals::default(), 30.0);
+        let sent = request(merge(&run).expect("merged"), &Totals::default(), 30.0, now);
         assert_eq!(
             sent.engagement_added_total,
             Some(40.0),
@@ -438,6 +443,7 @@ mod tests {
             merge(&older_last).expect("merged"),
             &Totals::default(),
             30.0,
+            now,
         );
         assert_eq!(sent.engagement_added_total, None);
     }
@@ -449,6 +455,7 @@ mod tests {
     /// applies the older rule).
     #[test]
     fn a_merged_run_says_what_its_batches_added_per_day() {
+        let now = cascade_chassis::time::now();
         let run = [
             entry("m1", payload(3, Some((15.0, 20_400)))),
             entry("m2", payload(4, Some((0.0, 20_401)))),
@@ -457,7 +464,7 @@ mod tests {
         ];
         let merged = merge(&run).expect("merged");
         assert_eq!((merged.event_id.as_str(), merged.sequence), ("m4", 6));
-        let sent = request(merged, &Totals::default(), 30.0);
+        let sent = request(merged, &Totals::default(), 30.0, now);
         let batches: Vec<(i64, f64, i64)> = sent
             .new_engagement
             .expect("amounts sent")
@@ -479,7 +486,12 @@ mod tests {
         // first batches may have been applied with the answer lost.
         let mut retried = run.clone();
         retried[0].attempts = 1;
-        let sent = request(merge(&retried).expect("merged"), &Totals::default(), 30.0);
+        let sent = request(
+            merge(&retried).expect("merged"),
+            &Totals::default(),
+            30.0,
+            now,
+        );
         let sequences: Vec<i64> = sent
             .new_engagement
             .expect("amounts sent")
@@ -502,7 +514,7 @@ mod tests {
             entry("m1", payload(3, None)),
             entry("m2", payload(4, Some((1.0, 1)))),
         ];
-        let sent = request(merge(&older).expect("merged"), &Totals::default(), 0.0);
+        let sent = request(merge(&older).expect("merged"), &Totals::default(), 0.0, now);
         assert_eq!(sent.new_engagement, None);
     }
 }

@@ -70,13 +70,19 @@ pub struct AccountSnapshot {
     /// What the stored score (and so the baseline) is at; `None` before
     /// days were kept.
     pub score_clock: Option<ScoreClock>,
-    /// The stored running total of new activity (at the clock's day) and
-    /// the sequence of the delivery that brought it. It counts only while
-    /// that is the last applied sequence: a lifecycle older than it applies
-    /// deliveries without storing their totals.
-    pub added_total: Option<(f64, i64)>,
+    /// The stored running total of new activity, at the clock's day.
+    pub added_total: Option<AppliedTotal>,
     /// Whether this delivery's event id was applied before.
     pub applied_before: bool,
+}
+
+/// The running total of new activity a delivery brought, and its sequence.
+/// It counts only while that is the account's last applied sequence: a
+/// lifecycle older than it applies deliveries without storing their totals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AppliedTotal {
+    pub total: f64,
+    pub sequence: i64,
 }
 
 /// What the decision needs to know about a contact named in the delivery.
@@ -302,7 +308,7 @@ pub fn decide(
             day: score_day,
             half_life_days: Some(delivery.decay_half_life_days),
         },
-        added_total: delivery.added_total,
+        added_total: added_total_at(delivery, score_day),
         contacts: updates,
         ignored_contacts: ignored,
         notifications,
@@ -318,19 +324,29 @@ pub fn decide(
 fn earned_by(account: &AccountSnapshot, delivery: &ScoreDelivery, score_day: i64) -> Earned {
     let last = account
         .added_total
-        .filter(|&(_, sequence)| sequence == account.score_sequence);
-    if let (Some(total), Some((last, _)), Some(clock)) =
-        (delivery.added_total, last, account.score_clock)
-    {
-        // The last total decays by the half-life it was stored under, as
-        // scoring's daily refreshes decayed it (a change of half-life
-        // recomputes every score, and its delivery brings the new one).
-        let half_life = clock
-            .half_life_days
-            .unwrap_or(delivery.decay_half_life_days);
-        return Earned::Points(
-            total - last * cascade_domain::decay::decay_factor(half_life, clock.day, score_day),
-        );
+        .filter(|last| last.sequence == account.score_sequence);
+    if let (Some(total), Some(last), Some(clock)) = (
+        added_total_at(delivery, score_day),
+        last,
+        account.score_clock,
+    ) {
+        // Scoring decayed the last total by the half-life of each day since;
+        // one half-life over the gap is that only when it did not change, or
+        // when there is no gap. Otherwise the named batches count: they may
+        // count too little, where the other half-life over the gap could read
+        // much of the total as earned (a reviewer's case: 38 points).
+        let same = clock.half_life_days == Some(delivery.decay_half_life_days);
+        if same || clock.day == score_day {
+            return Earned::Points(
+                total
+                    - last.total
+                        * cascade_domain::decay::decay_factor(
+                            delivery.decay_half_life_days,
+                            clock.day,
+                            score_day,
+                        ),
+            );
+        }
     }
     match &delivery.new_engagement {
         // Each batch not applied before, decayed from its day as the score.
@@ -360,6 +376,20 @@ fn earned_by(account: &AccountSnapshot, delivery: &ScoreDelivery, score_day: i64
         }
         None => Earned::Points(0.0),
     }
+}
+
+/// The delivery's running total at `score_day`: a delivery of an earlier
+/// day (another scoring replica's clock) decays to the stored score's day,
+/// as the last total does.
+fn added_total_at(delivery: &ScoreDelivery, score_day: i64) -> Option<f64> {
+    delivery.added_total.map(|total| {
+        total
+            * cascade_domain::decay::decay_factor(
+                delivery.decay_half_life_days,
+                delivery.day,
+                score_day,
+            )
+    })
 }
 
 /// The owner's message when an account enters PRIORITIZED.
@@ -794,7 +824,10 @@ mod tests {
         // 10 earned since a recycle at 100; the last delivery applied (the
         // account's sequence 3) brought a total of 50.
         let mut a = recycled(AccountStage::Engaged, 100.0, 110.0, 30.0);
-        a.added_total = Some((50.0, a.score_sequence));
+        a.added_total = Some(AppliedTotal {
+            total: 50.0,
+            sequence: a.score_sequence,
+        });
         // 30 days on, at a half-life of 30: a dead-lettered batch added 12
         // and this one 3. The score is 55 + 15, the total 25 + 15; the
         // delivery names only its own 3.
@@ -814,14 +847,39 @@ mod tests {
             "5 of 10 left, 15 new"
         );
         assert_eq!(c.added_total, Some(40.0), "kept for the next delivery");
-        // After a change of half-life the last total decays by the one it
-        // was stored under, as scoring's refreshes decayed it (by 7 it would
-        // read 47 of 50 as gone, and 37 earned).
+        // A half-life changed over the gap: scoring decayed the total by
+        // each day's, which lifecycle does not know. The named batch counts
+        // (too little, where one half-life over the gap could read much of
+        // the total as earned).
         let rescored = ScoreDelivery {
             decay_half_life_days: 7.0,
             ..d.clone()
         };
-        assert_eq!(applied(&a, &rescored).score_baseline, 70.0 - (5.0 + 15.0));
+        assert_eq!(applied(&a, &rescored).score_baseline, 70.0 - (5.0 + 3.0));
+        // Changed on the stored day itself, nothing decayed: the total.
+        let same_day = earning(
+            3.0,
+            ScoreDelivery {
+                decay_half_life_days: 7.0,
+                added_total: Some(65.0),
+                ..delivery(125.0, &[("c1", &["email_open"])])
+            },
+        );
+        assert_eq!(applied(&a, &same_day).score_baseline, 125.0 - (10.0 + 15.0));
+        // A delivery of the day before the stored score's (another scoring
+        // replica's clock) decays its total to the stored day first: 104 a
+        // half-life back is 52, and 2 earned (54 read as earned otherwise).
+        let mut fast = recycled(AccountStage::Engaged, 100.0, 110.0, 1.0);
+        fast.added_total = a.added_total;
+        let behind = ScoreDelivery {
+            day: DAY - 1,
+            decay_half_life_days: 1.0,
+            added_total: Some(104.0),
+            ..delivery(62.0, &[("c1", &["email_open"])])
+        };
+        let c = applied(&fast, &behind);
+        assert_eq!(c.score_baseline, 62.0 - (10.0 + 2.0));
+        assert_eq!(c.added_total, Some(52.0), "stored at the stored day");
 
         // Without a stored total (before it was kept), the named batch.
         let mut before = a.clone();
@@ -830,7 +888,10 @@ mod tests {
         // A total stored before a delivery an older lifecycle applied
         // (which stores none) misses what that one counted: the named batch.
         let mut older_lifecycle = a.clone();
-        older_lifecycle.added_total = Some((50.0, a.score_sequence - 1));
+        older_lifecycle.added_total = Some(AppliedTotal {
+            total: 50.0,
+            sequence: a.score_sequence - 1,
+        });
         assert_eq!(
             applied(&older_lifecycle, &d).score_baseline,
             70.0 - (5.0 + 3.0)

@@ -26,7 +26,9 @@ use super::{
 };
 use crate::domain::account_rules::ScoreClock;
 use crate::domain::risk::{self, RiskContext};
-use crate::domain::scores::{self, AccountSnapshot, ContactSnapshot, ScoreDecision, ScoreDelivery};
+use crate::domain::scores::{
+    self, AccountSnapshot, AppliedTotal, ContactSnapshot, ScoreDecision, ScoreDelivery,
+};
 use crate::domain::{Account, ContactTransition, Transition};
 
 /// What happened to one delivery.
@@ -107,7 +109,10 @@ impl Repository {
                     day,
                     half_life_days: model.score_half_life_days,
                 }),
-                added_total: model.score_added_total.zip(model.score_added_seq),
+                added_total: model
+                    .score_added_total
+                    .zip(model.score_added_seq)
+                    .map(|(total, sequence)| AppliedTotal { total, sequence }),
                 applied_before: applied_before.contains(delivery.event_id.as_str()),
             };
             let decision = match scores::decide(&snapshot, &contacts, delivery, &settings) {

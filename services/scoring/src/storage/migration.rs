@@ -21,7 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(PendingFoldsLz4),
             // Before the long byte-order rebuild, though written later: this
             // code writes the columns, and an upgrade from before that
-            // rebuild runs it beside the rebuild (`upgrade.rs`). A database
+            // rebuild runs it beside the rebuild (`tests/upgrade.rs`). A database
             // past the rebuild applies it as the one pending.
             Box::new(AddedTotals),
             Box::new(ByteOrderKeys),
