@@ -288,6 +288,21 @@ on_each_database!(
     a_recycled_account_counts_activity_whose_delivery_was_given_up,
 );
 
+/// The recycle tests' threshold: 20 points make an account PRIORITIZED.
+async fn prioritize_at_20(lifecycle: &cascade_testkit::Lifecycle) {
+    lifecycle
+        .public()
+        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
+            settings: Some(lc::LifecycleSettings {
+                prioritized_threshold: 20.0,
+                ..Default::default()
+            }),
+            update_mask: cascade_testkit::fixtures::mask(&["prioritized_threshold"]),
+        }))
+        .await
+        .expect("threshold 20");
+}
+
 /// Score deliveries that pile up while lifecycle is down reach it merged
 /// into one. A recycled account must count only its new activity as
 /// earned: here the rescore after a change of decay, bringing 25 old points
@@ -301,17 +316,7 @@ async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDat
     let receiver = WebhookReceiver::start().await;
     let (lifecycle, scoring) = (system.lifecycle_as(0, T), system.scoring_as(0, T));
     lifecycle.set_webhook(&receiver.url, None).await;
-    lifecycle
-        .public()
-        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
-            settings: Some(lc::LifecycleSettings {
-                prioritized_threshold: 20.0,
-                ..Default::default()
-            }),
-            update_mask: cascade_testkit::fixtures::mask(&["prioritized_threshold"]),
-        }))
-        .await
-        .expect("threshold 20");
+    prioritize_at_20(&lifecycle).await;
     let decay = async |half_life_days: f64| {
         scoring
             .change_model(|model| model.decay_half_life_days = half_life_days)
@@ -407,17 +412,7 @@ async fn a_recycled_account_counts_activity_whose_delivery_was_given_up(db: Test
     let mut system = System::start_with(&db, 1, settings).await;
     let metrics = system.scoring[0].metrics_port().await;
     let (lifecycle, scoring) = (system.lifecycle_as(0, T), system.scoring_as(0, T));
-    lifecycle
-        .public()
-        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
-            settings: Some(lc::LifecycleSettings {
-                prioritized_threshold: 20.0,
-                ..Default::default()
-            }),
-            update_mask: cascade_testkit::fixtures::mask(&["prioritized_threshold"]),
-        }))
-        .await
-        .expect("threshold 20");
+    prioritize_at_20(&lifecycle).await;
     scoring
         .change_model(|model| model.decay_half_life_days = 0.0)
         .await;

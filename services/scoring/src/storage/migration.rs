@@ -358,6 +358,24 @@ enum AccountScores {
     AddedDay,
 }
 
+/// One column per statement: SQLite drops one at a time.
+async fn drop_account_score_columns(
+    manager: &SchemaManager<'_>,
+    columns: impl IntoIterator<Item = AccountScores>,
+) -> Result<(), DbErr> {
+    for column in columns {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(AccountScores::Table)
+                    .drop_column(column)
+                    .to_owned(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for StoredBreakdowns {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -384,21 +402,15 @@ impl MigrationTrait for StoredBreakdowns {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [
-            AccountScores::Breakdown,
-            AccountScores::ActivityCount,
-            AccountScores::BreakdownSeq,
-        ] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(AccountScores::Table)
-                        .drop_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        Ok(())
+        drop_account_score_columns(
+            manager,
+            [
+                AccountScores::Breakdown,
+                AccountScores::ActivityCount,
+                AccountScores::BreakdownSeq,
+            ],
+        )
+        .await
     }
 }
 
@@ -582,16 +594,10 @@ impl MigrationTrait for AddedTotals {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [AccountScores::AddedTotal, AccountScores::AddedDay] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(AccountScores::Table)
-                        .drop_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        Ok(())
+        drop_account_score_columns(
+            manager,
+            [AccountScores::AddedTotal, AccountScores::AddedDay],
+        )
+        .await
     }
 }
