@@ -288,6 +288,18 @@ on_each_database!(
     a_recycled_account_counts_activity_whose_delivery_was_given_up,
 );
 
+/// Sends the account back to marketing (its baseline: the score now).
+async fn nurture(lifecycle: &cascade_testkit::Lifecycle, account_id: &str) {
+    lifecycle
+        .public()
+        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
+            account_id: account_id.to_owned(),
+            reason: "next quarter".into(),
+        }))
+        .await
+        .expect("nurtured");
+}
+
 /// The recycle tests' threshold: 20 points make an account PRIORITIZED.
 async fn prioritize_at_20(lifecycle: &cascade_testkit::Lifecycle) {
     lifecycle
@@ -346,14 +358,7 @@ async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDat
         .await;
     lifecycle.wait_for_stage(&id, S::Prioritized).await;
     receiver.wait_for(1).await;
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
-            account_id: id.clone(),
-            reason: "next quarter".into(),
-        }))
-        .await
-        .expect("nurtured at 25");
+    nurture(&lifecycle, &id).await;
 
     system.lifecycle[0].kill().await;
     let pending = async |want: f64| {
@@ -425,14 +430,7 @@ async fn a_recycled_account_counts_activity_whose_delivery_was_given_up(db: Test
         .record(vec![activity("g1", "demo_request", &id, &ann)])
         .await;
     let prioritized = lifecycle.wait_for_stage(&id, S::Prioritized).await;
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
-            account_id: id.clone(),
-            reason: "next quarter".into(),
-        }))
-        .await
-        .expect("nurtured");
+    nurture(&lifecycle, &id).await;
 
     system.lifecycle[0].kill().await;
     scoring

@@ -565,32 +565,28 @@ impl MigrationName for AddedTotals {
 impl MigrationTrait for AddedTotals {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // One column per statement: SQLite adds one at a time.
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(AccountScores::Table)
-                    .add_column(
-                        ColumnDef::new(AccountScores::AddedTotal)
-                            .double()
-                            .not_null()
-                            .default(0.0),
-                    )
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(AccountScores::Table)
-                    .add_column(
-                        ColumnDef::new(AccountScores::AddedDay)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .to_owned(),
-            )
-            .await
+        for column in [
+            ColumnDef::new(AccountScores::AddedTotal)
+                .double()
+                .not_null()
+                .default(0.0)
+                .to_owned(),
+            ColumnDef::new(AccountScores::AddedDay)
+                .big_integer()
+                .not_null()
+                .default(0)
+                .to_owned(),
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(AccountScores::Table)
+                        .add_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
