@@ -11,13 +11,13 @@ mod stats;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
 use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const USAGE: &str = "\
-usage: cascade-load --scenario NAME [options]
-
+/// The scenarios, listed under `--help`.
+const SCENARIOS: &str = "\
 scenarios:
   baseline            grpc.health.v1 Check on a server inside this process (transport only)
   record-activity     unary RecordActivity, one activity per call
@@ -36,135 +36,117 @@ scenarios:
                       then the same import again (creates nothing); a fresh tenant per run
   raw-insert          the same rows straight into a fresh database (--database-url): the ceiling
   wait-serving        poll --target's health until SERVING; print ms since --since-unix-ns
-  report              gather DIR/*.json into DIR/report.md and report.json (--dir DIR)
+  report              gather DIR/*.json into DIR/report.md and report.json (--dir DIR)";
 
-options:
-  --duration SECS        how long to apply load (default 10)
-  --rate N               open loop: N requests/s, latency from each intended send time
-  --concurrency N        closed loop: N workers back to back (default 8; the default loop)
-  --channels N           HTTP/2 connections per service (default 2)
-  --threads N            the generator's worker threads (default: 1 with --rate, open loop;
-                         one per core otherwise)
-  --batch N              activities per call (default 100)
-  --lifecycle URL        default http://127.0.0.1:50051
-  --scoring URL          default http://127.0.0.1:50052
-  --tenant T             x-tenant-id (default bench)
-  --accounts N           accounts made for the run (default 200)
-  --contacts N           contacts per account (default 10)
-  --fixture FILE         reuse (or save) the accounts made for this tenant
-  --json FILE            write the result there
-  --label NAME           name of the run in the report (default: the scenario)
-  --database-url URL     raw-insert: sqlite://FILE or a PostgreSQL server URL (a fresh database is created)
-  --raw-table T          raw-insert: `scoring` (scoring's activities table and its indexes, the default)
-                         or `bare` (the same columns, primary key only)
-  --activities N         simulate: how many stored activities to aim for (default 1000000)
-  --probe-interval-ms N  crossing-latency: time between probes (default 100)
-  --ingest-rate N        load scenarios: RecordActivities at N events/s (open loop, --batch per call)
-                         in the background while the scenario runs
-";
+const SCENARIO_NAMES: [&str; 14] = [
+    "baseline",
+    "record-activity",
+    "record-activities",
+    "record-activities-by-email",
+    "stream-activities",
+    "get-account",
+    "get-account-score",
+    "mixed",
+    "crossing-latency",
+    "simulate",
+    "import",
+    "raw-insert",
+    "wait-serving",
+    "report",
+];
 
+/// One scenario per run; prints its numbers and writes them as JSON.
+#[derive(Debug, Parser)]
+#[command(name = "cascade-load", after_help = SCENARIOS)]
 pub struct Args {
+    /// The scenario to run (listed below).
+    #[arg(long, value_parser = SCENARIO_NAMES)]
     scenario: String,
+    /// Name of the run in the report (default: the scenario).
+    #[arg(long)]
     label: Option<String>,
+    /// How long to apply load, in seconds.
+    #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Open loop: N requests/s, latency from each intended send time.
+    #[arg(long)]
     rate: Option<f64>,
+    /// Closed loop (the default loop): N workers back to back.
+    #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// HTTP/2 connections per service.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     channels: usize,
+    /// The generator's worker threads (default: 1 with --rate, open loop;
+    /// one per core otherwise).
+    #[arg(long, value_parser = at_least_one)]
     threads: Option<usize>,
+    /// Activities per call.
+    #[arg(long, default_value_t = 100)]
     batch: usize,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
     lifecycle: String,
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
     scoring: String,
+    /// x-tenant-id of the calls.
+    #[arg(long, default_value = "bench")]
     tenant: String,
+    /// Accounts made for the run.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     accounts: usize,
+    /// Contacts per account.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     contacts: usize,
+    /// Reuse (or save) the accounts made for this tenant.
+    #[arg(long, value_name = "FILE")]
     fixture: Option<PathBuf>,
+    /// Write the result there.
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// raw-insert: sqlite://FILE or a PostgreSQL server URL (a fresh database is created).
+    #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// raw-insert: `scoring` (scoring's activities table and its indexes) or
+    /// `bare` (the same columns, primary key only).
+    #[arg(long, default_value = "scoring", value_parser = ["scoring", "bare"])]
     raw_table: String,
+    /// simulate: how many stored activities to aim for.
+    #[arg(long, default_value_t = 1_000_000)]
     activities: u64,
+    /// crossing-latency: time between probes, in ms.
+    #[arg(long, default_value_t = 100)]
     probe_interval_ms: u64,
+    /// Load scenarios: RecordActivities at N events/s (open loop, --batch per
+    /// call) in the background while the scenario runs.
+    #[arg(long)]
     ingest_rate: Option<f64>,
+    /// wait-serving: the service's URL.
+    #[arg(long, value_name = "URL")]
     target: Option<String>,
+    /// wait-serving: the time the wait started, in ns since the Unix epoch.
+    #[arg(long)]
     since_unix_ns: Option<u128>,
+    /// report: the folder of JSON results.
+    #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Makes event ids, request ids and domains unique to this run.
+    #[arg(skip = run_id())]
     run_id: String,
 }
 
-fn parse() -> Result<Args> {
+fn at_least_one(value: &str) -> std::result::Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn run_id() -> String {
     let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis();
-    let mut args = Args {
-        scenario: String::new(),
-        label: None,
-        duration: 10.0,
-        rate: None,
-        concurrency: 8,
-        channels: 2,
-        threads: None,
-        batch: 100,
-        lifecycle: "http://127.0.0.1:50051".into(),
-        scoring: "http://127.0.0.1:50052".into(),
-        tenant: "bench".into(),
-        accounts: 200,
-        contacts: 10,
-        fixture: None,
-        json: None,
-        database_url: None,
-        raw_table: "scoring".into(),
-        activities: 1_000_000,
-        probe_interval_ms: 100,
-        ingest_rate: None,
-        target: None,
-        since_unix_ns: None,
-        dir: None,
-        run_id: format!("r{unix_ms}-{}", std::process::id()),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            print!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--scenario" => args.scenario = value,
-            "--label" => args.label = Some(value),
-            "--duration" => args.duration = value.parse().map_err(|e| bad(&e))?,
-            "--rate" => args.rate = Some(value.parse().map_err(|e| bad(&e))?),
-            "--concurrency" => args.concurrency = value.parse().map_err(|e| bad(&e))?,
-            "--channels" => args.channels = value.parse().map_err(|e| bad(&e))?,
-            "--threads" => args.threads = Some(value.parse().map_err(|e| bad(&e))?),
-            "--batch" => args.batch = value.parse().map_err(|e| bad(&e))?,
-            "--lifecycle" => args.lifecycle = value,
-            "--scoring" => args.scoring = value,
-            "--tenant" => args.tenant = value,
-            "--accounts" => args.accounts = value.parse().map_err(|e| bad(&e))?,
-            "--contacts" => args.contacts = value.parse().map_err(|e| bad(&e))?,
-            "--fixture" => args.fixture = Some(value.into()),
-            "--json" => args.json = Some(value.into()),
-            "--database-url" => args.database_url = Some(value),
-            "--raw-table" if value == "scoring" || value == "bare" => args.raw_table = value,
-            "--activities" => args.activities = value.parse().map_err(|e| bad(&e))?,
-            "--probe-interval-ms" => args.probe_interval_ms = value.parse().map_err(|e| bad(&e))?,
-            "--ingest-rate" => args.ingest_rate = Some(value.parse().map_err(|e| bad(&e))?),
-            "--target" => args.target = Some(value),
-            "--since-unix-ns" => args.since_unix_ns = Some(value.parse().map_err(|e| bad(&e))?),
-            "--dir" => args.dir = Some(value.into()),
-            _ => return Err(format!("unknown option {flag}\n\n{USAGE}").into()),
-        }
-    }
-    if args.scenario.is_empty() {
-        return Err(format!("--scenario is required\n\n{USAGE}").into());
-    }
-    if args.accounts == 0 || args.contacts == 0 || args.channels == 0 || args.threads == Some(0) {
-        return Err("--accounts, --contacts, --channels and --threads must be at least 1".into());
-    }
-    Ok(args)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("r{unix_ms}-{}", std::process::id())
 }
 
 fn mode(args: &Args) -> stats::Mode {
@@ -300,13 +282,13 @@ fn worker_threads(args: &Args) -> usize {
 }
 
 fn main() {
-    let outcome = parse().and_then(|args| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(worker_threads(&args))
-            .enable_all()
-            .build()?;
-        runtime.block_on(main_result(args))
-    });
+    let args = Args::parse();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(&args))
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(main_result(args)));
     if let Err(error) = outcome {
         eprintln!("cascade-load: {error}");
         std::process::exit(1);

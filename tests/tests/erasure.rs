@@ -139,14 +139,7 @@ async fn a_person_is_erased_everywhere_even_from_a_service_that_was_down(db: Tes
         &format!("{PAT} raised a hand"),
     )
     .await;
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
-            account_id: acme.account_id.clone(),
-            reason: NURTURE_REASON.into(),
-        }))
-        .await
-        .expect("nurture");
+    lifecycle.nurture(&acme.account_id, NURTURE_REASON).await;
     let opportunity = system.opportunity_as(0, T);
     let pilot = opportunity.create(&acme.account_id, "Acme pilot").await;
     opportunity

@@ -288,31 +288,15 @@ on_each_database!(
     a_recycled_account_counts_activity_whose_delivery_was_given_up,
 );
 
-/// Sends the account back to marketing (its baseline: the score now).
-async fn nurture(lifecycle: &cascade_testkit::Lifecycle, account_id: &str) {
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
-            account_id: account_id.to_owned(),
-            reason: "next quarter".into(),
-        }))
-        .await
-        .expect("nurtured");
-}
-
 /// The recycle tests' threshold: 20 points make an account PRIORITIZED.
 async fn prioritize_at_20(lifecycle: &cascade_testkit::Lifecycle) {
+    let settings = lc::LifecycleSettings {
+        prioritized_threshold: 20.0,
+        ..Default::default()
+    };
     lifecycle
-        .public()
-        .update_lifecycle_settings(lifecycle.req(lc::UpdateLifecycleSettingsRequest {
-            settings: Some(lc::LifecycleSettings {
-                prioritized_threshold: 20.0,
-                ..Default::default()
-            }),
-            update_mask: cascade_testkit::fixtures::mask(&["prioritized_threshold"]),
-        }))
-        .await
-        .expect("threshold 20");
+        .set_settings(settings, &["prioritized_threshold"])
+        .await;
 }
 
 /// Score deliveries that pile up while lifecycle is down reach it merged
@@ -358,7 +342,8 @@ async fn a_recycled_account_after_an_outage_counts_only_new_activity(db: TestDat
         .await;
     lifecycle.wait_for_stage(&id, S::Prioritized).await;
     receiver.wait_for(1).await;
-    nurture(&lifecycle, &id).await;
+    // Its baseline: the score now.
+    lifecycle.nurture(&id, "next quarter").await;
 
     system.lifecycle[0].kill().await;
     let pending = async |want: f64| {
@@ -430,7 +415,8 @@ async fn a_recycled_account_counts_activity_whose_delivery_was_given_up(db: Test
         .record(vec![activity("g1", "demo_request", &id, &ann)])
         .await;
     let prioritized = lifecycle.wait_for_stage(&id, S::Prioritized).await;
-    nurture(&lifecycle, &id).await;
+    // Its baseline: the score now.
+    lifecycle.nurture(&id, "next quarter").await;
 
     system.lifecycle[0].kill().await;
     scoring

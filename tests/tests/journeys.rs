@@ -216,14 +216,7 @@ async fn recycling_journeys(db: TestDatabase) {
     lifecycle.wait_for_stage(&id, S::Prioritized).await;
     receiver.wait_for(1).await;
 
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(lc::NurtureAccountRequest {
-            account_id: id.clone(),
-            reason: "not this quarter".into(),
-        }))
-        .await
-        .expect("nurture");
+    lifecycle.nurture(&id, "not this quarter").await;
     // Re-engagement after Nurture: 100 new points prioritize again.
     scoring.record_one(demo("g2")).await;
     lifecycle.wait_for_stage(&id, S::Prioritized).await;

@@ -120,8 +120,16 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
     expired["exp"] = (unix_now() - 3600).into();
     let mut wrong_audience = claims("jane", Some("acme"), &["admin"]);
     wrong_audience["aud"] = "another-system".into();
+    // A year-long token: more than auth.max_token_lifetime_seconds (a day).
+    let mut lasting = claims("jane", Some("acme"), &["admin"]);
+    lasting["exp"] = (unix_now() + 365 * 86_400).into();
     let bad_tokens = [
         ("expired", hs256(&expired, SECRET), "expired"),
+        (
+            "valid for a year",
+            hs256(&lasting, SECRET),
+            "max_token_lifetime_seconds",
+        ),
         (
             "forged",
             hs256(
@@ -164,6 +172,22 @@ async fn jwt_mode_checks_tokens_roles_and_tenants() {
         .expect_err("reader cannot write");
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("writer"), "{}", denied.message());
+    // A token made by `cascade-token` (README, "Security") is accepted.
+    let secret_file = dir.path().join("hs256-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
+    let minted = std::process::Command::new(env!("CARGO_BIN_EXE_cascade-token"))
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .args(["--tenant", "acme", "--roles", "reader,writer"])
+        .output()
+        .expect("cascade-token runs");
+    assert!(minted.status.success(), "{minted:?}");
+    let minted = String::from_utf8(minted.stdout).expect("utf-8");
+    system
+        .lifecycle_with(0, Caller::bearer(minted.trim()))
+        .try_create_account(account("Hooli", "hooli.example", ""), "")
+        .await
+        .expect("a cascade-token writer creates");
     let id = system
         .lifecycle_with(0, writer.clone())
         .try_create_account(account("Initech", "initech.example", ""), "")

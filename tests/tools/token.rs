@@ -8,76 +8,93 @@
 //! ```
 //! The secret can also come from `CASCADE_TOKEN_SECRET`.
 
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-const USAGE: &str = "usage: cascade-token (--secret-file FILE | env CASCADE_TOKEN_SECRET) \
-(--tenant TENANT --roles ROLE[,ROLE] | --service) [--subject SUB] [--ttl SECONDS] \
-[--issuer ISS] [--audience AUD]\nroles: reader, writer, operator, admin, service";
+/// Signs an HS256 token for a suite running with auth.mode = "jwt".
+#[derive(Debug, Parser)]
+#[command(name = "cascade-token")]
+struct Args {
+    /// A file holding the shared secret (a trailing newline is not part of it).
+    #[arg(long, value_name = "FILE", required_unless_present = "secret")]
+    secret_file: Option<PathBuf>,
+    /// The shared secret itself; prefer --secret-file.
+    #[arg(long, env = "CASCADE_TOKEN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The tenant a person's token is bound to.
+    #[arg(long, required_unless_present = "service")]
+    tenant: Option<String>,
+    /// Comma-separated roles of a person's token (`service` is --service's).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "service",
+        value_parser = ["reader", "writer", "operator", "admin"]
+    )]
+    roles: Vec<String>,
+    /// A service token: the `service` role and no tenant.
+    #[arg(long, conflicts_with_all = ["tenant", "roles"])]
+    service: bool,
+    /// The `sub` claim: who acts (default `cli-user`, or `service:cli`).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Seconds the token is valid; the services refuse more than their
+    /// auth.max_token_lifetime_seconds (a day by default).
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    #[arg(long, default_value = "cascade")]
+    issuer: String,
+    #[arg(long, default_value = "cascade")]
+    audience: String,
+}
 
 fn main() {
-    if let Err(message) = run() {
-        eprintln!("cascade-token: {message}\n{USAGE}");
+    if let Err(message) = run(Args::parse()) {
+        eprintln!("cascade-token: {message}");
         std::process::exit(2);
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut args = std::env::args().skip(1);
-    let mut secret = std::env::var("CASCADE_TOKEN_SECRET").unwrap_or_default();
-    let (mut tenant, mut roles, mut subject) = (None, Vec::new(), None);
-    let (mut ttl, mut issuer, mut audience) =
-        (3600_u64, "cascade".to_owned(), "cascade".to_owned());
-    let mut service = false;
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--secret-file" => {
-                let path = value()?;
-                secret = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {path}: {e}"))?
-                    .trim_end()
-                    .to_owned();
-            }
-            "--tenant" => tenant = Some(value()?),
-            "--roles" => roles = value()?.split(',').map(|r| r.trim().to_owned()).collect(),
-            "--subject" => subject = Some(value()?),
-            "--ttl" => ttl = value()?.parse().map_err(|_| "--ttl takes seconds")?,
-            "--issuer" => issuer = value()?,
-            "--audience" => audience = value()?,
-            "--service" => service = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
+fn run(args: Args) -> Result<(), String> {
+    let secret = match (&args.secret_file, args.secret) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .trim_end()
+            .to_owned(),
+        (None, Some(secret)) => secret,
+        (None, None) => return Err("--secret-file or CASCADE_TOKEN_SECRET is required".into()),
+    };
     if secret.len() < 32 {
         return Err(
             "the secret must be at least 32 bytes (the services refuse shorter ones)".into(),
         );
     }
-    if service {
-        roles = vec!["service".into()];
-        tenant = None;
-    } else if tenant.is_none() || roles.is_empty() {
-        return Err("a person's token needs --tenant and --roles".into());
-    } else if roles.iter().any(|role| role == "service") {
-        return Err("the service role is for --service tokens, which carry no tenant".into());
-    }
+    let (tenant, roles) = if args.service {
+        (None, vec!["service".to_owned()])
+    } else {
+        (args.tenant, args.roles)
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs();
+    let subject = args.subject.unwrap_or_else(|| {
+        if args.service {
+            "service:cli".into()
+        } else {
+            "cli-user".into()
+        }
+    });
     let mut claims = serde_json::json!({
-        "sub": subject.unwrap_or_else(|| if service { "service:cli".into() } else { "cli-user".into() }),
+        "sub": subject,
         "roles": roles,
-        "iss": issuer,
-        "aud": audience,
+        "iss": args.issuer,
+        "aud": args.audience,
         "iat": now,
-        "exp": now + ttl,
+        "exp": now + args.ttl,
     });
     if let Some(tenant) = tenant {
         claims["tenant"] = tenant.into();

@@ -99,14 +99,7 @@ async fn a_replica_reads_its_own_writes_at_once(db: TestDatabase) {
     assert_eq!(scored.stage, AccountStage::Prioritized as i32);
     assert_eq!(lifecycle.account(&id).await, scored, "read again, the same");
 
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(pb::NurtureAccountRequest {
-            account_id: id.clone(),
-            reason: "not now".into(),
-        }))
-        .await
-        .expect("nurtured");
+    lifecycle.nurture(&id, "not now").await;
     assert_eq!(
         lifecycle.account(&id).await.stage,
         AccountStage::Engaged as i32

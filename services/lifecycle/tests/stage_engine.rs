@@ -1541,14 +1541,7 @@ async fn a_nurtured_accounts_baseline_decays_with_its_score(db: TestDatabase) {
         .await
         .expect("scored");
     assert_eq!(lifecycle.account(&id).await.stage, S::Prioritized as i32);
-    lifecycle
-        .public()
-        .nurture_account(lifecycle.req(pb::NurtureAccountRequest {
-            account_id: id.clone(),
-            reason: "next quarter".into(),
-        }))
-        .await
-        .expect("nurtured");
+    lifecycle.nurture(&id, "next quarter").await;
     lifecycle
         .try_apply_score(delivered("s2", 2, 175.0, 0))
         .await

@@ -187,6 +187,17 @@ impl Lifecycle {
             .transitions
     }
 
+    /// Moves the account to NURTURED (NurtureAccount) with `reason`.
+    pub async fn nurture(&self, account_id: &str, reason: &str) {
+        self.public()
+            .nurture_account(self.req(lc::NurtureAccountRequest {
+                account_id: account_id.to_owned(),
+                reason: reason.to_owned(),
+            }))
+            .await
+            .unwrap_or_else(|status| panic!("{account_id} nurtured: {status:?}"));
+    }
+
     /// Updates the tenant's lifecycle settings named by `paths`.
     pub async fn set_settings(&self, settings: lc::LifecycleSettings, paths: &[&str]) {
         self.public()

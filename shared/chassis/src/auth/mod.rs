@@ -33,6 +33,8 @@ const MIN_SECRET_BYTES: usize = 32;
 /// Longest clock skew `auth.leeway_seconds` may tolerate: a leeway is also
 /// how long an expired token is still accepted.
 const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Default for `auth.max_token_lifetime_seconds`: a day.
+const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 86_400;
 /// Lifetime of the tokens a service mints for its own calls.
 const SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
 /// A minted or file token is replaced when it is this close to expiry, or
@@ -66,6 +68,10 @@ pub struct AuthSettings {
     pub public_key_files: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_seconds: u64,
+    /// Longest a token may still be valid when it is presented, in seconds: a
+    /// token whose `exp` lies further ahead is refused, so a leaked token
+    /// cannot have been minted to last for years.
+    pub max_token_lifetime_seconds: u64,
     /// File holding the token this service sends on its calls to other
     /// services (re-read when it changes). Without it, a service holding the
     /// HS256 secret mints its own short-lived service token.
@@ -82,6 +88,7 @@ impl Default for AuthSettings {
             hs256_secret: Secret::default(),
             public_key_files: String::new(),
             leeway_seconds: 30,
+            max_token_lifetime_seconds: DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
             service_token_file: String::new(),
         }
     }
@@ -229,6 +236,8 @@ pub struct Authenticator {
     permissions: Permissions,
     /// Each key with the checks its tokens must pass, built once.
     keys: Vec<(VerifyingKey, Validation)>,
+    /// `auth.max_token_lifetime_seconds` plus the leeway.
+    max_ahead_seconds: u64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -247,6 +256,7 @@ impl Authenticator {
             mode: AuthMode::Disabled,
             permissions: |_, _| None,
             keys: Vec::new(),
+            max_ahead_seconds: 0,
         }
     }
 
@@ -265,6 +275,12 @@ impl Authenticator {
                  tolerated, and an expired token is accepted for that long",
                 settings.leeway_seconds
             )));
+        }
+        if settings.max_token_lifetime_seconds == 0 {
+            return Err(SettingsError::new(
+                "auth.max_token_lifetime_seconds: must be greater than 0 (the longest a token \
+                 may still be valid when presented; 86400 by default)",
+            ));
         }
         let mut keys = Vec::new();
         if let Some(secret) = settings.secret()? {
@@ -307,6 +323,9 @@ impl Authenticator {
             mode: AuthMode::Jwt,
             permissions,
             keys,
+            max_ahead_seconds: settings
+                .max_token_lifetime_seconds
+                .saturating_add(settings.leeway_seconds),
         })
     }
 
@@ -345,8 +364,25 @@ impl Authenticator {
                 .filter(|r| r.grants(permission))
                 .map(|r| r.name())
                 .collect();
+            // A role Cascade does not know (`Admin`, `cascade-reader`) grants
+            // nothing; naming it saves the caller guessing why.
+            let unknown: Vec<&str> = claims
+                .roles
+                .iter()
+                .map(String::as_str)
+                .filter(|name| Role::parse(name).is_none())
+                .collect();
+            let unknown = if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " and roles Cascade does not know [{}] (role names are lowercase: {})",
+                    unknown.join(", "),
+                    Role::ALL.map(Role::name).join(", ")
+                )
+            };
             return Err(ServiceError::PermissionDenied(format!(
-                "{method} needs one of the roles [{}]; the token has [{}]",
+                "{method} needs one of the roles [{}]; the token has [{}]{unknown}",
                 needed.join(", "),
                 held.join(", ")
             )));
@@ -416,7 +452,7 @@ impl Authenticator {
         let mut last = None;
         for (key, validation) in self.keys.iter().filter(|(k, _)| k.algorithm == header.alg) {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return self.within_lifetime(data.claims),
                 Err(error) => last = Some(error),
             }
         }
@@ -434,6 +470,21 @@ impl Authenticator {
             Some(_) => "the token is malformed".into(),
         };
         Err(ServiceError::Unauthenticated(reason))
+    }
+
+    /// A verified token is refused when it stays valid for longer than
+    /// `auth.max_token_lifetime_seconds` from now. `exp - now` rather than
+    /// `exp - iat`: it bounds what a stolen token is worth, and needs no `iat`.
+    fn within_lifetime(&self, claims: Claims) -> Result<Claims, ServiceError> {
+        let ahead = claims.exp.saturating_sub(unix_now());
+        if ahead > self.max_ahead_seconds {
+            return Err(ServiceError::Unauthenticated(format!(
+                "the token is valid for another {ahead} s, longer than this service accepts \
+                 ({} s, auth.max_token_lifetime_seconds plus the leeway); issue shorter-lived tokens",
+                self.max_ahead_seconds
+            )));
+        }
+        Ok(claims)
     }
 }
 

@@ -267,6 +267,75 @@ fn short_secrets_and_missing_keys_stop_start_up() {
     assert!(!format!("{s:?}").contains(SECRET));
 }
 
+/// A token valid for longer than `auth.max_token_lifetime_seconds` (plus
+/// the leeway) from now is refused, whatever it grants; one within is not.
+#[test]
+fn a_token_valid_for_too_long_is_refused() {
+    let mut s = settings();
+    s.max_token_lifetime_seconds = 3600;
+    let auth = Authenticator::from_settings(&s, permissions).expect("auth");
+    let within = token(claims(&["reader"], Some("acme"), unix_now() + 3600), SECRET);
+    auth.authenticate(GET, &headers(&within, None))
+        .expect("an hour is within the limit");
+    // A minute past the limit and the 30 s leeway.
+    let beyond = token(
+        claims(&["admin"], Some("acme"), unix_now() + 3600 + 30 + 60),
+        SECRET,
+    );
+    let status = auth
+        .authenticate(GET, &headers(&beyond, None))
+        .expect_err("valid for too long");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(
+        status.to_string().contains("auth.max_token_lifetime_seconds"),
+        "{status:?}"
+    );
+    // The default is a day: a year-long token is refused.
+    let auth = Authenticator::from_settings(&settings(), permissions).expect("auth");
+    let year = token(
+        claims(&["reader"], Some("acme"), unix_now() + 365 * 86_400),
+        SECRET,
+    );
+    assert_eq!(
+        auth.authenticate(GET, &headers(&year, None))
+            .expect_err("a year")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    s.max_token_lifetime_seconds = 0;
+    let error = Authenticator::from_settings(&s, permissions).expect_err("0 is no limit");
+    assert!(
+        error
+            .to_string()
+            .contains("auth.max_token_lifetime_seconds"),
+        "{error}"
+    );
+}
+
+/// A role name Cascade does not know grants nothing, and the refusal says
+/// which names it did not know, so `Admin` is not a mystery.
+#[test]
+fn unknown_role_names_are_named_in_the_refusal() {
+    let auth = Authenticator::from_settings(&settings(), permissions).expect("auth");
+    let capitalised = token(
+        claims(&["Admin", "reader"], Some("acme"), unix_now() + 600),
+        SECRET,
+    );
+    let status = auth
+        .authenticate(QUALIFY, &headers(&capitalised, None))
+        .expect_err("Admin is not admin");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let message = status.to_string();
+    assert!(message.contains("the token has [reader]"), "{message}");
+    assert!(message.contains("does not know [Admin]"), "{message}");
+    // Known roles alone: no such clause.
+    let reader = token(claims(&["reader"], Some("acme"), unix_now() + 600), SECRET);
+    let status = auth
+        .authenticate(QUALIFY, &headers(&reader, None))
+        .expect_err("a reader may not qualify");
+    assert!(!status.to_string().contains("does not know"), "{status:?}");
+}
+
 #[test]
 fn a_leeway_past_five_minutes_stops_start_up() {
     // A leeway is also how long an expired token still passes.
