@@ -287,7 +287,9 @@ fn a_token_valid_for_too_long_is_refused() {
         .expect_err("valid for too long");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(
-        status.to_string().contains("auth.max_token_lifetime_seconds"),
+        status
+            .to_string()
+            .contains("auth.max_token_lifetime_seconds"),
         "{status:?}"
     );
     // The default is a day: a year-long token is refused.
