@@ -213,7 +213,11 @@ read_path_first() {
   chrt -a -f -p 10 "${pids[lifecycle]}" >/dev/null
   chrt -f 10 "$load" --label "$label" --json "$out/$label.json" "${common[@]}" --scenario get-account --rate 2000 || true
   chrt -a -o -p 0 "${pids[lifecycle]}" >/dev/null || true
-  wait "$ingest" || true
+  # Reads without their ingest would be an idle run under this run's name.
+  if ! wait "$ingest"; then
+    echo "bench: the ingest beside $label failed; its reads are left out of the report" >&2
+    rm -f "$out/$label.json" "$out/$label-ingest.json"
+  fi
   peak_rss "$label"
 }
 if chrt -f 10 true 2>/dev/null; then

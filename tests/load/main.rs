@@ -57,7 +57,9 @@ const SCENARIO_NAMES: [&str; 14] = [
 
 /// One scenario per run; prints its numbers and writes them as JSON.
 #[derive(Debug, Parser)]
-#[command(name = "cascade-load", after_help = SCENARIOS)]
+// A flag given twice takes its last value: bench.sh appends its own
+// `--duration` to the common options for the ingest run beside a read.
+#[command(name = "cascade-load", after_help = SCENARIOS, args_override_self = true)]
 pub struct Args {
     /// The scenario to run (listed below).
     #[arg(long, value_parser = SCENARIO_NAMES)]

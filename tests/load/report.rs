@@ -351,7 +351,11 @@ fn read_path_first(run: &Value) -> String {
             "with the read path at real-time priority (the machine's sharing taken out): p99 {p99} ms, {} errors",
             f(run, &["errors_total"]).unwrap_or(0.0)
         ),
-        None => "not measured with the read path at real-time priority (chrt not permitted)".into(),
+        None => {
+            "not measured with the read path at real-time priority (chrt not permitted, or the \
+                  ingest beside it failed: see the bench's output)"
+                .into()
+        }
     }
 }
 

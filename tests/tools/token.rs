@@ -18,12 +18,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 #[derive(Debug, Parser)]
 #[command(name = "cascade-token")]
 struct Args {
-    /// A file holding the shared secret (a trailing newline is not part of it).
-    #[arg(long, value_name = "FILE", required_unless_present = "secret")]
+    /// A file holding the shared secret (a trailing newline is not part of it);
+    /// without it, the secret comes from CASCADE_TOKEN_SECRET (never a flag,
+    /// which `ps` and shell history would show).
+    #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
-    /// The shared secret itself; prefer --secret-file.
-    #[arg(long, env = "CASCADE_TOKEN_SECRET", hide_env_values = true)]
-    secret: Option<String>,
     /// The tenant a person's token is bound to.
     #[arg(long, required_unless_present = "service")]
     tenant: Option<String>,
@@ -32,7 +31,7 @@ struct Args {
         long,
         value_delimiter = ',',
         required_unless_present = "service",
-        value_parser = ["reader", "writer", "operator", "admin"]
+        value_parser = person_role
     )]
     roles: Vec<String>,
     /// A service token: the `service` role and no tenant.
@@ -51,6 +50,20 @@ struct Args {
     audience: String,
 }
 
+/// A person's role, spaces around it ignored (`reader, writer`).
+fn person_role(name: &str) -> Result<String, String> {
+    const ROLES: [&str; 4] = ["reader", "writer", "operator", "admin"];
+    let name = name.trim();
+    if ROLES.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name} is not a person's role (one of {}; service is --service)",
+            ROLES.join(", ")
+        ))
+    }
+}
+
 fn main() {
     if let Err(message) = run(Args::parse()) {
         eprintln!("cascade-token: {message}");
@@ -59,13 +72,13 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let secret = match (&args.secret_file, args.secret) {
-        (Some(path), _) => std::fs::read_to_string(path)
+    let secret = match &args.secret_file {
+        Some(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
             .trim_end()
             .to_owned(),
-        (None, Some(secret)) => secret,
-        (None, None) => return Err("--secret-file or CASCADE_TOKEN_SECRET is required".into()),
+        None => std::env::var("CASCADE_TOKEN_SECRET")
+            .map_err(|_| "--secret-file or CASCADE_TOKEN_SECRET is required")?,
     };
     if secret.len() < 32 {
         return Err(
