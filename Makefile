@@ -120,6 +120,7 @@ k8s-check: tools-k8s ## Render every overlay, validate it against the Kubernetes
 		echo "k8s/overlays/$$overlay: $$(grep -c '^kind:' build/k8s-$$overlay.yaml) objects valid for Kubernetes 1.33"; \
 	done
 	.venv/bin/python scripts/k8s-selectors.py build/k8s-dev.yaml build/k8s-production.yaml
+	.venv/bin/python scripts/k8s-shutdown.py build/k8s-dev.yaml build/k8s-production.yaml
 	.venv/bin/checkov --framework kubernetes -f build/k8s-dev.yaml -f build/k8s-production.yaml --compact --quiet --skip-download
 
 .PHONY: fmt

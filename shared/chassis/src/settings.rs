@@ -36,6 +36,8 @@ pub struct ServerSettings {
     /// closes, so load balancers stop sending new calls.
     pub drain_delay_ms: u64,
     /// After the listener closes: how long in-flight requests may finish.
+    /// As long as `request_timeout_ms` by default, so a call that started
+    /// just before the listener closed may run its whole course.
     pub shutdown_grace_ms: u64,
     /// How often the database is checked for the health status.
     pub health_check_interval_ms: u64,
@@ -94,7 +96,7 @@ impl ServerSettings {
             request_timeout_ms: 30_000,
             concurrency_limit: 1024,
             drain_delay_ms: 0,
-            shutdown_grace_ms: 20_000,
+            shutdown_grace_ms: 30_000,
             health_check_interval_ms: 5_000,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
