@@ -61,8 +61,10 @@ def check(path):
             if server_setting(data, "SHUTDOWN_GRACE_MS") is None and server_setting(data, "DRAIN_DELAY_MS") is None:
                 continue  # not a Cascade service's settings
             checked += 1
-            value = {key: server_setting(data, key) for key in DEFAULTS}
-            value = {key: default if value[key] is None else value[key] for key, default in DEFAULTS.items()}
+            value = {
+                key: default if (setting := server_setting(data, key)) is None else setting
+                for key, default in DEFAULTS.items()
+            }
             name = f"{path}: Deployment/{o['metadata']['name']} container {container['name']}"
             needed_ms = value["DRAIN_DELAY_MS"] + value["SHUTDOWN_GRACE_MS"] + OUTBOX_STOP_MS
             if needed_ms > limit_ms:

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cascade_chassis::auth::Role;
 use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -51,17 +52,24 @@ struct Args {
 }
 
 /// A person's role, spaces around it ignored (`reader, writer`).
+/// The roles are the services' own table (`Role`), so the two cannot drift.
 fn person_role(name: &str) -> Result<String, String> {
-    const ROLES: [&str; 4] = ["reader", "writer", "operator", "admin"];
     let name = name.trim();
-    if ROLES.contains(&name) {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
+    match Role::parse(name) {
+        Some(role) if role != Role::Service => Ok(name.to_owned()),
+        _ => Err(format!(
             "{name} is not a person's role (one of {}; service is --service)",
-            ROLES.join(", ")
-        ))
+            person_roles().join(", ")
+        )),
     }
+}
+
+fn person_roles() -> Vec<&'static str> {
+    Role::ALL
+        .into_iter()
+        .filter(|role| *role != Role::Service)
+        .map(Role::name)
+        .collect()
 }
 
 fn main() {
@@ -86,7 +94,7 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
     let (tenant, roles) = if args.service {
-        (None, vec!["service".to_owned()])
+        (None, vec![Role::Service.name().to_owned()])
     } else {
         (args.tenant, args.roles)
     };
